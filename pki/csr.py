@@ -1,0 +1,84 @@
+"""PKCS#10 certificate requests: build (subject DN, SANs, optional SCEP challenge password), load and verify.
+
+A request whose signature does not verify is refused at load time with :class:`~pki.errors.CsrSignatureError`:
+the CA never sees a request without proof of possession.
+"""
+from __future__ import annotations
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import AttributeOID
+
+from pki.certs import SubjectAltNames, _check_size, _short, parse_subject, sans_of
+from pki.errors import CorruptInputError, CsrSignatureError
+from pki.keys import PrivateKey
+
+__all__ = ["build_csr", "load_csr", "verify_csr", "challenge_password", "csr_to_pem", "sans_of", "signing_hash"]
+
+
+def signing_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
+    """The digest to sign with for a key: None for Ed25519 (PureEdDSA), SHA-384/512 for big EC curves."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return None
+    size = getattr(getattr(key, "curve", None), "key_size", 0)
+    if size >= 521:
+        return hashes.SHA512()
+    if size >= 384:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+def build_csr(
+    key: PrivateKey,
+    subject: str | x509.Name,
+    sans: SubjectAltNames | None = None,
+    challenge_password: str | None = None,
+) -> x509.CertificateSigningRequest:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(parse_subject(subject))
+    if sans:
+        builder = builder.add_extension(sans.to_extension(), critical=False)
+    if challenge_password is not None:
+        # PrintableString would refuse many characters; UTF8String is what RFC 8894 clients send in practice
+        builder = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge_password.encode("utf-8"))
+    return builder.sign(key, signing_hash(key))
+
+
+def verify_csr(csr: x509.CertificateSigningRequest) -> None:
+    try:
+        ok = csr.is_signature_valid
+    except Exception as exc:  # unsupported algorithm surfaces here
+        raise CsrSignatureError(f"certificate request signature cannot be checked ({_short(exc)})") from None
+    if not ok:
+        raise CsrSignatureError("certificate request signature does not verify")
+
+
+def load_csr(data: bytes, *, source: str = "certificate request") -> x509.CertificateSigningRequest:
+    """Parse PEM or DER and verify the self-signature."""
+    _check_size(data, source)
+    data = bytes(data)
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            csr = x509.load_pem_x509_csr(data)
+        else:
+            csr = x509.load_der_x509_csr(data)
+        csr.subject  # force parsing of the subject now, not later in the CA
+    except ValueError as exc:
+        raise CorruptInputError(f"{source}: not a valid PKCS#10 request ({_short(exc)})") from None
+    verify_csr(csr)
+    return csr
+
+
+def challenge_password(csr: x509.CertificateSigningRequest) -> str | None:
+    try:
+        attr = csr.attributes.get_attribute_for_oid(AttributeOID.CHALLENGE_PASSWORD)
+    except x509.AttributeNotFound:
+        return None
+    except ValueError as exc:
+        raise CorruptInputError(f"challengePassword attribute is malformed ({_short(exc)})") from None
+    value = attr.value
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def csr_to_pem(csr: x509.CertificateSigningRequest) -> bytes:
+    return csr.public_bytes(serialization.Encoding.PEM)

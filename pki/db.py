@@ -1,0 +1,210 @@
+"""The CA's SQLite database: every certificate issued, its status, and the CRLs signed.
+
+Each change is one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``): issuing a certificate signs it and records it
+inside the same transaction, so after a crash either both happened or neither did (the signed certificate was never
+handed out). Serials are stored as lower-case hex text, unique by primary key.
+
+The SCEP side may add its own tables to the same file (``ca.db_path``) through its own connection.
+"""
+from __future__ import annotations
+
+import contextlib
+import enum
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from cryptography import x509
+
+from pki.errors import CaError
+
+__all__ = ["CertStatus", "CertificateRecord", "CaDatabase", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS certificates (
+    serial      TEXT PRIMARY KEY,
+    subject     TEXT NOT NULL,
+    not_before  TEXT NOT NULL,
+    not_after   TEXT NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('valid', 'revoked')),
+    revoked_at  TEXT,
+    reason      TEXT,
+    issued_at   TEXT NOT NULL,
+    der         BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS crls (
+    number      INTEGER PRIMARY KEY,
+    this_update TEXT NOT NULL,
+    next_update TEXT NOT NULL,
+    der         BLOB NOT NULL
+);
+"""
+
+
+class CertStatus(str, enum.Enum):
+    VALID = "valid"
+    REVOKED = "revoked"
+    EXPIRED = "expired"  # never stored: computed by CertificateRecord.status_at
+
+
+@dataclass(frozen=True)
+class CertificateRecord:
+    serial: int
+    subject: str
+    not_before: datetime
+    not_after: datetime
+    status: CertStatus
+    revoked_at: datetime | None
+    reason: x509.ReasonFlags | None
+    issued_at: datetime
+    der: bytes
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_der_x509_certificate(self.der)
+
+    def status_at(self, at: datetime) -> CertStatus:
+        if self.status is CertStatus.REVOKED:
+            return CertStatus.REVOKED
+        return CertStatus.EXPIRED if at > self.not_after else CertStatus.VALID
+
+
+def _ts(dt: datetime) -> str:
+    if dt.tzinfo is None:
+        raise ValueError("datetimes must be timezone-aware (UTC)")
+    return dt.astimezone(timezone.utc).isoformat()
+
+
+def _dt(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+class CaDatabase:
+    """A thin, transactional wrapper over the CA's SQLite file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self._conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(_SCHEMA)
+            version = self.get_meta("schema_version")
+            if version is None:
+                self.set_meta("schema_version", str(SCHEMA_VERSION))
+            elif int(version) != SCHEMA_VERSION:
+                raise CaError(f"{self.path}: database schema {version}, expected {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise CaError(f"{self.path}: not a usable CA database ({exc})") from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; rolled back if the body raises."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        else:
+            self._conn.execute("COMMIT")
+
+    # -- meta -------------------------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str, conn: sqlite3.Connection | None = None) -> None:
+        (conn or self._conn).execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # -- certificates -----------------------------------------------------------------------------------------
+    def serial_exists(self, serial: int, conn: sqlite3.Connection | None = None) -> bool:
+        row = (conn or self._conn).execute("SELECT 1 FROM certificates WHERE serial = ?", (f"{serial:x}",)).fetchone()
+        return row is not None
+
+    def insert_certificate(self, conn: sqlite3.Connection, cert: x509.Certificate, issued_at: datetime) -> None:
+        from cryptography.hazmat.primitives import serialization
+
+        conn.execute(
+            "INSERT INTO certificates (serial, subject, not_before, not_after, status, issued_at, der)"
+            " VALUES (?, ?, ?, ?, 'valid', ?, ?)",
+            (
+                f"{cert.serial_number:x}",
+                cert.subject.rfc4514_string(),
+                _ts(cert.not_valid_before_utc),
+                _ts(cert.not_valid_after_utc),
+                _ts(issued_at),
+                cert.public_bytes(serialization.Encoding.DER),
+            ),
+        )
+
+    def mark_revoked(self, conn: sqlite3.Connection, serial: int, at: datetime, reason: x509.ReasonFlags) -> None:
+        conn.execute(
+            "UPDATE certificates SET status = 'revoked', revoked_at = ?, reason = ? WHERE serial = ?",
+            (_ts(at), reason.value, f"{serial:x}"),
+        )
+
+    def get(self, serial: int, conn: sqlite3.Connection | None = None) -> CertificateRecord | None:
+        row = (conn or self._conn).execute(
+            "SELECT serial, subject, not_before, not_after, status, revoked_at, reason, issued_at, der"
+            " FROM certificates WHERE serial = ?",
+            (f"{serial:x}",),
+        ).fetchone()
+        return None if row is None else self._record(row)
+
+    def records(self) -> list[CertificateRecord]:
+        rows = self._conn.execute(
+            "SELECT serial, subject, not_before, not_after, status, revoked_at, reason, issued_at, der"
+            " FROM certificates ORDER BY issued_at, serial"
+        ).fetchall()
+        return [self._record(r) for r in rows]
+
+    def revoked(self, conn: sqlite3.Connection | None = None) -> list[CertificateRecord]:
+        rows = (conn or self._conn).execute(
+            "SELECT serial, subject, not_before, not_after, status, revoked_at, reason, issued_at, der"
+            " FROM certificates WHERE status = 'revoked' ORDER BY revoked_at, serial"
+        ).fetchall()
+        return [self._record(r) for r in rows]
+
+    @staticmethod
+    def _record(row: tuple) -> CertificateRecord:
+        serial, subject, nb, na, status, rat, reason, iat, der = row
+        return CertificateRecord(
+            serial=int(serial, 16),
+            subject=subject,
+            not_before=_dt(nb),  # type: ignore[arg-type]
+            not_after=_dt(na),  # type: ignore[arg-type]
+            status=CertStatus(status),
+            revoked_at=_dt(rat),
+            reason=None if reason is None else x509.ReasonFlags(reason),
+            issued_at=_dt(iat),  # type: ignore[arg-type]
+            der=bytes(der),
+        )
+
+    # -- CRLs -------------------------------------------------------------------------------------------------
+    def latest_crl(self) -> tuple[int, bytes] | None:
+        row = self._conn.execute("SELECT number, der FROM crls ORDER BY number DESC LIMIT 1").fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def next_crl_number(self, conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT MAX(number) FROM crls").fetchone()
+        return 1 if row[0] is None else int(row[0]) + 1
+
+    def insert_crl(self, conn: sqlite3.Connection, number: int, crl: x509.CertificateRevocationList) -> None:
+        from cryptography.hazmat.primitives import serialization
+
+        conn.execute(
+            "INSERT INTO crls (number, this_update, next_update, der) VALUES (?, ?, ?, ?)",
+            (number, _ts(crl.last_update_utc), _ts(crl.next_update_utc), crl.public_bytes(serialization.Encoding.DER)),
+        )

@@ -1,0 +1,146 @@
+"""Key pairs: generate, save (PKCS#8 PEM, mode 0600, optionally encrypted), load and describe.
+
+JUNOS offers ``generate-key-pair type rsa|ecdsa size N``; the same names are accepted here, plus ``ed25519``.
+A key file is created with mode 0600 before any byte is written (never chmod'ed afterwards), so a secret is
+never readable by others even for an instant.
+"""
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+from typing import Union
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from pki._files import SECRET_MODE, read_bounded, write_atomic
+from pki.errors import CorruptInputError, KeyFileError, PassphraseError
+
+__all__ = [
+    "KeyType",
+    "KeySpec",
+    "PrivateKey",
+    "PublicKey",
+    "parse_key_spec",
+    "generate_private_key",
+    "private_key_to_pem",
+    "load_private_key",
+    "save_private_key",
+    "read_private_key",
+    "describe_public_key",
+]
+
+PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey]
+PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey]
+
+
+class KeyType(str, enum.Enum):
+    RSA = "rsa"
+    ECDSA = "ecdsa"
+    ED25519 = "ed25519"
+
+
+_CURVES: dict[int, ec.EllipticCurve] = {256: ec.SECP256R1(), 384: ec.SECP384R1(), 521: ec.SECP521R1()}
+_RSA_SIZES = (2048, 3072, 4096)
+_DEFAULT_SIZE = {KeyType.RSA: 2048, KeyType.ECDSA: 256, KeyType.ED25519: 256}
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """A key type and size that :func:`generate_private_key` can make."""
+
+    type: KeyType
+    size: int
+
+    def __str__(self) -> str:
+        return f"{self.type.value}-{self.size}"
+
+
+def parse_key_spec(type: str | KeyType, size: int | None = None) -> KeySpec:
+    """Validate a (type, size) pair as JUNOS spells it; ``size`` None picks the default for the type."""
+    try:
+        kt = KeyType(type.lower() if isinstance(type, str) else type)
+    except ValueError:
+        raise ValueError(f"unknown key type {type!r} (rsa, ecdsa or ed25519)") from None
+    sz = _DEFAULT_SIZE[kt] if size is None else int(size)
+    if kt is KeyType.RSA and sz not in _RSA_SIZES:
+        raise ValueError(f"RSA key size {sz} not supported (2048, 3072 or 4096)")
+    if kt is KeyType.ECDSA and sz not in _CURVES:
+        raise ValueError(f"ECDSA key size {sz} not supported (256, 384 or 521)")
+    if kt is KeyType.ED25519 and sz != 256:
+        raise ValueError("Ed25519 keys have size 256")
+    return KeySpec(kt, sz)
+
+
+def generate_private_key(spec: KeySpec) -> PrivateKey:
+    if spec.type is KeyType.RSA:
+        return rsa.generate_private_key(public_exponent=65537, key_size=spec.size)
+    if spec.type is KeyType.ECDSA:
+        return ec.generate_private_key(_CURVES[spec.size])
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+def private_key_to_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
+    enc: serialization.KeySerializationEncryption
+    enc = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
+
+
+def load_private_key(data: bytes, passphrase: bytes | None = None, *, source: str = "key") -> PrivateKey:
+    """Parse a PEM or DER private key (PKCS#8, or traditional RSA/EC), refusing unsupported types."""
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            key = serialization.load_pem_private_key(data, password=passphrase)
+        else:
+            key = serialization.load_der_private_key(data, password=passphrase)
+    except TypeError as exc:
+        # cryptography: "Password was not given but private key is encrypted" / "...given but not encrypted"
+        if "not given" in str(exc) or passphrase is None:
+            raise PassphraseError(f"{source}: encrypted, a passphrase is needed") from None
+        raise PassphraseError(f"{source}: not encrypted, but a passphrase was given") from None
+    except UnsupportedAlgorithm as exc:
+        raise KeyFileError(f"{source}: unsupported key algorithm ({exc})") from None
+    except ValueError as exc:
+        if passphrase is not None and _looks_encrypted(data):
+            raise PassphraseError(f"{source}: wrong passphrase") from None
+        raise CorruptInputError(f"{source}: not a valid private key ({_short(exc)})") from None
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
+        raise KeyFileError(f"{source}: unsupported key type {type(key).__name__}")
+    return key
+
+
+def save_private_key(
+    path: str | os.PathLike[str], key: PrivateKey, passphrase: bytes | None = None, *, overwrite: bool = False
+) -> None:
+    """Write ``key`` as PKCS#8 PEM, mode 0600 from creation, atomically."""
+    if not overwrite and os.path.exists(path):
+        raise KeyFileError(f"{path}: exists already")
+    write_atomic(path, private_key_to_pem(key, passphrase), SECRET_MODE)
+
+
+def read_private_key(path: str | os.PathLike[str], passphrase: bytes | None = None) -> PrivateKey:
+    if not os.path.exists(path):
+        raise KeyFileError(f"{path}: no such key file")
+    return load_private_key(read_bounded(path), passphrase, source=str(path))
+
+
+def describe_public_key(key: PublicKey | PrivateKey) -> tuple[str, int]:
+    """(type name, size in bits) as ``show`` prints it: ("RSA", 2048), ("ECDSA", 384), ("Ed25519", 256)."""
+    if isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)):
+        return "RSA", key.key_size
+    if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
+        return "ECDSA", key.curve.key_size
+    if isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):
+        return "Ed25519", 256
+    return type(key).__name__, 0
+
+
+def _looks_encrypted(data: bytes) -> bool:
+    return b"ENCRYPTED" in data[:200] or not data.lstrip().startswith(b"-----BEGIN")
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:120]
