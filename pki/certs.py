@@ -169,6 +169,10 @@ def parse_subject(dn: str | x509.Name) -> x509.Name:
             parts = [p for p in re.split(r"(?<!\\)/", text) if p]
             # slash form lists the most significant RDN first; RFC 4514 the least significant first
             text = ",".join(reversed([p.replace(",", "\\,") for p in parts]))
+        else:
+            # tolerate "CN=r1, O=Example" (spaces after separators, as strongSwan and JUNOS print DNs)
+            text = re.sub(r"(?<!\\)\s*([,+])\s*(?=[A-Za-z][A-Za-z0-9.-]*\s*=)", r"\1", text)
+            text = re.sub(r"^([A-Za-z][A-Za-z0-9.-]*)\s*=\s*", r"\1=", text)
         name = x509.Name.from_rfc4514_string(text)
     except ValueError as exc:
         raise ValueError(f"invalid subject {dn!r}: {_short(exc)}") from None

@@ -42,3 +42,28 @@ def make_leaf(ca: CertificateAuthority, cn: str = "r1", dns=("r1.example.net",),
     key = generate_private_key(parse_key_spec(key_type, key_size))
     csr = build_csr(key, f"CN={cn},O=espresso", SubjectAltNames.build(dns=list(dns), ip=list(ip), email=list(email)))
     return key, ca.issue(csr, profile, at=at)
+
+
+def raw_cert(subject: str, key, issuer_name: str | None = None, issuer_key=None, *, ca: bool | None = True,
+             path_length=None, key_usage: dict | None = None, extra=(), not_before=None, not_after=None, serial=None):
+    """A certificate built directly (no CA checks), for shapes our CA refuses to produce."""
+    from cryptography import x509 as _x
+    from pki.certs import parse_subject
+    from pki.csr import signing_hash
+
+    name = parse_subject(subject)
+    issuer = parse_subject(issuer_name) if issuer_name else name
+    signer = issuer_key or key
+    b = (_x.CertificateBuilder().subject_name(name).issuer_name(issuer).public_key(key.public_key())
+         .serial_number(serial or _x.random_serial_number())
+         .not_valid_before(not_before or T0 - timedelta(days=1)).not_valid_after(not_after or T0 + timedelta(days=30)))
+    if ca is not None:
+        b = b.add_extension(_x.BasicConstraints(ca=ca, path_length=path_length), critical=True)
+    if key_usage is not None:
+        flags = dict(digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
+                     key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False)
+        flags.update(key_usage)
+        b = b.add_extension(_x.KeyUsage(**flags), critical=True)
+    for ext, crit in extra:
+        b = b.add_extension(ext, critical=crit)
+    return b.sign(signer, signing_hash(signer))

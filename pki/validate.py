@@ -1,0 +1,439 @@
+"""Certificate path validation for IKE peers.
+
+Usage (what IKE calls for every peer certificate)::
+
+    from pki.validate import Validator, ValidationPolicy, IdType, VerifiedChain
+    from pki.errors import CertificateRejected, RejectReason
+
+    validator = Validator(store)                       # a pki.store.Store, or a list of TrustAnchor / x509.Certificate
+    try:
+        chain: VerifiedChain = validator.verify(leaf, intermediates, at, identity=(IdType.FQDN, "r1.example.net"))
+    except CertificateRejected as exc:
+        exc.reason    # a RejectReason member, one per check
+        exc.detail    # one line for the log
+
+``verify`` builds a path from ``leaf`` through ``intermediates`` (any order, extras ignored) to a trust anchor (the CA
+certificate of a ca-profile), then checks, in this order: signatures (RSA PKCS#1 v1.5 and PSS, ECDSA, Ed25519),
+validity at ``at`` for every certificate, basicConstraints/keyUsage of every issuer and path length, unknown critical
+extensions, the leaf's keyUsage and extended key usage against :class:`ValidationPolicy`, revocation of every
+non-anchor certificate as the anchor's profile says (CRL from a :class:`~pki.revocation.CrlSource`, OCSP from an
+:class:`~pki.revocation.OcspSource`; failures fail closed unless the profile is ``fail_open``), and finally the IKE
+identity against the subject DN or a subjectAltName (dNSName, iPAddress, rfc822Name).
+
+The validator does no I/O and reads no clock: ``at`` is given, CRLs and OCSP answers come from injected sources.
+"""
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Iterable, Protocol, Sequence, runtime_checkable
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
+
+from pki.certs import parse_subject, sans_of
+from pki.errors import CertificateRejected, PkiError, RejectReason, RevocationUnavailable
+from pki.profile import RevocationMode, RevocationPolicy
+from pki.revocation import (
+    CrlCache, CrlSource, OcspSource, RevocationAnswer, RevocationStatus, check_crl, crl_urls,
+)
+
+__all__ = [
+    "Validator",
+    "ValidationPolicy",
+    "TrustAnchor",
+    "AnchorSource",
+    "VerifiedChain",
+    "IdType",
+    "IPSEC_IKE",
+    "RFC4945_EKUS",
+    "CertificateRejected",
+    "RejectReason",
+]
+
+#: id-kp-ipsecIKE (RFC 4945 5.1.3.12)
+IPSEC_IKE = ObjectIdentifier("1.3.6.1.5.5.7.3.17")
+#: EKUs accepted by default when a leaf has the extension: RFC 4945's ipsecIKE and anyExtendedKeyUsage, plus
+#: serverAuth/clientAuth which Windows/macOS-oriented CAs put on gateway and user certificates.
+RFC4945_EKUS = frozenset({IPSEC_IKE, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
+                          ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH})
+#: Bound on what a peer can make us examine.
+MAX_INTERMEDIATES = 16
+
+
+class IdType(enum.IntEnum):
+    """IKEv2 identification types (RFC 7296 3.5) that can be matched against a certificate."""
+
+    ID_IPV4_ADDR = 1
+    ID_FQDN = 2
+    ID_RFC822_ADDR = 3
+    ID_IPV6_ADDR = 5
+    ID_DER_ASN1_DN = 9
+
+    # short aliases
+    IPV4 = 1
+    FQDN = 2
+    EMAIL = 3
+    IPV6 = 5
+    DN = 9
+
+
+_ID_NAMES = {"ipv4": IdType.IPV4, "ipv4_addr": IdType.IPV4, "fqdn": IdType.FQDN, "dns": IdType.FQDN,
+             "email": IdType.EMAIL, "rfc822": IdType.EMAIL, "rfc822_addr": IdType.EMAIL, "user_fqdn": IdType.EMAIL,
+             "ipv6": IdType.IPV6, "ipv6_addr": IdType.IPV6, "ip": IdType.IPV4, "dn": IdType.DN, "asn1dn": IdType.DN,
+             "der_asn1_dn": IdType.DN}
+
+
+@dataclass(frozen=True)
+class ValidationPolicy:
+    """What a leaf must carry beyond a valid path.
+
+    ``accepted_ekus``: if the leaf has an extendedKeyUsage, it must contain one of these (RFC 4945: no EKU is
+    always fine). ``required_eku``: if set, the leaf must have an EKU containing it.
+    ``check_revocation``: False skips revocation whatever the profiles say (lab use).
+    """
+
+    accepted_ekus: frozenset[ObjectIdentifier] = RFC4945_EKUS
+    required_eku: ObjectIdentifier | None = None
+    require_digital_signature: bool = True
+    max_chain_length: int = 8  # certificates in the path, leaf and anchor included
+    check_revocation: bool = True
+
+
+@dataclass(frozen=True)
+class TrustAnchor:
+    """A trusted CA certificate and the revocation policy of its ca-profile."""
+
+    certificate: x509.Certificate
+    revocation: RevocationPolicy = field(default_factory=RevocationPolicy)
+    profile: str = ""
+
+
+@runtime_checkable
+class AnchorSource(Protocol):
+    """Something that lists trust anchors (``pki.store.Store`` does)."""
+
+    def trust_anchors(self) -> Sequence[TrustAnchor]: ...
+
+
+@dataclass(frozen=True)
+class VerifiedChain:
+    chain: tuple[x509.Certificate, ...]  # leaf first, anchor last
+    anchor: TrustAnchor
+    revocation: tuple[RevocationAnswer, ...]  # one per non-anchor certificate, leaf first
+    identity: str | None  # which name matched the IKE identity, e.g. "DNS:r1.example.net"
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
+
+    @property
+    def profile(self) -> str:
+        return self.anchor.profile
+
+
+def _reject(reason: RejectReason, detail: str) -> CertificateRejected:
+    return CertificateRejected(reason, detail)
+
+
+def _name(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string() or f"serial {cert.serial_number:x}"
+
+
+def _fmt(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class Validator:
+    """Verifies peer certificates against trust anchors; immutable apart from the revocation sources' caches."""
+
+    def __init__(
+        self,
+        anchors: AnchorSource | Iterable[TrustAnchor | x509.Certificate],
+        policy: ValidationPolicy | None = None,
+        *,
+        crl_source: CrlSource | None = None,
+        ocsp: OcspSource | None = None,
+    ) -> None:
+        self._source = anchors if isinstance(anchors, AnchorSource) else None
+        self._static: list[TrustAnchor] = [] if self._source is not None else [
+            a if isinstance(a, TrustAnchor) else TrustAnchor(a) for a in anchors  # type: ignore[union-attr]
+        ]
+        self.policy = policy or ValidationPolicy()
+        self.crl_source: CrlSource = crl_source if crl_source is not None else CrlCache(fetch=None)
+        self.ocsp = ocsp
+
+    def anchors(self) -> list[TrustAnchor]:
+        return list(self._source.trust_anchors()) if self._source is not None else list(self._static)
+
+    # -- the entry point --------------------------------------------------------------------------------------
+    def verify(
+        self,
+        leaf: x509.Certificate,
+        intermediates: Sequence[x509.Certificate] = (),
+        at: datetime | None = None,
+        identity: tuple[IdType | int | str, str | bytes] | None = None,
+    ) -> VerifiedChain:
+        if at is None:
+            raise ValueError("'at' is required: the validator reads no clock")
+        if at.tzinfo is None:
+            raise ValueError("'at' must be timezone-aware (UTC)")
+        if len(intermediates) > MAX_INTERMEDIATES:
+            raise _reject(RejectReason.CHAIN_TOO_LONG, f"{len(intermediates)} intermediates sent (max {MAX_INTERMEDIATES})")
+        try:
+            _ = leaf.subject, leaf.issuer, leaf.extensions
+            for c in intermediates:
+                _ = c.subject, c.issuer, c.extensions
+        except ValueError as exc:
+            raise _reject(RejectReason.MALFORMED, f"certificate does not parse: {exc}") from None
+        path, anchor = self._build_path(leaf, list(intermediates))
+        self._check_validity(path, at)
+        self._check_ca_constraints(path)
+        self._check_critical_extensions(path)
+        self._check_leaf_usage(leaf)
+        answers = self._check_revocation(path, anchor, at)
+        matched = self._check_identity(leaf, identity) if identity is not None else None
+        return VerifiedChain(tuple(path), anchor, tuple(answers), matched)
+
+    # -- path building ----------------------------------------------------------------------------------------
+    def _build_path(self, leaf: x509.Certificate,
+                    pool: list[x509.Certificate]) -> tuple[list[x509.Certificate], TrustAnchor]:
+        anchors = self.anchors()
+        for a in anchors:
+            if a.certificate == leaf:
+                return [leaf], a
+        failures: list[tuple[RejectReason, str]] = []
+        limit = self.policy.max_chain_length
+
+        def extend(path: list[x509.Certificate]) -> tuple[list[x509.Certificate], TrustAnchor] | None:
+            cur = path[-1]
+            if len(path) >= limit:
+                failures.append((RejectReason.CHAIN_TOO_LONG, f"no trusted issuer within {limit} certificates"))
+                return None
+            for a in anchors:
+                if self._issued_by(cur, a.certificate, failures):
+                    return path + [a.certificate], a
+            for cand in pool:
+                if cand in path or cand == cur:
+                    continue
+                if self._issued_by(cur, cand, failures):
+                    found = extend(path + [cand])
+                    if found is not None:
+                        return found
+            return None
+
+        found = extend([leaf])
+        if found is not None:
+            return found
+        for wanted in (RejectReason.BAD_SIGNATURE, RejectReason.MALFORMED, RejectReason.CHAIN_TOO_LONG):
+            for r, d in failures:
+                if r is wanted:
+                    raise _reject(r, d)
+        raise _reject(RejectReason.UNTRUSTED,
+                      f"no path from {_name(leaf)} (issuer {leaf.issuer.rfc4514_string()}) to a trusted CA")
+
+    @staticmethod
+    def _issued_by(cert: x509.Certificate, issuer: x509.Certificate,
+                   failures: list[tuple[RejectReason, str]]) -> bool:
+        if cert.issuer != issuer.subject:
+            return False
+        aki = _aki(cert)
+        ski = _ski(issuer)
+        if aki is not None and ski is not None and aki != ski:
+            return False
+        try:
+            cert.verify_directly_issued_by(issuer)
+        except InvalidSignature:
+            failures.append((RejectReason.BAD_SIGNATURE, f"signature on {_name(cert)} does not verify with the key of {_name(issuer)}"))
+            return False
+        except (UnsupportedAlgorithm, TypeError, ValueError) as exc:
+            failures.append((RejectReason.MALFORMED, f"signature on {_name(cert)} cannot be checked: {exc}"))
+            return False
+        return True
+
+    # -- checks -----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_validity(path: list[x509.Certificate], at: datetime) -> None:
+        for i, c in enumerate(path):
+            what = "certificate" if i == 0 else "CA certificate"
+            if at < c.not_valid_before_utc:
+                raise _reject(RejectReason.NOT_YET_VALID, f"{what} {_name(c)} not valid before {_fmt(c.not_valid_before_utc)}")
+            if at > c.not_valid_after_utc:
+                raise _reject(RejectReason.EXPIRED, f"{what} {_name(c)} expired at {_fmt(c.not_valid_after_utc)}")
+
+    @staticmethod
+    def _check_ca_constraints(path: list[x509.Certificate]) -> None:
+        for k in range(1, len(path)):
+            ca = path[k]
+            try:
+                bc = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+            except x509.ExtensionNotFound:
+                raise _reject(RejectReason.NOT_A_CA, f"{_name(ca)} has no basicConstraints: not a CA") from None
+            if not bc.ca:
+                raise _reject(RejectReason.NOT_A_CA, f"{_name(ca)} has basicConstraints cA=FALSE")
+            try:
+                ku = ca.extensions.get_extension_for_class(x509.KeyUsage).value
+                if not ku.key_cert_sign:
+                    raise _reject(RejectReason.NOT_A_CA, f"{_name(ca)} keyUsage lacks keyCertSign")
+            except x509.ExtensionNotFound:
+                pass
+            # CA certificates strictly between this one and the leaf (self-issued ones do not count, RFC 5280 6.1.4)
+            below = sum(1 for c in path[1:k] if c.subject != c.issuer)
+            if bc.path_length is not None and below > bc.path_length:
+                raise _reject(RejectReason.PATH_LENGTH_EXCEEDED,
+                              f"{_name(ca)} allows {bc.path_length} intermediate CA(s) below it, path has {below}")
+
+    @staticmethod
+    def _check_critical_extensions(path: list[x509.Certificate]) -> None:
+        for c in path:
+            for ext in c.extensions:
+                if ext.critical and isinstance(ext.value, x509.UnrecognizedExtension):
+                    raise _reject(RejectReason.MALFORMED,
+                                  f"{_name(c)} has an unsupported critical extension {ext.oid.dotted_string}")
+
+    def _check_leaf_usage(self, leaf: x509.Certificate) -> None:
+        pol = self.policy
+        if pol.require_digital_signature:
+            try:
+                ku = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+                if not (ku.digital_signature or ku.content_commitment):
+                    raise _reject(RejectReason.KEY_USAGE, f"{_name(leaf)} keyUsage allows neither digitalSignature "
+                                  "nor nonRepudiation: it cannot authenticate IKE")
+            except x509.ExtensionNotFound:
+                pass
+        try:
+            ekus = set(leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+        except x509.ExtensionNotFound:
+            ekus = None
+        if pol.required_eku is not None and (ekus is None or pol.required_eku not in ekus):
+            raise _reject(RejectReason.EXTENDED_KEY_USAGE,
+                          f"{_name(leaf)} lacks the required extendedKeyUsage {pol.required_eku.dotted_string}")
+        if ekus is not None and not ekus & set(pol.accepted_ekus):
+            names = ", ".join(getattr(e, "_name", e.dotted_string) for e in ekus)
+            raise _reject(RejectReason.EXTENDED_KEY_USAGE, f"{_name(leaf)} extendedKeyUsage ({names}) not acceptable for IKE")
+
+    def _check_revocation(self, path: list[x509.Certificate], anchor: TrustAnchor, at: datetime) -> list[RevocationAnswer]:
+        rp = anchor.revocation
+        answers: list[RevocationAnswer] = []
+        for i in range(len(path) - 1):
+            cert, issuer = path[i], path[i + 1]
+            if not self.policy.check_revocation or rp.mode is RevocationMode.DISABLE:
+                answers.append(RevocationAnswer(RevocationStatus.NOT_CHECKED, "disabled"))
+                continue
+            try:
+                if rp.mode is RevocationMode.OCSP:
+                    ans = self._ocsp(cert, issuer, rp, at)
+                else:
+                    ans = self._crl(cert, issuer, rp, at)
+            except PkiError as exc:
+                if rp.fail_open:
+                    answers.append(RevocationAnswer(RevocationStatus.UNKNOWN, f"fail-open: {exc}"))
+                    continue
+                raise _reject(RejectReason.REVOCATION_UNKNOWN, f"revocation status of {_name(cert)} unknown: {exc}") from None
+            if ans.status is RevocationStatus.REVOKED:
+                why = f" ({ans.reason.name})" if ans.reason is not None else ""
+                when = f" at {_fmt(ans.revoked_at)}" if ans.revoked_at is not None else ""
+                raise _reject(RejectReason.REVOKED, f"{_name(cert)} serial {cert.serial_number:x} revoked{when}{why} [{ans.source}]")
+            answers.append(ans)
+        return answers
+
+    def _crl(self, cert: x509.Certificate, issuer: x509.Certificate, rp: RevocationPolicy, at: datetime) -> RevocationAnswer:
+        urls = [rp.crl_url] if rp.crl_url else crl_urls(cert)
+        if isinstance(self.crl_source, CrlCache):
+            crl, where = self.crl_source.get_crl(issuer, urls, at, refresh_interval=rp.refresh_interval)
+        else:
+            crl, where = self.crl_source.get_crl(issuer, urls, at)
+        return check_crl(cert, issuer, crl, at, source=where)
+
+    def _ocsp(self, cert: x509.Certificate, issuer: x509.Certificate, rp: RevocationPolicy, at: datetime) -> RevocationAnswer:
+        try:
+            if self.ocsp is None:
+                raise RevocationUnavailable("OCSP checking configured but no OCSP checker available")
+            res = self.ocsp.check(cert, issuer, at)
+            status = getattr(getattr(res, "status", None), "name", "UNKNOWN")
+            if status == "GOOD":
+                return RevocationAnswer(RevocationStatus.GOOD, "ocsp")
+            if status == "REVOKED":
+                return RevocationAnswer(RevocationStatus.REVOKED, "ocsp", getattr(res, "revocation_time", None),
+                                        getattr(res, "revocation_reason", None))
+            raise RevocationUnavailable("OCSP responder answered 'unknown'")
+        except PkiError:
+            if rp.ocsp_fallback_crl:
+                return self._crl(cert, issuer, rp, at)
+            raise
+
+    @staticmethod
+    def _check_identity(leaf: x509.Certificate, identity: tuple[IdType | int | str, str | bytes]) -> str:
+        kind, value = identity
+        try:
+            t = IdType(kind) if not isinstance(kind, str) else _ID_NAMES[kind.lower()]
+        except (ValueError, KeyError):
+            raise ValueError(f"unsupported identity type {kind!r}") from None
+        sans = sans_of(leaf)
+        shown = value if isinstance(value, str) else value.hex()
+        if t is IdType.DN:
+            if isinstance(value, bytes):
+                if leaf.subject.public_bytes() == value:
+                    return f"DN:{leaf.subject.rfc4514_string()}"
+            else:
+                try:
+                    want = parse_subject(value)
+                except ValueError:
+                    raise _reject(RejectReason.IDENTITY_MISMATCH, f"identity {value!r} is not a DN") from None
+                # RFC 4514 text lists the last RDN first, strongSwan prints the first first: accept either
+                if _dn_equal(want, leaf.subject) or _dn_equal(x509.Name(list(reversed(want.rdns))), leaf.subject):
+                    return f"DN:{leaf.subject.rfc4514_string()}"
+            raise _reject(RejectReason.IDENTITY_MISMATCH,
+                          f"subject {leaf.subject.rfc4514_string()} does not match identity DN {shown}")
+        if t in (IdType.IPV4, IdType.IPV6):
+            try:
+                addr = ipaddress.ip_address(value if isinstance(value, str) else bytes(value))
+            except ValueError:
+                raise _reject(RejectReason.IDENTITY_MISMATCH, f"identity {shown!r} is not an IP address") from None
+            if addr in sans.ip:
+                return f"IP:{addr}"
+            raise _reject(RejectReason.IDENTITY_MISMATCH, f"IP {addr} not among the certificate's subjectAltNames")
+        text = value if isinstance(value, str) else value.decode("utf-8", "replace")
+        if t is IdType.FQDN:
+            want = text.lower().rstrip(".")
+            for d in sans.dns:
+                if d.lower().rstrip(".") == want:
+                    return f"DNS:{d}"
+            raise _reject(RejectReason.IDENTITY_MISMATCH, f"FQDN {text} not among the certificate's subjectAltNames")
+        local, _, domain = text.rpartition("@")
+        for e in sans.email:
+            el, _, ed = e.rpartition("@")
+            if el == local and ed.lower() == domain.lower():
+                return f"email:{e}"
+        raise _reject(RejectReason.IDENTITY_MISMATCH, f"e-mail {text} not among the certificate's subjectAltNames")
+
+
+def _dn_equal(a: x509.Name, b: x509.Name) -> bool:
+    """RFC 5280 7.1-ish comparison: same RDN sequence, attribute values compared case-insensitively with
+    collapsed whitespace (string types ignored)."""
+    ra, rb = list(a.rdns), list(b.rdns)
+    if len(ra) != len(rb):
+        return False
+    for x, y in zip(ra, rb):
+        sx = sorted((at.oid.dotted_string, " ".join(str(at.value).split()).casefold()) for at in x)
+        sy = sorted((at.oid.dotted_string, " ".join(str(at.value).split()).casefold()) for at in y)
+        if sx != sy:
+            return False
+    return True
+
+
+def _aki(cert: x509.Certificate) -> bytes | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _ski(cert: x509.Certificate) -> bytes | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return None
