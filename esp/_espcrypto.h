@@ -1,0 +1,321 @@
+/*
+ * espresso: the per-packet cryptographic primitives behind esp/_core.pyx.
+ *
+ * Two backends with identical output: OpenSSL 3 EVP (always) and Intel ipsec-mb (when built with
+ * ESPRESSO_HAVE_IPSECMB). Everything expensive (cipher fetch, key schedule, GHASH tables, HMAC inner and
+ * outer pads) happens once in espc_init; per packet only the nonce/IV changes. ipsec-mb's API is made of
+ * macros over a manager's function table, which is why this layer is C rather than Cython.
+ *
+ * Return codes: 1 success, 0 authentication failure, negative = internal error.
+ */
+#ifndef ESPRESSO_ESPCRYPTO_H
+#define ESPRESSO_ESPCRYPTO_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <openssl/evp.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+#include <openssl/opensslv.h>
+
+#ifdef ESPRESSO_HAVE_IPSECMB
+#include <intel-ipsec-mb.h>
+#endif
+
+enum { ESPC_OPENSSL = 0, ESPC_IPSECMB = 1 };
+enum { ESPC_GCM = 0, ESPC_CCM, ESPC_GMAC, ESPC_CHACHA, ESPC_CBC, ESPC_CTR, ESPC_NULL };
+enum { ESPC_I_NONE = 0, ESPC_I_SHA1, ESPC_I_SHA256, ESPC_I_SHA384, ESPC_I_SHA512 };
+
+typedef struct {
+    int kind;          /* ESPC_I_* */
+    int block;         /* hash block size */
+    int digest;        /* full digest size */
+    union { SHA_CTX s1; SHA256_CTX s256; SHA512_CTX s512; } inner, outer;
+} espc_hmac;
+
+typedef struct {
+    int backend, cipher, enc, key_len, icv_len;
+    EVP_CIPHER_CTX *ctx;
+    espc_hmac hmac;
+#ifdef ESPRESSO_HAVE_IPSECMB
+    struct gcm_key_data gkey __attribute__((aligned(64)));
+    uint8_t chacha_key[32];
+#endif
+} espc_ctx;
+
+#ifdef ESPRESSO_HAVE_IPSECMB
+static IMB_MGR *espc_mb_mgr = NULL;
+#endif
+
+/* Called once at import: the ipsec-mb manager used for its direct (stateless) AEAD calls. */
+static int espc_global_init(void) {
+#ifdef ESPRESSO_HAVE_IPSECMB
+    if (espc_mb_mgr == NULL) {
+        IMB_ARCH arch;
+        espc_mb_mgr = alloc_mb_mgr(0);
+        if (espc_mb_mgr == NULL) return 0;
+        init_mb_mgr_auto(espc_mb_mgr, &arch);
+        if (imb_get_errno(espc_mb_mgr) != 0) { free_mb_mgr(espc_mb_mgr); espc_mb_mgr = NULL; return 0; }
+    }
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+static const char *espc_ipsecmb_version(void) {
+#ifdef ESPRESSO_HAVE_IPSECMB
+    return imb_get_version_str();
+#else
+    return "";
+#endif
+}
+
+static const char *espc_ipsecmb_arch(void) {
+#ifdef ESPRESSO_HAVE_IPSECMB
+    if (espc_mb_mgr == NULL) return "";
+    switch (espc_mb_mgr->used_arch) {
+        case IMB_ARCH_SSE: return "sse";
+        case IMB_ARCH_AVX: return "avx";
+        case IMB_ARCH_AVX2: return "avx2";
+        case IMB_ARCH_AVX512: return "avx512";
+        default: return "other";
+    }
+#else
+    return "";
+#endif
+}
+
+static const char *espc_openssl_version(void) { return OpenSSL_version(OPENSSL_VERSION); }
+
+/* ---- HMAC with precomputed pads (RFC 2104); ~40% cheaper than EVP_MAC re-init for small packets ---- */
+
+static void espc_hash_init(int kind, void *c) {
+    switch (kind) {
+        case ESPC_I_SHA1: SHA1_Init((SHA_CTX *)c); break;
+        case ESPC_I_SHA256: SHA256_Init((SHA256_CTX *)c); break;
+        case ESPC_I_SHA384: SHA384_Init((SHA512_CTX *)c); break;
+        case ESPC_I_SHA512: SHA512_Init((SHA512_CTX *)c); break;
+    }
+}
+static void espc_hash_update(int kind, void *c, const uint8_t *d, size_t n) {
+    switch (kind) {
+        case ESPC_I_SHA1: SHA1_Update((SHA_CTX *)c, d, n); break;
+        case ESPC_I_SHA256: SHA256_Update((SHA256_CTX *)c, d, n); break;
+        case ESPC_I_SHA384: SHA384_Update((SHA512_CTX *)c, d, n); break;
+        case ESPC_I_SHA512: SHA512_Update((SHA512_CTX *)c, d, n); break;
+    }
+}
+static void espc_hash_final(int kind, void *c, uint8_t *out) {
+    switch (kind) {
+        case ESPC_I_SHA1: SHA1_Final(out, (SHA_CTX *)c); break;
+        case ESPC_I_SHA256: SHA256_Final(out, (SHA256_CTX *)c); break;
+        case ESPC_I_SHA384: SHA384_Final(out, (SHA512_CTX *)c); break;
+        case ESPC_I_SHA512: SHA512_Final(out, (SHA512_CTX *)c); break;
+    }
+}
+
+static int espc_hmac_init(espc_hmac *h, int kind, const uint8_t *key, int key_len) {
+    uint8_t k[128], pad[128];
+    int i;
+    h->kind = kind;
+    switch (kind) {
+        case ESPC_I_SHA1: h->block = 64; h->digest = 20; break;
+        case ESPC_I_SHA256: h->block = 64; h->digest = 32; break;
+        case ESPC_I_SHA384: h->block = 128; h->digest = 48; break;
+        case ESPC_I_SHA512: h->block = 128; h->digest = 64; break;
+        default: return 1;
+    }
+    memset(k, 0, sizeof k);
+    if (key_len > h->block) {
+        union { SHA_CTX s1; SHA256_CTX s256; SHA512_CTX s512; } t;
+        espc_hash_init(kind, &t);
+        espc_hash_update(kind, &t, key, (size_t)key_len);
+        espc_hash_final(kind, &t, k);
+        OPENSSL_cleanse(&t, sizeof t);
+    } else if (key_len > 0) {
+        memcpy(k, key, (size_t)key_len);
+    }
+    for (i = 0; i < h->block; i++) pad[i] = k[i] ^ 0x36;
+    espc_hash_init(kind, &h->inner);
+    espc_hash_update(kind, &h->inner, pad, (size_t)h->block);
+    for (i = 0; i < h->block; i++) pad[i] = k[i] ^ 0x5c;
+    espc_hash_init(kind, &h->outer);
+    espc_hash_update(kind, &h->outer, pad, (size_t)h->block);
+    OPENSSL_cleanse(k, sizeof k);
+    OPENSSL_cleanse(pad, sizeof pad);
+    return 1;
+}
+
+/* HMAC over d1 || d2 (d2 carries the ESN high bits, RFC 4303 2.2.1); writes the full digest. */
+static void espc_hmac_compute(const espc_hmac *h, const uint8_t *d1, size_t l1, const uint8_t *d2, size_t l2,
+                      uint8_t *out) {
+    union { SHA_CTX s1; SHA256_CTX s256; SHA512_CTX s512; } c;
+    uint8_t inner[64];
+    memcpy(&c, &h->inner, sizeof c);
+    espc_hash_update(h->kind, &c, d1, l1);
+    if (l2) espc_hash_update(h->kind, &c, d2, l2);
+    espc_hash_final(h->kind, &c, inner);
+    memcpy(&c, &h->outer, sizeof c);
+    espc_hash_update(h->kind, &c, inner, (size_t)h->digest);
+    espc_hash_final(h->kind, &c, out);
+}
+
+/* ---- context setup ---- */
+
+static const char *espc_evp_name(int cipher, int key_len) {
+    switch (cipher) {
+        case ESPC_GCM: case ESPC_GMAC:
+            return key_len == 16 ? "AES-128-GCM" : key_len == 24 ? "AES-192-GCM" : "AES-256-GCM";
+        case ESPC_CCM:
+            return key_len == 16 ? "AES-128-CCM" : key_len == 24 ? "AES-192-CCM" : "AES-256-CCM";
+        case ESPC_CHACHA: return "ChaCha20-Poly1305";
+        case ESPC_CBC:
+            return key_len == 16 ? "AES-128-CBC" : key_len == 24 ? "AES-192-CBC" : "AES-256-CBC";
+        case ESPC_CTR:
+            return key_len == 16 ? "AES-128-CTR" : key_len == 24 ? "AES-192-CTR" : "AES-256-CTR";
+    }
+    return NULL;
+}
+
+/* Whether ipsec-mb can run this cipher through its direct calls. */
+static int espc_ipsecmb_supports(int cipher, int key_len) {
+#ifdef ESPRESSO_HAVE_IPSECMB
+    if (espc_mb_mgr == NULL) return 0;
+    if (cipher == ESPC_GCM || cipher == ESPC_GMAC) return key_len == 16 || key_len == 24 || key_len == 32;
+    if (cipher == ESPC_CHACHA) return key_len == 32;
+#endif
+    (void)cipher; (void)key_len;
+    return 0;
+}
+
+static void espc_free(espc_ctx *c) {
+    if (c == NULL) return;
+    if (c->ctx) EVP_CIPHER_CTX_free(c->ctx);
+    OPENSSL_cleanse(c, sizeof *c);
+    free(c);
+}
+
+/* Returns NULL on failure. `enc` is 1 for an outbound SA, 0 for inbound. */
+static espc_ctx *espc_new(int backend, int cipher, int enc, const uint8_t *key, int key_len, int integ,
+                          const uint8_t *ikey, int ikey_len, int icv_len) {
+    espc_ctx *c = NULL;
+    if (posix_memalign((void **)&c, 64, sizeof *c) != 0) return NULL;
+    memset(c, 0, sizeof *c);
+    c->backend = backend; c->cipher = cipher; c->enc = enc; c->key_len = key_len; c->icv_len = icv_len;
+    if (integ != ESPC_I_NONE) espc_hmac_init(&c->hmac, integ, ikey, ikey_len);
+    if (backend == ESPC_IPSECMB) {
+#ifdef ESPRESSO_HAVE_IPSECMB
+        if (!espc_ipsecmb_supports(cipher, key_len)) goto fail;
+        if (cipher == ESPC_CHACHA) { memcpy(c->chacha_key, key, 32); return c; }
+        if (key_len == 16) IMB_AES128_GCM_PRE(espc_mb_mgr, key, &c->gkey);
+        else if (key_len == 24) IMB_AES192_GCM_PRE(espc_mb_mgr, key, &c->gkey);
+        else IMB_AES256_GCM_PRE(espc_mb_mgr, key, &c->gkey);
+        return c;
+#else
+        goto fail;
+#endif
+    }
+    if (cipher == ESPC_NULL) return c;
+    {
+        EVP_CIPHER *ciph = EVP_CIPHER_fetch(NULL, espc_evp_name(cipher, key_len), NULL);
+        if (ciph == NULL) goto fail;
+        c->ctx = EVP_CIPHER_CTX_new();
+        if (c->ctx == NULL || !EVP_CipherInit_ex2(c->ctx, ciph, NULL, NULL, enc, NULL)) {
+            EVP_CIPHER_free(ciph);
+            goto fail;
+        }
+        EVP_CIPHER_free(ciph);
+        if (cipher == ESPC_CCM) {
+            /* RFC 4309: 11-byte nonce (3-byte salt || 8-byte IV), so a 4-byte length field. */
+            if (!EVP_CIPHER_CTX_ctrl(c->ctx, EVP_CTRL_AEAD_SET_IVLEN, 11, NULL)) goto fail;
+            if (!EVP_CIPHER_CTX_ctrl(c->ctx, EVP_CTRL_AEAD_SET_TAG, icv_len, NULL)) goto fail;
+        }
+        if (!EVP_CipherInit_ex2(c->ctx, NULL, key, NULL, enc, NULL)) goto fail;
+        if (cipher == ESPC_CBC || cipher == ESPC_CTR) EVP_CIPHER_CTX_set_padding(c->ctx, 0);
+    }
+    return c;
+fail:
+    espc_free(c);
+    return NULL;
+}
+
+/* ---- per packet ---- */
+
+/* AEAD seal/open, in place allowed. nonce: 12 bytes (GCM, ChaCha20-Poly1305) or 11 (CCM).
+ * For GMAC the payload is authenticated only: pass it as part of aad with len 0. */
+static int espc_aead(espc_ctx *c, const uint8_t *nonce, const uint8_t *aad, int aad_len,
+                     const uint8_t *in, uint8_t *out, int len, uint8_t *tag) {
+    int outl = 0;
+#ifdef ESPRESSO_HAVE_IPSECMB
+    if (c->backend == ESPC_IPSECMB) {
+        if (c->cipher == ESPC_CHACHA) {
+            struct chacha20_poly1305_context_data cc;
+            uint8_t t[16];
+            IMB_CHACHA20_POLY1305_INIT(espc_mb_mgr, c->chacha_key, &cc, nonce, aad, (uint64_t)aad_len);
+            if (c->enc) {
+                IMB_CHACHA20_POLY1305_ENC_UPDATE(espc_mb_mgr, c->chacha_key, &cc, out, in, (uint64_t)len);
+                IMB_CHACHA20_POLY1305_ENC_FINALIZE(espc_mb_mgr, &cc, tag, (uint64_t)c->icv_len);
+                return 1;
+            }
+            IMB_CHACHA20_POLY1305_DEC_UPDATE(espc_mb_mgr, c->chacha_key, &cc, out, in, (uint64_t)len);
+            IMB_CHACHA20_POLY1305_DEC_FINALIZE(espc_mb_mgr, &cc, t, (uint64_t)c->icv_len);
+            return CRYPTO_memcmp(t, tag, (size_t)c->icv_len) == 0;
+        } else {
+            struct gcm_context_data gc;
+            uint8_t t[16];
+            uint8_t *dst = c->enc ? tag : t;
+            if (c->key_len == 16) {
+                if (c->enc) IMB_AES128_GCM_ENC(espc_mb_mgr, &c->gkey, &gc, out, in, (uint64_t)len, nonce, aad,
+                                               (uint64_t)aad_len, dst, (uint64_t)c->icv_len);
+                else IMB_AES128_GCM_DEC(espc_mb_mgr, &c->gkey, &gc, out, in, (uint64_t)len, nonce, aad,
+                                        (uint64_t)aad_len, dst, (uint64_t)c->icv_len);
+            } else if (c->key_len == 24) {
+                if (c->enc) IMB_AES192_GCM_ENC(espc_mb_mgr, &c->gkey, &gc, out, in, (uint64_t)len, nonce, aad,
+                                               (uint64_t)aad_len, dst, (uint64_t)c->icv_len);
+                else IMB_AES192_GCM_DEC(espc_mb_mgr, &c->gkey, &gc, out, in, (uint64_t)len, nonce, aad,
+                                        (uint64_t)aad_len, dst, (uint64_t)c->icv_len);
+            } else {
+                if (c->enc) IMB_AES256_GCM_ENC(espc_mb_mgr, &c->gkey, &gc, out, in, (uint64_t)len, nonce, aad,
+                                               (uint64_t)aad_len, dst, (uint64_t)c->icv_len);
+                else IMB_AES256_GCM_DEC(espc_mb_mgr, &c->gkey, &gc, out, in, (uint64_t)len, nonce, aad,
+                                        (uint64_t)aad_len, dst, (uint64_t)c->icv_len);
+            }
+            if (c->enc) return 1;
+            return CRYPTO_memcmp(t, tag, (size_t)c->icv_len) == 0;
+        }
+    }
+#endif
+    if (!EVP_CipherInit_ex2(c->ctx, NULL, NULL, nonce, c->enc, NULL)) return -1;
+    if (c->cipher == ESPC_CCM) {
+        if (!c->enc && !EVP_CIPHER_CTX_ctrl(c->ctx, EVP_CTRL_AEAD_SET_TAG, c->icv_len, (void *)tag)) return -1;
+        if (!EVP_CipherUpdate(c->ctx, NULL, &outl, NULL, len)) return -1;
+    } else if (!c->enc) {
+        if (!EVP_CIPHER_CTX_ctrl(c->ctx, EVP_CTRL_AEAD_SET_TAG, c->icv_len, (void *)tag)) return -1;
+    }
+    if (aad_len > 0 && !EVP_CipherUpdate(c->ctx, NULL, &outl, aad, aad_len)) return -1;
+    if (len > 0 || c->cipher == ESPC_CCM) {
+        if (!EVP_CipherUpdate(c->ctx, out, &outl, in, len)) return c->cipher == ESPC_CCM && !c->enc ? 0 : -1;
+    }
+    if (c->cipher != ESPC_CCM || c->enc) {
+        if (!EVP_CipherFinal_ex(c->ctx, out + outl, &outl)) return c->enc ? -1 : 0;
+    }
+    if (c->enc && !EVP_CIPHER_CTX_ctrl(c->ctx, EVP_CTRL_AEAD_GET_TAG, c->icv_len, tag)) return -1;
+    return 1;
+}
+
+/* Unpadded CBC or CTR over len bytes with a 16-byte IV (or counter block), in place allowed. */
+static int espc_cipher(espc_ctx *c, const uint8_t *iv, const uint8_t *in, uint8_t *out, int len) {
+    int outl = 0;
+    if (c->cipher == ESPC_NULL) {
+        if (in != out) memmove(out, in, (size_t)len);
+        return 1;
+    }
+    if (!EVP_CipherInit_ex2(c->ctx, NULL, NULL, iv, c->enc, NULL)) return -1;
+    if (!EVP_CipherUpdate(c->ctx, out, &outl, in, len)) return -1;
+    return 1;
+}
+
+#endif

@@ -1,0 +1,98 @@
+"""Packet batches: the unit of work of the compiled core.
+
+A batch is one contiguous uint8 arena plus per-slot offsets, lengths, capacities and verdicts. The core reads
+slot i of one batch and writes slot i of another, so nothing is allocated per packet and a caller can reuse
+both batches forever (a ring of arenas, as a router would).
+"""
+from __future__ import annotations
+
+import enum
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from esp import _core
+
+__all__ = ["Verdict", "PacketBatch", "DEFAULT_SLOT"]
+
+Verdict = enum.IntEnum("Verdict", {name: i for i, name in enumerate(_core.VERDICTS)})  # type: ignore[misc]
+Verdict.__doc__ = "Per-packet outcome of batch processing; OK is 0."
+
+#: Room per slot by default: a 1500-byte packet plus outer headers, ESP overhead, TFC padding and some slack.
+DEFAULT_SLOT = 2048
+
+
+class PacketBatch:
+    """Packets in one arena. ``lengths[i]`` bytes at ``offsets[i]``, with ``capacity[i]`` bytes of room."""
+
+    __slots__ = ("buf", "offsets", "lengths", "capacity", "status")
+
+    def __init__(self, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, capacity: np.ndarray) -> None:
+        if buf.dtype != np.uint8 or buf.ndim != 1:
+            raise TypeError("buf must be a 1-D uint8 array")
+        n = len(offsets)
+        if len(lengths) != n or len(capacity) != n:
+            raise ValueError("offsets, lengths and capacity must have the same length")
+        self.buf = np.ascontiguousarray(buf)
+        self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        self.lengths = np.ascontiguousarray(lengths, dtype=np.int32)
+        self.capacity = np.ascontiguousarray(capacity, dtype=np.int32)
+        self.status = np.zeros(n, dtype=np.uint8)
+
+    @classmethod
+    def empty(cls, count: int, slot_size: int = DEFAULT_SLOT) -> "PacketBatch":
+        """``count`` empty slots of ``slot_size`` bytes each: an output batch."""
+        if count < 0 or slot_size <= 0:
+            raise ValueError("count must be >= 0 and slot_size > 0")
+        offsets = np.arange(count, dtype=np.int64) * slot_size
+        return cls(np.zeros(count * slot_size, dtype=np.uint8), offsets, np.zeros(count, dtype=np.int32),
+                   np.full(count, slot_size, dtype=np.int32))
+
+    @classmethod
+    def from_packets(cls, packets: Iterable[bytes], slot_size: int | None = None) -> "PacketBatch":
+        """Packets copied into an arena, packed (slot_size None) or in fixed slots."""
+        pkts = [bytes(p) for p in packets]
+        lengths = np.fromiter((len(p) for p in pkts), dtype=np.int32, count=len(pkts))
+        if slot_size is None:
+            offsets = np.zeros(len(pkts), dtype=np.int64)
+            if len(pkts) > 1:
+                np.cumsum(lengths[:-1], out=offsets[1:])
+            capacity = lengths.copy()
+            buf = np.frombuffer(b"".join(pkts), dtype=np.uint8).copy()
+        else:
+            if len(pkts) and int(lengths.max()) > slot_size:
+                raise ValueError(f"a packet of {int(lengths.max())} bytes does not fit a {slot_size}-byte slot")
+            batch = cls.empty(len(pkts), slot_size)
+            batch.set_packets(pkts)
+            return batch
+        return cls(buf, offsets, lengths, capacity)
+
+    @property
+    def count(self) -> int:
+        return len(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def packet(self, i: int) -> bytes:
+        off = int(self.offsets[i])
+        return self.buf[off:off + int(self.lengths[i])].tobytes()
+
+    def packets(self) -> list[bytes]:
+        return [self.packet(i) for i in range(self.count)]
+
+    def ok(self) -> Iterator[bytes]:
+        """The packets whose verdict is OK, in order."""
+        for i in np.flatnonzero(self.status == Verdict.OK):
+            yield self.packet(int(i))
+
+    def set_packets(self, packets: Sequence[bytes]) -> None:
+        """Copy packets into slots 0..len-1 (each must fit its slot's capacity)."""
+        if len(packets) > self.count:
+            raise ValueError("more packets than slots")
+        for i, p in enumerate(packets):
+            if len(p) > int(self.capacity[i]):
+                raise ValueError(f"packet {i} ({len(p)} bytes) exceeds its slot ({int(self.capacity[i])} bytes)")
+            off = int(self.offsets[i])
+            self.buf[off:off + len(p)] = np.frombuffer(p, dtype=np.uint8)
+            self.lengths[i] = len(p)
