@@ -1,0 +1,499 @@
+"""The security policy database (RFC 4301 section 4.4.1): ordered selectors, classified a batch at a time.
+
+A router's forwarding loop hands us hundreds of packets at once, so the 5-tuple of every packet of a batch is
+parsed with numpy (one gather per header field for the whole batch) and each policy is tested against all
+packets at once: Python runs once per policy and batch, never once per packet. The first matching policy in
+order wins, as in RFC 4301 and in JUNOS/strongSwan policy lists; traffic no policy matches is discarded.
+
+Updates never disturb a batch being classified: the policy list is compiled into an immutable
+:class:`SpdSnapshot` and the snapshot reference is swapped in one assignment. A batch classified against a
+snapshot keeps using it (policy indices refer to that snapshot) even if the SPD changes meanwhile.
+"""
+from __future__ import annotations
+
+import enum
+import ipaddress
+import threading
+from dataclasses import dataclass, field
+from typing import Iterable, NamedTuple, Sequence, Union
+
+import numpy as np
+
+__all__ = [
+    "Action",
+    "Selector",
+    "Policy",
+    "Spd",
+    "SpdSnapshot",
+    "Headers",
+    "parse_headers",
+    "NO_MATCH",
+    "UNPARSEABLE",
+    "OPAQUE_PORT",
+]
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+#: Policy index of a packet that no policy matched (RFC 4301: discarded).
+NO_MATCH = -1
+#: Policy index of a packet whose IP header could not be parsed (too short, unknown version).
+UNPARSEABLE = -2
+#: Port value of a packet whose ports are not available (no port-carrying protocol, non-initial fragment):
+#: RFC 4301 section 4.4.1.1 "OPAQUE"; such a packet matches only selectors with the full port range.
+OPAQUE_PORT = -1
+
+#: IPv6 extension headers walked to reach the upper-layer protocol, bounded so a hostile chain costs nothing.
+MAX_IPV6_EXTENSION_HEADERS = 4
+
+_PORT_PROTOCOLS = (6, 17, 132, 136)  # TCP, UDP, SCTP, UDP-Lite: ports are the first 4 bytes
+_ICMP_PROTOCOLS = (1, 58)  # ICMP type/code stand in for the ports (RFC 4301 4.4.1.1)
+_IPV6_EXT_LEN8 = (0, 43, 60)  # hop-by-hop, routing, destination options: (len + 1) * 8 bytes
+_IPV6_FRAGMENT = 44
+_IPV6_AH = 51
+
+
+class Action(enum.IntEnum):
+    """What a policy does with the traffic its selector matches (RFC 4301 PROTECT / BYPASS / DISCARD)."""
+
+    PROTECT = 0
+    BYPASS = 1
+    DISCARD = 2
+
+
+def _network(value: object) -> Network | None:
+    if value is None or value == "any":
+        return None
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return value
+    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return ipaddress.ip_network(value)
+    if isinstance(value, str):
+        try:
+            return ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"selector address {value!r} is not an address or prefix: {exc}") from None
+    raise TypeError(f"selector address must be a string, ip_network or None, not {type(value).__name__}")
+
+
+def _port_range(value: object, what: str) -> tuple[int, int]:
+    if value is None or value == "any":
+        return (0, 65535)
+    if isinstance(value, int):
+        lo = hi = value
+    elif isinstance(value, str):
+        a, _, b = value.partition("-")
+        try:
+            lo, hi = int(a), int(b or a)
+        except ValueError:
+            raise ValueError(f"{what} {value!r} is not a port or range like 1024-2047") from None
+    elif isinstance(value, tuple) and len(value) == 2:
+        lo, hi = int(value[0]), int(value[1])
+    else:
+        raise TypeError(f"{what} must be an int, (lo, hi), 'lo-hi' or None")
+    if not (0 <= lo <= hi <= 65535):
+        raise ValueError(f"{what} range {lo}-{hi} is outside 0-65535 or reversed")
+    return (lo, hi)
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which packets a policy covers, seen from the local side: ``src`` is local, ``dst`` the remote network.
+
+    ``None`` (or ``"any"``) for an address matches IPv4 and IPv6; a prefix of one family limits the
+    selector to that family. ``proto`` 0 matches every protocol. For ICMP and ICMPv6 the ports are the type
+    (``sport``) and code (``dport``), as the Linux kernel and strongSwan treat them.
+    """
+
+    src: Network | None = None
+    dst: Network | None = None
+    proto: int = 0
+    sport: tuple[int, int] = (0, 65535)
+    dport: tuple[int, int] = (0, 65535)
+
+    def __init__(
+        self,
+        src: object = None,
+        dst: object = None,
+        proto: int | str = 0,
+        sport: object = None,
+        dport: object = None,
+    ) -> None:
+        s, d = _network(src), _network(dst)
+        if s is not None and d is not None and s.version != d.version:
+            raise ValueError(f"selector mixes IPv{s.version} source {s} and IPv{d.version} destination {d}")
+        p = _PROTO_NAMES.get(proto, proto) if isinstance(proto, str) else proto
+        if isinstance(p, str):
+            try:
+                p = int(p)
+            except ValueError:
+                raise ValueError(f"unknown protocol {proto!r} (use a number or tcp/udp/icmp/icmp6/sctp)") from None
+        if not 0 <= p <= 255:
+            raise ValueError(f"protocol {p} is outside 0-255")
+        object.__setattr__(self, "src", s)
+        object.__setattr__(self, "dst", d)
+        object.__setattr__(self, "proto", int(p))
+        object.__setattr__(self, "sport", _port_range(sport, "source port"))
+        object.__setattr__(self, "dport", _port_range(dport, "destination port"))
+
+    @property
+    def version(self) -> int | None:
+        """4 or 6 when an address limits the selector to one family, else None (both)."""
+        net = self.src or self.dst
+        return net.version if net is not None else None
+
+    def reversed(self) -> "Selector":
+        """The same traffic seen in the other direction: what an inbound SA's inner packets must match."""
+        return Selector(self.dst, self.src, self.proto, self.dport, self.sport)
+
+    def __str__(self) -> str:
+        def ports(r: tuple[int, int]) -> str:
+            return "" if r == (0, 65535) else f"[{r[0]}]" if r[0] == r[1] else f"[{r[0]}-{r[1]}]"
+
+        proto = f" proto {self.proto}" if self.proto else ""
+        return f"{self.src or 'any'}{ports(self.sport)} -> {self.dst or 'any'}{ports(self.dport)}{proto}"
+
+
+_PROTO_NAMES = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17, "ipv6-icmp": 58, "icmp6": 58, "icmpv6": 58, "sctp": 132}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One SPD entry: a named selector (or several, any of which matches) and its action.
+
+    A PROTECT policy is what an outbound SA is bound to (see :mod:`esp.sad`) and what an inbound SA's inner
+    packets are checked against (reversed). ``name`` is the handle the IKE daemon uses, like a strongSwan
+    CHILD_SA config name or a JUNOS policy name.
+    """
+
+    name: str
+    selectors: tuple[Selector, ...]
+    action: Action = Action.PROTECT
+
+    def __init__(self, name: str, selectors: Selector | Iterable[Selector], action: Action | str = Action.PROTECT):
+        if not isinstance(name, str) or not name:
+            raise ValueError("a policy needs a non-empty name")
+        sels = (selectors,) if isinstance(selectors, Selector) else tuple(selectors)
+        if not sels or not all(isinstance(s, Selector) for s in sels):
+            raise TypeError("policy selectors must be one or more Selector objects")
+        act = Action[action.upper()] if isinstance(action, str) else Action(action)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "selectors", sels)
+        object.__setattr__(self, "action", act)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Vectorised header parsing
+
+
+class Headers(NamedTuple):
+    """The 5-tuple of every packet of a batch, one numpy array per field (index = batch slot).
+
+    Addresses are 128-bit values split into two uint64 halves; an IPv4 address sits in ``*_lo`` with
+    ``*_hi`` zero and ``version`` 4 tells the families apart.
+    """
+
+    ok: np.ndarray  # bool: header parsed
+    version: np.ndarray  # uint8: 4 or 6 (0 when not ok)
+    src_hi: np.ndarray
+    src_lo: np.ndarray
+    dst_hi: np.ndarray
+    dst_lo: np.ndarray
+    proto: np.ndarray  # int32 upper-layer protocol
+    sport: np.ndarray  # int32, OPAQUE_PORT when unavailable
+    dport: np.ndarray
+    l4: np.ndarray  # int64: absolute position in the arena of the upper-layer header
+
+
+def _gather(buf: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
+    """Bytes ``buf[pos:pos+width]`` for every position, as an (n, width) array; out-of-range reads are clipped
+    (callers mask those slots out by length, so the clipped values are never used)."""
+    if len(buf) < width:
+        buf = np.concatenate([buf, np.zeros(width - len(buf), np.uint8)])
+    p = np.clip(pos, 0, len(buf) - width)
+    return buf[p[:, None] + np.arange(width, dtype=np.int64)]
+
+
+def _be(buf: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
+    """Big-endian unsigned integers of ``width`` bytes (1, 2, 4 or 8) at each position, as uint64."""
+    if width == 1:
+        return buf[np.clip(pos, 0, len(buf) - 1)].astype(np.uint64)
+    b = np.ascontiguousarray(_gather(buf, pos, width))
+    return b.view(f">u{width}").reshape(-1).astype(np.uint64)
+
+
+def parse_headers(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, count: int | None = None) -> Headers:
+    """Parse the IP header (and the ports) of every packet laid out in a batch arena.
+
+    Slots whose packet is too short for its header, or not IPv4/IPv6, get ``ok`` False. IPv6 extension
+    headers (hop-by-hop, routing, destination options, fragment, AH) are walked, at most
+    :data:`MAX_IPV6_EXTENSION_HEADERS` deep. Non-initial IPv4/IPv6 fragments have OPAQUE ports.
+    """
+    n = len(offsets) if count is None else int(count)
+    off = np.asarray(offsets[:n], dtype=np.int64)
+    ln = np.asarray(lengths[:n], dtype=np.int64)
+    if len(buf) == 0 or n == 0:
+        z = np.zeros(n, np.uint64)
+        return Headers(np.zeros(n, bool), np.zeros(n, np.uint8), z, z, z, z, np.zeros(n, np.int32),
+                       np.full(n, OPAQUE_PORT, np.int32), np.full(n, OPAQUE_PORT, np.int32), np.zeros(n, np.int64))
+    b0 = _be(buf, off, 1)
+    ver = (b0 >> np.uint64(4)).astype(np.uint8)
+    ver = np.where(ln >= 1, ver, 0).astype(np.uint8)
+    v4 = (ver == 4) & (ln >= 20)
+    v6 = (ver == 6) & (ln >= 40)
+
+    src_hi = np.zeros(n, np.uint64)
+    dst_hi = np.zeros(n, np.uint64)
+    # IPv4 fields (computed for all, used where v4)
+    ihl = ((b0 & np.uint64(0x0F)) * np.uint64(4)).astype(np.int64)
+    v4 &= (ihl >= 20) & (ln >= ihl)
+    frag4 = _be(buf, off + 6, 2) & np.uint64(0x1FFF)
+    proto4 = _be(buf, off + 9, 1)
+    src4 = _be(buf, off + 12, 4)
+    dst4 = _be(buf, off + 16, 4)
+    # IPv6
+    src6_hi, src6_lo = _be(buf, off + 8, 8), _be(buf, off + 16, 8)
+    dst6_hi, dst6_lo = _be(buf, off + 24, 8), _be(buf, off + 32, 8)
+    nh = _be(buf, off + 6, 1).astype(np.int64)
+    pos6 = off + 40
+    nonfirst6 = np.zeros(n, bool)
+    for _ in range(MAX_IPV6_EXTENSION_HEADERS):
+        has_room = (pos6 + 8) <= (off + ln)
+        ext8 = np.isin(nh, _IPV6_EXT_LEN8) & has_room
+        frag = (nh == _IPV6_FRAGMENT) & has_room
+        ah = (nh == _IPV6_AH) & has_room
+        step = ext8 | frag | ah
+        if not step[v6].any():
+            break
+        nxt = _be(buf, pos6, 1).astype(np.int64)
+        hlen = _be(buf, pos6 + 1, 1).astype(np.int64)
+        fo = (_be(buf, pos6 + 2, 2) >> np.uint64(3)).astype(np.int64)
+        nonfirst6 |= frag & (fo != 0)
+        size = np.where(ext8, (hlen + 1) * 8, np.where(frag, 8, (hlen + 2) * 4))
+        nh = np.where(step, nxt, nh)
+        pos6 = np.where(step, pos6 + size, pos6)
+
+    version = np.where(v4, 4, np.where(v6, 6, 0)).astype(np.uint8)
+    ok = v4 | v6
+    proto = np.where(v4, proto4.astype(np.int64), np.where(v6, nh, 0)).astype(np.int32)
+    l4 = np.where(v4, off + ihl, pos6)
+    nonfirst = np.where(v4, frag4 != 0, nonfirst6)
+    has_ports = ok & ~nonfirst & ((l4 + 4) <= (off + ln))
+    port_proto = np.isin(proto, _PORT_PROTOCOLS)
+    icmp = np.isin(proto, _ICMP_PROTOCOLS)
+    p1 = _be(buf, l4, 2).astype(np.int32)
+    p2 = _be(buf, l4 + 2, 2).astype(np.int32)
+    t = _be(buf, l4, 1).astype(np.int32)
+    c = _be(buf, l4 + 1, 1).astype(np.int32)
+    sport = np.where(has_ports & port_proto, p1, np.where(has_ports & icmp, t, OPAQUE_PORT)).astype(np.int32)
+    dport = np.where(has_ports & port_proto, p2, np.where(has_ports & icmp, c, OPAQUE_PORT)).astype(np.int32)
+
+    z = np.uint64(0)
+    return Headers(
+        ok=ok,
+        version=version,
+        src_hi=np.where(v6, src6_hi, src_hi).astype(np.uint64),
+        src_lo=np.where(v4, src4, np.where(v6, src6_lo, z)).astype(np.uint64),
+        dst_hi=np.where(v6, dst6_hi, dst_hi).astype(np.uint64),
+        dst_lo=np.where(v4, dst4, np.where(v6, dst6_lo, z)).astype(np.uint64),
+        proto=proto,
+        sport=sport,
+        dport=dport,
+        l4=l4.astype(np.int64),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Compiled selectors
+
+
+def _net_words(net: Network | None) -> tuple[int, int, int, int, int]:
+    """(version, value_hi, value_lo, mask_hi, mask_lo) of a prefix; version 0 and zero mask for 'any'."""
+    if net is None:
+        return (0, 0, 0, 0, 0)
+    if net.version == 4:
+        mask = int(net.netmask)
+        return (4, 0, int(net.network_address) & mask, 0, mask)
+    val, mask = int(net.network_address), int(net.netmask)
+    m64 = (1 << 64) - 1
+    return (6, val >> 64, val & m64, mask >> 64, mask & m64)
+
+
+@dataclass(frozen=True)
+class _CompiledSelectors:
+    """All selectors of a policy set as columns; ``owner[k]`` is the index of the policy selector k belongs to."""
+
+    owner: np.ndarray
+    version: np.ndarray
+    cols: dict = field(repr=False)
+
+    @classmethod
+    def build(cls, policies: Sequence[tuple[int, Selector]]) -> "_CompiledSelectors":
+        rows = []
+        for owner, sel in policies:
+            sv, sh, sl, smh, sml = _net_words(sel.src)
+            dv, dh, dl, dmh, dml = _net_words(sel.dst)
+            rows.append((owner, sv or dv, sh, sl, smh, sml, dh, dl, dmh, dml, sel.proto, *sel.sport, *sel.dport))
+        names = ("owner", "version", "sh", "sl", "smh", "sml", "dh", "dl", "dmh", "dml", "proto",
+                 "splo", "sphi", "dplo", "dphi")
+        cols = {}
+        for i, name in enumerate(names):
+            vals = [r[i] for r in rows]
+            dtype = np.uint64 if name[0] in "sd" and name[1] in "hlm" else np.int64
+            cols[name] = np.array(vals, dtype=dtype)
+        return cls(owner=cols["owner"], version=cols["version"], cols=cols)
+
+    def match_one(self, k: int, h: Headers, idx: np.ndarray | None = None) -> np.ndarray:
+        """Which packets (all, or those at ``idx``) selector k matches."""
+        c = self.cols
+
+        def f(a: np.ndarray) -> np.ndarray:
+            return a if idx is None else a[idx]
+
+        m = f(h.ok).copy()
+        ver = int(c["version"][k])
+        if ver:
+            m &= f(h.version) == ver
+        if c["smh"][k] or c["sml"][k]:
+            m &= ((f(h.src_hi) & c["smh"][k]) == c["sh"][k]) & ((f(h.src_lo) & c["sml"][k]) == c["sl"][k])
+        if c["dmh"][k] or c["dml"][k]:
+            m &= ((f(h.dst_hi) & c["dmh"][k]) == c["dh"][k]) & ((f(h.dst_lo) & c["dml"][k]) == c["dl"][k])
+        if c["proto"][k]:
+            m &= f(h.proto) == c["proto"][k]
+        for lo, hi, ports in (("splo", "sphi", h.sport), ("dplo", "dphi", h.dport)):
+            plo, phi = int(c[lo][k]), int(c[hi][k])
+            if (plo, phi) != (0, 65535):
+                p = f(ports)
+                m &= (p >= plo) & (p <= phi)  # OPAQUE (-1) never falls in a proper range
+        return m
+
+
+@dataclass(frozen=True)
+class SpdSnapshot:
+    """An immutable, compiled copy of the SPD: what one batch is classified against."""
+
+    policies: tuple[Policy, ...]
+    version: int
+    _sel: _CompiledSelectors = field(repr=False)
+    _actions: np.ndarray = field(repr=False)
+
+    @classmethod
+    def build(cls, policies: Sequence[Policy], version: int) -> "SpdSnapshot":
+        flat = [(i, s) for i, p in enumerate(policies) for s in p.selectors]
+        return cls(tuple(policies), version, _CompiledSelectors.build(flat),
+                   np.array([int(p.action) for p in policies], dtype=np.int8))
+
+    def index(self, name: str) -> int:
+        for i, p in enumerate(self.policies):
+            if p.name == name:
+                return i
+        raise KeyError(name)
+
+    def classify_headers(self, h: Headers) -> np.ndarray:
+        """First matching policy index per packet (int32), NO_MATCH or UNPARSEABLE."""
+        n = len(h.ok)
+        out = np.full(n, NO_MATCH, dtype=np.int32)
+        out[~h.ok] = UNPARSEABLE
+        pending = np.flatnonzero(h.ok)
+        sel = self._sel
+        for k in range(len(sel.owner)):
+            if pending.size == 0:
+                break
+            m = sel.match_one(k, h, pending)
+            if m.any():
+                out[pending[m]] = sel.owner[k]
+                pending = pending[~m]
+        return out
+
+    def classify(self, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
+                 count: int | None = None) -> tuple[np.ndarray, Headers]:
+        """Parse and classify a batch: (policy index per packet, the parsed headers)."""
+        h = parse_headers(buf, offsets, lengths, count)
+        return self.classify_headers(h), h
+
+    def actions_of(self, index: np.ndarray) -> np.ndarray:
+        """The action per packet for a policy index array (-1 where there is no policy)."""
+        acts = np.full(len(index), -1, dtype=np.int8)
+        has = index >= 0
+        acts[has] = self._actions[index[has]]
+        return acts
+
+
+def selectors_match(selectors: Sequence[Selector], h: Headers, idx: np.ndarray) -> np.ndarray:
+    """Whether each packet at ``idx`` matches any of ``selectors``: the inbound policy check of one SA."""
+    comp = _CompiledSelectors.build([(0, s) for s in selectors])
+    m = np.zeros(len(idx), bool)
+    for k in range(len(comp.owner)):
+        m |= comp.match_one(k, h, idx)
+    return m
+
+
+class Spd:
+    """The ordered policy list. Readers take :attr:`snapshot`; writers build a new one and swap it in."""
+
+    def __init__(self, policies: Iterable[Policy] = ()) -> None:
+        self._lock = threading.Lock()
+        pols = list(policies)
+        _check_unique(pols)
+        self._snapshot = SpdSnapshot.build(pols, 0)
+
+    @property
+    def snapshot(self) -> SpdSnapshot:
+        return self._snapshot
+
+    @property
+    def policies(self) -> tuple[Policy, ...]:
+        return self._snapshot.policies
+
+    def get(self, name: str) -> Policy:
+        for p in self._snapshot.policies:
+            if p.name == name:
+                return p
+        raise KeyError(f"no policy named {name!r}")
+
+    def add(self, policy: Policy, index: int | None = None) -> None:
+        """Insert a policy at ``index`` in the order (default: last). Names are unique."""
+        if not isinstance(policy, Policy):
+            raise TypeError("Spd.add takes a Policy")
+        with self._lock:
+            pols = list(self._snapshot.policies)
+            if any(p.name == policy.name for p in pols):
+                raise ValueError(f"a policy named {policy.name!r} exists already; use replace()")
+            pols.insert(len(pols) if index is None else index, policy)
+            self._swap(pols)
+
+    def replace(self, policy: Policy) -> None:
+        """Swap the policy of the same name in place, keeping its position in the order."""
+        with self._lock:
+            pols = list(self._snapshot.policies)
+            for i, p in enumerate(pols):
+                if p.name == policy.name:
+                    pols[i] = policy
+                    self._swap(pols)
+                    return
+            raise KeyError(f"no policy named {policy.name!r}")
+
+    def remove(self, name: str) -> Policy:
+        with self._lock:
+            pols = list(self._snapshot.policies)
+            for i, p in enumerate(pols):
+                if p.name == name:
+                    del pols[i]
+                    self._swap(pols)
+                    return p
+            raise KeyError(f"no policy named {name!r}")
+
+    def _swap(self, pols: list[Policy]) -> None:
+        self._snapshot = SpdSnapshot.build(pols, self._snapshot.version + 1)
+
+    def classify(self, batch: object) -> np.ndarray:
+        """Policy index per packet of a PacketBatch (against the current snapshot)."""
+        idx, _ = self._snapshot.classify(batch.buf, batch.offsets, batch.lengths, batch.count)  # type: ignore[attr-defined]
+        return idx
+
+
+def _check_unique(pols: Sequence[Policy]) -> None:
+    seen: set[str] = set()
+    for p in pols:
+        if p.name in seen:
+            raise ValueError(f"duplicate policy name {p.name!r}")
+        seen.add(p.name)
