@@ -15,7 +15,7 @@ from typing import Any
 
 from pki.errors import ProfileError
 
-__all__ = ["RevocationMode", "RevocationPolicy", "CaProfile"]
+__all__ = ["RevocationMode", "RevocationPolicy", "CaProfile", "AutoReenrollment"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -102,3 +102,32 @@ class CaProfile:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProfileError(f"invalid ca-profile record: {exc}") from None
+
+
+@dataclass(frozen=True)
+class AutoReenrollment:
+    """JUNOS ``auto-re-enrollment certificate-id ID { ca-profile-name P; challenge-password;
+    re-enroll-trigger-time-percentage N; re-generate-keypair; }``."""
+
+    certificate_id: str
+    ca_profile: str
+    trigger_percentage: int = 80
+    regenerate_keypair: bool = False
+    challenge_password: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.trigger_percentage <= 99:
+            raise ProfileError("re-enroll-trigger-time-percentage must be between 1 and 99")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"certificate_id": self.certificate_id, "ca_profile": self.ca_profile,
+                "trigger_percentage": self.trigger_percentage, "regenerate_keypair": self.regenerate_keypair,
+                "challenge_password": self.challenge_password}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AutoReenrollment":
+        try:
+            return cls(d["certificate_id"], d["ca_profile"], int(d.get("trigger_percentage", 80)),
+                       bool(d.get("regenerate_keypair", False)), d.get("challenge_password"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProfileError(f"invalid auto-re-enrollment record: {exc}") from None

@@ -1,0 +1,435 @@
+"""The router's certificate store, with JUNOS ``request security pki`` semantics.
+
+Layout of a store directory (mode 0700)::
+
+    ca-profiles.json             ca-profile definitions (pki.profile.CaProfile)
+    auto-re-enrollment.json      auto-re-enrollment settings per certificate-id
+    ca/<profile>/ca.pem          the CA certificate(s) of a profile (trust anchors)
+    ca/<profile>/crl.der         an operator-loaded or last fetched CRL
+    local/<certificate-id>       symlink to .<certificate-id>.<random>/ holding
+                                 key.pem (0600), request.pem, cert.pem
+
+A certificate-id's key, request and certificate live in one generation directory reached through a symlink, so
+re-enrollment can write a complete new generation and swap it in with one atomic rename of the link.
+
+Every write is atomic (temporary file, fsync, rename); nothing is left half-written when an input is refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from pki._files import PUBLIC_MODE, SECRET_MODE, read_bounded, write_atomic
+from pki.certs import SubjectAltNames, certificates_to_pem, fingerprint, load_certificates, load_crl
+from pki.csr import build_csr, csr_to_pem, load_csr
+from pki.errors import CorruptInputError, KeyFileError, PkiError, ProfileError, StoreError
+from pki.keys import (
+    PrivateKey, generate_private_key, load_private_key, parse_key_spec, private_key_to_pem,
+)
+from pki.profile import AutoReenrollment, CaProfile, RevocationMode
+from pki.revocation import CrlCache, OcspSource, default_fetch
+from pki.validate import TrustAnchor, ValidationPolicy, Validator
+
+__all__ = ["Store", "LocalEntry"]
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+KEY, CERT, REQUEST = "key.pem", "cert.pem", "request.pem"
+
+
+def _same_key(a, b) -> bool:  # type: ignore[no-untyped-def]
+    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return a.public_bytes(*fmt) == b.public_bytes(*fmt)
+
+
+@dataclass(frozen=True)
+class LocalEntry:
+    """What the store holds for one certificate-id."""
+
+    certificate_id: str
+    has_key: bool
+    certificate: x509.Certificate | None
+    request: x509.CertificateSigningRequest | None
+
+
+class Store:
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            if not create:
+                raise StoreError(f"{self.path}: no such store")
+            self.path.mkdir(parents=True, mode=0o700)
+        elif not self.path.is_dir():
+            raise StoreError(f"{self.path}: not a directory")
+        (self.path / "local").mkdir(exist_ok=True, mode=0o700)
+        (self.path / "ca").mkdir(exist_ok=True)
+
+    # == ca-profiles ===========================================================================================
+    def _read_json(self, name: str) -> list[dict]:
+        p = self.path / name
+        if not p.exists():
+            return []
+        try:
+            data = json.loads(read_bounded(p))
+        except ValueError:
+            raise StoreError(f"{p}: corrupt JSON") from None
+        if not isinstance(data, list):
+            raise StoreError(f"{p}: expected a list")
+        return data
+
+    def _write_json(self, name: str, items: list[dict], mode: int = PUBLIC_MODE) -> None:
+        write_atomic(self.path / name, (json.dumps(items, indent=2, sort_keys=True) + "\n").encode(), mode)
+
+    def profiles(self) -> list[CaProfile]:
+        return [CaProfile.from_dict(d) for d in self._read_json("ca-profiles.json")]
+
+    def profile(self, name: str) -> CaProfile:
+        for p in self.profiles():
+            if p.name == name:
+                return p
+        raise ProfileError(f"no ca-profile {name!r}")
+
+    def add_profile(self, profile: CaProfile, *, replace: bool = False) -> None:
+        items = self.profiles()
+        if any(p.name == profile.name for p in items) and not replace:
+            raise ProfileError(f"ca-profile {profile.name!r} exists already")
+        items = [p for p in items if p.name != profile.name] + [profile]
+        self._write_json("ca-profiles.json", [p.to_dict() for p in items])
+
+    def remove_profile(self, name: str) -> None:
+        self.profile(name)
+        self._write_json("ca-profiles.json", [p.to_dict() for p in self.profiles() if p.name != name])
+        shutil.rmtree(self.path / "ca" / name, ignore_errors=True)
+
+    # == key pairs, requests, local certificates =============================================================
+    def _check_id(self, certificate_id: str) -> str:
+        if not _ID.match(certificate_id or ""):
+            raise StoreError(f"invalid certificate-id {certificate_id!r} (letters, digits, '.', '_', '-'; max 63)")
+        return certificate_id
+
+    def _entry_dir(self, certificate_id: str) -> Path | None:
+        link = self.path / "local" / self._check_id(certificate_id)
+        if not os.path.islink(link):
+            return None
+        target = link.resolve()
+        return target if target.is_dir() else None
+
+    def local_ids(self) -> list[str]:
+        return sorted(p.name for p in (self.path / "local").iterdir() if p.is_symlink())
+
+    def generate_key_pair(self, certificate_id: str, type: str = "rsa", size: int | None = None,
+                          passphrase: bytes | None = None) -> PrivateKey:
+        """JUNOS ``request security pki generate-key-pair certificate-id ID type T size N``."""
+        self._check_id(certificate_id)
+        if self._entry_dir(certificate_id) is not None:
+            raise StoreError(f"certificate-id {certificate_id!r} has a key pair already (clear it first)")
+        key = generate_private_key(parse_key_spec(type, size))
+        self.install(certificate_id, key, None, passphrase=passphrase)
+        return key
+
+    def import_key_pair(self, certificate_id: str, data: bytes, passphrase: bytes | None = None,
+                        store_passphrase: bytes | None = None) -> PrivateKey:
+        self._check_id(certificate_id)
+        if self._entry_dir(certificate_id) is not None:
+            raise StoreError(f"certificate-id {certificate_id!r} has a key pair already (clear it first)")
+        key = load_private_key(data, passphrase, source=f"key for {certificate_id}")
+        self.install(certificate_id, key, None, passphrase=store_passphrase)
+        return key
+
+    def install(self, certificate_id: str, key: PrivateKey, cert: x509.Certificate | None,
+                request: x509.CertificateSigningRequest | None = None, *, passphrase: bytes | None = None) -> None:
+        """Write a complete new generation (key, certificate, request) and swap it in atomically."""
+        self._check_id(certificate_id)
+        if cert is not None and not _same_key(cert.public_key(), key.public_key()):
+            raise StoreError("certificate does not match the key pair")
+        local = self.path / "local"
+        gen = local / f".{certificate_id}.{os.urandom(6).hex()}"
+        gen.mkdir(mode=0o700)
+        try:
+            write_atomic(gen / KEY, private_key_to_pem(key, passphrase), SECRET_MODE)
+            if request is not None:
+                write_atomic(gen / REQUEST, csr_to_pem(request), PUBLIC_MODE)
+            if cert is not None:
+                write_atomic(gen / CERT, cert.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
+            link = local / certificate_id
+            old = link.resolve() if link.is_symlink() else None
+            tmp_link = local / f".{certificate_id}.link.{os.urandom(4).hex()}"
+            os.symlink(gen.name, tmp_link)
+            os.replace(tmp_link, link)  # the atomic swap
+        except BaseException:
+            shutil.rmtree(gen, ignore_errors=True)
+            raise
+        if old is not None and old != gen.resolve():
+            shutil.rmtree(old, ignore_errors=True)
+
+    def private_key(self, certificate_id: str, passphrase: bytes | None = None) -> PrivateKey:
+        d = self._entry_dir(certificate_id)
+        if d is None or not (d / KEY).exists():
+            raise KeyFileError(f"no key pair for certificate-id {certificate_id!r} (generate-key-pair first)")
+        return load_private_key(read_bounded(d / KEY), passphrase, source=f"key pair {certificate_id}")
+
+    def key_path(self, certificate_id: str) -> Path:
+        d = self._entry_dir(certificate_id)
+        if d is None:
+            raise KeyFileError(f"no key pair for certificate-id {certificate_id!r}")
+        return d / KEY
+
+    def generate_certificate_request(self, certificate_id: str, subject: str, sans: SubjectAltNames | None = None,
+                                     challenge_password: str | None = None, *, filename: str | os.PathLike[str] | None = None,
+                                     passphrase: bytes | None = None) -> x509.CertificateSigningRequest:
+        """JUNOS ``generate-certificate-request certificate-id ID subject DN domain-name ... filename F``."""
+        key = self.private_key(certificate_id, passphrase)
+        try:
+            csr = build_csr(key, subject, sans, challenge_password)
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
+        d = self._entry_dir(certificate_id)
+        assert d is not None
+        write_atomic(d / REQUEST, csr_to_pem(csr), PUBLIC_MODE)
+        if filename is not None:
+            write_atomic(filename, csr_to_pem(csr), PUBLIC_MODE)
+        return csr
+
+    def request(self, certificate_id: str) -> x509.CertificateSigningRequest | None:
+        d = self._entry_dir(certificate_id)
+        if d is None or not (d / REQUEST).exists():
+            return None
+        return load_csr(read_bounded(d / REQUEST), source=str(d / REQUEST))
+
+    def load_local_certificate(self, certificate_id: str, data: bytes,
+                               passphrase: bytes | None = None) -> x509.Certificate:
+        """JUNOS ``local-certificate load filename F certificate-id ID``: the certificate must match the key pair."""
+        certs = load_certificates(data, source=f"local certificate for {certificate_id}")
+        key = self.private_key(certificate_id, passphrase)
+        mine = [c for c in certs if _same_key(c.public_key(), key.public_key())]
+        if not mine:
+            raise StoreError(f"the certificate does not match the key pair of certificate-id {certificate_id!r}")
+        d = self._entry_dir(certificate_id)
+        assert d is not None
+        write_atomic(d / CERT, mine[0].public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
+        return mine[0]
+
+    def local_certificate(self, certificate_id: str) -> x509.Certificate | None:
+        d = self._entry_dir(certificate_id)
+        if d is None or not (d / CERT).exists():
+            return None
+        return load_certificates(read_bounded(d / CERT), source=str(d / CERT))[0]
+
+    def entry(self, certificate_id: str) -> LocalEntry:
+        d = self._entry_dir(certificate_id)
+        if d is None:
+            raise StoreError(f"no certificate-id {certificate_id!r}")
+        return LocalEntry(certificate_id, (d / KEY).exists(), self.local_certificate(certificate_id),
+                          self.request(certificate_id))
+
+    def clear_local(self, certificate_id: str, *, what: str = "all") -> None:
+        """JUNOS ``clear security pki local-certificate|key-pair|certificate-request certificate-id ID``.
+
+        ``what``: "certificate", "request" or "all" (key pair, request and certificate)."""
+        d = self._entry_dir(certificate_id)
+        if d is None:
+            raise StoreError(f"no certificate-id {certificate_id!r}")
+        if what == "certificate":
+            (d / CERT).unlink(missing_ok=True)
+        elif what == "request":
+            (d / REQUEST).unlink(missing_ok=True)
+        elif what == "all":
+            link = self.path / "local" / certificate_id
+            link.unlink()
+            shutil.rmtree(d, ignore_errors=True)
+            self._write_json("auto-re-enrollment.json",
+                             [r.to_dict() for r in self.reenrollments() if r.certificate_id != certificate_id],
+                             SECRET_MODE)
+        else:
+            raise ValueError(f"unknown clear target {what!r}")
+
+    def enroll_local_certificate(
+        self,
+        certificate_id: str,
+        profile_name: str,
+        subject: str,
+        sans: SubjectAltNames | None = None,
+        challenge_password: str | None = None,
+        *,
+        passphrase: bytes | None = None,
+        enroll: Callable[..., x509.Certificate] | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> x509.Certificate:
+        """JUNOS ``local-certificate enroll``: SCEP PKCSReq with the challenge password, polling while PENDING."""
+        profile = self.profile(profile_name)
+        if not profile.enrollment_url:
+            raise ProfileError(f"ca-profile {profile_name!r} has no enrollment url")
+        ca_certs = self.ca_certificates(profile_name)
+        if not ca_certs:
+            raise StoreError(f"no CA certificate for ca-profile {profile_name!r} (ca-certificate enroll/load first)")
+        key = self.private_key(certificate_id, passphrase)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise StoreError("SCEP enrollment needs an RSA key pair (generate-key-pair --type rsa)")
+        csr = self.generate_certificate_request(certificate_id, subject, sans, challenge_password, passphrase=passphrase)
+        cert = self._scep_enroll(profile, key, csr, ca_certs, challenge_password, enroll, sleep)
+        if not _same_key(cert.public_key(), key.public_key()):
+            raise StoreError("the CA returned a certificate for a different key")
+        d = self._entry_dir(certificate_id)
+        assert d is not None
+        write_atomic(d / CERT, cert.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
+        return cert
+
+    @staticmethod
+    def _scep_enroll(profile: CaProfile, key: PrivateKey, csr: x509.CertificateSigningRequest,
+                     ca_certs: list[x509.Certificate], challenge: str | None,
+                     enroll: Callable[..., x509.Certificate] | None,
+                     sleep: Callable[[float], None] | None) -> x509.Certificate:
+        if enroll is None:
+            from pki.scep.client import enroll as scep_enroll
+
+            enroll = scep_enroll
+        kw: dict = {"challenge": challenge, "retry_count": profile.retry, "retry_interval": float(profile.retry_interval)}
+        if sleep is not None:
+            kw["sleep"] = sleep
+        return enroll(profile.enrollment_url, key, csr, ca_certs, **kw)
+
+    # == CA certificates and CRLs =============================================================================
+    def _ca_dir(self, profile_name: str) -> Path:
+        self.profile(profile_name)
+        return self.path / "ca" / profile_name
+
+    def load_ca_certificate(self, profile_name: str, data: bytes) -> list[x509.Certificate]:
+        """JUNOS ``ca-certificate load ca-profile P filename F``: a PEM/DER certificate or a PEM chain."""
+        certs = load_certificates(data, source=f"CA certificate for {profile_name}")
+        return self._install_ca(profile_name, certs)
+
+    def enroll_ca_certificate(self, profile_name: str, *,
+                              get_ca_certs: Callable[[str], list[x509.Certificate]] | None = None) -> list[x509.Certificate]:
+        """JUNOS ``ca-certificate enroll ca-profile P``: SCEP GetCACert. Show the fingerprint to the operator!"""
+        profile = self.profile(profile_name)
+        if not profile.enrollment_url:
+            raise ProfileError(f"ca-profile {profile_name!r} has no enrollment url")
+        if get_ca_certs is None:
+            from pki.scep.client import get_ca_certs as scep_get
+
+            get_ca_certs = scep_get
+        certs = get_ca_certs(profile.enrollment_url)
+        cas = [c for c in certs if _is_ca(c)]
+        return self._install_ca(profile_name, cas or certs)
+
+    def _install_ca(self, profile_name: str, certs: list[x509.Certificate]) -> list[x509.Certificate]:
+        d = self._ca_dir(profile_name)
+        for c in certs:
+            if not _is_ca(c):
+                raise StoreError(f"{c.subject.rfc4514_string()} is not a CA certificate (basicConstraints cA is not set)")
+        d.mkdir(parents=True, exist_ok=True)
+        write_atomic(d / "ca.pem", certificates_to_pem(certs), PUBLIC_MODE)
+        return certs
+
+    def ca_certificates(self, profile_name: str) -> list[x509.Certificate]:
+        p = self._ca_dir(profile_name) / "ca.pem"
+        if not p.exists():
+            return []
+        return load_certificates(read_bounded(p), source=str(p))
+
+    def clear_ca_certificate(self, profile_name: str) -> None:
+        d = self._ca_dir(profile_name)
+        if not (d / "ca.pem").exists():
+            raise StoreError(f"no CA certificate for ca-profile {profile_name!r}")
+        (d / "ca.pem").unlink()
+
+    def load_crl(self, profile_name: str, data: bytes) -> x509.CertificateRevocationList:
+        """JUNOS ``crl load ca-profile P filename F``: refused unless signed by a CA certificate of the profile."""
+        crl = load_crl(data)
+        cas = self.ca_certificates(profile_name)
+        if not cas:
+            raise StoreError(f"no CA certificate for ca-profile {profile_name!r}: load it before its CRL")
+        if not any(crl.issuer == c.subject and _crl_signed_by(crl, c) for c in cas):
+            raise StoreError(f"the CRL is not signed by the CA of ca-profile {profile_name!r}")
+        write_atomic(self._ca_dir(profile_name) / "crl.der", crl.public_bytes(serialization.Encoding.DER), PUBLIC_MODE)
+        return crl
+
+    def crl(self, profile_name: str) -> x509.CertificateRevocationList | None:
+        p = self._ca_dir(profile_name) / "crl.der"
+        return load_crl(read_bounded(p), source=str(p)) if p.exists() else None
+
+    def clear_crl(self, profile_name: str) -> None:
+        p = self._ca_dir(profile_name) / "crl.der"
+        if not p.exists():
+            raise StoreError(f"no CRL for ca-profile {profile_name!r}")
+        p.unlink()
+
+    # == auto re-enrollment settings ==========================================================================
+    def reenrollments(self) -> list[AutoReenrollment]:
+        return [AutoReenrollment.from_dict(d) for d in self._read_json("auto-re-enrollment.json")]
+
+    def set_reenrollment(self, setting: AutoReenrollment) -> None:
+        self._entry_dir(setting.certificate_id) or self._missing(setting.certificate_id)
+        self.profile(setting.ca_profile)
+        items = [r for r in self.reenrollments() if r.certificate_id != setting.certificate_id] + [setting]
+        self._write_json("auto-re-enrollment.json", [r.to_dict() for r in items], SECRET_MODE)  # holds challenges
+
+    @staticmethod
+    def _missing(certificate_id: str) -> None:
+        raise StoreError(f"no certificate-id {certificate_id!r}")
+
+    # == validation ===========================================================================================
+    def trust_anchors(self) -> list[TrustAnchor]:
+        """Every CA certificate of every ca-profile, with that profile's revocation policy."""
+        out: list[TrustAnchor] = []
+        for p in self.profiles():
+            for c in self.ca_certificates(p.name):
+                out.append(TrustAnchor(c, p.revocation, p.name))
+        return out
+
+    def crl_cache(self, fetch: Callable[[str], bytes] | None = default_fetch) -> CrlCache:
+        cache = CrlCache(fetch=fetch)
+        for p in self.profiles():
+            try:
+                crl = self.crl(p.name)
+            except PkiError:
+                continue
+            if crl is not None:
+                cache.add(crl)
+        return cache
+
+    def validator(self, policy: ValidationPolicy | None = None, *,
+                  fetch: Callable[[str], bytes] | None = default_fetch,
+                  ocsp: OcspSource | None = None) -> Validator:
+        """A validator over this store's anchors; CRLs loaded here, others fetched through ``fetch``."""
+        if ocsp is None and any(p.revocation.mode is RevocationMode.OCSP for p in self.profiles()):
+            ocsp = _default_ocsp(self.profiles())
+        return Validator(self, policy, crl_source=self.crl_cache(fetch), ocsp=ocsp)
+
+
+def _default_ocsp(profiles: Sequence[CaProfile]) -> OcspSource | None:
+    try:
+        from pki.ocsp import OcspChecker  # written by PKI-SCEP
+    except ImportError:  # pragma: no cover - until pki.ocsp lands
+        return None
+    urls = {p.revocation.ocsp_url for p in profiles if p.revocation.mode is RevocationMode.OCSP}
+    url = urls.pop() if len(urls) == 1 else None
+    nonce = all(p.revocation.ocsp_nonce for p in profiles)
+    return OcspChecker(url, use_nonce=nonce)
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        # X.509 v1 self-signed roots (old strongSwan/openssl defaults) are accepted as trust anchors
+        return cert.version is x509.Version.v1 and cert.issuer == cert.subject
+    except ValueError:
+        raise CorruptInputError(f"{cert.subject.rfc4514_string()}: malformed extensions") from None
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    try:
+        return crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    except Exception:
+        return False
+
+
