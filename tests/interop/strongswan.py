@@ -98,7 +98,7 @@ def _new_key(kind: str):
 
 
 @dataclass
-class TestPki:
+class LabPki:
     """A throwaway CA and end-entity certificates (made with ``cryptography``; strongSwan is the checker)."""
 
     kind: str = "ecdsa"

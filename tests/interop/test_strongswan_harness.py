@@ -69,7 +69,7 @@ def lab(tmp_path: Path):
 
 def _charon_pair(lab: ss.Lab, kind: str, ike: str, esp: str):
     a, b = lab.pair()
-    pki = ss.TestPki(kind)
+    pki = ss.LabPki(kind)
     creds = {"a": pki.issue("a", "a.test"), "b": pki.issue("b", "b.test")}
     charons = {}
     for me, peer, name, other in ((a, b, "a", "b"), (b, a, "b", "a")):

@@ -1,0 +1,730 @@
+"""The daemon's TOML configuration, validated whole at start.
+
+Why a loader of its own: the protocol core takes frozen dataclasses (``ike.core_config``) and never reads
+files; the daemon must turn one operator-written file into those objects and refuse a bad one *before*
+binding a socket, with the key path and the reason (``peers.branch.children.lan.esp_proposals[1]: unknown
+algorithm 'aes128gcm17'``), as ``swanctl --load-all`` does. Proposals are parsed with the core's own parser,
+identities typed, certificates and keys loaded and matched with each other and with ``local_id``, and trust
+anchors turned into a :class:`pki.validate.Validator` per ca-profile.
+
+Example (the keys are swanctl's where they exist)::
+
+    [daemon]
+    addresses = ["192.0.2.1"]          # where to bind; default all IPv4 addresses
+    port = 500                          # IKE; ESP-in-UDP and floated IKE use nat_port
+    nat_port = 4500
+    control_socket = "/run/espresso/ike.sock"
+    key_log = "/var/lib/espresso/wireshark"   # off unless set: Wireshark ikev2_decryption_table + esp_sa
+
+    [ca-profiles.corp]
+    ca_certs = ["corp-root.pem"]        # trust anchors; paths relative to this file
+    revocation = "disable"              # "crl" (default), "ocsp" or "disable"; crl_url / ocsp_url / fail_open
+
+    [certificates.gw1]
+    cert = "gw1.pem"
+    key = "gw1.key"
+    chain = ["corp-sub.pem"]            # intermediates we send
+
+    [peers.branch]
+    local_addr = "192.0.2.1"
+    remote_addr = "198.51.100.7"        # or "%any" (responder only)
+    local_id = "gw1.example.net"        # default: the certificate's first subjectAltName
+    remote_id = "branch.example.net"    # default: any identity the peer's certificate proves
+    certificate = "gw1"
+    ca_profiles = ["corp"]              # who may sign the peer's certificate (default: all profiles)
+    ike_proposals = ["aes128gcm16-prfsha256-ecp256", "aes256-sha256-modp2048"]
+    rekey_time = "4h"
+
+    [peers.branch.children.lan]
+    local_ts = ["10.1.0.0/16"]
+    remote_ts = ["10.2.0.0/16"]
+    esp_proposals = ["aes128gcm16", "aes256-sha256"]
+    rekey_time = "1h"
+    life_time = "66m"
+    rekey_bytes = "4G"
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from cryptography import x509
+
+from .constants import ProtocolId
+from .core_config import (
+    ChildConfig, CoreConfig, Credential, Identity, PeerConfig, TrafficSelector,
+)
+from .errors import ConfigError
+from .proposal import parse_proposal
+
+__all__ = [
+    "ConfigError", "DaemonConfig", "CaProfileConfig", "CertificateConfig", "load_config", "parse_config",
+    "parse_duration", "parse_size", "make_validator", "DEFAULT_CONTROL_SOCKET",
+]
+
+DEFAULT_CONTROL_SOCKET = "/run/espresso/ike.sock"
+#: A configuration file larger than this is refused (it is operator input, but still bounded).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+# --------------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class CaProfileConfig:
+    """One ``[ca-profiles.NAME]``: trust anchors for validating peers and their revocation policy."""
+
+    name: str
+    ca_certs: tuple[Any, ...]
+    revocation: Any  # pki.profile.RevocationPolicy
+
+
+@dataclass(frozen=True)
+class CertificateConfig:
+    """One ``[certificates.NAME]``: our key, certificate and the intermediates we send."""
+
+    name: str
+    credential: Credential
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Everything the daemon needs: the core's configuration plus what only the I/O side uses."""
+
+    core: CoreConfig
+    addresses: tuple[str, ...]
+    port: int
+    nat_port: int
+    control_socket: Path
+    key_log: Path | None
+    #: peer name -> our address for it (None: whichever address the socket uses)
+    local_addrs: Mapping[str, str | None] = field(default_factory=dict)
+    ca_profiles: Mapping[str, CaProfileConfig] = field(default_factory=dict)
+    certificates: Mapping[str, CertificateConfig] = field(default_factory=dict)
+    source: Path | None = None
+
+    def bind_ports(self) -> tuple[int, ...]:
+        """Every local UDP port some peer uses (sorted): the daemon opens one socket per address and port."""
+        ports = {self.port, self.nat_port}
+        for p in self.core.peers:
+            ports.update((p.local_port, p.local_nat_port))
+        return tuple(sorted(ports))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Scalars
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``3600``, ``"90s"``, ``"30m"``, ``"4h"``, ``"1d"`` (strongSwan's suffixes)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration, got {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative: {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError(f"expected a duration such as 3600, \"90s\", \"30m\", \"4h\" or \"1d\", got {value!r}")
+
+
+def parse_size(value: object) -> int:
+    """Bytes or packets from ``1000``, ``"500k"``, ``"4G"`` (binary multiples, as strongSwan)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a count, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a count cannot be negative: {value!r}")
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            return int(m.group(1)) * _SIZES[m.group(2).lower()]
+    raise ValueError(f"expected a count such as 1000, \"500k\" or \"4G\", got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# A section reader that knows its key path and refuses unknown keys
+
+
+class _Section:
+    def __init__(self, data: Mapping[str, Any], path: str) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path or 'configuration'}: expected a table, got {type(data).__name__}")
+        self.data = data
+        self.path = path
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, reason: str) -> ConfigError:
+        return ConfigError(f"{self.key(name)}: {reason}")
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def raw(self, name: str, default: Any = None) -> Any:
+        self.used.add(name)
+        return self.data.get(name, default)
+
+    def get(self, name: str, conv: Callable[[Any], Any], default: Any = None, *, required: bool = False) -> Any:
+        self.used.add(name)
+        if name not in self.data:
+            if required:
+                raise self.error(name, "is required")
+            return default
+        try:
+            return conv(self.data[name])
+        except ConfigError as exc:
+            raise self.error(name, str(exc)) from None
+        except (ValueError, TypeError) as exc:
+            raise self.error(name, str(exc)) from None
+
+    def strings(self, name: str, default: Sequence[str] = (), *, required: bool = False) -> tuple[str, ...]:
+        """A list of strings; a single string may hold comma-separated items (as swanctl allows)."""
+        self.used.add(name)
+        if name not in self.data:
+            if required:
+                raise self.error(name, "is required")
+            return tuple(default)
+        v = self.data[name]
+        if isinstance(v, str):
+            items = [s.strip() for s in v.split(",") if s.strip()]
+        elif isinstance(v, list) and all(isinstance(s, str) for s in v):
+            items = [s.strip() for s in v]
+        else:
+            raise self.error(name, f"expected a string or a list of strings, got {v!r}")
+        if not items and required:
+            raise self.error(name, "must not be empty")
+        return tuple(items)
+
+    def sub(self, name: str) -> dict[str, "_Section"]:
+        """Named sub-tables ``name.X`` as sections (empty if absent)."""
+        self.used.add(name)
+        tables = self.data.get(name, {})
+        if not isinstance(tables, Mapping):
+            raise self.error(name, "expected a table of named tables")
+        out: dict[str, _Section] = {}
+        for k, v in tables.items():
+            if not isinstance(v, Mapping):
+                raise ConfigError(f"{self.key(name)}.{k}: expected a table")
+            out[k] = _Section(v, f"{self.key(name)}.{k}")
+        return out
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self.error(unknown[0], "unknown key" + (f" (also: {', '.join(unknown[1:])})" if unknown[1:] else ""))
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"expected a string, got {v!r}")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"expected true or false, got {v!r}")
+    return v
+
+
+def _port(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
+        raise ValueError(f"expected a UDP port 1-65535, got {v!r}")
+    return v
+
+
+def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
+    def conv(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError(f"expected an integer {lo}-{hi}, got {v!r}")
+        return v
+    return conv
+
+
+def _address(v: Any) -> str:
+    return str(ipaddress.ip_address(_str(v).strip()))
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def conv(v: Any) -> str:
+        if v not in options:
+            raise ValueError(f"expected one of {', '.join(repr(o) for o in options)}, got {v!r}")
+        return str(v)
+    return conv
+
+
+# --------------------------------------------------------------------------------------------------------
+# Identities, selectors, proposals
+
+
+def _identity(text: Any) -> Identity:
+    ident = Identity.parse(_str(text))
+    if not ident.value:
+        raise ValueError("empty identity")
+    if ident.kind in ("ipv4", "ipv6"):
+        addr = ipaddress.ip_address(ident.value)
+        if (addr.version == 4) != (ident.kind == "ipv4"):
+            raise ValueError(f"{ident.value!r} is not an {ident.kind} address")
+    elif ident.kind == "dn":
+        from pki.certs import parse_subject
+        parse_subject(ident.value)
+    elif ident.kind == "email":
+        if ident.value.count("@") != 1:
+            raise ValueError(f"{ident.value!r} is not an e-mail address")
+    elif ident.kind == "keyid":
+        bytes.fromhex(ident.value)
+    elif ident.kind == "fqdn":
+        if any(c.isspace() for c in ident.value) or len(ident.value) > 253:
+            raise ValueError(f"{ident.value!r} is not a DNS name")
+    return ident
+
+
+def _selector(text: str) -> TrafficSelector:
+    """``10.1.0.0/16``, ``10.1.0.1``, ``10.1.0.0/16[udp/53]``, ``fd00::/64[6/443]`` (swanctl syntax)."""
+    m = re.match(r"^([^\[\]]+?)(?:\[(\w*)(?:/(\d+(?:-\d+)?))?\])?$", text.strip())
+    if not m:
+        raise ValueError(f"bad traffic selector {text!r}")
+    addr, proto_s, port_s = m.group(1).strip(), m.group(2) or "", m.group(3)
+    protos = {"": 0, "any": 0, "icmp": 1, "tcp": 6, "udp": 17, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132}
+    if proto_s.isdigit():
+        proto = int(proto_s)
+    elif proto_s.lower() in protos:
+        proto = protos[proto_s.lower()]
+    else:
+        raise ValueError(f"unknown protocol {proto_s!r} in traffic selector {text!r}")
+    start_port, end_port = 0, 65535
+    if port_s:
+        a, _, b = port_s.partition("-")
+        start_port, end_port = int(a), int(b or a)
+    if ".." in addr:
+        lo, _, hi = addr.partition("..")
+        return TrafficSelector(str(ipaddress.ip_address(lo.strip())), str(ipaddress.ip_address(hi.strip())),
+                               proto, start_port, end_port)
+    try:
+        net = ipaddress.ip_network(addr, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"bad traffic selector {text!r}: {exc}") from None
+    return TrafficSelector(str(net.network_address), str(net.broadcast_address), proto, start_port, end_port)
+
+
+def _selectors(sec: _Section, name: str) -> tuple[TrafficSelector, ...]:
+    texts = sec.strings(name, required=True)
+    out = []
+    for i, t in enumerate(texts):
+        try:
+            out.append(_selector(t))
+        except (ValueError, ConfigError) as exc:
+            raise ConfigError(f"{sec.key(name)}[{i}]: {exc}") from None
+    return tuple(out)
+
+
+def _proposals(sec: _Section, name: str, protocol: int, default: Sequence[str]) -> tuple[str, ...]:
+    texts = sec.strings(name, default, required=False)
+    if not texts:
+        raise sec.error(name, "must not be empty")
+    for i, t in enumerate(texts):
+        try:
+            parse_proposal(t, protocol)
+        except ConfigError as exc:
+            raise ConfigError(f"{sec.key(name)}[{i}]: {exc}") from None
+    return texts
+
+
+# --------------------------------------------------------------------------------------------------------
+# PKI
+
+
+def _read(path: Path, what: str, key: str) -> bytes:
+    from pki._files import read_bounded
+    if not path.is_file():
+        raise ConfigError(f"{key}: {what} file {str(path)!r} does not exist")
+    try:
+        return read_bounded(path)
+    except Exception as exc:  # PkiError (too large) or OSError
+        raise ConfigError(f"{key}: cannot read {what} file {str(path)!r}: {exc}") from None
+
+
+def _load_certs(paths: Iterable[str], base: Path, key: str, *, indexed: bool = True) -> list[Any]:
+    from pki.certs import load_certificates
+    from pki.errors import PkiError
+    certs: list[Any] = []
+    for i, p in enumerate(paths):
+        path = (base / p).expanduser()
+        k = f"{key}[{i}]" if indexed else key
+        try:
+            certs.extend(load_certificates(_read(path, "certificate", k), source=str(path)))
+        except PkiError as exc:
+            raise ConfigError(f"{k}: {exc}") from None
+    return certs
+
+
+def _ca_profile(name: str, sec: _Section, base: Path) -> CaProfileConfig:
+    from pki.errors import PkiError
+    from pki.profile import RevocationPolicy
+    files = sec.strings("ca_certs", required=not sec.has("ca_cert"))
+    if sec.has("ca_cert"):
+        files = (sec.get("ca_cert", _str),) + files
+    certs = _load_certs(files, base, sec.key("ca_certs"))
+    if not certs:
+        raise sec.error("ca_certs", "no certificate found in the files")
+    for c in certs:
+        try:
+            bc = c.extensions.get_extension_for_class(x509.BasicConstraints)
+            if not bc.value.ca:
+                raise sec.error("ca_certs", f"{c.subject.rfc4514_string()} is not a CA certificate")
+        except ConfigError:
+            raise
+        except Exception:
+            pass  # v1 roots without basicConstraints: leave the decision to the validator
+    mode = sec.get("revocation", _choice("crl", "ocsp", "disable"), "crl")
+    try:
+        policy = RevocationPolicy(
+            mode=mode,
+            crl_url=sec.get("crl_url", _str),
+            ocsp_url=sec.get("ocsp_url", _str),
+            fail_open=sec.get("fail_open", _bool, False),
+            ocsp_fallback_crl=sec.get("ocsp_fallback_crl", _bool, False),
+            refresh_interval=sec.get("refresh_interval", lambda v: timedelta(seconds=parse_duration(v))),
+        )
+    except PkiError as exc:
+        raise ConfigError(f"{sec.path}: {exc}") from None
+    sec.finish()
+    return CaProfileConfig(name, tuple(certs), policy)
+
+
+def _certificate(name: str, sec: _Section, base: Path) -> CertificateConfig:
+    from pki.errors import PkiError
+    from pki.keys import load_private_key
+    cert_file = sec.get("cert", _str, required=True)
+    certs = _load_certs([cert_file], base, sec.key("cert"), indexed=False)
+    if len(certs) < 1:
+        raise sec.error("cert", "no certificate in the file")
+    leaf, extra = certs[0], certs[1:]
+    chain = tuple(extra) + tuple(_load_certs(sec.strings("chain"), base, sec.key("chain")))
+    key_file = (base / sec.get("key", _str, required=True)).expanduser()
+    passphrase_file = sec.get("passphrase_file", _str)
+    passphrase = None
+    if passphrase_file:
+        passphrase = _read((base / passphrase_file).expanduser(), "passphrase", sec.key("passphrase_file")).strip()
+    try:
+        key = load_private_key(_read(key_file, "key", sec.key("key")), passphrase, source=str(key_file))
+    except PkiError as exc:
+        raise sec.error("key", str(exc)) from None
+    from cryptography.hazmat.primitives import serialization
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+        raise sec.error("key", f"{str(key_file)!r} does not belong to the certificate in {cert_file!r}")
+    sec.finish()
+    return CertificateConfig(name, Credential(private_key=key, certificate=leaf, intermediates=chain),
+                             base / cert_file)
+
+
+def _pki_id(ident: Identity) -> tuple[str, str] | None:
+    """ike Identity -> the (type, value) pair pki.validate matches; None for types it cannot match (keyid)."""
+    return None if ident.kind == "keyid" else (ident.kind, ident.value)
+
+
+def identity_matches(cert: Any, ident: Identity) -> str | None:
+    """Which certificate name proves ``ident`` (``DNS:gw1``), or None."""
+    from pki.errors import CertificateRejected
+    from pki.validate import Validator
+    pair = _pki_id(ident)
+    if pair is None:
+        return None
+    try:
+        return Validator._check_identity(cert, pair)  # noqa: SLF001 - the one identity matcher in pki
+    except CertificateRejected:
+        return None
+
+
+def default_identity(cert: Any) -> Identity:
+    """The identity a certificate proves best: its first DNS, e-mail or IP subjectAltName, else its subject DN."""
+    from pki.certs import sans_of
+    sans = sans_of(cert)
+    if sans.dns:
+        return Identity("fqdn", sans.dns[0])
+    if sans.email:
+        return Identity("email", sans.email[0])
+    if sans.ip:
+        a = sans.ip[0]
+        return Identity("ipv4" if a.version == 4 else "ipv6", str(a))
+    return Identity("dn", cert.subject.rfc4514_string())
+
+
+def make_validator(profiles: Sequence[CaProfileConfig], *, crl_source: Any = None, ocsp: Any = None
+                   ) -> Callable[[Any, Sequence[Any], datetime, Identity], object]:
+    """The core's PeerValidator over pki.validate: chain, time, revocation, then the IKE identity.
+
+    Revocation data come from ``crl_source``/``ocsp`` (the daemon passes fetching ones; None means the
+    validator's offline cache, so a ``crl`` profile fails closed unless a CRL was added).
+    """
+    from pki.validate import TrustAnchor, Validator
+    anchors = [TrustAnchor(c, p.revocation, p.name) for p in profiles for c in p.ca_certs]
+    kwargs: dict[str, Any] = {}
+    if crl_source is not None:
+        kwargs["crl_source"] = crl_source
+    if ocsp is not None:
+        kwargs["ocsp"] = ocsp
+    validator = Validator(anchors, **kwargs)
+
+    def validate(leaf: Any, intermediates: Sequence[Any], at: datetime, identity: Identity) -> object:
+        return validator.verify(leaf, list(intermediates), at, identity=_pki_id(identity))
+
+    validate.validator = validator  # type: ignore[attr-defined]
+    return validate
+
+
+# --------------------------------------------------------------------------------------------------------
+# Peers
+
+
+def _child(name: str, sec: _Section) -> ChildConfig:
+    defaults = ChildConfig(name, (), ())
+    rekey_time = sec.get("rekey_time", parse_duration, defaults.rekey_time)
+    life_time = sec.get("life_time", parse_duration, rekey_time * 1.1 if rekey_time else defaults.life_time)
+    rekey_bytes = sec.get("rekey_bytes", parse_size, 0)
+    life_bytes = sec.get("life_bytes", parse_size, int(rekey_bytes * 1.1))
+    rekey_packets = sec.get("rekey_packets", parse_size, 0)
+    life_packets = sec.get("life_packets", parse_size, int(rekey_packets * 1.1))
+    for soft, hard, what in ((rekey_time, life_time, "time"), (rekey_bytes, life_bytes, "bytes"),
+                             (rekey_packets, life_packets, "packets")):
+        if soft and hard and soft >= hard:
+            raise sec.error(f"life_{what}", f"must be larger than rekey_{what} ({hard} <= {soft})")
+    c = ChildConfig(
+        name=name,
+        local_ts=_selectors(sec, "local_ts"),
+        remote_ts=_selectors(sec, "remote_ts"),
+        esp_proposals=_proposals(sec, "esp_proposals", ProtocolId.ESP, defaults.esp_proposals),
+        mode=sec.get("mode", _choice("tunnel", "transport"), "tunnel"),
+        rekey_time=rekey_time, life_time=life_time, rekey_bytes=rekey_bytes, life_bytes=life_bytes,
+        rekey_packets=rekey_packets, life_packets=life_packets,
+        start=sec.get("start", _bool, True),
+    )
+    for a in c.local_ts + c.remote_ts:
+        if a.version != c.local_ts[0].version and c.mode == "transport":
+            raise sec.error("local_ts", "transport mode selectors must use one address family")
+    sec.finish()
+    return c
+
+
+def _psk(v: Any) -> bytes:
+    s = _str(v)
+    if s.startswith("0x"):
+        return bytes.fromhex(s[2:])
+    if len(s) < 8:
+        raise ValueError("a pre-shared key must have at least 8 characters")
+    return s.encode()
+
+
+def _peer(name: str, sec: _Section, daemon: _Section, profiles: Mapping[str, CaProfileConfig],
+          certs: Mapping[str, CertificateConfig]) -> tuple[PeerConfig, str | None]:
+    port = daemon.get("port", _port, 500)
+    nat_port = daemon.get("nat_port", _port, 4500)
+    local_addr = sec.get("local_addr", _address)
+    remote = sec.get("remote_addr", _str)
+    if remote is not None and remote not in ("%any", "%any4", "%any6"):
+        try:
+            remote = _address(remote)
+        except ValueError:
+            raise sec.error("remote_addr", f"expected an IP address or %any, got {remote!r}") from None
+        if local_addr and ipaddress.ip_address(remote).version != ipaddress.ip_address(local_addr).version:
+            raise sec.error("remote_addr", "local_addr and remote_addr must be of one address family")
+    else:
+        remote = None
+    auth = sec.get("auth", _choice("pubkey", "psk"), "pubkey")
+    remote_auth = sec.get("remote_auth", _choice("pubkey", "psk"), auth)
+    psk = sec.get("psk", _psk)
+    if "psk" in (auth, remote_auth) and psk is None:
+        raise sec.error("psk", "is required with psk authentication")
+
+    credential = None
+    extra: tuple[Credential, ...] = ()
+    cert_names = sec.strings("certificates") or sec.strings("certificate")
+    if auth == "pubkey":
+        if not cert_names:
+            if len(certs) == 1:
+                cert_names = tuple(certs)
+            else:
+                raise sec.error("certificate", "is required with pubkey authentication"
+                                + (" (several [certificates] exist)" if certs else " (no [certificates] defined)"))
+        for i, n in enumerate(cert_names):
+            if n not in certs:
+                raise sec.error("certificate", f"no [certificates.{n}] defined")
+        credential = certs[cert_names[0]].credential
+        extra = tuple(certs[n].credential for n in cert_names[1:])
+
+    if sec.has("local_id"):
+        local_id = sec.get("local_id", _identity)
+        if credential is not None and local_id.kind != "keyid" and identity_matches(credential.certificate, local_id) is None:
+            raise sec.error("local_id", f"{local_id.kind}:{local_id.value} is neither the subject nor a "
+                            f"subjectAltName of certificate {cert_names[0]!r}; the peer would reject it")
+    elif credential is not None:
+        local_id = default_identity(credential.certificate)
+    else:
+        local_id = Identity("ipv4", local_addr) if local_addr and ":" not in local_addr else (
+            Identity("ipv6", local_addr) if local_addr else None)
+        if local_id is None:
+            raise sec.error("local_id", "is required with psk authentication and no local_addr")
+    remote_id = sec.get("remote_id", _identity)
+
+    validator = None
+    ca_certs: tuple[Any, ...] = ()
+    if remote_auth == "pubkey":
+        names = sec.strings("ca_profiles") or sec.strings("ca_profile") or tuple(profiles)
+        if not names:
+            raise sec.error("ca_profiles", "no [ca-profiles] defined to validate the peer's certificate")
+        for n in names:
+            if n not in profiles:
+                raise sec.error("ca_profiles", f"no [ca-profiles.{n}] defined")
+        chosen = [profiles[n] for n in names]
+        validator = make_validator(chosen)
+        ca_certs = tuple(c for p in chosen for c in p.ca_certs)
+
+    children = {}
+    for cname, csec in sec.sub("children").items():
+        children[cname] = _child(cname, csec)
+    defaults = PeerConfig.__dataclass_fields__
+    kwargs = dict(
+        name=name,
+        local_id=local_id,
+        remote_id=remote_id,
+        remote_addr=remote,
+        remote_port=sec.get("remote_port", _port, 500),
+        local_port=sec.get("local_port", _port, port),
+        local_nat_port=sec.get("local_nat_port", _port, nat_port),
+        ike_proposals=_proposals(sec, "ike_proposals", ProtocolId.IKE, defaults["ike_proposals"].default),
+        auth=auth,
+        remote_auth=remote_auth,
+        credential=credential,
+        extra_credentials=extra,
+        ca_certs=ca_certs,
+        psk=psk,
+        validator=validator,
+        children=tuple(children.values()),
+        rekey_time=sec.get("rekey_time", parse_duration, 14400.0),
+        dpd_delay=sec.get("dpd_delay", parse_duration, 0.0),
+        send_certreq=sec.get("send_certreq", _bool, True),
+        send_cert=sec.get("send_cert", _choice("always", "ifasked", "never"), "always"),
+        signature_auth=sec.get("signature_auth", _bool, True),
+        rsa_pss=sec.get("rsa_pss", _bool, False),
+        fragmentation=sec.get("fragmentation", _bool, True),
+        fragment_size=sec.get("fragment_size", _int_range(576, 65535), 1280),
+        encap=sec.get("encap", _bool, False),
+    )
+    if "local_addr" in PeerConfig.__dataclass_fields__:  # the core learns our address when it has the field
+        kwargs["local_addr"] = local_addr
+    try:
+        peer = PeerConfig(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{sec.path}: {exc}") from None
+    sec.finish()
+    return peer, local_addr
+
+
+# --------------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", source: Path | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> DaemonConfig:
+    """Validate a parsed (or TOML text) configuration; relative file names resolve against ``base``.
+
+    ``overrides`` replaces ``[daemon]`` keys (the command line's ``--control-socket`` etc.).
+    Raises ConfigError("<key path>: <reason>") on the first problem.
+    """
+    if isinstance(data, str):
+        try:
+            data = tomllib.loads(data)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source or 'configuration'}: not valid TOML: {exc}") from None
+    base_dir = Path(base)
+    root = _Section(data, "")
+    daemon_data = dict(root.raw("daemon", {}) or {})
+    daemon_data.update(overrides or {})
+    daemon = _Section(daemon_data, "daemon")
+
+    profiles = {n: _ca_profile(n, s, base_dir) for n, s in root.sub("ca-profiles").items()}
+    certs = {n: _certificate(n, s, base_dir) for n, s in root.sub("certificates").items()}
+    peers_secs = root.sub("peers")
+    if not peers_secs:
+        raise ConfigError("peers: at least one [peers.NAME] table is required")
+    peers: list[PeerConfig] = []
+    local_addrs: dict[str, str | None] = {}
+    for n, s in peers_secs.items():
+        peer, laddr = _peer(n, s, daemon, profiles, certs)
+        peers.append(peer)
+        local_addrs[n] = laddr
+
+    addresses = daemon.strings("addresses")
+    for i, a in enumerate(addresses):
+        try:
+            _address(a)
+        except ValueError as exc:
+            raise ConfigError(f"daemon.addresses[{i}]: {exc}") from None
+    if not addresses:
+        wanted = sorted({a for a in local_addrs.values() if a})
+        addresses = tuple(wanted) if wanted and all(local_addrs.values()) else ("0.0.0.0",)
+    else:
+        addresses = tuple(_address(a) for a in addresses)
+        wildcard = {"0.0.0.0", "::"}
+        for n, a in local_addrs.items():
+            if a and a not in addresses and not (wildcard & set(addresses)):
+                raise ConfigError(f"peers.{n}.local_addr: {a} is not among daemon.addresses")
+    port = daemon.get("port", _port, 500)
+    nat_port = daemon.get("nat_port", _port, 4500)
+    if port == nat_port:
+        raise daemon.error("nat_port", "must differ from daemon.port")
+    control = daemon.get("control_socket", _str, DEFAULT_CONTROL_SOCKET)
+    key_log = daemon.get("key_log", _str)
+    core_defaults = CoreConfig.__dataclass_fields__
+    core = CoreConfig(
+        peers=tuple(peers),
+        cookie_threshold=daemon.get("cookie_threshold", _int_range(0, 1_000_000), core_defaults["cookie_threshold"].default),
+        half_open_limit=daemon.get("half_open_limit", _int_range(1, 10_000_000), core_defaults["half_open_limit"].default),
+        retransmit_timeout=daemon.get("retransmit_timeout", parse_duration, core_defaults["retransmit_timeout"].default),
+        retransmit_tries=daemon.get("retransmit_tries", _int_range(0, 100), core_defaults["retransmit_tries"].default),
+        key_log=bool(key_log),
+    )
+    daemon.finish()
+    root.used.add("daemon")
+    root.finish()
+    return DaemonConfig(
+        core=core, addresses=addresses, port=port, nat_port=nat_port,
+        control_socket=(base_dir / control) if not Path(control).is_absolute() else Path(control),
+        key_log=None if not key_log else ((base_dir / key_log) if not Path(key_log).is_absolute() else Path(key_log)),
+        local_addrs=local_addrs, ca_profiles=profiles, certificates=certs, source=source,
+    )
+
+
+def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None) -> DaemonConfig:
+    """Read and validate a TOML file; ConfigError names the file, the key path and the reason."""
+    p = Path(path)
+    try:
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: larger than {MAX_CONFIG_BYTES} bytes")
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text: {exc}") from None
+    try:
+        return parse_config(text, base=p.parent, source=p, overrides=overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
