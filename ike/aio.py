@@ -1,0 +1,298 @@
+"""The asyncio UDP adapter around the sans-I/O IKE core (aioquic's asyncio/protocol.py, for IKE).
+
+Why it exists: the core (:class:`ike.dispatcher.Dispatcher`) never touches a socket or a clock. This module owns
+the sockets and the one timer, and nothing else: it feeds datagrams and ``loop.time()`` in, sends what
+``datagrams_to_send`` returns, re-arms a single ``call_at`` from ``get_timer()`` and hands the core's events to
+the daemon.
+
+Demultiplexing (RFC 3948, RFC 7296 2.23), per receiving socket:
+
+- on the plain IKE port (500 unless configured otherwise) every datagram is an IKE message;
+- on any other port a datagram that starts with the 4-byte zero non-ESP marker is IKE (the marker is
+  stripped), a single 0xFF byte is a NAT keepalive (counted, dropped), and anything else of ESP size is
+  UDP-encapsulated ESP (the SPI comes first) and goes to the data plane's ``on_esp`` callback;
+- anything else is counted as malformed and dropped. Nothing a peer sends can raise out of the adapter.
+
+Sending prepends the marker when the core says so (``Datagram.marker``). ESP from the data plane leaves
+through :meth:`IkeEndpoint.send_esp` on the socket of the NAT-T port, without a marker.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Protocol
+
+from .connection import Datagram
+from .events import IkeEvent
+
+__all__ = ["IkeEndpoint", "Driver", "NON_ESP_MARKER", "KEEPALIVE", "MIN_ESP_LEN", "open_udp_socket"]
+
+log = logging.getLogger("ike.aio")
+
+NON_ESP_MARKER = b"\x00\x00\x00\x00"
+KEEPALIVE = b"\xff"
+#: SPI + sequence number: the shortest datagram that can be ESP.
+MIN_ESP_LEN = 8
+#: Largest UDP payload we hand to anyone (bigger ones cannot exist on the wire anyway).
+MAX_DATAGRAM = 65535
+#: Seconds between NAT keepalives (RFC 3948 4: 20 s by default).
+KEEPALIVE_INTERVAL = 20.0
+
+
+class Driver(Protocol):
+    """What the adapter needs from the core (``ike.dispatcher.Dispatcher`` has it)."""
+
+    def receive_datagram(self, data: bytes, addr: tuple[str, int], local_addr: tuple[str, int],
+                         now: float) -> None: ...
+    def datagrams_to_send(self, now: float) -> list[Datagram]: ...
+    def get_timer(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
+    def next_event(self) -> IkeEvent | None: ...
+
+
+EspHandler = Callable[[bytes, tuple[str, int], tuple[str, int]], None]
+EventHandler = Callable[[IkeEvent], None]
+
+
+def open_udp_socket(host: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket bound to (host, port); IPv6 sockets are v6-only so both families can bind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass
+class _Socket:
+    transport: asyncio.DatagramTransport
+    local: tuple[str, int]
+    plain: bool  # IKE without marker (port 500)
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, endpoint: "IkeEndpoint") -> None:
+        self.endpoint = endpoint
+        self.sock: _Socket | None = None
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self.sock is not None:
+            self.endpoint._datagram_received(self.sock, data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:  # ICMP unreachable and friends
+        self.endpoint.stats["icmp_errors"] += 1
+        log.debug("socket error: %s", exc)
+
+
+class IkeEndpoint:
+    """All IKE sockets of one daemon around one core.
+
+    ``plain_ports``: ports on which IKE carries no non-ESP marker (RFC 7296: only 500). ``on_event`` gets every
+    core event after each driver call; ``on_esp(esp, remote, local)`` gets UDP-encapsulated ESP. The handlers
+    are called synchronously in the loop; an exception in one is logged and counted, never fatal.
+    """
+
+    def __init__(self, driver: Driver, *, on_event: EventHandler | None = None, on_esp: EspHandler | None = None,
+                 plain_ports: Iterable[int] = (500,), loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.driver = driver
+        self.on_event = on_event
+        self.on_esp = on_esp
+        self.plain_ports = frozenset(plain_ports)
+        self._loop = loop
+        self._sockets: list[_Socket] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._closed = False
+        self.stats: Counter[str] = Counter()
+
+    # -- setup ------------------------------------------------------------------------------------------
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    async def listen(self, host: str, port: int) -> tuple[str, int]:
+        """Bind (host, port) (port 0: any); returns the bound address."""
+        return await self.add_socket(open_udp_socket(host, port))
+
+    async def add_socket(self, sock: socket.socket) -> tuple[str, int]:
+        """Use an already bound UDP socket (e.g. one created inside another network namespace)."""
+        sock.setblocking(False)
+        proto = _UdpProtocol(self)
+        transport, _ = await self.loop.create_datagram_endpoint(lambda: proto, sock=sock)
+        name = sock.getsockname()
+        local = (name[0], name[1])
+        entry = _Socket(transport, local, local[1] in self.plain_ports)  # type: ignore[arg-type]
+        proto.sock = entry
+        self._sockets.append(entry)
+        return local
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [s.local for s in self._sockets]
+
+    def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for s in self._sockets:
+            s.transport.close()
+        self._sockets.clear()
+
+    # -- receive ----------------------------------------------------------------------------------------
+    def _datagram_received(self, sock: _Socket, data: bytes, addr: tuple[str, int]) -> None:
+        if self._closed:
+            return
+        if sock.plain:
+            self._ike_received(data, addr, sock.local)
+        elif data[:4] == NON_ESP_MARKER:
+            if len(data) > 4:
+                self._ike_received(data[4:], addr, sock.local)
+            else:
+                self.stats["malformed"] += 1
+        elif data == KEEPALIVE:
+            self.stats["keepalives_in"] += 1
+        elif len(data) >= MIN_ESP_LEN:
+            self.stats["esp_in"] += 1
+            if self.on_esp is None:
+                self.stats["esp_dropped"] += 1
+                return
+            try:
+                self.on_esp(data, addr, sock.local)
+            except Exception:  # the data plane's problem; count it, keep IKE running
+                self.stats["esp_handler_errors"] += 1
+                log.exception("ESP handler failed")
+        else:
+            self.stats["malformed"] += 1
+
+    def _ike_received(self, data: bytes, addr: tuple[str, int], local: tuple[str, int]) -> None:
+        self.stats["ike_in"] += 1
+        try:
+            self.driver.receive_datagram(data, addr, local, self.now())
+        except Exception:  # the core promises not to raise; if it does, drop the datagram, not the daemon
+            self.stats["core_errors"] += 1
+            log.exception("IKE core raised on a datagram from %s:%d", *addr)
+        self.transmit()
+
+    # -- drive ------------------------------------------------------------------------------------------
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a core command with ``now`` appended (``call(d.initiate, "peer")``), then send and re-arm."""
+        try:
+            return fn(*args, self.now(), **kwargs)
+        finally:
+            self.transmit()
+
+    def transmit(self) -> None:
+        """Send what the core has queued, deliver its events and re-arm the timer."""
+        if self._closed:
+            return
+        now = self.now()
+        try:
+            datagrams = self.driver.datagrams_to_send(now)
+        except Exception:
+            self.stats["core_errors"] += 1
+            log.exception("IKE core raised in datagrams_to_send")
+            datagrams = []
+        for dg in datagrams:
+            self.send_datagram(dg)
+        self._drain_events()
+        self._arm_timer()
+
+    def send_datagram(self, dg: Datagram) -> None:
+        sock = self._socket_for(dg.local_port, dg.addr[0])
+        if sock is None:
+            self.stats["no_socket"] += 1
+            log.warning("no socket on port %d for %s; IKE message dropped", dg.local_port, dg.addr[0])
+            return
+        payload = NON_ESP_MARKER + dg.data if dg.marker else dg.data
+        if len(payload) > MAX_DATAGRAM:
+            self.stats["too_large"] += 1
+            return
+        sock.transport.sendto(payload, dg.addr)
+        self.stats["ike_out"] += 1
+
+    def send_esp(self, esp: bytes, addr: tuple[str, int], local_port: int) -> bool:
+        """Send one UDP-encapsulated ESP packet (SPI first, no marker) from our ``local_port`` socket."""
+        sock = self._socket_for(local_port, addr[0])
+        if sock is None or self._closed:
+            self.stats["esp_no_socket"] += 1
+            return False
+        sock.transport.sendto(esp, addr)
+        self.stats["esp_out"] += 1
+        return True
+
+    def send_keepalive(self, addr: tuple[str, int], local_port: int) -> bool:
+        """A NAT keepalive (RFC 3948 2.3): one 0xFF byte from the NAT-T socket."""
+        sock = self._socket_for(local_port, addr[0])
+        if sock is None or self._closed:
+            return False
+        sock.transport.sendto(KEEPALIVE, addr)
+        self.stats["keepalives_out"] += 1
+        return True
+
+    def _socket_for(self, port: int, remote_host: str) -> _Socket | None:
+        v6 = ":" in remote_host
+        for s in self._sockets:
+            if s.local[1] == port and (":" in s.local[0]) == v6:
+                return s
+        return None
+
+    def _drain_events(self) -> None:
+        for _ in range(100_000):  # bounded: the core cannot make us spin
+            try:
+                ev = self.driver.next_event()
+            except Exception:
+                self.stats["core_errors"] += 1
+                log.exception("IKE core raised in next_event")
+                return
+            if ev is None:
+                return
+            self.stats["events"] += 1
+            if self.on_event is not None:
+                try:
+                    self.on_event(ev)
+                except Exception:
+                    self.stats["event_handler_errors"] += 1
+                    log.exception("event handler failed on %s", type(ev).__name__)
+
+    def _arm_timer(self) -> None:
+        try:
+            at = self.driver.get_timer()
+        except Exception:
+            self.stats["core_errors"] += 1
+            log.exception("IKE core raised in get_timer")
+            at = None
+        if at == self._timer_at and (at is None or self._timer is not None):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None and not self._closed:
+            self._timer = self.loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.stats["timer_fired"] += 1
+        try:
+            self.driver.handle_timer(self.now())
+        except Exception:
+            self.stats["core_errors"] += 1
+            log.exception("IKE core raised in handle_timer")
+        self.transmit()

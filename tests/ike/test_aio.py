@@ -1,0 +1,219 @@
+"""ike.aio on real loopback sockets with a scripted core: demux, marker, keepalives, ESP, the one timer.
+
+A fake driver stands in for the Dispatcher so the adapter's own rules are tested alone: what reaches the core,
+what leaves the sockets, when the timer fires. Every wait is bounded.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from ike.aio import KEEPALIVE, NON_ESP_MARKER, IkeEndpoint
+from ike.connection import Datagram
+from ike.events import ChildSaFailed
+
+TIMEOUT = 5.0
+
+
+class FakeDriver:
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, tuple[str, int], tuple[str, int], float]] = []
+        self.outbox: list[Datagram] = []
+        self.events: list[Any] = []
+        self.timer: float | None = None
+        self.timer_calls: list[float] = []
+        self.raise_on_receive = False
+
+    def receive_datagram(self, data, addr, local_addr, now):
+        if self.raise_on_receive:
+            raise RuntimeError("core bug")
+        self.received.append((data, addr, local_addr, now))
+
+    def datagrams_to_send(self, now):
+        out, self.outbox = self.outbox, []
+        return out
+
+    def get_timer(self):
+        return self.timer
+
+    def handle_timer(self, now):
+        self.timer_calls.append(now)
+        self.timer = None
+        self.events.append(ChildSaFailed(ike_id=1, peer="p", child="c", reason="timer"))
+
+    def next_event(self):
+        return self.events.pop(0) if self.events else None
+
+
+class Peer(asyncio.DatagramProtocol):
+    """The other side: a plain UDP socket collecting what it receives."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.queue.put_nowait(data)
+
+
+async def _setup(plain: bool = False):
+    loop = asyncio.get_running_loop()
+    drv = FakeDriver()
+    esp: list[tuple[bytes, tuple[str, int], tuple[str, int]]] = []
+    events: list[Any] = []
+    ep = IkeEndpoint(drv, on_event=events.append, on_esp=lambda d, a, l: esp.append((d, a, l)))
+    local = await ep.listen("127.0.0.1", 0)
+    if plain:
+        ep.close()
+        ep = IkeEndpoint(drv, on_event=events.append, on_esp=lambda d, a, l: esp.append((d, a, l)),
+                         plain_ports={local[1]})
+        local = await ep.listen("127.0.0.1", local[1])
+    peer = Peer()
+    transport, _ = await loop.create_datagram_endpoint(lambda: peer, local_addr=("127.0.0.1", 0))
+    return drv, ep, local, peer, transport, esp, events
+
+
+async def _until(pred, what: str) -> None:
+    for _ in range(int(TIMEOUT / 0.01)):
+        if pred():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_demux_on_nat_port() -> None:
+    async def main() -> None:
+        drv, ep, local, peer, tr, esp, _ = await _setup()
+        me = tr.get_extra_info("sockname")
+        ike = b"\x11" * 28
+        tr.sendto(NON_ESP_MARKER + ike, local)          # IKE with marker
+        tr.sendto(KEEPALIVE, local)                       # NAT keepalive
+        tr.sendto(b"\xc0\xff\xee\x01" + b"\x00" * 20, local)  # ESP: SPI first
+        tr.sendto(b"\x01\x02", local)                     # too short for anything
+        tr.sendto(NON_ESP_MARKER, local)                  # marker and nothing else
+        await _until(lambda: sum(ep.stats[k] for k in ("ike_in", "keepalives_in", "esp_in", "malformed")) == 5,
+                     "five datagrams")
+        assert [r[0] for r in drv.received] == [ike]
+        assert drv.received[0][1] == (me[0], me[1]) and drv.received[0][2] == local
+        assert esp == [(b"\xc0\xff\xee\x01" + b"\x00" * 20, (me[0], me[1]), local)]
+        assert ep.stats["keepalives_in"] == 1 and ep.stats["malformed"] == 2
+        ep.close()
+        tr.close()
+
+    asyncio.run(main())
+
+
+def test_plain_port_has_no_marker() -> None:
+    async def main() -> None:
+        drv, ep, local, peer, tr, esp, _ = await _setup(plain=True)
+        tr.sendto(b"\x00\x00\x00\x00" + b"\x22" * 24, local)   # on port 500 even this is IKE, unchanged
+        tr.sendto(b"\xc0\xff\xee\x01" + b"\x00" * 20, local)
+        await _until(lambda: len(drv.received) == 2, "two IKE messages")
+        assert drv.received[0][0] == b"\x00\x00\x00\x00" + b"\x22" * 24
+        assert esp == []
+        ep.close()
+        tr.close()
+
+    asyncio.run(main())
+
+
+def test_send_adds_marker_and_esp_goes_raw() -> None:
+    async def main() -> None:
+        drv, ep, local, peer, tr, esp, _ = await _setup()
+        me = tr.get_extra_info("sockname")
+        drv.outbox = [Datagram(b"IKE-A", (me[0], me[1]), local[1], True),
+                      Datagram(b"IKE-B", (me[0], me[1]), local[1], False),
+                      Datagram(b"lost", (me[0], me[1]), 1, True)]  # no socket on port 1
+        ep.transmit()
+        assert ep.send_esp(b"\x00\x00\x10\x01ESP", (me[0], me[1]), local[1])
+        assert ep.send_keepalive((me[0], me[1]), local[1])
+        got = [await asyncio.wait_for(peer.queue.get(), TIMEOUT) for _ in range(4)]
+        assert got == [NON_ESP_MARKER + b"IKE-A", b"IKE-B", b"\x00\x00\x10\x01ESP", KEEPALIVE]
+        assert ep.stats["no_socket"] == 1 and ep.stats["ike_out"] == 2
+        assert not ep.send_esp(b"x" * 8, ("::1", 4500), local[1])  # no IPv6 socket
+        ep.close()
+        tr.close()
+
+    asyncio.run(main())
+
+
+def test_one_timer_rearmed_from_get_timer() -> None:
+    async def main() -> None:
+        drv, ep, local, peer, tr, esp, events = await _setup()
+        loop = asyncio.get_running_loop()
+        drv.timer = loop.time() + 10.0
+        ep.transmit()
+        drv.timer = loop.time() + 0.05                 # the core moves its deadline earlier
+        ep.transmit()
+        await _until(lambda: drv.timer_calls, "the timer")
+        assert len(drv.timer_calls) == 1 and drv.timer_calls[0] >= drv.timer_calls[0]
+        assert ep.stats["timer_fired"] == 1
+        assert [e.reason for e in events] == ["timer"]  # events drained after the timer
+        await asyncio.sleep(0.1)
+        assert ep.stats["timer_fired"] == 1              # the 10 s deadline was cancelled, none pending
+        ep.close()
+        tr.close()
+
+    asyncio.run(main())
+
+
+def test_core_and_handler_errors_are_contained() -> None:
+    async def main() -> None:
+        drv, ep, local, peer, tr, esp, events = await _setup()
+
+        def bad_esp(*a):
+            raise ValueError("data plane bug")
+
+        ep.on_esp = bad_esp
+        drv.raise_on_receive = True
+        tr.sendto(NON_ESP_MARKER + b"x" * 28, local)
+        tr.sendto(b"\x00\x00\x00\x09" + b"y" * 28, local)
+        await _until(lambda: ep.stats["core_errors"] == 1 and ep.stats["esp_handler_errors"] == 1, "two errors")
+        drv.raise_on_receive = False
+        tr.sendto(NON_ESP_MARKER + b"z" * 28, local)
+        await _until(lambda: len(drv.received) == 1, "the endpoint to keep working")
+        ep.close()
+        tr.close()
+
+    asyncio.run(main())
+
+
+def test_call_appends_now_and_transmits() -> None:
+    async def main() -> None:
+        drv, ep, local, peer, tr, esp, events = await _setup()
+        me = tr.get_extra_info("sockname")
+        seen = []
+
+        def initiate(name, now):
+            seen.append((name, now))
+            drv.outbox.append(Datagram(b"INIT", (me[0], me[1]), local[1], True))
+            return 7
+
+        assert ep.call(initiate, "peer") == 7
+        assert seen and seen[0][0] == "peer"
+        assert await asyncio.wait_for(peer.queue.get(), TIMEOUT) == NON_ESP_MARKER + b"INIT"
+        ep.close()
+        tr.close()
+
+    asyncio.run(main())
+
+
+def test_add_socket_and_ipv6() -> None:
+    async def main() -> None:
+        drv = FakeDriver()
+        ep = IkeEndpoint(drv)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        local = await ep.add_socket(s)
+        assert ep.addresses == [local]
+        try:
+            v6 = await ep.listen("::1", 0)
+        except OSError:
+            pytest.skip("no IPv6 loopback")
+        assert v6[0] == "::1"
+        ep.close()
+        assert ep.addresses == []
+
+    asyncio.run(main())
