@@ -272,11 +272,15 @@ class CertificateAuthority:
 
     # -- issuing ----------------------------------------------------------------------------------------------
     def issue(self, csr: x509.CertificateSigningRequest, profile: IssueProfile | str | None = None,
-              at: datetime | None = None) -> x509.Certificate:
-        """Sign a certificate for ``csr`` and record it, in one transaction."""
+              at: datetime | None = None, *, pop_verified: bool = False) -> x509.Certificate:
+        """Sign a certificate for ``csr`` and record it, in one transaction.
+
+        ``pop_verified``: the caller has already checked the request's signature over its original bytes (SCEP
+        re-encodes requests from clients that send non-DER attribute sets, which breaks the signature)."""
         prof = self._profile(profile)
         now = _now(at)
-        verify_csr(csr)
+        if not pop_verified:
+            verify_csr(csr)
         self._check_usable(now)
         self._check_subject_key(csr.public_key())
         if prof.is_ca:

@@ -42,7 +42,7 @@ from pki.validate import TrustAnchor, ValidationPolicy, Validator
 __all__ = ["Store", "LocalEntry"]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-KEY, CERT, REQUEST = "key.pem", "cert.pem", "request.pem"
+KEY, CERT, REQUEST, CHAIN = "key.pem", "cert.pem", "request.pem", "chain.pem"
 
 
 def _same_key(a, b) -> bool:  # type: ignore[no-untyped-def]
@@ -214,8 +214,36 @@ class Store:
             raise StoreError(f"the certificate does not match the key pair of certificate-id {certificate_id!r}")
         d = self._entry_dir(certificate_id)
         assert d is not None
+        others = [c for c in certs if c is not mine[0]]
+        if others:  # intermediates that came with it: sent to IKE peers along with the certificate
+            write_atomic(d / CHAIN, certificates_to_pem(others), PUBLIC_MODE)
+        else:
+            (d / CHAIN).unlink(missing_ok=True)
         write_atomic(d / CERT, mine[0].public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
         return mine[0]
+
+    def credential(self, certificate_id: str, passphrase: bytes | None = None
+                   ) -> tuple[PrivateKey, x509.Certificate, list[x509.Certificate]]:
+        """(private key, certificate, intermediates) for IKE to authenticate with. The intermediates are those
+        loaded with the certificate, else the non-root CA certificates of the store's profiles above it."""
+        cert = self.local_certificate(certificate_id)
+        if cert is None:
+            raise StoreError(f"certificate-id {certificate_id!r} has no local certificate")
+        key = self.private_key(certificate_id, passphrase)
+        d = self._entry_dir(certificate_id)
+        assert d is not None
+        if (d / CHAIN).exists():
+            inter = load_certificates(read_bounded(d / CHAIN), source=str(d / CHAIN))
+        else:
+            pool = [a.certificate for a in self.trust_anchors()]
+            inter, cur = [], cert
+            for _ in range(8):
+                up = next((c for c in pool if c.subject == cur.issuer and c.subject != c.issuer and c not in inter), None)
+                if up is None:
+                    break
+                inter.append(up)
+                cur = up
+        return key, cert, [c for c in inter if c.subject != c.issuer]
 
     def local_certificate(self, certificate_id: str) -> x509.Certificate | None:
         d = self._entry_dir(certificate_id)
@@ -377,10 +405,12 @@ class Store:
         raise StoreError(f"no certificate-id {certificate_id!r}")
 
     # == validation ===========================================================================================
-    def trust_anchors(self) -> list[TrustAnchor]:
-        """Every CA certificate of every ca-profile, with that profile's revocation policy."""
+    def trust_anchors(self, profile: str | None = None) -> list[TrustAnchor]:
+        """Every CA certificate of every ca-profile (or of one), with that profile's revocation policy."""
         out: list[TrustAnchor] = []
         for p in self.profiles():
+            if profile is not None and p.name != profile:
+                continue
             for c in self.ca_certificates(p.name):
                 out.append(TrustAnchor(c, p.revocation, p.name))
         return out
@@ -398,8 +428,16 @@ class Store:
 
     def validator(self, policy: ValidationPolicy | None = None, *,
                   fetch: Callable[[str], bytes] | None = default_fetch,
-                  ocsp: OcspSource | None = None) -> Validator:
-        """A validator over this store's anchors; CRLs loaded here, others fetched through ``fetch``."""
+                  ocsp: OcspSource | None = None, profile: str | None = None) -> Validator:
+        """A validator over this store's anchors (all, or one ca-profile's); CRLs loaded here, others fetched
+        through ``fetch``."""
+        if profile is not None:
+            anchors = self.trust_anchors(profile)
+            if not anchors:
+                raise ProfileError(f"ca-profile {profile!r} has no CA certificate")
+            if ocsp is None and self.profile(profile).revocation.mode is RevocationMode.OCSP:
+                ocsp = _default_ocsp([self.profile(profile)])
+            return Validator(anchors, policy, crl_source=self.crl_cache(fetch), ocsp=ocsp)
         if ocsp is None and any(p.revocation.mode is RevocationMode.OCSP for p in self.profiles()):
             ocsp = _default_ocsp(self.profiles())
         return Validator(self, policy, crl_source=self.crl_cache(fetch), ocsp=ocsp)

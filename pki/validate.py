@@ -28,7 +28,7 @@ import enum
 import ipaddress
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -72,6 +72,7 @@ class IdType(enum.IntEnum):
     ID_RFC822_ADDR = 3
     ID_IPV6_ADDR = 5
     ID_DER_ASN1_DN = 9
+    ID_KEY_ID = 11
 
     # short aliases
     IPV4 = 1
@@ -79,12 +80,13 @@ class IdType(enum.IntEnum):
     EMAIL = 3
     IPV6 = 5
     DN = 9
+    KEYID = 11
 
 
 _ID_NAMES = {"ipv4": IdType.IPV4, "ipv4_addr": IdType.IPV4, "fqdn": IdType.FQDN, "dns": IdType.FQDN,
              "email": IdType.EMAIL, "rfc822": IdType.EMAIL, "rfc822_addr": IdType.EMAIL, "user_fqdn": IdType.EMAIL,
              "ipv6": IdType.IPV6, "ipv6_addr": IdType.IPV6, "ip": IdType.IPV4, "dn": IdType.DN, "asn1dn": IdType.DN,
-             "der_asn1_dn": IdType.DN}
+             "der_asn1_dn": IdType.DN, "keyid": IdType.KEYID, "key_id": IdType.KEYID}
 
 
 @dataclass(frozen=True)
@@ -175,8 +177,11 @@ class Validator:
         leaf: x509.Certificate,
         intermediates: Sequence[x509.Certificate] = (),
         at: datetime | None = None,
-        identity: tuple[IdType | int | str, str | bytes] | None = None,
+        identity: tuple[IdType | int | str, str | bytes] | Any | None = None,
     ) -> VerifiedChain:
+        """``identity``: ``(type, value)`` or any object with ``.kind`` and ``.value``; type is an :class:`IdType`,
+        its number, or a name (ipv4, ipv6, fqdn, email, dn, keyid). Values are text (DN in RFC 4514 or strongSwan
+        order, keyid in hex) or the raw ID payload bytes."""
         if at is None:
             raise ValueError("'at' is required: the validator reads no clock")
         if at.tzinfo is None:
@@ -366,8 +371,11 @@ class Validator:
             raise
 
     @staticmethod
-    def _check_identity(leaf: x509.Certificate, identity: tuple[IdType | int | str, str | bytes]) -> str:
-        kind, value = identity
+    def _check_identity(leaf: x509.Certificate, identity: Any) -> str:
+        if hasattr(identity, "kind") and hasattr(identity, "value"):
+            kind, value = identity.kind, identity.value
+        else:
+            kind, value = identity
         try:
             t = IdType(kind) if not isinstance(kind, str) else _ID_NAMES[kind.lower()]
         except (ValueError, KeyError):
@@ -388,6 +396,14 @@ class Validator:
                     return f"DN:{leaf.subject.rfc4514_string()}"
             raise _reject(RejectReason.IDENTITY_MISMATCH,
                           f"subject {leaf.subject.rfc4514_string()} does not match identity DN {shown}")
+        if t is IdType.KEYID:
+            try:
+                want_id = bytes.fromhex(value.replace(":", "")) if isinstance(value, str) else bytes(value)
+            except ValueError:
+                raise _reject(RejectReason.IDENTITY_MISMATCH, f"key id {value!r} is not hex") from None
+            if want_id and want_id == _ski(leaf):
+                return f"keyid:{want_id.hex()}"
+            raise _reject(RejectReason.IDENTITY_MISMATCH, f"key id {shown} is not the certificate's subjectKeyIdentifier")
         if t in (IdType.IPV4, IdType.IPV6):
             try:
                 addr = ipaddress.ip_address(value if isinstance(value, str) else bytes(value))

@@ -220,3 +220,20 @@ def test_request_with_bad_signature_refused(tmp_path, store):
     with pytest.raises((CsrSignatureError, CorruptInputError)):
         load_csr(bytes(der))
     assert os.path.exists(store.key_path("r1"))
+
+
+def test_credential_for_ike(store, root_ca, sub_ca):
+    store.add_profile(CaProfile("root"))
+    store.add_profile(CaProfile("sub"))
+    store.load_ca_certificate("root", root_ca.certificate.public_bytes(PEM))
+    store.generate_key_pair("r1", "ecdsa")
+    cert = sub_ca.issue(store.generate_certificate_request("r1", "CN=r1"), at=T0)
+    store.load_local_certificate("r1", cert.public_bytes(PEM))
+    key, c, inter = store.credential("r1")
+    assert c == cert and inter == []
+    store.load_ca_certificate("sub", sub_ca.certificate.public_bytes(PEM))
+    assert store.credential("r1")[2] == [sub_ca.certificate]
+    store.load_local_certificate("r1", certificates_to_pem([sub_ca.certificate, cert, root_ca.certificate]))
+    assert store.credential("r1")[2] == [sub_ca.certificate]
+    v = store.validator(fetch=None, profile="root")
+    assert v.verify(cert, store.credential("r1")[2], T0 + timedelta(minutes=1)).profile == "root"

@@ -290,3 +290,20 @@ def test_at_is_required(root_ca):
     _, leaf = make_leaf(root_ca)
     with pytest.raises(ValueError):
         _validator(root_ca).verify(leaf, [], None)
+
+
+def test_identity_objects_and_keyid(root_ca):
+    from dataclasses import dataclass
+
+    @dataclass
+    class Identity:  # the shape ike.core_config.Identity has
+        kind: str
+        value: str
+
+    _, leaf = make_leaf(root_ca)
+    v = _validator(root_ca)
+    assert v.verify(leaf, [], T0, identity=Identity("fqdn", "r1.example.net")).identity == "DNS:r1.example.net"
+    ski = leaf.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    assert v.verify(leaf, [], T0, identity=Identity("keyid", ski.hex())).identity.startswith("keyid:")
+    _rejected(RejectReason.IDENTITY_MISMATCH, v.verify, leaf, [], T0, identity=Identity("keyid", "00ff"))
+    assert v.verify(leaf, [], T0, identity=Identity("dn", "O=espresso, CN=r1")).identity  # strongSwan order
