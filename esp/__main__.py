@@ -1,0 +1,176 @@
+"""``python -m esp``: the data plane's command line.
+
+    python -m esp pcap decrypt IN OUT --sa FILE [--sa FILE ...]
+    python -m esp pcap encrypt IN OUT --sa FILE [--first-seq N]
+    python -m esp pcap replay  IN --sa FILE [--order 1,3,2,2 | --loss P --dup P --reorder P]
+
+Exit status: 0 all went well; 1 packets were dropped for a reason other than policy (authentication, replay,
+malformed, truncated, unsupported) or the capture is damaged; 2 the command could not run (bad arguments,
+unreadable capture, malformed SA file). Errors are one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+__all__ = ["main"]
+
+PROG = "python -m esp"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage first by default)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _build() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="espresso ESP data plane tools")
+    sub = p.add_subparsers(dest="group", required=True, parser_class=_Parser)
+    pc = sub.add_parser("pcap", help="decrypt, encrypt or replay capture files through ESP SAs")
+    ps = pc.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--sa", action="append", required=True, metavar="FILE",
+                        help="SA file: Wireshark esp_sa table or espresso TOML (repeatable; first match wins)")
+        sp.add_argument("--mode", choices=("tunnel", "transport"),
+                        help="mode of SAs whose file does not say (Wireshark tables)")
+        sp.add_argument("--backend", choices=("openssl", "ipsecmb"), help="crypto backend (default: fastest)")
+        sp.add_argument("--chunk", type=int, default=16384, metavar="N", help="records per chunk (default 16384)")
+        g = sp.add_mutually_exclusive_group()
+        g.add_argument("--progress", dest="progress", action="store_true", default=None,
+                       help="progress bar on stderr (default: when stderr is a terminal)")
+        g.add_argument("--no-progress", dest="progress", action="store_false")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no summary")
+
+    d = ps.add_parser("decrypt", help="verify and decrypt the ESP packets of a capture")
+    d.add_argument("input")
+    d.add_argument("output")
+    common(d)
+    d.add_argument("--format", choices=("pcap", "pcapng"), help="output format (default: the input's)")
+    d.add_argument("--frames", action="store_true",
+                   help="keep each record's link-layer header (default: inner packets as raw IP)")
+    d.add_argument("--drop-other", action="store_true", help="write only the decrypted packets")
+    d.add_argument("--drop-unknown", action="store_true", help="drop ESP packets no SA matches")
+    d.add_argument("--replay-window", type=int, metavar="N",
+                   help="anti-replay window (0 = off; default: the SA file's, else 64)")
+
+    e = ps.add_parser("encrypt", help="encapsulate the packets of a capture that SA selectors take")
+    e.add_argument("input")
+    e.add_argument("output")
+    common(e)
+    e.add_argument("--format", choices=("pcap", "pcapng"), help="output format (default: the input's)")
+    e.add_argument("--raw", action="store_true", help="write raw IP instead of keeping link-layer headers")
+    e.add_argument("--drop-other", action="store_true", help="write only the encrypted packets")
+    e.add_argument("--first-seq", type=int, metavar="N", help="sequence number of each SA's first packet")
+
+    r = ps.add_parser("replay", help="send a capture through an outbound and an inbound SA and report what "
+                                     "the receiver accepts")
+    r.add_argument("input")
+    common(r)
+    r.add_argument("--order", metavar="LIST",
+                   help="delivery order by packet number, e.g. 1-10,12,11,11 (repeats: duplicates; gaps: loss)")
+    r.add_argument("--loss", type=float, default=0.0, metavar="P", help="loss probability")
+    r.add_argument("--dup", type=float, default=0.0, metavar="P", help="duplication probability")
+    r.add_argument("--reorder", type=float, default=0.0, metavar="P", help="probability a packet is held back")
+    r.add_argument("--depth", type=int, default=3, metavar="N", help="how many packets a held one falls behind")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--window", type=int, metavar="N", help="receiver's anti-replay window")
+    r.add_argument("--first-seq", type=int, metavar="N", help="sequence number of the first packet")
+    r.add_argument("--spi", metavar="SPI", help="which SA of the file to use (default: the first)")
+    r.add_argument("--output", metavar="FILE", help="write the packets the receiver accepted (raw IP)")
+    r.add_argument("--verbose", "-v", action="store_true", help="one line per delivered packet")
+    return p
+
+
+def _fail(msg: str) -> int:
+    sys.stderr.write(f"{PROG}: error: {msg}\n")
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from esp.errors import EspError
+    from esp.keyfile import KeyFileError, load_keyfiles
+
+    try:
+        kf = load_keyfiles(args.sa)
+    except KeyFileError as exc:
+        return _fail(str(exc))
+    for w in kf.warnings:
+        sys.stderr.write(f"{PROG}: warning: {w}\n")
+    if not kf.entries:
+        return _fail(f"no usable SA in {', '.join(args.sa)}")
+    if args.chunk < 1:
+        return _fail("--chunk must be at least 1")
+    from esp import pcaptool
+
+    try:
+        if args.cmd == "decrypt":
+            if args.replay_window is not None and args.replay_window < 0:
+                return _fail("--replay-window must be >= 0")
+            s = pcaptool.decrypt_file(args.input, args.output, kf.entries, fmt=args.format, frames=args.frames,
+                                      drop_other=args.drop_other, drop_unknown=args.drop_unknown,
+                                      mode=args.mode, replay_window=args.replay_window, backend=args.backend,
+                                      chunk_records=args.chunk, progress=args.progress)
+        elif args.cmd == "encrypt":
+            if args.first_seq is not None and args.first_seq < 1:
+                return _fail("--first-seq must be at least 1")
+            s = pcaptool.encrypt_file(args.input, args.output, kf.entries, fmt=args.format, frames=not args.raw,
+                                      drop_other=args.drop_other, mode=args.mode, first_seq=args.first_seq,
+                                      backend=args.backend, chunk_records=args.chunk, progress=args.progress)
+        else:
+            return _replay(args, kf.entries)
+    except (EspError, ValueError, OSError) as exc:
+        return _fail(str(exc))
+    if s.capture_error and not s.records:
+        return _fail(s.capture_error)
+    if not args.quiet:
+        sys.stderr.write(s.format() + "\n")
+    return s.exit_code
+
+
+def _replay(args: argparse.Namespace, entries: list) -> int:
+    from esp import pcaptool
+
+    entry = entries[0]
+    if args.spi is not None:
+        try:
+            want = int(args.spi, 0)
+        except ValueError:
+            return _fail(f"--spi {args.spi!r} is not a number")
+        found = [e for e in entries if e.spi == want]
+        if not found:
+            return _fail(f"no SA with SPI 0x{want:08x} in {', '.join(args.sa)}")
+        entry = found[0]
+    for name in ("loss", "dup", "reorder"):
+        v = getattr(args, name)
+        if not 0.0 <= v <= 1.0:
+            return _fail(f"--{name} is a probability between 0 and 1")
+    order = pcaptool.ReplayPattern.parse_order(args.order) if args.order else None
+    pattern = pcaptool.ReplayPattern(order=order, loss=args.loss, dup=args.dup, reorder=args.reorder,
+                                     depth=args.depth, seed=args.seed)
+    res = pcaptool.replay_file(args.input, entry, pattern=pattern, out_path=args.output, mode=args.mode,
+                               window=args.window, first_seq=args.first_seq, backend=args.backend,
+                               record=args.verbose, chunk_records=args.chunk, progress=args.progress)
+    if args.verbose:
+        for num, seq, verdict in res.verdicts:
+            sys.stdout.write(f"{num}\tseq {seq}\t{verdict}\n")
+    if not args.quiet:
+        sys.stderr.write(res.format() + "\n")
+    return res.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,862 @@
+"""Decrypt, encrypt and replay capture files through ESP SAs.
+
+Each chunk of a capture is classified with numpy (link layer, IP, ESP or ESP-in-UDP, SPI, selectors), grouped
+by SA once, and each SA's group goes to the compiled core in one ``decrypt_batch``/``encrypt_batch`` call with
+a ``select`` index array. Packets that need no ESP work are copied through (or dropped, on request) without
+being looked at one by one.
+
+What counts as a drop "for a reason other than policy" (and makes :attr:`Summary.exit_code` 1): failed
+authentication, replays, malformed or truncated ESP packets, fragments of ESP packets, records of an unknown
+link type, a damaged capture. An ESP packet without a matching SA, or a packet no selector takes, is a
+policy outcome: it is passed through (or dropped with ``drop_other``/``drop_unknown``) and only counted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence, TextIO
+
+import numpy as np
+
+from esp.batch import PacketBatch, Verdict
+from esp.keyfile import SaEntry, Selector
+from esp.pcap import (ETHERTYPE_IPV4, ETHERTYPE_IPV6, CaptureError, CaptureReader, CaptureWriter, Chunk,
+                      Interface, L3Info, LinkType, READ_PAD, gather_segments, parse_l3)
+from esp.sa import Direction, Mode, Sa
+
+__all__ = ["SaStats", "Summary", "ReplaySummary", "decrypt_file", "encrypt_file", "replay_file",
+           "ReplayPattern", "Progress", "ESP_OVERHEAD_MAX", "NAT_T_PORT"]
+
+NAT_T_PORT = 4500
+#: Room an encrypted packet may need over its plaintext: outer IPv6 + UDP, ESP header, IV, padding, ICV.
+ESP_OVERHEAD_MAX = 160
+_NV = 32
+
+# Verdicts that are policy outcomes rather than failures.
+_POLICY = {int(Verdict.NO_SA), int(Verdict.POLICY_MISMATCH), int(Verdict.BYPASSED), int(Verdict.DISCARDED),
+           int(Verdict.DUMMY)}
+
+
+@dataclass
+class SaStats:
+    """What one SA did. ``packets``/``bytes`` count packets that passed (bytes of plaintext)."""
+
+    label: str
+    spi: int | None
+    direction: str
+    packets: int = 0
+    bytes: int = 0
+    verdicts: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str) -> int:
+        return self.verdicts.get(name, 0)
+
+    @property
+    def failures(self) -> int:
+        return sum(v for k, v in self.verdicts.items() if k != "OK" and int(Verdict[k]) not in _POLICY)
+
+
+@dataclass
+class Summary:
+    """The outcome of one run over a capture; ``format()`` is what the command line prints."""
+
+    command: str
+    records: int = 0
+    written: int = 0
+    processed: int = 0           # packets handed to an SA
+    passed_through: int = 0      # written unchanged
+    policy_dropped: int = 0      # dropped by option (drop_other / drop_unknown)
+    unknown_spi: dict[int, int] = field(default_factory=dict)
+    ike: int = 0                 # UDP 4500 with the non-ESP marker
+    keepalives: int = 0          # NAT-T keepalives
+    fragments: int = 0           # IP fragments of ESP packets (unsupported)
+    truncated: int = 0           # ESP (or plaintext to encrypt) cut by the snap length
+    unknown_link: int = 0        # records of a link type this tool cannot parse
+    non_ip: int = 0              # records that carry no IP packet (written in frame mode, else dropped)
+    capture_problems: list[str] = field(default_factory=list)
+    capture_error: str | None = None
+    per_sa: list[SaStats] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        """Packets lost for a reason other than policy."""
+        return (sum(s.failures for s in self.per_sa) + self.fragments + self.truncated + self.unknown_link
+                + len(self.capture_problems) + (1 if self.capture_error else 0))
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def format(self) -> str:
+        lines = [f"{self.command}: {self.records} records read, {self.written} written, "
+                 f"{self.processed} through SAs, {self.passed_through} passed through"
+                 + (f", {self.policy_dropped} dropped by option" if self.policy_dropped else "")]
+        hdr = f"  {'SA':<34} {'dir':<3} {'ok':>9} {'bytes':>12} {'auth':>6} {'replay':>6} {'malf':>6} {'other':>6}"
+        lines.append(hdr)
+        for s in self.per_sa:
+            other = s.failures - s.count("AUTH_FAILED") - s.count("REPLAYED") - s.count("MALFORMED")
+            lines.append(f"  {s.label[:34]:<34} {s.direction:<3} {s.packets:>9} {s.bytes:>12} "
+                         f"{s.count('AUTH_FAILED'):>6} {s.count('REPLAYED'):>6} {s.count('MALFORMED'):>6} {other:>6}")
+        extra = []
+        if self.unknown_spi:
+            top = sorted(self.unknown_spi.items(), key=lambda kv: -kv[1])[:8]
+            extra.append("unknown SPI: " + ", ".join(f"0x{k:08x} x{v}" for k, v in top)
+                         + (" ..." if len(self.unknown_spi) > 8 else ""))
+        for name, v in (("IKE (non-ESP marker)", self.ike), ("NAT-T keepalives", self.keepalives),
+                        ("ESP IP fragments (unsupported)", self.fragments),
+                        ("truncated by snap length", self.truncated),
+                        ("unknown link type", self.unknown_link), ("not IP", self.non_ip)):
+            if v:
+                extra.append(f"{name}: {v}")
+        lines += ["  " + e for e in extra]
+        lines += ["  capture: " + p for p in self.capture_problems]
+        if self.capture_error:
+            lines.append("  capture error: " + self.capture_error)
+        return "\n".join(lines)
+
+
+# -- progress ---------------------------------------------------------------------------------------------------
+
+class Progress:
+    """A one-line progress bar on a terminal (stderr); silent elsewhere."""
+
+    def __init__(self, total_bytes: int, label: str, stream: TextIO | None = None, enabled: bool | None = None,
+                 min_interval: float = 0.2) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.total = max(1, total_bytes)
+        self.label = label
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.min_interval = min_interval
+        self.shown = False
+
+    def update(self, position: int, records: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < self.min_interval and position < self.total:
+            return
+        self.last = now
+        frac = min(1.0, position / self.total)
+        width = 30
+        full = int(frac * width)
+        rate = records / max(1e-6, now - self.start)
+        self.stream.write(f"\r{self.label} [{'#' * full}{'.' * (width - full)}] {frac * 100:5.1f}% "
+                          f"{records} pkts {rate / 1000:8.1f} kpps")
+        self.stream.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# -- classification -----------------------------------------------------------------------------------------------
+
+@dataclass
+class _Esp:
+    """ESP facts per record of a chunk."""
+
+    esp: np.ndarray       # bool: an ESP packet we could process
+    spi: np.ndarray       # int64
+    udp: np.ndarray       # bool: UDP-encapsulated
+    ike: np.ndarray
+    keepalive: np.ndarray
+    frag: np.ndarray      # fragment of an ESP packet
+    cut: np.ndarray       # ESP packet cut by the snap length
+
+
+def _b(d: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return d[idx].astype(np.int64)
+
+
+def _be16(d: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return (d[idx].astype(np.int64) << 8) | d[idx + 1].astype(np.int64)
+
+
+def _be32(d: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return (_be16(d, idx) << 16) | _be16(d, idx + 2)
+
+
+def _classify_esp(c: Chunk, L: L3Info, encap_ports: Sequence[int]) -> _Esp:
+    d = c.data
+    base = c.offsets
+    cap = c.caplen
+
+    def at(rel: np.ndarray) -> np.ndarray:
+        # Reads go at most 8 bytes past a record's captured end, into the arena's zero padding (READ_PAD).
+        return base + np.clip(rel, 0, cap)
+
+    ip = L.version > 0
+    ip_end = L.l3 + L.ip_len                    # end of the IP packet, from the record start
+    l4 = np.where(ip, L.l4, 0)
+    plain = ip & (L.proto == 50)
+    udp_hdr_ok = ip & (L.proto == 17) & (l4 + 8 <= cap)
+    sport = np.where(udp_hdr_ok, _be16(d, at(l4)), -1)
+    dport = np.where(udp_hdr_ok, _be16(d, at(l4 + 2)), -1)
+    first_frag_or_whole = ~L.frag | ((L.version == 4) & ((_be16(d, at(np.maximum(L.l3, 0) + 6)) & 0x1FFF) == 0))
+    natt = udp_hdr_ok & (np.isin(sport, encap_ports) | np.isin(dport, encap_ports)) & first_frag_or_whole
+    upay = l4 + 8
+    ulen = ip_end - upay
+    keepalive = natt & (ulen == 1) & (_b(d, at(upay)) == 0xFF)
+    marker0 = natt & (ulen >= 4) & (upay + 4 <= cap) & (_be32(d, at(upay)) == 0)
+    udp_esp = natt & ~keepalive & ~marker0 & (ulen >= 8)
+    esp_off = np.where(udp_esp, upay, l4)
+    cand = plain | udp_esp
+    frag = cand & L.frag
+    cut = cand & ~frag & L.cut
+    have_spi = cand & (esp_off + 8 <= cap)
+    spi = np.where(have_spi, _be32(d, at(esp_off)), -1)
+    esp = cand & ~frag & ~cut & have_spi
+    cut |= cand & ~frag & ~have_spi
+    return _Esp(esp, spi, udp_esp & esp, marker0, keepalive, frag, cut)
+
+
+def _addr_match(L: L3Info, which: str, m: Any) -> np.ndarray:
+    vhi, vlo, mhi, mlo = m.halves
+    hi = getattr(L, which + "_hi")
+    lo = getattr(L, which + "_lo")
+    ok = ((hi & np.uint64(mhi)) == np.uint64(vhi & mhi)) & ((lo & np.uint64(mlo)) == np.uint64(vlo & mlo))
+    if m.family:
+        ok &= L.version == m.family
+    return ok
+
+
+def _selector_mask(c: Chunk, L: L3Info, sel: Selector) -> np.ndarray:
+    m = (L.version > 0) & ~L.cut
+    m &= _addr_match(L, "src", sel.src) & _addr_match(L, "dst", sel.dst)
+    if sel.proto is not None:
+        m &= L.proto == sel.proto
+    if sel.sport or sel.dport:
+        d, base = c.data, c.offsets
+        ok = m & (L.l4 + 4 <= c.caplen) & ~L.frag
+        l4 = np.where(ok, L.l4, 0)
+        if sel.sport:
+            sp = _be16(d, base + l4)
+            ok &= (sp >= sel.sport.lo) & (sp <= sel.sport.hi)
+        if sel.dport:
+            dp = _be16(d, base + l4 + 2)
+            ok &= (dp >= sel.dport.lo) & (dp <= sel.dport.hi)
+        m = ok
+    return m
+
+
+# -- assembling output records --------------------------------------------------------------------------------------
+
+_BODY_NONE, _BODY_ORIG, _BODY_NEW = 0, 1, 2
+
+
+def _out_interfaces(src: list[Interface], frames: bool) -> list[Interface]:
+    out = []
+    for i in src:
+        lt = i.linktype
+        if not frames or lt in (LinkType.IPV4, LinkType.IPV6):
+            # LINKTYPE_IPV4/IPV6 cannot carry the other family (an IPv6 tunnel's inner IPv4): use raw IP.
+            lt = LinkType.RAW
+        out.append(Interface(lt, max(i.snaplen, 262144) if i.snaplen else 0, i.tsresol, i.tsoffset, i.name))
+    return out
+
+
+class _Output:
+    """Turns per-record decisions into records for a :class:`CaptureWriter`."""
+
+    def __init__(self, writer: CaptureWriter | None, reader: CaptureReader, frames: bool) -> None:
+        self.writer = writer
+        self.reader = reader
+        self.frames = frames
+        self.interfaces: list[Interface] = writer.interfaces if writer else []  # type: ignore[assignment]
+
+    def sync(self) -> None:
+        src = self.reader.interfaces
+        while len(self.interfaces) < len(src):
+            self.interfaces.extend(_out_interfaces([src[len(self.interfaces)]], self.frames))
+
+    def emit(self, c: Chunk, L: L3Info, body: np.ndarray, new_buf: np.ndarray | None, new_off: np.ndarray,
+             new_len: np.ndarray, linktypes: np.ndarray) -> int:
+        """Write the records whose body is not NONE; returns how many. ``body`` selects per record: ORIG keeps
+        the packet (frame mode: the whole record; raw mode: its IP packet), NEW puts new_buf's slot in place
+        of the IP packet."""
+        self.sync()
+        keep = np.flatnonzero(body != _BODY_NONE)
+        if self.writer is None or keep.size == 0:
+            return int(keep.size)
+        b = body[keep]
+        base = c.offsets[keep]
+        l3 = np.maximum(L.l3[keep], 0)
+        cap = c.caplen[keep]
+        orig = c.origlen[keep]
+        is_new = b == _BODY_NEW
+        raw_lt = ~np.isin(linktypes[keep], [int(LinkType.RAW), int(LinkType.RAW_OPENBSD)])
+        if self.frames:
+            head = np.where(is_new, l3, 0)             # link-layer bytes kept in front of a new packet
+            own = np.where(is_new, 0, cap)              # original bytes kept (the whole record)
+            own_off = base
+        else:
+            head = np.zeros_like(l3)
+            ip_room = cap - l3
+            iplen = np.minimum(L.ip_len[keep], ip_room)
+            own = np.where(is_new, 0, iplen)
+            own_off = base + l3
+        nl = np.where(is_new, new_len[keep] if new_len.size else 0, 0).astype(np.int64)
+        out_len = head + own + nl
+        starts = np.cumsum(out_len) - out_len
+        arena = np.zeros(int(out_len.sum()) + 1, dtype=np.uint8)
+        gather_segments(c.data, base, head, arena, starts)
+        gather_segments(c.data, own_off, own, arena, starts + head)
+        if new_buf is not None and is_new.any():
+            gather_segments(new_buf, new_off[keep][is_new], nl[is_new], arena, (starts + head)[is_new])
+        if self.frames and is_new.any():
+            self._fix_protocol_fields(c, L, keep, is_new, arena, starts, head)
+        if self.frames:
+            origlen = np.where(is_new, out_len, orig)
+        else:
+            origlen = np.where(is_new, out_len, np.where(L.cut[keep], np.maximum(L.ip_len[keep], out_len), out_len))
+        del raw_lt
+        self.writer.write(arena, starts, out_len, c.ts[keep], c.iface[keep], origlen,
+                          src_tsresol=[i.tsresol for i in self.reader.interfaces])
+        return int(keep.size)
+
+    def _fix_protocol_fields(self, c: Chunk, L: L3Info, keep: np.ndarray, is_new: np.ndarray, arena: np.ndarray,
+                             starts: np.ndarray, head: np.ndarray) -> None:
+        """A tunnel can change the IP version (IPv6 inside IPv4): rewrite the Ethernet type / SLL protocol."""
+        at = L.ethertype_at[keep]
+        m = is_new & (at >= 0)
+        if not m.any():
+            return
+        ip0 = starts + head
+        ver = arena[np.where(m, ip0, 0)] >> 4
+        et = np.where(ver == 6, ETHERTYPE_IPV6, ETHERTYPE_IPV4)
+        pos = starts + at
+        arena[pos[m]] = (et[m] >> 8).astype(np.uint8)
+        arena[pos[m] + 1] = (et[m] & 0xFF).astype(np.uint8)
+
+
+# -- SA sets --------------------------------------------------------------------------------------------------------
+
+def _stats_for(entry: SaEntry, direction: str) -> SaStats:
+    return SaStats(entry.label, entry.spi, direction)
+
+
+def _account(stats: SaStats, status: np.ndarray, lengths: np.ndarray) -> None:
+    counts = np.bincount(status, minlength=_NV)
+    for v in np.flatnonzero(counts):
+        name = Verdict(int(v)).name
+        stats.verdicts[name] = stats.verdicts.get(name, 0) + int(counts[v])
+    ok = status == Verdict.OK
+    stats.packets += int(ok.sum())
+    stats.bytes += int(lengths[ok].sum())
+
+
+def _make_sa(entry: SaEntry, direction: Direction, mode: str | None, backend: str | None,
+             window: int | None, initial_seq: int = 0) -> Sa:
+    e = entry
+    if mode is not None and e.mode is None:
+        e = dataclasses.replace(e, mode=mode)
+    if window is not None:
+        e = dataclasses.replace(e, replay_window=window)
+    p = e.sa_params(direction, backend=backend)
+    return Sa(p, initial_seq=initial_seq)
+
+
+# -- decrypt ----------------------------------------------------------------------------------------------------------
+
+def _open_writer(out_path: str | os.PathLike[str] | None, reader: CaptureReader, fmt: str | None,
+                 frames: bool) -> CaptureWriter | None:
+    if out_path is None:
+        return None
+    fmt = fmt or reader.format
+    ifaces: list[Interface] = _out_interfaces(list(reader.interfaces), frames)
+    kw: dict[str, Any] = {}
+    if fmt == reader.format == "pcap":
+        kw = dict(byte_order=reader.byte_order, nanosecond=reader.nanosecond, pcap_version=reader.version,
+                  thiszone=reader.thiszone, sigfigs=reader.sigfigs)
+        if frames and reader.linktype not in (LinkType.IPV4, LinkType.IPV6):
+            kw["snaplen"] = reader.interfaces[0].snaplen
+    elif fmt == reader.format == "pcapng":
+        kw = dict(byte_order=reader.byte_order)
+    return CaptureWriter(out_path, ifaces, fmt=fmt, **kw)
+
+
+def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None,
+                 sas: Sequence[SaEntry], *, fmt: str | None = None, frames: bool = False,
+                 drop_other: bool = False, drop_unknown: bool = False, mode: str | None = None,
+                 replay_window: int | None = None, backend: str | None = None,
+                 chunk_records: int = 16384, progress: bool | None = None,
+                 encap_ports: Sequence[int] = (NAT_T_PORT,)) -> Summary:
+    """Decrypt every ESP packet of a capture that an SA in ``sas`` matches (first match wins, as in Wireshark).
+
+    ``frames`` keeps each record's link-layer header in front of the decrypted packet; otherwise the output is
+    raw IP (link type 101). ``mode`` applies to SAs whose key file does not state one (Wireshark's table): None
+    tries tunnel and then transport for each packet. ``out_path`` None decrypts and counts without writing.
+    """
+    t0 = time.monotonic()
+    summary = Summary("decrypt")
+    reader = CaptureReader(in_path, chunk_records=chunk_records)
+    writer = None
+    try:
+        writer = _open_writer(out_path, reader, fmt, frames)
+        out = _Output(writer, reader, frames)
+        plan = []
+        for e in sas:
+            st = _stats_for(e, "in")
+            summary.per_sa.append(st)
+            if e.spi is None:
+                raise ValueError(f"{e.origin or e.label}: SPI '*' cannot decrypt; give the SA's SPI")
+            primary = _make_sa(e, Direction.IN, mode or "tunnel", backend, replay_window)
+            fallback = None
+            if e.mode is None and mode is None:
+                fallback = _make_sa(e, Direction.IN, "transport", backend, replay_window)
+            plan.append((e, primary, fallback, st))
+        bar = Progress(reader.size, "decrypt", enabled=progress)
+        try:
+            for c in reader.chunks():
+                _decrypt_chunk(c, reader, plan, out, summary, drop_other, drop_unknown, encap_ports)
+                bar.update(c.end_position, summary.records)
+        except CaptureError as exc:
+            summary.capture_error = str(exc)
+        finally:
+            bar.close()
+        summary.capture_problems = list(reader.problems)
+    finally:
+        if writer is not None:
+            writer.close()
+        reader.close()
+    summary.seconds = time.monotonic() - t0
+    return summary
+
+
+def _decrypt_chunk(c: Chunk, reader: CaptureReader, plan: list, out: _Output, summary: Summary,
+                   drop_other: bool, drop_unknown: bool, encap_ports: Sequence[int]) -> None:
+    n = c.count
+    summary.records += n
+    lts = np.asarray([i.linktype for i in reader.interfaces], dtype=np.int64)
+    linktypes = lts[c.iface]
+    L = parse_l3(c, lts)
+    E = _classify_esp(c, L, encap_ports)
+    assigned = np.zeros(n, dtype=bool)
+    slot = np.full(n, -1, dtype=np.int64)
+    # Output arena sized for the ESP packets only: a decrypted packet is never longer than its ESP packet.
+    esp_idx = np.flatnonzero(E.esp)
+    cap_each = np.where(E.esp, L.ip_len, 0).astype(np.int64)
+    dst_off = np.cumsum(cap_each) - cap_each
+    src = PacketBatch(c.data, c.offsets + np.maximum(L.l3, 0), np.where(E.esp, L.ip_len, 0), np.where(E.esp, L.ip_len, 0))
+    dst = PacketBatch(np.zeros(int(cap_each.sum()) + 1, dtype=np.uint8), dst_off, np.zeros(n, np.int32),
+                      cap_each)
+    status = np.full(n, 255, dtype=np.uint8)
+    for e, primary, fallback, st in plan:
+        m = E.esp & ~assigned & (E.spi == e.spi)
+        if not e.src.is_any or e.src.family:
+            m &= _addr_match(L, "src", e.src)
+        if not e.dst.is_any or e.dst.family:
+            m &= _addr_match(L, "dst", e.dst)
+        if e.encap is not None:
+            m &= E.udp
+        if not m.any():
+            continue
+        assigned |= m
+        sel = np.flatnonzero(m).astype(np.int32)
+        primary.decrypt_batch(src, dst, sel)
+        if fallback is not None:
+            retry = sel[dst.status[sel] == Verdict.MALFORMED]
+            if retry.size:
+                saved_status = dst.status[retry].copy()
+                fallback.decrypt_batch(src, dst, retry)
+                bad = dst.status[retry] != Verdict.OK
+                dst.status[retry[bad]] = saved_status[bad]
+        status[sel] = dst.status[sel]
+        _account(st, dst.status[sel], dst.lengths[sel])
+    summary.processed += int(assigned.sum())
+    unknown = E.esp & ~assigned
+    if unknown.any():
+        spis, counts = np.unique(E.spi[unknown], return_counts=True)
+        for s, k in zip(spis.tolist(), counts.tolist()):
+            summary.unknown_spi[s] = summary.unknown_spi.get(s, 0) + k
+    summary.ike += int(E.ike.sum())
+    summary.keepalives += int(E.keepalive.sum())
+    summary.fragments += int(E.frag.sum())
+    summary.truncated += int(E.cut.sum())
+    summary.unknown_link += int(L.unknown_link.sum())
+    non_ip = (L.version == 0) & ~L.unknown_link
+    summary.non_ip += int(non_ip.sum())
+
+    body = np.full(n, _BODY_ORIG, dtype=np.int8)
+    body[assigned] = _BODY_NONE
+    body[assigned & (status == Verdict.OK)] = _BODY_NEW
+    if drop_other:
+        other = ~assigned & ~(E.frag | E.cut)
+        summary.policy_dropped += int((other & ~unknown).sum())
+        body[other & ~unknown] = _BODY_NONE
+    if drop_unknown or drop_other:
+        summary.policy_dropped += int(unknown.sum())
+        body[unknown] = _BODY_NONE
+    if not out.frames:
+        body[(L.version == 0) & (body == _BODY_ORIG)] = _BODY_NONE  # raw IP output cannot hold non-IP records
+    summary.passed_through += int((body == _BODY_ORIG).sum())
+    summary.written += out.emit(c, L, body, dst.buf, dst.offsets, dst.lengths, linktypes)
+
+
+# -- encrypt -----------------------------------------------------------------------------------------------------------
+
+def encrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None,
+                 sas: Sequence[SaEntry], *, fmt: str | None = None, frames: bool = True,
+                 drop_other: bool = False, mode: str | None = None, first_seq: int | None = None,
+                 backend: str | None = None, chunk_records: int = 16384,
+                 progress: bool | None = None) -> Summary:
+    """Encapsulate the IP packets of a capture that an SA's selectors take (first match wins).
+
+    Sequence numbers start at ``first_seq`` (default: each SA's ``initial_seq + 1``). ``frames`` (default)
+    keeps each record's link-layer header; otherwise the output is raw IP.
+    """
+    t0 = time.monotonic()
+    summary = Summary("encrypt")
+    reader = CaptureReader(in_path, chunk_records=chunk_records)
+    writer = None
+    try:
+        plan = []
+        for e in sas:
+            eff_mode = e.mode or mode or "tunnel"
+            if eff_mode == "tunnel" and not (e.src.is_host and e.dst.is_host):
+                raise ValueError(f"{e.origin or e.label}: a tunnel needs one outer src and dst address to "
+                                 f"encrypt, not {e.src} -> {e.dst}")
+            if e.spi is None:
+                raise ValueError(f"{e.origin or e.label}: SPI '*' cannot encrypt; give the SA's SPI")
+            start = (first_seq - 1) if first_seq is not None else e.initial_seq
+            if start < 0:
+                raise ValueError("the first sequence number is at least 1")
+            sa = _make_sa(e, Direction.OUT, eff_mode, backend, None, initial_seq=start)
+            sel = e.selector if e.selector is not None else dataclasses.replace(e, mode=eff_mode).effective_selector()
+            st = _stats_for(e, "out")
+            summary.per_sa.append(st)
+            plan.append((e, sa, sel, st))
+        writer = _open_writer(out_path, reader, fmt, frames)
+        out = _Output(writer, reader, frames)
+        bar = Progress(reader.size, "encrypt", enabled=progress)
+        try:
+            for c in reader.chunks():
+                _encrypt_chunk(c, reader, plan, out, summary, drop_other)
+                bar.update(c.end_position, summary.records)
+        except CaptureError as exc:
+            summary.capture_error = str(exc)
+        finally:
+            bar.close()
+        summary.capture_problems = list(reader.problems)
+    finally:
+        if writer is not None:
+            writer.close()
+        reader.close()
+    summary.seconds = time.monotonic() - t0
+    return summary
+
+
+def _encrypt_groups(c: Chunk, L: L3Info, plan: list) -> tuple[np.ndarray, list]:
+    n = c.count
+    assigned = np.zeros(n, dtype=bool)
+    groups = []
+    for e, sa, sel, st in plan:
+        m = _selector_mask(c, L, sel) & ~assigned
+        if m.any():
+            assigned |= m
+            groups.append((np.flatnonzero(m).astype(np.int32), sa, st))
+    return assigned, groups
+
+
+def _encrypt_chunk(c: Chunk, reader: CaptureReader, plan: list, out: _Output, summary: Summary,
+                   drop_other: bool) -> None:
+    n = c.count
+    summary.records += n
+    lts = np.asarray([i.linktype for i in reader.interfaces], dtype=np.int64)
+    linktypes = lts[c.iface]
+    L = parse_l3(c, lts)
+    assigned, groups = _encrypt_groups(c, L, plan)
+    cap_each = np.where(assigned, L.ip_len + ESP_OVERHEAD_MAX, 0).astype(np.int64)
+    dst_off = np.cumsum(cap_each) - cap_each
+    src = PacketBatch(c.data, c.offsets + np.maximum(L.l3, 0), np.where(assigned, L.ip_len, 0),
+                      np.where(assigned, L.ip_len, 0))
+    dst = PacketBatch(np.zeros(int(cap_each.sum()) + 1, dtype=np.uint8), dst_off, np.zeros(n, np.int32), cap_each)
+    status = np.full(n, 255, dtype=np.uint8)
+    for sel, sa, st in groups:
+        sa.encrypt_batch(src, dst, sel)
+        status[sel] = dst.status[sel]
+        _account(st, dst.status[sel], src.lengths[sel])
+    summary.processed += int(assigned.sum())
+    summary.unknown_link += int(L.unknown_link.sum())
+    cut_ip = (L.version > 0) & L.cut
+    summary.truncated += int(cut_ip.sum())
+    summary.non_ip += int(((L.version == 0) & ~L.unknown_link).sum())
+    body = np.full(n, _BODY_ORIG, dtype=np.int8)
+    body[assigned] = _BODY_NONE
+    body[assigned & (status == Verdict.OK)] = _BODY_NEW
+    if drop_other:
+        other = ~assigned & ~cut_ip
+        summary.policy_dropped += int(other.sum())
+        body[other] = _BODY_NONE
+    if not out.frames:
+        body[(L.version == 0) & (body == _BODY_ORIG)] = _BODY_NONE
+    summary.passed_through += int((body == _BODY_ORIG).sum())
+    summary.written += out.emit(c, L, body, dst.buf, dst.offsets, dst.lengths, linktypes)
+
+
+# -- replay -------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReplayPattern:
+    """What the network does to the ESP packets between the two SAs.
+
+    ``order``: an explicit delivery list of 1-based packet numbers (the n-th packet the sender sent); numbers
+    may repeat (duplicates) and be left out (losses). Otherwise each packet is lost with probability ``loss``,
+    duplicated with ``dup``, and with ``reorder`` held back by 1..``depth`` packets; ``seed`` fixes the draw.
+    """
+
+    order: tuple[int, ...] | None = None
+    loss: float = 0.0
+    dup: float = 0.0
+    reorder: float = 0.0
+    depth: int = 3
+    seed: int = 0
+
+    @classmethod
+    def parse_order(cls, text: str) -> tuple[int, ...]:
+        """``1,2,4,3`` or ranges ``1-64,66,65,65`` (1-based packet numbers)."""
+        out: list[int] = []
+        for part in text.replace(" ", "").split(","):
+            if not part:
+                continue
+            if "-" in part:
+                a, _, b = part.partition("-")
+                if not (a.isdigit() and b.isdigit()) or int(a) < 1 or int(b) < int(a) or int(b) - int(a) > 10**7:
+                    raise ValueError(f"order: {part!r} is not a range like 1-64")
+                out.extend(range(int(a), int(b) + 1))
+            else:
+                if not part.isdigit() or int(part) < 1:
+                    raise ValueError(f"order: {part!r} is not a packet number (1, 2, ...)")
+                out.append(int(part))
+        if not out:
+            raise ValueError("order: empty")
+        return tuple(out)
+
+    def deliveries(self, sent: int, rng_state: random.Random | None = None) -> np.ndarray:
+        """0-based indices into the sent packets, in delivery order."""
+        if self.order is not None:
+            idx = np.asarray(self.order, dtype=np.int64) - 1
+            return idx[idx < sent]
+        rng = rng_state or random.Random(self.seed)
+        items: list[tuple[float, int]] = []
+        for i in range(sent):
+            if self.loss and rng.random() < self.loss:
+                continue
+            pos = float(i)
+            if self.reorder and rng.random() < self.reorder:
+                pos += rng.randint(1, max(1, self.depth)) + 0.5
+            items.append((pos, i))
+            if self.dup and rng.random() < self.dup:
+                items.append((pos + 0.25, i))
+        items.sort()
+        return np.asarray([i for _, i in items], dtype=np.int64)
+
+
+@dataclass
+class ReplaySummary:
+    """What the receiver made of the delivered packets. ``verdicts``: (packet number, seq, verdict name)."""
+
+    sent: int = 0
+    delivered: int = 0
+    accepted: int = 0
+    duplicates: int = 0          # REPLAYED, and that sequence number had been accepted before
+    too_old: int = 0             # REPLAYED, never accepted: left of the window
+    other: dict[str, int] = field(default_factory=dict)
+    not_selected: int = 0
+    outbound: SaStats | None = None
+    inbound: SaStats | None = None
+    verdicts: list[tuple[int, int, str]] = field(default_factory=list)
+    capture_problems: list[str] = field(default_factory=list)
+    window: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """Anti-replay drops are the experiment's result; anything else failing is an error."""
+        return 1 if sum(self.other.values()) or self.capture_problems else 0
+
+    def format(self) -> str:
+        lines = [f"replay: {self.sent} sent, {self.delivered} delivered, {self.accepted} accepted, "
+                 f"{self.duplicates} rejected as duplicates, {self.too_old} rejected as too old "
+                 f"(window {self.window})"]
+        if self.not_selected:
+            lines.append(f"  {self.not_selected} packets matched no selector and were not sent")
+        for k, v in sorted(self.other.items()):
+            lines.append(f"  {k}: {v}")
+        lines += ["  capture: " + p for p in self.capture_problems]
+        return "\n".join(lines)
+
+
+def replay_file(in_path: str | os.PathLike[str], sa: SaEntry, *, pattern: ReplayPattern = ReplayPattern(),
+                out_path: str | os.PathLike[str] | None = None, fmt: str | None = None,
+                mode: str | None = None, window: int | None = None, first_seq: int | None = None,
+                backend: str | None = None, record: bool = False, chunk_records: int = 16384,
+                progress: bool | None = None) -> ReplaySummary:
+    """Push a plaintext capture through an outbound and an inbound SA made from one key file entry, with a
+    network in between that loses, duplicates and reorders as ``pattern`` says; report what the receiver took.
+
+    An explicit ``pattern.order`` needs every sent packet at hand, so it holds the encrypted packets of the
+    whole capture in memory; random patterns work chunk by chunk. ``out_path`` gets the accepted (decrypted)
+    packets, in delivery order, as raw IP.
+    """
+    eff_mode = sa.mode or mode or "tunnel"
+    if eff_mode == "tunnel" and not (sa.src.is_host and sa.dst.is_host):
+        # The addresses only frame the packets between the two SAs; any pair does.
+        sa = dataclasses.replace(sa, src=sa.src if sa.src.is_host else _placeholder(sa, "src"),
+                                 dst=sa.dst if sa.dst.is_host else _placeholder(sa, "dst"))
+    if sa.spi is None:
+        raise ValueError("replay needs the SA's SPI, not '*'")
+    start = (first_seq - 1) if first_seq is not None else sa.initial_seq
+    out_sa = _make_sa(sa, Direction.OUT, eff_mode, backend, None, initial_seq=start)
+    in_sa = _make_sa(sa, Direction.IN, eff_mode, backend, window, initial_seq=start)
+    sel = sa.selector if sa.selector is not None else dataclasses.replace(sa, mode=eff_mode).effective_selector()
+    res = ReplaySummary(window=in_sa.params.replay_window)
+    res.outbound = SaStats(sa.label, sa.spi, "out")
+    res.inbound = SaStats(sa.label, sa.spi, "in")
+    reader = CaptureReader(in_path, chunk_records=chunk_records)
+    writer = None
+    accepted_seen: set[int] = set()
+    rng = random.Random(pattern.seed)
+    held: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []   # explicit order: (esp bytes, ts, iface) per chunk
+    try:
+        if out_path is not None:
+            writer = CaptureWriter(out_path, _out_interfaces(list(reader.interfaces), False), fmt=fmt or reader.format)
+        bar = Progress(reader.size, "replay", enabled=progress)
+        sent_total = 0
+        for c in reader.chunks():
+            lts = np.asarray([i.linktype for i in reader.interfaces], dtype=np.int64)
+            L = parse_l3(c, lts)
+            m = _selector_mask(c, L, sel)
+            res.not_selected += int(c.count - m.sum())
+            idx = np.flatnonzero(m).astype(np.int32)
+            if idx.size == 0:
+                continue
+            ip_len = L.ip_len[idx].astype(np.int64)
+            src = PacketBatch(c.data, (c.offsets + np.maximum(L.l3, 0))[idx], ip_len, ip_len)
+            cap = ip_len + ESP_OVERHEAD_MAX
+            dst = PacketBatch(np.zeros(int(cap.sum()) + 1, np.uint8), np.cumsum(cap) - cap,
+                              np.zeros(idx.size, np.int32), cap)
+            out_sa.encrypt_batch(src, dst)
+            _account(res.outbound, dst.status, src.lengths)
+            ok = dst.status == Verdict.OK
+            for name, k in _non_ok(dst.status):
+                res.other["encrypt " + name] = res.other.get("encrypt " + name, 0) + k
+            okidx = np.flatnonzero(ok)
+            packed = _pack(dst, okidx)
+            ts = c.ts[idx][okidx]
+            ifc = c.iface[idx][okidx]
+            if pattern.order is not None:
+                held.append((packed, ts, ifc))
+            else:
+                order = pattern.deliveries(len(okidx), rng)
+                _deliver(in_sa, packed, order, sent_total, ts, ifc, res, accepted_seen, writer, reader, record)
+            sent_total += len(okidx)
+            bar.update(c.end_position, sent_total)
+        bar.close()
+        res.sent = sent_total
+        if pattern.order is not None and held:
+            allp = _concat_packed([h[0] for h in held])
+            ts = np.concatenate([h[1] for h in held])
+            ifc = np.concatenate([h[2] for h in held])
+            order = pattern.deliveries(sent_total)
+            _deliver(in_sa, allp, order, 0, ts, ifc, res, accepted_seen, writer, reader, record)
+        res.capture_problems = list(reader.problems)
+    finally:
+        if writer is not None:
+            writer.close()
+        reader.close()
+    return res
+
+
+def _placeholder(sa: SaEntry, which: str) -> Any:
+    from esp.keyfile import AddressMatch
+    fam = sa.src.family or sa.dst.family or 4
+    if fam == 6:
+        return AddressMatch.parse("2001:db8::1" if which == "src" else "2001:db8::2")
+    return AddressMatch.parse("192.0.2.1" if which == "src" else "192.0.2.2")
+
+
+def _non_ok(status: np.ndarray) -> Iterable[tuple[str, int]]:
+    counts = np.bincount(status, minlength=_NV)
+    for v in np.flatnonzero(counts):
+        if v != Verdict.OK:
+            yield Verdict(int(v)).name, int(counts[v])
+
+
+def _pack(b: PacketBatch, idx: np.ndarray) -> PacketBatch:
+    lens = b.lengths[idx].astype(np.int64)
+    off = np.cumsum(lens) - lens
+    buf = np.zeros(int(lens.sum()) + 1, np.uint8)
+    gather_segments(b.buf, b.offsets[idx], lens, buf, off)
+    return PacketBatch(buf, off, lens, lens)
+
+
+def _concat_packed(parts: list[PacketBatch]) -> PacketBatch:
+    bufs, offs, lens = [], [], []
+    base = 0
+    for p in parts:
+        bufs.append(p.buf[:-1] if p.buf.shape[0] else p.buf)
+        offs.append(p.offsets + base)
+        lens.append(p.lengths)
+        base += bufs[-1].shape[0]
+    buf = np.concatenate(bufs + [np.zeros(1, np.uint8)])
+    o = np.concatenate(offs)
+    ln = np.concatenate(lens)
+    return PacketBatch(buf, o, ln, ln)
+
+
+def _deliver(in_sa: Sa, sent: PacketBatch, order: np.ndarray, first_number: int, ts: np.ndarray,
+             iface: np.ndarray, res: ReplaySummary, accepted_seen: set[int], writer: CaptureWriter | None,
+             reader: CaptureReader, record: bool) -> None:
+    if order.size == 0:
+        return
+    # The delivered stream as its own batch (duplicates are separate slots), decrypted in one call.
+    src = PacketBatch(sent.buf, sent.offsets[order], sent.lengths[order], sent.lengths[order])
+    cap = src.lengths.astype(np.int64)
+    dst = PacketBatch(np.zeros(int(cap.sum()) + 1, np.uint8), np.cumsum(cap) - cap, np.zeros(order.size, np.int32),
+                      cap)
+    in_sa.decrypt_batch(src, dst)
+    _account(res.inbound, dst.status, dst.lengths)  # type: ignore[arg-type]
+    res.delivered += int(order.size)
+    seq = _be32(sent.buf, sent.offsets[order] + _esp_offset(sent, order) + 4)
+    numbers = order + first_number + 1
+    st = dst.status
+    for k in range(order.size):  # bookkeeping of which numbers were accepted: a set, for the report only
+        v = int(st[k])
+        num = int(numbers[k])
+        if v == Verdict.OK:
+            res.accepted += 1
+            accepted_seen.add(num)
+        elif v == Verdict.REPLAYED:
+            if num in accepted_seen:
+                res.duplicates += 1
+            else:
+                res.too_old += 1
+        else:
+            name = Verdict(v).name
+            res.other[name] = res.other.get(name, 0) + 1
+        if record:
+            res.verdicts.append((num, int(seq[k]), Verdict(v).name))
+    if writer is not None:
+        okk = np.flatnonzero(st == Verdict.OK)
+        if okk.size:
+            writer.write(dst.buf, dst.offsets[okk], dst.lengths[okk], ts[order[okk]], iface[order[okk]],
+                         src_tsresol=[i.tsresol for i in reader.interfaces])
+
+
+def _esp_offset(b: PacketBatch, order: np.ndarray) -> np.ndarray:
+    """Offset of the ESP header inside each outer packet (IPv4 IHL or 40, plus 8 for UDP encapsulation)."""
+    off = b.offsets[order]
+    ver = b.buf[off] >> 4
+    ihl = (b.buf[off] & 0x0F).astype(np.int64) * 4
+    hl = np.where(ver == 4, ihl, 40)
+    proto = np.where(ver == 4, b.buf[off + 9], b.buf[off + 6]).astype(np.int64)
+    return hl + np.where(proto == 17, 8, 0)
