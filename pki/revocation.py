@@ -193,6 +193,8 @@ class CrlCache:
             return loaded, "crl (loaded)"
         if not urls:
             raise RevocationUnavailable("no CRL distribution point and no CRL loaded for this CA")
+        if self._fetch is None:
+            raise RevocationUnavailable(f"no CRL loaded for this CA and fetching is disabled ({', '.join(urls)})")
         raise RevocationUnavailable("; ".join(errors) or "no CRL available")
 
     @staticmethod

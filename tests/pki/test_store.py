@@ -223,7 +223,7 @@ def test_request_with_bad_signature_refused(tmp_path, store):
 
 
 def test_credential_for_ike(store, root_ca, sub_ca):
-    store.add_profile(CaProfile("root"))
+    store.add_profile(CaProfile("root", revocation=RevocationPolicy(mode=RevocationMode.DISABLE)))
     store.add_profile(CaProfile("sub"))
     store.load_ca_certificate("root", root_ca.certificate.public_bytes(PEM))
     store.generate_key_pair("r1", "ecdsa")
