@@ -40,6 +40,9 @@ MIN_ESP_LEN = 8
 MAX_DATAGRAM = 65535
 #: Seconds between NAT keepalives (RFC 3948 4: 20 s by default).
 KEEPALIVE_INTERVAL = 20.0
+#: Datagrams read from one socket per readiness callback: ESP arrives in batches for the data plane, and
+#: one busy socket cannot starve the others or the timer.
+READ_BURST = 256
 
 
 class Driver(Protocol):
@@ -53,7 +56,8 @@ class Driver(Protocol):
     def next_event(self) -> IkeEvent | None: ...
 
 
-EspHandler = Callable[[bytes, tuple[str, int], tuple[str, int]], None]
+#: ``on_esp(packets, local)``: the ESP datagrams (each with its sender) read in one go from the socket ``local``.
+EspHandler = Callable[[list[tuple[bytes, tuple[str, int]]], tuple[str, int]], None]
 EventHandler = Callable[[IkeEvent], None]
 
 
@@ -75,23 +79,9 @@ def open_udp_socket(host: str, port: int) -> socket.socket:
 
 @dataclass
 class _Socket:
-    transport: asyncio.DatagramTransport
+    sock: socket.socket
     local: tuple[str, int]
     plain: bool  # IKE without marker (port 500)
-
-
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, endpoint: "IkeEndpoint") -> None:
-        self.endpoint = endpoint
-        self.sock: _Socket | None = None
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if self.sock is not None:
-            self.endpoint._datagram_received(self.sock, data, (addr[0], addr[1]))
-
-    def error_received(self, exc: Exception) -> None:  # ICMP unreachable and friends
-        self.endpoint.stats["icmp_errors"] += 1
-        log.debug("socket error: %s", exc)
 
 
 class IkeEndpoint:
@@ -132,12 +122,10 @@ class IkeEndpoint:
     async def add_socket(self, sock: socket.socket) -> tuple[str, int]:
         """Use an already bound UDP socket (e.g. one created inside another network namespace)."""
         sock.setblocking(False)
-        proto = _UdpProtocol(self)
-        transport, _ = await self.loop.create_datagram_endpoint(lambda: proto, sock=sock)
         name = sock.getsockname()
         local = (name[0], name[1])
-        entry = _Socket(transport, local, local[1] in self.plain_ports)  # type: ignore[arg-type]
-        proto.sock = entry
+        entry = _Socket(sock, local, local[1] in self.plain_ports)
+        self.loop.add_reader(sock.fileno(), self._read_ready, entry)
         self._sockets.append(entry)
         return local
 
@@ -151,13 +139,33 @@ class IkeEndpoint:
             self._timer.cancel()
             self._timer = None
         for s in self._sockets:
-            s.transport.close()
+            try:
+                self.loop.remove_reader(s.sock.fileno())
+            except (RuntimeError, ValueError):  # loop already closed
+                pass
+            s.sock.close()
         self._sockets.clear()
 
     # -- receive ----------------------------------------------------------------------------------------
-    def _datagram_received(self, sock: _Socket, data: bytes, addr: tuple[str, int]) -> None:
-        if self._closed:
-            return
+    def _read_ready(self, sock: _Socket) -> None:
+        esp: list[tuple[bytes, tuple[str, int]]] = []
+        for _ in range(READ_BURST):
+            try:
+                data, addr = sock.sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # ICMP errors surface here (ECONNREFUSED); nothing to read
+                self.stats["icmp_errors"] += 1
+                log.debug("socket %s:%d: %s", *sock.local, exc)
+                break
+            if self._closed:
+                return
+            self._classify(sock, data, (addr[0], addr[1]), esp)
+        if esp:
+            self._esp_received(esp, sock.local)
+
+    def _classify(self, sock: _Socket, data: bytes, addr: tuple[str, int],
+                  esp: list[tuple[bytes, tuple[str, int]]]) -> None:
         if sock.plain:
             self._ike_received(data, addr, sock.local)
         elif data[:4] == NON_ESP_MARKER:
@@ -169,16 +177,19 @@ class IkeEndpoint:
             self.stats["keepalives_in"] += 1
         elif len(data) >= MIN_ESP_LEN:
             self.stats["esp_in"] += 1
-            if self.on_esp is None:
-                self.stats["esp_dropped"] += 1
-                return
-            try:
-                self.on_esp(data, addr, sock.local)
-            except Exception:  # the data plane's problem; count it, keep IKE running
-                self.stats["esp_handler_errors"] += 1
-                log.exception("ESP handler failed")
+            esp.append((data, addr))
         else:
             self.stats["malformed"] += 1
+
+    def _esp_received(self, packets: list[tuple[bytes, tuple[str, int]]], local: tuple[str, int]) -> None:
+        if self.on_esp is None:
+            self.stats["esp_dropped"] += len(packets)
+            return
+        try:
+            self.on_esp(packets, local)
+        except Exception:  # the data plane's problem; count it, keep IKE running
+            self.stats["esp_handler_errors"] += 1
+            log.exception("ESP handler failed")
 
     def _ike_received(self, data: bytes, addr: tuple[str, int], local: tuple[str, int]) -> None:
         self.stats["ike_in"] += 1
@@ -223,8 +234,8 @@ class IkeEndpoint:
         if len(payload) > MAX_DATAGRAM:
             self.stats["too_large"] += 1
             return
-        sock.transport.sendto(payload, dg.addr)
-        self.stats["ike_out"] += 1
+        if self._sendto(sock, payload, dg.addr):
+            self.stats["ike_out"] += 1
 
     def send_esp(self, esp: bytes, addr: tuple[str, int], local_port: int) -> bool:
         """Send one UDP-encapsulated ESP packet (SPI first, no marker) from our ``local_port`` socket."""
@@ -232,7 +243,8 @@ class IkeEndpoint:
         if sock is None or self._closed:
             self.stats["esp_no_socket"] += 1
             return False
-        sock.transport.sendto(esp, addr)
+        if not self._sendto(sock, esp, addr):
+            return False
         self.stats["esp_out"] += 1
         return True
 
@@ -241,9 +253,22 @@ class IkeEndpoint:
         sock = self._socket_for(local_port, addr[0])
         if sock is None or self._closed:
             return False
-        sock.transport.sendto(KEEPALIVE, addr)
+        if not self._sendto(sock, KEEPALIVE, addr):
+            return False
         self.stats["keepalives_out"] += 1
         return True
+
+    def _sendto(self, sock: _Socket, data: bytes, addr: tuple[str, int]) -> bool:
+        """UDP is lossy anyway: a full socket buffer or an unreachable peer is a counted drop, never an error."""
+        try:
+            sock.sock.sendto(data, addr)
+            return True
+        except (BlockingIOError, InterruptedError):
+            self.stats["send_dropped"] += 1
+        except OSError as exc:
+            self.stats["send_errors"] += 1
+            log.debug("sendto %s:%d failed: %s", addr[0], addr[1], exc)
+        return False
 
     def _socket_for(self, port: int, remote_host: str) -> _Socket | None:
         v6 = ":" in remote_host

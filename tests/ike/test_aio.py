@@ -63,12 +63,15 @@ async def _setup(plain: bool = False):
     drv = FakeDriver()
     esp: list[tuple[bytes, tuple[str, int], tuple[str, int]]] = []
     events: list[Any] = []
-    ep = IkeEndpoint(drv, on_event=events.append, on_esp=lambda d, a, l: esp.append((d, a, l)))
+
+    def on_esp(packets, local):
+        esp.extend((d, a, local) for d, a in packets)
+
+    ep = IkeEndpoint(drv, on_event=events.append, on_esp=on_esp)
     local = await ep.listen("127.0.0.1", 0)
     if plain:
         ep.close()
-        ep = IkeEndpoint(drv, on_event=events.append, on_esp=lambda d, a, l: esp.append((d, a, l)),
-                         plain_ports={local[1]})
+        ep = IkeEndpoint(drv, on_event=events.append, on_esp=on_esp, plain_ports={local[1]})
         local = await ep.listen("127.0.0.1", local[1])
     peer = Peer()
     transport, _ = await loop.create_datagram_endpoint(lambda: peer, local_addr=("127.0.0.1", 0))
@@ -163,7 +166,7 @@ def test_core_and_handler_errors_are_contained() -> None:
     async def main() -> None:
         drv, ep, local, peer, tr, esp, events = await _setup()
 
-        def bad_esp(*a):
+        def bad_esp(packets, local):
             raise ValueError("data plane bug")
 
         ep.on_esp = bad_esp
@@ -215,5 +218,26 @@ def test_add_socket_and_ipv6() -> None:
         assert v6[0] == "::1"
         ep.close()
         assert ep.addresses == []
+
+    asyncio.run(main())
+
+
+def test_esp_burst_reaches_the_data_plane_in_batches() -> None:
+    async def main() -> None:
+        drv, ep, local, peer, tr, esp, _ = await _setup()
+        batches: list[int] = []
+
+        def on_esp(packets, local_):
+            batches.append(len(packets))
+            esp.extend(packets)
+
+        ep.on_esp = on_esp
+        for i in range(200):
+            tr.sendto((i + 1).to_bytes(4, "big") + b"\x00" * 60, local)
+        await _until(lambda: len(esp) == 200, "200 ESP packets")
+        assert [int.from_bytes(d[:4], "big") for d, _ in esp] == list(range(1, 201))
+        assert sum(batches) == 200 and len(batches) < 200
+        ep.close()
+        tr.close()
 
     asyncio.run(main())
