@@ -1,15 +1,39 @@
 """The sans-I/O facade: one IKE_SA (and its successors after IKE rekeys) with one peer.
 
-Three drivers, as in aioquic: API calls (``initiate``, ``rekey_child``, ``rekey_ike``, ``delete_child``,
-``terminate``, ``child_sa_soft_expired``), datagrams (``receive_datagram``) and the timer (``get_timer`` /
-``handle_timer``). Output: ``datagrams_to_send`` and ``next_event``. No socket, no clock, no randomness of its
-own (``CoreConfig.random`` and ``CoreConfig.dh_factory`` are injectable).
+Three drivers, as in aioquic: API calls (``initiate`` via the dispatcher, ``rekey_child``, ``rekey_ike``,
+``delete_child``, ``terminate``, ``child_sa_soft_expired``), datagrams (``receive_datagram``) and the timer
+(``get_timer`` / ``handle_timer``). Output: ``datagrams_to_send`` and ``next_event``. No socket, no clock, no
+randomness of its own (``CoreConfig.random`` and ``CoreConfig.dh_factory`` are injectable).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import ipaddress
+import logging
+from collections import deque
+from typing import Callable, NamedTuple
+
+from .constants import ExchangeType, PayloadType, ProtocolId
+from .core_config import ChildConfig, CoreConfig, PeerConfig
+from .errors import InvalidStateError
+from .events import ChildSaDeleted, IkeEvent, IkeSaTerminated
+from .exchange import TaskManager
+from .message import Header, Message
+from .payloads import DeletePayload, NotifyPayload, SaPayload
+from .sa import ChildSaState, IkeSa, IkeSaState
+from .tasks.base import Task
+from .tasks.cert_post import CertPost
+from .tasks.cert_pre import CertPre
+from .tasks.child_create import ChildCreate
+from .tasks.child_delete import ChildDelete
+from .tasks.dpd import Dpd, Informational
+from .tasks.ike_auth import IkeAuth
+from .tasks.ike_delete import IkeDelete
+from .tasks.ike_init import IkeInit
+from .tasks.natd import Natd
 
 __all__ = ["Datagram", "IkeConnection"]
+
+log = logging.getLogger("ike.connection")
 
 
 class Datagram(NamedTuple):
@@ -22,6 +46,280 @@ class Datagram(NamedTuple):
     marker: bool
 
 
+def _unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return True
+
 
 class IkeConnection:
-    """One IKE_SA lineage with one peer (placeholder until the implementation lands)."""
+    """One IKE_SA lineage with one peer. Created by the Dispatcher (which owns SPI routing)."""
+
+    def __init__(self, config: CoreConfig, peer: PeerConfig, ike_id: int, initiator: bool,
+                 local_addr: tuple[str, int], remote_addr: tuple[str, int], spi_local: int,
+                 spi_remote: int = 0, candidates: list[PeerConfig] | None = None,
+                 register_spi: Callable[[int, "IkeConnection"], None] | None = None,
+                 unregister_spi: Callable[[int], None] | None = None) -> None:
+        self.config = config
+        self.ike_id = ike_id
+        self._events: deque[IkeEvent] = deque()
+        self._out: list[Datagram] = []
+        self._register = register_spi or (lambda spi, conn: None)
+        self._unregister = unregister_spi or (lambda spi: None)
+        spi_i, spi_r = (spi_local, spi_remote) if initiator else (spi_remote, spi_local)
+        self.sa = IkeSa(ike_id, config, peer, initiator, spi_i, spi_r, local_addr, remote_addr, self._events.append)
+        if candidates:
+            self.sa.scratch["candidates"] = candidates
+        self.tm = self._manager(self.sa)
+        self.old: list[tuple[IkeSa, TaskManager]] = []  # rekeyed IKE_SAs awaiting their delete
+        self.created = 0.0
+        self.closed = False
+        self._pending_children: list[ChildConfig] = []
+
+    # -- plumbing ----------------------------------------------------------------------------------------
+    def _manager(self, sa: IkeSa) -> TaskManager:
+        return TaskManager(sa, lambda frags, _sa=sa: self._send(_sa, frags),
+                           lambda reason, notify, _sa=sa: self._terminated(_sa, reason, notify),
+                           lambda msg, _sa=sa: self._passive(_sa, msg))
+
+    def _send(self, sa: IkeSa, frags: list[bytes]) -> None:
+        port = sa.local_addr[1]
+        for f in frags:
+            self._out.append(Datagram(f, sa.remote_addr, port, port != 500))
+
+    def _passive(self, sa: IkeSa, msg: Message) -> list[Task]:
+        from .tasks.child_rekey import ChildRekey
+        from .tasks.ike_rekey import IkeRekey
+
+        if msg.exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH):
+            return [IkeInit(sa, False), Natd(sa, False), CertPre(sa, False), IkeAuth(sa, False),
+                    CertPost(sa, False), ChildCreate(sa, False)]
+        if sa.state not in (IkeSaState.ESTABLISHED, IkeSaState.REKEYING, IkeSaState.DELETING):
+            from .errors import InvalidSyntaxError
+
+            raise InvalidSyntaxError("request before the IKE_SA is established")
+        if msg.exchange == ExchangeType.CREATE_CHILD_SA:
+            if any(n.type == 16393 for n in msg.all(NotifyPayload)):  # REKEY_SA
+                return [ChildRekey(sa, False)]
+            sa_p = msg.get(SaPayload)
+            if sa_p is not None and sa_p.proposals and sa_p.proposals[0].protocol == ProtocolId.IKE:
+                return [IkeRekey(sa, False, self)]
+            return [ChildCreate(sa, False)]
+        deletes = msg.all(DeletePayload)
+        if any(d.protocol == ProtocolId.IKE for d in deletes):
+            return [IkeDelete(sa, False)]
+        if deletes:
+            return [ChildDelete(sa, False)]
+        return [Informational(sa, False)]
+
+    def _terminated(self, sa: IkeSa, reason: str, notify: int | None) -> None:
+        if sa.state == IkeSaState.DESTROYED:
+            return
+        rekeyed = sa.scratch.get("rekeyed_into") is not None
+        sa.state = IkeSaState.DESTROYED
+        for spi in (sa.spi_i, sa.spi_r):
+            if spi:
+                self._unregister(spi)
+        if rekeyed:
+            self.old = [(s, t) for s, t in self.old if s is not sa]
+            return
+        for child in list(sa.children.values()):
+            sa.children.pop(child.spi_in, None)
+            self._events.append(ChildSaDeleted(self.ike_id, sa.peer.name, child.name, child.spi_in, child.spi_out,
+                                               "ike_sa terminated"))
+        log.info("IKE_SA %s[%d] terminated: %s", sa.peer.name, self.ike_id, reason)
+        self._events.append(IkeSaTerminated(self.ike_id, sa.peer.name, sa.spi_i, sa.spi_r, reason, notify))
+        if sa is self.sa:
+            self.closed = True
+
+    def _after(self, sa: IkeSa) -> None:
+        deleted = sa.scratch.pop("deleted", None)
+        if deleted is not None:
+            self._terminated(sa, deleted, None)
+
+    # -- initiator start -----------------------------------------------------------------------------------
+    def start(self, now: float, children: list[ChildConfig]) -> None:
+        sa = self.sa
+        self.created = now
+        first = children[0] if children else None
+        tasks: list[Task] = [IkeInit(sa, True), Natd(sa, True), CertPre(sa, True), IkeAuth(sa, True),
+                             CertPost(sa, True)]
+        if first is not None:
+            tasks.append(ChildCreate(sa, True, first))
+        self._register(sa.spi_local, self)
+        self.tm.queue_tasks(tasks, now)
+        for c in children[1:]:
+            self.tm.queue.append([ChildCreate(sa, True, c)])
+
+    # -- drivers -------------------------------------------------------------------------------------------
+    def receive_datagram(self, data: bytes, addr: tuple[str, int], local_addr: tuple[str, int], now: float,
+                         header: Header) -> None:
+        sa, tm = self._route(header)
+        if sa is None or tm is None:
+            return
+        if not self.created:
+            self.created = now
+        if header.exchange == ExchangeType.IKE_SA_INIT and not header.is_response:
+            sa.remote_addr = addr
+            sa.local_addr = local_addr
+        elif local_addr[1] != 500 or sa.natt:
+            if header.next_payload in (PayloadType.SK, PayloadType.SKF) or header.exchange != ExchangeType.IKE_SA_INIT:
+                sa.natt = sa.natt or local_addr[1] != sa.peer.local_port
+                sa.remote_addr = addr
+                if not _unspecified(local_addr[0]):
+                    sa.local_addr = local_addr
+        if not _unspecified(local_addr[0]) and sa.local_addr[1] == local_addr[1] and _unspecified(sa.local_addr[0]):
+            sa.local_addr = (local_addr[0], sa.local_addr[1])
+        tm.receive(data, header, now)
+        self._after(sa)
+        if sa is self.sa and sa.state == IkeSaState.ESTABLISHED:
+            tm.initiate(now)
+
+    def _route(self, header: Header) -> tuple[IkeSa | None, TaskManager | None]:
+        for sa, tm in [(self.sa, self.tm), *self.old]:
+            local = header.spi_r if header.from_initiator else header.spi_i
+            mine = sa.spi_r if sa.initiator is False else sa.spi_i
+            if local == mine or (header.exchange == ExchangeType.IKE_SA_INIT and header.spi_i == sa.spi_i):
+                return sa, tm
+        return None, None
+
+    def datagrams_to_send(self, now: float) -> list[Datagram]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> IkeEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        sa = self.sa
+        times = [self.tm.get_timer()] + [t.get_timer() for _, t in self.old]
+        if sa.state in (IkeSaState.CREATED, IkeSaState.CONNECTING):
+            times.append(self.created + self.config.half_open_timeout)
+        if sa.state == IkeSaState.ESTABLISHED:
+            times.append(sa.rekey_at)
+            for c in sa.children.values():
+                times.extend([c.rekey_at if c.state == ChildSaState.INSTALLED else None, c.expire_at])
+            if sa.peer.dpd_delay:
+                times.append(sa.last_inbound + sa.peer.dpd_delay)
+        valid = [t for t in times if t is not None]
+        return min(valid) if valid else None
+
+    def handle_timer(self, now: float) -> None:
+        sa = self.sa
+        sa.now = now
+        for osa, otm in list(self.old):
+            otm.handle_timer(now)
+        self.tm.handle_timer(now)
+        if sa.state == IkeSaState.DESTROYED:
+            return
+        if sa.state in (IkeSaState.CREATED, IkeSaState.CONNECTING) and now >= self.created + self.config.half_open_timeout:
+            self._terminated(sa, "half-open timeout", None)
+            return
+        if sa.state != IkeSaState.ESTABLISHED:
+            return
+        if sa.rekey_at is not None and now >= sa.rekey_at:
+            sa.rekey_at = None
+            self.rekey_ike(now)
+        for c in list(sa.children.values()):
+            if c.expire_at is not None and now >= c.expire_at:
+                c.expire_at = None
+                self._queue([ChildDelete(sa, True, [c], "expired")], now)
+            elif c.rekey_at is not None and now >= c.rekey_at and c.state == ChildSaState.INSTALLED:
+                c.rekey_at = None
+                self.rekey_child(c.spi_in, now)
+        if sa.peer.dpd_delay and now >= sa.last_inbound + sa.peer.dpd_delay and not self.tm.busy:
+            sa.last_inbound = now
+            self._queue([Dpd(sa, True)], now)
+
+    def _queue(self, tasks: list[Task], now: float) -> None:
+        self.tm.queue_tasks(tasks, now)
+
+    # -- commands ------------------------------------------------------------------------------------------
+    def _need_established(self) -> IkeSa:
+        if self.sa.state not in (IkeSaState.ESTABLISHED,):
+            raise InvalidStateError(f"IKE_SA {self.ike_id} is {self.sa.state.value}")
+        return self.sa
+
+    def create_child(self, child: ChildConfig, now: float) -> None:
+        sa = self._need_established()
+        self._queue([ChildCreate(sa, True, child)], now)
+
+    def rekey_child(self, spi_in: int, now: float) -> None:
+        from .tasks.child_rekey import ChildRekey
+
+        sa = self._need_established()
+        child = sa.children.get(spi_in)
+        if child is None:
+            raise InvalidStateError(f"no CHILD_SA with inbound SPI {spi_in:08x}")
+        if child.state != ChildSaState.INSTALLED:
+            return
+        child.state = ChildSaState.REKEYING
+        self._queue([ChildRekey(sa, True, child)], now)
+
+    def rekey_ike(self, now: float) -> None:
+        from .tasks.ike_rekey import IkeRekey
+
+        sa = self._need_established()
+        self._queue([IkeRekey(sa, True, self)], now)
+
+    def delete_child(self, spi_in: int, now: float) -> None:
+        sa = self._need_established()
+        child = sa.children.get(spi_in)
+        if child is None:
+            raise InvalidStateError(f"no CHILD_SA with inbound SPI {spi_in:08x}")
+        self._queue([ChildDelete(sa, True, [child], "deleted")], now)
+
+    def terminate(self, now: float) -> None:
+        sa = self.sa
+        if sa.state in (IkeSaState.CREATED, IkeSaState.CONNECTING):
+            self._terminated(sa, "deleted", None)
+            return
+        if sa.state == IkeSaState.DESTROYED:
+            return
+        self.tm.queue.clear()
+        self._queue([IkeDelete(sa, True)], now)
+        self._after_initiate(sa)
+
+    def _after_initiate(self, sa: IkeSa) -> None:
+        self._after(sa)
+
+    def child_sa_soft_expired(self, spi: int, now: float) -> None:
+        sa = self.sa
+        child = sa.children.get(spi) or sa.child_by_out(spi)
+        if child is not None and child.state == ChildSaState.INSTALLED:
+            self.rekey_child(child.spi_in, now)
+
+    def adopt_rekeyed(self, old: IkeSa, initiator: bool, spi_i: int, spi_r: int, proposal, keys, ni: bytes,
+                      nr: bytes) -> IkeSa:  # type: ignore[no-untyped-def]
+        """Called by IkeRekey: the new IKE_SA takes over the children; the old one waits for its Delete."""
+        from .events import IkeSaRekeyed
+        from .proposal import proposal_name
+        from .tasks.ike_delete import IkeDelete as _Del
+
+        new = IkeSa(self.ike_id, self.config, old.peer, initiator, spi_i, spi_r, old.local_addr, old.remote_addr,
+                    self._events.append)
+        new.state = IkeSaState.ESTABLISHED
+        new.proposal, new.keys, new.nonce_i, new.nonce_r = proposal, keys, ni, nr
+        new.nat_local, new.nat_remote, new.natt = old.nat_local, old.nat_remote, old.natt
+        new.peer_fragmentation, new.peer_hashes = old.peer_fragmentation, old.peer_hashes
+        new.local_id, new.remote_id, new.auth_method = old.local_id, old.remote_id, old.auth_method
+        new.children, old.children = old.children, {}
+        new.established_at = new.last_inbound = new.now = old.now
+        if old.peer.rekey_time:
+            new.rekey_at = old.now + old.peer.rekey_time * (0.9 + 0.1 * int.from_bytes(old.random(2), "big") / 65535)
+        old.scratch["rekeyed_into"] = new
+        old.state = IkeSaState.REKEYING
+        old_tm = self.tm
+        self.old.append((old, old_tm))
+        self.sa, self.tm = new, self._manager(new)
+        self.tm.queue, old_tm.queue = old_tm.queue, []
+        self._register(new.spi_local, self)
+        self._events.append(IkeSaRekeyed(self.ike_id, old.peer.name, old.spi_i, old.spi_r, spi_i, spi_r,
+                                         proposal_name(proposal)))
+        if initiator:
+            old.scratch.setdefault("front_tasks", []).append(_Del(old, True))
+        return new
+
+    def spis(self) -> list[int]:
+        return [s.spi_local for s in [self.sa] + [o for o, _ in self.old]]

@@ -144,6 +144,9 @@ class PeerConfig:
     local_id: Identity
     remote_id: Identity | None = None
     remote_addr: str | None = None
+    #: our address towards the peer, for NAT detection hashes (None: unknown, which looks like a NAT and makes
+    #: the IKE_SA move to the NAT-T port, as strongSwan's libipsec peers need anyway)
+    local_addr: str | None = None
     remote_port: int = 500
     local_port: int = 500
     local_nat_port: int = 4500

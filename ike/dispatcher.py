@@ -6,64 +6,308 @@ keeps no state for it; above ``CoreConfig.half_open_limit`` new IKE_SA_INIT requ
 """
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+import hmac
+import ipaddress
+import logging
+from collections import Counter, deque
+from dataclasses import dataclass
 
 from .connection import Datagram, IkeConnection
-from .core_config import CoreConfig
+from .constants import HEADER_LEN, ExchangeType, NotifyType
+from .core_config import CoreConfig, PeerConfig
+from .errors import InvalidStateError, ProtocolError
 from .events import IkeEvent
+from .message import Message, pull_chain, pull_header
+from .payloads import NoncePayload, NotifyPayload
+from .proposal import proposal_name
+from .sa import IkeSaState
 
-__all__ = ["Dispatcher", "SaInfo"]
+__all__ = ["Dispatcher", "SaInfo", "ChildInfo"]
+
+log = logging.getLogger("ike.dispatcher")
+
+
+@dataclass(frozen=True)
+class ChildInfo:
+    name: str
+    spi_in: int
+    spi_out: int
+    suite: str
+    esn: bool
+    state: str
+    local_ts: tuple[str, ...]
+    remote_ts: tuple[str, ...]
+    rekey_at: float | None
+    expire_at: float | None
+
+
+@dataclass(frozen=True)
+class SaInfo:
+    ike_id: int
+    peer: str
+    state: str
+    initiator: bool
+    spi_i: int
+    spi_r: int
+    local_addr: tuple[str, int]
+    remote_addr: tuple[str, int]
+    local_id: str
+    remote_id: str
+    proposal: str
+    auth_method: str
+    nat: bool
+    established_at: float | None
+    rekey_at: float | None
+    children: tuple[ChildInfo, ...]
 
 
 class Dispatcher:
-    """All IKE_SAs of one daemon. Same drivers as :class:`IkeConnection`, plus routing."""
+    """All IKE_SAs of one daemon. Same drivers as :class:`IkeConnection`, plus routing and DoS protection."""
 
     def __init__(self, config: CoreConfig) -> None:
-        raise NotImplementedError
+        self.config = config
+        self._by_spi: dict[int, IkeConnection] = {}
+        self._half_open: dict[tuple[str, int, int], IkeConnection] = {}  # (host, port, spi_i)
+        self._conns: dict[int, IkeConnection] = {}
+        self._next_id = 1
+        self._events: deque[IkeEvent] = deque()
+        self._stateless: list[Datagram] = []
+        self._secret = config.random(32)
+        self.stats: Counter[str] = Counter()
+        self._gc: list[IkeConnection] = []
 
-    # -- drivers ---------------------------------------------------------------------------------------
+    # -- helpers -----------------------------------------------------------------------------------------
+    def _new_spi(self) -> int:
+        while True:
+            spi = int.from_bytes(self.config.random(8), "big")
+            if spi and spi not in self._by_spi:
+                return spi
+
+    def _register(self, spi: int, conn: IkeConnection) -> None:
+        self._by_spi[spi] = conn
+
+    def _unregister(self, spi: int) -> None:
+        self._by_spi.pop(spi, None)
+
+    def _new_conn(self, peer: PeerConfig, initiator: bool, local: tuple[str, int], remote: tuple[str, int],
+                  spi_remote: int = 0, candidates: list[PeerConfig] | None = None) -> IkeConnection:
+        ike_id = self._next_id
+        self._next_id += 1
+        conn = IkeConnection(self.config, peer, ike_id, initiator, local, remote, self._new_spi(), spi_remote,
+                             candidates, self._register, self._unregister)
+        self._conns[ike_id] = conn
+        return conn
+
+    def _cookie(self, nonce: bytes, addr: tuple[str, int], spi_i: int) -> bytes:
+        return b"\x00\x00" + hmac.new(self._secret, nonce + addr[0].encode() + spi_i.to_bytes(8, "big"),
+                                     hashlib.sha256).digest()[:16]
+
+    def half_open(self) -> int:
+        return sum(1 for c in self._conns.values()
+                   if not c.sa.initiator and c.sa.state in (IkeSaState.CREATED, IkeSaState.CONNECTING))
+
+    def _candidates(self, host: str) -> list[PeerConfig]:
+        out = []
+        for p in self.config.peers:
+            if p.remote_addr in (None, "%any", "0.0.0.0", "::"):
+                out.append(p)
+                continue
+            try:
+                if ipaddress.ip_address(host) in ipaddress.ip_network(p.remote_addr, strict=False):
+                    out.append(p)
+            except ValueError:
+                if p.remote_addr == host:
+                    out.append(p)
+        # exact addresses first, wildcards last
+        return sorted(out, key=lambda p: p.remote_addr in (None, "%any", "0.0.0.0", "::"))
+
+    # -- drivers -----------------------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: tuple[str, int], local_addr: tuple[str, int],
                          now: float) -> None:
         """One UDP payload (non-ESP marker already stripped) from ``addr`` to ``local_addr``. Never raises for
-        bad input: malformed datagrams are counted (``stats``) and dropped."""
-        raise NotImplementedError
+        bad input: malformed datagrams are counted in ``stats`` and dropped."""
+        try:
+            self._receive(bytes(data), addr, local_addr, now)
+        except ProtocolError as exc:
+            self.stats["dropped_" + type(exc).__name__] += 1
+            log.debug("dropped datagram from %s: %s", addr, exc.reason)
+        self._collect()
+
+    def _receive(self, data: bytes, addr: tuple[str, int], local_addr: tuple[str, int], now: float) -> None:
+        if len(data) > self.config.max_message_size:
+            self.stats["dropped_oversized"] += 1
+            return
+        h = pull_header(data)
+        self.stats["received"] += 1
+        if h.exchange == ExchangeType.IKE_SA_INIT and not h.is_response and h.spi_r == 0:
+            if not h.from_initiator:
+                self.stats["dropped_bad_flags"] += 1
+                return
+            conn = self._half_open.get((addr[0], addr[1], h.spi_i))
+            if conn is None:
+                conn = self._new_responder(data, h, addr, local_addr, now)
+                if conn is None:
+                    return
+            conn.receive_datagram(data, addr, local_addr, now, h)
+            return
+        local_spi = h.spi_r if h.from_initiator else h.spi_i
+        conn = self._by_spi.get(local_spi)
+        if conn is None:
+            self.stats["dropped_unknown_spi"] += 1
+            return
+        conn.receive_datagram(data, addr, local_addr, now, h)
+
+    def _new_responder(self, data: bytes, h, addr, local_addr, now) -> IkeConnection | None:  # type: ignore[no-untyped-def]
+        half = self.half_open()
+        if half >= self.config.half_open_limit:
+            self.stats["dropped_half_open_limit"] += 1
+            return None
+        payloads, _ = pull_chain(h.next_payload, data, HEADER_LEN)
+        if half >= self.config.cookie_threshold:
+            nonce = next((p for p in payloads if isinstance(p, NoncePayload)), None)
+            if nonce is None:
+                self.stats["dropped_no_nonce"] += 1
+                return None
+            expect = self._cookie(nonce.data, addr, h.spi_i)
+            got = payloads[0] if payloads and isinstance(payloads[0], NotifyPayload) else None
+            if got is None or got.type != NotifyType.COOKIE or not hmac.compare_digest(got.data, expect):
+                resp = Message(ExchangeType.IKE_SA_INIT, h.spi_i, 0, 0, True, False,
+                               [NotifyPayload(NotifyType.COOKIE, expect)])
+                self._stateless.append(Datagram(resp.encode_plain(), addr, local_addr[1], local_addr[1] != 500))
+                self.stats["cookies_sent"] += 1
+                return None
+        candidates = self._candidates(addr[0])
+        if not candidates:
+            self.stats["dropped_no_peer_config"] += 1
+            resp = Message(ExchangeType.IKE_SA_INIT, h.spi_i, 0, 0, True, False,
+                           [NotifyPayload(NotifyType.NO_PROPOSAL_CHOSEN)])
+            self._stateless.append(Datagram(resp.encode_plain(), addr, local_addr[1], local_addr[1] != 500))
+            return None
+        conn = self._new_conn(candidates[0], False, local_addr, addr, h.spi_i, candidates)
+        conn.created = now
+        self._register(conn.sa.spi_r, conn)
+        self._half_open[(addr[0], addr[1], h.spi_i)] = conn
+        return conn
+
+    def _collect(self) -> None:
+        for ike_id, conn in list(self._conns.items()):
+            while (e := conn.next_event()) is not None:
+                self._events.append(e)
+            if conn.sa.state != IkeSaState.CREATED and conn.sa.state != IkeSaState.CONNECTING:
+                self._drop_half_open(conn)
+            if conn.closed and not conn._out:
+                self._drop_half_open(conn)
+                for spi in conn.spis():
+                    if self._by_spi.get(spi) is conn:
+                        del self._by_spi[spi]
+                self._gc.append(conn)
+        for conn in self._gc:
+            if not conn._out:
+                self._conns.pop(conn.ike_id, None)
+        self._gc = []
+
+    def _drop_half_open(self, conn: IkeConnection) -> None:
+        for k, v in list(self._half_open.items()):
+            if v is conn:
+                del self._half_open[k]
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
-        raise NotImplementedError
+        out, self._stateless = self._stateless, []
+        for conn in list(self._conns.values()):
+            out.extend(conn.datagrams_to_send(now))
+        self._collect()
+        return out
 
     def get_timer(self) -> float | None:
-        """The earliest deadline (monotonic seconds) at which ``handle_timer`` must be called, or None."""
-        raise NotImplementedError
+        times = [t for t in (c.get_timer() for c in self._conns.values()) if t is not None]
+        return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
-        raise NotImplementedError
+        for conn in list(self._conns.values()):
+            t = conn.get_timer()
+            if t is not None and t <= now:
+                conn.handle_timer(now)
+        self._collect()
 
     def next_event(self) -> IkeEvent | None:
-        raise NotImplementedError
+        self._collect()
+        return self._events.popleft() if self._events else None
 
-    # -- commands --------------------------------------------------------------------------------------
+    # -- commands ----------------------------------------------------------------------------------------
+    def _conn(self, ike_id: int) -> IkeConnection:
+        conn = self._conns.get(ike_id)
+        if conn is None or conn.closed:
+            raise InvalidStateError(f"no IKE_SA with id {ike_id}")
+        return conn
+
+    def _conn_by_child(self, spi: int) -> IkeConnection:
+        for conn in self._conns.values():
+            if spi in conn.sa.children or conn.sa.child_by_out(spi) is not None:
+                return conn
+        raise InvalidStateError(f"no CHILD_SA with SPI {spi:08x}")
+
     def initiate(self, peer: str, now: float, child: str | None = None) -> int:
         """Start an IKE_SA to ``peer`` (CoreConfig peer name) with its ``start`` children (or only ``child``).
         Returns the ike_id. If an IKE_SA to the peer is up and ``child`` is given, creates that CHILD_SA in it."""
-        raise NotImplementedError
+        pc = self.config.peer(peer)
+        children = [c for c in pc.children if (c.name == child if child else c.start)]
+        if child and not children:
+            raise InvalidStateError(f"peer {peer} has no child {child!r}")
+        if child:
+            for conn in self._conns.values():
+                if conn.sa.peer.name == peer and conn.sa.state == IkeSaState.ESTABLISHED:
+                    conn.create_child(children[0], now)
+                    self._collect()
+                    return conn.ike_id
+        if pc.remote_addr in (None, "%any"):
+            raise InvalidStateError(f"peer {peer} has no remote address to initiate to")
+        host = pc.remote_addr.split("/")[0]
+        local_host = pc.local_addr or ("::" if ":" in host else "0.0.0.0")
+        conn = self._new_conn(pc, True, (local_host, pc.local_port), (host, pc.remote_port))
+        conn.start(now, children)
+        self._collect()
+        return conn.ike_id
 
     def rekey_child(self, spi_in: int, now: float) -> None:
-        raise NotImplementedError
+        self._conn_by_child(spi_in).rekey_child(spi_in, now)
+        self._collect()
 
     def rekey_ike(self, ike_id: int, now: float) -> None:
-        raise NotImplementedError
+        self._conn(ike_id).rekey_ike(now)
+        self._collect()
 
     def delete_child(self, spi_in: int, now: float) -> None:
-        raise NotImplementedError
+        self._conn_by_child(spi_in).delete_child(spi_in, now)
+        self._collect()
 
     def terminate(self, ike_id: int, now: float) -> None:
         """Send a DELETE for the IKE_SA (the peer's answer, or the retransmit give-up, ends it)."""
-        raise NotImplementedError
+        self._conn(ike_id).terminate(now)
+        self._collect()
 
-    def child_sa_soft_expired(self, spi_in: int, now: float) -> None:
+    def child_sa_soft_expired(self, spi: int, now: float) -> None:
         """esp reports a soft byte/packet limit on the inbound or outbound SA: start a rekey."""
-        raise NotImplementedError
+        try:
+            conn = self._conn_by_child(spi)
+        except InvalidStateError:
+            return
+        conn.child_sa_soft_expired(spi, now)
+        self._collect()
 
-    def list_sas(self) -> list[Any]:
-        """Snapshot of IKE_SAs and CHILD_SAs for ``python -m ike list``: SaInfo objects."""
-        raise NotImplementedError
+    def list_sas(self) -> list[SaInfo]:
+        """Snapshot of IKE_SAs and CHILD_SAs for ``python -m ike list``."""
+        out = []
+        for conn in self._conns.values():
+            sa = conn.sa
+            kids = tuple(ChildInfo(c.name, c.spi_in, c.spi_out, c.suite, c.esn, c.state.value,
+                                   tuple(str(t) for t in c.local_ts), tuple(str(t) for t in c.remote_ts),
+                                   c.rekey_at, c.expire_at) for c in sa.children.values())
+            out.append(SaInfo(conn.ike_id, sa.peer.name, sa.state.value, sa.initiator, sa.spi_i, sa.spi_r,
+                              sa.local_addr, sa.remote_addr, str(sa.local_id or sa.peer.local_id),
+                              str(sa.remote_id or ""), proposal_name(sa.proposal) if sa.proposal else "",
+                              sa.auth_method, sa.nat_local or sa.nat_remote, sa.established_at, sa.rekey_at, kids))
+        return out
+
+    def connection(self, ike_id: int) -> IkeConnection:
+        return self._conn(ike_id)

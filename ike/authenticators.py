@@ -1,0 +1,209 @@
+"""AUTH payload computation and checking (RFC 7296 2.15, RFC 4754, RFC 7427, RFC 8420).
+
+Methods: shared key (2), RSA signature (1: PKCS#1 v1.5 with SHA-1, as strongSwan sends it), ECDSA (9, 10,
+11: raw r||s), and Digital Signature (14: an AlgorithmIdentifier, then RSA-PSS / PKCS#1 v1.5 with SHA-2,
+DER ECDSA or Ed25519). Certificates of the peer are checked by the validator the configuration supplies
+(pki.validate); this module only proves possession of the key.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterable
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+from .constants import AuthMethod, HashAlgorithm
+from .errors import AuthenticationFailedError
+from .keymat import prf
+
+__all__ = ["signed_octets", "psk_auth", "sign_auth", "verify_auth", "key_hash", "SUPPORTED_HASHES",
+           "pki_validator", "auth_method_name"]
+
+KEY_PAD = b"Key Pad for IKEv2"
+SUPPORTED_HASHES = (HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512,
+                    HashAlgorithm.IDENTITY)
+
+_HASH = {HashAlgorithm.SHA2_256: hashes.SHA256, HashAlgorithm.SHA2_384: hashes.SHA384,
+         HashAlgorithm.SHA2_512: hashes.SHA512}
+# RFC 7427 appendix A AlgorithmIdentifier DER, keyed by (scheme, hash)
+_ALG_IDS: dict[tuple[str, int], bytes] = {
+    ("rsa-pkcs1", HashAlgorithm.SHA2_256): bytes.fromhex("300d06092a864886f70d01010b0500"),
+    ("rsa-pkcs1", HashAlgorithm.SHA2_384): bytes.fromhex("300d06092a864886f70d01010c0500"),
+    ("rsa-pkcs1", HashAlgorithm.SHA2_512): bytes.fromhex("300d06092a864886f70d01010d0500"),
+    ("ecdsa", HashAlgorithm.SHA2_256): bytes.fromhex("300a06082a8648ce3d040302"),
+    ("ecdsa", HashAlgorithm.SHA2_384): bytes.fromhex("300a06082a8648ce3d040303"),
+    ("ecdsa", HashAlgorithm.SHA2_512): bytes.fromhex("300a06082a8648ce3d040304"),
+    ("ed25519", HashAlgorithm.IDENTITY): bytes.fromhex("300506032b6570"),
+}
+_PSS_OID_PREFIX = bytes.fromhex("06092a864886f70d01010a")
+_ECDSA_CLASSIC = {"secp256r1": (AuthMethod.ECDSA_SHA256_P256, hashes.SHA256, 32),
+                  "secp384r1": (AuthMethod.ECDSA_SHA384_P384, hashes.SHA384, 48),
+                  "secp521r1": (AuthMethod.ECDSA_SHA512_P521, hashes.SHA512, 66)}
+
+
+def key_hash(cert: Any) -> bytes:
+    """SHA-1 of a certificate's SubjectPublicKeyInfo: what CERTREQ carries for its issuer (RFC 7296 3.7)."""
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha1(spki).digest()  # noqa: S324 - mandated by RFC 7296
+
+
+def signed_octets(message: bytes, peer_nonce: bytes, prf_name: str, sk_p: bytes, id_rest: bytes) -> bytes:
+    """<SignedOctets> = RealMessage | NonceData of the peer | prf(SK_p, RestOfIDPayload)."""
+    return message + peer_nonce + prf(prf_name, sk_p, id_rest)
+
+
+def psk_auth(prf_name: str, psk: bytes, octets: bytes) -> bytes:
+    return prf(prf_name, prf(prf_name, psk, KEY_PAD), octets)
+
+
+def _pss_alg_id(h: int) -> bytes:
+    from asn1crypto import algos  # type: ignore[import-untyped]
+
+    name = {HashAlgorithm.SHA2_256: "sha256", HashAlgorithm.SHA2_384: "sha384",
+            HashAlgorithm.SHA2_512: "sha512"}[HashAlgorithm(h)]
+    params = algos.RSASSAPSSParams({
+        "hash_algorithm": {"algorithm": name},
+        "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": name}},
+        "salt_length": _HASH[HashAlgorithm(h)].digest_size,
+    })
+    return algos.SignedDigestAlgorithm({"algorithm": "rsassa_pss", "parameters": params}).dump()
+
+
+def auth_method_name(method: int, data: bytes = b"") -> str:
+    if method == AuthMethod.PSK:
+        return "psk"
+    if method == AuthMethod.RSA_SIG:
+        return "rsa"
+    if method in (9, 10, 11):
+        return "ecdsa"
+    if method == AuthMethod.DIGITAL_SIGNATURE:
+        try:
+            scheme, h, _ = _parse_alg_id(data)
+            return f"signature({scheme}-{HashAlgorithm(h).name.lower()})"
+        except AuthenticationFailedError:
+            return "signature"
+    return str(method)
+
+
+def sign_auth(key: Any, octets: bytes, peer_hashes: Iterable[int] | None, rsa_pss: bool = False) -> tuple[int, bytes]:
+    """(AUTH method, AUTH data) signing ``octets`` with our private key. ``peer_hashes`` is the peer's
+    SIGNATURE_HASH_ALGORITHMS (None when it sent none: then the classic methods 1 and 9-11)."""
+    hs = [h for h in SUPPORTED_HASHES if peer_hashes is not None and h in set(peer_hashes)]
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        if HashAlgorithm.IDENTITY not in hs:
+            raise AuthenticationFailedError("Ed25519 needs RFC 8420 (peer did not announce the Identity hash)")
+        alg = _ALG_IDS[("ed25519", HashAlgorithm.IDENTITY)]
+        return AuthMethod.DIGITAL_SIGNATURE, bytes([len(alg)]) + alg + key.sign(octets)
+    sha2 = [h for h in hs if h != HashAlgorithm.IDENTITY]
+    if isinstance(key, rsa.RSAPrivateKey):
+        if not sha2:
+            return AuthMethod.RSA_SIG, key.sign(octets, padding.PKCS1v15(), hashes.SHA1())  # noqa: S303
+        h = sha2[0]
+        if rsa_pss:
+            alg = _pss_alg_id(h)
+            pad: Any = padding.PSS(padding.MGF1(_HASH[h]()), _HASH[h].digest_size)
+        else:
+            alg = _ALG_IDS[("rsa-pkcs1", h)]
+            pad = padding.PKCS1v15()
+        return AuthMethod.DIGITAL_SIGNATURE, bytes([len(alg)]) + alg + key.sign(octets, pad, _HASH[h]())
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        method, halg, size = _ECDSA_CLASSIC.get(key.curve.name, (None, None, 0))
+        if not sha2:
+            if method is None:
+                raise AuthenticationFailedError(f"no classic ECDSA method for curve {key.curve.name}")
+            r, s = decode_dss_signature(key.sign(octets, ec.ECDSA(halg())))
+            return method, r.to_bytes(size, "big") + s.to_bytes(size, "big")
+        want = {"secp256r1": HashAlgorithm.SHA2_256, "secp384r1": HashAlgorithm.SHA2_384,
+                "secp521r1": HashAlgorithm.SHA2_512}.get(key.curve.name, sha2[0])
+        h = want if want in sha2 else sha2[0]
+        alg = _ALG_IDS[("ecdsa", h)]
+        return AuthMethod.DIGITAL_SIGNATURE, bytes([len(alg)]) + alg + key.sign(octets, ec.ECDSA(_HASH[h]()))
+    raise AuthenticationFailedError(f"unsupported private key type {type(key).__name__}")
+
+
+def _parse_alg_id(data: bytes) -> tuple[str, int, bytes]:
+    """(scheme, hash, signature) from method-14 AUTH data."""
+    if not data:
+        raise AuthenticationFailedError("empty AUTH data")
+    n = data[0]
+    alg, sig = data[1:1 + n], data[1 + n:]
+    if len(alg) != n or not sig:
+        raise AuthenticationFailedError("truncated RFC 7427 AlgorithmIdentifier")
+    for (scheme, h), der in _ALG_IDS.items():
+        if der == alg:
+            return scheme, h, sig
+    if _PSS_OID_PREFIX in alg[:16]:
+        for h in _HASH:
+            if _pss_alg_id(h) == alg:
+                return "rsa-pss", h, sig
+        raise AuthenticationFailedError("unsupported RSASSA-PSS parameters")
+    raise AuthenticationFailedError(f"unsupported signature algorithm {alg.hex()}")
+
+
+def verify_auth(method: int, data: bytes, cert: Any, octets: bytes) -> str:
+    """Check a signature AUTH against the peer's certificate. Returns a method name for the log."""
+    pub = cert.public_key() if isinstance(cert, x509.Certificate) else cert
+    try:
+        if method == AuthMethod.RSA_SIG:
+            if not isinstance(pub, rsa.RSAPublicKey):
+                raise AuthenticationFailedError("AUTH method RSA but the certificate key is not RSA")
+            try:
+                pub.verify(data, octets, padding.PKCS1v15(), hashes.SHA1())  # noqa: S303
+            except InvalidSignature:
+                # some peers send SHA-256 with method 1 (RFC 7296 allows any hash known to both)
+                pub.verify(data, octets, padding.PKCS1v15(), hashes.SHA256())
+            return "rsa"
+        if method in (9, 10, 11):
+            if not isinstance(pub, ec.EllipticCurvePublicKey):
+                raise AuthenticationFailedError("AUTH method ECDSA but the certificate key is not EC")
+            m, halg, size = _ECDSA_CLASSIC.get(pub.curve.name, (None, None, 0))
+            if m != method or len(data) != 2 * size:
+                raise AuthenticationFailedError("ECDSA AUTH method does not match the certificate curve")
+            sig = encode_dss_signature(int.from_bytes(data[:size], "big"), int.from_bytes(data[size:], "big"))
+            pub.verify(sig, octets, ec.ECDSA(halg()))
+            return "ecdsa"
+        if method == AuthMethod.DIGITAL_SIGNATURE:
+            scheme, h, sig = _parse_alg_id(data)
+            if scheme == "ed25519":
+                if not isinstance(pub, ed25519.Ed25519PublicKey):
+                    raise AuthenticationFailedError("Ed25519 signature but the key is not Ed25519")
+                pub.verify(sig, octets)
+            elif scheme == "ecdsa":
+                if not isinstance(pub, ec.EllipticCurvePublicKey):
+                    raise AuthenticationFailedError("ECDSA signature but the key is not EC")
+                pub.verify(sig, octets, ec.ECDSA(_HASH[HashAlgorithm(h)]()))
+            else:
+                if not isinstance(pub, rsa.RSAPublicKey):
+                    raise AuthenticationFailedError("RSA signature but the key is not RSA")
+                hcls = _HASH[HashAlgorithm(h)]
+                pad: Any = (padding.PSS(padding.MGF1(hcls()), hcls.digest_size) if scheme == "rsa-pss"
+                            else padding.PKCS1v15())
+                pub.verify(sig, octets, pad, hcls())
+            return f"signature({scheme}-{HashAlgorithm(h).name.lower()})"
+    except InvalidSignature:
+        raise AuthenticationFailedError("signature does not verify") from None
+    except ValueError as exc:  # malformed DER signatures and the like
+        raise AuthenticationFailedError(f"malformed signature: {exc}") from None
+    raise AuthenticationFailedError(f"unsupported AUTH method {method}")
+
+
+def pki_validator(validator: Any):  # type: ignore[no-untyped-def]
+    """Adapt ``pki.validate.Validator`` to ``PeerConfig.validator``: (leaf, intermediates, at, identity)."""
+
+    def check(leaf: Any, intermediates: Any, at: Any, identity: Any) -> object:
+        ident = None if identity is None else _identity_for_pki(identity)
+        try:
+            return validator.verify(leaf, list(intermediates), at, identity=ident)
+        except TypeError:  # a validator without the identity keyword
+            return validator.verify(leaf, list(intermediates), at)
+
+    return check
+
+
+def _identity_for_pki(identity: Any) -> Any:
+    return identity.value if hasattr(identity, "value") else identity

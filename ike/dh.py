@@ -1,0 +1,123 @@
+"""Diffie-Hellman for IKEv2: MODP groups 14 and 15 (RFC 3526), ECP 19/20/21 (RFC 5903), Curve25519 (RFC 8031).
+
+Private values come from the injected random source, so a test can fix them (strongSwan's mock_dh role).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
+
+from .constants import DhId
+from .errors import InvalidSyntaxError, NoProposalChosenError
+
+__all__ = ["DhKeyExchange", "ModpDh", "EcpDh", "X25519Dh", "create_dh", "SUPPORTED_GROUPS", "public_len"]
+
+_MODP = {
+    DhId.MODP_2048: int(
+    "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
+    "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
+    "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF0598DA48361C55D39A69163FA8FD24CF5F"
+    "83655D23DCA3AD961C62F356208552BB9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B"
+    "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF6955817183995497CEA956AE515D2261898FA0510"
+    "15728E5A8AACAA68FFFFFFFFFFFFFFFF", 16),
+    DhId.MODP_3072: int(
+    "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
+    "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
+    "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF0598DA48361C55D39A69163FA8FD24CF5F"
+    "83655D23DCA3AD961C62F356208552BB9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B"
+    "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF6955817183995497CEA956AE515D2261898FA0510"
+    "15728E5A8AAAC42DAD33170D04507A33A85521ABDF1CBA64ECFB850458DBEF0A8AEA71575D060C7DB3970F85A6E1E4C7"
+    "ABF5AE8CDB0933D71E8C94E04A25619DCEE3D2261AD2EE6BF12FFA06D98A0864D87602733EC86A64521F2B18177B200C"
+    "BBE117577A615D6C770988C0BAD946E208E24FA074E5AB3143DB5BFCE0FD108E4B82D120A93AD2CAFFFFFFFFFFFFFFFF", 16),
+}
+_ECP = {DhId.ECP_256: (ec.SECP256R1(), 32), DhId.ECP_384: (ec.SECP384R1(), 48), DhId.ECP_521: (ec.SECP521R1(), 66)}
+SUPPORTED_GROUPS = (DhId.MODP_2048, DhId.MODP_3072, DhId.ECP_256, DhId.ECP_384, DhId.ECP_521, DhId.CURVE25519)
+
+
+def public_len(group: int) -> int:
+    if group in _MODP:
+        return (_MODP[group].bit_length() + 7) // 8
+    if group in _ECP:
+        return 2 * _ECP[group][1]
+    if group == DhId.CURVE25519:
+        return 32
+    raise NoProposalChosenError(f"unsupported DH group {group}")
+
+
+class DhKeyExchange:
+    group: int
+    public: bytes
+
+    def shared(self, peer_public: bytes) -> bytes:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class ModpDh(DhKeyExchange):
+    def __init__(self, group: int, random: Callable[[int], bytes]) -> None:
+        self.group = group
+        self._p = _MODP[group]
+        n = (self._p.bit_length() + 7) // 8
+        # a 2*strength-bit exponent is enough (RFC 3526 sec. 8); we use 512 bits for both groups
+        self._x = int.from_bytes(random(64), "big") | (1 << 511)
+        self.public = pow(2, self._x, self._p).to_bytes(n, "big")
+
+    def shared(self, peer_public: bytes) -> bytes:
+        n = (self._p.bit_length() + 7) // 8
+        if len(peer_public) != n:
+            raise InvalidSyntaxError(f"MODP public value of {len(peer_public)} bytes, expected {n}")
+        y = int.from_bytes(peer_public, "big")
+        if not 1 < y < self._p - 1:
+            raise InvalidSyntaxError("MODP public value out of range")
+        return pow(y, self._x, self._p).to_bytes(n, "big")
+
+
+class EcpDh(DhKeyExchange):
+    def __init__(self, group: int, random: Callable[[int], bytes]) -> None:
+        self.group = group
+        curve, self._size = _ECP[group]
+        self._curve = curve
+        # below 2^(bits-1) keeps d under the group order of P-256/384/521 without hard-coding it
+        d = int.from_bytes(random(self._size + 8), "big") % ((1 << (curve.key_size - 1)) - 1) + 1
+        self._key = ec.derive_private_key(d, curve)
+        pt = self._key.public_key().public_bytes(
+            __import__("cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.X962,
+            __import__("cryptography.hazmat.primitives.serialization", fromlist=["PublicFormat"])
+            .PublicFormat.UncompressedPoint)
+        self.public = pt[1:]  # RFC 5903: x || y, no point-format octet
+
+    def shared(self, peer_public: bytes) -> bytes:
+        if len(peer_public) != 2 * self._size:
+            raise InvalidSyntaxError(f"ECP public value of {len(peer_public)} bytes, expected {2 * self._size}")
+        try:
+            peer = ec.EllipticCurvePublicKey.from_encoded_point(self._curve, b"\x04" + peer_public)
+            return self._key.exchange(ec.ECDH(), peer)
+        except ValueError as exc:
+            raise InvalidSyntaxError(f"invalid ECP public value: {exc}") from None
+
+
+class X25519Dh(DhKeyExchange):
+    def __init__(self, group: int, random: Callable[[int], bytes]) -> None:
+        self.group = group
+        self._key = x25519.X25519PrivateKey.from_private_bytes(random(32))
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        self.public = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def shared(self, peer_public: bytes) -> bytes:
+        if len(peer_public) != 32:
+            raise InvalidSyntaxError("Curve25519 public value must be 32 bytes")
+        try:
+            return self._key.exchange(x25519.X25519PublicKey.from_public_bytes(peer_public))
+        except ValueError as exc:  # all-zero result (small-order point), RFC 8031 sec. 2.3
+            raise InvalidSyntaxError(f"invalid Curve25519 public value: {exc}") from None
+
+
+def create_dh(group: int, random: Callable[[int], bytes]) -> DhKeyExchange:
+    if group in _MODP:
+        return ModpDh(group, random)
+    if group in _ECP:
+        return EcpDh(group, random)
+    if group == DhId.CURVE25519:
+        return X25519Dh(group, random)
+    raise NoProposalChosenError(f"unsupported DH group {group}")

@@ -1,0 +1,344 @@
+"""The task manager (strongSwan's task_manager_v2): message IDs, retransmits, the response cache, fragments,
+and which tasks run for each exchange. The one place where ProtocolErrors become notifies or teardowns.
+
+Window size 1 (RFC 7296 2.3 default): one outstanding request per direction.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from .constants import HEADER_LEN, ExchangeType, NotifyType, PayloadType, ProtocolId
+from .errors import IntegrityError, ParseError, ProtocolError
+from .fragment import Reassembly, fragment_message
+from .message import Header, Message, check_rules, pull_chain, push_chain, push_header
+from .payloads import DeletePayload, NotifyPayload, SaPayload, SkfPayload, SkPayload
+from .protect import sk_generic_header
+from .sa import IkeSa, IkeSaState
+from .tasks.base import RetryExchange, Task, TaskStatus
+
+__all__ = ["TaskManager", "encode_message", "decode_message"]
+
+log = logging.getLogger("ike.exchange")
+
+
+def encode_message(sa: IkeSa, msg: Message) -> list[bytes]:
+    """Plain for IKE_SA_INIT, SK otherwise; SKF fragments when too large and the peer supports RFC 7383."""
+    if msg.exchange == ExchangeType.IKE_SA_INIT and not msg.encrypted:
+        raw = msg.encode_plain()
+        msg.raw = raw
+        return [raw]
+    assert sa.protector is not None
+    msg.encrypted = True
+    first, chain = push_chain(msg.payloads)
+
+    def header(payload_len: int) -> bytes:
+        return push_header(Header(msg.spi_i, msg.spi_r, PayloadType.SK, msg.exchange, msg.flags, msg.message_id,
+                                  HEADER_LEN + payload_len))
+
+    whole = sa.protector.seal(header, lambda n: sk_generic_header(first, n), chain)
+    limit = sa.peer.fragment_size - 28
+    if (len(whole) > limit and sa.peer.fragmentation and sa.peer_fragmentation
+            and msg.exchange != ExchangeType.IKE_SA_INIT):
+        return fragment_message(msg, sa.protector, sa.peer.fragment_size)
+    msg.raw = whole
+    return [whole]
+
+
+def decode_message(sa: IkeSa | None, data: bytes, header: Header,
+                   reassembly: dict[int, Reassembly]) -> Message | None:
+    """A Message from a datagram, or None while fragments are missing. Raises ProtocolError subclasses."""
+    payloads, sk_at = pull_chain(header.next_payload, data, HEADER_LEN)
+    msg = Message(header.exchange, header.spi_i, header.spi_r, header.message_id, header.is_response,
+                  header.from_initiator, payloads, False, data)
+    if sk_at < 0:
+        return msg
+    if sa is None or sa.protector is None:
+        raise ParseError("encrypted payload before keys exist")
+    if len(payloads) != 1:
+        raise ParseError("unencrypted payloads beside SK")
+    sk = payloads[0]
+    if isinstance(sk, SkPayload):
+        plain = sa.protector.open(data, sk_at + 4)
+        inner, _ = pull_chain(sk.first_inner, plain)
+        msg.payloads, msg.encrypted = inner, True
+        return msg
+    assert isinstance(sk, SkfPayload)
+    sk.verify()
+    plain = sa.protector.open(data, sk_at + 8)
+    r = reassembly.get(header.message_id)
+    if r is None:
+        if len(reassembly) >= 2:  # one request and one response in flight at most
+            reassembly.clear()
+        r = reassembly[header.message_id] = Reassembly(header.message_id, sk.total)
+    if not r.add(sk.number, sk.total, plain, sk.first_inner):
+        return None
+    del reassembly[header.message_id]
+    inner, _ = pull_chain(r.first_inner, r.data())
+    msg.payloads, msg.encrypted = inner, True
+    msg.raw = b""
+    return msg
+
+
+_ORDER = [PayloadType.NOTIFY, PayloadType.SA, PayloadType.KE, PayloadType.NONCE, PayloadType.IDi,
+          PayloadType.CERT, PayloadType.CERTREQ, PayloadType.IDr, PayloadType.AUTH, PayloadType.CP,
+          PayloadType.TSi, PayloadType.TSr, PayloadType.DELETE, PayloadType.VENDOR]
+
+
+def _sort(msg: Message) -> None:
+    """strongSwan's payload order; COOKIE first (RFC 7296 2.6), other notifies of IKE_SA_INIT last."""
+
+    def key(p):  # type: ignore[no-untyped-def]
+        t = p.payload_type
+        if isinstance(p, NotifyPayload):
+            if p.type == NotifyType.COOKIE:
+                return -1
+            if msg.exchange == ExchangeType.IKE_SA_INIT or p.type in (NotifyType.USE_TRANSPORT_MODE,
+                                                                         NotifyType.INITIAL_CONTACT):
+                return 100 if p.type != NotifyType.INITIAL_CONTACT else 5
+            return 0
+        if msg.exchange == ExchangeType.IKE_AUTH and t == PayloadType.SA:
+            return _ORDER.index(PayloadType.AUTH) + 0.5
+        return _ORDER.index(t) if t in _ORDER else 99
+
+    msg.payloads.sort(key=key)
+
+
+class TaskManager:
+    """Drives the tasks of one IKE_SA. ``send(fragments)`` hands datagrams to the connection;
+    ``terminate(reason, notify)`` ends the IKE_SA; ``passive_tasks(msg)`` builds the responder's task set."""
+
+    def __init__(self, sa: IkeSa, send: Callable[[list[bytes]], None],
+                 terminate: Callable[[str, int | None], None],
+                 passive_tasks: Callable[[Message], list[Task]]) -> None:
+        self.sa = sa
+        self.send = send
+        self.terminate = terminate
+        self.passive_tasks = passive_tasks
+        self.queue: list[list[Task]] = []
+        self.active: list[Task] = []
+        self.active_exchange = 0
+        self.passive: list[Task] = []
+        self.mid_out = 0
+        self.mid_in = 0
+        self.request: list[bytes] | None = None
+        self.retransmits = 0
+        self.retransmit_at: float | None = None
+        self.cached: tuple[int, list[bytes]] | None = None
+        self.reassembly: dict[int, Reassembly] = {}
+        self.on_idle: Callable[[], None] | None = None
+
+    # -- initiator side --------------------------------------------------------------------------------
+    def queue_tasks(self, tasks: list[Task], now: float) -> None:
+        self.queue.append(tasks)
+        self.initiate(now)
+
+    @property
+    def busy(self) -> bool:
+        return self.request is not None
+
+    def initiate(self, now: float) -> None:
+        if self.request is not None or self.sa.state == IkeSaState.DESTROYED:
+            return
+        if not self.queue:
+            return
+        if self.sa.state not in (IkeSaState.ESTABLISHED, IkeSaState.CREATED, IkeSaState.CONNECTING,
+                                 IkeSaState.REKEYING, IkeSaState.DELETING):
+            return
+        if self.sa.state == IkeSaState.CONNECTING and self.active:
+            return
+        self.active = self.queue.pop(0)
+        first = self.active[0]
+        self.active_exchange = ExchangeType.IKE_SA_INIT if first.EXCHANGE == ExchangeType.IKE_SA_INIT \
+            else first.EXCHANGE
+        if self.active_exchange == ExchangeType.IKE_SA_INIT:
+            self.sa.state = IkeSaState.CONNECTING
+        self._send_request(now)
+
+    def _send_request(self, now: float) -> None:
+        sa = self.sa
+        sa.now = now
+        msg = Message(self.active_exchange, sa.spi_i, sa.spi_r, self.mid_out, False, sa.initiator)
+        try:
+            for t in self.active:
+                t.build(msg)
+        except ProtocolError as exc:
+            self._fail_active(exc.reason, None)
+            return
+        _sort(msg)
+        frags = encode_message(sa, msg)
+        if msg.exchange == ExchangeType.IKE_SA_INIT:
+            sa.init_request = frags[0]
+        log.debug("sending %s", msg.describe())
+        self.request = frags
+        self.retransmits = 0
+        self.retransmit_at = now + sa.config.retransmit_timeout
+        self.send(frags)
+
+    def _fail_active(self, reason: str, notify: int | None) -> None:
+        for t in self.active:
+            t.failed(reason, notify)
+        self.active = []
+        self.request = None
+        self.retransmit_at = None
+
+    def _on_response(self, msg: Message, now: float) -> None:
+        sa = self.sa
+        check_rules(msg)
+        if msg.exchange == ExchangeType.IKE_SA_INIT:
+            sa.init_response = msg.raw
+        remaining: list[Task] = []
+        try:
+            for t in self.active:
+                if t.process(msg) == TaskStatus.NEED_MORE:
+                    remaining.append(t)
+        except RetryExchange as exc:
+            log.info("retrying %s: %s", ExchangeType(self.active_exchange).name, exc)
+            if self.active_exchange == ExchangeType.IKE_SA_INIT:
+                sa.spi_r = 0
+            else:
+                self.mid_out += 1
+            self.request = None
+            self._send_request(now)
+            return
+        except ProtocolError as exc:
+            self.request = None
+            self.retransmit_at = None
+            self.mid_out += 1
+            if exc.fatal or self.active_exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH):
+                peer_notify = getattr(exc, "peer_notify", None)
+                if (exc.notify is not None and sa.protector is not None
+                        and self.active_exchange == ExchangeType.IKE_AUTH):
+                    # tell the responder (RFC 7296 2.21.2: an INFORMATIONAL with the error, then delete)
+                    self._send_oneshot_info([NotifyPayload(exc.notify, exc.notify_data)], now)
+                self.terminate(exc.reason, exc.notify if peer_notify is None else peer_notify)
+            else:
+                self._fail_active(exc.reason, exc.notify)
+            return
+        self.mid_out += 1
+        self.request = None
+        self.retransmit_at = None
+        if remaining and self.active_exchange == ExchangeType.IKE_SA_INIT:
+            self.active = remaining
+            self.active_exchange = ExchangeType.IKE_AUTH
+            self._send_request(now)
+            return
+        self.active = []
+        for t in reversed(sa.scratch.pop("front_tasks", [])):
+            self.queue.insert(0, [t])
+        self.initiate(now)
+        if self.on_idle is not None and self.request is None:
+            self.on_idle()
+
+    def _send_oneshot_info(self, payloads: list, now: float) -> None:  # type: ignore[type-arg]
+        sa = self.sa
+        msg = Message(ExchangeType.INFORMATIONAL, sa.spi_i, sa.spi_r, self.mid_out, False, sa.initiator, payloads)
+        self.mid_out += 1
+        self.send(encode_message(sa, msg))
+
+    # -- responder side --------------------------------------------------------------------------------
+    def _on_request(self, msg: Message, data_is_first_fragment: bool, now: float) -> None:
+        sa = self.sa
+        if msg.exchange == ExchangeType.IKE_SA_INIT:
+            self.passive = self.passive_tasks(msg)
+        elif msg.exchange != ExchangeType.IKE_AUTH or not self.passive:
+            self.passive = self.passive_tasks(msg)
+        resp = Message(msg.exchange, sa.spi_i, sa.spi_r, msg.message_id, True, sa.initiator)
+        fatal_reason: tuple[str, int | None] | None = None
+        try:
+            check_rules(msg)
+            remaining = []
+            for t in self.passive:
+                if t.process(msg) == TaskStatus.NEED_MORE:
+                    remaining.append(t)
+            for t in self.passive:
+                t.build(resp)
+            keep = [t for t in remaining]
+            self.passive = keep if msg.exchange == ExchangeType.IKE_SA_INIT else []
+        except ProtocolError as exc:
+            log.info("%s refused: %s", msg.describe(), exc.reason)
+            self.passive = []
+            if exc.notify is None:
+                self.mid_in += 0
+                if msg.exchange == ExchangeType.IKE_SA_INIT:
+                    self.terminate(exc.reason, None)
+                return
+            resp.payloads = [NotifyPayload(exc.notify, exc.notify_data)]
+            if msg.exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH):
+                fatal_reason = (exc.reason, exc.notify)
+            if msg.exchange == ExchangeType.IKE_SA_INIT:
+                resp.spi_r = 0
+        _sort(resp)
+        frags = encode_message(sa, resp)
+        if msg.exchange == ExchangeType.IKE_SA_INIT and fatal_reason is None:
+            sa.init_request = msg.raw
+            sa.init_response = frags[0]
+        self.cached = (msg.message_id, frags)
+        self.mid_in += 1
+        log.debug("sending %s", resp.describe())
+        self.send(frags)
+        if fatal_reason is not None:
+            self.terminate(*fatal_reason)
+
+    # -- input -------------------------------------------------------------------------------------------
+    def receive(self, data: bytes, header: Header, now: float) -> None:
+        """One datagram for this IKE_SA. Never raises: ProtocolErrors become notifies, drops or teardowns."""
+        sa = self.sa
+        sa.now = now
+        if header.is_response:
+            if self.request is None or header.message_id != self.mid_out:
+                return  # stale or unexpected response
+        else:
+            if self.cached is not None and header.message_id == self.cached[0]:
+                if header.next_payload != PayloadType.SKF or data[HEADER_LEN + 4:HEADER_LEN + 6] == b"\x00\x01":
+                    self.send(self.cached[1])  # retransmitted request: answer from the cache
+                return
+            if header.message_id != self.mid_in:
+                return  # outside the window: dropped (RFC 7296 2.3)
+        try:
+            msg = decode_message(sa, data, header, self.reassembly)
+        except IntegrityError:
+            return
+        except ProtocolError as exc:
+            log.info("dropping malformed message: %s", exc.reason)
+            if (not header.is_response and header.exchange == ExchangeType.IKE_SA_INIT
+                    and exc.notify is not None):
+                resp = Message(header.exchange, header.spi_i, 0, header.message_id, True, False,
+                               [NotifyPayload(exc.notify, exc.notify_data)])
+                self.send([resp.encode_plain()])
+                self.terminate(exc.reason, exc.notify)
+            elif exc.notify is not None and not header.is_response and sa.protector is not None:
+                resp = Message(header.exchange, sa.spi_i, sa.spi_r, header.message_id, True, sa.initiator,
+                               [NotifyPayload(exc.notify, exc.notify_data)])
+                frags = encode_message(sa, resp)
+                self.cached = (header.message_id, frags)
+                self.mid_in += 1
+                self.send(frags)
+            return
+        if msg is None:
+            return
+        sa.last_inbound = now
+        if header.is_response:
+            self._on_response(msg, now)
+        else:
+            self._on_request(msg, True, now)
+
+    # -- timers ------------------------------------------------------------------------------------------
+    def get_timer(self) -> float | None:
+        return self.retransmit_at
+
+    def handle_timer(self, now: float) -> None:
+        if self.retransmit_at is None or now < self.retransmit_at or self.request is None:
+            return
+        cfg = self.sa.config
+        if self.retransmits >= cfg.retransmit_tries:
+            self.retransmit_at = None
+            self.request = None
+            self.terminate("retransmit timeout (peer not responding)", None)
+            return
+        self.retransmits += 1
+        self.retransmit_at = now + cfg.retransmit_timeout * (cfg.retransmit_base ** self.retransmits)
+        self.send(self.request)
+
+
+_ = (DeletePayload, SaPayload, ProtocolId)

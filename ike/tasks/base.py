@@ -1,0 +1,45 @@
+"""Task protocol (strongSwan's task.h): ``build`` adds a concern's payloads, ``process`` reads them.
+
+The exchange initiator builds then processes; the responder processes then builds. A task never sends, never
+reads a clock and never touches message IDs: exchange.py does.
+"""
+from __future__ import annotations
+
+import enum
+from typing import ClassVar
+
+from ..constants import ExchangeType
+from ..message import Message
+from ..sa import IkeSa
+
+__all__ = ["Task", "TaskStatus", "RetryExchange"]
+
+
+class TaskStatus(enum.Enum):
+    SUCCESS = "success"
+    NEED_MORE = "need_more"
+
+
+class RetryExchange(Exception):
+    """Raised by the initiator's IkeInit on COOKIE or INVALID_KE_PAYLOAD: send IKE_SA_INIT again."""
+
+
+class Task:
+    #: the exchange this task starts when it is queued as initiator
+    EXCHANGE: ClassVar[int] = ExchangeType.INFORMATIONAL
+
+    def __init__(self, sa: IkeSa, initiator: bool) -> None:
+        self.sa = sa
+        self.initiator = initiator  # initiator of the exchange (not necessarily of the IKE_SA)
+
+    def build(self, msg: Message) -> TaskStatus:
+        return TaskStatus.SUCCESS
+
+    def process(self, msg: Message) -> TaskStatus:
+        return TaskStatus.SUCCESS
+
+    def failed(self, reason: str, notify: int | None) -> None:
+        """The exchange failed (error response, retransmit give-up); default: nothing to undo."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({'i' if self.initiator else 'r'})"

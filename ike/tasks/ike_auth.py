@@ -1,0 +1,208 @@
+"""IKE_AUTH identities and AUTH payloads (strongSwan ike_auth): PSK or certificates checked by the validator."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from cryptography import x509
+
+from ..authenticators import auth_method_name, psk_auth, sign_auth, signed_octets, verify_auth
+from ..constants import AuthMethod, ExchangeType, NotifyType
+from ..core_config import Identity
+from ..errors import AuthenticationFailedError, InvalidSyntaxError
+from ..events import AuthenticationFailed
+from ..message import Message
+from ..payloads import AuthPayload, IdPayload, NotifyPayload
+from ..payloads.ident import dn_to_der, identity_to_wire
+from .base import Task, TaskStatus
+from .cert_post import choose_credential
+from .ike_init import peer_error
+
+__all__ = ["IkeAuth", "identities_match", "identity_matches_cert", "MAX_CERT_SIZE"]
+
+log = logging.getLogger("ike.auth")
+MAX_CERT_SIZE = 16384
+
+
+def _canon(ident: Identity) -> tuple[str, object]:
+    if ident.kind == "dn":
+        try:
+            return ("dn", dn_to_der(ident.value))
+        except Exception:  # noqa: BLE001
+            return ("dn", ident.value)
+    if ident.kind in ("ipv4", "ipv6"):
+        return (ident.kind, ipaddress.ip_address(ident.value))
+    if ident.kind in ("fqdn", "email"):
+        return (ident.kind, ident.value.lower())
+    return (ident.kind, ident.value)
+
+
+def identities_match(a: Identity, b: Identity) -> bool:
+    return _canon(a) == _canon(b)
+
+
+def identity_matches_cert(ident: Identity, cert: x509.Certificate) -> bool:
+    """Does the certificate prove this identity: subject DN, or a subjectAltName of the identity's kind."""
+    if ident.kind == "dn":
+        try:
+            return cert.subject.public_bytes() == dn_to_der(ident.value)
+        except Exception:  # noqa: BLE001
+            return False
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    if ident.kind == "fqdn":
+        return ident.value.lower() in [n.lower() for n in san.get_values_for_type(x509.DNSName)]
+    if ident.kind == "email":
+        return ident.value.lower() in [n.lower() for n in san.get_values_for_type(x509.RFC822Name)]
+    if ident.kind in ("ipv4", "ipv6"):
+        return ipaddress.ip_address(ident.value) in san.get_values_for_type(x509.IPAddress)
+    return False
+
+
+class IkeAuth(Task):
+    EXCHANGE = ExchangeType.IKE_SA_INIT
+
+    def build(self, msg: Message) -> TaskStatus:
+        if msg.exchange != ExchangeType.IKE_AUTH:
+            return TaskStatus.NEED_MORE
+        sa = self.sa
+        peer = sa.peer
+        id_type, id_data = identity_to_wire(peer.local_id)
+        my_id = IdPayload(id_type, id_data, self.initiator)
+        sa.local_id = peer.local_id
+        msg.add(my_id)
+        if self.initiator and peer.remote_id is not None and peer.remote_id.kind != "dn":
+            rt, rd = identity_to_wire(peer.remote_id)
+            msg.add(IdPayload(rt, rd, False))
+        if self.initiator:
+            msg.add(NotifyPayload(NotifyType.INITIAL_CONTACT))
+        msg.add(self._auth(my_id))
+        return TaskStatus.NEED_MORE if self.initiator else TaskStatus.SUCCESS
+
+    def _auth(self, my_id: IdPayload) -> AuthPayload:
+        sa = self.sa
+        assert sa.keys is not None
+        if self.initiator:
+            octets = signed_octets(sa.init_request, sa.nonce_r, sa.keys.prf, sa.keys.sk_pi, my_id.rest_of_payload)
+        else:
+            octets = signed_octets(sa.init_response, sa.nonce_i, sa.keys.prf, sa.keys.sk_pr, my_id.rest_of_payload)
+        peer = sa.peer
+        if peer.auth == "psk":
+            assert peer.psk is not None
+            return AuthPayload(AuthMethod.PSK, psk_auth(sa.keys.prf, peer.psk, octets))
+        creds = [c for c in (peer.credential, *peer.extra_credentials) if c is not None]
+        cred = choose_credential(creds, sa.peer_certreq, peer.ca_certs)
+        sa.scratch["credential"] = cred
+        method, data = sign_auth(cred.private_key, octets, sa.peer_hashes, peer.rsa_pss)
+        return AuthPayload(method, data)
+
+    def process(self, msg: Message) -> TaskStatus:
+        if msg.exchange != ExchangeType.IKE_AUTH:
+            return TaskStatus.NEED_MORE
+        sa = self.sa
+        if self.initiator:
+            err = peer_error(msg)
+            if err is not None:
+                n = msg.error_notify()
+                if n is not None and n.type == NotifyType.AUTHENTICATION_FAILED:
+                    sa.emit(AuthenticationFailed(sa.ike_id, sa.peer.name, sa.remote_addr,
+                                                 "peer refused our authentication", False))
+                raise err
+        their_id = msg.get_id(not self.initiator)
+        auth = msg.get(AuthPayload)
+        if their_id is None or auth is None:
+            raise InvalidSyntaxError("IKE_AUTH without ID or AUTH")
+        identity = their_id.identity()
+        if not self.initiator:
+            self._select_peer(identity, msg)
+        try:
+            self._verify(their_id, identity, auth)
+        except AuthenticationFailedError as exc:
+            log.warning("authentication of %s (%s) failed: %s", identity, sa.remote_addr[0], exc.reason)
+            sa.emit(AuthenticationFailed(sa.ike_id, sa.peer.name, sa.remote_addr, exc.reason, True))
+            raise
+        sa.remote_id = identity
+        if not self.initiator:
+            sa.local_id = sa.peer.local_id
+        established(sa)
+        return TaskStatus.SUCCESS if self.initiator else TaskStatus.NEED_MORE
+
+    def _select_peer(self, identity: Identity, msg: Message) -> None:
+        """As responder, the peer config is final only once IDi is known (several may share an address)."""
+        sa = self.sa
+        candidates = sa.scratch.get("candidates") or [sa.peer]
+        for cand in candidates:
+            if cand.remote_id is None or identities_match(cand.remote_id, identity):
+                sa.peer = cand
+                break
+        else:
+            raise AuthenticationFailedError(f"no peer configuration for identity {identity}")
+        idr = msg.get_id(False)
+        if idr is not None and not identities_match(idr.identity(), sa.peer.local_id):
+            raise AuthenticationFailedError(f"initiator wants IDr {idr.identity()}, we are {sa.peer.local_id}")
+
+    def _verify(self, their_id: IdPayload, identity: Identity, auth: AuthPayload) -> None:
+        sa = self.sa
+        peer = sa.peer
+        assert sa.keys is not None
+        if peer.remote_id is not None and not identities_match(peer.remote_id, identity):
+            raise AuthenticationFailedError(f"peer identity {identity} is not the configured {peer.remote_id}")
+        if self.initiator:
+            octets = signed_octets(sa.init_response, sa.nonce_i, sa.keys.prf, sa.keys.sk_pr,
+                                   their_id.rest_of_payload)
+        else:
+            octets = signed_octets(sa.init_request, sa.nonce_r, sa.keys.prf, sa.keys.sk_pi,
+                                   their_id.rest_of_payload)
+        if peer.remote_auth == "psk":
+            import hmac
+
+            if auth.method != AuthMethod.PSK:
+                raise AuthenticationFailedError(f"peer used AUTH method {auth.method}, we require psk")
+            assert peer.psk is not None
+            if not hmac.compare_digest(auth.data, psk_auth(sa.keys.prf, peer.psk, octets)):
+                raise AuthenticationFailedError("pre-shared key AUTH does not verify")
+            sa.auth_method = "psk"
+            return
+        if auth.method == AuthMethod.PSK:
+            raise AuthenticationFailedError("peer used a pre-shared key, we require a certificate")
+        ders = sa.scratch.get("peer_certs") or []
+        if not ders:
+            raise AuthenticationFailedError("peer sent no certificate")
+        try:
+            certs = [x509.load_der_x509_certificate(d) for d in ders if len(d) <= MAX_CERT_SIZE]
+        except ValueError as exc:
+            raise AuthenticationFailedError(f"unparsable certificate: {exc}") from None
+        if len(certs) != len(ders):
+            raise AuthenticationFailedError("certificate larger than the limit")
+        leaf, intermediates = certs[0], certs[1:]
+        if not identity_matches_cert(identity, leaf):
+            raise AuthenticationFailedError(f"identity {identity} is not in the certificate {leaf.subject.rfc4514_string()}")
+        assert peer.validator is not None
+        try:
+            peer.validator(leaf, intermediates, sa.config.wall_clock(sa.now), identity)
+        except Exception as exc:  # noqa: BLE001 - the validator's rejection, whatever its class
+            reason = getattr(exc, "reason", None)
+            raise AuthenticationFailedError(f"certificate rejected: {getattr(reason, 'value', reason) or exc}") from None
+        sa.auth_method = verify_auth(auth.method, auth.data, leaf, octets)
+        if sa.auth_method.startswith("signature") is False and auth.method not in (1, 9, 10, 11):
+            sa.auth_method = auth_method_name(auth.method, auth.data)
+
+
+def established(sa) -> None:  # type: ignore[no-untyped-def]
+    from ..events import IkeSaEstablished
+    from ..proposal import proposal_name
+    from ..sa import IkeSaState
+
+    sa.state = IkeSaState.ESTABLISHED
+    sa.established_at = sa.now
+    if sa.peer.rekey_time:
+        jitter = (int.from_bytes(sa.random(2), "big") / 65535.0) * 0.1 * sa.peer.rekey_time
+        sa.rekey_at = sa.now + sa.peer.rekey_time - jitter
+    log.info("IKE_SA %s[%d] established between %s[%s]...%s[%s]", sa.peer.name, sa.ike_id, sa.local_addr[0],
+             sa.local_id, sa.remote_addr[0], sa.remote_id)
+    assert sa.proposal is not None and sa.local_id is not None and sa.remote_id is not None
+    sa.emit(IkeSaEstablished(sa.ike_id, sa.peer.name, sa.spi_i, sa.spi_r, sa.initiator, sa.local_addr,
+                             sa.remote_addr, sa.local_id, sa.remote_id, proposal_name(sa.proposal),
+                             sa.auth_method, sa.nat_local, sa.nat_remote))
