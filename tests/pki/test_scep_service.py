@@ -1,0 +1,354 @@
+"""SCEP end to end over real HTTP on 127.0.0.1: our client against our CA service (pki.service + pki.scep)."""
+from __future__ import annotations
+
+import base64
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from pki.ca import CertificateAuthority
+from pki.certs import SubjectAltNames
+from pki.csr import build_csr
+from pki.fetch import FetchError, http_request
+from pki.scep import messages as m
+from pki.scep.client import enroll, get_ca_caps, get_ca_certs
+from pki.scep.constants import FailInfo, MessageType, PkiStatus
+from pki.scep.errors import ScepFailure, ScepPendingTimeout
+from pki.service import CaService, approve, list_pending, reject
+
+CHALLENGE = "s3cret-Challenge"
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(65537, 2048)
+
+
+def _new_ca(path: Path, svc: CaService | None = None, parent=None) -> None:
+    url = svc.url if svc is not None else "http://127.0.0.1:1"
+    ca = CertificateAuthority.init(path, "CN=SCEP Test CA,O=espresso", key_type="rsa", key_size=2048,
+                                   crl_url=f"{url}/crl", ocsp_url=f"{url}/ocsp", parent=parent)
+    ca.close()
+
+
+@pytest.fixture
+def service(tmp_path):
+    """A started service with auto-approval and a challenge password."""
+    svc = CaService(tmp_path / "ca", challenge=CHALLENGE)
+    try:
+        _new_ca(tmp_path / "ca", svc)
+        svc.start()
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture
+def manual_service(tmp_path):
+    svc = CaService(tmp_path / "ca", challenge=CHALLENGE, manual_approval=True)
+    try:
+        _new_ca(tmp_path / "ca", svc)
+        svc.start()
+        yield svc
+    finally:
+        svc.stop()
+
+
+def _csr(key, cn="router1", challenge: str | None = CHALLENGE):
+    return build_csr(key, f"CN={cn},O=espresso", SubjectAltNames.build(dns=[f"{cn}.example.net"], ip=["192.0.2.7"]),
+                     challenge_password=challenge)
+
+
+def test_get_ca_caps_and_cert(service):
+    caps = get_ca_caps(service.url + "/scep")
+    assert {"AES", "SHA-256", "POSTPKIOperation", "SCEPStandard", "Renewal"} <= caps
+    certs = get_ca_certs(service.url + "/scep")
+    ca_cert = x509.load_pem_x509_certificate((service.ca_dir / "ca.pem").read_bytes())
+    assert certs == [ca_cert]
+
+
+def test_get_ca_cert_chain_is_degenerate_pkcs7(tmp_path):
+    root = CertificateAuthority.init(tmp_path / "root", "CN=Root,O=espresso", key_type="rsa", key_size=2048,
+                                     path_length=1)
+    try:
+        svc = CaService(tmp_path / "sub")
+        try:
+            _new_ca(tmp_path / "sub", svc, parent=root)
+            svc.start()
+            resp = http_request("GET", svc.url + "/cgi-bin/pkiclient.exe?operation=GetCACert")
+            assert resp.content_type == "application/x-x509-ca-ra-cert"
+            certs = get_ca_certs(svc.url + "/cgi-bin/pkiclient.exe")
+            assert [c.subject.rfc4514_string() for c in certs] == ["CN=SCEP Test CA,O=espresso", "CN=Root,O=espresso"]
+        finally:
+            svc.stop()
+    finally:
+        root.close()
+
+
+def test_enroll_auto_approval(service, rsa_key):
+    ca_certs = get_ca_certs(service.url + "/scep")
+    cert = enroll(service.url + "/scep", rsa_key, _csr(rsa_key), ca_certs, retry_count=0)
+    assert cert.subject.rfc4514_string() == "CN=router1,O=espresso"
+    assert cert.issuer == ca_certs[0].subject
+    cert.verify_directly_issued_by(ca_certs[0])
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["router1.example.net"]
+    # the CA recorded it
+    rec = service.run(lambda: service.ca.lookup(cert.serial_number))
+    assert rec is not None and rec.certificate == cert
+
+
+def test_enroll_adds_challenge_to_csr(service, rsa_key):
+    ca_certs = get_ca_certs(service.url + "/scep")
+    cert = enroll(service.url + "/scep", rsa_key, _csr(rsa_key, challenge=None), ca_certs, challenge=CHALLENGE)
+    assert cert.public_key().public_numbers() == rsa_key.public_key().public_numbers()
+
+
+@pytest.mark.parametrize("challenge", ["wrong", None])
+def test_wrong_or_missing_challenge_is_bad_request(service, rsa_key, challenge):
+    ca_certs = get_ca_certs(service.url + "/scep")
+    with pytest.raises(ScepFailure) as exc:
+        enroll(service.url + "/scep", rsa_key, _csr(rsa_key, challenge=challenge), ca_certs)
+    assert exc.value.fail_info is FailInfo.badRequest
+    assert "challenge" in str(exc.value)
+    assert service.run(lambda: service.ca.records()) == []
+
+
+def test_pending_then_approved_while_polling(manual_service, rsa_key):
+    svc = manual_service
+    ca_certs = get_ca_certs(svc.url + "/scep")
+    polls = []
+
+    def sleep(seconds: float) -> None:  # the operator approves during the client's first wait
+        polls.append(seconds)
+        if len(polls) == 1:
+            pending = list_pending(svc.ca_dir)
+            assert [p.subject for p in pending] == ["CN=router1,O=espresso"]
+            assert pending[0].transaction_id == m.transaction_id_for(rsa_key.public_key())
+            svc.approve(pending[0].transaction_id)
+
+    cert = enroll(svc.url + "/scep", rsa_key, _csr(rsa_key), ca_certs, retry_count=5, retry_interval=7,
+                  sleep=sleep)
+    assert polls == [7]
+    assert cert.subject.rfc4514_string() == "CN=router1,O=espresso"
+    assert list_pending(svc.ca_dir) == []
+
+
+def test_pending_times_out_bounded(manual_service, rsa_key):
+    ca_certs = get_ca_certs(manual_service.url + "/scep")
+    polls = []
+    with pytest.raises(ScepPendingTimeout) as exc:
+        enroll(manual_service.url + "/scep", rsa_key, _csr(rsa_key), ca_certs, retry_count=3, retry_interval=1,
+               sleep=polls.append)
+    assert polls == [1, 1, 1] and exc.value.polls == 3
+
+
+def test_rejected_request_fails_at_next_poll(manual_service, rsa_key):
+    svc = manual_service
+    ca_certs = get_ca_certs(svc.url + "/scep")
+
+    def sleep(_: float) -> None:
+        svc.reject(list_pending(svc.ca_dir)[0].transaction_id, "not on the list")
+
+    with pytest.raises(ScepFailure) as exc:
+        enroll(svc.url + "/scep", rsa_key, _csr(rsa_key), ca_certs, retry_count=2, retry_interval=1, sleep=sleep)
+    assert exc.value.fail_info is FailInfo.badRequest and "not on the list" in str(exc.value)
+
+
+def test_state_survives_restart(tmp_path, rsa_key):
+    """PENDING before a restart, approved offline with approve(ca_dir, tid), picked up after the restart."""
+    svc = CaService(tmp_path / "ca", challenge=CHALLENGE, manual_approval=True)
+    csr = _csr(rsa_key)
+    try:
+        _new_ca(tmp_path / "ca", svc)
+        svc.start()
+        ca_certs = get_ca_certs(svc.url + "/scep")
+        with pytest.raises(ScepPendingTimeout):
+            enroll(svc.url + "/scep", rsa_key, csr, ca_certs, retry_count=0)
+    finally:
+        svc.stop()
+    tid = m.transaction_id_for(rsa_key.public_key())
+    assert [p.transaction_id for p in list_pending(tmp_path / "ca")] == [tid]
+    issued = approve(tmp_path / "ca", tid)          # the CLI path: no service running
+    with pytest.raises(Exception, match="no pending"):
+        approve(tmp_path / "ca", tid)
+    svc2 = CaService(tmp_path / "ca", challenge=CHALLENGE, manual_approval=True)
+    try:
+        svc2.start()
+        cert = enroll(svc2.url + "/scep", rsa_key, csr, ca_certs, retry_count=0)  # resend: same transaction
+        assert cert == issued
+    finally:
+        svc2.stop()
+
+
+def test_reject_offline(tmp_path, rsa_key):
+    svc = CaService(tmp_path / "ca", manual_approval=True)
+    try:
+        _new_ca(tmp_path / "ca", svc)
+        svc.start()
+        ca_certs = get_ca_certs(svc.url + "/scep")
+        with pytest.raises(ScepPendingTimeout):
+            enroll(svc.url + "/scep", rsa_key, _csr(rsa_key), ca_certs, retry_count=0)
+        reject(tmp_path / "ca", m.transaction_id_for(rsa_key.public_key()), "bad subject")
+        with pytest.raises(ScepFailure, match="bad subject"):
+            enroll(svc.url + "/scep", rsa_key, _csr(rsa_key), ca_certs, retry_count=0)
+    finally:
+        svc.stop()
+
+
+def test_renewal_signed_with_current_certificate(service, rsa_key):
+    ca_certs = get_ca_certs(service.url + "/scep")
+    old = enroll(service.url + "/scep", rsa_key, _csr(rsa_key), ca_certs)
+    new_key = rsa.generate_private_key(65537, 2048)
+    new = enroll(service.url + "/scep", new_key, _csr(new_key, challenge=None), ca_certs, signer=(old, rsa_key))
+    assert new.public_key().public_numbers() == new_key.public_key().public_numbers()
+    assert new.serial_number != old.serial_number
+
+
+def test_renewal_with_foreign_certificate_is_refused(service, rsa_key):
+    ca_certs = get_ca_certs(service.url + "/scep")
+    outsider_key = rsa.generate_private_key(65537, 2048)
+    from tests.pki.test_scep_messages import _self_signed
+
+    outsider = _self_signed(outsider_key, "not from this CA")
+    with pytest.raises(ScepFailure) as exc:
+        enroll(service.url + "/scep", rsa_key, _csr(rsa_key, challenge=None), ca_certs,
+               signer=(outsider, outsider_key))
+    assert exc.value.fail_info is FailInfo.badCertId
+
+
+# --------------------------------------------------------------------------- hostile / malformed input
+
+
+def _cert_rep(svc: CaService, body: bytes) -> m.PkiMessage:
+    resp = http_request("POST", svc.url + "/scep?operation=PKIOperation", body, "application/x-pki-message")
+    assert resp.content_type == "application/x-pki-message"
+    return m.parse_pki_message(resp.body)
+
+
+def _signed_request(svc, key, message_type=MessageType.PKCSReq, payload: bytes | None = None, tid="TID-1"):
+    from tests.pki.test_scep_messages import _self_signed
+
+    ca_cert = get_ca_certs(svc.url + "/scep")[0]
+    me = _self_signed(key, "router1")
+    if payload is None:
+        payload = _csr(key).public_bytes(Encoding.DER)
+    return m.sign_pki_message(message_type=message_type, transaction_id=tid, sender_nonce=b"N" * 16,
+                              signer_cert=me, signer_key=key, envelope=m.envelope(payload, ca_cert))
+
+
+def test_bad_signature_gets_failure_bad_message_check(service, rsa_key):
+    der = bytearray(_signed_request(service, rsa_key))
+    der[-5] ^= 0xFF
+    rep = _cert_rep(service, bytes(der))
+    assert (rep.pki_status, rep.fail_info) == (PkiStatus.FAILURE, FailInfo.badMessageCheck)
+    assert rep.transaction_id == "TID-1" and rep.recipient_nonce == b"N" * 16
+
+
+def test_unknown_transaction_poll_gets_bad_cert_id(service, rsa_key):
+    ca_cert = get_ca_certs(service.url + "/scep")[0]
+    body = _signed_request(service, rsa_key, MessageType.CertPoll,
+                           m.issuer_and_subject(ca_cert.subject, ca_cert.subject), tid="NEVER-SEEN")
+    rep = _cert_rep(service, body)
+    assert (rep.pki_status, rep.fail_info) == (PkiStatus.FAILURE, FailInfo.badCertId)
+
+
+def test_garbage_envelope_payload_gets_failure(service, rsa_key):
+    rep = _cert_rep(service, _signed_request(service, rsa_key, payload=b"\x30\x03not a csr"))
+    assert rep.pki_status is PkiStatus.FAILURE and rep.fail_info is FailInfo.badRequest
+
+
+def test_csr_with_bad_signature_gets_bad_message_check(service, rsa_key):
+    csr = bytearray(_csr(rsa_key).public_bytes(Encoding.DER))
+    csr[-3] ^= 0x55
+    rep = _cert_rep(service, _signed_request(service, rsa_key, payload=bytes(csr)))
+    assert (rep.pki_status, rep.fail_info) == (PkiStatus.FAILURE, FailInfo.badMessageCheck)
+
+
+def test_get_cert_by_serial(service, rsa_key):
+    ca_certs = get_ca_certs(service.url + "/scep")
+    cert = enroll(service.url + "/scep", rsa_key, _csr(rsa_key), ca_certs)
+    body = _signed_request(service, rsa_key, MessageType.GetCert,
+                           m.issuer_and_serial(ca_certs[0].subject, cert.serial_number))
+    rep = _cert_rep(service, body)
+    assert rep.pki_status is PkiStatus.SUCCESS
+    inner = m.open_envelope(rep.envelope, rsa_key)
+    assert m.parse_certs_only(inner) == [cert]
+
+
+@pytest.mark.parametrize("body", [b"", b"garbage", b"\x30\x80\x00\x00", b"\x30\x82\x00\x05hello"])
+def test_garbage_post_is_http_400(service, body):
+    with pytest.raises(FetchError) as exc:
+        http_request("POST", service.url + "/scep?operation=PKIOperation", body, "application/x-pki-message")
+    assert exc.value.status == 400
+
+
+def test_garbage_get_is_http_400(service):
+    for message in ["!!!notbase64", base64.b64encode(b"\x30\x03abc").decode(), ""]:
+        url = service.url + "/scep?" + urllib.parse.urlencode({"operation": "PKIOperation", "message": message})
+        with pytest.raises(FetchError) as exc:
+            http_request("GET", url)
+        assert exc.value.status == 400
+
+
+def test_pki_operation_via_get(service, rsa_key):
+    body = _signed_request(service, rsa_key)
+    url = service.url + "/scep?" + urllib.parse.urlencode(
+        {"operation": "PKIOperation", "message": base64.b64encode(body).decode()})
+    rep = m.parse_pki_message(http_request("GET", url).body)
+    assert rep.pki_status is PkiStatus.SUCCESS
+
+
+def test_oversized_body_is_413(service):
+    with pytest.raises(FetchError) as exc:
+        http_request("POST", service.url + "/scep?operation=PKIOperation", b"\x30" * (m.MAX_MESSAGE_SIZE + 10),
+                     "application/x-pki-message")
+    assert exc.value.status == 413
+
+
+def test_unknown_operation_is_400(service):
+    with pytest.raises(FetchError) as exc:
+        http_request("GET", service.url + "/scep?operation=GetNextCACert")
+    assert exc.value.status == 400
+
+
+def test_service_survives_all_of_the_above(service, rsa_key):
+    for body in [b"", b"\x30", b"\xff" * 100]:
+        with pytest.raises(FetchError):
+            http_request("POST", service.url + "/scep?operation=PKIOperation", body, "application/x-pki-message")
+    ca_certs = get_ca_certs(service.url + "/scep")
+    assert enroll(service.url + "/scep", rsa_key, _csr(rsa_key), ca_certs) is not None
+
+
+def test_enroll_rejects_non_rsa_key(service):
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(ValueError, match="RSA"):
+        enroll(service.url + "/scep", key, _csr(key), get_ca_certs(service.url + "/scep"))  # type: ignore[arg-type]
+
+
+def test_enroll_refuses_reply_from_other_ca(service, rsa_key):
+    """The client trusts only the CA certificates it was given (checked out of band)."""
+    from pki.scep.errors import ScepError
+    from tests.pki.test_scep_messages import _self_signed
+
+    other_key = rsa.generate_private_key(65537, 2048)
+    impostor = _self_signed(other_key, "SCEP Test CA")
+    with pytest.raises(ScepError):
+        enroll(service.url + "/scep", rsa_key, _csr(rsa_key), [impostor])
+
+
+def test_unreachable_ca_is_fetch_error(rsa_key):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    with pytest.raises(FetchError, match="unreachable"):
+        get_ca_certs(f"http://127.0.0.1:{port}/scep", timeout=2)
