@@ -84,6 +84,9 @@ DEFAULT_REPLAY_WINDOW = 64
 
 # -- addresses and selectors -----------------------------------------------------------------------------------
 
+_V4_PREFIX_MASK = ((1 << 96) - 1) << 32  # the ::ffff:0:0/96 part of a v4-mapped address
+
+
 @dataclass(frozen=True)
 class AddressMatch:
     """An address pattern: exact, a CIDR prefix, Wireshark's per-octet ``*`` wildcards, or ``*`` (any).
@@ -98,7 +101,8 @@ class AddressMatch:
 
     @property
     def is_any(self) -> bool:
-        return self.mask == 0
+        """Any address (of its family, if it has one)."""
+        return self.mask == 0 or (self.family == 4 and self.mask == _V4_PREFIX_MASK)
 
     @property
     def is_host(self) -> bool:
@@ -242,7 +246,7 @@ class SaEntry:
     initial_seq: int = 0
     selector: Selector | None = None
     name: str = ""
-    origin: str = ""
+    origin: str = field(default="", compare=False)
 
     @property
     def label(self) -> str:
@@ -474,7 +478,7 @@ def _ws_names(suite: Suite) -> tuple[str, str]:
     if suite.cipher is Cipher.AES_GCM:
         return {8: ENC_AES_GCM_8, 12: ENC_AES_GCM_12, 16: ENC_AES_GCM_16}[suite.icv_len], AUTH_NULL
     enc = {Cipher.AES_CBC: ENC_AES_CBC, Cipher.AES_CTR: ENC_AES_CTR, Cipher.NULL: ENC_NULL}.get(suite.cipher)
-    if enc is None or suite.integ not in _INTEG_WS:
+    if enc is None or suite.integ not in _INTEG_WS or suite.integ is Integ.NONE:
         raise ValueError(f"Wireshark 4.0 cannot decrypt {suite.name}: no esp_sa spelling for it")
     return enc, _INTEG_WS[suite.integ]
 
@@ -563,7 +567,7 @@ def parse_toml(text: str, source: str = "<toml>") -> KeyFile:
             enc_key = _parse_key(str(t.get("enc_key", "")), "enc_key") if t.get("enc_key") else b""
             current = "integ_key"
             integ_key = _parse_key(str(t.get("integ_key", "")), "integ_key") if t.get("integ_key") else b""
-            current = "enc_key"
+            current = "enc_key" if len(enc_key) != suite.enc_keymat_len else "integ_key"
             _check_keys(suite, enc_key, integ_key)
             current = "src"
             src = AddressMatch.parse(str(t.get("src", "*")))
