@@ -195,4 +195,5 @@ def not_after(cert: x509.Certificate) -> datetime:
 
 def _short(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = text.split(": ParseError", 1)[0].split(" {", 1)[0]  # drop the parser's debug dump
     return text[:120]

@@ -331,6 +331,7 @@ class Store:
 
     def load_ca_certificate(self, profile_name: str, data: bytes) -> list[x509.Certificate]:
         """JUNOS ``ca-certificate load ca-profile P filename F``: a PEM/DER certificate or a PEM chain."""
+        self.profile(profile_name)
         certs = load_certificates(data, source=f"CA certificate for {profile_name}")
         return self._install_ca(profile_name, certs)
 
@@ -371,8 +372,8 @@ class Store:
 
     def load_crl(self, profile_name: str, data: bytes) -> x509.CertificateRevocationList:
         """JUNOS ``crl load ca-profile P filename F``: refused unless signed by a CA certificate of the profile."""
-        crl = load_crl(data)
         cas = self.ca_certificates(profile_name)
+        crl = load_crl(data)
         if not cas:
             raise StoreError(f"no CA certificate for ca-profile {profile_name!r}: load it before its CRL")
         if not any(crl.issuer == c.subject and _crl_signed_by(crl, c) for c in cas):

@@ -1,0 +1,561 @@
+"""``python -m pki``: the router's ``request security pki ...`` verbs and the CA's ``ca ...`` verbs.
+
+Router verbs (``--store DIR``, default ``$ESPRESSO_PKI_STORE`` or ./pki-store)::
+
+    generate-key-pair --certificate-id ID --type rsa|ecdsa|ed25519 [--size N]
+    ca-profile add NAME [--ca-identity X] [--enrollment-url U] [--retry N] [--retry-interval S]
+                        [--revocation-check crl|ocsp|disable] [--crl-url U] [--refresh-interval HOURS]
+                        [--ocsp-url U] [--no-ocsp-nonce] [--ocsp-fallback-crl] [--disable-on-download-failure]
+    ca-profile delete NAME | ca-profile list
+    ca-certificate enroll --ca-profile P | ca-certificate load --ca-profile P --filename F
+    local-certificate enroll --certificate-id ID --ca-profile P --subject DN --challenge-password X [SANs]
+    local-certificate load --certificate-id ID --filename F
+    generate-certificate-request --certificate-id ID --subject DN [--domain-name D] [--ip-address A] [--email E]
+                                 [--filename F]
+    crl load --ca-profile P --filename F | crl download --ca-profile P
+    auto-re-enrollment set --certificate-id ID --ca-profile P --re-enroll-trigger-time-percentage N
+                           [--re-generate-keypair] [--challenge-password X] | auto-re-enrollment run [--at T]
+    verify --filename F [--intermediate F]... [--identity KIND:VALUE] [--at T]
+    show ca-certificate|local-certificate|certificate-request|crl|ca-profile [--detail] [--ca-profile P|--certificate-id ID]
+    clear ca-certificate --ca-profile P | local-certificate|key-pair|certificate-request --certificate-id ID
+          | crl --ca-profile P
+
+CA verbs (``--ca DIR``)::
+
+    ca init --subject DN [--key-type T] [--key-size N] [--days N] [--path-length N] [--parent DIR]
+            [--crl-url U] [--ocsp-url U] [--crl-days N]
+    ca issue --csr F [--profile NAME] [--days N] [--out F] | ca revoke --serial HEX [--reason R]
+    ca crl [--out F] [--pem] | ca list | ca serve [--host H] [--port N] [--challenge X] [--manual-approval]
+    ca pending | ca approve TRANSACTION-ID
+
+Key passphrases come from ``--passphrase-file`` or ``$ESPRESSO_PKI_PASSPHRASE``, never from the command line.
+User errors print one line to stderr and exit 1; usage errors exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from pki._files import PUBLIC_MODE, read_bounded, write_atomic
+from pki.certs import SubjectAltNames, certificates_to_pem, fingerprint, load_certificates
+from pki.errors import PkiError
+
+PEM = serialization.Encoding.PEM
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def _at(text: str | None) -> datetime:
+    if not text:
+        return _now()
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"invalid time {text!r} (ISO 8601, e.g. 2026-06-01T12:00:00Z)") from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def _passphrase(args: argparse.Namespace) -> bytes | None:
+    if getattr(args, "passphrase_file", None):
+        data = read_bounded(args.passphrase_file, 4096).splitlines()
+        return data[0] if data else b""
+    env = os.environ.get("ESPRESSO_PKI_PASSPHRASE")
+    return env.encode() if env else None
+
+
+def _sans(args: argparse.Namespace) -> SubjectAltNames | None:
+    sans = SubjectAltNames.build(dns=args.domain_name or [], ip=args.ip_address or [], email=args.email or [])
+    return sans or None
+
+
+def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from pki.store import Store
+
+    return Store(args.store)
+
+
+def _print(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+# == router verbs ==============================================================================================
+def cmd_generate_key_pair(args: argparse.Namespace) -> None:
+    from pki.keys import describe_public_key
+
+    key = _store(args).generate_key_pair(args.certificate_id, args.type, args.size, _passphrase(args))
+    kind, size = describe_public_key(key)
+    _print(f"Generated key pair {args.certificate_id}, key size {size} bits ({kind})")
+
+
+def cmd_ca_profile(args: argparse.Namespace) -> None:
+    from pki.profile import CaProfile, RevocationMode, RevocationPolicy
+
+    store = _store(args)
+    if args.action == "add":
+        rev = RevocationPolicy(
+            mode=RevocationMode(args.revocation_check), crl_url=args.crl_url,
+            refresh_interval=timedelta(hours=args.refresh_interval) if args.refresh_interval else None,
+            ocsp_url=args.ocsp_url, ocsp_nonce=not args.no_ocsp_nonce, ocsp_fallback_crl=args.ocsp_fallback_crl,
+            fail_open=args.disable_on_download_failure)
+        store.add_profile(CaProfile(args.name, args.ca_identity or "", args.enrollment_url, args.retry,
+                                    args.retry_interval, rev), replace=args.replace)
+        _print(f"ca-profile {args.name} {'updated' if args.replace else 'added'}")
+    elif args.action == "delete":
+        store.remove_profile(args.name)
+        _print(f"ca-profile {args.name} deleted")
+    else:
+        _show_profiles(store)
+
+
+def _show_profiles(store) -> None:  # type: ignore[no-untyped-def]
+    for p in store.profiles():
+        r = p.revocation
+        _print(f"CA profile: {p.name}")
+        _print(f"  CA identity: {p.ca_identity}")
+        _print(f"  Enrollment URL: {p.enrollment_url or '(none)'}, retry {p.retry}, retry-interval {p.retry_interval}s")
+        rc = r.mode.value + (f" url {r.crl_url}" if r.crl_url else "") + (f" url {r.ocsp_url}" if r.ocsp_url else "")
+        if r.refresh_interval:
+            rc += f" refresh-interval {r.refresh_interval.total_seconds() / 3600:g}h"
+        if r.fail_open:
+            rc += " (disable on-download-failure)"
+        _print(f"  Revocation check: {rc}")
+        _print(f"  CA certificates: {len(store.ca_certificates(p.name))}")
+
+
+def cmd_ca_certificate(args: argparse.Namespace) -> None:
+    store = _store(args)
+    if args.action == "load":
+        certs = store.load_ca_certificate(args.ca_profile, read_bounded(args.filename))
+        verb = "loaded"
+    else:
+        certs = store.enroll_ca_certificate(args.ca_profile)
+        verb = "received"
+    for c in certs:
+        _print(f"CA certificate for profile {args.ca_profile} {verb}: {c.subject.rfc4514_string()}")
+        _print(f"  Fingerprint: {fingerprint(c, 'sha256')} (sha256)")
+        _print(f"               {fingerprint(c, 'sha1')} (sha1)")
+    if verb == "received":
+        _print("Verify these fingerprints with the CA administrator out of band before relying on them.")
+
+
+def cmd_local_certificate(args: argparse.Namespace) -> None:
+    store = _store(args)
+    if args.action == "load":
+        cert = store.load_local_certificate(args.certificate_id, read_bounded(args.filename), _passphrase(args))
+        _print(f"Local certificate {args.certificate_id} loaded: {cert.subject.rfc4514_string()}")
+        return
+    if not args.subject or not args.ca_profile:
+        raise ValueError("local-certificate enroll needs --ca-profile and --subject")
+    cert = store.enroll_local_certificate(args.certificate_id, args.ca_profile, args.subject, _sans(args),
+                                          args.challenge_password, passphrase=_passphrase(args))
+    _print(f"Received certificate {args.certificate_id}: {cert.subject.rfc4514_string()}, serial {cert.serial_number:x}")
+    _print(f"  Fingerprint: {fingerprint(cert, 'sha256')} (sha256)")
+
+
+def cmd_generate_certificate_request(args: argparse.Namespace) -> None:
+    from pki.csr import csr_to_pem
+
+    store = _store(args)
+    csr = store.generate_certificate_request(args.certificate_id, args.subject, _sans(args), args.challenge_password,
+                                             filename=args.filename, passphrase=_passphrase(args))
+    if args.filename:
+        _print(f"Certificate request for {args.certificate_id} written to {args.filename}")
+    else:
+        sys.stdout.write(csr_to_pem(csr).decode())
+
+
+def cmd_crl(args: argparse.Namespace) -> None:
+    store = _store(args)
+    if args.action == "load":
+        crl = store.load_crl(args.ca_profile, read_bounded(args.filename))
+    else:
+        from pki.revocation import crl_urls, default_fetch
+
+        prof = store.profile(args.ca_profile)
+        cas = store.ca_certificates(args.ca_profile)
+        url = args.url or prof.revocation.crl_url
+        if not url:
+            raise ValueError(f"ca-profile {args.ca_profile} has no crl url; pass --url")
+        del cas, crl_urls
+        crl = store.load_crl(args.ca_profile, default_fetch(url))
+    _print(f"CRL for {args.ca_profile} loaded: {len(crl)} revoked, next update {crl.next_update_utc}")
+
+
+def cmd_auto_reenroll(args: argparse.Namespace) -> None:
+    from pki.profile import AutoReenrollment
+    from pki.reenroll import next_deadline, run_due
+
+    store = _store(args)
+    if args.action == "set":
+        store.set_reenrollment(AutoReenrollment(args.certificate_id, args.ca_profile, args.re_enroll_trigger_time_percentage,
+                                                args.re_generate_keypair, args.challenge_password))
+        _print(f"auto-re-enrollment set for {args.certificate_id}")
+        return
+    at = _at(args.at)
+    results = run_due(store, at, passphrase=_passphrase(args))
+    failed = False
+    for r in results:
+        if isinstance(r, PkiError):
+            failed = True
+            sys.stderr.write(f"error: re-enrollment failed: {r}\n")
+        else:
+            _print(f"Re-enrolled {r.certificate_id}: serial {r.new.serial_number:x}"
+                   f"{' with a new key pair' if r.new_key else ''}")
+    nd = next_deadline(store)
+    _print(f"Next re-enrollment due: {nd.isoformat() if nd else '(none)'}")
+    if failed:
+        raise SystemExit(1)
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    store = _store(args)
+    leaf = load_certificates(read_bounded(args.filename), source=args.filename)
+    inter = leaf[1:]
+    for f in args.intermediate or []:
+        inter += load_certificates(read_bounded(f), source=f)
+    ident = None
+    if args.identity:
+        kind, _, value = args.identity.partition(":")
+        if not value:
+            raise ValueError("--identity is KIND:VALUE (fqdn, email, ipv4, ipv6, dn, keyid)")
+        ident = (kind, value)
+    chain = store.validator(fetch=None if args.offline else _default_fetch()).verify(leaf[0], inter, _at(args.at), ident)
+    _print(f"OK: {leaf[0].subject.rfc4514_string()} via ca-profile {chain.profile}")
+    for c, r in zip(chain.chain, chain.revocation):
+        _print(f"  {c.subject.rfc4514_string()}: revocation {r.status.value} [{r.source}]")
+    if chain.identity:
+        _print(f"  identity matched {chain.identity}")
+
+
+def _default_fetch():  # type: ignore[no-untyped-def]
+    from pki.revocation import default_fetch
+
+    return default_fetch
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    from pki.show import show_certificate, show_crl, show_request
+
+    store = _store(args)
+    at = _at(getattr(args, "at", None))
+    what = args.what
+    if what == "ca-profile":
+        _show_profiles(store)
+        return
+    if what == "ca-certificate":
+        names = [args.ca_profile] if args.ca_profile else [p.name for p in store.profiles()]
+        for n in names:
+            for c in store.ca_certificates(n):
+                _print(show_certificate(c, at, label=n, detail=args.detail, label_kind="CA profile"))
+        return
+    if what == "crl":
+        names = [args.ca_profile] if args.ca_profile else [p.name for p in store.profiles()]
+        for n in names:
+            crl = store.crl(n)
+            if crl is not None:
+                _print(show_crl(crl, at, label=n, detail=args.detail))
+        return
+    ids = [args.certificate_id] if args.certificate_id else store.local_ids()
+    reenroll = {r.certificate_id: r for r in store.reenrollments()}
+    for i in ids:
+        e = store.entry(i)
+        if what == "local-certificate" and e.certificate is not None:
+            extra = {"Keypair location": "generated locally" if e.has_key else "missing"}
+            if i in reenroll:
+                from pki.reenroll import reenroll_at
+
+                r = reenroll[i]
+                extra["Auto-re-enrollment"] = (f"at {r.trigger_percentage}% of lifetime "
+                                               f"({reenroll_at(e.certificate, r.trigger_percentage):%Y-%m-%d %H:%M} UTC)"
+                                               + (", new key pair" if r.regenerate_keypair else ""))
+            _print(show_certificate(e.certificate, at, label=i, detail=args.detail, extra=extra))
+        elif what == "certificate-request" and e.request is not None:
+            _print(show_request(e.request, label=i, detail=args.detail))
+
+
+def cmd_clear(args: argparse.Namespace) -> None:
+    store = _store(args)
+    what = args.what
+    if what in ("ca-certificate", "crl"):
+        if not args.ca_profile:
+            raise ValueError(f"clear {what} needs --ca-profile")
+        (store.clear_ca_certificate if what == "ca-certificate" else store.clear_crl)(args.ca_profile)
+        _print(f"{what} of ca-profile {args.ca_profile} cleared")
+        return
+    if not args.certificate_id:
+        raise ValueError(f"clear {what} needs --certificate-id")
+    target = {"local-certificate": "certificate", "certificate-request": "request", "key-pair": "all"}[what]
+    store.clear_local(args.certificate_id, what=target)
+    _print(f"{what} {args.certificate_id} cleared")
+
+
+# == CA verbs ==================================================================================================
+def _open_ca(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from pki.ca import CertificateAuthority
+
+    return CertificateAuthority.open(args.ca, _passphrase(args))
+
+
+def cmd_ca(args: argparse.Namespace) -> None:
+    getattr(sys.modules[__name__], "ca_" + args.ca_verb.replace("-", "_"))(args)
+
+
+def ca_init(args: argparse.Namespace) -> None:
+    from pki.ca import CertificateAuthority
+
+    parent = CertificateAuthority.open(args.parent, _passphrase(args)) if args.parent else None
+    ca = CertificateAuthority.init(args.ca, args.subject, key_type=args.key_type, key_size=args.key_size,
+                                   validity=timedelta(days=args.days), path_length=args.path_length, parent=parent,
+                                   crl_url=args.crl_url, ocsp_url=args.ocsp_url,
+                                   crl_validity=timedelta(days=args.crl_days), passphrase=_passphrase(args))
+    _print(f"CA initialised in {args.ca}: {ca.certificate.subject.rfc4514_string()}")
+    _print(f"  Fingerprint: {fingerprint(ca.certificate, 'sha256')} (sha256)")
+
+
+def ca_issue(args: argparse.Namespace) -> None:
+    from pki.ca import PROFILES
+    from pki.csr import load_csr
+
+    ca = _open_ca(args)
+    csr = load_csr(read_bounded(args.csr), source=args.csr)
+    if args.profile not in PROFILES:
+        raise ValueError(f"unknown profile {args.profile!r} ({', '.join(PROFILES)})")
+    profile = PROFILES[args.profile]
+    if args.days:
+        profile = replace(profile, validity=timedelta(days=args.days))
+    cert = ca.issue(csr, profile)
+    pem = certificates_to_pem([cert])
+    if args.out:
+        write_atomic(args.out, pem, PUBLIC_MODE)
+        _print(f"Issued serial {cert.serial_number:x} to {cert.subject.rfc4514_string()}: {args.out}")
+    else:
+        sys.stdout.write(pem.decode())
+
+
+def ca_revoke(args: argparse.Namespace) -> None:
+    ca = _open_ca(args)
+    try:
+        serial = int(args.serial.replace(":", ""), 16)
+    except ValueError:
+        raise ValueError(f"invalid serial {args.serial!r} (hex)") from None
+    rec = ca.revoke(serial, args.reason)
+    ca.crl()
+    _print(f"Revoked serial {serial:x} ({rec.reason.name if rec.reason else 'unspecified'}); CRL updated")
+
+
+def ca_crl(args: argparse.Namespace) -> None:
+    ca = _open_ca(args)
+    crl = ca.crl()
+    data = crl.public_bytes(PEM if args.pem else serialization.Encoding.DER)
+    if args.out:
+        write_atomic(args.out, data, PUBLIC_MODE)
+        _print(f"CRL ({len(crl)} revoked, next update {crl.next_update_utc}) written to {args.out}")
+    elif args.pem:
+        sys.stdout.write(data.decode())
+    else:
+        sys.stdout.buffer.write(data)
+
+
+def ca_list(args: argparse.Namespace) -> None:
+    from pki.db import CaDatabase
+
+    if not (Path(args.ca) / "ca.db").exists():
+        raise PkiError(f"{args.ca}: not a CA directory (missing ca.db); run 'ca init' first")
+    db = CaDatabase(Path(args.ca) / "ca.db")  # no key needed to list
+    at = _now()
+    for r in db.records():
+        status = r.status_at(at).value
+        extra = f" {r.revoked_at:%Y-%m-%d %H:%M} {r.reason.name if r.reason else ''}" if r.revoked_at else ""
+        _print(f"{r.serial:x}  {status:8} {r.not_after:%Y-%m-%d}  {r.subject}{extra}")
+
+
+def ca_serve(args: argparse.Namespace) -> None:
+    from pki.service import serve
+
+    _open_ca(args).close()  # fail early with a clear message
+    sys.stderr.write(f"serving CA {args.ca} on http://{args.host}:{args.port}/ (SCEP /scep, CRL /crl, OCSP /ocsp)\n")
+    serve(args.ca, host=args.host, port=args.port, challenge=args.challenge, manual_approval=args.manual_approval,
+          passphrase=_passphrase(args))
+
+
+def ca_pending(args: argparse.Namespace) -> None:
+    from pki.service import list_pending
+
+    for t in list_pending(args.ca):
+        _print(f"{t.transaction_id}  {t.received_at:%Y-%m-%d %H:%M:%S}  {t.subject}")
+
+
+def ca_approve(args: argparse.Namespace) -> None:
+    from pki.service import approve
+
+    cert = approve(args.ca, args.transaction_id, passphrase=_passphrase(args))
+    _print(f"Approved {args.transaction_id}: serial {cert.serial_number:x} {cert.subject.rfc4514_string()}")
+
+
+# == argument parsing ==========================================================================================
+def _add_sans(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--domain-name", action="append", metavar="FQDN", help="subjectAltName dNSName (repeatable)")
+    p.add_argument("--ip-address", action="append", metavar="ADDR", help="subjectAltName iPAddress (repeatable)")
+    p.add_argument("--email", action="append", metavar="ADDR", help="subjectAltName rfc822Name (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m pki", description="espresso PKI: router certificate store and CA")
+    ap.add_argument("--store", default=os.environ.get("ESPRESSO_PKI_STORE", "pki-store"), help="store directory")
+    ap.add_argument("--passphrase-file", help="file whose first line is the key passphrase")
+    sub = ap.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("generate-key-pair")
+    p.add_argument("--certificate-id", required=True)
+    p.add_argument("--type", default="rsa", choices=["rsa", "ecdsa", "ed25519"])
+    p.add_argument("--size", type=int)
+    p.set_defaults(func=cmd_generate_key_pair)
+
+    p = sub.add_parser("ca-profile")
+    p.add_argument("action", choices=["add", "delete", "list"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--ca-identity")
+    p.add_argument("--enrollment-url")
+    p.add_argument("--retry", type=int, default=10)
+    p.add_argument("--retry-interval", type=int, default=30)
+    p.add_argument("--revocation-check", choices=["crl", "ocsp", "disable"], default="crl")
+    p.add_argument("--crl-url")
+    p.add_argument("--refresh-interval", type=float, metavar="HOURS")
+    p.add_argument("--ocsp-url")
+    p.add_argument("--no-ocsp-nonce", action="store_true")
+    p.add_argument("--ocsp-fallback-crl", action="store_true")
+    p.add_argument("--disable-on-download-failure", action="store_true")
+    p.add_argument("--replace", action="store_true")
+    p.set_defaults(func=cmd_ca_profile)
+
+    p = sub.add_parser("ca-certificate")
+    p.add_argument("action", choices=["enroll", "load"])
+    p.add_argument("--ca-profile", required=True)
+    p.add_argument("--filename")
+    p.set_defaults(func=cmd_ca_certificate)
+
+    p = sub.add_parser("local-certificate")
+    p.add_argument("action", choices=["enroll", "load"])
+    p.add_argument("--certificate-id", required=True)
+    p.add_argument("--ca-profile")
+    p.add_argument("--subject")
+    p.add_argument("--challenge-password")
+    p.add_argument("--filename")
+    _add_sans(p)
+    p.set_defaults(func=cmd_local_certificate)
+
+    p = sub.add_parser("generate-certificate-request")
+    p.add_argument("--certificate-id", required=True)
+    p.add_argument("--subject", required=True)
+    p.add_argument("--challenge-password")
+    p.add_argument("--filename")
+    _add_sans(p)
+    p.set_defaults(func=cmd_generate_certificate_request)
+
+    p = sub.add_parser("crl")
+    p.add_argument("action", choices=["load", "download"])
+    p.add_argument("--ca-profile", required=True)
+    p.add_argument("--filename")
+    p.add_argument("--url")
+    p.set_defaults(func=cmd_crl)
+
+    p = sub.add_parser("auto-re-enrollment")
+    p.add_argument("action", choices=["set", "run"])
+    p.add_argument("--certificate-id")
+    p.add_argument("--ca-profile")
+    p.add_argument("--re-enroll-trigger-time-percentage", type=int, default=80)
+    p.add_argument("--re-generate-keypair", action="store_true")
+    p.add_argument("--challenge-password")
+    p.add_argument("--at", help="ISO 8601 instant (default: now)")
+    p.set_defaults(func=cmd_auto_reenroll)
+
+    p = sub.add_parser("verify", help="validate a peer certificate against the store")
+    p.add_argument("--filename", required=True)
+    p.add_argument("--intermediate", action="append")
+    p.add_argument("--identity", help="KIND:VALUE, e.g. fqdn:gw.example.net")
+    p.add_argument("--at")
+    p.add_argument("--offline", action="store_true", help="use loaded CRLs only, fetch nothing")
+    p.set_defaults(func=cmd_verify)
+
+    for verb, fn in (("show", cmd_show), ("clear", cmd_clear)):
+        p = sub.add_parser(verb)
+        choices = ["ca-certificate", "local-certificate", "certificate-request", "crl"]
+        choices += ["ca-profile"] if verb == "show" else ["key-pair"]
+        p.add_argument("what", choices=choices)
+        p.add_argument("--ca-profile")
+        p.add_argument("--certificate-id")
+        if verb == "show":
+            p.add_argument("--detail", action="store_true")
+            p.add_argument("--at")
+        p.set_defaults(func=fn)
+
+    p = sub.add_parser("ca", help="certificate authority verbs")
+    p.add_argument("--ca", default=os.environ.get("ESPRESSO_PKI_CA", "pki-ca"), help="CA directory")
+    casub = p.add_subparsers(dest="ca_verb", required=True)
+    q = casub.add_parser("init")
+    q.add_argument("--subject", required=True)
+    q.add_argument("--key-type", default="ecdsa", choices=["rsa", "ecdsa", "ed25519"])
+    q.add_argument("--key-size", type=int)
+    q.add_argument("--days", type=int, default=3650)
+    q.add_argument("--path-length", type=int)
+    q.add_argument("--parent", help="directory of the parent CA (makes an intermediate)")
+    q.add_argument("--crl-url")
+    q.add_argument("--ocsp-url")
+    q.add_argument("--crl-days", type=int, default=7)
+    q = casub.add_parser("issue")
+    q.add_argument("--csr", required=True)
+    q.add_argument("--profile", default="ipsec")
+    q.add_argument("--days", type=int)
+    q.add_argument("--out")
+    q = casub.add_parser("revoke")
+    q.add_argument("--serial", required=True, help="hex")
+    q.add_argument("--reason", default="unspecified")
+    q = casub.add_parser("crl")
+    q.add_argument("--out")
+    q.add_argument("--pem", action="store_true")
+    casub.add_parser("list")
+    q = casub.add_parser("serve")
+    q.add_argument("--host", default="127.0.0.1")
+    q.add_argument("--port", type=int, default=8080)
+    q.add_argument("--challenge")
+    q.add_argument("--manual-approval", action="store_true")
+    casub.add_parser("pending")
+    q = casub.add_parser("approve")
+    q.add_argument("transaction_id")
+    p.set_defaults(func=cmd_ca)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.verb == "ca-profile" and args.action in ("add", "delete") and not args.name:
+        ap.error(f"ca-profile {args.action} needs a NAME")
+    if args.verb in ("ca-certificate", "local-certificate", "crl") and args.action == "load" and not args.filename:
+        ap.error(f"{args.verb} load needs --filename")
+    try:
+        args.func(args)
+    except (PkiError, ValueError, OSError) as exc:
+        sys.stderr.write(f"error: {_one_line(exc)}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
