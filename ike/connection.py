@@ -194,7 +194,7 @@ class IkeConnection:
     def get_timer(self) -> float | None:
         sa = self.sa
         times = [self.tm.get_timer()] + [t.get_timer() for _, t in self.old]
-        if sa.state in (IkeSaState.CREATED, IkeSaState.CONNECTING):
+        if sa.state in (IkeSaState.CREATED, IkeSaState.CONNECTING) and not sa.initiator:
             times.append(self.created + self.config.half_open_timeout)
         if sa.state == IkeSaState.ESTABLISHED:
             times.append(sa.rekey_at)
@@ -213,7 +213,8 @@ class IkeConnection:
         self.tm.handle_timer(now)
         if sa.state == IkeSaState.DESTROYED:
             return
-        if sa.state in (IkeSaState.CREATED, IkeSaState.CONNECTING) and now >= self.created + self.config.half_open_timeout:
+        if (sa.state in (IkeSaState.CREATED, IkeSaState.CONNECTING) and not sa.initiator
+                and now >= self.created + self.config.half_open_timeout):
             self._terminated(sa, "half-open timeout", None)
             return
         if sa.state != IkeSaState.ESTABLISHED:

@@ -102,7 +102,7 @@ class IkeAuth(Task):
         if msg.exchange != ExchangeType.IKE_AUTH:
             return TaskStatus.NEED_MORE
         sa = self.sa
-        if self.initiator:
+        if self.initiator and msg.get(AuthPayload) is None:
             err = peer_error(msg)
             if err is not None:
                 n = msg.error_notify()

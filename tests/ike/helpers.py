@@ -51,12 +51,12 @@ def _sign_hash(key):  # type: ignore[no-untyped-def]
 
 
 @dataclass
-class TestCa:
+class CaForTests:
     key: object
     cert: x509.Certificate
 
     @classmethod
-    def create(cls, cn: str = "Test Root CA", kind: str = "ecdsa") -> "TestCa":
+    def create(cls, cn: str = "Test Root CA", kind: str = "ecdsa") -> "CaForTests":
         key = make_key(kind)
         cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn))
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -124,8 +124,8 @@ def psk_peers(**kw) -> tuple[PeerConfig, PeerConfig]:  # type: ignore[no-untyped
     return i, r
 
 
-def cert_peers(kind_i: str = "ecdsa", kind_r: str = "ecdsa", ca: TestCa | None = None, **kw):  # type: ignore[no-untyped-def]
-    ca = ca or TestCa.create()
+def cert_peers(kind_i: str = "ecdsa", kind_r: str = "ecdsa", ca: CaForTests | None = None, **kw):  # type: ignore[no-untyped-def]
+    ca = ca or CaForTests.create()
     ki, ci = ca.issue("initiator", kind_i, [x509.DNSName("i.example")])
     kr, cr = ca.issue("responder", kind_r, [x509.DNSName("r.example")])
     v = SimpleValidator([ca.cert])

@@ -1,0 +1,776 @@
+"""The IKE daemon: the sans-I/O core, the UDP adapter, the ESP data plane and a control socket, in one loop.
+
+Why here and nowhere else: the protocol core must not know the data plane (as charon reaches libipsec only
+through kernel_ipsec), so this module plays kernel_ipsec. It turns every :class:`ChildSaEstablished` into two
+ESP SAs through one mapping function, :func:`sa_params`, installs them into an :class:`esp.dataplane.Dataplane`
+(policy per CHILD_SA, make-before-break on rekeys: the new inbound SA first, the outbound switch when the core
+says :class:`ChildSaRekeyed`, the old pair removed on :class:`ChildSaDeleted`), and feeds the data plane's soft
+lifetime signals (bytes, packets) back to the core as ``child_sa_soft_expired``.
+
+Without root and without a TUN device, ESP travels in UDP on the NAT-T socket the adapter owns: received ESP is
+decrypted in batches by the data plane and the inner packets go to ``on_packets``; :meth:`Daemon.send` encrypts
+inner packets and sends them. ``python -m ike demo`` runs on exactly this path.
+
+Operators drive it through a unix socket speaking JSON lines (``python -m ike initiate|list-sas|rekey|
+terminate``): one request object per line, one response object per line.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from esp import Direction, Lifetime, Mode, PacketBatch, Sa, SaParams, UdpEncap, Verdict
+from esp.dataplane import Dataplane
+from esp.events import SaExpired
+from esp.spd import Policy, Selector
+
+from .aio import IkeEndpoint, open_udp_socket
+from .config import DaemonConfig
+from .core_config import TrafficSelector
+from .events import (
+    AuthenticationFailed, ChildSaDeleted, ChildSaEstablished, ChildSaFailed, ChildSaRekeyed, IkeEvent,
+    IkeKeysDerived, IkeSaEstablished, IkeSaRekeyed, IkeSaTerminated,
+)
+from .keylog import KeyLog
+
+__all__ = ["Daemon", "sa_params", "selectors_for", "InstalledChild", "ControlError", "MAX_CONTROL_LINE"]
+
+log = logging.getLogger("ike.daemon")
+
+#: Longest control request accepted (bytes); a longer line closes the connection.
+MAX_CONTROL_LINE = 64 * 1024
+#: Concurrent control connections.
+MAX_CONTROL_CLIENTS = 16
+#: Default anti-replay window of inbound SAs (strongSwan's default is 32; Linux's 32 too; 64 costs nothing).
+REPLAY_WINDOW = 64
+#: How long ``stop()`` waits for the peers to answer our DELETEs.
+STOP_GRACE = 2.0
+
+
+class ControlError(Exception):
+    """A control request that cannot be carried out; the message goes back to the client."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# The one mapping from the core's event to the data plane's SAs
+
+
+def sa_params(ev: ChildSaEstablished, *, replay_window: int = REPLAY_WINDOW,
+              backend: str | None = None) -> tuple[SaParams, SaParams]:
+    """(inbound, outbound) ESP SA parameters for a negotiated CHILD_SA.
+
+    Inbound is the SPI we chose (the peer sends to it), outbound the peer's. Outer addresses are the IKE
+    addresses; with UDP encapsulation the ports are the IKE_SA's (4500 normally), swapped for inbound.
+    Byte and packet lifetimes go to esp, whose soft signal comes back as a rekey; time lifetimes stay with
+    the core's timers.
+    """
+    local, remote = ev.local_addr, ev.remote_addr
+    mode = Mode.TRANSPORT if ev.mode == "transport" else Mode.TUNNEL
+    life = Lifetime(soft_bytes=ev.rekey_bytes, hard_bytes=ev.life_bytes,
+                    soft_packets=ev.rekey_packets, hard_packets=ev.life_packets)
+    inbound = SaParams(
+        spi=ev.spi_in, direction=Direction.IN, suite=ev.suite, enc_key=ev.enc_key_in, integ_key=ev.integ_key_in,
+        mode=mode, src=remote[0], dst=local[0], esn=ev.esn, replay_window=replay_window,
+        encap=UdpEncap(sport=remote[1], dport=local[1]) if ev.encap else None, lifetime=life, backend=backend)
+    outbound = SaParams(
+        spi=ev.spi_out, direction=Direction.OUT, suite=ev.suite, enc_key=ev.enc_key_out,
+        integ_key=ev.integ_key_out, mode=mode, src=local[0], dst=remote[0], esn=ev.esn, replay_window=0,
+        encap=UdpEncap(sport=local[1], dport=remote[1]) if ev.encap else None, lifetime=life, backend=backend)
+    return inbound, outbound
+
+
+def _prefixes(ts: TrafficSelector) -> list[Any]:
+    return list(ipaddress.summarize_address_range(ipaddress.ip_address(ts.start), ipaddress.ip_address(ts.end)))
+
+
+def selectors_for(local_ts: Iterable[TrafficSelector], remote_ts: Iterable[TrafficSelector]) -> list[Selector]:
+    """esp selectors (local side first) covering the negotiated traffic selectors: every local x remote pair of
+    one address family, address ranges split into prefixes, protocol and ports carried over."""
+    out: list[Selector] = []
+    for lt in local_ts:
+        for rt in remote_ts:
+            if lt.version != rt.version:
+                continue
+            if lt.protocol and rt.protocol and lt.protocol != rt.protocol:
+                continue
+            proto = lt.protocol or rt.protocol
+            for src in _prefixes(lt):
+                for dst in _prefixes(rt):
+                    out.append(Selector(src, dst, proto, (lt.start_port, lt.end_port), (rt.start_port, rt.end_port)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# State kept per CHILD_SA and IKE_SA
+
+
+@dataclass
+class InstalledChild:
+    """A CHILD_SA whose ESP SAs are (being) installed."""
+
+    event: ChildSaEstablished
+    policy: str
+    sa_in: Sa
+    sa_out: Sa
+    installed_at: float
+    selectors: list[Selector] = field(default_factory=list)  # local side first; inbound checks them reversed
+    outbound_active: bool = False  # the outbound SA carries traffic (after ChildSaRekeyed for a rekey)
+    state: str = "INSTALLED"  # INSTALLED, REKEYED (replaced, inbound still open)
+
+    @property
+    def spi_in(self) -> int:
+        return self.event.spi_in
+
+    @property
+    def spi_out(self) -> int:
+        return self.event.spi_out
+
+
+@dataclass
+class IkeSaRecord:
+    ike_id: int
+    peer: str
+    state: str = "CONNECTING"
+    established: IkeSaEstablished | None = None
+    established_at: float | None = None
+    spi_i: int = 0
+    spi_r: int = 0
+    proposal: str = ""
+    last_error: str = ""
+    waiters: list[asyncio.Future[dict[str, Any]]] = field(default_factory=list)
+
+
+def _ip_header(src: str, dst: str, payload_len: int) -> bytes:
+    """A minimal outer header (IPv4 or IPv6, protocol UDP) for a datagram the socket already unwrapped."""
+    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    if s.version == 4:
+        return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + payload_len, 0, 0x4000, 64, 17, 0, s.packed, d.packed)
+    return struct.pack("!IHBB16s16s", 0x60000000, payload_len, 17, 64, s.packed, d.packed)
+
+
+def _outer_len(packet: bytes) -> int:
+    """Bytes of outer IP + UDP header in front of the ESP of an encrypted, UDP-encapsulated packet."""
+    if packet[0] >> 4 == 4:
+        return (packet[0] & 0x0F) * 4 + 8
+    return 40 + 8
+
+
+# --------------------------------------------------------------------------------------------------------
+# The daemon
+
+
+class Daemon:
+    """One IKE daemon. ``dispatcher`` and ``dataplane`` can be injected (tests, a gateway's data plane).
+
+    ``on_packets(packets, child)`` receives decrypted inner packets (a list of bytes) with the
+    :class:`InstalledChild` they came in on; without it they are counted and dropped.
+    """
+
+    def __init__(self, config: DaemonConfig, *, dispatcher: Any = None, dataplane: Dataplane | None = None,
+                 on_packets: Callable[[list[bytes], InstalledChild | None], None] | None = None,
+                 key_log: KeyLog | None = None, replay_window: int = REPLAY_WINDOW,
+                 backend: str | None = None) -> None:
+        if dispatcher is None:
+            from .dispatcher import Dispatcher
+            dispatcher = Dispatcher(config.core)
+        self.config = config
+        self.core = dispatcher
+        self.dataplane = dataplane if dataplane is not None else Dataplane()
+        self.dataplane.on_event = self._dataplane_event
+        self.on_packets = on_packets
+        self.replay_window = replay_window
+        self.backend = backend
+        self.key_log = key_log if key_log is not None else (KeyLog(config.key_log) if config.key_log else None)
+        self.endpoint = IkeEndpoint(self.core, on_event=self._on_event, on_esp=self._on_esp, plain_ports={500})
+        self.children: dict[int, InstalledChild] = {}  # by inbound SPI
+        self._by_out: dict[int, int] = {}  # outbound SPI -> inbound SPI
+        self.ike_sas: dict[int, IkeSaRecord] = {}
+        self.events: list[IkeEvent] = []  # recent events, bounded (for tests and `list-sas --events`)
+        self.max_events = 1000
+        self.counters: dict[str, int] = {"esp_in_ok": 0, "esp_in_dropped": 0, "esp_out_ok": 0,
+                                         "esp_out_dropped": 0, "inner_undelivered": 0}
+        self._policy_seq = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._control: asyncio.AbstractServer | None = None
+        self._control_clients = 0
+        self._stopped: asyncio.Event | None = None
+        self.control_path: Path | None = None
+
+    # -- life cycle ----------------------------------------------------------------------------------------
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    async def start(self, *, sockets: Iterable[Any] | None = None, control: bool = True,
+                    initiate: Iterable[str] = ()) -> list[tuple[str, int]]:
+        """Bind (or adopt ``sockets``), open the control socket, initiate ``initiate`` peers.
+
+        Returns the bound addresses. Binding errors raise OSError before anything else happens.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        if sockets is not None:
+            for s in sockets:
+                await self.endpoint.add_socket(s)
+        else:
+            opened = []
+            try:
+                for addr in self.config.addresses:
+                    for port in self.config.bind_ports():
+                        opened.append(open_udp_socket(addr, port))
+            except OSError:
+                for s in opened:
+                    s.close()
+                raise
+            for s in opened:
+                await self.endpoint.add_socket(s)
+        if control:
+            await self._start_control(self.config.control_socket)
+        for peer in initiate:
+            self.initiate(peer)
+        log.info("listening on %s", ", ".join(f"{h}[{p}]" for h, p in self.endpoint.addresses))
+        return self.endpoint.addresses
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop` (or a signal handler calling it)."""
+        assert self._stopped is not None, "start() first"
+        await self._stopped.wait()
+
+    async def stop(self, *, delete: bool = True, grace: float = STOP_GRACE) -> None:
+        """Send DELETE for every IKE_SA (as charon does on SIGTERM), wait up to ``grace`` for the answers, close."""
+        if delete:
+            live = [r.ike_id for r in self.ike_sas.values() if r.state in ("ESTABLISHED", "CONNECTING")]
+            for ike_id in live:
+                with contextlib.suppress(Exception):
+                    self.endpoint.call(self.core.terminate, ike_id)
+            deadline = self.now() + grace
+            while any(self.ike_sas.get(i) and self.ike_sas[i].state != "DELETED" for i in live):
+                if self.now() >= deadline:
+                    break
+                await asyncio.sleep(0.02)
+        for child in list(self.children.values()):
+            self._uninstall(child)
+        if self._control is not None:
+            self._control.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._control.wait_closed(), 1.0)
+            self._control = None
+            if self.control_path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    self.control_path.unlink()
+        self.endpoint.close()
+        if self.key_log is not None:
+            self.key_log.close()
+        if self._stopped is not None:
+            self._stopped.set()
+
+    # -- commands ------------------------------------------------------------------------------------------
+    def initiate(self, peer: str, child: str | None = None) -> int:
+        self.config.core.peer(peer)  # ConfigError for an unknown name
+        ike_id = self.endpoint.call(self.core.initiate, peer, child=child) if child else \
+            self.endpoint.call(self.core.initiate, peer)
+        rec = self.ike_sas.get(ike_id)
+        if rec is None:
+            self.ike_sas[ike_id] = IkeSaRecord(ike_id, peer)
+        log.info("initiating IKE_SA %s[%d] to %s", peer, ike_id, self.config.core.peer(peer).remote_addr)
+        return ike_id
+
+    async def initiate_and_wait(self, peer: str, child: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
+        """Initiate and wait (bounded) until the first CHILD_SA is up or the attempt failed."""
+        ike_id = self.initiate(peer, child)
+        rec = self.ike_sas[ike_id]
+        if rec.state == "ESTABLISHED" and any(c.event.ike_id == ike_id for c in self.children.values()) and child is None:
+            return {"ike_id": ike_id, "state": rec.state}
+        fut: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        rec.waiters.append(fut)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise ControlError(f"{peer}[{ike_id}]: not established within {timeout:g}s") from None
+
+    def rekey_child(self, spi_in: int) -> None:
+        if spi_in not in self.children:
+            raise ControlError(f"no CHILD_SA with inbound SPI {spi_in:08x}")
+        self.endpoint.call(self.core.rekey_child, spi_in)
+
+    def rekey_ike(self, ike_id: int) -> None:
+        if ike_id not in self.ike_sas:
+            raise ControlError(f"no IKE_SA #{ike_id}")
+        self.endpoint.call(self.core.rekey_ike, ike_id)
+
+    def delete_child(self, spi_in: int) -> None:
+        if spi_in not in self.children:
+            raise ControlError(f"no CHILD_SA with inbound SPI {spi_in:08x}")
+        self.endpoint.call(self.core.delete_child, spi_in)
+
+    def terminate(self, ike_id: int) -> None:
+        if ike_id not in self.ike_sas:
+            raise ControlError(f"no IKE_SA #{ike_id}")
+        self.endpoint.call(self.core.terminate, ike_id)
+
+    # -- events from the core ------------------------------------------------------------------------------
+    def _on_event(self, ev: IkeEvent) -> None:
+        self.events.append(ev)
+        if len(self.events) > self.max_events:
+            del self.events[: len(self.events) - self.max_events]
+        if self.key_log is not None and isinstance(ev, (IkeKeysDerived, ChildSaEstablished)):
+            self.key_log.record(ev)
+        handler = _HANDLERS.get(type(ev))
+        if handler is not None:
+            handler(self, ev)
+
+    def _record(self, ev: IkeEvent) -> IkeSaRecord:
+        rec = self.ike_sas.get(ev.ike_id)
+        if rec is None:
+            rec = self.ike_sas[ev.ike_id] = IkeSaRecord(ev.ike_id, ev.peer)
+        return rec
+
+    def _ike_established(self, ev: IkeSaEstablished) -> None:
+        rec = self._record(ev)
+        rec.state, rec.established, rec.established_at = "ESTABLISHED", ev, self.now()
+        rec.spi_i, rec.spi_r, rec.proposal = ev.spi_i, ev.spi_r, ev.proposal
+        log.info("IKE_SA %s[%d] established between %s[%s]...%s[%s]", ev.peer, ev.ike_id, ev.local_addr[0],
+                 ev.local_id, ev.remote_addr[0], ev.remote_id)
+        peer = self.config.core.peer(ev.peer) if any(p.name == ev.peer for p in self.config.core.peers) else None
+        if peer is not None and not any(c.start for c in peer.children):
+            self._wake(rec, {"ike_id": ev.ike_id, "state": "ESTABLISHED"})
+
+    def _ike_rekeyed(self, ev: IkeSaRekeyed) -> None:
+        rec = self._record(ev)
+        rec.spi_i, rec.spi_r, rec.proposal = ev.spi_i, ev.spi_r, ev.proposal
+        rec.established_at = self.now()
+        log.info("IKE_SA %s[%d] rekeyed: %016x_i %016x_r", ev.peer, ev.ike_id, ev.spi_i, ev.spi_r)
+
+    def _ike_terminated(self, ev: IkeSaTerminated) -> None:
+        rec = self._record(ev)
+        rec.state, rec.last_error = "DELETED", ev.reason
+        for child in [c for c in self.children.values() if c.event.ike_id == ev.ike_id]:
+            self._uninstall(child)
+        log.info("IKE_SA %s[%d] terminated: %s", ev.peer, ev.ike_id, ev.reason)
+        self._fail(rec, f"IKE_SA terminated: {ev.reason}")
+
+    def _auth_failed(self, ev: AuthenticationFailed) -> None:
+        rec = self._record(ev)
+        rec.last_error = f"authentication failed: {ev.reason}"
+        log.warning("IKE_SA %s[%d] with %s: %s (%s side)", ev.peer, ev.ike_id, ev.remote_addr[0], rec.last_error,
+                    "our" if ev.local_side else "peer's")
+        self._fail(rec, rec.last_error)
+
+    def _child_failed(self, ev: ChildSaFailed) -> None:
+        rec = self._record(ev)
+        rec.last_error = f"CHILD_SA {ev.child} failed: {ev.reason}"
+        log.warning("%s[%d]: %s", ev.peer, ev.ike_id, rec.last_error)
+        self._fail(rec, rec.last_error)
+
+    def _child_established(self, ev: ChildSaEstablished) -> None:
+        now = self.now()
+        try:
+            p_in, p_out = sa_params(ev, replay_window=self.replay_window, backend=self.backend)
+            sa_in, sa_out = Sa(p_in), Sa(p_out)
+        except Exception as exc:  # a suite esp cannot run: refuse loudly, tear the CHILD_SA down
+            log.error("CHILD_SA %s{%08x}: cannot install ESP SAs: %s", ev.child, ev.spi_in, exc)
+            with contextlib.suppress(Exception):
+                self.endpoint.call(self.core.delete_child, ev.spi_in)
+            return
+        old = self.children.get(ev.replaces) if ev.replaces is not None else None
+        if old is not None:
+            policy = old.policy
+            self.dataplane.install_sa(sa_in, policy, old.selectors)
+            child = InstalledChild(ev, policy, sa_in, sa_out, now, old.selectors, outbound_active=False)
+        else:
+            self._policy_seq += 1
+            policy = f"{ev.peer}/{ev.child}/{self._policy_seq}"
+            sels = selectors_for(ev.local_ts, ev.remote_ts)
+            if not sels:
+                log.error("CHILD_SA %s: traffic selectors %s === %s give no usable selector", ev.child,
+                          ev.local_ts, ev.remote_ts)
+                return
+            self.dataplane.add_policy(Policy(policy, sels))
+            self.dataplane.install_sa(sa_in, policy, sels)
+            self.dataplane.install_sa(sa_out, policy)
+            child = InstalledChild(ev, policy, sa_in, sa_out, now, sels, outbound_active=True)
+        self.children[ev.spi_in] = child
+        self._by_out[ev.spi_out] = ev.spi_in
+        ts = " === ".join(", ".join(str(t) for t in side) for side in (ev.local_ts, ev.remote_ts))
+        log.info("CHILD_SA %s{%d} established with SPIs %08x_i %08x_o and TS %s", ev.child, ev.ike_id,
+                 ev.spi_in, ev.spi_out, ts)
+        rec = self._record(ev)
+        self._wake(rec, {"ike_id": ev.ike_id, "state": rec.state, "child": ev.child,
+                         "spi_in": f"{ev.spi_in:08x}", "spi_out": f"{ev.spi_out:08x}"})
+
+    def _child_rekeyed(self, ev: ChildSaRekeyed) -> None:
+        new = self.children.get(ev.spi_in)
+        old = self.children.get(ev.old_spi_in)
+        if new is None:
+            log.warning("ChildSaRekeyed for unknown CHILD_SA %08x", ev.spi_in)
+            return
+        self._activate_outbound(new, old)
+
+    def _activate_outbound(self, new: InstalledChild, old: InstalledChild | None) -> None:
+        if new.outbound_active:
+            return
+        if old is not None and old.spi_out in self.dataplane.sad.snapshot.outbound_by_spi:
+            self.dataplane.rekey_sa(old.spi_out, new.sa_out)
+        else:
+            self.dataplane.install_sa(new.sa_out, new.policy)
+        new.outbound_active = True
+        if old is not None:
+            old.state = "REKEYED"
+            old.outbound_active = False
+        log.info("CHILD_SA %s{%d}: outbound moved to SPI %08x", new.event.child, new.event.ike_id, new.spi_out)
+
+    def _child_deleted(self, ev: ChildSaDeleted) -> None:
+        child = self.children.get(ev.spi_in)
+        if child is None:
+            return
+        # A successor still waiting for its outbound switch takes over now (make-before-break either way).
+        for c in self.children.values():
+            if c.event.replaces == ev.spi_in and not c.outbound_active:
+                self._activate_outbound(c, child)
+        self._uninstall(child)
+        log.info("CHILD_SA %s{%d} with SPIs %08x_i %08x_o deleted (%s)", ev.child, ev.ike_id, ev.spi_in,
+                 ev.spi_out, ev.reason)
+
+    def _uninstall(self, child: InstalledChild) -> None:
+        snap = self.dataplane.sad.snapshot
+        if child.spi_in in snap.inbound_by_spi:
+            with contextlib.suppress(KeyError):
+                self.dataplane.remove_sa(child.spi_in, "in")
+        out = snap.outbound_by_spi.get(child.spi_out)
+        if out is not None and out.sa is child.sa_out:
+            with contextlib.suppress(KeyError):
+                self.dataplane.remove_sa(child.spi_out, "out")
+        self.children.pop(child.spi_in, None)
+        self._by_out.pop(child.spi_out, None)
+        if not any(c.policy == child.policy for c in self.children.values()):
+            with contextlib.suppress(KeyError, ValueError):
+                self.dataplane.remove_policy(child.policy)
+
+    def _wake(self, rec: IkeSaRecord, result: dict[str, Any]) -> None:
+        for fut in rec.waiters:
+            if not fut.done():
+                fut.set_result(result)
+        rec.waiters.clear()
+
+    def _fail(self, rec: IkeSaRecord, reason: str) -> None:
+        for fut in rec.waiters:
+            if not fut.done():
+                fut.set_exception(ControlError(f"{rec.peer}[{rec.ike_id}]: {reason}"))
+        rec.waiters.clear()
+
+    # -- the data plane ------------------------------------------------------------------------------------
+    def _dataplane_event(self, ev: Any) -> None:
+        """Called by the data plane, possibly from another thread: hop onto the loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self._expired, ev)
+
+    def _expired(self, ev: Any) -> None:
+        if not isinstance(ev, SaExpired):
+            return
+        spi_in = ev.spi if ev.direction == "in" else self._by_out.get(ev.spi)
+        if spi_in is None or spi_in not in self.children:
+            return
+        child = self.children[spi_in]
+        if child.state != "INSTALLED":
+            return
+        log.info("CHILD_SA %s{%08x}: %s %s lifetime reached (%s)", child.event.child, spi_in,
+                 "hard" if ev.hard else "soft", ev.reason.value, ev.direction)
+        try:
+            if ev.hard:
+                self.endpoint.call(self.core.delete_child, spi_in)
+            else:
+                self.endpoint.call(self.core.child_sa_soft_expired, spi_in)
+        except Exception:
+            log.exception("core refused the expiry of %08x", spi_in)
+
+    def _on_esp(self, packets: list[tuple[bytes, tuple[str, int]]], local: tuple[str, int]) -> None:
+        wrapped = []
+        for data, addr in packets:
+            try:
+                hdr = _ip_header(addr[0], local[0], 8 + len(data))
+            except ValueError:
+                self.counters["esp_in_dropped"] += 1
+                continue
+            wrapped.append(hdr + struct.pack("!HHHH", addr[1], local[1], 8 + len(data), 0) + data)
+        if not wrapped:
+            return
+        batch = PacketBatch.from_packets(wrapped)
+        out = PacketBatch.empty(count=len(wrapped), slot_size=max(len(p) for p in wrapped) + 64)
+        verdicts = self.dataplane.inbound(batch, out, now=self.now())
+        ok = [i for i in range(len(wrapped)) if verdicts[i] == Verdict.OK]
+        self.counters["esp_in_ok"] += len(ok)
+        self.counters["esp_in_dropped"] += len(wrapped) - len(ok)
+        if ok:
+            inner = [out.packet(i) for i in ok]
+            if self.on_packets is None:
+                self.counters["inner_undelivered"] += len(inner)
+            else:
+                spi = int.from_bytes(packets[ok[0]][0][:4], "big")
+                self.on_packets(inner, self.children.get(spi))
+
+    def send(self, packets: list[bytes]) -> int:
+        """Encrypt inner IP packets by the SPD and send the ESP-in-UDP result; returns how many left."""
+        if not packets:
+            return 0
+        batch = PacketBatch.from_packets(packets)
+        out = PacketBatch.empty(count=len(packets), slot_size=max(len(p) for p in packets) + 128)
+        verdicts = self.dataplane.outbound(batch, out, now=self.now())
+        sent = 0
+        for i in range(len(packets)):
+            if verdicts[i] != Verdict.OK:
+                continue
+            pkt = out.packet(i)
+            if pkt[0] >> 4 == 4:
+                dst = str(ipaddress.IPv4Address(pkt[16:20]))
+                proto = pkt[9]
+            else:
+                dst = str(ipaddress.IPv6Address(pkt[24:40]))
+                proto = pkt[6]
+            if proto != 17:  # raw ESP needs the gateway's raw socket; not on this path
+                continue
+            hl = _outer_len(pkt)
+            sport, dport = struct.unpack("!HH", pkt[hl - 8:hl - 4])
+            if self.endpoint.send_esp(pkt[hl:], (dst, dport), sport):
+                sent += 1
+        self.counters["esp_out_ok"] += sent
+        self.counters["esp_out_dropped"] += len(packets) - sent
+        return sent
+
+    # -- views ---------------------------------------------------------------------------------------------
+    def list_sas(self) -> list[dict[str, Any]]:
+        """IKE_SAs with their CHILD_SAs, counters and lifetimes, JSON-ready (what ``list-sas`` prints)."""
+        now = self.now()
+        out = []
+        for rec in sorted(self.ike_sas.values(), key=lambda r: r.ike_id):
+            if rec.state == "DELETED":
+                continue
+            e = rec.established
+            item: dict[str, Any] = {
+                "name": rec.peer, "ike_id": rec.ike_id, "state": rec.state, "version": 2,
+                "spi_i": f"{rec.spi_i:016x}", "spi_r": f"{rec.spi_r:016x}", "proposal": rec.proposal,
+            }
+            if e is not None:
+                peer = next((p for p in self.config.core.peers if p.name == rec.peer), None)
+                item.update({
+                    "initiator": e.initiator, "local_host": e.local_addr[0], "local_port": e.local_addr[1],
+                    "remote_host": e.remote_addr[0], "remote_port": e.remote_addr[1],
+                    "local_id": str(e.local_id), "remote_id": str(e.remote_id), "auth": e.auth_method,
+                    "nat_local": e.nat_local, "nat_remote": e.nat_remote,
+                    "established": round(now - (rec.established_at or now)),
+                    "rekey_in": (round(peer.rekey_time - (now - (rec.established_at or now)))
+                                 if peer is not None and peer.rekey_time else None),
+                })
+            if rec.last_error:
+                item["last_error"] = rec.last_error
+            item["child_sas"] = [self._child_view(c, now) for c in self.children.values()
+                                 if c.event.ike_id == rec.ike_id]
+            out.append(item)
+        return out
+
+    def _child_view(self, c: InstalledChild, now: float) -> dict[str, Any]:
+        ev = c.event
+        ci, co = c.sa_in.counters, c.sa_out.counters
+        age = now - c.installed_at
+        return {
+            "name": ev.child, "state": c.state, "mode": ev.mode.upper(), "protocol": "ESP", "encap": ev.encap,
+            "suite": ev.suite, "esn": ev.esn, "spi_in": f"{ev.spi_in:08x}", "spi_out": f"{ev.spi_out:08x}",
+            "bytes_in": ci.bytes, "packets_in": ci.packets, "bytes_out": co.bytes, "packets_out": co.packets,
+            "dropped_in": ci.auth_failed + ci.replayed + ci.malformed + ci.pad_errors,
+            "installed": round(age),
+            "rekey_in": round(ev.rekey_time - age) if ev.rekey_time else None,
+            "life_in": round(ev.life_time - age) if ev.life_time else None,
+            "rekey_bytes": ev.rekey_bytes, "life_bytes": ev.life_bytes,
+            "rekey_packets": ev.rekey_packets, "life_packets": ev.life_packets,
+            "local_ts": [str(t) for t in ev.local_ts], "remote_ts": [str(t) for t in ev.remote_ts],
+            "outbound_active": c.outbound_active,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        dp = self.dataplane.counters()
+        return {"endpoint": dict(self.endpoint.stats), "esp": dict(self.counters),
+                "dataplane_in": {k: v for k, v in dp.inbound.items() if v},
+                "dataplane_out": {k: v for k, v in dp.outbound.items() if v},
+                "core": dict(getattr(self.core, "stats", {}) or {})}
+
+    # -- control socket ------------------------------------------------------------------------------------
+    async def _start_control(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path.exists() or path.is_symlink():
+            # A stale socket from a crashed daemon; refuse to take over a live one.
+            try:
+                r, w = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 1.0)
+                w.close()
+                raise OSError(f"control socket {path} is in use by another daemon")
+            except (ConnectionRefusedError, FileNotFoundError, asyncio.TimeoutError):
+                path.unlink()
+        old = os.umask(0o077)
+        try:
+            self._control = await asyncio.start_unix_server(self._control_client, path=str(path),
+                                                            limit=MAX_CONTROL_LINE)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        self.control_path = path
+
+    async def _control_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._control_clients >= MAX_CONTROL_CLIENTS:
+            writer.close()
+            return
+        self._control_clients += 1
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    writer.write(json.dumps({"ok": False, "error": "request too long"}).encode() + b"\n")
+                    break
+                if not line:
+                    break
+                reply = await self.handle_request(line)
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._control_clients -= 1
+            writer.close()
+
+    async def handle_request(self, line: bytes | str | dict[str, Any]) -> dict[str, Any]:
+        """One control request -> one reply; never raises."""
+        try:
+            req = line if isinstance(line, dict) else json.loads(line)
+            if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+                raise ControlError('a request is a JSON object with a "cmd" string')
+            handler = _COMMANDS.get(req["cmd"])
+            if handler is None:
+                raise ControlError(f"unknown command {req['cmd']!r}; known: {', '.join(sorted(_COMMANDS))}")
+            result = await handler(self, req)
+            return {"ok": True, **result}
+        except ControlError as exc:
+            return {"ok": False, "error": str(exc)}
+        except json.JSONDecodeError as exc:
+            return {"ok": False, "error": f"not JSON: {exc}"}
+        except Exception as exc:  # a bug must not kill the daemon; the client sees what happened
+            log.exception("control request failed")
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+    # command handlers
+    def _child_spi(self, req: dict[str, Any]) -> int:
+        value = req.get("child")
+        if value is None:
+            raise ControlError('"child" (inbound SPI in hex, or a CHILD_SA name) is required')
+        if isinstance(value, int):
+            return value
+        text = str(value)
+        named = [c.spi_in for c in self.children.values() if c.event.child == text and c.state == "INSTALLED"]
+        if len(named) == 1:
+            return named[0]
+        if len(named) > 1:
+            raise ControlError(f"several CHILD_SAs are named {text!r}; give the inbound SPI")
+        try:
+            return int(text, 16)
+        except ValueError:
+            raise ControlError(f"no CHILD_SA {text!r}") from None
+
+    def _ike_id(self, req: dict[str, Any]) -> int:
+        if isinstance(req.get("ike_id"), int):
+            return req["ike_id"]
+        peer = req.get("ike") or req.get("peer")
+        if isinstance(peer, str):
+            live = [r.ike_id for r in self.ike_sas.values() if r.peer == peer and r.state != "DELETED"]
+            if live:
+                return live[-1]
+            raise ControlError(f"no IKE_SA with {peer!r}")
+        raise ControlError('"ike_id" or "ike" (the peer name) is required')
+
+    async def _cmd_list_sas(self, req: dict[str, Any]) -> dict[str, Any]:
+        sas = self.list_sas()
+        if isinstance(req.get("ike"), str):
+            sas = [s for s in sas if s["name"] == req["ike"]]
+        return {"ike_sas": sas}
+
+    async def _cmd_initiate(self, req: dict[str, Any]) -> dict[str, Any]:
+        peer = req.get("ike") or req.get("peer")
+        if not isinstance(peer, str):
+            raise ControlError('"ike" (the peer name) is required')
+        if not any(p.name == peer for p in self.config.core.peers):
+            raise ControlError(f"no peer named {peer!r}")
+        timeout = float(req.get("timeout", 10.0))
+        if not 0 < timeout <= 600:
+            raise ControlError("timeout must be in (0, 600] seconds")
+        child = req.get("child") if isinstance(req.get("child"), str) else None
+        return await self.initiate_and_wait(peer, child, timeout)
+
+    async def _cmd_rekey(self, req: dict[str, Any]) -> dict[str, Any]:
+        if req.get("child") is not None:
+            spi = self._child_spi(req)
+            self.rekey_child(spi)
+            return {"rekeying": f"{spi:08x}"}
+        ike_id = self._ike_id(req)
+        self.rekey_ike(ike_id)
+        return {"rekeying": ike_id}
+
+    async def _cmd_terminate(self, req: dict[str, Any]) -> dict[str, Any]:
+        if req.get("child") is not None:
+            spi = self._child_spi(req)
+            self.delete_child(spi)
+            return {"deleting": f"{spi:08x}"}
+        ike_id = self._ike_id(req)
+        self.terminate(ike_id)
+        timeout = float(req.get("timeout", 5.0))
+        deadline = self.now() + min(max(timeout, 0.0), 60.0)
+        while self.ike_sas[ike_id].state != "DELETED" and self.now() < deadline:
+            await asyncio.sleep(0.02)
+        return {"ike_id": ike_id, "state": self.ike_sas[ike_id].state}
+
+    async def _cmd_stats(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"stats": self.stats()}
+
+    async def _cmd_list_conns(self, req: dict[str, Any]) -> dict[str, Any]:
+        conns = []
+        for p in self.config.core.peers:
+            conns.append({"name": p.name, "remote_addr": p.remote_addr, "remote_port": p.remote_port,
+                          "local_id": str(p.local_id), "remote_id": str(p.remote_id) if p.remote_id else None,
+                          "ike_proposals": list(p.ike_proposals), "auth": p.auth,
+                          "children": [{"name": c.name, "local_ts": [str(t) for t in c.local_ts],
+                                        "remote_ts": [str(t) for t in c.remote_ts],
+                                        "esp_proposals": list(c.esp_proposals), "mode": c.mode}
+                                       for c in p.children]})
+        return {"conns": conns}
+
+
+_HANDLERS: dict[type, Callable[[Daemon, Any], None]] = {
+    IkeSaEstablished: Daemon._ike_established,
+    IkeSaRekeyed: Daemon._ike_rekeyed,
+    IkeSaTerminated: Daemon._ike_terminated,
+    AuthenticationFailed: Daemon._auth_failed,
+    ChildSaEstablished: Daemon._child_established,
+    ChildSaRekeyed: Daemon._child_rekeyed,
+    ChildSaDeleted: Daemon._child_deleted,
+    ChildSaFailed: Daemon._child_failed,
+}
+
+_COMMANDS: dict[str, Callable[[Daemon, dict[str, Any]], Any]] = {
+    "list-sas": Daemon._cmd_list_sas,
+    "initiate": Daemon._cmd_initiate,
+    "rekey": Daemon._cmd_rekey,
+    "terminate": Daemon._cmd_terminate,
+    "stats": Daemon._cmd_stats,
+    "list-conns": Daemon._cmd_list_conns,
+}

@@ -1,0 +1,377 @@
+"""Two endpoints in memory: establishment, CREATE_CHILD_SA, rekeys, deletes, retransmits, refusals."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from cryptography import x509
+
+from ike.core_config import Identity
+from ike.events import (AuthenticationFailed, ChildSaDeleted, ChildSaEstablished, ChildSaFailed, ChildSaRekeyed,
+                        IkeKeysDerived, IkeSaEstablished, IkeSaRekeyed, IkeSaTerminated)
+
+from .helpers import (ADDR_I, ADDR_R, NOW, SimpleValidator, CaForTests, cert_peers, child, drain, pair, psk_peers,
+                      roundtrip, transfer)
+
+
+def of(events, cls):  # type: ignore[no-untyped-def]
+    return [e for e in events if isinstance(e, cls)]
+
+
+def establish(peer_i, peer_r, **cfg):  # type: ignore[no-untyped-def]
+    a, b = pair(peer_i, peer_r, **cfg)
+    a.initiate("to-r", 0.0)
+    roundtrip(a, b)
+    return a, b, drain(a), drain(b)
+
+
+def assert_child_keys_match(ea, eb) -> tuple[ChildSaEstablished, ChildSaEstablished]:  # type: ignore[no-untyped-def]
+    ca, cb = of(ea, ChildSaEstablished)[-1], of(eb, ChildSaEstablished)[-1]
+    assert ca.spi_out == cb.spi_in and ca.spi_in == cb.spi_out
+    assert ca.enc_key_out == cb.enc_key_in and ca.enc_key_in == cb.enc_key_out
+    assert ca.integ_key_out == cb.integ_key_in and ca.integ_key_in == cb.integ_key_out
+    assert ca.enc_key_in != ca.enc_key_out
+    assert ca.suite == cb.suite
+    return ca, cb
+
+
+def test_psk_establishes_ike_and_child_sa():
+    a, b, ea, eb = establish(*psk_peers())
+    assert [type(e) for e in ea] == [IkeSaEstablished, ChildSaEstablished]
+    assert [type(e) for e in eb] == [IkeSaEstablished, ChildSaEstablished]
+    ia, ib = ea[0], eb[0]
+    assert (ia.spi_i, ia.spi_r) == (ib.spi_i, ib.spi_r)
+    assert ia.proposal == "aes128gcm16-prfsha256-ecp256" and ia.auth_method == "psk"
+    assert ib.remote_id == Identity("fqdn", "i.example")
+    ca, cb = assert_child_keys_match(ea, eb)
+    assert ca.suite == "aes128gcm16" and len(ca.enc_key_in) == 20 and ca.integ_key_in == b""
+    assert ca.mode == "tunnel" and not ca.encap and not ca.esn
+    # responder narrowed 10.1.0.0/16 <-> 10.2.0.0/16 down to the initiator's /24s
+    assert str(cb.remote_ts[0]) == "10.1.0.0/24" and str(cb.local_ts[0]) == "10.2.0.0/24"
+    assert a.list_sas()[0].state == "established" and b.list_sas()[0].children[0].suite == "aes128gcm16"
+
+
+@pytest.mark.parametrize("kind_i,kind_r,method", [
+    ("rsa", "rsa", "signature(rsa-pkcs1-sha2_256)"),
+    ("ecdsa", "ecdsa", "signature(ecdsa-sha2_256)"),
+    ("ecdsa384", "ed25519", "signature(ecdsa-sha2_384)"),
+])
+def test_certificate_authentication(kind_i, kind_r, method):
+    i, r, _ = cert_peers(kind_i, kind_r)
+    a, b, ea, eb = establish(i, r)
+    assert of(eb, IkeSaEstablished)[0].auth_method == method
+    assert_child_keys_match(ea, eb)
+
+
+@pytest.mark.parametrize("kind,method", [("rsa", "rsa"), ("ecdsa", "ecdsa")])
+def test_classic_signature_methods_without_rfc7427(kind, method):
+    i, r, _ = cert_peers(kind, kind, signature_auth=False)
+    a, b, ea, eb = establish(i, r)
+    assert of(eb, IkeSaEstablished)[0].auth_method == method
+    assert of(ea, IkeSaEstablished)[0].auth_method == method
+
+
+@pytest.mark.parametrize("ike,esp,suite", [
+    ("aes256-sha256-modp2048", "aes256-sha256", "aes256-sha256"),
+    ("aes256gcm16-prfsha384-ecp384", "aes256gcm16-esn", "aes256gcm16"),
+    ("chacha20poly1305-prfsha512-curve25519", "chacha20poly1305", "chacha20poly1305"),
+    ("aes128-sha512-ecp521", "aes128-sha384", "aes128-sha384"),
+    ("aes128gcm16-prfsha256-modp3072", "aes128gcm16", "aes128gcm16"),
+])
+def test_algorithms(ike, esp, suite):
+    i, r = psk_peers(ike_proposals=(ike,))
+    i = replace(i, children=(child(esp_proposals=(esp,)),))
+    r = replace(r, children=(child(local="10.2.0.0/16", remote="10.1.0.0/16", esp_proposals=(esp,)),))
+    a, b, ea, eb = establish(i, r)
+    assert of(ea, IkeSaEstablished)[0].proposal.startswith(ike.split("-")[0])
+    ca, _ = assert_child_keys_match(ea, eb)
+    assert ca.suite == suite and ca.esn == esp.endswith("-esn")
+
+
+def test_key_log_event():
+    a, b, ea, eb = establish(*psk_peers(), key_log=True)
+    ka, kb = of(ea, IkeKeysDerived)[0], of(eb, IkeKeysDerived)[0]
+    assert ka.sk_ei == kb.sk_ei and ka.sk_er == kb.sk_er and len(ka.sk_ei) == 20
+    assert ka.encr == 20 and ka.encr_key_bits == 128 and "sk_ei" not in repr(ka)
+
+
+def test_invalid_ke_payload_retry():
+    i, r = psk_peers()
+    i = replace(i, ike_proposals=("aes128gcm16-prfsha256-ecp256-curve25519",))
+    r = replace(r, ike_proposals=("aes128gcm16-prfsha256-curve25519",))
+    a, b, ea, eb = establish(i, r)
+    assert of(ea, IkeSaEstablished)[0].proposal == "aes128gcm16-prfsha256-curve25519"
+
+
+def test_no_proposal_chosen():
+    i, r = psk_peers()
+    i = replace(i, ike_proposals=("aes128gcm16-prfsha256-ecp256",))
+    r = replace(r, ike_proposals=("aes256-sha256-modp2048",))
+    a, b, ea, eb = establish(i, r)
+    t = of(ea, IkeSaTerminated)[0]
+    assert t.notify == 14 and not of(ea, IkeSaEstablished) and not of(eb, IkeSaEstablished)
+    assert a.list_sas() == [] and b.list_sas() == []
+
+
+def test_child_proposal_mismatch_keeps_ike_sa():
+    i, r = psk_peers()
+    i = replace(i, children=(child(esp_proposals=("chacha20poly1305",)),))
+    a, b, ea, eb = establish(i, r)
+    assert of(ea, IkeSaEstablished) and not of(ea, ChildSaEstablished)
+    assert of(ea, ChildSaFailed)[0].notify == 14
+
+
+def test_ts_unacceptable():
+    i, r = psk_peers()
+    i = replace(i, children=(child(local="172.16.0.0/24"),))
+    a, b, ea, eb = establish(i, r)
+    assert of(ea, ChildSaFailed)[0].notify == 38 and not of(eb, ChildSaEstablished)
+
+
+def test_wrong_psk_is_refused():
+    i, r = psk_peers()
+    r = replace(r, psk=b"other-secret")
+    a, b, ea, eb = establish(i, r)
+    assert of(eb, AuthenticationFailed)[0].local_side
+    assert of(ea, IkeSaTerminated)[0].notify == 24
+    assert not of(ea, ChildSaEstablished) and not of(eb, ChildSaEstablished)
+
+
+def _refused(i, r):  # type: ignore[no-untyped-def]
+    a, b, ea, eb = establish(i, r)
+    assert not of(ea, ChildSaEstablished) and not of(eb, ChildSaEstablished)
+    assert not of(ea, IkeSaEstablished)
+    return ea, eb
+
+
+def test_unknown_ca_is_refused():
+    i, r, ca = cert_peers()
+    other = CaForTests.create("Other CA")
+    r = replace(r, validator=SimpleValidator([other.cert]))
+    ea, eb = _refused(i, r)
+    assert "unknown_ca" in of(eb, AuthenticationFailed)[0].reason
+    assert of(ea, IkeSaTerminated)[0].notify == 24
+
+
+@pytest.mark.parametrize("when,reason", [("expired", "expired"), ("future", "not_yet_valid")])
+def test_expired_and_not_yet_valid_certificates(when, reason):
+    from datetime import timedelta
+
+    i, r, ca = cert_peers()
+    nb, na = ((NOW - timedelta(days=20), NOW - timedelta(days=10)) if when == "expired"
+              else (NOW + timedelta(days=10), NOW + timedelta(days=20)))
+    k, c = ca.issue("initiator", "ecdsa", [x509.DNSName("i.example")], not_before=nb, not_after=na)
+    i = replace(i, credential=replace(i.credential, private_key=k, certificate=c))
+    ea, eb = _refused(i, r)
+    assert reason in of(eb, AuthenticationFailed)[0].reason
+
+
+def test_revoked_certificate():
+    i, r, ca = cert_peers()
+    r = replace(r, validator=SimpleValidator([ca.cert], revoked={i.credential.certificate.serial_number}))
+    ea, eb = _refused(i, r)
+    assert "revoked" in of(eb, AuthenticationFailed)[0].reason
+
+
+def test_identity_not_in_certificate():
+    i, r, ca = cert_peers()
+    i = replace(i, local_id=Identity("fqdn", "mallory.example"))
+    ea, eb = _refused(i, r)
+    assert "not in the certificate" in of(eb, AuthenticationFailed)[0].reason
+
+
+def test_initiator_rejects_responder_identity():
+    i, r, ca = cert_peers()
+    i = replace(i, remote_id=Identity("fqdn", "someone-else.example"))
+    a, b, ea, eb = establish(i, r)
+    assert not of(ea, IkeSaEstablished)
+    assert of(eb, AuthenticationFailed) or of(eb, IkeSaTerminated)
+
+
+def test_dn_identities():
+    ca = CaForTests.create()
+    i, r, _ = cert_peers(ca=ca)
+    i = replace(i, local_id=Identity("dn", "CN=initiator,O=espresso test"), remote_id=None)
+    a, b, ea, eb = establish(i, r)
+    assert of(eb, IkeSaEstablished)[0].remote_id.kind == "dn"
+
+
+def test_create_rekey_delete_child():
+    i, r = psk_peers()
+    r = replace(r, children=(child(local="10.2.0.0/16", remote="10.1.0.0/16",
+                                   esp_proposals=("aes128gcm16", "aes256gcm16-ecp256")),))
+    a, b, ea, eb = establish(i, r)
+    old_a, old_b = assert_child_keys_match(ea, eb)
+    # a second CHILD_SA with CREATE_CHILD_SA and PFS
+    i2 = child("web", local="10.1.1.0/24", remote="10.2.1.0/24", esp_proposals=("aes256gcm16-ecp256",))
+    conn = a.connection(1)
+    conn.create_child(i2, 1.0)
+    roundtrip(a, b, 1.0)
+    ea, eb = drain(a), drain(b)
+    assert_child_keys_match(ea, eb)
+    # rekey the first one: new SA installed, then outbound switch, then the old one deleted
+    a.rekey_child(old_a.spi_in, 2.0)
+    roundtrip(a, b, 2.0)
+    ea, eb = drain(a), drain(b)
+    assert [type(e) for e in ea] == [ChildSaEstablished, ChildSaRekeyed, ChildSaDeleted]
+    assert [type(e) for e in eb] == [ChildSaEstablished, ChildSaRekeyed, ChildSaDeleted]
+    new_a, new_b = assert_child_keys_match(ea, eb)
+    assert new_a.replaces == old_a.spi_in and new_b.replaces == old_b.spi_in
+    assert new_a.enc_key_in != old_a.enc_key_in
+    assert of(ea, ChildSaDeleted)[0].spi_in == old_a.spi_in and of(ea, ChildSaDeleted)[0].reason == "rekeyed"
+    # delete from the responder side
+    b.delete_child(new_b.spi_in, 3.0)
+    roundtrip(a, b, 3.0)
+    assert of(drain(a), ChildSaDeleted)[0].spi_in == new_a.spi_in
+    assert len(a.list_sas()[0].children) == 1 and len(b.list_sas()[0].children) == 1
+
+
+def test_rekey_ike_sa_keeps_children_and_works_after():
+    a, b, ea, eb = establish(*psk_peers())
+    ca, cb = assert_child_keys_match(ea, eb)
+    old = of(ea, IkeSaEstablished)[0]
+    a.rekey_ike(1, 1.0)
+    roundtrip(a, b, 1.0)
+    ea, eb = drain(a), drain(b)
+    ra, rb = of(ea, IkeSaRekeyed)[0], of(eb, IkeSaRekeyed)[0]
+    assert (ra.spi_i, ra.spi_r) == (rb.spi_i, rb.spi_r) != (old.spi_i, old.spi_r)
+    assert not of(ea, IkeSaTerminated) and not of(eb, IkeSaTerminated)
+    # the new IKE_SA carries the children and can rekey one of them
+    a.rekey_child(ca.spi_in, 2.0)
+    roundtrip(a, b, 2.0)
+    ea, eb = drain(a), drain(b)
+    assert_child_keys_match(ea, eb)
+    info = a.list_sas()
+    assert len(info) == 1 and info[0].spi_i == ra.spi_i and len(info[0].children) == 1
+
+
+def test_delete_ike_sa_from_responder():
+    a, b, ea, eb = establish(*psk_peers())
+    b.terminate(1, 1.0)
+    roundtrip(a, b, 1.0)
+    ea, eb = drain(a), drain(b)
+    assert of(ea, IkeSaTerminated)[0].reason == "deleted by peer"
+    assert of(eb, IkeSaTerminated)[0].reason == "deleted"
+    assert len(of(ea, ChildSaDeleted)) == 1 and a.list_sas() == [] and b.list_sas() == []
+
+
+def test_retransmit_and_duplicate_answered_from_cache():
+    i, r = psk_peers()
+    a, b = pair(i, r)
+    a.initiate("to-r", 0.0)
+    transfer(a, b, 0.0, ADDR_I[0], ADDR_R[0])          # INIT request reaches b
+    transfer(b, a, 0.0, ADDR_R[0], ADDR_I[0])          # INIT response reaches a
+    transfer(a, b, 0.0, ADDR_I[0], ADDR_R[0])          # AUTH request reaches b
+    assert transfer(b, a, 0.0, ADDR_R[0], ADDR_I[0], drop=True) == 1   # AUTH response lost
+    t = a.get_timer()
+    assert t is not None and t == pytest.approx(4.0)
+    a.handle_timer(t)                                  # retransmit
+    transfer(a, b, t, ADDR_I[0], ADDR_R[0])            # b answers the duplicate from its cache
+    assert len(of(drain(b), IkeSaEstablished)) == 1    # processed once only
+    transfer(b, a, t, ADDR_R[0], ADDR_I[0])
+    assert of(drain(a), IkeSaEstablished)
+
+
+def test_retransmit_gives_up():
+    i, r = psk_peers()
+    a, b = pair(i, r, retransmit_tries=3)
+    a.initiate("to-r", 0.0)
+    sent = len(a.datagrams_to_send(0.0))
+    times = []
+    for _ in range(10):
+        t = a.get_timer()
+        if t is None:
+            break
+        times.append(t)
+        a.handle_timer(t)
+        sent += len(a.datagrams_to_send(t))
+    ev = drain(a)
+    assert of(ev, IkeSaTerminated)[0].reason.startswith("retransmit timeout")
+    assert sent == 4 and times[1] - times[0] > times[0]  # backoff grows
+
+
+def test_dpd_liveness_check():
+    i, r = psk_peers(dpd_delay=30.0)
+    a, b, ea, eb = establish(i, r)
+    t = a.get_timer()
+    assert t == pytest.approx(30.0)
+    a.handle_timer(30.0)
+    assert roundtrip(a, b, 30.0) == 2  # empty INFORMATIONAL and its answer
+    assert not of(drain(a), IkeSaTerminated)
+
+
+def test_cookie_when_half_open_threshold_passed():
+    i, r = psk_peers()
+    a, b = pair(i, r, cookie_threshold=0)
+    a.initiate("to-r", 0.0)
+    roundtrip(a, b)
+    assert b.stats["cookies_sent"] == 1
+    assert of(drain(a), IkeSaEstablished) and of(drain(b), IkeSaEstablished)
+
+
+def test_half_open_limit_drops():
+    i, r = psk_peers()
+    a, b = pair(i, r, half_open_limit=0)
+    a.initiate("to-r", 0.0)
+    roundtrip(a, b)
+    assert b.stats["dropped_half_open_limit"] == 1 and b.list_sas() == []
+
+
+def test_fragmentation_of_large_certificate_chains():
+    i, r, ca = cert_peers("rsa", "rsa", fragment_size=576)
+    a, b = pair(i, r)
+    a.initiate("to-r", 0.0)
+    sizes = []
+    for _ in range(10):
+        dgs = a.datagrams_to_send(0.0)
+        sizes += [len(d.data) for d in dgs]
+        for d in dgs:
+            b.receive_datagram(d.data, (ADDR_I[0], d.local_port), (ADDR_R[0], d.addr[1]), 0.0)
+        dgs = b.datagrams_to_send(0.0)
+        sizes += [len(d.data) for d in dgs]
+        for d in dgs:
+            a.receive_datagram(d.data, (ADDR_R[0], d.local_port), (ADDR_I[0], d.addr[1]), 0.0)
+        if not dgs:
+            break
+    ea, eb = drain(a), drain(b)
+    assert of(ea, IkeSaEstablished) and of(eb, IkeSaEstablished)
+    assert len(sizes) > 6 and max(sizes) <= 576 - 28
+
+
+def test_tampered_message_is_dropped():
+    i, r = psk_peers()
+    a, b = pair(i, r, retransmit_tries=1)
+    a.initiate("to-r", 0.0)
+    transfer(a, b, 0.0, ADDR_I[0], ADDR_R[0])
+    transfer(b, a, 0.0, ADDR_R[0], ADDR_I[0])
+
+    def flip(data: bytes) -> bytes:
+        return data[:-5] + bytes([data[-5] ^ 1]) + data[-4:]
+
+    transfer(a, b, 0.0, ADDR_I[0], ADDR_R[0], mangle=flip)
+    assert b.datagrams_to_send(0.0) == []  # no answer to a forged message
+    assert not of(drain(b), IkeSaEstablished)
+
+
+def test_nat_detected_moves_to_nat_t_port():
+    i, r = psk_peers(encap=False)
+    i = replace(i, encap=True)
+    a, b = pair(i, r)
+    a.initiate("to-r", 0.0)
+    first = a.datagrams_to_send(0.0)
+    assert first[0].local_port == 500 and not first[0].marker
+    for d in first:
+        b.receive_datagram(d.data, (ADDR_I[0], 500), (ADDR_R[0], 500), 0.0)
+    for d in b.datagrams_to_send(0.0):
+        a.receive_datagram(d.data, (ADDR_R[0], 500), (ADDR_I[0], 500), 0.0)
+    auth = a.datagrams_to_send(0.0)
+    assert auth[0].local_port == 4500 and auth[0].addr == (ADDR_R[0], 4500) and auth[0].marker
+    for d in auth:
+        b.receive_datagram(d.data, (ADDR_I[0], 4500), (ADDR_R[0], 4500), 0.0)
+    resp = b.datagrams_to_send(0.0)
+    assert resp[0].local_port == 4500 and resp[0].marker
+    for d in resp:
+        a.receive_datagram(d.data, (ADDR_R[0], 4500), (ADDR_I[0], 4500), 0.0)
+    ea, eb = drain(a), drain(b)
+    ca, cb = assert_child_keys_match(ea, eb)
+    assert ca.encap and cb.encap and ca.remote_addr == (ADDR_R[0], 4500) and cb.remote_addr == (ADDR_I[0], 4500)
