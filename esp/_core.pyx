@@ -43,6 +43,11 @@ cdef extern from "_espcrypto.h" nogil:
                                    size_t l2, uint8_t *out)
     espc_hmac *espc_get_hmac "ESPC_HMAC_OF"(espc_ctx *c)
     int RAND_bytes(unsigned char *buf, int num)
+    void put16 "espc_put16"(uint8_t *p, uint32_t v)
+    void put32 "espc_put32"(uint8_t *p, uint32_t v)
+    uint32_t get16 "espc_get16"(const uint8_t *p)
+    uint32_t get32 "espc_get32"(const uint8_t *p)
+    const uint8_t *PAD_BYTES "espc_pad_bytes"
     int CRYPTO_memcmp(const void *a, const void *b, size_t n)
 
 cdef extern from *:
@@ -96,22 +101,6 @@ def ipsecmb_supports(str cipher, int key_len) -> bool:
     return bool(espc_ipsecmb_supports(CIPHERS[cipher], key_len))
 
 
-cdef inline void put16(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = (v >> 8) & 0xff
-    p[1] = v & 0xff
-
-cdef inline void put32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = (v >> 24) & 0xff
-    p[1] = (v >> 16) & 0xff
-    p[2] = (v >> 8) & 0xff
-    p[3] = v & 0xff
-
-cdef inline uint32_t get16(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] << 8) | p[1]
-
-cdef inline uint32_t get32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
 cdef inline uint32_t ip4_checksum(const uint8_t *h, int n) noexcept nogil:
     cdef uint32_t s = 0
     cdef int i
@@ -149,6 +138,7 @@ cdef class SaContext:
     # outer header template (tunnel): IPv4 (20) or IPv6 (40), then UDP (8) when encapsulated
     cdef uint8_t tmpl[MAX_HDR]
     cdef int tmpl_len, ip_len
+    cdef uint32_t tmpl_sum       # IPv4: one's-complement sum of the template's constant words
     cdef uint16_t ip_id
     cdef uint16_t sport, dport
     # sequence numbers and the RFC 6479 window
@@ -264,6 +254,7 @@ cdef class SaContext:
             memcpy(t + 12, <const uint8_t *>src, 4)
             memcpy(t + 16, <const uint8_t *>dst, 4)
             self.ip_len = 20
+            self.tmpl_sum = sum16(t, 20, 0)
         else:
             self.v6 = 1
             t[0] = 0x60
@@ -381,8 +372,7 @@ cdef class SaContext:
         memcpy(ct, payload, plen)
         if body > plen:
             memset(ct + plen, 0, body - plen)
-        for i in range(padlen):
-            ct[body + i] = i + 1
+        memcpy(ct + body, PAD_BYTES, padlen)
         ct[ctlen - 2] = padlen
         ct[ctlen - 1] = nh
         # AAD for the AEADs: SPI || [seq high] || seq low (RFC 4106 5, RFC 4309 5, RFC 7634 2.1)
@@ -394,9 +384,13 @@ cdef class SaContext:
         else:
             put32(aad + 4, <uint32_t>seq)
             aad_len = 8
-        if self.cipher == ESPC_GCM or self.cipher == ESPC_CHACHA or self.cipher == ESPC_CCM:
-            memcpy(nonce, self.salt, self.salt_len)
-            memcpy(nonce + self.salt_len, iv, 8)
+        if self.cipher == ESPC_GCM or self.cipher == ESPC_CHACHA:
+            memcpy(nonce, self.salt, 4)
+            memcpy(nonce + 4, iv, 8)
+            r = espc_aead(self.c, nonce, aad, aad_len, ct, ct, ctlen, ct + ctlen)
+        elif self.cipher == ESPC_CCM:
+            memcpy(nonce, self.salt, 3)
+            memcpy(nonce + 3, iv, 8)
             r = espc_aead(self.c, nonce, aad, aad_len, ct, ct, ctlen, ct + ctlen)
         elif self.cipher == ESPC_GMAC:
             # RFC 4543 3.3: everything is AAD; with ESN the high bits sit between SPI and seq.
@@ -522,9 +516,13 @@ cdef class SaContext:
         else:
             put32(aad + 4, sl)
             aad_len = 8
-        if self.cipher == ESPC_GCM or self.cipher == ESPC_CHACHA or self.cipher == ESPC_CCM:
-            memcpy(nonce, self.salt, self.salt_len)
-            memcpy(nonce + self.salt_len, iv, 8)
+        if self.cipher == ESPC_GCM or self.cipher == ESPC_CHACHA:
+            memcpy(nonce, self.salt, 4)
+            memcpy(nonce + 4, iv, 8)
+            r = espc_aead(self.c, nonce, aad, aad_len, ct, out, ctlen, <uint8_t *>(ct + ctlen))
+        elif self.cipher == ESPC_CCM:
+            memcpy(nonce, self.salt, 3)
+            memcpy(nonce + 3, iv, 8)
             r = espc_aead(self.c, nonce, aad, aad_len, ct, out, ctlen, <uint8_t *>(ct + ctlen))
         elif self.cipher == ESPC_GMAC:
             memcpy(nonce, self.salt, 4)
@@ -614,8 +612,8 @@ cdef class SaContext:
                 put16(t + 2, total)
                 self.ip_id += 1
                 put16(t + 4, self.ip_id)
-                put16(t + 10, 0)
-                put16(t + 10, ip4_checksum(t, 20))
+                # The template's fixed words are summed once per SA; only TOS, length and ID vary.
+                put16(t + 10, (~fold(self.tmpl_sum + tc + <uint32_t>total + self.ip_id)) & 0xffff)
             if self.encap:
                 put16(t + self.ip_len + 4, total - self.ip_len)
                 if self.v6:
