@@ -146,6 +146,9 @@ class IkeSaRecord:
     proposal: str = ""
     last_error: str = ""
     waiters: list[asyncio.Future[dict[str, Any]]] = field(default_factory=list)
+    #: (sequence number, outcome) of the last success / failure, for waiters that arrive after the event
+    result: tuple[int, dict[str, Any]] | None = None
+    error: tuple[int, str] | None = None
 
 
 def _ip_header(src: str, dst: str, payload_len: int) -> bytes:
@@ -198,9 +201,11 @@ class Daemon:
         self.counters: dict[str, int] = {"esp_in_ok": 0, "esp_in_dropped": 0, "esp_out_ok": 0,
                                          "esp_out_dropped": 0, "inner_undelivered": 0}
         self._policy_seq = 0
+        self._outcomes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._control: asyncio.AbstractServer | None = None
         self._control_clients = 0
+        self._control_writers: set[asyncio.StreamWriter] = set()
         self._stopped: asyncio.Event | None = None
         self.control_path: Path | None = None
 
@@ -265,6 +270,8 @@ class Daemon:
             self._uninstall(child)
         if self._control is not None:
             self._control.close()
+            for w in list(self._control_writers):
+                w.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._control.wait_closed(), 1.0)
             self._control = None
@@ -290,10 +297,13 @@ class Daemon:
 
     async def initiate_and_wait(self, peer: str, child: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
         """Initiate and wait (bounded) until the first CHILD_SA is up or the attempt failed."""
+        start = self._outcomes
         ike_id = self.initiate(peer, child)
         rec = self.ike_sas[ike_id]
-        if rec.state == "ESTABLISHED" and any(c.event.ike_id == ike_id for c in self.children.values()) and child is None:
-            return {"ike_id": ike_id, "state": rec.state}
+        if rec.error is not None and rec.error[0] > start:
+            raise ControlError(rec.error[1])
+        if rec.result is not None and rec.result[0] > start:
+            return rec.result[1]
         fut: asyncio.Future[dict[str, Any]] = self.loop.create_future()
         rec.waiters.append(fut)
         try:
@@ -460,12 +470,16 @@ class Daemon:
                 self.dataplane.remove_policy(child.policy)
 
     def _wake(self, rec: IkeSaRecord, result: dict[str, Any]) -> None:
+        self._outcomes += 1
+        rec.result = (self._outcomes, result)
         for fut in rec.waiters:
             if not fut.done():
                 fut.set_result(result)
         rec.waiters.clear()
 
     def _fail(self, rec: IkeSaRecord, reason: str) -> None:
+        self._outcomes += 1
+        rec.error = (self._outcomes, f"{rec.peer}[{rec.ike_id}]: {reason}")
         for fut in rec.waiters:
             if not fut.done():
                 fut.set_exception(ControlError(f"{rec.peer}[{rec.ike_id}]: {reason}"))
@@ -633,6 +647,7 @@ class Daemon:
             writer.close()
             return
         self._control_clients += 1
+        self._control_writers.add(writer)
         try:
             while True:
                 try:
@@ -645,10 +660,11 @@ class Daemon:
                 reply = await self.handle_request(line)
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass
         finally:
             self._control_clients -= 1
+            self._control_writers.discard(writer)
             writer.close()
 
     async def handle_request(self, line: bytes | str | dict[str, Any]) -> dict[str, Any]:

@@ -149,9 +149,10 @@ class ScriptedCore:
 
 
 def _config(tmp: Path, name: str) -> DaemonConfig:
-    from ike.core_config import PeerConfig
+    from ike.core_config import ChildConfig, PeerConfig
+    child = ChildConfig("net", (TrafficSelector.from_cidr("10.1.0.0/24"),), (TrafficSelector.from_cidr("10.2.0.0/24"),))
     peer = PeerConfig(name="p", local_id=Identity("fqdn", f"{name}.test"), remote_addr="127.0.0.1",
-                      auth="psk", remote_auth="psk", psk=b"0123456789")
+                      auth="psk", remote_auth="psk", psk=b"0123456789", children=(child,))
     return DaemonConfig(core=CoreConfig(peers=(peer,)), addresses=("127.0.0.1",), port=500, nat_port=4500,
                         control_socket=tmp / f"{name}.sock", key_log=None)
 
