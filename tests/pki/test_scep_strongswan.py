@@ -1,0 +1,119 @@
+"""strongSwan's ``pki --scep`` (an independent SCEP client) enrolls against our CA service over loopback.
+
+The certificate it gets must then pass our validator, with revocation checked live against the same service
+(OCSP and the CRL distribution point), and fail it once revoked.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+from datetime import datetime, timezone
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from pki.ca import CertificateAuthority
+from pki.errors import CertificateRejected, RejectReason
+from pki.ocsp import OcspChecker
+from pki.profile import RevocationMode, RevocationPolicy
+from pki.revocation import CrlCache, default_fetch
+from pki.service import CaService, list_pending
+from pki.validate import TrustAnchor, Validator
+from tests.support import require_tool
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+CHALLENGE = "strongswan-challenge"
+
+
+@pytest.fixture
+def ca_service(tmp_path, request):
+    manual = getattr(request, "param", False)
+    svc = CaService(tmp_path / "ca", challenge=CHALLENGE, manual_approval=manual)
+    try:
+        ca = CertificateAuthority.init(tmp_path / "ca", "CN=strongSwan Interop CA,O=espresso", key_type="rsa",
+                                       key_size=2048, crl_url=f"{svc.url}/crl", ocsp_url=f"{svc.url}/ocsp")
+        (tmp_path / "ca.der").write_bytes(ca.certificate.public_bytes(Encoding.DER))
+        ca.close()
+        svc.start()
+        yield svc
+    finally:
+        svc.stop()
+
+
+def _pki_key(pki: str, path) -> None:
+    with open(path, "wb") as f:
+        subprocess.run([pki, "--gen", "--type", "rsa", "--size", "2048", "--outform", "pem"], stdout=f,
+                       stderr=subprocess.DEVNULL, check=True, timeout=60)
+
+
+def _scep_cmd(pki: str, svc: CaService, tmp_path, password: str = CHALLENGE) -> list[str]:
+    return [pki, "--scep", "--url", f"{svc.url}/scep", "--in", str(tmp_path / "key.pem"),
+            "--dn", "C=CH, O=espresso, CN=moon.example.net", "--san", "moon.example.net", "--san", "192.0.2.10",
+            "--password", password, "--cacert-enc", str(tmp_path / "ca.der"),
+            "--cacert-sig", str(tmp_path / "ca.der"), "--interval", "1", "--maxpolltime", "30",
+            "--outform", "der"]
+
+
+def _validate(cert: x509.Certificate, ca_cert: x509.Certificate, mode: RevocationMode):
+    anchor = TrustAnchor(ca_cert, RevocationPolicy(mode=mode))
+    validator = Validator([anchor], crl_source=CrlCache(fetch=default_fetch), ocsp=OcspChecker(timeout=5))
+    return validator.verify(cert, [], datetime.now(timezone.utc))
+
+
+def test_strongswan_enrolls_and_our_validator_accepts(tmp_path, ca_service):
+    pki = require_tool("pki")
+    svc = ca_service
+    _pki_key(pki, tmp_path / "key.pem")
+    r = subprocess.run(_scep_cmd(pki, svc, tmp_path), capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    cert = x509.load_der_x509_certificate(r.stdout)
+    ca_cert = x509.load_der_x509_certificate((tmp_path / "ca.der").read_bytes())
+    assert cert.subject.rfc4514_string() == "CN=moon.example.net,O=espresso,C=CH"
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["moon.example.net"]
+    assert [str(a) for a in sans.get_values_for_type(x509.IPAddress)] == ["192.0.2.10"]
+    # the CA recorded it, and our validator accepts it with live revocation checks against the service
+    assert svc.run(lambda: svc.ca.lookup(cert.serial_number)) is not None
+    for mode in (RevocationMode.OCSP, RevocationMode.CRL):
+        chain = _validate(cert, ca_cert, mode)
+        assert chain.chain[0] == cert
+    svc.run(lambda: svc.ca.revoke(cert.serial_number, "keyCompromise"))
+    for mode in (RevocationMode.OCSP, RevocationMode.CRL):
+        with pytest.raises(CertificateRejected) as exc:
+            _validate(cert, ca_cert, mode)
+        assert exc.value.reason is RejectReason.REVOKED
+
+
+def test_strongswan_wrong_password_is_refused(tmp_path, ca_service):
+    pki = require_tool("pki")
+    _pki_key(pki, tmp_path / "key.pem")
+    r = subprocess.run(_scep_cmd(pki, ca_service, tmp_path, password="wrong"), capture_output=True, timeout=120)
+    assert r.returncode != 0
+    assert b"badRequest" in r.stderr
+    assert ca_service.run(lambda: ca_service.ca.records()) == []
+
+
+@pytest.mark.parametrize("ca_service", [True], indirect=True)
+def test_strongswan_polls_while_pending_until_approved(tmp_path, ca_service):
+    pki = require_tool("pki")
+    svc = ca_service
+    _pki_key(pki, tmp_path / "key.pem")
+    proc = subprocess.Popen(_scep_cmd(pki, svc, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        pending = []
+        for _ in range(150):  # bounded: at most ~30 s
+            pending = list_pending(svc.ca_dir)
+            if pending or proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert [p.subject for p in pending] == ["CN=moon.example.net,O=espresso,C=CH"], proc.poll()
+        issued = svc.approve(pending[0].transaction_id)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert x509.load_der_x509_certificate(out) == issued
