@@ -323,16 +323,16 @@ def ca_init(args: argparse.Namespace) -> None:
 
 def ca_issue(args: argparse.Namespace) -> None:
     from pki.ca import PROFILES
-    from pki.csr import load_csr
+    from pki.csr import parse_csr
 
     ca = _open_ca(args)
-    csr = load_csr(read_bounded(args.csr), source=args.csr)
+    csr, reencoded = parse_csr(read_bounded(args.csr), source=args.csr)
     if args.profile not in PROFILES:
         raise ValueError(f"unknown profile {args.profile!r} ({', '.join(PROFILES)})")
     profile = PROFILES[args.profile]
     if args.days:
         profile = replace(profile, validity=timedelta(days=args.days))
-    cert = ca.issue(csr, profile)
+    cert = ca.issue(csr, profile, pop_verified=reencoded)
     pem = certificates_to_pem([cert])
     if args.out:
         write_atomic(args.out, pem, PUBLIC_MODE)

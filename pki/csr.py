@@ -14,7 +14,7 @@ from pki.certs import SubjectAltNames, _check_size, _short, parse_subject, sans_
 from pki.errors import CorruptInputError, CsrSignatureError
 from pki.keys import PrivateKey
 
-__all__ = ["build_csr", "load_csr", "verify_csr", "challenge_password", "csr_to_pem", "sans_of", "signing_hash"]
+__all__ = ["build_csr", "load_csr", "parse_csr", "verify_csr", "challenge_password", "csr_to_pem", "sans_of", "signing_hash"]
 
 
 def signing_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
@@ -67,6 +67,66 @@ def load_csr(data: bytes, *, source: str = "certificate request") -> x509.Certif
         raise CorruptInputError(f"{source}: not a valid PKCS#10 request ({_short(exc)})") from None
     verify_csr(csr)
     return csr
+
+
+def parse_csr(data: bytes, *, source: str = "certificate request") -> tuple[x509.CertificateSigningRequest, bool]:
+    """Like :func:`load_csr`, but also accepts requests whose attribute SET is not in DER order (strongSwan 5.9's
+    ``pki --req --password`` writes them; cryptography refuses to parse them).
+
+    Such a request's signature is verified over its ORIGINAL bytes, then it is re-encoded in DER (which breaks the
+    signature). Returns ``(csr, reencoded)``; when ``reencoded`` is True, pass ``pop_verified=True`` to
+    :meth:`pki.ca.CertificateAuthority.issue`.
+    """
+    try:
+        return load_csr(data, source=source), False
+    except CorruptInputError as first:
+        try:
+            from asn1crypto import csr as asn1_csr  # only for this repair path
+        except ImportError:  # pragma: no cover
+            raise first from None
+        try:
+            req = asn1_csr.CertificationRequest.load(bytes(data) if not bytes(data).lstrip().startswith(b"-----")
+                                                     else _pem_body(bytes(data)), strict=True)
+            tbs = req["certification_request_info"].dump()
+            normalized = req.dump(force=True)
+            csr = x509.load_der_x509_csr(normalized)
+            csr.subject
+        except Exception:  # any parse failure of the repair path is the original error
+            raise first from None
+    _verify_over(csr, tbs, source)
+    return csr, True
+
+
+def _pem_body(data: bytes) -> bytes:
+    import base64
+    import re
+
+    m = re.search(rb"-----BEGIN (?:NEW )?CERTIFICATE REQUEST-----(.*?)-----END", data, re.S)
+    if not m:
+        raise ValueError("no CERTIFICATE REQUEST block")
+    return base64.b64decode(b"".join(m.group(1).split()), validate=True)
+
+
+def _verify_over(csr: x509.CertificateSigningRequest, tbs: bytes, source: str) -> None:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+    pub = csr.public_key()
+    try:
+        params = csr.signature_algorithm_parameters
+        h = csr.signature_hash_algorithm
+        if isinstance(pub, rsa.RSAPublicKey):
+            pub.verify(csr.signature, tbs, params if params is not None else padding.PKCS1v15(), h)  # type: ignore[arg-type]
+        elif isinstance(pub, ec.EllipticCurvePublicKey):
+            pub.verify(csr.signature, tbs, ec.ECDSA(h))  # type: ignore[arg-type]
+        elif isinstance(pub, ed25519.Ed25519PublicKey):
+            pub.verify(csr.signature, tbs)
+        else:
+            raise CsrSignatureError(f"{source}: unsupported key type {type(pub).__name__}")
+    except InvalidSignature:
+        raise CsrSignatureError(f"{source}: certificate request signature does not verify") from None
+    except (TypeError, ValueError) as exc:
+        raise CsrSignatureError(f"{source}: certificate request signature cannot be checked ({_short(exc)})") from None
 
 
 def challenge_password(csr: x509.CertificateSigningRequest) -> str | None:

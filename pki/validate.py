@@ -49,6 +49,7 @@ __all__ = [
     "VerifiedChain",
     "IdType",
     "IPSEC_IKE",
+    "IKE_INTERMEDIATE",
     "RFC4945_EKUS",
     "CertificateRejected",
     "RejectReason",
@@ -56,9 +57,11 @@ __all__ = [
 
 #: id-kp-ipsecIKE (RFC 4945 5.1.3.12)
 IPSEC_IKE = ObjectIdentifier("1.3.6.1.5.5.7.3.17")
+#: iKEIntermediate (1.3.6.1.5.5.8.2.2), which strongSwan's ``--flag ikeIntermediate`` and Windows gateways use
+IKE_INTERMEDIATE = ObjectIdentifier("1.3.6.1.5.5.8.2.2")
 #: EKUs accepted by default when a leaf has the extension: RFC 4945's ipsecIKE and anyExtendedKeyUsage, plus
-#: serverAuth/clientAuth which Windows/macOS-oriented CAs put on gateway and user certificates.
-RFC4945_EKUS = frozenset({IPSEC_IKE, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
+#: serverAuth/clientAuth/iKEIntermediate which Windows/macOS-oriented CAs put on gateway and user certificates.
+RFC4945_EKUS = frozenset({IPSEC_IKE, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE, IKE_INTERMEDIATE,
                           ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH})
 #: Bound on what a peer can make us examine.
 MAX_INTERMEDIATES = 16
