@@ -167,10 +167,10 @@ class IkeEndpoint:
     def _classify(self, sock: _Socket, data: bytes, addr: tuple[str, int],
                   esp: list[tuple[bytes, tuple[str, int]]]) -> None:
         if sock.plain:
-            self._ike_received(data, addr, sock.local)
+            self._ike_in_order(data, addr, sock.local, esp)
         elif data[:4] == NON_ESP_MARKER:
             if len(data) > 4:
-                self._ike_received(data[4:], addr, sock.local)
+                self._ike_in_order(data[4:], addr, sock.local, esp)
             else:
                 self.stats["malformed"] += 1
         elif data == KEEPALIVE:
@@ -180,6 +180,15 @@ class IkeEndpoint:
             esp.append((data, addr))
         else:
             self.stats["malformed"] += 1
+
+    def _ike_in_order(self, data: bytes, addr: tuple[str, int], local: tuple[str, int],
+                      esp: list[tuple[bytes, tuple[str, int]]]) -> None:
+        """ESP read before this IKE message is handed over first: a DELETE must not overtake the packets
+        that were sent on the SA before it."""
+        if esp:
+            self._esp_received(list(esp), local)
+            esp.clear()
+        self._ike_received(data, addr, local)
 
     def _esp_received(self, packets: list[tuple[bytes, tuple[str, int]]], local: tuple[str, int]) -> None:
         if self.on_esp is None:

@@ -241,3 +241,22 @@ def test_esp_burst_reaches_the_data_plane_in_batches() -> None:
         tr.close()
 
     asyncio.run(main())
+
+
+def test_esp_before_an_ike_message_is_delivered_first() -> None:
+    async def main() -> None:
+        drv, ep, local, peer, tr, esp, _ = await _setup()
+        order: list[str] = []
+        ep.on_esp = lambda packets, local_: order.extend("esp" for _ in packets)
+        real = drv.receive_datagram
+        drv.receive_datagram = lambda *a: (order.append("ike"), real(*a))
+        for i in range(5):
+            tr.sendto(b"\x00\x00\x01\x00" + bytes(30), local)
+        tr.sendto(NON_ESP_MARKER + b"DELETE" * 5, local)
+        tr.sendto(b"\x00\x00\x01\x00" + bytes(30), local)
+        await _until(lambda: len(order) == 7, "seven datagrams")
+        assert order == ["esp"] * 5 + ["ike", "esp"]
+        ep.close()
+        tr.close()
+
+    asyncio.run(main())

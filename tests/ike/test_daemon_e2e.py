@@ -1,0 +1,197 @@
+"""Two real daemons (the real IKE core, the real esp data plane) on loopback, configured from TOML.
+
+Certificate authentication, UDP-encapsulated ESP on the NAT-T sockets, traffic both ways checked byte for byte,
+a CHILD_SA rekey under traffic with no packet lost, an IKE_SA rekey, and a delete from the responder side.
+Every wait is bounded.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("esp._core", reason="esp._core is not built (python setup.py build_ext --inplace)")
+
+from ike.aio import open_udp_socket  # noqa: E402
+from ike.config import parse_config  # noqa: E402
+from ike.daemon import Daemon  # noqa: E402
+from ike.events import ChildSaEstablished, IkeKeysDerived  # noqa: E402
+from tests.interop.strongswan import LabPki  # noqa: E402
+
+TIMEOUT = 10.0
+
+CONF = """
+[daemon]
+port = {port}
+nat_port = {nat_port}
+control_socket = "{name}.sock"
+{key_log}
+
+[ca-profiles.lab]
+ca_certs = ["ca.pem"]
+revocation = "disable"
+
+[certificates.me]
+cert = "{name}.pem"
+key = "{name}.key"
+
+[peers.{peer}]
+local_addr = "127.0.0.1"
+remote_addr = "127.0.0.1"
+remote_port = {remote_port}
+remote_id = "{peer}.test"
+ike_proposals = ["{ike}"]
+encap = true
+
+[peers.{peer}.children.net]
+local_ts = ["{local}"]
+remote_ts = ["{remote}"]
+esp_proposals = ["{esp}"]
+"""
+
+
+def _ipv4_udp(src: str, dst: str, payload: bytes) -> bytes:
+    udp = struct.pack("!HHHH", 1000, 2000, 8 + len(payload), 0) + payload
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                      bytes(map(int, src.split("."))), bytes(map(int, dst.split("."))))
+    s = sum(struct.unpack("!10H", hdr))
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return hdr[:10] + struct.pack("!H", ~s & 0xFFFF) + hdr[12:] + udp
+
+
+async def _until(pred, what: str, timeout: float = TIMEOUT) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if pred():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Site:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.got: list[bytes] = []
+
+
+async def _pair(tmp: Path, kind: str, ike: str, esp: str, key_log: bool = False) -> tuple[Site, Site]:
+    pki = LabPki(kind)
+    (tmp / "ca.pem").write_bytes(pki.ca.cert_pem())
+    socks = {n: (open_udp_socket("127.0.0.1", 0), open_udp_socket("127.0.0.1", 0)) for n in ("a", "b")}
+    ports = {n: (s[0].getsockname()[1], s[1].getsockname()[1]) for n, s in socks.items()}
+    sites = {}
+    for name, peer, local, remote in (("a", "b", "10.1.0.0/24", "10.2.0.0/24"), ("b", "a", "10.2.0.0/24", "10.1.0.0/24")):
+        cred = pki.issue(name, f"{name}.test")
+        (tmp / f"{name}.pem").write_bytes(cred.cert_pem())
+        (tmp / f"{name}.key").write_bytes(cred.key_pem())
+        text = CONF.format(port=ports[name][0], nat_port=ports[name][1], name=name, peer=peer,
+                           remote_port=ports[peer][0], ike=ike, esp=esp, local=local, remote=remote,
+                           key_log=f'key_log = "keys-{name}"' if key_log else "")
+        cfg = parse_config(text, base=tmp)
+        site = Site(None)  # type: ignore[arg-type]
+        site.daemon = Daemon(cfg, on_packets=lambda pk, ch, s=site: s.got.extend(pk))
+        await site.daemon.start(sockets=list(socks[name]), control=False)
+        sites[name] = site
+    return sites["a"], sites["b"]
+
+
+def _children(d: Daemon) -> list[Any]:
+    return [c for c in d.children.values() if c.state == "INSTALLED"]
+
+
+@pytest.mark.parametrize("kind,ike,esp", [
+    ("ecdsa", "aes128gcm16-prfsha256-ecp256", "aes128gcm16"),
+    ("rsa", "aes256-sha256-modp2048", "aes256-sha256"),
+])
+def test_two_daemons_tunnel(tmp_path: Path, kind: str, ike: str, esp: str) -> None:
+    async def main() -> None:
+        a, b = await _pair(tmp_path, kind, ike, esp, key_log=True)
+        try:
+            r = await a.daemon.initiate_and_wait("b", timeout=TIMEOUT)
+            assert r["state"] == "ESTABLISHED" and r["child"] == "net"
+            await _until(lambda: _children(b.daemon), "the responder's CHILD_SA")
+            (ca,), (cb,) = _children(a.daemon), _children(b.daemon)
+            assert (ca.spi_in, ca.spi_out) == (cb.spi_out, cb.spi_in)
+            assert ca.event.enc_key_out == cb.event.enc_key_in and ca.event.enc_key_in == cb.event.enc_key_out
+            assert ca.event.integ_key_out == cb.event.integ_key_in and ca.event.suite == esp
+            assert ca.event.encap and ca.event.remote_addr[1] == b.daemon.endpoint.addresses[0][1]
+
+            forth = [_ipv4_udp("10.1.0.1", "10.2.0.9", os.urandom(200) + i.to_bytes(4, "big")) for i in range(64)]
+            back = [_ipv4_udp("10.2.0.9", "10.1.0.1", os.urandom(300) + i.to_bytes(4, "big")) for i in range(64)]
+            assert a.daemon.send(forth) == 64 and b.daemon.send(back) == 64
+            await _until(lambda: len(b.got) == 64 and len(a.got) == 64, "traffic both ways")
+            assert b.got == forth and a.got == back
+
+            # CHILD_SA rekey under traffic: nothing lost, the new SPIs carry on.
+            old = ca.spi_in
+            a.daemon.rekey_child(old)
+            sent = 0
+            for i in range(200):
+                sent += a.daemon.send([forth[i % 64]])
+                await asyncio.sleep(0)
+                if old not in a.daemon.children and i > 20:
+                    break
+            await _until(lambda: old not in a.daemon.children and old not in [c.spi_out for c in _children(b.daemon)],
+                         "the old CHILD_SA to go")
+            (na,), (nb,) = _children(a.daemon), _children(b.daemon)
+            assert na.spi_in != old and (na.spi_in, na.spi_out) == (nb.spi_out, nb.spi_in)
+            assert a.daemon.send(forth[:10]) == 10
+            sent += 10
+            await _until(lambda: len(b.got) == 64 + sent, f"{sent} packets after the rekey")
+            assert na.sa_out.counters.packets >= 10
+
+            # IKE_SA rekey keeps the CHILD_SA.
+            (ike_id,) = [s["ike_id"] for s in a.daemon.list_sas()]
+            spi_before = a.daemon.list_sas()[0]["spi_i"]
+            a.daemon.rekey_ike(ike_id)
+            await _until(lambda: a.daemon.list_sas()[0]["spi_i"] != spi_before, "the IKE_SA rekey")
+            assert b.daemon.send(back[:5]) == 5
+            await _until(lambda: len(a.got) == 69, "traffic after the IKE rekey")
+
+            sas = a.daemon.list_sas()
+            assert sas[0]["state"] == "ESTABLISHED" and sas[0]["child_sas"][0]["packets_out"] >= 10
+
+            # The key log has what Wireshark needs for both IKE_SAs and all CHILD_SAs seen.
+            keys = (tmp_path / "keys-a" / "esp_sa").read_text().splitlines()
+            assert any(f"0x{na.spi_out:08x}" in line for line in keys)
+            assert len((tmp_path / "keys-a" / "ikev2_decryption_table").read_text().splitlines()) == 2
+
+            # Delete from the responder side.
+            (b_ike,) = [s["ike_id"] for s in b.daemon.list_sas()]
+            b.daemon.terminate(b_ike)
+            await _until(lambda: not a.daemon.list_sas() and not a.daemon.children, "the initiator to drop all")
+            assert len(a.daemon.dataplane.sad) == 0
+        finally:
+            await a.daemon.stop(delete=False)
+            await b.daemon.stop(delete=False)
+
+    asyncio.run(main())
+
+
+def test_wrong_ca_is_refused_and_daemon_survives(tmp_path: Path) -> None:
+    async def main() -> None:
+        a, b = await _pair(tmp_path, "ecdsa", "aes128gcm16-prfsha256-ecp256", "aes128gcm16")
+        try:
+            # b now trusts another CA only: a's certificate must be refused, nothing installed.
+            other = LabPki("ecdsa")
+            from ike.config import make_validator, CaProfileConfig
+            from pki.profile import RevocationPolicy
+            from dataclasses import replace
+            bad = make_validator([CaProfileConfig("x", (other.ca.cert,), RevocationPolicy(mode="disable"))])
+            core = b.daemon.core
+            peer = replace(core.config.peers[0], validator=bad)
+            core.config = replace(core.config, peers=(peer,))
+            b.daemon.config = replace(b.daemon.config, core=core.config)
+            with pytest.raises(Exception, match="(?i)auth|terminated"):
+                await a.daemon.initiate_and_wait("b", timeout=TIMEOUT)
+            assert not a.daemon.children and not b.daemon.children
+            assert len(b.daemon.dataplane.sad) == 0
+        finally:
+            await a.daemon.stop(delete=False)
+            await b.daemon.stop(delete=False)
+
+    asyncio.run(main())
