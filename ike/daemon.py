@@ -569,6 +569,11 @@ class Daemon:
     def list_sas(self) -> list[dict[str, Any]]:
         """IKE_SAs with their CHILD_SAs, counters and lifetimes, JSON-ready (what ``list-sas`` prints)."""
         now = self.now()
+        try:  # the core's own view (state names, rekey deadlines) where it has one
+            infos = {i.ike_id: i for i in self.core.list_sas()}
+        except Exception:
+            infos = {}
+        kids = {k.spi_in: k for i in infos.values() for k in getattr(i, "children", ())}
         out = []
         for rec in sorted(self.ike_sas.values(), key=lambda r: r.ike_id):
             if rec.state == "DELETED":
@@ -589,18 +594,23 @@ class Daemon:
                     "rekey_in": (round(peer.rekey_time - (now - (rec.established_at or now)))
                                  if peer is not None and peer.rekey_time else None),
                 })
+            info = infos.get(rec.ike_id)
+            if info is not None:
+                item["state"] = str(getattr(info.state, "name", info.state)).upper()
+                if info.rekey_at is not None:
+                    item["rekey_in"] = max(0, round(info.rekey_at - now))
             if rec.last_error:
                 item["last_error"] = rec.last_error
-            item["child_sas"] = [self._child_view(c, now) for c in self.children.values()
+            item["child_sas"] = [self._child_view(c, now, kids.get(c.spi_in)) for c in self.children.values()
                                  if c.event.ike_id == rec.ike_id]
             out.append(item)
         return out
 
-    def _child_view(self, c: InstalledChild, now: float) -> dict[str, Any]:
+    def _child_view(self, c: InstalledChild, now: float, info: Any = None) -> dict[str, Any]:
         ev = c.event
         ci, co = c.sa_in.counters, c.sa_out.counters
         age = now - c.installed_at
-        return {
+        view = {
             "name": ev.child, "state": c.state, "mode": ev.mode.upper(), "protocol": "ESP", "encap": ev.encap,
             "suite": ev.suite, "esn": ev.esn, "spi_in": f"{ev.spi_in:08x}", "spi_out": f"{ev.spi_out:08x}",
             "bytes_in": ci.bytes, "packets_in": ci.packets, "bytes_out": co.bytes, "packets_out": co.packets,
@@ -613,6 +623,12 @@ class Daemon:
             "local_ts": [str(t) for t in ev.local_ts], "remote_ts": [str(t) for t in ev.remote_ts],
             "outbound_active": c.outbound_active,
         }
+        if info is not None:
+            if info.rekey_at is not None:
+                view["rekey_in"] = max(0, round(info.rekey_at - now))
+            if info.expire_at is not None:
+                view["life_in"] = max(0, round(info.expire_at - now))
+        return view
 
     def stats(self) -> dict[str, Any]:
         dp = self.dataplane.counters()
