@@ -31,7 +31,7 @@ import numpy as np
 from .batch import Verdict
 from .events import DataplaneEvent, ExpiryReason, SaAcquire, SaExpired
 from .sad import Sad, SaEntry, sa_direction, sa_spi
-from .spd import NO_MATCH, UNPARSEABLE, Action, Headers, Policy, Selector, Spd, parse_headers, selectors_match
+from .spd import UNPARSEABLE, Action, Headers, Policy, Selector, Spd, parse_headers
 
 __all__ = ["Dataplane", "DataplaneCounters", "DEFAULT_SLOT_SIZE", "ESP_OVERHEAD_MAX"]
 
@@ -43,6 +43,12 @@ DEFAULT_SLOT_SIZE = 2048
 MAX_PENDING_EVENTS = 4096
 
 _NV = 32  # counter slots per direction (verdict codes are < 32)
+# Plain ints: enum attribute lookups cost more than the numpy work they feed.
+_OK, _MALFORMED, _NO_SA, _DISCARDED, _BYPASSED = (int(Verdict.OK), int(Verdict.MALFORMED), int(Verdict.NO_SA),
+                                                   int(Verdict.DISCARDED), int(Verdict.BYPASSED))
+_POLICY_MISMATCH, _EXPIRED, _SEQ_EXHAUSTED = (int(Verdict.POLICY_MISMATCH), int(Verdict.EXPIRED),
+                                              int(Verdict.SEQ_EXHAUSTED))
+_PROTECT, _BYPASS = int(Action.PROTECT), int(Action.BYPASS)
 
 
 def _addr(version: int, hi: int, lo: int) -> str:
@@ -179,29 +185,23 @@ class Dataplane:
         sad = self.sad.snapshot
         idx, h = spd.classify(batch.buf, batch.offsets, batch.lengths, n)
         acts = spd.actions_of(idx)
-        verdicts = np.full(n, int(Verdict.DISCARDED), np.uint8)
-        verdicts[idx == UNPARSEABLE] = Verdict.MALFORMED
-        verdicts[acts == Action.BYPASS] = Verdict.BYPASSED
-        protect = np.flatnonzero(acts == Action.PROTECT)
-        if protect.size:
-            pol_of = idx[protect]
-            order = np.argsort(pol_of, kind="stable")
-            pol_sorted = pol_of[order]
-            starts = np.flatnonzero(np.r_[True, pol_sorted[1:] != pol_sorted[:-1]])
-            ends = np.r_[starts[1:], len(pol_sorted)]
-            for s, e in zip(starts, ends):
-                pi = int(pol_sorted[s])
-                sel = np.sort(protect[order[s:e]]).astype(np.int32)
-                name = spd.policies[pi].name
-                entry = sad.outbound.get(name)
-                if entry is None:
-                    verdicts[sel] = Verdict.NO_SA
-                    self._acquire(name, h, int(sel[0]), now)
-                    continue
-                entry.sa.encrypt_batch(batch, out, select=sel)
-                verdicts[sel] = np.asarray(out.status)[sel]
-                self._check_expiry(entry, verdicts[sel])
-        np.asarray(out.status)[:n] = verdicts
+        verdicts = np.full(n, _DISCARDED, np.uint8)
+        verdicts[idx == UNPARSEABLE] = _MALFORMED
+        verdicts[acts == _BYPASS] = _BYPASSED
+        protect = np.flatnonzero(acts == _PROTECT)
+        status = out.status
+        for pi, sel in _groups(idx[protect], protect):
+            name = spd.policies[pi].name
+            entry = sad.outbound.get(name)
+            if entry is None:
+                verdicts[sel] = _NO_SA
+                self._acquire(name, h, int(sel[0]), now)
+                continue
+            n_ok = entry.sa.encrypt_batch(batch, out, select=sel)
+            v = status[sel]
+            verdicts[sel] = v
+            self._check_expiry(entry, v, n_ok)
+        status[:n] = verdicts
         self._out += np.bincount(verdicts, minlength=_NV)[:_NV]
         return verdicts
 
@@ -225,36 +225,32 @@ class Dataplane:
         esp_pos = np.where(udp, h.l4 + 8, h.l4)
         is_esp = h.ok & ((h.proto == 50) | udp) & (esp_pos + 8 <= end)
         spi = _be32(buf, esp_pos)
-        verdicts = np.full(n, int(Verdict.MALFORMED), np.uint8)
+        verdicts = np.full(n, _MALFORMED, np.uint8)
         marker = udp & (esp_pos + 4 <= end) & (spi == 0)
-        verdicts[marker] = Verdict.BYPASSED
-        verdicts[udp & (end - esp_pos == 1) & (_be8(buf, esp_pos) == 0xFF)] = Verdict.DISCARDED
+        verdicts[marker] = _BYPASSED
+        verdicts[udp & (end - esp_pos == 1) & (_be8(buf, esp_pos) == 0xFF)] = _DISCARDED
         is_esp &= ~marker
         cand = np.flatnonzero(is_esp)
-        verdicts[cand] = Verdict.NO_SA
-        if cand.size:
-            spis = spi[cand]
-            order = np.argsort(spis, kind="stable")
-            ss = spis[order]
-            starts = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])
-            ends = np.r_[starts[1:], len(ss)]
-            groups: list[tuple[SaEntry, np.ndarray]] = []
-            for s, e in zip(starts, ends):
-                entry = sad.inbound_by_spi.get(int(ss[s]))
-                if entry is None:
+        verdicts[cand] = _NO_SA
+        status = out.status
+        groups: list[tuple[SaEntry, np.ndarray]] = []
+        for spi_value, sel in _groups(spi[cand], cand):
+            entry = sad.inbound_by_spi.get(spi_value)
+            if entry is None:
+                continue
+            n_ok = entry.sa.decrypt_batch(batch, out, select=sel)
+            verdicts[sel] = status[sel]
+            groups.append((entry, sel))
+            self._check_expiry(entry, verdicts[sel], n_ok)
+        if any(e.check is not None for e, _ in groups):
+            inner = parse_headers(out.buf, out.offsets, out.lengths, n)
+            for entry, sel in groups:
+                if entry.check is None:
                     continue
-                sel = np.sort(cand[order[s:e]]).astype(np.int32)
-                entry.sa.decrypt_batch(batch, out, select=sel)
-                verdicts[sel] = np.asarray(out.status)[sel]
-                groups.append((entry, sel))
-            if groups:
-                inner = parse_headers(np.asarray(out.buf), out.offsets, out.lengths, n)
-                for entry, sel in groups:
-                    ok = sel[verdicts[sel] == Verdict.OK]
-                    if ok.size and entry.selectors:
-                        fine = selectors_match([s.reversed() for s in entry.selectors], inner, ok)
-                        verdicts[ok[~fine]] = Verdict.POLICY_MISMATCH
-                    self._check_expiry(entry, verdicts[sel])
+                ok = sel[verdicts[sel] == _OK]
+                if ok.size:
+                    fine = entry.check.any_match(inner, ok)
+                    verdicts[ok[~fine]] = _POLICY_MISMATCH
         np.asarray(out.status)[:n] = verdicts
         self._in += np.bincount(verdicts, minlength=_NV)[:_NV]
         return verdicts
@@ -295,11 +291,14 @@ class Dataplane:
         self._emit(SaAcquire(policy, _addr(v, h.src_hi[i], h.src_lo[i]), _addr(v, h.dst_hi[i], h.dst_lo[i]),
                              int(h.proto[i]), int(h.sport[i]), int(h.dport[i])))
 
-    def _check_expiry(self, entry: SaEntry, verdicts: np.ndarray) -> None:
+    def _check_expiry(self, entry: SaEntry, verdicts: np.ndarray, n_ok: int) -> None:
         sa = entry.sa
-        seq_out = bool(np.any(verdicts == Verdict.SEQ_EXHAUSTED))
-        hard = seq_out or bool(getattr(sa, "hard_expired", False)) or bool(np.any(verdicts == Verdict.EXPIRED))
-        soft = hard or bool(getattr(sa, "soft_expired", False))
+        soft = sa.soft_expired
+        if not soft and n_ok == len(verdicts):
+            return  # the common case: every packet passed and no limit is near
+        seq_out = bool((verdicts == _SEQ_EXHAUSTED).any())
+        hard = seq_out or sa.hard_expired or bool((verdicts == _EXPIRED).any())
+        soft = soft or hard
         if not soft:
             return
         for level in ((False, True) if hard else (False,)):
@@ -329,6 +328,20 @@ def _lifetime_reason(sa: Any, hard: bool) -> ExpiryReason:
     except AttributeError:
         pass
     return ExpiryReason.LIFETIME
+
+
+def _groups(keys: np.ndarray, slots: np.ndarray) -> Iterable[tuple[int, np.ndarray]]:
+    """(key, int32 slot indices in batch order) for each distinct key: packets grouped once per batch."""
+    if keys.size == 0:
+        return []
+    first = keys[0]
+    if (keys == first).all():  # the usual batch: one flow, one SA
+        return [(int(first), slots.astype(np.int32))]
+    order = np.argsort(keys, kind="stable")  # stable: each group keeps batch (= sequence number) order
+    ks = keys[order]
+    cut = np.flatnonzero(ks[1:] != ks[:-1]) + 1
+    bounds = np.concatenate(([0], cut, [len(ks)]))
+    return [(int(ks[a]), slots[order[a:b]].astype(np.int32)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _be8(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:

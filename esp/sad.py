@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Iterator, Mapping, Sequence
 
-from .spd import Selector
+from .spd import CompiledSelectors, Selector, compile_selectors
 
 __all__ = ["SaEntry", "Sad", "SadSnapshot", "sa_direction", "sa_spi"]
 
@@ -76,6 +76,8 @@ class SaEntry:
     dst: str | None
     policy: str | None
     selectors: tuple[Selector, ...] = ()
+    #: inbound only: the selectors reversed and compiled, what inner packets are checked against
+    check: CompiledSelectors | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,9 @@ class Sad:
         if not 0 < spi <= 0xFFFFFFFF or (direction == "in" and spi < 256):
             raise ValueError(f"SPI {spi:#x} is not a valid ESP SPI (1-255 are reserved by IANA)")
         addr = _norm_addr(dst) if dst is not None else _sa_dst(sa)
-        entry = SaEntry(sa, spi, direction, addr if direction == "in" else _sa_dst(sa), policy, tuple(selectors))
+        sels = tuple(selectors)
+        check = compile_selectors([s.reversed() for s in sels]) if direction == "in" and sels else None
+        entry = SaEntry(sa, spi, direction, addr if direction == "in" else _sa_dst(sa), policy, sels, check)
         with self._lock:
             s = self._snapshot
             if direction == "in":

@@ -27,6 +27,9 @@ __all__ = [
     "SpdSnapshot",
     "Headers",
     "parse_headers",
+    "CompiledSelectors",
+    "compile_selectors",
+    "selectors_match",
     "NO_MATCH",
     "UNPARSEABLE",
     "OPAQUE_PORT",
@@ -204,29 +207,32 @@ class Headers(NamedTuple):
     l4: np.ndarray  # int64: absolute position in the arena of the upper-layer header
 
 
-def _gather(buf: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
-    """Bytes ``buf[pos:pos+width]`` for every position, as an (n, width) array; out-of-range reads are clipped
-    (callers mask those slots out by length, so the clipped values are never used)."""
-    if len(buf) < width:
-        buf = np.concatenate([buf, np.zeros(width - len(buf), np.uint8)])
-    p = np.clip(pos, 0, len(buf) - width)
-    return buf[p[:, None] + np.arange(width, dtype=np.int64)]
+_IDX40 = np.arange(40, dtype=np.int64)
+_IDX4 = np.arange(4, dtype=np.int64)
+#: Per protocol number: 1 = ports in the first 4 bytes, 2 = ICMP type/code, 0 = no ports.
+_PORT_KIND = np.zeros(256, np.int8)
+_PORT_KIND[list(_PORT_PROTOCOLS)] = 1
+_PORT_KIND[list(_ICMP_PROTOCOLS)] = 2
+_IS_IPV6_EXT = np.zeros(256, bool)
+_IS_IPV6_EXT[list(_IPV6_EXT_LEN8) + [_IPV6_FRAGMENT, _IPV6_AH]] = True
 
 
-def _be(buf: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
-    """Big-endian unsigned integers of ``width`` bytes (1, 2, 4 or 8) at each position, as uint64."""
-    if width == 1:
-        return buf[np.clip(pos, 0, len(buf) - 1)].astype(np.uint64)
-    b = np.ascontiguousarray(_gather(buf, pos, width))
-    return b.view(f">u{width}").reshape(-1).astype(np.uint64)
+def _window(buf: np.ndarray, pos: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``buf[pos + idx]`` for every position as an (n, len(idx)) matrix, in one gather; reads past the arena
+    are clamped to its last byte (such slots are masked out by their lengths, never used)."""
+    at = pos[:, None] + idx
+    np.minimum(at, len(buf) - 1, out=at)
+    return buf[at]
 
 
 def parse_headers(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, count: int | None = None) -> Headers:
     """Parse the IP header (and the ports) of every packet laid out in a batch arena.
 
-    Slots whose packet is too short for its header, or not IPv4/IPv6, get ``ok`` False. IPv6 extension
-    headers (hop-by-hop, routing, destination options, fragment, AH) are walked, at most
-    :data:`MAX_IPV6_EXTENSION_HEADERS` deep. Non-initial IPv4/IPv6 fragments have OPAQUE ports.
+    The first 40 bytes of every packet are gathered into one matrix and every field is a column of it, so
+    the cost is a few dozen numpy operations per batch whatever its size. Slots whose packet is too short
+    for its header, or not IPv4/IPv6, get ``ok`` False. IPv6 extension headers (hop-by-hop, routing,
+    destination options, fragment, AH) are walked, at most :data:`MAX_IPV6_EXTENSION_HEADERS` deep, only
+    when a packet has one. Non-initial IPv4/IPv6 fragments have OPAQUE ports.
     """
     n = len(offsets) if count is None else int(count)
     off = np.asarray(offsets[:n], dtype=np.int64)
@@ -235,71 +241,64 @@ def parse_headers(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, cou
         z = np.zeros(n, np.uint64)
         return Headers(np.zeros(n, bool), np.zeros(n, np.uint8), z, z, z, z, np.zeros(n, np.int32),
                        np.full(n, OPAQUE_PORT, np.int32), np.full(n, OPAQUE_PORT, np.int32), np.zeros(n, np.int64))
-    b0 = _be(buf, off, 1)
-    ver = (b0 >> np.uint64(4)).astype(np.uint8)
-    ver = np.where(ln >= 1, ver, 0).astype(np.uint8)
-    v4 = (ver == 4) & (ln >= 20)
+    h = _window(buf, off, _IDX40)
+    b0 = h[:, 0]
+    ver = b0 >> 4
+    ihl = (b0 & 0x0F).astype(np.int64) * 4
+    v4 = (ver == 4) & (ihl >= 20) & (ln >= ihl)
     v6 = (ver == 6) & (ln >= 40)
-
-    src_hi = np.zeros(n, np.uint64)
-    dst_hi = np.zeros(n, np.uint64)
-    # IPv4 fields (computed for all, used where v4)
-    ihl = ((b0 & np.uint64(0x0F)) * np.uint64(4)).astype(np.int64)
-    v4 &= (ihl >= 20) & (ln >= ihl)
-    frag4 = _be(buf, off + 6, 2) & np.uint64(0x1FFF)
-    proto4 = _be(buf, off + 9, 1)
-    src4 = _be(buf, off + 12, 4)
-    dst4 = _be(buf, off + 16, 4)
-    # IPv6
-    src6_hi, src6_lo = _be(buf, off + 8, 8), _be(buf, off + 16, 8)
-    dst6_hi, dst6_lo = _be(buf, off + 24, 8), _be(buf, off + 32, 8)
-    nh = _be(buf, off + 6, 1).astype(np.int64)
-    pos6 = off + 40
-    nonfirst6 = np.zeros(n, bool)
-    for _ in range(MAX_IPV6_EXTENSION_HEADERS):
-        has_room = (pos6 + 8) <= (off + ln)
-        ext8 = np.isin(nh, _IPV6_EXT_LEN8) & has_room
-        frag = (nh == _IPV6_FRAGMENT) & has_room
-        ah = (nh == _IPV6_AH) & has_room
-        step = ext8 | frag | ah
-        if not step[v6].any():
-            break
-        nxt = _be(buf, pos6, 1).astype(np.int64)
-        hlen = _be(buf, pos6 + 1, 1).astype(np.int64)
-        fo = (_be(buf, pos6 + 2, 2) >> np.uint64(3)).astype(np.int64)
-        nonfirst6 |= frag & (fo != 0)
-        size = np.where(ext8, (hlen + 1) * 8, np.where(frag, 8, (hlen + 2) * 4))
-        nh = np.where(step, nxt, nh)
-        pos6 = np.where(step, pos6 + size, pos6)
-
-    version = np.where(v4, 4, np.where(v6, 6, 0)).astype(np.uint8)
     ok = v4 | v6
-    proto = np.where(v4, proto4.astype(np.int64), np.where(v6, nh, 0)).astype(np.int32)
-    l4 = np.where(v4, off + ihl, pos6)
-    nonfirst = np.where(v4, frag4 != 0, nonfirst6)
+    w4 = np.ascontiguousarray(h[:, 12:20]).view(">u4").astype(np.uint64)  # IPv4 src, dst
+    w8 = np.ascontiguousarray(h[:, 8:40]).view(">u8").astype(np.uint64)   # IPv6 src hi/lo, dst hi/lo
+    nh = h[:, 6].astype(np.int64)
+    frag4 = ((h[:, 6] & 0x1F) != 0) | (h[:, 7] != 0)
+    proto = np.where(v4, h[:, 9], np.where(v6, nh, 0)).astype(np.int32)
+    l4 = off + np.where(v4, ihl, 40)
+    nonfirst = v4 & frag4
+    ext = v6 & _IS_IPV6_EXT[nh]
+    if ext.any():
+        proto, l4, nonfirst = _walk_ipv6(buf, off, ln, ext, proto, l4, nonfirst)
+    p = _window(buf, l4, _IDX4).astype(np.int32)
+    kind = _PORT_KIND[proto & 0xFF]
     has_ports = ok & ~nonfirst & ((l4 + 4) <= (off + ln))
-    port_proto = np.isin(proto, _PORT_PROTOCOLS)
-    icmp = np.isin(proto, _ICMP_PROTOCOLS)
-    p1 = _be(buf, l4, 2).astype(np.int32)
-    p2 = _be(buf, l4 + 2, 2).astype(np.int32)
-    t = _be(buf, l4, 1).astype(np.int32)
-    c = _be(buf, l4 + 1, 1).astype(np.int32)
-    sport = np.where(has_ports & port_proto, p1, np.where(has_ports & icmp, t, OPAQUE_PORT)).astype(np.int32)
-    dport = np.where(has_ports & port_proto, p2, np.where(has_ports & icmp, c, OPAQUE_PORT)).astype(np.int32)
-
-    z = np.uint64(0)
+    ports = has_ports & (kind == 1)
+    icmp = has_ports & (kind == 2)
+    sport = np.where(ports, (p[:, 0] << 8) | p[:, 1], np.where(icmp, p[:, 0], OPAQUE_PORT)).astype(np.int32)
+    dport = np.where(ports, (p[:, 2] << 8) | p[:, 3], np.where(icmp, p[:, 1], OPAQUE_PORT)).astype(np.int32)
+    zero = np.uint64(0)
     return Headers(
         ok=ok,
-        version=version,
-        src_hi=np.where(v6, src6_hi, src_hi).astype(np.uint64),
-        src_lo=np.where(v4, src4, np.where(v6, src6_lo, z)).astype(np.uint64),
-        dst_hi=np.where(v6, dst6_hi, dst_hi).astype(np.uint64),
-        dst_lo=np.where(v4, dst4, np.where(v6, dst6_lo, z)).astype(np.uint64),
+        version=np.where(v4, 4, np.where(v6, 6, 0)).astype(np.uint8),
+        src_hi=np.where(v6, w8[:, 0], zero),
+        src_lo=np.where(v6, w8[:, 1], np.where(v4, w4[:, 0], zero)),
+        dst_hi=np.where(v6, w8[:, 2], zero),
+        dst_lo=np.where(v6, w8[:, 3], np.where(v4, w4[:, 1], zero)),
         proto=proto,
         sport=sport,
         dport=dport,
-        l4=l4.astype(np.int64),
+        l4=l4,
     )
+
+
+def _walk_ipv6(buf: np.ndarray, off: np.ndarray, ln: np.ndarray, ext: np.ndarray, proto: np.ndarray,
+               l4: np.ndarray, nonfirst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Follow IPv6 extension headers for the packets that have them (the rare path)."""
+    nh = proto.astype(np.int64)
+    pos = l4.copy()
+    nonfirst = nonfirst.copy()
+    end = off + ln
+    for _ in range(MAX_IPV6_EXTENSION_HEADERS):
+        step = ext & _IS_IPV6_EXT[nh & 0xFF] & ((pos + 8) <= end)
+        if not step.any():
+            break
+        w = _window(buf, pos, _IDX4).astype(np.int64)
+        frag = step & (nh == _IPV6_FRAGMENT)
+        ah = step & (nh == _IPV6_AH)
+        nonfirst |= frag & ((((w[:, 2] << 8) | w[:, 3]) >> 3) != 0)
+        size = np.where(frag, 8, np.where(ah, (w[:, 1] + 2) * 4, (w[:, 1] + 1) * 8))
+        nh = np.where(step, w[:, 0], nh)
+        pos = np.where(step, pos + size, pos)
+    return nh.astype(np.int32), pos, nonfirst
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -318,53 +317,85 @@ def _net_words(net: Network | None) -> tuple[int, int, int, int, int]:
     return (6, val >> 64, val & m64, mask >> 64, mask & m64)
 
 
-@dataclass(frozen=True)
-class _CompiledSelectors:
-    """All selectors of a policy set as columns; ``owner[k]`` is the index of the policy selector k belongs to."""
+#: Selectors tested at once against a batch (an (n, CHUNK) matrix per operation); larger SPDs go in chunks,
+#: stopping as soon as every packet has its match.
+SELECTOR_CHUNK = 256
 
-    owner: np.ndarray
-    version: np.ndarray
-    cols: dict = field(repr=False)
 
-    @classmethod
-    def build(cls, policies: Sequence[tuple[int, Selector]]) -> "_CompiledSelectors":
+class CompiledSelectors:
+    """Selectors as columns (k values each), matched against a batch by broadcasting: a fixed number of
+    numpy operations per batch, whatever the number of selectors (up to :data:`SELECTOR_CHUNK`).
+
+    ``owner[j]`` is the index of the policy selector j belongs to.
+    """
+
+    __slots__ = ("owner", "ver", "sh", "sl", "smh", "sml", "dh", "dl", "dmh", "dml", "proto", "sp", "dp",
+                 "sp_any", "dp_any", "size")
+
+    def __init__(self, entries: Sequence[tuple[int, Selector]]) -> None:
         rows = []
-        for owner, sel in policies:
+        for owner, sel in entries:
             sv, sh, sl, smh, sml = _net_words(sel.src)
             dv, dh, dl, dmh, dml = _net_words(sel.dst)
             rows.append((owner, sv or dv, sh, sl, smh, sml, dh, dl, dmh, dml, sel.proto, *sel.sport, *sel.dport))
-        names = ("owner", "version", "sh", "sl", "smh", "sml", "dh", "dl", "dmh", "dml", "proto",
-                 "splo", "sphi", "dplo", "dphi")
-        cols = {}
-        for i, name in enumerate(names):
-            vals = [r[i] for r in rows]
-            dtype = np.uint64 if name[0] in "sd" and name[1] in "hlm" else np.int64
-            cols[name] = np.array(vals, dtype=dtype)
-        return cls(owner=cols["owner"], version=cols["version"], cols=cols)
+        cols = list(zip(*rows)) if rows else [()] * 15
+        u64 = lambda i: np.array(cols[i], dtype=np.uint64)  # noqa: E731
+        i64 = lambda i: np.array(cols[i], dtype=np.int64)  # noqa: E731
+        self.owner = i64(0).astype(np.int32)
+        self.ver = i64(1)
+        self.sh, self.sl, self.smh, self.sml = u64(2), u64(3), u64(4), u64(5)
+        self.dh, self.dl, self.dmh, self.dml = u64(6), u64(7), u64(8), u64(9)
+        self.proto = i64(10)
+        self.sp = (i64(11), i64(12))
+        self.dp = (i64(13), i64(14))
+        self.sp_any = (self.sp[0] == 0) & (self.sp[1] == 65535)
+        self.dp_any = (self.dp[0] == 0) & (self.dp[1] == 65535)
+        self.size = len(rows)
 
-    def match_one(self, k: int, h: Headers, idx: np.ndarray | None = None) -> np.ndarray:
-        """Which packets (all, or those at ``idx``) selector k matches."""
-        c = self.cols
+    def matrix(self, h: Headers, lo: int = 0, hi: int | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+        """Boolean (packets, selectors[lo:hi]) match matrix, for all packets or those at ``rows``."""
+        k = slice(lo, hi)
 
-        def f(a: np.ndarray) -> np.ndarray:
-            return a if idx is None else a[idx]
+        def col(a: np.ndarray) -> np.ndarray:
+            return (a if rows is None else a[rows])[:, None]
 
-        m = f(h.ok).copy()
-        ver = int(c["version"][k])
-        if ver:
-            m &= f(h.version) == ver
-        if c["smh"][k] or c["sml"][k]:
-            m &= ((f(h.src_hi) & c["smh"][k]) == c["sh"][k]) & ((f(h.src_lo) & c["sml"][k]) == c["sl"][k])
-        if c["dmh"][k] or c["dml"][k]:
-            m &= ((f(h.dst_hi) & c["dmh"][k]) == c["dh"][k]) & ((f(h.dst_lo) & c["dml"][k]) == c["dl"][k])
-        if c["proto"][k]:
-            m &= f(h.proto) == c["proto"][k]
-        for lo, hi, ports in (("splo", "sphi", h.sport), ("dplo", "dphi", h.dport)):
-            plo, phi = int(c[lo][k]), int(c[hi][k])
-            if (plo, phi) != (0, 65535):
-                p = f(ports)
-                m &= (p >= plo) & (p <= phi)  # OPAQUE (-1) never falls in a proper range
+        ver = self.ver[k]
+        m = (ver == 0) | (col(h.version) == ver)
+        m &= (col(h.src_hi) & self.smh[k]) == self.sh[k]
+        m &= (col(h.src_lo) & self.sml[k]) == self.sl[k]
+        m &= (col(h.dst_hi) & self.dmh[k]) == self.dh[k]
+        m &= (col(h.dst_lo) & self.dml[k]) == self.dl[k]
+        proto = self.proto[k]
+        m &= (proto == 0) | (col(h.proto) == proto)
+        sp = col(h.sport)
+        m &= self.sp_any[k] | ((sp >= self.sp[0][k]) & (sp <= self.sp[1][k]))  # OPAQUE (-1) is in no range
+        dp = col(h.dport)
+        m &= self.dp_any[k] | ((dp >= self.dp[0][k]) & (dp <= self.dp[1][k]))
+        m &= col(h.ok)
         return m
+
+    def first_match(self, h: Headers) -> np.ndarray:
+        """Owner of the first matching selector per packet (int32), NO_MATCH or UNPARSEABLE."""
+        n = len(h.ok)
+        out = np.full(n, NO_MATCH, dtype=np.int32)
+        out[~h.ok] = UNPARSEABLE
+        rows: np.ndarray | None = None
+        for lo in range(0, self.size, SELECTOR_CHUNK):
+            m = self.matrix(h, lo, lo + SELECTOR_CHUNK, rows)
+            first = m.argmax(axis=1)
+            hit = m[np.arange(len(first)), first]
+            idx = np.arange(n) if rows is None else rows
+            out[idx[hit]] = self.owner[lo + first[hit]]
+            rows = idx[~hit & h.ok[idx]]
+            if rows.size == 0:
+                break
+        return out
+
+    def any_match(self, h: Headers, rows: np.ndarray) -> np.ndarray:
+        """Whether each packet at ``rows`` matches any selector."""
+        if self.size == 0:
+            return np.zeros(len(rows), bool)
+        return self.matrix(h, 0, None, rows).any(axis=1)
 
 
 @dataclass(frozen=True)
@@ -373,13 +404,13 @@ class SpdSnapshot:
 
     policies: tuple[Policy, ...]
     version: int
-    _sel: _CompiledSelectors = field(repr=False)
+    _sel: CompiledSelectors = field(repr=False)
     _actions: np.ndarray = field(repr=False)
 
     @classmethod
     def build(cls, policies: Sequence[Policy], version: int) -> "SpdSnapshot":
         flat = [(i, s) for i, p in enumerate(policies) for s in p.selectors]
-        return cls(tuple(policies), version, _CompiledSelectors.build(flat),
+        return cls(tuple(policies), version, CompiledSelectors(flat),
                    np.array([int(p.action) for p in policies], dtype=np.int8))
 
     def index(self, name: str) -> int:
@@ -390,19 +421,7 @@ class SpdSnapshot:
 
     def classify_headers(self, h: Headers) -> np.ndarray:
         """First matching policy index per packet (int32), NO_MATCH or UNPARSEABLE."""
-        n = len(h.ok)
-        out = np.full(n, NO_MATCH, dtype=np.int32)
-        out[~h.ok] = UNPARSEABLE
-        pending = np.flatnonzero(h.ok)
-        sel = self._sel
-        for k in range(len(sel.owner)):
-            if pending.size == 0:
-                break
-            m = sel.match_one(k, h, pending)
-            if m.any():
-                out[pending[m]] = sel.owner[k]
-                pending = pending[~m]
-        return out
+        return self._sel.first_match(h)
 
     def classify(self, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
                  count: int | None = None) -> tuple[np.ndarray, Headers]:
@@ -418,13 +437,15 @@ class SpdSnapshot:
         return acts
 
 
-def selectors_match(selectors: Sequence[Selector], h: Headers, idx: np.ndarray) -> np.ndarray:
-    """Whether each packet at ``idx`` matches any of ``selectors``: the inbound policy check of one SA."""
-    comp = _CompiledSelectors.build([(0, s) for s in selectors])
-    m = np.zeros(len(idx), bool)
-    for k in range(len(comp.owner)):
-        m |= comp.match_one(k, h, idx)
-    return m
+def compile_selectors(selectors: Sequence[Selector]) -> CompiledSelectors:
+    """Selectors compiled for :meth:`CompiledSelectors.any_match` (an SA's inbound policy check)."""
+    return CompiledSelectors([(0, s) for s in selectors])
+
+
+def selectors_match(selectors: Sequence[Selector] | CompiledSelectors, h: Headers, rows: np.ndarray) -> np.ndarray:
+    """Whether each packet at ``rows`` matches any of ``selectors``: the inbound policy check of one SA."""
+    comp = selectors if isinstance(selectors, CompiledSelectors) else compile_selectors(selectors)
+    return comp.any_match(h, rows)
 
 
 class Spd:

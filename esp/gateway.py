@@ -1,0 +1,378 @@
+"""The tunnel gateway runtime: a TUN device on the plaintext side, UDP 4500 (and raw ESP) on the other.
+
+Two threads move packets, each one batch at a time with the GIL released in every system call and in the
+crypto (so they run in parallel on two cores, and neither shares a thread with IKE):
+
+* **tx**: TUN --read() loop--> :meth:`Dataplane.outbound` --sendmmsg--> UDP 4500 (RFC 3948) or raw ESP
+* **rx**: UDP 4500 / raw ESP --recvmmsg--> :meth:`Dataplane.inbound` --write() loop--> TUN
+
+Per batch, Python runs a fixed number of numpy operations and one core call per SA; nothing is done per
+packet. ESP and IKE share the NAT-T port (the kernel cannot tell them apart), so the gateway owns that
+socket: IKE messages (non-ESP marker) are passed to ``on_ike`` and IKE sends through :meth:`send_ike`.
+
+The key manager drives :attr:`Gateway.dataplane` (see :mod:`esp.dataplane`); without IKE, SAs can be
+installed by hand, or from a JSON file with :func:`run_static` (a router's static SA configuration).
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import json
+import os
+import signal
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import _io
+from .batch import PacketBatch, Verdict
+from .dataplane import Dataplane
+from .errors import EspError
+from .sa import Direction, Lifetime, Sa, SaParams, UdpEncap
+from .spd import Policy, Selector
+from .tun import Tun, TunError, open_tun
+
+__all__ = ["Gateway", "GatewayConfig", "GatewayError", "GatewayStats", "run_static", "load_static"]
+
+IkeSink = Callable[[bytes, tuple, tuple], None]
+
+#: Socket buffer asked for on the ESP sockets: a burst of a few thousand full-size packets.
+SOCKET_BUFFER = 8 << 20
+NON_ESP_MARKER = b"\0\0\0\0"
+
+
+class GatewayError(EspError):
+    """The gateway could not start (privilege, device, address in use); the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Where the gateway sits. ``local_addr`` is the outer address ESP leaves from and arrives at;
+    ``routes`` are the remote inner prefixes sent into the TUN device (and so into the SPD)."""
+
+    local_addr: str
+    tun_name: str = "esp%d"
+    tun_addresses: tuple[str, ...] = ()
+    routes: tuple[str, ...] = ()
+    mtu: int = 1400
+    nat_port: int = 4500
+    raw_esp: bool = False
+    batch_size: int = 64
+    slot_size: int = 2048
+    poll_ms: int = 100
+
+    def __post_init__(self) -> None:
+        ipaddress.ip_address(self.local_addr)
+        object.__setattr__(self, "tun_addresses", tuple(self.tun_addresses))
+        object.__setattr__(self, "routes", tuple(self.routes))
+        if not 0 < self.nat_port < 65536:
+            raise ValueError("nat_port must be 1..65535")
+        if not 1 <= self.batch_size <= 1024:
+            raise ValueError("batch_size must be 1..1024")
+        if self.slot_size < self.mtu + 128:
+            raise ValueError(f"slot_size {self.slot_size} too small for MTU {self.mtu} plus ESP overhead")
+
+
+@dataclass
+class GatewayStats:
+    """Packet counts of the two threads (the data plane keeps per-verdict counters of its own)."""
+
+    tun_read: int = 0
+    esp_sent: int = 0
+    esp_send_dropped: int = 0
+    not_sent: int = 0  # outbound verdict other than OK (discarded, no SA, bypassed ...)
+    esp_received: int = 0
+    tun_written: int = 0
+    tun_write_dropped: int = 0
+    not_delivered: int = 0  # inbound verdict other than OK (and not IKE)
+    ike_received: int = 0
+    tx_batches: int = 0
+    rx_batches: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class _Slots:
+    """A preallocated batch plus views of its first n slots (what the data plane processes)."""
+
+    def __init__(self, count: int, slot_size: int) -> None:
+        self.full = PacketBatch.empty(count, slot_size)
+
+    def view(self, n: int) -> PacketBatch:
+        f = self.full
+        return PacketBatch(f.buf, f.offsets[:n], f.lengths[:n], f.capacity[:n])
+
+
+class Gateway:
+    """One TUN device, the NAT-T UDP socket (and optionally a raw ESP socket), two data threads."""
+
+    def __init__(self, config: GatewayConfig, dataplane: Dataplane | None = None, *,
+                 on_ike: IkeSink | None = None) -> None:
+        self.config = config
+        self.dataplane = dataplane if dataplane is not None else Dataplane()
+        self.on_ike = on_ike
+        self.stats = GatewayStats()
+        self.family = ipaddress.ip_address(config.local_addr).version
+        self.tun: Tun | None = None
+        self.udp: socket.socket | None = None
+        self.raw: socket.socket | None = None
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = -1, -1
+        self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Open the TUN device and sockets, then start the threads. Raises GatewayError with the reason."""
+        c = self.config
+        af = socket.AF_INET if self.family == 4 else socket.AF_INET6
+        try:
+            self.udp = self._socket(af, socket.SOCK_DGRAM, 0)
+            try:
+                self.udp.bind((c.local_addr, c.nat_port))
+            except OSError as exc:
+                raise GatewayError(f"cannot bind UDP {c.local_addr} port {c.nat_port}: {exc.strerror}") from None
+            if c.raw_esp:
+                try:
+                    self.raw = self._socket(af, socket.SOCK_RAW, socket.IPPROTO_ESP)
+                except PermissionError:
+                    raise GatewayError("raw ESP (IP protocol 50) needs CAP_NET_RAW: run as root, or set "
+                                       "raw_esp = false to carry ESP in UDP only") from None
+                self.raw.bind((c.local_addr, 0))
+            try:
+                self.tun = open_tun(c.tun_name, addresses=c.tun_addresses, routes=c.routes, mtu=c.mtu)
+            except TunError as exc:
+                raise GatewayError(str(exc)) from None
+            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._stop.clear()
+            self._threads = [threading.Thread(target=self._guard, args=(self._tx_loop,), name="esp-tx", daemon=True),
+                             threading.Thread(target=self._guard, args=(self._rx_loop,), name="esp-rx", daemon=True)]
+            for t in self._threads:
+                t.start()
+        except BaseException:
+            self._close()
+            raise
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the threads (within ``timeout``), close the device and sockets."""
+        self._stop.set()
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+        for t in self._threads:
+            t.join(timeout)
+        self._threads = []
+        self._close()
+
+    def __enter__(self) -> "Gateway":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def send_ike(self, data: bytes, addr: tuple) -> None:
+        """Send an IKE message from the NAT-T port, with the 4-byte non-ESP marker (RFC 3948 2.2)."""
+        if self.udp is None:
+            raise GatewayError("the gateway is not started")
+        self.udp.sendto(NON_ESP_MARKER + data, addr)
+
+    @property
+    def nat_port(self) -> int:
+        return self.udp.getsockname()[1] if self.udp is not None else self.config.nat_port
+
+    def _socket(self, af: int, kind: int, proto: int) -> socket.socket:
+        s = socket.socket(af, kind, proto)
+        if af == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # SO_RCVBUFFORCE / SO_SNDBUFFORCE
+            try:
+                s.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+            except OSError:
+                s.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        s.setblocking(False)
+        return s
+
+    def _close(self) -> None:
+        for s in (self.udp, self.raw):
+            if s is not None:
+                s.close()
+        self.udp = self.raw = None
+        if self.tun is not None:
+            self.tun.close()
+            self.tun = None
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def _guard(self, loop: Callable[[], None]) -> None:
+        try:
+            loop()
+        except Exception as exc:  # a data thread must not die silently
+            self.stats.errors.append(f"{threading.current_thread().name}: {type(exc).__name__}: {exc}")
+            self._stop.set()
+
+    # ------------------------------------------------------------------ tx: TUN -> ESP
+    def _tx_loop(self) -> None:
+        c, st, dp = self.config, self.stats, self.dataplane
+        src, dst = _Slots(c.batch_size, c.slot_size), _Slots(c.batch_size, c.slot_size)
+        tun_fd, wake = self.tun.fileno(), self._wake_r  # type: ignore[union-attr]
+        udp_fd = self.udp.fileno()  # type: ignore[union-attr]
+        raw_fd = self.raw.fileno() if self.raw is not None else -1
+        f = src.full
+        while not self._stop.is_set():
+            if not _io.poll([tun_fd, wake], c.poll_ms) & 1:
+                continue
+            n = _io.tun_read(tun_fd, f.buf, f.offsets, f.lengths, f.capacity, c.batch_size)
+            if n <= 0:
+                continue
+            st.tun_read += n
+            st.tx_batches += 1
+            out = dst.view(n)
+            verdicts = dp.outbound(src.view(n), out)
+            ok = np.flatnonzero(verdicts == Verdict.OK).astype(np.int32)
+            st.not_sent += n - len(ok)
+            if not len(ok):
+                continue
+            if raw_fd >= 0:
+                proto = _outer_proto(out, ok)
+                for sel, fd, udp in ((ok[proto == 17], udp_fd, True), (ok[proto == 50], raw_fd, False)):
+                    if len(sel):
+                        sent, dropped = _io.send(fd, self.family, udp, out.buf, out.offsets, out.lengths, sel)
+                        st.esp_sent += sent
+                        st.esp_send_dropped += dropped
+            else:
+                sent, dropped = _io.send(udp_fd, self.family, True, out.buf, out.offsets, out.lengths, ok)
+                st.esp_sent += sent
+                st.esp_send_dropped += dropped
+
+    # ------------------------------------------------------------------ rx: ESP -> TUN
+    def _rx_loop(self) -> None:
+        c, st, dp = self.config, self.stats, self.dataplane
+        src, dst = _Slots(c.batch_size, c.slot_size), _Slots(c.batch_size, c.slot_size)
+        udp_fd, wake = self.udp.fileno(), self._wake_r  # type: ignore[union-attr]
+        tun_fd = self.tun.fileno()  # type: ignore[union-attr]
+        port = self.nat_port
+        fds = [udp_fd, wake]
+        if self.raw is not None:
+            fds.append(self.raw.fileno())
+        # IPv4 raw sockets deliver the IP header; IPv6 ones only the payload (synthesize the header).
+        raw_synth = _io.SYNTH_NONE if self.family == 4 else _io.SYNTH_ESP
+        f = src.full
+        while not self._stop.is_set():
+            ready = _io.poll(fds, c.poll_ms)
+            for bit, fd, synth in ((1, udp_fd, _io.SYNTH_UDP), (4, fds[-1], raw_synth)):
+                if not ready & bit:
+                    continue
+                n = _io.recv(fd, f.buf, f.offsets, f.lengths, f.capacity, c.batch_size, synth,
+                             c.local_addr, port)
+                if n <= 0:
+                    continue
+                st.esp_received += n
+                st.rx_batches += 1
+                out = dst.view(n)
+                inb = src.view(n)
+                verdicts = dp.inbound(inb, out)
+                ok = np.flatnonzero(verdicts == Verdict.OK).astype(np.int32)
+                if len(ok):
+                    written, dropped = _io.tun_write(tun_fd, out.buf, out.offsets, out.lengths, ok)
+                    st.tun_written += written
+                    st.tun_write_dropped += dropped
+                ike = np.flatnonzero(verdicts == Verdict.BYPASSED) if synth == _io.SYNTH_UDP else ()
+                st.ike_received += len(ike)
+                st.not_delivered += n - len(ok) - len(ike)
+                for i in ike:  # control traffic: rare, handed over one message at a time
+                    self._deliver_ike(inb.packet(int(i)), port)
+
+    def _deliver_ike(self, pkt: bytes, port: int) -> None:
+        hl = 20 if self.family == 4 else 40
+        sport = int.from_bytes(pkt[hl:hl + 2], "big")
+        raw = pkt[12:16] if self.family == 4 else pkt[8:24]
+        addr = (str(ipaddress.ip_address(raw)), sport)
+        if self.on_ike is not None:
+            self.on_ike(pkt[hl + 8 + 4:], addr, (self.config.local_addr, port))
+
+
+def _outer_proto(batch: PacketBatch, idx: np.ndarray) -> np.ndarray:
+    off = batch.offsets[idx]
+    v6 = (batch.buf[off] >> 4) == 6
+    return np.where(v6, batch.buf[off + 6], batch.buf[off + 9])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Static configuration (no IKE): a JSON file, as a router's manual SA configuration
+
+
+def load_static(path: str | os.PathLike) -> tuple[GatewayConfig, list[Policy], list[tuple[Sa, str | None]]]:
+    """Read a static gateway configuration. The file holds keys, so it must not be readable by others.
+
+    ``{"gateway": {GatewayConfig fields}, "policies": [{"name", "src", "dst", "proto", "sport", "dport",
+    "action"}], "sas": [{"policy", "spi", "direction", "suite", "enc_key" (hex), "integ_key" (hex), "src",
+    "dst", "encap": [sport, dport] or null, "replay_window", "esn"}]}``
+    """
+    p = Path(path)
+    mode = p.stat().st_mode & 0o077
+    if mode:
+        raise GatewayError(f"{p} holds keys and is readable by others (mode {oct(p.stat().st_mode & 0o777)}); "
+                           f"chmod 600 it")
+    try:
+        doc = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise GatewayError(f"{p}: not valid JSON: {exc}") from None
+    try:
+        g = doc["gateway"]
+        cfg = GatewayConfig(**g)
+        pols = [Policy(d["name"], Selector(d.get("src"), d.get("dst"), d.get("proto", 0), d.get("sport"),
+                                           d.get("dport")), d.get("action", "protect"))
+                for d in doc.get("policies", [])]
+        sas = []
+        for d in doc.get("sas", []):
+            enc = d.get("encap", [cfg.nat_port, cfg.nat_port])
+            params = SaParams(spi=int(d["spi"]), direction=Direction(d["direction"]), suite=d["suite"],
+                              enc_key=bytes.fromhex(d["enc_key"]), integ_key=bytes.fromhex(d.get("integ_key", "")),
+                              src=d.get("src"), dst=d.get("dst"), encap=UdpEncap(*enc) if enc else None,
+                              replay_window=int(d.get("replay_window", 64)), esn=bool(d.get("esn", False)),
+                              lifetime=Lifetime(**d.get("lifetime", {})))
+            sas.append((Sa(params), d.get("policy")))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise GatewayError(f"{p}: bad static configuration: {type(exc).__name__}: {exc}") from None
+    return cfg, pols, sas
+
+
+def run_static(path: str | os.PathLike, *, ready: Callable[[Gateway], None] | None = None) -> GatewayStats:
+    """Run a gateway with statically configured policies and SAs until SIGTERM/SIGINT.
+
+    Prints ``READY <tun name>`` when traffic can flow and a JSON line of counters when it stops."""
+    cfg, pols, sas = load_static(path)
+    dp = Dataplane()
+    for pol in pols:
+        dp.add_policy(pol)
+    for sa, pol_name in sas:
+        dp.install_sa(sa, pol_name)
+    gw = Gateway(cfg, dp)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    gw.start()
+    try:
+        print(f"READY {gw.tun.name if gw.tun else '?'}", flush=True)
+        if ready is not None:
+            ready(gw)
+        while not done.wait(0.2):
+            if not gw.running:
+                break
+    finally:
+        gw.stop()
+    c = dp.counters()
+    print(json.dumps({"gateway": gw.stats.__dict__, "outbound": c.outbound, "inbound": c.inbound}), flush=True)
+    return gw.stats
+
