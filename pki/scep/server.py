@@ -128,8 +128,8 @@ class TransactionStore:
     def add_pending(self, tid: str, csr: x509.CertificateSigningRequest, requester: x509.Certificate,
                     at: datetime) -> None:
         with self._tx() as c:
-            c.execute("INSERT INTO scep_transactions (transaction_id, state, subject, csr, requester, received_at) "
-                      "VALUES (?, 'pending', ?, ?, ?, ?)",
+            c.execute("INSERT OR REPLACE INTO scep_transactions (transaction_id, state, subject, csr, requester, "
+                      "received_at) VALUES (?, 'pending', ?, ?, ?, ?)",
                       (tid, csr.subject.rfc4514_string(), csr.public_bytes(Encoding.DER),
                        requester.public_bytes(Encoding.DER), at.isoformat()))
 
@@ -271,9 +271,13 @@ class ScepResponder:
         csr, pop_verified = _load_request_csr(payload)
         existing = self.store.get(msg.transaction_id)
         if existing is not None:
-            if existing.csr_der != csr.public_bytes(Encoding.DER):
-                raise ScepFailure(FailInfo.badRequest, "transactionID reused for a different request")
-            return self._answer_for(existing, msg)
+            signed_with_issued = (existing.certificate_der is not None
+                                  and msg.signer.public_bytes(Encoding.DER) == existing.certificate_der)
+            if existing.csr_der == csr.public_bytes(Encoding.DER) and not signed_with_issued:
+                return self._answer_for(existing, msg)  # a resend: the same answer again
+            if existing.state == TransactionState.PENDING:
+                raise ScepFailure(FailInfo.badRequest, "a different request for this key is still pending")
+            # a decided transaction and a new CSR for the same key (transactionIDs hash the key): a new request
         # Signed with the key being certified (a transient self-signed certificate): the challenge password
         # authorises it. Signed with another key: that must be a current certificate of ours (renewal).
         renewal = (msg.message_type is MessageType.RenewalReq

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import shutil
 import urllib.parse
 from pathlib import Path
 
@@ -35,27 +36,59 @@ def _new_ca(path: Path, svc: CaService | None = None, parent=None) -> None:
     ca.close()
 
 
+@pytest.fixture(scope="module")
+def ca_template(tmp_path_factory) -> Path:
+    """One RSA CA per module (RSA key generation is the slow part); each test gets a fresh copy of it."""
+    path = tmp_path_factory.mktemp("scep") / "ca"
+    _new_ca(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def spare_keys() -> list[rsa.RSAPrivateKey]:
+    return [rsa.generate_private_key(65537, 2048) for _ in range(2)]
+
+
+def _started(template: Path, dest: Path, **kw) -> CaService:
+    shutil.copytree(template, dest)
+    svc = CaService(dest, **kw)
+    try:
+        svc.start()
+    except BaseException:
+        svc.stop()
+        raise
+    return svc
+
+
 @pytest.fixture
-def service(tmp_path):
+def service(tmp_path, ca_template):
     """A started service with auto-approval and a challenge password."""
-    svc = CaService(tmp_path / "ca", challenge=CHALLENGE)
+    svc = _started(ca_template, tmp_path / "ca", challenge=CHALLENGE)
     try:
-        _new_ca(tmp_path / "ca", svc)
-        svc.start()
         yield svc
     finally:
         svc.stop()
 
 
 @pytest.fixture
-def manual_service(tmp_path):
-    svc = CaService(tmp_path / "ca", challenge=CHALLENGE, manual_approval=True)
+def manual_service(tmp_path, ca_template):
+    svc = _started(ca_template, tmp_path / "ca", challenge=CHALLENGE, manual_approval=True)
     try:
-        _new_ca(tmp_path / "ca", svc)
-        svc.start()
         yield svc
     finally:
         svc.stop()
+
+
+def _self_signed(key, cn: str) -> x509.Certificate:
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography.hazmat.primitives import hashes
+
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, cn)])
+    now = datetime.now(timezone.utc)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256()))
 
 
 def _csr(key, cn="router1", challenge: str | None = CHALLENGE):
@@ -159,13 +192,11 @@ def test_rejected_request_fails_at_next_poll(manual_service, rsa_key):
     assert exc.value.fail_info is FailInfo.badRequest and "not on the list" in str(exc.value)
 
 
-def test_state_survives_restart(tmp_path, rsa_key):
+def test_state_survives_restart(tmp_path, rsa_key, ca_template):
     """PENDING before a restart, approved offline with approve(ca_dir, tid), picked up after the restart."""
-    svc = CaService(tmp_path / "ca", challenge=CHALLENGE, manual_approval=True)
+    svc = _started(ca_template, tmp_path / "ca", challenge=CHALLENGE, manual_approval=True)
     csr = _csr(rsa_key)
     try:
-        _new_ca(tmp_path / "ca", svc)
-        svc.start()
         ca_certs = get_ca_certs(svc.url + "/scep")
         with pytest.raises(ScepPendingTimeout):
             enroll(svc.url + "/scep", rsa_key, csr, ca_certs, retry_count=0)
@@ -185,11 +216,9 @@ def test_state_survives_restart(tmp_path, rsa_key):
         svc2.stop()
 
 
-def test_reject_offline(tmp_path, rsa_key):
-    svc = CaService(tmp_path / "ca", manual_approval=True)
+def test_reject_offline(tmp_path, rsa_key, ca_template):
+    svc = _started(ca_template, tmp_path / "ca", manual_approval=True)
     try:
-        _new_ca(tmp_path / "ca", svc)
-        svc.start()
         ca_certs = get_ca_certs(svc.url + "/scep")
         with pytest.raises(ScepPendingTimeout):
             enroll(svc.url + "/scep", rsa_key, _csr(rsa_key), ca_certs, retry_count=0)
@@ -200,20 +229,18 @@ def test_reject_offline(tmp_path, rsa_key):
         svc.stop()
 
 
-def test_renewal_signed_with_current_certificate(service, rsa_key):
+def test_renewal_signed_with_current_certificate(service, rsa_key, spare_keys):
     ca_certs = get_ca_certs(service.url + "/scep")
     old = enroll(service.url + "/scep", rsa_key, _csr(rsa_key), ca_certs)
-    new_key = rsa.generate_private_key(65537, 2048)
+    new_key = spare_keys[0]
     new = enroll(service.url + "/scep", new_key, _csr(new_key, challenge=None), ca_certs, signer=(old, rsa_key))
     assert new.public_key().public_numbers() == new_key.public_key().public_numbers()
     assert new.serial_number != old.serial_number
 
 
-def test_renewal_with_foreign_certificate_is_refused(service, rsa_key):
+def test_renewal_with_foreign_certificate_is_refused(service, rsa_key, spare_keys):
     ca_certs = get_ca_certs(service.url + "/scep")
-    outsider_key = rsa.generate_private_key(65537, 2048)
-    from tests.pki.test_scep_messages import _self_signed
-
+    outsider_key = spare_keys[1]
     outsider = _self_signed(outsider_key, "not from this CA")
     with pytest.raises(ScepFailure) as exc:
         enroll(service.url + "/scep", rsa_key, _csr(rsa_key, challenge=None), ca_certs,
@@ -231,8 +258,6 @@ def _cert_rep(svc: CaService, body: bytes) -> m.PkiMessage:
 
 
 def _signed_request(svc, key, message_type=MessageType.PKCSReq, payload: bytes | None = None, tid="TID-1"):
-    from tests.pki.test_scep_messages import _self_signed
-
     ca_cert = get_ca_certs(svc.url + "/scep")[0]
     me = _self_signed(key, "router1")
     if payload is None:
@@ -332,12 +357,10 @@ def test_enroll_rejects_non_rsa_key(service):
         enroll(service.url + "/scep", key, _csr(key), get_ca_certs(service.url + "/scep"))  # type: ignore[arg-type]
 
 
-def test_enroll_refuses_reply_from_other_ca(service, rsa_key):
+def test_enroll_refuses_reply_from_other_ca(service, rsa_key, spare_keys):
     """The client trusts only the CA certificates it was given (checked out of band)."""
     from pki.scep.errors import ScepError
-    from tests.pki.test_scep_messages import _self_signed
-
-    other_key = rsa.generate_private_key(65537, 2048)
+    other_key = spare_keys[1]
     impostor = _self_signed(other_key, "SCEP Test CA")
     with pytest.raises(ScepError):
         enroll(service.url + "/scep", rsa_key, _csr(rsa_key), [impostor])
@@ -352,3 +375,17 @@ def test_unreachable_ca_is_fetch_error(rsa_key):
     s.close()  # nothing listens there now
     with pytest.raises(FetchError, match="unreachable"):
         get_ca_certs(f"http://127.0.0.1:{port}/scep", timeout=2)
+
+
+def test_same_key_renewal_gets_a_new_certificate(service, rsa_key):
+    """JUNOS re-enrollment without re-generate-keypair: same key, signed with the current certificate."""
+    ca_certs = get_ca_certs(service.url + "/scep")
+    csr = _csr(rsa_key)
+    first = enroll(service.url + "/scep", rsa_key, csr, ca_certs)
+    assert enroll(service.url + "/scep", rsa_key, csr, ca_certs) == first  # a resend gets the same answer
+    renewed = enroll(service.url + "/scep", rsa_key, csr, ca_certs, signer=(first, rsa_key))
+    assert renewed.serial_number != first.serial_number
+    assert renewed.public_key().public_numbers() == first.public_key().public_numbers()
+    # and with a fresh CSR after a decided transaction, with the challenge
+    other = enroll(service.url + "/scep", rsa_key, _csr(rsa_key, cn="router1b"), ca_certs)
+    assert other.subject.rfc4514_string() == "CN=router1b,O=espresso"
