@@ -117,3 +117,51 @@ def test_strongswan_polls_while_pending_until_approved(tmp_path, ca_service):
             proc.communicate(timeout=10)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert x509.load_der_x509_certificate(out) == issued
+
+
+def test_strongswan_scepca_chain_legacy_options_and_renewal(tmp_path):
+    """Under an intermediate CA: GetCACert as a degenerate PKCS#7 chain (pki --scepca), enrollment with 3DES,
+    RSA-PSS and SHA-512 (what older deployments send), then a renewal signed with the current certificate
+    (pki --scep --cert/--key: no challenge password needed)."""
+    pki = require_tool("pki")
+    root = CertificateAuthority.init(tmp_path / "root", "CN=Interop Root,O=espresso", key_type="rsa", key_size=2048,
+                                     path_length=1)
+    svc = CaService(tmp_path / "ca", challenge=CHALLENGE)
+    try:
+        ca = CertificateAuthority.init(tmp_path / "ca", "CN=Interop Sub,O=espresso", key_type="rsa", key_size=2048,
+                                       parent=root, crl_url=f"{svc.url}/crl")
+        (tmp_path / "ca.der").write_bytes(ca.certificate.public_bytes(Encoding.DER))
+        (tmp_path / "root.der").write_bytes(root.certificate.public_bytes(Encoding.DER))
+        ca.close()
+        svc.start()
+        r = subprocess.run([pki, "--scepca", "--url", f"{svc.url}/scep", "--caout", str(tmp_path / "got.der"),
+                            "--force"], capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr.decode()[-2000:]
+        got = sorted(p.name for p in tmp_path.glob("got*.der"))
+        assert len(got) == 2
+        assert {x509.load_der_x509_certificate((tmp_path / n).read_bytes()).subject.rfc4514_string()
+                for n in got} == {"CN=Interop Root,O=espresso", "CN=Interop Sub,O=espresso"}
+
+        _pki_key(pki, tmp_path / "key.pem")
+        cmd = _scep_cmd(pki, svc, tmp_path) + ["--cacert", str(tmp_path / "root.der")]
+        r = subprocess.run(cmd + ["--cipher", "des3", "--rsa-padding", "pss", "--digest", "sha512"],
+                           capture_output=True, timeout=120)
+        assert r.returncode == 0, r.stderr.decode()[-2000:]
+        first = x509.load_der_x509_certificate(r.stdout)
+        (tmp_path / "first.der").write_bytes(r.stdout)
+
+        (tmp_path / "old.pem").write_bytes((tmp_path / "key.pem").read_bytes())
+        _pki_key(pki, tmp_path / "key.pem")  # re-generate-keypair
+        renew = [a for a in cmd if a not in ("--password", CHALLENGE)]
+        r = subprocess.run(renew + ["--cert", str(tmp_path / "first.der"), "--key", str(tmp_path / "old.pem")],
+                           capture_output=True, timeout=120)
+        assert r.returncode == 0, r.stderr.decode()[-2000:]
+        second = x509.load_der_x509_certificate(r.stdout)
+        assert second.serial_number != first.serial_number
+        assert second.public_key() != first.public_key()
+        chain = Validator([TrustAnchor(root.certificate, RevocationPolicy(mode=RevocationMode.DISABLE))]).verify(
+            second, [x509.load_der_x509_certificate((tmp_path / "ca.der").read_bytes())], datetime.now(timezone.utc))
+        assert chain.chain[0] == second
+    finally:
+        svc.stop()
+        root.close()
