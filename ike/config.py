@@ -16,11 +16,15 @@ Example (the keys are swanctl's where they exist)::
     control_socket = "/run/espresso/ike.sock"
     key_log = "/var/lib/espresso/wireshark"   # off unless set: Wireshark ikev2_decryption_table + esp_sa
 
-    [ca-profiles.corp]
+    [pki]
+    store = "/var/lib/espresso/pki"     # optional: ca-profiles and local certificates of `python -m pki`
+    fetch_revocation = true             # download CRLs (CRL distribution points / crl_url); false: loaded ones only
+
+    [ca-profiles.corp]                  # or a ca-profile of the store, by name
     ca_certs = ["corp-root.pem"]        # trust anchors; paths relative to this file
     revocation = "disable"              # "crl" (default), "ocsp" or "disable"; crl_url / ocsp_url / fail_open
 
-    [certificates.gw1]
+    [certificates.gw1]                  # or a local certificate (certificate-id) of the store, by name
     cert = "gw1.pem"
     key = "gw1.key"
     chain = ["corp-sub.pem"]            # intermediates we send
@@ -472,14 +476,17 @@ def make_validator(profiles: Sequence[CaProfileConfig], *, crl_source: Any = Non
                    ) -> Callable[[Any, Sequence[Any], datetime, Identity], object]:
     """The core's PeerValidator over pki.validate: chain, time, revocation, then the IKE identity.
 
-    Revocation data come from ``crl_source``/``ocsp`` (the daemon passes fetching ones; None means the
-    validator's offline cache, so a ``crl`` profile fails closed unless a CRL was added).
+    Revocation data come from ``crl_source``/``ocsp`` (None: the validator's offline cache, so a ``crl``
+    profile fails closed unless its CRL was loaded; the loader passes a fetching cache unless
+    ``pki.fetch_revocation = false``).
     """
     from pki.validate import TrustAnchor, Validator
     anchors = [TrustAnchor(c, p.revocation, p.name) for p in profiles for c in p.ca_certs]
     kwargs: dict[str, Any] = {}
     if crl_source is not None:
         kwargs["crl_source"] = crl_source
+    if ocsp is None:
+        ocsp = _ocsp_for(profiles)
     if ocsp is not None:
         kwargs["ocsp"] = ocsp
     validator = Validator(anchors, **kwargs)
@@ -489,6 +496,81 @@ def make_validator(profiles: Sequence[CaProfileConfig], *, crl_source: Any = Non
 
     validate.validator = validator  # type: ignore[attr-defined]
     return validate
+
+
+def _ocsp_for(profiles: Sequence[CaProfileConfig]) -> Any:
+    """An OCSP checker when a profile asks for OCSP (its URL if all such profiles agree on one)."""
+    from pki.profile import RevocationMode
+    modes = [p.revocation for p in profiles if p.revocation.mode is RevocationMode.OCSP]
+    if not modes:
+        return None
+    from pki.ocsp import OcspChecker
+    urls = {r.ocsp_url for r in modes}
+    return OcspChecker(urls.pop() if len(urls) == 1 else None, use_nonce=all(r.ocsp_nonce for r in modes))
+
+
+class _Pki:
+    """Names of ca-profiles and certificates: ``[ca-profiles.X]``/``[certificates.X]`` tables first, then the
+    pki store (``[pki] store``), as a JUNOS router resolves ``ca-profile`` and ``local-certificate`` names."""
+
+    def __init__(self, profiles: dict[str, CaProfileConfig], certs: dict[str, CertificateConfig],
+                 store: Any, store_key: str, fetch: bool) -> None:
+        self.profiles = profiles
+        self.certs = certs
+        self.store = store
+        self.store_key = store_key
+        self.fetch = fetch
+        self._crl_source: Any = None
+
+    def profile(self, name: str) -> CaProfileConfig | None:
+        if name in self.profiles:
+            return self.profiles[name]
+        if self.store is None:
+            return None
+        from pki.errors import PkiError
+        try:
+            prof = self.store.profile(name)
+            certs = tuple(self.store.ca_certificates(name))
+        except PkiError:
+            return None
+        if not certs:
+            raise ConfigError(f"{self.store_key}: ca-profile {name!r} has no CA certificate in the store "
+                              f"(enroll or load it first)")
+        self.profiles[name] = CaProfileConfig(name, certs, prof.revocation)
+        return self.profiles[name]
+
+    def all_profiles(self) -> list[str]:
+        names = list(self.profiles)
+        if self.store is not None:
+            from pki.errors import PkiError
+            for p in self.store.profiles():
+                try:
+                    if p.name not in names and self.store.ca_certificates(p.name):
+                        names.append(p.name)
+                except PkiError:
+                    continue
+        return names
+
+    def certificate(self, name: str) -> CertificateConfig | None:
+        if name in self.certs:
+            return self.certs[name]
+        if self.store is None:
+            return None
+        from pki.errors import PkiError
+        try:
+            key, cert, chain = self.store.credential(name)
+        except PkiError:
+            return None
+        self.certs[name] = CertificateConfig(name, Credential(private_key=key, certificate=cert,
+                                                              intermediates=tuple(chain)))
+        return self.certs[name]
+
+    def crl_source(self) -> Any:
+        if self._crl_source is None:
+            from pki.revocation import CrlCache, default_fetch
+            fetch = default_fetch if self.fetch else None
+            self._crl_source = self.store.crl_cache(fetch) if self.store is not None else CrlCache(fetch=fetch)
+        return self._crl_source
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -533,8 +615,7 @@ def _psk(v: Any) -> bytes:
     return s.encode()
 
 
-def _peer(name: str, sec: _Section, daemon: _Section, profiles: Mapping[str, CaProfileConfig],
-          certs: Mapping[str, CertificateConfig]) -> tuple[PeerConfig, str | None]:
+def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerConfig, str | None]:
     port = daemon.get("port", _port, 500)
     nat_port = daemon.get("nat_port", _port, 4500)
     local_addr = sec.get("local_addr", _address)
@@ -559,16 +640,20 @@ def _peer(name: str, sec: _Section, daemon: _Section, profiles: Mapping[str, CaP
     cert_names = sec.strings("certificates") or sec.strings("certificate")
     if auth == "pubkey":
         if not cert_names:
-            if len(certs) == 1:
-                cert_names = tuple(certs)
+            if len(pki.certs) == 1:
+                cert_names = tuple(pki.certs)
             else:
                 raise sec.error("certificate", "is required with pubkey authentication"
-                                + (" (several [certificates] exist)" if certs else " (no [certificates] defined)"))
-        for i, n in enumerate(cert_names):
-            if n not in certs:
-                raise sec.error("certificate", f"no [certificates.{n}] defined")
-        credential = certs[cert_names[0]].credential
-        extra = tuple(certs[n].credential for n in cert_names[1:])
+                                + (" (several [certificates] exist)" if pki.certs else " (no [certificates] defined)"))
+        found = []
+        for n in cert_names:
+            c = pki.certificate(n)
+            if c is None:
+                where = " nor a local certificate in the pki store" if pki.store is not None else ""
+                raise sec.error("certificate", f"no [certificates.{n}] defined{where}")
+            found.append(c)
+        credential = found[0].credential
+        extra = tuple(c.credential for c in found[1:])
 
     if sec.has("local_id"):
         local_id = sec.get("local_id", _identity)
@@ -587,14 +672,17 @@ def _peer(name: str, sec: _Section, daemon: _Section, profiles: Mapping[str, CaP
     validator = None
     ca_certs: tuple[Any, ...] = ()
     if remote_auth == "pubkey":
-        names = sec.strings("ca_profiles") or sec.strings("ca_profile") or tuple(profiles)
+        names = sec.strings("ca_profiles") or sec.strings("ca_profile") or tuple(pki.all_profiles())
         if not names:
             raise sec.error("ca_profiles", "no [ca-profiles] defined to validate the peer's certificate")
+        chosen = []
         for n in names:
-            if n not in profiles:
-                raise sec.error("ca_profiles", f"no [ca-profiles.{n}] defined")
-        chosen = [profiles[n] for n in names]
-        validator = make_validator(chosen)
+            prof = pki.profile(n)
+            if prof is None:
+                where = " nor in the pki store" if pki.store is not None else ""
+                raise sec.error("ca_profiles", f"no [ca-profiles.{n}] defined{where}")
+            chosen.append(prof)
+        validator = make_validator(chosen, crl_source=pki.crl_source())
         ca_certs = tuple(c for p in chosen for c in p.ca_certs)
 
     children = {}
@@ -660,15 +748,31 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
     daemon_data.update(overrides or {})
     daemon = _Section(daemon_data, "daemon")
 
+    pki_sec = _Section(root.raw("pki", {}) or {}, "pki")
+    store = None
+    store_dir = pki_sec.get("store", _str)
+    if store_dir is not None:
+        from pki.errors import PkiError
+        from pki.store import Store
+        path = (base_dir / store_dir).expanduser()
+        if not path.is_dir():
+            raise pki_sec.error("store", f"{str(path)!r} is not a directory")
+        try:
+            store = Store(path, create=False)
+        except PkiError as exc:
+            raise pki_sec.error("store", str(exc)) from None
+    fetch = pki_sec.get("fetch_revocation", _bool, True)
+    pki_sec.finish()
     profiles = {n: _ca_profile(n, s, base_dir) for n, s in root.sub("ca-profiles").items()}
     certs = {n: _certificate(n, s, base_dir) for n, s in root.sub("certificates").items()}
+    pki = _Pki(profiles, certs, store, "pki.store", fetch)
     peers_secs = root.sub("peers")
     if not peers_secs:
         raise ConfigError("peers: at least one [peers.NAME] table is required")
     peers: list[PeerConfig] = []
     local_addrs: dict[str, str | None] = {}
     for n, s in peers_secs.items():
-        peer, laddr = _peer(n, s, daemon, profiles, certs)
+        peer, laddr = _peer(n, s, daemon, pki)
         peers.append(peer)
         local_addrs[n] = laddr
 
@@ -703,13 +807,13 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
         key_log=bool(key_log),
     )
     daemon.finish()
-    root.used.add("daemon")
+    root.used.update(("daemon", "pki"))
     root.finish()
     return DaemonConfig(
         core=core, addresses=addresses, port=port, nat_port=nat_port,
         control_socket=(base_dir / control) if not Path(control).is_absolute() else Path(control),
         key_log=None if not key_log else ((base_dir / key_log) if not Path(key_log).is_absolute() else Path(key_log)),
-        local_addrs=local_addrs, ca_profiles=profiles, certificates=certs, source=source,
+        local_addrs=local_addrs, ca_profiles=pki.profiles, certificates=pki.certs, source=source,
     )
 
 

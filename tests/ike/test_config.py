@@ -222,3 +222,39 @@ def test_parse_size(value: object, count: int) -> None:
 def test_parse_size_rejects(value: object) -> None:
     with pytest.raises(ValueError):
         parse_size(value)
+
+
+def test_names_resolve_through_the_pki_store(pki_dir: Path, tmp_path: Path) -> None:
+    """ca-profile and certificate names may live in a `python -m pki` store instead of TOML tables."""
+    from cryptography import x509
+    from pki.profile import CaProfile, RevocationPolicy
+    from pki.store import Store
+
+    store = Store(tmp_path / "store")
+    store.add_profile(CaProfile("corp", revocation=RevocationPolicy(mode="disable")))
+    store.load_ca_certificate("corp", (pki_dir / "ca.pem").read_bytes())
+    store.import_key_pair("gw1", (pki_dir / "gw.key").read_bytes())
+    store.load_local_certificate("gw1", (pki_dir / "gw.pem").read_bytes())
+    store.add_profile(CaProfile("empty"))
+    text = f"""
+[pki]
+store = "{tmp_path / 'store'}"
+[peers.branch]
+remote_addr = "192.0.2.2"
+certificate = "gw1"
+ca_profiles = ["corp"]
+[peers.branch.children.lan]
+local_ts = "10.1.0.0/16"
+remote_ts = "10.2.0.0/16"
+"""
+    cfg = parse_config(text, base=pki_dir)
+    (peer,) = cfg.core.peers
+    assert peer.local_id == Identity("fqdn", "gw.test") and peer.credential is not None
+    branch = x509.load_pem_x509_certificate((pki_dir / "branch.pem").read_bytes())
+    peer.validator(branch, [], dt.datetime.now(dt.timezone.utc), Identity("fqdn", "branch.test"))
+    with pytest.raises(ConfigError, match=r"peers.branch.certificate: no \[certificates.gw2\] defined nor a local "):
+        parse_config(text.replace('"gw1"', '"gw2"'), base=pki_dir)
+    with pytest.raises(ConfigError, match=r"ca-profile 'empty' has no CA certificate in the store"):
+        parse_config(text.replace('["corp"]', '["empty"]'), base=pki_dir)
+    with pytest.raises(ConfigError, match=r"pki.store: .* is not a directory"):
+        parse_config(text.replace("/store", "/nostore"), base=pki_dir)
