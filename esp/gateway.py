@@ -36,7 +36,7 @@ from .sa import Direction, Lifetime, Sa, SaParams, UdpEncap
 from .spd import Policy, Selector
 from .tun import Tun, TunError, open_tun
 
-__all__ = ["Gateway", "GatewayConfig", "GatewayError", "GatewayStats", "run_static", "load_static"]
+__all__ = ["Gateway", "GatewayConfig", "GatewayError", "GatewayStats", "run_static", "load_static", "apply_static"]
 
 IkeSink = Callable[[bytes, tuple, tuple], None]
 
@@ -348,31 +348,77 @@ def load_static(path: str | os.PathLike) -> tuple[GatewayConfig, list[Policy], l
     return cfg, pols, sas
 
 
-def run_static(path: str | os.PathLike, *, ready: Callable[[Gateway], None] | None = None) -> GatewayStats:
-    """Run a gateway with statically configured policies and SAs until SIGTERM/SIGINT.
+def apply_static(dp: Dataplane, policies: list[Policy], sas: list[tuple[Sa, str | None]]) -> tuple[int, int]:
+    """Make the data plane's policies and SAs what a (re)loaded static configuration says.
 
-    Prints ``READY <tun name>`` when traffic can flow and a JSON line of counters when it stops."""
+    New SAs are installed before old ones go (make-before-break): an SPI added to the file starts working
+    while the SPIs it replaces keep working until a later reload drops them, which is how two routers'
+    static keys are rolled over without loss. An SA is identified by (direction, SPI); changing the keys of
+    an SPI in place is refused (a new key needs a new SPI, RFC 4301). Returns (installed, removed).
+    """
+    have = {p.name: p for p in dp.spd.policies}
+    for i, pol in enumerate(policies):
+        if pol.name not in have:
+            dp.add_policy(pol, min(i, len(dp.spd.policies)))
+        elif have[pol.name] != pol:
+            dp.replace_policy(pol)
+    snap = dp.sad.snapshot
+    current = {("in", spi): e for spi, e in snap.inbound_by_spi.items()}
+    current.update({("out", spi): e for spi, e in snap.outbound_by_spi.items()})
+    wanted = {}
+    for sa, pol_name in sas:
+        key = (sa.params.direction.value, sa.params.spi)
+        wanted[key] = (sa, pol_name)
+    installed = removed = 0
+    for key, (sa, pol_name) in wanted.items():
+        old = current.get(key)
+        if old is None:
+            dp.install_sa(sa, pol_name)
+            installed += 1
+        elif old.sa.params != sa.params:
+            raise GatewayError(f"SA {key[0]} SPI {key[1]:#x} changed in place: give new keys a new SPI")
+    for key in current:
+        if key not in wanted:
+            dp.remove_sa(key[1], key[0])
+            removed += 1
+    names = {p.name for p in policies}
+    for name in list(have):
+        if name not in names:
+            dp.remove_policy(name)
+    return installed, removed
+
+
+def run_static(path: str | os.PathLike, *, ready: Callable[[Gateway], None] | None = None) -> GatewayStats:
+    """Run a gateway with statically configured policies and SAs until SIGTERM/SIGINT; SIGHUP reloads the
+    file (see :func:`apply_static`).
+
+    Prints ``READY <tun name>`` when traffic can flow, ``RELOADED <installed> <removed>`` (or ``RELOAD-FAILED
+    <reason>``) after each SIGHUP, and a JSON line of counters when it stops."""
     cfg, pols, sas = load_static(path)
     dp = Dataplane()
-    for pol in pols:
-        dp.add_policy(pol)
-    for sa, pol_name in sas:
-        dp.install_sa(sa, pol_name)
+    apply_static(dp, pols, sas)
     gw = Gateway(cfg, dp)
-    done = threading.Event()
+    done, reload = threading.Event(), threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
     gw.start()
     try:
         print(f"READY {gw.tun.name if gw.tun else '?'}", flush=True)
         if ready is not None:
             ready(gw)
-        while not done.wait(0.2):
+        while not done.wait(0.05):
             if not gw.running:
                 break
+            if reload.is_set():
+                reload.clear()
+                try:
+                    new_cfg, new_pols, new_sas = load_static(path)
+                    print("RELOADED %d %d" % apply_static(dp, new_pols, new_sas), flush=True)
+                except (GatewayError, ValueError, KeyError) as exc:
+                    print(f"RELOAD-FAILED {exc}", flush=True)
     finally:
         gw.stop()
     c = dp.counters()
     print(json.dumps({"gateway": gw.stats.__dict__, "outbound": c.outbound, "inbound": c.inbound}), flush=True)
     return gw.stats
-

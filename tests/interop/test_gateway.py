@@ -100,10 +100,8 @@ class GatewayProcess:
     """``esp.gateway.run_static`` in a namespace; ``stop()`` returns its final counters."""
 
     def __init__(self, ns: str, config: dict, workdir: Path, name: str) -> None:
-        path = workdir / f"{name}.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(config, f)
+        self.path = path = workdir / f"{name}.json"
+        self._write(config)
         code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from esp.gateway import run_static; run_static({str(path)!r})"
         self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", code],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -111,6 +109,19 @@ class GatewayProcess:
         if not line.startswith("READY"):
             self.proc.kill()
             raise RuntimeError(f"gateway {name} did not start: {line!r} {self.proc.stderr.read()[-2000:]}")
+
+    def _write(self, config: dict) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(config, f)
+
+    def reload(self, config: dict) -> str:
+        """Rewrite the static configuration and SIGHUP the gateway; returns its RELOADED line."""
+        self._write(config)
+        self.proc.send_signal(signal.SIGHUP)
+        line = self._readline(10)
+        assert line.startswith("RELOADED"), line
+        return line.strip()
 
     def _readline(self, timeout: float) -> str:
         r, _, _ = select.select([self.proc.stdout], [], [], timeout)
@@ -130,26 +141,29 @@ class GatewayProcess:
         raise RuntimeError(f"no counters from gateway: {out[-1000:]} {err[-2000:]}")
 
 
-def static_configs(suite: str = "aes128gcm16") -> tuple[dict, dict]:
+def static_configs(suite: str = "aes128gcm16", raw_esp: bool = False, spi_ab: int = 0xA0001,
+                   spi_ba: int = 0xB0001) -> tuple[dict, dict]:
     from esp import parse_suite
 
     s = parse_suite(suite)
+    encap = {"encap": None} if raw_esp else {}
     keys = {d: (os.urandom(s.enc_keymat_len).hex(), os.urandom(s.integ_key_len).hex()) for d in ("ab", "ba")}
 
     def side(local: str, remote: str, lnet: str, rnet: str, out_dir: str, in_dir: str, spi_out: int, spi_in: int):
         return {
-            "gateway": {"local_addr": local, "tun_name": unique("etun"), "routes": [rnet], "mtu": 1400},
+            "gateway": {"local_addr": local, "tun_name": unique("etun"), "routes": [rnet], "mtu": 1400,
+                        "raw_esp": raw_esp},
             "policies": [{"name": "site", "src": lnet, "dst": rnet}],
             "sas": [
                 {"policy": "site", "spi": spi_out, "direction": "out", "suite": suite, "enc_key": keys[out_dir][0],
-                 "integ_key": keys[out_dir][1], "src": local, "dst": remote},
+                 "integ_key": keys[out_dir][1], "src": local, "dst": remote, **encap},
                 {"policy": "site", "spi": spi_in, "direction": "in", "suite": suite, "enc_key": keys[in_dir][0],
-                 "integ_key": keys[in_dir][1], "src": remote, "dst": local},
+                 "integ_key": keys[in_dir][1], "src": remote, "dst": local, **encap},
             ],
         }
 
-    a = side("10.97.0.1", "10.97.0.2", "10.98.1.0/24", "10.98.2.0/24", "ab", "ba", 0xA0001, 0xB0001)
-    b = side("10.97.0.2", "10.97.0.1", "10.98.2.0/24", "10.98.1.0/24", "ba", "ab", 0xB0001, 0xA0001)
+    a = side("10.97.0.1", "10.97.0.2", "10.98.1.0/24", "10.98.2.0/24", "ab", "ba", spi_ab, spi_ba)
+    b = side("10.97.0.2", "10.97.0.1", "10.98.2.0/24", "10.98.1.0/24", "ba", "ab", spi_ba, spi_ab)
     return a, b
 
 
@@ -171,6 +185,7 @@ RECEIVER = textwrap.dedent("""
 SENDER = textwrap.dedent("""
     import hashlib, random, socket, sys, time
     total, seed = int(sys.argv[1]), int(sys.argv[2])
+    rate = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0  # bytes/s ceiling, 0 = as fast as possible
     rng = random.Random(seed)
     s = socket.create_connection(("10.98.2.2", 5001), timeout=30)
     h, left = hashlib.sha256(), total
@@ -178,6 +193,10 @@ SENDER = textwrap.dedent("""
     while left:
         chunk = rng.randbytes(min(left, 1 << 18))
         s.sendall(chunk); h.update(chunk); left -= len(chunk)
+        if rate:
+            ahead = (total - left) / rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
     s.shutdown(socket.SHUT_WR)
     s.settimeout(30)
     s.recv(1)
@@ -185,14 +204,15 @@ SENDER = textwrap.dedent("""
 """)
 
 
-def bulk_transfer(topo: Topology, nbytes: int, seed: int = 7, timeout: float = 60) -> tuple[str, str, float]:
+def bulk_transfer(topo: Topology, nbytes: int, seed: int = 7, timeout: float = 60,
+                  rate: float = 0.0) -> tuple[str, str, float]:
     """Send ``nbytes`` hostA -> hostB over TCP; returns (sent digest line, received digest line, seconds)."""
     rx = subprocess.Popen(["ip", "netns", "exec", topo.host_b, sys.executable, "-c", RECEIVER],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         r, _, _ = select.select([rx.stdout], [], [], 10)
         assert r and rx.stdout.readline().strip() == "LISTENING"
-        tx = sh(sys.executable, "-c", SENDER, str(nbytes), str(seed), ns=topo.host_a, timeout=timeout)
+        tx = sh(sys.executable, "-c", SENDER, str(nbytes), str(seed), str(rate), ns=topo.host_a, timeout=timeout)
         out, err = rx.communicate(timeout=timeout)
     finally:
         if rx.poll() is None:
@@ -219,8 +239,12 @@ def topo():
         t.close()
 
 
-def test_static_gateway_pair_ping_and_bulk_transfer(topo, tmp_path):
-    cfg_a, cfg_b = static_configs()
+@pytest.mark.parametrize("suite,raw_esp,nbytes", [
+    ("aes128gcm16", False, 16 << 20),     # ESP in UDP 4500 (RFC 3948), what strongSwan's libipsec speaks
+    ("aes256-sha256", True, 4 << 20),     # raw ESP, IP protocol 50, CBC + HMAC
+], ids=["udp-gcm", "raw-cbc"])
+def test_static_gateway_pair_ping_and_bulk_transfer(topo, tmp_path, suite, raw_esp, nbytes):
+    cfg_a, cfg_b = static_configs(suite, raw_esp)
     gw_a = GatewayProcess(topo.gw_a, cfg_a, tmp_path, "a")
     try:
         gw_b = GatewayProcess(topo.gw_b, cfg_b, tmp_path, "b")
@@ -229,7 +253,6 @@ def test_static_gateway_pair_ping_and_bulk_transfer(topo, tmp_path):
             assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr
             p = ping(topo.host_b, "10.98.1.2", count=3)
             assert p.returncode == 0, p.stdout + p.stderr
-            nbytes = 16 << 20
             sent, got, secs = bulk_transfer(topo, nbytes)
             assert sent == got and got.startswith(str(nbytes)), (sent, got)
         finally:
@@ -239,6 +262,7 @@ def test_static_gateway_pair_ping_and_bulk_transfer(topo, tmp_path):
     # everything that crossed went through ESP: the gateways counted it, and nothing failed to decrypt
     assert stats_a["gateway"]["errors"] == [] and stats_b["gateway"]["errors"] == []
     assert stats_a["outbound"]["OK"] > nbytes // 1400 and stats_b["inbound"]["OK"] > nbytes // 1400
+    assert stats_a["gateway"]["esp_send_dropped"] == 0 and stats_b["gateway"]["tun_write_dropped"] == 0
     for st in (stats_a, stats_b):
         for bad in ("AUTH_FAILED", "REPLAYED", "MALFORMED", "POLICY_MISMATCH", "NO_SA"):
             assert st["inbound"][bad] == 0, (bad, st)
@@ -263,3 +287,55 @@ def test_gateway_start_errors_are_clear(tmp_path):
     # an address this host does not have: a clear bind error, nothing left open
     with pytest.raises(GatewayError, match="cannot bind"):
         Gateway(GatewayConfig(local_addr="192.0.2.123", tun_name="x")).start()
+
+
+def _sas(cfg: dict, direction: str) -> list[dict]:
+    return [sa for sa in cfg["sas"] if sa["direction"] == direction]
+
+
+def test_static_rekey_in_the_middle_of_a_transfer_loses_nothing(topo, tmp_path):
+    """Roll both directions over to new SPIs and keys while 24 MB flow, make-before-break as IKE does it:
+    each side accepts the new inbound SA before the other starts sending on it, old inbound SAs go last.
+    No packet may meet an unknown SPI or fail authentication, and the transfer's hash must match."""
+    import threading
+
+    old_a, old_b = static_configs()
+    new_a, new_b = static_configs(spi_ab=0xA0002, spi_ba=0xB0002)
+    gw_a = GatewayProcess(topo.gw_a, old_a, tmp_path, "a")
+    try:
+        gw_b = GatewayProcess(topo.gw_b, old_b, tmp_path, "b")
+        try:
+            result: dict = {}
+            # paced at 6 MB/s so the transfer spans every step (about 4 s), whatever the machine's speed
+            t = threading.Thread(target=lambda: result.update(r=bulk_transfer(topo, 24 << 20, seed=3, rate=6e6)))
+            t.start()
+            time.sleep(0.5)
+            steps = [
+                # 1. A also accepts B's new outbound SA
+                (gw_a, {**old_a, "sas": _sas(old_a, "out") + _sas(old_a, "in") + _sas(new_a, "in")}),
+                # 2. B accepts A's new SA and moves its own outbound to the new SA
+                (gw_b, {**old_b, "sas": _sas(new_b, "out") + _sas(old_b, "in") + _sas(new_b, "in")}),
+                # 3. A moves its outbound and drops B's old SA
+                (gw_a, {**old_a, "sas": _sas(new_a, "out") + _sas(new_a, "in")}),
+                # 4. B drops A's old SA
+                (gw_b, {**old_b, "sas": _sas(new_b, "out") + _sas(new_b, "in")}),
+            ]
+            lines = []
+            for gw, cfg in steps:
+                lines.append(gw.reload(cfg))
+                time.sleep(0.3)
+            assert t.is_alive(), "the transfer ended before the rekey was complete: not mid-transfer"
+            t.join(90)
+            assert not t.is_alive()
+            sent, got, _ = result["r"]
+            assert sent == got and got.startswith(str(24 << 20)), (sent, got)
+            assert lines == ["RELOADED 1 0", "RELOADED 2 1", "RELOADED 1 2", "RELOADED 0 1"], lines
+        finally:
+            stats_b = gw_b.stop()
+    finally:
+        stats_a = gw_a.stop()
+    for st in (stats_a, stats_b):
+        assert st["gateway"]["errors"] == []
+        for bad in ("AUTH_FAILED", "REPLAYED", "MALFORMED", "NO_SA"):
+            assert st["inbound"][bad] == 0, (bad, st["inbound"])
+        assert st["outbound"]["NO_SA"] == 0
