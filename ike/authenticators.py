@@ -193,17 +193,6 @@ def verify_auth(method: int, data: bytes, cert: Any, octets: bytes) -> str:
 
 
 def pki_validator(validator: Any):  # type: ignore[no-untyped-def]
-    """Adapt ``pki.validate.Validator`` to ``PeerConfig.validator``: (leaf, intermediates, at, identity)."""
-
-    def check(leaf: Any, intermediates: Any, at: Any, identity: Any) -> object:
-        ident = None if identity is None else _identity_for_pki(identity)
-        try:
-            return validator.verify(leaf, list(intermediates), at, identity=ident)
-        except TypeError:  # a validator without the identity keyword
-            return validator.verify(leaf, list(intermediates), at)
-
-    return check
-
-
-def _identity_for_pki(identity: Any) -> Any:
-    return identity.value if hasattr(identity, "value") else identity
+    """``PeerConfig.validator`` from a ``pki.validate.Validator``: its ``verify(leaf, intermediates, at,
+    identity)`` takes our ``Identity`` (an object with ``.kind`` and ``.value``) as it is."""
+    return validator.verify

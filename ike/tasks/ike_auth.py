@@ -184,7 +184,9 @@ class IkeAuth(Task):
             peer.validator(leaf, intermediates, sa.config.wall_clock(sa.now), identity)
         except Exception as exc:  # noqa: BLE001 - the validator's rejection, whatever its class
             reason = getattr(exc, "reason", None)
-            raise AuthenticationFailedError(f"certificate rejected: {getattr(reason, 'value', reason) or exc}") from None
+            detail = getattr(exc, "detail", "")
+            text = str(getattr(reason, "value", reason) or exc) + (f" ({detail})" if detail else "")
+            raise AuthenticationFailedError(f"certificate rejected: {text}") from None
         sa.auth_method = verify_auth(auth.method, auth.data, leaf, octets)
         if sa.auth_method.startswith("signature") is False and auth.method not in (1, 9, 10, 11):
             sa.auth_method = auth_method_name(auth.method, auth.data)
