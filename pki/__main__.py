@@ -40,7 +40,6 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pki._files import PUBLIC_MODE, read_bounded, write_atomic

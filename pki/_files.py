@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pki.errors import InputTooLargeError, PkiError
 
-__all__ = ["MAX_INPUT_BYTES", "read_bounded", "write_atomic", "SECRET_MODE", "PUBLIC_MODE"]
+__all__ = ["MAX_INPUT_BYTES", "PUBLIC_MODE", "SECRET_MODE", "read_bounded", "write_atomic"]
 
 #: The largest certificate, chain, CSR, CRL or key file we accept. A CRL of ~30k entries fits.
 MAX_INPUT_BYTES = 1 << 20

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -33,14 +33,14 @@ from pki.errors import CaError, UnknownSerialError
 from pki.keys import PrivateKey, generate_private_key, parse_key_spec, read_private_key, save_private_key
 
 __all__ = [
-    "CertificateAuthority",
-    "CaConfig",
-    "IssueProfile",
-    "PROFILES",
     "IPSEC_IKE",
-    "parse_reason",
-    "CertificateRecord",
+    "PROFILES",
+    "CaConfig",
     "CertStatus",
+    "CertificateAuthority",
+    "CertificateRecord",
+    "IssueProfile",
+    "parse_reason",
 ]
 
 #: id-kp-ipsecIKE (RFC 4945 section 5.1.3.12)
@@ -130,7 +130,7 @@ class CaConfig:
                            "crl_validity": self.crl_validity.total_seconds(), "rsa_pss": self.rsa_pss})
 
     @classmethod
-    def from_json(cls, text: str) -> "CaConfig":
+    def from_json(cls, text: str) -> CaConfig:
         d = json.loads(text)
         return cls(d.get("crl_url"), d.get("ocsp_url"), timedelta(seconds=d.get("crl_validity", 7 * 86400)),
                    bool(d.get("rsa_pss", False)))
@@ -194,14 +194,14 @@ class CertificateAuthority:
         key_size: int | None = None,
         validity: timedelta = timedelta(days=3650),
         path_length: int | None = None,
-        parent: "CertificateAuthority | None" = None,
+        parent: CertificateAuthority | None = None,
         crl_url: str | None = None,
         ocsp_url: str | None = None,
         crl_validity: timedelta = timedelta(days=7),
         rsa_pss: bool = False,
         passphrase: bytes | None = None,
         at: datetime | None = None,
-    ) -> "CertificateAuthority":
+    ) -> CertificateAuthority:
         """Create a new CA in ``path`` (which must not hold one yet): a root, or an intermediate under ``parent``."""
         p = Path(path)
         if (p / CERT_FILE).exists() or (p / KEY_FILE).exists():
@@ -231,7 +231,7 @@ class CertificateAuthority:
         return cls(p, key, cert, parents, db)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], passphrase: bytes | None = None) -> "CertificateAuthority":
+    def open(cls, path: str | os.PathLike[str], passphrase: bytes | None = None) -> CertificateAuthority:
         p = Path(path)
         for f in (CERT_FILE, KEY_FILE, DB_FILE):
             if not (p / f).exists():

@@ -18,19 +18,19 @@ from pki.errors import CorruptInputError, InputTooLargeError
 
 __all__ = [
     "SubjectAltNames",
-    "load_certificates",
-    "load_certificate",
-    "load_crl",
     "certificates_to_pem",
     "fingerprint",
-    "sans_of",
-    "parse_subject",
-    "subject_text",
-    "not_before",
+    "load_certificate",
+    "load_certificates",
+    "load_crl",
     "not_after",
+    "not_before",
+    "parse_subject",
+    "sans_of",
+    "subject_text",
 ]
 
-_PEM_CERT = re.compile(rb"-----BEGIN (?:X509 |TRUSTED )?CERTIFICATE-----.*?-----END (?:X509 |TRUSTED )?CERTIFICATE-----", re.S)
+_PEM_CERT = re.compile(rb"-----BEGIN (?:X509 |TRUSTED )?CERTIFICATE-----.*?-----END (?:X509 |TRUSTED )?CERTIFICATE-----", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class SubjectAltNames:
 
     @classmethod
     def build(cls, dns: list[str] | tuple[str, ...] = (), ip: list[str] | tuple = (),
-              email: list[str] | tuple[str, ...] = ()) -> "SubjectAltNames":
+              email: list[str] | tuple[str, ...] = ()) -> SubjectAltNames:
         """Validate textual SANs (``ValueError`` on a bad one) as an operator types them."""
         addrs = []
         for a in ip:

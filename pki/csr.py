@@ -14,7 +14,7 @@ from pki.certs import SubjectAltNames, _check_size, _short, parse_subject, sans_
 from pki.errors import CorruptInputError, CsrSignatureError
 from pki.keys import PrivateKey
 
-__all__ = ["build_csr", "load_csr", "parse_csr", "verify_csr", "challenge_password", "csr_to_pem", "sans_of", "signing_hash"]
+__all__ = ["build_csr", "challenge_password", "csr_to_pem", "load_csr", "parse_csr", "sans_of", "signing_hash", "verify_csr"]
 
 
 def signing_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
@@ -41,7 +41,7 @@ def build_csr(
     if challenge_password is not None:
         # PrintableString would refuse many characters; UTF8String is what RFC 8894 clients send in practice
         builder = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge_password.encode("utf-8"))
-    return builder.sign(key, signing_hash(key))
+    return builder.sign(key, signing_hash(key))  # type: ignore[arg-type]
 
 
 def verify_csr(csr: x509.CertificateSigningRequest) -> None:
@@ -101,7 +101,7 @@ def _pem_body(data: bytes) -> bytes:
     import base64
     import re
 
-    m = re.search(rb"-----BEGIN (?:NEW )?CERTIFICATE REQUEST-----(.*?)-----END", data, re.S)
+    m = re.search(rb"-----BEGIN (?:NEW )?CERTIFICATE REQUEST-----(.*?)-----END", data, re.DOTALL)
     if not m:
         raise ValueError("no CERTIFICATE REQUEST block")
     return base64.b64decode(b"".join(m.group(1).split()), validate=True)

@@ -11,16 +11,16 @@ from __future__ import annotations
 import contextlib
 import enum
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 from cryptography import x509
 
 from pki.errors import CaError
 
-__all__ = ["CertStatus", "CertificateRecord", "CaDatabase", "SCHEMA_VERSION"]
+__all__ = ["SCHEMA_VERSION", "CaDatabase", "CertStatus", "CertificateRecord"]
 
 SCHEMA_VERSION = 1
 
@@ -206,5 +206,6 @@ class CaDatabase:
 
         conn.execute(
             "INSERT INTO crls (number, this_update, next_update, der) VALUES (?, ?, ?, ?)",
-            (number, _ts(crl.last_update_utc), _ts(crl.next_update_utc), crl.public_bytes(serialization.Encoding.DER)),
+            (number, _ts(crl.last_update_utc), _ts(crl.next_update_utc or crl.last_update_utc),
+             crl.public_bytes(serialization.Encoding.DER)),
         )

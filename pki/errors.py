@@ -12,20 +12,20 @@ from __future__ import annotations
 import enum
 
 __all__ = [
-    "PkiError",
-    "InputError",
-    "CorruptInputError",
-    "InputTooLargeError",
-    "PassphraseError",
-    "KeyFileError",
-    "CsrSignatureError",
     "CaError",
-    "UnknownSerialError",
-    "StoreError",
-    "ProfileError",
-    "RevocationUnavailable",
-    "RejectReason",
     "CertificateRejected",
+    "CorruptInputError",
+    "CsrSignatureError",
+    "InputError",
+    "InputTooLargeError",
+    "KeyFileError",
+    "PassphraseError",
+    "PkiError",
+    "ProfileError",
+    "RejectReason",
+    "RevocationUnavailable",
+    "StoreError",
+    "UnknownSerialError",
 ]
 
 

@@ -19,17 +19,17 @@ from pki._files import SECRET_MODE, read_bounded, write_atomic
 from pki.errors import CorruptInputError, KeyFileError, PassphraseError
 
 __all__ = [
-    "KeyType",
     "KeySpec",
+    "KeyType",
     "PrivateKey",
     "PublicKey",
-    "parse_key_spec",
-    "generate_private_key",
-    "private_key_to_pem",
-    "load_private_key",
-    "save_private_key",
-    "read_private_key",
     "describe_public_key",
+    "generate_private_key",
+    "load_private_key",
+    "parse_key_spec",
+    "private_key_to_pem",
+    "read_private_key",
+    "save_private_key",
 ]
 
 PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey]

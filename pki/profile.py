@@ -15,7 +15,7 @@ from typing import Any
 
 from pki.errors import ProfileError
 
-__all__ = ["RevocationMode", "RevocationPolicy", "CaProfile", "AutoReenrollment"]
+__all__ = ["AutoReenrollment", "CaProfile", "RevocationMode", "RevocationPolicy"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -73,7 +73,7 @@ class CaProfile:
         if not 0 <= self.retry_interval <= 3600:
             raise ProfileError("retry-interval must be between 0 and 3600 seconds")
 
-    def with_revocation(self, **changes: Any) -> "CaProfile":
+    def with_revocation(self, **changes: Any) -> CaProfile:
         return replace(self, revocation=replace(self.revocation, **changes))
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,7 +90,7 @@ class CaProfile:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CaProfile":
+    def from_dict(cls, d: dict[str, Any]) -> CaProfile:
         try:
             r = dict(d.get("revocation") or {})
             if r.get("refresh_interval") is not None:
@@ -125,7 +125,7 @@ class AutoReenrollment:
                 "challenge_password": self.challenge_password}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AutoReenrollment":
+    def from_dict(cls, d: dict[str, Any]) -> AutoReenrollment:
         try:
             return cls(d["certificate_id"], d["ca_profile"], int(d.get("trigger_percentage", 80)),
                        bool(d.get("regenerate_keypair", False)), d.get("challenge_password"))

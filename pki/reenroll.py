@@ -11,9 +11,9 @@ Nothing here reads the clock: the caller (a daemon timer) passes ``at`` and sche
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
 
 from cryptography import x509
 
@@ -23,7 +23,7 @@ from pki.keys import describe_public_key, generate_private_key, parse_key_spec
 from pki.profile import AutoReenrollment
 from pki.store import Store
 
-__all__ = ["reenroll_at", "due", "next_deadline", "reenroll", "run_due", "ReenrollResult"]
+__all__ = ["ReenrollResult", "due", "next_deadline", "reenroll", "reenroll_at", "run_due"]
 
 
 def reenroll_at(cert: x509.Certificate, percentage: int) -> datetime:

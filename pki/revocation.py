@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -21,16 +22,16 @@ from pki.certs import load_crl
 from pki.errors import PkiError, RevocationUnavailable
 
 __all__ = [
-    "RevocationStatus",
-    "RevocationAnswer",
+    "CrlCache",
     "CrlSource",
     "OcspSource",
+    "RevocationAnswer",
+    "RevocationStatus",
     "check_crl",
-    "verify_crl",
     "crl_urls",
-    "ocsp_urls",
-    "CrlCache",
     "default_fetch",
+    "ocsp_urls",
+    "verify_crl",
 ]
 
 

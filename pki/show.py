@@ -13,7 +13,7 @@ from pki.certs import fingerprint, sans_of
 from pki.keys import describe_public_key
 from pki.revocation import crl_urls, ocsp_urls
 
-__all__ = ["certificate_status", "show_certificate", "show_request", "show_crl", "fmt_time"]
+__all__ = ["certificate_status", "fmt_time", "show_certificate", "show_crl", "show_request"]
 
 _EKU_NAMES = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
               ExtendedKeyUsageOID.CODE_SIGNING: "codeSigning", ExtendedKeyUsageOID.EMAIL_PROTECTION: "emailProtection",

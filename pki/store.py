@@ -20,26 +20,30 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pki._files import PUBLIC_MODE, SECRET_MODE, read_bounded, write_atomic
-from pki.certs import SubjectAltNames, certificates_to_pem, fingerprint, load_certificates, load_crl
+from pki.certs import SubjectAltNames, certificates_to_pem, load_certificates, load_crl
 from pki.csr import build_csr, csr_to_pem, load_csr
 from pki.errors import CorruptInputError, KeyFileError, PkiError, ProfileError, StoreError
 from pki.keys import (
-    PrivateKey, generate_private_key, load_private_key, parse_key_spec, private_key_to_pem,
+    PrivateKey,
+    generate_private_key,
+    load_private_key,
+    parse_key_spec,
+    private_key_to_pem,
 )
 from pki.profile import AutoReenrollment, CaProfile, RevocationMode
 from pki.revocation import CrlCache, OcspSource, default_fetch
 from pki.validate import TrustAnchor, ValidationPolicy, Validator
 
-__all__ = ["Store", "LocalEntry"]
+__all__ = ["LocalEntry", "Store"]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 KEY, CERT, REQUEST, CHAIN = "key.pem", "cert.pem", "request.pem", "chain.pem"
@@ -322,7 +326,7 @@ class Store:
         kw: dict = {"challenge": challenge, "retry_count": profile.retry, "retry_interval": float(profile.retry_interval)}
         if sleep is not None:
             kw["sleep"] = sleep
-        return enroll(profile.enrollment_url, key, csr, ca_certs, **kw)
+        return enroll(profile.enrollment_url, key, csr, ca_certs, **kw)  # type: ignore[arg-type]
 
     # == CA certificates and CRLs =============================================================================
     def _ca_dir(self, profile_name: str) -> Path:

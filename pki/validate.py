@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -38,21 +39,27 @@ from pki.certs import parse_subject, sans_of
 from pki.errors import CertificateRejected, PkiError, RejectReason, RevocationUnavailable
 from pki.profile import RevocationMode, RevocationPolicy
 from pki.revocation import (
-    CrlCache, CrlSource, OcspSource, RevocationAnswer, RevocationStatus, check_crl, crl_urls,
+    CrlCache,
+    CrlSource,
+    OcspSource,
+    RevocationAnswer,
+    RevocationStatus,
+    check_crl,
+    crl_urls,
 )
 
 __all__ = [
-    "Validator",
-    "ValidationPolicy",
-    "TrustAnchor",
-    "AnchorSource",
-    "VerifiedChain",
-    "IdType",
-    "IPSEC_IKE",
     "IKE_INTERMEDIATE",
+    "IPSEC_IKE",
     "RFC4945_EKUS",
+    "AnchorSource",
     "CertificateRejected",
+    "IdType",
     "RejectReason",
+    "TrustAnchor",
+    "ValidationPolicy",
+    "Validator",
+    "VerifiedChain",
 ]
 
 #: id-kp-ipsecIKE (RFC 4945 5.1.3.12)
@@ -417,9 +424,9 @@ class Validator:
             raise _reject(RejectReason.IDENTITY_MISMATCH, f"IP {addr} not among the certificate's subjectAltNames")
         text = value if isinstance(value, str) else value.decode("utf-8", "replace")
         if t is IdType.FQDN:
-            want = text.lower().rstrip(".")
+            fqdn = text.lower().rstrip(".")
             for d in sans.dns:
-                if d.lower().rstrip(".") == want:
+                if d.lower().rstrip(".") == fqdn:
                     return f"DNS:{d}"
             raise _reject(RejectReason.IDENTITY_MISMATCH, f"FQDN {text} not among the certificate's subjectAltNames")
         local, _, domain = text.rpartition("@")

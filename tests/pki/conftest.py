@@ -48,6 +48,7 @@ def raw_cert(subject: str, key, issuer_name: str | None = None, issuer_key=None,
              path_length=None, key_usage: dict | None = None, extra=(), not_before=None, not_after=None, serial=None):
     """A certificate built directly (no CA checks), for shapes our CA refuses to produce."""
     from cryptography import x509 as _x
+
     from pki.certs import parse_subject
     from pki.csr import signing_hash
 

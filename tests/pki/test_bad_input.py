@@ -16,9 +16,20 @@ from pki._files import MAX_INPUT_BYTES, write_atomic
 from pki.certs import SubjectAltNames, load_certificates, load_crl, parse_subject, sans_of
 from pki.csr import build_csr, challenge_password, load_csr, parse_csr
 from pki.errors import (
-    CaError, CorruptInputError, CsrSignatureError, InputTooLargeError, PassphraseError, PkiError,
+    CaError,
+    CorruptInputError,
+    CsrSignatureError,
+    InputTooLargeError,
+    PassphraseError,
+    PkiError,
 )
-from pki.keys import generate_private_key, load_private_key, parse_key_spec, private_key_to_pem, save_private_key
+from pki.keys import (
+    generate_private_key,
+    load_private_key,
+    parse_key_spec,
+    private_key_to_pem,
+    save_private_key,
+)
 from tests.pki.conftest import T0, make_leaf
 
 PEM = serialization.Encoding.PEM

@@ -10,7 +10,7 @@ from pki.ca import CertificateAuthority, IssueProfile
 from pki.certs import SubjectAltNames, sans_of
 from pki.errors import PkiError
 from pki.profile import AutoReenrollment, CaProfile, RevocationMode, RevocationPolicy
-from pki.reenroll import due, next_deadline, reenroll, reenroll_at, run_due
+from pki.reenroll import due, next_deadline, reenroll_at, run_due
 from pki.store import Store
 from tests.pki.conftest import T0
 

@@ -6,13 +6,18 @@ import stat
 from datetime import timedelta
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pki.certs import SubjectAltNames, certificates_to_pem, fingerprint
 from pki.csr import load_csr
 from pki.errors import (
-    CorruptInputError, CsrSignatureError, InputTooLargeError, KeyFileError, PassphraseError, ProfileError, StoreError,
+    CorruptInputError,
+    CsrSignatureError,
+    InputTooLargeError,
+    KeyFileError,
+    PassphraseError,
+    ProfileError,
+    StoreError,
 )
 from pki.profile import CaProfile, RevocationMode, RevocationPolicy
 from pki.store import Store

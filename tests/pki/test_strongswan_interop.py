@@ -106,9 +106,9 @@ def test_strongswan_csr_issued_by_our_ca_and_verified_by_strongswan(tmp_path, ca
 def test_strongswan_verifies_our_chain_and_reads_our_crl(tmp_path):
     root = CertificateAuthority.init(tmp_path / "root", "CN=Root,O=espresso", key_type="ecdsa", key_size=384)
     sub = CertificateAuthority.init(tmp_path / "sub", "CN=Sub,O=espresso", parent=root, path_length=0)
-    from pki.keys import generate_private_key, parse_key_spec
-    from pki.csr import build_csr
     from pki.certs import SubjectAltNames
+    from pki.csr import build_csr
+    from pki.keys import generate_private_key, parse_key_spec
 
     key = generate_private_key(parse_key_spec("rsa", 2048))
     leaf = sub.issue(build_csr(key, "CN=gw,O=espresso", SubjectAltNames.build(dns=["gw.example.net"])), "ipsec-ike")
