@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,11 @@ class GatewayConfig:
     batch_size: int = 64
     slot_size: int = 2048
     poll_ms: int = 100
+    #: Also open a second socket on the NAT-T port that the kernel fills with the IKE messages (non-ESP
+    #: marker) only: ``Gateway.ike_socket``, for the IKE daemon to read and send on as its own port-4500
+    #: socket. ESP never reaches it and IKE never reaches the data threads (SO_REUSEPORT + a classic BPF
+    #: program that looks at the first four bytes). Without it IKE goes through ``on_ike``/``send_ike``.
+    ike_socket: bool = False
 
     def __post_init__(self) -> None:
         ipaddress.ip_address(self.local_addr)
@@ -119,6 +125,8 @@ class Gateway:
         self.tun: Tun | None = None
         self.udp: socket.socket | None = None
         self.raw: socket.socket | None = None
+        #: The NAT-T port's IKE side (see GatewayConfig.ike_socket): give it to the IKE daemon.
+        self.ike_socket: socket.socket | None = None
         self._stop = threading.Event()
         self._wake_r, self._wake_w = -1, -1
         self._threads: list[threading.Thread] = []
@@ -130,10 +138,14 @@ class Gateway:
         af = socket.AF_INET if self.family == 4 else socket.AF_INET6
         try:
             self.udp = self._socket(af, socket.SOCK_DGRAM, 0)
+            if c.ike_socket:
+                self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 self.udp.bind((c.local_addr, c.nat_port))
             except OSError as exc:
                 raise GatewayError(f"cannot bind UDP {c.local_addr} port {c.nat_port}: {exc.strerror}") from None
+            if c.ike_socket:
+                self.ike_socket = _ike_socket_beside(self.udp, af, c.local_addr, self.nat_port)
             if c.raw_esp:
                 try:
                     self.raw = self._socket(af, socket.SOCK_RAW, socket.IPPROTO_ESP)
@@ -202,10 +214,10 @@ class Gateway:
         return s
 
     def _close(self) -> None:
-        for s in (self.udp, self.raw):
+        for s in (self.udp, self.raw, self.ike_socket):
             if s is not None:
                 s.close()
-        self.udp = self.raw = None
+        self.udp = self.raw = self.ike_socket = None
         if self.tun is not None:
             self.tun.close()
             self.tun = None
@@ -300,6 +312,36 @@ class Gateway:
         addr = (str(ipaddress.ip_address(raw)), sport)
         if self.on_ike is not None:
             self.on_ike(pkt[hl + 8 + 4:], addr, (self.config.local_addr, port))
+
+
+# Classic BPF run by the kernel on each datagram for the NAT-T port's reuseport group (data = UDP payload):
+# a zero first word (the non-ESP marker) selects socket 1 (IKE), anything else socket 0 (ESP). A datagram
+# shorter than 4 bytes (a NAT keepalive) fails the load and returns 0: the data plane counts and drops it.
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x20, 0x15, 0x06
+_SPLIT_PROGRAM = ((_BPF_LD_W_ABS, 0, 0, 0), (_BPF_JEQ_K, 0, 1, 0), (_BPF_RET_K, 0, 0, 1), (_BPF_RET_K, 0, 0, 0))
+SO_ATTACH_REUSEPORT_CBPF = 51
+
+
+def _ike_socket_beside(esp_sock: socket.socket, af: int, addr: str, port: int) -> socket.socket:
+    """Bind a second socket to the ESP socket's address and port and steer IKE to it in the kernel."""
+    import ctypes
+
+    ike = socket.socket(af, socket.SOCK_DGRAM)
+    try:
+        if af == socket.AF_INET6:
+            ike.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        ike.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        ike.bind((addr, port))  # second in the group: index 1
+        code = b"".join(struct.pack("=HBBI", *ins) for ins in _SPLIT_PROGRAM)
+        buf = ctypes.create_string_buffer(code, len(code))
+        fprog = struct.pack("@HP", len(_SPLIT_PROGRAM), ctypes.addressof(buf))
+        esp_sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+        ike.setblocking(False)
+    except OSError as exc:
+        ike.close()
+        raise GatewayError(f"cannot share UDP port {port} between IKE and ESP (SO_REUSEPORT/BPF): "
+                           f"{exc.strerror}") from None
+    return ike
 
 
 def _outer_proto(batch: PacketBatch, idx: np.ndarray) -> np.ndarray:

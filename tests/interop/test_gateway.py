@@ -339,3 +339,54 @@ def test_static_rekey_in_the_middle_of_a_transfer_loses_nothing(topo, tmp_path):
         for bad in ("AUTH_FAILED", "REPLAYED", "MALFORMED", "NO_SA"):
             assert st["inbound"][bad] == 0, (bad, st["inbound"])
         assert st["outbound"]["NO_SA"] == 0
+
+
+SPLIT_CHILD = textwrap.dedent("""
+    import socket, sys, time
+    sys.path.insert(0, {root!r})
+    from esp.gateway import Gateway, GatewayConfig
+    seen = []
+    gw = Gateway(GatewayConfig(local_addr="127.0.0.1", tun_name="espsplit%d", ike_socket=True),
+                 on_ike=lambda data, addr, local: seen.append(data))
+    gw.start()
+    try:
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        for i in range(20):
+            peer.sendto(b"\\0\\0\\0\\0" + b"IKE%02d" % i, ("127.0.0.1", 4500))      # IKE: non-ESP marker
+            peer.sendto(b"\\x00\\x00\\x10\\x01" + b"\\0" * 40, ("127.0.0.1", 4500))  # ESP (unknown SPI)
+        ike = []
+        gw.ike_socket.settimeout(2)
+        for _ in range(20):
+            data, addr = gw.ike_socket.recvfrom(2000)
+            ike.append(data)
+        # the IKE socket answers from port 4500 too
+        gw.ike_socket.sendto(b"\\0\\0\\0\\0reply", addr)
+        peer.settimeout(2)
+        reply, src = peer.recvfrom(100)
+        deadline = time.monotonic() + 5
+        while gw.dataplane.counters().inbound["NO_SA"] < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        c = gw.dataplane.counters().inbound
+        assert ike == [b"\\0\\0\\0\\0" + b"IKE%02d" % i for i in range(20)], ike[:3]
+        assert src[1] == 4500 and reply.endswith(b"reply")
+        assert c["NO_SA"] == 20 and c["BYPASSED"] == 0 and seen == [], (c, seen)
+        print("SPLIT-OK")
+    finally:
+        gw.stop()
+""")
+
+
+def test_nat_t_port_is_split_between_ike_and_esp_by_the_kernel():
+    """With ike_socket=True, IKE (non-ESP marker) arrives only on Gateway.ike_socket and ESP only on the data
+    thread's socket, so the IKE daemon can own its port-4500 socket unchanged."""
+    require_root()
+    require_tool("ip")
+    ns = unique("espsp")
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "link", "set", "lo", "up", ns=ns)
+        r = sh(sys.executable, "-c", SPLIT_CHILD.format(root=str(ROOT)), ns=ns, check=False, timeout=60)
+        assert r.returncode == 0 and "SPLIT-OK" in r.stdout, r.stdout + r.stderr[-3000:]
+    finally:
+        sh("ip", "netns", "delete", ns, check=False)
