@@ -177,14 +177,11 @@ def cmd_crl(args: argparse.Namespace) -> None:
     if args.action == "load":
         crl = store.load_crl(args.ca_profile, read_bounded(args.filename))
     else:
-        from pki.revocation import crl_urls, default_fetch
+        from pki.revocation import default_fetch
 
-        prof = store.profile(args.ca_profile)
-        cas = store.ca_certificates(args.ca_profile)
-        url = args.url or prof.revocation.crl_url
+        url = args.url or store.profile(args.ca_profile).revocation.crl_url
         if not url:
             raise ValueError(f"ca-profile {args.ca_profile} has no crl url; pass --url")
-        del cas, crl_urls
         crl = store.load_crl(args.ca_profile, default_fetch(url))
     _print(f"CRL for {args.ca_profile} loaded: {len(crl)} revoked, next update {crl.next_update_utc}")
 

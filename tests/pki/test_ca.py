@@ -185,3 +185,36 @@ def test_rsa_pss_ca(tmp_path):
     cert.verify_directly_issued_by(ca.certificate)
     assert cert.signature_algorithm_oid.dotted_string == "1.2.840.113549.1.1.10"
     ca.close()
+
+
+def test_crash_between_sign_and_commit_leaves_no_record(tmp_path, root_ca):
+    """A process killed after signing and inserting, before COMMIT: after restart the CA has no record of that
+    certificate (it was never handed out), its database is intact, and it keeps issuing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    before = len(root_ca.records())
+    root_ca.close()
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+from pki.ca import CertificateAuthority
+from pki.csr import build_csr
+from pki.keys import generate_private_key, parse_key_spec
+ca = CertificateAuthority.open({str(root_ca.path)!r})
+real = ca.db.insert_certificate
+def crash(conn, cert, at):
+    real(conn, cert, at)
+    os._exit(17)   # no COMMIT, no cleanup: like a power cut
+ca.db.insert_certificate = crash
+ca.issue(build_csr(generate_private_key(parse_key_spec("ecdsa", 256)), "CN=lost"))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert r.returncode == 17, r.stderr
+    again = CertificateAuthority.open(root_ca.path)
+    assert len(again.records()) == before
+    assert again.db._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    _, cert = make_leaf(again)
+    assert again.lookup(cert.serial_number) is not None
+    again.close()

@@ -124,3 +124,48 @@ def test_auto_reenrollment_set_and_run_without_due(lab, capsys):
     assert rc == 0 and "Next re-enrollment due" in out
     rc, out, _ = run(capsys, *S, "show", "local-certificate")
     assert "Auto-re-enrollment: at 60%" in out
+
+
+def test_intermediate_ca_and_serve(lab, capsys):
+    """``ca init --parent`` makes an intermediate; ``ca serve`` answers SCEP and serves the CRL that
+    ``crl download`` loads into the store."""
+    import socket
+    import time
+
+    from pki.fetch import http_get
+
+    assert run(capsys, "ca", "--ca", "root", "init", "--subject", "CN=Root", "--path-length", "1")[0] == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    assert run(capsys, "ca", "--ca", "sub", "init", "--subject", "CN=Sub", "--parent", "root", "--key-type", "rsa",
+               "--path-length", "0", "--crl-url", f"{url}/crl")[0] == 0
+    assert run(capsys, "ca", "--ca", "root", "list")[1].count("CN=Sub") == 1
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "pki", "ca", "--ca", "sub", "serve", "--port", str(port),
+                             "--challenge", "x"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        caps = b""
+        for _ in range(100):  # bounded: at most ~10 s
+            try:
+                caps = http_get(f"{url}/scep?operation=GetCACaps", timeout=1.0)
+                break
+            except Exception:
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        assert b"POSTPKIOperation" in caps or b"SHA-256" in caps, proc.stderr.read1() if proc.poll() is not None else caps
+        S = ("--store", "st")
+        assert run(capsys, *S, "ca-profile", "add", "lab", "--enrollment-url", f"{url}/scep", "--crl-url",
+                   f"{url}/crl")[0] == 0
+        rc, out, _ = run(capsys, *S, "ca-certificate", "enroll", "--ca-profile", "lab")
+        assert rc == 0 and "CN=Sub" in out and "out of band" in out
+        rc, out, err = run(capsys, *S, "crl", "download", "--ca-profile", "lab")
+        assert rc == 0, err
+        assert "0 revoked" in out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+        proc.stderr.close()
