@@ -40,6 +40,8 @@ MIN_ESP_LEN = 8
 MAX_DATAGRAM = 65535
 #: Seconds between NAT keepalives (RFC 3948 4: 20 s by default).
 KEEPALIVE_INTERVAL = 20.0
+#: Socket buffer we ask for (the kernel caps it at net.core.rmem_max/wmem_max): ESP arrives in bursts.
+SOCKET_BUFFER = 4 << 20
 #: Datagrams read from one socket per readiness callback: ESP arrives in batches for the data plane, and
 #: one busy socket cannot starve the others or the timer.
 READ_BURST = 256
@@ -67,6 +69,11 @@ def open_udp_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+            except OSError:  # best effort
+                pass
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))

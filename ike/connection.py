@@ -280,10 +280,6 @@ class IkeConnection:
             return
         self.tm.queue.clear()
         self._queue([IkeDelete(sa, True)], now)
-        self._after_initiate(sa)
-
-    def _after_initiate(self, sa: IkeSa) -> None:
-        self._after(sa)
 
     def child_sa_soft_expired(self, spi: int, now: float) -> None:
         sa = self.sa

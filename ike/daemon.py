@@ -22,10 +22,13 @@ import ipaddress
 import json
 import logging
 import os
+import socket
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+import numpy as np
 
 from esp import Direction, Lifetime, Mode, PacketBatch, Sa, SaParams, UdpEncap, Verdict
 from esp.dataplane import Dataplane
@@ -159,11 +162,7 @@ def _ip_header(src: str, dst: str, payload_len: int) -> bytes:
     return struct.pack("!IHBB16s16s", 0x60000000, payload_len, 17, 64, s.packed, d.packed)
 
 
-def _outer_len(packet: bytes) -> int:
-    """Bytes of outer IP + UDP header in front of the ESP of an encrypted, UDP-encapsulated packet."""
-    if packet[0] >> 4 == 4:
-        return (packet[0] & 0x0F) * 4 + 8
-    return 40 + 8
+_OK = int(Verdict.OK)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -513,29 +512,44 @@ class Daemon:
             log.exception("core refused the expiry of %08x", spi_in)
 
     def _on_esp(self, packets: list[tuple[bytes, tuple[str, int]]], local: tuple[str, int]) -> None:
+        """ESP datagrams from the socket: give each the outer IP + UDP header the data plane expects (the
+        socket stripped it), decrypt the burst as one batch, hand the inner packets on."""
         wrapped = []
+        prefixes: dict[str, tuple[bytes, int] | None] = {}
         for data, addr in packets:
-            try:
-                hdr = _ip_header(addr[0], local[0], 8 + len(data))
-            except ValueError:
+            pre = prefixes.get(addr[0], ())
+            if pre == ():
+                try:
+                    h = _ip_header(addr[0], local[0], 0)
+                    pre = prefixes[addr[0]] = (h, 2 if len(h) == 20 else 4)
+                except ValueError:  # a peer of another family than the socket: not ours
+                    pre = prefixes[addr[0]] = None
+            if pre is None:
                 self.counters["esp_in_dropped"] += 1
                 continue
-            wrapped.append(hdr + struct.pack("!HHHH", addr[1], local[1], 8 + len(data), 0) + data)
+            hdr, where = pre
+            ulen = 8 + len(data)
+            if where == 2:  # IPv4 total length at offset 2; IPv6 payload length at offset 4
+                hdr = hdr[:2] + (20 + ulen).to_bytes(2, "big") + hdr[4:]
+            else:
+                hdr = hdr[:4] + ulen.to_bytes(2, "big") + hdr[6:]
+            wrapped.append(hdr + struct.pack("!HHHH", addr[1], local[1], ulen, 0) + data)
         if not wrapped:
             return
         batch = PacketBatch.from_packets(wrapped)
         out = PacketBatch.empty(count=len(wrapped), slot_size=max(len(p) for p in wrapped) + 64)
-        verdicts = self.dataplane.inbound(batch, out, now=self.now())
-        ok = [i for i in range(len(wrapped)) if verdicts[i] == Verdict.OK]
+        verdicts = np.asarray(self.dataplane.inbound(batch, out, now=self.now()))
+        ok = np.flatnonzero(verdicts == _OK)
         self.counters["esp_in_ok"] += len(ok)
         self.counters["esp_in_dropped"] += len(wrapped) - len(ok)
-        if ok:
-            inner = [out.packet(i) for i in ok]
+        if len(ok):
+            buf, offs, lens = out.buf, out.offsets, out.lengths
+            inner = [buf[int(offs[i]):int(offs[i]) + int(lens[i])].tobytes() for i in ok]
             if self.on_packets is None:
                 self.counters["inner_undelivered"] += len(inner)
             else:
-                spi = int.from_bytes(packets[ok[0]][0][:4], "big")
-                self.on_packets(inner, self.children.get(spi))
+                spi = int.from_bytes(packets[int(ok[0])][0][:4], "big") if len(ok) == len(packets) else None
+                self.on_packets(inner, self.children.get(spi) if spi is not None else None)
 
     def send(self, packets: list[bytes]) -> int:
         """Encrypt inner IP packets by the SPD and send the ESP-in-UDP result; returns how many left."""
@@ -543,23 +557,26 @@ class Daemon:
             return 0
         batch = PacketBatch.from_packets(packets)
         out = PacketBatch.empty(count=len(packets), slot_size=max(len(p) for p in packets) + 128)
-        verdicts = self.dataplane.outbound(batch, out, now=self.now())
+        verdicts = np.asarray(self.dataplane.outbound(batch, out, now=self.now()))
+        buf, offs, lens = out.buf, out.offsets, out.lengths
         sent = 0
-        for i in range(len(packets)):
-            if verdicts[i] != Verdict.OK:
-                continue
-            pkt = out.packet(i)
+        dests: dict[bytes, str] = {}
+        for i in np.flatnonzero(verdicts == _OK):
+            off = int(offs[i])
+            pkt = buf[off:off + int(lens[i])].tobytes()
             if pkt[0] >> 4 == 4:
-                dst = str(ipaddress.IPv4Address(pkt[16:20]))
-                proto = pkt[9]
+                raw, proto, hl = pkt[16:20], pkt[9], (pkt[0] & 0x0F) * 4
+                family = socket.AF_INET
             else:
-                dst = str(ipaddress.IPv6Address(pkt[24:40]))
-                proto = pkt[6]
+                raw, proto, hl = pkt[24:40], pkt[6], 40
+                family = socket.AF_INET6
             if proto != 17:  # raw ESP needs the gateway's raw socket; not on this path
                 continue
-            hl = _outer_len(pkt)
-            sport, dport = struct.unpack("!HH", pkt[hl - 8:hl - 4])
-            if self.endpoint.send_esp(pkt[hl:], (dst, dport), sport):
+            dst = dests.get(raw)
+            if dst is None:
+                dst = dests[raw] = socket.inet_ntop(family, raw)
+            sport, dport = struct.unpack_from("!HH", pkt, hl)
+            if self.endpoint.send_esp(pkt[hl + 8:], (dst, dport), sport):
                 sent += 1
         self.counters["esp_out_ok"] += sent
         self.counters["esp_out_dropped"] += len(packets) - sent

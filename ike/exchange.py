@@ -8,11 +8,11 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from .constants import HEADER_LEN, ExchangeType, NotifyType, PayloadType, ProtocolId
+from .constants import HEADER_LEN, ExchangeType, NotifyType, PayloadType
 from .errors import IntegrityError, ParseError, ProtocolError
 from .fragment import Reassembly, fragment_message
 from .message import Header, Message, check_rules, pull_chain, push_chain, push_header
-from .payloads import DeletePayload, NotifyPayload, SaPayload, SkfPayload, SkPayload
+from .payloads import NotifyPayload, SkfPayload, SkPayload
 from .protect import sk_generic_header
 from .sa import IkeSa, IkeSaState
 from .tasks.base import RetryExchange, Task, TaskStatus
@@ -126,7 +126,6 @@ class TaskManager:
         self.retransmit_at: float | None = None
         self.cached: tuple[int, list[bytes]] | None = None
         self.reassembly: dict[int, Reassembly] = {}
-        self.on_idle: Callable[[], None] | None = None
 
     # -- initiator side --------------------------------------------------------------------------------
     def queue_tasks(self, tasks: list[Task], now: float) -> None:
@@ -227,8 +226,6 @@ class TaskManager:
         for t in reversed(sa.scratch.pop("front_tasks", [])):
             self.queue.insert(0, [t])
         self.initiate(now)
-        if self.on_idle is not None and self.request is None:
-            self.on_idle()
 
     def _send_oneshot_info(self, payloads: list, now: float) -> None:  # type: ignore[type-arg]
         sa = self.sa
@@ -237,7 +234,7 @@ class TaskManager:
         self.send(encode_message(sa, msg))
 
     # -- responder side --------------------------------------------------------------------------------
-    def _on_request(self, msg: Message, data_is_first_fragment: bool, now: float) -> None:
+    def _on_request(self, msg: Message, now: float) -> None:
         sa = self.sa
         if msg.exchange == ExchangeType.IKE_SA_INIT:
             self.passive = self.passive_tasks(msg)
@@ -321,7 +318,7 @@ class TaskManager:
         if header.is_response:
             self._on_response(msg, now)
         else:
-            self._on_request(msg, True, now)
+            self._on_request(msg, now)
 
     # -- timers ------------------------------------------------------------------------------------------
     def get_timer(self) -> float | None:
@@ -340,5 +337,3 @@ class TaskManager:
         self.retransmit_at = now + cfg.retransmit_timeout * (cfg.retransmit_base ** self.retransmits)
         self.send(self.request)
 
-
-_ = (DeletePayload, SaPayload, ProtocolId)

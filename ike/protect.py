@@ -15,7 +15,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from .constants import EncrId, PayloadType, TransformType
+from .constants import EncrId, TransformType
 from .errors import IntegrityError, ParseError
 from .payloads.sa import Proposal
 from .proposal import encr_info, integ_info
@@ -119,5 +119,3 @@ def sk_generic_header(first_inner: int, length_body: int) -> bytes:
 def skf_generic_header(first_inner: int, number: int, total: int, length_body: int) -> bytes:
     return struct.pack("!BBHHH", first_inner, 0, 8 + length_body, number, total)
 
-
-_ = PayloadType

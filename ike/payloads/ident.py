@@ -55,7 +55,6 @@ class IdPayload(Payload):
 
 def dn_to_der(dn: str) -> bytes:
     from cryptography import x509
-    from cryptography.hazmat.primitives import serialization  # noqa: F401
 
     try:
         name = x509.Name.from_rfc4514_string(dn)
@@ -68,8 +67,7 @@ def der_to_dn(der: bytes) -> str:
     from cryptography import x509
 
     try:
-        # No public DER -> Name parser: wrap it as the subject of a minimal certificate is overkill;
-        # asn1crypto parses a Name directly.
+        # cryptography has no public DER -> Name parser; asn1crypto parses a Name directly
         from asn1crypto.x509 import Name as _Name  # type: ignore[import-untyped]
 
         parsed = _Name.load(der)

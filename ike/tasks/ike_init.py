@@ -1,7 +1,7 @@
 """IKE_SA_INIT: proposals, KE, nonces, COOKIE and INVALID_KE_PAYLOAD retries, SKEYSEED (strongSwan ike_init)."""
 from __future__ import annotations
 
-from ..constants import ExchangeType, HashAlgorithm, NotifyType, ProtocolId, TransformType
+from ..constants import ExchangeType, NotifyType, ProtocolId, TransformType
 from ..dh import DhKeyExchange, create_dh
 from ..errors import InvalidKePayloadError, InvalidSyntaxError, NoProposalChosenError, ProtocolError
 from ..events import IkeKeysDerived
@@ -174,5 +174,3 @@ def install_keys(sa) -> None:  # type: ignore[no-untyped-def]
                                i.id if i else 0, info.name, integ_info(i.id)[3] if i else "",
                                k.sk_ei, k.sk_er, k.sk_ai, k.sk_ar))
 
-
-_ = HashAlgorithm

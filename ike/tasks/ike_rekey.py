@@ -9,7 +9,7 @@ from ..errors import InvalidKePayloadError, InvalidSyntaxError, NoProposalChosen
 from ..keymat import derive_ike_keys, rekey_skeyseed
 from ..message import Message
 from ..payloads import KePayload, NoncePayload, Proposal, SaPayload
-from ..proposal import check_selected, parse_proposals, prf_hash, select_proposal
+from ..proposal import check_selected, parse_proposals, select_proposal
 from .base import Task, TaskStatus
 from .ike_init import NONCE_LEN, install_keys
 
@@ -93,5 +93,4 @@ class IkeRekey(Task):
         chosen_plain = Proposal(chosen.number, chosen.protocol, b"", chosen.transforms)
         new = self.conn.adopt_rekeyed(sa, self.initiator, spi_i, spi_r, chosen_plain, keys, ni, nr)
         install_keys(new)
-        _ = prf_hash
         return TaskStatus.SUCCESS if self.initiator else TaskStatus.NEED_MORE

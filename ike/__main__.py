@@ -1,0 +1,303 @@
+"""``python -m ike``: run the IKE daemon and control it, as charon and swanctl do.
+
+::
+
+    python -m ike daemon --config /etc/espresso/ike.toml      # foreground; SIGTERM/SIGINT: DELETE all, exit
+    python -m ike check-config --config /etc/espresso/ike.toml
+    python -m ike initiate --ike branch [--child lan] [--timeout 10]
+    python -m ike list-sas [--ike branch] [--raw]
+    python -m ike list-conns
+    python -m ike rekey --child lan | --ike branch
+    python -m ike terminate --ike branch | --child lan
+    python -m ike stats
+    python -m ike demo                                        # the end-to-end demonstration, no root needed
+
+The control commands talk to the daemon over its unix socket (``--socket``, else ``$ESPRESSO_IKE_SOCKET``, else
+the default ``/run/espresso/ike.sock``). This is the only module of the package that reads argv or the
+environment.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import DEFAULT_CONTROL_SOCKET, ConfigError, load_config
+
+__all__ = ["main", "format_sas", "request"]
+
+ENV_SOCKET = "ESPRESSO_IKE_SOCKET"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Client side
+
+
+class ClientError(Exception):
+    pass
+
+
+def request(path: str | os.PathLike[str], req: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
+    """One JSON-lines request to the daemon's control socket; the reply object."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise ClientError(f"cannot reach the daemon at {path}: {exc.strerror or exc} "
+                              f"(is `python -m ike daemon` running? --socket / ${ENV_SOCKET})") from None
+        s.sendall(json.dumps(req).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            if len(buf) > 64 << 20:
+                raise ClientError("reply too large")
+    except socket.timeout:
+        raise ClientError(f"no reply from the daemon within {timeout:g}s") from None
+    finally:
+        s.close()
+    try:
+        return json.loads(buf)
+    except json.JSONDecodeError:
+        raise ClientError(f"the daemon sent something that is not JSON: {buf[:200]!r}") from None
+
+
+def _ago(seconds: Any) -> str:
+    return "?" if seconds is None else f"{int(seconds)}s"
+
+
+def format_sas(sas: list[dict[str, Any]]) -> str:
+    """The ``list-sas`` reply in the layout of ``swanctl --list-sas``."""
+    lines: list[str] = []
+    for sa in sas:
+        mine_i = sa.get("initiator", False)
+        lines.append(f"{sa['name']}: #{sa['ike_id']}, {sa['state']}, IKEv2, "
+                     f"{sa['spi_i']}_i{'*' if mine_i else ''} {sa['spi_r']}_r{'' if mine_i else '*'}")
+        if "local_host" in sa:
+            lines.append(f"  local  '{sa['local_id']}' @ {sa['local_host']}[{sa['local_port']}]"
+                         + (" [NAT]" if sa.get("nat_local") else ""))
+            lines.append(f"  remote '{sa['remote_id']}' @ {sa['remote_host']}[{sa['remote_port']}]"
+                         + (" [NAT]" if sa.get("nat_remote") else ""))
+            lines.append(f"  {sa['proposal']}, {sa.get('auth', '')} authentication")
+            rekey = f", rekeying in {_ago(sa['rekey_in'])}" if sa.get("rekey_in") is not None else ""
+            lines.append(f"  established {_ago(sa.get('established'))} ago{rekey}")
+        if sa.get("last_error"):
+            lines.append(f"  last error: {sa['last_error']}")
+        for c in sa.get("child_sas", []):
+            mode = c["mode"] + ("-in-UDP" if c.get("encap") else "")
+            esn = "/ESN" if c.get("esn") else ""
+            lines.append(f"  {c['name']}: #{sa['ike_id']}, {c['state']}, {mode}, ESP:{c['suite']}{esn}")
+            when = [f"installed {_ago(c['installed'])} ago"]
+            if c.get("rekey_in") is not None:
+                when.append(f"rekeying in {_ago(c['rekey_in'])}")
+            if c.get("life_in") is not None:
+                when.append(f"expires in {_ago(c['life_in'])}")
+            lines.append("    " + ", ".join(when))
+            limits = []
+            if c.get("rekey_bytes"):
+                limits.append(f"rekey at {c['rekey_bytes']} bytes")
+            if c.get("rekey_packets"):
+                limits.append(f"rekey at {c['rekey_packets']} packets")
+            if limits:
+                lines.append("    " + ", ".join(limits))
+            lines.append(f"    in  {c['spi_in']}, {c['bytes_in']:>10} bytes, {c['packets_in']:>8} packets"
+                         + (f", {c['dropped_in']} dropped" if c.get("dropped_in") else ""))
+            lines.append(f"    out {c['spi_out']}, {c['bytes_out']:>10} bytes, {c['packets_out']:>8} packets"
+                         + ("" if c.get("outbound_active", True) else " (replaced)"))
+            lines.append(f"    local  {' '.join(c['local_ts'])}")
+            lines.append(f"    remote {' '.join(c['remote_ts'])}")
+    return "\n".join(lines)
+
+
+def _format_conns(conns: list[dict[str, Any]]) -> str:
+    lines = []
+    for c in conns:
+        lines.append(f"{c['name']}: IKEv2, remote {c['remote_addr'] or '%any'}[{c['remote_port']}], "
+                     f"{', '.join(c['ike_proposals'])}")
+        lines.append(f"  local:  {c['local_id']} ({c['auth']})")
+        lines.append(f"  remote: {c['remote_id'] or '%any'}")
+        for ch in c["children"]:
+            lines.append(f"  {ch['name']}: {ch['mode'].upper()}, {', '.join(ch['esp_proposals'])}")
+            lines.append(f"    local:  {' '.join(ch['local_ts'])}")
+            lines.append(f"    remote: {' '.join(ch['remote_ts'])}")
+    return "\n".join(lines)
+
+
+def _socket_path(args: argparse.Namespace) -> str:
+    return args.socket or os.environ.get(ENV_SOCKET) or DEFAULT_CONTROL_SOCKET
+
+
+def _client(args: argparse.Namespace) -> int:
+    req: dict[str, Any] = {"cmd": args.command}
+    timeout = 15.0
+    if args.command == "initiate":
+        req.update(ike=args.ike, child=args.child, timeout=args.timeout)
+        timeout = args.timeout + 5
+    elif args.command in ("rekey", "terminate"):
+        if bool(args.child) == bool(args.ike):
+            print(f"error: {args.command} needs exactly one of --child or --ike", file=sys.stderr)
+            return 2
+        req.update(child=args.child, ike=args.ike)
+        if args.command == "terminate":
+            req["timeout"] = args.timeout
+            timeout = args.timeout + 5
+    elif args.command == "list-sas" and args.ike:
+        req["ike"] = args.ike
+    try:
+        reply = request(_socket_path(args), req, timeout)
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"error: {reply.get('error', 'unknown error')}", file=sys.stderr)
+        return 1
+    if getattr(args, "raw", False):
+        print(json.dumps(reply, indent=2))
+    elif args.command == "list-sas":
+        text = format_sas(reply["ike_sas"])
+        if text:
+            print(text)
+    elif args.command == "list-conns":
+        print(_format_conns(reply["conns"]))
+    elif args.command == "stats":
+        print(json.dumps(reply["stats"], indent=2))
+    elif args.command == "initiate":
+        child = f", CHILD_SA {reply['child']} {reply['spi_in']}_i {reply['spi_out']}_o" if "child" in reply else ""
+        print(f"initiate completed successfully: IKE_SA {args.ike}[{reply['ike_id']}] {reply['state']}{child}")
+    elif args.command == "terminate":
+        what = reply.get("deleting") or f"IKE_SA #{reply.get('ike_id')} {reply.get('state')}"
+        print(f"terminate: {what}")
+    else:
+        print(f"{args.command}: {reply.get('rekeying')}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# Daemon
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    o: dict[str, Any] = {}
+    sock = args.control_socket or os.environ.get(ENV_SOCKET)
+    if sock:
+        o["control_socket"] = sock
+    if args.key_log:
+        o["key_log"] = args.key_log
+    return o
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config, overrides=_overrides(args))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    peers = ", ".join(f"{p.name} ({len(p.children)} children)" for p in cfg.core.peers)
+    print(f"{args.config}: OK; peers: {peers}; listening on "
+          + ", ".join(f"{a}[{p}]" for a in cfg.addresses for p in cfg.bind_ports()))
+    return 0
+
+
+def _run_daemon(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config, overrides=_overrides(args))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from .daemon import Daemon
+
+    async def serve() -> int:
+        daemon = Daemon(cfg)
+        try:
+            await daemon.start(initiate=args.initiate or ())
+        except OSError as exc:
+            print(f"error: cannot start: {exc}", file=sys.stderr)
+            daemon.endpoint.close()
+            return 1
+        loop = asyncio.get_running_loop()
+        stopping: list[asyncio.Task[None]] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: stopping or stopping.append(loop.create_task(daemon.stop())))
+        await daemon.run()
+        return 0
+
+    return asyncio.run(serve())
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname).1s [%(name)s] %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ike", description="espresso IKEv2 daemon and control")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("daemon", help="run the IKE daemon in the foreground")
+    d.add_argument("--config", "-c", required=True, help="TOML configuration file")
+    d.add_argument("--control-socket", help="override daemon.control_socket")
+    d.add_argument("--key-log", help="write Wireshark key tables to this directory (secrets!)")
+    d.add_argument("--initiate", action="append", metavar="PEER", help="initiate this peer at start (repeatable)")
+    d.add_argument("-v", "--verbose", action="count", default=1)
+    d.add_argument("-q", "--quiet", action="store_const", const=0, dest="verbose")
+
+    c = sub.add_parser("check-config", help="validate a configuration file and exit")
+    c.add_argument("--config", "-c", required=True)
+    c.add_argument("--control-socket")
+    c.add_argument("--key-log")
+
+    def client(name: str, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help)
+        sp.add_argument("--socket", "-s", help=f"control socket (default ${ENV_SOCKET} or {DEFAULT_CONTROL_SOCKET})")
+        sp.add_argument("--raw", action="store_true", help="print the daemon's JSON reply")
+        return sp
+
+    i = client("initiate", "initiate an IKE_SA (and its CHILD_SAs) and wait for it")
+    i.add_argument("--ike", "-i", required=True, help="peer (connection) name")
+    i.add_argument("--child", "-c", help="only this CHILD_SA")
+    i.add_argument("--timeout", "-t", type=float, default=10.0)
+    ls = client("list-sas", "list IKE_SAs and CHILD_SAs with algorithms, counters and lifetimes")
+    ls.add_argument("--ike", "-i", help="only this peer")
+    client("list-conns", "list configured peers")
+    r = client("rekey", "rekey a CHILD_SA (--child NAME|SPI) or an IKE_SA (--ike PEER)")
+    r.add_argument("--child", "-c")
+    r.add_argument("--ike", "-i")
+    t = client("terminate", "delete a CHILD_SA (--child) or an IKE_SA (--ike)")
+    t.add_argument("--child", "-c")
+    t.add_argument("--ike", "-i")
+    t.add_argument("--timeout", "-t", type=float, default=5.0)
+    client("stats", "adapter, core and data plane counters")
+
+    demo = sub.add_parser("demo", help="CA + SCEP enrollment + two daemons + ESP traffic, on loopback, no root")
+    from .demo import add_arguments
+    add_arguments(demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "daemon":
+        _setup_logging(args.verbose)
+        return _run_daemon(args)
+    if args.command == "check-config":
+        return _check_config(args)
+    if args.command == "demo":
+        from .demo import run_from_args
+        return run_from_args(args)
+    return _client(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
