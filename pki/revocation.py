@@ -9,15 +9,20 @@ override URL) through ``fetch(url) -> bytes``, kept until their nextUpdate or th
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from pki._files import PUBLIC_MODE, read_bounded, write_atomic
 from pki.certs import load_crl
 from pki.errors import PkiError, RevocationUnavailable
 
@@ -155,13 +160,40 @@ class CrlCache:
     """
 
     def __init__(self, fetch: Callable[[str], bytes] | None = default_fetch, *,
-                 refresh_interval: timedelta | None = None) -> None:
+                 refresh_interval: timedelta | None = None, directory: str | os.PathLike[str] | None = None) -> None:
         self._fetch = fetch
         self.refresh_interval = refresh_interval
         self._by_url: dict[str, _Entry] = {}
         self._loaded: dict[bytes, x509.CertificateRevocationList] = {}
         self._lock = threading.Lock()
         self.fetches = 0  # how many fetches were attempted (observability; tests)
+        self._dir = Path(directory) if directory is not None else None
+        if self._dir is not None:
+            self._load_directory()
+
+    # -- persistence: fetched CRLs survive a restart (each is re-verified against its issuer when used) --------
+    def _load_directory(self) -> None:
+        assert self._dir is not None
+        index = self._dir / "index.json"
+        if not index.exists():
+            return
+        try:
+            entries = json.loads(read_bounded(index))
+            for url, e in entries.items():
+                crl = load_crl(read_bounded(self._dir / e["file"]), source=url)
+                self._by_url[url] = _Entry(crl, datetime.fromisoformat(e["fetched_at"]))
+        except (PkiError, ValueError, KeyError, TypeError, AttributeError):
+            self._by_url.clear()  # a damaged cache is only a cache: start empty
+
+    def _persist(self, url: str, entry: _Entry) -> None:
+        if self._dir is None:
+            return
+        name = hashlib.sha256(url.encode()).hexdigest()[:32] + ".der"
+        write_atomic(self._dir / name, entry.crl.public_bytes(serialization.Encoding.DER), PUBLIC_MODE)
+        with self._lock:
+            index = {u: {"file": hashlib.sha256(u.encode()).hexdigest()[:32] + ".der",
+                         "fetched_at": e.fetched_at.isoformat()} for u, e in self._by_url.items()}
+        write_atomic(self._dir / "index.json", json.dumps(index, indent=1).encode(), PUBLIC_MODE)
 
     def add(self, crl: x509.CertificateRevocationList) -> None:
         """An operator-loaded CRL, used for its issuer when no URL yields one."""
@@ -183,8 +215,10 @@ class CrlCache:
                 except PkiError as exc:
                     errors.append(str(exc))
                 else:
+                    entry = _Entry(crl, at)
                     with self._lock:
-                        self._by_url[url] = _Entry(crl, at)
+                        self._by_url[url] = entry
+                    self._persist(url, entry)
                     return crl, f"crl {url}"
             if entry is not None and (entry.crl.next_update_utc is None or at <= entry.crl.next_update_utc):
                 return entry.crl, f"crl {url} (cached, refresh failed)"

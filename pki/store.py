@@ -5,7 +5,8 @@ Layout of a store directory (mode 0700)::
     ca-profiles.json             ca-profile definitions (pki.profile.CaProfile)
     auto-re-enrollment.json      auto-re-enrollment settings per certificate-id
     ca/<profile>/ca.pem          the CA certificate(s) of a profile (trust anchors)
-    ca/<profile>/crl.der         an operator-loaded or last fetched CRL
+    ca/<profile>/crl.der         an operator-loaded CRL
+    crl-cache/                   CRLs fetched from distribution points, kept across restarts
     local/<certificate-id>       symlink to .<certificate-id>.<random>/ holding
                                  key.pem (0600), request.pem, cert.pem
 
@@ -39,9 +40,9 @@ from pki.keys import (
     parse_key_spec,
     private_key_to_pem,
 )
-from pki.profile import AutoReenrollment, CaProfile, RevocationMode
+from pki.profile import AutoReenrollment, CaProfile, RevocationPolicy
 from pki.revocation import CrlCache, OcspSource, default_fetch
-from pki.validate import TrustAnchor, ValidationPolicy, Validator
+from pki.validate import AnchorSource, TrustAnchor, ValidationPolicy, Validator
 
 __all__ = ["LocalEntry", "Store"]
 
@@ -421,7 +422,7 @@ class Store:
         return out
 
     def crl_cache(self, fetch: Callable[[str], bytes] | None = default_fetch) -> CrlCache:
-        cache = CrlCache(fetch=fetch)
+        cache = CrlCache(fetch=fetch, directory=self.path / "crl-cache")
         for p in self.profiles():
             try:
                 crl = self.crl(p.name)
@@ -434,29 +435,22 @@ class Store:
     def validator(self, policy: ValidationPolicy | None = None, *,
                   fetch: Callable[[str], bytes] | None = default_fetch,
                   ocsp: OcspSource | None = None, profile: str | None = None) -> Validator:
-        """A validator over this store's anchors (all, or one ca-profile's); CRLs loaded here, others fetched
-        through ``fetch``."""
+        """A validator over this store's anchors (all, or one ca-profile's). CRLs: loaded ones, others fetched
+        through ``fetch`` (None: no fetching) and cached under ``crl-cache/``. OCSP: ``ocsp`` if given, else
+        ``pki.ocsp.OcspChecker`` with each profile's URL override and nonce setting."""
+        anchors: AnchorSource | list[TrustAnchor] = self
         if profile is not None:
             anchors = self.trust_anchors(profile)
             if not anchors:
                 raise ProfileError(f"ca-profile {profile!r} has no CA certificate")
-            if ocsp is None and self.profile(profile).revocation.mode is RevocationMode.OCSP:
-                ocsp = _default_ocsp([self.profile(profile)])
-            return Validator(anchors, policy, crl_source=self.crl_cache(fetch), ocsp=ocsp)
-        if ocsp is None and any(p.revocation.mode is RevocationMode.OCSP for p in self.profiles()):
-            ocsp = _default_ocsp(self.profiles())
-        return Validator(self, policy, crl_source=self.crl_cache(fetch), ocsp=ocsp)
+        return Validator(anchors, policy, crl_source=self.crl_cache(fetch), ocsp=ocsp,
+                         ocsp_factory=None if ocsp is not None else _default_ocsp)
 
 
-def _default_ocsp(profiles: Sequence[CaProfile]) -> OcspSource | None:
-    try:
-        from pki.ocsp import OcspChecker  # written by PKI-SCEP
-    except ImportError:  # pragma: no cover - until pki.ocsp lands
-        return None
-    urls = {p.revocation.ocsp_url for p in profiles if p.revocation.mode is RevocationMode.OCSP}
-    url = urls.pop() if len(urls) == 1 else None
-    nonce = all(p.revocation.ocsp_nonce for p in profiles)
-    return OcspChecker(url, use_nonce=nonce)
+def _default_ocsp(rp: RevocationPolicy) -> OcspSource:
+    from pki.ocsp import OcspChecker  # the network edge, written by PKI-SCEP
+
+    return OcspChecker(rp.ocsp_url, use_nonce=rp.ocsp_nonce)  # type: ignore[no-any-return]
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -169,7 +169,10 @@ class Validator:
         *,
         crl_source: CrlSource | None = None,
         ocsp: OcspSource | None = None,
+        ocsp_factory: Callable[[RevocationPolicy], OcspSource] | None = None,
     ) -> None:
+        """``ocsp`` answers for every profile; ``ocsp_factory`` (used when ``ocsp`` is None) builds one source per
+        distinct revocation policy, so each ca-profile's OCSP URL override and nonce setting apply."""
         self._source = anchors if isinstance(anchors, AnchorSource) else None
         self._static: list[TrustAnchor] = [] if self._source is not None else [
             a if isinstance(a, TrustAnchor) else TrustAnchor(a) for a in anchors  # type: ignore[union-attr]
@@ -177,6 +180,21 @@ class Validator:
         self.policy = policy or ValidationPolicy()
         self.crl_source: CrlSource = crl_source if crl_source is not None else CrlCache(fetch=None)
         self.ocsp = ocsp
+        self._ocsp_factory = ocsp_factory
+        self._ocsp_by_policy: dict[RevocationPolicy, OcspSource] = {}
+
+    def __call__(self, leaf: x509.Certificate, intermediates: Sequence[x509.Certificate] = (),
+                 at: datetime | None = None, identity: Any = None) -> VerifiedChain:
+        """Same as :meth:`verify`."""
+        return self.verify(leaf, intermediates, at, identity)
+
+    def _ocsp_source(self, rp: RevocationPolicy) -> OcspSource | None:
+        if self.ocsp is not None or self._ocsp_factory is None:
+            return self.ocsp
+        src = self._ocsp_by_policy.get(rp)
+        if src is None:
+            src = self._ocsp_by_policy[rp] = self._ocsp_factory(rp)
+        return src
 
     def anchors(self) -> list[TrustAnchor]:
         return list(self._source.trust_anchors()) if self._source is not None else list(self._static)
@@ -365,9 +383,10 @@ class Validator:
 
     def _ocsp(self, cert: x509.Certificate, issuer: x509.Certificate, rp: RevocationPolicy, at: datetime) -> RevocationAnswer:
         try:
-            if self.ocsp is None:
+            source = self._ocsp_source(rp)
+            if source is None:
                 raise RevocationUnavailable("OCSP checking configured but no OCSP checker available")
-            res = self.ocsp.check(cert, issuer, at)
+            res = source.check(cert, issuer, at)
             status = getattr(getattr(res, "status", None), "name", "UNKNOWN")
             if status == "GOOD":
                 return RevocationAnswer(RevocationStatus.GOOD, "ocsp")

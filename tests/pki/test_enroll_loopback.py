@@ -63,11 +63,16 @@ def test_scep_enrollment_crl_and_ocsp_round_trip(served, tmp_path):
     ca.revoke(cert.serial_number, "key-compromise")
     ca.crl()
     ca.close()
-    later = _now() + timedelta(seconds=2)
+    later = _now() + timedelta(seconds=5)
     with pytest.raises(CertificateRejected) as e:
         store.validator().verify(cert, [], later)  # OCSP profile
     assert e.value.reason is RejectReason.REVOKED
-    store.add_profile(CaProfile("lab", enrollment_url=f"{svc.url}/scep"), replace=True)  # back to CRL
+    # back to CRL: the CRL fetched before is persisted and still before its nextUpdate, so it is reused...
+    store.add_profile(CaProfile("lab", enrollment_url=f"{svc.url}/scep"), replace=True)
+    assert store.validator().verify(cert, [], later).revocation[0].source.endswith("(cached)")
+    # ...until the profile's refresh-interval makes it fetch the new one
+    store.add_profile(CaProfile("lab", enrollment_url=f"{svc.url}/scep",
+                                revocation=RevocationPolicy(refresh_interval=timedelta(seconds=2))), replace=True)
     with pytest.raises(CertificateRejected) as e:
         store.validator().verify(cert, [], later)
     assert e.value.reason is RejectReason.REVOKED

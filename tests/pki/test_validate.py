@@ -307,3 +307,36 @@ def test_identity_objects_and_keyid(root_ca):
     assert v.verify(leaf, [], T0, identity=Identity("keyid", ski.hex())).identity.startswith("keyid:")
     _rejected(RejectReason.IDENTITY_MISMATCH, v.verify, leaf, [], T0, identity=Identity("keyid", "00ff"))
     assert v.verify(leaf, [], T0, identity=Identity("dn", "O=espresso, CN=r1")).identity  # strongSwan order
+
+
+def test_fetched_crls_persist_across_restart(root_ca, sub_ca, tmp_path):
+    _, leaf = make_leaf(sub_ca)
+    served = {"http://127.0.0.1:1/sub.crl": sub_ca.crl(at=T0), "http://127.0.0.1:1/root.crl": root_ca.crl(at=T0)}
+    cache = CrlCache(fetch=lambda url: served[url].public_bytes(serialization.Encoding.DER), directory=tmp_path / "c")
+    _validator(root_ca, RevocationPolicy(), crl_source=cache).verify(leaf, [sub_ca.certificate], T0)
+    assert cache.fetches == 2
+
+    def down(url):
+        raise RevocationUnavailable(f"{url}: unreachable")
+
+    restarted = CrlCache(fetch=down, directory=tmp_path / "c")
+    chain = _validator(root_ca, RevocationPolicy(), crl_source=restarted).verify(leaf, [sub_ca.certificate],
+                                                                               T0 + timedelta(hours=1))
+    assert restarted.fetches == 0 and "cached" in chain.revocation[0].source
+    (tmp_path / "c" / "index.json").write_bytes(b"{broken")
+    assert CrlCache(fetch=None, directory=tmp_path / "c").export() == []  # damaged cache: start empty
+
+
+def test_ocsp_factory_per_policy_and_call_alias(root_ca, sub_ca):
+    _, leaf = make_leaf(sub_ca)
+    made = []
+
+    def factory(rp):
+        made.append(rp.ocsp_url)
+        return _FakeOcsp("GOOD")
+
+    pol = RevocationPolicy(mode=RevocationMode.OCSP, ocsp_url="http://ocsp.example/")
+    v = Validator([TrustAnchor(root_ca.certificate, pol)], ocsp_factory=factory)
+    assert v(leaf, [sub_ca.certificate], T0).revocation[0].source == "ocsp"
+    v.verify(leaf, [sub_ca.certificate], T0)
+    assert made == ["http://ocsp.example/"]  # one checker per policy, reused
