@@ -50,6 +50,11 @@ class ChildSa:
     expire_at: float | None = None
     nonce_i: bytes = b""
     nonce_r: bytes = b""
+    # rekeying of this SA (RFC 7296 2.8): the replacement we initiated / the peer initiated, with the nonces of
+    # each exchange, and the one our outbound traffic moved to
+    rekey_ours: "tuple[ChildSa, bytes, bytes] | None" = field(default=None, repr=False)
+    rekey_theirs: "tuple[ChildSa, bytes, bytes] | None" = field(default=None, repr=False)
+    successor: "ChildSa | None" = field(default=None, repr=False)
 
 
 @dataclass

@@ -52,17 +52,34 @@ class ChildDelete(Task):
                 if child is None:
                     continue
                 successor = sa.scratch.pop("rekeyed_by_" + str(child.spi_in), None)
-                if successor is not None and successor.spi_in in sa.children:
+                if child.successor is not None:
+                    reason = "rekeyed"  # outbound already moved (collision resolution)
+                elif successor is not None and successor.spi_in in sa.children:
                     # make-before-break, responder side: switch outbound to the new SA only now
+                    child.successor = successor
                     sa.emit(ChildSaRekeyed(sa.ike_id, sa.peer.name, child.name, child.spi_in, child.spi_out,
                                            successor.spi_in, successor.spi_out))
                     reason = "rekeyed"
                 else:
                     reason = "deleted by peer"
+                    self._orphaned(child)
                 if child.state not in (ChildSaState.DELETING,):
                     self.response_spis.append(child.spi_in.to_bytes(4, "big"))
                 remove_child(sa, child, reason)
         return TaskStatus.SUCCESS
+
+    def _orphaned(self, child: ChildSa) -> None:
+        """The peer deleted an SA our outbound traffic had moved to (a lost rekey collision on its side):
+        move outbound back to the surviving SA of the same lineage, if any."""
+        sa = self.sa
+        for other in sa.children.values():
+            if other.successor is child:
+                survivor = other.rekey_theirs[0] if other.rekey_theirs and other.rekey_theirs[0] is not child \
+                    else other.rekey_ours[0] if other.rekey_ours and other.rekey_ours[0] is not child else None
+                if survivor is not None and survivor.spi_in in sa.children:
+                    other.successor = survivor
+                    sa.emit(ChildSaRekeyed(sa.ike_id, sa.peer.name, child.name, child.spi_in, child.spi_out,
+                                           survivor.spi_in, survivor.spi_out))
 
     def failed(self, reason: str, notify: int | None) -> None:
         for c in self.children:

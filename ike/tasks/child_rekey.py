@@ -1,5 +1,10 @@
 """CHILD_SA rekeying (RFC 7296 2.8), make-before-break: the new SA is installed (ChildSaEstablished with
-``replaces``), outbound traffic moves (ChildSaRekeyed), and only then is the old SA deleted."""
+``replaces``), outbound traffic moves (ChildSaRekeyed), and only then is the old SA deleted.
+
+Simultaneous rekeys (2.8.1): when both ends rekey the same CHILD_SA, the new SA whose exchange holds the lowest
+of the four nonces is redundant and is deleted by the end that initiated it; the initiator of the survivor
+deletes the old SA.
+"""
 from __future__ import annotations
 
 from ..constants import NotifyType, ProtocolId
@@ -12,7 +17,35 @@ from .base import TaskStatus
 from .child_create import ChildCreate
 from .child_delete import ChildDelete
 
-__all__ = ["ChildRekey"]
+__all__ = ["ChildRekey", "resolve_collision"]
+
+
+def _switch(sa, old: ChildSa, new: ChildSa) -> None:  # type: ignore[no-untyped-def]
+    """Move outbound traffic from old (or its current successor) to new."""
+    cur = old.successor or old
+    if cur is new:
+        return
+    old.successor = new
+    sa.emit(ChildSaRekeyed(sa.ike_id, sa.peer.name, old.name, cur.spi_in, cur.spi_out, new.spi_in, new.spi_out))
+
+
+def _front(sa, task) -> None:  # type: ignore[no-untyped-def]
+    sa.scratch.setdefault("front_tasks", []).append(task)
+
+
+def resolve_collision(sa, old: ChildSa) -> None:  # type: ignore[no-untyped-def]
+    assert old.rekey_ours is not None and old.rekey_theirs is not None
+    ours, theirs = old.rekey_ours, old.rekey_theirs
+    if min(ours[1], ours[2]) < min(theirs[1], theirs[2]):
+        # ours is redundant: we delete it, traffic goes to theirs, the peer deletes the old SA
+        _switch(sa, old, theirs[0])
+        if ours[0].spi_in in sa.children:
+            _front(sa, ChildDelete(sa, True, [ours[0]], "rekey collision"))
+    else:
+        # theirs is redundant (the peer deletes it): we keep ours and delete the old SA
+        if old.successor is None:
+            _switch(sa, old, ours[0])
+            _front(sa, ChildDelete(sa, True, [old], "rekeyed"))
 
 
 class ChildRekey(ChildCreate):
@@ -35,17 +68,28 @@ class ChildRekey(ChildCreate):
             self.replaces = old
             self._process_r(msg)
             if self.child is not None:
-                old.state = ChildSaState.REKEYED
-                sa.scratch["rekeyed_by_" + str(old.spi_in)] = self.child
+                new = self.child
+                if old.state == ChildSaState.REKEYING or old.rekey_ours is not None:
+                    old.rekey_theirs = (new, new.nonce_i, new.nonce_r)
+                    if old.rekey_ours is not None:
+                        resolve_collision(sa, old)
+                else:
+                    old.state = ChildSaState.REKEYED
+                    sa.scratch["rekeyed_by_" + str(old.spi_in)] = new
             return TaskStatus.NEED_MORE
         status = super().process(msg)
         old = self.replaces
         assert old is not None
         if self.child is not None:
-            old.state = ChildSaState.REKEYED
-            sa.emit(ChildSaRekeyed(sa.ike_id, sa.peer.name, old.name, old.spi_in, old.spi_out, self.child.spi_in,
-                                   self.child.spi_out))
-            self._tm_front(ChildDelete(sa, True, [old], "rekeyed"))
+            new = self.child
+            old.rekey_ours = (new, new.nonce_i, new.nonce_r)
+            if old.rekey_theirs is not None:
+                old.state = ChildSaState.REKEYED
+                resolve_collision(sa, old)
+            else:
+                old.state = ChildSaState.REKEYED
+                _switch(sa, old, new)
+                _front(sa, ChildDelete(sa, True, [old], "rekeyed"))
         elif old.state == ChildSaState.REKEYING:
             old.state = ChildSaState.INSTALLED  # failed: keep the old one, retry at the next deadline
         return status
@@ -53,6 +97,3 @@ class ChildRekey(ChildCreate):
     def failed(self, reason: str, notify: int | None) -> None:
         if self.replaces is not None and self.replaces.state == ChildSaState.REKEYING:
             self.replaces.state = ChildSaState.INSTALLED
-
-    def _tm_front(self, task) -> None:  # type: ignore[no-untyped-def]
-        self.sa.scratch.setdefault("front_tasks", []).append(task)

@@ -375,3 +375,28 @@ def test_nat_detected_moves_to_nat_t_port():
     ea, eb = drain(a), drain(b)
     ca, cb = assert_child_keys_match(ea, eb)
     assert ca.encap and cb.encap and ca.remote_addr == (ADDR_R[0], 4500) and cb.remote_addr == (ADDR_I[0], 4500)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_simultaneous_child_rekey_leaves_one_pair(seed):
+    i, r = psk_peers()
+    a, b = pair(i, r)
+    a.config.random.seed += bytes([seed])  # vary nonces: seeds 3 and 5 make the initiator lose, others win
+    b.config.random.seed += bytes([seed])
+    a.initiate("to-r", 0.0)
+    roundtrip(a, b)
+    ca, cb = assert_child_keys_match(drain(a), drain(b))
+    a.rekey_child(ca.spi_in, 1.0)
+    b.rekey_child(cb.spi_in, 1.0)
+    roundtrip(a, b, 1.0)
+    ea, eb = drain(a), drain(b)
+    kids_a, kids_b = a.list_sas()[0].children, b.list_sas()[0].children
+    assert len(kids_a) == 1 and len(kids_b) == 1
+    assert (kids_a[0].spi_in, kids_a[0].spi_out) == (kids_b[0].spi_out, kids_b[0].spi_in)
+    assert kids_a[0].spi_in != ca.spi_in
+    # outbound ends on the survivor on both sides, and every SA that was installed is deleted exactly once
+    for ev, kid in ((ea, kids_a[0]), (eb, kids_b[0])):
+        assert of(ev, ChildSaRekeyed)[-1].spi_in == kid.spi_in
+        installed = {e.spi_in for e in of(ev, ChildSaEstablished)}
+        deleted = [e.spi_in for e in of(ev, ChildSaDeleted)]
+        assert sorted(deleted) == sorted(installed - {kid.spi_in} | {ca.spi_in if ev is ea else cb.spi_in})
