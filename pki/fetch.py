@@ -6,7 +6,6 @@ failure is one :class:`FetchError` naming the URL. Only ``http`` and ``https`` U
 """
 from __future__ import annotations
 
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,8 +16,15 @@ from cryptography import x509
 from pki.errors import PkiError
 
 __all__ = [
-    "FetchError", "HttpResponse", "http_request", "http_get", "http_post", "fetch_crl",
-    "DEFAULT_TIMEOUT", "MAX_RESPONSE_SIZE", "MAX_CRL_SIZE",
+    "DEFAULT_TIMEOUT",
+    "MAX_CRL_SIZE",
+    "MAX_RESPONSE_SIZE",
+    "FetchError",
+    "HttpResponse",
+    "fetch_crl",
+    "http_get",
+    "http_post",
+    "http_request",
 ]
 
 #: Seconds for connect and for each read.
@@ -100,7 +106,7 @@ def http_request(method: str, url: str, body: bytes | None = None, content_type:
                          status=exc.code) from None
     except urllib.error.URLError as exc:
         raise FetchError(url, f"unreachable: {exc.reason}") from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise FetchError(url, f"timed out after {timeout:g} s") from None
     except (OSError, ValueError) as exc:  # connection reset, http.client.InvalidURL, IncompleteRead ...
         raise FetchError(url, f"transfer failed: {exc}") from None

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Protocol
+from typing import Protocol
 
 from asn1crypto import keys as asn1_keys
 from cryptography import x509
@@ -25,14 +26,25 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509 import ocsp
-from cryptography.x509.oid import ExtendedKeyUsageOID, AuthorityInformationAccessOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
 from pki.errors import PkiError
 
 __all__ = [
-    "OcspError", "OcspCertStatus", "OcspResult", "SerialStatus", "OcspResponder", "OcspChecker",
-    "build_request", "verify_response", "ocsp_urls", "MAX_REQUEST_SIZE", "MAX_RESPONSE_SIZE",
-    "DEFAULT_VALIDITY", "CLOCK_SKEW", "NONCE_LENGTH",
+    "CLOCK_SKEW",
+    "DEFAULT_VALIDITY",
+    "MAX_REQUEST_SIZE",
+    "MAX_RESPONSE_SIZE",
+    "NONCE_LENGTH",
+    "OcspCertStatus",
+    "OcspChecker",
+    "OcspError",
+    "OcspResponder",
+    "OcspResult",
+    "SerialStatus",
+    "build_request",
+    "ocsp_urls",
+    "verify_response",
 ]
 
 #: Largest request the responder parses (a request for one certificate is ~100 bytes).

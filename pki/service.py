@@ -19,23 +19,24 @@ import concurrent.futures
 import logging
 import threading
 import urllib.parse
+from collections.abc import Callable
 from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from pki.errors import PkiError
-from pki.ocsp import MAX_REQUEST_SIZE as MAX_OCSP_REQUEST
 from pki.ocsp import DEFAULT_VALIDITY, OcspCertStatus, OcspResponder, SerialStatus
+from pki.ocsp import MAX_REQUEST_SIZE as MAX_OCSP_REQUEST
 from pki.scep.constants import MAX_MESSAGE_SIZE
 from pki.scep.errors import ScepError, ScepFormatError
 from pki.scep.server import ScepResponder, Transaction, TransactionStore
 
-__all__ = ["CaService", "serve", "approve", "reject", "list_pending", "MAX_BODY_SIZE", "REQUEST_TIMEOUT"]
+__all__ = ["MAX_BODY_SIZE", "REQUEST_TIMEOUT", "CaService", "approve", "list_pending", "reject", "serve"]
 
 log = logging.getLogger("pki.service")
 
@@ -100,7 +101,7 @@ class CaService:
         return f"http://{host}:{self.port}"
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
-    def start(self) -> "CaService":
+    def start(self) -> CaService:
         try:
             self.run(self._open)
         except BaseException:
@@ -125,7 +126,7 @@ class CaService:
             pass
         self._worker.shutdown(wait=True)
 
-    def __enter__(self) -> "CaService":
+    def __enter__(self) -> CaService:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -214,7 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
     def service(self) -> CaService:
         return self.server.service  # type: ignore[attr-defined,no-any-return]
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
     def _send(self, status: int, content_type: str, body: bytes) -> None:
@@ -243,10 +244,10 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(HTTPStatus.BAD_REQUEST, "truncated body")
         return data
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+    def do_GET(self) -> None:
         self._handle(post=False)
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+    def do_POST(self) -> None:
         self._handle(post=True)
 
     def _handle(self, post: bool) -> None:
@@ -271,7 +272,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", f"CA unavailable: {exc}\n".encode())
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             pass
-        except Exception:  # noqa: BLE001 - a bug must cost one request, never the service
+        except Exception:
             log.exception("CA service: internal error on %s %s", self.command, self.path[:200])
             try:
                 self._send(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", b"internal error\n")

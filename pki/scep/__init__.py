@@ -4,7 +4,17 @@ from .errors import ScepError, ScepFailure, ScepFormatError, ScepPendingTimeout
 from .messages import PkiMessage, parse_pki_message, sign_pki_message, transaction_id_for
 
 __all__ = [
-    "MAX_MESSAGE_SIZE", "Capability", "FailInfo", "MessageType", "PkiStatus",
-    "ScepError", "ScepFailure", "ScepFormatError", "ScepPendingTimeout",
-    "PkiMessage", "parse_pki_message", "sign_pki_message", "transaction_id_for",
+    "MAX_MESSAGE_SIZE",
+    "Capability",
+    "FailInfo",
+    "MessageType",
+    "PkiMessage",
+    "PkiStatus",
+    "ScepError",
+    "ScepFailure",
+    "ScepFormatError",
+    "ScepPendingTimeout",
+    "parse_pki_message",
+    "sign_pki_message",
+    "transaction_id_for",
 ]

@@ -13,8 +13,8 @@ import logging
 import os
 import time
 import urllib.parse
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -28,7 +28,7 @@ from . import messages as m
 from .constants import MAX_MESSAGE_SIZE, Capability, MessageType, PkiStatus
 from .errors import ScepError, ScepFailure, ScepFormatError, ScepPendingTimeout
 
-__all__ = ["get_ca_caps", "get_ca_certs", "enroll", "MAX_POLLS"]
+__all__ = ["MAX_POLLS", "enroll", "get_ca_caps", "get_ca_certs"]
 
 log = logging.getLogger("pki.scep.client")
 
@@ -66,7 +66,7 @@ def get_ca_certs(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> list[x509.Cer
                      else [x509.load_der_x509_certificate(body)])
         else:
             certs = m.parse_certs_only(body)
-    except (ValueError, ScepFormatError) as exc:
+    except (ValueError, x509.InvalidVersion, ScepFormatError) as exc:
         raise ScepError(f"{url}: GetCACert answer ({resp.content_type}) holds no certificate: {exc}") from None
     if not certs:
         raise ScepError(f"{url}: GetCACert returned no certificate")

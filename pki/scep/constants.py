@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from enum import Enum, IntEnum
 
-__all__ = ["MessageType", "PkiStatus", "FailInfo", "Oid", "Capability", "MAX_MESSAGE_SIZE"]
+__all__ = ["MAX_MESSAGE_SIZE", "Capability", "FailInfo", "MessageType", "Oid", "PkiStatus"]
 
 #: The largest pkiMessage either side accepts (a CSR with a 4096-bit key and a chain is a few KiB).
 MAX_MESSAGE_SIZE = 256 * 1024

@@ -10,7 +10,7 @@ from pki.errors import PkiError
 
 from .constants import FailInfo
 
-__all__ = ["ScepError", "ScepFormatError", "ScepFailure", "ScepPendingTimeout"]
+__all__ = ["ScepError", "ScepFailure", "ScepFormatError", "ScepPendingTimeout"]
 
 
 class ScepError(PkiError):

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, Sequence
 
 from asn1crypto import algos, cms, core
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
@@ -29,9 +29,21 @@ from .constants import MAX_MESSAGE_SIZE, FailInfo, MessageType, Oid, PkiStatus
 from .errors import ScepFailure, ScepFormatError
 
 __all__ = [
-    "PkiMessage", "sign_pki_message", "parse_pki_message", "envelope", "open_envelope", "envelope_cipher",
-    "certs_only", "parse_certs_only", "issuer_and_subject", "parse_issuer_and_subject",
-    "issuer_and_serial", "parse_issuer_and_serial", "transaction_id_for", "CIPHERS", "DIGESTS",
+    "CIPHERS",
+    "DIGESTS",
+    "PkiMessage",
+    "certs_only",
+    "envelope",
+    "envelope_cipher",
+    "issuer_and_serial",
+    "issuer_and_subject",
+    "open_envelope",
+    "parse_certs_only",
+    "parse_issuer_and_serial",
+    "parse_issuer_and_subject",
+    "parse_pki_message",
+    "sign_pki_message",
+    "transaction_id_for",
 ]
 
 # asn1crypto learns the SCEP attribute types once, so CMSAttribute parses their values with the right spec.
@@ -124,7 +136,10 @@ def _to_asn1(cert: x509.Certificate) -> asn1_x509.Certificate:
 
 
 def _from_asn1(cert: asn1_x509.Certificate) -> x509.Certificate:
-    return x509.load_der_x509_certificate(cert.dump())
+    try:
+        return x509.load_der_x509_certificate(cert.dump())
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is not a ValueError
+        raise ScepFormatError(f"a certificate in the message does not parse: {exc}") from None
 
 
 def _load_content_info(der: bytes, what: str, max_size: int = MAX_MESSAGE_SIZE) -> cms.ContentInfo:
@@ -138,7 +153,7 @@ def _load_content_info(der: bytes, what: str, max_size: int = MAX_MESSAGE_SIZE) 
     try:
         info = cms.ContentInfo.load(der, strict=True)
         info["content_type"].native  # noqa: B018 - force the lazy parse now
-        info["content"]  # noqa: B018 - parse the content now
+        info["content"]
     except (ValueError, TypeError, KeyError) as exc:
         raise ScepFormatError(f"{what} is not a DER CMS ContentInfo: {exc}") from None
     return info
@@ -335,6 +350,10 @@ class _IssuerAndSubject(core.Sequence):
 # --------------------------------------------------------------------------- pkiMessage
 
 
+def _printable(text: object) -> bool:
+    return isinstance(text, str) and 0 < len(text) <= 256 and all(32 <= ord(c) < 127 for c in text)
+
+
 def _attr(name: str, value: object) -> cms.CMSAttribute:
     return cms.CMSAttribute({"type": name, "values": [value]})
 
@@ -358,7 +377,7 @@ def sign_pki_message(
     """Sign a pkiMessage (request or CertRep) over ``envelope``; the DER ContentInfo."""
     if digest not in DIGESTS:
         raise ValueError(f"unsupported digest {digest!r}")
-    if not transaction_id or not all(32 <= ord(c) < 127 for c in transaction_id):
+    if not _printable(transaction_id):
         raise ValueError("transactionID must be a non-empty printable string")
     content = envelope if envelope is not None else b""
     h = hashes.Hash(DIGESTS[digest]())
@@ -501,6 +520,8 @@ def _parse_pki_message(der: bytes, *, max_size: int = MAX_MESSAGE_SIZE,
         raise ScepFailure(FailInfo.badAlg, f"digest {digest} is not supported")
 
     tid_raw = attrs.get("scep_transaction_id")
+    if not _printable(tid_raw):
+        tid_raw = None  # not something we could echo in a reply
     nonce_raw = attrs.get("scep_sender_nonce")
     try:
         signer_cert = _check_signature(sid, sig_alg, signature, signed_bytes, digest, attrs, content,
@@ -526,6 +547,8 @@ def _parse_pki_message(der: bytes, *, max_size: int = MAX_MESSAGE_SIZE,
     tid = attrs.get("scep_transaction_id")
     if not isinstance(tid, str) or not tid:
         raise ScepFormatError("pkiMessage lacks the transactionID attribute")
+    if not _printable(tid):
+        raise ScepFormatError("transactionID is not a printable string")
     sender_nonce = attrs.get("scep_sender_nonce")
     if not isinstance(sender_nonce, bytes):
         raise ScepFormatError("pkiMessage lacks the senderNonce attribute")

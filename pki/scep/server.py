@@ -17,10 +17,10 @@ import inspect
 import logging
 import os
 import sqlite3
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
 
 from asn1crypto import csr as asn1_csr
 from cryptography import x509
@@ -35,7 +35,7 @@ from .errors import ScepError, ScepFailure, ScepFormatError
 
 log = logging.getLogger("pki.scep.server")
 
-__all__ = ["ScepResponder", "TransactionStore", "Transaction", "TransactionState", "CAPABILITIES"]
+__all__ = ["CAPABILITIES", "ScepResponder", "Transaction", "TransactionState", "TransactionStore"]
 
 #: What GetCACaps advertises (RFC 8894 3.5.2); every keyword is implemented here. SHA-384 is listed too:
 #: strongSwan 5.9's pki --scep tests its capability bits with enum indices instead of masks, and it is the
@@ -159,7 +159,7 @@ def _transaction(row: tuple) -> Transaction:
                        None if cert is None else bytes(cert), reason)
 
 
-def _ISSUE_TAKES_POP(ca: object) -> bool:  # noqa: N802 - reads like a constant
+def _ISSUE_TAKES_POP(ca: object) -> bool:
     try:
         return "pop_verified" in inspect.signature(ca.issue).parameters  # type: ignore[attr-defined]
     except (TypeError, ValueError):
@@ -320,7 +320,7 @@ class ScepResponder:
             raise ScepFailure(FailInfo.badCertId, f"the certificate being renewed is {rec.status_at(self._clock()).value}")
 
     def _cert_poll(self, msg: m.PkiMessage, payload: bytes) -> bytes:
-        issuer, subject = m.parse_issuer_and_subject(payload)
+        m.parse_issuer_and_subject(payload)  # well-formed; the transaction is found by its transactionID (RFC 8894 3.3.3)
         existing = self.store.get(msg.transaction_id)
         if existing is None:
             raise ScepFailure(FailInfo.badCertId, f"unknown transaction {msg.transaction_id}")
@@ -336,7 +336,7 @@ class ScepResponder:
             raise ScepFailure(FailInfo.badCertId, f"no certificate with serial {serial:x}")
         return self._reply(msg, PkiStatus.SUCCESS, [rec.certificate])
 
-    _HANDLERS: dict[MessageType, Callable[["ScepResponder", m.PkiMessage, bytes], bytes]] = {
+    _HANDLERS: dict[MessageType, Callable[[ScepResponder, m.PkiMessage, bytes], bytes]] = {
         MessageType.PKCSReq: _pkcs_req,
         MessageType.RenewalReq: _pkcs_req,
         MessageType.CertPoll: _cert_poll,

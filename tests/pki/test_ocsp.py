@@ -14,7 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pki.ocsp import (
-    OcspCertStatus, OcspChecker, OcspError, OcspResponder, SerialStatus, build_request, ocsp_urls, verify_response,
+    OcspCertStatus,
+    OcspChecker,
+    OcspError,
+    OcspResponder,
+    SerialStatus,
+    build_request,
+    ocsp_urls,
+    verify_response,
 )
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)

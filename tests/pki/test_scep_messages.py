@@ -1,7 +1,6 @@
 """SCEP message layer (pki.scep.messages): round trips, openssl as the CMS oracle, tampering, fuzz."""
 from __future__ import annotations
 
-import os
 import subprocess
 from datetime import datetime, timedelta, timezone
 

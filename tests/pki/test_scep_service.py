@@ -389,3 +389,27 @@ def test_same_key_renewal_gets_a_new_certificate(service, rsa_key):
     # and with a fresh CSR after a decided transaction, with the challenge
     other = enroll(service.url + "/scep", rsa_key, _csr(rsa_key, cn="router1b"), ca_certs)
     assert other.subject.rfc4514_string() == "CN=router1b,O=espresso"
+
+
+def test_fuzz_responder_answers_or_400s(service, rsa_key):
+    """Mutated requests straight into the responder: a CertRep or ScepFormatError (HTTP 400), nothing else."""
+    import random
+
+    from pki.scep.errors import ScepFormatError
+
+    seed = _signed_request(service, rsa_key)
+    rnd = random.Random(8894)  # fixed: the same cases on every run
+    answered = refused = 0
+    for _ in range(150):
+        data = bytearray(seed)
+        for _ in range(rnd.choice([1, 2, 3])):
+            data[rnd.randrange(len(data))] ^= rnd.randrange(1, 256)
+        try:
+            rep = m.parse_pki_message(service.scep_pki_operation(bytes(data)))
+            assert rep.message_type is MessageType.CertRep
+            answered += 1
+        except ScepFormatError:
+            refused += 1
+    assert answered + refused == 150
+    # and the service still works afterwards
+    assert enroll(service.url + "/scep", rsa_key, _csr(rsa_key), get_ca_certs(service.url + "/scep")) is not None
