@@ -70,8 +70,9 @@ IKE_INTERMEDIATE = ObjectIdentifier("1.3.6.1.5.5.8.2.2")
 #: serverAuth/clientAuth/iKEIntermediate which Windows/macOS-oriented CAs put on gateway and user certificates.
 RFC4945_EKUS = frozenset({IPSEC_IKE, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE, IKE_INTERMEDIATE,
                           ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH})
-#: Bound on what a peer can make us examine.
+#: Bounds on what a peer can make us examine: certificates sent, and path-building steps per verify().
 MAX_INTERMEDIATES = 16
+MAX_PATH_STEPS = 64
 
 
 class IdType(enum.IntEnum):
@@ -240,19 +241,32 @@ class Validator:
                 return [leaf], a
         failures: list[tuple[RejectReason, str]] = []
         limit = self.policy.max_chain_length
+        budget = [MAX_PATH_STEPS]
+        memo: dict[tuple[int, int], bool] = {}
+
+        def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+            # each signature is checked once per verify() call, however many paths pass through it
+            key = (id(cert), id(issuer))
+            if key not in memo:
+                memo[key] = self._issued_by(cert, issuer, failures)
+            return memo[key]
 
         def extend(path: list[x509.Certificate]) -> tuple[list[x509.Certificate], TrustAnchor] | None:
             cur = path[-1]
             if len(path) >= limit:
                 failures.append((RejectReason.CHAIN_TOO_LONG, f"no trusted issuer within {limit} certificates"))
                 return None
+            budget[0] -= 1
+            if budget[0] < 0:  # a peer sending many look-alike CAs cannot make us explore every ordering
+                failures.append((RejectReason.CHAIN_TOO_LONG, f"path building gave up after {MAX_PATH_STEPS} steps"))
+                return None
             for a in anchors:
-                if self._issued_by(cur, a.certificate, failures):
+                if issued_by(cur, a.certificate):
                     return path + [a.certificate], a
             for cand in pool:
                 if cand in path or cand == cur:
                     continue
-                if self._issued_by(cur, cand, failures):
+                if issued_by(cur, cand):
                     found = extend(path + [cand])
                     if found is not None:
                         return found

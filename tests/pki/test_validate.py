@@ -340,3 +340,14 @@ def test_ocsp_factory_per_policy_and_call_alias(root_ca, sub_ca):
     assert v(leaf, [sub_ca.certificate], T0).revocation[0].source == "ocsp"
     v.verify(leaf, [sub_ca.certificate], T0)
     assert made == ["http://ocsp.example/"]  # one checker per policy, reused
+
+
+def test_path_building_is_bounded_against_lookalike_cas(root_ca):
+    """16 CA certificates with one name and one key (each verifies as the issuer of every other) and no path to
+    the anchor: without a step budget that is 16!/8! orderings; with it, a prompt CHAIN_TOO_LONG/UNTRUSTED."""
+    k = _ec()
+    loop = [raw_cert("CN=Loop CA", k, "CN=Loop CA", k, ca=True) for _ in range(16)]
+    leaf = raw_cert("CN=victim", _ec(), "CN=Loop CA", k, ca=False)
+    with pytest.raises(CertificateRejected) as e:
+        _validator(root_ca).verify(leaf, loop, T0)
+    assert e.value.reason in (RejectReason.CHAIN_TOO_LONG, RejectReason.UNTRUSTED)
