@@ -20,7 +20,7 @@ from .exchange import TaskManager
 from .message import Header, Message
 from .payloads import DeletePayload, NotifyPayload, SaPayload
 from .sa import ChildSaState, IkeSa, IkeSaState
-from .tasks.base import Task
+from .tasks.base import Task, TaskStatus
 from .tasks.cert_post import CertPost
 from .tasks.cert_pre import CertPre
 from .tasks.child_create import ChildCreate
@@ -51,6 +51,20 @@ def _unspecified(host: str) -> bool:
         return ipaddress.ip_address(host).is_unspecified
     except ValueError:
         return True
+
+
+class Refuse(Task):
+    """Answers a request with TEMPORARY_FAILURE (a colliding exchange is in progress)."""
+
+    def process(self, msg: Message) -> TaskStatus:
+        from .errors import TemporaryFailureError
+
+        raise TemporaryFailureError("a colliding exchange is in progress")
+
+
+def retry_delay(sa: IkeSa) -> float:
+    """10 to 30 s, random, so that two peers that collided do not collide again."""
+    return 10.0 + 20.0 * int.from_bytes(sa.random(2), "big") / 65535
 
 
 class IkeConnection:
@@ -100,6 +114,9 @@ class IkeConnection:
 
             raise InvalidSyntaxError("request before the IKE_SA is established")
         if msg.exchange == ExchangeType.CREATE_CHILD_SA:
+            if sa.state != IkeSaState.ESTABLISHED or any(isinstance(t, IkeRekey) for t in self.tm.active):
+                # we are rekeying or closing this IKE_SA: "try again later" (RFC 7296 2.25)
+                return [Refuse(sa, False)]
             if any(n.type == 16393 for n in msg.all(NotifyPayload)):  # REKEY_SA
                 return [ChildRekey(sa, False)]
             sa_p = msg.get(SaPayload)

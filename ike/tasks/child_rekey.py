@@ -91,9 +91,13 @@ class ChildRekey(ChildCreate):
                 _switch(sa, old, new)
                 _front(sa, ChildDelete(sa, True, [old], "rekeyed"))
         elif old.state == ChildSaState.REKEYING:
-            old.state = ChildSaState.INSTALLED  # failed: keep the old one, retry at the next deadline
+            self.failed("rekey refused", None)
         return status
 
     def failed(self, reason: str, notify: int | None) -> None:
+        """Keep the old SA and try again later (a TEMPORARY_FAILURE after a collision, typically)."""
         if self.replaces is not None and self.replaces.state == ChildSaState.REKEYING:
+            from ..connection import retry_delay
+
             self.replaces.state = ChildSaState.INSTALLED
+            self.replaces.rekey_at = self.sa.now + retry_delay(self.sa)

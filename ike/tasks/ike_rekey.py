@@ -54,7 +54,9 @@ class IkeRekey(Task):
         if self.initiator:
             n = msg.error_notify()
             if n is not None:
-                sa.rekey_at = sa.now + 30.0  # try again later; the old IKE_SA stays
+                from ..connection import retry_delay
+
+                sa.rekey_at = sa.now + retry_delay(sa)  # try again later; the old IKE_SA stays
                 return TaskStatus.SUCCESS
         if sa_p is None or nonce is None or ke is None:
             raise InvalidSyntaxError("IKE rekey without SA, Nonce or KE")

@@ -400,3 +400,39 @@ def test_simultaneous_child_rekey_leaves_one_pair(seed):
         installed = {e.spi_in for e in of(ev, ChildSaEstablished)}
         deleted = [e.spi_in for e in of(ev, ChildSaDeleted)]
         assert sorted(deleted) == sorted(installed - {kid.spi_in} | {ca.spi_in if ev is ea else cb.spi_in})
+
+
+def test_simultaneous_ike_rekey_retries_and_converges():
+    a, b, ea, eb = establish(*psk_peers())
+    a.rekey_ike(1, 1.0)
+    b.rekey_ike(1, 1.0)
+    roundtrip(a, b, 1.0)  # both answer TEMPORARY_FAILURE and schedule a retry with random delay
+    assert not of(drain(a), IkeSaRekeyed) and not of(drain(b), IkeSaRekeyed)
+    now = 1.0
+    for _ in range(10):
+        now = min(t for t in (a.get_timer(), b.get_timer()) if t is not None)
+        a.handle_timer(now)
+        b.handle_timer(now)
+        roundtrip(a, b, now)
+        ea, eb = drain(a), drain(b)
+        if of(ea, IkeSaRekeyed):
+            break
+    assert of(ea, IkeSaRekeyed) and of(eb, IkeSaRekeyed) and now < 40
+    sa_a, sa_b = a.list_sas()[0], b.list_sas()[0]
+    assert (sa_a.spi_i, sa_a.spi_r) == (sa_b.spi_i, sa_b.spi_r) and len(sa_a.children) == 1
+    assert not of(ea + eb, IkeSaTerminated)
+
+
+def test_child_rekey_refused_during_ike_rekey_is_retried():
+    a, b, ea, eb = establish(*psk_peers())
+    cb = of(eb, ChildSaEstablished)[0]
+    a.rekey_ike(1, 1.0)
+    b.rekey_child(cb.spi_in, 1.0)
+    roundtrip(a, b, 1.0)
+    ea, eb = drain(a), drain(b)
+    assert of(ea, IkeSaRekeyed) and of(eb, ChildSaFailed)[0].notify == 43
+    t = b.get_timer()
+    assert t is not None and 11.0 <= t <= 31.0
+    b.handle_timer(t)
+    roundtrip(a, b, t)
+    assert of(drain(b), ChildSaRekeyed)
