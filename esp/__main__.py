@@ -37,7 +37,7 @@ def _build() -> argparse.ArgumentParser:
         sp.add_argument("--mode", choices=("tunnel", "transport"),
                         help="mode of SAs whose file does not say (Wireshark tables)")
         sp.add_argument("--backend", choices=("openssl", "ipsecmb"), help="crypto backend (default: fastest)")
-        sp.add_argument("--chunk", type=int, default=16384, metavar="N", help="records per chunk (default 16384)")
+        sp.add_argument("--chunk", type=int, default=65536, metavar="N", help="records per chunk (default 65536)")
         g = sp.add_mutually_exclusive_group()
         g.add_argument("--progress", dest="progress", action="store_true", default=None,
                        help="progress bar on stderr (default: when stderr is a terminal)")

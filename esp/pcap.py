@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 try:  # the package's error base, once esp/errors.py exists
     from esp.errors import EspError as _Base
@@ -54,7 +55,7 @@ READ_PAD = 256
 
 #: A record longer than this is taken as file corruption rather than a packet (pcap has no resync marker).
 MAX_RECORD_BYTES = 16 * 1024 * 1024
-DEFAULT_CHUNK_RECORDS = 16384
+DEFAULT_CHUNK_RECORDS = 65536
 DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
 
 
@@ -119,6 +120,111 @@ def _u32(data: np.ndarray, idx: np.ndarray, big: bool) -> np.ndarray:
     return (b3 << 24 | b2 << 16 | b1 << 8 | b0).astype(np.int64)
 
 
+# -- finding pcap records without a Python step per record --------------------------------------------------------
+#
+# A pcap file is a chain: each record header gives the length to the next one, so finding record boundaries looks
+# inherently sequential. The scan below walks many chains at once instead. It cuts the region into segments,
+# guesses a record start inside each (a header whose lengths and timestamp fraction are plausible, followed by
+# another such header), walks every segment's chain in lockstep with numpy, and then *verifies* the guesses: the
+# chain of segment k, which begins at a true boundary, must land exactly on the guessed start of segment k+1. The
+# first segment begins at a known boundary, so by induction an accepted result is exactly what a sequential walk
+# finds. A wrong guess, or anything unusual, returns None and the caller walks sequentially.
+
+_SPEC_MIN_BYTES = 1 << 18      # below this a sequential walk is cheap enough
+_SPEC_SEGMENT = 1 << 16        # bytes per segment (one chain each)
+_SPEC_WINDOW = 2048            # bytes searched for a plausible header at the start of each segment
+
+
+def _fields(data: np.ndarray, starts: np.ndarray, count: int, order: str) -> np.ndarray:
+    """``count`` consecutive u32 fields at each start, as an int64 (n, count) array (one gather per chunk)."""
+    rows = _windows(data, 4 * count, False)[starts]
+    return rows.view(np.dtype(np.uint32).newbyteorder(order)).reshape(-1, count).astype(np.int64)
+
+
+def _u32_rows(win: np.ndarray, j: int, width: int, big: bool) -> np.ndarray:
+    """The unaligned u32 at offsets j..j+width-1 of every row of a 2-D byte view."""
+    b = [win[:, j + k: j + k + width].astype(np.uint32) for k in range(4)]
+    if big:
+        return (b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]
+    return (b[3] << 24) | (b[2] << 16) | (b[1] << 8) | b[0]
+
+
+def _pcap_scan_parallel(arr: np.ndarray, pos0: int, region_end: int, size: int, big: bool,
+                        frac_limit: int, max_caplen: int) -> np.ndarray | None:
+    """Offsets of every record header that starts in [pos0, region_end), or None (then walk sequentially).
+
+    The chain must stay inside the file: the last record may end past region_end but not past ``size``.
+    """
+    span = region_end - pos0
+    if span < _SPEC_MIN_BYTES:
+        return None
+    k = span // _SPEC_SEGMENT
+    seg_starts = pos0 + np.arange(1, k, dtype=np.int64) * _SPEC_SEGMENT
+    w = _SPEC_WINDOW
+    if seg_starts.size:
+        if int(seg_starts[-1]) + w + 16 > size:
+            return None
+        win = as_strided(arr[int(seg_starts[0]):], shape=(seg_starts.size, w + 16),
+                         strides=(_SPEC_SEGMENT, 1), writeable=False)
+        # Byte tests first (no widening): the high bytes of caplen and origlen are 0 (records < 16 MiB) and the
+        # timestamp fraction is below 10**6 or 10**9. Few positions of real packet data pass all three.
+        hi = (lambda j: win[:, j: j + w]) if big else (lambda j: win[:, j + 3: j + 3 + w])
+        top_frac = (frac_limit - 1) >> 24
+        ok = (hi(8) == 0) & (hi(12) == 0) & (hi(4) <= top_frac)
+        first = np.full(seg_starts.size, -1, dtype=np.int64)
+        rows, cols = np.nonzero(ok)
+        if rows.size:
+            cand = seg_starts[rows] + cols
+            c1 = _u32(arr, cand + 8, big)
+            o1 = _u32(arr, cand + 12, big)
+            f1 = _u32(arr, cand + 4, big)
+            nxt = cand + 16 + c1
+            inside = (c1 > 0) & (c1 <= o1) & (c1 <= max_caplen) & (f1 < frac_limit) & (nxt + 16 <= size)
+            nx = np.where(inside, nxt, 0)
+            c2 = _u32(arr, nx + 8, big)
+            o2 = _u32(arr, nx + 12, big)
+            f2 = _u32(arr, nx + 4, big)
+            good = inside & (c2 <= o2) & (c2 <= max_caplen) & (f2 < frac_limit) & (o2 <= MAX_RECORD_BYTES) \
+                & (nx + 16 + c2 <= size)
+            rows, cand = rows[good], cand[good]
+            # first good candidate per segment
+            uniq, idx = np.unique(rows, return_index=True)
+            first[uniq] = cand[idx]
+        if (first < 0).any():
+            return None
+        starts = np.concatenate([[pos0], first])
+    else:
+        starts = np.asarray([pos0], dtype=np.int64)
+    ends = np.concatenate([starts[1:], [region_end]])
+    cur = starts.copy()
+    found: list[np.ndarray] = []
+    active = cur < ends
+    steps = 0
+    while active.any():
+        idx = np.flatnonzero(active)
+        c = cur[idx]
+        found.append(c)
+        if int(c.max()) + 16 > size:
+            return None
+        caplen = _u32(arr, c + 8, big)
+        if int(caplen.max()) > MAX_RECORD_BYTES:
+            return None
+        nxt = c + 16 + caplen
+        if int(nxt.max()) > size:
+            return None
+        cur[idx] = nxt
+        active = cur < ends
+        steps += 1
+        if steps > span // 16 + 2:  # cannot happen for a well-formed chain; never loop forever
+            return None
+    # verification: every chain ends exactly where the next guessed one starts
+    if not np.array_equal(cur[:-1], starts[1:]):
+        return None
+    allpos = np.concatenate(found)
+    allpos.sort()
+    return allpos
+
+
 class CaptureReader:
     """Reads a pcap or pcapng file as :class:`Chunk` s.
 
@@ -129,8 +235,13 @@ class CaptureReader:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, chunk_records: int = DEFAULT_CHUNK_RECORDS,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, parallel_scan: bool = True,
+                 reuse_buffers: bool = False) -> None:
+        """``reuse_buffers``: every chunk's ``data`` is the same buffer, overwritten by the next chunk; only for
+        a consumer that is done with a chunk before asking for the next (it saves a page fault per 4 KiB)."""
         self.path = Path(path)
+        self.parallel_scan = parallel_scan
+        self._scratch = Scratch() if reuse_buffers else None
         self.chunk_records = max(1, int(chunk_records))
         self.chunk_bytes = max(4096, int(chunk_bytes))
         self.problems: list[str] = []
@@ -235,10 +346,10 @@ class CaptureReader:
         else:
             yield from self._pcapng_chunks()
 
-    def _make_chunk(self, rec_off: list[int], hdr_len: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+    def _make_chunk(self, rec_off: list[int] | np.ndarray, hdr_len: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         """Copy the file bytes [first record header, end) into an arena and rebase offsets into it."""
-        base = rec_off[0] - hdr_len
-        data = _arena(self._arr[base:end])
+        base = int(rec_off[0]) - hdr_len
+        data = _arena(self._arr[base:end], self._scratch)
         offs = np.asarray(rec_off, dtype=np.int64) - base
         return data, offs
 
@@ -248,39 +359,60 @@ class CaptureReader:
         unpack = struct.Struct(self.byte_order + "I").unpack_from
         pos = self._start
         index = 0
+        avg_rec: float | None = None
         broken: str | None = None
         while pos < size and broken is None:
             rec: list[int] = []
             chunk_start = pos
             limit_records, limit_bytes = self.chunk_records, self.chunk_bytes
-            while pos < size:
-                if pos + 16 > size:
-                    self._truncated(index + len(rec), pos, f"record header cut ({size - pos} of 16 bytes)")
-                    pos = size
+            n = 0
+            append = rec.append
+            stop_bytes = chunk_start + limit_bytes
+            # Scan about as many bytes as the record limit needs (from the mean record size seen so far).
+            est = stop_bytes if avg_rec is None else pos + int(limit_records * avg_rec * 1.05) + 4096
+            fast = _pcap_scan_parallel(self._arr, pos, min(size, stop_bytes, est), size, big,
+                                       10**9 if self.nanosecond else 10**6,
+                                       max(self.interfaces[0].snaplen, 262144)) if self.parallel_scan else None
+            if fast is not None and fast.size:
+                if fast.size > limit_records:
+                    fast = fast[:limit_records]
+                last = int(fast[-1])
+                pos = last + 16 + unpack(mm, last + 8)[0]
+                data, offs = self._make_chunk(fast + 16, 16, pos)
+                f = _fields(data, offs - 16, 4, self.byte_order)
+                mult = 10**9 if self.nanosecond else 10**6
+                yield Chunk(data, offs, f[:, 2], f[:, 3], f[:, 0] * mult + f[:, 1],
+                            np.zeros(offs.size, dtype=np.int32), index, pos)
+                index += int(offs.size)
+                avg_rec = (pos - chunk_start) / offs.size
+                continue
+            while pos + 16 <= size:
+                caplen = unpack(mm, pos + 8)[0]
+                nxt = pos + 16 + caplen
+                if nxt > size or caplen > MAX_RECORD_BYTES:
                     break
+                append(pos + 16)
+                pos = nxt
+                n += 1
+                if n >= limit_records or pos >= stop_bytes:
+                    break
+            else:
+                if pos < size:
+                    self._truncated(index + n, pos, f"record header cut ({size - pos} of 16 bytes)")
+                    pos = size
+            if pos + 16 <= size and n < limit_records and pos < stop_bytes:
                 caplen = unpack(mm, pos + 8)[0]
                 if caplen > MAX_RECORD_BYTES:
-                    broken = (f"record {index + len(rec) + 1} at offset {pos}: captured length {caplen} is "
+                    broken = (f"record {index + n + 1} at offset {pos}: captured length {caplen} is "
                               f"implausible; the file is corrupt from here on")
-                    break
-                nxt = pos + 16 + caplen
-                if nxt > size:
-                    self._truncated(index + len(rec), pos, f"record data cut ({size - pos - 16} of {caplen} bytes)")
+                else:
+                    self._truncated(index + n, pos, f"record data cut ({size - pos - 16} of {caplen} bytes)")
                     pos = size
-                    break
-                rec.append(pos + 16)
-                pos = nxt
-                if len(rec) >= limit_records or pos - chunk_start >= limit_bytes:
-                    break
             if rec:
                 data, offs = self._make_chunk(rec, 16, min(pos, size))
-                h = offs - 16
-                ts_sec = _u32(data, h, big)
-                ts_frac = _u32(data, h + 4, big)
-                caplen_a = _u32(data, h + 8, big)
-                orig = _u32(data, h + 12, big)
+                f = _fields(data, offs - 16, 4, self.byte_order)
                 mult = 10**9 if self.nanosecond else 10**6
-                yield Chunk(data, offs, caplen_a, orig, ts_sec * mult + ts_frac,
+                yield Chunk(data, offs, f[:, 2], f[:, 3], f[:, 0] * mult + f[:, 1],
                             np.zeros(len(rec), dtype=np.int32), index, pos)
                 index += len(rec)
         if broken:
@@ -391,7 +523,7 @@ class CaptureReader:
                       index: int, chunk_start: int, end: int) -> Chunk:
         big = order == ">"
         base = starts[0]
-        data = _arena(self._arr[base:end])
+        data = _arena(self._arr[base:end], self._scratch)
         st = np.asarray(starts, dtype=np.int64) - base
         kind = np.asarray(kinds, dtype=np.int64)
         iface = np.asarray(ifs, dtype=np.int32)
@@ -445,9 +577,26 @@ class CaptureReader:
         return iface
 
 
-def _arena(view: np.ndarray) -> np.ndarray:
+class Scratch:
+    """Byte buffers reused from one chunk to the next, so a long capture does not fault in fresh pages (and
+    zero them) for every chunk. ``get`` returns a view of at least ``size`` bytes, contents undefined; the view
+    is valid until the next ``get`` of the same name."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, size: int) -> np.ndarray:
+        buf = self._bufs.get(name)
+        if buf is None or buf.shape[0] < size:
+            buf = np.empty(max(size, int(size * 1.25) if buf is not None else size), dtype=np.uint8)
+            self._bufs[name] = buf
+        return buf[:size]
+
+
+def _arena(view: np.ndarray, scratch: Scratch | None = None) -> np.ndarray:
     """A writable copy of a chunk's bytes with READ_PAD zero bytes after it (see :func:`parse_l3`)."""
-    data = np.empty(view.shape[0] + READ_PAD, dtype=np.uint8)
+    n = view.shape[0] + READ_PAD
+    data = scratch.get("arena", n) if scratch is not None else np.empty(n, dtype=np.uint8)
     data[: view.shape[0]] = view
     data[view.shape[0]:] = 0
     return data
@@ -614,22 +763,66 @@ def read_be32(chunk_data: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 # -- copying variable-length segments ----------------------------------------------------------------------------
 
+def _windows(a: np.ndarray, width: int, writeable: bool) -> np.ndarray:
+    """Every ``width``-byte window of a 1-D byte array as rows of a 2-D view (no copy)."""
+    return as_strided(a, shape=(a.shape[0] - width + 1, width), strides=(a.strides[0], a.strides[0]),
+                      writeable=writeable)
+
+
+#: Block sizes for :func:`gather_segments`: a segment is copied in blocks of the largest size it is not shorter
+#: than, so index arrays hold one entry per block, not per byte.
+_GATHER_BLOCKS = (256, 32, 4, 1)
+#: A length shared by at least this many segments of a call is copied as one row per segment.
+_ROW_MIN_COUNT = 32
+_ROW_MAX_GROUPS = 16
+
+
 def gather_segments(src: np.ndarray, src_off: np.ndarray, lengths: np.ndarray,
                     out: np.ndarray, out_off: np.ndarray) -> None:
-    """out[out_off[i] : +lengths[i]] = src[src_off[i] : +lengths[i]] for every i, without a Python loop."""
+    """out[out_off[i] : +lengths[i]] = src[src_off[i] : +lengths[i]] for every i, without a Python loop.
+
+    Each segment is cut into blocks of B bytes, the last block aligned to the segment's end (it overlaps the one
+    before it and writes the same bytes again), and the blocks move as rows of B-byte window views, so the work
+    is numpy indexing over blocks. Segments must not overlap in ``out``.
+    """
     lengths = np.asarray(lengths, dtype=np.int64)
-    total = int(lengths.sum())
-    if total == 0:
+    src_off = np.asarray(src_off, dtype=np.int64)
+    out_off = np.asarray(out_off, dtype=np.int64)
+    if lengths.shape[0] == 0:
         return
-    keep = lengths > 0
-    lengths = lengths[keep]
-    src_off = np.asarray(src_off, dtype=np.int64)[keep]
-    out_off = np.asarray(out_off, dtype=np.int64)[keep]
-    cat = np.cumsum(lengths) - lengths
-    rel = np.arange(total, dtype=np.int64)
-    rel_src = rel + np.repeat(src_off - cat, lengths)
-    rel += np.repeat(out_off - cat, lengths)
-    out[rel] = src[rel_src]
+    # Lengths that many segments share (link-layer headers, fixed-size test traffic) move as whole rows.
+    vals, counts = np.unique(lengths, return_counts=True)
+    common = vals[(counts >= _ROW_MIN_COUNT) & (vals > 0)][:_ROW_MAX_GROUPS]
+    rest = np.ones(lengths.shape[0], dtype=bool)
+    for width in common.tolist():
+        m = lengths == width
+        rest &= ~m
+        _windows(out, width, True)[out_off[m]] = _windows(src, width, False)[src_off[m]]
+    if not rest.all():
+        lengths, src_off, out_off = lengths[rest], src_off[rest], out_off[rest]
+    upper = None
+    for width in _GATHER_BLOCKS:
+        m = lengths >= width
+        if upper is not None:
+            m &= lengths < upper
+        upper = width
+        if not m.any():
+            continue
+        seg_len, so, do = lengths[m], src_off[m], out_off[m]
+        nblocks = (seg_len + width - 1) // width
+        seg = np.repeat(np.arange(seg_len.shape[0]), nblocks)
+        k = np.arange(seg.shape[0], dtype=np.int64) - (np.cumsum(nblocks) - nblocks)[seg]
+        rel = np.minimum(k * width, seg_len[seg] - width)
+        if width == 1:
+            out[do[seg] + rel] = src[so[seg] + rel]
+        else:
+            _windows(out, width, True)[do[seg] + rel] = _windows(src, width, False)[so[seg] + rel]
+
+
+def scatter_rows(out: np.ndarray, starts: np.ndarray, rows: np.ndarray) -> None:
+    """out[starts[i] : +w] = rows[i] for fixed-width byte rows (record headers)."""
+    if rows.shape[0]:
+        _windows(out, rows.shape[1], True)[starts] = rows
 
 
 # -- writing ----------------------------------------------------------------------------------------------------
@@ -657,6 +850,7 @@ class CaptureWriter:
         self.path = Path(path)
         self.records = 0
         self._written_ifaces = 0
+        self._scratch = Scratch()
         self._nanosecond = nanosecond
         self._snaplen = snaplen
         self._pcap_args = (pcap_version, thiszone, sigfigs)
@@ -721,15 +915,23 @@ class CaptureWriter:
 
         ``src_tsresol`` maps interface index to the resolution ``ts`` is in (default: the writer's interfaces).
         """
-        n = int(np.asarray(offsets).shape[0])
+        self.write_parts([(data, offsets, lengths)], ts, iface, origlen, src_tsresol)
+
+    def write_parts(self, parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], ts: np.ndarray,
+                    iface: np.ndarray, origlen: np.ndarray | None = None,
+                    src_tsresol: Sequence[int] | None = None) -> None:
+        """Append records made of several pieces each: record i is the concatenation, over ``parts``, of
+        buf[offsets[i]:+lengths[i]] (a length may be 0). The pieces go straight into the file image, so a
+        frame rebuilt from a kept link-layer header and a new packet is copied once."""
+        ts = np.asarray(ts, dtype=np.int64)
+        n = int(ts.shape[0])
         if self._written_ifaces < len(self.interfaces) or not self._header_done:
             self._sync_interfaces()
         if n == 0:
             return
-        lengths = np.asarray(lengths, dtype=np.int64)
-        offsets = np.asarray(offsets, dtype=np.int64)
+        plens = [np.asarray(p[2], dtype=np.int64) for p in parts]
+        lengths = np.sum(plens, axis=0) if len(plens) > 1 else plens[0]
         iface = np.asarray(iface, dtype=np.int64)
-        ts = np.asarray(ts, dtype=np.int64)
         orig = lengths if origlen is None else np.maximum(np.asarray(origlen, dtype=np.int64), lengths)
         res_in = np.asarray(src_tsresol if src_tsresol is not None else [i.tsresol for i in self.interfaces],
                             dtype=np.int64)[iface]
@@ -760,15 +962,21 @@ class CaptureWriter:
             hlen, tail = 28, pad + 4
         rec_len = hlen + lengths + tail
         starts = np.cumsum(rec_len) - rec_len
-        out = np.zeros(int(rec_len.sum()), dtype=np.uint8)
-        hb = hdr.view(np.uint8).reshape(n, hlen)
-        out[(starts[:, None] + np.arange(hlen)).ravel()] = hb.ravel()
-        gather_segments(data, offsets, lengths, out, starts + hlen)
+        out = self._scratch.get("out", int(rec_len.sum()))
+        scatter_rows(out, starts, hdr.view(np.uint8).reshape(n, hlen))
+        pos = starts + hlen
+        for (buf, offs, _), ln in zip(parts, plens):
+            gather_segments(buf, offs, ln, out, pos)
+            pos = pos + ln
         if self.fmt == "pcapng":
             tl = np.empty((n, 1), dtype=dt)
             tl[:, 0] = rec_len
-            end = starts + rec_len - 4
-            out[(end[:, None] + np.arange(4)).ravel()] = tl.view(np.uint8).ravel()
+            scatter_rows(out, starts + rec_len - 4, tl.view(np.uint8).reshape(n, 4))
+        if self.fmt == "pcapng":  # the padding after the packet data must be zeros
+            padpos = starts + hlen + lengths
+            for k in (1, 2, 3):
+                m = tail - 4 >= k
+                out[padpos[m] + k - 1] = 0
         self._fh.write(out.data)
         self.records += n
 

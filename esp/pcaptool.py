@@ -25,7 +25,7 @@ import numpy as np
 from esp.batch import PacketBatch, Verdict
 from esp.keyfile import SaEntry, Selector
 from esp.pcap import (ETHERTYPE_IPV4, ETHERTYPE_IPV6, CaptureError, CaptureReader, CaptureWriter, Chunk,
-                      Interface, L3Info, LinkType, READ_PAD, gather_segments, parse_l3)
+                      Interface, L3Info, LinkType, Scratch, gather_segments, parse_l3)
 from esp.sa import Direction, Mode, Sa
 
 __all__ = ["SaStats", "Summary", "ReplaySummary", "decrypt_file", "encrypt_file", "replay_file",
@@ -293,7 +293,6 @@ class _Output:
         cap = c.caplen[keep]
         orig = c.origlen[keep]
         is_new = b == _BODY_NEW
-        raw_lt = ~np.isin(linktypes[keep], [int(LinkType.RAW), int(LinkType.RAW_OPENBSD)])
         if self.frames:
             head = np.where(is_new, l3, 0)             # link-layer bytes kept in front of a new packet
             own = np.where(is_new, 0, cap)              # original bytes kept (the whole record)
@@ -305,37 +304,33 @@ class _Output:
             own = np.where(is_new, 0, iplen)
             own_off = base + l3
         nl = np.where(is_new, new_len[keep] if new_len.size else 0, 0).astype(np.int64)
-        out_len = head + own + nl
-        starts = np.cumsum(out_len) - out_len
-        arena = np.zeros(int(out_len.sum()) + 1, dtype=np.uint8)
-        gather_segments(c.data, base, head, arena, starts)
-        gather_segments(c.data, own_off, own, arena, starts + head)
-        if new_buf is not None and is_new.any():
-            gather_segments(new_buf, new_off[keep][is_new], nl[is_new], arena, (starts + head)[is_new])
         if self.frames and is_new.any():
-            self._fix_protocol_fields(c, L, keep, is_new, arena, starts, head)
+            self._fix_protocol_fields(c, L, keep, is_new, new_buf, new_off)
         if self.frames:
-            origlen = np.where(is_new, out_len, orig)
+            origlen = np.where(is_new, head + nl, orig)
         else:
-            origlen = np.where(is_new, out_len, np.where(L.cut[keep], np.maximum(L.ip_len[keep], out_len), out_len))
-        del raw_lt
-        self.writer.write(arena, starts, out_len, c.ts[keep], c.iface[keep], origlen,
-                          src_tsresol=[i.tsresol for i in self.reader.interfaces])
+            origlen = np.where(is_new, nl, np.where(L.cut[keep], np.maximum(L.ip_len[keep], own), own))
+        parts = [(c.data, base, head), (c.data, own_off, own)]
+        if new_buf is not None:
+            parts.append((new_buf, new_off[keep], nl))
+        self.writer.write_parts(parts, c.ts[keep], c.iface[keep], origlen,
+                                src_tsresol=[i.tsresol for i in self.reader.interfaces])
         return int(keep.size)
 
-    def _fix_protocol_fields(self, c: Chunk, L: L3Info, keep: np.ndarray, is_new: np.ndarray, arena: np.ndarray,
-                             starts: np.ndarray, head: np.ndarray) -> None:
-        """A tunnel can change the IP version (IPv6 inside IPv4): rewrite the Ethernet type / SLL protocol."""
+    def _fix_protocol_fields(self, c: Chunk, L: L3Info, keep: np.ndarray, is_new: np.ndarray,
+                             new_buf: np.ndarray | None, new_off: np.ndarray) -> None:
+        """A tunnel can change the IP version (IPv6 inside IPv4): rewrite the Ethernet type / SLL protocol of the
+        kept link-layer header. The chunk arena is a private copy, so it is patched in place."""
         at = L.ethertype_at[keep]
         m = is_new & (at >= 0)
-        if not m.any():
+        if not m.any() or new_buf is None:
             return
-        ip0 = starts + head
-        ver = arena[np.where(m, ip0, 0)] >> 4
+        rec = keep[m]
+        ver = new_buf[new_off[rec]] >> 4
         et = np.where(ver == 6, ETHERTYPE_IPV6, ETHERTYPE_IPV4)
-        pos = starts + at
-        arena[pos[m]] = (et[m] >> 8).astype(np.uint8)
-        arena[pos[m] + 1] = (et[m] & 0xFF).astype(np.uint8)
+        pos = c.offsets[rec] + at[m]
+        c.data[pos] = (et >> 8).astype(np.uint8)
+        c.data[pos + 1] = (et & 0xFF).astype(np.uint8)
 
 
 # -- SA sets --------------------------------------------------------------------------------------------------------
@@ -388,7 +383,7 @@ def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
                  sas: Sequence[SaEntry], *, fmt: str | None = None, frames: bool = False,
                  drop_other: bool = False, drop_unknown: bool = False, mode: str | None = None,
                  replay_window: int | None = None, backend: str | None = None,
-                 chunk_records: int = 16384, progress: bool | None = None,
+                 chunk_records: int = 65536, progress: bool | None = None,
                  encap_ports: Sequence[int] = (NAT_T_PORT,)) -> Summary:
     """Decrypt every ESP packet of a capture that an SA in ``sas`` matches (first match wins, as in Wireshark).
 
@@ -398,7 +393,8 @@ def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
     """
     t0 = time.monotonic()
     summary = Summary("decrypt")
-    reader = CaptureReader(in_path, chunk_records=chunk_records)
+    reader = CaptureReader(in_path, chunk_records=chunk_records, reuse_buffers=True)
+    scratch = Scratch()
     writer = None
     try:
         writer = _open_writer(out_path, reader, fmt, frames)
@@ -417,7 +413,7 @@ def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
         bar = Progress(reader.size, "decrypt", enabled=progress)
         try:
             for c in reader.chunks():
-                _decrypt_chunk(c, reader, plan, out, summary, drop_other, drop_unknown, encap_ports)
+                _decrypt_chunk(c, reader, plan, out, summary, drop_other, drop_unknown, encap_ports, scratch)
                 bar.update(c.end_position, summary.records)
         except CaptureError as exc:
             summary.capture_error = str(exc)
@@ -433,7 +429,7 @@ def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
 
 
 def _decrypt_chunk(c: Chunk, reader: CaptureReader, plan: list, out: _Output, summary: Summary,
-                   drop_other: bool, drop_unknown: bool, encap_ports: Sequence[int]) -> None:
+                   drop_other: bool, drop_unknown: bool, encap_ports: Sequence[int], scratch: Scratch) -> None:
     n = c.count
     summary.records += n
     lts = np.asarray([i.linktype for i in reader.interfaces], dtype=np.int64)
@@ -447,8 +443,7 @@ def _decrypt_chunk(c: Chunk, reader: CaptureReader, plan: list, out: _Output, su
     cap_each = np.where(E.esp, L.ip_len, 0).astype(np.int64)
     dst_off = np.cumsum(cap_each) - cap_each
     src = PacketBatch(c.data, c.offsets + np.maximum(L.l3, 0), np.where(E.esp, L.ip_len, 0), np.where(E.esp, L.ip_len, 0))
-    dst = PacketBatch(np.zeros(int(cap_each.sum()) + 1, dtype=np.uint8), dst_off, np.zeros(n, np.int32),
-                      cap_each)
+    dst = PacketBatch(scratch.get("dst", int(cap_each.sum()) + 1), dst_off, np.zeros(n, np.int32), cap_each)
     status = np.full(n, 255, dtype=np.uint8)
     for e, primary, fallback, st in plan:
         m = E.esp & ~assigned & (E.spi == e.spi)
@@ -507,7 +502,7 @@ def _decrypt_chunk(c: Chunk, reader: CaptureReader, plan: list, out: _Output, su
 def encrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None,
                  sas: Sequence[SaEntry], *, fmt: str | None = None, frames: bool = True,
                  drop_other: bool = False, mode: str | None = None, first_seq: int | None = None,
-                 backend: str | None = None, chunk_records: int = 16384,
+                 backend: str | None = None, chunk_records: int = 65536,
                  progress: bool | None = None) -> Summary:
     """Encapsulate the IP packets of a capture that an SA's selectors take (first match wins).
 
@@ -516,7 +511,8 @@ def encrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
     """
     t0 = time.monotonic()
     summary = Summary("encrypt")
-    reader = CaptureReader(in_path, chunk_records=chunk_records)
+    reader = CaptureReader(in_path, chunk_records=chunk_records, reuse_buffers=True)
+    scratch = Scratch()
     writer = None
     try:
         plan = []
@@ -540,7 +536,7 @@ def encrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
         bar = Progress(reader.size, "encrypt", enabled=progress)
         try:
             for c in reader.chunks():
-                _encrypt_chunk(c, reader, plan, out, summary, drop_other)
+                _encrypt_chunk(c, reader, plan, out, summary, drop_other, scratch)
                 bar.update(c.end_position, summary.records)
         except CaptureError as exc:
             summary.capture_error = str(exc)
@@ -568,7 +564,7 @@ def _encrypt_groups(c: Chunk, L: L3Info, plan: list) -> tuple[np.ndarray, list]:
 
 
 def _encrypt_chunk(c: Chunk, reader: CaptureReader, plan: list, out: _Output, summary: Summary,
-                   drop_other: bool) -> None:
+                   drop_other: bool, scratch: Scratch) -> None:
     n = c.count
     summary.records += n
     lts = np.asarray([i.linktype for i in reader.interfaces], dtype=np.int64)
@@ -579,7 +575,7 @@ def _encrypt_chunk(c: Chunk, reader: CaptureReader, plan: list, out: _Output, su
     dst_off = np.cumsum(cap_each) - cap_each
     src = PacketBatch(c.data, c.offsets + np.maximum(L.l3, 0), np.where(assigned, L.ip_len, 0),
                       np.where(assigned, L.ip_len, 0))
-    dst = PacketBatch(np.zeros(int(cap_each.sum()) + 1, dtype=np.uint8), dst_off, np.zeros(n, np.int32), cap_each)
+    dst = PacketBatch(scratch.get("dst", int(cap_each.sum()) + 1), dst_off, np.zeros(n, np.int32), cap_each)
     status = np.full(n, 255, dtype=np.uint8)
     for sel, sa, st in groups:
         sa.encrypt_batch(src, dst, sel)
@@ -698,7 +694,7 @@ class ReplaySummary:
 def replay_file(in_path: str | os.PathLike[str], sa: SaEntry, *, pattern: ReplayPattern = ReplayPattern(),
                 out_path: str | os.PathLike[str] | None = None, fmt: str | None = None,
                 mode: str | None = None, window: int | None = None, first_seq: int | None = None,
-                backend: str | None = None, record: bool = False, chunk_records: int = 16384,
+                backend: str | None = None, record: bool = False, chunk_records: int = 65536,
                 progress: bool | None = None) -> ReplaySummary:
     """Push a plaintext capture through an outbound and an inbound SA made from one key file entry, with a
     network in between that loses, duplicates and reorders as ``pattern`` says; report what the receiver took.
