@@ -9,7 +9,7 @@ Router verbs (``--store DIR``, default ``$ESPRESSO_PKI_STORE`` or ./pki-store)::
     ca-profile delete NAME | ca-profile list
     ca-certificate enroll --ca-profile P | ca-certificate load --ca-profile P --filename F
     local-certificate enroll --certificate-id ID --ca-profile P --subject DN --challenge-password X [SANs]
-    local-certificate load --certificate-id ID --filename F
+    local-certificate load --certificate-id ID --filename F [--key KEYFILE]
     generate-certificate-request --certificate-id ID --subject DN [--domain-name D] [--ip-address A] [--email E]
                                  [--filename F]
     crl load --ca-profile P --filename F | crl download --ca-profile P
@@ -149,7 +149,8 @@ def cmd_ca_certificate(args: argparse.Namespace) -> None:
 def cmd_local_certificate(args: argparse.Namespace) -> None:
     store = _store(args)
     if args.action == "load":
-        cert = store.load_local_certificate(args.certificate_id, read_bounded(args.filename), _passphrase(args))
+        key = read_bounded(args.key) if args.key else None
+        cert = store.load_local_certificate(args.certificate_id, read_bounded(args.filename), _passphrase(args), key=key)
         _print(f"Local certificate {args.certificate_id} loaded: {cert.subject.rfc4514_string()}")
         return
     if not args.subject or not args.ca_profile:
@@ -446,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subject")
     p.add_argument("--challenge-password")
     p.add_argument("--filename")
+    p.add_argument("--key", help="load: a private key file to store with the certificate (new certificate-id)")
     _add_sans(p)
     p.set_defaults(func=cmd_local_certificate)
 

@@ -150,7 +150,8 @@ class Store:
         return key
 
     def install(self, certificate_id: str, key: PrivateKey, cert: x509.Certificate | None,
-                request: x509.CertificateSigningRequest | None = None, *, passphrase: bytes | None = None) -> None:
+                request: x509.CertificateSigningRequest | None = None, *, passphrase: bytes | None = None,
+                chain: Sequence[x509.Certificate] = ()) -> None:
         """Write a complete new generation (key, certificate, request) and swap it in atomically."""
         self._check_id(certificate_id)
         if cert is not None and not _same_key(cert.public_key(), key.public_key()):
@@ -162,6 +163,8 @@ class Store:
             write_atomic(gen / KEY, private_key_to_pem(key, passphrase), SECRET_MODE)
             if request is not None:
                 write_atomic(gen / REQUEST, csr_to_pem(request), PUBLIC_MODE)
+            if chain:
+                write_atomic(gen / CHAIN, certificates_to_pem(list(chain)), PUBLIC_MODE)
             if cert is not None:
                 write_atomic(gen / CERT, cert.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
             link = local / certificate_id
@@ -209,12 +212,25 @@ class Store:
             return None
         return load_csr(read_bounded(d / REQUEST), source=str(d / REQUEST))
 
-    def load_local_certificate(self, certificate_id: str, data: bytes,
-                               passphrase: bytes | None = None) -> x509.Certificate:
-        """JUNOS ``local-certificate load filename F certificate-id ID``: the certificate must match the key pair."""
+    def load_local_certificate(self, certificate_id: str, data: bytes, passphrase: bytes | None = None, *,
+                               key: bytes | None = None, key_passphrase: bytes | None = None) -> x509.Certificate:
+        """JUNOS ``local-certificate load filename F certificate-id ID [key K]``: the certificate must match the
+        certificate-id's key pair, or ``key`` (a PEM/DER private key, e.g. from strongSwan or openssl), which is
+        then stored with it in one atomic step (the certificate-id must be new)."""
         certs = load_certificates(data, source=f"local certificate for {certificate_id}")
-        key = self.private_key(certificate_id, passphrase)
-        mine = [c for c in certs if _same_key(c.public_key(), key.public_key())]
+        if key is not None:
+            self._check_id(certificate_id)
+            if self._entry_dir(certificate_id) is not None:
+                raise StoreError(f"certificate-id {certificate_id!r} exists already (clear it first)")
+            priv = load_private_key(key, key_passphrase, source=f"key for {certificate_id}")
+            match = [c for c in certs if _same_key(c.public_key(), priv.public_key())]
+            if not match:
+                raise StoreError("the certificate does not match the key")
+            self.install(certificate_id, priv, match[0], chain=[c for c in certs if c is not match[0]],
+                         passphrase=passphrase)
+            return match[0]
+        priv = self.private_key(certificate_id, passphrase)
+        mine = [c for c in certs if _same_key(c.public_key(), priv.public_key())]
         if not mine:
             raise StoreError(f"the certificate does not match the key pair of certificate-id {certificate_id!r}")
         d = self._entry_dir(certificate_id)

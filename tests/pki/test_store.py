@@ -242,3 +242,17 @@ def test_credential_for_ike(store, root_ca, sub_ca):
     assert store.credential("r1")[2] == [sub_ca.certificate]
     v = store.validator(fetch=None, profile="root")
     assert v.verify(cert, store.credential("r1")[2], T0 + timedelta(minutes=1)).profile == "root"
+
+
+def test_load_with_key_is_atomic(store, sub_ca):
+    from pki.keys import private_key_to_pem
+    key, cert = make_leaf(sub_ca)
+    other, _ = make_leaf(sub_ca)
+    with pytest.raises(StoreError):
+        store.load_local_certificate("r9", cert.public_bytes(PEM), key=private_key_to_pem(other))
+    assert store.local_ids() == [] and [p.name for p in (store.path / "local").iterdir()] == []
+    assert store.load_local_certificate("r9", certificates_to_pem([cert, sub_ca.certificate]),
+                                        key=private_key_to_pem(key)) == cert
+    assert store.credential("r9")[2] == [sub_ca.certificate]
+    with pytest.raises(StoreError, match="exists"):
+        store.load_local_certificate("r9", cert.public_bytes(PEM), key=private_key_to_pem(key))

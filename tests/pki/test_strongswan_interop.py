@@ -69,6 +69,21 @@ def test_strongswan_certificates_load_and_validate(sw, tmp_path):
     assert e.value.reason is RejectReason.IDENTITY_MISMATCH
 
 
+def test_strongswan_key_and_certificate_via_cli(sw, tmp_path, capsys):
+    store = str(tmp_path / "st")
+    assert pki_main(["--store", store, "ca-profile", "add", "sw", "--revocation-check", "disable"]) == 0
+    assert pki_main(["--store", store, "ca-certificate", "load", "--ca-profile", "sw", "--filename",
+                     str(sw / "ca.pem")]) == 0
+    assert pki_main(["--store", store, "local-certificate", "load", "--certificate-id", "moon", "--filename",
+                     str(sw / "moon.pem"), "--key", str(sw / "moon.key")]) == 0
+    assert pki_main(["--store", store, "verify", "--offline", "--filename", str(sw / "moon.pem"),
+                     "--identity", "fqdn:moon.strongswan.org"]) == 0
+    out = capsys.readouterr().out
+    assert "via ca-profile sw" in out and "DNS:moon.strongswan.org" in out
+    key, cert, inter = Store(store).credential("moon")
+    assert cert.subject.rfc4514_string() == "CN=moon.strongswan.org,O=strongSwan,C=CH" and inter == []
+
+
 def test_strongswan_crl_honoured(sw, tmp_path):
     crl = swpki("--signcrl", "--cacert", "ca.pem", "--cakey", "ca.key", "--reason", "key-compromise",
                 "--cert", "moon.pem", "--lifetime", "1", "--outform", "pem", cwd=sw).stdout
