@@ -17,6 +17,7 @@ import base64
 import binascii
 import concurrent.futures
 import logging
+import socket
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from pki.errors import PkiError
@@ -54,6 +56,19 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _check_delegate(cert: x509.Certificate, ca_cert: x509.Certificate) -> None:
+    """A delegated OCSP signer must be certified by this CA for id-kp-OCSPSigning (RFC 6960 4.2.2.2)."""
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
+        raise ValueError("the OCSP signer certificate is not an id-kp-OCSPSigning certificate of this CA") from None
+    if ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
+        raise ValueError("the OCSP signer certificate lacks id-kp-OCSPSigning")
+
+
 class _HttpError(Exception):
     def __init__(self, status: HTTPStatus, text: str) -> None:
         self.status = status
@@ -72,6 +87,7 @@ class CaService:
     def __init__(self, ca: Any, *, host: str = "127.0.0.1", port: int = 0,
                  challenge: str | None = None, manual_approval: bool = False, passphrase: bytes | None = None,
                  profile: object = None, ocsp_validity=DEFAULT_VALIDITY,  # type: ignore[no-untyped-def]
+                 ocsp_signer: tuple[x509.Certificate, Any] | None = None,
                  clock: Callable[[], datetime] = _utcnow) -> None:
         # a CertificateAuthority or its directory: the service opens its own instance on its worker thread
         self.ca_dir = Path(ca.path if hasattr(ca, "path") else ca)
@@ -80,8 +96,10 @@ class CaService:
         self._passphrase = passphrase
         self._profile = profile
         self._ocsp_validity = ocsp_validity
+        self._ocsp_signer = ocsp_signer
         self._clock = clock
-        self._httpd = ThreadingHTTPServer((host, port), _Handler, bind_and_activate=True)
+        server_class = _HttpServer6 if ":" in host else ThreadingHTTPServer
+        self._httpd = server_class((host, port), _Handler, bind_and_activate=True)
         self._httpd.daemon_threads = True
         self._httpd.service = self  # type: ignore[attr-defined]
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ca-worker")
@@ -96,9 +114,8 @@ class CaService:
 
     @property
     def url(self) -> str:
-        host = self._httpd.server_address[0]
-        host = f"[{host}]" if ":" in str(host) else host
-        return f"http://{host}:{self.port}"
+        host = str(self._httpd.server_address[0])
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> CaService:
@@ -143,9 +160,11 @@ class CaService:
         self._ca = CertificateAuthority.open(self.ca_dir, self._passphrase)
         self._scep = ScepResponder(self._ca, challenge=self.challenge, manual_approval=self.manual_approval,
                                    profile=self._profile, clock=self._clock)
-        self._ocsp = OcspResponder(issuer=self._ca.certificate, signer=self._ca.certificate,
-                                   signer_key=self._ca.private_key, lookup=self._ocsp_lookup,
-                                   validity=self._ocsp_validity)
+        signer, signer_key = self._ocsp_signer or (self._ca.certificate, self._ca.private_key)
+        if self._ocsp_signer is not None:
+            _check_delegate(signer, self._ca.certificate)
+        self._ocsp = OcspResponder(issuer=self._ca.certificate, signer=signer, signer_key=signer_key,
+                                   lookup=self._ocsp_lookup, validity=self._ocsp_validity)
 
     def _close(self) -> None:
         if self._scep is not None:
@@ -204,6 +223,10 @@ class CaService:
     def reject(self, transaction_id: str, reason: str = "rejected by operator") -> None:
         """Reject a PENDING request of a running service."""
         self.run(lambda: self._scep.reject(transaction_id, reason))  # type: ignore[union-attr]
+
+
+class _HttpServer6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -202,3 +202,44 @@ def test_start_fails_cleanly_without_ca(tmp_path):
     svc = CaService(tmp_path / "nothing")
     with pytest.raises(Exception, match="not a CA directory"):
         svc.start()
+
+
+def test_delegated_ocsp_responder_with_openssl(tmp_path):
+    """OCSP answers signed by a dedicated id-kp-OCSPSigning certificate of the CA, accepted by openssl and us."""
+    openssl = require_tool("openssl")
+    from datetime import datetime, timezone
+
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from pki.ca import IssueProfile
+
+    ca = CertificateAuthority.init(tmp_path / "ca", "CN=Delegating CA")
+    svc = None
+    try:
+        signer_key = generate_private_key(parse_key_spec("ecdsa"))
+        profile = IssueProfile(name="ocsp", key_usage=frozenset({"digital_signature"}),
+                               extended_key_usage=(ExtendedKeyUsageOID.OCSP_SIGNING,), san_types=frozenset())
+        signer = ca.issue(build_csr(signer_key, "CN=OCSP Signer"), profile)
+        cert = _issue(ca)
+        ca_pem, leaf_pem = _files(tmp_path, ca, cert)
+        svc = CaService(tmp_path / "ca", ocsp_signer=(signer, signer_key)).start()
+        r = _openssl_ocsp(openssl, svc, ca_pem, leaf_pem, "/ocsp")
+        assert f"{leaf_pem}: good" in r.stdout and "Response verify OK" in r.stderr, r.stdout + r.stderr
+        result = OcspChecker(f"{svc.url}/ocsp", timeout=5).check(cert, ca.certificate, datetime.now(timezone.utc))
+        assert result.status is OcspCertStatus.GOOD and result.responder == signer
+    finally:
+        if svc is not None:
+            svc.stop()
+        ca.close()
+
+
+def test_delegate_without_eku_is_refused_at_start(tmp_path):
+    ca = CertificateAuthority.init(tmp_path / "ca", "CN=Delegating CA")
+    try:
+        key = generate_private_key(parse_key_spec("ecdsa"))
+        not_a_signer = ca.issue(build_csr(key, "CN=Just a router"))
+        svc = CaService(tmp_path / "ca", ocsp_signer=(not_a_signer, key))
+        with pytest.raises(ValueError, match="OCSPSigning"):
+            svc.start()  # start() closes the socket when it fails
+    finally:
+        ca.close()
