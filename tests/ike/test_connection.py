@@ -436,3 +436,105 @@ def test_child_rekey_refused_during_ike_rekey_is_retried():
     b.handle_timer(t)
     roundtrip(a, b, t)
     assert of(drain(b), ChildSaRekeyed)
+
+
+def test_lifetimes_drive_rekeys_and_expiry():
+    i, r = psk_peers(rekey_time=100.0)
+    i = replace(i, children=(child(rekey_time=50.0, life_time=80.0),))
+    r = replace(r, children=(child(local="10.2.0.0/16", remote="10.1.0.0/16", rekey_time=0, life_time=0),))
+    a, b, ea, eb = establish(i, r)
+    first = of(ea, ChildSaEstablished)[0]
+    assert 45.0 <= first.rekey_time <= 50.0 and first.life_time == 80.0
+    seen: list = []
+    now = 0.0
+    for _ in range(20):
+        t = a.get_timer()
+        if t is None or t > 120.0:
+            break
+        now = t
+        a.handle_timer(now)
+        roundtrip(a, b, now)
+        seen += drain(a)
+    kinds = [type(e) for e in seen]
+    assert ChildSaRekeyed in kinds and IkeSaRekeyed in kinds   # child at ~47 s, IKE at ~95 s
+    assert not of(seen, IkeSaTerminated)
+
+
+def test_soft_expiry_from_esp_counters_starts_rekey():
+    a, b, ea, eb = establish(*psk_peers())
+    ca = of(ea, ChildSaEstablished)[0]
+    a.child_sa_soft_expired(ca.spi_out, 5.0)   # the outbound SPI works too
+    roundtrip(a, b, 5.0)
+    assert of(drain(a), ChildSaRekeyed)[0].old_spi_in == ca.spi_in
+    a.child_sa_soft_expired(0xDEAD, 6.0)      # unknown SPI: ignored
+    assert a.datagrams_to_send(6.0) == []
+
+
+def test_hard_lifetime_deletes_child():
+    i, r = psk_peers()
+    i = replace(i, children=(child(rekey_time=0, life_time=30.0),))
+    a, b, ea, eb = establish(i, r)
+    a.handle_timer(30.0)
+    roundtrip(a, b, 30.0)
+    assert of(drain(a), ChildSaDeleted)[0].reason == "expired"
+    assert of(drain(b), ChildSaDeleted)[0].reason == "deleted by peer"
+
+
+def test_ipv6_and_mixed_traffic_selectors():
+    from ike.core_config import TrafficSelector as TS
+
+    i, r = psk_peers()
+    i = replace(i, children=(replace(child(), local_ts=(TS.from_cidr("10.1.0.0/24"), TS.from_cidr("2001:db8:1::/64")),
+                                     remote_ts=(TS.from_cidr("2001:db8:2::/64"), TS.from_cidr("10.2.0.0/24", 6, 443))),))
+    r = replace(r, children=(replace(child(), local_ts=(TS.from_cidr("2001:db8:2::/48"), TS.from_cidr("10.2.0.0/16")),
+                                     remote_ts=(TS.from_cidr("::/0"), TS.from_cidr("10.1.0.0/16"))),))
+    a, b, ea, eb = establish(i, r)
+    ca, cb = assert_child_keys_match(ea, eb)
+    assert [str(t) for t in ca.local_ts] == ["10.1.0.0/24", "2001:db8:1::/64"]
+    assert [str(t) for t in ca.remote_ts] == ["2001:db8:2::/64", "10.2.0.0/24[6/443]"]
+    assert set(map(str, cb.remote_ts)) == set(map(str, ca.local_ts))
+
+
+@pytest.mark.parametrize("ident,san", [
+    (Identity("ipv4", "192.0.2.1"), x509.IPAddress(__import__("ipaddress").ip_address("192.0.2.1"))),
+    (Identity("ipv6", "2001:db8::1"), x509.IPAddress(__import__("ipaddress").ip_address("2001:db8::1"))),
+    (Identity("email", "alice@example.org"), x509.RFC822Name("alice@example.org")),
+    (Identity("fqdn", "i.example"), x509.DNSName("i.example")),
+])
+def test_identity_types_in_certificates(ident, san):
+    i, r, ca = cert_peers()
+    k, c = ca.issue("initiator", "ecdsa", [san])
+    i = replace(i, local_id=ident, credential=replace(i.credential, private_key=k, certificate=c))
+    r = replace(r, remote_id=ident)
+    a, b, ea, eb = establish(i, r)
+    assert of(eb, IkeSaEstablished)[0].remote_id == ident
+
+
+def test_certreq_selects_the_matching_credential():
+    from ike.core_config import Credential
+
+    ca1, ca2 = CaForTests.create("CA one"), CaForTests.create("CA two")
+    i, r, _ = cert_peers(ca=ca1)
+    k2, c2 = ca2.issue("initiator", "ecdsa", [x509.DNSName("i.example")])
+    # the initiator holds certificates of both CAs; the responder trusts (and asks for) CA two only
+    i = replace(i, extra_credentials=(Credential(k2, c2),), ca_certs=(ca1.cert, ca2.cert))
+    r = replace(r, validator=SimpleValidator([ca2.cert]), ca_certs=(ca2.cert,))
+    a, b, ea, eb = establish(i, r)
+    assert of(eb, IkeSaEstablished)
+    assert b.connection(1).sa.scratch.get("peer_certs")[0] == c2.public_bytes(__import__(
+        "cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.DER)
+
+
+def test_truncated_ike_sa_init_is_dropped_without_state():
+    i, r = psk_peers()
+    a, b = pair(i, r)
+    a.initiate("to-r", 0.0)
+    req = a.datagrams_to_send(0.0)[0].data
+    cut = req[:60]
+    bad = cut[:24] + len(cut).to_bytes(4, "big") + cut[28:]  # consistent header length, truncated SA payload
+    b.receive_datagram(bad, ADDR_I, ADDR_R, 0.0)
+    # parsed statelessly before anything is allocated: counted, dropped, unanswered
+    assert b.datagrams_to_send(0.0) == [] and b.stats["dropped_ParseError"] == 1
+    assert b.list_sas() == [] and b.half_open() == 0
+    b.receive_datagram(req, ADDR_I, ADDR_R, 0.0)  # the intact request still works
+    assert len(b.datagrams_to_send(0.0)) == 1
