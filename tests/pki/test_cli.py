@@ -169,3 +169,12 @@ def test_intermediate_ca_and_serve(lab, capsys):
         proc.wait(timeout=10)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_directory_options_before_or_after_the_verb(lab, capsys):
+    assert run(capsys, "ca", "init", "--ca", "ca1", "--subject", "CN=One")[0] == 0
+    assert run(capsys, "ca", "--ca", "ca2", "init", "--subject", "CN=Two")[0] == 0
+    assert (lab / "ca1" / "ca.pem").exists() and (lab / "ca2" / "ca.pem").exists()
+    assert run(capsys, "generate-key-pair", "--store", "s1", "--certificate-id", "a", "--type", "ed25519")[0] == 0
+    assert run(capsys, "--store", "s2", "generate-key-pair", "--certificate-id", "b", "--type", "ed25519")[0] == 0
+    assert (lab / "s1" / "local" / "a").is_symlink() and (lab / "s2" / "local" / "b").is_symlink()
