@@ -26,7 +26,7 @@ CA verbs (``--ca DIR``)::
             [--crl-url U] [--ocsp-url U] [--crl-days N]
     ca issue --csr F [--profile NAME] [--days N] [--out F] | ca revoke --serial HEX [--reason R]
     ca crl [--out F] [--pem] | ca list | ca serve [--host H] [--port N] [--challenge X] [--manual-approval]
-    ca pending | ca approve TRANSACTION-ID
+    ca pending | ca approve TRANSACTION-ID | ca reject TRANSACTION-ID [--reason R]
 
 Key passphrases come from ``--passphrase-file`` or ``$ESPRESSO_PKI_PASSPHRASE``, never from the command line.
 User errors print one line to stderr and exit 1; usage errors exit 2.
@@ -391,6 +391,13 @@ def ca_pending(args: argparse.Namespace) -> None:
         _print(f"{t.transaction_id}  {t.received_at:%Y-%m-%d %H:%M:%S}  {t.subject}")
 
 
+def ca_reject(args: argparse.Namespace) -> None:
+    from pki.service import reject
+
+    reject(args.ca, args.transaction_id, args.reason, passphrase=_passphrase(args))
+    _print(f"Rejected {args.transaction_id}")
+
+
 def ca_approve(args: argparse.Namespace) -> None:
     from pki.service import approve
 
@@ -535,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     casub.add_parser("pending", parents=[ca_common])
     q = casub.add_parser("approve", parents=[ca_common])
     q.add_argument("transaction_id")
+    q = casub.add_parser("reject", parents=[ca_common])
+    q.add_argument("transaction_id")
+    q.add_argument("--reason", default="rejected by operator")
     p.set_defaults(func=cmd_ca)
     return ap
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pki.certs import sans_of
 from pki.errors import PkiError, StoreError
@@ -75,7 +76,8 @@ def reenroll(store: Store, setting: AutoReenrollment, at: datetime, *, passphras
     from pki.csr import build_csr
 
     csr = build_csr(key, old.subject, sans_of(old) or None, setting.challenge_password)
-    new = store._scep_enroll(profile, key, csr, ca_certs, setting.challenge_password, enroll, sleep)
+    new = store._scep_enroll(profile, key, csr, ca_certs, setting.challenge_password, enroll, sleep,
+                             signer=(old, old_key) if isinstance(old_key, rsa.RSAPrivateKey) else None)
     store.install(setting.certificate_id, key, new, csr, passphrase=passphrase)
     return ReenrollResult(setting.certificate_id, old, new, key is not old_key)
 

@@ -335,7 +335,8 @@ class Store:
     def _scep_enroll(profile: CaProfile, key: PrivateKey, csr: x509.CertificateSigningRequest,
                      ca_certs: list[x509.Certificate], challenge: str | None,
                      enroll: Callable[..., x509.Certificate] | None,
-                     sleep: Callable[[float], None] | None) -> x509.Certificate:
+                     sleep: Callable[[float], None] | None,
+                     signer: tuple[x509.Certificate, PrivateKey] | None = None) -> x509.Certificate:
         if enroll is None:
             from pki.scep.client import enroll as scep_enroll
 
@@ -343,6 +344,8 @@ class Store:
         kw: dict = {"challenge": challenge, "retry_count": profile.retry, "retry_interval": float(profile.retry_interval)}
         if sleep is not None:
             kw["sleep"] = sleep
+        if signer is not None:  # RFC 8894 renewal: the request is signed with the current certificate and key
+            kw["signer"] = signer
         return enroll(profile.enrollment_url, key, csr, ca_certs, **kw)  # type: ignore[arg-type]
 
     # == CA certificates and CRLs =============================================================================

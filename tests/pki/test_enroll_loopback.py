@@ -102,3 +102,42 @@ def test_reenrollment_over_scep(served, tmp_path):
     assert new.public_key().public_bytes(serialization.Encoding.DER,
                                          serialization.PublicFormat.SubjectPublicKeyInfo) != old_spki
     assert store.validator(fetch=None).verify(new, [], _now() + timedelta(seconds=1))
+
+
+def test_manual_approval_via_cli(tmp_path, capsys):
+    """``ca serve --manual-approval`` semantics through the service: the store's enrollment polls while PENDING;
+    ``ca pending`` lists the request and ``ca approve`` issues it (run from another thread, like an operator)."""
+    import threading
+    import time
+
+    from pki.__main__ import main as pki_main
+
+    svc = service.CaService(tmp_path / "ca", manual_approval=True)
+    CertificateAuthority.init(tmp_path / "ca", "CN=Manual CA", key_type="rsa").close()
+    svc.start()
+    try:
+        store = _enrolled_store(tmp_path, svc, RevocationPolicy(mode=RevocationMode.DISABLE))
+        store.add_profile(CaProfile("lab", enrollment_url=f"{svc.url}/scep", retry=50, retry_interval=0,
+                                    revocation=RevocationPolicy(mode=RevocationMode.DISABLE)), replace=True)
+        store.enroll_ca_certificate("lab")
+        polls = []
+
+        def operator():
+            for _ in range(100):  # bounded: ~10 s
+                if service.list_pending(tmp_path / "ca"):
+                    break
+                time.sleep(0.1)
+            pki_main(["ca", "pending", "--ca", str(tmp_path / "ca")])
+            [t] = service.list_pending(tmp_path / "ca")
+            pki_main(["ca", "approve", "--ca", str(tmp_path / "ca"), t.transaction_id])
+
+        th = threading.Thread(target=operator)
+        th.start()
+        cert = store.enroll_local_certificate("r1", "lab", "CN=r1,O=espresso", None, None,
+                                              sleep=lambda s: (polls.append(s), time.sleep(0.1)))
+        th.join(timeout=30)
+        out = capsys.readouterr().out
+        assert "CN=r1" in out and "Approved" in out and polls
+        assert store.local_certificate("r1") == cert
+    finally:
+        svc.stop()
