@@ -204,8 +204,11 @@ class CertificateAuthority:
     ) -> CertificateAuthority:
         """Create a new CA in ``path`` (which must not hold one yet): a root, or an intermediate under ``parent``."""
         p = Path(path)
-        if (p / CERT_FILE).exists() or (p / KEY_FILE).exists():
+        if (p / CERT_FILE).exists():
             raise CaError(f"{p}: a CA exists there already")
+        if (p / KEY_FILE).exists():
+            raise CaError(f"{p}: incomplete CA directory ({KEY_FILE} without {CERT_FILE}, an interrupted init?); "
+                          "remove it and run init again")
         if path_length is not None and path_length < 0:
             raise ValueError("path length must be >= 0")
         now = _now(at)

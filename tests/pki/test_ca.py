@@ -137,6 +137,13 @@ def test_reopen_keeps_state(tmp_path, root_ca):
 def test_init_refuses_existing_and_open_refuses_missing(tmp_path, root_ca):
     with pytest.raises(CaError):
         CertificateAuthority.init(root_ca.path, "CN=again")
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "ca.key").write_bytes(b"left over by an interrupted init")
+    with pytest.raises(CaError, match="incomplete"):
+        CertificateAuthority.init(half, "CN=again")
+    with pytest.raises(CaError, match="missing ca.pem"):
+        CertificateAuthority.open(half)
     with pytest.raises(CaError):
         CertificateAuthority.open(tmp_path / "nothing")
 
@@ -184,6 +191,11 @@ def test_rsa_pss_ca(tmp_path):
     _, cert = make_leaf(ca)
     cert.verify_directly_issued_by(ca.certificate)
     assert cert.signature_algorithm_oid.dotted_string == "1.2.840.113549.1.1.10"
+    crl = ca.crl(at=T0)
+    assert crl.signature_algorithm_oid.dotted_string == "1.2.840.113549.1.1.10"
+    assert crl.is_signature_valid(ca.certificate.public_key())
+    from pki.revocation import RevocationStatus, check_crl
+    assert check_crl(cert, ca.certificate, crl, T0).status is RevocationStatus.GOOD
     ca.close()
 
 

@@ -256,3 +256,18 @@ def test_load_with_key_is_atomic(store, sub_ca):
     assert store.credential("r9")[2] == [sub_ca.certificate]
     with pytest.raises(StoreError, match="exists"):
         store.load_local_certificate("r9", cert.public_bytes(PEM), key=private_key_to_pem(key))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=50, deadline=None)
+@given(name=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True),
+       retry=st.integers(0, 1000), interval=st.integers(0, 3600),
+       mode=st.sampled_from(list(RevocationMode)), fail_open=st.booleans(),
+       refresh=st.one_of(st.none(), st.integers(1, 10_000)), url=st.one_of(st.none(), st.just("http://ca.example/crl")))
+def test_profile_json_round_trip(name, retry, interval, mode, fail_open, refresh, url):
+    p = CaProfile(name, "", url, retry, interval,
+                  RevocationPolicy(mode, url, None if refresh is None else timedelta(seconds=refresh), fail_open=fail_open))
+    assert CaProfile.from_dict(p.to_dict()) == p
