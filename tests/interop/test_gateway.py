@@ -170,7 +170,7 @@ def static_configs(suite: str = "aes128gcm16", raw_esp: bool = False, spi_ab: in
 RECEIVER = textwrap.dedent("""
     import hashlib, socket, sys
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", 5001)); s.listen(1); s.settimeout(30)
+    s.bind((sys.argv[1] if len(sys.argv) > 1 else "0.0.0.0", 5001)); s.listen(1); s.settimeout(30)
     print("LISTENING", flush=True)
     c, _ = s.accept(); c.settimeout(30)
     h, n = hashlib.sha256(), 0
@@ -185,9 +185,10 @@ RECEIVER = textwrap.dedent("""
 SENDER = textwrap.dedent("""
     import hashlib, random, socket, sys, time
     total, seed = int(sys.argv[1]), int(sys.argv[2])
-    rate = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0  # bytes/s ceiling, 0 = as fast as possible
+    rate = float(sys.argv[3])  # bytes/s ceiling, 0 = as fast as possible
+    dst, src = sys.argv[4], sys.argv[5]
     rng = random.Random(seed)
-    s = socket.create_connection(("10.98.2.2", 5001), timeout=30)
+    s = socket.create_connection((dst, 5001), timeout=30, source_address=(src, 0) if src != "-" else None)
     h, left = hashlib.sha256(), total
     t0 = time.monotonic()
     while left:
@@ -207,12 +208,20 @@ SENDER = textwrap.dedent("""
 def bulk_transfer(topo: Topology, nbytes: int, seed: int = 7, timeout: float = 60,
                   rate: float = 0.0) -> tuple[str, str, float]:
     """Send ``nbytes`` hostA -> hostB over TCP; returns (sent digest line, received digest line, seconds)."""
-    rx = subprocess.Popen(["ip", "netns", "exec", topo.host_b, sys.executable, "-c", RECEIVER],
+    return bulk_between(topo.host_a, topo.host_b, "10.98.2.2", nbytes, seed=seed, timeout=timeout, rate=rate)
+
+
+def bulk_between(src_ns: str, dst_ns: str, dst: str, nbytes: int, *, src: str = "-", seed: int = 7,
+                 timeout: float = 60, rate: float = 0.0) -> tuple[str, str, float]:
+    """TCP transfer of ``nbytes`` pseudo-random bytes from ``src_ns`` (bound to ``src``) to ``dst`` in
+    ``dst_ns``; returns (sent "count sha256", received "count sha256", seconds)."""
+    rx = subprocess.Popen(["ip", "netns", "exec", dst_ns, sys.executable, "-c", RECEIVER, dst],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         r, _, _ = select.select([rx.stdout], [], [], 10)
         assert r and rx.stdout.readline().strip() == "LISTENING"
-        tx = sh(sys.executable, "-c", SENDER, str(nbytes), str(seed), str(rate), ns=topo.host_a, timeout=timeout)
+        tx = sh(sys.executable, "-c", SENDER, str(nbytes), str(seed), str(rate), dst, src, ns=src_ns,
+                timeout=timeout)
         out, err = rx.communicate(timeout=timeout)
     finally:
         if rx.poll() is None:

@@ -257,3 +257,59 @@ def test_dead_peer_is_detected_and_its_sas_removed(topo, tmp_path):
         stats_a = a.stop()
         b.stop(kill=True)
     assert stats_a is not None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# espresso gateway <-> strongSwan (charon, kernel-libipsec), both directions of initiation
+
+
+@pytest.mark.parametrize("initiator", ["espresso", "strongswan"])
+def test_espresso_gateway_with_strongswan(tmp_path, initiator):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from tests.interop import strongswan as ss
+    from tests.interop.test_gateway import bulk_between
+
+    ok, why = ss.charon_available()
+    require(ok, why)
+    espresso_pki(tmp_path, ["esp", "swan"])
+    with ss.Lab(tmp_path / "lab") as lab:
+        a, b = lab.pair()  # a: espresso, b: strongSwan; inner addresses on lo (10.98.1.1 / 10.98.2.1)
+        ch = lab.charon(b, "swan")
+        ch.add_ca(ss.Credential("ca", None, x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes()), ""))
+        cred = ss.Credential("swan", load_pem_private_key((tmp_path / "swan.key").read_bytes(), None),
+                             x509.load_pem_x509_certificate((tmp_path / "swan.pem").read_bytes()),
+                             "swan.espresso.test")
+        cert = ch.add_credential(cred)
+        ch.connections.append(ss.Connection(
+            "esp", b.outer, a.outer, "swan.espresso.test", "esp.espresso.test", cert,
+            [ss.Child("net", f"{b.inner}/32", f"{a.inner}/32", esp_proposals="aes128gcm16")]))
+        ch.start()
+        conf = CONF.format(local=a.outer, remote=b.outer, name="esp", peer="swan", peer_id="swan.espresso.test",
+                           local_ts=f"{a.inner}/32", remote_ts=f"{b.inner}/32", esp="aes128gcm16")
+        gw = IkeGateway(a.netns.name, tmp_path, "esp", conf, a.outer, [f"{b.inner}/32"])
+        try:
+            if initiator == "espresso":
+                r = gw.control({"cmd": "initiate", "ike": "swan", "timeout": 10})
+                assert r["ok"] and r["state"] == "ESTABLISHED", (r, ch.tail())
+            else:
+                r = ch.initiate("net", ike="esp")
+                assert r.returncode == 0, r.stdout + r.stderr + ch.tail()
+            (child,) = gw.wait(gw.children, "the CHILD_SA on the espresso side")
+            assert child["encap"], child  # kernel-libipsec forces ESP in UDP
+            p = a.netns.run(["ping", "-n", "-c", "5", "-i", "0.2", "-W", "2", "-w", "10", "-I", a.inner, b.inner],
+                            check=False, timeout=20)
+            assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr + ch.tail()
+            sent, got, _ = bulk_between(a.netns.name, b.netns.name, b.inner, 8 << 20, src=a.inner, seed=5)
+            assert sent == got and got.startswith(str(8 << 20)), (sent, got)
+            sent, got, _ = bulk_between(b.netns.name, a.netns.name, a.inner, 4 << 20, src=b.inner, seed=6)
+            assert sent == got and got.startswith(str(4 << 20)), (sent, got)
+            swan = ch.list_sas()
+            assert "ESTABLISHED" in json.dumps(swan), swan
+        finally:
+            stats = gw.stop()
+    assert stats["gateway"]["errors"] == []
+    assert stats["inbound"]["OK"] > (4 << 20) // 1400 and stats["outbound"]["OK"] > (8 << 20) // 1400
+    for bad in ("AUTH_FAILED", "REPLAYED", "MALFORMED", "POLICY_MISMATCH"):
+        assert stats["inbound"][bad] == 0, (bad, stats["inbound"])
