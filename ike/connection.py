@@ -298,6 +298,12 @@ class IkeConnection:
         self.tm.queue.clear()
         self._queue([IkeDelete(sa, True)], now)
 
+    def abandon(self, reason: str) -> None:
+        """Forget this IKE_SA (and its CHILD_SAs) without any exchange."""
+        for osa, _ in list(self.old):
+            self._terminated(osa, reason, None)
+        self._terminated(self.sa, reason, None)
+
     def child_sa_soft_expired(self, spi: int, now: float) -> None:
         sa = self.sa
         child = sa.children.get(spi) or sa.child_by_out(spi)

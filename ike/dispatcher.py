@@ -17,7 +17,7 @@ from .connection import Datagram, IkeConnection
 from .constants import HEADER_LEN, ExchangeType, NotifyType
 from .core_config import CoreConfig, PeerConfig
 from .errors import InvalidStateError, ProtocolError
-from .events import IkeEvent
+from .events import IkeEvent, IkeSaEstablished
 from .message import Message, pull_chain, pull_header
 from .payloads import NoncePayload, NotifyPayload
 from .proposal import proposal_name
@@ -194,6 +194,8 @@ class Dispatcher:
         for ike_id, conn in list(self._conns.items()):
             while (e := conn.next_event()) is not None:
                 self._events.append(e)
+                if isinstance(e, IkeSaEstablished) and conn.sa.scratch.pop("initial_contact", False):
+                    self._initial_contact(conn)
             if conn.sa.state != IkeSaState.CREATED and conn.sa.state != IkeSaState.CONNECTING:
                 self._drop_half_open(conn)
             if conn.closed and not conn._out:
@@ -206,6 +208,17 @@ class Dispatcher:
             if not conn._out:
                 self._conns.pop(conn.ike_id, None)
         self._gc = []
+
+    def _initial_contact(self, new: IkeConnection) -> None:
+        """The peer says it has no other IKE_SA with us (it restarted): drop ours without sending a Delete
+        (RFC 7296 2.4), so stale CHILD_SAs stop capturing traffic."""
+        for conn in list(self._conns.values()):
+            sa = conn.sa
+            if (conn is not new and not conn.closed and sa.peer.name == new.sa.peer.name
+                    and sa.remote_id == new.sa.remote_id and sa.state != IkeSaState.CREATED):
+                conn.abandon("replaced (peer sent INITIAL_CONTACT)")
+                while (e := conn.next_event()) is not None:
+                    self._events.append(e)
 
     def _drop_half_open(self, conn: IkeConnection) -> None:
         for k, v in list(self._half_open.items()):
@@ -264,7 +277,9 @@ class Dispatcher:
             raise InvalidStateError(f"peer {peer} has no remote address to initiate to")
         host = pc.remote_addr.split("/")[0]
         local_host = pc.local_addr or ("::" if ":" in host else "0.0.0.0")
+        others = any(c.sa.peer.name == peer and not c.closed for c in self._conns.values())
         conn = self._new_conn(pc, True, (local_host, pc.local_port), (host, pc.remote_port))
+        conn.sa.scratch["other_sas"] = others
         conn.start(now, children)
         self._collect()
         return conn.ike_id

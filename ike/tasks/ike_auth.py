@@ -76,8 +76,8 @@ class IkeAuth(Task):
         if self.initiator and peer.remote_id is not None and peer.remote_id.kind != "dn":
             rt, rd = identity_to_wire(peer.remote_id)
             msg.add(IdPayload(rt, rd, False))
-        if self.initiator:
-            msg.add(NotifyPayload(NotifyType.INITIAL_CONTACT))
+        if self.initiator and not sa.scratch.get("other_sas"):
+            msg.add(NotifyPayload(NotifyType.INITIAL_CONTACT))  # only if no other IKE_SA with this peer
         msg.add(self._auth(my_id))
         return TaskStatus.NEED_MORE if self.initiator else TaskStatus.SUCCESS
 
@@ -117,6 +117,7 @@ class IkeAuth(Task):
         identity = their_id.identity()
         if not self.initiator:
             self._select_peer(identity, msg)
+            sa.scratch["initial_contact"] = msg.notify(NotifyType.INITIAL_CONTACT) is not None
         try:
             self._verify(their_id, identity, auth)
         except AuthenticationFailedError as exc:

@@ -538,3 +538,34 @@ def test_truncated_ike_sa_init_is_dropped_without_state():
     assert b.list_sas() == [] and b.half_open() == 0
     b.receive_datagram(req, ADDR_I, ADDR_R, 0.0)  # the intact request still works
     assert len(b.datagrams_to_send(0.0)) == 1
+
+
+def test_initial_contact_replaces_stale_ike_sa():
+    i, r = psk_peers()
+    a, b, ea, eb = establish(i, r)
+    # the initiator "restarts": a fresh instance connects again with INITIAL_CONTACT
+    a2, _ = pair(i, r)
+    a2.initiate("to-r", 10.0)
+    roundtrip(a2, b, 10.0)
+    ev = drain(b)
+    term = of(ev, IkeSaTerminated)
+    assert len(term) == 1 and term[0].ike_id == 1 and "INITIAL_CONTACT" in term[0].reason
+    assert of(ev, ChildSaDeleted)[0].ike_id == 1 and of(ev, IkeSaEstablished)[0].ike_id == 2
+    assert [s.ike_id for s in b.list_sas()] == [2]
+
+
+def test_simultaneous_ike_delete():
+    a, b, ea, eb = establish(*psk_peers())
+    a.terminate(1, 1.0)
+    b.terminate(1, 1.0)
+    roundtrip(a, b, 1.0)
+    assert len(of(drain(a), IkeSaTerminated)) == 1 and len(of(drain(b), IkeSaTerminated)) == 1
+    assert a.list_sas() == [] and b.list_sas() == [] and a.get_timer() is None
+
+
+def test_second_ike_sa_to_same_peer_sends_no_initial_contact():
+    a, b, ea, eb = establish(*psk_peers())
+    a.initiate("to-r", 5.0)
+    roundtrip(a, b, 5.0)
+    assert not of(drain(b), IkeSaTerminated)
+    assert len(b.list_sas()) == 2 and len(a.list_sas()) == 2
