@@ -38,7 +38,7 @@ from pki.scep.constants import MAX_MESSAGE_SIZE
 from pki.scep.errors import ScepError, ScepFormatError
 from pki.scep.server import ScepResponder, Transaction, TransactionStore
 
-__all__ = ["MAX_BODY_SIZE", "REQUEST_TIMEOUT", "CaService", "approve", "list_pending", "reject", "serve"]
+__all__ = ["MAX_BODY_SIZE", "MAX_CONNECTIONS", "REQUEST_TIMEOUT", "CaService", "approve", "list_pending", "reject", "serve"]
 
 log = logging.getLogger("pki.service")
 
@@ -48,6 +48,8 @@ MAX_BODY_SIZE = MAX_MESSAGE_SIZE
 REQUEST_TIMEOUT = 10.0
 #: Seconds a request waits for the CA worker.
 WORKER_TIMEOUT = 60.0
+#: Connections handled at once; more are refused with 503 instead of spawning threads without bound.
+MAX_CONNECTIONS = 64
 
 _SCEP_CT = "application/x-pki-message"
 
@@ -98,7 +100,7 @@ class CaService:
         self._ocsp_validity = ocsp_validity
         self._ocsp_signer = ocsp_signer
         self._clock = clock
-        server_class = _HttpServer6 if ":" in host else ThreadingHTTPServer
+        server_class = _HttpServer6 if ":" in host else _BoundedServer
         self._httpd = server_class((host, port), _Handler, bind_and_activate=True)
         self._httpd.daemon_threads = True
         self._httpd.service = self  # type: ignore[attr-defined]
@@ -225,7 +227,38 @@ class CaService:
         self.run(lambda: self._scep.reject(transaction_id, reason))  # type: ignore[union-attr]
 
 
-class _HttpServer6(ThreadingHTTPServer):
+class _BoundedServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with at most MAX_CONNECTIONS handler threads."""
+
+    daemon_threads = True
+    request_queue_size = 128  # listen backlog: socketserver's default of 5 drops SYNs under a burst
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _HttpServer6(_BoundedServer):
     address_family = socket.AF_INET6
 
 

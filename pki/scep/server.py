@@ -35,7 +35,7 @@ from .errors import ScepError, ScepFailure, ScepFormatError
 
 log = logging.getLogger("pki.scep.server")
 
-__all__ = ["CAPABILITIES", "ScepResponder", "Transaction", "TransactionState", "TransactionStore"]
+__all__ = ["CAPABILITIES", "MAX_PENDING", "ScepResponder", "Transaction", "TransactionState", "TransactionStore"]
 
 #: What GetCACaps advertises (RFC 8894 3.5.2); every keyword is implemented here. SHA-384 is listed too:
 #: strongSwan 5.9's pki --scep tests its capability bits with enum indices instead of masks, and it is the
@@ -44,6 +44,9 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability.AES, Capability.POSTPKIOperation, Capability.Renewal, Capability.SHA256, Capability.SHA384,
     Capability.SHA512, Capability.SCEPStandard,
 )
+
+#: PENDING requests kept at most: without a challenge password anyone could otherwise fill the table.
+MAX_PENDING = 1000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS scep_transactions (
@@ -124,6 +127,9 @@ class TransactionStore:
             "SELECT transaction_id, state, subject, received_at, csr, requester, certificate, reason "
             "FROM scep_transactions WHERE state = 'pending' ORDER BY received_at").fetchall()
         return [_transaction(r) for r in rows]
+
+    def pending_count(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM scep_transactions WHERE state = 'pending'").fetchone()[0])
 
     def add_pending(self, tid: str, csr: x509.CertificateSigningRequest, requester: x509.Certificate,
                     at: datetime) -> None:
@@ -293,6 +299,8 @@ class ScepResponder:
                 raise ScepFailure(FailInfo.badRequest, "wrong or missing challenge password")
         now = self._clock()
         if self.manual_approval:
+            if self.store.pending_count() >= MAX_PENDING:
+                raise ScepFailure(FailInfo.badRequest, f"{MAX_PENDING} requests already await approval")
             self.store.add_pending(msg.transaction_id, csr, msg.signer, now)
             log.info("SCEP transaction %s (%s): PENDING approval", msg.transaction_id, csr.subject.rfc4514_string())
             return self._reply(msg, PkiStatus.PENDING)

@@ -186,7 +186,7 @@ def test_transaction_id_is_stable_hex(requester):
     assert len(tid) == 64 and all(c in "0123456789ABCDEF" for c in tid)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=600))
 def test_fuzz_parse_only_package_errors(data):
     try:
@@ -198,7 +198,7 @@ def test_fuzz_parse_only_package_errors(data):
 _SEED: dict[str, bytes] = {}
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.integers(min_value=0, max_value=10_000), st.integers(min_value=1, max_value=255))
 def test_fuzz_bit_flips_only_package_errors(ca, requester, pos, flip):
     if "req" not in _SEED:

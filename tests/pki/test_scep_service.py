@@ -413,3 +413,47 @@ def test_fuzz_responder_answers_or_400s(service, rsa_key):
     assert answered + refused == 150
     # and the service still works afterwards
     assert enroll(service.url + "/scep", rsa_key, _csr(rsa_key), get_ca_certs(service.url + "/scep")) is not None
+
+
+def test_pending_table_is_bounded(manual_service, rsa_key, monkeypatch):
+    import pki.scep.server as server_mod
+
+    monkeypatch.setattr(server_mod, "MAX_PENDING", 0)
+    ca_certs = get_ca_certs(manual_service.url + "/scep")
+    with pytest.raises(ScepFailure, match="await approval"):
+        enroll(manual_service.url + "/scep", rsa_key, _csr(rsa_key), ca_certs, retry_count=0)
+
+
+def test_connection_cap_answers_503(service, monkeypatch):
+    import socket
+
+    import pki.service as service_mod
+
+    held = []
+    try:
+        # occupy every slot with connections that send nothing, then one more is refused
+        for _ in range(service_mod.MAX_CONNECTIONS):
+            held.append(socket.create_connection(("127.0.0.1", service.port), timeout=5))
+        extra = socket.create_connection(("127.0.0.1", service.port), timeout=5)
+        held.append(extra)
+        data = b""
+        for _ in range(50):
+            chunk = extra.recv(1024)
+            if not chunk:
+                break
+            data += chunk
+        assert data.startswith(b"HTTP/1.0 503")
+    finally:
+        for s in held:
+            s.close()
+    # slots are released once those connections are gone: the service answers again (bounded wait)
+    for _ in range(100):
+        try:
+            assert get_ca_caps(service.url + "/scep", timeout=5)
+            break
+        except FetchError:
+            import time
+
+            time.sleep(0.1)
+    else:
+        pytest.fail("service did not recover after the connection flood")
