@@ -243,3 +243,32 @@ def test_delegate_without_eku_is_refused_at_start(tmp_path):
             svc.start()  # start() closes the socket when it fails
     finally:
         ca.close()
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("method", ["ocsp", "crl"])
+def test_strongswan_pki_verify_online(tmp_path, method):
+    """strongSwan's revocation checking (pki --verify --online) against our responder / distribution point."""
+    pki = require_tool("pki")
+    svc = CaService(tmp_path / "ca")
+    urls = {"ocsp_url": f"{svc.url}/ocsp"} if method == "ocsp" else {"crl_url": f"{svc.url}/crl"}
+    ca = CertificateAuthority.init(tmp_path / "ca", "CN=Verify CA,O=espresso", **urls)
+    try:
+        cert = _issue(ca)
+        ca_pem, leaf_pem = _files(tmp_path, ca, cert)
+        svc.start()
+        cmd = [pki, "--verify", "--in", str(leaf_pem), "--cacert", str(ca_pem), "--online"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "certificate status is good" in r.stdout + r.stderr
+        if method == "crl":
+            assert "crl correctly signed" in r.stdout + r.stderr
+        else:
+            assert "ocsp response correctly signed" in r.stdout + r.stderr
+        ca.revoke(cert.serial_number, "keyCompromise")
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0
+        assert "certificate was revoked" in r.stdout + r.stderr and "key compromise" in r.stdout + r.stderr
+    finally:
+        svc.stop()
+        ca.close()
