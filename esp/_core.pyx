@@ -14,7 +14,7 @@ Thread contract: a context is guarded by its own lock, taken once per batch with
 SAs run in parallel; two threads sharing one SA are serialised, so sequence numbers never repeat.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
-from libc.string cimport memcpy, memmove, memset
+from libc.string cimport memcmp, memcpy, memmove, memset
 from libc.stdlib cimport malloc, calloc, free
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
@@ -32,7 +32,15 @@ cdef extern from "_espcrypto.h" nogil:
     const char *espc_ipsecmb_version()
     const char *espc_ipsecmb_arch()
     const char *espc_openssl_version()
-    int espc_ipsecmb_supports(int cipher, int key_len)
+    int espc_ipsecmb_supports(int cipher, int key_len, int integ)
+    ctypedef void espc_job
+    void *espc_jobs_mgr()
+    espc_job *espc_jobs_submit(espc_ctx *c, void *mgr, const uint8_t *src, uint64_t cipher_off,
+                               uint64_t cipher_len, uint8_t *dst, uint64_t hash_len, const uint8_t *iv,
+                               uint8_t *tag, void *user)
+    espc_job *espc_jobs_next(void *mgr, int flush)
+    void *espc_job_user(espc_job *j)
+    int espc_job_ok(espc_job *j)
     espc_ctx *espc_new(int backend, int cipher, int enc, const uint8_t *key, int key_len, int integ,
                        const uint8_t *ikey, int ikey_len, int icv_len)
     void espc_free(espc_ctx *c)
@@ -97,8 +105,23 @@ DEF MAX_HDR = 40 + 8        # outer IPv6 header + UDP
 MAX_WINDOW = 1 << 20
 
 
-def ipsecmb_supports(str cipher, int key_len) -> bool:
-    return bool(espc_ipsecmb_supports(CIPHERS[cipher], key_len))
+def ipsecmb_supports(str cipher, int key_len, str integ="none") -> bool:
+    return bool(espc_ipsecmb_supports(CIPHERS[cipher], key_len, INTEGS[integ]))
+
+
+# A packet in flight in ipsec-mb's job manager, with what its completion needs.
+cdef struct pending_t:
+    Py_ssize_t slot
+    uint64_t s            # full sequence number
+    int ctlen, hl, ver, esp_off, total, hash_len
+    const uint8_t *pkt    # inbound: the outer packet
+    uint8_t *out          # the output slot
+    uint8_t *esp_w        # outbound: the ESP header being written
+    const uint8_t *ivp    # outbound: the IV (or counter block) the job reads
+    uint8_t tag[64]       # inbound: the ICV computed
+    uint8_t iv[16]        # CTR: the counter block (must live until the job completes)
+
+DEF RING = 256            # > IMB_MAX_JOBS (128): entries are reused only after their job completed
 
 
 cdef inline uint32_t ip4_checksum(const uint8_t *h, int n) noexcept nogil:
@@ -159,6 +182,14 @@ cdef class SaContext:
     cdef uint8_t *scratch        # GMAC with ESN only: room for the contiguous AAD
     cdef uint8_t forced_iv[16]   # known-answer tests: the explicit IV of the next packet
     cdef bint have_forced_iv
+    cdef bint test_ivs           # tests only: predictable CBC IVs, so two backends can be compared byte for byte
+    # ipsec-mb job manager path (CBC/CTR + HMAC): the ring of packets in flight and the batch being worked on
+    cdef bint jobs
+    cdef pending_t *ring
+    cdef uint64_t ring_head
+    cdef void *mgr
+    cdef uint8_t *b_status
+    cdef int32_t *b_len
 
     def __cinit__(self):
         self.c = NULL
@@ -166,6 +197,7 @@ cdef class SaContext:
         self.bitmap = NULL
         self.ivpool = NULL
         self.scratch = NULL
+        self.ring = NULL
 
     def __init__(self, *, str cipher, str integ, bint outbound, bytes key, bytes salt, bytes integ_key,
                  int iv_len, int icv_len, int align, uint32_t spi, str framing, bytes outer_src=b"",
@@ -204,7 +236,7 @@ cdef class SaContext:
         self.soft_bytes, self.hard_bytes = soft_bytes, hard_bytes
         self.soft_packets, self.hard_packets = soft_packets, hard_packets
         if backend == "ipsecmb":
-            if not espc_ipsecmb_supports(self.cipher, self.key_len):
+            if not espc_ipsecmb_supports(self.cipher, self.key_len, self.integ):
                 raise ValueError("ipsec-mb backend unavailable for this suite")
             self.backend = ESPC_IPSECMB
         elif backend == "openssl":
@@ -223,6 +255,11 @@ cdef class SaContext:
             if self.ivpool == NULL:
                 raise MemoryError()
             self.ivpos = IV_POOL
+        self.jobs = self.backend == ESPC_IPSECMB and (self.cipher == ESPC_CBC or self.cipher == ESPC_CTR)
+        if self.jobs:
+            self.ring = <pending_t *>calloc(RING, sizeof(pending_t))
+            if self.ring == NULL:
+                raise MemoryError()
         if self.cipher == ESPC_GMAC and esn:
             self.scratch = <uint8_t *>malloc(65536 + 64)
             if self.scratch == NULL:
@@ -280,6 +317,8 @@ cdef class SaContext:
             free(self.ivpool)
         if self.scratch != NULL:
             free(self.scratch)
+        if self.ring != NULL:
+            free(self.ring)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -316,10 +355,15 @@ cdef class SaContext:
         body = (body + self.align - 1) // self.align * self.align
         return 8 + self.iv_len + body + self.icv_len
 
+    # ---------------------------------------------------------------- outbound ESP
     cdef int _seal(self, const uint8_t *payload, int plen, int nh, uint8_t *out, int cap,
-                   int *out_len) noexcept nogil:
-        """ESP-encapsulate payload into out (SPI..ICV). payload may not overlap out."""
-        cdef int body, padlen, ctlen, i, r, total
+                   int *out_len, bint defer) noexcept nogil:
+        """ESP-encapsulate payload into out (SPI..ICV); payload may not overlap out.
+
+        On the job-manager path the packet is framed here and its crypto queued; the job's completion
+        (``_complete_out``) settles it.
+        """
+        cdef int body, padlen, ctlen, r, total
         cdef uint64_t seq
         cdef uint8_t *iv
         cdef uint8_t *ct
@@ -328,6 +372,7 @@ cdef class SaContext:
         cdef uint8_t hi[4]
         cdef uint8_t mac[64]
         cdef int aad_len
+        cdef pending_t *pe
         body = plen
         if self.tfc_pad > body:
             body = self.tfc_pad
@@ -357,6 +402,10 @@ cdef class SaContext:
         if self.have_forced_iv:
             memcpy(iv, self.forced_iv, self.iv_len)
             self.have_forced_iv = False
+        elif self.cipher == ESPC_CBC and self.test_ivs:
+            memset(iv, 0, 8)
+            put32(iv + 8, <uint32_t>(seq >> 32))
+            put32(iv + 12, <uint32_t>seq)
         elif self.cipher == ESPC_CBC:
             if self.ivpos + 16 > IV_POOL:
                 if RAND_bytes(self.ivpool, IV_POOL) != 1:
@@ -375,6 +424,26 @@ cdef class SaContext:
         memcpy(ct + body, PAD_BYTES, padlen)
         ct[ctlen - 2] = padlen
         ct[ctlen - 1] = nh
+        out_len[0] = total
+        if defer:
+            pe = &self.ring[self.ring_head & (RING - 1)]
+            self.ring_head += 1
+            pe.s = seq
+            pe.ctlen = ctlen
+            if self.cipher == ESPC_CTR:
+                memcpy(pe.iv, self.salt, 4)
+                memcpy(pe.iv + 4, iv, 8)
+                put32(pe.iv + 12, 1)
+                iv = pe.iv
+            if self.esn:
+                # RFC 4303 2.2.1: the high bits follow the packet for the ICV; the ICV then overwrites them.
+                put32(ct + ctlen, <uint32_t>(seq >> 32))
+            self._account(plen)
+            # Queued by the caller once the packet's headers are final (see _submit_out).
+            pe.esp_w = out
+            pe.hash_len = 8 + self.iv_len + ctlen + (4 if self.esn else 0)
+            pe.ivp = iv
+            return V_OK
         # AAD for the AEADs: SPI || [seq high] || seq low (RFC 4106 5, RFC 4309 5, RFC 7634 2.1)
         memcpy(aad, self.spi_be, 4)
         if self.esn:
@@ -415,14 +484,13 @@ cdef class SaContext:
         if r != 1:
             self.seq -= 1
             self.unsupported += 1
+            out_len[0] = 0
             return V_UNSUPPORTED
-        out_len[0] = total
         self._account(plen)
         return V_OK
 
     cdef int _gmac(self, const uint8_t *nonce, const uint8_t *esp, int n, uint8_t *tag) noexcept nogil:
         cdef uint8_t *buf
-        cdef int r
         if not self.esn:
             return espc_aead(self.c, nonce, esp, n, NULL, NULL, 0, tag)
         # AAD = SPI || seq high || seq low || IV || payload: a contiguous copy in the SA's scratch buffer.
@@ -434,6 +502,7 @@ cdef class SaContext:
         memcpy(buf + 8, esp + 4, n - 4)
         return espc_aead(self.c, nonce, buf, n + 4, NULL, NULL, 0, tag)
 
+    # ---------------------------------------------------------------- sequence numbers and the window
     cdef inline uint32_t _infer_hi(self, uint32_t sl) noexcept nogil:
         """RFC 4303 Appendix A2.2: the high half of the sequence number from the window position."""
         cdef uint32_t th = <uint32_t>(self.seq >> 32)
@@ -475,18 +544,12 @@ cdef class SaContext:
         if self.window:
             self.bitmap[(s >> 6) & (self.nblocks - 1)] |= (<uint64_t>1) << (s & 63)
 
-    cdef int _open(self, const uint8_t *esp, int n, uint8_t *out, int cap, int *plen_out,
-                   int *nh_out) noexcept nogil:
-        """Verify and decrypt one ESP packet (SPI..ICV) into out: payload without trailer."""
-        cdef int ctlen, r, padlen, i, aad_len, plen
+    # ---------------------------------------------------------------- inbound ESP
+    cdef int _open_pre(self, const uint8_t *esp, int n, int cap, uint64_t *s_out, int *ctlen_out) noexcept nogil:
+        """Everything that can refuse a packet before its ICV is checked (cheap refusals first)."""
+        cdef int ctlen, r
         cdef uint32_t sl, sh
         cdef uint64_t s
-        cdef const uint8_t *iv
-        cdef const uint8_t *ct
-        cdef uint8_t nonce[16]
-        cdef uint8_t aad[12]
-        cdef uint8_t hi[4]
-        cdef uint8_t mac[64]
         ctlen = n - 8 - self.iv_len - self.icv_len
         if ctlen < 2 or (self.cipher == ESPC_CBC and ctlen % 16 != 0):
             self.malformed += 1
@@ -503,82 +566,160 @@ cdef class SaContext:
         sl = get32(esp + 4)
         sh = self._infer_hi(sl) if self.esn else 0
         s = (<uint64_t>sh << 32) | sl
+        # The quick check (RFC 4303 3.4.3): refuse known replays before spending crypto on them.
         if not self._replay_check(s):
             self.replayed += 1
             return V_REPLAYED
-        iv = esp + 8
-        ct = iv + self.iv_len
+        s_out[0] = s
+        ctlen_out[0] = ctlen
+        return V_OK
+
+    cdef int _open_crypto(self, const uint8_t *esp, int ctlen, uint64_t s, uint8_t *out) noexcept nogil:
+        """Verify the ICV and decrypt into out: 1 authentic, 0 not, -1 library failure."""
+        cdef int r, aad_len
+        cdef uint32_t sh = <uint32_t>(s >> 32)
+        cdef const uint8_t *iv = esp + 8
+        cdef const uint8_t *ct = iv + self.iv_len
+        cdef uint8_t nonce[16]
+        cdef uint8_t aad[12]
+        cdef uint8_t hi[4]
+        cdef uint8_t mac[64]
         memcpy(aad, esp, 4)
         if self.esn:
             put32(aad + 4, sh)
-            put32(aad + 8, sl)
+            memcpy(aad + 8, esp + 4, 4)
             aad_len = 12
         else:
-            put32(aad + 4, sl)
+            memcpy(aad + 4, esp + 4, 4)
             aad_len = 8
         if self.cipher == ESPC_GCM or self.cipher == ESPC_CHACHA:
             memcpy(nonce, self.salt, 4)
             memcpy(nonce + 4, iv, 8)
-            r = espc_aead(self.c, nonce, aad, aad_len, ct, out, ctlen, <uint8_t *>(ct + ctlen))
-        elif self.cipher == ESPC_CCM:
+            return espc_aead(self.c, nonce, aad, aad_len, ct, out, ctlen, <uint8_t *>(ct + ctlen))
+        if self.cipher == ESPC_CCM:
             memcpy(nonce, self.salt, 3)
             memcpy(nonce + 3, iv, 8)
-            r = espc_aead(self.c, nonce, aad, aad_len, ct, out, ctlen, <uint8_t *>(ct + ctlen))
-        elif self.cipher == ESPC_GMAC:
+            return espc_aead(self.c, nonce, aad, aad_len, ct, out, ctlen, <uint8_t *>(ct + ctlen))
+        if self.cipher == ESPC_GMAC:
             memcpy(nonce, self.salt, 4)
             memcpy(nonce + 4, iv, 8)
             self._gmac_hi = sh
             r = self._gmac(nonce, esp, 8 + self.iv_len + ctlen, <uint8_t *>(ct + ctlen))
             if r == 1:
                 memcpy(out, ct, ctlen)
-        else:
-            r = 1
-            if self.integ != ESPC_I_NONE:
-                put32(hi, sh)
-                espc_hmac_ctx(espc_get_hmac(self.c), esp, 8 + self.iv_len + ctlen, hi, 4 if self.esn else 0, mac)
-                r = CRYPTO_memcmp(mac, ct + ctlen, self.icv_len) == 0
-            if r == 1:
-                if self.cipher == ESPC_CTR:
-                    memcpy(nonce, self.salt, 4)
-                    memcpy(nonce + 4, iv, 8)
-                    put32(nonce + 12, 1)
-                    r = espc_cipher(self.c, nonce, ct, out, ctlen)
-                elif self.cipher == ESPC_CBC:
-                    r = espc_cipher(self.c, iv, ct, out, ctlen)
-                else:
-                    memcpy(out, ct, ctlen)
-                if r != 1:
-                    r = -1
+            return r
+        if self.integ != ESPC_I_NONE:
+            put32(hi, sh)
+            espc_hmac_ctx(espc_get_hmac(self.c), esp, 8 + self.iv_len + ctlen, hi, 4 if self.esn else 0, mac)
+            if CRYPTO_memcmp(mac, ct + ctlen, self.icv_len) != 0:
+                return 0
+        if self.cipher == ESPC_CTR:
+            memcpy(nonce, self.salt, 4)
+            memcpy(nonce + 4, iv, 8)
+            put32(nonce + 12, 1)
+            return espc_cipher(self.c, nonce, ct, out, ctlen)
+        if self.cipher == ESPC_CBC:
+            return espc_cipher(self.c, iv, ct, out, ctlen)
+        memcpy(out, ct, ctlen)
+        return 1
+
+    cdef int _open_post(self, int r, uint8_t *out, int ctlen, uint64_t s, int *plen_out,
+                        int *nh_out) noexcept nogil:
+        """After the crypto: count a failure, or move the window, check the padding and take the trailer."""
+        cdef int padlen, plen
         if r == 0:
             self.auth_failed += 1
             return V_AUTH_FAILED
         if r != 1:
             self.unsupported += 1
             return V_UNSUPPORTED
+        # Packets of one batch can repeat each other: check again now that earlier ones have moved the window.
+        if not self._replay_check(s):
+            self.replayed += 1
+            return V_REPLAYED
         # Authenticated: only now may the window move (RFC 4303 3.4.3).
         self._replay_update(s)
         padlen = out[ctlen - 2]
         nh_out[0] = out[ctlen - 1]
         plen = ctlen - 2 - padlen
-        if plen < 0:
+        if plen < 0 or memcmp(out + plen, PAD_BYTES, padlen) != 0:
             self.pad_errors += 1
             return V_PAD_ERROR
-        for i in range(padlen):
-            if out[plen + i] != i + 1:
-                self.pad_errors += 1
-                return V_PAD_ERROR
         if nh_out[0] == 59:
             self.dummy += 1
             return V_DUMMY
         plen_out[0] = plen
-        self._account(plen)
         return V_OK
 
+    cdef int _open(self, const uint8_t *esp, int n, uint8_t *out, int cap, int *plen_out,
+                   int *nh_out) noexcept nogil:
+        """Verify and decrypt one ESP packet (SPI..ICV) into out: the payload without its trailer."""
+        cdef uint64_t s
+        cdef int ctlen, r
+        r = self._open_pre(esp, n, cap, &s, &ctlen)
+        if r != V_OK:
+            return r
+        r = self._open_post(self._open_crypto(esp, ctlen, s, out), out, ctlen, s, plen_out, nh_out)
+        if r == V_OK:
+            self._account(plen_out[0])
+        return r
+
+    # ---------------------------------------------------------------- the job manager (ipsec-mb CBC/CTR)
+    cdef inline void _submit(self, const uint8_t *src, int cipher_off, int ctlen, uint8_t *dst, int hash_len,
+                             const uint8_t *iv, uint8_t *tag, pending_t *pe) noexcept nogil:
+        cdef espc_job *j = espc_jobs_submit(self.c, self.mgr, src, cipher_off, ctlen, dst, hash_len, iv, tag, pe)
+        while j != NULL:
+            self._complete(<pending_t *>espc_job_user(j), espc_job_ok(j))
+            j = espc_jobs_next(self.mgr, 0)
+
+    cdef inline void _submit_out(self, pending_t *pe) noexcept nogil:
+        cdef uint8_t *ct = pe.esp_w + 8 + self.iv_len
+        self._submit(pe.esp_w, 8 + self.iv_len, pe.ctlen, ct, pe.hash_len, pe.ivp, ct + pe.ctlen, pe)
+
+    cdef void _drain(self) noexcept nogil:
+        cdef espc_job *j = espc_jobs_next(self.mgr, 1)
+        while j != NULL:
+            self._complete(<pending_t *>espc_job_user(j), espc_job_ok(j))
+            j = espc_jobs_next(self.mgr, 1)
+
+    cdef void _complete(self, pending_t *pe, int ok) noexcept nogil:
+        cdef int r, plen = 0, nh = 0, outl = 0
+        cdef uint8_t *payload
+        if self.outbound:
+            if not ok:
+                self.unsupported += 1
+                self.b_status[pe.slot] = V_UNSUPPORTED
+                self.b_len[pe.slot] = 0
+            elif self.framing != F_RAW:
+                self._fix_udp6(pe.out, self.b_len[pe.slot], pe.hl)
+            return
+        payload = pe.out + (0 if self.framing == F_TUNNEL else pe.hl)
+        if not ok:
+            r = -1
+        else:
+            r = CRYPTO_memcmp(pe.tag, pe.pkt + pe.esp_off + pe.total - self.icv_len, self.icv_len) == 0
+        r = self._open_post(r, payload, pe.ctlen, pe.s, &plen, &nh)
+        if r == V_OK:
+            r = self._deliver(pe.pkt, pe.hl, pe.ver, pe.out, plen, nh, &outl)
+        self.b_status[pe.slot] = r
+        self.b_len[pe.slot] = outl if r == V_OK else 0
+
     # ---------------------------------------------------------------- framing
-    cdef int _encrypt_one(self, const uint8_t *pkt, int n, uint8_t *out, int cap, int *out_len) noexcept nogil:
+    cdef inline void _fix_udp6(self, uint8_t *t, int total, int hl) noexcept nogil:
+        """IPv6 forbids a zero UDP checksum (RFC 8200 8.1): compute it once the ESP bytes are final."""
+        cdef uint32_t cs
+        if not (self.encap and t[0] >> 4 == 6):
+            return
+        put16(t + hl + 6, 0)
+        cs = sum16(t + 8, 32, 0) + <uint32_t>(total - 40) + 17
+        cs = sum16(t + 40, total - 40, cs)
+        cs = (~fold(cs)) & 0xffff
+        put16(t + hl + 6, cs if cs else 0xffff)
+
+    cdef int _encrypt_one(self, const uint8_t *pkt, int n, uint8_t *out, int cap, Py_ssize_t slot,
+                          int *out_len) noexcept nogil:
         cdef int r, esplen, hl, ver, nh, total, esp_off, tc
         cdef uint8_t *t
-        cdef uint32_t cs
         if n < 1:
             self.malformed += 1
             return V_MALFORMED
@@ -591,41 +732,9 @@ cdef class SaContext:
             else:
                 self.malformed += 1
                 return V_MALFORMED
-            hl = self.tmpl_len
-            if hl > cap:
-                self.no_space += 1
-                return V_NO_SPACE
-            r = self._seal(pkt, n, nh, out + hl, cap - hl, &esplen)
-            if r != V_OK:
-                return r
-            total = hl + esplen
-            memcpy(out, self.tmpl, hl)
-            t = out
-            # DSCP and ECN are copied from the inner header (RFC 4301 5.1.2.1).
-            tc = pkt[1] if nh == 4 else (((pkt[0] & 0x0f) << 4) | (pkt[1] >> 4))
-            if self.v6:
-                t[0] = 0x60 | (tc >> 4)
-                t[1] = (tc & 0x0f) << 4
-                put16(t + 4, total - 40)
-            else:
-                t[1] = tc
-                put16(t + 2, total)
-                self.ip_id += 1
-                put16(t + 4, self.ip_id)
-                # The template's fixed words are summed once per SA; only TOS, length and ID vary.
-                put16(t + 10, (~fold(self.tmpl_sum + tc + <uint32_t>total + self.ip_id)) & 0xffff)
-            if self.encap:
-                put16(t + self.ip_len + 4, total - self.ip_len)
-                if self.v6:
-                    # IPv6 forbids a zero UDP checksum (RFC 8200 8.1): compute it.
-                    cs = sum16(t + 8, 32, 0) + (total - 40) + 17
-                    put16(t + 46, 0)
-                    cs = sum16(t + 40, total - 40, cs)
-                    cs = (~fold(cs)) & 0xffff
-                    put16(t + 46, cs if cs else 0xffff)
-            out_len[0] = total
-            return V_OK
-        if self.framing == F_TRANSPORT:
+            hl = self.ip_len
+            esp_off = self.tmpl_len
+        elif self.framing == F_TRANSPORT:
             if ver == 4 and n >= 20:
                 hl = (pkt[0] & 0x0f) * 4
                 if hl < 20 or hl > n or get16(pkt + 2) != n or (get16(pkt + 6) & 0x3fff) != 0:
@@ -639,44 +748,71 @@ cdef class SaContext:
                 self.malformed += 1
                 return V_MALFORMED
             esp_off = hl + (8 if self.encap else 0)
-            if esp_off > cap:
-                self.no_space += 1
-                return V_NO_SPACE
-            r = self._seal(pkt + hl, n - hl, nh, out + esp_off, cap - esp_off, &esplen)
-            if r != V_OK:
-                return r
-            total = esp_off + esplen
-            memcpy(out, pkt, hl)
-            if ver == 4:
-                out[9] = 17 if self.encap else 50
-                put16(out + 2, total)
-                put16(out + 10, 0)
-                put16(out + 10, ip4_checksum(out, hl))
+        else:
+            self.malformed += 1
+            return V_MALFORMED
+        if esp_off > cap:
+            self.no_space += 1
+            return V_NO_SPACE
+        if self.jobs:
+            self.ring[self.ring_head & (RING - 1)].slot = slot
+            self.ring[self.ring_head & (RING - 1)].out = out
+            self.ring[self.ring_head & (RING - 1)].hl = hl
+        if self.framing == F_TUNNEL:
+            r = self._seal(pkt, n, nh, out + esp_off, cap - esp_off, &esplen, self.jobs)
+        else:
+            r = self._seal(pkt + hl, n - hl, nh, out + esp_off, cap - esp_off, &esplen, self.jobs)
+        if r != V_OK:
+            return r
+        total = esp_off + esplen
+        t = out
+        if self.framing == F_TUNNEL:
+            memcpy(t, self.tmpl, esp_off)
+            # DSCP and ECN are copied from the inner header (RFC 4301 5.1.2.1).
+            tc = pkt[1] if nh == 4 else (((pkt[0] & 0x0f) << 4) | (pkt[1] >> 4))
+            if self.v6:
+                t[0] = 0x60 | (tc >> 4)
+                t[1] = (tc & 0x0f) << 4
+                put16(t + 4, total - 40)
             else:
-                out[6] = 17 if self.encap else 50
-                put16(out + 4, total - 40)
+                t[1] = tc
+                put16(t + 2, total)
+                self.ip_id += 1
+                put16(t + 4, self.ip_id)
+                # The template's fixed words are summed once per SA; only TOS, length and ID vary.
+                put16(t + 10, (~fold(self.tmpl_sum + tc + <uint32_t>total + self.ip_id)) & 0xffff)
+        else:
+            memcpy(t, pkt, hl)
+            if ver == 4:
+                t[9] = 17 if self.encap else 50
+                put16(t + 2, total)
+                put16(t + 10, 0)
+                put16(t + 10, ip4_checksum(t, hl))
+            else:
+                t[6] = 17 if self.encap else 50
+                put16(t + 4, total - 40)
             if self.encap:
-                put16(out + hl, self.sport)
-                put16(out + hl + 2, self.dport)
-                put16(out + hl + 4, total - hl)
-                put16(out + hl + 6, 0)
-                if ver == 6:
-                    cs = sum16(out + 8, 32, 0) + (total - 40) + 17
-                    cs = sum16(out + 40, total - 40, cs)
-                    cs = (~fold(cs)) & 0xffff
-                    put16(out + 46, cs if cs else 0xffff)
-            out_len[0] = total
-            return V_OK
-        self.malformed += 1
-        return V_MALFORMED
+                put16(t + hl, self.sport)
+                put16(t + hl + 2, self.dport)
+        if self.encap:
+            put16(t + hl + 4, total - hl)
+            put16(t + hl + 6, 0)
+        out_len[0] = total
+        if self.jobs:
+            self.b_status[slot] = V_OK
+            self.b_len[slot] = total
+            self._submit_out(&self.ring[(self.ring_head - 1) & (RING - 1)])
+            return -1  # settled by _complete
+        self._fix_udp6(t, total, hl)
+        return V_OK
 
-    cdef int _decrypt_one(self, const uint8_t *pkt, int n, uint8_t *out, int cap, int *out_len) noexcept nogil:
-        cdef int hl, ver, proto, esp_off, r, plen, nh, inner, total
+    cdef int _parse_outer(self, const uint8_t *pkt, int n, int *hl_out, int *esp_off_out, int *end_out) noexcept nogil:
+        """Find the ESP packet in an IPv4/IPv6 packet, plain or UDP-encapsulated (RFC 3948)."""
+        cdef int hl, proto, esp_off
         if n < 20:
             self.malformed += 1
             return V_MALFORMED
-        ver = pkt[0] >> 4
-        if ver == 4:
+        if pkt[0] >> 4 == 4:
             hl = (pkt[0] & 0x0f) * 4
             if hl < 20 or hl > n or get16(pkt + 2) > n or get16(pkt + 2) < hl:
                 self.malformed += 1
@@ -687,7 +823,7 @@ cdef class SaContext:
                 return V_UNSUPPORTED
             n = get16(pkt + 2)
             proto = pkt[9]
-        elif ver == 6:
+        elif pkt[0] >> 4 == 6:
             if n < 40 or get16(pkt + 4) + 40 > n:
                 self.malformed += 1
                 return V_MALFORMED
@@ -713,10 +849,16 @@ cdef class SaContext:
         if n - esp_off < 8:
             self.malformed += 1
             return V_MALFORMED
+        hl_out[0] = hl
+        esp_off_out[0] = esp_off
+        end_out[0] = n
+        return V_OK
+
+    cdef int _deliver(self, const uint8_t *pkt, int hl, int ver, uint8_t *out, int plen, int nh,
+                      int *out_len) noexcept nogil:
+        """The packet handed on: the inner packet (tunnel) or the restored original (transport)."""
+        cdef int inner, total
         if self.framing == F_TUNNEL:
-            r = self._open(pkt + esp_off, n - esp_off, out, cap, &plen, &nh)
-            if r != V_OK:
-                return r
             # The inner packet's own length strips TFC padding (RFC 4303 2.4).
             if nh == 4 and plen >= 20 and (out[0] >> 4) == 4 and get16(out + 2) <= plen and get16(out + 2) >= 20:
                 inner = get16(out + 2)
@@ -724,18 +866,10 @@ cdef class SaContext:
                 inner = get16(out + 4) + 40
             else:
                 self.malformed += 1
-                self.packets -= 1
-                self.bytes -= plen
                 return V_MALFORMED
             out_len[0] = inner
+            self._account(plen)
             return V_OK
-        # transport: restore the IP header in front of the payload
-        if hl > cap:
-            self.no_space += 1
-            return V_NO_SPACE
-        r = self._open(pkt + esp_off, n - esp_off, out + hl, cap - hl, &plen, &nh)
-        if r != V_OK:
-            return r
         memcpy(out, pkt, hl)
         total = hl + plen
         if ver == 4:
@@ -747,7 +881,57 @@ cdef class SaContext:
             out[6] = nh
             put16(out + 4, total - 40)
         out_len[0] = total
+        self._account(plen)
         return V_OK
+
+    cdef int _decrypt_one(self, const uint8_t *pkt, int n, uint8_t *out, int cap, Py_ssize_t slot,
+                          int *out_len) noexcept nogil:
+        cdef int hl, esp_off, end, r, plen, nh, ctlen, room, base
+        cdef uint64_t s
+        cdef const uint8_t *esp
+        cdef const uint8_t *ivp
+        cdef pending_t *pe
+        r = self._parse_outer(pkt, n, &hl, &esp_off, &end)
+        if r != V_OK:
+            return r
+        base = 0 if self.framing == F_TUNNEL else hl
+        if base > cap:
+            self.no_space += 1
+            return V_NO_SPACE
+        esp = pkt + esp_off
+        r = self._open_pre(esp, end - esp_off, cap - base, &s, &ctlen)
+        if r != V_OK:
+            return r
+        if self.jobs:
+            pe = &self.ring[self.ring_head & (RING - 1)]
+            self.ring_head += 1
+            pe.slot = slot
+            pe.s = s
+            pe.ctlen = ctlen
+            pe.hl = hl
+            pe.ver = pkt[0] >> 4
+            pe.esp_off = esp_off
+            pe.total = end - esp_off
+            pe.pkt = pkt
+            pe.out = out
+            ivp = esp + 8
+            if self.cipher == ESPC_CTR:
+                memcpy(pe.iv, self.salt, 4)
+                memcpy(pe.iv + 4, esp + 8, 8)
+                put32(pe.iv + 12, 1)
+                ivp = pe.iv
+            if self.esn:
+                # The ICV input needs the high bits after the packet: hash here, decrypt in the job.
+                put32(pe.tag, <uint32_t>(s >> 32))
+                espc_hmac_ctx(espc_get_hmac(self.c), esp, 8 + self.iv_len + ctlen, pe.tag, 4, pe.tag)
+                self._submit(esp, 8 + self.iv_len, ctlen, out + base, 0, ivp, NULL, pe)
+            else:
+                self._submit(esp, 8 + self.iv_len, ctlen, out + base, 8 + self.iv_len + ctlen, ivp, pe.tag, pe)
+            return -1  # settled by _complete
+        r = self._open_post(self._open_crypto(esp, ctlen, s, out + base), out + base, ctlen, s, &plen, &nh)
+        if r != V_OK:
+            return r
+        return self._deliver(pkt, hl, pkt[0] >> 4, out, plen, nh, out_len)
 
     # ---------------------------------------------------------------- batch API
     def process_into(self, const uint8_t[::1] src, const int64_t[::1] src_off, const int32_t[::1] src_len,
@@ -764,7 +948,8 @@ cdef class SaContext:
         cdef Py_ssize_t dstn = dst.shape[0]
         cdef int64_t so, do
         cdef int32_t sl, dc
-        cdef int r, outl, ok = 0
+        cdef int r, outl
+        cdef Py_ssize_t ok = 0
         cdef bint use_sel = select is not None
         if src_len.shape[0] != count or dst_off.shape[0] < count or dst_cap.shape[0] < count or \
            dst_len.shape[0] < count or status.shape[0] < count:
@@ -774,32 +959,77 @@ cdef class SaContext:
         nsel = select.shape[0] if use_sel else count
         cdef const uint8_t *sp = &src[0] if srcn > 0 else NULL
         cdef uint8_t *dp = &dst[0] if dstn > 0 else NULL
+        cdef uint8_t *stp = &status[0] if count > 0 else NULL
+        cdef int32_t *lp = &dst_len[0] if count > 0 else NULL
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
+            if self.jobs:
+                self.mgr = espc_jobs_mgr()
+                self.b_status = stp
+                self.b_len = lp
+            if self.jobs and self.mgr == NULL:
+                for k in range(nsel):
+                    i = select[k] if use_sel else k
+                    if 0 <= i < count:
+                        status[i] = V_UNSUPPORTED
+                        dst_len[i] = 0
+                        self.unsupported += 1
+            else:
+                for k in range(nsel):
+                    i = select[k] if use_sel else k
+                    if i < 0 or i >= count:
+                        continue
+                    so = src_off[i]
+                    sl = src_len[i]
+                    do = dst_off[i]
+                    dc = dst_cap[i]
+                    dst_len[i] = 0
+                    if so < 0 or sl < 0 or so + sl > srcn or do < 0 or dc < 0 or do + dc > dstn:
+                        self.malformed += 1
+                        status[i] = V_MALFORMED
+                        continue
+                    outl = 0
+                    if self.outbound:
+                        r = self._encrypt_one(sp + so, sl, dp + do, dc, i, &outl)
+                    else:
+                        r = self._decrypt_one(sp + so, sl, dp + do, dc, i, &outl)
+                    if r >= 0:
+                        status[i] = r
+                        dst_len[i] = outl
+                if self.jobs:
+                    self._drain()
             for k in range(nsel):
                 i = select[k] if use_sel else k
-                if i < 0 or i >= count:
-                    continue
-                so = src_off[i]
-                sl = src_len[i]
-                do = dst_off[i]
-                dc = dst_cap[i]
-                dst_len[i] = 0
-                if so < 0 or sl < 0 or so + sl > srcn or do < 0 or dc < 0 or do + dc > dstn:
-                    self.malformed += 1
-                    status[i] = V_MALFORMED
-                    continue
-                outl = 0
-                if self.outbound:
-                    r = self._encrypt_one(sp + so, sl, dp + do, dc, &outl)
-                else:
-                    r = self._decrypt_one(sp + so, sl, dp + do, dc, &outl)
-                status[i] = r
-                if r == V_OK:
-                    dst_len[i] = outl
+                if 0 <= i < count and status[i] == V_OK:
                     ok += 1
             PyThread_release_lock(self.lock)
         return ok
+
+    cdef int _one(self, const uint8_t *ip, int n, uint8_t *op, int cap, int *outl) noexcept nogil:
+        """One packet through the batch machinery (a batch of one), for the single-packet API."""
+        cdef uint8_t st = V_OK
+        cdef int32_t ln = 0
+        cdef int r
+        PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        if self.jobs:
+            self.mgr = espc_jobs_mgr()
+            self.b_status = &st
+            self.b_len = &ln
+        if self.jobs and self.mgr == NULL:
+            self.unsupported += 1
+            r = V_UNSUPPORTED
+        else:
+            if self.outbound:
+                r = self._encrypt_one(ip, n, op, cap, 0, outl)
+            else:
+                r = self._decrypt_one(ip, n, op, cap, 0, outl)
+            if self.jobs:
+                self._drain()
+                if r == -1:
+                    r = st
+                    outl[0] = ln
+        PyThread_release_lock(self.lock)
+        return r
 
     # ---------------------------------------------------------------- single packets
     def encrypt(self, const uint8_t[::1] pkt):
@@ -813,12 +1043,7 @@ cdef class SaContext:
         if self.framing == F_RAW:
             raise ValueError("a raw (ESP-only) context: use seal()")
         with nogil:
-            PyThread_acquire_lock(self.lock, WAIT_LOCK)
-            if self.outbound:
-                r = self._encrypt_one(ip, n, op, cap, &outl)
-            else:
-                r = self._decrypt_one(ip, n, op, cap, &outl)
-            PyThread_release_lock(self.lock)
+            r = self._one(ip, n, op, cap, &outl)
         return r, bytes(out[:outl])
 
     def seal(self, const uint8_t[::1] payload, int next_header):
@@ -835,7 +1060,7 @@ cdef class SaContext:
             raise ValueError("next header must be 0..255")
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
-            r = self._seal(ip, n, next_header, op, cap, &outl)
+            r = self._seal(ip, n, next_header, op, cap, &outl, False)
             PyThread_release_lock(self.lock)
         return r, bytes(out[:outl])
 
@@ -858,6 +1083,10 @@ cdef class SaContext:
         if r != V_OK:
             return r, b"", nh
         return r, bytes(out[:plen]), nh
+
+    def predictable_ivs_for_tests(self):
+        """CBC IVs from the sequence number from now on. Predictable CBC IVs are insecure: tests only."""
+        self.test_ivs = True
 
     def force_iv(self, bytes iv):
         if len(iv) != self.iv_len:

@@ -21,6 +21,7 @@
 #include <openssl/opensslv.h>
 
 #ifdef ESPRESSO_HAVE_IPSECMB
+#define NO_COMPAT_IMB_API_053  /* keep ipsec-mb's old short names (SHA1, CBC, ...) out of our namespace */
 #include <intel-ipsec-mb.h>
 #endif
 
@@ -59,9 +60,16 @@ typedef struct {
     int backend, cipher, enc, key_len, icv_len;
     EVP_CIPHER_CTX *ctx;
     espc_hmac hmac;
+    int jobs;          /* 1: CBC/CTR + HMAC through ipsec-mb's multi-buffer job manager */
 #ifdef ESPRESSO_HAVE_IPSECMB
     struct gcm_key_data gkey __attribute__((aligned(64)));
     uint8_t chacha_key[32];
+    uint32_t enc_keys[60] __attribute__((aligned(16)));
+    uint32_t dec_keys[60] __attribute__((aligned(16)));
+    uint8_t ipad[64] __attribute__((aligned(16)));
+    uint8_t opad[64] __attribute__((aligned(16)));
+    IMB_HASH_ALG hash_alg;
+    IMB_CIPHER_MODE cipher_mode;
 #endif
 } espc_ctx;
 
@@ -200,15 +208,153 @@ static const char *espc_evp_name(int cipher, int key_len) {
     return NULL;
 }
 
-/* Whether ipsec-mb can run this cipher through its direct calls. */
-static int espc_ipsecmb_supports(int cipher, int key_len) {
+/* Whether ipsec-mb runs this suite: AEADs through direct calls, CBC/CTR with an HMAC through the job manager. */
+static int espc_ipsecmb_supports(int cipher, int key_len, int integ) {
 #ifdef ESPRESSO_HAVE_IPSECMB
+    int aes = key_len == 16 || key_len == 24 || key_len == 32;
     if (espc_mb_mgr == NULL) return 0;
-    if (cipher == ESPC_GCM || cipher == ESPC_GMAC) return key_len == 16 || key_len == 24 || key_len == 32;
+    if (cipher == ESPC_GCM || cipher == ESPC_GMAC) return aes;
     if (cipher == ESPC_CHACHA) return key_len == 32;
+    if (cipher == ESPC_CBC || cipher == ESPC_CTR) return aes && integ != ESPC_I_NONE;
 #endif
-    (void)cipher; (void)key_len;
+    (void)cipher; (void)key_len; (void)integ;
     return 0;
+}
+
+#ifdef ESPRESSO_HAVE_IPSECMB
+/* The job manager keeps state between calls, so each thread has its own (created on first use, freed when
+ * the thread exits). A batch drains it completely before it returns, so SAs never see each other's jobs. */
+#include <pthread.h>
+static pthread_key_t espc_tls_key;
+static pthread_once_t espc_tls_once = PTHREAD_ONCE_INIT;
+static void espc_tls_free(void *m) { if (m) free_mb_mgr((IMB_MGR *)m); }
+static void espc_tls_init(void) { pthread_key_create(&espc_tls_key, espc_tls_free); }
+
+static IMB_MGR *espc_tls_mgr(void) {
+    IMB_MGR *m;
+    IMB_ARCH arch;
+    pthread_once(&espc_tls_once, espc_tls_init);
+    m = (IMB_MGR *)pthread_getspecific(espc_tls_key);
+    if (m == NULL) {
+        m = alloc_mb_mgr(0);
+        if (m == NULL) return NULL;
+        init_mb_mgr_auto(m, &arch);
+        if (imb_get_errno(m) != 0) { free_mb_mgr(m); return NULL; }
+        pthread_setspecific(espc_tls_key, m);
+    }
+    return m;
+}
+
+/* One block of key^pad hashed: the inner/outer HMAC state the job manager starts from. */
+static void espc_mb_pad(IMB_HASH_ALG alg, const uint8_t *key, int key_len, uint8_t pad, uint8_t *out) {
+    uint8_t k[128], blk[128];
+    int block = (alg == IMB_AUTH_HMAC_SHA_384 || alg == IMB_AUTH_HMAC_SHA_512) ? 128 : 64, i;
+    memset(k, 0, sizeof k);
+    if (key_len > block) {
+        switch (alg) {
+            case IMB_AUTH_HMAC_SHA_1: SHA1(key, (size_t)key_len, k); break;
+            case IMB_AUTH_HMAC_SHA_256: SHA256(key, (size_t)key_len, k); break;
+            case IMB_AUTH_HMAC_SHA_384: SHA384(key, (size_t)key_len, k); break;
+            default: SHA512(key, (size_t)key_len, k); break;
+        }
+    } else {
+        memcpy(k, key, (size_t)key_len);
+    }
+    for (i = 0; i < block; i++) blk[i] = k[i] ^ pad;
+    switch (alg) {
+        case IMB_AUTH_HMAC_SHA_1: IMB_SHA1_ONE_BLOCK(espc_mb_mgr, blk, out); break;
+        case IMB_AUTH_HMAC_SHA_256: IMB_SHA256_ONE_BLOCK(espc_mb_mgr, blk, out); break;
+        case IMB_AUTH_HMAC_SHA_384: IMB_SHA384_ONE_BLOCK(espc_mb_mgr, blk, out); break;
+        default: IMB_SHA512_ONE_BLOCK(espc_mb_mgr, blk, out); break;
+    }
+    OPENSSL_cleanse(k, sizeof k);
+    OPENSSL_cleanse(blk, sizeof blk);
+}
+#endif
+
+/* Job manager handles, opaque to Cython. */
+typedef void espc_job;
+
+static void *espc_jobs_mgr(void) {
+#ifdef ESPRESSO_HAVE_IPSECMB
+    return espc_tls_mgr();
+#else
+    return NULL;
+#endif
+}
+
+/* Queue one packet: cipher [src+cipher_off, +cipher_len) into dst, HMAC over [src, +hash_len) into tag
+ * (hash_len 0: no HMAC in this job). Encrypt hashes after ciphering, decrypt before. Returns a completed job,
+ * or NULL when none completed yet. */
+static espc_job *espc_jobs_submit(espc_ctx *c, void *mgr, const uint8_t *src, uint64_t cipher_off,
+                                  uint64_t cipher_len, uint8_t *dst, uint64_t hash_len, const uint8_t *iv,
+                                  uint8_t *tag, void *user) {
+#ifdef ESPRESSO_HAVE_IPSECMB
+    IMB_MGR *m = (IMB_MGR *)mgr;
+    IMB_JOB *j = IMB_GET_NEXT_JOB(m);
+    j->enc_keys = c->enc_keys;
+    j->dec_keys = c->dec_keys;
+    j->key_len_in_bytes = (uint64_t)c->key_len;
+    j->src = src;
+    j->dst = dst;
+    j->cipher_start_src_offset_in_bytes = cipher_off;
+    j->msg_len_to_cipher_in_bytes = cipher_len;
+    j->iv = iv;
+    j->iv_len_in_bytes = 16;
+    j->cipher_mode = c->cipher_mode;
+    j->cipher_direction = c->enc ? IMB_DIR_ENCRYPT : IMB_DIR_DECRYPT;
+    j->chain_order = c->enc ? IMB_ORDER_CIPHER_HASH : IMB_ORDER_HASH_CIPHER;
+    if (hash_len) {
+        j->hash_alg = c->hash_alg;
+        j->hash_start_src_offset_in_bytes = 0;
+        j->msg_len_to_hash_in_bytes = hash_len;
+        j->auth_tag_output = tag;
+        j->auth_tag_output_len_in_bytes = (uint64_t)c->icv_len;
+        j->u.HMAC._hashed_auth_key_xor_ipad = c->ipad;
+        j->u.HMAC._hashed_auth_key_xor_opad = c->opad;
+    } else {
+        j->hash_alg = IMB_AUTH_NULL;
+        j->auth_tag_output = NULL;
+        j->auth_tag_output_len_in_bytes = 0;
+        j->msg_len_to_hash_in_bytes = 0;
+    }
+    j->user_data = user;
+    return (espc_job *)IMB_SUBMIT_JOB(m);
+#else
+    (void)c; (void)mgr; (void)src; (void)cipher_off; (void)cipher_len; (void)dst; (void)hash_len; (void)iv;
+    (void)tag; (void)user;
+    return NULL;
+#endif
+}
+
+/* Next completed job without waiting (flush=0), or forcing the oldest to completion (flush=1). */
+static espc_job *espc_jobs_next(void *mgr, int flush) {
+#ifdef ESPRESSO_HAVE_IPSECMB
+    IMB_JOB *j = IMB_GET_COMPLETED_JOB((IMB_MGR *)mgr);
+    if (j == NULL && flush) j = IMB_FLUSH_JOB((IMB_MGR *)mgr);
+    return (espc_job *)j;
+#else
+    (void)mgr; (void)flush;
+    return NULL;
+#endif
+}
+
+static void *espc_job_user(espc_job *j) {
+#ifdef ESPRESSO_HAVE_IPSECMB
+    return ((IMB_JOB *)j)->user_data;
+#else
+    (void)j;
+    return NULL;
+#endif
+}
+
+static int espc_job_ok(espc_job *j) {
+#ifdef ESPRESSO_HAVE_IPSECMB
+    return ((IMB_JOB *)j)->status == IMB_STATUS_COMPLETED;
+#else
+    (void)j;
+    return 0;
+#endif
 }
 
 static void espc_free(espc_ctx *c) {
@@ -228,8 +374,20 @@ static espc_ctx *espc_new(int backend, int cipher, int enc, const uint8_t *key, 
     if (integ != ESPC_I_NONE) espc_hmac_init(&c->hmac, integ, ikey, ikey_len);
     if (backend == ESPC_IPSECMB) {
 #ifdef ESPRESSO_HAVE_IPSECMB
-        if (!espc_ipsecmb_supports(cipher, key_len)) goto fail;
+        if (!espc_ipsecmb_supports(cipher, key_len, integ)) goto fail;
         if (cipher == ESPC_CHACHA) { memcpy(c->chacha_key, key, 32); return c; }
+        if (cipher == ESPC_CBC || cipher == ESPC_CTR) {
+            c->jobs = 1;
+            c->cipher_mode = cipher == ESPC_CBC ? IMB_CIPHER_CBC : IMB_CIPHER_CNTR;
+            if (key_len == 16) IMB_AES_KEYEXP_128(espc_mb_mgr, key, c->enc_keys, c->dec_keys);
+            else if (key_len == 24) IMB_AES_KEYEXP_192(espc_mb_mgr, key, c->enc_keys, c->dec_keys);
+            else IMB_AES_KEYEXP_256(espc_mb_mgr, key, c->enc_keys, c->dec_keys);
+            c->hash_alg = integ == ESPC_I_SHA1 ? IMB_AUTH_HMAC_SHA_1 : integ == ESPC_I_SHA256 ? IMB_AUTH_HMAC_SHA_256
+                        : integ == ESPC_I_SHA384 ? IMB_AUTH_HMAC_SHA_384 : IMB_AUTH_HMAC_SHA_512;
+            espc_mb_pad(c->hash_alg, ikey, ikey_len, 0x36, c->ipad);
+            espc_mb_pad(c->hash_alg, ikey, ikey_len, 0x5c, c->opad);
+            return c;
+        }
         if (key_len == 16) IMB_AES128_GCM_PRE(espc_mb_mgr, key, &c->gkey);
         else if (key_len == 24) IMB_AES192_GCM_PRE(espc_mb_mgr, key, &c->gkey);
         else IMB_AES256_GCM_PRE(espc_mb_mgr, key, &c->gkey);
@@ -329,6 +487,18 @@ static int espc_aead(espc_ctx *c, const uint8_t *nonce, const uint8_t *aad, int 
 /* Unpadded CBC or CTR over len bytes with a 16-byte IV (or counter block), in place allowed. */
 static int espc_cipher(espc_ctx *c, const uint8_t *iv, const uint8_t *in, uint8_t *out, int len) {
     int outl = 0;
+#ifdef ESPRESSO_HAVE_IPSECMB
+    if (c->jobs) {
+        /* One packet outside a batch: a job of its own, forced through. The thread's manager is empty here
+         * (batches drain it before they return), so the job that comes back is this one. */
+        IMB_MGR *m = espc_tls_mgr();
+        IMB_JOB *j;
+        if (m == NULL) return -1;
+        j = (IMB_JOB *)espc_jobs_submit(c, m, in, 0, (uint64_t)len, out, 0, iv, NULL, NULL);
+        if (j == NULL) j = IMB_FLUSH_JOB(m);
+        return j != NULL && j->status == IMB_STATUS_COMPLETED ? 1 : -1;
+    }
+#endif
     if (c->cipher == ESPC_NULL) {
         if (in != out) memmove(out, in, (size_t)len);
         return 1;

@@ -138,7 +138,7 @@ def available_backends(suite: Suite | str) -> list[str]:
     """Backends that can run ``suite`` in this build, fastest first."""
     s = parse_suite(suite)
     out = []
-    if _core.HAVE_IPSECMB and _core.ipsecmb_supports(s.cipher.value, s.key_len):
+    if _core.HAVE_IPSECMB and _core.ipsecmb_supports(s.cipher.value, s.key_len, s.integ.value):
         out.append("ipsecmb")
     out.append("openssl")
     return out
