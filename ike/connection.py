@@ -89,6 +89,7 @@ class IkeConnection:
         self.old: list[tuple[IkeSa, TaskManager]] = []  # rekeyed IKE_SAs awaiting their delete
         self.created = 0.0
         self.closed = False
+        self.half_open_key: tuple[str, int, int] | None = None  # set by the dispatcher for responders
         self._pending_children: list[ChildConfig] = []
 
     # -- plumbing ----------------------------------------------------------------------------------------

@@ -72,10 +72,11 @@ class Dispatcher:
         self._conns: dict[int, IkeConnection] = {}
         self._next_id = 1
         self._events: deque[IkeEvent] = deque()
-        self._stateless: list[Datagram] = []
+        self._outbox: list[Datagram] = []
+        self._dirty: set[IkeConnection] = set()  # touched since the last _collect
+        self._deadlines: dict[IkeConnection, float] = {}
         self._secret = config.random(32)
         self.stats: Counter[str] = Counter()
-        self._gc: list[IkeConnection] = []
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _new_spi(self) -> int:
@@ -104,8 +105,8 @@ class Dispatcher:
                                      hashlib.sha256).digest()[:16]
 
     def half_open(self) -> int:
-        return sum(1 for c in self._conns.values()
-                   if not c.sa.initiator and c.sa.state in (IkeSaState.CREATED, IkeSaState.CONNECTING))
+        """Responder IKE_SAs that have not completed IKE_AUTH yet."""
+        return len(self._half_open)
 
     def _candidates(self, host: str) -> list[PeerConfig]:
         out = []
@@ -149,6 +150,7 @@ class Dispatcher:
                 conn = self._new_responder(data, h, addr, local_addr, now)
                 if conn is None:
                     return
+            self._dirty.add(conn)
             conn.receive_datagram(data, addr, local_addr, now, h)
             return
         local_spi = h.spi_r if h.from_initiator else h.spi_i
@@ -156,6 +158,7 @@ class Dispatcher:
         if conn is None:
             self.stats["dropped_unknown_spi"] += 1
             return
+        self._dirty.add(conn)
         conn.receive_datagram(data, addr, local_addr, now, h)
 
     def _new_responder(self, data: bytes, h, addr, local_addr, now) -> IkeConnection | None:  # type: ignore[no-untyped-def]
@@ -174,7 +177,7 @@ class Dispatcher:
             if got is None or got.type != NotifyType.COOKIE or not hmac.compare_digest(got.data, expect):
                 resp = Message(ExchangeType.IKE_SA_INIT, h.spi_i, 0, 0, True, False,
                                [NotifyPayload(NotifyType.COOKIE, expect)])
-                self._stateless.append(Datagram(resp.encode_plain(), addr, local_addr[1], local_addr[1] != 500))
+                self._outbox.append(Datagram(resp.encode_plain(), addr, local_addr[1], local_addr[1] != 500))
                 self.stats["cookies_sent"] += 1
                 return None
         candidates = self._candidates(addr[0])
@@ -182,32 +185,38 @@ class Dispatcher:
             self.stats["dropped_no_peer_config"] += 1
             resp = Message(ExchangeType.IKE_SA_INIT, h.spi_i, 0, 0, True, False,
                            [NotifyPayload(NotifyType.NO_PROPOSAL_CHOSEN)])
-            self._stateless.append(Datagram(resp.encode_plain(), addr, local_addr[1], local_addr[1] != 500))
+            self._outbox.append(Datagram(resp.encode_plain(), addr, local_addr[1], local_addr[1] != 500))
             return None
         conn = self._new_conn(candidates[0], False, local_addr, addr, h.spi_i, candidates)
         conn.created = now
         self._register(conn.sa.spi_r, conn)
         self._half_open[(addr[0], addr[1], h.spi_i)] = conn
+        conn.half_open_key = (addr[0], addr[1], h.spi_i)
         return conn
 
     def _collect(self) -> None:
-        for ike_id, conn in list(self._conns.items()):
+        """Move events and datagrams of the connections touched since the last call; forget closed ones."""
+        while self._dirty:
+            conn = self._dirty.pop()
             while (e := conn.next_event()) is not None:
                 self._events.append(e)
                 if isinstance(e, IkeSaEstablished) and conn.sa.scratch.pop("initial_contact", False):
                     self._initial_contact(conn)
-            if conn.sa.state != IkeSaState.CREATED and conn.sa.state != IkeSaState.CONNECTING:
+            self._outbox.extend(conn.datagrams_to_send(0.0))
+            if conn.sa.state not in (IkeSaState.CREATED, IkeSaState.CONNECTING) or conn.closed:
                 self._drop_half_open(conn)
-            if conn.closed and not conn._out:
-                self._drop_half_open(conn)
+            if conn.closed:
                 for spi in conn.spis():
                     if self._by_spi.get(spi) is conn:
                         del self._by_spi[spi]
-                self._gc.append(conn)
-        for conn in self._gc:
-            if not conn._out:
                 self._conns.pop(conn.ike_id, None)
-        self._gc = []
+                self._deadlines.pop(conn, None)
+                continue
+            t = conn.get_timer()
+            if t is None:
+                self._deadlines.pop(conn, None)
+            else:
+                self._deadlines[conn] = t
 
     def _initial_contact(self, new: IkeConnection) -> None:
         """The peer says it has no other IKE_SA with us (it restarted): drop ours without sending a Delete
@@ -217,29 +226,28 @@ class Dispatcher:
             if (conn is not new and not conn.closed and sa.peer.name == new.sa.peer.name
                     and sa.remote_id == new.sa.remote_id and sa.state != IkeSaState.CREATED):
                 conn.abandon("replaced (peer sent INITIAL_CONTACT)")
-                while (e := conn.next_event()) is not None:
-                    self._events.append(e)
+                self._dirty.add(conn)
 
     def _drop_half_open(self, conn: IkeConnection) -> None:
-        for k, v in list(self._half_open.items()):
-            if v is conn:
-                del self._half_open[k]
+        key = getattr(conn, "half_open_key", None)
+        if key is not None:
+            self._half_open.pop(key, None)
+            conn.half_open_key = None
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
-        out, self._stateless = self._stateless, []
-        for conn in list(self._conns.values()):
-            out.extend(conn.datagrams_to_send(now))
         self._collect()
+        out, self._outbox = self._outbox, []
         return out
 
     def get_timer(self) -> float | None:
-        times = [t for t in (c.get_timer() for c in self._conns.values()) if t is not None]
-        return min(times) if times else None
+        self._collect()
+        return min(self._deadlines.values()) if self._deadlines else None
 
     def handle_timer(self, now: float) -> None:
-        for conn in list(self._conns.values()):
-            t = conn.get_timer()
-            if t is not None and t <= now:
+        self._collect()
+        for conn, t in list(self._deadlines.items()):
+            if t <= now:
+                self._dirty.add(conn)
                 conn.handle_timer(now)
         self._collect()
 
@@ -252,11 +260,13 @@ class Dispatcher:
         conn = self._conns.get(ike_id)
         if conn is None or conn.closed:
             raise InvalidStateError(f"no IKE_SA with id {ike_id}")
+        self._dirty.add(conn)
         return conn
 
     def _conn_by_child(self, spi: int) -> IkeConnection:
         for conn in self._conns.values():
             if spi in conn.sa.children or conn.sa.child_by_out(spi) is not None:
+                self._dirty.add(conn)
                 return conn
         raise InvalidStateError(f"no CHILD_SA with SPI {spi:08x}")
 
@@ -270,6 +280,7 @@ class Dispatcher:
         if child:
             for conn in self._conns.values():
                 if conn.sa.peer.name == peer and conn.sa.state == IkeSaState.ESTABLISHED:
+                    self._dirty.add(conn)
                     conn.create_child(children[0], now)
                     self._collect()
                     return conn.ike_id
@@ -280,6 +291,7 @@ class Dispatcher:
         others = any(c.sa.peer.name == peer and not c.closed for c in self._conns.values())
         conn = self._new_conn(pc, True, (local_host, pc.local_port), (host, pc.remote_port))
         conn.sa.scratch["other_sas"] = others
+        self._dirty.add(conn)
         conn.start(now, children)
         self._collect()
         return conn.ike_id
