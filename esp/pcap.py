@@ -49,7 +49,7 @@ BT_EPB = 0x00000006
 ETHERTYPE_IPV4 = 0x0800
 ETHERTYPE_IPV6 = 0x86DD
 VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
-MAX_VLAN_TAGS = 3
+MAX_VLAN_TAGS = 2  # 802.1Q, and QinQ (802.1ad outer tag); L2_HEAD covers both
 #: Zero bytes after each chunk arena, so fixed-size header reads past a short record stay inside the array.
 READ_PAD = 256
 
@@ -107,17 +107,21 @@ class Chunk:
         return int(self.offsets.shape[0])
 
 
+def _uint(data: np.ndarray, idx: np.ndarray, width: int, big: bool) -> np.ndarray:
+    """The unsigned ``width``-byte integers at byte offsets ``idx`` (one gather of whole rows), as int64
+    (uint64 for width 8)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    rows = _windows(data, width, False)[idx.ravel()]
+    v = rows.view(np.dtype(f"u{width}").newbyteorder(">" if big else "<")).reshape(idx.shape)
+    return v.astype(np.uint64 if width == 8 else np.int64)
+
+
 def _u16(data: np.ndarray, idx: np.ndarray, big: bool) -> np.ndarray:
-    a = data[idx].astype(np.uint32)
-    b = data[idx + 1].astype(np.uint32)
-    return (a << 8 | b) if big else (b << 8 | a)
+    return _uint(data, idx, 2, big)
 
 
 def _u32(data: np.ndarray, idx: np.ndarray, big: bool) -> np.ndarray:
-    b0, b1, b2, b3 = (data[idx + k].astype(np.uint64) for k in range(4))
-    if big:
-        return (b0 << 24 | b1 << 16 | b2 << 8 | b3).astype(np.int64)
-    return (b3 << 24 | b2 << 16 | b1 << 8 | b0).astype(np.int64)
+    return _uint(data, idx, 4, big)
 
 
 # -- finding pcap records without a Python step per record --------------------------------------------------------
@@ -615,8 +619,10 @@ class L3Info:
     ``l3`` is the offset of the IP header from the record start (-1: no IP header found), ``ip_len`` the IP
     packet length as its header states it (bounded by what was captured: see ``cut``), ``version`` 4, 6 or 0.
     ``proto`` is the upper-layer protocol after IPv6 extension headers, ``l4`` its offset from the record start.
-    ``frag`` marks IP fragments, ``cut`` packets whose capture is shorter than their IP length (snap length).
-    ``src``/``dst`` are addresses as two uint64 halves of their IPv6 form (IPv4 v4-mapped).
+    ``frag`` marks IP fragments (``frag_first``: the first fragment, which holds the upper-layer header),
+    ``cut`` packets whose capture is shorter than their IP length (snap length). ``src``/``dst`` are addresses
+    as two uint64 halves of their IPv6 form (IPv4 v4-mapped). ``l4h`` holds the first L4_HEAD bytes at ``l4``
+    (zeros past the captured end), for ports, the non-ESP marker and the SPI.
     """
 
     l3: np.ndarray
@@ -632,123 +638,149 @@ class L3Info:
     src_lo: np.ndarray
     dst_hi: np.ndarray
     dst_lo: np.ndarray
+    l4h: np.ndarray
+    frag_first: np.ndarray
+
+
+#: Bytes of link-layer header, IP header and upper-layer header copied per record for parsing.
+L2_HEAD, IP_HEAD, L4_HEAD = 24, 40, 16
+
+
+def _rows(d: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """``width`` bytes at each start as an (n, width) array: one gather per chunk, then column arithmetic."""
+    return _windows(d, width, False)[starts]
+
+
+def _col16(h: np.ndarray, j: int) -> np.ndarray:
+    return (h[:, j].astype(np.int64) << 8) | h[:, j + 1]
+
+
+def _col32(h: np.ndarray, j: int) -> np.ndarray:
+    return (_col16(h, j) << 16) | _col16(h, j + 2)
+
+
+def _col64(h: np.ndarray, j: int) -> np.ndarray:
+    return np.ascontiguousarray(h[:, j:j + 8]).view(">u8").ravel().astype(np.uint64)
 
 
 def _be16(d: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    return (d[idx].astype(np.int64) << 8) | d[idx + 1].astype(np.int64)
-
-
-def _be64(d: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    out = np.zeros(idx.shape, dtype=np.uint64)
-    for k in range(8):
-        out = (out << np.uint64(8)) | d[idx + k].astype(np.uint64)
-    return out
-
-
+    return (d[idx].astype(np.int64) << 8) | d[idx + 1]
 
 
 def _padded(d: np.ndarray, base: np.ndarray, cap: np.ndarray) -> bool:
     return not base.shape[0] or int((base + cap).max()) + READ_PAD <= d.shape[0]
+
+
 V4_MAPPED_LO_PREFIX = np.uint64(0xFFFF) << np.uint64(32)
 
 
 def parse_l3(chunk: Chunk, linktypes: Sequence[int]) -> L3Info:
     """Find the IP header of every record in a chunk and read the fields ESP processing needs.
 
-    Everything is bounds-checked against the captured length: a field that lies beyond it reads as absent.
+    Three row gathers per chunk (link-layer, IP and upper-layer headers), then column arithmetic. Everything is
+    bounds-checked against the captured length: a field beyond it reads as absent.
     """
     d = chunk.data
     n = chunk.count
     base = chunk.offsets
     cap = chunk.caplen
     lt = np.asarray(linktypes, dtype=np.int64)[chunk.iface] if n else np.zeros(0, dtype=np.int64)
-    # Pad so that fixed-size reads past the end of a short last record never leave the array; what they read
-    # is masked off by the captured-length checks.
+    # Fixed-size reads past the end of a short last record must stay inside the array; what they read is
+    # masked off by the captured-length checks.
     dp = d if _padded(d, base, cap) else np.concatenate([d, np.zeros(READ_PAD, dtype=np.uint8)])
 
     l3 = np.full(n, -1, dtype=np.int64)
     etype = np.zeros(n, dtype=np.int64)
     et_at = np.full(n, -1, dtype=np.int64)
     unknown = ~np.isin(lt, list(KNOWN_LINKTYPES))
+    lh = _rows(dp, base, L2_HEAD)
 
-    # Ethernet, with up to MAX_VLAN_TAGS 802.1Q/802.1ad tags.
+    # Ethernet, with up to MAX_VLAN_TAGS 802.1Q/802.1ad tags (the type field at 12, 16 or 20).
     eth = (lt == LinkType.ETHERNET) & (cap >= 14)
     if eth.any():
         pos = np.full(n, 12, dtype=np.int64)
-        et = np.where(eth, _be16(dp, base + 12), 0)
-        for _ in range(MAX_VLAN_TAGS):
+        et = np.where(eth, _col16(lh, 12), 0)
+        for k in range(MAX_VLAN_TAGS):
             tagged = eth & np.isin(et, VLAN_TPIDS) & (cap >= pos + 8)
             if not tagged.any():
                 break
             pos = np.where(tagged, pos + 4, pos)
-            et = np.where(tagged, _be16(dp, base + pos), et)
+            et = np.where(tagged, _col16(lh, 16 + 4 * k), et)
         l3 = np.where(eth, pos + 2, l3)
         etype = np.where(eth, et, etype)
         et_at = np.where(eth, pos, et_at)
     sll = (lt == LinkType.LINUX_SLL) & (cap >= 16)
     if sll.any():
         l3 = np.where(sll, 16, l3)
-        etype = np.where(sll, _be16(dp, base + 14), etype)
+        etype = np.where(sll, _col16(lh, 14), etype)
         et_at = np.where(sll, 14, et_at)
     sll2 = (lt == LinkType.LINUX_SLL2) & (cap >= 20)
     if sll2.any():
         l3 = np.where(sll2, 20, l3)
-        etype = np.where(sll2, _be16(dp, base), etype)
+        etype = np.where(sll2, _col16(lh, 0), etype)
         et_at = np.where(sll2, 0, et_at)
     raw = np.isin(lt, [int(x) for x in RAW_LINKTYPES]) & (cap >= 1)
     if raw.any():
-        ver = dp[base] >> 4
+        ver0 = lh[:, 0] >> 4
         l3 = np.where(raw, 0, l3)
-        etype = np.where(raw & (ver == 4), ETHERTYPE_IPV4, np.where(raw & (ver == 6), ETHERTYPE_IPV6, etype))
+        etype = np.where(raw & (ver0 == 4), ETHERTYPE_IPV4, np.where(raw & (ver0 == 6), ETHERTYPE_IPV6, etype))
 
     have = l3 >= 0
-    p = base + np.where(have, l3, 0)
-    room = cap - np.where(have, l3, 0)
-    ver = (dp[p] >> 4).astype(np.int64)
+    l3c = np.where(have, l3, 0)
+    ih = _rows(dp, base + l3c, IP_HEAD)
+    room = cap - l3c
+    ver = (ih[:, 0] >> 4).astype(np.int64)
     v4 = have & (etype == ETHERTYPE_IPV4) & (ver == 4) & (room >= 20)
     v6 = have & (etype == ETHERTYPE_IPV6) & (ver == 6) & (room >= 40)
-    version = np.where(v4, 4, np.where(v6, 6, 0))
-    ihl = (dp[p] & 0x0F).astype(np.int64) * 4
+    ihl = (ih[:, 0] & 0x0F).astype(np.int64) * 4
     v4 &= ihl >= 20
-    version = np.where(have & (etype == ETHERTYPE_IPV4) & (ver == 4) & ~v4, 0, version)
-    tot4 = _be16(dp, p + 2)
-    plen6 = _be16(dp, p + 4) + 40
-    ip_len = np.where(v4, tot4, np.where(v6, plen6, 0))
+    version = np.where(v4, 4, np.where(v6, 6, 0))
+    tot4 = _col16(ih, 2)
+    ip_len = np.where(v4, tot4, np.where(v6, _col16(ih, 4) + 40, 0))
     cut = (v4 | v6) & (ip_len > room)
     # IPv4 total length 0 (TSO captures) is taken as "whatever was captured".
-    ip_len = np.where(v4 & (tot4 == 0), room, ip_len)
-    cut &= ~(v4 & (tot4 == 0))
-    frag = v4 & ((_be16(dp, p + 6) & 0x3FFF) != 0)
-    proto = np.where(v4, dp[p + 9].astype(np.int64), np.where(v6, dp[p + 6].astype(np.int64), -1))
+    tso = v4 & (tot4 == 0)
+    ip_len = np.where(tso, room, ip_len)
+    cut &= ~tso
+    fragfield = _col16(ih, 6)
+    frag = v4 & ((fragfield & 0x3FFF) != 0)
+    frag_first = frag & ((fragfield & 0x1FFF) == 0)
+    proto = np.where(v4, ih[:, 9].astype(np.int64), np.where(v6, ih[:, 6].astype(np.int64), -1))
     l4 = np.where(v4, l3 + ihl, np.where(v6, l3 + 40, -1))
-    # IPv6 extension headers that can precede ESP: hop-by-hop, routing, destination options; fragment.
+    # IPv6 extension headers that can precede ESP: hop-by-hop, routing, destination options; fragment (rare,
+    # so read per affected record).
     for _ in range(4):
         ext = v6 & np.isin(proto, (0, 43, 60)) & (l4 + 8 <= cap)
         if not ext.any():
             break
-        q = base + np.where(ext, l4, 0)
-        nxt = dp[q].astype(np.int64)
-        hl = (dp[q + 1].astype(np.int64) + 1) * 8
-        proto = np.where(ext, nxt, proto)
-        l4 = np.where(ext, l4 + hl, l4)
+        r = np.flatnonzero(ext)
+        q = base[r] + l4[r]
+        proto[r] = dp[q]
+        l4[r] += (dp[q + 1].astype(np.int64) + 1) * 8
     f6 = v6 & (proto == 44)
+    if f6.any():
+        r = np.flatnonzero(f6)
+        q = base[r] + l4[r]
+        first6 = (l4[r] + 8 <= cap[r]) & ((_be16(dp, q + 2) & 0xFFF8) == 0)
+        frag_first[r] = first6
+        proto[r] = np.where(l4[r] + 8 <= cap[r], dp[q], proto[r])
+        l4[r] += 8
     frag |= f6
     # Addresses, as IPv6 halves (IPv4 v4-mapped)
-    src_hi = np.zeros(n, dtype=np.uint64)
-    src_lo = np.zeros(n, dtype=np.uint64)
-    dst_hi = np.zeros(n, dtype=np.uint64)
-    dst_lo = np.zeros(n, dtype=np.uint64)
-    if v4.any():
-        s4 = _u32(dp, p + 12, True).astype(np.uint64)
-        d4 = _u32(dp, p + 16, True).astype(np.uint64)
-        src_lo = np.where(v4, V4_MAPPED_LO_PREFIX | s4, src_lo)
-        dst_lo = np.where(v4, V4_MAPPED_LO_PREFIX | d4, dst_lo)
-    if v6.any():
-        src_hi = np.where(v6, _be64(dp, p + 8), src_hi)
-        src_lo = np.where(v6, _be64(dp, p + 16), src_lo)
-        dst_hi = np.where(v6, _be64(dp, p + 24), dst_hi)
-        dst_lo = np.where(v6, _be64(dp, p + 32), dst_lo)
-    return L3Info(l3, version, ip_len, proto, l4, frag, cut, et_at, unknown, src_hi, src_lo, dst_hi, dst_lo)
+    src_hi = np.where(v6, _col64(ih, 8), np.uint64(0)).astype(np.uint64)
+    src_lo = np.where(v6, _col64(ih, 16), V4_MAPPED_LO_PREFIX | _col32(ih, 12).astype(np.uint64)).astype(np.uint64)
+    dst_hi = np.where(v6, _col64(ih, 24), np.uint64(0)).astype(np.uint64)
+    dst_lo = np.where(v6, _col64(ih, 32), V4_MAPPED_LO_PREFIX | _col32(ih, 16).astype(np.uint64)).astype(np.uint64)
+    ipv = v4 | v6
+    src_lo = np.where(ipv, src_lo, np.uint64(0))
+    dst_lo = np.where(ipv, dst_lo, np.uint64(0))
+    l4c = np.clip(np.where(ipv, l4, cap), 0, cap)
+    l4h = _rows(dp, base + l4c, L4_HEAD).copy()
+    # zero what lies past the captured end, so no field reads another record's bytes
+    past = (l4c[:, None] + np.arange(L4_HEAD)) >= cap[:, None]
+    l4h[past] = 0
+    return L3Info(l3, version, ip_len, proto, l4, frag, cut, et_at, unknown, src_hi, src_lo, dst_hi, dst_lo,
+                  l4h, frag_first)
 
 
 def read_be16(chunk_data: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -778,7 +810,7 @@ _ROW_MAX_GROUPS = 16
 
 
 def gather_segments(src: np.ndarray, src_off: np.ndarray, lengths: np.ndarray,
-                    out: np.ndarray, out_off: np.ndarray) -> None:
+                    out: np.ndarray, out_off: np.ndarray, scratch: "Scratch | None" = None) -> None:
     """out[out_off[i] : +lengths[i]] = src[src_off[i] : +lengths[i]] for every i, without a Python loop.
 
     Each segment is cut into blocks of B bytes, the last block aligned to the segment's end (it overlaps the one
@@ -797,7 +829,7 @@ def gather_segments(src: np.ndarray, src_off: np.ndarray, lengths: np.ndarray,
     for width in common.tolist():
         m = lengths == width
         rest &= ~m
-        _windows(out, width, True)[out_off[m]] = _windows(src, width, False)[src_off[m]]
+        _move_rows(src, src_off[m], out, out_off[m], width, scratch)
     if not rest.all():
         lengths, src_off, out_off = lengths[rest], src_off[rest], out_off[rest]
     upper = None
@@ -816,7 +848,14 @@ def gather_segments(src: np.ndarray, src_off: np.ndarray, lengths: np.ndarray,
         if width == 1:
             out[do[seg] + rel] = src[so[seg] + rel]
         else:
-            _windows(out, width, True)[do[seg] + rel] = _windows(src, width, False)[so[seg] + rel]
+            _move_rows(src, so[seg] + rel, out, do[seg] + rel, width, scratch)
+
+
+def _move_rows(src: np.ndarray, so: np.ndarray, out: np.ndarray, do: np.ndarray, width: int,
+               scratch: "Scratch | None") -> None:
+    """out[do[i]:+width] = src[so[i]:+width]. (np.take into a reused buffer would materialise the window view,
+    so the rows go through numpy's own temporary.)"""
+    _windows(out, width, True)[do] = _windows(src, width, False)[so]
 
 
 def scatter_rows(out: np.ndarray, starts: np.ndarray, rows: np.ndarray) -> None:
@@ -966,7 +1005,7 @@ class CaptureWriter:
         scatter_rows(out, starts, hdr.view(np.uint8).reshape(n, hlen))
         pos = starts + hlen
         for (buf, offs, _), ln in zip(parts, plens):
-            gather_segments(buf, offs, ln, out, pos)
+            gather_segments(buf, offs, ln, out, pos, self._scratch)
             pos = pos + ln
         if self.fmt == "pcapng":
             tl = np.empty((n, 1), dtype=dt)

@@ -25,7 +25,7 @@ import numpy as np
 from esp.batch import PacketBatch, Verdict
 from esp.keyfile import SaEntry, Selector
 from esp.pcap import (ETHERTYPE_IPV4, ETHERTYPE_IPV6, CaptureError, CaptureReader, CaptureWriter, Chunk,
-                      Interface, L3Info, LinkType, Scratch, gather_segments, parse_l3)
+                      Interface, L3Info, LinkType, Scratch, _col16, _col32, _uint, gather_segments, parse_l3)
 from esp.sa import Direction, Mode, Sa
 
 __all__ = ["SaStats", "Summary", "ReplaySummary", "decrypt_file", "encrypt_file", "replay_file",
@@ -178,44 +178,40 @@ def _b(d: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 def _be16(d: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    return (d[idx].astype(np.int64) << 8) | d[idx + 1].astype(np.int64)
+    return _uint(d, idx, 2, True)
 
 
 def _be32(d: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    return (_be16(d, idx) << 16) | _be16(d, idx + 2)
+    return _uint(d, idx, 4, True)
 
 
 def _classify_esp(c: Chunk, L: L3Info, encap_ports: Sequence[int]) -> _Esp:
-    d = c.data
-    base = c.offsets
     cap = c.caplen
-
-    def at(rel: np.ndarray) -> np.ndarray:
-        # Reads go at most 8 bytes past a record's captured end, into the arena's zero padding (READ_PAD).
-        return base + np.clip(rel, 0, cap)
-
+    h = L.l4h                                   # the first bytes at the upper-layer header
     ip = L.version > 0
     ip_end = L.l3 + L.ip_len                    # end of the IP packet, from the record start
     l4 = np.where(ip, L.l4, 0)
+    whole_or_first = ~L.frag | L.frag_first
     plain = ip & (L.proto == 50)
-    udp_hdr_ok = ip & (L.proto == 17) & (l4 + 8 <= cap)
-    sport = np.where(udp_hdr_ok, _be16(d, at(l4)), -1)
-    dport = np.where(udp_hdr_ok, _be16(d, at(l4 + 2)), -1)
-    first_frag_or_whole = ~L.frag | ((L.version == 4) & ((_be16(d, at(np.maximum(L.l3, 0) + 6)) & 0x1FFF) == 0))
-    natt = udp_hdr_ok & (np.isin(sport, encap_ports) | np.isin(dport, encap_ports)) & first_frag_or_whole
+    udp_hdr_ok = ip & (L.proto == 17) & (l4 + 8 <= cap) & whole_or_first
+    sport = np.where(udp_hdr_ok, _col16(h, 0), -1)
+    dport = np.where(udp_hdr_ok, _col16(h, 2), -1)
+    natt = udp_hdr_ok & (np.isin(sport, encap_ports) | np.isin(dport, encap_ports))
     upay = l4 + 8
     ulen = ip_end - upay
-    keepalive = natt & (ulen == 1) & (_b(d, at(upay)) == 0xFF)
-    marker0 = natt & (ulen >= 4) & (upay + 4 <= cap) & (_be32(d, at(upay)) == 0)
+    keepalive = natt & (ulen == 1) & (h[:, 8] == 0xFF)
+    marker0 = natt & (ulen >= 4) & (upay + 4 <= cap) & (_col32(h, 8) == 0)
     udp_esp = natt & ~keepalive & ~marker0 & (ulen >= 8)
     esp_off = np.where(udp_esp, upay, l4)
     cand = plain | udp_esp
     frag = cand & L.frag
     cut = cand & ~frag & L.cut
     have_spi = cand & (esp_off + 8 <= cap)
-    spi = np.where(have_spi, _be32(d, at(esp_off)), -1)
+    spi = np.where(have_spi, np.where(udp_esp, _col32(h, 8), _col32(h, 0)), -1)
     esp = cand & ~frag & ~cut & have_spi
     cut |= cand & ~frag & ~have_spi
+    # a non-first fragment of ESP says proto 50 but carries no ESP header: it is still an ESP fragment
+    frag |= ip & L.frag & ~L.frag_first & (L.proto == 50)
     return _Esp(esp, spi, udp_esp & esp, marker0, keepalive, frag, cut)
 
 
@@ -235,14 +231,12 @@ def _selector_mask(c: Chunk, L: L3Info, sel: Selector) -> np.ndarray:
     if sel.proto is not None:
         m &= L.proto == sel.proto
     if sel.sport or sel.dport:
-        d, base = c.data, c.offsets
-        ok = m & (L.l4 + 4 <= c.caplen) & ~L.frag
-        l4 = np.where(ok, L.l4, 0)
+        ok = m & (L.l4 + 4 <= c.caplen) & (~L.frag | L.frag_first)
         if sel.sport:
-            sp = _be16(d, base + l4)
+            sp = _col16(L.l4h, 0)
             ok &= (sp >= sel.sport.lo) & (sp <= sel.sport.hi)
         if sel.dport:
-            dp = _be16(d, base + l4 + 2)
+            dp = _col16(L.l4h, 2)
             ok &= (dp >= sel.dport.lo) & (dp <= sel.dport.hi)
         m = ok
     return m
