@@ -393,6 +393,7 @@ class Daemon:
             log.error("CHILD_SA %s{%08x}: cannot install ESP SAs: %s", ev.child, ev.spi_in, exc)
             with contextlib.suppress(Exception):
                 self.endpoint.call(self.core.delete_child, ev.spi_in)
+            self._fail(self._record(ev), f"CHILD_SA {ev.child}: cannot install ESP SAs: {exc}")
             return
         old = self.children.get(ev.replaces) if ev.replaces is not None else None
         if old is not None:

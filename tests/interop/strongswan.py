@@ -608,8 +608,11 @@ def child_keys(log: str) -> list[LoggedChildKeys]:
             continue
         m = _CHILD_UP.search(line)
         if m:
-            result.append(LoggedChildKeys(m.group("name"), int(m.group("spi_i"), 16), int(m.group("spi_o"), 16),
-                                          **pending))
+            spis = (int(m.group("spi_i"), 16), int(m.group("spi_o"), 16))
+            # a rekey responder logs "inbound CHILD_SA ... established" and later "outbound ...": one CHILD_SA
+            if not pending and any((k.spi_in, k.spi_out) == spis for k in result):
+                continue
+            result.append(LoggedChildKeys(m.group("name"), *spis, **pending))
             pending = {}
     return result
 
@@ -622,4 +625,50 @@ def ike_keys(log: str) -> list[dict[str, bytes]]:
             result.append({"SKEYSEED": data})
         elif label.startswith("Sk_") and label.endswith(" secret") and result:
             result[-1][label[:-len(" secret")]] = data
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sockets inside a namespace, for an in-process peer (espresso) facing a charon
+
+_CLONE_NEWNET = 0x40000000
+
+
+def netns_sockets(netns: Netns, binds: list[tuple[str, int]]) -> list["socket.socket"]:
+    """UDP sockets bound inside ``netns`` (a socket keeps the namespace it was created in).
+
+    ``setns`` switches only the calling thread, so a short-lived helper thread enters the namespace, creates
+    and binds the sockets, and the rest of the process (and its asyncio loop) stays where it is.
+    """
+    import ctypes
+    import socket
+    import threading
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    result: list[socket.socket] = []
+    error: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with open(netns.path, "rb") as f:
+                if libc.setns(f.fileno(), _CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns({netns.name}) failed")
+            for host, port in binds:
+                fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+                s = socket.socket(fam, socket.SOCK_DGRAM)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((host, port))
+                result.append(s)
+        except BaseException as exc:  # reported in the caller's thread
+            error.append(exc)
+            for s in result:
+                s.close()
+
+    t = threading.Thread(target=work, name=f"netns-{netns.name}")
+    t.start()
+    t.join(timeout=10)
+    if error:
+        raise error[0]
+    if len(result) != len(binds):
+        raise RuntimeError(f"could not create sockets in {netns.name}")
     return result

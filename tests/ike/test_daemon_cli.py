@@ -1,0 +1,183 @@
+"""``python -m ike``: two daemon processes on loopback driven through their control sockets by the CLI.
+
+Everything goes through the real entry points (argv, config file, unix socket, signals), as an operator would
+use them; every process is bounded by a timeout and killed if it outlives the test.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ike.__main__ import format_sas
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 20
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _ike(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ike", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+CONF = """
+[daemon]
+addresses = ["127.0.0.1"]
+port = {port}
+nat_port = {nat}
+control_socket = "{sock}"
+
+[peers.{peer}]
+local_addr = "127.0.0.1"
+remote_addr = "127.0.0.1"
+remote_port = {remote}
+auth = "psk"
+psk = "a long enough lab secret"
+local_id = "{me}.test"
+remote_id = "{peer}.test"
+encap = true
+
+[peers.{peer}.children.net]
+local_ts = "{local}"
+remote_ts = "{remote_ts}"
+esp_proposals = "aes128gcm16"
+"""
+
+
+def test_check_config(tmp_path: Path) -> None:
+    port, nat = _free_ports(2)
+    good = tmp_path / "good.toml"
+    good.write_text(CONF.format(port=port, nat=nat, sock=tmp_path / "s", peer="b", remote=port + 1, me="a",
+                                local="10.1.0.0/24", remote_ts="10.2.0.0/24"))
+    r = _ike("check-config", "--config", str(good))
+    assert r.returncode == 0 and "OK; peers: b (1 children)" in r.stdout, r.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text(good.read_text().replace('esp_proposals = "aes128gcm16"', 'esp_proposals = "aes128gcm99"'))
+    r = _ike("check-config", "--config", str(bad))
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"error: {bad}: peers.b.children.net.esp_proposals[0]: proposal 'aes128gcm99': "
+                                "unknown algorithm 'aes128gcm99'")
+    r = _ike("daemon", "--config", str(bad))  # refused before binding anything
+    assert r.returncode == 2 and "esp_proposals[0]" in r.stderr
+
+
+def test_client_without_daemon(tmp_path: Path) -> None:
+    r = _ike("list-sas", "--socket", str(tmp_path / "nothing.sock"))
+    assert r.returncode == 1 and "cannot reach the daemon" in r.stderr
+
+
+@pytest.mark.slow
+def test_two_daemon_processes(tmp_path: Path) -> None:
+    pytest.importorskip("esp._core")
+    pa, na, pb, nb = _free_ports(4)
+    socks = {"a": tmp_path / "a.sock", "b": tmp_path / "b.sock"}
+    confs = {}
+    for me, peer, port, nat, remote, local, rts in (("a", "b", pa, na, pb, "10.1.0.0/24", "10.2.0.0/24"),
+                                                     ("b", "a", pb, nb, pa, "10.2.0.0/24", "10.1.0.0/24")):
+        confs[me] = tmp_path / f"{me}.toml"
+        confs[me].write_text(CONF.format(port=port, nat=nat, sock=socks[me], peer=peer, remote=remote, me=me,
+                                         local=local, remote_ts=rts))
+    procs = {n: subprocess.Popen([sys.executable, "-m", "ike", "daemon", "--config", str(c)], cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for n, c in confs.items()}
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not all(s.exists() for s in socks.values()):
+            assert time.monotonic() < deadline, "daemons did not open their control sockets"
+            assert all(p.poll() is None for p in procs.values()), "a daemon exited early"
+            time.sleep(0.05)
+        assert oct(socks["a"].stat().st_mode & 0o777) == "0o600"
+
+        r = _ike("list-conns", "--socket", str(socks["a"]))
+        assert r.returncode == 0 and "b: IKEv2, remote 127.0.0.1" in r.stdout, r.stderr
+        r = _ike("initiate", "--ike", "b", "--timeout", "10", "--socket", str(socks["a"]))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("initiate completed successfully: IKE_SA b[1] ESTABLISHED, CHILD_SA net ")
+
+        r = _ike("list-sas", "--socket", str(socks["b"]))
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith("a: #1, ESTABLISHED, IKEv2, ") and lines[0].endswith("_r*")
+        assert "  local  'b.test' @ 127.0.0.1" in r.stdout and "aes128gcm16-prfsha256-ecp256" in r.stdout
+        assert "  net: #1, INSTALLED, TUNNEL-in-UDP, ESP:aes128gcm16" in r.stdout
+        assert "    local  10.2.0.0/24" in r.stdout and "    remote 10.1.0.0/24" in r.stdout
+        raw = json.loads(_ike("list-sas", "--raw", "--socket", str(socks["a"])).stdout)
+        (sa,) = raw["ike_sas"]
+        old_spi = sa["child_sas"][0]["spi_in"]
+
+        r = _ike("rekey", "--child", "net", "--socket", str(socks["a"]))
+        assert r.returncode == 0 and old_spi in r.stdout, r.stderr
+        for _ in range(100):
+            sa = json.loads(_ike("list-sas", "--raw", "--socket", str(socks["a"])).stdout)["ike_sas"][0]
+            if [c["spi_in"] for c in sa["child_sas"]] not in ([old_spi], []) and len(sa["child_sas"]) == 1:
+                break
+            time.sleep(0.05)
+        assert [c["spi_in"] for c in sa["child_sas"]] != [old_spi]
+
+        r = _ike("rekey", "--child", "net", "--ike", "b", "--socket", str(socks["a"]))
+        assert r.returncode == 2 and "exactly one of" in r.stderr
+        r = _ike("terminate", "--ike", "a", "--socket", str(socks["b"]))  # delete from the responder
+        assert r.returncode == 0 and "DELETED" in r.stdout, r.stdout + r.stderr
+        for _ in range(100):
+            if _ike("list-sas", "--socket", str(socks["a"])).stdout.strip() == "":
+                break
+            time.sleep(0.05)
+        assert _ike("list-sas", "--socket", str(socks["a"])).stdout.strip() == ""
+
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+        for n, p in procs.items():
+            out, _ = p.communicate(timeout=TIMEOUT)
+            assert p.returncode == 0, out
+            assert not socks[n].exists()
+        assert "IKE_SA a[1] established" in out  # b's log, charon-like
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=5)
+
+
+def test_format_sas_layout() -> None:
+    sas = [{
+        "name": "branch", "ike_id": 3, "state": "ESTABLISHED", "version": 2, "spi_i": "0011223344556677",
+        "spi_r": "8899aabbccddeeff", "proposal": "aes256-sha256-modp2048", "initiator": True,
+        "local_host": "192.0.2.1", "local_port": 4500, "remote_host": "192.0.2.2", "remote_port": 4500,
+        "local_id": "gw1.test", "remote_id": "gw2.test", "auth": "ecdsa", "nat_local": False, "nat_remote": True,
+        "established": 12, "rekey_in": 13000,
+        "child_sas": [{"name": "lan", "state": "INSTALLED", "mode": "TUNNEL", "encap": True, "suite": "aes256-sha256",
+                       "esn": True, "spi_in": "c0ffee01", "spi_out": "c0ffee02", "bytes_in": 252, "packets_in": 3,
+                       "bytes_out": 504, "packets_out": 6, "dropped_in": 1, "installed": 10, "rekey_in": 3000,
+                       "life_in": 3900, "rekey_bytes": 0, "rekey_packets": 0, "local_ts": ["10.1.0.0/16"],
+                       "remote_ts": ["10.2.0.0/16", "10.3.0.0/16"], "outbound_active": True}],
+    }]
+    assert format_sas(sas).splitlines() == [
+        "branch: #3, ESTABLISHED, IKEv2, 0011223344556677_i* 8899aabbccddeeff_r",
+        "  local  'gw1.test' @ 192.0.2.1[4500]",
+        "  remote 'gw2.test' @ 192.0.2.2[4500] [NAT]",
+        "  aes256-sha256-modp2048, ecdsa authentication",
+        "  established 12s ago, rekeying in 13000s",
+        "  lan: #3, INSTALLED, TUNNEL-in-UDP, ESP:aes256-sha256/ESN",
+        "    installed 10s ago, rekeying in 3000s, expires in 3900s",
+        "    in  c0ffee01,        252 bytes,        3 packets, 1 dropped",
+        "    out c0ffee02,        504 bytes,        6 packets",
+        "    local  10.1.0.0/16",
+        "    remote 10.2.0.0/16 10.3.0.0/16",
+    ]
