@@ -11,7 +11,8 @@ from ..core_config import Identity
 from ..errors import InvalidSyntaxError, ParseError
 from ._base import Payload, Reader, need
 
-__all__ = ["IdPayload", "identity_to_wire", "identity_from_wire", "dn_to_der", "der_to_dn"]
+__all__ = ["IdPayload", "identity_to_wire", "identity_from_wire", "dn_to_der", "der_to_dn",
+           "dn_variants"]
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,36 @@ class IdPayload(Payload):
         return identity_from_wire(self.id_type, self.data)
 
 
+def _tidy_dn(dn: str) -> str:
+    """strongSwan writes ``C=CH, O=x, CN=y``: drop the blanks around unescaped separators for RFC 4514."""
+    import re
+
+    return re.sub(r"\s*(?<!\\)([,+])\s*", r"\1", dn.strip())
+
+
 def dn_to_der(dn: str) -> bytes:
     from cryptography import x509
 
     try:
-        name = x509.Name.from_rfc4514_string(dn)
+        name = x509.Name.from_rfc4514_string(_tidy_dn(dn))
     except ValueError as exc:
         raise InvalidSyntaxError(f"bad distinguished name {dn!r}: {exc}") from None
     return name.public_bytes()
+
+
+def dn_variants(dn: str) -> tuple[bytes, ...]:
+    """DER encodings a DN text may mean: RFC 4514 order (most specific first) and strongSwan/OpenSSL order
+    (``C=.., O=.., CN=..``, most significant first). Matching accepts either, as strongSwan users expect."""
+    from cryptography import x509
+
+    try:
+        name = x509.Name.from_rfc4514_string(_tidy_dn(dn))
+    except ValueError:
+        return ()
+    rdns = list(name.rdns)
+    forward = name.public_bytes()
+    backward = x509.Name(list(reversed(rdns))).public_bytes()
+    return (forward,) if forward == backward else (forward, backward)
 
 
 def der_to_dn(der: bytes) -> str:

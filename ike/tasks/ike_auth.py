@@ -13,7 +13,7 @@ from ..errors import AuthenticationFailedError, InvalidSyntaxError
 from ..events import AuthenticationFailed
 from ..message import Message
 from ..payloads import AuthPayload, IdPayload, NotifyPayload
-from ..payloads.ident import dn_to_der, identity_to_wire
+from ..payloads.ident import dn_variants, identity_to_wire
 from .base import Task, TaskStatus
 from .cert_post import choose_credential
 from .ike_init import peer_error
@@ -26,10 +26,7 @@ MAX_CERT_SIZE = 16384
 
 def _canon(ident: Identity) -> tuple[str, object]:
     if ident.kind == "dn":
-        try:
-            return ("dn", dn_to_der(ident.value))
-        except Exception:  # noqa: BLE001
-            return ("dn", ident.value)
+        return ("dn", frozenset(dn_variants(ident.value)) or ident.value)
     if ident.kind in ("ipv4", "ipv6"):
         return (ident.kind, ipaddress.ip_address(ident.value))
     if ident.kind in ("fqdn", "email"):
@@ -38,16 +35,16 @@ def _canon(ident: Identity) -> tuple[str, object]:
 
 
 def identities_match(a: Identity, b: Identity) -> bool:
-    return _canon(a) == _canon(b)
+    ca, cb = _canon(a), _canon(b)
+    if a.kind == b.kind == "dn" and isinstance(ca[1], frozenset) and isinstance(cb[1], frozenset):
+        return bool(ca[1] & cb[1])  # either RDN order
+    return ca == cb
 
 
 def identity_matches_cert(ident: Identity, cert: x509.Certificate) -> bool:
     """Does the certificate prove this identity: subject DN, or a subjectAltName of the identity's kind."""
     if ident.kind == "dn":
-        try:
-            return cert.subject.public_bytes() == dn_to_der(ident.value)
-        except Exception:  # noqa: BLE001
-            return False
+        return cert.subject.public_bytes() in dn_variants(ident.value)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -70,6 +67,9 @@ class IkeAuth(Task):
         sa = self.sa
         peer = sa.peer
         id_type, id_data = identity_to_wire(peer.local_id)
+        cred = peer.credential
+        if peer.local_id.kind == "dn" and cred is not None and identity_matches_cert(peer.local_id, cred.certificate):
+            id_data = cred.certificate.subject.public_bytes()  # exactly the subject, whatever RDN order was written
         my_id = IdPayload(id_type, id_data, self.initiator)
         sa.local_id = peer.local_id
         msg.add(my_id)

@@ -569,3 +569,12 @@ def test_second_ike_sa_to_same_peer_sends_no_initial_contact():
     roundtrip(a, b, 5.0)
     assert not of(drain(b), IkeSaTerminated)
     assert len(b.list_sas()) == 2 and len(a.list_sas()) == 2
+
+
+@pytest.mark.parametrize("text", ["CN=initiator,O=espresso test", "O=espresso test, CN=initiator"])
+def test_dn_identity_in_either_rdn_order(text):
+    i, r, ca = cert_peers()
+    i = replace(i, local_id=Identity("dn", text))
+    r = replace(r, remote_id=Identity.parse("O=espresso test,CN=initiator"))
+    a, b, ea, eb = establish(i, r)
+    assert of(eb, IkeSaEstablished)[0].remote_id.value == "CN=initiator,O=espresso test"
