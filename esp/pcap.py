@@ -258,6 +258,7 @@ class CaptureReader:
         self.thiszone = 0
         self.sigfigs = 0
         self._seen_idb: set[int] = set()
+        self._released = 0
         self._section_base: dict[int, int] = {0: 0}
         try:
             self._fh: BinaryIO = open(self.path, "rb")
@@ -268,6 +269,8 @@ class CaptureReader:
             self._fh.close()
             raise CaptureError(f"{self.path}: empty file, not a capture")
         self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ)
+        if hasattr(mmap, "MADV_SEQUENTIAL"):  # read-ahead, and pages dropped early: captures larger than memory
+            self._mm.madvise(mmap.MADV_SEQUENTIAL)
         self._arr = np.frombuffer(self._mm, dtype=np.uint8)
         self._start = self._read_header()
 
@@ -354,6 +357,7 @@ class CaptureReader:
         """Copy the file bytes [first record header, end) into an arena and rebase offsets into it."""
         base = int(rec_off[0]) - hdr_len
         data = _arena(self._arr[base:end], self._scratch)
+        self._release(base)
         offs = np.asarray(rec_off, dtype=np.int64) - base
         return data, offs
 
@@ -421,6 +425,19 @@ class CaptureReader:
                 index += len(rec)
         if broken:
             raise CaptureError(f"{self.path}: {broken}")
+
+    def _release(self, upto: int) -> None:
+        """Tell the kernel the mapped pages before ``upto`` are done with (the chunk was copied out), so the
+        mapping's resident size stays about one chunk however large the capture is."""
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        end = (upto // mmap.PAGESIZE) * mmap.PAGESIZE
+        if end > self._released:
+            try:
+                self._mm.madvise(mmap.MADV_DONTNEED, self._released, end - self._released)
+            except (OSError, ValueError):
+                return
+            self._released = end
 
     def _truncated(self, index: int, pos: int, what: str) -> None:
         self.truncated_records += 1
@@ -528,6 +545,7 @@ class CaptureReader:
         big = order == ">"
         base = starts[0]
         data = _arena(self._arr[base:end], self._scratch)
+        self._release(base)
         st = np.asarray(starts, dtype=np.int64) - base
         kind = np.asarray(kinds, dtype=np.int64)
         iface = np.asarray(ifs, dtype=np.int32)

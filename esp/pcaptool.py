@@ -713,7 +713,7 @@ def replay_file(in_path: str | os.PathLike[str], sa: SaEntry, *, pattern: Replay
     res.inbound = SaStats(sa.label, sa.spi, "in")
     reader = CaptureReader(in_path, chunk_records=chunk_records)
     writer = None
-    accepted_seen: set[int] = set()
+    accepted_seen = np.zeros(1024, dtype=bool)
     rng = random.Random(pattern.seed)
     held: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []   # explicit order: (esp bytes, ts, iface) per chunk
     try:
@@ -747,7 +747,8 @@ def replay_file(in_path: str | os.PathLike[str], sa: SaEntry, *, pattern: Replay
                 held.append((packed, ts, ifc))
             else:
                 order = pattern.deliveries(len(okidx), rng)
-                _deliver(in_sa, packed, order, sent_total, ts, ifc, res, accepted_seen, writer, reader, record)
+                accepted_seen = _deliver(in_sa, packed, order, sent_total, ts, ifc, res, accepted_seen, writer,
+                                         reader, record)
             sent_total += len(okidx)
             bar.update(c.end_position, sent_total)
         bar.close()
@@ -804,10 +805,11 @@ def _concat_packed(parts: list[PacketBatch]) -> PacketBatch:
 
 
 def _deliver(in_sa: Sa, sent: PacketBatch, order: np.ndarray, first_number: int, ts: np.ndarray,
-             iface: np.ndarray, res: ReplaySummary, accepted_seen: set[int], writer: CaptureWriter | None,
-             reader: CaptureReader, record: bool) -> None:
+             iface: np.ndarray, res: ReplaySummary, accepted_seen: np.ndarray, writer: CaptureWriter | None,
+             reader: CaptureReader, record: bool) -> np.ndarray:
+    """Deliver ``order`` (indices into ``sent``) to the inbound SA; returns the grown accepted-number map."""
     if order.size == 0:
-        return
+        return accepted_seen
     # The delivered stream as its own batch (duplicates are separate slots), decrypted in one call.
     src = PacketBatch(sent.buf, sent.offsets[order], sent.lengths[order], sent.lengths[order])
     cap = src.lengths.astype(np.int64)
@@ -819,27 +821,34 @@ def _deliver(in_sa: Sa, sent: PacketBatch, order: np.ndarray, first_number: int,
     seq = _be32(sent.buf, sent.offsets[order] + _esp_offset(sent, order) + 4)
     numbers = order + first_number + 1
     st = dst.status
-    for k in range(order.size):  # bookkeeping of which numbers were accepted: a set, for the report only
-        v = int(st[k])
-        num = int(numbers[k])
-        if v == Verdict.OK:
-            res.accepted += 1
-            accepted_seen.add(num)
-        elif v == Verdict.REPLAYED:
-            if num in accepted_seen:
-                res.duplicates += 1
-            else:
-                res.too_old += 1
-        else:
-            name = Verdict(v).name
-            res.other[name] = res.other.get(name, 0) + 1
-        if record:
-            res.verdicts.append((num, int(seq[k]), Verdict(v).name))
+    ok = st == Verdict.OK
+    replayed = st == Verdict.REPLAYED
+    # A rejected replay is a duplicate if its packet number was accepted before it: in an earlier delivery
+    # batch, or earlier in this one.
+    top = int(numbers.max()) + 1
+    if accepted_seen.shape[0] < top:
+        grown = np.zeros(max(top, 2 * accepted_seen.shape[0]), dtype=bool)
+        grown[: accepted_seen.shape[0]] = accepted_seen
+        accepted_seen = grown
+    pos = np.arange(order.size)
+    first_ok = np.full(top, order.size, dtype=np.int64)
+    np.minimum.at(first_ok, numbers[ok], pos[ok])
+    dup = replayed & (accepted_seen[numbers] | (first_ok[numbers] < pos))
+    res.accepted += int(ok.sum())
+    res.duplicates += int(dup.sum())
+    res.too_old += int((replayed & ~dup).sum())
+    accepted_seen[numbers[ok]] = True
+    for name, k in _non_ok(st[~replayed]):
+        res.other[name] = res.other.get(name, 0) + k
+    if record:
+        names = np.asarray([v.name for v in Verdict], dtype=object)
+        res.verdicts.extend(zip(numbers.tolist(), seq.tolist(), names[st].tolist()))
     if writer is not None:
         okk = np.flatnonzero(st == Verdict.OK)
         if okk.size:
             writer.write(dst.buf, dst.offsets[okk], dst.lengths[okk], ts[order[okk]], iface[order[okk]],
                          src_tsresol=[i.tsresol for i in reader.interfaces])
+    return accepted_seen
 
 
 def _esp_offset(b: PacketBatch, order: np.ndarray) -> np.ndarray:

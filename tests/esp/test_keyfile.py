@@ -239,3 +239,22 @@ def test_sa_params_from_entry():
     p = e.sa_params(Direction.OUT)
     assert p.spi == 0x1001 and p.mode is Mode.TUNNEL and p.encap.dport == 4500 and p.esn and p.src == "192.0.2.1"
     assert p.suite is parse_suite("aes256gcm16")
+
+
+@pytest.mark.parametrize("suite", ["aes128gcm16", "aes256gcm16", "aes256-sha256", "aes128-sha1", "aes128ctr-sha256",
+                                   "null-sha256"])
+def test_reads_the_ike_daemons_key_log(suite):
+    """The IKE daemon's esp_sa key log (ike.keylog) and this reader agree on every column."""
+    from types import SimpleNamespace
+
+    keylog = pytest.importorskip("ike.keylog")
+    s = parse_suite(suite)
+    ev = SimpleNamespace(suite=suite, local_addr=("192.0.2.1", 4500), remote_addr=("192.0.2.2", 4500),
+                         spi_out=0xC0000001, spi_in=0xC0000002, enc_key_out=bytes([1]) * s.enc_keymat_len,
+                         enc_key_in=bytes([2]) * s.enc_keymat_len, integ_key_out=bytes([3]) * s.integ_key_len,
+                         integ_key_in=bytes([4]) * s.integ_key_len)
+    out, inb = parse_wireshark("\n".join(keylog.esp_lines(ev))).entries
+    assert (out.spi, out.suite, out.enc_key, out.integ_key, str(out.src), str(out.dst)) == (
+        0xC0000001, s, ev.enc_key_out, ev.integ_key_out, "192.0.2.1", "192.0.2.2")
+    assert (inb.spi, inb.enc_key, inb.integ_key, str(inb.src)) == (0xC0000002, ev.enc_key_in, ev.integ_key_in,
+                                                                    "192.0.2.2")
