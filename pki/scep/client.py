@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -70,6 +71,12 @@ def get_ca_certs(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> list[x509.Cer
         raise ScepError(f"{url}: GetCACert answer ({resp.content_type}) holds no certificate: {exc}") from None
     if not certs:
         raise ScepError(f"{url}: GetCACert returned no certificate")
+    for cert in certs:  # parse what we will use now, so a malformed certificate fails here, clearly
+        try:
+            cert.public_key()
+            list(cert.extensions)
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise ScepError(f"{url}: GetCACert returned an unusable certificate: {exc}") from None
     return _order_chain(certs)
 
 

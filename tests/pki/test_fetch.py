@@ -38,7 +38,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"x" * 5000)
             return
-        status, ctype, body = ROUTES.get(self.path, (404, "text/plain", b"missing"))
+        status, ctype, body = ROUTES.get(self.path.split("?")[0], (404, "text/plain", b"missing"))
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -137,3 +137,20 @@ def test_fetch_crl_garbage(server):
     ROUTES["/bad.crl"] = (200, "application/pkix-crl", b"\x30\x03\x02\x01\x01")
     with pytest.raises(FetchError, match="not a CRL"):
         fetch_crl(server + "/bad.crl")
+
+
+def test_get_ca_certs_garbage_answers(server):
+    """A SCEP 'CA' answering GetCACert with junk: a ScepError naming the URL, never a stray exception."""
+    from pki.scep.client import get_ca_certs
+    from pki.scep.errors import ScepError
+
+    cases = {
+        "/junk1": (200, "application/x-x509-ca-cert", b"\x30\x03\x02\x01\x01"),
+        "/junk2": (200, "application/x-x509-ca-ra-cert", b"\x30\x80garbage"),
+        "/junk3": (200, "text/html", b"<html>login</html>"),
+        "/junk4": (200, "application/x-x509-ca-ra-cert", b""),
+    }
+    for path, answer in cases.items():
+        ROUTES[path] = answer
+        with pytest.raises(ScepError, match="GetCACert"):
+            get_ca_certs(server + path)
