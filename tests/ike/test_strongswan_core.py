@@ -33,20 +33,20 @@ def _events(out: str) -> list[dict]:
     return [e for e in (json.loads(line) for line in out.splitlines() if line.startswith("{")) if "event" in e]
 
 
-def _setup(tmp_path, kind, ike, esp):  # type: ignore[no-untyped-def]
+def _setup(tmp_path, kind, ike, esp, me_id="me.example", them_id="them.example"):  # type: ignore[no-untyped-def]
     lab = ss.Lab(tmp_path)
     a, b = lab.pair()
     pki = ss.LabPki(kind)
     me, them = pki.issue("me", "me.example"), pki.issue("them", "them.example")
     ch = lab.charon(b, "charon", log_levels={"ike": 4, "chd": 4})
     ch.add_ca(pki.ca)
-    ch.connections.append(ss.Connection("p", b.outer, a.outer, "them.example", "me.example", ch.add_credential(them),
+    ch.connections.append(ss.Connection("p", b.outer, a.outer, them_id, me_id, ch.add_credential(them),
                                         [ss.Child("net", f"{b.inner}/32", f"{a.inner}/32", esp)], proposals=ike))
     ch.start()
     for name, data in (("key.pem", me.key_pem()), ("cert.pem", me.cert_pem()), ("ca.pem", pki.ca.cert_pem())):
         (tmp_path / name).write_bytes(data)
     cfg = {"key": str(tmp_path / "key.pem"), "cert": str(tmp_path / "cert.pem"), "ca": str(tmp_path / "ca.pem"),
-           "local_id": "me.example", "remote_id": "them.example", "remote_addr": b.outer, "local_addr": a.outer,
+           "local_id": me_id, "remote_id": them_id, "remote_addr": b.outer, "local_addr": a.outer,
            "local_ts": f"{a.inner}/32", "remote_ts": f"{b.inner}/32", "ike": [ike], "esp": [esp]}
     return lab, a, b, ch, cfg
 
@@ -69,14 +69,16 @@ def _assert_keys_match(events: list[dict], log: str) -> int:
     return matched
 
 
-@pytest.mark.parametrize("kind,ike,esp", [
-    ("rsa", "aes256-sha256-modp2048", "aes256-sha256"),
-    ("ecdsa", "aes128gcm16-prfsha256-ecp256", "aes128gcm16"),
+@pytest.mark.parametrize("kind,ike,esp,dn", [
+    ("rsa", "aes256-sha256-modp2048", "aes256-sha256", False),
+    ("ecdsa", "aes128gcm16-prfsha256-ecp256", "aes128gcm16", True),  # DER_ASN1_DN identities, strongSwan order
 ])
-def test_core_initiates_to_strongswan_rekeys_and_deletes(tmp_path, kind, ike, esp):
+def test_core_initiates_to_strongswan_rekeys_and_deletes(tmp_path, kind, ike, esp, dn):
     ok, why = ss.charon_available()
     require(ok, why)
-    lab, a, b, ch, cfg = _setup(tmp_path, kind, ike, esp)
+    ids = ({"me_id": "O=espresso interop, CN=me.example", "them_id": "O=espresso interop, CN=them.example"}
+           if dn else {})
+    lab, a, b, ch, cfg = _setup(tmp_path, kind, ike, esp, **ids)
     with lab:
         cfg.update(role="initiator", actions=["rekey_child", "rekey_ike", "rekey_child", "terminate"],
                    timeout=20, stop_when="IkeSaTerminated", fragment_size=576 if kind == "rsa" else 1280)
@@ -86,7 +88,7 @@ def test_core_initiates_to_strongswan_rekeys_and_deletes(tmp_path, kind, ike, es
         kinds = [e.get("event") for e in events]
         log = ch.log()
         assert "IkeSaEstablished" in kinds, err[-2000:] + ch.tail()
-        assert "authentication of 'me.example'" in log and "successful" in log
+        assert f"authentication of '{ids.get('me_id', 'me.example')}' with" in log and "successful" in log
         assert kinds.count("ChildSaRekeyed") == 2 and "IkeSaRekeyed" in kinds
         assert kinds[-1] == "IkeSaTerminated"
         assert _assert_keys_match(events, log) == 3
