@@ -63,3 +63,20 @@ def test_pki_validator_revoked_by_crl():
     reasons = [e.reason for e in eb if isinstance(e, AuthenticationFailed)]
     assert reasons and "revoked" in reasons[0]
     assert not any(isinstance(e, ChildSaEstablished) for e in ea + eb)
+
+
+def test_intermediate_ca_sent_and_validated():
+    from ike.core_config import Credential
+
+    root = CaForTests.create("Root")
+    ikey, icert = root.issue("Intermediate", "ecdsa", ca=True)
+    inter = CaForTests(ikey, icert)
+    i, r, _ = cert_peers(ca=root)
+    k, c = inter.issue("initiator", "rsa", [x509.DNSName("i.example")])
+    i = replace(i, credential=Credential(k, c, (icert,)))
+    v = _validator(root)
+    ea, eb = _run(i, replace(r, validator=v))
+    assert any(isinstance(e, IkeSaEstablished) for e in eb)
+    # without the intermediate the path cannot be built
+    ea, eb = _run(replace(i, credential=Credential(k, c)), replace(r, validator=v))
+    assert "untrusted" in [e for e in eb if isinstance(e, AuthenticationFailed)][0].reason
