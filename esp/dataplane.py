@@ -31,7 +31,12 @@ import numpy as np
 from .batch import Verdict
 from .events import DataplaneEvent, ExpiryReason, SaAcquire, SaExpired
 from .sad import Sad, SaEntry, sa_direction, sa_spi
-from .spd import UNPARSEABLE, Action, Headers, Policy, Selector, Spd, parse_headers
+from .spd import _IDX4, UNPARSEABLE, Action, Policy, Selector, Spd, _window, parse_headers
+
+try:
+    from . import _io as _compiled
+except ImportError:  # pragma: no cover - setup.py always builds it
+    _compiled = None
 
 __all__ = ["Dataplane", "DataplaneCounters", "DEFAULT_SLOT_SIZE", "ESP_OVERHEAD_MAX"]
 
@@ -183,7 +188,7 @@ class Dataplane:
         out = self._output_for(batch, out)
         spd = self.spd.snapshot
         sad = self.sad.snapshot
-        idx, h = spd.classify(batch.buf, batch.offsets, batch.lengths, n)
+        idx = spd.classify_batch(batch.buf, batch.offsets, batch.lengths, n)
         acts = spd.actions_of(idx)
         verdicts = np.full(n, _DISCARDED, np.uint8)
         verdicts[idx == UNPARSEABLE] = _MALFORMED
@@ -195,7 +200,7 @@ class Dataplane:
             entry = sad.outbound.get(name)
             if entry is None:
                 verdicts[sel] = _NO_SA
-                self._acquire(name, h, int(sel[0]), now)
+                self._acquire(name, batch, int(sel[0]), now)
                 continue
             n_ok = entry.sa.encrypt_batch(batch, out, select=sel)
             v = status[sel]
@@ -218,19 +223,9 @@ class Dataplane:
         n = int(batch.count)
         out = self._output_for(batch, out)
         sad = self.sad.snapshot
-        buf = np.asarray(batch.buf)
-        h = parse_headers(buf, batch.offsets, batch.lengths, n)
-        end = np.asarray(batch.offsets[:n], np.int64) + np.asarray(batch.lengths[:n], np.int64)
-        udp = h.ok & (h.proto == 17)
-        esp_pos = np.where(udp, h.l4 + 8, h.l4)
-        is_esp = h.ok & ((h.proto == 50) | udp) & (esp_pos + 8 <= end)
-        spi = _be32(buf, esp_pos)
-        verdicts = np.full(n, _MALFORMED, np.uint8)
-        marker = udp & (esp_pos + 4 <= end) & (spi == 0)
-        verdicts[marker] = _BYPASSED
-        verdicts[udp & (end - esp_pos == 1) & (_be8(buf, esp_pos) == 0xFF)] = _DISCARDED
-        is_esp &= ~marker
-        cand = np.flatnonzero(is_esp)
+        spi, kind = _demux(batch, n)
+        verdicts = _KIND_VERDICT[kind]
+        cand = np.flatnonzero(kind == 0)
         verdicts[cand] = _NO_SA
         status = out.status
         groups: list[tuple[SaEntry, np.ndarray]] = []
@@ -242,15 +237,13 @@ class Dataplane:
             verdicts[sel] = status[sel]
             groups.append((entry, sel))
             self._check_expiry(entry, verdicts[sel], n_ok)
-        if any(e.check is not None for e, _ in groups):
-            inner = parse_headers(out.buf, out.offsets, out.lengths, n)
-            for entry, sel in groups:
-                if entry.check is None:
-                    continue
-                ok = sel[verdicts[sel] == _OK]
-                if ok.size:
-                    fine = entry.check.any_match(inner, ok)
-                    verdicts[ok[~fine]] = _POLICY_MISMATCH
+        for entry, sel in groups:
+            if entry.check is None:
+                continue
+            ok = sel[verdicts[sel] == _OK]
+            if ok.size:
+                fine = entry.check.first_match_batch(out.buf, out.offsets, out.lengths, n, rows=ok) >= 0
+                verdicts[ok[~fine]] = _POLICY_MISMATCH
         np.asarray(out.status)[:n] = verdicts
         self._in += np.bincount(verdicts, minlength=_NV)[:_NV]
         return verdicts
@@ -279,7 +272,7 @@ class Dataplane:
         if cb is not None:
             cb(ev)
 
-    def _acquire(self, policy: str, h: Headers, i: int, now: float | None) -> None:
+    def _acquire(self, policy: str, batch: Any, i: int, now: float | None) -> None:
         t = time.monotonic() if now is None else now
         with self._lock:
             last = self._acquire_last.get(policy)
@@ -287,6 +280,8 @@ class Dataplane:
                 return
             self._acquire_last[policy] = t
             self._acquires += 1
+        h = parse_headers(batch.buf, batch.offsets[i:i + 1], batch.lengths[i:i + 1])  # the one packet it names
+        i = 0
         v = int(h.version[i])
         self._emit(SaAcquire(policy, _addr(v, h.src_hi[i], h.src_lo[i]), _addr(v, h.dst_hi[i], h.dst_lo[i]),
                              int(h.proto[i]), int(h.sport[i]), int(h.dport[i])))
@@ -344,11 +339,44 @@ def _groups(keys: np.ndarray, slots: np.ndarray) -> Iterable[tuple[int, np.ndarr
     return [(int(ks[a]), slots[order[a:b]].astype(np.int32)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+# Inbound demux kinds (esp._io.esp_demux) -> initial verdict: ESP waits for its SA (NO_SA until found), IKE
+# on the NAT-T port is handed over (BYPASSED), a NAT keepalive is dropped (DISCARDED), the rest is MALFORMED.
+_KIND_VERDICT = np.array([_NO_SA, _BYPASSED, _DISCARDED, _MALFORMED], np.uint8)
+
+
+def _demux(batch: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(SPI, kind) per received packet: compiled when esp._io is built, else the numpy reference."""
+    if _compiled is not None:
+        spi = np.empty(n, np.uint32)
+        kind = np.empty(n, np.uint8)
+        _compiled.esp_demux(batch.buf, batch.offsets, batch.lengths, spi, kind)
+        return spi, kind
+    buf = np.asarray(batch.buf)
+    off = np.asarray(batch.offsets[:n], np.int64)
+    end = off + np.asarray(batch.lengths[:n], np.int64)
+    b0 = _be8(buf, off)
+    v4 = ((b0 >> 4) == 4) & (end - off >= 20)
+    v6 = ((b0 >> 4) == 6) & (end - off >= 40)
+    hl = np.where(v4, (b0 & 15) * 4, 40).astype(np.int64)
+    ok = (v4 & (hl >= 20) & (off + hl <= end)) | v6
+    proto = np.where(v4, _be8(buf, off + 9), _be8(buf, off + 6))
+    udp = ok & (proto == 17)
+    esp_pos = off + hl + np.where(udp, 8, 0)
+    word = _be32(buf, esp_pos)
+    kind = np.full(n, 3, np.uint8)
+    keepalive = udp & (end - esp_pos == 1) & (_be8(buf, esp_pos) == 0xFF)
+    ike = udp & ~keepalive & (esp_pos + 4 <= end) & (word == 0)
+    esp = ok & ((proto == 50) | udp) & ~keepalive & ~ike & (esp_pos + 8 <= end) & (word != 0)
+    kind[keepalive] = 2
+    kind[ike] = 1
+    kind[esp] = 0
+    return np.where(esp, word, 0).astype(np.uint32), kind
+
+
 def _be8(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
     return buf[np.clip(pos, 0, max(len(buf) - 1, 0))].astype(np.uint32)
 
 
 def _be32(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    p = np.clip(pos, 0, max(len(buf) - 4, 0))
-    b = buf[p[:, None] + np.arange(4)].astype(np.uint32)
+    b = _window(buf, np.asarray(pos, np.int64), _IDX4).astype(np.uint32)
     return (b[:, 0] << 24) | (b[:, 1] << 16) | (b[:, 2] << 8) | b[:, 3]

@@ -19,6 +19,11 @@ from typing import Iterable, NamedTuple, Sequence, Union
 
 import numpy as np
 
+try:  # the compiled twin of parse_headers + first_match (esp/_io.pyx); numpy is the reference and fallback
+    from . import _io as _compiled
+except ImportError:  # pragma: no cover - the extension is always built by setup.py
+    _compiled = None
+
 __all__ = [
     "Action",
     "Selector",
@@ -280,6 +285,10 @@ def parse_headers(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, cou
     )
 
 
+def _slice_headers(h: Headers, n: int) -> Headers:
+    return Headers(*(a[:n] for a in h))
+
+
 def _walk_ipv6(buf: np.ndarray, off: np.ndarray, ln: np.ndarray, ext: np.ndarray, proto: np.ndarray,
                l4: np.ndarray, nonfirst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Follow IPv6 extension headers for the packets that have them (the rare path)."""
@@ -330,7 +339,7 @@ class CompiledSelectors:
     """
 
     __slots__ = ("owner", "ver", "sh", "sl", "smh", "sml", "dh", "dl", "dmh", "dml", "proto", "sp", "dp",
-                 "sp_any", "dp_any", "size")
+                 "sp_any", "dp_any", "size", "table")
 
     def __init__(self, entries: Sequence[tuple[int, Selector]]) -> None:
         rows = []
@@ -351,6 +360,34 @@ class CompiledSelectors:
         self.sp_any = (self.sp[0] == 0) & (self.sp[1] == 65535)
         self.dp_any = (self.dp[0] == 0) & (self.dp[1] == 65535)
         self.size = len(rows)
+        # The same columns as one (k, 15) uint64 table for the compiled matcher.
+        self.table = np.ascontiguousarray(np.stack([
+            self.ver.astype(np.uint64), self.sh, self.sl, self.smh, self.sml, self.dh, self.dl, self.dmh, self.dml,
+            self.proto.astype(np.uint64), self.sp[0].astype(np.uint64), self.sp[1].astype(np.uint64),
+            self.dp[0].astype(np.uint64), self.dp[1].astype(np.uint64), self.owner.astype(np.uint64),
+        ], axis=1) if rows else np.zeros((0, 15), np.uint64))
+
+    def first_match_batch(self, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, n: int,
+                          rows: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`first_match` straight from a batch arena (slots 0..n-1, or ``rows``): one compiled call per
+        batch when esp._io is built, the numpy reference otherwise. Same results either way."""
+        if _compiled is not None:
+            out = np.empty(n if rows is None else len(rows), np.int32)
+            _compiled.classify(buf, offsets, lengths, self.table, out, rows)
+            return out
+        h = parse_headers(buf, offsets, lengths, None if rows is None else len(offsets))
+        if rows is None:
+            return self.first_match(_slice_headers(h, n))
+        res = np.full(len(rows), NO_MATCH, np.int32)
+        ok = h.ok[rows]
+        res[~ok] = UNPARSEABLE
+        if ok.any():
+            sub = rows[ok]
+            m = self.matrix(h, 0, None, sub)
+            first = m.argmax(axis=1)
+            hit = m[np.arange(len(sub)), first]
+            res[np.flatnonzero(ok)[hit]] = self.owner[first[hit]]
+        return res
 
     def matrix(self, h: Headers, lo: int = 0, hi: int | None = None, rows: np.ndarray | None = None) -> np.ndarray:
         """Boolean (packets, selectors[lo:hi]) match matrix, for all packets or those at ``rows``."""
@@ -422,6 +459,10 @@ class SpdSnapshot:
     def classify_headers(self, h: Headers) -> np.ndarray:
         """First matching policy index per packet (int32), NO_MATCH or UNPARSEABLE."""
         return self._sel.first_match(h)
+
+    def classify_batch(self, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, count: int) -> np.ndarray:
+        """Policy index per packet of slots 0..count-1 (compiled when available): the data plane's path."""
+        return self._sel.first_match_batch(buf, offsets, lengths, count)
 
     def classify(self, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
                  count: int | None = None) -> tuple[np.ndarray, Headers]:

@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from esp import Direction, Lifetime, PacketBatch, Sa, SaParams, UdpEncap, Verdict, parse_suite
 from esp.dataplane import Dataplane
@@ -338,3 +340,28 @@ def test_sa_replacement_under_traffic_loses_nothing():
     assert rekeys >= 5 and done_batches[0] > rekeys
     assert results["bad"] == []
     assert results["ok"] == results["sent"] > 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(
+    st.binary(min_size=0, max_size=80),
+    st.builds(lambda spi, body, udp: (struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + (8 if udp else 0) + 4 + len(body),
+                                                  0, 0, 64, 17 if udp else 50, 0, b"\1\1\1\1", b"\2\2\2\2")
+                                      + (struct.pack("!HHHH", 4500, 4500, 12 + len(body), 0) if udp else b"")
+                                      + struct.pack("!I", spi) + body),
+              st.sampled_from([0, 1, 0x1000, 0xFFFFFFFF]), st.binary(min_size=0, max_size=20), st.booleans())),
+    min_size=1, max_size=16))
+def test_compiled_demux_agrees_with_numpy_reference(pkts):
+    from esp import dataplane
+
+    batch = PacketBatch.from_packets(pkts)
+    if batch.buf.size == 0:
+        return
+    fast = dataplane._demux(batch, batch.count)
+    saved, dataplane._compiled = dataplane._compiled, None
+    try:
+        slow = dataplane._demux(batch, batch.count)
+    finally:
+        dataplane._compiled = saved
+    assert fast[1].tolist() == slow[1].tolist()
+    assert fast[0][fast[1] == 0].tolist() == slow[0][slow[1] == 0].tolist()
