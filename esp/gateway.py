@@ -44,6 +44,7 @@ IkeSink = Callable[[bytes, tuple, tuple], None]
 #: Socket buffer asked for on the ESP sockets: a burst of a few thousand full-size packets.
 SOCKET_BUFFER = 8 << 20
 NON_ESP_MARKER = b"\0\0\0\0"
+_OK, _BYPASSED = int(Verdict.OK), int(Verdict.BYPASSED)
 
 
 class GatewayError(EspError):
@@ -106,10 +107,15 @@ class _Slots:
 
     def __init__(self, count: int, slot_size: int) -> None:
         self.full = PacketBatch.empty(count, slot_size)
+        self._views: dict[int, PacketBatch] = {}
 
     def view(self, n: int) -> PacketBatch:
-        f = self.full
-        return PacketBatch(f.buf, f.offsets[:n], f.lengths[:n], f.capacity[:n])
+        """Slots 0..n-1 as a batch sharing the arena and arrays (built once per n, then reused)."""
+        v = self._views.get(n)
+        if v is None:
+            f = self.full
+            v = self._views[n] = PacketBatch(f.buf, f.offsets[:n], f.lengths[:n], f.capacity[:n])
+        return v
 
 
 class Gateway:
@@ -251,7 +257,7 @@ class Gateway:
             st.tx_batches += 1
             out = dst.view(n)
             verdicts = dp.outbound(src.view(n), out)
-            ok = np.flatnonzero(verdicts == Verdict.OK).astype(np.int32)
+            ok = np.flatnonzero(verdicts == _OK).astype(np.int32)
             st.not_sent += n - len(ok)
             if not len(ok):
                 continue
@@ -294,12 +300,12 @@ class Gateway:
                 out = dst.view(n)
                 inb = src.view(n)
                 verdicts = dp.inbound(inb, out)
-                ok = np.flatnonzero(verdicts == Verdict.OK).astype(np.int32)
+                ok = np.flatnonzero(verdicts == _OK).astype(np.int32)
                 if len(ok):
                     written, dropped = _io.tun_write(tun_fd, out.buf, out.offsets, out.lengths, ok)
                     st.tun_written += written
                     st.tun_write_dropped += dropped
-                ike = np.flatnonzero(verdicts == Verdict.BYPASSED) if synth == _io.SYNTH_UDP else ()
+                ike = np.flatnonzero(verdicts == _BYPASSED) if synth == _io.SYNTH_UDP else ()
                 st.ike_received += len(ike)
                 st.not_delivered += n - len(ok) - len(ike)
                 for i in ike:  # control traffic: rare, handed over one message at a time
