@@ -311,7 +311,7 @@ class _Handler(BaseHTTPRequestHandler):
             if len(self.path) > 2 * MAX_BODY_SIZE:
                 raise _HttpError(HTTPStatus.REQUEST_URI_TOO_LONG, "request URI too long")
             parts = urllib.parse.urlsplit(self.path)
-            query = urllib.parse.parse_qs(parts.query, keep_blank_values=True, max_num_fields=8)
+            query = _parse_query(parts.query)
             if "operation" in query:
                 self._scep(query, post)
             else:
@@ -385,6 +385,21 @@ class _Handler(BaseHTTPRequestHandler):
                     self._send(HTTPStatus.OK, "application/ocsp-response", svc.ocsp_respond(req))
                     return
         raise _HttpError(HTTPStatus.NOT_FOUND, "not found")
+
+
+def _parse_query(query: str) -> dict[str, list[str]]:
+    """Like parse_qs, but percent-decoding only: base64 in ``message`` keeps a literal '+' (clients differ on
+    whether they escape it as %2B; a '+' never means a space in base64)."""
+    fields = query.split("&") if query else []
+    if len(fields) > 8:
+        raise ValueError("too many query fields")
+    out: dict[str, list[str]] = {}
+    for field in fields:
+        name, _, value = field.partition("=")
+        name = urllib.parse.unquote_plus(name)
+        value = urllib.parse.unquote(value) if name == "message" else urllib.parse.unquote_plus(value)
+        out.setdefault(name, []).append(value)
+    return out
 
 
 def _b64(text: str) -> bytes:

@@ -326,6 +326,12 @@ def test_pki_operation_via_get(service, rsa_key):
         {"operation": "PKIOperation", "message": base64.b64encode(body).decode()})
     rep = m.parse_pki_message(http_request("GET", url).body)
     assert rep.pki_status is PkiStatus.SUCCESS
+    # strongSwan's GET encoding: '+' as %2B and a %0A every 64 characters; others send a bare '+' or '/'
+    b64 = base64.b64encode(body).decode()
+    lines = "%0A".join(b64[i:i + 64] for i in range(0, len(b64), 64)).replace("+", "%2B")
+    for message in (lines, b64):
+        rep = m.parse_pki_message(http_request("GET", f"{service.url}/scep?operation=PKIOperation&message={message}").body)
+        assert rep.pki_status is PkiStatus.SUCCESS
 
 
 def test_oversized_body_is_413(service):
