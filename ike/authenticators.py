@@ -27,7 +27,7 @@ KEY_PAD = b"Key Pad for IKEv2"
 SUPPORTED_HASHES = (HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512,
                     HashAlgorithm.IDENTITY)
 
-_HASH = {HashAlgorithm.SHA2_256: hashes.SHA256, HashAlgorithm.SHA2_384: hashes.SHA384,
+_HASH: dict[int, Any] = {HashAlgorithm.SHA2_256: hashes.SHA256, HashAlgorithm.SHA2_384: hashes.SHA384,
          HashAlgorithm.SHA2_512: hashes.SHA512}
 # RFC 7427 appendix A AlgorithmIdentifier DER, keyed by (scheme, hash)
 _ALG_IDS: dict[tuple[str, int], bytes] = {
@@ -40,7 +40,7 @@ _ALG_IDS: dict[tuple[str, int], bytes] = {
     ("ed25519", HashAlgorithm.IDENTITY): bytes.fromhex("300506032b6570"),
 }
 _PSS_OID_PREFIX = bytes.fromhex("06092a864886f70d01010a")
-_ECDSA_CLASSIC = {"secp256r1": (AuthMethod.ECDSA_SHA256_P256, hashes.SHA256, 32),
+_ECDSA_CLASSIC: dict[str, Any] = {"secp256r1": (AuthMethod.ECDSA_SHA256_P256, hashes.SHA256, 32),
                   "secp384r1": (AuthMethod.ECDSA_SHA384_P384, hashes.SHA384, 48),
                   "secp521r1": (AuthMethod.ECDSA_SHA512_P521, hashes.SHA512, 66)}
 
@@ -69,7 +69,7 @@ def _pss_alg_id(h: int) -> bytes:
     params = algos.RSASSAPSSParams({
         "hash_algorithm": {"algorithm": name},
         "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": name}},
-        "salt_length": _HASH[HashAlgorithm(h)].digest_size,
+        "salt_length": _HASH[HashAlgorithm(h)]().digest_size,
     })
     return algos.SignedDigestAlgorithm({"algorithm": "rsassa_pss", "parameters": params}).dump()
 
@@ -106,13 +106,13 @@ def sign_auth(key: Any, octets: bytes, peer_hashes: Iterable[int] | None, rsa_ps
         h = sha2[0]
         if rsa_pss:
             alg = _pss_alg_id(h)
-            pad: Any = padding.PSS(padding.MGF1(_HASH[h]()), _HASH[h].digest_size)
+            pad: Any = padding.PSS(padding.MGF1(_HASH[h]()), _HASH[h]().digest_size)
         else:
             alg = _ALG_IDS[("rsa-pkcs1", h)]
             pad = padding.PKCS1v15()
         return AuthMethod.DIGITAL_SIGNATURE, bytes([len(alg)]) + alg + key.sign(octets, pad, _HASH[h]())
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        method, halg, size = _ECDSA_CLASSIC.get(key.curve.name, (None, None, 0))
+        method, halg, size = _ECDSA_CLASSIC.get(key.curve.name, (None, None, 0))  # type: Any, Any, int
         if not sha2:
             if method is None:
                 raise AuthenticationFailedError(f"no classic ECDSA method for curve {key.curve.name}")
@@ -161,7 +161,7 @@ def verify_auth(method: int, data: bytes, cert: Any, octets: bytes) -> str:
         if method in (9, 10, 11):
             if not isinstance(pub, ec.EllipticCurvePublicKey):
                 raise AuthenticationFailedError("AUTH method ECDSA but the certificate key is not EC")
-            m, halg, size = _ECDSA_CLASSIC.get(pub.curve.name, (None, None, 0))
+            m, halg, size = _ECDSA_CLASSIC.get(pub.curve.name, (None, None, 0))  # type: Any, Any, int
             if m != method or len(data) != 2 * size:
                 raise AuthenticationFailedError("ECDSA AUTH method does not match the certificate curve")
             sig = encode_dss_signature(int.from_bytes(data[:size], "big"), int.from_bytes(data[size:], "big"))
@@ -181,7 +181,7 @@ def verify_auth(method: int, data: bytes, cert: Any, octets: bytes) -> str:
                 if not isinstance(pub, rsa.RSAPublicKey):
                     raise AuthenticationFailedError("RSA signature but the key is not RSA")
                 hcls = _HASH[HashAlgorithm(h)]
-                pad: Any = (padding.PSS(padding.MGF1(hcls()), hcls.digest_size) if scheme == "rsa-pss"
+                pad: Any = (padding.PSS(padding.MGF1(hcls()), hcls().digest_size) if scheme == "rsa-pss"
                             else padding.PKCS1v15())
                 pub.verify(sig, octets, pad, hcls())
             return f"signature({scheme}-{HashAlgorithm(h).name.lower()})"

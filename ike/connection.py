@@ -94,9 +94,16 @@ class IkeConnection:
 
     # -- plumbing ----------------------------------------------------------------------------------------
     def _manager(self, sa: IkeSa) -> TaskManager:
-        return TaskManager(sa, lambda frags, _sa=sa: self._send(_sa, frags),
-                           lambda reason, notify, _sa=sa: self._terminated(_sa, reason, notify),
-                           lambda msg, _sa=sa: self._passive(_sa, msg))
+        def send(frags: list[bytes]) -> None:
+            self._send(sa, frags)
+
+        def terminate(reason: str, notify: int | None) -> None:
+            self._terminated(sa, reason, notify)
+
+        def passive(msg: Message) -> list[Task]:
+            return self._passive(sa, msg)
+
+        return TaskManager(sa, send, terminate, passive)
 
     def _send(self, sa: IkeSa, frags: list[bytes]) -> None:
         port = sa.local_addr[1]

@@ -37,8 +37,10 @@ def fragment_message(msg: Message, protector: Protector, max_size: int) -> list[
             return push_header(Header(msg.spi_i, msg.spi_r, PayloadType.SKF, msg.exchange, msg.flags,
                                       msg.message_id, HEADER_LEN + payload_len))
 
-        out.append(protector.seal(header, lambda body_len, _n=n, _x=nxt: skf_generic_header(_x, _n, total,
-                                                                                             body_len), piece))
+        def skf_header(body_len: int, _n: int = n, _x: int = nxt) -> bytes:
+            return skf_generic_header(_x, _n, total, body_len)
+
+        out.append(protector.seal(header, skf_header, piece))
     return out
 
 

@@ -214,17 +214,17 @@ _MANY = 32
 _U = False  # unencrypted
 _E = True
 
-_INIT = {PayloadType.SA: Rule(1, _U), PayloadType.KE: Rule(1, _U), PayloadType.NONCE: Rule(1, _U),
+_INIT: dict[int, Rule] = {PayloadType.SA: Rule(1, _U), PayloadType.KE: Rule(1, _U), PayloadType.NONCE: Rule(1, _U),
          PayloadType.NOTIFY: Rule(_MANY, _U), PayloadType.VENDOR: Rule(_MANY, _U),
          PayloadType.CERTREQ: Rule(_MANY, _U)}
-_AUTH = {PayloadType.IDi: Rule(1, _E), PayloadType.IDr: Rule(1, _E), PayloadType.CERT: Rule(16, _E),
+_AUTH: dict[int, Rule] = {PayloadType.IDi: Rule(1, _E), PayloadType.IDr: Rule(1, _E), PayloadType.CERT: Rule(16, _E),
          PayloadType.CERTREQ: Rule(_MANY, _E), PayloadType.AUTH: Rule(1, _E), PayloadType.CP: Rule(1, _E),
          PayloadType.SA: Rule(1, _E), PayloadType.TSi: Rule(1, _E), PayloadType.TSr: Rule(1, _E),
          PayloadType.NOTIFY: Rule(_MANY, _E), PayloadType.VENDOR: Rule(_MANY, _E), PayloadType.EAP: Rule(1, _E)}
-_CHILD = {PayloadType.SA: Rule(1, _E), PayloadType.NONCE: Rule(1, _E), PayloadType.KE: Rule(1, _E),
+_CHILD: dict[int, Rule] = {PayloadType.SA: Rule(1, _E), PayloadType.NONCE: Rule(1, _E), PayloadType.KE: Rule(1, _E),
           PayloadType.TSi: Rule(1, _E), PayloadType.TSr: Rule(1, _E), PayloadType.NOTIFY: Rule(_MANY, _E),
           PayloadType.VENDOR: Rule(_MANY, _E), PayloadType.CP: Rule(1, _E)}
-_INFO = {PayloadType.NOTIFY: Rule(_MANY, _E), PayloadType.DELETE: Rule(_MANY, _E),
+_INFO: dict[int, Rule] = {PayloadType.NOTIFY: Rule(_MANY, _E), PayloadType.DELETE: Rule(_MANY, _E),
          PayloadType.VENDOR: Rule(_MANY, _E), PayloadType.CP: Rule(1, _E)}
 
 #: (exchange, is_response) -> allowed payload types with their max count and encryption requirement

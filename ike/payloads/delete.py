@@ -33,4 +33,4 @@ class DeletePayload(Payload):
         if self.protocol == ProtocolId.IKE:
             need(not self.spis, "IKE Delete carries no SPIs")
         else:
-            need(all(len(s) == 4 for s in self.spis) and self.spis, "ESP/AH Delete needs 4-byte SPIs")
+            need(bool(self.spis) and all(len(s) == 4 for s in self.spis), "ESP/AH Delete needs 4-byte SPIs")

@@ -27,7 +27,7 @@ class CertPre(Task):
 
     def process(self, msg: Message) -> TaskStatus:
         sa = self.sa
-        hashes = []
+        hashes: list[bytes] = []
         for req in msg.all(CertReqPayload):
             hashes.extend(req.key_hashes)
         if hashes:
