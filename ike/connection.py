@@ -106,6 +106,7 @@ class IkeConnection:
         return TaskManager(sa, send, terminate, passive)
 
     def _send(self, sa: IkeSa, frags: list[bytes]) -> None:
+        sa.last_outbound = sa.now
         port = sa.local_addr[1]
         for f in frags:
             self._out.append(Datagram(f, sa.remote_addr, port, port != 500))
@@ -227,6 +228,8 @@ class IkeConnection:
                 times.extend([c.rekey_at if c.state == ChildSaState.INSTALLED else None, c.expire_at])
             if sa.peer.dpd_delay:
                 times.append(sa.last_inbound + sa.peer.dpd_delay)
+            if sa.nat_local and sa.natt and sa.peer.keepalive_interval:
+                times.append(sa.last_outbound + sa.peer.keepalive_interval)
         valid = [t for t in times if t is not None]
         return min(valid) if valid else None
 
@@ -254,6 +257,11 @@ class IkeConnection:
             elif c.rekey_at is not None and now >= c.rekey_at and c.state == ChildSaState.INSTALLED:
                 c.rekey_at = None
                 self.rekey_child(c.spi_in, now)
+        if (sa.nat_local and sa.natt and sa.peer.keepalive_interval
+                and now >= sa.last_outbound + sa.peer.keepalive_interval):
+            # a one-byte 0xFF NAT-keepalive, without the non-ESP marker (RFC 3948 2.3)
+            sa.last_outbound = now
+            self._out.append(Datagram(b"\xff", sa.remote_addr, sa.local_addr[1], False))
         if sa.peer.dpd_delay and now >= sa.last_inbound + sa.peer.dpd_delay and not self.tm.busy:
             sa.last_inbound = now
             self._queue([Dpd(sa, True)], now)

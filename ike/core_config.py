@@ -163,6 +163,7 @@ class PeerConfig:
     children: tuple[ChildConfig, ...] = ()
     rekey_time: float = 14400.0  # IKE_SA rekey; 0 disables
     dpd_delay: float = 0.0  # liveness check after this idle time; 0 disables
+    keepalive_interval: float = 20.0  # NAT-T keepalives (RFC 3948 2.3) while we are behind a NAT; 0 disables
     send_certreq: bool = True
     send_cert: Literal["always", "ifasked", "never"] = "always"
     signature_auth: bool = True  # RFC 7427 (SIGNATURE_HASH_ALGORITHMS, AUTH method 14)

@@ -91,6 +91,7 @@ class IkeSa:
     established_at: float | None = None
     rekey_at: float | None = None
     last_inbound: float = 0.0
+    last_outbound: float = 0.0
     now: float = 0.0  # the time of the driver call being processed (tasks never read a clock)
     scratch: dict[str, Any] = field(default_factory=dict)  # per-exchange data shared by tasks of one exchange
 

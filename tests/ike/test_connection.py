@@ -578,3 +578,15 @@ def test_dn_identity_in_either_rdn_order(text):
     r = replace(r, remote_id=Identity.parse("O=espresso test,CN=initiator"))
     a, b, ea, eb = establish(i, r)
     assert of(eb, IkeSaEstablished)[0].remote_id.value == "CN=initiator,O=espresso test"
+
+
+def test_nat_keepalives_only_behind_nat():
+    i, r = psk_peers()
+    i = replace(i, encap=True)  # pretends to be behind a NAT
+    a, b, ea, eb = establish(i, r)
+    t = a.get_timer()
+    assert t == pytest.approx(20.0)
+    a.handle_timer(t)
+    (ka,) = a.datagrams_to_send(t)
+    assert ka.data == b"\xff" and not ka.marker and ka.local_port == 4500
+    assert b.get_timer() is None or b.get_timer() > 1000  # the responder is not behind a NAT: no keepalives
