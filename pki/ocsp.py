@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
+from asn1crypto import core as asn1_core
 from asn1crypto import keys as asn1_keys
+from asn1crypto import ocsp as asn1_ocsp
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -49,6 +52,8 @@ __all__ = [
 
 #: Largest request the responder parses (a request for one certificate is ~100 bytes).
 MAX_REQUEST_SIZE = 16 * 1024
+#: Certificates asked about in one request (RFC 6960 allows a list).
+MAX_CERTS_PER_REQUEST = 16
 #: Largest response the client reads.
 MAX_RESPONSE_SIZE = 64 * 1024
 #: How long a response is good for (its nextUpdate - thisUpdate).
@@ -167,6 +172,11 @@ class OcspResponder:
             return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
         try:
             req = ocsp.load_der_ocsp_request(bytes(request))
+        except NotImplementedError:  # several certificates in one request: cryptography builds only one answer
+            return self._respond_many(bytes(request), at)
+        except (ValueError, UnsupportedAlgorithm, TypeError):
+            return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
+        try:
             algorithm = req.hash_algorithm
             serial = req.serial_number
             name_hash, key_hash = req.issuer_name_hash, req.issuer_key_hash
@@ -178,18 +188,10 @@ class OcspResponder:
             return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
         if nonce is not None and not 1 <= len(nonce) <= 128:
             return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
-        ours = (name_hash == _name_hash(self.issuer, algorithm) and key_hash == _key_hash(self.issuer, algorithm))
-        info = self.lookup(serial) if ours else None
-        if info is None:
-            status, rtime, reason = ocsp.OCSPCertStatus.UNKNOWN, None, None
-        elif info.status is OcspCertStatus.REVOKED:
-            status, rtime, reason = ocsp.OCSPCertStatus.REVOKED, info.revocation_time or at, info.revocation_reason
-        elif info.status is OcspCertStatus.GOOD:
-            status, rtime, reason = ocsp.OCSPCertStatus.GOOD, None, None
-        else:
-            status, rtime, reason = ocsp.OCSPCertStatus.UNKNOWN, None, None
-        if reason is x509.ReasonFlags.unspecified:
-            reason = None  # RFC 5280: the reason code "unspecified" SHOULD be absent
+        info = self._status(name_hash, key_hash, serial, algorithm, at)
+        status = {OcspCertStatus.GOOD: ocsp.OCSPCertStatus.GOOD, OcspCertStatus.REVOKED: ocsp.OCSPCertStatus.REVOKED,
+                  OcspCertStatus.UNKNOWN: ocsp.OCSPCertStatus.UNKNOWN}[info.status]
+        rtime, reason = info.revocation_time, info.revocation_reason
         this_update = at.replace(microsecond=0)
         builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
             issuer_name_hash=name_hash, issuer_key_hash=key_hash, serial_number=serial, algorithm=algorithm,
@@ -204,6 +206,87 @@ class OcspResponder:
             return builder.sign(self.signer_key, _signature_hash(self.signer_key)).public_bytes(Encoding.DER)  # type: ignore[arg-type]
         except (ValueError, TypeError):  # pragma: no cover - a broken signer key: answer, do not crash
             return _unsuccessful(ocsp.OCSPResponseStatus.INTERNAL_ERROR)
+
+    def _status(self, name_hash: bytes, key_hash: bytes, serial: int, algorithm: hashes.HashAlgorithm,
+                at: datetime) -> SerialStatus:
+        """What to say about one CertID: unknown unless it names our issuer and a serial we issued."""
+        ours = name_hash == _name_hash(self.issuer, algorithm) and key_hash == _key_hash(self.issuer, algorithm)
+        info = self.lookup(serial) if ours else None
+        if info is None or info.status not in (OcspCertStatus.GOOD, OcspCertStatus.REVOKED):
+            return SerialStatus(OcspCertStatus.UNKNOWN)
+        if info.status is OcspCertStatus.GOOD:
+            return SerialStatus(OcspCertStatus.GOOD)
+        reason = info.revocation_reason
+        if reason is x509.ReasonFlags.unspecified:
+            reason = None  # RFC 5280: the reason code "unspecified" SHOULD be absent
+        return SerialStatus(OcspCertStatus.REVOKED, info.revocation_time or at, reason)
+
+    def _respond_many(self, request: bytes, at: datetime) -> bytes:
+        """A response with one SingleResponse per requested certificate, built with asn1crypto."""
+        try:
+            tbs = asn1_ocsp.OCSPRequest.load(request, strict=True)["tbs_request"]
+            requests = list(tbs["request_list"])
+            nonce_ext = None
+            for ext in tbs["request_extensions"] or []:
+                if ext["extn_id"].native == "nonce":
+                    nonce_ext = ext["extn_value"].parsed.native
+            singles = []
+            if not 1 <= len(requests) <= MAX_CERTS_PER_REQUEST:
+                return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
+            this_update = at.replace(microsecond=0)
+            for r in requests:
+                cert_id = r["req_cert"]
+                hname = cert_id["hash_algorithm"]["algorithm"].native
+                if hname not in _HASHES:
+                    return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
+                info = self._status(cert_id["issuer_name_hash"].native, cert_id["issuer_key_hash"].native,
+                                    cert_id["serial_number"].native, _HASHES[hname](), at)
+                if info.status is OcspCertStatus.REVOKED:
+                    assert info.revocation_time is not None
+                    revoked: dict[str, object] = {"revocation_time": info.revocation_time.replace(microsecond=0)}
+                    if info.revocation_reason is not None:
+                        revoked["revocation_reason"] = info.revocation_reason.name
+                    status = asn1_ocsp.CertStatus(name="revoked", value=revoked)
+                elif info.status is OcspCertStatus.GOOD:
+                    status = asn1_ocsp.CertStatus(name="good", value=asn1_core.Null())
+                else:
+                    status = asn1_ocsp.CertStatus(name="unknown", value=asn1_core.Null())
+                singles.append({"cert_id": cert_id.copy(), "cert_status": status, "this_update": this_update,
+                                "next_update": this_update + self.validity})
+            data: dict[str, object] = {
+                "responder_id": asn1_ocsp.ResponderId(name="by_key",
+                                                      value=_key_hash(self.signer, hashes.SHA1())),
+                "produced_at": this_update,
+                "responses": singles,
+            }
+            if isinstance(nonce_ext, bytes) and 1 <= len(nonce_ext) <= 128:
+                data["response_extensions"] = [{"extn_id": "nonce", "critical": False, "extn_value": nonce_ext}]
+            response_data = asn1_ocsp.ResponseData(data)
+            algorithm, signature = _sign_tbs(self.signer_key, response_data.dump())
+            basic: dict[str, object] = {"tbs_response_data": response_data, "signature_algorithm": algorithm,
+                                        "signature": signature}
+            if self.signer != self.issuer:
+                basic["certs"] = [asn1_x509.Certificate.load(self.signer.public_bytes(Encoding.DER))]
+            return asn1_ocsp.OCSPResponse({
+                "response_status": "successful",
+                "response_bytes": {"response_type": "basic_ocsp_response",
+                                   "response": asn1_ocsp.BasicOCSPResponse(basic)},
+            }).dump()
+        except (ValueError, TypeError, KeyError, OverflowError, UnsupportedAlgorithm):
+            return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
+
+
+def _sign_tbs(key: object, data: bytes) -> tuple[dict[str, str], bytes]:
+    h = _signature_hash(key)
+    if isinstance(key, rsa.RSAPrivateKey):
+        assert h is not None
+        return {"algorithm": f"{h.name}_rsa"}, key.sign(data, padding.PKCS1v15(), h)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        assert h is not None
+        return {"algorithm": f"{h.name}_ecdsa"}, key.sign(data, ec.ECDSA(h))
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return {"algorithm": "ed25519"}, key.sign(data)
+    raise TypeError(f"cannot sign OCSP responses with {type(key).__name__}")
 
 
 def _unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:

@@ -239,3 +239,39 @@ def test_checker_unreachable_fails_closed():
 def test_ocsp_urls(pki):
     assert ocsp_urls(pki.good) == ["http://ocsp.invalid/"]
     assert ocsp_urls(pki.revoked) == []
+
+
+def _multi_request(pki, certs, nonce=NONCE) -> bytes:
+    """An OCSPRequest naming several certificates (cryptography builds only single ones)."""
+    from asn1crypto import ocsp as asn1_ocsp
+
+    reqs = [asn1_ocsp.OCSPRequest.load(build_request(c, pki.ca))["tbs_request"]["request_list"][0] for c in certs]
+    tbs = {"request_list": reqs}
+    if nonce is not None:
+        tbs["request_extensions"] = [{"extn_id": "nonce", "critical": False, "extn_value": nonce}]
+    return asn1_ocsp.OCSPRequest({"tbs_request": tbs}).dump()
+
+
+@pytest.mark.parametrize("delegated", [False, True])
+def test_several_certificates_in_one_request(pki, delegated):
+    responder = pki.responder
+    if delegated:
+        key = ec.generate_private_key(ec.SECP256R1())
+        signer = _cert("OCSP signer", key, "OCSP CA", pki.ca_key, eku=[ExtendedKeyUsageOID.OCSP_SIGNING])
+        responder = OcspResponder(pki.ca, signer, key, pki.db.get)
+    resp = responder.respond(_multi_request(pki, [pki.good, pki.revoked, pki.stranger]), T0)
+    assert len(list(x509_ocsp.load_der_ocsp_response(resp).responses)) == 3
+    expected = {"good": OcspCertStatus.GOOD, "revoked": OcspCertStatus.REVOKED, "stranger": OcspCertStatus.UNKNOWN}
+    for name, status in expected.items():
+        result = verify_response(resp, getattr(pki, name), pki.ca, T0, nonce=NONCE)
+        assert result.status is status
+        assert result.next_update == T0 + timedelta(hours=1)
+    revoked = verify_response(resp, pki.revoked, pki.ca, T0, nonce=NONCE)
+    assert revoked.revocation_reason is x509.ReasonFlags.key_compromise
+
+
+def test_too_many_certificates_in_one_request(pki):
+    from pki.ocsp import MAX_CERTS_PER_REQUEST
+
+    resp = pki.responder.respond(_multi_request(pki, [pki.good] * (MAX_CERTS_PER_REQUEST + 1)), T0)
+    assert x509_ocsp.load_der_ocsp_response(resp).response_status is x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST

@@ -70,6 +70,23 @@ def test_openssl_ocsp_good_then_revoked(tmp_path, setup):
     assert "Reason: keyCompromise" in r.stdout
 
 
+def test_openssl_ocsp_several_certificates(tmp_path, setup):
+    """openssl ocsp with two -cert options sends one request listing both: both answered, nonce verified."""
+    openssl = require_tool("openssl")
+    svc, ca = setup
+    good, bad = _issue(ca, "good"), _issue(ca, "bad")
+    ca.revoke(bad.serial_number, "superseded")
+    ca_pem, good_pem = _files(tmp_path, ca, good)
+    (tmp_path / "bad.pem").write_bytes(bad.public_bytes(Encoding.PEM))
+    r = subprocess.run([openssl, "ocsp", "-issuer", str(ca_pem), "-cert", str(good_pem), "-cert",
+                        str(tmp_path / "bad.pem"), "-url", svc.url + "/ocsp", "-CAfile", str(ca_pem),
+                        "-timeout", "10"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "Response verify OK" in r.stderr
+    assert f"{good_pem}: good" in r.stdout and f"{tmp_path / 'bad.pem'}: revoked" in r.stdout
+    assert "WARNING" not in r.stdout + r.stderr  # e.g. no "no nonce in response"
+
+
 def test_openssl_ocsp_unknown_serial(tmp_path, setup):
     openssl = require_tool("openssl")
     svc, ca = setup
