@@ -24,6 +24,8 @@ def main(path: str) -> None:
     ca = x509.load_pem_x509_certificate(open(cfg["ca"], "rb").read())
 
     def validator(leaf, intermediates, at, identity):  # type: ignore[no-untyped-def]
+        if cfg.get("reject_peer"):
+            raise PermissionError("untrusted (test: the validator refuses)")
         leaf.verify_directly_issued_by(ca)
         return True
 

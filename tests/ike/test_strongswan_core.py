@@ -119,3 +119,27 @@ def test_strongswan_initiates_to_core_and_rekeys(tmp_path):
         est = next(e for e in events if e.get("event") == "IkeSaEstablished")
         assert est["proposal"] == "aes256gcm16-prfsha384-curve25519" and not est["initiator"]
         assert _assert_keys_match(events, ch.log()) == 3
+
+
+@pytest.mark.parametrize("role", ["initiator", "responder"])
+def test_refused_certificate_answers_authentication_failed(tmp_path, role):
+    ok, why = ss.charon_available()
+    require(ok, why)
+    lab, a, b, ch, cfg = _setup(tmp_path, "ecdsa", "aes128gcm16-prfsha256-ecp256", "aes128gcm16")
+    with lab:
+        cfg.update(role=role, timeout=8, stop_when="IkeSaTerminated", reject_peer=True)
+        drv = _start_driver(lab, a, tmp_path, cfg)
+        assert drv.stdout is not None and "ready" in drv.stdout.readline()
+        if role == "responder":
+            res = ch.initiate("net", ike="p", timeout=5)
+            assert "initiate completed successfully" not in res.stdout
+        out, err = drv.communicate(timeout=30)
+        events = _events(out)
+        kinds = [e["event"] for e in events]
+        assert "AuthenticationFailed" in kinds and "IkeSaEstablished" not in kinds, err[-2000:]
+        assert next(e for e in events if e["event"] == "AuthenticationFailed")["local_side"]
+        assert "ChildSaEstablished" not in kinds
+        log = ch.log()
+        # charon abbreviates the notify as N(AUTH_FAILED) in its message summaries
+        assert "N(AUTH_FAILED)" in log or "AUTHENTICATION_FAILED" in log, ch.tail()
+        assert ch.wait_for(lambda: not ss.ike_sas(ch.list_sas()), "charon has no IKE_SA", timeout=5)
