@@ -204,18 +204,23 @@ def _pcap_scan_parallel(arr: np.ndarray, pos0: int, region_end: int, size: int, 
     found: list[np.ndarray] = []
     active = cur < ends
     steps = 0
+    last_seg = starts.size - 1
     while active.any():
         idx = np.flatnonzero(active)
         c = cur[idx]
-        found.append(c)
-        if int(c.max()) + 16 > size:
-            return None
-        caplen = _u32(arr, c + 8, big)
-        if int(caplen.max()) > MAX_RECORD_BYTES:
-            return None
+        bad_hdr = c + 16 > size
+        caplen = _u32(arr, np.where(bad_hdr, 0, c) + 8, big)
         nxt = c + 16 + caplen
-        if int(nxt.max()) > size:
-            return None
+        bad = bad_hdr | (caplen > MAX_RECORD_BYTES) | (nxt > size)
+        if bad.any():
+            if (idx[bad] != last_seg).any():
+                return None  # a guessed chain ran off the file: the guess was wrong
+            # The true chain of the last segment meets a damaged (truncated) record: stop before it and let the
+            # sequential walk report it.
+            ends[last_seg] = int(c[bad][0])
+            keep = ~bad
+            idx, c, nxt = idx[keep], c[keep], nxt[keep]
+        found.append(c)
         cur[idx] = nxt
         active = cur < ends
         steps += 1
@@ -224,7 +229,7 @@ def _pcap_scan_parallel(arr: np.ndarray, pos0: int, region_end: int, size: int, 
     # verification: every chain ends exactly where the next guessed one starts
     if not np.array_equal(cur[:-1], starts[1:]):
         return None
-    allpos = np.concatenate(found)
+    allpos = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
     allpos.sort()
     return allpos
 
@@ -386,13 +391,23 @@ class CaptureReader:
                     fast = fast[:limit_records]
                 last = int(fast[-1])
                 pos = last + 16 + unpack(mm, last + 8)[0]
+                # a damaged record right after: report it now, as the sequential walk would
+                if pos < size and (pos + 16 > size or (unpack(mm, pos + 8)[0] <= MAX_RECORD_BYTES
+                                                        and pos + 16 + unpack(mm, pos + 8)[0] > size)):
+                    what = (f"record header cut ({size - pos} of 16 bytes)" if pos + 16 > size else
+                            f"record data cut ({size - pos - 16} of {unpack(mm, pos + 8)[0]} bytes)")
+                    self._truncated(index + int(fast.size), pos, what)
+                    end_after = size
+                else:
+                    end_after = pos
                 data, offs = self._make_chunk(fast + 16, 16, pos)
                 f = _fields(data, offs - 16, 4, self.byte_order)
                 mult = 10**9 if self.nanosecond else 10**6
                 yield Chunk(data, offs, f[:, 2], f[:, 3], f[:, 0] * mult + f[:, 1],
-                            np.zeros(offs.size, dtype=np.int32), index, pos)
+                            np.zeros(offs.size, dtype=np.int32), index, end_after)
                 index += int(offs.size)
                 avg_rec = (pos - chunk_start) / offs.size
+                pos = end_after
                 continue
             while pos + 16 <= size:
                 caplen = unpack(mm, pos + 8)[0]

@@ -255,3 +255,76 @@ def test_gather_segments_matches_slicing(chunks):
     out_off = (np.cumsum(rev) - rev)[::-1]
     gather_segments(src, offs, lens, out, out_off)
     assert out[: int(lens.sum())].tobytes() == b"".join(reversed(chunks))
+
+
+# -- the parallel record scan ---------------------------------------------------------------------------------------
+
+def _fake_header_payload(rng, n):
+    """Packet bytes full of things that look like pcap record headers, to tempt the scan's guesses."""
+    out = bytearray()
+    while len(out) < n:
+        if rng.random() < 0.5:
+            c = rng.randrange(1, 1600)
+            out += struct.pack("<IIII", 1_700_000_000, rng.randrange(10**6), c, c + rng.randrange(2))
+        else:
+            out += bytes(rng.randrange(256) for _ in range(8))
+    return bytes(out[:n])
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("tricky", [False, True])
+def test_parallel_scan_equals_sequential_walk(tmp_path, monkeypatch, seed, order, tricky):
+    import random
+
+    import esp.pcap as pcap_mod
+    rng = random.Random(seed)
+    recs = []
+    total = 0
+    while total < 900_000:
+        size = rng.choice([0, 1, 60, 64, 333, 1500]) if rng.random() < 0.7 else rng.randrange(0, 2000)
+        if tricky and rng.random() < 0.01:
+            size = 9000
+        data = _fake_header_payload(rng, size) if tricky else bytes(rng.randrange(256) for _ in range(size))
+        recs.append(Rec(data, 1_700_000_000 + len(recs), rng.randrange(10**6), len(data) + rng.randrange(3)))
+        total += 16 + size
+    blob = pcap_file(recs, linktype=1, order=order)
+    if seed % 2:
+        blob = blob[: -rng.randrange(1, 20)]  # and a truncated last record
+    path = _write(tmp_path, "s.pcap", blob)
+    used = []
+    real = pcap_mod._pcap_scan_parallel
+
+    def counting(*a, **k):
+        r = real(*a, **k)
+        used.append(r is not None)
+        return r
+
+    monkeypatch.setattr(pcap_mod, "_pcap_scan_parallel", counting)
+    results = []
+    for parallel in (True, False):
+        r = CaptureReader(path, parallel_scan=parallel, chunk_records=[5000, 65536][seed % 2],
+                          chunk_bytes=[300_000, 1 << 25][seed // 2 % 2])
+        caps, ts = [], []
+        pos = 0
+        for c in r.chunks():
+            caps.append(c.caplen.copy())
+            ts.append(c.ts.copy())
+            pos = c.end_position
+        results.append((np.concatenate(caps), np.concatenate(ts), r.truncated_records, pos))
+    (c1, t1, tr1, e1), (c2, t2, tr2, e2) = results
+    assert np.array_equal(c1, c2) and np.array_equal(t1, t2) and tr1 == tr2 and e1 == e2
+    assert c1.size == len(recs) - (1 if seed % 2 else 0)
+    if not tricky:
+        assert any(used), "the parallel scan never ran"
+
+
+def test_chunks_stay_bounded(tmp_path):
+    recs = [Rec(bytes(1000)) for _ in range(3000)]
+    path = _write(tmp_path, "big.pcap", pcap_file(recs, linktype=101))
+    r = CaptureReader(path, chunk_bytes=100_000, reuse_buffers=True)
+    seen = 0
+    for c in r.chunks():
+        assert c.data.shape[0] <= 100_000 + 1016 + 4096
+        seen += c.count
+    assert seen == 3000
