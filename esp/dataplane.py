@@ -23,14 +23,15 @@ import ipaddress
 import secrets
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from .batch import Verdict
 from .events import DataplaneEvent, ExpiryReason, SaAcquire, SaExpired
-from .sad import Sad, SaEntry, sa_direction, sa_spi
+from .sad import Sad, SaEntry, sa_direction
 from .spd import _IDX4, UNPARSEABLE, Action, Policy, Selector, Spd, _window, parse_headers
 
 try:
@@ -38,7 +39,7 @@ try:
 except ImportError:  # pragma: no cover - setup.py always builds it
     _compiled = None
 
-__all__ = ["Dataplane", "DataplaneCounters", "DEFAULT_SLOT_SIZE", "ESP_OVERHEAD_MAX"]
+__all__ = ["DEFAULT_SLOT_SIZE", "ESP_OVERHEAD_MAX", "Dataplane", "DataplaneCounters"]
 
 #: Extra room per slot an output batch needs over the largest input packet: outer IPv6 + UDP + ESP
 #: header + IV + maximum padding + trailer + ICV, rounded up.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["ExpiryReason", "SaExpired", "SaAcquire", "DataplaneEvent"]
+__all__ = ["DataplaneEvent", "ExpiryReason", "SaAcquire", "SaExpired"]
 
 
 class ExpiryReason(enum.Enum):

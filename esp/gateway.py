@@ -15,7 +15,6 @@ installed by hand, or from a JSON file with :func:`run_static` (a router's stati
 """
 from __future__ import annotations
 
-import errno
 import ipaddress
 import json
 import os
@@ -23,9 +22,9 @@ import signal
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 
@@ -37,7 +36,7 @@ from .sa import Direction, Lifetime, Sa, SaParams, UdpEncap
 from .spd import Policy, Selector
 from .tun import Tun, TunError, open_tun
 
-__all__ = ["Gateway", "GatewayConfig", "GatewayError", "GatewayStats", "run_static", "load_static", "apply_static"]
+__all__ = ["Gateway", "GatewayConfig", "GatewayError", "GatewayStats", "apply_static", "load_static", "run_static"]
 
 IkeSink = Callable[[bytes, tuple, tuple], None]
 
@@ -186,7 +185,7 @@ class Gateway:
         self._threads = []
         self._close()
 
-    def __enter__(self) -> "Gateway":
+    def __enter__(self) -> Gateway:
         self.start()
         return self
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import ipaddress
 import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from .spd import CompiledSelectors, Selector, compile_selectors
 

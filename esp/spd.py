@@ -14,8 +14,9 @@ from __future__ import annotations
 import enum
 import ipaddress
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, NamedTuple, Sequence, Union
+from typing import NamedTuple, Union
 
 import numpy as np
 
@@ -25,19 +26,19 @@ except ImportError:  # pragma: no cover - the extension is always built by setup
     _compiled = None
 
 __all__ = [
+    "NO_MATCH",
+    "OPAQUE_PORT",
+    "UNPARSEABLE",
     "Action",
-    "Selector",
+    "CompiledSelectors",
+    "Headers",
     "Policy",
+    "Selector",
     "Spd",
     "SpdSnapshot",
-    "Headers",
-    "parse_headers",
-    "CompiledSelectors",
     "compile_selectors",
+    "parse_headers",
     "selectors_match",
-    "NO_MATCH",
-    "UNPARSEABLE",
-    "OPAQUE_PORT",
 ]
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -149,7 +150,7 @@ class Selector:
         net = self.src or self.dst
         return net.version if net is not None else None
 
-    def reversed(self) -> "Selector":
+    def reversed(self) -> Selector:
         """The same traffic seen in the other direction: what an inbound SA's inner packets must match."""
         return Selector(self.dst, self.src, self.proto, self.dport, self.sport)
 
@@ -338,8 +339,25 @@ class CompiledSelectors:
     ``owner[j]`` is the index of the policy selector j belongs to.
     """
 
-    __slots__ = ("owner", "ver", "sh", "sl", "smh", "sml", "dh", "dl", "dmh", "dml", "proto", "sp", "dp",
-                 "sp_any", "dp_any", "size", "table")
+    __slots__ = (
+        "dh",
+        "dl",
+        "dmh",
+        "dml",
+        "dp",
+        "dp_any",
+        "owner",
+        "proto",
+        "sh",
+        "size",
+        "sl",
+        "smh",
+        "sml",
+        "sp",
+        "sp_any",
+        "table",
+        "ver",
+    )
 
     def __init__(self, entries: Sequence[tuple[int, Selector]]) -> None:
         rows = []
@@ -348,8 +366,8 @@ class CompiledSelectors:
             dv, dh, dl, dmh, dml = _net_words(sel.dst)
             rows.append((owner, sv or dv, sh, sl, smh, sml, dh, dl, dmh, dml, sel.proto, *sel.sport, *sel.dport))
         cols = list(zip(*rows)) if rows else [()] * 15
-        u64 = lambda i: np.array(cols[i], dtype=np.uint64)  # noqa: E731
-        i64 = lambda i: np.array(cols[i], dtype=np.int64)  # noqa: E731
+        u64 = lambda i: np.array(cols[i], dtype=np.uint64)
+        i64 = lambda i: np.array(cols[i], dtype=np.int64)
         self.owner = i64(0).astype(np.int32)
         self.ver = i64(1)
         self.sh, self.sl, self.smh, self.sml = u64(2), u64(3), u64(4), u64(5)
@@ -445,7 +463,7 @@ class SpdSnapshot:
     _actions: np.ndarray = field(repr=False)
 
     @classmethod
-    def build(cls, policies: Sequence[Policy], version: int) -> "SpdSnapshot":
+    def build(cls, policies: Sequence[Policy], version: int) -> SpdSnapshot:
         flat = [(i, s) for i, p in enumerate(policies) for s in p.selectors]
         return cls(tuple(policies), version, CompiledSelectors(flat),
                    np.array([int(p.action) for p in policies], dtype=np.int8))

@@ -14,11 +14,11 @@ import os
 import shutil
 import struct
 import subprocess
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from .errors import EspError
 
-__all__ = ["Tun", "TunError", "open_tun", "TUN_PATH"]
+__all__ = ["TUN_PATH", "Tun", "TunError", "open_tun"]
 
 TUN_PATH = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
@@ -76,7 +76,7 @@ class Tun:
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> "Tun":
+    def __enter__(self) -> Tun:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from esp import Direction, PacketBatch, Sa, SaParams, UdpEncap, Verdict
+from esp import Direction, PacketBatch, Sa, SaParams, UdpEncap
 from tests.support import require, require_root, require_tool
 
 io = pytest.importorskip("esp._io", reason="esp._io is not built (python setup.py build_ext --inplace)")

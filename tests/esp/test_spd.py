@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from esp.spd import (NO_MATCH, OPAQUE_PORT, UNPARSEABLE, Action, Policy, Selector, Spd, parse_headers)
+from esp.spd import NO_MATCH, OPAQUE_PORT, UNPARSEABLE, Action, Policy, Selector, Spd, parse_headers
 
 
 def ipv4(src: str, dst: str, proto: int = 17, l4: bytes = b"", frag: int = 0) -> bytes:

@@ -13,7 +13,6 @@ with Python's raw socket would do; we check the counters), and the gateways' own
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import select

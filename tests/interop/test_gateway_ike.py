@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.test_gateway import Topology, bulk_transfer, build_topology, ping, sh, unique
+from tests.interop.test_gateway import Topology, build_topology, bulk_transfer, ping, unique
 from tests.support import require, require_root, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
