@@ -95,14 +95,30 @@ def load_certificates(data: bytes, *, source: str = "certificate") -> list[x509.
         for i, block in enumerate(blocks):
             block = block.replace(b"TRUSTED CERTIFICATE", b"CERTIFICATE").replace(b"X509 CERTIFICATE", b"CERTIFICATE")
             try:
-                out.append(x509.load_pem_x509_certificate(block))
-            except ValueError as exc:
+                out.append(_parsed(x509.load_pem_x509_certificate(block)))
+            except _PARSE_ERRORS as exc:
                 raise CorruptInputError(f"{source}: certificate #{i + 1} is corrupt ({_short(exc)})") from None
         return out
     try:
-        return [x509.load_der_x509_certificate(data)]
-    except ValueError as exc:
+        return [_parsed(x509.load_der_x509_certificate(data))]
+    except _PARSE_ERRORS as exc:
         raise CorruptInputError(f"{source}: not a PEM or DER certificate ({_short(exc)})") from None
+
+
+#: What parsing untrusted bytes may raise: cryptography raises ValueError mostly, but also KeyError (unknown
+#: string tag in a Name), InvalidVersion (an Exception subclass) and UnsupportedAlgorithm. All mean "corrupt".
+_PARSE_ERRORS = (Exception,)
+
+
+def _parsed(cert: x509.Certificate) -> x509.Certificate:
+    """Touch the lazily parsed parts now, so a malformed certificate is refused at load time, not deep inside
+    the validator or ``show``."""
+    cert.subject.rfc4514_string()
+    cert.issuer.rfc4514_string()
+    cert.extensions
+    cert.not_valid_before_utc, cert.not_valid_after_utc
+    cert.public_key()
+    return cert
 
 
 def load_certificate(data: bytes, *, source: str = "certificate") -> x509.Certificate:
@@ -117,9 +133,16 @@ def load_crl(data: bytes, *, source: str = "CRL") -> x509.CertificateRevocationL
     data = bytes(data)
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_crl(data)
-        return x509.load_der_x509_crl(data)
-    except ValueError as exc:
+            crl = x509.load_pem_x509_crl(data)
+        else:
+            crl = x509.load_der_x509_crl(data)
+        crl.issuer.rfc4514_string()
+        crl.extensions
+        crl.last_update_utc, crl.next_update_utc
+        for entry in crl:
+            entry.serial_number, entry.revocation_date_utc, entry.extensions
+        return crl
+    except _PARSE_ERRORS as exc:
         raise CorruptInputError(f"{source}: not a valid CRL ({_short(exc)})") from None
 
 

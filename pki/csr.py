@@ -62,8 +62,11 @@ def load_csr(data: bytes, *, source: str = "certificate request") -> x509.Certif
             csr = x509.load_pem_x509_csr(data)
         else:
             csr = x509.load_der_x509_csr(data)
-        csr.subject  # force parsing of the subject now, not later in the CA
-    except ValueError as exc:
+        # force the lazily parsed parts now, not later in the CA
+        csr.subject.rfc4514_string()
+        csr.extensions
+        csr.public_key()
+    except Exception as exc:  # any failure to parse untrusted bytes (ValueError, KeyError, InvalidVersion ...)
         raise CorruptInputError(f"{source}: not a valid PKCS#10 request ({_short(exc)})") from None
     verify_csr(csr)
     return csr
@@ -90,7 +93,9 @@ def parse_csr(data: bytes, *, source: str = "certificate request") -> tuple[x509
             tbs = req["certification_request_info"].dump()
             normalized = req.dump(force=True)
             csr = x509.load_der_x509_csr(normalized)
-            csr.subject
+            csr.subject.rfc4514_string()
+            csr.extensions
+            csr.public_key()
         except Exception:  # any parse failure of the repair path is the original error
             raise first from None
     _verify_over(csr, tbs, source)

@@ -106,6 +106,8 @@ def load_private_key(data: bytes, passphrase: bytes | None = None, *, source: st
         if passphrase is not None and _looks_encrypted(data):
             raise PassphraseError(f"{source}: wrong passphrase") from None
         raise CorruptInputError(f"{source}: not a valid private key ({_short(exc)})") from None
+    except Exception as exc:  # anything else from parsing untrusted bytes
+        raise CorruptInputError(f"{source}: not a valid private key ({_short(exc)})") from None
     if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
         raise KeyFileError(f"{source}: unsupported key type {type(key).__name__}")
     return key

@@ -218,11 +218,10 @@ class Validator:
         if len(intermediates) > MAX_INTERMEDIATES:
             raise _reject(RejectReason.CHAIN_TOO_LONG, f"{len(intermediates)} intermediates sent (max {MAX_INTERMEDIATES})")
         try:
-            _ = leaf.subject, leaf.issuer, leaf.extensions
-            for c in intermediates:
-                _ = c.subject, c.issuer, c.extensions
-        except ValueError as exc:
-            raise _reject(RejectReason.MALFORMED, f"certificate does not parse: {exc}") from None
+            for c in (leaf, *intermediates):
+                _ = c.subject.rfc4514_string(), c.issuer.rfc4514_string(), c.extensions, c.public_key()
+        except Exception as exc:  # certificates built elsewhere may be lazily unparsable in many ways
+            raise _reject(RejectReason.MALFORMED, f"certificate does not parse: {type(exc).__name__} {exc}") from None
         path, anchor = self._build_path(leaf, list(intermediates))
         self._check_validity(path, at)
         self._check_ca_constraints(path)
