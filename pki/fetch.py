@@ -4,6 +4,7 @@ The one module that opens client sockets. Every call has a timeout and a respons
 hostile server (or a CRL distribution point that serves a DVD image) cannot hang or exhaust the router; any
 failure is one :class:`FetchError` naming the URL. Only ``http`` and ``https`` URLs are fetched.
 """
+
 from __future__ import annotations
 
 import urllib.error
@@ -55,7 +56,7 @@ class HttpResponse:
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Redirects are refused: a CRL or SCEP URL is configured, and following one could leave the scheme set."""
+    """Redirects are refused: the URL is configured, and following one could leave the scheme or host set."""
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
         raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl} refused", headers, fp)
@@ -72,9 +73,16 @@ def _check_url(url: str) -> None:
         raise FetchError(url, "only http:// and https:// URLs with a host are supported")
 
 
-def http_request(method: str, url: str, body: bytes | None = None, content_type: str | None = None, *,
-                 timeout: float = DEFAULT_TIMEOUT, max_size: int = MAX_RESPONSE_SIZE,
-                 accept: str | None = None) -> HttpResponse:
+def http_request(
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    content_type: str | None = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_size: int = MAX_RESPONSE_SIZE,
+    accept: str | None = None,
+) -> HttpResponse:
     """One request; a 2xx answer with a body no larger than ``max_size``, or :class:`FetchError`."""
     _check_url(url)
     if timeout <= 0 or max_size <= 0:
@@ -102,8 +110,9 @@ def http_request(method: str, url: str, body: bytes | None = None, content_type:
             detail = exc.read(200).decode("utf-8", "replace").strip()
         except Exception:  # noqa: BLE001 - the body of an error is only decoration
             pass
-        raise FetchError(url, f"HTTP {exc.code} {exc.reason}" + (f": {detail}" if detail else ""),
-                         status=exc.code) from None
+        raise FetchError(
+            url, f"HTTP {exc.code} {exc.reason}" + (f": {detail}" if detail else ""), status=exc.code
+        ) from None
     except urllib.error.URLError as exc:
         raise FetchError(url, f"unreachable: {exc.reason}") from None
     except TimeoutError:
@@ -117,15 +126,22 @@ def http_get(url: str, *, timeout: float = DEFAULT_TIMEOUT, max_size: int = MAX_
     return http_request("GET", url, timeout=timeout, max_size=max_size).body
 
 
-def http_post(url: str, body: bytes, content_type: str, *, timeout: float = DEFAULT_TIMEOUT,
-              max_size: int = MAX_RESPONSE_SIZE) -> bytes:
+def http_post(
+    url: str,
+    body: bytes,
+    content_type: str,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_size: int = MAX_RESPONSE_SIZE,
+) -> bytes:
     """POST ``body`` to ``url``; the response body."""
     return http_request("POST", url, body, content_type, timeout=timeout, max_size=max_size).body
 
 
-def fetch_crl(url: str, *, timeout: float = DEFAULT_TIMEOUT,
-              max_size: int = MAX_CRL_SIZE) -> x509.CertificateRevocationList:
-    """Download a CRL (DER, as RFC 5280 distribution points serve it, or PEM). Not verified: that is the caller's."""
+def fetch_crl(
+    url: str, *, timeout: float = DEFAULT_TIMEOUT, max_size: int = MAX_CRL_SIZE
+) -> x509.CertificateRevocationList:
+    """Download a CRL (DER, as RFC 5280 distribution points serve it, or PEM); the caller verifies it."""
     data = http_get(url, timeout=timeout, max_size=max_size)
     try:
         if data.lstrip().startswith(b"-----BEGIN"):

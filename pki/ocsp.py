@@ -4,12 +4,13 @@ The responder side is pure: :meth:`OcspResponder.respond` takes the request byte
 and the time, and returns the signed response bytes; the HTTP service (``pki.service``) only moves bytes. A
 request we cannot parse gets a ``malformedRequest`` response, never an exception.
 
-The client side builds a request with a fresh nonce, and :func:`verify_response` accepts an answer only when the
-signature verifies against the issuing CA (or a responder certificate that CA delegated with id-kp-OCSPSigning),
-the CertID matches, the nonce is echoed, and the answer is current at ``at``. :class:`OcspChecker` glues these to
-:func:`pki.fetch.http_post` for the validator; every failure is an :class:`OcspError`, so the caller decides
-whether an unreachable responder fails closed.
+The client side builds a request with a fresh nonce, and :func:`verify_response` accepts an answer only when
+the signature verifies against the issuing CA (or a responder certificate that CA delegated with
+id-kp-OCSPSigning), the CertID matches, the nonce is echoed, and the answer is current at ``at``.
+:class:`OcspChecker` glues these to :func:`pki.fetch.http_post` for the validator; every failure is an
+:class:`OcspError`, so the caller decides whether an unreachable responder fails closed.
 """
+
 from __future__ import annotations
 
 import enum
@@ -64,7 +65,10 @@ CLOCK_SKEW = timedelta(minutes=5)
 NONCE_LENGTH = 16
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512,
+    "sha1": hashes.SHA1,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
 }
 
 
@@ -127,7 +131,9 @@ def _signature_hash(key: object) -> hashes.HashAlgorithm | None:
     return hashes.SHA256()
 
 
-def _verify_signature(pub: object, signature: bytes, data: bytes, algorithm: hashes.HashAlgorithm | None) -> None:
+def _verify_signature(
+    pub: object, signature: bytes, data: bytes, algorithm: hashes.HashAlgorithm | None
+) -> None:
     if isinstance(pub, rsa.RSAPublicKey):
         assert algorithm is not None
         pub.verify(signature, data, padding.PKCS1v15(), algorithm)
@@ -172,7 +178,9 @@ class OcspResponder:
             return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
         try:
             req = ocsp.load_der_ocsp_request(bytes(request))
-        except NotImplementedError:  # several certificates in one request: cryptography builds only one answer
+        except (
+            NotImplementedError
+        ):  # several certificates in one request: cryptography builds only one answer
             return self._respond_many(bytes(request), at)
         except (ValueError, UnsupportedAlgorithm, TypeError):
             return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
@@ -189,15 +197,28 @@ class OcspResponder:
         if nonce is not None and not 1 <= len(nonce) <= 128:
             return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
         info = self._status(name_hash, key_hash, serial, algorithm, at)
-        status = {OcspCertStatus.GOOD: ocsp.OCSPCertStatus.GOOD, OcspCertStatus.REVOKED: ocsp.OCSPCertStatus.REVOKED,
-                  OcspCertStatus.UNKNOWN: ocsp.OCSPCertStatus.UNKNOWN}[info.status]
+        status = {
+            OcspCertStatus.GOOD: ocsp.OCSPCertStatus.GOOD,
+            OcspCertStatus.REVOKED: ocsp.OCSPCertStatus.REVOKED,
+            OcspCertStatus.UNKNOWN: ocsp.OCSPCertStatus.UNKNOWN,
+        }[info.status]
         rtime, reason = info.revocation_time, info.revocation_reason
         this_update = at.replace(microsecond=0)
-        builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
-            issuer_name_hash=name_hash, issuer_key_hash=key_hash, serial_number=serial, algorithm=algorithm,
-            cert_status=status, this_update=this_update, next_update=this_update + self.validity,
-            revocation_time=rtime.replace(microsecond=0) if rtime else None, revocation_reason=reason,
-        ).responder_id(ocsp.OCSPResponderEncoding.HASH, self.signer)
+        builder = (
+            ocsp.OCSPResponseBuilder()
+            .add_response_by_hash(
+                issuer_name_hash=name_hash,
+                issuer_key_hash=key_hash,
+                serial_number=serial,
+                algorithm=algorithm,
+                cert_status=status,
+                this_update=this_update,
+                next_update=this_update + self.validity,
+                revocation_time=rtime.replace(microsecond=0) if rtime else None,
+                revocation_reason=reason,
+            )
+            .responder_id(ocsp.OCSPResponderEncoding.HASH, self.signer)
+        )
         if self.signer != self.issuer:
             builder = builder.certificates([self.signer])
         if nonce is not None:
@@ -207,10 +228,13 @@ class OcspResponder:
         except (ValueError, TypeError):  # pragma: no cover - a broken signer key: answer, do not crash
             return _unsuccessful(ocsp.OCSPResponseStatus.INTERNAL_ERROR)
 
-    def _status(self, name_hash: bytes, key_hash: bytes, serial: int, algorithm: hashes.HashAlgorithm,
-                at: datetime) -> SerialStatus:
+    def _status(
+        self, name_hash: bytes, key_hash: bytes, serial: int, algorithm: hashes.HashAlgorithm, at: datetime
+    ) -> SerialStatus:
         """What to say about one CertID: unknown unless it names our issuer and a serial we issued."""
-        ours = name_hash == _name_hash(self.issuer, algorithm) and key_hash == _key_hash(self.issuer, algorithm)
+        ours = name_hash == _name_hash(self.issuer, algorithm) and key_hash == _key_hash(
+            self.issuer, algorithm
+        )
         info = self.lookup(serial) if ours else None
         if info is None or info.status not in (OcspCertStatus.GOOD, OcspCertStatus.REVOKED):
             return SerialStatus(OcspCertStatus.UNKNOWN)
@@ -239,11 +263,18 @@ class OcspResponder:
                 hname = cert_id["hash_algorithm"]["algorithm"].native
                 if hname not in _HASHES:
                     return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
-                info = self._status(cert_id["issuer_name_hash"].native, cert_id["issuer_key_hash"].native,
-                                    cert_id["serial_number"].native, _HASHES[hname](), at)
+                info = self._status(
+                    cert_id["issuer_name_hash"].native,
+                    cert_id["issuer_key_hash"].native,
+                    cert_id["serial_number"].native,
+                    _HASHES[hname](),
+                    at,
+                )
                 if info.status is OcspCertStatus.REVOKED:
                     assert info.revocation_time is not None
-                    revoked: dict[str, object] = {"revocation_time": info.revocation_time.replace(microsecond=0)}
+                    revoked: dict[str, object] = {
+                        "revocation_time": info.revocation_time.replace(microsecond=0)
+                    }
                     if info.revocation_reason is not None:
                         revoked["revocation_reason"] = info.revocation_reason.name
                     status = asn1_ocsp.CertStatus(name="revoked", value=revoked)
@@ -251,27 +282,43 @@ class OcspResponder:
                     status = asn1_ocsp.CertStatus(name="good", value=asn1_core.Null())
                 else:
                     status = asn1_ocsp.CertStatus(name="unknown", value=asn1_core.Null())
-                singles.append({"cert_id": cert_id.copy(), "cert_status": status, "this_update": this_update,
-                                "next_update": this_update + self.validity})
+                singles.append(
+                    {
+                        "cert_id": cert_id.copy(),
+                        "cert_status": status,
+                        "this_update": this_update,
+                        "next_update": this_update + self.validity,
+                    }
+                )
             data: dict[str, object] = {
-                "responder_id": asn1_ocsp.ResponderId(name="by_key",
-                                                      value=_key_hash(self.signer, hashes.SHA1())),
+                "responder_id": asn1_ocsp.ResponderId(
+                    name="by_key", value=_key_hash(self.signer, hashes.SHA1())
+                ),
                 "produced_at": this_update,
                 "responses": singles,
             }
             if isinstance(nonce_ext, bytes) and 1 <= len(nonce_ext) <= 128:
-                data["response_extensions"] = [{"extn_id": "nonce", "critical": False, "extn_value": nonce_ext}]
+                data["response_extensions"] = [
+                    {"extn_id": "nonce", "critical": False, "extn_value": nonce_ext}
+                ]
             response_data = asn1_ocsp.ResponseData(data)
             algorithm, signature = _sign_tbs(self.signer_key, response_data.dump())
-            basic: dict[str, object] = {"tbs_response_data": response_data, "signature_algorithm": algorithm,
-                                        "signature": signature}
+            basic: dict[str, object] = {
+                "tbs_response_data": response_data,
+                "signature_algorithm": algorithm,
+                "signature": signature,
+            }
             if self.signer != self.issuer:
                 basic["certs"] = [asn1_x509.Certificate.load(self.signer.public_bytes(Encoding.DER))]
-            return asn1_ocsp.OCSPResponse({
-                "response_status": "successful",
-                "response_bytes": {"response_type": "basic_ocsp_response",
-                                   "response": asn1_ocsp.BasicOCSPResponse(basic)},
-            }).dump()
+            return asn1_ocsp.OCSPResponse(
+                {
+                    "response_status": "successful",
+                    "response_bytes": {
+                        "response_type": "basic_ocsp_response",
+                        "response": asn1_ocsp.BasicOCSPResponse(basic),
+                    },
+                }
+            ).dump()
         except (ValueError, TypeError, KeyError, OverflowError, UnsupportedAlgorithm):
             return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
 
@@ -296,8 +343,13 @@ def _unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
 # --------------------------------------------------------------------------- client
 
 
-def build_request(cert: x509.Certificate, issuer: x509.Certificate, *, nonce: bytes | None = None,
-                  algorithm: hashes.HashAlgorithm | None = None) -> bytes:
+def build_request(
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    *,
+    nonce: bytes | None = None,
+    algorithm: hashes.HashAlgorithm | None = None,
+) -> bytes:
     """A DER OCSPRequest for ``cert`` (CertID with SHA-1 by default, as responders universally accept)."""
     builder = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, algorithm or hashes.SHA1())
     if nonce is not None:
@@ -307,6 +359,7 @@ def build_request(cert: x509.Certificate, issuer: x509.Certificate, *, nonce: by
 
 def _authorised_signer(resp: ocsp.OCSPResponse, issuer: x509.Certificate, at: datetime) -> x509.Certificate:
     """The certificate whose key must have signed ``resp``: the issuer, or a delegate it certified."""
+
     def matches(cert: x509.Certificate) -> bool:
         if resp.responder_name is not None:
             return cert.subject == resp.responder_name
@@ -335,8 +388,15 @@ def _authorised_signer(resp: ocsp.OCSPResponse, issuer: x509.Certificate, at: da
     raise OcspError("the OCSP response is signed by a responder the CA did not authorise")
 
 
-def verify_response(data: bytes, cert: x509.Certificate, issuer: x509.Certificate, at: datetime, *,
-                    nonce: bytes | None = None, require_nonce: bool = True) -> OcspResult:
+def verify_response(
+    data: bytes,
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    at: datetime,
+    *,
+    nonce: bytes | None = None,
+    require_nonce: bool = True,
+) -> OcspResult:
     """Check an OCSPResponse about ``cert`` (issued by ``issuer``) and return what it says."""
     if len(data) > MAX_RESPONSE_SIZE:
         raise OcspError(f"OCSP response larger than {MAX_RESPONSE_SIZE} bytes")
@@ -348,8 +408,9 @@ def verify_response(data: bytes, cert: x509.Certificate, issuer: x509.Certificat
         raise OcspError(f"OCSP responder answered {resp.response_status.name.lower()}")
     try:
         signer = _authorised_signer(resp, issuer, at)
-        _verify_signature(signer.public_key(), resp.signature, resp.tbs_response_bytes,
-                          resp.signature_hash_algorithm)
+        _verify_signature(
+            signer.public_key(), resp.signature, resp.tbs_response_bytes, resp.signature_hash_algorithm
+        )
     except InvalidSignature:
         raise OcspError("the OCSP response signature does not verify") from None
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
@@ -371,8 +432,11 @@ def verify_response(data: bytes, cert: x509.Certificate, issuer: x509.Certificat
     single = None
     for r in resp.responses:
         algorithm = r.hash_algorithm
-        if (r.serial_number == cert.serial_number and r.issuer_name_hash == _name_hash(issuer, algorithm)
-                and r.issuer_key_hash == _key_hash(issuer, algorithm)):
+        if (
+            r.serial_number == cert.serial_number
+            and r.issuer_name_hash == _name_hash(issuer, algorithm)
+            and r.issuer_key_hash == _key_hash(issuer, algorithm)
+        ):
             single = r
             break
     if single is None:
@@ -390,7 +454,9 @@ def verify_response(data: bytes, cert: x509.Certificate, issuer: x509.Certificat
         ocsp.OCSPCertStatus.UNKNOWN: OcspCertStatus.UNKNOWN,
     }[single.certificate_status]
     return OcspResult(
-        status=status, this_update=this_update, next_update=next_update,
+        status=status,
+        this_update=this_update,
+        next_update=next_update,
         produced_at=_aware(resp.produced_at_utc) or this_update,
         revocation_time=_aware(single.revocation_time_utc) if status is OcspCertStatus.REVOKED else None,
         revocation_reason=single.revocation_reason if status is OcspCertStatus.REVOKED else None,
@@ -404,9 +470,12 @@ def ocsp_urls(cert: x509.Certificate) -> list[str]:
         aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
     except x509.ExtensionNotFound:
         return []
-    return [d.access_location.value for d in aia
-            if d.access_method == AuthorityInformationAccessOID.OCSP
-            and isinstance(d.access_location, x509.UniformResourceIdentifier)]
+    return [
+        d.access_location.value
+        for d in aia
+        if d.access_method == AuthorityInformationAccessOID.OCSP
+        and isinstance(d.access_location, x509.UniformResourceIdentifier)
+    ]
 
 
 Transport = Callable[[str, bytes], bytes]
@@ -419,9 +488,16 @@ class OcspChecker:
     injectable for tests; by default it is :func:`pki.fetch.http_post` with this checker's timeout.
     """
 
-    def __init__(self, url: str | None = None, *, timeout: float = 10.0, use_nonce: bool = True,
-                 require_nonce: bool = True, transport: Transport | None = None,
-                 random: Callable[[int], bytes] = os.urandom) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        timeout: float = 10.0,
+        use_nonce: bool = True,
+        require_nonce: bool = True,
+        transport: Transport | None = None,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
         self.url = url
         self.timeout = timeout
         self.use_nonce = use_nonce
@@ -435,8 +511,9 @@ class OcspChecker:
         from pki.fetch import FetchError, http_post  # I/O lives in fetch.py
 
         try:
-            return http_post(url, body, "application/ocsp-request", timeout=self.timeout,
-                             max_size=MAX_RESPONSE_SIZE)
+            return http_post(
+                url, body, "application/ocsp-request", timeout=self.timeout, max_size=MAX_RESPONSE_SIZE
+            )
         except FetchError as exc:
             raise OcspError(f"OCSP responder unreachable: {exc}") from None
 
@@ -446,7 +523,9 @@ class OcspChecker:
             raise ValueError("at must be timezone-aware")
         urls = [self.url] if self.url else ocsp_urls(cert)
         if not urls:
-            raise OcspError("no OCSP responder: the certificate has no AIA OCSP URL and the profile names none")
+            raise OcspError(
+                "no OCSP responder: the certificate has no AIA OCSP URL and the profile names none"
+            )
         nonce = self._random(NONCE_LENGTH) if self.use_nonce else None
         request = build_request(cert, issuer, nonce=nonce)
         errors = []

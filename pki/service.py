@@ -11,6 +11,7 @@ Routes:
   ``POST /ocsp`` or ``POST /`` with ``application/ocsp-request``; ``GET /ocsp/<b64>`` OCSP (RFC 6960)
 A body that is too large gets 413, garbage gets 400 (SCEP) or an OCSP malformedRequest: never a crash.
 """
+
 from __future__ import annotations
 
 import base64
@@ -38,7 +39,16 @@ from pki.scep.constants import MAX_MESSAGE_SIZE
 from pki.scep.errors import ScepError, ScepFormatError
 from pki.scep.server import ScepResponder, Transaction, TransactionStore
 
-__all__ = ["MAX_BODY_SIZE", "MAX_CONNECTIONS", "REQUEST_TIMEOUT", "CaService", "approve", "list_pending", "reject", "serve"]
+__all__ = [
+    "MAX_BODY_SIZE",
+    "MAX_CONNECTIONS",
+    "REQUEST_TIMEOUT",
+    "CaService",
+    "approve",
+    "list_pending",
+    "reject",
+    "serve",
+]
 
 log = logging.getLogger("pki.service")
 
@@ -66,7 +76,9 @@ def _check_delegate(cert: x509.Certificate, ca_cert: x509.Certificate) -> None:
         cert.verify_directly_issued_by(ca_cert)
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except (ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
-        raise ValueError("the OCSP signer certificate is not an id-kp-OCSPSigning certificate of this CA") from None
+        raise ValueError(
+            "the OCSP signer certificate is not an id-kp-OCSPSigning certificate of this CA"
+        ) from None
     if ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
         raise ValueError("the OCSP signer certificate lacks id-kp-OCSPSigning")
 
@@ -86,11 +98,20 @@ class CaService:
     :meth:`start`, on the worker thread.
     """
 
-    def __init__(self, ca: Any, *, host: str = "127.0.0.1", port: int = 0,
-                 challenge: str | None = None, manual_approval: bool = False, passphrase: bytes | None = None,
-                 profile: object = None, ocsp_validity=DEFAULT_VALIDITY,  # type: ignore[no-untyped-def]
-                 ocsp_signer: tuple[x509.Certificate, Any] | None = None,
-                 clock: Callable[[], datetime] = _utcnow) -> None:
+    def __init__(
+        self,
+        ca: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        challenge: str | None = None,
+        manual_approval: bool = False,
+        passphrase: bytes | None = None,
+        profile: object = None,
+        ocsp_validity=DEFAULT_VALIDITY,  # type: ignore[no-untyped-def]
+        ocsp_signer: tuple[x509.Certificate, Any] | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
         # a CertificateAuthority or its directory: the service opens its own instance on its worker thread
         self.ca_dir = Path(ca.path if hasattr(ca, "path") else ca)
         self.challenge = challenge
@@ -119,7 +140,7 @@ class CaService:
         host = str(self._httpd.server_address[0])
         return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
-    # -- lifecycle ------------------------------------------------------------------------------------------------
+    # -- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> CaService:
         try:
             self.run(self._open)
@@ -127,8 +148,9 @@ class CaService:
             self._httpd.server_close()
             self._worker.shutdown(wait=True)
             raise
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="ca-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="ca-http", daemon=True
+        )
         self._thread.start()
         log.info("CA service for %s listening on %s", self.ca_dir, self.url)
         return self
@@ -155,18 +177,28 @@ class CaService:
         """Run ``fn(*args)`` on the CA worker thread and return its result."""
         return self._worker.submit(fn, *args).result(timeout=WORKER_TIMEOUT)
 
-    # -- worker-thread side -----------------------------------------------------------------------------------------
+    # -- worker-thread side ------------------------------------------------------------------------------
     def _open(self) -> None:
         from pki.ca import CertificateAuthority  # PKI-core
 
         self._ca = CertificateAuthority.open(self.ca_dir, self._passphrase)
-        self._scep = ScepResponder(self._ca, challenge=self.challenge, manual_approval=self.manual_approval,
-                                   profile=self._profile, clock=self._clock)
+        self._scep = ScepResponder(
+            self._ca,
+            challenge=self.challenge,
+            manual_approval=self.manual_approval,
+            profile=self._profile,
+            clock=self._clock,
+        )
         signer, signer_key = self._ocsp_signer or (self._ca.certificate, self._ca.private_key)
         if self._ocsp_signer is not None:
             _check_delegate(signer, self._ca.certificate)
-        self._ocsp = OcspResponder(issuer=self._ca.certificate, signer=signer, signer_key=signer_key,
-                                   lookup=self._ocsp_lookup, validity=self._ocsp_validity)
+        self._ocsp = OcspResponder(
+            issuer=self._ca.certificate,
+            signer=signer,
+            signer_key=signer_key,
+            lookup=self._ocsp_lookup,
+            validity=self._ocsp_validity,
+        )
 
     def _close(self) -> None:
         if self._scep is not None:
@@ -219,7 +251,7 @@ class CaService:
         return self.run(lambda: self._ocsp.respond(body, self._clock()))  # type: ignore[union-attr]
 
     def approve(self, transaction_id: str) -> x509.Certificate:
-        """Approve a PENDING request of a running service (same effect as :func:`approve` on the directory)."""
+        """Approve a PENDING request of a running service (as :func:`approve` does on the directory)."""
         return self.run(lambda: self._scep.approve(transaction_id))  # type: ignore[union-attr]
 
     def reject(self, transaction_id: str, reason: str = "rejected by operator") -> None:
@@ -240,7 +272,9 @@ class _BoundedServer(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             try:
-                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                request.sendall(
+                    b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
             except OSError:
                 pass
             self.shutdown_request(request)
@@ -335,7 +369,7 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
 
-    # -- SCEP ---------------------------------------------------------------------------------------------------
+    # -- SCEP -----------------------------------------------------------------------------------------------
     def _scep(self, query: dict[str, list[str]], post: bool) -> None:
         op = query["operation"][0]
         svc = self.service
@@ -355,12 +389,14 @@ class _Handler(BaseHTTPRequestHandler):
                     raise _HttpError(HTTPStatus.BAD_REQUEST, "PKIOperation without a message")
                 body = _b64(msg)
             if len(body) > MAX_BODY_SIZE:
-                raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"message larger than {MAX_BODY_SIZE} bytes")
+                raise _HttpError(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"message larger than {MAX_BODY_SIZE} bytes"
+                )
             self._send(HTTPStatus.OK, _SCEP_CT, svc.scep_pki_operation(body))
         else:
             raise _HttpError(HTTPStatus.BAD_REQUEST, f"unsupported SCEP operation {op[:40]!r}")
 
-    # -- CRL and OCSP -------------------------------------------------------------------------------------------
+    # -- CRL and OCSP ---------------------------------------------------------------------------------------
     def _route(self, path: str, post: bool) -> None:
         svc = self.service
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
@@ -375,7 +411,7 @@ class _Handler(BaseHTTPRequestHandler):
             for prefix in svc.ocsp_paths():
                 p = prefix.rstrip("/") + "/"
                 if path.startswith(p) and len(path) > len(p):
-                    encoded = urllib.parse.unquote(path[len(p):])
+                    encoded = urllib.parse.unquote(path[len(p) :])
                     if len(encoded) > 2 * MAX_OCSP_REQUEST:
                         raise _HttpError(HTTPStatus.REQUEST_URI_TOO_LONG, "OCSP request too long")
                     try:
@@ -412,15 +448,28 @@ def _b64(text: str) -> bytes:
     return data
 
 
-# --------------------------------------------------------------------------- CLI helpers (``python -m pki ca ...``)
+# ----------------------------------------------------------------- CLI helpers (``python -m pki ca ...``)
 
 
-def serve(ca_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8080, challenge: str | None = None,
-          manual_approval: bool = False, passphrase: bytes | None = None,
-          stop: threading.Event | None = None) -> None:
+def serve(
+    ca_dir: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    challenge: str | None = None,
+    manual_approval: bool = False,
+    passphrase: bytes | None = None,
+    stop: threading.Event | None = None,
+) -> None:
     """Run the service until ``stop`` is set (or Ctrl-C)."""
-    svc = CaService(ca_dir, host=host, port=port, challenge=challenge, manual_approval=manual_approval,
-                    passphrase=passphrase)
+    svc = CaService(
+        ca_dir,
+        host=host,
+        port=port,
+        challenge=challenge,
+        manual_approval=manual_approval,
+        passphrase=passphrase,
+    )
     svc.start()
     try:
         (stop or threading.Event()).wait()
@@ -451,8 +500,13 @@ def approve(ca_dir: str | Path, transaction_id: str, *, passphrase: bytes | None
     return _with_responder(ca_dir, passphrase, lambda r: r.approve(transaction_id))  # type: ignore[no-any-return]
 
 
-def reject(ca_dir: str | Path, transaction_id: str, reason: str = "rejected by operator", *,
-           passphrase: bytes | None = None) -> None:
+def reject(
+    ca_dir: str | Path,
+    transaction_id: str,
+    reason: str = "rejected by operator",
+    *,
+    passphrase: bytes | None = None,
+) -> None:
     """Reject a PENDING SCEP request: the next CertPoll gets FAILURE badRequest."""
     _with_responder(ca_dir, passphrase, lambda r: r.reject(transaction_id, reason))
 

@@ -1,12 +1,14 @@
 """The router side of SCEP: GetCACaps, GetCACert and enrollment with polling (RFC 8894).
 
 What JUNOS's ``request security pki ca-certificate enroll`` and ``local-certificate enroll`` do on the wire.
-:func:`get_ca_certs` returns the CA's certificates unverified: the caller shows their fingerprints so an operator
-can check them out of band before trusting them. :func:`enroll` encrypts the request to the CA, signs it with the
-new key (a transient self-signed certificate, or the current certificate for a renewal), and accepts only a
-CertRep signed by one of the CA certificates it was given, echoing our nonce and transactionID. While the CA
-answers PENDING it polls (CertPoll) at most ``retry_count`` times, ``retry_interval`` seconds apart.
+:func:`get_ca_certs` returns the CA's certificates unverified: the caller shows their fingerprints so an
+operator can check them out of band before trusting them. :func:`enroll` encrypts the request to the CA, signs
+it with the new key (a transient self-signed certificate, or the current certificate for a renewal), and
+accepts only a CertRep signed by one of the CA certificates it was given, echoing our nonce and transactionID.
+While the CA answers PENDING it polls (CertPoll) at most ``retry_count`` times, ``retry_interval`` seconds
+apart.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,7 +56,9 @@ def get_ca_caps(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> frozenset[str]
         if exc.status is not None and 400 <= exc.status < 500:
             return frozenset()
         raise
-    return frozenset(line.strip() for line in resp.body.decode("ascii", "replace").splitlines() if line.strip())
+    return frozenset(
+        line.strip() for line in resp.body.decode("ascii", "replace").splitlines() if line.strip()
+    )
 
 
 def get_ca_certs(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> list[x509.Certificate]:
@@ -63,12 +67,17 @@ def get_ca_certs(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> list[x509.Cer
     body = resp.body
     try:
         if resp.content_type == "application/x-x509-ca-cert" or body.lstrip().startswith(b"-----BEGIN"):
-            certs = (x509.load_pem_x509_certificates(body) if body.lstrip().startswith(b"-----BEGIN")
-                     else [x509.load_der_x509_certificate(body)])
+            certs = (
+                x509.load_pem_x509_certificates(body)
+                if body.lstrip().startswith(b"-----BEGIN")
+                else [x509.load_der_x509_certificate(body)]
+            )
         else:
             certs = m.parse_certs_only(body)
     except (ValueError, x509.InvalidVersion, ScepFormatError) as exc:
-        raise ScepError(f"{url}: GetCACert answer ({resp.content_type}) holds no certificate: {exc}") from None
+        raise ScepError(
+            f"{url}: GetCACert answer ({resp.content_type}) holds no certificate: {exc}"
+        ) from None
     if not certs:
         raise ScepError(f"{url}: GetCACert returned no certificate")
     for cert in certs:  # parse what we will use now, so a malformed certificate fails here, clearly
@@ -125,22 +134,37 @@ def _recipient(ca_certs: Sequence[x509.Certificate]) -> x509.Certificate:
 
 def _transient_cert(key: rsa.RSAPrivateKey, subject: x509.Name, now: datetime) -> x509.Certificate:
     """The self-signed certificate that carries our key in the request (RFC 8894 2.3)."""
-    name = subject if list(subject) else x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "SCEP requester")])
-    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
-            .sign(key, hashes.SHA256()))
+    name = (
+        subject
+        if list(subject)
+        else x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "SCEP requester")])
+    )
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
 
 
-def _with_challenge(csr: x509.CertificateSigningRequest, key: rsa.RSAPrivateKey,
-                    challenge: str) -> x509.CertificateSigningRequest:
+def _with_challenge(
+    csr: x509.CertificateSigningRequest, key: rsa.RSAPrivateKey, challenge: str
+) -> x509.CertificateSigningRequest:
     """``csr`` re-signed with a challengePassword attribute (when it lacks one)."""
     try:
         existing = csr.attributes.get_attribute_for_oid(AttributeOID.CHALLENGE_PASSWORD)
     except x509.AttributeNotFound:
         existing = None
     if existing is not None:
-        value = existing.value.decode("utf-8", "replace") if isinstance(existing.value, bytes) else str(existing.value)
+        value = (
+            existing.value.decode("utf-8", "replace")
+            if isinstance(existing.value, bytes)
+            else str(existing.value)
+        )
         if value != challenge:
             raise ValueError("the CSR carries a different challengePassword than the one given")
         return csr
@@ -187,12 +211,22 @@ def enroll(
 
     caps = get_ca_caps(url, timeout=timeout)
     post = Capability.POSTPKIOperation.value in caps or Capability.SCEPStandard.value in caps
-    cipher = ("aes128_cbc" if (Capability.AES.value in caps or Capability.SCEPStandard.value in caps)
-              else "tripledes_3key")
+    cipher = (
+        "aes128_cbc"
+        if (Capability.AES.value in caps or Capability.SCEPStandard.value in caps)
+        else "tripledes_3key"
+    )
     if cipher not in m.CIPHERS:
         raise ScepError("the CA offers neither AES nor a cipher this system still supports")
-    digest = ("sha256" if (Capability.SHA256.value in caps or Capability.SCEPStandard.value in caps
-                           or Capability.SHA512.value in caps) else "sha1")
+    digest = (
+        "sha256"
+        if (
+            Capability.SHA256.value in caps
+            or Capability.SCEPStandard.value in caps
+            or Capability.SHA512.value in caps
+        )
+        else "sha1"
+    )
     recipient = _recipient(ca_certs)
     ca = next((c for c in ca_certs if _is_ca(c)), ca_certs[0])
     if signer is not None:
@@ -206,17 +240,33 @@ def enroll(
     def exchange(mtype: MessageType, payload: bytes) -> m.PkiMessage:
         nonce = random(16)
         request = m.sign_pki_message(
-            message_type=mtype, transaction_id=tid, sender_nonce=nonce, signer_cert=sign_cert,
-            signer_key=sign_key, envelope=m.envelope(payload, recipient, cipher=cipher, random=random),
-            digest=digest, signing_time=now())
+            message_type=mtype,
+            transaction_id=tid,
+            sender_nonce=nonce,
+            signer_cert=sign_cert,
+            signer_key=sign_key,
+            envelope=m.envelope(payload, recipient, cipher=cipher, random=random),
+            digest=digest,
+            signing_time=now(),
+        )
         if post:
-            resp = http_request("POST", _op_url(url, "PKIOperation"), request, "application/x-pki-message",
-                                timeout=timeout, max_size=MAX_MESSAGE_SIZE)
+            resp = http_request(
+                "POST",
+                _op_url(url, "PKIOperation"),
+                request,
+                "application/x-pki-message",
+                timeout=timeout,
+                max_size=MAX_MESSAGE_SIZE,
+            )
         else:
             import base64
 
-            resp = http_request("GET", _op_url(url, "PKIOperation", base64.b64encode(request).decode()),
-                                timeout=timeout, max_size=MAX_MESSAGE_SIZE)
+            resp = http_request(
+                "GET",
+                _op_url(url, "PKIOperation", base64.b64encode(request).decode()),
+                timeout=timeout,
+                max_size=MAX_MESSAGE_SIZE,
+            )
         try:
             reply = m.parse_pki_message(resp.body, extra_signers=ca_certs)
         except ScepFailure as exc:
@@ -224,8 +274,10 @@ def enroll(
         except ScepFormatError as exc:
             raise ScepError(f"{url}: the CA's reply is not a SCEP message: {exc}") from None
         if not any(reply.signer == c for c in ca_certs):
-            raise ScepError(f"{url}: the reply is signed by {reply.signer.subject.rfc4514_string()}, "
-                            f"not by the CA certificate we trust")
+            raise ScepError(
+                f"{url}: the reply is signed by {reply.signer.subject.rfc4514_string()}, "
+                f"not by the CA certificate we trust"
+            )
         if reply.message_type is not MessageType.CertRep:
             raise ScepError(f"{url}: expected a CertRep, got {reply.message_type.name}")
         if reply.transaction_id != tid:
@@ -248,8 +300,10 @@ def enroll(
     if reply.pki_status is PkiStatus.FAILURE:
         from .constants import FailInfo
 
-        raise ScepFailure(reply.fail_info if reply.fail_info is not None else FailInfo.badRequest,
-                          reply.fail_info_text or "the CA refused the request")
+        raise ScepFailure(
+            reply.fail_info if reply.fail_info is not None else FailInfo.badRequest,
+            reply.fail_info_text or "the CA refused the request",
+        )
     if reply.envelope is None:
         raise ScepError(f"{url}: SUCCESS without a certificate")
     try:

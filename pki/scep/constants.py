@@ -1,4 +1,5 @@
 """SCEP wire constants (RFC 8894 section 3.2.1), named as the RFC spells them."""
+
 from __future__ import annotations
 
 from enum import Enum, IntEnum

@@ -2,8 +2,10 @@
 
 A refusal the CA states on the wire (a CertRep with pkiStatus FAILURE) and a message we cannot even parse are
 different things for the operator, so they are different classes: :class:`ScepFailure` carries the RFC 8894
-failInfo, :class:`ScepFormatError` means the bytes are not a SCEP message at all (the server answers HTTP 400).
+failInfo, :class:`ScepFormatError` means the bytes are not a SCEP message at all (the server answers HTTP
+400).
 """
+
 from __future__ import annotations
 
 from pki.errors import PkiError
@@ -38,5 +40,7 @@ class ScepPendingTimeout(ScepError):
     def __init__(self, transaction_id: str, polls: int) -> None:
         self.transaction_id = transaction_id
         self.polls = polls
-        super().__init__(f"SCEP request {transaction_id} still pending after {polls} polls; "
-                         f"approve it on the CA and enroll again")
+        super().__init__(
+            f"SCEP request {transaction_id} still pending after {polls} polls; "
+            f"approve it on the CA and enroll again"
+        )

@@ -2,11 +2,12 @@
 
 Pure: no sockets, no clock (the signing time is passed in), randomness injectable. A pkiMessage is a CMS
 SignedData whose content is the pkcsPKIEnvelope (a CMS EnvelopedData ContentInfo, DER, as id-data) and whose
-single signer carries the SCEP attributes (messageType, transactionID, nonces, pkiStatus, failInfo). Everything
-that can be wrong with bytes a peer sent raises :class:`~pki.scep.errors.ScepFormatError` (not SCEP at all) or
-:class:`~pki.scep.errors.ScepFailure` with the failInfo the other side should get back (a bad signature is
-badMessageCheck, an algorithm we do not implement is badAlg).
+single signer carries the SCEP attributes (messageType, transactionID, nonces, pkiStatus, failInfo).
+Everything that can be wrong with bytes a peer sent raises :class:`~pki.scep.errors.ScepFormatError` (not SCEP
+at all) or :class:`~pki.scep.errors.ScepFailure` with the failInfo the other side should get back (a bad
+signature is badMessageCheck, an algorithm we do not implement is badAlg).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -100,8 +101,11 @@ except ImportError:  # pragma: no cover - older cryptography
 
 #: Digest algorithms accepted in SignerInfo.
 DIGESTS: dict[str, type[hashes.HashAlgorithm]] = {
-    "sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256,
-    "sha384": hashes.SHA384, "sha512": hashes.SHA512,
+    "sha1": hashes.SHA1,
+    "sha224": hashes.SHA224,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
 }
 
 _NONCE_LEN = 16
@@ -168,8 +172,13 @@ def transaction_id_for(public_key: object) -> str:
 # --------------------------------------------------------------------------- EnvelopedData
 
 
-def envelope(content: bytes, recipient: x509.Certificate, *, cipher: str = "aes128_cbc",
-             random: Callable[[int], bytes] = os.urandom) -> bytes:
+def envelope(
+    content: bytes,
+    recipient: x509.Certificate,
+    *,
+    cipher: str = "aes128_cbc",
+    random: Callable[[int], bytes] = os.urandom,
+) -> bytes:
     """Encrypt ``content`` to ``recipient`` (RSA key transport, PKCS#1 v1.5): the pkcsPKIEnvelope, DER."""
     if cipher not in CIPHERS:
         raise ValueError(f"unsupported content cipher {cipher!r}; use one of {sorted(CIPHERS)}")
@@ -185,23 +194,34 @@ def envelope(content: bytes, recipient: x509.Certificate, *, cipher: str = "aes1
     enc = Cipher(algo(cek), modes.CBC(iv)).encryptor()  # type: ignore[arg-type]
     ciphertext = enc.update(padded) + enc.finalize()
     rcert = _to_asn1(recipient)
-    ktri = cms.KeyTransRecipientInfo({
-        "version": "v0",
-        "rid": cms.RecipientIdentifier(name="issuer_and_serial_number", value=cms.IssuerAndSerialNumber({
-            "issuer": rcert.issuer, "serial_number": rcert.serial_number})),
-        "key_encryption_algorithm": cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15"}),
-        "encrypted_key": pub.encrypt(cek, asym_padding.PKCS1v15()),
-    })
-    enveloped = cms.EnvelopedData({
-        "version": "v0",
-        "recipient_infos": [cms.RecipientInfo(name="ktri", value=ktri)],
-        "encrypted_content_info": cms.EncryptedContentInfo({
-            "content_type": "data",
-            "content_encryption_algorithm": algos.EncryptionAlgorithm({
-                "algorithm": cipher, "parameters": core.OctetString(iv)}),
-            "encrypted_content": ciphertext,
-        }),
-    })
+    ktri = cms.KeyTransRecipientInfo(
+        {
+            "version": "v0",
+            "rid": cms.RecipientIdentifier(
+                name="issuer_and_serial_number",
+                value=cms.IssuerAndSerialNumber(
+                    {"issuer": rcert.issuer, "serial_number": rcert.serial_number}
+                ),
+            ),
+            "key_encryption_algorithm": cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15"}),
+            "encrypted_key": pub.encrypt(cek, asym_padding.PKCS1v15()),
+        }
+    )
+    enveloped = cms.EnvelopedData(
+        {
+            "version": "v0",
+            "recipient_infos": [cms.RecipientInfo(name="ktri", value=ktri)],
+            "encrypted_content_info": cms.EncryptedContentInfo(
+                {
+                    "content_type": "data",
+                    "content_encryption_algorithm": algos.EncryptionAlgorithm(
+                        {"algorithm": cipher, "parameters": core.OctetString(iv)}
+                    ),
+                    "encrypted_content": ciphertext,
+                }
+            ),
+        }
+    )
     return cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
 
 
@@ -273,7 +293,9 @@ def _envelope_cipher(der: bytes) -> str:
     """The content cipher a pkcsPKIEnvelope uses (a server answers with the one the requester chose)."""
     info = _load_content_info(der, "pkcsPKIEnvelope")
     try:
-        return str(info["content"]["encrypted_content_info"]["content_encryption_algorithm"]["algorithm"].native)
+        return str(
+            info["content"]["encrypted_content_info"]["content_encryption_algorithm"]["algorithm"].native
+        )
     except (ValueError, TypeError, KeyError) as exc:
         raise ScepFormatError(f"malformed EnvelopedData: {exc}") from None
 
@@ -283,13 +305,15 @@ def _envelope_cipher(der: bytes) -> str:
 
 def certs_only(certs: Sequence[x509.Certificate]) -> bytes:
     """A degenerate certs-only SignedData (the CertRep payload and the GetCACert chain)."""
-    signed = cms.SignedData({
-        "version": "v1",
-        "digest_algorithms": [],
-        "encap_content_info": {"content_type": "data"},
-        "certificates": [cms.CertificateChoices(name="certificate", value=_to_asn1(c)) for c in certs],
-        "signer_infos": [],
-    })
+    signed = cms.SignedData(
+        {
+            "version": "v1",
+            "digest_algorithms": [],
+            "encap_content_info": {"content_type": "data"},
+            "certificates": [cms.CertificateChoices(name="certificate", value=_to_asn1(c)) for c in certs],
+            "signer_infos": [],
+        }
+    )
     return cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
 
 
@@ -313,10 +337,12 @@ def _parse_certs_only(der: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> list[x
 
 def issuer_and_subject(issuer: x509.Name, subject: x509.Name) -> bytes:
     """The CertPoll (GetCertInitial) payload: IssuerAndSubject ::= SEQUENCE { issuer Name, subject Name }."""
-    return _IssuerAndSubject({
-        "issuer": asn1_x509.Name.load(issuer.public_bytes()),
-        "subject": asn1_x509.Name.load(subject.public_bytes()),
-    }).dump()
+    return _IssuerAndSubject(
+        {
+            "issuer": asn1_x509.Name.load(issuer.public_bytes()),
+            "subject": asn1_x509.Name.load(subject.public_bytes()),
+        }
+    ).dump()
 
 
 def parse_issuer_and_subject(der: bytes) -> tuple[bytes, bytes]:
@@ -330,8 +356,9 @@ def parse_issuer_and_subject(der: bytes) -> tuple[bytes, bytes]:
 
 def issuer_and_serial(issuer: x509.Name, serial: int) -> bytes:
     """The GetCert payload: IssuerAndSerialNumber."""
-    return cms.IssuerAndSerialNumber({
-        "issuer": asn1_x509.Name.load(issuer.public_bytes()), "serial_number": serial}).dump()
+    return cms.IssuerAndSerialNumber(
+        {"issuer": asn1_x509.Name.load(issuer.public_bytes()), "serial_number": serial}
+    ).dump()
 
 
 def parse_issuer_and_serial(der: bytes) -> tuple[bytes, int]:
@@ -403,34 +430,46 @@ def sign_pki_message(
     to_sign = signed_attrs.dump()  # tagged as SET OF for the signature (RFC 5652 5.4)
     sig_alg, signature = _sign(signer_key, to_sign, digest)
     scert = _to_asn1(signer_cert)
-    signer_info = cms.SignerInfo({
-        "version": "v1",
-        "sid": cms.SignerIdentifier(name="issuer_and_serial_number", value=cms.IssuerAndSerialNumber({
-            "issuer": scert.issuer, "serial_number": scert.serial_number})),
-        "digest_algorithm": algos.DigestAlgorithm({"algorithm": digest}),
-        "signed_attrs": signed_attrs,
-        "signature_algorithm": sig_alg,
-        "signature": signature,
-    })
+    signer_info = cms.SignerInfo(
+        {
+            "version": "v1",
+            "sid": cms.SignerIdentifier(
+                name="issuer_and_serial_number",
+                value=cms.IssuerAndSerialNumber(
+                    {"issuer": scert.issuer, "serial_number": scert.serial_number}
+                ),
+            ),
+            "digest_algorithm": algos.DigestAlgorithm({"algorithm": digest}),
+            "signed_attrs": signed_attrs,
+            "signature_algorithm": sig_alg,
+            "signature": signature,
+        }
+    )
     encap: dict[str, object] = {"content_type": "data"}
     if envelope is not None:
         encap["content"] = core.OctetString(envelope)
-    signed = cms.SignedData({
-        "version": "v1",
-        "digest_algorithms": [algos.DigestAlgorithm({"algorithm": digest})],
-        "encap_content_info": encap,
-        "certificates": [cms.CertificateChoices(name="certificate", value=_to_asn1(c))
-                         for c in (signer_cert, *extra_certs)],
-        "signer_infos": [signer_info],
-    })
+    signed = cms.SignedData(
+        {
+            "version": "v1",
+            "digest_algorithms": [algos.DigestAlgorithm({"algorithm": digest})],
+            "encap_content_info": encap,
+            "certificates": [
+                cms.CertificateChoices(name="certificate", value=_to_asn1(c))
+                for c in (signer_cert, *extra_certs)
+            ],
+            "signer_infos": [signer_info],
+        }
+    )
     return cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
 
 
 def _sign(key: object, data: bytes, digest: str) -> tuple[algos.SignedDigestAlgorithm, bytes]:
     h = DIGESTS[digest]()
     if isinstance(key, rsa.RSAPrivateKey):
-        return (algos.SignedDigestAlgorithm({"algorithm": "rsassa_pkcs1v15"}),
-                key.sign(data, asym_padding.PKCS1v15(), h))
+        return (
+            algos.SignedDigestAlgorithm({"algorithm": "rsassa_pkcs1v15"}),
+            key.sign(data, asym_padding.PKCS1v15(), h),
+        )
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return (algos.SignedDigestAlgorithm({"algorithm": f"{digest}_ecdsa"}), key.sign(data, ec.ECDSA(h)))
     if isinstance(key, ed25519.Ed25519PrivateKey):
@@ -438,8 +477,9 @@ def _sign(key: object, data: bytes, digest: str) -> tuple[algos.SignedDigestAlgo
     raise TypeError(f"cannot sign a SCEP message with {type(key).__name__}")
 
 
-def _verify(pub: object, sig_alg: algos.SignedDigestAlgorithm, signature: bytes, data: bytes,
-            digest: str) -> None:
+def _verify(
+    pub: object, sig_alg: algos.SignedDigestAlgorithm, signature: bytes, data: bytes, digest: str
+) -> None:
     name = sig_alg["algorithm"].native
     h = DIGESTS[digest]()
     if isinstance(pub, rsa.RSAPublicKey):
@@ -449,7 +489,9 @@ def _verify(pub: object, sig_alg: algos.SignedDigestAlgorithm, signature: bytes,
             if hname not in DIGESTS:
                 raise ScepFailure(FailInfo.badAlg, f"PSS hash {hname} is not supported")
             ph = DIGESTS[hname]()
-            pub.verify(signature, data, asym_padding.PSS(asym_padding.MGF1(ph), params["salt_length"].native), ph)
+            pub.verify(
+                signature, data, asym_padding.PSS(asym_padding.MGF1(ph), params["salt_length"].native), ph
+            )
         elif name == "rsassa_pkcs1v15" or name.endswith("_rsa"):
             if name.endswith("_rsa"):
                 hname = name[: -len("_rsa")]
@@ -471,8 +513,9 @@ def _verify(pub: object, sig_alg: algos.SignedDigestAlgorithm, signature: bytes,
         raise ScepFailure(FailInfo.badAlg, f"signer key type {type(pub).__name__} is not supported")
 
 
-def _parse_pki_message(der: bytes, *, max_size: int = MAX_MESSAGE_SIZE,
-                      extra_signers: Sequence[x509.Certificate] = ()) -> PkiMessage:
+def _parse_pki_message(
+    der: bytes, *, max_size: int = MAX_MESSAGE_SIZE, extra_signers: Sequence[x509.Certificate] = ()
+) -> PkiMessage:
     """Parse a pkiMessage and verify its signature with the signer certificate it names.
 
     The signer certificate is looked up among the certificates in the message and ``extra_signers`` (a client
@@ -524,8 +567,16 @@ def _parse_pki_message(der: bytes, *, max_size: int = MAX_MESSAGE_SIZE,
         tid_raw = None  # not something we could echo in a reply
     nonce_raw = attrs.get("scep_sender_nonce")
     try:
-        signer_cert = _check_signature(sid, sig_alg, signature, signed_bytes, digest, attrs, content,
-                                       certs + [_to_asn1(c) for c in extra_signers])
+        signer_cert = _check_signature(
+            sid,
+            sig_alg,
+            signature,
+            signed_bytes,
+            digest,
+            attrs,
+            content,
+            certs + [_to_asn1(c) for c in extra_signers],
+        )
     except ScepFailure as exc:
         # enough context for the server to answer FAILURE to the right transaction
         exc.transaction_id = tid_raw if isinstance(tid_raw, str) else None
@@ -599,7 +650,9 @@ def _check_signature(sid, sig_alg, signature, signed_bytes, digest, attrs, conte
     except InvalidSignature:
         raise ScepFailure(FailInfo.badMessageCheck, "the pkiMessage signature does not verify") from None
     except (ValueError, TypeError, KeyError, UnsupportedAlgorithm) as exc:
-        raise ScepFailure(FailInfo.badMessageCheck, f"cannot verify the pkiMessage signature: {exc}") from None
+        raise ScepFailure(
+            FailInfo.badMessageCheck, f"cannot verify the pkiMessage signature: {exc}"
+        ) from None
     h = hashes.Hash(DIGESTS[digest]())
     h.update(content or b"")
     if attrs.get("message_digest") != h.finalize():
@@ -610,7 +663,7 @@ def _check_signature(sid, sig_alg, signature, signed_bytes, digest, attrs, conte
 
 
 def _robust(fn):  # type: ignore[no-untyped-def]
-    """asn1crypto parses lazily, so malformed input can surface anywhere: one place turns it into ScepFormatError."""
+    """asn1crypto parses lazily, so malformed input surfaces anywhere: here it becomes ScepFormatError."""
     import functools
 
     @functools.wraps(fn)

@@ -1,14 +1,15 @@
 """The CA side of SCEP: turns a PKIOperation body into the CertRep to send back.
 
 :class:`ScepResponder` holds no HTTP (``pki.service`` moves the bytes). Every request it can attribute to a
-transaction gets a signed CertRep: SUCCESS with the certificate, PENDING while an operator has not approved it,
-or FAILURE with the failInfo RFC 8894 prescribes (badMessageCheck for a bad signature or undecryptable envelope,
-badRequest for a wrong challenge password or a request the CA refuses, badCertId for an unknown transaction).
-Bytes that are not a pkiMessage at all raise :class:`ScepFormatError` (HTTP 400).
+transaction gets a signed CertRep: SUCCESS with the certificate, PENDING while an operator has not approved
+it, or FAILURE with the failInfo RFC 8894 prescribes (badMessageCheck for a bad signature or undecryptable
+envelope, badRequest for a wrong challenge password or a request the CA refuses, badCertId for an unknown
+transaction). Bytes that are not a pkiMessage at all raise :class:`ScepFormatError` (HTTP 400).
 
 Transactions live in the CA's SQLite file (table ``scep_transactions``), so PENDING requests, approvals and
 issued certificates survive a restart of the service.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,14 +36,26 @@ from .errors import ScepError, ScepFailure, ScepFormatError
 
 log = logging.getLogger("pki.scep.server")
 
-__all__ = ["CAPABILITIES", "MAX_PENDING", "ScepResponder", "Transaction", "TransactionState", "TransactionStore"]
+__all__ = [
+    "CAPABILITIES",
+    "MAX_PENDING",
+    "ScepResponder",
+    "Transaction",
+    "TransactionState",
+    "TransactionStore",
+]
 
 #: What GetCACaps advertises (RFC 8894 3.5.2); every keyword is implemented here. SHA-384 is listed too:
 #: strongSwan 5.9's pki --scep tests its capability bits with enum indices instead of masks, and it is the
 #: keyword whose bit satisfies both its "SCEPStandard" and its "AES" checks.
 CAPABILITIES: tuple[Capability, ...] = (
-    Capability.AES, Capability.POSTPKIOperation, Capability.Renewal, Capability.SHA256, Capability.SHA384,
-    Capability.SHA512, Capability.SCEPStandard,
+    Capability.AES,
+    Capability.POSTPKIOperation,
+    Capability.Renewal,
+    Capability.SHA256,
+    Capability.SHA384,
+    Capability.SHA512,
+    Capability.SCEPStandard,
 )
 
 #: PENDING requests kept at most: without a challenge password anyone could otherwise fill the table.
@@ -119,50 +132,98 @@ class TransactionStore:
     def get(self, transaction_id: str) -> Transaction | None:
         row = self._conn.execute(
             "SELECT transaction_id, state, subject, received_at, csr, requester, certificate, reason "
-            "FROM scep_transactions WHERE transaction_id = ?", (transaction_id,)).fetchone()
+            "FROM scep_transactions WHERE transaction_id = ?",
+            (transaction_id,),
+        ).fetchone()
         return None if row is None else _transaction(row)
 
     def pending(self) -> list[Transaction]:
         rows = self._conn.execute(
             "SELECT transaction_id, state, subject, received_at, csr, requester, certificate, reason "
-            "FROM scep_transactions WHERE state = 'pending' ORDER BY received_at").fetchall()
+            "FROM scep_transactions WHERE state = 'pending' ORDER BY received_at"
+        ).fetchall()
         return [_transaction(r) for r in rows]
 
     def pending_count(self) -> int:
-        return int(self._conn.execute("SELECT COUNT(*) FROM scep_transactions WHERE state = 'pending'").fetchone()[0])
+        return int(
+            self._conn.execute("SELECT COUNT(*) FROM scep_transactions WHERE state = 'pending'").fetchone()[0]
+        )
 
-    def add_pending(self, tid: str, csr: x509.CertificateSigningRequest, requester: x509.Certificate,
-                    at: datetime) -> None:
+    def add_pending(
+        self, tid: str, csr: x509.CertificateSigningRequest, requester: x509.Certificate, at: datetime
+    ) -> None:
         with self._tx() as c:
-            c.execute("INSERT OR REPLACE INTO scep_transactions (transaction_id, state, subject, csr, requester, "
-                      "received_at) VALUES (?, 'pending', ?, ?, ?, ?)",
-                      (tid, csr.subject.rfc4514_string(), csr.public_bytes(Encoding.DER),
-                       requester.public_bytes(Encoding.DER), at.isoformat()))
+            c.execute(
+                "INSERT OR REPLACE INTO scep_transactions (transaction_id, state, subject, csr, requester, "
+                "received_at) VALUES (?, 'pending', ?, ?, ?, ?)",
+                (
+                    tid,
+                    csr.subject.rfc4514_string(),
+                    csr.public_bytes(Encoding.DER),
+                    requester.public_bytes(Encoding.DER),
+                    at.isoformat(),
+                ),
+            )
 
-    def add_issued(self, tid: str, csr: x509.CertificateSigningRequest, requester: x509.Certificate,
-                   cert: x509.Certificate, at: datetime) -> None:
+    def add_issued(
+        self,
+        tid: str,
+        csr: x509.CertificateSigningRequest,
+        requester: x509.Certificate,
+        cert: x509.Certificate,
+        at: datetime,
+    ) -> None:
         with self._tx() as c:
-            c.execute("INSERT OR REPLACE INTO scep_transactions (transaction_id, state, subject, csr, requester, "
-                      "received_at, decided_at, certificate) VALUES (?, 'issued', ?, ?, ?, ?, ?, ?)",
-                      (tid, csr.subject.rfc4514_string(), csr.public_bytes(Encoding.DER),
-                       requester.public_bytes(Encoding.DER), at.isoformat(), at.isoformat(),
-                       cert.public_bytes(Encoding.DER)))
+            c.execute(
+                "INSERT OR REPLACE INTO scep_transactions (transaction_id, state, subject, csr, requester, "
+                "received_at, decided_at, certificate) VALUES (?, 'issued', ?, ?, ?, ?, ?, ?)",
+                (
+                    tid,
+                    csr.subject.rfc4514_string(),
+                    csr.public_bytes(Encoding.DER),
+                    requester.public_bytes(Encoding.DER),
+                    at.isoformat(),
+                    at.isoformat(),
+                    cert.public_bytes(Encoding.DER),
+                ),
+            )
 
-    def decide(self, tid: str, state: str, at: datetime, cert: x509.Certificate | None = None,
-               reason: str | None = None) -> None:
+    def decide(
+        self,
+        tid: str,
+        state: str,
+        at: datetime,
+        cert: x509.Certificate | None = None,
+        reason: str | None = None,
+    ) -> None:
         with self._tx() as c:
-            cur = c.execute("UPDATE scep_transactions SET state = ?, decided_at = ?, certificate = ?, reason = ? "
-                            "WHERE transaction_id = ? AND state = 'pending'",
-                            (state, at.isoformat(), None if cert is None else cert.public_bytes(Encoding.DER),
-                             reason, tid))
+            cur = c.execute(
+                "UPDATE scep_transactions SET state = ?, decided_at = ?, certificate = ?, reason = ? "
+                "WHERE transaction_id = ? AND state = 'pending'",
+                (
+                    state,
+                    at.isoformat(),
+                    None if cert is None else cert.public_bytes(Encoding.DER),
+                    reason,
+                    tid,
+                ),
+            )
             if cur.rowcount != 1:
                 raise ScepError(f"no pending SCEP transaction {tid}")
 
 
 def _transaction(row: tuple) -> Transaction:
     tid, state, subject, received, csr, requester, cert, reason = row
-    return Transaction(tid, state, subject, datetime.fromisoformat(received), bytes(csr), bytes(requester),
-                       None if cert is None else bytes(cert), reason)
+    return Transaction(
+        tid,
+        state,
+        subject,
+        datetime.fromisoformat(received),
+        bytes(csr),
+        bytes(requester),
+        None if cert is None else bytes(cert),
+        reason,
+    )
 
 
 def _ISSUE_TAKES_POP(ca: object) -> bool:
@@ -198,7 +259,9 @@ def _load_request_csr(payload: bytes) -> tuple[x509.CertificateSigningRequest, b
         try:
             m._verify(pub, sig_alg, signature, tbs, "sha256")
         except (InvalidSignature, ValueError, TypeError, KeyError):
-            raise ScepFailure(FailInfo.badMessageCheck, "certificate request signature does not verify") from None
+            raise ScepFailure(
+                FailInfo.badMessageCheck, "certificate request signature does not verify"
+            ) from None
         try:
             return x509.load_der_x509_csr(normalized), True
         except ValueError:
@@ -221,9 +284,16 @@ class ScepResponder:
     PENDING and waits for :meth:`approve`.
     """
 
-    def __init__(self, ca, *, challenge: str | None = None, manual_approval: bool = False,  # type: ignore[no-untyped-def]
-                 profile: object = None, clock: Callable[[], datetime] = _utcnow,
-                 random: Callable[[int], bytes] = os.urandom) -> None:
+    def __init__(
+        self,
+        ca,
+        *,
+        challenge: str | None = None,
+        manual_approval: bool = False,  # type: ignore[no-untyped-def]
+        profile: object = None,
+        clock: Callable[[], datetime] = _utcnow,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
         self.ca = ca
         self.challenge = challenge
         self.manual_approval = manual_approval
@@ -235,7 +305,7 @@ class ScepResponder:
     def close(self) -> None:
         self.store.close()
 
-    # -- GetCACaps / GetCACert ---------------------------------------------------------------------------------
+    # -- GetCACaps / GetCACert ------------------------------------------------------------------------------
     def ca_caps(self) -> bytes:
         return "\n".join(c.value for c in CAPABILITIES).encode() + b"\n"
 
@@ -246,7 +316,7 @@ class ScepResponder:
             return "application/x-x509-ca-cert", chain[0].public_bytes(Encoding.DER)
         return "application/x-x509-ca-ra-cert", m.certs_only(chain)
 
-    # -- PKIOperation -------------------------------------------------------------------------------------------
+    # -- PKIOperation ---------------------------------------------------------------------------------------
     def pki_operation(self, body: bytes) -> bytes:
         """The CertRep for a pkiMessage; :class:`ScepFormatError` when ``body`` is not one."""
         try:
@@ -277,19 +347,27 @@ class ScepResponder:
         csr, pop_verified = _load_request_csr(payload)
         existing = self.store.get(msg.transaction_id)
         if existing is not None:
-            signed_with_issued = (existing.certificate_der is not None
-                                  and msg.signer.public_bytes(Encoding.DER) == existing.certificate_der)
+            signed_with_issued = (
+                existing.certificate_der is not None
+                and msg.signer.public_bytes(Encoding.DER) == existing.certificate_der
+            )
             if existing.csr_der == csr.public_bytes(Encoding.DER) and not signed_with_issued:
                 return self._answer_for(existing, msg)  # a resend: the same answer again
             if existing.state == TransactionState.PENDING:
                 raise ScepFailure(FailInfo.badRequest, "a different request for this key is still pending")
-            # a decided transaction and a new CSR for the same key (transactionIDs hash the key): a new request
+            # a decided transaction, a new CSR for the same key (transactionIDs hash the key): a new request
         # Signed with the key being certified (a transient self-signed certificate): the challenge password
         # authorises it. Signed with another key: that must be a current certificate of ours (renewal).
-        renewal = (msg.message_type is MessageType.RenewalReq
-                   or _spki(csr.public_key()) != _spki(msg.signer.public_key()))
+        renewal = msg.message_type is MessageType.RenewalReq or _spki(csr.public_key()) != _spki(
+            msg.signer.public_key()
+        )
         if renewal:
             self._check_renewal(msg)
+            # the current certificate authorises a new one for the same holder, not for anyone it names
+            if csr.subject != msg.signer.subject:
+                raise ScepFailure(
+                    FailInfo.badRequest, "a renewal must keep the subject of the current certificate"
+                )
         elif self.challenge is not None:
             try:
                 given = challenge_password(csr)
@@ -302,18 +380,26 @@ class ScepResponder:
             if self.store.pending_count() >= MAX_PENDING:
                 raise ScepFailure(FailInfo.badRequest, f"{MAX_PENDING} requests already await approval")
             self.store.add_pending(msg.transaction_id, csr, msg.signer, now)
-            log.info("SCEP transaction %s (%s): PENDING approval", msg.transaction_id, csr.subject.rfc4514_string())
+            log.info(
+                "SCEP transaction %s (%s): PENDING approval", msg.transaction_id, csr.subject.rfc4514_string()
+            )
             return self._reply(msg, PkiStatus.PENDING)
         try:
             cert = self._issue(csr, now, pop_verified)
         except PkiError as exc:
             raise ScepFailure(FailInfo.badRequest, f"the CA refused the request: {exc}") from None
         self.store.add_issued(msg.transaction_id, csr, msg.signer, cert, now)
-        log.info("SCEP transaction %s: issued %x to %s", msg.transaction_id, cert.serial_number,
-                 cert.subject.rfc4514_string())
+        log.info(
+            "SCEP transaction %s: issued %x to %s",
+            msg.transaction_id,
+            cert.serial_number,
+            cert.subject.rfc4514_string(),
+        )
         return self._reply(msg, PkiStatus.SUCCESS, [cert])
 
-    def _issue(self, csr: x509.CertificateSigningRequest, now: datetime, pop_verified: bool) -> x509.Certificate:
+    def _issue(
+        self, csr: x509.CertificateSigningRequest, now: datetime, pop_verified: bool
+    ) -> x509.Certificate:
         if pop_verified and _ISSUE_TAKES_POP(self.ca):
             return self.ca.issue(csr, self.profile, at=now, pop_verified=True)  # type: ignore[no-any-return]
         return self.ca.issue(csr, self.profile, at=now)  # type: ignore[no-any-return]
@@ -324,16 +410,18 @@ class ScepResponder:
         rec = self.ca.lookup(signer.serial_number) if signer.issuer == self.ca.certificate.subject else None
         if rec is None or rec.certificate != signer:
             raise ScepFailure(FailInfo.badCertId, "RenewalReq not signed by a certificate this CA issued")
-        if rec.status_at(self._clock()).value != "valid":
-            raise ScepFailure(FailInfo.badCertId, f"the certificate being renewed is {rec.status_at(self._clock()).value}")
+        status = rec.status_at(self._clock()).value
+        if status != "valid":
+            raise ScepFailure(FailInfo.badCertId, f"the certificate being renewed is {status}")
 
     def _cert_poll(self, msg: m.PkiMessage, payload: bytes) -> bytes:
-        m.parse_issuer_and_subject(payload)  # well-formed; the transaction is found by its transactionID (RFC 8894 3.3.3)
+        m.parse_issuer_and_subject(payload)  # must be well-formed; the transactionID finds the transaction
         existing = self.store.get(msg.transaction_id)
         if existing is None:
             raise ScepFailure(FailInfo.badCertId, f"unknown transaction {msg.transaction_id}")
-        if _spki(existing.csr.public_key()) != _spki(msg.signer.public_key()) and \
-                existing.requester_der != msg.signer.public_bytes(Encoding.DER):
+        if _spki(existing.csr.public_key()) != _spki(
+            msg.signer.public_key()
+        ) and existing.requester_der != msg.signer.public_bytes(Encoding.DER):
             raise ScepFailure(FailInfo.badMessageCheck, "CertPoll signed by a key other than the requester's")
         return self._answer_for(existing, msg)
 
@@ -356,10 +444,14 @@ class ScepResponder:
             return self._reply(msg, PkiStatus.PENDING)
         if t.state == TransactionState.ISSUED and t.certificate is not None:
             return self._reply(msg, PkiStatus.SUCCESS, [t.certificate])
-        raise ScepFailure(FailInfo.badRequest, f"request rejected by the CA operator: {t.reason or 'no reason'}")
+        raise ScepFailure(
+            FailInfo.badRequest, f"request rejected by the CA operator: {t.reason or 'no reason'}"
+        )
 
-    # -- CertRep construction -----------------------------------------------------------------------------------
-    def _reply(self, msg: m.PkiMessage, status: PkiStatus, certs: list[x509.Certificate] | None = None) -> bytes:
+    # -- CertRep construction -------------------------------------------------------------------------------
+    def _reply(
+        self, msg: m.PkiMessage, status: PkiStatus, certs: list[x509.Certificate] | None = None
+    ) -> bytes:
         env = None
         if status is PkiStatus.SUCCESS:
             assert certs
@@ -371,24 +463,42 @@ class ScepResponder:
                 cipher = "aes128_cbc"
             env = m.envelope(m.certs_only(certs), msg.signer, cipher=cipher, random=self._random)
         return m.sign_pki_message(
-            message_type=MessageType.CertRep, transaction_id=msg.transaction_id,
-            sender_nonce=self._random(16), recipient_nonce=msg.sender_nonce, pki_status=status,
-            signer_cert=self.ca.certificate, signer_key=self.ca.private_key, envelope=env,
-            digest=msg.digest_algorithm if msg.digest_algorithm in ("sha256", "sha384", "sha512") else "sha256",
+            message_type=MessageType.CertRep,
+            transaction_id=msg.transaction_id,
+            sender_nonce=self._random(16),
+            recipient_nonce=msg.sender_nonce,
+            pki_status=status,
+            signer_cert=self.ca.certificate,
+            signer_key=self.ca.private_key,
+            envelope=env,
+            digest=msg.digest_algorithm
+            if msg.digest_algorithm in ("sha256", "sha384", "sha512")
+            else "sha256",
             signing_time=self._clock(),
         )
 
     def _failure(self, tid: str, nonce: bytes, msg: m.PkiMessage | None, fail: FailInfo, text: str) -> bytes:
         log.info("SCEP transaction %s: FAILURE %s: %s", tid, fail.name, text)
-        digest = msg.digest_algorithm if msg and msg.digest_algorithm in ("sha256", "sha384", "sha512") else "sha256"
+        digest = (
+            msg.digest_algorithm
+            if msg and msg.digest_algorithm in ("sha256", "sha384", "sha512")
+            else "sha256"
+        )
         return m.sign_pki_message(
-            message_type=MessageType.CertRep, transaction_id=tid, sender_nonce=self._random(16),
-            recipient_nonce=nonce, pki_status=PkiStatus.FAILURE, fail_info=fail, fail_info_text=text[:200] or None,
-            signer_cert=self.ca.certificate, signer_key=self.ca.private_key, digest=digest,
+            message_type=MessageType.CertRep,
+            transaction_id=tid,
+            sender_nonce=self._random(16),
+            recipient_nonce=nonce,
+            pki_status=PkiStatus.FAILURE,
+            fail_info=fail,
+            fail_info_text=text[:200] or None,
+            signer_cert=self.ca.certificate,
+            signer_key=self.ca.private_key,
+            digest=digest,
             signing_time=self._clock(),
         )
 
-    # -- operator decisions ---------------------------------------------------------------------------------------
+    # -- operator decisions ---------------------------------------------------------------------------------
     def approve(self, transaction_id: str) -> x509.Certificate:
         """Issue the certificate for a PENDING request; the next CertPoll gets it."""
         t = self.store.get(transaction_id)

@@ -1,4 +1,5 @@
 """pki.fetch against a scripted HTTP server on 127.0.0.1: limits, timeouts, errors, CRL parsing."""
+
 from __future__ import annotations
 
 import threading
@@ -73,9 +74,13 @@ def server():
 def _crl() -> x509.CertificateRevocationList:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime(2026, 6, 1, tzinfo=timezone.utc)
-    return (x509.CertificateRevocationListBuilder()
-            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CRL CA")]))
-            .last_update(now).next_update(now + timedelta(days=1)).sign(key, hashes.SHA256()))
+    return (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CRL CA")]))
+        .last_update(now)
+        .next_update(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
 
 
 def test_get_and_post(server):
@@ -114,7 +119,9 @@ def test_redirect_refused(server):
         http_get(server + "/redirect")
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.net/x.crl", "http:///nohost", "ldap://x/y"])
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://example.net/x.crl", "http:///nohost", "ldap://x/y"]
+)
 def test_only_http_urls(url):
     with pytest.raises(FetchError, match="only http"):
         http_get(url)

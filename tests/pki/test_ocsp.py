@@ -1,4 +1,5 @@
 """OCSP (pki.ocsp): responder and client in memory, with negative cases for every check the client makes."""
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -32,15 +33,29 @@ def _name(cn: str) -> x509.Name:
 
 
 def _cert(subject: str, key, issuer: str, issuer_key, *, ca=False, eku=None, serial=None, aia=None):
-    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
-         .public_key(key.public_key()).serial_number(serial or x509.random_serial_number())
-         .not_valid_before(T0 - timedelta(days=1)).not_valid_after(T0 + timedelta(days=30))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(serial or x509.random_serial_number())
+        .not_valid_before(T0 - timedelta(days=1))
+        .not_valid_after(T0 + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if eku:
         b = b.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
     if aia:
-        b = b.add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
-            x509.AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(aia))]), critical=False)
+        b = b.add_extension(
+            x509.AuthorityInformationAccess(
+                [
+                    x509.AccessDescription(
+                        x509.AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(aia)
+                    )
+                ]
+            ),
+            critical=False,
+        )
     return b.sign(issuer_key, hashes.SHA256())
 
 
@@ -49,12 +64,16 @@ class Pki:
         self.ca_key = ec.generate_private_key(ec.SECP256R1())
         self.ca = _cert("OCSP CA", self.ca_key, "OCSP CA", self.ca_key, ca=True)
         self.leaf_key = ec.generate_private_key(ec.SECP256R1())
-        self.good = _cert("good", self.leaf_key, "OCSP CA", self.ca_key, serial=1001, aia="http://ocsp.invalid/")
+        self.good = _cert(
+            "good", self.leaf_key, "OCSP CA", self.ca_key, serial=1001, aia="http://ocsp.invalid/"
+        )
         self.revoked = _cert("revoked", self.leaf_key, "OCSP CA", self.ca_key, serial=1002)
         self.stranger = _cert("stranger", self.leaf_key, "OCSP CA", self.ca_key, serial=1003)
         self.db = {
             1001: SerialStatus(OcspCertStatus.GOOD),
-            1002: SerialStatus(OcspCertStatus.REVOKED, T0 - timedelta(hours=2), x509.ReasonFlags.key_compromise),
+            1002: SerialStatus(
+                OcspCertStatus.REVOKED, T0 - timedelta(hours=2), x509.ReasonFlags.key_compromise
+            ),
         }
         self.responder = OcspResponder(self.ca, self.ca, self.ca_key, self.db.get)
 
@@ -67,8 +86,14 @@ def pki() -> Pki:
 NONCE = b"\x42" * 16
 
 
-@pytest.mark.parametrize("which,status", [("good", OcspCertStatus.GOOD), ("revoked", OcspCertStatus.REVOKED),
-                                          ("stranger", OcspCertStatus.UNKNOWN)])
+@pytest.mark.parametrize(
+    "which,status",
+    [
+        ("good", OcspCertStatus.GOOD),
+        ("revoked", OcspCertStatus.REVOKED),
+        ("stranger", OcspCertStatus.UNKNOWN),
+    ],
+)
 def test_statuses(pki, which, status):
     cert = getattr(pki, which)
     resp = pki.responder.respond(build_request(cert, pki.ca, nonce=NONCE), T0)
@@ -92,13 +117,18 @@ def test_missing_nonce_fails_when_required(pki):
     resp = pki.responder.respond(build_request(pki.good, pki.ca), T0)  # request without a nonce
     with pytest.raises(OcspError, match="did not echo"):
         verify_response(resp, pki.good, pki.ca, T0, nonce=NONCE)
-    assert verify_response(resp, pki.good, pki.ca, T0, nonce=NONCE, require_nonce=False).status is OcspCertStatus.GOOD
+    assert (
+        verify_response(resp, pki.good, pki.ca, T0, nonce=NONCE, require_nonce=False).status
+        is OcspCertStatus.GOOD
+    )
 
 
 def test_sha256_cert_id(pki):
     req = build_request(pki.good, pki.ca, nonce=NONCE, algorithm=hashes.SHA256())
-    assert verify_response(pki.responder.respond(req, T0), pki.good, pki.ca, T0, nonce=NONCE).status is \
-        OcspCertStatus.GOOD
+    assert (
+        verify_response(pki.responder.respond(req, T0), pki.good, pki.ca, T0, nonce=NONCE).status
+        is OcspCertStatus.GOOD
+    )
 
 
 def test_other_issuer_is_unknown(pki):
@@ -112,7 +142,9 @@ def test_other_issuer_is_unknown(pki):
     assert single.certificate_status is x509_ocsp.OCSPCertStatus.UNKNOWN
 
 
-@pytest.mark.parametrize("at,match", [(T0 + timedelta(hours=2), "stale"), (T0 - timedelta(hours=1), "future")])
+@pytest.mark.parametrize(
+    "at,match", [(T0 + timedelta(hours=2), "stale"), (T0 - timedelta(hours=1), "future")]
+)
 def test_time_window(pki, at, match):
     resp = pki.responder.respond(build_request(pki.good, pki.ca, nonce=NONCE), T0)
     with pytest.raises(OcspError, match=match):
@@ -136,9 +168,12 @@ def test_response_signed_by_wrong_key(pki):
     with pytest.raises(OcspError, match="not signed by the certificate.s CA|did not authorise"):
         verify_response(resp, pki.revoked, pki.ca, T0, nonce=NONCE)
     # even when it ships its certificate along
-    rogue2 = OcspResponder(pki.ca, _cert("OCSP signer", rogue_key, "OCSP CA", rogue_key,
-                                         eku=[ExtendedKeyUsageOID.OCSP_SIGNING]), rogue_key,
-                           lambda serial: SerialStatus(OcspCertStatus.GOOD))
+    rogue2 = OcspResponder(
+        pki.ca,
+        _cert("OCSP signer", rogue_key, "OCSP CA", rogue_key, eku=[ExtendedKeyUsageOID.OCSP_SIGNING]),
+        rogue_key,
+        lambda serial: SerialStatus(OcspCertStatus.GOOD),
+    )
     resp = rogue2.respond(build_request(pki.revoked, pki.ca, nonce=NONCE), T0)
     with pytest.raises(OcspError, match="not signed by the certificate's CA"):
         verify_response(resp, pki.revoked, pki.ca, T0, nonce=NONCE)
@@ -167,8 +202,9 @@ def test_response_for_other_certificate(pki):
         verify_response(resp, pki.revoked, pki.ca, T0, nonce=NONCE)
 
 
-@pytest.mark.parametrize("status", [x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST,
-                                    x509_ocsp.OCSPResponseStatus.TRY_LATER])
+@pytest.mark.parametrize(
+    "status", [x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST, x509_ocsp.OCSPResponseStatus.TRY_LATER]
+)
 def test_unsuccessful_response(pki, status):
     resp = x509_ocsp.OCSPResponseBuilder.build_unsuccessful(status).public_bytes(Encoding.DER)
     with pytest.raises(OcspError, match=status.name.lower()):
@@ -186,8 +222,10 @@ def test_malformed_request_gets_malformed_response(pki, body):
 def test_fuzz_responder_never_raises(data):
     p = _FUZZ_PKI
     resp = x509_ocsp.load_der_ocsp_response(p.responder.respond(data, T0))
-    assert resp.response_status in (x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST,
-                                    x509_ocsp.OCSPResponseStatus.SUCCESSFUL)
+    assert resp.response_status in (
+        x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST,
+        x509_ocsp.OCSPResponseStatus.SUCCESSFUL,
+    )
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)
@@ -245,7 +283,9 @@ def _multi_request(pki, certs, nonce=NONCE) -> bytes:
     """An OCSPRequest naming several certificates (cryptography builds only single ones)."""
     from asn1crypto import ocsp as asn1_ocsp
 
-    reqs = [asn1_ocsp.OCSPRequest.load(build_request(c, pki.ca))["tbs_request"]["request_list"][0] for c in certs]
+    reqs = [
+        asn1_ocsp.OCSPRequest.load(build_request(c, pki.ca))["tbs_request"]["request_list"][0] for c in certs
+    ]
     tbs = {"request_list": reqs}
     if nonce is not None:
         tbs["request_extensions"] = [{"extn_id": "nonce", "critical": False, "extn_value": nonce}]
@@ -261,7 +301,11 @@ def test_several_certificates_in_one_request(pki, delegated):
         responder = OcspResponder(pki.ca, signer, key, pki.db.get)
     resp = responder.respond(_multi_request(pki, [pki.good, pki.revoked, pki.stranger]), T0)
     assert len(list(x509_ocsp.load_der_ocsp_response(resp).responses)) == 3
-    expected = {"good": OcspCertStatus.GOOD, "revoked": OcspCertStatus.REVOKED, "stranger": OcspCertStatus.UNKNOWN}
+    expected = {
+        "good": OcspCertStatus.GOOD,
+        "revoked": OcspCertStatus.REVOKED,
+        "stranger": OcspCertStatus.UNKNOWN,
+    }
     for name, status in expected.items():
         result = verify_response(resp, getattr(pki, name), pki.ca, T0, nonce=NONCE)
         assert result.status is status
@@ -274,4 +318,7 @@ def test_too_many_certificates_in_one_request(pki):
     from pki.ocsp import MAX_CERTS_PER_REQUEST
 
     resp = pki.responder.respond(_multi_request(pki, [pki.good] * (MAX_CERTS_PER_REQUEST + 1)), T0)
-    assert x509_ocsp.load_der_ocsp_response(resp).response_status is x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    assert (
+        x509_ocsp.load_der_ocsp_response(resp).response_status
+        is x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    )

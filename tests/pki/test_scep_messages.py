@@ -1,4 +1,5 @@
 """SCEP message layer (pki.scep.messages): round trips, openssl as the CMS oracle, tampering, fuzz."""
+
 from __future__ import annotations
 
 import subprocess
@@ -23,9 +24,16 @@ NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
 
 def _self_signed(key, cn: str) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(NOW - timedelta(days=1))
-            .not_valid_after(NOW + timedelta(days=1)).sign(key, hashes.SHA256()))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +51,16 @@ def requester():
 def _request(requester, ca, payload=b"csr bytes", **kw):
     rkey, rcert = requester
     _, ccert = ca
-    return m.sign_pki_message(message_type=kw.pop("message_type", MessageType.PKCSReq), transaction_id="T1",
-                              sender_nonce=b"\x01" * 16, signer_cert=rcert, signer_key=rkey,
-                              envelope=m.envelope(payload, ccert), signing_time=NOW, **kw)
+    return m.sign_pki_message(
+        message_type=kw.pop("message_type", MessageType.PKCSReq),
+        transaction_id="T1",
+        sender_nonce=b"\x01" * 16,
+        signer_cert=rcert,
+        signer_key=rkey,
+        envelope=m.envelope(payload, ccert),
+        signing_time=NOW,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("cipher", sorted(m.CIPHERS))
@@ -82,12 +97,24 @@ def test_pki_message_round_trip(ca, requester):
 
 def test_cert_rep_attributes_round_trip(ca):
     key, cert = ca
-    der = m.sign_pki_message(message_type=MessageType.CertRep, transaction_id="T2", sender_nonce=b"\x02" * 16,
-                             recipient_nonce=b"\x03" * 16, pki_status=PkiStatus.FAILURE,
-                             fail_info=FailInfo.badCertId, fail_info_text="nope", signer_cert=cert, signer_key=key,
-                             digest="sha512")
+    der = m.sign_pki_message(
+        message_type=MessageType.CertRep,
+        transaction_id="T2",
+        sender_nonce=b"\x02" * 16,
+        recipient_nonce=b"\x03" * 16,
+        pki_status=PkiStatus.FAILURE,
+        fail_info=FailInfo.badCertId,
+        fail_info_text="nope",
+        signer_cert=cert,
+        signer_key=key,
+        digest="sha512",
+    )
     msg = m.parse_pki_message(der)
-    assert (msg.pki_status, msg.fail_info, msg.fail_info_text) == (PkiStatus.FAILURE, FailInfo.badCertId, "nope")
+    assert (msg.pki_status, msg.fail_info, msg.fail_info_text) == (
+        PkiStatus.FAILURE,
+        FailInfo.badCertId,
+        "nope",
+    )
     assert msg.recipient_nonce == b"\x03" * 16 and msg.digest_algorithm == "sha512"
     assert msg.envelope is None
 
@@ -98,11 +125,39 @@ def test_openssl_verifies_and_decrypts(tmp_path, ca, requester):
     (tmp_path / "req.der").write_bytes(_request(requester, ca, b"hello SCEP"))
     (tmp_path / "ca.key").write_bytes(ca[0].private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
     (tmp_path / "ca.pem").write_bytes(ca[1].public_bytes(Encoding.PEM))
-    subprocess.run([openssl, "cms", "-verify", "-noverify", "-inform", "DER", "-in", str(tmp_path / "req.der"),
-                    "-out", str(tmp_path / "env.der")], check=True, capture_output=True)
-    out = subprocess.run([openssl, "cms", "-decrypt", "-inform", "DER", "-in", str(tmp_path / "env.der"),
-                          "-inkey", str(tmp_path / "ca.key"), "-recip", str(tmp_path / "ca.pem")],
-                         check=True, capture_output=True).stdout
+    subprocess.run(
+        [
+            openssl,
+            "cms",
+            "-verify",
+            "-noverify",
+            "-inform",
+            "DER",
+            "-in",
+            str(tmp_path / "req.der"),
+            "-out",
+            str(tmp_path / "env.der"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    out = subprocess.run(
+        [
+            openssl,
+            "cms",
+            "-decrypt",
+            "-inform",
+            "DER",
+            "-in",
+            str(tmp_path / "env.der"),
+            "-inkey",
+            str(tmp_path / "ca.key"),
+            "-recip",
+            str(tmp_path / "ca.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    ).stdout
     assert out == b"hello SCEP"
 
 
@@ -111,9 +166,22 @@ def test_openssl_built_envelope_opens(tmp_path, ca):
     openssl = require_tool("openssl")
     (tmp_path / "ca.pem").write_bytes(ca[1].public_bytes(Encoding.PEM))
     (tmp_path / "msg").write_bytes(b"from openssl")
-    der = subprocess.run([openssl, "cms", "-encrypt", "-binary", "-aes-256-cbc", "-outform", "DER",
-                          "-in", str(tmp_path / "msg"), str(tmp_path / "ca.pem")],
-                         check=True, capture_output=True).stdout
+    der = subprocess.run(
+        [
+            openssl,
+            "cms",
+            "-encrypt",
+            "-binary",
+            "-aes-256-cbc",
+            "-outform",
+            "DER",
+            "-in",
+            str(tmp_path / "msg"),
+            str(tmp_path / "ca.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    ).stdout
     assert m.open_envelope(der, *ca) == b"from openssl"
 
 
@@ -149,7 +217,9 @@ def test_signer_missing_is_bad_cert_id(ca, requester):
     assert m.parse_pki_message(info.dump(force=True), extra_signers=[requester[1]]).transaction_id == "T1"
 
 
-@pytest.mark.parametrize("data", [b"", b"\x30", b"\x30\x03\x02\x01\x01", b"garbage" * 10, b"\x30\x82\xff\xff"])
+@pytest.mark.parametrize(
+    "data", [b"", b"\x30", b"\x30\x03\x02\x01\x01", b"garbage" * 10, b"\x30\x82\xff\xff"]
+)
 def test_garbage_is_format_error(data):
     with pytest.raises(ScepFormatError):
         m.parse_pki_message(data)
@@ -186,7 +256,12 @@ def test_transaction_id_is_stable_hex(requester):
     assert len(tid) == 64 and all(c in "0123456789ABCDEF" for c in tid)
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(st.binary(max_size=600))
 def test_fuzz_parse_only_package_errors(data):
     try:
@@ -198,7 +273,12 @@ def test_fuzz_parse_only_package_errors(data):
 _SEED: dict[str, bytes] = {}
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(st.integers(min_value=0, max_value=10_000), st.integers(min_value=1, max_value=255))
 def test_fuzz_bit_flips_only_package_errors(ca, requester, pos, flip):
     if "req" not in _SEED:

@@ -1,4 +1,5 @@
 """SCEP end to end over real HTTP on 127.0.0.1: our client against our CA service (pki.service + pki.scep)."""
+
 from __future__ import annotations
 
 import base64
@@ -31,8 +32,15 @@ def rsa_key() -> rsa.RSAPrivateKey:
 
 def _new_ca(path: Path, svc: CaService | None = None, parent=None) -> None:
     url = svc.url if svc is not None else "http://127.0.0.1:1"
-    ca = CertificateAuthority.init(path, "CN=SCEP Test CA,O=espresso", key_type="rsa", key_size=2048,
-                                   crl_url=f"{url}/crl", ocsp_url=f"{url}/ocsp", parent=parent)
+    ca = CertificateAuthority.init(
+        path,
+        "CN=SCEP Test CA,O=espresso",
+        key_type="rsa",
+        key_size=2048,
+        crl_url=f"{url}/crl",
+        ocsp_url=f"{url}/ocsp",
+        parent=parent,
+    )
     ca.close()
 
 
@@ -86,14 +94,25 @@ def _self_signed(key, cn: str) -> x509.Certificate:
 
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, cn)])
     now = datetime.now(timezone.utc)
-    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
-            .not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256()))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
 
 
 def _csr(key, cn="router1", challenge: str | None = CHALLENGE):
-    return build_csr(key, f"CN={cn},O=espresso", SubjectAltNames.build(dns=[f"{cn}.example.net"], ip=["192.0.2.7"]),
-                     challenge_password=challenge)
+    return build_csr(
+        key,
+        f"CN={cn},O=espresso",
+        SubjectAltNames.build(dns=[f"{cn}.example.net"], ip=["192.0.2.7"]),
+        challenge_password=challenge,
+    )
 
 
 def test_get_ca_caps_and_cert(service):
@@ -105,8 +124,9 @@ def test_get_ca_caps_and_cert(service):
 
 
 def test_get_ca_cert_chain_is_degenerate_pkcs7(tmp_path):
-    root = CertificateAuthority.init(tmp_path / "root", "CN=Root,O=espresso", key_type="rsa", key_size=2048,
-                                     path_length=1)
+    root = CertificateAuthority.init(
+        tmp_path / "root", "CN=Root,O=espresso", key_type="rsa", key_size=2048, path_length=1
+    )
     try:
         svc = CaService(tmp_path / "sub")
         try:
@@ -115,7 +135,10 @@ def test_get_ca_cert_chain_is_degenerate_pkcs7(tmp_path):
             resp = http_request("GET", svc.url + "/cgi-bin/pkiclient.exe?operation=GetCACert")
             assert resp.content_type == "application/x-x509-ca-ra-cert"
             certs = get_ca_certs(svc.url + "/cgi-bin/pkiclient.exe")
-            assert [c.subject.rfc4514_string() for c in certs] == ["CN=SCEP Test CA,O=espresso", "CN=Root,O=espresso"]
+            assert [c.subject.rfc4514_string() for c in certs] == [
+                "CN=SCEP Test CA,O=espresso",
+                "CN=Root,O=espresso",
+            ]
         finally:
             svc.stop()
     finally:
@@ -137,7 +160,9 @@ def test_enroll_auto_approval(service, rsa_key):
 
 def test_enroll_adds_challenge_to_csr(service, rsa_key):
     ca_certs = get_ca_certs(service.url + "/scep")
-    cert = enroll(service.url + "/scep", rsa_key, _csr(rsa_key, challenge=None), ca_certs, challenge=CHALLENGE)
+    cert = enroll(
+        service.url + "/scep", rsa_key, _csr(rsa_key, challenge=None), ca_certs, challenge=CHALLENGE
+    )
     assert cert.public_key().public_numbers() == rsa_key.public_key().public_numbers()
 
 
@@ -164,8 +189,9 @@ def test_pending_then_approved_while_polling(manual_service, rsa_key):
             assert pending[0].transaction_id == m.transaction_id_for(rsa_key.public_key())
             svc.approve(pending[0].transaction_id)
 
-    cert = enroll(svc.url + "/scep", rsa_key, _csr(rsa_key), ca_certs, retry_count=5, retry_interval=7,
-                  sleep=sleep)
+    cert = enroll(
+        svc.url + "/scep", rsa_key, _csr(rsa_key), ca_certs, retry_count=5, retry_interval=7, sleep=sleep
+    )
     assert polls == [7]
     assert cert.subject.rfc4514_string() == "CN=router1,O=espresso"
     assert list_pending(svc.ca_dir) == []
@@ -175,8 +201,15 @@ def test_pending_times_out_bounded(manual_service, rsa_key):
     ca_certs = get_ca_certs(manual_service.url + "/scep")
     polls = []
     with pytest.raises(ScepPendingTimeout) as exc:
-        enroll(manual_service.url + "/scep", rsa_key, _csr(rsa_key), ca_certs, retry_count=3, retry_interval=1,
-               sleep=polls.append)
+        enroll(
+            manual_service.url + "/scep",
+            rsa_key,
+            _csr(rsa_key),
+            ca_certs,
+            retry_count=3,
+            retry_interval=1,
+            sleep=polls.append,
+        )
     assert polls == [1, 1, 1] and exc.value.polls == 3
 
 
@@ -188,7 +221,9 @@ def test_rejected_request_fails_at_next_poll(manual_service, rsa_key):
         svc.reject(list_pending(svc.ca_dir)[0].transaction_id, "not on the list")
 
     with pytest.raises(ScepFailure) as exc:
-        enroll(svc.url + "/scep", rsa_key, _csr(rsa_key), ca_certs, retry_count=2, retry_interval=1, sleep=sleep)
+        enroll(
+            svc.url + "/scep", rsa_key, _csr(rsa_key), ca_certs, retry_count=2, retry_interval=1, sleep=sleep
+        )
     assert exc.value.fail_info is FailInfo.badRequest and "not on the list" in str(exc.value)
 
 
@@ -204,7 +239,7 @@ def test_state_survives_restart(tmp_path, rsa_key, ca_template):
         svc.stop()
     tid = m.transaction_id_for(rsa_key.public_key())
     assert [p.transaction_id for p in list_pending(tmp_path / "ca")] == [tid]
-    issued = approve(tmp_path / "ca", tid)          # the CLI path: no service running
+    issued = approve(tmp_path / "ca", tid)  # the CLI path: no service running
     with pytest.raises(Exception, match="no pending"):
         approve(tmp_path / "ca", tid)
     svc2 = CaService(tmp_path / "ca", challenge=CHALLENGE, manual_approval=True)
@@ -233,7 +268,9 @@ def test_renewal_signed_with_current_certificate(service, rsa_key, spare_keys):
     ca_certs = get_ca_certs(service.url + "/scep")
     old = enroll(service.url + "/scep", rsa_key, _csr(rsa_key), ca_certs)
     new_key = spare_keys[0]
-    new = enroll(service.url + "/scep", new_key, _csr(new_key, challenge=None), ca_certs, signer=(old, rsa_key))
+    new = enroll(
+        service.url + "/scep", new_key, _csr(new_key, challenge=None), ca_certs, signer=(old, rsa_key)
+    )
     assert new.public_key().public_numbers() == new_key.public_key().public_numbers()
     assert new.serial_number != old.serial_number
 
@@ -243,8 +280,13 @@ def test_renewal_with_foreign_certificate_is_refused(service, rsa_key, spare_key
     outsider_key = spare_keys[1]
     outsider = _self_signed(outsider_key, "not from this CA")
     with pytest.raises(ScepFailure) as exc:
-        enroll(service.url + "/scep", rsa_key, _csr(rsa_key, challenge=None), ca_certs,
-               signer=(outsider, outsider_key))
+        enroll(
+            service.url + "/scep",
+            rsa_key,
+            _csr(rsa_key, challenge=None),
+            ca_certs,
+            signer=(outsider, outsider_key),
+        )
     assert exc.value.fail_info is FailInfo.badCertId
 
 
@@ -262,8 +304,14 @@ def _signed_request(svc, key, message_type=MessageType.PKCSReq, payload: bytes |
     me = _self_signed(key, "router1")
     if payload is None:
         payload = _csr(key).public_bytes(Encoding.DER)
-    return m.sign_pki_message(message_type=message_type, transaction_id=tid, sender_nonce=b"N" * 16,
-                              signer_cert=me, signer_key=key, envelope=m.envelope(payload, ca_cert))
+    return m.sign_pki_message(
+        message_type=message_type,
+        transaction_id=tid,
+        sender_nonce=b"N" * 16,
+        signer_cert=me,
+        signer_key=key,
+        envelope=m.envelope(payload, ca_cert),
+    )
 
 
 def test_bad_signature_gets_failure_bad_message_check(service, rsa_key):
@@ -276,8 +324,13 @@ def test_bad_signature_gets_failure_bad_message_check(service, rsa_key):
 
 def test_unknown_transaction_poll_gets_bad_cert_id(service, rsa_key):
     ca_cert = get_ca_certs(service.url + "/scep")[0]
-    body = _signed_request(service, rsa_key, MessageType.CertPoll,
-                           m.issuer_and_subject(ca_cert.subject, ca_cert.subject), tid="NEVER-SEEN")
+    body = _signed_request(
+        service,
+        rsa_key,
+        MessageType.CertPoll,
+        m.issuer_and_subject(ca_cert.subject, ca_cert.subject),
+        tid="NEVER-SEEN",
+    )
     rep = _cert_rep(service, body)
     assert (rep.pki_status, rep.fail_info) == (PkiStatus.FAILURE, FailInfo.badCertId)
 
@@ -297,8 +350,9 @@ def test_csr_with_bad_signature_gets_bad_message_check(service, rsa_key):
 def test_get_cert_by_serial(service, rsa_key):
     ca_certs = get_ca_certs(service.url + "/scep")
     cert = enroll(service.url + "/scep", rsa_key, _csr(rsa_key), ca_certs)
-    body = _signed_request(service, rsa_key, MessageType.GetCert,
-                           m.issuer_and_serial(ca_certs[0].subject, cert.serial_number))
+    body = _signed_request(
+        service, rsa_key, MessageType.GetCert, m.issuer_and_serial(ca_certs[0].subject, cert.serial_number)
+    )
     rep = _cert_rep(service, body)
     assert rep.pki_status is PkiStatus.SUCCESS
     inner = m.open_envelope(rep.envelope, rsa_key)
@@ -314,7 +368,9 @@ def test_garbage_post_is_http_400(service, body):
 
 def test_garbage_get_is_http_400(service):
     for message in ["!!!notbase64", base64.b64encode(b"\x30\x03abc").decode(), ""]:
-        url = service.url + "/scep?" + urllib.parse.urlencode({"operation": "PKIOperation", "message": message})
+        url = (
+            service.url + "/scep?" + urllib.parse.urlencode({"operation": "PKIOperation", "message": message})
+        )
         with pytest.raises(FetchError) as exc:
             http_request("GET", url)
         assert exc.value.status == 400
@@ -322,22 +378,31 @@ def test_garbage_get_is_http_400(service):
 
 def test_pki_operation_via_get(service, rsa_key):
     body = _signed_request(service, rsa_key)
-    url = service.url + "/scep?" + urllib.parse.urlencode(
-        {"operation": "PKIOperation", "message": base64.b64encode(body).decode()})
+    url = (
+        service.url
+        + "/scep?"
+        + urllib.parse.urlencode({"operation": "PKIOperation", "message": base64.b64encode(body).decode()})
+    )
     rep = m.parse_pki_message(http_request("GET", url).body)
     assert rep.pki_status is PkiStatus.SUCCESS
     # strongSwan's GET encoding: '+' as %2B and a %0A every 64 characters; others send a bare '+' or '/'
     b64 = base64.b64encode(body).decode()
-    lines = "%0A".join(b64[i:i + 64] for i in range(0, len(b64), 64)).replace("+", "%2B")
+    lines = "%0A".join(b64[i : i + 64] for i in range(0, len(b64), 64)).replace("+", "%2B")
     for message in (lines, b64):
-        rep = m.parse_pki_message(http_request("GET", f"{service.url}/scep?operation=PKIOperation&message={message}").body)
+        rep = m.parse_pki_message(
+            http_request("GET", f"{service.url}/scep?operation=PKIOperation&message={message}").body
+        )
         assert rep.pki_status is PkiStatus.SUCCESS
 
 
 def test_oversized_body_is_413(service):
     with pytest.raises(FetchError) as exc:
-        http_request("POST", service.url + "/scep?operation=PKIOperation", b"\x30" * (m.MAX_MESSAGE_SIZE + 10),
-                     "application/x-pki-message")
+        http_request(
+            "POST",
+            service.url + "/scep?operation=PKIOperation",
+            b"\x30" * (m.MAX_MESSAGE_SIZE + 10),
+            "application/x-pki-message",
+        )
     assert exc.value.status == 413
 
 
@@ -350,7 +415,9 @@ def test_unknown_operation_is_400(service):
 def test_service_survives_all_of_the_above(service, rsa_key):
     for body in [b"", b"\x30", b"\xff" * 100]:
         with pytest.raises(FetchError):
-            http_request("POST", service.url + "/scep?operation=PKIOperation", body, "application/x-pki-message")
+            http_request(
+                "POST", service.url + "/scep?operation=PKIOperation", body, "application/x-pki-message"
+            )
     ca_certs = get_ca_certs(service.url + "/scep")
     assert enroll(service.url + "/scep", rsa_key, _csr(rsa_key), ca_certs) is not None
 
@@ -366,6 +433,7 @@ def test_enroll_rejects_non_rsa_key(service):
 def test_enroll_refuses_reply_from_other_ca(service, rsa_key, spare_keys):
     """The client trusts only the CA certificates it was given (checked out of band)."""
     from pki.scep.errors import ScepError
+
     other_key = spare_keys[1]
     impostor = _self_signed(other_key, "SCEP Test CA")
     with pytest.raises(ScepError):
@@ -418,7 +486,9 @@ def test_fuzz_responder_answers_or_400s(service, rsa_key):
             refused += 1
     assert answered + refused == 150
     # and the service still works afterwards
-    assert enroll(service.url + "/scep", rsa_key, _csr(rsa_key), get_ca_certs(service.url + "/scep")) is not None
+    assert (
+        enroll(service.url + "/scep", rsa_key, _csr(rsa_key), get_ca_certs(service.url + "/scep")) is not None
+    )
 
 
 def test_pending_table_is_bounded(manual_service, rsa_key, monkeypatch):
@@ -463,3 +533,32 @@ def test_connection_cap_answers_503(service, monkeypatch):
             time.sleep(0.1)
     else:
         pytest.fail("service did not recover after the connection flood")
+
+
+def test_renewal_cannot_change_subject(service, rsa_key, spare_keys):
+    ca_certs = get_ca_certs(service.url + "/scep")
+    current = enroll(service.url + "/scep", rsa_key, _csr(rsa_key), ca_certs)
+    with pytest.raises(ScepFailure, match="keep the subject") as exc:
+        enroll(
+            service.url + "/scep",
+            spare_keys[0],
+            _csr(spare_keys[0], cn="someone-else", challenge=None),
+            ca_certs,
+            signer=(current, rsa_key),
+        )
+    assert exc.value.fail_info is FailInfo.badRequest
+
+
+def test_renewal_with_revoked_certificate_is_refused(service, rsa_key, spare_keys):
+    ca_certs = get_ca_certs(service.url + "/scep")
+    current = enroll(service.url + "/scep", rsa_key, _csr(rsa_key), ca_certs)
+    service.run(lambda: service.ca.revoke(current.serial_number, "keyCompromise"))
+    with pytest.raises(ScepFailure, match="revoked") as exc:
+        enroll(
+            service.url + "/scep",
+            spare_keys[0],
+            _csr(spare_keys[0], challenge=None),
+            ca_certs,
+            signer=(current, rsa_key),
+        )
+    assert exc.value.fail_info is FailInfo.badCertId

@@ -3,6 +3,7 @@
 The certificate it gets must then pass our validator, with revocation checked live against the same service
 (OCSP and the CRL distribution point), and fail it once revoked.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -32,8 +33,14 @@ def ca_service(tmp_path, request):
     manual = getattr(request, "param", False)
     svc = CaService(tmp_path / "ca", challenge=CHALLENGE, manual_approval=manual)
     try:
-        ca = CertificateAuthority.init(tmp_path / "ca", "CN=strongSwan Interop CA,O=espresso", key_type="rsa",
-                                       key_size=2048, crl_url=f"{svc.url}/crl", ocsp_url=f"{svc.url}/ocsp")
+        ca = CertificateAuthority.init(
+            tmp_path / "ca",
+            "CN=strongSwan Interop CA,O=espresso",
+            key_type="rsa",
+            key_size=2048,
+            crl_url=f"{svc.url}/crl",
+            ocsp_url=f"{svc.url}/ocsp",
+        )
         (tmp_path / "ca.der").write_bytes(ca.certificate.public_bytes(Encoding.DER))
         ca.close()
         svc.start()
@@ -44,16 +51,42 @@ def ca_service(tmp_path, request):
 
 def _pki_key(pki: str, path) -> None:
     with open(path, "wb") as f:
-        subprocess.run([pki, "--gen", "--type", "rsa", "--size", "2048", "--outform", "pem"], stdout=f,
-                       stderr=subprocess.DEVNULL, check=True, timeout=60)
+        subprocess.run(
+            [pki, "--gen", "--type", "rsa", "--size", "2048", "--outform", "pem"],
+            stdout=f,
+            stderr=subprocess.DEVNULL,
+            check=True,
+            timeout=60,
+        )
 
 
 def _scep_cmd(pki: str, svc: CaService, tmp_path, password: str = CHALLENGE) -> list[str]:
-    return [pki, "--scep", "--url", f"{svc.url}/scep", "--in", str(tmp_path / "key.pem"),
-            "--dn", "C=CH, O=espresso, CN=moon.example.net", "--san", "moon.example.net", "--san", "192.0.2.10",
-            "--password", password, "--cacert-enc", str(tmp_path / "ca.der"),
-            "--cacert-sig", str(tmp_path / "ca.der"), "--interval", "1", "--maxpolltime", "30",
-            "--outform", "der"]
+    return [
+        pki,
+        "--scep",
+        "--url",
+        f"{svc.url}/scep",
+        "--in",
+        str(tmp_path / "key.pem"),
+        "--dn",
+        "C=CH, O=espresso, CN=moon.example.net",
+        "--san",
+        "moon.example.net",
+        "--san",
+        "192.0.2.10",
+        "--password",
+        password,
+        "--cacert-enc",
+        str(tmp_path / "ca.der"),
+        "--cacert-sig",
+        str(tmp_path / "ca.der"),
+        "--interval",
+        "1",
+        "--maxpolltime",
+        "30",
+        "--outform",
+        "der",
+    ]
 
 
 def _validate(cert: x509.Certificate, ca_cert: x509.Certificate, mode: RevocationMode):
@@ -89,7 +122,9 @@ def test_strongswan_enrolls_and_our_validator_accepts(tmp_path, ca_service):
 def test_strongswan_wrong_password_is_refused(tmp_path, ca_service):
     pki = require_tool("pki")
     _pki_key(pki, tmp_path / "key.pem")
-    r = subprocess.run(_scep_cmd(pki, ca_service, tmp_path, password="wrong"), capture_output=True, timeout=120)
+    r = subprocess.run(
+        _scep_cmd(pki, ca_service, tmp_path, password="wrong"), capture_output=True, timeout=120
+    )
     assert r.returncode != 0
     assert b"badRequest" in r.stderr
     assert ca_service.run(lambda: ca_service.ca.records()) == []
@@ -124,28 +159,42 @@ def test_strongswan_scepca_chain_legacy_options_and_renewal(tmp_path):
     RSA-PSS and SHA-512 (what older deployments send), then a renewal signed with the current certificate
     (pki --scep --cert/--key: no challenge password needed)."""
     pki = require_tool("pki")
-    root = CertificateAuthority.init(tmp_path / "root", "CN=Interop Root,O=espresso", key_type="rsa", key_size=2048,
-                                     path_length=1)
+    root = CertificateAuthority.init(
+        tmp_path / "root", "CN=Interop Root,O=espresso", key_type="rsa", key_size=2048, path_length=1
+    )
     svc = CaService(tmp_path / "ca", challenge=CHALLENGE)
     try:
-        ca = CertificateAuthority.init(tmp_path / "ca", "CN=Interop Sub,O=espresso", key_type="rsa", key_size=2048,
-                                       parent=root, crl_url=f"{svc.url}/crl")
+        ca = CertificateAuthority.init(
+            tmp_path / "ca",
+            "CN=Interop Sub,O=espresso",
+            key_type="rsa",
+            key_size=2048,
+            parent=root,
+            crl_url=f"{svc.url}/crl",
+        )
         (tmp_path / "ca.der").write_bytes(ca.certificate.public_bytes(Encoding.DER))
         (tmp_path / "root.der").write_bytes(root.certificate.public_bytes(Encoding.DER))
         ca.close()
         svc.start()
-        r = subprocess.run([pki, "--scepca", "--url", f"{svc.url}/scep", "--caout", str(tmp_path / "got.der"),
-                            "--force"], capture_output=True, timeout=60)
+        r = subprocess.run(
+            [pki, "--scepca", "--url", f"{svc.url}/scep", "--caout", str(tmp_path / "got.der"), "--force"],
+            capture_output=True,
+            timeout=60,
+        )
         assert r.returncode == 0, r.stderr.decode()[-2000:]
         got = sorted(p.name for p in tmp_path.glob("got*.der"))
         assert len(got) == 2
-        assert {x509.load_der_x509_certificate((tmp_path / n).read_bytes()).subject.rfc4514_string()
-                for n in got} == {"CN=Interop Root,O=espresso", "CN=Interop Sub,O=espresso"}
+        assert {
+            x509.load_der_x509_certificate((tmp_path / n).read_bytes()).subject.rfc4514_string() for n in got
+        } == {"CN=Interop Root,O=espresso", "CN=Interop Sub,O=espresso"}
 
         _pki_key(pki, tmp_path / "key.pem")
         cmd = _scep_cmd(pki, svc, tmp_path) + ["--cacert", str(tmp_path / "root.der")]
-        r = subprocess.run(cmd + ["--cipher", "des3", "--rsa-padding", "pss", "--digest", "sha512"],
-                           capture_output=True, timeout=120)
+        r = subprocess.run(
+            cmd + ["--cipher", "des3", "--rsa-padding", "pss", "--digest", "sha512"],
+            capture_output=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr.decode()[-2000:]
         first = x509.load_der_x509_certificate(r.stdout)
         (tmp_path / "first.der").write_bytes(r.stdout)
@@ -153,14 +202,22 @@ def test_strongswan_scepca_chain_legacy_options_and_renewal(tmp_path):
         (tmp_path / "old.pem").write_bytes((tmp_path / "key.pem").read_bytes())
         _pki_key(pki, tmp_path / "key.pem")  # re-generate-keypair
         renew = [a for a in cmd if a not in ("--password", CHALLENGE)]
-        r = subprocess.run(renew + ["--cert", str(tmp_path / "first.der"), "--key", str(tmp_path / "old.pem")],
-                           capture_output=True, timeout=120)
+        r = subprocess.run(
+            renew + ["--cert", str(tmp_path / "first.der"), "--key", str(tmp_path / "old.pem")],
+            capture_output=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr.decode()[-2000:]
         second = x509.load_der_x509_certificate(r.stdout)
         assert second.serial_number != first.serial_number
         assert second.public_key() != first.public_key()
-        chain = Validator([TrustAnchor(root.certificate, RevocationPolicy(mode=RevocationMode.DISABLE))]).verify(
-            second, [x509.load_der_x509_certificate((tmp_path / "ca.der").read_bytes())], datetime.now(timezone.utc))
+        chain = Validator(
+            [TrustAnchor(root.certificate, RevocationPolicy(mode=RevocationMode.DISABLE))]
+        ).verify(
+            second,
+            [x509.load_der_x509_certificate((tmp_path / "ca.der").read_bytes())],
+            datetime.now(timezone.utc),
+        )
         assert chain.chain[0] == second
     finally:
         svc.stop()

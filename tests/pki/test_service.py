@@ -1,4 +1,5 @@
-"""The CA's HTTP service beyond SCEP: the CRL distribution point and the OCSP responder, with openssl as oracle."""
+"""The CA's HTTP service beyond SCEP: CRL distribution point and OCSP responder, openssl as oracle."""
+
 from __future__ import annotations
 
 import base64
@@ -27,8 +28,12 @@ def setup(tmp_path):
     svc = CaService(tmp_path / "ca")
     ca = None
     try:
-        ca = CertificateAuthority.init(tmp_path / "ca", "CN=Service CA,O=espresso", crl_url=f"{svc.url}/pki/ca.crl",
-                                       ocsp_url=f"{svc.url}/ocsp")
+        ca = CertificateAuthority.init(
+            tmp_path / "ca",
+            "CN=Service CA,O=espresso",
+            crl_url=f"{svc.url}/pki/ca.crl",
+            ocsp_url=f"{svc.url}/ocsp",
+        )
         svc.start()
         yield svc, ca
     finally:
@@ -49,9 +54,25 @@ def _files(tmp_path, ca, cert):
 
 
 def _openssl_ocsp(openssl, svc, ca_pem, leaf_pem, url_path=""):
-    r = subprocess.run([openssl, "ocsp", "-issuer", str(ca_pem), "-cert", str(leaf_pem),
-                        "-url", svc.url + url_path, "-CAfile", str(ca_pem), "-timeout", "10"],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [
+            openssl,
+            "ocsp",
+            "-issuer",
+            str(ca_pem),
+            "-cert",
+            str(leaf_pem),
+            "-url",
+            svc.url + url_path,
+            "-CAfile",
+            str(ca_pem),
+            "-timeout",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return r
 
 
@@ -78,9 +99,27 @@ def test_openssl_ocsp_several_certificates(tmp_path, setup):
     ca.revoke(bad.serial_number, "superseded")
     ca_pem, good_pem = _files(tmp_path, ca, good)
     (tmp_path / "bad.pem").write_bytes(bad.public_bytes(Encoding.PEM))
-    r = subprocess.run([openssl, "ocsp", "-issuer", str(ca_pem), "-cert", str(good_pem), "-cert",
-                        str(tmp_path / "bad.pem"), "-url", svc.url + "/ocsp", "-CAfile", str(ca_pem),
-                        "-timeout", "10"], capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [
+            openssl,
+            "ocsp",
+            "-issuer",
+            str(ca_pem),
+            "-cert",
+            str(good_pem),
+            "-cert",
+            str(tmp_path / "bad.pem"),
+            "-url",
+            svc.url + "/ocsp",
+            "-CAfile",
+            str(ca_pem),
+            "-timeout",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 0, r.stderr
     assert "Response verify OK" in r.stderr
     assert f"{good_pem}: good" in r.stdout and f"{tmp_path / 'bad.pem'}: revoked" in r.stdout
@@ -101,7 +140,7 @@ def test_openssl_ocsp_unknown_serial(tmp_path, setup):
 
 
 def test_ocsp_checker_over_http(setup):
-    svc, ca = setup
+    _svc, ca = setup
     cert = _issue(ca)
     checker = OcspChecker(timeout=5)  # URL from the certificate's AIA, which points at the service
     from datetime import datetime, timezone
@@ -126,7 +165,8 @@ def test_ocsp_get(setup):
 def test_ocsp_malformed_post(setup, body):
     svc, _ = setup
     resp = x509_ocsp.load_der_ocsp_response(
-        http_request("POST", svc.url + "/ocsp", body, "application/ocsp-request").body)
+        http_request("POST", svc.url + "/ocsp", body, "application/ocsp-request").body
+    )
     assert resp.response_status is x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST
 
 
@@ -151,8 +191,23 @@ def test_crl_at_distribution_point_parses_with_openssl(tmp_path, setup):
     der = http_get(url)
     (tmp_path / "crl.der").write_bytes(der)
     (tmp_path / "ca.pem").write_bytes(ca.certificate.public_bytes(Encoding.PEM))
-    r = subprocess.run([openssl, "crl", "-inform", "DER", "-in", str(tmp_path / "crl.der"), "-noout", "-text",
-                        "-CAfile", str(tmp_path / "ca.pem")], capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [
+            openssl,
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            str(tmp_path / "crl.der"),
+            "-noout",
+            "-text",
+            "-CAfile",
+            str(tmp_path / "ca.pem"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 0, r.stderr
     assert "verify OK" in r.stderr + r.stdout
     assert f"{cert.serial_number:X}" in r.stdout.replace(":", "").upper()
@@ -174,8 +229,9 @@ def test_restart_keeps_issued_and_revoked(tmp_path):
     port = port_holder.getsockname()[1]
     port_holder.close()
     svc = CaService(tmp_path / "ca", port=port)
-    ca = CertificateAuthority.init(tmp_path / "ca", "CN=Restart CA", crl_url=f"{svc.url}/crl",
-                                   ocsp_url=f"{svc.url}/ocsp")
+    ca = CertificateAuthority.init(
+        tmp_path / "ca", "CN=Restart CA", crl_url=f"{svc.url}/crl", ocsp_url=f"{svc.url}/ocsp"
+    )
     try:
         good, bad = _issue(ca, "good"), _issue(ca, "bad")
         ca.revoke(bad.serial_number, "keyCompromise")
@@ -222,7 +278,7 @@ def test_start_fails_cleanly_without_ca(tmp_path):
 
 
 def test_delegated_ocsp_responder_with_openssl(tmp_path):
-    """OCSP answers signed by a dedicated id-kp-OCSPSigning certificate of the CA, accepted by openssl and us."""
+    """OCSP answers signed by an id-kp-OCSPSigning certificate of the CA, accepted by openssl and us."""
     openssl = require_tool("openssl")
     from datetime import datetime, timezone
 
@@ -234,15 +290,21 @@ def test_delegated_ocsp_responder_with_openssl(tmp_path):
     svc = None
     try:
         signer_key = generate_private_key(parse_key_spec("ecdsa"))
-        profile = IssueProfile(name="ocsp", key_usage=frozenset({"digital_signature"}),
-                               extended_key_usage=(ExtendedKeyUsageOID.OCSP_SIGNING,), san_types=frozenset())
+        profile = IssueProfile(
+            name="ocsp",
+            key_usage=frozenset({"digital_signature"}),
+            extended_key_usage=(ExtendedKeyUsageOID.OCSP_SIGNING,),
+            san_types=frozenset(),
+        )
         signer = ca.issue(build_csr(signer_key, "CN=OCSP Signer"), profile)
         cert = _issue(ca)
         ca_pem, leaf_pem = _files(tmp_path, ca, cert)
         svc = CaService(tmp_path / "ca", ocsp_signer=(signer, signer_key)).start()
         r = _openssl_ocsp(openssl, svc, ca_pem, leaf_pem, "/ocsp")
         assert f"{leaf_pem}: good" in r.stdout and "Response verify OK" in r.stderr, r.stdout + r.stderr
-        result = OcspChecker(f"{svc.url}/ocsp", timeout=5).check(cert, ca.certificate, datetime.now(timezone.utc))
+        result = OcspChecker(f"{svc.url}/ocsp", timeout=5).check(
+            cert, ca.certificate, datetime.now(timezone.utc)
+        )
         assert result.status is OcspCertStatus.GOOD and result.responder == signer
     finally:
         if svc is not None:
