@@ -116,6 +116,9 @@ def _run(args: argparse.Namespace) -> int:
         return _fail("--chunk must be at least 1")
     from esp import pcaptool
 
+    out = getattr(args, "output", None)
+    if out is not None and os.path.exists(out) and os.path.exists(args.input) and os.path.samefile(out, args.input):
+        return _fail(f"{out} is the input capture; write the output elsewhere")
     try:
         if args.cmd == "decrypt":
             if args.replay_window is not None and args.replay_window < 0:

@@ -48,6 +48,7 @@ class SaStats:
     label: str
     spi: int | None
     direction: str
+    suite: str = ""
     packets: int = 0
     bytes: int = 0
     verdicts: dict[str, int] = field(default_factory=dict)
@@ -96,11 +97,12 @@ class Summary:
         lines = [f"{self.command}: {self.records} records read, {self.written} written, "
                  f"{self.processed} through SAs, {self.passed_through} passed through"
                  + (f", {self.policy_dropped} dropped by option" if self.policy_dropped else "")]
-        hdr = f"  {'SA':<34} {'dir':<3} {'ok':>9} {'bytes':>12} {'auth':>6} {'replay':>6} {'malf':>6} {'other':>6}"
-        lines.append(hdr)
+        w = min(60, max([len(x.label) for x in self.per_sa] + [2]))
+        lines.append(f"  {'SA':<{w}} {'suite':<17} {'dir':<3} {'ok':>9} {'bytes':>12} {'auth':>6} {'replay':>6} "
+                     f"{'malf':>6} {'other':>6}")
         for s in self.per_sa:
             other = s.failures - s.count("AUTH_FAILED") - s.count("REPLAYED") - s.count("MALFORMED")
-            lines.append(f"  {s.label[:34]:<34} {s.direction:<3} {s.packets:>9} {s.bytes:>12} "
+            lines.append(f"  {s.label[:w]:<{w}} {s.suite:<17} {s.direction:<3} {s.packets:>9} {s.bytes:>12} "
                          f"{s.count('AUTH_FAILED'):>6} {s.count('REPLAYED'):>6} {s.count('MALFORMED'):>6} {other:>6}")
         extra = []
         if self.unknown_spi:
@@ -330,7 +332,7 @@ class _Output:
 # -- SA sets --------------------------------------------------------------------------------------------------------
 
 def _stats_for(entry: SaEntry, direction: str) -> SaStats:
-    return SaStats(entry.label, entry.spi, direction)
+    return SaStats(entry.label, entry.spi, direction, entry.suite.name)
 
 
 def _account(stats: SaStats, status: np.ndarray, lengths: np.ndarray) -> None:
@@ -352,6 +354,42 @@ def _make_sa(entry: SaEntry, direction: Direction, mode: str | None, backend: st
         e = dataclasses.replace(e, replay_window=window)
     p = e.sa_params(direction, backend=backend)
     return Sa(p, initial_seq=initial_seq)
+
+
+#: SAs one wildcard-SPI entry (Wireshark's SPI "*") may create, one per SPI seen; past this, unknown SPI.
+MAX_WILDCARD_SAS = 4096
+
+
+class _Inbound:
+    """The inbound SA(s) of one key file entry: one per SPI, made when the SPI is first seen for SPI ``*``."""
+
+    def __init__(self, entry: SaEntry, mode: str | None, backend: str | None, window: int | None,
+                 summary: Summary) -> None:
+        self.entry = entry
+        self.mode, self.backend, self.window = mode, backend, window
+        self.summary = summary
+        self.by_spi: dict[int, tuple[Sa, Sa | None, SaStats]] = {}
+        if entry.spi is not None:
+            self.get(entry.spi)
+
+    def get(self, spi: int) -> tuple[Sa, Sa | None, SaStats] | None:
+        got = self.by_spi.get(spi)
+        if got is not None:
+            return got
+        if len(self.by_spi) >= MAX_WILDCARD_SAS:
+            return None
+        e = self.entry if self.entry.spi is not None else dataclasses.replace(self.entry, spi=spi)
+        primary = _make_sa(e, Direction.IN, self.mode or "tunnel", self.backend, self.window)
+        fallback = None
+        if e.mode is None and self.mode is None:
+            fallback = _make_sa(e, Direction.IN, "transport", self.backend, self.window)
+        st = _stats_for(e, "in")
+        if self.entry.spi is None:
+            st.label = f"SPI 0x{spi:08x} (*: {self.entry.origin or self.entry.label})"
+        self.summary.per_sa.append(st)
+        got = (primary, fallback, st)
+        self.by_spi[spi] = got
+        return got
 
 
 # -- decrypt ----------------------------------------------------------------------------------------------------------
@@ -393,17 +431,7 @@ def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
     try:
         writer = _open_writer(out_path, reader, fmt, frames)
         out = _Output(writer, reader, frames)
-        plan = []
-        for e in sas:
-            st = _stats_for(e, "in")
-            summary.per_sa.append(st)
-            if e.spi is None:
-                raise ValueError(f"{e.origin or e.label}: SPI '*' cannot decrypt; give the SA's SPI")
-            primary = _make_sa(e, Direction.IN, mode or "tunnel", backend, replay_window)
-            fallback = None
-            if e.mode is None and mode is None:
-                fallback = _make_sa(e, Direction.IN, "transport", backend, replay_window)
-            plan.append((e, primary, fallback, st))
+        plan = [_Inbound(e, mode, backend, replay_window, summary) for e in sas]
         bar = Progress(reader.size, "decrypt", enabled=progress)
         try:
             for c in reader.chunks():
@@ -431,16 +459,17 @@ def _decrypt_chunk(c: Chunk, reader: CaptureReader, plan: list, out: _Output, su
     L = parse_l3(c, lts)
     E = _classify_esp(c, L, encap_ports)
     assigned = np.zeros(n, dtype=bool)
-    slot = np.full(n, -1, dtype=np.int64)
     # Output arena sized for the ESP packets only: a decrypted packet is never longer than its ESP packet.
-    esp_idx = np.flatnonzero(E.esp)
     cap_each = np.where(E.esp, L.ip_len, 0).astype(np.int64)
     dst_off = np.cumsum(cap_each) - cap_each
     src = PacketBatch(c.data, c.offsets + np.maximum(L.l3, 0), np.where(E.esp, L.ip_len, 0), np.where(E.esp, L.ip_len, 0))
     dst = PacketBatch(scratch.get("dst", int(cap_each.sum()) + 1), dst_off, np.zeros(n, np.int32), cap_each)
     status = np.full(n, 255, dtype=np.uint8)
-    for e, primary, fallback, st in plan:
-        m = E.esp & ~assigned & (E.spi == e.spi)
+    for p in plan:
+        e = p.entry
+        m = E.esp & ~assigned
+        if e.spi is not None:
+            m &= E.spi == e.spi
         if not e.src.is_any or e.src.family:
             m &= _addr_match(L, "src", e.src)
         if not e.dst.is_any or e.dst.family:
@@ -449,18 +478,25 @@ def _decrypt_chunk(c: Chunk, reader: CaptureReader, plan: list, out: _Output, su
             m &= E.udp
         if not m.any():
             continue
-        assigned |= m
-        sel = np.flatnonzero(m).astype(np.int32)
-        primary.decrypt_batch(src, dst, sel)
-        if fallback is not None:
-            retry = sel[dst.status[sel] == Verdict.MALFORMED]
-            if retry.size:
-                saved_status = dst.status[retry].copy()
-                fallback.decrypt_batch(src, dst, retry)
-                bad = dst.status[retry] != Verdict.OK
-                dst.status[retry[bad]] = saved_status[bad]
-        status[sel] = dst.status[sel]
-        _account(st, dst.status[sel], dst.lengths[sel])
+        spis = [e.spi] if e.spi is not None else np.unique(E.spi[m]).tolist()
+        for spi in spis:
+            sas = p.get(spi)
+            if sas is None:
+                continue  # too many SPIs for one wildcard entry: these stay unknown
+            primary, fallback, st = sas
+            mm = m if e.spi is not None else m & (E.spi == spi)
+            assigned |= mm
+            sel = np.flatnonzero(mm).astype(np.int32)
+            primary.decrypt_batch(src, dst, sel)
+            if fallback is not None:
+                retry = sel[dst.status[sel] == Verdict.MALFORMED]
+                if retry.size:
+                    saved_status = dst.status[retry].copy()
+                    fallback.decrypt_batch(src, dst, retry)
+                    bad = dst.status[retry] != Verdict.OK
+                    dst.status[retry[bad]] = saved_status[bad]
+            status[sel] = dst.status[sel]
+            _account(st, dst.status[sel], dst.lengths[sel])
     summary.processed += int(assigned.sum())
     unknown = E.esp & ~assigned
     if unknown.any():

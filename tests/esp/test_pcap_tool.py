@@ -369,3 +369,18 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, args, needle):
     assert r.returncode == 2, r.stderr
     lines = [l for l in r.stderr.splitlines() if "warning" not in l]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_wildcard_spi_like_wireshark(tmp_path):
+    from esp.keyfile import dump_wireshark, parse_wireshark
+    a = entries(sa_toml(spi=0x7001))
+    b = entries(sa_toml(spi=0x7002))
+    e1 = _esp_capture(tmp_path, a, plaintext_packets(3))
+    e2 = _esp_capture(tmp_path, b, plaintext_packets(4))
+    (tmp_path / "w.pcap").write_bytes(pcap_file([Rec(e) for e, _ in e1 + e2]))
+    line = dump_wireshark(a).splitlines()[1].replace('"0x00007001"', '"*"')
+    ws = parse_wireshark(line).entries
+    assert ws[0].spi is None
+    s = decrypt_file(tmp_path / "w.pcap", tmp_path / "o.pcap", ws)
+    assert sorted(x.packets for x in s.per_sa) == [3, 4] and s.exit_code == 0, s.format()
+    assert "0x00007002" in s.format()
