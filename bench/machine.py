@@ -87,6 +87,16 @@ def describe() -> dict:
         except Exception:  # noqa: BLE001
             d["espresso"] = "unknown"
     try:
+        import subprocess
+
+        root = Path(__file__).resolve().parent.parent
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        if rev.returncode == 0:
+            d["git_commit"] = rev.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
         import numpy
 
         d["numpy"] = numpy.__version__

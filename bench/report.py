@@ -256,7 +256,7 @@ def to_markdown(run: RunResult) -> str:
          f"| cryptography (Python alternative) | {m.get('cryptography')} with {m.get('cryptography_openssl')} |",
          f"| ipsec-mb | {m.get('ipsecmb')} |",
          f"| Python / numpy | {m.get('python')} / {m.get('numpy')} |",
-         f"| espresso | {m.get('espresso')} |",
+         f"| espresso | {m.get('espresso')} (git {m.get('git_commit', '?')}) |",
          "", f"Repeats: {run.config.get('repeats')}, sample {run.config.get('sample_s')} s, batch "
          f"{run.config.get('batch')} packets, ring {run.config.get('ring')} distinct packets. Medians with "
          "[min-max] over repeats; ratios are medians of per-repeat ratios of interleaved samples.", "",
