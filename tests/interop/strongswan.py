@@ -102,12 +102,13 @@ class LabPki:
     """A throwaway CA and end-entity certificates (made with ``cryptography``; strongSwan is the checker)."""
 
     kind: str = "ecdsa"
+    name: str = "espresso test CA"  # distinct names for distinct CAs: strongSwan finds issuers by name
     ca: Credential = field(init=False)
 
     def __post_init__(self) -> None:
         key = _new_key(self.kind)
         name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "espresso interop"),
-                          x509.NameAttribute(NameOID.COMMON_NAME, f"espresso test CA {self.kind}")])
+                          x509.NameAttribute(NameOID.COMMON_NAME, f"{self.name} {self.kind}")])
         now = _dt.datetime.now(_dt.timezone.utc)
         cert = (
             x509.CertificateBuilder()
@@ -261,7 +262,8 @@ class Charon:
         return env
 
     def add_ca(self, cred: Credential) -> None:
-        (self.swanctl_dir / "x509ca" / f"{cred.name}.pem").write_bytes(cred.cert_pem())
+        tag = cred.cert.fingerprint(hashes.SHA256()).hex()[:12]  # several CAs may be trusted at once
+        (self.swanctl_dir / "x509ca" / f"{cred.name}-{tag}.pem").write_bytes(cred.cert_pem())
 
     def add_credential(self, cred: Credential) -> str:
         """Install an end-entity key and certificate; returns the file name for ``certs =``."""

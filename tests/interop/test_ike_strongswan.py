@@ -220,6 +220,9 @@ def _check_ike_keys(ch: ss.Charon, e: Espresso) -> None:
 CASES = [
     pytest.param("initiator", "ecdsa", "aes128gcm16-prfsha256-ecp256", "aes128gcm16", id="espresso-initiator-ecdsa-gcm"),
     pytest.param("responder", "rsa", "aes256-sha256-modp2048", "aes256-sha256", id="espresso-responder-rsa-cbc"),
+    pytest.param("initiator", "rsa", "aes256-sha256-modp2048", "aes256-sha256", id="espresso-initiator-rsa-cbc"),
+    pytest.param("responder", "ecdsa", "aes256gcm16-prfsha384-ecp384", "aes256gcm16",
+                 id="espresso-responder-ecdsa-gcm256"),
 ]
 
 
@@ -297,6 +300,45 @@ def test_tunnel_with_strongswan(lab: ss.Lab, tmp_path: Path, role: str, kind: st
                 assert proc.returncode == 0, proc.stdout + proc.stderr
             await _wait(lambda: not e.daemon.list_sas() and "gw" not in ss.ike_sas(ch.list_sas()), "the delete", ch)
             assert not e.daemon.children and len(e.daemon.dataplane.sad) == 0
+        finally:
+            await e.daemon.stop(delete=False)
+
+    asyncio.run(main())
+
+
+def test_untrusted_certificate_refused(lab: ss.Lab, tmp_path: Path) -> None:
+    """charon presents a certificate from a CA espresso does not trust: AUTHENTICATION_FAILED goes back,
+    nothing is installed, and the daemon then accepts the same peer with a good certificate."""
+    async def main() -> None:
+        site_e, site_s = lab.pair(inner_a=E_INNER, inner_b=S_INNER)
+        pki = ss.LabPki("ecdsa")
+        rogue = ss.LabPki("ecdsa", name="rogue CA")
+        ike, esp = "aes128gcm16-prfsha256-ecp256", "aes128gcm16"
+        ch = lab.charon(site_s, "charon", log_levels={"ike": 2})
+        ch.add_ca(pki.ca)
+        ch.add_ca(rogue.ca)
+        good = ch.add_credential(pki.issue("s", "s.test"))
+        bad = ch.add_credential(rogue.issue("rogue", "s.test"))
+        for name, cert in (("gw", good), ("bad", bad)):
+            ch.connections.append(ss.Connection(
+                name, site_s.outer, site_e.outer, "s.test", "e.test", cert,
+                [ss.Child(f"net-{name}", f"{S_INNER}/32", f"{E_INNER}/32", esp_proposals=esp)], proposals=ike))
+        ch.start()
+        e = Espresso(lab, site_e, site_s, pki, ike, esp, tmp_path / "espresso")
+        await e.start()
+        try:
+            from ike.events import AuthenticationFailed
+            proc = await asyncio.to_thread(ch.initiate, "net-bad", ike="bad", timeout=10)
+            assert proc.returncode != 0
+            assert "received AUTHENTICATION_FAILED notify error" in ch.log(), ch.tail()
+            (failed,) = e.events(AuthenticationFailed)
+            assert failed.local_side and "untrusted" in failed.reason.lower(), failed
+            assert not e.daemon.children and len(e.daemon.dataplane.sad) == 0
+
+            proc = await asyncio.to_thread(ch.initiate, "net-gw", ike="gw", timeout=10)
+            assert proc.returncode == 0, proc.stdout + ch.tail()
+            await _wait(lambda: e.installed(), "the CHILD_SA with the good certificate", ch)
+            assert " 0% packet loss" in await _ping(site_s)
         finally:
             await e.daemon.stop(delete=False)
 
