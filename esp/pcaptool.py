@@ -424,6 +424,8 @@ def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
     tries tunnel and then transport for each packet. ``out_path`` None decrypts and counts without writing.
     """
     t0 = time.monotonic()
+    # UDP-encapsulated ESP is looked for on 4500 and on whatever ports the SAs name.
+    encap_ports = tuple(sorted(set(encap_ports) | {p for e in sas if e.encap for p in e.encap}))
     summary = Summary("decrypt")
     reader = CaptureReader(in_path, chunk_records=chunk_records, reuse_buffers=True)
     scratch = Scratch()

@@ -61,10 +61,10 @@ def make_capture(path, packets, linktype=1, kind="pcap-le-us", framer=None):
 
 # -- round trips ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("linktype", [1, 101, 12, 228, 113, 276])
+@pytest.mark.parametrize("linktype", [1, 101, 12, 228, 229, 113, 276])
 @pytest.mark.parametrize("kind", ["pcap-le-us", "pcap-be-ns", "pcapng-le", "pcapng-be"])
 def test_encrypt_then_decrypt_is_identity(tmp_path, linktype, kind):
-    pk = plaintext_packets(40)
+    pk = plaintext_packets(40, v6=linktype == 229)
     src = tmp_path / "plain"
     frames = make_capture(src, pk, linktype, kind)
     sas = entries(sa_toml())
@@ -77,7 +77,7 @@ def test_encrypt_then_decrypt_is_identity(tmp_path, linktype, kind):
     back, lts = records(tmp_path / "dec")
     orig, olts = records(src)
     assert back == orig                     # every byte of every record, and every timestamp
-    if linktype != 228:
+    if linktype not in (228, 229):  # IPv4/IPv6-only link types come back as raw IP (101), which holds both
         assert lts == olts
         assert (tmp_path / "dec").read_bytes() == src.read_bytes()  # the whole file, header included
     # and the raw-IP form of decrypt gives the plaintext IP packets
@@ -384,3 +384,19 @@ def test_wildcard_spi_like_wireshark(tmp_path):
     s = decrypt_file(tmp_path / "w.pcap", tmp_path / "o.pcap", ws)
     assert sorted(x.packets for x in s.per_sa) == [3, 4] and s.exit_code == 0, s.format()
     assert "0x00007002" in s.format()
+
+
+def test_pcapng_several_interfaces_round_trip(tmp_path):
+    pk = plaintext_packets(30)
+    frames = [(0, ether(p)) if i % 3 == 0 else (1, p) if i % 3 == 1 else (2, FRAMERS[276](p)) for i, p in enumerate(pk)]
+    src = tmp_path / "multi.pcapng"
+    src.write_bytes(shb() + idb(1, tsresol=9) + idb(101) + idb(276, tsresol=3) + b"".join(
+        epb(k, 1_700_000_000_000 + i * 17, f) for i, (k, f) in enumerate(frames)))
+    sas = entries(sa_toml(spi=0x9001, suite="aes128-sha256", enc_key=KEY16, integ_key=H32,
+                          extra="encap = { sport = 4501, dport = 4600 }\n"))
+    assert encrypt_file(src, tmp_path / "e.pcapng", sas, chunk_records=7).per_sa[0].packets == 30
+    enc, lts = records(tmp_path / "e.pcapng")
+    assert lts == [1, 101, 276]
+    s = decrypt_file(tmp_path / "e.pcapng", tmp_path / "d.pcapng", sas, frames=True, chunk_records=4)
+    assert s.per_sa[0].packets == 30, s.format()
+    assert records(tmp_path / "d.pcapng") == records(src)
