@@ -15,7 +15,7 @@ Router verbs (``--store DIR``, default ``$ESPRESSO_PKI_STORE`` or ./pki-store)::
     crl load --ca-profile P --filename F | crl download --ca-profile P
     auto-re-enrollment set --certificate-id ID --ca-profile P --re-enroll-trigger-time-percentage N
                            [--re-generate-keypair] [--challenge-password X] | auto-re-enrollment run [--at T]
-    verify --filename F [--intermediate F]... [--identity KIND:VALUE] [--at T]
+    verify --filename F | --certificate-id ID [--intermediate F]... [--identity KIND:VALUE] [--at T] [--offline]
     show ca-certificate|local-certificate|certificate-request|crl|ca-profile [--detail] [--ca-profile P|--certificate-id ID]
     clear ca-certificate --ca-profile P | local-certificate|key-pair|certificate-request --certificate-id ID
           | crl --ca-profile P
@@ -215,7 +215,13 @@ def cmd_auto_reenroll(args: argparse.Namespace) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> None:
     store = _store(args)
-    leaf = load_certificates(read_bounded(args.filename), source=args.filename)
+    if args.certificate_id:  # JUNOS "local-certificate verify certificate-id ID"
+        _, own, chain = store.credential(args.certificate_id, _passphrase(args))
+        leaf = [own, *chain]
+    elif args.filename:
+        leaf = load_certificates(read_bounded(args.filename), source=args.filename)
+    else:
+        raise ValueError("verify needs --filename or --certificate-id")
     inter = leaf[1:]
     for f in args.intermediate or []:
         inter += load_certificates(read_bounded(f), source=f)
@@ -490,7 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_auto_reenroll)
 
     p = sub.add_parser("verify", parents=[common], help="validate a peer certificate against the store")
-    p.add_argument("--filename", required=True)
+    p.add_argument("--filename", help="certificate (optionally followed by its chain) to verify")
+    p.add_argument("--certificate-id", help="verify a local certificate of the store instead")
     p.add_argument("--intermediate", action="append")
     p.add_argument("--identity", help="KIND:VALUE, e.g. fqdn:gw.example.net")
     p.add_argument("--at")

@@ -49,6 +49,8 @@ def test_manual_enrollment_flow(lab, capsys):
                    "ECDSA (384 bits", "DNS:r1.example.net", "IP:192.0.2.1", "email:ops@example.net", "(sha256)",
                    "Status: valid", "ipsecIKE", "Distribution CRL: http://127.0.0.1:9/crl"):
         assert needle in out, needle
+    rc, out, _ = run(capsys, *S, "verify", "--certificate-id", "r1", "--offline")
+    assert rc == 1  # the profile checks CRLs and none is loaded yet: fail closed
     rc, out, _ = run(capsys, *S, "show", "certificate-request", "--detail")
     assert "Signature: valid" in out
     # CRL: revoke, export, load into the store, verify refuses
@@ -58,6 +60,7 @@ def test_manual_enrollment_flow(lab, capsys):
     assert run(capsys, *S, "crl", "load", "--ca-profile", "lab", "--filename", "ca.crl")[0] == 0
     rc, out, _ = run(capsys, *S, "verify", "--filename", "r1.pem", "--offline", "--identity", "fqdn:r1.example.net")
     assert rc == 0 and "revocation good" in out and "DNS:r1.example.net" in out
+    assert run(capsys, *S, "verify", "--certificate-id", "r1", "--offline")[0] == 0
     assert run(capsys, "ca", "--ca", "ca", "revoke", "--serial", serial, "--reason", "key-compromise")[0] == 0
     rc, out, _ = run(capsys, "ca", "--ca", "ca", "list")
     assert f"{serial}  revoked" in out and "key_compromise" in out
