@@ -195,3 +195,48 @@ def test_wrong_ca_is_refused_and_daemon_survives(tmp_path: Path) -> None:
             await b.daemon.stop(delete=False)
 
     asyncio.run(main())
+
+
+def test_soft_packet_lifetime_from_esp_rekeys(tmp_path: Path) -> None:
+    """esp counts packets; at rekey_packets it signals the daemon, the core rekeys, traffic goes on."""
+    async def main() -> None:
+        pki = LabPki("ecdsa")
+        (tmp_path / "ca.pem").write_bytes(pki.ca.cert_pem())
+        socks = {n: (open_udp_socket("127.0.0.1", 0), open_udp_socket("127.0.0.1", 0)) for n in ("a", "b")}
+        ports = {n: (s[0].getsockname()[1], s[1].getsockname()[1]) for n, s in socks.items()}
+        sites = {}
+        for name, peer, local, remote in (("a", "b", "10.1.0.0/24", "10.2.0.0/24"),
+                                          ("b", "a", "10.2.0.0/24", "10.1.0.0/24")):
+            cred = pki.issue(name, f"{name}.test")
+            (tmp_path / f"{name}.pem").write_bytes(cred.cert_pem())
+            (tmp_path / f"{name}.key").write_bytes(cred.key_pem())
+            text = CONF.format(port=ports[name][0], nat_port=ports[name][1], name=name, peer=peer,
+                               remote_port=ports[peer][0], ike="aes128gcm16-prfsha256-ecp256", esp="aes128gcm16",
+                               local=local, remote=remote, key_log="")
+            text += 'rekey_packets = 100\nlife_packets = 1000\n'
+            site = Site(None)  # type: ignore[arg-type]
+            site.daemon = Daemon(parse_config(text, base=tmp_path), on_packets=lambda pk, ch, s=site: s.got.extend(pk))
+            await site.daemon.start(sockets=list(socks[name]), control=False)
+            sites[name] = site
+        a, b = sites["a"], sites["b"]
+        try:
+            await a.daemon.initiate_and_wait("b", timeout=TIMEOUT)
+            await _until(lambda: _children(b.daemon), "the responder's CHILD_SA")
+            (first,) = _children(a.daemon)
+            assert first.event.rekey_packets == 100 and first.sa_out.params.lifetime.soft_packets == 100
+            pkt = _ipv4_udp("10.1.0.1", "10.2.0.9", b"x" * 100)
+            sent = 0
+            for _ in range(30):  # 300 packets in bursts; the rekey happens on the way
+                sent += a.daemon.send([pkt] * 10)
+                await asyncio.sleep(0.01)
+            await _until(lambda: first.spi_in not in a.daemon.children and len(_children(a.daemon)) == 1,
+                         "the rekey started by the soft packet limit")
+            await _until(lambda: len(b.got) == sent, f"all {sent} packets")
+            (second,) = _children(a.daemon)
+            assert second.spi_in != first.spi_in
+            assert first.sa_out.counters.packets >= 100
+        finally:
+            await a.daemon.stop(delete=False)
+            await b.daemon.stop(delete=False)
+
+    asyncio.run(main())
