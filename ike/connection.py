@@ -90,6 +90,8 @@ class IkeConnection:
         self.created = 0.0
         self.closed = False
         self.half_open_key: tuple[str, int, int] | None = None  # set by the dispatcher for responders
+        self.init_key: tuple[str, int, int] | None = None
+        self.init_digest = b""
         self._pending_children: list[ChildConfig] = []
 
     # -- plumbing ----------------------------------------------------------------------------------------

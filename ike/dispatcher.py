@@ -69,6 +69,8 @@ class Dispatcher:
         self.config = config
         self._by_spi: dict[int, IkeConnection] = {}
         self._half_open: dict[tuple[str, int, int], IkeConnection] = {}  # (host, port, spi_i)
+        # every responder IKE_SA by (host, port, SPIi): a retransmitted IKE_SA_INIT finds its SA
+        self._by_init: dict[tuple[str, int, int], IkeConnection] = {}
         self._conns: dict[int, IkeConnection] = {}
         self._next_id = 1
         self._events: deque[IkeEvent] = deque()
@@ -145,7 +147,11 @@ class Dispatcher:
             if not h.from_initiator:
                 self.stats["dropped_bad_flags"] += 1
                 return
-            conn = self._half_open.get((addr[0], addr[1], h.spi_i))
+            key = (addr[0], addr[1], h.spi_i)
+            conn = self._by_init.get(key)
+            if conn is not None and conn.init_digest != hashlib.sha256(data).digest():
+                conn = None  # same SPI and address but another request: a restarted peer
+                self._by_init.pop(key, None)
             if conn is None:
                 conn = self._new_responder(data, h, addr, local_addr, now)
                 if conn is None:
@@ -191,7 +197,9 @@ class Dispatcher:
         conn.created = now
         self._register(conn.sa.spi_r, conn)
         self._half_open[(addr[0], addr[1], h.spi_i)] = conn
-        conn.half_open_key = (addr[0], addr[1], h.spi_i)
+        self._by_init[(addr[0], addr[1], h.spi_i)] = conn
+        conn.half_open_key = conn.init_key = (addr[0], addr[1], h.spi_i)
+        conn.init_digest = hashlib.sha256(data).digest()
         return conn
 
     def _collect(self) -> None:
@@ -206,6 +214,8 @@ class Dispatcher:
             if conn.sa.state not in (IkeSaState.CREATED, IkeSaState.CONNECTING) or conn.closed:
                 self._drop_half_open(conn)
             if conn.closed:
+                if conn.init_key is not None and self._by_init.get(conn.init_key) is conn:
+                    del self._by_init[conn.init_key]
                 for spi in conn.spis():
                     if self._by_spi.get(spi) is conn:
                         del self._by_spi[spi]

@@ -545,6 +545,7 @@ def test_initial_contact_replaces_stale_ike_sa():
     a, b, ea, eb = establish(i, r)
     # the initiator "restarts": a fresh instance connects again with INITIAL_CONTACT
     a2, _ = pair(i, r)
+    a2.config.random.seed = b"restarted"
     a2.initiate("to-r", 10.0)
     roundtrip(a2, b, 10.0)
     ev = drain(b)
@@ -590,3 +591,19 @@ def test_nat_keepalives_only_behind_nat():
     (ka,) = a.datagrams_to_send(t)
     assert ka.data == b"\xff" and not ka.marker and ka.local_port == 4500
     assert b.get_timer() is None or b.get_timer() > 1000  # the responder is not behind a NAT: no keepalives
+
+
+def test_retransmitted_ike_sa_init_after_establishment_creates_no_second_sa():
+    i, r = psk_peers()
+    a, b = pair(i, r)
+    a.initiate("to-r", 0.0)
+    (init,) = a.datagrams_to_send(0.0)
+    b.receive_datagram(init.data, ADDR_I, ADDR_R, 0.0)
+    (resp,) = b.datagrams_to_send(0.0)
+    b.receive_datagram(init.data, ADDR_I, ADDR_R, 0.5)  # a duplicate while half-open: answered from the cache
+    assert [d.data for d in b.datagrams_to_send(0.5)] == [resp.data]
+    a.receive_datagram(resp.data, ADDR_R, ADDR_I, 0.5)  # a ignores the duplicate response
+    roundtrip(a, b)
+    assert len(b.list_sas()) == 1 and b.list_sas()[0].state == "established"
+    b.receive_datagram(init.data, ADDR_I, ADDR_R, 1.0)  # a late duplicate after IKE_AUTH: dropped
+    assert b.datagrams_to_send(1.0) == [] and len(b.list_sas()) == 1
