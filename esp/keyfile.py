@@ -7,6 +7,23 @@ encryption key, authentication algorithm, authentication key — with the algori
 shows them. That table cannot say everything espresso needs (mode, UDP encapsulation, ESN, replay window,
 traffic selectors for encryption), so there is also a TOML form with one ``[[sa]]`` table per SA.
 
+The TOML form::
+
+    [[sa]]
+    name = "branch-1 out"
+    spi = 0xc0010001              # or "0xc0010001"
+    suite = "aes256gcm16"         # strongSwan ESP proposal token (esp.suites)
+    enc_key = "0x..."             # KEYMAT for the cipher: key || salt
+    integ_key = "0x..."           # non-AEAD suites only
+    src = "192.0.2.1"             # outer addresses (transport: the hosts); "*", prefixes, 192.0.2.* allowed
+    dst = "192.0.2.2"             #   for decryption
+    mode = "tunnel"               # or "transport"
+    encap = true                  # UDP 4500/4500, or { sport = 4500, dport = 4501 }
+    esn = false
+    replay_window = 64            # 0 turns anti-replay off
+    initial_seq = 0               # the first packet sent carries initial_seq + 1
+    selector = { src = "10.1.0.0/16", dst = "10.2.0.0/16", proto = "udp", dport = "53" }  # what to encrypt
+
 Errors name the file, the line and the reason (:class:`KeyFileError`). Algorithms Wireshark knows but espresso
 does not implement (3DES, CAST5, HMAC-MD5 ...) are not errors: those records are skipped with a warning, since a
 shared key file may hold SAs for other captures.
