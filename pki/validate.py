@@ -21,6 +21,9 @@ non-anchor certificate as the anchor's profile says (CRL from a :class:`~pki.rev
 identity against the subject DN or a subjectAltName (dNSName, iPAddress, rfc822Name).
 
 The validator does no I/O and reads no clock: ``at`` is given, CRLs and OCSP answers come from injected sources.
+Those sources may block (``Store.validator()`` wires HTTP CRL/OCSP fetching with timeouts, ``fetch=None`` disables
+it): an event loop should call ``verify`` in an executor. ``verify`` raises only :class:`CertificateRejected` for
+anything about the certificates or identity, and ``ValueError`` for caller mistakes (``at`` missing or naive).
 """
 from __future__ import annotations
 
@@ -420,8 +423,9 @@ class Validator:
             kind, value = identity
         try:
             t = IdType(kind) if not isinstance(kind, str) else _ID_NAMES[kind.lower()]
-        except (ValueError, KeyError):
-            raise ValueError(f"unsupported identity type {kind!r}") from None
+        except (ValueError, KeyError):  # the type comes from the peer's ID payload: a rejection, not a crash
+            raise _reject(RejectReason.IDENTITY_MISMATCH,
+                          f"identity type {kind!r} cannot be matched against a certificate") from None
         sans = sans_of(leaf)
         shown = value if isinstance(value, str) else value.hex()
         if t is IdType.DN:

@@ -266,7 +266,8 @@ def test_identity_mismatch(root_ca):
     _, leaf = make_leaf(root_ca)
     v = _validator(root_ca)
     for ident in [(IdType.FQDN, "r2.example.net"), (IdType.IPV4, "192.0.2.2"), (IdType.EMAIL, "x@example.net"),
-                  (IdType.DN, "CN=r2,O=espresso"), (IdType.IPV6, "2001:db8::1")]:
+                  (IdType.DN, "CN=r2,O=espresso"), (IdType.IPV6, "2001:db8::1"), (10, b"\x30\x00"),
+                  ("der_asn1_gn", "x"), (IdType.IPV4, "not-an-ip"), (IdType.DN, "no equals sign")]:
         _rejected(RejectReason.IDENTITY_MISMATCH, v.verify, leaf, [], T0, identity=ident)
 
 
