@@ -607,3 +607,16 @@ def test_retransmitted_ike_sa_init_after_establishment_creates_no_second_sa():
     assert len(b.list_sas()) == 1 and b.list_sas()[0].state == "established"
     b.receive_datagram(init.data, ADDR_I, ADDR_R, 1.0)  # a late duplicate after IKE_AUTH: dropped
     assert b.datagrams_to_send(1.0) == [] and len(b.list_sas()) == 1
+
+
+def test_pfs_invalid_ke_retry_in_create_child_sa():
+    i, r = psk_peers()
+    r = replace(r, children=(child(local="10.2.0.0/16", remote="10.1.0.0/16", esp_proposals=("aes128gcm16-modp2048",)),))
+    i = replace(i, children=(child(start=False, esp_proposals=("aes128gcm16-ecp256-modp2048",)),))
+    a, b, ea, eb = establish(i, r)
+    assert of(ea, IkeSaEstablished) and not of(ea, ChildSaEstablished)  # childless IKE_SA
+    a.initiate("to-r", 1.0, child="net")
+    roundtrip(a, b, 1.0)
+    ea, eb = drain(a), drain(b)
+    ca, cb = assert_child_keys_match(ea, eb)
+    assert not of(ea, ChildSaFailed)
