@@ -74,7 +74,11 @@ class DataplaneCounters:
 
 
 class Dataplane:
-    """SPD + SAD + the batch paths. Usable without IKE: install policies and SAs by hand."""
+    """SPD + SAD + the batch paths. Usable without IKE: install policies and SAs by hand.
+
+    ``on_event`` is called in the thread that processed the batch (a gateway's data thread): an asyncio
+    key manager must hop to its loop (``loop.call_soon_threadsafe``). :meth:`next_event` is thread-safe.
+    """
 
     def __init__(
         self,
@@ -257,8 +261,8 @@ class Dataplane:
             biggest = int(np.max(batch.lengths[:n])) if n else 0
             size = max(DEFAULT_SLOT_SIZE, biggest + ESP_OVERHEAD_MAX)
             return type(batch).empty(count=max(n, 1), slot_size=size)
-        if int(out.count) < n and len(out.offsets) < n:
-            raise ValueError(f"output batch has {len(out.offsets)} slots, input has {n} packets")
+        if int(out.count) < n:
+            raise ValueError(f"output batch has {int(out.count)} slots, input has {n} packets")
         return out
 
     def _emit(self, ev: DataplaneEvent) -> None:

@@ -65,12 +65,13 @@ class Topology:
                 sh("ip", "netns", "delete", ns, check=False, timeout=10)
 
 
-def veth(ns1: str, addr1: str, ns2: str, addr2: str, mtu: int = 1500) -> None:
+def veth(ns1: str, addrs1: tuple[str, ...], ns2: str, addrs2: tuple[str, ...], mtu: int = 1500) -> None:
     a, b = unique("vga"), unique("vgb")
     sh("ip", "link", "add", a, "netns", ns1, "mtu", str(mtu), "type", "veth", "peer", "name", b, "netns", ns2,
        "mtu", str(mtu))
-    for ns, ifname, addr in ((ns1, a, addr1), (ns2, b, addr2)):
-        sh("ip", "addr", "add", addr, "dev", ifname, ns=ns)
+    for ns, ifname, addrs in ((ns1, a, addrs1), (ns2, b, addrs2)):
+        for addr in addrs:
+            sh("ip", "addr", "add", addr, "dev", ifname, *(["nodad"] if ":" in addr else []), ns=ns)
         sh("ip", "link", "set", ifname, "up", ns=ns)
 
 
@@ -82,13 +83,17 @@ def build_topology() -> Topology:
             sh("ip", "netns", "add", ns)
             topo.namespaces.append(ns)
             sh("ip", "link", "set", "lo", "up", ns=ns)
-        veth(topo.host_a, "10.98.1.2/24", topo.gw_a, "10.98.1.1/24")
-        veth(topo.gw_a, "10.97.0.1/24", topo.gw_b, "10.97.0.2/24")
-        veth(topo.gw_b, "10.98.2.1/24", topo.host_b, "10.98.2.2/24")
+        # IPv4 and IPv6 on every link (inner networks and the outer one)
+        veth(topo.host_a, ("10.98.1.2/24", "fd98:1::2/64"), topo.gw_a, ("10.98.1.1/24", "fd98:1::1/64"))
+        veth(topo.gw_a, ("10.97.0.1/24", "fd97::1/64"), topo.gw_b, ("10.97.0.2/24", "fd97::2/64"))
+        veth(topo.gw_b, ("10.98.2.1/24", "fd98:2::1/64"), topo.host_b, ("10.98.2.2/24", "fd98:2::2/64"))
         sh("ip", "route", "add", "default", "via", "10.98.1.1", ns=topo.host_a)
         sh("ip", "route", "add", "default", "via", "10.98.2.1", ns=topo.host_b)
+        sh("ip", "-6", "route", "add", "default", "via", "fd98:1::1", ns=topo.host_a)
+        sh("ip", "-6", "route", "add", "default", "via", "fd98:2::1", ns=topo.host_b)
         for ns in (topo.gw_a, topo.gw_b):
             sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=ns)
+            sh("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", ns=ns)
     except BaseException:
         topo.close()
         raise
@@ -141,28 +146,40 @@ class GatewayProcess:
 
 
 def static_configs(suite: str = "aes128gcm16", raw_esp: bool = False, spi_ab: int = 0xA0001,
-                   spi_ba: int = 0xB0001) -> tuple[dict, dict]:
+                   spi_ba: int = 0xB0001, outer6: bool = False) -> tuple[dict, dict]:
+    """Static configurations for gwA and gwB: policy "site" (inner IPv4) and, with ``outer6``, policy "site6"
+    (inner IPv6) too, both over IPv6 outer addresses; one SA pair per policy."""
     from esp import parse_suite
 
     s = parse_suite(suite)
     encap = {"encap": None} if raw_esp else {}
     keys = {d: (os.urandom(s.enc_keymat_len).hex(), os.urandom(s.integ_key_len).hex()) for d in ("ab", "ba")}
 
-    def side(local: str, remote: str, lnet: str, rnet: str, out_dir: str, in_dir: str, spi_out: int, spi_in: int):
-        return {
+    def sas(policy: str, local: str, remote: str, out_dir: str, in_dir: str, spi_out: int, spi_in: int):
+        return [
+            {"policy": policy, "spi": spi_out, "direction": "out", "suite": suite, "enc_key": keys[out_dir][0],
+             "integ_key": keys[out_dir][1], "src": local, "dst": remote, **encap},
+            {"policy": policy, "spi": spi_in, "direction": "in", "suite": suite, "enc_key": keys[in_dir][0],
+             "integ_key": keys[in_dir][1], "src": remote, "dst": local, **encap},
+        ]
+
+    def side(local: str, remote: str, lnet: str, rnet: str, out_dir: str, in_dir: str, spi_out: int, spi_in: int,
+             lnet6: str, rnet6: str):
+        cfg = {
             "gateway": {"local_addr": local, "tun_name": unique("etun"), "routes": [rnet], "mtu": 1400,
                         "raw_esp": raw_esp},
             "policies": [{"name": "site", "src": lnet, "dst": rnet}],
-            "sas": [
-                {"policy": "site", "spi": spi_out, "direction": "out", "suite": suite, "enc_key": keys[out_dir][0],
-                 "integ_key": keys[out_dir][1], "src": local, "dst": remote, **encap},
-                {"policy": "site", "spi": spi_in, "direction": "in", "suite": suite, "enc_key": keys[in_dir][0],
-                 "integ_key": keys[in_dir][1], "src": remote, "dst": local, **encap},
-            ],
+            "sas": sas("site", local, remote, out_dir, in_dir, spi_out, spi_in),
         }
+        if outer6:
+            cfg["gateway"]["routes"].append(rnet6)
+            cfg["policies"].append({"name": "site6", "src": lnet6, "dst": rnet6})
+            cfg["sas"] += sas("site6", local, remote, out_dir, in_dir, spi_out + 0x100, spi_in + 0x100)
+        return cfg
 
-    a = side("10.97.0.1", "10.97.0.2", "10.98.1.0/24", "10.98.2.0/24", "ab", "ba", spi_ab, spi_ba)
-    b = side("10.97.0.2", "10.97.0.1", "10.98.2.0/24", "10.98.1.0/24", "ba", "ab", spi_ba, spi_ab)
+    la, lb = ("fd97::1", "fd97::2") if outer6 else ("10.97.0.1", "10.97.0.2")
+    a = side(la, lb, "10.98.1.0/24", "10.98.2.0/24", "ab", "ba", spi_ab, spi_ba, "fd98:1::/64", "fd98:2::/64")
+    b = side(lb, la, "10.98.2.0/24", "10.98.1.0/24", "ba", "ab", spi_ba, spi_ab, "fd98:2::/64", "fd98:1::/64")
     return a, b
 
 
@@ -247,12 +264,13 @@ def topo():
         t.close()
 
 
-@pytest.mark.parametrize("suite,raw_esp,nbytes", [
-    ("aes128gcm16", False, 16 << 20),     # ESP in UDP 4500 (RFC 3948), what strongSwan's libipsec speaks
-    ("aes256-sha256", True, 4 << 20),     # raw ESP, IP protocol 50, CBC + HMAC
-], ids=["udp-gcm", "raw-cbc"])
-def test_static_gateway_pair_ping_and_bulk_transfer(topo, tmp_path, suite, raw_esp, nbytes):
-    cfg_a, cfg_b = static_configs(suite, raw_esp)
+@pytest.mark.parametrize("suite,raw_esp,nbytes,outer6", [
+    ("aes128gcm16", False, 16 << 20, False),     # ESP in UDP 4500 (RFC 3948), what strongSwan's libipsec speaks
+    ("aes256-sha256", True, 4 << 20, False),     # raw ESP, IP protocol 50, CBC + HMAC
+    ("chacha20poly1305", False, 4 << 20, True),  # IPv6 outside; IPv4 and IPv6 inside, one SA pair each
+], ids=["udp-gcm", "raw-cbc", "udp6-chacha"])
+def test_static_gateway_pair_ping_and_bulk_transfer(topo, tmp_path, suite, raw_esp, nbytes, outer6):
+    cfg_a, cfg_b = static_configs(suite, raw_esp, outer6=outer6)
     gw_a = GatewayProcess(topo.gw_a, cfg_a, tmp_path, "a")
     try:
         gw_b = GatewayProcess(topo.gw_b, cfg_b, tmp_path, "b")
@@ -261,6 +279,9 @@ def test_static_gateway_pair_ping_and_bulk_transfer(topo, tmp_path, suite, raw_e
             assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr
             p = ping(topo.host_b, "10.98.1.2", count=3)
             assert p.returncode == 0, p.stdout + p.stderr
+            if outer6:
+                p = ping(topo.host_a, "fd98:2::2", count=3)
+                assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr
             sent, got, secs = bulk_transfer(topo, nbytes)
             assert sent == got and got.startswith(str(nbytes)), (sent, got)
         finally:
