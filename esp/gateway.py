@@ -202,6 +202,12 @@ class Gateway:
             raise GatewayError("the gateway is not started")
         self.udp.sendto(NON_ESP_MARKER + data, addr)
 
+    def send_keepalive(self, addr: tuple) -> None:
+        """A NAT keepalive (RFC 3948 2.3): one 0xFF byte from the NAT-T port, no marker."""
+        if self.udp is None:
+            raise GatewayError("the gateway is not started")
+        self.udp.sendto(b"\xff", addr)
+
     @property
     def nat_port(self) -> int:
         return self.udp.getsockname()[1] if self.udp is not None else self.config.nat_port

@@ -400,6 +400,11 @@ SPLIT_CHILD = textwrap.dedent("""
         assert ike == [b"\\0\\0\\0\\0" + b"IKE%02d" % i for i in range(20)], ike[:3]
         assert src[1] == 4500 and reply.endswith(b"reply")
         assert c["NO_SA"] == 20 and c["BYPASSED"] == 0 and seen == [], (c, seen)
+        # the data socket's own senders: an IKE message (marker added) and a NAT keepalive (no marker)
+        gw.send_ike(b"hello", peer.getsockname())
+        gw.send_keepalive(peer.getsockname())
+        assert peer.recvfrom(100) == (b"\\0\\0\\0\\0hello", ("127.0.0.1", 4500))
+        assert peer.recvfrom(100) == (b"\\xff", ("127.0.0.1", 4500))
         print("SPLIT-OK")
     finally:
         gw.stop()
