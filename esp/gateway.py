@@ -43,6 +43,8 @@ IkeSink = Callable[[bytes, tuple, tuple], None]
 #: Socket buffer asked for on the ESP sockets: a burst of a few thousand full-size packets.
 SOCKET_BUFFER = 8 << 20
 NON_ESP_MARKER = b"\0\0\0\0"
+#: Pause after an I/O error before a data loop carries on (seconds): no busy loop on a dead device.
+IO_ERROR_PAUSE = 0.05
 _OK, _BYPASSED = int(Verdict.OK), int(Verdict.BYPASSED)
 
 
@@ -98,7 +100,9 @@ class GatewayStats:
     ike_received: int = 0
     tx_batches: int = 0
     rx_batches: int = 0
-    errors: list[str] = field(default_factory=list)
+    io_errors: int = 0  # transient I/O errors (the loop carried on)
+    last_io_error: str = ""
+    errors: list[str] = field(default_factory=list)  # fatal: the gateway stopped
 
 
 class _Slots:
@@ -238,11 +242,22 @@ class Gateway:
         self._wake_r = self._wake_w = -1
 
     def _guard(self, loop: Callable[[], None]) -> None:
-        try:
-            loop()
-        except Exception as exc:  # a data thread must not die silently
-            self.stats.errors.append(f"{threading.current_thread().name}: {type(exc).__name__}: {exc}")
-            self._stop.set()
+        """Run a data loop; an I/O error (a TUN device going down, a socket error) is counted and the loop
+        restarted after a pause, anything else stops the gateway with the reason in ``stats.errors``."""
+        while not self._stop.is_set():
+            try:
+                loop()
+                return
+            except OSError as exc:
+                if self._stop.is_set():
+                    return
+                self.stats.io_errors += 1
+                self.stats.last_io_error = f"{threading.current_thread().name}: {exc}"
+                self._stop.wait(IO_ERROR_PAUSE)
+            except Exception as exc:  # a data thread must not die silently
+                self.stats.errors.append(f"{threading.current_thread().name}: {type(exc).__name__}: {exc}")
+                self._stop.set()
+                return
 
     # ------------------------------------------------------------------ tx: TUN -> ESP
     def _tx_loop(self) -> None:
