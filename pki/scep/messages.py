@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from asn1crypto import algos, cms, core
+from asn1crypto import crl as asn1_crl
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -40,6 +41,7 @@ __all__ = [
     "issuer_and_subject",
     "open_envelope",
     "parse_certs_only",
+    "parse_crls_only",
     "parse_issuer_and_serial",
     "parse_issuer_and_subject",
     "parse_pki_message",
@@ -303,18 +305,41 @@ def _envelope_cipher(der: bytes) -> str:
 # --------------------------------------------------------------------------- degenerate SignedData
 
 
-def certs_only(certs: Sequence[x509.Certificate]) -> bytes:
-    """A degenerate certs-only SignedData (the CertRep payload and the GetCACert chain)."""
-    signed = cms.SignedData(
-        {
-            "version": "v1",
-            "digest_algorithms": [],
-            "encap_content_info": {"content_type": "data"},
-            "certificates": [cms.CertificateChoices(name="certificate", value=_to_asn1(c)) for c in certs],
-            "signer_infos": [],
-        }
-    )
+def certs_only(
+    certs: Sequence[x509.Certificate], crls: Sequence[x509.CertificateRevocationList] = ()
+) -> bytes:
+    """A degenerate SignedData with certificates and/or CRLs (CertRep payloads, the GetCACert chain)."""
+    content: dict[str, object] = {
+        "version": "v1",
+        "digest_algorithms": [],
+        "encap_content_info": {"content_type": "data"},
+        "certificates": [cms.CertificateChoices(name="certificate", value=_to_asn1(c)) for c in certs],
+        "signer_infos": [],
+    }
+    if crls:
+        content["crls"] = [
+            cms.RevocationInfoChoice(
+                name="crl", value=asn1_crl.CertificateList.load(c.public_bytes(Encoding.DER))
+            )
+            for c in crls
+        ]
+    signed = cms.SignedData(content)
     return cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
+
+
+def _parse_crls_only(der: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> list[x509.CertificateRevocationList]:
+    """The CRLs of a degenerate SignedData (the GetCRL answer)."""
+    info = _load_content_info(der, "degenerate SignedData", max_size)
+    if info["content_type"].native != "signed_data":
+        raise ScepFormatError(f"expected a SignedData, got {info['content_type'].native}")
+    out = []
+    for choice in info["content"]["crls"] or []:
+        if choice.name == "crl":
+            try:
+                out.append(x509.load_der_x509_crl(choice.chosen.dump()))
+            except ValueError as exc:
+                raise ScepFormatError(f"malformed CRL in SignedData: {exc}") from None
+    return out
 
 
 def _parse_certs_only(der: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> list[x509.Certificate]:
@@ -371,7 +396,7 @@ def parse_issuer_and_serial(der: bytes) -> tuple[bytes, int]:
 
 
 class _IssuerAndSubject(core.Sequence):
-    _fields = [("issuer", asn1_x509.Name), ("subject", asn1_x509.Name)]
+    _fields = [("issuer", asn1_x509.Name), ("subject", asn1_x509.Name)]  # noqa: RUF012 - asn1crypto spec
 
 
 # --------------------------------------------------------------------------- pkiMessage
@@ -680,5 +705,6 @@ def _robust(fn):  # type: ignore[no-untyped-def]
 
 open_envelope = _robust(_open_envelope)
 parse_certs_only = _robust(_parse_certs_only)
+parse_crls_only = _robust(_parse_crls_only)
 parse_pki_message = _robust(_parse_pki_message)
 envelope_cipher = _robust(_envelope_cipher)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import inspect
 import logging
 import os
 import sqlite3
@@ -22,11 +21,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import ClassVar
 
-from asn1crypto import csr as asn1_csr
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from pki.errors import CsrSignatureError, PkiError
 
@@ -226,46 +224,20 @@ def _transaction(row: tuple) -> Transaction:
     )
 
 
-def _ISSUE_TAKES_POP(ca: object) -> bool:
-    try:
-        return "pop_verified" in inspect.signature(ca.issue).parameters  # type: ignore[attr-defined]
-    except (TypeError, ValueError):
-        return False
-
-
 def _load_request_csr(payload: bytes) -> tuple[x509.CertificateSigningRequest, bool]:
-    """The CSR of a PKCSReq, and whether it is a DER re-encoding whose proof of possession we checked here.
+    """The CSR of a PKCSReq, and whether it was re-encoded after its proof of possession was checked.
 
-    Some clients (strongSwan 5.9's pki --scep) encode the attributes SET out of DER order, which cryptography
-    refuses to parse. Such a request is verified over its original bytes with asn1crypto, then re-encoded.
+    strongSwan 5.9's pki --scep encodes the attributes SET out of DER order, which cryptography refuses to
+    parse; pki.csr.parse_csr verifies such a request over its original bytes and re-encodes it.
     """
-    from pki.csr import load_csr  # PKI-core
+    from pki.csr import parse_csr  # PKI-core
 
     try:
-        return load_csr(payload, source="SCEP PKCSReq"), False
+        return parse_csr(payload, source="SCEP PKCSReq")
     except CsrSignatureError as exc:
         raise ScepFailure(FailInfo.badMessageCheck, str(exc)) from None
-    except PkiError as first:
-        try:
-            req = asn1_csr.CertificationRequest.load(payload, strict=True)
-            info = req["certification_request_info"]
-            tbs = info.dump()
-            pub = load_der_public_key(info["subject_pk_info"].dump())
-            sig_alg = req["signature_algorithm"]
-            signature = req["signature"].native
-            normalized = req.dump(force=True)
-        except (ValueError, TypeError, KeyError, UnsupportedAlgorithm):
-            raise ScepFailure(FailInfo.badRequest, str(first)) from None
-        try:
-            m._verify(pub, sig_alg, signature, tbs, "sha256")
-        except (InvalidSignature, ValueError, TypeError, KeyError):
-            raise ScepFailure(
-                FailInfo.badMessageCheck, "certificate request signature does not verify"
-            ) from None
-        try:
-            return x509.load_der_x509_csr(normalized), True
-        except ValueError:
-            raise ScepFailure(FailInfo.badRequest, str(first)) from None
+    except PkiError as exc:
+        raise ScepFailure(FailInfo.badRequest, str(exc)) from None
 
 
 def _spki(key: object) -> bytes:
@@ -400,9 +372,7 @@ class ScepResponder:
     def _issue(
         self, csr: x509.CertificateSigningRequest, now: datetime, pop_verified: bool
     ) -> x509.Certificate:
-        if pop_verified and _ISSUE_TAKES_POP(self.ca):
-            return self.ca.issue(csr, self.profile, at=now, pop_verified=True)  # type: ignore[no-any-return]
-        return self.ca.issue(csr, self.profile, at=now)  # type: ignore[no-any-return]
+        return self.ca.issue(csr, self.profile, at=now, pop_verified=pop_verified)  # type: ignore[no-any-return]
 
     def _check_renewal(self, msg: m.PkiMessage) -> None:
         """RenewalReq is signed with a certificate this CA issued and that is still valid."""
@@ -432,11 +402,18 @@ class ScepResponder:
             raise ScepFailure(FailInfo.badCertId, f"no certificate with serial {serial:x}")
         return self._reply(msg, PkiStatus.SUCCESS, [rec.certificate])
 
-    _HANDLERS: dict[MessageType, Callable[[ScepResponder, m.PkiMessage, bytes], bytes]] = {
+    def _get_crl(self, msg: m.PkiMessage, payload: bytes) -> bytes:
+        issuer, _serial = m.parse_issuer_and_serial(payload)
+        if issuer != self.ca.certificate.subject.public_bytes():
+            raise ScepFailure(FailInfo.badCertId, "GetCRL for a certificate of another CA")
+        return self._reply(msg, PkiStatus.SUCCESS, crls=[self.ca.crl(at=self._clock())])
+
+    _HANDLERS: ClassVar[dict[MessageType, Callable[[ScepResponder, m.PkiMessage, bytes], bytes]]] = {
         MessageType.PKCSReq: _pkcs_req,
         MessageType.RenewalReq: _pkcs_req,
         MessageType.CertPoll: _cert_poll,
         MessageType.GetCert: _get_cert,
+        MessageType.GetCRL: _get_crl,
     }
 
     def _answer_for(self, t: Transaction, msg: m.PkiMessage) -> bytes:
@@ -450,18 +427,23 @@ class ScepResponder:
 
     # -- CertRep construction -------------------------------------------------------------------------------
     def _reply(
-        self, msg: m.PkiMessage, status: PkiStatus, certs: list[x509.Certificate] | None = None
+        self,
+        msg: m.PkiMessage,
+        status: PkiStatus,
+        certs: list[x509.Certificate] | None = None,
+        crls: list[x509.CertificateRevocationList] | None = None,
     ) -> bytes:
         env = None
         if status is PkiStatus.SUCCESS:
-            assert certs
+            assert certs or crls
             try:
                 cipher = m.envelope_cipher(msg.envelope) if msg.envelope else "aes128_cbc"
             except ScepFormatError:
                 cipher = "aes128_cbc"
             if cipher not in m.CIPHERS:
                 cipher = "aes128_cbc"
-            env = m.envelope(m.certs_only(certs), msg.signer, cipher=cipher, random=self._random)
+            payload = m.certs_only(certs or [], crls or [])
+            env = m.envelope(payload, msg.signer, cipher=cipher, random=self._random)
         return m.sign_pki_message(
             message_type=MessageType.CertRep,
             transaction_id=msg.transaction_id,

@@ -562,3 +562,17 @@ def test_renewal_with_revoked_certificate_is_refused(service, rsa_key, spare_key
             signer=(current, rsa_key),
         )
     assert exc.value.fail_info is FailInfo.badCertId
+
+
+def test_get_crl(service, rsa_key):
+    ca_certs = get_ca_certs(service.url + "/scep")
+    cert = enroll(service.url + "/scep", rsa_key, _csr(rsa_key), ca_certs)
+    service.run(lambda: service.ca.revoke(cert.serial_number, "superseded"))
+    body = _signed_request(
+        service, rsa_key, MessageType.GetCRL, m.issuer_and_serial(ca_certs[0].subject, cert.serial_number)
+    )
+    rep = _cert_rep(service, body)
+    assert rep.pki_status is PkiStatus.SUCCESS
+    (crl,) = m.parse_crls_only(m.open_envelope(rep.envelope, rsa_key))
+    assert crl.is_signature_valid(ca_certs[0].public_key())
+    assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
