@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backends", default="openssl,ipsecmb", help="comma-separated: openssl, ipsecmb")
     p.add_argument("--sizes", help=f"comma-separated workloads from {', '.join(SIZES)} (default: all; quick: 64,1400)")
     p.add_argument("--repeats", type=int, help="interleaved repeats per measurement (default 7; quick 3)")
-    p.add_argument("--sample-time", type=float, help="seconds per sample (default 0.1; quick 0.02)")
+    p.add_argument("--sample-time", type=float, help="seconds per sample (default 0.1; quick 0.05)")
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="packets per core call")
     p.add_argument("--threads", type=int, help="scale up to this many threads (default: usable cores, min 2)")
     p.add_argument("--only", help=f"comma-separated sections to run, from {', '.join(SECTIONS)}")
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> RunResult:
 
     quick = args.quick
     repeats = args.repeats or (3 if quick else 7)
-    sample_s = args.sample_time or (0.02 if quick else 0.1)
+    sample_s = args.sample_time or (0.05 if quick else 0.1)
     if args.suites == "all":
         from esp.suites import SUITES
 

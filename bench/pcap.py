@@ -1,7 +1,7 @@
 """pcap decrypt: a generated IMIX capture of ESP packets, decrypted file to file by esp.pcaptool.
 
 What an engineer with a capture and the SA keys gets: packets per second through
-``esp.pcaptool.decrypt_file`` from a 1-million-packet Ethernet pcap (100,000 with --quick) to a pcap of the
+``esp.pcaptool.decrypt_file`` from a 1-million-packet Ethernet pcap (50,000 with --quick) to a pcap of the
 inner packets, anti-replay on. The capture is made here: the IMIX ring (bench.workloads) encrypted by an
 espresso SA with consecutive sequence numbers, written as pcap records. Generation is not timed; the capture
 and the output are deleted afterwards.
@@ -74,7 +74,7 @@ def run(quick: bool = False, count: int | None = None) -> dict:
         return {"unavailable": reason}
     from bench.workloads import key_material
 
-    n = count or (100_000 if quick else 1_000_000)
+    n = count or (50_000 if quick else 1_000_000)
     km = key_material(SUITE)
     with tempfile.TemporaryDirectory(prefix="espresso-bench-pcap-") as tmp:
         src, dst = Path(tmp) / "esp.pcap", Path(tmp) / "clear.pcap"
