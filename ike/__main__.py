@@ -215,15 +215,17 @@ def _run_daemon(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from .daemon import Daemon
+    from .daemon import Daemon, make_gateway
 
     async def serve() -> int:
-        daemon = Daemon(cfg)
+        daemon = Daemon(cfg, gateway=make_gateway(cfg))
         try:
             await daemon.start(initiate=args.initiate or ())
-        except OSError as exc:
+        except Exception as exc:  # bind refused, no TUN, no privilege: say so and leave
             print(f"error: cannot start: {exc}", file=sys.stderr)
             daemon.endpoint.close()
+            if daemon.gateway is not None:
+                daemon.gateway.stop()
             return 1
         loop = asyncio.get_running_loop()
         stopping: list[asyncio.Task[None]] = []

@@ -29,6 +29,10 @@ Example (the keys are swanctl's where they exist)::
     key = "gw1.key"
     chain = ["corp-sub.pem"]            # intermediates we send
 
+    [gateway]                           # optional (root): TUN device + ESP threads of esp.gateway
+    tun_name = "esp0"
+    tun_addresses = ["10.1.0.1/16"]     # routes default to every child's remote_ts
+
     [peers.branch]
     local_addr = "192.0.2.1"
     remote_addr = "198.51.100.7"        # or "%any" (responder only)
@@ -67,7 +71,7 @@ from .errors import ConfigError
 from .proposal import parse_proposal
 
 __all__ = [
-    "ConfigError", "DaemonConfig", "CaProfileConfig", "CertificateConfig", "load_config", "parse_config",
+    "ConfigError", "DaemonConfig", "GatewaySettings", "CaProfileConfig", "CertificateConfig", "load_config", "parse_config",
     "parse_duration", "parse_size", "make_validator", "DEFAULT_CONTROL_SOCKET",
 ]
 
@@ -99,6 +103,20 @@ class CertificateConfig:
 
 
 @dataclass(frozen=True)
+class GatewaySettings:
+    """``[gateway]``: run esp's TUN gateway in the daemon (root), so CHILD_SAs carry real traffic.
+
+    ``routes`` are the remote inner prefixes routed into the TUN device (default: every child's remote_ts);
+    ``tun_addresses`` the addresses the device gets (e.g. this site's inner gateway address)."""
+
+    tun_name: str = "esp%d"
+    tun_addresses: tuple[str, ...] = ()
+    routes: tuple[str, ...] = ()
+    mtu: int = 1400
+    raw_esp: bool = False
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     """Everything the daemon needs: the core's configuration plus what only the I/O side uses."""
 
@@ -113,6 +131,7 @@ class DaemonConfig:
     ca_profiles: Mapping[str, CaProfileConfig] = field(default_factory=dict)
     certificates: Mapping[str, CertificateConfig] = field(default_factory=dict)
     source: Path | None = None
+    gateway: GatewaySettings | None = None
 
     def bind_ports(self) -> tuple[int, ...]:
         """Every local UDP port some peer uses (sorted): the daemon opens one socket per address and port."""
@@ -797,6 +816,7 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
         raise daemon.error("nat_port", "must differ from daemon.port")
     control = daemon.get("control_socket", _str, DEFAULT_CONTROL_SOCKET)
     key_log = daemon.get("key_log", _str)
+    gateway = _gateway(root, addresses, peers) if root.has("gateway") else None
     core_defaults = CoreConfig.__dataclass_fields__
     core = CoreConfig(
         peers=tuple(peers),
@@ -807,14 +827,48 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
         key_log=bool(key_log),
     )
     daemon.finish()
-    root.used.update(("daemon", "pki"))
+    root.used.update(("daemon", "pki", "gateway"))
     root.finish()
     return DaemonConfig(
         core=core, addresses=addresses, port=port, nat_port=nat_port,
         control_socket=(base_dir / control) if not Path(control).is_absolute() else Path(control),
         key_log=None if not key_log else ((base_dir / key_log) if not Path(key_log).is_absolute() else Path(key_log)),
-        local_addrs=local_addrs, ca_profiles=pki.profiles, certificates=pki.certs, source=source,
+        local_addrs=local_addrs, ca_profiles=pki.profiles, certificates=pki.certs, source=source, gateway=gateway,
     )
+
+
+def _gateway(root: _Section, addresses: tuple[str, ...], peers: Sequence[PeerConfig]) -> GatewaySettings:
+    sec = _Section(root.raw("gateway", {}) or {}, "gateway")
+    if len(addresses) != 1 or addresses[0] in ("0.0.0.0", "::"):
+        raise sec.error("tun_name", "the gateway needs exactly one local address: set daemon.addresses = [\"...\"]")
+
+    def cidrs(name: str, interface: bool) -> tuple[str, ...]:
+        out = []
+        for i, t in enumerate(sec.strings(name)):
+            try:
+                out.append(str(ipaddress.ip_interface(t) if interface else ipaddress.ip_network(t)))
+            except ValueError as exc:
+                raise ConfigError(f"{sec.key(name)}[{i}]: {exc}") from None
+        return tuple(out)
+
+    routes = cidrs("routes", False)
+    if not sec.has("routes"):
+        nets: list[str] = []
+        for p in peers:
+            for c in p.children:
+                for ts in c.remote_ts:
+                    for n in ipaddress.summarize_address_range(ipaddress.ip_address(ts.start),
+                                                               ipaddress.ip_address(ts.end)):
+                        if str(n) not in nets:
+                            nets.append(str(n))
+        routes = tuple(nets)
+    name = sec.get("tun_name", _str, "esp%d")
+    if not name or len(name) > 15 or "/" in name or any(c.isspace() for c in name):
+        raise sec.error("tun_name", f"{name!r} is not a valid interface name (1-15 characters)")
+    g = GatewaySettings(tun_name=name, tun_addresses=cidrs("tun_addresses", True), routes=routes,
+                        mtu=sec.get("mtu", _int_range(576, 9000), 1400), raw_esp=sec.get("raw_esp", _bool, False))
+    sec.finish()
+    return g
 
 
 def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None) -> DaemonConfig:

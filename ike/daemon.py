@@ -44,7 +44,7 @@ from .events import (
 )
 from .keylog import KeyLog
 
-__all__ = ["Daemon", "sa_params", "selectors_for", "InstalledChild", "ControlError", "MAX_CONTROL_LINE"]
+__all__ = ["Daemon", "make_gateway", "sa_params", "selectors_for", "InstalledChild", "ControlError", "MAX_CONTROL_LINE"]
 
 log = logging.getLogger("ike.daemon")
 
@@ -165,6 +165,17 @@ def _ip_header(src: str, dst: str, payload_len: int) -> bytes:
 _OK = int(Verdict.OK)
 
 
+def make_gateway(config: DaemonConfig) -> Any:
+    """The esp TUN gateway the ``[gateway]`` section describes (not started), or None without one."""
+    g = config.gateway
+    if g is None:
+        return None
+    from esp.gateway import Gateway, GatewayConfig
+    return Gateway(GatewayConfig(local_addr=config.addresses[0], tun_name=g.tun_name, tun_addresses=g.tun_addresses,
+                                 routes=g.routes, mtu=g.mtu, nat_port=config.nat_port, raw_esp=g.raw_esp,
+                                 ike_socket=True))
+
+
 # --------------------------------------------------------------------------------------------------------
 # The daemon
 
@@ -179,12 +190,16 @@ class Daemon:
     def __init__(self, config: DaemonConfig, *, dispatcher: Any = None, dataplane: Dataplane | None = None,
                  on_packets: Callable[[list[bytes], InstalledChild | None], None] | None = None,
                  key_log: KeyLog | None = None, replay_window: int = REPLAY_WINDOW,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, gateway: Any = None) -> None:
         if dispatcher is None:
             from .dispatcher import Dispatcher
             dispatcher = Dispatcher(config.core)
         self.config = config
         self.core = dispatcher
+        #: an esp.gateway.Gateway (TUN + ESP threads) whose data plane we key; it owns the NAT-T port
+        self.gateway = gateway
+        if gateway is not None:
+            dataplane = gateway.dataplane
         self.dataplane = dataplane if dataplane is not None else Dataplane()
         self.dataplane.on_event = self._dataplane_event
         self.on_packets = on_packets
@@ -226,19 +241,27 @@ class Daemon:
         """
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
+        if self.gateway is not None and not self.gateway.running:
+            self.gateway.start()  # GatewayError (an OSError-like refusal) with the reason
         if sockets is not None:
             for s in sockets:
                 await self.endpoint.add_socket(s)
         else:
             opened = []
+            # With a gateway the NAT-T port is the gateway's: the kernel gives IKE (non-ESP marker) to its
+            # ike_socket, which we read, and ESP to the data threads.
+            ports = [p for p in self.config.bind_ports()
+                     if self.gateway is None or p != self.config.nat_port]
             try:
                 for addr in self.config.addresses:
-                    for port in self.config.bind_ports():
+                    for port in ports:
                         opened.append(open_udp_socket(addr, port))
             except OSError:
                 for s in opened:
                     s.close()
                 raise
+            if self.gateway is not None and self.gateway.ike_socket is not None:
+                opened.append(self.gateway.ike_socket)
             for s in opened:
                 await self.endpoint.add_socket(s)
         if control:
@@ -278,6 +301,8 @@ class Daemon:
                 with contextlib.suppress(FileNotFoundError):
                     self.control_path.unlink()
         self.endpoint.close()
+        if self.gateway is not None:
+            self.gateway.stop()
         if self.key_log is not None:
             self.key_log.close()
         if self._stopped is not None:

@@ -258,3 +258,29 @@ remote_ts = "10.2.0.0/16"
         parse_config(text.replace('["corp"]', '["empty"]'), base=pki_dir)
     with pytest.raises(ConfigError, match=r"pki.store: .* is not a directory"):
         parse_config(text.replace("/store", "/nostore"), base=pki_dir)
+
+
+def test_gateway_section(pki_dir: Path) -> None:
+    text = GOOD.replace("[daemon]\n", '[daemon]\naddresses = ["192.0.2.1"]\n') + """
+[gateway]
+tun_name = "esp0"
+tun_addresses = ["10.1.0.1/16"]
+mtu = 1380
+"""
+    cfg = parse_config(text, base=pki_dir)
+    g = cfg.gateway
+    assert g is not None and (g.tun_name, g.tun_addresses, g.mtu, g.raw_esp) == ("esp0", ("10.1.0.1/16",), 1380, False)
+    assert g.routes == ("10.2.0.0/16", "10.3.0.1/32")  # every child's remote_ts by default
+    assert parse_config(GOOD, base=pki_dir).gateway is None
+    for edit, message in [
+        (('addresses = ["192.0.2.1"]', 'addresses = ["0.0.0.0"]'),
+         "gateway.tun_name: the gateway needs exactly one local address"),
+        (('tun_name = "esp0"', 'tun_name = "a-very-long-interface-name"'), "gateway.tun_name: "),
+        (('mtu = 1380', 'mtu = 1380\nroutes = ["10.9.0.1/8"]'), "gateway.routes[0]: "),
+        (('mtu = 1380', 'mtu = 100'), "gateway.mtu: expected an integer 576-9000"),
+        (('mtu = 1380', 'mtu = 1380\ntun = "x"'), "gateway.tun: unknown key"),
+    ]:
+        bad = text.replace(*edit)
+        with pytest.raises(ConfigError) as err:
+            parse_config(bad, base=pki_dir)
+        assert message in str(err.value), str(err.value)

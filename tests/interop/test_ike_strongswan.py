@@ -343,3 +343,91 @@ def test_untrusted_certificate_refused(lab: ss.Lab, tmp_path: Path) -> None:
             await e.daemon.stop(delete=False)
 
     asyncio.run(main())
+
+
+GATEWAY_CONF = """
+[daemon]
+addresses = ["{local}"]
+control_socket = "{sock}"
+
+[gateway]
+tun_name = "{tun}"
+tun_addresses = ["{e_inner}/32"]
+
+[ca-profiles.lab]
+ca_certs = ["ca.pem"]
+revocation = "disable"
+
+[certificates.me]
+cert = "e.pem"
+key = "e.key"
+
+[peers.s]
+local_addr = "{local}"
+remote_addr = "{remote}"
+remote_id = "s.test"
+
+[peers.s.children.net]
+local_ts = ["{e_inner}/32"]
+remote_ts = ["{s_inner}/32"]
+esp_proposals = ["aes128gcm16"]
+"""
+
+
+def test_daemon_command_with_tun_gateway(lab: ss.Lab, tmp_path: Path) -> None:
+    """The product path: `python -m ike daemon` with a [gateway] (TUN device + esp threads) in a namespace,
+    controlled with the CLI; a kernel ping from espresso's side crosses the tunnel to charon's side."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    site_e, site_s = lab.pair(inner_a=E_INNER, inner_b=S_INNER)
+    site_e.netns.run(["ip", "addr", "del", f"{E_INNER}/32", "dev", "lo"])  # the TUN device carries it
+    pki = ss.LabPki("ecdsa")
+    ch = _charon(lab, site_s, site_e, pki, "aes128gcm16-prfsha256-ecp256", "aes128gcm16", "ecdsa")
+    work = tmp_path / "espresso"
+    work.mkdir()
+    cred = pki.issue("e", "e.test")
+    (work / "ca.pem").write_bytes(pki.ca.cert_pem())
+    (work / "e.pem").write_bytes(cred.cert_pem())
+    (work / "e.key").write_bytes(cred.key_pem())
+    sock = work / "ike.sock"
+    conf = work / "ike.toml"
+    conf.write_text(GATEWAY_CONF.format(local=site_e.outer, remote=site_s.outer, sock=sock, tun=ss.unique("esp"),
+                                        e_inner=E_INNER, s_inner=S_INNER))
+    proc = subprocess.Popen(["ip", "netns", "exec", site_e.netns.name, sys.executable, "-m", "ike", "daemon",
+                             "--config", str(conf)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ike", *args, "--socket", str(sock)], cwd=root,
+                              capture_output=True, text=True, timeout=30)
+
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not sock.exists():
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the daemon did not open its control socket"
+            time.sleep(0.05)
+        r = cli("initiate", "--ike", "s", "--timeout", "10")
+        if r.returncode != 0:
+            proc.kill()
+            raise AssertionError(r.stderr + "\n--- espresso ---\n" + proc.communicate()[0] + ch.tail())
+        pinged = ss.ping(site_e, S_INNER, count=3)
+        assert " 0% packet loss" in pinged.stdout, pinged.stdout + ch.tail()
+        listing = cli("list-sas").stdout
+        assert "net: #1, INSTALLED, TUNNEL-in-UDP, ESP:aes128gcm16" in listing, listing
+        child = _charon_child(ch)
+        assert child is not None and int(child["packets-in"]) >= 3 and int(child["packets-out"]) >= 3
+        proc.send_signal(__import__("signal").SIGTERM)  # charon-like: DELETE sent, then exit
+        out, _ = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0, out
+        for _ in range(100):
+            if "gw" not in ss.ike_sas(ch.list_sas()):
+                break
+            time.sleep(0.05)
+        assert "gw" not in ss.ike_sas(ch.list_sas()), ch.tail()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
