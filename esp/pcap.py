@@ -675,13 +675,35 @@ class L3Info:
     frag_first: np.ndarray
 
 
-#: Bytes of link-layer header, IP header and upper-layer header copied per record for parsing.
+#: Bytes of link-layer header, IP header and upper-layer header parsed per record, and how many bytes from the
+#: record start one gather copies (enough for Ethernet with two VLAN tags + IPv4 with options + UDP + ESP).
 L2_HEAD, IP_HEAD, L4_HEAD = 24, 40, 16
+HEAD_ROW = 112
 
 
 def _rows(d: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
     """``width`` bytes at each start as an (n, width) array: one gather per chunk, then column arithmetic."""
     return _windows(d, width, False)[starts]
+
+
+def _sub_rows(head: np.ndarray, off: np.ndarray, width: int, d: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """Row i = d[base[i] + off[i] : +width], taken from the per-record ``head`` rows where they reach (usually a
+    plain column slice: one link type, one header length) and gathered from ``d`` for the rest."""
+    n = off.shape[0]
+    if n == 0:
+        return np.zeros((0, width), dtype=np.uint8)
+    o0 = int(off[0])
+    if o0 + width <= head.shape[1] and bool((off == o0).all()):
+        return head[:, o0:o0 + width]
+    out = np.empty((n, width), dtype=np.uint8)
+    inside = off + width <= head.shape[1]
+    done = ~inside
+    for v in np.unique(off[inside]).tolist():
+        m = inside & (off == v)
+        out[m] = head[m, v:v + width]
+    if done.any():
+        out[done] = _rows(d, base[done] + off[done], width)
+    return out
 
 
 def _col16(h: np.ndarray, j: int) -> np.ndarray:
@@ -726,7 +748,8 @@ def parse_l3(chunk: Chunk, linktypes: Sequence[int]) -> L3Info:
     etype = np.zeros(n, dtype=np.int64)
     et_at = np.full(n, -1, dtype=np.int64)
     unknown = ~np.isin(lt, list(KNOWN_LINKTYPES))
-    lh = _rows(dp, base, L2_HEAD)
+    head = _rows(dp, base, HEAD_ROW)
+    lh = head[:, :L2_HEAD]
 
     # Ethernet, with up to MAX_VLAN_TAGS 802.1Q/802.1ad tags (the type field at 12, 16 or 20).
     eth = (lt == LinkType.ETHERNET) & (cap >= 14)
@@ -760,7 +783,7 @@ def parse_l3(chunk: Chunk, linktypes: Sequence[int]) -> L3Info:
 
     have = l3 >= 0
     l3c = np.where(have, l3, 0)
-    ih = _rows(dp, base + l3c, IP_HEAD)
+    ih = _sub_rows(head, l3c, IP_HEAD, dp, base)
     room = cap - l3c
     ver = (ih[:, 0] >> 4).astype(np.int64)
     v4 = have & (etype == ETHERTYPE_IPV4) & (ver == 4) & (room >= 20)
@@ -808,7 +831,7 @@ def parse_l3(chunk: Chunk, linktypes: Sequence[int]) -> L3Info:
     src_lo = np.where(ipv, src_lo, np.uint64(0))
     dst_lo = np.where(ipv, dst_lo, np.uint64(0))
     l4c = np.clip(np.where(ipv, l4, cap), 0, cap)
-    l4h = _rows(dp, base + l4c, L4_HEAD).copy()
+    l4h = np.array(_sub_rows(head, l4c, L4_HEAD, dp, base), copy=True)
     # zero what lies past the captured end, so no field reads another record's bytes
     past = (l4c[:, None] + np.arange(L4_HEAD)) >= cap[:, None]
     l4h[past] = 0
