@@ -328,13 +328,12 @@ cdef class SaContext:
 
     # ---------------------------------------------------------------- ESP core
     cdef inline int _lifetime_gate(self) noexcept nogil:
+        """EXPIRED (and counted) once the hard lifetime is reached: the SA then processes nothing more."""
+        if not self.hard_expired and ((self.hard_packets and self.packets >= self.hard_packets) or
+                                      (self.hard_bytes and self.bytes >= self.hard_bytes)):
+            self.hard_expired = True
         if self.hard_expired:
-            return V_EXPIRED
-        if self.hard_packets and self.packets >= self.hard_packets:
-            self.hard_expired = True
-            return V_EXPIRED
-        if self.hard_bytes and self.bytes >= self.hard_bytes:
-            self.hard_expired = True
+            self.expired += 1
             return V_EXPIRED
         return V_OK
 
@@ -346,14 +345,17 @@ cdef class SaContext:
                (self.soft_bytes and self.bytes >= self.soft_bytes):
                 self.soft_expired = True
 
+    cdef inline int _body_len(self, int plen) noexcept nogil:
+        """Payload plus TFC padding (RFC 4303 2.4), before the alignment padding and the trailer."""
+        return self.tfc_pad if self.tfc_pad > plen else plen
+
+    cdef inline int _ct_len(self, int plen) noexcept nogil:
+        """Encrypted length: body, padding and the 2-byte trailer, aligned to the cipher's block."""
+        return (self._body_len(plen) + 2 + self.align - 1) // self.align * self.align
+
     cdef inline int _esp_len(self, int plen) noexcept nogil:
-        """Length of SPI..ICV for a payload of plen bytes (TFC padding included)."""
-        cdef int body = plen
-        if self.tfc_pad > body:
-            body = self.tfc_pad
-        body += 2
-        body = (body + self.align - 1) // self.align * self.align
-        return 8 + self.iv_len + body + self.icv_len
+        """Length of SPI..ICV for a payload of plen bytes."""
+        return 8 + self.iv_len + self._ct_len(plen) + self.icv_len
 
     # ---------------------------------------------------------------- outbound ESP
     cdef int _seal(self, const uint8_t *payload, int plen, int nh, uint8_t *out, int cap,
@@ -373,10 +375,8 @@ cdef class SaContext:
         cdef uint8_t mac[64]
         cdef int aad_len
         cdef pending_t *pe
-        body = plen
-        if self.tfc_pad > body:
-            body = self.tfc_pad
-        ctlen = (body + 2 + self.align - 1) // self.align * self.align
+        body = self._body_len(plen)
+        ctlen = self._ct_len(plen)
         padlen = ctlen - body - 2
         total = 8 + self.iv_len + ctlen + self.icv_len
         if total > cap:
@@ -384,7 +384,6 @@ cdef class SaContext:
             return V_NO_SPACE
         r = self._lifetime_gate()
         if r != V_OK:
-            self.expired += 1
             return r
         if self.esn:
             if self.seq == 0xFFFFFFFFFFFFFFFFULL:
@@ -561,7 +560,6 @@ cdef class SaContext:
             return V_NO_SPACE
         r = self._lifetime_gate()
         if r != V_OK:
-            self.expired += 1
             return r
         sl = get32(esp + 4)
         sh = self._infer_hi(sl) if self.esn else 0
