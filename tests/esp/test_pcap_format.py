@@ -328,3 +328,24 @@ def test_chunks_stay_bounded(tmp_path):
         assert c.data.shape[0] <= 100_000 + 1016 + 4096
         seen += c.count
     assert seen == 3000
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(packets=st.lists(st.tuples(st.binary(max_size=300), st.integers(0, 2**31), st.integers(0, 10**6 - 1)),
+                        max_size=25),
+       fmt=st.sampled_from(["pcap", "pcapng"]), order=st.sampled_from(["<", ">"]), nano=st.booleans(),
+       chunk=st.integers(1, 30))
+def test_hypothesis_write_then_read(tmp_path, packets, fmt, order, nano, chunk):
+    res = 10**9 if nano else 10**6
+    iface = [Interface(101, 65535, res)]
+    path = tmp_path / f"h.{fmt}"
+    data = np.frombuffer(b"".join(p for p, _, _ in packets) + b"\0", dtype=np.uint8)
+    lens = np.array([len(p) for p, _, _ in packets], dtype=np.int64)
+    offs = np.cumsum(lens) - lens
+    ts = np.array([s * res + f for _, s, f in packets], dtype=np.int64)
+    with CaptureWriter(path, iface, fmt=fmt, byte_order=order, nanosecond=nano) as w:
+        w.write(data, offs, lens, ts, np.zeros(len(packets), dtype=np.int32))
+    got, r = _records(path, chunk_records=chunk)
+    assert [g[0] for g in got] == [p for p, _, _ in packets]
+    assert [g[1] * (10**9 // r.interfaces[0].tsresol) for g in got] == [t * (10**9 // res) for t in ts.tolist()]
+    assert not r.problems

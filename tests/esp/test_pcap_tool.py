@@ -400,3 +400,30 @@ def test_pcapng_several_interfaces_round_trip(tmp_path):
     s = decrypt_file(tmp_path / "e.pcapng", tmp_path / "d.pcapng", sas, frames=True, chunk_records=4)
     assert s.per_sa[0].packets == 30, s.format()
     assert records(tmp_path / "d.pcapng") == records(src)
+
+
+def test_fuzz_damaged_esp_captures_only_counted(tmp_path):
+    """Flip bytes of an encrypted capture anywhere (headers included): decrypt counts, never crashes."""
+    import random
+
+    from esp.pcap import CaptureError
+    sas = entries(sa_toml(extra="encap = true\n"), sa_toml(spi=0x1002, mode="transport", src="10.1.0.1",
+                                                             dst="10.2.0.2"))
+    src = tmp_path / "p.pcapng"
+    make_capture(src, plaintext_packets(12) + plaintext_packets(3, v6=True), 1, "pcapng-le")
+    encrypt_file(src, tmp_path / "e.pcapng", sas)
+    good = (tmp_path / "e.pcapng").read_bytes()
+    rng = random.Random(5)
+    for trial in range(60):
+        blob = bytearray(good)
+        for _ in range(rng.choice([1, 3, 20])):
+            blob[rng.randrange(len(blob))] = rng.randrange(256)
+        if trial % 7 == 0:
+            blob = blob[: rng.randrange(len(blob))]
+        (tmp_path / "f.pcapng").write_bytes(bytes(blob))
+        try:
+            s = decrypt_file(tmp_path / "f.pcapng", tmp_path / "o.pcapng", sas, frames=bool(trial % 2),
+                             chunk_records=rng.choice([1, 4, 100]))
+        except CaptureError:
+            continue
+        assert s.records <= 15 and s.written <= s.records
