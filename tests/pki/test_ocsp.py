@@ -322,3 +322,31 @@ def test_too_many_certificates_in_one_request(pki):
         x509_ocsp.load_der_ocsp_response(resp).response_status
         is x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST
     )
+
+
+_REASONS = [
+    r for r in x509.ReasonFlags if r not in (x509.ReasonFlags.unspecified, x509.ReasonFlags.remove_from_crl)
+]
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    status=st.sampled_from([OcspCertStatus.GOOD, OcspCertStatus.REVOKED, None]),
+    reason=st.none() | st.sampled_from(_REASONS),
+    revoked_ago=st.integers(min_value=0, max_value=10 * 365 * 86400),
+    nonce=st.none() | st.binary(min_size=1, max_size=32),
+    sha256=st.booleans(),
+)
+def test_round_trip_responder_client(status, reason, revoked_ago, nonce, sha256):
+    """Whatever the database says, the verified answer says the same."""
+    p = _FUZZ_PKI
+    rtime = T0 - timedelta(seconds=revoked_ago)
+    info = None if status is None else SerialStatus(status, rtime, reason)
+    responder = OcspResponder(p.ca, p.ca, p.ca_key, lambda serial: info)
+    req = build_request(p.good, p.ca, nonce=nonce, algorithm=hashes.SHA256() if sha256 else None)
+    result = verify_response(responder.respond(req, T0), p.good, p.ca, T0, nonce=nonce)
+    assert result.status is (status or OcspCertStatus.UNKNOWN)
+    if status is OcspCertStatus.REVOKED:
+        assert result.revocation_time == rtime and result.revocation_reason is reason
+    else:
+        assert result.revocation_time is None

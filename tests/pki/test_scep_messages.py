@@ -291,3 +291,83 @@ def test_fuzz_bit_flips_only_package_errors(ca, requester, pos, flip):
             m.open_envelope(msg.envelope, *ca)
     except ScepError:
         pass
+
+
+_printable = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=64)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    message_type=st.sampled_from(list(MessageType)),
+    tid=_printable,
+    sender=st.binary(min_size=1, max_size=32),
+    recipient=st.none() | st.binary(min_size=1, max_size=32),
+    status=st.none() | st.sampled_from(list(PkiStatus)),
+    fail=st.none() | st.sampled_from(list(FailInfo)),
+    text=st.none() | st.text(min_size=1, max_size=40),
+    digest=st.sampled_from(["sha256", "sha384", "sha512", "sha1"]),
+    payload=st.none() | st.binary(max_size=200),
+)
+def test_round_trip_attributes(
+    ca, requester, message_type, tid, sender, recipient, status, fail, text, digest, payload
+):
+    """Whatever attribute values we sign, parsing gives back exactly them."""
+    key, cert = requester
+    env = None if payload is None else m.envelope(payload, ca[1])
+    der = m.sign_pki_message(
+        message_type=message_type,
+        transaction_id=tid,
+        sender_nonce=sender,
+        recipient_nonce=recipient,
+        pki_status=status,
+        fail_info=fail,
+        fail_info_text=text,
+        signer_cert=cert,
+        signer_key=key,
+        envelope=env,
+        digest=digest,
+    )
+    msg = m.parse_pki_message(der)
+    assert (msg.message_type, msg.transaction_id, msg.sender_nonce, msg.recipient_nonce) == (
+        message_type,
+        tid,
+        sender,
+        recipient,
+    )
+    assert (msg.pki_status, msg.fail_info, msg.fail_info_text, msg.digest_algorithm) == (
+        status,
+        fail,
+        text,
+        digest,
+    )
+    assert msg.envelope == env
+    if payload is not None:
+        assert m.open_envelope(msg.envelope, *ca) == payload
+
+
+_names = st.lists(
+    st.text(
+        alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF, blacklist_categories=("Cs",)),
+        min_size=1,
+        max_size=20,
+    ),
+    min_size=1,
+    max_size=3,
+)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(issuer=_names, subject=_names, serial=st.integers(min_value=1, max_value=2**159))
+def test_round_trip_issuer_payloads(issuer, subject, serial):
+    iname = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, v) for v in issuer])
+    sname = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, v) for v in subject])
+    assert m.parse_issuer_and_subject(m.issuer_and_subject(iname, sname)) == (
+        iname.public_bytes(),
+        sname.public_bytes(),
+    )
+    assert m.parse_issuer_and_serial(m.issuer_and_serial(iname, serial)) == (iname.public_bytes(), serial)
