@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -313,9 +313,23 @@ def enroll(
     certs = m.parse_certs_only(inner)
     ours = _spki(key.public_key())
     for cert in certs:
-        if _spki(cert.public_key()) == ours:
-            return cert
+        try:
+            if _spki(cert.public_key()) != ours:
+                continue
+        except (ValueError, UnsupportedAlgorithm):
+            continue
+        if not any(_issued_by(cert, ca_cert) for ca_cert in ca_certs):
+            raise ScepError(f"{url}: the certificate we got is not signed by the CA we trust")
+        return cert
     raise ScepError(f"{url}: the CA's answer holds no certificate for our key")
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 def _spki(key: object) -> bytes:

@@ -576,3 +576,31 @@ def test_get_crl(service, rsa_key):
     (crl,) = m.parse_crls_only(m.open_envelope(rep.envelope, rsa_key))
     assert crl.is_signature_valid(ca_certs[0].public_key())
     assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+
+
+def test_enroll_refuses_certificate_not_signed_by_the_ca(service, rsa_key, spare_keys):
+    """A CertRep correctly signed by the CA, but carrying a certificate some other key signed: refused."""
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography.hazmat.primitives import hashes
+
+    from pki.scep.errors import ScepError
+
+    ca_certs = get_ca_certs(service.url + "/scep")
+
+    def forged_issue(csr, profile=None, at=None, pop_verified=False):
+        now = datetime.now(timezone.utc)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(csr.subject)
+            .issuer_name(ca_certs[0].subject)
+            .public_key(csr.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + timedelta(days=1))
+            .sign(spare_keys[1], hashes.SHA256())
+        )
+
+    service.run(lambda: setattr(service._scep.ca, "issue", forged_issue))  # noqa: SLF001 - a CA gone wrong
+    with pytest.raises(ScepError, match="not signed by the CA"):
+        enroll(service.url + "/scep", rsa_key, _csr(rsa_key), ca_certs)
