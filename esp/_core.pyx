@@ -47,6 +47,8 @@ cdef extern from "_espcrypto.h" nogil:
     int espc_aead(espc_ctx *c, const uint8_t *nonce, const uint8_t *aad, int aad_len,
                   const uint8_t *inp, uint8_t *out, int length, uint8_t *tag)
     int espc_cipher(espc_ctx *c, const uint8_t *iv, const uint8_t *inp, uint8_t *out, int length)
+    int espc_aead_seal2(espc_ctx *c, const uint8_t *nonce, const uint8_t *aad, int aad_len, const uint8_t *in1,
+                        int len1, const uint8_t *in2, int len2, uint8_t *out, uint8_t *tag)
     void espc_hmac_ctx "espc_hmac_compute"(const espc_hmac *h, const uint8_t *d1, size_t l1, const uint8_t *d2,
                                    size_t l2, uint8_t *out)
     espc_hmac *espc_get_hmac "ESPC_HMAC_OF"(espc_ctx *c)
@@ -102,6 +104,7 @@ OPENSSL_VERSION = espc_openssl_version().decode()
 
 DEF IV_POOL = 4096          # bytes of random CBC IVs drawn per RAND_bytes call (256 packets)
 DEF MAX_HDR = 40 + 8        # outer IPv6 header + UDP
+DEF SPLIT_AT = 256          # payloads from this size are encrypted where they lie, not copied first
 MAX_WINDOW = 1 << 20
 
 
@@ -375,6 +378,8 @@ cdef class SaContext:
         cdef uint8_t mac[64]
         cdef int aad_len
         cdef pending_t *pe
+        cdef bint split
+        cdef uint8_t trailer[257]
         body = self._body_len(plen)
         ctlen = self._ct_len(plen)
         padlen = ctlen - body - 2
@@ -417,12 +422,20 @@ cdef class SaContext:
         elif self.iv_len == 8:
             put32(iv, <uint32_t>(seq >> 32))
             put32(iv + 4, <uint32_t>seq)
-        memcpy(ct, payload, plen)
-        if body > plen:
-            memset(ct + plen, 0, body - plen)
-        memcpy(ct + body, PAD_BYTES, padlen)
-        ct[ctlen - 2] = padlen
-        ct[ctlen - 1] = nh
+        split = (plen >= SPLIT_AT and body == plen and not defer and
+                 (self.cipher == ESPC_GCM or self.cipher == ESPC_CHACHA))
+        if split:
+            # Big payloads: the trailer goes on the stack and the cipher reads the payload in place (below).
+            memcpy(trailer, PAD_BYTES, padlen)
+            trailer[padlen] = padlen
+            trailer[padlen + 1] = nh
+        else:
+            memcpy(ct, payload, plen)
+            if body > plen:
+                memset(ct + plen, 0, body - plen)
+            memcpy(ct + body, PAD_BYTES, padlen)
+            ct[ctlen - 2] = padlen
+            ct[ctlen - 1] = nh
         out_len[0] = total
         if defer:
             pe = &self.ring[self.ring_head & (RING - 1)]
@@ -455,7 +468,10 @@ cdef class SaContext:
         if self.cipher == ESPC_GCM or self.cipher == ESPC_CHACHA:
             memcpy(nonce, self.salt, 4)
             memcpy(nonce + 4, iv, 8)
-            r = espc_aead(self.c, nonce, aad, aad_len, ct, ct, ctlen, ct + ctlen)
+            if split:
+                r = espc_aead_seal2(self.c, nonce, aad, aad_len, payload, plen, trailer, padlen + 2, ct, ct + ctlen)
+            else:
+                r = espc_aead(self.c, nonce, aad, aad_len, ct, ct, ctlen, ct + ctlen)
         elif self.cipher == ESPC_CCM:
             memcpy(nonce, self.salt, 3)
             memcpy(nonce + 3, iv, 8)

@@ -484,6 +484,51 @@ static int espc_aead(espc_ctx *c, const uint8_t *nonce, const uint8_t *aad, int 
     return 1;
 }
 
+/* AEAD encryption of in1 || in2 (payload, then padding and trailer) into out, out of place: a large payload is
+ * read once from where it lies instead of being copied next to its trailer first. GCM and ChaCha20-Poly1305. */
+static int espc_aead_seal2(espc_ctx *c, const uint8_t *nonce, const uint8_t *aad, int aad_len,
+                           const uint8_t *in1, int len1, const uint8_t *in2, int len2, uint8_t *out, uint8_t *tag) {
+    int outl = 0;
+#ifdef ESPRESSO_HAVE_IPSECMB
+    if (c->backend == ESPC_IPSECMB) {
+        if (c->cipher == ESPC_CHACHA) {
+            struct chacha20_poly1305_context_data cc;
+            IMB_CHACHA20_POLY1305_INIT(espc_mb_mgr, c->chacha_key, &cc, nonce, aad, (uint64_t)aad_len);
+            IMB_CHACHA20_POLY1305_ENC_UPDATE(espc_mb_mgr, c->chacha_key, &cc, out, in1, (uint64_t)len1);
+            IMB_CHACHA20_POLY1305_ENC_UPDATE(espc_mb_mgr, c->chacha_key, &cc, out + len1, in2, (uint64_t)len2);
+            IMB_CHACHA20_POLY1305_ENC_FINALIZE(espc_mb_mgr, &cc, tag, (uint64_t)c->icv_len);
+            return 1;
+        } else {
+            struct gcm_context_data gc;
+            if (c->key_len == 16) {
+                IMB_AES128_GCM_INIT(espc_mb_mgr, &c->gkey, &gc, nonce, aad, (uint64_t)aad_len);
+                IMB_AES128_GCM_ENC_UPDATE(espc_mb_mgr, &c->gkey, &gc, out, in1, (uint64_t)len1);
+                IMB_AES128_GCM_ENC_UPDATE(espc_mb_mgr, &c->gkey, &gc, out + len1, in2, (uint64_t)len2);
+                IMB_AES128_GCM_ENC_FINALIZE(espc_mb_mgr, &c->gkey, &gc, tag, (uint64_t)c->icv_len);
+            } else if (c->key_len == 24) {
+                IMB_AES192_GCM_INIT(espc_mb_mgr, &c->gkey, &gc, nonce, aad, (uint64_t)aad_len);
+                IMB_AES192_GCM_ENC_UPDATE(espc_mb_mgr, &c->gkey, &gc, out, in1, (uint64_t)len1);
+                IMB_AES192_GCM_ENC_UPDATE(espc_mb_mgr, &c->gkey, &gc, out + len1, in2, (uint64_t)len2);
+                IMB_AES192_GCM_ENC_FINALIZE(espc_mb_mgr, &c->gkey, &gc, tag, (uint64_t)c->icv_len);
+            } else {
+                IMB_AES256_GCM_INIT(espc_mb_mgr, &c->gkey, &gc, nonce, aad, (uint64_t)aad_len);
+                IMB_AES256_GCM_ENC_UPDATE(espc_mb_mgr, &c->gkey, &gc, out, in1, (uint64_t)len1);
+                IMB_AES256_GCM_ENC_UPDATE(espc_mb_mgr, &c->gkey, &gc, out + len1, in2, (uint64_t)len2);
+                IMB_AES256_GCM_ENC_FINALIZE(espc_mb_mgr, &c->gkey, &gc, tag, (uint64_t)c->icv_len);
+            }
+            return 1;
+        }
+    }
+#endif
+    if (!EVP_CipherInit_ex2(c->ctx, NULL, NULL, nonce, 1, NULL)) return -1;
+    if (!EVP_CipherUpdate(c->ctx, NULL, &outl, aad, aad_len)) return -1;
+    if (!EVP_CipherUpdate(c->ctx, out, &outl, in1, len1)) return -1;
+    if (!EVP_CipherUpdate(c->ctx, out + outl, &outl, in2, len2)) return -1;
+    if (!EVP_CipherFinal_ex(c->ctx, out + len1 + len2, &outl)) return -1;
+    if (!EVP_CIPHER_CTX_ctrl(c->ctx, EVP_CTRL_AEAD_GET_TAG, c->icv_len, tag)) return -1;
+    return 1;
+}
+
 /* Unpadded CBC or CTR over len bytes with a 16-byte IV (or counter block), in place allowed. */
 static int espc_cipher(espc_ctx *c, const uint8_t *iv, const uint8_t *in, uint8_t *out, int len) {
     int outl = 0;
