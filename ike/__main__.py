@@ -26,12 +26,12 @@ import os
 import signal
 import socket
 import sys
-from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .config import DEFAULT_CONTROL_SOCKET, ConfigError, load_config
 
-__all__ = ["main", "format_sas", "request"]
+__all__ = ["format_sas", "main", "request"]
 
 ENV_SOCKET = "ESPRESSO_IKE_SOCKET"
 
@@ -63,7 +63,7 @@ def request(path: str | os.PathLike[str], req: dict[str, Any], timeout: float = 
             buf += chunk
             if len(buf) > 64 << 20:
                 raise ClientError("reply too large")
-    except socket.timeout:
+    except TimeoutError:
         raise ClientError(f"no reply from the daemon within {timeout:g}s") from None
     finally:
         s.close()
@@ -229,8 +229,13 @@ def _run_daemon(args: argparse.Namespace) -> int:
             return 1
         loop = asyncio.get_running_loop()
         stopping: list[asyncio.Task[None]] = []
+
+        def on_signal() -> None:  # charon's SIGTERM: DELETE every IKE_SA, then exit (once)
+            if not stopping:
+                stopping.append(loop.create_task(daemon.stop()))
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: stopping or stopping.append(loop.create_task(daemon.stop())))
+            loop.add_signal_handler(sig, on_signal)
         await daemon.run()
         return 0
 

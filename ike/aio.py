@@ -22,13 +22,14 @@ import asyncio
 import logging
 import socket
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Protocol
 
 from .connection import Datagram
 from .events import IkeEvent
 
-__all__ = ["IkeEndpoint", "Driver", "NON_ESP_MARKER", "KEEPALIVE", "MIN_ESP_LEN", "open_udp_socket"]
+__all__ = ["KEEPALIVE", "MIN_ESP_LEN", "NON_ESP_MARKER", "Driver", "IkeEndpoint", "open_udp_socket"]
 
 log = logging.getLogger("ike.aio")
 

@@ -55,24 +55,39 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
+import tomllib
 from cryptography import x509
 
 from .constants import ProtocolId
 from .core_config import (
-    ChildConfig, CoreConfig, Credential, Identity, PeerConfig, TrafficSelector,
+    ChildConfig,
+    CoreConfig,
+    Credential,
+    Identity,
+    PeerConfig,
+    TrafficSelector,
 )
 from .errors import ConfigError
 from .proposal import parse_proposal
 
 __all__ = [
-    "ConfigError", "DaemonConfig", "GatewaySettings", "CaProfileConfig", "CertificateConfig", "load_config", "parse_config",
-    "parse_duration", "parse_size", "make_validator", "DEFAULT_CONTROL_SOCKET",
+    "DEFAULT_CONTROL_SOCKET",
+    "CaProfileConfig",
+    "CertificateConfig",
+    "ConfigError",
+    "DaemonConfig",
+    "GatewaySettings",
+    "load_config",
+    "make_validator",
+    "parse_config",
+    "parse_duration",
+    "parse_size",
 ]
 
 DEFAULT_CONTROL_SOCKET = "/run/espresso/ike.sock"
@@ -236,7 +251,7 @@ class _Section:
             raise self.error(name, "must not be empty")
         return tuple(items)
 
-    def sub(self, name: str) -> dict[str, "_Section"]:
+    def sub(self, name: str) -> dict[str, _Section]:
         """Named sub-tables ``name.X`` as sections (empty if absent)."""
         self.used.add(name)
         tables = self.data.get(name, {})
@@ -472,7 +487,7 @@ def identity_matches(cert: Any, ident: Identity) -> str | None:
     if pair is None:
         return None
     try:
-        return Validator._check_identity(cert, pair)  # noqa: SLF001 - the one identity matcher in pki
+        return Validator._check_identity(cert, pair)
     except CertificateRejected:
         return None
 

@@ -24,9 +24,10 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -39,12 +40,20 @@ from .aio import IkeEndpoint, open_udp_socket
 from .config import DaemonConfig
 from .core_config import TrafficSelector
 from .events import (
-    AuthenticationFailed, ChildSaDeleted, ChildSaEstablished, ChildSaFailed, ChildSaRekeyed, IkeEvent,
-    IkeKeysDerived, IkeSaEstablished, IkeSaRekeyed, IkeSaTerminated,
+    AuthenticationFailed,
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaFailed,
+    ChildSaRekeyed,
+    IkeEvent,
+    IkeKeysDerived,
+    IkeSaEstablished,
+    IkeSaRekeyed,
+    IkeSaTerminated,
 )
 from .keylog import KeyLog
 
-__all__ = ["Daemon", "make_gateway", "sa_params", "selectors_for", "InstalledChild", "ControlError", "MAX_CONTROL_LINE"]
+__all__ = ["MAX_CONTROL_LINE", "ControlError", "Daemon", "InstalledChild", "make_gateway", "sa_params", "selectors_for"]
 
 log = logging.getLogger("ike.daemon")
 
@@ -543,13 +552,13 @@ class Daemon:
         wrapped = []
         prefixes: dict[str, tuple[bytes, int] | None] = {}
         for data, addr in packets:
-            pre = prefixes.get(addr[0], ())
-            if pre == ():
+            if addr[0] not in prefixes:
                 try:
                     h = _ip_header(addr[0], local[0], 0)
-                    pre = prefixes[addr[0]] = (h, 2 if len(h) == 20 else 4)
+                    prefixes[addr[0]] = (h, 2 if len(h) == 20 else 4)
                 except ValueError:  # a peer of another family than the socket: not ours
-                    pre = prefixes[addr[0]] = None
+                    prefixes[addr[0]] = None
+            pre = prefixes[addr[0]]
             if pre is None:
                 self.counters["esp_in_dropped"] += 1
                 continue

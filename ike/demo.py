@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import os
 import shutil
 import struct
 import sys
@@ -27,9 +26,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
-__all__ = ["DemoResult", "run_demo", "add_arguments", "run_from_args", "DemoError"]
+__all__ = ["DemoError", "DemoResult", "add_arguments", "run_demo", "run_from_args"]
 
 CHALLENGE = "espresso-demo-challenge"
 #: Packets in flight per window; the receiver confirms a window before the next is sent, so loopback
@@ -172,6 +171,7 @@ async def _run(work: Path, args: argparse.Namespace, out: TextIO, result: DemoRe
     from ike.aio import open_udp_socket
     from ike.config import parse_config
     from ike.daemon import Daemon
+
     from .__main__ import format_sas
 
     ca, svc = _make_ca(work, out)
@@ -275,9 +275,9 @@ async def _run(work: Path, args: argparse.Namespace, out: TextIO, result: DemoRe
         await b.stop(delete=False)
         _say(out, "gw-a deleted the IKE_SA; daemons stopped")
     finally:
-        for d in daemons.values():
-            if d._stopped is None or not d._stopped.is_set():
-                await d.stop(delete=False)
+        for daemon in daemons.values():
+            if daemon._stopped is None or not daemon._stopped.is_set():
+                await daemon.stop(delete=False)
         svc.stop()
 
 

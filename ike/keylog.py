@@ -26,7 +26,7 @@ from typing import TextIO
 
 from .events import ChildSaEstablished, IkeKeysDerived
 
-__all__ = ["KeyLog", "ikev2_line", "esp_lines", "IKEV2_TABLE", "ESP_TABLE"]
+__all__ = ["ESP_TABLE", "IKEV2_TABLE", "KeyLog", "esp_lines", "ikev2_line"]
 
 IKEV2_TABLE = "ikev2_decryption_table"
 ESP_TABLE = "esp_sa"
@@ -138,7 +138,7 @@ class KeyLog:
         self._ike = _open_private(self.directory / IKEV2_TABLE)
         self._esp = _open_private(self.directory / ESP_TABLE)
 
-    def __enter__(self) -> "KeyLog":
+    def __enter__(self) -> KeyLog:
         return self
 
     def __exit__(self, *exc: object) -> None:

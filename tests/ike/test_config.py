@@ -82,6 +82,7 @@ def test_good_config(pki_dir: Path) -> None:
 
 def test_validator_checks_chain_and_identity(pki_dir: Path) -> None:
     from cryptography import x509
+
     from pki.errors import CertificateRejected, RejectReason
 
     peer = _load(pki_dir, GOOD).core.peers[0]
@@ -227,6 +228,7 @@ def test_parse_size_rejects(value: object) -> None:
 def test_names_resolve_through_the_pki_store(pki_dir: Path, tmp_path: Path) -> None:
     """ca-profile and certificate names may live in a `python -m pki` store instead of TOML tables."""
     from cryptography import x509
+
     from pki.profile import CaProfile, RevocationPolicy
     from pki.store import Store
 

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import struct
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,16 @@ import pytest
 
 pytest.importorskip("esp._core", reason="esp._core is not built (python setup.py build_ext --inplace)")
 
-from esp import Direction, Mode, Sa, UdpEncap  # noqa: E402
-
-from ike.config import DaemonConfig  # noqa: E402
-from ike.core_config import CoreConfig, Identity, TrafficSelector  # noqa: E402
-from ike.daemon import ControlError, Daemon, sa_params, selectors_for  # noqa: E402
-from ike.events import (  # noqa: E402
-    ChildSaDeleted, ChildSaEstablished, ChildSaRekeyed, IkeSaEstablished, IkeSaTerminated,
+from esp import Direction, Mode, Sa, UdpEncap
+from ike.config import DaemonConfig
+from ike.core_config import CoreConfig, Identity, TrafficSelector
+from ike.daemon import ControlError, Daemon, sa_params, selectors_for
+from ike.events import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaRekeyed,
+    IkeSaEstablished,
+    IkeSaTerminated,
 )
 
 TIMEOUT = 5.0
@@ -160,7 +162,7 @@ def _config(tmp: Path, name: str) -> DaemonConfig:
 class Pair:
     """Two daemons with scripted cores on loopback, B collecting what it decrypts."""
 
-    async def start(self, tmp: Path, control: bool = False) -> "Pair":
+    async def start(self, tmp: Path, control: bool = False) -> Pair:
         self.core_a, self.core_b = ScriptedCore(), ScriptedCore()
         self.got_a: list[bytes] = []
         self.got_b: list[bytes] = []

@@ -6,7 +6,6 @@ use them; every process is bounded by a timeout and killed if it outlives the te
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess

@@ -16,11 +16,10 @@ import pytest
 
 pytest.importorskip("esp._core", reason="esp._core is not built (python setup.py build_ext --inplace)")
 
-from ike.aio import open_udp_socket  # noqa: E402
-from ike.config import parse_config  # noqa: E402
-from ike.daemon import Daemon  # noqa: E402
-from ike.events import ChildSaEstablished, IkeKeysDerived  # noqa: E402
-from tests.interop.strongswan import LabPki  # noqa: E402
+from ike.aio import open_udp_socket
+from ike.config import parse_config
+from ike.daemon import Daemon
+from tests.interop.strongswan import LabPki
 
 TIMEOUT = 10.0
 
@@ -178,9 +177,10 @@ def test_wrong_ca_is_refused_and_daemon_survives(tmp_path: Path) -> None:
         try:
             # b now trusts another CA only: a's certificate must be refused, nothing installed.
             other = LabPki("ecdsa")
-            from ike.config import make_validator, CaProfileConfig
-            from pki.profile import RevocationPolicy
             from dataclasses import replace
+
+            from ike.config import CaProfileConfig, make_validator
+            from pki.profile import RevocationPolicy
             bad = make_validator([CaProfileConfig("x", (other.ca.cert,), RevocationPolicy(mode="disable"))])
             core = b.daemon.core
             peer = replace(core.config.peers[0], validator=bad)

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("esp._core", reason="esp._core is not built")
 
-from ike.demo import add_arguments, run_demo, run_from_args  # noqa: E402
+from ike.demo import add_arguments, run_demo, run_from_args
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -160,7 +160,7 @@ def test_tshark_decrypts_esp_with_our_table(tmp_path: Path, suite: str) -> None:
     # One plain ESP packet, one UDP-encapsulated (RFC 3948, as with NAT-T).
     _pcap(pcap, [_ipv4(SRC, DST, 50, esp_out), _ipv4(DST, SRC, 17, _udp(4500, 4500, esp_in))])
     text = _tshark(profile, pcap, ["esp.enable_encryption_decode:TRUE", "esp.enable_authentication_check:TRUE"])
-    assert "outbound secret".encode().hex() in text.replace(" ", "") or "outbound secret" in text, text
+    assert b"outbound secret".hex() in text.replace(" ", "") or "outbound secret" in text, text
     assert text.count("User Datagram Protocol, Src Port: 1234, Dst Port: 5678") == 2, text
     if suite == "aes256-sha256":
         assert "[correct]" in text, text

@@ -20,11 +20,12 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -475,7 +476,7 @@ class Lab:
         self.charons: list[Charon] = []
         self._subnet = 0
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -636,14 +637,13 @@ def ike_keys(log: str) -> list[dict[str, bytes]]:
 _CLONE_NEWNET = 0x40000000
 
 
-def netns_sockets(netns: Netns, binds: list[tuple[str, int]]) -> list["socket.socket"]:
+def netns_sockets(netns: Netns, binds: list[tuple[str, int]]) -> list[socket.socket]:
     """UDP sockets bound inside ``netns`` (a socket keeps the namespace it was created in).
 
     ``setns`` switches only the calling thread, so a short-lived helper thread enters the namespace, creates
     and binds the sockets, and the rest of the process (and its asyncio loop) stays where it is.
     """
     import ctypes
-    import socket
     import threading
 
     libc = ctypes.CDLL(None, use_errno=True)
