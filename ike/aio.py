@@ -138,6 +138,10 @@ class IkeEndpoint:
         return local
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def addresses(self) -> list[tuple[str, int]]:
         return [s.local for s in self._sockets]
 
