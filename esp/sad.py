@@ -79,6 +79,8 @@ class SaEntry:
     selectors: tuple[Selector, ...] = ()
     #: inbound only: the selectors reversed and compiled, what inner packets are checked against
     check: CompiledSelectors | None = field(default=None, repr=False, compare=False)
+    #: install order (larger is newer): which SA takes over a policy whose bound SA is removed
+    order: int = field(default=0, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ class Sad:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._snapshot = _EMPTY
+        self._order = 0
 
     @property
     def snapshot(self) -> SadSnapshot:
@@ -142,8 +145,10 @@ class Sad:
         addr = _norm_addr(dst) if dst is not None else _sa_dst(sa)
         sels = tuple(selectors)
         check = compile_selectors([s.reversed() for s in sels]) if direction == "in" and sels else None
-        entry = SaEntry(sa, spi, direction, addr if direction == "in" else _sa_dst(sa), policy, sels, check)
         with self._lock:
+            self._order += 1
+            entry = SaEntry(sa, spi, direction, addr if direction == "in" else _sa_dst(sa), policy, sels, check,
+                            self._order)
             s = self._snapshot
             if direction == "in":
                 if (spi, entry.dst) in s.inbound or spi in s.inbound_by_spi:
@@ -166,7 +171,9 @@ class Sad:
         return entry
 
     def remove(self, spi: int, direction: str, dst: str | None = None) -> SaEntry:
-        """Remove an SA; an outbound SA still bound to its policy leaves the policy without SA (acquire)."""
+        """Remove an SA. When an outbound SA bound to its policy goes, the newest other outbound SA installed
+        for that policy takes over (as the kernel picks any valid SA for a policy); with none left the
+        policy has no SA (traffic gets NO_SA and an acquire)."""
         direction = direction.lower()
         with self._lock:
             s = self._snapshot
@@ -183,6 +190,10 @@ class Sad:
                     raise KeyError(f"no outbound SA with SPI {spi:#010x}")
                 out = {k: v for k, v in s.outbound.items() if v is not e}
                 by_spi = {k: v for k, v in s.outbound_by_spi.items() if v is not e}
+                if e.policy is not None and s.outbound.get(e.policy) is e:
+                    heirs = [v for v in by_spi.values() if v.policy == e.policy]
+                    if heirs:
+                        out[e.policy] = max(heirs, key=lambda v: v.order)
                 self._swap(replace(s, outbound=MappingProxyType(out), outbound_by_spi=MappingProxyType(by_spi)))
             else:
                 raise ValueError(f"direction must be 'in' or 'out', not {direction!r}")

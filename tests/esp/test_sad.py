@@ -74,3 +74,21 @@ def test_bad_objects_are_refused():
     sad = Sad()
     with pytest.raises(TypeError):
         sad.install(object())
+
+
+def test_removing_the_bound_outbound_sa_hands_the_policy_to_the_newest_remaining():
+    """A CHILD_SA rekey collision leaves two new outbound SAs; deleting the loser (bound last) must not leave
+    the policy without an SA while the winner is installed."""
+    sad = Sad()
+    old = sad.install(sa(0x5001, "out"), policy="p")
+    winner = sad.install(sa(0x5002, "out"), policy="p")
+    loser = sad.install(sa(0x5003, "out"), policy="p")
+    sad.install(sa(0x5004, "out"), policy="q")
+    assert sad.snapshot.outbound["p"] is loser
+    sad.remove(0x5003, "out")
+    assert sad.snapshot.outbound["p"] is winner
+    sad.remove(0x5001, "out")  # not bound: the binding stays
+    assert sad.snapshot.outbound["p"] is winner
+    sad.remove(0x5002, "out")
+    assert "p" not in sad.snapshot.outbound and sad.snapshot.outbound["q"].spi == 0x5004
+    assert old.order < winner.order < loser.order
