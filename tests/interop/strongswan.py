@@ -125,6 +125,18 @@ class LabPki:
         )
         self.ca = Credential("ca", key, cert, "")
 
+    def crl(self, revoked: list[x509.Certificate]) -> x509.CertificateRevocationList:
+        """A CRL of this CA, valid now, revoking ``revoked``."""
+        now = _dt.datetime.now(_dt.timezone.utc)
+        b = (x509.CertificateRevocationListBuilder().issuer_name(self.ca.cert.subject)
+             .last_update(now - _dt.timedelta(minutes=5)).next_update(now + _dt.timedelta(days=1))
+             .add_extension(x509.CRLNumber(1), critical=False))
+        for c in revoked:
+            b = b.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(c.serial_number)
+                .revocation_date(now - _dt.timedelta(minutes=1)).build())
+        return b.sign(self.ca.key, hashes.SHA256())  # type: ignore[arg-type]
+
     def issue(self, name: str, fqdn: str, kind: str | None = None) -> Credential:
         key = _new_key(kind or self.kind)
         now = _dt.datetime.now(_dt.timezone.utc)

@@ -100,7 +100,7 @@ class Espresso:
     """The espresso daemon in namespace ``site`` (sockets on 500/4500 there), answering pings."""
 
     def __init__(self, lab: ss.Lab, site: ss.Site, peer: ss.Site, pki: ss.LabPki, ike: str, esp: str,
-                 workdir: Path) -> None:
+                 workdir: Path, conf: str = CONF) -> None:
         from ike.config import parse_config
         from ike.daemon import Daemon
 
@@ -109,7 +109,7 @@ class Espresso:
         (workdir / "ca.pem").write_bytes(pki.ca.cert_pem())
         (workdir / "e.pem").write_bytes(cred.cert_pem())
         (workdir / "e.key").write_bytes(cred.key_pem())
-        cfg = parse_config(CONF.format(local=site.outer, remote=peer.outer, ike=ike, esp=esp, e_inner=E_INNER,
+        cfg = parse_config(conf.format(local=site.outer, remote=peer.outer, ike=ike, esp=esp, e_inner=E_INNER,
                                        s_inner=S_INNER), base=workdir)
         self.workdir = workdir
         self.site = site
@@ -431,3 +431,76 @@ def test_daemon_command_with_tun_gateway(lab: ss.Lab, tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
+
+
+STORE_CONF = """
+[daemon]
+port = 500
+nat_port = 4500
+control_socket = "ike.sock"
+
+[pki]
+store = "store"
+fetch_revocation = false
+
+[certificates.me]
+cert = "e.pem"
+key = "e.key"
+
+[peers.s]
+local_addr = "{local}"
+remote_addr = "{remote}"
+remote_id = "s.test"
+ca_profiles = ["lab"]
+ike_proposals = ["{ike}"]
+
+[peers.s.children.net]
+local_ts = ["{e_inner}/32"]
+remote_ts = ["{s_inner}/32"]
+esp_proposals = ["{esp}"]
+"""
+
+
+def test_revoked_certificate_refused(lab: ss.Lab, tmp_path: Path) -> None:
+    """The peer's certificate is on the CRL of espresso's ca-profile (a `python -m pki` store): refused with
+    AUTHENTICATION_FAILED and nothing installed; a certificate of the same CA that is not revoked works."""
+    from cryptography.hazmat.primitives import serialization
+
+    from pki.profile import CaProfile, RevocationPolicy
+    from pki.store import Store
+
+    async def main() -> None:
+        site_e, site_s = lab.pair(inner_a=E_INNER, inner_b=S_INNER)
+        pki = ss.LabPki("ecdsa")
+        ike, esp = "aes128gcm16-prfsha256-ecp256", "aes128gcm16"
+        revoked, good = pki.issue("revoked", "s.test"), pki.issue("good", "s.test")
+        store = Store(tmp_path / "espresso" / "store")
+        store.add_profile(CaProfile("lab", revocation=RevocationPolicy(mode="crl")))
+        store.load_ca_certificate("lab", pki.ca.cert_pem())
+        store.load_crl("lab", pki.crl([revoked.cert]).public_bytes(serialization.Encoding.DER))
+        ch = lab.charon(site_s, "charon", log_levels={"ike": 2})
+        ch.add_ca(pki.ca)
+        for name, cred in (("bad", revoked), ("gw", good)):
+            ch.connections.append(ss.Connection(
+                name, site_s.outer, site_e.outer, "s.test", "e.test", ch.add_credential(cred),
+                [ss.Child(f"net-{name}", f"{S_INNER}/32", f"{E_INNER}/32", esp_proposals=esp)], proposals=ike))
+        ch.start()
+        e = Espresso(lab, site_e, site_s, pki, ike, esp, tmp_path / "espresso", conf=STORE_CONF)
+        await e.start()
+        try:
+            from ike.events import AuthenticationFailed
+            proc = await asyncio.to_thread(ch.initiate, "net-bad", ike="bad", timeout=10)
+            assert proc.returncode != 0
+            assert "received AUTHENTICATION_FAILED notify error" in ch.log(), ch.tail()
+            (failed,) = e.events(AuthenticationFailed)
+            assert failed.local_side and "revoked" in failed.reason.lower(), failed
+            assert not e.daemon.children and len(e.daemon.dataplane.sad) == 0
+
+            proc = await asyncio.to_thread(ch.initiate, "net-gw", ike="gw", timeout=10)
+            assert proc.returncode == 0, proc.stdout + ch.tail()
+            await _wait(lambda: e.installed(), "the CHILD_SA with the certificate that is not revoked", ch)
+            assert " 0% packet loss" in await _ping(site_s)
+        finally:
+            await e.daemon.stop(delete=False)
+
+    asyncio.run(main())
