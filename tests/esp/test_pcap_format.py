@@ -349,3 +349,57 @@ def test_hypothesis_write_then_read(tmp_path, packets, fmt, order, nano, chunk):
     assert [g[0] for g in got] == [p for p, _, _ in packets]
     assert [g[1] * (10**9 // r.interfaces[0].tsresol) for g in got] == [t * (10**9 // res) for t in ts.tolist()]
     assert not r.problems
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pcapng_parallel_scan_equals_sequential_walk(tmp_path, monkeypatch, seed):
+    import random
+
+    import esp.pcap as pcap_mod
+    rng = random.Random(seed)
+    order = "<>"[seed % 2]
+    blocks = [shb(order), idb(1, order, tsresol=9), idb(101, order)]
+    n = 0
+    total = 0
+    while total < 1_200_000:
+        size = rng.choice([0, 3, 60, 333, 1500])
+        data = _fake_header_payload(rng, size)
+        kind = rng.random()
+        if kind < 0.9:
+            blk = epb(rng.randrange(2), 1_700_000_000_000_000_000 + n, data, order)
+        elif kind < 0.95:
+            blk = spb(data, order)
+        else:
+            blk = other_block(5, b"\x00" * 16, order)
+            n -= 1
+        if n == 1000:
+            blocks.append(idb(113, order))  # an interface described mid-capture
+        blocks.append(blk)
+        n += 1
+        total += len(blk)
+    blob = b"".join(blocks)
+    if seed == 1:
+        blob = blob[:-7]
+    path = _write(tmp_path, "s.pcapng", blob)
+    used = []
+    real = pcap_mod._pcapng_scan_parallel
+
+    def counting(*a, **k):
+        r = real(*a, **k)
+        used.append(r is not None)
+        return r
+
+    monkeypatch.setattr(pcap_mod, "_pcapng_scan_parallel", counting)
+    out = []
+    for parallel in (True, False):
+        r = CaptureReader(path, parallel_scan=parallel, chunk_records=[200, 500, 700][seed])
+        caps, ts, ifs = [], [], []
+        for c in r.chunks():
+            caps.append(c.caplen.copy())
+            ts.append(c.ts.copy())
+            ifs.append(c.iface.copy())
+        out.append((np.concatenate(caps), np.concatenate(ts), np.concatenate(ifs), r.truncated_records,
+                    [i.linktype for i in r.interfaces]))
+    a, b = out
+    assert all(np.array_equal(x, y) for x, y in zip(a[:3], b[:3])) and a[3:] == b[3:]
+    assert any(used)
