@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import concurrent.futures
+import email.utils
 import logging
 import socket
 import threading
@@ -244,6 +245,9 @@ class CaService:
     def scep_pki_operation(self, body: bytes) -> bytes:
         return self.run(lambda: self._scep.pki_operation(body))  # type: ignore[union-attr]
 
+    def now(self) -> datetime:
+        return self._clock()
+
     def crl_der(self) -> bytes:
         return self.run(lambda: self._ca.crl(at=self._clock()).public_bytes(Encoding.DER))
 
@@ -308,10 +312,14 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
-    def _send(self, status: int, content_type: str, body: bytes) -> None:
+    def _send(
+        self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
@@ -405,7 +413,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, "application/ocsp-response", svc.ocsp_respond(body))
             return
         if not post and path in svc.crl_paths():
-            self._send(HTTPStatus.OK, "application/pkix-crl", svc.crl_der())
+            der = svc.crl_der()
+            self._send(HTTPStatus.OK, "application/pkix-crl", der, _crl_cache_headers(der, svc.now()))
             return
         if not post:
             for prefix in svc.ocsp_paths():
@@ -418,9 +427,42 @@ class _Handler(BaseHTTPRequestHandler):
                         req = base64.b64decode(encoded, validate=False)
                     except (binascii.Error, ValueError):
                         req = b""
-                    self._send(HTTPStatus.OK, "application/ocsp-response", svc.ocsp_respond(req))
+                    der = svc.ocsp_respond(req)
+                    self._send(
+                        HTTPStatus.OK, "application/ocsp-response", der, _ocsp_cache_headers(der, svc.now())
+                    )
                     return
         raise _HttpError(HTTPStatus.NOT_FOUND, "not found")
+
+
+def _http_date(at: datetime) -> str:
+    return email.utils.format_datetime(at.astimezone(timezone.utc), usegmt=True)
+
+
+def _crl_cache_headers(der: bytes, now: datetime) -> dict[str, str]:
+    """Caches (and HTTP proxies in front of the CA) may keep a CRL until its nextUpdate."""
+    crl = x509.load_der_x509_crl(der)
+    headers = {"Last-Modified": _http_date(crl.last_update_utc)}
+    if crl.next_update_utc is not None:
+        max_age = max(0, int((crl.next_update_utc - now).total_seconds()))
+        headers["Expires"] = _http_date(crl.next_update_utc)
+        headers["Cache-Control"] = f"public, max-age={max_age}, no-transform, must-revalidate"
+    return headers
+
+
+def _ocsp_cache_headers(der: bytes, now: datetime) -> dict[str, str]:
+    """RFC 5019 section 6: GET answers may be cached until their nextUpdate."""
+    from cryptography.x509 import ocsp
+
+    resp = ocsp.load_der_ocsp_response(der)
+    if resp.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
+        return {"Cache-Control": "no-store"}
+    headers = {"Last-Modified": _http_date(resp.produced_at_utc)}
+    nxt = resp.next_update_utc
+    if nxt is not None:
+        headers["Expires"] = _http_date(nxt)
+        headers["Cache-Control"] = f"public, max-age={max(0, int((nxt - now).total_seconds()))}, no-transform"
+    return headers
 
 
 def _parse_query(query: str) -> dict[str, list[str]]:

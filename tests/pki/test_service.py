@@ -6,6 +6,7 @@ import base64
 import socket
 import subprocess
 import urllib.parse
+import urllib.request
 
 import pytest
 from cryptography import x509
@@ -159,6 +160,8 @@ def test_ocsp_get(setup):
     url = svc.url + "/ocsp/" + urllib.parse.quote(base64.b64encode(req).decode(), safe="")
     resp = x509_ocsp.load_der_ocsp_response(http_get(url))
     assert resp.certificate_status is x509_ocsp.OCSPCertStatus.GOOD
+    with urllib.request.urlopen(url, timeout=5) as r:  # RFC 5019: cacheable until nextUpdate
+        assert r.headers["Cache-Control"].startswith("public, max-age=")
 
 
 @pytest.mark.parametrize("body", [b"", b"garbage", b"\x30\x03\x02\x01\x00"])
@@ -217,6 +220,8 @@ def test_crl_at_distribution_point_parses_with_openssl(tmp_path, setup):
 def test_crl_default_path_and_404(setup):
     svc, ca = setup
     assert x509.load_der_x509_crl(http_get(svc.url + "/crl")).issuer == ca.certificate.subject
+    with urllib.request.urlopen(svc.url + "/crl", timeout=5) as resp:  # caching headers (until nextUpdate)
+        assert "max-age=" in resp.headers["Cache-Control"] and resp.headers["Expires"].endswith("GMT")
     with pytest.raises(FetchError) as exc:
         http_get(svc.url + "/nothing-here")
     assert exc.value.status == 404
