@@ -604,3 +604,35 @@ def test_enroll_refuses_certificate_not_signed_by_the_ca(service, rsa_key, spare
     service.run(lambda: setattr(service._scep.ca, "issue", forged_issue))  # noqa: SLF001 - a CA gone wrong
     with pytest.raises(ScepError, match="not signed by the CA"):
         enroll(service.url + "/scep", rsa_key, _csr(rsa_key), ca_certs)
+
+
+@pytest.mark.parametrize(
+    "caps,cipher",
+    [(("AES", "SHA-256"), "aes128_cbc"), (("DES3", "SHA-1"), "tripledes_3key"), ((), "tripledes_3key")],
+)
+def test_client_follows_ca_capabilities(service, rsa_key, monkeypatch, caps, cipher):
+    """A CA without POSTPKIOperation gets GET requests; without AES, 3DES; without SHA-256, SHA-1 (RFC 8894
+    3.5.2 defaults), and the enrollment still works."""
+    import pki.scep.client as client_mod
+    import pki.scep.server as server_mod
+    from pki.scep.constants import Capability
+
+    monkeypatch.setattr(server_mod, "CAPABILITIES", tuple(Capability(c) for c in caps))
+    seen = []
+    real = client_mod.http_request
+
+    def spy(method, url, *args, **kwargs):
+        seen.append((method, url.split("operation=")[1].split("&")[0] if "operation=" in url else url))
+        return real(method, url, *args, **kwargs)
+
+    monkeypatch.setattr(client_mod, "http_request", spy)
+    used = []
+    real_envelope = m.envelope
+    monkeypatch.setattr(
+        m, "envelope", lambda *a, **kw: used.append(kw.get("cipher")) or real_envelope(*a, **kw)
+    )
+    ca_certs = get_ca_certs(service.url + "/scep")
+    cert = enroll(service.url + "/scep", rsa_key, _csr(rsa_key), ca_certs)
+    assert cert.public_key().public_numbers() == rsa_key.public_key().public_numbers()
+    assert ("GET", "PKIOperation") in seen and ("POST", "PKIOperation") not in seen
+    assert used[0] == cipher
