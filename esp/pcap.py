@@ -12,6 +12,7 @@ Linux cooked capture v1 and v2.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import enum
 import mmap
 import os
@@ -1096,6 +1097,10 @@ class CaptureWriter:
         self.records = 0
         self._written_ifaces = 0
         self._scratch = Scratch()
+        # File writes run on one background thread (the write releases the GIL), overlapping the next chunk.
+        self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pcap-write")
+        self._pending: list[concurrent.futures.Future | None] = [None, None]
+        self._flip = 0
         self._nanosecond = nanosecond
         self._snaplen = snaplen
         self._pcap_args = (pcap_version, thiszone, sigfigs)
@@ -1114,6 +1119,8 @@ class CaptureWriter:
 
     def _sync_interfaces(self) -> None:
         if self.fmt == "pcapng":
+            if self._written_ifaces < len(self.interfaces):
+                self.flush()  # records already queued go before the new interface's description
             while self._written_ifaces < len(self.interfaces):
                 self._fh.write(self._idb(self.interfaces[self._written_ifaces]))
                 self._written_ifaces += 1
@@ -1207,7 +1214,10 @@ class CaptureWriter:
             hlen, tail = 28, pad + 4
         rec_len = hlen + lengths + tail
         starts = np.cumsum(rec_len) - rec_len
-        out = self._scratch.get("out", int(rec_len.sum()))
+        # Two file images alternate: one is being written by the background writer while the next is built.
+        self._flip ^= 1
+        self._wait(self._flip)
+        out = self._scratch.get(f"out{self._flip}", int(rec_len.sum()))
         scatter_rows(out, starts, hdr.view(np.uint8).reshape(n, hlen))
         pos = starts + hlen
         for (buf, offs, _), ln in zip(parts, plens):
@@ -1222,15 +1232,31 @@ class CaptureWriter:
             for k in (1, 2, 3):
                 m = tail - 4 >= k
                 out[padpos[m] + k - 1] = 0
-        self._fh.write(out.data)
+        self._pending[self._flip] = self._io.submit(self._fh.write, out.data)
         self.records += n
+
+    def _wait(self, k: int) -> None:
+        fut = self._pending[k]
+        if fut is not None:
+            self._pending[k] = None
+            try:
+                fut.result()
+            except OSError as exc:
+                raise CaptureError(f"{self.path}: write failed: {exc.strerror or exc}") from None
+
+    def flush(self) -> None:
+        """Wait for the background writes, in order; a write error (disk full ...) is a CaptureError."""
+        self._wait(self._flip ^ 1)
+        self._wait(self._flip)
 
     def close(self) -> None:
         if self._fh and not self._fh.closed:
             try:
+                self.flush()
                 if not self._header_done and self.interfaces:
                     self._sync_interfaces()
             finally:
+                self._io.shutdown(wait=True)
                 self._fh.close()
 
     def __enter__(self) -> "CaptureWriter":
