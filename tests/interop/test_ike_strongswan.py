@@ -504,3 +504,55 @@ def test_revoked_certificate_refused(lab: ss.Lab, tmp_path: Path) -> None:
             await e.daemon.stop(delete=False)
 
     asyncio.run(main())
+
+
+def test_key_log_decrypts_a_real_capture(lab: ss.Lab, tmp_path: Path) -> None:
+    """tcpdump on espresso's link while it talks to charon; tshark, given only espresso's key log, shows the
+    IKE_AUTH payloads and the ICMP inside the ESP."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.support import require_tool
+
+    tcpdump, tshark = require_tool("tcpdump"), require_tool("tshark")
+
+    async def main() -> None:
+        site_e, site_s = lab.pair(inner_a=E_INNER, inner_b=S_INNER)
+        pki = ss.LabPki("ecdsa")
+        ike, esp = "aes128gcm16-prfsha256-ecp256", "aes128gcm16"
+        ch = _charon(lab, site_s, site_e, pki, ike, esp, "ecdsa")
+        e = Espresso(lab, site_e, site_s, pki, ike, esp, tmp_path / "espresso")
+        pcap = tmp_path / "link.pcap"
+        cap = subprocess.Popen(["ip", "netns", "exec", site_e.netns.name, tcpdump, "-i", site_e.ifname, "-U", "-n", "--immediate-mode",
+                                "-w", str(pcap), "udp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            for _ in range(100):  # tcpdump says "listening on" once it captures
+                if pcap.exists() and pcap.stat().st_size > 0:
+                    break
+                await asyncio.sleep(0.05)
+            await e.start()
+            r = await e.daemon.initiate_and_wait("s", timeout=TIMEOUT)
+            assert r["state"] == "ESTABLISHED"
+            await _wait(lambda: e.installed() and _charon_child(ch), "both CHILD_SAs", ch)
+            assert " 0% packet loss" in await _ping(site_s)
+        finally:
+            await e.daemon.stop(delete=False)
+            await asyncio.sleep(0.3)  # let tcpdump write what it has read
+            cap.send_signal(signal.SIGINT)
+            cap.wait(timeout=10)
+        profile = tmp_path / "wireshark"
+        profile.mkdir()
+        for name in ("esp_sa", "ikev2_decryption_table"):
+            (profile / name).write_bytes((e.workdir / "keys" / name).read_bytes())
+        env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path), HOME=str(tmp_path))
+        shown = subprocess.run([tshark, "-n", "-r", str(pcap), "-o", "esp.enable_encryption_decode:TRUE", "-V"],
+                               capture_output=True, text=True, timeout=60, env=env)
+        capture_log = cap.stderr.read().decode()  # type: ignore[union-attr]
+        assert shown.returncode == 0 and shown.stdout, shown.stderr + capture_log
+        out = shown.stdout
+        assert "Identification - Initiator" in out and "ID_FQDN: e.test" in out and "ID_FQDN: s.test" in out
+        assert out.count("Internet Control Message Protocol") >= 6  # 3 requests + 3 replies, decrypted
+        assert "Echo (ping) reply" in out
+
+    asyncio.run(main())
