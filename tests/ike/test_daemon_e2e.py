@@ -240,3 +240,53 @@ def test_soft_packet_lifetime_from_esp_rekeys(tmp_path: Path) -> None:
             await b.daemon.stop(delete=False)
 
     asyncio.run(main())
+
+
+def _ipv6_udp(src: str, dst: str, payload: bytes) -> bytes:
+    import ipaddress as ip
+    udp = struct.pack("!HHHH", 1000, 2000, 8 + len(payload), 0) + payload
+    return struct.pack("!IHBB16s16s", 0x60000000, len(udp), 17, 64, ip.ip_address(src).packed,
+                       ip.ip_address(dst).packed) + udp
+
+
+def test_ipv6_outer_and_inner(tmp_path: Path) -> None:
+    """IKE and ESP-in-UDP over ::1, IPv6 traffic selectors, packets both ways."""
+    try:
+        probe = open_udp_socket("::1", 0)
+        probe.close()
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+
+    async def main() -> None:
+        pki = LabPki("ecdsa")
+        (tmp_path / "ca.pem").write_bytes(pki.ca.cert_pem())
+        socks = {n: (open_udp_socket("::1", 0), open_udp_socket("::1", 0)) for n in ("a", "b")}
+        ports = {n: (s[0].getsockname()[1], s[1].getsockname()[1]) for n, s in socks.items()}
+        sites = {}
+        for name, peer, local, remote in (("a", "b", "fd00:a::/64", "fd00:b::/64"), ("b", "a", "fd00:b::/64", "fd00:a::/64")):
+            cred = pki.issue(name, f"{name}.test")
+            (tmp_path / f"{name}.pem").write_bytes(cred.cert_pem())
+            (tmp_path / f"{name}.key").write_bytes(cred.key_pem())
+            text = CONF.format(port=ports[name][0], nat_port=ports[name][1], name=name, peer=peer,
+                               remote_port=ports[peer][0], ike="aes256gcm16-prfsha384-ecp384", esp="aes256gcm16",
+                               local=local, remote=remote, key_log="").replace('"127.0.0.1"', '"::1"')
+            site = Site(None)  # type: ignore[arg-type]
+            site.daemon = Daemon(parse_config(text, base=tmp_path), on_packets=lambda pk, ch, s=site: s.got.extend(pk))
+            await site.daemon.start(sockets=list(socks[name]), control=False)
+            sites[name] = site
+        a, b = sites["a"], sites["b"]
+        try:
+            await a.daemon.initiate_and_wait("b", timeout=TIMEOUT)
+            await _until(lambda: _children(b.daemon), "the responder's CHILD_SA")
+            (ca,) = _children(a.daemon)
+            assert ca.event.local_addr[0] == "::1" and ca.sa_out.params.dst == "::1"
+            forth = [_ipv6_udp("fd00:a::1", "fd00:b::9", bytes([i]) * 300) for i in range(20)]
+            back = [_ipv6_udp("fd00:b::9", "fd00:a::1", bytes([i]) * 200) for i in range(20)]
+            assert a.daemon.send(forth) == 20 and b.daemon.send(back) == 20
+            await _until(lambda: len(a.got) == 20 and len(b.got) == 20, "IPv6 traffic both ways")
+            assert b.got == forth and a.got == back
+        finally:
+            await a.daemon.stop(delete=False)
+            await b.daemon.stop(delete=False)
+
+    asyncio.run(main())
