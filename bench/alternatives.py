@@ -152,25 +152,26 @@ class PythonRing:
     def _inbound(self) -> PythonEsp:
         return PythonEsp(self.suite_name, self.km.enc_key, self.km.integ_key, 0x1000, replay_window=1024)
 
-    def encrypt(self, reps: int) -> tuple[int, float]:
+    def encrypt(self, reps: int) -> tuple[int, float, float]:
         enc = self.out.encrypt
         packets = self.packets
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         for _ in range(reps):
             for p in packets:
                 enc(p)
-        return reps * len(packets), time.perf_counter() - t0
+        return reps * len(packets), time.perf_counter() - t0, time.thread_time() - c0
 
-    def decrypt(self, reps: int) -> tuple[int, float]:
-        total = 0.0
+    def decrypt(self, reps: int) -> tuple[int, float, float]:
+        total = cpu = 0.0
         for _ in range(reps):
             dec = self._inbound().decrypt
             esp = self.esp
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             for e in esp:
                 dec(e)
             total += time.perf_counter() - t0
-        return reps * len(self.esp), total
+            cpu += time.thread_time() - c0
+        return reps * len(self.esp), total, cpu
 
 
 def scapy_available(suite_name: str) -> str | None:
@@ -229,14 +230,14 @@ class ScapyRing:
         if self.sa.decrypt(self.esp[0]) != self.packets[0]:
             raise RuntimeError("scapy ESP does not round-trip")
 
-    def _run(self, fn: Callable[[bytes], bytes], items: list[bytes], count: int) -> tuple[int, float]:
-        t0 = time.perf_counter()
+    def _run(self, fn: Callable[[bytes], bytes], items: list[bytes], count: int) -> tuple[int, float, float]:
+        t0, c0 = time.perf_counter(), time.thread_time()
         for i in range(count):
             fn(items[i % len(items)])
-        return count, time.perf_counter() - t0
+        return count, time.perf_counter() - t0, time.thread_time() - c0
 
-    def encrypt(self, count: int) -> tuple[int, float]:
+    def encrypt(self, count: int) -> tuple[int, float, float]:
         return self._run(self.sa.encrypt, self.packets, count)
 
-    def decrypt(self, count: int) -> tuple[int, float]:
+    def decrypt(self, count: int) -> tuple[int, float, float]:
         return self._run(self.sa.decrypt, self.esp, count)

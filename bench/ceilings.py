@@ -140,17 +140,17 @@ class CeilingRing:
         o, ln = int(self.esp.off[i]), int(self.esp.length[i])
         return bytes(self.esp.buf[o:o + ln])
 
-    def encrypt(self, reps: int) -> tuple[int, float]:
-        """``reps`` passes over the ring; (packets, seconds)."""
-        t0 = time.perf_counter()
+    def encrypt(self, reps: int) -> tuple[int, float, float]:
+        """``reps`` passes over the ring; (packets, seconds, thread CPU seconds)."""
+        t0, c0 = time.perf_counter(), time.thread_time()
         n = self.loop.encrypt(self.pt.buf, self.pt.off, self.pt.length, self.out.buf, self.out.off, reps)
-        return n, time.perf_counter() - t0
+        return n, time.perf_counter() - t0, time.thread_time() - c0
 
-    def decrypt(self, reps: int) -> tuple[int, float]:
-        t0 = time.perf_counter()
+    def decrypt(self, reps: int) -> tuple[int, float, float]:
+        t0, c0 = time.perf_counter(), time.thread_time()
         n = self.loop.decrypt(self.esp.buf, self.esp.off, self.esp.length, self.plain_out.buf,
                               self.plain_out.off, reps)
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.thread_time() - c0
         if n != reps * self.workload.count:
             raise RuntimeError(f"ceiling decrypt verified {n} of {reps * self.workload.count}")
-        return n, dt
+        return n, dt, cpu

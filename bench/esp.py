@@ -106,28 +106,30 @@ class CoreRing:
         dec = sa.decrypt_batch
         return sum(dec(e, p) for e, p in zip(self.esp, self.plain))
 
-    def encrypt(self, reps: int) -> tuple[int, float]:
+    def encrypt(self, reps: int) -> tuple[int, float, float]:
+        """``reps`` passes over the ring; (packets, seconds, thread CPU seconds)."""
         enc = self.out_sa.encrypt_batch
         pairs = list(zip(self.src, self.dst))
         n = 0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         for _ in range(reps):
             for s, d in pairs:
                 n += enc(s, d)
-        return n, time.perf_counter() - t0
+        return n, time.perf_counter() - t0, time.thread_time() - c0
 
-    def decrypt(self, reps: int) -> tuple[int, float]:
+    def decrypt(self, reps: int) -> tuple[int, float, float]:
         pairs = list(zip(self.esp, self.plain))
-        n, total = 0, 0.0
+        n, total, cpu = 0, 0.0, 0.0
         for _ in range(reps):
             dec = self.inbound().decrypt_batch  # fresh window: every pass is new traffic, anti-replay on
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             for e, p in pairs:
                 n += dec(e, p)
             total += time.perf_counter() - t0
+            cpu += time.thread_time() - c0
         if n != reps * self.workload.count:
             raise RuntimeError(f"decrypt_batch accepted {n} of {reps * self.workload.count} packets")
-        return n, total
+        return n, total, cpu
 
 
 @dataclass
@@ -143,17 +145,20 @@ class CaseResult:
     ceiling: Series
     python: Series
     scapy: Series
-    ratio_ceiling: Spread | None = None
+    ratio_ceiling: Spread | None = None  # per CPU-second where measured (see bench.harness), else wall clock
     ratio_python: Spread | None = None
     ratio_scapy: Spread | None = None
     decrypt_vs_encrypt: Spread | None = None  # decrypt cases only: core decrypt / core encrypt
+    ratio_ceiling_wall: Spread | None = None
+    decrypt_vs_encrypt_wall: Spread | None = None
 
     def as_dict(self) -> dict:
         d: dict = {"suite": self.suite, "backend": self.backend, "size": self.size, "direction": self.direction,
                    "mean_bytes": self.mean_bytes}
         for k in ("espresso", "ceiling", "python", "scapy"):
             d[k] = getattr(self, k).as_dict()
-        for k in ("ratio_ceiling", "ratio_python", "ratio_scapy", "decrypt_vs_encrypt"):
+        for k in ("ratio_ceiling", "ratio_python", "ratio_scapy", "decrypt_vs_encrypt", "ratio_ceiling_wall",
+                  "decrypt_vs_encrypt_wall"):
             v = getattr(self, k)
             d[k] = v.as_dict() if v else None
         return d
@@ -227,11 +232,15 @@ def run_group(suite_name: str, size: str, backends: list[str], *, quick: bool = 
             res = CaseResult(suite_name, be, size, direction, bpp, core,
                              get(f"ceiling/{be}/{direction}", f"ceiling/{be}"),
                              get(f"python/{direction}", "python"), get(f"scapy/{direction}", "scapy"))
-            res.ratio_ceiling = ratio_spread(res.espresso, res.ceiling)
-            res.ratio_python = ratio_spread(res.espresso, res.python)
-            res.ratio_scapy = ratio_spread(res.espresso, res.scapy)
+            def both(a: Series, b: Series) -> tuple[Spread | None, Spread | None]:
+                wall = ratio_spread(a, b)
+                return ratio_spread(a, b, cpu=True) or wall, wall
+
+            res.ratio_ceiling, res.ratio_ceiling_wall = both(res.espresso, res.ceiling)
+            res.ratio_python = both(res.espresso, res.python)[0]
+            res.ratio_scapy = both(res.espresso, res.scapy)[0]
             if direction == "decrypt":
-                res.decrypt_vs_encrypt = ratio_spread(core, enc)
+                res.decrypt_vs_encrypt, res.decrypt_vs_encrypt_wall = both(core, enc)
             results.append(res)
     return results
 
@@ -249,10 +258,19 @@ class ScalingResult:
     error: str | None = None
 
     def speedup(self, which: str = "espresso") -> list[Spread | None]:
+        """Aggregate wall-clock rate at N threads over one thread's."""
         rows = getattr(self, which)
         if not rows or not rows[0].ok:
             return [None for _ in rows]
         return [ratio_spread(s, rows[0]) for s in rows]
+
+    def efficiency(self, which: str = "espresso") -> list[Spread | None]:
+        """Packets per CPU-second at N threads over one thread's: 1.0 means the threads do not slow each other
+        (no lock, no shared cache line), so N free cores would give N times the rate."""
+        rows = getattr(self, which)
+        if not rows or not rows[0].cpu_ok:
+            return [None for _ in rows]
+        return [ratio_spread(s, rows[0], cpu=True) for s in rows]
 
     def as_dict(self) -> dict:
         if self.error:
@@ -260,20 +278,25 @@ class ScalingResult:
         return {"suite": self.suite, "backend": self.backend, "size": self.size, "threads": self.threads,
                 "espresso": [s.as_dict() for s in self.espresso],
                 "espresso_speedup": [v.as_dict() if v else None for v in self.speedup("espresso")],
+                "espresso_cpu_efficiency": [v.as_dict() if v else None for v in self.efficiency("espresso")],
                 "ceiling": [s.as_dict() for s in self.ceiling],
-                "ceiling_speedup": [v.as_dict() if v else None for v in self.speedup("ceiling")]}
+                "ceiling_speedup": [v.as_dict() if v else None for v in self.speedup("ceiling")],
+                "ceiling_cpu_efficiency": [v.as_dict() if v else None for v in self.efficiency("ceiling")]}
 
 
-def _threaded(workers: list, units: int) -> tuple[int, float]:
-    """Run ``w(units)`` on every worker at once, each in its own thread; (packets, wall seconds)."""
+def _threaded(workers: list, units: int) -> tuple[int, float, float]:
+    """Run ``w(units)`` on every worker at once, each in its own thread; (packets, wall seconds, CPU seconds
+    summed over the threads)."""
     barrier = threading.Barrier(len(workers) + 1)
     counts = [0] * len(workers)
+    cpus = [0.0] * len(workers)
     errors: list[BaseException] = []
 
     def body(i: int) -> None:
         try:
             barrier.wait()
-            counts[i], _ = workers[i](units)
+            r = workers[i](units)
+            counts[i], cpus[i] = r[0], r[2]
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
             errors.append(exc)
 
@@ -287,7 +310,7 @@ def _threaded(workers: list, units: int) -> tuple[int, float]:
     dt = time.perf_counter() - t0
     if errors:
         raise errors[0]
-    return sum(counts), dt
+    return sum(counts), dt, sum(cpus)
 
 
 def run_scaling(suite_name: str, backend: str, size: str, max_threads: int, *, quick: bool = False,

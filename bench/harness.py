@@ -3,8 +3,10 @@
 A single sample on these virtual machines moves by about 30%, and the whole machine slows in phases. So every
 comparison is made inside one group whose samplers run interleaved (A, B, C, A, B, C, ...) for several
 repeats, and ratios are taken repeat by repeat (A_r / B_r, measured seconds apart) before their median is
-reported. A sampler is ``fn(units) -> (packets, seconds)``: it times its own hot section, so set-up that must
-happen per pass (a fresh inbound SA for anti-replay) stays out of the number.
+reported. A sampler is ``fn(units) -> (packets, seconds, cpu_seconds)``: it times its own hot section, so set-up that
+must happen per pass (a fresh inbound SA for anti-replay) stays out of the number. ``cpu_seconds`` is the
+thread CPU time of that section: on a machine shared with other work, packets per CPU-second is what one core
+does, while wall-clock rates also carry the time other processes held the CPU.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Callable, Iterable
 
 __all__ = ["Sampler", "Series", "Spread", "Progress", "calibrate", "interleave", "spread", "ratio_spread"]
 
-Sampler = Callable[[int], "tuple[int, float]"]
+Sampler = Callable[[int], "tuple[int, float, float]"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ class Series:
 
     name: str
     bytes_per_packet: float
-    rates: list[float] = field(default_factory=list)  # packets per second
+    rates: list[float] = field(default_factory=list)  # packets per wall-clock second
+    cpu_rates: list[float] = field(default_factory=list)  # packets per CPU-second of the measuring thread(s)
     error: str | None = None
 
     @property
@@ -66,19 +69,42 @@ class Series:
     def gbps(self) -> Spread:
         return self.pps.scaled(self.bytes_per_packet * 8e-9)
 
+    @property
+    def cpu_ok(self) -> bool:
+        return self.ok and len(self.cpu_rates) == len(self.rates)
+
+    @property
+    def cpu_mpps(self) -> Spread:
+        return spread(self.cpu_rates).scaled(1e-6)
+
+    @property
+    def cpu_gbps(self) -> Spread:
+        return spread(self.cpu_rates).scaled(self.bytes_per_packet * 8e-9)
+
     def as_dict(self) -> dict:
         if not self.ok:
             return {"name": self.name, "unavailable": self.error or "no samples"}
-        return {"name": self.name, "bytes_per_packet": self.bytes_per_packet, "pps": self.rates,
-                "mpps": self.mpps.as_dict(), "gbps": self.gbps.as_dict()}
+        d = {"name": self.name, "bytes_per_packet": self.bytes_per_packet, "pps": self.rates,
+             "mpps": self.mpps.as_dict(), "gbps": self.gbps.as_dict()}
+        if self.cpu_ok:
+            d.update(pps_per_cpu_s=self.cpu_rates, mpps_per_cpu_s=self.cpu_mpps.as_dict(),
+                     gbps_per_cpu_s=self.cpu_gbps.as_dict())
+        return d
 
 
-def ratio_spread(a: Series, b: Series) -> Spread | None:
-    """a/b repeat by repeat (samples taken next to each other), as a spread; None if either is missing."""
+def ratio_spread(a: Series, b: Series, cpu: bool = False) -> Spread | None:
+    """a/b repeat by repeat (samples taken next to each other), as a spread; None if either is missing.
+    ``cpu``: compare packets per CPU-second instead of per wall-clock second."""
     if not (a.ok and b.ok):
         return None
-    n = min(len(a.rates), len(b.rates))
-    return spread(a.rates[i] / b.rates[i] for i in range(n))
+    if cpu:
+        if not (a.cpu_ok and b.cpu_ok):
+            return None
+        x, y = a.cpu_rates, b.cpu_rates
+    else:
+        x, y = a.rates, b.rates
+    n = min(len(x), len(y))
+    return spread(x[i] / y[i] for i in range(n))
 
 
 class Progress:
@@ -119,7 +145,7 @@ def calibrate(sampler: Sampler, target_s: float, max_units: int = 1 << 20) -> in
     """Units for one sample of about ``target_s`` seconds (runs the sampler a few times, also warming it)."""
     units = 1
     while True:
-        _, dt = sampler(units)
+        dt = sampler(units)[1]
         if dt >= target_s / 8 or units >= max_units:
             break
         units = min(max_units, units * 8 if dt < target_s / 64 else units * 2)
@@ -145,8 +171,11 @@ def interleave(samplers: dict[str, tuple[Sampler, float]], repeats: int, target_
             if out[name].error:
                 continue
             try:
-                n, dt = fn(units[name])
+                sample = fn(units[name])
+                n, dt = sample[0], sample[1]
                 out[name].rates.append(n / dt if dt > 0 else float("inf"))
+                if len(sample) > 2 and sample[2] > 0:
+                    out[name].cpu_rates.append(n / sample[2])
             except Exception as exc:  # noqa: BLE001
                 out[name].error = f"{type(exc).__name__}: {exc}"
         if progress:

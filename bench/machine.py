@@ -50,6 +50,7 @@ def describe() -> dict:
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "hypervisor": _hypervisor(flags),
         "os": platform.platform(),
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "python": sys.version.split()[0],
         "python_impl": platform.python_implementation(),
     }
