@@ -742,6 +742,7 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
         children=tuple(children.values()),
         rekey_time=sec.get("rekey_time", parse_duration, 14400.0),
         dpd_delay=sec.get("dpd_delay", parse_duration, 0.0),
+        keepalive_interval=sec.get("keepalive", parse_duration, 20.0),
         send_certreq=sec.get("send_certreq", _bool, True),
         send_cert=sec.get("send_cert", _choice("always", "ifasked", "never"), "always"),
         signature_auth=sec.get("signature_auth", _bool, True),

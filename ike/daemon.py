@@ -36,7 +36,7 @@ from esp.dataplane import Dataplane
 from esp.events import SaExpired
 from esp.spd import Policy, Selector
 
-from .aio import KEEPALIVE_INTERVAL, IkeEndpoint, open_udp_socket
+from .aio import IkeEndpoint, open_udp_socket
 from .config import DaemonConfig
 from .core_config import TrafficSelector
 from .events import (
@@ -224,9 +224,6 @@ class Daemon:
         self.counters: dict[str, int] = {"esp_in_ok": 0, "esp_in_dropped": 0, "esp_out_ok": 0,
                                          "esp_out_dropped": 0, "inner_undelivered": 0}
         self._policy_seq = 0
-        #: NAT keepalives (RFC 3948 4): one 0xFF datagram this often to every peer we are behind a NAT from
-        self.keepalive_interval = KEEPALIVE_INTERVAL
-        self._keepalive: asyncio.TimerHandle | None = None
         self._outcomes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._control: asyncio.AbstractServer | None = None
@@ -253,7 +250,6 @@ class Daemon:
         """
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        self._keepalive = self._loop.call_later(self.keepalive_interval, self._send_keepalives)
         if self.gateway is not None and not self.gateway.running:
             self.gateway.start()  # GatewayError (an OSError-like refusal) with the reason
         if sockets is not None:
@@ -313,9 +309,6 @@ class Daemon:
             if self.control_path is not None:
                 with contextlib.suppress(FileNotFoundError):
                     self.control_path.unlink()
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            self._keepalive = None
         self.endpoint.close()
         if self.gateway is not None:
             self.gateway.stop()
@@ -370,16 +363,6 @@ class Daemon:
         if ike_id not in self.ike_sas:
             raise ControlError(f"no IKE_SA #{ike_id}")
         self.endpoint.call(self.core.terminate, ike_id)
-
-    def _send_keepalives(self) -> None:
-        """Keep NAT mappings open: from the NAT-T socket to each established peer, when we are behind a NAT
-        (or pretend to be, with ``encap``)."""
-        for rec in self.ike_sas.values():
-            e = rec.established
-            if rec.state == "ESTABLISHED" and e is not None and e.nat_local and e.local_addr[1] != 500:
-                self.endpoint.send_keepalive(e.remote_addr, e.local_addr[1])
-        if self._loop is not None and not self.endpoint.closed:
-            self._keepalive = self._loop.call_later(self.keepalive_interval, self._send_keepalives)
 
     # -- events from the core ------------------------------------------------------------------------------
     def _on_event(self, ev: IkeEvent) -> None:

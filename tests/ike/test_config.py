@@ -69,7 +69,7 @@ def test_good_config(pki_dir: Path) -> None:
     assert peer.local_id == Identity("fqdn", "gw.test")  # from the certificate's SAN
     assert peer.remote_id == Identity("fqdn", "branch.test")
     assert peer.ike_proposals == ("aes128gcm16-prfsha256-ecp256", "aes256-sha256-modp2048")
-    assert peer.rekey_time == 4 * 3600
+    assert peer.rekey_time == 4 * 3600 and peer.keepalive_interval == 20.0
     (child,) = peer.children
     assert child.local_ts == (TrafficSelector.from_cidr("10.1.0.0/16"),)
     assert child.remote_ts == (TrafficSelector.from_cidr("10.2.0.0/16"), TrafficSelector("10.3.0.1", "10.3.0.1", 17, 53, 53))
