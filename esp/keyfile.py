@@ -34,7 +34,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -769,7 +769,3 @@ def write_keyfile(path: str | os.PathLike[str], text: str) -> None:
         os.write(fd, text.encode("utf-8"))
     finally:
         os.close(fd)
-
-
-def with_overrides(entry: SaEntry, **kw: Any) -> SaEntry:
-    return replace(entry, **kw)

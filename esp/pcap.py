@@ -17,7 +17,7 @@ import enum
 import mmap
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
 
@@ -145,14 +145,6 @@ def _fields(data: np.ndarray, starts: np.ndarray, count: int, order: str) -> np.
     """``count`` consecutive u32 fields at each start, as an int64 (n, count) array (one gather per chunk)."""
     rows = _windows(data, 4 * count, False)[starts]
     return rows.view(np.dtype(np.uint32).newbyteorder(order)).reshape(-1, count).astype(np.int64)
-
-
-def _u32_rows(win: np.ndarray, j: int, width: int, big: bool) -> np.ndarray:
-    """The unaligned u32 at offsets j..j+width-1 of every row of a 2-D byte view."""
-    b = [win[:, j + k: j + k + width].astype(np.uint32) for k in range(4)]
-    if big:
-        return (b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]
-    return (b[3] << 24) | (b[2] << 16) | (b[1] << 8) | b[0]
 
 
 def _segment_size(avg_record: float | None) -> int:
@@ -988,16 +980,6 @@ def parse_l3(chunk: Chunk, linktypes: Sequence[int]) -> L3Info:
     l4h[past] = 0
     return L3Info(l3, version, ip_len, proto, l4, frag, cut, et_at, unknown, src_hi, src_lo, dst_hi, dst_lo,
                   l4h, frag_first)
-
-
-def read_be16(chunk_data: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    dp = np.concatenate([chunk_data, np.zeros(8, dtype=np.uint8)])
-    return _be16(dp, np.minimum(idx, chunk_data.shape[0]))
-
-
-def read_be32(chunk_data: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    dp = np.concatenate([chunk_data, np.zeros(8, dtype=np.uint8)])
-    return _u32(dp, np.minimum(idx, chunk_data.shape[0]), True)
 
 
 # -- copying variable-length segments ----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence, TextIO
+from typing import Any, Iterable, Sequence, TextIO
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from esp.batch import PacketBatch, Verdict
 from esp.keyfile import SaEntry, Selector
 from esp.pcap import (ETHERTYPE_IPV4, ETHERTYPE_IPV6, CaptureError, CaptureReader, CaptureWriter, Chunk,
                       Interface, L3Info, LinkType, Scratch, _col16, _col32, _uint, gather_segments, parse_l3)
-from esp.sa import Direction, Mode, Sa
+from esp.sa import Direction, Sa
 
 __all__ = ["SaStats", "Summary", "ReplaySummary", "decrypt_file", "encrypt_file", "replay_file",
            "ReplayPattern", "Progress", "ESP_OVERHEAD_MAX", "NAT_T_PORT"]

@@ -1,7 +1,6 @@
 """esp.pcap: reading pcap/pcapng built byte by byte, link-layer parsing, writing, damaged files."""
 from __future__ import annotations
 
-import os
 import struct
 import subprocess
 
@@ -9,9 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from esp.pcap import CaptureError, CaptureReader, CaptureWriter, Interface, LinkType, gather_segments, parse_l3
+from esp.pcap import CaptureError, CaptureReader, CaptureWriter, Interface, gather_segments, parse_l3
 from tests.esp.pcap_builders import (Rec, epb, ether, idb, ipv4, ipv6, opb, other_block, pcap_file, shb, sll,
-                                     sll2, spb, tcp, udp)
+                                     sll2, spb, udp)
 from tests.support import require_tool
 
 

@@ -5,13 +5,12 @@ import struct
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from esp.keyfile import parse_toml
 from esp.pcap import CaptureReader
 from esp.pcaptool import ReplayPattern, decrypt_file, encrypt_file, replay_file
-from tests.esp.pcap_builders import (FRAMERS, Rec, epb, ether, idb, ipv4, ipv6, pcap_file, plaintext_packets, shb,
+from tests.esp.pcap_builders import (FRAMERS, Rec, epb, ether, idb, ipv4, pcap_file, plaintext_packets, shb,
                                      udp)
 
 KEY36 = "0x" + bytes(range(1, 37)).hex()

@@ -32,7 +32,7 @@ def _key(n: int, seed: int) -> str:
 def _sa_text(k: int, suite: str, mode: str, encap: bool, src: str, dst: str, sel: str) -> str:
     from esp.suites import parse_suite
     s = parse_suite(suite)
-    lines = [f"[[sa]]", f"spi = {0x5000 + k}", f'suite = "{suite}"', f'src = "{src}"', f'dst = "{dst}"',
+    lines = ["[[sa]]", f"spi = {0x5000 + k}", f'suite = "{suite}"', f'src = "{src}"', f'dst = "{dst}"',
              f'mode = "{mode}"', f"selector = {{ {sel} }}"]
     if s.enc_keymat_len:
         lines.append(f'enc_key = "{_key(s.enc_keymat_len, k)}"')
