@@ -150,7 +150,28 @@ class IkeConnection:
             if spi:
                 self._unregister(spi)
         if rekeyed:
+            # exchanges still running on the replaced IKE_SA end with it; CHILD_SA work continues on the new one
+            from .tasks.base import ChildTask
+
+            for s, t in self.old:
+                if s is sa:
+                    t.request = None
+                    t.retransmit_at = None
+                    for task in t.active:
+                        if isinstance(task, ChildDelete) and task.initiator:
+                            # the peer may not have seen it: say it again on the new IKE_SA
+                            self.tm.queue.insert(0, [ChildDelete(self.sa, True, task.children, task.reason)])
+                        else:
+                            task.failed("IKE_SA replaced", None)
+                    t.active = []
+                    for group in t.queue:
+                        kids = [x for x in group if isinstance(x, ChildTask)]
+                        if kids:
+                            self.tm.queue.append(kids)
+                    t.queue = []
             self.old = [(s, t) for s, t in self.old if s is not sa]
+            if self.sa.state == IkeSaState.ESTABLISHED:
+                self.tm.initiate(sa.now)
             return
         for child in list(sa.children.values()):
             sa.children.pop(child.spi_in, None)
@@ -304,7 +325,10 @@ class IkeConnection:
         child = sa.children.get(spi_in)
         if child is None:
             raise InvalidStateError(f"no CHILD_SA with inbound SPI {spi_in:08x}")
-        self._queue([ChildDelete(sa, True, [child], "deleted")], now)
+        doomed = [child]
+        if child.rekeyed_by is not None and child.rekeyed_by.spi_in in sa.children:
+            doomed.append(child.rekeyed_by)  # a successor the peer created but has not switched to yet
+        self._queue([ChildDelete(sa, True, doomed, "deleted")], now)
 
     def terminate(self, now: float) -> None:
         sa = self.sa
@@ -351,7 +375,35 @@ class IkeConnection:
         old_tm = self.tm
         self.old.append((old, old_tm))
         self.sa, self.tm = new, self._manager(new)
-        self.tm.queue, old_tm.queue = old_tm.queue, []
+        new_tm = self.tm
+        # queued work moves to the new IKE_SA: CHILD_SA tasks follow by themselves, IKE_SA-level ones are remade
+        from .tasks.base import ChildTask
+        from .tasks.ike_rekey import IkeRekey as _Rekey
+
+        for group in old_tm.queue:
+            moved: list[Task] = []
+            for t in group:
+                if isinstance(t, ChildTask):
+                    moved.append(t)
+                elif isinstance(t, _Del):
+                    moved.append(_Del(new, True))
+                elif isinstance(t, Dpd):
+                    moved.append(Dpd(new, True))
+                elif not isinstance(t, _Rekey):
+                    moved.append(t)
+            if moved:
+                new_tm.queue.append(moved)
+        old_tm.queue = []
+
+        def redirect(tasks: list[Task], now: float) -> None:
+            for t in reversed(tasks):
+                if not isinstance(t, IkeDelete):
+                    new_tm.queue.insert(0, [t])
+                else:
+                    old_tm.queue.insert(0, [t])
+            new_tm.initiate(now)
+
+        old_tm.redirect = redirect
         self._register(new.spi_local, self)
         self._events.append(IkeSaRekeyed(self.ike_id, old.peer.name, old.spi_i, old.spi_r, spi_i, spi_r,
                                          proposal_name(proposal)))

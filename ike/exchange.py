@@ -126,6 +126,7 @@ class TaskManager:
         self.retransmit_at: float | None = None
         self.cached: tuple[int, list[bytes]] | None = None
         self.reassembly: dict[int, Reassembly] = {}
+        self.redirect: Callable[[list[Task], float], None] | None = None
 
     # -- initiator side --------------------------------------------------------------------------------
     def queue_tasks(self, tasks: list[Task], now: float) -> None:
@@ -223,9 +224,17 @@ class TaskManager:
             self._send_request(now)
             return
         self.active = []
-        for t in reversed(sa.scratch.pop("front_tasks", [])):
-            self.queue.insert(0, [t])
+        self._take_front(now)
         self.initiate(now)
+
+    def _take_front(self, now: float) -> None:
+        """Tasks that processing asked to run next (e.g. deleting the SA a rekey replaced)."""
+        front = self.sa.scratch.pop("front_tasks", [])
+        if front and self.redirect is not None:
+            self.redirect(front, now)  # this IKE_SA was rekeyed meanwhile: its successor runs them
+        else:
+            for t in reversed(front):
+                self.queue.insert(0, [t])
 
     def _send_oneshot_info(self, payloads: list, now: float) -> None:  # type: ignore[type-arg]
         sa = self.sa
@@ -276,6 +285,10 @@ class TaskManager:
         self.send(frags)
         if fatal_reason is not None:
             self.terminate(*fatal_reason)
+            return
+        self._take_front(now)
+        if sa.state == IkeSaState.ESTABLISHED:
+            self.initiate(now)
 
     # -- input -------------------------------------------------------------------------------------------
     def receive(self, data: bytes, header: Header, now: float) -> None:

@@ -55,6 +55,7 @@ class ChildSa:
     rekey_ours: "tuple[ChildSa, bytes, bytes] | None" = field(default=None, repr=False)
     rekey_theirs: "tuple[ChildSa, bytes, bytes] | None" = field(default=None, repr=False)
     successor: "ChildSa | None" = field(default=None, repr=False)
+    rekeyed_by: "ChildSa | None" = field(default=None, repr=False)  # the peer's (non-colliding) rekey
 
 
 @dataclass
@@ -107,6 +108,17 @@ class IkeSa:
             spi = int.from_bytes(self.random(4), "big")
             if spi >= 0x100 and spi not in self.children:
                 return spi
+
+    def live(self) -> "IkeSa":
+        """The IKE_SA that holds the CHILD_SAs now: this one, or its successor after IKE rekeys."""
+        sa = self
+        for _ in range(16):  # bounded: a chain of rekeys never gets long before old SAs are deleted
+            nxt = sa.scratch.get("rekeyed_into")
+            if nxt is None:
+                break
+            nxt.now = max(nxt.now, sa.now)
+            sa = nxt
+        return sa
 
     def child_by_out(self, spi_out: int) -> ChildSa | None:
         for c in self.children.values():

@@ -12,7 +12,7 @@ from ..constants import ExchangeType
 from ..message import Message
 from ..sa import IkeSa
 
-__all__ = ["Task", "TaskStatus", "RetryExchange"]
+__all__ = ["Task", "ChildTask", "TaskStatus", "RetryExchange"]
 
 
 class TaskStatus(enum.Enum):
@@ -29,8 +29,12 @@ class Task:
     EXCHANGE: ClassVar[int] = ExchangeType.INFORMATIONAL
 
     def __init__(self, sa: IkeSa, initiator: bool) -> None:
-        self.sa = sa
+        self._sa = sa  # the IKE_SA the exchange runs on
         self.initiator = initiator  # initiator of the exchange (not necessarily of the IKE_SA)
+
+    @property
+    def sa(self) -> IkeSa:
+        return self._sa
 
     def build(self, msg: Message) -> TaskStatus:
         return TaskStatus.SUCCESS
@@ -43,3 +47,12 @@ class Task:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({'i' if self.initiator else 'r'})"
+
+
+class ChildTask(Task):
+    """A task about CHILD_SAs: ``sa`` is the IKE_SA that holds them *now* (an IKE rekey may complete while the
+    exchange runs on the old IKE_SA); ``_sa`` is the one the exchange runs on (its SK_d derives the keys)."""
+
+    @property
+    def sa(self) -> IkeSa:
+        return self._sa.live()

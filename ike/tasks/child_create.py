@@ -16,7 +16,7 @@ from ..message import Message
 from ..payloads import KePayload, NoncePayload, NotifyPayload, Proposal, SaPayload, TsPayload
 from ..proposal import check_selected, esp_suite_name, parse_proposals, select_proposal, strip_dh
 from ..sa import ChildSa
-from .base import Task, TaskStatus
+from .base import ChildTask, TaskStatus
 from .ike_init import NONCE_LEN
 
 __all__ = ["ChildCreate", "narrow", "ts_subset"]
@@ -53,7 +53,7 @@ def ts_subset(inner: tuple[TrafficSelector, ...], outer: tuple[TrafficSelector, 
     return all(any(_intersect(i, o) == i for o in outer) for i in inner)
 
 
-class ChildCreate(Task):
+class ChildCreate(ChildTask):
     """``config`` is set for the initiator; the responder finds it from the traffic selectors."""
 
     EXCHANGE = ExchangeType.CREATE_CHILD_SA
@@ -168,7 +168,7 @@ class ChildCreate(Task):
                     shared = self.dh.shared(ke.data)
                 ni = self.nonce
             else:
-                ni, nr = sa.nonce_i, sa.nonce_r
+                ni, nr = self._sa.nonce_i, self._sa.nonce_r
         except ProtocolError as exc:
             self._fail(exc.reason, None)
             return TaskStatus.SUCCESS
@@ -210,7 +210,7 @@ class ChildCreate(Task):
             raise TsUnacceptableError("traffic selectors do not overlap ours")
         shared = None
         if self._in_auth(msg):
-            ni, nr = sa.nonce_i, sa.nonce_r
+            ni, nr = self._sa.nonce_i, self._sa.nonce_r
         else:
             nonce = msg.get(NoncePayload)
             if nonce is None:
@@ -251,9 +251,10 @@ class ChildCreate(Task):
                  tsi: tuple[TrafficSelector, ...], tsr: tuple[TrafficSelector, ...], transport: bool) -> None:
         """``tsi``/``tsr`` are the initiator's/responder's selectors of the exchange."""
         sa, cfg = self.sa, self.config
-        assert cfg is not None and sa.keys is not None
+        xkeys = self._sa.keys  # the IKE_SA this exchange ran on
+        assert cfg is not None and xkeys is not None
         spi_out = int.from_bytes(chosen.spi, "big")
-        keys = derive_child_keys(sa.keys.prf, sa.keys.sk_d, chosen, ni, nr, shared)
+        keys = derive_child_keys(xkeys.prf, xkeys.sk_d, chosen, ni, nr, shared)
         esn_t = chosen.first(TransformType.ESN)
         esn = esn_t is not None and esn_t.id == EsnId.ESN
         local_ts, remote_ts = (tsi, tsr) if self.initiator else (tsr, tsi)

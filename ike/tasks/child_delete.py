@@ -6,7 +6,7 @@ from ..events import ChildSaDeleted, ChildSaRekeyed
 from ..message import Message
 from ..payloads import DeletePayload
 from ..sa import ChildSa, ChildSaState
-from .base import Task, TaskStatus
+from .base import ChildTask, TaskStatus
 
 __all__ = ["ChildDelete", "remove_child"]
 
@@ -17,7 +17,7 @@ def remove_child(sa, child: ChildSa, reason: str) -> None:  # type: ignore[no-un
         sa.emit(ChildSaDeleted(sa.ike_id, sa.peer.name, child.name, child.spi_in, child.spi_out, reason))
 
 
-class ChildDelete(Task):
+class ChildDelete(ChildTask):
     EXCHANGE = ExchangeType.INFORMATIONAL
 
     def __init__(self, sa, initiator, children: list[ChildSa] | None = None, reason: str = "deleted") -> None:  # type: ignore[no-untyped-def]
@@ -51,7 +51,7 @@ class ChildDelete(Task):
                 child = sa.child_by_out(int.from_bytes(spi, "big"))
                 if child is None:
                     continue
-                successor = sa.scratch.pop("rekeyed_by_" + str(child.spi_in), None)
+                successor, child.rekeyed_by = child.rekeyed_by, None
                 if child.successor is not None:
                     reason = "rekeyed"  # outbound already moved (collision resolution)
                 elif successor is not None and successor.spi_in in sa.children:

@@ -75,12 +75,20 @@ class ChildRekey(ChildCreate):
                         resolve_collision(sa, old)
                 else:
                     old.state = ChildSaState.REKEYED
-                    sa.scratch["rekeyed_by_" + str(old.spi_in)] = new
+                    prev = old.rekeyed_by
+                    if prev is not None and prev.spi_in in sa.children:
+                        # the peer rekeys the same SA again: it never got our answer to the first rekey,
+                        # so the SA we created then is unused on its side; remove it
+                        _front(sa, ChildDelete(sa, True, [prev], "rekey abandoned by peer"))
+                    old.rekeyed_by = new
             return TaskStatus.NEED_MORE
         status = super().process(msg)
         old = self.replaces
         assert old is not None
-        if self.child is not None:
+        if self.child is not None and old.spi_in not in sa.children:
+            # the peer deleted the SA while we rekeyed it: the replacement is moot
+            _front(sa, ChildDelete(sa, True, [self.child], "rekeyed SA deleted meanwhile"))
+        elif self.child is not None:
             new = self.child
             old.rekey_ours = (new, new.nonce_i, new.nonce_r)
             if old.rekey_theirs is not None:
