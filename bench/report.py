@@ -362,7 +362,7 @@ def plot(run: RunResult, directory: str | Path) -> list[Path]:
                 for label, s in ((f"espresso/{c.backend}", c.espresso), (f"raw loop/{c.backend}", c.ceiling),
                                  ("Python (cryptography)", c.python)):
                     if s.ok and c.size in fixed:
-                        lines.setdefault(label, {})[int(c.size)] = s.gbps
+                        lines.setdefault(label, {})[int(c.size)] = s.cpu_gbps if s.cpu_ok else s.gbps
             for label, pts in sorted(lines.items()):
                 xs = sorted(pts)
                 style = "--" if label.startswith("raw") else (":" if label.startswith("Python") else "-")
@@ -375,7 +375,7 @@ def plot(run: RunResult, directory: str | Path) -> list[Path]:
             ax.set_xticks([int(s) for s in fixed])
             ax.set_xticklabels(fixed)
             ax.grid(True, alpha=0.3)
-        axes[0].set_ylabel("Gbit/s (inner packets), one core")
+        axes[0].set_ylabel("Gbit/s of inner packets per CPU-second")
         axes[1].legend(fontsize=8)
         fig.suptitle(f"{suite}: throughput against packet size ({run.machine.get('cpu_model')})", fontsize=10)
         fig.tight_layout()
@@ -385,20 +385,29 @@ def plot(run: RunResult, directory: str | Path) -> list[Path]:
         written.append(p)
     ok_scaling = [s for s in run.scaling if not s.error]
     if ok_scaling:
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        n = max(max(s.threads) for s in ok_scaling)
         for s in ok_scaling:
             for which, style in (("espresso", "-"), ("ceiling", "--")):
-                rows = getattr(s, which)
-                if all(r.ok for r in rows):
-                    label = f"{'espresso' if which == 'espresso' else 'raw loop'} {s.suite} {s.backend} {s.size} B"
-                    ax.plot(s.threads, [r.mpps.median for r in rows], style, marker="o", label=label)
-        n = max(max(s.threads) for s in ok_scaling)
-        ax.set_xticks(range(1, n + 1))
-        ax.set_xlabel("threads (one SA each)")
-        ax.set_ylabel("aggregate Mpps")
-        ax.set_title(f"Scaling with threads ({run.machine.get('cores')} vCPUs)", fontsize=10)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+                label = f"{'espresso' if which == 'espresso' else 'raw loop'} {s.backend} {s.size} B"
+                sp, ef = s.speedup(which), s.efficiency(which)
+                if all(sp):
+                    axes[0].plot(s.threads, [v.median for v in sp], style, marker="o", label=label)
+                if all(ef):
+                    axes[1].plot(s.threads, [v.median * t for v, t in zip(ef, s.threads)], style, marker="o",
+                                 label=label)
+        for ax, title in ((axes[0], "wall-clock speed-up (depends on free cores)"),
+                          (axes[1], "threads x CPU efficiency (speed-up with free cores)")):
+            ax.plot(range(1, n + 1), range(1, n + 1), ":", color="grey", label="ideal")
+            ax.set_xticks(range(1, n + 1))
+            ax.set_xlabel("threads (one SA each), aes128gcm16 encrypt")
+            ax.set_title(title, fontsize=9)
+            ax.grid(True, alpha=0.3)
+        axes[0].set_ylabel("x one thread")
+        axes[1].legend(fontsize=7)
+        fig.suptitle(f"Scaling with threads ({run.machine.get('cores')} vCPUs, load average at start "
+                     f"{(run.machine.get('loadavg') or ['?'])[0]:.1f})" if run.machine.get('loadavg') else
+                     "Scaling with threads", fontsize=10)
         fig.tight_layout()
         p = d / "scaling.png"
         fig.savefig(p, dpi=110)
