@@ -453,9 +453,11 @@ def recv(int fd, uint8_t[::1] buf, const int64_t[::1] offsets, int32_t[::1] leng
     if synth not in (0, 17, 50):
         raise ValueError("synth must be SYNTH_NONE, SYNTH_UDP or SYNTH_ESP")
     if synth:
-        addr = ipaddress.ip_address(local_addr)
-        la = addr.packed + b"\0" * (16 - len(addr.packed))
-        fam = addr.version
+        packed = local_addr if isinstance(local_addr, bytes) else ipaddress.ip_address(local_addr).packed
+        if len(packed) not in (4, 16):
+            raise ValueError("local_addr must be an IPv4/IPv6 address (text, or 4/16 packed bytes)")
+        la = packed + b"\0" * (16 - len(packed))
+        fam = 4 if len(packed) == 4 else 6
     lap = la
     with nogil:
         r = espio_recv(fd, &buf[0] if buf.shape[0] else NULL, buf.shape[0], &offsets[0], &lengths[0],

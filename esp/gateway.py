@@ -305,14 +305,14 @@ class Gateway:
             fds.append(self.raw.fileno())
         # IPv4 raw sockets deliver the IP header; IPv6 ones only the payload (synthesize the header).
         raw_synth = _io.SYNTH_NONE if self.family == 4 else _io.SYNTH_ESP
+        local = ipaddress.ip_address(c.local_addr).packed
         f = src.full
         while not self._stop.is_set():
             ready = _io.poll(fds, c.poll_ms)
             for bit, fd, synth in ((1, udp_fd, _io.SYNTH_UDP), (4, fds[-1], raw_synth)):
                 if not ready & bit:
                     continue
-                n = _io.recv(fd, f.buf, f.offsets, f.lengths, f.capacity, c.batch_size, synth,
-                             c.local_addr, port)
+                n = _io.recv(fd, f.buf, f.offsets, f.lengths, f.capacity, c.batch_size, synth, local, port)
                 if n <= 0:
                     continue
                 st.esp_received += n
