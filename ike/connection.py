@@ -165,7 +165,7 @@ class IkeConnection:
                             task.failed("IKE_SA replaced", None)
                     t.active = []
                     for group in t.queue:
-                        kids = [x for x in group if isinstance(x, ChildTask)]
+                        kids: list[Task] = [x for x in group if isinstance(x, ChildTask)]
                         if kids:
                             self.tm.queue.append(kids)
                     t.queue = []
