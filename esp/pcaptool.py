@@ -282,7 +282,7 @@ class _Output:
         self.sync()
         keep = np.flatnonzero(body != _BODY_NONE)
         if self.writer is None or keep.size == 0:
-            return int(keep.size)
+            return 0
         b = body[keep]
         base = c.offsets[keep]
         l3 = np.maximum(L.l3[keep], 0)
@@ -411,8 +411,15 @@ def _open_writer(out_path: str | os.PathLike[str] | None, reader: CaptureReader,
     return CaptureWriter(out_path, ifaces, fmt=fmt, **kw)
 
 
+def _entries(sas: "Sequence[SaEntry] | str | os.PathLike[str]") -> Sequence[SaEntry]:
+    if isinstance(sas, (str, os.PathLike)):
+        from esp.keyfile import load_keyfile
+        return load_keyfile(sas).entries
+    return sas
+
+
 def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None,
-                 sas: Sequence[SaEntry], *, fmt: str | None = None, frames: bool = False,
+                 sas: "Sequence[SaEntry] | str | os.PathLike[str]", *, fmt: str | None = None, frames: bool = False,
                  drop_other: bool = False, drop_unknown: bool = False, mode: str | None = None,
                  replay_window: int | None = None, backend: str | None = None,
                  chunk_records: int = 65536, progress: bool | None = None,
@@ -422,7 +429,9 @@ def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
     ``frames`` keeps each record's link-layer header in front of the decrypted packet; otherwise the output is
     raw IP (link type 101). ``mode`` applies to SAs whose key file does not state one (Wireshark's table): None
     tries tunnel and then transport for each packet. ``out_path`` None decrypts and counts without writing.
+    ``sas`` may be a key file's path.
     """
+    sas = _entries(sas)
     t0 = time.monotonic()
     # UDP-encapsulated ESP is looked for on 4500 and on whatever ports the SAs name.
     encap_ports = tuple(sorted(set(encap_ports) | {p for e in sas if e.encap for p in e.encap}))
@@ -532,15 +541,16 @@ def _decrypt_chunk(c: Chunk, reader: CaptureReader, plan: list, out: _Output, su
 # -- encrypt -----------------------------------------------------------------------------------------------------------
 
 def encrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None,
-                 sas: Sequence[SaEntry], *, fmt: str | None = None, frames: bool = True,
+                 sas: "Sequence[SaEntry] | str | os.PathLike[str]", *, fmt: str | None = None, frames: bool = True,
                  drop_other: bool = False, mode: str | None = None, first_seq: int | None = None,
                  backend: str | None = None, chunk_records: int = 65536,
                  progress: bool | None = None) -> Summary:
     """Encapsulate the IP packets of a capture that an SA's selectors take (first match wins).
 
     Sequence numbers start at ``first_seq`` (default: each SA's ``initial_seq + 1``). ``frames`` (default)
-    keeps each record's link-layer header; otherwise the output is raw IP.
+    keeps each record's link-layer header; otherwise the output is raw IP. ``sas`` may be a key file's path.
     """
+    sas = _entries(sas)
     t0 = time.monotonic()
     summary = Summary("encrypt")
     reader = CaptureReader(in_path, chunk_records=chunk_records, reuse_buffers=True)
