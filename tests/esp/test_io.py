@@ -236,3 +236,11 @@ def test_tun_errors_are_clear():
                             code], capture_output=True, text=True, timeout=30)
         assert "ERR" in r.stdout and ("CAP_NET_ADMIN" in r.stdout or "permission" in r.stdout), r.stdout + r.stderr
     assert issubclass(TunError, Exception)
+
+
+def test_missing_tun_device_is_a_clear_error(monkeypatch, tmp_path):
+    from esp import tun
+
+    monkeypatch.setattr(tun, "TUN_PATH", str(tmp_path / "no-such-tun"))
+    with pytest.raises(tun.TunError, match="modprobe tun"):
+        tun.open_tun("espnodev%d")
