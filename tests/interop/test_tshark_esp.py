@@ -138,3 +138,49 @@ def test_tshark_flags_a_bad_icv_that_espresso_rejects(tmp_path):
     assert [r[2] for r in rows] == ["1", "0"]
     s = decrypt_file(tmp_path / "t.pcap", None, sas)
     assert s.per_sa[0].packets == 1 and s.per_sa[0].count("AUTH_FAILED") == 1 and s.exit_code == 1
+
+
+@pytest.mark.parametrize("fmt", ["pcapng", "nsecpcap"])
+def test_captures_rewritten_by_wireshark_tools_decrypt_the_same(tmp_path, fmt):
+    """editcap (Wireshark's own writer: SHB/IDB options, if_tsresol, nanosecond pcap) and mergecap (several
+    interfaces in one pcapng) produce files our reader takes, with the same packets and timestamps."""
+    editcap = require_tool("editcap")
+    mergecap = require_tool("mergecap")
+    sas = parse_toml(_sa_text(2, "aes128gcm16", "tunnel", False, "192.0.2.1", "192.0.2.2", 'proto = "udp"')).entries
+    pk = _udp_packets(20)
+    plain = tmp_path / "p.pcap"
+    plain.write_bytes(pcap_file([Rec(ether(p), 1_700_000_000 + i, i * 1000 + 7) for i, p in enumerate(pk)]))
+    encrypt_file(plain, tmp_path / "e.pcap", sas)
+    out = tmp_path / f"e.{fmt}"
+    res = subprocess.run([editcap, "-F", fmt, str(tmp_path / "e.pcap"), str(out)], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    s = decrypt_file(out, tmp_path / "d.pcapng", sas, fmt="pcapng")
+    assert s.per_sa[0].packets == 20 and s.exit_code == 0, s.format()
+    ref = decrypt_file(tmp_path / "e.pcap", tmp_path / "d2.pcapng", sas, fmt="pcapng")
+    assert ref.per_sa[0].packets == 20
+
+    def with_ts(path):
+        rows = []
+        with CaptureReader(path) as r:
+            for c in r.chunks():
+                for i in range(c.count):
+                    o = int(c.offsets[i])
+                    res_ = r.interfaces[int(c.iface[i])].tsresol
+                    rows.append((c.data[o:o + int(c.caplen[i])].tobytes(), int(c.ts[i]) * (10**9 // res_)))
+        return rows
+
+    assert with_ts(tmp_path / "d.pcapng") == with_ts(tmp_path / "d2.pcapng")
+    # two captures merged into one pcapng with two interfaces (Ethernet and raw IP)
+    raw = tmp_path / "raw.pcap"
+    raw.write_bytes(pcap_file([Rec(p, 1_700_000_000 + i, 500) for i, p in enumerate(pk)], linktype=101))
+    encrypt_file(raw, tmp_path / "eraw.pcap", sas)
+    merged = tmp_path / "m.pcapng"
+    res = subprocess.run([mergecap, "-F", "pcapng", "-w", str(merged), str(tmp_path / "e.pcap"),
+                          str(tmp_path / "eraw.pcap")], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    with CaptureReader(merged) as r:
+        list(r.chunks())
+        assert sorted(i.linktype for i in r.interfaces) == [1, 101]
+    s = decrypt_file(merged, tmp_path / "dm.pcapng", sas, replay_window=0)
+    assert s.per_sa[0].packets == 40 and s.exit_code == 0, s.format()
