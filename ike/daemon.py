@@ -63,6 +63,8 @@ MAX_CONTROL_LINE = 64 * 1024
 MAX_CONTROL_CLIENTS = 16
 #: Default anti-replay window of inbound SAs (strongSwan's default is 32; Linux's 32 too; 64 costs nothing).
 REPLAY_WINDOW = 64
+#: Deleted IKE_SAs remembered (for a late ``initiate`` reply or ``terminate`` status); older ones are dropped.
+MAX_DELETED_RECORDS = 256
 #: How long ``stop()`` waits for the peers to answer our DELETEs.
 STOP_GRACE = 2.0
 
@@ -404,6 +406,9 @@ class Daemon:
             self._uninstall(child)
         log.info("IKE_SA %s[%d] terminated: %s", ev.peer, ev.ike_id, ev.reason)
         self._fail(rec, f"IKE_SA terminated: {ev.reason}")
+        gone = [i for i, r in self.ike_sas.items() if r.state == "DELETED" and i != ev.ike_id]
+        for i in gone[: max(0, len(gone) - MAX_DELETED_RECORDS)]:  # bounded history, oldest first
+            del self.ike_sas[i]
 
     def _auth_failed(self, ev: AuthenticationFailed) -> None:
         rec = self._record(ev)
@@ -623,13 +628,14 @@ class Daemon:
         now = self.now()
         try:  # the core's own view (state names, rekey deadlines) where it has one
             infos = {i.ike_id: i for i in self.core.list_sas()}
+            authoritative = True
         except Exception:
-            infos = {}
+            infos, authoritative = {}, False
         kids = {k.spi_in: k for i in infos.values() for k in getattr(i, "children", ())}
         out = []
         for rec in sorted(self.ike_sas.values(), key=lambda r: r.ike_id):
-            if rec.state == "DELETED":
-                continue
+            if rec.state == "DELETED" or (authoritative and rec.ike_id not in infos):
+                continue  # gone (or a failed attempt the core has forgotten)
             e = rec.established
             item: dict[str, Any] = {
                 "name": rec.peer, "ike_id": rec.ike_id, "state": rec.state, "version": 2,
