@@ -275,7 +275,7 @@ class _Output:
             self.interfaces.extend(_out_interfaces([src[len(self.interfaces)]], self.frames))
 
     def emit(self, c: Chunk, L: L3Info, body: np.ndarray, new_buf: np.ndarray | None, new_off: np.ndarray,
-             new_len: np.ndarray, linktypes: np.ndarray) -> int:
+             new_len: np.ndarray) -> int:
         """Write the records whose body is not NONE; returns how many. ``body`` selects per record: ORIG keeps
         the packet (frame mode: the whole record; raw mode: its IP packet), NEW puts new_buf's slot in place
         of the IP packet."""
@@ -466,7 +466,6 @@ def _decrypt_chunk(c: Chunk, reader: CaptureReader, plan: list, out: _Output, su
     n = c.count
     summary.records += n
     lts = np.asarray([i.linktype for i in reader.interfaces], dtype=np.int64)
-    linktypes = lts[c.iface]
     L = parse_l3(c, lts)
     E = _classify_esp(c, L, encap_ports)
     assigned = np.zeros(n, dtype=bool)
@@ -535,7 +534,7 @@ def _decrypt_chunk(c: Chunk, reader: CaptureReader, plan: list, out: _Output, su
     if not out.frames:
         body[(L.version == 0) & (body == _BODY_ORIG)] = _BODY_NONE  # raw IP output cannot hold non-IP records
     summary.passed_through += int((body == _BODY_ORIG).sum())
-    summary.written += out.emit(c, L, body, dst.buf, dst.offsets, dst.lengths, linktypes)
+    summary.written += out.emit(c, L, body, dst.buf, dst.offsets, dst.lengths)
 
 
 # -- encrypt -----------------------------------------------------------------------------------------------------------
@@ -610,7 +609,6 @@ def _encrypt_chunk(c: Chunk, reader: CaptureReader, plan: list, out: _Output, su
     n = c.count
     summary.records += n
     lts = np.asarray([i.linktype for i in reader.interfaces], dtype=np.int64)
-    linktypes = lts[c.iface]
     L = parse_l3(c, lts)
     assigned, groups = _encrypt_groups(c, L, plan)
     cap_each = np.where(assigned, L.ip_len + ESP_OVERHEAD_MAX, 0).astype(np.int64)
@@ -638,7 +636,7 @@ def _encrypt_chunk(c: Chunk, reader: CaptureReader, plan: list, out: _Output, su
     if not out.frames:
         body[(L.version == 0) & (body == _BODY_ORIG)] = _BODY_NONE
     summary.passed_through += int((body == _BODY_ORIG).sum())
-    summary.written += out.emit(c, L, body, dst.buf, dst.offsets, dst.lengths, linktypes)
+    summary.written += out.emit(c, L, body, dst.buf, dst.offsets, dst.lengths)
 
 
 # -- replay -------------------------------------------------------------------------------------------------------------
