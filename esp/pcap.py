@@ -998,6 +998,19 @@ _ROW_MIN_COUNT = 32
 _ROW_MAX_GROUPS = 16
 
 
+def _native(name: str):  # type: ignore[no-untyped-def]
+    """A compiled kernel from esp._io when that build provides it (a memcpy loop beats numpy indexing)."""
+    try:
+        from esp import _io
+    except ImportError:
+        return None
+    return getattr(_io, name, None)
+
+
+#: esp._io.gather_segments(src, src_off, lengths, dst, dst_off) if built: same contract as the numpy version.
+_NATIVE_GATHER = _native("gather_segments")
+
+
 def gather_segments(src: np.ndarray, src_off: np.ndarray, lengths: np.ndarray,
                     out: np.ndarray, out_off: np.ndarray, scratch: "Scratch | None" = None) -> None:
     """out[out_off[i] : +lengths[i]] = src[src_off[i] : +lengths[i]] for every i, without a Python loop.
@@ -1010,6 +1023,10 @@ def gather_segments(src: np.ndarray, src_off: np.ndarray, lengths: np.ndarray,
     src_off = np.asarray(src_off, dtype=np.int64)
     out_off = np.asarray(out_off, dtype=np.int64)
     if lengths.shape[0] == 0:
+        return
+    if _NATIVE_GATHER is not None:
+        _NATIVE_GATHER(np.ascontiguousarray(src), np.ascontiguousarray(src_off), np.ascontiguousarray(lengths),
+                       out, np.ascontiguousarray(out_off))
         return
     # Lengths that many segments share (link-layer headers, fixed-size test traffic) move as whole rows.
     vals, counts = np.unique(lengths, return_counts=True)
