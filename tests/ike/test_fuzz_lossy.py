@@ -28,9 +28,28 @@ def _deliver(src, dst, now, src_addr, dst_addr, mode):  # type: ignore[no-untype
 @given(OPS, st.integers(0, 255), st.booleans())
 def test_random_operations_on_lossy_network(ops, seed, lossy_start):
     """``lossy_start``: the network misbehaves from the first IKE_SA_INIT on, not only once established."""
+    scenario(ops, seed, lossy_start, psk_peers())
+
+
+_CERT_PEERS: list = []
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(OPS, st.integers(0, 255))
+def test_lossy_network_with_certificates_and_fragments(ops, seed):
+    """RSA certificates and IKE fragmentation (576-byte messages): lost, duplicated and reordered fragments."""
+    from .helpers import cert_peers
+
+    if not _CERT_PEERS:
+        i, r, _ = cert_peers("rsa", "rsa", fragment_size=576)
+        _CERT_PEERS.append((i, r))
+    scenario(ops, seed, True, _CERT_PEERS[0])
+
+
+def scenario(ops, seed, lossy_start, peers):  # type: ignore[no-untyped-def]
     from .helpers import child
 
-    i, r = psk_peers()
+    i, r = peers
     a, b = pair(i, r, retransmit_tries=4)
     a.config.random.seed += bytes([seed])
     b.config.random.seed += bytes([seed])
@@ -85,3 +104,4 @@ def test_random_operations_on_lossy_network(ops, seed, lossy_start):
         pairs_a = {(c.spi_in, c.spi_out) for c in live_a[0].children}
         pairs_b = {(c.spi_out, c.spi_in) for c in live_b[0].children}
         assert pairs_a == pairs_b
+
