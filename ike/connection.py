@@ -203,7 +203,14 @@ class IkeConnection:
 
     # -- drivers -------------------------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: tuple[str, int], local_addr: tuple[str, int], now: float,
-                         header: Header) -> None:
+                         header: Header | None = None) -> None:
+        """One datagram for this IKE_SA (the dispatcher passes the header it already parsed). Bad input is
+        dropped or answered as the protocol says; only :class:`ike.errors.ParseError` for an unparsable header
+        can escape (the dispatcher counts it)."""
+        if header is None:
+            from .message import pull_header
+
+            header = pull_header(data)
         sa, tm = self._route(header)
         if sa is None or tm is None:
             return
