@@ -42,6 +42,7 @@ Example (the keys are swanctl's where they exist)::
     ca_profiles = ["corp"]              # who may sign the peer's certificate (default: all profiles)
     ike_proposals = ["aes128gcm16-prfsha256-ecp256", "aes256-sha256-modp2048"]
     rekey_time = "4h"
+    start_action = "start"              # initiate at start, and again whenever the IKE_SA is lost
 
     [peers.branch.children.lan]
     local_ts = ["10.1.0.0/16"]
@@ -147,6 +148,9 @@ class DaemonConfig:
     certificates: Mapping[str, CertificateConfig] = field(default_factory=dict)
     source: Path | None = None
     gateway: GatewaySettings | None = None
+    #: peers with ``start_action = "start"``: initiated when the daemon starts and again (with backoff)
+    #: whenever their IKE_SA goes away other than by an operator's terminate
+    auto_start: tuple[str, ...] = ()
 
     def bind_ports(self) -> tuple[int, ...]:
         """Every local UDP port some peer uses (sorted): the daemon opens one socket per address and port."""
@@ -650,6 +654,9 @@ def _psk(v: Any) -> bytes:
 
 
 def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerConfig, str | None]:
+    start = sec.get("start_action", _choice("none", "start"), "none")
+    if start == "start" and sec.raw("remote_addr") in (None, "%any", "%any4", "%any6"):
+        raise sec.error("start_action", "\"start\" needs a remote_addr to initiate to")
     port = daemon.get("port", _port, 500)
     nat_port = daemon.get("nat_port", _port, 4500)
     local_addr = sec.get("local_addr", _address)
@@ -806,10 +813,13 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
         raise ConfigError("peers: at least one [peers.NAME] table is required")
     peers: list[PeerConfig] = []
     local_addrs: dict[str, str | None] = {}
+    auto_start: list[str] = []
     for n, s in peers_secs.items():
         peer, laddr = _peer(n, s, daemon, pki)
         peers.append(peer)
         local_addrs[n] = laddr
+        if s.data.get("start_action") == "start":
+            auto_start.append(n)
 
     addresses = daemon.strings("addresses")
     for i, a in enumerate(addresses):
@@ -850,6 +860,7 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
         control_socket=(base_dir / control) if not Path(control).is_absolute() else Path(control),
         key_log=None if not key_log else ((base_dir / key_log) if not Path(key_log).is_absolute() else Path(key_log)),
         local_addrs=local_addrs, ca_profiles=pki.profiles, certificates=pki.certs, source=source, gateway=gateway,
+        auto_start=tuple(auto_start),
     )
 
 

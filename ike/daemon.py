@@ -63,6 +63,9 @@ MAX_CONTROL_LINE = 64 * 1024
 MAX_CONTROL_CLIENTS = 16
 #: Default anti-replay window of inbound SAs (strongSwan's default is 32; Linux's 32 too; 64 costs nothing).
 REPLAY_WINDOW = 64
+#: First delay before re-initiating a lost start_action = "start" peer, doubled per failure up to the max.
+RESTART_DELAY = 5.0
+RESTART_DELAY_MAX = 120.0
 #: Deleted IKE_SAs remembered (for a late ``initiate`` reply or ``terminate`` status); older ones are dropped.
 MAX_DELETED_RECORDS = 256
 #: How long ``stop()`` waits for the peers to answer our DELETEs.
@@ -226,6 +229,11 @@ class Daemon:
         self.counters: dict[str, int] = {"esp_in_ok": 0, "esp_in_dropped": 0, "esp_out_ok": 0,
                                          "esp_out_dropped": 0, "inner_undelivered": 0}
         self._policy_seq = 0
+        #: peers kept up (start_action = "start"): re-initiated after a loss, with backoff
+        self._keep_up: set[str] = set()
+        self._restart: dict[str, asyncio.TimerHandle] = {}
+        self._backoff: dict[str, float] = {}
+        self._operator_terminated: set[int] = set()
         self._outcomes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._control: asyncio.AbstractServer | None = None
@@ -277,8 +285,9 @@ class Daemon:
                 await self.endpoint.add_socket(s)
         if control:
             await self._start_control(self.config.control_socket)
-        for peer in initiate:
-            self.initiate(peer)
+        self._keep_up.update(self.config.auto_start)
+        for peer in dict.fromkeys([*self.config.auto_start, *initiate]):
+            self._try_initiate(peer)
         log.info("listening on %s", ", ".join(f"{h}[{p}]" for h, p in self.endpoint.addresses))
         return self.endpoint.addresses
 
@@ -289,6 +298,10 @@ class Daemon:
 
     async def stop(self, *, delete: bool = True, grace: float = STOP_GRACE) -> None:
         """Send DELETE for every IKE_SA (as charon does on SIGTERM), wait up to ``grace`` for the answers, close."""
+        self._keep_up.clear()  # nothing is re-initiated from here on
+        for handle in self._restart.values():
+            handle.cancel()
+        self._restart.clear()
         if delete:
             live = [r.ike_id for r in self.ike_sas.values() if r.state in ("ESTABLISHED", "CONNECTING")]
             for ike_id in live:
@@ -364,7 +377,31 @@ class Daemon:
     def terminate(self, ike_id: int) -> None:
         if ike_id not in self.ike_sas:
             raise ControlError(f"no IKE_SA #{ike_id}")
+        self._operator_terminated.add(ike_id)  # an operator's terminate is not a loss to repair
         self.endpoint.call(self.core.terminate, ike_id)
+
+    # -- keeping start_action = "start" peers up -------------------------------------------------------------
+    def _try_initiate(self, peer: str) -> None:
+        self._restart.pop(peer, None)
+        if self._stopped is None or self._stopped.is_set() or self.endpoint.closed:
+            return
+        if any(r.peer == peer and r.state in ("CONNECTING", "ESTABLISHED") for r in self.ike_sas.values()):
+            return
+        try:
+            self.initiate(peer)
+        except Exception as exc:  # e.g. no route yet: try again later
+            log.warning("initiating %s failed: %s", peer, exc)
+            self._schedule_restart(peer)
+
+    def _schedule_restart(self, peer: str) -> None:
+        if peer not in self._keep_up or peer in self._restart or self._loop is None:
+            return
+        if self._stopped is not None and self._stopped.is_set():
+            return
+        delay = self._backoff.get(peer, RESTART_DELAY)
+        self._backoff[peer] = min(delay * 2, RESTART_DELAY_MAX)
+        log.info("re-initiating %s in %.0f s", peer, delay)
+        self._restart[peer] = self._loop.call_later(delay, self._try_initiate, peer)
 
     # -- events from the core ------------------------------------------------------------------------------
     def _on_event(self, ev: IkeEvent) -> None:
@@ -385,6 +422,7 @@ class Daemon:
 
     def _ike_established(self, ev: IkeSaEstablished) -> None:
         rec = self._record(ev)
+        self._backoff.pop(ev.peer, None)
         rec.state, rec.established, rec.established_at = "ESTABLISHED", ev, self.now()
         rec.spi_i, rec.spi_r, rec.proposal = ev.spi_i, ev.spi_r, ev.proposal
         log.info("IKE_SA %s[%d] established between %s[%s]...%s[%s]", ev.peer, ev.ike_id, ev.local_addr[0],
@@ -406,12 +444,19 @@ class Daemon:
             self._uninstall(child)
         log.info("IKE_SA %s[%d] terminated: %s", ev.peer, ev.ike_id, ev.reason)
         self._fail(rec, f"IKE_SA terminated: {ev.reason}")
+        if ev.ike_id in self._operator_terminated:
+            self._operator_terminated.discard(ev.ike_id)
+        else:
+            self._schedule_restart(ev.peer)
         gone = [i for i, r in self.ike_sas.items() if r.state == "DELETED" and i != ev.ike_id]
         for i in gone[: max(0, len(gone) - MAX_DELETED_RECORDS)]:  # bounded history, oldest first
             del self.ike_sas[i]
 
     def _auth_failed(self, ev: AuthenticationFailed) -> None:
         rec = self._record(ev)
+        if rec.state == "CONNECTING":
+            rec.state = "FAILED"
+            self._schedule_restart(ev.peer)
         rec.last_error = f"authentication failed: {ev.reason}"
         log.warning("IKE_SA %s[%d] with %s: %s (%s side)", ev.peer, ev.ike_id, ev.remote_addr[0], rec.last_error,
                     "our" if ev.local_side else "peer's")
@@ -783,7 +828,7 @@ class Daemon:
             return req["ike_id"]
         peer = req.get("ike") or req.get("peer")
         if isinstance(peer, str):
-            live = [r.ike_id for r in self.ike_sas.values() if r.peer == peer and r.state != "DELETED"]
+            live = [r.ike_id for r in self.ike_sas.values() if r.peer == peer and r.state in ("CONNECTING", "ESTABLISHED")]
             if live:
                 return live[-1]
             raise ControlError(f"no IKE_SA with {peer!r}")

@@ -286,3 +286,12 @@ mtu = 1380
         with pytest.raises(ConfigError) as err:
             parse_config(bad, base=pki_dir)
         assert message in str(err.value), str(err.value)
+
+
+def test_start_action(pki_dir: Path) -> None:
+    cfg = parse_config(GOOD.replace('rekey_time = "4h"', 'rekey_time = "4h"\nstart_action = "start"'), base=pki_dir)
+    assert cfg.auto_start == ("branch",)
+    assert parse_config(GOOD, base=pki_dir).auto_start == ()
+    with pytest.raises(ConfigError, match=r"peers.branch.start_action: \"start\" needs a remote_addr"):
+        parse_config(GOOD.replace('remote_addr = "192.0.2.2"', 'remote_addr = "%any"\nstart_action = "start"'),
+                     base=pki_dir)

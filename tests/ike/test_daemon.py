@@ -376,3 +376,39 @@ def test_initiate_failure_reported(tmp_path: Path) -> None:
 
     asyncio.run(main())
 
+
+
+def test_start_action_start_keeps_the_peer_up(tmp_path: Path) -> None:
+    """start_action = "start": initiated at start, re-initiated (with backoff) after a loss, but not after an
+    operator's terminate."""
+    import ike.daemon as daemon_mod
+
+    async def main() -> None:
+        core = ScriptedCore()
+        cfg = _config(tmp_path, "a")
+        from dataclasses import replace as dc_replace
+        cfg = dc_replace(cfg, auto_start=("p",))
+        d = Daemon(cfg, dispatcher=core)
+        from ike.aio import open_udp_socket
+        old_delay = daemon_mod.RESTART_DELAY
+        daemon_mod.RESTART_DELAY = 0.05
+        try:
+            await d.start(sockets=[open_udp_socket("127.0.0.1", 0)], control=False)
+            assert core.calls.count(("initiate", "p")) == 1
+            core.events.append(_established(1, ("127.0.0.1", 1), ("127.0.0.1", 2)))
+            d.endpoint.transmit()
+            core.events.append(IkeSaTerminated(ike_id=1, peer="p", spi_i=1, spi_r=2, reason="deleted by peer"))
+            d.endpoint.transmit()
+            await _until(lambda: core.calls.count(("initiate", "p")) == 2, "the re-initiation")
+            core.events.append(_established(2, ("127.0.0.1", 1), ("127.0.0.1", 2)))
+            d.endpoint.transmit()
+            d.terminate(2)
+            core.events.append(IkeSaTerminated(ike_id=2, peer="p", spi_i=1, spi_r=2, reason="deleted"))
+            d.endpoint.transmit()
+            await asyncio.sleep(0.3)
+            assert core.calls.count(("initiate", "p")) == 2  # the operator's terminate stands
+        finally:
+            daemon_mod.RESTART_DELAY = old_delay
+            await d.stop(delete=False)
+
+    asyncio.run(main())
