@@ -11,6 +11,7 @@ unreadable capture, malformed SA file). Errors are one line on stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Sequence
@@ -43,6 +44,7 @@ def _build() -> argparse.ArgumentParser:
                        help="progress bar on stderr (default: when stderr is a terminal)")
         g.add_argument("--no-progress", dest="progress", action="store_false")
         sp.add_argument("-q", "--quiet", action="store_true", help="no summary")
+        sp.add_argument("--json", action="store_true", help="the summary as JSON on stdout")
 
     d = ps.add_parser("decrypt", help="verify and decrypt the ESP packets of a capture")
     d.add_argument("input")
@@ -139,7 +141,9 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if s.capture_error and not s.records:
         return _fail(s.capture_error)
-    if not args.quiet:
+    if args.json:
+        sys.stdout.write(json.dumps(s.as_dict(), indent=2) + "\n")
+    elif not args.quiet:
         sys.stderr.write(s.format() + "\n")
     return s.exit_code
 
@@ -167,10 +171,12 @@ def _replay(args: argparse.Namespace, entries: list) -> int:
     res = pcaptool.replay_file(args.input, entry, pattern=pattern, out_path=args.output, mode=args.mode,
                                window=args.window, first_seq=args.first_seq, backend=args.backend,
                                record=args.verbose, chunk_records=args.chunk, progress=args.progress)
-    if args.verbose:
+    if args.json:
+        sys.stdout.write(json.dumps(res.as_dict(), indent=2) + "\n")
+    elif args.verbose:
         for num, seq, verdict in res.verdicts:
             sys.stdout.write(f"{num}\tseq {seq}\t{verdict}\n")
-    if not args.quiet:
+    if not args.quiet and not args.json:
         sys.stderr.write(res.format() + "\n")
     return res.exit_code
 

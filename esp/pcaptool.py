@@ -93,6 +93,14 @@ class Summary:
     def exit_code(self) -> int:
         return 1 if self.failed else 0
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for ``--json``: every counter, per SA and for the capture."""
+        d = dataclasses.asdict(self)
+        d["unknown_spi"] = {f"0x{k:08x}": v for k, v in self.unknown_spi.items()}
+        d["failed"] = self.failed
+        d["exit_code"] = self.exit_code
+        return d
+
     def format(self) -> str:
         lines = [f"{self.command}: {self.records} records read, {self.written} written, "
                  f"{self.processed} through SAs, {self.passed_through} passed through"
@@ -718,6 +726,11 @@ class ReplaySummary:
     def exit_code(self) -> int:
         """Anti-replay drops are the experiment's result; anything else failing is an error."""
         return 1 if sum(self.other.values()) or self.capture_problems else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["exit_code"] = self.exit_code
+        return d
 
     def format(self) -> str:
         lines = [f"replay: {self.sent} sent, {self.delivered} delivered, {self.accepted} accepted, "

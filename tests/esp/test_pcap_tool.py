@@ -345,6 +345,10 @@ def test_cli_round_trip_and_exit_codes(tmp_path):
     assert r.returncode == 1 and "20" in r.stderr
     r = run_cli("replay", src, "--sa", keys, "--order", "1-5,3,2,9", "-v")
     assert r.returncode == 0 and r.stdout.splitlines()[5] == "3\tseq 3\tREPLAYED", r.stdout
+    import json
+    r = run_cli("decrypt", tmp_path / "e.pcapng", tmp_path / "j.pcap", "--sa", bad, "--json")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 1 and doc["per_sa"][0]["verdicts"] == {"AUTH_FAILED": 20} and doc["exit_code"] == 1
 
 
 @pytest.mark.parametrize("args,needle", [
