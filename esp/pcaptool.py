@@ -387,10 +387,11 @@ class _Inbound:
         if len(self.by_spi) >= MAX_WILDCARD_SAS:
             return None
         e = self.entry if self.entry.spi is not None else dataclasses.replace(self.entry, spi=spi)
-        primary = _make_sa(e, Direction.IN, self.mode or "tunnel", self.backend, self.window)
+        # The receiver starts where the sender does (initial_seq): with ESN that fixes the high half it infers.
+        primary = _make_sa(e, Direction.IN, self.mode or "tunnel", self.backend, self.window, e.initial_seq)
         fallback = None
         if e.mode is None and self.mode is None:
-            fallback = _make_sa(e, Direction.IN, "transport", self.backend, self.window)
+            fallback = _make_sa(e, Direction.IN, "transport", self.backend, self.window, e.initial_seq)
         st = _stats_for(e, "in")
         if self.entry.spi is None:
             st.label = f"SPI 0x{spi:08x} (*: {self.entry.origin or self.entry.label})"

@@ -430,3 +430,19 @@ def test_fuzz_damaged_esp_captures_only_counted(tmp_path):
         except CaptureError:
             continue
         assert s.records <= 15 and s.written <= s.records
+
+
+def test_esn_across_the_32_bit_wrap(tmp_path):
+    """ESN (RFC 4303 2.2.1): encrypt from just below 2**32, decrypt and replay across the wrap."""
+    src = tmp_path / "p.pcap"
+    make_capture(src, plaintext_packets(40), 1)
+    sa = entries(sa_toml(extra=f"esn = true\ninitial_seq = {2**32 - 20}\nreplay_window = 32\n"))[0]
+    assert encrypt_file(src, tmp_path / "e.pcap", [sa]).per_sa[0].packets == 40
+    enc, _ = records(tmp_path / "e.pcap")
+    assert [struct.unpack("!I", e[38:42])[0] for e, _ in enc[18:22]] == [2**32 - 1, 0, 1, 2]
+    s = decrypt_file(tmp_path / "e.pcap", tmp_path / "d.pcap", [sa], frames=True)
+    assert s.per_sa[0].packets == 40 and s.exit_code == 0, s.format()
+    assert records(tmp_path / "d.pcap") == records(src)
+    order = tuple(range(1, 25)) + (22, 30, 26, 27, 28, 29, 25, 40)
+    r = replay_file(src, sa, pattern=ReplayPattern(order=order), record=True)
+    assert [v for _, _, v in r.verdicts].count("REPLAYED") == 1 and r.accepted == len(order) - 1
