@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.interop import strongswan as ss
-from tests.support import require
+from tests.support import require, require_root, require_tool
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -60,6 +60,9 @@ esp_proposals = ["{esp}"]
 
 @pytest.fixture
 def lab(tmp_path: Path):
+    require_root()
+    require_tool("swanctl")
+    require(Path(ss.CHARON).exists(), f"{ss.CHARON} is not installed (Debian: strongswan-charon)")
     ok, reason = ss.charon_available()
     require(ok, reason)
     pytest.importorskip("esp._core", reason="esp._core is not built")
@@ -513,7 +516,6 @@ def test_key_log_decrypts_a_real_capture(lab: ss.Lab, tmp_path: Path) -> None:
     import signal
     import subprocess
 
-    from tests.support import require_tool
 
     tcpdump, tshark = require_tool("tcpdump"), require_tool("tshark")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.interop import strongswan as ss
-from tests.support import require
+from tests.support import require, require_root, require_tool
 
 PRETTY = """list-sa event {
   gw {
@@ -61,6 +61,9 @@ def test_parse_key_dumps() -> None:
 
 @pytest.fixture
 def lab(tmp_path: Path):
+    require_root()
+    require_tool("swanctl")
+    require(Path(ss.CHARON).exists(), f"{ss.CHARON} is not installed (Debian: strongswan-charon)")
     ok, reason = ss.charon_available()
     require(ok, reason)
     with ss.Lab(tmp_path) as lab_:
@@ -121,6 +124,9 @@ def test_two_charons_tunnel(lab: ss.Lab, kind: str, ike: str, esp: str, key_lens
 
 @pytest.mark.interop
 def test_lab_cleans_up(tmp_path: Path) -> None:
+    require_root()
+    require_tool("swanctl")
+    require(Path(ss.CHARON).exists(), f"{ss.CHARON} is not installed (Debian: strongswan-charon)")
     ok, reason = ss.charon_available()
     require(ok, reason)
     with ss.Lab(tmp_path) as lab:
