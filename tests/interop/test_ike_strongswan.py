@@ -516,7 +516,6 @@ def test_key_log_decrypts_a_real_capture(lab: ss.Lab, tmp_path: Path) -> None:
     import signal
     import subprocess
 
-
     tcpdump, tshark = require_tool("tcpdump"), require_tool("tshark")
 
     async def main() -> None:
