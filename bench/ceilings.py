@@ -77,9 +77,10 @@ class _Arena:
 
 
 def _arena(chunks: list[bytes], slot: int | None = None) -> _Arena:
+    """Packed back to back (``slot`` None: as PacketBatch.from_packets lays out the core's input), or in
+    fixed slots of ``slot`` bytes (as PacketBatch.empty lays out the core's output)."""
     lengths = np.array([len(c) for c in chunks], dtype=np.int32)
     sizes = np.full(len(chunks), slot, dtype=np.int64) if slot else lengths.astype(np.int64)
-    sizes = (sizes + 63) // 64 * 64  # cache-line aligned slots, as a packet buffer pool has
     off = np.zeros(len(chunks), dtype=np.int64)
     off[1:] = np.cumsum(sizes)[:-1]
     buf = np.zeros(int(sizes.sum()) + 64, dtype=np.uint8)
@@ -112,9 +113,10 @@ class CeilingRing:
             self.loop = cls(suite.name, km.key, km.integ_key, ivs, spi)
         iv, icv = self.loop.iv_len, self.loop.icv_len
         plaintexts = [esp_trailer_plaintext(p, suite.align) for p in workload.packets]
+        # The same memory layout as bench.esp.CoreRing gives the core: inputs packed, outputs in equal slots.
         self.pt = _arena(plaintexts)
-        max_esp = HDR + iv + max(len(p) for p in plaintexts) + icv
-        self.out = _arena([b""] * len(plaintexts), slot=max_esp)
+        slot = (max(len(p) for p in workload.packets) + 128 + 63) // 64 * 64
+        self.out = _arena([b""] * len(plaintexts), slot=slot)
         if kind == "cbc" and backend == "ipsecmb":
             # The job runs in place in the output slots: put each plaintext where its ciphertext goes.
             for i, p in enumerate(plaintexts):
@@ -124,8 +126,8 @@ class CeilingRing:
         if n != workload.count:
             raise RuntimeError(f"ceiling {backend}/{suite.name}: encrypt made {n} of {workload.count} packets")
         esp_len = self.pt.length + (HDR + iv + icv)
-        self.esp = _Arena(self.out.buf.copy(), self.out.off.copy(), esp_len.astype(np.int32))
-        self.plain_out = _arena([b""] * len(plaintexts), slot=int(self.pt.length.max()))
+        self.esp = _arena([bytes(self.out.buf[o:o + ln]) for o, ln in zip(self.out.off, esp_len)])
+        self.plain_out = _arena([b""] * len(plaintexts), slot=slot)
         n = self.loop.decrypt(self.esp.buf, self.esp.off, self.esp.length, self.plain_out.buf, self.plain_out.off, 1)
         if n != workload.count:
             raise RuntimeError(f"ceiling {backend}/{suite.name}: decrypt verified {n} of {workload.count} packets")
