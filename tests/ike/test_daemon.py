@@ -412,3 +412,25 @@ def test_start_action_start_keeps_the_peer_up(tmp_path: Path) -> None:
             await d.stop(delete=False)
 
     asyncio.run(main())
+
+
+def test_control_socket_stale_and_in_use(tmp_path: Path) -> None:
+    import socket as socket_mod
+
+    async def main() -> None:
+        from ike.aio import open_udp_socket
+        cfg = _config(tmp_path, "a")
+        stale = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
+        stale.bind(str(cfg.control_socket))  # a crashed daemon's socket: nobody listens
+        stale.close()
+        first = Daemon(cfg, dispatcher=ScriptedCore())
+        await first.start(sockets=[open_udp_socket("127.0.0.1", 0)])
+        assert (await first.handle_request({"cmd": "list-sas"})) == {"ok": True, "ike_sas": []}
+        second = Daemon(cfg, dispatcher=ScriptedCore())
+        with pytest.raises(OSError, match="in use by another daemon"):
+            await second.start(sockets=[open_udp_socket("127.0.0.1", 0)])
+        second.endpoint.close()
+        await first.stop(delete=False)
+        assert not cfg.control_socket.exists()
+
+    asyncio.run(main())
