@@ -34,7 +34,7 @@ class Protector:
     enc_in: bytes = field(repr=False)
     auth_out: bytes = field(repr=False)
     auth_in: bytes = field(repr=False)
-    random: Callable[[int], bytes] = field(repr=False, default=__import__("os").urandom)
+    random: Callable[[int], bytes] = field(repr=False)  # IVs; the core never reads entropy itself
 
     @classmethod
     def from_proposal(cls, p: Proposal, initiator: bool, sk_ei: bytes, sk_er: bytes, sk_ai: bytes, sk_ar: bytes,
