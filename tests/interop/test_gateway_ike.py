@@ -1,6 +1,6 @@
 """Gateways keyed by IKE: espresso's IKE daemon drives the gateway's data plane (TUN + ESP-in-UDP threads).
 
-* two espresso gateways, each with its own certificate issued by an espresso CA (pki.ca), in four namespaces
+* two espresso gateways, each with its own certificate enrolled over SCEP from espresso's CA service, in four namespaces
   (inner networks behind each gateway): ping, a bulk TCP transfer with a CHILD_SA rekey in the middle (no byte
   lost, the hash matches, the new SPIs carry the traffic), then one side stopped: the other removes its SAs;
 * espresso gateway vs strongSwan (charon with kernel-libipsec, UDP encapsulation forced), both directions of
@@ -92,6 +92,40 @@ def espresso_pki(tmp: Path, names: list[str]) -> None:
     ca.close()
 
 
+def scep_enrolled_pki(tmp: Path, names: list[str]) -> None:
+    """Each gateway enrolls like a router: its own pki store, an RSA key pair, the CA certificate and then its
+    local certificate over SCEP (challenge password) from espresso's CA service on loopback."""
+    from cryptography.hazmat.primitives import serialization
+
+    from pki.ca import CertificateAuthority
+    from pki.certs import SubjectAltNames
+    from pki.profile import CaProfile, RevocationMode, RevocationPolicy
+    from pki.service import CaService
+    from pki.store import Store
+
+    svc = CaService(tmp / "ca", challenge="otp-gateways")
+    CertificateAuthority.init(tmp / "ca", "CN=espresso gateway CA, O=espresso", key_type="rsa").close()
+    svc.start()
+    try:
+        for name in names:
+            store = Store(tmp / f"store-{name}")
+            store.add_profile(CaProfile("lab", enrollment_url=f"{svc.url}/scep", retry=2, retry_interval=0,
+                                        revocation=RevocationPolicy(mode=RevocationMode.DISABLE)))
+            store.generate_key_pair(name, "rsa", 2048)
+            [ca_cert] = store.enroll_ca_certificate("lab")
+            cert = store.enroll_local_certificate(name, "lab", f"CN={name}.espresso.test,O=espresso",
+                                                  SubjectAltNames.build(dns=[f"{name}.espresso.test"]),
+                                                  "otp-gateways")
+            (tmp / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+            (tmp / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            keyfile = tmp / f"{name}.key"
+            keyfile.write_bytes(store.private_key(name).private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+            keyfile.chmod(0o600)
+    finally:
+        svc.stop()
+
+
 class IkeGateway:
     """``python -m ike daemon --config X`` (with a ``[gateway]`` section: TUN + ESP threads) in a namespace;
     ``control()`` talks to it over its unix socket; ``stop()`` returns its last data-plane counters."""
@@ -171,8 +205,9 @@ def topo():
         t.close()
 
 
-def _pair(topo: Topology, tmp: Path, esp: str = "aes128gcm16", child_extra: str = "") -> tuple[IkeGateway, IkeGateway]:
-    espresso_pki(tmp, ["gwa", "gwb"])
+def _pair(topo: Topology, tmp: Path, esp: str = "aes128gcm16", child_extra: str = "",
+          scep: bool = False) -> tuple[IkeGateway, IkeGateway]:
+    (scep_enrolled_pki if scep else espresso_pki)(tmp, ["gwa", "gwb"])
     sides = {
         "gwa": ("gwb", "10.97.0.1", "10.97.0.2", "10.98.1.0/24", "10.98.2.0/24", topo.gw_a),
         "gwb": ("gwa", "10.97.0.2", "10.97.0.1", "10.98.2.0/24", "10.98.1.0/24", topo.gw_b),
@@ -191,7 +226,7 @@ def _pair(topo: Topology, tmp: Path, esp: str = "aes128gcm16", child_extra: str 
 
 
 def test_two_espresso_gateways_with_certificates_rekey_mid_transfer_and_peer_stop(topo, tmp_path):
-    a, b = _pair(topo, tmp_path)
+    a, b = _pair(topo, tmp_path, scep=True)  # certificates enrolled over SCEP from espresso's CA
     try:
         r = a.control({"cmd": "initiate", "ike": "gwb", "timeout": 10})
         assert r["ok"] and r["state"] == "ESTABLISHED", r
