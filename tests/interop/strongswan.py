@@ -137,16 +137,21 @@ class LabPki:
                 .revocation_date(now - _dt.timedelta(minutes=1)).build())
         return b.sign(self.ca.key, hashes.SHA256())  # type: ignore[arg-type]
 
-    def issue(self, name: str, fqdn: str, kind: str | None = None) -> Credential:
+    def issue(self, name: str, fqdn: str, kind: str | None = None, *, valid_from: _dt.timedelta | None = None,
+              valid_for: _dt.timedelta | None = None) -> Credential:
+        """An end-entity certificate for ``fqdn`` (SAN). ``valid_from``/``valid_for`` shift its validity
+        (relative to now) to make expired or not-yet-valid certificates."""
         key = _new_key(kind or self.kind)
         now = _dt.datetime.now(_dt.timezone.utc)
+        start = now + (valid_from if valid_from is not None else -_dt.timedelta(hours=1))
+        end = start + (valid_for if valid_for is not None else _dt.timedelta(days=1, hours=1))
         subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "espresso interop"),
                              x509.NameAttribute(NameOID.COMMON_NAME, fqdn)])
         cert = (
             x509.CertificateBuilder()
             .subject_name(subject).issuer_name(self.ca.cert.subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _dt.timedelta(hours=1)).not_valid_after(now + _dt.timedelta(days=1))
+            .not_valid_before(start).not_valid_after(end)
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(fqdn)]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(

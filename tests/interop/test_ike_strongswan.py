@@ -220,6 +220,11 @@ def _check_ike_keys(ch: ss.Charon, e: Espresso) -> None:
             assert match[0].get("Sk_ai") == ev.sk_ai and match[0].get("Sk_ar") == ev.sk_ar
 
 
+def _days(n: float):  # noqa: ANN202 - a timedelta for the refusal table
+    import datetime
+    return datetime.timedelta(days=n)
+
+
 CASES = [
     pytest.param("initiator", "ecdsa", "aes128gcm16-prfsha256-ecp256", "aes128gcm16", id="espresso-initiator-ecdsa-gcm"),
     pytest.param("responder", "rsa", "aes256-sha256-modp2048", "aes256-sha256", id="espresso-responder-rsa-cbc"),
@@ -555,5 +560,58 @@ def test_key_log_decrypts_a_real_capture(lab: ss.Lab, tmp_path: Path) -> None:
         assert "Identification - Initiator" in out and "ID_FQDN: e.test" in out and "ID_FQDN: s.test" in out
         assert out.count("Internet Control Message Protocol") >= 6  # 3 requests + 3 replies, decrypted
         assert "Echo (ping) reply" in out
+
+    asyncio.run(main())
+
+
+REFUSALS = [
+    # (case, what charon uses for the bad attempt, the notify charon must receive, espresso's event reason)
+    ("expired", dict(valid_from=-_days(3), valid_for=_days(1)), "AUTHENTICATION_FAILED", "expired"),
+    ("not-yet-valid", dict(valid_from=_days(2), valid_for=_days(1)), "AUTHENTICATION_FAILED", "not"),
+    ("unexpected-identity", dict(fqdn="t.test"), "AUTHENTICATION_FAILED", None),  # espresso wants s.test
+    ("ike-proposal", dict(proposals="aes128-sha1-modp1024"), "NO_PROPOSAL_CHOSEN", None),
+    ("esp-proposal", dict(esp="aes128ctr-sha1"), "NO_PROPOSAL_CHOSEN", None),
+]
+
+
+@pytest.mark.parametrize("case,bad,notify,reason", REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_refusals(lab: ss.Lab, tmp_path: Path, case: str, bad: dict, notify: str, reason: str | None) -> None:
+    """charon initiates with one thing wrong: it receives the right error notify, espresso installs nothing
+    and stays up, and the same charon then gets a tunnel with a good connection."""
+    async def main() -> None:
+        site_e, site_s = lab.pair(inner_a=E_INNER, inner_b=S_INNER)
+        pki = ss.LabPki("ecdsa")
+        ike, esp = "aes128gcm16-prfsha256-ecp256", "aes128gcm16"
+        ch = lab.charon(site_s, "charon", log_levels={"ike": 2, "cfg": 2})
+        ch.add_ca(pki.ca)
+        fqdn = bad.get("fqdn", "s.test")
+        bad_cred = pki.issue("bad", fqdn, valid_from=bad.get("valid_from"), valid_for=bad.get("valid_for"))
+        good_cert = ch.add_credential(pki.issue("good", "s.test"))
+        bad_cert = ch.add_credential(bad_cred)
+        ch.connections.append(ss.Connection(
+            "bad", site_s.outer, site_e.outer, fqdn, "e.test", bad_cert,
+            [ss.Child("net-bad", f"{S_INNER}/32", f"{E_INNER}/32", esp_proposals=bad.get("esp", esp))],
+            proposals=bad.get("proposals", ike)))
+        ch.connections.append(ss.Connection(
+            "gw", site_s.outer, site_e.outer, "s.test", "e.test", good_cert,
+            [ss.Child("net-gw", f"{S_INNER}/32", f"{E_INNER}/32", esp_proposals=esp)], proposals=ike))
+        ch.start()
+        e = Espresso(lab, site_e, site_s, pki, ike, esp, tmp_path / "espresso")
+        await e.start()
+        try:
+            from ike.events import AuthenticationFailed
+            proc = await asyncio.to_thread(ch.initiate, "net-bad", ike="bad", timeout=10)
+            assert proc.returncode != 0, proc.stdout
+            await _wait(lambda: f"received {notify} notify" in ch.log(), f"charon to receive {notify}", ch)
+            assert not e.installed() and len(e.daemon.dataplane.sad) == 0
+            if reason is not None:
+                (failed,) = e.events(AuthenticationFailed)
+                assert failed.local_side and reason in failed.reason.lower(), failed
+            proc = await asyncio.to_thread(ch.initiate, "net-gw", ike="gw", timeout=10)
+            assert proc.returncode == 0, proc.stdout + ch.tail()
+            await _wait(lambda: e.installed(), "the CHILD_SA of the good connection", ch)
+            assert " 0% packet loss" in await _ping(site_s)
+        finally:
+            await e.daemon.stop(delete=False)
 
     asyncio.run(main())
