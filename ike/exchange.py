@@ -253,19 +253,18 @@ class TaskManager:
         fatal_reason: tuple[str, int | None] | None = None
         try:
             check_rules(msg)
-            remaining = []
+            remaining: list[Task] = []
             for t in self.passive:
                 if t.process(msg) == TaskStatus.NEED_MORE:
                     remaining.append(t)
             for t in self.passive:
                 t.build(resp)
-            keep = [t for t in remaining]
-            self.passive = keep if msg.exchange == ExchangeType.IKE_SA_INIT else []
+            # the IKE_SA_INIT responder tasks carry on into IKE_AUTH
+            self.passive = remaining if msg.exchange == ExchangeType.IKE_SA_INIT else []
         except ProtocolError as exc:
             log.info("%s refused: %s", msg.describe(), exc.reason)
             self.passive = []
-            if exc.notify is None:
-                self.mid_in += 0
+            if exc.notify is None:  # dropped unanswered
                 if msg.exchange == ExchangeType.IKE_SA_INIT:
                     self.terminate(exc.reason, None)
                 return
