@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 __all__ = ["main"]
 
@@ -22,7 +22,7 @@ PROG = "python -m esp"
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage first by default)
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage first by default)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 

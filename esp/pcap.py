@@ -19,7 +19,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence
+from typing import Any, BinaryIO, Iterator, Literal, Sequence, cast
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -144,7 +144,8 @@ _SPEC_WINDOW = 2048            # bytes searched for a plausible header at the st
 def _fields(data: np.ndarray, starts: np.ndarray, count: int, order: str) -> np.ndarray:
     """``count`` consecutive u32 fields at each start, as an int64 (n, count) array (one gather per chunk)."""
     rows = _windows(data, 4 * count, False)[starts]
-    return rows.view(np.dtype(np.uint32).newbyteorder(order)).reshape(-1, count).astype(np.int64)
+    dt = np.dtype(np.uint32).newbyteorder(cast(Literal["<", ">"], order))
+    return rows.view(dt).reshape(-1, count).astype(np.int64)
 
 
 def _segment_size(avg_record: float | None) -> int:
@@ -782,7 +783,7 @@ def _arena(view: np.ndarray, scratch: Scratch | None = None) -> np.ndarray:
     return data
 
 
-def open_capture(path: str | os.PathLike[str], **kw: int) -> CaptureReader:
+def open_capture(path: str | os.PathLike[str], **kw: Any) -> CaptureReader:
     return CaptureReader(path, **kw)
 
 
@@ -872,7 +873,7 @@ def _padded(d: np.ndarray, base: np.ndarray, cap: np.ndarray) -> bool:
 V4_MAPPED_LO_PREFIX = np.uint64(0xFFFF) << np.uint64(32)
 
 
-def parse_l3(chunk: Chunk, linktypes: Sequence[int]) -> L3Info:
+def parse_l3(chunk: Chunk, linktypes: Sequence[int] | np.ndarray) -> L3Info:
     """Find the IP header of every record in a chunk and read the fields ESP processing needs.
 
     Three row gathers per chunk (link-layer, IP and upper-layer headers), then column arithmetic. Everything is
@@ -1001,10 +1002,11 @@ _ROW_MAX_GROUPS = 16
 def _native(name: str):  # type: ignore[no-untyped-def]
     """A compiled kernel from esp._io when that build provides it (a memcpy loop beats numpy indexing)."""
     try:
-        from esp import _io
+        import importlib
+        io_mod = importlib.import_module("esp._io")
     except ImportError:
         return None
-    return getattr(_io, name, None)
+    return getattr(io_mod, name, None)
 
 
 #: esp._io.gather_segments(src, src_off, lengths, dst, dst_off) if built: same contract as the numpy version.
@@ -1186,7 +1188,7 @@ class CaptureWriter:
         orig = lengths if origlen is None else np.maximum(np.asarray(origlen, dtype=np.int64), lengths)
         res_in = np.asarray(src_tsresol if src_tsresol is not None else [i.tsresol for i in self.interfaces],
                             dtype=np.int64)[iface]
-        dt = np.dtype(np.uint32).newbyteorder(self.order)
+        dt = np.dtype(np.uint32).newbyteorder(cast(Literal["<", ">"], self.order))
         if self.fmt == "pcap":
             res_out = np.full(n, self.units, dtype=np.int64)
             t = _rescale(ts, res_in, res_out)

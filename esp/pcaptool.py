@@ -775,7 +775,7 @@ def replay_file(in_path: str | os.PathLike[str], sa: SaEntry, *, pattern: Replay
     writer = None
     accepted_seen = np.zeros(1024, dtype=bool)
     rng = random.Random(pattern.seed)
-    held: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []   # explicit order: (esp bytes, ts, iface) per chunk
+    held: list[tuple[PacketBatch, np.ndarray, np.ndarray]] = []  # explicit order: (ESP packets, ts, iface) per chunk
     try:
         if out_path is not None:
             writer = CaptureWriter(out_path, _out_interfaces(list(reader.interfaces), False), fmt=fmt or reader.format)
