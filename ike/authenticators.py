@@ -83,7 +83,7 @@ def auth_method_name(method: int, data: bytes = b"") -> str:
         return "ecdsa"
     if method == AuthMethod.DIGITAL_SIGNATURE:
         try:
-            scheme, h, _ = _parse_alg_id(data)
+            scheme, h, _, _ = _parse_alg_id(data)
             return f"signature({scheme}-{HashAlgorithm(h).name.lower()})"
         except AuthenticationFailedError:
             return "signature"
@@ -126,8 +126,8 @@ def sign_auth(key: Any, octets: bytes, peer_hashes: Iterable[int] | None, rsa_ps
     raise AuthenticationFailedError(f"unsupported private key type {type(key).__name__}")
 
 
-def _parse_alg_id(data: bytes) -> tuple[str, int, bytes]:
-    """(scheme, hash, signature) from method-14 AUTH data."""
+def _parse_alg_id(data: bytes) -> tuple[str, int, bytes, int]:
+    """(scheme, hash, signature, PSS salt length or -1) from method-14 AUTH data."""
     if not data:
         raise AuthenticationFailedError("empty AUTH data")
     n = data[0]
@@ -136,13 +136,29 @@ def _parse_alg_id(data: bytes) -> tuple[str, int, bytes]:
         raise AuthenticationFailedError("truncated RFC 7427 AlgorithmIdentifier")
     for (scheme, h), der in _ALG_IDS.items():
         if der == alg:
-            return scheme, h, sig
+            return scheme, h, sig, -1
     if _PSS_OID_PREFIX in alg[:16]:
-        for h in _HASH:
-            if _pss_alg_id(h) == alg:
-                return "rsa-pss", h, sig
-        raise AuthenticationFailedError("unsupported RSASSA-PSS parameters")
+        h, salt = _pss_params(alg)
+        return "rsa-pss", h, sig, salt
     raise AuthenticationFailedError(f"unsupported signature algorithm {alg.hex()}")
+
+
+def _pss_params(alg: bytes) -> tuple[int, int]:
+    """Hash and salt length of an RSASSA-PSS AlgorithmIdentifier, however the peer encoded the defaults."""
+    from asn1crypto import algos
+
+    try:
+        parsed = algos.SignedDigestAlgorithm.load(alg)
+        params = parsed["parameters"]
+        hash_name = params["hash_algorithm"]["algorithm"].native
+        mgf_hash = params["mask_gen_algorithm"]["parameters"]["algorithm"].native
+        salt = int(params["salt_length"].native)
+    except Exception as exc:  # noqa: BLE001 - any malformed encoding
+        raise AuthenticationFailedError(f"malformed RSASSA-PSS parameters: {exc}") from None
+    by_name = {"sha256": HashAlgorithm.SHA2_256, "sha384": HashAlgorithm.SHA2_384, "sha512": HashAlgorithm.SHA2_512}
+    if hash_name not in by_name or mgf_hash != hash_name or not 0 <= salt <= 512:
+        raise AuthenticationFailedError(f"unsupported RSASSA-PSS parameters ({hash_name}, MGF1 {mgf_hash}, {salt})")
+    return by_name[hash_name], salt
 
 
 def verify_auth(method: int, data: bytes, cert: Any, octets: bytes) -> str:
@@ -168,7 +184,7 @@ def verify_auth(method: int, data: bytes, cert: Any, octets: bytes) -> str:
             pub.verify(sig, octets, ec.ECDSA(halg()))
             return "ecdsa"
         if method == AuthMethod.DIGITAL_SIGNATURE:
-            scheme, h, sig = _parse_alg_id(data)
+            scheme, h, sig, salt = _parse_alg_id(data)
             if scheme == "ed25519":
                 if not isinstance(pub, ed25519.Ed25519PublicKey):
                     raise AuthenticationFailedError("Ed25519 signature but the key is not Ed25519")
@@ -181,7 +197,7 @@ def verify_auth(method: int, data: bytes, cert: Any, octets: bytes) -> str:
                 if not isinstance(pub, rsa.RSAPublicKey):
                     raise AuthenticationFailedError("RSA signature but the key is not RSA")
                 hcls = _HASH[HashAlgorithm(h)]
-                pad: Any = (padding.PSS(padding.MGF1(hcls()), hcls().digest_size) if scheme == "rsa-pss"
+                pad: Any = (padding.PSS(padding.MGF1(hcls()), salt) if scheme == "rsa-pss"
                             else padding.PKCS1v15())
                 pub.verify(sig, octets, pad, hcls())
             return f"signature({scheme}-{HashAlgorithm(h).name.lower()})"

@@ -34,7 +34,7 @@ def main(path: str) -> None:
     peer = PeerConfig("ss", Identity.parse(cfg["local_id"]), Identity.parse(cfg["remote_id"]),
                       remote_addr=cfg["remote_addr"], local_addr=cfg["local_addr"], credential=Credential(key, cert),
                       ca_certs=(ca,), validator=validator, children=(child,), ike_proposals=tuple(cfg["ike"]),
-                      fragment_size=cfg.get("fragment_size", 1280))
+                      fragment_size=cfg.get("fragment_size", 1280), rsa_pss=cfg.get("rsa_pss", False))
     d = Dispatcher(CoreConfig(peers=(peer,), key_log=True, retransmit_timeout=1.0, retransmit_tries=3))
     socks = {}
     for port in (500, 4500):

@@ -33,12 +33,12 @@ def _events(out: str) -> list[dict]:
     return [e for e in (json.loads(line) for line in out.splitlines() if line.startswith("{")) if "event" in e]
 
 
-def _setup(tmp_path, kind, ike, esp, me_id="me.example", them_id="them.example"):  # type: ignore[no-untyped-def]
+def _setup(tmp_path, kind, ike, esp, me_id="me.example", them_id="them.example", settings=""):  # type: ignore[no-untyped-def]
     lab = ss.Lab(tmp_path)
     a, b = lab.pair()
     pki = ss.LabPki(kind)
     me, them = pki.issue("me", "me.example"), pki.issue("them", "them.example")
-    ch = lab.charon(b, "charon", log_levels={"ike": 4, "chd": 4})
+    ch = lab.charon(b, "charon", log_levels={"ike": 4, "chd": 4}, settings=settings)
     ch.add_ca(pki.ca)
     ch.connections.append(ss.Connection("p", b.outer, a.outer, them_id, me_id, ch.add_credential(them),
                                         [ss.Child("net", f"{b.inner}/32", f"{a.inner}/32", esp)], proposals=ike))
@@ -98,12 +98,15 @@ def test_core_initiates_to_strongswan_rekeys_and_deletes(tmp_path, kind, ike, es
         assert ch.wait_for(lambda: not ss.ike_sas(ch.list_sas()), "charon drops the IKE_SA", timeout=5)
 
 
-def test_strongswan_initiates_to_core_and_rekeys(tmp_path):
+@pytest.mark.parametrize("kind,pss", [("ecdsa", False), ("rsa", True)])
+def test_strongswan_initiates_to_core_and_rekeys(tmp_path, kind, pss):
+    """With ``pss`` both sides sign with RSASSA-PSS (RFC 7427; strongSwan's ``rsa_pss = yes``)."""
     ok, why = ss.charon_available()
     require(ok, why)
-    lab, a, b, ch, cfg = _setup(tmp_path, "ecdsa", "aes256gcm16-prfsha384-curve25519", "aes256gcm16")
+    lab, a, b, ch, cfg = _setup(tmp_path, kind, "aes256gcm16-prfsha384-curve25519", "aes256gcm16",
+                                settings="rsa_pss = yes" if pss else "")
     with lab:
-        cfg.update(role="responder", timeout=15, stop_when="IkeSaTerminated")
+        cfg.update(role="responder", timeout=15, stop_when="IkeSaTerminated", rsa_pss=pss)
         drv = _start_driver(lab, a, tmp_path, cfg)
         assert drv.stdout is not None and "ready" in drv.stdout.readline()
         res = ch.initiate("net", ike="p", timeout=8)
@@ -119,6 +122,9 @@ def test_strongswan_initiates_to_core_and_rekeys(tmp_path):
         assert "IkeSaRekeyed" in kinds and kinds[-1] == "IkeSaTerminated"
         est = next(e for e in events if e.get("event") == "IkeSaEstablished")
         assert est["proposal"] == "aes256gcm16-prfsha384-curve25519" and not est["initiator"]
+        if pss:
+            assert est["auth_method"] == "signature(rsa-pss-sha2_256)"
+            assert "with RSA_EMSA_PSS_SHA2_256" in ch.log()
         assert _assert_keys_match(events, ch.log()) == 3
 
 
