@@ -72,25 +72,37 @@ def test_random_bytes_into_dispatcher(blob):
 
 
 def test_half_open_memory_is_bounded():
-    i, r = psk_peers()
-    _, b = pair(i, r, half_open_limit=50, cookie_threshold=1000)
-    props = parse_proposals(["aes128gcm16-prfsha256-ecp256"])
-    from ike.dh import create_dh
+    """Memory measured with tracemalloc: a cap per half-open IKE_SA, and none past half_open_limit."""
     import os
+    import tracemalloc
 
+    from ike.dh import create_dh
+
+    i, r = psk_peers()
+    _, b = pair(i, r, half_open_limit=100, cookie_threshold=1000)
+    props = parse_proposals(["aes128gcm16-prfsha256-ecp256"])
     ke = create_dh(19, os.urandom).public
-    sizes = []
-    for n in range(200):
-        m = Message(34, n + 1, 0, 0, False, True, [SaPayload(props), KePayload(19, ke), NoncePayload(b"n" * 32)])
-        b.receive_datagram(m.encode_plain(), ("198.51.100.7", 1000 + n), ADDR_R, 0.0)
-        b.datagrams_to_send(0.0)
-        if n in (49, 199):
-            sizes.append(sum(sys.getsizeof(c.sa.init_request) + sys.getsizeof(c.sa.init_response)
-                             for c in b._conns.values()))
-    assert b.half_open() == 50 and b.stats["dropped_half_open_limit"] == 150
-    assert sizes[0] == sizes[1]  # no growth beyond the cap
-    per_sa = sizes[0] / 50
-    assert per_sa < 4096  # the raw IKE_SA_INIT messages kept for AUTH, per half-open SA
-    # they expire
-    b.handle_timer(31.0)
-    assert b.half_open() == 0
+    msgs = [Message(34, n + 1, 0, 0, False, True, [SaPayload(props), KePayload(19, ke), NoncePayload(b"n" * 32)])
+            .encode_plain() for n in range(300)]
+
+    def feed(lo: int, hi: int) -> None:
+        for n in range(lo, hi):
+            b.receive_datagram(msgs[n], ("198.51.100.7", 1000 + n), ADDR_R, 0.0)
+            b.datagrams_to_send(0.0)
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        feed(0, 100)
+        full = tracemalloc.take_snapshot()
+        feed(100, 300)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    per_sa = sum(d.size_diff for d in full.compare_to(before, "filename")) / 100
+    growth = sum(d.size_diff for d in after.compare_to(full, "filename"))
+    assert b.half_open() == 100 and b.stats["dropped_half_open_limit"] == 200
+    assert per_sa < 16 * 1024, f"{per_sa:.0f} bytes per half-open IKE_SA"
+    assert growth < 16 * 1024, f"{growth} bytes allocated past the half-open limit"
+    b.handle_timer(31.0)  # half-open SAs expire
+    assert b.half_open() == 0 and b.list_sas() == []
