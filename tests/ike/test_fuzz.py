@@ -2,7 +2,6 @@
 Only ike.errors may escape (receive_datagram swallows them), and half-open state stays bounded."""
 from __future__ import annotations
 
-import sys
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
