@@ -290,3 +290,44 @@ def test_ipv6_outer_and_inner(tmp_path: Path) -> None:
             await b.daemon.stop(delete=False)
 
     asyncio.run(main())
+
+
+def test_garbage_on_both_ports_then_a_tunnel(tmp_path: Path) -> None:
+    """Random datagrams, truncated and oversized IKE headers, marker-only and ESP-looking junk hit both of the
+    responder's ports: every one is counted and dropped, and the daemon then negotiates normally."""
+    import random
+    import socket
+
+    async def main() -> None:
+        a, b = await _pair(tmp_path, "ecdsa", "aes128gcm16-prfsha256-ecp256", "aes128gcm16")
+        rng = random.Random(4500)
+        junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            ports = [addr for addr in b.daemon.endpoint.addresses]
+            header = bytes(8) + bytes(8) + bytes([33, 0x20, 34, 0x08]) + bytes(4)
+            samples = [b"", b"\xff", b"\x00" * 4, b"\x00" * 3]
+            samples += [rng.randbytes(rng.randrange(1, 1500)) for _ in range(300)]
+            samples += [header + (28 + n).to_bytes(4, "big") + rng.randbytes(rng.randrange(0, 64)) for n in range(50)]
+            samples += [header + (0xFFFFFFF0).to_bytes(4, "big")]
+            for i, data in enumerate(samples):
+                for port_addr in ports:
+                    payload = data if port_addr[1] == ports[0][1] or i % 2 else b"\x00\x00\x00\x00" + data
+                    junk.sendto(payload, port_addr)
+                if i % 50 == 0:
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            st = b.daemon.endpoint.stats
+            assert st["core_errors"] == 0 and st["esp_handler_errors"] == 0
+            assert st["ike_in"] + st["esp_in"] + st["malformed"] + st["keepalives_in"] > 0
+            assert not b.daemon.children and len(b.daemon.dataplane.sad) == 0
+            r = await a.daemon.initiate_and_wait("b", timeout=TIMEOUT)
+            assert r["state"] == "ESTABLISHED"
+            pkt = _ipv4_udp("10.1.0.1", "10.2.0.9", b"after the storm")
+            assert a.daemon.send([pkt]) == 1
+            await _until(lambda: b.got == [pkt], "a packet through the tunnel")
+        finally:
+            junk.close()
+            await a.daemon.stop(delete=False)
+            await b.daemon.stop(delete=False)
+
+    asyncio.run(main())
