@@ -829,13 +829,22 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
             raise ConfigError(f"daemon.addresses[{i}]: {exc}") from None
     if not addresses:
         wanted = sorted({a for a in local_addrs.values() if a})
-        addresses = tuple(wanted) if wanted and all(local_addrs.values()) else ("0.0.0.0",)
+        if wanted and all(local_addrs.values()):
+            addresses = tuple(wanted)
+        else:  # wildcards, for each address family some peer uses
+            v6 = any(p.remote_addr and ":" in p.remote_addr for p in peers) or any(":" in a for a in wanted)
+            v4 = any(p.remote_addr is None or ":" not in p.remote_addr for p in peers)
+            addresses = (("0.0.0.0",) if v4 else ()) + (("::",) if v6 else ())
     else:
         addresses = tuple(_address(a) for a in addresses)
         wildcard = {"0.0.0.0", "::"}
         for n, a in local_addrs.items():
             if a and a not in addresses and not (wildcard & set(addresses)):
                 raise ConfigError(f"peers.{n}.local_addr: {a} is not among daemon.addresses")
+    for p in peers:
+        if p.remote_addr and not any((":" in a) == (":" in p.remote_addr) for a in addresses):
+            raise ConfigError(f"peers.{p.name}.remote_addr: no IPv{6 if ':' in p.remote_addr else 4} address among "
+                              f"daemon.addresses {list(addresses)} to reach it from")
     port = daemon.get("port", _port, 500)
     nat_port = daemon.get("nat_port", _port, 4500)
     if port == nat_port:

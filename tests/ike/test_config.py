@@ -295,3 +295,11 @@ def test_start_action(pki_dir: Path) -> None:
     with pytest.raises(ConfigError, match=r"peers.branch.start_action: \"start\" needs a remote_addr"):
         parse_config(GOOD.replace('remote_addr = "192.0.2.2"', 'remote_addr = "%any"\nstart_action = "start"'),
                      base=pki_dir)
+
+
+def test_listen_addresses_follow_the_peers(pki_dir: Path) -> None:
+    v6 = GOOD.replace('local_addr = "192.0.2.1"\n', "").replace('remote_addr = "192.0.2.2"', 'remote_addr = "2001:db8::2"')
+    assert parse_config(v6, base=pki_dir).addresses == ("::",)
+    assert parse_config(GOOD.replace('local_addr = "192.0.2.1"\n', ""), base=pki_dir).addresses == ("0.0.0.0",)
+    with pytest.raises(ConfigError, match=r"peers.branch.remote_addr: no IPv6 address among daemon.addresses"):
+        parse_config(v6.replace("[daemon]\n", '[daemon]\naddresses = ["192.0.2.1"]\n'), base=pki_dir)
