@@ -462,11 +462,8 @@ class CaptureReader:
         avg_rec: float | None = None
         broken: str | None = None
         while pos < size and broken is None:
-            rec: list[int] = []
             chunk_start = pos
             limit_records, limit_bytes = self.chunk_records, self.chunk_bytes
-            n = 0
-            append = rec.append
             stop_bytes = chunk_start + limit_bytes
             # Scan about as many bytes as the record limit needs (from the mean record size seen so far).
             est = stop_bytes if avg_rec is None else pos + int(limit_records * avg_rec * 1.05) + 4096
@@ -497,29 +494,21 @@ class CaptureReader:
                 avg_rec = (pos - chunk_start) / offs.size
                 pos = end_after
                 continue
-            while pos + 16 <= size:
-                caplen = unpack(mm, pos + 8)[0]
-                nxt = pos + 16 + caplen
-                if nxt > size or caplen > MAX_RECORD_BYTES:
-                    break
-                append(pos + 16)
-                pos = nxt
-                n += 1
-                if n >= limit_records or pos >= stop_bytes:
-                    break
-            else:
-                if pos < size:
+            rec, pos = self._walk_pcap(pos, stop_bytes, limit_records, unpack)
+            n = len(rec)
+            if pos < size and n < limit_records and pos < stop_bytes:
+                if pos + 16 > size:
                     self._truncated(index + n, pos, f"record header cut ({size - pos} of 16 bytes)")
                     pos = size
-            if pos + 16 <= size and n < limit_records and pos < stop_bytes:
-                caplen = unpack(mm, pos + 8)[0]
-                if caplen > MAX_RECORD_BYTES:
-                    broken = (f"record {index + n + 1} at offset {pos}: captured length {caplen} is "
-                              f"implausible; the file is corrupt from here on")
                 else:
-                    self._truncated(index + n, pos, f"record data cut ({size - pos - 16} of {caplen} bytes)")
-                    pos = size
-            if rec:
+                    caplen = unpack(mm, pos + 8)[0]
+                    if caplen > MAX_RECORD_BYTES:
+                        broken = (f"record {index + n + 1} at offset {pos}: captured length {caplen} is "
+                                  f"implausible; the file is corrupt from here on")
+                    else:
+                        self._truncated(index + n, pos, f"record data cut ({size - pos - 16} of {caplen} bytes)")
+                        pos = size
+            if len(rec):
                 data, offs = self._make_chunk(rec, 16, min(pos, size))
                 f = _fields(data, offs - 16, 4, self.byte_order)
                 mult = 10**9 if self.nanosecond else 10**6
@@ -528,6 +517,30 @@ class CaptureReader:
                 index += len(rec)
         if broken:
             raise CaptureError(f"{self.path}: {broken}")
+
+    def _walk_pcap(self, pos: int, stop: int, limit: int, unpack: Any) -> tuple[list[int] | np.ndarray, int]:
+        """Record data offsets from ``pos`` on, until ``limit`` records, ``stop`` bytes, or a record that does not
+        fit the file (left at the returned position for the caller to diagnose)."""
+        size = self.size
+        if _NATIVE_SCAN is not None:
+            out = np.empty(limit, dtype=np.int64)
+            n, pos = _NATIVE_SCAN(self._arr, pos, stop, size, limit, self.byte_order == ">", MAX_RECORD_BYTES, out)
+            return out[:n], pos
+        mm = self._mm
+        rec: list[int] = []
+        append = rec.append
+        n = 0
+        while pos + 16 <= size:
+            caplen = unpack(mm, pos + 8)[0]
+            nxt = pos + 16 + caplen
+            if nxt > size or caplen > MAX_RECORD_BYTES:
+                break
+            append(pos + 16)
+            pos = nxt
+            n += 1
+            if n >= limit or pos >= stop:
+                break
+        return rec, pos
 
     def _release(self, upto: int) -> None:
         """Tell the kernel the mapped pages before ``upto`` are done with (the chunk was copied out), so the
@@ -1011,6 +1024,9 @@ def _native(name: str):  # type: ignore[no-untyped-def]
 
 #: esp._io.gather_segments(src, src_off, lengths, dst, dst_off) if built: same contract as the numpy version.
 _NATIVE_GATHER = _native("gather_segments")
+#: esp._io.scan_pcap(buf, pos, stop, size, limit, big_endian, max_record, out) -> (count, pos) if built: the
+#: record walk of CaptureReader._walk_pcap in C (out[k] = offset of record k's data).
+_NATIVE_SCAN = _native("scan_pcap")
 
 
 def gather_segments(src: np.ndarray, src_off: np.ndarray, lengths: np.ndarray,

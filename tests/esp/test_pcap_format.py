@@ -402,3 +402,68 @@ def test_pcapng_parallel_scan_equals_sequential_walk(tmp_path, monkeypatch, seed
     a, b = out
     assert all(np.array_equal(x, y) for x, y in zip(a[:3], b[:3])) and a[3:] == b[3:]
     assert any(used)
+
+
+# -- the compiled-kernel hooks (esp._io.scan_pcap / gather_segments), driven by Python stand-ins ------------------
+
+def _scan_pcap_reference(buf, pos, stop, size, limit, big, max_record, out):
+    """The contract esp._io.scan_pcap must meet (see esp.pcap._NATIVE_SCAN)."""
+    n = 0
+    fmt = ">I" if big else "<I"
+    while pos + 16 <= size:
+        caplen = struct.unpack_from(fmt, buf, pos + 8)[0]
+        if caplen > max_record or pos + 16 + caplen > size:
+            break
+        out[n] = pos + 16
+        n += 1
+        pos += 16 + caplen
+        if n >= limit or pos >= stop:
+            break
+    return n, pos
+
+
+def _gather_reference(src, src_off, lengths, dst, dst_off):
+    for so, ln, do in zip(src_off.tolist(), lengths.tolist(), dst_off.tolist()):
+        if ln > 0:
+            dst[do:do + ln] = src[so:so + ln]
+
+
+def test_native_hooks_are_used_and_agree(tmp_path, monkeypatch):
+    import esp.pcap as pcap_mod
+    calls = {"scan": 0, "gather": 0}
+
+    def scan(*a):
+        calls["scan"] += 1
+        return _scan_pcap_reference(*a)
+
+    def gather(*a):
+        calls["gather"] += 1
+        return _gather_reference(*a)
+
+    recs = [Rec(p, 1_700_000_000 + i, i) for i, p in enumerate(PKTS * 5)]
+    whole = pcap_file(recs, linktype=101, order=">")
+    cases = [whole, whole[:-5], whole + struct.pack(">IIII", 1, 0, 0x7FFFFFFF, 1)]
+    expected = []
+    for data in cases:
+        path = _write(tmp_path, "n.pcap", data)
+        try:
+            expected.append((_records(path, chunk_records=7)[0], None))
+        except CaptureError as exc:
+            expected.append((None, str(exc)))
+    monkeypatch.setattr(pcap_mod, "_NATIVE_SCAN", scan)
+    monkeypatch.setattr(pcap_mod, "_NATIVE_GATHER", gather)
+    for data, (want, err) in zip(cases, expected):
+        path = _write(tmp_path, "n.pcap", data)
+        if err is None:
+            got, r = _records(path, chunk_records=7)
+            assert got == want
+        else:
+            with pytest.raises(CaptureError) as ei:
+                _records(path, chunk_records=7)
+            assert str(ei.value) == err
+    out = tmp_path / "o.pcapng"
+    with CaptureReader(_write(tmp_path, "n.pcap", whole)) as r, CaptureWriter(out, r.interfaces, fmt="pcapng") as w:
+        for c in r.chunks():
+            w.write(c.data, c.offsets, c.caplen, c.ts, c.iface)
+    assert [g[0] for g in _records(out)[0]] == PKTS * 5
+    assert calls["scan"] > 0 and calls["gather"] > 0
