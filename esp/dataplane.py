@@ -15,6 +15,16 @@ expire and acquire): :meth:`add_policy`, :meth:`install_sa`, :meth:`rekey_sa`, :
 Thread contract: one thread may run ``outbound`` while another runs ``inbound`` and a third (IKE) changes
 policies and SAs. Changes are copy-on-write (see :mod:`esp.sad`, :mod:`esp.spd`): each batch reads one
 snapshot of each table, so a change lands between batches, never inside one.
+
+A router's loop, with static SAs (what ``esp.gateway`` does around TUN and UDP sockets)::
+
+    dp = Dataplane()
+    dp.add_policy(Policy("site", Selector("10.1.0.0/16", "10.2.0.0/16")))          # local -> remote
+    dp.install_sa(Sa(SaParams(spi=0x1001, direction=Direction.OUT, ...)), "site")
+    dp.install_sa(Sa(SaParams(spi=0x2001, direction=Direction.IN, ...)), "site")
+    out = PacketBatch.empty(256, 2048)                                              # reused forever
+    verdicts = dp.outbound(plain_batch, out)          # out slot i: ESP packet for plain slot i when OK
+    verdicts = dp.inbound(esp_batch, out)             # out slot i: inner packet, policy-checked, when OK
 """
 from __future__ import annotations
 
