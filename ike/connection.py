@@ -118,6 +118,11 @@ class IkeConnection:
         from .tasks.ike_rekey import IkeRekey
 
         if msg.exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH):
+            if sa.state != IkeSaState.CREATED or sa.initiator:
+                from .errors import InvalidSyntaxError
+
+                raise InvalidSyntaxError(f"{ExchangeType(msg.exchange).name} request on an IKE_SA that is "
+                                         f"{sa.state.value}")
             return [IkeInit(sa, False), Natd(sa, False), CertPre(sa, False), IkeAuth(sa, False),
                     CertPost(sa, False), ChildCreate(sa, False)]
         if sa.state not in (IkeSaState.ESTABLISHED, IkeSaState.REKEYING, IkeSaState.DELETING):
