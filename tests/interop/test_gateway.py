@@ -335,8 +335,8 @@ def test_static_rekey_in_the_middle_of_a_transfer_loses_nothing(topo, tmp_path):
         gw_b = GatewayProcess(topo.gw_b, old_b, tmp_path, "b")
         try:
             result: dict = {}
-            # paced at 6 MB/s so the transfer spans every step (about 4 s), whatever the machine's speed
-            t = threading.Thread(target=lambda: result.update(r=bulk_transfer(topo, 24 << 20, seed=3, rate=6e6)))
+            # paced at 4 MB/s so the transfer spans every step (about 6 s), whatever the machine's speed
+            t = threading.Thread(target=lambda: result.update(r=bulk_transfer(topo, 24 << 20, seed=3, rate=4e6)))
             t.start()
             time.sleep(0.5)
             steps = [

@@ -239,7 +239,7 @@ def test_two_espresso_gateways_with_certificates_rekey_mid_transfer_and_peer_sto
 
         # bulk transfer, paced so that the CHILD_SA rekey lands in its middle
         result: dict = {}
-        t = threading.Thread(target=lambda: result.update(r=bulk_transfer(topo, 24 << 20, seed=11, rate=6e6)))
+        t = threading.Thread(target=lambda: result.update(r=bulk_transfer(topo, 24 << 20, seed=11, rate=4e6)))
         t.start()
         time.sleep(1.0)
         old_spi = ca["spi_in"]
