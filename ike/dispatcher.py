@@ -234,7 +234,8 @@ class Dispatcher:
         for conn in list(self._conns.values()):
             sa = conn.sa
             if (conn is not new and not conn.closed and sa.peer.name == new.sa.peer.name
-                    and sa.remote_id == new.sa.remote_id and sa.state != IkeSaState.CREATED):
+                    and sa.remote_id == new.sa.remote_id
+                    and sa.state in (IkeSaState.ESTABLISHED, IkeSaState.REKEYING)):
                 conn.abandon("replaced (peer sent INITIAL_CONTACT)")
                 self._dirty.add(conn)
 
