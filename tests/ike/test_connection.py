@@ -620,3 +620,19 @@ def test_pfs_invalid_ke_retry_in_create_child_sa():
     ea, eb = drain(a), drain(b)
     ca, cb = assert_child_keys_match(ea, eb)
     assert not of(ea, ChildSaFailed)
+
+
+def test_ipv6_outer_addresses():
+    i, r = psk_peers()
+    i = replace(i, remote_addr="2001:db8::2", local_addr="2001:db8::1")
+    a, b = pair(i, r)
+    a.initiate("to-r", 0.0)
+    for _ in range(6):
+        for d in a.datagrams_to_send(0.0):
+            assert d.addr[0] == "2001:db8::2"
+            b.receive_datagram(d.data, ("2001:db8::1", d.local_port), ("2001:db8::2", d.addr[1]), 0.0)
+        for d in b.datagrams_to_send(0.0):
+            a.receive_datagram(d.data, ("2001:db8::2", d.local_port), ("2001:db8::1", d.addr[1]), 0.0)
+    ea, eb = drain(a), drain(b)
+    ca, cb = assert_child_keys_match(ea, eb)
+    assert not ca.encap and ca.remote_addr == ("2001:db8::2", 500) and cb.remote_addr == ("2001:db8::1", 500)
