@@ -150,6 +150,60 @@ cdef inline uint32_t fold(uint32_t s) noexcept nogil:
     return s
 
 
+cdef class BatchView:
+    """Raw pointers into a batch's arrays, taken once per batch instead of once per call.
+
+    Acquiring nine typed buffers cost about 8 microseconds a call, under the GIL: a sixth of a 256-packet
+    batch at 64 bytes. The view holds the buffers (so numpy cannot resize or free them) and records which are
+    writable: a read-only arena (a memory-mapped capture) can be a source, never a destination.
+    """
+
+    cdef object _refs
+    cdef const uint8_t *buf
+    cdef uint8_t *wbuf
+    cdef Py_ssize_t buflen
+    cdef readonly Py_ssize_t count
+    cdef const int64_t *off
+    cdef const int32_t *length
+    cdef int32_t *wlength
+    cdef const int32_t *cap
+    cdef uint8_t *status
+
+    def __init__(self, buf, offsets, lengths, capacity, status):
+        cdef const uint8_t[::1] b = buf
+        cdef const int64_t[::1] o = offsets
+        cdef const int32_t[::1] l = lengths
+        cdef const int32_t[::1] c = capacity
+        cdef uint8_t[::1] st = status
+        cdef uint8_t[::1] wb
+        cdef int32_t[::1] wl
+        self.count = o.shape[0]
+        if l.shape[0] != self.count or c.shape[0] != self.count or st.shape[0] != self.count:
+            raise ValueError("offsets, lengths, capacity and status must have one length")
+        self.buflen = b.shape[0]
+        self.buf = &b[0] if self.buflen > 0 else NULL
+        self.off = &o[0] if self.count > 0 else NULL
+        self.length = &l[0] if self.count > 0 else NULL
+        self.cap = &c[0] if self.count > 0 else NULL
+        self.status = &st[0] if self.count > 0 else NULL
+        self.wbuf = NULL
+        self.wlength = NULL
+        refs = [b, o, l, c, st]
+        try:
+            wb = buf
+            self.wbuf = &wb[0] if self.buflen > 0 else NULL
+            refs.append(wb)
+        except (ValueError, BufferError, TypeError):
+            pass
+        try:
+            wl = lengths
+            self.wlength = &wl[0] if self.count > 0 else NULL
+            refs.append(wl)
+        except (ValueError, BufferError, TypeError):
+            pass
+        self._refs = tuple(refs)
+
+
 cdef class SaContext:
     """The compiled state of one SA in one direction. Built by :class:`esp.sa.Sa`; not for direct use."""
 
@@ -957,39 +1011,42 @@ cdef class SaContext:
         return self._deliver(pkt, hl, pkt[0] >> 4, out, plen, nh, out_len)
 
     # ---------------------------------------------------------------- batch API
-    def process_into(self, const uint8_t[::1] src, const int64_t[::1] src_off, const int32_t[::1] src_len,
-                     uint8_t[::1] dst, const int64_t[::1] dst_off, const int32_t[::1] dst_cap,
-                     int32_t[::1] dst_len, uint8_t[::1] status, const int32_t[::1] select=None):
+    def process_into(self, BatchView src, BatchView dst, const int32_t[::1] select=None):
         """Encrypt (outbound context) or decrypt (inbound) slots of a batch; returns the number OK.
 
         Slot i of src goes to slot i of dst. ``select`` restricts the work to those slot indices. Each slot
-        gets a verdict in ``status``; slots whose offsets or lengths lie outside their buffers are MALFORMED.
+        gets a verdict in dst's status; slots whose offsets or lengths lie outside their buffers are MALFORMED.
         """
-        cdef Py_ssize_t count = src_off.shape[0]
+        cdef Py_ssize_t count = src.count
         cdef Py_ssize_t nsel, k, i
-        cdef Py_ssize_t srcn = src.shape[0]
-        cdef Py_ssize_t dstn = dst.shape[0]
+        cdef Py_ssize_t srcn = src.buflen
+        cdef Py_ssize_t dstn = dst.buflen
         cdef int64_t so, do
         cdef int32_t sl, dc
         cdef int r, outl
         cdef Py_ssize_t ok = 0
         cdef bint use_sel = select is not None
-        if src_len.shape[0] != count or dst_off.shape[0] < count or dst_cap.shape[0] < count or \
-           dst_len.shape[0] < count or status.shape[0] < count:
-            raise ValueError("batch arrays disagree in length")
+        cdef const uint8_t *sp = src.buf
+        cdef uint8_t *dp = dst.wbuf
+        cdef const int64_t *src_off = src.off
+        cdef const int32_t *src_len = src.length
+        cdef const int64_t *dst_off = dst.off
+        cdef const int32_t *dst_cap = dst.cap
+        cdef int32_t *dst_len = dst.wlength
+        cdef uint8_t *status = dst.status
+        if dst.count < count:
+            raise ValueError(f"output batch has {dst.count} slots for {count} packets")
+        if (dp == NULL and dstn > 0) or (dst_len == NULL and count > 0):
+            raise ValueError("the output batch is read-only")
         if self.framing == F_RAW:
             raise ValueError("a raw (ESP-only) context has no batch framing; use seal/open")
         nsel = select.shape[0] if use_sel else count
-        cdef const uint8_t *sp = &src[0] if srcn > 0 else NULL
-        cdef uint8_t *dp = &dst[0] if dstn > 0 else NULL
-        cdef uint8_t *stp = &status[0] if count > 0 else NULL
-        cdef int32_t *lp = &dst_len[0] if count > 0 else NULL
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
             if self.jobs:
                 self.mgr = espc_jobs_mgr()
-                self.b_status = stp
-                self.b_len = lp
+                self.b_status = status
+                self.b_len = dst_len
             if self.jobs and self.mgr == NULL:
                 for k in range(nsel):
                     i = select[k] if use_sel else k

@@ -25,7 +25,7 @@ DEFAULT_SLOT = 2048
 class PacketBatch:
     """Packets in one arena. ``lengths[i]`` bytes at ``offsets[i]``, with ``capacity[i]`` bytes of room."""
 
-    __slots__ = ("buf", "offsets", "lengths", "capacity", "status")
+    __slots__ = ("_buf", "_offsets", "_lengths", "_capacity", "_status", "_view")
 
     def __init__(self, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, capacity: np.ndarray) -> None:
         if buf.dtype != np.uint8 or buf.ndim != 1:
@@ -33,11 +33,26 @@ class PacketBatch:
         n = len(offsets)
         if len(lengths) != n or len(capacity) != n:
             raise ValueError("offsets, lengths and capacity must have the same length")
-        self.buf = np.ascontiguousarray(buf)
-        self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-        self.lengths = np.ascontiguousarray(lengths, dtype=np.int32)
-        self.capacity = np.ascontiguousarray(capacity, dtype=np.int32)
-        self.status = np.zeros(n, dtype=np.uint8)
+        self._buf = np.ascontiguousarray(buf)
+        self._offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        self._lengths = np.ascontiguousarray(lengths, dtype=np.int32)
+        self._capacity = np.ascontiguousarray(capacity, dtype=np.int32)
+        self._status = np.zeros(n, dtype=np.uint8)
+        self._view: _core.BatchView | None = None
+
+    # The arrays are fixed for the batch's life (their contents are not): the core keeps pointers into them.
+    buf = property(lambda self: self._buf, doc="the uint8 arena")
+    offsets = property(lambda self: self._offsets, doc="int64 start of each slot in the arena")
+    lengths = property(lambda self: self._lengths, doc="int32 bytes used in each slot")
+    capacity = property(lambda self: self._capacity, doc="int32 room in each slot (for outputs)")
+    status = property(lambda self: self._status, doc="uint8 Verdict of each slot after processing")
+
+    @property
+    def view(self) -> "_core.BatchView":
+        """The compiled core's view of this batch, made on first use."""
+        if self._view is None:
+            self._view = _core.BatchView(self._buf, self._offsets, self._lengths, self._capacity, self._status)
+        return self._view
 
     @classmethod
     def empty(cls, count: int, slot_size: int = DEFAULT_SLOT) -> "PacketBatch":

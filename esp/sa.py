@@ -167,6 +167,7 @@ class Sa:
             raise ValueError("initial_seq out of range for the sequence number space")
         self.params = params
         self.backend = backend
+        self._outbound = params.direction is Direction.OUT
         enc = params.encap
         self._ctx = _core.SaContext(
             cipher=s.cipher.value, integ=s.integ.value, outbound=params.direction is Direction.OUT,
@@ -256,20 +257,19 @@ class Sa:
     # -- batches (the hot path) ---------------------------------------------------------------------------
     def encrypt_batch(self, src: PacketBatch, dst: PacketBatch, select: Optional[np.ndarray] = None) -> int:
         """Encrypt slots of ``src`` into the same slots of ``dst``; verdicts in ``dst.status``."""
-        self._need(Direction.OUT)
-        return self._process(src, dst, select)
+        if not self._outbound:
+            self._need(Direction.OUT)
+        if select is not None:
+            select = np.ascontiguousarray(select, dtype=np.int32)
+        return self._ctx.process_into(src.view, dst.view, select)
 
     def decrypt_batch(self, src: PacketBatch, dst: PacketBatch, select: Optional[np.ndarray] = None) -> int:
         """Verify and decrypt slots of ``src`` into ``dst``; verdicts in ``dst.status``."""
-        self._need(Direction.IN)
-        return self._process(src, dst, select)
-
-    def _process(self, src: PacketBatch, dst: PacketBatch, select: Optional[np.ndarray]) -> int:
-        if dst.count < src.count:
-            raise ValueError(f"output batch has {dst.count} slots for {src.count} packets")
-        sel = None if select is None else np.ascontiguousarray(select, dtype=np.int32)
-        return int(self._ctx.process_into(src.buf, src.offsets, src.lengths, dst.buf, dst.offsets, dst.capacity,
-                                          dst.lengths, dst.status, sel))
+        if self._outbound:
+            self._need(Direction.IN)
+        if select is not None:
+            select = np.ascontiguousarray(select, dtype=np.int32)
+        return self._ctx.process_into(src.view, dst.view, select)
 
     def _need(self, direction: Direction) -> None:
         if self.params.direction is not direction:
