@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections import deque
+from collections import Counter, deque
 from typing import Callable, NamedTuple
 
 from .constants import ExchangeType, PayloadType, ProtocolId
@@ -74,8 +74,10 @@ class IkeConnection:
                  local_addr: tuple[str, int], remote_addr: tuple[str, int], spi_local: int,
                  spi_remote: int = 0, candidates: list[PeerConfig] | None = None,
                  register_spi: Callable[[int, "IkeConnection"], None] | None = None,
-                 unregister_spi: Callable[[int], None] | None = None) -> None:
+                 unregister_spi: Callable[[int], None] | None = None,
+                 stats: "Counter[str] | None" = None) -> None:
         self.config = config
+        self.stats: Counter[str] = stats if stats is not None else Counter()  # shared with the dispatcher
         self.ike_id = ike_id
         self._events: deque[IkeEvent] = deque()
         self._out: list[Datagram] = []
@@ -105,7 +107,7 @@ class IkeConnection:
         def passive(msg: Message) -> list[Task]:
             return self._passive(sa, msg)
 
-        return TaskManager(sa, send, terminate, passive)
+        return TaskManager(sa, send, terminate, passive, self.stats)
 
     def _send(self, sa: IkeSa, frags: list[bytes]) -> None:
         sa.last_outbound = sa.now

@@ -98,7 +98,7 @@ class Dispatcher:
         ike_id = self._next_id
         self._next_id += 1
         conn = IkeConnection(self.config, peer, ike_id, initiator, local, remote, self._new_spi(), spi_remote,
-                             candidates, self._register, self._unregister)
+                             candidates, self._register, self._unregister, self.stats)
         self._conns[ike_id] = conn
         return conn
 

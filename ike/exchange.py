@@ -6,6 +6,7 @@ Window size 1 (RFC 7296 2.3 default): one outstanding request per direction.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Callable
 
 from .constants import HEADER_LEN, ExchangeType, NotifyType, PayloadType
@@ -110,8 +111,9 @@ class TaskManager:
 
     def __init__(self, sa: IkeSa, send: Callable[[list[bytes]], None],
                  terminate: Callable[[str, int | None], None],
-                 passive_tasks: Callable[[Message], list[Task]]) -> None:
+                 passive_tasks: Callable[[Message], list[Task]], stats: Counter[str] | None = None) -> None:
         self.sa = sa
+        self.stats: Counter[str] = stats if stats is not None else Counter()
         self.send = send
         self.terminate = terminate
         self.passive_tasks = passive_tasks
@@ -296,19 +298,24 @@ class TaskManager:
         sa.now = now
         if header.is_response:
             if self.request is None or header.message_id != self.mid_out:
+                self.stats["dropped_unexpected_response"] += 1
                 return  # stale or unexpected response
         else:
             if self.cached is not None and header.message_id == self.cached[0]:
                 if header.next_payload != PayloadType.SKF or data[HEADER_LEN + 4:HEADER_LEN + 6] == b"\x00\x01":
+                    self.stats["duplicates_answered"] += 1
                     self.send(self.cached[1])  # retransmitted request: answer from the cache
                 return
             if header.message_id != self.mid_in:
+                self.stats["dropped_message_id"] += 1
                 return  # outside the window: dropped (RFC 7296 2.3)
         try:
             msg = decode_message(sa, data, header, self.reassembly)
         except IntegrityError:
+            self.stats["dropped_integrity"] += 1
             return
         except ProtocolError as exc:
+            self.stats["dropped_malformed"] += 1
             log.info("dropping malformed message: %s", exc.reason)
             if (not header.is_response and header.exchange == ExchangeType.IKE_SA_INIT
                     and exc.notify is not None):
@@ -346,6 +353,7 @@ class TaskManager:
             self.terminate("retransmit timeout (peer not responding)", None)
             return
         self.retransmits += 1
+        self.stats["retransmits"] += 1
         self.retransmit_at = now + cfg.retransmit_timeout * (cfg.retransmit_base ** self.retransmits)
         self.send(self.request)
 

@@ -636,3 +636,17 @@ def test_ipv6_outer_addresses():
     ea, eb = drain(a), drain(b)
     ca, cb = assert_child_keys_match(ea, eb)
     assert not ca.encap and ca.remote_addr == ("2001:db8::2", 500) and cb.remote_addr == ("2001:db8::1", 500)
+
+
+def test_drop_counters():
+    i, r = psk_peers()
+    a, b = pair(i, r, retransmit_tries=1)
+    a.initiate("to-r", 0.0)
+    transfer(a, b, 0.0, ADDR_I[0], ADDR_R[0])
+    transfer(b, a, 0.0, ADDR_R[0], ADDR_I[0])
+    auth = a.datagrams_to_send(0.0)[0]
+    forged = auth.data[:-1] + bytes([auth.data[-1] ^ 1])
+    b.receive_datagram(forged, ADDR_I, ADDR_R, 0.0)
+    b.receive_datagram(auth.data, ADDR_I, ADDR_R, 0.0)
+    b.receive_datagram(auth.data, ADDR_I, ADDR_R, 0.0)
+    assert b.stats["dropped_integrity"] == 1 and b.stats["duplicates_answered"] == 1
