@@ -150,3 +150,16 @@ def test_natd_hash():
     h = natd_hash(1, 2, ("192.0.2.1", 500))
     assert h == hashlib.sha1((1).to_bytes(8, "big") + (2).to_bytes(8, "big") + bytes([192, 0, 2, 1])
                              + (500).to_bytes(2, "big")).digest()
+
+
+@pytest.mark.parametrize("group", [14, 15])
+def test_modp_public_value_from_injected_exponent(group):
+    from ike.dh import _MODP
+
+    fixed = hashlib.sha512(b"exponent").digest()
+    d = create_dh(group, lambda n: fixed[:n])
+    x = int.from_bytes(fixed[:64], "big") | (1 << 511)
+    p = _MODP[group]
+    assert d.public == pow(2, x, p).to_bytes((p.bit_length() + 7) // 8, "big")  # Python's pow as the oracle
+    peer = create_dh(group, os.urandom)
+    assert d.shared(peer.public) == pow(int.from_bytes(peer.public, "big"), x, p).to_bytes(len(d.public), "big")
