@@ -42,6 +42,7 @@ macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")] + ([("ESPRESSO_HAVE_
 MODULES = {
     "esp._core": ("esp/_core.pyx", crypto_libs),
     "esp._io": ("esp/_io.pyx", []),
+    "esp._pcapio": ("esp/_pcapio.pyx", []),
     "bench._ceilings": ("bench/_ceilings.pyx", crypto_libs),
 }
 

@@ -13,6 +13,7 @@ ICV, update the RFC 6479 window only after authentication, decrypt, check paddin
 Thread contract: a context is guarded by its own lock, taken once per batch without the GIL. Two threads on two
 SAs run in parallel; two threads sharing one SA are serialised, so sequence numbers never repeat.
 """
+cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memcmp, memcpy, memmove, memset
 from libc.stdlib cimport malloc, calloc, free
@@ -204,6 +205,7 @@ cdef class BatchView:
         self._refs = tuple(refs)
 
 
+@cython.final
 cdef class SaContext:
     """The compiled state of one SA in one direction. Built by :class:`esp.sa.Sa`; not for direct use."""
 

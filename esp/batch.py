@@ -15,8 +15,27 @@ from esp import _core
 
 __all__ = ["Verdict", "PacketBatch", "DEFAULT_SLOT"]
 
-Verdict = enum.IntEnum("Verdict", {name: i for i, name in enumerate(_core.VERDICTS)})  # type: ignore[misc]
-Verdict.__doc__ = "Per-packet outcome of batch processing; OK is 0."
+class Verdict(enum.IntEnum):
+    """Per-packet outcome of batch processing; OK is 0. The values are the core's (checked at import)."""
+
+    OK = 0
+    AUTH_FAILED = 1
+    REPLAYED = 2
+    MALFORMED = 3
+    PAD_ERROR = 4
+    DUMMY = 5
+    NO_SPACE = 6
+    EXPIRED = 7
+    SEQ_EXHAUSTED = 8
+    NO_SA = 9
+    POLICY_MISMATCH = 10
+    DISCARDED = 11
+    BYPASSED = 12
+    UNSUPPORTED = 13
+
+
+if tuple(v.name for v in Verdict) != tuple(_core.VERDICTS):  # pragma: no cover - a build out of step
+    raise ImportError("esp._core was built with other verdict codes than esp.batch expects; rebuild espresso")
 
 #: Room per slot by default: a 1500-byte packet plus outer headers, ESP overhead, TFC padding and some slack.
 DEFAULT_SLOT = 2048
