@@ -269,6 +269,32 @@ class IkeEndpoint:
         self.stats["esp_out"] += 1
         return True
 
+    def send_esp_many(self, items: list[tuple[Any, tuple[str, int], int]]) -> int:
+        """Send a burst of ESP-in-UDP packets ``(esp, remote, local_port)``; returns how many left. ``esp`` may
+        be any bytes-like object (a memoryview into the data plane's output batch: no copy)."""
+        if self._closed:
+            return 0
+        sent = 0
+        socks: dict[tuple[int, bool], _Socket | None] = {}
+        for data, addr, port in items:
+            key = (port, ":" in addr[0])
+            if key not in socks:
+                socks[key] = self._socket_for(port, addr[0])
+            sock = socks[key]
+            if sock is None:
+                self.stats["esp_no_socket"] += 1
+                continue
+            try:
+                sock.sock.sendto(data, addr)
+                sent += 1
+            except (BlockingIOError, InterruptedError):
+                self.stats["send_dropped"] += 1
+            except OSError as exc:
+                self.stats["send_errors"] += 1
+                log.debug("sendto %s:%d failed: %s", addr[0], addr[1], exc)
+        self.stats["esp_out"] += sent
+        return sent
+
     def send_keepalive(self, addr: tuple[str, int], local_port: int) -> bool:
         """A NAT keepalive (RFC 3948 2.3): one 0xFF byte from the NAT-T socket."""
         sock = self._socket_for(local_port, addr[0])

@@ -643,26 +643,32 @@ class Daemon:
         batch = PacketBatch.from_packets(packets)
         out = PacketBatch.empty(count=len(packets), slot_size=max(len(p) for p in packets) + 128)
         verdicts = np.asarray(self.dataplane.outbound(batch, out, now=self.now()))
-        buf, offs, lens = out.buf, out.offsets, out.lengths
-        sent = 0
-        dests: dict[bytes, str] = {}
-        for i in np.flatnonzero(verdicts == _OK):
-            off = int(offs[i])
-            pkt = buf[off:off + int(lens[i])].tobytes()
-            if pkt[0] >> 4 == 4:
-                raw, proto, hl = pkt[16:20], pkt[9], (pkt[0] & 0x0F) * 4
-                family = socket.AF_INET
-            else:
-                raw, proto, hl = pkt[24:40], pkt[6], 40
-                family = socket.AF_INET6
-            if proto != 17:  # raw ESP needs the gateway's raw socket; not on this path
+        ok = np.flatnonzero(verdicts == _OK)
+        mv = memoryview(out.buf)
+        # The outer IP + UDP header says where each packet goes; the socket sends only the ESP after it.
+        routes: dict[bytes, tuple[int, tuple[str, int], int] | None] = {}
+        items: list[tuple[Any, tuple[str, int], int]] = []
+        for off, ln in zip(out.offsets[ok].tolist(), out.lengths[ok].tolist()):
+            v4 = mv[off] >> 4 == 4
+            hl = (mv[off] & 0x0F) * 4 if v4 else 40
+            key = bytes(mv[off + 16:off + 20]) + bytes(mv[off + hl:off + hl + 4]) + bytes(mv[off + 9:off + 10]) \
+                if v4 else bytes(mv[off + 24:off + 40]) + bytes(mv[off + hl:off + hl + 4]) + bytes(mv[off + 6:off + 7])
+            route = routes.get(key, ())
+            if route == ():
+                proto = key[-1]
+                if proto != 17:  # raw ESP needs the gateway's raw socket; not on this path
+                    route = None
+                else:
+                    raw = key[:4] if v4 else key[:16]
+                    dst = socket.inet_ntop(socket.AF_INET if v4 else socket.AF_INET6, raw)
+                    sport, dport = struct.unpack_from("!HH", key, len(raw))
+                    route = (hl + 8, (dst, dport), sport)
+                routes[key] = route
+            if route is None:
                 continue
-            dst = dests.get(raw)
-            if dst is None:
-                dst = dests[raw] = socket.inet_ntop(family, raw)
-            sport, dport = struct.unpack_from("!HH", pkt, hl)
-            if self.endpoint.send_esp(pkt[hl + 8:], (dst, dport), sport):
-                sent += 1
+            skip, addr, sport = route
+            items.append((mv[off + skip:off + ln], addr, sport))
+        sent = self.endpoint.send_esp_many(items) if items else 0
         self.counters["esp_out_ok"] += sent
         self.counters["esp_out_dropped"] += len(packets) - sent
         return sent
