@@ -131,6 +131,18 @@ class ChildConfig:
     life_packets: int = 0
     start: bool = True  # negotiated with IKE_AUTH when the peer is initiated
 
+    def __post_init__(self) -> None:
+        from .proposal import parse_proposals  # local: proposal -> payloads -> ident -> this module
+
+        if not self.esp_proposals:
+            raise ConfigError(f"child {self.name}: no ESP proposals")
+        try:
+            parse_proposals(self.esp_proposals, 3)
+        except ConfigError as exc:
+            raise ConfigError(f"child {self.name}: esp_proposals: {exc}") from None
+        if self.mode not in ("tunnel", "transport"):
+            raise ConfigError(f"child {self.name}: mode must be tunnel or transport")
+
 
 @dataclass(frozen=True)
 class PeerConfig:
@@ -181,6 +193,14 @@ class PeerConfig:
             raise ConfigError(f"peer {self.name}: remote_auth=pubkey needs a validator")
         if not self.ike_proposals:
             raise ConfigError(f"peer {self.name}: no IKE proposals")
+        from .proposal import parse_proposals
+
+        try:
+            parse_proposals(self.ike_proposals, 1)
+        except ConfigError as exc:
+            raise ConfigError(f"peer {self.name}: ike_proposals: {exc}") from None
+        if not 576 <= self.fragment_size <= 65535:
+            raise ConfigError(f"peer {self.name}: fragment_size must be 576..65535")
 
 
 def _utc_now(_now: float) -> datetime:
