@@ -33,6 +33,19 @@ static inline void espc_put32(uint8_t *p, uint32_t v) { uint32_t x = __builtin_b
 static inline uint32_t espc_get16(const uint8_t *p) { uint16_t x; memcpy(&x, p, 2); return __builtin_bswap16(x); }
 static inline uint32_t espc_get32(const uint8_t *p) { uint32_t x; memcpy(&x, p, 4); return __builtin_bswap32(x); }
 
+/* Constant-time tag comparison, inlined: 16-byte tags (every AEAD here) are two 64-bit words. */
+static inline int espc_tag_eq(const uint8_t *a, const uint8_t *b, int n) {
+    uint64_t x0, x1, y0, y1;
+    uint8_t d = 0;
+    int i;
+    if (n == 16) {
+        memcpy(&x0, a, 8); memcpy(&x1, a + 8, 8); memcpy(&y0, b, 8); memcpy(&y1, b + 8, 8);
+        return ((x0 ^ y0) | (x1 ^ y1)) == 0;
+    }
+    for (i = 0; i < n; i++) d |= a[i] ^ b[i];
+    return d == 0;
+}
+
 /* RFC 4303 2.4 default padding: 1, 2, 3, ... */
 static const uint8_t espc_pad_bytes[256] = {
     1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29,
@@ -440,7 +453,7 @@ static int espc_aead(espc_ctx *c, const uint8_t *nonce, const uint8_t *aad, int 
             }
             IMB_CHACHA20_POLY1305_DEC_UPDATE(espc_mb_mgr, c->chacha_key, &cc, out, in, (uint64_t)len);
             IMB_CHACHA20_POLY1305_DEC_FINALIZE(espc_mb_mgr, &cc, t, (uint64_t)c->icv_len);
-            return CRYPTO_memcmp(t, tag, (size_t)c->icv_len) == 0;
+            return espc_tag_eq(t, tag, c->icv_len);
         } else {
             struct gcm_context_data gc;
             uint8_t t[16];
@@ -462,7 +475,7 @@ static int espc_aead(espc_ctx *c, const uint8_t *nonce, const uint8_t *aad, int 
                                         (uint64_t)aad_len, dst, (uint64_t)c->icv_len);
             }
             if (c->enc) return 1;
-            return CRYPTO_memcmp(t, tag, (size_t)c->icv_len) == 0;
+            return espc_tag_eq(t, tag, c->icv_len);
         }
     }
 #endif
