@@ -744,7 +744,9 @@ class Daemon:
         return {"endpoint": dict(self.endpoint.stats), "esp": dict(self.counters),
                 "dataplane_in": {k: v for k, v in dp.inbound.items() if v},
                 "dataplane_out": {k: v for k, v in dp.outbound.items() if v},
-                "core": dict(getattr(self.core, "stats", {}) or {})}
+                "core": dict(getattr(self.core, "stats", {}) or {}),
+                **({"gateway": {k: v for k, v in vars(self.gateway.stats).items() if k != "errors"}}
+                   if self.gateway is not None else {})}
 
     # -- control socket ------------------------------------------------------------------------------------
     async def _start_control(self, path: Path) -> None:
