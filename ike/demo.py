@@ -215,6 +215,10 @@ async def _run(work: Path, args: argparse.Namespace, out: TextIO, result: DemoRe
         _say(out, f"[5/6] tunnel up in {result.ike_ms:.0f} ms: IKE_SA {sa['proposal']}, "
                   f"{sa.get('auth', '')} certificates; CHILD_SA {up.get('child')} "
                   f"{up.get('spi_in')}_i {up.get('spi_out')}_o, ESP {args.esp_proposal} in UDP")
+        fetched = sum(getattr(getattr(getattr(d.config.core.peers[0].validator, "validator", None),
+                                      "crl_source", None), "fetches", 0) for d in daemons.values())
+        _say(out, f"      each peer's certificate verified up to {ca.certificate.subject.rfc4514_string()}, "
+                  f"revocation checked with the CA's CRL ({fetched} download(s) from {svc.url}/crl)")
 
         first_spi = next(iter(a.children))
         half = args.packets // 2
