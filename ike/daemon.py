@@ -651,10 +651,9 @@ class Daemon:
         for off, ln in zip(out.offsets[ok].tolist(), out.lengths[ok].tolist()):
             v4 = mv[off] >> 4 == 4
             hl = (mv[off] & 0x0F) * 4 if v4 else 40
-            key = bytes(mv[off + 16:off + 20]) + bytes(mv[off + hl:off + hl + 4]) + bytes(mv[off + 9:off + 10]) \
-                if v4 else bytes(mv[off + 24:off + 40]) + bytes(mv[off + hl:off + hl + 4]) + bytes(mv[off + 6:off + 7])
-            route = routes.get(key, ())
-            if route == ():
+            key = bytes(mv[off + 16:off + 20]) + bytes(mv[off + hl:off + hl + 4]) + bytes((hl, mv[off + 9])) \
+                if v4 else bytes(mv[off + 24:off + 40]) + bytes(mv[off + hl:off + hl + 4]) + bytes((hl, mv[off + 6]))
+            if key not in routes:
                 proto = key[-1]
                 if proto != 17:  # raw ESP needs the gateway's raw socket; not on this path
                     route = None
@@ -664,6 +663,7 @@ class Daemon:
                     sport, dport = struct.unpack_from("!HH", key, len(raw))
                     route = (hl + 8, (dst, dport), sport)
                 routes[key] = route
+            route = routes[key]
             if route is None:
                 continue
             skip, addr, sport = route
