@@ -216,6 +216,10 @@ class CoreConfig:
     cookie_threshold: int = 10
     #: half-open IKE_SAs above which new IKE_SA_INIT requests are dropped
     half_open_limit: int = 1000
+    #: the same per source address (strongSwan's cookie_threshold_ip / block_threshold): one busy or hostile
+    #: address gets COOKIEs, then drops, before it can use up the global budget
+    cookie_threshold_ip: int = 3
+    half_open_limit_ip: int = 5
     half_open_timeout: float = 30.0
     retransmit_timeout: float = 4.0
     retransmit_base: float = 1.8

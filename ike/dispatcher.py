@@ -71,6 +71,7 @@ class Dispatcher:
         self._half_open: dict[tuple[str, int, int], IkeConnection] = {}  # (host, port, spi_i)
         # every responder IKE_SA by (host, port, SPIi): a retransmitted IKE_SA_INIT finds its SA
         self._by_init: dict[tuple[str, int, int], IkeConnection] = {}
+        self._half_open_ip: Counter[str] = Counter()
         self._conns: dict[int, IkeConnection] = {}
         self._next_id = 1
         self._events: deque[IkeEvent] = deque()
@@ -169,11 +170,12 @@ class Dispatcher:
 
     def _new_responder(self, data: bytes, h, addr, local_addr, now) -> IkeConnection | None:  # type: ignore[no-untyped-def]
         half = self.half_open()
-        if half >= self.config.half_open_limit:
+        half_ip = self._half_open_ip[addr[0]]
+        if half >= self.config.half_open_limit or half_ip >= self.config.half_open_limit_ip:
             self.stats["dropped_half_open_limit"] += 1
             return None
         payloads, _ = pull_chain(h.next_payload, data, HEADER_LEN)
-        if half >= self.config.cookie_threshold:
+        if half >= self.config.cookie_threshold or half_ip >= self.config.cookie_threshold_ip:
             nonce = next((p for p in payloads if isinstance(p, NoncePayload)), None)
             if nonce is None:
                 self.stats["dropped_no_nonce"] += 1
@@ -197,6 +199,7 @@ class Dispatcher:
         conn.created = now
         self._register(conn.sa.spi_r, conn)
         self._half_open[(addr[0], addr[1], h.spi_i)] = conn
+        self._half_open_ip[addr[0]] += 1
         self._by_init[(addr[0], addr[1], h.spi_i)] = conn
         conn.half_open_key = conn.init_key = (addr[0], addr[1], h.spi_i)
         conn.init_digest = hashlib.sha256(data).digest()
@@ -242,7 +245,10 @@ class Dispatcher:
     def _drop_half_open(self, conn: IkeConnection) -> None:
         key = getattr(conn, "half_open_key", None)
         if key is not None:
-            self._half_open.pop(key, None)
+            if self._half_open.pop(key, None) is not None:
+                self._half_open_ip[key[0]] -= 1
+                if self._half_open_ip[key[0]] <= 0:
+                    del self._half_open_ip[key[0]]
             conn.half_open_key = None
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:

@@ -650,3 +650,27 @@ def test_drop_counters():
     b.receive_datagram(auth.data, ADDR_I, ADDR_R, 0.0)
     b.receive_datagram(auth.data, ADDR_I, ADDR_R, 0.0)
     assert b.stats["dropped_integrity"] == 1 and b.stats["duplicates_answered"] == 1
+
+
+def test_per_address_half_open_thresholds():
+    from ike.dh import create_dh
+    from ike.message import Message
+    from ike.payloads import KePayload, NoncePayload, SaPayload
+    from ike.proposal import parse_proposals
+
+    i, r = psk_peers()
+    _, b = pair(i, r, cookie_threshold_ip=2, half_open_limit_ip=4)
+    props = parse_proposals(["aes128gcm16-prfsha256-ecp256"])
+    ke = create_dh(19, __import__("os").urandom).public
+
+    def init(n: int) -> bytes:
+        return Message(34, n + 1, 0, 0, False, True, [SaPayload(props), KePayload(19, ke),
+                                                        NoncePayload(bytes([n]) * 32)]).encode_plain()
+
+    for n in range(2):
+        b.receive_datagram(init(n), ("198.51.100.9", 500), ADDR_R, 0.0)
+    assert b.half_open() == 2 and b.stats["cookies_sent"] == 0
+    b.receive_datagram(init(2), ("198.51.100.9", 500), ADDR_R, 0.0)  # third from the same address: a COOKIE
+    assert b.stats["cookies_sent"] == 1 and b.half_open() == 2
+    b.receive_datagram(init(3), ("198.51.100.10", 500), ADDR_R, 0.0)  # another address is not affected
+    assert b.half_open() == 3
