@@ -424,3 +424,33 @@ def test_nat_t_port_is_split_between_ike_and_esp_by_the_kernel():
         assert r.returncode == 0 and "SPLIT-OK" in r.stdout, r.stdout + r.stderr[-3000:]
     finally:
         sh("ip", "netns", "delete", ns, check=False)
+
+
+def test_apply_static_installs_new_sas_before_removing_old_and_refuses_rekeying_in_place():
+    """The reload logic alone (no namespaces): make-before-break order, policy changes, keys changed in place."""
+    from esp import Direction, Sa, SaParams
+    from esp.dataplane import Dataplane
+    from esp.gateway import GatewayError, apply_static
+    from esp.spd import Policy, Selector
+
+    def sa(spi: int, direction: str, key: bytes = b"k" * 20) -> Sa:
+        return Sa(SaParams(spi=spi, direction=Direction(direction), suite="aes128gcm16", enc_key=key,
+                           src="192.0.2.1", dst="192.0.2.2"))
+
+    dp = Dataplane()
+    site = Policy("site", Selector("10.1.0.0/16", "10.2.0.0/16"))
+    assert apply_static(dp, [site], [(sa(0x100, "out"), "site"), (sa(0x200, "in"), "site")]) == (2, 0)
+    # roll the outbound SA and add an inbound one: both new SAs go in, the dropped one goes
+    assert apply_static(dp, [site], [(sa(0x101, "out"), "site"), (sa(0x200, "in"), "site"),
+                                     (sa(0x201, "in"), "site")]) == (2, 1)
+    snap = dp.sad.snapshot
+    assert snap.outbound["site"].spi == 0x101 and set(snap.inbound_by_spi) == {0x200, 0x201}
+    # the same SPI with other keys is refused: a new key needs a new SPI
+    with pytest.raises(GatewayError, match="new SPI"):
+        apply_static(dp, [site], [(sa(0x101, "out", b"x" * 20), "site")])
+    # a policy that disappears takes its SAs with it; a changed one is replaced in place
+    other = Policy("other", Selector(dst="10.3.0.0/16"), "discard")
+    apply_static(dp, [other], [])
+    assert [p.name for p in dp.spd.policies] == ["other"] and len(dp.sad) == 0
+    apply_static(dp, [Policy("other", Selector(dst="10.4.0.0/16"), "bypass")], [])
+    assert dp.spd.get("other").action.name == "BYPASS"
