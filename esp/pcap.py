@@ -454,6 +454,78 @@ class CaptureReader:
         return data, offs
 
     def _pcap_chunks(self) -> Iterator[Chunk]:
+        if _NATIVE_SCAN is not None and not self.parallel_scan:
+            yield from self._pcap_chunks_read()
+            return
+        yield from self._pcap_chunks_mapped()
+
+    def _pcap_chunks_read(self) -> Iterator[Chunk]:
+        """Chunks read with one ``readinto`` each straight into the arena (no page faults on a mapping, no
+        second copy), then walked by the compiled scan. A record that does not fit the bytes read starts the
+        next chunk; at the end of the file it is diagnosed as in :meth:`_pcap_chunks_mapped`."""
+        size = self.size
+        big = self.byte_order == ">"
+        unpack = struct.Struct(self.byte_order + "I").unpack_from
+        fh = self._fh
+        pos = self._start
+        index = 0
+        avg_rec: float | None = None
+        want_min = 0
+        while pos < size:
+            want = self.chunk_bytes if avg_rec is None else min(
+                self.chunk_bytes, int(self.chunk_records * avg_rec * 1.05) + 4096)
+            want = min(size - pos, max(want, want_min))
+            want_min = 0
+            n_alloc = want + READ_PAD
+            data = self._scratch.get("arena", n_alloc) if self._scratch is not None else np.empty(n_alloc, np.uint8)
+            fh.seek(pos)
+            got = 0
+            view = memoryview(data)
+            while got < want:
+                k = fh.readinto(view[got:want])
+                if not k:
+                    break
+                got += k
+            view.release()
+            data[got:got + READ_PAD] = 0
+            out = np.empty(self.chunk_records, dtype=np.int64)
+            n, end = _NATIVE_SCAN(data, 0, got, got, self.chunk_records, big, MAX_RECORD_BYTES, out)
+            if n < self.chunk_records and end < got or n == 0:
+                # the walk stopped at a record that does not fit the bytes read
+                at = pos + end
+                if at >= size:
+                    if n:
+                        yield self._read_chunk(data, out[:n], index, size)
+                    return
+                if at + 16 > size:
+                    self._truncated(index + n, at, f"record header cut ({size - at} of 16 bytes)")
+                    if n:
+                        yield self._read_chunk(data, out[:n], index, size)
+                    return
+                caplen = unpack(self._mm, at + 8)[0]
+                if caplen > MAX_RECORD_BYTES:
+                    if n:
+                        yield self._read_chunk(data, out[:n], index, at)
+                    raise CaptureError(f"{self.path}: record {index + n + 1} at offset {at}: captured length "
+                                       f"{caplen} is implausible; the file is corrupt from here on")
+                if at + 16 + caplen > size:
+                    self._truncated(index + n, at, f"record data cut ({size - at - 16} of {caplen} bytes)")
+                    if n:
+                        yield self._read_chunk(data, out[:n], index, size)
+                    return
+                if n == 0:
+                    want_min = 16 + caplen  # one record longer than a chunk: read it whole
+                    continue
+            yield self._read_chunk(data, out[:n], index, pos + end)
+            index += n
+            avg_rec = end / n
+            pos += end
+
+    def _read_chunk(self, data: np.ndarray, offs: np.ndarray, index: int, end: int) -> Chunk:
+        cap, orig, ts = self._record_fields(data, offs)
+        return Chunk(data, offs, cap, orig, ts, np.zeros(offs.size, dtype=np.int32), index, end)
+
+    def _pcap_chunks_mapped(self) -> Iterator[Chunk]:
         mm, size = self._mm, self.size
         big = self.byte_order == ">"
         unpack = struct.Struct(self.byte_order + "I").unpack_from
@@ -486,10 +558,8 @@ class CaptureReader:
                 else:
                     end_after = pos
                 data, offs = self._make_chunk(fast + 16, 16, pos)
-                f = _fields(data, offs - 16, 4, self.byte_order)
-                mult = 10**9 if self.nanosecond else 10**6
-                yield Chunk(data, offs, f[:, 2], f[:, 3], f[:, 0] * mult + f[:, 1],
-                            np.zeros(offs.size, dtype=np.int32), index, end_after)
+                cap, orig, ts = self._record_fields(data, offs)
+                yield Chunk(data, offs, cap, orig, ts, np.zeros(offs.size, dtype=np.int32), index, end_after)
                 index += int(offs.size)
                 avg_rec = (pos - chunk_start) / offs.size
                 pos = end_after
@@ -510,13 +580,22 @@ class CaptureReader:
                         pos = size
             if len(rec):
                 data, offs = self._make_chunk(rec, 16, min(pos, size))
-                f = _fields(data, offs - 16, 4, self.byte_order)
-                mult = 10**9 if self.nanosecond else 10**6
-                yield Chunk(data, offs, f[:, 2], f[:, 3], f[:, 0] * mult + f[:, 1],
-                            np.zeros(len(rec), dtype=np.int32), index, pos)
+                cap, orig, ts = self._record_fields(data, offs)
+                yield Chunk(data, offs, cap, orig, ts, np.zeros(len(rec), dtype=np.int32), index, pos)
                 index += len(rec)
         if broken:
             raise CaptureError(f"{self.path}: {broken}")
+
+    def _record_fields(self, data: np.ndarray, offs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Captured length, original length and timestamp (in the file's units) of each pcap record."""
+        mult = 10**9 if self.nanosecond else 10**6
+        if _NATIVE_FIELDS is not None:
+            n = offs.shape[0]
+            cap, orig, ts = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+            _NATIVE_FIELDS(data, offs, self.byte_order == ">", mult, cap, orig, ts)
+            return cap, orig, ts
+        f = _fields(data, offs - 16, 4, self.byte_order)
+        return f[:, 2], f[:, 3], f[:, 0] * mult + f[:, 1]
 
     def _walk_pcap(self, pos: int, stop: int, limit: int, unpack: Any) -> tuple[list[int] | np.ndarray, int]:
         """Record data offsets from ``pos`` on, until ``limit`` records, ``stop`` bytes, or a record that does not
@@ -889,6 +968,29 @@ V4_MAPPED_LO_PREFIX = np.uint64(0xFFFF) << np.uint64(32)
 def parse_l3(chunk: Chunk, linktypes: Sequence[int] | np.ndarray) -> L3Info:
     """Find the IP header of every record in a chunk and read the fields ESP processing needs.
 
+    The compiled kernel (esp._pcapio.parse_l3) when built, else :func:`parse_l3_numpy`; both give the same
+    arrays (tested on generated and random records)."""
+    if _NATIVE_PARSE_L3 is None:
+        return parse_l3_numpy(chunk, linktypes)
+    n = chunk.count
+    lt = np.asarray(linktypes, dtype=np.int64)[chunk.iface] if n else np.zeros(0, dtype=np.int64)
+    i64 = [np.empty(n, dtype=np.int64) for _ in range(6)]
+    u64 = [np.empty(n, dtype=np.uint64) for _ in range(4)]
+    flags = np.empty((4, n), dtype=bool)
+    l4h = np.empty((n, L4_HEAD), dtype=np.uint8)
+    l3, version, ip_len, proto, l4, et_at = i64
+    frag, cut, unknown, frag_first = flags
+    _NATIVE_PARSE_L3(chunk.data, np.ascontiguousarray(chunk.offsets, dtype=np.int64),
+                     np.ascontiguousarray(chunk.caplen, dtype=np.int64), lt, l3, version, ip_len, proto, l4,
+                     frag.view(np.uint8), cut.view(np.uint8), et_at, unknown.view(np.uint8),
+                     *u64, l4h, frag_first.view(np.uint8))
+    return L3Info(l3, version, ip_len, proto, l4, frag, cut, et_at, unknown, u64[0], u64[1], u64[2], u64[3],
+                  l4h, frag_first)
+
+
+def parse_l3_numpy(chunk: Chunk, linktypes: Sequence[int] | np.ndarray) -> L3Info:
+    """The numpy reference of :func:`parse_l3`.
+
     Three row gathers per chunk (link-layer, IP and upper-layer headers), then column arithmetic. Everything is
     bounds-checked against the captured length: a field beyond it reads as absent.
     """
@@ -1013,20 +1115,29 @@ _ROW_MAX_GROUPS = 16
 
 
 def _native(name: str):  # type: ignore[no-untyped-def]
-    """A compiled kernel from esp._io when that build provides it (a memcpy loop beats numpy indexing)."""
+    """A compiled kernel from esp._pcapio when that build provides it (a memcpy loop beats numpy indexing).
+    ESPRESSO_PCAP_NUMPY=1 in the environment keeps the numpy reference paths (for comparisons)."""
+    if os.environ.get("ESPRESSO_PCAP_NUMPY"):
+        return None
     try:
         import importlib
-        io_mod = importlib.import_module("esp._io")
+        io_mod = importlib.import_module("esp._pcapio")
     except ImportError:
         return None
     return getattr(io_mod, name, None)
 
 
-#: esp._io.gather_segments(src, src_off, lengths, dst, dst_off) if built: same contract as the numpy version.
+#: esp._pcapio.gather_segments(src, src_off, lengths, dst, dst_off) if built: same contract as the numpy version.
 _NATIVE_GATHER = _native("gather_segments")
-#: esp._io.scan_pcap(buf, pos, stop, size, limit, big_endian, max_record, out) -> (count, pos) if built: the
+#: esp._pcapio.scan_pcap(buf, pos, stop, size, limit, big_endian, max_record, out) -> (count, pos) if built: the
 #: record walk of CaptureReader._walk_pcap in C (out[k] = offset of record k's data).
 _NATIVE_SCAN = _native("scan_pcap")
+#: esp._pcapio.pcap_fields(data, offsets, big_endian, mult, caplen, origlen, ts): the record header fields.
+_NATIVE_FIELDS = _native("pcap_fields")
+#: esp._pcapio.scatter_rows(out, starts, rows): fixed-width rows (record headers) into a file image.
+_NATIVE_SCATTER = _native("scatter_rows")
+#: esp._pcapio.parse_l3(...): :func:`parse_l3` in one pass per record (outputs preallocated by the caller).
+_NATIVE_PARSE_L3 = _native("parse_l3")
 
 
 def gather_segments(src: np.ndarray, src_off: np.ndarray, lengths: np.ndarray,
@@ -1084,6 +1195,9 @@ def _move_rows(src: np.ndarray, so: np.ndarray, out: np.ndarray, do: np.ndarray,
 
 def scatter_rows(out: np.ndarray, starts: np.ndarray, rows: np.ndarray) -> None:
     """out[starts[i] : +w] = rows[i] for fixed-width byte rows (record headers)."""
+    if rows.shape[0] and _NATIVE_SCATTER is not None:
+        _NATIVE_SCATTER(out, np.ascontiguousarray(starts, dtype=np.int64), np.ascontiguousarray(rows))
+        return
     if rows.shape[0]:
         _windows(out, rows.shape[1], True)[starts] = rows
 

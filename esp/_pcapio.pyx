@@ -1,0 +1,278 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled kernels for esp.pcap: the per-record loops that numpy can only do with gathers and temporaries.
+
+Each kernel is the exact counterpart of a numpy reference in esp.pcap (the tests compare them byte for byte).
+Every index a kernel will use is checked against its array before the loop that copies or reads, so a bad
+offset is a ValueError, never a read or write outside an array; the loops themselves run without the GIL.
+"""
+from libc.stdint cimport uint8_t, int8_t, int32_t, int64_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+
+cdef extern from *:
+    """
+    #define PCAPIO_ETHERNET 1
+    #define PCAPIO_RAW_OPENBSD 12
+    #define PCAPIO_RAW 101
+    #define PCAPIO_SLL 113
+    #define PCAPIO_IPV4 228
+    #define PCAPIO_IPV6 229
+    #define PCAPIO_SLL2 276
+    """
+    int PCAPIO_ETHERNET, PCAPIO_RAW_OPENBSD, PCAPIO_RAW, PCAPIO_SLL, PCAPIO_IPV4, PCAPIO_IPV6, PCAPIO_SLL2
+
+cdef enum:
+    L4_HEAD = 16
+
+
+cdef inline uint32_t _rd32(const uint8_t *p, bint big) noexcept nogil:
+    if big:
+        return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+    return (<uint32_t>p[3] << 24) | (<uint32_t>p[2] << 16) | (<uint32_t>p[1] << 8) | p[0]
+
+
+cdef inline int64_t _be16(const uint8_t *p) noexcept nogil:
+    return (<int64_t>p[0] << 8) | p[1]
+
+
+cdef inline uint64_t _be64(const uint8_t *p) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(8):
+        v = (v << 8) | p[i]
+    return v
+
+
+def scan_pcap(const uint8_t[::1] buf, int64_t pos, int64_t stop, int64_t size, int64_t limit, bint big,
+              int64_t max_record, int64_t[::1] out):
+    """Walk pcap record headers from ``pos``: out[k] = offset of record k's data. Stops after ``limit``
+    records, at ``stop`` bytes, or before a record that does not fit ``size`` (left at the returned position)."""
+    if size > buf.shape[0] or size < 0:
+        raise ValueError("scan_pcap: size beyond the buffer")
+    if limit > out.shape[0]:
+        raise ValueError("scan_pcap: out is shorter than limit")
+    if pos < 0:
+        raise ValueError("scan_pcap: negative position")
+    cdef int64_t n = 0, caplen
+    cdef const uint8_t *b = &buf[0] if buf.shape[0] else NULL
+    with nogil:
+        while pos + 16 <= size and n < limit:
+            caplen = _rd32(b + pos + 8, big)
+            if caplen > max_record or pos + 16 + caplen > size:
+                break
+            out[n] = pos + 16
+            n += 1
+            pos += 16 + caplen
+            if n >= limit or pos >= stop:
+                break
+    return n, pos
+
+
+def pcap_fields(const uint8_t[::1] data, const int64_t[::1] offsets, bint big, int64_t mult,
+                int64_t[::1] caplen, int64_t[::1] origlen, int64_t[::1] ts):
+    """The 16-byte record header in front of each offset: captured and original length, and the timestamp as
+    seconds * mult + fraction."""
+    cdef Py_ssize_t n = offsets.shape[0], i
+    cdef int64_t o
+    if caplen.shape[0] < n or origlen.shape[0] < n or ts.shape[0] < n:
+        raise ValueError("pcap_fields: output arrays too short")
+    for i in range(n):
+        o = offsets[i]
+        if o < 16 or o > data.shape[0]:
+            raise ValueError(f"pcap_fields: record {i} header outside the data")
+    cdef const uint8_t *p
+    with nogil:
+        for i in range(n):
+            p = &data[0] + offsets[i] - 16
+            ts[i] = <int64_t>_rd32(p, big) * mult + _rd32(p + 4, big)
+            caplen[i] = _rd32(p + 8, big)
+            origlen[i] = _rd32(p + 12, big)
+
+
+def gather_segments(const uint8_t[::1] src, const int64_t[::1] src_off, const int64_t[::1] lengths,
+                    uint8_t[::1] dst, const int64_t[::1] dst_off):
+    """dst[dst_off[i] : +lengths[i]] = src[src_off[i] : +lengths[i]] for every i (a length <= 0 copies nothing)."""
+    cdef Py_ssize_t n = lengths.shape[0], i
+    cdef int64_t ln, so, do
+    if src_off.shape[0] < n or dst_off.shape[0] < n:
+        raise ValueError("gather_segments: offset arrays shorter than lengths")
+    for i in range(n):
+        ln = lengths[i]
+        if ln <= 0:
+            continue
+        so = src_off[i]
+        do = dst_off[i]
+        if so < 0 or do < 0 or so + ln > src.shape[0] or do + ln > dst.shape[0]:
+            raise ValueError(f"gather_segments: segment {i} ({ln} bytes from {so} to {do}) outside the arrays")
+    with nogil:
+        for i in range(n):
+            ln = lengths[i]
+            if ln > 0:
+                memcpy(&dst[dst_off[i]], &src[src_off[i]], <size_t>ln)
+
+
+def scatter_rows(uint8_t[::1] out, const int64_t[::1] starts, const uint8_t[:, ::1] rows):
+    """out[starts[i] : +w] = rows[i] for the rows of a C-contiguous (n, w) byte array."""
+    cdef Py_ssize_t n = rows.shape[0], w = rows.shape[1], i
+    if starts.shape[0] < n:
+        raise ValueError("scatter_rows: fewer starts than rows")
+    for i in range(n):
+        if starts[i] < 0 or starts[i] + w > out.shape[0]:
+            raise ValueError(f"scatter_rows: row {i} at {starts[i]} outside the output")
+    if w == 0:
+        return
+    with nogil:
+        for i in range(n):
+            memcpy(&out[starts[i]], &rows[i, 0], <size_t>w)
+
+
+cdef inline bint _known(int64_t lt) noexcept nogil:
+    return (lt == PCAPIO_ETHERNET or lt == PCAPIO_RAW_OPENBSD or lt == PCAPIO_RAW or lt == PCAPIO_SLL
+            or lt == PCAPIO_IPV4 or lt == PCAPIO_IPV6 or lt == PCAPIO_SLL2)
+
+
+cdef inline bint _vlan(int64_t et) noexcept nogil:
+    return et == 0x8100 or et == 0x88A8 or et == 0x9100
+
+
+def parse_l3(const uint8_t[::1] data, const int64_t[::1] base, const int64_t[::1] cap, const int64_t[::1] lt,
+             int64_t[::1] l3, int64_t[::1] version, int64_t[::1] ip_len, int64_t[::1] proto, int64_t[::1] l4,
+             uint8_t[::1] frag, uint8_t[::1] cut, int64_t[::1] et_at, uint8_t[::1] unknown,
+             uint64_t[::1] src_hi, uint64_t[::1] src_lo, uint64_t[::1] dst_hi, uint64_t[::1] dst_lo,
+             uint8_t[:, ::1] l4h, uint8_t[::1] frag_first):
+    """One pass per record of esp.pcap.parse_l3's numpy reference: link layer, IP header, IPv6 extension
+    headers, addresses and the first L4_HEAD bytes of the upper layer. Only bytes inside each record's captured
+    length are read; the outputs are exactly the reference's."""
+    cdef Py_ssize_t n = base.shape[0], i
+    cdef int64_t datalen = data.shape[0]
+    if (cap.shape[0] < n or lt.shape[0] < n or l3.shape[0] < n or version.shape[0] < n or ip_len.shape[0] < n
+            or proto.shape[0] < n or l4.shape[0] < n or frag.shape[0] < n or cut.shape[0] < n
+            or et_at.shape[0] < n or unknown.shape[0] < n or src_hi.shape[0] < n or src_lo.shape[0] < n
+            or dst_hi.shape[0] < n or dst_lo.shape[0] < n or l4h.shape[0] < n or frag_first.shape[0] < n
+            or l4h.shape[1] != L4_HEAD):
+        raise ValueError("parse_l3: output arrays do not match the record count")
+    for i in range(n):
+        if base[i] < 0 or cap[i] < 0 or base[i] + cap[i] > datalen:
+            raise ValueError(f"parse_l3: record {i} outside the data")
+    cdef const uint8_t *d = &data[0] if datalen else NULL
+    cdef const uint8_t *p
+    cdef const uint8_t *ih
+    cdef int64_t c, t, pos, et, etype, L3, room, ver, ihl, tot4, ff, pr, L4, l4c, j, k
+    cdef bint v4, v6, fr, ffirst, ct, ext
+    with nogil:
+        for i in range(n):
+            p = d + base[i]
+            c = cap[i]
+            t = lt[i]
+            L3 = -1
+            etype = 0
+            et_at[i] = -1
+            unknown[i] = not _known(t)
+            if t == PCAPIO_ETHERNET and c >= 14:
+                pos = 12
+                et = _be16(p + 12)
+                for k in range(2):
+                    if _vlan(et) and c >= pos + 8:
+                        pos += 4
+                        et = _be16(p + 16 + 4 * k)
+                    else:
+                        break
+                L3 = pos + 2
+                etype = et
+                et_at[i] = pos
+            elif t == PCAPIO_SLL and c >= 16:
+                L3 = 16
+                etype = _be16(p + 14)
+                et_at[i] = 14
+            elif t == PCAPIO_SLL2 and c >= 20:
+                L3 = 20
+                etype = _be16(p)
+                et_at[i] = 0
+            elif (t == PCAPIO_RAW or t == PCAPIO_RAW_OPENBSD or t == PCAPIO_IPV4 or t == PCAPIO_IPV6) and c >= 1:
+                L3 = 0
+                ver = p[0] >> 4
+                if ver == 4:
+                    etype = 0x0800
+                elif ver == 6:
+                    etype = 0x86DD
+            l3[i] = L3
+            v4 = False
+            v6 = False
+            if L3 >= 0:
+                room = c - L3
+                ih = p + L3
+                if room >= 1:
+                    ver = ih[0] >> 4
+                    ihl = (ih[0] & 0x0F) * 4
+                    v4 = etype == 0x0800 and ver == 4 and room >= 20 and ihl >= 20
+                    v6 = etype == 0x86DD and ver == 6 and room >= 40
+            fr = False
+            ffirst = False
+            ct = False
+            src_hi[i] = 0
+            src_lo[i] = 0
+            dst_hi[i] = 0
+            dst_lo[i] = 0
+            if v4:
+                version[i] = 4
+                tot4 = _be16(ih + 2)
+                if tot4 == 0:
+                    ip_len[i] = room
+                else:
+                    ip_len[i] = tot4
+                    ct = tot4 > room
+                ff = _be16(ih + 6)
+                fr = (ff & 0x3FFF) != 0
+                ffirst = fr and (ff & 0x1FFF) == 0
+                pr = ih[9]
+                L4 = L3 + ihl
+                src_lo[i] = (<uint64_t>0xFFFF << 32) | ((<uint64_t>ih[12] << 24) | (<uint64_t>ih[13] << 16)
+                                                        | (<uint64_t>ih[14] << 8) | ih[15])
+                dst_lo[i] = (<uint64_t>0xFFFF << 32) | ((<uint64_t>ih[16] << 24) | (<uint64_t>ih[17] << 16)
+                                                        | (<uint64_t>ih[18] << 8) | ih[19])
+            elif v6:
+                version[i] = 6
+                ip_len[i] = _be16(ih + 4) + 40
+                ct = ip_len[i] > room
+                pr = ih[6]
+                L4 = L3 + 40
+                src_hi[i] = _be64(ih + 8)
+                src_lo[i] = _be64(ih + 16)
+                dst_hi[i] = _be64(ih + 24)
+                dst_lo[i] = _be64(ih + 32)
+                for k in range(4):
+                    if (pr == 0 or pr == 43 or pr == 60) and L4 + 8 <= c:
+                        j = L4
+                        pr = p[j]
+                        L4 += (<int64_t>p[j + 1] + 1) * 8
+                    else:
+                        break
+                if pr == 44:
+                    if L4 + 8 <= c:
+                        ffirst = (_be16(p + L4 + 2) & 0xFFF8) == 0
+                        pr = p[L4]
+                    L4 += 8
+                    fr = True
+            else:
+                version[i] = 0
+                ip_len[i] = 0
+                pr = -1
+                L4 = -1
+            proto[i] = pr
+            l4[i] = L4
+            frag[i] = fr
+            frag_first[i] = ffirst
+            cut[i] = ct
+            # the upper-layer head, zero past the captured end
+            if v4 or v6:
+                l4c = L4
+            else:
+                l4c = c
+            if l4c < 0:
+                l4c = 0
+            if l4c > c:
+                l4c = c
+            for j in range(L4_HEAD):
+                if l4c + j < c:
+                    l4h[i, j] = p[l4c + j]
+                else:
+                    l4h[i, j] = 0
