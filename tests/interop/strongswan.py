@@ -91,6 +91,8 @@ class Credential:
 def _new_key(kind: str):
     if kind == "rsa":
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if kind == "rsa4096":
+        return rsa.generate_private_key(public_exponent=65537, key_size=4096)
     if kind == "ecdsa":
         return ec.generate_private_key(ec.SECP256R1())
     if kind == "ecdsa384":

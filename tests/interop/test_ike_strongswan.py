@@ -615,3 +615,36 @@ def test_refusals(lab: ss.Lab, tmp_path: Path, case: str, bad: dict, notify: str
             await e.daemon.stop(delete=False)
 
     asyncio.run(main())
+
+
+def test_fragmented_ike_auth_both_ways(lab: ss.Lab, tmp_path: Path) -> None:
+    """RSA-4096 certificates and a small fragment size on espresso: espresso's IKE_AUTH goes in RFC 7383
+    fragments that charon reassembles, charon's (over its 1280-byte limit) in fragments espresso reassembles."""
+    async def main() -> None:
+        site_e, site_s = lab.pair(inner_a=E_INNER, inner_b=S_INNER)
+        pki = ss.LabPki("rsa4096")
+        ike, esp = "aes256-sha256-modp2048", "aes256-sha256"
+        ch = lab.charon(site_s, "charon", log_levels={"ike": 2, "enc": 2, "net": 2, "chd": 4})
+        ch.add_ca(pki.ca)
+        cert = ch.add_credential(pki.issue("s", "s.test"))
+        ch.connections.append(ss.Connection(
+            "gw", site_s.outer, site_e.outer, "s.test", "e.test", cert,
+            [ss.Child("net", f"{S_INNER}/32", f"{E_INNER}/32", esp_proposals=esp)], proposals=ike,
+            extra="fragmentation = yes"))
+        ch.start()
+        conf = CONF.replace('ike_proposals = ["{ike}"]', 'ike_proposals = ["{ike}"]\nfragment_size = 576')
+        e = Espresso(lab, site_e, site_s, pki, ike, esp, tmp_path / "espresso", conf=conf)
+        await e.start()
+        try:
+            r = await e.daemon.initiate_and_wait("s", timeout=TIMEOUT)
+            assert r["state"] == "ESTABLISHED", r
+            await _wait(lambda: e.installed() and _charon_child(ch), "both CHILD_SAs", ch)
+            log = ch.log()
+            assert "reassembled fragmented IKE message" in log, ch.tail()  # charon reassembled ours
+            assert "splitting IKE message" in log, ch.tail()  # and fragmented its own, which we reassembled
+            await _eventually(ch, _check_keys, ch, e, True)
+            assert " 0% packet loss" in await _ping(site_s)
+        finally:
+            await e.daemon.stop(delete=False)
+
+    asyncio.run(main())
