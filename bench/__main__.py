@@ -14,13 +14,13 @@ import datetime as dt
 import os
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from bench.harness import Progress
 from bench.report import RunResult, format_table, plot, to_markdown, write_json
 from bench.workloads import BATCH_SIZES, DEFAULT_BATCH, SIZES
 
-__all__ = ["main", "run", "Options", "parse_args"]
+__all__ = ["main", "parse_args", "run"]
 
 #: The suites a full run measures: every cipher family, each with its most common key size.
 DEFAULT_SUITES = ("aes128gcm16", "aes256gcm16", "chacha20poly1305", "aes128-sha256", "aes256-sha256",

@@ -14,12 +14,21 @@ import os
 import socket
 import struct
 import time
-from typing import Callable
+from collections.abc import Callable
+
+from cryptography.exceptions import InvalidTag
 
 from bench.workloads import Workload, key_material
 
-__all__ = ["AlternativeUnavailable", "PythonEsp", "ScapyEsp", "python_available", "scapy_available",
-           "PythonRing", "ScapyRing"]
+__all__ = [
+    "AlternativeUnavailable",
+    "PythonEsp",
+    "PythonRing",
+    "ScapyEsp",
+    "ScapyRing",
+    "python_available",
+    "scapy_available",
+]
 
 _IP = struct.Struct("!BBHHHBBH4s4s")
 _ESP = struct.Struct("!II")
@@ -55,6 +64,7 @@ class PythonEsp:
                  src: str = "192.0.2.1", dst: str = "192.0.2.2", replay_window: int = 64):
         from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
         from esp.suites import Cipher as C
         from esp.suites import parse_suite
 
@@ -115,7 +125,7 @@ class PythonEsp:
             iv = esp[8:16]
             try:
                 plaintext = self.aead.decrypt(self.salt + iv, esp[16:], esp[:8])
-            except Exception:
+            except InvalidTag:
                 raise ValueError("ICV mismatch") from None
         else:
             body, icv = esp[:-self.icv_len], esp[-self.icv_len:]
@@ -197,9 +207,10 @@ class ScapyEsp:
         reason = scapy_available(suite_name)
         if reason:
             raise AlternativeUnavailable(reason)
-        from esp.suites import Cipher, parse_suite
         from scapy.layers.inet import IP
         from scapy.layers.ipsec import ESP, SecurityAssociation
+
+        from esp.suites import Cipher, parse_suite
 
         s = parse_suite(suite_name)
         kw: dict = {"crypt_key": enc_key}

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["main", "instructions_per_packet"]
+__all__ = ["instructions_per_packet", "main"]
 
 RING = 1024
 PASSES = (1, 6)

@@ -15,7 +15,7 @@ import numpy as np
 
 from bench.workloads import Workload, esp_trailer_plaintext, key_material
 
-__all__ = ["CeilingUnavailable", "CeilingRing", "ceiling_available", "ceilings_module", "ipsecmb_info"]
+__all__ = ["CeilingRing", "CeilingUnavailable", "ceiling_available", "ceilings_module", "ipsecmb_info"]
 
 HDR = 8  # SPI + 32-bit sequence number
 

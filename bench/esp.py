@@ -9,6 +9,7 @@ Note: this module is ``bench.esp``; ``import esp`` below is the top-level espres
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,8 +17,18 @@ from dataclasses import dataclass, field
 from bench.harness import Progress, Series, Spread, interleave, ratio_spread
 from bench.workloads import DEFAULT_BATCH, Workload, key_material, make_workload
 
-__all__ = ["CoreUnavailable", "core_available", "backends_for", "CoreRing", "CaseResult", "run_group",
-           "ScalingResult", "run_scaling", "BatchSweepResult", "run_batch_sweep"]
+__all__ = [
+    "BatchSweepResult",
+    "CaseResult",
+    "CoreRing",
+    "CoreUnavailable",
+    "ScalingResult",
+    "backends_for",
+    "core_available",
+    "run_batch_sweep",
+    "run_group",
+    "run_scaling",
+]
 
 OUTER_SRC, OUTER_DST = "192.0.2.1", "192.0.2.2"
 
@@ -30,6 +41,7 @@ def core_available() -> str | None:
     """None when esp._core imports, else the reason."""
     try:
         import esp._core  # noqa: F401
+
         from esp import PacketBatch, Sa, SaParams  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
         return f"esp._core is not importable ({type(exc).__name__}: {exc}); build with python setup.py build_ext --inplace"
@@ -313,6 +325,10 @@ def _threaded(workers: list, units: int) -> tuple[int, float, float]:
     return sum(counts), dt, sum(cpus)
 
 
+def _threaded_units(workers: list, units: int) -> tuple[int, float, float]:
+    return _threaded(workers, units)
+
+
 def run_scaling(suite_name: str, backend: str, size: str, max_threads: int, *, quick: bool = False,
                 repeats: int = 5, target_s: float = 0.2, batch: int = DEFAULT_BATCH,
                 progress: Progress | None = None) -> ScalingResult:
@@ -340,9 +356,9 @@ def run_scaling(suite_name: str, backend: str, size: str, max_threads: int, *, q
         ceil_error = str(exc)
     samplers: dict = {}
     for n in threads:
-        samplers[f"espresso/{n}"] = ((lambda n: lambda u: _threaded([r.encrypt for r in rings[:n]], u))(n), bpp)
+        samplers[f"espresso/{n}"] = (functools.partial(_threaded_units, [r.encrypt for r in rings[:n]]), bpp)
         if ceils:
-            samplers[f"ceiling/{n}"] = ((lambda n: lambda u: _threaded([c.encrypt for c in ceils[:n]], u))(n), bpp)
+            samplers[f"ceiling/{n}"] = (functools.partial(_threaded_units, [c.encrypt for c in ceils[:n]]), bpp)
     series = interleave(samplers, repeats, target_s, progress, label=f"scaling {suite_name} {backend} {size}")
     res.espresso = [series[f"espresso/{n}"] for n in threads]
     res.ceiling = [series[f"ceiling/{n}"] if ceils else Series(f"ceiling/{n}", bpp, error=ceil_error)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
-__all__ = ["Sampler", "Series", "Spread", "Progress", "calibrate", "interleave", "spread", "ratio_spread"]
+__all__ = ["Progress", "Sampler", "Series", "Spread", "calibrate", "interleave", "ratio_spread", "spread"]
 
 Sampler = Callable[[int], "tuple[int, float, float]"]
 
@@ -29,7 +29,7 @@ class Spread:
     median: float
     max: float
 
-    def scaled(self, k: float) -> "Spread":
+    def scaled(self, k: float) -> Spread:
         return Spread(self.min * k, self.median * k, self.max * k)
 
     def as_dict(self) -> dict[str, float]:

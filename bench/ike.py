@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["run", "Pki", "make_pki", "validations_per_second", "establishments_per_second"]
+__all__ = ["Pki", "establishments_per_second", "make_pki", "run", "validations_per_second"]
 
 REVOKED = 1000
 
@@ -112,7 +112,7 @@ def _pair(pki: Pki, validator: Any):
 
     ts = TrafficSelector.from_cidr
     check = pki_validator(validator)
-    clock = lambda now: dt.datetime.now(dt.timezone.utc)  # noqa: E731
+    clock = lambda now: dt.datetime.now(dt.timezone.utc)
     ki, ci = pki.leaves["i.example"]
     kr, cr = pki.leaves["r.example"]
     i = PeerConfig("to-r", Identity("fqdn", "i.example"), Identity("fqdn", "r.example"), remote_addr="192.0.2.2",
@@ -166,7 +166,7 @@ def run(quick: bool = False, repeats: int = 3) -> dict:
     """Establishments and validations per second for RSA-2048 and ECDSA P-256; spread over ``repeats``."""
     try:
         import ike.dispatcher  # noqa: F401
-        import pki.validate  # noqa: F401
+        import pki.validate
         from ike.authenticators import pki_validator  # noqa: F401
     except ImportError as exc:
         return {"unavailable": f"the IKE core or pki.validate is not importable ({exc})"}

@@ -50,7 +50,7 @@ def describe() -> dict:
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "hypervisor": _hypervisor(flags),
         "os": platform.platform(),
-        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "loadavg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "python": sys.version.split()[0],
         "python_impl": platform.python_implementation(),
     }
@@ -92,7 +92,7 @@ def describe() -> dict:
 
         root = Path(__file__).resolve().parent.parent
         rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
+                             text=True, timeout=5, check=False)
         if rev.returncode == 0:
             d["git_commit"] = rev.stdout.strip()
     except (OSError, subprocess.SubprocessError):

@@ -23,9 +23,9 @@ SUITE = "aes128gcm16"
 def write_esp_capture(path: Path, count: int, suite: str = SUITE) -> tuple[int, int]:
     """Write ``count`` ESP packets (IMIX inner sizes) as an Ethernet pcap; returns (records, inner bytes)."""
     import numpy as np
-    from esp import Direction, Mode, PacketBatch, Sa, SaParams
 
     from bench.workloads import key_material, make_workload
+    from esp import Direction, Mode, PacketBatch, Sa, SaParams
 
     km = key_material(suite)
     sa = Sa(SaParams(spi=SPI, direction=Direction.OUT, suite=suite, enc_key=km.enc_key, integ_key=km.integ_key,

@@ -13,8 +13,17 @@ from typing import Any
 
 from bench.harness import Series, Spread
 
-__all__ = ["RunResult", "Target", "evaluate_targets", "format_table", "to_json", "write_json", "to_markdown",
-           "plot", "validate_json"]
+__all__ = [
+    "RunResult",
+    "Target",
+    "evaluate_targets",
+    "format_table",
+    "plot",
+    "to_json",
+    "to_markdown",
+    "validate_json",
+    "write_json",
+]
 
 SIZE_ORDER = {"64": 0, "512": 1, "1400": 2, "imix": 3}
 
@@ -192,12 +201,12 @@ def format_table(run: RunResult) -> str:
                              f"raw loop {_cell(ce):>6} Mpps {_ratio(csp[i], digits=2):>6} eff {_eff(cef[i])}")
     if run.batch_sweep:
         lines.append("")
-        lines.append("batch size (encrypt Mpps):")
+        lines.append("batch size (encrypt Mpps per CPU-second; wall clock in the JSON):")
         for b in run.batch_sweep:
             if b.error:
                 lines.append(f"  {b.suite} {b.backend} {b.size}: not available: {b.error}")
                 continue
-            cells = "  ".join(f"{n}: {_cell(s)}" for n, s in zip(b.batches, b.espresso))
+            cells = "  ".join(f"{n}: {_cpu_cell(s) if s.cpu_ok else _cell(s)}" for n, s in zip(b.batches, b.espresso))
             lines.append(f"  {b.suite} {b.backend} {b.size} B   {cells}")
     for name, sec in run.sections.items():
         lines.append("")
@@ -326,13 +335,13 @@ def to_markdown(run: RunResult) -> str:
                          f"{_ratio(sp[i], digits=2)} | {_eff(ef[i])} | {_cell(s.ceiling[i])} | "
                          f"{_ratio(csp[i], digits=2)} | {_eff(cef[i])} |")
     if run.batch_sweep:
-        L += ["", "### Batch size (encrypt Mpps)", ""]
+        L += ["", "### Batch size (encrypt Mpps per CPU-second)", ""]
         for b in run.batch_sweep:
             if b.error:
                 L.append(f"- {b.suite} {b.backend} {b.size} B: not available: {b.error}")
             else:
                 L.append(f"- {b.suite} {b.backend} {b.size} B: " +
-                         ", ".join(f"{n}: {_cell(s)}" for n, s in zip(b.batches, b.espresso)))
+                         ", ".join(f"{n}: {_cpu_cell(s) if s.cpu_ok else _cell(s)}" for n, s in zip(b.batches, b.espresso)))
     for name, sec in run.sections.items():
         L += ["", f"### {name}", ""]
         L.append(f"not available: {sec['unavailable']}" if "unavailable" in sec else sec.get("summary", ""))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["run", "negotiate", "Peer"]
+__all__ = ["Peer", "negotiate", "run"]
 
 BATCH = 256
 WINDOW = 2048  # packets in flight at most
@@ -51,19 +51,18 @@ def _sockets() -> tuple[socket.socket, socket.socket]:
 
 def negotiate(kind: str = "ecdsa", esp: str = "aes128gcm16", timeout: float = 20.0) -> tuple[Peer, Peer, float]:
     """IKE_SA + CHILD_SA between two peers over real loopback UDP; (initiator, responder, seconds taken)."""
+    from bench.ike import _validator, make_pki
     from ike.authenticators import pki_validator
     from ike.core_config import ChildConfig, CoreConfig, Credential, Identity, PeerConfig, TrafficSelector
     from ike.dispatcher import Dispatcher
     from ike.events import ChildSaEstablished
-
-    from bench.ike import _validator, make_pki
 
     pki = make_pki(kind)
     check = pki_validator(_validator(pki))
     sa, sb = _sockets()
     pa, pb = sa.getsockname()[1], sb.getsockname()[1]
     ts = TrafficSelector.from_cidr
-    clock = lambda now: dt.datetime.now(dt.timezone.utc)  # noqa: E731
+    clock = lambda now: dt.datetime.now(dt.timezone.utc)
     ki, ci = pki.leaves["i.example"]
     kr, cr = pki.leaves["r.example"]
     cfg_a = PeerConfig("to-b", Identity("fqdn", "i.example"), Identity("fqdn", "r.example"),
@@ -90,7 +89,7 @@ def negotiate(kind: str = "ecdsa", esp: str = "aes128gcm16", timeout: float = 20
         for p in (a, b):
             try:
                 data, addr = p.sock.recvfrom(65535)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if data[:4] == b"\0\0\0\0":
                 data = data[4:]

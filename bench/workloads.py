@@ -14,16 +14,16 @@ import struct
 from dataclasses import dataclass, field
 
 __all__ = [
-    "SIZES",
-    "IMIX",
-    "DEFAULT_BATCH",
     "BATCH_SIZES",
-    "Workload",
-    "make_workload",
-    "ipv4_udp_packet",
-    "esp_trailer_plaintext",
+    "DEFAULT_BATCH",
+    "IMIX",
+    "SIZES",
     "KeyMaterial",
+    "Workload",
+    "esp_trailer_plaintext",
+    "ipv4_udp_packet",
     "key_material",
+    "make_workload",
 ]
 
 #: Workload names, in report order.

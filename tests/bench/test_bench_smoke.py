@@ -147,8 +147,8 @@ def test_python_esp_drops_replays_and_forgeries():
 
 
 def test_core_ring_output_decrypts_with_the_python_reference():
-    from bench.esp import CoreRing, core_available
     from bench.alternatives import PythonEsp
+    from bench.esp import CoreRing, core_available
     from bench.workloads import make_workload
 
     require(core_available() is None, core_available() or "")
@@ -198,7 +198,7 @@ def test_quick_run_writes_a_well_formed_result(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--json", str(out), "--plot", str(charts),
                            "--markdown", str(tmp_path / "r.md"), "--repeats", "2", "--sample-time", "0.01"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "targets (issues 2 and 6)" in proc.stdout
     doc = json.loads(out.read_text())
