@@ -276,3 +276,105 @@ def parse_l3(const uint8_t[::1] data, const int64_t[::1] base, const int64_t[::1
                     l4h[i, j] = p[l4c + j]
                 else:
                     l4h[i, j] = 0
+
+
+def classify_esp(const int64_t[::1] cap, const int64_t[::1] version, const int64_t[::1] l3,
+                 const int64_t[::1] ip_len, const int64_t[::1] proto, const int64_t[::1] l4,
+                 const uint8_t[::1] frag, const uint8_t[::1] frag_first, const uint8_t[::1] cut,
+                 const uint8_t[:, ::1] l4h, const int64_t[::1] ports,
+                 uint8_t[::1] esp, int64_t[::1] spi, uint8_t[::1] udp, uint8_t[::1] ike, uint8_t[::1] keepalive,
+                 uint8_t[::1] efrag, uint8_t[::1] ecut):
+    """esp.pcaptool's ESP classification (plain ESP, ESP in UDP on ``ports`` with the non-ESP marker and
+    keepalives told apart, SPI) from parse_l3's arrays, in one pass."""
+    cdef Py_ssize_t n = cap.shape[0], i, k, nports = ports.shape[0]
+    if (version.shape[0] < n or l3.shape[0] < n or ip_len.shape[0] < n or proto.shape[0] < n or l4.shape[0] < n
+            or frag.shape[0] < n or frag_first.shape[0] < n or cut.shape[0] < n or l4h.shape[0] < n
+            or l4h.shape[1] < 12 or esp.shape[0] < n or spi.shape[0] < n or udp.shape[0] < n
+            or ike.shape[0] < n or keepalive.shape[0] < n or efrag.shape[0] < n or ecut.shape[0] < n):
+        raise ValueError("classify_esp: arrays do not match the record count")
+    cdef bint ip, plain, uok, natt, ka, m0, uesp, cand, fr, ct, hs
+    cdef int64_t c, L4, sport, dport, upay, ulen, eoff
+    cdef const uint8_t *h
+    with nogil:
+        for i in range(n):
+            c = cap[i]
+            h = &l4h[i, 0]
+            ip = version[i] > 0
+            L4 = l4[i] if ip else 0
+            plain = ip and proto[i] == 50
+            uok = ip and proto[i] == 17 and L4 + 8 <= c and (not frag[i] or frag_first[i])
+            natt = False
+            ka = False
+            m0 = False
+            uesp = False
+            upay = L4 + 8
+            if uok:
+                sport = _be16(h)
+                dport = _be16(h + 2)
+                for k in range(nports):
+                    if sport == ports[k] or dport == ports[k]:
+                        natt = True
+                        break
+            if natt:
+                ulen = l3[i] + ip_len[i] - upay
+                ka = ulen == 1 and h[8] == 0xFF
+                m0 = ulen >= 4 and upay + 4 <= c and h[8] == 0 and h[9] == 0 and h[10] == 0 and h[11] == 0
+                uesp = not ka and not m0 and ulen >= 8
+            eoff = upay if uesp else L4
+            cand = plain or uesp
+            fr = cand and frag[i]
+            ct = cand and not fr and cut[i]
+            hs = cand and eoff + 8 <= c
+            if hs:
+                if uesp:
+                    spi[i] = _rd32(h + 8, True)
+                else:
+                    spi[i] = _rd32(h, True)
+            else:
+                spi[i] = -1
+            esp[i] = cand and not fr and not ct and hs
+            ct = ct or (cand and not fr and not hs)
+            fr = fr or (ip and frag[i] and not frag_first[i] and proto[i] == 50)
+            udp[i] = uesp and esp[i]
+            ike[i] = m0
+            keepalive[i] = ka
+            efrag[i] = fr
+            ecut[i] = ct
+
+
+def assemble(uint8_t[::1] out, const int64_t[::1] starts, const uint8_t[:, ::1] hdr,
+             const uint8_t[::1] b0, const int64_t[::1] o0, const int64_t[::1] n0,
+             const uint8_t[::1] b1, const int64_t[::1] o1, const int64_t[::1] n1,
+             const uint8_t[::1] b2, const int64_t[::1] o2, const int64_t[::1] n2):
+    """Build a file image in one pass: record i is hdr[i], then b0[o0[i]:+n0[i]], b1[...], b2[...] at starts[i]
+    (an empty part has length 0). Everything is bounds-checked before the first byte moves."""
+    cdef Py_ssize_t n = hdr.shape[0], w = hdr.shape[1], i
+    cdef int64_t p, end
+    if (starts.shape[0] < n or o0.shape[0] < n or n0.shape[0] < n or o1.shape[0] < n or n1.shape[0] < n
+            or o2.shape[0] < n or n2.shape[0] < n):
+        raise ValueError("assemble: arrays do not match the record count")
+    for i in range(n):
+        p = starts[i]
+        if p < 0 or n0[i] < 0 or n1[i] < 0 or n2[i] < 0:
+            raise ValueError(f"assemble: record {i}: negative offset or length")
+        end = p + w + n0[i] + n1[i] + n2[i]
+        if end > out.shape[0]:
+            raise ValueError(f"assemble: record {i} runs past the output")
+        if (n0[i] and (o0[i] < 0 or o0[i] + n0[i] > b0.shape[0])) or \
+           (n1[i] and (o1[i] < 0 or o1[i] + n1[i] > b1.shape[0])) or \
+           (n2[i] and (o2[i] < 0 or o2[i] + n2[i] > b2.shape[0])):
+            raise ValueError(f"assemble: record {i}: a part lies outside its buffer")
+    with nogil:
+        for i in range(n):
+            p = starts[i]
+            if w:
+                memcpy(&out[p], &hdr[i, 0], <size_t>w)
+            p += w
+            if n0[i]:
+                memcpy(&out[p], &b0[o0[i]], <size_t>n0[i])
+                p += n0[i]
+            if n1[i]:
+                memcpy(&out[p], &b1[o1[i]], <size_t>n1[i])
+                p += n1[i]
+            if n2[i]:
+                memcpy(&out[p], &b2[o2[i]], <size_t>n2[i])

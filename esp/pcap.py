@@ -1138,6 +1138,10 @@ _NATIVE_FIELDS = _native("pcap_fields")
 _NATIVE_SCATTER = _native("scatter_rows")
 #: esp._pcapio.parse_l3(...): :func:`parse_l3` in one pass per record (outputs preallocated by the caller).
 _NATIVE_PARSE_L3 = _native("parse_l3")
+#: esp._pcapio.assemble(out, starts, hdr, b0, o0, n0, b1, o1, n1, b2, o2, n2): a file image in one pass.
+_NATIVE_ASSEMBLE = _native("assemble")
+_EMPTY_U8 = np.zeros(1, dtype=np.uint8)
+_EMPTY_I64 = np.zeros(0, dtype=np.int64)
 
 
 def gather_segments(src: np.ndarray, src_off: np.ndarray, lengths: np.ndarray,
@@ -1349,11 +1353,23 @@ class CaptureWriter:
         self._flip ^= 1
         self._wait(self._flip)
         out = self._scratch.get(f"out{self._flip}", int(rec_len.sum()))
-        scatter_rows(out, starts, hdr.view(np.uint8).reshape(n, hlen))
-        pos = starts + hlen
-        for (buf, offs, _), ln in zip(parts, plens):
-            gather_segments(buf, offs, ln, out, pos, self._scratch)
-            pos = pos + ln
+        rows = hdr.view(np.uint8).reshape(n, hlen)
+        if _NATIVE_ASSEMBLE is not None and len(parts) <= 3:
+            args: list[np.ndarray] = []
+            zero = np.zeros(n, dtype=np.int64)
+            for k in range(3):
+                if k < len(parts):
+                    args += [np.ascontiguousarray(parts[k][0]).reshape(-1),
+                             np.ascontiguousarray(parts[k][1], dtype=np.int64), plens[k]]
+                else:
+                    args += [_EMPTY_U8, zero, zero]
+            _NATIVE_ASSEMBLE(out, starts, rows, *args)
+        else:
+            scatter_rows(out, starts, rows)
+            pos = starts + hlen
+            for (buf, offs, _), ln in zip(parts, plens):
+                gather_segments(buf, offs, ln, out, pos, self._scratch)
+                pos = pos + ln
         if self.fmt == "pcapng":
             tl = np.empty((n, 1), dtype=dt)
             tl[:, 0] = rec_len

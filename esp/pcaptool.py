@@ -25,7 +25,8 @@ import numpy as np
 from esp.batch import PacketBatch, Verdict
 from esp.keyfile import SaEntry, Selector
 from esp.pcap import (ETHERTYPE_IPV4, ETHERTYPE_IPV6, CaptureError, CaptureReader, CaptureWriter, Chunk,
-                      Interface, L3Info, LinkType, Scratch, _col16, _col32, _uint, gather_segments, parse_l3)
+                      Interface, L3Info, LinkType, Scratch, _col16, _col32, _native, _uint, gather_segments,
+                      parse_l3)
 from esp.sa import Direction, Sa
 
 __all__ = ["SaStats", "Summary", "ReplaySummary", "decrypt_file", "encrypt_file", "replay_file",
@@ -195,7 +196,31 @@ def _be32(d: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return _uint(d, idx, 4, True)
 
 
+#: esp._pcapio.classify_esp if built: :func:`_classify_esp_numpy` in one compiled pass.
+_NATIVE_CLASSIFY = _native("classify_esp")
+
+
 def _classify_esp(c: Chunk, L: L3Info, encap_ports: Sequence[int]) -> _Esp:
+    if _NATIVE_CLASSIFY is None:
+        return _classify_esp_numpy(c, L, encap_ports)
+    n = c.count
+    flags = np.empty((6, n), dtype=bool)
+    spi = np.empty(n, dtype=np.int64)
+    esp, udp, ike, keepalive, frag, cut = flags
+    i64 = np.int64
+    _NATIVE_CLASSIFY(np.ascontiguousarray(c.caplen, dtype=i64), np.ascontiguousarray(L.version, dtype=i64),
+                     np.ascontiguousarray(L.l3, dtype=i64), np.ascontiguousarray(L.ip_len, dtype=i64),
+                     np.ascontiguousarray(L.proto, dtype=i64), np.ascontiguousarray(L.l4, dtype=i64),
+                     np.ascontiguousarray(L.frag).view(np.uint8), np.ascontiguousarray(L.frag_first).view(np.uint8),
+                     np.ascontiguousarray(L.cut).view(np.uint8), np.ascontiguousarray(L.l4h),
+                     np.asarray(encap_ports, dtype=i64),
+                     esp.view(np.uint8), spi, udp.view(np.uint8), ike.view(np.uint8), keepalive.view(np.uint8),
+                     frag.view(np.uint8), cut.view(np.uint8))
+    return _Esp(esp, spi, udp, ike, keepalive, frag, cut)
+
+
+def _classify_esp_numpy(c: Chunk, L: L3Info, encap_ports: Sequence[int]) -> _Esp:
+    """The numpy reference of :func:`_classify_esp`."""
     cap = c.caplen
     h = L.l4h                                   # the first bytes at the upper-layer header
     ip = L.version > 0

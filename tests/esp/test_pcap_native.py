@@ -1,0 +1,204 @@
+"""The compiled kernels of esp._pcapio against the numpy references they replace: same arrays, same files."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import esp.pcap as pcap_mod
+import esp.pcaptool as tool_mod
+from esp.pcap import Chunk, parse_l3_numpy
+from esp.pcaptool import _classify_esp_numpy, decrypt_file, encrypt_file
+from tests.esp.pcap_builders import (FRAMERS, Rec, ether, ipv4, ipv6, pcap_file, plaintext_packets, sll, sll2,
+                                     udp)
+from tests.esp.test_pcap_tool import entries, make_capture, sa_toml
+from tests.support import require_module
+
+try:
+    from esp import _pcapio
+except ImportError:  # pragma: no cover - the build always makes it
+    _pcapio = None
+
+NATIVE = ["_NATIVE_GATHER", "_NATIVE_SCAN", "_NATIVE_FIELDS", "_NATIVE_SCATTER", "_NATIVE_PARSE_L3",
+          "_NATIVE_ASSEMBLE"]
+
+
+def _need_native():
+    require_module("esp._pcapio")
+
+
+def _numpy_only(monkeypatch):
+    for name in NATIVE:
+        monkeypatch.setattr(pcap_mod, name, None)
+    monkeypatch.setattr(tool_mod, "_NATIVE_CLASSIFY", None)
+
+
+def _chunk(frames, lts):
+    """A chunk holding ``frames`` back to back (no padding after the last one: the kernel must not need it)."""
+    lens = np.array([len(f) for f in frames], dtype=np.int64)
+    offs = np.cumsum(lens) - lens
+    data = np.frombuffer(b"".join(frames) + bytes(pcap_mod.READ_PAD), dtype=np.uint8).copy()
+    n = len(frames)
+    return Chunk(data, offs, lens, lens, np.zeros(n, np.int64), np.asarray(lts, dtype=np.int32), 0, 0)
+
+
+ESP_V4 = ipv4("192.0.2.1", "192.0.2.2", 50, b"\x00\x00\x10\x01" + bytes(range(40)))
+ESP_V6 = ipv6("2001:db8::1", "2001:db8::2", 50, b"\x00\x00\x10\x02" + bytes(range(40)))
+NATT = ipv4("192.0.2.1", "192.0.2.2", 17, udp(4500, 4500, b"\x00\x00\x10\x03" + bytes(40)))
+IKE = ipv4("192.0.2.1", "192.0.2.2", 17, udp(4500, 4500, bytes(4) + b"\x11" * 30))
+KA = ipv4("192.0.2.1", "192.0.2.2", 17, udp(4500, 4500, b"\xff"))
+HOP = ipv6("2001:db8::1", "2001:db8::2", 0, bytes([44, 0]) + bytes(6) + bytes([50, 0, 0, 0, 0, 0, 0, 1])
+           + b"\x00\x00\x10\x04" + bytes(20))
+BASE = [ESP_V4, ESP_V6, NATT, IKE, KA, HOP] + plaintext_packets(4) + plaintext_packets(2, v6=True)
+LINKS = [1, 101, 12, 228, 229, 113, 276, 147]
+
+
+def _frame(pkt: bytes, lt: int) -> bytes:
+    if lt == 147:
+        return pkt
+    return FRAMERS[lt](pkt)
+
+
+@st.composite
+def _records(draw):
+    out, lts = [], []
+    for _ in range(draw(st.integers(1, 12))):
+        lt = draw(st.sampled_from(LINKS))
+        kind = draw(st.integers(0, 3))
+        if kind == 0:
+            f = draw(st.binary(max_size=120))
+        else:
+            f = bytearray(_frame(draw(st.sampled_from(BASE)), lt))
+            for _ in range(draw(st.integers(0, 4)) if kind == 2 else 0):  # damage a header byte or two
+                if f:
+                    f[draw(st.integers(0, min(len(f), 80) - 1))] = draw(st.integers(0, 255))
+            if kind == 3:
+                f = f[: draw(st.integers(0, len(f)))]
+            if lt == 1 and draw(st.booleans()):
+                f = ether(bytes(f[14:]), vlans=(5,) * draw(st.integers(1, 3)))
+            f = bytes(f)
+        out.append(f)
+        lts.append(lt)
+    return out, lts
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_records())
+def test_parse_l3_and_classify_match_the_numpy_reference(recs):
+    _need_native()
+    frames, lts = recs
+    linktypes = sorted(set(lts))
+    c = _chunk(frames, [linktypes.index(x) for x in lts])
+    a = pcap_mod.parse_l3(c, linktypes)
+    b = parse_l3_numpy(c, linktypes)
+    for field in a.__dataclass_fields__:
+        x, y = getattr(a, field), getattr(b, field)
+        assert x.dtype == y.dtype and np.array_equal(x, y), field
+    ea = tool_mod._classify_esp(c, a, (4500, 4501))
+    eb = _classify_esp_numpy(c, b, (4500, 4501))
+    for field in ea.__dataclass_fields__:
+        assert np.array_equal(getattr(ea, field), getattr(eb, field)), field
+
+
+def _decrypt_both(tmp_path, monkeypatch, src, sas, **kw):
+    fmt = kw.get("fmt") or ("pcapng" if src.suffix == ".pcapng" else "pcap")
+    out_native = tmp_path / f"native.{fmt}"
+    out_ref = tmp_path / f"ref.{fmt}"
+    s1 = decrypt_file(src, out_native, sas, **kw)
+    with monkeypatch.context() as m:
+        _numpy_only(m)
+        s2 = decrypt_file(src, out_ref, sas, **kw)
+    assert s1.format().splitlines()[1:] == s2.format().splitlines()[1:]
+    assert out_native.read_bytes() == out_ref.read_bytes()
+    return s1
+
+
+@pytest.mark.parametrize("kind", ["pcap-le-us", "pcap-be-ns", "pcapng-le", "pcapng-be"])
+@pytest.mark.parametrize("frames", [False, True])
+def test_decrypt_file_is_byte_identical_to_the_numpy_path(tmp_path, monkeypatch, kind, frames):
+    _need_native()
+    sas = entries(sa_toml(extra="encap = true\n"), sa_toml(spi=0x1002, mode="transport", src="10.1.0.1",
+                                                             dst="10.2.0.2"))
+    ext = "pcapng" if kind.startswith("pcapng") else "pcap"
+    src = tmp_path / f"p.{ext}"
+    make_capture(src, plaintext_packets(40) + plaintext_packets(9, v6=True), 1, kind)
+    enc = tmp_path / f"e.{ext}"
+    encrypt_file(src, enc, sas)
+    s = _decrypt_both(tmp_path, monkeypatch, enc, sas, frames=frames, chunk_records=7)
+    assert s.per_sa[0].packets + s.per_sa[1].packets == 49
+    # damaged copies (bytes flipped, file cut): the same counts and the same output either way
+    good = enc.read_bytes()
+    rng = random.Random(11)
+    for trial in range(12):
+        blob = bytearray(good)
+        for _ in range(rng.choice([1, 5, 30])):
+            blob[rng.randrange(len(blob))] = rng.randrange(256)
+        if trial % 3 == 0:
+            blob = blob[: rng.randrange(len(blob))]
+        bad = tmp_path / f"bad.{ext}"
+        bad.write_bytes(bytes(blob))
+        try:
+            _decrypt_both(tmp_path, monkeypatch, bad, sas, frames=frames, chunk_records=rng.choice([1, 5, 100]))
+        except pcap_mod.CaptureError:
+            pass
+
+
+def test_reader_read_path_equals_mapped_path(tmp_path, monkeypatch):
+    """pcap chunks read into the arena give the records, problems and positions of the mapped walk."""
+    _need_native()
+    frames = [_frame(p, 1) for p in BASE * 30]
+    whole = pcap_file([Rec(f, 1_700_000_000 + i, i) for i, f in enumerate(frames)])
+    cases = [whole, whole[:-3], whole[:-len(frames[-1]) - 9], whole + b"\x01" * 20 + b"\x7f" * 12]
+    for k, data in enumerate(cases):
+        p = tmp_path / f"c{k}.pcap"
+        p.write_bytes(data)
+        results = []
+        for read_path in (True, False):
+            with monkeypatch.context() as m:
+                if not read_path:
+                    m.setattr(pcap_mod.CaptureReader, "_pcap_chunks_read",
+                              lambda self: self._pcap_chunks_mapped())
+                recs, err = [], None
+                r = pcap_mod.CaptureReader(p, chunk_records=17, chunk_bytes=4096, reuse_buffers=True)
+                try:
+                    for c in r.chunks():
+                        for i in range(c.count):
+                            o = int(c.offsets[i])
+                            recs.append((c.data[o:o + int(c.caplen[i])].tobytes(), int(c.ts[i]),
+                                         int(c.origlen[i])))
+                        last = c.end_position
+                except pcap_mod.CaptureError as exc:
+                    err = str(exc)
+                results.append((recs, err, r.problems, r.truncated_records, last))
+                r.close()
+        assert results[0] == results[1]
+
+
+def test_kernels_refuse_out_of_bounds_offsets():
+    _need_native()
+    src = np.arange(100, dtype=np.uint8)
+    dst = np.zeros(50, dtype=np.uint8)
+    i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
+    with pytest.raises(ValueError):
+        _pcapio.gather_segments(src, i64(90), i64(20), dst, i64(0))
+    with pytest.raises(ValueError):
+        _pcapio.gather_segments(src, i64(0), i64(20), dst, i64(40))
+    with pytest.raises(ValueError):
+        _pcapio.gather_segments(src, i64(-1), i64(2), dst, i64(0))
+    with pytest.raises(ValueError):
+        _pcapio.scatter_rows(dst, i64(48), np.zeros((1, 4), np.uint8))
+    with pytest.raises(ValueError):
+        _pcapio.scan_pcap(src, 0, 100, 200, 4, False, 1000, np.zeros(4, np.int64))
+    with pytest.raises(ValueError):
+        _pcapio.pcap_fields(src, i64(8), False, 10**6, *(np.zeros(1, np.int64) for _ in range(3)))
+    z = np.zeros(1, np.int64)
+    with pytest.raises(ValueError):
+        _pcapio.assemble(dst, i64(0), np.zeros((1, 16), np.uint8), src, i64(95), i64(10), src, z, z, src, z, z)
+    with pytest.raises(ValueError):
+        _pcapio.assemble(dst, i64(0), np.zeros((1, 16), np.uint8), src, i64(0), i64(40), src, z, z, src, z, z)
+    c = _chunk([b"\x45" * 30], [0])
+    c.caplen[0] = 10_000
+    with pytest.raises(ValueError):
+        pcap_mod.parse_l3(c, [101])
