@@ -11,11 +11,15 @@ except ImportError as exc:  # pragma: no cover - depends on how espresso was ins
         f"directory. ({exc})"
     ) from exc
 from esp.batch import DEFAULT_SLOT, PacketBatch, Verdict
+from esp.dataplane import Dataplane
+from esp.events import SaAcquire, SaExpired
+from esp.spd import Action, Policy, Selector
 from esp.sa import Counters, Direction, Lifetime, Mode, Sa, SaParams, UdpEncap, available_backends, best_backend
 from esp.suites import SUITES, Cipher, Integ, Suite, parse_suite
 
 __all__ = [
     "Sa", "SaParams", "Mode", "Direction", "Lifetime", "UdpEncap", "Counters", "PacketBatch", "Verdict",
     "DEFAULT_SLOT", "Suite", "SUITES", "Cipher", "Integ", "parse_suite", "available_backends", "best_backend",
+    "Dataplane", "Policy", "Selector", "Action", "SaExpired", "SaAcquire",
 ]
 __version__ = "0.1.0"

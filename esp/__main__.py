@@ -3,6 +3,7 @@
     python -m esp pcap decrypt IN OUT --sa FILE [--sa FILE ...]
     python -m esp pcap encrypt IN OUT --sa FILE [--first-seq N]
     python -m esp pcap replay  IN --sa FILE [--order 1,3,2,2 | --loss P --dup P --reorder P]
+    python -m esp gateway STATIC.json      (a tunnel gateway with static SAs; SIGHUP reloads, SIGTERM stops)
 
 Exit status: 0 all went well; 1 packets were dropped for a reason other than policy (authentication, replay,
 malformed, truncated, unsupported) or the capture is damaged; 2 the command could not run (bad arguments,
@@ -29,6 +30,11 @@ class _Parser(argparse.ArgumentParser):
 def _build() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="espresso ESP data plane tools")
     sub = p.add_subparsers(dest="group", required=True, parser_class=_Parser)
+    gw = sub.add_parser("gateway", help="run a TUN/UDP tunnel gateway with static policies and SAs (root)",
+                        description="Runs esp.gateway with the policies and SAs of a JSON file (mode 0600, see "
+                                    "esp.gateway.load_static) until SIGTERM or SIGINT; SIGHUP reloads the file "
+                                    "make-before-break.")
+    gw.add_argument("config", help="static configuration (JSON)")
     pc = sub.add_parser("pcap", help="decrypt, encrypt or replay capture files through ESP SAs")
     ps = pc.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
@@ -94,12 +100,27 @@ def _fail(msg: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build().parse_args(argv)
     try:
+        if args.group == "gateway":
+            return _gateway(args.config)
         return _run(args)
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return 130
     except BrokenPipeError:
         return 1
+
+
+def _gateway(path: str) -> int:
+    from esp.errors import EspError
+    from esp.gateway import run_static
+
+    try:
+        run_static(path)
+    except OSError as exc:
+        return _fail(f"{path}: {exc.strerror or exc}")
+    except (EspError, ValueError, KeyError) as exc:
+        return _fail(str(exc))
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
