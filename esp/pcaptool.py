@@ -470,7 +470,8 @@ def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
     # UDP-encapsulated ESP is looked for on 4500 and on whatever ports the SAs name.
     encap_ports = tuple(sorted(set(encap_ports) | {p for e in sas if e.encap for p in e.encap}))
     summary = Summary("decrypt")
-    reader = CaptureReader(in_path, chunk_records=chunk_records, reuse_buffers=True)
+    # Raw-IP output never patches the input, so its packets are decrypted straight from the file's mapping.
+    reader = CaptureReader(in_path, chunk_records=chunk_records, reuse_buffers=True, zero_copy=not frames)
     scratch = Scratch()
     writer = None
     try:
