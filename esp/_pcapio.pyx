@@ -395,3 +395,118 @@ def assemble(uint8_t[::1] out, const int64_t[::1] starts, const uint8_t[:, ::1] 
                 p += n1[i]
             if n2[i]:
                 memcpy(&out[p], &b2[o2[i]], <size_t>n2[i])
+
+
+cdef inline void _wr32(uint8_t *p, uint32_t v, bint big) noexcept nogil:
+    if big:
+        p[0] = v >> 24
+        p[1] = (v >> 16) & 0xFF
+        p[2] = (v >> 8) & 0xFF
+        p[3] = v & 0xFF
+    else:
+        p[0] = v & 0xFF
+        p[1] = (v >> 8) & 0xFF
+        p[2] = (v >> 16) & 0xFF
+        p[3] = v >> 24
+
+
+cdef inline int64_t _floordiv(int64_t a, int64_t b) noexcept nogil:
+    cdef int64_t q = a // b
+    if (a % b != 0) and ((a < 0) != (b < 0)):
+        q -= 1
+    return q
+
+
+def emit_pcap(uint8_t[::1] out, const int8_t[::1] body, const uint8_t[::1] data, const int64_t[::1] base,
+              const int64_t[::1] l3, const int64_t[::1] cap, const int64_t[::1] origlen,
+              const int64_t[::1] ip_len, const uint8_t[::1] cut, const int64_t[::1] ts,
+              const uint8_t[::1] new_buf, const int64_t[::1] new_off, const int32_t[::1] new_len,
+              bint frames, bint big, int64_t ts_mul, int64_t ts_div, int64_t units):
+    """esp.pcaptool's record output for a pcap file, in one pass: for each record whose ``body`` is not 0
+    (1: the original packet, 2: new_buf's slot in place of the IP packet), a 16-byte record header with the
+    record's timestamp (ts * ts_mul // ts_div, split at ``units``) and then the bytes. Returns (bytes, records).
+    Every slice is checked against its buffer first."""
+    cdef Py_ssize_t n = body.shape[0], i
+    cdef int64_t l3c, head, own, own_off, nl, ln, org, t, sec, pos = 0, count = 0, iplen, cp
+    if (base.shape[0] < n or l3.shape[0] < n or cap.shape[0] < n or origlen.shape[0] < n or ip_len.shape[0] < n
+            or cut.shape[0] < n or ts.shape[0] < n or new_off.shape[0] < n or new_len.shape[0] < n):
+        raise ValueError("emit_pcap: arrays do not match the record count")
+    if ts_mul <= 0 or ts_div <= 0 or units <= 0:
+        raise ValueError("emit_pcap: bad timestamp scale")
+    # pass 1: bounds and the total size
+    for i in range(n):
+        if body[i] == 0:
+            continue
+        l3c = l3[i] if l3[i] > 0 else 0
+        cp = cap[i]
+        if base[i] < 0 or cp < 0 or base[i] + cp > data.shape[0] or l3c > cp:
+            raise ValueError(f"emit_pcap: record {i} outside the capture data")
+        if body[i] == 2:
+            nl = new_len[i]
+            if nl < 0 or new_off[i] < 0 or new_off[i] + nl > new_buf.shape[0]:
+                raise ValueError(f"emit_pcap: record {i}: new packet outside its arena")
+            ln = (l3c if frames else 0) + nl
+        else:
+            if frames:
+                ln = cp
+            else:
+                iplen = ip_len[i] if ip_len[i] < cp - l3c else cp - l3c
+                ln = iplen if iplen > 0 else 0
+        pos += 16 + ln
+    if pos > out.shape[0]:
+        raise ValueError(f"emit_pcap: the output needs {pos} bytes, {out.shape[0]} given")
+    cdef uint8_t *o = &out[0] if out.shape[0] else NULL
+    pos = 0
+    with nogil:
+        for i in range(n):
+            if body[i] == 0:
+                continue
+            if i + PREFETCH_RECORDS < n:
+                pcapio_prefetch(&data[0] + base[i + PREFETCH_RECORDS])
+            l3c = l3[i] if l3[i] > 0 else 0
+            cp = cap[i]
+            if body[i] == 2:
+                nl = new_len[i]
+                head = l3c if frames else 0
+                own = 0
+            else:
+                nl = 0
+                head = 0
+                if frames:
+                    own = cp
+                    own_off = base[i]
+                else:
+                    iplen = ip_len[i] if ip_len[i] < cp - l3c else cp - l3c
+                    own = iplen if iplen > 0 else 0
+                    own_off = base[i] + l3c
+            ln = head + own + nl
+            if frames:
+                org = head + nl if body[i] == 2 else origlen[i]
+            elif body[i] == 2:
+                org = nl
+            elif cut[i]:
+                org = ip_len[i] if ip_len[i] > own else own
+            else:
+                org = own
+            if org < ln:
+                org = ln
+            t = ts[i] * ts_mul
+            if ts_div != 1:
+                t = _floordiv(t, ts_div)
+            sec = _floordiv(t, units)
+            _wr32(o + pos, <uint32_t>sec, big)
+            _wr32(o + pos + 4, <uint32_t>(t - sec * units), big)
+            _wr32(o + pos + 8, <uint32_t>ln, big)
+            _wr32(o + pos + 12, <uint32_t>org, big)
+            pos += 16
+            if head:
+                memcpy(o + pos, &data[base[i]], <size_t>head)
+                pos += head
+            if own:
+                memcpy(o + pos, &data[own_off], <size_t>own)
+                pos += own
+            if nl:
+                memcpy(o + pos, &new_buf[new_off[i]], <size_t>nl)
+                pos += nl
+            count += 1
+    return pos, count

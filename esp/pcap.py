@@ -1163,6 +1163,8 @@ _NATIVE_FIELDS = _native("pcap_fields")
 _NATIVE_SCATTER = _native("scatter_rows")
 #: esp._pcapio.parse_l3(...): :func:`parse_l3` in one pass per record (outputs preallocated by the caller).
 _NATIVE_PARSE_L3 = _native("parse_l3")
+#: esp._pcapio.emit_pcap(...): decrypt output records (header + bytes) laid out in one pass (esp.pcaptool).
+_NATIVE_EMIT_PCAP = _native("emit_pcap")
 #: esp._pcapio.assemble(out, starts, hdr, b0, o0, n0, b1, o1, n1, b2, o2, n2): a file image in one pass.
 _NATIVE_ASSEMBLE = _native("assemble")
 _EMPTY_U8 = np.zeros(1, dtype=np.uint8)
@@ -1406,6 +1408,20 @@ class CaptureWriter:
                 out[padpos[m] + k - 1] = 0
         self._pending[self._flip] = self._io.submit(self._fh.write, out.data)
         self.records += n
+
+    def image(self, nbytes: int) -> np.ndarray:
+        """A buffer of at least ``nbytes`` for the next file image, for a caller that lays out pcap records
+        itself (esp._pcapio.emit_pcap); hand the used part to :meth:`commit`. Headers are written first."""
+        if self._written_ifaces < len(self.interfaces) or not self._header_done:
+            self._sync_interfaces()
+        self._flip ^= 1
+        self._wait(self._flip)
+        return self._scratch.get(f"out{self._flip}", max(1, nbytes))
+
+    def commit(self, image: np.ndarray, records: int) -> None:
+        """Queue the image from :meth:`image` (its used part) for the background write."""
+        self._pending[self._flip] = self._io.submit(self._fh.write, image.data)
+        self.records += records
 
     def _wait(self, k: int) -> None:
         fut = self._pending[k]

@@ -196,6 +196,8 @@ def _be32(d: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return _uint(d, idx, 4, True)
 
 
+#: esp._pcapio.emit_pcap if built: :meth:`_Output.emit` for pcap output in one compiled pass.
+_NATIVE_EMIT = _native("emit_pcap")
 #: esp._pcapio.classify_esp if built: :func:`_classify_esp_numpy` in one compiled pass.
 _NATIVE_CLASSIFY = _native("classify_esp")
 
@@ -313,6 +315,8 @@ class _Output:
         the packet (frame mode: the whole record; raw mode: its IP packet), NEW puts new_buf's slot in place
         of the IP packet."""
         self.sync()
+        if self.writer is not None and self._fast_pcap():
+            return self._emit_pcap(c, L, body, new_buf, new_off, new_len)
         keep = np.flatnonzero(body != _BODY_NONE)
         if self.writer is None or keep.size == 0:
             return 0
@@ -345,6 +349,51 @@ class _Output:
         self.writer.write_parts(parts, c.ts[keep], c.iface[keep], origlen,
                                 src_tsresol=[i.tsresol for i in self.reader.interfaces])
         return int(keep.size)
+
+    def _fast_pcap(self) -> bool:
+        """The compiled one-pass writer applies: pcap output, one timestamp resolution in, an integer scale."""
+        w = self.writer
+        if _NATIVE_EMIT is None or w is None or w.fmt != "pcap" or not self.reader.interfaces:
+            return False
+        res = {i.tsresol for i in self.reader.interfaces}
+        if len(res) != 1:
+            return False
+        if not w._header_done:
+            w._sync_interfaces()
+        r = res.pop()
+        return r > 0 and (w.units % r == 0 or r % w.units == 0)
+
+    def _emit_pcap(self, c: Chunk, L: L3Info, body: np.ndarray, new_buf: np.ndarray | None, new_off: np.ndarray,
+                   new_len: np.ndarray) -> int:
+        """:meth:`emit` for pcap output through esp._pcapio.emit_pcap: same records, byte for byte (tested)."""
+        w = self.writer
+        assert w is not None
+        n = c.count
+        if self.frames:
+            is_new = body == _BODY_NEW
+            if is_new.any():
+                keep = np.flatnonzero(body != _BODY_NONE)
+                self._fix_protocol_fields(c, L, keep, is_new[keep], new_buf, new_off)
+        r = self.reader.interfaces[0].tsresol
+        mul, div = (w.units // r, 1) if w.units % r == 0 else (1, r // w.units)
+        if new_buf is None or new_len.shape[0] < n:
+            new_buf, new_off, new_len = np.zeros(1, np.uint8), np.zeros(n, np.int64), np.zeros(n, np.int32)
+        bound = 16 * n + int(c.caplen.sum()) + int(np.asarray(new_len, dtype=np.int64)[body == _BODY_NEW].sum())
+        image = w.image(bound)
+        nbytes, count = _NATIVE_EMIT(image, np.ascontiguousarray(body, dtype=np.int8), c.data,
+                                     np.ascontiguousarray(c.offsets, dtype=np.int64),
+                                     np.ascontiguousarray(L.l3, dtype=np.int64),
+                                     np.ascontiguousarray(c.caplen, dtype=np.int64),
+                                     np.ascontiguousarray(c.origlen, dtype=np.int64),
+                                     np.ascontiguousarray(L.ip_len, dtype=np.int64),
+                                     np.ascontiguousarray(L.cut).view(np.uint8),
+                                     np.ascontiguousarray(c.ts, dtype=np.int64), new_buf,
+                                     np.ascontiguousarray(new_off, dtype=np.int64),
+                                     np.ascontiguousarray(new_len, dtype=np.int32),
+                                     self.frames, w.order == ">", mul, div, w.units)
+        if count:
+            w.commit(image[:nbytes], count)
+        return int(count)
 
     def _fix_protocol_fields(self, c: Chunk, L: L3Info, keep: np.ndarray, is_new: np.ndarray,
                              new_buf: np.ndarray | None, new_off: np.ndarray) -> None:

@@ -33,6 +33,7 @@ def _numpy_only(monkeypatch):
     for name in NATIVE:
         monkeypatch.setattr(pcap_mod, name, None)
     monkeypatch.setattr(tool_mod, "_NATIVE_CLASSIFY", None)
+    monkeypatch.setattr(tool_mod, "_NATIVE_EMIT", None)
 
 
 def _chunk(frames, lts):
