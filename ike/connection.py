@@ -132,14 +132,18 @@ class IkeConnection:
 
             raise InvalidSyntaxError("request before the IKE_SA is established")
         if msg.exchange == ExchangeType.CREATE_CHILD_SA:
-            if sa.state != IkeSaState.ESTABLISHED or any(isinstance(t, IkeRekey) for t in self.tm.active):
-                # we are rekeying or closing this IKE_SA: "try again later" (RFC 7296 2.25)
-                return [Refuse(sa, False)]
+            sa_p = msg.get(SaPayload)
+            ike_rekey = sa_p is not None and bool(sa_p.proposals) and sa_p.proposals[0].protocol == ProtocolId.IKE
+            if sa.state != IkeSaState.ESTABLISHED or sa is not self.sa:
+                return [Refuse(sa, False)]  # rekeyed or closing: "try again later" (RFC 7296 2.25)
+            if ike_rekey:
+                if "rekey_pending" in sa.scratch:
+                    return [Refuse(sa, False)]
+                return [IkeRekey(sa, False, self)]  # a colliding rekey is resolved by nonces (2.8.2)
+            if any(isinstance(t, IkeRekey) for t in self.tm.active):
+                return [Refuse(sa, False)]  # no CHILD_SA changes while we rekey the IKE_SA
             if any(n.type == 16393 for n in msg.all(NotifyPayload)):  # REKEY_SA
                 return [ChildRekey(sa, False)]
-            sa_p = msg.get(SaPayload)
-            if sa_p is not None and sa_p.proposals and sa_p.proposals[0].protocol == ProtocolId.IKE:
-                return [IkeRekey(sa, False, self)]
             return [ChildCreate(sa, False)]
         deletes = msg.all(DeletePayload)
         if any(d.protocol == ProtocolId.IKE for d in deletes):
@@ -368,9 +372,10 @@ class IkeConnection:
 
     def adopt_rekeyed(self, old: IkeSa, initiator: bool, spi_i: int, spi_r: int, proposal, keys, ni: bytes,
                       nr: bytes) -> IkeSa:  # type: ignore[no-untyped-def]
-        """Called by IkeRekey: the new IKE_SA takes over the children; the old one waits for its Delete."""
-        from .events import IkeSaRekeyed
-        from .proposal import proposal_name
+        """Called by IkeRekey once a rekey exchange completed: the new IKE_SA takes over the children and the
+        old one waits for its Delete. Simultaneous rekeys (RFC 7296 2.8.2): the peer's completes first while
+        ours runs, so it is parked; when ours completes, the new IKE_SA whose exchange holds the lowest nonce
+        is redundant and is deleted by its initiator, and the winner's initiator deletes the old one."""
         from .tasks.ike_delete import IkeDelete as _Del
 
         new = IkeSa(self.ike_id, self.config, old.peer, initiator, spi_i, spi_r, old.local_addr, old.remote_addr,
@@ -380,20 +385,75 @@ class IkeConnection:
         new.nat_local, new.nat_remote, new.natt = old.nat_local, old.nat_remote, old.natt
         new.peer_fragmentation, new.peer_hashes = old.peer_fragmentation, old.peer_hashes
         new.local_id, new.remote_id, new.auth_method = old.local_id, old.remote_id, old.auth_method
-        new.children, old.children = old.children, {}
         new.established_at = new.last_inbound = new.now = old.now
         if old.peer.rekey_time:
             new.rekey_at = old.now + old.peer.rekey_time * (0.9 + 0.1 * int.from_bytes(old.random(2), "big") / 65535)
-        old.scratch["rekeyed_into"] = new
-        old.state = IkeSaState.REKEYING
-        old_tm = self.tm
-        self.old.append((old, old_tm))
-        self.sa, self.tm = new, self._manager(new)
-        new_tm = self.tm
-        # queued work moves to the new IKE_SA: CHILD_SA tasks follow by themselves, IKE_SA-level ones are remade
+        from .tasks.ike_init import install_keys
+
+        install_keys(new)
+        new_tm = self._manager(new)
+        self._register(new.spi_local, self)
+        if not initiator and self._rekeying(old):
+            old.scratch["rekey_pending"] = (new, new_tm)  # collision: wait for our own exchange
+            self.old.append((new, new_tm))
+            return new
+        pending = old.scratch.pop("rekey_pending", None)
+        if pending is None:
+            self._switch(old, new, new_tm)
+            if initiator:
+                old.scratch.setdefault("front_tasks", []).append(_Del(old, True))
+            return new
+        theirs, theirs_tm = pending
+        self.old = [(s, t) for s, t in self.old if s is not theirs]
+        ours, ours_tm = new, new_tm
+        if min(ours.nonce_i, ours.nonce_r) < min(theirs.nonce_i, theirs.nonce_r):
+            # ours is redundant: we delete it; the peer (winner's initiator) deletes the old IKE_SA
+            self._switch(old, theirs, theirs_tm)
+            ours.scratch["rekeyed_into"] = theirs
+            ours.state = IkeSaState.REKEYING
+            self.old.append((ours, ours_tm))
+            ours_tm.queue.insert(0, [_Del(ours, True)])
+            ours_tm.initiate(old.now)
+        else:
+            # theirs is redundant (the peer deletes it): ours wins and we delete the old IKE_SA
+            self._switch(old, ours, ours_tm)
+            theirs.scratch["rekeyed_into"] = ours
+            theirs.state = IkeSaState.REKEYING
+            self.old.append((theirs, theirs_tm))
+            old.scratch.setdefault("front_tasks", []).append(_Del(old, True))
+        return new
+
+    def rekey_failed(self, old: IkeSa) -> None:
+        """Our IKE rekey was refused; if the peer's colliding rekey completed meanwhile, it is the successor."""
+        pending = old.scratch.pop("rekey_pending", None)
+        if pending is not None:
+            theirs, theirs_tm = pending
+            self.old = [(s, t) for s, t in self.old if s is not theirs]
+            self._switch(old, theirs, theirs_tm)
+
+    def _rekeying(self, sa: IkeSa) -> bool:
+        from .tasks.ike_rekey import IkeRekey
+
+        tm = self.tm if sa is self.sa else next((t for s, t in self.old if s is sa), None)
+        return tm is not None and any(isinstance(t, IkeRekey) and t.initiator for t in tm.active)
+
+    def _switch(self, old: IkeSa, new: IkeSa, new_tm: TaskManager) -> None:
+        """Make ``new`` the current IKE_SA: children, queued work and timers move; old waits for its Delete."""
+        from .events import IkeSaRekeyed
+        from .proposal import proposal_name
         from .tasks.base import ChildTask
+        from .tasks.ike_delete import IkeDelete as _Del
         from .tasks.ike_rekey import IkeRekey as _Rekey
 
+        assert new.proposal is not None
+        new.children, old.children = old.children, {}
+        old.scratch["rekeyed_into"] = new
+        old.state = IkeSaState.REKEYING
+        old_tm = self.tm if old is self.sa else next(t for s, t in self.old if s is old)
+        if old is self.sa:
+            self.old.append((old, old_tm))
+        self.sa, self.tm = new, new_tm
+        # queued work moves to the new IKE_SA: CHILD_SA tasks follow by themselves, IKE_SA-level ones are remade
         for group in old_tm.queue:
             moved: list[Task] = []
             for t in group:
@@ -418,12 +478,8 @@ class IkeConnection:
             new_tm.initiate(now)
 
         old_tm.redirect = redirect
-        self._register(new.spi_local, self)
-        self._events.append(IkeSaRekeyed(self.ike_id, old.peer.name, old.spi_i, old.spi_r, spi_i, spi_r,
-                                         proposal_name(proposal)))
-        if initiator:
-            old.scratch.setdefault("front_tasks", []).append(_Del(old, True))
-        return new
+        self._events.append(IkeSaRekeyed(self.ike_id, old.peer.name, old.spi_i, old.spi_r, new.spi_i, new.spi_r,
+                                         proposal_name(new.proposal)))
 
     def spis(self) -> list[int]:
         return [s.spi_local for s in [self.sa] + [o for o, _ in self.old]]

@@ -29,23 +29,25 @@ def _switch(sa, old: ChildSa, new: ChildSa) -> None:  # type: ignore[no-untyped-
     sa.emit(ChildSaRekeyed(sa.ike_id, sa.peer.name, old.name, cur.spi_in, cur.spi_out, new.spi_in, new.spi_out))
 
 
-def _front(sa, task) -> None:  # type: ignore[no-untyped-def]
-    sa.scratch.setdefault("front_tasks", []).append(task)
+def _front(xsa, task) -> None:  # type: ignore[no-untyped-def]
+    """Run ``task`` next, on the IKE_SA whose exchange is being processed (``xsa``; its task manager hands it on
+    to the successor if that IKE_SA was rekeyed meanwhile)."""
+    xsa.scratch.setdefault("front_tasks", []).append(task)
 
 
-def resolve_collision(sa, old: ChildSa) -> None:  # type: ignore[no-untyped-def]
+def resolve_collision(sa, old: ChildSa, xsa=None) -> None:  # type: ignore[no-untyped-def]
     assert old.rekey_ours is not None and old.rekey_theirs is not None
     ours, theirs = old.rekey_ours, old.rekey_theirs
     if min(ours[1], ours[2]) < min(theirs[1], theirs[2]):
         # ours is redundant: we delete it, traffic goes to theirs, the peer deletes the old SA
         _switch(sa, old, theirs[0])
         if ours[0].spi_in in sa.children:
-            _front(sa, ChildDelete(sa, True, [ours[0]], "rekey collision"))
+            _front(xsa or sa, ChildDelete(sa, True, [ours[0]], "rekey collision"))
     else:
         # theirs is redundant (the peer deletes it): we keep ours and delete the old SA
         if old.successor is None:
             _switch(sa, old, ours[0])
-            _front(sa, ChildDelete(sa, True, [old], "rekeyed"))
+            _front(xsa or sa, ChildDelete(sa, True, [old], "rekeyed"))
 
 
 class ChildRekey(ChildCreate):
@@ -72,14 +74,14 @@ class ChildRekey(ChildCreate):
                 if old.state == ChildSaState.REKEYING or old.rekey_ours is not None:
                     old.rekey_theirs = (new, new.nonce_i, new.nonce_r)
                     if old.rekey_ours is not None:
-                        resolve_collision(sa, old)
+                        resolve_collision(sa, old, self._sa)
                 else:
                     old.state = ChildSaState.REKEYED
                     prev = old.rekeyed_by
                     if prev is not None and prev.spi_in in sa.children:
                         # the peer rekeys the same SA again: it never got our answer to the first rekey,
                         # so the SA we created then is unused on its side; remove it
-                        _front(sa, ChildDelete(sa, True, [prev], "rekey abandoned by peer"))
+                        _front(self._sa, ChildDelete(sa, True, [prev], "rekey abandoned by peer"))
                     old.rekeyed_by = new
             return TaskStatus.NEED_MORE
         status = super().process(msg)
@@ -87,17 +89,17 @@ class ChildRekey(ChildCreate):
         assert old is not None
         if self.child is not None and old.spi_in not in sa.children:
             # the peer deleted the SA while we rekeyed it: the replacement is moot
-            _front(sa, ChildDelete(sa, True, [self.child], "rekeyed SA deleted meanwhile"))
+            _front(self._sa, ChildDelete(sa, True, [self.child], "rekeyed SA deleted meanwhile"))
         elif self.child is not None:
             new = self.child
             old.rekey_ours = (new, new.nonce_i, new.nonce_r)
             if old.rekey_theirs is not None:
                 old.state = ChildSaState.REKEYED
-                resolve_collision(sa, old)
+                resolve_collision(sa, old, self._sa)
             else:
                 old.state = ChildSaState.REKEYED
                 _switch(sa, old, new)
-                _front(sa, ChildDelete(sa, True, [old], "rekeyed"))
+                _front(self._sa, ChildDelete(sa, True, [old], "rekeyed"))
         elif old.state == ChildSaState.REKEYING:
             self.failed("rekey refused", None)
         return status

@@ -11,7 +11,7 @@ from ..message import Message
 from ..payloads import KePayload, NoncePayload, Proposal, SaPayload
 from ..proposal import check_selected, parse_proposals, select_proposal
 from .base import Task, TaskStatus
-from .ike_init import NONCE_LEN, install_keys
+from .ike_init import NONCE_LEN
 
 __all__ = ["IkeRekey"]
 
@@ -48,6 +48,10 @@ class IkeRekey(Task):
         msg.add(SaPayload((self.selected,)), NoncePayload(self.nonce), KePayload(self.dh.group, self.dh.public))
         return TaskStatus.SUCCESS
 
+    def failed(self, reason: str, notify: int | None) -> None:
+        if self.initiator:
+            self.conn.rekey_failed(self.sa)
+
     def process(self, msg: Message) -> TaskStatus:
         sa = self.sa
         sa_p, nonce, ke = msg.get(SaPayload), msg.get(NoncePayload), msg.get(KePayload)
@@ -57,6 +61,7 @@ class IkeRekey(Task):
                 from ..connection import retry_delay
 
                 sa.rekey_at = sa.now + retry_delay(sa)  # try again later; the old IKE_SA stays
+                self.conn.rekey_failed(sa)  # unless the peer's own rekey completed meanwhile
                 return TaskStatus.SUCCESS
         if sa_p is None or nonce is None or ke is None:
             raise InvalidSyntaxError("IKE rekey without SA, Nonce or KE")
@@ -93,6 +98,5 @@ class IkeRekey(Task):
         seed = rekey_skeyseed(sa.keys.prf, sa.keys.sk_d, shared, ni, nr)
         keys = derive_ike_keys(chosen, seed, ni, nr, spi_i, spi_r)
         chosen_plain = Proposal(chosen.number, chosen.protocol, b"", chosen.transforms)
-        new = self.conn.adopt_rekeyed(sa, self.initiator, spi_i, spi_r, chosen_plain, keys, ni, nr)
-        install_keys(new)
+        self.conn.adopt_rekeyed(sa, self.initiator, spi_i, spi_r, chosen_plain, keys, ni, nr)
         return TaskStatus.SUCCESS if self.initiator else TaskStatus.NEED_MORE
