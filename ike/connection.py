@@ -75,16 +75,18 @@ class IkeConnection:
                  spi_remote: int = 0, candidates: list[PeerConfig] | None = None,
                  register_spi: Callable[[int, "IkeConnection"], None] | None = None,
                  unregister_spi: Callable[[int], None] | None = None,
-                 stats: "Counter[str] | None" = None) -> None:
+                 stats: "Counter[str] | None" = None,
+                 touch: Callable[["IkeConnection"], None] | None = None) -> None:
         self.config = config
         self.stats: Counter[str] = stats if stats is not None else Counter()  # shared with the dispatcher
         self.ike_id = ike_id
         self._events: deque[IkeEvent] = deque()
+        self._touch = touch or (lambda conn: None)  # tells the dispatcher this connection has output
         self._out: list[Datagram] = []
         self._register = register_spi or (lambda spi, conn: None)
         self._unregister = unregister_spi or (lambda spi: None)
         spi_i, spi_r = (spi_local, spi_remote) if initiator else (spi_remote, spi_local)
-        self.sa = IkeSa(ike_id, config, peer, initiator, spi_i, spi_r, local_addr, remote_addr, self._events.append)
+        self.sa = IkeSa(ike_id, config, peer, initiator, spi_i, spi_r, local_addr, remote_addr, self._emit)
         if candidates:
             self.sa.scratch["candidates"] = candidates
         self.tm = self._manager(self.sa)
@@ -109,7 +111,12 @@ class IkeConnection:
 
         return TaskManager(sa, send, terminate, passive, self.stats)
 
+    def _emit(self, event: IkeEvent) -> None:
+        self._events.append(event)
+        self._touch(self)
+
     def _send(self, sa: IkeSa, frags: list[bytes]) -> None:
+        self._touch(self)
         sa.last_outbound = sa.now
         port = sa.local_addr[1]
         for f in frags:
@@ -186,10 +193,10 @@ class IkeConnection:
             return
         for child in list(sa.children.values()):
             sa.children.pop(child.spi_in, None)
-            self._events.append(ChildSaDeleted(self.ike_id, sa.peer.name, child.name, child.spi_in, child.spi_out,
+            self._emit(ChildSaDeleted(self.ike_id, sa.peer.name, child.name, child.spi_in, child.spi_out,
                                                "ike_sa terminated"))
         log.info("IKE_SA %s[%d] terminated: %s", sa.peer.name, self.ike_id, reason)
-        self._events.append(IkeSaTerminated(self.ike_id, sa.peer.name, sa.spi_i, sa.spi_r, reason, notify))
+        self._emit(IkeSaTerminated(self.ike_id, sa.peer.name, sa.spi_i, sa.spi_r, reason, notify))
         if sa is self.sa:
             self.closed = True
 
@@ -302,6 +309,7 @@ class IkeConnection:
                 and now >= sa.last_outbound + sa.peer.keepalive_interval):
             # a one-byte 0xFF NAT-keepalive, without the non-ESP marker (RFC 3948 2.3)
             sa.last_outbound = now
+            self._touch(self)
             self._out.append(Datagram(b"\xff", sa.remote_addr, sa.local_addr[1], False))
         if sa.peer.dpd_delay and now >= sa.last_inbound + sa.peer.dpd_delay and not self.tm.busy:
             sa.last_inbound = now
@@ -379,7 +387,7 @@ class IkeConnection:
         from .tasks.ike_delete import IkeDelete as _Del
 
         new = IkeSa(self.ike_id, self.config, old.peer, initiator, spi_i, spi_r, old.local_addr, old.remote_addr,
-                    self._events.append)
+                    self._emit)
         new.state = IkeSaState.ESTABLISHED
         new.proposal, new.keys, new.nonce_i, new.nonce_r = proposal, keys, ni, nr
         new.nat_local, new.nat_remote, new.natt = old.nat_local, old.nat_remote, old.natt
@@ -478,7 +486,7 @@ class IkeConnection:
             new_tm.initiate(now)
 
         old_tm.redirect = redirect
-        self._events.append(IkeSaRekeyed(self.ike_id, old.peer.name, old.spi_i, old.spi_r, new.spi_i, new.spi_r,
+        self._emit(IkeSaRekeyed(self.ike_id, old.peer.name, old.spi_i, old.spi_r, new.spi_i, new.spi_r,
                                          proposal_name(new.proposal)))
 
     def spis(self) -> list[int]:

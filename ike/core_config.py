@@ -233,6 +233,8 @@ class CoreConfig:
     dh_factory: Callable[[int], Any] | None = None
     #: max IKE message size we accept (bytes) and max reassembled fragments
     max_message_size: int = 65535
+    #: CHILD_SAs a peer may hold in one IKE_SA (rekey replacements in flight included)
+    max_child_sas: int = 64
     max_fragments: int = 64
 
     def peer(self, name: str) -> PeerConfig:

@@ -99,7 +99,7 @@ class Dispatcher:
         ike_id = self._next_id
         self._next_id += 1
         conn = IkeConnection(self.config, peer, ike_id, initiator, local, remote, self._new_spi(), spi_remote,
-                             candidates, self._register, self._unregister, self.stats)
+                             candidates, self._register, self._unregister, self.stats, self._dirty.add)
         self._conns[ike_id] = conn
         return conn
 

@@ -10,7 +10,7 @@ __all__ = [
     "InvalidMessageIdError", "NoProposalChosenError", "InvalidKePayloadError", "AuthenticationFailedError",
     "TsUnacceptableError", "SingleSaOnlyError", "TemporaryFailureError", "InvalidSpiError", "IntegrityError",
     "InvalidStateError", "ConfigError", "CookieRequiredError", "ChildSaNotFoundError", "InvalidCookieError",
-    "TooLargeError",
+    "TooLargeError", "NoAdditionalSasError",
 ]
 
 
@@ -98,6 +98,13 @@ class AuthenticationFailedError(ProtocolError):
 
 class SingleSaOnlyError(ProtocolError):
     notify = 34
+
+
+class NoAdditionalSasError(ProtocolError):
+    """The peer asked for more CHILD_SAs than we keep per IKE_SA."""
+
+    notify = 35
+    fatal = False
 
 
 class TsUnacceptableError(ProtocolError):

@@ -8,8 +8,8 @@ import logging
 from ..constants import EsnId, ExchangeType, NotifyType, ProtocolId, TransformType
 from ..core_config import ChildConfig, TrafficSelector
 from ..dh import DhKeyExchange, create_dh
-from ..errors import (InvalidKePayloadError, InvalidSyntaxError, NoProposalChosenError, ProtocolError,
-                      TsUnacceptableError)
+from ..errors import (InvalidKePayloadError, InvalidSyntaxError, NoAdditionalSasError, NoProposalChosenError,
+                      ProtocolError, TsUnacceptableError)
 from ..events import ChildSaEstablished, ChildSaFailed
 from ..keymat import derive_child_keys
 from ..message import Message
@@ -124,7 +124,7 @@ class ChildCreate(ChildTask):
             return self._process_i(msg)
         try:
             self._process_r(msg)
-        except (NoProposalChosenError, TsUnacceptableError, InvalidKePayloadError) as exc:
+        except (NoProposalChosenError, TsUnacceptableError, InvalidKePayloadError, NoAdditionalSasError) as exc:
             if not self._in_auth(msg):
                 raise
             self.error = exc  # IKE_AUTH: the IKE_SA still comes up, the CHILD_SA is refused
@@ -198,6 +198,8 @@ class ChildCreate(ChildTask):
                 return  # IKE_AUTH without a CHILD_SA (childless, RFC 6023 style)
             raise InvalidSyntaxError("CREATE_CHILD_SA request without SA or TS")
         self.their = (tsi.selectors, tsr.selectors)
+        if len(sa.children) >= sa.config.max_child_sas:
+            raise NoAdditionalSasError(f"already {len(sa.children)} CHILD_SAs in this IKE_SA")
         cfg = self.replaces.config if self.replaces is not None else self._find_config(tsi.selectors, tsr.selectors)
         self.config = cfg
         self.spi_in = sa.new_child_spi()

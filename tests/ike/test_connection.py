@@ -678,3 +678,14 @@ def test_per_address_half_open_thresholds():
     assert b.stats["cookies_sent"] == 1 and b.half_open() == 2
     b.receive_datagram(init(3), ("198.51.100.10", 500), ADDR_R, 0.0)  # another address is not affected
     assert b.half_open() == 3
+
+
+def test_child_sa_count_is_bounded():
+    a, b, ea, eb = establish(*psk_peers(), max_child_sas=3)
+    conn = a.connection(1)
+    for n in range(4):
+        conn.create_child(child(f"c{n}", local=f"10.1.{n + 1}.0/24"), 1.0 + n)
+        roundtrip(a, b, 1.0 + n)
+    ev = drain(a)
+    assert len(of(ev, ChildSaEstablished)) == 2 and of(ev, ChildSaFailed)[0].notify == 35
+    assert len(b.list_sas()[0].children) == 3 and not of(ev, IkeSaTerminated)
