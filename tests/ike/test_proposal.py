@@ -35,3 +35,35 @@ def test_selection_follows_initiator_order_and_needs_overlap():
     assert proposal_name(select_proposal(ours, theirs, 1)) == "aes128gcm16-prfsha256-ecp256"
     with pytest.raises(NoProposalChosenError):
         select_proposal(ours, parse_proposals(["aes128gcm16-prfsha512-ecp384"]), 1)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_AEAD = ["aes128gcm16", "aes256gcm16", "chacha20poly1305"]
+_CBC = ["aes128", "aes256"]
+_INTEG = ["sha256", "sha384", "sha512"]
+_PRF = ["prfsha256", "prfsha384", "prfsha512"]
+_DH = ["modp2048", "modp3072", "ecp256", "ecp384", "ecp521", "curve25519"]
+
+
+@st.composite
+def ike_strings(draw):  # type: ignore[no-untyped-def]
+    if draw(st.booleans()):
+        parts = [draw(st.sampled_from(_AEAD)), draw(st.sampled_from(_PRF))]
+    else:
+        parts = [draw(st.sampled_from(_CBC)), draw(st.sampled_from(_INTEG))]
+    parts.append(draw(st.sampled_from(_DH)))
+    return "-".join(parts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ike_strings(), ike_strings())
+def test_names_round_trip_and_selection_is_symmetric_in_content(a, b):
+    pa, pb = parse_proposal(a), parse_proposal(b)
+    assert parse_proposal(proposal_name(pa)).transforms == pa.transforms
+    # a proposal always selects itself; two different single-algorithm proposals never match
+    assert proposal_name(select_proposal([pa], [pa], 1)) == proposal_name(pa)
+    if set(pa.transforms) != set(pb.transforms):
+        with pytest.raises(NoProposalChosenError):
+            select_proposal([pa], [pb], 1)
