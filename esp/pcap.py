@@ -3,7 +3,13 @@
 A capture is memory-mapped and walked once per chunk to find where its records start; everything after that
 (timestamps, lengths, link-layer and IP header fields) is read with numpy over whole chunks, so no Python
 object is made per packet and a capture larger than memory streams through a fixed working set. The packet
-bytes of a chunk are copied once into a writable arena that the batch core reads from.
+bytes of a chunk are copied once into a writable arena that the batch core reads from (or, for a reader made
+with ``zero_copy``, read in place from the mapping).
+
+The per-record loops have compiled counterparts in esp._pcapio (record walk, header fields, link/IP/UPL
+header pass, segment copies, record assembly), used when that module is built: each checks every offset
+against its array before touching memory and runs without the GIL. The numpy code here stays as the reference
+they are tested against (tests/esp/test_pcap_native.py); ESPRESSO_PCAP_NUMPY=1 forces it.
 
 Formats: classic pcap in both byte orders with micro- or nanosecond timestamps, and pcapng (section header,
 interface description, enhanced, simple and obsolete packet blocks; several sections, interfaces and byte
@@ -53,9 +59,6 @@ VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
 MAX_VLAN_TAGS = 2  # 802.1Q, and QinQ (802.1ad outer tag); L2_HEAD covers both
 #: Zero bytes after each chunk arena, so fixed-size header reads past a short record stay inside the array.
 READ_PAD = 256
-
-#: madvise(2) MADV_POPULATE_READ (Linux 5.14); Python 3.11's mmap module does not name it.
-MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 
 #: A record longer than this is taken as file corruption rather than a packet (pcap has no resync marker).
 MAX_RECORD_BYTES = 16 * 1024 * 1024
@@ -343,7 +346,6 @@ class CaptureReader:
         # zero_copy: a pcap chunk's ``data`` is the read-only mapping of the whole file (offsets absolute), so
         # nothing is copied or read() at all; only with the compiled kernels (the numpy reference pads chunks).
         self.zero_copy = bool(zero_copy) and _NATIVE_SCAN is not None and _NATIVE_PARSE_L3 is not None
-        self._can_populate = self.zero_copy and hasattr(mmap, "MADV_DONTNEED")
         self._scratch = Scratch() if reuse_buffers else None
         self.chunk_records = max(1, int(chunk_records))
         self.chunk_bytes = max(4096, int(chunk_bytes))
@@ -574,8 +576,6 @@ class CaptureReader:
                 avg_rec = (pos - chunk_start) / offs.size
                 pos = end_after
                 continue
-            if self.zero_copy:
-                self._populate(pos, min(size, stop_bytes if avg_rec is None else est))
             rec, pos = self._walk_pcap(pos, stop_bytes, limit_records, unpack)
             n = len(rec)
             if pos < size and n < limit_records and pos < stop_bytes:
@@ -632,19 +632,6 @@ class CaptureReader:
             if n >= limit or pos >= stop:
                 break
         return rec, pos
-
-    def _populate(self, start: int, end: int) -> None:
-        """Map the pages of [start, end) in one call (MADV_POPULATE_READ, Linux 5.14) rather than a fault per
-        few pages: the zero-copy path touches every page of the capture."""
-        if not self._can_populate:
-            return
-        lo = (start // mmap.PAGESIZE) * mmap.PAGESIZE
-        if end <= lo:
-            return
-        try:
-            self._mm.madvise(MADV_POPULATE_READ, lo, end - lo)
-        except (OSError, ValueError):
-            self._can_populate = False
 
     def _release(self, upto: int) -> None:
         """Tell the kernel the mapped pages before ``upto`` are done with (the chunk was copied out), so the

@@ -33,6 +33,9 @@ __all__ = ["SaStats", "Summary", "ReplaySummary", "decrypt_file", "encrypt_file"
            "ReplayPattern", "Progress", "ESP_OVERHEAD_MAX", "NAT_T_PORT"]
 
 NAT_T_PORT = 4500
+#: Bytes of capture per decrypt chunk: small enough that a chunk's records, the core's output arena and the
+#: output image stay in cache between the passes over them (measured: 4 MiB beat 32 MiB by about a quarter).
+DECRYPT_CHUNK_BYTES = 4 * 1024 * 1024
 #: Room an encrypted packet may need over its plaintext: outer IPv6 + UDP, ESP header, IV, padding, ICV.
 ESP_OVERHEAD_MAX = 160
 _NV = 32
@@ -520,7 +523,8 @@ def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
     encap_ports = tuple(sorted(set(encap_ports) | {p for e in sas if e.encap for p in e.encap}))
     summary = Summary("decrypt")
     # Raw-IP output never patches the input, so its packets are decrypted straight from the file's mapping.
-    reader = CaptureReader(in_path, chunk_records=chunk_records, reuse_buffers=True, zero_copy=not frames)
+    reader = CaptureReader(in_path, chunk_records=chunk_records, chunk_bytes=DECRYPT_CHUNK_BYTES, reuse_buffers=True,
+                           zero_copy=not frames)
     scratch = Scratch()
     writer = None
     try:
