@@ -40,6 +40,9 @@ class ChildInfo:
     remote_ts: tuple[str, ...]
     rekey_at: float | None
     expire_at: float | None
+    mode: str = "tunnel"
+    encap: bool = False
+    installed_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -346,7 +349,8 @@ class Dispatcher:
             sa = conn.sa
             kids = tuple(ChildInfo(c.name, c.spi_in, c.spi_out, c.suite, c.esn, c.state.value,
                                    tuple(str(t) for t in c.local_ts), tuple(str(t) for t in c.remote_ts),
-                                   c.rekey_at, c.expire_at) for c in sa.children.values())
+                                   c.rekey_at, c.expire_at, c.mode, sa.nat_local or sa.nat_remote or sa.peer.encap,
+                                   c.created) for c in sa.children.values())
             out.append(SaInfo(conn.ike_id, sa.peer.name, sa.state.value, sa.initiator, sa.spi_i, sa.spi_r,
                               sa.local_addr, sa.remote_addr, str(sa.local_id or sa.peer.local_id),
                               str(sa.remote_id or ""), proposal_name(sa.proposal) if sa.proposal else "",

@@ -46,6 +46,7 @@ class ChildSa:
     created: float
     esn: bool
     state: ChildSaState = ChildSaState.INSTALLED
+    mode: str = "tunnel"  # as negotiated (USE_TRANSPORT_MODE)
     rekey_at: float | None = None
     expire_at: float | None = None
     nonce_i: bytes = b""

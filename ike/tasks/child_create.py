@@ -244,7 +244,7 @@ class ChildCreate(ChildTask):
             if self.dh is not None:
                 msg.add(KePayload(self.dh.group, self.dh.public))
         msg.add(TsPayload(self.child.remote_ts, True), TsPayload(self.child.local_ts, False))
-        if self.child.config.mode == "transport" and self.sa.scratch.get("transport_" + str(self.child.spi_in)):
+        if self.child.mode == "transport":
             msg.add(NotifyPayload(NotifyType.USE_TRANSPORT_MODE))
         return TaskStatus.SUCCESS
 
@@ -269,8 +269,7 @@ class ChildCreate(ChildTask):
             child.rekey_at = sa.now + cfg.rekey_time - jitter
         if cfg.life_time:
             child.expire_at = sa.now + cfg.life_time
-        if transport:
-            sa.scratch["transport_" + str(self.spi_in)] = True
+        child.mode = "transport" if transport else "tunnel"
         sa.children[child.spi_in] = child
         self.child = child
         sa.emit(child_event(sa, child, transport, self.replaces.spi_in if self.replaces else None))

@@ -689,3 +689,18 @@ def test_child_sa_count_is_bounded():
     ev = drain(a)
     assert len(of(ev, ChildSaEstablished)) == 2 and of(ev, ChildSaFailed)[0].notify == 35
     assert len(b.list_sas()[0].children) == 3 and not of(ev, IkeSaTerminated)
+
+
+def test_transport_mode_negotiated_and_listed():
+    i, r = psk_peers()
+    i = replace(i, children=(child(mode="transport"),))
+    r = replace(r, children=(child(local="10.2.0.0/16", remote="10.1.0.0/16", mode="transport"),))
+    a, b, ea, eb = establish(i, r)
+    ca, cb = assert_child_keys_match(ea, eb)
+    assert ca.mode == cb.mode == "transport"
+    info = a.list_sas()[0].children[0]
+    assert info.mode == "transport" and not info.encap and info.installed_at == 0.0
+    # a responder configured for tunnel mode answers without USE_TRANSPORT_MODE: tunnel it is
+    r2 = replace(r, children=(child(local="10.2.0.0/16", remote="10.1.0.0/16"),))
+    a, b, ea, eb = establish(i, r2)
+    assert of(ea, ChildSaEstablished)[0].mode == "tunnel" and of(eb, ChildSaEstablished)[0].mode == "tunnel"
