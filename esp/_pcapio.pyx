@@ -461,7 +461,9 @@ def emit_pcap(uint8_t[::1] out, const int8_t[::1] body, const uint8_t[::1] data,
         for i in range(n):
             if body[i] == 0:
                 continue
-            if i + PREFETCH_RECORDS < n:
+            if i + PREFETCH_RECORDS < n and body[i + PREFETCH_RECORDS] == 2:
+                pcapio_prefetch(&new_buf[0] + new_off[i + PREFETCH_RECORDS])
+            elif i + PREFETCH_RECORDS < n:
                 pcapio_prefetch(&data[0] + base[i + PREFETCH_RECORDS])
             l3c = l3[i] if l3[i] > 0 else 0
             cp = cap[i]
