@@ -318,7 +318,7 @@ class _Output:
         the packet (frame mode: the whole record; raw mode: its IP packet), NEW puts new_buf's slot in place
         of the IP packet."""
         self.sync()
-        if self.writer is not None and self._fast_pcap():
+        if self.writer is not None and bool((body != _BODY_NONE).any()) and self._fast_pcap():
             return self._emit_pcap(c, L, body, new_buf, new_off, new_len)
         keep = np.flatnonzero(body != _BODY_NONE)
         if self.writer is None or keep.size == 0:
