@@ -1087,10 +1087,11 @@ def parse_l3_numpy(chunk: Chunk, linktypes: Sequence[int] | np.ndarray) -> L3Inf
     f6 = v6 & (proto == 44)
     if f6.any():
         r = np.flatnonzero(f6)
-        q = base[r] + l4[r]
-        first6 = (l4[r] + 8 <= cap[r]) & ((_be16(dp, q + 2) & 0xFFF8) == 0)
+        inside = l4[r] + 8 <= cap[r]
+        q = np.where(inside, base[r] + l4[r], base[r])  # a header past the captured end is not read at all
+        first6 = inside & ((_be16(dp, q + 2) & 0xFFF8) == 0)
         frag_first[r] = first6
-        proto[r] = np.where(l4[r] + 8 <= cap[r], dp[q], proto[r])
+        proto[r] = np.where(inside, dp[q], proto[r])
         l4[r] += 8
     frag |= f6
     # Addresses, as IPv6 halves (IPv4 v4-mapped)
