@@ -82,9 +82,10 @@ cdef enum:
     V_DISCARDED = 11
     V_BYPASSED = 12
     V_UNSUPPORTED = 13
+    V_UNPROCESSED = 14      # a slot no call has written: never mistaken for OK
 
 VERDICTS = ("OK", "AUTH_FAILED", "REPLAYED", "MALFORMED", "PAD_ERROR", "DUMMY", "NO_SPACE", "EXPIRED",
-            "SEQ_EXHAUSTED", "NO_SA", "POLICY_MISMATCH", "DISCARDED", "BYPASSED", "UNSUPPORTED")
+            "SEQ_EXHAUSTED", "NO_SA", "POLICY_MISMATCH", "DISCARDED", "BYPASSED", "UNSUPPORTED", "UNPROCESSED")
 
 # Framing modes
 cdef enum:
@@ -283,6 +284,8 @@ cdef class SaContext:
             memcpy(self.salt, <const uint8_t *>salt, self.salt_len)
         self.iv_len = iv_len
         self.icv_len = icv_len
+        if align <= 0 or align & (align - 1):
+            raise ValueError("padding alignment must be a power of two")
         self.align = align
         self.tfc_pad = tfc_pad
         self.spi = spi
@@ -410,7 +413,8 @@ cdef class SaContext:
 
     cdef inline int _ct_len(self, int plen) noexcept nogil:
         """Encrypted length: body, padding and the 2-byte trailer, aligned to the cipher's block."""
-        return (self._body_len(plen) + 2 + self.align - 1) // self.align * self.align
+        # align is a power of two (4, or 16 for CBC): a mask, not a division, per packet.
+        return (self._body_len(plen) + 2 + self.align - 1) & ~(self.align - 1)
 
     cdef inline int _esp_len(self, int plen) noexcept nogil:
         """Length of SPI..ICV for a payload of plen bytes."""
@@ -435,6 +439,7 @@ cdef class SaContext:
         cdef int aad_len
         cdef pending_t *pe
         cdef bint split
+        cdef int k
         cdef uint8_t trailer[257]
         body = self._body_len(plen)
         ctlen = self._ct_len(plen)
@@ -482,14 +487,19 @@ cdef class SaContext:
                  (self.cipher == ESPC_GCM or self.cipher == ESPC_CHACHA))
         if split:
             # Big payloads: the trailer goes on the stack and the cipher reads the payload in place (below).
-            memcpy(trailer, PAD_BYTES, padlen)
+            for k in range(padlen):
+                trailer[k] = k + 1
             trailer[padlen] = padlen
             trailer[padlen + 1] = nh
         else:
             memcpy(ct, payload, plen)
             if body > plen:
                 memset(ct + plen, 0, body - plen)
-            memcpy(ct + body, PAD_BYTES, padlen)
+            if padlen <= 16:
+                for k in range(padlen):
+                    ct[body + k] = k + 1
+            else:
+                memcpy(ct + body, PAD_BYTES, padlen)
             ct[ctlen - 2] = padlen
             ct[ctlen - 1] = nh
         out_len[0] = total
@@ -846,7 +856,15 @@ cdef class SaContext:
         total = esp_off + esplen
         t = out
         if self.framing == F_TUNNEL:
-            memcpy(t, self.tmpl, esp_off)
+            # Fixed sizes let the compiler inline the copy.
+            if esp_off == 20:
+                memcpy(t, self.tmpl, 20)
+            elif esp_off == 28:
+                memcpy(t, self.tmpl, 28)
+            elif esp_off == 40:
+                memcpy(t, self.tmpl, 40)
+            else:
+                memcpy(t, self.tmpl, 48)
             # DSCP and ECN are copied from the inner header (RFC 4301 5.1.2.1).
             tc = pkt[1] if nh == 4 else (((pkt[0] & 0x0f) << 4) | (pkt[1] >> 4))
             if self.v6:
@@ -1043,6 +1061,10 @@ cdef class SaContext:
         if self.framing == F_RAW:
             raise ValueError("a raw (ESP-only) context has no batch framing; use seal/open")
         nsel = select.shape[0] if use_sel else count
+        if use_sel:
+            for k in range(nsel):
+                if select[k] < 0 or select[k] >= count:
+                    raise ValueError(f"select[{k}] = {select[k]} is not a slot of a {count}-packet batch")
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
             if self.jobs:

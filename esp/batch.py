@@ -32,6 +32,7 @@ class Verdict(enum.IntEnum):
     DISCARDED = 11
     BYPASSED = 12
     UNSUPPORTED = 13
+    UNPROCESSED = 14  # the slot has not been through any call yet
 
 
 if tuple(v.name for v in Verdict) != tuple(_core.VERDICTS):  # pragma: no cover - a build out of step
@@ -56,7 +57,7 @@ class PacketBatch:
         self._offsets = np.ascontiguousarray(offsets, dtype=np.int64)
         self._lengths = np.ascontiguousarray(lengths, dtype=np.int32)
         self._capacity = np.ascontiguousarray(capacity, dtype=np.int32)
-        self._status = np.zeros(n, dtype=np.uint8)
+        self._status = np.full(n, Verdict.UNPROCESSED, dtype=np.uint8)
         self._view: _core.BatchView | None = None
 
     # The arrays are fixed for the batch's life (their contents are not): the core keeps pointers into them.
@@ -116,7 +117,7 @@ class PacketBatch:
         return [self.packet(i) for i in range(self.count)]
 
     def ok(self) -> Iterator[bytes]:
-        """The packets whose verdict is OK, in order."""
+        """The packets whose verdict is OK, in order (slots never processed are UNPROCESSED, not OK)."""
         for i in np.flatnonzero(self.status == Verdict.OK):
             yield self.packet(int(i))
 

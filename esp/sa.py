@@ -85,6 +85,15 @@ class SaParams:
     backend: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.spi, int) or isinstance(self.spi, bool):
+            raise TypeError(f"spi must be an int, not {type(self.spi).__name__}")
+        for name in ("enc_key", "integ_key"):
+            if not isinstance(getattr(self, name), (bytes, bytearray, memoryview)):
+                raise TypeError(f"{name} must be bytes, not {type(getattr(self, name)).__name__}")
+        if self.encap is not None and not isinstance(self.encap, UdpEncap):
+            raise TypeError("encap must be an esp.UdpEncap(sport, dport) or None")
+        if not isinstance(self.lifetime, Lifetime):
+            raise TypeError("lifetime must be an esp.Lifetime")
         object.__setattr__(self, "suite", parse_suite(self.suite))
         object.__setattr__(self, "direction", Direction(self.direction))
         object.__setattr__(self, "mode", Mode(self.mode))
@@ -146,6 +155,13 @@ def available_backends(suite: Suite | str) -> list[str]:
 
 def best_backend(suite: Suite | str) -> str:
     return available_backends(suite)[0]
+
+
+def _view(batch: PacketBatch) -> "_core.BatchView":
+    try:
+        return batch.view
+    except AttributeError:
+        raise TypeError(f"expected a PacketBatch, got {type(batch).__name__}") from None
 
 
 def _pack_addr(a: Optional[str]) -> bytes:
@@ -261,7 +277,7 @@ class Sa:
             self._need(Direction.OUT)
         if select is not None:
             select = np.ascontiguousarray(select, dtype=np.int32)
-        return self._ctx.process_into(src.view, dst.view, select)
+        return self._ctx.process_into(_view(src), _view(dst), select)
 
     def decrypt_batch(self, src: PacketBatch, dst: PacketBatch, select: Optional[np.ndarray] = None) -> int:
         """Verify and decrypt slots of ``src`` into ``dst``; verdicts in ``dst.status``."""
@@ -269,7 +285,7 @@ class Sa:
             self._need(Direction.IN)
         if select is not None:
             select = np.ascontiguousarray(select, dtype=np.int32)
-        return self._ctx.process_into(src.view, dst.view, select)
+        return self._ctx.process_into(_view(src), _view(dst), select)
 
     def _need(self, direction: Direction) -> None:
         if self.params.direction is not direction:

@@ -129,3 +129,35 @@ def test_threads_on_two_sas_both_progress() -> None:
     for t in threads:
         t.join(timeout=60)
     assert ok == [1280, 1280]
+
+
+def test_slots_never_processed_are_not_ok() -> None:
+    out, _ = sa_pair("aes128gcm16")
+    src = PacketBatch.from_packets([ipv4(b"a")] * 4)
+    dst = PacketBatch.empty(6)
+    assert out.encrypt_batch(src, dst) == 4
+    assert [Verdict(v).name for v in dst.status][4:] == ["UNPROCESSED", "UNPROCESSED"]
+    assert len(list(dst.ok())) == 4
+
+
+def test_select_out_of_range_is_refused() -> None:
+    out, _ = sa_pair("aes128gcm16")
+    src = PacketBatch.from_packets([ipv4(b"a")] * 4)
+    dst = PacketBatch.empty(4)
+    with pytest.raises(ValueError, match="not a slot"):
+        out.encrypt_batch(src, dst, select=np.array([2, 9]))
+    assert out.seq == 0
+
+
+def test_api_misuse_gets_type_errors() -> None:
+    from esp import SaParams
+
+    out, _ = sa_pair("aes128gcm16")
+    with pytest.raises(TypeError, match="PacketBatch"):
+        out.encrypt_batch([ipv4(b"a")], PacketBatch.empty(1))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="spi must be an int"):
+        SaParams(spi="0x1001", direction="in", suite="aes128gcm16", enc_key=bytes(20))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="enc_key must be bytes"):
+        SaParams(spi=0x1001, direction="in", suite="aes128gcm16", enc_key="00" * 20)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="UdpEncap"):
+        SaParams(spi=0x1001, direction="in", suite="aes128gcm16", enc_key=bytes(20), encap=(4500, 4500))  # type: ignore[arg-type]
