@@ -161,6 +161,15 @@ def _now(at: datetime | None) -> datetime:
     return at.astimezone(timezone.utc).replace(microsecond=0)
 
 
+def _private_dir(p: Path) -> None:
+    """The CA directory holds the key and the request database: 0700, also for CAs made before this rule."""
+    try:
+        if p.stat().st_mode & 0o077:
+            os.chmod(p, 0o700)
+    except PermissionError:
+        raise CaError(f"{p}: accessible by others and cannot be made private (chmod 700 it)") from None
+
+
 def _random_serial() -> int:
     # 159 random bits, positive and non-zero (RFC 5280: at most 20 octets, CA/B: >= 64 bits of entropy)
     while True:
@@ -224,7 +233,8 @@ class CertificateAuthority:
                                    san_types=frozenset(), is_ca=True, path_length=path_length)
             cert = parent.issue(csr, profile, at=now)
             parents = parent.chain
-        p.mkdir(parents=True, exist_ok=True)
+        p.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private_dir(p)
         # Key first (0600), database and chain next, ca.pem last: ca.pem is what marks the directory as a CA.
         save_private_key(p / KEY_FILE, key, passphrase)
         db = CaDatabase(p / DB_FILE)
@@ -243,6 +253,7 @@ class CertificateAuthority:
         chain_bytes = read_bounded(p / CHAIN_FILE) if (p / CHAIN_FILE).exists() else b""
         parents = load_certificates(chain_bytes, source=str(p / CHAIN_FILE)) if chain_bytes.strip() else []
         key = read_private_key(p / KEY_FILE, passphrase)
+        _private_dir(p)
         if key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != \
                 cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
             raise CaError(f"{p}: {KEY_FILE} does not match {CERT_FILE}")

@@ -14,7 +14,8 @@ from pki.certs import SubjectAltNames, _check_size, _short, parse_subject, sans_
 from pki.errors import CorruptInputError, CsrSignatureError
 from pki.keys import PrivateKey
 
-__all__ = ["build_csr", "challenge_password", "csr_to_pem", "load_csr", "parse_csr", "sans_of", "signing_hash", "verify_csr"]
+__all__ = ["build_csr", "challenge_password", "csr_to_pem", "load_csr", "parse_csr", "sans_of", "signing_hash", "verify_csr",
+           "without_challenge"]
 
 
 def signing_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
@@ -143,6 +144,29 @@ def challenge_password(csr: x509.CertificateSigningRequest) -> str | None:
         raise CorruptInputError(f"challengePassword attribute is malformed ({_short(exc)})") from None
     value = attr.value
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def without_challenge(csr: x509.CertificateSigningRequest) -> bytes:
+    """The request's DER with the challengePassword attribute removed, for keeping it at rest.
+
+    The challenge is a shared enrollment secret: once checked it must not be stored. The result's signature no
+    longer verifies (the signed part changed), so it is only for requests whose proof of possession was already
+    checked (issue them with ``pop_verified=True``). A request without a challenge is returned unchanged.
+    """
+    der = csr.public_bytes(serialization.Encoding.DER)
+    try:
+        csr.attributes.get_attribute_for_oid(AttributeOID.CHALLENGE_PASSWORD)
+    except x509.AttributeNotFound:
+        return der
+    except ValueError:
+        pass  # malformed attribute: drop it all the same
+    from asn1crypto import csr as asn1_csr
+
+    req = asn1_csr.CertificationRequest.load(der)
+    info = req["certification_request_info"]
+    kept = [a for a in info["attributes"] if a["type"].dotted != AttributeOID.CHALLENGE_PASSWORD.dotted_string]
+    info["attributes"] = kept
+    return bytes(req.dump(force=True))
 
 
 def csr_to_pem(csr: x509.CertificateSigningRequest) -> bytes:

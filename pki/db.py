@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,10 @@ from cryptography import x509
 
 from pki.errors import CaError
 
-__all__ = ["SCHEMA_VERSION", "CaDatabase", "CertStatus", "CertificateRecord"]
+__all__ = ["DB_MODE", "SCHEMA_VERSION", "CaDatabase", "CertStatus", "CertificateRecord", "secure_db_files"]
+
+#: ca.db and its -wal/-shm hold every request the CA saw: readable by the CA's owner only.
+DB_MODE = 0o600
 
 SCHEMA_VERSION = 1
 
@@ -84,11 +88,34 @@ def _dt(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
 
+def secure_db_files(path: str | Path) -> None:
+    """Create ``path`` 0600 if missing, and tighten it and its -wal/-shm to 0600 if they exist.
+
+    SQLite creates the -wal and -shm files with the main file's permissions, so a main file that is 0600 from its
+    creation keeps them private too; the chmod covers databases written before this rule (or by another tool).
+    """
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), DB_MODE)
+        os.close(fd)
+    except OSError:
+        return  # sqlite will report the real problem
+    for f in (p, p.with_name(p.name + "-wal"), p.with_name(p.name + "-shm"), p.with_name(p.name + "-journal")):
+        try:
+            if f.stat().st_mode & 0o077:
+                os.chmod(f, DB_MODE)
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            raise CaError(f"{f}: readable by others and cannot be made private (chmod 600 it)") from None
+
+
 class CaDatabase:
     """A thin, transactional wrapper over the CA's SQLite file."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        secure_db_files(self.path)
         try:
             self._conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0)
             self._conn.execute("PRAGMA journal_mode=WAL")

@@ -201,9 +201,11 @@ class Store:
             raise StoreError(str(exc)) from None
         d = self._entry_dir(certificate_id)
         assert d is not None
-        write_atomic(d / REQUEST, csr_to_pem(csr), PUBLIC_MODE)
+        # a request carrying a SCEP challenge password holds a secret: owner-only like a key file
+        mode = SECRET_MODE if challenge_password is not None else PUBLIC_MODE
+        write_atomic(d / REQUEST, csr_to_pem(csr), mode)
         if filename is not None:
-            write_atomic(filename, csr_to_pem(csr), PUBLIC_MODE)
+            write_atomic(filename, csr_to_pem(csr), mode)
         return csr
 
     def request(self, certificate_id: str) -> x509.CertificateSigningRequest | None:

@@ -26,6 +26,7 @@ from typing import ClassVar
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from pki.db import secure_db_files  # PKI-core
 from pki.errors import CsrSignatureError, PkiError
 
 from . import messages as m
@@ -108,13 +109,32 @@ class TransactionStore:
     def __init__(self, db_path: str | Path) -> None:
         self.path = Path(db_path)
         try:
+            secure_db_files(self.path)
             self._conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0)
+            self._conn.execute("PRAGMA secure_delete=ON")  # replaced request bytes are zeroed, not left in free pages
             self._conn.executescript(_SCHEMA)
+            self._scrub_challenges()
         except sqlite3.DatabaseError as exc:
             raise ScepError(f"{self.path}: not a usable CA database ({exc})") from None
 
     def close(self) -> None:
         self._conn.close()
+
+    def _scrub_challenges(self) -> None:
+        """Databases written before challenges were stripped still hold them: strip them now."""
+        rows = self._conn.execute("SELECT transaction_id, csr FROM scep_transactions").fetchall()
+        changed = False
+        for tid, der in rows:
+            try:
+                clean = _at_rest(x509.load_der_x509_csr(bytes(der)))
+            except Exception:  # an unreadable stored request: leave it to whoever reads it
+                continue
+            if clean != bytes(der):
+                with self._tx() as c:
+                    c.execute("UPDATE scep_transactions SET csr = ? WHERE transaction_id = ?", (clean, tid))
+                changed = True
+        if changed:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -157,7 +177,7 @@ class TransactionStore:
                 (
                     tid,
                     csr.subject.rfc4514_string(),
-                    csr.public_bytes(Encoding.DER),
+                    _at_rest(csr),
                     requester.public_bytes(Encoding.DER),
                     at.isoformat(),
                 ),
@@ -178,7 +198,7 @@ class TransactionStore:
                 (
                     tid,
                     csr.subject.rfc4514_string(),
-                    csr.public_bytes(Encoding.DER),
+                    _at_rest(csr),
                     requester.public_bytes(Encoding.DER),
                     at.isoformat(),
                     at.isoformat(),
@@ -208,6 +228,15 @@ class TransactionStore:
             )
             if cur.rowcount != 1:
                 raise ScepError(f"no pending SCEP transaction {tid}")
+
+
+def _at_rest(csr: x509.CertificateSigningRequest) -> bytes:
+    """What the table keeps of a request: its DER without the challenge password (checked already, never stored).
+
+    A resend is recognised by comparing this form, so a byte-identical resend still gets the same answer."""
+    from pki.csr import without_challenge  # PKI-core
+
+    return without_challenge(csr)
 
 
 def _transaction(row: tuple) -> Transaction:
@@ -323,7 +352,7 @@ class ScepResponder:
                 existing.certificate_der is not None
                 and msg.signer.public_bytes(Encoding.DER) == existing.certificate_der
             )
-            if existing.csr_der == csr.public_bytes(Encoding.DER) and not signed_with_issued:
+            if existing.csr_der == _at_rest(csr) and not signed_with_issued:
                 return self._answer_for(existing, msg)  # a resend: the same answer again
             if existing.state == TransactionState.PENDING:
                 raise ScepFailure(FailInfo.badRequest, "a different request for this key is still pending")
