@@ -34,6 +34,7 @@ User errors print one line to stderr and exit 1; usage errors exit 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from dataclasses import replace
@@ -319,7 +320,10 @@ def ca_init(args: argparse.Namespace) -> None:
     ca = CertificateAuthority.init(args.ca, args.subject, key_type=args.key_type, key_size=args.key_size,
                                    validity=timedelta(days=args.days), path_length=args.path_length, parent=parent,
                                    crl_url=args.crl_url, ocsp_url=args.ocsp_url,
-                                   crl_validity=timedelta(days=args.crl_days), passphrase=_passphrase(args))
+                                   crl_validity=timedelta(days=args.crl_days), passphrase=_passphrase(args),
+                                   dns_suffixes=tuple(args.allow_dns_suffix or ()),
+                                   ip_networks=tuple(args.allow_ip_range or ()),
+                                   email_domains=tuple(args.allow_email_domain or ()))
     _print(f"CA initialised in {args.ca}: {ca.certificate.subject.rfc4514_string()}")
     _print(f"  Fingerprint: {fingerprint(ca.certificate, 'sha256')} (sha256)")
 
@@ -384,10 +388,38 @@ def ca_list(args: argparse.Namespace) -> None:
 def ca_serve(args: argparse.Namespace) -> None:
     from pki.service import serve
 
-    _open_ca(args).close()  # fail early with a clear message
-    sys.stderr.write(f"serving CA {args.ca} on http://{args.host}:{args.port}/ (SCEP /scep, CRL /crl, OCSP /ocsp)\n")
-    serve(args.ca, host=args.host, port=args.port, challenge=args.challenge, manual_approval=args.manual_approval,
-          passphrase=_passphrase(args))
+    challenge = args.challenge
+    if challenge is None and not args.manual_approval and not args.no_challenge:
+        raise ValueError("ca serve: without --challenge or --manual-approval anyone who can reach "
+                         "the port gets a certificate; add --no-challenge to really run it that way (lab only)")
+    if challenge is not None and args.no_challenge:
+        raise ValueError("--no-challenge contradicts --challenge")
+    ca = _open_ca(args)  # fail early with a clear message
+    try:
+        if args.allow_dns_suffix or args.allow_ip_range or args.allow_email_domain:
+            ca.set_san_policy(tuple(args.allow_dns_suffix) if args.allow_dns_suffix else None,
+                              tuple(args.allow_ip_range) if args.allow_ip_range else None,
+                              tuple(args.allow_email_domain) if args.allow_email_domain else None)
+        config = ca.config
+    finally:
+        ca.close()
+    if challenge is None and not args.manual_approval:
+        sys.stderr.write("warning: --no-challenge: this CA issues a certificate to ANY client that asks\n")
+    if not config.san_policy:
+        sys.stderr.write("warning: no SAN policy (--allow-dns-suffix / --allow-ip-range / --allow-email-domain): "
+                         "requested subjectAltNames are copied unfiltered\n")
+
+    def ready(svc) -> None:  # type: ignore[no-untyped-def]
+        sys.stderr.write(f"serving CA {args.ca} on {svc.url}/ (SCEP /scep, CRL /crl, OCSP /ocsp)\n")
+        sys.stderr.flush()
+
+    try:
+        serve(args.ca, host=args.host, port=args.port, challenge=challenge, manual_approval=args.manual_approval,
+              passphrase=_passphrase(args), ready=ready)
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise PkiError(f"cannot listen on {args.host} port {args.port}: {exc.strerror}") from None
+        raise
 
 
 def ca_pending(args: argparse.Namespace) -> None:
@@ -416,6 +448,16 @@ def _add_sans(p: argparse.ArgumentParser) -> None:
     p.add_argument("--domain-name", action="append", metavar="FQDN", help="subjectAltName dNSName (repeatable)")
     p.add_argument("--ip-address", action="append", metavar="ADDR", help="subjectAltName iPAddress (repeatable)")
     p.add_argument("--email", action="append", metavar="ADDR", help="subjectAltName rfc822Name (repeatable)")
+
+
+def _add_san_policy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-dns-suffix", action="append", metavar="DOMAIN",
+                   help="SAN policy, saved in the CA: copy only dNSNames equal to or under DOMAIN (repeatable)")
+    p.add_argument("--allow-ip-range", action="append", metavar="PREFIX",
+                   help="SAN policy, saved in the CA: copy only iPAddresses inside PREFIX, e.g. 192.0.2.0/24 "
+                   "(repeatable)")
+    p.add_argument("--allow-email-domain", action="append", metavar="DOMAIN",
+                   help="SAN policy, saved in the CA: copy only rfc822Names @DOMAIN (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -529,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--crl-url")
     q.add_argument("--ocsp-url")
     q.add_argument("--crl-days", type=int, default=7)
+    _add_san_policy(q)
     q = casub.add_parser("issue", parents=[ca_common])
     q.add_argument("--csr", required=True)
     q.add_argument("--profile", default="ipsec")
@@ -544,8 +587,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = casub.add_parser("serve", parents=[ca_common])
     q.add_argument("--host", default="127.0.0.1")
     q.add_argument("--port", type=int, default=8080)
-    q.add_argument("--challenge")
-    q.add_argument("--manual-approval", action="store_true")
+    q.add_argument("--challenge", help="SCEP challenge password clients must put in their request")
+    q.add_argument("--no-challenge", action="store_true",
+                   help="INSECURE, lab only: issue to any client without a challenge password")
+    q.add_argument("--manual-approval", action="store_true",
+                   help="hold every request PENDING until 'ca approve' (clients keep polling)")
+    _add_san_policy(q)
     casub.add_parser("pending", parents=[ca_common])
     q = casub.add_parser("approve", parents=[ca_common])
     q.add_argument("transaction_id")

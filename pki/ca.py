@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -87,7 +87,7 @@ class IssueProfile:
         if "dns" in self.san_types:
             names += [x509.DNSName(d) for d in sans.dns if _under_dns(d, self.dns_suffixes)]
         if "ip" in self.san_types:
-            nets = [ipaddress.ip_network(n) for n in self.ip_networks]
+            nets = [ipaddress.ip_network(n, strict=False) for n in self.ip_networks]
             names += [x509.IPAddress(a) for a in sans.ip if not nets or any(a in n for n in nets)]
         if "email" in self.san_types:
             names += [
@@ -118,22 +118,47 @@ PROFILES: dict[str, IssueProfile] = {
 
 @dataclass(frozen=True)
 class CaConfig:
-    """Per-CA settings, stored in the database so a restart keeps them."""
+    """Per-CA settings, stored in the database so a restart keeps them.
+
+    ``dns_suffixes`` / ``ip_networks`` / ``email_domains`` are the CA's SAN policy: when not empty, a requested
+    SAN of that type is copied into a certificate only if it falls under one of them (others are dropped). They
+    apply to every issuance path (``ca issue``, SCEP, ``ca approve``) unless the issue profile sets its own.
+    """
 
     crl_url: str | None = None  # put into issued certificates as CRL distribution point
     ocsp_url: str | None = None  # put into issued certificates as AIA OCSP
     crl_validity: timedelta = timedelta(days=7)  # nextUpdate - thisUpdate
     rsa_pss: bool = False  # sign with RSASSA-PSS instead of PKCS#1 v1.5 (RSA CA keys only)
+    dns_suffixes: tuple[str, ...] = ()
+    ip_networks: tuple[str, ...] = ()
+    email_domains: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for n in self.ip_networks:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError:
+                raise ValueError(f"invalid IP range {n!r} (a prefix such as 192.0.2.0/24 or 2001:db8::/32)") from None
+        for d in (*self.dns_suffixes, *self.email_domains):
+            if not d.strip(".") or any(c.isspace() or c in "/@*" for c in d):
+                raise ValueError(f"invalid domain {d!r} (a DNS name such as example.net)")
+
+    @property
+    def san_policy(self) -> bool:
+        return bool(self.dns_suffixes or self.ip_networks or self.email_domains)
 
     def to_json(self) -> str:
         return json.dumps({"crl_url": self.crl_url, "ocsp_url": self.ocsp_url,
-                           "crl_validity": self.crl_validity.total_seconds(), "rsa_pss": self.rsa_pss})
+                           "crl_validity": self.crl_validity.total_seconds(), "rsa_pss": self.rsa_pss,
+                           "dns_suffixes": list(self.dns_suffixes), "ip_networks": list(self.ip_networks),
+                           "email_domains": list(self.email_domains)})
 
     @classmethod
     def from_json(cls, text: str) -> CaConfig:
         d = json.loads(text)
         return cls(d.get("crl_url"), d.get("ocsp_url"), timedelta(seconds=d.get("crl_validity", 7 * 86400)),
-                   bool(d.get("rsa_pss", False)))
+                   bool(d.get("rsa_pss", False)), tuple(d.get("dns_suffixes", ())), tuple(d.get("ip_networks", ())),
+                   tuple(d.get("email_domains", ())))
 
 
 _REASONS = {r.name.replace("_", "").lower(): r for r in x509.ReasonFlags}
@@ -210,6 +235,9 @@ class CertificateAuthority:
         rsa_pss: bool = False,
         passphrase: bytes | None = None,
         at: datetime | None = None,
+        dns_suffixes: tuple[str, ...] = (),
+        ip_networks: tuple[str, ...] = (),
+        email_domains: tuple[str, ...] = (),
     ) -> CertificateAuthority:
         """Create a new CA in ``path`` (which must not hold one yet): a root, or an intermediate under ``parent``."""
         p = Path(path)
@@ -223,7 +251,8 @@ class CertificateAuthority:
         now = _now(at)
         name = parse_subject(subject)
         key = generate_private_key(parse_key_spec(key_type, key_size))
-        config = CaConfig(crl_url, ocsp_url, crl_validity, rsa_pss)
+        config = CaConfig(crl_url, ocsp_url, crl_validity, rsa_pss, tuple(dns_suffixes), tuple(ip_networks),
+                          tuple(email_domains))
         if parent is None:
             cert = _self_signed(key, name, now, validity, path_length, config)
             parents: list[x509.Certificate] = []
@@ -337,14 +366,31 @@ class CertificateAuthority:
             self._db.insert_certificate(conn, cert, now)
         return cert
 
+    def set_san_policy(self, dns_suffixes: tuple[str, ...] | None = None, ip_networks: tuple[str, ...] | None = None,
+                       email_domains: tuple[str, ...] | None = None) -> CaConfig:
+        """Replace the given parts of the CA's SAN policy (None keeps a part); persisted in the database."""
+        c = self.config
+        self.config = CaConfig(c.crl_url, c.ocsp_url, c.crl_validity, c.rsa_pss,
+                               c.dns_suffixes if dns_suffixes is None else tuple(dns_suffixes),
+                               c.ip_networks if ip_networks is None else tuple(ip_networks),
+                               c.email_domains if email_domains is None else tuple(email_domains))
+        self._db.set_meta("config", self.config.to_json())
+        return self.config
+
     def _profile(self, profile: IssueProfile | str | None) -> IssueProfile:
         if profile is None:
-            return PROFILES["ipsec"]
-        if isinstance(profile, str):
+            prof = PROFILES["ipsec"]
+        elif isinstance(profile, str):
             if profile not in PROFILES:
                 raise CaError(f"unknown profile {profile!r} ({', '.join(PROFILES)})")
-            return PROFILES[profile]
-        return profile
+            prof = PROFILES[profile]
+        else:
+            prof = profile
+        # the CA's SAN policy fills in whatever the profile leaves open
+        c = self.config
+        return replace(prof, dns_suffixes=prof.dns_suffixes or c.dns_suffixes,
+                       ip_networks=prof.ip_networks or c.ip_networks,
+                       email_domains=prof.email_domains or c.email_domains)
 
     def _unique_serial(self, conn) -> int:  # type: ignore[no-untyped-def]
         for _ in range(16):

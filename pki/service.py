@@ -502,8 +502,10 @@ def serve(
     manual_approval: bool = False,
     passphrase: bytes | None = None,
     stop: threading.Event | None = None,
+    ready: Callable[[CaService], None] | None = None,
 ) -> None:
-    """Run the service until ``stop`` is set (or Ctrl-C)."""
+    """Run the service until ``stop`` is set (or Ctrl-C). ``ready`` is called once the port is bound and serving,
+    so a "serving on ..." line is never printed for a service that failed to start."""
     svc = CaService(
         ca_dir,
         host=host,
@@ -514,6 +516,8 @@ def serve(
     )
     svc.start()
     try:
+        if ready is not None:
+            ready(svc)
         (stop or threading.Event()).wait()
     except KeyboardInterrupt:
         pass
