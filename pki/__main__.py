@@ -157,7 +157,8 @@ def cmd_local_certificate(args: argparse.Namespace) -> None:
     if not args.subject or not args.ca_profile:
         raise ValueError("local-certificate enroll needs --ca-profile and --subject")
     cert = store.enroll_local_certificate(args.certificate_id, args.ca_profile, args.subject, _sans(args),
-                                          args.challenge_password, passphrase=_passphrase(args))
+                                          _secret_option(args, "challenge_password", "challenge_password_file"),
+                                          passphrase=_passphrase(args))
     _print(f"Received certificate {args.certificate_id}: {cert.subject.rfc4514_string()}, serial {cert.serial_number:x}")
     _print(f"  Fingerprint: {fingerprint(cert, 'sha256')} (sha256)")
 
@@ -166,7 +167,8 @@ def cmd_generate_certificate_request(args: argparse.Namespace) -> None:
     from pki.csr import csr_to_pem
 
     store = _store(args)
-    csr = store.generate_certificate_request(args.certificate_id, args.subject, _sans(args), args.challenge_password,
+    challenge = _secret_option(args, "challenge_password", "challenge_password_file")
+    csr = store.generate_certificate_request(args.certificate_id, args.subject, _sans(args), challenge,
                                              filename=args.filename, passphrase=_passphrase(args))
     if args.filename:
         _print(f"Certificate request for {args.certificate_id} written to {args.filename}")
@@ -195,7 +197,8 @@ def cmd_auto_reenroll(args: argparse.Namespace) -> None:
     store = _store(args)
     if args.action == "set":
         store.set_reenrollment(AutoReenrollment(args.certificate_id, args.ca_profile, args.re_enroll_trigger_time_percentage,
-                                                args.re_generate_keypair, args.challenge_password))
+                                                args.re_generate_keypair,
+                                                _secret_option(args, "challenge_password", "challenge_password_file")))
         _print(f"auto-re-enrollment set for {args.certificate_id}")
         return
     at = _at(args.at)
@@ -385,15 +388,29 @@ def ca_list(args: argparse.Namespace) -> None:
         _print(f"{r.serial:x}  {status:8} {r.not_after:%Y-%m-%d}  {r.subject}{extra}")
 
 
+def _secret_option(args: argparse.Namespace, name: str, file_name: str) -> str | None:
+    """A secret given inline (``--X``, visible in ps and shell history) or in a file (``--X-file``, preferred)."""
+    inline, path = getattr(args, name, None), getattr(args, file_name, None)
+    if inline is not None and path is not None:
+        raise ValueError(f"give --{name.replace('_', '-')} or --{file_name.replace('_', '-')}, not both")
+    if path is None:
+        return inline
+    line = read_bounded(path, 4096).split(b"\n", 1)[0]
+    text = (line[:-1] if line.endswith(b"\r") else line).decode("utf-8", "strict")
+    if not text:
+        raise ValueError(f"{path}: empty: refusing an empty {name.replace('_', ' ')}")
+    return text
+
+
 def ca_serve(args: argparse.Namespace) -> None:
     from pki.service import serve
 
-    challenge = args.challenge
+    challenge = _secret_option(args, "challenge", "challenge_file")
     if challenge is None and not args.manual_approval and not args.no_challenge:
-        raise ValueError("ca serve: without --challenge or --manual-approval anyone who can reach "
+        raise ValueError("ca serve: without --challenge/--challenge-file or --manual-approval anyone who can reach "
                          "the port gets a certificate; add --no-challenge to really run it that way (lab only)")
     if challenge is not None and args.no_challenge:
-        raise ValueError("--no-challenge contradicts --challenge")
+        raise ValueError("--no-challenge contradicts --challenge/--challenge-file")
     ca = _open_ca(args)  # fail early with a clear message
     try:
         if args.allow_dns_suffix or args.allow_ip_range or args.allow_email_domain:
@@ -460,6 +477,14 @@ def _add_san_policy(p: argparse.ArgumentParser) -> None:
                    help="SAN policy, saved in the CA: copy only rfc822Names @DOMAIN (repeatable)")
 
 
+def _add_challenge(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--challenge-password", metavar="SECRET",
+                   help="SCEP challenge password from the CA administrator (visible in ps: prefer "
+                   "--challenge-password-file)")
+    p.add_argument("--challenge-password-file", metavar="FILE",
+                   help="file whose first line is the SCEP challenge password")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pki", description="espresso PKI: router certificate store and CA")
     ap.add_argument("--store", default=os.environ.get("ESPRESSO_PKI_STORE", "pki-store"), help="store directory")
@@ -506,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--certificate-id", required=True)
     p.add_argument("--ca-profile")
     p.add_argument("--subject")
-    p.add_argument("--challenge-password")
+    _add_challenge(p)
     p.add_argument("--filename")
     p.add_argument("--key", help="load: a private key file to store with the certificate (new certificate-id)")
     _add_sans(p)
@@ -515,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate-certificate-request", parents=[common])
     p.add_argument("--certificate-id", required=True)
     p.add_argument("--subject", required=True)
-    p.add_argument("--challenge-password")
+    _add_challenge(p)
     p.add_argument("--filename")
     _add_sans(p)
     p.set_defaults(func=cmd_generate_certificate_request)
@@ -533,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca-profile")
     p.add_argument("--re-enroll-trigger-time-percentage", type=int, default=80)
     p.add_argument("--re-generate-keypair", action="store_true")
-    p.add_argument("--challenge-password")
+    _add_challenge(p)
     p.add_argument("--at", help="ISO 8601 instant (default: now)")
     p.set_defaults(func=cmd_auto_reenroll)
 
@@ -587,7 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = casub.add_parser("serve", parents=[ca_common])
     q.add_argument("--host", default="127.0.0.1")
     q.add_argument("--port", type=int, default=8080)
-    q.add_argument("--challenge", help="SCEP challenge password clients must put in their request")
+    q.add_argument("--challenge", help="SCEP challenge password clients must put in their request "
+                   "(visible in ps: prefer --challenge-file)")
+    q.add_argument("--challenge-file", metavar="FILE", help="file whose first line is the SCEP challenge password")
     q.add_argument("--no-challenge", action="store_true",
                    help="INSECURE, lab only: issue to any client without a challenge password")
     q.add_argument("--manual-approval", action="store_true",

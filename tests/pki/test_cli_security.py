@@ -46,8 +46,11 @@ def test_serve_refuses_without_challenge_or_approval(lab, capsys):
     assert run(capsys, "ca", "--ca", "ca", "init", "--subject", "CN=R")[0] == 0
     rc, out, err = run(capsys, "ca", "--ca", "ca", "serve", "--port", str(_free_port()))
     assert rc == 1 and "--no-challenge" in err and "serving" not in err and err.count("\n") == 1
-    rc, _, err = run(capsys, "ca", "--ca", "ca", "serve", "--challenge", "x", "--no-challenge")
+    (lab / "chal").write_text("x\n")
+    rc, _, err = run(capsys, "ca", "--ca", "ca", "serve", "--challenge-file", "chal", "--no-challenge")
     assert rc == 1 and "contradicts" in err
+    rc, _, err = run(capsys, "ca", "--ca", "ca", "serve", "--challenge", "a", "--challenge-file", "chal")
+    assert rc == 1 and "not both" in err
 
 
 def test_serve_on_busy_port_fails_before_saying_serving(lab, capsys):
@@ -109,3 +112,51 @@ def test_ca_init_san_policy_and_bad_range(lab, capsys):
     ca.close()
     assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
         x509.DNSName) == ["r.corp.example"]
+
+
+def test_challenge_password_file(lab, capsys):
+    S = ("--store", "st")
+    (lab / "chal").write_text("s3cret with space \n")
+    assert run(capsys, *S, "generate-key-pair", "--certificate-id", "r1", "--type", "ecdsa")[0] == 0
+    rc, _, err = run(capsys, *S, "generate-certificate-request", "--certificate-id", "r1", "--subject", "CN=r1",
+                     "--challenge-password-file", "chal", "--filename", "r1.csr")
+    assert rc == 0, err
+    assert challenge_password(load_csr((lab / "r1.csr").read_bytes())) == "s3cret with space "
+    (lab / "empty").write_text("\n")
+    rc, _, err = run(capsys, *S, "generate-certificate-request", "--certificate-id", "r1", "--subject", "CN=r1",
+                     "--challenge-password-file", "empty")
+    assert rc == 1 and "empty" in err
+
+
+def test_serve_challenge_file_is_enforced(lab):
+    CertificateAuthority.init(lab / "ca", "CN=Lab CA", key_type="rsa", key_size=2048).close()
+    (lab / "chal").write_text("file-secret\n")
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "pki", "ca", "--ca", "ca", "serve", "--port", str(port),
+                             "--challenge-file", "chal"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/scep"
+    try:
+        for _ in range(100):  # bounded: at most ~10 s
+            try:
+                http_get(url + "?operation=GetCACaps", timeout=1.0)
+                break
+            except Exception:
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        from pki.scep.errors import ScepFailure
+
+        key = rsa.generate_private_key(65537, 2048)
+        ca_certs = get_ca_certs(url)
+        with pytest.raises(ScepFailure):
+            enroll(url, key, build_csr(key, "CN=r1", challenge_password="wrong"), ca_certs, retry_count=0)
+        cert = enroll(url, key, build_csr(key, "CN=r1", challenge_password="file-secret"), ca_certs, retry_count=0)
+        assert cert.subject.rfc4514_string() == "CN=r1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        err = proc.stderr.read().decode()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert "file-secret" not in err and "--no-challenge" not in err
