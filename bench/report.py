@@ -280,8 +280,8 @@ def to_markdown(run: RunResult) -> str:
     m = run.machine
     L = [f"## Run of {run.started} ({run.seconds:.0f} s)", "",
          "| machine | |", "|---|---|",
-         f"| CPU | {m.get('cpu_model')} (family/model {m.get('cpu_family_model')}), {m.get('cores')} vCPUs, "
-         f"hypervisor: {m.get('hypervisor')} |",
+         (f"| CPU | {m.get('cpu_model')} (family/model {m.get('cpu_family_model')}), {m.get('cores')} vCPUs, "
+         f"hypervisor: {m.get('hypervisor')} |"),
          f"| crypto flags | {' '.join(m.get('crypto_flags', []))}; absent: {' '.join(m.get('missing_crypto_flags', []))} |",
          f"| OS | {m.get('os')} |",
          f"| load average at start (1/5/15 min) | {m.get('loadavg')} (other work on the shared machine) |",
@@ -290,19 +290,19 @@ def to_markdown(run: RunResult) -> str:
          f"| ipsec-mb | {m.get('ipsecmb')} |",
          f"| Python / numpy | {m.get('python')} / {m.get('numpy')} |",
          f"| espresso | {m.get('espresso')} (git {m.get('git_commit', '?')}) |",
-         "", f"Repeats: {run.config.get('repeats')}, sample {run.config.get('sample_s')} s, batch "
+         "", (f"Repeats: {run.config.get('repeats')}, sample {run.config.get('sample_s')} s, batch "
          f"{run.config.get('batch')} packets, ring {run.config.get('ring')} distinct packets. Medians with "
-         "[min-max] over repeats; ratios are medians of per-repeat ratios of interleaved samples.", "",
+         "[min-max] over repeats; ratios are medians of per-repeat ratios of interleaved samples."), "",
          "### Targets", "", "| target | goal | measured | |", "|---|---|---|---|"]
     for t in evaluate_targets(run):
         mark = {True: "met", False: "**missed**", None: "-"}[t.met]
         L.append(f"| {t.name} | {t.goal} | {t.value} | {mark}{' — ' + t.note if t.note else ''} |")
     L += ["", "### Core: espresso against the raw loop (ceiling) and the alternatives", "",
-          "Mpps and Gbit/s are wall clock; *per CPU-s* is packets per CPU-second of the measuring thread (one core's "
-          "work, whatever else shares the machine); ratios are per CPU-second, median [min-max] of per-repeat ratios.",
+          ("Mpps and Gbit/s are wall clock; *per CPU-s* is packets per CPU-second of the measuring thread (one core's "
+          "work, whatever else shares the machine); ratios are per CPU-second, median [min-max] of per-repeat ratios."),
           "",
-          "| suite | backend | size | dir | espresso Mpps [min-max] | Gbit/s | Mpps per CPU-s | ceiling Mpps per CPU-s "
-          "| vs ceiling | vs Python | vs scapy |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+          ("| suite | backend | size | dir | espresso Mpps [min-max] | Gbit/s | Mpps per CPU-s | ceiling Mpps per CPU-s "
+          "| vs ceiling | vs Python | vs scapy |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(run.core, key=lambda c: (c.suite, c.backend, SIZE_ORDER.get(c.size, 9), c.direction)):
         e = c.espresso
         em = f"{e.mpps.median:.2f} [{e.mpps.min:.2f}-{e.mpps.max:.2f}]" if e.ok else f"n/a ({e.error})"
@@ -319,10 +319,10 @@ def to_markdown(run: RunResult) -> str:
             sorted({f"{c.suite} {c.size} B {c.direction} {c.scapy.pps.median:.0f}" for c in sc}))]
     if run.scaling:
         L += ["", "### Scaling: threads on their own SAs (encrypt)", "",
-              "Speed-up is wall clock; CPU efficiency is packets per CPU-second against one thread's (1.00: the "
-              "threads do not slow each other, so N free cores give N times the rate).", "",
-              "| suite | backend | size | threads | espresso Mpps | speed-up | CPU efficiency | raw loop Mpps | "
-              "raw loop speed-up | raw loop CPU efficiency |",
+              ("Speed-up is wall clock; CPU efficiency is packets per CPU-second against one thread's (1.00: the "
+              "threads do not slow each other, so N free cores give N times the rate)."), "",
+              ("| suite | backend | size | threads | espresso Mpps | speed-up | CPU efficiency | raw loop Mpps | "
+              "raw loop speed-up | raw loop CPU efficiency |"),
               "|---|---|---|---|---|---|---|---|---|---|"]
         for s in run.scaling:
             if s.error:
