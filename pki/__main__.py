@@ -66,8 +66,9 @@ def _at(text: str | None) -> datetime:
 
 def _passphrase(args: argparse.Namespace) -> bytes | None:
     if getattr(args, "passphrase_file", None):
-        data = read_bounded(args.passphrase_file, 4096).splitlines()
-        return data[0] if data else b""
+        from pki.keys import read_passphrase_file
+
+        return read_passphrase_file(args.passphrase_file)  # line ending stripped only; empty refused
     env = os.environ.get("ESPRESSO_PKI_PASSPHRASE")
     return env.encode() if env else None
 
@@ -395,11 +396,13 @@ def _secret_option(args: argparse.Namespace, name: str, file_name: str) -> str |
         raise ValueError(f"give --{name.replace('_', '-')} or --{file_name.replace('_', '-')}, not both")
     if path is None:
         return inline
-    line = read_bounded(path, 4096).split(b"\n", 1)[0]
-    text = (line[:-1] if line.endswith(b"\r") else line).decode("utf-8", "strict")
-    if not text:
-        raise ValueError(f"{path}: empty: refusing an empty {name.replace('_', ' ')}")
-    return text
+    from pki.errors import PassphraseError
+    from pki.keys import read_passphrase_file
+
+    try:
+        return read_passphrase_file(path).decode("utf-8", "strict")
+    except PassphraseError:
+        raise ValueError(f"{path}: empty first line: refusing an empty {name.replace('_', ' ')}") from None
 
 
 def ca_serve(args: argparse.Namespace) -> None:

@@ -19,6 +19,7 @@ from pki._files import SECRET_MODE, read_bounded, write_atomic
 from pki.errors import CorruptInputError, KeyFileError, PassphraseError
 
 __all__ = [
+    "read_passphrase_file",
     "KeySpec",
     "KeyType",
     "PrivateKey",
@@ -147,3 +148,19 @@ def _short(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     text = text.split(": ParseError", 1)[0].split(" {", 1)[0]  # drop the parser's debug dump
     return text[:120]
+
+
+def read_passphrase_file(path: str | os.PathLike[str]) -> bytes:
+    """The one rule for passphrase (and challenge) files: the first line minus its line ending (LF or CRLF) only.
+
+    Blanks are kept, since a passphrase may end with a space; an empty first line is refused, because an empty
+    passphrase would silently mean "write the key unencrypted". Every reader of such files (pki CLI, ike config)
+    should use this function so one file gives one passphrase everywhere.
+    """
+    line = read_bounded(path, 4096).split(b"\n", 1)[0]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if not line:
+        raise PassphraseError(f"{os.fspath(path)}: empty first line: refusing an empty passphrase (it would leave "
+                              "the key unencrypted); omit the passphrase file for no passphrase")
+    return line

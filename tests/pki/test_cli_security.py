@@ -160,3 +160,38 @@ def test_serve_challenge_file_is_enforced(lab):
         proc.stdout.close()
         proc.stderr.close()
     assert "file-secret" not in err and "--no-challenge" not in err
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"\r\n"])
+def test_empty_passphrase_file_is_refused(lab, capsys, content):
+    (lab / "pp").write_bytes(content)
+    rc, _, err = run(capsys, "--store", "st", "--passphrase-file", "pp", "generate-key-pair", "--certificate-id", "r1",
+                     "--type", "ecdsa")
+    assert rc == 1 and "empty" in err and "unencrypted" in err
+    assert not (lab / "st" / "local" / "r1").exists()
+
+
+def test_passphrase_file_strips_line_ending_only(lab, capsys):
+    (lab / "pp").write_bytes(b"pass phrase  \r\nsecond line\n")
+    assert run(capsys, "--store", "st", "--passphrase-file", "pp", "generate-key-pair", "--certificate-id", "r1",
+               "--type", "ecdsa")[0] == 0
+    from pki.store import Store
+
+    store = Store(lab / "st")
+    store.private_key("r1", b"pass phrase  ")  # the blanks are part of it; CRLF is not
+    with pytest.raises(Exception):
+        store.private_key("r1", b"pass phrase")
+
+
+def test_read_passphrase_file_rule(tmp_path):
+    from pki.errors import PassphraseError, PkiError
+    from pki.keys import read_passphrase_file
+
+    for content, want in ((b"abc\n", b"abc"), (b"abc \t\r\nnext\n", b"abc \t"), (b"  x", b"  x")):
+        (tmp_path / "p").write_bytes(content)
+        assert read_passphrase_file(tmp_path / "p") == want
+    (tmp_path / "p").write_bytes(b"\nsecond\n")
+    with pytest.raises(PassphraseError, match="empty"):
+        read_passphrase_file(tmp_path / "p")
+    with pytest.raises(PkiError, match="no such file"):
+        read_passphrase_file(tmp_path / "missing")
