@@ -83,6 +83,7 @@ typedef struct {
     uint8_t opad[64] __attribute__((aligned(16)));
     IMB_HASH_ALG hash_alg;
     IMB_CIPHER_MODE cipher_mode;
+    aes_gcm_enc_dec_t gcm_fn;    /* AES-GCM/GMAC: the one library entry for this key size and direction */
 #endif
 } espc_ctx;
 
@@ -404,6 +405,9 @@ static espc_ctx *espc_new(int backend, int cipher, int enc, const uint8_t *key, 
         if (key_len == 16) IMB_AES128_GCM_PRE(espc_mb_mgr, key, &c->gkey);
         else if (key_len == 24) IMB_AES192_GCM_PRE(espc_mb_mgr, key, &c->gkey);
         else IMB_AES256_GCM_PRE(espc_mb_mgr, key, &c->gkey);
+        if (key_len == 16) c->gcm_fn = enc ? espc_mb_mgr->gcm128_enc : espc_mb_mgr->gcm128_dec;
+        else if (key_len == 24) c->gcm_fn = enc ? espc_mb_mgr->gcm192_enc : espc_mb_mgr->gcm192_dec;
+        else c->gcm_fn = enc ? espc_mb_mgr->gcm256_enc : espc_mb_mgr->gcm256_dec;
         return c;
 #else
         goto fail;
@@ -441,6 +445,14 @@ static int espc_aead(espc_ctx *c, const uint8_t *nonce, const uint8_t *aad, int 
                      const uint8_t *in, uint8_t *out, int len, uint8_t *tag) {
     int outl = 0;
 #ifdef ESPRESSO_HAVE_IPSECMB
+    if (c->gcm_fn != NULL) {
+        /* The hot case, chosen once per SA: one call into the library, no branching per packet. */
+        struct gcm_context_data gc;
+        uint8_t t[16];
+        c->gcm_fn(&c->gkey, &gc, out, in, (uint64_t)len, nonce, aad, (uint64_t)aad_len, c->enc ? tag : t,
+                  (uint64_t)c->icv_len);
+        return c->enc ? 1 : espc_tag_eq(t, tag, c->icv_len);
+    }
     if (c->backend == ESPC_IPSECMB) {
         if (c->cipher == ESPC_CHACHA) {
             struct chacha20_poly1305_context_data cc;
@@ -454,29 +466,8 @@ static int espc_aead(espc_ctx *c, const uint8_t *nonce, const uint8_t *aad, int 
             IMB_CHACHA20_POLY1305_DEC_UPDATE(espc_mb_mgr, c->chacha_key, &cc, out, in, (uint64_t)len);
             IMB_CHACHA20_POLY1305_DEC_FINALIZE(espc_mb_mgr, &cc, t, (uint64_t)c->icv_len);
             return espc_tag_eq(t, tag, c->icv_len);
-        } else {
-            struct gcm_context_data gc;
-            uint8_t t[16];
-            uint8_t *dst = c->enc ? tag : t;
-            if (c->key_len == 16) {
-                if (c->enc) IMB_AES128_GCM_ENC(espc_mb_mgr, &c->gkey, &gc, out, in, (uint64_t)len, nonce, aad,
-                                               (uint64_t)aad_len, dst, (uint64_t)c->icv_len);
-                else IMB_AES128_GCM_DEC(espc_mb_mgr, &c->gkey, &gc, out, in, (uint64_t)len, nonce, aad,
-                                        (uint64_t)aad_len, dst, (uint64_t)c->icv_len);
-            } else if (c->key_len == 24) {
-                if (c->enc) IMB_AES192_GCM_ENC(espc_mb_mgr, &c->gkey, &gc, out, in, (uint64_t)len, nonce, aad,
-                                               (uint64_t)aad_len, dst, (uint64_t)c->icv_len);
-                else IMB_AES192_GCM_DEC(espc_mb_mgr, &c->gkey, &gc, out, in, (uint64_t)len, nonce, aad,
-                                        (uint64_t)aad_len, dst, (uint64_t)c->icv_len);
-            } else {
-                if (c->enc) IMB_AES256_GCM_ENC(espc_mb_mgr, &c->gkey, &gc, out, in, (uint64_t)len, nonce, aad,
-                                               (uint64_t)aad_len, dst, (uint64_t)c->icv_len);
-                else IMB_AES256_GCM_DEC(espc_mb_mgr, &c->gkey, &gc, out, in, (uint64_t)len, nonce, aad,
-                                        (uint64_t)aad_len, dst, (uint64_t)c->icv_len);
-            }
-            if (c->enc) return 1;
-            return espc_tag_eq(t, tag, c->icv_len);
         }
+        return -1;
     }
 #endif
     if (!EVP_CipherInit_ex2(c->ctx, NULL, NULL, nonce, c->enc, NULL)) return -1;
