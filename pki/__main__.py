@@ -221,7 +221,7 @@ def cmd_auto_reenroll(args: argparse.Namespace) -> None:
 def cmd_verify(args: argparse.Namespace) -> None:
     store = _store(args)
     if args.certificate_id:  # JUNOS "local-certificate verify certificate-id ID"
-        _, own, chain = store.credential(args.certificate_id, _passphrase(args))
+        own, chain = store.certificate_chain(args.certificate_id)  # the key (and its passphrase) is not needed
         leaf = [own, *chain]
     elif args.filename:
         leaf = load_certificates(read_bounded(args.filename), source=args.filename)
@@ -286,6 +286,18 @@ def cmd_show(args: argparse.Namespace) -> None:
                                                f"({reenroll_at(e.certificate, r.trigger_percentage):%Y-%m-%d %H:%M} UTC)"
                                                + (", new key pair" if r.regenerate_keypair else ""))
             _print(show_certificate(e.certificate, at, label=i, detail=args.detail, extra=extra))
+        elif what == "local-certificate" and e.has_key:
+            # JUNOS lists a generated key pair that has no certificate yet instead of nothing
+            from pki.keys import describe_public_key
+
+            try:
+                kind, bits = describe_public_key(store.public_key(i))
+                alg = f"{kind.lower()} ({bits} bits)"
+            except PkiError:  # an old store's encrypted key without public.pem: the passphrase would be needed
+                alg = "unknown (key encrypted)"
+            state = "certificate request generated" if e.request is not None else "no certificate request"
+            _print(f"Certificate identifier: {i}\n  Certificate: none (key pair only; {state})\n"
+                   f"  Public key algorithm: {alg}\n  Keypair location: generated locally")
         elif what == "certificate-request" and e.request is not None:
             _print(show_request(e.request, label=i, detail=args.detail))
 
@@ -364,6 +376,8 @@ def ca_revoke(args: argparse.Namespace) -> None:
 
 
 def ca_crl(args: argparse.Namespace) -> None:
+    if not args.out and not args.pem and sys.stdout.isatty():
+        raise ValueError("ca crl: the CRL is binary DER; give --out FILE, or --pem to print it, or redirect stdout")
     ca = _open_ca(args)
     crl = ca.crl()
     data = crl.public_bytes(PEM if args.pem else serialization.Encoding.DER)

@@ -180,6 +180,10 @@ def sans_of(obj: x509.Certificate | x509.CertificateSigningRequest) -> SubjectAl
     return SubjectAltNames(tuple(dns), tuple(ip), tuple(email), tuple(other))
 
 
+_SUBJECT_FORMS = ("expected a distinguished name of TYPE=value parts, e.g. \"CN=r1,O=Example,C=US\" "
+                  "or \"/C=US/O=Example/CN=r1\" (types CN, O, OU, L, ST, C, DC, emailAddress ...)")
+
+
 def parse_subject(dn: str | x509.Name) -> x509.Name:
     """An operator's DN: RFC 4514 (``CN=r1,O=Example,C=US``) or OpenSSL's slash form (``/C=US/O=Example/CN=r1``)."""
     if isinstance(dn, x509.Name):
@@ -198,9 +202,10 @@ def parse_subject(dn: str | x509.Name) -> x509.Name:
             text = re.sub(r"^([A-Za-z][A-Za-z0-9.-]*)\s*=\s*", r"\1=", text)
         name = x509.Name.from_rfc4514_string(text)
     except ValueError as exc:
-        raise ValueError(f"invalid subject {dn!r}: {_short(exc)}") from None
+        detail = str(exc).strip()
+        raise ValueError(f"invalid subject {dn!r}: {_SUBJECT_FORMS}" + (f" ({_short(exc)})" if detail else "")) from None
     if not list(name):
-        raise ValueError(f"invalid subject {dn!r}")
+        raise ValueError(f"invalid subject {dn!r}: {_SUBJECT_FORMS}")
     return name
 
 
@@ -219,4 +224,7 @@ def not_after(cert: x509.Certificate) -> datetime:
 def _short(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     text = text.split(": ParseError", 1)[0].split(" {", 1)[0]  # drop the parser's debug dump
-    return text[:120]
+    text = re.sub(r"\s*See https?://\S+ for more details\.", "", text)  # cryptography's FAQ pointer
+    if len(text) > 160:  # cut at a word boundary, never mid-word
+        text = text[:160].rsplit(" ", 1)[0] + " ..."
+    return text

@@ -7,6 +7,7 @@ never readable by others even for an instant.
 from __future__ import annotations
 
 import enum
+import re
 import os
 from dataclasses import dataclass
 from typing import Union
@@ -147,7 +148,10 @@ def _looks_encrypted(data: bytes) -> bool:
 def _short(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     text = text.split(": ParseError", 1)[0].split(" {", 1)[0]  # drop the parser's debug dump
-    return text[:120]
+    text = re.sub(r"\s*See https?://\S+ for more details\.", "", text)  # cryptography's FAQ pointer
+    if len(text) > 160:  # cut at a word boundary, never mid-word
+        text = text[:160].rsplit(" ", 1)[0] + " ..."
+    return text
 
 
 def read_passphrase_file(path: str | os.PathLike[str]) -> bytes:

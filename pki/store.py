@@ -48,6 +48,9 @@ __all__ = ["LocalEntry", "Store"]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 KEY, CERT, REQUEST, CHAIN = "key.pem", "cert.pem", "request.pem", "chain.pem"
+#: the key pair's public half, in clear next to a possibly encrypted key: matching a certificate to the key pair
+#: (local-certificate load) then needs no passphrase
+PUBLIC = "public.pem"
 
 
 def _same_key(a, b) -> bool:  # type: ignore[no-untyped-def]
@@ -161,6 +164,8 @@ class Store:
         gen.mkdir(mode=0o700)
         try:
             write_atomic(gen / KEY, private_key_to_pem(key, passphrase), SECRET_MODE)
+            write_atomic(gen / PUBLIC, key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), PUBLIC_MODE)
             if request is not None:
                 write_atomic(gen / REQUEST, csr_to_pem(request), PUBLIC_MODE)
             if chain:
@@ -183,6 +188,22 @@ class Store:
         if d is None or not (d / KEY).exists():
             raise KeyFileError(f"no key pair for certificate-id {certificate_id!r} (generate-key-pair first)")
         return load_private_key(read_bounded(d / KEY), passphrase, source=f"key pair {certificate_id}")
+
+    def public_key(self, certificate_id: str, passphrase: bytes | None = None):  # type: ignore[no-untyped-def]
+        """The key pair's public key, without the passphrase when the store has it in clear (public.pem, or the
+        request or certificate); only key pairs from older stores with none of these need the passphrase."""
+        d = self._entry_dir(certificate_id)
+        if d is None or not (d / KEY).exists():
+            raise KeyFileError(f"no key pair for certificate-id {certificate_id!r} (generate-key-pair first)")
+        if (d / PUBLIC).exists():
+            try:
+                return serialization.load_pem_public_key(read_bounded(d / PUBLIC))
+            except ValueError:
+                pass  # damaged: fall through to the other sources
+        for holder in (self.local_certificate(certificate_id), self.request(certificate_id)):
+            if holder is not None:
+                return holder.public_key()
+        return self.private_key(certificate_id, passphrase).public_key()
 
     def key_path(self, certificate_id: str) -> Path:
         d = self._entry_dir(certificate_id)
@@ -231,8 +252,8 @@ class Store:
             self.install(certificate_id, priv, match[0], chain=[c for c in certs if c is not match[0]],
                          passphrase=passphrase)
             return match[0]
-        priv = self.private_key(certificate_id, passphrase)
-        mine = [c for c in certs if _same_key(c.public_key(), priv.public_key())]
+        pub = self.public_key(certificate_id, passphrase)
+        mine = [c for c in certs if _same_key(c.public_key(), pub)]
         if not mine:
             raise StoreError(f"the certificate does not match the key pair of certificate-id {certificate_id!r}")
         d = self._entry_dir(certificate_id)
@@ -249,10 +270,16 @@ class Store:
                    ) -> tuple[PrivateKey, x509.Certificate, list[x509.Certificate]]:
         """(private key, certificate, intermediates) for IKE to authenticate with. The intermediates are those
         loaded with the certificate, else the non-root CA certificates of the store's profiles above it."""
+        key = self.private_key(certificate_id, passphrase)
+        cert, inter = self.certificate_chain(certificate_id)
+        return key, cert, inter
+
+    def certificate_chain(self, certificate_id: str) -> tuple[x509.Certificate, list[x509.Certificate]]:
+        """(certificate, intermediates) of a local certificate: what :meth:`credential` returns minus the key,
+        so verifying or showing it needs no passphrase."""
         cert = self.local_certificate(certificate_id)
         if cert is None:
             raise StoreError(f"certificate-id {certificate_id!r} has no local certificate")
-        key = self.private_key(certificate_id, passphrase)
         d = self._entry_dir(certificate_id)
         assert d is not None
         if (d / CHAIN).exists():
@@ -266,7 +293,7 @@ class Store:
                     break
                 inter.append(up)
                 cur = up
-        return key, cert, [c for c in inter if c.subject != c.issuer]
+        return cert, [c for c in inter if c.subject != c.issuer]
 
     def local_certificate(self, certificate_id: str) -> x509.Certificate | None:
         d = self._entry_dir(certificate_id)
