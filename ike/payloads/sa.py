@@ -115,12 +115,16 @@ class SaPayload(Payload):
 
     def verify(self) -> None:
         need(len(self.proposals) >= 1, "SA payload without proposals")
-        prev = 0
         for p in self.proposals:
             p.verify()
-            if p.number < prev or p.number > prev + 1:
-                raise ParseError("proposal numbers must start at 1 and increase by one")
-            prev = p.number
+        # RFC 7296 3.3.1: an offer numbers its proposals 1, 2, 3 ...; an answer is the one accepted proposal
+        # and keeps its number, whatever it is.
+        if len(self.proposals) > 1:
+            prev = 0
+            for p in self.proposals:
+                if p.number < prev or p.number > prev + 1:
+                    raise ParseError("proposal numbers must start at 1 and increase by one")
+                prev = p.number
         for p in self.proposals:
             for t in p.transforms:
                 if t.type not in tuple(TransformType):

@@ -704,3 +704,16 @@ def test_transport_mode_negotiated_and_listed():
     r2 = replace(r, children=(child(local="10.2.0.0/16", remote="10.1.0.0/16"),))
     a, b, ea, eb = establish(i, r2)
     assert of(ea, ChildSaEstablished)[0].mode == "tunnel" and of(eb, ChildSaEstablished)[0].mode == "tunnel"
+
+
+def test_responder_choosing_a_later_proposal_is_accepted():
+    """RFC 7296 3.3.1: the answer carries the accepted proposal's own number (here 2), not 1."""
+    i, r = psk_peers()
+    i = replace(i, ike_proposals=("aes256-sha256-modp2048", "aes128gcm16-prfsha256-ecp256"),
+                children=(child(esp_proposals=("aes256-sha256", "chacha20poly1305")),))
+    r = replace(r, ike_proposals=("aes128gcm16-prfsha256-ecp256",),
+                children=(child(local="10.2.0.0/16", remote="10.1.0.0/16", esp_proposals=("chacha20poly1305",)),))
+    a, b, ea, eb = establish(i, r)
+    assert of(ea, IkeSaEstablished)[0].proposal == "aes128gcm16-prfsha256-ecp256"
+    assert of(ea, ChildSaEstablished)[0].suite == "chacha20poly1305"
+    assert of(eb, ChildSaEstablished)[0].suite == "chacha20poly1305"

@@ -648,3 +648,27 @@ def test_fragmented_ike_auth_both_ways(lab: ss.Lab, tmp_path: Path) -> None:
             await e.daemon.stop(delete=False)
 
     asyncio.run(main())
+
+
+def test_second_proposal_chosen(lab: ss.Lab, tmp_path: Path) -> None:
+    """espresso offers two IKE and two ESP proposals; charon accepts only the second of each and answers with
+    that proposal's number (RFC 7296 3.3.1): espresso must take it."""
+    async def main() -> None:
+        site_e, site_s = lab.pair(inner_a=E_INNER, inner_b=S_INNER)
+        pki = ss.LabPki("ecdsa")
+        ch = _charon(lab, site_s, site_e, pki, "aes128gcm16-prfsha256-ecp256", "aes128gcm16", "ecdsa")
+        conf = CONF.replace('ike_proposals = ["{ike}"]', 'ike_proposals = ["aes256-sha256-modp2048", "{ike}"]') \
+                   .replace('esp_proposals = ["{esp}"]', 'esp_proposals = ["aes256-sha256", "{esp}"]')
+        e = Espresso(lab, site_e, site_s, pki, "aes128gcm16-prfsha256-ecp256", "aes128gcm16", tmp_path / "e", conf=conf)
+        await e.start()
+        try:
+            r = await e.daemon.initiate_and_wait("s", timeout=TIMEOUT)
+            assert r["state"] == "ESTABLISHED", r
+            (mine,) = e.installed()
+            assert mine.event.suite == "aes128gcm16"
+            assert e.daemon.list_sas()[0]["proposal"] == "aes128gcm16-prfsha256-ecp256"
+            assert " 0% packet loss" in await _ping(site_s)
+        finally:
+            await e.daemon.stop(delete=False)
+
+    asyncio.run(main())
