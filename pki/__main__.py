@@ -8,7 +8,7 @@ Router verbs (``--store DIR``, default ``$ESPRESSO_PKI_STORE`` or ./pki-store)::
                         [--ocsp-url U] [--no-ocsp-nonce] [--ocsp-fallback-crl] [--disable-on-download-failure]
     ca-profile delete NAME | ca-profile list
     ca-certificate enroll --ca-profile P | ca-certificate load --ca-profile P --filename F
-    local-certificate enroll --certificate-id ID --ca-profile P --subject DN --challenge-password X [SANs]
+    local-certificate enroll --certificate-id ID --ca-profile P --subject DN --challenge-password-file F [SANs]
     local-certificate load --certificate-id ID --filename F [--key KEYFILE]
     generate-certificate-request --certificate-id ID --subject DN [--domain-name D] [--ip-address A] [--email E]
                                  [--filename F]
@@ -23,12 +23,14 @@ Router verbs (``--store DIR``, default ``$ESPRESSO_PKI_STORE`` or ./pki-store)::
 CA verbs (``--ca DIR``)::
 
     ca init --subject DN [--key-type T] [--key-size N] [--days N] [--path-length N] [--parent DIR]
-            [--crl-url U] [--ocsp-url U] [--crl-days N]
+            [--crl-url U] [--ocsp-url U] [--crl-days N] [--allow-dns-suffix D] [--allow-ip-range P]
     ca issue --csr F [--profile NAME] [--days N] [--out F] | ca revoke --serial HEX [--reason R]
-    ca crl [--out F] [--pem] | ca list | ca serve [--host H] [--port N] [--challenge X] [--manual-approval]
+    ca crl [--out F] [--pem] | ca list
+    ca serve [--host H] [--port N] (--challenge-file F | --manual-approval | --no-challenge) [SAN policy]
     ca pending | ca approve TRANSACTION-ID | ca reject TRANSACTION-ID [--reason R]
 
-Key passphrases come from ``--passphrase-file`` or ``$ESPRESSO_PKI_PASSPHRASE``, never from the command line.
+Key passphrases come from ``--passphrase-file`` or ``$ESPRESSO_PKI_PASSPHRASE``, never from the command line;
+challenge passwords preferably from ``--challenge-password-file`` / ``--challenge-file``.
 User errors print one line to stderr and exit 1; usage errors exit 2.
 """
 from __future__ import annotations
@@ -502,133 +504,182 @@ def _add_challenge(p: argparse.ArgumentParser) -> None:
                    help="file whose first line is the SCEP challenge password")
 
 
+_KEY_SIZES = "RSA 2048 (default), 3072 or 4096; ECDSA 256 (P-256, default), 384 or 521; Ed25519 256"
+_REASONS_HELP = ("unspecified (default), key-compromise, ca-compromise, affiliation-changed, superseded, "
+                 "cessation-of-operation, certificate-hold, privilege-withdrawn, aa-compromise")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m pki", description="espresso PKI: router certificate store and CA")
-    ap.add_argument("--store", default=os.environ.get("ESPRESSO_PKI_STORE", "pki-store"), help="store directory")
-    ap.add_argument("--passphrase-file", help="file whose first line is the key passphrase")
+    ap = argparse.ArgumentParser(
+        prog="python -m pki",
+        description="espresso PKI: the router's certificate store (JUNOS 'request security pki ...' verbs) and a "
+                    "small CA with SCEP, CRL and OCSP ('ca ...' verbs).",
+        epilog="Key passphrases come from --passphrase-file or $ESPRESSO_PKI_PASSPHRASE, never from the command "
+               "line. 'python -m pki VERB --help' describes each verb. Errors print one line and exit 1.")
+    store_help = "store directory (default: $ESPRESSO_PKI_STORE or ./pki-store)"
+    pp_help = ("file whose first line (line ending stripped, blanks kept) is the private key passphrase; "
+               "an empty file is refused")
+    ap.add_argument("--store", default=os.environ.get("ESPRESSO_PKI_STORE", "pki-store"), help=store_help)
+    ap.add_argument("--passphrase-file", metavar="FILE", help=pp_help)
     # the same options are accepted after the verb too (SUPPRESS: they only override when given there)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", default=argparse.SUPPRESS, help="store directory")
-    common.add_argument("--passphrase-file", default=argparse.SUPPRESS, help="file whose first line is the key passphrase")
+    common.add_argument("--store", default=argparse.SUPPRESS, help=store_help)
+    common.add_argument("--passphrase-file", metavar="FILE", default=argparse.SUPPRESS, help=pp_help)
     ca_common = argparse.ArgumentParser(add_help=False, parents=[common])
-    ca_common.add_argument("--ca", default=argparse.SUPPRESS, help="CA directory")
-    sub = ap.add_subparsers(dest="verb", required=True)
+    ca_common.add_argument("--ca", default=argparse.SUPPRESS,
+                           help="CA directory (default: $ESPRESSO_PKI_CA or ./pki-ca)")
+    sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB", help="what to do (VERB --help for details)")
+    cid = "certificate-id: the name of the key pair and its certificate in the store"
 
-    p = sub.add_parser("generate-key-pair", parents=[common])
-    p.add_argument("--certificate-id", required=True)
-    p.add_argument("--type", default="rsa", choices=["rsa", "ecdsa", "ed25519"])
-    p.add_argument("--size", type=int)
+    def verb(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=text, description=text)
+
+    p = verb("generate-key-pair", "generate a key pair in the store (JUNOS generate-key-pair)")
+    p.add_argument("--certificate-id", required=True, help=cid)
+    p.add_argument("--type", default="rsa", choices=["rsa", "ecdsa", "ed25519"],
+                   help="key type (default rsa; SCEP enrollment needs rsa)")
+    p.add_argument("--size", type=int, help=f"key size in bits: {_KEY_SIZES}")
     p.set_defaults(func=cmd_generate_key_pair)
 
-    p = sub.add_parser("ca-profile", parents=[common])
-    p.add_argument("action", choices=["add", "delete", "list"])
-    p.add_argument("name", nargs="?")
-    p.add_argument("--ca-identity")
-    p.add_argument("--enrollment-url")
-    p.add_argument("--retry", type=int, default=10)
-    p.add_argument("--retry-interval", type=int, default=30)
-    p.add_argument("--revocation-check", choices=["crl", "ocsp", "disable"], default="crl")
-    p.add_argument("--crl-url")
-    p.add_argument("--refresh-interval", type=float, metavar="HOURS")
-    p.add_argument("--ocsp-url")
-    p.add_argument("--no-ocsp-nonce", action="store_true")
-    p.add_argument("--ocsp-fallback-crl", action="store_true")
-    p.add_argument("--disable-on-download-failure", action="store_true")
-    p.add_argument("--replace", action="store_true")
+    p = verb("ca-profile", "add, delete or list CA profiles (JUNOS security pki ca-profile)")
+    p.add_argument("action", choices=["add", "delete", "list"], help="add (or --replace) a profile, delete it, "
+                   "or list all")
+    p.add_argument("name", nargs="?", help="profile name (add, delete)")
+    p.add_argument("--ca-identity", help="CA identity, as JUNOS ca-identity (informational)")
+    p.add_argument("--enrollment-url", metavar="URL", help="SCEP URL of the CA, e.g. http://ca.example.net/scep")
+    p.add_argument("--retry", type=int, default=10, help="SCEP polls while a request is PENDING (default 10)")
+    p.add_argument("--retry-interval", type=int, default=30, metavar="SECONDS",
+                   help="seconds between SCEP polls (default 30)")
+    p.add_argument("--revocation-check", choices=["crl", "ocsp", "disable"], default="crl",
+                   help="how peer certificates of this CA are checked for revocation (default crl)")
+    p.add_argument("--crl-url", metavar="URL", help="CRL location; default: the certificate's distribution point")
+    p.add_argument("--refresh-interval", type=float, metavar="HOURS",
+                   help="re-download the CRL after this many hours even before its nextUpdate")
+    p.add_argument("--ocsp-url", metavar="URL", help="OCSP responder; default: the certificate's AIA OCSP URL")
+    p.add_argument("--no-ocsp-nonce", action="store_true", help="send OCSP requests without a nonce")
+    p.add_argument("--ocsp-fallback-crl", action="store_true",
+                   help="use the CRL when the OCSP responder cannot be reached")
+    p.add_argument("--disable-on-download-failure", action="store_true",
+                   help="accept certificates when the CRL/OCSP answer cannot be obtained (fail open; "
+                   "JUNOS disable on-download-failure)")
+    p.add_argument("--replace", action="store_true", help="add: overwrite an existing profile of that name")
     p.set_defaults(func=cmd_ca_profile)
 
-    p = sub.add_parser("ca-certificate", parents=[common])
-    p.add_argument("action", choices=["enroll", "load"])
-    p.add_argument("--ca-profile", required=True)
-    p.add_argument("--filename")
+    p = verb("ca-certificate", "get the CA certificate of a profile by SCEP, or load it from a file")
+    p.add_argument("action", choices=["enroll", "load"],
+                   help="enroll: SCEP GetCACert from the profile's enrollment-url (check the fingerprint!); "
+                   "load: from --filename")
+    p.add_argument("--ca-profile", required=True, help="the CA profile it belongs to")
+    p.add_argument("--filename", metavar="FILE", help="load: PEM or DER certificate(s)")
     p.set_defaults(func=cmd_ca_certificate)
 
-    p = sub.add_parser("local-certificate", parents=[common])
-    p.add_argument("action", choices=["enroll", "load"])
-    p.add_argument("--certificate-id", required=True)
-    p.add_argument("--ca-profile")
-    p.add_argument("--subject")
+    p = verb("local-certificate", "enroll a local certificate by SCEP, or load one issued out of band")
+    p.add_argument("action", choices=["enroll", "load"],
+                   help="enroll: SCEP PKCSReq to the profile's CA (key pair must be RSA); load: from --filename")
+    p.add_argument("--certificate-id", required=True, help=cid)
+    p.add_argument("--ca-profile", help="enroll: the CA profile to enroll with")
+    p.add_argument("--subject", metavar="DN", help="enroll: subject DN, e.g. CN=r1,O=Example,C=US")
     _add_challenge(p)
-    p.add_argument("--filename")
-    p.add_argument("--key", help="load: a private key file to store with the certificate (new certificate-id)")
+    p.add_argument("--filename", metavar="FILE", help="load: the certificate (PEM/DER), optionally with its chain")
+    p.add_argument("--key", metavar="FILE", help="load: a private key file to store with the certificate "
+                   "(for a new certificate-id)")
     _add_sans(p)
     p.set_defaults(func=cmd_local_certificate)
 
-    p = sub.add_parser("generate-certificate-request", parents=[common])
-    p.add_argument("--certificate-id", required=True)
-    p.add_argument("--subject", required=True)
+    p = verb("generate-certificate-request", "write a PKCS#10 request for a key pair (JUNOS "
+             "generate-certificate-request)")
+    p.add_argument("--certificate-id", required=True, help=cid)
+    p.add_argument("--subject", required=True, metavar="DN", help="subject DN, e.g. CN=r1,O=Example,C=US")
     _add_challenge(p)
-    p.add_argument("--filename")
+    p.add_argument("--filename", metavar="FILE", help="also write the request there (default: print it)")
     _add_sans(p)
     p.set_defaults(func=cmd_generate_certificate_request)
 
-    p = sub.add_parser("crl", parents=[common])
-    p.add_argument("action", choices=["load", "download"])
-    p.add_argument("--ca-profile", required=True)
-    p.add_argument("--filename")
-    p.add_argument("--url")
+    p = verb("crl", "load or download the CRL of a CA profile")
+    p.add_argument("action", choices=["load", "download"], help="load: from --filename; download: from the "
+                   "profile's crl-url or --url")
+    p.add_argument("--ca-profile", required=True, help="the CA profile the CRL belongs to")
+    p.add_argument("--filename", metavar="FILE", help="load: CRL file (PEM or DER)")
+    p.add_argument("--url", help="download: URL overriding the profile's crl-url")
     p.set_defaults(func=cmd_crl)
 
-    p = sub.add_parser("auto-re-enrollment", parents=[common])
-    p.add_argument("action", choices=["set", "run"])
-    p.add_argument("--certificate-id")
-    p.add_argument("--ca-profile")
-    p.add_argument("--re-enroll-trigger-time-percentage", type=int, default=80)
-    p.add_argument("--re-generate-keypair", action="store_true")
+    p = verb("auto-re-enrollment", "set automatic SCEP re-enrollment, or run the re-enrollments due now")
+    p.add_argument("action", choices=["set", "run"], help="set: configure a certificate-id; run: re-enroll what "
+                   "is due (call it periodically, e.g. from cron)")
+    p.add_argument("--certificate-id", help=cid)
+    p.add_argument("--ca-profile", help="set: the CA profile to re-enroll with")
+    p.add_argument("--re-enroll-trigger-time-percentage", type=int, default=80, metavar="PERCENT",
+                   help="re-enroll when this share of the validity period has passed (1-99, default 80)")
+    p.add_argument("--re-generate-keypair", action="store_true", help="set: use a new key pair for the new "
+                   "certificate")
     _add_challenge(p)
-    p.add_argument("--at", help="ISO 8601 instant (default: now)")
+    p.add_argument("--at", help="run: act as if it were this ISO 8601 instant (default: now)")
     p.set_defaults(func=cmd_auto_reenroll)
 
-    p = sub.add_parser("verify", parents=[common], help="validate a peer certificate against the store")
-    p.add_argument("--filename", help="certificate (optionally followed by its chain) to verify")
-    p.add_argument("--certificate-id", help="verify a local certificate of the store instead")
-    p.add_argument("--intermediate", action="append")
-    p.add_argument("--identity", help="KIND:VALUE, e.g. fqdn:gw.example.net")
-    p.add_argument("--at")
+    p = verb("verify", "validate a certificate against the store's CA profiles (chain, validity, revocation, "
+             "identity)")
+    p.add_argument("--filename", metavar="FILE", help="certificate (optionally followed by its chain) to verify")
+    p.add_argument("--certificate-id", help="verify a local certificate of the store instead (no passphrase needed)")
+    p.add_argument("--intermediate", action="append", metavar="FILE", help="intermediate CA certificate(s) "
+                   "(repeatable)")
+    p.add_argument("--identity", metavar="KIND:VALUE", help="IKE identity the certificate must match: fqdn, email, "
+                   "ipv4, ipv6, dn or keyid, e.g. fqdn:gw.example.net")
+    p.add_argument("--at", help="validate at this ISO 8601 instant (default: now)")
     p.add_argument("--offline", action="store_true", help="use loaded CRLs only, fetch nothing")
     p.set_defaults(func=cmd_verify)
 
-    for verb, fn in (("show", cmd_show), ("clear", cmd_clear)):
-        p = sub.add_parser(verb, parents=[common])
+    for name, fn, text in (("show", cmd_show, "show the store's contents (JUNOS show security pki ...)"),
+                           ("clear", cmd_clear, "remove items from the store (JUNOS clear security pki ...)")):
+        p = verb(name, text)
         choices = ["ca-certificate", "local-certificate", "certificate-request", "crl"]
-        choices += ["ca-profile"] if verb == "show" else ["key-pair"]
-        p.add_argument("what", choices=choices)
-        p.add_argument("--ca-profile")
-        p.add_argument("--certificate-id")
-        if verb == "show":
-            p.add_argument("--detail", action="store_true")
-            p.add_argument("--at")
+        choices += ["ca-profile"] if name == "show" else ["key-pair"]
+        p.add_argument("what", choices=choices, help="what to " + name)
+        p.add_argument("--ca-profile", help="only this CA profile (ca-certificate, crl)")
+        p.add_argument("--certificate-id", help="only this certificate-id (local-certificate, certificate-request"
+                       + (")" if name == "show" else ", key-pair)"))
+        if name == "show":
+            p.add_argument("--detail", action="store_true", help="all fields (JUNOS detail)")
+            p.add_argument("--at", help="show validity status at this ISO 8601 instant (default: now)")
         p.set_defaults(func=fn)
 
-    p = sub.add_parser("ca", parents=[common], help="certificate authority verbs")
-    p.add_argument("--ca", default=os.environ.get("ESPRESSO_PKI_CA", "pki-ca"), help="CA directory")
-    casub = p.add_subparsers(dest="ca_verb", required=True)
-    q = casub.add_parser("init", parents=[ca_common])
-    q.add_argument("--subject", required=True)
-    q.add_argument("--key-type", default="ecdsa", choices=["rsa", "ecdsa", "ed25519"])
-    q.add_argument("--key-size", type=int)
-    q.add_argument("--days", type=int, default=3650)
-    q.add_argument("--path-length", type=int)
-    q.add_argument("--parent", help="directory of the parent CA (makes an intermediate)")
-    q.add_argument("--crl-url")
-    q.add_argument("--ocsp-url")
-    q.add_argument("--crl-days", type=int, default=7)
+    p = verb("ca", "certificate authority: init, issue, revoke, crl, list, serve (SCEP/CRL/OCSP), pending, "
+             "approve, reject")
+    p.add_argument("--ca", default=os.environ.get("ESPRESSO_PKI_CA", "pki-ca"),
+                   help="CA directory (default: $ESPRESSO_PKI_CA or ./pki-ca)")
+    casub = p.add_subparsers(dest="ca_verb", required=True, metavar="CA-VERB",
+                             help="what to do with the CA (CA-VERB --help for details)")
+
+    def ca_verb(name: str, text: str) -> argparse.ArgumentParser:
+        return casub.add_parser(name, parents=[ca_common], help=text, description=text)
+
+    q = ca_verb("init", "create a root CA, or an intermediate with --parent")
+    q.add_argument("--subject", required=True, metavar="DN", help="CA subject DN, e.g. \"CN=Lab Root,O=Example\"")
+    q.add_argument("--key-type", default="ecdsa", choices=["rsa", "ecdsa", "ed25519"],
+                   help="CA key type (default ecdsa; SCEP needs rsa)")
+    q.add_argument("--key-size", type=int, help=f"key size in bits: {_KEY_SIZES}")
+    q.add_argument("--days", type=int, default=3650, help="validity in days (default 3650)")
+    q.add_argument("--path-length", type=int, help="basicConstraints pathLenConstraint (default: none)")
+    q.add_argument("--parent", metavar="DIR", help="directory of the parent CA (makes an intermediate)")
+    q.add_argument("--crl-url", metavar="URL", help="CRL distribution point put into issued certificates")
+    q.add_argument("--ocsp-url", metavar="URL", help="OCSP responder URL put into issued certificates (AIA)")
+    q.add_argument("--crl-days", type=int, default=7, help="CRL validity (nextUpdate) in days (default 7)")
     _add_san_policy(q)
-    q = casub.add_parser("issue", parents=[ca_common])
-    q.add_argument("--csr", required=True)
-    q.add_argument("--profile", default="ipsec")
-    q.add_argument("--days", type=int)
-    q.add_argument("--out")
-    q = casub.add_parser("revoke", parents=[ca_common])
-    q.add_argument("--serial", required=True, help="hex")
-    q.add_argument("--reason", default="unspecified")
-    q = casub.add_parser("crl", parents=[ca_common])
-    q.add_argument("--out")
-    q.add_argument("--pem", action="store_true")
-    casub.add_parser("list", parents=[ca_common])
-    q = casub.add_parser("serve", parents=[ca_common])
-    q.add_argument("--host", default="127.0.0.1")
-    q.add_argument("--port", type=int, default=8080)
+    q = ca_verb("issue", "issue a certificate from a PKCS#10 request")
+    q.add_argument("--csr", required=True, metavar="FILE", help="the request (PEM or DER)")
+    q.add_argument("--profile", default="ipsec", help="issuance profile: ipsec (default, no EKU), ipsec-ike, "
+                   "ipsec-server, ipsec-client")
+    q.add_argument("--days", type=int, help="validity in days (default: the profile's, 365)")
+    q.add_argument("--out", metavar="FILE", help="write the certificate there (default: print it)")
+    q = ca_verb("revoke", "revoke a certificate and re-sign the CRL")
+    q.add_argument("--serial", required=True, help="serial number in hex (colons allowed)")
+    q.add_argument("--reason", default="unspecified", help=f"revocation reason: {_REASONS_HELP}")
+    q = ca_verb("crl", "print or write the current CRL")
+    q.add_argument("--out", metavar="FILE", help="write the CRL there")
+    q.add_argument("--pem", action="store_true", help="PEM instead of DER (DER is refused on a terminal)")
+    ca_verb("list", "list every certificate issued, with its status")
+    q = ca_verb("serve", "serve SCEP (/scep), the CRL (/crl) and OCSP (/ocsp) over HTTP until Ctrl-C")
+    q.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    q.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
     q.add_argument("--challenge", help="SCEP challenge password clients must put in their request "
                    "(visible in ps: prefer --challenge-file)")
     q.add_argument("--challenge-file", metavar="FILE", help="file whose first line is the SCEP challenge password")
@@ -637,12 +688,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--manual-approval", action="store_true",
                    help="hold every request PENDING until 'ca approve' (clients keep polling)")
     _add_san_policy(q)
-    casub.add_parser("pending", parents=[ca_common])
-    q = casub.add_parser("approve", parents=[ca_common])
-    q.add_argument("transaction_id")
-    q = casub.add_parser("reject", parents=[ca_common])
-    q.add_argument("transaction_id")
-    q.add_argument("--reason", default="rejected by operator")
+    ca_verb("pending", "list SCEP requests waiting for approval")
+    q = ca_verb("approve", "issue the certificate of a PENDING SCEP request (the client gets it at its next poll)")
+    q.add_argument("transaction_id", help="transaction ID, as 'ca pending' shows it")
+    q = ca_verb("reject", "refuse a PENDING SCEP request (the client gets a failure at its next poll)")
+    q.add_argument("transaction_id", help="transaction ID, as 'ca pending' shows it")
+    q.add_argument("--reason", default="rejected by operator", help="text kept with the rejection")
     p.set_defaults(func=cmd_ca)
     return ap
 

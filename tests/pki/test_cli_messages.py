@@ -75,3 +75,33 @@ def test_show_key_pair_without_certificate(lab, capsys):
     rc, out, _ = run(capsys, "--store", "st", "show", "local-certificate")
     assert rc == 0
     assert "Certificate identifier: k1" in out and "key pair only" in out and "ecdsa (384 bits)" in out
+
+
+def _walk(parser, path=()):
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _walk(sub, (*path, name))
+
+
+def test_every_verb_and_option_has_help():
+    from pki.__main__ import build_parser
+
+    missing = []
+    for path, parser in _walk(build_parser()):
+        if path and not parser.description:
+            missing.append(" ".join(path))
+        for action in parser._actions:
+            if not action.help and action.dest != "help":
+                missing.append(f"{' '.join(path)} {'/'.join(action.option_strings) or action.dest}")
+    assert missing == []
+
+
+def test_help_states_key_size_ranges(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate-key-pair", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2048" in out and "3072 or 4096" in out and "384 or 521" in out
