@@ -147,8 +147,27 @@ def _section(name: str, quick: bool, repeats: int, progress: Progress) -> dict:
     return out
 
 
+def _check(args: argparse.Namespace) -> str | None:
+    """A wrong name in --suites/--backends/--sizes/--only/--skip: the reason, before anything runs."""
+    from esp.suites import SUITES
+
+    known = {
+        "--suites": set(SUITES) | {"all"}, "--backends": {"openssl", "ipsecmb"}, "--sizes": set(SIZES),
+        "--only": set(SECTIONS), "--skip": set(SECTIONS),
+    }
+    for opt, allowed in known.items():
+        bad = [v for v in _list(getattr(args, opt[2:]), ()) if v not in allowed]
+        if bad:
+            return f"{opt}: unknown {', '.join(bad)}; choose from {', '.join(sorted(allowed))}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    problem = _check(args)
+    if problem:
+        print(f"python -m bench: error: {problem}", file=sys.stderr)
+        return 2
     result = run(args)
     if not args.quiet:
         print(format_table(result))

@@ -211,3 +211,11 @@ def test_quick_run_writes_a_well_formed_result(tmp_path):
     assert "|" in (tmp_path / "r.md").read_text()
     if doc["core"] and any("unavailable" not in c["espresso"] for c in doc["core"]):
         assert (charts / "throughput-aes128gcm16.png").stat().st_size > 1000
+
+
+def test_unknown_names_are_refused_before_running(capsys) -> None:
+    from bench.__main__ import main
+
+    assert main(["--only", "bogus"]) == 2
+    assert main(["--suites", "aes999", "--quiet"]) == 2
+    assert "unknown aes999" in capsys.readouterr().err
