@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -222,7 +223,8 @@ def _run_daemon(args: argparse.Namespace) -> int:
         try:
             await daemon.start(initiate=args.initiate or ())
         except Exception as exc:  # bind refused, no TUN, no privilege: say so and leave
-            print(f"error: cannot start: {exc}", file=sys.stderr)
+            why = exc.strerror if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE else exc
+            print(f"error: cannot start: {why}", file=sys.stderr)
             daemon.endpoint.close()
             if daemon.gateway is not None:
                 daemon.gateway.stop()

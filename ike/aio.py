@@ -19,6 +19,7 @@ through :meth:`IkeEndpoint.send_esp` on the socket of the NAT-T port, without a 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from collections import Counter
@@ -65,11 +66,15 @@ EventHandler = Callable[[IkeEvent], None]
 
 
 def open_udp_socket(host: str, port: int) -> socket.socket:
-    """A non-blocking UDP socket bound to (host, port); IPv6 sockets are v6-only so both families can bind."""
+    """A non-blocking UDP socket bound to (host, port); IPv6 sockets are v6-only so both families can bind.
+
+    No SO_REUSEADDR/SO_REUSEPORT: on Linux they let a second daemon bind the same UDP port and silently steal
+    half of the IKE traffic; a port already taken must fail loudly ("port in use"). (The gateway shares its
+    NAT-T port between IKE and ESP on purpose, with its own SO_REUSEPORT sockets, not with this function.)
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             try:
                 sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
@@ -79,8 +84,10 @@ def open_udp_socket(host: str, port: int) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
         sock.setblocking(False)
-    except OSError:
+    except OSError as exc:
         sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(errno.EADDRINUSE, f"UDP {host}[{port}]: port in use (another IKE daemon?)") from None
         raise
     return sock
 

@@ -260,9 +260,9 @@ class Daemon:
         """
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        if self.gateway is not None and not self.gateway.running:
-            self.gateway.start()  # GatewayError (an OSError-like refusal) with the reason
         if sockets is not None:
+            if self.gateway is not None and not self.gateway.running:
+                self.gateway.start()  # GatewayError (an OSError-like refusal) with the reason
             for s in sockets:
                 await self.endpoint.add_socket(s)
         else:
@@ -279,6 +279,15 @@ class Daemon:
                 for s in opened:
                     s.close()
                 raise
+            # The gateway's NAT-T sockets use SO_REUSEPORT (IKE/ESP split): start it only once our own ports
+            # are ours, so a second daemon fails on "port in use" before joining the first one's group.
+            if self.gateway is not None and not self.gateway.running:
+                try:
+                    self.gateway.start()  # GatewayError (an OSError-like refusal) with the reason
+                except BaseException:
+                    for s in opened:
+                        s.close()
+                    raise
             if self.gateway is not None and self.gateway.ike_socket is not None:
                 opened.append(self.gateway.ike_socket)
             for s in opened:
@@ -530,10 +539,16 @@ class Daemon:
         child = self.children.get(ev.spi_in)
         if child is None:
             return
-        # A successor still waiting for its outbound switch takes over now (make-before-break either way).
-        for c in self.children.values():
-            if c.event.replaces == ev.spi_in and not c.outbound_active:
-                self._activate_outbound(c, child)
+        # Safety net for a core that deletes an SA still carrying our traffic without a ChildSaRekeyed first:
+        # its successor takes over (make-before-break either way). Only when the deleted SA is still the active
+        # one: after a rekey collision (RFC 7296 2.8.1) the core has already moved outbound to the winner, and
+        # the losing successor (also "replacing" this SA) must never be bound, or the policy loses its SA when
+        # the loser is deleted a moment later (unknown-SPI drops at the peer).
+        if child.outbound_active:
+            pending = [c for c in self.children.values()
+                       if c.event.replaces == ev.spi_in and not c.outbound_active and c.state == "INSTALLED"]
+            if pending:
+                self._activate_outbound(pending[-1], child)
         self._uninstall(child)
         log.info("CHILD_SA %s{%d} with SPIs %08x_i %08x_o deleted (%s)", ev.child, ev.ike_id, ev.spi_in,
                  ev.spi_out, ev.reason)

@@ -82,6 +82,43 @@ def test_client_without_daemon(tmp_path: Path) -> None:
     assert r.returncode == 1 and "cannot reach the daemon" in r.stderr
 
 
+def test_second_daemon_on_the_same_ports_fails_port_in_use(tmp_path: Path) -> None:
+    """Without SO_REUSEADDR a second daemon cannot share (and steal half of) the IKE / NAT-T ports."""
+    port, nat = _free_ports(2)
+    confs = []
+    for n in ("one", "two"):
+        c = tmp_path / f"{n}.toml"
+        c.write_text(CONF.format(port=port, nat=nat, sock=tmp_path / f"{n}.sock", peer="b", remote=port + 1,
+                                 me="a", local="10.1.0.0/24", remote_ts="10.2.0.0/24"))
+        confs.append(c)
+    first = subprocess.Popen([sys.executable, "-m", "ike", "daemon", "--config", str(confs[0])], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (tmp_path / "one.sock").exists():
+            assert time.monotonic() < deadline and first.poll() is None, "first daemon did not start"
+            time.sleep(0.05)
+        r = _ike("daemon", "--config", str(confs[1]))
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.strip() in {f"error: cannot start: UDP 127.0.0.1[{p}]: port in use (another IKE daemon?)"
+                                    for p in (port, nat)}, r.stderr
+        assert "Traceback" not in r.stderr and not (tmp_path / "two.sock").exists()
+        # the NAT-T port alone is refused too
+        nat_only = tmp_path / "three.toml"
+        nat_only.write_text(CONF.format(port=_free_ports(1)[0], nat=nat, sock=tmp_path / "three.sock", peer="b",
+                                        remote=port + 1, me="a", local="10.1.0.0/24", remote_ts="10.2.0.0/24"))
+        r = _ike("daemon", "--config", str(nat_only))
+        assert r.returncode == 1 and f"UDP 127.0.0.1[{nat}]: port in use" in r.stderr, r.stderr
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)
+        try:
+            first.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            first.kill()
+            first.wait(timeout=5)
+
+
 @pytest.mark.slow
 def test_two_daemon_processes(tmp_path: Path) -> None:
     pytest.importorskip("esp._core")
