@@ -117,6 +117,9 @@ class CaService:
         self.ca_dir = Path(ca.path if hasattr(ca, "path") else ca)
         self.challenge = challenge
         self.manual_approval = manual_approval
+        if challenge is None and not manual_approval:
+            log.warning("CA service for %s: no challenge password and no manual approval: any client that reaches "
+                        "it gets a certificate", self.ca_dir)
         self._passphrase = passphrase
         self._profile = profile
         self._ocsp_validity = ocsp_validity

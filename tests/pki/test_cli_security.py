@@ -195,3 +195,19 @@ def test_read_passphrase_file_rule(tmp_path):
         read_passphrase_file(tmp_path / "p")
     with pytest.raises(PkiError, match="no such file"):
         read_passphrase_file(tmp_path / "missing")
+
+
+def test_library_service_without_challenge_logs_a_warning(tmp_path, caplog):
+    import logging
+
+    from pki.service import CaService
+
+    CertificateAuthority.init(tmp_path / "ca", "CN=Quiet CA").close()
+    with caplog.at_level(logging.WARNING, logger="pki.service"):
+        svc = CaService(tmp_path / "ca")
+        svc.stop()
+    assert any("any client" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pki.service"):
+        CaService(tmp_path / "ca", challenge="x").stop()
+    assert not any("any client" in r.getMessage() for r in caplog.records)
