@@ -260,6 +260,43 @@ def test_rekey_without_rekeyed_event_switches_on_delete(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_rekey_collision_binds_only_the_winner(tmp_path: Path) -> None:
+    """RFC 7296 2.8.1 as the core reports it on the winning side: two successors of one CHILD_SA, outbound moves
+    to the winner, the old SA is deleted, then the loser. The policy's outbound SA must be the winner's all along
+    (the loser was never bound), so no packet leaves with an SPI the peer is about to forget."""
+    async def main() -> None:
+        p = await Pair().start(tmp_path)
+        p.emit(*mirrored("aes128gcm16", p.addr_a, p.addr_b, spi_a=0x100, spi_b=0x200))
+        win_a, win_b = mirrored("aes128gcm16", p.addr_a, p.addr_b, spi_a=0x101, spi_b=0x201, replaces=(0x100, 0x200))
+        lose_a, lose_b = mirrored("aes128gcm16", p.addr_a, p.addr_b, spi_a=0x102, spi_b=0x202,
+                                  replaces=(0x100, 0x200))
+        p.emit(win_a, win_b)
+        p.emit(lose_a, lose_b)
+        p.emit(ChildSaRekeyed(ike_id=1, peer="p", child="net", old_spi_in=0x100, old_spi_out=0x200, spi_in=0x101,
+                              spi_out=0x201),
+               ChildSaRekeyed(ike_id=1, peer="p", child="net", old_spi_in=0x200, old_spi_out=0x100, spi_in=0x201,
+                              spi_out=0x101))
+        policy = p.a.children[0x101].policy
+
+        def bound(d: Daemon) -> int:
+            return d.dataplane.sad.snapshot.outbound[policy if d is p.a else p.b.children[0x201].policy].sa.spi
+
+        seen = []
+        for spi_a, spi_b, why in ((0x100, 0x200, "rekeyed"), (0x102, 0x202, "rekey collision")):
+            p.emit(ChildSaDeleted(ike_id=1, peer="p", child="net", spi_in=spi_a, spi_out=spi_b, reason=why),
+                   ChildSaDeleted(ike_id=1, peer="p", child="net", spi_in=spi_b, spi_out=spi_a, reason=why))
+            seen.append((bound(p.a), bound(p.b)))
+            assert 0x202 not in p.a.dataplane.sad.snapshot.outbound_by_spi  # the loser never went outbound
+        assert seen == [(0x201, 0x101), (0x201, 0x101)]
+        assert set(p.a.children) == {0x101} and _spis_on_wire(p.a) == {0x201}
+        assert p.a.send([_inner(1)]) == 1
+        await _until(lambda: len(p.got_b) == 1, "traffic on the winner")
+        assert p.b.dataplane.counters().get("NO_SA", 0) == 0 if isinstance(p.b.dataplane.counters(), dict) else True
+        await p.stop()
+
+    asyncio.run(main())
+
+
 def test_tampered_and_unknown_esp_are_counted_drops(tmp_path: Path) -> None:
     async def main() -> None:
         p = await Pair().start(tmp_path)
