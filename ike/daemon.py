@@ -349,14 +349,24 @@ class Daemon:
         rec = self.ike_sas.get(ike_id)
         if rec is None:
             self.ike_sas[ike_id] = IkeSaRecord(ike_id, peer)
-        log.info("initiating IKE_SA %s[%d] to %s", peer, ike_id, self.config.core.peer(peer).remote_addr)
+            log.info("initiating IKE_SA %s[%d] to %s", peer, ike_id, self.config.core.peer(peer).remote_addr)
+        else:
+            log.info("reusing IKE_SA %s[%d] (%s)", rec.peer, ike_id, rec.state)
         return ike_id
 
     async def initiate_and_wait(self, peer: str, child: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
         """Initiate and wait (bounded) until the first CHILD_SA is up or the attempt failed."""
         start = self._outcomes
+        known = set(self.ike_sas)
         ike_id = self.initiate(peer, child)
         rec = self.ike_sas[ike_id]
+        if ike_id in known and child is None and rec.state == "ESTABLISHED":  # the core reused this IKE_SA
+            out: dict[str, Any] = {"ike_id": ike_id, "state": rec.state, "reused": True}
+            for c in self.children.values():
+                if c.event.ike_id == ike_id and c.state == "INSTALLED":
+                    out.update(child=c.event.child, spi_in=f"{c.spi_in:08x}", spi_out=f"{c.spi_out:08x}")
+                    break
+            return out
         if rec.error is not None and rec.error[0] > start:
             raise ControlError(rec.error[1])
         if rec.result is not None and rec.result[0] > start:

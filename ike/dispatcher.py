@@ -290,19 +290,28 @@ class Dispatcher:
                 return conn
         raise InvalidStateError(f"no CHILD_SA with SPI {spi:08x}")
 
-    def initiate(self, peer: str, now: float, child: str | None = None) -> int:
+    def initiate(self, peer: str, now: float, child: str | None = None, *, reuse: bool = True) -> int:
         """Start an IKE_SA to ``peer`` (CoreConfig peer name) with its ``start`` children (or only ``child``).
-        Returns the ike_id. If an IKE_SA to the peer is up and ``child`` is given, creates that CHILD_SA in it."""
+        Returns the ike_id. If an IKE_SA to the peer is up and ``child`` is given, creates that CHILD_SA in it.
+
+        Like charon, an IKE_SA with the peer that exists already (being set up or established, whichever side
+        initiated it) is reused (its ike_id returned) rather than a duplicate with the same traffic selectors
+        piling up; ``reuse=False`` forces a new one."""
         pc = self.config.peer(peer)
         children = [c for c in pc.children if (c.name == child if child else c.start)]
         if child and not children:
             raise InvalidStateError(f"peer {peer} has no child {child!r}")
         if child:
             for conn in self._conns.values():
-                if conn.sa.peer.name == peer and conn.sa.state == IkeSaState.ESTABLISHED:
+                if conn.sa.peer.name == peer and conn.sa.state == IkeSaState.ESTABLISHED and not conn.closed:
                     self._dirty.add(conn)
                     conn.create_child(children[0], now)
                     self._collect()
+                    return conn.ike_id
+        if reuse:
+            for conn in self._conns.values():
+                if conn.sa.peer.name == peer and not conn.closed and conn.sa.state in (
+                        IkeSaState.CREATED, IkeSaState.CONNECTING, IkeSaState.ESTABLISHED, IkeSaState.REKEYING):
                     return conn.ike_id
         if pc.remote_addr in (None, "%any"):
             raise InvalidStateError(f"peer {peer} has no remote address to initiate to")

@@ -570,7 +570,7 @@ def test_simultaneous_ike_delete():
 
 def test_second_ike_sa_to_same_peer_sends_no_initial_contact():
     a, b, ea, eb = establish(*psk_peers())
-    a.initiate("to-r", 5.0)
+    a.initiate("to-r", 5.0, reuse=False)
     roundtrip(a, b, 5.0)
     assert not of(drain(b), IkeSaTerminated)
     assert len(b.list_sas()) == 2 and len(a.list_sas()) == 2
@@ -717,3 +717,21 @@ def test_responder_choosing_a_later_proposal_is_accepted():
     assert of(ea, IkeSaEstablished)[0].proposal == "aes128gcm16-prfsha256-ecp256"
     assert of(ea, ChildSaEstablished)[0].suite == "chacha20poly1305"
     assert of(eb, ChildSaEstablished)[0].suite == "chacha20poly1305"
+
+
+def test_initiate_reuses_an_existing_ike_sa_with_the_peer():
+    """QA: `initiate` twice, then from the other side, gave three ESTABLISHED IKE_SAs with the same TS. Like
+    charon, initiate reuses an IKE_SA with that peer (connecting or established, either side's)."""
+    i, r = psk_peers()
+    r = replace(r, remote_addr=ADDR_I[0])
+    a, b = pair(i, r)
+    first = a.initiate("to-r", 0.0)
+    assert a.initiate("to-r", 0.0) == first  # still CONNECTING: the same one
+    roundtrip(a, b, 0.0)
+    assert a.initiate("to-r", 1.0) == first  # ESTABLISHED: the same one, nothing sent
+    assert a.datagrams_to_send(1.0) == []
+    (theirs,) = b.list_sas()
+    assert b.initiate("from-i", 1.0) == theirs.ike_id and b.datagrams_to_send(1.0) == []
+    roundtrip(a, b, 1.0)
+    assert len(a.list_sas()) == 1 and len(b.list_sas()) == 1
+    assert len(of(drain(a), IkeSaEstablished)) == 1

@@ -146,6 +146,13 @@ def test_two_daemon_processes(tmp_path: Path) -> None:
         r = _ike("initiate", "--ike", "b", "--timeout", "10", "--socket", str(socks["a"]))
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith("initiate completed successfully: IKE_SA b[1] ESTABLISHED, CHILD_SA net ")
+        # QA: initiating again (either side) reuses that IKE_SA instead of piling up duplicates
+        r = _ike("initiate", "--ike", "b", "--timeout", "10", "--socket", str(socks["a"]))
+        assert r.returncode == 0 and "IKE_SA b[1] ESTABLISHED, CHILD_SA net " in r.stdout, r.stderr
+        r = _ike("initiate", "--ike", "a", "--timeout", "10", "--socket", str(socks["b"]))
+        assert r.returncode == 0 and "IKE_SA a[1] ESTABLISHED, CHILD_SA net " in r.stdout, r.stderr
+        for n in ("a", "b"):
+            assert len(json.loads(_ike("list-sas", "--raw", "--socket", str(socks[n])).stdout)["ike_sas"]) == 1
 
         r = _ike("list-sas", "--socket", str(socks["b"]))
         assert r.returncode == 0, r.stderr
