@@ -194,7 +194,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if sock:
         o["control_socket"] = sock
     if args.key_log:
-        o["key_log"] = args.key_log
+        o["key_log"] = os.path.abspath(args.key_log)  # relative to where the operator typed it
     return o
 
 
@@ -217,9 +217,14 @@ def _run_daemon(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from .daemon import Daemon, make_gateway
+    from .keylog import KeyLogError
 
     async def serve() -> int:
-        daemon = Daemon(cfg, gateway=make_gateway(cfg))
+        try:
+            daemon = Daemon(cfg, gateway=make_gateway(cfg))
+        except KeyLogError as exc:  # checked at load time already; the directory may have changed since
+            print(f"error: cannot start: {exc}", file=sys.stderr)
+            return 1
         try:
             await daemon.start(initiate=args.initiate or ())
         except Exception as exc:  # bind refused, no TUN, no privilege: say so and leave

@@ -75,6 +75,7 @@ from .core_config import (
     TrafficSelector,
 )
 from .errors import ConfigError
+from .keylog import key_log_problem
 from .proposal import parse_proposal
 
 __all__ = [
@@ -851,6 +852,10 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
         raise daemon.error("nat_port", "must differ from daemon.port")
     control = daemon.get("control_socket", _str, DEFAULT_CONTROL_SOCKET)
     key_log = daemon.get("key_log", _str)
+    key_log_dir = None if not key_log else (
+        (base_dir / key_log) if not Path(key_log).is_absolute() else Path(key_log))
+    if key_log_dir is not None and (problem := key_log_problem(key_log_dir)) is not None:
+        raise daemon.error("key_log", problem)
     gateway = _gateway(root, addresses, peers) if root.has("gateway") else None
     core_defaults = CoreConfig.__dataclass_fields__
     core = CoreConfig(
@@ -867,7 +872,7 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
     return DaemonConfig(
         core=core, addresses=addresses, port=port, nat_port=nat_port,
         control_socket=(base_dir / control) if not Path(control).is_absolute() else Path(control),
-        key_log=None if not key_log else ((base_dir / key_log) if not Path(key_log).is_absolute() else Path(key_log)),
+        key_log=key_log_dir,
         local_addrs=local_addrs, ca_profiles=pki.profiles, certificates=pki.certs, source=source, gateway=gateway,
         auto_start=tuple(auto_start),
     )

@@ -26,7 +26,7 @@ from typing import TextIO
 
 from .events import ChildSaEstablished, IkeKeysDerived
 
-__all__ = ["ESP_TABLE", "IKEV2_TABLE", "KeyLog", "esp_lines", "ikev2_line"]
+__all__ = ["ESP_TABLE", "IKEV2_TABLE", "KeyLog", "KeyLogError", "esp_lines", "ikev2_line", "key_log_problem"]
 
 IKEV2_TABLE = "ikev2_decryption_table"
 ESP_TABLE = "esp_sa"
@@ -120,6 +120,35 @@ def esp_lines(ev: ChildSaEstablished) -> list[str]:
             row(remote, local, ev.spi_in, ev.enc_key_in, ev.integ_key_in)]
 
 
+class KeyLogError(OSError):
+    """The key-log directory cannot be used (the message names the path and why, on one line)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "key log unusable"
+
+
+def key_log_problem(directory: str | os.PathLike[str]) -> str | None:
+    """Why ``directory`` cannot hold the key log, or None: checked by the configuration loader so that
+    ``check-config`` and the daemon refuse a bad path before anything starts."""
+    d = Path(directory)
+    if d.exists() and not d.is_dir():
+        return f"{d} exists and is not a directory (the key log is a directory for Wireshark's tables)"
+    probe = d
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a directory, cannot create {d}"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable" + ("" if probe == d else f", cannot create {d}")
+    for table in (IKEV2_TABLE, ESP_TABLE):
+        f = d / table
+        if f.exists() and (f.is_dir() or not os.access(f, os.W_OK)):
+            return f"{f} is not a writable file"
+    return None
+
+
 def _open_private(path: Path) -> TextIO:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.fchmod(fd, 0o600)  # an existing file keeps no wider mode
@@ -134,9 +163,15 @@ class KeyLog:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._ike = _open_private(self.directory / IKEV2_TABLE)
-        self._esp = _open_private(self.directory / ESP_TABLE)
+        problem = key_log_problem(self.directory)
+        if problem is not None:
+            raise KeyLogError(f"key log: {problem}")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._ike = _open_private(self.directory / IKEV2_TABLE)
+            self._esp = _open_private(self.directory / ESP_TABLE)
+        except OSError as exc:
+            raise KeyLogError(f"key log: {exc.filename or self.directory}: {exc.strerror or exc}") from None
 
     def __enter__(self) -> KeyLog:
         return self

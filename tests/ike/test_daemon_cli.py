@@ -77,6 +77,28 @@ def test_check_config(tmp_path: Path) -> None:
     assert r.returncode == 2 and "esp_proposals[0]" in r.stderr
 
 
+def test_key_log_path_that_is_a_file_is_a_one_line_error(tmp_path: Path) -> None:
+    """QA: `daemon --key-log <existing file>` crashed with a FileExistsError traceback; check-config missed it."""
+    port, nat = _free_ports(2)
+    conf = tmp_path / "a.toml"
+    conf.write_text(CONF.format(port=port, nat=nat, sock=tmp_path / "s", peer="b", remote=port + 1, me="a",
+                                local="10.1.0.0/24", remote_ts="10.2.0.0/24"))
+    afile = tmp_path / "keys.txt"
+    afile.write_text("not a directory\n")
+    for cmd in ("check-config", "daemon"):
+        r = _ike(cmd, "--config", str(conf), "--key-log", str(afile))
+        assert r.returncode == 2, (cmd, r.stderr)
+        assert r.stderr.strip() == (f"error: {conf}: daemon.key_log: {afile} exists and is not a directory "
+                                    "(the key log is a directory for Wireshark's tables)"), r.stderr
+        assert not (tmp_path / "s").exists()
+    in_toml = tmp_path / "b.toml"
+    in_toml.write_text(conf.read_text().replace("[daemon]\n", '[daemon]\nkey_log = "keys.txt"\n'))
+    r = _ike("check-config", "--config", str(in_toml))
+    assert r.returncode == 2 and "daemon.key_log:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = _ike("check-config", "--config", str(conf), "--key-log", str(tmp_path / "new" / "dir"))
+    assert r.returncode == 0, r.stderr
+
+
 def test_client_without_daemon(tmp_path: Path) -> None:
     r = _ike("list-sas", "--socket", str(tmp_path / "nothing.sock"))
     assert r.returncode == 1 and "cannot reach the daemon" in r.stderr

@@ -215,3 +215,11 @@ def test_tshark_decrypts_ike_with_our_table(tmp_path: Path, kind: str) -> None:
     if kind == "cbc":
         assert "[correct]" in text, text
 
+
+
+def test_key_log_on_a_file_raises_a_clear_error(tmp_path: Path) -> None:
+    from ike.keylog import KeyLogError
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(KeyLogError, match=r"^key log: .*file exists and is not a directory"):
+        KeyLog(f)
