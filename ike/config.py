@@ -19,6 +19,7 @@ Example (the keys are swanctl's where they exist)::
     [pki]
     store = "/var/lib/espresso/pki"     # optional: ca-profiles and local certificates of `python -m pki`
     fetch_revocation = true             # download CRLs (CRL distribution points / crl_url); false: loaded ones only
+    passphrase_file = "/etc/espresso/pki.pass"  # for encrypted store keys: first line, line ending removed
 
     [ca-profiles.corp]                  # or a ca-profile of the store, by name
     ca_certs = ["corp-root.pem"]        # trust anchors; paths relative to this file
@@ -28,6 +29,7 @@ Example (the keys are swanctl's where they exist)::
     cert = "gw1.pem"
     key = "gw1.key"
     chain = ["corp-sub.pem"]            # intermediates we send
+    passphrase_file = "gw1.pass"        # if gw1.key is encrypted (same rule as python -m pki)
 
     [gateway]                           # optional (root): TUN device + ESP threads of esp.gateway
     tun_name = "esp0"
@@ -452,6 +454,23 @@ def _ca_profile(name: str, sec: _Section, base: Path) -> CaProfileConfig:
     return CaProfileConfig(name, tuple(certs), policy)
 
 
+def _passphrase(sec: _Section, base: Path) -> bytes | None:
+    """``passphrase_file``: read with pki's one rule (first line, only its line ending removed; empty refused),
+    so the file that unlocks a key for ``python -m pki`` unlocks it here too."""
+    from pki.errors import PkiError
+    from pki.keys import read_passphrase_file
+    name = sec.get("passphrase_file", _str)
+    if not name:
+        return None
+    path = (base / name).expanduser()
+    try:
+        return read_passphrase_file(path)
+    except PkiError as exc:
+        raise sec.error("passphrase_file", str(exc)) from None
+    except OSError as exc:
+        raise sec.error("passphrase_file", f"{path}: {exc.strerror or exc}") from None
+
+
 def _certificate(name: str, sec: _Section, base: Path) -> CertificateConfig:
     from pki.errors import PkiError
     from pki.keys import load_private_key
@@ -462,14 +481,11 @@ def _certificate(name: str, sec: _Section, base: Path) -> CertificateConfig:
     leaf, extra = certs[0], certs[1:]
     chain = tuple(extra) + tuple(_load_certs(sec.strings("chain"), base, sec.key("chain")))
     key_file = (base / sec.get("key", _str, required=True)).expanduser()
-    passphrase_file = sec.get("passphrase_file", _str)
-    passphrase = None
-    if passphrase_file:
-        passphrase = _read((base / passphrase_file).expanduser(), "passphrase", sec.key("passphrase_file")).strip()
+    passphrase = _passphrase(sec, base)
     try:
         key = load_private_key(_read(key_file, "key", sec.key("key")), passphrase, source=str(key_file))
     except PkiError as exc:
-        raise sec.error("key", str(exc)) from None
+        raise sec.error("key", f"{key_file}: {exc}") from None
     from cryptography.hazmat.primitives import serialization
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
@@ -553,7 +569,8 @@ class _Pki:
     pki store (``[pki] store``), as a JUNOS router resolves ``ca-profile`` and ``local-certificate`` names."""
 
     def __init__(self, profiles: dict[str, CaProfileConfig], certs: dict[str, CertificateConfig],
-                 store: Any, store_key: str, fetch: bool) -> None:
+                 store: Any, store_key: str, fetch: bool, passphrase: bytes | None = None) -> None:
+        self.passphrase = passphrase
         self.profiles = profiles
         self.certs = certs
         self.store = store
@@ -597,9 +614,16 @@ class _Pki:
             return None
         from pki.errors import PkiError
         try:
-            key, cert, chain = self.store.credential(name)
+            if self.store.local_certificate(name) is None:
+                return None  # not a certificate-id of the store (or no certificate yet): "unknown certificate"
         except PkiError:
             return None
+        try:
+            key, cert, chain = self.store.credential(name, self.passphrase)
+        except PkiError as exc:  # a wrong / missing passphrase, a damaged key: say which key and why
+            key_path = Path(self.store.path) / "local" / name / "key.pem"
+            hint = "" if self.passphrase is not None else " (encrypted? set pki.passphrase_file)"
+            raise ConfigError(f"{self.store_key}: certificate-id {name!r}: key {key_path}: {exc}{hint}") from None
         self.certs[name] = CertificateConfig(name, Credential(private_key=key, certificate=cert,
                                                               intermediates=tuple(chain)))
         return self.certs[name]
@@ -805,10 +829,11 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
         except PkiError as exc:
             raise pki_sec.error("store", str(exc)) from None
     fetch = pki_sec.get("fetch_revocation", _bool, True)
+    pki_passphrase = _passphrase(pki_sec, base_dir)
     pki_sec.finish()
     profiles = {n: _ca_profile(n, s, base_dir) for n, s in root.sub("ca-profiles").items()}
     certs = {n: _certificate(n, s, base_dir) for n, s in root.sub("certificates").items()}
-    pki = _Pki(profiles, certs, store, "pki.store", fetch)
+    pki = _Pki(profiles, certs, store, "pki.store", fetch, pki_passphrase)
     peers_secs = root.sub("peers")
     if not peers_secs:
         raise ConfigError("peers: at least one [peers.NAME] table is required")

@@ -262,6 +262,45 @@ remote_ts = "10.2.0.0/16"
         parse_config(text.replace("/store", "/nostore"), base=pki_dir)
 
 
+def test_passphrase_protected_key_in_the_pki_store(pki_dir: Path, tmp_path: Path) -> None:
+    """[pki] passphrase_file unlocks a store key; the file rule is pki's (first line, only its line ending
+    removed: blanks are part of the passphrase); a wrong or missing passphrase names the key, not 'unknown'."""
+    from pki.profile import CaProfile, RevocationPolicy
+    from pki.store import Store
+
+    secret = b" pass phrase with blanks "
+    store = Store(tmp_path / "store")
+    store.add_profile(CaProfile("corp", revocation=RevocationPolicy(mode="disable")))
+    store.load_ca_certificate("corp", (pki_dir / "ca.pem").read_bytes())
+    store.import_key_pair("gw1", (pki_dir / "gw.key").read_bytes(), store_passphrase=secret)
+    store.load_local_certificate("gw1", (pki_dir / "gw.pem").read_bytes(), secret)
+    (tmp_path / "pass").write_bytes(secret + b"\r\nsecond line ignored\n")
+    (tmp_path / "stripped").write_bytes(secret.strip() + b"\n")
+    text = f"""
+[pki]
+store = "{tmp_path / 'store'}"
+passphrase_file = "{tmp_path / 'pass'}"
+[peers.branch]
+remote_addr = "192.0.2.2"
+certificate = "gw1"
+ca_profiles = ["corp"]
+[peers.branch.children.lan]
+local_ts = "10.1.0.0/16"
+remote_ts = "10.2.0.0/16"
+"""
+    (peer,) = parse_config(text, base=pki_dir).core.peers
+    assert peer.credential is not None
+    key_path = tmp_path / "store" / "local" / "gw1" / "key.pem"
+    with pytest.raises(ConfigError) as e:  # .strip() would have been the wrong rule
+        parse_config(text.replace("/pass", "/stripped"), base=pki_dir)
+    assert str(e.value).startswith(f"pki.store: certificate-id 'gw1': key {key_path}: ")
+    with pytest.raises(ConfigError, match=r"certificate-id 'gw1': key .*key.pem: .*set pki.passphrase_file"):
+        parse_config(text.replace(f'passphrase_file = "{tmp_path / "pass"}"\n', ""), base=pki_dir)
+    (tmp_path / "empty").write_bytes(b"\n")
+    with pytest.raises(ConfigError, match=r"pki.passphrase_file: .*empty first line"):
+        parse_config(text.replace("/pass", "/empty"), base=pki_dir)
+
+
 def test_gateway_section(pki_dir: Path) -> None:
     text = GOOD.replace("[daemon]\n", '[daemon]\naddresses = ["192.0.2.1"]\n') + """
 [gateway]
