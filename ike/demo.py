@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import shutil
 import struct
 import sys
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["DemoError", "DemoResult", "add_arguments", "run_demo", "run_from_args"]
+__all__ = ["DemoError", "DemoResult", "add_arguments", "check_args", "run_demo", "run_from_args"]
 
 CHALLENGE = "espresso-demo-challenge"
 #: Packets in flight per window; the receiver confirms a window before the next is sent, so loopback
@@ -288,7 +289,10 @@ async def _run(work: Path, args: argparse.Namespace, out: TextIO, result: DemoRe
 def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> DemoResult:
     """Run the whole demo; never raises for a failed step (the result says what failed)."""
     result = DemoResult(ok=False)
-    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="espresso-demo-"))
+    # absolute at once: the generated TOML names the stores, and a relative name would be resolved again
+    # against the TOML's own directory
+    work = Path(args.workdir).expanduser().absolute() if args.workdir else \
+        Path(tempfile.mkdtemp(prefix="espresso-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     _say(out, f"espresso demo: CA + SCEP + IKEv2 + ESP on loopback (work directory {work})")
     t0 = time.perf_counter()
@@ -309,18 +313,63 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> DemoResult:
     return result
 
 
+MIN_SIZE, MAX_SIZE = 64, 1400
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--packets", type=int, default=20000, help="packets each way (default 20000)")
-    p.add_argument("--size", type=int, default=1000, help="inner packet size in bytes (default 1000)")
-    p.add_argument("--ike-proposal", default="aes128gcm16-prfsha256-ecp256")
-    p.add_argument("--esp-proposal", default="aes128gcm16")
+    p.add_argument("--packets", type=int, default=20000, help="packets each way, at least 1 (default 20000)")
+    p.add_argument("--size", type=int, default=1000,
+                   help=f"inner packet size in bytes, {MIN_SIZE}..{MAX_SIZE} (default 1000; the upper bound keeps "
+                        "the ESP-in-UDP packet under a 1500-byte MTU)")
+    p.add_argument("--ike-proposal", default="aes128gcm16-prfsha256-ecp256",
+                   help="IKE proposal, strongSwan syntax (default aes128gcm16-prfsha256-ecp256)")
+    p.add_argument("--esp-proposal", default="aes128gcm16", help="ESP proposal, strongSwan syntax (default aes128gcm16)")
     p.add_argument("--no-rekey", dest="rekey", action="store_false", help="skip the CHILD_SA rekey under traffic")
-    p.add_argument("--workdir", help="keep everything in this directory (default: a temporary one, removed)")
+    p.add_argument("--workdir", help="keep everything in this new (or empty) directory, relative paths allowed "
+                                     "(default: a temporary one, removed)")
     p.add_argument("--keep", action="store_true", help="keep the temporary work directory")
 
 
+def check_args(args: argparse.Namespace) -> str | None:
+    """Everything that can be refused before the CA and enrollment steps run: the one-line reason, or None."""
+    from ike.constants import ProtocolId
+    from ike.errors import ConfigError
+    from ike.proposal import parse_proposal
+
+    if args.packets < 1:
+        return "--packets must be >= 1"
+    if not MIN_SIZE <= args.size <= MAX_SIZE:
+        return f"--size must be within {MIN_SIZE}..{MAX_SIZE}"
+    for opt, text, proto in (("--ike-proposal", args.ike_proposal, ProtocolId.IKE),
+                             ("--esp-proposal", args.esp_proposal, ProtocolId.ESP)):
+        try:
+            parse_proposal(text, proto)
+            if proto == ProtocolId.ESP:
+                from ike.core_config import ChildConfig
+                ChildConfig("demo", (), (), esp_proposals=(text,))
+        except ConfigError as exc:
+            return f"{opt}: {exc}"
+    if args.workdir:
+        work = Path(args.workdir).expanduser().absolute()
+        if work.exists():
+            if not work.is_dir():
+                return f"--workdir {work}: exists and is not a directory"
+            if any(work.iterdir()):
+                what = "a previous demo is there (remove it)" if (work / "ca").exists() else "it is not empty"
+                return f"--workdir {work}: {what}; give a new or empty directory"
+        else:
+            try:
+                work.mkdir(parents=True)
+            except OSError as exc:
+                return f"--workdir {work}: cannot create it: {exc.strerror or exc}"
+        if not os.access(work, os.W_OK | os.X_OK):
+            return f"--workdir {work}: not writable"
+    return None
+
+
 def run_from_args(args: argparse.Namespace) -> int:
-    if args.packets < 1 or not 64 <= args.size <= 1400:
-        print("error: --packets must be >= 1 and --size within 64..1400", file=sys.stderr)
+    problem = check_args(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     return 0 if run_demo(args).ok else 1

@@ -87,6 +87,10 @@ _PRF_TOKENS = {"prfsha1": PrfId.PRF_HMAC_SHA1, "prfsha256": PrfId.PRF_HMAC_SHA2_
 _DH_TOKENS = {"modp2048": DhId.MODP_2048, "modp3072": DhId.MODP_3072, "ecp256": DhId.ECP_256,
               "ecp384": DhId.ECP_384, "ecp521": DhId.ECP_521, "curve25519": DhId.CURVE25519,
               "x25519": DhId.CURVE25519}
+#: Algorithms strongSwan still parses but that are broken or too weak (RFC 8247 "MUST NOT"/"SHOULD NOT"):
+#: named as such rather than as unknown, so an operator copying an old config knows what to change.
+_WEAK = frozenset({"modp768", "modp1024", "modp1536", "modp1024s160", "modp2048s224", "modp2048s256", "des",
+                   "3des", "cast128", "blowfish128", "md5", "md5_128", "prfmd5", "null"})
 _INTEG_TO_PRF = {IntegId.AUTH_HMAC_SHA1_96: PrfId.PRF_HMAC_SHA1,
                  IntegId.AUTH_HMAC_SHA2_256_128: PrfId.PRF_HMAC_SHA2_256,
                  IntegId.AUTH_HMAC_SHA2_384_192: PrfId.PRF_HMAC_SHA2_384,
@@ -111,6 +115,8 @@ def parse_proposal(text: str, protocol: int = ProtocolId.IKE, number: int = 1, s
             dh.append(Transform(TransformType.DH, _DH_TOKENS[tok]))
         elif tok in ("esn", "noesn"):
             esn.append(Transform(TransformType.ESN, EsnId.ESN if tok == "esn" else EsnId.NO_ESN))
+        elif tok in _WEAK:
+            raise ConfigError(f"proposal {text!r}: {tok} is weak and not supported")
         else:
             raise ConfigError(f"proposal {text!r}: unknown algorithm {tok!r}")
     if not encr:

@@ -59,7 +59,42 @@ def test_demo_reports_a_failed_step(tmp_path: Path) -> None:
 
 def test_demo_argument_bounds(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_from_args(_args("--size", "9000")) == 2
-    assert "--size within 64..1400" in capsys.readouterr().err
+    assert "error: --size must be within 64..1400" in capsys.readouterr().err
+
+
+def test_demo_refuses_bad_arguments_before_any_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """QA: proposals are checked before the CA and SCEP steps; workdir problems are one-line errors."""
+    cases = [
+        (("--ike-proposal", "aes128-sha256-modp1024"),
+         "error: --ike-proposal: proposal 'aes128-sha256-modp1024': modp1024 is weak and not supported"),
+        (("--esp-proposal", "aes128gcm99"), "error: --esp-proposal: proposal 'aes128gcm99': unknown algorithm"),
+        (("--workdir", "/proc/version/sub"), "error: --workdir /proc/version/sub: "),
+    ]
+    for argv, msg in cases:
+        work = tmp_path / "w"
+        extra = () if "--workdir" in argv else ("--workdir", str(work))
+        assert run_from_args(_args(*argv, *extra)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(msg) and err.count("\n") == 1, err
+        assert not (work / "ca").exists()
+    (tmp_path / "used" / "ca").mkdir(parents=True)
+    assert run_from_args(_args("--workdir", str(tmp_path / "used"))) == 2
+    assert capsys.readouterr().err == (f"error: --workdir {tmp_path / 'used'}: a previous demo is there (remove it); "
+                                       "give a new or empty directory\n")
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert "64..1400" in p.format_help()
+
+
+@pytest.mark.slow
+def test_demo_relative_workdir(tmp_path: Path) -> None:
+    """A relative --workdir is made absolute once (it was resolved twice: against the cwd and the TOML's dir)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "ike", "demo", "--packets", "64", "--no-rekey", "--workdir", "rel/demo"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"work directory {tmp_path / 'rel' / 'demo'})" in proc.stdout
+    assert (tmp_path / "rel" / "demo" / "gw-a" / "ike.toml").is_file()
 
 
 @pytest.mark.slow
