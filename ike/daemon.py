@@ -141,6 +141,10 @@ class InstalledChild:
     selectors: list[Selector] = field(default_factory=list)  # local side first; inbound checks them reversed
     outbound_active: bool = False  # the outbound SA carries traffic (after ChildSaRekeyed for a rekey)
     state: str = "INSTALLED"  # INSTALLED, REKEYED (replaced, inbound still open)
+    #: swanctl's numbers: a unique id per CHILD_SA (a rekey gets a new one) and the reqid of its policy
+    #: (kept across rekeys, as the kernel's reqid ties the SAs of one policy together)
+    unique_id: int = 0
+    reqid: int = 0
 
     @property
     def spi_in(self) -> int:
@@ -229,6 +233,7 @@ class Daemon:
         self.counters: dict[str, int] = {"esp_in_ok": 0, "esp_in_dropped": 0, "esp_out_ok": 0,
                                          "esp_out_dropped": 0, "inner_undelivered": 0}
         self._policy_seq = 0
+        self._child_seq = 0  # CHILD_SA unique ids (list-sas "#N")
         #: peers kept up (start_action = "start"): re-initiated after a loss, with backoff
         self._keep_up: set[str] = set()
         self._restart: dict[str, asyncio.TimerHandle] = {}
@@ -502,7 +507,8 @@ class Daemon:
         if old is not None:
             policy = old.policy
             self.dataplane.install_sa(sa_in, policy, old.selectors)
-            child = InstalledChild(ev, policy, sa_in, sa_out, now, old.selectors, outbound_active=False)
+            child = InstalledChild(ev, policy, sa_in, sa_out, now, old.selectors, outbound_active=False,
+                                   reqid=old.reqid)
         else:
             self._policy_seq += 1
             policy = f"{ev.peer}/{ev.child}/{self._policy_seq}"
@@ -514,7 +520,10 @@ class Daemon:
             self.dataplane.add_policy(Policy(policy, sels))
             self.dataplane.install_sa(sa_in, policy, sels)
             self.dataplane.install_sa(sa_out, policy)
-            child = InstalledChild(ev, policy, sa_in, sa_out, now, sels, outbound_active=True)
+            child = InstalledChild(ev, policy, sa_in, sa_out, now, sels, outbound_active=True,
+                                   reqid=self._policy_seq)
+        self._child_seq += 1
+        child.unique_id = self._child_seq
         self.children[ev.spi_in] = child
         self._by_out[ev.spi_out] = ev.spi_in
         ts = " === ".join(", ".join(str(t) for t in side) for side in (ev.local_ts, ev.remote_ts))
@@ -723,7 +732,8 @@ class Daemon:
                     "initiator": e.initiator, "local_host": e.local_addr[0], "local_port": e.local_addr[1],
                     "remote_host": e.remote_addr[0], "remote_port": e.remote_addr[1],
                     "local_id": str(e.local_id), "remote_id": str(e.remote_id), "auth": e.auth_method,
-                    "nat_local": e.nat_local, "nat_remote": e.nat_remote,
+                    "nat_local": e.nat_local and not e.nat_fake, "nat_remote": e.nat_remote,
+                    "encap_forced": e.nat_fake,
                     "established": round(now - (rec.established_at or now)),
                     "rekey_in": (round(peer.rekey_time - (now - (rec.established_at or now)))
                                  if peer is not None and peer.rekey_time else None),
@@ -731,6 +741,10 @@ class Daemon:
             info = infos.get(rec.ike_id)
             if info is not None:
                 item["state"] = str(getattr(info.state, "name", info.state)).upper()
+                if not (rec.spi_i or rec.spi_r):  # not established yet: the core knows our SPI already
+                    item.update(spi_i=f"{info.spi_i:016x}", spi_r=f"{info.spi_r:016x}", initiator=info.initiator)
+                    if not rec.proposal and info.proposal:
+                        item["proposal"] = info.proposal
                 if info.rekey_at is not None:
                     item["rekey_in"] = max(0, round(info.rekey_at - now))
             if rec.last_error:
@@ -745,7 +759,8 @@ class Daemon:
         ci, co = c.sa_in.counters, c.sa_out.counters
         age = now - c.installed_at
         view = {
-            "name": ev.child, "state": c.state, "mode": ev.mode.upper(), "protocol": "ESP", "encap": ev.encap,
+            "name": ev.child, "unique_id": c.unique_id, "reqid": c.reqid,
+            "state": c.state, "mode": ev.mode.upper(), "protocol": "ESP", "encap": ev.encap,
             "suite": ev.suite, "esn": ev.esn, "spi_in": f"{ev.spi_in:08x}", "spi_out": f"{ev.spi_out:08x}",
             "bytes_in": ci.bytes, "packets_in": ci.packets, "bytes_out": co.bytes, "packets_out": co.packets,
             "dropped_in": ci.auth_failed + ci.replayed + ci.malformed + ci.pad_errors,
@@ -892,7 +907,8 @@ class Daemon:
             return {"rekeying": f"{spi:08x}"}
         ike_id = self._ike_id(req)
         self.rekey_ike(ike_id)
-        return {"rekeying": ike_id}
+        rec = self.ike_sas[ike_id]
+        return {"rekeying": ike_id, "ike": rec.peer, "spi_i": f"{rec.spi_i:016x}", "spi_r": f"{rec.spi_r:016x}"}
 
     async def _cmd_terminate(self, req: dict[str, Any]) -> dict[str, Any]:
         if req.get("child") is not None:

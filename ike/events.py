@@ -35,6 +35,7 @@ class IkeSaEstablished(IkeEvent):
     auth_method: str  # "psk", "rsa", "ecdsa", "signature(rsa-pkcs1-sha256)", ...
     nat_local: bool  # we are behind a NAT (or pretend to be)
     nat_remote: bool
+    nat_fake: bool = False  # nat_local only because PeerConfig.encap forces UDP encapsulation (no NAT seen)
 
 
 @dataclass(frozen=True)

@@ -208,4 +208,4 @@ def established(sa) -> None:  # type: ignore[no-untyped-def]
     assert sa.proposal is not None and sa.local_id is not None and sa.remote_id is not None
     sa.emit(IkeSaEstablished(sa.ike_id, sa.peer.name, sa.spi_i, sa.spi_r, sa.initiator, sa.local_addr,
                              sa.remote_addr, sa.local_id, sa.remote_id, proposal_name(sa.proposal),
-                             sa.auth_method, sa.nat_local, sa.nat_remote))
+                             sa.auth_method, sa.nat_local, sa.nat_remote, bool(sa.scratch.get("nat_fake"))))

@@ -47,6 +47,7 @@ class Natd(Task):
             sa.nat_remote = all(n.data != seen for n in srcs)
             sa.nat_local = dst.data != natd_hash(msg.spi_i, msg.spi_r, sa.local_addr)
         if sa.peer.encap:
+            sa.scratch["nat_fake"] = not sa.nat_local  # forced encapsulation, not a NAT we saw
             sa.nat_local = True
         if self.initiator and (sa.nat_local or sa.nat_remote) and srcs:
             sa.natt = True  # IKE_AUTH goes to the NAT-T port (RFC 7296 2.23)

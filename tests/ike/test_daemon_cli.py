@@ -6,6 +6,7 @@ use them; every process is bounded by a timeout and killed if it outlives the te
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -132,6 +133,13 @@ def test_second_daemon_on_the_same_ports_fails_port_in_use(tmp_path: Path) -> No
         r = _ike("daemon", "--config", str(nat_only))
         assert r.returncode == 1 and f"UDP 127.0.0.1[{nat}]: port in use" in r.stderr, r.stderr
         assert first.poll() is None
+        # QA (list-sas): a CONNECTING IKE_SA shows our SPI, with the `*` on our side
+        sock = str(tmp_path / "one.sock")
+        r = _ike("initiate", "--ike", "b", "--timeout", "1", "--socket", sock)  # nobody answers
+        assert r.returncode == 1
+        head = _ike("list-sas", "--socket", sock).stdout.splitlines()[0]
+        assert re.fullmatch(r"b: #1, CONNECTING, IKEv2, [0-9a-f]{16}_i\* 0{16}_r", head), head
+        assert not head.startswith("b: #1, CONNECTING, IKEv2, 0000000000000000_i"), head
     finally:
         first.send_signal(signal.SIGTERM)
         try:
@@ -180,21 +188,27 @@ def test_two_daemon_processes(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
         lines = r.stdout.splitlines()
         assert lines[0].startswith("a: #1, ESTABLISHED, IKEv2, ") and lines[0].endswith("_r*")
-        assert "  local  'b.test' @ 127.0.0.1" in r.stdout and "aes128gcm16-prfsha256-ecp256" in r.stdout
-        assert "  net: #1, INSTALLED, TUNNEL-in-UDP, ESP:aes128gcm16" in r.stdout
+        assert "  local  'b.test' @ 127.0.0.1" in r.stdout and "  AES_GCM_16-128/PRF_HMAC_SHA2_256/ECP_256" in r.stdout
+        assert "  net: #1, reqid 1, INSTALLED, TUNNEL-in-UDP, ESP:AES_GCM_16-128" in r.stdout
+        assert "[NAT]" not in r.stdout.split("net:")[0].split("remote")[0]  # encap forced, no NAT on loopback
         assert "    local  10.2.0.0/24" in r.stdout and "    remote 10.1.0.0/24" in r.stdout
         raw = json.loads(_ike("list-sas", "--raw", "--socket", str(socks["a"])).stdout)
         (sa,) = raw["ike_sas"]
         old_spi = sa["child_sas"][0]["spi_in"]
 
         r = _ike("rekey", "--child", "net", "--socket", str(socks["a"]))
-        assert r.returncode == 0 and old_spi in r.stdout, r.stderr
+        assert r.returncode == 0 and r.stdout.strip() == f"rekey: rekeying CHILD_SA {old_spi}", r.stdout + r.stderr
         for _ in range(100):
             sa = json.loads(_ike("list-sas", "--raw", "--socket", str(socks["a"])).stdout)["ike_sas"][0]
             if [c["spi_in"] for c in sa["child_sas"]] not in ([old_spi], []) and len(sa["child_sas"]) == 1:
                 break
             time.sleep(0.05)
         assert [c["spi_in"] for c in sa["child_sas"]] != [old_spi]
+        listing = _ike("list-sas", "--socket", str(socks["a"])).stdout
+        assert "  net: #2, reqid 1, INSTALLED" in listing, listing  # a new CHILD_SA number, the same reqid
+        r = _ike("rekey", "--ike", "b", "--socket", str(socks["a"]))
+        assert r.returncode == 0 and re.fullmatch(r"rekey: rekeying IKE_SA b\[1\] [0-9a-f]{16}_i [0-9a-f]{16}_r\n",
+                                                  r.stdout), r.stdout + r.stderr
 
         r = _ike("rekey", "--child", "net", "--ike", "b", "--socket", str(socks["a"]))
         assert r.returncode == 2 and "exactly one of" in r.stderr
@@ -227,7 +241,7 @@ def test_format_sas_layout() -> None:
         "local_host": "192.0.2.1", "local_port": 4500, "remote_host": "192.0.2.2", "remote_port": 4500,
         "local_id": "gw1.test", "remote_id": "gw2.test", "auth": "ecdsa", "nat_local": False, "nat_remote": True,
         "established": 12, "rekey_in": 13000,
-        "child_sas": [{"name": "lan", "state": "INSTALLED", "mode": "TUNNEL", "encap": True, "suite": "aes256-sha256",
+        "child_sas": [{"name": "lan", "unique_id": 7, "reqid": 2, "state": "INSTALLED", "mode": "TUNNEL", "encap": True, "suite": "aes256-sha256",
                        "esn": True, "spi_in": "c0ffee01", "spi_out": "c0ffee02", "bytes_in": 252, "packets_in": 3,
                        "bytes_out": 504, "packets_out": 6, "dropped_in": 1, "installed": 10, "rekey_in": 3000,
                        "life_in": 3900, "rekey_bytes": 0, "rekey_packets": 0, "local_ts": ["10.1.0.0/16"],
@@ -237,9 +251,9 @@ def test_format_sas_layout() -> None:
         "branch: #3, ESTABLISHED, IKEv2, 0011223344556677_i* 8899aabbccddeeff_r",
         "  local  'gw1.test' @ 192.0.2.1[4500]",
         "  remote 'gw2.test' @ 192.0.2.2[4500] [NAT]",
-        "  aes256-sha256-modp2048, ecdsa authentication",
+        "  AES_CBC-256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048",
         "  established 12s ago, rekeying in 13000s",
-        "  lan: #3, INSTALLED, TUNNEL-in-UDP, ESP:aes256-sha256/ESN",
+        "  lan: #7, reqid 2, INSTALLED, TUNNEL-in-UDP, ESP:AES_CBC-256/HMAC_SHA2_256_128/ESN",
         "    installed 10s ago, rekeying in 3000s, expires in 3900s",
         "    in  c0ffee01,        252 bytes,        3 packets, 1 dropped",
         "    out c0ffee02,        504 bytes,        6 packets",

@@ -39,7 +39,7 @@ def test_demo_in_process(tmp_path: Path) -> None:
     assert positions == sorted(positions)
     assert "gw-a enrolled over SCEP: CN=gw-a.demo" in text and "gw-b enrolled over SCEP: CN=gw-b.demo" in text
     assert "--- gw-a: list-sas ---\ngw-b: #1, ESTABLISHED, IKEv2" in text
-    assert "lan: #1, INSTALLED, TUNNEL-in-UDP, ESP:aes128gcm16" in text
+    assert "lan: #2, reqid 1, INSTALLED, TUNNEL-in-UDP, ESP:AES_GCM_16-128" in text  # #2: rekeyed once
     assert "revocation checked with the CA's CRL (2 download(s)" in text  # both daemons fetched it
     (sa,) = result.sas["gw-b"]
     (child,) = sa["child_sas"]

@@ -424,7 +424,7 @@ def test_daemon_command_with_tun_gateway(lab: ss.Lab, tmp_path: Path) -> None:
         pinged = ss.ping(site_e, S_INNER, count=3)
         assert " 0% packet loss" in pinged.stdout, pinged.stdout + ch.tail()
         listing = cli("list-sas").stdout
-        assert "net: #1, INSTALLED, TUNNEL-in-UDP, ESP:aes128gcm16" in listing, listing
+        assert "net: #1, reqid 1, INSTALLED, TUNNEL-in-UDP, ESP:AES_GCM_16-128" in listing, listing
         child = _charon_child(ch)
         assert child is not None and int(child["packets-in"]) >= 3 and int(child["packets-out"]) >= 3
         proc.send_signal(__import__("signal").SIGTERM)  # charon-like: DELETE sent, then exit
