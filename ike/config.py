@@ -56,6 +56,7 @@ Example (the keys are swanctl's where they exist)::
 """
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -231,7 +232,7 @@ class _Section:
         self.used.add(name)
         if name not in self.data:
             if required:
-                raise self.error(name, "is required")
+                raise self._missing(name)
             return default
         try:
             return conv(self.data[name])
@@ -245,7 +246,7 @@ class _Section:
         self.used.add(name)
         if name not in self.data:
             if required:
-                raise self.error(name, "is required")
+                raise self._missing(name)
             return tuple(default)
         v = self.data[name]
         if isinstance(v, str):
@@ -274,7 +275,20 @@ class _Section:
     def finish(self) -> None:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
-            raise self.error(unknown[0], "unknown key" + (f" (also: {', '.join(unknown[1:])})" if unknown[1:] else ""))
+            raise self._unknown(unknown)
+
+    def _missing(self, name: str) -> ConfigError:
+        # a typo of this very key ("local_tss") is the likelier story than a missing key: say that
+        typo = difflib.get_close_matches(name, [k for k in self.data if k not in self.used], 1, 0.75)
+        return self._unknown(typo) if typo else self.error(name, "is required")
+
+    def _unknown(self, keys: Sequence[str]) -> ConfigError:
+        """``peers.b.children.net: unknown key 'local_tss' (did you mean 'local_ts'?)``"""
+        first = keys[0]
+        hint = difflib.get_close_matches(first, sorted(self.used), 1, 0.75)
+        also = f" (also: {', '.join(repr(k) for k in keys[1:])})" if keys[1:] else ""
+        return ConfigError(f"{self.path or 'top level'}: unknown key {first!r}"
+                           + (f" (did you mean {hint[0]!r}?)" if hint else "") + also)
 
 
 def _str(v: Any) -> str:
@@ -951,4 +965,5 @@ def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None)
     try:
         return parse_config(text, base=p.parent, source=p, overrides=overrides)
     except ConfigError as exc:
-        raise ConfigError(f"{p}: {exc}") from None
+        msg = str(exc)  # parse_config names the source itself for TOML syntax errors: name it once
+        raise ConfigError(msg if msg.startswith(f"{p}: ") else f"{p}: {msg}") from None

@@ -109,7 +109,7 @@ def _edit(old: str, new: str) -> str:
 
 BAD = [
     ("typo in a key", _edit('remote_id = "branch.test"', 'remote_idd = "branch.test"'),
-     "peers.branch.remote_idd: unknown key"),
+     "peers.branch: unknown key 'remote_idd' (did you mean 'remote_id'?)"),
     ("unknown IKE algorithm", _edit('"aes256-sha256-modp2048"]', '"aes256-sha256-modp2049"]'),
      "peers.branch.ike_proposals[1]: proposal 'aes256-sha256-modp2048'"[:35]),
     ("IKE proposal without DH", _edit('"aes256-sha256-modp2048"]', '"aes256-sha256"]'),
@@ -147,7 +147,9 @@ BAD = [
     ("short psk", _edit('certificate = "gw"', 'certificate = "gw"\nauth = "psk"\npsk = "abc"'),
      "peers.branch.psk: a pre-shared key must have at least 8 characters"),
     ("wrong type", _edit('rekey_time = "4h"', 'rekey_time = true'), "peers.branch.rekey_time: expected a duration"),
-    ("unknown section", GOOD + "\n[peer.x]\nfoo = 1\n", "peer: unknown key"),
+    ("typo of a required key", _edit('local_ts = ["10.1.0.0/16"]', 'local_tss = ["10.1.0.0/16"]'),
+     "peers.branch.children.lan: unknown key 'local_tss' (did you mean 'local_ts'?)"),
+    ("unknown section", GOOD + "\n[peer.x]\nfoo = 1\n", "top level: unknown key 'peer' (did you mean 'peers'?)"),
     ("revocation mode", _edit('revocation = "disable"', 'revocation = "sometimes"'),
      "ca-profiles.corp.revocation: expected one of"),
     ("not TOML", GOOD + "\n[[[", "not valid TOML"),
@@ -176,6 +178,10 @@ def test_load_config_names_the_file(pki_dir: Path) -> None:
     assert load_config(f).source == f
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(pki_dir / "missing.toml")
+    f.write_text("[daemon]\nport = = 5\n")  # QA: a syntax error named the file twice
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    assert str(err.value) == f"{f}: not valid TOML: Invalid value (at line 2, column 8)"
 
 
 def test_key_log_and_overrides(pki_dir: Path) -> None:
@@ -319,7 +325,7 @@ mtu = 1380
         (('tun_name = "esp0"', 'tun_name = "a-very-long-interface-name"'), "gateway.tun_name: "),
         (('mtu = 1380', 'mtu = 1380\nroutes = ["10.9.0.1/8"]'), "gateway.routes[0]: "),
         (('mtu = 1380', 'mtu = 100'), "gateway.mtu: expected an integer 576-9000"),
-        (('mtu = 1380', 'mtu = 1380\ntun = "x"'), "gateway.tun: unknown key"),
+        (('mtu = 1380', 'mtu = 1380\ntun = "x"'), "gateway: unknown key 'tun'"),
     ]:
         bad = text.replace(*edit)
         with pytest.raises(ConfigError) as err:
