@@ -195,7 +195,8 @@ class IkeConnection:
             sa.children.pop(child.spi_in, None)
             self._emit(ChildSaDeleted(self.ike_id, sa.peer.name, child.name, child.spi_in, child.spi_out,
                                                "ike_sa terminated"))
-        log.info("IKE_SA %s[%d] terminated: %s", sa.peer.name, self.ike_id, reason)
+        # debug only: the daemon logs the IkeSaTerminated event (one line per event, charon-like)
+        log.debug("IKE_SA %s[%d] terminated: %s", sa.peer.name, self.ike_id, reason)
         self._emit(IkeSaTerminated(self.ike_id, sa.peer.name, sa.spi_i, sa.spi_r, reason, notify))
         if sa is self.sa:
             self.closed = True

@@ -177,7 +177,7 @@ class ChildCreate(ChildTask):
         return TaskStatus.SUCCESS
 
     def _fail(self, reason: str, notify: int | None) -> None:
-        log.warning("CHILD_SA %s failed: %s", self.config.name if self.config else "?", reason)
+        log.debug("CHILD_SA %s failed: %s", self.config.name if self.config else "?", reason)
         self.sa.emit(ChildSaFailed(self.sa.ike_id, self.sa.peer.name, self.config.name if self.config else "",
                                    reason, notify))
 

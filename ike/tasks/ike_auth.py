@@ -121,7 +121,7 @@ class IkeAuth(Task):
         try:
             self._verify(their_id, identity, auth)
         except AuthenticationFailedError as exc:
-            log.warning("authentication of %s (%s) failed: %s", identity, sa.remote_addr[0], exc.reason)
+            log.debug("authentication of %s (%s) failed: %s", identity, sa.remote_addr[0], exc.reason)
             sa.emit(AuthenticationFailed(sa.ike_id, sa.peer.name, sa.remote_addr, exc.reason, True))
             raise
         sa.remote_id = identity
@@ -203,7 +203,7 @@ def established(sa) -> None:  # type: ignore[no-untyped-def]
     if sa.peer.rekey_time:
         jitter = (int.from_bytes(sa.random(2), "big") / 65535.0) * 0.1 * sa.peer.rekey_time
         sa.rekey_at = sa.now + sa.peer.rekey_time - jitter
-    log.info("IKE_SA %s[%d] established between %s[%s]...%s[%s]", sa.peer.name, sa.ike_id, sa.local_addr[0],
+    log.debug("IKE_SA %s[%d] established between %s[%s]...%s[%s]", sa.peer.name, sa.ike_id, sa.local_addr[0],
              sa.local_id, sa.remote_addr[0], sa.remote_id)
     assert sa.proposal is not None and sa.local_id is not None and sa.remote_id is not None
     sa.emit(IkeSaEstablished(sa.ike_id, sa.peer.name, sa.spi_i, sa.spi_r, sa.initiator, sa.local_addr,

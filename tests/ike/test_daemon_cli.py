@@ -227,6 +227,11 @@ def test_two_daemon_processes(tmp_path: Path) -> None:
             assert p.returncode == 0, out
             assert not socks[n].exists()
         assert "IKE_SA a[1] established" in out  # b's log, charon-like
+        # QA: each event once (the core no longer logs what the daemon logs from its events)
+        for line in out.splitlines():
+            if "] IKE_SA " in line or "] CHILD_SA " in line:
+                msg = line.split("] ", 1)[1]
+                assert sum(1 for x in out.splitlines() if x.endswith("] " + msg)) == 1, out
     finally:
         for p in procs.values():
             if p.poll() is None:
