@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable, Literal, Sequence
 
 from .errors import ConfigError
@@ -203,10 +203,6 @@ class PeerConfig:
             raise ConfigError(f"peer {self.name}: fragment_size must be 576..65535")
 
 
-def _utc_now(_now: float) -> datetime:
-    return datetime.now(timezone.utc)
-
-
 @dataclass(frozen=True)
 class CoreConfig:
     """Everything the sans-I/O core takes. Bounds a peer can push against are named here."""
@@ -226,8 +222,9 @@ class CoreConfig:
     retransmit_tries: int = 5
     #: emit IkeKeysDerived events (for a Wireshark key log); off by default
     key_log: bool = False
-    #: maps the monotonic ``now`` to an aware UTC datetime for certificate checks (the daemon injects the clock)
-    wall_clock: Callable[[float], datetime] = _utc_now
+    #: maps the monotonic ``now`` to an aware UTC datetime for certificate checks. The core reads no clock
+    #: (STYLE.md): the daemon passes one; None refuses certificate authentication with a clear reason.
+    wall_clock: Callable[[float], datetime] | None = None
     random: RandomSource = os.urandom
     #: DH factory override for tests: (group, random) -> ike.dh.DhKeyExchange
     dh_factory: Callable[[int], Any] | None = None

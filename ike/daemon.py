@@ -25,6 +25,8 @@ import os
 import socket
 import struct
 from collections.abc import Callable, Iterable
+import dataclasses
+import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,8 @@ from .events import (
 )
 from .keylog import KeyLog
 
-__all__ = ["MAX_CONTROL_LINE", "ControlError", "Daemon", "InstalledChild", "make_gateway", "sa_params", "selectors_for"]
+__all__ = ["MAX_CONTROL_LINE", "ControlError", "Daemon", "InstalledChild", "make_gateway", "sa_params", "selectors_for",
+           "utc_wall_clock"]
 
 log = logging.getLogger("ike.daemon")
 
@@ -155,6 +158,11 @@ class InstalledChild:
         return self.event.spi_out
 
 
+def utc_wall_clock(_now: float) -> datetime.datetime:
+    """What the daemon gives the core as CoreConfig.wall_clock: the real UTC time (certificate validity)."""
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
 @dataclass
 class IkeSaRecord:
     ike_id: int
@@ -211,7 +219,10 @@ class Daemon:
                  backend: str | None = None, gateway: Any = None) -> None:
         if dispatcher is None:
             from .dispatcher import Dispatcher
-            dispatcher = Dispatcher(config.core)
+            core_cfg = config.core
+            if core_cfg.wall_clock is None:  # the daemon owns the clocks; the core reads none
+                core_cfg = dataclasses.replace(core_cfg, wall_clock=utc_wall_clock)
+            dispatcher = Dispatcher(core_cfg)
         self.config = config
         self.core = dispatcher
         #: an esp.gateway.Gateway (TUN + ESP threads) whose data plane we key; it owns the NAT-T port

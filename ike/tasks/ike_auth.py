@@ -181,6 +181,9 @@ class IkeAuth(Task):
         if not identity_matches_cert(identity, leaf):
             raise AuthenticationFailedError(f"identity {identity} is not in the certificate {leaf.subject.rfc4514_string()}")
         assert peer.validator is not None
+        if sa.config.wall_clock is None:
+            raise AuthenticationFailedError("certificate not checked: no wall clock given to the core "
+                                            "(CoreConfig.wall_clock)")
         try:
             peer.validator(leaf, intermediates, sa.config.wall_clock(sa.now), identity)
         except Exception as exc:  # noqa: BLE001 - the validator's rejection, whatever its class

@@ -9,6 +9,7 @@ import select
 import socket
 import sys
 import time
+from datetime import datetime, timezone
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -35,7 +36,8 @@ def main(path: str) -> None:
                       remote_addr=cfg["remote_addr"], local_addr=cfg["local_addr"], credential=Credential(key, cert),
                       ca_certs=(ca,), validator=validator, children=(child,), ike_proposals=tuple(cfg["ike"]),
                       fragment_size=cfg.get("fragment_size", 1280), rsa_pss=cfg.get("rsa_pss", False))
-    d = Dispatcher(CoreConfig(peers=(peer,), key_log=True, retransmit_timeout=1.0, retransmit_tries=3))
+    d = Dispatcher(CoreConfig(peers=(peer,), key_log=True, retransmit_timeout=1.0, retransmit_tries=3,
+                              wall_clock=lambda now: datetime.now(timezone.utc)))
     socks = {}
     for port in (500, 4500):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -735,3 +735,22 @@ def test_initiate_reuses_an_existing_ike_sa_with_the_peer():
     roundtrip(a, b, 1.0)
     assert len(a.list_sas()) == 1 and len(b.list_sas()) == 1
     assert len(of(drain(a), IkeSaEstablished)) == 1
+
+
+def test_core_reads_no_clock_certificates_need_an_injected_wall_clock():
+    """STYLE: the core reads no clock. CoreConfig.wall_clock defaults to None: certificate authentication is
+    then refused with a reason instead of silently reading the system time; the daemon injects one."""
+    from ike.core_config import CoreConfig
+    from ike.daemon import utc_wall_clock
+    from ike.dispatcher import Dispatcher
+
+    assert CoreConfig(peers=()).wall_clock is None
+    assert utc_wall_clock(0.0).tzinfo is not None
+    i, r, ca = cert_peers()
+    a, b = pair(i, r)
+    b = Dispatcher(replace(b.config, wall_clock=None))
+    a.initiate("to-r", 0.0)
+    roundtrip(a, b, 0.0)
+    failed = of(drain(b), AuthenticationFailed)
+    assert failed and "no wall clock" in failed[0].reason, failed
+    assert not of(drain(a), ChildSaEstablished)
