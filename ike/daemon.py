@@ -60,6 +60,9 @@ __all__ = ["MAX_CONTROL_LINE", "ControlError", "Daemon", "InstalledChild", "make
 
 log = logging.getLogger("ike.daemon")
 
+#: Seconds an inbound SA replaced by a rekey still accepts packets sent before the peer switched to the new one.
+REKEY_INBOUND_GRACE = 2.0
+
 #: Longest control request accepted (bytes); a longer line closes the connection.
 MAX_CONTROL_LINE = 64 * 1024
 #: Concurrent control connections.
@@ -579,15 +582,24 @@ class Daemon:
                        if c.event.replaces == ev.spi_in and not c.outbound_active and c.state == "INSTALLED"]
             if pending:
                 self._activate_outbound(pending[-1], child)
-        self._uninstall(child)
+        self._uninstall(child, inbound_grace=REKEY_INBOUND_GRACE if ev.reason == "rekeyed" else 0.0)
         log.info("CHILD_SA %s{%d} with SPIs %08x_i %08x_o deleted (%s)", ev.child, ev.ike_id, ev.spi_in,
                  ev.spi_out, ev.reason)
 
-    def _uninstall(self, child: InstalledChild) -> None:
+    def _remove_inbound(self, spi: int) -> None:
+        with contextlib.suppress(KeyError):
+            self.dataplane.remove_sa(spi, "in")
+
+    def _uninstall(self, child: InstalledChild, inbound_grace: float = 0.0) -> None:
+        """Remove a CHILD_SA from the data plane. After a rekey the old inbound SA keeps accepting for
+        ``inbound_grace`` seconds: packets the peer sent on it before switching are still in flight, and
+        dropping them as unknown SPIs would break make-before-break."""
         snap = self.dataplane.sad.snapshot
         if child.spi_in in snap.inbound_by_spi:
-            with contextlib.suppress(KeyError):
-                self.dataplane.remove_sa(child.spi_in, "in")
+            if inbound_grace > 0 and self._loop is not None:
+                self._loop.call_later(inbound_grace, self._remove_inbound, child.spi_in)
+            else:
+                self._remove_inbound(child.spi_in)
         out = snap.outbound_by_spi.get(child.spi_out)
         if out is not None and out.sa is child.sa_out:
             with contextlib.suppress(KeyError):

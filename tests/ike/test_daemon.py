@@ -235,7 +235,9 @@ def test_traffic_and_make_before_break_rekey(tmp_path: Path, suite: str) -> None
         p.emit(ChildSaDeleted(ike_id=1, peer="p", child="net", spi_in=0xA0000001, spi_out=0xB0000001, reason="rekeyed"),
                ChildSaDeleted(ike_id=1, peer="p", child="net", spi_in=0xB0000001, spi_out=0xA0000001, reason="rekeyed"))
         assert set(p.a.children) == {0xA0000002} and set(p.b.children) == {0xB0000002}
-        assert 0xB0000001 not in p.b.dataplane.sad.snapshot.inbound_by_spi
+        # ... and for a grace period after it (packets sent before A switched may still be on the wire), then not
+        assert 0xB0000001 in p.b.dataplane.sad.snapshot.inbound_by_spi
+        await _until(lambda: 0xB0000001 not in p.b.dataplane.sad.snapshot.inbound_by_spi, "the old inbound SA gone")
         back = _inner(7, back=True)
         assert p.b.send([back]) == 1
         await _until(lambda: len(p.got_a) == 1, "B to A on the new SA")

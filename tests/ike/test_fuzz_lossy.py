@@ -2,6 +2,7 @@
 and once the network is quiet both ends agree on their SAs (or the IKE_SA is gone on both)."""
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,17 +25,24 @@ def _deliver(src, dst, now, src_addr, dst_addr, mode):  # type: ignore[no-untype
             dst.receive_datagram(d.data, (src_addr[0], d.local_port), (dst_addr[0], d.addr[1]), now)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI explores the same examples every run; a new counterexample is found locally, not by chance in CI.
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(OPS, st.integers(0, 255), st.booleans())
 def test_random_operations_on_lossy_network(ops, seed, lossy_start):
     """``lossy_start``: the network misbehaves from the first IKE_SA_INIT on, not only once established."""
     scenario(ops, seed, lossy_start, psk_peers())
 
 
+@pytest.mark.xfail(strict=True, reason="known bug, found by this fuzzer: a CHILD_SA rekey queued behind an IKE_SA "
+                   "rekey whose request is lost, while the peer deletes that CHILD_SA, leaves a CHILD_SA on one side only")
+def test_known_bug_child_rekey_queued_behind_lost_ike_rekey_while_peer_deletes():
+    scenario(["rekey_ike_b", "rekey_child_b", "drop", "delete_child_a"], 0, False, psk_peers())
+
+
 _CERT_PEERS: list = []
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(OPS, st.integers(0, 255))
 def test_lossy_network_with_certificates_and_fragments(ops, seed):
     """RSA certificates and IKE fragmentation (576-byte messages): lost, duplicated and reordered fragments."""
