@@ -88,6 +88,20 @@ def _dt(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
 
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One IMMEDIATE write transaction on ``conn``: committed if the body returns, rolled back if it raises.
+    Every table of the CA database (issued certificates, SCEP transactions) changes only through this."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
 def secure_db_files(path: str | Path) -> None:
     """Create ``path`` 0600 if missing, and tighten it and its -wal/-shm to 0600 if they exist.
 
@@ -132,17 +146,9 @@ class CaDatabase:
     def close(self) -> None:
         self._conn.close()
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """One write transaction; rolled back if the body raises."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        else:
-            self._conn.execute("COMMIT")
+        return write_transaction(self._conn)
 
     # -- meta -------------------------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:

@@ -17,7 +17,7 @@ import hmac
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import ClassVar
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from pki.db import secure_db_files  # PKI-core
+from pki.db import secure_db_files, write_transaction  # PKI-core
 from pki.errors import CsrSignatureError, PkiError
 
 from . import messages as m
@@ -136,16 +136,8 @@ class TransactionStore:
         if changed:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        else:
-            self._conn.execute("COMMIT")
+    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return write_transaction(self._conn)
 
     def get(self, transaction_id: str) -> Transaction | None:
         row = self._conn.execute(
