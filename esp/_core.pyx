@@ -1136,8 +1136,9 @@ cdef class SaContext:
         return r
 
     # ---------------------------------------------------------------- single packets
-    def encrypt(self, const uint8_t[::1] pkt):
-        """One IP packet through the SA's framing; returns (verdict, bytes)."""
+    def process_one(self, const uint8_t[::1] pkt):
+        """One IP packet through the SA's framing, encrypting or decrypting by the SA's direction; returns
+        (verdict, bytes)."""
         cdef int n = pkt.shape[0]
         cdef int cap = n + MAX_HDR + 8 + 16 + 255 + 64 + self.tfc_pad
         cdef bytearray out = bytearray(cap)

@@ -241,7 +241,7 @@ class Sa:
     def encrypt(self, packet: bytes) -> bytes:
         """One IP packet in, one ESP-protected IP packet out; raises a PacketError subclass on refusal."""
         self._need(Direction.OUT)
-        verdict, out = self._ctx.encrypt(packet)
+        verdict, out = self._ctx.process_one(packet)
         if verdict != Verdict.OK:
             raise error_for_verdict(verdict, self.spi)
         return out
@@ -249,7 +249,7 @@ class Sa:
     def decrypt(self, packet: bytes) -> bytes:
         """One ESP-carrying IP packet in, the inner (tunnel) or restored (transport) packet out."""
         self._need(Direction.IN)
-        verdict, out = self._ctx.encrypt(packet)
+        verdict, out = self._ctx.process_one(packet)
         if verdict != Verdict.OK:
             raise error_for_verdict(verdict, self.spi)
         return out
