@@ -1,0 +1,52 @@
+"""Type stub of the compiled ESP core (esp/_core.pyx). Use it through esp.Sa and esp.PacketBatch."""
+from typing import Optional
+
+import numpy as np
+
+VERDICTS: tuple[str, ...]
+CIPHERS: dict[str, int]
+INTEGS: dict[str, int]
+HAVE_IPSECMB: bool
+IPSECMB_VERSION: Optional[str]
+IPSECMB_ARCH: Optional[str]
+OPENSSL_VERSION: str
+MAX_WINDOW: int
+
+def ipsecmb_supports(cipher: str, key_len: int, integ: str = ...) -> bool: ...
+
+class BatchView:
+    count: int
+    def __init__(self, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, capacity: np.ndarray,
+                 status: np.ndarray) -> None: ...
+
+class SaContext:
+    backend: int
+    seq: int
+    window: int
+    soft_expired: bool
+    hard_expired: bool
+    packets: int
+    bytes: int
+    auth_failed: int
+    replayed: int
+    malformed: int
+    pad_errors: int
+    dummy: int
+    no_space: int
+    expired: int
+    seq_exhausted: int
+    unsupported: int
+    def __init__(self, *, cipher: str, integ: str, outbound: bool, key: bytes, salt: bytes, integ_key: bytes,
+                 iv_len: int, icv_len: int, align: int, spi: int, framing: str, outer_src: bytes = ...,
+                 outer_dst: bytes = ..., sport: int = ..., dport: int = ..., esn: bool = ..., window: int = ...,
+                 initial_seq: int = ..., tfc_pad: int = ..., backend: str = ..., soft_bytes: int = ...,
+                 hard_bytes: int = ..., soft_packets: int = ..., hard_packets: int = ...) -> None: ...
+    @property
+    def replay_state(self) -> tuple[int, int]: ...
+    def process_into(self, src: BatchView, dst: BatchView, select: Optional[np.ndarray] = ...) -> int: ...
+    def process_one(self, pkt: bytes) -> tuple[int, bytes]: ...
+    def seal(self, payload: bytes, next_header: int) -> tuple[int, bytes]: ...
+    def open(self, esp: bytes) -> tuple[int, bytes, int]: ...
+    def force_iv(self, iv: bytes) -> None: ...
+    def predictable_ivs_for_tests(self) -> None: ...
+    def esp_overhead(self, payload_len: int) -> int: ...
