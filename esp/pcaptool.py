@@ -18,7 +18,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence, TextIO
+from typing import Any, Callable, Iterable, Sequence, TextIO
 
 import numpy as np
 
@@ -504,6 +504,22 @@ def _entries(sas: "Sequence[SaEntry] | str | os.PathLike[str]") -> Sequence[SaEn
     return sas
 
 
+def _pump(reader: CaptureReader, summary: Summary, label: str, progress: bool | None,
+          per_chunk: Callable[[Chunk], None]) -> None:
+    """Every chunk of the capture through ``per_chunk``, with the progress bar; damage to the capture ends the
+    walk and is recorded in the summary (what came before it is kept)."""
+    bar = Progress(reader.size, label, enabled=progress)
+    try:
+        for c in reader.chunks():
+            per_chunk(c)
+            bar.update(c.end_position, summary.records)
+    except CaptureError as exc:
+        summary.capture_error = str(exc)
+    finally:
+        bar.close()
+    summary.capture_problems = list(reader.problems)
+
+
 def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None,
                  sas: "Sequence[SaEntry] | str | os.PathLike[str]", *, fmt: str | None = None, frames: bool = False,
                  drop_other: bool = False, drop_unknown: bool = False, mode: str | None = None,
@@ -531,16 +547,9 @@ def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
         writer = _open_writer(out_path, reader, fmt, frames)
         out = _Output(writer, reader, frames)
         plan = [_Inbound(e, mode, backend, replay_window, summary) for e in sas]
-        bar = Progress(reader.size, "decrypt", enabled=progress)
-        try:
-            for c in reader.chunks():
-                _decrypt_chunk(c, reader, plan, out, summary, drop_other, drop_unknown, encap_ports, scratch)
-                bar.update(c.end_position, summary.records)
-        except CaptureError as exc:
-            summary.capture_error = str(exc)
-        finally:
-            bar.close()
-        summary.capture_problems = list(reader.problems)
+        _pump(reader, summary, "decrypt", progress,
+              lambda c: _decrypt_chunk(c, reader, plan, out, summary, drop_other, drop_unknown, encap_ports,
+                                       scratch))
     finally:
         if writer is not None:
             writer.close()
@@ -662,16 +671,8 @@ def encrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
             plan.append((e, sa, sel, st))
         writer = _open_writer(out_path, reader, fmt, frames)
         out = _Output(writer, reader, frames)
-        bar = Progress(reader.size, "encrypt", enabled=progress)
-        try:
-            for c in reader.chunks():
-                _encrypt_chunk(c, reader, plan, out, summary, drop_other, scratch)
-                bar.update(c.end_position, summary.records)
-        except CaptureError as exc:
-            summary.capture_error = str(exc)
-        finally:
-            bar.close()
-        summary.capture_problems = list(reader.problems)
+        _pump(reader, summary, "encrypt", progress,
+              lambda c: _encrypt_chunk(c, reader, plan, out, summary, drop_other, scratch))
     finally:
         if writer is not None:
             writer.close()
