@@ -441,18 +441,28 @@ fail:
 
 /* AEAD seal/open, in place allowed. nonce: 12 bytes (GCM, ChaCha20-Poly1305) or 11 (CCM).
  * For GMAC the payload is authenticated only: pass it as part of aad with len 0. */
-static int espc_aead(espc_ctx *c, const uint8_t *nonce, const uint8_t *aad, int aad_len,
-                     const uint8_t *in, uint8_t *out, int len, uint8_t *tag) {
-    int outl = 0;
+static int espc_aead_other(espc_ctx *c, const uint8_t *nonce, const uint8_t *aad, int aad_len,
+                           const uint8_t *in, uint8_t *out, int len, uint8_t *tag);
+
+static inline int espc_aead(espc_ctx *c, const uint8_t *nonce, const uint8_t *aad, int aad_len,
+                            const uint8_t *in, uint8_t *out, int len, uint8_t *tag) {
 #ifdef ESPRESSO_HAVE_IPSECMB
     if (c->gcm_fn != NULL) {
-        /* The hot case, chosen once per SA: one call into the library, no branching per packet. */
+        /* The hot case, chosen once per SA and inlined into the packet loop: one call into the library. */
         struct gcm_context_data gc;
         uint8_t t[16];
         c->gcm_fn(&c->gkey, &gc, out, in, (uint64_t)len, nonce, aad, (uint64_t)aad_len, c->enc ? tag : t,
                   (uint64_t)c->icv_len);
         return c->enc ? 1 : espc_tag_eq(t, tag, c->icv_len);
     }
+#endif
+    return espc_aead_other(c, nonce, aad, aad_len, in, out, len, tag);
+}
+
+static int espc_aead_other(espc_ctx *c, const uint8_t *nonce, const uint8_t *aad, int aad_len,
+                           const uint8_t *in, uint8_t *out, int len, uint8_t *tag) {
+    int outl = 0;
+#ifdef ESPRESSO_HAVE_IPSECMB
     if (c->backend == ESPC_IPSECMB) {
         if (c->cipher == ESPC_CHACHA) {
             struct chacha20_poly1305_context_data cc;
