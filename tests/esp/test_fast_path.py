@@ -150,3 +150,31 @@ def test_inbound_udp_encapsulation_and_the_non_esp_marker(suite: str, backend: s
     sel = np.array([0], dtype=np.int32)
     src, dst = PacketBatch.from_packets([wires[3]]), PacketBatch.empty(1)
     assert inb.decrypt_batch(src, dst, sel) == 1
+
+
+def test_inbound_padding_and_dummy_packets() -> None:
+    """Trailers the fast path hands on or refuses, made with an independent AES-GCM (cryptography)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    enc, _ = keys_for("aes128gcm16", seed=7)
+    gcm, salt = AESGCM(enc[:16]), enc[16:20]
+    inner = ipv4(udp(b"0123456789"))
+
+    def wire(seq: int, trailer: bytes) -> bytes:
+        esp_hdr = (0x2001).to_bytes(4, "big") + seq.to_bytes(4, "big")
+        iv = seq.to_bytes(8, "big")
+        esp = esp_hdr + iv + gcm.encrypt(salt + iv, inner + trailer, esp_hdr)
+        return ipv4(esp, proto=50, src=bytes([192, 0, 2, 1]), dst=bytes([192, 0, 2, 2]))
+
+    good = bytes([1, 2, 2, 4])                       # 2 padding bytes, padlen 2, next header 4
+    cases = [wire(1, good), wire(2, bytes([1, 3, 2, 4])), wire(3, bytes(range(1, 9)) + bytes([8, 4])),
+             wire(4, bytes(range(1, 9)) + bytes([8, 59])), wire(5, bytes([1, 2, 2, 59])),
+             wire(6, bytes([1, 2, 3, 3, 4])[:3] + bytes([200, 4]))]
+    for backend in available_backends("aes128gcm16"):
+        inb = _inbound("aes128gcm16", backend)
+        status, inner_out = _run(inb, cases, False)
+        V = Verdict
+        assert status == [V.OK, V.PAD_ERROR, V.OK, V.DUMMY, V.DUMMY, V.PAD_ERROR], backend
+        assert inner_out[0] == inner_out[2] == inner
+        c = inb.counters
+        assert (c.packets, c.pad_errors, c.dummy) == (2, 2, 2)
