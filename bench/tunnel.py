@@ -223,7 +223,7 @@ def daemon_path(packets: int, size: int = 1000) -> dict:
 
     p = argparse.ArgumentParser()
     add_arguments(p)
-    args = p.parse_args(["--packets", str(packets), "--size", str(size), "--no-rekey"])
+    args = p.parse_args(["--packets", str(packets), "--size", str(size), "--no-rekey", "--timeout", "120"])
     r = run_demo(args, io.StringIO())
     if not r.ok:
         return {"unavailable": f"ike demo failed: {r.error}"}

@@ -297,9 +297,11 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> DemoResult:
     _say(out, f"espresso demo: CA + SCEP + IKEv2 + ESP on loopback (work directory {work})")
     t0 = time.perf_counter()
     try:
-        asyncio.run(_run(work, args, out, result))
+        asyncio.run(asyncio.wait_for(_run(work, args, out, result), args.timeout))
     except DemoError as exc:
         result.error = str(exc)
+    except (asyncio.TimeoutError, TimeoutError):
+        result.error = f"the demo did not finish within {args.timeout:g} s (--timeout)"
     except Exception as exc:  # report, do not trace back at the user
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -328,6 +330,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", help="keep everything in this new (or empty) directory, relative paths allowed "
                                      "(default: a temporary one, removed)")
     p.add_argument("--keep", action="store_true", help="keep the temporary work directory")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="give up (and say so) when the whole demo takes longer than this many seconds (default 300)")
 
 
 def check_args(args: argparse.Namespace) -> str | None:
@@ -340,6 +344,8 @@ def check_args(args: argparse.Namespace) -> str | None:
         return "--packets must be >= 1"
     if not MIN_SIZE <= args.size <= MAX_SIZE:
         return f"--size must be within {MIN_SIZE}..{MAX_SIZE}"
+    if not args.timeout > 0:
+        return "--timeout must be > 0 seconds"
     for opt, text, proto in (("--ike-proposal", args.ike_proposal, ProtocolId.IKE),
                              ("--esp-proposal", args.esp_proposal, ProtocolId.ESP)):
         try:

@@ -60,6 +60,17 @@ def test_demo_reports_a_failed_step(tmp_path: Path) -> None:
 def test_demo_argument_bounds(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_from_args(_args("--size", "9000")) == 2
     assert "error: --size must be within 64..1400" in capsys.readouterr().err
+    assert run_from_args(_args("--timeout", "0")) == 2
+    assert "error: --timeout must be > 0 seconds" in capsys.readouterr().err
+
+
+def test_demo_gives_up_at_its_deadline(tmp_path: Path) -> None:
+    """The whole demo is bounded in time: a deadline it cannot meet is a clear failure, not a hang."""
+    out = io.StringIO()
+    result = run_demo(_args("--packets", "10", "--timeout", "0.2", "--workdir", str(tmp_path)), out)
+    assert not result.ok
+    assert result.error == "the demo did not finish within 0.2 s (--timeout)"
+    assert out.getvalue().rstrip().splitlines()[-1] == "demo FAILED: the demo did not finish within 0.2 s (--timeout)"
 
 
 def test_demo_refuses_bad_arguments_before_any_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
