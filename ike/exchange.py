@@ -150,6 +150,8 @@ class TaskManager:
         if self.sa.state == IkeSaState.CONNECTING and self.active:
             return
         self.active = self.queue.pop(0)
+        for t in self.active:
+            t.migrate(self.sa)  # a task queued on an IKE_SA since rekeyed runs its exchange on this one
         first = self.active[0]
         self.active_exchange = ExchangeType.IKE_SA_INIT if first.EXCHANGE == ExchangeType.IKE_SA_INIT \
             else first.EXCHANGE

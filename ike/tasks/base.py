@@ -45,6 +45,10 @@ class Task:
     def failed(self, reason: str, notify: int | None) -> None:
         """The exchange failed (error response, retransmit give-up); default: nothing to undo."""
 
+    def migrate(self, sa: IkeSa) -> None:
+        """The task will run its exchange on ``sa`` (strongSwan's task migrate()): it was queued on an IKE_SA
+        that an IKE rekey replaced before the exchange started. Default: nothing is bound to the IKE_SA."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({'i' if self.initiator else 'r'})"
 
@@ -56,3 +60,8 @@ class ChildTask(Task):
     @property
     def sa(self) -> IkeSa:
         return self._sa.live()
+
+    def migrate(self, sa: IkeSa) -> None:
+        # the exchange runs on ``sa`` now: its SK_d derives the keys, and follow-up tasks (front_tasks) go to
+        # its task manager; ``self.sa`` (the holder of the CHILD_SAs) is unchanged by this
+        self._sa = sa

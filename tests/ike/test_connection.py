@@ -442,6 +442,75 @@ def test_child_rekey_refused_during_ike_rekey_is_retried():
     assert of(drain(b), ChildSaRekeyed)
 
 
+def _child_rekey_queued_behind_ike_rekey():  # type: ignore[no-untyped-def]
+    """b rekeys the IKE_SA; while a's answer is on its way, b also rekeys the CHILD_SA: that task is queued on
+    the old IKE_SA and runs, once a's answer arrives, on the new one (sent with b's Delete of the old one)."""
+    a, b, ea, eb = establish(*psk_peers(), retransmit_tries=4)
+    ca, cb = assert_child_keys_match(ea, eb)
+    b.rekey_ike(1, 0.5)
+    transfer(b, a, 0.5, ADDR_R[0], ADDR_I[0])       # the IKE rekey request reaches a; a's answer is pending
+    b.rekey_child(cb.spi_in, 1.0)                   # queued behind the IKE rekey, on the old IKE_SA
+    transfer(a, b, 1.0, ADDR_I[0], ADDR_R[0])       # a's answer: b moves to the new IKE_SA
+    assert transfer(b, a, 1.0, ADDR_R[0], ADDR_I[0]) == 2  # CREATE_CHILD_SA(REKEY_SA) new SA, Delete(IKE) old
+    return a, b, ca, cb
+
+
+def test_child_rekey_queued_behind_ike_rekey_derives_keys_from_the_new_ike_sa():
+    """The exchange runs on the new IKE_SA, so the new CHILD_SA's keys come from its SK_d on both ends (the
+    queued task used to keep the old IKE_SA's SK_d: ESP keys that did not match the peer's)."""
+    a, b, ca, cb = _child_rekey_queued_behind_ike_rekey()
+    roundtrip(a, b, 1.0)
+    ea, eb = drain(a), drain(b)
+    assert of(ea, IkeSaRekeyed) and of(eb, IkeSaRekeyed)
+    new_a, new_b = assert_child_keys_match(ea, eb)
+    assert new_b.replaces == cb.spi_in
+    kids_a, kids_b = a.list_sas()[0].children, b.list_sas()[0].children
+    assert [(k.spi_in, k.spi_out) for k in kids_a] == [(new_a.spi_in, new_a.spi_out)]
+    assert [(k.spi_out, k.spi_in) for k in kids_b] == [(new_a.spi_in, new_a.spi_out)]
+
+
+def test_child_rekey_queued_behind_ike_rekey_answer_lost_while_peer_deletes_the_child():
+    """The lossy fuzzer's counterexample ["rekey_ike_b", "rekey_child_b", "drop", "delete_child_a"], stepwise.
+
+    1. b rekeys the IKE_SA, then the CHILD_SA (queued behind, runs on the new IKE_SA), and deletes the old
+       IKE_SA;
+    2. a answers both (it installs the new CHILD_SA, drops the old IKE_SA); both answers are lost;
+    3. a deletes the CHILD_SA, with the successor b asked for: Delete(ESP old, new); b removes the old one;
+    4. b retransmits its rekey request; a answers from its cache (RFC 7296 2.1), with the SA it since deleted;
+    5. b installs that CHILD_SA, finds the SA it rekeyed gone, and deletes the new one (RFC 7296 2.25): it
+       used to queue that Delete on the old IKE_SA, where nothing ran it, and kept a CHILD_SA a did not have.
+    """
+    a, b, ca, cb = _child_rekey_queued_behind_ike_rekey()
+    assert transfer(a, b, 1.5, ADDR_I[0], ADDR_R[0], drop=True) == 2   # both of a's answers lost
+    ea = drain(a)
+    new_a = of(ea, ChildSaEstablished)[0]
+    assert new_a.replaces == ca.spi_in
+    a.delete_child(ca.spi_in, 2.0)
+    transfer(a, b, 2.0, ADDR_I[0], ADDR_R[0])       # Delete(ESP old, new): b only knows the old one
+    transfer(b, a, 2.0, ADDR_R[0], ADDR_I[0])
+    assert {e.spi_in for e in of(drain(a), ChildSaDeleted)} == {ca.spi_in, new_a.spi_in}
+    assert [e.spi_in for e in of(drain(b), ChildSaDeleted)] == [cb.spi_in]
+    assert a.list_sas()[0].children == () and b.list_sas()[0].children == ()
+    now = 2.0
+    for _ in range(10):                             # b's retransmits; its old IKE_SA times out unanswered
+        t = b.get_timer()
+        if t is None or t > 100.0:
+            break
+        now = t
+        b.handle_timer(now)
+        roundtrip(a, b, now)
+    eb = drain(b)
+    got = of(eb, ChildSaEstablished)
+    assert [e.spi_in for e in got] == [new_a.spi_out] and got[0].replaces == cb.spi_in
+    gone = of(eb, ChildSaDeleted)
+    assert [(e.spi_in, e.reason) for e in gone] == [(new_a.spi_out, "rekeyed SA deleted meanwhile")]
+    assert not of(eb, ChildSaRekeyed)               # outbound never moved to it
+    sa_a, sa_b = a.list_sas(), b.list_sas()
+    assert len(sa_a) == len(sa_b) == 1 and sa_a[0].children == sa_b[0].children == ()
+    assert (sa_a[0].spi_i, sa_a[0].spi_r) == (sa_b[0].spi_i, sa_b[0].spi_r)
+    assert of(eb, IkeSaTerminated) == [] and b.connection(1).spis() == [b.connection(1).sa.spi_local]
+
+
 def test_lifetimes_drive_rekeys_and_expiry():
     i, r = psk_peers(rekey_time=100.0)
     i = replace(i, children=(child(rekey_time=50.0, life_time=80.0),))
