@@ -122,7 +122,20 @@ def evaluate_targets(run: RunResult) -> list[Target]:
     out.append(Target("end to end vs the same I/O path unencrypted", ">= 80% of its packet rate",
                       f"{ratio['median'] * 100:.0f}%" if ratio else "n/a",
                       None if not ratio else ratio["median"] >= 0.80, e2e.get("unavailable", "")))
+    out.append(_pcap_target(run.sections.get("pcap", {})))
     return out
+
+
+def _pcap_target(pcap: dict) -> Target:
+    """Issue 5: decrypt_file, capture file to file, at half the core's decrypt_batch rate on the same packets."""
+    r = pcap.get("ratio_to_core")
+    note = pcap.get("unavailable", "")
+    if r:
+        note = (f"{pcap['records']:,} IMIX packets {pcap['suite']}: decrypt_file {pcap['pps'] / 1e6:.2f} Mpps, "
+                f"core {pcap['core_pps']['median'] / 1e6:.2f} Mpps; {pcap.get('repeats', '?')} alternated pairs")
+    return Target("pcap decrypt_file vs the core's decrypt_batch, same packets (issue 5)", ">= 0.5 of its rate",
+                  f"{r['median']:.2f} [{r['min']:.2f}-{r['max']:.2f}]" if r else "n/a",
+                  None if not r else r["median"] >= 0.5, note)
 
 
 # -- terminal table ----------------------------------------------------------------------------------------

@@ -23,3 +23,13 @@ def emit_pcap(out: np.ndarray, body: np.ndarray, data: np.ndarray, base: np.ndar
               cap: np.ndarray, origlen: np.ndarray, ip_len: np.ndarray, cut: np.ndarray, ts: np.ndarray,
               new_buf: np.ndarray, new_off: np.ndarray, new_len: np.ndarray, frames: bool, big: bool,
               ts_mul: int, ts_div: int, units: int) -> tuple[int, int]: ...
+def emit_slots(out: np.ndarray, slot: np.ndarray, body: np.ndarray, data: np.ndarray, base: np.ndarray,
+               l3: np.ndarray, cap: np.ndarray, origlen: np.ndarray, ip_len: np.ndarray, cut: np.ndarray,
+               ts: np.ndarray, new_len: np.ndarray, et_at: np.ndarray, frames: bool, big: bool, ts_mul: int,
+               ts_div: int, units: int, fd: int) -> int: ...
+def decrypt_layout(offsets: np.ndarray, l3: np.ndarray, ip_len: np.ndarray, cap: np.ndarray, esp: np.ndarray,
+                   frames: bool, src_off: np.ndarray, src_len: np.ndarray, slot: np.ndarray, dst_off: np.ndarray,
+                   dst_cap: np.ndarray) -> int: ...
+def decrypt_outcome(assigned: np.ndarray, status: np.ndarray, esp: np.ndarray, frag: np.ndarray, cut: np.ndarray,
+                    version: np.ndarray, drop_other: bool, drop_unknown: bool, frames: bool,
+                    body: np.ndarray) -> tuple[int, int, int, int, int]: ...

@@ -6,7 +6,9 @@ Every index a kernel will use is checked against its array before the loop that 
 offset is a ValueError, never a read or write outside an array; the loops themselves run without the GIL.
 """
 from libc.stdint cimport uint8_t, int8_t, int32_t, int64_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memmove, memset, strerror
+from libc.errno cimport errno, EINTR
+from posix.unistd cimport write
 
 cdef extern from *:
     """
@@ -19,14 +21,19 @@ cdef extern from *:
     #define PCAPIO_SLL2 276
     /* Hint the cache about a line we will read soon (records are walked in file order). */
     #define pcapio_prefetch(p) __builtin_prefetch((const void *)(p), 0, 0)
+    /* ... and about a line we will write soon. */
+    #define pcapio_prefetch_w(p) __builtin_prefetch((const void *)(p), 1, 3)
     """
     void pcapio_prefetch(const void *p) nogil
+    void pcapio_prefetch_w(const void *p) nogil
     int PCAPIO_ETHERNET, PCAPIO_RAW_OPENBSD, PCAPIO_RAW, PCAPIO_SLL, PCAPIO_IPV4, PCAPIO_IPV6, PCAPIO_SLL2
 
 cdef enum:
     L4_HEAD = 16
     PREFETCH_AHEAD = 4096
     PREFETCH_RECORDS = 12
+    PREFETCH_SLOTS = 16
+    WRITE_RUN = 128 * 1024  # bytes per write(): packed just before, so still in this CPU's cache
 
 
 cdef inline uint32_t _rd32(const uint8_t *p, bint big) noexcept nogil:
@@ -417,6 +424,69 @@ cdef inline int64_t _floordiv(int64_t a, int64_t b) noexcept nogil:
     return q
 
 
+cdef struct _rec_t:
+    int64_t head       # link-layer bytes kept in front of a new packet (frames mode)
+    int64_t own        # original bytes kept (frames: the whole record; raw: its IP packet)
+    int64_t own_off    # where those bytes start in the capture data
+    int64_t nl         # bytes of the new packet
+    int64_t ln         # captured length written
+    int64_t org        # original length written
+
+
+cdef inline void _layout(_rec_t *r, int8_t body, int64_t base, int64_t l3, int64_t cp, int64_t origlen,
+                         int64_t ip_len, bint cut, int64_t new_len, bint frames) noexcept nogil:
+    """What one output record is made of (esp.pcaptool._Output.emit's rules); l3 < 0 counts as 0."""
+    cdef int64_t l3c = l3 if l3 > 0 else 0, iplen
+    r.head = 0
+    r.own = 0
+    r.own_off = base
+    r.nl = 0
+    if body == 2:
+        r.nl = new_len
+        if frames:
+            r.head = l3c
+    elif frames:
+        r.own = cp
+    else:
+        iplen = ip_len if ip_len < cp - l3c else cp - l3c
+        r.own = iplen if iplen > 0 else 0
+        r.own_off = base + l3c
+    r.ln = r.head + r.own + r.nl
+    if frames:
+        r.org = r.head + r.nl if body == 2 else origlen
+    elif body == 2:
+        r.org = r.nl
+    elif cut:
+        r.org = ip_len if ip_len > r.own else r.own
+    else:
+        r.org = r.own
+    if r.org < r.ln:
+        r.org = r.ln
+
+
+cdef inline void _put_header(uint8_t *o, int64_t ts, int64_t ln, int64_t org, bint big, int64_t ts_mul,
+                             int64_t ts_div, int64_t units) noexcept nogil:
+    """A 16-byte pcap record header; the timestamp is ts * ts_mul // ts_div, split at ``units``."""
+    cdef int64_t t = ts * ts_mul, sec
+    if ts_div != 1:
+        t = _floordiv(t, ts_div)
+    sec = _floordiv(t, units)
+    _wr32(o, <uint32_t>sec, big)
+    _wr32(o + 4, <uint32_t>(t - sec * units), big)
+    _wr32(o + 8, <uint32_t>ln, big)
+    _wr32(o + 12, <uint32_t>org, big)
+
+
+cdef inline void _put_ethertype(uint8_t *at, int version) noexcept nogil:
+    """The 16-bit protocol field (Ethernet type, SLL protocol) naming an IPv6 or else IPv4 packet."""
+    if version == 6:
+        at[0] = 0x86
+        at[1] = 0xDD
+    else:
+        at[0] = 0x08
+        at[1] = 0x00
+
+
 def emit_pcap(uint8_t[::1] out, const int8_t[::1] body, const uint8_t[::1] data, const int64_t[::1] base,
               const int64_t[::1] l3, const int64_t[::1] cap, const int64_t[::1] origlen,
               const int64_t[::1] ip_len, const uint8_t[::1] cut, const int64_t[::1] ts,
@@ -427,7 +497,8 @@ def emit_pcap(uint8_t[::1] out, const int8_t[::1] body, const uint8_t[::1] data,
     record's timestamp (ts * ts_mul // ts_div, split at ``units``) and then the bytes. Returns (bytes, records).
     Every slice is checked against its buffer first."""
     cdef Py_ssize_t n = body.shape[0], i
-    cdef int64_t l3c, head, own, own_off, nl, ln, org, t, sec, pos = 0, count = 0, iplen, cp
+    cdef int64_t l3c, cp, pos = 0, count = 0
+    cdef _rec_t r
     if (base.shape[0] < n or l3.shape[0] < n or cap.shape[0] < n or origlen.shape[0] < n or ip_len.shape[0] < n
             or cut.shape[0] < n or ts.shape[0] < n or new_off.shape[0] < n or new_len.shape[0] < n):
         raise ValueError("emit_pcap: arrays do not match the record count")
@@ -441,18 +512,10 @@ def emit_pcap(uint8_t[::1] out, const int8_t[::1] body, const uint8_t[::1] data,
         cp = cap[i]
         if base[i] < 0 or cp < 0 or base[i] + cp > data.shape[0] or l3c > cp:
             raise ValueError(f"emit_pcap: record {i} outside the capture data")
-        if body[i] == 2:
-            nl = new_len[i]
-            if nl < 0 or new_off[i] < 0 or new_off[i] + nl > new_buf.shape[0]:
-                raise ValueError(f"emit_pcap: record {i}: new packet outside its arena")
-            ln = (l3c if frames else 0) + nl
-        else:
-            if frames:
-                ln = cp
-            else:
-                iplen = ip_len[i] if ip_len[i] < cp - l3c else cp - l3c
-                ln = iplen if iplen > 0 else 0
-        pos += 16 + ln
+        if body[i] == 2 and (new_len[i] < 0 or new_off[i] < 0 or new_off[i] + new_len[i] > new_buf.shape[0]):
+            raise ValueError(f"emit_pcap: record {i}: new packet outside its arena")
+        _layout(&r, body[i], base[i], l3[i], cp, origlen[i], ip_len[i], cut[i], new_len[i], frames)
+        pos += 16 + r.ln
     if pos > out.shape[0]:
         raise ValueError(f"emit_pcap: the output needs {pos} bytes, {out.shape[0]} given")
     cdef uint8_t *o = &out[0] if out.shape[0] else NULL
@@ -465,50 +528,178 @@ def emit_pcap(uint8_t[::1] out, const int8_t[::1] body, const uint8_t[::1] data,
                 pcapio_prefetch(&new_buf[0] + new_off[i + PREFETCH_RECORDS])
             elif i + PREFETCH_RECORDS < n:
                 pcapio_prefetch(&data[0] + base[i + PREFETCH_RECORDS])
-            l3c = l3[i] if l3[i] > 0 else 0
-            cp = cap[i]
-            if body[i] == 2:
-                nl = new_len[i]
-                head = l3c if frames else 0
-                own = 0
-            else:
-                nl = 0
-                head = 0
-                if frames:
-                    own = cp
-                    own_off = base[i]
-                else:
-                    iplen = ip_len[i] if ip_len[i] < cp - l3c else cp - l3c
-                    own = iplen if iplen > 0 else 0
-                    own_off = base[i] + l3c
-            ln = head + own + nl
-            if frames:
-                org = head + nl if body[i] == 2 else origlen[i]
-            elif body[i] == 2:
-                org = nl
-            elif cut[i]:
-                org = ip_len[i] if ip_len[i] > own else own
-            else:
-                org = own
-            if org < ln:
-                org = ln
-            t = ts[i] * ts_mul
-            if ts_div != 1:
-                t = _floordiv(t, ts_div)
-            sec = _floordiv(t, units)
-            _wr32(o + pos, <uint32_t>sec, big)
-            _wr32(o + pos + 4, <uint32_t>(t - sec * units), big)
-            _wr32(o + pos + 8, <uint32_t>ln, big)
-            _wr32(o + pos + 12, <uint32_t>org, big)
+            _layout(&r, body[i], base[i], l3[i], cap[i], origlen[i], ip_len[i], cut[i], new_len[i], frames)
+            _put_header(o + pos, ts[i], r.ln, r.org, big, ts_mul, ts_div, units)
             pos += 16
-            if head:
-                memcpy(o + pos, &data[base[i]], <size_t>head)
-                pos += head
-            if own:
-                memcpy(o + pos, &data[own_off], <size_t>own)
-                pos += own
-            if nl:
-                memcpy(o + pos, &new_buf[new_off[i]], <size_t>nl)
-                pos += nl
+            if r.head:
+                memcpy(o + pos, &data[base[i]], <size_t>r.head)
+                pos += r.head
+            if r.own:
+                memcpy(o + pos, &data[r.own_off], <size_t>r.own)
+                pos += r.own
+            if r.nl:
+                memcpy(o + pos, &new_buf[new_off[i]], <size_t>r.nl)
+                pos += r.nl
             count += 1
     return pos, count
+
+
+def emit_slots(uint8_t[::1] out, const int64_t[::1] slot, const int8_t[::1] body, const uint8_t[::1] data,
+               const int64_t[::1] base, const int64_t[::1] l3, const int64_t[::1] cap, const int64_t[::1] origlen,
+               const int64_t[::1] ip_len, const uint8_t[::1] cut, const int64_t[::1] ts,
+               const int32_t[::1] new_len, const int64_t[::1] et_at, bint frames, bint big, int64_t ts_mul,
+               int64_t ts_div, int64_t units, int fd):
+    """:func:`emit_pcap`'s records, written to ``fd``, for new packets that the core has already decrypted into
+    ``out``, each at its record's slot (at slot + 16 + the kept link-layer bytes).
+
+    The records are packed in place towards the start of ``out`` (a record never moves up: a slot holds at
+    least its record) and written a run of about WRITE_RUN bytes at a time, right after the run was packed,
+    while its lines are in this CPU's cache. Writing the slots as they lie, one iovec each, cost the kernel more
+    than this packing (measured). In a kept link-layer header, the protocol field at ``et_at`` (>= 0) is set to
+    the new packet's IP version (a tunnel may change it), so the capture's bytes are never written to. Slots
+    must increase and each must hold its record before the next one starts. Returns the number of records; a
+    write error is an OSError."""
+    cdef Py_ssize_t n = body.shape[0], i, k
+    cdef int64_t l3c, cp, limit, count = 0, p, w = 0, run = 0
+    cdef int err = 0
+    cdef _rec_t r
+    if (slot.shape[0] < n or base.shape[0] < n or l3.shape[0] < n or cap.shape[0] < n or origlen.shape[0] < n
+            or ip_len.shape[0] < n or cut.shape[0] < n or ts.shape[0] < n or new_len.shape[0] < n
+            or et_at.shape[0] < n):
+        raise ValueError("emit_slots: arrays do not match the record count")
+    if ts_mul <= 0 or ts_div <= 0 or units <= 0:
+        raise ValueError("emit_slots: bad timestamp scale")
+    for i in range(n):
+        if body[i] == 0:
+            continue
+        l3c = l3[i] if l3[i] > 0 else 0
+        cp = cap[i]
+        if base[i] < 0 or cp < 0 or base[i] + cp > data.shape[0] or l3c > cp or new_len[i] < 0:
+            raise ValueError(f"emit_slots: record {i} outside the capture data")
+        _layout(&r, body[i], base[i], l3[i], cp, origlen[i], ip_len[i], cut[i], new_len[i], frames)
+        limit = slot[i + 1] if i + 1 < n else out.shape[0]
+        if slot[i] < 0 or slot[i] + 16 + r.ln > limit or limit > out.shape[0]:
+            raise ValueError(f"emit_slots: record {i} does not fit its slot")
+    cdef uint8_t *o = &out[0] if out.shape[0] else NULL
+    with nogil:
+        for i in range(n):
+            # The slots are a packet apart and were last written by the core, perhaps on the other CPU: ask
+            # for the lines well ahead, or every record waits for memory.
+            k = i + PREFETCH_SLOTS
+            if k < n:
+                pcapio_prefetch_w(o + slot[k])
+                if body[k] == 2:
+                    pcapio_prefetch(o + slot[k] + 16 + new_len[k] - 1)
+            if body[i] == 0:
+                continue
+            _layout(&r, body[i], base[i], l3[i], cap[i], origlen[i], ip_len[i], cut[i], new_len[i], frames)
+            p = slot[i]
+            # w <= p: every part lands at or below where it was, and the packet moves before the bytes in
+            # front of it are written.
+            if r.nl and w != p:
+                memmove(o + w + 16 + r.head, o + p + 16 + r.head, <size_t>r.nl)
+            _put_header(o + w, ts[i], r.ln, r.org, big, ts_mul, ts_div, units)
+            if r.head:
+                memcpy(o + w + 16, &data[base[i]], <size_t>r.head)
+                if r.nl and 0 <= et_at[i] <= r.head - 2:
+                    _put_ethertype(o + w + 16 + et_at[i], o[w + 16 + r.head] >> 4)
+            if r.own:
+                memcpy(o + w + 16, &data[r.own_off], <size_t>r.own)
+            w += 16 + r.ln
+            count += 1
+            if w - run >= WRITE_RUN:
+                err = _write_all(fd, o + run, w - run)
+                if err:
+                    break
+                run = w
+        if w > run and not err:
+            err = _write_all(fd, o + run, w - run)
+    if err:
+        raise OSError(err, strerror(err))
+    return count
+
+
+cdef int _write_all(int fd, const uint8_t *p, int64_t n) noexcept nogil:
+    """write until all n bytes are written; 0, or the errno that stopped it."""
+    cdef ssize_t got
+    while n > 0:
+        got = write(fd, p, <size_t>n)
+        if got < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        p += got
+        n -= got
+    return 0
+
+
+def decrypt_layout(const int64_t[::1] offsets, const int64_t[::1] l3, const int64_t[::1] ip_len,
+                   const int64_t[::1] cap, const uint8_t[::1] esp, bint frames, int64_t[::1] src_off,
+                   int32_t[::1] src_len, int64_t[::1] slot, int64_t[::1] dst_off, int32_t[::1] dst_cap):
+    """esp.pcaptool's output layout for a chunk, in one pass: the core's source slots (each ESP packet's IP
+    packet; length 0 for other records) and one output slot per record, big enough for its record header and
+    either its original bytes or (ESP) the kept link-layer bytes and a decrypted packet no longer than the ESP
+    packet; the core's destination is inside it. Returns the image size the slots need."""
+    cdef Py_ssize_t n = offsets.shape[0], i
+    cdef int64_t pos = 0, l3c, el, own, head, need
+    if (l3.shape[0] < n or ip_len.shape[0] < n or cap.shape[0] < n or esp.shape[0] < n or src_off.shape[0] < n
+            or src_len.shape[0] < n or slot.shape[0] < n or dst_off.shape[0] < n or dst_cap.shape[0] < n):
+        raise ValueError("decrypt_layout: arrays do not match the record count")
+    with nogil:
+        for i in range(n):
+            l3c = l3[i] if l3[i] > 0 else 0
+            el = ip_len[i] if esp[i] else 0
+            src_off[i] = offsets[i] + l3c
+            src_len[i] = <int32_t>el
+            if frames:
+                own = cap[i]
+                head = l3c
+            else:
+                own = ip_len[i] if ip_len[i] < cap[i] - l3c else cap[i] - l3c
+                if own < 0:
+                    own = 0
+                head = 0
+            need = (own if own > head + el else head + el) + 16
+            slot[i] = pos
+            dst_off[i] = pos + 16 + head
+            dst_cap[i] = <int32_t>el
+            pos += need
+    return pos
+
+
+def decrypt_outcome(const uint8_t[::1] assigned, const uint8_t[::1] status, const uint8_t[::1] esp,
+                    const uint8_t[::1] frag, const uint8_t[::1] cut, const int64_t[::1] version, bint drop_other,
+                    bint drop_unknown, bint frames, int8_t[::1] body):
+    """What each record of a decrypted chunk becomes (body: 0 dropped, 1 original, 2 decrypted), by
+    esp.pcaptool's rules, and the counts for its summary: (processed, unknown SPI, dropped by option, passed
+    through, written)."""
+    cdef Py_ssize_t n = assigned.shape[0], i
+    cdef int64_t processed = 0, unknown = 0, dropped = 0, passed = 0, written = 0
+    cdef int8_t b
+    cdef bint unk
+    if (status.shape[0] < n or esp.shape[0] < n or frag.shape[0] < n or cut.shape[0] < n
+            or version.shape[0] < n or body.shape[0] < n):
+        raise ValueError("decrypt_outcome: arrays do not match the record count")
+    with nogil:
+        for i in range(n):
+            unk = False
+            if assigned[i]:
+                processed += 1
+                b = 2 if status[i] == 0 else 0
+            else:
+                b = 1
+                unk = esp[i] != 0
+                unknown += unk
+                if unk:
+                    if drop_unknown or drop_other:
+                        b = 0
+                        dropped += 1
+                elif drop_other and not (frag[i] or cut[i]):
+                    b = 0
+                    dropped += 1
+                if b == 1 and not frames and version[i] == 0:
+                    b = 0  # raw IP output cannot hold a record without an IP packet
+            body[i] = b
+            passed += b == 1
+            written += b != 0
+    return processed, unknown, dropped, passed, written

@@ -18,6 +18,7 @@ Linux cooked capture v1 and v2.
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import enum
 import mmap
@@ -25,7 +26,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Literal, Sequence, cast
+from typing import Any, BinaryIO, Callable, Iterator, Literal, Sequence, cast
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -59,6 +60,11 @@ VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
 MAX_VLAN_TAGS = 2  # 802.1Q, and QinQ (802.1ad outer tag); L2_HEAD covers both
 #: Zero bytes after each chunk arena, so fixed-size header reads past a short record stay inside the array.
 READ_PAD = 256
+
+#: madvise(MADV_POPULATE_READ), Linux 5.14 (the mmap module names it from Python 3.13 on).
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
+#: Bytes populated past a zero-copy chunk's expected end, for the record that straddles it.
+POPULATE_SLACK = 64 * 1024
 
 #: A record longer than this is taken as file corruption rather than a packet (pcap has no resync marker).
 MAX_RECORD_BYTES = 16 * 1024 * 1024
@@ -335,9 +341,11 @@ class CaptureReader:
 
     def __init__(self, path: str | os.PathLike[str], *, chunk_records: int = DEFAULT_CHUNK_RECORDS,
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, parallel_scan: bool = False,
-                 reuse_buffers: bool = False, zero_copy: bool = False) -> None:
+                 reuse_buffers: bool | int = False, zero_copy: bool = False) -> None:
         """``reuse_buffers``: every chunk's ``data`` is the same buffer, overwritten by the next chunk; only for
-        a consumer that is done with a chunk before asking for the next (it saves a page fault per 4 KiB).
+        a consumer that is done with a chunk before asking for the next (it saves a page fault per 4 KiB). An
+        int n > 1 rotates n buffers: a chunk stays intact while the next n - 1 are read (a reader thread one
+        chunk ahead of its consumer needs 2).
         ``parallel_scan``: find record boundaries with the guess-walk-verify numpy scan instead of a Python walk
         over the record headers. It gives the same records (tested), but on the 2-core development machine it
         was not faster than the walk, so it is off by default."""
@@ -345,8 +353,11 @@ class CaptureReader:
         self.parallel_scan = parallel_scan
         # zero_copy: a pcap chunk's ``data`` is the read-only mapping of the whole file (offsets absolute), so
         # nothing is copied or read() at all; only with the compiled kernels (the numpy reference pads chunks).
-        self.zero_copy = bool(zero_copy) and _NATIVE_SCAN is not None and _NATIVE_PARSE_L3 is not None
+        self.zero_copy_possible = _NATIVE_SCAN is not None and _NATIVE_PARSE_L3 is not None
+        self.zero_copy = bool(zero_copy) and self.zero_copy_possible
         self._scratch = Scratch() if reuse_buffers else None
+        self._ring = max(1, int(reuse_buffers))
+        self._turn = 0
         self.chunk_records = max(1, int(chunk_records))
         self.chunk_bytes = max(4096, int(chunk_bytes))
         self.problems: list[str] = []
@@ -360,6 +371,8 @@ class CaptureReader:
         self.sigfigs = 0
         self._seen_idb: set[int] = set()
         self._released = 0
+        self._can_populate = True
+        self._behind: collections.deque[int] = collections.deque()
         self._section_base: dict[int, int] = {0: 0}
         try:
             self._fh: BinaryIO = open(self.path, "rb")
@@ -454,13 +467,26 @@ class CaptureReader:
         else:
             yield from self._pcapng_chunks()
 
+    def _arena_name(self) -> str:
+        """The scratch buffer for the next chunk: the ring's buffers in turn."""
+        self._turn = (self._turn + 1) % self._ring
+        return f"arena{self._turn}"
+
+    def _pread_u32(self, pos: int) -> int:
+        """The u32 at ``pos``, read with pread rather than through the mapping: a file truncated meanwhile gives
+        a short read (a damaged-capture error), not SIGBUS."""
+        b = os.pread(self._fh.fileno(), 4, pos)
+        if len(b) < 4:
+            raise CaptureError(f"{self.path}: the file shrank while it was read (offset {pos})")
+        return int(struct.unpack(self.byte_order + "I", b)[0])
+
     def _make_chunk(self, rec_off: list[int] | np.ndarray, hdr_len: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         """Copy the file bytes [first record header, end) into an arena and rebase offsets into it."""
         base = int(rec_off[0]) - hdr_len
         if self.zero_copy:
-            self._release(base)
+            self._release_behind(base)
             return self._arr, np.asarray(rec_off, dtype=np.int64)
-        data = _arena(self._arr[base:end], self._scratch)
+        data = _arena(self._arr[base:end], self._scratch, self._arena_name())
         self._release(base)
         offs = np.asarray(rec_off, dtype=np.int64) - base
         return data, offs
@@ -473,11 +499,11 @@ class CaptureReader:
 
     def _pcap_chunks_read(self) -> Iterator[Chunk]:
         """Chunks read with one ``readinto`` each straight into the arena (no page faults on a mapping, no
-        second copy), then walked by the compiled scan. A record that does not fit the bytes read starts the
-        next chunk; at the end of the file it is diagnosed as in :meth:`_pcap_chunks_mapped`."""
+        second copy; a file truncated meanwhile is a short read and a CaptureError, where a mapping would raise
+        SIGBUS), then walked by the compiled scan. A record that does not fit the bytes read starts the next
+        chunk; at the end of the file it is diagnosed as in :meth:`_pcap_chunks_mapped`."""
         size = self.size
         big = self.byte_order == ">"
-        unpack = struct.Struct(self.byte_order + "I").unpack_from
         fh = self._fh
         pos = self._start
         index = 0
@@ -489,16 +515,19 @@ class CaptureReader:
             want = min(size - pos, max(want, want_min))
             want_min = 0
             n_alloc = want + READ_PAD
-            data = self._scratch.get("arena", n_alloc) if self._scratch is not None else np.empty(n_alloc, np.uint8)
+            data = (self._scratch.get(self._arena_name(), n_alloc) if self._scratch is not None
+                    else np.empty(n_alloc, np.uint8))
             fh.seek(pos)
             got = 0
-            view = memoryview(data)
+            view = memoryview(cast(Any, data))
             while got < want:
-                k = fh.readinto(view[got:want])
+                k = cast(Any, fh).readinto(view[got:want])
                 if not k:
                     break
                 got += k
             view.release()
+            if got < want:
+                raise CaptureError(f"{self.path}: the file shrank while it was read ({pos + got} of {size} bytes)")
             data[got:got + READ_PAD] = 0
             out = np.empty(self.chunk_records, dtype=np.int64)
             n, end = _NATIVE_SCAN(data, 0, got, got, self.chunk_records, big, MAX_RECORD_BYTES, out)
@@ -514,7 +543,7 @@ class CaptureReader:
                     if n:
                         yield self._read_chunk(data, out[:n], index, size)
                     return
-                caplen = unpack(self._mm, at + 8)[0]
+                caplen = self._pread_u32(at + 8)
                 if caplen > MAX_RECORD_BYTES:
                     if n:
                         yield self._read_chunk(data, out[:n], index, at)
@@ -551,6 +580,8 @@ class CaptureReader:
             stop_bytes = chunk_start + limit_bytes
             # Scan about as many bytes as the record limit needs (from the mean record size seen so far).
             est = stop_bytes if avg_rec is None else pos + int(limit_records * avg_rec * 1.05) + 4096
+            if self.zero_copy:
+                self._populate(pos, min(size, stop_bytes, est) + POPULATE_SLACK)
             fast = _pcap_scan_parallel(self._arr, pos, min(size, stop_bytes, est), size, big,
                                        10**9 if self.nanosecond else 10**6,
                                        max(self.interfaces[0].snaplen, 262144),
@@ -632,6 +663,32 @@ class CaptureReader:
             if n >= limit or pos >= stop:
                 break
         return rec, pos
+
+    def _populate(self, start: int, end: int) -> None:
+        """Map the pages of [start, end) in one call (MADV_POPULATE_READ) before the walk and the core read them:
+        a page fault per 64 KiB of capture costs several times what the populate does. It also finds a file
+        truncated under the mapping: that is a CaptureError here, not SIGBUS on the first read past its end."""
+        end = min(end, self.size)
+        lo = (start // mmap.PAGESIZE) * mmap.PAGESIZE
+        if end <= lo or not self._can_populate:
+            return
+        try:
+            self._mm.madvise(MADV_POPULATE_READ, lo, end - lo)
+        except OSError:
+            now = os.fstat(self._fh.fileno()).st_size
+            if now < end:
+                raise CaptureError(f"{self.path}: the file shrank to {now} bytes while it was read "
+                                   f"(it had {self.size})") from None
+            self._can_populate = False  # a kernel without it (EINVAL): pages fault in as they are read
+
+    def _release_behind(self, base: int) -> None:
+        """:meth:`_release` for chunks that are the mapping itself (zero_copy): the last ``reuse_buffers``
+        chunks may still be in use (read ahead, decrypted, written), so pages are released behind them."""
+        self._behind.append(base)
+        while len(self._behind) > self._ring:
+            self._behind.popleft()
+        if len(self._behind) == self._ring:
+            self._release(self._behind[0])
 
     def _release(self, upto: int) -> None:
         """Tell the kernel the mapped pages before ``upto`` are done with (the chunk was copied out), so the
@@ -807,7 +864,7 @@ class CaptureReader:
                       index: int, chunk_start: int, end: int) -> Chunk:
         big = order == ">"
         base = starts[0]
-        data = _arena(self._arr[base:end], self._scratch)
+        data = _arena(self._arr[base:end], self._scratch, self._arena_name())
         self._release(base)
         st = np.asarray(starts, dtype=np.int64) - base
         kind = np.asarray(kinds, dtype=np.int64)
@@ -878,10 +935,10 @@ class Scratch:
         return buf[:size]
 
 
-def _arena(view: np.ndarray, scratch: Scratch | None = None) -> np.ndarray:
+def _arena(view: np.ndarray, scratch: Scratch | None = None, name: str = "arena") -> np.ndarray:
     """A writable copy of a chunk's bytes with READ_PAD zero bytes after it (see :func:`parse_l3`)."""
     n = view.shape[0] + READ_PAD
-    data = scratch.get("arena", n) if scratch is not None else np.empty(n, dtype=np.uint8)
+    data = scratch.get(name, n) if scratch is not None else np.empty(n, dtype=np.uint8)
     data[: view.shape[0]] = view
     data[view.shape[0]:] = 0
     return data
@@ -1233,9 +1290,12 @@ class CaptureWriter:
 
     def __init__(self, path: str | os.PathLike[str], interfaces: Sequence[Interface], *, fmt: str = "pcap",
                  nanosecond: bool | None = None, byte_order: str = "<", snaplen: int | None = None,
-                 pcap_version: tuple[int, int] = (2, 4), thiszone: int = 0, sigfigs: int = 0) -> None:
+                 pcap_version: tuple[int, int] = (2, 4), thiszone: int = 0, sigfigs: int = 0,
+                 images: int = 2) -> None:
         """``interfaces`` may grow while writing (a pcapng reader finds interfaces as it goes): pass the
-        reader's list; pcapng gets each new interface's description block before its first packet."""
+        reader's list; pcapng gets each new interface's description block before its first packet.
+        ``images``: file images in the ring (:meth:`image`); while one is filled, the others may wait for or be
+        in the background write, so more of them absorb uneven chunks between the filling and the writing."""
         if fmt not in ("pcap", "pcapng"):
             raise ValueError(f"unknown capture format {fmt!r}: pcap or pcapng")
         if byte_order not in ("<", ">"):
@@ -1249,7 +1309,7 @@ class CaptureWriter:
         self._scratch = Scratch()
         # File writes run on one background thread (the write releases the GIL), overlapping the next chunk.
         self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pcap-write")
-        self._pending: list[concurrent.futures.Future | None] = [None, None]
+        self._pending: list[concurrent.futures.Future | None] = [None] * max(2, int(images))
         self._flip = 0
         self._nanosecond = nanosecond
         self._snaplen = snaplen
@@ -1365,8 +1425,7 @@ class CaptureWriter:
         rec_len = hlen + lengths + tail
         starts = np.cumsum(rec_len) - rec_len
         # Two file images alternate: one is being written by the background writer while the next is built.
-        self._flip ^= 1
-        self._wait(self._flip)
+        self._next_image()
         out = self._scratch.get(f"out{self._flip}", int(rec_len.sum()))
         rows = hdr.view(np.uint8).reshape(n, hlen)
         if _NATIVE_ASSEMBLE is not None and len(parts) <= 3:
@@ -1402,14 +1461,29 @@ class CaptureWriter:
         itself (esp._pcapio.emit_pcap); hand the used part to :meth:`commit`. Headers are written first."""
         if self._written_ifaces < len(self.interfaces) or not self._header_done:
             self._sync_interfaces()
-        self._flip ^= 1
-        self._wait(self._flip)
+        self._next_image()
         return self._scratch.get(f"out{self._flip}", max(1, nbytes))
 
     def commit(self, image: np.ndarray, records: int) -> None:
         """Queue the image from :meth:`image` (its used part) for the background write."""
         self._pending[self._flip] = self._io.submit(self._fh.write, image.data)
         self.records += records
+
+    def commit_with(self, write: Callable[[int], object], records: int) -> None:
+        """Queue ``write(fd)`` for the background writer, in order with the other writes, for a caller whose
+        compiled code lays out and writes the records of the image from :meth:`image` itself
+        (esp._pcapio.emit_slots, which writes records where the core decrypted them, without packing them)."""
+        self._pending[self._flip] = self._io.submit(self._write_fd, write)
+        self.records += records
+
+    def _write_fd(self, write: Callable[[int], object]) -> None:
+        self._fh.flush()  # buffered bytes (the file header) go first
+        write(self._fh.fileno())
+
+    def _next_image(self) -> None:
+        """Turn to the next file image of the ring, once its previous write is done."""
+        self._flip = (self._flip + 1) % len(self._pending)
+        self._wait(self._flip)
 
     def _wait(self, k: int) -> None:
         fut = self._pending[k]
@@ -1422,8 +1496,8 @@ class CaptureWriter:
 
     def flush(self) -> None:
         """Wait for the background writes, in order; a write error (disk full ...) is a CaptureError."""
-        self._wait(self._flip ^ 1)
-        self._wait(self._flip)
+        for k in range(1, len(self._pending) + 1):
+            self._wait((self._flip + k) % len(self._pending))
 
     def close(self) -> None:
         if self._fh and not self._fh.closed:

@@ -12,13 +12,14 @@ policy outcome: it is passed through (or dropped with ``drop_other``/``drop_unkn
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import random
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence, TextIO
+from typing import Any, Callable, Iterable, Iterator, Sequence, TextIO, TypeVar
 
 import numpy as np
 
@@ -33,9 +34,10 @@ __all__ = ["SaStats", "Summary", "ReplaySummary", "decrypt_file", "encrypt_file"
            "ReplayPattern", "Progress", "ESP_OVERHEAD_MAX", "NAT_T_PORT"]
 
 NAT_T_PORT = 4500
-#: Bytes of capture per decrypt chunk: small enough that a chunk's records, the core's output arena and the
-#: output image stay in cache between the passes over them (measured: 4 MiB beat 32 MiB by about a quarter).
-DECRYPT_CHUNK_BYTES = 4 * 1024 * 1024
+#: Bytes of capture per decrypt chunk. Few enough chunks that the Python per chunk does not count, small
+#: enough that the working set of the three threads (four chunks, two output images) stays modest
+#: (measured on 300k IMIX packets: 8 MiB beat 2, 4, 16 and 32 MiB).
+DECRYPT_CHUNK_BYTES = 8 * 1024 * 1024
 #: Room an encrypted packet may need over its plaintext: outer IPv6 + UDP, ESP header, IV, padding, ICV.
 ESP_OVERHEAD_MAX = 160
 _NV = 32
@@ -201,6 +203,8 @@ def _be32(d: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 #: esp._pcapio.emit_pcap if built: :meth:`_Output.emit` for pcap output in one compiled pass.
 _NATIVE_EMIT = _native("emit_pcap")
+#: esp._pcapio.emit_slots if built: :meth:`_Output.emit_slots`, records left where the core decrypted them.
+_NATIVE_EMIT_SLOTS = _native("emit_slots")
 #: esp._pcapio.classify_esp if built: :func:`_classify_esp_numpy` in one compiled pass.
 _NATIVE_CLASSIFY = _native("classify_esp")
 
@@ -353,6 +357,43 @@ class _Output:
                                 src_tsresol=[i.tsresol for i in self.reader.interfaces])
         return int(keep.size)
 
+    def direct(self) -> bool:
+        """Whether the core may decrypt straight into the writer's file image (:meth:`emit_slots`): the
+        compiled pcap writer applies and esp._pcapio has the slot kernels."""
+        return _NATIVE_EMIT_SLOTS is not None and self.writer is not None and self._fast_pcap()
+
+    def image_batch(self, lay: _Layout) -> PacketBatch:
+        """The core's output batch for a chunk laid out by :func:`_layout`: the destination slots inside the
+        writer's next file image, so that each decrypted packet lands where its record will be and is not
+        copied again before it is written (:meth:`emit_slots`)."""
+        self.sync()
+        assert self.writer is not None
+        image = self.writer.image(lay.size + 1)
+        return PacketBatch(image, lay.dst_off, np.zeros(lay.dst_off.shape[0], np.int32), lay.dst_cap)
+
+    def emit_slots(self, c: Chunk, L: L3Info, body: np.ndarray, slot: np.ndarray, dst: PacketBatch) -> int:
+        """:meth:`emit` for records laid out by :func:`_layout` (the core's output from :meth:`image_batch`). Headers and passed-through packets are filled in
+        and the records written by the writer's thread (esp._pcapio.emit_slots, without the GIL): this thread
+        goes on with the next chunk. The chunk's buffer stays intact meanwhile (see decrypt_file's ring)."""
+        w = self.writer
+        assert w is not None
+        count = int(np.count_nonzero(body))
+        if not count:
+            return 0
+        mul, div = self._ts_scale()
+        args = (dst.buf, slot, np.ascontiguousarray(body, dtype=np.int8), c.data, c.offsets, L.l3, c.caplen,
+                c.origlen, L.ip_len, L.cut.view(np.uint8), c.ts, dst.lengths, L.ethertype_at, self.frames,
+                w.order == ">", mul, div, w.units)
+        w.commit_with(lambda fd: _NATIVE_EMIT_SLOTS(*args, fd), count)
+        return count
+
+    def _ts_scale(self) -> tuple[int, int]:
+        """(multiplier, divisor) from the input's timestamp units to the output's (see :meth:`_fast_pcap`)."""
+        w = self.writer
+        assert w is not None
+        r = self.reader.interfaces[0].tsresol
+        return (w.units // r, 1) if w.units % r == 0 else (1, r // w.units)
+
     def _fast_pcap(self) -> bool:
         """The compiled one-pass writer applies: pcap output, one timestamp resolution in, an integer scale."""
         w = self.writer
@@ -377,8 +418,7 @@ class _Output:
             if is_new.any():
                 keep = np.flatnonzero(body != _BODY_NONE)
                 self._fix_protocol_fields(c, L, keep, is_new[keep], new_buf, new_off)
-        r = self.reader.interfaces[0].tsresol
-        mul, div = (w.units // r, 1) if w.units % r == 0 else (1, r // w.units)
+        mul, div = self._ts_scale()
         if new_buf is None or new_len.shape[0] < n:
             new_buf, new_off, new_len = np.zeros(1, np.uint8), np.zeros(n, np.int64), np.zeros(n, np.int32)
         bound = 16 * n + int(c.caplen.sum()) + int(np.asarray(new_len, dtype=np.int64)[body == _BODY_NEW].sum())
@@ -481,7 +521,7 @@ class _Inbound:
 # -- decrypt ----------------------------------------------------------------------------------------------------------
 
 def _open_writer(out_path: str | os.PathLike[str] | None, reader: CaptureReader, fmt: str | None,
-                 frames: bool) -> CaptureWriter | None:
+                 frames: bool, images: int = 2) -> CaptureWriter | None:
     if out_path is None:
         return None
     fmt = fmt or reader.format
@@ -494,7 +534,7 @@ def _open_writer(out_path: str | os.PathLike[str] | None, reader: CaptureReader,
             kw["snaplen"] = reader.interfaces[0].snaplen
     elif fmt == reader.format == "pcapng":
         kw = dict(byte_order=reader.byte_order)
-    return CaptureWriter(out_path, ifaces, fmt=fmt, **kw)
+    return CaptureWriter(out_path, ifaces, fmt=fmt, images=images, **kw)
 
 
 def _entries(sas: "Sequence[SaEntry] | str | os.PathLike[str]") -> Sequence[SaEntry]:
@@ -508,16 +548,132 @@ def _pump(reader: CaptureReader, summary: Summary, label: str, progress: bool | 
           per_chunk: Callable[[Chunk], None]) -> None:
     """Every chunk of the capture through ``per_chunk``, with the progress bar; damage to the capture ends the
     walk and is recorded in the summary (what came before it is kept)."""
+    _pump_items(reader, reader.chunks(), summary, label, progress, per_chunk, lambda c: c)
+
+
+_T = TypeVar("_T")
+_U = TypeVar("_U")
+
+
+def _pump_items(reader: CaptureReader, items: Iterator[_T], summary: Summary, label: str, progress: bool | None,
+                per_item: Callable[[_T], None], chunk_of: Callable[[_T], Chunk]) -> None:
+    """:func:`_pump` over chunks that come with more than the chunk (``chunk_of`` finds it)."""
     bar = Progress(reader.size, label, enabled=progress)
     try:
-        for c in reader.chunks():
-            per_chunk(c)
-            bar.update(c.end_position, summary.records)
+        for item in items:
+            per_item(item)
+            bar.update(chunk_of(item).end_position, summary.records)
     except CaptureError as exc:
         summary.capture_error = str(exc)
     finally:
         bar.close()
     summary.capture_problems = list(reader.problems)
+
+
+_END = object()
+#: File images the decrypt's writer rotates: the core fills one while the writer thread packs and writes the
+#: others, so a slow write of one chunk does not stop the core at once.
+_DECRYPT_IMAGES = 2
+#: Chunks the decrypt keeps intact. While the reader thread reads chunk j, this thread holds j - 1, and the
+#: writer thread may still copy passed-through packets and link-layer headers from chunks j - 2 ... j - 1 -
+#: _DECRYPT_IMAGES (taking image j - 1 waited for the write of chunk j - 1 - _DECRYPT_IMAGES).
+_DECRYPT_RING = _DECRYPT_IMAGES + 2
+
+
+def _one_ahead(items: Iterator[_T], work: Callable[[_T], _U]) -> Iterator[_U]:
+    """``work(x)`` for each x of ``items``, computed on a helper thread one item ahead of the consumer, so that
+    reading and parsing chunk k+1 (compiled, without the GIL) overlaps the core's work on chunk k on the second
+    core. Items are produced strictly one after the other, and an exception (a damaged capture) reaches the
+    consumer only after every item before it."""
+    def step() -> Any:
+        try:
+            x = next(items)
+        except StopIteration:
+            return _END
+        return work(x)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pcap-read") as pool:
+        fut = pool.submit(step)
+        try:
+            while True:
+                got = fut.result()
+                if got is _END:
+                    return
+                fut = pool.submit(step)
+                yield got
+        finally:
+            fut.cancel()
+            concurrent.futures.wait([fut])
+
+
+@dataclass
+class _Layout:
+    """Where the core reads a chunk's ESP packets (src: each one's IP packet, length 0 for other records) and
+    where each record's output goes in the file image (slot; the core's destination dst is inside it). Made by
+    :func:`_layout`."""
+
+    src_off: np.ndarray     # int64
+    src_len: np.ndarray     # int32
+    slot: np.ndarray        # int64
+    dst_off: np.ndarray     # int64
+    dst_cap: np.ndarray     # int32
+    size: int               # image bytes the slots need
+
+
+@dataclass
+class _Parsed:
+    """A chunk with what can be known of it before decryption: what the reader thread hands over."""
+
+    c: Chunk
+    L: L3Info
+    E: _Esp
+    layout: _Layout | None  # for the direct output (:meth:`_Output.direct`)
+    counts: tuple[int, int, int, int, int, int]  # IKE, keepalives, fragments, truncated, unknown link, not IP
+
+
+def _parse(c: Chunk, reader: CaptureReader, encap_ports: Sequence[int], direct: bool, frames: bool) -> _Parsed:
+    """Everything about a chunk that does not need the SAs: header fields, ESP classification, the counts that
+    follow from them and (direct output) the layout of source and destination slots."""
+    lts = np.asarray([i.linktype for i in reader.interfaces], dtype=np.int64)
+    L = parse_l3(c, lts)
+    E = _classify_esp(c, L, encap_ports)
+    counts = (int(np.count_nonzero(E.ike)), int(np.count_nonzero(E.keepalive)), int(np.count_nonzero(E.frag)),
+              int(np.count_nonzero(E.cut)), int(np.count_nonzero(L.unknown_link)),
+              int(np.count_nonzero((L.version == 0) & ~L.unknown_link)))
+    return _Parsed(c, L, E, _layout(c, L, E, frames) if direct else None, counts)
+
+
+#: esp._pcapio.decrypt_layout if built: :func:`_layout_numpy` in one compiled pass.
+_NATIVE_LAYOUT = _native("decrypt_layout")
+#: esp._pcapio.decrypt_outcome if built: :func:`_outcome_numpy` in one compiled pass.
+_NATIVE_OUTCOME = _native("decrypt_outcome")
+
+
+def _layout(c: Chunk, L: L3Info, E: _Esp, frames: bool) -> _Layout:
+    if _NATIVE_LAYOUT is None:
+        return _layout_numpy(c, L, E, frames)
+    n = c.count
+    src_off, slot, dst_off = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+    src_len, dst_cap = np.empty(n, np.int32), np.empty(n, np.int32)
+    size = _NATIVE_LAYOUT(c.offsets, L.l3, L.ip_len, c.caplen, E.esp.view(np.uint8), frames, src_off, src_len,
+                          slot, dst_off, dst_cap)
+    return _Layout(src_off, src_len, slot, dst_off, dst_cap, int(size))
+
+
+def _layout_numpy(c: Chunk, L: L3Info, E: _Esp, frames: bool) -> _Layout:
+    """The numpy reference of :func:`_layout`. Each slot has room for the record header and for whichever
+    output the record may get: its original bytes, or (an ESP packet) the kept link-layer bytes and a decrypted
+    packet, which is never longer than the ESP packet."""
+    l3c = np.maximum(L.l3, 0)
+    el = np.where(E.esp, L.ip_len, 0)
+    if frames:
+        own, head = c.caplen, l3c
+    else:
+        own, head = np.maximum(np.minimum(L.ip_len, c.caplen - l3c), 0), np.zeros_like(l3c)
+    need = np.maximum(own, head + el) + 16
+    slot = np.cumsum(need) - need
+    return _Layout(c.offsets + l3c, el.astype(np.int32), slot, slot + 16 + head, el.astype(np.int32),
+                   int(need.sum()))
 
 
 def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None,
@@ -532,24 +688,37 @@ def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
     raw IP (link type 101). ``mode`` applies to SAs whose key file does not state one (Wireshark's table): None
     tries tunnel and then transport for each packet. ``out_path`` None decrypts and counts without writing.
     ``sas`` may be a key file's path.
+
+    Three threads share the work of a pcap capture: one reads and parses the next chunk, this one decrypts (the
+    core writes straight into the output file's image), one writes the previous image to the file.
     """
     sas = _entries(sas)
     t0 = time.monotonic()
     # UDP-encapsulated ESP is looked for on 4500 and on whatever ports the SAs name.
     encap_ports = tuple(sorted(set(encap_ports) | {p for e in sas if e.encap for p in e.encap}))
     summary = Summary("decrypt")
-    # Raw-IP output never patches the input, so its packets are decrypted straight from the file's mapping.
-    reader = CaptureReader(in_path, chunk_records=chunk_records, chunk_bytes=DECRYPT_CHUNK_BYTES, reuse_buffers=True,
-                           zero_copy=not frames)
+    reader = CaptureReader(in_path, chunk_records=chunk_records, chunk_bytes=DECRYPT_CHUNK_BYTES,
+                           reuse_buffers=_DECRYPT_RING)
     scratch = Scratch()
     writer = None
     try:
-        writer = _open_writer(out_path, reader, fmt, frames)
+        writer = _open_writer(out_path, reader, fmt, frames, images=_DECRYPT_IMAGES)
         out = _Output(writer, reader, frames)
         plan = [_Inbound(e, mode, backend, replay_window, summary) for e in sas]
-        _pump(reader, summary, "decrypt", progress,
-              lambda c: _decrypt_chunk(c, reader, plan, out, summary, drop_other, drop_unknown, encap_ports,
-                                       scratch))
+
+        direct = out.direct()
+
+        def parse(c: Chunk) -> _Parsed:
+            return _parse(c, reader, encap_ports, direct, frames)
+
+        # The capture's pages are read in place (zero copy, mapped ahead by the reader thread) unless a kept
+        # link-layer header is patched in the chunk itself, which only the packed-record writers do.
+        reader.zero_copy = reader.zero_copy_possible and (not frames or direct)
+        # pcapng may add interfaces (and sections) as it goes: read ahead only in pcap, where nothing changes.
+        items = _one_ahead(reader.chunks(), parse) if reader.format == "pcap" else map(parse, reader.chunks())
+        _pump_items(reader, items, summary, "decrypt", progress,
+                    lambda p: _decrypt_chunk(p, plan, out, summary, drop_other, drop_unknown, scratch),
+                    lambda p: p.c)
     finally:
         if writer is not None:
             writer.close()
@@ -558,19 +727,36 @@ def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
     return summary
 
 
-def _decrypt_chunk(c: Chunk, reader: CaptureReader, plan: list, out: _Output, summary: Summary,
-                   drop_other: bool, drop_unknown: bool, encap_ports: Sequence[int], scratch: Scratch) -> None:
+def _decrypt_chunk(p: _Parsed, plan: list, out: _Output, summary: Summary, drop_other: bool, drop_unknown: bool,
+                   scratch: Scratch) -> None:
+    c, L, E = p.c, p.L, p.E
     n = c.count
     summary.records += n
-    lts = np.asarray([i.linktype for i in reader.interfaces], dtype=np.int64)
-    L = parse_l3(c, lts)
-    E = _classify_esp(c, L, encap_ports)
+    if p.layout is not None:
+        lay = p.layout
+        src = PacketBatch(c.data, lay.src_off, lay.src_len, lay.src_len)
+        dst = out.image_batch(lay)
+    else:
+        ln = np.where(E.esp, L.ip_len, 0)
+        src = PacketBatch(c.data, c.offsets + np.maximum(L.l3, 0), ln, ln)
+        # Output arena sized for the ESP packets only: a decrypted packet is never longer than its ESP packet.
+        cap_each = ln.astype(np.int64)
+        dst = PacketBatch(scratch.get("dst", int(cap_each.sum()) + 1), np.cumsum(cap_each) - cap_each,
+                          np.zeros(n, np.int32), cap_each)
+    assigned, status = _decrypt_groups(plan, L, E, src, dst)
+    body = _account_chunk(summary, p, assigned, status, drop_other, drop_unknown, out.frames)
+    if p.layout is not None:
+        summary.written += out.emit_slots(c, L, body, p.layout.slot, dst)
+    else:
+        summary.written += out.emit(c, L, body, dst.buf, dst.offsets, dst.lengths)
+
+
+def _decrypt_groups(plan: list, L: L3Info, E: _Esp, src: PacketBatch, dst: PacketBatch
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Each SA's ESP packets of the chunk through one decrypt_batch call (first matching entry wins); returns
+    which records an SA took and their verdicts (255 elsewhere)."""
+    n = E.esp.shape[0]
     assigned = np.zeros(n, dtype=bool)
-    # Output arena sized for the ESP packets only: a decrypted packet is never longer than its ESP packet.
-    cap_each = np.where(E.esp, L.ip_len, 0).astype(np.int64)
-    dst_off = np.cumsum(cap_each) - cap_each
-    src = PacketBatch(c.data, c.offsets + np.maximum(L.l3, 0), np.where(E.esp, L.ip_len, 0), np.where(E.esp, L.ip_len, 0))
-    dst = PacketBatch(scratch.get("dst", int(cap_each.sum()) + 1), dst_off, np.zeros(n, np.int32), cap_each)
     status = np.full(n, 255, dtype=np.uint8)
     for p in plan:
         e = p.entry
@@ -594,7 +780,9 @@ def _decrypt_chunk(c: Chunk, reader: CaptureReader, plan: list, out: _Output, su
             mm = m if e.spi is not None else m & (E.spi == spi)
             assigned |= mm
             sel = np.flatnonzero(mm).astype(np.int32)
-            primary.decrypt_batch(src, dst, sel)
+            # The whole chunk for one SA (the usual case): no selection to pass or gather through.
+            whole = sel.shape[0] == n
+            primary.decrypt_batch(src, dst, None if whole else sel)
             if fallback is not None:
                 retry = sel[dst.status[sel] == Verdict.MALFORMED]
                 if retry.size:
@@ -602,36 +790,64 @@ def _decrypt_chunk(c: Chunk, reader: CaptureReader, plan: list, out: _Output, su
                     fallback.decrypt_batch(src, dst, retry)
                     bad = dst.status[retry] != Verdict.OK
                     dst.status[retry[bad]] = saved_status[bad]
-            status[sel] = dst.status[sel]
-            _account(st, dst.status[sel], dst.lengths[sel])
-    summary.processed += int(assigned.sum())
-    unknown = E.esp & ~assigned
-    if unknown.any():
-        spis, counts = np.unique(E.spi[unknown], return_counts=True)
+            if whole:
+                status[:] = dst.status
+                _account(st, dst.status, dst.lengths)
+            else:
+                status[sel] = dst.status[sel]
+                _account(st, dst.status[sel], dst.lengths[sel])
+    return assigned, status
+
+
+def _account_chunk(summary: Summary, p: _Parsed, assigned: np.ndarray, status: np.ndarray, drop_other: bool,
+                   drop_unknown: bool, frames: bool) -> np.ndarray:
+    """Count the chunk's outcomes into the summary; returns what each record's output is (_BODY_*)."""
+    L, E = p.L, p.E
+    if _NATIVE_OUTCOME is None:
+        body, (processed, unknown, dropped, passed) = _outcome_numpy(L, E, assigned, status, drop_other,
+                                                                     drop_unknown, frames)
+    else:
+        body = np.empty(assigned.shape[0], dtype=np.int8)
+        processed, unknown, dropped, passed, _ = _NATIVE_OUTCOME(
+            assigned.view(np.uint8), status, E.esp.view(np.uint8), E.frag.view(np.uint8), E.cut.view(np.uint8),
+            L.version, drop_other, drop_unknown, frames, body)
+    summary.processed += processed
+    if unknown:
+        spis, counts = np.unique(E.spi[E.esp & ~assigned], return_counts=True)
         for s, k in zip(spis.tolist(), counts.tolist()):
             summary.unknown_spi[s] = summary.unknown_spi.get(s, 0) + k
-    summary.ike += int(E.ike.sum())
-    summary.keepalives += int(E.keepalive.sum())
-    summary.fragments += int(E.frag.sum())
-    summary.truncated += int(E.cut.sum())
-    summary.unknown_link += int(L.unknown_link.sum())
-    non_ip = (L.version == 0) & ~L.unknown_link
-    summary.non_ip += int(non_ip.sum())
+    ike, keepalives, fragments, truncated, unknown_link, non_ip = p.counts
+    summary.ike += ike
+    summary.keepalives += keepalives
+    summary.fragments += fragments
+    summary.truncated += truncated
+    summary.unknown_link += unknown_link
+    summary.non_ip += non_ip
+    summary.policy_dropped += dropped
+    summary.passed_through += passed
+    return body
 
+
+def _outcome_numpy(L: L3Info, E: _Esp, assigned: np.ndarray, status: np.ndarray, drop_other: bool,
+                   drop_unknown: bool, frames: bool) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The numpy reference of esp._pcapio.decrypt_outcome: each record's _BODY_*, and (processed, unknown SPI,
+    dropped by option, passed through)."""
+    n = assigned.shape[0]
+    unknown = E.esp & ~assigned
+    dropped = 0
     body = np.full(n, _BODY_ORIG, dtype=np.int8)
     body[assigned] = _BODY_NONE
     body[assigned & (status == Verdict.OK)] = _BODY_NEW
     if drop_other:
         other = ~assigned & ~(E.frag | E.cut)
-        summary.policy_dropped += int((other & ~unknown).sum())
+        dropped += int((other & ~unknown).sum())
         body[other & ~unknown] = _BODY_NONE
     if drop_unknown or drop_other:
-        summary.policy_dropped += int(unknown.sum())
+        dropped += int(unknown.sum())
         body[unknown] = _BODY_NONE
-    if not out.frames:
+    if not frames:
         body[(L.version == 0) & (body == _BODY_ORIG)] = _BODY_NONE  # raw IP output cannot hold non-IP records
-    summary.passed_through += int((body == _BODY_ORIG).sum())
-    summary.written += out.emit(c, L, body, dst.buf, dst.offsets, dst.lengths)
+    return body, (int(assigned.sum()), int(unknown.sum()), dropped, int((body == _BODY_ORIG).sum()))
 
 
 # -- encrypt -----------------------------------------------------------------------------------------------------------

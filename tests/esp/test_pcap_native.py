@@ -1,6 +1,7 @@
 """The compiled kernels of esp._pcapio against the numpy references they replace: same arrays, same files."""
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -32,8 +33,8 @@ def _need_native():
 def _numpy_only(monkeypatch):
     for name in NATIVE:
         monkeypatch.setattr(pcap_mod, name, None)
-    monkeypatch.setattr(tool_mod, "_NATIVE_CLASSIFY", None)
-    monkeypatch.setattr(tool_mod, "_NATIVE_EMIT", None)
+    for name in ("_NATIVE_CLASSIFY", "_NATIVE_EMIT", "_NATIVE_EMIT_SLOTS", "_NATIVE_LAYOUT", "_NATIVE_OUTCOME"):
+        monkeypatch.setattr(tool_mod, name, None)
 
 
 def _chunk(frames, lts):
@@ -203,3 +204,122 @@ def test_kernels_refuse_out_of_bounds_offsets():
     c.caplen[0] = 10_000
     with pytest.raises(ValueError):
         pcap_mod.parse_l3(c, [101])
+
+
+# -- the direct output: the core decrypts into the file image, records packed as they are written ----------------
+
+def _mixed_capture(tmp_path):
+    """Records interleaved: ESP of the SA (some with a flipped byte: authentication fails; some of them an IPv6
+    tunnel in IPv4, so a kept Ethernet header changes type), ESP of an SPI no SA has, and plaintext."""
+    from tests.esp.test_pcap_tool import records
+
+    sa = entries(sa_toml())
+    stranger = entries(sa_toml(spi=0x1003))
+    plain = tmp_path / "p.pcap"
+    make_capture(plain, plaintext_packets(40) + plaintext_packets(12, v6=True), 1)
+    mine, theirs = tmp_path / "mine.pcap", tmp_path / "theirs.pcap"
+    encrypt_file(plain, mine, sa)
+    encrypt_file(plain, theirs, stranger)
+    ours = [bytearray(b) for b, _ in records(mine)[0]]
+    for k in (3, 17, 30):
+        ours[k][-1] ^= 0xFF
+    mixed = []
+    for i, (a, (b, _), (c, _)) in enumerate(zip(ours, records(theirs)[0], records(plain)[0])):
+        mixed += [bytes(a)] + ([b] if i % 5 == 0 else []) + ([c] if i % 3 == 0 else [])
+    out = tmp_path / "mixed.pcap"
+    out.write_bytes(pcap_file([Rec(f, 1_700_000_000 + i, i * 13) for i, f in enumerate(mixed)]))
+    return out, sa
+
+
+@pytest.mark.parametrize("frames", [False, True])
+@pytest.mark.parametrize("drop", ["", "other", "unknown"])
+def test_direct_output_equals_the_packed_writer(tmp_path, monkeypatch, frames, drop):
+    """esp._pcapio.emit_slots (records where the core decrypted them, packed while written on the writer
+    thread) gives the bytes and the summary of the one-pass packed writer, whatever each record becomes."""
+    _need_native()
+    enc, sas = _mixed_capture(tmp_path)
+    kw = {"frames": frames, "drop_other": drop == "other", "drop_unknown": drop == "unknown"}
+    used = []
+    real = tool_mod._Output.emit_slots
+    monkeypatch.setattr(tool_mod._Output, "emit_slots", lambda self, *a: used.append(1) or real(self, *a))
+    direct = decrypt_file(enc, tmp_path / "direct.pcap", sas[:1], chunk_records=13, **kw)
+    assert used, "the direct output was not used"
+    with monkeypatch.context() as m:
+        m.setattr(tool_mod, "_NATIVE_EMIT_SLOTS", None)
+        packed = decrypt_file(enc, tmp_path / "packed.pcap", sas[:1], chunk_records=13, **kw)
+    assert direct.as_dict() | {"seconds": 0} == packed.as_dict() | {"seconds": 0}
+    assert (tmp_path / "direct.pcap").read_bytes() == (tmp_path / "packed.pcap").read_bytes()
+    assert direct.per_sa[0].count("AUTH_FAILED") == 3 and direct.per_sa[0].packets == 49
+    assert sum(direct.unknown_spi.values()) == 11
+    assert direct.passed_through + direct.policy_dropped > 0
+
+
+def test_layout_and_outcome_match_the_numpy_reference():
+    _need_native()
+    rng = np.random.default_rng(5)
+    frames = [_frame(p, lt) for p in BASE for lt in (1, 101, 113)]
+    c = _chunk(frames, [0] * len(frames))
+    lts = np.asarray([1], dtype=np.int64)
+    L = tool_mod.parse_l3(c, lts)
+    E = tool_mod._classify_esp(c, L, (4500,))
+    for fr in (False, True):
+        a = tool_mod._layout(c, L, E, fr)
+        b = tool_mod._layout_numpy(c, L, E, fr)
+        for field in a.__dataclass_fields__:
+            assert np.array_equal(getattr(a, field), getattr(b, field)), field
+    n = c.count
+    for _ in range(30):
+        assigned = rng.random(n) < 0.5
+        status = rng.choice([0, 0, 1, 2, 3], size=n).astype(np.uint8)
+        flags = {"drop_other": bool(rng.random() < 0.5), "drop_unknown": bool(rng.random() < 0.5),
+                 "frames": bool(rng.random() < 0.5)}
+        body_ref, counts_ref = tool_mod._outcome_numpy(L, E, assigned, status, **flags)
+        body = np.empty(n, np.int8)
+        counts = _pcapio.decrypt_outcome(assigned.view(np.uint8), status, E.esp.view(np.uint8),
+                                         E.frag.view(np.uint8), E.cut.view(np.uint8), L.version,
+                                         flags["drop_other"], flags["drop_unknown"], flags["frames"], body)
+        assert np.array_equal(body, body_ref)
+        assert tuple(counts[:4]) == counts_ref and counts[4] == int(np.count_nonzero(body_ref))
+
+
+def test_emit_slots_refuses_records_that_do_not_fit():
+    _need_native()
+    n = 2
+    z = np.zeros(n, np.int64)
+    out = np.zeros(100, np.uint8)
+    body = np.array([2, 2], np.int8)
+
+    def args(slot, new_len):
+        return (out, np.asarray(slot, np.int64), body, np.zeros(8, np.uint8), z, z, z, z, z, np.zeros(n, np.uint8),
+                z, np.asarray(new_len, np.int32), z - 1, False, False, 1, 1, 10**6, -1)
+
+    with pytest.raises(ValueError):
+        _pcapio.emit_slots(*args([0, 20], [10, 4]))   # record 0 runs into slot 1
+    with pytest.raises(ValueError):
+        _pcapio.emit_slots(*args([0, 90], [4, 10]))   # record 1 runs past the image
+    with pytest.raises(ValueError):
+        _pcapio.emit_slots(*args([-1, 50], [4, 4]))
+    with pytest.raises(OSError):
+        _pcapio.emit_slots(*args([0, 50], [4, 4]))    # fits, but fd -1 cannot be written
+
+
+@pytest.mark.parametrize("zero_copy", [False, True])
+def test_a_capture_cut_while_it_is_read_is_an_error_not_a_crash(tmp_path, zero_copy):
+    """Truncating the file under the reader (a capture still being rotated, a full disk) ends the walk with
+    a CaptureError; with the mapping, the pages are populated ahead, which finds the cut before any read
+    past the end (that would be SIGBUS)."""
+    _need_native()
+    frames = [_frame(p, 1) for p in BASE * 400]
+    p = tmp_path / "c.pcap"
+    p.write_bytes(pcap_file([Rec(f, 1_700_000_000 + i, i) for i, f in enumerate(frames)]))
+    r = pcap_mod.CaptureReader(p, chunk_records=100_000, chunk_bytes=64 * 1024, reuse_buffers=2,
+                               zero_copy=zero_copy)
+    assert r.zero_copy == zero_copy
+    got = 0
+    with pytest.raises(pcap_mod.CaptureError, match="shrank"):
+        for c in r.chunks():
+            if got == 0:
+                os.truncate(p, r.size // 2)
+            got += c.count
+    assert 0 < got < len(frames)
+    r.close()
