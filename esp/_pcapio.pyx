@@ -6,9 +6,7 @@ Every index a kernel will use is checked against its array before the loop that 
 offset is a ValueError, never a read or write outside an array; the loops themselves run without the GIL.
 """
 from libc.stdint cimport uint8_t, int8_t, int32_t, int64_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memmove, memset, strerror
-from libc.errno cimport errno, EINTR
-from posix.unistd cimport write
+from libc.string cimport memcpy, memset
 
 cdef extern from *:
     """
@@ -21,19 +19,14 @@ cdef extern from *:
     #define PCAPIO_SLL2 276
     /* Hint the cache about a line we will read soon (records are walked in file order). */
     #define pcapio_prefetch(p) __builtin_prefetch((const void *)(p), 0, 0)
-    /* ... and about a line we will write soon. */
-    #define pcapio_prefetch_w(p) __builtin_prefetch((const void *)(p), 1, 3)
     """
     void pcapio_prefetch(const void *p) nogil
-    void pcapio_prefetch_w(const void *p) nogil
     int PCAPIO_ETHERNET, PCAPIO_RAW_OPENBSD, PCAPIO_RAW, PCAPIO_SLL, PCAPIO_IPV4, PCAPIO_IPV6, PCAPIO_SLL2
 
 cdef enum:
     L4_HEAD = 16
     PREFETCH_AHEAD = 4096
     PREFETCH_RECORDS = 12
-    PREFETCH_SLOTS = 16
-    WRITE_RUN = 128 * 1024  # bytes per write(): packed just before, so still in this CPU's cache
 
 
 cdef inline uint32_t _rd32(const uint8_t *p, bint big) noexcept nogil:
@@ -491,16 +484,19 @@ def emit_pcap(uint8_t[::1] out, const int8_t[::1] body, const uint8_t[::1] data,
               const int64_t[::1] l3, const int64_t[::1] cap, const int64_t[::1] origlen,
               const int64_t[::1] ip_len, const uint8_t[::1] cut, const int64_t[::1] ts,
               const uint8_t[::1] new_buf, const int64_t[::1] new_off, const int32_t[::1] new_len,
-              bint frames, bint big, int64_t ts_mul, int64_t ts_div, int64_t units):
+              const int64_t[::1] et_at, bint frames, bint big, int64_t ts_mul, int64_t ts_div, int64_t units):
     """esp.pcaptool's record output for a pcap file, in one pass: for each record whose ``body`` is not 0
     (1: the original packet, 2: new_buf's slot in place of the IP packet), a 16-byte record header with the
-    record's timestamp (ts * ts_mul // ts_div, split at ``units``) and then the bytes. Returns (bytes, records).
+    record's timestamp (ts * ts_mul // ts_div, split at ``units``) and then the bytes. In front of a new packet
+    (frames), the kept link-layer header's protocol field at ``et_at`` (>= 0) is set to the new packet's IP
+    version, as a tunnel may change it; the capture's own bytes are never written to. Returns (bytes, records).
     Every slice is checked against its buffer first."""
     cdef Py_ssize_t n = body.shape[0], i
     cdef int64_t l3c, cp, pos = 0, count = 0
     cdef _rec_t r
     if (base.shape[0] < n or l3.shape[0] < n or cap.shape[0] < n or origlen.shape[0] < n or ip_len.shape[0] < n
-            or cut.shape[0] < n or ts.shape[0] < n or new_off.shape[0] < n or new_len.shape[0] < n):
+            or cut.shape[0] < n or ts.shape[0] < n or new_off.shape[0] < n or new_len.shape[0] < n
+            or et_at.shape[0] < n):
         raise ValueError("emit_pcap: arrays do not match the record count")
     if ts_mul <= 0 or ts_div <= 0 or units <= 0:
         raise ValueError("emit_pcap: bad timestamp scale")
@@ -533,6 +529,8 @@ def emit_pcap(uint8_t[::1] out, const int8_t[::1] body, const uint8_t[::1] data,
             pos += 16
             if r.head:
                 memcpy(o + pos, &data[base[i]], <size_t>r.head)
+                if r.nl and 0 <= et_at[i] <= r.head - 2:
+                    _put_ethertype(o + pos + et_at[i], new_buf[new_off[i]] >> 4)
                 pos += r.head
             if r.own:
                 memcpy(o + pos, &data[r.own_off], <size_t>r.own)
@@ -544,113 +542,34 @@ def emit_pcap(uint8_t[::1] out, const int8_t[::1] body, const uint8_t[::1] data,
     return pos, count
 
 
-def emit_slots(uint8_t[::1] out, const int64_t[::1] slot, const int8_t[::1] body, const uint8_t[::1] data,
-               const int64_t[::1] base, const int64_t[::1] l3, const int64_t[::1] cap, const int64_t[::1] origlen,
-               const int64_t[::1] ip_len, const uint8_t[::1] cut, const int64_t[::1] ts,
-               const int32_t[::1] new_len, const int64_t[::1] et_at, bint frames, bint big, int64_t ts_mul,
-               int64_t ts_div, int64_t units, int fd):
-    """:func:`emit_pcap`'s records, written to ``fd``, for new packets that the core has already decrypted into
-    ``out``, each at its record's slot (at slot + 16 + the kept link-layer bytes).
-
-    The records are packed in place towards the start of ``out`` (a record never moves up: a slot holds at
-    least its record) and written a run of about WRITE_RUN bytes at a time, right after the run was packed,
-    while its lines are in this CPU's cache. Writing the slots as they lie, one iovec each, cost the kernel more
-    than this packing (measured). In a kept link-layer header, the protocol field at ``et_at`` (>= 0) is set to
-    the new packet's IP version (a tunnel may change it), so the capture's bytes are never written to. Slots
-    must increase and each must hold its record before the next one starts. Returns the number of records; a
-    write error is an OSError."""
-    cdef Py_ssize_t n = body.shape[0], i, k
-    cdef int64_t l3c, cp, limit, count = 0, p, w = 0, run = 0
-    cdef int err = 0
-    cdef _rec_t r
-    if (slot.shape[0] < n or base.shape[0] < n or l3.shape[0] < n or cap.shape[0] < n or origlen.shape[0] < n
-            or ip_len.shape[0] < n or cut.shape[0] < n or ts.shape[0] < n or new_len.shape[0] < n
-            or et_at.shape[0] < n):
-        raise ValueError("emit_slots: arrays do not match the record count")
-    if ts_mul <= 0 or ts_div <= 0 or units <= 0:
-        raise ValueError("emit_slots: bad timestamp scale")
-    for i in range(n):
-        if body[i] == 0:
-            continue
-        l3c = l3[i] if l3[i] > 0 else 0
-        cp = cap[i]
-        if base[i] < 0 or cp < 0 or base[i] + cp > data.shape[0] or l3c > cp or new_len[i] < 0:
-            raise ValueError(f"emit_slots: record {i} outside the capture data")
-        _layout(&r, body[i], base[i], l3[i], cp, origlen[i], ip_len[i], cut[i], new_len[i], frames)
-        limit = slot[i + 1] if i + 1 < n else out.shape[0]
-        if slot[i] < 0 or slot[i] + 16 + r.ln > limit or limit > out.shape[0]:
-            raise ValueError(f"emit_slots: record {i} does not fit its slot")
-    cdef uint8_t *o = &out[0] if out.shape[0] else NULL
-    with nogil:
-        for i in range(n):
-            # The slots are a packet apart and were last written by the core, perhaps on the other CPU: ask
-            # for the lines well ahead, or every record waits for memory.
-            k = i + PREFETCH_SLOTS
-            if k < n:
-                pcapio_prefetch_w(o + slot[k])
-                if body[k] == 2:
-                    pcapio_prefetch(o + slot[k] + 16 + new_len[k] - 1)
-            if body[i] == 0:
-                continue
-            _layout(&r, body[i], base[i], l3[i], cap[i], origlen[i], ip_len[i], cut[i], new_len[i], frames)
-            p = slot[i]
-            # w <= p: every part lands at or below where it was, and the packet moves before the bytes in
-            # front of it are written.
-            if r.nl and w != p:
-                memmove(o + w + 16 + r.head, o + p + 16 + r.head, <size_t>r.nl)
-            _put_header(o + w, ts[i], r.ln, r.org, big, ts_mul, ts_div, units)
-            if r.head:
-                memcpy(o + w + 16, &data[base[i]], <size_t>r.head)
-                if r.nl and 0 <= et_at[i] <= r.head - 2:
-                    _put_ethertype(o + w + 16 + et_at[i], o[w + 16 + r.head] >> 4)
-            if r.own:
-                memcpy(o + w + 16, &data[r.own_off], <size_t>r.own)
-            w += 16 + r.ln
-            count += 1
-            if w - run >= WRITE_RUN:
-                err = _write_all(fd, o + run, w - run)
-                if err:
-                    break
-                run = w
-        if w > run and not err:
-            err = _write_all(fd, o + run, w - run)
-    if err:
-        raise OSError(err, strerror(err))
-    return count
-
-
-cdef int _write_all(int fd, const uint8_t *p, int64_t n) noexcept nogil:
-    """write until all n bytes are written; 0, or the errno that stopped it."""
-    cdef ssize_t got
-    while n > 0:
-        got = write(fd, p, <size_t>n)
-        if got < 0:
-            if errno == EINTR:
-                continue
-            return errno
-        p += got
-        n -= got
-    return 0
-
-
 def decrypt_layout(const int64_t[::1] offsets, const int64_t[::1] l3, const int64_t[::1] ip_len,
-                   const int64_t[::1] cap, const uint8_t[::1] esp, bint frames, int64_t[::1] src_off,
-                   int32_t[::1] src_len, int64_t[::1] slot, int64_t[::1] dst_off, int32_t[::1] dst_cap):
-    """esp.pcaptool's output layout for a chunk, in one pass: the core's source slots (each ESP packet's IP
-    packet; length 0 for other records) and one output slot per record, big enough for its record header and
-    either its original bytes or (ESP) the kept link-layer bytes and a decrypted packet no longer than the ESP
-    packet; the core's destination is inside it. Returns the image size the slots need."""
+                   const int64_t[::1] cap, const uint8_t[::1] esp, bint frames, int64_t sub,
+                   int64_t[::1] src_off, int32_t[::1] src_len, int64_t[::1] dst_off, int32_t[::1] dst_cap):
+    """esp.pcaptool's decrypt layout for a chunk, in one pass: the core's source slots (each ESP packet's IP
+    packet; length 0 for other records) and destination slots as long as the source (a decrypted packet is
+    never longer), packed from 0 again at every ``sub`` records: the chunk is decrypted ``sub`` records at a
+    time into one small buffer that stays in cache until its records are written out. Returns (the size of the
+    file image the chunk's records can need at most, the largest destination buffer a group of ``sub`` needs)."""
     cdef Py_ssize_t n = offsets.shape[0], i
-    cdef int64_t pos = 0, l3c, el, own, head, need
+    cdef int64_t image = 0, pos = 0, largest = 0, l3c, el, own, head
     if (l3.shape[0] < n or ip_len.shape[0] < n or cap.shape[0] < n or esp.shape[0] < n or src_off.shape[0] < n
-            or src_len.shape[0] < n or slot.shape[0] < n or dst_off.shape[0] < n or dst_cap.shape[0] < n):
+            or src_len.shape[0] < n or dst_off.shape[0] < n or dst_cap.shape[0] < n):
         raise ValueError("decrypt_layout: arrays do not match the record count")
+    if sub <= 0:
+        raise ValueError("decrypt_layout: sub must be positive")
     with nogil:
         for i in range(n):
+            if i % sub == 0:
+                pos = 0
             l3c = l3[i] if l3[i] > 0 else 0
             el = ip_len[i] if esp[i] else 0
             src_off[i] = offsets[i] + l3c
             src_len[i] = <int32_t>el
+            dst_off[i] = pos
+            dst_cap[i] = <int32_t>el
+            pos += el
+            if pos > largest:
+                largest = pos
             if frames:
                 own = cap[i]
                 head = l3c
@@ -659,12 +578,8 @@ def decrypt_layout(const int64_t[::1] offsets, const int64_t[::1] l3, const int6
                 if own < 0:
                     own = 0
                 head = 0
-            need = (own if own > head + el else head + el) + 16
-            slot[i] = pos
-            dst_off[i] = pos + 16 + head
-            dst_cap[i] = <int32_t>el
-            pos += need
-    return pos
+            image += (own if own > head + el else head + el) + 16
+    return image, largest
 
 
 def decrypt_outcome(const uint8_t[::1] assigned, const uint8_t[::1] status, const uint8_t[::1] esp,

@@ -1290,12 +1290,9 @@ class CaptureWriter:
 
     def __init__(self, path: str | os.PathLike[str], interfaces: Sequence[Interface], *, fmt: str = "pcap",
                  nanosecond: bool | None = None, byte_order: str = "<", snaplen: int | None = None,
-                 pcap_version: tuple[int, int] = (2, 4), thiszone: int = 0, sigfigs: int = 0,
-                 images: int = 2) -> None:
+                 pcap_version: tuple[int, int] = (2, 4), thiszone: int = 0, sigfigs: int = 0) -> None:
         """``interfaces`` may grow while writing (a pcapng reader finds interfaces as it goes): pass the
-        reader's list; pcapng gets each new interface's description block before its first packet.
-        ``images``: file images in the ring (:meth:`image`); while one is filled, the others may wait for or be
-        in the background write, so more of them absorb uneven chunks between the filling and the writing."""
+        reader's list; pcapng gets each new interface's description block before its first packet."""
         if fmt not in ("pcap", "pcapng"):
             raise ValueError(f"unknown capture format {fmt!r}: pcap or pcapng")
         if byte_order not in ("<", ">"):
@@ -1309,7 +1306,7 @@ class CaptureWriter:
         self._scratch = Scratch()
         # File writes run on one background thread (the write releases the GIL), overlapping the next chunk.
         self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pcap-write")
-        self._pending: list[concurrent.futures.Future | None] = [None] * max(2, int(images))
+        self._pending: list[concurrent.futures.Future | None] = [None, None]
         self._flip = 0
         self._nanosecond = nanosecond
         self._snaplen = snaplen
@@ -1469,16 +1466,16 @@ class CaptureWriter:
         self._pending[self._flip] = self._io.submit(self._fh.write, image.data)
         self.records += records
 
-    def commit_with(self, write: Callable[[int], object], records: int) -> None:
-        """Queue ``write(fd)`` for the background writer, in order with the other writes, for a caller whose
-        compiled code lays out and writes the records of the image from :meth:`image` itself
-        (esp._pcapio.emit_slots, which writes records where the core decrypted them, without packing them)."""
-        self._pending[self._flip] = self._io.submit(self._write_fd, write)
-        self.records += records
+    def run_in_order(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+        """Run ``fn(*args)`` on the writer thread, after everything queued before it: work that fills an image
+        from :meth:`image` there (see :meth:`commit_when_done`), off the caller's thread."""
+        return self._io.submit(fn, *args)
 
-    def _write_fd(self, write: Callable[[int], object]) -> None:
-        self._fh.flush()  # buffered bytes (the file header) go first
-        write(self._fh.fileno())
+    def commit_when_done(self, image: Callable[[], np.ndarray], records: int) -> None:
+        """:meth:`commit` for an image that jobs queued with :meth:`run_in_order` are still filling: ``image()``
+        gives its used part once they are done."""
+        self._pending[self._flip] = self._io.submit(lambda: self._fh.write(image().data))
+        self.records += records
 
     def _next_image(self) -> None:
         """Turn to the next file image of the ring, once its previous write is done."""

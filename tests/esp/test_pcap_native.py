@@ -33,7 +33,7 @@ def _need_native():
 def _numpy_only(monkeypatch):
     for name in NATIVE:
         monkeypatch.setattr(pcap_mod, name, None)
-    for name in ("_NATIVE_CLASSIFY", "_NATIVE_EMIT", "_NATIVE_EMIT_SLOTS", "_NATIVE_LAYOUT", "_NATIVE_OUTCOME"):
+    for name in ("_NATIVE_CLASSIFY", "_NATIVE_EMIT", "_NATIVE_LAYOUT", "_NATIVE_OUTCOME"):
         monkeypatch.setattr(tool_mod, name, None)
 
 
@@ -233,22 +233,25 @@ def _mixed_capture(tmp_path):
 
 @pytest.mark.parametrize("frames", [False, True])
 @pytest.mark.parametrize("drop", ["", "other", "unknown"])
-def test_direct_output_equals_the_packed_writer(tmp_path, monkeypatch, frames, drop):
-    """esp._pcapio.emit_slots (records where the core decrypted them, packed while written on the writer
-    thread) gives the bytes and the summary of the one-pass packed writer, whatever each record becomes."""
+@pytest.mark.parametrize("group", [1, 4, 1024])
+def test_direct_output_equals_the_whole_chunk_path(tmp_path, monkeypatch, frames, drop, group):
+    """The direct decrypt (the core and the record writer a group of records at a time, in a small buffer)
+    gives the bytes and the summary of the whole-chunk path, whatever each record becomes and wherever the
+    groups and chunks begin."""
     _need_native()
     enc, sas = _mixed_capture(tmp_path)
     kw = {"frames": frames, "drop_other": drop == "other", "drop_unknown": drop == "unknown"}
+    monkeypatch.setattr(tool_mod, "DECRYPT_SUB_BATCH", group)
     used = []
-    real = tool_mod._Output.emit_slots
-    monkeypatch.setattr(tool_mod._Output, "emit_slots", lambda self, *a: used.append(1) or real(self, *a))
-    direct = decrypt_file(enc, tmp_path / "direct.pcap", sas[:1], chunk_records=13, **kw)
-    assert used, "the direct output was not used"
+    real = tool_mod._decrypt_direct
+    monkeypatch.setattr(tool_mod, "_decrypt_direct", lambda *a: used.append(1) or real(*a))
+    direct = decrypt_file(enc, tmp_path / "direct.pcap", sas, chunk_records=13, **kw)
+    assert used, "the direct path was not used"
     with monkeypatch.context() as m:
-        m.setattr(tool_mod, "_NATIVE_EMIT_SLOTS", None)
-        packed = decrypt_file(enc, tmp_path / "packed.pcap", sas[:1], chunk_records=13, **kw)
-    assert direct.as_dict() | {"seconds": 0} == packed.as_dict() | {"seconds": 0}
-    assert (tmp_path / "direct.pcap").read_bytes() == (tmp_path / "packed.pcap").read_bytes()
+        m.setattr(tool_mod, "_NATIVE_LAYOUT", None)
+        whole = decrypt_file(enc, tmp_path / "whole.pcap", sas, chunk_records=13, **kw)
+    assert direct.as_dict() | {"seconds": 0} == whole.as_dict() | {"seconds": 0}
+    assert (tmp_path / "direct.pcap").read_bytes() == (tmp_path / "whole.pcap").read_bytes()
     assert direct.per_sa[0].count("AUTH_FAILED") == 3 and direct.per_sa[0].packets == 49
     assert sum(direct.unknown_spi.values()) == 11
     assert direct.passed_through + direct.policy_dropped > 0
@@ -263,10 +266,15 @@ def test_layout_and_outcome_match_the_numpy_reference():
     L = tool_mod.parse_l3(c, lts)
     E = tool_mod._classify_esp(c, L, (4500,))
     for fr in (False, True):
-        a = tool_mod._layout(c, L, E, fr)
-        b = tool_mod._layout_numpy(c, L, E, fr)
-        for field in a.__dataclass_fields__:
-            assert np.array_equal(getattr(a, field), getattr(b, field)), field
+        for group in (1, 3, 1024):
+            tool_mod.DECRYPT_SUB_BATCH, saved = group, tool_mod.DECRYPT_SUB_BATCH
+            try:
+                a = tool_mod._layout(c, L, E, fr)
+                b = tool_mod._layout_numpy(c, L, E, fr)
+            finally:
+                tool_mod.DECRYPT_SUB_BATCH = saved
+            for field in a.__dataclass_fields__:
+                assert np.array_equal(getattr(a, field), getattr(b, field)), (field, fr, group)
     n = c.count
     for _ in range(30):
         assigned = rng.random(n) < 0.5
@@ -280,27 +288,6 @@ def test_layout_and_outcome_match_the_numpy_reference():
                                          flags["drop_other"], flags["drop_unknown"], flags["frames"], body)
         assert np.array_equal(body, body_ref)
         assert tuple(counts[:4]) == counts_ref and counts[4] == int(np.count_nonzero(body_ref))
-
-
-def test_emit_slots_refuses_records_that_do_not_fit():
-    _need_native()
-    n = 2
-    z = np.zeros(n, np.int64)
-    out = np.zeros(100, np.uint8)
-    body = np.array([2, 2], np.int8)
-
-    def args(slot, new_len):
-        return (out, np.asarray(slot, np.int64), body, np.zeros(8, np.uint8), z, z, z, z, z, np.zeros(n, np.uint8),
-                z, np.asarray(new_len, np.int32), z - 1, False, False, 1, 1, 10**6, -1)
-
-    with pytest.raises(ValueError):
-        _pcapio.emit_slots(*args([0, 20], [10, 4]))   # record 0 runs into slot 1
-    with pytest.raises(ValueError):
-        _pcapio.emit_slots(*args([0, 90], [4, 10]))   # record 1 runs past the image
-    with pytest.raises(ValueError):
-        _pcapio.emit_slots(*args([-1, 50], [4, 4]))
-    with pytest.raises(OSError):
-        _pcapio.emit_slots(*args([0, 50], [4, 4]))    # fits, but fd -1 cannot be written
 
 
 @pytest.mark.parametrize("zero_copy", [False, True])
