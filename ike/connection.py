@@ -138,6 +138,12 @@ class IkeConnection:
             from .errors import InvalidSyntaxError
 
             raise InvalidSyntaxError("request before the IKE_SA is established")
+        old = self._parked_by(sa)
+        if old is not None and not any(d.protocol == ProtocolId.IKE for d in msg.all(DeletePayload)):
+            # the peer uses the new IKE_SA of its rekey, parked here while ours runs: for the peer that rekey
+            # completed and won (it would delete it otherwise, RFC 7296 2.8.2), so it is the successor now,
+            # with the CHILD_SAs this request is about; ours, if it completes, is redundant (adopt_rekeyed)
+            self.rekey_failed(old)
         if msg.exchange == ExchangeType.CREATE_CHILD_SA:
             sa_p = msg.get(SaPayload)
             ike_rekey = sa_p is not None and bool(sa_p.proposals) and sa_p.proposals[0].protocol == ProtocolId.IKE
@@ -188,6 +194,13 @@ class IkeConnection:
                             self.tm.queue.append(kids)
                     t.queue = []
             self.old = [(s, t) for s, t in self.old if s is not sa]
+            for s, t in self.old:
+                if (s.scratch.get("peer_rekey_of") == (sa.spi_i, sa.spi_r) and s.state == IkeSaState.REKEYING
+                        and t.request is None and not t.queue):
+                    # a redundant IKE_SA from the peer's colliding rekey of the one just gone: the peer
+                    # deletes it once its exchange completes, which it cannot any more (it ran on the SA now
+                    # gone, e.g. our answer was lost); we say it (silently gone if the peer never had it)
+                    t.queue_tasks([IkeDelete(s, True)], sa.now)
             if self.sa.state == IkeSaState.ESTABLISHED:
                 self.tm.initiate(sa.now)
             return
@@ -204,7 +217,28 @@ class IkeConnection:
     def _after(self, sa: IkeSa) -> None:
         deleted = sa.scratch.pop("deleted", None)
         if deleted is not None:
+            if deleted == "deleted by peer" and "rekey_pending" in sa.scratch:
+                # the peer's rekey of this IKE_SA completed (parked while ours ran) and the peer now deletes
+                # the old one: it never saw our request (lost), so no collision on its side; its new IKE_SA
+                # is the successor (RFC 7296 2.8.2), ours is abandoned with the old IKE_SA
+                self.rekey_failed(sa)
+            elif deleted == "deleted by peer" and (old := self._parked_by(sa)) is not None:
+                # the peer deletes the new IKE_SA of its own rekey, parked here: it lost the collision
+                # (2.8.2), so ours is the successor once our exchange completes; nothing else ends
+                old.scratch.pop("rekey_pending", None)
+                self.old = [(s, t) for s, t in self.old if s is not sa]
+                sa.state = IkeSaState.DESTROYED
+                self._unregister(sa.spi_local)
+                return
             self._terminated(sa, deleted, None)
+
+    def _parked_by(self, sa: IkeSa) -> IkeSa | None:
+        """The IKE_SA whose rekey by the peer created ``sa``, parked while our own rekey of it runs."""
+        for s in [self.sa, *(o for o, _ in self.old)]:
+            pending = s.scratch.get("rekey_pending")
+            if pending is not None and pending[0] is sa:
+                return s
+        return None
 
     # -- initiator start -----------------------------------------------------------------------------------
     def start(self, now: float, children: list[ChildConfig]) -> None:
@@ -395,6 +429,8 @@ class IkeConnection:
         new.peer_fragmentation, new.peer_hashes = old.peer_fragmentation, old.peer_hashes
         new.local_id, new.remote_id, new.auth_method = old.local_id, old.remote_id, old.auth_method
         new.established_at = new.last_inbound = new.now = old.now
+        if not initiator:
+            new.scratch["peer_rekey_of"] = (old.spi_i, old.spi_r)  # SPIs only: no chain of old IKE_SAs kept
         if old.peer.rekey_time:
             new.rekey_at = old.now + old.peer.rekey_time * (0.9 + 0.1 * int.from_bytes(old.random(2), "big") / 65535)
         from .tasks.ike_init import install_keys
@@ -402,6 +438,15 @@ class IkeConnection:
         install_keys(new)
         new_tm = self._manager(new)
         self._register(new.spi_local, self)
+        if initiator and old.scratch.get("rekeyed_into") is not None:
+            # the peer's rekey of ``old`` was adopted while ours ran (its new IKE_SA came into use): ours is
+            # redundant, we delete it
+            new.scratch["rekeyed_into"] = old.live()
+            new.state = IkeSaState.REKEYING
+            self.old.append((new, new_tm))
+            new_tm.queue.insert(0, [_Del(new, True)])
+            new_tm.initiate(old.now)
+            return new
         if not initiator and self._rekeying(old):
             old.scratch["rekey_pending"] = (new, new_tm)  # collision: wait for our own exchange
             self.old.append((new, new_tm))

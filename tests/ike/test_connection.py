@@ -511,6 +511,78 @@ def test_child_rekey_queued_behind_ike_rekey_answer_lost_while_peer_deletes_the_
     assert of(eb, IkeSaTerminated) == [] and b.connection(1).spis() == [b.connection(1).sa.spi_local]
 
 
+def test_ike_rekey_request_lost_while_peer_rekeys_the_peers_new_ike_sa_succeeds():
+    """Found by the lossy fuzzer (longer runs): a rekeys the IKE_SA and its request is lost; b rekeys it too.
+    a answers b's rekey while its own is outstanding (a collision for a, which parks b's new IKE_SA); b never
+    saw a's request, so for b there is no collision: it switches and deletes the old IKE_SA. a must take b's
+    new IKE_SA as the successor (RFC 7296 2.8.2), not tear the whole connection down with the old one."""
+    a, b, ea, eb = establish(*psk_peers())
+    ca, cb = assert_child_keys_match(ea, eb)
+    a.rekey_ike(1, 1.0)
+    assert transfer(a, b, 1.0, ADDR_I[0], ADDR_R[0], drop=True) == 1   # a's rekey request lost
+    b.rekey_ike(1, 1.5)
+    transfer(b, a, 1.5, ADDR_R[0], ADDR_I[0])       # b's rekey request: a answers, parks b's new IKE_SA
+    transfer(a, b, 1.5, ADDR_I[0], ADDR_R[0])       # b completes, switches, deletes the old IKE_SA
+    roundtrip(a, b, 1.5)
+    ea, eb = drain(a), drain(b)
+    assert not of(ea, IkeSaTerminated) and not of(ea, ChildSaDeleted)
+    ra, rb = of(ea, IkeSaRekeyed), of(eb, IkeSaRekeyed)
+    assert len(ra) == len(rb) == 1 and (ra[0].spi_i, ra[0].spi_r) == (rb[0].spi_i, rb[0].spi_r)
+    sa_a, sa_b = a.list_sas(), b.list_sas()
+    assert len(sa_a) == len(sa_b) == 1 and (sa_a[0].spi_i, sa_a[0].spi_r) == (ra[0].spi_i, ra[0].spi_r)
+    assert [c.spi_in for c in sa_a[0].children] == [ca.spi_in]
+    assert a.connection(1).spis() == [a.connection(1).sa.spi_local]   # the old IKE_SA is gone
+    for t in (5.0, 15.0, 40.0, 100.0):              # nothing left to retransmit; the new IKE_SA works
+        a.handle_timer(t)
+        b.handle_timer(t)
+        roundtrip(a, b, t)
+    assert not of(drain(a), IkeSaTerminated)
+    a.rekey_child(ca.spi_in, 200.0)
+    roundtrip(a, b, 200.0)
+    assert_child_keys_match(drain(a), drain(b))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_simultaneous_ike_rekey_answers_lost_then_a_child_delete(seed):
+    """Found by the lossy fuzzer: both ends rekey the IKE_SA at once; b gets a's answer, a's answer to b's
+    rekey and a's follow-up (Delete of the old or of its own redundant IKE_SA, by the nonces) are lost; a
+    deletes the CHILD_SA. b, whose own rekey is still outstanding, has a's new IKE_SA parked: a request on it
+    means a uses it (a won), so b adopts it, CHILD_SAs and all; a Delete(IKE) on it means a lost, and only
+    that SA goes. b's own rekey, if it completes later, is redundant or the winner, as the nonces say; if it
+    cannot (the old IKE_SA is gone), a deletes the redundant IKE_SA b's request created. In the end: one
+    IKE_SA, no CHILD_SA, and no IkeSaTerminated for the lineage (the daemon would uninstall its CHILD_SAs)."""
+    i, r = psk_peers()
+    a, b = pair(i, r, retransmit_tries=6)
+    a.config.random.seed += bytes([seed])
+    b.config.random.seed += bytes([seed])
+    a.initiate("to-r", 0.0)
+    roundtrip(a, b)
+    ca, cb = assert_child_keys_match(drain(a), drain(b))
+    a.rekey_ike(1, 1.0)
+    b.rekey_ike(1, 1.0)
+    transfer(a, b, 1.0, ADDR_I[0], ADDR_R[0])   # a's rekey request: b answers, parks a's new IKE_SA
+    transfer(b, a, 1.0, ADDR_R[0], ADDR_I[0])   # b's request (a answers, parks) and b's answer: a resolves
+    transfer(a, b, 1.0, ADDR_I[0], ADDR_R[0], drop=True)   # a's answer and a's Delete(IKE) are lost
+    a.delete_child(a.list_sas()[0].children[0].spi_in, 2.0)
+    now = 2.0
+    for _ in range(30):
+        roundtrip(a, b, now)
+        t = [x for x in (a.get_timer(), b.get_timer()) if x is not None]
+        if not t or min(t) > 500.0:
+            break
+        now = min(t)
+        a.handle_timer(now)
+        b.handle_timer(now)
+    ea, eb = drain(a), drain(b)
+    assert not of(ea + eb, IkeSaTerminated)
+    sa_a, sa_b = a.list_sas(), b.list_sas()
+    assert len(sa_a) == len(sa_b) == 1 and (sa_a[0].spi_i, sa_a[0].spi_r) == (sa_b[0].spi_i, sa_b[0].spi_r)
+    assert sa_a[0].children == sa_b[0].children == ()
+    assert [e.spi_in for e in of(eb, ChildSaDeleted)] == [cb.spi_in]
+    for d in (a, b):
+        assert d.connection(1).spis() == [d.connection(1).sa.spi_local]   # every other IKE_SA is gone
+
+
 def test_lifetimes_drive_rekeys_and_expiry():
     i, r = psk_peers(rekey_time=100.0)
     i = replace(i, children=(child(rekey_time=50.0, life_time=80.0),))

@@ -6,6 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ike.errors import InvalidStateError
+from ike.events import ChildSaDeleted, ChildSaEstablished, IkeSaTerminated
 
 from .helpers import ADDR_I, ADDR_R, drain, pair, psk_peers, roundtrip
 
@@ -102,9 +103,16 @@ def scenario(ops, seed, lossy_start, peers):  # type: ignore[no-untyped-def]
         a.handle_timer(now)
         b.handle_timer(now)
     roundtrip(a, b, now)
-    drain(a)
-    drain(b)
+    ev_a, ev_b = drain(a), drain(b)
     sa_a, sa_b = a.list_sas(), b.list_sas()
+    for ev, sas in ((ev_a, sa_a), (ev_b, sa_b)):
+        # the events tell the daemon what to install: they must add up to what the core has
+        up = [e.spi_in for e in ev if isinstance(e, ChildSaEstablished)]
+        gone = [e.spi_in for e in ev if isinstance(e, ChildSaDeleted)]
+        assert len(set(gone)) == len(gone), "a CHILD_SA deleted twice"
+        assert set(up) - set(gone) == {c.spi_in for s in sas for c in s.children}
+        live = {s.ike_id for s in sas if s.state == "established"}  # an IKE_SA lineage still up never ended
+        assert not [e for e in ev if isinstance(e, IkeSaTerminated) and e.ike_id in live]
     live_a = [s for s in sa_a if s.state == "established"]
     live_b = [s for s in sa_b if s.state == "established"]
     assert len(live_a) <= 1 and len(live_b) <= 1 and bool(live_a) == bool(live_b)
