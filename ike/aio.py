@@ -9,9 +9,12 @@ Demultiplexing (RFC 3948, RFC 7296 2.23), per receiving socket:
 
 - on the plain IKE port (500 unless configured otherwise) every datagram is an IKE message;
 - on any other port a datagram that starts with the 4-byte zero non-ESP marker is IKE (the marker is
-  stripped), a single 0xFF byte is a NAT keepalive (counted, dropped), and anything else of ESP size is
-  UDP-encapsulated ESP (the SPI comes first) and goes to the data plane's ``on_esp`` callback;
-- anything else is counted as malformed and dropped. Nothing a peer sends can raise out of the adapter.
+  stripped) if a valid IKE header follows, a single 0xFF byte is a NAT keepalive (counted, dropped), and
+  anything else of ESP size is UDP-encapsulated ESP (the SPI comes first) and goes to the data plane's
+  ``on_esp`` callback (``esp_in``), unless ``esp_spi_known`` says no SA has that SPI (``esp_unknown_spi``,
+  dropped here: junk is not counted as ESP);
+- anything else (shorter than an ESP header, the marker without a valid IKE header) is counted as malformed
+  and dropped. Nothing a peer sends can raise out of the adapter.
 
 Sending prepends the marker when the core says so (``Datagram.marker``). ESP from the data plane leaves
 through :meth:`IkeEndpoint.send_esp` on the socket of the NAT-T port, without a marker.
@@ -28,7 +31,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .connection import Datagram
+from .errors import ParseError
 from .events import IkeEvent
+from .message import pull_header
 
 __all__ = ["KEEPALIVE", "MIN_ESP_LEN", "NON_ESP_MARKER", "Driver", "IkeEndpoint", "open_udp_socket"]
 
@@ -105,13 +110,16 @@ class IkeEndpoint:
     ``plain_ports``: ports on which IKE carries no non-ESP marker (RFC 7296: only 500). ``on_event`` gets every
     core event after each driver call; ``on_esp(esp, remote, local)`` gets UDP-encapsulated ESP. The handlers
     are called synchronously in the loop; an exception in one is logged and counted, never fatal.
+    ``esp_spi_known(spi)``: whether the data plane has an inbound SA with that SPI (None: every SPI goes on).
     """
 
     def __init__(self, driver: Driver, *, on_event: EventHandler | None = None, on_esp: EspHandler | None = None,
-                 plain_ports: Iterable[int] = (500,), loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 plain_ports: Iterable[int] = (500,), loop: asyncio.AbstractEventLoop | None = None,
+                 esp_spi_known: Callable[[int], bool] | None = None) -> None:
         self.driver = driver
         self.on_event = on_event
         self.on_esp = on_esp
+        self.esp_spi_known = esp_spi_known
         self.plain_ports = frozenset(plain_ports)
         self._loop = loop
         self._sockets: list[_Socket] = []
@@ -187,14 +195,20 @@ class IkeEndpoint:
                   esp: list[tuple[bytes, tuple[str, int]]]) -> None:
         if sock.plain:
             self._ike_in_order(data, addr, sock.local, esp)
-        elif data[:4] == NON_ESP_MARKER:
-            if len(data) > 4:
-                self._ike_in_order(data[4:], addr, sock.local, esp)
-            else:
+        elif data[:4] == NON_ESP_MARKER:  # SPI 0: not ESP (RFC 3948 2.2); IKE only with a valid header
+            ike = data[4:]
+            try:
+                pull_header(ike)
+            except ParseError:
                 self.stats["malformed"] += 1
+                return
+            self._ike_in_order(ike, addr, sock.local, esp)
         elif data == KEEPALIVE:
             self.stats["keepalives_in"] += 1
         elif len(data) >= MIN_ESP_LEN:
+            if self.esp_spi_known is not None and not self.esp_spi_known(int.from_bytes(data[:4], "big")):
+                self.stats["esp_unknown_spi"] += 1
+                return
             self.stats["esp_in"] += 1
             esp.append((data, addr))
         else:

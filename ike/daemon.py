@@ -238,7 +238,8 @@ class Daemon:
         self.replay_window = replay_window
         self.backend = backend
         self.key_log = key_log if key_log is not None else (KeyLog(config.key_log) if config.key_log else None)
-        self.endpoint = IkeEndpoint(self.core, on_event=self._on_event, on_esp=self._on_esp, plain_ports={500})
+        self.endpoint = IkeEndpoint(self.core, on_event=self._on_event, on_esp=self._on_esp,
+                                    plain_ports={500}, esp_spi_known=self._esp_spi_known)
         self.children: dict[int, InstalledChild] = {}  # by inbound SPI
         self._by_out: dict[int, int] = {}  # outbound SPI -> inbound SPI
         self.ike_sas: dict[int, IkeSaRecord] = {}
@@ -652,6 +653,11 @@ class Daemon:
                 self.endpoint.call(self.core.child_sa_soft_expired, spi_in)
         except Exception:
             log.exception("core refused the expiry of %08x", spi_in)
+
+    def _esp_spi_known(self, spi: int) -> bool:
+        """Whether an ESP-in-UDP datagram's SPI has an inbound SA (one replaced by a rekey counts for its
+        grace period): the endpoint counts the others as ``esp_unknown_spi``, not as ESP, and drops them."""
+        return spi in self.dataplane.sad.snapshot.inbound_by_spi
 
     def _on_esp(self, packets: list[tuple[bytes, tuple[str, int]]], local: tuple[str, int]) -> None:
         """ESP datagrams from the socket: give each the outer IP + UDP header the data plane expects (the

@@ -18,6 +18,12 @@ from ike.events import ChildSaFailed
 TIMEOUT = 5.0
 
 
+def _ike(body: bytes = b"") -> bytes:
+    """An IKE message with a valid header (version 2.0, length right) and ``body`` as its payloads."""
+    return bytes(range(1, 9)) + bytes(8) + bytes([0, 0x20, 37, 0x08]) + bytes(4) + \
+        (28 + len(body)).to_bytes(4, "big") + body
+
+
 class FakeDriver:
     def __init__(self) -> None:
         self.received: list[tuple[bytes, tuple[str, int], tuple[str, int], float]] = []
@@ -90,7 +96,7 @@ def test_demux_on_nat_port() -> None:
     async def main() -> None:
         drv, ep, local, peer, tr, esp, _ = await _setup()
         me = tr.get_extra_info("sockname")
-        ike = b"\x11" * 28
+        ike = _ike(b"\x11" * 8)
         tr.sendto(NON_ESP_MARKER + ike, local)          # IKE with marker
         tr.sendto(KEEPALIVE, local)                       # NAT keepalive
         tr.sendto(b"\xc0\xff\xee\x01" + b"\x00" * 20, local)  # ESP: SPI first
@@ -102,6 +108,35 @@ def test_demux_on_nat_port() -> None:
         assert drv.received[0][1] == (me[0], me[1]) and drv.received[0][2] == local
         assert esp == [(b"\xc0\xff\xee\x01" + b"\x00" * 20, (me[0], me[1]), local)]
         assert ep.stats["keepalives_in"] == 1 and ep.stats["malformed"] == 2
+        ep.close()
+        tr.close()
+
+    asyncio.run(main())
+
+
+def test_junk_on_nat_port_is_not_counted_as_esp() -> None:
+    """Undecodable datagrams on the NAT-T port are counted as what they are: the marker (SPI 0) without a
+    valid IKE header after it is malformed, so is anything shorter than an ESP header, and ESP framing with an
+    SPI the data plane has no SA for is esp_unknown_spi. None of it reaches the core or the data plane."""
+    async def main() -> None:
+        drv, ep, local, peer, tr, esp, _ = await _setup()
+        ep.esp_spi_known = lambda spi: spi == 0xC0FFEE01
+        junk = [NON_ESP_MARKER + b"\x11" * 28,                      # marker, then no IKE header (version 1.1)
+                NON_ESP_MARKER + _ike(b"xy")[:-1],                   # header length is not the datagram's
+                NON_ESP_MARKER + _ike()[:27],                        # shorter than an IKE header
+                b"\x01\x02\x03\x04\x05\x06\x07",                    # shorter than an ESP header
+                b"\x00\x00\x01\x00" + bytes(30),                     # ESP framing, no SA with SPI 0x100
+                b"\x00\x00\x00\x09" + bytes(30)]                     # reserved SPI (RFC 4303 2.1): no SA
+        for d in junk:
+            tr.sendto(d, local)
+        tr.sendto(b"\xc0\xff\xee\x01" + bytes(20), local)             # ESP of a known SA
+        tr.sendto(NON_ESP_MARKER + _ike(), local)                     # IKE
+        kinds = ("ike_in", "esp_in", "malformed", "esp_unknown_spi")
+        await _until(lambda: sum(ep.stats[k] for k in kinds) == 8, "eight datagrams")
+        assert ep.stats["malformed"] == 4 and ep.stats["esp_unknown_spi"] == 2
+        assert ep.stats["esp_in"] == 1 and ep.stats["ike_in"] == 1
+        assert [r[0] for r in drv.received] == [_ike()]
+        assert [e[0] for e in esp] == [b"\xc0\xff\xee\x01" + bytes(20)]
         ep.close()
         tr.close()
 
@@ -171,11 +206,11 @@ def test_core_and_handler_errors_are_contained() -> None:
 
         ep.on_esp = bad_esp
         drv.raise_on_receive = True
-        tr.sendto(NON_ESP_MARKER + b"x" * 28, local)
+        tr.sendto(NON_ESP_MARKER + _ike(b"x"), local)
         tr.sendto(b"\x00\x00\x00\x09" + b"y" * 28, local)
         await _until(lambda: ep.stats["core_errors"] == 1 and ep.stats["esp_handler_errors"] == 1, "two errors")
         drv.raise_on_receive = False
-        tr.sendto(NON_ESP_MARKER + b"z" * 28, local)
+        tr.sendto(NON_ESP_MARKER + _ike(b"z"), local)
         await _until(lambda: len(drv.received) == 1, "the endpoint to keep working")
         ep.close()
         tr.close()
@@ -252,7 +287,7 @@ def test_esp_before_an_ike_message_is_delivered_first() -> None:
         drv.receive_datagram = lambda *a: (order.append("ike"), real(*a))
         for i in range(5):
             tr.sendto(b"\x00\x00\x01\x00" + bytes(30), local)
-        tr.sendto(NON_ESP_MARKER + b"DELETE" * 5, local)
+        tr.sendto(NON_ESP_MARKER + _ike(b"DELETE"), local)
         tr.sendto(b"\x00\x00\x01\x00" + bytes(30), local)
         await _until(lambda: len(order) == 7, "seven datagrams")
         assert order == ["esp"] * 5 + ["ike", "esp"]

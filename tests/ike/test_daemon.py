@@ -310,8 +310,11 @@ def test_tampered_and_unknown_esp_are_counted_drops(tmp_path: Path) -> None:
         body[-1] ^= 1
         sock.sendto(bytes(body), p.addr_b)                      # tampered ICV
         sock.sendto(b"\x00\x00\x99\x99" + bytes(40), p.addr_b)  # unknown SPI
-        await _until(lambda: p.b.counters["esp_in_dropped"] == 2, "two drops")
+        st = p.b.endpoint.stats
+        await _until(lambda: p.b.counters["esp_in_dropped"] == 1 and st["esp_unknown_spi"] == 1, "two drops")
         assert p.got_b == [] and p.b.children[0x400].sa_in.counters.auth_failed == 1
+        # the tampered packet is ESP of a known SA (the data plane drops it); the other one is not ESP
+        assert st["esp_in"] == 1 and p.b.stats()["endpoint"]["esp_unknown_spi"] == 1
         await p.stop()
 
     asyncio.run(main())

@@ -319,6 +319,7 @@ def test_garbage_on_both_ports_then_a_tunnel(tmp_path: Path) -> None:
             st = b.daemon.endpoint.stats
             assert st["core_errors"] == 0 and st["esp_handler_errors"] == 0
             assert st["ike_in"] + st["esp_in"] + st["malformed"] + st["keepalives_in"] > 0
+            assert st["esp_in"] == 0 and st["esp_unknown_spi"] > 0  # no SA yet: none of the junk is ESP
             assert not b.daemon.children and len(b.daemon.dataplane.sad) == 0
             r = await a.daemon.initiate_and_wait("b", timeout=TIMEOUT)
             assert r["state"] == "ESTABLISHED"
