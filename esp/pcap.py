@@ -1467,15 +1467,17 @@ class CaptureWriter:
         self.records += records
 
     def run_in_order(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
-        """Run ``fn(*args)`` on the writer thread, after everything queued before it: work that fills an image
-        from :meth:`image` there (see :meth:`commit_when_done`), off the caller's thread."""
+        """Run ``fn(*args)`` on the writer thread, after everything queued before it: work that lays out records
+        and writes them there (:meth:`write_now`), off the caller's thread. The caller counts them in
+        ``records``."""
         return self._io.submit(fn, *args)
 
-    def commit_when_done(self, image: Callable[[], np.ndarray], records: int) -> None:
-        """:meth:`commit` for an image that jobs queued with :meth:`run_in_order` are still filling: ``image()``
-        gives its used part once they are done."""
-        self._pending[self._flip] = self._io.submit(lambda: self._fh.write(image().data))
-        self.records += records
+    def write_now(self, image: np.ndarray) -> None:
+        """Write laid-out records at once; only from a job of :meth:`run_in_order` (the writer thread)."""
+        try:
+            self._fh.write(image.data)
+        except OSError as exc:
+            raise CaptureError(f"{self.path}: write failed: {exc.strerror or exc}") from None
 
     def _next_image(self) -> None:
         """Turn to the next file image of the ring, once its previous write is done."""
@@ -1504,7 +1506,10 @@ class CaptureWriter:
                     self._sync_interfaces()
             finally:
                 self._io.shutdown(wait=True)
-                self._fh.close()
+                try:
+                    self._fh.close()  # flushes what is buffered (a file header)
+                except OSError as exc:
+                    raise CaptureError(f"{self.path}: write failed: {exc.strerror or exc}") from None
 
     def __enter__(self) -> "CaptureWriter":
         return self

@@ -310,3 +310,16 @@ def test_a_capture_cut_while_it_is_read_is_an_error_not_a_crash(tmp_path, zero_c
             got += c.count
     assert 0 < got < len(frames)
     r.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_failed_write_is_reported_not_lost(tmp_path, monkeypatch, direct):
+    """A write that fails (disk full) on the writer thread is a CaptureError naming the output, whichever path
+    wrote: nothing is lost silently."""
+    _need_native()
+    enc, sas = _mixed_capture(tmp_path)
+    if not direct:
+        monkeypatch.setattr(tool_mod, "_NATIVE_LAYOUT", None)
+    with pytest.raises(pcap_mod.CaptureError, match="/dev/full: write failed"):
+        decrypt_file(enc, "/dev/full", sas, chunk_records=13)
