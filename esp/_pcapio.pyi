@@ -3,6 +3,9 @@ import numpy as np
 
 def scan_pcap(buf: np.ndarray, pos: int, stop: int, size: int, limit: int, big: bool, max_record: int,
               out: np.ndarray) -> tuple[int, int]: ...
+def scan_pcap_fields(buf: np.ndarray, pos: int, stop: int, size: int, limit: int, big: bool, max_record: int,
+                     mult: int, out: np.ndarray, caplen: np.ndarray, origlen: np.ndarray,
+                     ts: np.ndarray) -> tuple[int, int]: ...
 def pcap_fields(data: np.ndarray, offsets: np.ndarray, big: bool, mult: int, caplen: np.ndarray,
                 origlen: np.ndarray, ts: np.ndarray) -> None: ...
 def gather_segments(src: np.ndarray, src_off: np.ndarray, lengths: np.ndarray, dst: np.ndarray,

@@ -79,6 +79,43 @@ def scan_pcap(const uint8_t[::1] buf, int64_t pos, int64_t stop, int64_t size, i
     return n, pos
 
 
+def scan_pcap_fields(const uint8_t[::1] buf, int64_t pos, int64_t stop, int64_t size, int64_t limit, bint big,
+                     int64_t max_record, int64_t mult, int64_t[::1] out, int64_t[::1] caplen, int64_t[::1] origlen,
+                     int64_t[::1] ts):
+    """:func:`scan_pcap` and :func:`pcap_fields` in one pass: each record header is read once, while its line
+    is in cache, for the walk and for the record's lengths and timestamp."""
+    if size > buf.shape[0] or size < 0:
+        raise ValueError("scan_pcap_fields: size beyond the buffer")
+    if limit > out.shape[0] or limit > caplen.shape[0] or limit > origlen.shape[0] or limit > ts.shape[0]:
+        raise ValueError("scan_pcap_fields: outputs shorter than limit")
+    if pos < 0:
+        raise ValueError("scan_pcap_fields: negative position")
+    cdef int64_t n = 0, cl, ahead = pos, q
+    cdef const uint8_t *b = &buf[0] if buf.shape[0] else NULL
+    cdef const uint8_t *h
+    with nogil:
+        while pos + 16 <= size and n < limit:
+            q = pos + PREFETCH_AHEAD
+            if q > size:
+                q = size
+            while ahead < q:
+                pcapio_prefetch(b + ahead)
+                ahead += 64
+            h = b + pos
+            cl = _rd32(h + 8, big)
+            if cl > max_record or pos + 16 + cl > size:
+                break
+            out[n] = pos + 16
+            caplen[n] = cl
+            origlen[n] = _rd32(h + 12, big)
+            ts[n] = <int64_t>_rd32(h, big) * mult + _rd32(h + 4, big)
+            n += 1
+            pos += 16 + cl
+            if n >= limit or pos >= stop:
+                break
+    return n, pos
+
+
 def pcap_fields(const uint8_t[::1] data, const int64_t[::1] offsets, bint big, int64_t mult,
                 int64_t[::1] caplen, int64_t[::1] origlen, int64_t[::1] ts):
     """The 16-byte record header in front of each offset: captured and original length, and the timestamp as

@@ -607,7 +607,12 @@ class CaptureReader:
                 avg_rec = (pos - chunk_start) / offs.size
                 pos = end_after
                 continue
-            rec, pos = self._walk_pcap(pos, stop_bytes, limit_records, unpack)
+            fields = None
+            rec: list[int] | np.ndarray
+            if self.zero_copy and _NATIVE_SCAN_FIELDS is not None:
+                rec, pos, fields = self._walk_pcap_fields(pos, stop_bytes, limit_records)
+            else:
+                rec, pos = self._walk_pcap(pos, stop_bytes, limit_records, unpack)
             n = len(rec)
             if pos < size and n < limit_records and pos < stop_bytes:
                 if pos + 16 > size:
@@ -623,7 +628,7 @@ class CaptureReader:
                         pos = size
             if len(rec):
                 data, offs = self._make_chunk(rec, 16, min(pos, size))
-                cap, orig, ts = self._record_fields(data, offs)
+                cap, orig, ts = fields if fields is not None else self._record_fields(data, offs)
                 yield Chunk(data, offs, cap, orig, ts, np.zeros(len(rec), dtype=np.int32), index, pos)
                 index += len(rec)
         if broken:
@@ -639,6 +644,15 @@ class CaptureReader:
             return cap, orig, ts
         f = _fields(data, offs - 16, 4, self.byte_order)
         return f[:, 2], f[:, 3], f[:, 0] * mult + f[:, 1]
+
+    def _walk_pcap_fields(self, pos: int, stop: int, limit: int
+                          ) -> tuple[np.ndarray, int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """:meth:`_walk_pcap` with each record's lengths and timestamp read in the same pass (the mapping is
+        the chunk, zero_copy: its offsets are the file's)."""
+        out, cap, orig, ts = (np.empty(limit, dtype=np.int64) for _ in range(4))
+        n, pos = _NATIVE_SCAN_FIELDS(self._arr, pos, stop, self.size, limit, self.byte_order == ">",
+                                     MAX_RECORD_BYTES, 10**9 if self.nanosecond else 10**6, out, cap, orig, ts)
+        return out[:n], pos, (cap[:n], orig[:n], ts[:n])
 
     def _walk_pcap(self, pos: int, stop: int, limit: int, unpack: Any) -> tuple[list[int] | np.ndarray, int]:
         """Record data offsets from ``pos`` on, until ``limit`` records, ``stop`` bytes, or a record that does not
@@ -1202,6 +1216,8 @@ _NATIVE_GATHER = _native("gather_segments")
 #: esp._pcapio.scan_pcap(buf, pos, stop, size, limit, big_endian, max_record, out) -> (count, pos) if built: the
 #: record walk of CaptureReader._walk_pcap in C (out[k] = offset of record k's data).
 _NATIVE_SCAN = _native("scan_pcap")
+#: esp._pcapio.scan_pcap_fields(...): the walk and the record header fields in one pass.
+_NATIVE_SCAN_FIELDS = _native("scan_pcap_fields")
 #: esp._pcapio.pcap_fields(data, offsets, big_endian, mult, caplen, origlen, ts): the record header fields.
 _NATIVE_FIELDS = _native("pcap_fields")
 #: esp._pcapio.scatter_rows(out, starts, rows): fixed-width rows (record headers) into a file image.

@@ -148,7 +148,8 @@ def test_decrypt_file_is_byte_identical_to_the_numpy_path(tmp_path, monkeypatch,
 
 
 def test_reader_read_path_equals_mapped_path(tmp_path, monkeypatch):
-    """pcap chunks read into the arena give the records, problems and positions of the mapped walk."""
+    """pcap chunks read into the arena give the records, problems and positions of the mapped walk, and of the
+    zero-copy walk that reads the record fields as it goes."""
     _need_native()
     frames = [_frame(p, 1) for p in BASE * 30]
     whole = pcap_file([Rec(f, 1_700_000_000 + i, i) for i, f in enumerate(frames)])
@@ -157,13 +158,14 @@ def test_reader_read_path_equals_mapped_path(tmp_path, monkeypatch):
         p = tmp_path / f"c{k}.pcap"
         p.write_bytes(data)
         results = []
-        for read_path in (True, False):
+        for read_path, zero_copy in ((True, False), (False, False), (False, True)):
             with monkeypatch.context() as m:
                 if not read_path:
                     m.setattr(pcap_mod.CaptureReader, "_pcap_chunks_read",
                               lambda self: self._pcap_chunks_mapped())
                 recs, err = [], None
-                r = pcap_mod.CaptureReader(p, chunk_records=17, chunk_bytes=4096, reuse_buffers=True)
+                r = pcap_mod.CaptureReader(p, chunk_records=17, chunk_bytes=4096, reuse_buffers=True,
+                                           zero_copy=zero_copy)
                 try:
                     for c in r.chunks():
                         for i in range(c.count):
@@ -175,7 +177,7 @@ def test_reader_read_path_equals_mapped_path(tmp_path, monkeypatch):
                     err = str(exc)
                 results.append((recs, err, r.problems, r.truncated_records, last))
                 r.close()
-        assert results[0] == results[1]
+        assert results[0] == results[1] == results[2]
 
 
 def test_kernels_refuse_out_of_bounds_offsets():
@@ -193,6 +195,10 @@ def test_kernels_refuse_out_of_bounds_offsets():
         _pcapio.scatter_rows(dst, i64(48), np.zeros((1, 4), np.uint8))
     with pytest.raises(ValueError):
         _pcapio.scan_pcap(src, 0, 100, 200, 4, False, 1000, np.zeros(4, np.int64))
+    with pytest.raises(ValueError):
+        _pcapio.scan_pcap_fields(src, 0, 100, 200, 4, False, 1000, 10**6, *(np.zeros(4, np.int64) for _ in range(4)))
+    with pytest.raises(ValueError):
+        _pcapio.scan_pcap_fields(src, 0, 100, 100, 4, False, 1000, 10**6, *(np.zeros(3, np.int64) for _ in range(4)))
     with pytest.raises(ValueError):
         _pcapio.pcap_fields(src, i64(8), False, 10**6, *(np.zeros(1, np.int64) for _ in range(3)))
     z = np.zeros(1, np.int64)
