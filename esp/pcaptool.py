@@ -775,7 +775,8 @@ def _decrypt_direct(p: _Parsed, lay: _Layout, plan: list, out: _Output, summary:
     c, L, E = p.c, p.L, p.E
     n = c.count
     src = PacketBatch(c.data, lay.src_off, lay.src_len, lay.src_len)
-    dsts = [PacketBatch(scratch.get(f"dst{r}", lay.dst_size + 1), lay.dst_off, np.zeros(n, np.int32), lay.dst_cap)
+    lengths = np.zeros(n, np.int32)  # shared: the core sets only the selected records' lengths
+    dsts = [PacketBatch(scratch.get(f"dst{r}", lay.dst_size + 1), lay.dst_off, lengths, lay.dst_cap)
             for r in range(_DECRYPT_GROUP_BUFFERS)]
     assigned, groups = _select_groups(plan, L, E)
     starts = np.arange(0, n, DECRYPT_SUB_BATCH)
@@ -783,15 +784,15 @@ def _decrypt_direct(p: _Parsed, lay: _Layout, plan: list, out: _Output, summary:
     out.sync()
     w = out.writer
     assert w is not None
-    # room for a group's records: 16 bytes each and their captured bytes (a decrypted packet is shorter)
-    room = np.concatenate([[0], np.cumsum(c.caplen + 16)]).tolist()
+    # room for each group's records: 16 bytes each and their captured bytes (a decrypted packet is shorter)
+    room = np.add.reduceat(c.caplen + 16, starts).tolist() if n else []
     body = np.empty(n, dtype=np.int8)
-    status, lengths = np.empty(n, np.uint8), np.empty(n, np.int32)
+    status = np.empty(n, np.uint8)
     flags = (assigned.view(np.uint8), E.esp.view(np.uint8), E.frag.view(np.uint8), E.cut.view(np.uint8), L.version)
     totals = [0, 0, 0, 0, 0]
 
-    def write_group(dst: PacketBatch, a: int, b: int) -> None:
-        buf = out.records_buffer(room[b] - room[a])
+    def write_group(dst: PacketBatch, k: int, a: int, b: int) -> None:
+        buf = out.records_buffer(room[k])
         w.write_now(buf[:out.emit_range(buf, 0, c, L, body, dst, a, b)[0]])
 
     for k, a in enumerate(starts.tolist()):
@@ -801,17 +802,17 @@ def _decrypt_direct(p: _Parsed, lay: _Layout, plan: list, out: _Output, summary:
             if cut[k + 1] > cut[k]:
                 _decrypt_sel(primary, fallback, src, dst, sel[cut[k]:cut[k + 1]])
         status[a:b] = dst.status[a:b]
-        lengths[a:b] = dst.lengths[a:b]
         asg, esp, frag, cut_, version = (x[a:b] for x in flags)
         got = _NATIVE_OUTCOME(asg, status[a:b], esp, frag, cut_, version, drop_other, drop_unknown, out.frames,
                               body[a:b])
         for i in range(5):
             totals[i] += got[i]
         if got[4]:
-            out.release_group_buffer(w.run_in_order(write_group, dst, a, b))
+            out.release_group_buffer(w.run_in_order(write_group, dst, k, a, b))
     w.records += totals[4]
     for sel, _, _, st in groups:
-        _account(st, status[sel], lengths[sel])
+        whole = sel.shape[0] == n  # one SA for the whole chunk (the usual case): nothing to gather
+        _account(st, status if whole else status[sel], lengths if whole else lengths[sel])
     _count_outcome(summary, p, assigned, *totals[:4])
     summary.written += totals[4]
 
