@@ -1483,9 +1483,9 @@ class CaptureWriter:
         self.records += records
 
     def run_in_order(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
-        """Run ``fn(*args)`` on the writer thread, after everything queued before it: work that lays out records
-        and writes them there (:meth:`write_now`), off the caller's thread. The caller counts them in
-        ``records``."""
+        """Run ``fn(*args)`` on the writer thread, after everything queued before it: writes of records the caller
+        laid out itself (:meth:`write_now`), off the caller's thread; the future tells when its buffer is free
+        again. The caller counts the records in ``records``."""
         return self._io.submit(fn, *args)
 
     def write_now(self, image: np.ndarray) -> None:
