@@ -84,6 +84,9 @@ typedef struct {
     IMB_HASH_ALG hash_alg;
     IMB_CIPHER_MODE cipher_mode;
     aes_gcm_enc_dec_t gcm_fn;    /* AES-GCM/GMAC: the one library entry for this key size and direction */
+    aes_gcm_init_t gcm_init;     /* AES-GCM encryption in pieces (espc_aead_seal2), chosen once per SA */
+    aes_gcm_enc_dec_update_t gcm_update;
+    aes_gcm_enc_dec_finalize_t gcm_final;
 #endif
 } espc_ctx;
 
@@ -408,6 +411,21 @@ static espc_ctx *espc_new(int backend, int cipher, int enc, const uint8_t *key, 
         if (key_len == 16) c->gcm_fn = enc ? espc_mb_mgr->gcm128_enc : espc_mb_mgr->gcm128_dec;
         else if (key_len == 24) c->gcm_fn = enc ? espc_mb_mgr->gcm192_enc : espc_mb_mgr->gcm192_dec;
         else c->gcm_fn = enc ? espc_mb_mgr->gcm256_enc : espc_mb_mgr->gcm256_dec;
+        if (enc && cipher == ESPC_GCM) {
+            if (key_len == 16) {
+                c->gcm_init = espc_mb_mgr->gcm128_init;
+                c->gcm_update = espc_mb_mgr->gcm128_enc_update;
+                c->gcm_final = espc_mb_mgr->gcm128_enc_finalize;
+            } else if (key_len == 24) {
+                c->gcm_init = espc_mb_mgr->gcm192_init;
+                c->gcm_update = espc_mb_mgr->gcm192_enc_update;
+                c->gcm_final = espc_mb_mgr->gcm192_enc_finalize;
+            } else {
+                c->gcm_init = espc_mb_mgr->gcm256_init;
+                c->gcm_update = espc_mb_mgr->gcm256_enc_update;
+                c->gcm_final = espc_mb_mgr->gcm256_enc_finalize;
+            }
+        }
         return c;
 #else
         goto fail;
@@ -500,38 +518,41 @@ static int espc_aead_other(espc_ctx *c, const uint8_t *nonce, const uint8_t *aad
 
 /* AEAD encryption of in1 || in2 (payload, then padding and trailer) into out, out of place: a large payload is
  * read once from where it lies instead of being copied next to its trailer first. GCM and ChaCha20-Poly1305. */
-static int espc_aead_seal2(espc_ctx *c, const uint8_t *nonce, const uint8_t *aad, int aad_len,
-                           const uint8_t *in1, int len1, const uint8_t *in2, int len2, uint8_t *out, uint8_t *tag) {
+static int espc_aead_seal2_other(espc_ctx *c, const uint8_t *nonce, const uint8_t *aad, int aad_len,
+                                 const uint8_t *in1, int len1, const uint8_t *in2, int len2, uint8_t *out,
+                                 uint8_t *tag);
+
+static inline int espc_aead_seal2(espc_ctx *c, const uint8_t *nonce, const uint8_t *aad, int aad_len,
+                                  const uint8_t *in1, int len1, const uint8_t *in2, int len2, uint8_t *out,
+                                  uint8_t *tag) {
+#ifdef ESPRESSO_HAVE_IPSECMB
+    if (c->gcm_init != NULL) {
+        /* ipsec-mb AES-GCM, the hot case for large packets: the library's entries chosen once per SA. */
+        struct gcm_context_data gc;
+        c->gcm_init(&c->gkey, &gc, nonce, aad, (uint64_t)aad_len);
+        c->gcm_update(&c->gkey, &gc, out, in1, (uint64_t)len1);
+        c->gcm_update(&c->gkey, &gc, out + len1, in2, (uint64_t)len2);
+        c->gcm_final(&c->gkey, &gc, tag, (uint64_t)c->icv_len);
+        return 1;
+    }
+#endif
+    return espc_aead_seal2_other(c, nonce, aad, aad_len, in1, len1, in2, len2, out, tag);
+}
+
+static int espc_aead_seal2_other(espc_ctx *c, const uint8_t *nonce, const uint8_t *aad, int aad_len,
+                                 const uint8_t *in1, int len1, const uint8_t *in2, int len2, uint8_t *out,
+                                 uint8_t *tag) {
     int outl = 0;
 #ifdef ESPRESSO_HAVE_IPSECMB
     if (c->backend == ESPC_IPSECMB) {
-        if (c->cipher == ESPC_CHACHA) {
-            struct chacha20_poly1305_context_data cc;
-            IMB_CHACHA20_POLY1305_INIT(espc_mb_mgr, c->chacha_key, &cc, nonce, aad, (uint64_t)aad_len);
-            IMB_CHACHA20_POLY1305_ENC_UPDATE(espc_mb_mgr, c->chacha_key, &cc, out, in1, (uint64_t)len1);
-            IMB_CHACHA20_POLY1305_ENC_UPDATE(espc_mb_mgr, c->chacha_key, &cc, out + len1, in2, (uint64_t)len2);
-            IMB_CHACHA20_POLY1305_ENC_FINALIZE(espc_mb_mgr, &cc, tag, (uint64_t)c->icv_len);
-            return 1;
-        } else {
-            struct gcm_context_data gc;
-            if (c->key_len == 16) {
-                IMB_AES128_GCM_INIT(espc_mb_mgr, &c->gkey, &gc, nonce, aad, (uint64_t)aad_len);
-                IMB_AES128_GCM_ENC_UPDATE(espc_mb_mgr, &c->gkey, &gc, out, in1, (uint64_t)len1);
-                IMB_AES128_GCM_ENC_UPDATE(espc_mb_mgr, &c->gkey, &gc, out + len1, in2, (uint64_t)len2);
-                IMB_AES128_GCM_ENC_FINALIZE(espc_mb_mgr, &c->gkey, &gc, tag, (uint64_t)c->icv_len);
-            } else if (c->key_len == 24) {
-                IMB_AES192_GCM_INIT(espc_mb_mgr, &c->gkey, &gc, nonce, aad, (uint64_t)aad_len);
-                IMB_AES192_GCM_ENC_UPDATE(espc_mb_mgr, &c->gkey, &gc, out, in1, (uint64_t)len1);
-                IMB_AES192_GCM_ENC_UPDATE(espc_mb_mgr, &c->gkey, &gc, out + len1, in2, (uint64_t)len2);
-                IMB_AES192_GCM_ENC_FINALIZE(espc_mb_mgr, &c->gkey, &gc, tag, (uint64_t)c->icv_len);
-            } else {
-                IMB_AES256_GCM_INIT(espc_mb_mgr, &c->gkey, &gc, nonce, aad, (uint64_t)aad_len);
-                IMB_AES256_GCM_ENC_UPDATE(espc_mb_mgr, &c->gkey, &gc, out, in1, (uint64_t)len1);
-                IMB_AES256_GCM_ENC_UPDATE(espc_mb_mgr, &c->gkey, &gc, out + len1, in2, (uint64_t)len2);
-                IMB_AES256_GCM_ENC_FINALIZE(espc_mb_mgr, &c->gkey, &gc, tag, (uint64_t)c->icv_len);
-            }
-            return 1;
-        }
+        /* AES-GCM went through the per-SA entries in espc_aead_seal2; here ChaCha20-Poly1305. */
+        struct chacha20_poly1305_context_data cc;
+        if (c->cipher != ESPC_CHACHA) return -1;
+        IMB_CHACHA20_POLY1305_INIT(espc_mb_mgr, c->chacha_key, &cc, nonce, aad, (uint64_t)aad_len);
+        IMB_CHACHA20_POLY1305_ENC_UPDATE(espc_mb_mgr, c->chacha_key, &cc, out, in1, (uint64_t)len1);
+        IMB_CHACHA20_POLY1305_ENC_UPDATE(espc_mb_mgr, c->chacha_key, &cc, out + len1, in2, (uint64_t)len2);
+        IMB_CHACHA20_POLY1305_ENC_FINALIZE(espc_mb_mgr, &cc, tag, (uint64_t)c->icv_len);
+        return 1;
     }
 #endif
     if (!EVP_CipherInit_ex2(c->ctx, NULL, NULL, nonce, 1, NULL)) return -1;
