@@ -153,6 +153,16 @@ cdef inline uint32_t fold(uint32_t s) noexcept nogil:
     return s
 
 
+cdef inline int _inner_len(const uint8_t *p, int plen, int nh) noexcept nogil:
+    """Tunnel mode: the length of the inner IP packet in a decrypted payload of plen bytes, or -1. The inner
+    packet's own length strips TFC padding (RFC 4303 2.4)."""
+    if nh == 4 and plen >= 20 and (p[0] >> 4) == 4 and 20 <= get16(p + 2) <= plen:
+        return get16(p + 2)
+    if nh == 41 and plen >= 40 and (p[0] >> 4) == 6 and get16(p + 4) + 40 <= plen:
+        return get16(p + 4) + 40
+    return -1
+
+
 cdef class BatchView:
     """Raw pointers into a batch's arrays, taken once per batch instead of once per call.
 
@@ -841,7 +851,7 @@ cdef class SaContext:
 
     cdef int _encrypt_one(self, const uint8_t *pkt, int n, uint8_t *out, int cap, Py_ssize_t slot,
                           int *out_len) noexcept nogil:
-        cdef int r, esplen, hl, ver, nh, total, esp_off, tc
+        cdef int r, esplen, hl, ver, nh, total, esp_off
         cdef uint8_t *t
         if n < 1:
             self.malformed += 1
@@ -890,28 +900,7 @@ cdef class SaContext:
         total = esp_off + esplen
         t = out
         if self.framing == F_TUNNEL:
-            # Fixed sizes let the compiler inline the copy.
-            if esp_off == 20:
-                memcpy(t, self.tmpl, 20)
-            elif esp_off == 28:
-                memcpy(t, self.tmpl, 28)
-            elif esp_off == 40:
-                memcpy(t, self.tmpl, 40)
-            else:
-                memcpy(t, self.tmpl, 48)
-            # DSCP and ECN are copied from the inner header (RFC 4301 5.1.2.1).
-            tc = pkt[1] if nh == 4 else (((pkt[0] & 0x0f) << 4) | (pkt[1] >> 4))
-            if self.v6:
-                t[0] = 0x60 | (tc >> 4)
-                t[1] = (tc & 0x0f) << 4
-                put16(t + 4, total - 40)
-            else:
-                t[1] = tc
-                put16(t + 2, total)
-                self.ip_id += 1
-                put16(t + 4, self.ip_id)
-                # The template's fixed words are summed once per SA; only TOS, length and ID vary.
-                put16(t + 10, (~fold(self.tmpl_sum + tc + <uint32_t>total + self.ip_id)) & 0xffff)
+            self._outer_header(t, pkt, nh, total)
         else:
             memcpy(t, pkt, hl)
             if ver == 4:
@@ -925,9 +914,8 @@ cdef class SaContext:
             if self.encap:
                 put16(t + hl, self.sport)
                 put16(t + hl + 2, self.dport)
-        if self.encap:
-            put16(t + hl + 4, total - hl)
-            put16(t + hl + 6, 0)
+                put16(t + hl + 4, total - hl)
+                put16(t + hl + 6, 0)
         out_len[0] = total
         if self.jobs:
             self.b_status[slot] = V_OK
@@ -945,7 +933,7 @@ cdef class SaContext:
         Anything this path does not expect (a malformed inner packet, no room, a lifetime or sequence limit
         about to be reached, a test IV) goes to the full path, which counts and refuses it the one way.
         """
-        cdef int nh, tc, ctlen, padlen, hl, total, aad_len, r
+        cdef int nh, ctlen, padlen, hl, total, aad_len, r
         cdef uint64_t seq
         cdef uint8_t *esp
         cdef uint8_t *ct
@@ -956,10 +944,8 @@ cdef class SaContext:
         cdef uint8_t trailer[8]
         if n >= 20 and pkt[0] >> 4 == 4 and get16(pkt + 2) == n:
             nh = 4
-            tc = pkt[1]
         elif n >= 40 and pkt[0] >> 4 == 6 and get16(pkt + 4) + 40 == n:
             nh = 41
-            tc = ((pkt[0] & 0x0f) << 4) | (pkt[1] >> 4)
         else:
             return self._encrypt_one(pkt, n, out, cap, slot, out_len)
         ctlen = (n + 5) & ~3
@@ -1003,12 +989,27 @@ cdef class SaContext:
             self.seq -= 1
             self.unsupported += 1
             return V_UNSUPPORTED
-        if hl == 20:
+        self._outer_header(t, pkt, nh, total)
+        self.packets += 1
+        self.bytes += n
+        out_len[0] = total
+        return V_OK
+
+    cdef inline void _outer_header(self, uint8_t *t, const uint8_t *inner, int nh, int total) noexcept nogil:
+        """Tunnel mode: the outer IPv4/IPv6 header (and UDP length, RFC 3948) of a packet of ``total`` bytes,
+        from the SA's template; the IPv6 UDP checksum is the caller's (``_fix_udp6``)."""
+        cdef int tc
+        # Fixed sizes let the compiler inline the copy.
+        if self.tmpl_len == 20:
             memcpy(t, self.tmpl, 20)
-        elif hl == 28:
+        elif self.tmpl_len == 28:
             memcpy(t, self.tmpl, 28)
-        else:
+        elif self.tmpl_len == 40:
             memcpy(t, self.tmpl, 40)
+        else:
+            memcpy(t, self.tmpl, 48)
+        # DSCP and ECN are copied from the inner header (RFC 4301 5.1.2.1).
+        tc = inner[1] if nh == 4 else (((inner[0] & 0x0f) << 4) | (inner[1] >> 4))
         if self.v6:
             t[0] = 0x60 | (tc >> 4)
             t[1] = (tc & 0x0f) << 4
@@ -1018,14 +1019,11 @@ cdef class SaContext:
             put16(t + 2, total)
             self.ip_id += 1
             put16(t + 4, self.ip_id)
+            # The template's fixed words are summed once per SA; only TOS, length and ID vary.
             put16(t + 10, (~fold(self.tmpl_sum + tc + <uint32_t>total + self.ip_id)) & 0xffff)
-            if hl == 28:
-                put16(t + 24, total - 20)
-                put16(t + 26, 0)
-        self.packets += 1
-        self.bytes += n
-        out_len[0] = total
-        return V_OK
+        if self.encap:
+            put16(t + self.ip_len + 4, total - self.ip_len)
+            put16(t + self.ip_len + 6, 0)
 
     cdef int _parse_outer(self, const uint8_t *pkt, int n, int *hl_out, int *esp_off_out, int *end_out) noexcept nogil:
         """Find the ESP packet in an IPv4/IPv6 packet, plain or UDP-encapsulated (RFC 3948)."""
@@ -1080,12 +1078,8 @@ cdef class SaContext:
         """The packet handed on: the inner packet (tunnel) or the restored original (transport)."""
         cdef int inner, total
         if self.framing == F_TUNNEL:
-            # The inner packet's own length strips TFC padding (RFC 4303 2.4).
-            if nh == 4 and plen >= 20 and (out[0] >> 4) == 4 and get16(out + 2) <= plen and get16(out + 2) >= 20:
-                inner = get16(out + 2)
-            elif nh == 41 and plen >= 40 and (out[0] >> 4) == 6 and get16(out + 4) + 40 <= plen:
-                inner = get16(out + 4) + 40
-            else:
+            inner = _inner_len(out, plen, nh)
+            if inner < 0:
                 self.malformed += 1
                 return V_MALFORMED
             out_len[0] = inner
@@ -1215,12 +1209,8 @@ cdef class SaContext:
                 if plen < 0 or out[plen + i] != i + 1:
                     self.pad_errors += 1
                     return V_PAD_ERROR
-        # The inner packet's own length strips TFC padding (RFC 4303 2.4).
-        if nh == 4 and plen >= 20 and (out[0] >> 4) == 4 and get16(out + 2) <= plen and get16(out + 2) >= 20:
-            inner = get16(out + 2)
-        elif nh == 41 and plen >= 40 and (out[0] >> 4) == 6 and get16(out + 4) + 40 <= plen:
-            inner = get16(out + 4) + 40
-        else:
+        inner = _inner_len(out, plen, nh)
+        if inner < 0:
             self.malformed += 1
             return V_MALFORMED
         self.packets += 1
