@@ -4,6 +4,9 @@
 Simultaneous rekeys (2.8.1): when both ends rekey the same CHILD_SA, the new SA whose exchange holds the lowest
 of the four nonces is redundant and is deleted by the end that initiated it; the initiator of the survivor
 deletes the old SA.
+
+CHILD_SA_NOT_FOUND in answer to our rekey (2.25): the peer has no such SA; we drop ours silently and create it
+afresh with a plain CREATE_CHILD_SA (unless the peer's Delete already removed it: a rekey/delete collision).
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from ..payloads import NotifyPayload
 from ..sa import ChildSa, ChildSaState
 from .base import TaskStatus
 from .child_create import ChildCreate
-from .child_delete import ChildDelete
+from .child_delete import ChildDelete, remove_child
 
 __all__ = ["ChildRekey", "resolve_collision"]
 
@@ -100,9 +103,27 @@ class ChildRekey(ChildCreate):
                 old.state = ChildSaState.REKEYED
                 _switch(sa, old, new)
                 _front(self._sa, ChildDelete(sa, True, [old], "rekeyed"))
+        elif old.state == ChildSaState.REKEYING and old.spi_in in sa.children and self._not_found(msg):
+            self._recreate(old)
         elif old.state == ChildSaState.REKEYING:
             self.failed("rekey refused", None)
         return status
+
+    @staticmethod
+    def _not_found(msg: Message) -> bool:
+        n = msg.error_notify()
+        return n is not None and n.type == NotifyType.CHILD_SA_NOT_FOUND
+
+    def _recreate(self, old: ChildSa) -> None:
+        """The peer has no such CHILD_SA (RFC 7296 2.25, 3.10.1: it lost its state, or deleted the SA and its
+        Delete never arrived): drop ours without a Delete (nobody to tell) and, if the configuration wants the
+        CHILD_SA up, create it afresh (strongSwan's child_rekey does the same). The create is a plain
+        CREATE_CHILD_SA: if it fails, it fails once (ChildSaFailed), no retry loop. A rekey that raced the
+        peer's Delete (2.25) does not get here: the Delete removed the SA (or we are deleting it ourselves)."""
+        sa = self.sa
+        remove_child(sa, old, "not found by peer")
+        if old.config.start:
+            _front(self._sa, ChildCreate(sa, True, old.config))
 
     def failed(self, reason: str, notify: int | None) -> None:
         """Keep the old SA and try again later (a TEMPORARY_FAILURE after a collision, typically)."""

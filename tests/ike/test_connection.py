@@ -442,6 +442,60 @@ def test_child_rekey_refused_during_ike_rekey_is_retried():
     assert of(drain(b), ChildSaRekeyed)
 
 
+@pytest.mark.parametrize("rekeyer", ["a", "b"])
+def test_child_rekey_answered_child_sa_not_found_recreates_the_child_sa(rekeyer):
+    """The peer lost the CHILD_SA (no Delete ever reached us): our rekey gets CHILD_SA_NOT_FOUND (RFC 7296
+    2.25, 3.10.1). We drop the CHILD_SA locally (ChildSaDeleted, no Delete sent: the peer has none) and create
+    it afresh with a plain CREATE_CHILD_SA (strongSwan's child_rekey does the same), instead of retrying the
+    rekey forever. Both ends end with one matching pair."""
+    a, b, ea, eb = establish(*psk_peers())
+    ca, cb = assert_child_keys_match(ea, eb)
+    us, peer, old = (a, b, ca) if rekeyer == "a" else (b, a, cb)
+    forgetter = peer.connection(peer.list_sas()[0].ike_id).sa
+    assert forgetter.children.pop(old.spi_out) is not None     # the peer forgets it, silently
+    us.rekey_child(old.spi_in, 1.0)
+    roundtrip(a, b, 1.0)
+    ev_us, ev_peer = drain(us), drain(peer)
+    assert [e.notify for e in of(ev_us, ChildSaFailed)] == [44]  # CHILD_SA_NOT_FOUND, reported once
+    gone = of(ev_us, ChildSaDeleted)
+    assert [(e.spi_in, e.spi_out, e.reason) for e in gone] == [(old.spi_in, old.spi_out, "not found by peer")]
+    assert not of(ev_peer, ChildSaDeleted) and not of(ev_us + ev_peer, ChildSaRekeyed)
+    new_us, new_peer = of(ev_us, ChildSaEstablished), of(ev_peer, ChildSaEstablished)
+    assert len(new_us) == len(new_peer) == 1
+    assert new_us[0].replaces is None and new_peer[0].replaces is None  # a new CHILD_SA, not a rekey
+    assert new_us[0].child == old.child and new_us[0].spi_in not in (old.spi_in, old.spi_out)
+    assert_child_keys_match(ev_us, ev_peer) if us is a else assert_child_keys_match(ev_peer, ev_us)
+    kids_us, kids_peer = us.list_sas()[0].children, peer.list_sas()[0].children
+    assert [(k.spi_in, k.spi_out) for k in kids_us] == [(new_us[0].spi_in, new_us[0].spi_out)]
+    assert [(k.spi_out, k.spi_in) for k in kids_peer] == [(new_us[0].spi_in, new_us[0].spi_out)]
+    c_us = us.connection(us.list_sas()[0].ike_id).sa.children[new_us[0].spi_in]
+    c_peer = peer.connection(peer.list_sas()[0].ike_id).sa.children[new_us[0].spi_out]
+    assert c_us.keys == c_peer.keys
+    # quiet afterwards: no further exchange, and the new CHILD_SA rekeys normally
+    assert roundtrip(a, b, 2.0) == 0 and not drain(a) and not drain(b)
+    us.rekey_child(new_us[0].spi_in, 3.0)
+    roundtrip(a, b, 3.0)
+    assert of(drain(us), ChildSaRekeyed) and of(drain(peer), ChildSaRekeyed)
+
+
+def test_child_rekey_answered_child_sa_not_found_recreate_refused_is_not_retried():
+    """Bounded: when the peer refuses the fresh CREATE_CHILD_SA too, that is one ChildSaFailed, no loop."""
+    a, b, ea, eb = establish(*psk_peers())
+    ca, cb = assert_child_keys_match(ea, eb)
+    sb = b.connection(b.list_sas()[0].ike_id).sa
+    sb.children.pop(cb.spi_in)
+    sb.config = replace(sb.config, max_child_sas=0)  # b refuses new CHILD_SAs (NO_ADDITIONAL_SAS)
+    a.rekey_child(ca.spi_in, 1.0)
+    roundtrip(a, b, 1.0)
+    ea = drain(a)
+    assert [e.notify for e in of(ea, ChildSaFailed)] == [44, 35]
+    assert [e.spi_in for e in of(ea, ChildSaDeleted)] == [ca.spi_in] and not of(ea, ChildSaEstablished)
+    assert a.list_sas()[0].children == () and b.list_sas()[0].children == ()
+    t = a.get_timer()
+    assert t is None or t > 100.0  # nothing scheduled but the IKE_SA's own timers
+    assert roundtrip(a, b, 5.0) == 0
+
+
 def _child_rekey_queued_behind_ike_rekey():  # type: ignore[no-untyped-def]
     """b rekeys the IKE_SA; while a's answer is on its way, b also rekeys the CHILD_SA: that task is queued on
     the old IKE_SA and runs, once a's answer arrives, on the new one (sent with b's Delete of the old one)."""
