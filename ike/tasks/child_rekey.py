@@ -7,11 +7,13 @@ deletes the old SA.
 
 CHILD_SA_NOT_FOUND in answer to our rekey (2.25): the peer has no such SA; we drop ours silently and create it
 afresh with a plain CREATE_CHILD_SA (unless the peer's Delete already removed it: a rekey/delete collision).
+A rekey request for an SA we are deleting is answered TEMPORARY_FAILURE (2.25.1), so that the peer waits for our
+Delete instead of creating the SA again.
 """
 from __future__ import annotations
 
 from ..constants import NotifyType, ProtocolId
-from ..errors import ChildSaNotFoundError
+from ..errors import ChildSaNotFoundError, TemporaryFailureError
 from ..events import ChildSaRekeyed
 from ..message import Message
 from ..payloads import NotifyPayload
@@ -68,8 +70,12 @@ class ChildRekey(ChildCreate):
         if not self.initiator:
             n = msg.notify(NotifyType.REKEY_SA)
             old = sa.child_by_out(int.from_bytes(n.spi, "big")) if n is not None and len(n.spi) == 4 else None
-            if old is None or old.state in (ChildSaState.DELETING, ChildSaState.DELETED):
+            if old is None or old.state == ChildSaState.DELETED:
                 raise ChildSaNotFoundError("REKEY_SA for an unknown CHILD_SA")
+            if old.state == ChildSaState.DELETING:
+                # RFC 7296 2.25.1: our Delete is on its way; CHILD_SA_NOT_FOUND would make the peer create the
+                # SA afresh (2.25) if this answer overtook the Delete
+                raise TemporaryFailureError("REKEY_SA for a CHILD_SA being deleted")
             self.replaces = old
             self._process_r(msg)
             if self.child is not None:
@@ -119,7 +125,8 @@ class ChildRekey(ChildCreate):
         Delete never arrived): drop ours without a Delete (nobody to tell) and, if the configuration wants the
         CHILD_SA up, create it afresh (strongSwan's child_rekey does the same). The create is a plain
         CREATE_CHILD_SA: if it fails, it fails once (ChildSaFailed), no retry loop. A rekey that raced the
-        peer's Delete (2.25) does not get here: the Delete removed the SA (or we are deleting it ourselves)."""
+        peer's Delete (2.25) does not get here: the Delete removed the SA, or the peer, deleting it, answered
+        TEMPORARY_FAILURE (2.25.1, as espresso does), or we are deleting it ourselves."""
         sa = self.sa
         remove_child(sa, old, "not found by peer")
         if old.config.start:

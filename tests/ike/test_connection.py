@@ -949,3 +949,29 @@ def test_core_reads_no_clock_certificates_need_an_injected_wall_clock():
     failed = of(drain(b), AuthenticationFailed)
     assert failed and "no wall clock" in failed[0].reason, failed
     assert not of(drain(a), ChildSaEstablished)
+
+
+def test_rekey_of_a_child_sa_being_deleted_is_answered_temporary_failure():
+    """RFC 7296 2.25.1: a rekey request for a CHILD_SA we are deleting gets TEMPORARY_FAILURE, not
+    CHILD_SA_NOT_FOUND. With CHILD_SA_NOT_FOUND the peer would drop the SA and create it again (2.25), so a
+    user's terminate that raced the peer's rekey, its answer overtaking its Delete, would bring the SA back."""
+    a, b, ea, eb = establish(*psk_peers())
+    ca, cb = assert_child_keys_match(ea, eb)
+    a.delete_child(ca.spi_in, 1.0)               # a's Delete is on its way ...
+    b.rekey_child(cb.spi_in, 1.0)                # ... while b rekeys the same CHILD_SA
+    transfer(b, a, 1.0, ADDR_R[0], ADDR_I[0])    # b's rekey request reaches a
+    out = a.datagrams_to_send(1.0)               # a's Delete request and its answer to the rekey
+    assert len(out) == 2
+    out.sort(key=lambda dg: not dg.data[19] & 0x20)  # the answer (IKE header flag R) overtakes the Delete
+    for dg in out:
+        b.receive_datagram(dg.data, (ADDR_I[0], dg.local_port), (ADDR_R[0], dg.addr[1]), 1.0)
+    eb2 = drain(b)
+    assert [e.notify for e in of(eb2, ChildSaFailed)] == [43]    # TEMPORARY_FAILURE
+    assert not of(eb2, ChildSaEstablished)
+    assert [e.spi_in for e in of(eb2, ChildSaDeleted)] == [cb.spi_in]  # then a's Delete removed it
+    for now in (2.0, 40.0, 80.0):  # b's rekey retry (10-30 s later) finds nothing to rekey: nothing comes back
+        b.handle_timer(now)
+        a.handle_timer(now)
+        roundtrip(a, b, now)
+    assert a.list_sas()[0].children == () and b.list_sas()[0].children == ()
+    assert not of(drain(a) + drain(b), ChildSaEstablished)
