@@ -47,6 +47,39 @@ cdef inline uint64_t _be64(const uint8_t *p) noexcept nogil:
     return v
 
 
+cdef int64_t _walk_pcap(const uint8_t *b, int64_t *pos_io, int64_t stop, int64_t size, int64_t limit, bint big,
+                        int64_t max_record, int64_t mult, int64_t *out, int64_t *caplen, int64_t *origlen,
+                        int64_t *ts) noexcept nogil:
+    """The record walk behind :func:`scan_pcap` and :func:`scan_pcap_fields`: out[k] = offset of record k's data
+    and, when ``caplen`` is not NULL, its lengths and timestamp from the same header read. Stops after ``limit``
+    records, at ``stop`` bytes, or before a record that does not fit ``size`` (left at ``pos_io``)."""
+    cdef int64_t n = 0, cl, pos = pos_io[0], ahead = pos_io[0], q
+    cdef const uint8_t *h
+    while pos + 16 <= size and n < limit:
+        # The walk is a chain of dependent loads; keep the lines PREFETCH_AHEAD bytes on already requested.
+        q = pos + PREFETCH_AHEAD
+        if q > size:
+            q = size
+        while ahead < q:
+            pcapio_prefetch(b + ahead)
+            ahead += 64
+        h = b + pos
+        cl = _rd32(h + 8, big)
+        if cl > max_record or pos + 16 + cl > size:
+            break
+        out[n] = pos + 16
+        if caplen != NULL:
+            caplen[n] = cl
+            origlen[n] = _rd32(h + 12, big)
+            ts[n] = <int64_t>_rd32(h, big) * mult + _rd32(h + 4, big)
+        n += 1
+        pos += 16 + cl
+        if n >= limit or pos >= stop:
+            break
+    pos_io[0] = pos
+    return n
+
+
 def scan_pcap(const uint8_t[::1] buf, int64_t pos, int64_t stop, int64_t size, int64_t limit, bint big,
               int64_t max_record, int64_t[::1] out):
     """Walk pcap record headers from ``pos``: out[k] = offset of record k's data. Stops after ``limit``
@@ -57,25 +90,11 @@ def scan_pcap(const uint8_t[::1] buf, int64_t pos, int64_t stop, int64_t size, i
         raise ValueError("scan_pcap: out is shorter than limit")
     if pos < 0:
         raise ValueError("scan_pcap: negative position")
-    cdef int64_t n = 0, caplen, ahead = pos, q
+    cdef int64_t n = 0
     cdef const uint8_t *b = &buf[0] if buf.shape[0] else NULL
+    cdef int64_t *o = &out[0] if out.shape[0] else NULL
     with nogil:
-        while pos + 16 <= size and n < limit:
-            # The walk is a chain of dependent loads; keep the lines PREFETCH_AHEAD bytes on already requested.
-            q = pos + PREFETCH_AHEAD
-            if q > size:
-                q = size
-            while ahead < q:
-                pcapio_prefetch(b + ahead)
-                ahead += 64
-            caplen = _rd32(b + pos + 8, big)
-            if caplen > max_record or pos + 16 + caplen > size:
-                break
-            out[n] = pos + 16
-            n += 1
-            pos += 16 + caplen
-            if n >= limit or pos >= stop:
-                break
+        n = _walk_pcap(b, &pos, stop, size, limit, big, max_record, 1, o, NULL, NULL, NULL)
     return n, pos
 
 
@@ -90,29 +109,12 @@ def scan_pcap_fields(const uint8_t[::1] buf, int64_t pos, int64_t stop, int64_t 
         raise ValueError("scan_pcap_fields: outputs shorter than limit")
     if pos < 0:
         raise ValueError("scan_pcap_fields: negative position")
-    cdef int64_t n = 0, cl, ahead = pos, q
+    cdef int64_t n = 0
     cdef const uint8_t *b = &buf[0] if buf.shape[0] else NULL
-    cdef const uint8_t *h
+    if limit <= 0:
+        return 0, pos
     with nogil:
-        while pos + 16 <= size and n < limit:
-            q = pos + PREFETCH_AHEAD
-            if q > size:
-                q = size
-            while ahead < q:
-                pcapio_prefetch(b + ahead)
-                ahead += 64
-            h = b + pos
-            cl = _rd32(h + 8, big)
-            if cl > max_record or pos + 16 + cl > size:
-                break
-            out[n] = pos + 16
-            caplen[n] = cl
-            origlen[n] = _rd32(h + 12, big)
-            ts[n] = <int64_t>_rd32(h, big) * mult + _rd32(h + 4, big)
-            n += 1
-            pos += 16 + cl
-            if n >= limit or pos >= stop:
-                break
+        n = _walk_pcap(b, &pos, stop, size, limit, big, max_record, mult, &out[0], &caplen[0], &origlen[0], &ts[0])
     return n, pos
 
 
