@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from pki.__main__ import main
 from pki.ca import CertificateAuthority
 from pki.certs import SubjectAltNames
 from pki.csr import build_csr
@@ -13,6 +14,21 @@ from pki.keys import generate_private_key, parse_key_spec
 
 #: Every test runs at this instant unless it says otherwise.
 T0 = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    """``python -m pki`` in process: (exit code, stdout, stderr)."""
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture
+def lab(tmp_path, monkeypatch):
+    """A working directory for CLI tests, with no passphrase in the environment."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ESPRESSO_PKI_PASSPHRASE", raising=False)
+    return tmp_path
 
 
 @pytest.fixture

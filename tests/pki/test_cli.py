@@ -8,22 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pki.__main__ import main
+from tests.pki.conftest import run
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-@pytest.fixture
-def lab(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("ESPRESSO_PKI_PASSPHRASE", raising=False)
-    return tmp_path
 
 
 def test_manual_enrollment_flow(lab, capsys):

@@ -8,19 +8,7 @@ import sys
 import pytest
 
 from pki.__main__ import main
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-@pytest.fixture
-def lab(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("ESPRESSO_PKI_PASSPHRASE", raising=False)
-    return tmp_path
+from tests.pki.conftest import run
 
 
 def test_bad_subject_says_what_a_subject_looks_like(lab, capsys):

@@ -13,27 +13,14 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from pki.__main__ import main
 from pki.ca import CertificateAuthority
 from pki.certs import SubjectAltNames
 from pki.csr import build_csr, challenge_password, load_csr
 from pki.fetch import http_get
 from pki.scep.client import enroll, get_ca_certs
+from tests.pki.conftest import run
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-@pytest.fixture
-def lab(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("ESPRESSO_PKI_PASSPHRASE", raising=False)
-    return tmp_path
 
 
 def _free_port() -> int:
