@@ -1,5 +1,5 @@
 """Type stub of the compiled ESP core (esp/_core.pyx). Use it through esp.Sa and esp.PacketBatch."""
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -11,6 +11,8 @@ IPSECMB_VERSION: Optional[str]
 IPSECMB_ARCH: Optional[str]
 OPENSSL_VERSION: str
 MAX_WINDOW: int
+#: A capsule of esp/_saapi.h's table: one inbound packet step, for esp._pcapio.DecryptChunk.
+SA_API: Any
 
 def ipsecmb_supports(cipher: str, key_len: int, integ: str = ...) -> bool: ...
 

@@ -17,6 +17,7 @@ cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memcmp, memcpy, memmove, memset
 from libc.stdlib cimport malloc, calloc, free
+from cpython.pycapsule cimport PyCapsule_New
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
 
@@ -66,6 +67,14 @@ cdef extern from *:
     """
     #define ESPC_HMAC_OF(c) (&(c)->hmac)
     """
+
+cdef extern from "_saapi.h" nogil:
+    ctypedef struct espresso_sa_api:
+        int version
+        int (*begin)(void *ctx) noexcept nogil
+        int (*decrypt)(void *ctx, const uint8_t *pkt, int n, uint8_t *out, int cap, int *out_len) noexcept nogil
+        void (*end)(void *ctx) noexcept nogil
+    int ESPRESSO_SA_API_VERSION
 
 # ---- verdicts: the one definition; esp.batch builds its IntEnum from VERDICTS ----
 cdef enum:
@@ -1304,26 +1313,40 @@ cdef class SaContext:
             PyThread_release_lock(self.lock)
         return ok
 
-    cdef int _one(self, const uint8_t *ip, int n, uint8_t *op, int cap, int *outl) noexcept nogil:
-        """One packet through the batch machinery (a batch of one), for the single-packet API."""
-        cdef uint8_t st = V_OK
-        cdef int32_t ln = 0
-        cdef int r
+    cdef bint _lock_packets(self) noexcept nogil:
+        """Take the lock for packets one at a time (:meth:`_packet`); False if there is no ipsec-mb job manager
+        for this thread. The lock is held either way."""
         PyThread_acquire_lock(self.lock, WAIT_LOCK)
         if self.jobs:
             self.mgr = espc_jobs_mgr()
+            return self.mgr != NULL
+        return True
+
+    cdef int _packet(self, const uint8_t *ip, int n, uint8_t *op, int cap, int *outl) noexcept nogil:
+        """One packet through the batch machinery (a batch of one), the lock held (:meth:`_lock_packets`): the
+        job manager, if any, is drained before returning, so the verdict and length are final."""
+        cdef uint8_t st = V_OK
+        cdef int32_t ln = 0
+        cdef int r
+        if self.jobs:
             self.b_status = &st
             self.b_len = &ln
-        if self.jobs and self.mgr == NULL:
+        r = self._process_slot(ip, n, op, cap, 0, outl)
+        if self.jobs:
+            self._drain()
+            if r == -1:
+                r = st
+                outl[0] = ln
+        return r
+
+    cdef int _one(self, const uint8_t *ip, int n, uint8_t *op, int cap, int *outl) noexcept nogil:
+        """One packet, for the single-packet API."""
+        cdef int r
+        if self._lock_packets():
+            r = self._packet(ip, n, op, cap, outl)
+        else:
             self.unsupported += 1
             r = V_UNSUPPORTED
-        else:
-            r = self._process_slot(ip, n, op, cap, 0, outl)
-            if self.jobs:
-                self._drain()
-                if r == -1:
-                    r = st
-                    outl[0] = ln
         PyThread_release_lock(self.lock)
         return r
 
@@ -1394,3 +1417,31 @@ cdef class SaContext:
     def esp_overhead(self, int payload_len):
         """Bytes an outbound packet of payload_len grows by (outer header included)."""
         return self.tmpl_len + (self._esp_len(payload_len) - payload_len)
+
+
+# ---- the packet step for other compiled modules (esp/_saapi.h): esp/_pcapio decrypts into file records ----
+cdef int _api_begin(void *ctx) noexcept nogil:
+    if (<SaContext>ctx).outbound or (<SaContext>ctx).framing == F_RAW:
+        return -1
+    if not (<SaContext>ctx)._lock_packets():
+        PyThread_release_lock((<SaContext>ctx).lock)
+        return -1
+    return 0
+
+
+cdef int _api_decrypt(void *ctx, const uint8_t *pkt, int n, uint8_t *out, int cap, int *out_len) noexcept nogil:
+    out_len[0] = 0
+    return (<SaContext>ctx)._packet(pkt, n, out, cap, out_len)
+
+
+cdef void _api_end(void *ctx) noexcept nogil:
+    PyThread_release_lock((<SaContext>ctx).lock)
+
+
+cdef espresso_sa_api _SA_API
+_SA_API.version = ESPRESSO_SA_API_VERSION
+_SA_API.begin = _api_begin
+_SA_API.decrypt = _api_decrypt
+_SA_API.end = _api_end
+#: The capsule behind esp/_saapi.h (name "esp._core.SA_API").
+SA_API = PyCapsule_New(<void *>&_SA_API, b"esp._core.SA_API", NULL)

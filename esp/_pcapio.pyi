@@ -1,5 +1,9 @@
 """Type stub for esp._pcapio (compiled kernels of esp.pcap and esp.pcaptool; numpy references in those modules)."""
+from typing import Any
+
 import numpy as np
+
+def advise(buf: np.ndarray, start: int, length: int, advice: int) -> int: ...
 
 def scan_pcap(buf: np.ndarray, pos: int, stop: int, size: int, limit: int, big: bool, max_record: int,
               out: np.ndarray) -> tuple[int, int]: ...
@@ -26,9 +30,14 @@ def emit_pcap(out: np.ndarray, body: np.ndarray, data: np.ndarray, base: np.ndar
               cap: np.ndarray, origlen: np.ndarray, ip_len: np.ndarray, cut: np.ndarray, ts: np.ndarray,
               new_buf: np.ndarray, new_off: np.ndarray, new_len: np.ndarray, et_at: np.ndarray, frames: bool,
               big: bool, ts_mul: int, ts_div: int, units: int) -> tuple[int, int]: ...
-def decrypt_layout(offsets: np.ndarray, l3: np.ndarray, ip_len: np.ndarray, cap: np.ndarray, esp: np.ndarray,
-                   frames: bool, sub: int, src_off: np.ndarray, src_len: np.ndarray, dst_off: np.ndarray,
-                   dst_cap: np.ndarray) -> tuple[int, int]: ...
 def decrypt_outcome(assigned: np.ndarray, status: np.ndarray, esp: np.ndarray, frag: np.ndarray, cut: np.ndarray,
                     version: np.ndarray, drop_other: bool, drop_unknown: bool, frames: bool,
                     body: np.ndarray) -> tuple[int, int, int, int, int]: ...
+
+class DecryptChunk:
+    def __init__(self, api: Any, primaries: list[Any], fallbacks: list[Any | None], sa_of: np.ndarray,
+                 data: np.ndarray, base: np.ndarray, l3: np.ndarray, cap: np.ndarray, origlen: np.ndarray,
+                 ip_len: np.ndarray, cut: np.ndarray, ts: np.ndarray, et_at: np.ndarray, esp: np.ndarray,
+                 frag: np.ndarray, version: np.ndarray, tally: np.ndarray, drop_other: bool, drop_unknown: bool,
+                 frames: bool, big: bool, ts_mul: int, ts_div: int, units: int) -> None: ...
+    def run(self, out: np.ndarray, a: int, b: int) -> tuple[int, int, int, int, int, int]: ...

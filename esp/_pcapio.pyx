@@ -7,6 +7,16 @@ offset is a ValueError, never a read or write outside an array; the loops themse
 """
 from libc.stdint cimport uint8_t, int8_t, int32_t, int64_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
+from cpython.pycapsule cimport PyCapsule_GetPointer
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+
+cdef extern from "_saapi.h" nogil:
+    ctypedef struct espresso_sa_api:
+        int version
+        int (*begin)(void *ctx) noexcept nogil
+        int (*decrypt)(void *ctx, const uint8_t *pkt, int n, uint8_t *out, int cap, int *out_len) noexcept nogil
+        void (*end)(void *ctx) noexcept nogil
+    int ESPRESSO_SA_API_VERSION
 
 cdef extern from *:
     """
@@ -78,6 +88,29 @@ cdef int64_t _walk_pcap(const uint8_t *b, int64_t *pos_io, int64_t stop, int64_t
             break
     pos_io[0] = pos
     return n
+
+
+cdef extern from "<sys/mman.h>" nogil:
+    int madvise(void *addr, size_t length, int advice)
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+
+
+def advise(const uint8_t[::1] buf, int64_t start, int64_t length, int advice):
+    """madvise() on [start, start + length) of a mapped capture, without the GIL: populating or dropping a
+    chunk's pages takes milliseconds, which mmap.madvise spends holding the GIL while the other threads of a
+    decrypt wait for it. ``start`` must be page-aligned in a buffer that starts a mapping. Returns 0 or errno."""
+    cdef int r, err = 0
+    if start < 0 or length < 0 or start + length > buf.shape[0]:
+        raise ValueError("advise: range outside the buffer")
+    if length == 0:
+        return 0
+    with nogil:
+        r = madvise(<void *>(&buf[0] + start), <size_t>length, advice)
+        if r != 0:
+            err = errno
+    return err
 
 
 def scan_pcap(const uint8_t[::1] buf, int64_t pos, int64_t stop, int64_t size, int64_t limit, bint big,
@@ -581,46 +614,6 @@ def emit_pcap(uint8_t[::1] out, const int8_t[::1] body, const uint8_t[::1] data,
     return pos, count
 
 
-def decrypt_layout(const int64_t[::1] offsets, const int64_t[::1] l3, const int64_t[::1] ip_len,
-                   const int64_t[::1] cap, const uint8_t[::1] esp, bint frames, int64_t sub,
-                   int64_t[::1] src_off, int32_t[::1] src_len, int64_t[::1] dst_off, int32_t[::1] dst_cap):
-    """esp.pcaptool's decrypt layout for a chunk, in one pass: the core's source slots (each ESP packet's IP
-    packet; length 0 for other records) and destination slots as long as the source (a decrypted packet is
-    never longer), packed from 0 again at every ``sub`` records: the chunk is decrypted ``sub`` records at a
-    time into one small buffer that stays in cache until its records are written out. Returns (the size of the
-    file image the chunk's records can need at most, the largest destination buffer a group of ``sub`` needs)."""
-    cdef Py_ssize_t n = offsets.shape[0], i
-    cdef int64_t image = 0, pos = 0, largest = 0, l3c, el, own, head
-    if (l3.shape[0] < n or ip_len.shape[0] < n or cap.shape[0] < n or esp.shape[0] < n or src_off.shape[0] < n
-            or src_len.shape[0] < n or dst_off.shape[0] < n or dst_cap.shape[0] < n):
-        raise ValueError("decrypt_layout: arrays do not match the record count")
-    if sub <= 0:
-        raise ValueError("decrypt_layout: sub must be positive")
-    with nogil:
-        for i in range(n):
-            if i % sub == 0:
-                pos = 0
-            l3c = l3[i] if l3[i] > 0 else 0
-            el = ip_len[i] if esp[i] else 0
-            src_off[i] = offsets[i] + l3c
-            src_len[i] = <int32_t>el
-            dst_off[i] = pos
-            dst_cap[i] = <int32_t>el
-            pos += el
-            if pos > largest:
-                largest = pos
-            if frames:
-                own = cap[i]
-                head = l3c
-            else:
-                own = ip_len[i] if ip_len[i] < cap[i] - l3c else cap[i] - l3c
-                if own < 0:
-                    own = 0
-                head = 0
-            image += (own if own > head + el else head + el) + 16
-    return image, largest
-
-
 def decrypt_outcome(const uint8_t[::1] assigned, const uint8_t[::1] status, const uint8_t[::1] esp,
                     const uint8_t[::1] frag, const uint8_t[::1] cut, const int64_t[::1] version, bint drop_other,
                     bint drop_unknown, bint frames, int8_t[::1] body):
@@ -657,3 +650,205 @@ def decrypt_outcome(const uint8_t[::1] assigned, const uint8_t[::1] status, cons
             passed += b == 1
             written += b != 0
     return processed, unknown, dropped, passed, written
+
+
+cdef enum:
+    V_OK = 0              # esp._core's verdicts used here
+    V_MALFORMED = 3
+    V_UNSUPPORTED = 13
+    SA_IDLE = 0           # _DecryptChunk._state: not begun in this run
+    SA_BEGUN = 1
+    SA_REFUSED = 2        # begin() refused: its packets are UNSUPPORTED
+    TALLY_BYTES = 32      # DecryptChunk's tally: verdicts are columns 0..31, decrypted bytes this one
+
+
+cdef class DecryptChunk:
+    """A chunk of a pcap capture decrypted straight into output records: :meth:`run` takes records a..b, and
+    for each ESP packet an SA was chosen for, the core (through esp/_saapi.h) writes the decrypted packet right
+    where its output record will hold it, after the 16-byte header and (frames) the kept link-layer bytes; the
+    header follows once the length is known. The decrypted bytes are thus written once, into the buffer that
+    goes to the file, not into a buffer of the core's and then copied. Other records follow
+    esp.pcaptool's rules (the numpy reference: ``_outcome_numpy`` and ``_Output.emit``), byte for byte (tested).
+
+    ``sa_of[i]`` is the index into ``primaries`` of record i's SA, or -1. ``fallbacks[k]`` (or None) is tried on
+    a packet ``primaries[k]`` found MALFORMED (mode not known: tunnel, then transport); its verdict counts only if
+    OK. ``tally[k]`` adds up SA k's verdicts (column v: packets with verdict v) and, in column TALLY_BYTES, the
+    bytes of the packets it decrypted. Every index is checked before a run touches memory; the SA contexts must
+    be distinct."""
+
+    cdef const espresso_sa_api *api
+    cdef list _keep
+    cdef void **prim
+    cdef void **fb
+    cdef uint8_t *state
+    cdef Py_ssize_t nsa, n
+    cdef const int32_t[::1] sa_of
+    cdef const uint8_t[::1] data
+    cdef const int64_t[::1] base, l3, cap, origlen, ip_len, ts, et_at, version
+    cdef const uint8_t[::1] cut, esp, frag
+    cdef int64_t[:, ::1] tally
+    cdef bint drop_other, drop_unknown, frames, big
+    cdef int64_t ts_mul, ts_div, units
+
+    def __cinit__(self):
+        self.prim = NULL
+        self.fb = NULL
+        self.state = NULL
+
+    def __init__(self, api, list primaries, list fallbacks, const int32_t[::1] sa_of, const uint8_t[::1] data,
+                 const int64_t[::1] base, const int64_t[::1] l3, const int64_t[::1] cap,
+                 const int64_t[::1] origlen, const int64_t[::1] ip_len, const uint8_t[::1] cut,
+                 const int64_t[::1] ts, const int64_t[::1] et_at, const uint8_t[::1] esp, const uint8_t[::1] frag,
+                 const int64_t[::1] version, int64_t[:, ::1] tally, bint drop_other,
+                 bint drop_unknown, bint frames, bint big, int64_t ts_mul, int64_t ts_div, int64_t units):
+        cdef Py_ssize_t n = sa_of.shape[0], k, i
+        self.api = <const espresso_sa_api *>PyCapsule_GetPointer(api, b"esp._core.SA_API")
+        if self.api.version != ESPRESSO_SA_API_VERSION:
+            raise ValueError(f"esp._core's SA_API is version {self.api.version}, esp._pcapio needs "
+                             f"{ESPRESSO_SA_API_VERSION}: rebuild both")
+        if len(fallbacks) != len(primaries):
+            raise ValueError("DecryptChunk: one fallback (or None) per primary SA")
+        if (base.shape[0] < n or l3.shape[0] < n or cap.shape[0] < n or origlen.shape[0] < n
+                or ip_len.shape[0] < n or ts.shape[0] < n or et_at.shape[0] < n or version.shape[0] < n
+                or cut.shape[0] < n or esp.shape[0] < n or frag.shape[0] < n):
+            raise ValueError("DecryptChunk: arrays do not match the record count")
+        if ts_mul <= 0 or ts_div <= 0 or units <= 0:
+            raise ValueError("DecryptChunk: bad timestamp scale")
+        self.nsa = len(primaries)
+        if tally.shape[0] < self.nsa or tally.shape[1] != TALLY_BYTES + 1:
+            raise ValueError(f"DecryptChunk: tally must be ({self.nsa}, {TALLY_BYTES + 1})")
+        for i in range(n):
+            if sa_of[i] < -1 or sa_of[i] >= self.nsa:
+                raise ValueError(f"DecryptChunk: record {i} names SA {sa_of[i]} of {self.nsa}")
+        # what the contexts are borrowed from: kept alive by this object
+        self._keep = list(primaries) + [f for f in fallbacks if f is not None]
+        if len({id(x) for x in self._keep}) != len(self._keep):
+            raise ValueError("DecryptChunk: an SA context is named twice")
+        self.prim = <void **>PyMem_Malloc(max(1, self.nsa) * sizeof(void *))
+        self.fb = <void **>PyMem_Malloc(max(1, self.nsa) * sizeof(void *))
+        self.state = <uint8_t *>PyMem_Malloc(max(1, 2 * self.nsa))
+        if self.prim == NULL or self.fb == NULL or self.state == NULL:
+            raise MemoryError()
+        for k in range(self.nsa):
+            self.prim[k] = <void *>primaries[k]
+            self.fb[k] = <void *>fallbacks[k] if fallbacks[k] is not None else NULL
+        self.n = n
+        self.sa_of, self.data, self.base, self.l3, self.cap = sa_of, data, base, l3, cap
+        self.origlen, self.ip_len, self.cut, self.ts, self.et_at = origlen, ip_len, cut, ts, et_at
+        self.esp, self.frag, self.version, self.tally = esp, frag, version, tally
+        self.drop_other, self.drop_unknown, self.frames, self.big = drop_other, drop_unknown, frames, big
+        self.ts_mul, self.ts_div, self.units = ts_mul, ts_div, units
+
+    def __dealloc__(self):
+        PyMem_Free(self.prim)
+        PyMem_Free(self.fb)
+        PyMem_Free(self.state)
+
+    cdef int _decrypt(self, Py_ssize_t k, const uint8_t *pkt, int n, uint8_t *out, int cap,
+                      int *outl) noexcept nogil:
+        """Record's packet through SA k (and its fallback), beginning each context on first use in a run."""
+        cdef int r, r2
+        if self.state[k] == SA_IDLE:
+            self.state[k] = SA_BEGUN if self.api.begin(self.prim[k]) == 0 else SA_REFUSED
+        if self.state[k] == SA_REFUSED:
+            outl[0] = 0
+            return V_UNSUPPORTED
+        r = self.api.decrypt(self.prim[k], pkt, n, out, cap, outl)
+        if r == V_MALFORMED and self.fb[k] != NULL:
+            if self.state[self.nsa + k] == SA_IDLE:
+                self.state[self.nsa + k] = SA_BEGUN if self.api.begin(self.fb[k]) == 0 else SA_REFUSED
+            if self.state[self.nsa + k] == SA_BEGUN:
+                r2 = self.api.decrypt(self.fb[k], pkt, n, out, cap, outl)
+                if r2 == V_OK:
+                    return r2
+            outl[0] = 0
+        return r
+
+    def run(self, uint8_t[::1] out, Py_ssize_t a, Py_ssize_t b):
+        """Records a..b into ``out`` from its start; returns (bytes, records written, processed by an SA,
+        unknown SPI, dropped by option, passed through)."""
+        cdef Py_ssize_t i, k
+        cdef int64_t need = 0, l3c, el, own, head, pos = 0, written = 0, processed = 0, unknown = 0
+        cdef int64_t dropped = 0, passed = 0, dn = self.data.shape[0]
+        cdef int8_t bd
+        cdef bint unk
+        cdef int r, outl
+        cdef _rec_t rec
+        cdef uint8_t *o
+        cdef uint8_t *p
+        cdef const uint8_t *d = &self.data[0] if dn else NULL
+        if a < 0 or b > self.n or a > b:
+            raise ValueError(f"DecryptChunk.run: records {a}..{b} of {self.n}")
+        # bounds, and the room the records can need at most (a decrypted packet is shorter than its ESP packet)
+        for i in range(a, b):
+            l3c = self.l3[i] if self.l3[i] > 0 else 0
+            if self.base[i] < 0 or self.cap[i] < 0 or self.base[i] + self.cap[i] > dn or l3c > self.cap[i]:
+                raise ValueError(f"DecryptChunk: record {i} outside the capture data")
+            own = self.cap[i]
+            if self.sa_of[i] >= 0:
+                el = self.ip_len[i]
+                if el < 0 or el > 0x7FFFFFFF or self.base[i] + l3c + el > dn:
+                    raise ValueError(f"DecryptChunk: record {i}: ESP packet outside the capture data")
+                if (l3c if self.frames else 0) + el > own:
+                    own = (l3c if self.frames else 0) + el
+            need += 16 + own
+        if need > out.shape[0]:
+            raise ValueError(f"DecryptChunk.run: the records need up to {need} bytes, {out.shape[0]} given")
+        if b == a:
+            return 0, 0, 0, 0, 0, 0
+        o = &out[0]
+        memset(self.state, SA_IDLE, max(1, 2 * self.nsa))
+        with nogil:
+            for i in range(a, b):
+                if i + PREFETCH_RECORDS < b:
+                    pcapio_prefetch(d + self.base[i + PREFETCH_RECORDS])
+                k = self.sa_of[i]
+                if k >= 0:
+                    processed += 1
+                    l3c = self.l3[i] if self.l3[i] > 0 else 0
+                    head = l3c if self.frames else 0
+                    p = o + pos + 16 + head
+                    outl = 0
+                    r = self._decrypt(k, d + self.base[i] + l3c, <int>self.ip_len[i], p, <int>self.ip_len[i],
+                                      &outl)
+                    self.tally[k, r] += 1
+                    if r != V_OK:
+                        continue
+                    self.tally[k, TALLY_BYTES] += outl
+                    _put_header(o + pos, self.ts[i], head + outl, head + outl, self.big, self.ts_mul,
+                                self.ts_div, self.units)
+                    if head:
+                        memcpy(o + pos + 16, d + self.base[i], <size_t>head)
+                        if 0 <= self.et_at[i] <= head - 2 and outl > 0:
+                            _put_ethertype(o + pos + 16 + self.et_at[i], p[0] >> 4)
+                    pos += 16 + head + outl
+                    written += 1
+                    continue
+                # not for an SA: decrypt_outcome's rules
+                bd = 1
+                unk = self.esp[i] != 0
+                unknown += unk
+                if unk:
+                    if self.drop_unknown or self.drop_other:
+                        bd = 0
+                        dropped += 1
+                elif self.drop_other and not (self.frag[i] or self.cut[i]):
+                    bd = 0
+                    dropped += 1
+                if bd == 1 and not self.frames and self.version[i] == 0:
+                    bd = 0  # raw IP output cannot hold a record without an IP packet
+                if bd == 0:
+                    continue
+                passed += 1
+                _layout(&rec, 1, self.base[i], self.l3[i], self.cap[i], self.origlen[i], self.ip_len[i],
+                        self.cut[i], 0, self.frames)
+                _put_header(o + pos, self.ts[i], rec.ln, rec.org, self.big, self.ts_mul, self.ts_div, self.units)
+                pos += 16
+                if rec.own:
+                    memcpy(o + pos, d + rec.own_off, <size_t>rec.own)
+                    pos += rec.own
+                written += 1
+            for k in range(2 * self.nsa):
+                if self.state[k] == SA_BEGUN:
+                    self.api.end(self.prim[k] if k < self.nsa else self.fb[k - self.nsa])
+        return pos, written, processed, unknown, dropped, passed

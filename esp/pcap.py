@@ -687,13 +687,22 @@ class CaptureReader:
         if end <= lo or not self._can_populate:
             return
         try:
-            self._mm.madvise(MADV_POPULATE_READ, lo, end - lo)
+            self._madvise(MADV_POPULATE_READ, lo, end - lo)
         except OSError:
             now = os.fstat(self._fh.fileno()).st_size
             if now < end:
                 raise CaptureError(f"{self.path}: the file shrank to {now} bytes while it was read "
                                    f"(it had {self.size})") from None
             self._can_populate = False  # a kernel without it (EINVAL): pages fault in as they are read
+
+    def _madvise(self, advice: int, start: int, length: int) -> None:
+        """The mapping's madvise, without the GIL where esp._pcapio is built (see its ``advise``)."""
+        if _NATIVE_ADVISE is None:
+            self._mm.madvise(advice, start, length)
+            return
+        err = _NATIVE_ADVISE(self._arr, start, length, advice)
+        if err:
+            raise OSError(err, os.strerror(err))
 
     def _release_behind(self, base: int) -> None:
         """:meth:`_release` for chunks that are the mapping itself (zero_copy): the last ``reuse_buffers``
@@ -712,7 +721,7 @@ class CaptureReader:
         end = (upto // mmap.PAGESIZE) * mmap.PAGESIZE
         if end > self._released:
             try:
-                self._mm.madvise(mmap.MADV_DONTNEED, self._released, end - self._released)
+                self._madvise(mmap.MADV_DONTNEED, self._released, end - self._released)
             except (OSError, ValueError):
                 return
             self._released = end
@@ -1216,6 +1225,8 @@ _NATIVE_GATHER = _native("gather_segments")
 #: esp._pcapio.scan_pcap(buf, pos, stop, size, limit, big_endian, max_record, out) -> (count, pos) if built: the
 #: record walk of CaptureReader._walk_pcap in C (out[k] = offset of record k's data).
 _NATIVE_SCAN = _native("scan_pcap")
+#: esp._pcapio.advise(...): madvise on the mapping without holding the GIL.
+_NATIVE_ADVISE = _native("advise")
 #: esp._pcapio.scan_pcap_fields(...): the walk and the record header fields in one pass.
 _NATIVE_SCAN_FIELDS = _native("scan_pcap_fields")
 #: esp._pcapio.pcap_fields(data, offsets, big_endian, mult, caplen, origlen, ts): the record header fields.

@@ -13,6 +13,7 @@ policy outcome: it is passed through (or dropped with ``drop_other``/``drop_unkn
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import random
@@ -23,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TextIO, TypeVar
 
 import numpy as np
 
+from esp._core import SA_API
 from esp.batch import PacketBatch, Verdict
 from esp.keyfile import SaEntry, Selector
 from esp.pcap import (ETHERTYPE_IPV4, ETHERTYPE_IPV6, CaptureError, CaptureReader, CaptureWriter, Chunk,
@@ -359,9 +361,8 @@ class _Output:
 
     def direct(self) -> bool:
         """Whether a chunk can go through :func:`_decrypt_direct`: the compiled pcap writer applies
-        (:meth:`_fast_pcap`) and esp._pcapio has the layout and outcome kernels."""
-        return (_NATIVE_LAYOUT is not None and _NATIVE_OUTCOME is not None and self.writer is not None
-                and self._fast_pcap())
+        (:meth:`_fast_pcap`) and esp._pcapio has the decrypt-into-records kernel."""
+        return _NATIVE_DECRYPT is not None and self.writer is not None and self._fast_pcap()
 
     def claim_group_buffer(self) -> int:
         """The next of the _DECRYPT_GROUP_BUFFERS small buffer pairs, once the writer thread is done with it (an
@@ -381,19 +382,6 @@ class _Output:
         """Wait for the queued group writes; an error in one raises here."""
         for _ in range(_DECRYPT_GROUP_BUFFERS):
             self.claim_group_buffer()
-
-    def emit_range(self, image: np.ndarray, at: int, c: Chunk, L: L3Info, body: np.ndarray, dst: PacketBatch,
-                   a: int, b: int) -> tuple[int, int]:
-        """Records a..b of a chunk into ``image`` from byte ``at`` (esp._pcapio.emit_pcap), their new packets
-        taken from ``dst`` (the core's output for those records, still in cache); returns (bytes, records)."""
-        w = self.writer
-        assert w is not None
-        mul, div = self._ts_scale()
-        nbytes, count = _NATIVE_EMIT(image[at:], body[a:b], c.data, c.offsets[a:b], L.l3[a:b], c.caplen[a:b],
-                                     c.origlen[a:b], L.ip_len[a:b], L.cut[a:b].view(np.uint8), c.ts[a:b], dst.buf,
-                                     dst.offsets[a:b], dst.lengths[a:b], L.ethertype_at[a:b], self.frames,
-                                     w.order == ">", mul, div, w.units)
-        return int(nbytes), int(count)
 
     def _ts_scale(self) -> tuple[int, int]:
         """(multiplier, divisor) from the input's timestamp units to the output's (see :meth:`_fast_pcap`)."""
@@ -578,18 +566,20 @@ _END = object()
 #: Chunks the decrypt keeps intact: the reader thread reads chunk j while this thread decrypts j - 1 (the writer
 #: thread writes copies). Mapped (zero copy), the pages behind are released this many chunks late.
 _DECRYPT_RING = 2
-#: Small buffer pairs in turn (:func:`_decrypt_direct`): the core's output and the laid-out records of one group
-#: of records; the writer thread writes the records of the others meanwhile. Six rather than three let the
-#: decrypting thread run further ahead when the writer thread is held up (1M IMIX packets, alternated: 0.64 s
-#: against 0.70 s median, within the noise here).
-_DECRYPT_GROUP_BUFFERS = 6
+#: Small record buffers in turn (:func:`_decrypt_direct`), each the output records of one group of records; the
+#: writer thread writes the others meanwhile. Twelve hold about a chunk of IMIX, so the decrypting thread goes on
+#: while that thread reads and parses the next chunk (1M IMIX packets, alternated: 6, 12, 20 buffers 0.42, 0.39,
+#: 0.43 s median).
+_DECRYPT_GROUP_BUFFERS = 12
 
 
-def _one_ahead(items: Iterator[_T], work: Callable[[_T], _U]) -> Iterator[_U]:
+def _one_ahead(items: Iterator[_T], work: Callable[[_T], _U],
+               submit: Callable[..., concurrent.futures.Future] | None = None) -> Iterator[_U]:
     """``work(x)`` for each x of ``items``, computed on a helper thread one item ahead of the consumer, so that
     reading and parsing chunk k+1 (compiled, without the GIL) overlaps the core's work on chunk k on the second
     core. Items are produced strictly one after the other, and an exception (a damaged capture) reaches the
-    consumer only after every item before it."""
+    consumer only after every item before it. ``submit`` runs a job on a thread the caller already has (the
+    output's writer thread, in order with its writes); without it, a thread of its own does the work."""
     def step() -> Any:
         try:
             x = next(items)
@@ -597,32 +587,21 @@ def _one_ahead(items: Iterator[_T], work: Callable[[_T], _U]) -> Iterator[_U]:
             return _END
         return work(x)
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pcap-read") as pool:
-        fut = pool.submit(step)
+    with contextlib.ExitStack() as stack:
+        if submit is None:
+            submit = stack.enter_context(concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="pcap-read")).submit
+        fut = submit(step)
         try:
             while True:
                 got = fut.result()
                 if got is _END:
                     return
-                fut = pool.submit(step)
+                fut = submit(step)
                 yield got
         finally:
             fut.cancel()
             concurrent.futures.wait([fut])
-
-
-@dataclass
-class _Layout:
-    """Where the core reads a chunk's ESP packets (src: each one's IP packet, length 0 for other records) and
-    writes them (dst: packed from 0 again every DECRYPT_SUB_BATCH records, so that one small buffer, still in
-    cache when the records are written out, serves the whole chunk). Made by :func:`_layout`."""
-
-    src_off: np.ndarray     # int64
-    src_len: np.ndarray     # int32
-    dst_off: np.ndarray     # int64
-    dst_cap: np.ndarray     # int32
-    image: int              # file image bytes the chunk's records can need at most
-    dst_size: int           # bytes the destination buffer needs
 
 
 @dataclass
@@ -632,61 +611,35 @@ class _Parsed:
     c: Chunk
     L: L3Info
     E: _Esp
-    layout: _Layout | None  # for the direct output (:meth:`_Output.direct`)
+    room: list[int] | None  # direct output (:meth:`_Output.direct`): bytes each group's records can need
     counts: tuple[int, int, int, int, int, int]  # IKE, keepalives, fragments, truncated, unknown link, not IP
 
 
-#: Records the direct decrypt hands to the core, and then lays out and writes, at a time: their decrypted packets
-#: (some 800 KB of IMIX) stay in this CPU's cache from the core's write to the copy into the records. Measured on
-#: 1M IMIX packets, alternated: 2048 median 0.63 and 0.65 s, 1024 0.66 and 0.67 s, 4096 0.66 s; and less CPU.
+#: Records the direct decrypt writes into one buffer before the writer thread takes it: their records (some
+#: 800 KB of IMIX) are still in cache when the kernel copies them into the page cache.
 DECRYPT_SUB_BATCH = 2048
 
 
 def _parse(c: Chunk, reader: CaptureReader, encap_ports: Sequence[int], direct: bool, frames: bool) -> _Parsed:
     """Everything about a chunk that does not need the SAs: header fields, ESP classification, the counts that
-    follow from them and (direct output) the layout of source and destination slots."""
+    follow from them and (direct output) the room each group of records needs."""
     lts = np.asarray([i.linktype for i in reader.interfaces], dtype=np.int64)
     L = parse_l3(c, lts)
     E = _classify_esp(c, L, encap_ports)
     counts = (int(np.count_nonzero(E.ike)), int(np.count_nonzero(E.keepalive)), int(np.count_nonzero(E.frag)),
               int(np.count_nonzero(E.cut)), int(np.count_nonzero(L.unknown_link)),
               int(np.count_nonzero((L.version == 0) & ~L.unknown_link)))
-    return _Parsed(c, L, E, _layout(c, L, E, frames) if direct else None, counts)
+    room = None
+    if direct and c.count:
+        # a record needs its header and at most its captured bytes: a decrypted packet is shorter than its ESP packet
+        room = np.add.reduceat(c.caplen + 16, np.arange(0, c.count, DECRYPT_SUB_BATCH)).tolist()
+    return _Parsed(c, L, E, room, counts)
 
 
-#: esp._pcapio.decrypt_layout if built: :func:`_layout_numpy` in one compiled pass.
-_NATIVE_LAYOUT = _native("decrypt_layout")
 #: esp._pcapio.decrypt_outcome if built: :func:`_outcome_numpy` in one compiled pass.
 _NATIVE_OUTCOME = _native("decrypt_outcome")
-
-
-def _layout(c: Chunk, L: L3Info, E: _Esp, frames: bool) -> _Layout:
-    if _NATIVE_LAYOUT is None:
-        return _layout_numpy(c, L, E, frames)
-    n = c.count
-    src_off, dst_off = np.empty(n, np.int64), np.empty(n, np.int64)
-    src_len, dst_cap = np.empty(n, np.int32), np.empty(n, np.int32)
-    image, dst_size = _NATIVE_LAYOUT(c.offsets, L.l3, L.ip_len, c.caplen, E.esp.view(np.uint8), frames,
-                                     DECRYPT_SUB_BATCH, src_off, src_len, dst_off, dst_cap)
-    return _Layout(src_off, src_len, dst_off, dst_cap, int(image), int(dst_size))
-
-
-def _layout_numpy(c: Chunk, L: L3Info, E: _Esp, frames: bool) -> _Layout:
-    """The numpy reference of :func:`_layout`. A record's output is its header and either its original bytes
-    or (an ESP packet) the kept link-layer bytes and a decrypted packet, never longer than the ESP packet."""
-    n = c.count
-    l3c = np.maximum(L.l3, 0)
-    el = np.where(E.esp, L.ip_len, 0)
-    if frames:
-        own, head = c.caplen, l3c
-    else:
-        own, head = np.maximum(np.minimum(L.ip_len, c.caplen - l3c), 0), np.zeros_like(l3c)
-    end = np.cumsum(el)
-    group_start = np.repeat(np.concatenate([[0], end])[np.arange(0, n, DECRYPT_SUB_BATCH)],
-                            np.diff(np.append(np.arange(0, n, DECRYPT_SUB_BATCH), n)))
-    dst_end = end - group_start
-    return _Layout(c.offsets + l3c, el.astype(np.int32), dst_end - el, el.astype(np.int32),
-                   int((np.maximum(own, head + el) + 16).sum()), int(dst_end.max()) if n else 0)
+#: esp._pcapio.DecryptChunk if built: the direct decrypt (:func:`_decrypt_direct`).
+_NATIVE_DECRYPT = _native("DecryptChunk")
 
 
 def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None,
@@ -702,9 +655,9 @@ def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
     tries tunnel and then transport for each packet. ``out_path`` None decrypts and counts without writing.
     ``sas`` may be a key file's path.
 
-    Three threads share the work of a pcap capture: one reads and parses the next chunk, this one decrypts and
-    lays out the output records (a group of records at a time, while the decrypted packets are in cache), one
-    writes the laid-out groups to the file.
+    Three threads share the work of a pcap capture: one reads and parses the next chunk, this one decrypts each
+    ESP packet straight into its output record (a group of records at a time, into a small buffer), one writes
+    the filled buffers to the file.
     """
     sas = _entries(sas)
     t0 = time.monotonic()
@@ -729,7 +682,11 @@ def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
         # link-layer header is patched in the chunk itself, which only the packed-record writers do.
         reader.zero_copy = reader.zero_copy_possible and (not frames or direct)
         # pcapng may add interfaces (and sections) as it goes: read ahead only in pcap, where nothing changes.
-        items = _one_ahead(reader.chunks(), parse) if reader.format == "pcap" else map(parse, reader.chunks())
+        # The writer's thread reads ahead too, between the writes: two threads busy rather than three keep the
+        # decrypting thread on its CPU on a two-CPU machine (1M IMIX packets, alternated: 0.39-0.42 s against
+        # 0.47 s median with a thread for each).
+        items = (_one_ahead(reader.chunks(), parse, writer.run_in_order if writer is not None else None)
+                 if reader.format == "pcap" else map(parse, reader.chunks()))
         _pump_items(reader, items, summary, "decrypt", progress,
                     lambda p: _decrypt_chunk(p, plan, out, summary, drop_other, drop_unknown, scratch),
                     lambda p: p.c)
@@ -747,8 +704,8 @@ def _decrypt_chunk(p: _Parsed, plan: list, out: _Output, summary: Summary, drop_
     c, L, E = p.c, p.L, p.E
     n = c.count
     summary.records += n
-    if p.layout is not None:
-        _decrypt_direct(p, p.layout, plan, out, summary, drop_other, drop_unknown, scratch)
+    if p.room is not None:
+        _decrypt_direct(p, p.room, plan, out, summary, drop_other, drop_unknown, scratch)
         return
     ln = np.where(E.esp, L.ip_len, 0)
     src = PacketBatch(c.data, c.offsets + np.maximum(L.l3, 0), ln, ln)
@@ -761,58 +718,46 @@ def _decrypt_chunk(p: _Parsed, plan: list, out: _Output, summary: Summary, drop_
     summary.written += out.emit(c, L, body, dst.buf, dst.offsets, dst.lengths)
 
 
-def _decrypt_direct(p: _Parsed, lay: _Layout, plan: list, out: _Output, summary: Summary, drop_other: bool,
+def _decrypt_direct(p: _Parsed, room: list[int], plan: list, out: _Output, summary: Summary, drop_other: bool,
                     drop_unknown: bool, scratch: Scratch) -> None:
-    """A chunk DECRYPT_SUB_BATCH records at a time: each SA's packets among them through the core into a small
-    buffer, the group's records laid out from there (esp._pcapio.emit_pcap) in another small buffer, and that
-    written by the writer thread while the core goes on with the next groups. Every buffer is reused and small
-    enough to stay in cache from one write to the next read: the core's output (measured on 300k IMIX packets:
-    a third faster than writing into a chunk-sized image), the records for the kernel's copy into the page
-    cache (half the cost of copying them from a chunk-sized image). Laying the records out here rather than on
-    the writer thread reads the core's output from this CPU's cache (1M IMIX packets, alternated: 0.59 s against
-    0.64 s median)."""
+    """A chunk DECRYPT_SUB_BATCH records at a time into small record buffers in turn, each written by the writer
+    thread while this one goes on. esp._pcapio.DecryptChunk has the core decrypt every packet straight into its
+    output record, so the decrypted bytes are written once, into the buffer the kernel copies to the page cache
+    (the whole-chunk path, :meth:`_Output.emit`, copies them from the core's output: 1M IMIX packets, this
+    thread's work 0.60 s against 0.43 s, see bench/RESULTS.md)."""
     c, L, E = p.c, p.L, p.E
     n = c.count
-    src = PacketBatch(c.data, lay.src_off, lay.src_len, lay.src_len)
-    lengths = np.zeros(n, np.int32)  # shared: the core sets only the selected records' lengths
-    dsts = [PacketBatch(scratch.get(f"dst{r}", lay.dst_size + 1), lay.dst_off, lengths, lay.dst_cap)
-            for r in range(_DECRYPT_GROUP_BUFFERS)]
     assigned, groups = _select_groups(plan, L, E)
-    starts = np.arange(0, n, DECRYPT_SUB_BATCH)
-    cuts = [np.searchsorted(g[0], starts).tolist() + [g[0].shape[0]] for g in groups]
+    sa_of = np.full(n, -1, np.int32)
+    for k, g in enumerate(groups):
+        sa_of[g[0]] = k
+    tally = np.zeros((len(groups), _NV + 1), np.int64)  # per SA: packets per verdict, then decrypted bytes
     out.sync()
     w = out.writer
     assert w is not None
-    # room for each group's records: 16 bytes each and their captured bytes (a decrypted packet is shorter)
-    room = np.add.reduceat(c.caplen + 16, starts).tolist() if n else []
-    body = np.empty(n, dtype=np.int8)
-    status = np.empty(n, np.uint8)
-    flags = (assigned.view(np.uint8), E.esp.view(np.uint8), E.frag.view(np.uint8), E.cut.view(np.uint8), L.version)
-    totals = [0, 0, 0, 0, 0]
-
-    for k, a in enumerate(starts.tolist()):
-        b = min(n, a + DECRYPT_SUB_BATCH)
+    mul, div = out._ts_scale()
+    job = _NATIVE_DECRYPT(SA_API, [g[1]._ctx for g in groups], [g[2]._ctx if g[2] else None for g in groups],
+                          sa_of, c.data, c.offsets, L.l3, c.caplen, c.origlen, L.ip_len, L.cut.view(np.uint8), c.ts,
+                          L.ethertype_at, E.esp.view(np.uint8), E.frag.view(np.uint8), L.version, tally,
+                          drop_other, drop_unknown, out.frames, w.order == ">", mul, div, w.units)
+    totals = [0, 0, 0, 0, 0]  # written, processed, unknown, dropped, passed
+    for k, a in enumerate(range(0, n, DECRYPT_SUB_BATCH)):
         r = out.claim_group_buffer()
-        dst = dsts[r]
-        for (sel, primary, fallback, _), cut in zip(groups, cuts):
-            if cut[k + 1] > cut[k]:
-                _decrypt_sel(primary, fallback, src, dst, sel[cut[k]:cut[k + 1]])
-        status[a:b] = dst.status[a:b]
-        asg, esp, frag, cut_, version = (x[a:b] for x in flags)
-        got = _NATIVE_OUTCOME(asg, status[a:b], esp, frag, cut_, version, drop_other, drop_unknown, out.frames,
-                              body[a:b])
+        records = scratch.get(f"records{r}", room[k])
+        nbytes, *got = job.run(records, a, min(n, a + DECRYPT_SUB_BATCH))
         for i in range(5):
             totals[i] += got[i]
-        if got[4]:
-            records = scratch.get(f"records{r}", room[k])
-            nbytes = out.emit_range(records, 0, c, L, body, dst, a, b)[0]
+        if got[0]:
             out.release_group_buffer(w.run_in_order(w.write_now, records[:nbytes]))
-    w.records += totals[4]
-    for sel, _, _, st in groups:
-        whole = sel.shape[0] == n  # one SA for the whole chunk (the usual case): nothing to gather
-        _account(st, status if whole else status[sel], lengths if whole else lengths[sel])
-    _count_outcome(summary, p, assigned, *totals[:4])
-    summary.written += totals[4]
+    w.records += totals[0]
+    for (_, _, _, st), t in zip(groups, tally.tolist()):
+        for v in np.flatnonzero(t[:_NV]).tolist():
+            name = Verdict(v).name
+            st.verdicts[name] = st.verdicts.get(name, 0) + t[v]
+        st.packets += t[Verdict.OK]
+        st.bytes += t[_NV]
+    _count_outcome(summary, p, assigned, *totals[1:])
+    summary.written += totals[0]
 
 
 def _decrypt_sel(primary: Sa, fallback: Sa | None, src: PacketBatch, dst: PacketBatch, sel: np.ndarray) -> None:
