@@ -535,7 +535,12 @@ cdef inline void _put_header(uint8_t *o, int64_t ts, int64_t ln, int64_t org, bi
     cdef int64_t t = ts * ts_mul, sec
     if ts_div != 1:
         t = _floordiv(t, ts_div)
-    sec = _floordiv(t, units)
+    if t >= 0 and units == 1000000:
+        sec = t // 1000000  # a constant divisor: a multiply, not a division
+    elif t >= 0 and units == 1000000000:
+        sec = t // 1000000000
+    else:
+        sec = _floordiv(t, units)
     _wr32(o, <uint32_t>sec, big)
     _wr32(o + 4, <uint32_t>(t - sec * units), big)
     _wr32(o + 8, <uint32_t>ln, big)
