@@ -1339,6 +1339,8 @@ class CaptureWriter:
         self._snaplen = snaplen
         self._pcap_args = (pcap_version, thiszone, sigfigs)
         self._header_done = False
+        self._next: int | None = None        # the next offset :meth:`reserve` gives
+        self._seekable: bool | None = None
         self.units = 10**6
         try:
             self._fh = open(self.path, "wb")
@@ -1503,6 +1505,36 @@ class CaptureWriter:
         """Write laid-out records at once; only from a job of :meth:`run_in_order` (the writer thread)."""
         try:
             self._fh.write(image.data)
+        except OSError as exc:
+            raise CaptureError(f"{self.path}: write failed: {exc.strerror or exc}") from None
+
+    def reserve(self, nbytes: int) -> int | None:
+        """The file offset for the next ``nbytes`` of records the caller laid out itself, to be written with
+        :meth:`write_at` from any thread and in any order; None if the output cannot be written at offsets (a
+        pipe): then :meth:`write_now`, in order. What was written before comes first in the file."""
+        if self._next is None:
+            if self._seekable is None:
+                try:
+                    self._fh.flush()
+                    self._next = self._fh.tell()
+                    self._seekable = True
+                except OSError:
+                    self._seekable = False
+            if not self._seekable:
+                return None
+            assert self._next is not None
+        at = self._next
+        self._next = at + nbytes
+        self._fh.seek(self._next)  # where a later plain write goes
+        return at
+
+    def write_at(self, image: np.ndarray, offset: int) -> None:
+        """Write laid-out records at an offset from :meth:`reserve` (pwrite: no shared file position)."""
+        view = memoryview(image).cast("B")
+        done = 0
+        try:
+            while done < len(view):
+                done += os.pwrite(self._fh.fileno(), view[done:], offset + done)
         except OSError as exc:
             raise CaptureError(f"{self.path}: write failed: {exc.strerror or exc}") from None
 

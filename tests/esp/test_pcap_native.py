@@ -265,6 +265,36 @@ def test_direct_output_equals_the_whole_chunk_path(tmp_path, monkeypatch, frames
     assert direct.passed_through + direct.policy_dropped > 0
 
 
+@pytest.mark.parametrize("where", ["writer thread", "either thread", "this thread", "pipe"])
+def test_direct_output_is_the_same_whoever_writes_it(tmp_path, monkeypatch, where):
+    """Groups written at reserved offsets by the writer thread, by the decrypting thread or by both (pwrite),
+    or in order to an output that cannot seek (a pipe): the same file."""
+    import threading
+
+    _need_native()
+    enc, sas = _mixed_capture(tmp_path)
+    monkeypatch.setattr(tool_mod, "DECRYPT_SUB_BATCH", 3)
+    ref = tmp_path / "ref.pcap"
+    with monkeypatch.context() as m:
+        m.setattr(tool_mod, "_NATIVE_DECRYPT", None)
+        decrypt_file(enc, ref, sas, chunk_records=13)
+    monkeypatch.setattr(tool_mod, "_WRITES_AHEAD", {"writer thread": 10**6, "either thread": 1, "this thread": 0,
+                                                    "pipe": 0}[where])
+    out = tmp_path / "out.pcap"
+    if where != "pipe":
+        decrypt_file(enc, out, sas, chunk_records=13)
+        assert out.read_bytes() == ref.read_bytes()
+        return
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = []
+    t = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    t.start()
+    decrypt_file(enc, fifo, sas, chunk_records=13)
+    t.join(timeout=30)
+    assert got and got[0] == ref.read_bytes()
+
+
 KEY16, KEY32 = "0x" + bytes(range(70, 86)).hex(), "0x" + bytes(range(90, 122)).hex()
 SA_KINDS = {
     # ipsec-mb's job manager (CBC): the packet step drains it per packet
