@@ -5,7 +5,7 @@ Each kernel is the exact counterpart of a numpy reference in esp.pcap (the tests
 Every index a kernel will use is checked against its array before the loop that copies or reads, so a bad
 offset is a ValueError, never a read or write outside an array; the loops themselves run without the GIL.
 """
-from libc.stdint cimport uint8_t, int8_t, int32_t, int64_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, int8_t, int32_t, int64_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.string cimport memcpy, memset
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
@@ -92,6 +92,108 @@ cdef int64_t _walk_pcap(const uint8_t *b, int64_t *pos_io, int64_t stop, int64_t
 
 cdef extern from "<sys/mman.h>" nogil:
     int madvise(void *addr, size_t length, int advice)
+
+cdef extern from *:
+    """
+    /* A capture file truncated while it is mapped: a read of a page past the new end raises SIGBUS, which would
+       end the process. For the mappings registered here, the handler puts a page of zeros in its place and notes
+       the hit; the read goes on, and the reader (esp.pcap.CaptureReader.check_intact) turns the note into a
+       CaptureError before anything read from that page reaches the output. Any other SIGBUS goes to the handler
+       that was there before (Python's faulthandler, or the default: the process ends as it would have). */
+    #include <signal.h>
+    #include <unistd.h>
+    #define PCAPIO_GUARDS 64
+    static volatile uintptr_t pcapio_guard_lo[PCAPIO_GUARDS], pcapio_guard_hi[PCAPIO_GUARDS];
+    static volatile sig_atomic_t pcapio_guard_hits[PCAPIO_GUARDS];
+    static struct sigaction pcapio_prev_bus;
+    static int pcapio_bus_installed = 0;
+    static uintptr_t pcapio_page = 4096;
+
+    static void pcapio_on_sigbus(int sig, siginfo_t *si, void *uc) {
+        uintptr_t a = (uintptr_t)si->si_addr;
+        int k;
+        if (si->si_code == BUS_ADRERR) {
+            for (k = 0; k < PCAPIO_GUARDS; k++) {
+                if (pcapio_guard_lo[k] <= a && a < pcapio_guard_hi[k]) {
+                    void *page = (void *)(a & ~(pcapio_page - 1));
+                    if (mmap(page, pcapio_page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+                            != MAP_FAILED) {
+                        pcapio_guard_hits[k] = 1;
+                        return;
+                    }
+                }
+            }
+        }
+        if (pcapio_prev_bus.sa_flags & SA_SIGINFO) {
+            if (pcapio_prev_bus.sa_sigaction != NULL) {
+                pcapio_prev_bus.sa_sigaction(sig, si, uc);
+                return;
+            }
+        } else if (pcapio_prev_bus.sa_handler != SIG_DFL && pcapio_prev_bus.sa_handler != SIG_IGN) {
+            pcapio_prev_bus.sa_handler(sig);
+            return;
+        }
+        signal(SIGBUS, SIG_DFL);  /* the access runs again and ends the process, as without this handler */
+    }
+
+    static int pcapio_guard_add(uintptr_t lo, uintptr_t len) {
+        int k;
+        struct sigaction sa;
+        if (!pcapio_bus_installed) {
+            long ps = sysconf(_SC_PAGESIZE);
+            if (ps > 0)
+                pcapio_page = (uintptr_t)ps;
+            memset(&sa, 0, sizeof sa);
+            sa.sa_sigaction = pcapio_on_sigbus;
+            sa.sa_flags = SA_SIGINFO;
+            sigemptyset(&sa.sa_mask);
+            if (sigaction(SIGBUS, &sa, &pcapio_prev_bus) != 0)
+                return -1;
+            pcapio_bus_installed = 1;
+        }
+        for (k = 0; k < PCAPIO_GUARDS; k++) {
+            if (pcapio_guard_hi[k] == 0) {
+                pcapio_guard_hits[k] = 0;
+                pcapio_guard_lo[k] = lo;
+                pcapio_guard_hi[k] = (lo + len + pcapio_page - 1) & ~(pcapio_page - 1);
+                return k;
+            }
+        }
+        return -1;
+    }
+
+    static void pcapio_guard_remove(int k) {
+        if (k >= 0 && k < PCAPIO_GUARDS) {
+            pcapio_guard_hi[k] = 0;
+            pcapio_guard_lo[k] = 0;
+        }
+    }
+
+    static int pcapio_guard_hit(int k) {
+        return k >= 0 && k < PCAPIO_GUARDS && pcapio_guard_hits[k];
+    }
+    """
+    int pcapio_guard_add(uintptr_t lo, uintptr_t length)
+    void pcapio_guard_remove(int k)
+    int pcapio_guard_hit(int k)
+
+
+def guard_mapping(const uint8_t[::1] buf) -> int:
+    """Register a mapped capture (the whole mapping, from its start) with the SIGBUS guard above; returns the
+    guard's number for :func:`guard_hit` and :func:`guard_release`, or -1 if none is left (no guard)."""
+    if buf.shape[0] == 0:
+        return -1
+    return pcapio_guard_add(<uintptr_t>&buf[0], <uintptr_t>buf.shape[0])
+
+
+def guard_hit(int k) -> bool:
+    """Whether a page of guarded mapping ``k`` was found past the file's end (and replaced by zeros)."""
+    return bool(pcapio_guard_hit(k))
+
+
+def guard_release(int k) -> None:
+    """The mapping is going away: stop guarding it (its address range may be reused by anything)."""
+    pcapio_guard_remove(k)
 
 cdef extern from "<errno.h>" nogil:
     int errno

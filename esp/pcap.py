@@ -386,7 +386,14 @@ class CaptureReader:
         if hasattr(mmap, "MADV_SEQUENTIAL"):  # read-ahead, and pages dropped early: captures larger than memory
             self._mm.madvise(mmap.MADV_SEQUENTIAL)
         self._arr = np.frombuffer(self._mm, dtype=np.uint8)
-        self._start = self._read_header()
+        # A file cut shorter while mapped reads as zeros past its new end, and check_intact() says so, instead of
+        # SIGBUS ending the process (esp._pcapio's guard).
+        self._guard = _NATIVE_GUARD(self._arr) if _NATIVE_GUARD is not None else -1
+        try:
+            self._start = self._read_header()
+        except BaseException:
+            self.close()
+            raise
 
     # -- header --------------------------------------------------------------------------------------------
     def _read_header(self) -> int:
@@ -440,7 +447,30 @@ class CaptureReader:
         """The link type of the first interface (the only one in pcap)."""
         return self.interfaces[0].linktype if self.interfaces else 0
 
+    def check_intact(self) -> None:
+        """Raise a CaptureError if the file is shorter than when it was opened: what was read since the last
+        check may come from the part that is gone (mapped, it reads as zeros), and must not be used. Called
+        after reading and before writing anything made from what was read. A read of a mapped page past the new
+        end would be SIGBUS, which esp._pcapio's guard turns into zeros and a note (without that build, the
+        process ends, as any reader of a mapped file)."""
+        if self._fh.closed:
+            return
+        hit = self._guard >= 0 and _NATIVE_GUARD_HIT is not None and _NATIVE_GUARD_HIT(self._guard)
+        now = os.fstat(self._fh.fileno()).st_size
+        if hit or now < self.size:
+            raise CaptureError(f"{self.path}: the file shrank to {now} bytes while it was read (it had "
+                               f"{self.size}); records from the part that is gone are not used")
+
+    def __del__(self) -> None:
+        self._unguard()
+
+    def _unguard(self) -> None:
+        if getattr(self, "_guard", -1) >= 0 and _NATIVE_GUARD_RELEASE is not None:
+            _NATIVE_GUARD_RELEASE(self._guard)
+            self._guard = -1
+
     def close(self) -> None:
+        self._unguard()
         arr = getattr(self, "_arr", None)
         if arr is not None:
             del self._arr
@@ -462,10 +492,12 @@ class CaptureReader:
 
     # -- chunks --------------------------------------------------------------------------------------------
     def chunks(self) -> Iterator[Chunk]:
-        if self.format == "pcap":
-            yield from self._pcap_chunks()
-        else:
-            yield from self._pcapng_chunks()
+        """The capture's records, a chunk at a time (a CaptureError where the file is damaged, after the chunks
+        before the damage)."""
+        for c in self._pcap_chunks() if self.format == "pcap" else self._pcapng_chunks():
+            self.check_intact()
+            yield c
+        self.check_intact()
 
     def _arena_name(self) -> str:
         """The scratch buffer for the next chunk: the ring's buffers in turn."""
@@ -1227,6 +1259,13 @@ _NATIVE_GATHER = _native("gather_segments")
 _NATIVE_SCAN = _native("scan_pcap")
 #: esp._pcapio.advise(...): madvise on the mapping without holding the GIL.
 _NATIVE_ADVISE = _native("advise")
+#: esp._pcapio's SIGBUS guard for mapped captures (guard_mapping, guard_hit, guard_release): not a kernel with a
+#: numpy twin, so ESPRESSO_PCAP_NUMPY leaves it on.
+try:
+    from esp._pcapio import guard_hit as _NATIVE_GUARD_HIT, guard_mapping as _NATIVE_GUARD, \
+        guard_release as _NATIVE_GUARD_RELEASE
+except ImportError:
+    _NATIVE_GUARD = _NATIVE_GUARD_HIT = _NATIVE_GUARD_RELEASE = None
 #: esp._pcapio.scan_pcap_fields(...): the walk and the record header fields in one pass.
 _NATIVE_SCAN_FIELDS = _native("scan_pcap_fields")
 #: esp._pcapio.pcap_fields(data, offsets, big_endian, mult, caplen, origlen, ts): the record header fields.

@@ -323,6 +323,7 @@ class _Output:
         """Write the records whose body is not NONE; returns how many. ``body`` selects per record: ORIG keeps
         the packet (frame mode: the whole record; raw mode: its IP packet), NEW puts new_buf's slot in place
         of the IP packet."""
+        self.reader.check_intact()  # nothing read from a part of the file that is gone goes out
         self.sync()
         if self.writer is not None and bool((body != _BODY_NONE).any()) and self._fast_pcap():
             return self._emit_pcap(c, L, body, new_buf, new_off, new_len)
@@ -565,6 +566,7 @@ def _pump_items(reader: CaptureReader, items: Iterator[_T], summary: Summary, la
     try:
         for item in items:
             per_item(item)
+            reader.check_intact()
             bar.update(chunk_of(item).end_position, summary.records)
     except CaptureError as exc:
         summary.capture_error = str(exc)
@@ -759,11 +761,13 @@ def _decrypt_direct(p: _Parsed, room: list[int], plan: list, out: _Output, summa
         r = out.claim_group_buffer()
         records = scratch.get(f"records{r}", room[k])
         nbytes, *got = job.run(records, a, min(n, a + DECRYPT_SUB_BATCH))
+        out.reader.check_intact()  # nothing read from a part of the file that is gone goes out
         for i in range(5):
             totals[i] += got[i]
         if got[0]:
             out.write_group(records[:nbytes])
-    w.records += totals[0]
+            w.records += got[0]
+            summary.written += got[0]
     for (_, _, _, st), t in zip(groups, tally.tolist()):
         for v in np.flatnonzero(t[:_NV]).tolist():
             name = Verdict(v).name
@@ -771,7 +775,6 @@ def _decrypt_direct(p: _Parsed, room: list[int], plan: list, out: _Output, summa
         st.packets += t[Verdict.OK]
         st.bytes += t[_NV]
     _count_outcome(summary, p, assigned, *totals[1:])
-    summary.written += totals[0]
 
 
 def _decrypt_sel(primary: Sa, fallback: Sa | None, src: PacketBatch, dst: PacketBatch, sel: np.ndarray) -> None:

@@ -394,6 +394,73 @@ def test_decrypt_chunk_refuses_an_outbound_sa_as_unsupported():
     assert a["tally"][0, 13] == 2 and a["tally"][0].sum() == 2  # UNSUPPORTED
 
 
+_CUT_READER = """
+import os, sys
+import numpy as np
+from esp.pcap import CaptureError, CaptureReader
+path = sys.argv[1]
+r = CaptureReader(path, chunk_records=10**6, chunk_bytes=1 << 20, zero_copy=True)
+first = next(r.chunks())
+os.truncate(path, 4096)
+print("zeros past the end:", int(np.asarray(r._arr[r.size - 8192:]).sum()) == 0, flush=True)
+try:
+    r.check_intact()
+except CaptureError as exc:
+    print("error:", exc)
+"""
+
+_CUT_DECRYPT = """
+import os, sys
+import esp.pcaptool as T
+path, out, keys = sys.argv[1:4]
+T.DECRYPT_SUB_BATCH = 4
+real = T._Output.claim_group_buffer
+def cut(self):
+    cut.groups = getattr(cut, "groups", 0) + 1
+    if cut.groups == 6:  # five groups decrypted and written; the rest of the chunk is mapped already
+        os.truncate(path, 4096)  # the records of the next groups lie in pages past the new end
+    return real(self)
+T._Output.claim_group_buffer = cut
+s = T.decrypt_file(path, out, keys)
+print("records written:", s.written)
+print("error:", s.capture_error)
+"""
+
+
+@pytest.mark.parametrize("script", ["reader", "decrypt"])
+def test_a_capture_cut_under_its_mapping_is_an_error_not_sigbus(tmp_path, script):
+    """A capture truncated after its pages were mapped (a rotation with copytruncate): reading past the new end
+    would be SIGBUS; the reader's guard reads zeros there and reports a CaptureError, and nothing read from the
+    lost part reaches the output. In a child process, so that a regression kills only the child."""
+    import subprocess
+    import sys
+
+    from tests.esp.test_pcap_tool import records
+
+    _need_native()
+    if script == "reader":
+        p = tmp_path / "c.pcap"
+        p.write_bytes(pcap_file([Rec(_frame(b, 1), 1_700_000_000 + i, i) for i, b in enumerate(BASE * 2000)]))
+        run = subprocess.run([sys.executable, "-c", _CUT_READER, str(p)], capture_output=True, text=True,
+                             timeout=120, cwd=os.getcwd())
+        assert run.returncode == 0, f"child ended by signal {-run.returncode}: {run.stderr[-2000:]}"
+        assert "zeros past the end: True" in run.stdout and "shrank to 4096 bytes" in run.stdout, run.stdout
+        return
+    enc, sas = _mixed_capture(tmp_path)
+    ref = tmp_path / "ref.pcap"
+    decrypt_file(enc, ref, sas)
+    keys = tmp_path / "sa.toml"
+    keys.write_text(sa_toml())
+    out = tmp_path / "out.pcap"
+    run = subprocess.run([sys.executable, "-c", _CUT_DECRYPT, str(enc), str(out), str(keys)], capture_output=True,
+                         text=True, timeout=120, cwd=os.getcwd())
+    assert run.returncode == 0, f"child ended by signal {-run.returncode}: {run.stderr[-2000:]}"
+    assert "shrank to 4096 bytes" in run.stdout, run.stdout
+    got, want = records(out)[0], records(ref)[0]
+    assert 0 < len(got) < len(want) and got == want[:len(got)]
+    assert f"records written: {len(got)}" in run.stdout
+
+
 def test_outcome_matches_the_numpy_reference():
     _need_native()
     rng = np.random.default_rng(5)
