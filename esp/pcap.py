@@ -1262,8 +1262,9 @@ _NATIVE_ADVISE = _native("advise")
 #: esp._pcapio's SIGBUS guard for mapped captures (guard_mapping, guard_hit, guard_release): not a kernel with a
 #: numpy twin, so ESPRESSO_PCAP_NUMPY leaves it on.
 try:
-    from esp._pcapio import guard_hit as _NATIVE_GUARD_HIT, guard_mapping as _NATIVE_GUARD, \
-        guard_release as _NATIVE_GUARD_RELEASE
+    from esp._pcapio import guard_hit as _NATIVE_GUARD_HIT
+    from esp._pcapio import guard_mapping as _NATIVE_GUARD
+    from esp._pcapio import guard_release as _NATIVE_GUARD_RELEASE
 except ImportError:
     _NATIVE_GUARD = _NATIVE_GUARD_HIT = _NATIVE_GUARD_RELEASE = None
 #: esp._pcapio.scan_pcap_fields(...): the walk and the record header fields in one pass.
