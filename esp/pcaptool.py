@@ -37,7 +37,7 @@ __all__ = ["SaStats", "Summary", "ReplaySummary", "decrypt_file", "encrypt_file"
 
 NAT_T_PORT = 4500
 #: Bytes of capture per decrypt chunk. Few enough chunks that the Python per chunk does not count, small
-#: enough that the working set of the three threads (four chunks, two output images) stays modest
+#: enough that the working set (two chunks, the group buffers) stays modest
 #: (measured on 300k IMIX packets: 8 MiB beat 2, 4, 16 and 32 MiB).
 DECRYPT_CHUNK_BYTES = 8 * 1024 * 1024
 #: Room an encrypted packet may need over its plaintext: outer IPv6 + UDP, ESP header, IV, padding, ICV.
@@ -576,8 +576,8 @@ def _pump_items(reader: CaptureReader, items: Iterator[_T], summary: Summary, la
 
 
 _END = object()
-#: Chunks the decrypt keeps intact: the reader thread reads chunk j while this thread decrypts j - 1 (the writer
-#: thread writes copies). Mapped (zero copy), the pages behind are released this many chunks late.
+#: Chunks the decrypt keeps intact: the helper thread reads chunk j while this thread decrypts j - 1 (what is
+#: written is copied out of the chunk). Mapped (zero copy), the pages behind are released this many chunks late.
 _DECRYPT_RING = 2
 #: Small record buffers in turn (:func:`_decrypt_direct`), each the output records of one group of records; the
 #: writer thread writes the others meanwhile. Twelve hold about a chunk of IMIX, so the decrypting thread goes on
@@ -622,7 +622,8 @@ def _one_ahead(items: Iterator[_T], work: Callable[[_T], _U],
 
 @dataclass
 class _Parsed:
-    """A chunk with what can be known of it before decryption: what the reader thread hands over."""
+    """A chunk with what can be known of it before decryption: what the read-ahead (on the helper thread) hands
+    over."""
 
     c: Chunk
     L: L3Info
