@@ -68,13 +68,7 @@ cdef extern from *:
     #define ESPC_HMAC_OF(c) (&(c)->hmac)
     """
 
-cdef extern from "_saapi.h" nogil:
-    ctypedef struct espresso_sa_api:
-        int version
-        int (*begin)(void *ctx) noexcept nogil
-        int (*decrypt)(void *ctx, const uint8_t *pkt, int n, uint8_t *out, int cap, int *out_len) noexcept nogil
-        void (*end)(void *ctx) noexcept nogil
-    int ESPRESSO_SA_API_VERSION
+from esp._saapi cimport ESPRESSO_SA_API_VERSION, espresso_sa_api
 
 # ---- verdicts: the one definition; esp.batch builds its IntEnum from VERDICTS ----
 cdef enum:

@@ -10,13 +10,7 @@ from libc.string cimport memcpy, memset
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 
-cdef extern from "_saapi.h" nogil:
-    ctypedef struct espresso_sa_api:
-        int version
-        int (*begin)(void *ctx) noexcept nogil
-        int (*decrypt)(void *ctx, const uint8_t *pkt, int n, uint8_t *out, int cap, int *out_len) noexcept nogil
-        void (*end)(void *ctx) noexcept nogil
-    int ESPRESSO_SA_API_VERSION
+from esp._saapi cimport ESPRESSO_SA_API_VERSION, espresso_sa_api
 
 cdef extern from *:
     """
