@@ -465,13 +465,18 @@ def _stats_for(entry: SaEntry, direction: str) -> SaStats:
 
 
 def _account(stats: SaStats, status: np.ndarray, lengths: np.ndarray) -> None:
-    counts = np.bincount(status, minlength=_NV)
-    for v in np.flatnonzero(counts):
-        name = Verdict(int(v)).name
-        stats.verdicts[name] = stats.verdicts.get(name, 0) + int(counts[v])
     ok = status == Verdict.OK
-    stats.packets += int(ok.sum())
-    stats.bytes += int(lengths[ok].sum())
+    _account_counts(stats, np.bincount(status, minlength=_NV).tolist(), int(lengths[ok].sum()))
+
+
+def _account_counts(stats: SaStats, per_verdict: list[int], ok_bytes: int) -> None:
+    """Add packets per verdict (index: the verdict's value) and the bytes of the decrypted ones to ``stats``."""
+    for v, k in enumerate(per_verdict):
+        if k:
+            name = Verdict(v).name
+            stats.verdicts[name] = stats.verdicts.get(name, 0) + k
+    stats.packets += per_verdict[Verdict.OK]
+    stats.bytes += ok_bytes
 
 
 def _make_sa(entry: SaEntry, direction: Direction, mode: str | None, backend: str | None,
@@ -648,8 +653,10 @@ def _parse(c: Chunk, reader: CaptureReader, encap_ports: Sequence[int], direct: 
               int(np.count_nonzero((L.version == 0) & ~L.unknown_link)))
     room = None
     if direct and c.count:
-        # a record needs its header and at most its captured bytes: a decrypted packet is shorter than its ESP packet
-        room = np.add.reduceat(c.caplen + 16, np.arange(0, c.count, DECRYPT_SUB_BATCH)).tolist()
+        # what DecryptChunk.run may need: a header and the record's bytes, or the kept link-layer header and the
+        # ESP packet (a decrypted packet is shorter)
+        esp_out = np.where(E.esp, L.ip_len + (np.maximum(L.l3, 0) if frames else 0), 0)
+        room = np.add.reduceat(np.maximum(c.caplen, esp_out) + 16, np.arange(0, c.count, DECRYPT_SUB_BATCH)).tolist()
     return _Parsed(c, L, E, room, counts)
 
 
@@ -672,9 +679,9 @@ def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
     tries tunnel and then transport for each packet. ``out_path`` None decrypts and counts without writing.
     ``sas`` may be a key file's path.
 
-    Three threads share the work of a pcap capture: one reads and parses the next chunk, this one decrypts each
-    ESP packet straight into its output record (a group of records at a time, into a small buffer), one writes
-    the filled buffers to the file.
+    Two threads share the work of a pcap capture: this one decrypts each ESP packet straight into its output
+    record (a group of records at a time, into a small buffer); the output's writer thread writes the filled
+    buffers and, between the writes, reads and parses the next chunk.
     """
     sas = _entries(sas)
     t0 = time.monotonic()
@@ -757,25 +764,21 @@ def _decrypt_direct(p: _Parsed, room: list[int], plan: list, out: _Output, summa
                           sa_of, c.data, c.offsets, L.l3, c.caplen, c.origlen, L.ip_len, L.cut.view(np.uint8), c.ts,
                           L.ethertype_at, E.esp.view(np.uint8), E.frag.view(np.uint8), L.version, tally,
                           drop_other, drop_unknown, out.frames, w.order == ">", mul, div, w.units)
-    totals = [0, 0, 0, 0, 0]  # written, processed, unknown, dropped, passed
+    totals = [0, 0, 0, 0]  # processed, unknown SPI, dropped, passed through
     for k, a in enumerate(range(0, n, DECRYPT_SUB_BATCH)):
         r = out.claim_group_buffer()
         records = scratch.get(f"records{r}", room[k])
-        nbytes, *got = job.run(records, a, min(n, a + DECRYPT_SUB_BATCH))
+        nbytes, written, *got = job.run(records, a, min(n, a + DECRYPT_SUB_BATCH))
         out.reader.check_intact()  # nothing read from a part of the file that is gone goes out
-        for i in range(5):
+        for i in range(4):
             totals[i] += got[i]
-        if got[0]:
+        if written:
             out.write_group(records[:nbytes])
-            w.records += got[0]
-            summary.written += got[0]
+            w.records += written
+            summary.written += written
     for (_, _, _, st), t in zip(groups, tally.tolist()):
-        for v in np.flatnonzero(t[:_NV]).tolist():
-            name = Verdict(v).name
-            st.verdicts[name] = st.verdicts.get(name, 0) + t[v]
-        st.packets += t[Verdict.OK]
-        st.bytes += t[_NV]
-    _count_outcome(summary, p, assigned, *totals[1:])
+        _account_counts(st, t[:_NV], t[_NV])
+    _count_outcome(summary, p, assigned, *totals)
 
 
 def _decrypt_sel(primary: Sa, fallback: Sa | None, src: PacketBatch, dst: PacketBatch, sel: np.ndarray) -> None:
