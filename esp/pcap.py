@@ -1239,10 +1239,11 @@ _ROW_MIN_COUNT = 32
 _ROW_MAX_GROUPS = 16
 
 
-def _native(name: str):  # type: ignore[no-untyped-def]
+def _native(name: str, numpy_twin: bool = True):  # type: ignore[no-untyped-def]
     """A compiled kernel from esp._pcapio when that build provides it (a memcpy loop beats numpy indexing).
-    ESPRESSO_PCAP_NUMPY=1 in the environment keeps the numpy reference paths (for comparisons)."""
-    if os.environ.get("ESPRESSO_PCAP_NUMPY"):
+    ESPRESSO_PCAP_NUMPY=1 in the environment keeps the numpy reference paths (for comparisons), except for what
+    has no numpy twin (``numpy_twin`` False)."""
+    if numpy_twin and os.environ.get("ESPRESSO_PCAP_NUMPY"):
         return None
     try:
         import importlib
@@ -1261,12 +1262,9 @@ _NATIVE_SCAN = _native("scan_pcap")
 _NATIVE_ADVISE = _native("advise")
 #: esp._pcapio's SIGBUS guard for mapped captures (guard_mapping, guard_hit, guard_release): not a kernel with a
 #: numpy twin, so ESPRESSO_PCAP_NUMPY leaves it on.
-try:
-    from esp._pcapio import guard_hit as _NATIVE_GUARD_HIT
-    from esp._pcapio import guard_mapping as _NATIVE_GUARD
-    from esp._pcapio import guard_release as _NATIVE_GUARD_RELEASE
-except ImportError:
-    _NATIVE_GUARD = _NATIVE_GUARD_HIT = _NATIVE_GUARD_RELEASE = None
+_NATIVE_GUARD = _native("guard_mapping", numpy_twin=False)
+_NATIVE_GUARD_HIT = _native("guard_hit", numpy_twin=False)
+_NATIVE_GUARD_RELEASE = _native("guard_release", numpy_twin=False)
 #: esp._pcapio.scan_pcap_fields(...): the walk and the record header fields in one pass.
 _NATIVE_SCAN_FIELDS = _native("scan_pcap_fields")
 #: esp._pcapio.pcap_fields(data, offsets, big_endian, mult, caplen, origlen, ts): the record header fields.
@@ -1570,7 +1568,7 @@ class CaptureWriter:
 
     def write_at(self, image: np.ndarray, offset: int) -> None:
         """Write laid-out records at an offset from :meth:`reserve` (pwrite: no shared file position)."""
-        view = memoryview(image).cast("B")
+        view = image.data
         done = 0
         try:
             while done < len(view):
