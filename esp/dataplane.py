@@ -47,7 +47,7 @@ from .spd import _IDX4, UNPARSEABLE, Action, Policy, Selector, Spd, _window, par
 try:
     from . import _io as _compiled
 except ImportError:  # pragma: no cover - setup.py always builds it
-    _compiled = None
+    _compiled = None  # type: ignore[assignment]
 
 __all__ = ["DEFAULT_SLOT_SIZE", "ESP_OVERHEAD_MAX", "Dataplane", "DataplaneCounters"]
 

@@ -23,7 +23,7 @@ import numpy as np
 try:  # the compiled twin of parse_headers + first_match (esp/_io.pyx); numpy is the reference and fallback
     from . import _io as _compiled
 except ImportError:  # pragma: no cover - the extension is always built by setup.py
-    _compiled = None
+    _compiled = None  # type: ignore[assignment]
 
 __all__ = [
     "NO_MATCH",
@@ -450,7 +450,7 @@ class CompiledSelectors:
         """Whether each packet at ``rows`` matches any selector."""
         if self.size == 0:
             return np.zeros(len(rows), bool)
-        return self.matrix(h, 0, None, rows).any(axis=1)
+        return np.asarray(self.matrix(h, 0, None, rows).any(axis=1))
 
 
 @dataclass(frozen=True)

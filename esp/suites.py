@@ -103,15 +103,15 @@ def _build() -> dict[str, Suite]:
             add(Suite(f"aes{bits}ccm{icv}", Cipher.AES_CCM, k, 3, 8, icv, 4, Integ.NONE, tid, None))
         add(Suite(f"aes{bits}gmac", Cipher.AES_GMAC, k, 4, 8, 16, 4, Integ.NONE, 21, None))
     add(Suite("chacha20poly1305", Cipher.CHACHA20_POLY1305, 32, 4, 8, 16, 4, Integ.NONE, 28, None))
-    for integ, (_, icv, tid) in _INTEG.items():
+    for integ, (_, integ_icv, integ_tid) in _INTEG.items():
         token = integ.value.split("_")[0]
         for bits in (128, 192, 256):
             k = bits // 8
-            add(Suite(f"aes{bits}-{token}", Cipher.AES_CBC, k, 0, 16, icv, 16, integ, 12, tid))
+            add(Suite(f"aes{bits}-{token}", Cipher.AES_CBC, k, 0, 16, integ_icv, 16, integ, 12, integ_tid))
             if integ is not Integ.NONE:  # counter mode without integrity is malleable bit by bit: not offered
-                add(Suite(f"aes{bits}ctr-{token}", Cipher.AES_CTR, k, 4, 8, icv, 4, integ, 13, tid))
+                add(Suite(f"aes{bits}ctr-{token}", Cipher.AES_CTR, k, 4, 8, integ_icv, 4, integ, 13, integ_tid))
         if integ is not Integ.NONE:
-            add(Suite(f"null-{token}", Cipher.NULL, 0, 0, 0, icv, 4, integ, 11, tid))
+            add(Suite(f"null-{token}", Cipher.NULL, 0, 0, 0, integ_icv, 4, integ, 11, integ_tid))
     return out
 
 
