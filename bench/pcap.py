@@ -15,6 +15,7 @@ taken from its own pair, so machine load hits both sides of a ratio alike.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import tempfile
@@ -126,8 +127,8 @@ class _CorePass:
 
 def run(quick: bool = False, count: int | None = None, repeats: int | None = None) -> dict:
     try:
-        from esp.keyfile import SaEntry
-        from esp.pcaptool import Summary, decrypt_file
+        from esp.keyfile import AddressMatch, SaEntry
+        from esp.pcaptool import Summary, decrypt_file, encrypt_file
         from esp.suites import parse_suite
     except ImportError as exc:
         return {"unavailable": f"esp.pcaptool.decrypt_file is not importable ({exc})"}
@@ -172,8 +173,21 @@ def run(quick: bool = False, count: int | None = None, repeats: int | None = Non
             file_s.append(el)
             cpu_s.append(cpu)
         out_size = dst.stat().st_size if dst.exists() else 0
+        # The other direction, reported: the decrypted packets (raw IP) encrypted back into ESP, file to file.
+        back = Path(tmp) / "esp-again.pcap"
+        enc_entry = dataclasses.replace(entry, src=AddressMatch.parse("192.0.2.1"), dst=AddressMatch.parse("192.0.2.2"))
+        enc_s: list[float] = []
+        for _ in range(REPEATS):
+            back.unlink(missing_ok=True)
+            t = time.perf_counter()
+            enc_summary = encrypt_file(dst, back, [enc_entry], progress=False)
+            enc_s.append(time.perf_counter() - t)
+        if enc_summary.failed or enc_summary.processed != records:
+            return {"unavailable": f"encrypt_file processed {enc_summary.processed} of {records} packets: "
+                                   f"{enc_summary.format()}"}
         del core
     ratio = spread(c / f for c, f in zip(core_s, file_s))  # (records / f) / (records / c)
+    enc_pps = spread(records / e for e in enc_s)
     pps = spread(records / f for f in file_s)
     core_pps = spread(records / c for c in core_s)
     el = sorted(file_s)[len(file_s) // 2]
@@ -182,7 +196,7 @@ def run(quick: bool = False, count: int | None = None, repeats: int | None = Non
     return {"records": records, "suite": SUITE, "capture_bytes": size, "output_bytes": out_size,
             "seconds": el, "cpu_seconds": cpu, "generate_seconds": gen, "pps": pps.median,
             "pps_spread": pps.as_dict(), "core_pps": core_pps.as_dict(), "ratio_to_core": ratio.as_dict(),
-            "repeats": repeats, "loadavg_end": load,
+            "repeats": repeats, "loadavg_end": load, "encrypt_pps_spread": enc_pps.as_dict(),
             "inner_gbps": inner * 8 / el / 1e9, "file_mb_s": size / el / 1e6,
             "summary": f"{records:,} IMIX ESP packets ({size / 1e6:.0f} MB pcap, {SUITE}) decrypted file to file: "
                        f"{pps.median / 1e6:.2f} Mpps [{pps.min / 1e6:.2f}-{pps.max / 1e6:.2f}] "
@@ -190,4 +204,6 @@ def run(quick: bool = False, count: int | None = None, repeats: int | None = Non
                        f"inner packets, process CPU time {cpu:.2f} s) against the core's decrypt_batch on the same "
                        f"packets {core_pps.median / 1e6:.2f} Mpps [{core_pps.min / 1e6:.2f}-{core_pps.max / 1e6:.2f}]: "
                        f"{ratio.median:.2f} of the core's rate [{ratio.min:.2f}-{ratio.max:.2f}] "
-                       f"({repeats} alternated pairs; generating the capture, {gen:.1f} s, not counted)"}
+                       f"({repeats} alternated pairs; generating the capture, {gen:.1f} s, not counted); "
+                       f"encrypt_file of the decrypted packets back into ESP: {enc_pps.median / 1e6:.2f} Mpps "
+                       f"[{enc_pps.min / 1e6:.2f}-{enc_pps.max / 1e6:.2f}] ({len(enc_s)} runs)"}

@@ -1413,9 +1413,9 @@ cdef class SaContext:
         return self.tmpl_len + (self._esp_len(payload_len) - payload_len)
 
 
-# ---- the packet step for other compiled modules (esp/_saapi.h): esp/_pcapio decrypts into file records ----
-cdef int _api_begin(void *ctx) noexcept nogil:
-    if (<SaContext>ctx).outbound or (<SaContext>ctx).framing == F_RAW:
+# ---- the packet step for other compiled modules (esp/_saapi.h): esp/_pcapio writes file records with it ----
+cdef int _api_begin(void *ctx, int outbound) noexcept nogil:
+    if (<SaContext>ctx).outbound != (outbound != 0) or (<SaContext>ctx).framing == F_RAW:
         return -1
     if not (<SaContext>ctx)._lock_packets():
         PyThread_release_lock((<SaContext>ctx).lock)
@@ -1423,7 +1423,7 @@ cdef int _api_begin(void *ctx) noexcept nogil:
     return 0
 
 
-cdef int _api_decrypt(void *ctx, const uint8_t *pkt, int n, uint8_t *out, int cap, int *out_len) noexcept nogil:
+cdef int _api_process(void *ctx, const uint8_t *pkt, int n, uint8_t *out, int cap, int *out_len) noexcept nogil:
     out_len[0] = 0
     return (<SaContext>ctx)._packet(pkt, n, out, cap, out_len)
 
@@ -1435,7 +1435,7 @@ cdef void _api_end(void *ctx) noexcept nogil:
 cdef espresso_sa_api _SA_API
 _SA_API.version = ESPRESSO_SA_API_VERSION
 _SA_API.begin = _api_begin
-_SA_API.decrypt = _api_decrypt
+_SA_API.process = _api_process
 _SA_API.end = _api_end
 #: The capsule behind esp/_saapi.h (name "esp._core.SA_API").
 SA_API = PyCapsule_New(<void *>&_SA_API, b"esp._core.SA_API", NULL)

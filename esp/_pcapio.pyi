@@ -37,9 +37,9 @@ def decrypt_outcome(assigned: np.ndarray, status: np.ndarray, esp: np.ndarray, f
                     version: np.ndarray, drop_other: bool, drop_unknown: bool, frames: bool,
                     body: np.ndarray) -> tuple[int, int, int, int, int]: ...
 
-class DecryptChunk:
-    def __init__(self, api: Any, primaries: list[Any], fallbacks: list[Any | None], sa_of: np.ndarray,
-                 data: np.ndarray, base: np.ndarray, l3: np.ndarray, cap: np.ndarray, origlen: np.ndarray,
+class EspChunk:
+    def __init__(self, api: Any, outbound: bool, grow: int, primaries: list[Any], fallbacks: list[Any | None],
+                 sa_of: np.ndarray, data: np.ndarray, base: np.ndarray, l3: np.ndarray, cap: np.ndarray, origlen: np.ndarray,
                  ip_len: np.ndarray, cut: np.ndarray, ts: np.ndarray, et_at: np.ndarray, esp: np.ndarray,
                  frag: np.ndarray, version: np.ndarray, tally: np.ndarray, drop_other: bool, drop_unknown: bool,
                  frames: bool, big: bool, ts_mul: int, ts_div: int, units: int) -> None: ...

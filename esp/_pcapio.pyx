@@ -757,25 +757,27 @@ cdef enum:
     V_OK = 0              # esp._core's verdicts used here
     V_MALFORMED = 3
     V_UNSUPPORTED = 13
-    SA_IDLE = 0           # _DecryptChunk._state: not begun in this run
+    SA_IDLE = 0           # EspChunk.state: not begun in this run
     SA_BEGUN = 1
     SA_REFUSED = 2        # begin() refused: its packets are UNSUPPORTED
-    TALLY_BYTES = 32      # DecryptChunk's tally: verdicts are columns 0..31, decrypted bytes this one
+    TALLY_BYTES = 32      # EspChunk's tally: verdicts are columns 0..31, plaintext bytes this one
 
 
-cdef class DecryptChunk:
-    """A chunk of a pcap capture decrypted straight into output records: :meth:`run` takes records a..b, and
-    for each ESP packet an SA was chosen for, the core (through esp/_saapi.h) writes the decrypted packet right
-    where its output record will hold it, after the 16-byte header and (frames) the kept link-layer bytes; the
-    header follows once the length is known. The decrypted bytes are thus written once, into the buffer that
-    goes to the file, not into a buffer of the core's and then copied. Other records follow
-    esp.pcaptool's rules (the numpy reference: ``_outcome_numpy`` and ``_Output.emit``), byte for byte (tested).
+cdef class EspChunk:
+    """A chunk of a pcap capture decrypted (or, ``outbound``, encrypted) straight into output records: :meth:`run`
+    takes records a..b, and for each packet an SA was chosen for, the core (through esp/_saapi.h) writes its
+    output right where its output record will hold it, after the 16-byte header and (frames) the kept
+    link-layer bytes; the header follows once the length is known. The core's output is thus written once, into
+    the buffer that goes to the file, not into a buffer of the core's and then copied. Other records follow
+    esp.pcaptool's rules (the numpy reference: ``_outcome_numpy`` and ``_Output.emit``), byte for byte (tested):
+    an encrypt passes ``esp`` and ``frag`` all zero and ``cut`` for cut IP packets.
 
-    ``sa_of[i]`` is the index into ``primaries`` of record i's SA, or -1. ``fallbacks[k]`` (or None) is tried on
-    a packet ``primaries[k]`` found MALFORMED (mode not known: tunnel, then transport); its verdict counts only if
-    OK. ``tally[k]`` adds up SA k's verdicts (column v: packets with verdict v) and, in column TALLY_BYTES, the
-    bytes of the packets it decrypted. Every index is checked before a run touches memory; the SA contexts must
-    be distinct."""
+    ``sa_of[i]`` is the index into ``primaries`` of record i's SA, or -1; record i's packet is its IP packet
+    (``ip_len`` bytes at ``l3``), and its output may be ``grow`` bytes longer (an encrypt's overhead; 0 to
+    decrypt). ``fallbacks[k]`` (or None) is tried on a packet ``primaries[k]`` found MALFORMED (mode not known:
+    tunnel, then transport); its verdict counts only if OK. ``tally[k]`` adds up SA k's verdicts (column v:
+    packets with verdict v) and, in column TALLY_BYTES, the plaintext bytes of the packets that went through.
+    Every index is checked before a run touches memory; the SA contexts must be distinct."""
 
     cdef const espresso_sa_api *api
     cdef list _keep
@@ -788,15 +790,16 @@ cdef class DecryptChunk:
     cdef const int64_t[::1] base, l3, cap, origlen, ip_len, ts, et_at, version
     cdef const uint8_t[::1] cut, esp, frag
     cdef int64_t[:, ::1] tally
-    cdef bint drop_other, drop_unknown, frames, big
-    cdef int64_t ts_mul, ts_div, units
+    cdef bint drop_other, drop_unknown, frames, big, outbound
+    cdef int64_t ts_mul, ts_div, units, grow
 
     def __cinit__(self):
         self.prim = NULL
         self.fb = NULL
         self.state = NULL
 
-    def __init__(self, api, list primaries, list fallbacks, const int32_t[::1] sa_of, const uint8_t[::1] data,
+    def __init__(self, api, bint outbound, int64_t grow, list primaries, list fallbacks, const int32_t[::1] sa_of,
+                 const uint8_t[::1] data,
                  const int64_t[::1] base, const int64_t[::1] l3, const int64_t[::1] cap,
                  const int64_t[::1] origlen, const int64_t[::1] ip_len, const uint8_t[::1] cut,
                  const int64_t[::1] ts, const int64_t[::1] et_at, const uint8_t[::1] esp, const uint8_t[::1] frag,
@@ -808,23 +811,25 @@ cdef class DecryptChunk:
             raise ValueError(f"esp._core's SA_API is version {self.api.version}, esp._pcapio needs "
                              f"{ESPRESSO_SA_API_VERSION}: rebuild both")
         if len(fallbacks) != len(primaries):
-            raise ValueError("DecryptChunk: one fallback (or None) per primary SA")
+            raise ValueError("EspChunk: one fallback (or None) per primary SA")
         if (base.shape[0] < n or l3.shape[0] < n or cap.shape[0] < n or origlen.shape[0] < n
                 or ip_len.shape[0] < n or ts.shape[0] < n or et_at.shape[0] < n or version.shape[0] < n
                 or cut.shape[0] < n or esp.shape[0] < n or frag.shape[0] < n):
-            raise ValueError("DecryptChunk: arrays do not match the record count")
+            raise ValueError("EspChunk: arrays do not match the record count")
         if ts_mul <= 0 or ts_div <= 0 or units <= 0:
-            raise ValueError("DecryptChunk: bad timestamp scale")
+            raise ValueError("EspChunk: bad timestamp scale")
+        if grow < 0 or grow > 4096:
+            raise ValueError("EspChunk: grow is 0..4096 bytes")
         self.nsa = len(primaries)
         if tally.shape[0] < self.nsa or tally.shape[1] != TALLY_BYTES + 1:
-            raise ValueError(f"DecryptChunk: tally must be ({self.nsa}, {TALLY_BYTES + 1})")
+            raise ValueError(f"EspChunk: tally must be ({self.nsa}, {TALLY_BYTES + 1})")
         for i in range(n):
             if sa_of[i] < -1 or sa_of[i] >= self.nsa:
-                raise ValueError(f"DecryptChunk: record {i} names SA {sa_of[i]} of {self.nsa}")
+                raise ValueError(f"EspChunk: record {i} names SA {sa_of[i]} of {self.nsa}")
         # what the contexts are borrowed from: kept alive by this object
         self._keep = list(primaries) + [f for f in fallbacks if f is not None]
         if len({id(x) for x in self._keep}) != len(self._keep):
-            raise ValueError("DecryptChunk: an SA context is named twice")
+            raise ValueError("EspChunk: an SA context is named twice")
         self.prim = <void **>PyMem_Malloc(max(1, self.nsa) * sizeof(void *))
         self.fb = <void **>PyMem_Malloc(max(1, self.nsa) * sizeof(void *))
         self.state = <uint8_t *>PyMem_Malloc(max(1, 2 * self.nsa))
@@ -839,27 +844,28 @@ cdef class DecryptChunk:
         self.esp, self.frag, self.version, self.tally = esp, frag, version, tally
         self.drop_other, self.drop_unknown, self.frames, self.big = drop_other, drop_unknown, frames, big
         self.ts_mul, self.ts_div, self.units = ts_mul, ts_div, units
+        self.outbound, self.grow = outbound, grow
 
     def __dealloc__(self):
         PyMem_Free(self.prim)
         PyMem_Free(self.fb)
         PyMem_Free(self.state)
 
-    cdef int _decrypt(self, Py_ssize_t k, const uint8_t *pkt, int n, uint8_t *out, int cap,
+    cdef int _through(self, Py_ssize_t k, const uint8_t *pkt, int n, uint8_t *out, int cap,
                       int *outl) noexcept nogil:
         """Record's packet through SA k (and its fallback), beginning each context on first use in a run."""
         cdef int r, r2
         if self.state[k] == SA_IDLE:
-            self.state[k] = SA_BEGUN if self.api.begin(self.prim[k]) == 0 else SA_REFUSED
+            self.state[k] = SA_BEGUN if self.api.begin(self.prim[k], self.outbound) == 0 else SA_REFUSED
         if self.state[k] == SA_REFUSED:
             outl[0] = 0
             return V_UNSUPPORTED
-        r = self.api.decrypt(self.prim[k], pkt, n, out, cap, outl)
+        r = self.api.process(self.prim[k], pkt, n, out, cap, outl)
         if r == V_MALFORMED and self.fb[k] != NULL:
             if self.state[self.nsa + k] == SA_IDLE:
-                self.state[self.nsa + k] = SA_BEGUN if self.api.begin(self.fb[k]) == 0 else SA_REFUSED
+                self.state[self.nsa + k] = SA_BEGUN if self.api.begin(self.fb[k], self.outbound) == 0 else SA_REFUSED
             if self.state[self.nsa + k] == SA_BEGUN:
-                r2 = self.api.decrypt(self.fb[k], pkt, n, out, cap, outl)
+                r2 = self.api.process(self.fb[k], pkt, n, out, cap, outl)
                 if r2 == V_OK:
                     return r2
             outl[0] = 0
@@ -879,22 +885,22 @@ cdef class DecryptChunk:
         cdef uint8_t *p
         cdef const uint8_t *d = &self.data[0] if dn else NULL
         if a < 0 or b > self.n or a > b:
-            raise ValueError(f"DecryptChunk.run: records {a}..{b} of {self.n}")
-        # bounds, and the room the records can need at most (a decrypted packet is shorter than its ESP packet)
+            raise ValueError(f"EspChunk.run: records {a}..{b} of {self.n}")
+        # bounds, and the room the records can need at most (an output is at most ``grow`` longer than its input)
         for i in range(a, b):
             l3c = self.l3[i] if self.l3[i] > 0 else 0
             if self.base[i] < 0 or self.cap[i] < 0 or self.base[i] + self.cap[i] > dn or l3c > self.cap[i]:
-                raise ValueError(f"DecryptChunk: record {i} outside the capture data")
+                raise ValueError(f"EspChunk: record {i} outside the capture data")
             own = self.cap[i]
             if self.sa_of[i] >= 0:
                 el = self.ip_len[i]
-                if el < 0 or el > 0x7FFFFFFF or self.base[i] + l3c + el > dn:
-                    raise ValueError(f"DecryptChunk: record {i}: ESP packet outside the capture data")
-                if (l3c if self.frames else 0) + el > own:
-                    own = (l3c if self.frames else 0) + el
+                if el < 0 or el > 0x7FFFFFFF - self.grow or self.base[i] + l3c + el > dn:
+                    raise ValueError(f"EspChunk: record {i}: IP packet outside the capture data")
+                if (l3c if self.frames else 0) + el + self.grow > own:
+                    own = (l3c if self.frames else 0) + el + self.grow
             need += 16 + own
         if need > out.shape[0]:
-            raise ValueError(f"DecryptChunk.run: the records need up to {need} bytes, {out.shape[0]} given")
+            raise ValueError(f"EspChunk.run: the records need up to {need} bytes, {out.shape[0]} given")
         if b == a:
             return 0, 0, 0, 0, 0, 0
         o = &out[0]
@@ -910,12 +916,13 @@ cdef class DecryptChunk:
                     head = l3c if self.frames else 0
                     p = o + pos + 16 + head
                     outl = 0
-                    r = self._decrypt(k, d + self.base[i] + l3c, <int>self.ip_len[i], p, <int>self.ip_len[i],
+                    r = self._through(k, d + self.base[i] + l3c, <int>self.ip_len[i], p,
+                                      <int>(self.ip_len[i] + self.grow),
                                       &outl)
                     self.tally[k, r] += 1
                     if r != V_OK:
                         continue
-                    self.tally[k, TALLY_BYTES] += outl
+                    self.tally[k, TALLY_BYTES] += self.ip_len[i] if self.outbound else outl
                     _put_header(o + pos, self.ts[i], head + outl, head + outl, self.big, self.ts_mul,
                                 self.ts_div, self.units)
                     if head:

@@ -5,7 +5,7 @@ from libc.stdint cimport uint8_t
 cdef extern from "_saapi.h" nogil:
     ctypedef struct espresso_sa_api:
         int version
-        int (*begin)(void *ctx) noexcept nogil
-        int (*decrypt)(void *ctx, const uint8_t *pkt, int n, uint8_t *out, int cap, int *out_len) noexcept nogil
+        int (*begin)(void *ctx, int outbound) noexcept nogil
+        int (*process)(void *ctx, const uint8_t *pkt, int n, uint8_t *out, int cap, int *out_len) noexcept nogil
         void (*end)(void *ctx) noexcept nogil
     int ESPRESSO_SA_API_VERSION

@@ -362,8 +362,8 @@ class _Output:
 
     def direct(self) -> bool:
         """Whether a chunk can go through :func:`_decrypt_direct`: the compiled pcap writer applies
-        (:meth:`_fast_pcap`) and esp._pcapio has the decrypt-into-records kernel."""
-        return _NATIVE_DECRYPT is not None and self.writer is not None and self._fast_pcap()
+        (:meth:`_fast_pcap`) and esp._pcapio has the kernel that has the core write into the records."""
+        return _NATIVE_ESP_CHUNK is not None and self.writer is not None and self._fast_pcap()
 
     def claim_group_buffer(self) -> int:
         """The next of the _DECRYPT_GROUP_BUFFERS small buffer pairs, once the writer thread is done with it (an
@@ -553,20 +553,15 @@ def _entries(sas: "Sequence[SaEntry] | str | os.PathLike[str]") -> Sequence[SaEn
     return sas
 
 
-def _pump(reader: CaptureReader, summary: Summary, label: str, progress: bool | None,
-          per_chunk: Callable[[Chunk], None]) -> None:
-    """Every chunk of the capture through ``per_chunk``, with the progress bar; damage to the capture ends the
-    walk and is recorded in the summary (what came before it is kept)."""
-    _pump_items(reader, reader.chunks(), summary, label, progress, per_chunk, lambda c: c)
-
-
 _T = TypeVar("_T")
 _U = TypeVar("_U")
 
 
-def _pump_items(reader: CaptureReader, items: Iterator[_T], summary: Summary, label: str, progress: bool | None,
+def _pump(reader: CaptureReader, items: Iterator[_T], summary: Summary, label: str, progress: bool | None,
                 per_item: Callable[[_T], None], chunk_of: Callable[[_T], Chunk]) -> None:
-    """:func:`_pump` over chunks that come with more than the chunk (``chunk_of`` finds it)."""
+    """Every item of the capture (a chunk and what was found out about it: ``chunk_of`` finds the chunk) through
+    ``per_item``, with the progress bar; damage to the capture ends the walk and is recorded in the summary
+    (what came before it is kept)."""
     bar = Progress(reader.size, label, enabled=progress)
     try:
         for item in items:
@@ -651,19 +646,25 @@ def _parse(c: Chunk, reader: CaptureReader, encap_ports: Sequence[int], direct: 
     counts = (int(np.count_nonzero(E.ike)), int(np.count_nonzero(E.keepalive)), int(np.count_nonzero(E.frag)),
               int(np.count_nonzero(E.cut)), int(np.count_nonzero(L.unknown_link)),
               int(np.count_nonzero((L.version == 0) & ~L.unknown_link)))
-    room = None
-    if direct and c.count:
-        # what DecryptChunk.run may need: a header and the record's bytes, or the kept link-layer header and the
-        # ESP packet (a decrypted packet is shorter)
-        esp_out = np.where(E.esp, L.ip_len + (np.maximum(L.l3, 0) if frames else 0), 0)
-        room = np.add.reduceat(np.maximum(c.caplen, esp_out) + 16, np.arange(0, c.count, DECRYPT_SUB_BATCH)).tolist()
-    return _Parsed(c, L, E, room, counts)
+    return _Parsed(c, L, E, _room(c, L, E.esp, frames, 0) if direct else None, counts)
 
 
 #: esp._pcapio.decrypt_outcome if built: :func:`_outcome_numpy` in one compiled pass.
 _NATIVE_OUTCOME = _native("decrypt_outcome")
-#: esp._pcapio.DecryptChunk if built: the direct decrypt (:func:`_decrypt_direct`).
-_NATIVE_DECRYPT = _native("DecryptChunk")
+#: esp._pcapio.EspChunk if built: the direct output of both directions (:func:`_direct`).
+_NATIVE_ESP_CHUNK = _native("EspChunk")
+
+
+def _read_ahead(reader: CaptureReader, out: _Output, parse: Callable[[Chunk], _T]) -> Iterator[_T]:
+    """The capture's chunks, parsed one ahead on the output's writer thread, between its writes: two busy
+    threads rather than three keep the core's thread on its CPU on a two-CPU machine (1M IMIX packets,
+    alternated: 0.39-0.42 s against 0.47 s median with a thread for each). The pages are read in place (zero copy,
+    mapped ahead) unless a kept link-layer header is patched in the chunk itself, which only the whole-chunk path
+    does. pcapng may add interfaces (and sections) as it goes: it is read in this thread, in order."""
+    reader.zero_copy = reader.zero_copy_possible and (not out.frames or out.direct())
+    if reader.format != "pcap":
+        return map(parse, reader.chunks())
+    return _one_ahead(reader.chunks(), parse, out.writer.run_in_order if out.writer is not None else None)
 
 
 def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None,
@@ -696,22 +697,9 @@ def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
         writer = _open_writer(out_path, reader, fmt, frames)
         out = _Output(writer, reader, frames)
         plan = [_Inbound(e, mode, backend, replay_window, summary) for e in sas]
-
         direct = out.direct()
-
-        def parse(c: Chunk) -> _Parsed:
-            return _parse(c, reader, encap_ports, direct, frames)
-
-        # The capture's pages are read in place (zero copy, mapped ahead by the reader thread) unless a kept
-        # link-layer header is patched in the chunk itself, which only the packed-record writers do.
-        reader.zero_copy = reader.zero_copy_possible and (not frames or direct)
-        # pcapng may add interfaces (and sections) as it goes: read ahead only in pcap, where nothing changes.
-        # The writer's thread reads ahead too, between the writes: two threads busy rather than three keep the
-        # decrypting thread on its CPU on a two-CPU machine (1M IMIX packets, alternated: 0.39-0.42 s against
-        # 0.47 s median with a thread for each).
-        items = (_one_ahead(reader.chunks(), parse, writer.run_in_order if writer is not None else None)
-                 if reader.format == "pcap" else map(parse, reader.chunks()))
-        _pump_items(reader, items, summary, "decrypt", progress,
+        items = _read_ahead(reader, out, lambda c: _parse(c, reader, encap_ports, direct, frames))
+        _pump(reader, items, summary, "decrypt", progress,
                     lambda p: _decrypt_chunk(p, plan, out, summary, drop_other, drop_unknown, scratch),
                     lambda p: p.c)
         out.finish()
@@ -744,26 +732,37 @@ def _decrypt_chunk(p: _Parsed, plan: list, out: _Output, summary: Summary, drop_
 
 def _decrypt_direct(p: _Parsed, room: list[int], plan: list, out: _Output, summary: Summary, drop_other: bool,
                     drop_unknown: bool, scratch: Scratch) -> None:
+    assigned, groups = _select_groups(plan, p.L, p.E)
+    totals = _direct(p.c, p.L, room, groups, out, summary, scratch, outbound=False, esp=p.E.esp, frag=p.E.frag,
+                     cut=p.E.cut, drop_other=drop_other, drop_unknown=drop_unknown)
+    _count_outcome(summary, p, assigned, *totals)
+
+
+def _direct(c: Chunk, L: L3Info, room: list[int], groups: list, out: _Output, summary: Summary, scratch: Scratch, *,
+            outbound: bool, esp: np.ndarray, frag: np.ndarray, cut: np.ndarray, drop_other: bool,
+            drop_unknown: bool) -> list[int]:
     """A chunk DECRYPT_SUB_BATCH records at a time into small record buffers in turn, each written by the writer
-    thread while this one goes on. esp._pcapio.DecryptChunk has the core decrypt every packet straight into its
-    output record, so the decrypted bytes are written once, into the buffer the kernel copies to the page cache
-    (the whole-chunk path, :meth:`_Output.emit`, copies them from the core's output: 1M IMIX packets, this
-    thread's work 0.60 s against 0.43 s, see bench/RESULTS.md)."""
-    c, L, E = p.c, p.L, p.E
+    thread (or by this one, :meth:`_Output.write_group`) while this one goes on. esp._pcapio.EspChunk has the
+    core decrypt or encrypt every packet straight into its output record, so the core's output is written once,
+    into the buffer the kernel copies to the page cache (the whole-chunk path, :meth:`_Output.emit`, copies it
+    from the core's buffer: 1M IMIX packets to decrypt, this thread's work 0.60 s against 0.43 s, see
+    bench/RESULTS.md). ``groups``: [(record indices, SA, fallback SA or None, stats)]; ``esp``, ``frag``,
+    ``cut``: what the outcome rules need of the other records. Returns (processed, unknown SPI, dropped by
+    option, passed through)."""
     n = c.count
-    assigned, groups = _select_groups(plan, L, E)
     sa_of = np.full(n, -1, np.int32)
     for k, g in enumerate(groups):
         sa_of[g[0]] = k
-    tally = np.zeros((len(groups), _NV + 1), np.int64)  # per SA: packets per verdict, then decrypted bytes
+    tally = np.zeros((len(groups), _NV + 1), np.int64)  # per SA: packets per verdict, then plaintext bytes
     out.sync()
     w = out.writer
     assert w is not None
     mul, div = out._ts_scale()
-    job = _NATIVE_DECRYPT(SA_API, [g[1]._ctx for g in groups], [g[2]._ctx if g[2] else None for g in groups],
-                          sa_of, c.data, c.offsets, L.l3, c.caplen, c.origlen, L.ip_len, L.cut.view(np.uint8), c.ts,
-                          L.ethertype_at, E.esp.view(np.uint8), E.frag.view(np.uint8), L.version, tally,
-                          drop_other, drop_unknown, out.frames, w.order == ">", mul, div, w.units)
+    job = _NATIVE_ESP_CHUNK(SA_API, outbound, ESP_OVERHEAD_MAX if outbound else 0, [g[1]._ctx for g in groups],
+                            [g[2]._ctx if g[2] else None for g in groups], sa_of, c.data, c.offsets, L.l3, c.caplen,
+                            c.origlen, L.ip_len, cut.view(np.uint8), c.ts, L.ethertype_at, esp.view(np.uint8),
+                            frag.view(np.uint8), L.version, tally, drop_other, drop_unknown, out.frames,
+                            w.order == ">", mul, div, w.units)
     totals = [0, 0, 0, 0]  # processed, unknown SPI, dropped, passed through
     for k, a in enumerate(range(0, n, DECRYPT_SUB_BATCH)):
         r = out.claim_group_buffer()
@@ -778,7 +777,17 @@ def _decrypt_direct(p: _Parsed, room: list[int], plan: list, out: _Output, summa
             summary.written += written
     for (_, _, _, st), t in zip(groups, tally.tolist()):
         _account_counts(st, t[:_NV], t[_NV])
-    _count_outcome(summary, p, assigned, *totals)
+    return totals
+
+
+def _room(c: Chunk, L: L3Info, through: np.ndarray, frames: bool, grow: int) -> list[int]:
+    """The bytes each DECRYPT_SUB_BATCH records of a chunk can need as output records (:func:`_direct`): a
+    header and the record's bytes, or, for a packet that may go through an SA (``through``), the kept link-layer
+    header and the packet, ``grow`` bytes longer at most."""
+    if not c.count:
+        return []
+    out = np.where(through, L.ip_len + grow + (np.maximum(L.l3, 0) if frames else 0), 0)
+    return np.add.reduceat(np.maximum(c.caplen, out) + 16, np.arange(0, c.count, DECRYPT_SUB_BATCH)).tolist()
 
 
 def _decrypt_sel(primary: Sa, fallback: Sa | None, src: PacketBatch, dst: PacketBatch, sel: np.ndarray) -> None:
@@ -909,7 +918,8 @@ def encrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
     sas = _entries(sas)
     t0 = time.monotonic()
     summary = Summary("encrypt")
-    reader = CaptureReader(in_path, chunk_records=chunk_records, reuse_buffers=True)
+    reader = CaptureReader(in_path, chunk_records=chunk_records, chunk_bytes=DECRYPT_CHUNK_BYTES,
+                           reuse_buffers=_DECRYPT_RING)
     scratch = Scratch()
     writer = None
     try:
@@ -931,8 +941,15 @@ def encrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
             plan.append((e, sa, sel, st))
         writer = _open_writer(out_path, reader, fmt, frames)
         out = _Output(writer, reader, frames)
-        _pump(reader, summary, "encrypt", progress,
-              lambda c: _encrypt_chunk(c, reader, plan, out, summary, drop_other, scratch))
+        direct = out.direct()
+
+        def parse(c: Chunk) -> tuple[Chunk, L3Info, list[int] | None]:
+            L = parse_l3(c, np.asarray([i.linktype for i in reader.interfaces], dtype=np.int64))
+            return c, L, _room(c, L, L.version > 0, frames, ESP_OVERHEAD_MAX) if direct else None
+
+        _pump(reader, _read_ahead(reader, out, parse), summary, "encrypt", progress,
+                    lambda p: _encrypt_chunk(*p, plan, out, summary, drop_other, scratch), lambda p: p[0])
+        out.finish()
     finally:
         if writer is not None:
             writer.close()
@@ -953,13 +970,24 @@ def _encrypt_groups(c: Chunk, L: L3Info, plan: list) -> tuple[np.ndarray, list]:
     return assigned, groups
 
 
-def _encrypt_chunk(c: Chunk, reader: CaptureReader, plan: list, out: _Output, summary: Summary,
+def _encrypt_chunk(c: Chunk, L: L3Info, room: list[int] | None, plan: list, out: _Output, summary: Summary,
                    drop_other: bool, scratch: Scratch) -> None:
     n = c.count
     summary.records += n
-    lts = np.asarray([i.linktype for i in reader.interfaces], dtype=np.int64)
-    L = parse_l3(c, lts)
     assigned, groups = _encrypt_groups(c, L, plan)
+    cut_ip = (L.version > 0) & L.cut
+    if room is not None:
+        zero = np.zeros(n, dtype=bool)
+        processed, _, dropped, passed = _direct(
+            c, L, room, [(sel, sa, None, st) for sel, sa, st in groups], out, summary, scratch, outbound=True,
+            esp=zero, frag=zero, cut=cut_ip, drop_other=drop_other, drop_unknown=False)
+        summary.processed += processed
+        summary.unknown_link += int(L.unknown_link.sum())
+        summary.truncated += int(cut_ip.sum())
+        summary.non_ip += int(((L.version == 0) & ~L.unknown_link).sum())
+        summary.policy_dropped += dropped
+        summary.passed_through += passed
+        return
     cap_each = np.where(assigned, L.ip_len + ESP_OVERHEAD_MAX, 0).astype(np.int64)
     dst_off = np.cumsum(cap_each) - cap_each
     src = PacketBatch(c.data, c.offsets + np.maximum(L.l3, 0), np.where(assigned, L.ip_len, 0),
@@ -972,7 +1000,6 @@ def _encrypt_chunk(c: Chunk, reader: CaptureReader, plan: list, out: _Output, su
         _account(st, dst.status[sel], src.lengths[sel])
     summary.processed += int(assigned.sum())
     summary.unknown_link += int(L.unknown_link.sum())
-    cut_ip = (L.version > 0) & L.cut
     summary.truncated += int(cut_ip.sum())
     summary.non_ip += int(((L.version == 0) & ~L.unknown_link).sum())
     body = np.full(n, _BODY_ORIG, dtype=np.int8)

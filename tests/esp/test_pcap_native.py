@@ -33,7 +33,7 @@ def _need_native():
 def _numpy_only(monkeypatch):
     for name in NATIVE:
         monkeypatch.setattr(pcap_mod, name, None)
-    for name in ("_NATIVE_CLASSIFY", "_NATIVE_EMIT", "_NATIVE_DECRYPT", "_NATIVE_OUTCOME"):
+    for name in ("_NATIVE_CLASSIFY", "_NATIVE_EMIT", "_NATIVE_ESP_CHUNK", "_NATIVE_OUTCOME"):
         monkeypatch.setattr(tool_mod, name, None)
 
 
@@ -256,7 +256,7 @@ def test_direct_output_equals_the_whole_chunk_path(tmp_path, monkeypatch, frames
     direct = decrypt_file(enc, tmp_path / "direct.pcap", sas, chunk_records=13, **kw)
     assert used, "the direct path was not used"
     with monkeypatch.context() as m:
-        m.setattr(tool_mod, "_NATIVE_DECRYPT", None)
+        m.setattr(tool_mod, "_NATIVE_ESP_CHUNK", None)
         whole = decrypt_file(enc, tmp_path / "whole.pcap", sas, chunk_records=13, **kw)
     assert direct.as_dict() | {"seconds": 0} == whole.as_dict() | {"seconds": 0}
     assert (tmp_path / "direct.pcap").read_bytes() == (tmp_path / "whole.pcap").read_bytes()
@@ -276,7 +276,7 @@ def test_direct_output_is_the_same_whoever_writes_it(tmp_path, monkeypatch, wher
     monkeypatch.setattr(tool_mod, "DECRYPT_SUB_BATCH", 3)
     ref = tmp_path / "ref.pcap"
     with monkeypatch.context() as m:
-        m.setattr(tool_mod, "_NATIVE_DECRYPT", None)
+        m.setattr(tool_mod, "_NATIVE_ESP_CHUNK", None)
         decrypt_file(enc, ref, sas, chunk_records=13)
     monkeypatch.setattr(tool_mod, "_WRITES_AHEAD", {"writer thread": 10**6, "either thread": 1, "this thread": 0,
                                                     "pipe": 0}[where])
@@ -372,8 +372,64 @@ def test_direct_output_equals_the_whole_chunk_path_for_any_mix(tmp_path, monkeyp
         direct = decrypt_file(enc, tmp_path / "direct.pcap", sas, **kw)
         assert used
     with monkeypatch.context() as m:
-        m.setattr(tool_mod, "_NATIVE_DECRYPT", None)
+        m.setattr(tool_mod, "_NATIVE_ESP_CHUNK", None)
         whole = decrypt_file(enc, tmp_path / "whole.pcap", sas, **kw)
+    assert direct.as_dict() | {"seconds": 0} == whole.as_dict() | {"seconds": 0}
+    assert (tmp_path / "direct.pcap").read_bytes() == (tmp_path / "whole.pcap").read_bytes()
+
+
+ENCRYPT_SAS = {
+    # the first SA takes 10.1/16 -> 10.2/16 (its selector), the second, an IPv6 tunnel, the rest
+    "tunnel": sa_toml(extra='selector = { src = "10.1.0.0/16", dst = "10.2.0.0/16" }\n')
+    + sa_toml(spi=0x1002, src="2001:db8::a", dst="2001:db8::b"),
+    "transport": sa_toml(mode="transport", src="10.1.0.1", dst="10.2.0.2"),
+    # ipsec-mb's job manager (CTR: the IV is the sequence number, so both paths give the same bytes)
+    "ctr-jobs": sa_toml(suite="aes128ctr-sha256", enc_key="0x" + bytes(range(70, 90)).hex(),
+                        integ_key="0x" + bytes(range(90, 122)).hex()),
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_direct_encrypt_equals_the_whole_chunk_path_for_any_mix(tmp_path, monkeypatch, record_pool, data):
+    """Property: encrypt_file's direct output (the core writes into the records) and the whole-chunk path write
+    the same file and the same summary, for any mix of IPv4/IPv6/non-IP/cut records on any link, tunnel (two
+    SAs, selectors) or transport, frames or raw, drop_other, any group and chunk size."""
+    _need_native()
+    kind = data.draw(st.sampled_from(list(ENCRYPT_SAS)))
+    backend = "ipsecmb" if kind == "ctr-jobs" else None
+    if backend:
+        from esp import _core
+        if not _core.HAVE_IPSECMB:
+            return
+    link = data.draw(st.sampled_from(list(LINK_OF)))
+    pool = {"plain": record_pool["plain"] + [ether(ipv6("2001:db8:1::1", "2001:db8:2::2", 17, udp(5, 6, b"v6")),
+                                                  0x86DD)], "arp": record_pool["arp"]}
+    recs = []
+    for _ in range(data.draw(st.integers(1, 60))):
+        kind_r = data.draw(st.sampled_from(["plain", "plain", "plain", "cut", "arp"]))
+        src = pool["arp" if kind_r == "arp" else "plain"]
+        rec = src[data.draw(st.integers(0, len(src) - 1))]
+        rec = rec if link == "ether" else _reframe(rec, link)
+        origlen = None
+        if kind_r == "cut":
+            origlen, rec = len(rec), rec[:data.draw(st.integers(1, len(rec) - 1))]
+        recs.append(Rec(rec, 1_700_000_000 + len(recs), 3 * len(recs), origlen))
+    plain = tmp_path / "plain.pcap"
+    plain.write_bytes(pcap_file(recs, linktype=LINK_OF[link]))
+    kw = {"frames": data.draw(st.booleans()), "drop_other": data.draw(st.booleans()),
+          "chunk_records": data.draw(st.integers(1, 70)), "backend": backend}
+    sas = entries(ENCRYPT_SAS[kind])
+    with monkeypatch.context() as m:
+        m.setattr(tool_mod, "DECRYPT_SUB_BATCH", data.draw(st.integers(1, 30)))
+        used = []
+        real = tool_mod._direct
+        m.setattr(tool_mod, "_direct", lambda *a, **k: used.append(1) or real(*a, **k))
+        direct = encrypt_file(plain, tmp_path / "direct.pcap", sas, **kw)
+        assert used
+    with monkeypatch.context() as m:
+        m.setattr(tool_mod, "_NATIVE_ESP_CHUNK", None)
+        whole = encrypt_file(plain, tmp_path / "whole.pcap", sas, **kw)
     assert direct.as_dict() | {"seconds": 0} == whole.as_dict() | {"seconds": 0}
     assert (tmp_path / "direct.pcap").read_bytes() == (tmp_path / "whole.pcap").read_bytes()
 
@@ -408,7 +464,7 @@ def test_direct_output_equals_the_whole_chunk_path_for_every_kind_of_sa(tmp_path
     direct = decrypt_file(enc, tmp_path / "direct.pcap", sas, **kw)
     assert used
     with monkeypatch.context() as m:
-        m.setattr(tool_mod, "_NATIVE_DECRYPT", None)
+        m.setattr(tool_mod, "_NATIVE_ESP_CHUNK", None)
         whole = decrypt_file(enc, tmp_path / "whole.pcap", sas, **kw)
     assert direct.as_dict() | {"seconds": 0} == whole.as_dict() | {"seconds": 0}
     assert (tmp_path / "direct.pcap").read_bytes() == (tmp_path / "whole.pcap").read_bytes()
@@ -418,7 +474,7 @@ def test_direct_output_equals_the_whole_chunk_path_for_every_kind_of_sa(tmp_path
 
 
 def _decrypt_chunk_args(n=4, nsa=1):
-    """A DecryptChunk's arguments for ``n`` plaintext records of 100 bytes (no SA takes any)."""
+    """An EspChunk's arguments (decrypt) for ``n`` plaintext records of 100 bytes (no SA takes any)."""
     from esp import Direction
     from esp._core import SA_API
 
@@ -429,7 +485,7 @@ def _decrypt_chunk_args(n=4, nsa=1):
 
     ctx = [tool_mod._make_sa(entries(sa_toml(spi=0x2000 + k))[0], Direction.IN, "tunnel", None, None)._ctx
            for k in range(nsa)]
-    return {"api": SA_API, "primaries": ctx, "fallbacks": [None] * nsa, "sa_of": np.full(n, -1, np.int32),
+    return {"api": SA_API, "outbound": False, "grow": 0, "primaries": ctx, "fallbacks": [None] * nsa, "sa_of": np.full(n, -1, np.int32),
             "data": data, "base": np.arange(n, dtype=np.int64) * 100, "l3": i64(0), "cap": i64(100),
             "origlen": i64(100), "ip_len": i64(100), "cut": np.zeros(n, np.uint8), "ts": i64(5), "et_at": i64(-1),
             "esp": np.zeros(n, np.uint8), "frag": np.zeros(n, np.uint8), "version": i64(4),
@@ -437,11 +493,11 @@ def _decrypt_chunk_args(n=4, nsa=1):
             "big": False, "ts_mul": 1, "ts_div": 1, "units": 10**6}
 
 
-def test_decrypt_chunk_checks_before_it_touches_memory():
+def test_esp_chunk_checks_before_it_touches_memory():
     """Indices outside the arrays, a buffer too small for the records, a context named twice, a wrong capsule:
     a ValueError before the loop, never a write outside a buffer."""
     _need_native()
-    DC = _pcapio.DecryptChunk
+    DC = _pcapio.EspChunk
     a = _decrypt_chunk_args()
     job = DC(*a.values())
     assert job.run(np.zeros(4 * 116, np.uint8), 0, 4) == (4 * 116, 4, 0, 0, 0, 4)
@@ -464,15 +520,20 @@ def test_decrypt_chunk_checks_before_it_touches_memory():
         DC(*{**a, "api": datetime.datetime_CAPI}.values())
 
 
-def test_decrypt_chunk_refuses_an_outbound_sa_as_unsupported():
-    """The packet step decrypts only: an outbound context's records are counted UNSUPPORTED and not written."""
+@pytest.mark.parametrize("outbound", [False, True])
+def test_esp_chunk_refuses_an_sa_of_the_other_direction_as_unsupported(outbound):
+    """The packet step works in the direction asked for: a context of the other direction has its records
+    counted UNSUPPORTED and not written."""
     _need_native()
     from esp import Direction
 
     a = _decrypt_chunk_args()
-    a["primaries"] = [tool_mod._make_sa(entries(sa_toml(spi=0x2000))[0], Direction.OUT, "tunnel", None, None)._ctx]
+    a["outbound"], a["grow"] = outbound, 160 if outbound else 0
+    sa = tool_mod._make_sa(entries(sa_toml(spi=0x2000))[0], Direction.IN if outbound else Direction.OUT, "tunnel",
+                           None, None)
+    a["primaries"] = [sa._ctx]
     a["sa_of"] = np.array([0, -1, 0, -1], np.int32)
-    nbytes, written, processed, *_ = _pcapio.DecryptChunk(*a.values()).run(np.zeros(1000, np.uint8), 0, 4)
+    nbytes, written, processed, *_ = _pcapio.EspChunk(*a.values()).run(np.zeros(2000, np.uint8), 0, 4)
     assert (written, processed, nbytes) == (2, 2, 2 * 116)
     assert a["tally"][0, 13] == 2 and a["tally"][0].sum() == 2  # UNSUPPORTED
 
@@ -597,6 +658,6 @@ def test_a_failed_write_is_reported_not_lost(tmp_path, monkeypatch, direct):
     _need_native()
     enc, sas = _mixed_capture(tmp_path)
     if not direct:
-        monkeypatch.setattr(tool_mod, "_NATIVE_DECRYPT", None)
+        monkeypatch.setattr(tool_mod, "_NATIVE_ESP_CHUNK", None)
     with pytest.raises(pcap_mod.CaptureError, match="/dev/full: write failed"):
         decrypt_file(enc, "/dev/full", sas, chunk_records=13)
