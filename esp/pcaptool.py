@@ -470,7 +470,8 @@ def _account(stats: SaStats, status: np.ndarray, lengths: np.ndarray) -> None:
 
 
 def _account_counts(stats: SaStats, per_verdict: list[int], ok_bytes: int) -> None:
-    """Add packets per verdict (index: the verdict's value) and the bytes of the decrypted ones to ``stats``."""
+    """Add packets per verdict (index: the verdict's value) and the plaintext bytes of the packets that went
+    through to ``stats``."""
     for v, k in enumerate(per_verdict):
         if k:
             name = Verdict(v).name
@@ -732,6 +733,7 @@ def _decrypt_chunk(p: _Parsed, plan: list, out: _Output, summary: Summary, drop_
 
 def _decrypt_direct(p: _Parsed, room: list[int], plan: list, out: _Output, summary: Summary, drop_other: bool,
                     drop_unknown: bool, scratch: Scratch) -> None:
+    """A chunk's ESP packets decrypted straight into its output records (:func:`_direct`)."""
     assigned, groups = _select_groups(plan, p.L, p.E)
     totals = _direct(p.c, p.L, room, groups, out, summary, scratch, outbound=False, esp=p.E.esp, frag=p.E.frag,
                      cut=p.E.cut, drop_other=drop_other, drop_unknown=drop_unknown)

@@ -248,18 +248,8 @@ def test_direct_output_equals_the_whole_chunk_path(tmp_path, monkeypatch, frames
     groups and chunks begin."""
     _need_native()
     enc, sas = _mixed_capture(tmp_path)
-    kw = {"frames": frames, "drop_other": drop == "other", "drop_unknown": drop == "unknown"}
-    monkeypatch.setattr(tool_mod, "DECRYPT_SUB_BATCH", group)
-    used = []
-    real = tool_mod._decrypt_direct
-    monkeypatch.setattr(tool_mod, "_decrypt_direct", lambda *a: used.append(1) or real(*a))
-    direct = decrypt_file(enc, tmp_path / "direct.pcap", sas, chunk_records=13, **kw)
-    assert used, "the direct path was not used"
-    with monkeypatch.context() as m:
-        m.setattr(tool_mod, "_NATIVE_ESP_CHUNK", None)
-        whole = decrypt_file(enc, tmp_path / "whole.pcap", sas, chunk_records=13, **kw)
-    assert direct.as_dict() | {"seconds": 0} == whole.as_dict() | {"seconds": 0}
-    assert (tmp_path / "direct.pcap").read_bytes() == (tmp_path / "whole.pcap").read_bytes()
+    kw = {"frames": frames, "drop_other": drop == "other", "drop_unknown": drop == "unknown", "chunk_records": 13}
+    direct = _same_both_ways(decrypt_file, enc, sas, kw, group, tmp_path, monkeypatch)
     assert direct.per_sa[0].count("AUTH_FAILED") == 3 and direct.per_sa[0].packets == 49
     assert sum(direct.unknown_spi.values()) == 11
     assert direct.passed_through + direct.policy_dropped > 0
@@ -363,19 +353,25 @@ def test_direct_output_equals_the_whole_chunk_path_for_any_mix(tmp_path, monkeyp
     enc.write_bytes(pcap_file(recs, linktype=LINK_OF[link]))
     kw = {"frames": frames, "drop_other": drop == "other", "drop_unknown": drop == "unknown",
           "chunk_records": chunk}
-    sas = entries(sa_toml())
+    _same_both_ways(decrypt_file, enc, entries(sa_toml()), kw, group, tmp_path, monkeypatch)
+
+
+def _same_both_ways(tool, path, sas, kw, group, tmp_path, monkeypatch):
+    """``tool`` (decrypt_file or encrypt_file) through the direct path, in groups of ``group`` records, and
+    through the whole-chunk path: the same file and the same summary."""
     with monkeypatch.context() as m:
         m.setattr(tool_mod, "DECRYPT_SUB_BATCH", group)
         used = []
-        real = tool_mod._decrypt_direct
-        m.setattr(tool_mod, "_decrypt_direct", lambda *a: used.append(1) or real(*a))
-        direct = decrypt_file(enc, tmp_path / "direct.pcap", sas, **kw)
-        assert used
+        real = tool_mod._direct
+        m.setattr(tool_mod, "_direct", lambda *a, **k: used.append(1) or real(*a, **k))
+        direct = tool(path, tmp_path / "direct.pcap", sas, **kw)
+        assert used, "the direct path was not used"
     with monkeypatch.context() as m:
         m.setattr(tool_mod, "_NATIVE_ESP_CHUNK", None)
-        whole = decrypt_file(enc, tmp_path / "whole.pcap", sas, **kw)
+        whole = tool(path, tmp_path / "whole.pcap", sas, **kw)
     assert direct.as_dict() | {"seconds": 0} == whole.as_dict() | {"seconds": 0}
     assert (tmp_path / "direct.pcap").read_bytes() == (tmp_path / "whole.pcap").read_bytes()
+    return direct
 
 
 ENCRYPT_SAS = {
@@ -419,19 +415,8 @@ def test_direct_encrypt_equals_the_whole_chunk_path_for_any_mix(tmp_path, monkey
     plain.write_bytes(pcap_file(recs, linktype=LINK_OF[link]))
     kw = {"frames": data.draw(st.booleans()), "drop_other": data.draw(st.booleans()),
           "chunk_records": data.draw(st.integers(1, 70)), "backend": backend}
-    sas = entries(ENCRYPT_SAS[kind])
-    with monkeypatch.context() as m:
-        m.setattr(tool_mod, "DECRYPT_SUB_BATCH", data.draw(st.integers(1, 30)))
-        used = []
-        real = tool_mod._direct
-        m.setattr(tool_mod, "_direct", lambda *a, **k: used.append(1) or real(*a, **k))
-        direct = encrypt_file(plain, tmp_path / "direct.pcap", sas, **kw)
-        assert used
-    with monkeypatch.context() as m:
-        m.setattr(tool_mod, "_NATIVE_ESP_CHUNK", None)
-        whole = encrypt_file(plain, tmp_path / "whole.pcap", sas, **kw)
-    assert direct.as_dict() | {"seconds": 0} == whole.as_dict() | {"seconds": 0}
-    assert (tmp_path / "direct.pcap").read_bytes() == (tmp_path / "whole.pcap").read_bytes()
+    _same_both_ways(encrypt_file, plain, entries(ENCRYPT_SAS[kind]), kw, data.draw(st.integers(1, 30)), tmp_path,
+                    monkeypatch)
 
 
 KEY16, KEY32 = "0x" + bytes(range(70, 86)).hex(), "0x" + bytes(range(90, 122)).hex()
@@ -456,18 +441,8 @@ def test_direct_output_equals_the_whole_chunk_path_for_every_kind_of_sa(tmp_path
         if not _core.HAVE_IPSECMB:
             pytest.skip("built without ipsec-mb: no job manager to test")
     enc, sas = _mixed_capture(tmp_path, enc_kw, dec_kw)
-    monkeypatch.setattr(tool_mod, "DECRYPT_SUB_BATCH", 7)
-    used = []
-    real = tool_mod._decrypt_direct
-    monkeypatch.setattr(tool_mod, "_decrypt_direct", lambda *a: used.append(1) or real(*a))
     kw = {"frames": frames, "backend": backend, "chunk_records": 29}
-    direct = decrypt_file(enc, tmp_path / "direct.pcap", sas, **kw)
-    assert used
-    with monkeypatch.context() as m:
-        m.setattr(tool_mod, "_NATIVE_ESP_CHUNK", None)
-        whole = decrypt_file(enc, tmp_path / "whole.pcap", sas, **kw)
-    assert direct.as_dict() | {"seconds": 0} == whole.as_dict() | {"seconds": 0}
-    assert (tmp_path / "direct.pcap").read_bytes() == (tmp_path / "whole.pcap").read_bytes()
+    direct = _same_both_ways(decrypt_file, enc, sas, kw, 7, tmp_path, monkeypatch)
     ok = sum(st.packets for st in direct.per_sa)
     assert ok == decrypted, direct.format()
     assert sum(st.count("AUTH_FAILED") for st in direct.per_sa) == 3
