@@ -170,6 +170,20 @@ def roundtrip(a: Dispatcher, b: Dispatcher, now: float = 0.0, max_rounds: int = 
     return total
 
 
+def run_timers(a: Dispatcher, b: Dispatcher, fire: Dispatcher, until: float, limit: int) -> list:  # type: ignore[type-arg]
+    """Fire ``fire``'s timers in order up to ``until`` seconds (at most ``limit`` of them), moving the datagrams
+    between ``a`` (initiator side) and ``b`` after each; returns the events ``fire`` reported meanwhile."""
+    seen = []
+    for _ in range(limit):
+        t = fire.get_timer()
+        if t is None or t > until:
+            break
+        fire.handle_timer(t)
+        roundtrip(a, b, t)
+        seen += drain(fire)
+    return seen
+
+
 def drain(d: Dispatcher) -> list:  # type: ignore[type-arg]
     out = []
     while (e := d.next_event()) is not None:

@@ -11,7 +11,7 @@ from ike.events import (AuthenticationFailed, ChildSaDeleted, ChildSaEstablished
                         IkeKeysDerived, IkeSaEstablished, IkeSaRekeyed, IkeSaTerminated)
 
 from .helpers import (ADDR_I, ADDR_R, NOW, SimpleValidator, CaForTests, cert_peers, child, drain, pair, psk_peers,
-                      roundtrip, transfer)
+                      roundtrip, run_timers, transfer)
 
 
 def of(events, cls):  # type: ignore[no-untyped-def]
@@ -545,15 +545,7 @@ def test_child_rekey_queued_behind_ike_rekey_answer_lost_while_peer_deletes_the_
     assert {e.spi_in for e in of(drain(a), ChildSaDeleted)} == {ca.spi_in, new_a.spi_in}
     assert [e.spi_in for e in of(drain(b), ChildSaDeleted)] == [cb.spi_in]
     assert a.list_sas()[0].children == () and b.list_sas()[0].children == ()
-    now = 2.0
-    for _ in range(10):                             # b's retransmits; its old IKE_SA times out unanswered
-        t = b.get_timer()
-        if t is None or t > 100.0:
-            break
-        now = t
-        b.handle_timer(now)
-        roundtrip(a, b, now)
-    eb = drain(b)
+    eb = run_timers(a, b, b, 100.0, 10)              # b's retransmits; its old IKE_SA times out unanswered
     got = of(eb, ChildSaEstablished)
     assert [e.spi_in for e in got] == [new_a.spi_out] and got[0].replaces == cb.spi_in
     gone = of(eb, ChildSaDeleted)
@@ -644,16 +636,7 @@ def test_lifetimes_drive_rekeys_and_expiry():
     a, b, ea, eb = establish(i, r)
     first = of(ea, ChildSaEstablished)[0]
     assert 45.0 <= first.rekey_time <= 50.0 and first.life_time == 80.0
-    seen: list = []
-    now = 0.0
-    for _ in range(20):
-        t = a.get_timer()
-        if t is None or t > 120.0:
-            break
-        now = t
-        a.handle_timer(now)
-        roundtrip(a, b, now)
-        seen += drain(a)
+    seen = run_timers(a, b, a, 120.0, 20)
     kinds = [type(e) for e in seen]
     assert ChildSaRekeyed in kinds and IkeSaRekeyed in kinds   # child at ~47 s, IKE at ~95 s
     assert not of(seen, IkeSaTerminated)
