@@ -715,6 +715,23 @@ def emit_pcap(uint8_t[::1] out, const int8_t[::1] body, const uint8_t[::1] data,
     return pos, count
 
 
+cdef inline int8_t _other_body(bint esp, bint frag, bint cut, bint ip, bint drop_other, bint drop_unknown,
+                               bint frames, int64_t *unknown, int64_t *dropped) noexcept nogil:
+    """What a record no SA took becomes (0 dropped, 1 original), by esp.pcaptool's rules; counts an ESP packet of
+    an unknown SPI and a record dropped by option."""
+    if esp:
+        unknown[0] += 1
+        if drop_unknown or drop_other:
+            dropped[0] += 1
+            return 0
+    elif drop_other and not (frag or cut):
+        dropped[0] += 1
+        return 0
+    if not frames and not ip:
+        return 0  # raw IP output cannot hold a record without an IP packet
+    return 1
+
+
 def decrypt_outcome(const uint8_t[::1] assigned, const uint8_t[::1] status, const uint8_t[::1] esp,
                     const uint8_t[::1] frag, const uint8_t[::1] cut, const int64_t[::1] version, bint drop_other,
                     bint drop_unknown, bint frames, int8_t[::1] body):
@@ -724,29 +741,17 @@ def decrypt_outcome(const uint8_t[::1] assigned, const uint8_t[::1] status, cons
     cdef Py_ssize_t n = assigned.shape[0], i
     cdef int64_t processed = 0, unknown = 0, dropped = 0, passed = 0, written = 0
     cdef int8_t b
-    cdef bint unk
     if (status.shape[0] < n or esp.shape[0] < n or frag.shape[0] < n or cut.shape[0] < n
             or version.shape[0] < n or body.shape[0] < n):
         raise ValueError("decrypt_outcome: arrays do not match the record count")
     with nogil:
         for i in range(n):
-            unk = False
             if assigned[i]:
                 processed += 1
                 b = 2 if status[i] == 0 else 0
             else:
-                b = 1
-                unk = esp[i] != 0
-                unknown += unk
-                if unk:
-                    if drop_unknown or drop_other:
-                        b = 0
-                        dropped += 1
-                elif drop_other and not (frag[i] or cut[i]):
-                    b = 0
-                    dropped += 1
-                if b == 1 and not frames and version[i] == 0:
-                    b = 0  # raw IP output cannot hold a record without an IP packet
+                b = _other_body(esp[i], frag[i], cut[i], version[i] != 0, drop_other, drop_unknown, frames,
+                                &unknown, &dropped)
             body[i] = b
             passed += b == 1
             written += b != 0
@@ -877,8 +882,6 @@ cdef class EspChunk:
         cdef Py_ssize_t i, k
         cdef int64_t need = 0, l3c, el, own, head, pos = 0, written = 0, processed = 0, unknown = 0
         cdef int64_t dropped = 0, passed = 0, dn = self.data.shape[0]
-        cdef int8_t bd
-        cdef bint unk
         cdef int r, outl
         cdef _rec_t rec
         cdef uint8_t *o
@@ -932,20 +935,8 @@ cdef class EspChunk:
                     pos += 16 + head + outl
                     written += 1
                     continue
-                # not for an SA: decrypt_outcome's rules
-                bd = 1
-                unk = self.esp[i] != 0
-                unknown += unk
-                if unk:
-                    if self.drop_unknown or self.drop_other:
-                        bd = 0
-                        dropped += 1
-                elif self.drop_other and not (self.frag[i] or self.cut[i]):
-                    bd = 0
-                    dropped += 1
-                if bd == 1 and not self.frames and self.version[i] == 0:
-                    bd = 0  # raw IP output cannot hold a record without an IP packet
-                if bd == 0:
+                if not _other_body(self.esp[i], self.frag[i], self.cut[i], self.version[i] != 0, self.drop_other,
+                                   self.drop_unknown, self.frames, &unknown, &dropped):
                     continue
                 passed += 1
                 _layout(&rec, 1, self.base[i], self.l3[i], self.cap[i], self.origlen[i], self.ip_len[i],
