@@ -36,10 +36,10 @@ __all__ = ["SaStats", "Summary", "ReplaySummary", "decrypt_file", "encrypt_file"
            "ReplayPattern", "Progress", "ESP_OVERHEAD_MAX", "NAT_T_PORT"]
 
 NAT_T_PORT = 4500
-#: Bytes of capture per decrypt chunk. Few enough chunks that the Python per chunk does not count, small
-#: enough that the working set (two chunks, the group buffers) stays modest
-#: (measured on 300k IMIX packets: 8 MiB beat 2, 4, 16 and 32 MiB).
-DECRYPT_CHUNK_BYTES = 8 * 1024 * 1024
+#: Bytes of capture per chunk (decrypt and encrypt). Few enough chunks that the Python per chunk does not count,
+#: small enough that the working set (two chunks, the group buffers) stays modest (measured on 300k IMIX packets:
+#: 8 MiB beat 2, 4, 16 and 32 MiB).
+CHUNK_BYTES = 8 * 1024 * 1024
 #: Room an encrypted packet may need over its plaintext: outer IPv6 + UDP, ESP header, IV, padding, ICV.
 ESP_OVERHEAD_MAX = 160
 _NV = 32
@@ -310,7 +310,7 @@ class _Output:
         self.reader = reader
         self.frames = frames
         self.interfaces: list[Interface] = writer.interfaces if writer else []  # type: ignore[assignment]
-        self._copies: list[concurrent.futures.Future | None] = [None] * _DECRYPT_GROUP_BUFFERS
+        self._writes: list[concurrent.futures.Future | None] = [None] * _GROUP_BUFFERS
         self._turn = 0
 
     def sync(self) -> None:
@@ -366,12 +366,12 @@ class _Output:
         return _NATIVE_ESP_CHUNK is not None and self.writer is not None and self._fast_pcap()
 
     def claim_group_buffer(self) -> int:
-        """The next of the _DECRYPT_GROUP_BUFFERS small buffer pairs, once the writer thread is done with it (an
-        error there, a failed write, raises here)."""
-        self._turn = (self._turn + 1) % _DECRYPT_GROUP_BUFFERS
-        fut = self._copies[self._turn]
+        """The next of the _GROUP_BUFFERS small record buffers, once its last write is done (an error there, a
+        failed write, raises here)."""
+        self._turn = (self._turn + 1) % _GROUP_BUFFERS
+        fut = self._writes[self._turn]
         if fut is not None:
-            self._copies[self._turn] = None
+            self._writes[self._turn] = None
             fut.result()
         return self._turn
 
@@ -384,15 +384,15 @@ class _Output:
         assert w is not None
         at = w.reserve(records.shape[0])
         if at is None:
-            self._copies[self._turn] = w.run_in_order(w.write_now, records)
-        elif sum(1 for f in self._copies if f is not None and not f.done()) >= _WRITES_AHEAD:
+            self._writes[self._turn] = w.run_in_order(w.write_now, records)
+        elif sum(1 for f in self._writes if f is not None and not f.done()) >= _WRITES_AHEAD:
             w.write_at(records, at)
         else:
-            self._copies[self._turn] = w.run_in_order(w.write_at, records, at)
+            self._writes[self._turn] = w.run_in_order(w.write_at, records, at)
 
     def finish(self) -> None:
         """Wait for the queued group writes; an error in one raises here."""
-        for _ in range(_DECRYPT_GROUP_BUFFERS):
+        for _ in range(_GROUP_BUFFERS):
             self.claim_group_buffer()
 
     def _ts_scale(self) -> tuple[int, int]:
@@ -577,14 +577,14 @@ def _pump(reader: CaptureReader, items: Iterator[_T], summary: Summary, label: s
 
 
 _END = object()
-#: Chunks the decrypt keeps intact: the helper thread reads chunk j while this thread decrypts j - 1 (what is
+#: Chunks kept intact: the helper thread reads chunk j while this thread decrypts or encrypts j - 1 (what is
 #: written is copied out of the chunk). Mapped (zero copy), the pages behind are released this many chunks late.
-_DECRYPT_RING = 2
-#: Small record buffers in turn (:func:`_decrypt_direct`), each the output records of one group of records; the
+_CHUNK_RING = 2
+#: Small record buffers in turn (:func:`_direct`), each the output records of one group of records; the
 #: writer thread writes the others meanwhile. Twelve hold about a chunk of IMIX, so the decrypting thread goes on
 #: while that thread reads and parses the next chunk (1M IMIX packets, alternated: 6, 12, 20 buffers 0.42, 0.39,
 #: 0.43 s median).
-_DECRYPT_GROUP_BUFFERS = 12
+_GROUP_BUFFERS = 12
 #: Writes waiting for the writer thread from which the decrypting thread writes a group itself (1M IMIX packets,
 #: alternated: 1, 2, 4, never: 0.47, 0.43, 0.41, 0.43 s median).
 _WRITES_AHEAD = 4
@@ -633,9 +633,9 @@ class _Parsed:
     counts: tuple[int, int, int, int, int, int]  # IKE, keepalives, fragments, truncated, unknown link, not IP
 
 
-#: Records the direct decrypt writes into one buffer before the writer thread takes it: their records (some
+#: Records the direct path writes into one buffer before the writer thread takes it: their records (some
 #: 800 KB of IMIX) are still in cache when the kernel copies them into the page cache.
-DECRYPT_SUB_BATCH = 2048
+GROUP_RECORDS = 2048
 
 
 def _parse(c: Chunk, reader: CaptureReader, encap_ports: Sequence[int], direct: bool, frames: bool) -> _Parsed:
@@ -690,8 +690,8 @@ def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
     # UDP-encapsulated ESP is looked for on 4500 and on whatever ports the SAs name.
     encap_ports = tuple(sorted(set(encap_ports) | {p for e in sas if e.encap for p in e.encap}))
     summary = Summary("decrypt")
-    reader = CaptureReader(in_path, chunk_records=chunk_records, chunk_bytes=DECRYPT_CHUNK_BYTES,
-                           reuse_buffers=_DECRYPT_RING)
+    reader = CaptureReader(in_path, chunk_records=chunk_records, chunk_bytes=CHUNK_BYTES,
+                           reuse_buffers=_CHUNK_RING)
     scratch = Scratch()
     writer = None
     try:
@@ -743,7 +743,7 @@ def _decrypt_direct(p: _Parsed, room: list[int], plan: list, out: _Output, summa
 def _direct(c: Chunk, L: L3Info, room: list[int], groups: list, out: _Output, summary: Summary, scratch: Scratch, *,
             outbound: bool, esp: np.ndarray, frag: np.ndarray, cut: np.ndarray, drop_other: bool,
             drop_unknown: bool) -> list[int]:
-    """A chunk DECRYPT_SUB_BATCH records at a time into small record buffers in turn, each written by the writer
+    """A chunk GROUP_RECORDS records at a time into small record buffers in turn, each written by the writer
     thread (or by this one, :meth:`_Output.write_group`) while this one goes on. esp._pcapio.EspChunk has the
     core decrypt or encrypt every packet straight into its output record, so the core's output is written once,
     into the buffer the kernel copies to the page cache (the whole-chunk path, :meth:`_Output.emit`, copies it
@@ -766,10 +766,10 @@ def _direct(c: Chunk, L: L3Info, room: list[int], groups: list, out: _Output, su
                             frag.view(np.uint8), L.version, tally, drop_other, drop_unknown, out.frames,
                             w.order == ">", mul, div, w.units)
     totals = [0, 0, 0, 0]  # processed, unknown SPI, dropped, passed through
-    for k, a in enumerate(range(0, n, DECRYPT_SUB_BATCH)):
+    for k, a in enumerate(range(0, n, GROUP_RECORDS)):
         r = out.claim_group_buffer()
         records = scratch.get(f"records{r}", room[k])
-        nbytes, written, *got = job.run(records, a, min(n, a + DECRYPT_SUB_BATCH))
+        nbytes, written, *got = job.run(records, a, min(n, a + GROUP_RECORDS))
         out.reader.check_intact()  # nothing read from a part of the file that is gone goes out
         for i in range(4):
             totals[i] += got[i]
@@ -783,13 +783,13 @@ def _direct(c: Chunk, L: L3Info, room: list[int], groups: list, out: _Output, su
 
 
 def _room(c: Chunk, L: L3Info, through: np.ndarray, frames: bool, grow: int) -> list[int]:
-    """The bytes each DECRYPT_SUB_BATCH records of a chunk can need as output records (:func:`_direct`): a
+    """The bytes each GROUP_RECORDS records of a chunk can need as output records (:func:`_direct`): a
     header and the record's bytes, or, for a packet that may go through an SA (``through``), the kept link-layer
     header and the packet, ``grow`` bytes longer at most."""
     if not c.count:
         return []
     out = np.where(through, L.ip_len + grow + (np.maximum(L.l3, 0) if frames else 0), 0)
-    return np.add.reduceat(np.maximum(c.caplen, out) + 16, np.arange(0, c.count, DECRYPT_SUB_BATCH)).tolist()
+    return np.add.reduceat(np.maximum(c.caplen, out) + 16, np.arange(0, c.count, GROUP_RECORDS)).tolist()
 
 
 def _decrypt_sel(primary: Sa, fallback: Sa | None, src: PacketBatch, dst: PacketBatch, sel: np.ndarray) -> None:
@@ -920,8 +920,8 @@ def encrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
     sas = _entries(sas)
     t0 = time.monotonic()
     summary = Summary("encrypt")
-    reader = CaptureReader(in_path, chunk_records=chunk_records, chunk_bytes=DECRYPT_CHUNK_BYTES,
-                           reuse_buffers=_DECRYPT_RING)
+    reader = CaptureReader(in_path, chunk_records=chunk_records, chunk_bytes=CHUNK_BYTES,
+                           reuse_buffers=_CHUNK_RING)
     scratch = Scratch()
     writer = None
     try:

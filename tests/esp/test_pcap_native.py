@@ -263,7 +263,7 @@ def test_direct_output_is_the_same_whoever_writes_it(tmp_path, monkeypatch, wher
 
     _need_native()
     enc, sas = _mixed_capture(tmp_path)
-    monkeypatch.setattr(tool_mod, "DECRYPT_SUB_BATCH", 3)
+    monkeypatch.setattr(tool_mod, "GROUP_RECORDS", 3)
     ref = tmp_path / "ref.pcap"
     with monkeypatch.context() as m:
         m.setattr(tool_mod, "_NATIVE_ESP_CHUNK", None)
@@ -360,7 +360,7 @@ def _same_both_ways(tool, path, sas, kw, group, tmp_path, monkeypatch):
     """``tool`` (decrypt_file or encrypt_file) through the direct path, in groups of ``group`` records, and
     through the whole-chunk path: the same file and the same summary."""
     with monkeypatch.context() as m:
-        m.setattr(tool_mod, "DECRYPT_SUB_BATCH", group)
+        m.setattr(tool_mod, "GROUP_RECORDS", group)
         used = []
         real = tool_mod._direct
         m.setattr(tool_mod, "_direct", lambda *a, **k: used.append(1) or real(*a, **k))
@@ -532,7 +532,7 @@ _CUT_DECRYPT = """
 import os, sys
 import esp.pcaptool as T
 path, out, keys = sys.argv[1:4]
-T.DECRYPT_SUB_BATCH = 4
+T.GROUP_RECORDS = 4
 real = T._Output.claim_group_buffer
 def cut(self):
     cut.groups = getattr(cut, "groups", 0) + 1
