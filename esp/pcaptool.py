@@ -361,7 +361,7 @@ class _Output:
         return int(keep.size)
 
     def direct(self) -> bool:
-        """Whether a chunk can go through :func:`_decrypt_direct`: the compiled pcap writer applies
+        """Whether a chunk can go through :func:`_direct`: the compiled pcap writer applies
         (:meth:`_fast_pcap`) and esp._pcapio has the kernel that has the core write into the records."""
         return _NATIVE_ESP_CHUNK is not None and self.writer is not None and self._fast_pcap()
 
