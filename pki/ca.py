@@ -10,12 +10,17 @@ Layout of a CA directory::
 
 Time is explicit: every method that depends on it takes ``at`` (aware UTC ``datetime``); None means now, read once
 at the edge of the call. Issuing signs and records the certificate in one database transaction.
+
+Other processes may change the database at any time (``ca serve`` runs beside the ``ca ...`` verbs, see
+:mod:`pki.db`): every operation reads what it depends on (statuses, configuration, CRL state) from the database
+when it runs, never from an earlier read.
 """
 from __future__ import annotations
 
 import ipaddress
 import json
 import os
+import sqlite3
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -213,9 +218,13 @@ class CertificateAuthority:
         self._cert = cert
         self._parents = parents
         self._db = db
-        text = db.get_meta("config")
-        self.config = CaConfig.from_json(text) if text else CaConfig()
+        self.config = self._read_config()
         self.serial_source = _random_serial  # replaceable in tests (collision handling)
+
+    def _read_config(self, conn: sqlite3.Connection | None = None) -> CaConfig:
+        """The configuration as stored now; another process (``ca serve --allow-...``) may have changed it."""
+        text = self._db.get_meta("config", conn)
+        return CaConfig.from_json(text) if text else CaConfig()
 
     # -- construction -----------------------------------------------------------------------------------------
     @classmethod
@@ -320,6 +329,7 @@ class CertificateAuthority:
 
         ``pop_verified``: the caller has already checked the request's signature over its original bytes (SCEP
         re-encodes requests from clients that send non-DER attribute sets, which breaks the signature)."""
+        self.config = self._read_config()
         prof = self._profile(profile)
         now = _now(at)
         if not pop_verified:
@@ -369,12 +379,13 @@ class CertificateAuthority:
     def set_san_policy(self, dns_suffixes: tuple[str, ...] | None = None, ip_networks: tuple[str, ...] | None = None,
                        email_domains: tuple[str, ...] | None = None) -> CaConfig:
         """Replace the given parts of the CA's SAN policy (None keeps a part); persisted in the database."""
-        c = self.config
-        self.config = CaConfig(c.crl_url, c.ocsp_url, c.crl_validity, c.rsa_pss,
-                               c.dns_suffixes if dns_suffixes is None else tuple(dns_suffixes),
-                               c.ip_networks if ip_networks is None else tuple(ip_networks),
-                               c.email_domains if email_domains is None else tuple(email_domains))
-        self._db.set_meta("config", self.config.to_json())
+        with self._db.transaction() as conn:  # read and write in one transaction: no other change is lost
+            c = self._read_config(conn)
+            self.config = CaConfig(c.crl_url, c.ocsp_url, c.crl_validity, c.rsa_pss,
+                                   c.dns_suffixes if dns_suffixes is None else tuple(dns_suffixes),
+                                   c.ip_networks if ip_networks is None else tuple(ip_networks),
+                                   c.email_domains if email_domains is None else tuple(email_domains))
+            self._db.set_meta("config", self.config.to_json(), conn)
         return self.config
 
     def _profile(self, profile: IssueProfile | str | None) -> IssueProfile:
@@ -442,6 +453,7 @@ class CertificateAuthority:
         """The current CRL: the stored one while fresh (less than half its life, no revocation since), else a
         newly signed one with thisUpdate ``at`` and nextUpdate ``at + config.crl_validity``."""
         now = _now(at)
+        self.config = self._read_config()
         latest = self._db.latest_crl()
         if latest is not None and self._db.get_meta("crl_dirty") != "1":
             crl = x509.load_der_x509_crl(latest[1])
@@ -451,10 +463,14 @@ class CertificateAuthority:
         return self.sign_crl(now)
 
     def sign_crl(self, at: datetime | None = None) -> x509.CertificateRevocationList:
-        """Sign and store a new CRL unconditionally."""
+        """Sign and store a new CRL unconditionally.
+
+        ``crl.der`` is replaced inside the database transaction, so that of two processes signing at once the one
+        with the higher CRL number also writes the file last."""
         now = _now(at)
         self._check_usable(now)
         with self._db.transaction() as conn:
+            self.config = self._read_config(conn)
             number = self._db.next_crl_number(conn)
             builder = (
                 x509.CertificateRevocationListBuilder()
@@ -473,7 +489,7 @@ class CertificateAuthority:
             crl = _sign(builder, self._key, self.config.rsa_pss)
             self._db.insert_crl(conn, number, crl)
             self._db.set_meta("crl_dirty", "0", conn)
-        write_atomic(self.path / CRL_FILE, crl.public_bytes(serialization.Encoding.DER), PUBLIC_MODE)
+            write_atomic(self.path / CRL_FILE, crl.public_bytes(serialization.Encoding.DER), PUBLIC_MODE)
         return crl
 
 

@@ -2,9 +2,29 @@
 
 Each change is one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``): issuing a certificate signs it and records it
 inside the same transaction, so after a crash either both happened or neither did (the signed certificate was never
-handed out). Serials are stored as lower-case hex text, unique by primary key.
+handed out). Serials are stored as lower-case hex text, unique by primary key. The SCEP side keeps its own table
+(``scep_transactions``) in the same file, through the CA's :class:`CaDatabase`.
 
-The SCEP side may add its own tables to the same file (``ca.db_path``) through its own connection.
+Several processes share one CA database: ``ca serve`` (one or more) and every ``ca ...`` verb run beside it. That is
+safe only under these rules, which everything here keeps:
+
+* **Nothing but SQLite opens the file (or its -wal/-shm) in a process that may hold a connection to it.** SQLite
+  coordinates processes with POSIX advisory locks, which belong to the process and the file, not to a descriptor:
+  closing *any* descriptor of the file, even one opened only to chmod or read it, silently drops every lock the
+  process's connections hold (SQLite's "How To Corrupt An SQLite Database File", section 2.2). Another process then
+  believes it is the last user, checkpoints and deletes the write-ahead log the first one still appends to, and
+  the two diverge: a server's certificates vanish from ``ca list``, a CLI revocation never reaches its OCSP answers,
+  and its close writes stale pages back over the others' commits, with ``integrity_check`` still ``ok``. So
+  :func:`secure_db_files` works on paths only (``stat``/``chmod``), and creates a missing file with ``O_EXCL``: a
+  new inode nobody can hold locks on yet.
+* **Every connection is made the same way** (:class:`CaDatabase`): WAL journal, ``synchronous=FULL`` (a commit
+  survives SIGKILL and power loss), ``secure_delete`` (replaced request bytes are zeroed, not left in free pages),
+  and a busy timeout of :data:`BUSY_TIMEOUT` so that concurrent writers queue instead of failing. One process uses
+  one :class:`CaDatabase` per CA file; the SCEP transaction store shares it.
+* **Nothing is cached across requests.** A long-running server reads statuses, pending requests, the CA's
+  configuration and CRL state from the database on every request, so a verb's commit is seen by the next one.
+* **Closing never rewrites anything.** No VACUUM, no write-back of state read earlier, no removal of -wal/-shm by
+  hand: SQLite checkpoints on close only when it holds the exclusive lock, i.e. when it really is the last user.
 """
 from __future__ import annotations
 
@@ -21,10 +41,16 @@ from cryptography import x509
 
 from pki.errors import CaError
 
-__all__ = ["DB_MODE", "SCHEMA_VERSION", "CaDatabase", "CertStatus", "CertificateRecord", "secure_db_files"]
+__all__ = [
+    "BUSY_TIMEOUT", "DB_MODE", "SCHEMA_VERSION", "CaDatabase", "CertStatus", "CertificateRecord", "secure_db_files",
+]
 
 #: ca.db and its -wal/-shm hold every request the CA saw: readable by the CA's owner only.
 DB_MODE = 0o600
+
+#: Seconds a connection waits for another process's write transaction before giving up (SQLite's busy timeout).
+#: Transactions here last milliseconds; this covers a second server and a few verbs writing at once on a busy host.
+BUSY_TIMEOUT = 30.0
 
 SCHEMA_VERSION = 1
 
@@ -107,13 +133,19 @@ def secure_db_files(path: str | Path) -> None:
 
     SQLite creates the -wal and -shm files with the main file's permissions, so a main file that is 0600 from its
     creation keeps them private too; the chmod covers databases written before this rule (or by another tool).
+    Only paths are used, never a descriptor of an existing file: closing one would drop the SQLite locks this
+    process holds on it (see the module docstring).
     """
     p = Path(path)
     try:
-        fd = os.open(p, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), DB_MODE)
-        os.close(fd)
+        # O_EXCL: only a file that did not exist is opened, a new inode on which no connection can hold locks
+        fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), DB_MODE)
+    except FileExistsError:
+        pass
     except OSError:
         return  # sqlite will report the real problem
+    else:
+        os.close(fd)
     for f in (p, p.with_name(p.name + "-wal"), p.with_name(p.name + "-shm"), p.with_name(p.name + "-journal")):
         try:
             if f.stat().st_mode & 0o077:
@@ -125,15 +157,16 @@ def secure_db_files(path: str | Path) -> None:
 
 
 class CaDatabase:
-    """A thin, transactional wrapper over the CA's SQLite file."""
+    """A thin, transactional wrapper over the CA's SQLite file: the one connection of this process to it."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         secure_db_files(self.path)
         try:
-            self._conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0)
+            self._conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=BUSY_TIMEOUT)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA secure_delete=ON")
             self._conn.executescript(_SCHEMA)
             version = self.get_meta("schema_version")
             if version is None:
@@ -146,13 +179,18 @@ class CaDatabase:
     def close(self) -> None:
         self._conn.close()
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The connection, for the other tables of the CA file (SCEP transactions): one per process and file."""
+        return self._conn
+
     def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """One write transaction; rolled back if the body raises."""
         return write_transaction(self._conn)
 
     # -- meta -------------------------------------------------------------------------------------------------
-    def get_meta(self, key: str) -> str | None:
-        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    def get_meta(self, key: str, conn: sqlite3.Connection | None = None) -> str | None:
+        row = (conn or self._conn).execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
 
     def set_meta(self, key: str, value: str, conn: sqlite3.Connection | None = None) -> None:

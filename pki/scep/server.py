@@ -7,7 +7,9 @@ envelope, badRequest for a wrong challenge password or a request the CA refuses,
 transaction). Bytes that are not a pkiMessage at all raise :class:`ScepFormatError` (HTTP 400).
 
 Transactions live in the CA's SQLite file (table ``scep_transactions``), so PENDING requests, approvals and
-issued certificates survive a restart of the service.
+issued certificates survive a restart of the service, and are read from it on every request, so a ``ca approve``
+run in another process reaches the next CertPoll. The table goes through the CA's own
+:class:`~pki.db.CaDatabase` connection (see :mod:`pki.db` for why a process must not open the file otherwise).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import ClassVar
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from pki.db import secure_db_files, write_transaction  # PKI-core
+from pki.db import CaDatabase, write_transaction  # PKI-core
 from pki.errors import CsrSignatureError, PkiError
 
 from . import messages as m
@@ -104,21 +106,28 @@ class Transaction:
 
 
 class TransactionStore:
-    """The ``scep_transactions`` table in the CA database (its own connection, one transaction per change)."""
+    """The ``scep_transactions`` table in the CA database (one transaction per change).
 
-    def __init__(self, db_path: str | Path) -> None:
-        self.path = Path(db_path)
+    ``db`` is the CA's open :class:`~pki.db.CaDatabase`, whose connection the store shares (and leaves open), or
+    the path of a CA database, which the store opens, owns and closes (``ca pending`` needs no CA key).
+    """
+
+    def __init__(self, db: CaDatabase | str | Path) -> None:
+        self._own = not isinstance(db, CaDatabase)
+        self._db = db if isinstance(db, CaDatabase) else CaDatabase(db)  # CaError when unusable
+        self.path = self._db.path
+        self._conn = self._db.connection
         try:
-            secure_db_files(self.path)
-            self._conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0)
-            self._conn.execute("PRAGMA secure_delete=ON")  # replaced request bytes are zeroed, not left in free pages
             self._conn.executescript(_SCHEMA)
             self._scrub_challenges()
         except sqlite3.DatabaseError as exc:
+            if self._own:
+                self._db.close()
             raise ScepError(f"{self.path}: not a usable CA database ({exc})") from None
 
     def close(self) -> None:
-        self._conn.close()
+        if self._own:
+            self._db.close()
 
     def _scrub_challenges(self) -> None:
         """Databases written before challenges were stripped still hold them: strip them now."""
@@ -293,7 +302,7 @@ class ScepResponder:
         self.profile = profile
         self._clock = clock
         self._random = random
-        self.store = TransactionStore(ca.db_path)
+        self.store = TransactionStore(ca.db)
 
     def close(self) -> None:
         self.store.close()
