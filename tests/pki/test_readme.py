@@ -1,0 +1,93 @@
+"""The README's PKI example, run as written: every command of its shell block, in order, in a fresh directory.
+
+Only the port is changed (8080 may be taken); the command the block starts in the background (``ca serve ... &``)
+runs in its own process group, which the test waits for (as a user waits for its "serving" line) and stops.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SECTION = "## Certificates the JUNOS way"
+README_PORT = "8080"
+COMMAND_TIMEOUT = 120
+
+
+def pki_example() -> str:
+    """The first ``sh`` block of the README's PKI section."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index(SECTION):]
+    start = section.index("```sh\n") + len("```sh\n")
+    return section[start:section.index("```", start)]
+
+
+def shell_commands(block: str) -> list[str]:
+    """One string per command: continuation lines joined, comment-only and blank lines left out."""
+    joined = block.replace("\\\n", " ")
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(300):  # bounded: at most ~30 s on a loaded machine
+        assert proc.poll() is None, f"the background command exited with {proc.returncode}"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def test_the_readme_pki_example_runs_as_written(tmp_path):
+    block = pki_example()
+    assert README_PORT in block
+    port = str(_free_port())
+    commands = shell_commands(re.sub(rf"\b{README_PORT}\b", port, block))
+    assert any(c.endswith("&") for c in commands) and len(commands) >= 6
+    env = dict(os.environ, PYTHONPATH=str(REPO), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("ESPRESSO_PKI_PASSPHRASE", None)
+    background: list[subprocess.Popen[bytes]] = []
+    outputs: list[str] = []
+    try:
+        for command in commands:
+            if command.endswith("&"):
+                log = open(tmp_path / f"background-{len(background)}.log", "wb")  # noqa: SIM115 - closed below
+                proc = subprocess.Popen(["bash", "-c", command[:-1]], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                log.close()
+                background.append(proc)
+                _wait_for_port(int(port), proc)
+                continue
+            r = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                               timeout=COMMAND_TIMEOUT)
+            assert r.returncode == 0, f"{command}\n-> rc {r.returncode}: {r.stderr}"
+            assert "Traceback" not in r.stderr
+            outputs.append(r.stdout)
+    finally:
+        for proc in background:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, as the user stops it
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=30)
+    assert [p.returncode for p in background] == [0]
+    # the router holds a certificate from the CA, and the CA lists it
+    assert "CN=r1" in outputs[-1] and "RSA" in outputs[-1]
+    listed = subprocess.run([sys.executable, "-m", "pki", "ca", "--ca", "ca", "list"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    assert listed.returncode == 0 and re.search(r"valid .*CN=r1,O=Corp", listed.stdout), listed.stdout
