@@ -117,15 +117,30 @@ def _dt(text: str | None) -> datetime | None:
 @contextlib.contextmanager
 def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One IMMEDIATE write transaction on ``conn``: committed if the body returns, rolled back if it raises.
-    Every table of the CA database (issued certificates, SCEP transactions) changes only through this."""
-    conn.execute("BEGIN IMMEDIATE")
+    Every table of the CA database (issued certificates, SCEP transactions) changes only through this.
+
+    ``BEGIN IMMEDIATE`` takes the write lock up front, waiting up to the busy timeout for another process's
+    transaction; a lock still held then is a :class:`CaError` that says so (the CLI prints it, the service answers
+    503), never a bare sqlite3 exception."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise CaError("the CA database is busy: another process has held it for writing too long") from None
+        raise CaError(f"the CA database cannot be written: {exc}") from None
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
+            conn.execute("ROLLBACK")
         raise
     else:
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise CaError(f"the CA database could not commit: {exc}") from None
 
 
 def secure_db_files(path: str | Path) -> None:
@@ -159,11 +174,11 @@ def secure_db_files(path: str | Path) -> None:
 class CaDatabase:
     """A thin, transactional wrapper over the CA's SQLite file: the one connection of this process to it."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = Path(path)
         secure_db_files(self.path)
         try:
-            self._conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=BUSY_TIMEOUT)
+            self._conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=busy_timeout)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA secure_delete=ON")

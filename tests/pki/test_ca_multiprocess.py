@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pki.certs import SubjectAltNames
 from pki.csr import build_csr
+from pki.db import CaDatabase
+from pki.errors import CaError
 from pki.fetch import http_get, http_post
 from pki.ocsp import OcspCertStatus, build_request, verify_response
 from pki.scep import client as scep
@@ -336,6 +338,31 @@ def test_stopping_the_server_or_a_verb_loses_nothing_committed(ca_dir, servers, 
     assert crl_serials(again, ca_cert) == {a.serial_number, b.serial_number}
     assert again.stop(signal.SIGINT) == 0
     check_db(ca_dir, expected)
+
+
+def test_a_writer_holding_the_database_blocks_no_reader_and_gives_writers_a_clear_error(ca_dir, servers):
+    """A verb stuck inside its transaction (stopped, or an operator's sqlite3 shell): the server keeps answering
+    OCSP and ``ca list`` works, since readers never wait for a writer; a writer waits for the busy timeout, then
+    gets a :class:`CaError` that says why (the CLI prints it as one line), not a bare sqlite3 exception."""
+    ca_cert = _ca_cert(ca_dir)
+    srv = _serve(servers, ca_dir)
+    a = enroll(srv, ca_cert, "a")
+    held = _held_cli(ca_dir, a.serial_number, "uncommitted")
+    try:
+        assert ocsp_status(srv, a, ca_cert) is OcspCertStatus.GOOD
+        assert ca_list(ca_dir) == {a.serial_number: "valid"}
+        db = CaDatabase(ca_dir / "ca.db", busy_timeout=0.5)
+        try:
+            with pytest.raises(CaError, match="busy"), db.transaction():
+                pass
+        finally:
+            db.close()
+    finally:
+        _kill(held, signal.SIGKILL)
+    ca_cli(ca_dir, "revoke", "--serial", f"{a.serial_number:x}")  # the lock went with the process
+    assert ocsp_status(srv, a, ca_cert) is OcspCertStatus.REVOKED
+    assert srv.stop(signal.SIGINT) == 0
+    check_db(ca_dir, {a.serial_number: "revoked"})
 
 
 def test_two_servers_and_the_cli_on_one_ca(ca_dir, servers):
