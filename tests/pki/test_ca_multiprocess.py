@@ -35,6 +35,8 @@ from pki.ocsp import OcspCertStatus, build_request, verify_response
 from pki.scep import client as scep
 from pki.scep.errors import ScepFailure
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 #: Seconds any one child process may take (the machine is shared and slow; nothing here waits on purpose).
 CHILD_TIMEOUT = 90
@@ -53,12 +55,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ca_cli(ca_dir: Path, *argv: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    """``python -m pki ca --ca DIR ...`` as its own process."""
+def ca_cli(ca_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``python -m pki ca --ca DIR ...`` as its own process, which must succeed."""
     r = subprocess.run([sys.executable, "-m", "pki", "ca", "--ca", str(ca_dir), *argv], env=_env(),
                        capture_output=True, text=True, timeout=CHILD_TIMEOUT)
-    if ok:
-        assert r.returncode == 0, f"ca {' '.join(argv)}: rc {r.returncode}: {r.stderr}"
+    assert r.returncode == 0, f"ca {' '.join(argv)}: rc {r.returncode}: {r.stderr}"
     assert "Traceback" not in r.stderr
     return r
 
@@ -87,8 +88,12 @@ class Server:
                     return
             except Exception:
                 time.sleep(0.1)
-        self.stop(signal.SIGKILL)
-        raise AssertionError(f"ca serve did not come up: {self.log()}")
+        log = self.log()
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self._log.close()
+        raise AssertionError(f"ca serve did not come up: {log}")
 
     def log(self) -> str:
         self._log.flush()
