@@ -532,6 +532,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     server_version = "espresso-ca/0.1"
     protocol_version = "HTTP/1.0"
+    #: The standard library starts from HTTP/0.9, whose answers have no status line, even for its own refusals.
+    default_request_version = "HTTP/1.0"
     server: _BoundedServer
 
     @property
@@ -565,6 +567,11 @@ class _Handler(BaseHTTPRequestHandler):
             finally:
                 self.rfile = rfile
             if not parsed:
+                if "http" not in self._fields:  # a blank request line: the standard library closes in silence
+                    self.send_error(HTTPStatus.BAD_REQUEST, "empty request line")
+                return
+            if len(self.requestline.split()) != 3:
+                self.send_error(HTTPStatus.BAD_REQUEST, "HTTP/0.9 requests are not served")
                 return
             if self.command not in ("GET", "POST"):
                 self.send_error(HTTPStatus.NOT_IMPLEMENTED, "only GET and POST are served")
@@ -585,6 +592,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (ConnectionError, TimeoutError) as exc:
             self._fields.update(outcome="aborted", reason=type(exc).__name__)
         finally:
+            self._fields.setdefault("outcome", "closed")
             self.server.access.write(self.client_address, self._fields, limited=limited)
 
     # the standard library's hooks: its refusals and status codes go into the access line, not to stderr

@@ -2,11 +2,8 @@
 (RFC 9112 request smuggling rules), the access log and the start-up check of what the CA key can serve."""
 from __future__ import annotations
 
-import os
 import re
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,97 +19,9 @@ from pki.fetch import http_request
 from pki.ocsp import build_request
 from pki.scep.client import enroll, get_ca_certs
 from pki.scep.errors import ScepFailure
+from tests.pki.http_helpers import Served, connect, exchange, status
 
-REPO = Path(__file__).resolve().parents[2]
 CHALLENGE = "pw-Zq8Tr4Xv-never-logged"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _connect(port: int, source: str = "127.0.0.1", timeout: float = 5.0) -> socket.socket:
-    """A client socket from ``source`` (any 127/8 address is local on Linux: a second client address)."""
-    s = socket.socket()
-    s.settimeout(timeout)
-    s.bind((source, 0))
-    s.connect(("127.0.0.1", port))
-    return s
-
-
-def _exchange(port: int, raw: bytes, source: str = "127.0.0.1", timeout: float = 5.0) -> bytes:
-    """Send ``raw``, half-close, read the whole answer (bounded by ``timeout``)."""
-    with _connect(port, source, timeout) as s:
-        try:
-            s.sendall(raw)
-            s.shutdown(socket.SHUT_WR)
-        except OSError:  # the server may answer and close before it read everything
-            pass
-        data = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = s.recv(65536)
-            except (ConnectionResetError, TimeoutError):
-                break
-            if not chunk:
-                break
-            data += chunk
-        return data
-
-
-def _status(answer: bytes) -> int:
-    m = re.match(rb"HTTP/1\.[01] (\d{3}) ", answer)
-    return int(m.group(1)) if m else 0
-
-
-class Served:
-    """A ``ca serve`` child process; its stderr and log file are files, so nothing blocks on a full pipe."""
-
-    def __init__(self, tmp: Path, ca_dir: Path, *extra: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_file = tmp / "access.log"
-        self.err_file = tmp / "serve.stderr"
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        env.pop("ESPRESSO_PKI_PASSPHRASE", None)
-        self._err = open(self.err_file, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pki", "ca", "--ca", str(ca_dir), "serve", "--port", str(self.port),
-             "--log-file", str(self.log_file), *extra],
-            env=env, stdout=subprocess.DEVNULL, stderr=self._err)
-        for _ in range(150):  # bounded: at most ~15 s
-            if self.proc.poll() is not None:
-                break
-            try:
-                if _status(_exchange(self.port, b"GET /crl HTTP/1.0\r\n\r\n", timeout=2)) == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        pytest.fail(f"ca serve did not start: {self.stderr()}")
-
-    def stderr(self) -> str:
-        return self.err_file.read_text(errors="replace")
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._err.close()
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +51,7 @@ def test_slowloris_from_one_address_does_not_starve_another(tmp_path, rsa_ca):
     try:
         for _ in range(64):
             try:
-                attackers.append(_connect(srv.port, timeout=2))
+                attackers.append(connect(srv.port, timeout=2))
             except OSError:
                 pass
         for s in attackers:
@@ -159,9 +68,9 @@ def test_slowloris_from_one_address_does_not_starve_another(tmp_path, rsa_ca):
                 except OSError:
                     pass
             t0 = time.monotonic()
-            answer = _exchange(srv.port, b"GET /crl HTTP/1.0\r\nHost: ca\r\n\r\n", source="127.0.0.2", timeout=5)
-            answered.append((_status(answer), time.monotonic() - t0))
-        assert all(status == 200 and took < 2.0 for status, took in answered), answered
+            answer = exchange(srv.port, b"GET /crl HTTP/1.0\r\nHost: ca\r\n\r\n", source="127.0.0.2", timeout=5)
+            answered.append((status(answer), time.monotonic() - t0))
+        assert all(code == 200 and took < 2.0 for code, took in answered), answered
         assert srv.alive()
     finally:
         for s in attackers:
@@ -178,14 +87,14 @@ def test_idle_connections_do_not_lock_out_another_client(tmp_path, rsa_ca):
     try:
         for _ in range(70):
             try:
-                idle.append(_connect(srv.port, timeout=2))
+                idle.append(connect(srv.port, timeout=2))
             except OSError:
                 pass
         time.sleep(0.3)
         t0 = time.monotonic()
-        answer = _exchange(srv.port, b"GET /crl HTTP/1.0\r\n\r\n", source="127.0.0.2", timeout=5)
+        answer = exchange(srv.port, b"GET /crl HTTP/1.0\r\n\r\n", source="127.0.0.2", timeout=5)
         took = time.monotonic() - t0
-        assert _status(answer) == 200 and took < 2.0, (answer[:80], took)
+        assert status(answer) == 200 and took < 2.0, (answer[:80], took)
         x509.load_der_x509_crl(answer.split(b"\r\n\r\n", 1)[1])
     finally:
         for s in idle:
@@ -197,7 +106,7 @@ def test_dribbling_connection_is_cut_at_the_request_deadline(tmp_path, rsa_ca):
     """The deadline covers the whole request: a byte every 0.2 s does not extend it (the old timeout was per read)."""
     srv = Served(tmp_path, rsa_ca, "--no-challenge", "--request-timeout", "2")
     try:
-        with _connect(srv.port, timeout=1) as s:
+        with connect(srv.port, timeout=1) as s:
             t0 = time.monotonic()
             s.sendall(b"GET /crl HTTP/1.0\r\n")
             answer, closed_after = b"", None
@@ -245,6 +154,8 @@ FRAMING = [
     ("Content-Length with inner space", _POST + b"Content-Length: 1 2\r\n\r\nhello", 400),
     ("Content-Length on GET", b"GET /crl HTTP/1.0\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
     ("space before colon", _POST + b"Content-Length : 5\r\n\r\nhello", 400),
+    ("HTTP/0.9 request (an answer without a status line)", b"GET /crl\r\n", 400),
+    ("malformed HTTP version (stdlib answered without a status line)", b"GET /crl HTTP/1.0\x05\r\n\r\n", 400),
     ("two Host headers", b"GET /crl HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     ("oversize body", _POST + b"Content-Length: 100000000\r\n\r\n", 413),
     ("request line too long", b"GET /" + b"a" * 20000 + b" HTTP/1.0\r\n\r\n", 414),
@@ -256,16 +167,16 @@ FRAMING = [
 
 @pytest.mark.parametrize("raw,expected", [(r, e) for _, r, e in FRAMING], ids=[n for n, _, _ in FRAMING])
 def test_ambiguous_or_oversize_framing_is_refused(served, raw, expected):
-    answer = _exchange(served.port, raw)
-    assert _status(answer) == expected, answer[:200]
+    answer = exchange(served.port, raw)
+    assert status(answer) == expected, answer[:200]
     assert served.alive()
 
 
 def test_well_formed_requests_still_served(served):
-    assert _status(_exchange(served.port, b"GET /crl HTTP/1.1\r\nHost: ca\r\n\r\n")) == 200
-    assert _status(_exchange(served.port, b"GET /crl HTTP/1.0\r\n\r\n")) == 200
-    caps = _exchange(served.port, b"GET /scep?operation=GetCACaps HTTP/1.0\r\n\r\n")
-    assert _status(caps) == 200 and b"POSTPKIOperation" in caps
+    assert status(exchange(served.port, b"GET /crl HTTP/1.1\r\nHost: ca\r\n\r\n")) == 200
+    assert status(exchange(served.port, b"GET /crl HTTP/1.0\r\n\r\n")) == 200
+    caps = exchange(served.port, b"GET /scep?operation=GetCACaps HTTP/1.0\r\n\r\n")
+    assert status(caps) == 200 and b"POSTPKIOperation" in caps
 
 
 # ------------------------------------------------------------------------------- the access log
@@ -285,8 +196,8 @@ def test_access_log_one_greppable_line_per_request_without_secrets(served):
     req = build_request(cert, ca_certs[0])
     resp = http_request("POST", served.url + "/ocsp", req, "application/ocsp-request")
     assert x509_ocsp.load_der_ocsp_response(resp.body).certificate_status is x509_ocsp.OCSPCertStatus.GOOD
-    assert _status(_exchange(served.port, b"GET /nowhere HTTP/1.0\r\n\r\n")) == 404
-    time.sleep(0.2)
+    assert status(exchange(served.port, b"GET /nowhere HTTP/1.0\r\n\r\n")) == 404
+    served.wait_log(r"op=- outcome=refused reason=\"not found\"")
     log = served.log()
     lines = log.splitlines()
     ts = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z"
@@ -306,8 +217,8 @@ def test_access_log_one_greppable_line_per_request_without_secrets(served):
 
 def test_log_lines_cannot_be_forged_by_a_client(served):
     raw = b"GET /scep?operation=Get%0a2026-01-01T00:00:00Z%20client=evil%20op=crl%20outcome=ok HTTP/1.0\r\n\r\n"
-    assert _status(_exchange(served.port, raw)) == 400
-    time.sleep(0.2)
+    assert status(exchange(served.port, raw)) == 400
+    served.wait_log(r"unsupported SCEP operation")
     assert all(re.match(r"\S+ client=127\.0\.0\.\d:\d+ ", line) for line in served.log().splitlines())
 
 
@@ -323,12 +234,12 @@ def test_ecdsa_ca_says_at_start_that_scep_is_off_and_serves_crl_and_ocsp(tmp_pat
     ca.close()
     srv = Served(tmp_path, tmp_path / "ec", "--no-challenge")
     try:
-        caps = _exchange(srv.port, b"GET /scep?operation=GetCACaps HTTP/1.0\r\n\r\n")
-        assert _status(caps) == 501 and b"SCEP needs an RSA CA key" in caps, caps
+        caps = exchange(srv.port, b"GET /scep?operation=GetCACaps HTTP/1.0\r\n\r\n")
+        assert status(caps) == 501 and b"SCEP needs an RSA CA key" in caps, caps
         assert b"POSTPKIOperation" not in caps
-        post = _exchange(srv.port, b"POST /scep?operation=PKIOperation HTTP/1.0\r\nContent-Length: 2\r\n\r\n\x30\x00")
-        assert _status(post) == 501 and b"SCEP needs an RSA CA key" in post
-        assert _status(_exchange(srv.port, b"GET /crl HTTP/1.0\r\n\r\n")) == 200
+        post = exchange(srv.port, b"POST /scep?operation=PKIOperation HTTP/1.0\r\nContent-Length: 2\r\n\r\n\x30\x00")
+        assert status(post) == 501 and b"SCEP needs an RSA CA key" in post
+        assert status(exchange(srv.port, b"GET /crl HTTP/1.0\r\n\r\n")) == 200
         resp = http_request("POST", srv.url + "/ocsp", build_request(leaf, issuer), "application/ocsp-request")
         assert x509_ocsp.load_der_ocsp_response(resp.body).certificate_status is x509_ocsp.OCSPCertStatus.GOOD
     finally:
@@ -337,3 +248,63 @@ def test_ecdsa_ca_says_at_start_that_scep_is_off_and_serves_crl_and_ocsp(tmp_pat
     scep_lines = [line for line in err.splitlines() if "SCEP" in line and "RSA" in line]
     assert len(scep_lines) == 1 and "ECDSA" in scep_lines[0] and "CRL and OCSP" in scep_lines[0], err
     assert "Traceback" not in err
+
+
+def test_refusal_and_timeout_lines_are_rate_limited_then_counted(caplog):
+    """A flood of refused connections writes ``burst`` lines per window, then one line with the count."""
+    import logging
+
+    from pki.service import _AccessLog
+
+    now = [0.0]
+    access = _AccessLog(burst=3, window=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="pki.service.access"):
+        for i in range(100):
+            access.write(("192.0.2.1", 1000 + i), {"op": "connect", "outcome": "refused", "reason": "cap"},
+                         limited=True)
+        access.write(("192.0.2.2", 80), {"op": "crl", "outcome": "ok", "http": 200})  # never limited
+        now[0] = 10.5
+        access.write(("192.0.2.1", 2000), {"op": "-", "outcome": "timeout", "reason": "late"}, limited=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "pki.service.access"]
+    assert lines[:3] == [f'client=192.0.2.1:{1000 + i} op=connect outcome=refused reason="cap"' for i in range(3)]
+    assert lines[3] == "client=192.0.2.2:80 op=crl outcome=ok http=200"
+    assert lines[4].startswith("client=- op=- outcome=suppressed count=97 ")
+    assert lines[5] == 'client=192.0.2.1:2000 op=- outcome=timeout reason="late"'
+    assert len(lines) == 6
+
+
+@pytest.mark.parametrize("value,shown", [
+    ("plain-token_1.2", "plain-token_1.2"),
+    ("two words", '"two words"'),
+    ('quote " and \\ backslash', '"quote \\" and \\\\ backslash"'),
+    ("line\nbreak\r\x00", '"line\\x0abreak\\x0d\\x00"'),
+    ("\u0665", '"\\u0665"'),
+])
+def test_log_values_cannot_break_a_line(value, shown):
+    from pki.service import _access_line
+
+    assert _access_line(("127.0.0.1", 1), {"op": value}) == f"client=127.0.0.1:1 op={shown}"
+
+
+def test_access_log_pending_then_issued_after_approval(tmp_path, rsa_ca):
+    """--manual-approval: the PKCSReq line says pending, the CertPoll after ``ca approve`` says issued."""
+    from pki.scep.errors import ScepPendingTimeout
+
+    srv = Served(tmp_path, rsa_ca, "--manual-approval")
+    try:
+        key = rsa.generate_private_key(65537, 2048)
+        url = srv.url + "/scep"
+        ca_certs = get_ca_certs(url)
+        with pytest.raises(ScepPendingTimeout):
+            enroll(url, key, _csr(key, None), ca_certs, retry_count=0)
+        tid = srv.wait_log(r"op=scep\.PKIOperation msg=PKCSReq tid=(\w+) outcome=pending http=200")
+        assert tid, srv.log()
+        from pki.service import approve  # what 'ca approve' does, beside the running service
+
+        cert = approve(rsa_ca, tid.group(1))
+        assert enroll(url, key, _csr(key, None), ca_certs, retry_count=1, retry_interval=0) == cert
+        # the client resends its PKCSReq (RFC 8894 4.3: same transaction) or polls: either way, issued
+        issued = f"msg=(PKCSReq|CertPoll) tid={tid.group(1)} outcome=issued serial={cert.serial_number:x} "
+        assert srv.wait_log(issued), srv.log()
+    finally:
+        srv.stop()
