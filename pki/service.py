@@ -351,7 +351,7 @@ def _client(address: Any) -> str:
 
 #: Field order of an access line; values that are not plain tokens are quoted, so a client cannot forge a line.
 _LOG_FIELDS = ("op", "msg", "tid", "outcome", "serial", "status", "failinfo", "reason", "http")
-_TOKEN = re.compile(r"[A-Za-z0-9._:/@+=,\[\]-]{1,200}")
+_TOKEN = re.compile(r"[A-Za-z0-9._:/@+,\[\]-]{1,200}")
 
 
 def _log_value(value: object, quote: bool = False) -> str:
@@ -543,7 +543,6 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         timeout = self.server.limits.request_timeout
-        self.connection.settimeout(timeout)  # what is left for writes: a client that does not read the answer
         self.rfile.close()
         self.rfile = io.BufferedReader(_DeadlineReader(self.connection, time.monotonic() + timeout))
         self._fields: dict[str, object] = {"op": "-"}
@@ -596,7 +595,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.access.write(self.client_address, self._fields, limited=limited)
 
     # the standard library's hooks: its refusals and status codes go into the access line, not to stderr
+    def _write_timeout(self) -> None:
+        """Reads leave the socket with what was left of the deadline; an answer gets the full timeout."""
+        self.connection.settimeout(self.server.limits.request_timeout)
+
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        self._write_timeout()
         self._fields.setdefault("outcome", "refused")
         self._fields["reason"] = f"{message}: {explain}" if message and explain else message or explain
         super().send_error(code, message, explain)
@@ -610,6 +614,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(
         self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None
     ) -> None:
+        self._write_timeout()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
