@@ -308,3 +308,29 @@ def test_access_log_pending_then_issued_after_approval(tmp_path, rsa_ca):
         assert srv.wait_log(issued), srv.log()
     finally:
         srv.stop()
+
+
+def test_global_cap_holds_when_several_addresses_fill_it(tmp_path, rsa_ca):
+    """Two addresses within their own limit fill the total: a third gets 503, logged with the global reason."""
+    srv = Served(tmp_path, rsa_ca, "--no-challenge", "--max-connections", "4", "--max-per-client", "2",
+                 "--request-timeout", "60")  # the held connections must outlast a slow, loaded test machine
+    held = []
+    try:
+        for source in ("127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2"):
+            held.append(connect(srv.port, source, timeout=2))
+        time.sleep(0.3)
+        assert status(exchange(srv.port, b"GET /crl HTTP/1.0\r\n\r\n", source="127.0.0.3")) == 503
+    finally:
+        for s in held:
+            s.close()
+    try:
+        for _ in range(50):  # slots come back once those connections are gone (bounded wait)
+            if status(exchange(srv.port, b"GET /crl HTTP/1.0\r\n\r\n", source="127.0.0.3")) == 200:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the service did not recover")
+        assert srv.wait_log(r"client=127\.0\.0\.3:\d+ op=connect outcome=refused reason=\"4 connections open, "
+                            r"the limit for all clients\" http=503")
+    finally:
+        srv.stop()
