@@ -27,6 +27,7 @@ CA verbs (``--ca DIR``)::
     ca issue --csr F [--profile NAME] [--days N] [--out F] | ca revoke --serial HEX [--reason R]
     ca crl [--out F] [--pem] | ca list
     ca serve [--host H] [--port N] (--challenge-file F | --manual-approval | --no-challenge) [SAN policy]
+             [--log-file F] [--request-timeout S] [--max-connections N] [--max-per-client N]
     ca pending | ca approve TRANSACTION-ID | ca reject TRANSACTION-ID [--reason R]
 
 Key passphrases come from ``--passphrase-file`` or ``$ESPRESSO_PKI_PASSPHRASE``, never from the command line;
@@ -421,8 +422,42 @@ def _secret_option(args: argparse.Namespace, name: str, file_name: str) -> str |
         raise ValueError(f"{path}: empty first line: refusing an empty {name.replace('_', ' ')}") from None
 
 
+def _serve_logging(log_file: str | None) -> None:
+    """Access lines (one per request) go to ``log_file`` or stderr, each with an ISO 8601 UTC timestamp; the
+    service's warnings go to stderr as ``warning: ...``, like the CLI's own."""
+    import logging
+    import time
+
+    class _Utc(logging.Formatter):
+        converter = time.gmtime
+
+        def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+            return time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(record.created)) + f".{int(record.msecs):03d}Z"
+
+    class _Cli(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            record.levelname_lower = record.levelname.lower()
+            return super().format(record)
+
+    access = logging.getLogger("pki.service.access")
+    if log_file is not None:
+        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        handler: logging.Handler = logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8", buffering=1))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Utc("%(asctime)s %(message)s"))
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setFormatter(_Cli("%(levelname_lower)s: %(message)s"))
+    pki_log = logging.getLogger("pki")
+    pki_log.addHandler(errors)
+    pki_log.setLevel(logging.WARNING)
+
+
 def ca_serve(args: argparse.Namespace) -> None:
-    from pki.service import serve
+    from pki.service import HttpLimits, serve
 
     challenge = _secret_option(args, "challenge", "challenge_file")
     if challenge is None and not args.manual_approval and not args.no_challenge:
@@ -430,6 +465,8 @@ def ca_serve(args: argparse.Namespace) -> None:
                          "the port gets a certificate; add --no-challenge to really run it that way (lab only)")
     if challenge is not None and args.no_challenge:
         raise ValueError("--no-challenge contradicts --challenge/--challenge-file")
+    limits = HttpLimits(request_timeout=args.request_timeout, max_connections=args.max_connections,
+                        max_per_client=min(args.max_per_client, args.max_connections))
     ca = _open_ca(args)  # fail early with a clear message
     try:
         if args.allow_dns_suffix or args.allow_ip_range or args.allow_email_domain:
@@ -446,12 +483,14 @@ def ca_serve(args: argparse.Namespace) -> None:
                          "requested subjectAltNames are copied unfiltered\n")
 
     def ready(svc) -> None:  # type: ignore[no-untyped-def]
-        sys.stderr.write(f"serving CA {args.ca} on {svc.url}/ (SCEP /scep, CRL /crl, OCSP /ocsp)\n")
+        scep = "SCEP off" if svc.scep_off_reason else "SCEP /scep"
+        sys.stderr.write(f"serving CA {args.ca} on {svc.url}/ ({scep}, CRL /crl, OCSP /ocsp)\n")
         sys.stderr.flush()
 
+    _serve_logging(args.log_file)
     try:
         serve(args.ca, host=args.host, port=args.port, challenge=challenge, manual_approval=args.manual_approval,
-              passphrase=_passphrase(args), ready=ready)
+              passphrase=_passphrase(args), ready=ready, limits=limits)
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             raise PkiError(f"cannot listen on {args.host} port {args.port}: {exc.strerror}") from None
@@ -502,6 +541,26 @@ def _add_challenge(p: argparse.ArgumentParser) -> None:
                    "--challenge-password-file)")
     p.add_argument("--challenge-password-file", metavar="FILE",
                    help="file whose first line is the SCEP challenge password")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < 1e6:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
 
 
 _KEY_SIZES = "RSA 2048 (default), 3072 or 4096; ECDSA 256 (P-256, default), 384 or 521; Ed25519 256"
@@ -688,6 +747,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--manual-approval", action="store_true",
                    help="hold every request PENDING until 'ca approve' (clients keep polling)")
     _add_san_policy(q)
+    q.add_argument("--log-file", metavar="FILE",
+                   help="append the access log (one line per request: client, operation, outcome, reason) to FILE "
+                   "instead of stderr")
+    q.add_argument("--request-timeout", type=_positive_float, default=10.0, metavar="SECONDS",
+                   help="seconds a client has to send its whole request, headers and body (default 10)")
+    q.add_argument("--max-connections", type=_positive_int, default=64, metavar="N",
+                   help="connections served at once, all clients together (default 64; 503 beyond)")
+    q.add_argument("--max-per-client", type=_positive_int, default=8, metavar="N",
+                   help="connections served at once from one client address (default 8; 503 beyond)")
     ca_verb("pending", "list SCEP requests waiting for approval")
     q = ca_verb("approve", "issue the certificate of a PENDING SCEP request (the client gets it at its next poll)")
     q.add_argument("transaction_id", help="transaction ID, as 'ca pending' shows it")

@@ -10,6 +10,15 @@ Routes:
   ``GET /crl`` (and the path of the CA's configured CRL distribution point)        the CRL, DER
   ``POST /ocsp`` or ``POST /`` with ``application/ocsp-request``; ``GET /ocsp/<b64>`` OCSP (RFC 6960)
 A body that is too large gets 413, garbage gets 400 (SCEP) or an OCSP malformedRequest: never a crash.
+
+Hostile clients (:class:`HttpLimits`): each connection carries one request, which must arrive whole (request
+line, headers, body) within one deadline, not a timeout per read, so a byte every few seconds does not hold a
+slot; connections are capped per client address and in total; framing that two parsers could read differently
+(RFC 9112 section 6.3: several Content-Length fields, Content-Length beside Transfer-Encoding, a length that is
+not plain digits) is refused with 400 before any body is read.
+
+Every request gives one line on the ``pki.service.access`` logger (``client=ADDR:PORT op=... outcome=...``,
+see :class:`_AccessLog`); refused connections and timeouts are rate-limited there, so a flood cannot fill a disk.
 """
 
 from __future__ import annotations
@@ -18,11 +27,16 @@ import base64
 import binascii
 import concurrent.futures
 import email.utils
+import http.client
+import io
 import logging
+import re
 import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +45,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from pki.errors import PkiError
@@ -38,13 +53,17 @@ from pki.ocsp import DEFAULT_VALIDITY, OcspCertStatus, OcspResponder, SerialStat
 from pki.ocsp import MAX_REQUEST_SIZE as MAX_OCSP_REQUEST
 from pki.scep.constants import MAX_MESSAGE_SIZE
 from pki.scep.errors import ScepError, ScepFormatError
-from pki.scep.server import ScepResponder, Transaction, TransactionStore
+from pki.scep.server import ScepOutcome, ScepResponder, Transaction, TransactionStore
 
 __all__ = [
     "MAX_BODY_SIZE",
     "MAX_CONNECTIONS",
+    "MAX_HEADER_BYTES",
+    "MAX_PER_CLIENT",
+    "MAX_REQUEST_LINE",
     "REQUEST_TIMEOUT",
     "CaService",
+    "HttpLimits",
     "approve",
     "list_pending",
     "reject",
@@ -52,15 +71,25 @@ __all__ = [
 ]
 
 log = logging.getLogger("pki.service")
+access_log = logging.getLogger("pki.service.access")
 
 #: Largest request body accepted on any route.
 MAX_BODY_SIZE = MAX_MESSAGE_SIZE
-#: Seconds a client may take to send its request before the connection is dropped.
+#: Seconds a client has to send its whole request (request line, headers, body): one deadline per request.
 REQUEST_TIMEOUT = 10.0
 #: Seconds a request waits for the CA worker.
 WORKER_TIMEOUT = 60.0
 #: Connections handled at once; more are refused with 503 instead of spawning threads without bound.
 MAX_CONNECTIONS = 64
+#: Connections one client address may hold at once, so that one address cannot take every slot.
+MAX_PER_CLIENT = 8
+#: Longest request line (414 beyond): a SCEP GET carries a base64 pkiMessage in its URL.
+MAX_REQUEST_LINE = 16 * 1024
+#: Largest header section (431 beyond), all lines together; the standard library alone allows 100 x 64 KiB.
+MAX_HEADER_BYTES = 32 * 1024
+#: Refused connections and timeouts logged per LOG_WINDOW seconds; beyond that they are counted, then summarised.
+LOG_BURST = 20
+LOG_WINDOW = 10.0
 
 _SCEP_CT = "application/x-pki-message"
 
@@ -82,6 +111,36 @@ def _check_delegate(cert: x509.Certificate, ca_cert: x509.Certificate) -> None:
         ) from None
     if ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
         raise ValueError("the OCSP signer certificate lacks id-kp-OCSPSigning")
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one client may cost the service. The defaults suit a CA that routers reach over a WAN."""
+
+    #: Seconds for the whole request to arrive; also bounds writing the answer to a client that does not read.
+    request_timeout: float = REQUEST_TIMEOUT
+    #: Connections open at once, all clients together (503 beyond).
+    max_connections: int = MAX_CONNECTIONS
+    #: Connections open at once from one client address (503 beyond).
+    max_per_client: int = MAX_PER_CLIENT
+
+    def __post_init__(self) -> None:
+        if not self.request_timeout > 0:
+            raise ValueError(f"request timeout must be positive, not {self.request_timeout}")
+        if self.max_connections < 1 or self.max_per_client < 1:
+            raise ValueError("connection limits must be at least 1")
+        if self.max_per_client > self.max_connections:
+            raise ValueError(f"the per-client limit ({self.max_per_client}) exceeds the total ({self.max_connections})")
+
+
+def _key_kind(key: object) -> str:
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return f"ECDSA ({key.curve.name})"
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "Ed25519"
+    if isinstance(key, ed448.Ed448PrivateKey):
+        return "Ed448"
+    return type(key).__name__
 
 
 class _HttpError(Exception):
@@ -112,6 +171,7 @@ class CaService:
         ocsp_validity=DEFAULT_VALIDITY,  # type: ignore[no-untyped-def]
         ocsp_signer: tuple[x509.Certificate, Any] | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        limits: HttpLimits = HttpLimits(),
     ) -> None:
         # a CertificateAuthority or its directory: the service opens its own instance on its worker thread
         self.ca_dir = Path(ca.path if hasattr(ca, "path") else ca)
@@ -125,9 +185,11 @@ class CaService:
         self._ocsp_validity = ocsp_validity
         self._ocsp_signer = ocsp_signer
         self._clock = clock
+        self.limits = limits
+        #: Why SCEP is not served (the CA key cannot do it), or None; known once :meth:`start` opened the CA.
+        self.scep_off_reason: str | None = None
         server_class = _HttpServer6 if ":" in host else _BoundedServer
-        self._httpd = server_class((host, port), _Handler, bind_and_activate=True)
-        self._httpd.daemon_threads = True
+        self._httpd = server_class((host, port), _Handler, limits, _AccessLog())
         self._httpd.service = self  # type: ignore[attr-defined]
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ca-worker")
         self._thread: threading.Thread | None = None
@@ -186,13 +248,20 @@ class CaService:
         from pki.ca import CertificateAuthority  # PKI-core
 
         self._ca = CertificateAuthority.open(self.ca_dir, self._passphrase)
-        self._scep = ScepResponder(
-            self._ca,
-            challenge=self.challenge,
-            manual_approval=self.manual_approval,
-            profile=self._profile,
-            clock=self._clock,
-        )
+        if isinstance(self._ca.private_key, rsa.RSAPrivateKey):
+            self._scep = ScepResponder(
+                self._ca,
+                challenge=self.challenge,
+                manual_approval=self.manual_approval,
+                profile=self._profile,
+                clock=self._clock,
+            )
+        else:  # clients would only fail later, on an envelope this key cannot open: say so now
+            self.scep_off_reason = (
+                f"SCEP needs an RSA CA key and this CA's key is {_key_kind(self._ca.private_key)}: "
+                "SCEP is off, the CRL and OCSP are served"
+            )
+            log.warning("%s", self.scep_off_reason)
         signer, signer_key = self._ocsp_signer or (self._ca.certificate, self._ca.private_key)
         if self._ocsp_signer is not None:
             _check_delegate(signer, self._ca.certificate)
@@ -238,15 +307,24 @@ class CaService:
             paths.add(urllib.parse.urlsplit(url).path.rstrip("/") or "/")
         return paths
 
+    def _responder(self) -> ScepResponder:
+        if self._scep is None:
+            raise ScepError(self.scep_off_reason or "the CA service is not running")
+        return self._scep
+
     # called from handler threads; each hops to the worker
     def scep_get_ca_caps(self) -> bytes:
-        return self.run(lambda: self._scep.ca_caps())  # type: ignore[union-attr]
+        return self.run(lambda: self._responder().ca_caps())  # type: ignore[no-any-return]
 
     def scep_get_ca_cert(self) -> tuple[str, bytes]:
-        return self.run(lambda: self._scep.ca_cert())  # type: ignore[union-attr]
+        return self.run(lambda: self._responder().ca_cert())  # type: ignore[no-any-return]
 
     def scep_pki_operation(self, body: bytes) -> bytes:
-        return self.run(lambda: self._scep.pki_operation(body))  # type: ignore[union-attr]
+        return self.scep_respond(body)[0]
+
+    def scep_respond(self, body: bytes) -> tuple[bytes, ScepOutcome]:
+        """The CertRep, and what it came to for the access log."""
+        return self.run(lambda: self._responder().respond(body))  # type: ignore[no-any-return]
 
     def now(self) -> datetime:
         return self._clock()
@@ -259,29 +337,124 @@ class CaService:
 
     def approve(self, transaction_id: str) -> x509.Certificate:
         """Approve a PENDING request of a running service (as :func:`approve` does on the directory)."""
-        return self.run(lambda: self._scep.approve(transaction_id))  # type: ignore[union-attr]
+        return self.run(lambda: self._responder().approve(transaction_id))  # type: ignore[no-any-return]
 
     def reject(self, transaction_id: str, reason: str = "rejected by operator") -> None:
         """Reject a PENDING request of a running service."""
-        self.run(lambda: self._scep.reject(transaction_id, reason))  # type: ignore[union-attr]
+        self.run(lambda: self._responder().reject(transaction_id, reason))
+
+
+def _client(address: Any) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+#: Field order of an access line; values that are not plain tokens are quoted, so a client cannot forge a line.
+_LOG_FIELDS = ("op", "msg", "tid", "outcome", "serial", "status", "failinfo", "reason", "http")
+_TOKEN = re.compile(r"[A-Za-z0-9._:/@+,\[\]-]{1,200}")
+
+
+def _log_value(value: object, quote: bool = False) -> str:
+    text = str(value)
+    if not quote and _TOKEN.fullmatch(text):
+        return text
+    out = []
+    for ch in text[:200]:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif " " <= ch <= "~":
+            out.append(ch)
+        else:
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
+    return '"' + "".join(out) + ('..."' if len(text) > 200 else '"')
+
+
+def _access_line(address: Any, fields: dict[str, object]) -> str:
+    parts = [f"client={_client(address)}"]
+    for name in _LOG_FIELDS:
+        if fields.get(name) is not None:
+            parts.append(f"{name}={_log_value(fields[name], quote=name == 'reason')}")
+    return " ".join(parts)
+
+
+class _AccessLog:
+    """The ``pki.service.access`` lines: ``client=ADDR:PORT op=OP [msg= tid=] outcome=OUTCOME [serial= status=]
+    [failinfo=] [reason="..."] [http=CODE]``, one per request, never a secret or a request body.
+
+    Refused connections and timeouts cost a client nothing to provoke: at most ``burst`` of them per ``window``
+    seconds are written; the rest are counted, and the count is written once the window is over."""
+
+    def __init__(self, burst: int = LOG_BURST, window: float = LOG_WINDOW,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._burst, self._window, self._clock = burst, window, clock
+        self._lock = threading.Lock()
+        self._start = clock()
+        self._count = self._suppressed = 0
+
+    def write(self, address: Any, fields: dict[str, object], *, limited: bool = False) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        summary = None
+        with self._lock:
+            now = self._clock()
+            if now - self._start >= self._window:
+                if self._suppressed:
+                    summary = (f"client=- op=- outcome=suppressed count={self._suppressed} reason=\"refused "
+                               f"connections and timeouts beyond {self._burst} per {self._window:g} s\"")
+                self._start, self._count, self._suppressed = now, 0, 0
+            if limited and self._count >= self._burst:
+                self._suppressed += 1
+                line = None
+            else:
+                self._count += limited
+                line = _access_line(address, fields)
+        if summary is not None:
+            access_log.info("%s", summary)
+        if line is not None:
+            access_log.info("%s", line)
 
 
 class _BoundedServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer with at most MAX_CONNECTIONS handler threads."""
+    """ThreadingHTTPServer with a cap on connections, in total and per client address (503 beyond either)."""
 
     daemon_threads = True
     request_queue_size = 128  # listen backlog: socketserver's default of 5 drops SYNs under a burst
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        super().__init__(*args, **kwargs)
+    def __init__(self, address: Any, handler: Any, limits: HttpLimits, access: _AccessLog) -> None:
+        self.limits = limits
+        self.access = access
+        self._lock = threading.Lock()
+        self._open = 0
+        self._per_client: dict[str, int] = {}
+        super().__init__(address, handler)
+
+    def _admit(self, host: str) -> str | None:
+        """None when the connection may take a slot, else why not."""
+        with self._lock:
+            if self._open >= self.limits.max_connections:
+                return f"{self._open} connections open, the limit for all clients"
+            n = self._per_client.get(host, 0)
+            if n >= self.limits.max_per_client:
+                return f"{n} connections already open from this address, the limit per client"
+            self._open += 1
+            self._per_client[host] = n + 1
+            return None
+
+    def _release(self, host: str) -> None:
+        with self._lock:
+            self._open -= 1
+            n = self._per_client.pop(host, 1) - 1
+            if n > 0:
+                self._per_client[host] = n
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        refusal = self._admit(client_address[0])
+        if refusal is not None:
+            self.access.write(client_address, {"op": "connect", "outcome": "refused", "reason": refusal,
+                                               "http": 503}, limited=True)
             try:
-                request.sendall(
-                    b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                )
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
+                                b"Connection: close\r\n\r\n")
             except OSError:
                 pass
             self.shutdown_request(request)
@@ -289,35 +462,159 @@ class _BoundedServer(ThreadingHTTPServer):
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._release(client_address[0])
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._release(client_address[0])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """socketserver would print a traceback to stderr; log it once instead."""
+        log.exception("CA service: internal error serving %s", _client(client_address))
 
 
 class _HttpServer6(_BoundedServer):
     address_family = socket.AF_INET6
 
 
+class _DeadlineExceeded(Exception):
+    """The request did not arrive whole before its deadline."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's receive side on which every read gets only what is left of one deadline: a client that sends
+    a byte just before each read would time out gets no more time than one that sends nothing."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise _DeadlineExceeded
+        self._sock.settimeout(left)
+        try:
+            return self._sock.recv_into(buffer)
+        except TimeoutError:
+            raise _DeadlineExceeded from None
+
+
+class _HeaderBudget:
+    """The reader ``http.client.parse_headers`` is given: all header lines share MAX_HEADER_BYTES (431 beyond)."""
+
+    def __init__(self, rfile: Any, budget: int) -> None:
+        self._rfile = rfile
+        self._left = budget
+
+    def readline(self, limit: int = -1) -> bytes:
+        size = self._left + 1 if limit < 0 else min(limit, self._left + 1)
+        line: bytes = self._rfile.readline(size)
+        self._left -= len(line)
+        if self._left < 0:
+            raise http.client.LineTooLong(f"header section larger than {MAX_HEADER_BYTES} bytes")
+        return line
+
+
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,12}")
+_SCEP_OPS = frozenset({"GetCACaps", "GetCACert", "PKIOperation"})
+
+
 class _Handler(BaseHTTPRequestHandler):
+    """One request per connection (HTTP/1.0, ``Connection: close``), read against one deadline, logged once."""
+
     server_version = "espresso-ca/0.1"
     protocol_version = "HTTP/1.0"
-    timeout = REQUEST_TIMEOUT
+    #: The standard library starts from HTTP/0.9, whose answers have no status line, even for its own refusals.
+    default_request_version = "HTTP/1.0"
+    server: _BoundedServer
 
     @property
     def service(self) -> CaService:
         return self.server.service  # type: ignore[attr-defined,no-any-return]
 
+    def setup(self) -> None:
+        super().setup()
+        timeout = self.server.limits.request_timeout
+        self.rfile.close()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, time.monotonic() + timeout))
+        self._fields: dict[str, object] = {"op": "-"}
+
+    def handle_one_request(self) -> None:
+        self.close_connection = True
+        limited = False
+        try:
+            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
+            if not self.raw_requestline:
+                self._fields.update(outcome="closed", reason="connection closed before a request")
+                limited = True
+                return
+            if len(self.raw_requestline) > MAX_REQUEST_LINE:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG, f"request line over {MAX_REQUEST_LINE} bytes")
+                return
+            rfile, self.rfile = self.rfile, _HeaderBudget(self.rfile, MAX_HEADER_BYTES)  # type: ignore[assignment]
+            try:
+                parsed = self.parse_request()  # the standard library's parser; it answers what it refuses
+            finally:
+                self.rfile = rfile
+            if not parsed:
+                if "http" not in self._fields:  # a blank request line: the standard library closes in silence
+                    self.send_error(HTTPStatus.BAD_REQUEST, "empty request line")
+                return
+            if len(self.requestline.split()) != 3:
+                self.send_error(HTTPStatus.BAD_REQUEST, "HTTP/0.9 requests are not served")
+                return
+            if self.command not in ("GET", "POST"):
+                self.send_error(HTTPStatus.NOT_IMPLEMENTED, "only GET and POST are served")
+                return
+            self._handle(post=self.command == "POST")
+            self.wfile.flush()
+        except _DeadlineExceeded:
+            limited = True
+            self._fields.update(outcome="timeout",
+                                reason=f"request not complete within {self.server.limits.request_timeout:g} s")
+            try:
+                self.connection.settimeout(1.0)
+                self.connection.sendall(b"HTTP/1.0 408 Request Timeout\r\nContent-Length: 0\r\n"
+                                        b"Connection: close\r\n\r\n")
+                self._fields["http"] = 408
+            except OSError:
+                pass
+        except (ConnectionError, TimeoutError) as exc:
+            self._fields.update(outcome="aborted", reason=type(exc).__name__)
+        finally:
+            self._fields.setdefault("outcome", "closed")
+            self.server.access.write(self.client_address, self._fields, limited=limited)
+
+    # the standard library's hooks: its refusals and status codes go into the access line, not to stderr
+    def _write_timeout(self) -> None:
+        """Reads leave the socket with what was left of the deadline; an answer gets the full timeout."""
+        self.connection.settimeout(self.server.limits.request_timeout)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        self._write_timeout()
+        self._fields.setdefault("outcome", "refused")
+        self._fields["reason"] = f"{message}: {explain}" if message and explain else message or explain
+        super().send_error(code, message, explain)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self._fields["http"] = int(code) if str(code).isdigit() or isinstance(code, int) else code
+
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+        log.debug("%s %s", _client(self.client_address), format % args)
 
     def _send(
         self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None
     ) -> None:
+        self._write_timeout()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -325,19 +622,38 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Connection", "close")
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        self.wfile.write(body)
+
+    def _content_length(self) -> int | None:
+        """The announced body length, or None. Framing two parsers could read differently is refused with 400
+        (RFC 9112 sections 5.2, 6.1, 6.3): this service may sit behind a proxy that reads it the other way."""
+        h = self.headers
+        if h.defects:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "malformed header section (whitespace before a colon?)")
+        if any("\n" in value for value in h.values()):
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "obsolete line folding in a header field")
+        hosts = h.get_all("Host") or []
+        if len(hosts) > 1:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "several Host fields")
+        if not hosts and self.request_version >= "HTTP/1.1":
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "HTTP/1.1 request without Host")
+        lengths = h.get_all("Content-Length") or []
+        if h.get_all("Transfer-Encoding"):
+            if lengths:
+                raise _HttpError(HTTPStatus.BAD_REQUEST, "Content-Length with Transfer-Encoding")
+            raise _HttpError(HTTPStatus.LENGTH_REQUIRED, "Transfer-Encoding is not supported: send Content-Length")
+        if len(lengths) > 1:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "several Content-Length fields")
+        if not lengths:
+            return None
+        if not _CONTENT_LENGTH.fullmatch(lengths[0].strip(" \t")):
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "Content-Length is not a decimal number")
+        return int(lengths[0])
 
     def _body(self, limit: int) -> bytes:
-        length = self.headers.get("Content-Length")
-        if length is None:
+        n = self._length
+        if n is None:
             raise _HttpError(HTTPStatus.LENGTH_REQUIRED, "Content-Length required")
-        try:
-            n = int(length)
-        except ValueError:
-            raise _HttpError(HTTPStatus.BAD_REQUEST, "bad Content-Length") from None
-        if n < 0:
-            raise _HttpError(HTTPStatus.BAD_REQUEST, "bad Content-Length")
         if n > limit:
             raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes")
         data = self.rfile.read(n)
@@ -345,16 +661,13 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(HTTPStatus.BAD_REQUEST, "truncated body")
         return data
 
-    def do_GET(self) -> None:
-        self._handle(post=False)
-
-    def do_POST(self) -> None:
-        self._handle(post=True)
+    def _refuse(self, status: int, reason: str, outcome: str = "refused") -> None:
+        self._fields.update(outcome=outcome, reason=reason)
+        self._send(status, "text/plain", reason.encode() + b"\n")
 
     def _handle(self, post: bool) -> None:
         try:
-            if len(self.path) > 2 * MAX_BODY_SIZE:
-                raise _HttpError(HTTPStatus.REQUEST_URI_TOO_LONG, "request URI too long")
+            self._length = self._content_length()
             parts = urllib.parse.urlsplit(self.path)
             query = _parse_query(parts.query)
             if "operation" in query:
@@ -362,19 +675,21 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._route(parts.path, post)
         except _HttpError as exc:
-            self._send(exc.status, "text/plain", exc.text.encode() + b"\n")
+            self._refuse(exc.status, exc.text)
         except ScepFormatError as exc:
-            log.info("SCEP: bad request from %s: %s", self.address_string(), exc)
-            self._send(HTTPStatus.BAD_REQUEST, "text/plain", f"bad SCEP message: {exc}\n".encode())
+            self._refuse(HTTPStatus.BAD_REQUEST, f"bad SCEP message: {exc}")
         except ValueError as exc:  # parse_qs field limits and the like
-            self._send(HTTPStatus.BAD_REQUEST, "text/plain", f"bad request: {exc}\n".encode())
+            self._refuse(HTTPStatus.BAD_REQUEST, f"bad request: {exc}")
         except (PkiError, concurrent.futures.TimeoutError) as exc:
             log.warning("CA service: %s", exc)
-            self._send(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", f"CA unavailable: {exc}\n".encode())
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            pass
+            self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, f"CA unavailable: {exc}", outcome="error")
+        except _DeadlineExceeded:
+            raise
+        except (ConnectionError, TimeoutError) as exc:
+            self._fields.update(outcome="aborted", reason=type(exc).__name__)
         except Exception:
             log.exception("CA service: internal error on %s %s", self.command, self.path[:200])
+            self._fields.update(outcome="error", reason="internal error")
             try:
                 self._send(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", b"internal error\n")
             except OSError:
@@ -384,10 +699,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _scep(self, query: dict[str, list[str]], post: bool) -> None:
         op = query["operation"][0]
         svc = self.service
+        self._fields["op"] = f"scep.{op}" if op in _SCEP_OPS else "scep"
+        if svc.scep_off_reason is not None:
+            raise _HttpError(HTTPStatus.NOT_IMPLEMENTED, svc.scep_off_reason)
         if op == "GetCACaps":
+            self._fields["outcome"] = "ok"
             self._send(HTTPStatus.OK, "text/plain", svc.scep_get_ca_caps())
         elif op == "GetCACert":
             ct, body = svc.scep_get_ca_cert()
+            self._fields["outcome"] = "ok"
             self._send(HTTPStatus.OK, ct, body)
         elif op == "PKIOperation":
             if post:
@@ -403,26 +723,40 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _HttpError(
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"message larger than {MAX_BODY_SIZE} bytes"
                 )
-            self._send(HTTPStatus.OK, _SCEP_CT, svc.scep_pki_operation(body))
+            reply, outcome = svc.scep_respond(body)
+            self._fields.update(msg=outcome.message_type, tid=outcome.transaction_id, outcome=outcome.outcome,
+                                serial=None if outcome.serial is None else f"{outcome.serial:x}",
+                                failinfo=outcome.fail_info, reason=outcome.reason)
+            self._send(HTTPStatus.OK, _SCEP_CT, reply)
         else:
             raise _HttpError(HTTPStatus.BAD_REQUEST, f"unsupported SCEP operation {op[:40]!r}")
 
     # -- CRL and OCSP ---------------------------------------------------------------------------------------
+    def _ocsp(self, request: bytes, cache: bool) -> None:
+        self._fields["op"] = "ocsp"
+        der = self.service.ocsp_respond(request)
+        self._fields.update(_ocsp_fields(der))
+        headers = _ocsp_cache_headers(der, self.service.now()) if cache else None
+        self._send(HTTPStatus.OK, "application/ocsp-response", der, headers)
+
     def _route(self, path: str, post: bool) -> None:
         svc = self.service
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if post and (path.rstrip("/") in svc.ocsp_paths() or ctype == "application/ocsp-request"):
-            body = self._body(MAX_OCSP_REQUEST)
-            self._send(HTTPStatus.OK, "application/ocsp-response", svc.ocsp_respond(body))
+            self._fields["op"] = "ocsp"
+            self._ocsp(self._body(MAX_OCSP_REQUEST), cache=False)
             return
         if not post and path in svc.crl_paths():
+            self._fields["op"] = "crl"
             der = svc.crl_der()
+            self._fields["outcome"] = "ok"
             self._send(HTTPStatus.OK, "application/pkix-crl", der, _crl_cache_headers(der, svc.now()))
             return
         if not post:
             for prefix in svc.ocsp_paths():
                 p = prefix.rstrip("/") + "/"
                 if path.startswith(p) and len(path) > len(p):
+                    self._fields["op"] = "ocsp"
                     encoded = urllib.parse.unquote(path[len(p) :])
                     if len(encoded) > 2 * MAX_OCSP_REQUEST:
                         raise _HttpError(HTTPStatus.REQUEST_URI_TOO_LONG, "OCSP request too long")
@@ -430,12 +764,24 @@ class _Handler(BaseHTTPRequestHandler):
                         req = base64.b64decode(encoded, validate=False)
                     except (binascii.Error, ValueError):
                         req = b""
-                    der = svc.ocsp_respond(req)
-                    self._send(
-                        HTTPStatus.OK, "application/ocsp-response", der, _ocsp_cache_headers(der, svc.now())
-                    )
+                    self._ocsp(req, cache=True)
                     return
         raise _HttpError(HTTPStatus.NOT_FOUND, "not found")
+
+
+def _ocsp_fields(der: bytes) -> dict[str, object]:
+    """The access-log fields of an OCSP answer: each serial asked about and its status."""
+    from cryptography.x509 import ocsp
+
+    resp = ocsp.load_der_ocsp_response(der)
+    if resp.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
+        return {"outcome": resp.response_status.name.lower()}
+    singles = list(resp.responses)[:8]
+    return {
+        "outcome": "ok",
+        "serial": ",".join(f"{r.serial_number:x}" for r in singles),
+        "status": ",".join(r.certificate_status.name.lower() for r in singles),
+    }
 
 
 def _http_date(at: datetime) -> str:
@@ -506,6 +852,7 @@ def serve(
     passphrase: bytes | None = None,
     stop: threading.Event | None = None,
     ready: Callable[[CaService], None] | None = None,
+    limits: HttpLimits = HttpLimits(),
 ) -> None:
     """Run the service until ``stop`` is set (or Ctrl-C). ``ready`` is called once the port is bound and serving,
     so a "serving on ..." line is never printed for a service that failed to start."""
@@ -516,6 +863,7 @@ def serve(
         challenge=challenge,
         manual_approval=manual_approval,
         passphrase=passphrase,
+        limits=limits,
     )
     svc.start()
     try:

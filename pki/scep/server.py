@@ -40,6 +40,7 @@ log = logging.getLogger("pki.scep.server")
 __all__ = [
     "CAPABILITIES",
     "MAX_PENDING",
+    "ScepOutcome",
     "ScepResponder",
     "Transaction",
     "TransactionState",
@@ -254,6 +255,24 @@ def _transaction(row: tuple) -> Transaction:
     )
 
 
+@dataclass(frozen=True)
+class ScepOutcome:
+    """What one PKIOperation came to, for the service's access log: never the challenge password or the request.
+
+    ``outcome`` is ``issued`` (a certificate handed out), ``pending``, ``ok`` (GetCert, GetCRL) or ``refused``
+    (a FAILURE CertRep, with its failInfo and reason)."""
+
+    message_type: str | None
+    transaction_id: str | None
+    outcome: str
+    serial: int | None = None
+    fail_info: str | None = None
+    reason: str | None = None
+
+
+_ISSUING = (MessageType.PKCSReq, MessageType.RenewalReq, MessageType.CertPoll)
+
+
 def _load_request_csr(payload: bytes) -> tuple[x509.CertificateSigningRequest, bool]:
     """The CSR of a PKCSReq, and whether it was re-encoded after its proof of possession was checked.
 
@@ -303,6 +322,7 @@ class ScepResponder:
         self._clock = clock
         self._random = random
         self.store = TransactionStore(ca.db)
+        self._outcome: ScepOutcome | None = None
 
     def close(self) -> None:
         self.store.close()
@@ -319,6 +339,12 @@ class ScepResponder:
         return "application/x-x509-ca-ra-cert", m.certs_only(chain)
 
     # -- PKIOperation ---------------------------------------------------------------------------------------
+    def respond(self, body: bytes) -> tuple[bytes, ScepOutcome]:
+        """:meth:`pki_operation`, plus what it came to (the CertRep's status) for the access log."""
+        self._outcome = None
+        reply = self.pki_operation(body)
+        return reply, self._outcome or ScepOutcome(None, None, "ok")
+
     def pki_operation(self, body: bytes) -> bytes:
         """The CertRep for a pkiMessage; :class:`ScepFormatError` when ``body`` is not one."""
         try:
@@ -464,6 +490,12 @@ class ScepResponder:
         crls: list[x509.CertificateRevocationList] | None = None,
     ) -> bytes:
         env = None
+        if status is PkiStatus.PENDING:
+            outcome, serial = "pending", None
+        else:
+            outcome = "issued" if msg.message_type in _ISSUING else "ok"
+            serial = certs[0].serial_number if certs else None
+        self._outcome = ScepOutcome(msg.message_type.name, msg.transaction_id, outcome, serial)
         if status is PkiStatus.SUCCESS:
             assert certs or crls
             try:
@@ -491,6 +523,9 @@ class ScepResponder:
 
     def _failure(self, tid: str, nonce: bytes, msg: m.PkiMessage | None, fail: FailInfo, text: str) -> bytes:
         log.info("SCEP transaction %s: FAILURE %s: %s", tid, fail.name, text)
+        self._outcome = ScepOutcome(
+            msg.message_type.name if msg else None, tid, "refused", fail_info=fail.name, reason=text
+        )
         digest = (
             msg.digest_algorithm
             if msg and msg.digest_algorithm in ("sha256", "sha384", "sha512")
