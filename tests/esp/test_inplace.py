@@ -224,3 +224,44 @@ def test_in_place_with_a_selection_touches_only_the_selected_slots() -> None:
     assert inb.decrypt_batch(b, b, select=np.array([2, 0])) == 2
     assert b.packet(0) == _inner(100) and b.packet(2) == _inner(102)
     assert b.packet(1) == wire[1] and b.packet(3) == wire[3]
+
+
+# ---- the packet step other compiled modules call (esp/_saapi.h), driven through ctypes -----------------------
+def _sa_api():
+    import ctypes
+
+    from esp import _core
+
+    class Api(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_int),
+                    ("begin", ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int)),
+                    ("process", ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                                                 ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int))),
+                    ("end", ctypes.CFUNCTYPE(None, ctypes.c_void_p))]
+
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    return ctypes, Api.from_address(get(_core.SA_API, b"esp._core.SA_API"))
+
+
+@pytest.mark.parametrize("backend", available_backends("aes128-sha256"))
+def test_packet_step_refuses_bad_sizes_and_overlap_and_works_in_place(backend: str) -> None:
+    ctypes, api = _sa_api()
+    sa, twin = _sa("aes128-sha256", "out", backend), _sa("aes128-sha256", "out", backend)
+    ctx = ctypes.c_void_p(id(sa._ctx))          # the context object itself, borrowed (sa keeps it alive)
+    pkt = _inner(1000)
+    buf = (ctypes.c_uint8 * 4096)()
+    ctypes.memmove(buf, pkt, len(pkt))
+    base = ctypes.addressof(buf)
+    outl = ctypes.c_int(0)
+    assert api.begin(ctx, 1) == 0
+    try:
+        verdicts = [api.process(ctx, base, -1, base + 2048, 2048, ctypes.byref(outl)),
+                    api.process(ctx, base, len(pkt), base + 2048, -5, ctypes.byref(outl)),
+                    api.process(ctx, base, len(pkt), base + 4, 2048, ctypes.byref(outl))]   # partial overlap
+        assert [Verdict(v).name for v in verdicts] == ["MALFORMED"] * 3
+        assert bytes(buf[:len(pkt)]) == pkt           # nothing written
+        assert api.process(ctx, base, len(pkt), base, 4096, ctypes.byref(outl)) == Verdict.OK
+    finally:
+        api.end(ctx)
+    assert bytes(buf[:outl.value]) == twin.encrypt(pkt)
