@@ -66,18 +66,22 @@ def test_arbitrary_slot_geometry_gets_verdicts(case, outbound: bool, data) -> No
               "dst.offsets": (dst.offsets, offsets64), "dst.capacity": (dst.capacity, sizes32)}
     for name in data.draw(st.lists(st.sampled_from(sorted(fields)), min_size=1, max_size=4), label="fields"):
         arr, strat = fields[name]
-        arr[data.draw(st.integers(0, n - 1))] = data.draw(strat)
+        i = data.draw(st.integers(0, n - 1), label="slot changed")
+        arr[i] = data.draw(strat, label=name)
     sa = out if outbound else inb
     ok = (sa.encrypt_batch if outbound else sa.decrypt_batch)(src, dst)
     status = [Verdict(v) for v in dst.status]
     assert ok == status.count(Verdict.OK)
+    # Output slots that overlap each other (the caller's choice, not the core's concern) overwrite each other.
+    spans = [(int(dst.offsets[i]), int(dst.offsets[i]) + int(dst.capacity[i])) for i in range(n)]
+    apart = all(a[1] <= b[0] or b[1] <= a[0] for x, a in enumerate(spans) for b in spans[x + 1:])
     for i in range(n):
         if not (_inside(int(src.offsets[i]), int(src.lengths[i]), len(src.buf)) and
                 _inside(int(dst.offsets[i]), int(dst.capacity[i]), len(dst.buf))):
             assert status[i] == Verdict.MALFORMED
         elif status[i] == Verdict.OK:
             assert 0 < dst.lengths[i] <= dst.capacity[i]
-            if not outbound:
+            if not outbound and apart:
                 assert dst.packet(i) in pkts
 
 
