@@ -16,7 +16,7 @@ SAs run in parallel; two threads sharing one SA are serialised, so sequence numb
 cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memcmp, memcpy, memmove, memset
-from libc.stdlib cimport malloc, calloc, free
+from libc.stdlib cimport malloc, calloc, free, qsort
 from cpython.pycapsule cimport PyCapsule_New
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
@@ -111,7 +111,13 @@ OPENSSL_VERSION = espc_openssl_version().decode()
 DEF IV_POOL = 4096          # bytes of random CBC IVs drawn per RAND_bytes call (256 packets)
 DEF MAX_HDR = 40 + 8        # outer IPv6 header + UDP
 DEF SPLIT_AT = 256          # payloads from this size are encrypted where they lie, not copied first
+DEF MAX_IP = 65535 + 40     # the longest IP packet without jumbograms: an IPv6 header plus a 16-bit payload length
 MAX_WINDOW = 1 << 20
+
+
+cdef inline bint _overlap(const uint8_t *a, Py_ssize_t an, const uint8_t *b, Py_ssize_t bn) noexcept nogil:
+    """Whether [a, a+an) and [b, b+bn) share a byte: a packet processed in place (or refused for overlapping)."""
+    return an > 0 and bn > 0 and a < b + bn and b < a + an
 
 
 def ipsecmb_supports(str cipher, int key_len, str integ="none") -> bool:
@@ -127,6 +133,7 @@ cdef struct pending_t:
     uint8_t *out          # the output slot
     uint8_t *esp_w        # outbound: the ESP header being written
     const uint8_t *ivp    # outbound: the IV (or counter block) the job reads
+    uint8_t *moved        # inbound in place: the job decrypted here, the plaintext moves to the output after
     uint8_t tag[64]       # inbound: the ICV computed
     uint8_t iv[16]        # CTR: the counter block (must live until the job completes)
 
@@ -164,6 +171,11 @@ cdef inline int _inner_len(const uint8_t *p, int plen, int nh) noexcept nogil:
     if nh == 41 and plen >= 40 and (p[0] >> 4) == 6 and get16(p + 4) + 40 <= plen:
         return get16(p + 4) + 40
     return -1
+
+
+cdef inline int _tclass(const uint8_t *inner, int nh) noexcept nogil:
+    """DSCP and ECN of an inner IPv4 (nh 4) or IPv6 packet: copied to the outer header (RFC 4301 5.1.2.1)."""
+    return inner[1] if nh == 4 else (((inner[0] & 0x0f) << 4) | (inner[1] >> 4))
 
 
 cdef class BatchView:
@@ -218,6 +230,101 @@ cdef class BatchView:
         except (ValueError, BufferError, TypeError):
             pass
         self._refs = tuple(refs)
+
+
+cdef inline bint _slot_inside(int64_t off, int32_t n, Py_ssize_t size) noexcept nogil:
+    """Whether n bytes at off lie inside a buffer of size bytes, for any off and n: compared by subtraction
+    from known-good bounds, never as off + n (which wraps for an off near 2**63)."""
+    return off >= 0 and n >= 0 and off <= size and n <= size - off
+
+
+cdef struct region_t:
+    Py_ssize_t start, end     # absolute addresses
+    int write
+
+
+cdef int _region_cmp(const void *a, const void *b) noexcept nogil:
+    cdef Py_ssize_t x = (<const region_t *>a).start
+    cdef Py_ssize_t y = (<const region_t *>b).start
+    return (x > y) - (x < y)
+
+
+cdef int _slot_regions(BatchView src, BatchView dst, Py_ssize_t i, region_t *r) noexcept:
+    """The memory slot i reads and writes, as 0-2 regions in r (empty ones left out): one for a slot
+    processed in place (its input and output start at one address), else its input and its output apart.
+    A slot outside its buffers touches nothing (it is MALFORMED)."""
+    cdef Py_ssize_t a = <Py_ssize_t>src.buf + src.off[i] if src.buf != NULL else 0
+    cdef Py_ssize_t b = <Py_ssize_t>dst.wbuf + dst.off[i] if dst.wbuf != NULL else 0
+    cdef int32_t sl = src.length[i], dc = dst.cap[i]
+    cdef int k = 0
+    if not _slot_inside(src.off[i], sl, src.buflen) or not _slot_inside(dst.off[i], dc, dst.buflen):
+        return 0
+    if a == b:
+        if sl > 0 or dc > 0:
+            r[0].start, r[0].end, r[0].write = a, a + (sl if sl > dc else dc), 1
+            return 1
+        return 0
+    if sl > 0:
+        r[k].start, r[k].end, r[k].write = a, a + sl, 0
+        k += 1
+    if dc > 0:
+        r[k].start, r[k].end, r[k].write = b, b + dc, 1
+        k += 1
+    if k == 2 and r[1].start < r[0].start:
+        r[0], r[1] = r[1], r[0]
+    return k
+
+
+cdef _check_aliasing(BatchView src, BatchView dst, const int32_t[::1] select, Py_ssize_t nsel):
+    """src and dst share memory: allowed only if no slot writes a byte another slot reads or writes, or a byte
+    of its own input other than in place. Once per batch: one pass when the slots lie in order (a batch
+    processed in place, or input and output slots side by side in one arena), a sort otherwise."""
+    cdef region_t two[2]
+    cdef region_t *regs = NULL
+    cdef uint8_t *seen = NULL
+    cdef Py_ssize_t k, i, m = 0, j, prev_end = 0, end_any = 0, end_write = 0
+    cdef int c, q
+    cdef bint ordered = True
+    for k in range(nsel):
+        i = select[k] if select is not None else k
+        c = _slot_regions(src, dst, i, two)
+        for q in range(c):
+            if m > 0 and two[q].start < prev_end:
+                ordered = False
+            if two[q].end > prev_end:
+                prev_end = two[q].end
+            m += 1
+        if not ordered:
+            break
+    if ordered:
+        return
+    # Slots out of order (or selected twice): every region once, sorted, then one sweep.
+    regs = <region_t *>malloc((2 * nsel + 1) * sizeof(region_t))
+    seen = <uint8_t *>calloc(src.count + 1, 1)
+    if regs == NULL or seen == NULL:
+        free(regs)
+        free(seen)
+        raise MemoryError()
+    m = 0
+    for k in range(nsel):
+        i = select[k] if select is not None else k
+        if not seen[i]:
+            seen[i] = 1
+            m += _slot_regions(src, dst, i, regs + m)
+    qsort(regs, m, sizeof(region_t), _region_cmp)
+    for j in range(m):
+        if (regs[j].start < end_any) if regs[j].write else (regs[j].start < end_write):
+            free(regs)
+            free(seen)
+            raise ValueError("the source and destination batches overlap other than slot for slot: a slot "
+                             "would write over memory another slot reads or writes (in place, a slot's input "
+                             "and output must start at one offset of one arena)")
+        if regs[j].end > end_any:
+            end_any = regs[j].end
+        if regs[j].write and regs[j].end > end_write:
+            end_write = regs[j].end
+    free(regs)
+    free(seen)
 
 
 @cython.final
@@ -298,10 +405,31 @@ cdef class SaContext:
         memset(self.salt, 0, 4)
         if self.salt_len:
             memcpy(self.salt, <const uint8_t *>salt, self.salt_len)
+        # Sizes every per-packet computation relies on: the libraries read as many key and IV bytes as the
+        # cipher takes, the AEADs write tags into 16-byte buffers and HMACs into 64, and the lengths of IP
+        # packets (TFC padding included) stay far from an int's range. Refused here, before any packet.
+        if self.cipher == ESPC_NULL:
+            key_ok, iv_ok = len(key) == 0, iv_len == 0
+        elif self.cipher == ESPC_CHACHA:
+            key_ok, iv_ok = len(key) == 32, iv_len == 8
+        else:
+            key_ok, iv_ok = len(key) in (16, 24, 32), iv_len == (16 if self.cipher == ESPC_CBC else 8)
+        if not key_ok or not iv_ok:
+            raise ValueError(f"a {len(key)}-byte key and a {iv_len}-byte IV do not fit {cipher}")
+        if self.cipher in (ESPC_GCM, ESPC_CCM, ESPC_GMAC, ESPC_CHACHA):
+            icv_ok = 4 <= icv_len <= 16
+        elif self.integ == ESPC_I_NONE:
+            icv_ok = icv_len == 0
+        else:
+            icv_ok = 4 <= icv_len <= {ESPC_I_SHA1: 20, ESPC_I_SHA256: 32}.get(self.integ, 32)
+        if not icv_ok:
+            raise ValueError(f"a {icv_len}-byte ICV does not fit {cipher}/{integ}")
+        if tfc_pad < 0 or tfc_pad > 65535:
+            raise ValueError("TFC padding must be 0..65535 bytes")
         self.iv_len = iv_len
         self.icv_len = icv_len
-        if align <= 0 or align & (align - 1):
-            raise ValueError("padding alignment must be a power of two")
+        if align <= 0 or align > 64 or align & (align - 1):
+            raise ValueError("padding alignment must be a power of two up to 64")
         self.align = align
         self.tfc_pad = tfc_pad
         self.spi = spi
@@ -470,7 +598,7 @@ cdef class SaContext:
     # ---------------------------------------------------------------- outbound ESP
     cdef int _seal(self, const uint8_t *payload, int plen, int nh, uint8_t *out, int cap,
                    int *out_len, bint defer) noexcept nogil:
-        """ESP-encapsulate payload into out (SPI..ICV); payload may not overlap out.
+        """ESP-encapsulate payload into out (SPI..ICV). payload may lie inside out (a slot encrypted in place).
 
         On the job-manager path the packet is framed here and its crypto queued; the job's completion
         (``_complete_out``) settles it.
@@ -505,12 +633,23 @@ cdef class SaContext:
         elif self.seq >= 0xFFFFFFFFULL:
             self.seq_exhausted += 1
             return V_SEQ_EXHAUSTED
+        if self.cipher == ESPC_CBC and not self.have_forced_iv and not self.test_ivs and self.ivpos + 16 > IV_POOL:
+            if RAND_bytes(self.ivpool, IV_POOL) != 1:
+                self.unsupported += 1
+                return V_UNSUPPORTED
+            self.ivpos = 0
+        iv = out + 8
+        ct = iv + self.iv_len
+        if _overlap(payload, plen, out, total):
+            # In place (the payload lies in the output): moved first to where it is encrypted, so that the
+            # header written next cannot overwrite it, and encrypted where it then lies. Every refusal is above,
+            # so a refused packet keeps its input for another SA (a rekey's new one).
+            memmove(ct, payload, plen)
+            payload = ct
         self.seq += 1
         seq = self.seq
         memcpy(out, self.spi_be, 4)
         put32(out + 4, <uint32_t>seq)
-        iv = out + 8
-        ct = iv + self.iv_len
         if self.have_forced_iv:
             memcpy(iv, self.forced_iv, self.iv_len)
             self.have_forced_iv = False
@@ -519,18 +658,12 @@ cdef class SaContext:
             put32(iv + 8, <uint32_t>(seq >> 32))
             put32(iv + 12, <uint32_t>seq)
         elif self.cipher == ESPC_CBC:
-            if self.ivpos + 16 > IV_POOL:
-                if RAND_bytes(self.ivpool, IV_POOL) != 1:
-                    self.seq -= 1
-                    self.unsupported += 1
-                    return V_UNSUPPORTED
-                self.ivpos = 0
             memcpy(iv, self.ivpool + self.ivpos, 16)
             self.ivpos += 16
         elif self.iv_len == 8:
             put32(iv, <uint32_t>(seq >> 32))
             put32(iv + 4, <uint32_t>seq)
-        split = (plen >= SPLIT_AT and body == plen and not defer and
+        split = (plen >= SPLIT_AT and body == plen and not defer and payload != ct and
                  (self.cipher == ESPC_GCM or self.cipher == ESPC_CHACHA))
         if split:
             # Big payloads: the trailer goes on the stack and the cipher reads the payload in place (below).
@@ -539,7 +672,8 @@ cdef class SaContext:
             trailer[padlen] = padlen
             trailer[padlen + 1] = nh
         else:
-            memcpy(ct, payload, plen)
+            if payload != ct:
+                memcpy(ct, payload, plen)
             if body > plen:
                 memset(ct + plen, 0, body - plen)
             if padlen <= 16:
@@ -702,7 +836,24 @@ cdef class SaContext:
         return V_OK
 
     cdef int _open_crypto(self, const uint8_t *esp, int ctlen, uint64_t s, uint8_t *out) noexcept nogil:
-        """Verify the ICV and decrypt into out: 1 authentic, 0 not, -1 library failure."""
+        """Verify the ICV and decrypt into out: 1 authentic, 0 not, -1 library failure.
+
+        out may overlap the ciphertext (a slot decrypted in place, where out lies below it). The libraries
+        promise exact in-place operation only (ipsec-mb's ChaCha20-Poly1305 gave wrong plaintext from about
+        1000 bytes when out lay below in), so the ciphertext is decrypted where it lies and then moved down.
+        """
+        cdef int r
+        cdef const uint8_t *ct = esp + 8 + self.iv_len
+        cdef uint8_t *dst = out
+        if out != ct and _overlap(out, ctlen, ct, ctlen):
+            dst = <uint8_t *>ct
+        r = self._open_to(esp, ctlen, s, dst)
+        if r == 1 and dst != out:
+            memmove(out, dst, ctlen)
+        return r
+
+    cdef int _open_to(self, const uint8_t *esp, int ctlen, uint64_t s, uint8_t *out) noexcept nogil:
+        """``_open_crypto`` into an out that is the ciphertext itself or lies apart from it."""
         cdef int r, aad_len
         cdef uint32_t sh = <uint32_t>(s >> 32)
         cdef const uint8_t *iv = esp + 8
@@ -732,7 +883,7 @@ cdef class SaContext:
             memcpy(nonce + 4, iv, 8)
             self._gmac_hi = sh
             r = self._gmac(nonce, esp, 8 + self.iv_len + ctlen, <uint8_t *>(ct + ctlen))
-            if r == 1:
+            if r == 1 and out != ct:
                 memcpy(out, ct, ctlen)
             return r
         if self.integ != ESPC_I_NONE:
@@ -747,7 +898,8 @@ cdef class SaContext:
             return espc_cipher(self.c, nonce, ct, out, ctlen)
         if self.cipher == ESPC_CBC:
             return espc_cipher(self.c, iv, ct, out, ctlen)
-        memcpy(out, ct, ctlen)
+        if out != ct:
+            memcpy(out, ct, ctlen)
         return 1
 
     cdef int _open_post(self, int r, uint8_t *out, int ctlen, uint64_t s, int *plen_out,
@@ -834,6 +986,8 @@ cdef class SaContext:
             r = -1
         else:
             r = CRYPTO_memcmp(pe.tag, pe.pkt + pe.esp_off + pe.total - self.icv_len, self.icv_len) == 0
+        if r == 1 and pe.moved != NULL:
+            memmove(payload, pe.moved, pe.ctlen)    # in place: decrypted where the ciphertext lay
         r = self._open_post(r, payload, pe.ctlen, pe.s, &plen, &nh)
         if r == V_OK:
             r = self._deliver(pe.pkt, pe.hl, pe.ver, pe.out, plen, nh, &outl)
@@ -854,9 +1008,10 @@ cdef class SaContext:
 
     cdef int _encrypt_one(self, const uint8_t *pkt, int n, uint8_t *out, int cap, Py_ssize_t slot,
                           int *out_len) noexcept nogil:
-        cdef int r, esplen, hl, ver, nh, total, esp_off
+        """One packet through the framing and ``_seal``; pkt may be out itself (a slot encrypted in place)."""
+        cdef int r, esplen, hl, ver, nh, total, esp_off, tc = 0
         cdef uint8_t *t
-        if n < 1:
+        if n < 1 or n > MAX_IP:
             self.malformed += 1
             return V_MALFORMED
         ver = pkt[0] >> 4
@@ -870,6 +1025,7 @@ cdef class SaContext:
                 return V_MALFORMED
             hl = self.ip_len
             esp_off = self.tmpl_len
+            tc = _tclass(pkt, nh)     # read before an in-place header overwrites it
         elif self.framing == F_TRANSPORT:
             if ver == 4 and n >= 20:
                 hl = (pkt[0] & 0x0f) * 4
@@ -887,7 +1043,14 @@ cdef class SaContext:
         else:
             self.malformed += 1
             return V_MALFORMED
-        if esp_off > cap:
+        # The ESP packet must fit its slot and the 16-bit length field of its IP header (IPv6: of the payload).
+        # n <= MAX_IP here, so none of these ints can overflow.
+        total = esp_off + self._esp_len(n if self.framing == F_TUNNEL else n - hl)
+        if self.framing == F_TUNNEL:
+            r = 65535 + 40 * self.v6
+        else:
+            r = 65535 + (40 if ver == 6 else 0)
+        if esp_off > cap or total > r:
             self.no_space += 1
             return V_NO_SPACE
         if self.jobs:
@@ -903,9 +1066,10 @@ cdef class SaContext:
         total = esp_off + esplen
         t = out
         if self.framing == F_TUNNEL:
-            self._outer_header(t, pkt, nh, total)
+            self._outer_header(t, tc, total)
         else:
-            memcpy(t, pkt, hl)
+            if t != pkt:
+                memcpy(t, pkt, hl)
             if ver == 4:
                 t[9] = 17 if self.encap else 50
                 put16(t + 2, total)
@@ -955,7 +1119,9 @@ cdef class SaContext:
         padlen = ctlen - n - 2
         hl = self.tmpl_len
         total = hl + 16 + ctlen + self.icv_len
-        if total > cap or not self._fast_ok(n):
+        if (total > cap or total > 65535 + 40 * self.v6 or not self._fast_ok(n) or
+                _overlap(pkt, n, out, total)):
+            # no room, too long for the outer length field, a limit, or in place: the full path
             r = self._encrypt_one(pkt, n, out, cap, slot, out_len)
             self._limits()
             return r
@@ -992,16 +1158,16 @@ cdef class SaContext:
             self.seq -= 1
             self.unsupported += 1
             return V_UNSUPPORTED
-        self._outer_header(t, pkt, nh, total)
+        self._outer_header(t, _tclass(pkt, nh), total)
         self.packets += 1
         self.bytes += n
         out_len[0] = total
         return V_OK
 
-    cdef inline void _outer_header(self, uint8_t *t, const uint8_t *inner, int nh, int total) noexcept nogil:
+    cdef inline void _outer_header(self, uint8_t *t, int tc, int total) noexcept nogil:
         """Tunnel mode: the outer IPv4/IPv6 header (and UDP length, RFC 3948) of a packet of ``total`` bytes,
-        from the SA's template; the IPv6 UDP checksum is the caller's (``_fix_udp6``)."""
-        cdef int tc
+        from the SA's template and the inner packet's traffic class ``tc`` (``_tclass``); the IPv6 UDP
+        checksum is the caller's (``_fix_udp6``)."""
         # Fixed sizes let the compiler inline the copy.
         if self.tmpl_len == 20:
             memcpy(t, self.tmpl, 20)
@@ -1011,8 +1177,6 @@ cdef class SaContext:
             memcpy(t, self.tmpl, 40)
         else:
             memcpy(t, self.tmpl, 48)
-        # DSCP and ECN are copied from the inner header (RFC 4301 5.1.2.1).
-        tc = inner[1] if nh == 4 else (((inner[0] & 0x0f) << 4) | (inner[1] >> 4))
         if self.v6:
             t[0] = 0x60 | (tc >> 4)
             t[1] = (tc & 0x0f) << 4
@@ -1088,7 +1252,8 @@ cdef class SaContext:
             out_len[0] = inner
             self._account(plen)
             return V_OK
-        memcpy(out, pkt, hl)
+        if out != pkt:
+            memcpy(out, pkt, hl)
         total = hl + plen
         if ver == 4:
             out[9] = nh
@@ -1108,6 +1273,8 @@ cdef class SaContext:
         cdef uint64_t s
         cdef const uint8_t *esp
         cdef const uint8_t *ivp
+        cdef uint8_t *dst
+        cdef uint8_t *ctp
         cdef pending_t *pe
         r = self._parse_outer(pkt, n, &hl, &esp_off, &end)
         if r != V_OK:
@@ -1132,6 +1299,12 @@ cdef class SaContext:
             pe.total = end - esp_off
             pe.pkt = pkt
             pe.out = out
+            # In place: the job decrypts where the ciphertext lies; _complete moves the plaintext down.
+            dst = out + base
+            ctp = <uint8_t *>(esp + 8 + self.iv_len)
+            pe.moved = ctp if dst != ctp and _overlap(dst, ctlen, ctp, ctlen) else NULL
+            if pe.moved != NULL:
+                dst = ctp
             ivp = esp + 8
             if self.cipher == ESPC_CTR:
                 memcpy(pe.iv, self.salt, 4)
@@ -1142,9 +1315,9 @@ cdef class SaContext:
                 # The ICV input needs the high bits after the packet: hash here, decrypt in the job.
                 put32(pe.tag, <uint32_t>(s >> 32))
                 espc_hmac_ctx(espc_get_hmac(self.c), esp, 8 + self.iv_len + ctlen, pe.tag, 4, pe.tag)
-                self._submit(esp, 8 + self.iv_len, ctlen, out + base, 0, ivp, NULL, pe)
+                self._submit(esp, 8 + self.iv_len, ctlen, dst, 0, ivp, NULL, pe)
             else:
-                self._submit(esp, 8 + self.iv_len, ctlen, out + base, 8 + self.iv_len + ctlen, ivp, pe.tag, pe)
+                self._submit(esp, 8 + self.iv_len, ctlen, dst, 8 + self.iv_len + ctlen, ivp, pe.tag, pe)
             return -1  # settled by _complete
         r = self._open_post(self._open_crypto(esp, ctlen, s, out + base), out + base, ctlen, s, &plen, &nh)
         if r != V_OK:
@@ -1161,6 +1334,7 @@ cdef class SaContext:
         cdef uint64_t s
         cdef const uint8_t *esp
         cdef const uint8_t *ap
+        cdef uint8_t *dst
         cdef uint8_t nonce[12]
         cdef uint8_t aad[12]
         if n >= 20 and pkt[0] == 0x45 and (get16(pkt + 6) & 0x3fff) == 0:
@@ -1196,7 +1370,13 @@ cdef class SaContext:
         else:
             ap = esp
             aad_len = 8
-        r = espc_aead(self.c, nonce, ap, aad_len, esp + 16, out, ctlen, <uint8_t *>(esp + 16 + ctlen))
+        # In place, out lies below the ciphertext: decrypted where it lies, then moved (see _open_crypto).
+        dst = out
+        if out != esp + 16 and _overlap(out, ctlen, esp + 16, ctlen):
+            dst = <uint8_t *>(esp + 16)
+        r = espc_aead(self.c, nonce, ap, aad_len, esp + 16, dst, ctlen, <uint8_t *>(esp + 16 + ctlen))
+        if r == 1 and dst != out:
+            memmove(out, dst, ctlen)
         if r != 1 or out[ctlen - 2] > 3 or out[ctlen - 1] == 59:
             # Failures, long padding, dummy packets: counted and judged the one way.
             r = self._open_post(r, out, ctlen, s, &plen, &nh)
@@ -1237,6 +1417,8 @@ cdef class SaContext:
 
         Slot i of src goes to slot i of dst. ``select`` restricts the work to those slot indices. Each slot
         gets a verdict in dst's status; slots whose offsets or lengths lie outside their buffers are MALFORMED.
+        src and dst may share memory slot for slot (in place: a slot's input and output start at one address)
+        or lie apart; any other overlap raises ValueError before a packet is touched (``_check_aliasing``).
         """
         cdef Py_ssize_t count = src.count
         cdef Py_ssize_t nsel, k, i
@@ -1266,6 +1448,8 @@ cdef class SaContext:
             for k in range(nsel):
                 if select[k] < 0 or select[k] >= count:
                     raise ValueError(f"select[{k}] = {select[k]} is not a slot of a {count}-packet batch")
+        if _overlap(sp, srcn, dp, dstn):
+            _check_aliasing(src, dst, select, nsel)
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
             if self.jobs:
@@ -1289,7 +1473,7 @@ cdef class SaContext:
                     do = dst_off[i]
                     dc = dst_cap[i]
                     dst_len[i] = 0
-                    if so < 0 or sl < 0 or so + sl > srcn or do < 0 or dc < 0 or do + dc > dstn:
+                    if not _slot_inside(so, sl, srcn) or not _slot_inside(do, dc, dstn):
                         self.malformed += 1
                         status[i] = V_MALFORMED
                         continue
@@ -1333,6 +1517,10 @@ cdef class SaContext:
                 outl[0] = ln
         return r
 
+    cdef int _count_malformed(self) noexcept nogil:
+        self.malformed += 1
+        return V_MALFORMED
+
     cdef int _one(self, const uint8_t *ip, int n, uint8_t *op, int cap, int *outl) noexcept nogil:
         """One packet, for the single-packet API."""
         cdef int r
@@ -1348,30 +1536,43 @@ cdef class SaContext:
     def process_one(self, const uint8_t[::1] pkt):
         """One IP packet through the SA's framing, encrypting or decrypting by the SA's direction; returns
         (verdict, bytes)."""
-        cdef int n = pkt.shape[0]
-        cdef int cap = n + MAX_HDR + 8 + 16 + 255 + 64 + self.tfc_pad
-        cdef bytearray out = bytearray(cap)
-        cdef uint8_t *op = out
-        cdef int r, outl = 0
-        cdef const uint8_t *ip = &pkt[0] if n > 0 else <const uint8_t *>op
+        cdef bytearray out
+        cdef uint8_t *op
+        cdef int n, cap, r, outl = 0
+        cdef const uint8_t *ip
         if self.framing == F_RAW:
             raise ValueError("a raw (ESP-only) context: use seal()")
+        if pkt.shape[0] > MAX_IP:
+            # longer than any IP packet: no int below may hold its length (a verdict, as for any bad packet)
+            self.malformed += 1
+            return V_MALFORMED, b""
+        n = <int>pkt.shape[0]
+        cap = n + MAX_HDR + 8 + 16 + 255 + 64 + self.tfc_pad
+        out = bytearray(cap)
+        op = out
+        ip = &pkt[0] if n > 0 else <const uint8_t *>op
         with nogil:
             r = self._one(ip, n, op, cap, &outl)
         return r, bytes(out[:outl])
 
     def seal(self, const uint8_t[::1] payload, int next_header):
         """ESP only: (verdict, SPI..ICV) for one payload."""
-        cdef int n = payload.shape[0]
-        cdef int cap = self._esp_len(n) + 16
-        cdef bytearray out = bytearray(cap)
-        cdef uint8_t *op = out
-        cdef int r, outl = 0
-        cdef const uint8_t *ip = &payload[0] if n > 0 else <const uint8_t *>op
+        cdef bytearray out
+        cdef uint8_t *op
+        cdef int n, cap, r, outl = 0
+        cdef const uint8_t *ip
         if not self.outbound:
             raise ValueError("seal() needs an outbound SA")
         if next_header < 0 or next_header > 255:
             raise ValueError("next header must be 0..255")
+        if payload.shape[0] > MAX_IP:
+            self.malformed += 1
+            return V_MALFORMED, b""
+        n = <int>payload.shape[0]
+        cap = self._esp_len(n) + 16
+        out = bytearray(cap)
+        op = out
+        ip = &payload[0] if n > 0 else <const uint8_t *>op
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
             r = self._seal(ip, n, next_header, op, cap, &outl, False)
@@ -1380,16 +1581,19 @@ cdef class SaContext:
 
     def open(self, const uint8_t[::1] esp):
         """ESP only: (verdict, payload, next header) for one SPI..ICV packet."""
-        cdef int n = esp.shape[0]
-        cdef bytearray out = bytearray(n + 16)
-        cdef uint8_t *op = out
-        cdef int r, plen = 0, nh = 0
-        cdef const uint8_t *ip = &esp[0] if n > 0 else <const uint8_t *>op
+        cdef bytearray out
+        cdef uint8_t *op
+        cdef int n, r, plen = 0, nh = 0
+        cdef const uint8_t *ip
         if self.outbound:
             raise ValueError("open() needs an inbound SA")
-        if n < 8:
+        if esp.shape[0] < 8 or esp.shape[0] > MAX_IP:
             self.malformed += 1
             return V_MALFORMED, b"", 0
+        n = <int>esp.shape[0]
+        out = bytearray(n + 16)
+        op = out
+        ip = &esp[0]
         with nogil:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
             r = self._open(ip, n, op, n + 16, &plen, &nh)
@@ -1425,6 +1629,10 @@ cdef int _api_begin(void *ctx, int outbound) noexcept nogil:
 
 cdef int _api_process(void *ctx, const uint8_t *pkt, int n, uint8_t *out, int cap, int *out_len) noexcept nogil:
     out_len[0] = 0
+    # The batch checks, for one packet: sizes in range, and pkt either apart from out or at out (in place).
+    if n < 0 or cap < 0 or (pkt == NULL and n > 0) or (out == NULL and cap > 0) or \
+            (<const uint8_t *>out != pkt and _overlap(pkt, n, out, cap)):
+        return (<SaContext>ctx)._count_malformed()
     return (<SaContext>ctx)._packet(pkt, n, out, cap, out_len)
 
 

@@ -23,7 +23,8 @@ typedef struct {
        ipsec-mb job manager for this thread. */
     int (*begin)(void *ctx, int outbound);
     /* One IP packet through the SA in its direction, as a batch slot would be: a verdict (esp._core VERDICTS),
-       and on OK the output length. */
+       and on OK the output length. pkt and out lie apart, or pkt == out (in place: then the packet's n bytes
+       are writable too); negative sizes or any other overlap are MALFORMED. */
     int (*process)(void *ctx, const uint8_t *pkt, int n, uint8_t *out, int cap, int *out_len);
     /* Release what begin took. */
     void (*end)(void *ctx);

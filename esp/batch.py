@@ -38,6 +38,21 @@ class Verdict(enum.IntEnum):
 if tuple(v.name for v in Verdict) != tuple(_core.VERDICTS):  # pragma: no cover - a build out of step
     raise ImportError("esp._core was built with other verdict codes than esp.batch expects; rebuild espresso")
 
+def _slot_array(name: str, values: object, dtype: type) -> np.ndarray:
+    """A contiguous 1-D array of ``dtype`` holding exactly ``values``: integers, none negative, all in range."""
+    a = np.asarray(values)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array")
+    if a.size == 0:
+        return np.zeros(0, dtype=dtype)
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be an integer array, not {a.dtype}")
+    lo, hi = int(a.min()), int(a.max())
+    if lo < 0 or hi > np.iinfo(dtype).max:
+        raise ValueError(f"{name} must lie in 0..{np.iinfo(dtype).max}; got {lo}..{hi}")
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
 #: Room per slot by default: a 1500-byte packet plus outer headers, ESP overhead, TFC padding and some slack.
 DEFAULT_SLOT = 2048
 
@@ -48,15 +63,20 @@ class PacketBatch:
     __slots__ = ("_buf", "_offsets", "_lengths", "_capacity", "_status", "_view")
 
     def __init__(self, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, capacity: np.ndarray) -> None:
-        if buf.dtype != np.uint8 or buf.ndim != 1:
+        """The arena is used as given (the core writes into it, so it must be contiguous); the slot arrays are
+        converted to the core's types, and refused (ValueError) where a value would not survive the conversion:
+        an unsigned 2**64 - 1 must not become offset -1, nor a capacity of 2**32 + 64 become 64."""
+        if not isinstance(buf, np.ndarray) or buf.dtype != np.uint8 or buf.ndim != 1:
             raise TypeError("buf must be a 1-D uint8 array")
-        n = len(offsets)
-        if len(lengths) != n or len(capacity) != n:
+        if not buf.flags.c_contiguous:
+            raise ValueError("buf must be contiguous: the core writes into it, and would write into a copy")
+        self._buf = buf
+        self._offsets = _slot_array("offsets", offsets, np.int64)
+        self._lengths = _slot_array("lengths", lengths, np.int32)
+        self._capacity = _slot_array("capacity", capacity, np.int32)
+        n = len(self._offsets)
+        if len(self._lengths) != n or len(self._capacity) != n:
             raise ValueError("offsets, lengths and capacity must have the same length")
-        self._buf = np.ascontiguousarray(buf)
-        self._offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-        self._lengths = np.ascontiguousarray(lengths, dtype=np.int32)
-        self._capacity = np.ascontiguousarray(capacity, dtype=np.int32)
         self._status = np.full(n, Verdict.UNPROCESSED, dtype=np.uint8)
         self._view: _core.BatchView | None = None
 
@@ -110,8 +130,10 @@ class PacketBatch:
         return len(self.offsets)
 
     def packet(self, i: int) -> bytes:
-        off = int(self.offsets[i])
-        return self.buf[off:off + int(self.lengths[i])].tobytes()
+        off, n = int(self.offsets[i]), int(self.lengths[i])
+        if off < 0 or n < 0 or off + n > len(self.buf):
+            raise ValueError(f"slot {i} ({n} bytes at {off}) lies outside the {len(self.buf)}-byte arena")
+        return self.buf[off:off + n].tobytes()
 
     def packets(self) -> list[bytes]:
         return [self.packet(i) for i in range(self.count)]
@@ -129,5 +151,7 @@ class PacketBatch:
             if len(p) > int(self.capacity[i]):
                 raise ValueError(f"packet {i} ({len(p)} bytes) exceeds its slot ({int(self.capacity[i])} bytes)")
             off = int(self.offsets[i])
+            if off < 0 or off + len(p) > len(self.buf):
+                raise ValueError(f"slot {i} (at {off}) lies outside the {len(self.buf)}-byte arena")
             self.buf[off:off + len(p)] = np.frombuffer(p, dtype=np.uint8)
             self.lengths[i] = len(p)

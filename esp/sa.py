@@ -272,7 +272,11 @@ class Sa:
 
     # -- batches (the hot path) ---------------------------------------------------------------------------
     def encrypt_batch(self, src: PacketBatch, dst: PacketBatch, select: Optional[np.ndarray] = None) -> int:
-        """Encrypt slots of ``src`` into the same slots of ``dst``; verdicts in ``dst.status``."""
+        """Encrypt slots of ``src`` into the same slots of ``dst``; verdicts in ``dst.status``.
+
+        ``dst`` may be ``src`` itself (in place, as a software router works), or any batch whose slots share no
+        memory with another slot's; batches that overlap otherwise raise ValueError before any packet is
+        touched. A slot outside its arena is MALFORMED."""
         if not self._outbound:
             self._need(Direction.OUT)
         if select is not None:
@@ -280,7 +284,9 @@ class Sa:
         return self._ctx.process_into(_view(src), _view(dst), select)
 
     def decrypt_batch(self, src: PacketBatch, dst: PacketBatch, select: Optional[np.ndarray] = None) -> int:
-        """Verify and decrypt slots of ``src`` into ``dst``; verdicts in ``dst.status``."""
+        """Verify and decrypt slots of ``src`` into ``dst``; verdicts in ``dst.status``. In place
+        (``decrypt_batch(b, b)``) gives the bytes out of place gives, for every suite and backend; the rules
+        on overlap are :meth:`encrypt_batch`'s."""
         if self._outbound:
             self._need(Direction.IN)
         if select is not None:
