@@ -819,6 +819,8 @@ class CaptureReader:
         section_base = 0  # index of this section's interface 0 in self.interfaces
         broken: str | None = None
         avg_blk: float | None = None
+        u32 = struct.Struct(order + "I").unpack_from
+        epb_fields = struct.Struct(order + "IIII").unpack_from
         while pos < size and broken is None:
             kinds: list[int] = []
             starts: list[int] = []
@@ -852,7 +854,9 @@ class CaptureReader:
                         break
                     self.byte_order = order
                     section_base = self._section_base.setdefault(pos, len(self.interfaces))
-                blen = struct.unpack_from(order + "I", mm, pos + 4)[0]
+                    u32 = struct.Struct(order + "I").unpack_from
+                    epb_fields = struct.Struct(order + "IIII").unpack_from
+                blen = u32(mm, pos + 4)[0]
                 if blen < 12 or blen % 4 or blen > MAX_RECORD_BYTES:
                     broken = f"block at offset {pos}: length {blen} is invalid; the file is corrupt from here on"
                     break
@@ -860,9 +864,23 @@ class CaptureReader:
                     self._truncated(index + len(kinds), pos, f"block cut ({size - pos} of {blen} bytes)")
                     pos = size
                     break
-                broken = self._block_error(pos, btype, blen, order)
-                if broken:
-                    break
+                if btype == BT_EPB and blen >= 32:
+                    if_id, ts_hi, ts_lo, cap = epb_fields(mm, pos + 8)
+                    # the common EPB (no options, trailer right) skips the general framing check
+                    if 32 + cap + (-cap % 4) != blen or u32(mm, pos + blen - 4)[0] != blen:
+                        broken = self._block_error(pos, btype, blen, order)
+                        if broken:
+                            break
+                elif btype == BT_OPB and blen >= 32:
+                    if_id = struct.unpack_from(order + "H", mm, pos + 8)[0]
+                    ts_hi, ts_lo, cap = struct.unpack_from(order + "III", mm, pos + 12)
+                    broken = self._block_error(pos, btype, blen, order)
+                    if broken:
+                        break
+                else:
+                    broken = self._block_error(pos, btype, blen, order)
+                    if broken:
+                        break
                 if btype == BT_IDB and pos not in self._seen_idb:
                     try:
                         iface = self._parse_idb(pos, blen, order)
@@ -871,19 +889,14 @@ class CaptureReader:
                         break
                     self._seen_idb.add(pos)
                     self.interfaces.append(iface)
-                elif btype in (BT_EPB, BT_OPB):
-                    if btype == BT_EPB:
-                        if_id, ts_hi, ts_lo, cap = struct.unpack_from(order + "IIII", mm, pos + 8)
-                    else:
-                        if_id = struct.unpack_from(order + "H", mm, pos + 8)[0]
-                        ts_hi, ts_lo, cap = struct.unpack_from(order + "III", mm, pos + 12)
+                elif btype == BT_EPB or btype == BT_OPB:
                     if section_base + if_id >= len(self.interfaces):
                         broken = f"packet block at offset {pos}: interface {if_id} was never described"
                         break
                     if 28 + cap > blen - 4:
                         broken = f"packet block at offset {pos}: captured length {cap} overruns the block"
                         break
-                    if ts_hi << 32 | ts_lo >= MAX_TS:
+                    if ts_hi >= 1 << 31:
                         broken = (f"packet block at offset {pos}: timestamp {ts_hi << 32 | ts_lo} (units of "
                                   f"1/{self.interfaces[section_base + if_id].tsresol} s) is beyond the 63 bits "
                                   f"a timestamp is held in")
