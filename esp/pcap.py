@@ -15,6 +15,16 @@ Formats: classic pcap in both byte orders with micro- or nanosecond timestamps, 
 interface description, enhanced, simple and obsolete packet blocks; several sections, interfaces and byte
 orders). Written: pcap or pcapng. Link types: Ethernet (802.1Q / QinQ tags), raw IP (101, 12, 228, 229) and
 Linux cooked capture v1 and v2.
+
+Every field read is range-checked, and what is out of range or cannot be represented is a CaptureError naming
+the field, its offset and its value (after the records before it): pcap versions other than 2.0-2.4 (libpcap's
+rule) and reserved link type bits; pcapng section versions other than 1.0/1.2, blocks shorter than their type
+allows or whose trailing length differs from the leading one, options running past their block, if_tsresol
+finer than 10^-18 / 2^-62 s (timestamps are signed 64-bit counts of units) or of a length other than 1,
+timestamps of 2^63 units and more, packets of undescribed interfaces. Accepted as Wireshark and libpcap do: a
+captured length above the snap length or the original length, a pcap fraction of a second past 10^6 / 10^9
+(read as seconds plus that many units). Written timestamps are converted in integers, cut to the output's unit
+as editcap does, with if_tsoffset added for pcap; a time pcap's unsigned 32-bit seconds cannot hold is an error.
 """
 from __future__ import annotations
 
