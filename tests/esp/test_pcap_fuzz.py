@@ -240,19 +240,26 @@ def test_reader_reads_or_refuses(tmp_path: Path, data: bytes, chunk: int, parall
 @settings(max_examples=CLI_EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
-@given(data=mutated(), fmt=st.sampled_from(["pcap", "pcapng"]), frames=st.booleans(), chunk=st.sampled_from([2, 64]))
-def test_decrypt_cli_reads_or_refuses(tmp_path: Path, data: bytes, fmt: str, frames: bool, chunk: int) -> None:
-    """``python -m esp pcap decrypt`` in-process: an exit status, and with 2 one line, whatever the input."""
+@given(data=mutated(), verb=st.sampled_from(["decrypt", "decrypt", "decrypt", "encrypt", "replay"]),
+       fmt=st.sampled_from(["pcap", "pcapng"]), frames=st.booleans(), chunk=st.sampled_from([2, 64]))
+def test_decrypt_cli_reads_or_refuses(tmp_path: Path, data: bytes, verb: str, fmt: str, frames: bool,
+                                      chunk: int) -> None:
+    """``python -m esp pcap decrypt`` (and encrypt, replay) in-process: an exit status, and with 2 one line,
+    whatever the input."""
     d, _ = _seeds()
     path = tmp_path / "in"
     path.write_bytes(data)
     err = io.StringIO()
-    argv = ["pcap", "decrypt", str(path), str(tmp_path / "out"), "--sa", str(d / "sa.toml"), "--format", fmt,
-            "--chunk", str(chunk), "--no-progress", "--json"] + (["--frames"] if frames else [])
+    out = str(tmp_path / "out")
+    common = ["--sa", str(d / "sa.toml"), "--chunk", str(chunk), "--no-progress", "--json"]
+    argv = {"decrypt": ["pcap", "decrypt", path, out, "--format", fmt] + (["--frames"] if frames else []),
+            "encrypt": ["pcap", "encrypt", path, out, "--format", fmt] + (["--raw"] if frames else []),
+            "replay": ["pcap", "replay", path, "--output", out, "--reorder", "0.2"]}[verb]
+    argv = [str(a) for a in argv] + common
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         rc = esp_main(argv)
-    STATS["cli inputs"] += 1
-    STATS[f"cli exit {rc}"] += 1
+    STATS[f"cli {verb} inputs"] += 1
+    STATS[f"cli {verb} exit {rc}"] += 1
     assert rc in (0, 1, 2), err.getvalue()
     assert "Traceback" not in err.getvalue()
     if rc == 2:
