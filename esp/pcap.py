@@ -15,12 +15,23 @@ Formats: classic pcap in both byte orders with micro- or nanosecond timestamps, 
 interface description, enhanced, simple and obsolete packet blocks; several sections, interfaces and byte
 orders). Written: pcap or pcapng. Link types: Ethernet (802.1Q / QinQ tags), raw IP (101, 12, 228, 229) and
 Linux cooked capture v1 and v2.
+
+Every field read is range-checked, and what is out of range or cannot be represented is a CaptureError naming
+the field, its offset and its value (after the records before it): pcap versions other than 2.0-2.4 (libpcap's
+rule) and reserved link type bits; pcapng section versions other than 1.0/1.2, blocks shorter than their type
+allows or whose trailing length differs from the leading one, options running past their block, if_tsresol
+finer than 10^-18 / 2^-62 s (timestamps are signed 64-bit counts of units) or of a length other than 1,
+timestamps of 2^63 units and more, packets of undescribed interfaces. Accepted as Wireshark and libpcap do: a
+captured length above the snap length or the original length, a pcap fraction of a second past 10^6 / 10^9
+(read as seconds plus that many units). Written timestamps are converted in integers, cut to the output's unit
+as editcap does, with if_tsoffset added for pcap; a time pcap's unsigned 32-bit seconds cannot hold is an error.
 """
 from __future__ import annotations
 
 import collections
 import concurrent.futures
 import enum
+import math
 import mmap
 import os
 import struct
@@ -40,6 +51,11 @@ except ImportError:  # pragma: no cover - during bring-up only
 class CaptureError(_Base):  # type: ignore[misc,valid-type]
     """A capture file that cannot be read or written; the message names the file and the place."""
 
+
+class _Damaged(Exception):
+    """A field out of range, found inside the block walk: the walk turns it into a CaptureError naming the file
+    after it has delivered the records before the block."""
+
 __all__ = [
     "CaptureError", "LinkType", "Interface", "Chunk", "CaptureReader", "CaptureWriter", "open_capture",
     "L3Info", "parse_l3", "gather_segments", "ETHERTYPE_IPV4", "ETHERTYPE_IPV6",
@@ -52,7 +68,33 @@ PCAPNG_BOM = 0x1A2B3C4D
 BT_IDB = 0x00000001
 BT_OPB = 0x00000002  # obsolete packet block
 BT_SPB = 0x00000003
+BT_ISB = 0x00000005
 BT_EPB = 0x00000006
+BT_NRB = 0x00000004
+BT_DSB = 0x0000000A
+
+#: pcap versions libpcap reads (2.0 to 2.4; tcpdump refuses 2.5 and 9.9, Wireshark refuses major versions below 2).
+PCAP_MAJOR = 2
+PCAP_MAX_MINOR = 4
+#: Bits of the pcap header's link type field that must be zero (pcap-linktype(7); bits 26-31 say FCS).
+PCAP_LINKTYPE_RESERVED = 0x03FF0000
+#: pcapng section versions read: 1.0, and 1.2 which some writers used (Wireshark reads both, refuses 1.1, 2.x).
+PCAPNG_VERSIONS = ((1, 0), (1, 2))
+#: Smallest total length of each block type (draft-ietf-opsawg-pcapng; Wireshark and libpcap refuse shorter).
+MIN_BLOCK_LEN = {PCAPNG_SHB: 28, BT_IDB: 20, BT_OPB: 32, BT_SPB: 16, BT_NRB: 16, BT_ISB: 24, BT_EPB: 32,
+                 BT_DSB: 20}
+BLOCK_NAMES = {PCAPNG_SHB: "section header", BT_IDB: "interface description block", BT_OPB: "packet block",
+               BT_SPB: "simple packet block", BT_NRB: "name resolution block",
+               BT_ISB: "interface statistics block", BT_EPB: "enhanced packet block",
+               BT_DSB: "decryption secrets block"}
+#: Where each block type's options start (after its fixed fields; packet blocks: after the padded packet data).
+OPTIONS_AT = {PCAPNG_SHB: 24, BT_IDB: 16, BT_ISB: 20}
+#: Timestamps are held as signed 64-bit counts of their interface's units, so units per second are at most
+#: 10**18 and 2**62: if_tsresol 10^-19 (libpcap reads it, as 1.8 s of 64-bit time) and finer are refused.
+MAX_TSRESOL_EXP10 = 18
+MAX_TSRESOL_EXP2 = 62
+#: A timestamp (in units of its interface) must be below this: int64, the type of Chunk.ts.
+MAX_TS = 2**63
 
 ETHERTYPE_IPV4 = 0x0800
 ETHERTYPE_IPV6 = 0x86DD
@@ -414,6 +456,12 @@ class CaptureReader:
                 self.byte_order = order
                 self.nanosecond = magic == PCAP_MAGIC_NS
                 major, minor, thiszone, sigfigs, snaplen, network = struct.unpack_from(order + "HHiIII", mm, 4)
+                if major != PCAP_MAJOR or minor > PCAP_MAX_MINOR:
+                    raise CaptureError(f"{self.path}: pcap version {major}.{minor} at offset 4 is not one libpcap "
+                                       f"reads ({PCAP_MAJOR}.0 to {PCAP_MAJOR}.{PCAP_MAX_MINOR})")
+                if network & PCAP_LINKTYPE_RESERVED:
+                    raise CaptureError(f"{self.path}: link type field at offset 20: reserved bits "
+                                       f"0x{network & PCAP_LINKTYPE_RESERVED:08x} set in 0x{network:08x}")
                 self.version = (major, minor)
                 self.thiszone, self.sigfigs = thiszone, sigfigs
                 # The upper bits of 'network' may carry an FCS length (pcap-linktype(7)); the type is the low 16.
@@ -433,14 +481,24 @@ class CaptureReader:
         order = "<" if bom_le == PCAPNG_BOM else ">"
         self.byte_order = order
         pos = struct.unpack_from(order + "I", mm, 4)[0]
-        while pos + 12 <= size:
-            btype, blen = struct.unpack_from(order + "II", mm, pos)
-            if btype in (BT_EPB, BT_SPB, BT_OPB, PCAPNG_SHB) or blen < 12 or blen % 4 or pos + blen > size:
-                break
-            if btype == BT_IDB:
-                self.interfaces.append(self._parse_idb(pos, blen, order))
-                self._seen_idb.add(pos)
-            pos += blen
+        if pos < 12 or pos % 4 or pos > size:
+            return  # the walk reports it, in order
+        try:
+            err = self._block_error(0, PCAPNG_SHB, pos, order)
+            if err:
+                raise _Damaged(err)
+            # Only blocks that are whole and sound; the walk in _pcapng_chunks reports the first that is not.
+            while pos + 12 <= size:
+                btype, blen = struct.unpack_from(order + "II", mm, pos)
+                if (btype in (BT_EPB, BT_SPB, BT_OPB, PCAPNG_SHB) or blen < 12 or blen % 4 or pos + blen > size
+                        or self._block_error(pos, btype, blen, order)):
+                    break
+                if btype == BT_IDB:
+                    self.interfaces.append(self._parse_idb(pos, blen, order))
+                    self._seen_idb.add(pos)
+                pos += blen
+        except _Damaged as exc:
+            raise CaptureError(f"{self.path}: {exc}") from None
 
     @property
     def linktype(self) -> int:
@@ -771,12 +829,13 @@ class CaptureReader:
         section_base = 0  # index of this section's interface 0 in self.interfaces
         broken: str | None = None
         avg_blk: float | None = None
+        u32 = struct.Struct(order + "I").unpack_from
+        epb_fields = struct.Struct(order + "IIII").unpack_from
         while pos < size and broken is None:
             kinds: list[int] = []
             starts: list[int] = []
             ifs: list[int] = []
             chunk_start = pos
-            new_section = False
             if pos and self.parallel_scan:
                 got = self._pcapng_fast(pos, order, section_base, avg_blk, index)
                 if got is not None:
@@ -794,7 +853,6 @@ class CaptureReader:
                 btype = struct.unpack_from(order + "I", mm, pos)[0] if pos else PCAPNG_SHB
                 if btype == PCAPNG_SHB:
                     if kinds:  # a new section ends the chunk: its byte order and interfaces may differ
-                        new_section = True
                         break
                     bom_le = struct.unpack_from("<I", mm, pos + 8)[0]
                     if bom_le == PCAPNG_BOM:
@@ -806,7 +864,9 @@ class CaptureReader:
                         break
                     self.byte_order = order
                     section_base = self._section_base.setdefault(pos, len(self.interfaces))
-                blen = struct.unpack_from(order + "I", mm, pos + 4)[0]
+                    u32 = struct.Struct(order + "I").unpack_from
+                    epb_fields = struct.Struct(order + "IIII").unpack_from
+                blen = u32(mm, pos + 4)[0]
                 if blen < 12 or blen % 4 or blen > MAX_RECORD_BYTES:
                     broken = f"block at offset {pos}: length {blen} is invalid; the file is corrupt from here on"
                     break
@@ -814,24 +874,42 @@ class CaptureReader:
                     self._truncated(index + len(kinds), pos, f"block cut ({size - pos} of {blen} bytes)")
                     pos = size
                     break
-                if btype == BT_IDB and pos not in self._seen_idb:
-                    self._seen_idb.add(pos)
-                    self.interfaces.append(self._parse_idb(pos, blen, order))
-                elif btype in (BT_EPB, BT_OPB):
-                    need = 28
-                    if blen < need + 4:
-                        broken = f"packet block at offset {pos}: length {blen} too short"
+                if btype == BT_EPB and blen >= 32:
+                    if_id, ts_hi, ts_lo, cap = epb_fields(mm, pos + 8)
+                    # the common EPB (no options, trailer right) skips the general framing check
+                    if 32 + cap + (-cap % 4) != blen or u32(mm, pos + blen - 4)[0] != blen:
+                        broken = self._block_error(pos, btype, blen, order)
+                        if broken:
+                            break
+                elif btype == BT_OPB and blen >= 32:
+                    if_id = struct.unpack_from(order + "H", mm, pos + 8)[0]
+                    ts_hi, ts_lo, cap = struct.unpack_from(order + "III", mm, pos + 12)
+                    broken = self._block_error(pos, btype, blen, order)
+                    if broken:
                         break
-                    if btype == BT_EPB:
-                        if_id = struct.unpack_from(order + "I", mm, pos + 8)[0]
-                    else:
-                        if_id = struct.unpack_from(order + "H", mm, pos + 8)[0]
+                else:
+                    broken = self._block_error(pos, btype, blen, order)
+                    if broken:
+                        break
+                if btype == BT_IDB and pos not in self._seen_idb:
+                    try:
+                        iface = self._parse_idb(pos, blen, order)
+                    except _Damaged as exc:
+                        broken = str(exc)
+                        break
+                    self._seen_idb.add(pos)
+                    self.interfaces.append(iface)
+                elif btype == BT_EPB or btype == BT_OPB:
                     if section_base + if_id >= len(self.interfaces):
                         broken = f"packet block at offset {pos}: interface {if_id} was never described"
                         break
-                    cap = struct.unpack_from(order + "I", mm, pos + 20)[0]
                     if 28 + cap > blen - 4:
                         broken = f"packet block at offset {pos}: captured length {cap} overruns the block"
+                        break
+                    if ts_hi >= 1 << 31:
+                        broken = (f"packet block at offset {pos}: timestamp {ts_hi << 32 | ts_lo} (units of "
+                                  f"1/{self.interfaces[section_base + if_id].tsresol} s) is beyond the 63 bits "
+                                  f"a timestamp is held in")
                         break
                     kinds.append(btype)
                     starts.append(pos)
@@ -850,22 +928,7 @@ class CaptureReader:
             if kinds:
                 yield self._pcapng_chunk(kinds, starts, ifs, order, index, chunk_start, pos)
                 index += len(kinds)
-            if new_section:
-                # re-enter the loop at the SHB with a fresh chunk (the SHB is handled at the top)
-                btype_le = struct.unpack_from("<I", mm, pos)[0]
-                assert btype_le == PCAPNG_SHB
-                bom_le = struct.unpack_from("<I", mm, pos + 8)[0]
-                order = "<" if bom_le == PCAPNG_BOM else ">"
-                if bom_le not in (PCAPNG_BOM, 0x4D3C2B1A):
-                    broken = f"section header at offset {pos}: bad byte-order magic 0x{bom_le:08x}"
-                    break
-                self.byte_order = order
-                section_base = self._section_base.setdefault(pos, len(self.interfaces))
-                blen = struct.unpack_from(order + "I", mm, pos + 4)[0]
-                if blen < 28 or blen % 4 or pos + blen > size:
-                    broken = f"section header at offset {pos}: length {blen} is invalid"
-                    break
-                pos += blen
+            # at a new section the next round starts at its SHB with an empty chunk and reads it like the first
         if broken:
             raise CaptureError(f"{self.path}: {broken}")
 
@@ -888,6 +951,8 @@ class CaptureReader:
         if starts.size == 0:
             return None
         pk = np.isin(types, (BT_EPB, BT_SPB, BT_OPB))
+        if not pk.all():
+            return None  # other blocks' lengths and options are checked by the sequential walk
         npk = np.cumsum(pk)
         if int(npk[-1]) > self.chunk_records:  # cut after the chunk_records-th packet block
             cut = int(np.searchsorted(npk, self.chunk_records)) + 1
@@ -909,9 +974,15 @@ class CaptureReader:
         blen = _u32(self._arr, pstarts + 4, big)
         full = epb | opb
         if full.any():
+            # The sequential walk names what is wrong: too short, a captured length past the block, options
+            # (not checked here), a timestamp past 63 bits.
+            bf = blen[full]
             capl = _u32(self._arr, pstarts[full] + 20, big)
-            if bool(((blen[full] < 32) | (28 + capl > blen[full] - 4)).any()):
+            if bool(((bf < 32) | (28 + capl + (-capl % 4) + 4 != bf)
+                     | (_u32(self._arr, pstarts[full] + 12, big) >= 2**31)).any()):
                 return None
+        if bool((blen[~full] < MIN_BLOCK_LEN[BT_SPB]).any()):
+            return None
         chunk = self._pcapng_chunk(ptypes.tolist(), pstarts.tolist(), ifs.tolist(), order, index, pos, end)
         return chunk, end
 
@@ -952,26 +1023,82 @@ class CaptureReader:
             offs[sp] = s + 12
         return Chunk(data, offs, cap, orig, ts, iface, index, end)
 
+    def _block_error(self, pos: int, btype: int, blen: int, order: str) -> str | None:
+        """What is wrong with the framing of the whole block at ``pos`` (12 <= blen, a multiple of 4, inside the
+        file), or None: shorter than its type allows, a trailing length other than the leading one (Wireshark
+        and libpcap refuse both), a section version not read, options running past the end of the block."""
+        mm = self._mm
+        name = BLOCK_NAMES.get(btype, f"block of type 0x{btype:08x}")
+        least = MIN_BLOCK_LEN.get(btype, 12)
+        if blen < least:
+            return f"{name} at offset {pos}: length {blen} is less than {least}"
+        tail = struct.unpack_from(order + "I", mm, pos + blen - 4)[0]
+        if tail != blen:
+            return f"block at offset {pos}: trailing length {tail} differs from the leading {blen}"
+        if btype == PCAPNG_SHB:
+            version = struct.unpack_from(order + "HH", mm, pos + 12)
+            if version not in PCAPNG_VERSIONS:
+                return (f"section header at offset {pos}: version {version[0]}.{version[1]} is not one this "
+                        f"reader knows (1.0, 1.2)")
+        opts = OPTIONS_AT.get(btype)
+        if btype in (BT_EPB, BT_OPB):
+            cap = struct.unpack_from(order + "I", mm, pos + 20)[0]
+            if 28 + cap > blen - 4:
+                return None  # the walk names the captured length that overruns the block
+            opts = 28 + cap + (-cap % 4)
+        if opts is None or opts >= blen - 4:
+            return None
+        err = _options_error(mm, pos + opts, pos + blen - 4, order)
+        return f"{name} at offset {pos}: {err}" if err else None
+
     def _parse_idb(self, pos: int, blen: int, order: str) -> Interface:
+        """The interface of the IDB at ``pos``, whose framing :meth:`_block_error` found sound (options inside
+        the block); raises _Damaged for an option value out of range."""
         mm = self._mm
         linktype, _reserved, snaplen = struct.unpack_from(order + "HHI", mm, pos + 8)
         iface = Interface(linktype, snaplen, 10**6)
         opt = pos + 16
         end = pos + blen - 4
+        where = f"interface description block at offset {pos}"
         while opt + 4 <= end:
             code, olen = struct.unpack_from(order + "HH", mm, opt)
             if code == 0:
                 break
             val = bytes(mm[opt + 4: opt + 4 + olen])
-            if code == 9 and olen >= 1:  # if_tsresol
+            if code == 9:  # if_tsresol: units per second are 10**r, or 2**(r & 0x7F) with the top bit set
+                if olen != 1:
+                    raise _Damaged(f"{where}: if_tsresol at offset {opt} has length {olen}, not 1")
                 r = val[0]
-                iface.tsresol = 2 ** (r & 0x7F) if r & 0x80 else 10 ** r
-            elif code == 14 and olen >= 8:  # if_tsoffset (seconds)
-                iface.tsoffset = struct.unpack(order + "q", val[:8])[0]
+                exp, base, most = (r & 0x7F, 2, MAX_TSRESOL_EXP2) if r & 0x80 else (r, 10, MAX_TSRESOL_EXP10)
+                if exp > most:
+                    raise _Damaged(f"{where}: if_tsresol at offset {opt}: resolution {base}^-{exp} s is finer "
+                                   f"than a 63-bit timestamp holds (10^-{MAX_TSRESOL_EXP10} and "
+                                   f"2^-{MAX_TSRESOL_EXP2} s at most)")
+                iface.tsresol = base ** exp
+            elif code == 14:  # if_tsoffset (seconds)
+                if olen != 8:
+                    raise _Damaged(f"{where}: if_tsoffset at offset {opt} has length {olen}, not 8")
+                iface.tsoffset = struct.unpack(order + "q", val)[0]
             elif code == 2:
                 iface.name = val.decode("utf-8", "replace")
             opt += 4 + olen + (-olen % 4)
         return iface
+
+
+def _options_error(mm: Any, opt: int, end: int, order: str) -> str | None:
+    """The first option in [opt, end) whose header, value or padding runs past ``end`` (the block's trailing
+    length), or None. Ends at opt_endofopt (code 0) as readers do; at most one step per 4 bytes."""
+    while opt < end:
+        if opt + 4 > end:
+            return f"option header at offset {opt} is cut by the end of its block (offset {end})"
+        code, olen = struct.unpack_from(order + "HH", mm, opt)
+        if code == 0:
+            return None
+        if opt + 4 + olen + (-olen % 4) > end:
+            return (f"option {code} at offset {opt}: length {olen} runs past the end of its block "
+                    f"(offset {end})")
+        opt += 4 + olen + (-olen % 4)
+    return None
 
 
 class Scratch:
@@ -1423,10 +1550,13 @@ class CaptureWriter:
         if iface.tsresol != 10**6:
             r = iface.tsresol
             exp10 = len(str(r)) - 1
-            if 10**exp10 == r:
+            if 10**exp10 == r and exp10 <= MAX_TSRESOL_EXP10:
                 code = exp10
-            else:
+            elif r > 0 and r & (r - 1) == 0 and r.bit_length() - 1 <= MAX_TSRESOL_EXP2:
                 code = 0x80 | (r.bit_length() - 1)
+            else:  # if_tsresol has no code for it: the timestamps would be read in other units
+                raise ValueError(f"interface resolution {r} units per second is not 10^k (k <= "
+                                 f"{MAX_TSRESOL_EXP10}) or 2^k (k <= {MAX_TSRESOL_EXP2})")
             opts += struct.pack(o + "HH", 9, 1) + bytes([code]) + b"\0\0\0"
         if iface.tsoffset:
             opts += struct.pack(o + "HHq", 14, 8, iface.tsoffset)
@@ -1464,7 +1594,7 @@ class CaptureWriter:
         dt = np.dtype(np.uint32).newbyteorder(cast(Literal["<", ">"], self.order))
         if self.fmt == "pcap":
             res_out = np.full(n, self.units, dtype=np.int64)
-            t = _rescale(ts, res_in, res_out)
+            t = self._pcap_times(ts, iface, res_in)
             sec, frac = np.divmod(t, res_out)
             hdr = np.empty((n, 4), dtype=dt)
             hdr[:, 0] = sec
@@ -1474,7 +1604,11 @@ class CaptureWriter:
             hlen, tail = 16, np.zeros(n, dtype=np.int64)
         else:
             res_out = np.asarray([i.tsresol for i in self.interfaces], dtype=np.int64)[iface]
-            t = _rescale(ts, res_in, res_out)
+            t, bad = _rescale(ts, res_in, res_out)
+            if bad >= 0:
+                raise CaptureError(f"{self.path}: record {self.records + bad + 1}: timestamp {int(ts[bad])} "
+                                   f"(units of 1/{int(res_in[bad])} s) cannot be written in 1/{int(res_out[bad])} "
+                                   f"s units within 63 bits")
             pad = (-lengths) % 4
             blen = 32 + lengths + pad
             hdr = np.empty((n, 7), dtype=dt)
@@ -1519,6 +1653,28 @@ class CaptureWriter:
                 out[padpos[m] + k - 1] = 0
         self._pending[self._flip] = self._io.submit(self._fh.write, out.data)
         self.records += n
+
+    def _pcap_times(self, ts: np.ndarray, iface: np.ndarray, res_in: np.ndarray) -> np.ndarray:
+        """pcap record times in the file's units (ts in units of res_in), with each interface's if_tsoffset
+        added; a time pcap's unsigned 32-bit seconds cannot hold is an error naming the record, never a
+        wrapped value."""
+        offs = np.asarray([i.tsoffset for i in self.interfaces], dtype=np.int64)
+        off = offs[iface] if offs.any() else None
+        t, bad = _rescale(ts, res_in, np.full(ts.shape[0], self.units, dtype=np.int64), off,
+                          limit=2**32 * self.units)
+        if bad >= 0:
+            res = int(res_in[bad])
+            shift = f" + if_tsoffset {int(offs[iface[bad]])} s" if off is not None else ""
+            raise CaptureError(f"{self.path}: record {self.records + bad + 1}: timestamp {int(ts[bad])}/{res} s"
+                               f"{shift} does not fit pcap's unsigned 32-bit seconds (1970 to 2106): write "
+                               f"pcapng instead")
+        return t
+
+    def check_pcap_times(self, ts: np.ndarray, iface: np.ndarray, src_tsresol: Sequence[int]) -> None:
+        """Raise the CaptureError :meth:`write` would for a time pcap cannot hold, for a caller that lays out
+        pcap records itself (esp._pcapio.emit_pcap scales times in 64-bit integers)."""
+        iface = np.asarray(iface, dtype=np.int64)
+        self._pcap_times(np.asarray(ts, dtype=np.int64), iface, np.asarray(src_tsresol, dtype=np.int64)[iface])
 
     def image(self, nbytes: int) -> np.ndarray:
         """A buffer of at least ``nbytes`` for the next file image, for a caller that lays out pcap records
@@ -1615,19 +1771,48 @@ class CaptureWriter:
         self.close()
 
 
-def _rescale(ts: np.ndarray, res_in: np.ndarray, res_out: np.ndarray) -> np.ndarray:
-    same = res_in == res_out
-    if same.all():
-        return ts
-    up = res_out > res_in
-    out = ts.copy()
-    # Integer scaling where one resolution divides the other (10**k and 2**k families), else via float.
-    div_ok = (res_out % res_in == 0) | (res_in % res_out == 0)
-    m = up & div_ok & ~same
-    out[m] = ts[m] * (res_out[m] // res_in[m])
-    m = ~up & div_ok & ~same
-    out[m] = ts[m] // (res_in[m] // res_out[m])
-    m = ~div_ok
-    if m.any():
-        out[m] = (ts[m].astype(np.float64) * res_out[m] / res_in[m]).astype(np.int64)
-    return out
+def _rescale(ts: np.ndarray, res_in: np.ndarray, res_out: np.ndarray, offset: np.ndarray | None = None,
+             limit: int = MAX_TS) -> tuple[np.ndarray, int]:
+    """Timestamps ``ts`` (units of 1/res_in s each) in units of 1/res_out s, plus ``offset`` seconds, cut to the
+    output unit (floor, as editcap and Wireshark do), in exact integer arithmetic; and the index of the first
+    one outside [0, limit) in output units, or -1 (then the values are not to be used). A float would lose the
+    last digits of a present-day nanosecond time (2**53 ns is 104 days)."""
+    n = ts.shape[0]
+    off = np.zeros(n, dtype=np.int64) if offset is None else np.asarray(offset, dtype=np.int64)
+    cols = np.stack([res_in, res_out, off], axis=1) if n else np.zeros((0, 3), dtype=np.int64)
+    if n == 0 or bool((cols == cols[0]).all()):
+        keys, inverse = cols[:1], np.zeros(n, dtype=np.int64)
+    else:
+        keys, inverse = np.unique(cols, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+    out = np.empty(n, dtype=np.int64)
+    first_bad = -1
+    for k, (ri, ro, sec) in enumerate(keys.tolist()):
+        sel = slice(None) if keys.shape[0] == 1 else np.flatnonzero(inverse == k)
+        t = ts[sel]
+        if ri <= 0 or ro <= 0:
+            raise ValueError(f"timestamp resolution {ri} or {ro} units per second is not positive")
+        add = sec * ro
+        # floor(t * ro / ri) + add in [0, limit)  <=>  t in [lo, hi], in input units
+        lo = -(-(0 - add) * ri // ro)
+        hi = -(-(limit - add) * ri // ro) - 1
+        bad = (t < max(lo, -2**63)) | (t > min(hi, 2**63 - 1))
+        if bad.any():
+            idx = np.flatnonzero(bad)[0]
+            at = int(idx) if isinstance(sel, slice) else int(sel[idx])
+            first_bad = at if first_bad < 0 else min(first_bad, at)
+            continue
+        g = math.gcd(ri, ro)
+        a, b = ro // g, ri // g
+        span = max(abs(int(t.min())), abs(int(t.max()))) if t.shape[0] else 0
+        if a == b == 1 and add == 0:
+            v = t
+        elif b == 1 and span * a < 2**62 and abs(add) < 2**62:
+            v = t * a + add
+        elif a * b < 2**62 and span // b * a + a < 2**62 and abs(add) < 2**62:
+            q, r = np.divmod(t, b)
+            v = q * a + (r * a) // b + add
+        else:  # exotic resolutions: Python integers, still exact
+            v = np.asarray([x * a // b + add for x in t.tolist()], dtype=np.int64)
+        out[sel] = v
+    return out, first_bad

@@ -395,21 +395,25 @@ class _Output:
         for _ in range(_GROUP_BUFFERS):
             self.claim_group_buffer()
 
-    def _ts_scale(self) -> tuple[int, int]:
-        """(multiplier, divisor) from the input's timestamp units to the output's (see :meth:`_fast_pcap`)."""
+    def _ts_scale(self, c: Chunk) -> tuple[int, int]:
+        """(multiplier, divisor) from the input's timestamp units to the output's (see :meth:`_fast_pcap`), once
+        every time of the chunk is known to fit pcap's 32-bit seconds (a CaptureError naming the record if not):
+        the compiled writers scale in 64-bit integers and would wrap."""
         w = self.writer
         assert w is not None
+        w.check_pcap_times(c.ts, c.iface, [i.tsresol for i in self.reader.interfaces])
         r = self.reader.interfaces[0].tsresol
         return (w.units // r, 1) if w.units % r == 0 else (1, r // w.units)
 
     def _fast_pcap(self) -> bool:
-        """The compiled one-pass writer applies: pcap output, one timestamp resolution in, an integer scale."""
+        """The compiled one-pass writer applies: pcap output, one timestamp resolution in, no if_tsoffset, an
+        integer scale."""
         w = self.writer
         if _NATIVE_EMIT is None or w is None or w.fmt != "pcap" or not self.reader.interfaces:
             return False
         res = {i.tsresol for i in self.reader.interfaces}
-        if len(res) != 1:
-            return False
+        if len(res) != 1 or any(i.tsoffset for i in self.reader.interfaces):
+            return False  # if_tsoffset: CaptureWriter adds it
         if not w._header_done:
             w._sync_interfaces()
         r = res.pop()
@@ -421,7 +425,7 @@ class _Output:
         w = self.writer
         assert w is not None
         n = c.count
-        mul, div = self._ts_scale()
+        mul, div = self._ts_scale(c)
         if new_buf is None or new_len.shape[0] < n:
             new_buf, new_off, new_len = np.zeros(1, np.uint8), np.zeros(n, np.int64), np.zeros(n, np.int32)
         bound = 16 * n + int(c.caplen.sum()) + int(np.asarray(new_len, dtype=np.int64)[body == _BODY_NEW].sum())
@@ -759,7 +763,7 @@ def _direct(c: Chunk, L: L3Info, room: list[int], groups: list, out: _Output, su
     out.sync()
     w = out.writer
     assert w is not None
-    mul, div = out._ts_scale()
+    mul, div = out._ts_scale(c)
     job = _NATIVE_ESP_CHUNK(SA_API, outbound, ESP_OVERHEAD_MAX if outbound else 0, [g[1]._ctx for g in groups],
                             [g[2]._ctx if g[2] else None for g in groups], sa_of, c.data, c.offsets, L.l3, c.caplen,
                             c.origlen, L.ip_len, cut.view(np.uint8), c.ts, L.ethertype_at, esp.view(np.uint8),
