@@ -83,6 +83,7 @@ class Dispatcher:
         self._deadlines: dict[IkeConnection, float] = {}
         self._secret = config.random(32)
         self.stats: Counter[str] = Counter()
+        self._current: IkeConnection | None = None  # the IKE_SA a datagram is being handled by
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _new_spi(self) -> int:
@@ -134,12 +135,32 @@ class Dispatcher:
                          now: float) -> None:
         """One UDP payload (non-ESP marker already stripped) from ``addr`` to ``local_addr``. Never raises for
         bad input: malformed datagrams are counted in ``stats`` and dropped."""
+        self._current = None
         try:
             self._receive(bytes(data), addr, local_addr, now)
         except ProtocolError as exc:
             self.stats["dropped_" + type(exc).__name__] += 1
             log.debug("dropped datagram from %s: %s", addr, exc.reason)
+        except Exception as exc:  # noqa: BLE001 - the last resort: a bug must not become a peer's weapon
+            self._internal_error(exc, addr)
+        self._current = None
         self._collect()
+
+    def _internal_error(self, exc: Exception, addr: tuple[str, int]) -> None:
+        """An exception no handler turned into a protocol answer: a bug, found by a peer's datagram. It is a
+        counted drop with one log line (no traceback per retransmit), and the IKE_SA it happened in is
+        forgotten, since its state is unknown: the peer's retransmits then find no SPI and are dropped."""
+        self.stats["dropped_internal_error"] += 1
+        conn = self._current
+        log.warning("internal error on a datagram from %s (IKE_SA %s), dropped: %s: %s", addr[0],
+                    conn.ike_id if conn is not None else "-", type(exc).__name__, exc)
+        log.debug("internal error details", exc_info=exc)
+        if conn is not None and not conn.closed:
+            self._dirty.add(conn)
+            try:
+                conn.abandon(f"internal error ({type(exc).__name__})")
+            except Exception:  # noqa: BLE001 - its state is what broke; unroute it by hand
+                conn.closed = True
 
     def _receive(self, data: bytes, addr: tuple[str, int], local_addr: tuple[str, int], now: float) -> None:
         if len(data) > self.config.max_message_size:
@@ -161,6 +182,7 @@ class Dispatcher:
                 if conn is None:
                     return
             self._dirty.add(conn)
+            self._current = conn
             conn.receive_datagram(data, addr, local_addr, now, h)
             return
         local_spi = h.spi_r if h.from_initiator else h.spi_i
@@ -169,6 +191,7 @@ class Dispatcher:
             self.stats["dropped_unknown_spi"] += 1
             return
         self._dirty.add(conn)
+        self._current = conn
         conn.receive_datagram(data, addr, local_addr, now, h)
 
     def _new_responder(self, data: bytes, h, addr, local_addr, now) -> IkeConnection | None:  # type: ignore[no-untyped-def]
