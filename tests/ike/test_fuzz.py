@@ -93,7 +93,7 @@ def test_half_open_memory_is_bounded():
 
     def feed(lo: int, hi: int) -> None:
         for n in range(lo, hi):
-            b.receive_datagram(msgs[n], (f"198.51.{n // 200}.{n % 200 + 1}", 1000 + n), ADDR_R, 0.0)
+            b.receive_datagram(msgs[n], (f"10.{n // 200}.{n % 200}.1", 1000 + n), ADDR_R, 0.0)  # one per /24
             b.datagrams_to_send(0.0)
 
     tracemalloc.start()

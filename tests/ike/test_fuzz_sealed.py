@@ -11,7 +11,7 @@ dispatcher's last-resort guard counts ``dropped_internal_error``, which must sta
 bug found), a request gets an answer or a counted drop, and state stays bounded.
 
 Budget: ``ESPRESSO_FUZZ_EXAMPLES`` (default 250, a few seconds in CI); e.g. ``ESPRESSO_FUZZ_EXAMPLES=20000``
-by hand.
+by hand (with ``--timeout=0``: pytest-timeout stops a test at 300 s).
 """
 from __future__ import annotations
 
