@@ -182,14 +182,15 @@ def hostile_certificates(der: bytes) -> list[tuple[str, bytes]]:
 
 
 # -- resealing ------------------------------------------------------------------------------------------------
-def sa_of(d: Dispatcher, initiator: bool | None = None) -> IkeSa:
+def sa_of(d: Dispatcher) -> IkeSa:
     """The current IKE_SA of the only IKE_SA lineage in ``d``."""
     conns = [c for c in d._conns.values() if not c.closed]
     assert len(conns) == 1, conns
     return conns[0].sa
 
 
-Mutator = Callable[[list], "list | bytes"]  # payloads -> payloads, or raw inner chain bytes
+#: payloads -> payloads, or the raw inner chain bytes
+Mutator = Callable[[list], "list | bytes"]  # type: ignore[type-arg]
 
 
 def reseal(data: bytes, opener: IkeSa, sealer: IkeSa, mutate: Mutator, fragments: int = 0,
