@@ -8,10 +8,10 @@ DER ECDSA or Ed25519). Certificates of the peer are checked by the validator the
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
@@ -21,7 +21,11 @@ from .errors import AuthenticationFailedError
 from .keymat import prf
 
 __all__ = ["signed_octets", "psk_auth", "sign_auth", "verify_auth", "key_hash", "SUPPORTED_HASHES",
-           "pki_validator", "auth_method_name"]
+           "pki_validator", "auth_method_name", "peer_certificates", "MAX_CERT_SIZE", "MAX_PEER_CERTS"]
+
+#: Bounds on what a peer makes us parse in IKE_AUTH: bytes per certificate, and certificates (leaf first).
+MAX_CERT_SIZE = 16384
+MAX_PEER_CERTS = 17
 
 KEY_PAD = b"Key Pad for IKEv2"
 SUPPORTED_HASHES = (HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512,
@@ -50,6 +54,31 @@ def key_hash(cert: Any) -> bytes:
     spki = cert.public_key().public_bytes(serialization.Encoding.DER,
                                           serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha1(spki).digest()  # noqa: S324 - mandated by RFC 7296
+
+
+def peer_certificates(ders: Sequence[bytes]) -> list[x509.Certificate]:
+    """The peer's CERT payloads (X.509 signature encoding, leaf first) as certificates, fully parsed.
+
+    The one place where bytes a peer sent become certificate objects. ``cryptography`` parses lazily (an
+    extension or key is decoded at first access and may raise then, anywhere); ``pki.certs`` touches every
+    part at load, so after this call nothing about these objects can raise, and anything malformed is
+    AUTHENTICATION_FAILED here (RFC 7296 2.21.2) rather than an exception deep in a task."""
+    from pki.certs import load_der_certificate
+    from pki.errors import PkiError
+
+    if not ders:
+        raise AuthenticationFailedError("peer sent no certificate")
+    if len(ders) > MAX_PEER_CERTS:
+        raise AuthenticationFailedError(f"peer sent {len(ders)} certificates (max {MAX_PEER_CERTS})")
+    out = []
+    for n, der in enumerate(ders):
+        if len(der) > MAX_CERT_SIZE:
+            raise AuthenticationFailedError(f"certificate #{n + 1} is larger than {MAX_CERT_SIZE} bytes")
+        try:
+            out.append(load_der_certificate(der, source=f"certificate #{n + 1}"))
+        except PkiError as exc:
+            raise AuthenticationFailedError(f"unparsable {exc}") from None
+    return out
 
 
 def signed_octets(message: bytes, peer_nonce: bytes, prf_name: str, sk_p: bytes, id_rest: bytes) -> bytes:
@@ -203,7 +232,7 @@ def verify_auth(method: int, data: bytes, cert: Any, octets: bytes) -> str:
             return f"signature({scheme}-{HashAlgorithm(h).name.lower()})"
     except InvalidSignature:
         raise AuthenticationFailedError("signature does not verify") from None
-    except ValueError as exc:  # malformed DER signatures and the like
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # malformed DER signatures and the like
         raise AuthenticationFailedError(f"malformed signature: {exc}") from None
     raise AuthenticationFailedError(f"unsupported AUTH method {method}")
 

@@ -92,6 +92,8 @@ class IkeConnection:
         self.tm = self._manager(self.sa)
         self.old: list[tuple[IkeSa, TaskManager]] = []  # rekeyed IKE_SAs awaiting their delete
         self.created = 0.0
+        #: how long a responder IKE_SA may stay half-open; the dispatcher shortens it under load (RFC 8019 4.1)
+        self.half_open_timeout = config.half_open_timeout
         self.closed = False
         self.half_open_key: tuple[str, int, int] | None = None  # set by the dispatcher for responders
         self.init_key: tuple[str, int, int] | None = None
@@ -304,7 +306,7 @@ class IkeConnection:
         sa = self.sa
         times = [self.tm.get_timer()] + [t.get_timer() for _, t in self.old]
         if sa.state in (IkeSaState.CREATED, IkeSaState.CONNECTING) and not sa.initiator:
-            times.append(self.created + self.config.half_open_timeout)
+            times.append(self.created + self.half_open_timeout)
         if sa.state == IkeSaState.ESTABLISHED:
             times.append(sa.rekey_at)
             for c in sa.children.values():
@@ -325,7 +327,7 @@ class IkeConnection:
         if sa.state == IkeSaState.DESTROYED:
             return
         if (sa.state in (IkeSaState.CREATED, IkeSaState.CONNECTING) and not sa.initiator
-                and now >= self.created + self.config.half_open_timeout):
+                and now >= self.created + self.half_open_timeout):
             self._terminated(sa, "half-open timeout", None)
             return
         if sa.state != IkeSaState.ESTABLISHED:

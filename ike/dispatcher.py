@@ -1,8 +1,25 @@
 """Routes datagrams to IKE_SAs by SPI, creates responder IKE_SAs, and protects the responder's state.
 
 As aioquic's server runs its stateless retry check before allocating a connection, the dispatcher answers an
-IKE_SA_INIT with a COOKIE (RFC 7296 2.6) once half-open IKE_SAs pass ``CoreConfig.cookie_threshold`` and
-keeps no state for it; above ``CoreConfig.half_open_limit`` new IKE_SA_INIT requests are dropped.
+IKE_SA_INIT with a COOKIE (RFC 7296 2.6) once half-open IKE_SAs pass ``CoreConfig.cookie_threshold`` (or a
+source's pass ``cookie_threshold_ip``) and keeps no state for it.
+
+Half-open IKE_SAs are what a flood of IKE_SA_INITs costs us, so they are accounted per source, as RFC 8019
+recommends (section 4, "Defense Measures While the IKE SA Is Being Created"):
+
+- Rate limiting per address and per prefix (4.2): one address holds at most ``half_open_limit_ip`` half-open
+  IKE_SAs, one prefix (/24 IPv4, /64 IPv6, :data:`PREFIX_V4`/:data:`PREFIX_V6`) at most
+  1/:data:`PREFIX_SHARE` of ``half_open_limit``; beyond that its requests are dropped before any work.
+- The stateless cookie (4.3) stays on under load, and it is what makes a source's address count: only a
+  request that returned our COOKIE (so its address is routable to the sender) may take a place from others.
+- Fairness when the global ``half_open_limit`` is reached: a cookie-proven request from a source holding
+  fewer half-open IKE_SAs than the heaviest prefix evicts the oldest half-open IKE_SA of that prefix. An
+  attacker answering cookies from many addresses therefore only competes with itself, and a legitimate peer
+  (one half-open IKE_SA at a time) always gets in: a peer's SA is only evicted for a source that holds at
+  least two fewer, which a peer with one SA never meets.
+- Retention of half-open SAs (4.1): while more than half of ``half_open_limit`` is in use, new half-open
+  IKE_SAs are kept 1/:data:`LOAD_TIMEOUT_DIVISOR` of ``half_open_timeout``.
+- Hash-and-URL certificates (4.7) are never fetched; puzzles (4.4) are not implemented.
 """
 from __future__ import annotations
 
@@ -23,9 +40,27 @@ from .payloads import NoncePayload, NotifyPayload
 from .proposal import proposal_name
 from .sa import IkeSaState
 
-__all__ = ["Dispatcher", "SaInfo", "ChildInfo"]
+__all__ = ["Dispatcher", "SaInfo", "ChildInfo", "source_prefix"]
 
 log = logging.getLogger("ike.dispatcher")
+
+#: Prefix lengths that count as one source for half-open accounting (RFC 8019 4.2).
+PREFIX_V4 = 24
+PREFIX_V6 = 64
+#: One prefix may hold at most ``half_open_limit // PREFIX_SHARE`` half-open IKE_SAs.
+PREFIX_SHARE = 4
+#: Under load (over half the half-open limit in use) new half-open IKE_SAs live ``half_open_timeout`` / this.
+LOAD_TIMEOUT_DIVISOR = 3
+
+
+def source_prefix(host: str) -> str:
+    """The prefix ``host`` is accounted under (itself if it is not an IP address)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    bits = PREFIX_V4 if ip.version == 4 else PREFIX_V6
+    return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
 
 
 @dataclass(frozen=True)
@@ -75,6 +110,8 @@ class Dispatcher:
         # every responder IKE_SA by (host, port, SPIi): a retransmitted IKE_SA_INIT finds its SA
         self._by_init: dict[tuple[str, int, int], IkeConnection] = {}
         self._half_open_ip: Counter[str] = Counter()
+        # half-open IKE_SAs per source prefix, oldest first: who holds the table, and whom to evict
+        self._half_open_prefix: dict[str, dict[tuple[str, int, int], IkeConnection]] = {}
         self._conns: dict[int, IkeConnection] = {}
         self._next_id = 1
         self._events: deque[IkeEvent] = deque()
@@ -83,6 +120,7 @@ class Dispatcher:
         self._deadlines: dict[IkeConnection, float] = {}
         self._secret = config.random(32)
         self.stats: Counter[str] = Counter()
+        self._current: IkeConnection | None = None  # the IKE_SA a datagram is being handled by
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _new_spi(self) -> int:
@@ -134,12 +172,32 @@ class Dispatcher:
                          now: float) -> None:
         """One UDP payload (non-ESP marker already stripped) from ``addr`` to ``local_addr``. Never raises for
         bad input: malformed datagrams are counted in ``stats`` and dropped."""
+        self._current = None
         try:
             self._receive(bytes(data), addr, local_addr, now)
         except ProtocolError as exc:
             self.stats["dropped_" + type(exc).__name__] += 1
             log.debug("dropped datagram from %s: %s", addr, exc.reason)
+        except Exception as exc:  # noqa: BLE001 - the last resort: a bug must not become a peer's weapon
+            self._internal_error(exc, addr)
+        self._current = None
         self._collect()
+
+    def _internal_error(self, exc: Exception, addr: tuple[str, int]) -> None:
+        """An exception no handler turned into a protocol answer: a bug, found by a peer's datagram. It is a
+        counted drop with one log line (no traceback per retransmit), and the IKE_SA it happened in is
+        forgotten, since its state is unknown: the peer's retransmits then find no SPI and are dropped."""
+        self.stats["dropped_internal_error"] += 1
+        conn = self._current
+        log.warning("internal error on a datagram from %s (IKE_SA %s), dropped: %s: %s", addr[0],
+                    conn.ike_id if conn is not None else "-", type(exc).__name__, exc)
+        log.debug("internal error details", exc_info=exc)
+        if conn is not None and not conn.closed:
+            self._dirty.add(conn)
+            try:
+                conn.abandon(f"internal error ({type(exc).__name__})")
+            except Exception:  # noqa: BLE001 - its state is what broke; unroute it by hand
+                conn.closed = True
 
     def _receive(self, data: bytes, addr: tuple[str, int], local_addr: tuple[str, int], now: float) -> None:
         if len(data) > self.config.max_message_size:
@@ -161,6 +219,7 @@ class Dispatcher:
                 if conn is None:
                     return
             self._dirty.add(conn)
+            self._current = conn
             conn.receive_datagram(data, addr, local_addr, now, h)
             return
         local_spi = h.spi_r if h.from_initiator else h.spi_i
@@ -169,16 +228,25 @@ class Dispatcher:
             self.stats["dropped_unknown_spi"] += 1
             return
         self._dirty.add(conn)
+        self._current = conn
         conn.receive_datagram(data, addr, local_addr, now, h)
 
     def _new_responder(self, data: bytes, h, addr, local_addr, now) -> IkeConnection | None:  # type: ignore[no-untyped-def]
+        cfg = self.config
         half = self.half_open()
         half_ip = self._half_open_ip[addr[0]]
-        if half >= self.config.half_open_limit or half_ip >= self.config.half_open_limit_ip:
-            self.stats["dropped_half_open_limit"] += 1
+        prefix = source_prefix(addr[0])
+        half_prefix = len(self._half_open_prefix.get(prefix, ()))
+        if half_ip >= cfg.half_open_limit_ip or half_prefix >= max(cfg.half_open_limit_ip,
+                                                                    cfg.half_open_limit // PREFIX_SHARE):
+            self.stats["dropped_half_open_source_limit"] += 1
+            return None
+        cookies = half >= cfg.cookie_threshold or half_ip >= cfg.cookie_threshold_ip
+        if half >= cfg.half_open_limit and not (cookies and self._heavier_than(half_prefix)):
+            self.stats["dropped_half_open_limit"] += 1  # without a proven address no place is taken
             return None
         payloads, _ = pull_chain(h.next_payload, data, HEADER_LEN)
-        if half >= self.config.cookie_threshold or half_ip >= self.config.cookie_threshold_ip:
+        if cookies:
             nonce = next((p for p in payloads if isinstance(p, NoncePayload)), None)
             if nonce is None:
                 self.stats["dropped_no_nonce"] += 1
@@ -198,15 +266,38 @@ class Dispatcher:
                            [NotifyPayload(NotifyType.NO_PROPOSAL_CHOSEN)])
             self._outbox.append(Datagram(resp.encode_plain(), addr, local_addr[1], local_addr[1] != 500))
             return None
+        if half >= cfg.half_open_limit:
+            self._evict_heaviest()
         conn = self._new_conn(candidates[0], False, local_addr, addr, h.spi_i, candidates)
         conn.created = now
+        if half >= cfg.half_open_limit // 2:
+            conn.half_open_timeout = cfg.half_open_timeout / LOAD_TIMEOUT_DIVISOR
         self._register(conn.sa.spi_r, conn)
-        self._half_open[(addr[0], addr[1], h.spi_i)] = conn
+        key = (addr[0], addr[1], h.spi_i)
+        self._half_open[key] = conn
         self._half_open_ip[addr[0]] += 1
-        self._by_init[(addr[0], addr[1], h.spi_i)] = conn
-        conn.half_open_key = conn.init_key = (addr[0], addr[1], h.spi_i)
+        self._half_open_prefix.setdefault(prefix, {})[key] = conn
+        self._by_init[key] = conn
+        conn.half_open_key = conn.init_key = key
         conn.init_digest = hashlib.sha256(data).digest()
         return conn
+
+    def _heaviest(self) -> tuple[str, int]:
+        prefix = max(self._half_open_prefix, key=lambda p: len(self._half_open_prefix[p]))
+        return prefix, len(self._half_open_prefix[prefix])
+
+    def _heavier_than(self, count: int) -> bool:
+        """Does some prefix hold at least two half-open IKE_SAs more than a source holding ``count``?"""
+        return bool(self._half_open_prefix) and self._heaviest()[1] >= count + 2
+
+    def _evict_heaviest(self) -> None:
+        """Make room for a cookie-proven source: forget the oldest half-open IKE_SA of the heaviest prefix."""
+        prefix, _ = self._heaviest()
+        victim = next(iter(self._half_open_prefix[prefix].values()))
+        self.stats["half_open_evicted"] += 1
+        victim.abandon("half-open IKE_SA evicted (half-open limit, source holds the most)")
+        self._dirty.add(victim)
+        self._drop_half_open(victim)
 
     def _collect(self) -> None:
         """Move events and datagrams of the connections touched since the last call; forget closed ones."""
@@ -252,6 +343,12 @@ class Dispatcher:
                 self._half_open_ip[key[0]] -= 1
                 if self._half_open_ip[key[0]] <= 0:
                     del self._half_open_ip[key[0]]
+                prefix = source_prefix(key[0])
+                held = self._half_open_prefix.get(prefix)
+                if held is not None:
+                    held.pop(key, None)
+                    if not held:
+                        del self._half_open_prefix[prefix]
             conn.half_open_key = None
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:

@@ -18,7 +18,7 @@ from .protect import sk_generic_header
 from .sa import IkeSa, IkeSaState
 from .tasks.base import RetryExchange, Task, TaskStatus
 
-__all__ = ["TaskManager", "encode_message", "decode_message"]
+__all__ = ["TaskManager", "encode_message", "decode_message", "SealedError"]
 
 log = logging.getLogger("ike.exchange")
 
@@ -46,9 +46,22 @@ def encode_message(sa: IkeSa, msg: Message) -> list[bytes]:
     return [whole]
 
 
+class SealedError(ProtocolError):
+    """A ProtocolError in what an SK/SKF payload carried, found after the integrity check passed: the peer
+    holding the keys sent it, so it gets the RFC answer (INVALID_SYNTAX and the like, RFC 7296 2.21) where an
+    unauthenticated message is only dropped. ``error`` is the original error, whose notify is used."""
+
+    def __init__(self, error: ProtocolError) -> None:
+        super().__init__(error.reason, notify_data=error.notify_data)
+        self.error = error
+        self.notify = error.notify
+        self.fatal = error.fatal
+
+
 def decode_message(sa: IkeSa | None, data: bytes, header: Header,
                    reassembly: dict[int, Reassembly]) -> Message | None:
-    """A Message from a datagram, or None while fragments are missing. Raises ProtocolError subclasses."""
+    """A Message from a datagram, or None while fragments are missing. Raises ProtocolError subclasses:
+    :class:`SealedError` for an authenticated SK/SKF payload whose contents do not parse."""
     payloads, sk_at = pull_chain(header.next_payload, data, HEADER_LEN)
     msg = Message(header.exchange, header.spi_i, header.spi_r, header.message_id, header.is_response,
                   header.from_initiator, payloads, False, data)
@@ -61,24 +74,34 @@ def decode_message(sa: IkeSa | None, data: bytes, header: Header,
     sk = payloads[0]
     if isinstance(sk, SkPayload):
         plain = sa.protector.open(data, sk_at + 4)
-        inner, _ = pull_chain(sk.first_inner, plain)
-        msg.payloads, msg.encrypted = inner, True
+        msg.payloads, msg.encrypted = _inner(sk.first_inner, plain), True
         return msg
     assert isinstance(sk, SkfPayload)
     sk.verify()
     plain = sa.protector.open(data, sk_at + 8)
-    r = reassembly.get(header.message_id)
-    if r is None:
-        if len(reassembly) >= 2:  # one request and one response in flight at most
-            reassembly.clear()
-        r = reassembly[header.message_id] = Reassembly(header.message_id, sk.total)
-    if not r.add(sk.number, sk.total, plain, sk.first_inner):
-        return None
+    try:
+        r = reassembly.get(header.message_id)
+        if r is None:
+            if len(reassembly) >= 2:  # one request and one response in flight at most
+                reassembly.clear()
+            r = reassembly[header.message_id] = Reassembly(header.message_id, sk.total)
+        if not r.add(sk.number, sk.total, plain, sk.first_inner):
+            return None
+    except ProtocolError as exc:
+        reassembly.pop(header.message_id, None)
+        raise SealedError(exc) from None
     del reassembly[header.message_id]
-    inner, _ = pull_chain(r.first_inner, r.data())
-    msg.payloads, msg.encrypted = inner, True
+    msg.payloads, msg.encrypted = _inner(r.first_inner, r.data()), True
     msg.raw = b""
     return msg
+
+
+def _inner(first: int, plain: bytes) -> list:  # type: ignore[type-arg]
+    try:
+        payloads, _ = pull_chain(first, plain)
+    except ProtocolError as exc:
+        raise SealedError(exc) from None
+    return payloads
 
 
 _ORDER = [PayloadType.NOTIFY, PayloadType.SA, PayloadType.KE, PayloadType.NONCE, PayloadType.IDi,
@@ -188,11 +211,11 @@ class TaskManager:
 
     def _on_response(self, msg: Message, now: float) -> None:
         sa = self.sa
-        check_rules(msg)
-        if msg.exchange == ExchangeType.IKE_SA_INIT:
-            sa.init_response = msg.raw
         remaining: list[Task] = []
         try:
+            check_rules(msg)
+            if msg.exchange == ExchangeType.IKE_SA_INIT:
+                sa.init_response = msg.raw
             for t in self.active:
                 if t.process(msg) == TaskStatus.NEED_MORE:
                     remaining.append(t)
@@ -206,18 +229,7 @@ class TaskManager:
             self._send_request(now)
             return
         except ProtocolError as exc:
-            self.request = None
-            self.retransmit_at = None
-            self.mid_out += 1
-            if exc.fatal or self.active_exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH):
-                peer_notify = getattr(exc, "peer_notify", None)
-                if (exc.notify is not None and sa.protector is not None
-                        and self.active_exchange == ExchangeType.IKE_AUTH):
-                    # tell the responder (RFC 7296 2.21.2: an INFORMATIONAL with the error, then delete)
-                    self._send_oneshot_info([NotifyPayload(exc.notify, exc.notify_data)], now)
-                self.terminate(exc.reason, exc.notify if peer_notify is None else peer_notify)
-            else:
-                self._fail_active(exc.reason, exc.notify)
+            self._response_failed(exc, now)
             return
         self.mid_out += 1
         self.request = None
@@ -230,6 +242,23 @@ class TaskManager:
         self.active = []
         self._take_front(now)
         self.initiate(now)
+
+    def _response_failed(self, exc: ProtocolError, now: float) -> None:
+        """The response to our request is an error, or is (authenticated and) unacceptable: the exchange ends;
+        during IKE_SA_INIT/IKE_AUTH, or for a fatal error, so does the IKE_SA."""
+        sa = self.sa
+        self.request = None
+        self.retransmit_at = None
+        self.mid_out += 1
+        if exc.fatal or self.active_exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH):
+            peer_notify = getattr(exc, "peer_notify", None)
+            if (exc.notify is not None and sa.protector is not None
+                    and self.active_exchange == ExchangeType.IKE_AUTH):
+                # tell the responder (RFC 7296 2.21.2: an INFORMATIONAL with the error, then delete)
+                self._send_oneshot_info([NotifyPayload(exc.notify, exc.notify_data)], now)
+            self.terminate(exc.reason, exc.notify if peer_notify is None else peer_notify)
+        else:
+            self._fail_active(exc.reason, exc.notify)
 
     def _take_front(self, now: float) -> None:
         """Tasks that processing asked to run next (e.g. deleting the SA a rekey replaced)."""
@@ -293,6 +322,21 @@ class TaskManager:
         if sa.state == IkeSaState.ESTABLISHED:
             self.initiate(now)
 
+    def _answer_error(self, header: Header, exc: ProtocolError) -> None:
+        """Answer an authenticated request we cannot process with its error notify; in IKE_AUTH the half-made
+        IKE_SA then ends (RFC 7296 2.21.2), it is not left half-open."""
+        sa = self.sa
+        assert exc.notify is not None
+        resp = Message(header.exchange, sa.spi_i, sa.spi_r, header.message_id, True, sa.initiator,
+                       [NotifyPayload(exc.notify, exc.notify_data)])
+        frags = encode_message(sa, resp)
+        self.cached = (header.message_id, frags)
+        self.mid_in += 1
+        self.passive = []
+        self.send(frags)
+        if header.exchange == ExchangeType.IKE_AUTH or sa.state in (IkeSaState.CREATED, IkeSaState.CONNECTING):
+            self.terminate(exc.reason, exc.notify)
+
     # -- input -------------------------------------------------------------------------------------------
     def receive(self, data: bytes, header: Header, now: float) -> None:
         """One datagram for this IKE_SA. Never raises: ProtocolErrors become notifies, drops or teardowns."""
@@ -316,22 +360,26 @@ class TaskManager:
         except IntegrityError:
             self.stats["dropped_integrity"] += 1
             return
+        except SealedError as exc:
+            # the peer holding the keys sent contents that do not parse: answered as the RFC says
+            self.stats["malformed_sealed"] += 1
+            log.info("malformed %s from the peer: %s", "response" if header.is_response else "request",
+                     exc.reason)
+            if header.is_response:
+                self._response_failed(exc.error, now)
+            elif exc.notify is not None:
+                self._answer_error(header, exc.error)
+            return
         except ProtocolError as exc:
             self.stats["dropped_malformed"] += 1
             log.info("dropping malformed message: %s", exc.reason)
             if (not header.is_response and header.exchange == ExchangeType.IKE_SA_INIT
-                    and exc.notify is not None):
+                    and exc.notify is not None and header.next_payload not in (PayloadType.SK, PayloadType.SKF)):
                 resp = Message(header.exchange, header.spi_i, 0, header.message_id, True, False,
                                [NotifyPayload(exc.notify, exc.notify_data)])
                 self.send([resp.encode_plain()])
                 self.terminate(exc.reason, exc.notify)
-            elif exc.notify is not None and not header.is_response and sa.protector is not None:
-                resp = Message(header.exchange, sa.spi_i, sa.spi_r, header.message_id, True, sa.initiator,
-                               [NotifyPayload(exc.notify, exc.notify_data)])
-                frags = encode_message(sa, resp)
-                self.cached = (header.message_id, frags)
-                self.mid_in += 1
-                self.send(frags)
+            # anything else did not pass the integrity check: never answered (RFC 7296 2.21.2)
             return
         if msg is None:
             return

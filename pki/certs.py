@@ -21,6 +21,7 @@ __all__ = [
     "certificates_to_pem",
     "fingerprint",
     "load_certificate",
+    "load_der_certificate",
     "load_certificates",
     "load_crl",
     "not_after",
@@ -113,12 +114,23 @@ _PARSE_ERRORS = (Exception,)
 def _parsed(cert: x509.Certificate) -> x509.Certificate:
     """Touch the lazily parsed parts now, so a malformed certificate is refused at load time, not deep inside
     the validator or ``show``."""
+    cert.version, cert.serial_number, cert.signature_algorithm_oid
     cert.subject.rfc4514_string()
     cert.issuer.rfc4514_string()
     cert.extensions
     cert.not_valid_before_utc, cert.not_valid_after_utc
     cert.public_key()
     return cert
+
+
+def load_der_certificate(data: bytes, *, source: str = "certificate") -> x509.Certificate:
+    """One DER certificate from a peer (an IKE CERT payload): never treated as PEM, every lazily parsed part
+    touched, so anything malformed is a :class:`CorruptInputError` here and nowhere later."""
+    _check_size(data, source)
+    try:
+        return _parsed(x509.load_der_x509_certificate(bytes(data)))
+    except _PARSE_ERRORS as exc:
+        raise CorruptInputError(f"{source}: not a DER certificate ({_short(exc)})") from None
 
 
 def load_certificate(data: bytes, *, source: str = "certificate") -> x509.Certificate:

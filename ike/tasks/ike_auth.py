@@ -6,7 +6,8 @@ import logging
 
 from cryptography import x509
 
-from ..authenticators import auth_method_name, psk_auth, sign_auth, signed_octets, verify_auth
+from ..authenticators import (MAX_CERT_SIZE, auth_method_name, peer_certificates, psk_auth, sign_auth,
+                              signed_octets, verify_auth)
 from ..constants import AuthMethod, ExchangeType, NotifyType
 from ..core_config import Identity
 from ..errors import AuthenticationFailedError, InvalidSyntaxError
@@ -21,7 +22,6 @@ from .ike_init import peer_error
 __all__ = ["IkeAuth", "identities_match", "identity_matches_cert", "MAX_CERT_SIZE"]
 
 log = logging.getLogger("ike.auth")
-MAX_CERT_SIZE = 16384
 
 
 def _canon(ident: Identity) -> tuple[str, object]:
@@ -168,15 +168,7 @@ class IkeAuth(Task):
             return
         if auth.method == AuthMethod.PSK:
             raise AuthenticationFailedError("peer used a pre-shared key, we require a certificate")
-        ders = sa.scratch.get("peer_certs") or []
-        if not ders:
-            raise AuthenticationFailedError("peer sent no certificate")
-        try:
-            certs = [x509.load_der_x509_certificate(d) for d in ders if len(d) <= MAX_CERT_SIZE]
-        except ValueError as exc:
-            raise AuthenticationFailedError(f"unparsable certificate: {exc}") from None
-        if len(certs) != len(ders):
-            raise AuthenticationFailedError("certificate larger than the limit")
+        certs = peer_certificates(sa.scratch.get("peer_certs") or [])
         leaf, intermediates = certs[0], certs[1:]
         if not identity_matches_cert(identity, leaf):
             raise AuthenticationFailedError(f"identity {identity} is not in the certificate {leaf.subject.rfc4514_string()}")

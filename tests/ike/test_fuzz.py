@@ -1,7 +1,10 @@
 """Fuzz the state machine: random and mutated datagrams into a responder and an initiator in every phase.
-Only ike.errors may escape (receive_datagram swallows them), and half-open state stays bounded."""
+Only ike.errors may escape (receive_datagram swallows them), and half-open state stays bounded.
+
+Budget: ``ESPRESSO_FUZZ_EXAMPLES`` overrides the per-test example counts (as in test_fuzz_sealed.py)."""
 from __future__ import annotations
 
+import os
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -34,7 +37,11 @@ def _captured():  # type: ignore[no-untyped-def]
 CAPTURED = _captured()
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def _budget(default: int) -> int:
+    return int(os.environ.get("ESPRESSO_FUZZ_EXAMPLES", default))
+
+
+@settings(max_examples=_budget(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_mutated_datagrams_into_both_roles(data):
     i, r = psk_peers()
@@ -61,7 +68,7 @@ def test_mutated_datagrams_into_both_roles(data):
     drain(b)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=_budget(300), deadline=None)
 @given(st.binary(max_size=400))
 def test_random_bytes_into_dispatcher(blob):
     i, r = psk_peers()
@@ -86,7 +93,7 @@ def test_half_open_memory_is_bounded():
 
     def feed(lo: int, hi: int) -> None:
         for n in range(lo, hi):
-            b.receive_datagram(msgs[n], (f"198.51.{n // 200}.{n % 200 + 1}", 1000 + n), ADDR_R, 0.0)
+            b.receive_datagram(msgs[n], (f"10.{n // 200}.{n % 200}.1", 1000 + n), ADDR_R, 0.0)  # one per /24
             b.datagrams_to_send(0.0)
 
     tracemalloc.start()
