@@ -478,7 +478,7 @@ def _passphrase(sec: _Section, base: Path) -> bytes | None:
         return None
     path = (base / name).expanduser()
     try:
-        return read_passphrase_file(path)
+        return read_passphrase_file(path, protected=True)  # a secret: OpenSSH's rule, as for the key
     except PkiError as exc:
         raise sec.error("passphrase_file", str(exc)) from None
     except OSError as exc:
@@ -487,7 +487,7 @@ def _passphrase(sec: _Section, base: Path) -> bytes | None:
 
 def _certificate(name: str, sec: _Section, base: Path) -> CertificateConfig:
     from pki.errors import PkiError
-    from pki.keys import load_private_key
+    from pki.keys import load_private_key, read_private_file
     cert_file = sec.get("cert", _str, required=True)
     certs = _load_certs([cert_file], base, sec.key("cert"), indexed=False)
     if len(certs) < 1:
@@ -496,10 +496,13 @@ def _certificate(name: str, sec: _Section, base: Path) -> CertificateConfig:
     chain = tuple(extra) + tuple(_load_certs(sec.strings("chain"), base, sec.key("chain")))
     key_file = (base / sec.get("key", _str, required=True)).expanduser()
     passphrase = _passphrase(sec, base)
-    try:
-        key = load_private_key(_read(key_file, "key", sec.key("key")), passphrase, source=str(key_file))
+    if not key_file.is_file():
+        raise sec.error("key", f"key file {str(key_file)!r} does not exist")
+    try:  # refused unless only its owner, the user running this, can read it (OpenSSH's rule)
+        key = load_private_key(read_private_file(key_file), passphrase, source=str(key_file))
     except PkiError as exc:
-        raise sec.error("key", f"{key_file}: {exc}") from None
+        msg = str(exc)
+        raise sec.error("key", msg if msg.startswith(f"{key_file}: ") else f"{key_file}: {msg}") from None
     from cryptography.hazmat.primitives import serialization
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
@@ -634,10 +637,17 @@ class _Pki:
             return None
         try:
             key, cert, chain = self.store.credential(name, self.passphrase)
-        except PkiError as exc:  # a wrong / missing passphrase, a damaged key: say which key and why
-            key_path = Path(self.store.path) / "local" / name / "key.pem"
-            hint = "" if self.passphrase is not None else " (encrypted? set pki.passphrase_file)"
-            raise ConfigError(f"{self.store_key}: certificate-id {name!r}: key {key_path}: {exc}{hint}") from None
+        except PkiError as exc:  # a wrong / missing passphrase, a damaged or unprotected key: which key and why
+            from pki.errors import PassphraseError
+            key_path = Path(self.store.path) / "local" / name / "key.pem"  # as the operator sees it
+            hint = "" if self.passphrase is not None or not isinstance(exc, PassphraseError) \
+                else " (encrypted? set pki.passphrase_file)"
+            msg = str(exc)
+            try:  # the store names the file it read, a generation directory behind the symlink: name it once
+                msg = msg.removeprefix(f"{self.store.key_path(name)}: ")
+            except PkiError:
+                pass
+            raise ConfigError(f"{self.store_key}: certificate-id {name!r}: key {key_path}: {msg}{hint}") from None
         self.certs[name] = CertificateConfig(name, Credential(private_key=key, certificate=cert,
                                                               intermediates=tuple(chain)))
         return self.certs[name]
