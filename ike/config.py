@@ -83,6 +83,7 @@ from .proposal import parse_proposal
 
 __all__ = [
     "DEFAULT_CONTROL_SOCKET",
+    "MAX_NESTING",
     "CaProfileConfig",
     "CertificateConfig",
     "ConfigError",
@@ -93,6 +94,7 @@ __all__ = [
     "parse_config",
     "parse_duration",
     "parse_size",
+    "parse_toml",
 ]
 
 DEFAULT_CONTROL_SOCKET = "/run/espresso/ike.sock"
@@ -821,6 +823,34 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
 # Entry points
 
 
+#: Arrays and tables inside each other: a configuration needs six levels (peers.NAME.children.NAME.local_ts[]);
+#: Python's tomllib recurses once per level and ends in RecursionError some hundreds of levels down.
+MAX_NESTING = 32
+
+
+def parse_toml(text: str, source: str | Path | None = None) -> dict[str, Any]:
+    """The one TOML reader of ike: syntax errors, and nesting deeper than :data:`MAX_NESTING` (which the parser
+    cannot always follow), become the ConfigError every other bad configuration gets."""
+    what = source or "configuration"
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what}: not valid TOML: {exc}") from None
+    except (RecursionError, MemoryError):
+        raise ConfigError(f"{what}: not a configuration: arrays or tables nested more than {MAX_NESTING} deep") \
+            from None
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:  # iterative, so that checking the depth cannot overflow the stack either
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        if depth > MAX_NESTING:
+            raise ConfigError(f"{what}: not a configuration: arrays or tables nested more than {MAX_NESTING} deep")
+        stack.extend((c, depth + 1) for c in children)
+    return doc
+
+
 def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", source: Path | None = None,
                  overrides: Mapping[str, Any] | None = None) -> DaemonConfig:
     """Validate a parsed (or TOML text) configuration; relative file names resolve against ``base``.
@@ -829,10 +859,7 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
     Raises ConfigError("<key path>: <reason>") on the first problem.
     """
     if isinstance(data, str):
-        try:
-            data = tomllib.loads(data)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{source or 'configuration'}: not valid TOML: {exc}") from None
+        data = parse_toml(data, source)
     base_dir = Path(base)
     root = _Section(data, "")
     daemon_data = dict(root.raw("daemon", {}) or {})
@@ -864,8 +891,12 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
     peers: list[PeerConfig] = []
     local_addrs: dict[str, str | None] = {}
     auto_start: list[str] = []
+    from pki.errors import PkiError
     for n, s in peers_secs.items():
-        peer, laddr = _peer(n, s, daemon, pki)
+        try:
+            peer, laddr = _peer(n, s, daemon, pki)
+        except PkiError as exc:  # the router store's own files, read while the peer's names resolve
+            raise ConfigError(f"peers.{n}: {pki.store_key}: {exc}") from None
         peers.append(peer)
         local_addrs[n] = laddr
         if s.data.get("start_action") == "start":

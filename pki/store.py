@@ -88,7 +88,7 @@ class Store:
             return []
         try:
             data = json.loads(read_bounded(p))
-        except ValueError:
+        except (ValueError, RecursionError, MemoryError):  # json recurses per level: a deep file is corrupt too
             raise StoreError(f"{p}: corrupt JSON") from None
         if not isinstance(data, list):
             raise StoreError(f"{p}: expected a list")

@@ -2,7 +2,8 @@
 
 A private key (or the passphrase that unlocks one) readable by group or others, or owned by another user, is
 refused with one line naming the file and its mode, as OpenSSH does ("UNPROTECTED PRIVATE KEY FILE"), by both
-``check-config`` and ``daemon`` and for keys in the pki store too.
+``check-config`` and ``daemon`` and for keys in the pki store too. A TOML file nested deeper than a parser can
+follow is the same one-line error, exit 2, as every other bad configuration: never a traceback.
 """
 from __future__ import annotations
 
@@ -139,3 +140,32 @@ def test_key_in_the_pki_store_readable_by_others_is_refused(tmp_path: Path, lab:
     _refused(conf, f"certificate-id 'gw1': key {tmp_path / 'store' / 'local' / 'gw1' / 'key.pem'}: UNPROTECTED",
              "0644", "too open")
 
+
+def _deep_toml(depth: int, kind: str) -> str:
+    if kind == "array":
+        return "a = " + "[" * depth + "]" * depth + "\n"
+    if kind == "inline-table":
+        return "a = " + "{b = " * depth + "1" + "}" * depth + "\n"
+    return "[daemon]\nport = " + "[" * depth + "1" + "]" * depth + "\n"  # under a known key
+
+
+@pytest.mark.parametrize("kind", ["array", "inline-table", "value"])
+@pytest.mark.parametrize("depth", [100, 5000, 100_000])
+def test_deeply_nested_toml_is_a_one_line_error(tmp_path: Path, kind: str, depth: int) -> None:
+    conf = tmp_path / "deep.toml"
+    conf.write_text(_deep_toml(depth, kind))
+    _refused(conf, str(conf))
+
+
+def test_deeply_nested_store_file_is_a_one_line_error(tmp_path: Path, lab: LabPki) -> None:
+    """The router store's ca-profiles.json, damaged into deep nesting, is refused like any corrupt store file."""
+    from pki.store import Store
+
+    conf = _write(tmp_path, lab)
+    Store(tmp_path / "store")
+    (tmp_path / "store" / "ca-profiles.json").write_text("[" * 100_000 + "]" * 100_000)
+    conf.write_text(conf.read_text().replace("[ca-profiles.corp]", '[pki]\nstore = "store"\n\n[ca-profiles.corp]'))
+    _refused(conf, "ca-profiles.json: corrupt JSON")
+    r = subprocess.run([sys.executable, "-m", "pki", "--store", str(tmp_path / "store"), "show", "ca-profile"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "corrupt JSON" in r.stderr, r.stderr
