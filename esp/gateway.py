@@ -414,7 +414,7 @@ def load_static(path: str | os.PathLike) -> tuple[GatewayConfig, list[Policy], l
                               replay_window=int(d.get("replay_window", 64)), esn=bool(d.get("esn", False)),
                               lifetime=Lifetime(**d.get("lifetime", {})))
             sas.append((Sa(params), d.get("policy")))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:  # a value of the wrong type
         raise GatewayError(f"{p}: bad static configuration: {type(exc).__name__}: {exc}") from None
     return cfg, pols, sas
 

@@ -412,10 +412,27 @@ def _proposals(sec: _Section, name: str, protocol: int, default: Sequence[str]) 
 # PKI
 
 
+def _path(base: Path, name: str, key: str) -> Path:
+    """A file the configuration names, relative to the configuration's directory, ``~`` and ``~user`` expanded."""
+    try:
+        return (base / name).expanduser()
+    except RuntimeError as exc:  # ~user of a user this host does not know
+        raise ConfigError(f"{key}: {name!r}: {exc}") from None
+
+
+def _exists(path: Path, what: str, key: str, *, directory: bool = False) -> None:
+    """ConfigError unless ``path`` is a file (a directory): also for names the OS refuses (too long, a loop)."""
+    try:
+        ok = path.is_dir() if directory else path.is_file()
+    except OSError as exc:
+        raise ConfigError(f"{key}: {what} {str(path)!r}: {exc.strerror or exc}") from None
+    if not ok:
+        raise ConfigError(f"{key}: {what} {str(path)!r} " + ("is not a directory" if directory else "does not exist"))
+
+
 def _read(path: Path, what: str, key: str) -> bytes:
     from pki._files import read_bounded
-    if not path.is_file():
-        raise ConfigError(f"{key}: {what} file {str(path)!r} does not exist")
+    _exists(path, f"{what} file", key)
     try:
         return read_bounded(path)
     except Exception as exc:  # PkiError (too large) or OSError
@@ -427,8 +444,8 @@ def _load_certs(paths: Iterable[str], base: Path, key: str, *, indexed: bool = T
     from pki.errors import PkiError
     certs: list[Any] = []
     for i, p in enumerate(paths):
-        path = (base / p).expanduser()
         k = f"{key}[{i}]" if indexed else key
+        path = _path(base, p, k)
         try:
             certs.extend(load_certificates(_read(path, "certificate", k), source=str(path)))
         except PkiError as exc:
@@ -478,7 +495,7 @@ def _passphrase(sec: _Section, base: Path) -> bytes | None:
     name = sec.get("passphrase_file", _str)
     if not name:
         return None
-    path = (base / name).expanduser()
+    path = _path(base, name, sec.key("passphrase_file"))
     try:
         return read_passphrase_file(path, protected=True)  # a secret: OpenSSH's rule, as for the key
     except PkiError as exc:
@@ -496,10 +513,9 @@ def _certificate(name: str, sec: _Section, base: Path) -> CertificateConfig:
         raise sec.error("cert", "no certificate in the file")
     leaf, extra = certs[0], certs[1:]
     chain = tuple(extra) + tuple(_load_certs(sec.strings("chain"), base, sec.key("chain")))
-    key_file = (base / sec.get("key", _str, required=True)).expanduser()
+    key_file = _path(base, sec.get("key", _str, required=True), sec.key("key"))
     passphrase = _passphrase(sec, base)
-    if not key_file.is_file():
-        raise sec.error("key", f"key file {str(key_file)!r} does not exist")
+    _exists(key_file, "key file", sec.key("key"))
     try:  # refused unless only its owner, the user running this, can read it (OpenSSH's rule)
         key = load_private_key(read_private_file(key_file), passphrase, source=str(key_file))
     except PkiError as exc:
@@ -872,9 +888,8 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
     if store_dir is not None:
         from pki.errors import PkiError
         from pki.store import Store
-        path = (base_dir / store_dir).expanduser()
-        if not path.is_dir():
-            raise pki_sec.error("store", f"{str(path)!r} is not a directory")
+        path = _path(base_dir, store_dir, pki_sec.key("store"))
+        _exists(path, "store", pki_sec.key("store"), directory=True)
         try:
             store = Store(path, create=False)
         except PkiError as exc:

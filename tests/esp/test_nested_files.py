@@ -65,3 +65,15 @@ def test_static_json_nesting_that_parses_still_refused_cleanly(tmp_path: Path) -
     path.write_text(json.dumps({"gateway": {"tun_name": [[[[["x"]]]]]}, "sas": []}))
     path.chmod(0o600)
     _one_line_error(_esp("gateway", str(path)), str(path))
+
+
+def test_static_json_value_of_the_wrong_type_is_a_one_line_error(tmp_path: Path) -> None:
+    """Found by tests/esp/test_fuzz_files.py: ``"suite": null`` raised AttributeError out of load_static."""
+    from tests.esp.test_fuzz_files import STATIC
+
+    doc = json.loads(json.dumps(STATIC))
+    doc["sas"][0]["suite"] = None
+    path = tmp_path / "static.json"
+    path.write_text(json.dumps(doc))
+    path.chmod(0o600)
+    _one_line_error(_esp("gateway", str(path)), str(path), "bad static configuration")

@@ -169,3 +169,11 @@ def test_deeply_nested_store_file_is_a_one_line_error(tmp_path: Path, lab: LabPk
     r = subprocess.run([sys.executable, "-m", "pki", "--store", str(tmp_path / "store"), "show", "ca-profile"],
                        cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode != 0 and "Traceback" not in r.stderr and "corrupt JSON" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("name", ["x" * 300 + ".key", "a/" * 3000 + "gw.key"], ids=["name-too-long", "path-too-long"])
+def test_key_name_the_os_refuses_is_a_one_line_error(tmp_path: Path, lab: LabPki, name: str) -> None:
+    """Found by tests/ike/test_fuzz_config.py: a file name the OS refuses (ENAMETOOLONG) raised OSError."""
+    conf = _write(tmp_path, lab)
+    conf.write_text(conf.read_text().replace('key = "gw.key"', f'key = "{name}"'))
+    _refused(conf, "certificates.gw.key")
