@@ -44,6 +44,7 @@ MODULES = {
     "esp._io": ("esp/_io.pyx", []),
     "esp._pcapio": ("esp/_pcapio.pyx", []),
     "bench._ceilings": ("bench/_ceilings.pyx", crypto_libs),
+    "ike._modp": ("ike/_modp.pyx", ["crypto"]),
 }
 
 extensions = [

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _io
+from ._document import DocumentTooDeep, parse_document
 from .batch import PacketBatch, Verdict
 from .dataplane import Dataplane
 from .errors import EspError
@@ -393,9 +394,11 @@ def load_static(path: str | os.PathLike) -> tuple[GatewayConfig, list[Policy], l
         raise GatewayError(f"{p} holds keys and is readable by others (mode {oct(p.stat().st_mode & 0o777)}); "
                            f"chmod 600 it")
     try:
-        doc = json.loads(p.read_text())
+        doc = parse_document(json.loads, p.read_text())
     except json.JSONDecodeError as exc:
         raise GatewayError(f"{p}: not valid JSON: {exc}") from None
+    except DocumentTooDeep as exc:
+        raise GatewayError(f"{p}: not a static configuration: {exc}") from None
     try:
         g = doc["gateway"]
         cfg = GatewayConfig(**g)
@@ -411,7 +414,7 @@ def load_static(path: str | os.PathLike) -> tuple[GatewayConfig, list[Policy], l
                               replay_window=int(d.get("replay_window", 64)), esn=bool(d.get("esn", False)),
                               lifetime=Lifetime(**d.get("lifetime", {})))
             sas.append((Sa(params), d.get("policy")))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:  # a value of the wrong type
         raise GatewayError(f"{p}: bad static configuration: {type(exc).__name__}: {exc}") from None
     return cfg, pols, sas
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from esp._document import DocumentTooDeep, parse_document
 from esp.suites import Cipher, Integ, Suite, parse_suite
 
 try:  # the package's error base, once esp/errors.py exists
@@ -550,10 +551,12 @@ def _toml_key_line(text: str, start: int, key: str) -> int:
 
 def parse_toml(text: str, source: str = "<toml>") -> KeyFile:
     try:
-        doc = tomllib.loads(text)
+        doc = parse_document(tomllib.loads, text)
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+)", str(exc))
         raise KeyFileError(source, int(m.group(1)) if m else None, f"not valid TOML: {exc}") from None
+    except DocumentTooDeep as exc:
+        raise KeyFileError(source, None, f"not an SA file: {exc}") from None
     extra = set(doc) - {"sa"}
     if extra:
         raise KeyFileError(source, 1, f"unknown top-level key(s) {sorted(extra)}; SAs go in [[sa]] tables")

@@ -83,6 +83,7 @@ from .proposal import parse_proposal
 
 __all__ = [
     "DEFAULT_CONTROL_SOCKET",
+    "MAX_NESTING",
     "CaProfileConfig",
     "CertificateConfig",
     "ConfigError",
@@ -93,6 +94,7 @@ __all__ = [
     "parse_config",
     "parse_duration",
     "parse_size",
+    "parse_toml",
 ]
 
 DEFAULT_CONTROL_SOCKET = "/run/espresso/ike.sock"
@@ -410,10 +412,27 @@ def _proposals(sec: _Section, name: str, protocol: int, default: Sequence[str]) 
 # PKI
 
 
+def _path(base: Path, name: str, key: str) -> Path:
+    """A file the configuration names, relative to the configuration's directory, ``~`` and ``~user`` expanded."""
+    try:
+        return (base / name).expanduser()
+    except RuntimeError as exc:  # ~user of a user this host does not know
+        raise ConfigError(f"{key}: {name!r}: {exc}") from None
+
+
+def _exists(path: Path, what: str, key: str, *, directory: bool = False) -> None:
+    """ConfigError unless ``path`` is a file (a directory): also for names the OS refuses (too long, a loop)."""
+    try:
+        ok = path.is_dir() if directory else path.is_file()
+    except OSError as exc:
+        raise ConfigError(f"{key}: {what} {str(path)!r}: {exc.strerror or exc}") from None
+    if not ok:
+        raise ConfigError(f"{key}: {what} {str(path)!r} " + ("is not a directory" if directory else "does not exist"))
+
+
 def _read(path: Path, what: str, key: str) -> bytes:
     from pki._files import read_bounded
-    if not path.is_file():
-        raise ConfigError(f"{key}: {what} file {str(path)!r} does not exist")
+    _exists(path, f"{what} file", key)
     try:
         return read_bounded(path)
     except Exception as exc:  # PkiError (too large) or OSError
@@ -425,8 +444,8 @@ def _load_certs(paths: Iterable[str], base: Path, key: str, *, indexed: bool = T
     from pki.errors import PkiError
     certs: list[Any] = []
     for i, p in enumerate(paths):
-        path = (base / p).expanduser()
         k = f"{key}[{i}]" if indexed else key
+        path = _path(base, p, k)
         try:
             certs.extend(load_certificates(_read(path, "certificate", k), source=str(path)))
         except PkiError as exc:
@@ -476,9 +495,9 @@ def _passphrase(sec: _Section, base: Path) -> bytes | None:
     name = sec.get("passphrase_file", _str)
     if not name:
         return None
-    path = (base / name).expanduser()
+    path = _path(base, name, sec.key("passphrase_file"))
     try:
-        return read_passphrase_file(path)
+        return read_passphrase_file(path, protected=True)  # a secret: OpenSSH's rule, as for the key
     except PkiError as exc:
         raise sec.error("passphrase_file", str(exc)) from None
     except OSError as exc:
@@ -487,19 +506,21 @@ def _passphrase(sec: _Section, base: Path) -> bytes | None:
 
 def _certificate(name: str, sec: _Section, base: Path) -> CertificateConfig:
     from pki.errors import PkiError
-    from pki.keys import load_private_key
+    from pki.keys import load_private_key, read_private_file
     cert_file = sec.get("cert", _str, required=True)
     certs = _load_certs([cert_file], base, sec.key("cert"), indexed=False)
     if len(certs) < 1:
         raise sec.error("cert", "no certificate in the file")
     leaf, extra = certs[0], certs[1:]
     chain = tuple(extra) + tuple(_load_certs(sec.strings("chain"), base, sec.key("chain")))
-    key_file = (base / sec.get("key", _str, required=True)).expanduser()
+    key_file = _path(base, sec.get("key", _str, required=True), sec.key("key"))
     passphrase = _passphrase(sec, base)
-    try:
-        key = load_private_key(_read(key_file, "key", sec.key("key")), passphrase, source=str(key_file))
+    _exists(key_file, "key file", sec.key("key"))
+    try:  # refused unless only its owner, the user running this, can read it (OpenSSH's rule)
+        key = load_private_key(read_private_file(key_file), passphrase, source=str(key_file))
     except PkiError as exc:
-        raise sec.error("key", f"{key_file}: {exc}") from None
+        msg = str(exc)
+        raise sec.error("key", msg if msg.startswith(f"{key_file}: ") else f"{key_file}: {msg}") from None
     from cryptography.hazmat.primitives import serialization
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
@@ -634,10 +655,17 @@ class _Pki:
             return None
         try:
             key, cert, chain = self.store.credential(name, self.passphrase)
-        except PkiError as exc:  # a wrong / missing passphrase, a damaged key: say which key and why
-            key_path = Path(self.store.path) / "local" / name / "key.pem"
-            hint = "" if self.passphrase is not None else " (encrypted? set pki.passphrase_file)"
-            raise ConfigError(f"{self.store_key}: certificate-id {name!r}: key {key_path}: {exc}{hint}") from None
+        except PkiError as exc:  # a wrong / missing passphrase, a damaged or unprotected key: which key and why
+            from pki.errors import PassphraseError
+            key_path = Path(self.store.path) / "local" / name / "key.pem"  # as the operator sees it
+            hint = "" if self.passphrase is not None or not isinstance(exc, PassphraseError) \
+                else " (encrypted? set pki.passphrase_file)"
+            msg = str(exc)
+            try:  # the store names the file it read, a generation directory behind the symlink: name it once
+                msg = msg.removeprefix(f"{self.store.key_path(name)}: ")
+            except PkiError:
+                pass
+            raise ConfigError(f"{self.store_key}: certificate-id {name!r}: key {key_path}: {msg}{hint}") from None
         self.certs[name] = CertificateConfig(name, Credential(private_key=key, certificate=cert,
                                                               intermediates=tuple(chain)))
         return self.certs[name]
@@ -811,6 +839,34 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
 # Entry points
 
 
+#: Arrays and tables inside each other: a configuration needs six levels (peers.NAME.children.NAME.local_ts[]);
+#: Python's tomllib recurses once per level and ends in RecursionError some hundreds of levels down.
+MAX_NESTING = 32
+
+
+def parse_toml(text: str, source: str | Path | None = None) -> dict[str, Any]:
+    """The one TOML reader of ike: syntax errors, and nesting deeper than :data:`MAX_NESTING` (which the parser
+    cannot always follow), become the ConfigError every other bad configuration gets."""
+    what = source or "configuration"
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what}: not valid TOML: {exc}") from None
+    except (RecursionError, MemoryError):
+        raise ConfigError(f"{what}: not a configuration: arrays or tables nested more than {MAX_NESTING} deep") \
+            from None
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:  # iterative, so that checking the depth cannot overflow the stack either
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        if depth > MAX_NESTING:
+            raise ConfigError(f"{what}: not a configuration: arrays or tables nested more than {MAX_NESTING} deep")
+        stack.extend((c, depth + 1) for c in children)
+    return doc
+
+
 def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", source: Path | None = None,
                  overrides: Mapping[str, Any] | None = None) -> DaemonConfig:
     """Validate a parsed (or TOML text) configuration; relative file names resolve against ``base``.
@@ -819,10 +875,7 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
     Raises ConfigError("<key path>: <reason>") on the first problem.
     """
     if isinstance(data, str):
-        try:
-            data = tomllib.loads(data)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{source or 'configuration'}: not valid TOML: {exc}") from None
+        data = parse_toml(data, source)
     base_dir = Path(base)
     root = _Section(data, "")
     daemon_data = dict(root.raw("daemon", {}) or {})
@@ -835,9 +888,8 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
     if store_dir is not None:
         from pki.errors import PkiError
         from pki.store import Store
-        path = (base_dir / store_dir).expanduser()
-        if not path.is_dir():
-            raise pki_sec.error("store", f"{str(path)!r} is not a directory")
+        path = _path(base_dir, store_dir, pki_sec.key("store"))
+        _exists(path, "store", pki_sec.key("store"), directory=True)
         try:
             store = Store(path, create=False)
         except PkiError as exc:
@@ -854,8 +906,12 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
     peers: list[PeerConfig] = []
     local_addrs: dict[str, str | None] = {}
     auto_start: list[str] = []
+    from pki.errors import PkiError
     for n, s in peers_secs.items():
-        peer, laddr = _peer(n, s, daemon, pki)
+        try:
+            peer, laddr = _peer(n, s, daemon, pki)
+        except PkiError as exc:  # the router store's own files, read while the peer's names resolve
+            raise ConfigError(f"peers.{n}: {pki.store_key}: {exc}") from None
         peers.append(peer)
         local_addrs[n] = laddr
         if s.data.get("start_action") == "start":

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from cryptography.hazmat.primitives.asymmetric import dh, ec, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
+from ._modp import ModpKey
 from .constants import DhId
 from .errors import InvalidSyntaxError, NoProposalChosenError
 
@@ -31,6 +32,8 @@ _MODP: dict[int, int] = {
     "ABF5AE8CDB0933D71E8C94E04A25619DCEE3D2261AD2EE6BF12FFA06D98A0864D87602733EC86A64521F2B18177B200C"
     "BBE117577A615D6C770988C0BAD946E208E24FA074E5AB3143DB5BFCE0FD108E4B82D120A93AD2CAFFFFFFFFFFFFFFFF", 16),
 }
+# OpenSSL's names for the same primes (tests check that they are equal)
+_MODP_NAMES: dict[int, str] = {DhId.MODP_2048: "modp_2048", DhId.MODP_3072: "modp_3072"}
 _ECP: dict[int, tuple[ec.EllipticCurve, int]] = {DhId.ECP_256: (ec.SECP256R1(), 32), DhId.ECP_384: (ec.SECP384R1(), 48), DhId.ECP_521: (ec.SECP521R1(), 66)}
 SUPPORTED_GROUPS = (DhId.MODP_2048, DhId.MODP_3072, DhId.ECP_256, DhId.ECP_384, DhId.ECP_521, DhId.CURVE25519)
 
@@ -54,22 +57,21 @@ class DhKeyExchange:
 
 
 class ModpDh(DhKeyExchange):
-    """MODP groups through OpenSSL (constant-time modular exponentiation, and ~15x faster than Python's pow).
+    """MODP groups through libcrypto's EVP API (ike._modp), not cryptography, which deprecates finite-field DH.
 
-    The private exponent comes from the injected random source; OpenSSL computes the public value as the
-    "shared secret" with the generator g = 2, then the key is rebuilt with its true public value."""
+    The private exponent comes from the injected random source: 512 bits, top bit set, enough for both groups
+    (a 2*strength-bit exponent, RFC 3526 sec. 8). The peer's value is refused unless 1 < y < p-1 and
+    y^q = 1 mod p (RFC 6989 2.2); the secret keeps its leading zeros (RFC 7296 2.14)."""
 
     def __init__(self, group: int, random: Callable[[int], bytes]) -> None:
         self.group = group
         self._p = _MODP[group]
         self._n = (self._p.bit_length() + 7) // 8
-        self._pn = dh.DHParameterNumbers(self._p, 2)
-        # a 2*strength-bit exponent is enough (RFC 3526 sec. 8); we use 512 bits for both groups
-        x = int.from_bytes(random(64), "big") | (1 << 511)
-        seed_key = dh.DHPrivateNumbers(x, dh.DHPublicNumbers(2, self._pn)).private_key()
-        y = int.from_bytes(seed_key.exchange(dh.DHPublicNumbers(2, self._pn).public_key()), "big")
-        self._key = dh.DHPrivateNumbers(x, dh.DHPublicNumbers(y, self._pn)).private_key()
-        self.public = y.to_bytes(self._n, "big")
+        x = bytearray(random(64))
+        x[0] |= 0x80
+        self._key = ModpKey(_MODP_NAMES[group], x)
+        x[:] = bytes(len(x))
+        self.public = self._key.public
 
     def shared(self, peer_public: bytes) -> bytes:
         if len(peer_public) != self._n:
@@ -78,10 +80,9 @@ class ModpDh(DhKeyExchange):
         if not 1 < y < self._p - 1:
             raise InvalidSyntaxError("MODP public value out of range")
         try:
-            secret = self._key.exchange(dh.DHPublicNumbers(y, self._pn).public_key())
+            return self._key.derive(peer_public)
         except ValueError as exc:
             raise InvalidSyntaxError(f"invalid MODP public value: {exc}") from None
-        return secret.rjust(self._n, b"\x00")
 
 
 class EcpDh(DhKeyExchange):

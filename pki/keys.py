@@ -7,8 +7,9 @@ never readable by others even for an instant.
 from __future__ import annotations
 
 import enum
-import re
 import os
+import re
+import stat
 from dataclasses import dataclass
 from typing import Union
 
@@ -16,11 +17,13 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from pki._files import SECRET_MODE, read_bounded, write_atomic
-from pki.errors import CorruptInputError, KeyFileError, PassphraseError
+from pki._files import MAX_INPUT_BYTES, SECRET_MODE, read_bounded, write_atomic
+from pki.errors import CorruptInputError, InputTooLargeError, KeyFileError, PassphraseError
 
 __all__ = [
+    "check_private_file",
     "read_passphrase_file",
+    "read_private_file",
     "KeySpec",
     "KeyType",
     "PrivateKey",
@@ -127,7 +130,48 @@ def save_private_key(
 def read_private_key(path: str | os.PathLike[str], passphrase: bytes | None = None) -> PrivateKey:
     if not os.path.exists(path):
         raise KeyFileError(f"{path}: no such key file")
-    return load_private_key(read_bounded(path), passphrase, source=str(path))
+    return load_private_key(read_private_file(path), passphrase, source=str(path))
+
+
+def check_private_file(path: str | os.PathLike[str], st: os.stat_result) -> None:
+    """OpenSSH's rule for a file that holds a secret (a private key, a passphrase): refuse it when group or
+    others have any permission on it, or when someone other than the running user owns it (they could read or
+    swap it). A secret that others could read is already compromised; running on with it would hide that."""
+    mode = st.st_mode & 0o7777
+    if mode & 0o077:
+        raise KeyFileError(f"{os.fspath(path)}: UNPROTECTED PRIVATE KEY FILE: permissions {mode:04o} are too open; "
+                           f"it must not be accessible by group or others (chmod 600 it)")
+    euid = os.geteuid()
+    if st.st_uid != euid:
+        raise KeyFileError(f"{os.fspath(path)}: UNPROTECTED PRIVATE KEY FILE: owned by uid {st.st_uid}, not by the "
+                           f"user running this (uid {euid}); chown it")
+
+
+def read_private_file(path: str | os.PathLike[str], limit: int = MAX_INPUT_BYTES) -> bytes:
+    """The one way a secret is read from disk: bounded, and checked (:func:`check_private_file`) on the very
+    file that is read (fstat of the open descriptor, so a swap between the check and the read cannot slip by)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise KeyFileError(f"{os.fspath(path)}: no such file") from None
+    except IsADirectoryError:  # pragma: no cover - Linux opens directories read-only; caught below
+        raise KeyFileError(f"{os.fspath(path)}: is a directory") from None
+    except PermissionError:
+        raise KeyFileError(f"{os.fspath(path)}: permission denied") from None
+    except OSError as exc:
+        raise KeyFileError(f"{os.fspath(path)}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{os.fspath(path)}: not a regular file")
+        check_private_file(path, st)
+        try:
+            data = f.read(limit + 1)
+        except OSError as exc:
+            raise KeyFileError(f"{os.fspath(path)}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise InputTooLargeError(f"{os.fspath(path)}: larger than {limit} bytes")
+    return data
 
 
 def describe_public_key(key: PublicKey | PrivateKey) -> tuple[str, int]:
@@ -154,14 +198,16 @@ def _short(exc: Exception) -> str:
     return text
 
 
-def read_passphrase_file(path: str | os.PathLike[str]) -> bytes:
+def read_passphrase_file(path: str | os.PathLike[str], *, protected: bool = False) -> bytes:
     """The one rule for passphrase (and challenge) files: the first line minus its line ending (LF or CRLF) only.
 
     Blanks are kept, since a passphrase may end with a space; an empty first line is refused, because an empty
     passphrase would silently mean "write the key unencrypted". Every reader of such files (pki CLI, ike config)
-    should use this function so one file gives one passphrase everywhere.
+    should use this function so one file gives one passphrase everywhere. ``protected`` applies the private key
+    file rule (:func:`check_private_file`), as a daemon's configuration does.
     """
-    line = read_bounded(path, 4096).split(b"\n", 1)[0]
+    data = read_private_file(path, 4096) if protected else read_bounded(path, 4096)
+    line = data.split(b"\n", 1)[0]
     if line.endswith(b"\r"):
         line = line[:-1]
     if not line:

@@ -39,6 +39,7 @@ from pki.keys import (
     load_private_key,
     parse_key_spec,
     private_key_to_pem,
+    read_private_file,
 )
 from pki.profile import AutoReenrollment, CaProfile, RevocationPolicy
 from pki.revocation import CrlCache, OcspSource, default_fetch
@@ -87,7 +88,7 @@ class Store:
             return []
         try:
             data = json.loads(read_bounded(p))
-        except ValueError:
+        except (ValueError, RecursionError, MemoryError):  # json recurses per level: a deep file is corrupt too
             raise StoreError(f"{p}: corrupt JSON") from None
         if not isinstance(data, list):
             raise StoreError(f"{p}: expected a list")
@@ -187,7 +188,7 @@ class Store:
         d = self._entry_dir(certificate_id)
         if d is None or not (d / KEY).exists():
             raise KeyFileError(f"no key pair for certificate-id {certificate_id!r} (generate-key-pair first)")
-        return load_private_key(read_bounded(d / KEY), passphrase, source=f"key pair {certificate_id}")
+        return load_private_key(read_private_file(d / KEY), passphrase, source=f"key pair {certificate_id}")
 
     def public_key(self, certificate_id: str, passphrase: bytes | None = None):  # type: ignore[no-untyped-def]
         """The key pair's public key, without the passphrase when the store has it in clear (public.pem, or the

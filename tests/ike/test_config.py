@@ -51,9 +51,9 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     other = LabPki("ecdsa").issue("x", "branch.test")
     (d / "ca.pem").write_bytes(pki.ca.cert_pem())
     (d / "gw.pem").write_bytes(gw.cert_pem())
-    (d / "gw.key").write_bytes(gw.key_pem())
+    gw.write_key(d / "gw.key")
     (d / "branch.pem").write_bytes(branch.cert_pem())
-    (d / "branch.key").write_bytes(branch.key_pem())
+    branch.write_key(d / "branch.key")
     (d / "other.pem").write_bytes(other.cert_pem())
     return d
 
@@ -282,6 +282,8 @@ def test_passphrase_protected_key_in_the_pki_store(pki_dir: Path, tmp_path: Path
     store.load_local_certificate("gw1", (pki_dir / "gw.pem").read_bytes(), secret)
     (tmp_path / "pass").write_bytes(secret + b"\r\nsecond line ignored\n")
     (tmp_path / "stripped").write_bytes(secret.strip() + b"\n")
+    for name in ("pass", "stripped"):
+        (tmp_path / name).chmod(0o600)  # secrets: refused when others could read them (test_config_files.py)
     text = f"""
 [pki]
 store = "{tmp_path / 'store'}"
@@ -303,6 +305,7 @@ remote_ts = "10.2.0.0/16"
     with pytest.raises(ConfigError, match=r"certificate-id 'gw1': key .*key.pem: .*set pki.passphrase_file"):
         parse_config(text.replace(f'passphrase_file = "{tmp_path / "pass"}"\n', ""), base=pki_dir)
     (tmp_path / "empty").write_bytes(b"\n")
+    (tmp_path / "empty").chmod(0o600)
     with pytest.raises(ConfigError, match=r"pki.passphrase_file: .*empty first line"):
         parse_config(text.replace("/pass", "/empty"), base=pki_dir)
 

@@ -86,7 +86,7 @@ async def _pair(tmp: Path, kind: str, ike: str, esp: str, key_log: bool = False)
     for name, peer, local, remote in (("a", "b", "10.1.0.0/24", "10.2.0.0/24"), ("b", "a", "10.2.0.0/24", "10.1.0.0/24")):
         cred = pki.issue(name, f"{name}.test")
         (tmp / f"{name}.pem").write_bytes(cred.cert_pem())
-        (tmp / f"{name}.key").write_bytes(cred.key_pem())
+        cred.write_key(tmp / f"{name}.key")
         text = CONF.format(port=ports[name][0], nat_port=ports[name][1], name=name, peer=peer,
                            remote_port=ports[peer][0], ike=ike, esp=esp, local=local, remote=remote,
                            key_log=f'key_log = "keys-{name}"' if key_log else "")
@@ -209,7 +209,7 @@ def test_soft_packet_lifetime_from_esp_rekeys(tmp_path: Path) -> None:
                                           ("b", "a", "10.2.0.0/24", "10.1.0.0/24")):
             cred = pki.issue(name, f"{name}.test")
             (tmp_path / f"{name}.pem").write_bytes(cred.cert_pem())
-            (tmp_path / f"{name}.key").write_bytes(cred.key_pem())
+            cred.write_key(tmp_path / f"{name}.key")
             text = CONF.format(port=ports[name][0], nat_port=ports[name][1], name=name, peer=peer,
                                remote_port=ports[peer][0], ike="aes128gcm16-prfsha256-ecp256", esp="aes128gcm16",
                                local=local, remote=remote, key_log="")
@@ -266,7 +266,7 @@ def test_ipv6_outer_and_inner(tmp_path: Path) -> None:
         for name, peer, local, remote in (("a", "b", "fd00:a::/64", "fd00:b::/64"), ("b", "a", "fd00:b::/64", "fd00:a::/64")):
             cred = pki.issue(name, f"{name}.test")
             (tmp_path / f"{name}.pem").write_bytes(cred.cert_pem())
-            (tmp_path / f"{name}.key").write_bytes(cred.key_pem())
+            cred.write_key(tmp_path / f"{name}.key")
             text = CONF.format(port=ports[name][0], nat_port=ports[name][1], name=name, peer=peer,
                                remote_port=ports[peer][0], ike="aes256gcm16-prfsha384-ecp384", esp="aes256gcm16",
                                local=local, remote=remote, key_log="").replace('"127.0.0.1"', '"::1"')

@@ -81,6 +81,14 @@ class Credential:
         return self.key.private_bytes(  # type: ignore[attr-defined]
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
+    def write_key(self, path: Path) -> Path:
+        """The key as a deployment keeps it: PKCS#8 PEM, mode 0600 from creation (daemons refuse wider)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(self.key_pem())
+        os.chmod(path, 0o600)  # an existing file keeps its mode on O_TRUNC
+        return path
+
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
@@ -288,9 +296,7 @@ class Charon:
     def add_credential(self, cred: Credential) -> str:
         """Install an end-entity key and certificate; returns the file name for ``certs =``."""
         (self.swanctl_dir / "x509" / f"{cred.name}.pem").write_bytes(cred.cert_pem())
-        keyfile = self.swanctl_dir / "private" / f"{cred.name}.pem"
-        keyfile.write_bytes(cred.key_pem())
-        keyfile.chmod(0o600)
+        cred.write_key(self.swanctl_dir / "private" / f"{cred.name}.pem")
         return f"{cred.name}.pem"
 
     def write_config(self) -> None:

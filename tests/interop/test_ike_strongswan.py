@@ -111,7 +111,7 @@ class Espresso:
         cred = pki.issue("e", "e.test")
         (workdir / "ca.pem").write_bytes(pki.ca.cert_pem())
         (workdir / "e.pem").write_bytes(cred.cert_pem())
-        (workdir / "e.key").write_bytes(cred.key_pem())
+        cred.write_key(workdir / "e.key")
         cfg = parse_config(conf.format(local=site.outer, remote=peer.outer, ike=ike, esp=esp, e_inner=E_INNER,
                                        s_inner=S_INNER), base=workdir)
         self.workdir = workdir
@@ -398,7 +398,7 @@ def test_daemon_command_with_tun_gateway(lab: ss.Lab, tmp_path: Path) -> None:
     cred = pki.issue("e", "e.test")
     (work / "ca.pem").write_bytes(pki.ca.cert_pem())
     (work / "e.pem").write_bytes(cred.cert_pem())
-    (work / "e.key").write_bytes(cred.key_pem())
+    cred.write_key(work / "e.key")
     sock = work / "ike.sock"
     conf = work / "ike.toml"
     conf.write_text(GATEWAY_CONF.format(local=site_e.outer, remote=site_s.outer, sock=sock, tun=ss.unique("esp"),

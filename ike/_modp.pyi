@@ -1,0 +1,9 @@
+"""Type stub for ike._modp (MODP Diffie-Hellman through libcrypto's EVP API)."""
+
+def group_prime(group: str) -> bytes: ...
+
+class ModpKey:
+    size: int
+    public: bytes
+    def __init__(self, group: str, private: bytes | bytearray | memoryview) -> None: ...
+    def derive(self, peer: bytes | bytearray | memoryview) -> bytes: ...
