@@ -41,7 +41,8 @@ macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")] + ([("ESPRESSO_HAVE_
 # Every compiled module, built only where its source exists.
 MODULES = {
     "esp._core": ("esp/_core.pyx", crypto_libs),
-    "esp._io": ("esp/_io.pyx", []),
+    "esp._classify": ("esp/_classify.pyx", []),
+    "esp.gateway._io": ("esp/gateway/_io.pyx", []),
     "esp._pcapio": ("esp/_pcapio.pyx", []),
     "bench._ceilings": ("bench/_ceilings.pyx", crypto_libs),
 }

@@ -1,4 +1,4 @@
-"""Batched I/O (esp._io) and TUN devices (esp.tun): UDP on loopback, TUN inside a network namespace."""
+"""Batched I/O (esp.gateway._io) and TUN devices (esp.gateway.tun): UDP on loopback, TUN inside a network namespace."""
 from __future__ import annotations
 
 import ipaddress
@@ -18,14 +18,14 @@ from esp import Direction, PacketBatch, Sa, SaParams, UdpEncap
 from tests.support import require, require_module, require_root, require_tool
 
 try:
-    from esp import _io as io
+    from esp.gateway import _io as io
 except ImportError:  # pragma: no cover - setup.py builds it
     io = None
 
 
 @pytest.fixture(autouse=True)
 def _built() -> None:
-    require_module("esp._io")  # skip, or fail under ESPRESSO_REQUIRE_INTEROP=1, when the extension is missing
+    require_module("esp.gateway._io")  # skip, or fail under ESPRESSO_REQUIRE_INTEROP=1, when the extension is missing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -161,8 +161,8 @@ TUN_CHILD = textwrap.dedent("""
     import socket, struct, sys, numpy as np
     sys.path.insert(0, {root!r})
     from esp import PacketBatch
-    from esp import _io as io
-    from esp.tun import open_tun
+    from esp.gateway import _io as io
+    from esp.gateway.tun import open_tun
     tun = open_tun("esptest%d", addresses=["10.77.0.1/24", "fd77::1/64"], routes=["10.78.0.0/24"], mtu=1400)
     # kernel -> TUN: datagrams routed into the device are read as a batch
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -221,7 +221,7 @@ def test_tun_batched_read_and_write_in_a_namespace():
 
 
 def test_tun_errors_are_clear():
-    from esp.tun import TunError, open_tun
+    from esp.gateway.tun import TunError, open_tun
 
     with pytest.raises(ValueError):
         open_tun("x" * 20)
@@ -230,7 +230,7 @@ def test_tun_errors_are_clear():
     if os.geteuid() == 0 and os.path.exists("/usr/bin/setpriv"):
         # without CAP_NET_ADMIN the ioctl is refused: the message says what is missing
         code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-                "from esp.tun import open_tun, TunError\n"
+                "from esp.gateway.tun import open_tun, TunError\n"
                 "try:\n    open_tun('esperr%d')\nexcept TunError as e:\n    print('ERR', e)\n")
         r = subprocess.run(["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", sys.executable, "-c",
                             code], capture_output=True, text=True, timeout=30)
@@ -239,7 +239,7 @@ def test_tun_errors_are_clear():
 
 
 def test_missing_tun_device_is_a_clear_error(monkeypatch, tmp_path):
-    from esp import tun
+    from esp.gateway import tun
 
     monkeypatch.setattr(tun, "TUN_PATH", str(tmp_path / "no-such-tun"))
     with pytest.raises(tun.TunError, match="modprobe tun"):

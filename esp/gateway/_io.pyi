@@ -1,4 +1,4 @@
-"""Type stub for esp._io (batched UDP/raw/TUN I/O and the compiled header classifier)."""
+"""Type stub for esp.gateway._io (batched UDP/raw/TUN I/O of the gateway)."""
 from typing import Iterable
 
 import numpy as np
@@ -6,7 +6,6 @@ import numpy as np
 SYNTH_NONE: int
 SYNTH_UDP: int
 SYNTH_ESP: int
-SELECTOR_COLUMNS: int
 
 def poll(fds: Iterable[int], timeout_ms: int) -> int: ...
 def recv(fd: int, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, capacity: np.ndarray,
@@ -17,7 +16,3 @@ def tun_read(fd: int, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
              max_count: int) -> int: ...
 def tun_write(fd: int, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
               select: np.ndarray) -> tuple[int, int]: ...
-def classify(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, table: np.ndarray, out: np.ndarray,
-             rows: np.ndarray | None = None) -> None: ...
-def esp_demux(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, spi: np.ndarray,
-              kind: np.ndarray) -> None: ...

@@ -28,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from esp.batch import PacketBatch, Verdict
+from esp.dataplane import Dataplane
+from esp.errors import EspError
+from esp.sa import Direction, Lifetime, Sa, SaParams, UdpEncap
+from esp.spd import Policy, Selector
+
 from . import _io
-from .batch import PacketBatch, Verdict
-from .dataplane import Dataplane
-from .errors import EspError
-from .sa import Direction, Lifetime, Sa, SaParams, UdpEncap
-from .spd import Policy, Selector
 from .tun import Tun, TunError, open_tun
 
 __all__ = ["Gateway", "GatewayConfig", "GatewayError", "GatewayStats", "apply_static", "load_static", "run_static"]

@@ -16,7 +16,7 @@ import struct
 import subprocess
 from collections.abc import Iterable, Sequence
 
-from .errors import EspError
+from esp.errors import EspError
 
 __all__ = ["TUN_PATH", "Tun", "TunError", "open_tun"]
 
