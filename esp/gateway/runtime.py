@@ -29,13 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from esp.batch import PacketBatch, Verdict
-from esp.dataplane import Dataplane
+from esp.dataplane import ESP_OVERHEAD_MAX, Dataplane
 from esp.errors import EspError
 from esp.sa import Direction, Lifetime, Sa, SaParams, UdpEncap
 from esp.spd import Policy, Selector
 
 from . import _io
-from .tun import Tun, TunError, open_tun
+from .pmtu import DEFAULT_OUTER_MTU, DEFAULT_SUITE, fragment_ipv4, max_inner, too_big_reply
+from .tun import Tun, TunError, interface_mtu, open_tun
 
 __all__ = ["Gateway", "GatewayConfig", "GatewayError", "GatewayStats", "apply_static", "load_static", "run_static"]
 
@@ -62,7 +63,12 @@ class GatewayConfig:
     tun_name: str = "esp%d"
     tun_addresses: tuple[str, ...] = ()
     routes: tuple[str, ...] = ()
-    mtu: int = 1400
+    #: The TUN device's MTU. None (the default): the largest inner packet that fits ``outer_mtu`` after the
+    #: installed SAs' ESP overhead (esp.gateway.pmtu), followed as SAs come and go. Whatever it is, an inner
+    #: packet too big for the path is answered with ICMP "too big" (or, IPv4 without DF, fragmented).
+    mtu: int | None = None
+    #: MTU of the outer path. None: the MTU of the interface holding ``local_addr``, else 1500.
+    outer_mtu: int | None = None
     nat_port: int = 4500
     raw_esp: bool = False
     batch_size: int = 64
@@ -82,7 +88,11 @@ class GatewayConfig:
             raise ValueError("nat_port must be 1..65535")
         if not 1 <= self.batch_size <= 1024:
             raise ValueError("batch_size must be 1..1024")
-        if self.slot_size < self.mtu + 128:
+        for name in ("mtu", "outer_mtu"):
+            v = getattr(self, name)
+            if v is not None and not 576 <= v <= 65535:
+                raise ValueError(f"{name} {v} outside 576..65535")
+        if self.mtu is not None and self.slot_size < self.mtu + ESP_OVERHEAD_MAX:
             raise ValueError(f"slot_size {self.slot_size} too small for MTU {self.mtu} plus ESP overhead")
 
 
@@ -99,6 +109,12 @@ class GatewayStats:
     tun_write_dropped: int = 0
     not_delivered: int = 0  # inbound verdict other than OK (and not IKE)
     ike_received: int = 0
+    too_big: int = 0  # inner packets answered with ICMP "fragmentation needed" / ICMPv6 "packet too big"
+    fragmented: int = 0  # inner IPv4 packets without DF fragmented before encryption (RFC 4301 8.1)
+    too_big_dropped: int = 0  # too big, and no ICMP error allowed for them (an ICMP error, a later fragment)
+    outer_mtu: int = 0
+    inner_mtu: int = 0  # the largest inner packet the SAs' overhead lets through the outer MTU
+    tun_mtu: int = 0
     tx_batches: int = 0
     rx_batches: int = 0
     io_errors: int = 0  # transient I/O errors (the loop carried on)
@@ -140,6 +156,7 @@ class Gateway:
         self._stop = threading.Event()
         self._wake_r, self._wake_w = -1, -1
         self._threads: list[threading.Thread] = []
+        self._sad_version = -1
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -163,8 +180,12 @@ class Gateway:
                     raise GatewayError("raw ESP (IP protocol 50) needs CAP_NET_RAW: run as root, or set "
                                        "raw_esp = false to carry ESP in UDP only") from None
                 self.raw.bind((c.local_addr, 0))
+            st = self.stats
+            st.outer_mtu = c.outer_mtu or interface_mtu(c.local_addr) or DEFAULT_OUTER_MTU
+            self._update_path_mtu()
+            st.tun_mtu = c.mtu if c.mtu is not None else st.inner_mtu
             try:
-                self.tun = open_tun(c.tun_name, addresses=c.tun_addresses, routes=c.routes, mtu=c.mtu)
+                self.tun = open_tun(c.tun_name, addresses=c.tun_addresses, routes=c.routes, mtu=st.tun_mtu)
             except TunError as exc:
                 raise GatewayError(str(exc)) from None
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -265,8 +286,6 @@ class Gateway:
         c, st, dp = self.config, self.stats, self.dataplane
         src, dst = _Slots(c.batch_size, c.slot_size), _Slots(c.batch_size, c.slot_size)
         tun_fd, wake = self.tun.fileno(), self._wake_r  # type: ignore[union-attr]
-        udp_fd = self.udp.fileno()  # type: ignore[union-attr]
-        raw_fd = self.raw.fileno() if self.raw is not None else -1
         f = src.full
         while not self._stop.is_set():
             if not _io.poll([tun_fd, wake], c.poll_ms) & 1:
@@ -276,23 +295,90 @@ class Gateway:
                 continue
             st.tun_read += n
             st.tx_batches += 1
+            if dp.sad.snapshot.version != self._sad_version:
+                self._update_path_mtu()
+            big = np.flatnonzero(f.lengths[:n] > st.inner_mtu)
+            if len(big):
+                n = self._too_big(f, n, big)
+                if not n:
+                    continue
             out = dst.view(n)
             verdicts = dp.outbound(src.view(n), out)
             ok = np.flatnonzero(verdicts == _OK).astype(np.int32)
             st.not_sent += n - len(ok)
-            if not len(ok):
+            if len(ok):
+                self._send(out, ok)
+
+    def _send(self, out: PacketBatch, ok: np.ndarray) -> None:
+        """Send the encrypted slots ``ok`` of ``out``: UDP-encapsulated ones on the NAT-T socket, raw ESP on
+        the raw socket."""
+        st = self.stats
+        udp_fd = self.udp.fileno()  # type: ignore[union-attr]
+        if self.raw is not None:
+            proto = _outer_proto(out, ok)
+            for sel, fd, udp in ((ok[proto == 17], udp_fd, True), (ok[proto == 50], self.raw.fileno(), False)):
+                if len(sel):
+                    sent, dropped = _io.send(fd, self.family, udp, out.buf, out.offsets, out.lengths, sel)
+                    st.esp_sent += sent
+                    st.esp_send_dropped += dropped
+        else:
+            sent, dropped = _io.send(udp_fd, self.family, True, out.buf, out.offsets, out.lengths, ok)
+            st.esp_sent += sent
+            st.esp_send_dropped += dropped
+
+    # ------------------------------------------------------------------ path MTU (RFC 4301 section 8)
+    def _update_path_mtu(self) -> None:
+        """Recompute the inner MTU from the outbound SAs' overhead (see esp.gateway.pmtu); when the TUN MTU
+        is not configured, the device follows. Runs when the SAD changes, checked once per batch."""
+        st, snap = self.stats, self.dataplane.sad.snapshot
+        self._sad_version = snap.version
+        limits = [max_inner(st.outer_mtu, e.sa.params.suite, self.family, e.sa.params.encap is not None)
+                  for e in snap.outbound_by_spi.values()]
+        if not limits:  # no SA yet (IKE installs them later)
+            limits = [max_inner(st.outer_mtu, DEFAULT_SUITE, self.family, True)]
+        # a packet must fit a slot with the ESP overhead added, and the kernel takes no TUN MTU below 576
+        st.inner_mtu = max(576, min(min(limits), self.config.slot_size - ESP_OVERHEAD_MAX))
+        if self.config.mtu is None and self.tun is not None and st.tun_mtu != st.inner_mtu:
+            self.tun.set_mtu(st.inner_mtu)
+            st.tun_mtu = st.inner_mtu
+
+    def _too_big(self, f: PacketBatch, n: int, big: np.ndarray) -> int:
+        """Handle the slots ``big`` of the first ``n`` (longer than the inner MTU): ICMP error into the TUN,
+        or IPv4 without DF fragmented, encrypted and sent. Returns how many slots remain, moved to the front
+        in their order (the slots are permuted, never lost, so the arena stays whole)."""
+        st, lim = self.stats, self.stats.inner_mtu
+        frags: list[bytes] = []
+        for i in big:
+            off, ln = int(f.offsets[i]), int(f.lengths[i])
+            pkt = f.buf[off:off + ln].tobytes()
+            if pkt[0] >> 4 == 4 and not pkt[6] & 0x40:
+                pieces = fragment_ipv4(pkt, lim)
+                if pieces:
+                    frags += pieces
+                    st.fragmented += 1
+                    continue
+            reply = too_big_reply(pkt, lim)
+            if reply is None:
+                st.too_big_dropped += 1
                 continue
-            if raw_fd >= 0:
-                proto = _outer_proto(out, ok)
-                for sel, fd, udp in ((ok[proto == 17], udp_fd, True), (ok[proto == 50], raw_fd, False)):
-                    if len(sel):
-                        sent, dropped = _io.send(fd, self.family, udp, out.buf, out.offsets, out.lengths, sel)
-                        st.esp_sent += sent
-                        st.esp_send_dropped += dropped
-            else:
-                sent, dropped = _io.send(udp_fd, self.family, True, out.buf, out.offsets, out.lengths, ok)
-                st.esp_sent += sent
-                st.esp_send_dropped += dropped
+            try:
+                os.write(self.tun.fileno(), reply)  # type: ignore[union-attr]
+                st.too_big += 1
+            except OSError:
+                st.too_big_dropped += 1
+        keep = np.ones(n, dtype=bool)
+        keep[big] = False
+        order = np.concatenate([np.flatnonzero(keep), big])
+        f.offsets[:n] = f.offsets[:n][order]
+        f.lengths[:n] = f.lengths[:n][order]
+        if frags:
+            src = PacketBatch.from_packets(frags)
+            out = PacketBatch.empty(len(frags), self.config.slot_size)
+            ok = np.flatnonzero(self.dataplane.outbound(src, out) == _OK).astype(np.int32)
+            st.not_sent += len(frags) - len(ok)
+            if len(ok):
+                self._send(out, ok)
+        return n - len(big)
 
     # ------------------------------------------------------------------ rx: ESP -> TUN
     def _rx_loop(self) -> None:
