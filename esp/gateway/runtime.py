@@ -15,6 +15,7 @@ installed by hand, or from a JSON file with :func:`run_static` (a router's stati
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -48,6 +49,9 @@ NON_ESP_MARKER = b"\0\0\0\0"
 #: Pause after an I/O error before a data loop carries on (seconds): no busy loop on a dead device.
 IO_ERROR_PAUSE = 0.05
 _OK, _BYPASSED = int(Verdict.OK), int(Verdict.BYPASSED)
+#: Receive batch with UDP GRO on (slots), and the 64 KB GRO messages read per call: a few whole trains.
+GRO_BATCH = 256
+GRO_MESSAGES = 4
 
 
 class GatewayError(EspError):
@@ -74,6 +78,11 @@ class GatewayConfig:
     batch_size: int = 64
     slot_size: int = 2048
     poll_ms: int = 100
+    #: Use the kernel's UDP segmentation offloads where a probe at start shows they work: UDP GSO (one
+    #: sendmsg per train of equal-size ESP datagrams to one peer) and UDP GRO (trains read in one call and
+    #: split here). False: one datagram per message, as ``--no-offload`` asks. GatewayStats.offloads says
+    #: which are on.
+    offload: bool = True
     #: Also open a second socket on the NAT-T port that the kernel fills with the IKE messages (non-ESP
     #: marker) only: ``Gateway.ike_socket``, for the IKE daemon to read and send on as its own port-4500
     #: socket. ESP never reaches it and IKE never reaches the data threads (SO_REUSEPORT + a classic BPF
@@ -115,6 +124,12 @@ class GatewayStats:
     outer_mtu: int = 0
     inner_mtu: int = 0  # the largest inner packet the SAs' overhead lets through the outer MTU
     tun_mtu: int = 0
+    offloads: list[str] = field(default_factory=list)  # the offloads in use: "udp_gso", "udp_gro"
+    gso_trains: int = 0  # UDP GSO messages sent ...
+    gso_datagrams: int = 0  # ... and the ESP datagrams in them
+    gro_trains: int = 0  # UDP GRO trains received ...
+    gro_datagrams: int = 0  # ... and the ESP datagrams in them
+    offload_fallback: str = ""  # why an offload was turned off while running (the kernel refused it)
     tx_batches: int = 0
     rx_batches: int = 0
     io_errors: int = 0  # transient I/O errors (the loop carried on)
@@ -157,6 +172,9 @@ class Gateway:
         self._wake_r, self._wake_w = -1, -1
         self._threads: list[threading.Thread] = []
         self._sad_version = -1
+        self._gso = self._gro = False
+        self._gso_ctr = np.zeros(_io.COUNTERS, np.int64)  # written by the tx thread only
+        self._gro_ctr = np.zeros(_io.COUNTERS, np.int64)  # written by the rx thread only
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -173,6 +191,7 @@ class Gateway:
                 raise GatewayError(f"cannot bind UDP {c.local_addr} port {c.nat_port}: {exc.strerror}") from None
             if c.ike_socket:
                 self.ike_socket = _ike_socket_beside(self.udp, af, c.local_addr, self.nat_port)
+            self._probe_offloads()
             if c.raw_esp:
                 try:
                     self.raw = self._socket(af, socket.SOCK_RAW, socket.IPPROTO_ESP)
@@ -310,21 +329,34 @@ class Gateway:
                 self._send(out, ok)
 
     def _send(self, out: PacketBatch, ok: np.ndarray) -> None:
-        """Send the encrypted slots ``ok`` of ``out``: UDP-encapsulated ones on the NAT-T socket, raw ESP on
-        the raw socket."""
+        """Send the encrypted slots ``ok`` of ``out``: UDP-encapsulated ones on the NAT-T socket (as GSO
+        trains when that offload is on), raw ESP on the raw socket."""
         st = self.stats
         udp_fd = self.udp.fileno()  # type: ignore[union-attr]
         if self.raw is not None:
             proto = _outer_proto(out, ok)
-            for sel, fd, udp in ((ok[proto == 17], udp_fd, True), (ok[proto == 50], self.raw.fileno(), False)):
-                if len(sel):
-                    sent, dropped = _io.send(fd, self.family, udp, out.buf, out.offsets, out.lengths, sel)
-                    st.esp_sent += sent
-                    st.esp_send_dropped += dropped
+            self._send_on(udp_fd, True, out, ok[proto == 17])
+            self._send_on(self.raw.fileno(), False, out, ok[proto == 50])
         else:
-            sent, dropped = _io.send(udp_fd, self.family, True, out.buf, out.offsets, out.lengths, ok)
-            st.esp_sent += sent
-            st.esp_send_dropped += dropped
+            self._send_on(udp_fd, True, out, ok)
+        if self._gso_ctr[2]:  # the kernel refused a train on this path: one datagram per message from now on
+            self._gso = False
+            self._gso_ctr[2] = 0
+            if "udp_gso" in st.offloads:
+                st.offloads.remove("udp_gso")
+            st.offload_fallback = "udp_gso: the kernel refused a UDP_SEGMENT send; sending datagram by datagram"
+
+    def _send_on(self, fd: int, udp: bool, out: PacketBatch, sel: np.ndarray) -> None:
+        if not len(sel):
+            return
+        st, ctr = self.stats, self._gso_ctr
+        t, d = int(ctr[0]), int(ctr[1])
+        sent, dropped = _io.send(fd, self.family, udp, out.buf, out.offsets, out.lengths, sel,
+                                 self._gso and udp, ctr)
+        st.esp_sent += sent
+        st.esp_send_dropped += dropped
+        st.gso_trains += int(ctr[0]) - t
+        st.gso_datagrams += int(ctr[1]) - d
 
     # ------------------------------------------------------------------ path MTU (RFC 4301 section 8)
     def _update_path_mtu(self) -> None:
@@ -383,7 +415,11 @@ class Gateway:
     # ------------------------------------------------------------------ rx: ESP -> TUN
     def _rx_loop(self) -> None:
         c, st, dp = self.config, self.stats, self.dataplane
-        src, dst = _Slots(c.batch_size, c.slot_size), _Slots(c.batch_size, c.slot_size)
+        # with GRO a read may bring trains of up to 64 datagrams: room for a few whole ones per call
+        count = max(c.batch_size, GRO_BATCH) if self._gro else c.batch_size
+        src, dst = _Slots(count, c.slot_size), _Slots(count, c.slot_size)
+        scratch = np.zeros(GRO_MESSAGES * _io.GRO_BUFFER, np.uint8) if self._gro else None
+        ctr = self._gro_ctr
         udp_fd, wake = self.udp.fileno(), self._wake_r  # type: ignore[union-attr]
         tun_fd = self.tun.fileno()  # type: ignore[union-attr]
         port = self.nat_port
@@ -399,7 +435,11 @@ class Gateway:
             for bit, fd, synth in ((1, udp_fd, _io.SYNTH_UDP), (4, fds[-1], raw_synth)):
                 if not ready & bit:
                     continue
-                n = _io.recv(fd, f.buf, f.offsets, f.lengths, f.capacity, c.batch_size, synth, local, port)
+                gro = scratch if fd == udp_fd else None
+                t, d = int(ctr[0]), int(ctr[1])
+                n = _io.recv(fd, f.buf, f.offsets, f.lengths, f.capacity, count, synth, local, port, gro, ctr)
+                st.gro_trains += int(ctr[0]) - t
+                st.gro_datagrams += int(ctr[1]) - d
                 if n <= 0:
                     continue
                 st.esp_received += n
@@ -417,6 +457,24 @@ class Gateway:
                 st.not_delivered += n - len(ok) - len(ike)
                 for i in ike:  # control traffic: rare, handed over one message at a time
                     self._deliver_ike(inb.packet(int(i)), port)
+
+    def _probe_offloads(self) -> None:
+        """Turn on UDP GSO and GRO on the NAT-T socket where this kernel has them and a test train goes
+        through (a kernel without them, or a path that refuses them, keeps the plain sendmmsg/recvmmsg)."""
+        st, udp = self.stats, self.udp
+        st.offloads = []
+        self._gso = self._gro = False
+        if not self.config.offload or udp is None:
+            return
+        self._gso = _gso_works(udp, self.family, self.config.local_addr)
+        if self._gso:
+            st.offloads.append("udp_gso")
+        try:
+            udp.setsockopt(socket.IPPROTO_UDP, _io.UDP_GRO, 1)
+            self._gro = True
+            st.offloads.append("udp_gro")
+        except OSError:
+            pass
 
     def _deliver_ike(self, pkt: bytes, port: int) -> None:
         hl = 20 if self.family == 4 else 40
@@ -455,6 +513,40 @@ def _ike_socket_beside(esp_sock: socket.socket, af: int, addr: str, port: int) -
         raise GatewayError(f"cannot share UDP port {port} between IKE and ESP (SO_REUSEPORT/BPF): "
                            f"{exc.strerror}") from None
     return ike
+
+
+def _gso_works(sock: socket.socket, family: int, local_addr: str) -> bool:
+    """Send a two-datagram UDP_SEGMENT train from ``sock`` to a scratch socket on the same address and see
+    both arrive: the option exists, the kernel takes the cmsg and segments on this address's path."""
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    try:
+        sock.setsockopt(socket.IPPROTO_UDP, _io.UDP_SEGMENT, 0)  # known option; 0 = no default segmenting
+        with socket.socket(af, socket.SOCK_DGRAM) as rx:
+            rx.bind((local_addr, 0))
+            rx.setblocking(False)
+            port = rx.getsockname()[1]
+            dst = ipaddress.ip_address(local_addr).packed
+            hdr = (struct.pack("!BBHHHBBH4s4s", 0x45, 0, 0, 0, 0, 64, 17, 0, dst, dst) if family == 4 else
+                   struct.pack("!IHBB16s16s", 0x60000000, 0, 17, 64, dst, dst))
+            pkts = [hdr + struct.pack("!HHHH", 0, port, 8 + 64, 0) + bytes([k]) * 64 for k in range(2)]
+            b = PacketBatch.from_packets(pkts)
+            ctr = np.zeros(_io.COUNTERS, np.int64)
+            sent, _ = _io.send(sock.fileno(), family, True, b.buf, b.offsets, b.lengths,
+                               np.arange(2, dtype=np.int32), True, ctr)
+            if sent != 2 or ctr[0] != 1 or ctr[2]:
+                return False
+            got = []
+            for _ in range(20):
+                if _io.poll([rx.fileno()], 10):
+                    try:
+                        got.append(rx.recv(2048))
+                    except BlockingIOError:
+                        pass
+                if len(got) == 2:
+                    break
+            return got == [p[-64:] for p in pkts]
+    except OSError:
+        return False
 
 
 def _outer_proto(batch: PacketBatch, idx: np.ndarray) -> np.ndarray:
@@ -543,13 +635,16 @@ def apply_static(dp: Dataplane, policies: list[Policy], sas: list[tuple[Sa, str 
     return installed, removed
 
 
-def run_static(path: str | os.PathLike, *, ready: Callable[[Gateway], None] | None = None) -> GatewayStats:
+def run_static(path: str | os.PathLike, *, ready: Callable[[Gateway], None] | None = None,
+               offload: bool | None = None) -> GatewayStats:
     """Run a gateway with statically configured policies and SAs until SIGTERM/SIGINT; SIGHUP reloads the
     file (see :func:`apply_static`).
 
     Prints ``READY <tun name>`` when traffic can flow, ``RELOADED <installed> <removed>`` (or ``RELOAD-FAILED
     <reason>``) after each SIGHUP, and a JSON line of counters when it stops."""
     cfg, pols, sas = load_static(path)
+    if offload is not None:  # the command line's --no-offload over the file's "offload"
+        cfg = dataclasses.replace(cfg, offload=offload)
     dp = Dataplane()
     apply_static(dp, pols, sas)
     gw = Gateway(cfg, dp)

@@ -101,14 +101,15 @@ def build_topology() -> Topology:
 
 
 class GatewayProcess:
-    """``esp.gateway.run_static`` in a namespace; ``stop()`` returns its final counters."""
+    """``python -m esp gateway CONFIG [args]`` in a namespace; ``stop()`` returns its final counters."""
 
-    def __init__(self, ns: str, config: dict, workdir: Path, name: str) -> None:
+    def __init__(self, ns: str, config: dict, workdir: Path, name: str, args: tuple[str, ...] = ()) -> None:
         self.path = path = workdir / f"{name}.json"
         self._write(config)
-        code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from esp.gateway import run_static; run_static({str(path)!r})"
-        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", code],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "esp", "gateway", str(path),
+                                      *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                     cwd=ROOT)
         line = self._readline(15)
         if not line.startswith("READY"):
             self.proc.kill()
@@ -264,16 +265,19 @@ def topo():
         t.close()
 
 
-@pytest.mark.parametrize("suite,raw_esp,nbytes,outer6", [
-    ("aes128gcm16", False, 16 << 20, False),     # ESP in UDP 4500 (RFC 3948), what strongSwan's libipsec speaks
-    ("aes256-sha256", True, 4 << 20, False),     # raw ESP, IP protocol 50, CBC + HMAC
-    ("chacha20poly1305", False, 4 << 20, True),  # IPv6 outside; IPv4 and IPv6 inside, one SA pair each
-], ids=["udp-gcm", "raw-cbc", "udp6-chacha"])
-def test_static_gateway_pair_ping_and_bulk_transfer(topo, tmp_path, suite, raw_esp, nbytes, outer6):
+@pytest.mark.parametrize("suite,raw_esp,nbytes,outer6,offload", [
+    ("aes128gcm16", False, 16 << 20, False, True),     # ESP in UDP 4500 (RFC 3948), what strongSwan's libipsec speaks
+    ("aes128gcm16", False, 16 << 20, False, False),    # the same with --no-offload: one datagram per message
+    ("aes256-sha256", True, 4 << 20, False, True),     # raw ESP, IP protocol 50, CBC + HMAC
+    ("chacha20poly1305", False, 4 << 20, True, True),  # IPv6 outside; IPv4 and IPv6 inside, one SA pair each
+    ("chacha20poly1305", False, 4 << 20, True, False),
+], ids=["udp-gcm", "udp-gcm-no-offload", "raw-cbc", "udp6-chacha", "udp6-chacha-no-offload"])
+def test_static_gateway_pair_ping_and_bulk_transfer(topo, tmp_path, suite, raw_esp, nbytes, outer6, offload):
     cfg_a, cfg_b = static_configs(suite, raw_esp, outer6=outer6)
-    gw_a = GatewayProcess(topo.gw_a, cfg_a, tmp_path, "a")
+    args = () if offload else ("--no-offload",)
+    gw_a = GatewayProcess(topo.gw_a, cfg_a, tmp_path, "a", args)
     try:
-        gw_b = GatewayProcess(topo.gw_b, cfg_b, tmp_path, "b")
+        gw_b = GatewayProcess(topo.gw_b, cfg_b, tmp_path, "b", args)
         try:
             p = ping(topo.host_a, "10.98.2.2", count=5)
             assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr
@@ -298,6 +302,14 @@ def test_static_gateway_pair_ping_and_bulk_transfer(topo, tmp_path, suite, raw_e
     for st in (stats_a, stats_b):
         for bad in ("AUTH_FAILED", "REPLAYED", "MALFORMED", "POLICY_MISMATCH", "NO_SA"):
             assert st["inbound"][bad] == 0, (bad, st)
+    # the gateways say which UDP offloads they used (this kernel has both); trains only when they are on
+    ga, gb = stats_a["gateway"], stats_b["gateway"]
+    if not offload:
+        assert ga["offloads"] == gb["offloads"] == [] and ga["gso_trains"] == gb["gro_trains"] == 0
+    elif not raw_esp:
+        assert set(ga["offloads"]) == set(gb["offloads"]) == {"udp_gso", "udp_gro"}, (ga, gb)
+        assert ga["gso_trains"] > 0 and ga["gso_datagrams"] > ga["gso_trains"] and ga["offload_fallback"] == ""
+        assert gb["gro_datagrams"] >= gb["gro_trains"]
 
 
 def test_gateway_start_errors_are_clear(tmp_path):
