@@ -43,6 +43,7 @@ MODULES = {
     "esp._core": ("esp/_core.pyx", crypto_libs),
     "esp._io": ("esp/_io.pyx", []),
     "esp._pcapio": ("esp/_pcapio.pyx", []),
+    "esp.gateway._offload": ("esp/gateway/_offload.pyx", []),
     "bench._ceilings": ("bench/_ceilings.pyx", crypto_libs),
 }
 
