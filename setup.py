@@ -44,6 +44,7 @@ MODULES = {
     "esp._classify": ("esp/_classify.pyx", []),
     "esp.gateway._io": ("esp/gateway/_io.pyx", []),
     "esp._pcapio": ("esp/_pcapio.pyx", []),
+    "esp.gateway._offload": ("esp/gateway/_offload.pyx", []),
     "bench._ceilings": ("bench/_ceilings.pyx", crypto_libs),
 }
 
