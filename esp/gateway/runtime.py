@@ -37,6 +37,8 @@ from esp.spd import Policy, Selector
 
 from . import _io
 from .pmtu import DEFAULT_OUTER_MTU, DEFAULT_SUITE, fragment_ipv4, max_inner, too_big_reply
+from . import _offload
+from ._vnet import OFFLOADS_ALL, Offload, open_vnet_tun
 from .tun import Tun, TunError, interface_mtu, open_tun
 
 __all__ = ["Gateway", "GatewayConfig", "GatewayError", "GatewayStats", "apply_static", "load_static", "run_static"]
@@ -52,6 +54,12 @@ _OK, _BYPASSED = int(Verdict.OK), int(Verdict.BYPASSED)
 #: Receive batch with UDP GRO on (slots), and the 64 KB GRO messages read per call: a few whole trains.
 GRO_BATCH = 256
 GRO_MESSAGES = 4
+#: With TUN offloads: super-packets read per call, their slot (64 KB + virtio_net_hdr), and the transmit
+#: batch the segments go into (a 64 KB TSO packet at a small MSS makes a few hundred).
+TSO_READS = 8
+_VNET_SLOT = 65536 + 64
+TSO_BATCH = 512
+_VNET_NONE = bytes(10)  # a virtio_net_hdr saying "no offload": in front of packets written whole
 
 
 class GatewayError(EspError):
@@ -129,6 +137,10 @@ class GatewayStats:
     gso_datagrams: int = 0  # ... and the ESP datagrams in them
     gro_trains: int = 0  # UDP GRO trains received ...
     gro_datagrams: int = 0  # ... and the ESP datagrams in them
+    tun_bad: int = 0  # TUN reads with a malformed virtio_net_hdr / super-packet (dropped)
+    tso_super_packets: int = 0  # TUN reads that were super-packets (TSO/USO) ...
+    tso_segments: int = 0  # ... and the packets cut from them
+    tun_gro_packets: int = 0  # decrypted packets handed to userspace GRO (tun_written counts the writes)
     offload_fallback: str = ""  # why an offload was turned off while running (the kernel refused it)
     tx_batches: int = 0
     rx_batches: int = 0
@@ -172,7 +184,7 @@ class Gateway:
         self._wake_r, self._wake_w = -1, -1
         self._threads: list[threading.Thread] = []
         self._sad_version = -1
-        self._gso = self._gro = False
+        self._gso = self._gro = self._vnet = self._tun_uso = False
         self._gso_ctr = np.zeros(_io.COUNTERS, np.int64)  # written by the tx thread only
         self._gro_ctr = np.zeros(_io.COUNTERS, np.int64)  # written by the rx thread only
 
@@ -204,7 +216,7 @@ class Gateway:
             self._update_path_mtu()
             st.tun_mtu = c.mtu if c.mtu is not None else st.inner_mtu
             try:
-                self.tun = open_tun(c.tun_name, addresses=c.tun_addresses, routes=c.routes, mtu=st.tun_mtu)
+                self.tun = self._open_tun()
             except TunError as exc:
                 raise GatewayError(str(exc)) from None
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -301,32 +313,80 @@ class Gateway:
                 return
 
     # ------------------------------------------------------------------ tx: TUN -> ESP
+    def _open_tun(self) -> Tun:
+        """The TUN device, with virtio_net_hdr segmentation offloads (TSO4/TSO6, USO, CSUM) where the kernel
+        grants them and ``offload`` is on (esp.gateway._vnet probes and falls back), else a plain one."""
+        c, st = self.config, self.stats
+        if not c.offload:
+            return open_tun(c.tun_name, addresses=c.tun_addresses, routes=c.routes, mtu=st.tun_mtu)
+        vt = open_vnet_tun(c.tun_name, offloads=OFFLOADS_ALL)
+        tun = Tun(vt.fd, vt.name)
+        try:
+            tun.configure(addresses=c.tun_addresses, routes=c.routes, mtu=st.tun_mtu)
+        except BaseException:
+            tun.close()
+            raise
+        self._vnet = vt.vnet_hdr
+        self._tun_uso = vt.uso
+        if vt.vnet_hdr:
+            st.offloads += [f"tun_{o.name.lower()}" for o in Offload if o and o in vt.offloads] or ["tun_vnet_hdr"]
+        return tun
+
     def _tx_loop(self) -> None:
-        c, st, dp = self.config, self.stats, self.dataplane
-        src, dst = _Slots(c.batch_size, c.slot_size), _Slots(c.batch_size, c.slot_size)
+        c, st = self.config, self.stats
+        count = max(c.batch_size, TSO_BATCH) if self._vnet else c.batch_size
+        src, dst = _Slots(count, c.slot_size), _Slots(count, c.slot_size)
         tun_fd, wake = self.tun.fileno(), self._wake_r  # type: ignore[union-attr]
         f = src.full
+        sup = PacketBatch.empty(TSO_READS, _VNET_SLOT) if self._vnet else None
         while not self._stop.is_set():
             if not _io.poll([tun_fd, wake], c.poll_ms) & 1:
                 continue
-            n = _io.tun_read(tun_fd, f.buf, f.offsets, f.lengths, f.capacity, c.batch_size)
-            if n <= 0:
+            if sup is None:
+                n = _io.tun_read(tun_fd, f.buf, f.offsets, f.lengths, f.capacity, count)
+                if n > 0:
+                    st.tun_read += n
+                    self._tx_batch(src, dst, n)
                 continue
-            st.tun_read += n
-            st.tx_batches += 1
-            if dp.sad.snapshot.version != self._sad_version:
-                self._update_path_mtu()
-            big = np.flatnonzero(f.lengths[:n] > st.inner_mtu)
-            if len(big):
-                n = self._too_big(f, n, big)
-                if not n:
+            # virtio_net_hdr: each read is a super-packet (or one packet) that is cut into MTU-sized packets
+            m = _io.tun_read(tun_fd, sup.buf, sup.offsets, sup.lengths, sup.capacity, TSO_READS)
+            st.tun_read += max(m, 0)
+            n = 0
+            for j in range(max(m, 0)):
+                off = int(sup.offsets[j])
+                data = sup.buf[off:off + int(sup.lengths[j])]
+                need = _offload.parse(data)
+                if need > count - n and n:
+                    self._tx_batch(src, dst, n)
+                    n = 0
+                r = _offload.segment(data, f.buf, f.offsets[n:], f.lengths[n:], f.capacity[n:]) if need > 0 else need
+                if r <= 0:
+                    st.tun_bad += 1  # malformed header or more segments than a batch: counted, dropped
                     continue
-            out = dst.view(n)
-            verdicts = dp.outbound(src.view(n), out)
-            ok = np.flatnonzero(verdicts == _OK).astype(np.int32)
-            st.not_sent += n - len(ok)
-            if len(ok):
-                self._send(out, ok)
+                st.tso_segments += r if r > 1 else 0
+                st.tso_super_packets += 1 if r > 1 else 0
+                n += r
+            if n:
+                self._tx_batch(src, dst, n)
+
+    def _tx_batch(self, src: _Slots, dst: _Slots, n: int) -> None:
+        """Slots 0..n-1 of ``src`` hold inner packets read from the TUN: path MTU, encrypt, send."""
+        st, dp = self.stats, self.dataplane
+        f = src.full
+        st.tx_batches += 1
+        if dp.sad.snapshot.version != self._sad_version:
+            self._update_path_mtu()
+        big = np.flatnonzero(f.lengths[:n] > st.inner_mtu)
+        if len(big):
+            n = self._too_big(f, n, big)
+            if not n:
+                return
+        out = dst.view(n)
+        verdicts = dp.outbound(src.view(n), out)
+        ok = np.flatnonzero(verdicts == _OK).astype(np.int32)
+        st.not_sent += n - len(ok)
+        if len(ok):
+            self._send(out, ok)
 
     def _send(self, out: PacketBatch, ok: np.ndarray) -> None:
         """Send the encrypted slots ``ok`` of ``out``: UDP-encapsulated ones on the NAT-T socket (as GSO
@@ -394,7 +454,7 @@ class Gateway:
                 st.too_big_dropped += 1
                 continue
             try:
-                os.write(self.tun.fileno(), reply)  # type: ignore[union-attr]
+                os.write(self.tun.fileno(), (_VNET_NONE + reply) if self._vnet else reply)  # type: ignore[union-attr]
                 st.too_big += 1
             except OSError:
                 st.too_big_dropped += 1
@@ -420,6 +480,12 @@ class Gateway:
         src, dst = _Slots(count, c.slot_size), _Slots(count, c.slot_size)
         scratch = np.zeros(GRO_MESSAGES * _io.GRO_BUFFER, np.uint8) if self._gro else None
         ctr = self._gro_ctr
+        # with virtio_net_hdr every write carries the header: coalesced super-packets (or single packets
+        # behind a zero header) are built here; at most one output per input, each at most 64 KB + header
+        coal = PacketBatch(np.zeros(count * c.slot_size + count * _offload.VNET_HDR_SIZE + (1 << 17), np.uint8),
+                          np.zeros(count, np.int64), np.zeros(count, np.int32),
+                           np.zeros(count, np.int32)) if self._vnet else None
+        all_slots = np.arange(count, dtype=np.int32)
         udp_fd, wake = self.udp.fileno(), self._wake_r  # type: ignore[union-attr]
         tun_fd = self.tun.fileno()  # type: ignore[union-attr]
         port = self.nat_port
@@ -435,9 +501,9 @@ class Gateway:
             for bit, fd, synth in ((1, udp_fd, _io.SYNTH_UDP), (4, fds[-1], raw_synth)):
                 if not ready & bit:
                     continue
-                gro = scratch if fd == udp_fd else None
+                gro_buf = scratch if fd == udp_fd else None
                 t, d = int(ctr[0]), int(ctr[1])
-                n = _io.recv(fd, f.buf, f.offsets, f.lengths, f.capacity, count, synth, local, port, gro, ctr)
+                n = _io.recv(fd, f.buf, f.offsets, f.lengths, f.capacity, count, synth, local, port, gro_buf, ctr)
                 st.gro_trains += int(ctr[0]) - t
                 st.gro_datagrams += int(ctr[1]) - d
                 if n <= 0:
@@ -448,7 +514,17 @@ class Gateway:
                 inb = src.view(n)
                 verdicts = dp.inbound(inb, out)
                 ok = np.flatnonzero(verdicts == _OK).astype(np.int32)
-                if len(ok):
+                if len(ok) and coal is not None:  # userspace GRO: one flow's segments into super-packets
+                    k = _offload.coalesce(out.buf, out.offsets, out.lengths, coal.buf, coal.offsets, coal.lengths,
+                                          ok, self._tun_uso)
+                    if k < 0:  # cannot happen with these buffers; never lose the batch over it
+                        st.tun_bad += 1
+                    else:
+                        written, dropped = _io.tun_write(tun_fd, coal.buf, coal.offsets, coal.lengths, all_slots[:k])
+                        st.tun_written += written
+                        st.tun_write_dropped += dropped
+                        st.tun_gro_packets += len(ok)
+                elif len(ok):
                     written, dropped = _io.tun_write(tun_fd, out.buf, out.offsets, out.lengths, ok)
                     st.tun_written += written
                     st.tun_write_dropped += dropped
