@@ -41,8 +41,10 @@ macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")] + ([("ESPRESSO_HAVE_
 # Every compiled module, built only where its source exists.
 MODULES = {
     "esp._core": ("esp/_core.pyx", crypto_libs),
-    "esp._io": ("esp/_io.pyx", []),
+    "esp._classify": ("esp/_classify.pyx", []),
+    "esp.gateway._io": ("esp/gateway/_io.pyx", []),
     "esp._pcapio": ("esp/_pcapio.pyx", []),
+    "esp.gateway._offload": ("esp/gateway/_offload.pyx", []),
     "bench._ceilings": ("bench/_ceilings.pyx", crypto_libs),
     "ike._modp": ("ike/_modp.pyx", ["crypto"]),
 }

@@ -5,7 +5,7 @@ unencrypted, which is the tunnel's ceiling.
 The peers live in one process, each with one UDP socket on 127.0.0.1 (IKE and ESP-in-UDP share it, RFC 3948,
 as on port 4500). IKE is the sans-I/O core (``ike.dispatcher``) with ECDSA P-256 certificates checked by
 ``pki.validate`` against a CRL; its datagrams really cross the sockets. The data path is the gateway's: batches
-of inner packets -> ``Sa.encrypt_batch`` -> ``esp._io.send`` (sendmmsg) -> loopback -> ``esp._io.recv``
+of inner packets -> ``Sa.encrypt_batch`` -> ``esp.gateway._io.send`` (sendmmsg) -> loopback -> ``esp.gateway._io.recv``
 (recvmmsg, outer header synthesized) -> ``Sa.decrypt_batch`` (anti-replay on) on the other peer, a sender
 thread and a receiver thread with the GIL released in the core and the I/O calls. The plain path runs the same
 sockets, batch sizes and threads with the inner packets as UDP payloads and no ESP. The sender keeps at most a
@@ -137,7 +137,8 @@ def _udp_wrapped(inner: list[bytes], src_port: int, dst_port: int) -> list[bytes
 
 def _pump(tx: Peer, rx: Peer, count: int, encrypt, decrypt, src_batches, seconds_cap: float) -> dict:
     """Send ``count`` packets from tx to rx in batches, a window at most in flight; receiver in its own thread."""
-    from esp import PacketBatch, _io
+    from esp import PacketBatch
+    from esp.gateway import _io
 
     slot = int(max(b.lengths.max() for b in src_batches)) + 160
     received = [0]
@@ -235,9 +236,10 @@ def daemon_path(packets: int, size: int = 1000) -> dict:
 def run(quick: bool = False, repeats: int = 3, size: str = "imix") -> dict:
     try:
         import ike.dispatcher  # noqa: F401
-        from esp import PacketBatch, _io  # noqa: F401
+        from esp import PacketBatch  # noqa: F401
+        from esp.gateway import _io  # noqa: F401
     except ImportError as exc:
-        return {"unavailable": f"the IKE core or esp._io is not importable ({exc})"}
+        return {"unavailable": f"the IKE core or esp.gateway._io is not importable ({exc})"}
     from bench.esp import core_available
     from bench.harness import spread
     from bench.workloads import make_workload

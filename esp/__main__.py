@@ -35,6 +35,9 @@ def _build() -> argparse.ArgumentParser:
                                     "esp.gateway.load_static) until SIGTERM or SIGINT; SIGHUP reloads the file "
                                     "make-before-break.")
     gw.add_argument("config", help="static configuration (JSON)")
+    gw.add_argument("--no-offload", dest="offload", action="store_false", default=None,
+                    help="do not use UDP GSO/GRO even where the kernel has them (the file's \"offload\" key "
+                         "says the same; the final counters list the offloads in use)")
     pc = sub.add_parser("pcap", help="decrypt, encrypt or replay capture files through ESP SAs")
     ps = pc.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
@@ -101,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build().parse_args(argv)
     try:
         if args.group == "gateway":
-            return _gateway(args.config)
+            return _gateway(args.config, args.offload)
         return _run(args)
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
@@ -110,12 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _gateway(path: str) -> int:
+def _gateway(path: str, offload: bool | None = None) -> int:
     from esp.errors import EspError
     from esp.gateway import run_static
 
     try:
-        run_static(path)
+        run_static(path, offload=offload)
     except OSError as exc:
         return _fail(f"{path}: {exc.strerror or exc}")
     except (EspError, ValueError, KeyError) as exc:

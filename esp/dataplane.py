@@ -45,7 +45,7 @@ from .sad import Sad, SaEntry, sa_direction
 from .spd import _IDX4, UNPARSEABLE, Action, Policy, Selector, Spd, _window, parse_headers
 
 try:
-    from . import _io as _compiled
+    from . import _classify as _compiled
 except ImportError:  # pragma: no cover - setup.py always builds it
     _compiled = None  # type: ignore[assignment]
 
@@ -354,13 +354,13 @@ def _groups(keys: np.ndarray, slots: np.ndarray) -> Iterable[tuple[int, np.ndarr
     return [(int(ks[a]), slots[order[a:b]].astype(np.int32)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-# Inbound demux kinds (esp._io.esp_demux) -> initial verdict: ESP waits for its SA (NO_SA until found), IKE
+# Inbound demux kinds (esp._classify.esp_demux) -> initial verdict: ESP waits for its SA (NO_SA until found), IKE
 # on the NAT-T port is handed over (BYPASSED), a NAT keepalive is dropped (DISCARDED), the rest is MALFORMED.
 _KIND_VERDICT = np.array([_NO_SA, _BYPASSED, _DISCARDED, _MALFORMED], np.uint8)
 
 
 def _demux(batch: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(SPI, kind) per received packet: compiled when esp._io is built, else the numpy reference."""
+    """(SPI, kind) per received packet: compiled when esp._classify is built, else the numpy reference."""
     if _compiled is not None:
         spi = np.empty(n, np.uint32)
         kind = np.empty(n, np.uint8)

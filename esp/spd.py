@@ -20,8 +20,8 @@ from typing import NamedTuple, Union
 
 import numpy as np
 
-try:  # the compiled twin of parse_headers + first_match (esp/_io.pyx); numpy is the reference and fallback
-    from . import _io as _compiled
+try:  # the compiled twin of parse_headers + first_match (esp/_classify.pyx); numpy is the reference and fallback
+    from . import _classify as _compiled
 except ImportError:  # pragma: no cover - the extension is always built by setup.py
     _compiled = None  # type: ignore[assignment]
 
@@ -388,7 +388,7 @@ class CompiledSelectors:
     def first_match_batch(self, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, n: int,
                           rows: np.ndarray | None = None) -> np.ndarray:
         """:meth:`first_match` straight from a batch arena (slots 0..n-1, or ``rows``): one compiled call per
-        batch when esp._io is built, the numpy reference otherwise. Same results either way."""
+        batch when esp._classify is built, the numpy reference otherwise. Same results either way."""
         if _compiled is not None:
             out = np.empty(n if rows is None else len(rows), np.int32)
             _compiled.classify(buf, offsets, lengths, self.table, out, rows)

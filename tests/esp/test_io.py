@@ -1,4 +1,4 @@
-"""Batched I/O (esp._io) and TUN devices (esp.tun): UDP on loopback, TUN inside a network namespace."""
+"""Batched I/O (esp.gateway._io) and TUN devices (esp.gateway.tun): UDP on loopback, TUN inside a network namespace."""
 from __future__ import annotations
 
 import ipaddress
@@ -18,14 +18,14 @@ from esp import Direction, PacketBatch, Sa, SaParams, UdpEncap
 from tests.support import require, require_module, require_root, require_tool
 
 try:
-    from esp import _io as io
+    from esp.gateway import _io as io
 except ImportError:  # pragma: no cover - setup.py builds it
     io = None
 
 
 @pytest.fixture(autouse=True)
 def _built() -> None:
-    require_module("esp._io")  # skip, or fail under ESPRESSO_REQUIRE_INTEROP=1, when the extension is missing
+    require_module("esp.gateway._io")  # skip, or fail under ESPRESSO_REQUIRE_INTEROP=1, when the extension is missing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -156,13 +156,132 @@ def test_truncated_datagram_gets_length_zero():
         tx.close()
 
 
+# ------------------------------------------------------------------------------------- UDP GSO / GRO
+def _kernel_has(opt: int, value: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.setsockopt(socket.IPPROTO_UDP, opt, value)
+            return True
+        except OSError:
+            return False
+
+
+def _mixed_train(host: str, ports: list[int]) -> list[bytes]:
+    """What a gateway sends: long runs of one size to one peer (the last shorter), single datagrams, runs
+    broken by a change of size or destination, and more than one train's worth (> 64) of one size."""
+    p0, p1 = ports
+    plan = [(p0, 1400)] * 70 + [(p0, 700)] + [(p1, 1400)] * 5 + [(p0, 100)] * 3 + [(p1, 1400), (p0, 1400)] * 3 \
+        + [(p0, 64)] * 10 + [(p0, 65)] + [(p0, 64)]
+    return [udp_packet(host, host, 9, port, bytes([k & 0xFF]) + os.urandom(size - 1)) for k, (port, size) in
+            enumerate(plan)]
+
+
+def _drain(rx: socket.socket) -> list[bytes]:
+    out = []
+    for _ in range(2000):
+        try:
+            out.append(rx.recv(65535))
+        except BlockingIOError:
+            if io.poll([rx.fileno()], 50) == 0:
+                break
+    return out
+
+
+@pytest.mark.parametrize("family,host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_udp_gso_puts_the_same_datagrams_on_the_wire_as_sendmmsg(family, host):
+    require(_kernel_has(io.UDP_SEGMENT, 1400), "this kernel has no UDP GSO (UDP_SEGMENT)")
+    rx0, tx = sockets(family, host)
+    rx1, _ = sockets(family, host)
+    try:
+        pkts = _mixed_train(host, [rx0.getsockname()[1], rx1.getsockname()[1]])
+        b = PacketBatch.from_packets(pkts)
+        sel = np.arange(b.count, dtype=np.int32)
+        got = {}
+        for gso in (False, True):
+            ctr = np.zeros(io.COUNTERS, np.int64)
+            assert io.send(tx.fileno(), 4 if family == socket.AF_INET else 6, True, b.buf, b.offsets, b.lengths,
+                           sel, gso=gso, counters=ctr) == (len(pkts), 0)
+            got[gso] = (_drain(rx0), _drain(rx1))
+            if gso:  # trains: 46 x 1400 (64 KB), 24 x 1400 + the shorter 700 that closes it, 5 x 1400 to the
+                # other port, 3 x 100, the last alternating 1400 + the first (shorter) 64, 9 x 64, 65 + 64
+                assert ctr.tolist() == [7, 46 + 25 + 5 + 3 + 2 + 9 + 2, 0]
+            else:
+                assert ctr.tolist() == [0, 0, 0]
+        hl = 28 if family == socket.AF_INET else 48
+        want0 = [p[hl:] for p in pkts if struct.unpack("!H", p[hl - 6:hl - 4])[0] == rx0.getsockname()[1]]
+        assert got[False][0] == want0 and got[True][0] == want0
+        assert got[False][1] == got[True][1] and len(got[True][1]) == 8
+    finally:
+        for s in (rx0, rx1, tx):
+            s.close()
+
+
+@pytest.mark.parametrize("family,host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_udp_gro_trains_are_split_at_the_reported_size(family, host):
+    require(_kernel_has(io.UDP_SEGMENT, 1400) and _kernel_has(io.UDP_GRO, 1), "this kernel has no UDP GSO/GRO")
+    rx, tx = sockets(family, host)
+    try:
+        rx.setsockopt(socket.IPPROTO_UDP, io.UDP_GRO, 1)
+        rport, tport = rx.getsockname()[1], tx.getsockname()[1]
+        pkts = _mixed_train(host, [rport, rport])
+        b = PacketBatch.from_packets(pkts)
+        assert io.send(tx.fileno(), 4 if family == socket.AF_INET else 6, True, b.buf, b.offsets, b.lengths,
+                       np.arange(b.count, dtype=np.int32), gso=True) == (len(pkts), 0)
+        dst = PacketBatch.empty(256, 2048)
+        scratch = np.zeros(4 * io.GRO_BUFFER, np.uint8)
+        ctr = np.zeros(io.COUNTERS, np.int64)
+        n = 0
+        for _ in range(50):
+            if n >= len(pkts):
+                break
+            if io.poll([rx.fileno()], 50):
+                n += io.recv(rx.fileno(), dst.buf, dst.offsets[n:], dst.lengths[n:], dst.capacity[n:], 256 - n,
+                             io.SYNTH_UDP, host, rport, gro_scratch=scratch, counters=ctr)
+        hl = 28 if family == socket.AF_INET else 48
+        assert n == len(pkts)
+        for i, p in enumerate(pkts):  # the same packets, headers synthesized as without GRO
+            got = dst.packet(i)
+            assert got[hl:] == p[hl:] and struct.unpack("!HHH", got[hl - 8:hl - 2]) == (tport, rport, len(p) - hl + 8)
+        assert ctr[0] >= 1 and ctr[1] >= 2 and ctr[2] == 0, ctr  # at least one train arrived coalesced
+    finally:
+        rx.close()
+        tx.close()
+
+
+def test_gro_into_a_batch_smaller_than_a_train_counts_what_it_cannot_take():
+    require(_kernel_has(io.UDP_SEGMENT, 1400) and _kernel_has(io.UDP_GRO, 1), "this kernel has no UDP GSO/GRO")
+    rx, tx = sockets(socket.AF_INET, "127.0.0.1")
+    try:
+        rx.setsockopt(socket.IPPROTO_UDP, io.UDP_GRO, 1)
+        rport = rx.getsockname()[1]
+        b = PacketBatch.from_packets([udp_packet("127.0.0.1", "127.0.0.1", 9, rport, bytes(1000))] * 20)
+        io.send(tx.fileno(), 4, True, b.buf, b.offsets, b.lengths, np.arange(20, dtype=np.int32), gso=True)
+        dst = PacketBatch.empty(5, 2048)
+        ctr = np.zeros(io.COUNTERS, np.int64)
+        assert io.poll([rx.fileno()], 1000)
+        n = io.recv(rx.fileno(), dst.buf, dst.offsets, dst.lengths, dst.capacity, 5, io.SYNTH_UDP, "127.0.0.1",
+                    rport, gro_scratch=np.zeros(io.GRO_BUFFER, np.uint8), counters=ctr)
+        assert n == 5 and ctr[2] == 20 - 5 and all(dst.lengths == 1028)
+        with pytest.raises(ValueError):
+            io.recv(rx.fileno(), dst.buf, dst.offsets, dst.lengths, dst.capacity, 5,
+                    gro_scratch=np.zeros(100, np.uint8))
+        with pytest.raises(ValueError):
+            io.recv(rx.fileno(), dst.buf, dst.offsets, dst.lengths, dst.capacity, 5, counters=np.zeros(1, np.int64))
+        with pytest.raises(ValueError):
+            io.send(tx.fileno(), 4, True, b.buf, b.offsets, b.lengths, np.arange(2, dtype=np.int32), gso=True,
+                    counters=np.zeros(1, np.int64))
+    finally:
+        rx.close()
+        tx.close()
+
+
 # ------------------------------------------------------------------------------------------------ TUN
 TUN_CHILD = textwrap.dedent("""
     import socket, struct, sys, numpy as np
     sys.path.insert(0, {root!r})
     from esp import PacketBatch
-    from esp import _io as io
-    from esp.tun import open_tun
+    from esp.gateway import _io as io
+    from esp.gateway.tun import open_tun
     tun = open_tun("esptest%d", addresses=["10.77.0.1/24", "fd77::1/64"], routes=["10.78.0.0/24"], mtu=1400)
     # kernel -> TUN: datagrams routed into the device are read as a batch
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -221,7 +340,7 @@ def test_tun_batched_read_and_write_in_a_namespace():
 
 
 def test_tun_errors_are_clear():
-    from esp.tun import TunError, open_tun
+    from esp.gateway.tun import TunError, open_tun
 
     with pytest.raises(ValueError):
         open_tun("x" * 20)
@@ -230,7 +349,7 @@ def test_tun_errors_are_clear():
     if os.geteuid() == 0 and os.path.exists("/usr/bin/setpriv"):
         # without CAP_NET_ADMIN the ioctl is refused: the message says what is missing
         code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-                "from esp.tun import open_tun, TunError\n"
+                "from esp.gateway.tun import open_tun, TunError\n"
                 "try:\n    open_tun('esperr%d')\nexcept TunError as e:\n    print('ERR', e)\n")
         r = subprocess.run(["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", sys.executable, "-c",
                             code], capture_output=True, text=True, timeout=30)
@@ -239,7 +358,7 @@ def test_tun_errors_are_clear():
 
 
 def test_missing_tun_device_is_a_clear_error(monkeypatch, tmp_path):
-    from esp import tun
+    from esp.gateway import tun
 
     monkeypatch.setattr(tun, "TUN_PATH", str(tmp_path / "no-such-tun"))
     with pytest.raises(tun.TunError, match="modprobe tun"):

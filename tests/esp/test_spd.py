@@ -196,15 +196,15 @@ def test_snapshot_is_immutable_while_spd_changes():
 
 # ---------------------------------------------------------------- compiled twin == numpy reference
 try:
-    from esp import _io
+    from esp import _classify
 except ImportError:  # pragma: no cover - setup.py builds it; the tests below then skip (or fail under CI)
-    _io = None
+    _classify = None
 
 
-def _need_io() -> None:
+def _need_classify() -> None:
     from tests.support import require
 
-    require(_io is not None, "esp._io is not built (python setup.py build_ext --inplace)")
+    require(_classify is not None, "esp._classify is not built (python setup.py build_ext --inplace)")
 
 _NETS4 = st.builds(lambda a, n: ipaddress.ip_network(f"{a}/{n}", strict=False), st.ip_addresses(v=4),
                    st.integers(0, 32))
@@ -241,8 +241,8 @@ def packets(draw):
 @settings(max_examples=120, deadline=None)
 @given(st.lists(packets(), min_size=1, max_size=24), st.lists(selectors(), min_size=0, max_size=6))
 def test_compiled_classifier_agrees_with_numpy_reference(pkts, sels):
-    """esp._io.classify (the data plane's path) gives exactly the numpy reference's answer."""
-    _need_io()
+    """esp._classify.classify (the data plane's path) gives exactly the numpy reference's answer."""
+    _need_classify()
     pols = [Policy(f"p{i}", s) for i, s in enumerate(sels)]
     snap = Spd(pols).snapshot
     buf, off, ln = arena(pkts)
@@ -252,21 +252,21 @@ def test_compiled_classifier_agrees_with_numpy_reference(pkts, sels):
     assert snap.classify_batch(buf, off, ln, len(pkts)).tolist() == reference
     rows = np.arange(len(pkts), dtype=np.int32)[::-1].copy()
     out = np.empty(len(rows), np.int32)
-    _io.classify(buf, off, ln, snap._sel.table, out, rows)
+    _classify.classify(buf, off, ln, snap._sel.table, out, rows)
     assert out.tolist() == reference[::-1]
 
 
 def test_compiled_classifier_checks_its_arguments():
-    _need_io()
+    _need_classify()
     snap = Spd([Policy("p", Selector())]).snapshot
     buf, off, ln = arena([ipv4("1.1.1.1", "2.2.2.2")])
     with pytest.raises(IndexError):
-        _io.classify(buf, off, ln, snap._sel.table, np.empty(1, np.int32), np.array([5], np.int32))
+        _classify.classify(buf, off, ln, snap._sel.table, np.empty(1, np.int32), np.array([5], np.int32))
     with pytest.raises(ValueError):
-        _io.classify(buf, off, ln, snap._sel.table, np.empty(3, np.int32))
+        _classify.classify(buf, off, ln, snap._sel.table, np.empty(3, np.int32))
     with pytest.raises(ValueError):
-        _io.classify(buf, off, ln, np.zeros((1, 3), np.uint64), np.empty(1, np.int32))
+        _classify.classify(buf, off, ln, np.zeros((1, 3), np.uint64), np.empty(1, np.int32))
     # offsets pointing outside the arena are unparseable, not a crash
     out = np.empty(1, np.int32)
-    _io.classify(buf, np.array([10 ** 9], np.int64), ln, snap._sel.table, out)
+    _classify.classify(buf, np.array([10 ** 9], np.int64), ln, snap._sel.table, out)
     assert out.tolist() == [UNPARSEABLE]

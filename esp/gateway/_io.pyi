@@ -1,4 +1,4 @@
-"""Type stub for esp._io (batched UDP/raw/TUN I/O and the compiled header classifier)."""
+"""Type stub for esp.gateway._io (batched UDP/raw/TUN I/O of the gateway)."""
 from typing import Iterable
 
 import numpy as np
@@ -6,18 +6,18 @@ import numpy as np
 SYNTH_NONE: int
 SYNTH_UDP: int
 SYNTH_ESP: int
-SELECTOR_COLUMNS: int
+COUNTERS: int
+GRO_BUFFER: int
+UDP_SEGMENT: int
+UDP_GRO: int
 
 def poll(fds: Iterable[int], timeout_ms: int) -> int: ...
 def recv(fd: int, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, capacity: np.ndarray,
-         max_count: int, synth: int = 0, local_addr: str | bytes | None = None, local_port: int = 0) -> int: ...
+         max_count: int, synth: int = 0, local_addr: str | bytes | None = None, local_port: int = 0,
+         gro_scratch: np.ndarray | None = None, counters: np.ndarray | None = None) -> int: ...
 def send(fd: int, family: int, udp: bool, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
-         select: np.ndarray) -> tuple[int, int]: ...
+         select: np.ndarray, gso: bool = False, counters: np.ndarray | None = None) -> tuple[int, int]: ...
 def tun_read(fd: int, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, capacity: np.ndarray,
              max_count: int) -> int: ...
 def tun_write(fd: int, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
               select: np.ndarray) -> tuple[int, int]: ...
-def classify(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, table: np.ndarray, out: np.ndarray,
-             rows: np.ndarray | None = None) -> None: ...
-def esp_demux(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, spi: np.ndarray,
-              kind: np.ndarray) -> None: ...

@@ -27,7 +27,18 @@ cdef extern from *:
     #include <string.h>
     #include <stdint.h>
 
+    #ifndef UDP_SEGMENT
+    #define UDP_SEGMENT 103
+    #endif
+    #ifndef UDP_GRO
+    #define UDP_GRO 104
+    #endif
     #define ESPIO_CHUNK 64
+    #define ESPIO_IOV 1024          /* datagrams per sendmmsg when trains are coalesced */
+    #define ESPIO_GSO_SEGMENTS 64   /* UDP_MAX_SEGMENTS of older kernels */
+    #define ESPIO_GSO_BYTES 65000   /* a train is one UDP datagram to the kernel: under 64 KB */
+    #define ESPIO_GRO_BUF 65536     /* a GRO train (at most 64 datagrams, one UDP length) fits */
+    #define ESPIO_GRO_SEGMENTS 64   /* UDP_GRO_CNT_MAX: what the kernel coalesces into one train */
     #define ESPIO_RETRIES 200   /* EAGAIN / EINTR retries of one call, each after a poll of <= 5 ms */
 
     static int espio_poll(const int *fds, int nfds, int timeout_ms) {
@@ -126,6 +137,76 @@ cdef extern from *:
         return got;
     }
 
+    /* recvmmsg with UDP_GRO on the socket: each message lands in a 64 KB region of scratch and may be a train
+       of datagrams (cmsg UDP_GRO gives their size; the last may be shorter), split here into slots [got, max).
+       A train holds at most ESPIO_GRO_SEGMENTS datagrams, so only as many messages are asked for as the free
+       slots can take whole (at least one). ctr (may be NULL): [0] trains, [1] datagrams in them, [2] datagrams
+       lost because the batch was full (only when max < ESPIO_GRO_SEGMENTS). */
+    static long espio_recv_gro(int fd, uint8_t *buf, int64_t buflen, const int64_t *off, int32_t *len,
+                               const int32_t *cap, int max, int synth, const uint8_t *laddr, int lfam, int lport,
+                               uint8_t *scratch, int64_t scratch_len, int64_t *ctr) {
+        struct mmsghdr msgs[ESPIO_CHUNK];
+        struct iovec iov[ESPIO_CHUNK];
+        struct sockaddr_storage names[ESPIO_CHUNK];
+        union { char b[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } ctl[ESPIO_CHUNK];
+        int got = 0, k, n, r, retries = 0, nbuf = (int)(scratch_len / ESPIO_GRO_BUF);
+        int hl = synth == 0 ? 0 : (lfam == 6 ? 40 : 20) + (synth == 17 ? 8 : 0);
+        if (nbuf < 1) return -EINVAL;
+        while (got < max) {
+            n = (max - got) / ESPIO_GRO_SEGMENTS;
+            if (n == 0) { if (got) break; n = 1; }
+            if (n > nbuf) n = nbuf;
+            if (n > ESPIO_CHUNK) n = ESPIO_CHUNK;
+            for (k = 0; k < n; k++) {
+                iov[k].iov_base = scratch + (int64_t)k * ESPIO_GRO_BUF;
+                iov[k].iov_len = ESPIO_GRO_BUF;
+                memset(&msgs[k], 0, sizeof(msgs[k]));
+                msgs[k].msg_hdr.msg_name = &names[k];
+                msgs[k].msg_hdr.msg_namelen = sizeof(names[k]);
+                msgs[k].msg_hdr.msg_iov = &iov[k];
+                msgs[k].msg_hdr.msg_iovlen = 1;
+                msgs[k].msg_hdr.msg_control = ctl[k].b;
+                msgs[k].msg_hdr.msg_controllen = sizeof(ctl[k].b);
+            }
+            r = recvmmsg(fd, msgs, (unsigned)n, MSG_DONTWAIT, NULL);
+            if (r < 0) {
+                if (errno == EINTR && ++retries < ESPIO_RETRIES) continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK || got) break;
+                return -errno;
+            }
+            for (k = 0; k < r; k++) {
+                int plen = (int)msgs[k].msg_len, seg = plen, at, segs = 0;
+                const uint8_t *data = scratch + (int64_t)k * ESPIO_GRO_BUF;
+                struct cmsghdr *c;
+                for (c = CMSG_FIRSTHDR(&msgs[k].msg_hdr); c; c = CMSG_NXTHDR(&msgs[k].msg_hdr, c)) {
+                    if (c->cmsg_level == IPPROTO_UDP && c->cmsg_type == UDP_GRO && c->cmsg_len >= CMSG_LEN(sizeof(int))) {
+                        int g; memcpy(&g, CMSG_DATA(c), sizeof(g));
+                        if (g > 0 && g < seg) seg = g;
+                    }
+                }
+                if ((msgs[k].msg_hdr.msg_flags & MSG_TRUNC) || plen <= 0) {
+                    if (got < max) len[got++] = 0;
+                    continue;
+                }
+                for (at = 0; at < plen; at += seg) {
+                    int i = got, sl = plen - at < seg ? plen - at : seg;
+                    segs++;
+                    if (got >= max) { if (ctr) ctr[2]++; continue; }
+                    got++;
+                    if (!espio_slot_ok(buflen, off[i], cap[i], hl + sl)) { len[i] = 0; continue; }
+                    memcpy(buf + off[i] + hl, data + at, (size_t)sl);
+                    if (synth && espio_synth(buf + off[i], sl, &names[k], laddr, lfam, lport, synth) < 0) {
+                        len[i] = 0; continue;
+                    }
+                    len[i] = sl + hl;
+                }
+                if (ctr && segs > 1) { ctr[0]++; ctr[1] += segs; }
+            }
+            if (r < n) break;
+        }
+        return got;
+    }
+
     /* Where a whole IP packet goes and what follows its outer headers: fills name, returns payload offset. */
     static int espio_dest(const uint8_t *p, int n, int fam, int udp, struct sockaddr_storage *name, socklen_t *nl) {
         int hl;
@@ -150,47 +231,120 @@ cdef extern from *:
         return hl <= n ? hl : -1;
     }
 
-    /* sendmmsg of the selected slots, stripped of their outer headers; returns packets sent, *drops the rest. */
+    static int espio_same_dest(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+        if (a->ss_family != b->ss_family) return 0;
+        if (a->ss_family == AF_INET) {
+            const struct sockaddr_in *x = (const struct sockaddr_in *)a, *y = (const struct sockaddr_in *)b;
+            return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+        }
+        {
+            const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a, *y = (const struct sockaddr_in6 *)b;
+            return x->sin6_port == y->sin6_port && !memcmp(&x->sin6_addr, &y->sin6_addr, 16)
+                && x->sin6_scope_id == y->sin6_scope_id;
+        }
+    }
+
+    /* One sendmsg per datagram of a train whose UDP_SEGMENT send was refused (GSO not possible on this path). */
+    static long espio_send_each(int fd, struct msghdr *m, long *drops) {
+        struct msghdr one;
+        size_t j;
+        long sent = 0;
+        int retries = 0;
+        for (j = 0; j < m->msg_iovlen; ) {
+            memset(&one, 0, sizeof(one));
+            one.msg_name = m->msg_name; one.msg_namelen = m->msg_namelen;
+            one.msg_iov = &m->msg_iov[j]; one.msg_iovlen = 1;
+            if (sendmsg(fd, &one, 0) < 0) {
+                if ((errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS || errno == EINTR)
+                        && ++retries < ESPIO_RETRIES) { espio_wait_out(fd); continue; }
+                (*drops)++;
+            } else sent++;
+            j++;
+        }
+        return sent;
+    }
+
+    /* sendmmsg of the selected slots, stripped of their outer headers; returns packets sent, *drops the rest.
+       With gso, a run of consecutive datagrams to one destination, all of one size but the last (which may be
+       shorter), becomes one message with a UDP_SEGMENT cmsg that the kernel splits (UDP GSO); the others go
+       as one message each, in the same sendmmsg. ctr (may be NULL): [0] trains sent, [1] datagrams in them,
+       [2] set to 1 when the kernel refused GSO (the train was sent datagram by datagram instead). */
     static long espio_send(int fd, int fam, int udp, const uint8_t *buf, int64_t buflen, const int64_t *off,
-                           const int32_t *len, const int32_t *sel, int nsel, long *drops) {
+                           const int32_t *len, const int32_t *sel, int nsel, int gso, long *drops, int64_t *ctr) {
         struct mmsghdr msgs[ESPIO_CHUNK];
-        struct iovec iov[ESPIO_CHUNK];
+        struct iovec iov[ESPIO_IOV];
         struct sockaddr_storage names[ESPIO_CHUNK];
-        int pos = 0, k, r, start, retries = 0;
+        union { char b[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } ctl[ESPIO_CHUNK];
+        int segsize[ESPIO_CHUNK], closed[ESPIO_CHUNK];
+        long total[ESPIO_CHUNK];
+        int pos = 0, m, v, k, r, start, retries = 0;
         long sent = 0;
         *drops = 0;
         while (pos < nsel) {
-            k = 0;
-            while (k < ESPIO_CHUNK && pos < nsel) {
-                int i = sel[pos++];
+            m = 0; v = 0;
+            while (pos < nsel && m < ESPIO_CHUNK && v < ESPIO_IOV) {
+                int i = sel[pos++], h, plen;
                 socklen_t nl = 0;
-                int h;
+                struct sockaddr_storage nm;
                 if (off[i] < 0 || len[i] <= 0 || off[i] + len[i] > buflen) { (*drops)++; continue; }
-                h = espio_dest(buf + off[i], len[i], fam, udp, &names[k], &nl);
+                h = espio_dest(buf + off[i], len[i], fam, udp, &nm, &nl);
                 if (h < 0) { (*drops)++; continue; }
-                iov[k].iov_base = (void *)(buf + off[i] + h);
-                iov[k].iov_len = (size_t)(len[i] - h);
-                memset(&msgs[k], 0, sizeof(msgs[k]));
-                msgs[k].msg_hdr.msg_name = &names[k];
-                msgs[k].msg_hdr.msg_namelen = nl;
-                msgs[k].msg_hdr.msg_iov = &iov[k];
-                msgs[k].msg_hdr.msg_iovlen = 1;
-                k++;
+                plen = len[i] - h;
+                iov[v].iov_base = (void *)(buf + off[i] + h);
+                iov[v].iov_len = (size_t)plen;
+                if (gso && m > 0 && !closed[m - 1] && plen > 0 && plen <= segsize[m - 1]
+                        && msgs[m - 1].msg_hdr.msg_iovlen < ESPIO_GSO_SEGMENTS
+                        && total[m - 1] + plen <= ESPIO_GSO_BYTES && espio_same_dest(&names[m - 1], &nm)) {
+                    msgs[m - 1].msg_hdr.msg_iovlen++;
+                    total[m - 1] += plen;
+                    if (plen < segsize[m - 1]) closed[m - 1] = 1;   /* only the last may be shorter */
+                } else {
+                    memcpy(&names[m], &nm, sizeof(nm));
+                    memset(&msgs[m], 0, sizeof(msgs[m]));
+                    msgs[m].msg_hdr.msg_name = &names[m];
+                    msgs[m].msg_hdr.msg_namelen = nl;
+                    msgs[m].msg_hdr.msg_iov = &iov[v];
+                    msgs[m].msg_hdr.msg_iovlen = 1;
+                    segsize[m] = plen; total[m] = plen; closed[m] = 0;
+                    m++;
+                }
+                v++;
+            }
+            for (k = 0; k < m; k++) {
+                if (msgs[k].msg_hdr.msg_iovlen > 1) {
+                    struct cmsghdr *c;
+                    uint16_t g = (uint16_t)segsize[k];
+                    memset(&ctl[k], 0, sizeof(ctl[k]));
+                    msgs[k].msg_hdr.msg_control = ctl[k].b;
+                    msgs[k].msg_hdr.msg_controllen = sizeof(ctl[k].b);
+                    c = CMSG_FIRSTHDR(&msgs[k].msg_hdr);
+                    c->cmsg_level = IPPROTO_UDP; c->cmsg_type = UDP_SEGMENT; c->cmsg_len = CMSG_LEN(sizeof(g));
+                    memcpy(CMSG_DATA(c), &g, sizeof(g));
+                }
             }
             start = 0;
-            while (start < k) {
-                r = sendmmsg(fd, msgs + start, (unsigned)(k - start), 0);
+            while (start < m) {
+                r = sendmmsg(fd, msgs + start, (unsigned)(m - start), 0);
                 if (r < 0) {
                     if ((errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS || errno == EINTR)
                             && ++retries < ESPIO_RETRIES) {
                         espio_wait_out(fd);
                         continue;
                     }
-                    (*drops)++;      /* this message is refused (EMSGSIZE, unreachable ...): skip it */
+                    if (msgs[start].msg_hdr.msg_iovlen > 1) {
+                        /* refused as a train (EIO: no checksum offload on the way out, EINVAL ...): datagram
+                           by datagram, and tell the caller so it stops asking */
+                        if (ctr) ctr[2] = 1;
+                        sent += espio_send_each(fd, &msgs[start].msg_hdr, drops);
+                    } else
+                        (*drops)++;      /* this message is refused (EMSGSIZE, unreachable ...): skip it */
                     start++;
                     continue;
                 }
-                sent += r;
+                for (k = start; k < start + r; k++) {
+                    sent += (long)msgs[k].msg_hdr.msg_iovlen;
+                    if (ctr && msgs[k].msg_hdr.msg_iovlen > 1) { ctr[0]++; ctr[1] += (int64_t)msgs[k].msg_hdr.msg_iovlen; }
+                }
                 start += r;
             }
         }
@@ -245,171 +399,29 @@ cdef extern from *:
     """
     long espio_recv(int fd, uint8_t *buf, int64_t buflen, const int64_t *off, int32_t *len, const int32_t *cap,
                     int max, int synth, const uint8_t *laddr, int lfam, int lport) nogil
+    long espio_recv_gro(int fd, uint8_t *buf, int64_t buflen, const int64_t *off, int32_t *len, const int32_t *cap,
+                        int max, int synth, const uint8_t *laddr, int lfam, int lport, uint8_t *scratch,
+                        int64_t scratch_len, int64_t *ctr) nogil
     long espio_send(int fd, int fam, int udp, const uint8_t *buf, int64_t buflen, const int64_t *off,
-                    const int32_t *len, const int32_t *sel, int nsel, long *drops) nogil
+                    const int32_t *len, const int32_t *sel, int nsel, int gso, long *drops, int64_t *ctr) nogil
     long espio_read(int fd, uint8_t *buf, int64_t buflen, const int64_t *off, int32_t *len, const int32_t *cap,
                     int max) nogil
     long espio_write(int fd, const uint8_t *buf, int64_t buflen, const int64_t *off, const int32_t *len,
                      const int32_t *sel, int nsel, long *drops) nogil
     int espio_poll(const int *fds, int nfds, int timeout_ms) nogil
 
-cdef extern from *:
-    """
-    /* ---- header parsing and selector matching for the data plane (the compiled twin of esp.spd's numpy
-       reference: same fields, same rules, checked against it by tests/esp/test_spd.py) ---- */
-    typedef struct { int ok, ver, proto, sport, dport; uint64_t sh, sl, dh, dl; } espio_hdr;
-
-    #define ESPIO_SEL_COLS 15
-    static inline uint32_t espio_be16(const uint8_t *p) { return ((uint32_t)p[0] << 8) | p[1]; }
-    static inline uint64_t espio_be32(const uint8_t *p) {
-        return ((uint64_t)p[0] << 24) | ((uint64_t)p[1] << 16) | ((uint64_t)p[2] << 8) | p[3];
-    }
-    static inline uint64_t espio_be64(const uint8_t *p) { return (espio_be32(p) << 32) | espio_be32(p + 4); }
-
-    static void espio_parse(const uint8_t *buf, int64_t buflen, int64_t off, int32_t len, espio_hdr *h) {
-        const uint8_t *p;
-        int n = len, nonfirst = 0, l4, nh, i, kind;
-        h->ok = h->ver = h->proto = 0; h->sport = h->dport = -1; h->sh = h->sl = h->dh = h->dl = 0;
-        if (off < 0 || len <= 0 || off + (int64_t)len > buflen) return;
-        p = buf + off;
-        if ((p[0] >> 4) == 4) {
-            int ihl = (p[0] & 15) * 4;
-            if (ihl < 20 || ihl > n) return;
-            h->ver = 4; h->proto = p[9]; h->sl = espio_be32(p + 12); h->dl = espio_be32(p + 16);
-            nonfirst = (p[6] & 0x1f) != 0 || p[7] != 0;
-            l4 = ihl;
-        } else if ((p[0] >> 4) == 6) {
-            if (n < 40) return;
-            h->ver = 6;
-            h->sh = espio_be64(p + 8); h->sl = espio_be64(p + 16); h->dh = espio_be64(p + 24); h->dl = espio_be64(p + 32);
-            nh = p[6]; l4 = 40;
-            for (i = 0; i < 4; i++) {   /* MAX_IPV6_EXTENSION_HEADERS */
-                int size;
-                if (!(nh == 0 || nh == 43 || nh == 60 || nh == 44 || nh == 51) || l4 + 8 > n) break;
-                if (nh == 44) { nonfirst |= (espio_be16(p + l4 + 2) >> 3) != 0; size = 8; }
-                else if (nh == 51) size = (p[l4 + 1] + 2) * 4;
-                else size = (p[l4 + 1] + 1) * 8;
-                nh = p[l4];
-                l4 += size;
-            }
-            h->proto = nh;
-        } else return;
-        h->ok = 1;
-        if (nonfirst || l4 + 4 > n) return;
-        kind = (h->proto == 6 || h->proto == 17 || h->proto == 132 || h->proto == 136) ? 1
-             : (h->proto == 1 || h->proto == 58) ? 2 : 0;
-        if (kind == 1) { h->sport = (int)espio_be16(p + l4); h->dport = (int)espio_be16(p + l4 + 2); }
-        else if (kind == 2) { h->sport = p[l4]; h->dport = p[l4 + 1]; }
-    }
-
-    /* Columns: ver, sh, sl, smh, sml, dh, dl, dmh, dml, proto, splo, sphi, dplo, dphi, owner. */
-    static int espio_first(const espio_hdr *h, const uint64_t *t, int k) {
-        int j;
-        for (j = 0; j < k; j++) {
-            const uint64_t *r = t + (size_t)j * ESPIO_SEL_COLS;
-            if (r[0] && (int)r[0] != h->ver) continue;
-            if ((h->sh & r[3]) != r[1] || (h->sl & r[4]) != r[2]) continue;
-            if ((h->dh & r[7]) != r[5] || (h->dl & r[8]) != r[6]) continue;
-            if (r[9] && (int)r[9] != h->proto) continue;
-            if (!(r[10] == 0 && r[11] == 65535) && (h->sport < (int64_t)r[10] || h->sport > (int64_t)r[11])) continue;
-            if (!(r[12] == 0 && r[13] == 65535) && (h->dport < (int64_t)r[12] || h->dport > (int64_t)r[13])) continue;
-            return (int)r[14];
-        }
-        return -1;
-    }
-
-    static void espio_classify(const uint8_t *buf, int64_t buflen, const int64_t *off, const int32_t *len,
-                               const int32_t *rows, int n, const uint64_t *t, int k, int32_t *out) {
-        int i;
-        espio_hdr h;
-        for (i = 0; i < n; i++) {
-            int slot = rows ? rows[i] : i;
-            espio_parse(buf, buflen, off[slot], len[slot], &h);
-            out[i] = h.ok ? espio_first(&h, t, k) : -2;
-        }
-    }
-
-    /* Inbound demux: kind 0 = ESP (spi set), 1 = IKE (non-ESP marker on UDP), 2 = NAT keepalive, 3 = other. */
-    static void espio_demux(const uint8_t *buf, int64_t buflen, const int64_t *off, const int32_t *len, int n,
-                            uint32_t *spi, uint8_t *kind) {
-        int i;
-        for (i = 0; i < n; i++) {
-            const uint8_t *p;
-            int m = len[i], hl, esp;
-            spi[i] = 0; kind[i] = 3;
-            if (off[i] < 0 || m <= 0 || off[i] + (int64_t)m > buflen) continue;
-            p = buf + off[i];
-            if ((p[0] >> 4) == 4 && m >= 20) {
-                hl = (p[0] & 15) * 4;
-                if (hl < 20 || hl > m) continue;
-                esp = p[9];
-            } else if ((p[0] >> 4) == 6 && m >= 40) {
-                hl = 40; esp = p[6];
-            } else continue;
-            if (esp == 17) {
-                if (m == hl + 9 && p[hl + 8] == 0xff) { kind[i] = 2; continue; }
-                if (m >= hl + 12 && espio_be32(p + hl + 8) == 0) { kind[i] = 1; continue; }
-                hl += 8;
-            } else if (esp != 50) continue;
-            if (m < hl + 8) continue;
-            spi[i] = (uint32_t)espio_be32(p + hl);
-            if (spi[i] == 0) continue;
-            kind[i] = 0;
-        }
-    }
-    """
-    void espio_classify(const uint8_t *buf, int64_t buflen, const int64_t *off, const int32_t *len,
-                        const int32_t *rows, int n, const uint64_t *t, int k, int32_t *out) nogil
-    void espio_demux(const uint8_t *buf, int64_t buflen, const int64_t *off, const int32_t *len, int n,
-                     uint32_t *spi, uint8_t *kind) nogil
-
-
-SELECTOR_COLUMNS = 15
-
-
-def classify(const uint8_t[::1] buf, const int64_t[::1] offsets, const int32_t[::1] lengths,
-             const uint64_t[:, ::1] table, int32_t[::1] out, const int32_t[::1] rows=None):
-    """First matching selector's owner for each packet (slots 0..len(out)-1, or ``rows``) into ``out``:
-    -2 when the IP header cannot be parsed, -1 when no selector matches. ``table`` rows are selectors
-    (columns as esp.spd.CompiledSelectors.table). The same rules as esp.spd.parse_headers + first_match."""
-    cdef int n = out.shape[0], i
-    cdef const int32_t *rp = NULL
-    if table.shape[0] and table.shape[1] != SELECTOR_COLUMNS:
-        raise ValueError(f"selector table needs {SELECTOR_COLUMNS} columns")
-    if rows is not None:
-        if rows.shape[0] < n:
-            raise ValueError("rows shorter than out")
-        for i in range(n):
-            if rows[i] < 0 or rows[i] >= offsets.shape[0] or rows[i] >= lengths.shape[0]:
-                raise IndexError(f"row {rows[i]} outside the batch")
-        rp = &rows[0] if n else NULL
-    elif n > offsets.shape[0] or n > lengths.shape[0]:
-        raise ValueError("out is longer than the batch")
-    if n == 0:
-        return
-    with nogil:
-        espio_classify(&buf[0] if buf.shape[0] else NULL, buf.shape[0], &offsets[0], &lengths[0], rp, n,
-                       &table[0, 0] if table.shape[0] else NULL, table.shape[0], &out[0])
-
-
-def esp_demux(const uint8_t[::1] buf, const int64_t[::1] offsets, const int32_t[::1] lengths,
-              uint32_t[::1] spi, uint8_t[::1] kind):
-    """SPI and kind of each received packet (0 ESP, 1 IKE with non-ESP marker, 2 NAT keepalive, 3 other)."""
-    cdef int n = spi.shape[0]
-    if n > offsets.shape[0] or n > lengths.shape[0] or kind.shape[0] < n:
-        raise ValueError("spi/kind arrays do not fit the batch")
-    if n == 0:
-        return
-    with nogil:
-        espio_demux(&buf[0] if buf.shape[0] else NULL, buf.shape[0], &offsets[0], &lengths[0], n, &spi[0],
-                    &kind[0])
-
-
 import ipaddress
 
-__all__ = ["poll", "recv", "send", "tun_read", "tun_write", "SYNTH_NONE", "SYNTH_UDP", "SYNTH_ESP", "classify", "esp_demux",
-           "SELECTOR_COLUMNS"]
+__all__ = ["poll", "recv", "send", "tun_read", "tun_write", "SYNTH_NONE", "SYNTH_UDP", "SYNTH_ESP", "COUNTERS",
+           "GRO_BUFFER", "UDP_SEGMENT", "UDP_GRO"]
 
+#: Length of the ``counters`` arrays of recv/send.
+COUNTERS = 3
+#: Bytes of gro_scratch per message read at once (a GRO train is one UDP datagram to the kernel).
+GRO_BUFFER = 65536
+#: Socket options (level IPPROTO_UDP) of UDP GSO and GRO, Linux 4.18 and 5.0.
+UDP_SEGMENT = 103
+UDP_GRO = 104
 SYNTH_NONE = 0
 SYNTH_UDP = 17
 SYNTH_ESP = 50
@@ -437,21 +449,35 @@ def poll(fds, int timeout_ms) -> int:
 
 
 def recv(int fd, uint8_t[::1] buf, const int64_t[::1] offsets, int32_t[::1] lengths,
-         const int32_t[::1] capacity, int max_count, int synth=0, local_addr=None, int local_port=0) -> int:
+         const int32_t[::1] capacity, int max_count, int synth=0, local_addr=None, int local_port=0,
+         uint8_t[::1] gro_scratch=None, int64_t[::1] counters=None) -> int:
     """recvmmsg up to ``max_count`` datagrams into slots 0.. without blocking; returns how many arrived.
 
     With ``synth`` SYNTH_UDP or SYNTH_ESP an outer IP (+UDP) header from the sender to ``local_addr``
     (``local_port``) is written in front of each payload, so the slot holds a whole packet for the core.
     A truncated datagram gets length 0.
+
+    ``gro_scratch`` (a multiple of GRO_BUFFER bytes) is for a socket with UDP_GRO on: trains of datagrams
+    are read into it and split at the size the kernel reports, one datagram per slot. ``counters`` (int64,
+    COUNTERS long) is incremented: [0] trains, [1] datagrams in trains, [2] datagrams lost to a full batch.
     """
     cdef bytes la = b"\0" * 16
     cdef int fam = 4
     cdef long r
     cdef const uint8_t *lap
+    cdef int64_t *ctr = NULL
     if max_count > offsets.shape[0] or max_count > lengths.shape[0] or max_count > capacity.shape[0]:
         raise ValueError("max_count exceeds the batch")
+    if max_count <= 0:
+        return 0
     if synth not in (0, 17, 50):
         raise ValueError("synth must be SYNTH_NONE, SYNTH_UDP or SYNTH_ESP")
+    if counters is not None:
+        if counters.shape[0] < COUNTERS:
+            raise ValueError(f"counters needs {COUNTERS} int64 entries")
+        ctr = &counters[0]
+    if gro_scratch is not None and gro_scratch.shape[0] < GRO_BUFFER:
+        raise ValueError(f"gro_scratch needs at least {GRO_BUFFER} bytes")
     if synth:
         packed = local_addr if isinstance(local_addr, bytes) else ipaddress.ip_address(local_addr).packed
         if len(packed) not in (4, 16):
@@ -459,21 +485,38 @@ def recv(int fd, uint8_t[::1] buf, const int64_t[::1] offsets, int32_t[::1] leng
         la = packed + b"\0" * (16 - len(packed))
         fam = 4 if len(packed) == 4 else 6
     lap = la
-    with nogil:
-        r = espio_recv(fd, &buf[0] if buf.shape[0] else NULL, buf.shape[0], &offsets[0], &lengths[0],
-                       &capacity[0], max_count, synth, lap, fam, local_port)
+    if gro_scratch is not None:
+        with nogil:
+            r = espio_recv_gro(fd, &buf[0] if buf.shape[0] else NULL, buf.shape[0], &offsets[0], &lengths[0],
+                               &capacity[0], max_count, synth, lap, fam, local_port, &gro_scratch[0],
+                               gro_scratch.shape[0], ctr)
+    else:
+        with nogil:
+            r = espio_recv(fd, &buf[0] if buf.shape[0] else NULL, buf.shape[0], &offsets[0], &lengths[0],
+                           &capacity[0], max_count, synth, lap, fam, local_port)
     if r < 0:
         raise OSError(-r, "recvmmsg failed")
     return r
 
 
 def send(int fd, int family, bint udp, const uint8_t[::1] buf, const int64_t[::1] offsets,
-         const int32_t[::1] lengths, const int32_t[::1] select) -> tuple:
+         const int32_t[::1] lengths, const int32_t[::1] select, bint gso=False,
+         int64_t[::1] counters=None) -> tuple:
     """sendmmsg the ``select`` slots (whole IP packets) to the address (and UDP port, ``udp``) in their outer
-    header, sending only what follows it. ``family`` (4 or 6) is the socket's. Returns (sent, dropped)."""
+    header, sending only what follows it. ``family`` (4 or 6) is the socket's. Returns (sent, dropped).
+
+    With ``gso`` (UDP only), runs of consecutive datagrams to one destination of one size (the last may be
+    shorter) go as one message with a UDP_SEGMENT cmsg: the kernel segments them (UDP GSO). The datagrams on
+    the wire are the same either way. ``counters`` (int64, COUNTERS long) is incremented: [0] trains sent,
+    [1] datagrams in them; [2] is set to 1 when the kernel refused a train (stop asking for GSO)."""
     cdef long drops = 0, r
+    cdef int64_t *ctr = NULL
     if family not in (4, 6):
         raise ValueError("family must be 4 or 6")
+    if counters is not None:
+        if counters.shape[0] < COUNTERS:
+            raise ValueError(f"counters needs {COUNTERS} int64 entries")
+        ctr = &counters[0]
     if select.shape[0] == 0:
         return 0, 0
     for i in range(select.shape[0]):
@@ -481,7 +524,7 @@ def send(int fd, int family, bint udp, const uint8_t[::1] buf, const int64_t[::1
             raise IndexError(f"select index {select[i]} outside the batch")
     with nogil:
         r = espio_send(fd, family, udp, &buf[0], buf.shape[0], &offsets[0], &lengths[0], &select[0],
-                       select.shape[0], &drops)
+                       select.shape[0], gso and udp, &drops, ctr)
     return r, drops
 
 

@@ -12,16 +12,19 @@ import fcntl
 import ipaddress
 import os
 import shutil
+import socket
 import struct
 import subprocess
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
-from .errors import EspError
+from esp.errors import EspError
 
-__all__ = ["TUN_PATH", "Tun", "TunError", "open_tun"]
+__all__ = ["TUN_PATH", "Tun", "TunError", "interface_mtu", "open_tun"]
 
 TUN_PATH = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
+SIOCSIFMTU = 0x8922
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_MULTI_QUEUE = 0x0100
@@ -32,7 +35,7 @@ class TunError(EspError):
     """A TUN device could not be created or configured; the message says why and what to do."""
 
 
-def _ip(*args: str, netns: str | None = None) -> None:
+def _ip(*args: str, netns: str | None = None) -> str:
     exe = shutil.which("ip") or ("/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else None)
     if exe is None:
         raise TunError("the `ip` command (iproute2) is needed to configure the TUN device; install iproute2")
@@ -40,6 +43,7 @@ def _ip(*args: str, netns: str | None = None) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
     if r.returncode != 0:
         raise TunError(f"`{' '.join(cmd)}` failed: {r.stderr.strip() or r.stdout.strip()}")
+    return r.stdout
 
 
 class Tun:
@@ -70,6 +74,14 @@ class Tun:
             parts = str(r).split()
             net = ipaddress.ip_network(parts[0], strict=False)
             _ip("-6" if net.version == 6 else "-4", "route", "replace", str(net), *parts[1:], "dev", self.name)
+
+    def set_mtu(self, mtu: int) -> None:
+        """Change the device's MTU in place (an ioctl, no subprocess: the data thread calls it when the SAs'
+        overhead changes, see :mod:`esp.gateway.pmtu`)."""
+        if not 576 <= mtu <= 65535:
+            raise ValueError(f"MTU {mtu} outside 576..65535")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            fcntl.ioctl(s, SIOCSIFMTU, struct.pack("16si20x", self.name.encode(), mtu))
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -119,3 +131,20 @@ def open_tun(name: str = "esp%d", *, multi_queue: bool = False, addresses: Seque
         tun.close()
         raise
     return tun
+
+
+def interface_mtu(addr: str) -> int | None:
+    """The MTU of the interface that holds local address ``addr`` (what ESP leaves from), or None when no
+    interface has it or iproute2 cannot say."""
+    ip = ipaddress.ip_address(addr)
+    try:
+        out = _ip("-o", f"-{ip.version}", "addr", "show", "to", f"{ip}/{ip.max_prefixlen}")
+    except (TunError, subprocess.TimeoutExpired):
+        return None
+    for line in out.splitlines():
+        dev = line.split()[1].split("@")[0] if len(line.split()) > 1 else ""
+        try:
+            return int(Path(f"/sys/class/net/{dev}/mtu").read_text())
+        except (OSError, ValueError):
+            continue
+    return None
