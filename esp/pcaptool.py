@@ -1155,6 +1155,8 @@ def replay_file(in_path: str | os.PathLike[str], sa: SaEntry, *, pattern: Replay
         bar = Progress(reader.size, "replay", enabled=progress)
         sent_total = 0
         for c in reader.chunks():
+            if writer is not None and len(writer.interfaces) < len(reader.interfaces):  # a later pcapng section
+                writer.interfaces.extend(_out_interfaces(reader.interfaces[len(writer.interfaces):], False))
             lts = np.asarray([i.linktype for i in reader.interfaces], dtype=np.int64)
             L = parse_l3(c, lts)
             m = _selector_mask(c, L, sel)

@@ -276,6 +276,12 @@ def test_seeds_are_valid_and_decrypt(tmp_path: Path) -> None:
         assert n == 6
         rc = esp_main(["pcap", "decrypt", str(p), str(tmp_path / f"o{k}"), "--sa", str(d / "sa.toml"), "-q"])
         assert rc == 0
+        # replay writes every section's interfaces (the third seed has two sections)
+        rc = esp_main(["pcap", "replay", str(p), "--output", str(tmp_path / f"r{k}"), "--sa", str(d / "sa.toml"),
+                       "--no-progress", "-q"])
+        assert rc == 0
+        n_out, _ = _read_all(tmp_path / f"r{k}")
+        assert n_out == 6
 
 
 @pytest.fixture(scope="module", autouse=True)
