@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from pki._files import PUBLIC_MODE, read_bounded, write_atomic
 from pki.certs import load_crl
 from pki.errors import PkiError, RevocationUnavailable
+from pki.ocsp import CLOCK_SKEW
 
 __all__ = [
     "CrlCache",
@@ -111,7 +112,9 @@ def verify_crl(crl: x509.CertificateRevocationList, issuer: x509.Certificate, at
         raise RevocationUnavailable(f"CRL signature cannot be checked ({exc})") from None
     if not ok:
         raise RevocationUnavailable("CRL signature does not verify")
-    if at < crl.last_update_utc:
+    # thisUpdate is allowed the same skew as an OCSP response: a CRL the CA issues on demand is a few hundred
+    # milliseconds newer than a validation time taken just before it was fetched, and CA clocks drift.
+    if at + CLOCK_SKEW < crl.last_update_utc:
         raise RevocationUnavailable(f"CRL not valid before {crl.last_update_utc:%Y-%m-%d %H:%M:%S} UTC")
     nu = crl.next_update_utc
     if nu is not None and at > nu:

@@ -199,6 +199,23 @@ def test_rsa_pss_ca(tmp_path):
     ca.close()
 
 
+def test_crl_issued_just_after_the_validation_time_is_current(tmp_path):
+    """A CRL the CA issues on demand is newer than a validation time taken a moment before it was fetched (the
+    demo's race): thisUpdate gets the same clock skew as OCSP; a CRL from further in the future does not."""
+    from pki.errors import RevocationUnavailable
+    from pki.ocsp import CLOCK_SKEW
+    from pki.revocation import RevocationStatus, check_crl, verify_crl
+
+    ca = CertificateAuthority.init(tmp_path / "ca", "CN=skew", key_type="ecdsa", key_size=256, at=T0)
+    _, cert = make_leaf(ca)
+    crl = ca.crl(at=T0 + timedelta(seconds=1))
+    assert check_crl(cert, ca.certificate, crl, T0).status is RevocationStatus.GOOD
+    verify_crl(crl, ca.certificate, T0 + timedelta(seconds=1) - CLOCK_SKEW)
+    with pytest.raises(RevocationUnavailable, match="not valid before"):
+        verify_crl(crl, ca.certificate, T0 - CLOCK_SKEW)
+    ca.close()
+
+
 def test_crash_between_sign_and_commit_leaves_no_record(tmp_path, root_ca):
     """A process killed after signing and inserting, before COMMIT: after restart the CA has no record of that
     certificate (it was never handed out), its database is intact, and it keeps issuing."""
