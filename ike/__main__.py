@@ -88,7 +88,8 @@ _SWANCTL_NAMES = {
     "sha2_512": "HMAC_SHA2_512_256",
     "prfsha1": "PRF_HMAC_SHA1", "prfsha256": "PRF_HMAC_SHA2_256", "prfsha384": "PRF_HMAC_SHA2_384",
     "prfsha512": "PRF_HMAC_SHA2_512",
-    "modp2048": "MODP_2048", "modp3072": "MODP_3072", "modp4096": "MODP_4096", "ecp256": "ECP_256",
+    "modp2048": "MODP_2048", "modp3072": "MODP_3072", "modp4096": "MODP_4096", "modp8192": "MODP_8192",
+    "ecp256": "ECP_256",
     "ecp384": "ECP_384", "ecp521": "ECP_521", "curve25519": "CURVE_25519", "x25519": "CURVE_25519",
     "esn": "ESN",
 }

@@ -101,6 +101,7 @@ class DhId(enum.IntEnum):
     MODP_2048 = 14
     MODP_3072 = 15
     MODP_4096 = 16
+    MODP_8192 = 18
     ECP_256 = 19
     ECP_384 = 20
     ECP_521 = 21

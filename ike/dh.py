@@ -1,4 +1,4 @@
-"""Diffie-Hellman for IKEv2: MODP groups 14 and 15 (RFC 3526), ECP 19/20/21 (RFC 5903), Curve25519 (RFC 8031).
+"""Diffie-Hellman for IKEv2: MODP 14, 15, 16, 18 (RFC 3526), ECP 19/20/21 (RFC 5903), Curve25519 (RFC 8031).
 
 Private values come from the injected random source, so a test can fix them (strongSwan's mock_dh role).
 """
@@ -8,34 +8,21 @@ from typing import Callable
 
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
-from ._modp import ModpKey
+from ._modp import ModpKey, group_prime
 from .constants import DhId
 from .errors import InvalidSyntaxError, NoProposalChosenError
 
 __all__ = ["DhKeyExchange", "ModpDh", "EcpDh", "X25519Dh", "create_dh", "SUPPORTED_GROUPS", "public_len"]
 
-_MODP: dict[int, int] = {
-    DhId.MODP_2048: int(
-    "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
-    "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
-    "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF0598DA48361C55D39A69163FA8FD24CF5F"
-    "83655D23DCA3AD961C62F356208552BB9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B"
-    "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF6955817183995497CEA956AE515D2261898FA0510"
-    "15728E5A8AACAA68FFFFFFFFFFFFFFFF", 16),
-    DhId.MODP_3072: int(
-    "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
-    "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
-    "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF0598DA48361C55D39A69163FA8FD24CF5F"
-    "83655D23DCA3AD961C62F356208552BB9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B"
-    "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF6955817183995497CEA956AE515D2261898FA0510"
-    "15728E5A8AAAC42DAD33170D04507A33A85521ABDF1CBA64ECFB850458DBEF0A8AEA71575D060C7DB3970F85A6E1E4C7"
-    "ABF5AE8CDB0933D71E8C94E04A25619DCEE3D2261AD2EE6BF12FFA06D98A0864D87602733EC86A64521F2B18177B200C"
-    "BBE117577A615D6C770988C0BAD946E208E24FA074E5AB3143DB5BFCE0FD108E4B82D120A93AD2CAFFFFFFFFFFFFFFFF", 16),
-}
-# OpenSSL's names for the same primes (tests check that they are equal)
-_MODP_NAMES: dict[int, str] = {DhId.MODP_2048: "modp_2048", DhId.MODP_3072: "modp_3072"}
+#: RFC 3526 groups by their libcrypto names; the primes come from libcrypto (checked against the RFC's formula in
+#: tests/ike/test_dh_modp.py) and the private exponent is twice the group's strength estimate (RFC 3526 sec. 8,
+#: upper end), in bytes.
+_MODP_NAMES: dict[int, str] = {DhId.MODP_2048: "modp_2048", DhId.MODP_3072: "modp_3072",
+                               DhId.MODP_4096: "modp_4096", DhId.MODP_8192: "modp_8192"}
+_MODP_EXPONENT: dict[int, int] = {DhId.MODP_2048: 64, DhId.MODP_3072: 64, DhId.MODP_4096: 64, DhId.MODP_8192: 80}
+_MODP: dict[int, int] = {g: int.from_bytes(group_prime(name), "big") for g, name in _MODP_NAMES.items()}
 _ECP: dict[int, tuple[ec.EllipticCurve, int]] = {DhId.ECP_256: (ec.SECP256R1(), 32), DhId.ECP_384: (ec.SECP384R1(), 48), DhId.ECP_521: (ec.SECP521R1(), 66)}
-SUPPORTED_GROUPS = (DhId.MODP_2048, DhId.MODP_3072, DhId.ECP_256, DhId.ECP_384, DhId.ECP_521, DhId.CURVE25519)
+SUPPORTED_GROUPS = (DhId.MODP_2048, DhId.MODP_3072, DhId.MODP_4096, DhId.MODP_8192, DhId.ECP_256, DhId.ECP_384, DhId.ECP_521, DhId.CURVE25519)
 
 
 def public_len(group: int) -> int:
@@ -59,15 +46,15 @@ class DhKeyExchange:
 class ModpDh(DhKeyExchange):
     """MODP groups through libcrypto's EVP API (ike._modp), not cryptography, which deprecates finite-field DH.
 
-    The private exponent comes from the injected random source: 512 bits, top bit set, enough for both groups
-    (a 2*strength-bit exponent, RFC 3526 sec. 8). The peer's value is refused unless 1 < y < p-1 and
+    The private exponent comes from the injected random source: 512 bits (640 for group 18), top bit set, twice
+    the group's strength (RFC 3526 sec. 8). The peer's value is refused unless 1 < y < p-1 and
     y^q = 1 mod p (RFC 6989 2.2); the secret keeps its leading zeros (RFC 7296 2.14)."""
 
     def __init__(self, group: int, random: Callable[[int], bytes]) -> None:
         self.group = group
         self._p = _MODP[group]
         self._n = (self._p.bit_length() + 7) // 8
-        x = bytearray(random(64))
+        x = bytearray(random(_MODP_EXPONENT[group]))
         x[0] |= 0x80
         self._key = ModpKey(_MODP_NAMES[group], x)
         x[:] = bytes(len(x))

@@ -84,7 +84,8 @@ _INTEG_TOKENS = {"sha1": IntegId.AUTH_HMAC_SHA1_96, "sha256": IntegId.AUTH_HMAC_
                  "sha2_512": IntegId.AUTH_HMAC_SHA2_512_256}
 _PRF_TOKENS = {"prfsha1": PrfId.PRF_HMAC_SHA1, "prfsha256": PrfId.PRF_HMAC_SHA2_256,
                "prfsha384": PrfId.PRF_HMAC_SHA2_384, "prfsha512": PrfId.PRF_HMAC_SHA2_512}
-_DH_TOKENS = {"modp2048": DhId.MODP_2048, "modp3072": DhId.MODP_3072, "ecp256": DhId.ECP_256,
+_DH_TOKENS = {"modp2048": DhId.MODP_2048, "modp3072": DhId.MODP_3072, "modp4096": DhId.MODP_4096,
+              "modp8192": DhId.MODP_8192, "ecp256": DhId.ECP_256,
               "ecp384": DhId.ECP_384, "ecp521": DhId.ECP_521, "curve25519": DhId.CURVE25519,
               "x25519": DhId.CURVE25519}
 #: Algorithms strongSwan still parses but that are broken or too weak (RFC 8247 "MUST NOT"/"SHOULD NOT"):

@@ -73,6 +73,8 @@ def _assert_keys_match(events: list[dict], log: str) -> int:
     ("rsa", "aes256-sha256-modp2048", "aes256-sha256", False),
     ("ecdsa", "aes128gcm16-prfsha256-ecp256", "aes128gcm16", True),  # DER_ASN1_DN identities, strongSwan order
     ("ecdsa", "chacha20poly1305-prfsha512-curve25519", "chacha20poly1305", False),
+    ("rsa", "aes256-sha384-modp4096", "aes256-sha256", False),  # MODP 16 and 18 through libcrypto (issue 12)
+    ("ecdsa", "aes128-sha256-modp8192", "aes128gcm16", False),
 ])
 def test_core_initiates_to_strongswan_rekeys_and_deletes(tmp_path, kind, ike, esp, dn):
     ok, why = ss.charon_available()
