@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 from esp.gateway import GatewayError, load_static
 from esp.keyfile import KeyFileError, parse_toml
 
+from tests.mutate import mutate_text
+
 from .test_keyfile import TOML
 
 EXAMPLES = int(os.environ.get("ESPRESSO_FUZZ_EXAMPLES", "60"))
@@ -42,30 +44,11 @@ ODD_VALUES: list[Any] = [None, True, 0, -1, 2 ** 64, 1.5, "", "x", "zz", [], {},
                          "10.0.0.0/33", "::1", "aes128gcm16"]
 
 
-def _mutate_text(data: st.DataObject, text: str) -> str:
-    for _ in range(data.draw(st.integers(1, 6), label="edits")):
-        kind = data.draw(st.sampled_from(["replace", "insert", "delete", "snippet", "splice"]))
-        pos = data.draw(st.integers(0, len(text)))
-        if kind == "replace" and pos < len(text):
-            text = text[:pos] + data.draw(st.sampled_from(ALPHABET)) + text[pos + 1:]
-        elif kind == "insert":
-            text = text[:pos] + data.draw(st.text(ALPHABET, max_size=8)) + text[pos:]
-        elif kind == "delete":
-            text = text[:pos] + text[pos + data.draw(st.integers(1, 40)):]
-        elif kind == "snippet":
-            text = text[:pos] + data.draw(st.sampled_from(SNIPPETS)) + text[pos:]
-        else:
-            lines = text.split("\n")
-            lines.insert(data.draw(st.integers(0, len(lines))), data.draw(st.sampled_from(lines)))
-            text = "\n".join(lines)
-    return text
-
-
 @FUZZ
 @given(st.data())
 def test_mutated_sa_toml(data: st.DataObject) -> None:
     try:
-        parse_toml(_mutate_text(data, TOML), "fuzz.toml")
+        parse_toml(mutate_text(data, TOML, ALPHABET, SNIPPETS), "fuzz.toml")
     except KeyFileError as exc:
         assert str(exc).startswith("fuzz.toml")
 
@@ -100,7 +83,7 @@ def test_mutated_static_json(tmp_path_factory: pytest.TempPathFactory, data: st.
             parent[at[-1]] = value
     text = json.dumps(doc)
     if data.draw(st.booleans(), label="text edits"):
-        text = _mutate_text(data, text)
+        text = mutate_text(data, text, ALPHABET, SNIPPETS)
     path = tmp_path_factory.mktemp("static") / "static.json"
     path.write_text(text)
     path.chmod(0o600)

@@ -17,42 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ike.config import ConfigError, DaemonConfig, parse_config
+from tests.ike.test_config import GOOD  # the seed: a complete configuration
 from tests.interop.strongswan import LabPki
+from tests.mutate import mutate_text
 
 EXAMPLES = int(os.environ.get("ESPRESSO_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 60,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
-CONF = """
-[daemon]
-port = 500
-nat_port = 4500
-control_socket = "ike.sock"
-
-[ca-profiles.corp]
-ca_certs = ["ca.pem"]
-revocation = "disable"
-
-[certificates.gw]
-cert = "gw.pem"
-key = "gw.key"
-
-[peers.branch]
-local_addr = "192.0.2.1"
-remote_addr = "192.0.2.2"
-remote_id = "branch.test"
-certificate = "gw"
-ca_profiles = ["corp"]
-ike_proposals = ["aes128gcm16-prfsha256-ecp256", "aes256-sha256-modp2048"]
-rekey_time = "4h"
-
-[peers.branch.children.lan]
-local_ts = ["10.1.0.0/16"]
-remote_ts = "10.2.0.0/16, 10.3.0.1[udp/53]"
-esp_proposals = ["aes128gcm16", "aes256-sha256"]
-rekey_time = "1h"
-rekey_bytes = "1G"
-
+CONF = GOOD + """
 [peers.psk]
 remote_addr = "192.0.2.3"
 auth = "psk"
@@ -102,26 +75,7 @@ def test_the_seed_configuration_loads(lab_dir: Path) -> None:
 @FUZZ
 @given(st.data())
 def test_mutated_toml(lab_dir: Path, data: st.DataObject) -> None:
-    text = CONF
-    for _ in range(data.draw(st.integers(1, 6), label="edits")):
-        kind = data.draw(st.sampled_from(["replace", "insert", "delete", "snippet", "splice", "dup"]))
-        pos = data.draw(st.integers(0, len(text)))
-        if kind == "replace" and pos < len(text):
-            text = text[:pos] + data.draw(st.sampled_from(ALPHABET)) + text[pos + 1:]
-        elif kind == "insert":
-            text = text[:pos] + data.draw(st.text(ALPHABET, max_size=8)) + text[pos:]
-        elif kind == "delete":
-            text = text[:pos] + text[pos + data.draw(st.integers(1, 40)):]
-        elif kind == "snippet":
-            text = text[:pos] + data.draw(st.sampled_from(SNIPPETS)) + text[pos:]
-        else:
-            lines = text.split("\n")
-            i, j = data.draw(st.integers(0, len(lines) - 1)), data.draw(st.integers(0, len(lines) - 1))
-            if kind == "splice":
-                lines[i] = lines[j]
-            else:
-                lines.insert(i, lines[j])
-            text = "\n".join(lines)
+    text = mutate_text(data, CONF, ALPHABET, SNIPPETS)
     _load(text, lab_dir)
 
 
