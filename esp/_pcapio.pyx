@@ -333,7 +333,7 @@ def parse_l3(const uint8_t[::1] data, const int64_t[::1] base, const int64_t[::1
             or l4h.shape[1] != L4_HEAD):
         raise ValueError("parse_l3: output arrays do not match the record count")
     for i in range(n):
-        if base[i] < 0 or cap[i] < 0 or base[i] + cap[i] > datalen:
+        if base[i] < 0 or cap[i] < 0 or base[i] > datalen or cap[i] > datalen - base[i]:  # no overflow
             raise ValueError(f"parse_l3: record {i} outside the data")
     cdef const uint8_t *d = &data[0] if datalen else NULL
     cdef const uint8_t *p
@@ -679,9 +679,10 @@ def emit_pcap(uint8_t[::1] out, const int8_t[::1] body, const uint8_t[::1] data,
             continue
         l3c = l3[i] if l3[i] > 0 else 0
         cp = cap[i]
-        if base[i] < 0 or cp < 0 or base[i] + cp > data.shape[0] or l3c > cp:
+        if base[i] < 0 or cp < 0 or base[i] > data.shape[0] or cp > data.shape[0] - base[i] or l3c > cp:
             raise ValueError(f"emit_pcap: record {i} outside the capture data")
-        if body[i] == 2 and (new_len[i] < 0 or new_off[i] < 0 or new_off[i] + new_len[i] > new_buf.shape[0]):
+        if body[i] == 2 and (new_len[i] < 0 or new_off[i] < 0 or new_off[i] > new_buf.shape[0]
+                             or new_len[i] > new_buf.shape[0] - new_off[i]):
             raise ValueError(f"emit_pcap: record {i}: new packet outside its arena")
         _layout(&r, body[i], base[i], l3[i], cp, origlen[i], ip_len[i], cut[i], new_len[i], frames)
         pos += 16 + r.ln
@@ -892,12 +893,13 @@ cdef class EspChunk:
         # bounds, and the room the records can need at most (an output is at most ``grow`` longer than its input)
         for i in range(a, b):
             l3c = self.l3[i] if self.l3[i] > 0 else 0
-            if self.base[i] < 0 or self.cap[i] < 0 or self.base[i] + self.cap[i] > dn or l3c > self.cap[i]:
+            if (self.base[i] < 0 or self.cap[i] < 0 or self.base[i] > dn or self.cap[i] > dn - self.base[i]
+                    or l3c > self.cap[i]):  # written so that no sum can overflow
                 raise ValueError(f"EspChunk: record {i} outside the capture data")
             own = self.cap[i]
             if self.sa_of[i] >= 0:
                 el = self.ip_len[i]
-                if el < 0 or el > 0x7FFFFFFF - self.grow or self.base[i] + l3c + el > dn:
+                if el < 0 or el > 0x7FFFFFFF - self.grow or el > dn - self.base[i] - l3c:
                     raise ValueError(f"EspChunk: record {i}: IP packet outside the capture data")
                 if (l3c if self.frames else 0) + el + self.grow > own:
                     own = (l3c if self.frames else 0) + el + self.grow

@@ -210,6 +210,9 @@ def test_kernels_refuse_out_of_bounds_offsets():
     c.caplen[0] = 10_000
     with pytest.raises(ValueError):
         pcap_mod.parse_l3(c, [101])
+    c.caplen[0], c.offsets[0] = 100, 2**63 - 50  # a sum that wraps must not pass the bounds check
+    with pytest.raises(ValueError):
+        pcap_mod.parse_l3(c, [101])
 
 
 # -- the direct output: the core decrypts into the file image, records packed as they are written ----------------
@@ -484,7 +487,13 @@ def test_esp_chunk_checks_before_it_touches_memory():
                    {"base": np.array([0, 100, 200, 390], np.int64)},      # past the data
                    {"ip_len": np.array([100, 100, 100, 10**6], np.int64), "sa_of": np.array([-1, -1, -1, 0], np.int32)},
                    {"tally": np.zeros((1, 32), np.int64)},
-                   {"base": np.zeros(3, np.int64)}):
+                   {"base": np.zeros(3, np.int64)},
+                   # base + cap wraps past 2^63: a sum-based bounds check passes it (issue 12)
+                   {"base": np.array([0, 100, 200, 2**63 - 50], np.int64)},
+                   {"base": np.array([0, 100, 200, 300], np.int64),
+                    "cap": np.array([100] * 3 + [2**63 - 1], np.int64)},
+                   {"ip_len": np.array([100, 100, 100, 0x7FFFFF00], np.int64),
+                    "sa_of": np.array([-1, -1, -1, 0], np.int32)}):
         b = {**a, **change}
         with pytest.raises(ValueError):
             DC(*b.values()).run(np.zeros(10_000, np.uint8), 0, 4)
