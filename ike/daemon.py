@@ -878,6 +878,8 @@ class Daemon:
             return {"ok": False, "error": str(exc)}
         except json.JSONDecodeError as exc:
             return {"ok": False, "error": f"not JSON: {exc}"}
+        except (RecursionError, MemoryError):  # json.loads recurses per nesting level
+            return {"ok": False, "error": "not a request: JSON nested too deep"}
         except Exception as exc:  # a bug must not kill the daemon; the client sees what happened
             log.exception("control request failed")
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}

@@ -160,10 +160,15 @@ class CaConfig:
 
     @classmethod
     def from_json(cls, text: str) -> CaConfig:
-        d = json.loads(text)
-        return cls(d.get("crl_url"), d.get("ocsp_url"), timedelta(seconds=d.get("crl_validity", 7 * 86400)),
-                   bool(d.get("rsa_pss", False)), tuple(d.get("dns_suffixes", ())), tuple(d.get("ip_networks", ())),
-                   tuple(d.get("email_domains", ())))
+        """The CA's stored configuration; a damaged one is a CaError (never a traceback)."""
+        try:
+            d = json.loads(text)
+            return cls(d.get("crl_url"), d.get("ocsp_url"), timedelta(seconds=d.get("crl_validity", 7 * 86400)),
+                       bool(d.get("rsa_pss", False)), tuple(d.get("dns_suffixes", ())),
+                       tuple(d.get("ip_networks", ())), tuple(d.get("email_domains", ())))
+        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError, MemoryError) as exc:
+            raise CaError(f"the CA configuration is damaged ({type(exc).__name__}); restore it from a backup") \
+                from None
 
 
 _REASONS = {r.name.replace("_", "").lower(): r for r in x509.ReasonFlags}

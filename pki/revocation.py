@@ -185,7 +185,7 @@ class CrlCache:
             for url, e in entries.items():
                 crl = load_crl(read_bounded(self._dir / e["file"]), source=url)
                 self._by_url[url] = _Entry(crl, datetime.fromisoformat(e["fetched_at"]))
-        except (PkiError, ValueError, KeyError, TypeError, AttributeError):
+        except (PkiError, ValueError, KeyError, TypeError, AttributeError, RecursionError, MemoryError):
             self._by_url.clear()  # a damaged cache is only a cache: start empty
 
     def _persist(self, url: str, entry: _Entry) -> None:

@@ -388,6 +388,7 @@ def test_control_socket(tmp_path: Path) -> None:
         assert (await ask({"cmd": "rekey", "ike": "p"}))["ok"]
         assert (await ask({"cmd": "frobnicate"}))["error"].startswith("unknown command 'frobnicate'")
         assert (await ask(b"{not json"))["error"].startswith("not JSON")
+        assert (await ask(b"[" * 30000 + b"]" * 30000))["error"] == "not a request: JSON nested too deep"
         assert (await ask({"cmd": "initiate", "ike": "nobody"}))["error"] == "no peer named 'nobody'"
         assert (await ask({"cmd": "rekey", "child": "zz"}))["error"] == "no CHILD_SA 'zz'"
         assert "stats" in await ask({"cmd": "stats"})

@@ -247,3 +247,14 @@ ca.issue(build_csr(generate_private_key(parse_key_spec("ecdsa", 256)), "CN=lost"
     _, cert = make_leaf(again)
     assert again.lookup(cert.serial_number) is not None
     again.close()
+
+
+@pytest.mark.parametrize("stored", ["{not json", "[1, 2]", '{"crl_validity": "x"}', "[" * 50000 + "]" * 50000])
+def test_damaged_stored_configuration_is_a_ca_error(tmp_path, stored):
+    """A CA database whose stored configuration was damaged opens with a CaError naming the problem, not a
+    traceback from json or from a value of the wrong type."""
+    ca = CertificateAuthority.init(tmp_path / "ca", "CN=damaged", key_type="ecdsa", key_size=256, at=T0)
+    ca._db.set_meta("config", stored)
+    ca.close()
+    with pytest.raises(CaError, match="configuration is damaged"):
+        CertificateAuthority.open(tmp_path / "ca")
