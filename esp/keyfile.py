@@ -48,7 +48,7 @@ except ImportError:  # pragma: no cover - during bring-up only
 
 __all__ = [
     "KeyFileError", "AddressMatch", "PortRange", "Selector", "SaEntry", "KeyFile",
-    "load_keyfile", "load_wireshark", "load_toml", "parse_wireshark", "parse_toml",
+    "check_secret_file", "load_keyfile", "load_wireshark", "load_toml", "parse_wireshark", "parse_toml",
     "dump_wireshark", "dump_toml", "write_keyfile", "WIRESHARK_ENCRYPTION", "WIRESHARK_AUTHENTICATION",
 ]
 
@@ -742,14 +742,25 @@ def load_keyfile(path: str | os.PathLike[str]) -> KeyFile:
     """Read either form: ``.toml`` files and files that look like TOML are TOML, the rest are esp_sa tables."""
     p = Path(path)
     text = _read(p)
-    kf = parse_toml(text, str(p)) if _sniff_kind(p, text) == "toml" else parse_wireshark(text, str(p))
+    check_secret_file(p)
+    return parse_toml(text, str(p)) if _sniff_kind(p, text) == "toml" else parse_wireshark(text, str(p))
+
+
+def check_secret_file(path: str | os.PathLike[str]) -> None:
+    """OpenSSH's rule for a file of keys: refused when group or others have any permission on it, or when
+    someone other than the running user owns it. Keys others could read are already compromised; running on
+    with them would hide that (Wireshark does not mind an esp_sa file of mode 600)."""
     try:
-        mode = p.stat().st_mode
-        if mode & 0o077:
-            kf.warnings.append(f"{p}: holds keys but is readable by group/others (mode {mode & 0o777:o}); chmod 600")
-    except OSError:
-        pass
-    return kf
+        st = os.stat(path)
+    except OSError as exc:
+        raise KeyFileError(os.fspath(path), None, f"cannot read: {exc.strerror or exc}") from None
+    mode = st.st_mode & 0o7777
+    if mode & 0o077:
+        raise KeyFileError(os.fspath(path), None, f"UNPROTECTED KEY FILE: permissions {mode:04o} are too open; it "
+                                                  f"must not be accessible by group or others (chmod 600 it)")
+    if st.st_uid != os.geteuid():
+        raise KeyFileError(os.fspath(path), None, f"UNPROTECTED KEY FILE: owned by uid {st.st_uid}, not by the "
+                                                  f"user running this (uid {os.geteuid()}); chown it")
 
 
 def load_keyfiles(paths: Sequence[str | os.PathLike[str]]) -> KeyFile:

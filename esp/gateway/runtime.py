@@ -33,6 +33,7 @@ from esp._document import DocumentTooDeep, parse_document
 from esp.batch import PacketBatch, Verdict
 from esp.dataplane import ESP_OVERHEAD_MAX, Dataplane
 from esp.errors import EspError
+from esp.keyfile import KeyFileError, check_secret_file
 from esp.sa import Direction, Lifetime, Sa, SaParams, UdpEncap
 from esp.spd import Policy, Selector
 
@@ -644,10 +645,10 @@ def load_static(path: str | os.PathLike) -> tuple[GatewayConfig, list[Policy], l
     "dst", "encap": [sport, dport] or null, "replay_window", "esn"}]}``
     """
     p = Path(path)
-    mode = p.stat().st_mode & 0o077
-    if mode:
-        raise GatewayError(f"{p} holds keys and is readable by others (mode {oct(p.stat().st_mode & 0o777)}); "
-                           f"chmod 600 it")
+    try:
+        check_secret_file(p)
+    except KeyFileError as exc:
+        raise GatewayError(str(exc)) from None
     try:
         doc = parse_document(json.loads, p.read_text())
     except json.JSONDecodeError as exc:

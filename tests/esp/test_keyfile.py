@@ -169,7 +169,7 @@ def test_toml_errors_name_the_line(mutate, line, reason):
     assert ei.value.line == line, str(ei.value)
 
 
-def test_load_sniffs_the_form_and_warns_on_loose_permissions(tmp_path):
+def test_load_sniffs_the_form_and_refuses_loose_permissions(tmp_path):
     ws = tmp_path / "esp_sa"
     write_keyfile(ws, dump_wireshark(parse_toml(TOML).entries[1:]))
     assert stat.S_IMODE(os.stat(ws).st_mode) == 0o600
@@ -177,9 +177,18 @@ def test_load_sniffs_the_form_and_warns_on_loose_permissions(tmp_path):
     assert kf.kind == "wireshark" and kf.entries[0].spi == 0x2002 and not kf.warnings
     tm = tmp_path / "keys.conf"
     tm.write_text(TOML)
-    os.chmod(tm, 0o644)
+    for loose in (0o644, 0o640, 0o604, 0o660):  # OpenSSH's rule: any permission for group or others
+        os.chmod(tm, loose)
+        with pytest.raises(KeyFileError, match=f"keys.conf: UNPROTECTED KEY FILE: permissions {loose:04o} are too "
+                                               f"open.*chmod 600"):
+            load_keyfile(tm)
+    os.chmod(tm, 0o600)
     kf = load_keyfile(tm)
-    assert kf.kind == "toml" and len(kf.entries) == 2 and "chmod 600" in kf.warnings[0]
+    assert kf.kind == "toml" and len(kf.entries) == 2 and not kf.warnings
+    os.chown(tm, 65534, -1) if os.geteuid() == 0 else None
+    if os.geteuid() == 0:
+        with pytest.raises(KeyFileError, match="owned by uid 65534"):
+            load_keyfile(tm)
     with pytest.raises(KeyFileError, match="cannot read"):
         load_keyfile(tmp_path / "missing")
     bad = tmp_path / "bin"

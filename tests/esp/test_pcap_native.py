@@ -579,6 +579,7 @@ def test_a_capture_cut_under_its_mapping_is_an_error_not_sigbus(tmp_path, script
     decrypt_file(enc, ref, sas)
     keys = tmp_path / "sa.toml"
     keys.write_text(sa_toml())
+    keys.chmod(0o600)
     out = tmp_path / "out.pcap"
     run = subprocess.run([sys.executable, "-c", _CUT_DECRYPT, str(enc), str(out), str(keys)], capture_output=True,
                          text=True, timeout=120, cwd=os.getcwd(), check=False)

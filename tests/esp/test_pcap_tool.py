@@ -328,6 +328,7 @@ def test_cli_round_trip_and_exit_codes(tmp_path):
     keys = tmp_path / "sa.toml"
     keys.write_text(sa_toml())
     keys.chmod(0o600)
+    keys.chmod(0o600)
     src = tmp_path / "p.pcapng"
     make_capture(src, plaintext_packets(20), 1, "pcapng-le")
     r = run_cli("encrypt", src, tmp_path / "e.pcapng", "--sa", keys, "--first-seq", 7)
@@ -340,6 +341,7 @@ def test_cli_round_trip_and_exit_codes(tmp_path):
     # a wrong key: every packet fails authentication -> exit 1
     bad = tmp_path / "bad.toml"
     bad.write_text(sa_toml(enc_key="0x" + "00" * 36))
+    bad.chmod(0o600)
     bad.chmod(0o600)
     r = run_cli("decrypt", tmp_path / "e.pcapng", tmp_path / "x.pcap", "--sa", bad)
     assert r.returncode == 1 and "20" in r.stderr
@@ -364,8 +366,11 @@ def test_cli_round_trip_and_exit_codes(tmp_path):
 def test_cli_errors_are_one_line_exit_2(tmp_path, args, needle):
     keys = tmp_path / "sa.toml"
     keys.write_text(sa_toml())
+    keys.chmod(0o600)
     (tmp_path / "broken.toml").write_text(sa_toml(enc_key="0x1234"))
+    (tmp_path / "broken.toml").chmod(0o600)
     (tmp_path / "wild.toml").write_text(sa_toml(dst="192.0.2.*"))
+    (tmp_path / "wild.toml").chmod(0o600)
     (tmp_path / "junk.pcap").write_bytes(b"hello, not a capture at all")
     make_capture(tmp_path / "p.pcap", plaintext_packets(2), 1)
     r = run_cli(*[a.format(tmp=tmp_path, keys=keys) for a in args])
