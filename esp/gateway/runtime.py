@@ -6,8 +6,11 @@ crypto (so they run in parallel on two cores, and neither shares a thread with I
 * **tx**: TUN --read() loop--> :meth:`Dataplane.outbound` --sendmmsg--> UDP 4500 (RFC 3948) or raw ESP
 * **rx**: UDP 4500 / raw ESP --recvmmsg--> :meth:`Dataplane.inbound` --write() loop--> TUN
 
-Per batch, Python runs a fixed number of numpy operations and one core call per SA; nothing is done per
-packet. ESP and IKE share the NAT-T port (the kernel cannot tell them apart), so the gateway owns that
+With ``loop = "compiled"`` (the default) the tx thread runs esp.gateway._loop: whole cycles of read, segment,
+classify, encrypt and send in compiled code with the GIL released; Python only publishes the SPD/SAD snapshot
+when a watcher on them fires, folds the loop's counters into the stats, and sends through the Python path what
+the fast path leaves (no SA yet, bypass, too big for the path). With ``loop = "python"`` (and raw ESP), per
+batch Python runs a fixed number of numpy operations and one core call per SA. The rx thread runs the latter. ESP and IKE share the NAT-T port (the kernel cannot tell them apart), so the gateway owns that
 socket: IKE messages (non-ESP marker) are passed to ``on_ike`` and IKE sends through :meth:`send_ike`.
 
 The key manager drives :attr:`Gateway.dataplane` (see :mod:`esp.dataplane`); without IKE, SAs can be
@@ -36,7 +39,15 @@ from esp.errors import EspError
 from esp.sa import Direction, Lifetime, Sa, SaParams, UdpEncap
 from esp.spd import Policy, Selector
 
+from esp import _core
+from esp.sad import SadSnapshot
+from esp.spd import SpdSnapshot
+
 from . import _io
+try:
+    from . import _loop
+except ImportError:  # pragma: no cover - setup.py builds it; without it the python loop runs
+    _loop = None  # type: ignore[assignment]
 from .pmtu import DEFAULT_OUTER_MTU, DEFAULT_SUITE, fragment_ipv4, max_inner, too_big_reply
 from . import _offload
 from ._vnet import OFFLOADS_ALL, Offload, open_vnet_tun
@@ -61,6 +72,9 @@ TSO_READS = 8
 _VNET_SLOT = 65536 + 64
 TSO_BATCH = 512
 _VNET_NONE = bytes(10)  # a virtio_net_hdr saying "no offload": in front of packets written whole
+LOOPS = ("compiled", "python")
+#: Cycles the compiled loop runs before it returns to publish counters and look at the SAD/SPD versions.
+LOOP_CYCLES = 64
 
 
 class GatewayError(EspError):
@@ -97,6 +111,10 @@ class GatewayConfig:
     #: socket. ESP never reaches it and IKE never reaches the data threads (SO_REUSEPORT + a classic BPF
     #: program that looks at the first four bytes). Without it IKE goes through ``on_ike``/``send_ike``.
     ike_socket: bool = False
+    #: The transmit data loop: "compiled" (esp.gateway._loop: read, segment, classify, encrypt and send
+    #: in compiled code with the GIL released, Python only for what the fast path does not cover) or
+    #: "python" (one Dataplane.outbound call per batch). A gateway with ``raw_esp`` always runs "python".
+    loop: str = "compiled"
 
     def __post_init__(self) -> None:
         ipaddress.ip_address(self.local_addr)
@@ -104,6 +122,8 @@ class GatewayConfig:
         object.__setattr__(self, "routes", tuple(self.routes))
         if not 0 < self.nat_port < 65536:
             raise ValueError("nat_port must be 1..65535")
+        if self.loop not in LOOPS:
+            raise ValueError(f"loop must be one of {', '.join(LOOPS)}, not {self.loop!r}")
         if not 1 <= self.batch_size <= 1024:
             raise ValueError("batch_size must be 1..1024")
         for name in ("mtu", "outer_mtu"):
@@ -143,6 +163,7 @@ class GatewayStats:
     tso_segments: int = 0  # ... and the packets cut from them
     tun_gro_packets: int = 0  # decrypted packets handed to userspace GRO (tun_written counts the writes)
     offload_fallback: str = ""  # why an offload was turned off while running (the kernel refused it)
+    tx_loop: str = ""  # the transmit loop running: "compiled" (esp.gateway._loop) or "python"
     tx_batches: int = 0
     rx_batches: int = 0
     io_errors: int = 0  # transient I/O errors (the loop carried on)
@@ -334,6 +355,105 @@ class Gateway:
         return tun
 
     def _tx_loop(self) -> None:
+        if self.config.loop == "compiled" and self.raw is None and _loop is not None:
+            self.stats.tx_loop = "compiled"
+            self._tx_loop_compiled()
+            return
+        self.stats.tx_loop = "python"
+        self._tx_loop_python()
+
+    def _tx_loop_compiled(self) -> None:
+        """The transmit thread on esp.gateway._loop: Python runs between runs of up to LOOP_CYCLES cycles
+        (or a poll timeout), to publish a new SPD/SAD snapshot, fold the counters into the stats and the
+        data plane, and send what the fast path left (no SA, bypass, too big) through :meth:`_tx_batch`."""
+        c, dp = self.config, self.dataplane
+        count = max(c.batch_size, TSO_BATCH) if self._vnet else c.batch_size
+        src, dst = PacketBatch.empty(count, c.slot_size), PacketBatch.empty(count, c.slot_size)
+        left, left_dst = _Slots(count, c.slot_size), _Slots(count, c.slot_size)
+        sup = PacketBatch.empty(TSO_READS, _VNET_SLOT) if self._vnet else None
+        ctr = np.zeros(_loop.COUNTERS, np.int64)
+        resync_r, resync_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+        def changed() -> None:  # in the thread changing the SPD/SAD: the loop returns for the new snapshot
+            try:
+                os.write(resync_w, b"x")
+            except OSError:  # the pipe is full: a wake-up is pending already
+                pass
+
+        try:
+            loop = _loop.TxLoop(_core.SA_API, self.tun.fileno(), self._wake_r, resync_r,  # type: ignore[union-attr]
+                                self.udp.fileno(), self.family, self._vnet, self._gso,  # type: ignore[union-attr]
+                                src, dst, sup, left.full, ctr)
+            dp.spd.watch(changed)
+            dp.sad.watch(changed)
+            self._run_tx_loop(loop, resync_r, ctr, left, left_dst)
+        finally:
+            dp.spd.unwatch(changed)
+            dp.sad.unwatch(changed)
+            os.close(resync_r)
+            os.close(resync_w)
+
+    def _run_tx_loop(self, loop: _loop.TxLoop, resync: int, ctr: np.ndarray, left: _Slots, left_dst: _Slots) -> None:
+        c, dp = self.config, self.dataplane
+        seen = np.zeros(_loop.COUNTERS, np.int64)
+        published = None
+        while not self._stop.is_set():
+            try:
+                while os.read(resync, 64):  # drained before the versions are read: a later change wakes us again
+                    pass
+            except BlockingIOError:
+                pass
+            spd, sad = dp.spd.snapshot, dp.sad.snapshot
+            if (spd.version, sad.version) != published:
+                published = (spd.version, sad.version)
+                if sad.version != self._sad_version:
+                    self._update_path_mtu()
+                self._publish(loop, spd, sad)
+            rc = loop.run(LOOP_CYCLES, c.poll_ms)
+            self._fold_tx_counters(ctr, seen)
+            if rc < 0:
+                raise OSError(-rc, "TUN read failed")
+            if loop.nleft:
+                self._tx_batch(left, left_dst, loop.nleft)
+            if rc == _loop.GSO_REFUSED:
+                ctr[_loop.C_GSO_REFUSED] = seen[_loop.C_GSO_REFUSED] = 0
+                self._gso_refused()
+                loop.gso = False
+
+    def _publish(self, loop: _loop.TxLoop, spd: SpdSnapshot, sad: SadSnapshot) -> None:
+        """Give the compiled loop the policies and each PROTECT policy's outbound SA context (None for an SA
+        it cannot drive: its packets go to Python), and the inner MTU."""
+        table, actions = spd.compiled_table()
+        contexts = []
+        for p in spd.policies:
+            e = sad.outbound.get(p.name)
+            ctx = getattr(e.sa, "context", None) if e is not None else None
+            contexts.append(ctx if isinstance(ctx, _core.SaContext) else None)
+        loop.publish(np.ascontiguousarray(table, np.uint64), np.ascontiguousarray(actions, np.int8), contexts,
+                     self.stats.inner_mtu)
+
+    def _fold_tx_counters(self, ctr: np.ndarray, seen: np.ndarray) -> None:
+        """Add what the compiled loop counted since the last call to the stats and the data plane."""
+        d = ctr - seen
+        seen[:] = ctr
+        if not d.any():
+            return
+        st = self.stats
+        st.tun_read += int(d[_loop.C_TUN_READ])
+        st.tso_super_packets += int(d[_loop.C_TSO_SUPER])
+        st.tso_segments += int(d[_loop.C_TSO_SEGMENTS])
+        st.tun_bad += int(d[_loop.C_TUN_BAD]) + int(d[_loop.C_LEFT_DROPPED])
+        st.esp_sent += int(d[_loop.C_ESP_SENT])
+        st.esp_send_dropped += int(d[_loop.C_SEND_DROPPED])
+        st.not_sent += int(d[_loop.C_NOT_SENT])
+        st.tx_batches += int(d[_loop.C_BATCHES])
+        st.gso_trains += int(d[_loop.C_GSO_TRAINS])
+        st.gso_datagrams += int(d[_loop.C_GSO_DATAGRAMS])
+        verdicts = d[_loop.C_VERDICTS:_loop.C_VERDICTS + 32]
+        if verdicts.any():
+            self.dataplane.note_outbound(verdicts)
+
+    def _tx_loop_python(self) -> None:
         c, st = self.config, self.stats
         count = max(c.batch_size, TSO_BATCH) if self._vnet else c.batch_size
         src, dst = _Slots(count, c.slot_size), _Slots(count, c.slot_size)
@@ -401,11 +521,16 @@ class Gateway:
         else:
             self._send_on(udp_fd, True, out, ok)
         if self._gso_ctr[2]:  # the kernel refused a train on this path: one datagram per message from now on
-            self._gso = False
-            self._gso_ctr[2] = 0
-            if "udp_gso" in st.offloads:
-                st.offloads.remove("udp_gso")
-            st.offload_fallback = "udp_gso: the kernel refused a UDP_SEGMENT send; sending datagram by datagram"
+            self._gso_refused()
+
+    def _gso_refused(self) -> None:
+        """The kernel refused a UDP GSO train on this path: one datagram per message from now on."""
+        st = self.stats
+        self._gso = False
+        self._gso_ctr[2] = 0
+        if "udp_gso" in st.offloads:
+            st.offloads.remove("udp_gso")
+        st.offload_fallback = "udp_gso: the kernel refused a UDP_SEGMENT send; sending datagram by datagram"
 
     def _send_on(self, fd: int, udp: bool, out: PacketBatch, sel: np.ndarray) -> None:
         if not len(sel):

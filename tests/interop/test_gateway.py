@@ -147,9 +147,9 @@ class GatewayProcess:
 
 
 def static_configs(suite: str = "aes128gcm16", raw_esp: bool = False, spi_ab: int = 0xA0001,
-                   spi_ba: int = 0xB0001, outer6: bool = False) -> tuple[dict, dict]:
+                   spi_ba: int = 0xB0001, outer6: bool = False, loop: str = "compiled") -> tuple[dict, dict]:
     """Static configurations for gwA and gwB: policy "site" (inner IPv4) and, with ``outer6``, policy "site6"
-    (inner IPv6) too, both over IPv6 outer addresses; one SA pair per policy."""
+    (inner IPv6) too, both over IPv6 outer addresses; one SA pair per policy. ``loop``: the transmit loop."""
     from esp import parse_suite
 
     s = parse_suite(suite)
@@ -168,7 +168,7 @@ def static_configs(suite: str = "aes128gcm16", raw_esp: bool = False, spi_ab: in
              lnet6: str, rnet6: str):
         cfg = {
             "gateway": {"local_addr": local, "tun_name": unique("etun"), "routes": [rnet], "mtu": 1400,
-                        "raw_esp": raw_esp},
+                        "raw_esp": raw_esp, "loop": loop},
             "policies": [{"name": "site", "src": lnet, "dst": rnet}],
             "sas": sas("site", local, remote, out_dir, in_dir, spi_out, spi_in),
         }
@@ -324,15 +324,20 @@ def topo():
         t.close()
 
 
-@pytest.mark.parametrize("suite,raw_esp,nbytes,outer6,offload", [
-    ("aes128gcm16", False, 16 << 20, False, True),     # ESP in UDP 4500 (RFC 3948), what strongSwan's libipsec speaks
-    ("aes128gcm16", False, 16 << 20, False, False),    # the same with --no-offload: one datagram per message
-    ("aes256-sha256", True, 4 << 20, False, True),     # raw ESP, IP protocol 50, CBC + HMAC
-    ("chacha20poly1305", False, 4 << 20, True, True),  # IPv6 outside; IPv4 and IPv6 inside, one SA pair each
-    ("chacha20poly1305", False, 4 << 20, True, False),
-], ids=["udp-gcm", "udp-gcm-no-offload", "raw-cbc", "udp6-chacha", "udp6-chacha-no-offload"])
-def test_static_gateway_pair_ping_and_bulk_transfer(topo, tmp_path, suite, raw_esp, nbytes, outer6, offload):
-    cfg_a, cfg_b = static_configs(suite, raw_esp, outer6=outer6)
+@pytest.mark.parametrize("suite,raw_esp,nbytes,outer6,offload,loop", [
+    # ESP in UDP 4500 (RFC 3948), what strongSwan's libipsec speaks; the compiled transmit loop (the default)
+    ("aes128gcm16", False, 16 << 20, False, True, "compiled"),
+    ("aes128gcm16", False, 16 << 20, False, False, "compiled"),  # --no-offload: one datagram per message
+    ("aes128gcm16", False, 16 << 20, False, True, "python"),     # the Python loop (Dataplane.outbound per batch)
+    ("aes128gcm16", False, 16 << 20, False, False, "python"),
+    ("aes256-sha256", True, 4 << 20, False, True, "compiled"),   # raw ESP, IP protocol 50, CBC + HMAC (python loop)
+    ("chacha20poly1305", False, 4 << 20, True, True, "compiled"),  # IPv6 outside; IPv4 and IPv6 inside
+    ("chacha20poly1305", False, 4 << 20, True, False, "compiled"),
+    ("chacha20poly1305", False, 4 << 20, True, True, "python"),
+], ids=["udp-gcm", "udp-gcm-no-offload", "udp-gcm-pyloop", "udp-gcm-no-offload-pyloop", "raw-cbc", "udp6-chacha",
+        "udp6-chacha-no-offload", "udp6-chacha-pyloop"])
+def test_static_gateway_pair_ping_and_bulk_transfer(topo, tmp_path, suite, raw_esp, nbytes, outer6, offload, loop):
+    cfg_a, cfg_b = static_configs(suite, raw_esp, outer6=outer6, loop=loop)
     args = () if offload else ("--no-offload",)
     gw_a = GatewayProcess(topo.gw_a, cfg_a, tmp_path, "a", args)
     try:
@@ -371,6 +376,9 @@ def test_static_gateway_pair_ping_and_bulk_transfer(topo, tmp_path, suite, raw_e
     # the gateways say which offloads they used (this kernel has them all); trains and super-packets only
     # when they are on
     ga, gb = stats_a["gateway"], stats_b["gateway"]
+    # the loop asked for ran (raw ESP has no compiled loop), and it counted what the data plane counts
+    assert ga["tx_loop"] == gb["tx_loop"] == ("python" if raw_esp else loop), (ga["tx_loop"], gb["tx_loop"])
+    assert ga["esp_sent"] == stats_a["outbound"]["OK"], ga
     if not offload:
         assert ga["offloads"] == gb["offloads"] == [] and ga["gso_trains"] == gb["gro_trains"] == 0
         assert ga["tso_segments"] == 0 and gb["tun_gro_packets"] == 0
@@ -409,14 +417,15 @@ def _sas(cfg: dict, direction: str) -> list[dict]:
     return [sa for sa in cfg["sas"] if sa["direction"] == direction]
 
 
-def test_static_rekey_in_the_middle_of_a_transfer_loses_nothing(topo, tmp_path):
+@pytest.mark.parametrize("loop", ["compiled", "python"])
+def test_static_rekey_in_the_middle_of_a_transfer_loses_nothing(topo, tmp_path, loop):
     """Roll both directions over to new SPIs and keys while 24 MB flow, make-before-break as IKE does it:
     each side accepts the new inbound SA before the other starts sending on it, old inbound SAs go last.
     No packet may meet an unknown SPI or fail authentication, and the transfer's hash must match."""
     import threading
 
-    old_a, old_b = static_configs()
-    new_a, new_b = static_configs(spi_ab=0xA0002, spi_ba=0xB0002)
+    old_a, old_b = static_configs(loop=loop)
+    new_a, new_b = static_configs(spi_ab=0xA0002, spi_ba=0xB0002, loop=loop)
     gw_a = GatewayProcess(topo.gw_a, old_a, tmp_path, "a")
     try:
         gw_b = GatewayProcess(topo.gw_b, old_b, tmp_path, "b")
@@ -455,6 +464,7 @@ def test_static_rekey_in_the_middle_of_a_transfer_loses_nothing(topo, tmp_path):
         for bad in ("AUTH_FAILED", "REPLAYED", "MALFORMED", "NO_SA"):
             assert st["inbound"][bad] == 0, (bad, st["inbound"])
         assert st["outbound"]["NO_SA"] == 0
+        assert st["gateway"]["tx_loop"] == loop
 
 
 SPLIT_CHILD = textwrap.dedent("""

@@ -1,0 +1,37 @@
+"""Type stub for esp.gateway._loop (the compiled transmit loop: TUN -> segment -> classify -> encrypt -> UDP)."""
+from typing import Any
+
+import numpy as np
+
+from esp.batch import PacketBatch
+
+COUNTERS: int
+C_TUN_READ: int
+C_TSO_SUPER: int
+C_TSO_SEGMENTS: int
+C_TUN_BAD: int
+C_ESP_SENT: int
+C_SEND_DROPPED: int
+C_NOT_SENT: int
+C_BATCHES: int
+C_GSO_TRAINS: int
+C_GSO_DATAGRAMS: int
+C_GSO_REFUSED: int
+C_LEFT_DROPPED: int
+C_VERDICTS: int
+STOP: int
+IDLE: int
+CYCLES_DONE: int
+LEFTOVER: int
+GSO_REFUSED: int
+RESYNC: int
+
+class TxLoop:
+    gso: bool
+    inner_mtu: int
+    nleft: int
+    def __init__(self, api: Any, tun_fd: int, wake_fd: int, resync_fd: int, udp_fd: int, family: int, vnet: bool,
+                 gso: bool, src: PacketBatch, out: PacketBatch, sup: PacketBatch | None, left: PacketBatch,
+                 counters: np.ndarray) -> None: ...
+    def publish(self, table: np.ndarray, actions: np.ndarray, contexts: list[Any], inner_mtu: int) -> None: ...
+    def run(self, cycles: int, poll_ms: int) -> int: ...

@@ -1,0 +1,291 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The gateway's compiled transmit loop: TUN read -> segment -> classify -> encrypt -> send, GIL released.
+
+:class:`TxLoop` runs whole cycles (poll, read a batch or super-packets, cut them into MTU-sized packets, find
+each packet's policy in the SPD table, encrypt it with its policy's SA through esp/_saapi.h, send the batch
+with sendmmsg / UDP GSO) without returning to Python. Python publishes a snapshot of what the fast path may
+do (:meth:`TxLoop.publish`: the SPD's selector table, each policy's action and outbound SA context, the inner
+MTU) and gets control back when
+
+* the wake fd is readable (stop), the resync fd is readable (the SPD or SAD changed: Python publishes the new
+  snapshot before another packet is encrypted), or a poll times out,
+* ``cycles`` cycles have run (counters published, SAD/SPD version checked),
+* a packet needs Python: no PROTECT policy with an SA (bypass, discard, acquire), longer than the inner MTU
+  (ICMP too big / fragmenting), or an SA context this thread cannot drive: it is copied into the *leftover*
+  batch, which Python sends through today's path (esp.gateway.runtime ``_tx_batch``), so nothing is lost,
+* the kernel refused a UDP GSO train (Python turns GSO off).
+
+Sequence numbers stay in the SA contexts: each packet is encrypted under the context's own lock (begin/end of
+esp/_saapi.h, held for a run of one SA's packets), so any number of loops can share an SA and each number is
+used once. Packets of one SA leave in the order they were encrypted within a loop.
+"""
+from cpython.pycapsule cimport PyCapsule_GetPointer
+from libc.stdint cimport uint8_t, int8_t, int32_t, int64_t, uint64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
+
+from esp._saapi cimport ESPRESSO_SA_API_VERSION, espresso_sa_api
+from esp._classify cimport classify_rows
+from esp.gateway._io cimport io_read, io_send, io_poll
+from esp.gateway._offload cimport Parsed, vnet_parse, vnet_segment
+
+__all__ = ["TxLoop", "COUNTERS", "C_TUN_READ", "C_TSO_SUPER", "C_TSO_SEGMENTS", "C_TUN_BAD", "C_ESP_SENT",
+           "C_SEND_DROPPED", "C_NOT_SENT", "C_BATCHES", "C_GSO_TRAINS", "C_GSO_DATAGRAMS", "C_LEFT_DROPPED",
+           "C_VERDICTS", "C_GSO_REFUSED", "STOP", "IDLE", "CYCLES_DONE", "LEFTOVER", "GSO_REFUSED", "RESYNC"]
+
+# Counter slots (int64 array of COUNTERS): running totals the loop adds to; Python reads the deltas.
+cdef enum:
+    K_TUN_READ = 0
+    K_TSO_SUPER = 1
+    K_TSO_SEGMENTS = 2
+    K_TUN_BAD = 3
+    K_ESP_SENT = 4
+    K_SEND_DROPPED = 5
+    K_NOT_SENT = 6
+    K_BATCHES = 7
+    K_GSO_TRAINS = 8
+    K_GSO_DATAGRAMS = 9
+    K_GSO_REFUSED = 10
+    K_LEFT_DROPPED = 11
+    K_VERDICTS = 32     # .. +31: outbound verdicts of the packets the loop encrypted (esp.Verdict codes)
+    K_COUNTERS = 64
+    # why run() returned
+    K_STOP = 1
+    K_IDLE = 2
+    K_CYCLES_DONE = 3
+    K_LEFTOVER = 4
+    K_GSO_REFUSED_RC = 5
+    K_RESYNC = 6
+
+C_TUN_READ, C_TSO_SUPER, C_TSO_SEGMENTS, C_TUN_BAD = K_TUN_READ, K_TSO_SUPER, K_TSO_SEGMENTS, K_TUN_BAD
+C_ESP_SENT, C_SEND_DROPPED, C_NOT_SENT, C_BATCHES = K_ESP_SENT, K_SEND_DROPPED, K_NOT_SENT, K_BATCHES
+C_GSO_TRAINS, C_GSO_DATAGRAMS, C_GSO_REFUSED, C_LEFT_DROPPED = (K_GSO_TRAINS, K_GSO_DATAGRAMS, K_GSO_REFUSED,
+                                                                K_LEFT_DROPPED)
+C_VERDICTS, COUNTERS = K_VERDICTS, K_COUNTERS
+STOP, IDLE, CYCLES_DONE, LEFTOVER, GSO_REFUSED, RESYNC = (K_STOP, K_IDLE, K_CYCLES_DONE, K_LEFTOVER,
+                                                           K_GSO_REFUSED_RC, K_RESYNC)
+
+cdef enum:
+    PROTECT = 1      # esp.spd.Action.PROTECT
+    V_OK = 0
+    VNET_HDR = 10    # virtio_net_hdr size
+
+
+cdef class TxLoop:
+    """One transmit worker's state. The arrays it is built on are kept alive by it; all are reused forever."""
+
+    cdef const espresso_sa_api *api
+    cdef int tun_fd, wake_fd, resync_fd, udp_fd, family, vnet, count
+    cdef public bint gso
+    cdef public int inner_mtu
+    cdef uint8_t[::1] buf, obuf, sbuf, lbuf
+    cdef int64_t[::1] off, ooff, soff, loff
+    cdef int32_t[::1] ln, oln, sln, lln, cap, ocap, scap, lcap
+    cdef int32_t[::1] cls, sel
+    cdef int64_t[::1] ctr
+    cdef int nsup
+    # the published snapshot
+    cdef object _table_ref
+    cdef const uint64_t *table
+    cdef int nsel_rows, npol
+    cdef int8_t *act
+    cdef void **ctx
+    cdef list _contexts
+    cdef public int nleft
+
+    def __cinit__(self):
+        self.act = NULL
+        self.ctx = NULL
+        self.table = NULL
+
+    def __dealloc__(self):
+        free(self.act)
+        free(self.ctx)
+
+    def __init__(self, api, int tun_fd, int wake_fd, int resync_fd, int udp_fd, int family, bint vnet, bint gso,
+                 src, out, sup, left, int64_t[::1] counters):
+        """``src``/``out``/``left`` are esp.PacketBatch arenas of equal slot count (inner packets, ESP packets,
+        packets for Python); ``sup`` the super-packet read slots (vnet only, else None)."""
+        self.api = <const espresso_sa_api *>PyCapsule_GetPointer(api, b"esp._core.SA_API")
+        if self.api.version != ESPRESSO_SA_API_VERSION:
+            raise ValueError(f"esp._core's SA_API is version {self.api.version}, this loop needs "
+                             f"{ESPRESSO_SA_API_VERSION}: rebuild both")
+        if counters.shape[0] < K_COUNTERS:
+            raise ValueError(f"counters needs {COUNTERS} entries")
+        if family not in (4, 6):
+            raise ValueError("family must be 4 or 6")
+        self.tun_fd, self.wake_fd, self.resync_fd, self.udp_fd, self.family = tun_fd, wake_fd, resync_fd, udp_fd, family
+        self.vnet, self.gso = vnet, gso
+        self.count = int(src.count)
+        if int(out.count) < self.count or int(left.count) < self.count:
+            raise ValueError("out and left need as many slots as src")
+        self.buf, self.off, self.ln, self.cap = src.buf, src.offsets, src.lengths, src.capacity
+        self.obuf, self.ooff, self.oln, self.ocap = out.buf, out.offsets, out.lengths, out.capacity
+        self.lbuf, self.loff, self.lln, self.lcap = left.buf, left.offsets, left.lengths, left.capacity
+        if vnet:
+            self.sbuf, self.soff, self.sln, self.scap = sup.buf, sup.offsets, sup.lengths, sup.capacity
+            self.nsup = int(sup.count)
+        else:
+            self.nsup = 0
+        import numpy as np
+        self.cls = np.zeros(self.count, np.int32)
+        self.sel = np.zeros(self.count, np.int32)
+        self.ctr = counters
+        self.inner_mtu = 65535
+        self.npol = 0
+        self.nleft = 0
+        self._contexts = []
+
+    def publish(self, const uint64_t[:, ::1] table, const int8_t[::1] actions, list contexts, int inner_mtu):
+        """Take a new SPD/SAD snapshot: the selector table (esp.spd CompiledSelectors.table), one action per
+        policy, one outbound ``esp._core.SaContext`` (or None: such packets go to Python) per policy.
+        Called by the thread that runs the loop, between runs."""
+        cdef int n = actions.shape[0], i
+        if len(contexts) != n:
+            raise ValueError("one context (or None) per policy")
+        if table.shape[0] and table.shape[1] != 15:
+            raise ValueError("selector table needs 15 columns")
+        cdef int8_t *act = <int8_t *>malloc(max(n, 1) * sizeof(int8_t))
+        cdef void **ctx = <void **>malloc(max(n, 1) * sizeof(void *))
+        if act == NULL or ctx == NULL:
+            free(act)
+            free(ctx)
+            raise MemoryError()
+        for i in range(n):
+            act[i] = actions[i]
+            ctx[i] = <void *>contexts[i] if contexts[i] is not None else NULL
+        free(self.act)
+        free(self.ctx)
+        self.act, self.ctx, self.npol = act, ctx, n
+        self._contexts = list(contexts)  # the references that keep ctx[] valid
+        self._table_ref = table
+        self.table = &table[0, 0] if table.shape[0] else NULL
+        self.nsel_rows = table.shape[0]
+        self.inner_mtu = inner_mtu
+
+    def run(self, int cycles, int poll_ms) -> int:
+        """Run up to ``cycles`` cycles with the GIL released; returns why it stopped (STOP, IDLE, CYCLES_DONE,
+        LEFTOVER: ``nleft`` packets wait in the leftover batch, GSO_REFUSED, RESYNC) or -errno of a failed
+        read/poll."""
+        cdef int r
+        self.nleft = 0
+        with nogil:
+            r = self._run(cycles, poll_ms)
+        return r
+
+    cdef int _run(self, int cycles, int poll_ms) noexcept nogil:
+        cdef int fds[3]
+        cdef int c, r, j, n, segs
+        cdef long m
+        cdef Parsed p
+        cdef Py_ssize_t k
+        fds[0] = self.tun_fd
+        fds[1] = self.wake_fd
+        fds[2] = self.resync_fd
+        for c in range(cycles):
+            r = io_poll(fds, 3, poll_ms)
+            if r < 0:
+                return r
+            if r & 2:
+                return K_STOP
+            if r & 4:
+                return K_RESYNC
+            if not r & 1:
+                return K_IDLE
+            if not self.vnet:
+                m = io_read(self.tun_fd, &self.buf[0], self.buf.shape[0], &self.off[0], &self.ln[0],
+                            &self.cap[0], self.count)
+                if m < 0:
+                    return <int>m
+                self.ctr[K_TUN_READ] += m
+                if m > 0:
+                    self._batch(<int>m)
+            else:
+                m = io_read(self.tun_fd, &self.sbuf[0], self.sbuf.shape[0], &self.soff[0], &self.sln[0],
+                            &self.scap[0], self.nsup)
+                if m < 0:
+                    return <int>m
+                self.ctr[K_TUN_READ] += m
+                n = 0
+                for j in range(m):
+                    if self.sln[j] < VNET_HDR + 20 or vnet_parse(&self.sbuf[self.soff[j]], self.sln[j], &p) < 0:
+                        self.ctr[K_TUN_BAD] += 1
+                        continue
+                    segs = p.segments
+                    if segs > self.count - n and n:
+                        self._batch(n)
+                        n = 0
+                    k = vnet_segment(&self.sbuf[self.soff[j]], self.sln[j], &self.buf[0], self.buf.shape[0],
+                                     &self.off[n], &self.cap[n], &self.ln[n], self.count - n)
+                    if k <= 0:
+                        self.ctr[K_TUN_BAD] += 1
+                        continue
+                    if k > 1:
+                        self.ctr[K_TSO_SUPER] += 1
+                        self.ctr[K_TSO_SEGMENTS] += k
+                    n += <int>k
+                if n:
+                    self._batch(n)
+            if self.ctr[K_GSO_REFUSED]:
+                return K_GSO_REFUSED_RC
+            if self.nleft:
+                return K_LEFTOVER
+        return K_CYCLES_DONE
+
+    cdef void _batch(self, int n) noexcept nogil:
+        """Slots 0..n-1 hold inner packets: classify, encrypt each with its policy's SA, send; what the fast
+        path does not cover goes to the leftover batch (or is counted dropped when that is full)."""
+        cdef int i, pol, ns = 0, begun = 0, v, olen, L
+        cdef void *cur = NULL
+        cdef void *cx
+        cdef long drops = 0, sent
+        cdef int64_t gctr[3]
+        self.ctr[K_BATCHES] += 1
+        classify_rows(&self.buf[0], self.buf.shape[0], &self.off[0], &self.ln[0], NULL, n, self.table,
+                      self.nsel_rows, &self.cls[0])
+        for i in range(n):
+            L = self.ln[i]
+            pol = self.cls[i]
+            cx = NULL
+            if 0 <= pol < self.npol and self.act[pol] == PROTECT and L <= self.inner_mtu:
+                cx = self.ctx[pol]
+            if cx != cur:
+                if cur != NULL and begun:
+                    self.api.end(cur)
+                cur = cx
+                begun = cx != NULL and self.api.begin(cx, 1) == 0
+            if cx == NULL or not begun:
+                self._leave(i)
+                continue
+            olen = 0
+            v = self.api.process(cx, &self.buf[self.off[i]], L, &self.obuf[self.ooff[i]], self.ocap[i], &olen)
+            self.ctr[K_VERDICTS + (v & 31)] += 1
+            if v == V_OK:
+                self.oln[i] = olen
+                self.sel[ns] = i
+                ns += 1
+            else:
+                self.ctr[K_NOT_SENT] += 1
+        if cur != NULL and begun:
+            self.api.end(cur)
+        if ns:
+            gctr[0] = gctr[1] = gctr[2] = 0
+            sent = io_send(self.udp_fd, self.family, 1, &self.obuf[0], self.obuf.shape[0], &self.ooff[0],
+                           &self.oln[0], &self.sel[0], ns, self.gso, &drops, gctr)
+            if sent > 0:
+                self.ctr[K_ESP_SENT] += sent
+            self.ctr[K_SEND_DROPPED] += drops
+            self.ctr[K_GSO_TRAINS] += gctr[0]
+            self.ctr[K_GSO_DATAGRAMS] += gctr[1]
+            if gctr[2]:
+                self.ctr[K_GSO_REFUSED] = 1
+
+    cdef void _leave(self, int i) noexcept nogil:
+        cdef int L = self.ln[i]
+        cdef int k = self.nleft
+        if k >= self.count or L > self.lcap[k]:
+            self.ctr[K_LEFT_DROPPED] += 1
+            return
+        memcpy(&self.lbuf[self.loff[k]], &self.buf[self.off[i]], L)
+        self.lln[k] = L
+        self.nleft = k + 1
