@@ -240,6 +240,14 @@ class Dataplane:
             elif sa.soft_expired:
                 self._check_expiry(entry, _NO_VERDICTS, 0)
 
+    def note_inbound(self, verdict_counts: np.ndarray) -> None:
+        """:meth:`note_outbound` for received packets a compiled loop decrypted and policy-checked itself."""
+        counts = np.asarray(verdict_counts, np.int64)[:_NV]
+        self._in[:len(counts)] += counts
+        for entry in self.sad.snapshot.inbound_by_spi.values():
+            if entry.sa.soft_expired:
+                self._check_expiry(entry, _NO_VERDICTS, 0)
+
     # ------------------------------------------------------------------ inbound
     def inbound(self, batch: Any, out: Any = None, now: float | None = None) -> np.ndarray:
         """Decrypt a batch of received ESP packets (outer IP header, ESP or ESP-in-UDP) by SPI, then check

@@ -573,3 +573,19 @@ cdef long io_send(int fd, int fam, int udp, const uint8_t *buf, int64_t buflen, 
 
 cdef int io_poll(const int *fds, int nfds, int timeout_ms) noexcept nogil:
     return espio_poll(fds, nfds, timeout_ms)
+
+
+cdef long io_recv(int fd, uint8_t *buf, int64_t buflen, const int64_t *off, int32_t *len, const int32_t *cap,
+                  int max, int synth, const uint8_t *laddr, int lfam, int lport) noexcept nogil:
+    return espio_recv(fd, buf, buflen, off, len, cap, max, synth, laddr, lfam, lport)
+
+
+cdef long io_recv_gro(int fd, uint8_t *buf, int64_t buflen, const int64_t *off, int32_t *len, const int32_t *cap,
+                      int max, int synth, const uint8_t *laddr, int lfam, int lport, uint8_t *scratch,
+                      int64_t scratch_len, int64_t *ctr) noexcept nogil:
+    return espio_recv_gro(fd, buf, buflen, off, len, cap, max, synth, laddr, lfam, lport, scratch, scratch_len, ctr)
+
+
+cdef long io_write(int fd, const uint8_t *buf, int64_t buflen, const int64_t *off, const int32_t *len,
+                   const int32_t *sel, int nsel, long *drops) noexcept nogil:
+    return espio_write(fd, buf, buflen, off, len, sel, nsel, drops)

@@ -25,6 +25,13 @@ CYCLES_DONE: int
 LEFTOVER: int
 GSO_REFUSED: int
 RESYNC: int
+C_ESP_RECEIVED: int
+C_GRO_TRAINS: int
+C_GRO_DATAGRAMS: int
+C_TUN_WRITTEN: int
+C_TUN_WRITE_DROPPED: int
+C_TUN_GRO_PACKETS: int
+C_NOT_DELIVERED: int
 
 class TxLoop:
     gso: bool
@@ -34,4 +41,12 @@ class TxLoop:
                  gso: bool, src: PacketBatch, out: PacketBatch, sup: PacketBatch | None, left: PacketBatch,
                  counters: np.ndarray) -> None: ...
     def publish(self, table: np.ndarray, actions: np.ndarray, contexts: list[Any], inner_mtu: int) -> None: ...
+    def run(self, cycles: int, poll_ms: int) -> int: ...
+
+class RxLoop:
+    nleft: int
+    def __init__(self, api: Any, udp_fd: int, wake_fd: int, resync_fd: int, tun_fd: int, vnet: bool, uso: bool,
+                 local_addr: bytes, local_port: int, src: PacketBatch, out: PacketBatch, coal: PacketBatch | None,
+                 left: PacketBatch, scratch: np.ndarray | None, counters: np.ndarray) -> None: ...
+    def publish(self, sas: list[tuple[int, Any, np.ndarray | None]]) -> None: ...
     def run(self, cycles: int, poll_ms: int) -> int: ...

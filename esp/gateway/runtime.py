@@ -164,6 +164,7 @@ class GatewayStats:
     tun_gro_packets: int = 0  # decrypted packets handed to userspace GRO (tun_written counts the writes)
     offload_fallback: str = ""  # why an offload was turned off while running (the kernel refused it)
     tx_loop: str = ""  # the transmit loop running: "compiled" (esp.gateway._loop) or "python"
+    rx_loop: str = ""  # the receive loop running, the same way
     tx_batches: int = 0
     rx_batches: int = 0
     io_errors: int = 0  # transient I/O errors (the loop carried on)
@@ -366,43 +367,23 @@ class Gateway:
         """The transmit thread on esp.gateway._loop: Python runs between runs of up to LOOP_CYCLES cycles
         (or a poll timeout), to publish a new SPD/SAD snapshot, fold the counters into the stats and the
         data plane, and send what the fast path left (no SA, bypass, too big) through :meth:`_tx_batch`."""
-        c, dp = self.config, self.dataplane
+        c = self.config
         count = max(c.batch_size, TSO_BATCH) if self._vnet else c.batch_size
         src, dst = PacketBatch.empty(count, c.slot_size), PacketBatch.empty(count, c.slot_size)
         left, left_dst = _Slots(count, c.slot_size), _Slots(count, c.slot_size)
         sup = PacketBatch.empty(TSO_READS, _VNET_SLOT) if self._vnet else None
         ctr = np.zeros(_loop.COUNTERS, np.int64)
-        resync_r, resync_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-
-        def changed() -> None:  # in the thread changing the SPD/SAD: the loop returns for the new snapshot
-            try:
-                os.write(resync_w, b"x")
-            except OSError:  # the pipe is full: a wake-up is pending already
-                pass
-
-        try:
-            loop = _loop.TxLoop(_core.SA_API, self.tun.fileno(), self._wake_r, resync_r,  # type: ignore[union-attr]
-                                self.udp.fileno(), self.family, self._vnet, self._gso,  # type: ignore[union-attr]
-                                src, dst, sup, left.full, ctr)
-            dp.spd.watch(changed)
-            dp.sad.watch(changed)
-            self._run_tx_loop(loop, resync_r, ctr, left, left_dst)
-        finally:
-            dp.spd.unwatch(changed)
-            dp.sad.unwatch(changed)
-            os.close(resync_r)
-            os.close(resync_w)
+        self._with_resync(lambda resync: self._run_tx_loop(
+            _loop.TxLoop(_core.SA_API, self.tun.fileno(), self._wake_r, resync,  # type: ignore[union-attr]
+                         self.udp.fileno(), self.family, self._vnet, self._gso,  # type: ignore[union-attr]
+                         src, dst, sup, left.full, ctr), resync, ctr, left, left_dst))
 
     def _run_tx_loop(self, loop: _loop.TxLoop, resync: int, ctr: np.ndarray, left: _Slots, left_dst: _Slots) -> None:
         c, dp = self.config, self.dataplane
         seen = np.zeros(_loop.COUNTERS, np.int64)
         published = None
         while not self._stop.is_set():
-            try:
-                while os.read(resync, 64):  # drained before the versions are read: a later change wakes us again
-                    pass
-            except BlockingIOError:
-                pass
+            _drain(resync)  # before the versions are read: a later change wakes the loop again
             spd, sad = dp.spd.snapshot, dp.sad.snapshot
             if (spd.version, sad.version) != published:
                 published = (spd.version, sad.version)
@@ -600,6 +581,89 @@ class Gateway:
 
     # ------------------------------------------------------------------ rx: ESP -> TUN
     def _rx_loop(self) -> None:
+        if self.config.loop == "compiled" and self.raw is None and _loop is not None:
+            self.stats.rx_loop = "compiled"
+            self._with_resync(self._rx_loop_compiled)
+            return
+        self.stats.rx_loop = "python"
+        self._rx_loop_python()
+
+    def _with_resync(self, body: Callable[[int], None]) -> None:
+        """Run a compiled loop ``body(resync_fd)`` with a pipe that becomes readable whenever the SPD or SAD
+        changes (their watchers write to it), so the loop returns and takes the new snapshot at once."""
+        dp = self.dataplane
+        resync_r, resync_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+        def changed() -> None:  # in the thread changing the SPD/SAD
+            try:
+                os.write(resync_w, b"x")
+            except OSError:  # the pipe is full: a wake-up is pending already
+                pass
+
+        dp.spd.watch(changed)
+        dp.sad.watch(changed)
+        try:
+            body(resync_r)
+        finally:
+            dp.spd.unwatch(changed)
+            dp.sad.unwatch(changed)
+            os.close(resync_r)
+            os.close(resync_w)
+
+    def _rx_loop_compiled(self, resync: int) -> None:
+        """The receive thread on esp.gateway._loop.RxLoop; Python publishes the inbound SAs, folds counters
+        and hands IKE messages to ``on_ike``."""
+        c, dp = self.config, self.dataplane
+        count = max(c.batch_size, GRO_BATCH) if self._gro else c.batch_size
+        src, dst = PacketBatch.empty(count, c.slot_size), PacketBatch.empty(count, c.slot_size)
+        left = PacketBatch.empty(count, c.slot_size)
+        scratch = np.zeros(GRO_MESSAGES * _io.GRO_BUFFER, np.uint8) if self._gro else None
+        coal = PacketBatch(np.zeros(count * c.slot_size + count * _offload.VNET_HDR_SIZE + (1 << 17), np.uint8),
+                           np.zeros(count, np.int64), np.zeros(count, np.int32),
+                           np.zeros(count, np.int32)) if self._vnet else None
+        ctr = np.zeros(_loop.COUNTERS, np.int64)
+        seen = np.zeros(_loop.COUNTERS, np.int64)
+        port = self.nat_port
+        loop = _loop.RxLoop(_core.SA_API, self.udp.fileno(), self._wake_r, resync,  # type: ignore[union-attr]
+                            self.tun.fileno(), self._vnet, self._tun_uso,  # type: ignore[union-attr]
+                            ipaddress.ip_address(c.local_addr).packed, port, src, dst, coal, left, scratch, ctr)
+        published = -1
+        while not self._stop.is_set():
+            _drain(resync)
+            sad = dp.sad.snapshot
+            if sad.version != published:
+                published = sad.version
+                loop.publish([(spi, e.sa.context, e.check.table if e.check is not None else None)
+                              for spi, e in sad.inbound_by_spi.items()
+                              if isinstance(getattr(e.sa, "context", None), _core.SaContext)])
+            rc = loop.run(LOOP_CYCLES, c.poll_ms)
+            self._fold_rx_counters(ctr, seen)
+            if rc < 0:
+                raise OSError(-rc, "UDP receive failed")
+            for i in range(loop.nleft):  # IKE: rare, handed over one message at a time
+                self.stats.ike_received += 1
+                self._deliver_ike(left.packet(i), port)
+
+    def _fold_rx_counters(self, ctr: np.ndarray, seen: np.ndarray) -> None:
+        d = ctr - seen
+        seen[:] = ctr
+        if not d.any():
+            return
+        st = self.stats
+        st.esp_received += int(d[_loop.C_ESP_RECEIVED])
+        st.rx_batches += int(d[_loop.C_BATCHES])
+        st.gro_trains += int(d[_loop.C_GRO_TRAINS])
+        st.gro_datagrams += int(d[_loop.C_GRO_DATAGRAMS])
+        st.tun_written += int(d[_loop.C_TUN_WRITTEN])
+        st.tun_write_dropped += int(d[_loop.C_TUN_WRITE_DROPPED])
+        st.tun_gro_packets += int(d[_loop.C_TUN_GRO_PACKETS])
+        st.tun_bad += int(d[_loop.C_TUN_BAD]) + int(d[_loop.C_LEFT_DROPPED])
+        st.not_delivered += int(d[_loop.C_NOT_DELIVERED])
+        verdicts = d[_loop.C_VERDICTS:_loop.C_VERDICTS + 32]
+        if verdicts.any():
+            self.dataplane.note_inbound(verdicts)
+
+    def _rx_loop_python(self) -> None:
         c, st, dp = self.config, self.stats, self.dataplane
         # with GRO a read may bring trains of up to 64 datagrams: room for a few whole ones per call
         count = max(c.batch_size, GRO_BATCH) if self._gro else c.batch_size
@@ -749,6 +813,14 @@ def _gso_works(sock: socket.socket, family: int, local_addr: str) -> bool:
             return got == [p[-64:] for p in pkts]
     except OSError:
         return False
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 64):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _outer_proto(batch: PacketBatch, idx: np.ndarray) -> np.ndarray:

@@ -377,8 +377,10 @@ def test_static_gateway_pair_ping_and_bulk_transfer(topo, tmp_path, suite, raw_e
     # when they are on
     ga, gb = stats_a["gateway"], stats_b["gateway"]
     # the loop asked for ran (raw ESP has no compiled loop), and it counted what the data plane counts
-    assert ga["tx_loop"] == gb["tx_loop"] == ("python" if raw_esp else loop), (ga["tx_loop"], gb["tx_loop"])
+    for g in (ga, gb):
+        assert g["tx_loop"] == g["rx_loop"] == ("python" if raw_esp else loop), g
     assert ga["esp_sent"] == stats_a["outbound"]["OK"], ga
+    assert gb["tun_gro_packets" if offload else "tun_written"] == stats_b["inbound"]["OK"], gb
     if not offload:
         assert ga["offloads"] == gb["offloads"] == [] and ga["gso_trains"] == gb["gro_trains"] == 0
         assert ga["tso_segments"] == 0 and gb["tun_gro_packets"] == 0
@@ -464,7 +466,35 @@ def test_static_rekey_in_the_middle_of_a_transfer_loses_nothing(topo, tmp_path, 
         for bad in ("AUTH_FAILED", "REPLAYED", "MALFORMED", "NO_SA"):
             assert st["inbound"][bad] == 0, (bad, st["inbound"])
         assert st["outbound"]["NO_SA"] == 0
-        assert st["gateway"]["tx_loop"] == loop
+        assert st["gateway"]["tx_loop"] == st["gateway"]["rx_loop"] == loop
+
+
+@pytest.mark.parametrize("loop", ["compiled", "python"])
+def test_inner_packets_outside_the_sa_selectors_are_counted_and_dropped(topo, tmp_path, loop):
+    """RFC 4301 5.2: gwA (misconfigured) protects 10.98.1.0/24 -> 10.98.0.0/16 with the SA that gwB bound to
+    10.98.1.0/24 <-> 10.98.2.0/24; what gwB decrypts for 10.98.3.x is dropped as POLICY_MISMATCH by either
+    receive loop, while traffic inside the selectors still flows."""
+    cfg_a, cfg_b = static_configs(loop=loop)
+    cfg_a["policies"][0]["dst"] = "10.98.0.0/16"
+    cfg_a["gateway"]["routes"] = ["10.98.2.0/24", "10.98.3.0/24"]
+    gw_a = GatewayProcess(topo.gw_a, cfg_a, tmp_path, "a")
+    try:
+        gw_b = GatewayProcess(topo.gw_b, cfg_b, tmp_path, "b")
+        try:
+            p = ping(topo.host_a, "10.98.3.5", count=3)
+            assert p.returncode != 0
+            p = ping(topo.host_a, "10.98.2.2", count=3)
+            assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr
+        finally:
+            stats_b = gw_b.stop()
+    finally:
+        stats_a = gw_a.stop()
+    assert stats_b["gateway"]["rx_loop"] == loop
+    # ping keeps sending to its deadline without replies: every one of them must be refused
+    assert stats_b["inbound"]["POLICY_MISMATCH"] >= 3 and stats_b["inbound"]["OK"] >= 3, stats_b["inbound"]
+    assert stats_b["inbound"]["POLICY_MISMATCH"] == stats_a["outbound"]["OK"] - stats_b["inbound"]["OK"]
+    assert stats_b["gateway"]["not_delivered"] >= 3
+    assert stats_a["outbound"]["OK"] >= 6
 
 
 SPLIT_CHILD = textwrap.dedent("""
