@@ -912,7 +912,7 @@ def apply_static(dp: Dataplane, policies: list[Policy], sas: list[tuple[Sa, str 
 
 
 def run_static(path: str | os.PathLike, *, ready: Callable[[Gateway], None] | None = None,
-               offload: bool | None = None) -> GatewayStats:
+               offload: bool | None = None, loop: str | None = None) -> GatewayStats:
     """Run a gateway with statically configured policies and SAs until SIGTERM/SIGINT; SIGHUP reloads the
     file (see :func:`apply_static`).
 
@@ -921,6 +921,8 @@ def run_static(path: str | os.PathLike, *, ready: Callable[[Gateway], None] | No
     cfg, pols, sas = load_static(path)
     if offload is not None:  # the command line's --no-offload over the file's "offload"
         cfg = dataclasses.replace(cfg, offload=offload)
+    if loop is not None:  # the command line's --loop over the file's "loop"
+        cfg = dataclasses.replace(cfg, loop=loop)
     dp = Dataplane()
     apply_static(dp, pols, sas)
     gw = Gateway(cfg, dp)

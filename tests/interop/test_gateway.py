@@ -337,8 +337,10 @@ def topo():
 ], ids=["udp-gcm", "udp-gcm-no-offload", "udp-gcm-pyloop", "udp-gcm-no-offload-pyloop", "raw-cbc", "udp6-chacha",
         "udp6-chacha-no-offload", "udp6-chacha-pyloop"])
 def test_static_gateway_pair_ping_and_bulk_transfer(topo, tmp_path, suite, raw_esp, nbytes, outer6, offload, loop):
-    cfg_a, cfg_b = static_configs(suite, raw_esp, outer6=outer6, loop=loop)
-    args = () if offload else ("--no-offload",)
+    # the loop from the file's "loop" key, or (IPv4 outside) from the command line's --loop over the file's
+    cli = loop == "python" and not outer6
+    cfg_a, cfg_b = static_configs(suite, raw_esp, outer6=outer6, loop="compiled" if cli else loop)
+    args = (() if offload else ("--no-offload",)) + (("--loop", loop) if cli else ())
     gw_a = GatewayProcess(topo.gw_a, cfg_a, tmp_path, "a", args)
     try:
         gw_b = GatewayProcess(topo.gw_b, cfg_b, tmp_path, "b", args)
