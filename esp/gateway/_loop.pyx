@@ -16,8 +16,8 @@ MTU) and gets control back when
 * the kernel refused a UDP GSO train (Python turns GSO off).
 
 Sequence numbers stay in the SA contexts: each packet is encrypted under the context's own lock (begin/end of
-esp/_saapi.h, held for a run of one SA's packets), so any number of loops can share an SA and each number is
-used once. Packets of one SA leave in the order they were encrypted within a loop.
+esp/_saapi.h), held for a run of one SA's packets until they are sent, so any number of loops (one per queue)
+can share an SA: each number is used once and an SA's packets leave in sequence-number order.
 """
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.stdint cimport uint8_t, int8_t, int32_t, int64_t, uint32_t, uint64_t
@@ -77,7 +77,6 @@ STOP, IDLE, CYCLES_DONE, LEFTOVER, GSO_REFUSED, RESYNC = (K_STOP, K_IDLE, K_CYCL
                                                            K_GSO_REFUSED_RC, K_RESYNC)
 
 cdef enum:
-    PROTECT = 1      # esp.spd.Action.PROTECT
     V_OK = 0
     V_MALFORMED = 3
     V_NO_SA = 9
@@ -104,18 +103,15 @@ cdef class TxLoop:
     cdef object _table_ref
     cdef const uint64_t *table
     cdef int nsel_rows, npol
-    cdef int8_t *act
     cdef void **ctx
     cdef list _contexts
     cdef public int nleft
 
     def __cinit__(self):
-        self.act = NULL
         self.ctx = NULL
         self.table = NULL
 
     def __dealloc__(self):
-        free(self.act)
         free(self.ctx)
 
     def __init__(self, api, int tun_fd, int wake_fd, int resync_fd, int udp_fd, int family, bint vnet, bint gso,
@@ -152,27 +148,21 @@ cdef class TxLoop:
         self.nleft = 0
         self._contexts = []
 
-    def publish(self, const uint64_t[:, ::1] table, const int8_t[::1] actions, list contexts, int inner_mtu):
-        """Take a new SPD/SAD snapshot: the selector table (esp.spd CompiledSelectors.table), one action per
-        policy, one outbound ``esp._core.SaContext`` (or None: such packets go to Python) per policy.
+    def publish(self, const uint64_t[:, ::1] table, list contexts, int inner_mtu):
+        """Take a new SPD/SAD snapshot: the selector table (esp.spd CompiledSelectors.table: each row's owner
+        is a policy index) and per policy the outbound ``esp._core.SaContext`` to encrypt its packets with,
+        or None (not PROTECT, no SA yet, an SA this loop cannot drive): its packets go to Python.
         Called by the thread that runs the loop, between runs."""
-        cdef int n = actions.shape[0], i
-        if len(contexts) != n:
-            raise ValueError("one context (or None) per policy")
+        cdef int n = len(contexts), i
         if table.shape[0] and table.shape[1] != 15:
             raise ValueError("selector table needs 15 columns")
-        cdef int8_t *act = <int8_t *>malloc(max(n, 1) * sizeof(int8_t))
         cdef void **ctx = <void **>malloc(max(n, 1) * sizeof(void *))
-        if act == NULL or ctx == NULL:
-            free(act)
-            free(ctx)
+        if ctx == NULL:
             raise MemoryError()
         for i in range(n):
-            act[i] = actions[i]
             ctx[i] = <void *>contexts[i] if contexts[i] is not None else NULL
-        free(self.act)
         free(self.ctx)
-        self.act, self.ctx, self.npol = act, ctx, n
+        self.ctx, self.npol = ctx, n
         self._contexts = list(contexts)  # the references that keep ctx[] valid
         self._table_ref = table
         self.table = &table[0, 0] if table.shape[0] else NULL
@@ -250,12 +240,14 @@ cdef class TxLoop:
 
     cdef void _batch(self, int n) noexcept nogil:
         """Slots 0..n-1 hold inner packets: classify, encrypt each with its policy's SA, send; what the fast
-        path does not cover goes to the leftover batch (or is counted dropped when that is full)."""
+        path does not cover goes to the leftover batch (or is counted dropped when that is full).
+
+        Each run of consecutive packets of one SA is encrypted and sent under that SA's lock, and only one
+        lock is held at a time: with several workers (queues) sharing an SA, its sequence numbers leave in
+        order (one writer at a time), and no two workers can wait for each other."""
         cdef int i, pol, ns = 0, begun = 0, v, olen, L
         cdef void *cur = NULL
         cdef void *cx
-        cdef long drops = 0, sent
-        cdef int64_t gctr[3]
         self.ctr[K_BATCHES] += 1
         classify_rows(&self.buf[0], self.buf.shape[0], &self.off[0], &self.ln[0], NULL, n, self.table,
                       self.nsel_rows, &self.cls[0])
@@ -263,10 +255,12 @@ cdef class TxLoop:
             L = self.ln[i]
             pol = self.cls[i]
             cx = NULL
-            if 0 <= pol < self.npol and self.act[pol] == PROTECT and L <= self.inner_mtu:
+            if 0 <= pol < self.npol and L <= self.inner_mtu:
                 cx = self.ctx[pol]
             if cx != cur:
                 if cur != NULL and begun:
+                    self._send(ns)
+                    ns = 0
                     self.api.end(cur)
                 cur = cx
                 begun = cx != NULL and self.api.begin(cx, 1) == 0
@@ -283,18 +277,25 @@ cdef class TxLoop:
             else:
                 self.ctr[K_NOT_SENT] += 1
         if cur != NULL and begun:
+            self._send(ns)
             self.api.end(cur)
-        if ns:
-            gctr[0] = gctr[1] = gctr[2] = 0
-            sent = io_send(self.udp_fd, self.family, 1, &self.obuf[0], self.obuf.shape[0], &self.ooff[0],
-                           &self.oln[0], &self.sel[0], ns, self.gso, &drops, gctr)
-            if sent > 0:
-                self.ctr[K_ESP_SENT] += sent
-            self.ctr[K_SEND_DROPPED] += drops
-            self.ctr[K_GSO_TRAINS] += gctr[0]
-            self.ctr[K_GSO_DATAGRAMS] += gctr[1]
-            if gctr[2]:
-                self.ctr[K_GSO_REFUSED] = 1
+
+    cdef void _send(self, int ns) noexcept nogil:
+        """Send the encrypted slots sel[0..ns-1] (sendmmsg, or UDP GSO trains)."""
+        cdef long drops = 0, sent
+        cdef int64_t gctr[3]
+        if not ns:
+            return
+        gctr[0] = gctr[1] = gctr[2] = 0
+        sent = io_send(self.udp_fd, self.family, 1, &self.obuf[0], self.obuf.shape[0], &self.ooff[0],
+                       &self.oln[0], &self.sel[0], ns, self.gso, &drops, gctr)
+        if sent > 0:
+            self.ctr[K_ESP_SENT] += sent
+        self.ctr[K_SEND_DROPPED] += drops
+        self.ctr[K_GSO_TRAINS] += gctr[0]
+        self.ctr[K_GSO_DATAGRAMS] += gctr[1]
+        if gctr[2]:
+            self.ctr[K_GSO_REFUSED] = 1
 
     cdef void _leave(self, int i) noexcept nogil:
         cdef int L = self.ln[i]

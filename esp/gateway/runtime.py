@@ -37,7 +37,7 @@ from esp.batch import PacketBatch, Verdict
 from esp.dataplane import ESP_OVERHEAD_MAX, Dataplane
 from esp.errors import EspError
 from esp.sa import Direction, Lifetime, Sa, SaParams, UdpEncap
-from esp.spd import Policy, Selector
+from esp.spd import Action, Policy, Selector
 
 from esp import _core
 from esp.sad import SadSnapshot
@@ -63,6 +63,7 @@ NON_ESP_MARKER = b"\0\0\0\0"
 #: Pause after an I/O error before a data loop carries on (seconds): no busy loop on a dead device.
 IO_ERROR_PAUSE = 0.05
 _OK, _BYPASSED = int(Verdict.OK), int(Verdict.BYPASSED)
+_PROTECT = int(Action.PROTECT)
 #: Receive batch with UDP GRO on (slots), and the 64 KB GRO messages read per call: a few whole trains.
 GRO_BATCH = 256
 GRO_MESSAGES = 4
@@ -73,6 +74,8 @@ _VNET_SLOT = 65536 + 64
 TSO_BATCH = 512
 _VNET_NONE = bytes(10)  # a virtio_net_hdr saying "no offload": in front of packets written whole
 LOOPS = ("compiled", "python")
+#: Most queues (TUN queues, reuseport sockets, thread pairs) a gateway opens.
+MAX_QUEUES = 64
 #: Cycles the compiled loop runs before it returns to publish counters and look at the SAD/SPD versions.
 LOOP_CYCLES = 64
 
@@ -115,6 +118,10 @@ class GatewayConfig:
     #: in compiled code with the GIL released, Python only for what the fast path does not cover) or
     #: "python" (one Dataplane.outbound call per batch). A gateway with ``raw_esp`` always runs "python".
     loop: str = "compiled"
+    #: Data queues: a multi-queue TUN (IFF_MULTI_QUEUE, one fd per queue; the kernel spreads flows over them)
+    #: and as many SO_REUSEPORT sockets on the NAT-T port (the kernel spreads peers over them), each queue with
+    #: its own tx and rx thread. None: one per CPU. The Python loop and raw ESP run one queue.
+    queues: int | None = None
 
     def __post_init__(self) -> None:
         ipaddress.ip_address(self.local_addr)
@@ -124,6 +131,8 @@ class GatewayConfig:
             raise ValueError("nat_port must be 1..65535")
         if self.loop not in LOOPS:
             raise ValueError(f"loop must be one of {', '.join(LOOPS)}, not {self.loop!r}")
+        if self.queues is not None and not 1 <= self.queues <= MAX_QUEUES:
+            raise ValueError(f"queues must be 1..{MAX_QUEUES}")
         if not 1 <= self.batch_size <= 1024:
             raise ValueError("batch_size must be 1..1024")
         for name in ("mtu", "outer_mtu"):
@@ -170,6 +179,9 @@ class GatewayStats:
     io_errors: int = 0  # transient I/O errors (the loop carried on)
     last_io_error: str = ""
     errors: list[str] = field(default_factory=list)  # fatal: the gateway stopped
+    queues: int = 0  # data queues running (TUN queue + UDP socket + tx and rx thread each)
+    #: per queue: {"tun_read", "esp_sent", "esp_received", "tun_written"} (the totals above add them up)
+    per_queue: list[dict[str, int]] = field(default_factory=list)
 
 
 class _Slots:
@@ -204,6 +216,12 @@ class Gateway:
         #: The NAT-T port's IKE side (see GatewayConfig.ike_socket): give it to the IKE daemon.
         self.ike_socket: socket.socket | None = None
         self._stop = threading.Event()
+        #: Queues 1.. (queue 0 is self.tun / self.udp): (TUN queue, reuseport UDP socket) each.
+        self._extra: list[tuple[Tun, socket.socket]] = []
+        self._nq = 1
+        #: Taken by the data threads to fold counters into stats and the data plane, and around the Python
+        #: path they fall back to (the Dataplane runs one outbound batch at a time).
+        self._lock = threading.Lock()
         self._wake_r, self._wake_w = -1, -1
         self._threads: list[threading.Thread] = []
         self._sad_version = -1
@@ -216,17 +234,29 @@ class Gateway:
         """Open the TUN device and sockets, then start the threads. Raises GatewayError with the reason."""
         c = self.config
         af = socket.AF_INET if self.family == 4 else socket.AF_INET6
+        compiled = c.loop == "compiled" and not c.raw_esp and _loop is not None
+        self._nq = nq = (c.queues or os.cpu_count() or 1) if compiled else 1
         try:
             self.udp = self._socket(af, socket.SOCK_DGRAM, 0)
-            if c.ike_socket:
+            if c.ike_socket or nq > 1:
                 self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 self.udp.bind((c.local_addr, c.nat_port))
             except OSError as exc:
                 raise GatewayError(f"cannot bind UDP {c.local_addr} port {c.nat_port}: {exc.strerror}") from None
+            extra_udp = []
+            for _ in range(nq - 1):  # the rest of the reuseport group, before the IKE socket joins it
+                u = self._socket(af, socket.SOCK_DGRAM, 0)
+                extra_udp.append(u)
+                u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                u.bind((c.local_addr, self.nat_port))
+            self._extra = [(None, u) for u in extra_udp]  # type: ignore[misc]  # TUN queues follow
             if c.ike_socket:
-                self.ike_socket = _ike_socket_beside(self.udp, af, c.local_addr, self.nat_port)
+                self.ike_socket = _ike_socket_beside(self.udp, af, c.local_addr, self.nat_port, nq)
             self._probe_offloads()
+            for u in extra_udp:
+                if self._gro:
+                    u.setsockopt(socket.IPPROTO_UDP, _io.UDP_GRO, 1)
             if c.raw_esp:
                 try:
                     self.raw = self._socket(af, socket.SOCK_RAW, socket.IPPROTO_ESP)
@@ -240,12 +270,20 @@ class Gateway:
             st.tun_mtu = c.mtu if c.mtu is not None else st.inner_mtu
             try:
                 self.tun = self._open_tun()
+                self._extra = [(self._open_tun_queue(), u) for _, u in self._extra]
             except TunError as exc:
                 raise GatewayError(str(exc)) from None
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             self._stop.clear()
-            self._threads = [threading.Thread(target=self._guard, args=(self._tx_loop,), name="esp-tx", daemon=True),
-                             threading.Thread(target=self._guard, args=(self._rx_loop,), name="esp-rx", daemon=True)]
+            st.queues = nq
+            st.per_queue = [dict.fromkeys(("tun_read", "esp_sent", "esp_received", "tun_written"), 0)
+                            for _ in range(nq)]
+            self._threads = []
+            for q in range(nq):
+                sfx = str(q) if nq > 1 else ""
+                self._threads += [
+                    threading.Thread(target=self._guard, args=(self._tx_loop, q), name=f"esp-tx{sfx}", daemon=True),
+                    threading.Thread(target=self._guard, args=(self._rx_loop, q), name=f"esp-rx{sfx}", daemon=True)]
             for t in self._threads:
                 t.start()
         except BaseException:
@@ -305,6 +343,11 @@ class Gateway:
         return s
 
     def _close(self) -> None:
+        for t, u in self._extra:
+            u.close()
+            if t is not None:
+                t.close()
+        self._extra = []
         for s in (self.udp, self.raw, self.ike_socket):
             if s is not None:
                 s.close()
@@ -317,17 +360,25 @@ class Gateway:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
 
-    def _guard(self, loop: Callable[[], None]) -> None:
+    def _queue(self, q: int) -> tuple[int, int]:
+        """(TUN fd, UDP fd) of queue ``q``."""
+        if q == 0:
+            return self.tun.fileno(), self.udp.fileno()  # type: ignore[union-attr]
+        t, u = self._extra[q - 1]
+        return t.fileno(), u.fileno()
+
+    def _guard(self, loop: Callable[[int], None], q: int = 0) -> None:
         """Run a data loop; an I/O error (a TUN device going down, a socket error) is counted and the loop
         restarted after a pause, anything else stops the gateway with the reason in ``stats.errors``."""
         while not self._stop.is_set():
             try:
-                loop()
+                loop(q)
                 return
             except OSError as exc:
                 if self._stop.is_set():
                     return
-                self.stats.io_errors += 1
+                with self._lock:
+                    self.stats.io_errors += 1
                 self.stats.last_io_error = f"{threading.current_thread().name}: {exc}"
                 self._stop.wait(IO_ERROR_PAUSE)
             except Exception as exc:  # a data thread must not die silently
@@ -340,9 +391,10 @@ class Gateway:
         """The TUN device, with virtio_net_hdr segmentation offloads (TSO4/TSO6, USO, CSUM) where the kernel
         grants them and ``offload`` is on (esp.gateway._vnet probes and falls back), else a plain one."""
         c, st = self.config, self.stats
+        mq = self._nq > 1
         if not c.offload:
-            return open_tun(c.tun_name, addresses=c.tun_addresses, routes=c.routes, mtu=st.tun_mtu)
-        vt = open_vnet_tun(c.tun_name, offloads=OFFLOADS_ALL)
+            return open_tun(c.tun_name, addresses=c.tun_addresses, routes=c.routes, mtu=st.tun_mtu, multi_queue=mq)
+        vt = open_vnet_tun(c.tun_name, offloads=OFFLOADS_ALL, multi_queue=mq)
         tun = Tun(vt.fd, vt.name)
         try:
             tun.configure(addresses=c.tun_addresses, routes=c.routes, mtu=st.tun_mtu)
@@ -355,15 +407,26 @@ class Gateway:
             st.offloads += [f"tun_{o.name.lower()}" for o in Offload if o and o in vt.offloads] or ["tun_vnet_hdr"]
         return tun
 
-    def _tx_loop(self) -> None:
+    def _open_tun_queue(self) -> Tun:
+        """Another queue of the multi-queue TUN device (same name, same offloads as queue 0)."""
+        name = self.tun.name  # type: ignore[union-attr]
+        if not self.config.offload:
+            return open_tun(name, multi_queue=True)
+        vt = open_vnet_tun(name, offloads=OFFLOADS_ALL if self._vnet else Offload.NONE, multi_queue=True)
+        if vt.vnet_hdr != self._vnet or vt.uso != self._tun_uso:
+            os.close(vt.fd)
+            raise TunError(f"queue of {name} opened with other offloads than its first queue")
+        return Tun(vt.fd, vt.name)
+
+    def _tx_loop(self, q: int = 0) -> None:
         if self.config.loop == "compiled" and self.raw is None and _loop is not None:
             self.stats.tx_loop = "compiled"
-            self._tx_loop_compiled()
+            self._tx_loop_compiled(q)
             return
         self.stats.tx_loop = "python"
         self._tx_loop_python()
 
-    def _tx_loop_compiled(self) -> None:
+    def _tx_loop_compiled(self, q: int = 0) -> None:
         """The transmit thread on esp.gateway._loop: Python runs between runs of up to LOOP_CYCLES cycles
         (or a poll timeout), to publish a new SPD/SAD snapshot, fold the counters into the stats and the
         data plane, and send what the fast path left (no SA, bypass, too big) through :meth:`_tx_batch`."""
@@ -373,12 +436,13 @@ class Gateway:
         left, left_dst = _Slots(count, c.slot_size), _Slots(count, c.slot_size)
         sup = PacketBatch.empty(TSO_READS, _VNET_SLOT) if self._vnet else None
         ctr = np.zeros(_loop.COUNTERS, np.int64)
+        tun_fd, udp_fd = self._queue(q)
         self._with_resync(lambda resync: self._run_tx_loop(
-            _loop.TxLoop(_core.SA_API, self.tun.fileno(), self._wake_r, resync,  # type: ignore[union-attr]
-                         self.udp.fileno(), self.family, self._vnet, self._gso,  # type: ignore[union-attr]
-                         src, dst, sup, left.full, ctr), resync, ctr, left, left_dst))
+            _loop.TxLoop(_core.SA_API, tun_fd, self._wake_r, resync, udp_fd, self.family, self._vnet, self._gso,
+                         src, dst, sup, left.full, ctr), resync, ctr, left, left_dst, q))
 
-    def _run_tx_loop(self, loop: _loop.TxLoop, resync: int, ctr: np.ndarray, left: _Slots, left_dst: _Slots) -> None:
+    def _run_tx_loop(self, loop: _loop.TxLoop, resync: int, ctr: np.ndarray, left: _Slots, left_dst: _Slots,
+                     q: int) -> None:
         c, dp = self.config, self.dataplane
         seen = np.zeros(_loop.COUNTERS, np.int64)
         published = None
@@ -387,39 +451,45 @@ class Gateway:
             spd, sad = dp.spd.snapshot, dp.sad.snapshot
             if (spd.version, sad.version) != published:
                 published = (spd.version, sad.version)
-                if sad.version != self._sad_version:
-                    self._update_path_mtu()
-                self._publish(loop, spd, sad)
+                with self._lock:
+                    if sad.version != self._sad_version:
+                        self._update_path_mtu()
+                    self._publish(loop, spd, sad)
             rc = loop.run(LOOP_CYCLES, c.poll_ms)
-            self._fold_tx_counters(ctr, seen)
+            with self._lock:
+                self._fold_tx_counters(ctr, seen, q)
+                if loop.nleft:
+                    self._tx_batch(left, left_dst, loop.nleft)
+                if rc == _loop.GSO_REFUSED:
+                    ctr[_loop.C_GSO_REFUSED] = seen[_loop.C_GSO_REFUSED] = 0
+                    self._gso_refused()
+            if rc == _loop.GSO_REFUSED or not self._gso:
+                loop.gso = False
             if rc < 0:
                 raise OSError(-rc, "TUN read failed")
-            if loop.nleft:
-                self._tx_batch(left, left_dst, loop.nleft)
-            if rc == _loop.GSO_REFUSED:
-                ctr[_loop.C_GSO_REFUSED] = seen[_loop.C_GSO_REFUSED] = 0
-                self._gso_refused()
-                loop.gso = False
 
     def _publish(self, loop: _loop.TxLoop, spd: SpdSnapshot, sad: SadSnapshot) -> None:
-        """Give the compiled loop the policies and each PROTECT policy's outbound SA context (None for an SA
-        it cannot drive: its packets go to Python), and the inner MTU."""
+        """Give the compiled loop the policies and each PROTECT policy's outbound SA context (None for the
+        other policies, and for an SA it cannot drive: their packets go to Python), and the inner MTU."""
         table, actions = spd.compiled_table()
         contexts = []
-        for p in spd.policies:
-            e = sad.outbound.get(p.name)
+        for p, act in zip(spd.policies, actions):
+            e = sad.outbound.get(p.name) if int(act) == _PROTECT else None
             ctx = getattr(e.sa, "context", None) if e is not None else None
             contexts.append(ctx if isinstance(ctx, _core.SaContext) else None)
-        loop.publish(np.ascontiguousarray(table, np.uint64), np.ascontiguousarray(actions, np.int8), contexts,
-                     self.stats.inner_mtu)
+        loop.publish(np.ascontiguousarray(table, np.uint64), contexts, self.stats.inner_mtu)
 
-    def _fold_tx_counters(self, ctr: np.ndarray, seen: np.ndarray) -> None:
-        """Add what the compiled loop counted since the last call to the stats and the data plane."""
+    def _fold_tx_counters(self, ctr: np.ndarray, seen: np.ndarray, q: int = 0) -> None:
+        """Add what the compiled loop counted since the last call to the stats and the data plane (under
+        self._lock: the queues' threads fold into the same totals)."""
         d = ctr - seen
         seen[:] = ctr
         if not d.any():
             return
         st = self.stats
+        pq = st.per_queue[q]
+        pq["tun_read"] += int(d[_loop.C_TUN_READ])
+        pq["esp_sent"] += int(d[_loop.C_ESP_SENT])
         st.tun_read += int(d[_loop.C_TUN_READ])
         st.tso_super_packets += int(d[_loop.C_TSO_SUPER])
         st.tso_segments += int(d[_loop.C_TSO_SEGMENTS])
@@ -434,7 +504,7 @@ class Gateway:
         if verdicts.any():
             self.dataplane.note_outbound(verdicts)
 
-    def _tx_loop_python(self) -> None:
+    def _tx_loop_python(self, q: int = 0) -> None:
         c, st = self.config, self.stats
         count = max(c.batch_size, TSO_BATCH) if self._vnet else c.batch_size
         src, dst = _Slots(count, c.slot_size), _Slots(count, c.slot_size)
@@ -580,10 +650,10 @@ class Gateway:
         return n - len(big)
 
     # ------------------------------------------------------------------ rx: ESP -> TUN
-    def _rx_loop(self) -> None:
+    def _rx_loop(self, q: int = 0) -> None:
         if self.config.loop == "compiled" and self.raw is None and _loop is not None:
             self.stats.rx_loop = "compiled"
-            self._with_resync(self._rx_loop_compiled)
+            self._with_resync(lambda resync: self._rx_loop_compiled(resync, q))
             return
         self.stats.rx_loop = "python"
         self._rx_loop_python()
@@ -610,7 +680,7 @@ class Gateway:
             os.close(resync_r)
             os.close(resync_w)
 
-    def _rx_loop_compiled(self, resync: int) -> None:
+    def _rx_loop_compiled(self, resync: int, q: int = 0) -> None:
         """The receive thread on esp.gateway._loop.RxLoop; Python publishes the inbound SAs, folds counters
         and hands IKE messages to ``on_ike``."""
         c, dp = self.config, self.dataplane
@@ -624,8 +694,8 @@ class Gateway:
         ctr = np.zeros(_loop.COUNTERS, np.int64)
         seen = np.zeros(_loop.COUNTERS, np.int64)
         port = self.nat_port
-        loop = _loop.RxLoop(_core.SA_API, self.udp.fileno(), self._wake_r, resync,  # type: ignore[union-attr]
-                            self.tun.fileno(), self._vnet, self._tun_uso,  # type: ignore[union-attr]
+        tun_fd, udp_fd = self._queue(q)
+        loop = _loop.RxLoop(_core.SA_API, udp_fd, self._wake_r, resync, tun_fd, self._vnet, self._tun_uso,
                             ipaddress.ip_address(c.local_addr).packed, port, src, dst, coal, left, scratch, ctr)
         published = -1
         while not self._stop.is_set():
@@ -637,19 +707,23 @@ class Gateway:
                               for spi, e in sad.inbound_by_spi.items()
                               if isinstance(getattr(e.sa, "context", None), _core.SaContext)])
             rc = loop.run(LOOP_CYCLES, c.poll_ms)
-            self._fold_rx_counters(ctr, seen)
+            with self._lock:
+                self._fold_rx_counters(ctr, seen, q)
+                self.stats.ike_received += loop.nleft
             if rc < 0:
                 raise OSError(-rc, "UDP receive failed")
             for i in range(loop.nleft):  # IKE: rare, handed over one message at a time
-                self.stats.ike_received += 1
                 self._deliver_ike(left.packet(i), port)
 
-    def _fold_rx_counters(self, ctr: np.ndarray, seen: np.ndarray) -> None:
+    def _fold_rx_counters(self, ctr: np.ndarray, seen: np.ndarray, q: int = 0) -> None:
         d = ctr - seen
         seen[:] = ctr
         if not d.any():
             return
         st = self.stats
+        pq = st.per_queue[q]
+        pq["esp_received"] += int(d[_loop.C_ESP_RECEIVED])
+        pq["tun_written"] += int(d[_loop.C_TUN_WRITTEN])
         st.esp_received += int(d[_loop.C_ESP_RECEIVED])
         st.rx_batches += int(d[_loop.C_BATCHES])
         st.gro_trains += int(d[_loop.C_GRO_TRAINS])
@@ -663,7 +737,7 @@ class Gateway:
         if verdicts.any():
             self.dataplane.note_inbound(verdicts)
 
-    def _rx_loop_python(self) -> None:
+    def _rx_loop_python(self, q: int = 0) -> None:
         c, st, dp = self.config, self.stats, self.dataplane
         # with GRO a read may bring trains of up to 64 datagrams: room for a few whole ones per call
         count = max(c.batch_size, GRO_BATCH) if self._gro else c.batch_size
@@ -754,13 +828,22 @@ class Gateway:
 # Classic BPF run by the kernel on each datagram for the NAT-T port's reuseport group (data = UDP payload):
 # a zero first word (the non-ESP marker) selects socket 1 (IKE), anything else socket 0 (ESP). A datagram
 # shorter than 4 bytes (a NAT keepalive) fails the load and returns 0: the data plane counts and drops it.
-_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x20, 0x15, 0x06
-_SPLIT_PROGRAM = ((_BPF_LD_W_ABS, 0, 0, 0), (_BPF_JEQ_K, 0, 1, 0), (_BPF_RET_K, 0, 0, 1), (_BPF_RET_K, 0, 0, 0))
+# With n ESP sockets (queues) ahead of the IKE one, IKE is socket n and ESP goes to socket rxhash % n.
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_RET_K, _BPF_MOD_K, _BPF_RET_A = 0x20, 0x15, 0x06, 0x94, 0x16
+_SKF_AD_RXHASH = 0xFFFFF000 + 32  # SKF_AD_OFF + SKF_AD_RXHASH: the packet's flow hash
 SO_ATTACH_REUSEPORT_CBPF = 51
 
 
-def _ike_socket_beside(esp_sock: socket.socket, af: int, addr: str, port: int) -> socket.socket:
-    """Bind a second socket to the ESP socket's address and port and steer IKE to it in the kernel."""
+def _split_program(n: int) -> tuple[tuple[int, int, int, int], ...]:
+    if n == 1:
+        return ((_BPF_LD_W_ABS, 0, 0, 0), (_BPF_JEQ_K, 0, 1, 0), (_BPF_RET_K, 0, 0, 1), (_BPF_RET_K, 0, 0, 0))
+    return ((_BPF_LD_W_ABS, 0, 0, 0), (_BPF_JEQ_K, 0, 1, 0), (_BPF_RET_K, 0, 0, n),
+            (_BPF_LD_W_ABS, 0, 0, _SKF_AD_RXHASH), (_BPF_MOD_K, 0, 0, n), (_BPF_RET_A, 0, 0, 0))
+
+
+def _ike_socket_beside(esp_sock: socket.socket, af: int, addr: str, port: int, n_esp: int = 1) -> socket.socket:
+    """Bind one more socket to the ESP sockets' address and port (``n_esp`` of them, one per queue, bound
+    first) and steer IKE to it in the kernel."""
     import ctypes
 
     ike = socket.socket(af, socket.SOCK_DGRAM)
@@ -768,10 +851,11 @@ def _ike_socket_beside(esp_sock: socket.socket, af: int, addr: str, port: int) -
         if af == socket.AF_INET6:
             ike.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         ike.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        ike.bind((addr, port))  # second in the group: index 1
-        code = b"".join(struct.pack("=HBBI", *ins) for ins in _SPLIT_PROGRAM)
+        ike.bind((addr, port))  # last in the group: index n_esp
+        program = _split_program(n_esp)
+        code = b"".join(struct.pack("=HBBI", *ins) for ins in program)
         buf = ctypes.create_string_buffer(code, len(code))
-        fprog = struct.pack("@HP", len(_SPLIT_PROGRAM), ctypes.addressof(buf))
+        fprog = struct.pack("@HP", len(program), ctypes.addressof(buf))
         esp_sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
         ike.setblocking(False)
     except OSError as exc:
@@ -912,7 +996,7 @@ def apply_static(dp: Dataplane, policies: list[Policy], sas: list[tuple[Sa, str 
 
 
 def run_static(path: str | os.PathLike, *, ready: Callable[[Gateway], None] | None = None,
-               offload: bool | None = None, loop: str | None = None) -> GatewayStats:
+               offload: bool | None = None, loop: str | None = None, queues: int | None = None) -> GatewayStats:
     """Run a gateway with statically configured policies and SAs until SIGTERM/SIGINT; SIGHUP reloads the
     file (see :func:`apply_static`).
 
@@ -923,6 +1007,8 @@ def run_static(path: str | os.PathLike, *, ready: Callable[[Gateway], None] | No
         cfg = dataclasses.replace(cfg, offload=offload)
     if loop is not None:  # the command line's --loop over the file's "loop"
         cfg = dataclasses.replace(cfg, loop=loop)
+    if queues is not None:  # and --queues over "queues"
+        cfg = dataclasses.replace(cfg, queues=queues)
     dp = Dataplane()
     apply_static(dp, pols, sas)
     gw = Gateway(cfg, dp)
