@@ -9,7 +9,8 @@ MTU) and gets control back when
 
 * the wake fd is readable (stop), the resync fd is readable (the SPD or SAD changed: Python publishes the new
   snapshot before another packet is encrypted), or a poll times out,
-* ``cycles`` cycles have run (counters published, SAD/SPD version checked),
+* ``cycles`` cycles have run or ``budget_ms`` has passed (counters published, SA expiry events raised: a soft
+  lifetime that runs out is seen by the key manager within about that time),
 * a packet needs Python: no PROTECT policy with an SA (bypass, discard, acquire), longer than the inner MTU
   (ICMP too big / fragmenting), or an SA context this thread cannot drive: it is copied into the *leftover*
   batch, which Python sends through today's path (esp.gateway.runtime ``_tx_batch``), so nothing is lost,
@@ -23,6 +24,7 @@ from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.stdint cimport uint8_t, int8_t, int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from esp._saapi cimport ESPRESSO_SA_API_VERSION, espresso_sa_api
 from esp._classify cimport classify_rows, demux_rows
@@ -84,6 +86,12 @@ cdef enum:
     V_DISCARDED = 11
     V_BYPASSED = 12
     VNET_HDR = 10    # virtio_net_hdr size
+
+
+cdef inline long _ms_since(const timespec *t0) noexcept nogil:
+    cdef timespec t
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) // 1000000
 
 
 cdef class TxLoop:
@@ -169,22 +177,24 @@ cdef class TxLoop:
         self.nsel_rows = table.shape[0]
         self.inner_mtu = inner_mtu
 
-    def run(self, int cycles, int poll_ms) -> int:
+    def run(self, int cycles, int poll_ms, int budget_ms=10) -> int:
         """Run up to ``cycles`` cycles with the GIL released; returns why it stopped (STOP, IDLE, CYCLES_DONE,
         LEFTOVER: ``nleft`` packets wait in the leftover batch, GSO_REFUSED, RESYNC) or -errno of a failed
         read/poll."""
         cdef int r
         self.nleft = 0
         with nogil:
-            r = self._run(cycles, poll_ms)
+            r = self._run(cycles, poll_ms, budget_ms)
         return r
 
-    cdef int _run(self, int cycles, int poll_ms) noexcept nogil:
+    cdef int _run(self, int cycles, int poll_ms, int budget_ms) noexcept nogil:
         cdef int fds[3]
         cdef int c, r, j, n, segs
         cdef long m
         cdef Parsed p
         cdef Py_ssize_t k
+        cdef timespec t0
+        clock_gettime(CLOCK_MONOTONIC, &t0)
         fds[0] = self.tun_fd
         fds[1] = self.wake_fd
         fds[2] = self.resync_fd
@@ -236,6 +246,8 @@ cdef class TxLoop:
                 return K_GSO_REFUSED_RC
             if self.nleft:
                 return K_LEFTOVER
+            if _ms_since(&t0) >= budget_ms:
+                break
         return K_CYCLES_DONE
 
     cdef void _batch(self, int n) noexcept nogil:
@@ -403,19 +415,21 @@ cdef class RxLoop:
         free(self.sas)
         self.sas, self.nsas, self._refs = t, n, refs
 
-    def run(self, int cycles, int poll_ms) -> int:
+    def run(self, int cycles, int poll_ms, int budget_ms=10) -> int:
         """As TxLoop.run; LEFTOVER: ``nleft`` IKE messages (whole packets, outer headers synthesized) wait
         in the leftover batch."""
         cdef int r
         self.nleft = 0
         with nogil:
-            r = self._run(cycles, poll_ms)
+            r = self._run(cycles, poll_ms, budget_ms)
         return r
 
-    cdef int _run(self, int cycles, int poll_ms) noexcept nogil:
+    cdef int _run(self, int cycles, int poll_ms, int budget_ms) noexcept nogil:
         cdef int fds[3]
         cdef int c, r
         cdef long m
+        cdef timespec t0
+        clock_gettime(CLOCK_MONOTONIC, &t0)
         fds[0] = self.udp_fd
         fds[1] = self.wake_fd
         fds[2] = self.resync_fd
@@ -443,6 +457,8 @@ cdef class RxLoop:
                 self._batch(<int>m)
             if self.nleft:
                 return K_LEFTOVER
+            if _ms_since(&t0) >= budget_ms:
+                break
         return K_CYCLES_DONE
 
     cdef InSa *_find(self, uint32_t spi) noexcept nogil:

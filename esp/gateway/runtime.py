@@ -6,11 +6,14 @@ crypto (so they run in parallel on two cores, and neither shares a thread with I
 * **tx**: TUN --read() loop--> :meth:`Dataplane.outbound` --sendmmsg--> UDP 4500 (RFC 3948) or raw ESP
 * **rx**: UDP 4500 / raw ESP --recvmmsg--> :meth:`Dataplane.inbound` --write() loop--> TUN
 
-With ``loop = "compiled"`` (the default) the tx thread runs esp.gateway._loop: whole cycles of read, segment,
-classify, encrypt and send in compiled code with the GIL released; Python only publishes the SPD/SAD snapshot
-when a watcher on them fires, folds the loop's counters into the stats, and sends through the Python path what
-the fast path leaves (no SA yet, bypass, too big for the path). With ``loop = "python"`` (and raw ESP), per
-batch Python runs a fixed number of numpy operations and one core call per SA. The rx thread runs the latter. ESP and IKE share the NAT-T port (the kernel cannot tell them apart), so the gateway owns that
+With ``loop = "compiled"`` (the default) both threads run esp.gateway._loop: whole cycles of read, segment,
+classify, encrypt and send (and back) in compiled code with the GIL released; Python only publishes the
+SPD/SAD snapshot when a watcher on them fires, folds the loops' counters into the stats, and handles what the
+fast path leaves (no SA yet, bypass, too big for the path, IKE). There is then one tx and one rx thread per
+queue (``queues``: multi-queue TUN + SO_REUSEPORT sockets). With ``loop = "python"`` (and raw ESP), one pair
+of threads runs a fixed number of numpy operations and one core call per SA per batch.
+
+ESP and IKE share the NAT-T port (the kernel cannot tell them apart), so the gateway owns that
 socket: IKE messages (non-ESP marker) are passed to ``on_ike`` and IKE sends through :meth:`send_ike`.
 
 The key manager drives :attr:`Gateway.dataplane` (see :mod:`esp.dataplane`); without IKE, SAs can be
@@ -32,16 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
+from esp import _core
 from esp._document import DocumentTooDeep, parse_document
 from esp.batch import PacketBatch, Verdict
 from esp.dataplane import ESP_OVERHEAD_MAX, Dataplane
 from esp.errors import EspError
 from esp.sa import Direction, Lifetime, Sa, SaParams, UdpEncap
-from esp.spd import Action, Policy, Selector
-
-from esp import _core
 from esp.sad import SadSnapshot
-from esp.spd import SpdSnapshot
+from esp.spd import Action, Policy, Selector, SpdSnapshot
 
 from . import _io
 try:
@@ -76,8 +77,10 @@ _VNET_NONE = bytes(10)  # a virtio_net_hdr saying "no offload": in front of pack
 LOOPS = ("compiled", "python")
 #: Most queues (TUN queues, reuseport sockets, thread pairs) a gateway opens.
 MAX_QUEUES = 64
-#: Cycles the compiled loop runs before it returns to publish counters and look at the SAD/SPD versions.
+#: Cycles, and milliseconds, the compiled loop runs at most before it returns to fold counters and raise SA
+#: expiry events (a soft lifetime running out reaches the key manager within about LOOP_MS).
 LOOP_CYCLES = 64
+LOOP_MS = 10
 
 
 class GatewayError(EspError):
@@ -455,7 +458,7 @@ class Gateway:
                     if sad.version != self._sad_version:
                         self._update_path_mtu()
                     self._publish(loop, spd, sad)
-            rc = loop.run(LOOP_CYCLES, c.poll_ms)
+            rc = loop.run(LOOP_CYCLES, c.poll_ms, LOOP_MS)
             with self._lock:
                 self._fold_tx_counters(ctr, seen, q)
                 if loop.nleft:
@@ -706,7 +709,7 @@ class Gateway:
                 loop.publish([(spi, e.sa.context, e.check.table if e.check is not None else None)
                               for spi, e in sad.inbound_by_spi.items()
                               if isinstance(getattr(e.sa, "context", None), _core.SaContext)])
-            rc = loop.run(LOOP_CYCLES, c.poll_ms)
+            rc = loop.run(LOOP_CYCLES, c.poll_ms, LOOP_MS)
             with self._lock:
                 self._fold_rx_counters(ctr, seen, q)
                 self.stats.ike_received += loop.nleft
