@@ -45,6 +45,7 @@ MODULES = {
     "esp.gateway._io": ("esp/gateway/_io.pyx", []),
     "esp._pcapio": ("esp/_pcapio.pyx", []),
     "esp.gateway._offload": ("esp/gateway/_offload.pyx", []),
+    "esp.gateway._loop": ("esp/gateway/_loop.pyx", []),
     "bench._ceilings": ("bench/_ceilings.pyx", crypto_libs),
     "ike._modp": ("ike/_modp.pyx", ["crypto"]),
 }

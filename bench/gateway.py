@@ -6,6 +6,8 @@ each side's ``lo``, iperf3 between the inner addresses (the outer ones for ``vet
 * ``veth``: no tunnel, iperf3 straight over the veth pair: the ceiling of the path (64 KB TSO super-packets);
 * ``espresso``: ``python -m esp gateway`` on both sides (static SAs, aes128gcm16 in UDP 4500), offloads on;
 * ``espresso_no_offload``: the same with ``--no-offload`` (one packet per TUN read/write and per datagram);
+* ``espresso_pyloop``: offloads on, but the Python data loops (``--loop python``: one Dataplane call and a
+  few numpy operations per batch, the GIL taken per batch) instead of the compiled ones;
 * ``wireguard_go``: wireguard-go from Debian 12 (0.0.20220316, before upstream's offload work);
 * ``strongswan``: charon with kernel-libipsec (its userspace ESP), aes128gcm16 in UDP 4500, certificates.
 
@@ -242,6 +244,7 @@ CONTENDERS: dict[str, Callable] = {
     "veth": veth,
     "espresso": _espresso(()),
     "espresso_no_offload": _espresso(("--no-offload",)),
+    "espresso_pyloop": _espresso(("--loop", "python")),
     "wireguard_go": wireguard_go,
     "strongswan": strongswan,
 }

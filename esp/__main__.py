@@ -38,6 +38,13 @@ def _build() -> argparse.ArgumentParser:
     gw.add_argument("--no-offload", dest="offload", action="store_false", default=None,
                     help="do not use UDP GSO/GRO even where the kernel has them (the file's \"offload\" key "
                          "says the same; the final counters list the offloads in use)")
+    gw.add_argument("--loop", choices=("compiled", "python"), default=None,
+                    help="the data loops: compiled (the default: read, segment, classify, encrypt and send in "
+                         "compiled code with the GIL released) or python (one Dataplane call per batch); over "
+                         "the file's \"loop\" key. The final counters say which ran (tx_loop, rx_loop)")
+    gw.add_argument("--queues", type=int, default=None, metavar="N",
+                    help="data queues (multi-queue TUN + SO_REUSEPORT sockets, a tx and an rx thread each; "
+                         "default one per CPU; the Python loop runs one); over the file's \"queues\" key")
     pc = sub.add_parser("pcap", help="decrypt, encrypt or replay capture files through ESP SAs")
     ps = pc.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
@@ -104,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build().parse_args(argv)
     try:
         if args.group == "gateway":
-            return _gateway(args.config, args.offload)
+            return _gateway(args.config, args.offload, args.loop, args.queues)
         return _run(args)
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
@@ -113,12 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _gateway(path: str, offload: bool | None = None) -> int:
+def _gateway(path: str, offload: bool | None = None, loop: str | None = None, queues: int | None = None) -> int:
     from esp.errors import EspError
     from esp.gateway import run_static
 
     try:
-        run_static(path, offload=offload)
+        run_static(path, offload=offload, loop=loop, queues=queues)
     except OSError as exc:
         return _fail(f"{path}: {exc.strerror or exc}")
     except (EspError, ValueError, KeyError) as exc:

@@ -163,3 +163,15 @@ def esp_demux(const uint8_t[::1] buf, const int64_t[::1] offsets, const int32_t[
 
 
 __all__ = ["classify", "esp_demux", "SELECTOR_COLUMNS"]
+
+
+cdef void classify_rows(const uint8_t *buf, int64_t buflen, const int64_t *off, const int32_t *len,
+                        const int32_t *rows, int n, const uint64_t *t, int k, int32_t *out) noexcept nogil:
+    """:func:`classify` for compiled callers that hold the arena and the table themselves (no checks here)."""
+    espio_classify(buf, buflen, off, len, rows, n, t, k, out)
+
+
+cdef void demux_rows(const uint8_t *buf, int64_t buflen, const int64_t *off, const int32_t *len, int n,
+                     uint32_t *spi, uint8_t *kind) noexcept nogil:
+    """:func:`esp_demux` for compiled callers (no checks here)."""
+    espio_demux(buf, buflen, off, len, n, spi, kind)

@@ -65,6 +65,7 @@ _OK, _MALFORMED, _NO_SA, _DISCARDED, _BYPASSED = (int(Verdict.OK), int(Verdict.M
 _POLICY_MISMATCH, _EXPIRED, _SEQ_EXHAUSTED = (int(Verdict.POLICY_MISMATCH), int(Verdict.EXPIRED),
                                               int(Verdict.SEQ_EXHAUSTED))
 _PROTECT, _BYPASS = int(Action.PROTECT), int(Action.BYPASS)
+_NO_VERDICTS, _SEQ_OUT = np.zeros(0, np.uint8), np.array([_SEQ_EXHAUSTED], np.uint8)
 
 
 def _addr(version: int, hi: int, lo: int) -> str:
@@ -224,6 +225,28 @@ class Dataplane:
         status[:n] = verdicts
         self._out += np.bincount(verdicts, minlength=_NV)[:_NV]
         return verdicts
+
+    def note_outbound(self, verdict_counts: np.ndarray) -> None:
+        """Account for outbound packets a compiled loop encrypted through the SAs directly (esp/_saapi.h):
+        add its per-verdict counts (indexed by verdict code) and raise the expiry events the SAs now call for,
+        as :meth:`outbound` would have."""
+        counts = np.asarray(verdict_counts, np.int64)[:_NV]
+        self._out[:len(counts)] += counts
+        seq_out = bool(counts[_SEQ_EXHAUSTED]) if len(counts) > _SEQ_EXHAUSTED else False
+        for entry in self.sad.snapshot.outbound_by_spi.values():
+            sa = entry.sa
+            if seq_out and sa.counters.seq_exhausted:
+                self._check_expiry(entry, _SEQ_OUT, 0)
+            elif sa.soft_expired:
+                self._check_expiry(entry, _NO_VERDICTS, 0)
+
+    def note_inbound(self, verdict_counts: np.ndarray) -> None:
+        """:meth:`note_outbound` for received packets a compiled loop decrypted and policy-checked itself."""
+        counts = np.asarray(verdict_counts, np.int64)[:_NV]
+        self._in[:len(counts)] += counts
+        for entry in self.sad.snapshot.inbound_by_spi.values():
+            if entry.sa.soft_expired:
+                self._check_expiry(entry, _NO_VERDICTS, 0)
 
     # ------------------------------------------------------------------ inbound
     def inbound(self, batch: Any, out: Any = None, now: float | None = None) -> np.ndarray:

@@ -212,6 +212,12 @@ class Sa:
         return int(self._ctx.seq)
 
     @property
+    def context(self) -> _core.SaContext:
+        """The compiled context, for compiled code that drives the SA through ``esp._core.SA_API``
+        (esp/_saapi.h: the gateway's data loop): it owns the sequence number, so every caller shares it."""
+        return self._ctx
+
+    @property
     def soft_expired(self) -> bool:
         return bool(self._ctx.soft_expired)
 

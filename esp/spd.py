@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Union
 
@@ -488,6 +488,11 @@ class SpdSnapshot:
         h = parse_headers(buf, offsets, lengths, count)
         return self.classify_headers(h), h
 
+    def compiled_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """(selector table, action per policy): what a compiled classifier (esp._classify) needs to find the
+        same policy index as :meth:`classify_batch`."""
+        return self._sel.table, self._actions
+
     def actions_of(self, index: np.ndarray) -> np.ndarray:
         """The action per packet for a policy index array (-1 where there is no policy)."""
         acts = np.full(len(index), -1, dtype=np.int8)
@@ -512,6 +517,7 @@ class Spd:
 
     def __init__(self, policies: Iterable[Policy] = ()) -> None:
         self._lock = threading.Lock()
+        self._watchers: tuple[Callable[[], None], ...] = ()
         pols = list(policies)
         _check_unique(pols)
         self._snapshot = SpdSnapshot.build(pols, 0)
@@ -562,8 +568,20 @@ class Spd:
                     return p
             raise KeyError(f"no policy named {name!r}")
 
+    def watch(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` (in the writer's thread, after the new snapshot is in place) on every change: how a
+        compiled data loop, which holds a copy of the tables, learns it must take a new one. Keep it short."""
+        with self._lock:
+            self._watchers += (fn,)
+
+    def unwatch(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            self._watchers = tuple(w for w in self._watchers if w is not fn)
+
     def _swap(self, pols: list[Policy]) -> None:
         self._snapshot = SpdSnapshot.build(pols, self._snapshot.version + 1)
+        for fn in self._watchers:
+            fn()
 
     def classify(self, batch: object) -> np.ndarray:
         """Policy index per packet of a PacketBatch (against the current snapshot)."""

@@ -555,3 +555,37 @@ def tun_write(int fd, const uint8_t[::1] buf, const int64_t[::1] offsets, const 
     with nogil:
         r = espio_write(fd, &buf[0], buf.shape[0], &offsets[0], &lengths[0], &select[0], select.shape[0], &drops)
     return r, drops
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The same calls for compiled callers (esp/gateway/_loop.pyx), declared in _io.pxd: no checks, no GIL.
+
+cdef long io_read(int fd, uint8_t *buf, int64_t buflen, const int64_t *off, int32_t *len, const int32_t *cap,
+                  int max) noexcept nogil:
+    return espio_read(fd, buf, buflen, off, len, cap, max)
+
+
+cdef long io_send(int fd, int fam, int udp, const uint8_t *buf, int64_t buflen, const int64_t *off,
+                  const int32_t *len, const int32_t *sel, int nsel, int gso, long *drops,
+                  int64_t *ctr) noexcept nogil:
+    return espio_send(fd, fam, udp, buf, buflen, off, len, sel, nsel, gso, drops, ctr)
+
+
+cdef int io_poll(const int *fds, int nfds, int timeout_ms) noexcept nogil:
+    return espio_poll(fds, nfds, timeout_ms)
+
+
+cdef long io_recv(int fd, uint8_t *buf, int64_t buflen, const int64_t *off, int32_t *len, const int32_t *cap,
+                  int max, int synth, const uint8_t *laddr, int lfam, int lport) noexcept nogil:
+    return espio_recv(fd, buf, buflen, off, len, cap, max, synth, laddr, lfam, lport)
+
+
+cdef long io_recv_gro(int fd, uint8_t *buf, int64_t buflen, const int64_t *off, int32_t *len, const int32_t *cap,
+                      int max, int synth, const uint8_t *laddr, int lfam, int lport, uint8_t *scratch,
+                      int64_t scratch_len, int64_t *ctr) noexcept nogil:
+    return espio_recv_gro(fd, buf, buflen, off, len, cap, max, synth, laddr, lfam, lport, scratch, scratch_len, ctr)
+
+
+cdef long io_write(int fd, const uint8_t *buf, int64_t buflen, const int64_t *off, const int32_t *len,
+                   const int32_t *sel, int nsel, long *drops) noexcept nogil:
+    return espio_write(fd, buf, buflen, off, len, sel, nsel, drops)

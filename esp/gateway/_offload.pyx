@@ -213,9 +213,7 @@ cdef inline int slot_ok(int64_t off, int32_t cap, Py_ssize_t need, Py_ssize_t bu
 # ---------------------------------------------------------------------------------------------------------
 # Parsing a virtio_net_hdr + packet
 
-cdef struct Parsed:
-    int flags, gso, ecn, gso_size, hdr_len, csum_start, csum_offset
-    int version, ip_hlen, ip_len, proto, l4_off, hlen, segments
+# Parsed (what vnet_parse finds) is declared in _offload.pxd, for the compiled data loop too.
 
 
 cdef inline bint ipv6_ext(int nh) noexcept nogil:

@@ -6,8 +6,14 @@ crypto (so they run in parallel on two cores, and neither shares a thread with I
 * **tx**: TUN --read() loop--> :meth:`Dataplane.outbound` --sendmmsg--> UDP 4500 (RFC 3948) or raw ESP
 * **rx**: UDP 4500 / raw ESP --recvmmsg--> :meth:`Dataplane.inbound` --write() loop--> TUN
 
-Per batch, Python runs a fixed number of numpy operations and one core call per SA; nothing is done per
-packet. ESP and IKE share the NAT-T port (the kernel cannot tell them apart), so the gateway owns that
+With ``loop = "compiled"`` (the default) both threads run esp.gateway._loop: whole cycles of read, segment,
+classify, encrypt and send (and back) in compiled code with the GIL released; Python only publishes the
+SPD/SAD snapshot when a watcher on them fires, folds the loops' counters into the stats, and handles what the
+fast path leaves (no SA yet, bypass, too big for the path, IKE). There is then one tx and one rx thread per
+queue (``queues``: multi-queue TUN + SO_REUSEPORT sockets). With ``loop = "python"`` (and raw ESP), one pair
+of threads runs a fixed number of numpy operations and one core call per SA per batch.
+
+ESP and IKE share the NAT-T port (the kernel cannot tell them apart), so the gateway owns that
 socket: IKE messages (non-ESP marker) are passed to ``on_ike`` and IKE sends through :meth:`send_ike`.
 
 The key manager drives :attr:`Gateway.dataplane` (see :mod:`esp.dataplane`); without IKE, SAs can be
@@ -29,15 +35,21 @@ from pathlib import Path
 
 import numpy as np
 
+from esp import _core
 from esp._document import DocumentTooDeep, parse_document
 from esp.batch import PacketBatch, Verdict
 from esp.dataplane import ESP_OVERHEAD_MAX, Dataplane
 from esp.errors import EspError
 from esp.keyfile import KeyFileError, check_secret_file
 from esp.sa import Direction, Lifetime, Sa, SaParams, UdpEncap
-from esp.spd import Policy, Selector
+from esp.sad import SadSnapshot
+from esp.spd import Action, Policy, Selector, SpdSnapshot
 
 from . import _io
+try:
+    from . import _loop
+except ImportError:  # pragma: no cover - setup.py builds it; without it the python loop runs
+    _loop = None  # type: ignore[assignment]
 from .pmtu import DEFAULT_OUTER_MTU, DEFAULT_SUITE, fragment_ipv4, max_inner, too_big_reply
 from . import _offload
 from ._vnet import OFFLOADS_ALL, Offload, open_vnet_tun
@@ -53,6 +65,7 @@ NON_ESP_MARKER = b"\0\0\0\0"
 #: Pause after an I/O error before a data loop carries on (seconds): no busy loop on a dead device.
 IO_ERROR_PAUSE = 0.05
 _OK, _BYPASSED = int(Verdict.OK), int(Verdict.BYPASSED)
+_PROTECT = int(Action.PROTECT)
 #: Receive batch with UDP GRO on (slots), and the 64 KB GRO messages read per call: a few whole trains.
 GRO_BATCH = 256
 GRO_MESSAGES = 4
@@ -62,6 +75,13 @@ TSO_READS = 8
 _VNET_SLOT = 65536 + 64
 TSO_BATCH = 512
 _VNET_NONE = bytes(10)  # a virtio_net_hdr saying "no offload": in front of packets written whole
+LOOPS = ("compiled", "python")
+#: Most queues (TUN queues, reuseport sockets, thread pairs) a gateway opens.
+MAX_QUEUES = 64
+#: Cycles, and milliseconds, the compiled loop runs at most before it returns to fold counters and raise SA
+#: expiry events (a soft lifetime running out reaches the key manager within about LOOP_MS).
+LOOP_CYCLES = 64
+LOOP_MS = 10
 
 
 class GatewayError(EspError):
@@ -98,6 +118,14 @@ class GatewayConfig:
     #: socket. ESP never reaches it and IKE never reaches the data threads (SO_REUSEPORT + a classic BPF
     #: program that looks at the first four bytes). Without it IKE goes through ``on_ike``/``send_ike``.
     ike_socket: bool = False
+    #: The transmit data loop: "compiled" (esp.gateway._loop: read, segment, classify, encrypt and send
+    #: in compiled code with the GIL released, Python only for what the fast path does not cover) or
+    #: "python" (one Dataplane.outbound call per batch). A gateway with ``raw_esp`` always runs "python".
+    loop: str = "compiled"
+    #: Data queues: a multi-queue TUN (IFF_MULTI_QUEUE, one fd per queue; the kernel spreads flows over them)
+    #: and as many SO_REUSEPORT sockets on the NAT-T port (the kernel spreads peers over them), each queue with
+    #: its own tx and rx thread. None: one per CPU. The Python loop and raw ESP run one queue.
+    queues: int | None = None
 
     def __post_init__(self) -> None:
         ipaddress.ip_address(self.local_addr)
@@ -105,6 +133,10 @@ class GatewayConfig:
         object.__setattr__(self, "routes", tuple(self.routes))
         if not 0 < self.nat_port < 65536:
             raise ValueError("nat_port must be 1..65535")
+        if self.loop not in LOOPS:
+            raise ValueError(f"loop must be one of {', '.join(LOOPS)}, not {self.loop!r}")
+        if self.queues is not None and not 1 <= self.queues <= MAX_QUEUES:
+            raise ValueError(f"queues must be 1..{MAX_QUEUES}")
         if not 1 <= self.batch_size <= 1024:
             raise ValueError("batch_size must be 1..1024")
         for name in ("mtu", "outer_mtu"):
@@ -144,11 +176,16 @@ class GatewayStats:
     tso_segments: int = 0  # ... and the packets cut from them
     tun_gro_packets: int = 0  # decrypted packets handed to userspace GRO (tun_written counts the writes)
     offload_fallback: str = ""  # why an offload was turned off while running (the kernel refused it)
+    tx_loop: str = ""  # the transmit loop running: "compiled" (esp.gateway._loop) or "python"
+    rx_loop: str = ""  # the receive loop running, the same way
     tx_batches: int = 0
     rx_batches: int = 0
     io_errors: int = 0  # transient I/O errors (the loop carried on)
     last_io_error: str = ""
     errors: list[str] = field(default_factory=list)  # fatal: the gateway stopped
+    queues: int = 0  # data queues running (TUN queue + UDP socket + tx and rx thread each)
+    #: per queue: {"tun_read", "esp_sent", "esp_received", "tun_written"} (the totals above add them up)
+    per_queue: list[dict[str, int]] = field(default_factory=list)
 
 
 class _Slots:
@@ -183,6 +220,12 @@ class Gateway:
         #: The NAT-T port's IKE side (see GatewayConfig.ike_socket): give it to the IKE daemon.
         self.ike_socket: socket.socket | None = None
         self._stop = threading.Event()
+        #: Queues 1.. (queue 0 is self.tun / self.udp): (TUN queue, reuseport UDP socket) each.
+        self._extra: list[tuple[Tun, socket.socket]] = []
+        self._nq = 1
+        #: Taken by the data threads to fold counters into stats and the data plane, and around the Python
+        #: path they fall back to (the Dataplane runs one outbound batch at a time).
+        self._lock = threading.Lock()
         self._wake_r, self._wake_w = -1, -1
         self._threads: list[threading.Thread] = []
         self._sad_version = -1
@@ -195,17 +238,29 @@ class Gateway:
         """Open the TUN device and sockets, then start the threads. Raises GatewayError with the reason."""
         c = self.config
         af = socket.AF_INET if self.family == 4 else socket.AF_INET6
+        compiled = c.loop == "compiled" and not c.raw_esp and _loop is not None
+        self._nq = nq = (c.queues or os.cpu_count() or 1) if compiled else 1
         try:
             self.udp = self._socket(af, socket.SOCK_DGRAM, 0)
-            if c.ike_socket:
+            if c.ike_socket or nq > 1:
                 self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 self.udp.bind((c.local_addr, c.nat_port))
             except OSError as exc:
                 raise GatewayError(f"cannot bind UDP {c.local_addr} port {c.nat_port}: {exc.strerror}") from None
+            extra_udp = []
+            for _ in range(nq - 1):  # the rest of the reuseport group, before the IKE socket joins it
+                u = self._socket(af, socket.SOCK_DGRAM, 0)
+                extra_udp.append(u)
+                u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                u.bind((c.local_addr, self.nat_port))
+            self._extra = [(None, u) for u in extra_udp]  # type: ignore[misc]  # TUN queues follow
             if c.ike_socket:
-                self.ike_socket = _ike_socket_beside(self.udp, af, c.local_addr, self.nat_port)
+                self.ike_socket = _ike_socket_beside(self.udp, af, c.local_addr, self.nat_port, nq)
             self._probe_offloads()
+            for u in extra_udp:
+                if self._gro:
+                    u.setsockopt(socket.IPPROTO_UDP, _io.UDP_GRO, 1)
             if c.raw_esp:
                 try:
                     self.raw = self._socket(af, socket.SOCK_RAW, socket.IPPROTO_ESP)
@@ -219,12 +274,20 @@ class Gateway:
             st.tun_mtu = c.mtu if c.mtu is not None else st.inner_mtu
             try:
                 self.tun = self._open_tun()
+                self._extra = [(self._open_tun_queue(), u) for _, u in self._extra]
             except TunError as exc:
                 raise GatewayError(str(exc)) from None
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             self._stop.clear()
-            self._threads = [threading.Thread(target=self._guard, args=(self._tx_loop,), name="esp-tx", daemon=True),
-                             threading.Thread(target=self._guard, args=(self._rx_loop,), name="esp-rx", daemon=True)]
+            st.queues = nq
+            st.per_queue = [dict.fromkeys(("tun_read", "esp_sent", "esp_received", "tun_written"), 0)
+                            for _ in range(nq)]
+            self._threads = []
+            for q in range(nq):
+                sfx = str(q) if nq > 1 else ""
+                self._threads += [
+                    threading.Thread(target=self._guard, args=(self._tx_loop, q), name=f"esp-tx{sfx}", daemon=True),
+                    threading.Thread(target=self._guard, args=(self._rx_loop, q), name=f"esp-rx{sfx}", daemon=True)]
             for t in self._threads:
                 t.start()
         except BaseException:
@@ -284,6 +347,11 @@ class Gateway:
         return s
 
     def _close(self) -> None:
+        for t, u in self._extra:
+            u.close()
+            if t is not None:
+                t.close()
+        self._extra = []
         for s in (self.udp, self.raw, self.ike_socket):
             if s is not None:
                 s.close()
@@ -296,17 +364,25 @@ class Gateway:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
 
-    def _guard(self, loop: Callable[[], None]) -> None:
+    def _queue(self, q: int) -> tuple[int, int]:
+        """(TUN fd, UDP fd) of queue ``q``."""
+        if q == 0:
+            return self.tun.fileno(), self.udp.fileno()  # type: ignore[union-attr]
+        t, u = self._extra[q - 1]
+        return t.fileno(), u.fileno()
+
+    def _guard(self, loop: Callable[[int], None], q: int = 0) -> None:
         """Run a data loop; an I/O error (a TUN device going down, a socket error) is counted and the loop
         restarted after a pause, anything else stops the gateway with the reason in ``stats.errors``."""
         while not self._stop.is_set():
             try:
-                loop()
+                loop(q)
                 return
             except OSError as exc:
                 if self._stop.is_set():
                     return
-                self.stats.io_errors += 1
+                with self._lock:
+                    self.stats.io_errors += 1
                 self.stats.last_io_error = f"{threading.current_thread().name}: {exc}"
                 self._stop.wait(IO_ERROR_PAUSE)
             except Exception as exc:  # a data thread must not die silently
@@ -319,9 +395,10 @@ class Gateway:
         """The TUN device, with virtio_net_hdr segmentation offloads (TSO4/TSO6, USO, CSUM) where the kernel
         grants them and ``offload`` is on (esp.gateway._vnet probes and falls back), else a plain one."""
         c, st = self.config, self.stats
+        mq = self._nq > 1
         if not c.offload:
-            return open_tun(c.tun_name, addresses=c.tun_addresses, routes=c.routes, mtu=st.tun_mtu)
-        vt = open_vnet_tun(c.tun_name, offloads=OFFLOADS_ALL)
+            return open_tun(c.tun_name, addresses=c.tun_addresses, routes=c.routes, mtu=st.tun_mtu, multi_queue=mq)
+        vt = open_vnet_tun(c.tun_name, offloads=OFFLOADS_ALL, multi_queue=mq)
         tun = Tun(vt.fd, vt.name)
         try:
             tun.configure(addresses=c.tun_addresses, routes=c.routes, mtu=st.tun_mtu)
@@ -334,7 +411,104 @@ class Gateway:
             st.offloads += [f"tun_{o.name.lower()}" for o in Offload if o and o in vt.offloads] or ["tun_vnet_hdr"]
         return tun
 
-    def _tx_loop(self) -> None:
+    def _open_tun_queue(self) -> Tun:
+        """Another queue of the multi-queue TUN device (same name, same offloads as queue 0)."""
+        name = self.tun.name  # type: ignore[union-attr]
+        if not self.config.offload:
+            return open_tun(name, multi_queue=True)
+        vt = open_vnet_tun(name, offloads=OFFLOADS_ALL if self._vnet else Offload.NONE, multi_queue=True)
+        if vt.vnet_hdr != self._vnet or vt.uso != self._tun_uso:
+            os.close(vt.fd)
+            raise TunError(f"queue of {name} opened with other offloads than its first queue")
+        return Tun(vt.fd, vt.name)
+
+    def _tx_loop(self, q: int = 0) -> None:
+        if self.config.loop == "compiled" and self.raw is None and _loop is not None:
+            self.stats.tx_loop = "compiled"
+            self._tx_loop_compiled(q)
+            return
+        self.stats.tx_loop = "python"
+        self._tx_loop_python()
+
+    def _tx_loop_compiled(self, q: int = 0) -> None:
+        """The transmit thread on esp.gateway._loop: Python runs between runs of up to LOOP_CYCLES cycles
+        (or a poll timeout), to publish a new SPD/SAD snapshot, fold the counters into the stats and the
+        data plane, and send what the fast path left (no SA, bypass, too big) through :meth:`_tx_batch`."""
+        c = self.config
+        count = max(c.batch_size, TSO_BATCH) if self._vnet else c.batch_size
+        src, dst = PacketBatch.empty(count, c.slot_size), PacketBatch.empty(count, c.slot_size)
+        left, left_dst = _Slots(count, c.slot_size), _Slots(count, c.slot_size)
+        sup = PacketBatch.empty(TSO_READS, _VNET_SLOT) if self._vnet else None
+        ctr = np.zeros(_loop.COUNTERS, np.int64)
+        tun_fd, udp_fd = self._queue(q)
+        self._with_resync(lambda resync: self._run_tx_loop(
+            _loop.TxLoop(_core.SA_API, tun_fd, self._wake_r, resync, udp_fd, self.family, self._vnet, self._gso,
+                         src, dst, sup, left.full, ctr), resync, ctr, left, left_dst, q))
+
+    def _run_tx_loop(self, loop: _loop.TxLoop, resync: int, ctr: np.ndarray, left: _Slots, left_dst: _Slots,
+                     q: int) -> None:
+        c, dp = self.config, self.dataplane
+        seen = np.zeros(_loop.COUNTERS, np.int64)
+        published = None
+        while not self._stop.is_set():
+            _drain(resync)  # before the versions are read: a later change wakes the loop again
+            spd, sad = dp.spd.snapshot, dp.sad.snapshot
+            if (spd.version, sad.version) != published:
+                published = (spd.version, sad.version)
+                with self._lock:
+                    if sad.version != self._sad_version:
+                        self._update_path_mtu()
+                    self._publish(loop, spd, sad)
+            rc = loop.run(LOOP_CYCLES, c.poll_ms, LOOP_MS)
+            with self._lock:
+                self._fold_tx_counters(ctr, seen, q)
+                if loop.nleft:
+                    self._tx_batch(left, left_dst, loop.nleft)
+                if rc == _loop.GSO_REFUSED:
+                    ctr[_loop.C_GSO_REFUSED] = seen[_loop.C_GSO_REFUSED] = 0
+                    self._gso_refused()
+            if rc == _loop.GSO_REFUSED or not self._gso:
+                loop.gso = False
+            if rc < 0:
+                raise OSError(-rc, "TUN read failed")
+
+    def _publish(self, loop: _loop.TxLoop, spd: SpdSnapshot, sad: SadSnapshot) -> None:
+        """Give the compiled loop the policies and each PROTECT policy's outbound SA context (None for the
+        other policies, and for an SA it cannot drive: their packets go to Python), and the inner MTU."""
+        table, actions = spd.compiled_table()
+        contexts = []
+        for p, act in zip(spd.policies, actions):
+            e = sad.outbound.get(p.name) if int(act) == _PROTECT else None
+            ctx = getattr(e.sa, "context", None) if e is not None else None
+            contexts.append(ctx if isinstance(ctx, _core.SaContext) else None)
+        loop.publish(np.ascontiguousarray(table, np.uint64), contexts, self.stats.inner_mtu)
+
+    def _fold_tx_counters(self, ctr: np.ndarray, seen: np.ndarray, q: int = 0) -> None:
+        """Add what the compiled loop counted since the last call to the stats and the data plane (under
+        self._lock: the queues' threads fold into the same totals)."""
+        d = ctr - seen
+        seen[:] = ctr
+        if not d.any():
+            return
+        st = self.stats
+        pq = st.per_queue[q]
+        pq["tun_read"] += int(d[_loop.C_TUN_READ])
+        pq["esp_sent"] += int(d[_loop.C_ESP_SENT])
+        st.tun_read += int(d[_loop.C_TUN_READ])
+        st.tso_super_packets += int(d[_loop.C_TSO_SUPER])
+        st.tso_segments += int(d[_loop.C_TSO_SEGMENTS])
+        st.tun_bad += int(d[_loop.C_TUN_BAD]) + int(d[_loop.C_LEFT_DROPPED])
+        st.esp_sent += int(d[_loop.C_ESP_SENT])
+        st.esp_send_dropped += int(d[_loop.C_SEND_DROPPED])
+        st.not_sent += int(d[_loop.C_NOT_SENT])
+        st.tx_batches += int(d[_loop.C_BATCHES])
+        st.gso_trains += int(d[_loop.C_GSO_TRAINS])
+        st.gso_datagrams += int(d[_loop.C_GSO_DATAGRAMS])
+        verdicts = d[_loop.C_VERDICTS:_loop.C_VERDICTS + 32]
+        if verdicts.any():
+            self.dataplane.note_outbound(verdicts)
+
+    def _tx_loop_python(self, q: int = 0) -> None:
         c, st = self.config, self.stats
         count = max(c.batch_size, TSO_BATCH) if self._vnet else c.batch_size
         src, dst = _Slots(count, c.slot_size), _Slots(count, c.slot_size)
@@ -402,11 +576,16 @@ class Gateway:
         else:
             self._send_on(udp_fd, True, out, ok)
         if self._gso_ctr[2]:  # the kernel refused a train on this path: one datagram per message from now on
-            self._gso = False
-            self._gso_ctr[2] = 0
-            if "udp_gso" in st.offloads:
-                st.offloads.remove("udp_gso")
-            st.offload_fallback = "udp_gso: the kernel refused a UDP_SEGMENT send; sending datagram by datagram"
+            self._gso_refused()
+
+    def _gso_refused(self) -> None:
+        """The kernel refused a UDP GSO train on this path: one datagram per message from now on."""
+        st = self.stats
+        self._gso = False
+        self._gso_ctr[2] = 0
+        if "udp_gso" in st.offloads:
+            st.offloads.remove("udp_gso")
+        st.offload_fallback = "udp_gso: the kernel refused a UDP_SEGMENT send; sending datagram by datagram"
 
     def _send_on(self, fd: int, udp: bool, out: PacketBatch, sel: np.ndarray) -> None:
         if not len(sel):
@@ -475,7 +654,94 @@ class Gateway:
         return n - len(big)
 
     # ------------------------------------------------------------------ rx: ESP -> TUN
-    def _rx_loop(self) -> None:
+    def _rx_loop(self, q: int = 0) -> None:
+        if self.config.loop == "compiled" and self.raw is None and _loop is not None:
+            self.stats.rx_loop = "compiled"
+            self._with_resync(lambda resync: self._rx_loop_compiled(resync, q))
+            return
+        self.stats.rx_loop = "python"
+        self._rx_loop_python()
+
+    def _with_resync(self, body: Callable[[int], None]) -> None:
+        """Run a compiled loop ``body(resync_fd)`` with a pipe that becomes readable whenever the SPD or SAD
+        changes (their watchers write to it), so the loop returns and takes the new snapshot at once."""
+        dp = self.dataplane
+        resync_r, resync_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+        def changed() -> None:  # in the thread changing the SPD/SAD
+            try:
+                os.write(resync_w, b"x")
+            except OSError:  # the pipe is full: a wake-up is pending already
+                pass
+
+        dp.spd.watch(changed)
+        dp.sad.watch(changed)
+        try:
+            body(resync_r)
+        finally:
+            dp.spd.unwatch(changed)
+            dp.sad.unwatch(changed)
+            os.close(resync_r)
+            os.close(resync_w)
+
+    def _rx_loop_compiled(self, resync: int, q: int = 0) -> None:
+        """The receive thread on esp.gateway._loop.RxLoop; Python publishes the inbound SAs, folds counters
+        and hands IKE messages to ``on_ike``."""
+        c, dp = self.config, self.dataplane
+        count = max(c.batch_size, GRO_BATCH) if self._gro else c.batch_size
+        src, dst = PacketBatch.empty(count, c.slot_size), PacketBatch.empty(count, c.slot_size)
+        left = PacketBatch.empty(count, c.slot_size)
+        scratch = np.zeros(GRO_MESSAGES * _io.GRO_BUFFER, np.uint8) if self._gro else None
+        coal = PacketBatch(np.zeros(count * c.slot_size + count * _offload.VNET_HDR_SIZE + (1 << 17), np.uint8),
+                           np.zeros(count, np.int64), np.zeros(count, np.int32),
+                           np.zeros(count, np.int32)) if self._vnet else None
+        ctr = np.zeros(_loop.COUNTERS, np.int64)
+        seen = np.zeros(_loop.COUNTERS, np.int64)
+        port = self.nat_port
+        tun_fd, udp_fd = self._queue(q)
+        loop = _loop.RxLoop(_core.SA_API, udp_fd, self._wake_r, resync, tun_fd, self._vnet, self._tun_uso,
+                            ipaddress.ip_address(c.local_addr).packed, port, src, dst, coal, left, scratch, ctr)
+        published = -1
+        while not self._stop.is_set():
+            _drain(resync)
+            sad = dp.sad.snapshot
+            if sad.version != published:
+                published = sad.version
+                loop.publish([(spi, e.sa.context, e.check.table if e.check is not None else None)
+                              for spi, e in sad.inbound_by_spi.items()
+                              if isinstance(getattr(e.sa, "context", None), _core.SaContext)])
+            rc = loop.run(LOOP_CYCLES, c.poll_ms, LOOP_MS)
+            with self._lock:
+                self._fold_rx_counters(ctr, seen, q)
+                self.stats.ike_received += loop.nleft
+            if rc < 0:
+                raise OSError(-rc, "UDP receive failed")
+            for i in range(loop.nleft):  # IKE: rare, handed over one message at a time
+                self._deliver_ike(left.packet(i), port)
+
+    def _fold_rx_counters(self, ctr: np.ndarray, seen: np.ndarray, q: int = 0) -> None:
+        d = ctr - seen
+        seen[:] = ctr
+        if not d.any():
+            return
+        st = self.stats
+        pq = st.per_queue[q]
+        pq["esp_received"] += int(d[_loop.C_ESP_RECEIVED])
+        pq["tun_written"] += int(d[_loop.C_TUN_WRITTEN])
+        st.esp_received += int(d[_loop.C_ESP_RECEIVED])
+        st.rx_batches += int(d[_loop.C_BATCHES])
+        st.gro_trains += int(d[_loop.C_GRO_TRAINS])
+        st.gro_datagrams += int(d[_loop.C_GRO_DATAGRAMS])
+        st.tun_written += int(d[_loop.C_TUN_WRITTEN])
+        st.tun_write_dropped += int(d[_loop.C_TUN_WRITE_DROPPED])
+        st.tun_gro_packets += int(d[_loop.C_TUN_GRO_PACKETS])
+        st.tun_bad += int(d[_loop.C_TUN_BAD]) + int(d[_loop.C_LEFT_DROPPED])
+        st.not_delivered += int(d[_loop.C_NOT_DELIVERED])
+        verdicts = d[_loop.C_VERDICTS:_loop.C_VERDICTS + 32]
+        if verdicts.any():
+            self.dataplane.note_inbound(verdicts)
+
+    def _rx_loop_python(self, q: int = 0) -> None:
         c, st, dp = self.config, self.stats, self.dataplane
         # with GRO a read may bring trains of up to 64 datagrams: room for a few whole ones per call
         count = max(c.batch_size, GRO_BATCH) if self._gro else c.batch_size
@@ -566,13 +832,22 @@ class Gateway:
 # Classic BPF run by the kernel on each datagram for the NAT-T port's reuseport group (data = UDP payload):
 # a zero first word (the non-ESP marker) selects socket 1 (IKE), anything else socket 0 (ESP). A datagram
 # shorter than 4 bytes (a NAT keepalive) fails the load and returns 0: the data plane counts and drops it.
-_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x20, 0x15, 0x06
-_SPLIT_PROGRAM = ((_BPF_LD_W_ABS, 0, 0, 0), (_BPF_JEQ_K, 0, 1, 0), (_BPF_RET_K, 0, 0, 1), (_BPF_RET_K, 0, 0, 0))
+# With n ESP sockets (queues) ahead of the IKE one, IKE is socket n and ESP goes to socket rxhash % n.
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_RET_K, _BPF_MOD_K, _BPF_RET_A = 0x20, 0x15, 0x06, 0x94, 0x16
+_SKF_AD_RXHASH = 0xFFFFF000 + 32  # SKF_AD_OFF + SKF_AD_RXHASH: the packet's flow hash
 SO_ATTACH_REUSEPORT_CBPF = 51
 
 
-def _ike_socket_beside(esp_sock: socket.socket, af: int, addr: str, port: int) -> socket.socket:
-    """Bind a second socket to the ESP socket's address and port and steer IKE to it in the kernel."""
+def _split_program(n: int) -> tuple[tuple[int, int, int, int], ...]:
+    if n == 1:
+        return ((_BPF_LD_W_ABS, 0, 0, 0), (_BPF_JEQ_K, 0, 1, 0), (_BPF_RET_K, 0, 0, 1), (_BPF_RET_K, 0, 0, 0))
+    return ((_BPF_LD_W_ABS, 0, 0, 0), (_BPF_JEQ_K, 0, 1, 0), (_BPF_RET_K, 0, 0, n),
+            (_BPF_LD_W_ABS, 0, 0, _SKF_AD_RXHASH), (_BPF_MOD_K, 0, 0, n), (_BPF_RET_A, 0, 0, 0))
+
+
+def _ike_socket_beside(esp_sock: socket.socket, af: int, addr: str, port: int, n_esp: int = 1) -> socket.socket:
+    """Bind one more socket to the ESP sockets' address and port (``n_esp`` of them, one per queue, bound
+    first) and steer IKE to it in the kernel."""
     import ctypes
 
     ike = socket.socket(af, socket.SOCK_DGRAM)
@@ -580,10 +855,11 @@ def _ike_socket_beside(esp_sock: socket.socket, af: int, addr: str, port: int) -
         if af == socket.AF_INET6:
             ike.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         ike.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        ike.bind((addr, port))  # second in the group: index 1
-        code = b"".join(struct.pack("=HBBI", *ins) for ins in _SPLIT_PROGRAM)
+        ike.bind((addr, port))  # last in the group: index n_esp
+        program = _split_program(n_esp)
+        code = b"".join(struct.pack("=HBBI", *ins) for ins in program)
         buf = ctypes.create_string_buffer(code, len(code))
-        fprog = struct.pack("@HP", len(_SPLIT_PROGRAM), ctypes.addressof(buf))
+        fprog = struct.pack("@HP", len(program), ctypes.addressof(buf))
         esp_sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
         ike.setblocking(False)
     except OSError as exc:
@@ -625,6 +901,14 @@ def _gso_works(sock: socket.socket, family: int, local_addr: str) -> bool:
             return got == [p[-64:] for p in pkts]
     except OSError:
         return False
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 64):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _outer_proto(batch: PacketBatch, idx: np.ndarray) -> np.ndarray:
@@ -716,7 +1000,7 @@ def apply_static(dp: Dataplane, policies: list[Policy], sas: list[tuple[Sa, str 
 
 
 def run_static(path: str | os.PathLike, *, ready: Callable[[Gateway], None] | None = None,
-               offload: bool | None = None) -> GatewayStats:
+               offload: bool | None = None, loop: str | None = None, queues: int | None = None) -> GatewayStats:
     """Run a gateway with statically configured policies and SAs until SIGTERM/SIGINT; SIGHUP reloads the
     file (see :func:`apply_static`).
 
@@ -725,6 +1009,10 @@ def run_static(path: str | os.PathLike, *, ready: Callable[[Gateway], None] | No
     cfg, pols, sas = load_static(path)
     if offload is not None:  # the command line's --no-offload over the file's "offload"
         cfg = dataclasses.replace(cfg, offload=offload)
+    if loop is not None:  # the command line's --loop over the file's "loop"
+        cfg = dataclasses.replace(cfg, loop=loop)
+    if queues is not None:  # and --queues over "queues"
+        cfg = dataclasses.replace(cfg, queues=queues)
     dp = Dataplane()
     apply_static(dp, pols, sas)
     gw = Gateway(cfg, dp)

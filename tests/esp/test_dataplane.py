@@ -365,3 +365,33 @@ def test_compiled_demux_agrees_with_numpy_reference(pkts):
         dataplane._compiled = saved
     assert fast[1].tolist() == slow[1].tolist()
     assert fast[0][fast[1] == 0].tolist() == slow[0][slow[1] == 0].tolist()
+
+
+def test_packets_a_compiled_loop_encrypted_are_counted_and_raise_the_same_events():
+    """A compiled loop (esp.gateway._loop) drives the SA contexts itself and hands the data plane only the
+    verdict counts: counters and expiry events must come out as Dataplane.outbound's would."""
+    seen = []
+    a = Dataplane(on_event=seen.append)
+    a.add_policy(Policy("p", Selector(SITE_A, SITE_B)))
+    o, _ = sa_pair(0x8100, lifetime=Lifetime(soft_packets=2, hard_packets=4))
+    a.install_sa(o, "p")
+    counts = np.zeros(32, np.int64)
+    for _ in range(3):  # what the loop does: the SA's context, one packet at a time
+        v, _ = o.context.process_one(ipv4("10.0.0.1", "10.1.0.1", payload=b"x"))
+        counts[int(v)] += 1
+    a.note_outbound(counts)
+    assert a.counters().outbound["OK"] == 3
+    assert seen == [SaExpired(0x8100, False, "out", ExpiryReason.PACKETS, "p")]
+    a.note_outbound(np.zeros(32, np.int64))
+    assert len(seen) == 1  # signalled once per level
+    b = Dataplane(on_event=seen.append)
+    b.add_policy(Policy("p", Selector(SITE_A, SITE_B)))
+    o, _ = sa_pair(0x8101, initial_seq=(1 << 32) - 2)
+    b.install_sa(o, "p")
+    counts[:] = 0
+    for _ in range(2):
+        v, _ = o.context.process_one(ipv4("10.0.0.1", "10.1.0.1"))
+        counts[int(v)] += 1
+    b.note_outbound(counts)
+    assert b.counters().outbound["SEQ_EXHAUSTED"] == 1
+    assert seen[-1] == SaExpired(0x8101, True, "out", ExpiryReason.SEQUENCE, "p")

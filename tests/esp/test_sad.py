@@ -92,3 +92,30 @@ def test_removing_the_bound_outbound_sa_hands_the_policy_to_the_newest_remaining
     sad.remove(0x5002, "out")
     assert "p" not in sad.snapshot.outbound and sad.snapshot.outbound["q"].spi == 0x5004
     assert old.order < winner.order < loser.order
+
+
+def test_watchers_hear_every_change_of_the_sad_and_spd_after_it_is_in_place():
+    """How the gateway's compiled loop learns that its copy of the tables is stale: a callback per change,
+    run when the new snapshot is already readable, and none after unwatch."""
+    from esp.spd import Policy, Spd
+
+    sad, spd = Sad(), Spd()
+    seen: list[tuple[str, int]] = []
+
+    def on_sad() -> None:
+        seen.append(("sad", sad.snapshot.version))
+
+    def on_spd() -> None:
+        seen.append(("spd", spd.snapshot.version))
+
+    sad.watch(on_sad)
+    spd.watch(on_spd)
+    spd.add(Policy("p", Selector("10.0.0.0/8", "10.1.0.0/16")))
+    sad.install(sa(0x100, "out"), policy="p")
+    sad.remove(0x100, "out")
+    spd.remove("p")
+    assert seen == [("spd", 1), ("sad", 1), ("sad", 2), ("spd", 2)]
+    sad.unwatch(on_sad)
+    spd.unwatch(on_spd)
+    sad.install(sa(0x101, "out"), policy="p")
+    assert len(seen) == 4
