@@ -265,7 +265,11 @@ def _run_daemon(args: argparse.Namespace) -> int:
         except KeyLogError as exc:  # checked at load time already; the directory may have changed since
             print(f"error: cannot start: {exc}", file=sys.stderr)
             return 1
+        metrics = None
         try:
+            if cfg.metrics_listen is not None:  # [metrics]: listening first, a refused address fails alone
+                from .metrics import serve_daemon_metrics
+                metrics = serve_daemon_metrics(daemon, cfg.metrics_listen)
             await daemon.start(initiate=args.initiate or ())
         except Exception as exc:  # bind refused, no TUN, no privilege: say so and leave
             why = exc.strerror if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE else exc
@@ -273,6 +277,8 @@ def _run_daemon(args: argparse.Namespace) -> int:
             daemon.endpoint.close()
             if daemon.gateway is not None:
                 daemon.gateway.stop()
+            if metrics is not None:
+                metrics.close()
             return 1
         loop = asyncio.get_running_loop()
         stopping: list[asyncio.Task[None]] = []
@@ -283,7 +289,11 @@ def _run_daemon(args: argparse.Namespace) -> int:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
-        await daemon.run()
+        try:
+            await daemon.run()
+        finally:
+            if metrics is not None:
+                metrics.close()
         return 0
 
     return asyncio.run(serve())
