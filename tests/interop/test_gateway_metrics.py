@@ -161,3 +161,35 @@ def test_gateway_metrics_address_refused_is_one_line(tmp_path):
     r = run([sys.executable, "-c", code])
     assert r.returncode == 2 and r.stderr == ("python -m esp: error: metrics need the prometheus_client library: "
                                               "pip install 'espresso-ipsec[metrics]'\n"), r.stderr
+
+
+def test_ike_daemon_with_gateway_serves_ike_and_data_plane_metrics(topo, tmp_path):  # noqa: F811
+    """``python -m ike daemon`` with ``[gateway]`` and ``[metrics]``: the CHILD_SA's ESP SAs carry the pings,
+    named by IKE_SA and CHILD_SA, beside the gateway's queue counters and the IKE gauges."""
+    require_module("prometheus_client")
+    from tests.interop.test_gateway_ike import _pair
+
+    # [metrics] is a top-level table: it may follow the child's keys, [gateway] comes after it
+    a, b = _pair(topo, tmp_path, child_extra=f'\n[metrics]\nlisten = "127.0.0.1:{PORT}"\n')
+    try:
+        r = a.control({"cmd": "initiate", "ike": "gwb", "timeout": 10})
+        assert r["ok"] and r["state"] == "ESTABLISHED", r
+        (ca,) = a.wait(a.children, "the initiator's CHILD_SA")
+        b.wait(b.children, "the responder's CHILD_SA")
+        p = ping(topo.host_a, "10.98.2.2", count=5)
+        assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr
+        _, s = scrape(topo.gw_a)
+        named = {"ike": "gwb", "child": "net"}
+        assert one(s, "espresso_sa_packets_total", direction="out", spi=f"0x{ca['spi_out']}", **named) == 5
+        assert one(s, "espresso_sa_packets_total", direction="in", spi=f"0x{ca['spi_in']}", **named) == 5
+        assert one(s, "espresso_gateway_esp_sent_packets_total", queue="0") >= 5
+        assert one(s, "espresso_gateway_up") == 1
+        assert one(s, "espresso_ike_sas", peer="gwb", state="ESTABLISHED") == 1
+        assert one(s, "espresso_ike_child_sas", peer="gwb", child="net", state="INSTALLED") == 1
+        assert one(s, "espresso_ike_events_total", event="ChildSaEstablished") == 1
+        assert one(s, "espresso_metrics_collect_errors_total") == 0
+        assert one(s, "espresso_ike_metrics_collect_errors_total") == 0
+    finally:
+        sb = b.stop()
+        sa = a.stop()
+    assert sa["tracebacks"] == sb["tracebacks"] == 0, sa["stderr"][-2000:]
