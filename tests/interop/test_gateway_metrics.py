@@ -9,17 +9,20 @@ ESP packet and an unknown SPI counted as AUTH_FAILED and NO_SA.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from tests.interop.test_gateway import ROOT, GatewayProcess, bulk_transfer, ping, sh, static_configs
+from tests.interop.test_gateway import ROOT, GatewayProcess, bulk_transfer, ping, sh, static_configs, unique
 from tests.interop.test_gateway import topo  # noqa: F401  (the four-namespace fixture)
-from tests.support import require_module
+from tests.support import require_module, require_root, require_tool
 
 pytestmark = pytest.mark.interop
 
@@ -193,3 +196,43 @@ def test_ike_daemon_with_gateway_serves_ike_and_data_plane_metrics(topo, tmp_pat
         sb = b.stop()
         sa = a.stop()
     assert sa["tracebacks"] == sb["tracebacks"] == 0, sa["stderr"][-2000:]
+
+
+def test_the_readme_metrics_example_runs_as_written(tmp_path):
+    """The README's metrics block, as written, in a fresh network namespace (its loopback, its TUN device):
+    every line the README says it prints is printed."""
+    require_root()
+    require_tool("ip")
+    require_tool("curl")
+    require_module("prometheus_client")
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Metrics (Prometheus)"):]
+    start = section.index("```sh\n") + len("```sh\n")
+    block = section[start:section.index("```\n", start)]
+    shown = section.index("```\n", section.index("prints", start)) + 4
+    expected = section[shown:section.index("```", shown)].strip().splitlines()
+    ns = unique("emrd")
+    sh("ip", "netns", "add", ns)
+    log = tmp_path / "out.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
+           f"{os.environ['PATH']}"}
+    try:
+        sh("ip", "link", "set", "lo", "up", ns=ns)
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(["ip", "netns", "exec", ns, "bash", "-c", block], cwd=tmp_path, env=env,
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        try:
+            assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)  # the gateway the block left in the background
+        printed = log.read_text()
+        for line in expected:
+            assert line in printed.splitlines(), (line, printed[-3000:])
+        assert "Traceback" not in printed
+    finally:
+        for pid in sh("ip", "netns", "pids", ns, check=False, timeout=5).stdout.split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        sh("ip", "netns", "delete", ns, check=False)
