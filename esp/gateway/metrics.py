@@ -20,7 +20,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from esp.batch import Verdict
@@ -112,16 +111,81 @@ def parse_listen(text: str) -> tuple[str, int]:
     return addr, int(port_s)
 
 
-@dataclass
-class MetricsServer:
-    """A running metrics endpoint (prometheus_client's threaded HTTP server); :meth:`close` stops it."""
+#: How long one client may take to send its request and read the answer (seconds), and how many may be
+#: connected at once: a scraper that stalls, or a flood of connections, costs one bounded slot each.
+REQUEST_TIMEOUT = 10.0
+MAX_CONNECTIONS = 16
 
-    httpd: Any
-    thread: Any
+
+class MetricsServer:
+    """The metrics endpoint: prometheus_client's WSGI app on a small threaded HTTP server of our own, whose
+    clients each get :data:`REQUEST_TIMEOUT` and at most :data:`MAX_CONNECTIONS` of them a thread; the rest
+    are closed at once and counted (``refused``), as are clients cut off by the timeout (``timed_out``).
+    Nothing a client does prints a traceback. :meth:`close` stops it."""
+
+    def __init__(self, host: str, port: int, app: Any, *, timeout: float = REQUEST_TIMEOUT,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
+        import socket
+        import socketserver
+        import threading
+        from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+        owner = self
+        self.refused = self.timed_out = self.errors = 0
+        slots = threading.BoundedSemaphore(max_connections)
+
+        class Handler(WSGIRequestHandler):
+            def setup(self) -> None:
+                self.timeout = timeout  # StreamRequestHandler puts it on the socket
+                super().setup()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+                pass
+
+        class Server(socketserver.ThreadingMixIn, WSGIServer):
+            daemon_threads = True
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+            def server_bind(self) -> None:  # HTTPServer's would look the address up in DNS: not here
+                socketserver.TCPServer.server_bind(self)
+                self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+                self.setup_environ()
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                if not slots.acquire(blocking=False):
+                    owner.refused += 1
+                    self.shutdown_request(request)
+                    return
+                try:
+                    super().process_request(request, client_address)
+                except BaseException:
+                    slots.release()
+                    raise
+
+            def process_request_thread(self, request: Any, client_address: Any) -> None:
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    slots.release()
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                import sys
+
+                exc = sys.exc_info()[1]
+                if isinstance(exc, (TimeoutError, socket.timeout)):
+                    owner.timed_out += 1
+                else:  # a client that went away mid-answer, or worse: one line at debug level, no traceback
+                    owner.errors += 1
+                    log.debug("metrics: client %s: %s: %s", client_address, type(exc).__name__, exc)
+
+        self.httpd = Server((host, port), Handler)
+        self.httpd.set_app(app)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="espresso-metrics", daemon=True)
+        self.thread.start()
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.httpd.server_address[0], self.httpd.server_port
+        return self.httpd.server_address[0], self.httpd.server_address[1]
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -129,7 +193,8 @@ class MetricsServer:
         self.thread.join(5)
 
 
-def serve_metrics(listen: str | tuple[str, int], collectors: Iterable[Any]) -> MetricsServer:
+def serve_metrics(listen: str | tuple[str, int], collectors: Iterable[Any], *,
+                  timeout: float = REQUEST_TIMEOUT, max_connections: int = MAX_CONNECTIONS) -> MetricsServer:
     """Serve ``collectors`` (and the process's CPU and memory) at ``http://HOST:PORT/metrics``.
 
     Raises MetricsUnavailable (library missing, address in use, not an address of this host) or ValueError
@@ -141,11 +206,11 @@ def serve_metrics(listen: str | tuple[str, int], collectors: Iterable[Any]) -> M
     for c in collectors:
         registry.register(c)
     try:
-        httpd, thread = prom.start_http_server(port, addr=host, registry=registry)
+        return MetricsServer(host, port, prom.make_wsgi_app(registry), timeout=timeout,
+                             max_connections=max_connections)
     except OSError as exc:
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         raise MetricsUnavailable(f"cannot serve metrics on {where}: {exc.strerror or exc}") from None
-    return MetricsServer(httpd, thread)
 
 
 def _hex_spi(spi: int) -> str:

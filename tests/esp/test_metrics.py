@@ -217,6 +217,33 @@ def test_endpoint_over_http_and_its_errors():
         srv.close()
 
 
+def test_endpoint_bounds_slow_and_excess_clients():
+    """Clients that connect and send nothing hold a slot only until the timeout; beyond the slots a client is
+    closed at once; garbage gets an HTTP error; all counted, no traceback, and scrapes work again after."""
+    import socket
+
+    a, _ = gateways()
+    srv = serve_metrics(("127.0.0.1", 0), [DataplaneCollector(a)], timeout=0.5, max_connections=2)
+    port = srv.address[1]
+    try:
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+        time.sleep(0.1)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+            assert third.recv(100) == b""  # no slot: closed without an answer
+        for c in idle:  # the server gives up on them after its timeout
+            assert c.recv(100) == b""
+            c.close()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as bad:
+            bad.sendall(b"GET /metrics HTTP/x\r\n\r\n")  # a request line that does not parse
+            answer = b"".join(iter(lambda: bad.recv(4096), b""))
+            assert b"Error code: 400" in answer, answer
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "espresso_sas" in text
+        assert srv.refused >= 1 and srv.timed_out == 2
+    finally:
+        srv.close()
+
+
 @pytest.mark.parametrize("text,want", [
     ("127.0.0.1:9745", ("127.0.0.1", 9745)), ("[::1]:9100", ("::1", 9100)), ("::1", ("::1", 9745)),
     ("0.0.0.0", ("0.0.0.0", 9745)), (" 10.0.0.1:80 ", ("10.0.0.1", 80)),
