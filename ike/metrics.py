@@ -58,7 +58,8 @@ class IkeCollector:
             except Exception as exc:  # the endpoint stays up whatever one table does
                 self.errors += 1
                 log.warning("metrics: %s failed: %s: %s", section.__name__, type(exc).__name__, exc)
-        yield CounterMetricFamily("espresso_ike_metrics_collect_errors", "IKE metric sections that failed to read",
+        yield CounterMetricFamily("espresso_ike_metrics_collect_errors",
+                                  "IKE metric sections that failed to read",
                                   value=self.errors)
 
     def _sas(self) -> Iterator[Any]:
@@ -77,7 +78,8 @@ class IkeCollector:
             ike.add_metric([peer, state], n)
         yield ike
         child = GaugeMetricFamily("espresso_ike_child_sas", "CHILD_SAs installed, by peer, child and state "
-                                  "(INSTALLED; REKEYED: replaced, inbound still open)", labels=["peer", "child", "state"])
+                                  "(INSTALLED; REKEYED: replaced, inbound still open)",
+                                  labels=["peer", "child", "state"])
         tally = {}
         for c in list(d.children.values()):
             key = (c.event.peer, c.event.child, c.state)
@@ -85,7 +87,8 @@ class IkeCollector:
         for key, n in sorted(tally.items()):  # type: ignore[arg-type]
             child.add_metric(list(key), n)
         yield child
-        half = GaugeMetricFamily("espresso_ike_half_open_sas", "responder IKE_SAs that have not completed IKE_AUTH")
+        half = GaugeMetricFamily("espresso_ike_half_open_sas",
+                                 "responder IKE_SAs that have not completed IKE_AUTH")
         half_open = getattr(d.core, "half_open", None)
         half.add_metric([], half_open() if callable(half_open) else 0)
         yield half

@@ -275,7 +275,8 @@ class DataplaneCollector:
         yield fam
         yield CounterMetricFamily("espresso_esp_acquires", "SA acquires raised (PROTECT traffic without an SA)",
                                   value=c.acquires)
-        yield CounterMetricFamily("espresso_esp_events_dropped", "data plane events dropped (nobody drained them)",
+        yield CounterMetricFamily("espresso_esp_events_dropped",
+                                  "data plane events dropped (nobody drained them)",
                                   value=c.events_dropped)
 
     # -- per SA ---------------------------------------------------------------------------------------------
@@ -286,14 +287,15 @@ class DataplaneCollector:
         if dp is None:
             return
         names = ["spi", "direction", "peer", "policy", *self.sa_label_names]
-        pk = CounterMetricFamily("espresso_sa_packets", "packets an SA passed (decrypted in, encrypted out)", labels=names)
+        pk = CounterMetricFamily("espresso_sa_packets", "packets an SA passed (decrypted in, encrypted out)",
+                                 labels=names)
         by = CounterMetricFamily("espresso_sa_bytes", "payload bytes an SA passed", labels=names)
         dr = CounterMetricFamily("espresso_sa_dropped_packets", "packets an SA refused, by verdict",
                                  labels=[*names, "verdict"])
         sq = GaugeMetricFamily("espresso_sa_sequence_number", "last sequence number sent (out) or highest "
                                "received (in)", labels=names)
-        info = GaugeMetricFamily("espresso_sa_info", "an installed SA (value 1) with its suite, mode, encapsulation "
-                                 "and crypto backend", labels=[*names, "suite", "mode", "encap", "backend"])
+        info = GaugeMetricFamily("espresso_sa_info", "an installed SA (value 1) with its suite, mode, "
+                                 "encapsulation and crypto backend", labels=[*names, "suite", "mode", "encap", "backend"])
         count = {"in": 0, "out": 0}
         seen = set()
         for e in dp.sad.snapshot.entries():
@@ -339,7 +341,8 @@ class DataplaneCollector:
         for name, fld, doc, direction in _QUEUE_COUNTERS:
             fam = fams.get(name)
             if fam is None:
-                fam = fams[name] = CounterMetricFamily(f"espresso_gateway_{name}", doc, labels=["queue", "direction"])
+                fam = fams[name] = CounterMetricFamily(f"espresso_gateway_{name}", doc,
+                                                       labels=["queue", "direction"])
             for q, st in snaps:
                 if fld in st:
                     fam.add_metric([q, direction], st[fld])

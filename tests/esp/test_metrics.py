@@ -9,13 +9,12 @@ import time
 import urllib.request
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 from esp import PacketBatch, Verdict
 from esp.gateway import GatewayStats
 from esp.gateway.metrics import DataplaneCollector, MetricsUnavailable, parse_listen, serve_metrics
-from tests.esp.test_dataplane import SITE_A, SITE_B, deliver, gateways, ipv4, sa_pair
+from tests.esp.test_dataplane import deliver, gateways, ipv4, sa_pair
 from tests.support import require_module
 
 prom = require_module("prometheus_client")
@@ -62,7 +61,8 @@ def test_counters_per_sa_and_verdict_match_the_traffic():
     wire = traffic(a, b, 6)
     # a tampered packet (a new one, last byte of its ICV flipped) and a replay of a good one, on B's SA 0x1000
     out = PacketBatch.empty(1, 2048)
-    assert a.outbound(PacketBatch.from_packets([ipv4("10.0.0.5", "10.1.0.9", payload=bytes(100))]), out)[0] == Verdict.OK
+    one_more = PacketBatch.from_packets([ipv4("10.0.0.5", "10.1.0.9", payload=bytes(100))])
+    assert a.outbound(one_more, out)[0] == Verdict.OK
     bad = bytearray(out.packet(0))
     bad[-1] ^= 1
     v = b.inbound(PacketBatch.from_packets([bytes(bad), wire.packet(1)]), PacketBatch.empty(2, 2048))

@@ -79,8 +79,8 @@ def test_daemon_metrics_ike_and_child_sas_events_drops(tmp_path: Path) -> None:
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for n, c in confs.items()}
     try:
-        _wait(lambda: all(s.exists() for s in socks.values()) or any(p.poll() is not None for p in procs.values()),
-              "the daemons' control sockets")
+        _wait(lambda: all(s.exists() for s in socks.values())
+              or any(p.poll() is not None for p in procs.values()), "the daemons' control sockets")
         assert all(p.poll() is None for p in procs.values()), "a daemon exited early"
         s = scrape(mport)
         assert one(s, "espresso_ike_sas", peer="b", state="ESTABLISHED") == 0
@@ -116,8 +116,8 @@ def test_daemon_metrics_ike_and_child_sas_events_drops(tmp_path: Path) -> None:
         # an impostor with b's identity and a wrong key: IKE_AUTH fails, and it is counted
         r = _ike("initiate", "--ike", "a", "--timeout", "10", "--socket", str(socks["c"]))
         assert r.returncode != 0
-        s = _wait(lambda: (lambda x: x if one(x, "espresso_ike_auth_failures_total") >= 1 else None)(scrape(mport)),
-                  "the authentication failure")
+        _wait(lambda: one(scrape(mport), "espresso_ike_auth_failures_total") >= 1, "the authentication failure")
+        s = scrape(mport)
         assert one(s, "espresso_ike_events_total", event="AuthenticationFailed") >= 1
         assert one(s, "espresso_ike_sas", peer="b", state="ESTABLISHED") == 1  # the real b is still up
         assert one(s, "espresso_ike_metrics_collect_errors_total") == 0
