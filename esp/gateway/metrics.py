@@ -132,7 +132,13 @@ class MetricsServer:
 
         owner = self
         self.refused = self.timed_out = self.errors = 0
+        self.active = 0  # clients holding a slot now
         slots = threading.BoundedSemaphore(max_connections)
+        count = threading.Lock()
+
+        def active(delta: int) -> None:
+            with count:
+                owner.active += delta
 
         class Handler(WSGIRequestHandler):
             def setup(self) -> None:
@@ -156,9 +162,11 @@ class MetricsServer:
                     owner.refused += 1
                     self.shutdown_request(request)
                     return
+                active(1)
                 try:
                     super().process_request(request, client_address)
                 except BaseException:
+                    active(-1)
                     slots.release()
                     raise
 
@@ -166,6 +174,7 @@ class MetricsServer:
                 try:
                     super().process_request_thread(request, client_address)
                 finally:
+                    active(-1)
                     slots.release()
 
             def handle_error(self, request: Any, client_address: Any) -> None:
