@@ -19,8 +19,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
+import socketserver
+import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from esp.batch import Verdict
 from esp.errors import EspError
@@ -125,11 +130,6 @@ class MetricsServer:
 
     def __init__(self, host: str, port: int, app: Any, *, timeout: float = REQUEST_TIMEOUT,
                  max_connections: int = MAX_CONNECTIONS) -> None:
-        import socket
-        import socketserver
-        import threading
-        from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
-
         owner = self
         self.refused = self.timed_out = self.errors = 0
         self.active = 0  # clients holding a slot now
@@ -178,8 +178,6 @@ class MetricsServer:
                     slots.release()
 
             def handle_error(self, request: Any, client_address: Any) -> None:
-                import sys
-
                 exc = sys.exc_info()[1]
                 if isinstance(exc, (TimeoutError, socket.timeout)):
                     owner.timed_out += 1
