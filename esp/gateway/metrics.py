@@ -213,11 +213,31 @@ def serve_metrics(listen: str | tuple[str, int], collectors: Iterable[Any], *,
     for c in collectors:
         registry.register(c)
     try:
-        return MetricsServer(host, port, prom.make_wsgi_app(registry), timeout=timeout,
-                             max_connections=max_connections)
+        server = MetricsServer(host, port, prom.make_wsgi_app(registry), timeout=timeout,
+                               max_connections=max_connections)
     except OSError as exc:
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         raise MetricsUnavailable(f"cannot serve metrics on {where}: {exc.strerror or exc}") from None
+    registry.register(_EndpointCollector(server))
+    return server
+
+
+class _EndpointCollector:
+    """The endpoint's own clients turned away: a scraper that keeps timing out shows here."""
+
+    def __init__(self, server: MetricsServer) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        fam = CounterMetricFamily("espresso_metrics_http_clients_dropped", "metrics clients turned away: no free "
+                                  "slot (refused), too slow (timed_out), broken request or connection (error)",
+                                  labels=["reason"])
+        s = self.server
+        for reason, n in (("refused", s.refused), ("timed_out", s.timed_out), ("error", s.errors)):
+            fam.add_metric([reason], n)
+        yield fam
 
 
 def _hex_spi(spi: int) -> str:

@@ -242,6 +242,9 @@ def test_endpoint_bounds_slow_and_excess_clients():
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert "espresso_sas" in text
         assert srv.refused >= 1 and srv.timed_out == 2
+        s = parse(text)
+        assert one(s, "espresso_metrics_http_clients_dropped_total", reason="timed_out") == 2
+        assert one(s, "espresso_metrics_http_clients_dropped_total", reason="refused") == srv.refused
     finally:
         srv.close()
 
