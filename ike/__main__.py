@@ -245,8 +245,12 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     peers = ", ".join(f"{p.name} ({len(p.children)} children)" for p in cfg.core.peers)
+    metrics = ""
+    if cfg.metrics_listen is not None:
+        host, port = cfg.metrics_listen
+        metrics = f"; metrics at http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
     print(f"{args.config}: OK; peers: {peers}; listening on "
-          + ", ".join(f"{a}[{p}]" for a in cfg.addresses for p in cfg.bind_ports()))
+          + ", ".join(f"{a}[{p}]" for a in cfg.addresses for p in cfg.bind_ports()) + metrics)
     return 0
 
 

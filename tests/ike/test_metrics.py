@@ -155,7 +155,7 @@ def test_metrics_config_errors_are_one_line(tmp_path: Path) -> None:
         assert r.returncode == 2 and r.stderr == f"error: {conf}: {err}\n", r.stderr
     conf.write_text(base + '\n[metrics]\nlisten = "[::1]:9745"\n')
     r = _ike("check-config", "--config", str(conf))
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0 and r.stdout.rstrip().endswith("; metrics at http://[::1]:9745/metrics"), r
 
     # a port in use, and no prometheus_client: the daemon says so in one line and starts nothing
     require_module("prometheus_client")
