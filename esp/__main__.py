@@ -3,7 +3,8 @@
     python -m esp pcap decrypt IN OUT --sa FILE [--sa FILE ...]
     python -m esp pcap encrypt IN OUT --sa FILE [--first-seq N]
     python -m esp pcap replay  IN --sa FILE [--order 1,3,2,2 | --loss P --dup P --reorder P]
-    python -m esp gateway STATIC.json      (a tunnel gateway with static SAs; SIGHUP reloads, SIGTERM stops)
+    python -m esp gateway STATIC.json [--metrics HOST:PORT]   (a tunnel gateway with static SAs; SIGHUP
+                                           reloads, SIGTERM stops; Prometheus metrics at /metrics if asked)
 
 Exit status: 0 all went well; 1 packets were dropped for a reason other than policy (authentication, replay,
 malformed, truncated, unsupported) or the capture is damaged; 2 the command could not run (bad arguments,
@@ -45,6 +46,9 @@ def _build() -> argparse.ArgumentParser:
     gw.add_argument("--queues", type=int, default=None, metavar="N",
                     help="data queues (multi-queue TUN + SO_REUSEPORT sockets, a tx and an rx thread each; "
                          "default one per CPU; the Python loop runs one); over the file's \"queues\" key")
+    gw.add_argument("--metrics", metavar="HOST:PORT",
+                    help="serve Prometheus metrics at http://HOST:PORT/metrics (per SA, per queue, offloads; "
+                         "needs pip install 'espresso-ipsec[metrics]')")
     pc = sub.add_parser("pcap", help="decrypt, encrypt or replay capture files through ESP SAs")
     ps = pc.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
@@ -111,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build().parse_args(argv)
     try:
         if args.group == "gateway":
-            return _gateway(args.config, args.offload, args.loop, args.queues)
+            return _gateway(args.config, args.offload, args.loop, args.queues, args.metrics)
         return _run(args)
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
@@ -120,16 +124,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _gateway(path: str, offload: bool | None = None, loop: str | None = None, queues: int | None = None) -> int:
+def _gateway(path: str, offload: bool | None = None, loop: str | None = None, queues: int | None = None,
+             metrics: str | None = None) -> int:
     from esp.errors import EspError
     from esp.gateway import run_static
 
+    server = None
+    started: list = []
+    if metrics is not None:  # listening before the gateway starts: a refused address fails first, alone
+        from esp.gateway.metrics import DataplaneCollector, serve_metrics
+
+        try:
+            server = serve_metrics(metrics, [DataplaneCollector(gateway=lambda: started[0] if started else None)])
+        except ValueError as exc:
+            return _fail(f"--metrics: {exc}")
+        except EspError as exc:
+            return _fail(str(exc))
     try:
-        run_static(path, offload=offload, loop=loop, queues=queues)
+        run_static(path, offload=offload, loop=loop, queues=queues, ready=started.append)
     except OSError as exc:
         return _fail(f"{path}: {exc.strerror or exc}")
     except (EspError, ValueError, KeyError) as exc:
         return _fail(str(exc))
+    finally:
+        if server is not None:
+            server.close()
     return 0
 
 

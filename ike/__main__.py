@@ -245,8 +245,12 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     peers = ", ".join(f"{p.name} ({len(p.children)} children)" for p in cfg.core.peers)
+    metrics = ""
+    if cfg.metrics_listen is not None:
+        host, port = cfg.metrics_listen
+        metrics = f"; metrics at http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
     print(f"{args.config}: OK; peers: {peers}; listening on "
-          + ", ".join(f"{a}[{p}]" for a in cfg.addresses for p in cfg.bind_ports()))
+          + ", ".join(f"{a}[{p}]" for a in cfg.addresses for p in cfg.bind_ports()) + metrics)
     return 0
 
 
@@ -265,7 +269,11 @@ def _run_daemon(args: argparse.Namespace) -> int:
         except KeyLogError as exc:  # checked at load time already; the directory may have changed since
             print(f"error: cannot start: {exc}", file=sys.stderr)
             return 1
+        metrics = None
         try:
+            if cfg.metrics_listen is not None:  # [metrics]: listening first, a refused address fails alone
+                from .metrics import serve_daemon_metrics
+                metrics = serve_daemon_metrics(daemon, cfg.metrics_listen)
             await daemon.start(initiate=args.initiate or ())
         except Exception as exc:  # bind refused, no TUN, no privilege: say so and leave
             why = exc.strerror if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE else exc
@@ -273,6 +281,8 @@ def _run_daemon(args: argparse.Namespace) -> int:
             daemon.endpoint.close()
             if daemon.gateway is not None:
                 daemon.gateway.stop()
+            if metrics is not None:
+                metrics.close()
             return 1
         loop = asyncio.get_running_loop()
         stopping: list[asyncio.Task[None]] = []
@@ -283,7 +293,11 @@ def _run_daemon(args: argparse.Namespace) -> int:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
-        await daemon.run()
+        try:
+            await daemon.run()
+        finally:
+            if metrics is not None:
+                metrics.close()
         return 0
 
     return asyncio.run(serve())

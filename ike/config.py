@@ -35,6 +35,9 @@ Example (the keys are swanctl's where they exist)::
     tun_name = "esp0"
     tun_addresses = ["10.1.0.1/16"]     # routes default to every child's remote_ts
 
+    [metrics]                           # optional: Prometheus text at http://127.0.0.1:9745/metrics
+    listen = "127.0.0.1:9745"           # HOST:PORT or [IPv6]:PORT (pip install 'espresso-ipsec[metrics]')
+
     [peers.branch]
     local_addr = "192.0.2.1"
     remote_addr = "198.51.100.7"        # or "%any" (responder only)
@@ -157,6 +160,8 @@ class DaemonConfig:
     #: peers with ``start_action = "start"``: initiated when the daemon starts and again (with backoff)
     #: whenever their IKE_SA goes away other than by an operator's terminate
     auto_start: tuple[str, ...] = ()
+    #: ``[metrics] listen``: where the Prometheus endpoint listens (address, port); None: no endpoint
+    metrics_listen: tuple[str, int] | None = None
 
     def bind_ports(self) -> tuple[int, ...]:
         """Every local UDP port some peer uses (sorted): the daemon opens one socket per address and port."""
@@ -952,6 +957,7 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
     if key_log_dir is not None and (problem := key_log_problem(key_log_dir)) is not None:
         raise daemon.error("key_log", problem)
     gateway = _gateway(root, addresses, peers) if root.has("gateway") else None
+    metrics_listen = _metrics(root) if root.has("metrics") else None
     core_defaults = CoreConfig.__dataclass_fields__
     core = CoreConfig(
         peers=tuple(peers),
@@ -962,14 +968,14 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
         key_log=bool(key_log),
     )
     daemon.finish()
-    root.used.update(("daemon", "pki", "gateway"))
+    root.used.update(("daemon", "pki", "gateway", "metrics"))
     root.finish()
     return DaemonConfig(
         core=core, addresses=addresses, port=port, nat_port=nat_port,
         control_socket=(base_dir / control) if not Path(control).is_absolute() else Path(control),
         key_log=key_log_dir,
         local_addrs=local_addrs, ca_profiles=pki.profiles, certificates=pki.certs, source=source, gateway=gateway,
-        auto_start=tuple(auto_start),
+        auto_start=tuple(auto_start), metrics_listen=metrics_listen,
     )
 
 
@@ -1005,6 +1011,16 @@ def _gateway(root: _Section, addresses: tuple[str, ...], peers: Sequence[PeerCon
                         mtu=sec.get("mtu", _int_range(576, 9000), 1400), raw_esp=sec.get("raw_esp", _bool, False))
     sec.finish()
     return g
+
+
+def _metrics(root: _Section) -> tuple[str, int]:
+    """``[metrics] listen``, parsed by the gateway's own parser (one syntax for ``--metrics`` and this key)."""
+    from esp.gateway.metrics import parse_listen
+
+    sec = _Section(root.raw("metrics", {}) or {}, "metrics")
+    listen = sec.get("listen", parse_listen, required=True)
+    sec.finish()
+    return listen
 
 
 def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None) -> DaemonConfig:

@@ -17,6 +17,7 @@ terminate``): one request object per line, one response object per line.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ipaddress
 import json
@@ -244,6 +245,8 @@ class Daemon:
         self._by_out: dict[int, int] = {}  # outbound SPI -> inbound SPI
         self.ike_sas: dict[int, IkeSaRecord] = {}
         self.events: list[IkeEvent] = []  # recent events, bounded (for tests and `list-sas --events`)
+        #: every event ever, by class name: the exchanges' outcomes (metrics read it, ike.metrics)
+        self.event_counts: collections.Counter[str] = collections.Counter()
         self.max_events = 1000
         self.counters: dict[str, int] = {"esp_in_ok": 0, "esp_in_dropped": 0, "esp_out_ok": 0,
                                          "esp_out_dropped": 0, "inner_undelivered": 0}
@@ -445,6 +448,7 @@ class Daemon:
     # -- events from the core ------------------------------------------------------------------------------
     def _on_event(self, ev: IkeEvent) -> None:
         self.events.append(ev)
+        self.event_counts[type(ev).__name__] += 1
         if len(self.events) > self.max_events:
             del self.events[: len(self.events) - self.max_events]
         if self.key_log is not None and isinstance(ev, (IkeKeysDerived, ChildSaEstablished)):

@@ -180,6 +180,8 @@ class GatewayStats:
     rx_loop: str = ""  # the receive loop running, the same way
     tx_batches: int = 0
     rx_batches: int = 0
+    tx_bytes: int = 0  # inner bytes taken in for encryption (after segmentation): one sum per batch
+    rx_bytes: int = 0  # outer (ESP) bytes received: one sum per batch
     io_errors: int = 0  # transient I/O errors (the loop carried on)
     last_io_error: str = ""
     errors: list[str] = field(default_factory=list)  # fatal: the gateway stopped
@@ -550,6 +552,7 @@ class Gateway:
         st, dp = self.stats, self.dataplane
         f = src.full
         st.tx_batches += 1
+        st.tx_bytes += int(f.lengths[:n].sum())
         if dp.sad.snapshot.version != self._sad_version:
             self._update_path_mtu()
         big = np.flatnonzero(f.lengths[:n] > st.inner_mtu)
@@ -778,6 +781,7 @@ class Gateway:
                     continue
                 st.esp_received += n
                 st.rx_batches += 1
+                st.rx_bytes += int(f.lengths[:n].sum())
                 out = dst.view(n)
                 inb = src.view(n)
                 verdicts = dp.inbound(inb, out)
@@ -1022,9 +1026,9 @@ def run_static(path: str | os.PathLike, *, ready: Callable[[Gateway], None] | No
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
     gw.start()
     try:
-        print(f"READY {gw.tun.name if gw.tun else '?'}", flush=True)
-        if ready is not None:
+        if ready is not None:  # before READY: what it sets up (a metrics endpoint) is there when READY is
             ready(gw)
+        print(f"READY {gw.tun.name if gw.tun else '?'}", flush=True)
         while not done.wait(0.05):
             if not gw.running:
                 break
