@@ -245,8 +245,13 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     peers = ", ".join(f"{p.name} ({len(p.children)} children)" for p in cfg.core.peers)
+    g = cfg.gateway
+    gw = "" if g is None else (
+        f"; gateway {g.tun_name} (offload {'on where probed' if g.offload else 'off'}, MTU "
+        f"{g.mtu if g.mtu is not None else 'following the path'}, outer MTU "
+        f"{g.outer_mtu if g.outer_mtu is not None else 'of the interface'}, batch {g.batch_size})")
     print(f"{args.config}: OK; peers: {peers}; listening on "
-          + ", ".join(f"{a}[{p}]" for a in cfg.addresses for p in cfg.bind_ports()))
+          + ", ".join(f"{a}[{p}]" for a in cfg.addresses for p in cfg.bind_ports()) + gw)
     return 0
 
 
