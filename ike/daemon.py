@@ -327,8 +327,9 @@ class Daemon:
         if self.gateway is not None:
             st = self.gateway.stats
             # What the probes granted: an operator comparing throughput needs to know which path runs.
-            log.info("gateway %s: TUN MTU %s (outer %s), offloads: %s%s", self.gateway.tun.name if self.gateway.tun
-                     else "?", st.tun_mtu, st.outer_mtu, ", ".join(st.offloads) or "none",
+            tun = self.gateway.tun.name if self.gateway.tun is not None else "?"
+            log.info("gateway %s: TUN MTU %s (outer %s), offloads: %s%s", tun, st.tun_mtu, st.outer_mtu,
+                     ", ".join(st.offloads) or "none",
                      f" ({st.offload_fallback})" if st.offload_fallback else "")
         return self.endpoint.addresses
 

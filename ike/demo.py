@@ -220,7 +220,8 @@ class NetLab:
 
     def run_in(self, name: str, fn: Any) -> Any:
         """``fn()`` on a helper thread that entered namespace ``name``: ``setns`` switches only the calling
-        thread, and what it creates (sockets, the TUN device, the gateway's threads) stays in that namespace."""
+        thread, and what it creates (sockets, the TUN device, the gateway's threads) stays in that
+        namespace."""
         out: dict[str, Any] = {}
 
         def enter() -> None:
@@ -378,8 +379,9 @@ offload = {offload}
 """
 
 
-async def _start_loopback(work: Path, args: argparse.Namespace, stores: dict[str, Path], daemons: dict[str, Any],
-                          received: dict[str, list[bytes]], arrived: dict[str, asyncio.Event]) -> str:
+async def _start_loopback(work: Path, args: argparse.Namespace, stores: dict[str, Path],
+                          daemons: dict[str, Any], received: dict[str, list[bytes]],
+                          arrived: dict[str, asyncio.Event]) -> str:
     """Both daemons in this process on 127.0.0.1; inner packets reach ``received`` through on_packets."""
     from ike.aio import open_udp_socket
     from ike.config import parse_config
@@ -404,8 +406,8 @@ async def _start_loopback(work: Path, args: argparse.Namespace, stores: dict[str
     return ", ".join(f"{n} on 127.0.0.1[{p[0]}] + NAT-T [{p[1]}]" for n, p in ports.items())
 
 
-async def _start_gateways(work: Path, args: argparse.Namespace, stores: dict[str, Path], daemons: dict[str, Any],
-                          lab: NetLab) -> str:
+async def _start_gateways(work: Path, args: argparse.Namespace, stores: dict[str, Path],
+                          daemons: dict[str, Any], lab: NetLab) -> str:
     """One daemon per namespace with its ``[gateway]``, built as ``python -m ike daemon`` builds it; the
     sockets and the TUN device are made in the namespace, the IKE side runs on this process's event loop."""
     from ike.aio import open_udp_socket
@@ -441,8 +443,9 @@ async def _start_gateways(work: Path, args: argparse.Namespace, stores: dict[str
     return "\n      ".join(said)
 
 
-async def _traffic_loopback(args: argparse.Namespace, daemons: dict[str, Any], received: dict[str, list[bytes]],
-                            arrived: dict[str, asyncio.Event], first_spi: int, result: DemoResult) -> None:
+async def _traffic_loopback(args: argparse.Namespace, daemons: dict[str, Any],
+                            received: dict[str, list[bytes]], arrived: dict[str, asyncio.Event], first_spi: int,
+                            result: DemoResult) -> None:
     half = args.packets // 2
     for src_name, dst_name, count in (("gw-a", "gw-b", args.packets), ("gw-b", "gw-a", args.packets)):
         d = Direction(f"{src_name} -> {dst_name}")
@@ -555,8 +558,8 @@ async def _run(work: Path, args: argparse.Namespace, out: TextIO, result: DemoRe
                       f"{NETS['gw-b'][1]}, through both gateways (esp.gateway){rekey}")
             await _traffic_gateway(args, daemons, lab, first_spi, result)
         else:
-            _say(out, f"[6/6] traffic: {args.packets} packets of {args.size} bytes each way, windows of {WINDOW}"
-                      f"{rekey}; path: in-process data plane on loopback, not the gateway ({problem})")
+            _say(out, f"[6/6] traffic: {args.packets} packets of {args.size} bytes each way, windows of "
+                      f"{WINDOW}{rekey}; path: in-process data plane on loopback, not the gateway ({problem})")
             await _traffic_loopback(args, daemons, received, arrived, first_spi, result)
         if args.rekey:
             for _ in range(int(STEP_TIMEOUT / 0.01)):  # the old CHILD_SA is deleted after the rekey
@@ -581,15 +584,17 @@ async def _run(work: Path, args: argparse.Namespace, out: TextIO, result: DemoRe
             result.gateway_stats = {n: {k: v for k, v in vars(d.gateway.stats).items() if k != "errors"}
                                     for n, d in daemons.items()}
             for n, st in result.gateway_stats.items():
-                _say(out, f"{n} gateway: offloads {', '.join(st['offloads']) or 'none'}; {st['tun_read']} TUN "
-                          f"reads, {st['esp_sent']} ESP sent ({st['gso_trains']} GSO trains), {st['esp_received']} "
-                          f"ESP received ({st['gro_trains']} GRO trains), {st['tun_written']} TUN writes")
+                _say(out, f"{n} gateway: offloads {', '.join(st['offloads']) or 'none'}; "
+                          f"{st['tun_read']} TUN reads, {st['esp_sent']} ESP sent ({st['gso_trains']} GSO "
+                          f"trains), {st['esp_received']} ESP received ({st['gro_trains']} GRO trains), "
+                          f"{st['tun_written']} TUN writes")
             result.ok = all(not (d.lost or d.altered) and d.bytes == args.megabytes << 20
                             for d in result.directions)
             if not result.ok:
                 result.error = "traffic check failed: bytes lost or altered"
         else:
-            result.ok = all(not (d.lost or d.altered) and d.packets == args.packets for d in result.directions)
+            result.ok = all(not (d.lost or d.altered) and d.packets == args.packets
+                            for d in result.directions)
             if not result.ok:
                 result.error = "traffic check failed: packets lost or altered"
         if result.ok and args.rekey and first_spi in a.children:
@@ -650,10 +655,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--esp-proposal", default="aes128gcm16", help="ESP proposal, strongSwan syntax (default aes128gcm16)")
     p.add_argument("--no-rekey", dest="rekey", action="store_false", help="skip the CHILD_SA rekey under traffic")
     p.add_argument("--path", choices=("auto", "gateway", "loopback"), default="auto",
-                   help="where the traffic goes: 'gateway' runs each daemon's [gateway] (TUN + esp.gateway) in "
-                        "its own network namespace and sends TCP through them (root); 'loopback' hands packets "
-                        "to the daemons' data planes in this process; 'auto' (default): gateway where it can, "
-                        "else loopback, saying why")
+                   help="where the traffic goes: 'gateway' runs each daemon's [gateway] (TUN + esp.gateway) "
+                        "in its own network namespace and sends TCP through them (root); 'loopback' hands "
+                        "packets to the daemons' data planes in this process; 'auto' (default): gateway where "
+                        "it can, else loopback, saying why")
     p.add_argument("--megabytes", type=int, default=128,
                    help="gateway path: MiB of TCP each way, 1..4096 (default 128); --packets/--size are the "
                         "loopback path's")

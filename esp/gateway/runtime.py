@@ -339,8 +339,8 @@ class Gateway:
         src, dst = _Slots(count, c.slot_size), _Slots(count, c.slot_size)
         tun_fd, wake = self.tun.fileno(), self._wake_r  # type: ignore[union-attr]
         f = src.full
-        # Reads per cycle: as many as a plain batch takes. A read is one packet unless the sender's stack made a
-        # super-packet (iperf3 -u, DNS, RTP never do), and a cycle of only TSO_READS of them paid the cycle's
+        # Reads per cycle: as many as a plain batch takes. A read is one packet unless the sender's stack made
+        # a super-packet (iperf3 -u, DNS, RTP never do), and a cycle of only TSO_READS of them paid the cycle's
         # fixed cost (numpy, outbound(), a GSO train of 8) per 8 packets: UDP ran slower than without offloads.
         reads = max(TSO_READS, c.batch_size)
         sup = PacketBatch.empty(reads, _VNET_SLOT) if self._vnet else None

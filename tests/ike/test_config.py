@@ -341,7 +341,8 @@ def test_gateway_section_knobs(pki_dir: Path) -> None:
     batch_size), and the daemon's gateway is built from them: the same probed, offloaded path."""
     from esp.dataplane import ESP_OVERHEAD_MAX
     from ike.daemon import make_gateway
-    base = GOOD.replace("[daemon]\n", '[daemon]\naddresses = ["192.0.2.1"]\n') + '\n[gateway]\ntun_name = "esp0"\n'
+    base = GOOD.replace("[daemon]\n", '[daemon]\naddresses = ["192.0.2.1"]\n')
+    base += '\n[gateway]\ntun_name = "esp0"\n'
     g = parse_config(base, base=pki_dir).gateway
     assert g is not None and (g.mtu, g.outer_mtu, g.offload, g.batch_size) == (None, None, True, 64)
     gc = make_gateway(parse_config(base, base=pki_dir)).config

@@ -187,7 +187,8 @@ def test_check_config_with_gateway_knobs(tmp_path: Path, lab: LabPki) -> None:
     conf.write_text(base + "offload = false\nouter_mtu = 1500\nbatch_size = 32\n")
     r = _ike("check-config", "--config", str(conf))
     assert r.returncode == 0, r.stderr
-    assert "gateway esp0 (offload off, MTU following the path, outer MTU 1500, batch 32)" in r.stdout, r.stdout
+    want = "gateway esp0 (offload off, MTU following the path, outer MTU 1500, batch 32)"
+    assert want in r.stdout, r.stdout
     conf.write_text(base + "offload = \"yes\"\n")
     r = _ike("check-config", "--config", str(conf))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr

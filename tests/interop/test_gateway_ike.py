@@ -217,8 +217,8 @@ def _pair(topo: Topology, tmp: Path, esp: str = "aes128gcm16", child_extra: str 
     try:
         for name, (peer, local, remote, lts, rts, ns) in sides.items():
             conf = CONF.format(local=local, remote=remote, name=name, peer=peer, peer_id=f"{peer}.espresso.test",
-                               local_ts=lts, remote_ts=rts, esp=esp, child_extra=child_extra, tun=unique("eik"),
-                               gateway_extra=gateway_extra)
+                               local_ts=lts, remote_ts=rts, esp=esp, child_extra=child_extra,
+                               tun=unique("eik"), gateway_extra=gateway_extra)
             gws[name] = IkeGateway(ns, tmp, name, conf)
     except BaseException:
         for g in gws.values():
@@ -304,7 +304,8 @@ def test_tcp_across_child_rekey_with_and_without_offloads(topo, tmp_path, offloa
         for bad in ("AUTH_FAILED", "REPLAYED", "POLICY_MISMATCH"):
             assert s["inbound"][bad] == 0, (bad, s)
     for g, s in zip(gws, (stats_a, stats_b)):
-        assert f"offloads: {', '.join(g['offloads']) or 'none'}" in s["stderr"], s["stderr"][-2000:]  # the log says
+        # the daemon's start log says which offloads are on
+        assert f"offloads: {', '.join(g['offloads']) or 'none'}" in s["stderr"], s["stderr"][-2000:]
         assert g["tun_mtu"] < 1500 and g["outer_mtu"] == 1500  # mtu unset: the path's MTU less ESP's overhead
         assert g["too_big"] == 0 and g["fragmented"] == 0
         if not offload:
