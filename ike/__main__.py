@@ -249,8 +249,13 @@ def _check_config(args: argparse.Namespace) -> int:
     if cfg.metrics_listen is not None:
         host, port = cfg.metrics_listen
         metrics = f"; metrics at http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+    g = cfg.gateway
+    gw = "" if g is None else (
+        f"; gateway {g.tun_name} (offload {'on where probed' if g.offload else 'off'}, MTU "
+        f"{g.mtu if g.mtu is not None else 'following the path'}, outer MTU "
+        f"{g.outer_mtu if g.outer_mtu is not None else 'of the interface'}, batch {g.batch_size})")
     print(f"{args.config}: OK; peers: {peers}; listening on "
-          + ", ".join(f"{a}[{p}]" for a in cfg.addresses for p in cfg.bind_ports()) + metrics)
+          + ", ".join(f"{a}[{p}]" for a in cfg.addresses for p in cfg.bind_ports()) + gw + metrics)
     return 0
 
 

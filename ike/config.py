@@ -34,6 +34,10 @@ Example (the keys are swanctl's where they exist)::
     [gateway]                           # optional (root): TUN device + ESP threads of esp.gateway
     tun_name = "esp0"
     tun_addresses = ["10.1.0.1/16"]     # routes default to every child's remote_ts
+    offload = true                      # UDP GSO/GRO + TUN TSO/USO where probed OK; false: one packet a call
+    # mtu = 1400                        # TUN MTU; unset: follow outer_mtu less the SAs' ESP overhead
+    # outer_mtu = 1500                  # unset: the MTU of the interface holding daemon.addresses[0]
+    # batch_size = 64                   # packets per data-thread cycle (1-1024)
 
     [metrics]                           # optional: Prometheus text at http://127.0.0.1:9745/metrics
     listen = "127.0.0.1:9745"           # HOST:PORT or [IPv6]:PORT (pip install 'espresso-ipsec[metrics]')
@@ -132,12 +136,19 @@ class GatewaySettings:
     """``[gateway]``: run esp's TUN gateway in the daemon (root), so CHILD_SAs carry real traffic.
 
     ``routes`` are the remote inner prefixes routed into the TUN device (default: every child's remote_ts);
-    ``tun_addresses`` the addresses the device gets (e.g. this site's inner gateway address)."""
+    ``tun_addresses`` the addresses the device gets (e.g. this site's inner gateway address). The other
+    knobs are esp.gateway.GatewayConfig's, so the daemon runs the same probed, offloaded path as
+    ``python -m esp gateway``: ``mtu`` None follows the path (``outer_mtu`` less the installed SAs' ESP
+    overhead, with ICMP "too big" for what does not fit); ``offload`` false is the static gateway's
+    ``--no-offload``."""
 
     tun_name: str = "esp%d"
     tun_addresses: tuple[str, ...] = ()
     routes: tuple[str, ...] = ()
-    mtu: int = 1400
+    mtu: int | None = None
+    outer_mtu: int | None = None
+    offload: bool = True
+    batch_size: int = 64
     raw_esp: bool = False
 
 
@@ -1007,8 +1018,15 @@ def _gateway(root: _Section, addresses: tuple[str, ...], peers: Sequence[PeerCon
     name = sec.get("tun_name", _str, "esp%d")
     if not name or len(name) > 15 or "/" in name or any(c.isspace() for c in name):
         raise sec.error("tun_name", f"{name!r} is not a valid interface name (1-15 characters)")
+    mtu = sec.get("mtu", _int_range(576, 9000))
+    outer_mtu = sec.get("outer_mtu", _int_range(576, 9000))
+    if mtu is not None and outer_mtu is not None and mtu >= outer_mtu:
+        raise sec.error("mtu", f"{mtu} does not fit gateway.outer_mtu {outer_mtu} with ESP's overhead "
+                               f"(leave mtu unset to follow the path)")
     g = GatewaySettings(tun_name=name, tun_addresses=cidrs("tun_addresses", True), routes=routes,
-                        mtu=sec.get("mtu", _int_range(576, 9000), 1400), raw_esp=sec.get("raw_esp", _bool, False))
+                        mtu=mtu, outer_mtu=outer_mtu, offload=sec.get("offload", _bool, True),
+                        batch_size=sec.get("batch_size", _int_range(1, 1024), 64),
+                        raw_esp=sec.get("raw_esp", _bool, False))
     sec.finish()
     return g
 

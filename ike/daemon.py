@@ -200,10 +200,16 @@ def make_gateway(config: DaemonConfig) -> Any:
     g = config.gateway
     if g is None:
         return None
+    from esp.dataplane import ESP_OVERHEAD_MAX
     from esp.gateway import Gateway, GatewayConfig
+    defaults = GatewayConfig.__dataclass_fields__
+    # A slot holds the largest inner packet plus ESP: a jumbo mtu/outer_mtu gets slots to match instead of
+    # the TUN MTU being capped (or GatewayConfig refusing the mtu).
+    slot = max(defaults["slot_size"].default, max(g.mtu or 0, g.outer_mtu or 0) + ESP_OVERHEAD_MAX)
     return Gateway(GatewayConfig(local_addr=config.addresses[0], tun_name=g.tun_name, tun_addresses=g.tun_addresses,
-                                 routes=g.routes, mtu=g.mtu, nat_port=config.nat_port, raw_esp=g.raw_esp,
-                                 ike_socket=True))
+                                 routes=g.routes, mtu=g.mtu, outer_mtu=g.outer_mtu, offload=g.offload,
+                                 batch_size=g.batch_size, slot_size=slot, nat_port=config.nat_port,
+                                 raw_esp=g.raw_esp, ike_socket=True))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -321,6 +327,13 @@ class Daemon:
         for peer in dict.fromkeys([*self.config.auto_start, *initiate]):
             self._try_initiate(peer)
         log.info("listening on %s", ", ".join(f"{h}[{p}]" for h, p in self.endpoint.addresses))
+        if self.gateway is not None:
+            st = self.gateway.stats
+            # What the probes granted: an operator comparing throughput needs to know which path runs.
+            tun = self.gateway.tun.name if self.gateway.tun is not None else "?"
+            log.info("gateway %s: TUN MTU %s (outer %s), offloads: %s%s", tun, st.tun_mtu, st.outer_mtu,
+                     ", ".join(st.offloads) or "none",
+                     f" ({st.offload_fallback})" if st.offload_fallback else "")
         return self.endpoint.addresses
 
     async def run(self) -> None:

@@ -336,6 +336,40 @@ mtu = 1380
         assert message in str(err.value), str(err.value)
 
 
+def test_gateway_section_knobs(pki_dir: Path) -> None:
+    """[gateway] takes the static gateway's knobs (offload, outer_mtu, mtu unset = follow the path MTU,
+    batch_size), and the daemon's gateway is built from them: the same probed, offloaded path."""
+    from esp.dataplane import ESP_OVERHEAD_MAX
+    from ike.daemon import make_gateway
+    base = GOOD.replace("[daemon]\n", '[daemon]\naddresses = ["192.0.2.1"]\n')
+    base += '\n[gateway]\ntun_name = "esp0"\n'
+    g = parse_config(base, base=pki_dir).gateway
+    assert g is not None and (g.mtu, g.outer_mtu, g.offload, g.batch_size) == (None, None, True, 64)
+    gc = make_gateway(parse_config(base, base=pki_dir)).config
+    assert (gc.mtu, gc.outer_mtu, gc.offload, gc.batch_size, gc.ike_socket) == (None, None, True, 64, True)
+    text = base + "offload = false\nouter_mtu = 9000\nbatch_size = 128\n"
+    cfg = parse_config(text, base=pki_dir)
+    assert cfg.gateway is not None
+    assert (cfg.gateway.mtu, cfg.gateway.outer_mtu, cfg.gateway.offload, cfg.gateway.batch_size) == \
+        (None, 9000, False, 128)
+    gc = make_gateway(cfg).config
+    assert (gc.mtu, gc.outer_mtu, gc.offload, gc.batch_size) == (None, 9000, False, 128)
+    assert gc.slot_size >= 9000 + ESP_OVERHEAD_MAX  # a jumbo path is followed, not capped at 2 KB slots
+    gc = make_gateway(parse_config(base + "mtu = 9000\n", base=pki_dir)).config  # was a ValueError at start
+    assert gc.mtu == 9000 and gc.slot_size >= 9000 + ESP_OVERHEAD_MAX
+    for extra, message in [
+        ("offload = 1\n", "gateway.offload: expected true or false, got 1"),
+        ("outer_mtu = 100\n", "gateway.outer_mtu: expected an integer 576-9000, got 100"),
+        ("outer_mtu = \"auto\"\n", "gateway.outer_mtu: expected an integer 576-9000, got 'auto'"),
+        ("batch_size = 0\n", "gateway.batch_size: expected an integer 1-1024, got 0"),
+        ("mtu = 1500\nouter_mtu = 1400\n", "gateway.mtu: 1500 does not fit gateway.outer_mtu 1400"),
+        ("ofload = false\n", "gateway: unknown key 'ofload' (did you mean 'offload'?)"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            parse_config(base + extra, base=pki_dir)
+        assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
 def test_start_action(pki_dir: Path) -> None:
     cfg = parse_config(GOOD.replace('rekey_time = "4h"', 'rekey_time = "4h"\nstart_action = "start"'), base=pki_dir)
     assert cfg.auto_start == ("branch",)

@@ -177,3 +177,19 @@ def test_key_name_the_os_refuses_is_a_one_line_error(tmp_path: Path, lab: LabPki
     conf = _write(tmp_path, lab)
     conf.write_text(conf.read_text().replace('key = "gw.key"', f'key = "{name}"'))
     _refused(conf, "certificates.gw.key")
+
+
+def test_check_config_with_gateway_knobs(tmp_path: Path, lab: LabPki) -> None:
+    """check-config accepts the [gateway] knobs the static gateway has and says what the daemon will run;
+    a bad one is one line naming the key (exit 2)."""
+    conf = _write(tmp_path, lab)
+    base = conf.read_text() + '\n[gateway]\ntun_name = "esp0"\n'
+    conf.write_text(base + "offload = false\nouter_mtu = 1500\nbatch_size = 32\n")
+    r = _ike("check-config", "--config", str(conf))
+    assert r.returncode == 0, r.stderr
+    want = "gateway esp0 (offload off, MTU following the path, outer MTU 1500, batch 32)"
+    assert want in r.stdout, r.stdout
+    conf.write_text(base + "offload = \"yes\"\n")
+    r = _ike("check-config", "--config", str(conf))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "gateway.offload: expected true or false, got 'yes'" in r.stderr, r.stderr

@@ -27,9 +27,12 @@ def _args(*argv: str) -> argparse.Namespace:
 @pytest.mark.slow
 def test_demo_in_process(tmp_path: Path) -> None:
     out = io.StringIO()
-    result = run_demo(_args("--packets", "600", "--size", "700", "--workdir", str(tmp_path)), out)
+    argv = ("--packets", "600", "--size", "700", "--path", "loopback", "--workdir", str(tmp_path))
+    result = run_demo(_args(*argv), out)
     text = out.getvalue()
     assert result.ok, text
+    assert (result.path, result.fallback_reason) == ("loopback", "--path loopback")
+    assert "path: in-process data plane on loopback, not the gateway (--path loopback)" in text
     assert [d.name for d in result.directions] == ["gw-a -> gw-b", "gw-b -> gw-a"]
     for d in result.directions:
         assert (d.packets, d.lost, d.altered) == (600, 0, 0) and d.bytes == 600 * 700
@@ -118,3 +121,54 @@ def test_demo_command_line_without_privileges() -> None:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "demo OK" in proc.stdout and "Mbit/s" in proc.stdout
+    # without the privileges of the gateway path it says plainly which path the traffic took
+    assert "path: in-process data plane on loopback, not the gateway (" in proc.stdout, proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("offload", [True, False], ids=["offload", "no_offload"])
+def test_demo_traffic_goes_through_the_gateways(tmp_path: Path, offload: bool) -> None:
+    """As root (the README's demo on a router's lab box) the traffic is TCP between two namespaces through
+    both daemons' [gateway]s: the bytes match by hash across the CHILD_SA rekey, and the gateways' own counters
+    show that they carried it (with the probed offloads, or none with --no-offload)."""
+    from tests.support import require, require_root
+
+    require_root()
+    require(os.path.exists("/dev/net/tun"), "/dev/net/tun is missing")
+    require(shutil.which("ip") is not None, "iproute2's ip is missing")
+    out = io.StringIO()
+    argv = ["--path", "gateway", "--megabytes", "16", "--workdir", str(tmp_path)]
+    argv += [] if offload else ["--no-offload"]
+    result = run_demo(_args(*argv), out)
+    text = out.getvalue()
+    assert result.ok, text
+    assert result.path == "gateway" and result.rekeyed
+    assert "lan: #2, reqid 1, INSTALLED, TUNNEL-in-UDP" in text
+    for d in result.directions:
+        assert (d.bytes, d.lost, d.altered) == (16 << 20, 0, 0) and d.packets >= (16 << 20) // 1438
+    assert text.count("SHA-256 match") == 2
+    assert set(result.gateway_stats) == {"gw-a", "gw-b"}
+    for name, st in result.gateway_stats.items():
+        # both transfers' data went out through this gateway's ESP socket and came in through it
+        assert st["esp_sent"] >= (16 << 20) // 1438 and st["esp_received"] >= (16 << 20) // 1438, st
+        assert st["tun_mtu"] == 1438 and st["too_big"] == 0 and st["fragmented"] == 0
+        if offload:
+            assert "udp_gso" in st["offloads"] and 0 < st["gso_trains"] < st["gso_datagrams"]
+            assert f"{name} gateway: offloads {', '.join(st['offloads'])};" in text
+        else:
+            assert st["offloads"] == [] and st["gso_trains"] == 0 and st["tun_read"] >= (16 << 20) // 1438
+            assert f"{name} gateway: offloads none;" in text
+    # the namespaces are gone again
+    assert "espdemo-" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def test_demo_path_gateway_refused_without_namespaces(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """--path gateway where it cannot run is a one-line failure naming why (auto would fall back)."""
+    import ike.demo
+
+    monkeypatch.setattr(ike.demo, "gateway_path_problem", lambda: "not root (test)")
+    out = io.StringIO()
+    result = run_demo(_args("--path", "gateway", "--workdir", str(tmp_path)), out)
+    assert not result.ok and result.error == "--path gateway: not root (test)"
+    assert run_from_args(_args("--megabytes", "0")) == 2

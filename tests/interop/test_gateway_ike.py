@@ -66,6 +66,7 @@ esp_proposals = ["{esp}"]
 [gateway]
 tun_name = "{tun}"
 routes = ["{remote_ts}"]
+{gateway_extra}
 """
 
 
@@ -165,7 +166,7 @@ class IkeGateway:
     def counters(self) -> dict:
         st = self.control({"cmd": "stats"})["stats"]
         self.last = {"inbound": collections.Counter(st["dataplane_in"]),
-                     "outbound": collections.Counter(st["dataplane_out"])}
+                     "outbound": collections.Counter(st["dataplane_out"]), "gateway": st.get("gateway", {})}
         return self.last
 
     def wait(self, pred, what: str, timeout: float = 15.0):
@@ -206,7 +207,7 @@ def topo():
 
 
 def _pair(topo: Topology, tmp: Path, esp: str = "aes128gcm16", child_extra: str = "",
-          scep: bool = False) -> tuple[IkeGateway, IkeGateway]:
+          scep: bool = False, gateway_extra: str = "") -> tuple[IkeGateway, IkeGateway]:
     (scep_enrolled_pki if scep else espresso_pki)(tmp, ["gwa", "gwb"])
     sides = {
         "gwa": ("gwb", "10.97.0.1", "10.97.0.2", "10.98.1.0/24", "10.98.2.0/24", topo.gw_a),
@@ -216,7 +217,8 @@ def _pair(topo: Topology, tmp: Path, esp: str = "aes128gcm16", child_extra: str 
     try:
         for name, (peer, local, remote, lts, rts, ns) in sides.items():
             conf = CONF.format(local=local, remote=remote, name=name, peer=peer, peer_id=f"{peer}.espresso.test",
-                               local_ts=lts, remote_ts=rts, esp=esp, child_extra=child_extra, tun=unique("eik"))
+                               local_ts=lts, remote_ts=rts, esp=esp, child_extra=child_extra,
+                               tun=unique("eik"), gateway_extra=gateway_extra)
             gws[name] = IkeGateway(ns, tmp, name, conf)
     except BaseException:
         for g in gws.values():
@@ -269,6 +271,51 @@ def test_two_espresso_gateways_with_certificates_rekey_mid_transfer_and_peer_sto
         assert s["inbound"]["POLICY_MISMATCH"] == 0
     # the last ping met no SA (or, the CHILD_SA's policy being gone with it, no policy): dropped, counted
     assert stats_a["outbound"]["NO_SA"] + stats_a["outbound"]["DISCARDED"] >= 1 and st is not None
+
+
+@pytest.mark.parametrize("offload", [True, False], ids=["offload", "no_offload"])
+def test_tcp_across_child_rekey_with_and_without_offloads(topo, tmp_path, offload):
+    """The daemon's [gateway] runs the gateway's probed path: ``offload = true`` (UDP GSO/GRO, TUN TSO/USO
+    where the kernel grants them) and ``offload = false`` (one packet per call) both carry a TCP transfer
+    across a CHILD_SA rekey without losing a byte, and the daemon's stats say which offloads were used."""
+    a, b = _pair(topo, tmp_path, gateway_extra=f"offload = {str(offload).lower()}\nbatch_size = 64")
+    try:
+        assert a.control({"cmd": "initiate", "ike": "gwb", "timeout": 10})["state"] == "ESTABLISHED"
+        (ca,) = a.wait(a.children, "the CHILD_SA")
+        b.wait(b.children, "the responder's CHILD_SA")
+        result: dict = {}
+        t = threading.Thread(target=lambda: result.update(r=bulk_transfer(topo, 16 << 20, seed=17, rate=4e6)))
+        t.start()
+        time.sleep(1.0)
+        assert a.control({"cmd": "rekey", "child": ca["spi_in"]})["ok"]
+        a.wait(lambda: [c for c in a.children() if c["spi_in"] != ca["spi_in"] and c["outbound_active"]],
+               "the rekeyed CHILD_SA")
+        assert t.is_alive(), "the transfer ended before the rekey: not mid-transfer"
+        t.join(90)
+        assert not t.is_alive()
+        sent, got, _ = result["r"]
+        assert sent == got and got.startswith(str(16 << 20)), (sent, got)
+        gws = [g.counters()["gateway"] for g in (a, b)]
+    finally:
+        stats_a = a.stop()
+        stats_b = b.stop()
+    for s in (stats_a, stats_b):
+        assert s["tracebacks"] == 0, s["stderr"][-3000:]
+        for bad in ("AUTH_FAILED", "REPLAYED", "POLICY_MISMATCH"):
+            assert s["inbound"][bad] == 0, (bad, s)
+    for g, s in zip(gws, (stats_a, stats_b)):
+        # the daemon's start log says which offloads are on
+        assert f"offloads: {', '.join(g['offloads']) or 'none'}" in s["stderr"], s["stderr"][-2000:]
+        assert g["tun_mtu"] < 1500 and g["outer_mtu"] == 1500  # mtu unset: the path's MTU less ESP's overhead
+        assert g["too_big"] == 0 and g["fragmented"] == 0
+        if not offload:
+            assert g["offloads"] == [] and g["gso_trains"] == 0 and g["gro_trains"] == 0, g
+        else:
+            assert g["offloads"], g  # this kernel (>= 4.18) grants UDP GSO at least
+            if "udp_gso" in g["offloads"]:
+                assert g["gso_trains"] > 0 and g["gso_datagrams"] > g["gso_trains"], g
+            if "udp_gro" in g["offloads"]:
+                assert g["gro_trains"] > 0, g
 
 
 def test_byte_lifetime_in_the_data_plane_drives_rekeys_under_traffic(topo, tmp_path):
@@ -345,7 +392,7 @@ def test_espresso_gateway_with_strongswan(tmp_path, initiator):
         ch.start()
         conf = CONF.format(local=a.outer, remote=b.outer, name="esp", peer="swan", peer_id="swan.espresso.test",
                            local_ts=f"{a.inner}/32", remote_ts=f"{b.inner}/32", esp="aes128gcm16",
-                           child_extra="", tun=unique("eik"))
+                           child_extra="", tun=unique("eik"), gateway_extra="")
         gw = IkeGateway(a.netns.name, tmp_path, "esp", conf)
         try:
             if initiator == "espresso":
