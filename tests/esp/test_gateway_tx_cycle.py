@@ -35,7 +35,7 @@ def _udp4(size: int, seq: int) -> bytes:
 
 @pytest.mark.parametrize("batch_size", [64, 200])
 def test_vnet_tx_cycle_takes_a_full_batch_of_single_packet_reads(batch_size: int) -> None:
-    gw = Gateway(GatewayConfig(local_addr="127.0.0.1", batch_size=batch_size))
+    gw = Gateway(GatewayConfig(local_addr="127.0.0.1", batch_size=batch_size, loop="python"))
     tun, feeder = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     wake_r, wake_w = os.pipe()
     try:
