@@ -13,12 +13,12 @@ daemon removes it after the DELETE exchange.
 from __future__ import annotations
 
 import ipaddress
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from esp._watch import Watched
 from .spd import CompiledSelectors, Selector, compile_selectors
 
 __all__ = ["SaEntry", "Sad", "SadSnapshot", "sa_direction", "sa_spi"]
@@ -111,12 +111,11 @@ class SadSnapshot:
 _EMPTY = SadSnapshot(MappingProxyType({}), MappingProxyType({}), MappingProxyType({}), MappingProxyType({}))
 
 
-class Sad:
+class Sad(Watched):
     """SAs by SPI (inbound) and by policy (outbound); all writers serialise on one lock."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._watchers: tuple[Callable[[], None], ...] = ()
+        super().__init__()
         self._snapshot = _EMPTY
         self._order = 0
 
@@ -215,17 +214,6 @@ class Sad:
             ))
         return gone
 
-    def watch(self, fn: Callable[[], None]) -> None:
-        """Call ``fn`` (in the writer's thread, after the new snapshot is in place) on every change: how a
-        compiled data loop, which holds a copy of the tables, learns it must take a new one. Keep it short."""
-        with self._lock:
-            self._watchers += (fn,)
-
-    def unwatch(self, fn: Callable[[], None]) -> None:
-        with self._lock:
-            self._watchers = tuple(w for w in self._watchers if w is not fn)
-
     def _swap(self, new: SadSnapshot) -> None:
         self._snapshot = replace(new, version=self._snapshot.version + 1)
-        for fn in self._watchers:
-            fn()
+        self._notify()

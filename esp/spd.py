@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Union
 
 import numpy as np
+
+from esp._watch import Watched
 
 try:  # the compiled twin of parse_headers + first_match (esp/_classify.pyx); numpy is the reference and fallback
     from . import _classify as _compiled
@@ -512,12 +513,11 @@ def selectors_match(selectors: Sequence[Selector] | CompiledSelectors, h: Header
     return comp.any_match(h, rows)
 
 
-class Spd:
+class Spd(Watched):
     """The ordered policy list. Readers take :attr:`snapshot`; writers build a new one and swap it in."""
 
     def __init__(self, policies: Iterable[Policy] = ()) -> None:
-        self._lock = threading.Lock()
-        self._watchers: tuple[Callable[[], None], ...] = ()
+        super().__init__()
         pols = list(policies)
         _check_unique(pols)
         self._snapshot = SpdSnapshot.build(pols, 0)
@@ -568,20 +568,9 @@ class Spd:
                     return p
             raise KeyError(f"no policy named {name!r}")
 
-    def watch(self, fn: Callable[[], None]) -> None:
-        """Call ``fn`` (in the writer's thread, after the new snapshot is in place) on every change: how a
-        compiled data loop, which holds a copy of the tables, learns it must take a new one. Keep it short."""
-        with self._lock:
-            self._watchers += (fn,)
-
-    def unwatch(self, fn: Callable[[], None]) -> None:
-        with self._lock:
-            self._watchers = tuple(w for w in self._watchers if w is not fn)
-
     def _swap(self, pols: list[Policy]) -> None:
         self._snapshot = SpdSnapshot.build(pols, self._snapshot.version + 1)
-        for fn in self._watchers:
-            fn()
+        self._notify()
 
     def classify(self, batch: object) -> np.ndarray:
         """Policy index per packet of a PacketBatch (against the current snapshot)."""

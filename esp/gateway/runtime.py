@@ -206,6 +206,31 @@ class _Slots:
         return v
 
 
+# What a compiled loop's counter slots add to (GatewayStats field, counter slots summed), per direction, and
+# which of them each queue keeps too.
+_Fold = tuple[tuple[str, tuple[int, ...]], ...]
+_TX_FOLD: _Fold = ()
+_RX_FOLD: _Fold = ()
+_TX_QUEUE_FOLD: tuple[tuple[str, int], ...] = ()
+_RX_QUEUE_FOLD: tuple[tuple[str, int], ...] = ()
+if _loop is not None:
+    _TX_FOLD = (
+        ("tun_read", (_loop.C_TUN_READ,)), ("tx_bytes", (_loop.C_BYTES_IN,)),
+        ("tso_super_packets", (_loop.C_TSO_SUPER,)),
+        ("tso_segments", (_loop.C_TSO_SEGMENTS,)), ("tun_bad", (_loop.C_TUN_BAD, _loop.C_LEFT_DROPPED)),
+        ("esp_sent", (_loop.C_ESP_SENT,)), ("esp_send_dropped", (_loop.C_SEND_DROPPED,)),
+        ("not_sent", (_loop.C_NOT_SENT,)), ("tx_batches", (_loop.C_BATCHES,)), ("gso_trains", (_loop.C_GSO_TRAINS,)),
+        ("gso_datagrams", (_loop.C_GSO_DATAGRAMS,)))
+    _RX_FOLD = (
+        ("esp_received", (_loop.C_ESP_RECEIVED,)), ("rx_bytes", (_loop.C_BYTES_IN,)),
+        ("rx_batches", (_loop.C_BATCHES,)),
+        ("gro_trains", (_loop.C_GRO_TRAINS,)), ("gro_datagrams", (_loop.C_GRO_DATAGRAMS,)),
+        ("tun_written", (_loop.C_TUN_WRITTEN,)), ("tun_write_dropped", (_loop.C_TUN_WRITE_DROPPED,)),
+        ("tun_gro_packets", (_loop.C_TUN_GRO_PACKETS,)), ("tun_bad", (_loop.C_TUN_BAD, _loop.C_LEFT_DROPPED)),
+        ("not_delivered", (_loop.C_NOT_DELIVERED,)))
+    _TX_QUEUE_FOLD = (("tun_read", _loop.C_TUN_READ), ("esp_sent", _loop.C_ESP_SENT))
+    _RX_QUEUE_FOLD = (("esp_received", _loop.C_ESP_RECEIVED), ("tun_written", _loop.C_TUN_WRITTEN))
+
 class Gateway:
     """One TUN device, the NAT-T UDP socket (and optionally a raw ESP socket), two data threads."""
 
@@ -463,7 +488,7 @@ class Gateway:
                     self._publish(loop, spd, sad)
             rc = loop.run(LOOP_CYCLES, c.poll_ms, LOOP_MS)
             with self._lock:
-                self._fold_tx_counters(ctr, seen, q)
+                self._fold_counters(ctr, seen, q, True)
                 if loop.nleft:
                     self._tx_batch(left, left_dst, loop.nleft)
                 if rc == _loop.GSO_REFUSED:
@@ -485,31 +510,21 @@ class Gateway:
             contexts.append(ctx if isinstance(ctx, _core.SaContext) else None)
         loop.publish(np.ascontiguousarray(table, np.uint64), contexts, self.stats.inner_mtu)
 
-    def _fold_tx_counters(self, ctr: np.ndarray, seen: np.ndarray, q: int = 0) -> None:
-        """Add what the compiled loop counted since the last call to the stats and the data plane (under
+    def _fold_counters(self, ctr: np.ndarray, seen: np.ndarray, q: int, outbound: bool) -> None:
+        """Add what a compiled loop counted since the last call to the stats and the data plane (under
         self._lock: the queues' threads fold into the same totals)."""
         d = ctr - seen
         seen[:] = ctr
         if not d.any():
             return
-        st = self.stats
-        pq = st.per_queue[q]
-        pq["tun_read"] += int(d[_loop.C_TUN_READ])
-        pq["esp_sent"] += int(d[_loop.C_ESP_SENT])
-        st.tun_read += int(d[_loop.C_TUN_READ])
-        st.tx_bytes += int(d[_loop.C_BYTES_IN])
-        st.tso_super_packets += int(d[_loop.C_TSO_SUPER])
-        st.tso_segments += int(d[_loop.C_TSO_SEGMENTS])
-        st.tun_bad += int(d[_loop.C_TUN_BAD]) + int(d[_loop.C_LEFT_DROPPED])
-        st.esp_sent += int(d[_loop.C_ESP_SENT])
-        st.esp_send_dropped += int(d[_loop.C_SEND_DROPPED])
-        st.not_sent += int(d[_loop.C_NOT_SENT])
-        st.tx_batches += int(d[_loop.C_BATCHES])
-        st.gso_trains += int(d[_loop.C_GSO_TRAINS])
-        st.gso_datagrams += int(d[_loop.C_GSO_DATAGRAMS])
+        st, pq = self.stats, self.stats.per_queue[q]
+        for name, slots in (_TX_FOLD if outbound else _RX_FOLD):
+            setattr(st, name, getattr(st, name) + int(sum(d[k] for k in slots)))
+        for name, k in (_TX_QUEUE_FOLD if outbound else _RX_QUEUE_FOLD):
+            pq[name] += int(d[k])
         verdicts = d[_loop.C_VERDICTS:_loop.C_VERDICTS + 32]
         if verdicts.any():
-            self.dataplane.note_outbound(verdicts)
+            (self.dataplane.note_outbound if outbound else self.dataplane.note_inbound)(verdicts)
 
     def _tx_loop_python(self, q: int = 0) -> None:
         c, st = self.config, self.stats
@@ -720,35 +735,12 @@ class Gateway:
                               if isinstance(getattr(e.sa, "context", None), _core.SaContext)])
             rc = loop.run(LOOP_CYCLES, c.poll_ms, LOOP_MS)
             with self._lock:
-                self._fold_rx_counters(ctr, seen, q)
+                self._fold_counters(ctr, seen, q, False)
                 self.stats.ike_received += loop.nleft
             if rc < 0:
                 raise OSError(-rc, "UDP receive failed")
             for i in range(loop.nleft):  # IKE: rare, handed over one message at a time
                 self._deliver_ike(left.packet(i), port)
-
-    def _fold_rx_counters(self, ctr: np.ndarray, seen: np.ndarray, q: int = 0) -> None:
-        d = ctr - seen
-        seen[:] = ctr
-        if not d.any():
-            return
-        st = self.stats
-        pq = st.per_queue[q]
-        pq["esp_received"] += int(d[_loop.C_ESP_RECEIVED])
-        pq["tun_written"] += int(d[_loop.C_TUN_WRITTEN])
-        st.esp_received += int(d[_loop.C_ESP_RECEIVED])
-        st.rx_bytes += int(d[_loop.C_BYTES_IN])
-        st.rx_batches += int(d[_loop.C_BATCHES])
-        st.gro_trains += int(d[_loop.C_GRO_TRAINS])
-        st.gro_datagrams += int(d[_loop.C_GRO_DATAGRAMS])
-        st.tun_written += int(d[_loop.C_TUN_WRITTEN])
-        st.tun_write_dropped += int(d[_loop.C_TUN_WRITE_DROPPED])
-        st.tun_gro_packets += int(d[_loop.C_TUN_GRO_PACKETS])
-        st.tun_bad += int(d[_loop.C_TUN_BAD]) + int(d[_loop.C_LEFT_DROPPED])
-        st.not_delivered += int(d[_loop.C_NOT_DELIVERED])
-        verdicts = d[_loop.C_VERDICTS:_loop.C_VERDICTS + 32]
-        if verdicts.any():
-            self.dataplane.note_inbound(verdicts)
 
     def _rx_loop_python(self, q: int = 0) -> None:
         c, st, dp = self.config, self.stats, self.dataplane
