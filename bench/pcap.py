@@ -1,8 +1,8 @@
-"""pcap decrypt: a generated IMIX capture of ESP packets, decrypted file to file by esp.pcaptool, against the
+"""pcap decrypt: a generated IMIX capture of ESP packets, decrypted file to file by esp.pcap.tool, against the
 core's own batch rate on the same packets (issue 5: at least half of it).
 
 What an engineer with a capture and the SA keys gets: packets per second through
-``esp.pcaptool.decrypt_file`` from a 1-million-packet Ethernet pcap (50,000 with --quick) to a pcap of the
+``esp.pcap.tool.decrypt_file`` from a 1-million-packet Ethernet pcap (50,000 with --quick) to a pcap of the
 inner packets, anti-replay on. The capture is made here: the IMIX ring (bench.workloads) encrypted by an
 espresso SA with consecutive sequence numbers, written as pcap records. Generation is not timed; the capture
 and the output are deleted afterwards.
@@ -87,7 +87,7 @@ class _CorePass:
 
         from bench.workloads import DEFAULT_BATCH
         from esp import PacketBatch
-        from esp.pcap import CaptureReader
+        from esp.pcap.capture import CaptureReader
 
         self.data = np.fromfile(path, dtype=np.uint8)
         offs, lens = [], []
@@ -110,7 +110,7 @@ class _CorePass:
         """One pass with a fresh inbound SA; returns the seconds it took."""
         import time
 
-        from esp.pcaptool import _make_sa
+        from esp.pcap.tool import _make_sa
         from esp.sa import Direction
 
         dec = _make_sa(self.entry, Direction.IN, None, None, None).decrypt_batch
@@ -128,10 +128,10 @@ class _CorePass:
 def run(quick: bool = False, count: int | None = None, repeats: int | None = None) -> dict:
     try:
         from esp.keyfile import AddressMatch, SaEntry
-        from esp.pcaptool import Summary, decrypt_file, encrypt_file
+        from esp.pcap.tool import Summary, decrypt_file, encrypt_file
         from esp.suites import parse_suite
     except ImportError as exc:
-        return {"unavailable": f"esp.pcaptool.decrypt_file is not importable ({exc})"}
+        return {"unavailable": f"esp.pcap.tool.decrypt_file is not importable ({exc})"}
     from bench.esp import core_available
 
     reason = core_available()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from esp.pcap import CaptureError, CaptureReader, CaptureWriter, Interface, gather_segments, parse_l3
+from esp.pcap.capture import CaptureError, CaptureReader, CaptureWriter, Interface, gather_segments, parse_l3
 from tests.esp.pcap_builders import (Rec, epb, ether, idb, ipv4, ipv6, opb, other_block, pcap_file, shb, sll,
                                      sll2, spb, udp)
 from tests.support import require_tool
@@ -276,7 +276,7 @@ def _fake_header_payload(rng, n):
 def test_parallel_scan_equals_sequential_walk(tmp_path, monkeypatch, seed, order, tricky):
     import random
 
-    import esp.pcap as pcap_mod
+    import esp.pcap.capture as pcap_mod
     rng = random.Random(seed)
     recs = []
     total = 0
@@ -354,7 +354,7 @@ def test_hypothesis_write_then_read(tmp_path, packets, fmt, order, nano, chunk):
 def test_pcapng_parallel_scan_equals_sequential_walk(tmp_path, monkeypatch, seed):
     import random
 
-    import esp.pcap as pcap_mod
+    import esp.pcap.capture as pcap_mod
     rng = random.Random(seed)
     order = "<>"[seed % 2]
     blocks = [shb(order), idb(1, order, tsresol=9), idb(101, order)]
@@ -429,7 +429,7 @@ def _gather_reference(src, src_off, lengths, dst, dst_off):
 
 
 def test_native_hooks_are_used_and_agree(tmp_path, monkeypatch):
-    import esp.pcap as pcap_mod
+    import esp.pcap.capture as pcap_mod
     calls = {"scan": 0, "gather": 0}
 
     def scan(*a):

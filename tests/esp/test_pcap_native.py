@@ -1,4 +1,4 @@
-"""The compiled kernels of esp._pcapio against the numpy references they replace: same arrays, same files."""
+"""The compiled kernels of esp.pcap._pcapio against the numpy references they replace: same arrays, same files."""
 from __future__ import annotations
 
 import os
@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import esp.pcap as pcap_mod
-import esp.pcaptool as tool_mod
-from esp.pcap import Chunk, parse_l3_numpy
-from esp.pcaptool import _classify_esp_numpy, decrypt_file, encrypt_file
+import esp.pcap.capture as pcap_mod
+import esp.pcap.tool as tool_mod
+from esp.pcap.capture import Chunk, parse_l3_numpy
+from esp.pcap.tool import _classify_esp_numpy, decrypt_file, encrypt_file
 from tests.esp.pcap_builders import (FRAMERS, Rec, ether, ipv4, ipv6, pcap_file, plaintext_packets, sll, sll2,
                                      udp)
 from tests.esp.test_pcap_tool import entries, make_capture, sa_toml
 from tests.support import require_module
 
 try:
-    from esp import _pcapio
+    from esp.pcap import _pcapio
 except ImportError:  # pragma: no cover - the build always makes it
     _pcapio = None
 
@@ -27,7 +27,7 @@ NATIVE = ["_NATIVE_GATHER", "_NATIVE_SCAN", "_NATIVE_FIELDS", "_NATIVE_SCATTER",
 
 
 def _need_native():
-    require_module("esp._pcapio")
+    require_module("esp.pcap._pcapio")
 
 
 def _numpy_only(monkeypatch):
@@ -525,7 +525,7 @@ def test_esp_chunk_refuses_an_sa_of_the_other_direction_as_unsupported(outbound)
 _CUT_READER = """
 import os, sys
 import numpy as np
-from esp.pcap import CaptureError, CaptureReader
+from esp.pcap.capture import CaptureError, CaptureReader
 path = sys.argv[1]
 r = CaptureReader(path, chunk_records=10**6, chunk_bytes=1 << 20, zero_copy=True)
 first = next(r.chunks())
@@ -539,7 +539,7 @@ except CaptureError as exc:
 
 _CUT_DECRYPT = """
 import os, sys
-import esp.pcaptool as T
+import esp.pcap.tool as T
 path, out, keys = sys.argv[1:4]
 T.GROUP_RECORDS = 4
 real = T._Output.claim_group_buffer

@@ -1,4 +1,4 @@
-"""esp.pcaptool and ``python -m esp pcap``: round trips, classification, bad input, replay against RFC 4303."""
+"""esp.pcap.tool and ``python -m esp pcap``: round trips, classification, bad input, replay against RFC 4303."""
 from __future__ import annotations
 
 import struct
@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from esp.keyfile import parse_toml
-from esp.pcap import CaptureReader
-from esp.pcaptool import ReplayPattern, decrypt_file, encrypt_file, replay_file
+from esp.pcap.capture import CaptureReader
+from esp.pcap.tool import ReplayPattern, decrypt_file, encrypt_file, replay_file
 from tests.esp.pcap_builders import (FRAMERS, Rec, epb, ether, idb, ipv4, pcap_file, plaintext_packets, shb,
                                      udp)
 
@@ -414,7 +414,7 @@ def test_fuzz_damaged_esp_captures_only_counted(tmp_path):
     """Flip bytes of an encrypted capture anywhere (headers included): decrypt counts, never crashes."""
     import random
 
-    from esp.pcap import CaptureError
+    from esp.pcap.capture import CaptureError
     sas = entries(sa_toml(extra="encap = true\n"), sa_toml(spi=0x1002, mode="transport", src="10.1.0.1",
                                                              dst="10.2.0.2"))
     src = tmp_path / "p.pcapng"

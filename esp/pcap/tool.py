@@ -27,7 +27,7 @@ import numpy as np
 from esp._core import SA_API
 from esp.batch import PacketBatch, Verdict
 from esp.keyfile import SaEntry, Selector
-from esp.pcap import (ETHERTYPE_IPV4, ETHERTYPE_IPV6, CaptureError, CaptureReader, CaptureWriter, Chunk,
+from esp.pcap.capture import (ETHERTYPE_IPV4, ETHERTYPE_IPV6, CaptureError, CaptureReader, CaptureWriter, Chunk,
                       Interface, L3Info, LinkType, Scratch, _col16, _col32, _native, _uint, gather_segments,
                       parse_l3)
 from esp.sa import Direction, Sa
@@ -203,9 +203,9 @@ def _be32(d: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return _uint(d, idx, 4, True)
 
 
-#: esp._pcapio.emit_pcap if built: :meth:`_Output.emit` for pcap output in one compiled pass.
+#: esp.pcap._pcapio.emit_pcap if built: :meth:`_Output.emit` for pcap output in one compiled pass.
 _NATIVE_EMIT = _native("emit_pcap")
-#: esp._pcapio.classify_esp if built: :func:`_classify_esp_numpy` in one compiled pass.
+#: esp.pcap._pcapio.classify_esp if built: :func:`_classify_esp_numpy` in one compiled pass.
 _NATIVE_CLASSIFY = _native("classify_esp")
 
 
@@ -362,7 +362,7 @@ class _Output:
 
     def direct(self) -> bool:
         """Whether a chunk can go through :func:`_direct`: the compiled pcap writer applies
-        (:meth:`_fast_pcap`) and esp._pcapio has the kernel that has the core write into the records."""
+        (:meth:`_fast_pcap`) and esp.pcap._pcapio has the kernel that has the core write into the records."""
         return _NATIVE_ESP_CHUNK is not None and self.writer is not None and self._fast_pcap()
 
     def claim_group_buffer(self) -> int:
@@ -421,7 +421,7 @@ class _Output:
 
     def _emit_pcap(self, c: Chunk, L: L3Info, body: np.ndarray, new_buf: np.ndarray | None, new_off: np.ndarray,
                    new_len: np.ndarray) -> int:
-        """:meth:`emit` for pcap output through esp._pcapio.emit_pcap: same records, byte for byte (tested)."""
+        """:meth:`emit` for pcap output through esp.pcap._pcapio.emit_pcap: same records, byte for byte (tested)."""
         w = self.writer
         assert w is not None
         n = c.count
@@ -654,9 +654,9 @@ def _parse(c: Chunk, reader: CaptureReader, encap_ports: Sequence[int], direct: 
     return _Parsed(c, L, E, _room(c, L, E.esp, frames, 0) if direct else None, counts)
 
 
-#: esp._pcapio.decrypt_outcome if built: :func:`_outcome_numpy` in one compiled pass.
+#: esp.pcap._pcapio.decrypt_outcome if built: :func:`_outcome_numpy` in one compiled pass.
 _NATIVE_OUTCOME = _native("decrypt_outcome")
-#: esp._pcapio.EspChunk if built: the direct output of both directions (:func:`_direct`).
+#: esp.pcap._pcapio.EspChunk if built: the direct output of both directions (:func:`_direct`).
 _NATIVE_ESP_CHUNK = _native("EspChunk")
 
 
@@ -748,7 +748,7 @@ def _direct(c: Chunk, L: L3Info, room: list[int], groups: list, out: _Output, su
             outbound: bool, esp: np.ndarray, frag: np.ndarray, cut: np.ndarray, drop_other: bool,
             drop_unknown: bool) -> list[int]:
     """A chunk GROUP_RECORDS records at a time into small record buffers in turn, each written by the writer
-    thread (or by this one, :meth:`_Output.write_group`) while this one goes on. esp._pcapio.EspChunk has the
+    thread (or by this one, :meth:`_Output.write_group`) while this one goes on. esp.pcap._pcapio.EspChunk has the
     core decrypt or encrypt every packet straight into its output record, so the core's output is written once,
     into the buffer the kernel copies to the page cache (the whole-chunk path, :meth:`_Output.emit`, copies it
     from the core's buffer: 1M IMIX packets to decrypt, this thread's work 0.60 s against 0.43 s, see
@@ -889,7 +889,7 @@ def _count_outcome(summary: Summary, p: _Parsed, assigned: np.ndarray, processed
 
 def _outcome_numpy(L: L3Info, E: _Esp, assigned: np.ndarray, status: np.ndarray, drop_other: bool,
                    drop_unknown: bool, frames: bool) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """The numpy reference of esp._pcapio.decrypt_outcome: each record's _BODY_*, and (processed, unknown SPI,
+    """The numpy reference of esp.pcap._pcapio.decrypt_outcome: each record's _BODY_*, and (processed, unknown SPI,
     dropped by option, passed through)."""
     n = assigned.shape[0]
     unknown = E.esp & ~assigned

@@ -6,7 +6,7 @@ object is made per packet and a capture larger than memory streams through a fix
 bytes of a chunk are copied once into a writable arena that the batch core reads from (or, for a reader made
 with ``zero_copy``, read in place from the mapping).
 
-The per-record loops have compiled counterparts in esp._pcapio (record walk, header fields, link/IP/UPL
+The per-record loops have compiled counterparts in esp.pcap._pcapio (record walk, header fields, link/IP/UPL
 header pass, segment copies, record assembly), used when that module is built: each checks every offset
 against its array before touching memory and runs without the GIL. The numpy code here stays as the reference
 they are tested against (tests/esp/test_pcap_native.py); ESPRESSO_PCAP_NUMPY=1 forces it.
@@ -429,7 +429,7 @@ class CaptureReader:
             self._mm.madvise(mmap.MADV_SEQUENTIAL)
         self._arr = np.frombuffer(self._mm, dtype=np.uint8)
         # A file cut shorter while mapped reads as zeros past its new end, and check_intact() says so, instead of
-        # SIGBUS ending the process (esp._pcapio's guard).
+        # SIGBUS ending the process (esp.pcap._pcapio's guard).
         self._guard = _NATIVE_GUARD(self._arr) if _NATIVE_GUARD is not None else -1
         try:
             self._start = self._read_header()
@@ -509,7 +509,7 @@ class CaptureReader:
         """Raise a CaptureError if the file is shorter than when it was opened: what was read since the last
         check may come from the part that is gone (mapped, it reads as zeros), and must not be used. Called
         after reading and before writing anything made from what was read. A read of a mapped page past the new
-        end would be SIGBUS, which esp._pcapio's guard turns into zeros and a note (without that build, the
+        end would be SIGBUS, which esp.pcap._pcapio's guard turns into zeros and a note (without that build, the
         process ends, as any reader of a mapped file)."""
         if self._fh.closed:
             return
@@ -786,7 +786,7 @@ class CaptureReader:
             self._can_populate = False  # a kernel without it (EINVAL): pages fault in as they are read
 
     def _madvise(self, advice: int, start: int, length: int) -> None:
-        """The mapping's madvise, without the GIL where esp._pcapio is built (see its ``advise``)."""
+        """The mapping's madvise, without the GIL where esp.pcap._pcapio is built (see its ``advise``)."""
         if _NATIVE_ADVISE is None:
             self._mm.madvise(advice, start, length)
             return
@@ -1219,7 +1219,7 @@ V4_MAPPED_LO_PREFIX = np.uint64(0xFFFF) << np.uint64(32)
 def parse_l3(chunk: Chunk, linktypes: Sequence[int] | np.ndarray) -> L3Info:
     """Find the IP header of every record in a chunk and read the fields ESP processing needs.
 
-    The compiled kernel (esp._pcapio.parse_l3) when built, else :func:`parse_l3_numpy`; both give the same
+    The compiled kernel (esp.pcap._pcapio.parse_l3) when built, else :func:`parse_l3_numpy`; both give the same
     arrays (tested on generated and random records)."""
     if _NATIVE_PARSE_L3 is None:
         return parse_l3_numpy(chunk, linktypes)
@@ -1367,42 +1367,42 @@ _ROW_MAX_GROUPS = 16
 
 
 def _native(name: str, numpy_twin: bool = True):  # type: ignore[no-untyped-def]
-    """A compiled kernel from esp._pcapio when that build provides it (a memcpy loop beats numpy indexing).
+    """A compiled kernel from esp.pcap._pcapio when that build provides it (a memcpy loop beats numpy indexing).
     ESPRESSO_PCAP_NUMPY=1 in the environment keeps the numpy reference paths (for comparisons), except for what
     has no numpy twin (``numpy_twin`` False)."""
     if numpy_twin and os.environ.get("ESPRESSO_PCAP_NUMPY"):
         return None
     try:
         import importlib
-        io_mod = importlib.import_module("esp._pcapio")
+        io_mod = importlib.import_module("esp.pcap._pcapio")
     except ImportError:
         return None
     return getattr(io_mod, name, None)
 
 
-#: esp._pcapio.gather_segments(src, src_off, lengths, dst, dst_off) if built: same contract as the numpy version.
+#: esp.pcap._pcapio.gather_segments(src, src_off, lengths, dst, dst_off) if built: same contract as the numpy version.
 _NATIVE_GATHER = _native("gather_segments")
-#: esp._pcapio.scan_pcap(buf, pos, stop, size, limit, big_endian, max_record, out) -> (count, pos) if built: the
+#: esp.pcap._pcapio.scan_pcap(buf, pos, stop, size, limit, big_endian, max_record, out) -> (count, pos) if built: the
 #: record walk of CaptureReader._walk_pcap in C (out[k] = offset of record k's data).
 _NATIVE_SCAN = _native("scan_pcap")
-#: esp._pcapio.advise(...): madvise on the mapping without holding the GIL.
+#: esp.pcap._pcapio.advise(...): madvise on the mapping without holding the GIL.
 _NATIVE_ADVISE = _native("advise")
-#: esp._pcapio's SIGBUS guard for mapped captures (guard_mapping, guard_hit, guard_release): not a kernel with a
+#: esp.pcap._pcapio's SIGBUS guard for mapped captures (guard_mapping, guard_hit, guard_release): not a kernel with a
 #: numpy twin, so ESPRESSO_PCAP_NUMPY leaves it on.
 _NATIVE_GUARD = _native("guard_mapping", numpy_twin=False)
 _NATIVE_GUARD_HIT = _native("guard_hit", numpy_twin=False)
 _NATIVE_GUARD_RELEASE = _native("guard_release", numpy_twin=False)
-#: esp._pcapio.scan_pcap_fields(...): the walk and the record header fields in one pass.
+#: esp.pcap._pcapio.scan_pcap_fields(...): the walk and the record header fields in one pass.
 _NATIVE_SCAN_FIELDS = _native("scan_pcap_fields")
-#: esp._pcapio.pcap_fields(data, offsets, big_endian, mult, caplen, origlen, ts): the record header fields.
+#: esp.pcap._pcapio.pcap_fields(data, offsets, big_endian, mult, caplen, origlen, ts): the record header fields.
 _NATIVE_FIELDS = _native("pcap_fields")
-#: esp._pcapio.scatter_rows(out, starts, rows): fixed-width rows (record headers) into a file image.
+#: esp.pcap._pcapio.scatter_rows(out, starts, rows): fixed-width rows (record headers) into a file image.
 _NATIVE_SCATTER = _native("scatter_rows")
-#: esp._pcapio.parse_l3(...): :func:`parse_l3` in one pass per record (outputs preallocated by the caller).
+#: esp.pcap._pcapio.parse_l3(...): :func:`parse_l3` in one pass per record (outputs preallocated by the caller).
 _NATIVE_PARSE_L3 = _native("parse_l3")
-#: esp._pcapio.emit_pcap(...): decrypt output records (header + bytes) laid out in one pass (esp.pcaptool).
+#: esp.pcap._pcapio.emit_pcap(...): decrypt output records (header + bytes) laid out in one pass (esp.pcap.tool).
 _NATIVE_EMIT_PCAP = _native("emit_pcap")
-#: esp._pcapio.assemble(out, starts, hdr, b0, o0, n0, b1, o1, n1, b2, o2, n2): a file image in one pass.
+#: esp.pcap._pcapio.assemble(out, starts, hdr, b0, o0, n0, b1, o1, n1, b2, o2, n2): a file image in one pass.
 _NATIVE_ASSEMBLE = _native("assemble")
 _EMPTY_U8 = np.zeros(1, dtype=np.uint8)
 _EMPTY_I64 = np.zeros(0, dtype=np.int64)
@@ -1672,13 +1672,13 @@ class CaptureWriter:
 
     def check_pcap_times(self, ts: np.ndarray, iface: np.ndarray, src_tsresol: Sequence[int]) -> None:
         """Raise the CaptureError :meth:`write` would for a time pcap cannot hold, for a caller that lays out
-        pcap records itself (esp._pcapio.emit_pcap scales times in 64-bit integers)."""
+        pcap records itself (esp.pcap._pcapio.emit_pcap scales times in 64-bit integers)."""
         iface = np.asarray(iface, dtype=np.int64)
         self._pcap_times(np.asarray(ts, dtype=np.int64), iface, np.asarray(src_tsresol, dtype=np.int64)[iface])
 
     def image(self, nbytes: int) -> np.ndarray:
         """A buffer of at least ``nbytes`` for the next file image, for a caller that lays out pcap records
-        itself (esp._pcapio.emit_pcap); hand the used part to :meth:`commit`. Headers are written first."""
+        itself (esp.pcap._pcapio.emit_pcap); hand the used part to :meth:`commit`. Headers are written first."""
         if self._written_ifaces < len(self.interfaces) or not self._header_done:
             self._sync_interfaces()
         self._next_image()
