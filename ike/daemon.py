@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import datetime
 import ipaddress
 import json
 import logging
@@ -26,8 +28,6 @@ import os
 import socket
 import struct
 from collections.abc import Callable, Iterable
-import dataclasses
-import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -974,6 +974,41 @@ class Daemon:
     async def _cmd_stats(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"stats": self.stats()}
 
+    async def _cmd_child_keys(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The outbound ESP SAs of installed CHILD_SAs (optionally one, by name or SPI) as an espresso TOML SA
+        file, so ``python -m esp pcap send --daemon SOCKET`` can generate traffic a real peer accepts. Keys leave
+        only through this reply on the 0600 control socket, never through the log. ``initial_seq`` is the
+        sequence number the daemon used last, so the generator continues after it."""
+        from esp.keyfile import AddressMatch, SaEntry, dump_toml
+        from esp.keyfile import Selector as FileSelector
+        from esp.suites import parse_suite
+
+        want = req.get("child")
+        kids = [c for c in self.children.values() if c.state == "INSTALLED" and c.outbound_active]
+        if want is not None:
+            text = str(want).lower()
+            kids = [c for c in kids if text in (c.event.child.lower(), f"{c.spi_in:08x}", f"{c.spi_out:08x}")]
+            if not kids:
+                raise ControlError(f"no installed CHILD_SA {want!r}")
+        entries = []
+        for c in kids:
+            ev = c.event
+            sel = None
+            if len(c.selectors) == 1:  # several (TS lists): any inner traffic; the peer's policy check decides
+                s = c.selectors[0]
+                sel = FileSelector(AddressMatch.parse(str(s.src) if s.src is not None else "*"),
+                                   AddressMatch.parse(str(s.dst) if s.dst is not None else "*"),
+                                   s.proto or None,
+                                   _port_range(s.sport), _port_range(s.dport))
+            entries.append(SaEntry(
+                spi=ev.spi_out, suite=parse_suite(ev.suite), enc_key=ev.enc_key_out, integ_key=ev.integ_key_out,
+                src=AddressMatch.parse(ev.local_addr[0]), dst=AddressMatch.parse(ev.remote_addr[0]),
+                mode="transport" if ev.mode == "transport" else "tunnel",
+                encap=(ev.local_addr[1], ev.remote_addr[1]) if ev.encap else None, esn=ev.esn,
+                initial_seq=c.sa_out.seq, selector=sel, name=f"{ev.peer}/{ev.child} out"))
+        return {"children": [{"name": c.event.child, "spi_out": f"{c.spi_out:08x}"} for c in kids],
+                "sa_toml": dump_toml(entries)}
+
     async def _cmd_list_conns(self, req: dict[str, Any]) -> dict[str, Any]:
         conns = []
         for p in self.config.core.peers:
@@ -1005,4 +1040,11 @@ _COMMANDS: dict[str, Callable[[Daemon, dict[str, Any]], Any]] = {
     "terminate": Daemon._cmd_terminate,
     "stats": Daemon._cmd_stats,
     "list-conns": Daemon._cmd_list_conns,
+    "child-keys": Daemon._cmd_child_keys,
 }
+
+
+def _port_range(r: tuple[int, int]) -> Any:
+    from esp.keyfile import PortRange
+
+    return None if tuple(r) == (0, 65535) else PortRange(int(r[0]), int(r[1]))
