@@ -24,6 +24,10 @@ from typing import NoReturn
 __all__ = ["main"]
 
 PROG = "python -m esp"
+#: The IKE daemon's control socket (ike/config.py's default; esp does not import ike).
+IKE_SOCKET_DEFAULT = "/run/espresso/ike.sock"
+IKE_SOCKET_ENV = "ESPRESSO_IKE_SOCKET"
+IKE_SOCKET = os.environ.get(IKE_SOCKET_ENV) or IKE_SOCKET_DEFAULT
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,11 +120,13 @@ def _send_parser(ps: argparse._SubParsersAction) -> None:
                                    "first SA whose selector takes them, every loop again (sequence numbers "
                                    "continue); captured ESP goes out as it is.")
     s.add_argument("input")
-    src = s.add_mutually_exclusive_group(required=True)
+    src = s.add_mutually_exclusive_group()
     src.add_argument("--sa", action="append", metavar="FILE",
-                     help="SA file: Wireshark esp_sa table or espresso TOML (repeatable; first match wins)")
-    src.add_argument("--daemon", metavar="SOCKET",
-                     help="the control socket of a running `python -m ike daemon`: send on its CHILD_SA(s)")
+                     help="SA file: Wireshark esp_sa table or espresso TOML (repeatable; first match wins); "
+                          "without --sa or --daemon only the capture's own ESP is sent")
+    src.add_argument("--daemon", metavar="SOCKET", nargs="?", const=IKE_SOCKET,
+                     help="send on the CHILD_SA(s) of a running `python -m ike daemon`, asked over its control "
+                          f"socket (default: ${IKE_SOCKET_ENV} or {IKE_SOCKET_DEFAULT})")
     s.add_argument("--child", metavar="NAME|SPI", help="with --daemon: which CHILD_SA (default: every one)")
     s.add_argument("--mode", choices=("tunnel", "transport"),
                    help="mode of SAs whose file does not say (Wireshark tables)")
@@ -200,6 +206,8 @@ def _send(args: argparse.Namespace) -> int:
     try:
         if args.daemon:
             entries, stated = daemon_child_sas(args.daemon, args.child), True
+        elif not args.sa:
+            entries, stated = [], False
         else:
             files = [load_keyfile(p) for p in args.sa]
             for w in (w for kf in files for w in kf.warnings):

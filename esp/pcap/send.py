@@ -485,7 +485,7 @@ def send_capture(path: str | os.PathLike[str], sas: Sequence[SaEntry], *, encap:
     loop = 0
     g = 0  # packets scheduled so far, over all loops
     try:
-        while (loops == 0 or loop < loops) and not stop:
+        while (loops == 0 or loop < loops) and not stop and (limit is None or g < limit):
             summary.loops = loop + 1
             for a in range(0, n, batch):
                 b = min(n, a + batch)
@@ -540,13 +540,14 @@ def send_capture(path: str | os.PathLike[str], sas: Sequence[SaEntry], *, encap:
                         summary.offloads.remove("udp_gso")
                         summary.warnings.append("the kernel refused UDP GSO on this path; sent datagram by datagram")
                     summary.send_dropped += int(dropped)
+                    _account_sent(plan, cap.kind, cap.inner_len, sel)
+                    summary.passed_through += int((cap.kind[sel] == _PASS).sum())
                     if s == len(sel):
                         summary.bytes += int(lens[done:upto].sum())
                     else:
                         summary.bytes += int(lens[done:upto].sum() * s // max(1, len(sel)))
                     sent_total += int(s)
                     done = upto
-                summary.passed_through += int((cap.kind[ok] == _PASS).sum()) if len(ok) else 0
                 if stop:
                     break
             loop += 1
@@ -609,11 +610,9 @@ def _encrypt_range(plan: list[tuple[Sa, SaStats]], by_sa: list[np.ndarray], pass
         good = status == Verdict.OK
         counts = np.bincount(status, minlength=len(Verdict)).tolist()
         for v, c in enumerate(counts):
-            if c:
+            if c and v != Verdict.OK:  # the packets that go out are counted once sent (_account_sent)
                 name = Verdict(v).name
                 st.verdicts[name] = st.verdicts.get(name, 0) + c
-        st.packets += int(good.sum())
-        st.bytes += int(inner.lengths[sel[good]].sum())
         parts.append(sel[good])
         if counts[Verdict.SEQ_EXHAUSTED] or counts[Verdict.EXPIRED]:
             exhausted = True
@@ -623,6 +622,22 @@ def _encrypt_range(plan: list[tuple[Sa, SaStats]], by_sa: list[np.ndarray], pass
     parts.append(passed[np.searchsorted(passed, a):np.searchsorted(passed, b)])
     ok = np.sort(np.concatenate(parts)).astype(np.int32) if parts else np.zeros(0, np.int32)
     return None if exhausted and not len(ok) else ok
+
+
+def _account_sent(plan: list[tuple[Sa, SaStats]], kind: np.ndarray, inner_len: np.ndarray, sel: np.ndarray) -> None:
+    """Per-SA packets and plaintext bytes of slots handed to the kernel (what it refused is send_dropped)."""
+    k = kind[sel]
+    mine = k >= 0
+    if not mine.any():
+        return
+    ks = k[mine]
+    pk = np.bincount(ks, minlength=len(plan))
+    by = np.bincount(ks, weights=inner_len[sel[mine]], minlength=len(plan))
+    for (_, st), n, b in zip(plan, pk.tolist(), by.tolist()):
+        if n:
+            st.packets += n
+            st.bytes += int(b)
+            st.verdicts["OK"] = st.packets
 
 
 def _retarget(wire: PacketBatch, sel: np.ndarray, dst: bytes | None, port: int | None) -> None:

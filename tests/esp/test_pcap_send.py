@@ -231,6 +231,29 @@ def test_captured_esp_is_sent_as_it_is_and_plaintext_beside_it_is_encrypted(tmp_
     assert s["passed_through"] == 2 and s["skipped"] == {"ike_or_keepalive": 2} and s["sent"] == 3
     assert [d for d, _ in got[:2]] == [esp_payload, esp_payload]
     assert decrypt([got[2][0]], sa)[0] == [Verdict.OK]
+    # no SA at all: the captured ESP still goes out, the plaintext is a counted skip
+    rx = Receiver()
+    r = cli(str(tmp_path / "mix.pcap"), "--target", "127.0.0.1", "--port", str(rx.port), "--topspeed", "--json")
+    assert [d for d, _ in rx.wait(2)] == [esp_payload, esp_payload]
+    s = json.loads(r.stdout)
+    assert r.returncode == 0 and s["sent"] == 2 and s["skipped"] == {"ike_or_keepalive": 2, "no_sa": 1}, r.stderr
+
+
+def test_limit_and_duration_end_endless_loops_and_counts_are_of_what_went_out(tmp_path):
+    plain_capture(tmp_path, 10)
+    sa = sa_toml(tmp_path)
+    rx = Receiver()
+    r = cli(str(tmp_path / "plain.pcap"), "--sa", str(sa), "--port", str(rx.port), "--pps", "1000", "--loop", "0",
+            "--limit", "25", "--json")
+    assert len(rx.wait(25)) == 25
+    s = json.loads(r.stdout)
+    assert r.returncode == 0 and s["sent"] == 25 and s["loops"] == 3 and s["per_sa"][0]["packets"] == 25, s
+    rx = Receiver()
+    r = cli(str(tmp_path / "plain.pcap"), "--sa", str(sa), "--port", str(rx.port), "--pps", "200", "--loop", "0",
+            "--duration", "0.5", "--json")
+    s = json.loads(r.stdout)
+    assert len(rx.wait(s["sent"])) == s["sent"] == s["per_sa"][0]["packets"]
+    assert 50 <= s["sent"] <= 150 and r.returncode == 0, s  # about 100; the bound is loose: not a speed test
 
 
 def test_bad_input_is_a_clear_error_or_a_counted_skip(tmp_path):
