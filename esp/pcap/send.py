@@ -33,8 +33,7 @@ import numpy as np
 from esp.batch import PacketBatch, Verdict
 from esp.errors import EspError
 from esp.keyfile import AddressMatch, KeyFileError, SaEntry, Selector, parse_toml
-from esp.pcap.capture import CaptureError, CaptureReader, L3Info, parse_l3
-from esp.pcap.tool import ESP_OVERHEAD_MAX, NAT_T_PORT, SaStats
+from esp.pcap import ESP_OVERHEAD_MAX, NAT_T_PORT, CaptureError, CaptureReader, L3Info, SaStats, parse_l3
 from esp.sa import Direction, Sa
 
 __all__ = ["Pacing", "SendError", "SendSummary", "daemon_child_sas", "send_capture"]

@@ -195,7 +195,7 @@ def test_paced_sending_matches_the_asked_rate_within_2_percent(tmp_path, how):
     plain_capture(tmp_path, n, gap=0.002)  # recorded: 500 pps
     sa = sa_toml(tmp_path)
     rx = Receiver()
-    args = {"pps": ["--pps", "2000", "--loop", "20"], "mbps": ["--mbps", "4", "--loop", "10"],
+    args = {"pps": ["--pps", "2000", "--loop", "20"], "mbps": ["--mbps", "4", "--loop", "25"],
             "recorded": ["--speed", "4", "--loop", "20"]}[how]
     r = cli(str(tmp_path / "plain.pcap"), "--sa", str(sa), "--port", str(rx.port), *args, "--json")
     summary = json.loads(r.stdout)
