@@ -300,3 +300,18 @@ def test_library_pacing_is_validated():
         Pacing("warp", 1)
     assert str(Pacing("top")) == "top speed"
 
+
+
+def test_wireshark_esp_sa_table_drives_it_too(tmp_path):
+    """An esp_sa row (Wireshark's table: no mode, no encapsulation) is a tunnel SA sent in UDP 4500."""
+    pkts = plain_capture(tmp_path, 20)
+    table = tmp_path / "esp_sa"
+    table.write_text('"IPv4","127.0.0.1","127.0.0.1","0x01020304","AES-GCM with 16 octet ICV [RFC4106]",'
+                     f'"{KEY}","NULL",""\n')
+    table.chmod(0o600)
+    rx = Receiver()
+    r = cli(str(tmp_path / "plain.pcap"), "--sa", str(table), "--port", str(rx.port), "--topspeed", "--json")
+    got = rx.wait(20)
+    assert r.returncode == 0, r.stderr
+    verdicts, inner = decrypt([d for d, _ in got], sa_toml(tmp_path))
+    assert verdicts == [Verdict.OK] * 20 and inner == pkts
