@@ -62,11 +62,6 @@ class Refuse(Task):
         raise TemporaryFailureError("a colliding exchange is in progress")
 
 
-def retry_delay(sa: IkeSa) -> float:
-    """10 to 30 s, random, so that two peers that collided do not collide again."""
-    return 10.0 + 20.0 * int.from_bytes(sa.random(2), "big") / 65535
-
-
 class IkeConnection:
     """One IKE_SA lineage with one peer. Created by the Dispatcher (which owns SPI routing)."""
 

@@ -505,7 +505,7 @@ async def _traffic_gateway(args: argparse.Namespace, daemons: dict[str, Any], la
 
 
 async def _run(work: Path, args: argparse.Namespace, out: TextIO, result: DemoResult) -> None:
-    from .__main__ import format_sas
+    from .listing import format_sas
 
     ca, svc = _make_ca(work, out)
     daemons: dict[str, Any] = {}

@@ -6,8 +6,15 @@ import logging
 
 from cryptography import x509
 
-from ..authenticators import (MAX_CERT_SIZE, auth_method_name, peer_certificates, psk_auth, sign_auth,
-                              signed_octets, verify_auth)
+from ..authenticators import (
+    MAX_CERT_SIZE,
+    auth_method_name,
+    peer_certificates,
+    psk_auth,
+    sign_auth,
+    signed_octets,
+    verify_auth,
+)
 from ..constants import AuthMethod, ExchangeType, NotifyType
 from ..core_config import Identity
 from ..errors import AuthenticationFailedError, InvalidSyntaxError

@@ -1,6 +1,7 @@
 """IKE_SA_INIT: proposals, KE, nonces, COOKIE and INVALID_KE_PAYLOAD retries, SKEYSEED (strongSwan ike_init)."""
 from __future__ import annotations
 
+from ..authenticators import SUPPORTED_HASHES
 from ..constants import ExchangeType, NotifyType, ProtocolId, TransformType
 from ..dh import DhKeyExchange, create_dh
 from ..errors import InvalidKePayloadError, InvalidSyntaxError, NoProposalChosenError, ProtocolError
@@ -10,7 +11,6 @@ from ..message import Message
 from ..payloads import KePayload, NoncePayload, NotifyPayload, SaPayload
 from ..proposal import check_selected, encr_info, integ_info, parse_proposals, select_proposal
 from ..protect import Protector
-from ..authenticators import SUPPORTED_HASHES
 from .base import RetryExchange, Task, TaskStatus
 
 __all__ = ["IkeInit", "NONCE_LEN", "MAX_RETRIES", "peer_error"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ike.__main__ import format_sas
+from ike.listing import format_sas
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 20
