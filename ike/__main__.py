@@ -255,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--timeout", "-t", type=float, default=5.0)
     client("stats", "adapter, core and data plane counters")
 
+    pcap = sub.add_parser("pcap", help="IKEv2 in captures: show exchanges as charon logs them, decrypt a session")
+    from .capture import add_arguments as pcap_arguments
+    pcap_arguments(pcap)
+
     demo = sub.add_parser("demo", help="CA + SCEP enrollment + two daemons + ESP traffic, on loopback, no root")
     from .demo import add_arguments
     add_arguments(demo)
@@ -268,6 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_daemon(args)
     if args.command == "check-config":
         return _check_config(args)
+    if args.command == "pcap":
+        from .capture import run_from_args as run_pcap
+        return run_pcap(args)
     if args.command == "demo":
         from .demo import run_from_args
         return run_from_args(args)

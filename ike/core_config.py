@@ -1,6 +1,6 @@
 """Frozen configuration the protocol core takes. No file, environment or clock is read here.
 
-``ike/config.py`` (the daemon's TOML loader) builds these objects; tests build them directly.
+``ike.config`` (the daemon's TOML loader) builds these objects; tests build them directly.
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ joined by a veth pair. The evidence, for each case:
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import time
 from pathlib import Path
@@ -560,8 +561,51 @@ def test_key_log_decrypts_a_real_capture(lab: ss.Lab, tmp_path: Path) -> None:
         assert "Identification - Initiator" in out and "ID_FQDN: e.test" in out and "ID_FQDN: s.test" in out
         assert out.count("Internet Control Message Protocol") >= 6  # 3 requests + 3 replies, decrypted
         assert "Echo (ping) reply" in out
+        _ike_pcap_matches_tshark(pcap, e.workdir / "keys", tshark, env, tmp_path)
 
     asyncio.run(main())
+
+
+def _ike_pcap_matches_tshark(pcap: Path, keys: Path, tshark: str, env: dict, tmp_path: Path) -> None:
+    """``python -m ike pcap show`` and tshark, given the same key log, see the same exchanges: exchange type,
+    message id and payload list of every IKE message; ``pcap decrypt`` writes IKE and ESP in clear."""
+    import re
+    import subprocess
+    import sys
+
+    from ike.constants import ExchangeType, PayloadType
+
+    root = Path(__file__).resolve().parents[2]
+    run_env = dict(os.environ, PYTHONPATH=str(root))
+    shown = subprocess.run([sys.executable, "-m", "ike", "pcap", "show", str(pcap), "--keys", str(keys)],
+                           capture_output=True, text=True, timeout=60, env=run_env)
+    assert shown.returncode == 0, shown.stderr
+    ours = []
+    for m in re.finditer(r"parsed (\w+) (request|response) (\d+) \[ (.*?) \]", shown.stdout):
+        names = ["N" if n.startswith("N(") else n for n in m.group(4).split()]
+        ours.append((m.group(1), int(m.group(3)), names))
+    fields = subprocess.run([tshark, "-n", "-r", str(pcap), "-Y", "isakmp", "-T", "fields", "-E", "separator=|",
+                             "-e", "isakmp.exchangetype", "-e", "isakmp.messageid", "-e", "isakmp.typepayload"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    theirs = []
+    for line in fields.stdout.splitlines():
+        ex, mid, types = line.split("|")
+        names = ["N" if int(x) == PayloadType.NOTIFY else PayloadType(int(x)).name
+                 for x in types.split(",")
+                 if int(x) >= PayloadType.SA and int(x) not in (PayloadType.SK, PayloadType.SKF)]
+        theirs.append((ExchangeType(int(ex)).name, int(mid, 0), names))
+    assert len(ours) >= 4 and ours == theirs, (shown.stdout, fields.stdout)
+    assert "IDi 'e.test'" in shown.stdout and "IDr 's.test'" in shown.stdout
+    assert "certificate \"" in shown.stdout and "selected proposal: IKE:AES_GCM_16" in shown.stdout
+    clear = tmp_path / "clear.pcap"
+    dec = subprocess.run([sys.executable, "-m", "ike", "pcap", "decrypt", str(pcap), str(clear), "--keys", str(keys)],
+                         capture_output=True, text=True, timeout=60, env=run_env)
+    assert dec.returncode == 0, dec.stderr
+    nokeys = dict(env, HOME=str(tmp_path / "nohome"), XDG_CONFIG_HOME=str(tmp_path / "nohome"))
+    text = subprocess.run([tshark, "-n", "-r", str(clear), "-V"], capture_output=True, text=True, timeout=60,
+                          env=nokeys).stdout
+    assert "ID_FQDN: e.test" in text and "Encrypted and Authenticated" not in text
+    assert text.count("Echo (ping) reply") >= 3, dec.stderr
 
 
 REFUSALS = [
