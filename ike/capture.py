@@ -30,10 +30,11 @@ from .errors import ProtocolError
 from .exchange import decode_message
 from .fragment import Reassembly
 from .keylog import _IKE_ENCR, _IKE_INTEG, ESP_TABLE, IKEV2_TABLE
-from .listing import swanctl_algorithms
+from .listing import charon_summary, swanctl_algorithms
 from .message import HEADER_LEN, Message, pull_header
 from .payloads.cert import CertPayload
 from .payloads.ident import IdPayload, identity_from_wire
+from .payloads.notify import NotifyPayload
 from .payloads.sa import SaPayload
 from .payloads.ts import TsPayload
 from .proposal import proposal_name
@@ -186,6 +187,23 @@ class IkePacket:
     message: Message | None = None
     note: str = ""              # why there is no message, or what is pending (fragments)
     plain: bytes = b""          # the decrypted message as an unencrypted IKE datagram (for decrypt_session)
+    fragment: tuple[int, int] | None = None  # (number, total) of an SKF datagram
+    exchange: str = ""          # from the header, also when the body does not decode
+    response: bool = False
+    message_id: int = 0
+
+    def summary(self) -> str:
+        """charon's ``parsed ...`` text of this datagram, or of the message it completes."""
+        if self.message is not None:
+            return charon_summary(self.exchange, self.response, self.message_id,
+                                  [(p.payload_type, getattr(p, "type", None) if isinstance(p, NotifyPayload) else None)
+                                   for p in self.message.payloads])
+        return self.outer_summary()
+
+    def outer_summary(self) -> str:
+        """The datagram as charon parses it before decryption: ``[ EF(1/3) ]`` for a fragment, else ``[ E ]``."""
+        body = f"EF({self.fragment[0]}/{self.fragment[1]})" if self.fragment is not None else "E"
+        return f"{self.exchange} {'response' if self.response else 'request'} {self.message_id} [ {body} ]"
 
 
 def _addr(hi: int, lo: int, version: int) -> str:
@@ -240,6 +258,10 @@ def read_ike(path: str | os.PathLike[str], keys: dict[tuple[int, int], IkeKeys])
             pkt.note = f"not an IKEv2 message: {exc}"
             yield pkt
             continue
+        pkt.exchange, pkt.response, pkt.message_id = (_exchange_name(header.exchange), header.is_response,
+                                                       header.message_id)
+        if header.next_payload == PayloadType.SKF and len(data) >= HEADER_LEN + 8:
+            pkt.fragment = struct.unpack_from("!HH", data, HEADER_LEN + 4)
         row = keys.get((header.spi_i, header.spi_r))
         sa = SimpleNamespace(protector=row.protector(header.from_initiator)) if row is not None else None
         frags = reassembly.setdefault((header.spi_i, header.spi_r, header.from_initiator), {})
@@ -252,7 +274,8 @@ def read_ike(path: str | os.PathLike[str], keys: dict[tuple[int, int], IkeKeys])
             yield pkt
             continue
         if msg is None:
-            pkt.note = "fragment (reassembled with the last one)"
+            pkt.note = (f"received fragment #{pkt.fragment[0]} of {pkt.fragment[1]}, waiting for complete IKE message"
+                        if pkt.fragment else "fragment")
             yield pkt
             continue
         pkt.message = msg
@@ -314,15 +337,20 @@ def show(path: str | os.PathLike[str], keys: dict[tuple[int, int], IkeKeys], out
         counts["messages"] += 1
         (sa_, sp), (da, dp) = pkt.src, pkt.dst
         out.write(f"#{pkt.index} received packet: from {sa_}[{sp}] to {da}[{dp}] ({pkt.size} bytes)\n")
+        if pkt.fragment is not None:
+            out.write(f"    parsed {pkt.outer_summary()}\n")
         if pkt.message is None:
-            key = ("fragments" if pkt.note.startswith("fragment") else
+            key = ("fragments" if pkt.note.startswith("received fragment") else
                    "encrypted" if pkt.note.startswith("encrypted") else "undecodable")
             counts[key] += 1
             out.write(f"    {pkt.note}\n")
             continue
         msg = pkt.message
         counts["decrypted"] += msg.encrypted
-        out.write(f"    parsed {msg.describe()}\n")
+        if pkt.fragment is not None:
+            out.write(f"    received fragment #{pkt.fragment[0]} of {pkt.fragment[1]}, reassembled fragmented IKE "
+                      f"message\n")
+        out.write(f"    parsed {pkt.summary()}\n")
         if verbose:
             out.write(f"    SPIs {msg.spi_i:016x}_i {msg.spi_r:016x}_r\n")
             for line in details(msg):
@@ -388,7 +416,7 @@ def decrypt_session(capture: str | os.PathLike[str], out_path: str | os.PathLike
                         index = chunk.first_index + k + 1
                         pkt = plain.get(index)
                         iface = reader.interfaces[int(chunk.iface[k])]
-                        if pkt is not None and pkt.note.startswith("fragment"):
+                        if pkt is not None and pkt.message is None and pkt.fragment is not None:
                             counts["fragments_merged"] += 1
                             continue
                         if pkt is not None and pkt.plain:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["format_conns", "format_sas", "swanctl_algorithms"]
+__all__ = ["charon_summary", "format_conns", "format_sas", "swanctl_algorithms"]
 
 
 def _ago(seconds: Any) -> str:
@@ -103,3 +103,49 @@ def format_conns(conns: list[dict[str, Any]]) -> str:
             lines.append(f"    local:  {' '.join(ch['local_ts'])}")
             lines.append(f"    remote: {' '.join(ch['remote_ts'])}")
     return "\n".join(lines)
+
+
+#: charon's short names of IKEv2 payload types (its ``payload_type_short_names``), as in ``parsed ... [ SA KE No ]``.
+CHARON_PAYLOADS = {33: "SA", 34: "KE", 35: "IDi", 36: "IDr", 37: "CERT", 38: "CERTREQ", 39: "AUTH", 40: "No",
+                   41: "N", 42: "D", 43: "V", 44: "TSi", 45: "TSr", 46: "E", 47: "CP", 48: "EAP", 49: "GSPM",
+                   50: "IDg", 51: "GSA", 52: "KD", 53: "EF"}
+
+
+def _charon_notify_names() -> dict[int, str]:
+    """charon's short notify names (``notify_type_short_names``), e.g. N(NATD_S_IP), N(AUTH_FAILED)."""
+    names = {1: "CRIT", 4: "INVAL_IKE_SPI", 5: "INVAL_MAJOR", 7: "INVAL_SYN", 9: "INVAL_MID", 11: "INVAL_SPI",
+             13: "ATTR_UNSUP", 14: "NO_PROP", 47: "NO_STATE", 48: "MAX_QUEUE", 8192: "ME_CONN_FAIL",
+             12345: "MS_STATUS", 16444: "RES_INFO", 24578: "INITIAL_CONTACT", 36136: "DPD", 36137: "DPD_ACK",
+             40501: "UNITY_LB"}
+    runs = {
+        16: "PLD_MAL INVAL_KE INVAL_ID INVAL_CERTEN INVAL_CERT CERT_UNSUP INVAL_CA INVAL_HASH AUTH_FAILED",
+        34: "SINGLE_PAIR NO_ADD_SAS INT_ADDR_FAIL FAIL_CP_REQ TS_UNACCEPT INVAL_SEL UNACCEPT_ADDR UNEXPECT_NAT "
+            "ASSIGNED_HoA TEMP_FAIL NO_CHILD_SA",
+        16384: "INIT_CONTACT SET_WINSIZE ADD_TS_POSS IPCOMP_SUP NATD_S_IP NATD_D_IP COOKIE USE_TRANSP "
+               "HTTP_CERT_LOOK REKEY_SA ESP_TFC_PAD_N NON_FIRST_FRAG MOBIKE_SUP ADD_4_ADDR ADD_6_ADDR NO_ADD_ADDR "
+               "UPD_SA_ADDR COOKIE2 NO_NATS AUTH_LFT MULT_AUTH AUTH_FOLLOWS REDIR_SUP REDIR REDIR_FROM TKT_LT_OPAK "
+               "TKT_REQ TKT_ACK TKT_NACK TKT_OPAK LINK_ID WESP_MODE ROHC_SUP EAP_ONLY CHDLESS_SUP CRASH_DET "
+               "MSG_ID_SYN_SUP RPL_CTR_SYN_SUP MSG_ID_SYN RPL_CTR_SYN SEC_PASSWD PSK_PST PSK_CFM ERX_SUP IFOM_CAP "
+               "SENDER_REQ_ID FRAG_SUP HASH_ALG",
+        16435: "USE_PPK PPK_ID NO_PPK IKE_INT_SUP",
+        16441: "ADD_KE AGGFRAG",
+        40961: "BEET_MODE ME_MED ME_EP ME_CB ME_CID ME_CKEY ME_CAUTH ME_R RADIUS",
+    }
+    for start, run in runs.items():
+        names.update({start + i: n for i, n in enumerate(run.split())})
+    return names
+
+
+CHARON_NOTIFIES = _charon_notify_names()
+
+
+def charon_summary(exchange: str, response: bool, message_id: int, payloads: list[tuple[int, int | None]]) -> str:
+    """A message as charon's ``parsed``/``generating`` log line shows it: ``IKE_AUTH request 1 [ IDi N(INIT_CONTACT)
+    CERT AUTH ]``. ``payloads`` are (payload type, notify type or None)."""
+    names = []
+    for ptype, ntype in payloads:
+        if ntype is not None:
+            names.append(f"N({CHARON_NOTIFIES.get(ntype, ntype)})")
+        else:
+            names.append(CHARON_PAYLOADS.get(ptype, str(ptype)))
+    return f"{exchange} {'response' if response else 'request'} {message_id} [ {' '.join(names)} ]"

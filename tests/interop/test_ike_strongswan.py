@@ -515,14 +515,36 @@ def test_revoked_certificate_refused(lab: ss.Lab, tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+async def _start_capture(site: ss.Site, pcap: Path):  # type: ignore[no-untyped-def]
+    """tcpdump on ``site``'s link, writing UDP to ``pcap``; returns once it captures."""
+    import subprocess
+
+    tcpdump = require_tool("tcpdump")
+    cap = subprocess.Popen(["ip", "netns", "exec", site.netns.name, tcpdump, "-i", site.ifname, "-U", "-n",
+                            "--immediate-mode", "-w", str(pcap), "udp"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    for _ in range(100):  # tcpdump writes the file header once it captures
+        if pcap.exists() and pcap.stat().st_size > 0:
+            break
+        await asyncio.sleep(0.05)
+    return cap
+
+
+async def _stop_capture(cap) -> str:  # type: ignore[no-untyped-def]
+    import signal
+
+    await asyncio.sleep(0.3)  # let tcpdump write what it has read
+    cap.send_signal(signal.SIGINT)
+    cap.wait(timeout=10)
+    return cap.stderr.read().decode()
+
+
 def test_key_log_decrypts_a_real_capture(lab: ss.Lab, tmp_path: Path) -> None:
     """tcpdump on espresso's link while it talks to charon; tshark, given only espresso's key log, shows the
     IKE_AUTH payloads and the ICMP inside the ESP."""
-    import os
-    import signal
     import subprocess
 
-    tcpdump, tshark = require_tool("tcpdump"), require_tool("tshark")
+    tshark = require_tool("tshark")
 
     async def main() -> None:
         site_e, site_s = lab.pair(inner_a=E_INNER, inner_b=S_INNER)
@@ -531,13 +553,8 @@ def test_key_log_decrypts_a_real_capture(lab: ss.Lab, tmp_path: Path) -> None:
         ch = _charon(lab, site_s, site_e, pki, ike, esp, "ecdsa")
         e = Espresso(lab, site_e, site_s, pki, ike, esp, tmp_path / "espresso")
         pcap = tmp_path / "link.pcap"
-        cap = subprocess.Popen(["ip", "netns", "exec", site_e.netns.name, tcpdump, "-i", site_e.ifname, "-U", "-n", "--immediate-mode",
-                                "-w", str(pcap), "udp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cap = await _start_capture(site_e, pcap)
         try:
-            for _ in range(100):  # tcpdump says "listening on" once it captures
-                if pcap.exists() and pcap.stat().st_size > 0:
-                    break
-                await asyncio.sleep(0.05)
             await e.start()
             r = await e.daemon.initiate_and_wait("s", timeout=TIMEOUT)
             assert r["state"] == "ESTABLISHED"
@@ -545,9 +562,7 @@ def test_key_log_decrypts_a_real_capture(lab: ss.Lab, tmp_path: Path) -> None:
             assert " 0% packet loss" in await _ping(site_s)
         finally:
             await e.daemon.stop(delete=False)
-            await asyncio.sleep(0.3)  # let tcpdump write what it has read
-            cap.send_signal(signal.SIGINT)
-            cap.wait(timeout=10)
+            capture_log = await _stop_capture(cap)
         profile = tmp_path / "wireshark"
         profile.mkdir()
         for name in ("esp_sa", "ikev2_decryption_table"):
@@ -555,25 +570,27 @@ def test_key_log_decrypts_a_real_capture(lab: ss.Lab, tmp_path: Path) -> None:
         env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path), HOME=str(tmp_path))
         shown = subprocess.run([tshark, "-n", "-r", str(pcap), "-o", "esp.enable_encryption_decode:TRUE", "-V"],
                                capture_output=True, text=True, timeout=60, env=env)
-        capture_log = cap.stderr.read().decode()  # type: ignore[union-attr]
         assert shown.returncode == 0 and shown.stdout, shown.stderr + capture_log
         out = shown.stdout
         assert "Identification - Initiator" in out and "ID_FQDN: e.test" in out and "ID_FQDN: s.test" in out
         assert out.count("Internet Control Message Protocol") >= 6  # 3 requests + 3 replies, decrypted
         assert "Echo (ping) reply" in out
-        _ike_pcap_matches_tshark(pcap, e.workdir / "keys", tshark, env, tmp_path)
+        _ike_pcap_matches_tshark(pcap, e.workdir / "keys", tshark, env, tmp_path, ch.log())
 
     asyncio.run(main())
 
 
-def _ike_pcap_matches_tshark(pcap: Path, keys: Path, tshark: str, env: dict, tmp_path: Path) -> None:
+def _ike_pcap_matches_tshark(pcap: Path, keys: Path, tshark: str, env: dict, tmp_path: Path, charon_log: str
+                             ) -> None:
     """``python -m ike pcap show`` and tshark, given the same key log, see the same exchanges: exchange type,
-    message id and payload list of every IKE message; ``pcap decrypt`` writes IKE and ESP in clear."""
+    message id and payload list of every IKE message; each ``parsed`` line is the one charon itself logged when it
+    parsed or generated that message; ``pcap decrypt`` writes IKE and ESP in clear."""
     import re
     import subprocess
     import sys
 
     from ike.constants import ExchangeType, PayloadType
+    from ike.listing import CHARON_PAYLOADS
 
     root = Path(__file__).resolve().parents[2]
     run_env = dict(os.environ, PYTHONPATH=str(root))
@@ -590,11 +607,12 @@ def _ike_pcap_matches_tshark(pcap: Path, keys: Path, tshark: str, env: dict, tmp
     theirs = []
     for line in fields.stdout.splitlines():
         ex, mid, types = line.split("|")
-        names = ["N" if int(x) == PayloadType.NOTIFY else PayloadType(int(x)).name
-                 for x in types.split(",")
+        names = [CHARON_PAYLOADS[int(x)] for x in types.split(",")
                  if int(x) >= PayloadType.SA and int(x) not in (PayloadType.SK, PayloadType.SKF)]
         theirs.append((ExchangeType(int(ex)).name, int(mid, 0), names))
     assert len(ours) >= 4 and ours == theirs, (shown.stdout, fields.stdout)
+    charon_says = re.findall(r"(?:parsed|generating) (\w+ (?:request|response) \d+ \[ .*? \])", charon_log)
+    assert re.findall(r"parsed (\w+ (?:request|response) \d+ \[ .*? \])", shown.stdout) == charon_says
     assert "IDi 'e.test'" in shown.stdout and "IDr 's.test'" in shown.stdout
     assert "certificate \"" in shown.stdout and "selected proposal: IKE:AES_GCM_16" in shown.stdout
     clear = tmp_path / "clear.pcap"
@@ -678,6 +696,8 @@ def test_fragmented_ike_auth_both_ways(lab: ss.Lab, tmp_path: Path) -> None:
         ch.start()
         conf = CONF.replace('ike_proposals = ["{ike}"]', 'ike_proposals = ["{ike}"]\nfragment_size = 576')
         e = Espresso(lab, site_e, site_s, pki, ike, esp, tmp_path / "espresso", conf=conf)
+        pcap = tmp_path / "link.pcap"
+        cap = await _start_capture(site_e, pcap)
         await e.start()
         try:
             r = await e.daemon.initiate_and_wait("s", timeout=TIMEOUT)
@@ -690,6 +710,22 @@ def test_fragmented_ike_auth_both_ways(lab: ss.Lab, tmp_path: Path) -> None:
             assert " 0% packet loss" in await _ping(site_s)
         finally:
             await e.daemon.stop(delete=False)
+            await _stop_capture(cap)
+        # python -m ike pcap show reads the fragmented session as charon logged it: every fragment (EF(n/m)) and
+        # every reassembled message, each once (charon logs a message it generates before its fragments)
+        import collections
+        import re
+        import subprocess
+        import sys
+
+        shown = subprocess.run([sys.executable, "-m", "ike", "pcap", "show", str(pcap), "--keys",
+                                str(e.workdir / "keys")], capture_output=True, text=True, timeout=60,
+                               env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+        assert shown.returncode == 0, shown.stderr
+        line = r"(\w+ (?:request|response) \d+ \[ .*? \])"
+        ours = collections.Counter(re.findall("parsed " + line, shown.stdout))
+        charon_says = collections.Counter(re.findall("(?:parsed|generating) " + line, ch.log()))
+        assert ours == charon_says and any("EF(" in k for k in ours), (shown.stdout, ch.log())
 
     asyncio.run(main())
 
