@@ -87,6 +87,7 @@ class RejectReason(enum.Enum):
     EXPIRED = "expired"
     NOT_A_CA = "not-a-ca"  # an issuer without basicConstraints cA=TRUE or keyCertSign
     PATH_LENGTH_EXCEEDED = "path-length-exceeded"
+    NAME_CONSTRAINTS = "name-constraints"  # a name outside an issuer's permitted or inside its excluded subtrees
     KEY_USAGE = "key-usage"  # the leaf may not sign (digitalSignature / nonRepudiation absent)
     EXTENDED_KEY_USAGE = "extended-key-usage"  # EKU present and not allowed by policy
     REVOKED = "revoked"

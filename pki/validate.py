@@ -14,8 +14,8 @@ Usage (what IKE calls for every peer certificate)::
 
 ``verify`` builds a path from ``leaf`` through ``intermediates`` (any order, extras ignored) to a trust anchor (the CA
 certificate of a ca-profile), then checks, in this order: signatures (RSA PKCS#1 v1.5 and PSS, ECDSA, Ed25519),
-validity at ``at`` for every certificate, basicConstraints/keyUsage of every issuer and path length, unknown critical
-extensions, the leaf's keyUsage and extended key usage against :class:`ValidationPolicy`, revocation of every
+validity at ``at`` for every certificate, basicConstraints/keyUsage of every issuer and path length, RFC 5280 name
+constraints (:mod:`pki._nameconstraints`), unknown critical extensions, the leaf's keyUsage and extended key usage against :class:`ValidationPolicy`, revocation of every
 non-anchor certificate as the anchor's profile says (CRL from a :class:`~pki.revocation.CrlSource`, OCSP from an
 :class:`~pki.revocation.OcspSource`; failures fail closed unless the profile is ``fail_open``), and finally the IKE
 identity against the subject DN or a subjectAltName (dNSName, iPAddress, rfc822Name).
@@ -38,6 +38,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
+from pki._nameconstraints import NameConstraintViolation, check_path, dn_equal
 from pki.certs import parse_subject, sans_of
 from pki.errors import CertificateRejected, PkiError, RejectReason, RevocationUnavailable
 from pki.profile import RevocationMode, RevocationPolicy
@@ -228,6 +229,7 @@ class Validator:
         path, anchor = self._build_path(leaf, list(intermediates))
         self._check_validity(path, at)
         self._check_ca_constraints(path)
+        _check_name_constraints(path)
         self._check_critical_extensions(path)
         self._check_leaf_usage(leaf)
         answers = self._check_revocation(path, anchor, at)
@@ -473,18 +475,14 @@ class Validator:
         raise _reject(RejectReason.IDENTITY_MISMATCH, f"e-mail {text} not among the certificate's subjectAltNames")
 
 
-def _dn_equal(a: x509.Name, b: x509.Name) -> bool:
-    """RFC 5280 7.1-ish comparison: same RDN sequence, attribute values compared case-insensitively with
-    collapsed whitespace (string types ignored)."""
-    ra, rb = list(a.rdns), list(b.rdns)
-    if len(ra) != len(rb):
-        return False
-    for x, y in zip(ra, rb):
-        sx = sorted((at.oid.dotted_string, " ".join(str(at.value).split()).casefold()) for at in x)
-        sy = sorted((at.oid.dotted_string, " ".join(str(at.value).split()).casefold()) for at in y)
-        if sx != sy:
-            return False
-    return True
+def _check_name_constraints(path: list[x509.Certificate]) -> None:
+    try:
+        check_path(path)
+    except NameConstraintViolation as exc:
+        raise _reject(RejectReason.NAME_CONSTRAINTS, str(exc)) from None
+
+
+_dn_equal = dn_equal  # one comparison rule for identities and directoryName constraints
 
 
 def _aki(cert: x509.Certificate) -> bytes | None:
