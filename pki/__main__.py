@@ -9,7 +9,9 @@ Router verbs (``--store DIR``, default ``$ESPRESSO_PKI_STORE`` or ./pki-store)::
     ca-profile delete NAME | ca-profile list
     ca-certificate enroll --ca-profile P | ca-certificate load --ca-profile P --filename F
     local-certificate enroll --certificate-id ID --ca-profile P --subject DN --challenge-password-file F [SANs]
-    local-certificate load --certificate-id ID --filename F [--key KEYFILE]
+    local-certificate load --certificate-id ID --filename F [--key KEYFILE | --pkcs12-passphrase-file P]
+    local-certificate generate-self-signed --certificate-id ID --subject DN [SANs] [--days N] [--add-ca-constraint]
+    local-certificate export --certificate-id ID [--type pem|der|pkcs12] [--pkcs12-passphrase-file P] [--filename F]
     generate-certificate-request --certificate-id ID --subject DN [--domain-name D] [--ip-address A] [--email E]
                                  [--filename F]
     crl load --ca-profile P --filename F | crl download --ca-profile P
@@ -153,9 +155,21 @@ def cmd_ca_certificate(args: argparse.Namespace) -> None:
 
 def cmd_local_certificate(args: argparse.Namespace) -> None:
     store = _store(args)
+    if args.action in ("generate-self-signed", "export"):
+        _local_certificate_localcert(args, store)
+        return
     if args.action == "load":
-        key = read_bounded(args.key) if args.key else None
-        cert = store.load_local_certificate(args.certificate_id, read_bounded(args.filename), _passphrase(args), key=key)
+        from pki.localcert import import_pkcs12, is_pkcs12
+
+        data = read_bounded(args.filename)
+        if args.pkcs12_passphrase_file or is_pkcs12(data):  # JUNOS loads a .p12 with the same verb
+            if args.key:
+                raise ValueError("a PKCS#12 file carries its key: drop --key")
+            cert = import_pkcs12(store, args.certificate_id, data, _pkcs12_passphrase(args, required=False),
+                                 passphrase=_passphrase(args), source=args.filename)
+        else:
+            key = read_bounded(args.key) if args.key else None
+            cert = store.load_local_certificate(args.certificate_id, data, _passphrase(args), key=key)
         _print(f"Local certificate {args.certificate_id} loaded: {cert.subject.rfc4514_string()}")
         return
     if not args.subject or not args.ca_profile:
@@ -165,6 +179,46 @@ def cmd_local_certificate(args: argparse.Namespace) -> None:
                                           passphrase=_passphrase(args))
     _print(f"Received certificate {args.certificate_id}: {cert.subject.rfc4514_string()}, serial {cert.serial_number:x}")
     _print(f"  Fingerprint: {fingerprint(cert, 'sha256')} (sha256)")
+
+
+def _pkcs12_passphrase(args: argparse.Namespace, *, required: bool) -> bytes | None:
+    if not args.pkcs12_passphrase_file:
+        if required:
+            raise ValueError("local-certificate export --type pkcs12 needs --pkcs12-passphrase-file (the file "
+                             "carries the private key)")
+        return None
+    from pki.keys import read_passphrase_file
+
+    return read_passphrase_file(args.pkcs12_passphrase_file)
+
+
+def _local_certificate_localcert(args: argparse.Namespace, store) -> None:  # type: ignore[no-untyped-def]
+    from pki.localcert import ExportFormat, export_local, generate_self_signed
+
+    if args.action == "generate-self-signed":
+        if not args.subject:
+            raise ValueError("local-certificate generate-self-signed needs --subject")
+        cert = generate_self_signed(store, args.certificate_id, args.subject, _sans(args), at=_now(),
+                                    days=args.days, add_ca_constraint=args.add_ca_constraint,
+                                    passphrase=_passphrase(args))
+        _print(f"Self-signed certificate {args.certificate_id}: {cert.subject.rfc4514_string()}, "
+               f"serial {cert.serial_number:x}, valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+        _print(f"  Fingerprint: {fingerprint(cert, 'sha256')} (sha256)")
+        return
+    fmt = ExportFormat(args.type)
+    p12 = _pkcs12_passphrase(args, required=fmt is ExportFormat.PKCS12) if fmt is ExportFormat.PKCS12 else None
+    if fmt is not ExportFormat.PEM and not args.filename and sys.stdout.isatty():
+        raise ValueError(f"local-certificate export: {fmt.value} is binary; give --filename FILE or redirect stdout")
+    data = export_local(store, args.certificate_id, fmt, pkcs12_passphrase=p12, passphrase=_passphrase(args))
+    if args.filename:
+        from pki._files import SECRET_MODE
+
+        write_atomic(args.filename, data, SECRET_MODE if fmt is ExportFormat.PKCS12 else PUBLIC_MODE)
+        _print(f"Local certificate {args.certificate_id} exported ({fmt.value}) to {args.filename}")
+    elif fmt is ExportFormat.PEM:
+        sys.stdout.write(data.decode())
+    else:
+        sys.stdout.buffer.write(data)
 
 
 def cmd_generate_certificate_request(args: argparse.Namespace) -> None:
@@ -632,16 +686,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filename", metavar="FILE", help="load: PEM or DER certificate(s)")
     p.set_defaults(func=cmd_ca_certificate)
 
-    p = verb("local-certificate", "enroll a local certificate by SCEP, or load one issued out of band")
-    p.add_argument("action", choices=["enroll", "load"],
-                   help="enroll: SCEP PKCSReq to the profile's CA (key pair must be RSA); load: from --filename")
+    p = verb("local-certificate", "enroll a local certificate by SCEP, load one issued out of band (PEM, DER, "
+             "PKCS#12), generate a self-signed one, or export one")
+    p.add_argument("action", choices=["enroll", "load", "generate-self-signed", "export"],
+                   help="enroll: SCEP PKCSReq to the profile's CA (key pair must be RSA); load: from --filename "
+                   "(a PKCS#12 file creates the certificate-id with its key); generate-self-signed: sign the "
+                   "key pair's certificate with itself; export: write it as --type pem|der|pkcs12")
     p.add_argument("--certificate-id", required=True, help=cid)
     p.add_argument("--ca-profile", help="enroll: the CA profile to enroll with")
-    p.add_argument("--subject", metavar="DN", help="enroll: subject DN, e.g. CN=r1,O=Example,C=US")
+    p.add_argument("--subject", metavar="DN", help="enroll, generate-self-signed: subject DN in RFC 4514 order "
+                   "(most significant last), e.g. CN=r1,O=Example,C=US; or /C=US/O=Example/CN=r1")
     _add_challenge(p)
-    p.add_argument("--filename", metavar="FILE", help="load: the certificate (PEM/DER), optionally with its chain")
+    p.add_argument("--filename", metavar="FILE", help="load: the certificate (PEM/DER), optionally with its "
+                   "chain, or a PKCS#12 file; export: where to write (default: stdout)")
     p.add_argument("--key", metavar="FILE", help="load: a private key file to store with the certificate "
                    "(for a new certificate-id)")
+    p.add_argument("--type", default="pem", choices=["pem", "der", "pkcs12"],
+                   help="export: pem (certificate and stored intermediates, default), der (certificate), pkcs12 "
+                   "(key, certificate and intermediates, encrypted)")
+    p.add_argument("--pkcs12-passphrase-file", metavar="FILE",
+                   help="export --type pkcs12, load of a PKCS#12 file: file whose first line is its passphrase")
+    p.add_argument("--days", type=int, default=365, help="generate-self-signed: validity in days (default 365)")
+    p.add_argument("--add-ca-constraint", action="store_true",
+                   help="generate-self-signed: make it a CA certificate (basicConstraints cA, keyCertSign)")
     _add_sans(p)
     p.set_defaults(func=cmd_local_certificate)
 
