@@ -49,6 +49,7 @@ Example (the keys are swanctl's where they exist)::
     remote_id = "branch.example.net"    # default: any identity the peer's certificate proves
     certificate = "gw1"
     ca_profiles = ["corp"]              # who may sign the peer's certificate (default: all profiles)
+    # trusted_ca_group = "partners"     # and/or a pki store group (python -m pki trusted-ca-group/ca-profile-group)
     ike_proposals = ["aes128gcm16-prfsha256-ecp256", "aes256-sha256-modp2048"]
     rekey_time = "4h"
     start_action = "start"              # initiate at start, and again whenever the IKE_SA is lost
@@ -646,6 +647,17 @@ class _Pki:
         self.profiles[name] = CaProfileConfig(name, certs, prof.revocation)
         return self.profiles[name]
 
+    def group(self, name: str) -> list[str]:
+        """The profiles of a store's ca-profile-group / trusted-ca-group that hold a CA certificate."""
+        if self.store is None:
+            return []
+        from pki.errors import PkiError
+        from pki.trust import group_anchors
+        try:
+            return group_anchors(self.store, name)
+        except PkiError:
+            return []
+
     def all_profiles(self) -> list[str]:
         names = list(self.profiles)
         if self.store is not None:
@@ -796,7 +808,13 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
     validator = None
     ca_certs: tuple[Any, ...] = ()
     if remote_auth == "pubkey":
-        names = sec.strings("ca_profiles") or sec.strings("ca_profile") or tuple(pki.all_profiles())
+        names = sec.strings("ca_profiles") or sec.strings("ca_profile") or ()
+        for g in sec.strings("trusted_ca_group"):  # JUNOS trusted-ca-group: the profiles a store group names
+            members = pki.group(g)
+            if not members:
+                raise sec.error("trusted_ca_group", f"no group {g!r} with a CA certificate in the pki store")
+            names += tuple(n for n in members if n not in names)
+        names = names or tuple(pki.all_profiles())
         if not names:
             raise sec.error("ca_profiles", "no [ca-profiles] defined to validate the peer's certificate")
         chosen = []

@@ -7,20 +7,23 @@ Router verbs (``--store DIR``, default ``$ESPRESSO_PKI_STORE`` or ./pki-store)::
                         [--revocation-check crl|ocsp|disable] [--crl-url U] [--refresh-interval HOURS]
                         [--ocsp-url U] [--no-ocsp-nonce] [--ocsp-fallback-crl] [--disable-on-download-failure]
     ca-profile delete NAME | ca-profile list
-    ca-certificate enroll --ca-profile P | ca-certificate load --ca-profile P --filename F
+    ca-certificate enroll --ca-profile P [--yes] | ca-certificate load --ca-profile P --filename F
+    ca-certificate verify --ca-profile P [--at T] [--offline]
+    ca-profile-group load --ca-group-name G --file BUNDLE [--revocation-check M] | delete --ca-group-name G | list
+    trusted-ca-group set G --ca-profiles P... | trusted-ca-group delete G | trusted-ca-group list
     local-certificate enroll --certificate-id ID --ca-profile P --subject DN --challenge-password-file F [SANs]
     local-certificate load --certificate-id ID --filename F [--key KEYFILE | --pkcs12-passphrase-file P]
     local-certificate generate-self-signed --certificate-id ID --subject DN [SANs] [--days N] [--add-ca-constraint]
     local-certificate export --certificate-id ID [--type pem|der|pkcs12] [--pkcs12-passphrase-file P] [--filename F]
     generate-certificate-request --certificate-id ID --subject DN [--domain-name D] [--ip-address A] [--email E]
                                  [--filename F]
-    crl load --ca-profile P --filename F | crl download --ca-profile P
+    crl load --ca-profile P --filename F | crl download --ca-profile P [--url U]
     auto-re-enrollment set --certificate-id ID --ca-profile P --re-enroll-trigger-time-percentage N
                            [--re-generate-keypair] [--challenge-password X] | auto-re-enrollment run [--at T]
     verify --filename F | --certificate-id ID [--intermediate F]... [--identity KIND:VALUE] [--at T] [--offline]
     show ca-certificate|local-certificate|certificate-request|crl|ca-profile [--detail] [--ca-profile P|--certificate-id ID]
-    clear ca-certificate --ca-profile P | local-certificate|key-pair|certificate-request --certificate-id ID
-          | crl --ca-profile P
+    clear ca-certificate|crl --ca-profile P|--all
+          | local-certificate|key-pair|certificate-request --certificate-id ID|--all
 
 CA verbs (``--ca DIR``)::
 
@@ -139,18 +142,87 @@ def _show_profiles(store) -> None:  # type: ignore[no-untyped-def]
 
 def cmd_ca_certificate(args: argparse.Namespace) -> None:
     store = _store(args)
+    if args.action == "verify":
+        _verify_ca_certificates(args, store)
+        return
     if args.action == "load":
         certs = store.load_ca_certificate(args.ca_profile, read_bounded(args.filename))
         verb = "loaded"
     else:
-        certs = store.enroll_ca_certificate(args.ca_profile)
+        store.profile(args.ca_profile)  # a typo fails before anything is fetched or asked
+        if not args.yes and not sys.stdin.isatty():
+            raise ValueError("ca-certificate enroll asks you to confirm the CA's fingerprint, but stdin is not a "
+                             "terminal; check the fingerprint out of band and add --yes to store it unasked")
+        certs = store.enroll_ca_certificate(args.ca_profile, get_ca_certs=_confirming_get_ca_certs(args))
         verb = "received"
+    if verb == "loaded" or args.yes:
+        _print_ca_fingerprints(args.ca_profile, certs, verb)
+    if verb == "received":
+        _print(f"CA certificate for profile {args.ca_profile} stored.")
+        if args.yes:
+            _print("Verify these fingerprints with the CA administrator out of band before relying on them.")
+
+
+def _print_ca_fingerprints(profile: str, certs, verb: str) -> None:  # type: ignore[no-untyped-def]
     for c in certs:
-        _print(f"CA certificate for profile {args.ca_profile} {verb}: {c.subject.rfc4514_string()}")
+        _print(f"CA certificate for profile {profile} {verb}: {c.subject.rfc4514_string()}")
         _print(f"  Fingerprint: {fingerprint(c, 'sha256')} (sha256)")
         _print(f"               {fingerprint(c, 'sha1')} (sha1)")
-    if verb == "received":
-        _print("Verify these fingerprints with the CA administrator out of band before relying on them.")
+
+
+def _confirming_get_ca_certs(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """GetCACert, then (without --yes) JUNOS's question before anything is stored."""
+    from pki.scep.client import get_ca_certs
+    from pki.store import _is_ca
+
+    def get(url: str):  # type: ignore[no-untyped-def]
+        certs = get_ca_certs(url)
+        if args.yes:
+            return certs
+        shown = [c for c in certs if _is_ca(c)] or certs
+        _print_ca_fingerprints(args.ca_profile, shown, "received")
+        sys.stdout.write("Do you want to load the above CA certificate? [yes,no] (no) ")
+        sys.stdout.flush()
+        try:
+            answer = input().strip().lower()
+        except EOFError:
+            answer = ""
+        if answer not in ("yes", "y"):
+            raise PkiError(f"CA certificate for profile {args.ca_profile} not stored (fingerprint not confirmed)")
+        return certs
+
+    return get
+
+
+def _verify_ca_certificates(args: argparse.Namespace, store) -> None:  # type: ignore[no-untyped-def]
+    """JUNOS ``request security pki ca-certificate verify ca-profile P``: each CA certificate of the profile
+    checked as a CA, and the profile's loaded CRL against it."""
+    from pki.revocation import verify_crl
+    from pki.validate import ValidationPolicy
+
+    cas = store.ca_certificates(args.ca_profile)
+    if not cas:
+        raise PkiError(f"no CA certificate for ca-profile {args.ca_profile!r}")
+    at = _at(args.at)
+    policy = ValidationPolicy(check_revocation=True)
+    validator = store.validator(policy, fetch=None if args.offline else _default_fetch())
+    for c in cas:
+        chain = validator.verify_ca(c, [x for x in cas if x is not c], at)
+        how = "self-signed, signature verified" if len(chain.chain) == 1 else \
+            f"issued by {chain.chain[1].subject.rfc4514_string()} (ca-profile {chain.profile or '-'})"
+        _print(f"CA certificate {c.subject.rfc4514_string()} of ca-profile {args.ca_profile}: verified ({how})")
+        for cc, r in zip(chain.chain, chain.revocation):
+            _print(f"  {cc.subject.rfc4514_string()}: revocation {r.status.value} [{r.source}]")
+    crl = store.crl(args.ca_profile)
+    if crl is not None:
+        signer = next((c for c in cas if c.subject == crl.issuer), None)
+        try:
+            if signer is None:
+                raise PkiError(f"issued by {crl.issuer.rfc4514_string()}, not a CA certificate of the profile")
+            verify_crl(crl, signer, at)
+            _print(f"  CRL: signed by {signer.subject.rfc4514_string()}, next update {crl.next_update_utc}")
+        except PkiError as exc:
+            raise PkiError(f"CRL of ca-profile {args.ca_profile}: {exc}") from None
 
 
 def cmd_local_certificate(args: argparse.Namespace) -> None:
@@ -238,14 +310,13 @@ def cmd_crl(args: argparse.Namespace) -> None:
     store = _store(args)
     if args.action == "load":
         crl = store.load_crl(args.ca_profile, read_bounded(args.filename))
+        where = args.filename
     else:
         from pki.revocation import default_fetch
+        from pki.trust import download_crl
 
-        url = args.url or store.profile(args.ca_profile).revocation.crl_url
-        if not url:
-            raise ValueError(f"ca-profile {args.ca_profile} has no crl url; pass --url")
-        crl = store.load_crl(args.ca_profile, default_fetch(url))
-    _print(f"CRL for {args.ca_profile} loaded: {len(crl)} revoked, next update {crl.next_update_utc}")
+        crl, where = download_crl(store, args.ca_profile, default_fetch, args.url)
+    _print(f"CRL for {args.ca_profile} loaded from {where}: {len(crl)} revoked, next update {crl.next_update_utc}")
 
 
 def cmd_auto_reenroll(args: argparse.Namespace) -> None:
@@ -363,16 +434,81 @@ def cmd_clear(args: argparse.Namespace) -> None:
     store = _store(args)
     what = args.what
     if what in ("ca-certificate", "crl"):
+        fn = store.clear_ca_certificate if what == "ca-certificate" else store.clear_crl
+        if args.all:  # JUNOS clear security pki ca-certificate all / crl all
+            if args.ca_profile:
+                raise ValueError("give --ca-profile or --all, not both")
+            have = store.ca_certificates if what == "ca-certificate" else store.crl
+            names = [p.name for p in store.profiles() if have(p.name)]
+            for n in names:
+                fn(n)
+            _print(f"{what}: {len(names)} cleared ({', '.join(names) or 'none held'})")
+            return
         if not args.ca_profile:
-            raise ValueError(f"clear {what} needs --ca-profile")
-        (store.clear_ca_certificate if what == "ca-certificate" else store.clear_crl)(args.ca_profile)
+            raise ValueError(f"clear {what} needs --ca-profile or --all")
+        fn(args.ca_profile)
         _print(f"{what} of ca-profile {args.ca_profile} cleared")
         return
-    if not args.certificate_id:
-        raise ValueError(f"clear {what} needs --certificate-id")
     target = {"local-certificate": "certificate", "certificate-request": "request", "key-pair": "all"}[what]
+    if args.all:  # JUNOS clear security pki local-certificate all / certificate-request all / key-pair all
+        if args.certificate_id:
+            raise ValueError("give --certificate-id or --all, not both")
+        holds = {"certificate": lambda e: e.certificate is not None, "request": lambda e: e.request is not None,
+                 "all": lambda e: True}[target]
+        ids = [i for i in store.local_ids() if holds(store.entry(i))]
+        for i in ids:
+            store.clear_local(i, what=target)
+        _print(f"{what}: {len(ids)} cleared ({', '.join(ids) or 'none held'})")
+        return
+    if not args.certificate_id:
+        raise ValueError(f"clear {what} needs --certificate-id or --all")
     store.clear_local(args.certificate_id, what=target)
     _print(f"{what} {args.certificate_id} cleared")
+
+
+def cmd_ca_profile_group(args: argparse.Namespace) -> None:
+    from pki import trust
+    from pki.profile import RevocationMode, RevocationPolicy
+
+    store = _store(args)
+    if args.action == "load":
+        if not args.ca_group_name or not args.filename:
+            raise ValueError("ca-profile-group load needs --ca-group-name and --file")
+        rev = RevocationPolicy(mode=RevocationMode(args.revocation_check))
+        members = trust.load_ca_group(store, args.ca_group_name, read_bounded(args.filename), rev,
+                                      source=args.filename)
+        _print(f"ca-profile-group {args.ca_group_name}: {len(members)} CA certificate(s) loaded")
+        for name, cert in members:
+            _print(f"  {name}: {cert.subject.rfc4514_string()}  {fingerprint(cert, 'sha256')}")
+    elif args.action == "delete":
+        g = trust.delete_group(store, args.ca_group_name or "")
+        _print(f"ca-profile-group {g.name} deleted" + (f" with its {len(g.profiles)} ca-profile(s)" if g.loaded else ""))
+    else:
+        _show_groups(store)
+
+
+def cmd_trusted_ca_group(args: argparse.Namespace) -> None:
+    from pki import trust
+
+    store = _store(args)
+    if args.action == "set":
+        if not args.name or not args.ca_profiles:
+            raise ValueError("trusted-ca-group set needs a NAME and --ca-profiles")
+        g = trust.set_trusted_group(store, args.name, [p for v in args.ca_profiles for p in v.split(",")])
+        _print(f"trusted-ca-group {g.name}: {', '.join(g.profiles)}")
+    elif args.action == "delete":
+        trust.delete_group(store, args.name or "")
+        _print(f"trusted-ca-group {args.name} deleted")
+    else:
+        _show_groups(store)
+
+
+def _show_groups(store) -> None:  # type: ignore[no-untyped-def]
+    from pki import trust
+
+    for g in trust.groups(store):
+        kind = "ca-profile-group (loaded)" if g.loaded else "trusted-ca-group"
+        _print(f"{kind} {g.name}: {', '.join(g.profiles)}")
 
 
 # == CA verbs ==================================================================================================
@@ -678,13 +814,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replace", action="store_true", help="add: overwrite an existing profile of that name")
     p.set_defaults(func=cmd_ca_profile)
 
-    p = verb("ca-certificate", "get the CA certificate of a profile by SCEP, or load it from a file")
-    p.add_argument("action", choices=["enroll", "load"],
-                   help="enroll: SCEP GetCACert from the profile's enrollment-url (check the fingerprint!); "
-                   "load: from --filename")
+    p = verb("ca-certificate", "get the CA certificate of a profile by SCEP, load it from a file, or verify it")
+    p.add_argument("action", choices=["enroll", "load", "verify"],
+                   help="enroll: SCEP GetCACert from the profile's enrollment-url, shows the fingerprint and asks "
+                   "before storing; load: from --filename; verify: check the profile's CA certificate(s) as CAs "
+                   "(cA, keyCertSign, validity, signature or chain, revocation) and its loaded CRL")
     p.add_argument("--ca-profile", required=True, help="the CA profile it belongs to")
     p.add_argument("--filename", metavar="FILE", help="load: PEM or DER certificate(s)")
+    p.add_argument("--yes", action="store_true", help="enroll: store without asking (scripts; check the printed "
+                   "fingerprint out of band)")
+    p.add_argument("--at", help="verify: at this ISO 8601 instant (default: now)")
+    p.add_argument("--offline", action="store_true", help="verify: use loaded CRLs only, fetch nothing")
     p.set_defaults(func=cmd_ca_certificate)
+
+    p = verb("ca-profile-group", "load a bundle of CA certificates as one ca-profile each (JUNOS ca-profile-group "
+             "load), delete such a group, or list groups")
+    p.add_argument("action", choices=["load", "delete", "list"], help="load: from --file (loading again replaces "
+                   "the group); delete: the group and its profiles; list: all groups")
+    p.add_argument("--ca-group-name", metavar="NAME", help="the group (its profiles are NAME-<fingerprint prefix>)")
+    p.add_argument("--file", "--filename", dest="filename", metavar="BUNDLE", help="load: PEM bundle of CA "
+                   "certificates")
+    p.add_argument("--revocation-check", choices=["crl", "ocsp", "disable"], default="crl",
+                   help="load: revocation checking of the group's profiles (default crl)")
+    p.set_defaults(func=cmd_ca_profile_group)
+
+    p = verb("trusted-ca-group", "name a set of ca-profiles that IKE may trust together (JUNOS trusted-ca-group; "
+             "ike config: trusted_ca_group = NAME)")
+    p.add_argument("action", choices=["set", "delete", "list"], help="set (or replace), delete or list")
+    p.add_argument("name", nargs="?", help="group name (set, delete)")
+    p.add_argument("--ca-profiles", nargs="+", metavar="PROFILE", help="set: the profiles (space or comma "
+                   "separated)")
+    p.set_defaults(func=cmd_trusted_ca_group)
 
     p = verb("local-certificate", "enroll a local certificate by SCEP, load one issued out of band (PEM, DER, "
              "PKCS#12), generate a self-signed one, or export one")
@@ -722,8 +882,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate_certificate_request)
 
     p = verb("crl", "load or download the CRL of a CA profile")
-    p.add_argument("action", choices=["load", "download"], help="load: from --filename; download: from the "
-                   "profile's crl-url or --url")
+    p.add_argument("action", choices=["load", "download"], help="load: from --filename; download: from --url, "
+                   "else the profile's crl-url, else the CRL distribution point of a certificate the profile's CA "
+                   "issued (local certificates), else of the CA certificate")
     p.add_argument("--ca-profile", required=True, help="the CA profile the CRL belongs to")
     p.add_argument("--filename", metavar="FILE", help="load: CRL file (PEM or DER)")
     p.add_argument("--url", help="download: URL overriding the profile's crl-url")
@@ -763,6 +924,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ca-profile", help="only this CA profile (ca-certificate, crl)")
         p.add_argument("--certificate-id", help="only this certificate-id (local-certificate, certificate-request"
                        + (")" if name == "show" else ", key-pair)"))
+        if name == "clear":
+            p.add_argument("--all", action="store_true", help="every ca-profile's (ca-certificate, crl) or every "
+                           "certificate-id's (local-certificate, certificate-request, key-pair): JUNOS '... all'")
         if name == "show":
             p.add_argument("--detail", action="store_true", help="all fields (JUNOS detail)")
             p.add_argument("--at", help="show validity status at this ISO 8601 instant (default: now)")

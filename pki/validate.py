@@ -236,6 +236,39 @@ class Validator:
         matched = self._check_identity(leaf, identity) if identity is not None else None
         return VerifiedChain(tuple(path), anchor, tuple(answers), matched)
 
+    def verify_ca(self, ca: x509.Certificate, intermediates: Sequence[x509.Certificate] = (),
+                  at: datetime | None = None) -> VerifiedChain:
+        """Check ``ca`` as a CA certificate, not as an IKE end entity (JUNOS ``ca-certificate verify``): it must
+        have basicConstraints cA and (if it has keyUsage) keyCertSign, be valid at ``at``, and either verify its
+        own signature (a self-signed root: it is then its own trust anchor) or chain to another trust anchor,
+        through ``intermediates``, with the path's constraints and revocation checked as for a peer."""
+        if at is None or at.tzinfo is None:
+            raise ValueError("'at' is required and must be timezone-aware (UTC)")
+        try:
+            _ = ca.subject.rfc4514_string(), ca.issuer.rfc4514_string(), ca.extensions, ca.public_key()
+        except Exception as exc:
+            raise _reject(RejectReason.MALFORMED, f"certificate does not parse: {type(exc).__name__} {exc}") from None
+        if ca.subject == ca.issuer:
+            failures: list[tuple[RejectReason, str]] = []
+            if not self._issued_by(ca, ca, failures):
+                reason, detail = failures[0] if failures else (RejectReason.BAD_SIGNATURE,
+                                                               f"{_name(ca)} is not signed by its own key")
+                raise _reject(reason, detail)
+            anchor = next((a for a in self.anchors() if a.certificate == ca), TrustAnchor(ca))
+            path = [ca]
+        else:
+            others = Validator([a for a in self.anchors() if a.certificate != ca], self.policy,
+                               crl_source=self.crl_source, ocsp=self.ocsp, ocsp_factory=self._ocsp_factory)
+            path, anchor = others._build_path(ca, [c for c in intermediates if c != ca])
+        self._check_validity(path, at)
+        # checked as the issuer of a certificate below it, so its own cA/keyCertSign count, and it counts
+        # towards its issuers' path lengths
+        self._check_ca_constraints([ca, *path])
+        _check_name_constraints(path)
+        self._check_critical_extensions(path)
+        answers = self._check_revocation(path, anchor, at)
+        return VerifiedChain(tuple(path), anchor, tuple(answers), None)
+
     # -- path building ----------------------------------------------------------------------------------------
     def _build_path(self, leaf: x509.Certificate,
                     pool: list[x509.Certificate]) -> tuple[list[x509.Certificate], TrustAnchor]:
