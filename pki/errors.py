@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "AlgorithmRefusedError",
     "CaError",
     "CertificateRejected",
     "CorruptInputError",
@@ -25,6 +26,7 @@ __all__ = [
     "RejectReason",
     "RevocationUnavailable",
     "StoreError",
+    "SubjectKeyRefusedError",
     "UnknownSerialError",
 ]
 
@@ -57,8 +59,16 @@ class CsrSignatureError(PkiError):
     """A PKCS#10 request whose self-signature does not verify: proof of possession failed."""
 
 
+class AlgorithmRefusedError(PkiError):
+    """A key type, key size or signature algorithm the PKI will not use (SCEP answers it with failInfo badAlg)."""
+
+
 class CaError(PkiError):
     """The CA cannot do what was asked (not initialised, expired, inconsistent directory)."""
+
+
+class SubjectKeyRefusedError(CaError, AlgorithmRefusedError):
+    """The CA will not certify this kind or size of key."""
 
 
 class UnknownSerialError(CaError):
