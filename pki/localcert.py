@@ -4,8 +4,8 @@ and PKCS#12 import.
 A self-signed certificate lets two routers authenticate each other before any CA exists (each loads the other's
 certificate as a ca-profile's CA certificate). Export hands a certificate to a peer administrator (PEM, DER) or
 moves a router's identity, key included, to another box or to strongSwan/Windows (PKCS#12, always encrypted).
-PKCS#12 files are written with PBES2 (AES-256-CBC, PBKDF2-SHA256) and an HMAC-SHA256 MAC, which OpenSSL 3,
-strongSwan and current Windows read; files from them are read back.
+PKCS#12 files are written with PBES2 (AES-256-CBC, PBKDF2-SHA256) and an HMAC-SHA256 MAC, what OpenSSL 3 writes
+by default (its ``pkcs12`` reads ours, tested); files ``openssl pkcs12 -export`` writes are read back.
 
 These functions work on a :class:`pki.store.Store` through its public methods only.
 """
