@@ -24,7 +24,7 @@ from pki.csr import signing_hash
 from pki.errors import CorruptInputError, InputTooLargeError, PassphraseError, StoreError
 from pki.keys import PrivateKey
 
-__all__ = ["ExportFormat", "PKCS12_KDF_ROUNDS", "export_local", "generate_self_signed", "import_pkcs12",
+__all__ = ["PKCS12_KDF_ROUNDS", "ExportFormat", "export_local", "generate_self_signed", "import_pkcs12",
            "is_pkcs12", "load_pkcs12", "to_pkcs12"]
 
 #: PBKDF2 iterations for PKCS#12 files we write (OpenSSL 3's default is 2048; a router's identity deserves more)

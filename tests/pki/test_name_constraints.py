@@ -177,7 +177,9 @@ def test_openssl_verify_agrees_case_by_case(pki_set, tmp_path):
 def test_intermediate_made_by_openssl_cli(tmp_path):
     """An intermediate the openssl CLI made (critical nameConstraints from an extfile), used through the CLI
     verb as an operator would: ``python -m pki verify --filename leaf --intermediate sub``."""
-    o = lambda *a: _openssl(*a, cwd=tmp_path)  # noqa: E731
+    def o(*a: str) -> subprocess.CompletedProcess:
+        return _openssl(*a, cwd=tmp_path)
+
     o("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "root.key",
       "-out", "root.pem", "-subj", "/C=US/O=Corp/CN=OpenSSL Root", "-days", "30",
       "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")

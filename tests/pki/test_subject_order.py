@@ -37,7 +37,7 @@ def pki(tmp_path):
 
 
 def _order(name: x509.Name) -> list:
-    return [list(rdn)[0].oid for rdn in name.rdns]  # one attribute per RDN here
+    return [next(iter(rdn)).oid for rdn in name.rdns]  # one attribute per RDN here
 
 
 @pytest.mark.parametrize("subject", SPELLINGS)

@@ -125,7 +125,7 @@ def _ec():
     return generate_private_key(parse_key_spec("ecdsa", 256))
 
 
-KU_CA = dict(key_cert_sign=True, crl_sign=True)
+KU_CA = {"key_cert_sign": True, "crl_sign": True}
 
 
 def _cert(*args, **kw):
@@ -143,7 +143,7 @@ def test_ca_certificate_verify_checks_a_ca_as_a_ca(pki, tmp_path):
                     not_after=now + timedelta(days=100))
     sub = _cert("CN=V Sub", sk, "CN=V Root", rk, key_usage=KU_CA, not_before=now - timedelta(days=1),
                    not_after=now + timedelta(days=50))
-    no_sign = _cert("CN=V NoSign", _ec(), key_usage=dict(crl_sign=True))
+    no_sign = _cert("CN=V NoSign", _ec(), key_usage={"crl_sign": True})
     forged = _cert("CN=V Forged", _ec(), issuer_key=_ec(), key_usage=KU_CA)
     for name, cert in (("root.pem", root), ("sub.pem", sub), ("nosign.pem", no_sign), ("forged.pem", forged)):
         (tmp_path / name).write_bytes(cert.public_bytes(PEM))
@@ -185,7 +185,7 @@ def test_clear_all(pki, tmp_path):
     assert pki("clear", "crl", "--all").stdout == "crl: 0 cleared (none held)\n"
     assert pki("clear", "certificate-request", "--all").stdout == "certificate-request: 1 cleared (r1)\n"
     assert pki("clear", "local-certificate", "--all").stdout == "local-certificate: 1 cleared (r2)\n"
-    st = Store(tmp_path / "st" if (tmp_path / "st").exists() else tmp_path / "pki-store")
+    st = Store(tmp_path / "pki-store")
     assert [st.entry(i).has_key for i in st.local_ids()] == [True, True, True]
     r = pki("clear", "key-pair", "--all", "--certificate-id", "r1", ok=False)
     assert r.returncode == 1 and "not both" in r.stderr
@@ -227,7 +227,7 @@ def test_ca_profile_group_and_trusted_ca_group(pki, tmp_path):
     pki("ca-certificate", "load", "--ca-profile", "corp", "--filename", "leaf.pem", ok=False)  # not a CA
     (tmp_path / "r2.pem").write_bytes(roots[2].public_bytes(PEM))
     pki("ca-certificate", "load", "--ca-profile", "corp", "--filename", "r2.pem")
-    partner = sorted(p.name for p in st.profiles() if p.name != "corp")[0]
+    partner = min(p.name for p in st.profiles() if p.name != "corp")
     r = pki("trusted-ca-group", "set", "ike-peers", "--ca-profiles", "corp", partner)
     assert r.stdout.startswith("trusted-ca-group ike-peers: corp, partners-")
     r = pki("trusted-ca-group", "set", "x", "--ca-profiles", "nope", ok=False)
