@@ -18,7 +18,8 @@ RFC 5280 requires of an implementation that does not process the form. Matching:
 
 Every CA certificate in the path constrains the certificates below it, the trust anchor's own constraints
 included (OpenSSL does the same); self-issued intermediates are not themselves checked (6.1.4), the leaf always.
-Pure: no I/O, no clock.
+A subject CN is not read as a dNSName (browsers do that; IKE matches FQDN identities against subjectAltNames
+only, so a CN cannot smuggle a name past a constraint). Pure: no I/O, no clock.
 """
 from __future__ import annotations
 
