@@ -143,7 +143,9 @@ def _show_profiles(store) -> None:  # type: ignore[no-untyped-def]
 def cmd_ca_certificate(args: argparse.Namespace) -> None:
     store = _store(args)
     if args.action == "verify":
-        _verify_ca_certificates(args, store)
+        from pki._cliverbs import verify_ca_certificates
+
+        verify_ca_certificates(args.ca_profile, store, _at(args.at), None if args.offline else _default_fetch())
         return
     if args.action == "load":
         certs = store.load_ca_certificate(args.ca_profile, read_bounded(args.filename))
@@ -192,37 +194,6 @@ def _confirming_get_ca_certs(args: argparse.Namespace):  # type: ignore[no-untyp
         return certs
 
     return get
-
-
-def _verify_ca_certificates(args: argparse.Namespace, store) -> None:  # type: ignore[no-untyped-def]
-    """JUNOS ``request security pki ca-certificate verify ca-profile P``: each CA certificate of the profile
-    checked as a CA, and the profile's loaded CRL against it."""
-    from pki.revocation import verify_crl
-    from pki.validate import ValidationPolicy
-
-    cas = store.ca_certificates(args.ca_profile)
-    if not cas:
-        raise PkiError(f"no CA certificate for ca-profile {args.ca_profile!r}")
-    at = _at(args.at)
-    policy = ValidationPolicy(check_revocation=True)
-    validator = store.validator(policy, fetch=None if args.offline else _default_fetch())
-    for c in cas:
-        chain = validator.verify_ca(c, [x for x in cas if x is not c], at)
-        how = "self-signed, signature verified" if len(chain.chain) == 1 else \
-            f"issued by {chain.chain[1].subject.rfc4514_string()} (ca-profile {chain.profile or '-'})"
-        _print(f"CA certificate {c.subject.rfc4514_string()} of ca-profile {args.ca_profile}: verified ({how})")
-        for cc, r in zip(chain.chain, chain.revocation):
-            _print(f"  {cc.subject.rfc4514_string()}: revocation {r.status.value} [{r.source}]")
-    crl = store.crl(args.ca_profile)
-    if crl is not None:
-        signer = next((c for c in cas if c.subject == crl.issuer), None)
-        try:
-            if signer is None:
-                raise PkiError(f"issued by {crl.issuer.rfc4514_string()}, not a CA certificate of the profile")
-            verify_crl(crl, signer, at)
-            _print(f"  CRL: signed by {signer.subject.rfc4514_string()}, next update {crl.next_update_utc}")
-        except PkiError as exc:
-            raise PkiError(f"CRL of ca-profile {args.ca_profile}: {exc}") from None
 
 
 def cmd_local_certificate(args: argparse.Namespace) -> None:
@@ -430,6 +401,18 @@ def cmd_show(args: argparse.Namespace) -> None:
             _print(show_request(e.request, label=i, detail=args.detail))
 
 
+def cmd_ca_profile_group(args: argparse.Namespace) -> None:
+    from pki._cliverbs import ca_profile_group
+
+    ca_profile_group(args, _store(args))
+
+
+def cmd_trusted_ca_group(args: argparse.Namespace) -> None:
+    from pki._cliverbs import trusted_ca_group
+
+    trusted_ca_group(args, _store(args))
+
+
 def cmd_clear(args: argparse.Namespace) -> None:
     store = _store(args)
     what = args.what
@@ -464,51 +447,6 @@ def cmd_clear(args: argparse.Namespace) -> None:
         raise ValueError(f"clear {what} needs --certificate-id or --all")
     store.clear_local(args.certificate_id, what=target)
     _print(f"{what} {args.certificate_id} cleared")
-
-
-def cmd_ca_profile_group(args: argparse.Namespace) -> None:
-    from pki import trust
-    from pki.profile import RevocationMode, RevocationPolicy
-
-    store = _store(args)
-    if args.action == "load":
-        if not args.ca_group_name or not args.filename:
-            raise ValueError("ca-profile-group load needs --ca-group-name and --file")
-        rev = RevocationPolicy(mode=RevocationMode(args.revocation_check))
-        members = trust.load_ca_group(store, args.ca_group_name, read_bounded(args.filename), rev,
-                                      source=args.filename)
-        _print(f"ca-profile-group {args.ca_group_name}: {len(members)} CA certificate(s) loaded")
-        for name, cert in members:
-            _print(f"  {name}: {cert.subject.rfc4514_string()}  {fingerprint(cert, 'sha256')}")
-    elif args.action == "delete":
-        g = trust.delete_group(store, args.ca_group_name or "")
-        _print(f"ca-profile-group {g.name} deleted" + (f" with its {len(g.profiles)} ca-profile(s)" if g.loaded else ""))
-    else:
-        _show_groups(store)
-
-
-def cmd_trusted_ca_group(args: argparse.Namespace) -> None:
-    from pki import trust
-
-    store = _store(args)
-    if args.action == "set":
-        if not args.name or not args.ca_profiles:
-            raise ValueError("trusted-ca-group set needs a NAME and --ca-profiles")
-        g = trust.set_trusted_group(store, args.name, [p for v in args.ca_profiles for p in v.split(",")])
-        _print(f"trusted-ca-group {g.name}: {', '.join(g.profiles)}")
-    elif args.action == "delete":
-        trust.delete_group(store, args.name or "")
-        _print(f"trusted-ca-group {args.name} deleted")
-    else:
-        _show_groups(store)
-
-
-def _show_groups(store) -> None:  # type: ignore[no-untyped-def]
-    from pki import trust
-
-    for g in trust.groups(store):
-        kind = "ca-profile-group (loaded)" if g.loaded else "trusted-ca-group"
-        _print(f"{kind} {g.name}: {', '.join(g.profiles)}")
 
 
 # == CA verbs ==================================================================================================
