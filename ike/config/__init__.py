@@ -49,6 +49,7 @@ Example (the keys are swanctl's where they exist)::
     remote_id = "branch.example.net"    # default: any identity the peer's certificate proves
     certificate = "gw1"
     ca_profiles = ["corp"]              # who may sign the peer's certificate (default: all profiles)
+    # trusted_ca_group = "partners"     # and/or a pki store group (python -m pki trusted-ca-group/ca-profile-group)
     ike_proposals = ["aes128gcm16-prfsha256-ecp256", "aes256-sha256-modp2048"]
     rekey_time = "4h"
     start_action = "start"              # initiate at start, and again whenever the IKE_SA is lost

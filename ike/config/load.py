@@ -144,7 +144,13 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
     validator = None
     ca_certs: tuple[Any, ...] = ()
     if remote_auth == "pubkey":
-        names = sec.strings("ca_profiles") or sec.strings("ca_profile") or tuple(pki.all_profiles())
+        names = sec.strings("ca_profiles") or sec.strings("ca_profile") or ()
+        for g in sec.strings("trusted_ca_group"):  # JUNOS trusted-ca-group: the profiles a store group names
+            members = pki.group(g)
+            if not members:
+                raise sec.error("trusted_ca_group", f"no group {g!r} with a CA certificate in the pki store")
+            names += tuple(n for n in members if n not in names)
+        names = names or tuple(pki.all_profiles())
         if not names:
             raise sec.error("ca_profiles", "no [ca-profiles] defined to validate the peer's certificate")
         chosen = []

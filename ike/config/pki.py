@@ -208,6 +208,17 @@ class _Pki:
         self.profiles[name] = CaProfileConfig(name, certs, prof.revocation)
         return self.profiles[name]
 
+    def group(self, name: str) -> list[str]:
+        """The profiles of a store's ca-profile-group / trusted-ca-group that hold a CA certificate."""
+        if self.store is None:
+            return []
+        from pki.errors import PkiError
+        from pki.trust import group_anchors
+        try:
+            return group_anchors(self.store, name)
+        except PkiError:
+            return []
+
     def all_profiles(self) -> list[str]:
         names = list(self.profiles)
         if self.store is not None:

@@ -2,8 +2,8 @@
 
 :class:`ScepResponder` holds no HTTP (``pki.service`` moves the bytes). Every request it can attribute to a
 transaction gets a signed CertRep: SUCCESS with the certificate, PENDING while an operator has not approved
-it, or FAILURE with the failInfo RFC 8894 prescribes (badMessageCheck for a bad signature or undecryptable
-envelope, badRequest for a wrong challenge password or a request the CA refuses, badCertId for an unknown
+it, or FAILURE with the failInfo RFC 8894 prescribes (badAlg for an algorithm or key the CA will not use,
+badMessageCheck for a bad signature or undecryptable envelope, badRequest for a wrong challenge password or a request the CA refuses, badCertId for an unknown
 transaction). Bytes that are not a pkiMessage at all raise :class:`ScepFormatError` (HTTP 400).
 
 Transactions live in the CA's SQLite file (table ``scep_transactions``), so PENDING requests, approvals and
@@ -29,7 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from pki.db import CaDatabase, write_transaction  # PKI-core
-from pki.errors import CsrSignatureError, PkiError
+from pki.errors import AlgorithmRefusedError, CsrSignatureError, PkiError
 
 from . import messages as m
 from .constants import Capability, FailInfo, MessageType, PkiStatus
@@ -282,7 +282,14 @@ def _load_request_csr(payload: bytes) -> tuple[x509.CertificateSigningRequest, b
     from pki.csr import parse_csr  # PKI-core
 
     try:
-        return parse_csr(payload, source="SCEP PKCSReq")
+        csr, reencoded = parse_csr(payload, source="SCEP PKCSReq")
+        from pki.ca import CertificateAuthority  # PKI-core
+
+        # a key the CA will not certify is refused now, not after a PENDING wait for an operator
+        CertificateAuthority._check_subject_key(csr.public_key())
+        return csr, reencoded
+    except AlgorithmRefusedError as exc:
+        raise ScepFailure(FailInfo.badAlg, str(exc)) from None
     except CsrSignatureError as exc:
         raise ScepFailure(FailInfo.badMessageCheck, str(exc)) from None
     except PkiError as exc:
@@ -414,6 +421,8 @@ class ScepResponder:
             return self._reply(msg, PkiStatus.PENDING)
         try:
             cert = self._issue(csr, now, pop_verified)
+        except AlgorithmRefusedError as exc:
+            raise ScepFailure(FailInfo.badAlg, f"the CA refused the request: {exc}") from None
         except PkiError as exc:
             raise ScepFailure(FailInfo.badRequest, f"the CA refused the request: {exc}") from None
         self.store.add_issued(msg.transaction_id, csr, msg.signer, cert, now)
