@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("esp._core", reason="esp._core is not built")
 
-from esp.gateway import Gateway, GatewayConfig  # noqa: E402
+from esp.gateway import Gateway, GatewayConfig, QueueStats  # noqa: E402
 from esp.gateway._vnet import VNET_HDR_SIZE  # noqa: E402
 
 
@@ -46,9 +46,10 @@ def test_vnet_tx_cycle_takes_a_full_batch_of_single_packet_reads(batch_size: int
         tun.setblocking(False)
         gw.tun = SimpleNamespace(fileno=tun.fileno)  # type: ignore[assignment]
         gw._vnet, gw._wake_r = True, wake_r
+        gw.stats.per_queue = [QueueStats()]  # what start() sets up: one queue
         cycles: list[int] = []
 
-        def batch(src, dst, n: int) -> None:
+        def batch(src, dst, n: int, q: int) -> None:
             cycles.append(n)
             if sum(cycles) >= batch_size:
                 gw._stop.set()
