@@ -10,7 +10,8 @@ With ``loop = "compiled"`` (the default) both threads run esp.gateway._loop: who
 classify, encrypt and send (and back) in compiled code with the GIL released; Python only publishes the
 SPD/SAD snapshot when a watcher on them fires, folds the loops' counters into the stats, and handles what the
 fast path leaves (no SA yet, bypass, too big for the path, IKE). There is then one tx and one rx thread per
-queue (``queues``: multi-queue TUN + SO_REUSEPORT sockets). With ``loop = "python"`` (and raw ESP), one pair
+queue (``queues``: multi-queue TUN + SO_REUSEPORT sockets; raw ESP, which one raw socket receives, is read by
+queue 0's rx thread and sent by every tx thread). With ``loop = "python"`` (the reference path), one pair
 of threads runs a fixed number of numpy operations and one core call per SA per batch.
 
 ESP and IKE share the NAT-T port (the kernel cannot tell them apart), so the gateway owns that
@@ -115,11 +116,12 @@ class GatewayConfig:
     ike_socket: bool = False
     #: The transmit data loop: "compiled" (esp.gateway._loop: read, segment, classify, encrypt and send
     #: in compiled code with the GIL released, Python only for what the fast path does not cover) or
-    #: "python" (one Dataplane.outbound call per batch). A gateway with ``raw_esp`` always runs "python".
+    #: "python" (one Dataplane.outbound call per batch, the reference path).
     loop: str = "compiled"
     #: Data queues: a multi-queue TUN (IFF_MULTI_QUEUE, one fd per queue; the kernel spreads flows over them)
     #: and as many SO_REUSEPORT sockets on the NAT-T port (the kernel spreads peers over them), each queue with
-    #: its own tx and rx thread. None: one per CPU. The Python loop and raw ESP run one queue.
+    #: its own tx and rx thread. None: one per CPU. The Python loop runs one queue. Raw ESP (``raw_esp``)
+    #: arrives on one raw socket, read by queue 0; every queue sends on it.
     queues: int | None = None
 
     def __post_init__(self) -> None:
@@ -192,7 +194,7 @@ class Gateway:
         """Open the TUN device and sockets, then start the threads. Raises GatewayError with the reason."""
         c = self.config
         af = socket.AF_INET if self.family == 4 else socket.AF_INET6
-        compiled = c.loop == "compiled" and not c.raw_esp and _loop is not None
+        compiled = c.loop == "compiled" and _loop is not None
         self._nq = nq = (c.queues or os.cpu_count() or 1) if compiled else 1
         try:
             self.udp = self._socket(af, socket.SOCK_DGRAM, 0)
@@ -289,7 +291,7 @@ class Gateway:
 
     def _socket(self, af: int, kind: int, proto: int) -> socket.socket:
         s = socket.socket(af, kind, proto)
-        if af == socket.AF_INET6:
+        if af == socket.AF_INET6 and kind == socket.SOCK_DGRAM:  # a raw IPv6 socket refuses it (EINVAL)
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # SO_RCVBUFFORCE / SO_SNDBUFFORCE
             try:
@@ -376,7 +378,7 @@ class Gateway:
         return Tun(vt.fd, vt.name)
 
     def _tx_loop(self, q: int = 0) -> None:
-        if self.config.loop == "compiled" and self.raw is None and _loop is not None:
+        if self.config.loop == "compiled" and _loop is not None:
             self.stats.tx_loop = "compiled"
             self._tx_loop_compiled(q)
             return
@@ -396,7 +398,8 @@ class Gateway:
         tun_fd, udp_fd = self._queue(q)
         self._with_resync(lambda resync: self._run_tx_loop(
             _loop.TxLoop(_core.SA_API, tun_fd, self._wake_r, resync, udp_fd, self.family, self._vnet, self._gso,
-                         src, dst, sup, left.full, ctr), resync, ctr, left, left_dst, q))
+                         src, dst, sup, left.full, ctr, self.raw.fileno() if self.raw is not None else -1),
+            resync, ctr, left, left_dst, q))
 
     def _run_tx_loop(self, loop: _loop.TxLoop, resync: int, ctr: np.ndarray, left: _Slots, left_dst: _Slots,
                      q: int) -> None:
@@ -604,7 +607,7 @@ class Gateway:
 
     # ------------------------------------------------------------------ rx: ESP -> TUN
     def _rx_loop(self, q: int = 0) -> None:
-        if self.config.loop == "compiled" and self.raw is None and _loop is not None:
+        if self.config.loop == "compiled" and _loop is not None:
             self.stats.rx_loop = "compiled"
             self._with_resync(lambda resync: self._rx_loop_compiled(resync, q))
             return
@@ -649,7 +652,8 @@ class Gateway:
         port = self.nat_port
         tun_fd, udp_fd = self._queue(q)
         loop = _loop.RxLoop(_core.SA_API, udp_fd, self._wake_r, resync, tun_fd, self._vnet, self._tun_uso,
-                            ipaddress.ip_address(c.local_addr).packed, port, src, dst, coal, left, scratch, ctr)
+                            ipaddress.ip_address(c.local_addr).packed, port, src, dst, coal, left, scratch, ctr,
+                            self.raw.fileno() if self.raw is not None and q == 0 else -1)
         published = -1
         while not self._stop.is_set():
             _drain(resync)
