@@ -65,7 +65,8 @@ _PROTECT = int(Action.PROTECT)
 #: Receive batch with UDP GRO on (slots), and the 64 KB GRO messages read per call: a few whole trains.
 GRO_BATCH = 256
 GRO_MESSAGES = 4
-#: With TUN offloads: super-packets read per call, their slot (64 KB + virtio_net_hdr), and the transmit
+#: With TUN offloads: reads per call at least (batch_size if larger), their slot (64 KB + virtio_net_hdr: the
+#: pages of a slot are touched only as far as a read fills it), and the transmit
 #: batch the segments go into (a 64 KB TSO packet at a small MSS makes a few hundred).
 TSO_READS = 8
 _VNET_SLOT = 65536 + 64
@@ -393,7 +394,9 @@ class Gateway:
         count = max(c.batch_size, TSO_BATCH) if self._vnet else c.batch_size
         src, dst = PacketBatch.empty(count, c.slot_size), PacketBatch.empty(count, c.slot_size)
         left, left_dst = _Slots(count, c.slot_size), _Slots(count, c.slot_size)
-        sup = PacketBatch.empty(TSO_READS, _VNET_SLOT) if self._vnet else None
+        # as many reads per cycle as a plain batch (see _tx_loop_python): a read is one packet unless the sender
+        # built a super-packet, and 8 per cycle made 64-byte UDP slower with offloads than without
+        sup = PacketBatch.empty(max(TSO_READS, c.batch_size), _VNET_SLOT) if self._vnet else None
         ctr = np.zeros(_loop.COUNTERS, np.int64)
         tun_fd, udp_fd = self._queue(q)
         self._with_resync(lambda resync: self._run_tx_loop(
