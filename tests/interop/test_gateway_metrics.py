@@ -296,6 +296,10 @@ def test_ike_daemon_with_gateway_serves_ike_and_data_plane_metrics(topo, tmp_pat
         assert one(s, "espresso_sa_packets_total", direction="out", spi=f"0x{ca['spi_out']}", **named) == 5
         assert one(s, "espresso_sa_packets_total", direction="in", spi=f"0x{ca['spi_in']}", **named) == 5
         assert total(s, "espresso_gateway_esp_sent_packets_total") >= 5
+        # the daemon's gateway queues, with their drops by verdict, adding up to the data plane's
+        queues = per_queue(s, "espresso_gateway_verdict_packets_total", direction="tx", verdict="OK")
+        assert len(queues) == (os.cpu_count() or 1) and sum(queues.values()) == \
+            one(s, "espresso_esp_packets_total", direction="out", verdict="OK") >= 5, queues
         assert one(s, "espresso_gateway_up") == 1
         assert one(s, "espresso_ike_sas", peer="gwb", state="ESTABLISHED") == 1
         assert one(s, "espresso_ike_child_sas", peer="gwb", child="net", state="INSTALLED") == 1
