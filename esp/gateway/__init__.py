@@ -10,6 +10,6 @@ from esp.gateway.stats import GatewayStats, QueueStats
 from esp.gateway.tun import TUN_PATH, Tun, TunError, open_tun
 
 __all__ = [
-    "Gateway", "GatewayConfig", "GatewayError", "GatewayStats", "QueueStats", "apply_static", "load_static", "run_static",
-    "TUN_PATH", "Tun", "TunError", "open_tun",
+    "Gateway", "GatewayConfig", "GatewayError", "GatewayStats", "QueueStats", "apply_static", "load_static",
+    "run_static", "TUN_PATH", "Tun", "TunError", "open_tun",
 ]

@@ -2,16 +2,17 @@
 
 Why a collector and no instrumented counters: the data threads must not run Python per packet, and the data
 plane already counts everything (verdicts per direction in :class:`esp.Dataplane`, packets, bytes and drops
-per SA in each SA's compiled context, the I/O counters per queue in :class:`esp.gateway.QueueStats`). So nothing is
-counted twice: :class:`DataplaneCollector` reads those counters when Prometheus scrapes, from the HTTP server's
-thread, and turns them into metric families. A scrape takes the SAD's current snapshot (an SA removed while
+per SA in each SA's compiled context, the I/O counters per queue in :class:`esp.gateway.QueueStats`). So
+nothing is counted twice: :class:`DataplaneCollector` reads those counters when Prometheus scrapes, from the
+HTTP server's thread, and turns them into metric families. A scrape takes the SAD's current snapshot (an SA removed while
 it runs is still read through the snapshot's reference) and never touches a batch in flight.
 
 Queues: each of a gateway's data queues (a TUN queue, a UDP socket, a transmit and a receive worker) is a
 ``queue`` label value, read from :meth:`esp.gateway.Gateway.queue_stats`: its packets, bytes, segmentation
 and coalescing counts, and its packets by verdict (``espresso_gateway_verdict_packets_total``); the samples of
-all queues add up to the gateway's totals and, per verdict, to ``espresso_esp_packets_total``. ``prometheus_client`` is an optional dependency (``pip install 'espresso-ipsec[metrics]'``);
-this module imports it only when a collector runs or a server starts.
+all queues add up to the gateway's totals and, per verdict, to ``espresso_esp_packets_total``.
+``prometheus_client`` is an optional dependency (``pip install 'espresso-ipsec[metrics]'``); this module
+imports it only when a collector runs or a server starts.
 
     python -m esp gateway site.json --metrics 127.0.0.1:9745
     curl -s http://127.0.0.1:9745/metrics | grep espresso_sa_packets_total

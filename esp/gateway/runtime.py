@@ -394,8 +394,8 @@ class Gateway:
         count = max(c.batch_size, TSO_BATCH) if self._vnet else c.batch_size
         src, dst = PacketBatch.empty(count, c.slot_size), PacketBatch.empty(count, c.slot_size)
         left, left_dst = _Slots(count, c.slot_size), _Slots(count, c.slot_size)
-        # as many reads per cycle as a plain batch (see _tx_loop_python): a read is one packet unless the sender
-        # built a super-packet, and 8 per cycle made 64-byte UDP slower with offloads than without
+        # as many reads per cycle as a plain batch (see _tx_loop_python): a read is one packet unless the
+        # sender built a super-packet, and 8 per cycle made 64-byte UDP slower with offloads than without
         sup = PacketBatch.empty(max(TSO_READS, c.batch_size), _VNET_SLOT) if self._vnet else None
         ctr = np.zeros(_loop.COUNTERS, np.int64)
         tun_fd, udp_fd = self._queue(q)
@@ -502,7 +502,7 @@ class Gateway:
                 self._tx_batch(src, dst, n, q)
 
     def _tx_batch(self, src: _Slots, dst: _Slots, n: int, q: int) -> None:
-        """Slots 0..n-1 of ``src`` hold inner packets read from the TUN (queue ``q``): path MTU, encrypt, send."""
+        """Slots 0..n-1 of ``src`` hold inner packets read from queue ``q``'s TUN: path MTU, encrypt, send."""
         st, dp = self.stats, self.dataplane
         f = src.full
         st.add(q, tx_batches=1, tx_bytes=int(f.lengths[:n].sum()))
@@ -550,7 +550,8 @@ class Gateway:
         t, d = int(ctr[0]), int(ctr[1])
         sent, dropped = _io.send(fd, self.family, udp, out.buf, out.offsets, out.lengths, sel,
                                  self._gso and udp, ctr)
-        st.add(q, esp_sent=sent, esp_send_dropped=dropped, gso_trains=int(ctr[0]) - t, gso_datagrams=int(ctr[1]) - d)
+        st.add(q, esp_sent=sent, esp_send_dropped=dropped, gso_trains=int(ctr[0]) - t,
+               gso_datagrams=int(ctr[1]) - d)
 
     # ------------------------------------------------------------------ path MTU (RFC 4301 section 8)
     def _update_path_mtu(self) -> None:
@@ -655,7 +656,8 @@ class Gateway:
         port = self.nat_port
         tun_fd, udp_fd = self._queue(q)
         loop = _loop.RxLoop(_core.SA_API, udp_fd, self._wake_r, resync, tun_fd, self._vnet, self._tun_uso,
-                            ipaddress.ip_address(c.local_addr).packed, port, src, dst, coal, left, scratch, ctr,
+                            ipaddress.ip_address(c.local_addr).packed, port, src, dst, coal, left, scratch,
+                            ctr,
                             self.raw.fileno() if self.raw is not None and q == 0 else -1)
         published = -1
         while not self._stop.is_set():

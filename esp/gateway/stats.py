@@ -58,12 +58,13 @@ class QueueStats:
     gro_datagrams: int = 0  # ... and the ESP datagrams in them
     tun_gro_packets: int = 0  # decrypted packets handed to userspace GRO (tun_written counts the writes)
     rx_batches: int = 0
-    #: packets by verdict name (OK and every drop), as the data plane's counters; out: encrypted, in: decrypted
+    #: packets by verdict name (OK and every drop), as the data plane counts them; out: encrypted, in: decrypted
     out_verdicts: dict[str, int] = field(default_factory=dict)
     in_verdicts: dict[str, int] = field(default_factory=dict)
 
     def copy(self) -> QueueStats:
-        return dataclasses.replace(self, out_verdicts=dict(self.out_verdicts), in_verdicts=dict(self.in_verdicts))
+        return dataclasses.replace(self, out_verdicts=dict(self.out_verdicts),
+                                   in_verdicts=dict(self.in_verdicts))
 
 
 #: The counters a queue keeps (every int field of QueueStats).
@@ -90,7 +91,7 @@ class GatewayStats:
     outer_mtu: int = 0
     inner_mtu: int = 0  # the largest inner packet the SAs' overhead lets through the outer MTU
     tun_mtu: int = 0
-    offloads: list[str] = field(default_factory=list)  # the offloads in use: "udp_gso", "udp_gro", "tun_tso4" ...
+    offloads: list[str] = field(default_factory=list)  # the offloads in use: "udp_gso", "tun_tso4" ...
     gso_trains: int = 0
     gso_datagrams: int = 0
     gro_trains: int = 0
@@ -114,8 +115,8 @@ class GatewayStats:
     per_queue: list[QueueStats] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        """The counters as plain JSON-ready values (what ``python -m esp gateway`` prints when it stops and the
-        IKE daemon's ``stats`` returns); safe while the data threads count (each table is copied at once)."""
+        """The counters as plain JSON-ready values (what ``python -m esp gateway`` prints when it stops and
+        the IKE daemon's ``stats`` returns); safe while the data threads count (each table is copied at once)."""
         d: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
@@ -158,7 +159,8 @@ if _loop is not None:
         ("tso_super_packets", (_loop.C_TSO_SUPER,)),
         ("tso_segments", (_loop.C_TSO_SEGMENTS,)), ("tun_bad", (_loop.C_TUN_BAD, _loop.C_LEFT_DROPPED)),
         ("esp_sent", (_loop.C_ESP_SENT,)), ("esp_send_dropped", (_loop.C_SEND_DROPPED,)),
-        ("not_sent", (_loop.C_NOT_SENT,)), ("tx_batches", (_loop.C_BATCHES,)), ("gso_trains", (_loop.C_GSO_TRAINS,)),
+        ("not_sent", (_loop.C_NOT_SENT,)), ("tx_batches", (_loop.C_BATCHES,)),
+        ("gso_trains", (_loop.C_GSO_TRAINS,)),
         ("gso_datagrams", (_loop.C_GSO_DATAGRAMS,)))
     _RX_FOLD = (
         ("esp_received", (_loop.C_ESP_RECEIVED,)), ("rx_bytes", (_loop.C_BYTES_IN,)),

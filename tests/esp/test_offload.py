@@ -555,7 +555,8 @@ def test_coalesced_udp_trains_are_taken_by_the_kernel(tmp_path) -> None:
         tout = in_netns(ns, lambda: _vnet.open_vnet_tun("offout%d", offloads=_vnet.Offload.NONE))
         try:
             require(tin.uso, "this kernel's TUN has no USO")
-            for cmd in (["sysctl", "-qw", "net.ipv4.ip_forward=1"], ["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"],
+            for cmd in (["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+                        ["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"],
                         ["ip", "link", "set", tin.name, "up"], ["ip", "link", "set", tout.name, "up"],
                         ["ip", "route", "add", "10.0.0.2/32", "dev", tout.name]):
                 ns.run(cmd)

@@ -332,12 +332,12 @@ def topo():
     ("aes128gcm16", False, 16 << 20, False, False, "python"),
     ("aes256-sha256", True, 4 << 20, False, True, "compiled"),   # raw ESP, IP protocol 50, CBC + HMAC
     ("aes256-sha256", True, 4 << 20, False, True, "python"),
-    ("aes128gcm16", True, 4 << 20, True, True, "compiled"),      # raw ESP over IPv6 (the header is synthesized)
+    ("aes128gcm16", True, 4 << 20, True, True, "compiled"),      # raw ESP over IPv6 (its header synthesized)
     ("chacha20poly1305", False, 4 << 20, True, True, "compiled"),  # IPv6 outside; IPv4 and IPv6 inside
     ("chacha20poly1305", False, 4 << 20, True, False, "compiled"),
     ("chacha20poly1305", False, 4 << 20, True, True, "python"),
-], ids=["udp-gcm", "udp-gcm-no-offload", "udp-gcm-pyloop", "udp-gcm-no-offload-pyloop", "raw-cbc", "raw-cbc-pyloop",
-        "raw6-gcm", "udp6-chacha",
+], ids=["udp-gcm", "udp-gcm-no-offload", "udp-gcm-pyloop", "udp-gcm-no-offload-pyloop", "raw-cbc",
+        "raw-cbc-pyloop", "raw6-gcm", "udp6-chacha",
         "udp6-chacha-no-offload", "udp6-chacha-pyloop"])
 def test_static_gateway_pair_ping_and_bulk_transfer(topo, tmp_path, suite, raw_esp, nbytes, outer6, offload, loop):
     # the loop from the file's "loop" key, or (IPv4 outside) from the command line's --loop over the file's

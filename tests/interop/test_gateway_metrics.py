@@ -6,7 +6,8 @@ parsed with prometheus_client's parser. Evidence: the pings counted per SA (both
 their peer and policy labels), the verdicts per direction, the I/O and offload counters after a TCP transfer,
 scrapes in a loop while the transfer runs (none fails, the transfer's hash matches), and a forged ESP packet
 and an unknown SPI counted as AUTH_FAILED and NO_SA; with two queues, each queue's samples (packets, bytes,
-segmentation, drops by verdict) add up to the totals and the forged packets show up on the queues that got them.
+segmentation, drops by verdict) add up to the totals and the forged packets show up on the queues that got
+them.
 """
 from __future__ import annotations
 
@@ -182,7 +183,8 @@ def test_two_queues_export_per_queue_counters_that_add_up(topo, tmp_path):  # no
         gw_b = GatewayProcess(topo.gw_b, cfg_b, tmp_path, "b", args)
         try:
             urx = subprocess.Popen(["ip", "netns", "exec", topo.host_b, sys.executable, "-c", UDP_RECEIVER,
-                                    "10.98.2.2", "4000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                    "10.98.2.2", "4000"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             try:
                 assert urx.stdout.readline().strip() == "LISTENING"
                 sh(sys.executable, "-c", UDP_FLOWS_SENDER, "10.98.2.2", "4000", "1000", "20e6", "16",
@@ -213,8 +215,8 @@ def test_two_queues_export_per_queue_counters_that_add_up(topo, tmp_path):  # no
             for s in (sa, sb):
                 for direction, dp_dir in (("tx", "out"), ("rx", "in")):
                     for verdict in ("OK", "AUTH_FAILED", "REPLAYED", "NO_SA", "DISCARDED", "POLICY_MISMATCH"):
-                        assert total(s, v, direction=direction, verdict=verdict) == \
-                            one(s, "espresso_esp_packets_total", direction=dp_dir, verdict=verdict), (direction, verdict)
+                        want = one(s, "espresso_esp_packets_total", direction=dp_dir, verdict=verdict)
+                        assert total(s, v, direction=direction, verdict=verdict) == want, (direction, verdict)
             # the UDP flows were spread over gwA's two TUN queues: both workers read and encrypted
             reads = per_queue(sa, "espresso_gateway_tun_read_packets_total")
             assert min(reads.values()) > 0, reads
