@@ -52,7 +52,8 @@ cdef enum:
     TCP_CWR = 0x80
     MAX_IP_LEN = 65535   # an IPv4 total length or an IPv6 payload length: the bound of one super-packet
     # datagrams in one USO packet written to a TUN: the kernel refuses more than UDP_MAX_SEGMENTS with EINVAL
-    # (virtio_net_hdr_to_skb; 64 before Linux 6.9, 128 since): the older bound holds on every kernel
+    # (virtio_net_hdr_to_skb; 64 on older kernels, 128 on newer ones such as 6.18): the older bound holds on
+    # every kernel
     USO_MAX_SEGMENTS = 64
 
 

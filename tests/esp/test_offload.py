@@ -431,8 +431,9 @@ def test_super_packets_up_to_64k_coalesce_and_no_further() -> None:
 
 def test_udp_runs_stop_at_the_kernels_segment_limit() -> None:
     """The kernel refuses (EINVAL) a USO packet of more than UDP_MAX_SEGMENTS datagrams written to a TUN
-    (virtio_net_hdr_to_skb; 64 before Linux 6.9, 128 since): 200 small datagrams of one flow, as a 64-byte
-    UDP benchmark delivers them, coalesce into runs of at most 64 that segment back into the same packets."""
+    (virtio_net_hdr_to_skb; 64 on older kernels, 128 on newer ones such as 6.18): 200 small datagrams of one
+    flow, as a 64-byte UDP benchmark delivers them, coalesce into runs of at most 64 that segment back into the
+    same packets."""
     segs = segment(udp_super(False, os.urandom(64 * 200), 64), count=256)
     assert len(segs) == 200
     out = coalesce(segs, udp=True)
