@@ -831,7 +831,7 @@ class Daemon:
                 "dataplane_in": {k: v for k, v in dp.inbound.items() if v},
                 "dataplane_out": {k: v for k, v in dp.outbound.items() if v},
                 "core": dict(getattr(self.core, "stats", {}) or {}),
-                **({"gateway": {k: v for k, v in vars(self.gateway.stats).items() if k != "errors"}}
+                **({"gateway": {k: v for k, v in self.gateway.stats.as_dict().items() if k != "errors"}}
                    if self.gateway is not None else {})}
 
     # -- control socket ------------------------------------------------------------------------------------

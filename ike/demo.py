@@ -581,7 +581,7 @@ async def _run(work: Path, args: argparse.Namespace, out: TextIO, result: DemoRe
                 _say(out, f"{d.name}: {d.packets} packets, {d.bytes} bytes in {d.seconds:.2f} s: "
                           f"{d.mbit_s:.1f} Mbit/s, {d.kpps:.1f} kpps, {verdict}")
         if lab is not None:
-            result.gateway_stats = {n: {k: v for k, v in vars(d.gateway.stats).items() if k != "errors"}
+            result.gateway_stats = {n: {k: v for k, v in d.gateway.stats.as_dict().items() if k != "errors"}
                                     for n, d in daemons.items()}
             for n, st in result.gateway_stats.items():
                 _say(out, f"{n} gateway: offloads {', '.join(st['offloads']) or 'none'}; "
