@@ -54,10 +54,26 @@ def service(tmp_path, request):
     svc.stop()
 
 
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 @pytest.fixture
-def access(caplog):
-    caplog.set_level(logging.INFO, logger="pki.service.access")
-    return lambda: [r.getMessage() for r in caplog.records if r.name == "pki.service.access"]
+def access():
+    """The service's access lines, read from its logger itself (an in-process ``ca serve`` of another test may
+    have stopped its propagation to the root logger, which caplog relies on)."""
+    logger = logging.getLogger("pki.service.access")
+    handler, level = _Lines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield lambda: list(handler.lines)
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 def _store(tmp_path, svc: CaService, name: str = "r1") -> Store:
