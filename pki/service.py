@@ -51,17 +51,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from pki.errors import PkiError
-from pki.est.server import OPERATIONS as _EST_OPS
 from pki.est.server import (
     DEFAULT_RETRY_AFTER,
     EstReply,
     EstRequest,
     EstResponder,
-    ensure_service_certificate,
     est_operation,
-    server_context,
+    listener_context,
     tls_accept,
 )
+from pki.est.server import OPERATIONS as _EST_OPS
 from pki.ocsp import DEFAULT_VALIDITY, OcspCertStatus, OcspResponder, SerialStatus
 from pki.ocsp import MAX_REQUEST_SIZE as MAX_OCSP_REQUEST
 from pki.scep.constants import MAX_MESSAGE_SIZE
@@ -254,8 +253,8 @@ class CaService:
                 self._est_httpd.server_close()
             try:
                 self.run(self._close)
-            except Exception:  # noqa: BLE001 - the first error is the one to report
-                pass
+            except Exception:
+                log.debug("CA service: closing after a failed start", exc_info=True)
             self._worker.shutdown(wait=True)
             raise
         if self._est_httpd is not None:
@@ -341,16 +340,7 @@ class CaService:
         self._ca = self._scep = self._ocsp = self._est = None
 
     def _est_context(self) -> ssl.SSLContext:
-        """The EST listener's TLS: the certificate given, or the CA's own service certificate (issued now when
-        missing, expiring or from another CA key)."""
-        if self._est_tls is not None:
-            cert, key = self._est_tls
-            return server_context(cert, key, self._ca.chain, self._passphrase)
-        cert_file, key_file, why = ensure_service_certificate(self._ca, passphrase=self._passphrase,
-                                                              at=self._clock())
-        if why:
-            log.warning("%s", why)
-        return server_context(cert_file, key_file, self._ca.chain, self._passphrase)
+        return listener_context(self._ca, self._est_tls, self._passphrase, self._clock())
 
     def _ocsp_lookup(self, serial: int) -> SerialStatus | None:
         rec = self._ca.lookup(serial)

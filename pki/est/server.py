@@ -58,6 +58,7 @@ __all__ = [
     "ensure_service_certificate",
     "est_operation",
     "issue_service_certificate",
+    "listener_context",
     "server_context",
     "tls_accept",
 ]
@@ -395,6 +396,18 @@ def server_context(cert_file: str | os.PathLike[str], key_file: str | os.PathLik
     ctx.load_verify_locations(cadata="".join(c.public_bytes(Encoding.PEM).decode() for c in client_cas))
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return ctx
+
+
+def listener_context(ca: Any, given: tuple[str, str] | None, passphrase: bytes | None, at: datetime
+                     ) -> ssl.SSLContext:
+    """The EST listener's TLS: the certificate and key files ``given``, or the CA's own service certificate
+    (issued now when missing, expiring or from another CA key; said in a warning)."""
+    if given is not None:
+        return server_context(given[0], given[1], ca.chain, passphrase)
+    cert_file, key_file, why = ensure_service_certificate(ca, passphrase=passphrase, at=at)
+    if why:
+        log.warning("%s", why)
+    return server_context(cert_file, key_file, ca.chain, passphrase)
 
 
 def tls_accept(sock: socket.socket, ctx: ssl.SSLContext, timeout: float) -> ssl.SSLSocket:

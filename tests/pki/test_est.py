@@ -239,7 +239,7 @@ def test_auto_re_enrollment_over_est_uses_the_current_certificate(tmp_path, serv
 # == what the request may hold =================================================================================
 def test_malformed_requests_are_400_and_nothing_is_issued(service, access):
     auth = _basic(PASSWORD)
-    key, good = _csr_b64()
+    _, good = _csr_b64()
     der = bytearray(base64.b64decode(good))
     der[-5] ^= 0x55  # the signature no longer verifies
     cases = {
