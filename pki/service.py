@@ -315,6 +315,7 @@ class CaService:
             self.scep_off_reason = (
                 f"SCEP needs an RSA CA key and this CA's key is {_key_kind(self._ca.private_key)}: "
                 "SCEP is off, the CRL and OCSP are served"
+                + (", and EST (any key type)" if self._est_httpd is not None else " (--est-port adds EST, any key type)")
             )
             log.warning("%s", self.scep_off_reason)
         self._est = EstResponder(self._ca, challenge=self.challenge, manual_approval=self.manual_approval,
@@ -340,7 +341,8 @@ class CaService:
         self._ca = self._scep = self._ocsp = self._est = None
 
     def _est_context(self) -> ssl.SSLContext:
-        return listener_context(self._ca, self._est_tls, self._passphrase, self._clock())
+        host = str(self._est_httpd.server_address[0]) if self._est_httpd is not None else None
+        return listener_context(self._ca, self._est_tls, self._passphrase, self._clock(), host)
 
     def _ocsp_lookup(self, serial: int) -> SerialStatus | None:
         rec = self._ca.lookup(serial)

@@ -398,16 +398,29 @@ def server_context(cert_file: str | os.PathLike[str], key_file: str | os.PathLik
     return ctx
 
 
-def listener_context(ca: Any, given: tuple[str, str] | None, passphrase: bytes | None, at: datetime
-                     ) -> ssl.SSLContext:
+def listener_context(ca: Any, given: tuple[str, str] | None, passphrase: bytes | None, at: datetime,
+                     host: str | None = None) -> ssl.SSLContext:
     """The EST listener's TLS: the certificate and key files ``given``, or the CA's own service certificate
-    (issued now when missing, expiring or from another CA key; said in a warning)."""
+    (issued now when missing, expiring or from another CA key; said in a warning). A listening address the
+    certificate does not name is warned about: clients that check host names (all should) would refuse it."""
     if given is not None:
-        return server_context(given[0], given[1], ca.chain, passphrase)
-    cert_file, key_file, why = ensure_service_certificate(ca, passphrase=passphrase, at=at)
-    if why:
-        log.warning("%s", why)
-    return server_context(cert_file, key_file, ca.chain, passphrase)
+        cert_file, key_file = Path(given[0]), Path(given[1])
+    else:
+        cert_file, key_file, why = ensure_service_certificate(ca, passphrase=passphrase, at=at)
+        if why:
+            log.warning("%s", why)
+    ctx = server_context(cert_file, key_file, ca.chain, passphrase)
+    if host and host not in ("0.0.0.0", "::", ""):
+        try:
+            cert = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
+            names = {str(g.value) for g in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value}
+        except (ValueError, OSError, x509.ExtensionNotFound):
+            names = set()
+        if host not in names:
+            log.warning("the EST TLS certificate names %s, not %s, the address EST listens on: clients reaching "
+                        "it by that address will refuse it (ca init --service-name, or --est-cert)",
+                        ", ".join(sorted(names)) or "nothing", host)
+    return ctx
 
 
 def tls_accept(sock: socket.socket, ctx: ssl.SSLContext, timeout: float) -> ssl.SSLSocket:

@@ -374,3 +374,16 @@ def test_service_certificate_is_reissued_when_about_to_expire(tmp_path):
     assert ensure_service_certificate(ca)[2] is None
     assert (tmp_path / "ca" / "est.key").stat().st_mode & 0o777 == 0o600
     ca.close()
+
+
+def test_a_ca_made_before_est_gets_its_service_certificate_when_served(tmp_path, caplog):
+    CertificateAuthority.init(tmp_path / "ca", "CN=Old CA", key_type="ecdsa", passphrase=b"ca-pass").close()
+    assert not (tmp_path / "ca" / "est.pem").exists()
+    with caplog.at_level(logging.WARNING, logger="pki.service"), \
+            CaService(tmp_path / "ca", challenge=PASSWORD, est_port=0, passphrase=b"ca-pass") as svc:
+        chain = _ca_chain(svc)
+        assert get_ca_certs(svc.est_url, trust=chain) == chain
+    assert any("no EST service certificate" in r.getMessage() for r in caplog.records)
+    key_file = tmp_path / "ca" / "est.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert b"ENCRYPTED" in key_file.read_bytes()  # under the CA's passphrase, like ca.key
