@@ -183,13 +183,27 @@ def get_ca_certs(url: str, *, trust: Sequence[x509.Certificate] | None = None,
     r = _request(target, "GET", trust=trust, timeout=timeout)
     if r.status != 200:
         raise _refused(target, r)
-    certs = _certs_only(target, r)
+    certs = _chain_order(_certs_only(target, r))
     if trust is None:
         server = x509.load_der_x509_certificate(r.server_cert_der) if r.server_cert_der else None
         if server is None or not any(_issued_by(server, c) for c in certs):
             raise EstError(f"{target}: the server's TLS certificate was not issued by the CA certificate it hands "
                            "out; refusing it (load the CA certificate with 'ca-certificate load' instead)")
     return certs
+
+
+def _chain_order(certs: list[x509.Certificate]) -> list[x509.Certificate]:
+    """The issuing CA first, then its issuers: a PKCS#7 SET OF carries no order (DER sorts it)."""
+    by_subject = {c.subject: c for c in certs}
+    issuers = {c.issuer for c in certs if c.issuer != c.subject}
+    heads = [c for c in certs if c.subject not in issuers]
+    if len(heads) != 1:
+        return certs
+    chain = [heads[0]]
+    while chain[-1].issuer != chain[-1].subject and chain[-1].issuer in by_subject \
+            and by_subject[chain[-1].issuer] not in chain:
+        chain.append(by_subject[chain[-1].issuer])
+    return chain + [c for c in certs if c not in chain]
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:

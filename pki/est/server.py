@@ -248,7 +248,8 @@ class EstResponder:
         return cert
 
     def _password_ok(self, authorization: str | None) -> bool | None:
-        """True/False when a password was sent (and a challenge is set), None when none was sent."""
+        """True when a password was sent and is right (or no challenge is set), None when none was sent; a wrong
+        one is refused with 401 whatever else the client presented."""
         creds = basic_credentials(authorization)
         if creds is None:
             return None
@@ -287,7 +288,7 @@ class EstResponder:
         if existing is not None and not (existing.certificate_der is not None and client is not None
                                          and client.public_bytes(Encoding.DER) == existing.certificate_der):
             if existing.state == "pending":
-                return self._pending(tid, auth, again=True)
+                return self._pending(tid, auth)
             if existing.state == "issued" and existing.certificate is not None:
                 return self._issued(existing.certificate, tid, auth)  # the same request again: the same answer
             return _text(HTTPStatus.FORBIDDEN, f"request rejected by the CA operator: {existing.reason or 'no reason'}",
@@ -308,7 +309,7 @@ class EstResponder:
         log.info("EST transaction %s: issued %x to %s", tid, cert.serial_number, cert.subject.rfc4514_string())
         return self._issued(cert, tid, auth)
 
-    def _pending(self, tid: str, auth: str, again: bool = False) -> EstReply:
+    def _pending(self, tid: str, auth: str) -> EstReply:
         text = f"awaiting approval by the CA operator (transaction {tid}); repeat the request later"
         return EstReply(HTTPStatus.ACCEPTED, "text/plain", text.encode() + b"\n",
                         {"Retry-After": str(self.retry_after)}, "pending", None, tid, auth=auth)

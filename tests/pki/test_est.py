@@ -387,3 +387,18 @@ def test_a_ca_made_before_est_gets_its_service_certificate_when_served(tmp_path,
     key_file = tmp_path / "ca" / "est.key"
     assert key_file.stat().st_mode & 0o777 == 0o600
     assert b"ENCRYPTED" in key_file.read_bytes()  # under the CA's passphrase, like ca.key
+
+
+def test_an_intermediate_ca_serves_est_and_authenticates_its_own_certificates(tmp_path):
+    root = CertificateAuthority.init(tmp_path / "root", "CN=Root", key_type="ecdsa", path_length=1)
+    sub = CertificateAuthority.init(tmp_path / "sub", "CN=Sub", key_type="ecdsa", parent=root)
+    issue_service_certificate(sub)
+    sub.close()
+    root.close()
+    with CaService(tmp_path / "sub", challenge=PASSWORD, est_port=0) as svc:
+        store = _store(tmp_path, svc)
+        assert [c.subject.rfc4514_string() for c in store.ca_certificates("corp")] == ["CN=Sub", "CN=Root"]
+        store.generate_key_pair("r1", "ecdsa", 384)
+        old = store.enroll_local_certificate("r1", "corp", "CN=r1,O=espresso", challenge_password=PASSWORD)
+        result = reenroll(store, AutoReenrollment("r1", "corp", 50), datetime.now(timezone.utc))
+        assert result.new.issuer == old.issuer and result.new.serial_number != old.serial_number
