@@ -3,15 +3,16 @@
 Router verbs (``--store DIR``, default ``$ESPRESSO_PKI_STORE`` or ./pki-store)::
 
     generate-key-pair --certificate-id ID --type rsa|ecdsa|ed25519 [--size N]
-    ca-profile add NAME [--ca-identity X] [--enrollment-url U] [--retry N] [--retry-interval S]
+    ca-profile add NAME [--ca-identity X] [--enrollment-url U] [--protocol scep|est] [--retry N] [--retry-interval S]
                         [--revocation-check crl|ocsp|disable] [--crl-url U] [--refresh-interval HOURS]
                         [--ocsp-url U] [--no-ocsp-nonce] [--ocsp-fallback-crl] [--disable-on-download-failure]
     ca-profile delete NAME | ca-profile list
-    ca-certificate enroll --ca-profile P [--yes] | ca-certificate load --ca-profile P --filename F
+    ca-certificate enroll --ca-profile P [--yes] [--protocol scep|est] | ca-certificate load --ca-profile P --filename F
     ca-certificate verify --ca-profile P [--at T] [--offline]
     ca-profile-group load --ca-group-name G --file BUNDLE [--revocation-check M] | delete --ca-group-name G | list
     trusted-ca-group set G --ca-profiles P... | trusted-ca-group delete G | trusted-ca-group list
     local-certificate enroll --certificate-id ID --ca-profile P --subject DN --challenge-password-file F [SANs]
+                             [--protocol scep|est]
     local-certificate load --certificate-id ID --filename F [--key KEYFILE | --pkcs12-passphrase-file P]
     local-certificate generate-self-signed --certificate-id ID --subject DN [SANs] [--days N] [--add-ca-constraint]
     local-certificate export --certificate-id ID [--type pem|der|pkcs12] [--pkcs12-passphrase-file P] [--filename F]
@@ -29,10 +30,12 @@ CA verbs (``--ca DIR``)::
 
     ca init --subject DN [--key-type T] [--key-size N] [--days N] [--path-length N] [--parent DIR]
             [--crl-url U] [--ocsp-url U] [--crl-days N] [--allow-dns-suffix D] [--allow-ip-range P]
+            [--service-name NAME]...
     ca issue --csr F [--profile NAME] [--days N] [--out F] | ca revoke --serial HEX [--reason R]
     ca crl [--out F] [--pem] | ca list
     ca serve [--host H] [--port N] (--challenge-file F | --manual-approval | --no-challenge) [SAN policy]
              [--log-file F] [--request-timeout S] [--max-connections N] [--max-per-client N]
+             [--est-port N [--est-cert F --est-key F] [--retry-after S]]
     ca pending | ca approve TRANSACTION-ID | ca reject TRANSACTION-ID [--reason R]
 
 Key passphrases come from ``--passphrase-file`` or ``$ESPRESSO_PKI_PASSPHRASE``, never from the command line;
@@ -116,7 +119,7 @@ def cmd_ca_profile(args: argparse.Namespace) -> None:
             ocsp_url=args.ocsp_url, ocsp_nonce=not args.no_ocsp_nonce, ocsp_fallback_crl=args.ocsp_fallback_crl,
             fail_open=args.disable_on_download_failure)
         store.add_profile(CaProfile(args.name, args.ca_identity or "", args.enrollment_url, args.retry,
-                                    args.retry_interval, rev), replace=args.replace)
+                                    args.retry_interval, rev, protocol=args.protocol), replace=args.replace)
         _print(f"ca-profile {args.name} {'updated' if args.replace else 'added'}")
     elif args.action == "delete":
         store.remove_profile(args.name)
@@ -130,7 +133,8 @@ def _show_profiles(store) -> None:  # type: ignore[no-untyped-def]
         r = p.revocation
         _print(f"CA profile: {p.name}")
         _print(f"  CA identity: {p.ca_identity}")
-        _print(f"  Enrollment URL: {p.enrollment_url or '(none)'}, retry {p.retry}, retry-interval {p.retry_interval}s")
+        _print(f"  Enrollment URL: {p.enrollment_url or '(none)'} ({p.protocol.upper()}), retry {p.retry}, "
+               f"retry-interval {p.retry_interval}s")
         rc = r.mode.value + (f" url {r.crl_url}" if r.crl_url else "") + (f" url {r.ocsp_url}" if r.ocsp_url else "")
         if r.refresh_interval:
             rc += f" refresh-interval {r.refresh_interval.total_seconds() / 3600:g}h"
@@ -219,7 +223,7 @@ def cmd_local_certificate(args: argparse.Namespace) -> None:
         raise ValueError("local-certificate enroll needs --ca-profile and --subject")
     cert = store.enroll_local_certificate(args.certificate_id, args.ca_profile, args.subject, _sans(args),
                                           _secret_option(args, "challenge_password", "challenge_password_file"),
-                                          passphrase=_passphrase(args))
+                                          passphrase=_passphrase(args), protocol=args.protocol)
     _print(f"Received certificate {args.certificate_id}: {cert.subject.rfc4514_string()}, serial {cert.serial_number:x}")
     _print(f"  Fingerprint: {fingerprint(cert, 'sha256')} (sha256)")
 
@@ -473,6 +477,11 @@ def ca_init(args: argparse.Namespace) -> None:
                                    email_domains=tuple(args.allow_email_domain or ()))
     _print(f"CA initialised in {args.ca}: {ca.certificate.subject.rfc4514_string()}")
     _print(f"  Fingerprint: {fingerprint(ca.certificate, 'sha256')} (sha256)")
+    from pki.est.server import DEFAULT_SERVICE_NAMES, issue_service_certificate
+
+    names = args.service_name or list(DEFAULT_SERVICE_NAMES)
+    tls = issue_service_certificate(ca, names, passphrase=_passphrase(args))
+    _print(f"  EST TLS certificate: serial {tls.serial_number:x} for {', '.join(names)}")
 
 
 def ca_issue(args: argparse.Namespace) -> None:
@@ -613,12 +622,19 @@ def ca_serve(args: argparse.Namespace) -> None:
     def ready(svc) -> None:  # type: ignore[no-untyped-def]
         scep = "SCEP off" if svc.scep_off_reason else "SCEP /scep"
         sys.stderr.write(f"serving CA {args.ca} on {svc.url}/ ({scep}, CRL /crl, OCSP /ocsp)\n")
+        if svc.est_url:
+            sys.stderr.write(f"serving EST on {svc.est_url}\n")
         sys.stderr.flush()
+
+    if (args.est_cert is None) != (args.est_key is None):
+        raise ValueError("give --est-cert and --est-key together")
+    est_tls = (args.est_cert, args.est_key) if args.est_cert else None
 
     _serve_logging(args.log_file)
     try:
         serve(args.ca, host=args.host, port=args.port, challenge=challenge, manual_approval=args.manual_approval,
-              passphrase=_passphrase(args), ready=ready, limits=limits)
+              passphrase=_passphrase(args), ready=ready, limits=limits, est_port=args.est_port, est_tls=est_tls,
+              retry_after=args.retry_after)
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             raise PkiError(f"cannot listen on {args.host} port {args.port}: {exc.strerror}") from None
@@ -750,6 +766,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept certificates when the CRL/OCSP answer cannot be obtained (fail open; "
                    "JUNOS disable on-download-failure)")
     p.add_argument("--replace", action="store_true", help="add: overwrite an existing profile of that name")
+    p.add_argument("--protocol", choices=["scep", "est"], default="scep",
+                   help="how the enrollment url is spoken to: scep (default; RSA keys) or est (RFC 7030, any key "
+                   "type; the url is https://HOST:PORT/.well-known/est)")
     p.set_defaults(func=cmd_ca_profile)
 
     p = verb("ca-certificate", "get the CA certificate of a profile by SCEP, load it from a file, or verify it")
@@ -891,6 +910,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--crl-url", metavar="URL", help="CRL distribution point put into issued certificates")
     q.add_argument("--ocsp-url", metavar="URL", help="OCSP responder URL put into issued certificates (AIA)")
     q.add_argument("--crl-days", type=int, default=7, help="CRL validity (nextUpdate) in days (default 7)")
+    q.add_argument("--service-name", action="append", metavar="NAME",
+                   help="DNS name or IP address of the EST TLS certificate the CA issues itself (repeatable; "
+                   "default: localhost, 127.0.0.1, ::1)")
     _add_san_policy(q)
     q = ca_verb("issue", "issue a certificate from a PKCS#10 request")
     q.add_argument("--csr", required=True, metavar="FILE", help="the request (PEM or DER)")
@@ -925,6 +947,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connections served at once, all clients together (default 64; 503 beyond)")
     q.add_argument("--max-per-client", type=_positive_int, default=8, metavar="N",
                    help="connections served at once from one client address (default 8; 503 beyond)")
+    q.add_argument("--est-port", type=int, metavar="PORT",
+                   help="also serve EST (RFC 7030) over HTTPS on PORT, e.g. 8443, at /.well-known/est (default: off)")
+    q.add_argument("--est-cert", metavar="FILE", help="EST TLS certificate (PEM, with its chain) instead of the one "
+                   "the CA issued itself at init")
+    q.add_argument("--est-key", metavar="FILE", help="the key of --est-cert (PEM)")
+    q.add_argument("--retry-after", type=_positive_int, default=60, metavar="SECONDS",
+                   help="EST: how long a client waits before asking again for a request awaiting approval "
+                   "(default 60)")
     ca_verb("pending", "list SCEP requests waiting for approval")
     q = ca_verb("approve", "issue the certificate of a PENDING SCEP request (the client gets it at its next poll)")
     q.add_argument("transaction_id", help="transaction ID, as 'ca pending' shows it")

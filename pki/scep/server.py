@@ -170,7 +170,7 @@ class TransactionStore:
         )
 
     def add_pending(
-        self, tid: str, csr: x509.CertificateSigningRequest, requester: x509.Certificate, at: datetime
+        self, tid: str, csr: x509.CertificateSigningRequest, requester: x509.Certificate | None, at: datetime
     ) -> None:
         with self._tx() as c:
             c.execute(
@@ -180,7 +180,7 @@ class TransactionStore:
                     tid,
                     csr.subject.rfc4514_string(),
                     _at_rest(csr),
-                    requester.public_bytes(Encoding.DER),
+                    _requester_der(requester),
                     at.isoformat(),
                 ),
             )
@@ -189,7 +189,7 @@ class TransactionStore:
         self,
         tid: str,
         csr: x509.CertificateSigningRequest,
-        requester: x509.Certificate,
+        requester: x509.Certificate | None,
         cert: x509.Certificate,
         at: datetime,
     ) -> None:
@@ -201,7 +201,7 @@ class TransactionStore:
                     tid,
                     csr.subject.rfc4514_string(),
                     _at_rest(csr),
-                    requester.public_bytes(Encoding.DER),
+                    _requester_der(requester),
                     at.isoformat(),
                     at.isoformat(),
                     cert.public_bytes(Encoding.DER),
@@ -230,6 +230,12 @@ class TransactionStore:
             )
             if cur.rowcount != 1:
                 raise ScepError(f"no pending SCEP transaction {tid}")
+
+
+def _requester_der(requester: x509.Certificate | None) -> bytes:
+    """The certificate that asked (SCEP's signer, EST's TLS client certificate); empty when none did (EST with a
+    password only)."""
+    return b"" if requester is None else requester.public_bytes(Encoding.DER)
 
 
 def _at_rest(csr: x509.CertificateSigningRequest) -> bytes:
