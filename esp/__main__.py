@@ -154,7 +154,7 @@ def _gateway(path: str, offload: bool | None = None, loop: str | None = None, qu
 
 def _run(args: argparse.Namespace) -> int:
     from esp.errors import EspError
-    from esp.keyfile import KeyFileError, load_keyfiles
+    from esp.pcap.sa_files import KeyFileError, load_keyfiles
 
     try:
         kf = load_keyfiles(args.sa)
@@ -166,7 +166,7 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(f"no usable SA in {', '.join(args.sa)}")
     if args.chunk < 1:
         return _fail("--chunk must be at least 1")
-    from esp.pcap import tool as pcaptool
+    import esp.pcap as pcaptool
 
     out = getattr(args, "output", None)
     if out is not None and os.path.exists(out) and os.path.exists(args.input) and os.path.samefile(out, args.input):
@@ -199,7 +199,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace, entries: list) -> int:
-    from esp.pcap import tool as pcaptool
+    import esp.pcap as pcaptool
 
     entry = entries[0]
     if args.spi is not None:

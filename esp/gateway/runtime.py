@@ -40,7 +40,7 @@ from esp._document import DocumentTooDeep, parse_document
 from esp.batch import PacketBatch, Verdict
 from esp.dataplane import ESP_OVERHEAD_MAX, Dataplane
 from esp.errors import EspError
-from esp.keyfile import KeyFileError, check_secret_file
+from esp.secret_file import SecretFileError, check_secret_file
 from esp.sa import Direction, Lifetime, Sa, SaParams, UdpEncap
 from esp.sad import SadSnapshot
 from esp.spd import Action, Policy, Selector, SpdSnapshot
@@ -933,7 +933,7 @@ def load_static(path: str | os.PathLike) -> tuple[GatewayConfig, list[Policy], l
     p = Path(path)
     try:
         check_secret_file(p)
-    except KeyFileError as exc:
+    except SecretFileError as exc:
         raise GatewayError(str(exc)) from None
     try:
         doc = parse_document(json.loads, p.read_text())

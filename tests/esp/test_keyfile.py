@@ -1,4 +1,4 @@
-"""esp.keyfile: Wireshark esp_sa tables and the TOML form — parsing, errors with line numbers, round trips."""
+"""esp.pcap.sa_files: Wireshark esp_sa tables and the TOML form — parsing, errors with line numbers, round trips."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ import stat
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from esp.keyfile import (AddressMatch, KeyFileError, PortRange, SaEntry, dump_toml, dump_wireshark, load_keyfile,
+from esp.pcap.sa_files import (AddressMatch, KeyFileError, PortRange, SaEntry, dump_toml, dump_wireshark, load_keyfile,
                          parse_toml, parse_wireshark, write_keyfile)
 from esp.suites import SUITES, parse_suite
 
@@ -220,7 +220,7 @@ def test_toml_round_trip_every_suite(suite, spi, seed, v6, mode):
                 dst=AddressMatch.parse("2001:db8::2" if v6 else "192.0.2.2"), mode=mode)
     (back,) = parse_toml(dump_toml([e])).entries
     assert dataclass_eq(back, e)
-    from esp.keyfile import wireshark_supports
+    from esp.pcap.sa_files import wireshark_supports
     if wireshark_supports(suite):
         (ws,) = parse_wireshark(dump_wireshark([e])).entries
         assert (ws.suite, ws.enc_key, ws.integ_key, ws.spi, str(ws.src)) == (e.suite, e.enc_key, e.integ_key, e.spi,

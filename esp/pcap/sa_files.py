@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from esp._document import DocumentTooDeep, parse_document
+from esp.secret_file import SecretFileError, check_secret_file, write_secret_file
 from esp.suites import Cipher, Integ, Suite, parse_suite
 
 try:  # the package's error base, once esp/errors.py exists
@@ -48,7 +49,7 @@ except ImportError:  # pragma: no cover - during bring-up only
 
 __all__ = [
     "KeyFileError", "AddressMatch", "PortRange", "Selector", "SaEntry", "KeyFile",
-    "check_secret_file", "load_keyfile", "load_wireshark", "load_toml", "parse_wireshark", "parse_toml",
+    "load_keyfile", "load_wireshark", "load_toml", "parse_wireshark", "parse_toml",
     "dump_wireshark", "dump_toml", "write_keyfile", "WIRESHARK_ENCRYPTION", "WIRESHARK_AUTHENTICATION",
 ]
 
@@ -742,25 +743,11 @@ def load_keyfile(path: str | os.PathLike[str]) -> KeyFile:
     """Read either form: ``.toml`` files and files that look like TOML are TOML, the rest are esp_sa tables."""
     p = Path(path)
     text = _read(p)
-    check_secret_file(p)
-    return parse_toml(text, str(p)) if _sniff_kind(p, text) == "toml" else parse_wireshark(text, str(p))
-
-
-def check_secret_file(path: str | os.PathLike[str]) -> None:
-    """OpenSSH's rule for a file of keys: refused when group or others have any permission on it, or when
-    someone other than the running user owns it. Keys others could read are already compromised; running on
-    with them would hide that (Wireshark does not mind an esp_sa file of mode 600)."""
     try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise KeyFileError(os.fspath(path), None, f"cannot read: {exc.strerror or exc}") from None
-    mode = st.st_mode & 0o7777
-    if mode & 0o077:
-        raise KeyFileError(os.fspath(path), None, f"UNPROTECTED KEY FILE: permissions {mode:04o} are too open; it "
-                                                  f"must not be accessible by group or others (chmod 600 it)")
-    if st.st_uid != os.geteuid():
-        raise KeyFileError(os.fspath(path), None, f"UNPROTECTED KEY FILE: owned by uid {st.st_uid}, not by the "
-                                                  f"user running this (uid {os.geteuid()}); chown it")
+        check_secret_file(p)
+    except SecretFileError as exc:
+        raise KeyFileError(str(p), None, exc.reason) from None
+    return parse_toml(text, str(p)) if _sniff_kind(p, text) == "toml" else parse_wireshark(text, str(p))
 
 
 def load_keyfiles(paths: Sequence[str | os.PathLike[str]]) -> KeyFile:
@@ -776,10 +763,4 @@ def load_keyfiles(paths: Sequence[str | os.PathLike[str]]) -> KeyFile:
 
 def write_keyfile(path: str | os.PathLike[str], text: str) -> None:
     """Write a key file readable by its owner only (created 0600, never briefly wider)."""
-    p = Path(path)
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode("utf-8"))
-    finally:
-        os.close(fd)
+    write_secret_file(path, text)
