@@ -1,7 +1,7 @@
 """``python -m esp``: the data plane's command line.
 
     python -m esp pcap decrypt IN OUT --sa FILE [--sa FILE ...]
-    python -m esp pcap encrypt IN OUT --sa FILE [--first-seq N]
+    python -m esp pcap encrypt IN OUT --sa FILE [--first-seq N] [--write-esp-sa FILE]
     python -m esp pcap replay  IN --sa FILE [--order 1,3,2,2 | --loss P --dup P --reorder P]
     python -m esp gateway STATIC.json [--metrics HOST:PORT]   (a tunnel gateway with static SAs; SIGHUP
                                            reloads, SIGTERM stops; Prometheus metrics at /metrics if asked)
@@ -86,6 +86,10 @@ def _build() -> argparse.ArgumentParser:
     e.add_argument("--raw", action="store_true", help="write raw IP instead of keeping link-layer headers")
     e.add_argument("--drop-other", action="store_true", help="write only the encrypted packets")
     e.add_argument("--first-seq", type=int, metavar="N", help="sequence number of each SA's first packet")
+    e.add_argument("--write-esp-sa", metavar="FILE",
+                   help="also write the SAs as Wireshark's esp_sa table (mode 0600), so the output opens "
+                        "decrypted in Wireshark: copy FILE to ~/.config/wireshark/esp_sa or pass it to tshark "
+                        "with -o 'uat:esp_sa:...' lines")
 
     r = ps.add_parser("replay", help="send a capture through an outbound and an inbound SA and report what "
                                      "the receiver accepts")
@@ -182,6 +186,8 @@ def _run(args: argparse.Namespace) -> int:
         elif args.cmd == "encrypt":
             if args.first_seq is not None and args.first_seq < 1:
                 return _fail("--first-seq must be at least 1")
+            if args.write_esp_sa:
+                _write_esp_sa(args.write_esp_sa, kf.entries)
             s = pcaptool.encrypt_file(args.input, args.output, kf.entries, fmt=args.format, frames=not args.raw,
                                       drop_other=args.drop_other, mode=args.mode, first_seq=args.first_seq,
                                       backend=args.backend, chunk_records=args.chunk, progress=args.progress)
@@ -196,6 +202,18 @@ def _run(args: argparse.Namespace) -> int:
     elif not args.quiet:
         sys.stderr.write(s.format() + "\n")
     return s.exit_code
+
+
+def _write_esp_sa(path: str, entries: list) -> None:
+    """The SAs as Wireshark's esp_sa table; those it has no row for (ChaCha20, CCM, GMAC) are left out, with a
+    warning each."""
+    from esp.pcap.sa_files import dump_wireshark, wireshark_supports, write_keyfile
+
+    for e in entries:
+        if not wireshark_supports(e.suite):
+            sys.stderr.write(f"{PROG}: warning: {e.origin or e.label}: Wireshark 4.0 has no esp_sa row for "
+                             f"{e.suite.name}; left out of {path}\n")
+    write_keyfile(path, dump_wireshark(entries, skip_unsupported=True))
 
 
 def _replay(args: argparse.Namespace, entries: list) -> int:

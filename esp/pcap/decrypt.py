@@ -10,6 +10,7 @@ import numpy as np
 
 from esp.batch import PacketBatch, Verdict
 from esp.pcap.sa_files import SaEntry
+from esp.pcap.capture_suites import SoftSuite
 from esp.pcap.classify import _addr_match, _classify_esp, _Esp
 from esp.pcap.formats import Chunk, Interface, LinkType, Scratch, _native
 from esp.pcap.layers import L3Info, parse_l3
@@ -93,7 +94,7 @@ def decrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
     writer = None
     try:
         writer = _open_writer(out_path, reader, fmt, frames)
-        out = _Output(writer, reader, frames)
+        out = _Output(writer, reader, frames, compiled=not any(isinstance(e.suite, SoftSuite) for e in sas))
         plan = [_Inbound(e, mode, backend, replay_window, summary) for e in sas]
         direct = out.direct()
         items = _read_ahead(reader, out, lambda c: _parse(c, reader, encap_ports, direct, frames))

@@ -10,6 +10,7 @@ import numpy as np
 
 from esp.batch import PacketBatch, Verdict
 from esp.pcap.sa_files import SaEntry
+from esp.pcap.capture_suites import SoftSuite
 from esp.pcap.classify import _selector_mask
 from esp.pcap.decrypt import _open_writer
 from esp.pcap.formats import Chunk, Scratch
@@ -57,7 +58,7 @@ def encrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
             summary.per_sa.append(st)
             plan.append((e, sa, sel, st))
         writer = _open_writer(out_path, reader, fmt, frames)
-        out = _Output(writer, reader, frames)
+        out = _Output(writer, reader, frames, compiled=not any(isinstance(e.suite, SoftSuite) for e in sas))
         direct = out.direct()
 
         def parse(c: Chunk) -> tuple[Chunk, L3Info, list[int] | None]:

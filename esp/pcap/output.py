@@ -214,7 +214,10 @@ def _out_interfaces(src: list[Interface], frames: bool) -> list[Interface]:
 class _Output:
     """Turns per-record decisions into records for a :class:`CaptureWriter`."""
 
-    def __init__(self, writer: CaptureWriter | None, reader: CaptureReader, frames: bool) -> None:
+    def __init__(self, writer: CaptureWriter | None, reader: CaptureReader, frames: bool,
+                 compiled: bool = True) -> None:
+        #: every SA is the compiled core's (an esp.pcap.soft SA has no context for the direct kernel)
+        self.compiled = compiled
         self.writer = writer
         self.reader = reader
         self.frames = frames
@@ -272,7 +275,7 @@ class _Output:
     def direct(self) -> bool:
         """Whether a chunk can go through :func:`_direct`: the compiled pcap writer applies
         (:meth:`_fast_pcap`) and esp.pcap._pcapio has the kernel that has the core write into the records."""
-        return _NATIVE_ESP_CHUNK is not None and self.writer is not None and self._fast_pcap()
+        return self.compiled and _NATIVE_ESP_CHUNK is not None and self.writer is not None and self._fast_pcap()
 
     def claim_group_buffer(self) -> int:
         """The next of the _GROUP_BUFFERS small record buffers, once its last write is done (an error there, a

@@ -11,6 +11,7 @@ import numpy as np
 
 from esp.batch import PacketBatch, Verdict
 from esp.pcap.sa_files import SaEntry
+from esp.pcap.capture_suites import SoftSuite
 from esp.pcap.classify import _be32, _selector_mask
 from esp.pcap.layers import gather_segments, parse_l3
 from esp.pcap.output import _NV, ESP_OVERHEAD_MAX, Progress, SaStats, _account, _out_interfaces
@@ -133,6 +134,9 @@ def replay_file(in_path: str | os.PathLike[str], sa: SaEntry, *, pattern: Replay
         # The addresses only frame the packets between the two SAs; any pair does.
         sa = dataclasses.replace(sa, src=sa.src if sa.src.is_host else _placeholder(sa, "src"),
                                  dst=sa.dst if sa.dst.is_host else _placeholder(sa, "dst"))
+    if isinstance(sa.suite, SoftSuite):
+        raise ValueError(f"{sa.origin or sa.label}: replay runs the compiled core, which has no {sa.suite.name}; "
+                         f"pcap decrypt and encrypt take it")
     if sa.spi is None:
         raise ValueError("replay needs the SA's SPI, not '*'")
     start = (first_seq - 1) if first_seq is not None else sa.initial_seq

@@ -5,21 +5,34 @@ import dataclasses
 import os
 from typing import Sequence
 
-from esp.pcap.sa_files import SaEntry
+from esp.pcap.capture_suites import SoftSuite
 from esp.pcap.output import SaStats, Summary, _stats_for
+from esp.pcap.sa_files import SaEntry
+from esp.pcap.soft import SoftSa
 from esp.sa import Direction, Sa
+from esp.suites import Integ
 
 # -- SA sets --------------------------------------------------------------------------------------------------------
 
 def _make_sa(entry: SaEntry, direction: Direction, mode: str | None, backend: str | None,
-             window: int | None, initial_seq: int = 0) -> Sa:
+             window: int | None, initial_seq: int = 0) -> Sa | SoftSa:
+    """The compiled core's SA, or for a row it has no suite for, the per-packet one (esp.pcap.soft)."""
     e = entry
     if mode is not None and e.mode is None:
         e = dataclasses.replace(e, mode=mode)
     if window is not None:
         e = dataclasses.replace(e, replay_window=window)
+    if isinstance(e.suite, SoftSuite):
+        return SoftSa(e, outbound=direction is Direction.OUT, mode=e.effective_mode, window=e.replay_window,
+                      initial_seq=initial_seq)
+    if not e.suite.aead and e.suite.icv_len != _STANDARD_ICV[e.suite.integ]:
+        backend = "openssl"  # ipsec-mb computes each HMAC at its standard truncation only (HMAC-SHA-256-96 is not)
     p = e.sa_params(direction, backend=backend)
     return Sa(p, initial_seq=initial_seq)
+
+
+_STANDARD_ICV = {Integ.NONE: 0, Integ.HMAC_SHA1_96: 12, Integ.HMAC_SHA256_128: 16, Integ.HMAC_SHA384_192: 24,
+                 Integ.HMAC_SHA512_256: 32}
 
 
 #: SAs one wildcard-SPI entry (Wireshark's SPI "*") may create, one per SPI seen; past this, unknown SPI.

@@ -64,15 +64,55 @@ def test_wireshark_wildcards_ipv6_and_ascii_keys():
     assert b.spi == 4660 and b.src.family == 6 and b.dst.matches("2001:db8:ffff::9")
 
 
-def test_unsupported_algorithms_are_skipped_with_warning():
+def test_every_wireshark_row_is_read_and_twofish_is_skipped_with_a_reason():
+    """Issue 15: rows the data plane would never negotiate (TripleDES, MD5, no integrity, unchecked ICVs) are
+    read; Twofish, which no library here implements, is skipped with a warning that says so."""
     text = "\n".join([
         _line("TripleDES-CBC [RFC2451]", "0x" + "11" * 24, "HMAC-SHA-1-96 [RFC2404]", H20),
         _line("AES-CBC [RFC3602]", K16, "HMAC-MD5-96 [RFC2403]", "0x" + "22" * 16),
+        _line("AES-CBC [RFC3602]", K16, "NULL", ""),
+        _line("AES-CTR [RFC3686]", K20, "NULL", ""),
+        _line("NULL", "", "ANY 96 bit authentication [no checking]", ""),
+        _line("TWOFISH-CBC", K16, "HMAC-SHA-1-96 [RFC2404]", H20),
         _line("AES-GCM with 16 octet ICV [RFC4106]", K20, "NULL", ""),
     ])
     kf = parse_wireshark(text, "keys")
-    assert [e.suite.name for e in kf.entries] == ["aes128gcm16"]
-    assert len(kf.warnings) == 2 and kf.warnings[0].startswith("keys:1:") and "TripleDES" in kf.warnings[0]
+    assert [e.suite.name for e in kf.entries] == ["3des-sha1", "aes128-md5", "aes128-none", "aes128ctr-none",
+                                                  "null-any96", "aes128gcm16"]
+    assert len(kf.warnings) == 1 and kf.warnings[0].startswith("keys:6:") and "Twofish" in kf.warnings[0]
+
+
+def test_the_data_planes_policy_stays_strict():
+    """Capture-only rows are not suites the data plane (or IKE) can be configured with."""
+    from esp.suites import SUITES, parse_suite
+    for name in ("aes128ctr-none", "3des-sha1", "aes128-md5", "null-none", "aes128-sha256_96", "des-md5"):
+        assert name not in SUITES
+        with pytest.raises(ValueError):
+            parse_suite(name)
+
+
+def test_legacy_ciphers_are_refused_with_a_reason_without_the_legacy_provider(tmp_path):
+    """Blowfish and CAST5 live in OpenSSL 3's legacy provider: without it (CRYPTOGRAPHY_OPENSSL_NO_LEGACY)
+    the row is skipped with a message that says so, and a TOML file naming it is refused the same way."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "from esp.pcap.sa_files import parse_wireshark, parse_toml, KeyFileError\n"
+        f"kf = parse_wireshark({_line('BLOWFISH-CBC [RFC2451]', K16, 'NULL', '')!r})\n"
+        "print(kf.warnings[0] if kf.warnings else 'NO WARNING')\n"
+        "try:\n"
+        "    parse_toml('[[sa]]\\nspi = 4096\\nsuite = \"cast128-sha1\"\\nenc_key = \"0x' + '11' * 16 + "
+        "'\"\\ninteg_key = \"0x' + '22' * 20 + '\"\\n')\n"
+        "    print('ACCEPTED')\n"
+        "except KeyFileError as exc:\n"
+        "    print(exc)\n")
+    env = {**os.environ, "CRYPTOGRAPHY_OPENSSL_NO_LEGACY": "1"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    first, second = res.stdout.splitlines()
+    assert "Blowfish-CBC" in first and "legacy provider" in first
+    assert "CAST5-CBC" in second and "legacy provider" in second
 
 
 @pytest.mark.parametrize("line,reason", [
