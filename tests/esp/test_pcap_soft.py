@@ -11,7 +11,8 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from esp.batch import PacketBatch, Verdict
 from esp.pcap import decrypt_file, encrypt_file
