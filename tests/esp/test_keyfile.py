@@ -307,3 +307,28 @@ def test_reads_the_ike_daemons_key_log(suite):
         0xC0000001, s, ev.enc_key_out, ev.integ_key_out, "192.0.2.1", "192.0.2.2")
     assert (inb.spi, inb.enc_key, inb.integ_key, str(inb.src)) == (0xC0000002, ev.enc_key_in, ev.integ_key_in,
                                                                     "192.0.2.2")
+
+
+def test_the_gateway_checks_secret_files_without_the_capture_package():
+    """Layering (issue 15): the data plane's gateway shares esp.secret_file with the capture tools, and
+    imports nothing of esp.pcap."""
+    import subprocess
+    import sys
+    code = ("import sys, esp.gateway.runtime\n"
+            "print(sorted(m for m in sys.modules if m.startswith('esp.pcap')))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
+def test_secret_files_are_refused_when_others_can_read_them(tmp_path):
+    from esp.secret_file import SecretFileError, check_secret_file, write_secret_file
+    p = tmp_path / "k"
+    write_secret_file(p, "x")
+    assert p.stat().st_mode & 0o777 == 0o600
+    check_secret_file(p)
+    p.chmod(0o640)
+    with pytest.raises(SecretFileError, match="chmod 600"):
+        check_secret_file(p)
+    with pytest.raises(KeyFileError, match="UNPROTECTED KEY FILE"):
+        load_keyfile(p)
