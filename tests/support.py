@@ -44,3 +44,20 @@ def require_module(name: str):
         return __import__(name, fromlist=["_"])
     except ImportError as exc:  # pragma: no cover - depends on the environment
         require(False, f"Python module {name} is not importable: {exc}")
+
+
+def patch_pcap(monkeypatch, name: str, value) -> None:
+    """Set ``name`` in every esp.pcap module that has it (a kernel hook or a tuning constant is imported by
+    name into the modules that use it), for the length of the test."""
+    import importlib
+    import pkgutil
+
+    import esp.pcap
+    found = False
+    for info in pkgutil.iter_modules(esp.pcap.__path__):
+        mod = importlib.import_module(f"esp.pcap.{info.name}")
+        if hasattr(mod, name):
+            monkeypatch.setattr(mod, name, value)
+            found = True
+    if not found:
+        raise AttributeError(f"no esp.pcap module has {name}")

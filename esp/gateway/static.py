@@ -12,7 +12,7 @@ from pathlib import Path
 
 from esp._document import DocumentTooDeep, parse_document
 from esp.dataplane import Dataplane
-from esp.keyfile import KeyFileError, check_secret_file
+from esp.secret_file import SecretFileError, check_secret_file
 from esp.sa import Direction, Lifetime, Sa, SaParams, UdpEncap
 from esp.spd import Policy, Selector
 
@@ -32,7 +32,7 @@ def load_static(path: str | os.PathLike) -> tuple[GatewayConfig, list[Policy], l
     p = Path(path)
     try:
         check_secret_file(p)
-    except KeyFileError as exc:
+    except SecretFileError as exc:
         raise GatewayError(str(exc)) from None
     try:
         doc = parse_document(json.loads, p.read_text())
