@@ -6,6 +6,7 @@ import logging
 
 from cryptography import x509
 
+from ..auth_constraints import check_chain, check_signature
 from ..authenticators import (
     MAX_CERT_SIZE,
     auth_method_name,
@@ -13,7 +14,7 @@ from ..authenticators import (
     psk_auth,
     sign_auth,
     signed_octets,
-    verify_auth,
+    verify_auth_scheme,
 )
 from ..constants import AuthMethod, ExchangeType, NotifyType
 from ..core_config import Identity
@@ -26,7 +27,7 @@ from .base import Task, TaskStatus
 from .cert_post import choose_credential
 from .ike_init import peer_error
 
-__all__ = ["IkeAuth", "identities_match", "identity_matches_cert", "MAX_CERT_SIZE"]
+__all__ = ["MAX_CERT_SIZE", "IkeAuth", "identities_match", "identity_matches_cert"]
 
 log = logging.getLogger("ike.auth")
 
@@ -102,7 +103,11 @@ class IkeAuth(Task):
         creds = [c for c in (peer.credential, *peer.extra_credentials) if c is not None]
         cred = choose_credential(creds, sa.peer_certreq, peer.ca_certs)
         sa.scratch["credential"] = cred
-        method, data = sign_auth(cred.private_key, octets, sa.peer_hashes, peer.rsa_pss)
+        try:
+            method, data = sign_auth(cred.private_key, octets, sa.peer_hashes, peer.rsa_pss, peer.auth_constraints)
+        except AuthenticationFailedError as exc:  # our auth constraint and the peer's hashes have nothing in common
+            log.warning("IKE_SA %s[%d]: %s", peer.name, sa.ike_id, exc.reason)
+            raise
         return AuthPayload(method, data)
 
     def process(self, msg: Message) -> TaskStatus:
@@ -184,13 +189,21 @@ class IkeAuth(Task):
             raise AuthenticationFailedError("certificate not checked: no wall clock given to the core "
                                             "(CoreConfig.wall_clock)")
         try:
-            peer.validator(leaf, intermediates, sa.config.wall_clock(sa.now), identity)
+            verified = peer.validator(leaf, intermediates, sa.config.wall_clock(sa.now), identity)
         except Exception as exc:  # noqa: BLE001 - the validator's rejection, whatever its class
             reason = getattr(exc, "reason", None)
             detail = getattr(exc, "detail", "")
             text = str(getattr(reason, "value", reason) or exc) + (f" ({detail})" if detail else "")
             raise AuthenticationFailedError(f"certificate rejected: {text}") from None
-        sa.auth_method = verify_auth(auth.method, auth.data, leaf, octets)
+        sa.auth_method, scheme, used_hash = verify_auth_scheme(auth.method, auth.data, leaf, octets)
+        constraints = peer.remote_auth_constraints
+        if constraints is not None:
+            try:
+                check_signature(constraints, scheme, used_hash, leaf.public_key())
+                check_chain(constraints, getattr(verified, "chain", None) or [leaf, *intermediates])
+            except AuthenticationFailedError as exc:
+                log.warning("IKE_SA %s[%d] with %s: %s", peer.name, sa.ike_id, sa.remote_addr[0], exc.reason)
+                raise
         if sa.auth_method.startswith("signature") is False and auth.method not in (1, 9, 10, 11):
             sa.auth_method = auth_method_name(auth.method, auth.data)
 

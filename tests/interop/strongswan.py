@@ -114,6 +114,7 @@ class LabPki:
 
     kind: str = "ecdsa"
     name: str = "espresso test CA"  # distinct names for distinct CAs: strongSwan finds issuers by name
+    parent: LabPki | None = None  # an intermediate CA issued by this one; None: a self-signed root
     ca: Credential = field(init=False)
 
     def __post_init__(self) -> None:
@@ -121,9 +122,11 @@ class LabPki:
         name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "espresso interop"),
                           x509.NameAttribute(NameOID.COMMON_NAME, f"{self.name} {self.kind}")])
         now = _dt.datetime.now(_dt.timezone.utc)
-        cert = (
+        issuer_name, issuer_key = (name, key) if self.parent is None else \
+            (self.parent.ca.cert.subject, self.parent.ca.key)
+        b = (
             x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name).public_key(key.public_key())
+            .subject_name(name).issuer_name(issuer_name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - _dt.timedelta(hours=1)).not_valid_after(now + _dt.timedelta(days=2))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -131,9 +134,16 @@ class LabPki:
                                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
                                          crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
         )
+        if self.parent is not None:
+            b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                issuer_key.public_key()), critical=False)  # type: ignore[attr-defined]
+        cert = b.sign(issuer_key, hashes.SHA256())  # type: ignore[arg-type]
         self.ca = Credential("ca", key, cert, "")
+
+    def intermediate(self, name: str, kind: str | None = None) -> LabPki:
+        """An intermediate CA under this one (its ``ca`` is signed by this CA's key)."""
+        return LabPki(kind or self.kind, name, parent=self)
 
     def crl(self, revoked: list[x509.Certificate]) -> x509.CertificateRevocationList:
         """A CRL of this CA, valid now, revoking ``revoked``."""
@@ -148,9 +158,10 @@ class LabPki:
         return b.sign(self.ca.key, hashes.SHA256())  # type: ignore[arg-type]
 
     def issue(self, name: str, fqdn: str, kind: str | None = None, *, valid_from: _dt.timedelta | None = None,
-              valid_for: _dt.timedelta | None = None) -> Credential:
+              valid_for: _dt.timedelta | None = None, crl_url: str | None = None) -> Credential:
         """An end-entity certificate for ``fqdn`` (SAN). ``valid_from``/``valid_for`` shift its validity
-        (relative to now) to make expired or not-yet-valid certificates."""
+        (relative to now) to make expired or not-yet-valid certificates; ``crl_url`` is a CRL distribution
+        point."""
         key = _new_key(kind or self.kind)
         now = _dt.datetime.now(_dt.timezone.utc)
         start = now + (valid_from if valid_from is not None else -_dt.timedelta(hours=1))
@@ -166,9 +177,11 @@ class LabPki:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 self.ca.key.public_key()), critical=False)  # type: ignore[attr-defined]
-            .sign(self.ca.key, hashes.SHA256())  # type: ignore[arg-type]
         )
-        return Credential(name, key, cert, fqdn)
+        if crl_url is not None:
+            cert = cert.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+                [x509.UniformResourceIdentifier(crl_url)], None, None, None)]), critical=False)
+        return Credential(name, key, cert.sign(self.ca.key, hashes.SHA256()), fqdn)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -218,6 +231,8 @@ class Connection:
     local_port: int = 500
     remote_port: int = 500
     extra: str = ""  # raw lines in the connection section, e.g. "rekey_time = 0"
+    local_auth: str = "pubkey"  # swanctl local.auth, e.g. "ike:rsa/pss-sha384"
+    remote_auth: str = "pubkey"  # swanctl remote.auth, e.g. "ecdsa-384"
 
     def render(self) -> str:
         kids = "\n".join(
@@ -237,12 +252,12 @@ class Connection:
     proposals = {self.proposals}
     {self.extra}
     local {{
-      auth = pubkey
+      auth = {self.local_auth}
       certs = {self.cert_file}
       id = {self.local_id}
     }}
     remote {{
-      auth = pubkey
+      auth = {self.remote_auth}
       id = {self.remote_id}
     }}
     children {{
