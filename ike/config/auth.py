@@ -8,7 +8,7 @@ function here that reads, checks and explains it.
 Example::
 
     [pki]
-    intermediates = ["corp-sub.pem"]     # CA certificates held, not trusted (swanctl x509ca/ beside cacerts)
+    intermediates = ["corp-sub.pem"]     # CA certificates held to build paths, never trust anchors
     crls = ["corp-root.crl"]              # CRL files (swanctl x509crl/), used when no fresher one is fetched
 
     [peers.branch]
