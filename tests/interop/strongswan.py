@@ -233,6 +233,7 @@ class Connection:
     extra: str = ""  # raw lines in the connection section, e.g. "rekey_time = 0"
     local_auth: str = "pubkey"  # swanctl local.auth, e.g. "ike:rsa/pss-sha384"
     remote_auth: str = "pubkey"  # swanctl remote.auth, e.g. "ecdsa-384"
+    remote_extra: str = ""  # raw lines in the remote section, e.g. "revocation = strict"
 
     def render(self) -> str:
         kids = "\n".join(
@@ -259,6 +260,7 @@ class Connection:
     remote {{
       auth = {self.remote_auth}
       id = {self.remote_id}
+      {self.remote_extra}
     }}
     children {{
 {kids}
@@ -270,7 +272,7 @@ class Charon:
     """One charon daemon in a namespace, driven with swanctl through its own vici socket."""
 
     def __init__(self, workdir: Path, netns: Netns, *, port: int = 500, port_nat_t: int = 4500,
-                 log_levels: dict[str, int] | None = None, settings: str = "") -> None:
+                 log_levels: dict[str, int] | None = None, settings: str = "", plugins: str = PLUGINS) -> None:
         self.workdir = workdir
         self.netns = netns
         self.port = port
@@ -278,6 +280,7 @@ class Charon:
         self.log_levels = {"default": 1, "ike": 2, "cfg": 2, "chd": 2, "knl": 1, "net": 1, "enc": 1}
         self.log_levels.update(log_levels or {})
         self.settings = settings
+        self.plugins = plugins  # e.g. PLUGINS + " curl" to fetch CRLs from distribution points
         self.proc: subprocess.Popen[bytes] | None = None
         self.connections: list[Connection] = []
         self.swanctl_dir = workdir / "swanctl"
@@ -319,7 +322,7 @@ class Charon:
         self.conf_path.write_text(f"""charon {{
   port = {self.port}
   port_nat_t = {self.port_nat_t}
-  load = {PLUGINS}
+  load = {self.plugins}
   install_virtual_ip = no
   retransmit_tries = 3
   retransmit_timeout = 1.0
@@ -677,8 +680,9 @@ def ike_keys(log: str) -> list[dict[str, bytes]]:
 _CLONE_NEWNET = 0x40000000
 
 
-def netns_sockets(netns: Netns, binds: list[tuple[str, int]]) -> list[socket.socket]:
-    """UDP sockets bound inside ``netns`` (a socket keeps the namespace it was created in).
+def netns_sockets(netns: Netns, binds: list[tuple[str, int]], *, tcp: bool = False) -> list[socket.socket]:
+    """UDP sockets (``tcp``: listening TCP sockets) bound inside ``netns`` (a socket keeps the namespace it was
+    created in).
 
     ``setns`` switches only the calling thread, so a short-lived helper thread enters the namespace, creates
     and binds the sockets, and the rest of the process (and its asyncio loop) stays where it is.
@@ -697,9 +701,11 @@ def netns_sockets(netns: Netns, binds: list[tuple[str, int]]) -> list[socket.soc
                     raise OSError(ctypes.get_errno(), f"setns({netns.name}) failed")
             for host, port in binds:
                 fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-                s = socket.socket(fam, socket.SOCK_DGRAM)
+                s = socket.socket(fam, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind((host, port))
+                if tcp:
+                    s.listen(16)
                 result.append(s)
         except BaseException as exc:  # reported in the caller's thread
             error.append(exc)

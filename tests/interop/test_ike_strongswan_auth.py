@@ -241,8 +241,9 @@ def test_intermediate_held_not_trusted(lab: ss.Lab, tmp_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def crl_server(der: bytes) -> Iterator[str]:
-    """A loopback HTTP server answering every GET with the CRL (the distribution point that works)."""
+def crl_server(der: bytes, netns: ss.Netns | None = None) -> Iterator[str]:
+    """A loopback HTTP server answering every GET with the CRL (the distribution point that works); in
+    ``netns`` when given (for charon to fetch from), else on this host's loopback (for espresso)."""
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # http.server's name
             self.send_response(200)
@@ -254,7 +255,13 @@ def crl_server(der: bytes) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if netns is None:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    else:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+        server.socket.close()
+        (server.socket,) = ss.netns_sockets(netns, [("127.0.0.1", 0)], tcp=True)
+        server.server_address = server.socket.getsockname()
     t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     t.start()
     try:
@@ -349,3 +356,82 @@ def test_revocation_policies(lab: ss.Lab, tmp_path: Path) -> None:
     pki = ss.LabPki("ecdsa")
     with crl_server(pki.crl([]).public_bytes(serialization.Encoding.DER)) as url:
         asyncio.run(main(url))
+
+
+def _charon_revocation_conf(where_certs: dict[str, str]) -> str:
+    """espresso: one certificate per situation, one peer per (policy, situation) towards charon's matching
+    connection; espresso itself does not check charon's certificate's revocation here."""
+    certs = "".join(f"""
+[certificates.{where}]
+cert = "{name}.pem"
+key = "{name}.key"
+""" for where, name in where_certs.items())
+    peers = "".join(f"""
+[peers.{pol}-{where}]
+local_addr = "{{local}}"
+remote_addr = "{{remote}}"
+remote_id = "s-{pol}.test"
+certificate = "{where}"
+ike_proposals = ["{{ike}}"]
+
+[peers.{pol}-{where}.children.net]
+local_ts = ["{{e_inner}}/32"]
+remote_ts = ["{{s_inner}}/32"]
+esp_proposals = ["{{esp}}"]
+""" for pol in POLICIES for where in where_certs)
+    head = CONF.split("[certificates.me]")[0]
+    return head + certs + peers
+
+
+def test_charon_revocation_policies_agree(lab: ss.Lab, tmp_path: Path) -> None:
+    """The oracle for the table above: charon's own ``remote.revocation`` (strict/ifuri/relaxed, CRLs fetched
+    with its curl plugin) judging espresso's certificates in the same three situations gives the same
+    outcomes that espresso gives for charon's."""
+    from ike.daemon import ControlError
+
+    async def main() -> None:
+        site_e, site_s = lab.pair(inner_a=E_INNER, inner_b=S_INNER)
+        site_e.netns.run(["ip", "addr", "del", f"{E_INNER}/32", "dev", "lo"])
+        pki = ss.LabPki("ecdsa")
+        work = tmp_path / "espresso"
+        work.mkdir()
+        with crl_server(pki.crl([]).public_bytes(serialization.Encoding.DER), site_s.netns) as url:
+            # nothing listens on port 9 in charon's fresh namespace: connection refused at once
+            cdps = {"reach": url, "dead": "http://127.0.0.1:9/ca.crl", "none": None}
+            for where, cdp in cdps.items():
+                cred = pki.issue(f"e-{where}", f"e-{where}.test", crl_url=cdp)
+                (work / f"e-{where}.pem").write_bytes(cred.cert_pem())
+                cred.write_key(work / f"e-{where}.key")
+            ch = lab.charon(site_s, "charon", log_levels={"ike": 1, "cfg": 2}, plugins=ss.PLUGINS + " curl")
+            ch.add_ca(pki.ca)
+            for pol in POLICIES:
+                cert = ch.add_credential(pki.issue(f"s-{pol}", f"s-{pol}.test"))
+                for where in cdps:
+                    ch.connections.append(ss.Connection(
+                        f"{pol}-{where}", site_s.outer, site_e.outer, f"s-{pol}.test", f"e-{where}.test", cert,
+                        [ss.Child(f"net-{pol}-{where}", f"{S_INNER}/32", f"{E_INNER}/32", esp_proposals=ESP)],
+                        proposals=IKE, remote_extra=f"revocation = {pol}"))
+            ch.start()
+            conf = _charon_revocation_conf({w: f"e-{w}" for w in cdps})
+            e = Espresso(lab, site_e, site_s, pki, IKE, ESP, work, conf=conf)
+            await e.start()
+            outcomes: dict[tuple[str, str], bool] = {}
+            try:
+                for pol, where in EXPECTED:
+                    try:
+                        r = await e.daemon.initiate_and_wait(f"{pol}-{where}", timeout=TIMEOUT)
+                    except ControlError:
+                        outcomes[(pol, where)] = False
+                        continue
+                    outcomes[(pol, where)] = r["state"] == "ESTABLISHED"
+                    (sa,) = [s for s in e.daemon.list_sas() if s["state"] == "ESTABLISHED"]
+                    e.daemon.terminate(sa["ike_id"])
+                    await _wait(lambda: not e.installed() and not any(
+                        s["state"] == "ESTABLISHED" for s in e.daemon.list_sas()), f"{pol}-{where} to go", ch)
+            finally:
+                await e.daemon.stop(delete=False)
+            log = ch.log()
+        assert outcomes == EXPECTED, log[-4000:]
+        assert "fetching crl from 'http://127.0.0.1:9/ca.crl'" in log and f"fetching crl from '{url}'" in log
+
+    asyncio.run(main())
