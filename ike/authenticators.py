@@ -22,8 +22,8 @@ from .errors import AuthenticationFailedError
 from .keymat import prf
 
 __all__ = ["signed_octets", "psk_auth", "sign_auth", "verify_auth", "key_hash", "SUPPORTED_HASHES",
-           "verify_auth_scheme", "pki_validator", "auth_method_name", "peer_certificates", "MAX_CERT_SIZE",
-           "MAX_PEER_CERTS"]
+           "verify_auth_scheme", "select_signature", "pki_validator", "auth_method_name", "peer_certificates",
+           "MAX_CERT_SIZE", "MAX_PEER_CERTS"]
 
 #: Bounds on what a peer makes us parse in IKE_AUTH: bytes per certificate, and certificates (leaf first).
 MAX_CERT_SIZE = 16384
@@ -162,12 +162,16 @@ def sign_auth(key: Any, octets: bytes, peer_hashes: Iterable[int] | None, rsa_ps
         return AuthMethod.DIGITAL_SIGNATURE, bytes([len(alg)]) + alg + key.sign(octets, ec.ECDSA(_HASH[h]()))
     raise AuthenticationFailedError(f"unsupported private key type {type(key).__name__}")
 
+
 _CURVE_HASH = {"secp256r1": HashAlgorithm.SHA2_256, "secp384r1": HashAlgorithm.SHA2_384,
                "secp521r1": HashAlgorithm.SHA2_512}
 
 
-def _sign_constrained(key: Any, octets: bytes, peer_hashes: Iterable[int] | None, rsa_pss: bool,
-                      c: AuthConstraints) -> tuple[int, bytes]:
+def select_signature(key: Any, peer_hashes: Iterable[int] | None, rsa_pss: bool,
+                     c: AuthConstraints) -> tuple[str, HashAlgorithm | None, bool]:
+    """(scheme, hash, classic method) our ``auth`` constraints choose for ``key`` given the peer's
+    SIGNATURE_HASH_ALGORITHMS, without signing: a responder checks it before it calls the IKE_SA established.
+    Raises AuthenticationFailedError when nothing allowed is possible."""
     kind = key_type(key)
     announced = set(peer_hashes) if peer_hashes is not None else None
     sha2 = [HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512]
@@ -178,34 +182,48 @@ def _sign_constrained(key: Any, octets: bytes, peer_hashes: Iterable[int] | None
         for h in ([want] if want is not None else (sha2 if kind != "ed25519" else [HashAlgorithm.IDENTITY])):
             if announced is None:  # no RFC 7427: only the classic methods, and only if they fit
                 if kind == "rsa" and entry in ("pubkey", "rsa") and want in (None, HashAlgorithm.SHA1):
-                    return AuthMethod.RSA_SIG, key.sign(octets, padding.PKCS1v15(), hashes.SHA1())  # noqa: S303
+                    return "rsa-pkcs1", HashAlgorithm.SHA1, True
                 if kind == "ecdsa" and h == _CURVE_HASH.get(key.curve.name):
-                    method, halg, size = _ECDSA_CLASSIC[key.curve.name]
-                    r, s = decode_dss_signature(key.sign(octets, ec.ECDSA(halg())))
-                    return method, r.to_bytes(size, "big") + s.to_bytes(size, "big")
+                    return "ecdsa", h, True
                 continue
             if h not in announced:
                 continue
             if kind == "ed25519" and h == HashAlgorithm.IDENTITY:
-                alg = _ALG_IDS[("ed25519", HashAlgorithm.IDENTITY)]
-                return AuthMethod.DIGITAL_SIGNATURE, bytes([len(alg)]) + alg + key.sign(octets)
-            if h not in _HASH:
+                return "ed25519", h, False
+            if h not in _HASH or kind not in ("ecdsa", "rsa"):
                 continue
             if kind == "ecdsa":
-                alg = _ALG_IDS[("ecdsa", h)]
-                return AuthMethod.DIGITAL_SIGNATURE, bytes([len(alg)]) + alg + key.sign(octets, ec.ECDSA(_HASH[h]()))
-            if kind == "rsa":
-                if entry == "rsa/pss" or (entry == "pubkey" and rsa_pss):
-                    alg = _pss_alg_id(h)  # salt length = hash length (RFC 8247 3.2)
-                    pad: Any = padding.PSS(padding.MGF1(_HASH[h]()), _HASH[h]().digest_size)
-                else:
-                    alg = _ALG_IDS[("rsa-pkcs1", h)]
-                    pad = padding.PKCS1v15()
-                return AuthMethod.DIGITAL_SIGNATURE, bytes([len(alg)]) + alg + key.sign(octets, pad, _HASH[h]())
+                return "ecdsa", h, False
+            return ("rsa-pss" if entry == "rsa/pss" or (entry == "pubkey" and rsa_pss) else "rsa-pkcs1"), h, False
     offered = "none (no RFC 7427)" if announced is None else \
         ", ".join(HashAlgorithm(h).name if h in HashAlgorithm._value2member_map_ else str(h) for h in sorted(announced))
     raise AuthenticationFailedError(f"constraint auth = {c.text} cannot be met with our {kind} key: "
                                     f"peer announced hashes {offered}")
+
+
+def _sign_constrained(key: Any, octets: bytes, peer_hashes: Iterable[int] | None, rsa_pss: bool,
+                      c: AuthConstraints) -> tuple[int, bytes]:
+    scheme, h, classic = select_signature(key, peer_hashes, rsa_pss, c)
+    if classic and scheme == "rsa-pkcs1":
+        return AuthMethod.RSA_SIG, key.sign(octets, padding.PKCS1v15(), hashes.SHA1())  # noqa: S303
+    if classic:
+        method, halg, size = _ECDSA_CLASSIC[key.curve.name]
+        r, s = decode_dss_signature(key.sign(octets, ec.ECDSA(halg())))
+        return method, r.to_bytes(size, "big") + s.to_bytes(size, "big")
+    assert h is not None
+    if scheme == "ed25519":
+        alg = _ALG_IDS[("ed25519", HashAlgorithm.IDENTITY)]
+        return AuthMethod.DIGITAL_SIGNATURE, bytes([len(alg)]) + alg + key.sign(octets)
+    if scheme == "ecdsa":
+        alg = _ALG_IDS[("ecdsa", h)]
+        return AuthMethod.DIGITAL_SIGNATURE, bytes([len(alg)]) + alg + key.sign(octets, ec.ECDSA(_HASH[h]()))
+    if scheme == "rsa-pss":
+        alg = _pss_alg_id(h)  # salt length = hash length (RFC 8247 3.2)
+        pad: Any = padding.PSS(padding.MGF1(_HASH[h]()), _HASH[h]().digest_size)
+    else:
+        alg = _ALG_IDS[("rsa-pkcs1", h)]
+        pad = padding.PKCS1v15()
+    return AuthMethod.DIGITAL_SIGNATURE, bytes([len(alg)]) + alg + key.sign(octets, pad, _HASH[h]())
 
 
 def _parse_alg_id(data: bytes) -> tuple[str, int, bytes, int]:

@@ -12,6 +12,7 @@ from ..authenticators import (
     auth_method_name,
     peer_certificates,
     psk_auth,
+    select_signature,
     sign_auth,
     signed_octets,
     verify_auth_scheme,
@@ -100,15 +101,35 @@ class IkeAuth(Task):
         if peer.auth == "psk":
             assert peer.psk is not None
             return AuthPayload(AuthMethod.PSK, psk_auth(sa.keys.prf, peer.psk, octets))
-        creds = [c for c in (peer.credential, *peer.extra_credentials) if c is not None]
-        cred = choose_credential(creds, sa.peer_certreq, peer.ca_certs)
-        sa.scratch["credential"] = cred
+        cred = self._credential()
         try:
             method, data = sign_auth(cred.private_key, octets, sa.peer_hashes, peer.rsa_pss, peer.auth_constraints)
         except AuthenticationFailedError as exc:  # our auth constraint and the peer's hashes have nothing in common
             log.warning("IKE_SA %s[%d]: %s", peer.name, sa.ike_id, exc.reason)
             raise
         return AuthPayload(method, data)
+
+    def _credential(self):  # type: ignore[no-untyped-def]
+        """Our credential whose chain answers the peer's CERTREQ (chosen once per IKE_SA)."""
+        sa = self.sa
+        if sa.scratch.get("credential") is None:
+            peer = sa.peer
+            creds = [c for c in (peer.credential, *peer.extra_credentials) if c is not None]
+            sa.scratch["credential"] = choose_credential(creds, sa.peer_certreq, peer.ca_certs)
+        return sa.scratch["credential"]
+
+    def _can_sign(self) -> None:
+        """A responder makes sure its ``auth`` constraint can be met before it calls the IKE_SA established:
+        otherwise the initiator hears AUTHENTICATION_FAILED, not a signature weaker than configured."""
+        peer = self.sa.peer
+        if peer.auth != "pubkey" or peer.auth_constraints is None:
+            return
+        try:
+            select_signature(self._credential().private_key, self.sa.peer_hashes, peer.rsa_pss,
+                             peer.auth_constraints)
+        except AuthenticationFailedError as exc:
+            log.warning("IKE_SA %s[%d]: %s", peer.name, self.sa.ike_id, exc.reason)
+            raise
 
     def process(self, msg: Message) -> TaskStatus:
         if msg.exchange != ExchangeType.IKE_AUTH:
@@ -136,6 +157,8 @@ class IkeAuth(Task):
             log.debug("authentication of %s (%s) failed: %s", identity, sa.remote_addr[0], exc.reason)
             sa.emit(AuthenticationFailed(sa.ike_id, sa.peer.name, sa.remote_addr, exc.reason, True))
             raise
+        if not self.initiator:
+            self._can_sign()
         sa.remote_id = identity
         if not self.initiator:
             sa.local_id = sa.peer.local_id

@@ -206,3 +206,89 @@ def test_psk_auth_still_reads(conf_dir: Path) -> None:
     (peer,) = parse_config(text, base=conf_dir).core.peers
     assert peer.auth == peer.remote_auth == "psk" and peer.auth_constraints is None
     assert AuthMethod.PSK == 2
+
+
+# -- the protocol core, two endpoints in memory ------------------------------------------------------------
+
+
+def _establish(i, r):  # type: ignore[no-untyped-def]
+    from tests.ike.helpers import drain, pair, roundtrip
+
+    a, b = pair(i, r)
+    a.initiate("to-r", 0.0)
+    roundtrip(a, b)
+    return drain(a), drain(b)
+
+
+def _of(events, cls):  # type: ignore[no-untyped-def]
+    return [e for e in events if isinstance(e, cls)]
+
+
+def test_core_signs_and_requires_pss_sha384() -> None:
+    from dataclasses import replace
+
+    from ike.events import ChildSaEstablished, IkeSaEstablished
+    from tests.ike.helpers import cert_peers
+
+    i, r, _ = cert_peers("rsa", "rsa")
+    pss = parse_auth("rsa/pss-sha384")
+    want = parse_auth("ike:rsa/pss-sha384")
+    i = replace(i, auth_constraints=pss, remote_auth_constraints=want)
+    r = replace(r, auth_constraints=pss, remote_auth_constraints=want)
+    ea, eb = _establish(i, r)
+    assert _of(ea, IkeSaEstablished)[0].auth_method == "signature(rsa-pss-sha2_384)"
+    assert _of(eb, IkeSaEstablished)[0].auth_method == "signature(rsa-pss-sha2_384)"
+    assert _of(ea, ChildSaEstablished) and _of(eb, ChildSaEstablished)
+
+
+@pytest.mark.parametrize("side", ["responder", "initiator"])
+def test_core_refuses_a_peer_below_the_constraint(side: str, caplog: pytest.LogCaptureFixture) -> None:
+    from dataclasses import replace
+
+    from ike.events import AuthenticationFailed, IkeSaEstablished, IkeSaTerminated
+    from tests.ike.helpers import cert_peers
+
+    i, r, _ = cert_peers("ecdsa", "ecdsa")  # P-256 both
+    want = parse_auth("ecdsa-384")
+    if side == "responder":
+        r = replace(r, remote_auth_constraints=want)
+    else:
+        i = replace(i, remote_auth_constraints=want)
+    with caplog.at_level("WARNING", logger="ike.auth"):
+        ea, eb = _establish(i, r)
+    judge = eb if side == "responder" else ea
+    (failed,) = _of(judge, AuthenticationFailed)
+    assert failed.local_side and "constraint remote_auth = ecdsa-384 failed: peer key is ecdsa-256" in failed.reason
+    assert not _of(judge, IkeSaEstablished)
+    if side == "responder":
+        assert _of(ea, IkeSaTerminated)[0].notify == 24  # AUTHENTICATION_FAILED
+    assert any("constraint remote_auth = ecdsa-384 failed" in rec.getMessage() for rec in caplog.records)
+
+
+@pytest.mark.parametrize("side", ["initiator", "responder"])
+def test_core_local_constraint_the_peer_cannot_take_ends_the_attempt(side: str,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The peer announces no RFC 7427 hashes: our ``rsa/pss-sha384`` cannot be signed, so no IKE_AUTH goes out
+    with a weaker signature, and the attempt ends with an event on our side (an initiator's IKE_SA used to
+    stay CONNECTING with nothing to send, its operator waiting for a timeout)."""
+    from dataclasses import replace
+
+    from ike.events import IkeSaEstablished, IkeSaTerminated
+    from tests.ike.helpers import cert_peers
+
+    i, r, _ = cert_peers("rsa", "rsa")
+    if side == "initiator":
+        i = replace(i, auth_constraints=parse_auth("rsa/pss-sha384"))
+        r = replace(r, signature_auth=False)
+    else:
+        r = replace(r, auth_constraints=parse_auth("rsa/pss-sha384"))
+        i = replace(i, signature_auth=False)
+    with caplog.at_level("WARNING", logger="ike.auth"):
+        ea, eb = _establish(i, r)
+    assert not _of(ea, IkeSaEstablished) and not _of(eb, IkeSaEstablished)
+    assert any("constraint auth = rsa/pss-sha384 cannot be met" in rec.getMessage() for rec in caplog.records)
+    mine, theirs = (ea, eb) if side == "initiator" else (eb, ea)
+    (ended,) = _of(mine, IkeSaTerminated)
+    assert "constraint auth = rsa/pss-sha384 cannot be met" in ended.reason
+    if side == "responder":  # the initiator hears AUTHENTICATION_FAILED
+        assert _of(theirs, IkeSaTerminated)[0].notify == 24
