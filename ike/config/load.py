@@ -145,6 +145,9 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
 
     validator = None
     ca_certs: tuple[Any, ...] = ()
+    revocation = revocation_setting(sec)
+    if revocation is not None and remote_auth != "pubkey":
+        raise sec.error("revocation", "applies to certificates: it needs remote_auth = pubkey")
     if remote_auth == "pubkey":
         names = sec.strings("ca_profiles") or sec.strings("ca_profile") or tuple(pki.all_profiles())
         if not names:
@@ -157,7 +160,7 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
                 raise sec.error("ca_profiles", f"no [ca-profiles.{n}] defined{where}")
             chosen.append(prof)
         validator = make_validator(chosen, crl_source=pki.crl_source(), intermediates=pki.intermediates,
-                                   revocation=revocation_setting(sec))
+                                   revocation=revocation)
         ca_certs = tuple(c for p in chosen for c in p.ca_certs)
 
     children = {}

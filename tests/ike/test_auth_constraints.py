@@ -205,6 +205,8 @@ def test_psk_auth_still_reads(conf_dir: Path) -> None:
         '[certificates.gw]\ncert = "gw.pem"\nkey = "gw.key"\n', "")
     (peer,) = parse_config(text, base=conf_dir).core.peers
     assert peer.auth == peer.remote_auth == "psk" and peer.auth_constraints is None
+    with pytest.raises(ConfigError, match="peers.branch.revocation: applies to certificates"):
+        parse_config(text.replace('auth = "psk"', 'auth = "psk"\nrevocation = "strict"'), base=conf_dir)
     assert AuthMethod.PSK == 2
 
 
