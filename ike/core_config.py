@@ -180,6 +180,10 @@ class PeerConfig:
     send_cert: Literal["always", "ifasked", "never"] = "always"
     signature_auth: bool = True  # RFC 7427 (SIGNATURE_HASH_ALGORITHMS, AUTH method 14)
     rsa_pss: bool = False
+    #: swanctl ``local.auth`` / ``remote.auth`` signature constraints (``ike.auth_constraints.AuthConstraints``):
+    #: which scheme and hash we sign with, which the peer (and, without ``ike:``, its trust chain) must use
+    auth_constraints: Any = None
+    remote_auth_constraints: Any = None
     fragmentation: bool = True
     fragment_size: int = 1280  # max IKE message (IP payload: UDP+IKE) before fragmenting
     encap: bool = False  # force UDP encapsulation (pretend to be behind NAT)

@@ -191,6 +191,10 @@ class TaskManager:
                 t.build(msg)
         except ProtocolError as exc:
             self._fail_active(exc.reason, None)
+            if self.active_exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH):
+                # we cannot make our own IKE_SA_INIT/IKE_AUTH request (e.g. our auth constraint and the peer's
+                # hashes have nothing in common): the IKE_SA ends now, with its event, rather than waiting
+                self.terminate(exc.reason, None)
             return
         _sort(msg)
         frags = encode_message(sa, msg)

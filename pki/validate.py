@@ -50,6 +50,7 @@ from pki.revocation import (
     RevocationStatus,
     check_crl,
     crl_urls,
+    ocsp_urls,
 )
 
 __all__ = [
@@ -118,6 +119,15 @@ class ValidationPolicy:
     require_digital_signature: bool = True
     max_chain_length: int = 8  # certificates in the path, leaf and anchor included
     check_revocation: bool = True
+    #: strongSwan's per-connection ``revocation`` (None: each profile's ``fail_open`` decides). ``strict``: the
+    #: status must be known good; ``ifuri``: fail only when the certificate (or profile) names a CRL/OCSP URI
+    #: and no answer could be had; ``relaxed``: fail only when revoked. When set, a profile whose mode is
+    #: ``disable`` is checked by CRL all the same (the connection's policy asked for a check).
+    revocation: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.revocation not in (None, "strict", "ifuri", "relaxed"):
+            raise ValueError(f"revocation must be strict, ifuri or relaxed, not {self.revocation!r}")
 
 
 @dataclass(frozen=True)
@@ -175,9 +185,14 @@ class Validator:
         crl_source: CrlSource | None = None,
         ocsp: OcspSource | None = None,
         ocsp_factory: Callable[[RevocationPolicy], OcspSource] | None = None,
+        intermediates: Iterable[x509.Certificate] = (),
     ) -> None:
         """``ocsp`` answers for every profile; ``ocsp_factory`` (used when ``ocsp`` is None) builds one source per
-        distinct revocation policy, so each ca-profile's OCSP URL override and nonce setting apply."""
+        distinct revocation policy, so each ca-profile's OCSP URL override and nonce setting apply.
+
+        ``intermediates``: CA certificates held locally but not trusted (strongSwan's ``x509ca`` beside its
+        anchors): paths are built through them as through those the peer sends, up to an anchor, and they are
+        checked (validity, constraints, revocation by their issuer) like any other certificate of the path."""
         self._source = anchors if isinstance(anchors, AnchorSource) else None
         self._static: list[TrustAnchor] = [] if self._source is not None else [
             a if isinstance(a, TrustAnchor) else TrustAnchor(a) for a in anchors  # type: ignore[union-attr]
@@ -187,6 +202,7 @@ class Validator:
         self.ocsp = ocsp
         self._ocsp_factory = ocsp_factory
         self._ocsp_by_policy: dict[RevocationPolicy, OcspSource] = {}
+        self.intermediates: tuple[x509.Certificate, ...] = tuple(intermediates)
 
     def __call__(self, leaf: x509.Certificate, intermediates: Sequence[x509.Certificate] = (),
                  at: datetime | None = None, identity: Any = None) -> VerifiedChain:
@@ -226,7 +242,8 @@ class Validator:
                 _ = c.subject.rfc4514_string(), c.issuer.rfc4514_string(), c.extensions, c.public_key()
         except Exception as exc:  # certificates built elsewhere may be lazily unparsable in many ways
             raise _reject(RejectReason.MALFORMED, f"certificate does not parse: {type(exc).__name__} {exc}") from None
-        path, anchor = self._build_path(leaf, list(intermediates))
+        pool = list(intermediates) + [c for c in self.intermediates if c not in intermediates]
+        path, anchor = self._build_path(leaf, pool)
         self._check_validity(path, at)
         self._check_ca_constraints(path)
         _check_name_constraints(path)
@@ -402,9 +419,10 @@ class Validator:
     def _check_revocation(self, path: list[x509.Certificate], anchor: TrustAnchor, at: datetime) -> list[RevocationAnswer]:
         rp = anchor.revocation
         answers: list[RevocationAnswer] = []
+        per_conn = self.policy.revocation
         for i in range(len(path) - 1):
             cert, issuer = path[i], path[i + 1]
-            if not self.policy.check_revocation or rp.mode is RevocationMode.DISABLE:
+            if not self.policy.check_revocation or (rp.mode is RevocationMode.DISABLE and per_conn is None):
                 answers.append(RevocationAnswer(RevocationStatus.NOT_CHECKED, "disabled"))
                 continue
             try:
@@ -413,6 +431,13 @@ class Validator:
                 else:
                     ans = self._crl(cert, issuer, rp, at)
             except PkiError as exc:
+                if per_conn is not None:
+                    has_uri = bool(rp.crl_url or rp.ocsp_url or crl_urls(cert) or ocsp_urls(cert))
+                    if per_conn == "relaxed" or (per_conn == "ifuri" and not has_uri):
+                        answers.append(RevocationAnswer(RevocationStatus.UNKNOWN, f"{per_conn}: {exc}"))
+                        continue
+                    raise _reject(RejectReason.REVOCATION_UNKNOWN, f"revocation status of {_name(cert)} unknown "
+                                  f"({per_conn}{', a URI is given' if has_uri else ''}): {exc}") from None
                 if rp.fail_open:
                     answers.append(RevocationAnswer(RevocationStatus.UNKNOWN, f"fail-open: {exc}"))
                     continue

@@ -20,6 +20,8 @@ Example (the keys are swanctl's where they exist)::
     store = "/var/lib/espresso/pki"     # optional: ca-profiles and local certificates of `python -m pki`
     fetch_revocation = true             # download CRLs (CRL distribution points / crl_url); false: loaded ones only
     passphrase_file = "/etc/espresso/pki.pass"  # for encrypted store keys: first line, line ending removed
+    intermediates = ["corp-sub.pem"]    # CA certificates to build peers' paths with, never trust anchors
+    crls = ["corp-root.crl"]            # CRL files (swanctl x509crl/); fetched ones are preferred when fresh
 
     [ca-profiles.corp]                  # or a ca-profile of the store, by name
     ca_certs = ["corp-root.pem"]        # trust anchors; paths relative to this file
@@ -50,6 +52,9 @@ Example (the keys are swanctl's where they exist)::
     certificate = "gw1"
     ca_profiles = ["corp"]              # who may sign the peer's certificate (default: all profiles)
     # trusted_ca_group = "partners"     # and/or a pki store group (python -m pki trusted-ca-group/ca-profile-group)
+    auth = "rsa/pss-sha384"             # swanctl local.auth: pubkey, psk, or the signature we make
+    remote_auth = "ecdsa-384"           # swanctl remote.auth: what the peer (and its chain) must sign with
+    revocation = "strict"               # swanctl remote.revocation: strict, ifuri, relaxed (unset: the profile's)
     ike_proposals = ["aes128gcm16-prfsha256-ecp256", "aes256-sha256-modp2048"]
     rekey_time = "4h"
     start_action = "start"              # initiate at start, and again whenever the IKE_SA is lost

@@ -18,6 +18,7 @@ from ..core_config import (
 )
 from ..errors import ConfigError
 from ..keylog import key_log_problem
+from .auth import auth_settings, check_local_auth, local_authorities, revocation_setting
 from .pki import (
     _ca_profile,
     _certificate,
@@ -101,8 +102,8 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
             raise sec.error("remote_addr", "local_addr and remote_addr must be of one address family")
     else:
         remote = None
-    auth = sec.get("auth", _choice("pubkey", "psk"), "pubkey")
-    remote_auth = sec.get("remote_auth", _choice("pubkey", "psk"), auth)
+    auth_c, remote_c = auth_settings(sec)
+    auth, remote_auth = auth_c.method, remote_c.method
     psk = sec.get("psk", _psk)
     if "psk" in (auth, remote_auth) and psk is None:
         raise sec.error("psk", "is required with psk authentication")
@@ -126,6 +127,7 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
             found.append(c)
         credential = found[0].credential
         extra = tuple(c.credential for c in found[1:])
+        check_local_auth(sec, auth_c, [c.credential.private_key for c in found])
 
     if sec.has("local_id"):
         local_id = sec.get("local_id", _identity)
@@ -143,6 +145,9 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
 
     validator = None
     ca_certs: tuple[Any, ...] = ()
+    revocation = revocation_setting(sec)
+    if revocation is not None and remote_auth != "pubkey":
+        raise sec.error("revocation", "applies to certificates: it needs remote_auth = pubkey")
     if remote_auth == "pubkey":
         names = sec.strings("ca_profiles") or sec.strings("ca_profile") or ()
         for g in sec.strings("trusted_ca_group"):  # JUNOS trusted-ca-group: the profiles a store group names
@@ -160,7 +165,8 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
                 where = " nor in the pki store" if pki.store is not None else ""
                 raise sec.error("ca_profiles", f"no [ca-profiles.{n}] defined{where}")
             chosen.append(prof)
-        validator = make_validator(chosen, crl_source=pki.crl_source())
+        validator = make_validator(chosen, crl_source=pki.crl_source(), intermediates=pki.intermediates,
+                                   revocation=revocation)
         ca_certs = tuple(c for p in chosen for c in p.ca_certs)
 
     children = {}
@@ -191,6 +197,8 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
         send_cert=sec.get("send_cert", _choice("always", "ifasked", "never"), "always"),
         signature_auth=sec.get("signature_auth", _bool, True),
         rsa_pss=sec.get("rsa_pss", _bool, False),
+        auth_constraints=auth_c if auth_c.constrains else None,
+        remote_auth_constraints=remote_c if remote_c.constrains else None,
         fragmentation=sec.get("fragmentation", _bool, True),
         fragment_size=sec.get("fragment_size", _int_range(576, 65535), 1280),
         encap=sec.get("encap", _bool, False),
@@ -266,10 +274,11 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
             raise pki_sec.error("store", str(exc)) from None
     fetch = pki_sec.get("fetch_revocation", _bool, True)
     pki_passphrase = _passphrase(pki_sec, base_dir)
+    intermediates, crls = local_authorities(pki_sec, base_dir)
     pki_sec.finish()
     profiles = {n: _ca_profile(n, s, base_dir) for n, s in root.sub("ca-profiles").items()}
     certs = {n: _certificate(n, s, base_dir) for n, s in root.sub("certificates").items()}
-    pki = _Pki(profiles, certs, store, "pki.store", fetch, pki_passphrase)
+    pki = _Pki(profiles, certs, store, "pki.store", fetch, pki_passphrase, intermediates, crls)
     peers_secs = root.sub("peers")
     if not peers_secs:
         raise ConfigError("peers: at least one [peers.NAME] table is required")

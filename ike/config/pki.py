@@ -140,17 +140,21 @@ def default_identity(cert: Any) -> Identity:
     return Identity("dn", cert.subject.rfc4514_string())
 
 
-def make_validator(profiles: Sequence[CaProfileConfig], *, crl_source: Any = None, ocsp: Any = None
+def make_validator(profiles: Sequence[CaProfileConfig], *, crl_source: Any = None, ocsp: Any = None,
+                   intermediates: Sequence[Any] = (), revocation: str | None = None,
                    ) -> Callable[[Any, Sequence[Any], datetime, Identity], object]:
     """The core's PeerValidator over pki.validate: chain, time, revocation, then the IKE identity.
 
     Revocation data come from ``crl_source``/``ocsp`` (None: the validator's offline cache, so a ``crl``
     profile fails closed unless its CRL was loaded; the loader passes a fetching cache unless
-    ``pki.fetch_revocation = false``).
+    ``pki.fetch_revocation = false``). ``intermediates`` are CA certificates held but not trusted, and
+    ``revocation`` the peer's strict/ifuri/relaxed policy (None: each profile's own).
     """
-    from pki.validate import TrustAnchor, Validator
+    from pki.validate import TrustAnchor, ValidationPolicy, Validator
     anchors = [TrustAnchor(c, p.revocation, p.name) for p in profiles for c in p.ca_certs]
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"intermediates": tuple(intermediates)}
+    if revocation is not None:
+        kwargs["policy"] = ValidationPolicy(revocation=revocation)
     if crl_source is not None:
         kwargs["crl_source"] = crl_source
     if ocsp is None:
@@ -182,8 +186,11 @@ class _Pki:
     pki store (``[pki] store``), as a JUNOS router resolves ``ca-profile`` and ``local-certificate`` names."""
 
     def __init__(self, profiles: dict[str, CaProfileConfig], certs: dict[str, CertificateConfig],
-                 store: Any, store_key: str, fetch: bool, passphrase: bytes | None = None) -> None:
+                 store: Any, store_key: str, fetch: bool, passphrase: bytes | None = None,
+                 intermediates: Sequence[Any] = (), crls: Sequence[Any] = ()) -> None:
         self.passphrase = passphrase
+        self.intermediates = tuple(intermediates)  # [pki] intermediates: held, never trusted
+        self.crls = tuple(crls)  # [pki] crls: loaded into the CRL source
         self.profiles = profiles
         self.certs = certs
         self.store = store
@@ -264,6 +271,8 @@ class _Pki:
             from pki.revocation import CrlCache, default_fetch
             fetch = default_fetch if self.fetch else None
             self._crl_source = self.store.crl_cache(fetch) if self.store is not None else CrlCache(fetch=fetch)
+            for crl in self.crls:
+                self._crl_source.add(crl)
         return self._crl_source
 
 
