@@ -10,11 +10,13 @@
     python -m ike rekey --child lan | --ike branch
     python -m ike terminate --ike branch | --child lan
     python -m ike stats
+    python -m ike status                                      # ready? listening where, since when
     python -m ike demo                                        # the end-to-end demonstration, no root needed
 
 The control commands talk to the daemon over its unix socket (``--socket``, else ``$ESPRESSO_IKE_SOCKET``, else
 the default ``/run/espresso/ike.sock``). This is the only module of the package that reads argv or the
-environment.
+environment (``$NOTIFY_SOCKET``: under systemd ``Type=notify`` the daemon sends READY=1 once its configuration
+is loaded and its sockets are bound; ``--ready-file PATH`` writes the status there at the same moment).
 """
 from __future__ import annotations
 
@@ -113,6 +115,12 @@ def _client(args: argparse.Namespace) -> int:
         print(format_conns(reply["conns"]))
     elif args.command == "stats":
         print(json.dumps(reply["stats"], indent=2))
+    elif args.command == "status":
+        st = reply["status"]
+        print(f"{'ready' if st['ready'] else 'not ready'}, pid {st['pid']}, up {st['uptime']:g}s, "
+              f"{st['ike_sas']} IKE_SAs, {st['child_sas']} CHILD_SAs")
+        print("  listening " + ", ".join(f"{h}[{p}]" for h, p in st["listening"]))
+        print(f"  control {st['control_socket']}" + (f", config {st['config']}" if st["config"] else ""))
     elif args.command == "initiate":
         child = f", CHILD_SA {reply['child']} {reply['spi_in']}_i {reply['spi_out']}_o" if "child" in reply else ""
         print(f"initiate completed successfully: IKE_SA {args.ike}[{reply['ike_id']}] {reply['state']}{child}")
@@ -169,10 +177,13 @@ def _run_daemon(args: argparse.Namespace) -> int:
         return 2
     from .daemon import Daemon, make_gateway
     from .keylog import KeyLogError
+    from .ready import Readiness
+
+    readiness = Readiness(notify_socket=os.environ.get("NOTIFY_SOCKET"), ready_file=args.ready_file)
 
     async def serve() -> int:
         try:
-            daemon = Daemon(cfg, gateway=make_gateway(cfg))
+            daemon = Daemon(cfg, gateway=make_gateway(cfg), readiness=readiness)
         except KeyLogError as exc:  # checked at load time already; the directory may have changed since
             print(f"error: cannot start: {exc}", file=sys.stderr)
             return 1
@@ -182,8 +193,10 @@ def _run_daemon(args: argparse.Namespace) -> int:
                 from .metrics import serve_daemon_metrics
                 metrics = serve_daemon_metrics(daemon, cfg.metrics_listen)
             await daemon.start(initiate=args.initiate or ())
-        except Exception as exc:  # bind refused, no TUN, no privilege: say so and leave
+        except Exception as exc:  # bind refused, no TUN, no privilege, ready file unwritable: say so and leave
             why = exc.strerror if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE else exc
+            readiness.stopping()
+            await daemon.control.close()
             print(f"error: cannot start: {why}", file=sys.stderr)
             daemon.endpoint.close()
             if daemon.gateway is not None:
@@ -225,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--control-socket", help="override daemon.control_socket")
     d.add_argument("--key-log", help="write Wireshark key tables to this directory (secrets!)")
     d.add_argument("--initiate", action="append", metavar="PEER", help="initiate this peer at start (repeatable)")
+    d.add_argument("--ready-file", metavar="PATH",
+                   help="write the daemon's status (JSON) here once it is ready; removed on exit")
     d.add_argument("-v", "--verbose", action="count", default=1)
     d.add_argument("-q", "--quiet", action="store_const", const=0, dest="verbose")
 
@@ -254,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ike", "-i")
     t.add_argument("--timeout", "-t", type=float, default=5.0)
     client("stats", "adapter, core and data plane counters")
+    client("status", "whether the daemon is ready, where it listens, how many SAs it holds")
 
     demo = sub.add_parser("demo", help="CA + SCEP enrollment + two daemons + ESP traffic, on loopback, no root")
     from .demo import add_arguments

@@ -205,6 +205,10 @@ async def cmd_stats(daemon: Any, req: dict[str, Any]) -> dict[str, Any]:
     return {"stats": daemon.stats()}
 
 
+async def cmd_status(daemon: Any, req: dict[str, Any]) -> dict[str, Any]:
+    return {"status": daemon.status()}
+
+
 async def cmd_list_conns(daemon: Any, req: dict[str, Any]) -> dict[str, Any]:
     conns = []
     for p in daemon.config.core.peers:
@@ -224,5 +228,6 @@ COMMANDS: dict[str, Callable[[Any, dict[str, Any]], Awaitable[dict[str, Any]]]] 
     "rekey": cmd_rekey,
     "terminate": cmd_terminate,
     "stats": cmd_stats,
+    "status": cmd_status,
     "list-conns": cmd_list_conns,
 }

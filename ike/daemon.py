@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ from .kernel import (
     selectors_for,
 )
 from .keylog import KeyLog
+from .ready import Readiness
 
 __all__ = ["MAX_CONTROL_LINE", "ControlError", "Daemon", "InstalledChild", "make_gateway", "sa_params", "selectors_for",
            "utc_wall_clock"]
@@ -102,7 +104,7 @@ class Daemon:
     def __init__(self, config: DaemonConfig, *, dispatcher: Any = None, dataplane: Dataplane | None = None,
                  on_packets: Callable[[list[bytes], InstalledChild | None], None] | None = None,
                  key_log: KeyLog | None = None, replay_window: int = REPLAY_WINDOW,
-                 backend: str | None = None, gateway: Any = None) -> None:
+                 backend: str | None = None, gateway: Any = None, readiness: Readiness | None = None) -> None:
         if dispatcher is None:
             from .dispatcher import Dispatcher
             core_cfg = config.core
@@ -136,6 +138,9 @@ class Daemon:
         self._outcomes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self.control = ControlServer(self.handle_request)
+        #: where readiness is announced (systemd's notify socket, a ready file); None: nowhere
+        self.readiness = readiness
+        self.started_at: float | None = None  # loop time when start() finished: sockets bound, ready
         self._stopped: asyncio.Event | None = None
 
     # -- life cycle ----------------------------------------------------------------------------------------
@@ -238,6 +243,9 @@ class Daemon:
             log.info("gateway %s: TUN MTU %s (outer %s), offloads: %s%s", tun, st.tun_mtu, st.outer_mtu,
                      ", ".join(st.offloads) or "none",
                      f" ({st.offload_fallback})" if st.offload_fallback else "")
+        self.started_at = self.now()
+        if self.readiness is not None:
+            self.readiness.ready(self.status())
         return self.endpoint.addresses
 
     async def run(self) -> None:
@@ -248,6 +256,9 @@ class Daemon:
     async def stop(self, *, delete: bool = True, grace: float = STOP_GRACE) -> None:
         """Send DELETE for every IKE_SA (as charon does on SIGTERM), wait up to ``grace`` for the answers, close."""
         self._keep_up.clear()  # nothing is re-initiated from here on
+        if self.readiness is not None:
+            self.readiness.stopping()
+        self.started_at = None
         for handle in self._restart.values():
             handle.cancel()
         self._restart.clear()
@@ -557,6 +568,21 @@ class Daemon:
             if info.expire_at is not None:
                 view["life_in"] = max(0, round(info.expire_at - now))
         return view
+
+    def status(self) -> dict[str, Any]:
+        """Whether the daemon serves, and where: what ``status``, the ready file and systemd's STATUS= show."""
+        now = self.now() if self._loop is not None else None
+        ready = self.started_at is not None and not (self._stopped is not None and self._stopped.is_set())
+        return {
+            "ready": ready, "pid": os.getpid(),
+            "uptime": round(now - self.started_at, 1) if ready and now is not None and self.started_at else 0.0,
+            "config": str(self.config.source) if self.config.source is not None else None,
+            "listening": [[h, p] for h, p in self.endpoint.addresses],
+            "control_socket": str(self.control_path) if self.control_path is not None else None,
+            "peers": [p.name for p in self.config.core.peers],
+            "ike_sas": sum(1 for r in self.ike_sas.values() if r.state == "ESTABLISHED"),
+            "child_sas": sum(1 for c in self.children.values() if c.state == "INSTALLED"),
+        }
 
     def stats(self) -> dict[str, Any]:
         dp = self.dataplane.counters()

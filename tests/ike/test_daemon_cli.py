@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from ike.listing import format_sas
+from tests.support import NotifySocket
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 20
@@ -114,13 +115,12 @@ def test_second_daemon_on_the_same_ports_fails_port_in_use(tmp_path: Path) -> No
         c.write_text(CONF.format(port=port, nat=nat, sock=tmp_path / f"{n}.sock", peer="b", remote=port + 1,
                                  me="a", local="10.1.0.0/24", remote_ts="10.2.0.0/24"))
         confs.append(c)
+    notify = NotifySocket()
     first = subprocess.Popen([sys.executable, "-m", "ike", "daemon", "--config", str(confs[0])], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=notify.env())
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not (tmp_path / "one.sock").exists():
-            assert time.monotonic() < deadline and first.poll() is None, "first daemon did not start"
-            time.sleep(0.05)
+        notify.wait_ready(first, TIMEOUT)  # READY=1: configuration loaded, every socket bound
+        assert (tmp_path / "one.sock").exists()
         r = _ike("daemon", "--config", str(confs[1]))
         assert r.returncode == 1, r.stderr
         assert r.stderr.strip() in {f"error: cannot start: UDP 127.0.0.1[{p}]: port in use (another IKE daemon?)"
@@ -147,12 +147,14 @@ def test_second_daemon_on_the_same_ports_fails_port_in_use(tmp_path: Path) -> No
         except subprocess.TimeoutExpired:
             first.kill()
             first.wait(timeout=5)
+        notify.close()
 
 
 @pytest.mark.slow
 def test_two_daemon_processes(tmp_path: Path) -> None:
     pytest.importorskip("esp._core")
     pa, na, pb, nb = _free_ports(4)
+    notifies = {"a": NotifySocket(), "b": NotifySocket()}
     socks = {"a": tmp_path / "a.sock", "b": tmp_path / "b.sock"}
     confs = {}
     for me, peer, port, nat, remote, local, rts in (("a", "b", pa, na, pb, "10.1.0.0/24", "10.2.0.0/24"),
@@ -160,17 +162,24 @@ def test_two_daemon_processes(tmp_path: Path) -> None:
         confs[me] = tmp_path / f"{me}.toml"
         confs[me].write_text(CONF.format(port=port, nat=nat, sock=socks[me], peer=peer, remote=remote, me=me,
                                          local=local, remote_ts=rts))
-    procs = {n: subprocess.Popen([sys.executable, "-m", "ike", "daemon", "--config", str(c)], cwd=ROOT,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ready = {n: tmp_path / f"{n}.ready" for n in confs}
+    procs = {n: subprocess.Popen([sys.executable, "-m", "ike", "daemon", "--config", str(c), "--ready-file",
+                                  str(ready[n])], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, env=notifies[n].env())
              for n, c in confs.items()}
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not all(s.exists() for s in socks.values()):
-            assert time.monotonic() < deadline, "daemons did not open their control sockets"
-            assert all(p.poll() is None for p in procs.values()), "a daemon exited early"
-            time.sleep(0.05)
+        for n, p in procs.items():
+            notifies[n].wait_ready(p, TIMEOUT)
+            # the ready file is there by then, whole, with the status the control socket reports
+            st = json.loads(ready[n].read_text())
+            assert st["ready"] is True and st["pid"] == p.pid and st["control_socket"] == str(socks[n])
+            assert sorted(tuple(a) for a in st["listening"]) == sorted(
+                ("127.0.0.1", port) for port in ((pa, na) if n == "a" else (pb, nb)))
         assert oct(socks["a"].stat().st_mode & 0o777) == "0o600"
 
+        r = _ike("status", "--socket", str(socks["a"]))
+        assert r.returncode == 0 and r.stdout.startswith("ready, pid "), r.stdout + r.stderr
+        assert "listening " + ", ".join(f"127.0.0.1[{x}]" for x in sorted((pa, na))) in r.stdout and "0 IKE_SAs, 0 CHILD_SAs" in r.stdout
         r = _ike("list-conns", "--socket", str(socks["a"]))
         assert r.returncode == 0 and "b: IKEv2, remote 127.0.0.1" in r.stdout, r.stderr
         r = _ike("initiate", "--ike", "b", "--timeout", "10", "--socket", str(socks["a"]))
@@ -225,7 +234,8 @@ def test_two_daemon_processes(tmp_path: Path) -> None:
         for n, p in procs.items():
             out, _ = p.communicate(timeout=TIMEOUT)
             assert p.returncode == 0, out
-            assert not socks[n].exists()
+            assert not socks[n].exists() and not ready[n].exists()
+            assert "STOPPING=1" in notifies[n].wait_for("STOPPING=1", timeout=5)
         assert "IKE_SA a[1] established" in out  # b's log, charon-like
         # QA: each event once (the core no longer logs what the daemon logs from its events)
         for line in out.splitlines():
@@ -237,6 +247,8 @@ def test_two_daemon_processes(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.kill()
                 p.wait(timeout=5)
+        for ns in notifies.values():
+            ns.close()
 
 
 def test_format_sas_layout() -> None:
@@ -265,3 +277,31 @@ def test_format_sas_layout() -> None:
         "    local  10.1.0.0/16",
         "    remote 10.2.0.0/16 10.3.0.0/16",
     ]
+
+
+def test_ready_file_that_cannot_be_written_is_a_one_line_error(tmp_path: Path) -> None:
+    """A supervisor waiting for a ready file that never comes would wait forever: the daemon refuses to run."""
+    port, nat = _free_ports(2)
+    conf = tmp_path / "a.toml"
+    conf.write_text(CONF.format(port=port, nat=nat, sock=tmp_path / "a.sock", peer="b", remote=port + 1, me="a",
+                                local="10.1.0.0/24", remote_ts="10.2.0.0/24"))
+    r = _ike("daemon", "--config", str(conf), "--ready-file", str(tmp_path / "missing" / "ready.json"))
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.splitlines()[-1] == f"error: cannot start: ready file {tmp_path / 'missing' / 'ready.json'}: " \
+                                        "No such file or directory", r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "a.sock").exists()
+
+
+def test_sd_notify_abstract_and_unreachable_sockets() -> None:
+    """sd_notify(3)'s addresses: '@' names an abstract socket; an absent supervisor is a warning, not a crash."""
+    import os as _os
+
+    from ike.ready import sd_notify
+
+    name = f"espresso-test-{_os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind("\0" + name)
+        assert sd_notify("@" + name, "READY=1\nSTATUS=x")
+        assert s.recv(100) == b"READY=1\nSTATUS=x"
+    assert not sd_notify("/nonexistent/notify.sock", "READY=1")
+    assert not sd_notify(None, "READY=1")

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.interop import strongswan as ss
-from tests.support import require, require_root, require_tool
+from tests.support import NotifySocket, require, require_root, require_tool
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -403,20 +403,17 @@ def test_daemon_command_with_tun_gateway(lab: ss.Lab, tmp_path: Path) -> None:
     conf = work / "ike.toml"
     conf.write_text(GATEWAY_CONF.format(local=site_e.outer, remote=site_s.outer, sock=sock, tun=ss.unique("esp"),
                                         e_inner=E_INNER, s_inner=S_INNER))
+    notify = NotifySocket()  # systemd's protocol: READY=1 once configured and bound, no polling
     proc = subprocess.Popen(["ip", "netns", "exec", site_e.netns.name, sys.executable, "-m", "ike", "daemon",
                              "--config", str(conf)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, env=notify.env())
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "ike", *args, "--socket", str(sock)], cwd=root,
                               capture_output=True, text=True, timeout=30)
 
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not sock.exists():
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "the daemon did not open its control socket"
-            time.sleep(0.05)
+        notify.wait_ready(proc, TIMEOUT)
         r = cli("initiate", "--ike", "s", "--timeout", "10")
         if r.returncode != 0:
             proc.kill()
@@ -439,6 +436,7 @@ def test_daemon_command_with_tun_gateway(lab: ss.Lab, tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
+        notify.close()
 
 
 STORE_CONF = """
