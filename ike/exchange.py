@@ -104,26 +104,41 @@ def _inner(first: int, plain: bytes) -> list:  # type: ignore[type-arg]
     return payloads
 
 
-_ORDER = [PayloadType.NOTIFY, PayloadType.SA, PayloadType.KE, PayloadType.NONCE, PayloadType.IDi,
-          PayloadType.CERT, PayloadType.CERTREQ, PayloadType.IDr, PayloadType.AUTH, PayloadType.CP,
-          PayloadType.TSi, PayloadType.TSr, PayloadType.DELETE, PayloadType.VENDOR]
+_P = PayloadType
+#: RFC 7296's exchange diagrams (1.2-1.4; CP as 2.19 places it; CERTREQ in IKE_SA_INIT's response), per exchange
+#: and direction: the order payloads leave in. Log readers and tests compare these lines with the RFC's and
+#: charon's; a peer would accept any order.
+_DIAGRAMS: dict[tuple[int, bool], tuple[int, ...]] = {
+    (ExchangeType.IKE_SA_INIT, False): (_P.SA, _P.KE, _P.NONCE, _P.CERTREQ),
+    (ExchangeType.IKE_SA_INIT, True): (_P.SA, _P.KE, _P.NONCE, _P.CERTREQ),
+    (ExchangeType.IKE_AUTH, False): (_P.IDi, _P.CERT, _P.CERTREQ, _P.IDr, _P.AUTH, _P.CP, _P.SA, _P.TSi, _P.TSr),
+    (ExchangeType.IKE_AUTH, True): (_P.IDr, _P.CERT, _P.AUTH, _P.CP, _P.SA, _P.TSi, _P.TSr),
+    (ExchangeType.CREATE_CHILD_SA, False): (_P.SA, _P.NONCE, _P.KE, _P.TSi, _P.TSr),
+    (ExchangeType.CREATE_CHILD_SA, True): (_P.SA, _P.NONCE, _P.KE, _P.TSi, _P.TSr),
+    (ExchangeType.INFORMATIONAL, False): (_P.DELETE, _P.CP),
+    (ExchangeType.INFORMATIONAL, True): (_P.DELETE, _P.CP),
+}
+_LAST = 1000
 
 
 def _sort(msg: Message) -> None:
-    """strongSwan's payload order; COOKIE first (RFC 7296 2.6), other notifies of IKE_SA_INIT last."""
+    """Put payloads in the diagram's order. Notifies the diagrams place go there: COOKIE first (RFC 7296 2.6),
+    REKEY_SA and the others of CREATE_CHILD_SA/INFORMATIONAL before SA/DELETE (1.3.3), INITIAL_CONTACT right
+    after IDi (as charon sends it); IKE_SA_INIT's capability notifies and USE_TRANSPORT_MODE after the diagram's
+    payloads, vendor IDs last. The sort is stable, so the tasks' order holds within one rank."""
+    diagram = _DIAGRAMS.get((msg.exchange, msg.response), ())
 
     def key(p):  # type: ignore[no-untyped-def]
-        t = p.payload_type
         if isinstance(p, NotifyPayload):
             if p.type == NotifyType.COOKIE:
-                return -1
-            if msg.exchange == ExchangeType.IKE_SA_INIT or p.type in (NotifyType.USE_TRANSPORT_MODE,
-                                                                         NotifyType.INITIAL_CONTACT):
-                return 100 if p.type != NotifyType.INITIAL_CONTACT else 5
-            return 0
-        if msg.exchange == ExchangeType.IKE_AUTH and t == PayloadType.SA:
-            return _ORDER.index(PayloadType.AUTH) + 0.5
-        return _ORDER.index(t) if t in _ORDER else 99
+                return -2
+            if p.type == NotifyType.INITIAL_CONTACT and _P.IDi in diagram:
+                return diagram.index(_P.IDi) + 0.5
+            if msg.exchange == ExchangeType.IKE_SA_INIT or p.type == NotifyType.USE_TRANSPORT_MODE:
+                return _LAST - 1
+            return -1
+        t = p.payload_type
+        return diagram.index(t) if t in diagram else _LAST
 
     msg.payloads.sort(key=key)
 
