@@ -180,8 +180,14 @@ class PeerConfig:
     send_cert: Literal["always", "ifasked", "never"] = "always"
     signature_auth: bool = True  # RFC 7427 (SIGNATURE_HASH_ALGORITHMS, AUTH method 14)
     rsa_pss: bool = False
-    fragmentation: bool = True
-    fragment_size: int = 1280  # max IKE message (IP payload: UDP+IKE) before fragmenting
+    #: RFC 7383 with strongSwan's meanings: "yes" announces support and sends our oversized messages in fragments
+    #: when the peer supports them too; "accept" announces support (the peer may fragment) but sends every message
+    #: whole; "no" does not announce. Fragments a peer sends anyway are reassembled whatever this says, as charon
+    #: does. true/false mean yes/no; "force" (an IKEv1 option in strongSwan) means yes for IKEv2, as in charon.
+    fragmentation: Literal["yes", "accept", "no"] | bool = "yes"
+    #: largest IP datagram one of our fragments may make (IP and UDP headers, non-ESP marker and IKE message),
+    #: what charon's fragment_size means; also the size above which a message is fragmented at all
+    fragment_size: int = 1280
     encap: bool = False  # force UDP encapsulation (pretend to be behind NAT)
 
     def __post_init__(self) -> None:
@@ -199,6 +205,10 @@ class PeerConfig:
             parse_proposals(self.ike_proposals, 1)
         except ConfigError as exc:
             raise ConfigError(f"peer {self.name}: ike_proposals: {exc}") from None
+        frag = {True: "yes", False: "no", "force": "yes"}.get(self.fragmentation, self.fragmentation)  # type: ignore[call-overload]
+        if frag not in ("yes", "accept", "no"):
+            raise ConfigError(f"peer {self.name}: fragmentation must be yes, accept or no, not {self.fragmentation!r}")
+        object.__setattr__(self, "fragmentation", frag)
         if not 576 <= self.fragment_size <= 65535:
             raise ConfigError(f"peer {self.name}: fragment_size must be 576..65535")
 

@@ -11,7 +11,7 @@ from typing import Callable
 
 from .constants import HEADER_LEN, ExchangeType, NotifyType, PayloadType
 from .errors import IntegrityError, ParseError, ProtocolError
-from .fragment import Reassembly, fragment_message
+from .fragment import Reassembly, datagram_overhead, fragment_message
 from .message import Header, Message, check_rules, pull_chain, push_chain, push_header
 from .payloads import NotifyPayload, SkfPayload, SkPayload
 from .protect import sk_generic_header
@@ -38,10 +38,17 @@ def encode_message(sa: IkeSa, msg: Message) -> list[bytes]:
                                   HEADER_LEN + payload_len))
 
     whole = sa.protector.seal(header, lambda n: sk_generic_header(first, n), chain)
-    limit = sa.peer.fragment_size - 28
-    if (len(whole) > limit and sa.peer.fragmentation and sa.peer_fragmentation
-            and msg.exchange != ExchangeType.IKE_SA_INIT):
-        return fragment_message(msg, sa.protector, sa.peer.fragment_size)
+    overhead = datagram_overhead(sa.remote_addr[0])
+    if len(whole) > sa.peer.fragment_size - overhead and msg.exchange != ExchangeType.IKE_SA_INIT:
+        if sa.peer.fragmentation == "yes" and sa.peer_fragmentation:
+            frags = fragment_message(msg, sa.protector, sa.peer.fragment_size, overhead)
+            log.debug("splitting %s (%d bytes) into %d fragments of at most %d bytes (IP datagram)",
+                      msg.describe(), len(whole), len(frags), sa.peer.fragment_size)
+            return frags
+        why = ("fragmentation = " + str(sa.peer.fragmentation)) if sa.peer.fragmentation != "yes" else \
+            "the peer did not announce IKE fragmentation"
+        log.debug("sending %s whole (%d bytes, over fragment_size %d): %s", msg.describe(), len(whole) + overhead,
+                  sa.peer.fragment_size, why)
     msg.raw = whole
     return [whole]
 
@@ -86,14 +93,25 @@ def decode_message(sa: IkeSa | None, data: bytes, header: Header,
                 reassembly.clear()
             r = reassembly[header.message_id] = Reassembly(header.message_id, sk.total)
         if not r.add(sk.number, sk.total, plain, sk.first_inner):
+            log.debug("received fragment %d/%d of %s %s %d", sk.number, sk.total, _exchange_name(header.exchange),
+                      "response" if header.is_response else "request", header.message_id)
             return None
     except ProtocolError as exc:
         reassembly.pop(header.message_id, None)
         raise SealedError(exc) from None
     del reassembly[header.message_id]
+    log.debug("reassembled %s %s %d from %d fragments (%d bytes)", _exchange_name(header.exchange),
+              "response" if header.is_response else "request", header.message_id, sk.total, len(r.data()))
     msg.payloads, msg.encrypted = _inner(r.first_inner, r.data()), True
     msg.raw = b""
     return msg
+
+
+def _exchange_name(exchange: int) -> str:
+    try:
+        return ExchangeType(exchange).name
+    except ValueError:
+        return str(exchange)
 
 
 def _inner(first: int, plain: bytes) -> list:  # type: ignore[type-arg]

@@ -52,6 +52,8 @@ Example (the keys are swanctl's where they exist)::
     ike_proposals = ["aes128gcm16-prfsha256-ecp256", "aes256-sha256-modp2048"]
     rekey_time = "4h"
     start_action = "start"              # initiate at start, and again whenever the IKE_SA is lost
+    fragmentation = "yes"               # RFC 7383: "yes", "accept" (announce, send whole) or "no" (swanctl's)
+    fragment_size = 1280                # largest IP datagram of a fragment (IP+UDP+marker+IKE), charon's meaning
 
     [peers.branch.children.lan]
     local_ts = ["10.1.0.0/16"]

@@ -84,6 +84,16 @@ def _psk(v: Any) -> bytes:
     return s.encode()
 
 
+def _fragmentation(v: Any) -> str:
+    """swanctl's ``fragmentation``: yes, accept, no (and force, which strongSwan only honours for IKEv1: yes);
+    true/false as before."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if v not in ("yes", "accept", "no", "force"):
+        raise ValueError(f"expected yes, accept or no (or true/false), got {v!r}")
+    return "yes" if v == "force" else str(v)
+
+
 def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerConfig, str | None]:
     start = sec.get("start_action", _choice("none", "start"), "none")
     if start == "start" and sec.raw("remote_addr") in (None, "%any", "%any4", "%any6"):
@@ -185,7 +195,7 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
         send_cert=sec.get("send_cert", _choice("always", "ifasked", "never"), "always"),
         signature_auth=sec.get("signature_auth", _bool, True),
         rsa_pss=sec.get("rsa_pss", _bool, False),
-        fragmentation=sec.get("fragmentation", _bool, True),
+        fragmentation=sec.get("fragmentation", _fragmentation, "yes"),
         fragment_size=sec.get("fragment_size", _int_range(576, 65535), 1280),
         encap=sec.get("encap", _bool, False),
     )

@@ -648,6 +648,47 @@ def test_fragmented_ike_auth_both_ways(lab: ss.Lab, tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_fragmentation_accept_against_a_small_charon_fragment_size(lab: ss.Lab, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """charon with ``fragment_size = 576`` (its IP datagram limit) and espresso with ``fragmentation = "accept"``:
+    espresso announces RFC 7383, so charon splits its IKE_AUTH into datagrams of at most 576 bytes, which espresso
+    reassembles (and says so at debug level, -vv); espresso's own IKE_AUTH goes whole, as strongSwan's "accept"
+    means, and charon (which accepts fragments or not) takes it."""
+    import logging
+
+    async def main() -> None:
+        site_e, site_s = lab.pair(inner_a=E_INNER, inner_b=S_INNER)
+        pki = ss.LabPki("rsa4096")
+        ike, esp = "aes256-sha256-modp2048", "aes256-sha256"
+        ch = lab.charon(site_s, "charon", log_levels={"ike": 2, "enc": 2, "net": 2}, settings="fragment_size = 576")
+        ch.add_ca(pki.ca)
+        cert = ch.add_credential(pki.issue("s", "s.test"))
+        ch.connections.append(ss.Connection(
+            "gw", site_s.outer, site_e.outer, "s.test", "e.test", cert,
+            [ss.Child("net", f"{S_INNER}/32", f"{E_INNER}/32", esp_proposals=esp)], proposals=ike,
+            extra="fragmentation = yes"))
+        ch.start()
+        conf = CONF.replace('ike_proposals = ["{ike}"]',
+                            'ike_proposals = ["{ike}"]\nfragmentation = "accept"\nfragment_size = 576')
+        e = Espresso(lab, site_e, site_s, pki, ike, esp, tmp_path / "espresso", conf=conf)
+        await e.start()
+        try:
+            r = await e.daemon.initiate_and_wait("s", timeout=TIMEOUT)
+            assert r["state"] == "ESTABLISHED", r
+            await _wait(lambda: e.installed() and _charon_child(ch), "both CHILD_SAs", ch)
+            log = ch.log()
+            assert "splitting IKE message" in log, ch.tail()  # charon fragmented towards us
+            assert "reassembled fragmented IKE message" not in log, ch.tail()  # we sent ours whole
+            assert "reassembled IKE_AUTH response 1 from" in caplog.text
+            assert "sending IKE_AUTH request 1 [" in caplog.text and "fragmentation = accept" in caplog.text
+            assert " 0% packet loss" in await _ping(site_s)
+        finally:
+            await e.daemon.stop(delete=False)
+
+    with caplog.at_level(logging.DEBUG, logger="ike.exchange"):
+        asyncio.run(main())
+
+
 def test_second_proposal_chosen(lab: ss.Lab, tmp_path: Path) -> None:
     """espresso offers two IKE and two ESP proposals; charon accepts only the second of each and answers with
     that proposal's number (RFC 7296 3.3.1): espresso must take it."""
