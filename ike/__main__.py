@@ -4,6 +4,8 @@
 
     python -m ike daemon --config /etc/espresso/ike.toml      # foreground; SIGTERM/SIGINT: DELETE all, exit
     python -m ike check-config --config /etc/espresso/ike.toml
+    python -m ike check-config --config /etc/swanctl/swanctl.conf   # what an import would keep and refuse
+    python -m ike import-swanctl /etc/swanctl/swanctl.conf -o /etc/espresso/ike.toml
     python -m ike initiate --ike branch [--child lan] [--timeout 10]
     python -m ike list-sas [--ike branch] [--raw]
     python -m ike list-conns
@@ -148,12 +150,70 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
-def _check_config(args: argparse.Namespace) -> int:
+def _is_swanctl(path: str) -> bool:
+    """swanctl.conf and its includes are strongSwan settings files; the daemon's own are TOML."""
+    return not path.endswith(".toml") and (path.endswith(".conf") or os.path.basename(path) == "swanctl.conf")
+
+
+def _import_swanctl(path: str, out: str | None) -> tuple[Any, str]:
+    """(SwanctlImport, TOML text); ConfigError for a file that is not swanctl syntax."""
+    from .config.swanctl import dump_toml, import_swanctl
+
+    out_dir = os.path.dirname(os.path.abspath(out)) if out else os.getcwd()
+    imp = import_swanctl(path, out_dir=out_dir)
+    header = f"imported from {os.path.abspath(path)} by python -m ike import-swanctl"
+    if imp.refused:
+        header += "\nnot imported (espresso cannot express these):\n" + "\n".join(f"  {r}" for r in imp.refused)
+    return imp, dump_toml(imp.config, header)
+
+
+def _cmd_import_swanctl(args: argparse.Namespace) -> int:
     try:
-        cfg = load_config(args.config, overrides=_overrides(args))
+        imp, text = _import_swanctl(args.swanctl, args.output)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for r in imp.refused:
+        print(f"{r}", file=sys.stderr)
+    if args.output:
+        with open(args.output, "w") as f:  # no secrets beyond what swanctl.conf held; same care: 0600
+            os.fchmod(f.fileno(), 0o600)
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 1 if imp.refused else 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    if _is_swanctl(args.config):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:  # validated as the daemon would load the import
+            path = os.path.join(tmp, "imported.toml")
+            try:
+                imp, text = _import_swanctl(args.config, path)
+            except ConfigError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            for r in imp.refused:
+                print(f"error: {r}", file=sys.stderr)
+            try:
+                with open(path, "w") as f:
+                    f.write(text)
+                cfg = load_config(path, overrides=_overrides(args))
+            except ConfigError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+        if imp.refused:
+            print(f"{args.config}: {len(imp.refused)} key(s) espresso cannot express; the rest is valid",
+                  file=sys.stderr)
+            return 2
+    else:
+        try:
+            cfg = load_config(args.config, overrides=_overrides(args))
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     peers = ", ".join(f"{p.name} ({len(p.children)} children)" for p in cfg.core.peers)
     metrics = ""
     if cfg.metrics_listen is not None:
@@ -243,7 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-v", "--verbose", action="count", default=1)
     d.add_argument("-q", "--quiet", action="store_const", const=0, dest="verbose")
 
-    c = sub.add_parser("check-config", help="validate a configuration file and exit")
+    sw = sub.add_parser("import-swanctl", help="write the espresso TOML for a strongSwan swanctl.conf")
+    sw.add_argument("swanctl", help="swanctl.conf (x509/, x509ca/, private/ beside it, as swanctl reads them)")
+    sw.add_argument("-o", "--output", help="TOML file to write (default: stdout); refused keys go to stderr")
+
+    c = sub.add_parser("check-config", help="validate a configuration file (TOML or swanctl.conf) and exit")
     c.add_argument("--config", "-c", required=True)
     c.add_argument("--control-socket")
     c.add_argument("--key-log")
@@ -284,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_daemon(args)
     if args.command == "check-config":
         return _check_config(args)
+    if args.command == "import-swanctl":
+        return _cmd_import_swanctl(args)
     if args.command == "demo":
         from .demo import run_from_args
         return run_from_args(args)
