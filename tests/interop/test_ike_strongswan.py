@@ -689,6 +689,75 @@ def test_fragmentation_accept_against_a_small_charon_fragment_size(lab: ss.Lab, 
         asyncio.run(main())
 
 
+def test_swanctl_scenario_imported_establishes_with_charon_on_the_original(lab: ss.Lab, tmp_path: Path) -> None:
+    """strongSwan's testing scenario ikev2/net2net-cert (tests/data/swanctl): charon runs sun's swanctl.conf
+    unchanged; espresso plays moon from ``python -m ike import-swanctl`` of moon's swanctl.conf (x509/,
+    x509ca/, private/ beside it). The import refuses what espresso cannot express (updown, reauth_time) by path;
+    the rest establishes the gw-gw tunnel and carries pings between 10.2.0.1 and 10.1.0.1."""
+    import subprocess
+    import sys
+
+    from ike.config import load_config
+    from ike.daemon import Daemon
+
+    scenario = Path(__file__).resolve().parents[1] / "data" / "swanctl" / "ikev2-net2net-cert" / "hosts"
+    root = Path(__file__).resolve().parents[2]
+
+    async def main() -> None:
+        moon, sun = lab.pair(inner_a="10.1.0.1", inner_b="10.2.0.1", outer_net="192.168.0.0/24")
+        assert (moon.outer, sun.outer) == ("192.168.0.1", "192.168.0.2")
+        pki = ss.LabPki("ecdsa", name="strongSwan Root CA")
+        ch = lab.charon(sun, "sun", log_levels={"ike": 2, "cfg": 2})
+        ch.add_ca(pki.ca)
+        sun_cred = pki.issue("sunCert", "sun.strongswan.org")
+        (ch.swanctl_dir / "x509" / "sunCert.pem").write_bytes(sun_cred.cert_pem())
+        sun_cred.write_key(ch.swanctl_dir / "private" / "sunKey.pem")
+        ch.swanctl_conf = (scenario / "sun" / "swanctl.conf").read_text()
+        ch.start()
+
+        swanctl = tmp_path / "moon" / "swanctl"
+        for sub in ("x509", "x509ca", "private"):
+            (swanctl / sub).mkdir(parents=True)
+        moon_cred = pki.issue("moonCert", "moon.strongswan.org")
+        (swanctl / "x509" / "moonCert.pem").write_bytes(moon_cred.cert_pem())
+        moon_cred.write_key(swanctl / "private" / "moonKey.pem")
+        (swanctl / "x509ca" / "strongswanCert.pem").write_bytes(pki.ca.cert_pem())
+        (swanctl / "swanctl.conf").write_text((scenario / "moon" / "swanctl.conf").read_text())
+        out = tmp_path / "moon" / "ike.toml"
+        r = subprocess.run([sys.executable, "-m", "ike", "import-swanctl", str(swanctl / "swanctl.conf"), "-o",
+                            str(out)], cwd=root, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and r.stderr.splitlines() == [
+            "connections.gw-gw.reauth_time: not supported",
+            "connections.gw-gw.children.net-net.updown: not supported"], r.stderr
+
+        cfg = load_config(out, overrides={"control_socket": str(tmp_path / "moon" / "ike.sock")})
+        holder: list[Daemon] = []
+
+        def packets(pkts: list[bytes], child: Any) -> None:
+            replies = [x for x in (echo_reply(p) for p in pkts) if x is not None]
+            if replies:
+                holder[0].send(replies)
+
+        daemon = Daemon(cfg, on_packets=packets)
+        holder.append(daemon)
+        sockets = ss.netns_sockets(moon.netns, [(moon.outer, 500), (moon.outer, 4500)])
+        await daemon.start(sockets=sockets, control=False)
+        try:
+            result = await daemon.initiate_and_wait("gw-gw", timeout=TIMEOUT)
+            assert result["state"] == "ESTABLISHED" and result["child"] == "net-net", result
+            sas = ss.ike_sas(ch.list_sas())
+            assert sas["gw-gw"]["state"] == "ESTABLISHED", ch.tail()
+            assert sas["gw-gw"]["remote-id"] == "moon.strongswan.org"
+            (child,) = [c for c in daemon.children.values() if c.state == "INSTALLED"]
+            assert child.event.suite == "aes128gcm16" and [str(t) for t in child.event.local_ts] == ["10.1.0.0/16"]
+            pinged = await asyncio.to_thread(ss.ping, sun, "10.1.0.1")
+            assert " 0% packet loss" in pinged.stdout, pinged.stdout + ch.tail()
+        finally:
+            await daemon.stop(delete=False)
+
+    asyncio.run(main())
+
+
 def test_second_proposal_chosen(lab: ss.Lab, tmp_path: Path) -> None:
     """espresso offers two IKE and two ESP proposals; charon accepts only the second of each and answers with
     that proposal's number (RFC 7296 3.3.1): espresso must take it."""
