@@ -124,7 +124,7 @@ class Daemon:
                              call_later=self._call_later, on_packets=on_packets, replay_window=replay_window,
                              backend=backend)
         self.endpoint = IkeEndpoint(self.core, on_event=self._on_event, on_esp=self.kernel.on_esp,
-                                    plain_ports={500}, esp_spi_known=self.kernel.esp_spi_known)
+                                    plain_ports=config.core.plain_ports, esp_spi_known=self.kernel.esp_spi_known)
         self.ike_sas: dict[int, IkeSaRecord] = {}
         self.events: list[IkeEvent] = []  # recent events, bounded (for tests and `list-sas --events`)
         #: every event ever, by class name: the exchanges' outcomes (metrics read it, ike.metrics)

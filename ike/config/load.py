@@ -179,6 +179,7 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
         remote_port=sec.get("remote_port", _port, 500),
         local_port=sec.get("local_port", _port, port),
         local_nat_port=sec.get("local_nat_port", _port, nat_port),
+        remote_nat_port=sec.get("remote_nat_port", _port),
         ike_proposals=_proposals(sec, "ike_proposals", ProtocolId.IKE, defaults["ike_proposals"].default),
         auth=auth,
         remote_auth=remote_auth,
@@ -335,6 +336,7 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
         retransmit_timeout=daemon.get("retransmit_timeout", parse_duration, core_defaults["retransmit_timeout"].default),
         retransmit_tries=daemon.get("retransmit_tries", _int_range(0, 100), core_defaults["retransmit_tries"].default),
         key_log=bool(key_log),
+        plain_ports=frozenset({port, *(p.local_port for p in peers)}),
     )
     daemon.finish()
     root.used.update(("daemon", "pki", "gateway", "metrics"))

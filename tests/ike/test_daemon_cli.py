@@ -49,6 +49,7 @@ control_socket = "{sock}"
 local_addr = "127.0.0.1"
 remote_addr = "127.0.0.1"
 remote_port = {remote}
+remote_nat_port = {remote_nat}
 auth = "psk"
 psk = "a long enough lab secret"
 local_id = "{me}.test"
@@ -62,10 +63,16 @@ esp_proposals = "aes128gcm16"
 """
 
 
+def _conf(**kw: object) -> str:
+    """CONF with the peer's NAT-T port: the other daemon's nat_port (the IKE_SA floats there; encap = true)."""
+    kw.setdefault("remote_nat", int(kw["remote"]) + 1)  # type: ignore[call-overload]
+    return CONF.format(**kw)
+
+
 def test_check_config(tmp_path: Path) -> None:
     port, nat = _free_ports(2)
     good = tmp_path / "good.toml"
-    good.write_text(CONF.format(port=port, nat=nat, sock=tmp_path / "s", peer="b", remote=port + 1, me="a",
+    good.write_text(_conf(port=port, nat=nat, sock=tmp_path / "s", peer="b", remote=port + 1, me="a",
                                 local="10.1.0.0/24", remote_ts="10.2.0.0/24"))
     r = _ike("check-config", "--config", str(good))
     assert r.returncode == 0 and "OK; peers: b (1 children)" in r.stdout, r.stderr
@@ -83,7 +90,7 @@ def test_key_log_path_that_is_a_file_is_a_one_line_error(tmp_path: Path) -> None
     """QA: `daemon --key-log <existing file>` crashed with a FileExistsError traceback; check-config missed it."""
     port, nat = _free_ports(2)
     conf = tmp_path / "a.toml"
-    conf.write_text(CONF.format(port=port, nat=nat, sock=tmp_path / "s", peer="b", remote=port + 1, me="a",
+    conf.write_text(_conf(port=port, nat=nat, sock=tmp_path / "s", peer="b", remote=port + 1, me="a",
                                 local="10.1.0.0/24", remote_ts="10.2.0.0/24"))
     afile = tmp_path / "keys.txt"
     afile.write_text("not a directory\n")
@@ -112,7 +119,7 @@ def test_second_daemon_on_the_same_ports_fails_port_in_use(tmp_path: Path) -> No
     confs = []
     for n in ("one", "two"):
         c = tmp_path / f"{n}.toml"
-        c.write_text(CONF.format(port=port, nat=nat, sock=tmp_path / f"{n}.sock", peer="b", remote=port + 1,
+        c.write_text(_conf(port=port, nat=nat, sock=tmp_path / f"{n}.sock", peer="b", remote=port + 1,
                                  me="a", local="10.1.0.0/24", remote_ts="10.2.0.0/24"))
         confs.append(c)
     notify = NotifySocket()
@@ -128,7 +135,7 @@ def test_second_daemon_on_the_same_ports_fails_port_in_use(tmp_path: Path) -> No
         assert "Traceback" not in r.stderr and not (tmp_path / "two.sock").exists()
         # the NAT-T port alone is refused too
         nat_only = tmp_path / "three.toml"
-        nat_only.write_text(CONF.format(port=_free_ports(1)[0], nat=nat, sock=tmp_path / "three.sock", peer="b",
+        nat_only.write_text(_conf(port=_free_ports(1)[0], nat=nat, sock=tmp_path / "three.sock", peer="b",
                                         remote=port + 1, me="a", local="10.1.0.0/24", remote_ts="10.2.0.0/24"))
         r = _ike("daemon", "--config", str(nat_only))
         assert r.returncode == 1 and f"UDP 127.0.0.1[{nat}]: port in use" in r.stderr, r.stderr
@@ -160,8 +167,8 @@ def test_two_daemon_processes(tmp_path: Path) -> None:
     for me, peer, port, nat, remote, local, rts in (("a", "b", pa, na, pb, "10.1.0.0/24", "10.2.0.0/24"),
                                                      ("b", "a", pb, nb, pa, "10.2.0.0/24", "10.1.0.0/24")):
         confs[me] = tmp_path / f"{me}.toml"
-        confs[me].write_text(CONF.format(port=port, nat=nat, sock=socks[me], peer=peer, remote=remote, me=me,
-                                         local=local, remote_ts=rts))
+        confs[me].write_text(_conf(port=port, nat=nat, sock=socks[me], peer=peer, remote=remote, me=me,
+                                   remote_nat=nb if me == "a" else na, local=local, remote_ts=rts))
     ready = {n: tmp_path / f"{n}.ready" for n in confs}
     procs = {n: subprocess.Popen([sys.executable, "-m", "ike", "daemon", "--config", str(c), "--ready-file",
                                   str(ready[n])], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -203,6 +210,8 @@ def test_two_daemon_processes(tmp_path: Path) -> None:
         assert "    local  10.2.0.0/24" in r.stdout and "    remote 10.1.0.0/24" in r.stdout
         raw = json.loads(_ike("list-sas", "--raw", "--socket", str(socks["a"])).stdout)
         (sa,) = raw["ike_sas"]
+        # encap = true floated the IKE_SA from the IKE ports to the configured, non-default NAT-T ports
+        assert (sa["local_port"], sa["remote_port"]) == (na, nb), sa
         old_spi = sa["child_sas"][0]["spi_in"]
 
         r = _ike("rekey", "--child", "net", "--socket", str(socks["a"]))
@@ -283,7 +292,7 @@ def test_ready_file_that_cannot_be_written_is_a_one_line_error(tmp_path: Path) -
     """A supervisor waiting for a ready file that never comes would wait forever: the daemon refuses to run."""
     port, nat = _free_ports(2)
     conf = tmp_path / "a.toml"
-    conf.write_text(CONF.format(port=port, nat=nat, sock=tmp_path / "a.sock", peer="b", remote=port + 1, me="a",
+    conf.write_text(_conf(port=port, nat=nat, sock=tmp_path / "a.sock", peer="b", remote=port + 1, me="a",
                                 local="10.1.0.0/24", remote_ts="10.2.0.0/24"))
     r = _ike("daemon", "--config", str(conf), "--ready-file", str(tmp_path / "missing" / "ready.json"))
     assert r.returncode == 1, r.stderr
