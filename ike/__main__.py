@@ -4,17 +4,21 @@
 
     python -m ike daemon --config /etc/espresso/ike.toml      # foreground; SIGTERM/SIGINT: DELETE all, exit
     python -m ike check-config --config /etc/espresso/ike.toml
+    python -m ike check-config --config /etc/swanctl/swanctl.conf   # what an import would keep and refuse
+    python -m ike import-swanctl /etc/swanctl/swanctl.conf -o /etc/espresso/ike.toml
     python -m ike initiate --ike branch [--child lan] [--timeout 10]
     python -m ike list-sas [--ike branch] [--raw]
     python -m ike list-conns
     python -m ike rekey --child lan | --ike branch
     python -m ike terminate --ike branch | --child lan
     python -m ike stats
+    python -m ike status                                      # ready? listening where, since when
     python -m ike demo                                        # the end-to-end demonstration, no root needed
 
 The control commands talk to the daemon over its unix socket (``--socket``, else ``$ESPRESSO_IKE_SOCKET``, else
 the default ``/run/espresso/ike.sock``). This is the only module of the package that reads argv or the
-environment.
+environment (``$NOTIFY_SOCKET``: under systemd ``Type=notify`` the daemon sends READY=1 once its configuration
+is loaded and its sockets are bound; ``--ready-file PATH`` writes the status there at the same moment).
 """
 from __future__ import annotations
 
@@ -113,6 +117,12 @@ def _client(args: argparse.Namespace) -> int:
         print(format_conns(reply["conns"]))
     elif args.command == "stats":
         print(json.dumps(reply["stats"], indent=2))
+    elif args.command == "status":
+        st = reply["status"]
+        print(f"{'ready' if st['ready'] else 'not ready'}, pid {st['pid']}, up {st['uptime']:g}s, "
+              f"{st['ike_sas']} IKE_SAs, {st['child_sas']} CHILD_SAs")
+        print("  listening " + ", ".join(f"{h}[{p}]" for h, p in st["listening"]))
+        print(f"  control {st['control_socket']}" + (f", config {st['config']}" if st["config"] else ""))
     elif args.command == "initiate":
         child = f", CHILD_SA {reply['child']} {reply['spi_in']}_i {reply['spi_out']}_o" if "child" in reply else ""
         print(f"initiate completed successfully: IKE_SA {args.ike}[{reply['ike_id']}] {reply['state']}{child}")
@@ -140,12 +150,70 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
-def _check_config(args: argparse.Namespace) -> int:
+def _is_swanctl(path: str) -> bool:
+    """swanctl.conf and its includes are strongSwan settings files; the daemon's own are TOML."""
+    return not path.endswith(".toml") and (path.endswith(".conf") or os.path.basename(path) == "swanctl.conf")
+
+
+def _import_swanctl(path: str, out: str | None) -> tuple[Any, str]:
+    """(SwanctlImport, TOML text); ConfigError for a file that is not swanctl syntax."""
+    from .config.swanctl import dump_toml, import_swanctl
+
+    out_dir = os.path.dirname(os.path.abspath(out)) if out else os.getcwd()
+    imp = import_swanctl(path, out_dir=out_dir)
+    header = f"imported from {os.path.abspath(path)} by python -m ike import-swanctl"
+    if imp.refused:
+        header += "\nnot imported (espresso cannot express these):\n" + "\n".join(f"  {r}" for r in imp.refused)
+    return imp, dump_toml(imp.config, header)
+
+
+def _cmd_import_swanctl(args: argparse.Namespace) -> int:
     try:
-        cfg = load_config(args.config, overrides=_overrides(args))
+        imp, text = _import_swanctl(args.swanctl, args.output)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for r in imp.refused:
+        print(f"{r}", file=sys.stderr)
+    if args.output:
+        with open(args.output, "w") as f:  # no secrets beyond what swanctl.conf held; same care: 0600
+            os.fchmod(f.fileno(), 0o600)
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 1 if imp.refused else 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    if _is_swanctl(args.config):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:  # validated as the daemon would load the import
+            path = os.path.join(tmp, "imported.toml")
+            try:
+                imp, text = _import_swanctl(args.config, path)
+            except ConfigError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            for r in imp.refused:
+                print(f"error: {r}", file=sys.stderr)
+            try:
+                with open(path, "w") as f:
+                    f.write(text)
+                cfg = load_config(path, overrides=_overrides(args))
+            except ConfigError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+        if imp.refused:
+            print(f"{args.config}: {len(imp.refused)} key(s) espresso cannot express; the rest is valid",
+                  file=sys.stderr)
+            return 2
+    else:
+        try:
+            cfg = load_config(args.config, overrides=_overrides(args))
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     peers = ", ".join(f"{p.name} ({len(p.children)} children)" for p in cfg.core.peers)
     metrics = ""
     if cfg.metrics_listen is not None:
@@ -169,10 +237,13 @@ def _run_daemon(args: argparse.Namespace) -> int:
         return 2
     from .daemon import Daemon, make_gateway
     from .keylog import KeyLogError
+    from .ready import Readiness
+
+    readiness = Readiness(notify_socket=os.environ.get("NOTIFY_SOCKET"), ready_file=args.ready_file)
 
     async def serve() -> int:
         try:
-            daemon = Daemon(cfg, gateway=make_gateway(cfg))
+            daemon = Daemon(cfg, gateway=make_gateway(cfg), readiness=readiness)
         except KeyLogError as exc:  # checked at load time already; the directory may have changed since
             print(f"error: cannot start: {exc}", file=sys.stderr)
             return 1
@@ -182,8 +253,10 @@ def _run_daemon(args: argparse.Namespace) -> int:
                 from .metrics import serve_daemon_metrics
                 metrics = serve_daemon_metrics(daemon, cfg.metrics_listen)
             await daemon.start(initiate=args.initiate or ())
-        except Exception as exc:  # bind refused, no TUN, no privilege: say so and leave
+        except Exception as exc:  # bind refused, no TUN, no privilege, ready file unwritable: say so and leave
             why = exc.strerror if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE else exc
+            readiness.stopping()
+            await daemon.control.close()
             print(f"error: cannot start: {why}", file=sys.stderr)
             daemon.endpoint.close()
             if daemon.gateway is not None:
@@ -225,10 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--control-socket", help="override daemon.control_socket")
     d.add_argument("--key-log", help="write Wireshark key tables to this directory (secrets!)")
     d.add_argument("--initiate", action="append", metavar="PEER", help="initiate this peer at start (repeatable)")
+    d.add_argument("--ready-file", metavar="PATH",
+                   help="write the daemon's status (JSON) here once it is ready; removed on exit")
     d.add_argument("-v", "--verbose", action="count", default=1)
     d.add_argument("-q", "--quiet", action="store_const", const=0, dest="verbose")
 
-    c = sub.add_parser("check-config", help="validate a configuration file and exit")
+    sw = sub.add_parser("import-swanctl", help="write the espresso TOML for a strongSwan swanctl.conf")
+    sw.add_argument("swanctl", help="swanctl.conf (x509/, x509ca/, private/ beside it, as swanctl reads them)")
+    sw.add_argument("-o", "--output", help="TOML file to write (default: stdout); refused keys go to stderr")
+
+    c = sub.add_parser("check-config", help="validate a configuration file (TOML or swanctl.conf) and exit")
     c.add_argument("--config", "-c", required=True)
     c.add_argument("--control-socket")
     c.add_argument("--key-log")
@@ -254,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ike", "-i")
     t.add_argument("--timeout", "-t", type=float, default=5.0)
     client("stats", "adapter, core and data plane counters")
+    client("status", "whether the daemon is ready, where it listens, how many SAs it holds")
 
     pcap = sub.add_parser("pcap", help="IKEv2 in captures: show exchanges as charon logs them, decrypt a session")
     from .capture import add_arguments as pcap_arguments
@@ -275,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "pcap":
         from .capture import run_from_args as run_pcap
         return run_pcap(args)
+    if args.command == "import-swanctl":
+        return _cmd_import_swanctl(args)
     if args.command == "demo":
         from .demo import run_from_args
         return run_from_args(args)

@@ -336,6 +336,7 @@ store = "{store}"
 local_addr = "127.0.0.1"
 remote_addr = "127.0.0.1"
 remote_port = {remote_port}
+remote_nat_port = {remote_nat_port}
 certificate = "{name}"
 ca_profiles = ["demo-ca"]
 remote_id = "{peer}.demo"
@@ -391,7 +392,8 @@ async def _start_loopback(work: Path, args: argparse.Namespace, stores: dict[str
     ports = {n: (s[0].getsockname()[1], s[1].getsockname()[1]) for n, s in socks.items()}
     for name, peer in (("gw-a", "gw-b"), ("gw-b", "gw-a")):
         text = _TOML.format(port=ports[name][0], nat_port=ports[name][1], sock=work / name / "ike.sock",
-                            store=stores[name], peer=peer, remote_port=ports[peer][0], name=name,
+                            store=stores[name], peer=peer, remote_port=ports[peer][0],
+                            remote_nat_port=ports[peer][1], name=name,
                             ike=args.ike_proposal, esp=args.esp_proposal, local=NETS[name][0],
                             remote=NETS[peer][0])
         (work / name / "ike.toml").write_text(text)

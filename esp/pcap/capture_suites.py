@@ -21,14 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from esp.pcap.soft_suite import SoftSuite
 from esp.suites import SUITES, Cipher, Integ, Suite, parse_suite
 
 __all__ = ["SoftSuite", "CaptureSuite", "parse_capture_suite", "wireshark_row", "wireshark_names",
            "WIRESHARK_ENCRYPTION", "WIRESHARK_AUTHENTICATION", "check_available"]
-
-
-class RowUnavailable(NotImplementedError):
-    """A Wireshark row this machine cannot compute (the message says why)."""
 
 
 # -- Wireshark's spelling (packet-ipsec.c's esp_encryption_type_vals / esp_authentication_type_vals, 4.0) -------
@@ -112,36 +109,6 @@ _ENC_ALIASES = {"aes128cbc": "aes128", "aes192cbc": "aes192", "aes256cbc": "aes2
 _CORE_INTEG = {"none": Integ.NONE, "sha1": Integ.HMAC_SHA1_96, "sha256": Integ.HMAC_SHA256_128,
                "sha384": Integ.HMAC_SHA384_192, "sha512": Integ.HMAC_SHA512_256}
 _CORE_CIPHER = {"null": (Cipher.NULL, 11), "aes-cbc": (Cipher.AES_CBC, 12), "aes-ctr": (Cipher.AES_CTR, 13)}
-
-
-@dataclass(frozen=True)
-class SoftSuite:
-    """A Wireshark row the compiled core has no suite for: computed per packet by :mod:`esp.pcap.soft`.
-
-    Quacks like :class:`esp.suites.Suite` where the key files and summaries look (name, lengths)."""
-
-    name: str
-    enc: str
-    key_len: int
-    salt_len: int
-    iv_len: int
-    align: int
-    auth: str
-    icv_len: int
-    auth_key_len: int | None
-
-    aead = False
-
-    @property
-    def enc_keymat_len(self) -> int:
-        return self.key_len + self.salt_len
-
-    @property
-    def integ_key_len(self) -> int:
-        return self.auth_key_len or 0
-
-    def __str__(self) -> str:
-        return self.name
 
 
 CaptureSuite = Suite | SoftSuite

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from esp.batch import PacketBatch, Verdict
-from esp.pcap.capture_suites import RowUnavailable, SoftSuite
+from esp.pcap.soft_suite import RowUnavailable, SoftSuite
 
 __all__ = ["SoftSa", "check_available"]
 

@@ -11,7 +11,7 @@ Example (the keys are swanctl's where they exist)::
 
     [daemon]
     addresses = ["192.0.2.1"]          # where to bind; default all IPv4 addresses
-    port = 500                          # IKE; ESP-in-UDP and floated IKE use nat_port
+    port = 500                          # IKE without the non-ESP marker (charon's port)
     nat_port = 4500
     control_socket = "/run/espresso/ike.sock"
     key_log = "/var/lib/espresso/wireshark"   # off unless set: Wireshark ikev2_decryption_table + esp_sa
@@ -47,6 +47,8 @@ Example (the keys are swanctl's where they exist)::
     [peers.branch]
     local_addr = "192.0.2.1"
     remote_addr = "198.51.100.7"        # or "%any" (responder only)
+    # remote_port = 500                 # the peer's IKE port; remote_nat_port: where the IKE_SA floats
+    # remote_nat_port = 4500            # (default 4500 after port 500, else remote_port: swanctl's rule)
     local_id = "gw1.example.net"        # default: the certificate's first subjectAltName
     remote_id = "branch.example.net"    # default: any identity the peer's certificate proves
     certificate = "gw1"
@@ -58,6 +60,8 @@ Example (the keys are swanctl's where they exist)::
     ike_proposals = ["aes128gcm16-prfsha256-ecp256", "aes256-sha256-modp2048"]
     rekey_time = "4h"
     start_action = "start"              # initiate at start, and again whenever the IKE_SA is lost
+    fragmentation = "yes"               # RFC 7383: "yes", "accept" (announce, send whole) or "no" (swanctl's)
+    fragment_size = 1280                # largest IP datagram of a fragment (IP+UDP+marker+IKE), charon's meaning
 
     [peers.branch.children.lan]
     local_ts = ["10.1.0.0/16"]

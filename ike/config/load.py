@@ -85,6 +85,16 @@ def _psk(v: Any) -> bytes:
     return s.encode()
 
 
+def _fragmentation(v: Any) -> str:
+    """swanctl's ``fragmentation``: yes, accept, no (and force, which strongSwan only honours for IKEv1: yes);
+    true/false as before."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if v not in ("yes", "accept", "no", "force"):
+        raise ValueError(f"expected yes, accept or no (or true/false), got {v!r}")
+    return "yes" if v == "force" else str(v)
+
+
 def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerConfig, str | None]:
     start = sec.get("start_action", _choice("none", "start"), "none")
     if start == "start" and sec.raw("remote_addr") in (None, "%any", "%any4", "%any6"):
@@ -181,6 +191,7 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
         remote_port=sec.get("remote_port", _port, 500),
         local_port=sec.get("local_port", _port, port),
         local_nat_port=sec.get("local_nat_port", _port, nat_port),
+        remote_nat_port=sec.get("remote_nat_port", _port),
         ike_proposals=_proposals(sec, "ike_proposals", ProtocolId.IKE, defaults["ike_proposals"].default),
         auth=auth,
         remote_auth=remote_auth,
@@ -199,7 +210,7 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
         rsa_pss=sec.get("rsa_pss", _bool, False),
         auth_constraints=auth_c if auth_c.constrains else None,
         remote_auth_constraints=remote_c if remote_c.constrains else None,
-        fragmentation=sec.get("fragmentation", _bool, True),
+        fragmentation=sec.get("fragmentation", _fragmentation, "yes"),
         fragment_size=sec.get("fragment_size", _int_range(576, 65535), 1280),
         encap=sec.get("encap", _bool, False),
     )
@@ -340,6 +351,7 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
         retransmit_timeout=daemon.get("retransmit_timeout", parse_duration, core_defaults["retransmit_timeout"].default),
         retransmit_tries=daemon.get("retransmit_tries", _int_range(0, 100), core_defaults["retransmit_tries"].default),
         key_log=bool(key_log),
+        plain_ports=frozenset({port, *(p.local_port for p in peers)}),
     )
     daemon.finish()
     root.used.update(("daemon", "pki", "gateway", "metrics"))

@@ -48,7 +48,7 @@ class IkeInit(Task):
         return factory(group) if factory else create_dh(group, self.sa.random)
 
     def _common(self, msg: Message) -> None:
-        if self.sa.peer.fragmentation:
+        if self.sa.peer.fragmentation != "no":  # "accept" announces too: the peer may fragment
             msg.add(NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
         if self.sa.peer.signature_auth:
             msg.add(NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS,

@@ -8,7 +8,7 @@ import pytest
 
 IKE = Path(__file__).resolve().parents[2] / "ike"
 #: modules allowed to do I/O or import esp (the daemon side, owned by the adapter)
-EDGE = {"capture.py", "daemon.py", "demo.py", "aio.py", "__main__.py", "config.py", "keylog.py", "control.py", "gateway.py",
+EDGE = {"capture.py", "daemon.py", "kernel.py", "ready.py", "demo.py", "aio.py", "__main__.py", "config.py", "keylog.py", "control.py", "gateway.py",
         "metrics.py"}
 #: packages on the daemon side as a whole (the configuration loader reads files)
 EDGE_PACKAGES = {"config"}

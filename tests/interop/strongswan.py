@@ -283,6 +283,8 @@ class Charon:
         self.plugins = plugins  # e.g. PLUGINS + " curl" to fetch CRLs from distribution points
         self.proc: subprocess.Popen[bytes] | None = None
         self.connections: list[Connection] = []
+        #: a swanctl.conf used as it is (e.g. a scenario of strongSwan's testing layout) instead of connections
+        self.swanctl_conf: str | None = None
         self.swanctl_dir = workdir / "swanctl"
         for sub in ("x509", "x509ca", "private", "rsa", "ecdsa", "pkcs8", "conf.d"):
             (self.swanctl_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -352,6 +354,9 @@ swanctl {{
   socket = unix://{self.vici_path}
 }}
 """)
+        if self.swanctl_conf is not None:
+            (self.swanctl_dir / "swanctl.conf").write_text(self.swanctl_conf)
+            return
         body = "\n".join(c.render() for c in self.connections)
         (self.swanctl_dir / "swanctl.conf").write_text(f"connections {{\n{body}\n}}\n")
 

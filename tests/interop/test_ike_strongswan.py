@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.interop import strongswan as ss
-from tests.support import require, require_root, require_tool
+from tests.support import NotifySocket, require, require_root, require_tool
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -404,20 +404,17 @@ def test_daemon_command_with_tun_gateway(lab: ss.Lab, tmp_path: Path) -> None:
     conf = work / "ike.toml"
     conf.write_text(GATEWAY_CONF.format(local=site_e.outer, remote=site_s.outer, sock=sock, tun=ss.unique("esp"),
                                         e_inner=E_INNER, s_inner=S_INNER))
+    notify = NotifySocket()  # systemd's protocol: READY=1 once configured and bound, no polling
     proc = subprocess.Popen(["ip", "netns", "exec", site_e.netns.name, sys.executable, "-m", "ike", "daemon",
                              "--config", str(conf)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, env=notify.env())
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "ike", *args, "--socket", str(sock)], cwd=root,
                               capture_output=True, text=True, timeout=30)
 
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not sock.exists():
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "the daemon did not open its control socket"
-            time.sleep(0.05)
+        notify.wait_ready(proc, TIMEOUT)
         r = cli("initiate", "--ike", "s", "--timeout", "10")
         if r.returncode != 0:
             proc.kill()
@@ -440,6 +437,7 @@ def test_daemon_command_with_tun_gateway(lab: ss.Lab, tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
+        notify.close()
 
 
 STORE_CONF = """
@@ -726,6 +724,116 @@ def test_fragmented_ike_auth_both_ways(lab: ss.Lab, tmp_path: Path) -> None:
         ours = collections.Counter(re.findall("parsed " + line, shown.stdout))
         charon_says = collections.Counter(re.findall("(?:parsed|generating) " + line, ch.log()))
         assert ours == charon_says and any("EF(" in k for k in ours), (shown.stdout, ch.log())
+
+    asyncio.run(main())
+
+
+def test_fragmentation_accept_against_a_small_charon_fragment_size(lab: ss.Lab, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """charon with ``fragment_size = 576`` (its IP datagram limit) and espresso with ``fragmentation = "accept"``:
+    espresso announces RFC 7383, so charon splits its IKE_AUTH into datagrams of at most 576 bytes, which espresso
+    reassembles (and says so at debug level, -vv); espresso's own IKE_AUTH goes whole, as strongSwan's "accept"
+    means, and charon (which accepts fragments or not) takes it."""
+    import logging
+
+    async def main() -> None:
+        site_e, site_s = lab.pair(inner_a=E_INNER, inner_b=S_INNER)
+        pki = ss.LabPki("rsa4096")
+        ike, esp = "aes256-sha256-modp2048", "aes256-sha256"
+        ch = lab.charon(site_s, "charon", log_levels={"ike": 2, "enc": 2, "net": 2}, settings="fragment_size = 576")
+        ch.add_ca(pki.ca)
+        cert = ch.add_credential(pki.issue("s", "s.test"))
+        ch.connections.append(ss.Connection(
+            "gw", site_s.outer, site_e.outer, "s.test", "e.test", cert,
+            [ss.Child("net", f"{S_INNER}/32", f"{E_INNER}/32", esp_proposals=esp)], proposals=ike,
+            extra="fragmentation = yes"))
+        ch.start()
+        conf = CONF.replace('ike_proposals = ["{ike}"]',
+                            'ike_proposals = ["{ike}"]\nfragmentation = "accept"\nfragment_size = 576')
+        e = Espresso(lab, site_e, site_s, pki, ike, esp, tmp_path / "espresso", conf=conf)
+        await e.start()
+        try:
+            r = await e.daemon.initiate_and_wait("s", timeout=TIMEOUT)
+            assert r["state"] == "ESTABLISHED", r
+            await _wait(lambda: e.installed() and _charon_child(ch), "both CHILD_SAs", ch)
+            log = ch.log()
+            assert "splitting IKE message" in log, ch.tail()  # charon fragmented towards us
+            assert "reassembled fragmented IKE message" not in log, ch.tail()  # we sent ours whole
+            assert "reassembled IKE_AUTH response 1 from" in caplog.text
+            assert "sending IKE_AUTH request 1 [" in caplog.text and "fragmentation = accept" in caplog.text
+            assert " 0% packet loss" in await _ping(site_s)
+        finally:
+            await e.daemon.stop(delete=False)
+
+    with caplog.at_level(logging.DEBUG, logger="ike.exchange"):
+        asyncio.run(main())
+
+
+def test_swanctl_scenario_imported_establishes_with_charon_on_the_original(lab: ss.Lab, tmp_path: Path) -> None:
+    """strongSwan's testing scenario ikev2/net2net-cert (tests/data/swanctl): charon runs sun's swanctl.conf
+    unchanged; espresso plays moon from ``python -m ike import-swanctl`` of moon's swanctl.conf (x509/,
+    x509ca/, private/ beside it). The import refuses what espresso cannot express (updown, reauth_time) by path;
+    the rest establishes the gw-gw tunnel and carries pings between 10.2.0.1 and 10.1.0.1."""
+    import subprocess
+    import sys
+
+    from ike.config import load_config
+    from ike.daemon import Daemon
+
+    scenario = Path(__file__).resolve().parents[1] / "data" / "swanctl" / "ikev2-net2net-cert" / "hosts"
+    root = Path(__file__).resolve().parents[2]
+
+    async def main() -> None:
+        moon, sun = lab.pair(inner_a="10.1.0.1", inner_b="10.2.0.1", outer_net="192.168.0.0/24")
+        assert (moon.outer, sun.outer) == ("192.168.0.1", "192.168.0.2")
+        pki = ss.LabPki("ecdsa", name="strongSwan Root CA")
+        ch = lab.charon(sun, "sun", log_levels={"ike": 2, "cfg": 2})
+        ch.add_ca(pki.ca)
+        sun_cred = pki.issue("sunCert", "sun.strongswan.org")
+        (ch.swanctl_dir / "x509" / "sunCert.pem").write_bytes(sun_cred.cert_pem())
+        sun_cred.write_key(ch.swanctl_dir / "private" / "sunKey.pem")
+        ch.swanctl_conf = (scenario / "sun" / "swanctl.conf").read_text()
+        ch.start()
+
+        swanctl = tmp_path / "moon" / "swanctl"
+        for sub in ("x509", "x509ca", "private"):
+            (swanctl / sub).mkdir(parents=True)
+        moon_cred = pki.issue("moonCert", "moon.strongswan.org")
+        (swanctl / "x509" / "moonCert.pem").write_bytes(moon_cred.cert_pem())
+        moon_cred.write_key(swanctl / "private" / "moonKey.pem")
+        (swanctl / "x509ca" / "strongswanCert.pem").write_bytes(pki.ca.cert_pem())
+        (swanctl / "swanctl.conf").write_text((scenario / "moon" / "swanctl.conf").read_text())
+        out = tmp_path / "moon" / "ike.toml"
+        r = subprocess.run([sys.executable, "-m", "ike", "import-swanctl", str(swanctl / "swanctl.conf"), "-o",
+                            str(out)], cwd=root, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and r.stderr.splitlines() == [
+            "connections.gw-gw.reauth_time: not supported",
+            "connections.gw-gw.children.net-net.updown: not supported"], r.stderr
+
+        cfg = load_config(out, overrides={"control_socket": str(tmp_path / "moon" / "ike.sock")})
+        holder: list[Daemon] = []
+
+        def packets(pkts: list[bytes], child: Any) -> None:
+            replies = [x for x in (echo_reply(p) for p in pkts) if x is not None]
+            if replies:
+                holder[0].send(replies)
+
+        daemon = Daemon(cfg, on_packets=packets)
+        holder.append(daemon)
+        sockets = ss.netns_sockets(moon.netns, [(moon.outer, 500), (moon.outer, 4500)])
+        await daemon.start(sockets=sockets, control=False)
+        try:
+            result = await daemon.initiate_and_wait("gw-gw", timeout=TIMEOUT)
+            assert result["state"] == "ESTABLISHED" and result["child"] == "net-net", result
+            sas = ss.ike_sas(ch.list_sas())
+            assert sas["gw-gw"]["state"] == "ESTABLISHED", ch.tail()
+            assert sas["gw-gw"]["remote-id"] == "moon.strongswan.org"
+            (child,) = [c for c in daemon.children.values() if c.state == "INSTALLED"]
+            assert child.event.suite == "aes128gcm16" and [str(t) for t in child.event.local_ts] == ["10.1.0.0/16"]
+            pinged = await asyncio.to_thread(ss.ping, sun, "10.1.0.1")
+            assert " 0% packet loss" in pinged.stdout, pinged.stdout + ch.tail()
+        finally:
+            await daemon.stop(delete=False)
 
     asyncio.run(main())
 
