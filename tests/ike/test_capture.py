@@ -24,21 +24,14 @@ from ike.events import IkeKeysDerived
 from ike.keylog import KeyLog
 from tests.support import require_tool
 
-from .test_keylog import DST, SRC, _ike_auth_message, _ipv4, _pcap, _udp
+from .test_keylog import DST, SRC, _ike_auth_message, _ipv4, _pcap, _udp, ike_keys_event
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _session(tmp_path: Path, kind: str) -> tuple[Path, Path, IkeKeysDerived]:
-    spi_i, spi_r = int.from_bytes(os.urandom(8), "big"), int.from_bytes(os.urandom(8), "big")
-    if kind == "gcm":
-        ev = IkeKeysDerived(ike_id=1, peer="b", spi_i=spi_i, spi_r=spi_r, encr=20, encr_key_bits=128, integ=0,
-                            encr_name="aes128gcm16", integ_name="", sk_ei=os.urandom(20), sk_er=os.urandom(20),
-                            sk_ai=b"", sk_ar=b"")
-    else:
-        ev = IkeKeysDerived(ike_id=1, peer="b", spi_i=spi_i, spi_r=spi_r, encr=12, encr_key_bits=256, integ=12,
-                            encr_name="aes256", integ_name="sha256", sk_ei=os.urandom(32), sk_er=os.urandom(32),
-                            sk_ai=os.urandom(32), sk_ar=os.urandom(32))
+    ev = ike_keys_event(kind)
+    spi_i, spi_r = ev.spi_i, ev.spi_r
     keys = tmp_path / "keys"
     with KeyLog(keys) as log:
         log.record(ev)
