@@ -778,6 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(cA, keyCertSign, validity, signature or chain, revocation) and its loaded CRL")
     p.add_argument("--ca-profile", required=True, help="the CA profile it belongs to")
     p.add_argument("--filename", metavar="FILE", help="load: PEM or DER certificate(s)")
+    p.add_argument("--protocol", choices=["scep", "est"], help="enroll: scep or est (default: the profile's)")
     p.add_argument("--yes", action="store_true", help="enroll: store without asking (scripts; check the printed "
                    "fingerprint out of band)")
     p.add_argument("--at", help="verify: at this ISO 8601 instant (default: now)")
@@ -811,6 +812,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "key pair's certificate with itself; export: write it as --type pem|der|pkcs12")
     p.add_argument("--certificate-id", required=True, help=cid)
     p.add_argument("--ca-profile", help="enroll: the CA profile to enroll with")
+    p.add_argument("--protocol", choices=["scep", "est"], help="enroll: scep or est (default: the profile's); EST "
+                   "sends the challenge password as HTTP basic password")
     p.add_argument("--subject", metavar="DN", help="enroll, generate-self-signed: subject DN in RFC 4514 order "
                    "(most significant last), e.g. CN=r1,O=Example,C=US; or /C=US/O=Example/CN=r1")
     _add_challenge(p)
