@@ -155,11 +155,12 @@ def cmd_ca_certificate(args: argparse.Namespace) -> None:
         certs = store.load_ca_certificate(args.ca_profile, read_bounded(args.filename))
         verb = "loaded"
     else:
-        store.profile(args.ca_profile)  # a typo fails before anything is fetched or asked
+        protocol = args.protocol or store.profile(args.ca_profile).protocol  # a typo fails before anything
         if not args.yes and not sys.stdin.isatty():
             raise ValueError("ca-certificate enroll asks you to confirm the CA's fingerprint, but stdin is not a "
                              "terminal; check the fingerprint out of band and add --yes to store it unasked")
-        certs = store.enroll_ca_certificate(args.ca_profile, get_ca_certs=_confirming_get_ca_certs(args))
+        certs = store.enroll_ca_certificate(args.ca_profile, get_ca_certs=_confirming_get_ca_certs(args, protocol),
+                                            protocol=protocol)
         verb = "received"
     if verb == "loaded" or args.yes:
         _print_ca_fingerprints(args.ca_profile, certs, verb)
@@ -176,9 +177,12 @@ def _print_ca_fingerprints(profile: str, certs, verb: str) -> None:  # type: ign
         _print(f"               {fingerprint(c, 'sha1')} (sha1)")
 
 
-def _confirming_get_ca_certs(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """GetCACert, then (without --yes) JUNOS's question before anything is stored."""
-    from pki.scep.client import get_ca_certs
+def _confirming_get_ca_certs(args: argparse.Namespace, protocol: str):  # type: ignore[no-untyped-def]
+    """SCEP GetCACert or EST /cacerts, then (without --yes) JUNOS's question before anything is stored."""
+    if protocol == "est":
+        from pki.est.client import get_ca_certs
+    else:
+        from pki.scep.client import get_ca_certs
     from pki.store import _is_ca
 
     def get(url: str):  # type: ignore[no-untyped-def]

@@ -243,7 +243,7 @@ def test_the_espresso_router_enrolls_and_auto_re_enrolls_over_est(server, tmp_pa
         *(["--size", size] if size else []))
     cli(r, "--store", "r1", "ca-profile", "add", "corp", "--enrollment-url", f"{server.est}/.well-known/est",
         "--protocol", "est", "--retry", "2", "--retry-interval", "1")
-    out = cli(r, "--store", "r1", "ca-certificate", "enroll", "--ca-profile", "corp").stdout
+    out = cli(r, "--store", "r1", "ca-certificate", "enroll", "--ca-profile", "corp", "--yes").stdout
     ca = x509.load_pem_x509_certificate((server.dir / "ca/ca.pem").read_bytes())
     assert ":".join(f"{b:02x}" for b in ca.fingerprint(hashes.SHA256())) in out
     cli(r, "--store", "r1", "local-certificate", "enroll", "--certificate-id", "r1", "--ca-profile", "corp",
