@@ -12,6 +12,7 @@ of ``ike`` (it reads files) like the daemon.
 from __future__ import annotations
 
 import argparse
+import csv
 import ipaddress
 import os
 import struct
@@ -118,7 +119,7 @@ def parse_ike_table(text: str, source: str = IKEV2_TABLE) -> tuple[dict[tuple[in
         if not line or line.startswith("#"):
             continue
         where = f"{source}:{lineno}"
-        cols = [c.strip() for c in _split_csv(line)]
+        cols = [c.strip() for c in next(csv.reader([line], skipinitialspace=True))]
         if len(cols) != 8:
             raise CaptureKeyError(f"{where}: {len(cols)} fields, an ikev2_decryption_table row has 8")
         spi = [_hex(c, n, where) for c, n in ((cols[0], "SPIi"), (cols[1], "SPIr"))]
@@ -143,20 +144,6 @@ def parse_ike_table(text: str, source: str = IKEV2_TABLE) -> tuple[dict[tuple[in
             raise CaptureKeyError(f"{where}: {enc_name} needs {want}-byte SK_e keys")
         keys[(row.spi_i, row.spi_r)] = row
     return keys, warnings
-
-
-def _split_csv(line: str) -> list[str]:
-    out, cur, quoted = [], [], False
-    for ch in line:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            out.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    out.append("".join(cur))
-    return out
 
 
 def load_ike_keys(path: str | os.PathLike[str]) -> tuple[dict[tuple[int, int], IkeKeys], list[str]]:

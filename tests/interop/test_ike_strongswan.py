@@ -578,6 +578,17 @@ def test_key_log_decrypts_a_real_capture(lab: ss.Lab, tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def _ike_pcap(*args: str):  # type: ignore[no-untyped-def]
+    """``python -m ike pcap ARGS`` as a user runs it; asserts it succeeded."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "ike", "pcap", *args], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 def _ike_pcap_matches_tshark(pcap: Path, keys: Path, tshark: str, env: dict, tmp_path: Path, charon_log: str
                              ) -> None:
     """``python -m ike pcap show`` and tshark, given the same key log, see the same exchanges: exchange type,
@@ -585,16 +596,11 @@ def _ike_pcap_matches_tshark(pcap: Path, keys: Path, tshark: str, env: dict, tmp
     parsed or generated that message; ``pcap decrypt`` writes IKE and ESP in clear."""
     import re
     import subprocess
-    import sys
 
     from ike.constants import ExchangeType, PayloadType
     from ike.listing import CHARON_PAYLOADS
 
-    root = Path(__file__).resolve().parents[2]
-    run_env = dict(os.environ, PYTHONPATH=str(root))
-    shown = subprocess.run([sys.executable, "-m", "ike", "pcap", "show", str(pcap), "--keys", str(keys)],
-                           capture_output=True, text=True, timeout=60, env=run_env)
-    assert shown.returncode == 0, shown.stderr
+    shown = _ike_pcap("show", str(pcap), "--keys", str(keys))
     ours = []
     for m in re.finditer(r"parsed (\w+) (request|response) (\d+) \[ (.*?) \]", shown.stdout):
         names = ["N" if n.startswith("N(") else n for n in m.group(4).split()]
@@ -614,9 +620,7 @@ def _ike_pcap_matches_tshark(pcap: Path, keys: Path, tshark: str, env: dict, tmp
     assert "IDi 'e.test'" in shown.stdout and "IDr 's.test'" in shown.stdout
     assert "certificate \"" in shown.stdout and "selected proposal: IKE:AES_GCM_16" in shown.stdout
     clear = tmp_path / "clear.pcap"
-    dec = subprocess.run([sys.executable, "-m", "ike", "pcap", "decrypt", str(pcap), str(clear), "--keys", str(keys)],
-                         capture_output=True, text=True, timeout=60, env=run_env)
-    assert dec.returncode == 0, dec.stderr
+    dec = _ike_pcap("decrypt", str(pcap), str(clear), "--keys", str(keys))
     nokeys = dict(env, HOME=str(tmp_path / "nohome"), XDG_CONFIG_HOME=str(tmp_path / "nohome"))
     text = subprocess.run([tshark, "-n", "-r", str(clear), "-V"], capture_output=True, text=True, timeout=60,
                           env=nokeys).stdout
@@ -677,6 +681,20 @@ def test_refusals(lab: ss.Lab, tmp_path: Path, case: str, bad: dict, notify: str
     asyncio.run(main())
 
 
+def _fragmenting_charon(lab: ss.Lab, site_s: ss.Site, site_e: ss.Site, pki: ss.LabPki, ike: str, esp: str,
+                        **kw: Any) -> ss.Charon:
+    """charon as s.test with `fragmentation = yes`, started; ``kw`` goes to :meth:`ss.Lab.charon`."""
+    ch = lab.charon(site_s, "charon", **kw)
+    ch.add_ca(pki.ca)
+    cert = ch.add_credential(pki.issue("s", "s.test"))
+    ch.connections.append(ss.Connection(
+        "gw", site_s.outer, site_e.outer, "s.test", "e.test", cert,
+        [ss.Child("net", f"{S_INNER}/32", f"{E_INNER}/32", esp_proposals=esp)], proposals=ike,
+        extra="fragmentation = yes"))
+    ch.start()
+    return ch
+
+
 def test_fragmented_ike_auth_both_ways(lab: ss.Lab, tmp_path: Path) -> None:
     """RSA-4096 certificates and a small fragment size on espresso: espresso's IKE_AUTH goes in RFC 7383
     fragments that charon reassembles, charon's (over its 1280-byte limit) in fragments espresso reassembles."""
@@ -684,14 +702,8 @@ def test_fragmented_ike_auth_both_ways(lab: ss.Lab, tmp_path: Path) -> None:
         site_e, site_s = lab.pair(inner_a=E_INNER, inner_b=S_INNER)
         pki = ss.LabPki("rsa4096")
         ike, esp = "aes256-sha256-modp2048", "aes256-sha256"
-        ch = lab.charon(site_s, "charon", log_levels={"ike": 2, "enc": 2, "net": 2, "chd": 4})
-        ch.add_ca(pki.ca)
-        cert = ch.add_credential(pki.issue("s", "s.test"))
-        ch.connections.append(ss.Connection(
-            "gw", site_s.outer, site_e.outer, "s.test", "e.test", cert,
-            [ss.Child("net", f"{S_INNER}/32", f"{E_INNER}/32", esp_proposals=esp)], proposals=ike,
-            extra="fragmentation = yes"))
-        ch.start()
+        ch = _fragmenting_charon(lab, site_s, site_e, pki, ike, esp,
+                                 log_levels={"ike": 2, "enc": 2, "net": 2, "chd": 4})
         conf = CONF.replace('ike_proposals = ["{ike}"]', 'ike_proposals = ["{ike}"]\nfragment_size = 576')
         e = Espresso(lab, site_e, site_s, pki, ike, esp, tmp_path / "espresso", conf=conf)
         pcap = tmp_path / "link.pcap"
@@ -713,13 +725,8 @@ def test_fragmented_ike_auth_both_ways(lab: ss.Lab, tmp_path: Path) -> None:
         # every reassembled message, each once (charon logs a message it generates before its fragments)
         import collections
         import re
-        import subprocess
-        import sys
 
-        shown = subprocess.run([sys.executable, "-m", "ike", "pcap", "show", str(pcap), "--keys",
-                                str(e.workdir / "keys")], capture_output=True, text=True, timeout=60,
-                               env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
-        assert shown.returncode == 0, shown.stderr
+        shown = _ike_pcap("show", str(pcap), "--keys", str(e.workdir / "keys"))
         line = r"(\w+ (?:request|response) \d+ \[ .*? \])"
         ours = collections.Counter(re.findall("parsed " + line, shown.stdout))
         charon_says = collections.Counter(re.findall("(?:parsed|generating) " + line, ch.log()))
@@ -740,14 +747,8 @@ def test_fragmentation_accept_against_a_small_charon_fragment_size(lab: ss.Lab, 
         site_e, site_s = lab.pair(inner_a=E_INNER, inner_b=S_INNER)
         pki = ss.LabPki("rsa4096")
         ike, esp = "aes256-sha256-modp2048", "aes256-sha256"
-        ch = lab.charon(site_s, "charon", log_levels={"ike": 2, "enc": 2, "net": 2}, settings="fragment_size = 576")
-        ch.add_ca(pki.ca)
-        cert = ch.add_credential(pki.issue("s", "s.test"))
-        ch.connections.append(ss.Connection(
-            "gw", site_s.outer, site_e.outer, "s.test", "e.test", cert,
-            [ss.Child("net", f"{S_INNER}/32", f"{E_INNER}/32", esp_proposals=esp)], proposals=ike,
-            extra="fragmentation = yes"))
-        ch.start()
+        ch = _fragmenting_charon(lab, site_s, site_e, pki, ike, esp, log_levels={"ike": 2, "enc": 2, "net": 2},
+                                 settings="fragment_size = 576")
         conf = CONF.replace('ike_proposals = ["{ike}"]',
                             'ike_proposals = ["{ike}"]\nfragmentation = "accept"\nfragment_size = 576')
         e = Espresso(lab, site_e, site_s, pki, ike, esp, tmp_path / "espresso", conf=conf)
