@@ -66,3 +66,63 @@ def test_nothing_raises_out_of_the_session(state, blob, cut, splice, which):
     s.receive_datagram(blob, 1.0)
     s.handle_timer(100.0)
     assert s.state in (state, "mm4", "mm6", "qm2", "failed")
+
+
+RCFG = V1Config("v1", b"secret", "s.test", "e.test", "10.0.2.0/24", "10.0.1.0/24", ("127.0.0.2", 500),
+                ("127.0.0.1", 500), group=14, pfs_group=14)
+
+
+def _rng(seed: int):
+    """A reproducible random source, so a fresh responder replays a recorded transcript into the same state."""
+    import random
+    return random.Random(seed).randbytes
+
+
+def _pair_transcript() -> list[bytes]:
+    """The initiator's datagrams of one in-memory exchange (MM1, MM3, MM5, QM1, QM3), replayable into a fresh
+    responder built with ``_rng(2)``."""
+    from ike.v1.responder import V1Responder
+    i = V1Session(CFG, _rng(1))
+    i.initiate(0.0)
+    (mm1,) = i.datagrams_to_send()
+    r = V1Responder(RCFG, _rng(2), mm1, 0.0)
+    out = [mm1]
+    for _ in range(4):
+        for d in r.datagrams_to_send():
+            i.receive_datagram(d, 0.0)
+        for d in i.datagrams_to_send():
+            out.append(d)
+            r.receive_datagram(d, 0.0)
+    assert i.state == r.state == "established" and len(out) == 5
+    return out
+
+
+TRANSCRIPT = _pair_transcript()
+
+
+def test_transcript_replays_into_a_fresh_responder():
+    from ike.v1.responder import V1Responder
+    r = V1Responder(RCFG, _rng(2), TRANSCRIPT[0], 0.0)
+    for d in TRANSCRIPT[1:]:
+        r.receive_datagram(d, 0.0)
+    assert r.state == "established" and r.dropped == 0
+
+
+@settings(max_examples=_budget(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, len(TRANSCRIPT)), st.integers(0, 600), st.binary(min_size=1, max_size=6),
+       st.binary(max_size=200))
+def test_nothing_raises_out_of_the_responder_in_any_state(upto, cut, splice, blob):
+    """Replay the transcript up to a message into a fresh responder (reaching that state), then mutate it."""
+    from ike.errors import ParseError
+    from ike.v1.responder import V1Responder
+    base = TRANSCRIPT[upto - 1]
+    mutated = base[:cut] + splice + base[cut + len(splice):]
+    try:
+        r = V1Responder(RCFG, _rng(2), mutated if upto == 1 else TRANSCRIPT[0], 0.0)
+    except ParseError:
+        return  # refused before any state exists: what a dispatcher counts as a drop
+    for d in TRANSCRIPT[1:upto - 1]:
+        r.receive_datagram(d, 0.0)
+    for d in (mutated, mutated[:24] + len(mutated).to_bytes(4, "big") + mutated[28:], blob):
+        r.receive_datagram(d, 1.0)
+    r.handle_timer(100.0)
