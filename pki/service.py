@@ -9,6 +9,7 @@ Routes:
   ``GET|POST <any path>?operation=GetCACaps|GetCACert|PKIOperation[&message=...]``  SCEP (RFC 8894)
   ``GET /crl`` (and the path of the CA's configured CRL distribution point)        the CRL, DER
   ``POST /ocsp`` or ``POST /`` with ``application/ocsp-request``; ``GET /ocsp/<b64>`` OCSP (RFC 6960)
+  ``GET|POST /.well-known/est/...`` on the TLS listener (``est_port``): EST (RFC 7030), see :mod:`pki.est.server`
 A body that is too large gets 413, garbage gets 400 (SCEP) or an OCSP malformedRequest: never a crash.
 
 Hostile clients (:class:`HttpLimits`): each connection carries one request, which must arrive whole (request
@@ -32,6 +33,7 @@ import io
 import logging
 import re
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -49,6 +51,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from pki.errors import PkiError
+from pki.est.server import (
+    DEFAULT_RETRY_AFTER,
+    EstReply,
+    EstRequest,
+    EstResponder,
+    est_operation,
+    listener_context,
+    tls_accept,
+)
+from pki.est.server import OPERATIONS as _EST_OPS
 from pki.ocsp import DEFAULT_VALIDITY, OcspCertStatus, OcspResponder, SerialStatus
 from pki.ocsp import MAX_REQUEST_SIZE as MAX_OCSP_REQUEST
 from pki.scep.constants import MAX_MESSAGE_SIZE
@@ -172,6 +184,9 @@ class CaService:
         ocsp_signer: tuple[x509.Certificate, Any] | None = None,
         clock: Callable[[], datetime] = _utcnow,
         limits: HttpLimits = HttpLimits(),
+        est_port: int | None = None,
+        est_tls: tuple[str, str] | None = None,
+        retry_after: int = DEFAULT_RETRY_AFTER,
     ) -> None:
         # a CertificateAuthority or its directory: the service opens its own instance on its worker thread
         self.ca_dir = Path(ca.path if hasattr(ca, "path") else ca)
@@ -191,6 +206,18 @@ class CaService:
         server_class = _HttpServer6 if ":" in host else _BoundedServer
         self._httpd = server_class((host, port), _Handler, limits, _AccessLog())
         self._httpd.service = self  # type: ignore[attr-defined]
+        # EST: a second listener, TLS from its first byte (its context is made in start(), once the CA is open)
+        self._est_tls, self._retry_after = est_tls, retry_after
+        self._est_httpd: _BoundedServer | None = None
+        if est_port is not None:
+            try:
+                self._est_httpd = server_class((host, est_port), _Handler, limits, self._httpd.access)
+            except BaseException:
+                self._httpd.server_close()
+                raise
+            self._est_httpd.service = self  # type: ignore[attr-defined]
+        self._est: EstResponder | None = None
+        self._est_thread: threading.Thread | None = None
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ca-worker")
         self._thread: threading.Thread | None = None
         self._ca: Any = None
@@ -206,14 +233,36 @@ class CaService:
         host = str(self._httpd.server_address[0])
         return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
+    @property
+    def est_url(self) -> str | None:
+        """``https://HOST:PORT/.well-known/est``, or None when EST is not served."""
+        if self._est_httpd is None:
+            return None
+        host, port = str(self._est_httpd.server_address[0]), self._est_httpd.server_address[1]
+        return f"https://[{host}]:{port}/.well-known/est" if ":" in host else f"https://{host}:{port}/.well-known/est"
+
     # -- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> CaService:
         try:
             self.run(self._open)
+            if self._est_httpd is not None:
+                self._est_httpd.ssl_context = self.run(self._est_context)
         except BaseException:
             self._httpd.server_close()
+            if self._est_httpd is not None:
+                self._est_httpd.server_close()
+            try:
+                self.run(self._close)
+            except Exception:
+                log.debug("CA service: closing after a failed start", exc_info=True)
             self._worker.shutdown(wait=True)
             raise
+        if self._est_httpd is not None:
+            self._est_thread = threading.Thread(
+                target=self._est_httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="ca-est", daemon=True
+            )
+            self._est_thread.start()
+            log.info("EST for %s listening on %s", self.ca_dir, self.est_url)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="ca-http", daemon=True
         )
@@ -222,6 +271,12 @@ class CaService:
         return self
 
     def stop(self) -> None:
+        if self._est_httpd is not None:
+            if self._est_thread is not None:
+                self._est_httpd.shutdown()
+                self._est_thread.join(timeout=10)
+                self._est_thread = None
+            self._est_httpd.server_close()
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join(timeout=10)
@@ -260,8 +315,11 @@ class CaService:
             self.scep_off_reason = (
                 f"SCEP needs an RSA CA key and this CA's key is {_key_kind(self._ca.private_key)}: "
                 "SCEP is off, the CRL and OCSP are served"
+                + (", and EST (any key type)" if self._est_httpd is not None else " (--est-port adds EST, any key type)")
             )
             log.warning("%s", self.scep_off_reason)
+        self._est = EstResponder(self._ca, challenge=self.challenge, manual_approval=self.manual_approval,
+                                 profile=self._profile, retry_after=self._retry_after, clock=self._clock)
         signer, signer_key = self._ocsp_signer or (self._ca.certificate, self._ca.private_key)
         if self._ocsp_signer is not None:
             _check_delegate(signer, self._ca.certificate)
@@ -276,9 +334,15 @@ class CaService:
     def _close(self) -> None:
         if self._scep is not None:
             self._scep.close()
+        if self._est is not None:
+            self._est.close()
         if self._ca is not None:
             self._ca.close()
-        self._ca = self._scep = self._ocsp = None
+        self._ca = self._scep = self._ocsp = self._est = None
+
+    def _est_context(self) -> ssl.SSLContext:
+        host = str(self._est_httpd.server_address[0]) if self._est_httpd is not None else None
+        return listener_context(self._ca, self._est_tls, self._passphrase, self._clock(), host)
 
     def _ocsp_lookup(self, serial: int) -> SerialStatus | None:
         rec = self._ca.lookup(serial)
@@ -326,6 +390,9 @@ class CaService:
         """The CertRep, and what it came to for the access log."""
         return self.run(lambda: self._responder().respond(body))  # type: ignore[no-any-return]
 
+    def est_respond(self, request: EstRequest) -> EstReply:
+        return self.run(lambda: self._est.respond(request))  # type: ignore[union-attr]
+
     def now(self) -> datetime:
         return self._clock()
 
@@ -350,7 +417,7 @@ def _client(address: Any) -> str:
 
 
 #: Field order of an access line; values that are not plain tokens are quoted, so a client cannot forge a line.
-_LOG_FIELDS = ("op", "msg", "tid", "outcome", "serial", "status", "failinfo", "reason", "http")
+_LOG_FIELDS = ("op", "msg", "tid", "auth", "outcome", "serial", "status", "failinfo", "reason", "http")
 _TOKEN = re.compile(r"[A-Za-z0-9._:/@+,\[\]-]{1,200}")
 
 
@@ -418,6 +485,8 @@ class _BoundedServer(ThreadingHTTPServer):
     """ThreadingHTTPServer with a cap on connections, in total and per client address (503 beyond either)."""
 
     daemon_threads = True
+    #: Set on the EST listener: connections are TLS from the first byte, the handshake runs in the handler thread.
+    ssl_context: ssl.SSLContext | None = None
     request_queue_size = 128  # listen backlog: socketserver's default of 5 drops SYNs under a burst
 
     def __init__(self, address: Any, handler: Any, limits: HttpLimits, access: _AccessLog) -> None:
@@ -505,6 +574,8 @@ class _DeadlineReader(io.RawIOBase):
             return self._sock.recv_into(buffer)
         except TimeoutError:
             raise _DeadlineExceeded from None
+        except ssl.SSLError as exc:  # a bad record or alert from a TLS client: the connection is gone
+            raise ConnectionResetError(f"TLS: {exc.reason or exc}") from None
 
 
 class _HeaderBudget:
@@ -541,11 +612,40 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.service  # type: ignore[attr-defined,no-any-return]
 
     def setup(self) -> None:
-        super().setup()
-        timeout = self.server.limits.request_timeout
-        self.rfile.close()
-        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, time.monotonic() + timeout))
         self._fields: dict[str, object] = {"op": "-"}
+        self._tls_error: str | None = None
+        timeout = self.server.limits.request_timeout
+        deadline = time.monotonic() + timeout  # one deadline for the TLS handshake and the request
+        ctx = self.server.ssl_context
+        if ctx is not None:
+            self.protocol_version = "HTTP/1.1"  # strongSwan's EST client accepts no other status line
+            self.wbufsize = 64 * 1024  # the status line, headers and body leave in one write
+            try:
+                self.request = tls_accept(self.request, ctx, timeout)
+            except TimeoutError:
+                self._tls_error = f"TLS handshake not complete within {timeout:g} s"
+            except (ssl.SSLError, OSError) as exc:
+                self._tls_error = f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
+            if self._tls_error is not None:
+                self.rfile, self.wfile = io.BytesIO(), io.BytesIO()  # type: ignore[assignment]
+                return
+        super().setup()
+        self.rfile.close()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
+
+    def handle(self) -> None:
+        if self._tls_error is not None:
+            self.server.access.write(self.client_address, {"op": "est", "outcome": "refused",
+                                                           "reason": self._tls_error}, limited=True)
+            return
+        super().handle()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            if isinstance(self.request, ssl.SSLSocket):
+                self.request.close()
 
     def handle_one_request(self) -> None:
         self.close_connection = True
@@ -565,6 +665,7 @@ class _Handler(BaseHTTPRequestHandler):
                 parsed = self.parse_request()  # the standard library's parser; it answers what it refuses
             finally:
                 self.rfile = rfile
+                self.close_connection = True  # one request per connection, whatever HTTP/1.1 would allow
             if not parsed:
                 if "http" not in self._fields:  # a blank request line: the standard library closes in silence
                     self.send_error(HTTPStatus.BAD_REQUEST, "empty request line")
@@ -741,6 +842,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, path: str, post: bool) -> None:
         svc = self.service
+        op = est_operation(path)
+        if op is not None:
+            self._est(op, post)
+            return
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if post and (path.rstrip("/") in svc.ocsp_paths() or ctype == "application/ocsp-request"):
             self._fields["op"] = "ocsp"
@@ -767,6 +872,19 @@ class _Handler(BaseHTTPRequestHandler):
                     self._ocsp(req, cache=True)
                     return
         raise _HttpError(HTTPStatus.NOT_FOUND, "not found")
+
+
+    # -- EST --------------------------------------------------------------------------------------------------
+    def _est(self, op: str, post: bool) -> None:
+        self._fields["op"] = f"est.{op}" if op in _EST_OPS else "est"
+        if self.server.ssl_context is None:
+            raise _HttpError(HTTPStatus.FORBIDDEN, "EST is served over HTTPS only (ca serve --est-port)")
+        body = self._body(MAX_BODY_SIZE) if post else b""
+        peer = self.connection.getpeercert(binary_form=True)  # type: ignore[attr-defined]
+        reply = self.service.est_respond(EstRequest(op, self.command, body, self.headers.get("Authorization"), peer))
+        self._fields.update(tid=reply.transaction_id, auth=reply.auth, outcome=reply.outcome, reason=reply.reason,
+                            serial=None if reply.serial is None else f"{reply.serial:x}")
+        self._send(reply.status, reply.content_type, reply.body, reply.headers)
 
 
 def _ocsp_fields(der: bytes) -> dict[str, object]:
@@ -853,6 +971,9 @@ def serve(
     stop: threading.Event | None = None,
     ready: Callable[[CaService], None] | None = None,
     limits: HttpLimits = HttpLimits(),
+    est_port: int | None = None,
+    est_tls: tuple[str, str] | None = None,
+    retry_after: int = DEFAULT_RETRY_AFTER,
 ) -> None:
     """Run the service until ``stop`` is set (or Ctrl-C). ``ready`` is called once the port is bound and serving,
     so a "serving on ..." line is never printed for a service that failed to start."""
@@ -864,6 +985,9 @@ def serve(
         manual_approval=manual_approval,
         passphrase=passphrase,
         limits=limits,
+        est_port=est_port,
+        est_tls=est_tls,
+        retry_after=retry_after,
     )
     svc.start()
     try:

@@ -32,9 +32,13 @@ import numpy as np
 
 from esp.batch import PacketBatch, Verdict
 from esp.errors import EspError
-from esp.keyfile import AddressMatch, KeyFileError, SaEntry, Selector, parse_toml
-from esp.pcap import ESP_OVERHEAD_MAX, NAT_T_PORT, CaptureError, CaptureReader, L3Info, SaStats, parse_l3
-from esp.sa import Direction, Sa
+from esp.pcap.classify import classify_esp, first_match
+from esp.pcap.formats import CaptureError
+from esp.pcap.layers import parse_l3
+from esp.pcap.output import ESP_OVERHEAD_MAX, NAT_T_PORT, SaStats
+from esp.pcap.reader import CaptureReader
+from esp.pcap.sa_files import KeyFileError, SaEntry, Selector, parse_toml
+from esp.pcap.sas import OutboundSa, outbound_sas
 
 __all__ = ["Pacing", "SendError", "SendSummary", "daemon_child_sas", "send_capture"]
 
@@ -166,31 +170,6 @@ class _Loaded:
     skipped: dict[str, int]
 
 
-def _addr_ok(L: L3Info, which: str, m: AddressMatch) -> np.ndarray:
-    vhi, vlo, mhi, mlo = m.halves
-    hi, lo = getattr(L, which + "_hi"), getattr(L, which + "_lo")
-    ok = ((hi & np.uint64(mhi)) == np.uint64(vhi & mhi)) & ((lo & np.uint64(mlo)) == np.uint64(vlo & mlo))
-    return ok & (L.version == m.family) if m.family else ok
-
-
-def _col16(h: np.ndarray, j: int) -> np.ndarray:
-    return (h[:, j].astype(np.int64) << 8) | h[:, j + 1]
-
-
-def _takes(L: L3Info, caplen: np.ndarray, sel: Selector) -> np.ndarray:
-    """Which records an outbound selector takes (the addresses, protocol and ports of the packet itself)."""
-    m = _addr_ok(L, "src", sel.src) & _addr_ok(L, "dst", sel.dst)
-    if sel.proto is not None:
-        m &= L.proto == sel.proto
-    if sel.sport or sel.dport:
-        m &= (L.l4 + 4 <= caplen) & (~L.frag | L.frag_first)
-        for pr, j in ((sel.sport, 0), (sel.dport, 2)):
-            if pr:
-                p = _col16(L.l4h, j)
-                m &= (p >= pr.lo) & (p <= pr.hi)
-    return m
-
-
 def _outer_header(family: int, udp: bool, dst: bytes, payload_len: int) -> bytes:
     """The outer header ``esp.gateway._io.send`` reads a destination from (it sends only what follows)."""
     proto = 17 if udp else 50
@@ -202,8 +181,11 @@ def _outer_header(family: int, udp: bool, dst: bytes, payload_len: int) -> bytes
     return b"\x60\0\0\0" + (len(u) + payload_len).to_bytes(2, "big") + bytes((proto, 64)) + b"\0" * 16 + dst + u
 
 
-def _load(path: str | os.PathLike[str], selectors: Sequence[Selector], udp: bool,
+def _load(path: str | os.PathLike[str], selectors: Sequence[Selector], encap_ports: Sequence[int], udp: bool,
           chunk_records: int) -> _Loaded:
+    """Each record: captured ESP (:func:`classify_esp`, as ``pcap decrypt`` tells it), a plaintext IP packet
+    for the first SA whose selector takes it (:func:`first_match`, as ``pcap encrypt`` maps it), or a counted
+    skip."""
     try:
         reader = CaptureReader(path, chunk_records=chunk_records)
     except CaptureError as exc:
@@ -229,32 +211,24 @@ def _load(path: str | os.PathLike[str], selectors: Sequence[Selector], udp: bool
             n = c.count
             records += n
             L = parse_l3(c, linktypes)
+            E = classify_esp(c, L, encap_ports)
             ip = L.version > 0
             skip("unknown_link", int(L.unknown_link.sum()))
             skip("non_ip", int((~ip & ~L.unknown_link).sum()))
-            skip("truncated", int((ip & L.cut).sum()))
-            ok = ip & ~L.cut
+            skip("truncated", int((ip & (L.cut | E.cut)).sum()))
+            skip("ike_or_keepalive", int((E.ike | E.keepalive).sum()))
+            skip("esp_fragment", int(E.frag.sum()))
+            plain = ip & ~L.cut & ~E.cut & ~E.esp & ~E.ike & ~E.keepalive & ~E.frag
+            kind = first_match(c, L, selectors, among=plain)
+            skip("no_sa", int((plain & (kind < 0)).sum()))
+            kind[E.esp] = _PASS
             ip_hl = L.l4 - L.l3
-            esp_raw = ok & (L.proto == 50) & ~L.frag
-            udp_len = L.ip_len - ip_hl
-            nat_t = ok & (L.proto == 17) & ~L.frag & ((_col16(L.l4h, 0) == NAT_T_PORT) | (_col16(L.l4h, 2) == NAT_T_PORT))
-            marker = (L.l4h[:, 8:12] != 0).any(axis=1)
-            esp_udp = nat_t & (udp_len >= 16) & marker
-            skip("ike_or_keepalive", int((nat_t & ~esp_udp).sum()))
-            skip("esp_fragment", int((ok & (L.proto == 50) & L.frag).sum()))
-            plain = ok & ~esp_raw & ~nat_t & ~(L.frag & (L.proto == 50))
-            kind = np.full(n, _SKIP, dtype=np.int32)
-            for k, sel in enumerate(selectors):
-                m = plain & (kind == _SKIP) & _takes(L, c.caplen, sel)
-                kind[m] = k
-            skip("no_sa", int((plain & (kind == _SKIP)).sum()))
-            kind[esp_raw | esp_udp] = _PASS
             keep = np.flatnonzero(kind != _SKIP)
             ts = (c.ts.astype(np.float64) / res[c.iface]) + tsoff[c.iface]
             for i in keep.tolist():
                 start = int(c.offsets[i] + L.l3[i])
                 if kind[i] == _PASS:
-                    esp_at = start + int(ip_hl[i]) + (8 if esp_udp[i] else 0)
+                    esp_at = start + int(ip_hl[i]) + (8 if E.udp[i] else 0)
                     end = start + int(L.ip_len[i])
                     v = int(L.version[i])
                     d = start + (16 if v == 4 else 24)
@@ -412,28 +386,18 @@ def send_capture(path: str | os.PathLike[str], sas: Sequence[SaEntry], *, encap:
         raise ValueError("endless looping (loops 0) needs a duration or a limit")
     udp = encap == "udp"
     summary = SendSummary(encap="ESP in UDP" if udp else "raw ESP", pacing=str(pacing))
-    plan: list[tuple[Sa, SaStats]] = []
-    selectors: list[Selector] = []
-    for e in sas:
-        eff = e.mode or mode or "tunnel"
-        if e.spi is None:
-            raise SendError(f"{e.origin or e.label}: SPI '*' cannot encrypt; give the SA's SPI")
-        if eff == "tunnel" and not (e.src.is_host and e.dst.is_host):
-            raise SendError(f"{e.origin or e.label}: a tunnel needs one outer src and dst address to encrypt, "
-                            f"not {e.src} -> {e.dst}")
-        sp = (e.encap[0] if e.encap else NAT_T_PORT)
-        dp = (e.encap[1] if e.encap else NAT_T_PORT)
-        e2 = dataclasses.replace(e, mode=eff, encap=(sp, port or dp) if udp else None)
-        start = (first_seq - 1) if first_seq is not None else e.initial_seq
-        try:
-            sa = Sa(e2.sa_params(Direction.OUT, backend=backend), initial_seq=start)
-        except (ValueError, EspError) as exc:
-            raise SendError(f"{e.origin or e.label}: {exc}") from None
-        plan.append((sa, SaStats(e.label, e.spi, "out", e.suite.name)))
-        selectors.append(e.effective_selector() if e.mode else dataclasses.replace(e, mode=eff).effective_selector())
-    summary.per_sa = [st for _, st in plan]
+    # ESP in UDP from the SA's port (4500 if it names none) to --port or the SA's; raw ESP has no ports.
+    entries = [dataclasses.replace(e, encap=((e.encap or (NAT_T_PORT, NAT_T_PORT))[0],
+                                             port or (e.encap or (NAT_T_PORT, NAT_T_PORT))[1]) if udp else None)
+               for e in sas]
+    try:
+        plan = outbound_sas(entries, mode=mode, first_seq=first_seq, backend=backend)
+    except (ValueError, EspError) as exc:
+        raise SendError(str(exc)) from None
+    summary.per_sa = [o.stats for o in plan]
+    encap_ports = sorted({NAT_T_PORT} | {p for e in sas if e.encap for p in e.encap})
 
-    cap = _load(path, selectors, udp, chunk_records)
+    cap = _load(path, [o.selector for o in plan], encap_ports, udp, chunk_records)
     summary.records = cap.records
     summary.skipped = cap.skipped
     n = len(cap.kind)
@@ -457,7 +421,7 @@ def send_capture(path: str | os.PathLike[str], sas: Sequence[SaEntry], *, encap:
     tgt = ipaddress.ip_address(target).packed if target else None
     _check_reachable(family, tgt or first_dst[1], port or NAT_T_PORT)
     if source is None:
-        srcs = {str(e.src) for e in sas if e.src.is_host and (e.mode or mode or "tunnel") == "tunnel"}
+        srcs = {str(o.entry.src) for o in plan if o.entry.src.is_host and o.entry.effective_mode == "tunnel"}
         local = srcs.pop() if len(srcs) == 1 else None
         if local is not None and _family_of(local) == family and _is_local(local, family):
             source = local
@@ -559,11 +523,10 @@ def send_capture(path: str | os.PathLike[str], sas: Sequence[SaEntry], *, encap:
     return summary
 
 
-def _dport(plan: list[tuple[Sa, SaStats]]) -> int | None:
-    for sa, _ in plan:
-        enc = sa.params.encap
-        if enc is not None:
-            return enc.dport
+def _dport(plan: list[OutboundSa]) -> int | None:
+    for o in plan:
+        if o.entry.encap is not None:
+            return o.entry.encap[1]
     return None
 
 
@@ -577,7 +540,7 @@ def _is_local(addr: str, family: int) -> bool:
             return False
 
 
-def _first_destination(plan: list[tuple[Sa, SaStats]], cap: _Loaded, wire: PacketBatch,
+def _first_destination(plan: list[OutboundSa], cap: _Loaded, wire: PacketBatch,
                        udp: bool) -> tuple[int, bytes]:
     """(family, address) of the first packet's outer destination: the SA's peer, or the captured ESP's."""
     k = int(cap.kind[0])
@@ -585,22 +548,23 @@ def _first_destination(plan: list[tuple[Sa, SaStats]], cap: _Loaded, wire: Packe
         off = int(wire.offsets[0])
         v = int(wire.buf[off]) >> 4
         return v, wire.buf[off + (16 if v == 4 else 24):off + (20 if v == 4 else 40)].tobytes()
-    p = plan[k][0].params
-    if p.mode.name == "TUNNEL" and p.dst is not None:
-        a = ipaddress.ip_address(p.dst)
+    e = plan[k].entry
+    if e.effective_mode == "tunnel" and e.dst.is_host:
+        a = ipaddress.ip_address(e.dst.address)
         return a.version, a.packed
     off = int(cap.inner_off[0])  # transport: the packet's own destination
     v = int(cap.inner[off]) >> 4
     return v, cap.inner[off + (16 if v == 4 else 24):off + (20 if v == 4 else 40)].tobytes()
 
 
-def _encrypt_range(plan: list[tuple[Sa, SaStats]], by_sa: list[np.ndarray], passed: np.ndarray, a: int, b: int,
+def _encrypt_range(plan: list[OutboundSa], by_sa: list[np.ndarray], passed: np.ndarray, a: int, b: int,
                    inner: PacketBatch, wire: PacketBatch, summary: SendSummary) -> np.ndarray | None:
     """Encrypt the plaintext packets of slots [a, b) into their wire slots (the SAs' sequence numbers move on);
     the slots to send, in record order. None when an SA has run out of sequence numbers (summary.stopped)."""
     parts = []
     exhausted = False
-    for (sa, st), idx in zip(plan, by_sa):
+    for o, idx in zip(plan, by_sa):
+        sa, st = o.sa, o.stats
         sel = idx[np.searchsorted(idx, a):np.searchsorted(idx, b)]
         if not len(sel):
             continue
@@ -623,7 +587,7 @@ def _encrypt_range(plan: list[tuple[Sa, SaStats]], by_sa: list[np.ndarray], pass
     return None if exhausted and not len(ok) else ok
 
 
-def _account_sent(plan: list[tuple[Sa, SaStats]], kind: np.ndarray, inner_len: np.ndarray, sel: np.ndarray) -> None:
+def _account_sent(plan: list[OutboundSa], kind: np.ndarray, inner_len: np.ndarray, sel: np.ndarray) -> None:
     """Per-SA packets and plaintext bytes of slots handed to the kernel (what it refused is send_dropped)."""
     k = kind[sel]
     mine = k >= 0
@@ -632,7 +596,8 @@ def _account_sent(plan: list[tuple[Sa, SaStats]], kind: np.ndarray, inner_len: n
     ks = k[mine]
     pk = np.bincount(ks, minlength=len(plan))
     by = np.bincount(ks, weights=inner_len[sel[mine]], minlength=len(plan))
-    for (_, st), n, b in zip(plan, pk.tolist(), by.tolist()):
+    for o, n, b in zip(plan, pk.tolist(), by.tolist()):
+        st = o.stats
         if n:
             st.packets += n
             st.bytes += int(b)

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from esp.__main__ import main as esp_main
-from esp.pcap.capture import CaptureError, CaptureReader, CaptureWriter, parse_l3
+from esp.pcap import CaptureError, CaptureReader, CaptureWriter, parse_l3
 from tests.esp.pcap_builders import (FRAMERS, Rec, epb, idb, opb, other_block, pcap_file, plaintext_packets, shb,
                                      spb)
 
@@ -58,8 +58,8 @@ def _idb_full(order: str, linktype: int, tsresol: int, tsoffset: int) -> bytes:
 @lru_cache(maxsize=1)
 def _seeds() -> tuple[Path, list[bytes]]:
     """(directory holding sa.toml, the seed captures), built once: ESP made by ``pcap encrypt`` itself."""
-    from esp.keyfile import parse_toml
-    from esp.pcap.tool import encrypt_file
+    from esp.pcap.sa_files import parse_toml
+    from esp.pcap import encrypt_file
 
     d = Path(tempfile.mkdtemp(prefix="espresso-pcap-fuzz-"))
     atexit.register(shutil.rmtree, d, True)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from esp.__main__ import main as esp_main
-from esp.pcap.capture import CaptureError, CaptureReader, CaptureWriter, Interface
+from esp.pcap import CaptureError, CaptureReader, CaptureWriter, Interface
 from tests.esp.pcap_builders import epb, ether, idb, ipv4, opb, other_block, shb, spb, udp
 from tests.support import require_tool
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from esp import Direction, PacketBatch, Sa, Verdict
-from esp.keyfile import parse_toml
+from esp.pcap.sa_files import parse_toml
 from esp.pcap.send import Pacing
 from tests.esp.pcap_builders import Rec, ether, ipv4, pcap_file, udp
 
