@@ -7,6 +7,8 @@ it to B, which must accept every packet (its sequence numbers continue after A's
 from __future__ import annotations
 
 import asyncio
+import logging
+import stat
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,9 @@ from tests.esp.pcap_builders import Rec, ipv4, pcap_file, udp
 from tests.ike.test_daemon import Pair, _inner, _until, mirrored
 
 
-def test_child_keys_feed_pcap_send_and_the_peer_accepts_every_packet(tmp_path: Path) -> None:
+def test_child_keys_feed_pcap_send_and_the_peer_accepts_every_packet(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    secrets: list[bytes] = []
     pkts = [ipv4("10.1.0.5", "10.2.0.9", 17, udp(5000, 9, bytes([i]) * 80)) for i in range(40)]
     pkts.append(ipv4("10.7.0.5", "10.2.0.9", 17, udp(5000, 9, b"outside the traffic selectors")))
     (tmp_path / "cap.pcap").write_bytes(pcap_file([Rec(p) for p in pkts], linktype=101))
@@ -27,10 +31,12 @@ def test_child_keys_feed_pcap_send_and_the_peer_accepts_every_packet(tmp_path: P
         p = await Pair().start(tmp_path, control=True)
         try:
             ev_a, ev_b = mirrored("aes256-sha256", p.addr_a, p.addr_b, spi_a=0xA0000001, spi_b=0xB0000001)
+            secrets.extend((ev_a.enc_key_out, ev_a.integ_key_out, ev_a.enc_key_in, ev_a.integ_key_in))
             p.emit(ev_a, ev_b)
             assert p.a.send([_inner(i) for i in range(5)]) == 5
             await _until(lambda: len(p.got_b) == 5, "A's own packets at B")
             path = p.a.control_path
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600  # the only way the keys leave the daemon
             (entry,) = await asyncio.to_thread(daemon_child_sas, path)
             assert entry.spi == 0xB0000001 and entry.initial_seq == 5 and entry.enc_key == ev_a.enc_key_out
             assert entry.encap == (p.addr_a[1], p.addr_b[1]) and str(entry.dst) == p.addr_b[0]
@@ -49,6 +55,10 @@ def test_child_keys_feed_pcap_send_and_the_peer_accepts_every_packet(tmp_path: P
             await p.stop()
 
     asyncio.run(main())
+    logged = caplog.text.lower()
+    assert len(secrets) == 4 and "net" in logged  # the daemon did log (the CHILD_SA), just not its keys
+    for secret in secrets:
+        assert secret.hex() not in logged  # at DEBUG too: secrets never go to logs
 
 
 def test_child_keys_with_nothing_installed_is_a_clear_error(tmp_path: Path) -> None:
