@@ -25,7 +25,7 @@ from typing import NoReturn
 __all__ = ["main"]
 
 PROG = "python -m esp"
-#: The IKE daemon's control socket (ike/config.py's default; esp does not import ike).
+#: The IKE daemon's control socket (ike.config's default; esp does not import ike).
 IKE_SOCKET_DEFAULT = "/run/espresso/ike.sock"
 IKE_SOCKET_ENV = "ESPRESSO_IKE_SOCKET"
 IKE_SOCKET = os.environ.get(IKE_SOCKET_ENV) or IKE_SOCKET_DEFAULT
