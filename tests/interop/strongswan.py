@@ -594,8 +594,13 @@ def charon_available() -> tuple[bool, str]:
     return True, ""
 
 
-@contextlib.contextmanager
-def lab(tmp_path: Path) -> Iterator[Lab]:
+def charon_lab(tmp_path: Path) -> Iterator[Lab]:
+    """The body of the tests' ``lab`` fixture: a Lab, once charon can run here (else skip, or fail under
+    ESPRESSO_REQUIRE_INTEROP=1, with the reason)."""
+    from tests.support import require
+
+    ok, reason = charon_available()
+    require(ok, reason)
     with Lab(tmp_path) as lab_:
         yield lab_
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.interop import strongswan as ss
-from tests.support import NotifySocket, require, require_root, require_tool
+from tests.support import NotifySocket, require_tool
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -61,14 +61,8 @@ esp_proposals = ["{esp}"]
 
 @pytest.fixture
 def lab(tmp_path: Path):
-    require_root()
-    require_tool("swanctl")
-    require(Path(ss.CHARON).exists(), f"{ss.CHARON} is not installed (Debian: strongswan-charon)")
-    ok, reason = ss.charon_available()
-    require(ok, reason)
     pytest.importorskip("esp._core", reason="esp._core is not built")
-    with ss.Lab(tmp_path) as lab_:
-        yield lab_
+    yield from ss.charon_lab(tmp_path)
 
 
 # -- a minimal host behind espresso: answers ICMP echo requests ----------------------------------------

@@ -20,40 +20,15 @@ from pathlib import Path
 import pytest
 
 from tests.esp.pcap_builders import Rec, ipv4, pcap_file, udp
+from tests.interop.test_gateway_ike import CONF as GATEWAY_CONF
 from tests.support import require
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
-DAEMON_CONF = """
-[daemon]
-addresses = ["{local}"]
-port = 500
-nat_port = 4500
-control_socket = "{name}.sock"
-retransmit_timeout = "1s"
-retransmit_tries = 2
-
-[ca-profiles.lab]
-ca_certs = ["ca.pem"]
-revocation = "disable"
-
-[certificates.me]
-cert = "{name}.pem"
-key = "{name}.key"
-
-[peers.{peer}]
-local_addr = "{local}"
-remote_addr = "{remote}"
-remote_id = "{peer_id}"
-ike_proposals = ["aes128gcm16-prfsha256-ecp256"]
-encap = true
-
-[peers.{peer}.children.net]
-local_ts = ["{local_ts}"]
-remote_ts = ["{remote_ts}"]
-esp_proposals = ["{esp}"]
-"""
+# the IKE daemon of the gateway tests, without its TUN gateway: pcap send is the data path here
+DAEMON_CONF = (GATEWAY_CONF.split("\n[gateway]")[0].replace('dpd_delay = "1s"\n', "")
+               .replace("{child_extra}\n", "") + "\n")
 
 
 def capture(path: Path, src: str, dst: str, n: int, gap: float = 0.0005) -> list[bytes]:
