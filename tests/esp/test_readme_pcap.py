@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from esp.pcap import encrypt_file
 from esp.pcap.sa_files import load_keyfile
 from tests.esp.pcap_builders import ipv4, udp
 from tests.esp.test_pcap_tool import make_capture, sa_toml
-from tests.support import require, require_module, require_root, require_tool
+from tests.support import require, require_module, require_root, require_tool, run_shell_block
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,25 +48,8 @@ def _prepare(d: Path) -> None:
         assert s.exit_code == 0, s.format()
 
 
-def _run(block: str, d: Path, timeout: float = 240, netns: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``block`` with bash; output goes to files, since servers it leaves in the background (dask) hold
-    their inherited descriptors open after bash exits."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(d / "home"), XDG_CONFIG_HOME=str(d / "home"),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    with open(d / "block.out", "w+") as out, open(d / "block.err", "w+") as err:
-        prefix = ["ip", "netns", "exec", netns] if netns else []
-        proc = subprocess.Popen([*prefix, "bash", "-e", "-c", block], cwd=d, env=env, text=True, stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            proc.wait(timeout=timeout)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # background servers the block started (dask)
-            except ProcessLookupError:
-                pass
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(block, proc.returncode, out.read(), err.read())
+def _run(block: str, d: Path, timeout: float = 240, netns: str | None = None):
+    return run_shell_block(block, d, timeout, netns, HOME=str(d / "home"), XDG_CONFIG_HOME=str(d / "home"))
 
 
 def test_readme_pcap_blocks_run_as_written(tmp_path: Path) -> None:
