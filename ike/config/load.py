@@ -362,6 +362,7 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
         key_log=key_log_dir,
         local_addrs=local_addrs, ca_profiles=pki.profiles, certificates=pki.certs, source=source, gateway=gateway,
         auto_start=tuple(auto_start), metrics_listen=metrics_listen,
+        intermediates=pki.intermediates, crls=pki.crls,
     )
 
 
