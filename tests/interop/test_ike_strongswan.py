@@ -839,6 +839,113 @@ def test_swanctl_scenario_imported_establishes_with_charon_on_the_original(lab: 
     asyncio.run(main())
 
 
+def test_swanctl_import_with_crls_strict_revocation_and_sha384_establishes(lab: ss.Lab, tmp_path: Path) -> None:
+    """tests/data/swanctl/ikev2-crl-strict-sha384: both sides ``auth = pubkey-sha384`` (the IKE signature and
+    every signature of the chain) and ``revocation = strict``, with CRLs in x509crl/ and an intermediate CA in
+    x509ca/ that issued sun's certificate. charon runs sun's file unchanged; espresso runs the import of moon's,
+    which refuses nothing: the CRLs become [pki] crls, the intermediate [pki] intermediates (held, not an
+    anchor: strict needs the root's CRL for it), the constraints and the policy carry over. Then the
+    intermediate's CRL is replaced by one that revokes sun: the same import now refuses charon, naming it."""
+    import subprocess
+    import sys
+
+    from cryptography.hazmat.primitives import serialization
+
+    from ike.config import load_config
+    from ike.control import ControlError
+    from ike.daemon import Daemon
+    from ike.events import AuthenticationFailed
+
+    scenario = Path(__file__).resolve().parents[1] / "data" / "swanctl" / "ikev2-crl-strict-sha384" / "hosts"
+    root = Path(__file__).resolve().parents[2]
+    pki = ss.LabPki("ecdsa384", name="strongSwan Root CA", digest="sha384")
+    sub = pki.intermediate("strongSwan Sub CA")
+    carol = pki.issue("carolCert", "carol.strongswan.org")  # revoked by the root's CRL: a CRL with an entry
+    sun_cred = sub.issue("sunCert", "sun.strongswan.org")
+    moon_cred = pki.issue("moonCert", "moon.strongswan.org")
+
+    def crls(into: Path, revoke_sun: bool = False) -> None:
+        into.mkdir(parents=True, exist_ok=True)
+        (into / "strongswan.crl").write_bytes(pki.crl([carol.cert], key_id=True)
+                                              .public_bytes(serialization.Encoding.PEM))
+        (into / "sub.crl").write_bytes(sub.crl([sun_cred.cert] if revoke_sun else [], key_id=True)
+                                       .public_bytes(serialization.Encoding.DER))
+
+    async def main() -> None:
+        moon, sun = lab.pair(inner_a="10.1.0.1", inner_b="10.2.0.1", outer_net="192.168.0.0/24")
+        ch = lab.charon(sun, "sun", log_levels={"ike": 2, "cfg": 2})
+        ch.add_ca(pki.ca)
+        ch.add_ca(sub.ca)
+        (ch.swanctl_dir / "x509" / "sunCert.pem").write_bytes(sun_cred.cert_pem())
+        sun_cred.write_key(ch.swanctl_dir / "private" / "sunKey.pem")
+        crls(ch.swanctl_dir / "x509crl")
+        ch.swanctl_conf = (scenario / "sun" / "swanctl.conf").read_text()
+        ch.start()
+
+        swanctl = tmp_path / "moon" / "swanctl"
+        for d in ("x509", "x509ca", "private"):
+            (swanctl / d).mkdir(parents=True)
+        (swanctl / "x509" / "moonCert.pem").write_bytes(moon_cred.cert_pem())
+        moon_cred.write_key(swanctl / "private" / "moonKey.pem")
+        (swanctl / "x509ca" / "strongswanCert.pem").write_bytes(pki.ca.cert_pem())
+        (swanctl / "x509ca" / "subCert.pem").write_bytes(sub.ca.cert_pem())
+        crls(swanctl / "x509crl")
+        (swanctl / "swanctl.conf").write_text((scenario / "moon" / "swanctl.conf").read_text())
+        out = tmp_path / "moon" / "ike.toml"
+        r = subprocess.run([sys.executable, "-m", "ike", "import-swanctl", str(swanctl / "swanctl.conf"), "-o",
+                            str(out)], cwd=root, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stderr == "", r.stderr  # everything in the file is expressed
+        text = out.read_text()
+        assert 'intermediates = ["swanctl/x509ca/subCert.pem"]' in text and 'revocation = "strict"' in text
+        assert 'crls = ["swanctl/x509crl/strongswan.crl", "swanctl/x509crl/sub.crl"]' in text, text
+
+        async def attempt(tag: str) -> tuple[Daemon, dict[str, Any] | ControlError]:
+            cfg = load_config(out, overrides={"control_socket": str(tmp_path / "moon" / f"{tag}.sock")})
+            holder: list[Daemon] = []
+
+            def packets(pkts: list[bytes], child: Any) -> None:
+                replies = [x for x in (echo_reply(p) for p in pkts) if x is not None]
+                if replies:
+                    holder[0].send(replies)
+
+            daemon = Daemon(cfg, on_packets=packets)
+            holder.append(daemon)
+            sockets = ss.netns_sockets(moon.netns, [(moon.outer, 500), (moon.outer, 4500)])
+            await daemon.start(sockets=sockets, control=False)
+            try:
+                return daemon, await daemon.initiate_and_wait("gw-gw", timeout=TIMEOUT)
+            except ControlError as exc:
+                return daemon, exc
+
+        daemon, result = await attempt("good")
+        try:
+            assert isinstance(result, dict) and result["state"] == "ESTABLISHED", (result, ch.tail())
+            sas = ss.ike_sas(ch.list_sas())
+            assert sas["gw-gw"]["state"] == "ESTABLISHED", ch.tail()
+            log = ch.log()
+            # charon checked our SHA-384 signature and our certificate against the CRL it holds
+            assert "authentication of 'moon.strongswan.org' with ECDSA_WITH_SHA384_DER successful" in log, ch.tail()
+            assert "using cached crl" in log and "certificate status is good" in log, ch.tail()
+            pinged = await asyncio.to_thread(ss.ping, sun, "10.1.0.1")
+            assert " 0% packet loss" in pinged.stdout, pinged.stdout + ch.tail()
+        finally:
+            await daemon.stop(delete=True)
+
+        crls(swanctl / "x509crl", revoke_sun=True)  # the same import, and sun's certificate is now revoked
+        r = subprocess.run([sys.executable, "-m", "ike", "import-swanctl", str(swanctl / "swanctl.conf"), "-o",
+                            str(out)], cwd=root, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        daemon, result = await attempt("revoked")
+        try:
+            assert isinstance(result, ControlError), result
+            failed = [e for e in daemon.events if isinstance(e, AuthenticationFailed)]
+            assert failed and "revoked" in failed[-1].reason.lower(), (failed, str(result))
+        finally:
+            await daemon.stop(delete=False)
+
+    asyncio.run(main())
+
+
 def test_second_proposal_chosen(lab: ss.Lab, tmp_path: Path) -> None:
     """espresso offers two IKE and two ESP proposals; charon accepts only the second of each and answers with
     that proposal's number (RFC 7296 3.3.1): espresso must take it."""
