@@ -299,6 +299,44 @@ def test_crls_intermediates_revocation_and_auth_constraints_map(tmp_path: Path, 
         [root.ca.cert.subject.rfc4514_string(), sub.ca.cert.subject.rfc4514_string()])
 
 
+def test_check_config_reports_constraints_revocation_intermediates_and_crls(tmp_path: Path) -> None:
+    """check-config says, per peer, what the daemon will enforce (ports and NAT-T, auth constraints both ways,
+    revocation, fragmentation) and which intermediates and CRLs it holds, for the TOML and the swanctl.conf."""
+    from cryptography.hazmat.primitives import serialization
+
+    d = tmp_path / "swanctl"
+    conf = _swanctl_dir(d, REVOCATION_CONF.replace("      children { net { local_ts", "      fragmentation = accept\n"
+                                                   "      remote_port = 1500\n      children { net { local_ts", 1)
+                        % ("ecdsa-256-sha384", "strict"))
+    root = LabPki("ecdsa", name="strongSwan Root CA")
+    sub = root.intermediate("strongSwan Sub CA")
+    (d / "x509ca" / "strongswanCert.pem").write_bytes(root.ca.cert_pem())
+    (d / "x509ca" / "subCert.pem").write_bytes(sub.ca.cert_pem())
+    moon = root.issue("moonCert", "moon.strongswan.org")
+    (d / "x509" / "moonCert.pem").write_bytes(moon.cert_pem())
+    moon.write_key(d / "private" / "moonKey.pem")
+    (d / "x509crl").mkdir()
+    (d / "x509crl" / "root.crl").write_bytes(root.crl([sub.ca.cert]).public_bytes(serialization.Encoding.PEM))
+    out = tmp_path / "moon.toml"
+    r = _ike("import-swanctl", str(conf), "-o", str(out))
+    assert r.returncode == 1, r.stderr
+    r = _ike("check-config", "--config", str(out))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert ("  peer gw: 192.168.0.1[500, NAT-T 4500] -> 192.168.0.2[1500, NAT-T 1500]; auth pubkey-sha384, "
+            "remote_auth ecdsa-256-sha384; revocation strict; fragmentation accept") in lines, r.stdout
+    assert ("  peer bysub: 192.168.0.1[500, NAT-T 4500] -> 192.168.0.5[500, NAT-T 4500]; auth pubkey, "
+            "remote_auth pubkey; revocation per ca-profile (x509ca: crl, fail-open); fragmentation yes (fragments "
+            "of at most 1280-byte IP datagrams)") in lines, r.stdout
+    assert f"  intermediate (held, not trusted): {sub.ca.cert.subject.rfc4514_string()}" in lines, r.stdout
+    assert any(ln.startswith(f"  crl: {root.ca.cert.subject.rfc4514_string()}, 1 revoked, next update 20")
+               for ln in lines), r.stdout
+    assert lines[-1].startswith(f"{out}: OK; peers: gw (1 children), bysub (1 children), byroot (1 children)")
+    r = _ike("check-config", "--config", str(conf))  # the swanctl.conf itself: the same report, and the refusals
+    assert r.returncode == 2 and "revocation strict; fragmentation accept" in r.stdout, r.stdout + r.stderr
+    assert "error: connections.sub.local.auth: 'eap-md5' not supported" in r.stderr
+
+
 def test_remote_cacerts_naming_an_intermediate_is_refused(tmp_path: Path) -> None:
     conf = _swanctl_dir(tmp_path, REVOCATION_CONF % ("pubkey", "strict"))
     sub = LabPki("ecdsa", name="other root").intermediate("other sub")
