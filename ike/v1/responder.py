@@ -1,5 +1,5 @@
-"""The responder role of the IKEv1 session (ike/v1/session.py): main mode with a pre-shared key, then the
-peer's quick mode. Built from the initiator's first datagram, so nothing is allocated for a message that does
+"""The responder role of the IKEv1 session (ike/v1/session.py): main mode with a pre-shared key or certificates,
+then the peer's quick mode. Built from the initiator's first datagram, so nothing is allocated for a message that does
 not parse (the daemon's dispatcher owns half-open limits, as for IKEv2)."""
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from ..dh import create_dh
 from ..errors import ParseError
 from ..events import ChildSaEstablished
 from ..core_config import RandomSource
+from . import auth as v1auth
 from . import keymat as km
 from .message import (Exchange, Payload, PayloadType, Proposal, SaPayload, Transform, decode_sa, encode_sa,
                       pull_header, pull_message, push_chain, push_message)
-from .session import (AES_CBC, AUTH_PSK, ESP_AES, ESP_AUTH, HASH_IDS, P1_AUTH, P1_ENC, P1_GROUP, P1_HASH,
+from .session import (AES_CBC, ESP_AES, ESP_AUTH, HASH_IDS, P1_AUTH, P1_ENC, P1_GROUP, P1_HASH,
                       P1_KEYLEN, P2_AUTH, P2_GROUP, P2_KEYLEN, PROTO_ESP, PROTO_ISAKMP, Phase1Done, V1Config,
                       V1Session, _id_body, _id_network, _ts)
 
@@ -47,7 +48,7 @@ class V1Responder(V1Session):
 
     def _choose_ike(self, sa: SaPayload) -> SaPayload:
         c = self.config
-        want = {P1_ENC: AES_CBC, P1_KEYLEN: c.enc_key_bits, P1_HASH: HASH_IDS[c.hash], P1_AUTH: AUTH_PSK,
+        want = {P1_ENC: AES_CBC, P1_KEYLEN: c.enc_key_bits, P1_HASH: HASH_IDS[c.hash], P1_AUTH: c.auth_method,
                 P1_GROUP: c.group}
         for p in sa.proposals:
             for t in p.transforms:
@@ -83,13 +84,14 @@ class V1Responder(V1Session):
         self._dh = create_dh(c.group, self._random)
         gxy = self._dh.shared(gxi)
         nr = self._random(32)
-        skeyid = km.skeyid_psk(c.hash, c.psk, ni, nr)
+        skeyid = self._skeyid(ni, nr, gxy)
         self.keys = km.derive_phase1(c.hash, skeyid, gxy, self.cky_i, self.cky_r, gxi, self._dh.public,
                                      c.enc_key_bits // 8)
         self._gxi, self._ni, self._nr = gxi, ni, nr
         self._cipher = km.Phase1Cipher(self.keys)
         self._out.append(push_message(self.cky_i, self.cky_r, Exchange.MAIN, 0, 0,
-                                      [Payload(PayloadType.KE, self._dh.public), Payload(PayloadType.NONCE, nr)]))
+                                      [Payload(PayloadType.KE, self._dh.public), Payload(PayloadType.NONCE, nr)]
+                                      + (v1auth.certreq_payloads(c.signature) if c.signature is not None else [])))
         self._last = self._out[-1]
         self.state = "r_mm5"
 
@@ -97,16 +99,21 @@ class V1Responder(V1Session):
         assert self._cipher is not None and self.keys is not None
         _, payloads = self._cipher.decrypt(data)
         idii = self._one(payloads, PayloadType.ID)
-        if not _same_identity(idii, _id_body(self.config.remote_id)):
-            raise ParseError("initiator's identity is not the configured remote_id")
         expect = km.hash_i(self.keys, self._gxi, self._dh.public, self.cky_i, self.cky_r, self._sai_b, idii)
-        if not hmac.compare_digest(expect, self._one(payloads, PayloadType.HASH)):
-            raise ParseError("HASH_I does not verify")
-        self._cipher.confirm(data)
-        idir = _id_body(self.config.local_id)
+        if self.config.signature is not None:
+            self._cipher.confirm(data)  # the notify of a failure chains from this message, as the peer's does
+            if not self._peer_signed(payloads, idii, expect, now):
+                return
+        else:
+            if not _same_identity(idii, _id_body(self.config.remote_id)):
+                raise ParseError("initiator's identity is not the configured remote_id")
+            if not hmac.compare_digest(expect, self._one(payloads, PayloadType.HASH)):
+                raise ParseError("HASH_I does not verify")
+            self._cipher.confirm(data)
+        idir = self._local_id_body()
         hr = km.hash_r(self.keys, self._gxi, self._dh.public, self.cky_i, self.cky_r, self._sai_b, idir)
         self._last = self._cipher.encrypt(self.cky_i, self.cky_r, Exchange.MAIN, 0,
-                                          [Payload(PayloadType.ID, idir), Payload(PayloadType.HASH, hr)])
+                                          [Payload(PayloadType.ID, idir)] + self._proof(hr))
         self._out.append(self._last)
         self._events.append(Phase1Done(self.ike_id, self.config.name, self.cky_i, self.cky_r))
         self.state = "r_qm1"

@@ -4,19 +4,25 @@ Datagrams and time go in (``receive_datagram``, ``handle_timer``); datagrams (``
 deadline (``get_timer``) and events (``next_event``) come out, as in the IKEv2 core. Nothing a peer sends raises
 out of ``receive_datagram``: malformed or unauthenticated messages are counted in ``dropped`` and ignored.
 
-Not yet here (issue 17): certificates, the responder role, informational exchanges, NAT-T, rekeying.
+Main mode authenticates with a pre-shared key or, when ``V1Config.signature`` is set, with certificates
+(ike/v1/auth.py); a failed signature authentication ends the exchange (state "failed", an AuthenticationFailed
+event, a logged reason and an ISAKMP notify to the peer) rather than being dropped like a forged datagram.
+
+Not yet here (issue 17): informational exchanges, NAT-T, rekeying.
 """
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import struct
 from collections import deque
 from dataclasses import dataclass
 from ..dh import create_dh
 from ..errors import IkeError, ParseError
-from ..events import ChildSaEstablished, IkeEvent
+from ..events import AuthenticationFailed, ChildSaEstablished, IkeEvent
 from ..core_config import RandomSource, TrafficSelector
+from . import auth as v1auth
 from . import keymat as km
 from .message import (Attribute, Exchange, Payload, PayloadType, Proposal, SaPayload, Transform, decode_sa,
                       encode_sa, pull_header, pull_message, push_chain, push_message)
@@ -38,10 +44,14 @@ HASH_IDS = {v: k for k, v in km.HASHES.items()}
 ID_IPV4, ID_FQDN, ID_IPV4_SUBNET = 1, 2, 4
 RETRANSMITS = 3
 
+log = logging.getLogger("ike.v1")
+
 
 @dataclass(frozen=True)
 class V1Config:
-    """One IKEv1 connection. ``local_id``/``remote_id`` are FQDNs or IPv4 addresses (as swanctl writes them)."""
+    """One IKEv1 connection. ``local_id``/``remote_id`` are FQDNs or IPv4 addresses (as swanctl writes them);
+    with ``signature`` also ``user@host`` or a DN, matched against the peer's certificate. ``signature`` set:
+    main mode authenticates with certificates (``psk`` is then unused)."""
     name: str
     psk: bytes
     local_id: str
@@ -59,6 +69,12 @@ class V1Config:
     ike_lifetime: int = 10800
     esp_lifetime: int = 3600
     retransmit_timeout: float = 1.0
+    signature: v1auth.SignatureAuth | None = None
+
+    @property
+    def auth_method(self) -> int:
+        """The ISAKMP authentication method both sides must propose: PSK (1), RSA (3), ECDSA (9-11)."""
+        return v1auth.AUTH_PSK if self.signature is None else v1auth.auth_method(self.signature.private_key)
 
 
 @dataclass(frozen=True)
@@ -121,7 +137,8 @@ class V1Session:
     def initiate(self, now: float) -> None:
         c = self.config
         attrs = (Attribute(P1_ENC, AES_CBC), Attribute(P1_KEYLEN, c.enc_key_bits),
-                 Attribute(P1_HASH, HASH_IDS[c.hash]), Attribute(P1_AUTH, AUTH_PSK), Attribute(P1_GROUP, c.group),
+                 Attribute(P1_HASH, HASH_IDS[c.hash]), Attribute(P1_AUTH, c.auth_method),
+                 Attribute(P1_GROUP, c.group),
                  Attribute(P1_LIFE_TYPE, LIFE_SECONDS), Attribute(P1_LIFE, c.ike_lifetime))
         sa = SaPayload(DOI_IPSEC, SIT_IDENTITY_ONLY, (Proposal(1, PROTO_ISAKMP, b"", (Transform(1, 1, attrs),)),))
         self._sai_b = encode_sa(sa)
@@ -173,6 +190,8 @@ class V1Session:
             self._mm4(pull_message(data)[1], now)
         elif self.state == "mm6" and h.exchange == Exchange.MAIN and h.encrypted and h.message_id == 0:
             self._mm6(data, now)
+        elif self.state == "mm6" and h.exchange == Exchange.INFORMATIONAL and h.encrypted and h.message_id:
+            self._peer_refused(data)
         elif self.state == "qm2" and h.exchange == Exchange.QUICK and h.message_id == self._qm_mid:
             self._qm2(data, now)
         else:
@@ -191,15 +210,17 @@ class V1Session:
             raise ParseError("responder must choose exactly one transform")
         t = sa.proposals[0].transforms[0]
         c = self.config
-        want = {P1_ENC: AES_CBC, P1_KEYLEN: c.enc_key_bits, P1_HASH: HASH_IDS[c.hash], P1_AUTH: AUTH_PSK,
+        want = {P1_ENC: AES_CBC, P1_KEYLEN: c.enc_key_bits, P1_HASH: HASH_IDS[c.hash], P1_AUTH: c.auth_method,
                 P1_GROUP: c.group}
         if any(t.get(k) != v for k, v in want.items()):
             raise ParseError("responder chose a transform that was not offered")
         self.cky_r = cky_r
         self._dh = create_dh(c.group, self._random)
         self._ni = self._random(32)
+        cr = v1auth.certreq_payloads(c.signature) if c.signature is not None else []
         self._send(push_message(self.cky_i, cky_r, Exchange.MAIN, 0, 0,
-                                [Payload(PayloadType.KE, self._dh.public), Payload(PayloadType.NONCE, self._ni)]), now)
+                                [Payload(PayloadType.KE, self._dh.public), Payload(PayloadType.NONCE, self._ni)]
+                                + cr), now)
         self.state = "mm4"
 
     def _mm4(self, payloads: list[Payload], now: float) -> None:
@@ -209,29 +230,85 @@ class V1Session:
         if not 8 <= len(nr) <= 256:
             raise ParseError(f"nonce of {len(nr)} bytes")
         gxy = self._dh.shared(gxr)
-        skeyid = km.skeyid_psk(c.hash, c.psk, self._ni, nr)
+        skeyid = self._skeyid(self._ni, nr, gxy)
         self.keys = km.derive_phase1(c.hash, skeyid, gxy, self.cky_i, self.cky_r, self._dh.public, gxr,
                                      c.enc_key_bits // 8)
         self._gxr, self._nr = gxr, nr
         self._cipher = km.Phase1Cipher(self.keys)
-        idii = _id_body(c.local_id)
+        idii = self._local_id_body()
         h = km.hash_i(self.keys, self._dh.public, gxr, self.cky_i, self.cky_r, self._sai_b, idii)
         self._send(self._cipher.encrypt(self.cky_i, self.cky_r, Exchange.MAIN, 0,
-                                        [Payload(PayloadType.ID, idii), Payload(PayloadType.HASH, h)]), now)
+                                        [Payload(PayloadType.ID, idii)] + self._proof(h)), now)
         self.state = "mm6"
 
     def _mm6(self, data: bytes, now: float) -> None:
         assert self._cipher is not None and self.keys is not None
         _, payloads = self._cipher.decrypt(data)
         idir = self._one(payloads, PayloadType.ID)
-        if idir != _id_body(self.config.remote_id):
-            raise ParseError("responder's identity is not the configured remote_id")
         expect = km.hash_r(self.keys, self._dh.public, self._gxr, self.cky_i, self.cky_r, self._sai_b, idir)
-        if not hmac.compare_digest(expect, self._one(payloads, PayloadType.HASH)):
-            raise ParseError("HASH_R does not verify")
-        self._cipher.confirm(data)
+        if self.config.signature is not None:
+            self._cipher.confirm(data)  # the notify of a failure chains from this message, as the peer's does
+            if not self._peer_signed(payloads, idir, expect, now):
+                return
+        else:
+            if idir != _id_body(self.config.remote_id):
+                raise ParseError("responder's identity is not the configured remote_id")
+            if not hmac.compare_digest(expect, self._one(payloads, PayloadType.HASH)):
+                raise ParseError("HASH_R does not verify")
+            self._cipher.confirm(data)
         self._events.append(Phase1Done(self.ike_id, self.config.name, self.cky_i, self.cky_r))
         self._quick_mode(now)
+
+    # -- authentication (PSK or signatures; the signature rules are in auth.py)
+    def _skeyid(self, ni: bytes, nr: bytes, gxy: bytes) -> bytes:
+        c = self.config
+        if c.signature is not None:
+            return km.skeyid_sig(c.hash, ni, nr, gxy)  # RFC 2409 5.1
+        return km.skeyid_psk(c.hash, c.psk, ni, nr)
+
+    def _local_id_body(self) -> bytes:
+        c = self.config
+        if c.signature is None:
+            return _id_body(c.local_id)
+        return v1auth.id_body(c.local_id, c.signature.certificate)
+
+    def _proof(self, digest: bytes) -> list[Payload]:
+        """What follows our ID in main mode message 5/6: HASH, or CERTs and SIG over the same hash."""
+        sig = self.config.signature
+        if sig is None:
+            return [Payload(PayloadType.HASH, digest)]
+        return v1auth.cert_payloads(sig) + [Payload(PayloadType.SIG, v1auth.sign(sig.private_key, digest))]
+
+    def _peer_signed(self, payloads: list[Payload], id_payload: bytes, digest: bytes, now: float) -> bool:
+        """Check the peer's certificate and SIG; on failure end the exchange and tell the peer why."""
+        c = self.config
+        assert c.signature is not None and self._cipher is not None and self.keys is not None
+        try:
+            v1auth.verify_peer(c.signature, c.auth_method, payloads, id_payload, digest, c.remote_id, now)
+        except v1auth.V1AuthError as exc:
+            log.warning("IKEv1 %s[%d] with %s: authentication of the peer failed: %s", c.name, self.ike_id,
+                        c.remote_addr[0], exc.reason)
+            self.last_error = exc.reason
+            self._events.append(AuthenticationFailed(self.ike_id, c.name, c.remote_addr, exc.reason, True))
+            mid = int.from_bytes(self._random(4), "big") or 1
+            self._out.append(v1auth.notify_datagram(self._cipher, self.keys, self.cky_i, self.cky_r, exc.notify,
+                                                    mid))
+            self.state, self._deadline, self._last = "failed", None, None
+            return False
+        return True
+
+    def _peer_refused(self, data: bytes) -> None:
+        """An authenticated informational exchange while main mode waits: the peer refused us."""
+        assert self._cipher is not None and self.keys is not None
+        notify = v1auth.read_notify(self._cipher, self.keys, data)
+        if notify is None:
+            raise ParseError("informational exchange that does not authenticate")
+        c = self.config
+        why = f"peer sent {v1auth.NOTIFY_NAMES.get(notify, str(notify))}"
+        log.warning("IKEv1 %s[%d] with %s: main mode refused: %s", c.name, self.ike_id, c.remote_addr[0], why)
+        self.last_error = why
+        self._events.append(AuthenticationFailed(self.ike_id, c.name, c.remote_addr, why, False))
+        self.state, self._deadline, self._last = "failed", None, None
 
     def _quick_mode(self, now: float) -> None:
         assert self._cipher is not None and self.keys is not None
