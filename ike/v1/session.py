@@ -14,12 +14,12 @@ import struct
 from collections import deque
 from dataclasses import dataclass
 from ..dh import create_dh
-from ..errors import IkeError, ParseError
+from ..errors import ParseError
 from ..events import ChildSaEstablished, IkeEvent
 from ..core_config import RandomSource, TrafficSelector
 from . import keymat as km
 from .informational import DPD_VID
-from .rekey import RETRANSMITS, LifecycleMixin, lifetime_attributes
+from .rekey import LifecycleMixin, lifetime_attributes
 from .message import (Attribute, Exchange, Payload, PayloadType, Proposal, SaPayload, Transform, decode_sa,
                       encode_sa, pull_header, pull_message, push_chain, push_message)
 
