@@ -4,7 +4,8 @@ Datagrams and time go in (``receive_datagram``, ``handle_timer``); datagrams (``
 deadline (``get_timer``) and events (``next_event``) come out, as in the IKEv2 core. Nothing a peer sends raises
 out of ``receive_datagram``: malformed or unauthenticated messages are counted in ``dropped`` and ignored.
 
-Not yet here (issue 17): certificates, the responder role, informational exchanges, NAT-T, rekeying.
+The driver API, informational exchanges, DPD, lifetimes and rekeying are the mixins of informational.py and
+rekey.py; the responder role is responder.py. Not yet here (issue 17): certificates, NAT-T.
 """
 from __future__ import annotations
 

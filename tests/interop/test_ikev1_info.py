@@ -24,9 +24,21 @@ from ike.events import ChildSaDeleted, ChildSaEstablished, ChildSaRekeyed, IkeSa
 from ike.v1.informational import DeadPeerDetected
 from ike.v1.session import V1Config, V1Session
 from tests.interop import strongswan as ss
-from tests.interop.test_ikev1_strongswan import PSK, _PskCharon, _V1Conn, lab  # noqa: F401 - the fixture
+from tests.interop.test_ikev1_strongswan import PSK, _PskCharon, _V1Conn
+from tests.support import require, require_root, require_tool
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+
+@pytest.fixture
+def lab(tmp_path: Path):
+    require_root()
+    require_tool("swanctl")
+    require(Path(ss.CHARON).exists(), f"{ss.CHARON} is not installed (Debian: strongswan-charon)")
+    ok, reason = ss.charon_available()
+    require(ok, reason)
+    with ss.Lab(tmp_path) as lab_:
+        yield lab_
 
 
 class _Conn(_V1Conn):
@@ -180,7 +192,7 @@ def test_charon_probes_espresso_responder_and_deletes(lab, tmp_path):
         stop.set()
         t.join(30)
         sock.close()
-    assert [e for e in events if isinstance(e, IkeSaTerminated)][0].reason == "deleted by peer"
+    assert next(e for e in events if isinstance(e, IkeSaTerminated)).reason == "deleted by peer"
     assert box["s"].state == "closed"
 
 
@@ -188,7 +200,7 @@ def test_quick_mode_rekey(lab, tmp_path):
     charon, sock, cfg, peer = _setup(lab, tmp_path)
     session = V1Session(dataclasses.replace(cfg, esp_lifetime=5), os.urandom)
     with contextlib.closing(sock):
-        first = [e for e in _established(session, sock, peer) if isinstance(e, ChildSaEstablished)][0]
+        first = next(e for e in _established(session, sock, peer) if isinstance(e, ChildSaEstablished))
         ev = _run(session, sock, peer, 10, lambda evs: any(isinstance(e, ChildSaRekeyed) for e in evs))
         ev = _run(session, sock, peer, 1, None, ev)
     kinds = [type(e) for e in ev]
