@@ -115,6 +115,8 @@ class LifecycleMixin(InformationalMixin):
                 self._successor.receive_datagram(data, now)
                 self._from_successor(now)
                 return
+            if self.state in ("closed", "dead", "expired"):
+                raise ParseError(f"the ISAKMP SA is {self.state}")
             h = pull_header(data)
             if self.phase1_done and (h.cookie_i, h.cookie_r) != (self.cky_i, self.cky_r):
                 raise ParseError("cookies of another ISAKMP SA")

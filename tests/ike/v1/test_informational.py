@@ -273,3 +273,22 @@ def test_codecs_round_trip():
     assert pull_notify(push_notify(n).body) == n
     d = Delete(3, (b"abcd", b"efgh"))
     assert pull_delete(push_delete(d).body) == d
+
+
+def test_stale_quick_mode_message_id_is_dropped_and_counted():
+    """A quick-mode message with the message ID of a finished exchange that is not a byte-exact retransmission."""
+    p, ci, cr = _up()
+    qm1 = next(d for way, d in p.wire if way == "i>r" and pull_header(d).exchange == Exchange.QUICK)
+    p.r.receive_datagram(qm1[:-16] + bytes(16), 5.0)
+    assert (p.r.dropped, p.r.replays) == (1, 1) and "finished" in p.r.last_error
+    assert p.r.datagrams_to_send() == [] and events(p.r) == []
+
+
+def test_nothing_is_processed_after_close():
+    p, ci, cr = _up()
+    p.r.delete_child(cr.spi_in, 1.0)
+    (late,) = p.r.datagrams_to_send()
+    p.i.close(1.0)
+    events(p.i)
+    p.i.receive_datagram(late, 2.0)
+    assert events(p.i) == [] and p.i.dropped == 1 and "closed" in p.i.last_error
