@@ -213,6 +213,16 @@ class InformationalMixin:
         self._dpd_due = None
 
     # -- receiving
+    def main_mode_notifies(self, payloads: list[Payload]) -> None:
+        """Notifies riding in the authenticated last main-mode message: strongSwan and others put INITIAL-CONTACT
+        into MM5 (RFC 2407 4.6.3.3 allows it wherever the SA is protected). Others there are ignored."""
+        for p in payloads:
+            if p.type == PayloadType.N:
+                n = pull_notify(p.body)
+                if n.type == NotifyType.INITIAL_CONTACT:
+                    self._events.append(InitialContactReceived(self.ike_id, self.config.name,  # type: ignore
+                                                               self.cky_i, self.cky_r, self.config.remote_addr))
+
     def _info_receive(self, data: bytes, now: float) -> None:
         """An informational message: verified, then each N and D payload acted on."""
         h = pull_header(data)

@@ -110,6 +110,7 @@ class V1Responder(V1Session):
                                           [Payload(PayloadType.ID, idir), Payload(PayloadType.HASH, hr)])
         self._out.append(self._last)
         self._events.append(Phase1Done(self.ike_id, self.config.name, self.cky_i, self.cky_r))
+        self.main_mode_notifies(payloads)
         self.state = "r_qm1"
 
     def _r_qm1(self, data: bytes, mid: int, now: float) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from ike.events import ChildSaDeleted, ChildSaEstablished, ChildSaRekeyed, IkeSaRekeyed, IkeSaTerminated
-from ike.v1.informational import DeadPeerDetected
+from ike.v1.informational import DeadPeerDetected, InitialContactReceived
 from ike.v1.session import V1Config, V1Session
 from tests.interop import strongswan as ss
 from tests.interop.test_ikev1_strongswan import PSK, _PskCharon, _V1Conn
@@ -129,12 +129,13 @@ def test_delete_each_way(lab, tmp_path):
 
 def test_dpd_answered_then_dead_peer_detected(lab, tmp_path):
     charon, sock, cfg, peer = _setup(lab, tmp_path, "    dpd_delay = 1s\n")
-    session = V1Session(dataclasses.replace(cfg, dpd_delay=1.0, dpd_retries=2), os.urandom)
+    session = V1Session(dataclasses.replace(cfg, dpd_delay=1.0, dpd_retries=2, initial_contact=True), os.urandom)
     with contextlib.closing(sock):
         _established(session, sock, peer)
         ev = _run(session, sock, peer, 4)
         log = charon.log()
         # charon parsed our R-U-THERE and acknowledged it; we matched each ACK (none left unanswered)
+        assert "[ HASH N(INITIAL_CONTACT) ]" in log, charon.tail(40)  # ours, in an informational after MM6
         assert log.count("[ HASH N(DPD) ]") >= 2 and log.count("[ HASH N(DPD_ACK) ]") >= 2, charon.tail(40)
         assert session.state == "established" and session.dropped == 0 and session._dpd_misses == 0, \
             (session.last_error, ev)
@@ -196,6 +197,9 @@ def test_charon_probes_espresso_responder_and_deletes(lab, tmp_path):
         t.join(30)
         sock.close()
     assert next(e for e in events if isinstance(e, IkeSaTerminated)).reason == "deleted by peer"
+    # charon opened with INITIAL-CONTACT in MM5 (no other SA with us): the daemon is told to drop stale SAs
+    assert "N(INITIAL_CONTACT)" in charon.log()
+    assert any(isinstance(e, InitialContactReceived) for e in events), events
     assert box["s"].state == "closed"
 
 
