@@ -239,3 +239,58 @@ def test_isakmp_rekey_runs_a_new_main_mode(lab, tmp_path):
     assert new in sas[0] and old not in sas[0]
     assert list(session.children) == children and session.state == "established"
     assert "received DELETE for IKE_SA v1[1]" in charon.log()
+
+
+def test_charon_rekeys_the_isakmp_sa_of_espresso_responder(lab, tmp_path):
+    """charon (initiator) rekeys its ISAKMP SA with a new main mode; a second V1Responder answers it (as the
+    daemon's dispatcher makes one per initiator cookie) and adopts the ESP SAs (none here: charon's libipsec never
+    installs them, see the module docstring); charon then deletes the old ISAKMP SA, closing the old session."""
+    from ike.v1.responder import V1Responder
+    charon, sock, cfg, peer = _setup(lab, tmp_path, "    rekey_time = 6s\n")
+    sessions: dict[bytes, V1Responder] = {}
+    events: list = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not stop.is_set():
+            r, _, _ = select.select([sock], [], [], 0.05)
+            now = time.monotonic()
+            if r:
+                data, addr = sock.recvfrom(65535)
+                s = sessions.get(data[:8])
+                if addr != peer:
+                    continue
+                if s is None:
+                    with contextlib.suppress(Exception):
+                        sessions[data[:8]] = V1Responder(cfg, os.urandom, data, now)
+                else:
+                    was = s.phase1_done
+                    s.receive_datagram(data, now)
+                    if s.phase1_done and not was:
+                        for old in sessions.values():
+                            if old is not s:
+                                s.adopt_children(old)
+            for s in list(sessions.values()):
+                s.handle_timer(now)
+                for d in s.datagrams_to_send():
+                    sock.sendto(d, peer)
+                while (ev := s.next_event()) is not None:
+                    events.append((s.cky_i, ev))
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        charon.swanctl("--initiate", "--child", "net", "--timeout", "10", check=False, timeout=20)
+        charon.wait_for(lambda: len(sessions) >= 2 and all(s.phase1_done for s in sessions.values())
+                        and list(sessions.values())[0].state == "closed",
+                        "charon's new main mode and its DELETE of the old ISAKMP SA", timeout=20)
+        sas = charon.wait_for(lambda: (x := _ike_sas(charon)) and len(x) == 1 and x, "one ISAKMP SA at charon")
+    finally:
+        stop.set()
+        t.join(40)
+        sock.close()
+    first, second = list(sessions.values())[:2]
+    assert second.cky_i.hex() in sas[0] and first.cky_i.hex() not in sas[0]
+    assert (first.state, first.dropped, second.dropped) == ("closed", 0, 0), (first.last_error, second.last_error)
+    assert [type(ev) for c, ev in events if c == first.cky_i][-1] is IkeSaTerminated
