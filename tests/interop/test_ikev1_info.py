@@ -283,7 +283,7 @@ def test_charon_rekeys_the_isakmp_sa_of_espresso_responder(lab, tmp_path):
     try:
         charon.swanctl("--initiate", "--child", "net", "--timeout", "10", check=False, timeout=20)
         charon.wait_for(lambda: len(sessions) >= 2 and all(s.phase1_done for s in sessions.values())
-                        and list(sessions.values())[0].state == "closed",
+                        and next(iter(sessions.values())).state == "closed",
                         "charon's new main mode and its DELETE of the old ISAKMP SA", timeout=20)
         sas = charon.wait_for(lambda: (x := _ike_sas(charon)) and len(x) == 1 and x, "one ISAKMP SA at charon")
     finally:
