@@ -137,6 +137,8 @@ class InformationalMixin:
         self._peer_seq: int | None = None
         self.last_notify: Notify | None = None
         self._p1 = False
+        #: the peer sent the RFC 3706 vendor ID: only then do we probe it (we always answer R-U-THERE)
+        self.peer_dpd = False
 
     @property
     def phase1_done(self) -> bool:
@@ -213,6 +215,10 @@ class InformationalMixin:
         self._dpd_due = None
 
     # -- receiving
+    def note_vendor_ids(self, payloads: list[Payload]) -> None:
+        """RFC 3706 2.1: probe only a peer that announced DPD with its vendor ID (in MM1-MM4)."""
+        self.peer_dpd = self.peer_dpd or any(p.type == PayloadType.VID and p.body == DPD_VID for p in payloads)
+
     def main_mode_notifies(self, payloads: list[Payload]) -> None:
         """Notifies riding in the authenticated last main-mode message: strongSwan and others put INITIAL-CONTACT
         into MM5 (RFC 2407 4.6.3.3 allows it wherever the SA is protected). Others there are ignored."""
@@ -307,6 +313,10 @@ class InformationalMixin:
     # -- DPD (RFC 3706): probe when the peer has been quiet for dpd_delay; dead after dpd_retries misses
     def _dpd_timer(self, now: float) -> None:
         if self._dpd_due is None or now < self._dpd_due or not self.alive:
+            return
+        if not self.peer_dpd:
+            self._dpd_due = None
+            self.last_error = "DPD configured, but the peer did not announce it (no RFC 3706 vendor ID)"
             return
         delay = getattr(self.config, "dpd_delay", 0)
         if self._dpd_outstanding is not None:

@@ -16,7 +16,7 @@ from collections import deque
 from ..errors import IkeError, ParseError
 from ..events import ChildSaEstablished, ChildSaRekeyed, IkeEvent, IkeSaRekeyed
 from .informational import PROTO_ESP, PROTO_ISAKMP, Notify, NotifyType, InformationalMixin, pull_notify, push_notify
-from .message import Attribute, Exchange, Payload, PayloadType, Transform, pull_header
+from .message import Attribute, Exchange, Payload, PayloadType, Transform, pull_header, pull_message
 
 __all__ = ["LifecycleMixin", "REKEY_FRACTION", "RETRANSMITS", "negotiate_lifetime", "lifetime_attributes",
            "transform_lifetimes"]
@@ -127,6 +127,8 @@ class LifecycleMixin(InformationalMixin):
                 self._out.append(self._last)  # type: ignore[has-type]
                 self.retransmits_answered += 1
                 return  # the peer did not get our answer: repeat it, do not process the request again
+            if h.exchange == Exchange.MAIN and not h.encrypted:
+                self.note_vendor_ids(pull_message(data)[1])
             if h.exchange == Exchange.QUICK and h.message_id in self._done_mids:
                 self.replays += 1
                 raise ParseError(f"quick mode message id {h.message_id:#010x} is finished (stale or replayed)")

@@ -38,6 +38,7 @@ class V1Responder(V1Session):
         if h.exchange != Exchange.MAIN or h.message_id != 0 or h.cookie_r != bytes(8):
             raise ParseError("not the first message of main mode")
         self._sai_b = self._one(payloads, PayloadType.SA)
+        self.note_vendor_ids(payloads)
         chosen = self._choose_ike(decode_sa(self._sai_b))
         self.cky_i, self.cky_r = h.cookie_i, random(8)
         self._send(push_message(self.cky_i, self.cky_r, Exchange.MAIN, 0, 0,

@@ -292,3 +292,13 @@ def test_nothing_is_processed_after_close():
     events(p.i)
     p.i.receive_datagram(late, 2.0)
     assert events(p.i) == [] and p.i.dropped == 1 and "closed" in p.i.last_error
+
+
+def test_no_probes_to_a_peer_without_the_dpd_vendor_id():
+    icfg = dataclasses.replace(I_CFG, dpd_delay=5.0)
+    p, ci, cr = _up(icfg)
+    assert p.i.peer_dpd and p.r.peer_dpd  # both sides send the RFC 3706 vendor ID in main mode
+    p.i.peer_dpd = False  # as after a peer that sent none
+    p.i.handle_timer(5.0)
+    assert p.i.datagrams_to_send() == [] and p.i.state == "established" and "vendor ID" in p.i.last_error
+    assert p.i.get_timer() is None or p.i.get_timer() > 5.0
