@@ -21,8 +21,19 @@ from ..payloads._base import Reader, need
 from . import keymat as km
 from .message import Exchange, Payload, PayloadType, pull_header, push_chain
 
-__all__ = ["Notify", "Delete", "NotifyType", "DPD_VID", "InitialContactReceived", "DeadPeerDetected",
-           "InformationalMixin", "pull_notify", "push_notify", "pull_delete", "push_delete"]
+__all__ = [
+    "DPD_VID",
+    "DeadPeerDetected",
+    "Delete",
+    "InformationalMixin",
+    "InitialContactReceived",
+    "Notify",
+    "NotifyType",
+    "pull_delete",
+    "pull_notify",
+    "push_delete",
+    "push_notify",
+]
 
 DOI_IPSEC = 1
 PROTO_ISAKMP, PROTO_ESP = 1, 3

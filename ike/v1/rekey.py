@@ -15,11 +15,37 @@ from collections import deque
 
 from ..errors import IkeError, ParseError
 from ..events import ChildSaEstablished, ChildSaRekeyed, IkeEvent, IkeSaRekeyed
-from .informational import PROTO_ESP, PROTO_ISAKMP, Notify, NotifyType, InformationalMixin, pull_notify, push_notify
-from .message import Attribute, Exchange, Payload, PayloadType, Transform, pull_header, pull_message
+from ..payloads._base import Reader
+from .informational import (
+    PROTO_ESP,
+    PROTO_ISAKMP,
+    Delete,
+    InformationalMixin,
+    Notify,
+    NotifyType,
+    pull_notify,
+    push_delete,
+    push_notify,
+)
+from .message import (
+    Attribute,
+    Exchange,
+    Payload,
+    PayloadType,
+    Transform,
+    _pull_attributes,
+    pull_header,
+    pull_message,
+)
 
-__all__ = ["LifecycleMixin", "REKEY_FRACTION", "RETRANSMITS", "negotiate_lifetime", "lifetime_attributes",
-           "transform_lifetimes"]
+__all__ = [
+    "REKEY_FRACTION",
+    "RETRANSMITS",
+    "LifecycleMixin",
+    "lifetime_attributes",
+    "negotiate_lifetime",
+    "transform_lifetimes",
+]
 
 #: an SA is rekeyed when this fraction of its lifetime (seconds or kilobytes) is used
 REKEY_FRACTION = 0.9
@@ -317,7 +343,6 @@ class LifecycleMixin(InformationalMixin):
             return
         # the new ISAKMP SA is up: delete the old one (under its own keys), then move over
         old = (self.cky_i, self.cky_r)
-        from .informational import Delete, push_delete
         if self.alive:
             self.send_informational([push_delete(Delete(PROTO_ISAKMP, (self.cky_i + self.cky_r,)))])
         for name in ("cky_i", "cky_r", "keys", "_cipher", "_seen_mids", "_dpd_seq", "_peer_seq"):
@@ -344,8 +369,6 @@ class LifecycleMixin(InformationalMixin):
 
 def _notify_lifetimes(n: Notify) -> tuple[int, int]:
     """(seconds, kilobytes) of a RESPONDER-LIFETIME notify's attribute list."""
-    from .message import _pull_attributes
-    from ..payloads._base import Reader
     attrs = _pull_attributes(Reader(n.data))
     return transform_lifetimes(Transform(0, 0, attrs), P2_LIFE_TYPE, P2_LIFE) if attrs and \
         attrs[0].type == P2_LIFE_TYPE else transform_lifetimes(Transform(0, 0, attrs), P1_LIFE_TYPE, P1_LIFE)

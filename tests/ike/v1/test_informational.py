@@ -7,8 +7,17 @@ import dataclasses
 import os
 
 from ike.events import ChildSaDeleted, ChildSaEstablished, ChildSaRekeyed, IkeSaRekeyed, IkeSaTerminated
-from ike.v1.informational import (Delete, DeadPeerDetected, InitialContactReceived, Notify, NotifyType,
-                                  pull_delete, pull_notify, push_delete, push_notify)
+from ike.v1.informational import (
+    DeadPeerDetected,
+    Delete,
+    InitialContactReceived,
+    Notify,
+    NotifyType,
+    pull_delete,
+    pull_notify,
+    push_delete,
+    push_notify,
+)
 from ike.v1.message import Exchange, pull_header
 from ike.v1.responder import V1Responder
 from ike.v1.session import Phase1Done, V1Config, V1Session
@@ -103,7 +112,7 @@ def test_retransmitted_qm2_is_answered_with_the_stored_qm3():
 
 
 def test_close_deletes_esp_then_isakmp_and_the_peer_reports_both():
-    p, ci, cr = _up()
+    p, _ci, cr = _up()
     p.i.close(p.now)
     kinds = [type(e) for e in events(p.i)]
     assert kinds == [ChildSaDeleted, IkeSaTerminated] and p.i.state == "closed"
@@ -131,7 +140,7 @@ def test_responder_deletes_one_esp_sa():
 
 
 def test_replayed_informational_is_dropped_and_counted():
-    p, ci, cr = _up()
+    p, _ci, cr = _up()
     p.r.delete_child(cr.spi_in, p.now)
     (d,) = p.r.datagrams_to_send()
     p.i.receive_datagram(d, 1.0)
@@ -141,7 +150,7 @@ def test_replayed_informational_is_dropped_and_counted():
 
 
 def test_forged_or_foreign_informational_changes_nothing():
-    p, ci, cr = _up()
+    p, ci, _cr = _up()
     p.r.send_informational([push_delete(Delete(3, ((ci.spi_out ^ 1).to_bytes(4, "big"),)))])
     (unknown,) = p.r.datagrams_to_send()
     p.i.receive_datagram(unknown, 1.0)
@@ -164,7 +173,7 @@ def test_initial_contact_reaches_the_responder_as_an_event():
 
 def test_dpd_probe_is_answered_and_a_dead_peer_is_declared_after_bounded_probes():
     icfg = dataclasses.replace(I_CFG, dpd_delay=10.0, dpd_retries=2)
-    p, ci, cr = _up(icfg)
+    p, _ci, _cr = _up(icfg)
     p.advance(10.0)
     probes = [d for direction, d in p.wire if direction == "i>r" and pull_header(d).exchange == Exchange.INFORMATIONAL]
     acks = [d for direction, d in p.wire if direction == "r>i" and pull_header(d).exchange == Exchange.INFORMATIONAL]
@@ -190,7 +199,7 @@ def test_dpd_probe_is_answered_and_a_dead_peer_is_declared_after_bounded_probes(
 
 def test_dpd_ack_with_a_wrong_sequence_is_dropped():
     icfg = dataclasses.replace(I_CFG, dpd_delay=5.0)
-    p, ci, cr = _up(icfg)
+    p, _ci, _cr = _up(icfg)
     p.i.handle_timer(5.0)
     p.i.datagrams_to_send()
     seq = p.i._dpd_outstanding
@@ -206,14 +215,14 @@ def test_responder_lifetime_shortens_the_initiators_sa():
     rcfg = dataclasses.replace(R_CFG, esp_lifetime=600, esp_life_kb=50000)
     p = Pair(icfg, rcfg)
     p.pump()
-    qm2 = [d for direction, d in p.wire if direction == "r>i" and pull_header(d).exchange == Exchange.QUICK][0]
+    qm2 = next(d for direction, d in p.wire if direction == "r>i" and pull_header(d).exchange == Exchange.QUICK)
     ci = events(p.i)[-1]
     cr = events(p.r)[-1]
     assert (ci.life_time, ci.life_bytes) == (cr.life_time, cr.life_bytes) == (600, 50000 * 1024)
     assert ci.rekey_time == 540 and cr.rekey_time == 0
     assert qm2  # the notify is inside the encrypted QM2; its effect is checked above
     # an initiator asking for less than the responder allows keeps its own
-    p2, ci2, cr2 = _up(dataclasses.replace(I_CFG, esp_lifetime=300), rcfg)
+    _p2, ci2, cr2 = _up(dataclasses.replace(I_CFG, esp_lifetime=300), rcfg)
     assert ci2.life_time == cr2.life_time == 300 and ci2.life_bytes == cr2.life_bytes == 50000 * 1024
 
 
@@ -235,7 +244,7 @@ def test_quick_mode_rekey_is_make_before_break():
 
 
 def test_kilobyte_lifetime_triggers_a_rekey_and_then_expiry():
-    p, ci, cr = _up(dataclasses.replace(I_CFG, esp_life_kb=100), dataclasses.replace(R_CFG, esp_life_kb=100))
+    p, ci, _cr = _up(dataclasses.replace(I_CFG, esp_life_kb=100), dataclasses.replace(R_CFG, esp_life_kb=100))
     p.i.child_traffic(ci.spi_in, 80 * 1024, 1.0)
     assert p.i.state == "established" and events(p.i) == []
     p.i.child_traffic(ci.spi_in, 11 * 1024, 1.0)  # past 90 %
@@ -277,7 +286,7 @@ def test_codecs_round_trip():
 
 def test_stale_quick_mode_message_id_is_dropped_and_counted():
     """A quick-mode message with the message ID of a finished exchange that is not a byte-exact retransmission."""
-    p, ci, cr = _up()
+    p, _ci, _cr = _up()
     qm1 = next(d for way, d in p.wire if way == "i>r" and pull_header(d).exchange == Exchange.QUICK)
     p.r.receive_datagram(qm1[:-16] + bytes(16), 5.0)
     assert (p.r.dropped, p.r.replays) == (1, 1) and "finished" in p.r.last_error
@@ -285,7 +294,7 @@ def test_stale_quick_mode_message_id_is_dropped_and_counted():
 
 
 def test_nothing_is_processed_after_close():
-    p, ci, cr = _up()
+    p, _ci, cr = _up()
     p.r.delete_child(cr.spi_in, 1.0)
     (late,) = p.r.datagrams_to_send()
     p.i.close(1.0)
@@ -296,7 +305,7 @@ def test_nothing_is_processed_after_close():
 
 def test_no_probes_to_a_peer_without_the_dpd_vendor_id():
     icfg = dataclasses.replace(I_CFG, dpd_delay=5.0)
-    p, ci, cr = _up(icfg)
+    p, _ci, _cr = _up(icfg)
     assert p.i.peer_dpd and p.r.peer_dpd  # both sides send the RFC 3706 vendor ID in main mode
     p.i.peer_dpd = False  # as after a peer that sent none
     p.i.handle_timer(5.0)
