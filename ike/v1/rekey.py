@@ -34,6 +34,7 @@ from .message import (
     PayloadType,
     Transform,
     _pull_attributes,
+    decode_sa,
     pull_header,
     pull_message,
 )
@@ -148,6 +149,7 @@ class LifecycleMixin(InformationalMixin):
                 raise ParseError("cookies of another ISAKMP SA")
             if h.exchange == Exchange.INFORMATIONAL:
                 self._info_receive(data, now)
+                self._flush_deferred()
                 return
             if self._last_in is not None and data == self._last_in and self._last is not None:  # type: ignore
                 self._out.append(self._last)  # type: ignore[has-type]
@@ -165,6 +167,8 @@ class LifecycleMixin(InformationalMixin):
                 self._phase1_up(now)
             if self._p1:
                 self._heard(now)
+                if self.state not in ("r_qm1",):  # the peer has moved past main mode
+                    self._flush_deferred()
         except (IkeError, ValueError) as exc:
             # ParseError and the DH checks (ValueError from a bad public value) are peer errors: count, drop
             self.dropped += 1
@@ -226,8 +230,25 @@ class LifecycleMixin(InformationalMixin):
                 self._ike_rekey_at = now + life * REKEY_FRACTION
         if getattr(self.config, "initial_contact", False) and self.initiator and not self._successor_of:
             self.send_initial_contact()
+        if not self.initiator and hasattr(self, "_choose_ike"):
+            # main-mode responder: if our ISAKMP lifetime is shorter than the one we accepted, say so after MM6
+            (t,) = self._choose_ike(decode_sa(self._sai_b)).proposals[0].transforms  # type: ignore[attr-defined]
+            ours = (life, getattr(self.config, "ike_life_kb", 0))
+            agreed, shorter = negotiate_lifetime(transform_lifetimes(t, P1_LIFE_TYPE, P1_LIFE), ours)
+            if shorter:
+                data = b"".join(a.push() for a in lifetime_attributes(*agreed, P1_LIFE_TYPE, P1_LIFE))
+                # not at once: the peer may still be processing MM6 (its phase-1 IV, which this message's IV is
+                # derived from, not yet final) and would find it malformed; after its next message it has MM6
+                self._deferred = [push_notify(Notify(PROTO_ISAKMP, NotifyType.RESPONDER_LIFETIME,
+                                                     self.cky_i + self.cky_r, data))]
 
     _successor_of = False
+    _deferred: list[Payload] | None = None
+
+    def _flush_deferred(self) -> None:
+        if self._deferred and self.alive:
+            payloads, self._deferred = self._deferred, None
+            self.send_informational(payloads)
 
     def _honour_ike_lifetime(self, n: Notify, now: float) -> None:
         """RESPONDER-LIFETIME for the ISAKMP SA (sent in an informational after main mode)."""

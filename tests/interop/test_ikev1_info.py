@@ -152,7 +152,7 @@ def test_charon_probes_espresso_responder_and_deletes(lab, tmp_path):
     ESP lifetime with RESPONDER-LIFETIME; charon's DELETE of the ISAKMP SA reaches us as IkeSaTerminated."""
     from ike.v1.responder import V1Responder
     charon, sock, cfg, peer = _setup(lab, tmp_path, "    dpd_delay = 1s\n")
-    cfg = dataclasses.replace(cfg, esp_lifetime=600)  # shorter than charon's: RESPONDER-LIFETIME in QM2
+    cfg = dataclasses.replace(cfg, esp_lifetime=600, ike_lifetime=600)  # shorter than charon's: RESPONDER-LIFETIME
     box: dict = {}
     events: list = []
     stop = threading.Event()
@@ -189,6 +189,9 @@ def test_charon_probes_espresso_responder_and_deletes(lab, tmp_path):
         # charon parsed our RESPONDER-LIFETIME (24576) inside a QM2 whose HASH(2) covers it, and went on to key
         # the SA (it verified the hash; the install then fails in libipsec, see the module docstring)
         assert "[ HASH SA No KE ID ID N((24576)) ]" in charon.log(), charon.tail(40)
+        # and our shorter ISAKMP lifetime in an informational of its own, which charon decrypts and reads
+        charon.wait_for(lambda: "[ HASH N((24576)) ]" in charon.log(), "charon parsing our ISAKMP RESPONDER-LIFETIME")
+        assert "ignore malformed INFORMATIONAL" not in charon.log()
         charon.swanctl("--terminate", "--ike", "v1", "--timeout", "5", check=False, timeout=15)
         charon.wait_for(lambda: any(isinstance(e, IkeSaTerminated) for e in events),
                         "espresso acting on charon's DELETE", timeout=10)

@@ -311,3 +311,17 @@ def test_no_probes_to_a_peer_without_the_dpd_vendor_id():
     p.i.handle_timer(5.0)
     assert p.i.datagrams_to_send() == [] and p.i.state == "established" and "vendor ID" in p.i.last_error
     assert p.i.get_timer() is None or p.i.get_timer() > 5.0
+
+
+def test_isakmp_responder_lifetime_is_announced_and_honoured():
+    """The main-mode responder allows 100 s where the initiator asked 1000 s: RESPONDER-LIFETIME for the ISAKMP
+    SA in an informational after MM6, and the initiator rekeys at 90 % of the shorter lifetime."""
+    p = Pair(dataclasses.replace(I_CFG, ike_lifetime=1000), dataclasses.replace(R_CFG, ike_lifetime=100))
+    p.pump()
+    infos = [d for way, d in p.wire if way == "r>i" and pull_header(d).exchange == Exchange.INFORMATIONAL]
+    assert len(infos) == 1 and p.i.dropped == 0
+    assert p.i.last_notify is not None and p.i.last_notify.type == NotifyType.RESPONDER_LIFETIME
+    assert p.i._ike_rekey_at == 90.0 and p.i._ike_expire_at == 100.0
+    p2 = Pair(dataclasses.replace(I_CFG, ike_lifetime=50), dataclasses.replace(R_CFG, ike_lifetime=100))
+    p2.pump()
+    assert not [d for way, d in p2.wire if pull_header(d).exchange == Exchange.INFORMATIONAL]
