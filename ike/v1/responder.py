@@ -14,6 +14,7 @@ from . import auth as v1auth
 from . import keymat as km
 from .message import (Exchange, Payload, PayloadType, Proposal, SaPayload, Transform, decode_sa, encode_sa,
                       pull_header, pull_message, push_chain, push_message)
+from .informational import DPD_VID
 from .session import (AES_CBC, ESP_AES, ESP_AUTH, HASH_IDS, P1_AUTH, P1_ENC, P1_GROUP, P1_HASH,
                       P1_KEYLEN, P2_AUTH, P2_GROUP, P2_KEYLEN, PROTO_ESP, PROTO_ISAKMP, Phase1Done, V1Config,
                       V1Session, _id_body, _id_network, _ts)
@@ -29,6 +30,8 @@ def _same_identity(a: bytes, b: bytes) -> bool:
 class V1Responder(V1Session):
     """One ISAKMP SA that the peer opened, and the quick modes it then runs (one at a time)."""
 
+    initiator = False
+
     def __init__(self, config: V1Config, random: RandomSource, mm1: bytes, now: float, ike_id: int = 1) -> None:
         """Raises ParseError when ``mm1`` is not an acceptable main-mode opening."""
         super().__init__(config, random, ike_id)
@@ -36,10 +39,12 @@ class V1Responder(V1Session):
         if h.exchange != Exchange.MAIN or h.message_id != 0 or h.cookie_r != bytes(8):
             raise ParseError("not the first message of main mode")
         self._sai_b = self._one(payloads, PayloadType.SA)
+        self.note_vendor_ids(payloads)
         chosen = self._choose_ike(decode_sa(self._sai_b))
         self.cky_i, self.cky_r = h.cookie_i, random(8)
         self._send(push_message(self.cky_i, self.cky_r, Exchange.MAIN, 0, 0,
-                                [Payload(PayloadType.SA, encode_sa(chosen))]), now)
+                                [Payload(PayloadType.SA, encode_sa(chosen)), Payload(PayloadType.VID, DPD_VID)]),
+                   now)
         self._deadline = None  # a responder answers retransmits; it does not retransmit on a timer
         self.state = "r_mm3"
         #: the ESP SA keyed when we answered quick mode, emitted once HASH(3) verifies; a daemon may install
@@ -60,17 +65,14 @@ class V1Responder(V1Session):
         h = pull_header(data)
         if h.cookie_i != self.cky_i or h.cookie_r != self.cky_r:
             raise ParseError("cookies of another ISAKMP SA")
-        if data == getattr(self, "_last_in", None) and self._last is not None:
-            self._out.append(self._last)  # a retransmitted request: repeat our answer
-            return
         if self.state == "r_mm3" and h.exchange == Exchange.MAIN and not h.encrypted:
             self._r_mm3(pull_message(data)[1], now)
         elif self.state == "r_mm5" and h.exchange == Exchange.MAIN and h.encrypted and h.message_id == 0:
             self._r_mm5(data, now)
-        elif self.state == "r_qm1" and h.exchange == Exchange.QUICK and h.encrypted and h.message_id:
+        elif self.state in ("r_qm1", "established") and h.exchange == Exchange.QUICK and h.encrypted and h.message_id:
             self._r_qm1(data, h.message_id, now)
         elif self.state == "r_qm3" and h.exchange == Exchange.QUICK and h.message_id == self._qm_mid:
-            self._r_qm3(data)
+            self._r_qm3(data, now)
         else:
             raise ParseError(f"exchange {h.exchange} not expected in state {self.state}")
         self._last_in = data
@@ -116,6 +118,7 @@ class V1Responder(V1Session):
                                           [Payload(PayloadType.ID, idir)] + self._proof(hr))
         self._out.append(self._last)
         self._events.append(Phase1Done(self.ike_id, self.config.name, self.cky_i, self.cky_r))
+        self.main_mode_notifies(payloads)
         self.state = "r_qm1"
 
     def _r_qm1(self, data: bytes, mid: int, now: float) -> None:
@@ -154,6 +157,7 @@ class V1Responder(V1Session):
         body = [Payload(PayloadType.SA, encode_sa(SaPayload(sa.doi, sa.situation,
                                                             (Proposal(p.number, p.protocol, self._spi_in, (t,)),)))),
                 Payload(PayloadType.NONCE, self._qnr)] + ke + [Payload(PayloadType.ID, i) for i in ids]
+        body += self.responder_lifetime(t, p.spi)
         h2 = km.qm_hash2(self.keys, mid, ni, push_chain(body)[1])
         self._last = self._cipher.encrypt(self.cky_i, self.cky_r, Exchange.QUICK, mid,
                                           [Payload(PayloadType.HASH, h2)] + body)
@@ -171,7 +175,7 @@ class V1Responder(V1Session):
             enc_key_in=k_in[:elen], enc_key_out=k_out[:elen], integ_key_in=k_in[elen:], integ_key_out=k_out[elen:])
         self.state = "r_qm3"
 
-    def _r_qm3(self, data: bytes) -> None:
+    def _r_qm3(self, data: bytes, now: float) -> None:
         assert self._cipher is not None and self.keys is not None
         _, payloads = self._cipher.decrypt(data)
         expect = km.qm_hash3(self.keys, self._qm_mid, self._qni, self._qnr)
@@ -180,7 +184,7 @@ class V1Responder(V1Session):
             raise ParseError("HASH(3) does not verify")
         self._cipher.forget(self._qm_mid)
         assert self.pending_child is not None
-        self._events.append(self.pending_child)
+        self._child_up(self.pending_child, now)
         self.pending_child = None
         self._last = None
         self.state = "established"

@@ -8,7 +8,8 @@ Main mode authenticates with a pre-shared key or, when ``V1Config.signature`` is
 (ike/v1/auth.py); a failed signature authentication ends the exchange (state "failed", an AuthenticationFailed
 event, a logged reason and an ISAKMP notify to the peer) rather than being dropped like a forged datagram.
 
-Not yet here (issue 17): informational exchanges, NAT-T, rekeying.
+The driver API, informational exchanges, DPD, lifetimes and rekeying are the mixins of informational.py and
+rekey.py; the responder role is responder.py.
 """
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ import struct
 from collections import deque
 from dataclasses import dataclass
 from ..dh import create_dh
-from ..errors import IkeError, ParseError
+from ..errors import ParseError
 from ..events import AuthenticationFailed, ChildSaEstablished, IkeEvent
 from ..core_config import RandomSource, TrafficSelector
 from . import auth as v1auth
 from . import keymat as km
+from .informational import DPD_VID
+from .rekey import LifecycleMixin, lifetime_attributes
 from .message import (Attribute, Exchange, Payload, PayloadType, Proposal, SaPayload, Transform, decode_sa,
                       encode_sa, pull_header, pull_message, push_chain, push_message)
 
@@ -34,7 +37,7 @@ SIT_IDENTITY_ONLY = 1
 PROTO_ISAKMP, PROTO_ESP = 1, 3
 #: RFC 2409 Appendix A / RFC 2407 4.5 attribute numbers and values used here
 P1_ENC, P1_HASH, P1_AUTH, P1_GROUP, P1_LIFE_TYPE, P1_LIFE, P1_KEYLEN = 1, 2, 3, 4, 11, 12, 14
-AES_CBC, AUTH_PSK, LIFE_SECONDS = 7, 1, 1
+AES_CBC, LIFE_SECONDS = 7, 1
 ESP_AES = 12
 P2_LIFE_TYPE, P2_LIFE, P2_GROUP, P2_MODE, P2_AUTH, P2_KEYLEN = 1, 2, 3, 4, 5, 6
 MODE_TUNNEL = 1
@@ -42,7 +45,6 @@ MODE_TUNNEL = 1
 ESP_AUTH = {2: ("sha1", 20), 5: ("sha256", 32)}
 HASH_IDS = {v: k for k, v in km.HASHES.items()}
 ID_IPV4, ID_FQDN, ID_IPV4_SUBNET = 1, 2, 4
-RETRANSMITS = 3
 
 log = logging.getLogger("ike.v1")
 
@@ -70,6 +72,14 @@ class V1Config:
     esp_lifetime: int = 3600
     retransmit_timeout: float = 1.0
     signature: v1auth.SignatureAuth | None = None
+    #: kilobyte lifetimes (0: none); seconds above. ESP SAs are rekeyed at rekey.REKEY_FRACTION of either
+    ike_life_kb: int = 0
+    esp_life_kb: int = 0
+    #: RFC 3706 DPD: probe after this many quiet seconds (0: off); dead after dpd_retries unanswered probes
+    dpd_delay: float = 0.0
+    dpd_retries: int = 3
+    #: send INITIAL-CONTACT after main mode (we hold no older SA with this peer)
+    initial_contact: bool = False
 
     @property
     def auth_method(self) -> int:
@@ -112,7 +122,7 @@ def _ts(net: str) -> tuple[TrafficSelector, ...]:
     return (TrafficSelector.from_cidr(net),)
 
 
-class V1Session:
+class V1Session(LifecycleMixin):
     """One ISAKMP SA and its first quick mode, initiator side."""
 
     def __init__(self, config: V1Config, random: RandomSource, ike_id: int = 1) -> None:
@@ -132,47 +142,22 @@ class V1Session:
         self._tries = 0
         self.keys: km.Phase1Keys | None = None
         self._cipher: km.Phase1Cipher | None = None
+        self._lifecycle_init()  # informational exchanges, DPD, lifetimes, rekeying (ike/v1/rekey.py)
 
     # -- driver API
     def initiate(self, now: float) -> None:
         c = self.config
         attrs = (Attribute(P1_ENC, AES_CBC), Attribute(P1_KEYLEN, c.enc_key_bits),
-                 Attribute(P1_HASH, HASH_IDS[c.hash]), Attribute(P1_AUTH, c.auth_method),
-                 Attribute(P1_GROUP, c.group),
-                 Attribute(P1_LIFE_TYPE, LIFE_SECONDS), Attribute(P1_LIFE, c.ike_lifetime))
+                 Attribute(P1_HASH, HASH_IDS[c.hash]), Attribute(P1_AUTH, c.auth_method), Attribute(P1_GROUP, c.group),
+                 *lifetime_attributes(c.ike_lifetime, c.ike_life_kb, P1_LIFE_TYPE, P1_LIFE))
         sa = SaPayload(DOI_IPSEC, SIT_IDENTITY_ONLY, (Proposal(1, PROTO_ISAKMP, b"", (Transform(1, 1, attrs),)),))
         self._sai_b = encode_sa(sa)
         self._send(push_message(self.cky_i, self.cky_r, Exchange.MAIN, 0, 0,
-                                [Payload(PayloadType.SA, self._sai_b)]), now)
+                                [Payload(PayloadType.SA, self._sai_b), Payload(PayloadType.VID, DPD_VID)]), now)
         self.state = "mm2"
 
-    def datagrams_to_send(self) -> list[bytes]:
-        out, self._out = self._out, []
-        return out
-
-    def next_event(self) -> IkeEvent | None:
-        return self._events.popleft() if self._events else None
-
-    def get_timer(self) -> float | None:
-        return self._deadline
-
-    def handle_timer(self, now: float) -> None:
-        if self._deadline is None or now < self._deadline or self._last is None:
-            return
-        if self._tries >= RETRANSMITS:
-            self.state, self._deadline = "failed", None
-            return
-        self._tries += 1
-        self._out.append(self._last)
-        self._deadline = now + self.config.retransmit_timeout * 2 ** self._tries
-
-    def receive_datagram(self, data: bytes, now: float) -> None:
-        try:
-            self._receive(data, now)
-        except (IkeError, ValueError) as exc:
-            # ParseError and the DH checks (ValueError from a bad public value) are peer errors: count, drop
-            self.dropped += 1
-            self.last_error = str(exc)
+    def _new_initiator(self) -> V1Session:
+        return V1Session(self.config, self._random, self.ike_id)
 
     # -- internals
     def _send(self, data: bytes, now: float) -> None:
@@ -257,7 +242,10 @@ class V1Session:
                 raise ParseError("HASH_R does not verify")
             self._cipher.confirm(data)
         self._events.append(Phase1Done(self.ike_id, self.config.name, self.cky_i, self.cky_r))
-        self._quick_mode(now)
+        if self.quick_after_main:
+            self._quick_mode(now)
+        else:  # an ISAKMP rekey: the ESP SAs stay where they are
+            self.state, self._deadline = "established", None
 
     # -- authentication (PSK or signatures; the signature rules are in auth.py)
     def _skeyid(self, ni: bytes, nr: bytes, gxy: bytes) -> bytes:
@@ -315,8 +303,7 @@ class V1Session:
         c = self.config
         self._qm_mid = int.from_bytes(self._random(4), "big") or 1
         self._spi_in = self._random(4)
-        attrs = [Attribute(P2_LIFE_TYPE, LIFE_SECONDS), Attribute(P2_LIFE, c.esp_lifetime),
-                 Attribute(P2_MODE, MODE_TUNNEL), Attribute(P2_AUTH, c.esp_auth),
+        attrs = [*self.esp_lifetime_attributes(), Attribute(P2_MODE, MODE_TUNNEL), Attribute(P2_AUTH, c.esp_auth),
                  Attribute(P2_KEYLEN, c.esp_key_bits)]
         if c.pfs_group:
             attrs.append(Attribute(P2_GROUP, c.pfs_group))
@@ -357,6 +344,7 @@ class V1Session:
                                                       ipaddress.IPv4Network(c.remote_ts)]:
             raise ParseError("responder changed the proxy identities")
         nr = self._one(payloads, PayloadType.NONCE)
+        self.initiator_lifetime(payloads)
         gxy = b""
         if self._qdh:
             gxy = self._qdh.shared(self._one(payloads, PayloadType.KE))
@@ -370,11 +358,12 @@ class V1Session:
         elen = c.esp_key_bits // 8
         k_in = km.qm_keymat(self.keys, PROTO_ESP, self._spi_in, self._qni, nr, elen + alen, gxy)
         k_out = km.qm_keymat(self.keys, PROTO_ESP, p.spi, self._qni, nr, elen + alen, gxy)
-        self._events.append(ChildSaEstablished(
+        self._child_up(ChildSaEstablished(
             self.ike_id, c.name, child=c.name, spi_in=int.from_bytes(self._spi_in, "big"),
             spi_out=int.from_bytes(p.spi, "big"), suite=f"aes{c.esp_key_bits}-{suffix}", esn=False, mode="tunnel",
             local_ts=_ts(c.local_ts), remote_ts=_ts(c.remote_ts), local_addr=c.local_addr,
             remote_addr=c.remote_addr, encap=False, initiator=True, rekey_time=0, life_time=c.esp_lifetime,
             rekey_bytes=0, life_bytes=0, rekey_packets=0, life_packets=0,
-            enc_key_in=k_in[:elen], enc_key_out=k_out[:elen], integ_key_in=k_in[elen:], integ_key_out=k_out[elen:]))
+            enc_key_in=k_in[:elen], enc_key_out=k_out[:elen], integ_key_in=k_in[elen:], integ_key_out=k_out[elen:]),
+            now)
         self.state = "established"

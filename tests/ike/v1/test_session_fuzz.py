@@ -21,7 +21,7 @@ def _session(state: str) -> tuple[V1Session, list[bytes]]:
     s = V1Session(CFG, os.urandom)
     s.initiate(0.0)
     (mm1,) = s.datagrams_to_send()
-    h, (sa,) = pull_message(mm1)
+    h, (sa, *_) = pull_message(mm1)  # SA, then the DPD vendor ID
     got: list[bytes] = []
     if state == "mm2":
         return s, got
@@ -249,3 +249,51 @@ def test_nothing_raises_out_of_a_signature_responder_in_any_state(upto, cut, spl
     for d in (mutated, mutated[:24] + len(mutated).to_bytes(4, "big") + mutated[28:], blob):
         r.receive_datagram(d, 1.0)
     r.handle_timer(100.0)
+
+
+def _established_pair():
+    """An initiator and a responder with an ISAKMP SA and one ESP SA, DPD on (so probes are outstanding)."""
+    import dataclasses
+
+    from ike.v1.responder import V1Responder
+    i = V1Session(dataclasses.replace(CFG, dpd_delay=5.0), os.urandom)
+    i.initiate(0.0)
+    (mm1,) = i.datagrams_to_send()
+    r = V1Responder(dataclasses.replace(RCFG, dpd_delay=5.0), os.urandom, mm1, 0.0)
+    for _ in range(4):
+        for d in r.datagrams_to_send():
+            i.receive_datagram(d, 0.0)
+        for d in i.datagrams_to_send():
+            r.receive_datagram(d, 0.0)
+    assert i.state == r.state == "established"
+    return i, r
+
+
+@settings(max_examples=_budget(80), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.booleans(), st.lists(st.tuples(st.sampled_from([PayloadType.N, PayloadType.D, PayloadType.SA,
+                                                          PayloadType.HASH, 99]),
+                                         st.binary(max_size=40)), max_size=4),
+       st.integers(0, 400), st.binary(min_size=1, max_size=4), st.sampled_from([None, 36136, 36137, 24578, 24576]))
+def test_nothing_raises_out_of_informational_handling(towards_responder, payloads, cut, splice, ntype):
+    """Protected informational messages (valid HASH, so the N/D parsers and their actions run) with arbitrary
+    payloads, DPD notifies with arbitrary sequence numbers, and mutations of them, into established sessions."""
+    import struct
+    i, r = _established_pair()
+    sender, receiver = (i, r) if towards_responder else (r, i)
+    body = [Payload(t, b) for t, b in payloads]
+    if ntype is not None:
+        seq = payloads[0][1][:4].rjust(4, b"\0") if payloads else b"\0\0\0\1"
+        spi = receiver.cky_i + receiver.cky_r
+        body.append(Payload(PayloadType.N, struct.pack("!IBBH", 1, 1, 16, ntype) + spi + seq))
+    receiver.handle_timer(5.0)  # a probe outstanding, so ACK handling is reachable
+    receiver.datagrams_to_send()
+    try:
+        sender.send_informational(body)
+    except ValueError:
+        return  # a payload too large to encode: nothing was sent
+    (msg,) = sender.datagrams_to_send()
+    for d in (msg, msg, msg[:cut] + splice + msg[cut + len(splice):]):
+        receiver.receive_datagram(d, 6.0)
+    receiver.handle_timer(100.0)
+    receiver.close(100.0)
+    assert receiver.state in ("closed", "dead")
