@@ -18,6 +18,7 @@ from ..errors import IkeError, ParseError
 from ..events import ChildSaEstablished, IkeEvent
 from ..core_config import RandomSource, TrafficSelector
 from . import keymat as km
+from .natt import NatTraversal
 from .message import (Attribute, Exchange, Payload, PayloadType, Proposal, SaPayload, Transform, decode_sa,
                       encode_sa, pull_header, pull_message, push_chain, push_message)
 
@@ -59,6 +60,9 @@ class V1Config:
     ike_lifetime: int = 10800
     esp_lifetime: int = 3600
     retransmit_timeout: float = 1.0
+    #: RFC 3947 NAT traversal: announce it (``natt``) and pretend to be behind a NAT (``encap``, charon's option)
+    natt: bool = True
+    encap: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ class V1Session:
         self._tries = 0
         self.keys: km.Phase1Keys | None = None
         self._cipher: km.Phase1Cipher | None = None
+        self.natt = NatTraversal(config.natt, config.encap, random)
 
     # -- driver API
     def initiate(self, now: float) -> None:
@@ -126,7 +131,7 @@ class V1Session:
         sa = SaPayload(DOI_IPSEC, SIT_IDENTITY_ONLY, (Proposal(1, PROTO_ISAKMP, b"", (Transform(1, 1, attrs),)),))
         self._sai_b = encode_sa(sa)
         self._send(push_message(self.cky_i, self.cky_r, Exchange.MAIN, 0, 0,
-                                [Payload(PayloadType.SA, self._sai_b)]), now)
+                                [Payload(PayloadType.SA, self._sai_b)] + self.natt.vendor_ids()), now)
         self.state = "mm2"
 
     def datagrams_to_send(self) -> list[bytes]:
@@ -196,10 +201,13 @@ class V1Session:
         if any(t.get(k) != v for k, v in want.items()):
             raise ParseError("responder chose a transform that was not offered")
         self.cky_r = cky_r
+        self.natt.saw_vendor_ids(payloads)
         self._dh = create_dh(c.group, self._random)
         self._ni = self._random(32)
+        natd = self.natt.natd_payloads(c.hash, self.cky_i, cky_r, c.local_addr, c.remote_addr)
         self._send(push_message(self.cky_i, cky_r, Exchange.MAIN, 0, 0,
-                                [Payload(PayloadType.KE, self._dh.public), Payload(PayloadType.NONCE, self._ni)]), now)
+                                [Payload(PayloadType.KE, self._dh.public), Payload(PayloadType.NONCE, self._ni)]
+                                + natd), now)
         self.state = "mm4"
 
     def _mm4(self, payloads: list[Payload], now: float) -> None:
@@ -209,6 +217,7 @@ class V1Session:
         if not 8 <= len(nr) <= 256:
             raise ParseError(f"nonce of {len(nr)} bytes")
         gxy = self._dh.shared(gxr)
+        self.natt.check_natd(payloads, c.hash, self.cky_i, self.cky_r, c.local_addr, c.remote_addr)
         skeyid = km.skeyid_psk(c.hash, c.psk, self._ni, nr)
         self.keys = km.derive_phase1(c.hash, skeyid, gxy, self.cky_i, self.cky_r, self._dh.public, gxr,
                                      c.enc_key_bits // 8)
@@ -239,7 +248,7 @@ class V1Session:
         self._qm_mid = int.from_bytes(self._random(4), "big") or 1
         self._spi_in = self._random(4)
         attrs = [Attribute(P2_LIFE_TYPE, LIFE_SECONDS), Attribute(P2_LIFE, c.esp_lifetime),
-                 Attribute(P2_MODE, MODE_TUNNEL), Attribute(P2_AUTH, c.esp_auth),
+                 Attribute(P2_MODE, self.natt.encap_mode or MODE_TUNNEL), Attribute(P2_AUTH, c.esp_auth),
                  Attribute(P2_KEYLEN, c.esp_key_bits)]
         if c.pfs_group:
             attrs.append(Attribute(P2_GROUP, c.pfs_group))
@@ -297,7 +306,7 @@ class V1Session:
             self.ike_id, c.name, child=c.name, spi_in=int.from_bytes(self._spi_in, "big"),
             spi_out=int.from_bytes(p.spi, "big"), suite=f"aes{c.esp_key_bits}-{suffix}", esn=False, mode="tunnel",
             local_ts=_ts(c.local_ts), remote_ts=_ts(c.remote_ts), local_addr=c.local_addr,
-            remote_addr=c.remote_addr, encap=False, initiator=True, rekey_time=0, life_time=c.esp_lifetime,
+            remote_addr=c.remote_addr, encap=self.natt.floated, initiator=True, rekey_time=0, life_time=c.esp_lifetime,
             rekey_bytes=0, life_bytes=0, rekey_packets=0, life_packets=0,
             enc_key_in=k_in[:elen], enc_key_out=k_out[:elen], integ_key_in=k_in[elen:], integ_key_out=k_out[elen:]))
         self.state = "established"
