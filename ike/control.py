@@ -212,7 +212,7 @@ async def cmd_status(daemon: Any, req: dict[str, Any]) -> dict[str, Any]:
 async def cmd_list_conns(daemon: Any, req: dict[str, Any]) -> dict[str, Any]:
     conns = []
     for p in daemon.config.core.peers:
-        conns.append({"name": p.name, "remote_addr": p.remote_addr, "remote_port": p.remote_port,
+        conns.append({"name": p.name, "version": p.version, "remote_addr": p.remote_addr, "remote_port": p.remote_port,
                       "local_id": str(p.local_id), "remote_id": str(p.remote_id) if p.remote_id else None,
                       "ike_proposals": list(p.ike_proposals), "auth": p.auth,
                       "children": [{"name": c.name, "local_ts": [str(t) for t in c.local_ts],
