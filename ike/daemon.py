@@ -533,7 +533,7 @@ class Daemon:
                     "encap_forced": e.nat_fake,
                     "established": round(now - (rec.established_at or now)),
                     "rekey_in": (round(peer.rekey_time - (now - (rec.established_at or now)))
-                                 if peer is not None and peer.rekey_time else None),
+                                 if peer is not None and peer.rekey_time and peer.version == 2 else None),
                 })
             info = infos.get(rec.ike_id)
             if info is not None:
