@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from ..connection import Datagram
 from ..core_config import CoreConfig, PeerConfig
-from ..dispatcher import ChildInfo, SaInfo, source_prefix
+from ..dispatcher import ChildInfo, SaInfo
 from ..errors import InvalidStateError, ParseError
 from ..events import ChildSaDeleted, ChildSaEstablished, IkeEvent, IkeSaEstablished, IkeSaTerminated
 from .daemon_events import V1KeysDerived
@@ -98,7 +98,7 @@ class V1Manager:
 
     def _half_open(self, host: str | None = None) -> int:
         return sum(1 for s in self._sas.values() if not s.initiator and s.state == "CONNECTING"
-                   and (host is None or source_prefix(s.remote[0]) == source_prefix(host)))
+                   and (host is None or s.remote[0] == host))
 
     def owns(self, ike_id: int) -> bool:
         return ike_id in self._sas
