@@ -9,6 +9,7 @@ UDP encapsulation and carry traffic both ways byte for byte, ``list-sas`` says I
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ def _v1(d: Daemon) -> list[dict[str, Any]]:
     return [s for s in d.list_sas() if s["version"] == 1]
 
 
-def test_two_daemons_speak_ikev1_and_ikev2_on_the_same_sockets(tmp_path: Path) -> None:
+def test_two_daemons_speak_ikev1_and_ikev2_on_the_same_sockets(tmp_path: Path, caplog) -> None:
     async def main() -> None:
         a, b = await _pair(tmp_path)
         try:
@@ -150,6 +151,12 @@ def test_two_daemons_speak_ikev1_and_ikev2_on_the_same_sockets(tmp_path: Path) -
             await _until(lambda: b.daemon.core.stats["dropped_unknown_version"] >= 1
                          and b.daemon.core.stats["v1_dropped_unknown_cookie"] >= 1, "the drops to be counted")
             assert _v1(b.daemon)[0]["state"] == "ESTABLISHED"
+
+            # what IKEv1 cannot do yet is a one-line refusal on the control socket, not a logged traceback
+            with caplog.at_level(logging.ERROR, logger="ike.control"):
+                r = await a.daemon.handle_request({"cmd": "rekey", "child": sa["child_sas"][0]["spi_in"]})
+            assert r == {"ok": False, "error": "IKEv1: quick-mode rekeying is not implemented yet"}, r
+            assert not caplog.records
 
             # an operator's terminate removes the ISAKMP SA and its ESP SAs (no IKEv1 DELETE yet)
             a.daemon.terminate(sa["ike_id"])
