@@ -42,9 +42,11 @@ class V1Responder(V1Session):
         self.note_vendor_ids(payloads)
         chosen = self._choose_ike(decode_sa(self._sai_b))
         self.cky_i, self.cky_r = h.cookie_i, random(8)
+        self.natt.saw_vendor_ids(payloads)
+        vids = self.natt.vendor_ids() if self.natt.peer_supports else []
         self._send(push_message(self.cky_i, self.cky_r, Exchange.MAIN, 0, 0,
-                                [Payload(PayloadType.SA, encode_sa(chosen)), Payload(PayloadType.VID, DPD_VID)]),
-                   now)
+                                [Payload(PayloadType.SA, encode_sa(chosen)), Payload(PayloadType.VID, DPD_VID)]
+                                + vids), now)
         self._deadline = None  # a responder answers retransmits; it does not retransmit on a timer
         self.state = "r_mm3"
         #: the ESP SA keyed when we answered quick mode, emitted once HASH(3) verifies; a daemon may install
@@ -85,6 +87,7 @@ class V1Responder(V1Session):
             raise ParseError(f"nonce of {len(ni)} bytes")
         self._dh = create_dh(c.group, self._random)
         gxy = self._dh.shared(gxi)
+        self.natt.check_natd(payloads, c.hash, self.cky_i, self.cky_r, c.local_addr, c.remote_addr)
         nr = self._random(32)
         skeyid = self._skeyid(ni, nr, gxy)
         self.keys = km.derive_phase1(c.hash, skeyid, gxy, self.cky_i, self.cky_r, gxi, self._dh.public,
@@ -93,7 +96,9 @@ class V1Responder(V1Session):
         self._cipher = km.Phase1Cipher(self.keys)
         self._out.append(push_message(self.cky_i, self.cky_r, Exchange.MAIN, 0, 0,
                                       [Payload(PayloadType.KE, self._dh.public), Payload(PayloadType.NONCE, nr)]
-                                      + (v1auth.certreq_payloads(c.signature) if c.signature is not None else [])))
+                                      + (v1auth.certreq_payloads(c.signature) if c.signature is not None else [])
+                                      + self.natt.natd_payloads(c.hash, self.cky_i, self.cky_r, c.local_addr,
+                                                                c.remote_addr)))
         self._last = self._out[-1]
         self.state = "r_mm5"
 
@@ -170,7 +175,7 @@ class V1Responder(V1Session):
             self.ike_id, c.name, child=c.name, spi_in=int.from_bytes(self._spi_in, "big"),
             spi_out=int.from_bytes(self._spi_out, "big"), suite=f"aes{c.esp_key_bits}-{suffix}", esn=False,
             mode="tunnel", local_ts=_ts(c.local_ts), remote_ts=_ts(c.remote_ts), local_addr=c.local_addr,
-            remote_addr=c.remote_addr, encap=False, initiator=False, rekey_time=0, life_time=c.esp_lifetime,
+            remote_addr=c.remote_addr, encap=self.natt.floated, initiator=False, rekey_time=0, life_time=c.esp_lifetime,
             rekey_bytes=0, life_bytes=0, rekey_packets=0, life_packets=0,
             enc_key_in=k_in[:elen], enc_key_out=k_out[:elen], integ_key_in=k_in[elen:], integ_key_out=k_out[elen:])
         self.state = "r_qm3"

@@ -26,6 +26,7 @@ from ..core_config import RandomSource, TrafficSelector
 from . import auth as v1auth
 from . import keymat as km
 from .informational import DPD_VID
+from .natt import NatTraversal
 from .rekey import LifecycleMixin, lifetime_attributes
 from .message import (Attribute, Exchange, Payload, PayloadType, Proposal, SaPayload, Transform, decode_sa,
                       encode_sa, pull_header, pull_message, push_chain, push_message)
@@ -80,6 +81,9 @@ class V1Config:
     dpd_retries: int = 3
     #: send INITIAL-CONTACT after main mode (we hold no older SA with this peer)
     initial_contact: bool = False
+    #: RFC 3947 NAT traversal: announce it (``natt``) and pretend to be behind a NAT (``encap``, charon's option)
+    natt: bool = True
+    encap: bool = False
 
     @property
     def auth_method(self) -> int:
@@ -142,6 +146,7 @@ class V1Session(LifecycleMixin):
         self._tries = 0
         self.keys: km.Phase1Keys | None = None
         self._cipher: km.Phase1Cipher | None = None
+        self.natt = NatTraversal(config.natt, config.encap, random)
         self._lifecycle_init()  # informational exchanges, DPD, lifetimes, rekeying (ike/v1/rekey.py)
 
     # -- driver API
@@ -153,7 +158,8 @@ class V1Session(LifecycleMixin):
         sa = SaPayload(DOI_IPSEC, SIT_IDENTITY_ONLY, (Proposal(1, PROTO_ISAKMP, b"", (Transform(1, 1, attrs),)),))
         self._sai_b = encode_sa(sa)
         self._send(push_message(self.cky_i, self.cky_r, Exchange.MAIN, 0, 0,
-                                [Payload(PayloadType.SA, self._sai_b), Payload(PayloadType.VID, DPD_VID)]), now)
+                                [Payload(PayloadType.SA, self._sai_b), Payload(PayloadType.VID, DPD_VID)]
+                                + self.natt.vendor_ids()), now)
         self.state = "mm2"
 
     def _new_initiator(self) -> V1Session:
@@ -200,12 +206,14 @@ class V1Session(LifecycleMixin):
         if any(t.get(k) != v for k, v in want.items()):
             raise ParseError("responder chose a transform that was not offered")
         self.cky_r = cky_r
+        self.natt.saw_vendor_ids(payloads)
         self._dh = create_dh(c.group, self._random)
         self._ni = self._random(32)
         cr = v1auth.certreq_payloads(c.signature) if c.signature is not None else []
+        natd = self.natt.natd_payloads(c.hash, self.cky_i, cky_r, c.local_addr, c.remote_addr)
         self._send(push_message(self.cky_i, cky_r, Exchange.MAIN, 0, 0,
                                 [Payload(PayloadType.KE, self._dh.public), Payload(PayloadType.NONCE, self._ni)]
-                                + cr), now)
+                                + cr + natd), now)
         self.state = "mm4"
 
     def _mm4(self, payloads: list[Payload], now: float) -> None:
@@ -215,6 +223,7 @@ class V1Session(LifecycleMixin):
         if not 8 <= len(nr) <= 256:
             raise ParseError(f"nonce of {len(nr)} bytes")
         gxy = self._dh.shared(gxr)
+        self.natt.check_natd(payloads, c.hash, self.cky_i, self.cky_r, c.local_addr, c.remote_addr)
         skeyid = self._skeyid(self._ni, nr, gxy)
         self.keys = km.derive_phase1(c.hash, skeyid, gxy, self.cky_i, self.cky_r, self._dh.public, gxr,
                                      c.enc_key_bits // 8)
@@ -303,7 +312,8 @@ class V1Session(LifecycleMixin):
         c = self.config
         self._qm_mid = int.from_bytes(self._random(4), "big") or 1
         self._spi_in = self._random(4)
-        attrs = [*self.esp_lifetime_attributes(), Attribute(P2_MODE, MODE_TUNNEL), Attribute(P2_AUTH, c.esp_auth),
+        attrs = [*self.esp_lifetime_attributes(), Attribute(P2_MODE, self.natt.encap_mode or MODE_TUNNEL),
+                 Attribute(P2_AUTH, c.esp_auth),
                  Attribute(P2_KEYLEN, c.esp_key_bits)]
         if c.pfs_group:
             attrs.append(Attribute(P2_GROUP, c.pfs_group))
@@ -362,7 +372,7 @@ class V1Session(LifecycleMixin):
             self.ike_id, c.name, child=c.name, spi_in=int.from_bytes(self._spi_in, "big"),
             spi_out=int.from_bytes(p.spi, "big"), suite=f"aes{c.esp_key_bits}-{suffix}", esn=False, mode="tunnel",
             local_ts=_ts(c.local_ts), remote_ts=_ts(c.remote_ts), local_addr=c.local_addr,
-            remote_addr=c.remote_addr, encap=False, initiator=True, rekey_time=0, life_time=c.esp_lifetime,
+            remote_addr=c.remote_addr, encap=self.natt.floated, initiator=True, rekey_time=0, life_time=c.esp_lifetime,
             rekey_bytes=0, life_bytes=0, rekey_packets=0, life_packets=0,
             enc_key_in=k_in[:elen], enc_key_out=k_out[:elen], integ_key_in=k_in[elen:], integ_key_out=k_out[elen:]),
             now)

@@ -21,7 +21,7 @@ def _session(state: str) -> tuple[V1Session, list[bytes]]:
     s = V1Session(CFG, os.urandom)
     s.initiate(0.0)
     (mm1,) = s.datagrams_to_send()
-    h, (sa, *_) = pull_message(mm1)  # SA, then the DPD vendor ID
+    h, (sa, *_) = pull_message(mm1)  # the SA, then vendor IDs (DPD, NAT-T)
     got: list[bytes] = []
     if state == "mm2":
         return s, got
