@@ -133,7 +133,7 @@ class InformationalMixin:
     _cipher: km.Phase1Cipher | None
 
     #: states in which phase 1 has not authenticated yet (informational messages are not protected there)
-    _PHASE1_STATES = ("idle", "mm2", "mm4", "mm6", "r_mm3", "r_mm5")
+    _PHASE1_STATES = ("idle", "mm2", "mm4", "mm6", "r_mm3", "r_mm5", "am2", "r_am3")
 
     def _info_init(self) -> None:
         #: the ESP SAs this ISAKMP SA keyed, by our inbound SPI

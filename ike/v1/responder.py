@@ -36,6 +36,12 @@ class V1Responder(V1Session):
         """Raises ParseError when ``mm1`` is not an acceptable main-mode opening."""
         super().__init__(config, random, ike_id)
         h, payloads = pull_message(mm1)
+        #: the ESP SA keyed when we answered quick mode, emitted once HASH(3) verifies; a daemon may install
+        #: its inbound half early so that the initiator's first ESP packets are not lost
+        self.pending_child: ChildSaEstablished | None = None
+        if h.exchange == Exchange.AGGRESSIVE:
+            self._r_am1(h, payloads, now)  # refused (ParseError) unless config.aggressive
+            return
         if h.exchange != Exchange.MAIN or h.message_id != 0 or h.cookie_r != bytes(8):
             raise ParseError("not the first message of main mode")
         self._sai_b = self._one(payloads, PayloadType.SA)
@@ -49,9 +55,6 @@ class V1Responder(V1Session):
                                 + vids), now)
         self._deadline = None  # a responder answers retransmits; it does not retransmit on a timer
         self.state = "r_mm3"
-        #: the ESP SA keyed when we answered quick mode, emitted once HASH(3) verifies; a daemon may install
-        #: its inbound half early so that the initiator's first ESP packets are not lost
-        self.pending_child: ChildSaEstablished | None = None
 
     def _choose_ike(self, sa: SaPayload) -> SaPayload:
         c = self.config
@@ -69,6 +72,8 @@ class V1Responder(V1Session):
             raise ParseError("cookies of another ISAKMP SA")
         if self.state == "r_mm3" and h.exchange == Exchange.MAIN and not h.encrypted:
             self._r_mm3(pull_message(data)[1], now)
+        elif self.state == "r_am3" and h.exchange == Exchange.AGGRESSIVE and h.message_id == 0:
+            self._r_am3(h, data, now)
         elif self.state == "r_mm5" and h.exchange == Exchange.MAIN and h.encrypted and h.message_id == 0:
             self._r_mm5(data, now)
         elif self.state in ("r_qm1", "established") and h.exchange == Exchange.QUICK and h.encrypted and h.message_id:
@@ -122,6 +127,10 @@ class V1Responder(V1Session):
         self._last = self._cipher.encrypt(self.cky_i, self.cky_r, Exchange.MAIN, 0,
                                           [Payload(PayloadType.ID, idir)] + self._proof(hr))
         self._out.append(self._last)
+        self._phase1_authenticated(payloads, now)
+
+    def _phase1_authenticated(self, payloads: list[Payload], now: float) -> None:
+        """MM5 or AM3 verified: wait for the initiator's quick mode."""
         self._events.append(Phase1Done(self.ike_id, self.config.name, self.cky_i, self.cky_r))
         self.main_mode_notifies(payloads)
         self.state = "r_qm1"

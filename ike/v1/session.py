@@ -25,6 +25,7 @@ from ..events import AuthenticationFailed, ChildSaEstablished, IkeEvent
 from ..core_config import RandomSource, TrafficSelector
 from . import auth as v1auth
 from . import keymat as km
+from .aggressive import AggressiveMixin
 from .informational import DPD_VID
 from .natt import NatTraversal
 from .rekey import LifecycleMixin, lifetime_attributes
@@ -84,6 +85,8 @@ class V1Config:
     #: RFC 3947 NAT traversal: announce it (``natt``) and pretend to be behind a NAT (``encap``, charon's option)
     natt: bool = True
     encap: bool = False
+    #: open with aggressive mode (initiator) / accept it (responder); off: it exposes the PSK's hash (aggressive.py)
+    aggressive: bool = False
 
     @property
     def auth_method(self) -> int:
@@ -126,7 +129,7 @@ def _ts(net: str) -> tuple[TrafficSelector, ...]:
     return (TrafficSelector.from_cidr(net),)
 
 
-class V1Session(LifecycleMixin):
+class V1Session(AggressiveMixin, LifecycleMixin):
     """One ISAKMP SA and its first quick mode, initiator side."""
 
     def __init__(self, config: V1Config, random: RandomSource, ike_id: int = 1) -> None:
@@ -156,6 +159,9 @@ class V1Session(LifecycleMixin):
                  Attribute(P1_HASH, HASH_IDS[c.hash]), Attribute(P1_AUTH, c.auth_method), Attribute(P1_GROUP, c.group),
                  *lifetime_attributes(c.ike_lifetime, c.ike_life_kb, P1_LIFE_TYPE, P1_LIFE))
         sa = SaPayload(DOI_IPSEC, SIT_IDENTITY_ONLY, (Proposal(1, PROTO_ISAKMP, b"", (Transform(1, 1, attrs),)),))
+        if c.aggressive:
+            self._am_initiate(encode_sa(sa), now)
+            return
         self._sai_b = encode_sa(sa)
         self._send(push_message(self.cky_i, self.cky_r, Exchange.MAIN, 0, 0,
                                 [Payload(PayloadType.SA, self._sai_b), Payload(PayloadType.VID, DPD_VID)]
@@ -173,10 +179,12 @@ class V1Session(LifecycleMixin):
 
     def _receive(self, data: bytes, now: float) -> None:
         h = pull_header(data)
-        if h.cookie_i != self.cky_i or (self.state != "mm2" and h.cookie_r != self.cky_r):
+        if h.cookie_i != self.cky_i or (self.state not in ("mm2", "am2") and h.cookie_r != self.cky_r):
             raise ParseError("cookies of another ISAKMP SA")
         if self.state == "mm2" and h.exchange == Exchange.MAIN and not h.encrypted:
             self._mm2(h.cookie_r, pull_message(data)[1], now)
+        elif self.state == "am2" and h.exchange == Exchange.AGGRESSIVE and not h.encrypted and not h.message_id:
+            self._am2(h, data, now)
         elif self.state == "mm4" and h.exchange == Exchange.MAIN and not h.encrypted:
             self._mm4(pull_message(data)[1], now)
         elif self.state == "mm6" and h.exchange == Exchange.MAIN and h.encrypted and h.message_id == 0:
@@ -195,7 +203,8 @@ class V1Session(LifecycleMixin):
             raise ParseError(f"{len(found)} payloads of type {ptype} where one is required")
         return found[0]
 
-    def _mm2(self, cky_r: bytes, payloads: list[Payload], now: float) -> None:
+    def _check_ike_choice(self, payloads: list[Payload]) -> None:
+        """The responder's SA must be the one transform we offered."""
         sa = decode_sa(self._one(payloads, PayloadType.SA))
         if len(sa.proposals) != 1 or len(sa.proposals[0].transforms) != 1:
             raise ParseError("responder must choose exactly one transform")
@@ -205,6 +214,10 @@ class V1Session(LifecycleMixin):
                 P1_GROUP: c.group}
         if any(t.get(k) != v for k, v in want.items()):
             raise ParseError("responder chose a transform that was not offered")
+
+    def _mm2(self, cky_r: bytes, payloads: list[Payload], now: float) -> None:
+        self._check_ike_choice(payloads)
+        c = self.config
         self.cky_r = cky_r
         self.natt.saw_vendor_ids(payloads)
         self._dh = create_dh(c.group, self._random)
@@ -250,6 +263,10 @@ class V1Session(LifecycleMixin):
             if not hmac.compare_digest(expect, self._one(payloads, PayloadType.HASH)):
                 raise ParseError("HASH_R does not verify")
             self._cipher.confirm(data)
+        self._phase1_authenticated(payloads, now)
+
+    def _phase1_authenticated(self, payloads: list[Payload], now: float) -> None:
+        """Main or aggressive mode verified the peer: quick mode follows (or nothing, for an ISAKMP rekey)."""
         self._events.append(Phase1Done(self.ike_id, self.config.name, self.cky_i, self.cky_r))
         if self.quick_after_main:
             self._quick_mode(now)
@@ -262,6 +279,10 @@ class V1Session(LifecycleMixin):
         if c.signature is not None:
             return km.skeyid_sig(c.hash, ni, nr, gxy)  # RFC 2409 5.1
         return km.skeyid_psk(c.hash, c.psk, ni, nr)
+
+    def _remote_id_body(self) -> bytes:
+        """The ID payload body a PSK peer must send (with signatures its certificate is matched instead)."""
+        return _id_body(self.config.remote_id)
 
     def _local_id_body(self) -> bytes:
         c = self.config
