@@ -198,6 +198,8 @@ class PeerConfig:
     encap: bool = False  # force UDP encapsulation (pretend to be behind NAT)
     #: the IKE version this peer speaks (swanctl ``version``): 2, or 1 for IKEv1 (ike.v1, run by the daemon)
     version: int = 2
+    #: IKEv1 only: open and accept aggressive mode (off: its second message exposes the PSK's hash to anyone)
+    aggressive: bool = False
 
     @property
     def peer_nat_port(self) -> int:

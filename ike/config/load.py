@@ -109,8 +109,6 @@ def _version(sec: _Section) -> int:
         for k in IKEV2_ONLY:
             if sec.has(k):
                 raise sec.error(k, "is not available for IKEv1 (version = 1) here")
-        if sec.get("aggressive", _bool, False):
-            raise sec.error("aggressive", "aggressive mode is not implemented (it exposes the PSK's hash)")
     else:
         for k in IKEV1_ONLY:
             if sec.has(k):
@@ -245,6 +243,7 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
         fragment_size=sec.get("fragment_size", _int_range(576, 65535), 1280),
         encap=sec.get("encap", _bool, False),
         version=version,
+        aggressive=sec.get("aggressive", _bool, False),
     )
     if "local_addr" in PeerConfig.__dataclass_fields__:  # the core learns our address when it has the field
         kwargs["local_addr"] = local_addr

@@ -22,7 +22,7 @@ import hmac
 from typing import Any
 
 from ..dh import create_dh
-from ..errors import ParseError
+from ..errors import IkeError, ParseError
 from . import auth as v1auth
 from . import keymat as km
 from .informational import DPD_VID
@@ -100,7 +100,16 @@ class AggressiveMixin:
 
     # -- responder
     def _r_am1(self, h: IsakmpHeader, payloads: list[Payload], now: float) -> None:
-        """AM1 to AM2. Raises ParseError (nothing sent) unless this peer's configuration allows aggressive mode."""
+        """AM1 to AM2. Raises ParseError (nothing sent) unless this peer's configuration allows aggressive mode
+        and AM1 is acceptable: the responder is built from AM1, so every peer error must surface as ParseError."""
+        try:
+            self._r_am1_checked(h, payloads, now)
+        except ParseError:
+            raise
+        except (IkeError, ValueError) as exc:  # e.g. a DH public value out of range
+            raise ParseError(f"aggressive mode opening refused: {exc}") from None
+
+    def _r_am1_checked(self, h: IsakmpHeader, payloads: list[Payload], now: float) -> None:
         s: Any = self
         c = s.config
         if not c.aggressive:

@@ -129,7 +129,8 @@ class V1Manager:
         self.stats["v1_received"] += 1
         sa = self._by_cookie.get(h.cookie_i)
         if sa is None or sa.closed:
-            if h.cookie_r == bytes(8) and h.exchange == Exchange.MAIN and h.message_id == 0 and not h.encrypted:
+            if h.cookie_r == bytes(8) and h.exchange in (Exchange.MAIN, Exchange.AGGRESSIVE) and h.message_id == 0 \
+                    and not h.encrypted:
                 self._new_responder(data, addr, local_addr, now)
             else:
                 self.stats["v1_dropped_unknown_cookie"] += 1
@@ -137,7 +138,7 @@ class V1Manager:
         if not sa.initiator and data == sa.first_in:  # the opening again: our answer was lost
             self._outbox.append(self._datagram(sa, sa.first_out, now))
             return
-        if h.cookie_r != sa.session.cky_r and sa.session.state != "mm2":
+        if h.cookie_r != sa.session.cky_r and sa.session.state not in ("mm2", "am2"):
             self.stats["v1_dropped_unknown_cookie"] += 1
             return
         before = sa.session.dropped
@@ -165,6 +166,12 @@ class V1Manager:
         peer = candidates[0]
         local = (peer.local_addr or local_addr[0], local_addr[1])
         vcfg = v1_config(peer, local, addr, cfg.retransmit_timeout)
+        if pull_header(data).exchange == Exchange.AGGRESSIVE and not vcfg.aggressive:
+            # off by default: AM2 would hand anyone the PSK's hash to attack offline (ike/v1/aggressive.py)
+            self.stats["v1_dropped_aggressive_not_allowed"] += 1
+            log.info("IKEv1 aggressive mode from %s refused: peer %s does not allow it (aggressive = true)",
+                     addr[0], peer.name)
+            return
         try:
             session = V1Responder(vcfg, cfg.random, data, now)
         except (ParseError, ValueError) as exc:

@@ -59,7 +59,6 @@ def test_version_1_peer_maps_to_the_ikev1_core():
 @pytest.mark.parametrize("peer,child,error", [
     ('fragmentation = "yes"', "", "peers.branch.fragmentation: is not available for IKEv1 (version = 1) here"),
     ('dpd_delay = "10s"', "", "peers.branch.dpd_delay: is not available for IKEv1"),
-    ("aggressive = true", "", "peers.branch.aggressive: aggressive mode is not implemented"),
     ('ike_proposals = ["aes128gcm16-prfsha256-ecp256"]', "", "peers.branch.ike_proposals[0]: 'aes128gcm16-prfsha256"),
     ('ike_proposals = ["aes128-sha256"]', "", "peers.branch.ike_proposals[0]: proposal 'aes128-sha256': IKE proposals need a DH group"),
     ('ike_proposals = ["aes128-sha256-modp2048", "aes256-sha256-modp2048"]', "",
@@ -84,6 +83,15 @@ def test_what_ikev1_cannot_run_is_refused_with_its_path(peer, child, error):
 def test_ikev1_only_keys_are_refused_for_ikev2():
     with pytest.raises(ConfigError, match=r"^peers\.branch\.aggressive: applies to IKEv1 only \(version = 1\)"):
         parse_config(_conf("aggressive = false").replace("version = 1\n", ""))
+    with pytest.raises(ConfigError, match=r"^peers\.branch\.aggressive: applies to IKEv1 only \(version = 1\)"):
+        parse_config(_conf("aggressive = true").replace("version = 1\n", ""))
+
+
+def test_aggressive_mode_is_an_explicit_ikev1_option():
+    (p,) = parse_config(_conf()).core.peers
+    assert not p.aggressive and not v1_config(p, ("127.0.0.1", 500), ("127.0.0.2", 500), 1.0).aggressive
+    (p,) = parse_config(_conf("aggressive = true")).core.peers
+    assert p.aggressive and v1_config(p, ("127.0.0.1", 500), ("127.0.0.2", 500), 1.0).aggressive
 
 
 def test_check_config_shows_the_version(tmp_path: Path):
@@ -133,7 +141,18 @@ def test_swanctl_version_1_is_imported(tmp_path: Path):
     out = tmp_path / "branch.toml"
     out.write_text(dump_toml(imp.config))
     (p,) = load_config(out).core.peers
-    assert p.version == 1 and p.psk == b"v1-lab-secret-0123"
+    assert p.version == 1 and p.psk == b"v1-lab-secret-0123" and not p.aggressive
+    # aggressive = yes carries over for version 1 (and only there: the loader refuses it for IKEv2 with its path)
+    (d / "swanctl.conf").write_text(SWANCTL.replace("version = 1", "version = 1\n      aggressive = yes"))
+    imp = import_swanctl(d / "swanctl.conf", out_dir=tmp_path)
+    assert imp.refused == [] and imp.config["peers"]["branch"]["aggressive"] is True
+    out.write_text(dump_toml(imp.config))
+    assert load_config(out).core.peers[0].aggressive
+    (d / "swanctl.conf").write_text(SWANCTL.replace("version = 1", "aggressive = yes"))
+    imp = import_swanctl(d / "swanctl.conf", out_dir=tmp_path)
+    out.write_text(dump_toml(imp.config))
+    with pytest.raises(ConfigError, match=r"peers\.branch\.aggressive: applies to IKEv1 only"):
+        load_config(out)
     # version = 2 (and 0, "any") stay IKEv2
     (d / "swanctl.conf").write_text(SWANCTL.replace("version = 1", "version = 2"))
     imp = import_swanctl(d / "swanctl.conf", out_dir=tmp_path)
