@@ -1,0 +1,136 @@
+"""IKEv1 aggressive mode (ike/v1/aggressive.py) against strongSwan charon with ``aggressive = yes``, PSK, both roles.
+
+Evidence: the ISAKMP SA comes up and charon goes on to quick mode with our SPIs; the SKEYIDs charon logs at ike
+level 4 equal ours. A responder whose configuration leaves aggressive mode off refuses charon's opening and charon
+gets no ISAKMP SA. charon answers aggressive PSK as a responder only with its
+``i_dont_care_about_security_and_use_aggressive_mode_psk`` option, which says why ours is off by default.
+"""
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ike.errors import ParseError
+from ike.events import ChildSaEstablished
+from ike.v1.responder import V1Responder
+from ike.v1.session import Phase1Done, V1Config, V1Session
+from tests.interop import strongswan as ss
+from tests.interop.test_ikev1_strongswan import PSK, _drive, _PskCharon, _serve, _V1Conn
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+AGGRESSIVE_PSK = "i_dont_care_about_security_and_use_aggressive_mode_psk = yes"
+
+
+class _AggressiveConn(_V1Conn):
+    def render(self) -> str:
+        return super().render().replace("    version = 1\n", "    version = 1\n    aggressive = yes\n", 1)
+
+
+@pytest.fixture
+def lab(tmp_path: Path):
+    yield from ss.charon_lab(tmp_path)
+
+
+def _charon(lab, tmp_path: Path):  # type: ignore[no-untyped-def]
+    e, s = lab.pair()
+    charon = _PskCharon(tmp_path / "charon", s.netns, log_levels={"ike": 4, "chd": 4}, settings=AGGRESSIVE_PSK)
+    lab.charons.append(charon)
+    charon.connections.append(_AggressiveConn(s.outer, e.outer, "-modp2048"))
+    charon.start()
+    cfg = V1Config("v1", PSK, "e.test", "s.test", "10.98.1.1/32", "10.98.2.1/32", (e.outer, 500), (s.outer, 500),
+                   natt=False, aggressive=True)  # bare socket on 500: NAT-T is the daemon's (test_ikev1_daemon.py)
+    return e, s, charon, cfg
+
+
+def _spis_derived(charon, child: ChildSaEstablished, e, s) -> str:  # type: ignore[no-untyped-def]
+    spis = (f"SPI 0x{child.spi_out:08x}, src {e.outer} dst {s.outer}",
+            f"SPI 0x{child.spi_in:08x}, src {s.outer} dst {e.outer}")
+
+    def derived() -> str | None:
+        lg = charon.log()
+        return lg if all(x in lg for x in spis) else None
+
+    return charon.wait_for(derived, "charon deriving the ESP SA for espresso's SPIs")
+
+
+def _same_skeyids(log: str, session: V1Session) -> None:
+    dumps = {label: data for label, data, _ in ss.parse_dumps(log)}
+    assert session.keys is not None
+    for label, ours in (("SKEYID", session.keys.skeyid), ("SKEYID_d", session.keys.skeyid_d),
+                        ("SKEYID_a", session.keys.skeyid_a), ("SKEYID_e", session.keys.skeyid_e)):
+        assert dumps.get(label) == ours, (label, sorted(dumps))
+
+
+def test_espresso_initiates_aggressive_mode_to_charon(lab, tmp_path):
+    e, s, charon, cfg = _charon(lab, tmp_path)
+    (sock,) = ss.netns_sockets(e.netns, [(e.outer, 500)])
+    try:
+        session = V1Session(cfg, os.urandom)
+        events = _drive(session, sock, (s.outer, 500))
+    finally:
+        sock.close()
+    assert session.state == "established", (session.state, session.dropped, session.last_error, charon.tail(60))
+    assert isinstance(events[0], Phase1Done) and isinstance(events[1], ChildSaEstablished)
+    log = _spis_derived(charon, events[1], e, s)
+    # charon answered AM1 with HASH_R in AM2 and took our (encrypted) AM3: the ISAKMP SA is aggressive mode's
+    assert "is initiating a Aggressive Mode IKE_SA" in log and "parsed AGGRESSIVE request 0 [ HASH ]" in log
+    _same_skeyids(log, session)
+    dumps = {label: data for label, data, _ in ss.parse_dumps(log)}
+    assert (dumps["encryption initiator key"], dumps["integrity initiator key"]) == \
+        (events[1].enc_key_out, events[1].integ_key_out)
+
+
+def test_charon_initiates_aggressive_mode_to_espresso(lab, tmp_path):
+    e, s, charon, cfg = _charon(lab, tmp_path)
+    (sock,) = ss.netns_sockets(e.netns, [(e.outer, 500)])
+    result: list = []
+    t = threading.Thread(target=lambda: result.append(_serve(sock, cfg, (s.outer, 500))))
+    t.start()
+    try:
+        charon.swanctl("--initiate", "--child", "net", "--timeout", "10", check=False, timeout=20)
+        t.join(20)
+    finally:
+        sock.close()
+    session, events = result[0]
+    assert session is not None and session.state in ("r_qm3", "established"), (
+        session and (session.state, session.dropped, session.last_error), charon.tail(60))
+    assert any(isinstance(ev, Phase1Done) for ev in events)
+    child = session.pending_child or [ev for ev in events if isinstance(ev, ChildSaEstablished)][0]
+    log = _spis_derived(charon, child, e, s)
+    assert "initiating Aggressive Mode IKE_SA" in log and "parsed AGGRESSIVE response 0 [ SA KE No ID HASH" in log
+    _same_skeyids(log, session)
+
+
+def test_responder_without_aggressive_refuses_charon(lab, tmp_path):
+    e, s, charon, cfg = _charon(lab, tmp_path)
+    cfg = replace(cfg, aggressive=False)
+    (sock,) = ss.netns_sockets(e.netns, [(e.outer, 500)])
+    refusals: list[str] = []
+
+    def refuse() -> None:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and len(refusals) < 2:
+            if select.select([sock], [], [], 0.1)[0]:
+                data, _ = sock.recvfrom(65535)
+                try:
+                    V1Responder(cfg, os.urandom, data, time.monotonic())
+                except ParseError as exc:
+                    refusals.append(str(exc))
+
+    t = threading.Thread(target=refuse)
+    t.start()
+    try:
+        r = charon.swanctl("--initiate", "--child", "net", "--timeout", "5", check=False, timeout=20)
+        t.join(20)
+    finally:
+        sock.close()
+    assert refusals and all("aggressive mode is not enabled" in x for x in refusals), refusals
+    log = charon.log()
+    assert r.returncode != 0 and "initiating Aggressive Mode IKE_SA" in log and "IKE_SA v1[1] established" not in log
