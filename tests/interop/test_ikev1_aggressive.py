@@ -134,3 +134,44 @@ def test_responder_without_aggressive_refuses_charon(lab, tmp_path):
     assert refusals and all("aggressive mode is not enabled" in x for x in refusals), refusals
     log = charon.log()
     assert r.returncode != 0 and "initiating Aggressive Mode IKE_SA" in log and "IKE_SA v1[1] established" not in log
+
+
+# --- the daemon as an operator runs it: aggressive = true in its configuration, pings through the tunnel ---------
+
+
+@pytest.mark.parametrize("initiator", ["espresso", "strongswan"])
+def test_daemon_with_aggressive_true_pings_through_charon(tmp_path, initiator):
+    from tests.interop.test_gateway import unique
+    from tests.interop.test_gateway_ike import IkeGateway
+    from tests.interop.test_ikev1_daemon import _charon_sa, _conf, _establish, _V1ConnTo
+    from tests.support import require, require_root, require_tool
+    require_root()
+    require_tool("swanctl")
+    ok, why = ss.charon_available()
+    require(ok, why)
+    with ss.Lab(tmp_path / "lab") as lab:
+        a, b = lab.pair()  # a: espresso, b: charon
+        ch = _PskCharon(tmp_path / "charon", b.netns, log_levels={"ike": 2}, settings=AGGRESSIVE_PSK)
+        lab.charons.append(ch)
+        ch.connections.append(_V1ConnTo(b.outer, a.outer, "-modp2048", "    aggressive = yes\n"))
+        ch.start()
+        conf = _conf(local=a.outer, remote=b.outer, name="esp", peer="swan", local_id="e.test", remote_id="s.test",
+                     local_ts=f"{a.inner}/32", remote_ts=f"{b.inner}/32", encap="true", tun=unique("ev1"))
+        gw = IkeGateway(a.netns.name, tmp_path, "esp", conf.replace("version = 1\n", "version = 1\naggressive = true\n"))
+        try:
+            child = _establish(gw, ch, initiator)
+            p = ss.ping(a, b.inner, count=5, timeout=10)
+            assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr + ch.tail(60)
+            assert ss.ping(b, a.inner, count=3, timeout=10).returncode == 0
+            (sa,) = gw.control({"cmd": "list-sas"})["ike_sas"]
+            assert sa["version"] == 1 and sa["state"] == "ESTABLISHED" and sa["child_sas"][0]["packets_in"] >= 8
+            v1 = _charon_sa(ch)
+            assert v1["state"] == "ESTABLISHED" and {child["spi_in"], child["spi_out"]} <= {
+                x for kid in v1["child-sas"].values() for x in (kid["spi-in"], kid["spi-out"])}
+            assert "Aggressive Mode" in ch.log()
+            # the key log: the ISAKMP SA's row for Wireshark, as after main mode
+            (row,) = (tmp_path / "keys-esp" / "ikev1_decryption_table").read_text().splitlines()
+            assert row.startswith(sa["spi_i"] + ",")
+        finally:
+            stats = gw.stop()
+        assert stats["tracebacks"] == 0, stats["stderr"][-3000:]
