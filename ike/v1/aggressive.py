@@ -26,7 +26,16 @@ from ..errors import IkeError, ParseError
 from . import auth as v1auth
 from . import keymat as km
 from .informational import DPD_VID
-from .message import Exchange, IsakmpHeader, Payload, PayloadType, decode_sa, encode_sa, pull_message, push_message
+from .message import (
+    Exchange,
+    IsakmpHeader,
+    Payload,
+    PayloadType,
+    decode_sa,
+    encode_sa,
+    pull_message,
+    push_message,
+)
 
 __all__ = ["AggressiveMixin"]
 

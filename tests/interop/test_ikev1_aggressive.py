@@ -102,14 +102,14 @@ def test_charon_initiates_aggressive_mode_to_espresso(lab, tmp_path):
     assert session is not None and session.state in ("r_qm3", "established"), (
         session and (session.state, session.dropped, session.last_error), charon.tail(60))
     assert any(isinstance(ev, Phase1Done) for ev in events)
-    child = session.pending_child or [ev for ev in events if isinstance(ev, ChildSaEstablished)][0]
+    child = session.pending_child or next(ev for ev in events if isinstance(ev, ChildSaEstablished))
     log = _spis_derived(charon, child, e, s)
     assert "initiating Aggressive Mode IKE_SA" in log and "parsed AGGRESSIVE response 0 [ SA KE No ID HASH" in log
     _same_skeyids(log, session)
 
 
 def test_responder_without_aggressive_refuses_charon(lab, tmp_path):
-    e, s, charon, cfg = _charon(lab, tmp_path)
+    e, _, charon, cfg = _charon(lab, tmp_path)
     cfg = replace(cfg, aggressive=False)
     (sock,) = ss.netns_sockets(e.netns, [(e.outer, 500)])
     refusals: list[str] = []
@@ -157,7 +157,8 @@ def test_daemon_with_aggressive_true_pings_through_charon(tmp_path, initiator):
         ch.start()
         conf = _conf(local=a.outer, remote=b.outer, name="esp", peer="swan", local_id="e.test", remote_id="s.test",
                      local_ts=f"{a.inner}/32", remote_ts=f"{b.inner}/32", encap="true", tun=unique("ev1"))
-        gw = IkeGateway(a.netns.name, tmp_path, "esp", conf.replace("version = 1\n", "version = 1\naggressive = true\n"))
+        conf = conf.replace("version = 1\n", "version = 1\naggressive = true\n")
+        gw = IkeGateway(a.netns.name, tmp_path, "esp", conf)
         try:
             child = _establish(gw, ch, initiator)
             p = ss.ping(a, b.inner, count=5, timeout=10)

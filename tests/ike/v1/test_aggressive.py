@@ -71,7 +71,7 @@ def test_am3_is_encrypted_and_a_plain_am3_is_accepted_too():
     (am2,) = r.datagrams_to_send()
     assert not pull_header(am2).encrypted and r.state == "r_am3"
     i.receive_datagram(am2, 0.0)
-    am3, qm1 = i.datagrams_to_send()
+    am3, _qm1 = i.datagrams_to_send()
     assert pull_header(am3).exchange == Exchange.AGGRESSIVE and pull_header(am3).encrypted
     # the same payloads sent the RFC's way, in the clear (the phase-1 IV is still the initial one)
     assert r.keys is not None
@@ -133,7 +133,7 @@ def test_signature_aggressive_mode(kind):
 
 def test_revoked_initiator_is_refused_in_am3():
     pki = V1Pki("ecdsa", revoked=("e",))
-    i, r, _ = _pair({"signature": pki.auth("e"), "psk": b""}, {"signature": pki.auth("s"), "psk": b""})
+    _, r, _ = _pair({"signature": pki.auth("e"), "psk": b""}, {"signature": pki.auth("s"), "psk": b""})
     evs = _events(r)
     assert r.state == "failed" and [type(e) for e in evs] == [AuthenticationFailed] and "revoked" in evs[0].reason
     assert r.dropped >= 1  # the quick mode that follows AM3 at once finds no ISAKMP SA
@@ -141,6 +141,6 @@ def test_revoked_initiator_is_refused_in_am3():
 
 def test_revoked_responder_is_refused_in_am2():
     pki = V1Pki("rsa", revoked=("s",))
-    i, r, _ = _pair({"signature": pki.auth("e"), "psk": b""}, {"signature": pki.auth("s"), "psk": b""})
+    i, _, _ = _pair({"signature": pki.auth("e"), "psk": b""}, {"signature": pki.auth("s"), "psk": b""})
     assert i.state == "failed" and "revoked" in i.last_error
     assert [type(e) for e in _events(i)] == [AuthenticationFailed]
