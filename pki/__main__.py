@@ -484,7 +484,7 @@ def ca_serve(args: argparse.Namespace) -> None:
 
     def ready(svc) -> None:  # type: ignore[no-untyped-def]
         scep = "SCEP off" if svc.scep_off_reason else "SCEP /scep"
-        sys.stderr.write(f"serving CA {args.ca} on {svc.url}/ ({scep}, CRL /crl, OCSP /ocsp)\n")
+        sys.stderr.write(f"serving CA {args.ca} on {svc.url}/ ({scep}, CMP /.well-known/cmp, CRL /crl, OCSP /ocsp)\n")
         sys.stderr.flush()
 
     _serve_logging(args.log_file)
@@ -495,6 +495,45 @@ def ca_serve(args: argparse.Namespace) -> None:
         if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             raise PkiError(f"cannot listen on {args.host} port {args.port}: {exc.strerror}") from None
         raise
+
+
+def ca_cmp_secret(args: argparse.Namespace) -> None:
+    """The reference numbers and secrets of CMP initial enrollment (what a JUNOS router is configured with)."""
+    import secrets as _secrets
+
+    from pki.ca import DB_FILE
+    from pki.cmp.server import SecretStore
+
+    path = Path(args.ca) / DB_FILE
+    if not path.exists():
+        raise PkiError(f"{args.ca}: not a CA directory (missing ca.db); run 'ca init' first")
+    store = SecretStore(path)
+    try:
+        if args.action == "list":
+            for s in store.secrets():
+                state = f"used by transaction {s.used_by}" if s.used_by else "unused"
+                expires = f"expires {s.expires_at:%Y-%m-%d %H:%M}" if s.expires_at else "no expiry"
+                _print(f"{s.reference}  created {s.created_at:%Y-%m-%d %H:%M}  {expires}  {state}")
+            return
+        if not args.reference_number:
+            raise ValueError(f"ca cmp-secret {args.action} needs --reference-number")
+        if args.action == "delete":
+            store.delete(args.reference_number)
+            _print(f"Deleted CMP reference {args.reference_number}")
+            return
+        secret = _secret_option(args, "secret", "secret_file")
+        generated = secret is None
+        if generated:
+            secret = _secrets.token_urlsafe(18)
+        now = _now()
+        store.add(args.reference_number, secret, now, now + timedelta(days=args.days) if args.days else None,
+                  replace=args.replace)
+        _print(f"CMP reference {args.reference_number} added (one initial enrollment"
+               + (f", valid {args.days} days)" if args.days else ")"))
+        if generated:  # shown once, for the router's operator; never logged
+            _print(f"  Secret: {secret}")
+    finally:
+        store.close()
 
 
 def ca_pending(args: argparse.Namespace) -> None:
@@ -756,7 +795,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connections served at once, all clients together (default 64; 503 beyond)")
     q.add_argument("--max-per-client", type=_positive_int, default=8, metavar="N",
                    help="connections served at once from one client address (default 8; 503 beyond)")
-    ca_verb("pending", "list SCEP requests waiting for approval")
+    q = ca_verb("cmp-secret", "CMPv2 initial enrollment: add, delete or list reference numbers and their "
+                "secrets (one enrollment each)")
+    q.add_argument("action", choices=["add", "delete", "list"], help="add (prints a generated secret when none "
+                   "is given), delete, or list (secrets are never shown)")
+    q.add_argument("--reference-number", "--ref", metavar="REF", help="the reference number (senderKID) the "
+                   "router sends, as JUNOS reference-number")
+    q.add_argument("--secret", help="the shared secret (visible in ps: prefer --secret-file, or let one be "
+                   "generated)")
+    q.add_argument("--secret-file", metavar="FILE", help="file whose first line is the shared secret")
+    q.add_argument("--days", type=_positive_int, help="the reference expires after this many days (default: "
+                   "never)")
+    q.add_argument("--replace", action="store_true", help="add: overwrite an existing reference")
+    ca_verb("pending", "list SCEP and CMP requests waiting for approval")
     q = ca_verb("approve", "issue the certificate of a PENDING SCEP request (the client gets it at its next poll)")
     q.add_argument("transaction_id", help="transaction ID, as 'ca pending' shows it")
     q = ca_verb("reject", "refuse a PENDING SCEP request (the client gets a failure at its next poll)")

@@ -9,6 +9,7 @@ Routes:
   ``GET|POST <any path>?operation=GetCACaps|GetCACert|PKIOperation[&message=...]``  SCEP (RFC 8894)
   ``GET /crl`` (and the path of the CA's configured CRL distribution point)        the CRL, DER
   ``POST /ocsp`` or ``POST /`` with ``application/ocsp-request``; ``GET /ocsp/<b64>`` OCSP (RFC 6960)
+  ``POST <any path>`` with ``application/pkixcmp`` (e.g. ``/.well-known/cmp``, ``/pkix/``)  CMPv2 (RFC 6712)
 A body that is too large gets 413, garbage gets 400 (SCEP) or an OCSP malformedRequest: never a crash.
 
 Hostile clients (:class:`HttpLimits`): each connection carries one request, which must arrive whole (request
@@ -48,6 +49,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from pki.cmp.messages import CONTENT_TYPE as _CMP_CT
+from pki.cmp.messages import MAX_MESSAGE_SIZE as MAX_CMP_MESSAGE
+from pki.cmp.server import CmpOutcome, CmpResponder
 from pki.errors import PkiError
 from pki.ocsp import DEFAULT_VALIDITY, OcspCertStatus, OcspResponder, SerialStatus
 from pki.ocsp import MAX_REQUEST_SIZE as MAX_OCSP_REQUEST
@@ -196,6 +200,7 @@ class CaService:
         self._ca: Any = None
         self._scep: ScepResponder | None = None
         self._ocsp: OcspResponder | None = None
+        self._cmp: CmpResponder | None = None
 
     @property
     def port(self) -> int:
@@ -262,6 +267,8 @@ class CaService:
                 "SCEP is off, the CRL and OCSP are served"
             )
             log.warning("%s", self.scep_off_reason)
+        self._cmp = CmpResponder(self._ca, manual_approval=self.manual_approval, profile=self._profile,
+                                 clock=self._clock)
         signer, signer_key = self._ocsp_signer or (self._ca.certificate, self._ca.private_key)
         if self._ocsp_signer is not None:
             _check_delegate(signer, self._ca.certificate)
@@ -276,9 +283,11 @@ class CaService:
     def _close(self) -> None:
         if self._scep is not None:
             self._scep.close()
+        if self._cmp is not None:
+            self._cmp.close()
         if self._ca is not None:
             self._ca.close()
-        self._ca = self._scep = self._ocsp = None
+        self._ca = self._scep = self._ocsp = self._cmp = None
 
     def _ocsp_lookup(self, serial: int) -> SerialStatus | None:
         rec = self._ca.lookup(serial)
@@ -325,6 +334,10 @@ class CaService:
     def scep_respond(self, body: bytes) -> tuple[bytes, ScepOutcome]:
         """The CertRep, and what it came to for the access log."""
         return self.run(lambda: self._responder().respond(body))  # type: ignore[no-any-return]
+
+    def cmp_respond(self, body: bytes) -> tuple[bytes, CmpOutcome]:
+        """The answer to a CMP PKIMessage, and what it came to for the access log."""
+        return self.run(lambda: self._cmp.respond(body))  # type: ignore[union-attr]
 
     def now(self) -> datetime:
         return self._clock()
@@ -731,6 +744,15 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             raise _HttpError(HTTPStatus.BAD_REQUEST, f"unsupported SCEP operation {op[:40]!r}")
 
+    # -- CMP (RFC 6712: every PKIMessage answer is a 200, errors included) -----------------------------------
+    def _cmp(self) -> None:
+        self._fields["op"] = "cmp"
+        reply, outcome = self.service.cmp_respond(self._body(MAX_CMP_MESSAGE))
+        self._fields.update(msg=outcome.message_type, tid=outcome.transaction_id, outcome=outcome.outcome,
+                            serial=None if outcome.serial is None else f"{outcome.serial:x}",
+                            failinfo=outcome.fail_info, reason=outcome.reason)
+        self._send(HTTPStatus.OK, _CMP_CT, reply, {"Cache-Control": "no-cache"})
+
     # -- CRL and OCSP ---------------------------------------------------------------------------------------
     def _ocsp(self, request: bytes, cache: bool) -> None:
         self._fields["op"] = "ocsp"
@@ -742,6 +764,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, path: str, post: bool) -> None:
         svc = self.service
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if post and ctype == _CMP_CT:
+            self._cmp()
+            return
         if post and (path.rstrip("/") in svc.ocsp_paths() or ctype == "application/ocsp-request"):
             self._fields["op"] = "ocsp"
             self._ocsp(self._body(MAX_OCSP_REQUEST), cache=False)
