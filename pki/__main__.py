@@ -158,11 +158,48 @@ def cmd_local_certificate(args: argparse.Namespace) -> None:
         cert = store.load_local_certificate(args.certificate_id, read_bounded(args.filename), _passphrase(args), key=key)
         _print(f"Local certificate {args.certificate_id} loaded: {cert.subject.rfc4514_string()}")
         return
+    if args.action in ("re-enroll", "revoke") or args.protocol == "cmpv2":
+        _local_certificate_cmp(args, store)
+        return
     if not args.subject or not args.ca_profile:
         raise ValueError("local-certificate enroll needs --ca-profile and --subject")
     cert = store.enroll_local_certificate(args.certificate_id, args.ca_profile, args.subject, _sans(args),
                                           _secret_option(args, "challenge_password", "challenge_password_file"),
                                           passphrase=_passphrase(args))
+    _print(f"Received certificate {args.certificate_id}: {cert.subject.rfc4514_string()}, serial {cert.serial_number:x}")
+    _print(f"  Fingerprint: {fingerprint(cert, 'sha256')} (sha256)")
+
+
+def _local_certificate_cmp(args: argparse.Namespace, store) -> None:  # type: ignore[no-untyped-def]
+    """CMPv2 (JUNOS ``enroll cmpv2``): ir with reference number and secret; kur (re-enroll); rr (revoke)."""
+    from pki.cmp import enroll as cmp
+
+    if args.protocol != "cmpv2":
+        raise ValueError(f"local-certificate {args.action} needs --protocol cmpv2")
+    if not args.ca_profile:
+        raise ValueError(f"local-certificate {args.action} needs --ca-profile")
+    if args.action == "revoke":
+        serial = cmp.revoke_local_certificate(store, args.certificate_id, args.ca_profile, reason=args.reason,
+                                              passphrase=_passphrase(args))
+        _print(f"Revoked certificate {args.certificate_id}, serial {serial:x} ({args.reason})")
+        return
+    if args.action == "re-enroll":
+        cert = cmp.key_update(store, args.certificate_id, args.ca_profile, key_type=args.type, size=args.size,
+                              passphrase=_passphrase(args))
+        _print(f"Key updated for {args.certificate_id}: {cert.subject.rfc4514_string()}, serial "
+               f"{cert.serial_number:x}")
+        _print(f"  Fingerprint: {fingerprint(cert, 'sha256')} (sha256)")
+        return
+    secret = _secret_option(args, "challenge_password", "challenge_password_file")
+    if not args.subject or not args.reference_number or not secret:
+        raise ValueError("local-certificate enroll --protocol cmpv2 needs --subject, --reference-number and "
+                         "--challenge-password(-file) (the secret the CA administrator gave with the reference)")
+    cert, new_cas = cmp.enroll_local_certificate(store, args.certificate_id, args.ca_profile, args.subject,
+                                                 _sans(args), reference=args.reference_number, secret=secret,
+                                                 ca_dn=args.ca_dn, passphrase=_passphrase(args))
+    for c in new_cas:
+        _print(f"CA certificate for profile {args.ca_profile} received (caPubs): {c.subject.rfc4514_string()}")
+        _print(f"  Fingerprint: {fingerprint(c, 'sha256')} (sha256)")
     _print(f"Received certificate {args.certificate_id}: {cert.subject.rfc4514_string()}, serial {cert.serial_number:x}")
     _print(f"  Fingerprint: {fingerprint(cert, 'sha256')} (sha256)")
 
@@ -671,9 +708,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filename", metavar="FILE", help="load: PEM or DER certificate(s)")
     p.set_defaults(func=cmd_ca_certificate)
 
-    p = verb("local-certificate", "enroll a local certificate by SCEP, or load one issued out of band")
-    p.add_argument("action", choices=["enroll", "load"],
-                   help="enroll: SCEP PKCSReq to the profile's CA (key pair must be RSA); load: from --filename")
+    p = verb("local-certificate", "enroll a local certificate by SCEP or CMPv2, or load one issued out of band")
+    p.add_argument("action", choices=["enroll", "load", "re-enroll", "revoke"],
+                   help="enroll: SCEP PKCSReq (RSA key pairs) or CMPv2 ir to the profile's CA; load: from "
+                   "--filename; re-enroll: CMPv2 key update (kur) to a new key pair; revoke: CMPv2 rr")
+    p.add_argument("--protocol", choices=["scep", "cmpv2"], default="scep",
+                   help="enrollment protocol (default scep); re-enroll and revoke need cmpv2")
+    p.add_argument("--reference-number", metavar="REF", help="cmpv2 enroll: the reference number from the CA "
+                   "administrator; its secret goes in --challenge-password(-file)")
+    p.add_argument("--ca-dn", metavar="DN", help="cmpv2 enroll: the CA's DN, when the profile has no CA "
+                   "certificate yet (default: the NULL-DN)")
+    p.add_argument("--type", choices=["rsa", "ecdsa", "ed25519"],
+                   help="re-enroll: type of the new key pair (default: the current one's)")
+    p.add_argument("--size", type=int, help=f"re-enroll: size of the new key pair: {_KEY_SIZES}")
+    p.add_argument("--reason", default="unspecified", help=f"revoke: revocation reason: {_REASONS_HELP}")
     p.add_argument("--certificate-id", required=True, help=cid)
     p.add_argument("--ca-profile", help="enroll: the CA profile to enroll with")
     p.add_argument("--subject", metavar="DN", help="enroll: subject DN, e.g. CN=r1,O=Example,C=US")

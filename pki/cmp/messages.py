@@ -211,7 +211,8 @@ def cert_to_asn1(cert: x509.Certificate) -> Any:
 
 
 def cert_from_asn1(value: Any) -> x509.Certificate:
-    return x509.load_der_x509_certificate(encoder.encode(value))
+    """A certificate from a pyasn1 value, whatever tag its slot gave it."""
+    return x509.load_der_x509_certificate(encoder.encode(_copy_into(rfc9480.CMPCertificate(), value)))
 
 
 def free_text(text: str) -> rfc9480.PKIFreeText:

@@ -608,10 +608,14 @@ class CmpResponder:
 
 
 def _extensions_der(exts: list[x509.Extension]) -> bytes:
-    from asn1crypto import x509 as ax
-
-    return ax.Extensions([{"extn_id": e.oid.dotted_string, "critical": e.critical,
-                           "extn_value": e.value.public_bytes()} for e in exts]).dump()
+    out = rfc5280.Extensions()
+    for e in exts:
+        ext = rfc5280.Extension()
+        ext["extnID"] = univ.ObjectIdentifier(e.oid.dotted_string)
+        ext["critical"] = e.critical
+        ext["extnValue"] = e.value.public_bytes()
+        out.append(ext)
+    return encoder.encode(out)  # type: ignore[no-any-return]
 
 
 def _request(subject_der: bytes, spki_der: bytes, ext_der: bytes | None) -> x509.CertificateSigningRequest:
