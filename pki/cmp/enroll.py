@@ -56,8 +56,13 @@ def enroll_local_certificate(store: Any, certificate_id: str, profile_name: str,
                            transport=transport, **kw)
     new_cas: list[x509.Certificate] = []
     if not ca_certs:
-        new_cas = [c for c in result.ca_pubs if result.certificate.issuer == c.subject]
-        if not new_cas:
+        # the trust anchor from caPubs and, under an intermediate CA, the chain from extraCerts: both came in
+        # the MAC-protected answer
+        new_cas = []
+        for c in result.extra_certs + result.ca_pubs:
+            if c not in new_cas and _is_ca(c):
+                new_cas.append(c)
+        if not any(result.certificate.issuer == c.subject for c in new_cas):
             raise CmpError("the CA sent no CA certificate (caPubs) and the profile has none: "
                            "ca-certificate load it first")
         store.load_ca_certificate(profile_name, certificates_to_pem(new_cas))
@@ -115,3 +120,10 @@ def _store_certificate(store: Any, certificate_id: str, key: Any, cert: x509.Cer
                                              serialization.PublicFormat.SubjectPublicKeyInfo):
         raise StoreError("the CA returned a certificate for a different key")
     store.load_local_certificate(certificate_id, cert.public_bytes(serialization.Encoding.PEM), passphrase)
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
