@@ -381,6 +381,8 @@ class CmpMessage:
     protected_part: bytes = field(repr=False)
     protection: bytes | None = field(repr=False)
     message_time: datetime | None = None
+    #: the body's content as received, without its [n] tag (p10cr's request is verified over these bytes)
+    body_content: bytes = field(default=b"", repr=False)
 
     @property
     def protection_oid(self) -> str | None:
@@ -433,7 +435,9 @@ def parse_message(data: bytes) -> CmpMessage:
         body_end = _tlv(data, header_end)
         protected_part = _seq(data[start:body_end])
         msg = _decode(data, rfc9480.PKIMessage())
-        return _fields(msg, protected_part)
+        parsed = _fields(msg, protected_part)
+        parsed.body_content = data[header_end + _header_len(data, header_end) : body_end]
+        return parsed
     except CmpFormatError:
         raise
     except (PyAsn1Error, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:

@@ -319,14 +319,12 @@ class CmpResponder:
             raise CmpFailure(FailInfo.transactionIdInUse, "transactionID already used")
         if msg.body_type == "p10cr":
             req_id = -1 if msg.pvno == 3 else 0
-            csr = self._p10(msg.body)
+            csr = self._p10(msg.body_content)
         else:
             req_id, csr = self._crmf(msg, auth)
         if auth.signer is not None and csr.subject != auth.signer.subject:
             raise CmpFailure(FailInfo.notAuthorized, "a signed request must keep the subject of its certificate")
         now = self._clock()
-        if auth.reference is not None:
-            self.secrets.mark_used(auth.reference, tid)
         signer_der = None if auth.signer is None else auth.signer.public_bytes(Encoding.DER)
         if self.manual_approval:
             from pki.scep.server import MAX_PENDING
@@ -335,6 +333,7 @@ class CmpResponder:
                 raise CmpFailure(FailInfo.systemUnavail, f"{MAX_PENDING} requests already await approval")
             self.queue.add_pending(f"cmp-{tid}", csr, auth.signer or self.ca.certificate, now)
             self.secrets.put_transaction(tid, msg.body_type, auth.reference, signer_der, "pending", req_id, None, now)
+            self._use(auth, tid)
             log.info("CMP %s %s (%s): waiting for approval", msg.body_type, tid, csr.subject.rfc4514_string())
             self._outcome = CmpOutcome(msg.body_type, tid, "pending")
             return self._cert_reply(msg, auth, req_id, None, PkiStatus.waiting)
@@ -345,15 +344,22 @@ class CmpResponder:
         implicit = msg.implicit_confirm
         self.secrets.put_transaction(tid, msg.body_type, auth.reference, signer_der,
                                      "confirmed" if implicit else "waiting", req_id, cert, now)
+        self._use(auth, tid)
         log.info("CMP %s %s: issued %x to %s", msg.body_type, tid, cert.serial_number, cert.subject.rfc4514_string())
         self._outcome = CmpOutcome(msg.body_type, tid, "issued", cert.serial_number)
         return self._cert_reply(msg, auth, req_id, cert, PkiStatus.accepted, implicit=implicit)
 
-    def _p10(self, body: Any) -> x509.CertificateSigningRequest:
+    def _use(self, auth: _Auth, tid: str) -> None:
+        """A reference is spent once a request made with it is issued or queued, not when one is refused (a
+        template the CA does not accept can be corrected and sent again with the same reference)."""
+        if auth.reference is not None:
+            self.secrets.mark_used(auth.reference, tid)
+
+    def _p10(self, der: bytes) -> x509.CertificateSigningRequest:
         from pki.csr import parse_csr
 
         try:
-            csr, _ = parse_csr(encoder.encode(body), source="CMP p10cr")
+            csr, _ = parse_csr(der, source="CMP p10cr")
         except CsrSignatureError as exc:
             raise CmpFailure(FailInfo.badPOP, str(exc)) from None
         except PkiError as exc:

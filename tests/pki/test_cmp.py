@@ -208,3 +208,27 @@ def test_pbm_iteration_count_is_bounded(responder, ca):
         protection=m.MacProtection(b"1000", b"secret-1000", iterations=m.MAX_PBM_ITERATIONS + 1))
     _, outcome = responder.respond(der)
     assert outcome.fail_info == FailInfo.badAlg.name
+
+
+def test_a_refused_template_does_not_spend_the_reference(responder, ca):
+    """The CA refuses a request with neither subject nor acceptable SAN; the router may correct it and send it
+    again with the same reference number."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(CmpError, match="failInfo badCertTemplate"):
+        client.enroll(URL, key, x509.Name([]), reference="1000", secret="secret-1000", transport=wire(responder))
+    _, got = enroll(responder, key)
+    assert got.certificate.subject.rfc4514_string() == "CN=r1"
+
+
+def test_ca_certificates_may_sign_cmp_messages(tmp_path):
+    """RFC 9483 3.2 (and OpenSSL's cmp client) want digitalSignature in the certificate protecting a CMP answer:
+    the CA signs them with its own key, so root and intermediate CA certificates carry it."""
+    root = CertificateAuthority.init(tmp_path / "root", "CN=Root")
+    sub = CertificateAuthority.init(tmp_path / "sub", "CN=Sub", parent=root)
+    try:
+        for ca in (root, sub):
+            ku = ca.certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+            assert ku.digital_signature and ku.key_cert_sign and ku.crl_sign
+    finally:
+        sub.close()
+        root.close()

@@ -127,10 +127,24 @@ def test_openssl_cmp_ir_kur_rr_against_espresso(cmp_ca, tmp_path, key_type):
                           "-newkey", "k1.pem", "-certout", "c3.pem"), cwd=tmp_path, ok=False)
     assert r.returncode != 0 and "certRevoked" in r.stdout
     assert not (tmp_path / "c3.pem").exists()
+    # p10cr with the MAC of a second reference and implicit confirmation (no certConf), then a cr signed with
+    # the certificate it gave, for the same subject
+    pki(tmp_path, "ca", "--ca", "ca", "cmp-secret", "add", "--ref", "1235", "--secret", "lab-secret-1235")
+    ossl("req", "-new", "-key", "k1.pem", "-subj", "/CN=r1p/O=Example", "-out", "r1p.csr", cwd=tmp_path)
+    ossl(*_cmp_client(cmp_ca, "-cmd", "p10cr", "-ref", "1235", "-secret", "pass:lab-secret-1235", "-recipient",
+                      "/O=Example/CN=CMP Lab CA", "-csr", "r1p.csr", "-implicit_confirm", "-certout", "p.pem"),
+         cwd=tmp_path)
+    ossl("verify", "-CAfile", "ca.pem", "p.pem", cwd=tmp_path)
+    assert cmp_ca.wait_log(r"msg=p10cr tid=(\w+) outcome=issued")
+    ossl(*_cmp_client(cmp_ca, "-cmd", "cr", "-cert", "p.pem", "-key", "k1.pem", "-trusted", "ca.pem",
+                      "-newkey", "k2.pem", "-subject", "/CN=r1p/O=Example", "-certout", "cr.pem"), cwd=tmp_path)
+    ossl("verify", "-CAfile", "ca.pem", "cr.pem", cwd=tmp_path)
     # one access line per message, as SCEP has
     assert cmp_ca.wait_log(r"op=cmp msg=kur tid=\w+ outcome=refused failinfo=certRevoked")
     log = cmp_ca.log()
-    for line in ("msg=ir tid=\\w+ outcome=issued", "msg=certConf tid=\\w+ outcome=confirmed",
+    p10 = re.search(r"msg=p10cr tid=(\w+) outcome=issued", log).group(1)
+    assert not re.search(rf"msg=certConf tid={p10}", log)  # implicitly confirmed
+    for line in ("msg=cr tid=\\w+ outcome=issued", "msg=ir tid=\\w+ outcome=issued", "msg=certConf tid=\\w+ outcome=confirmed",
                  "msg=kur tid=\\w+ outcome=issued", "msg=rr tid=\\w+ outcome=revoked"):
         assert re.search(line, log), line
     assert "lab-secret-1234" not in log + cmp_ca.stderr()
