@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from pyasn1.codec.der import decoder, encoder
 from pyasn1.error import PyAsn1Error
-from pyasn1.type import char, univ, useful
+from pyasn1.type import char, univ
 from pyasn1_alt_modules import rfc5280, rfc9480
 
 from pki.errors import PkiError
@@ -327,9 +327,7 @@ def verify_signature(public_key: Any, oid: str, signature: bytes, data: bytes) -
             public_key.verify(signature, data, padding.PKCS1v15(), _HASHES[h]())  # type: ignore[index]
         elif fam == "ec" and isinstance(public_key, ec.EllipticCurvePublicKey):
             public_key.verify(signature, data, ec.ECDSA(_HASHES[h]()))  # type: ignore[index]
-        elif fam == "ed25519" and isinstance(public_key, ed25519.Ed25519PublicKey):
-            public_key.verify(signature, data)
-        elif fam == "ed448" and isinstance(public_key, ed448.Ed448PublicKey):
+        elif fam == "ed25519" and isinstance(public_key, ed25519.Ed25519PublicKey) or fam == "ed448" and isinstance(public_key, ed448.Ed448PublicKey):
             public_key.verify(signature, data)
         else:
             raise CmpFailure(FailInfo.badAlg, f"signature algorithm {oid} does not match the key")

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -565,7 +565,7 @@ class CmpResponder:
 
         return self._send(msg, auth, "rp", fill, [])
 
-    _HANDLERS: dict[str, Callable[[CmpResponder, m.CmpMessage, _Auth], bytes]] = {
+    _HANDLERS: ClassVar[dict[str, Callable[[CmpResponder, m.CmpMessage, _Auth], bytes]]] = {
         "ir": _cert_request,
         "cr": _cert_request,
         "kur": _cert_request,
@@ -642,8 +642,7 @@ def _request(subject_der: bytes, spki_der: bytes, ext_der: bytes | None) -> x509
                                          "signature_algorithm": {"algorithm": "sha256_ecdsa"},
                                          "signature": b"\x00"})
         csr = x509.load_der_x509_csr(req.dump())
-        csr.extensions  # parse now: a bad SAN is the client's error, not the CA's
-        csr.subject  # noqa: B018
+        _ = csr.extensions, csr.subject  # parse now: a bad SAN is the client's error, not the CA's
         return csr
     except (ValueError, TypeError, KeyError) as exc:
         raise CmpFailure(FailInfo.badCertTemplate, f"the certificate template cannot be used ({exc})") from None

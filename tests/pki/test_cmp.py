@@ -89,7 +89,7 @@ def test_refusals_carry_the_right_failinfo(responder, ca):
 def test_rr_may_only_revoke_the_signing_certificate(responder, ca):
     k1, a = enroll(responder)
     responder.secrets.add("1001", "secret-1001", a.certificate.not_valid_before_utc)
-    k2, b = enroll(responder, ref="1001", secret="secret-1001", name="CN=r2")
+    _, b = enroll(responder, ref="1001", secret="secret-1001", name="CN=r2")
 
     def fill(body):
         d = body.componentType.clone()
@@ -156,7 +156,7 @@ def test_enrollment_under_an_intermediate_ca(tmp_path):
     r = CmpResponder(sub)
     try:
         r.secrets.add("5", "secret-0005", sub.certificate.not_valid_before_utc)
-        key, got = enroll(r, ref="5", secret="secret-0005")
+        _, got = enroll(r, ref="5", secret="secret-0005")
         assert got.ca_pubs == [root.certificate] and sub.certificate in got.extra_certs
         got.certificate.verify_directly_issued_by(sub.certificate)
     finally:

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pki.cmp import client
-from pki.fetch import http_get
 from pki.cmp.messages import CmpError
+from pki.fetch import http_get
 from tests.pki.http_helpers import REPO, Served, free_port
 from tests.support import require, require_tool
 
@@ -30,7 +30,7 @@ CMP_PATH = "/.well-known/cmp"
 
 def _openssl() -> str:
     path = require_tool("openssl")
-    out = subprocess.run([path, "version"], capture_output=True, text=True, timeout=30).stdout
+    out = subprocess.run([path, "version"], check=False, capture_output=True, text=True, timeout=30).stdout
     require(out.startswith("OpenSSL 3"), f"openssl cmp needs OpenSSL 3, found {out.strip()}")
     return path
 
@@ -42,7 +42,7 @@ def _env() -> dict[str, str]:
 
 
 def pki(cwd: Path, *argv: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([sys.executable, "-m", "pki", *argv], cwd=cwd, env=_env(), capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "pki", *argv], check=False, cwd=cwd, env=_env(), capture_output=True, text=True,
                        timeout=120)
     assert "Traceback" not in r.stderr, r.stderr
     if ok:
@@ -52,7 +52,7 @@ def pki(cwd: Path, *argv: str, ok: bool = True) -> subprocess.CompletedProcess[s
 
 def ossl(*argv: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
     """openssl, with its stderr folded into stdout (``openssl cmp`` writes its progress to either)."""
-    r = subprocess.run([_openssl(), *argv], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    r = subprocess.run([_openssl(), *argv], check=False, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        timeout=120)
     if ok:
         assert r.returncode == 0, f"openssl {' '.join(argv)}:\n{r.stdout}"
