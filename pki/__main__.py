@@ -10,6 +10,9 @@ Router verbs (``--store DIR``, default ``$ESPRESSO_PKI_STORE`` or ./pki-store)::
     ca-certificate enroll --ca-profile P | ca-certificate load --ca-profile P --filename F
     local-certificate enroll --certificate-id ID --ca-profile P --subject DN --challenge-password-file F [SANs]
     local-certificate load --certificate-id ID --filename F [--key KEYFILE]
+    local-certificate enroll --protocol cmpv2 --certificate-id ID --ca-profile P --subject DN
+                      --reference-number REF --challenge-password-file F [--ca-dn DN] [SANs]
+    local-certificate re-enroll|revoke --protocol cmpv2 --certificate-id ID --ca-profile P [--type T] [--reason R]
     generate-certificate-request --certificate-id ID --subject DN [--domain-name D] [--ip-address A] [--email E]
                                  [--filename F]
     crl load --ca-profile P --filename F | crl download --ca-profile P
@@ -29,6 +32,8 @@ CA verbs (``--ca DIR``)::
     ca serve [--host H] [--port N] (--challenge-file F | --manual-approval | --no-challenge) [SAN policy]
              [--log-file F] [--request-timeout S] [--max-connections N] [--max-per-client N]
     ca pending | ca approve TRANSACTION-ID | ca reject TRANSACTION-ID [--reason R]
+    ca cmp-secret add --reference-number REF [--secret-file F] [--days N] [--replace]
+    ca cmp-secret delete --reference-number REF | ca cmp-secret list
 
 Key passphrases come from ``--passphrase-file`` or ``$ESPRESSO_PKI_PASSPHRASE``, never from the command line;
 challenge passwords preferably from ``--challenge-password-file`` / ``--challenge-file``.
@@ -648,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m pki",
         description="espresso PKI: the router's certificate store (JUNOS 'request security pki ...' verbs) and a "
-                    "small CA with SCEP, CRL and OCSP ('ca ...' verbs).",
+                    "small CA with SCEP, CMPv2, CRL and OCSP ('ca ...' verbs).",
         epilog="Key passphrases come from --passphrase-file or $ESPRESSO_PKI_PASSPHRASE, never from the command "
                "line. 'python -m pki VERB --help' describes each verb. Errors print one line and exit 1.")
     store_help = "store directory (default: $ESPRESSO_PKI_STORE or ./pki-store)"
@@ -788,8 +793,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--at", help="show validity status at this ISO 8601 instant (default: now)")
         p.set_defaults(func=fn)
 
-    p = verb("ca", "certificate authority: init, issue, revoke, crl, list, serve (SCEP/CRL/OCSP), pending, "
-             "approve, reject")
+    p = verb("ca", "certificate authority: init, issue, revoke, crl, list, serve (SCEP/CMPv2/CRL/OCSP), pending, "
+             "approve, reject, cmp-secret")
     p.add_argument("--ca", default=os.environ.get("ESPRESSO_PKI_CA", "pki-ca"),
                    help="CA directory (default: $ESPRESSO_PKI_CA or ./pki-ca)")
     casub = p.add_subparsers(dest="ca_verb", required=True, metavar="CA-VERB",
@@ -823,7 +828,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", metavar="FILE", help="write the CRL there")
     q.add_argument("--pem", action="store_true", help="PEM instead of DER (DER is refused on a terminal)")
     ca_verb("list", "list every certificate issued, with its status")
-    q = ca_verb("serve", "serve SCEP (/scep), the CRL (/crl) and OCSP (/ocsp) over HTTP until Ctrl-C")
+    q = ca_verb("serve", "serve SCEP (/scep), CMPv2 (POST application/pkixcmp, e.g. /.well-known/cmp), the CRL "
+                "(/crl) and OCSP (/ocsp) over HTTP until Ctrl-C")
     q.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     q.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
     q.add_argument("--challenge", help="SCEP challenge password clients must put in their request "
@@ -855,7 +861,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--days", type=_positive_int, help="the reference expires after this many days (default: "
                    "never)")
     q.add_argument("--replace", action="store_true", help="add: overwrite an existing reference")
-    ca_verb("pending", "list SCEP and CMP requests waiting for approval")
+    ca_verb("pending", "list SCEP and CMPv2 requests waiting for approval")
     q = ca_verb("approve", "issue the certificate of a PENDING SCEP request (the client gets it at its next poll)")
     q.add_argument("transaction_id", help="transaction ID, as 'ca pending' shows it")
     q = ca_verb("reject", "refuse a PENDING SCEP request (the client gets a failure at its next poll)")

@@ -232,3 +232,27 @@ def test_ca_certificates_may_sign_cmp_messages(tmp_path):
     finally:
         sub.close()
         root.close()
+
+
+def test_cli_errors_are_one_line(lab, capsys):
+    from tests.pki.conftest import run
+
+    assert run(capsys, "ca", "--ca", "ca", "init", "--subject", "CN=R")[0] == 0
+    assert run(capsys, "ca", "--ca", "ca", "cmp-secret", "add", "--ref", "1", "--secret", "long-enough-1")[0] == 0
+    for argv, text in [
+        (("ca", "--ca", "ca", "cmp-secret", "add", "--ref", "1", "--secret", "long-enough-2"), "exists already"),
+        (("ca", "--ca", "ca", "cmp-secret", "add", "--ref", "2", "--secret", "short"), "at least 8"),
+        (("ca", "--ca", "ca", "cmp-secret", "delete", "--ref", "3"), "no CMP reference 3"),
+        (("ca", "--ca", "ca", "cmp-secret", "add"), "needs --reference-number"),
+        (("ca", "--ca", "nowhere", "cmp-secret", "list"), "not a CA directory"),
+        (("--store", "st", "local-certificate", "revoke", "--certificate-id", "r1", "--ca-profile", "p"),
+         "needs --protocol cmpv2"),
+        (("--store", "st", "local-certificate", "enroll", "--protocol", "cmpv2", "--certificate-id", "r1",
+          "--ca-profile", "p", "--subject", "CN=r1"), "needs --subject, --reference-number"),
+    ]:
+        rc, out, err = run(capsys, *argv)
+        assert rc == 1 and text in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    rc, out, _ = run(capsys, "ca", "--ca", "ca", "cmp-secret", "list")
+    assert rc == 0 and out.startswith("1  created") and "long-enough-1" not in out
+    rc, out, _ = run(capsys, "ca", "--ca", "ca", "cmp-secret", "add", "--ref", "4", "--days", "2")
+    assert rc == 0 and "valid 2 days" in out and len(out.split("Secret: ")[1].strip()) >= 16
