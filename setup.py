@@ -43,7 +43,7 @@ MODULES = {
     "esp._core": ("esp/_core.pyx", crypto_libs),
     "esp._classify": ("esp/_classify.pyx", []),
     "esp.gateway._io": ("esp/gateway/_io.pyx", []),
-    "esp._pcapio": ("esp/_pcapio.pyx", []),
+    "esp.pcap._pcapio": ("esp/pcap/_pcapio.pyx", []),
     "esp.gateway._offload": ("esp/gateway/_offload.pyx", []),
     "esp.gateway._loop": ("esp/gateway/_loop.pyx", []),
     "bench._ceilings": ("bench/_ceilings.pyx", crypto_libs),

@@ -1,8 +1,8 @@
-"""pcap decrypt: a generated IMIX capture of ESP packets, decrypted file to file by esp.pcaptool, against the
+"""pcap decrypt: a generated IMIX capture of ESP packets, decrypted file to file by esp.pcap, against the
 core's own batch rate on the same packets (issue 5: at least half of it).
 
 What an engineer with a capture and the SA keys gets: packets per second through
-``esp.pcaptool.decrypt_file`` from a 1-million-packet Ethernet pcap (50,000 with --quick) to a pcap of the
+``esp.pcap.decrypt_file`` from a 1-million-packet Ethernet pcap (50,000 with --quick) to a pcap of the
 inner packets, anti-replay on. The capture is made here: the IMIX ring (bench.workloads) encrypted by an
 espresso SA with consecutive sequence numbers, written as pcap records. Generation is not timed; the capture
 and the output are deleted afterwards.
@@ -110,7 +110,7 @@ class _CorePass:
         """One pass with a fresh inbound SA; returns the seconds it took."""
         import time
 
-        from esp.pcaptool import _make_sa
+        from esp.pcap.sas import _make_sa
         from esp.sa import Direction
 
         dec = _make_sa(self.entry, Direction.IN, None, None, None).decrypt_batch
@@ -127,11 +127,11 @@ class _CorePass:
 
 def run(quick: bool = False, count: int | None = None, repeats: int | None = None) -> dict:
     try:
-        from esp.keyfile import AddressMatch, SaEntry
-        from esp.pcaptool import Summary, decrypt_file, encrypt_file
+        from esp.pcap.sa_files import AddressMatch, SaEntry
+        from esp.pcap import Summary, decrypt_file, encrypt_file
         from esp.suites import parse_suite
     except ImportError as exc:
-        return {"unavailable": f"esp.pcaptool.decrypt_file is not importable ({exc})"}
+        return {"unavailable": f"esp.pcap.decrypt_file is not importable ({exc})"}
     from bench.esp import core_available
 
     reason = core_available()

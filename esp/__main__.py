@@ -1,7 +1,8 @@
 """``python -m esp``: the data plane's command line.
 
     python -m esp pcap decrypt IN OUT --sa FILE [--sa FILE ...]
-    python -m esp pcap encrypt IN OUT --sa FILE [--first-seq N]
+    python -m esp pcap decrypt 'DIR/*.pcap' OUTDIR --sa FILE [--jobs N | --scheduler tcp://HOST:8786]
+    python -m esp pcap encrypt IN OUT --sa FILE [--first-seq N] [--write-esp-sa FILE]
     python -m esp pcap replay  IN --sa FILE [--order 1,3,2,2 | --loss P --dup P --reorder P]
     python -m esp gateway STATIC.json [--metrics HOST:PORT]   (a tunnel gateway with static SAs; SIGHUP
                                            reloads, SIGTERM stops; Prometheus metrics at /metrics if asked)
@@ -66,10 +67,18 @@ def _build() -> argparse.ArgumentParser:
         sp.add_argument("-q", "--quiet", action="store_true", help="no summary")
         sp.add_argument("--json", action="store_true", help="the summary as JSON on stdout")
 
-    d = ps.add_parser("decrypt", help="verify and decrypt the ESP packets of a capture")
-    d.add_argument("input")
-    d.add_argument("output")
+    def many(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--jobs", "-j", type=int, metavar="N",
+                        help="with several captures: processes of the local pool (default: one per CPU)")
+        sp.add_argument("--scheduler", metavar="ADDR",
+                        help="with several captures: run each as a task on this Dask scheduler "
+                             "(tcp://host:8786, tls://...; needs the 'dask' extra)")
+
+    d = ps.add_parser("decrypt", help="verify and decrypt the ESP packets of a capture (or of many)")
+    d.add_argument("input", nargs="+", help="a capture; or several, a directory, a quoted glob ('caps/*.pcap')")
+    d.add_argument("output", help="the output capture; with several inputs, a directory")
     common(d)
+    many(d)
     d.add_argument("--format", choices=("pcap", "pcapng"), help="output format (default: the input's)")
     d.add_argument("--frames", action="store_true",
                    help="keep each record's link-layer header (default: inner packets as raw IP)")
@@ -78,14 +87,19 @@ def _build() -> argparse.ArgumentParser:
     d.add_argument("--replay-window", type=int, metavar="N",
                    help="anti-replay window (0 = off; default: the SA file's, else 64)")
 
-    e = ps.add_parser("encrypt", help="encapsulate the packets of a capture that SA selectors take")
-    e.add_argument("input")
-    e.add_argument("output")
+    e = ps.add_parser("encrypt", help="encapsulate the packets of a capture (or of many) that SA selectors take")
+    e.add_argument("input", nargs="+", help="a capture; or several, a directory, a quoted glob")
+    e.add_argument("output", help="the output capture; with several inputs, a directory")
     common(e)
+    many(e)
     e.add_argument("--format", choices=("pcap", "pcapng"), help="output format (default: the input's)")
     e.add_argument("--raw", action="store_true", help="write raw IP instead of keeping link-layer headers")
     e.add_argument("--drop-other", action="store_true", help="write only the encrypted packets")
     e.add_argument("--first-seq", type=int, metavar="N", help="sequence number of each SA's first packet")
+    e.add_argument("--write-esp-sa", metavar="FILE",
+                   help="also write the SAs as Wireshark's esp_sa table (mode 0600), so the output opens "
+                        "decrypted in Wireshark: copy FILE to ~/.config/wireshark/esp_sa or pass it to tshark "
+                        "with -o 'uat:esp_sa:...' lines")
 
     r = ps.add_parser("replay", help="send a capture through an outbound and an inbound SA and report what "
                                      "the receiver accepts")
@@ -154,7 +168,7 @@ def _gateway(path: str, offload: bool | None = None, loop: str | None = None, qu
 
 def _run(args: argparse.Namespace) -> int:
     from esp.errors import EspError
-    from esp.keyfile import KeyFileError, load_keyfiles
+    from esp.pcap.sa_files import KeyFileError, load_keyfiles
 
     try:
         kf = load_keyfiles(args.sa)
@@ -166,8 +180,13 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(f"no usable SA in {', '.join(args.sa)}")
     if args.chunk < 1:
         return _fail("--chunk must be at least 1")
-    from esp import pcaptool
+    import esp.pcap as pcaptool
 
+    if args.cmd in ("decrypt", "encrypt"):
+        from esp.pcap.many import is_many
+        if is_many(args.input):
+            return _run_many(args, kf.entries)
+        args.input = args.input[0]
     out = getattr(args, "output", None)
     if out is not None and os.path.exists(out) and os.path.exists(args.input) and os.path.samefile(out, args.input):
         return _fail(f"{out} is the input capture; write the output elsewhere")
@@ -175,16 +194,15 @@ def _run(args: argparse.Namespace) -> int:
         if args.cmd == "decrypt":
             if args.replay_window is not None and args.replay_window < 0:
                 return _fail("--replay-window must be >= 0")
-            s = pcaptool.decrypt_file(args.input, args.output, kf.entries, fmt=args.format, frames=args.frames,
-                                      drop_other=args.drop_other, drop_unknown=args.drop_unknown,
-                                      mode=args.mode, replay_window=args.replay_window, backend=args.backend,
-                                      chunk_records=args.chunk, progress=args.progress)
+            s = pcaptool.decrypt_file(args.input, args.output, kf.entries, progress=args.progress,
+                                      **_tool_kwargs(args))
         elif args.cmd == "encrypt":
             if args.first_seq is not None and args.first_seq < 1:
                 return _fail("--first-seq must be at least 1")
-            s = pcaptool.encrypt_file(args.input, args.output, kf.entries, fmt=args.format, frames=not args.raw,
-                                      drop_other=args.drop_other, mode=args.mode, first_seq=args.first_seq,
-                                      backend=args.backend, chunk_records=args.chunk, progress=args.progress)
+            if args.write_esp_sa:
+                _write_esp_sa(args.write_esp_sa, kf.entries)
+            s = pcaptool.encrypt_file(args.input, args.output, kf.entries, progress=args.progress,
+                                      **_tool_kwargs(args))
         else:
             return _replay(args, kf.entries)
     except (EspError, ValueError, OSError) as exc:
@@ -198,8 +216,56 @@ def _run(args: argparse.Namespace) -> int:
     return s.exit_code
 
 
+def _tool_kwargs(args: argparse.Namespace) -> dict:
+    """The options of one decrypt or encrypt run, as the file functions take them."""
+    kw = dict(fmt=args.format, drop_other=args.drop_other, mode=args.mode, backend=args.backend,
+              chunk_records=args.chunk)
+    if args.cmd == "decrypt":
+        kw.update(frames=args.frames, drop_unknown=args.drop_unknown, replay_window=args.replay_window)
+    else:
+        kw.update(frames=not args.raw, first_seq=args.first_seq)
+    return kw
+
+
+def _run_many(args: argparse.Namespace, entries: list) -> int:
+    """Several captures: each a task on the local pool or the Dask cluster; one summary, each file's status."""
+    from esp.errors import EspError
+    from esp.pcap.many import run_many
+
+    if args.jobs is not None and args.jobs < 1:
+        return _fail("--jobs must be at least 1")
+    if args.cmd == "decrypt" and args.replay_window is not None and args.replay_window < 0:
+        return _fail("--replay-window must be >= 0")
+    if args.cmd == "encrypt" and args.first_seq is not None and args.first_seq < 1:
+        return _fail("--first-seq must be at least 1")
+    try:
+        if args.cmd == "encrypt" and args.write_esp_sa:
+            _write_esp_sa(args.write_esp_sa, entries)
+        res = run_many(args.cmd, args.input, args.output, entries, jobs=args.jobs, scheduler=args.scheduler,
+                       **_tool_kwargs(args))
+    except (EspError, ValueError, OSError) as exc:
+        return _fail(str(exc))
+    if args.json:
+        sys.stdout.write(json.dumps(res.as_dict(), indent=2) + "\n")
+    elif not args.quiet:
+        sys.stderr.write(res.format() + "\n")
+    return res.exit_code
+
+
+def _write_esp_sa(path: str, entries: list) -> None:
+    """The SAs as Wireshark's esp_sa table; those it has no row for (ChaCha20, CCM, GMAC) are left out, with a
+    warning each."""
+    from esp.pcap.sa_files import dump_wireshark, wireshark_supports, write_keyfile
+
+    for e in entries:
+        if not wireshark_supports(e.suite):
+            sys.stderr.write(f"{PROG}: warning: {e.origin or e.label}: Wireshark 4.0 has no esp_sa row for "
+                             f"{e.suite.name}; left out of {path}\n")
+    write_keyfile(path, dump_wireshark(entries, skip_unsupported=True))
+
+
 def _replay(args: argparse.Namespace, entries: list) -> int:
-    from esp import pcaptool
+    import esp.pcap as pcaptool
 
     entry = entries[0]
     if args.spi is not None:

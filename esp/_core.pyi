@@ -12,7 +12,7 @@ IPSECMB_VERSION: Optional[str]
 IPSECMB_ARCH: Optional[str]
 OPENSSL_VERSION: str
 MAX_WINDOW: int
-#: A capsule of esp/_saapi.h's table: one packet through an SA, for esp._pcapio.EspChunk.
+#: A capsule of esp/_saapi.h's table: one packet through an SA, for esp.pcap._pcapio.EspChunk.
 SA_API: Any
 
 def ipsecmb_supports(cipher: str, key_len: int, integ: str = ...) -> bool: ...

@@ -4,17 +4,21 @@
 
     python -m ike daemon --config /etc/espresso/ike.toml      # foreground; SIGTERM/SIGINT: DELETE all, exit
     python -m ike check-config --config /etc/espresso/ike.toml
+    python -m ike check-config --config /etc/swanctl/swanctl.conf   # what an import would keep and refuse
+    python -m ike import-swanctl /etc/swanctl/swanctl.conf -o /etc/espresso/ike.toml
     python -m ike initiate --ike branch [--child lan] [--timeout 10]
     python -m ike list-sas [--ike branch] [--raw]
     python -m ike list-conns
     python -m ike rekey --child lan | --ike branch
     python -m ike terminate --ike branch | --child lan
     python -m ike stats
+    python -m ike status                                      # ready? listening where, since when
     python -m ike demo                                        # the end-to-end demonstration, no root needed
 
 The control commands talk to the daemon over its unix socket (``--socket``, else ``$ESPRESSO_IKE_SOCKET``, else
 the default ``/run/espresso/ike.sock``). This is the only module of the package that reads argv or the
-environment.
+environment (``$NOTIFY_SOCKET``: under systemd ``Type=notify`` the daemon sends READY=1 once its configuration
+is loaded and its sockets are bound; ``--ready-file PATH`` writes the status there at the same moment).
 """
 from __future__ import annotations
 
@@ -31,8 +35,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import DEFAULT_CONTROL_SOCKET, ConfigError, load_config
+from .listing import format_conns, format_sas
 
-__all__ = ["format_sas", "main", "request"]
+__all__ = ["main", "request"]
 
 ENV_SOCKET = "ESPRESSO_IKE_SOCKET"
 
@@ -74,105 +79,6 @@ def request(path: str | os.PathLike[str], req: dict[str, Any], timeout: float = 
         raise ClientError(f"the daemon sent something that is not JSON: {buf[:200]!r}") from None
 
 
-def _ago(seconds: Any) -> str:
-    return "?" if seconds is None else f"{int(seconds)}s"
-
-
-_SWANCTL_NAMES = {
-    "aes128": "AES_CBC-128", "aes192": "AES_CBC-192", "aes256": "AES_CBC-256",
-    "aes128ctr": "AES_CTR-128", "aes192ctr": "AES_CTR-192", "aes256ctr": "AES_CTR-256",
-    "aes128gmac": "NULL_AES_GMAC-128", "aes192gmac": "NULL_AES_GMAC-192", "aes256gmac": "NULL_AES_GMAC-256",
-    "chacha20poly1305": "CHACHA20_POLY1305-256", "null": "NULL",
-    "sha1": "HMAC_SHA1_96", "sha256": "HMAC_SHA2_256_128", "sha2_256": "HMAC_SHA2_256_128",
-    "sha384": "HMAC_SHA2_384_192", "sha2_384": "HMAC_SHA2_384_192", "sha512": "HMAC_SHA2_512_256",
-    "sha2_512": "HMAC_SHA2_512_256",
-    "prfsha1": "PRF_HMAC_SHA1", "prfsha256": "PRF_HMAC_SHA2_256", "prfsha384": "PRF_HMAC_SHA2_384",
-    "prfsha512": "PRF_HMAC_SHA2_512",
-    "modp2048": "MODP_2048", "modp3072": "MODP_3072", "modp4096": "MODP_4096", "modp8192": "MODP_8192",
-    "ecp256": "ECP_256",
-    "ecp384": "ECP_384", "ecp521": "ECP_521", "curve25519": "CURVE_25519", "x25519": "CURVE_25519",
-    "esn": "ESN",
-}
-_INTEG_PRF = {"sha1": "prfsha1", "sha256": "prfsha256", "sha2_256": "prfsha256", "sha384": "prfsha384",
-              "sha2_384": "prfsha384", "sha512": "prfsha512", "sha2_512": "prfsha512"}
-
-
-def swanctl_algorithms(text: str, ike: bool = False) -> str:
-    """A strongSwan proposal string as ``swanctl --list-sas`` shows the negotiated one:
-    "aes128gcm16-prfsha256-ecp256" -> "AES_GCM_16-128/PRF_HMAC_SHA2_256/ECP_256". Unknown tokens pass as is."""
-    import re
-
-    toks = [t for t in text.lower().split("-") if t and t != "noesn"]
-    if ike and not any(t.startswith("prf") for t in toks):  # the PRF is implied by the integrity algorithm
-        integ = next((t for t in toks if t in _INTEG_PRF), None)
-        if integ is not None:
-            toks.insert(toks.index(integ) + 1, _INTEG_PRF[integ])
-    out = []
-    for t in toks:
-        m = re.fullmatch(r"aes(128|192|256)(gcm|ccm)(8|12|16)", t)
-        out.append(f"AES_{m.group(2).upper()}_{m.group(3)}-{m.group(1)}" if m else _SWANCTL_NAMES.get(t, t))
-    return "/".join(out)
-
-
-def format_sas(sas: list[dict[str, Any]]) -> str:
-    """The ``list-sas`` reply in the layout of ``swanctl --list-sas``."""
-    lines: list[str] = []
-    for sa in sas:
-        mine_i = sa.get("initiator", False)
-        lines.append(f"{sa['name']}: #{sa['ike_id']}, {sa['state']}, IKEv2, "
-                     f"{sa['spi_i']}_i{'*' if mine_i else ''} {sa['spi_r']}_r{'' if mine_i else '*'}")
-        if "local_host" in sa:
-            lines.append(f"  local  '{sa['local_id']}' @ {sa['local_host']}[{sa['local_port']}]"
-                         + (" [NAT]" if sa.get("nat_local") else ""))
-            lines.append(f"  remote '{sa['remote_id']}' @ {sa['remote_host']}[{sa['remote_port']}]"
-                         + (" [NAT]" if sa.get("nat_remote") else ""))
-            lines.append(f"  {swanctl_algorithms(sa['proposal'], ike=True)}")
-            rekey = f", rekeying in {_ago(sa['rekey_in'])}" if sa.get("rekey_in") is not None else ""
-            lines.append(f"  established {_ago(sa.get('established'))} ago{rekey}")
-        if sa.get("last_error"):
-            lines.append(f"  last error: {sa['last_error']}")
-        for c in sa.get("child_sas", []):
-            mode = c["mode"] + ("-in-UDP" if c.get("encap") else "")
-            esn = "/ESN" if c.get("esn") else ""
-            reqid = f"reqid {c['reqid']}, " if c.get("reqid") else ""
-            lines.append(f"  {c['name']}: #{c.get('unique_id') or sa['ike_id']}, {reqid}{c['state']}, {mode}, "
-                         f"ESP:{swanctl_algorithms(c['suite'])}{esn}")
-            when = [f"installed {_ago(c['installed'])} ago"]
-            if c.get("rekey_in") is not None:
-                when.append(f"rekeying in {_ago(c['rekey_in'])}")
-            if c.get("life_in") is not None:
-                when.append(f"expires in {_ago(c['life_in'])}")
-            lines.append("    " + ", ".join(when))
-            limits = []
-            if c.get("rekey_bytes"):
-                limits.append(f"rekey at {c['rekey_bytes']} bytes")
-            if c.get("rekey_packets"):
-                limits.append(f"rekey at {c['rekey_packets']} packets")
-            if limits:
-                lines.append("    " + ", ".join(limits))
-            lines.append(f"    in  {c['spi_in']}, {c['bytes_in']:>10} bytes, {c['packets_in']:>8} packets"
-                         + (f", {c['dropped_in']} dropped" if c.get("dropped_in") else ""))
-            lines.append(f"    out {c['spi_out']}, {c['bytes_out']:>10} bytes, {c['packets_out']:>8} packets"
-                         + ("" if c.get("outbound_active", True) else " (replaced)"))
-            lines.append(f"    local  {' '.join(c['local_ts'])}")
-            lines.append(f"    remote {' '.join(c['remote_ts'])}")
-    return "\n".join(lines)
-
-
-def _format_conns(conns: list[dict[str, Any]]) -> str:
-    lines = []
-    for c in conns:
-        lines.append(f"{c['name']}: IKEv2, remote {c['remote_addr'] or '%any'}[{c['remote_port']}], "
-                     f"{', '.join(c['ike_proposals'])}")
-        lines.append(f"  local:  {c['local_id']} ({c['auth']})")
-        lines.append(f"  remote: {c['remote_id'] or '%any'}")
-        for ch in c["children"]:
-            lines.append(f"  {ch['name']}: {ch['mode'].upper()}, {', '.join(ch['esp_proposals'])}")
-            lines.append(f"    local:  {' '.join(ch['local_ts'])}")
-            lines.append(f"    remote: {' '.join(ch['remote_ts'])}")
-    return "\n".join(lines)
-
-
 def _socket_path(args: argparse.Namespace) -> str:
     return args.socket or os.environ.get(ENV_SOCKET) or DEFAULT_CONTROL_SOCKET
 
@@ -208,9 +114,15 @@ def _client(args: argparse.Namespace) -> int:
         if text:
             print(text)
     elif args.command == "list-conns":
-        print(_format_conns(reply["conns"]))
+        print(format_conns(reply["conns"]))
     elif args.command == "stats":
         print(json.dumps(reply["stats"], indent=2))
+    elif args.command == "status":
+        st = reply["status"]
+        print(f"{'ready' if st['ready'] else 'not ready'}, pid {st['pid']}, up {st['uptime']:g}s, "
+              f"{st['ike_sas']} IKE_SAs, {st['child_sas']} CHILD_SAs")
+        print("  listening " + ", ".join(f"{h}[{p}]" for h, p in st["listening"]))
+        print(f"  control {st['control_socket']}" + (f", config {st['config']}" if st["config"] else ""))
     elif args.command == "initiate":
         child = f", CHILD_SA {reply['child']} {reply['spi_in']}_i {reply['spi_out']}_o" if "child" in reply else ""
         print(f"initiate completed successfully: IKE_SA {args.ike}[{reply['ike_id']}] {reply['state']}{child}")
@@ -238,12 +150,70 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
-def _check_config(args: argparse.Namespace) -> int:
+def _is_swanctl(path: str) -> bool:
+    """swanctl.conf and its includes are strongSwan settings files; the daemon's own are TOML."""
+    return not path.endswith(".toml") and (path.endswith(".conf") or os.path.basename(path) == "swanctl.conf")
+
+
+def _import_swanctl(path: str, out: str | None) -> tuple[Any, str]:
+    """(SwanctlImport, TOML text); ConfigError for a file that is not swanctl syntax."""
+    from .config.swanctl import dump_toml, import_swanctl
+
+    out_dir = os.path.dirname(os.path.abspath(out)) if out else os.getcwd()
+    imp = import_swanctl(path, out_dir=out_dir)
+    header = f"imported from {os.path.abspath(path)} by python -m ike import-swanctl"
+    if imp.refused:
+        header += "\nnot imported (espresso cannot express these):\n" + "\n".join(f"  {r}" for r in imp.refused)
+    return imp, dump_toml(imp.config, header)
+
+
+def _cmd_import_swanctl(args: argparse.Namespace) -> int:
     try:
-        cfg = load_config(args.config, overrides=_overrides(args))
+        imp, text = _import_swanctl(args.swanctl, args.output)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for r in imp.refused:
+        print(f"{r}", file=sys.stderr)
+    if args.output:
+        with open(args.output, "w") as f:  # no secrets beyond what swanctl.conf held; same care: 0600
+            os.fchmod(f.fileno(), 0o600)
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 1 if imp.refused else 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    if _is_swanctl(args.config):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:  # validated as the daemon would load the import
+            path = os.path.join(tmp, "imported.toml")
+            try:
+                imp, text = _import_swanctl(args.config, path)
+            except ConfigError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            for r in imp.refused:
+                print(f"error: {r}", file=sys.stderr)
+            try:
+                with open(path, "w") as f:
+                    f.write(text)
+                cfg = load_config(path, overrides=_overrides(args))
+            except ConfigError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+        if imp.refused:
+            print(f"{args.config}: {len(imp.refused)} key(s) espresso cannot express; the rest is valid",
+                  file=sys.stderr)
+            return 2
+    else:
+        try:
+            cfg = load_config(args.config, overrides=_overrides(args))
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     peers = ", ".join(f"{p.name} ({len(p.children)} children)" for p in cfg.core.peers)
     metrics = ""
     if cfg.metrics_listen is not None:
@@ -267,10 +237,13 @@ def _run_daemon(args: argparse.Namespace) -> int:
         return 2
     from .daemon import Daemon, make_gateway
     from .keylog import KeyLogError
+    from .ready import Readiness
+
+    readiness = Readiness(notify_socket=os.environ.get("NOTIFY_SOCKET"), ready_file=args.ready_file)
 
     async def serve() -> int:
         try:
-            daemon = Daemon(cfg, gateway=make_gateway(cfg))
+            daemon = Daemon(cfg, gateway=make_gateway(cfg), readiness=readiness)
         except KeyLogError as exc:  # checked at load time already; the directory may have changed since
             print(f"error: cannot start: {exc}", file=sys.stderr)
             return 1
@@ -280,8 +253,10 @@ def _run_daemon(args: argparse.Namespace) -> int:
                 from .metrics import serve_daemon_metrics
                 metrics = serve_daemon_metrics(daemon, cfg.metrics_listen)
             await daemon.start(initiate=args.initiate or ())
-        except Exception as exc:  # bind refused, no TUN, no privilege: say so and leave
+        except Exception as exc:  # bind refused, no TUN, no privilege, ready file unwritable: say so and leave
             why = exc.strerror if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE else exc
+            readiness.stopping()
+            await daemon.control.close()
             print(f"error: cannot start: {why}", file=sys.stderr)
             daemon.endpoint.close()
             if daemon.gateway is not None:
@@ -323,10 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--control-socket", help="override daemon.control_socket")
     d.add_argument("--key-log", help="write Wireshark key tables to this directory (secrets!)")
     d.add_argument("--initiate", action="append", metavar="PEER", help="initiate this peer at start (repeatable)")
+    d.add_argument("--ready-file", metavar="PATH",
+                   help="write the daemon's status (JSON) here once it is ready; removed on exit")
     d.add_argument("-v", "--verbose", action="count", default=1)
     d.add_argument("-q", "--quiet", action="store_const", const=0, dest="verbose")
 
-    c = sub.add_parser("check-config", help="validate a configuration file and exit")
+    sw = sub.add_parser("import-swanctl", help="write the espresso TOML for a strongSwan swanctl.conf")
+    sw.add_argument("swanctl", help="swanctl.conf (x509/, x509ca/, private/ beside it, as swanctl reads them)")
+    sw.add_argument("-o", "--output", help="TOML file to write (default: stdout); refused keys go to stderr")
+
+    c = sub.add_parser("check-config", help="validate a configuration file (TOML or swanctl.conf) and exit")
     c.add_argument("--config", "-c", required=True)
     c.add_argument("--control-socket")
     c.add_argument("--key-log")
@@ -352,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ike", "-i")
     t.add_argument("--timeout", "-t", type=float, default=5.0)
     client("stats", "adapter, core and data plane counters")
+    client("status", "whether the daemon is ready, where it listens, how many SAs it holds")
+
+    pcap = sub.add_parser("pcap", help="IKEv2 in captures: show exchanges as charon logs them, decrypt a session")
+    from .capture import add_arguments as pcap_arguments
+    pcap_arguments(pcap)
 
     demo = sub.add_parser("demo", help="CA + SCEP enrollment + two daemons + ESP traffic, on loopback, no root")
     from .demo import add_arguments
@@ -366,6 +352,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_daemon(args)
     if args.command == "check-config":
         return _check_config(args)
+    if args.command == "pcap":
+        from .capture import run_from_args as run_pcap
+        return run_pcap(args)
+    if args.command == "import-swanctl":
+        return _cmd_import_swanctl(args)
     if args.command == "demo":
         from .demo import run_from_args
         return run_from_args(args)

@@ -16,12 +16,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
+from .auth_constraints import AuthConstraints, key_type
 from .constants import AuthMethod, HashAlgorithm
 from .errors import AuthenticationFailedError
 from .keymat import prf
 
 __all__ = ["signed_octets", "psk_auth", "sign_auth", "verify_auth", "key_hash", "SUPPORTED_HASHES",
-           "pki_validator", "auth_method_name", "peer_certificates", "MAX_CERT_SIZE", "MAX_PEER_CERTS"]
+           "verify_auth_scheme", "select_signature", "pki_validator", "auth_method_name", "peer_certificates",
+           "MAX_CERT_SIZE", "MAX_PEER_CERTS"]
 
 #: Bounds on what a peer makes us parse in IKE_AUTH: bytes per certificate, and certificates (leaf first).
 MAX_CERT_SIZE = 16384
@@ -119,9 +121,15 @@ def auth_method_name(method: int, data: bytes = b"") -> str:
     return str(method)
 
 
-def sign_auth(key: Any, octets: bytes, peer_hashes: Iterable[int] | None, rsa_pss: bool = False) -> tuple[int, bytes]:
+def sign_auth(key: Any, octets: bytes, peer_hashes: Iterable[int] | None, rsa_pss: bool = False,
+              constraints: AuthConstraints | None = None) -> tuple[int, bytes]:
     """(AUTH method, AUTH data) signing ``octets`` with our private key. ``peer_hashes`` is the peer's
-    SIGNATURE_HASH_ALGORITHMS (None when it sent none: then the classic methods 1 and 9-11)."""
+    SIGNATURE_HASH_ALGORITHMS (None when it sent none: then the classic methods 1 and 9-11).
+
+    ``constraints`` (our ``auth``, e.g. ``rsa/pss-sha384``) choose the scheme and hash: the first allowed one
+    the peer announced; none is AuthenticationFailedError rather than a signature the peer would refuse."""
+    if constraints is not None and constraints.entries:
+        return _sign_constrained(key, octets, peer_hashes, rsa_pss, constraints)
     hs = [h for h in SUPPORTED_HASHES if peer_hashes is not None and h in set(peer_hashes)]
     if isinstance(key, ed25519.Ed25519PrivateKey):
         if HashAlgorithm.IDENTITY not in hs:
@@ -153,6 +161,69 @@ def sign_auth(key: Any, octets: bytes, peer_hashes: Iterable[int] | None, rsa_ps
         alg = _ALG_IDS[("ecdsa", h)]
         return AuthMethod.DIGITAL_SIGNATURE, bytes([len(alg)]) + alg + key.sign(octets, ec.ECDSA(_HASH[h]()))
     raise AuthenticationFailedError(f"unsupported private key type {type(key).__name__}")
+
+
+_CURVE_HASH = {"secp256r1": HashAlgorithm.SHA2_256, "secp384r1": HashAlgorithm.SHA2_384,
+               "secp521r1": HashAlgorithm.SHA2_512}
+
+
+def select_signature(key: Any, peer_hashes: Iterable[int] | None, rsa_pss: bool,
+                     c: AuthConstraints) -> tuple[str, HashAlgorithm | None, bool]:
+    """(scheme, hash, classic method) our ``auth`` constraints choose for ``key`` given the peer's
+    SIGNATURE_HASH_ALGORITHMS, without signing: a responder checks it before it calls the IKE_SA established.
+    Raises AuthenticationFailedError when nothing allowed is possible."""
+    kind = key_type(key)
+    announced = set(peer_hashes) if peer_hashes is not None else None
+    sha2 = [HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512]
+    if kind == "ecdsa":  # without a stated hash, one as strong as the key first (strongSwan's default)
+        first = _CURVE_HASH.get(key.curve.name, HashAlgorithm.SHA2_256)
+        sha2 = [first] + [h for h in sha2 if h != first]
+    for entry, want in c.hash_preference(kind):
+        for h in ([want] if want is not None else (sha2 if kind != "ed25519" else [HashAlgorithm.IDENTITY])):
+            if announced is None:  # no RFC 7427: only the classic methods, and only if they fit
+                if kind == "rsa" and entry in ("pubkey", "rsa") and want in (None, HashAlgorithm.SHA1):
+                    return "rsa-pkcs1", HashAlgorithm.SHA1, True
+                if kind == "ecdsa" and h == _CURVE_HASH.get(key.curve.name):
+                    return "ecdsa", h, True
+                continue
+            if h not in announced:
+                continue
+            if kind == "ed25519" and h == HashAlgorithm.IDENTITY:
+                return "ed25519", h, False
+            if h not in _HASH or kind not in ("ecdsa", "rsa"):
+                continue
+            if kind == "ecdsa":
+                return "ecdsa", h, False
+            return ("rsa-pss" if entry == "rsa/pss" or (entry == "pubkey" and rsa_pss) else "rsa-pkcs1"), h, False
+    offered = "none (no RFC 7427)" if announced is None else \
+        ", ".join(HashAlgorithm(h).name if h in HashAlgorithm._value2member_map_ else str(h) for h in sorted(announced))
+    raise AuthenticationFailedError(f"constraint auth = {c.text} cannot be met with our {kind} key: "
+                                    f"peer announced hashes {offered}")
+
+
+def _sign_constrained(key: Any, octets: bytes, peer_hashes: Iterable[int] | None, rsa_pss: bool,
+                      c: AuthConstraints) -> tuple[int, bytes]:
+    scheme, h, classic = select_signature(key, peer_hashes, rsa_pss, c)
+    if classic and scheme == "rsa-pkcs1":
+        return AuthMethod.RSA_SIG, key.sign(octets, padding.PKCS1v15(), hashes.SHA1())  # noqa: S303
+    if classic:
+        method, halg, size = _ECDSA_CLASSIC[key.curve.name]
+        r, s = decode_dss_signature(key.sign(octets, ec.ECDSA(halg())))
+        return method, r.to_bytes(size, "big") + s.to_bytes(size, "big")
+    assert h is not None
+    if scheme == "ed25519":
+        alg = _ALG_IDS[("ed25519", HashAlgorithm.IDENTITY)]
+        return AuthMethod.DIGITAL_SIGNATURE, bytes([len(alg)]) + alg + key.sign(octets)
+    if scheme == "ecdsa":
+        alg = _ALG_IDS[("ecdsa", h)]
+        return AuthMethod.DIGITAL_SIGNATURE, bytes([len(alg)]) + alg + key.sign(octets, ec.ECDSA(_HASH[h]()))
+    if scheme == "rsa-pss":
+        alg = _pss_alg_id(h)  # salt length = hash length (RFC 8247 3.2)
+        pad: Any = padding.PSS(padding.MGF1(_HASH[h]()), _HASH[h]().digest_size)
+    else:
+        alg = _ALG_IDS[("rsa-pkcs1", h)]
+        pad = padding.PKCS1v15()
+    return AuthMethod.DIGITAL_SIGNATURE, bytes([len(alg)]) + alg + key.sign(octets, pad, _HASH[h]())
 
 
 def _parse_alg_id(data: bytes) -> tuple[str, int, bytes, int]:
@@ -192,6 +263,12 @@ def _pss_params(alg: bytes) -> tuple[int, int]:
 
 def verify_auth(method: int, data: bytes, cert: Any, octets: bytes) -> str:
     """Check a signature AUTH against the peer's certificate. Returns a method name for the log."""
+    return verify_auth_scheme(method, data, cert, octets)[0]
+
+
+def verify_auth_scheme(method: int, data: bytes, cert: Any, octets: bytes) -> tuple[str, str, int | None]:
+    """Check a signature AUTH; (name for the log, scheme, hash) of what the peer signed with, so that
+    ``remote_auth`` constraints can judge it (scheme: rsa-pkcs1, rsa-pss, ecdsa, ed25519)."""
     pub = cert.public_key() if isinstance(cert, x509.Certificate) else cert
     try:
         if method == AuthMethod.RSA_SIG:
@@ -199,10 +276,12 @@ def verify_auth(method: int, data: bytes, cert: Any, octets: bytes) -> str:
                 raise AuthenticationFailedError("AUTH method RSA but the certificate key is not RSA")
             try:
                 pub.verify(data, octets, padding.PKCS1v15(), hashes.SHA1())  # noqa: S303
+                used = HashAlgorithm.SHA1
             except InvalidSignature:
                 # some peers send SHA-256 with method 1 (RFC 7296 allows any hash known to both)
                 pub.verify(data, octets, padding.PKCS1v15(), hashes.SHA256())
-            return "rsa"
+                used = HashAlgorithm.SHA2_256
+            return "rsa", "rsa-pkcs1", used
         if method in (9, 10, 11):
             if not isinstance(pub, ec.EllipticCurvePublicKey):
                 raise AuthenticationFailedError("AUTH method ECDSA but the certificate key is not EC")
@@ -211,7 +290,7 @@ def verify_auth(method: int, data: bytes, cert: Any, octets: bytes) -> str:
                 raise AuthenticationFailedError("ECDSA AUTH method does not match the certificate curve")
             sig = encode_dss_signature(int.from_bytes(data[:size], "big"), int.from_bytes(data[size:], "big"))
             pub.verify(sig, octets, ec.ECDSA(halg()))
-            return "ecdsa"
+            return "ecdsa", "ecdsa", _CURVE_HASH[pub.curve.name]
         if method == AuthMethod.DIGITAL_SIGNATURE:
             scheme, h, sig, salt = _parse_alg_id(data)
             if scheme == "ed25519":
@@ -229,7 +308,7 @@ def verify_auth(method: int, data: bytes, cert: Any, octets: bytes) -> str:
                 pad: Any = (padding.PSS(padding.MGF1(hcls()), salt) if scheme == "rsa-pss"
                             else padding.PKCS1v15())
                 pub.verify(sig, octets, pad, hcls())
-            return f"signature({scheme}-{HashAlgorithm(h).name.lower()})"
+            return f"signature({scheme}-{HashAlgorithm(h).name.lower()})", scheme, h
     except InvalidSignature:
         raise AuthenticationFailedError("signature does not verify") from None
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # malformed DER signatures and the like

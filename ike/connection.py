@@ -62,11 +62,6 @@ class Refuse(Task):
         raise TemporaryFailureError("a colliding exchange is in progress")
 
 
-def retry_delay(sa: IkeSa) -> float:
-    """10 to 30 s, random, so that two peers that collided do not collide again."""
-    return 10.0 + 20.0 * int.from_bytes(sa.random(2), "big") / 65535
-
-
 class IkeConnection:
     """One IKE_SA lineage with one peer. Created by the Dispatcher (which owns SPI routing)."""
 
@@ -122,7 +117,7 @@ class IkeConnection:
         sa.last_outbound = sa.now
         port = sa.local_addr[1]
         for f in frags:
-            self._out.append(Datagram(f, sa.remote_addr, port, port != 500))
+            self._out.append(Datagram(f, sa.remote_addr, port, port not in sa.config.plain_ports))
 
     def _passive(self, sa: IkeSa, msg: Message) -> list[Task]:
         from .tasks.child_rekey import ChildRekey
@@ -274,7 +269,7 @@ class IkeConnection:
         if header.exchange == ExchangeType.IKE_SA_INIT and not header.is_response:
             sa.remote_addr = addr
             sa.local_addr = local_addr
-        elif local_addr[1] != 500 or sa.natt:
+        elif local_addr[1] not in sa.config.plain_ports or sa.natt:
             if header.next_payload in (PayloadType.SK, PayloadType.SKF) or header.exchange != ExchangeType.IKE_SA_INIT:
                 sa.natt = sa.natt or local_addr[1] != sa.peer.local_port
                 sa.remote_addr = addr

@@ -1,6 +1,6 @@
 """Frozen configuration the protocol core takes. No file, environment or clock is read here.
 
-``ike/config.py`` (the daemon's TOML loader) builds these objects; tests build them directly.
+``ike.config`` (the daemon's TOML loader) builds these objects; tests build them directly.
 """
 from __future__ import annotations
 
@@ -162,6 +162,9 @@ class PeerConfig:
     remote_port: int = 500
     local_port: int = 500
     local_nat_port: int = 4500
+    #: where the peer takes NAT-T (IKE with the non-ESP marker, ESP in UDP) when the IKE_SA floats; None:
+    #: swanctl's rule, 4500 after remote_port 500, else remote_port itself (no floating)
+    remote_nat_port: int | None = None
     ike_proposals: tuple[str, ...] = ("aes128gcm16-prfsha256-ecp256", "aes256-sha256-modp2048")
     auth: Literal["pubkey", "psk"] = "pubkey"
     remote_auth: Literal["pubkey", "psk"] = "pubkey"
@@ -180,9 +183,26 @@ class PeerConfig:
     send_cert: Literal["always", "ifasked", "never"] = "always"
     signature_auth: bool = True  # RFC 7427 (SIGNATURE_HASH_ALGORITHMS, AUTH method 14)
     rsa_pss: bool = False
-    fragmentation: bool = True
-    fragment_size: int = 1280  # max IKE message (IP payload: UDP+IKE) before fragmenting
+    #: swanctl ``local.auth`` / ``remote.auth`` signature constraints (``ike.auth_constraints.AuthConstraints``):
+    #: which scheme and hash we sign with, which the peer (and, without ``ike:``, its trust chain) must use
+    auth_constraints: Any = None
+    remote_auth_constraints: Any = None
+    #: RFC 7383 with strongSwan's meanings: "yes" announces support and sends our oversized messages in fragments
+    #: when the peer supports them too; "accept" announces support (the peer may fragment) but sends every message
+    #: whole; "no" does not announce. Fragments a peer sends anyway are reassembled whatever this says, as charon
+    #: does. true/false mean yes/no; "force" (an IKEv1 option in strongSwan) means yes for IKEv2, as in charon.
+    fragmentation: Literal["yes", "accept", "no"] | bool = "yes"
+    #: largest IP datagram one of our fragments may make (IP and UDP headers, non-ESP marker and IKE message),
+    #: what charon's fragment_size means; also the size above which a message is fragmented at all
+    fragment_size: int = 1280
     encap: bool = False  # force UDP encapsulation (pretend to be behind NAT)
+
+    @property
+    def peer_nat_port(self) -> int:
+        """The peer's NAT-T port the IKE_SA floats to."""
+        if self.remote_nat_port is not None:
+            return self.remote_nat_port
+        return 4500 if self.remote_port == 500 else self.remote_port
 
     def __post_init__(self) -> None:
         if self.auth == "pubkey" and self.credential is None:
@@ -199,6 +219,10 @@ class PeerConfig:
             parse_proposals(self.ike_proposals, 1)
         except ConfigError as exc:
             raise ConfigError(f"peer {self.name}: ike_proposals: {exc}") from None
+        frag = {True: "yes", False: "no", "force": "yes"}.get(self.fragmentation, self.fragmentation)  # type: ignore[call-overload]
+        if frag not in ("yes", "accept", "no"):
+            raise ConfigError(f"peer {self.name}: fragmentation must be yes, accept or no, not {self.fragmentation!r}")
+        object.__setattr__(self, "fragmentation", frag)
         if not 576 <= self.fragment_size <= 65535:
             raise ConfigError(f"peer {self.name}: fragment_size must be 576..65535")
 
@@ -220,6 +244,10 @@ class CoreConfig:
     retransmit_timeout: float = 4.0
     retransmit_base: float = 1.8
     retransmit_tries: int = 5
+    #: our ports on which IKE travels without the non-ESP marker (RFC 7296 2.23: 500; the daemon's ``port`` and
+    #: the peers' ``local_port``); every other port of ours is a NAT-T port, where IKE carries the marker and
+    #: ESP comes in UDP, as charon's port / port_nat_t sockets
+    plain_ports: frozenset[int] = frozenset({500})
     #: emit IkeKeysDerived events (for a Wireshark key log); off by default
     key_log: bool = False
     #: maps the monotonic ``now`` to an aware UTC datetime for certificate checks. The core reads no clock

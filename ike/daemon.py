@@ -1,47 +1,35 @@
-"""The IKE daemon: the sans-I/O core, the UDP adapter, the ESP data plane and a control socket, in one loop.
+"""The IKE daemon: the sans-I/O core, the UDP adapter, the ESP data plane and a control socket, wired in one loop.
 
-Why here and nowhere else: the protocol core must not know the data plane (as charon reaches libipsec only
-through kernel_ipsec), so this module plays kernel_ipsec. It turns every :class:`ChildSaEstablished` into two
-ESP SAs through one mapping function, :func:`sa_params`, installs them into an :class:`esp.dataplane.Dataplane`
-(policy per CHILD_SA, make-before-break on rekeys: the new inbound SA first, the outbound switch when the core
-says :class:`ChildSaRekeyed`, the old pair removed on :class:`ChildSaDeleted`), and feeds the data plane's soft
-lifetime signals (bytes, packets) back to the core as ``child_sa_soft_expired``.
+Why this module is only wiring: the protocol core must not know the data plane (as charon reaches libipsec only
+through kernel_ipsec), so the installation of CHILD_SAs into esp and the ESP traffic live in :mod:`ike.kernel`,
+the operator's socket and its commands in :mod:`ike.control`, the key log in :mod:`ike.keylog`. The daemon keeps
+the IKE_SA records an operator sees, turns the core's events into calls on those pieces, feeds the data plane's
+soft lifetime signals (bytes, packets) back to the core as ``child_sa_soft_expired`` and keeps
+``start_action = "start"`` peers up.
 
 Without root and without a TUN device, ESP travels in UDP on the NAT-T socket the adapter owns: received ESP is
 decrypted in batches by the data plane and the inner packets go to ``on_packets``; :meth:`Daemon.send` encrypts
 inner packets and sends them. ``python -m ike demo`` runs on exactly this path.
-
-Operators drive it through a unix socket speaking JSON lines (``python -m ike initiate|list-sas|rekey|
-terminate``): one request object per line, one response object per line.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import contextlib
-import ipaddress
-import json
-import logging
-import os
-import socket
-import struct
-from collections.abc import Callable, Iterable
 import dataclasses
 import datetime
+import logging
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from esp import Direction, Lifetime, Mode, PacketBatch, Sa, SaParams, UdpEncap, Verdict
 from esp.dataplane import Dataplane
-from esp.events import SaExpired
-from esp.spd import Policy, Selector
 
 from .aio import IkeEndpoint, open_udp_socket
 from .config import DaemonConfig
-from .core_config import TrafficSelector
+from .control import MAX_CONTROL_LINE, ControlError, ControlServer, handle_request
 from .events import (
     AuthenticationFailed,
     ChildSaDeleted,
@@ -54,22 +42,23 @@ from .events import (
     IkeSaRekeyed,
     IkeSaTerminated,
 )
+from .kernel import (
+    REPLAY_WINDOW,
+    InstalledChild,
+    InstallError,
+    Kernel,
+    make_gateway,
+    sa_params,
+    selectors_for,
+)
 from .keylog import KeyLog
+from .ready import Readiness
 
 __all__ = ["MAX_CONTROL_LINE", "ControlError", "Daemon", "InstalledChild", "make_gateway", "sa_params", "selectors_for",
            "utc_wall_clock"]
 
 log = logging.getLogger("ike.daemon")
 
-#: Seconds an inbound SA replaced by a rekey still accepts packets sent before the peer switched to the new one.
-REKEY_INBOUND_GRACE = 2.0
-
-#: Longest control request accepted (bytes); a longer line closes the connection.
-MAX_CONTROL_LINE = 64 * 1024
-#: Concurrent control connections.
-MAX_CONTROL_CLIENTS = 16
-#: Default anti-replay window of inbound SAs (strongSwan's default is 32; Linux's 32 too; 64 costs nothing).
-REPLAY_WINDOW = 64
 #: First delay before re-initiating a lost start_action = "start" peer, doubled per failure up to the max.
 RESTART_DELAY = 5.0
 RESTART_DELAY_MAX = 120.0
@@ -77,89 +66,6 @@ RESTART_DELAY_MAX = 120.0
 MAX_DELETED_RECORDS = 256
 #: How long ``stop()`` waits for the peers to answer our DELETEs.
 STOP_GRACE = 2.0
-
-
-class ControlError(Exception):
-    """A control request that cannot be carried out; the message goes back to the client."""
-
-
-# --------------------------------------------------------------------------------------------------------
-# The one mapping from the core's event to the data plane's SAs
-
-
-def sa_params(ev: ChildSaEstablished, *, replay_window: int = REPLAY_WINDOW,
-              backend: str | None = None) -> tuple[SaParams, SaParams]:
-    """(inbound, outbound) ESP SA parameters for a negotiated CHILD_SA.
-
-    Inbound is the SPI we chose (the peer sends to it), outbound the peer's. Outer addresses are the IKE
-    addresses; with UDP encapsulation the ports are the IKE_SA's (4500 normally), swapped for inbound.
-    Byte and packet lifetimes go to esp, whose soft signal comes back as a rekey; time lifetimes stay with
-    the core's timers.
-    """
-    local, remote = ev.local_addr, ev.remote_addr
-    mode = Mode.TRANSPORT if ev.mode == "transport" else Mode.TUNNEL
-    life = Lifetime(soft_bytes=ev.rekey_bytes, hard_bytes=ev.life_bytes,
-                    soft_packets=ev.rekey_packets, hard_packets=ev.life_packets)
-    inbound = SaParams(
-        spi=ev.spi_in, direction=Direction.IN, suite=ev.suite, enc_key=ev.enc_key_in, integ_key=ev.integ_key_in,
-        mode=mode, src=remote[0], dst=local[0], esn=ev.esn, replay_window=replay_window,
-        encap=UdpEncap(sport=remote[1], dport=local[1]) if ev.encap else None, lifetime=life, backend=backend)
-    outbound = SaParams(
-        spi=ev.spi_out, direction=Direction.OUT, suite=ev.suite, enc_key=ev.enc_key_out,
-        integ_key=ev.integ_key_out, mode=mode, src=local[0], dst=remote[0], esn=ev.esn, replay_window=0,
-        encap=UdpEncap(sport=local[1], dport=remote[1]) if ev.encap else None, lifetime=life, backend=backend)
-    return inbound, outbound
-
-
-def _prefixes(ts: TrafficSelector) -> list[Any]:
-    return list(ipaddress.summarize_address_range(ipaddress.ip_address(ts.start), ipaddress.ip_address(ts.end)))
-
-
-def selectors_for(local_ts: Iterable[TrafficSelector], remote_ts: Iterable[TrafficSelector]) -> list[Selector]:
-    """esp selectors (local side first) covering the negotiated traffic selectors: every local x remote pair of
-    one address family, address ranges split into prefixes, protocol and ports carried over."""
-    out: list[Selector] = []
-    for lt in local_ts:
-        for rt in remote_ts:
-            if lt.version != rt.version:
-                continue
-            if lt.protocol and rt.protocol and lt.protocol != rt.protocol:
-                continue
-            proto = lt.protocol or rt.protocol
-            for src in _prefixes(lt):
-                for dst in _prefixes(rt):
-                    out.append(Selector(src, dst, proto, (lt.start_port, lt.end_port), (rt.start_port, rt.end_port)))
-    return out
-
-
-# --------------------------------------------------------------------------------------------------------
-# State kept per CHILD_SA and IKE_SA
-
-
-@dataclass
-class InstalledChild:
-    """A CHILD_SA whose ESP SAs are (being) installed."""
-
-    event: ChildSaEstablished
-    policy: str
-    sa_in: Sa
-    sa_out: Sa
-    installed_at: float
-    selectors: list[Selector] = field(default_factory=list)  # local side first; inbound checks them reversed
-    outbound_active: bool = False  # the outbound SA carries traffic (after ChildSaRekeyed for a rekey)
-    state: str = "INSTALLED"  # INSTALLED, REKEYED (replaced, inbound still open)
-    #: swanctl's numbers: a unique id per CHILD_SA (a rekey gets a new one) and the reqid of its policy
-    #: (kept across rekeys, as the kernel's reqid ties the SAs of one policy together)
-    unique_id: int = 0
-    reqid: int = 0
-
-    @property
-    def spi_in(self) -> int:
-        return self.event.spi_in
-
-    @property
-    def spi_out(self) -> int:
-        return self.event.spi_out
 
 
 def utc_wall_clock(_now: float) -> datetime.datetime:
@@ -184,34 +90,6 @@ class IkeSaRecord:
     error: tuple[int, str] | None = None
 
 
-def _ip_header(src: str, dst: str, payload_len: int) -> bytes:
-    """A minimal outer header (IPv4 or IPv6, protocol UDP) for a datagram the socket already unwrapped."""
-    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
-    if s.version == 4:
-        return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + payload_len, 0, 0x4000, 64, 17, 0, s.packed, d.packed)
-    return struct.pack("!IHBB16s16s", 0x60000000, payload_len, 17, 64, s.packed, d.packed)
-
-
-_OK = int(Verdict.OK)
-
-
-def make_gateway(config: DaemonConfig) -> Any:
-    """The esp TUN gateway the ``[gateway]`` section describes (not started), or None without one."""
-    g = config.gateway
-    if g is None:
-        return None
-    from esp.dataplane import ESP_OVERHEAD_MAX
-    from esp.gateway import Gateway, GatewayConfig
-    defaults = GatewayConfig.__dataclass_fields__
-    # A slot holds the largest inner packet plus ESP: a jumbo mtu/outer_mtu gets slots to match instead of
-    # the TUN MTU being capped (or GatewayConfig refusing the mtu).
-    slot = max(defaults["slot_size"].default, max(g.mtu or 0, g.outer_mtu or 0) + ESP_OVERHEAD_MAX)
-    return Gateway(GatewayConfig(local_addr=config.addresses[0], tun_name=g.tun_name, tun_addresses=g.tun_addresses,
-                                 routes=g.routes, mtu=g.mtu, outer_mtu=g.outer_mtu, offload=g.offload,
-                                 batch_size=g.batch_size, slot_size=slot, nat_port=config.nat_port,
-                                 raw_esp=g.raw_esp, ike_socket=True))
-
-
 # --------------------------------------------------------------------------------------------------------
 # The daemon
 
@@ -226,7 +104,7 @@ class Daemon:
     def __init__(self, config: DaemonConfig, *, dispatcher: Any = None, dataplane: Dataplane | None = None,
                  on_packets: Callable[[list[bytes], InstalledChild | None], None] | None = None,
                  key_log: KeyLog | None = None, replay_window: int = REPLAY_WINDOW,
-                 backend: str | None = None, gateway: Any = None) -> None:
+                 backend: str | None = None, gateway: Any = None, readiness: Readiness | None = None) -> None:
         if dispatcher is None:
             from .dispatcher import Dispatcher
             core_cfg = config.core
@@ -241,23 +119,17 @@ class Daemon:
             dataplane = gateway.dataplane
         self.dataplane = dataplane if dataplane is not None else Dataplane()
         self.dataplane.on_event = self._dataplane_event
-        self.on_packets = on_packets
-        self.replay_window = replay_window
-        self.backend = backend
         self.key_log = key_log if key_log is not None else (KeyLog(config.key_log) if config.key_log else None)
-        self.endpoint = IkeEndpoint(self.core, on_event=self._on_event, on_esp=self._on_esp,
-                                    plain_ports={500}, esp_spi_known=self._esp_spi_known)
-        self.children: dict[int, InstalledChild] = {}  # by inbound SPI
-        self._by_out: dict[int, int] = {}  # outbound SPI -> inbound SPI
+        self.kernel = Kernel(self.dataplane, now=self.now, send_esp_many=self._send_esp_many,
+                             call_later=self._call_later, on_packets=on_packets, replay_window=replay_window,
+                             backend=backend)
+        self.endpoint = IkeEndpoint(self.core, on_event=self._on_event, on_esp=self.kernel.on_esp,
+                                    plain_ports=config.core.plain_ports, esp_spi_known=self.kernel.esp_spi_known)
         self.ike_sas: dict[int, IkeSaRecord] = {}
         self.events: list[IkeEvent] = []  # recent events, bounded (for tests and `list-sas --events`)
         #: every event ever, by class name: the exchanges' outcomes (metrics read it, ike.metrics)
         self.event_counts: collections.Counter[str] = collections.Counter()
         self.max_events = 1000
-        self.counters: dict[str, int] = {"esp_in_ok": 0, "esp_in_dropped": 0, "esp_out_ok": 0,
-                                         "esp_out_dropped": 0, "inner_undelivered": 0}
-        self._policy_seq = 0
-        self._child_seq = 0  # CHILD_SA unique ids (list-sas "#N")
         #: peers kept up (start_action = "start"): re-initiated after a loss, with backoff
         self._keep_up: set[str] = set()
         self._restart: dict[str, asyncio.TimerHandle] = {}
@@ -265,11 +137,11 @@ class Daemon:
         self._operator_terminated: set[int] = set()
         self._outcomes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._control: asyncio.AbstractServer | None = None
-        self._control_clients = 0
-        self._control_writers: set[asyncio.StreamWriter] = set()
+        self.control = ControlServer(self.handle_request)
+        #: where readiness is announced (systemd's notify socket, a ready file); None: nowhere
+        self.readiness = readiness
+        self.started_at: float | None = None  # loop time when start() finished: sockets bound, ready
         self._stopped: asyncio.Event | None = None
-        self.control_path: Path | None = None
 
     # -- life cycle ----------------------------------------------------------------------------------------
     @property
@@ -280,6 +152,43 @@ class Daemon:
 
     def now(self) -> float:
         return self.loop.time()
+
+    # The installed CHILD_SAs and the ESP counters are the kernel's; these names are what operators' tools,
+    # metrics and tests read.
+    @property
+    def children(self) -> dict[int, InstalledChild]:
+        return self.kernel.children
+
+    @property
+    def _by_out(self) -> dict[int, int]:
+        return self.kernel.by_out
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.kernel.counters
+
+    @property
+    def on_packets(self) -> Callable[[list[bytes], InstalledChild | None], None] | None:
+        return self.kernel.on_packets
+
+    @on_packets.setter
+    def on_packets(self, fn: Callable[[list[bytes], InstalledChild | None], None] | None) -> None:
+        self.kernel.on_packets = fn
+
+    @property
+    def control_path(self) -> Path | None:
+        return self.control.path
+
+    def _call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_later(delay, fn, *args)
+
+    def _send_esp_many(self, items: list[Any]) -> int:
+        return self.endpoint.send_esp_many(items)
+
+    def send(self, packets: list[bytes]) -> int:
+        """Encrypt inner IP packets by the SPD and send the ESP-in-UDP result; returns how many left."""
+        return self.kernel.send(packets)
 
     async def start(self, *, sockets: Iterable[Any] | None = None, control: bool = True,
                     initiate: Iterable[str] = ()) -> list[tuple[str, int]]:
@@ -322,7 +231,7 @@ class Daemon:
             for s in opened:
                 await self.endpoint.add_socket(s)
         if control:
-            await self._start_control(self.config.control_socket)
+            await self.control.start(self.config.control_socket)
         self._keep_up.update(self.config.auto_start)
         for peer in dict.fromkeys([*self.config.auto_start, *initiate]):
             self._try_initiate(peer)
@@ -334,6 +243,9 @@ class Daemon:
             log.info("gateway %s: TUN MTU %s (outer %s), offloads: %s%s", tun, st.tun_mtu, st.outer_mtu,
                      ", ".join(st.offloads) or "none",
                      f" ({st.offload_fallback})" if st.offload_fallback else "")
+        self.started_at = self.now()
+        if self.readiness is not None:
+            self.readiness.ready(self.status())
         return self.endpoint.addresses
 
     async def run(self) -> None:
@@ -344,6 +256,9 @@ class Daemon:
     async def stop(self, *, delete: bool = True, grace: float = STOP_GRACE) -> None:
         """Send DELETE for every IKE_SA (as charon does on SIGTERM), wait up to ``grace`` for the answers, close."""
         self._keep_up.clear()  # nothing is re-initiated from here on
+        if self.readiness is not None:
+            self.readiness.stopping()
+        self.started_at = None
         for handle in self._restart.values():
             handle.cancel()
         self._restart.clear()
@@ -358,17 +273,8 @@ class Daemon:
                     break
                 await asyncio.sleep(0.02)
         for child in list(self.children.values()):
-            self._uninstall(child)
-        if self._control is not None:
-            self._control.close()
-            for w in list(self._control_writers):
-                w.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._control.wait_closed(), 1.0)
-            self._control = None
-            if self.control_path is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    self.control_path.unlink()
+            self.kernel.uninstall(child)
+        await self.control.close()
         self.endpoint.close()
         if self.gateway is not None:
             self.gateway.stop()
@@ -497,7 +403,7 @@ class Daemon:
         rec = self._record(ev)
         rec.state, rec.last_error = "DELETED", ev.reason
         for child in [c for c in self.children.values() if c.event.ike_id == ev.ike_id]:
-            self._uninstall(child)
+            self.kernel.uninstall(child)
         log.info("IKE_SA %s[%d] terminated: %s", ev.peer, ev.ike_id, ev.reason)
         self._fail(rec, f"IKE_SA terminated: {ev.reason}")
         if ev.ike_id in self._operator_terminated:
@@ -525,39 +431,14 @@ class Daemon:
         self._fail(rec, rec.last_error)
 
     def _child_established(self, ev: ChildSaEstablished) -> None:
-        now = self.now()
         try:
-            p_in, p_out = sa_params(ev, replay_window=self.replay_window, backend=self.backend)
-            sa_in, sa_out = Sa(p_in), Sa(p_out)
-        except Exception as exc:  # a suite esp cannot run: refuse loudly, tear the CHILD_SA down
-            log.error("CHILD_SA %s{%08x}: cannot install ESP SAs: %s", ev.child, ev.spi_in, exc)
+            self.kernel.install(ev)
+        except InstallError as exc:  # refuse loudly, tear the CHILD_SA down
+            log.error("CHILD_SA %s{%08x}: %s", ev.child, ev.spi_in, exc)
             with contextlib.suppress(Exception):
                 self.endpoint.call(self.core.delete_child, ev.spi_in)
-            self._fail(self._record(ev), f"CHILD_SA {ev.child}: cannot install ESP SAs: {exc}")
+            self._fail(self._record(ev), f"CHILD_SA {ev.child}: {exc}")
             return
-        old = self.children.get(ev.replaces) if ev.replaces is not None else None
-        if old is not None:
-            policy = old.policy
-            self.dataplane.install_sa(sa_in, policy, old.selectors)
-            child = InstalledChild(ev, policy, sa_in, sa_out, now, old.selectors, outbound_active=False,
-                                   reqid=old.reqid)
-        else:
-            self._policy_seq += 1
-            policy = f"{ev.peer}/{ev.child}/{self._policy_seq}"
-            sels = selectors_for(ev.local_ts, ev.remote_ts)
-            if not sels:
-                log.error("CHILD_SA %s: traffic selectors %s === %s give no usable selector", ev.child,
-                          ev.local_ts, ev.remote_ts)
-                return
-            self.dataplane.add_policy(Policy(policy, sels))
-            self.dataplane.install_sa(sa_in, policy, sels)
-            self.dataplane.install_sa(sa_out, policy)
-            child = InstalledChild(ev, policy, sa_in, sa_out, now, sels, outbound_active=True,
-                                   reqid=self._policy_seq)
-        self._child_seq += 1
-        child.unique_id = self._child_seq
-        self.children[ev.spi_in] = child
-        self._by_out[ev.spi_out] = ev.spi_in
         ts = " === ".join(", ".join(str(t) for t in side) for side in (ev.local_ts, ev.remote_ts))
         log.info("CHILD_SA %s{%d} established with SPIs %08x_i %08x_o and TS %s", ev.child, ev.ike_id,
                  ev.spi_in, ev.spi_out, ts)
@@ -567,66 +448,15 @@ class Daemon:
 
     def _child_rekeyed(self, ev: ChildSaRekeyed) -> None:
         new = self.children.get(ev.spi_in)
-        old = self.children.get(ev.old_spi_in)
         if new is None:
             log.warning("ChildSaRekeyed for unknown CHILD_SA %08x", ev.spi_in)
             return
-        self._activate_outbound(new, old)
-
-    def _activate_outbound(self, new: InstalledChild, old: InstalledChild | None) -> None:
-        if new.outbound_active:
-            return
-        if old is not None and old.spi_out in self.dataplane.sad.snapshot.outbound_by_spi:
-            self.dataplane.rekey_sa(old.spi_out, new.sa_out)
-        else:
-            self.dataplane.install_sa(new.sa_out, new.policy)
-        new.outbound_active = True
-        if old is not None:
-            old.state = "REKEYED"
-            old.outbound_active = False
-        log.info("CHILD_SA %s{%d}: outbound moved to SPI %08x", new.event.child, new.event.ike_id, new.spi_out)
+        self.kernel.activate_outbound(new, self.children.get(ev.old_spi_in))
 
     def _child_deleted(self, ev: ChildSaDeleted) -> None:
-        child = self.children.get(ev.spi_in)
-        if child is None:
-            return
-        # Safety net for a core that deletes an SA still carrying our traffic without a ChildSaRekeyed first:
-        # its successor takes over (make-before-break either way). Only when the deleted SA is still the active
-        # one: after a rekey collision (RFC 7296 2.8.1) the core has already moved outbound to the winner, and
-        # the losing successor (also "replacing" this SA) must never be bound, or the policy loses its SA when
-        # the loser is deleted a moment later (unknown-SPI drops at the peer).
-        if child.outbound_active:
-            pending = [c for c in self.children.values()
-                       if c.event.replaces == ev.spi_in and not c.outbound_active and c.state == "INSTALLED"]
-            if pending:
-                self._activate_outbound(pending[-1], child)
-        self._uninstall(child, inbound_grace=REKEY_INBOUND_GRACE if ev.reason == "rekeyed" else 0.0)
-        log.info("CHILD_SA %s{%d} with SPIs %08x_i %08x_o deleted (%s)", ev.child, ev.ike_id, ev.spi_in,
-                 ev.spi_out, ev.reason)
-
-    def _remove_inbound(self, spi: int) -> None:
-        with contextlib.suppress(KeyError):
-            self.dataplane.remove_sa(spi, "in")
-
-    def _uninstall(self, child: InstalledChild, inbound_grace: float = 0.0) -> None:
-        """Remove a CHILD_SA from the data plane. After a rekey the old inbound SA keeps accepting for
-        ``inbound_grace`` seconds: packets the peer sent on it before switching are still in flight, and
-        dropping them as unknown SPIs would break make-before-break."""
-        snap = self.dataplane.sad.snapshot
-        if child.spi_in in snap.inbound_by_spi:
-            if inbound_grace > 0 and self._loop is not None:
-                self._loop.call_later(inbound_grace, self._remove_inbound, child.spi_in)
-            else:
-                self._remove_inbound(child.spi_in)
-        out = snap.outbound_by_spi.get(child.spi_out)
-        if out is not None and out.sa is child.sa_out:
-            with contextlib.suppress(KeyError):
-                self.dataplane.remove_sa(child.spi_out, "out")
-        self.children.pop(child.spi_in, None)
-        self._by_out.pop(child.spi_out, None)
-        if not any(c.policy == child.policy for c in self.children.values()):
-            with contextlib.suppress(KeyError, ValueError):
-                self.dataplane.remove_policy(child.policy)
+        if self.kernel.deleted(ev) is not None:
+            log.info("CHILD_SA %s{%d} with SPIs %08x_i %08x_o deleted (%s)", ev.child, ev.ike_id, ev.spi_in,
+                     ev.spi_out, ev.reason)
 
     def _wake(self, rec: IkeSaRecord, result: dict[str, Any]) -> None:
         self._outcomes += 1
@@ -653,14 +483,10 @@ class Daemon:
         loop.call_soon_threadsafe(self._expired, ev)
 
     def _expired(self, ev: Any) -> None:
-        if not isinstance(ev, SaExpired):
+        child = self.kernel.expired_child(ev)
+        if child is None:
             return
-        spi_in = ev.spi if ev.direction == "in" else self._by_out.get(ev.spi)
-        if spi_in is None or spi_in not in self.children:
-            return
-        child = self.children[spi_in]
-        if child.state != "INSTALLED":
-            return
+        spi_in = child.spi_in
         log.info("CHILD_SA %s{%08x}: %s %s lifetime reached (%s)", child.event.child, spi_in,
                  "hard" if ev.hard else "soft", ev.reason.value, ev.direction)
         try:
@@ -670,88 +496,6 @@ class Daemon:
                 self.endpoint.call(self.core.child_sa_soft_expired, spi_in)
         except Exception:
             log.exception("core refused the expiry of %08x", spi_in)
-
-    def _esp_spi_known(self, spi: int) -> bool:
-        """Whether an ESP-in-UDP datagram's SPI has an inbound SA (one replaced by a rekey counts for its
-        grace period): the endpoint counts the others as ``esp_unknown_spi``, not as ESP, and drops them."""
-        return spi in self.dataplane.sad.snapshot.inbound_by_spi
-
-    def _on_esp(self, packets: list[tuple[bytes, tuple[str, int]]], local: tuple[str, int]) -> None:
-        """ESP datagrams from the socket: give each the outer IP + UDP header the data plane expects (the
-        socket stripped it), decrypt the burst as one batch, hand the inner packets on."""
-        wrapped = []
-        prefixes: dict[str, tuple[bytes, int] | None] = {}
-        for data, addr in packets:
-            if addr[0] not in prefixes:
-                try:
-                    h = _ip_header(addr[0], local[0], 0)
-                    prefixes[addr[0]] = (h, 2 if len(h) == 20 else 4)
-                except ValueError:  # a peer of another family than the socket: not ours
-                    prefixes[addr[0]] = None
-            pre = prefixes[addr[0]]
-            if pre is None:
-                self.counters["esp_in_dropped"] += 1
-                continue
-            hdr, where = pre
-            ulen = 8 + len(data)
-            if where == 2:  # IPv4 total length at offset 2; IPv6 payload length at offset 4
-                hdr = hdr[:2] + (20 + ulen).to_bytes(2, "big") + hdr[4:]
-            else:
-                hdr = hdr[:4] + ulen.to_bytes(2, "big") + hdr[6:]
-            wrapped.append(hdr + struct.pack("!HHHH", addr[1], local[1], ulen, 0) + data)
-        if not wrapped:
-            return
-        batch = PacketBatch.from_packets(wrapped)
-        out = PacketBatch.empty(count=len(wrapped), slot_size=max(len(p) for p in wrapped) + 64)
-        verdicts = np.asarray(self.dataplane.inbound(batch, out, now=self.now()))
-        ok = np.flatnonzero(verdicts == _OK)
-        self.counters["esp_in_ok"] += len(ok)
-        self.counters["esp_in_dropped"] += len(wrapped) - len(ok)
-        if len(ok):
-            buf, offs, lens = out.buf, out.offsets, out.lengths
-            inner = [buf[int(offs[i]):int(offs[i]) + int(lens[i])].tobytes() for i in ok]
-            if self.on_packets is None:
-                self.counters["inner_undelivered"] += len(inner)
-            else:
-                spi = int.from_bytes(packets[int(ok[0])][0][:4], "big") if len(ok) == len(packets) else None
-                self.on_packets(inner, self.children.get(spi) if spi is not None else None)
-
-    def send(self, packets: list[bytes]) -> int:
-        """Encrypt inner IP packets by the SPD and send the ESP-in-UDP result; returns how many left."""
-        if not packets:
-            return 0
-        batch = PacketBatch.from_packets(packets)
-        out = PacketBatch.empty(count=len(packets), slot_size=max(len(p) for p in packets) + 128)
-        verdicts = np.asarray(self.dataplane.outbound(batch, out, now=self.now()))
-        ok = np.flatnonzero(verdicts == _OK)
-        mv = memoryview(out.buf)
-        # The outer IP + UDP header says where each packet goes; the socket sends only the ESP after it.
-        routes: dict[bytes, tuple[int, tuple[str, int], int] | None] = {}
-        items: list[tuple[Any, tuple[str, int], int]] = []
-        for off, ln in zip(out.offsets[ok].tolist(), out.lengths[ok].tolist()):
-            v4 = mv[off] >> 4 == 4
-            hl = (mv[off] & 0x0F) * 4 if v4 else 40
-            key = bytes(mv[off + 16:off + 20]) + bytes(mv[off + hl:off + hl + 4]) + bytes((hl, mv[off + 9])) \
-                if v4 else bytes(mv[off + 24:off + 40]) + bytes(mv[off + hl:off + hl + 4]) + bytes((hl, mv[off + 6]))
-            if key not in routes:
-                proto = key[-1]
-                if proto != 17:  # raw ESP needs the gateway's raw socket; not on this path
-                    route = None
-                else:
-                    raw = key[:4] if v4 else key[:16]
-                    dst = socket.inet_ntop(socket.AF_INET if v4 else socket.AF_INET6, raw)
-                    sport, dport = struct.unpack_from("!HH", key, len(raw))
-                    route = (hl + 8, (dst, dport), sport)
-                routes[key] = route
-            route = routes[key]
-            if route is None:
-                continue
-            skip, addr, sport = route
-            items.append((mv[off + skip:off + ln], addr, sport))
-        sent = self.endpoint.send_esp_many(items) if items else 0
-        self.counters["esp_out_ok"] += sent
-        self.counters["esp_out_dropped"] += len(packets) - sent
-        return sent
 
     # -- views ---------------------------------------------------------------------------------------------
     def list_sas(self) -> list[dict[str, Any]]:
@@ -825,166 +569,34 @@ class Daemon:
                 view["life_in"] = max(0, round(info.expire_at - now))
         return view
 
+    def status(self) -> dict[str, Any]:
+        """Whether the daemon serves, and where: what ``status``, the ready file and systemd's STATUS= show."""
+        now = self.now() if self._loop is not None else None
+        ready = self.started_at is not None and not (self._stopped is not None and self._stopped.is_set())
+        return {
+            "ready": ready, "pid": os.getpid(),
+            "uptime": round(now - self.started_at, 1) if ready and now is not None and self.started_at else 0.0,
+            "config": str(self.config.source) if self.config.source is not None else None,
+            "listening": [[h, p] for h, p in self.endpoint.addresses],
+            "control_socket": str(self.control_path) if self.control_path is not None else None,
+            "peers": [p.name for p in self.config.core.peers],
+            "ike_sas": sum(1 for r in self.ike_sas.values() if r.state == "ESTABLISHED"),
+            "child_sas": sum(1 for c in self.children.values() if c.state == "INSTALLED"),
+        }
+
     def stats(self) -> dict[str, Any]:
         dp = self.dataplane.counters()
         return {"endpoint": dict(self.endpoint.stats), "esp": dict(self.counters),
                 "dataplane_in": {k: v for k, v in dp.inbound.items() if v},
                 "dataplane_out": {k: v for k, v in dp.outbound.items() if v},
                 "core": dict(getattr(self.core, "stats", {}) or {}),
-                **({"gateway": {k: v for k, v in vars(self.gateway.stats).items() if k != "errors"}}
+                **({"gateway": {k: v for k, v in self.gateway.stats.as_dict().items() if k != "errors"}}
                    if self.gateway is not None else {})}
 
     # -- control socket ------------------------------------------------------------------------------------
-    async def _start_control(self, path: Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if path.exists() or path.is_symlink():
-            # A stale socket from a crashed daemon; refuse to take over a live one.
-            try:
-                r, w = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 1.0)
-                w.close()
-                raise OSError(f"control socket {path} is in use by another daemon")
-            except (ConnectionRefusedError, FileNotFoundError, asyncio.TimeoutError):
-                path.unlink()
-        old = os.umask(0o077)
-        try:
-            self._control = await asyncio.start_unix_server(self._control_client, path=str(path),
-                                                            limit=MAX_CONTROL_LINE)
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
-        self.control_path = path
-
-    async def _control_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._control_clients >= MAX_CONTROL_CLIENTS:
-            writer.close()
-            return
-        self._control_clients += 1
-        self._control_writers.add(writer)
-        try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except (ValueError, asyncio.LimitOverrunError):
-                    writer.write(json.dumps({"ok": False, "error": "request too long"}).encode() + b"\n")
-                    break
-                if not line:
-                    break
-                reply = await self.handle_request(line)
-                writer.write(json.dumps(reply).encode() + b"\n")
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            pass
-        finally:
-            self._control_clients -= 1
-            self._control_writers.discard(writer)
-            writer.close()
-
     async def handle_request(self, line: bytes | str | dict[str, Any]) -> dict[str, Any]:
-        """One control request -> one reply; never raises."""
-        try:
-            req = line if isinstance(line, dict) else json.loads(line)
-            if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
-                raise ControlError('a request is a JSON object with a "cmd" string')
-            handler = _COMMANDS.get(req["cmd"])
-            if handler is None:
-                raise ControlError(f"unknown command {req['cmd']!r}; known: {', '.join(sorted(_COMMANDS))}")
-            result = await handler(self, req)
-            return {"ok": True, **result}
-        except ControlError as exc:
-            return {"ok": False, "error": str(exc)}
-        except json.JSONDecodeError as exc:
-            return {"ok": False, "error": f"not JSON: {exc}"}
-        except (RecursionError, MemoryError):  # json.loads recurses per nesting level
-            return {"ok": False, "error": "not a request: JSON nested too deep"}
-        except Exception as exc:  # a bug must not kill the daemon; the client sees what happened
-            log.exception("control request failed")
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-
-    # command handlers
-    def _child_spi(self, req: dict[str, Any]) -> int:
-        value = req.get("child")
-        if value is None:
-            raise ControlError('"child" (inbound SPI in hex, or a CHILD_SA name) is required')
-        if isinstance(value, int):
-            return value
-        text = str(value)
-        named = [c.spi_in for c in self.children.values() if c.event.child == text and c.state == "INSTALLED"]
-        if len(named) == 1:
-            return named[0]
-        if len(named) > 1:
-            raise ControlError(f"several CHILD_SAs are named {text!r}; give the inbound SPI")
-        try:
-            return int(text, 16)
-        except ValueError:
-            raise ControlError(f"no CHILD_SA {text!r}") from None
-
-    def _ike_id(self, req: dict[str, Any]) -> int:
-        if isinstance(req.get("ike_id"), int):
-            return req["ike_id"]
-        peer = req.get("ike") or req.get("peer")
-        if isinstance(peer, str):
-            live = [r.ike_id for r in self.ike_sas.values() if r.peer == peer and r.state in ("CONNECTING", "ESTABLISHED")]
-            if live:
-                return live[-1]
-            raise ControlError(f"no IKE_SA with {peer!r}")
-        raise ControlError('"ike_id" or "ike" (the peer name) is required')
-
-    async def _cmd_list_sas(self, req: dict[str, Any]) -> dict[str, Any]:
-        sas = self.list_sas()
-        if isinstance(req.get("ike"), str):
-            sas = [s for s in sas if s["name"] == req["ike"]]
-        return {"ike_sas": sas}
-
-    async def _cmd_initiate(self, req: dict[str, Any]) -> dict[str, Any]:
-        peer = req.get("ike") or req.get("peer")
-        if not isinstance(peer, str):
-            raise ControlError('"ike" (the peer name) is required')
-        if not any(p.name == peer for p in self.config.core.peers):
-            raise ControlError(f"no peer named {peer!r}")
-        timeout = float(req.get("timeout", 10.0))
-        if not 0 < timeout <= 600:
-            raise ControlError("timeout must be in (0, 600] seconds")
-        child = req.get("child") if isinstance(req.get("child"), str) else None
-        return await self.initiate_and_wait(peer, child, timeout)
-
-    async def _cmd_rekey(self, req: dict[str, Any]) -> dict[str, Any]:
-        if req.get("child") is not None:
-            spi = self._child_spi(req)
-            self.rekey_child(spi)
-            return {"rekeying": f"{spi:08x}"}
-        ike_id = self._ike_id(req)
-        self.rekey_ike(ike_id)
-        rec = self.ike_sas[ike_id]
-        return {"rekeying": ike_id, "ike": rec.peer, "spi_i": f"{rec.spi_i:016x}", "spi_r": f"{rec.spi_r:016x}"}
-
-    async def _cmd_terminate(self, req: dict[str, Any]) -> dict[str, Any]:
-        if req.get("child") is not None:
-            spi = self._child_spi(req)
-            self.delete_child(spi)
-            return {"deleting": f"{spi:08x}"}
-        ike_id = self._ike_id(req)
-        self.terminate(ike_id)
-        timeout = float(req.get("timeout", 5.0))
-        deadline = self.now() + min(max(timeout, 0.0), 60.0)
-        while self.ike_sas[ike_id].state != "DELETED" and self.now() < deadline:
-            await asyncio.sleep(0.02)
-        return {"ike_id": ike_id, "state": self.ike_sas[ike_id].state}
-
-    async def _cmd_stats(self, req: dict[str, Any]) -> dict[str, Any]:
-        return {"stats": self.stats()}
-
-    async def _cmd_list_conns(self, req: dict[str, Any]) -> dict[str, Any]:
-        conns = []
-        for p in self.config.core.peers:
-            conns.append({"name": p.name, "remote_addr": p.remote_addr, "remote_port": p.remote_port,
-                          "local_id": str(p.local_id), "remote_id": str(p.remote_id) if p.remote_id else None,
-                          "ike_proposals": list(p.ike_proposals), "auth": p.auth,
-                          "children": [{"name": c.name, "local_ts": [str(t) for t in c.local_ts],
-                                        "remote_ts": [str(t) for t in c.remote_ts],
-                                        "esp_proposals": list(c.esp_proposals), "mode": c.mode}
-                                       for c in p.children]})
-        return {"conns": conns}
+        """One control request -> one reply (ike.control's command table); never raises."""
+        return await handle_request(self, line)
 
 
 _HANDLERS: dict[type, Callable[[Daemon, Any], None]] = {
@@ -996,13 +608,4 @@ _HANDLERS: dict[type, Callable[[Daemon, Any], None]] = {
     ChildSaRekeyed: Daemon._child_rekeyed,
     ChildSaDeleted: Daemon._child_deleted,
     ChildSaFailed: Daemon._child_failed,
-}
-
-_COMMANDS: dict[str, Callable[[Daemon, dict[str, Any]], Any]] = {
-    "list-sas": Daemon._cmd_list_sas,
-    "initiate": Daemon._cmd_initiate,
-    "rekey": Daemon._cmd_rekey,
-    "terminate": Daemon._cmd_terminate,
-    "stats": Daemon._cmd_stats,
-    "list-conns": Daemon._cmd_list_conns,
 }

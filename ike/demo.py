@@ -336,6 +336,7 @@ store = "{store}"
 local_addr = "127.0.0.1"
 remote_addr = "127.0.0.1"
 remote_port = {remote_port}
+remote_nat_port = {remote_nat_port}
 certificate = "{name}"
 ca_profiles = ["demo-ca"]
 remote_id = "{peer}.demo"
@@ -391,7 +392,8 @@ async def _start_loopback(work: Path, args: argparse.Namespace, stores: dict[str
     ports = {n: (s[0].getsockname()[1], s[1].getsockname()[1]) for n, s in socks.items()}
     for name, peer in (("gw-a", "gw-b"), ("gw-b", "gw-a")):
         text = _TOML.format(port=ports[name][0], nat_port=ports[name][1], sock=work / name / "ike.sock",
-                            store=stores[name], peer=peer, remote_port=ports[peer][0], name=name,
+                            store=stores[name], peer=peer, remote_port=ports[peer][0],
+                            remote_nat_port=ports[peer][1], name=name,
                             ike=args.ike_proposal, esp=args.esp_proposal, local=NETS[name][0],
                             remote=NETS[peer][0])
         (work / name / "ike.toml").write_text(text)
@@ -505,7 +507,7 @@ async def _traffic_gateway(args: argparse.Namespace, daemons: dict[str, Any], la
 
 
 async def _run(work: Path, args: argparse.Namespace, out: TextIO, result: DemoResult) -> None:
-    from .__main__ import format_sas
+    from .listing import format_sas
 
     ca, svc = _make_ca(work, out)
     daemons: dict[str, Any] = {}
@@ -581,7 +583,7 @@ async def _run(work: Path, args: argparse.Namespace, out: TextIO, result: DemoRe
                 _say(out, f"{d.name}: {d.packets} packets, {d.bytes} bytes in {d.seconds:.2f} s: "
                           f"{d.mbit_s:.1f} Mbit/s, {d.kpps:.1f} kpps, {verdict}")
         if lab is not None:
-            result.gateway_stats = {n: {k: v for k, v in vars(d.gateway.stats).items() if k != "errors"}
+            result.gateway_stats = {n: {k: v for k, v in d.gateway.stats.as_dict().items() if k != "errors"}
                                     for n, d in daemons.items()}
             for n, st in result.gateway_stats.items():
                 _say(out, f"{n} gateway: offloads {', '.join(st['offloads']) or 'none'}; "

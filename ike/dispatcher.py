@@ -256,7 +256,8 @@ class Dispatcher:
             if got is None or got.type != NotifyType.COOKIE or not hmac.compare_digest(got.data, expect):
                 resp = Message(ExchangeType.IKE_SA_INIT, h.spi_i, 0, 0, True, False,
                                [NotifyPayload(NotifyType.COOKIE, expect)])
-                self._outbox.append(Datagram(resp.encode_plain(), addr, local_addr[1], local_addr[1] != 500))
+                self._outbox.append(Datagram(resp.encode_plain(), addr, local_addr[1],
+                                          local_addr[1] not in self.config.plain_ports))
                 self.stats["cookies_sent"] += 1
                 return None
         candidates = self._candidates(addr[0])
@@ -264,7 +265,8 @@ class Dispatcher:
             self.stats["dropped_no_peer_config"] += 1
             resp = Message(ExchangeType.IKE_SA_INIT, h.spi_i, 0, 0, True, False,
                            [NotifyPayload(NotifyType.NO_PROPOSAL_CHOSEN)])
-            self._outbox.append(Datagram(resp.encode_plain(), addr, local_addr[1], local_addr[1] != 500))
+            self._outbox.append(Datagram(resp.encode_plain(), addr, local_addr[1],
+                                          local_addr[1] not in self.config.plain_ports))
             return None
         if half >= cfg.half_open_limit:
             self._evict_heaviest()

@@ -11,7 +11,7 @@ from typing import Callable
 
 from .constants import HEADER_LEN, ExchangeType, NotifyType, PayloadType
 from .errors import IntegrityError, ParseError, ProtocolError
-from .fragment import Reassembly, fragment_message
+from .fragment import Reassembly, datagram_overhead, fragment_message
 from .message import Header, Message, check_rules, pull_chain, push_chain, push_header
 from .payloads import NotifyPayload, SkfPayload, SkPayload
 from .protect import sk_generic_header
@@ -38,10 +38,17 @@ def encode_message(sa: IkeSa, msg: Message) -> list[bytes]:
                                   HEADER_LEN + payload_len))
 
     whole = sa.protector.seal(header, lambda n: sk_generic_header(first, n), chain)
-    limit = sa.peer.fragment_size - 28
-    if (len(whole) > limit and sa.peer.fragmentation and sa.peer_fragmentation
-            and msg.exchange != ExchangeType.IKE_SA_INIT):
-        return fragment_message(msg, sa.protector, sa.peer.fragment_size)
+    overhead = datagram_overhead(sa.remote_addr[0])
+    if len(whole) > sa.peer.fragment_size - overhead and msg.exchange != ExchangeType.IKE_SA_INIT:
+        if sa.peer.fragmentation == "yes" and sa.peer_fragmentation:
+            frags = fragment_message(msg, sa.protector, sa.peer.fragment_size, overhead)
+            log.debug("splitting %s (%d bytes) into %d fragments of at most %d bytes (IP datagram)",
+                      msg.describe(), len(whole), len(frags), sa.peer.fragment_size)
+            return frags
+        why = ("fragmentation = " + str(sa.peer.fragmentation)) if sa.peer.fragmentation != "yes" else \
+            "the peer did not announce IKE fragmentation"
+        log.debug("sending %s whole (%d bytes, over fragment_size %d): %s", msg.describe(), len(whole) + overhead,
+                  sa.peer.fragment_size, why)
     msg.raw = whole
     return [whole]
 
@@ -86,14 +93,25 @@ def decode_message(sa: IkeSa | None, data: bytes, header: Header,
                 reassembly.clear()
             r = reassembly[header.message_id] = Reassembly(header.message_id, sk.total)
         if not r.add(sk.number, sk.total, plain, sk.first_inner):
+            log.debug("received fragment %d/%d of %s %s %d", sk.number, sk.total, _exchange_name(header.exchange),
+                      "response" if header.is_response else "request", header.message_id)
             return None
     except ProtocolError as exc:
         reassembly.pop(header.message_id, None)
         raise SealedError(exc) from None
     del reassembly[header.message_id]
+    log.debug("reassembled %s %s %d from %d fragments (%d bytes)", _exchange_name(header.exchange),
+              "response" if header.is_response else "request", header.message_id, sk.total, len(r.data()))
     msg.payloads, msg.encrypted = _inner(r.first_inner, r.data()), True
     msg.raw = b""
     return msg
+
+
+def _exchange_name(exchange: int) -> str:
+    try:
+        return ExchangeType(exchange).name
+    except ValueError:
+        return str(exchange)
 
 
 def _inner(first: int, plain: bytes) -> list:  # type: ignore[type-arg]
@@ -104,26 +122,41 @@ def _inner(first: int, plain: bytes) -> list:  # type: ignore[type-arg]
     return payloads
 
 
-_ORDER = [PayloadType.NOTIFY, PayloadType.SA, PayloadType.KE, PayloadType.NONCE, PayloadType.IDi,
-          PayloadType.CERT, PayloadType.CERTREQ, PayloadType.IDr, PayloadType.AUTH, PayloadType.CP,
-          PayloadType.TSi, PayloadType.TSr, PayloadType.DELETE, PayloadType.VENDOR]
+_P = PayloadType
+#: RFC 7296's exchange diagrams (1.2-1.4; CP as 2.19 places it; CERTREQ in IKE_SA_INIT's response), per exchange
+#: and direction: the order payloads leave in. Log readers and tests compare these lines with the RFC's and
+#: charon's; a peer would accept any order.
+_DIAGRAMS: dict[tuple[int, bool], tuple[int, ...]] = {
+    (ExchangeType.IKE_SA_INIT, False): (_P.SA, _P.KE, _P.NONCE, _P.CERTREQ),
+    (ExchangeType.IKE_SA_INIT, True): (_P.SA, _P.KE, _P.NONCE, _P.CERTREQ),
+    (ExchangeType.IKE_AUTH, False): (_P.IDi, _P.CERT, _P.CERTREQ, _P.IDr, _P.AUTH, _P.CP, _P.SA, _P.TSi, _P.TSr),
+    (ExchangeType.IKE_AUTH, True): (_P.IDr, _P.CERT, _P.AUTH, _P.CP, _P.SA, _P.TSi, _P.TSr),
+    (ExchangeType.CREATE_CHILD_SA, False): (_P.SA, _P.NONCE, _P.KE, _P.TSi, _P.TSr),
+    (ExchangeType.CREATE_CHILD_SA, True): (_P.SA, _P.NONCE, _P.KE, _P.TSi, _P.TSr),
+    (ExchangeType.INFORMATIONAL, False): (_P.DELETE, _P.CP),
+    (ExchangeType.INFORMATIONAL, True): (_P.DELETE, _P.CP),
+}
+_LAST = 1000
 
 
 def _sort(msg: Message) -> None:
-    """strongSwan's payload order; COOKIE first (RFC 7296 2.6), other notifies of IKE_SA_INIT last."""
+    """Put payloads in the diagram's order. Notifies the diagrams place go there: COOKIE first (RFC 7296 2.6),
+    REKEY_SA and the others of CREATE_CHILD_SA/INFORMATIONAL before SA/DELETE (1.3.3), INITIAL_CONTACT right
+    after IDi (as charon sends it); IKE_SA_INIT's capability notifies and USE_TRANSPORT_MODE after the diagram's
+    payloads, vendor IDs last. The sort is stable, so the tasks' order holds within one rank."""
+    diagram = _DIAGRAMS.get((msg.exchange, msg.response), ())
 
     def key(p):  # type: ignore[no-untyped-def]
-        t = p.payload_type
         if isinstance(p, NotifyPayload):
             if p.type == NotifyType.COOKIE:
-                return -1
-            if msg.exchange == ExchangeType.IKE_SA_INIT or p.type in (NotifyType.USE_TRANSPORT_MODE,
-                                                                         NotifyType.INITIAL_CONTACT):
-                return 100 if p.type != NotifyType.INITIAL_CONTACT else 5
-            return 0
-        if msg.exchange == ExchangeType.IKE_AUTH and t == PayloadType.SA:
-            return _ORDER.index(PayloadType.AUTH) + 0.5
-        return _ORDER.index(t) if t in _ORDER else 99
+                return -2
+            if p.type == NotifyType.INITIAL_CONTACT and _P.IDi in diagram:
+                return diagram.index(_P.IDi) + 0.5
+            if msg.exchange == ExchangeType.IKE_SA_INIT or p.type == NotifyType.USE_TRANSPORT_MODE:
+                return _LAST - 1
+            return -1
+        t = p.payload_type
+        return diagram.index(t) if t in diagram else _LAST
 
     msg.payloads.sort(key=key)
 
@@ -191,6 +224,10 @@ class TaskManager:
                 t.build(msg)
         except ProtocolError as exc:
             self._fail_active(exc.reason, None)
+            if self.active_exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH):
+                # we cannot make our own IKE_SA_INIT/IKE_AUTH request (e.g. our auth constraint and the peer's
+                # hashes have nothing in common): the IKE_SA ends now, with its event, rather than waiting
+                self.terminate(exc.reason, None)
             return
         _sort(msg)
         frags = encode_message(sa, msg)

@@ -12,17 +12,27 @@ from .errors import ParseError, TooLargeError
 from .message import Header, Message, push_chain, push_header
 from .protect import Protector, skf_generic_header
 
-__all__ = ["fragment_message", "Reassembly", "MAX_FRAGMENTS", "MAX_REASSEMBLY", "UDP_IP_OVERHEAD"]
+__all__ = ["fragment_message", "Reassembly", "MAX_FRAGMENTS", "MAX_REASSEMBLY", "UDP_IP_OVERHEAD", "datagram_overhead"]
 
 MAX_FRAGMENTS = 64
 MAX_REASSEMBLY = 64 * 1024
-UDP_IP_OVERHEAD = 28  # IPv4 + UDP; IPv6 costs 20 more, covered by the default size's margin
+UDP_IP_OVERHEAD = 28  # IPv4 + UDP
+NON_ESP_MARKER_LEN = 4
 
 
-def fragment_message(msg: Message, protector: Protector, max_size: int) -> list[bytes]:
-    """SKF fragments of ``msg`` so that each IKE message stays within ``max_size`` bytes (IP payload)."""
+def datagram_overhead(remote_host: str) -> int:
+    """What an IP datagram adds around an IKE message towards ``remote_host``: the IP header (20 bytes for IPv4,
+    40 for IPv6), UDP's 8 and the non-ESP marker's 4 (counted always, so a move to the NAT-T port never makes a
+    fragment too large). strongSwan's fragment_size is the whole datagram, so ours is too."""
+    return (48 if ":" in remote_host else UDP_IP_OVERHEAD) + NON_ESP_MARKER_LEN
+
+
+def fragment_message(msg: Message, protector: Protector, max_size: int,
+                     overhead: int = UDP_IP_OVERHEAD + NON_ESP_MARKER_LEN) -> list[bytes]:
+    """SKF fragments of ``msg`` so that each makes an IP datagram of at most ``max_size`` bytes, ``overhead``
+    of which are IP, UDP and marker (:func:`datagram_overhead`)."""
     first, chain = push_chain(msg.payloads)
-    room = max_size - UDP_IP_OVERHEAD - 4 - HEADER_LEN - 8 - protector.overhead  # 4: non-ESP marker
+    room = max_size - overhead - HEADER_LEN - 8 - protector.overhead
     if room < 64:
         raise ValueError(f"fragment size {max_size} leaves no room for data")
     pieces = [chain[i:i + room] for i in range(0, len(chain), room)] or [b""]

@@ -26,9 +26,10 @@ from typing import TextIO
 
 from .events import ChildSaEstablished, IkeKeysDerived
 
-__all__ = ["ESP_TABLE", "IKEV2_TABLE", "KeyLog", "KeyLogError", "esp_lines", "ikev2_line", "key_log_problem"]
+__all__ = ["ESP_TABLE", "IKEV1_TABLE", "ikev1_line", "IKEV2_TABLE", "KeyLog", "KeyLogError", "esp_lines", "ikev2_line", "key_log_problem"]
 
 IKEV2_TABLE = "ikev2_decryption_table"
+IKEV1_TABLE = "ikev1_decryption_table"
 ESP_TABLE = "esp_sa"
 
 # IKEv2 ENCR transform IDs (RFC 7296 3.3.2, IANA) -> Wireshark's name, by key size where it matters.
@@ -75,6 +76,12 @@ def _ike_encr_name(encr: int, bits: int) -> str:
         return _IKE_ENCR[encr].format(bits=bits)
     except KeyError:
         raise UnsupportedByWireshark(f"IKE encryption transform {encr}") from None
+
+
+def ikev1_line(cookie_i: bytes, enc_key: bytes) -> str:
+    """One ``ikev1_decryption_table`` row: the initiator's cookie and the phase-1 encryption key, in hex
+    (Wireshark derives the IVs itself from the exchange it sees)."""
+    return f"{cookie_i.hex()},{enc_key.hex()}"
 
 
 def ikev2_line(ev: IkeKeysDerived) -> str:

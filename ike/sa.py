@@ -126,3 +126,8 @@ class IkeSa:
             if c.spi_out == spi_out:
                 return c
         return None
+
+
+def retry_delay(sa: IkeSa) -> float:
+    """10 to 30 s, random, so that two peers that collided do not collide again."""
+    return 10.0 + 20.0 * int.from_bytes(sa.random(2), "big") / 65535

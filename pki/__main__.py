@@ -3,34 +3,41 @@
 Router verbs (``--store DIR``, default ``$ESPRESSO_PKI_STORE`` or ./pki-store)::
 
     generate-key-pair --certificate-id ID --type rsa|ecdsa|ed25519 [--size N]
-    ca-profile add NAME [--ca-identity X] [--enrollment-url U] [--retry N] [--retry-interval S]
+    ca-profile add NAME [--ca-identity X] [--enrollment-url U] [--protocol scep|est|cmpv2] [--retry N] [--retry-interval S]
                         [--revocation-check crl|ocsp|disable] [--crl-url U] [--refresh-interval HOURS]
                         [--ocsp-url U] [--no-ocsp-nonce] [--ocsp-fallback-crl] [--disable-on-download-failure]
     ca-profile delete NAME | ca-profile list
-    ca-certificate enroll --ca-profile P | ca-certificate load --ca-profile P --filename F
+    ca-certificate enroll --ca-profile P [--yes] [--protocol scep|est|cmpv2] | ca-certificate load --ca-profile P --filename F
+    ca-certificate verify --ca-profile P [--at T] [--offline]
+    ca-profile-group load --ca-group-name G --file BUNDLE [--revocation-check M] | delete --ca-group-name G | list
+    trusted-ca-group set G --ca-profiles P... | trusted-ca-group delete G | trusted-ca-group list
     local-certificate enroll --certificate-id ID --ca-profile P --subject DN --challenge-password-file F [SANs]
-    local-certificate load --certificate-id ID --filename F [--key KEYFILE]
-    local-certificate enroll --protocol cmpv2 --certificate-id ID --ca-profile P --subject DN
-                      --reference-number REF --challenge-password-file F [--ca-dn DN] [SANs]
-    local-certificate re-enroll|revoke --protocol cmpv2 --certificate-id ID --ca-profile P [--type T] [--reason R]
+                             [--protocol scep|est|cmpv2] [--reference-number REF] [--ca-dn DN]
+    local-certificate re-enroll|revoke --certificate-id ID --ca-profile P [--protocol cmpv2] [--new-key-type T]
+                             [--size N] [--reason R]
+    local-certificate load --certificate-id ID --filename F [--key KEYFILE | --pkcs12-passphrase-file P]
+    local-certificate generate-self-signed --certificate-id ID --subject DN [SANs] [--days N] [--add-ca-constraint]
+    local-certificate export --certificate-id ID [--type pem|der|pkcs12] [--pkcs12-passphrase-file P] [--filename F]
     generate-certificate-request --certificate-id ID --subject DN [--domain-name D] [--ip-address A] [--email E]
                                  [--filename F]
-    crl load --ca-profile P --filename F | crl download --ca-profile P
+    crl load --ca-profile P --filename F | crl download --ca-profile P [--url U]
     auto-re-enrollment set --certificate-id ID --ca-profile P --re-enroll-trigger-time-percentage N
                            [--re-generate-keypair] [--challenge-password X] | auto-re-enrollment run [--at T]
     verify --filename F | --certificate-id ID [--intermediate F]... [--identity KIND:VALUE] [--at T] [--offline]
     show ca-certificate|local-certificate|certificate-request|crl|ca-profile [--detail] [--ca-profile P|--certificate-id ID]
-    clear ca-certificate --ca-profile P | local-certificate|key-pair|certificate-request --certificate-id ID
-          | crl --ca-profile P
+    clear ca-certificate|crl --ca-profile P|--all
+          | local-certificate|key-pair|certificate-request --certificate-id ID|--all
 
 CA verbs (``--ca DIR``)::
 
     ca init --subject DN [--key-type T] [--key-size N] [--days N] [--path-length N] [--parent DIR]
             [--crl-url U] [--ocsp-url U] [--crl-days N] [--allow-dns-suffix D] [--allow-ip-range P]
+            [--service-name NAME]...
     ca issue --csr F [--profile NAME] [--days N] [--out F] | ca revoke --serial HEX [--reason R]
     ca crl [--out F] [--pem] | ca list
     ca serve [--host H] [--port N] (--challenge-file F | --manual-approval | --no-challenge) [SAN policy]
              [--log-file F] [--request-timeout S] [--max-connections N] [--max-per-client N]
+             [--est-port N [--est-cert F --est-key F] [--retry-after S]]
     ca pending | ca approve TRANSACTION-ID | ca reject TRANSACTION-ID [--reason R]
     ca cmp-secret add --reference-number REF [--secret-file F] [--days N] [--replace]
     ca cmp-secret delete --reference-number REF | ca cmp-secret list
@@ -116,7 +123,7 @@ def cmd_ca_profile(args: argparse.Namespace) -> None:
             ocsp_url=args.ocsp_url, ocsp_nonce=not args.no_ocsp_nonce, ocsp_fallback_crl=args.ocsp_fallback_crl,
             fail_open=args.disable_on_download_failure)
         store.add_profile(CaProfile(args.name, args.ca_identity or "", args.enrollment_url, args.retry,
-                                    args.retry_interval, rev), replace=args.replace)
+                                    args.retry_interval, rev, protocol=args.protocol), replace=args.replace)
         _print(f"ca-profile {args.name} {'updated' if args.replace else 'added'}")
     elif args.action == "delete":
         store.remove_profile(args.name)
@@ -130,7 +137,8 @@ def _show_profiles(store) -> None:  # type: ignore[no-untyped-def]
         r = p.revocation
         _print(f"CA profile: {p.name}")
         _print(f"  CA identity: {p.ca_identity}")
-        _print(f"  Enrollment URL: {p.enrollment_url or '(none)'}, retry {p.retry}, retry-interval {p.retry_interval}s")
+        _print(f"  Enrollment URL: {p.enrollment_url or '(none)'} ({p.protocol.upper()}), retry {p.retry}, "
+               f"retry-interval {p.retry_interval}s")
         rc = r.mode.value + (f" url {r.crl_url}" if r.crl_url else "") + (f" url {r.ocsp_url}" if r.ocsp_url else "")
         if r.refresh_interval:
             rc += f" refresh-interval {r.refresh_interval.total_seconds() / 3600:g}h"
@@ -141,70 +149,74 @@ def _show_profiles(store) -> None:  # type: ignore[no-untyped-def]
 
 
 def cmd_ca_certificate(args: argparse.Namespace) -> None:
+    from pki._cliverbs import confirming_get_ca_certs, print_ca_fingerprints, verify_ca_certificates
+
     store = _store(args)
+    if args.action == "verify":
+        verify_ca_certificates(args.ca_profile, store, _at(args.at), None if args.offline else _default_fetch())
+        return
     if args.action == "load":
         certs = store.load_ca_certificate(args.ca_profile, read_bounded(args.filename))
         verb = "loaded"
     else:
-        certs = store.enroll_ca_certificate(args.ca_profile)
+        protocol = args.protocol or store.profile(args.ca_profile).protocol  # a typo fails before anything
+        if protocol == "cmpv2":
+            raise ValueError("CMPv2 has no CA-certificate request here: the CA certificate comes with the first "
+                             "'local-certificate enroll --protocol cmpv2' (caPubs, MAC-protected by the reference's "
+                             "secret; its fingerprint is shown), or load it with 'ca-certificate load'")
+        if not args.yes and not sys.stdin.isatty():
+            raise ValueError("ca-certificate enroll asks you to confirm the CA's fingerprint, but stdin is not a "
+                             "terminal; check the fingerprint out of band and add --yes to store it unasked")
+        certs = store.enroll_ca_certificate(args.ca_profile, get_ca_certs=confirming_get_ca_certs(args, protocol),
+                                            protocol=protocol)
         verb = "received"
-    for c in certs:
-        _print(f"CA certificate for profile {args.ca_profile} {verb}: {c.subject.rfc4514_string()}")
-        _print(f"  Fingerprint: {fingerprint(c, 'sha256')} (sha256)")
-        _print(f"               {fingerprint(c, 'sha1')} (sha1)")
+    if verb == "loaded" or args.yes:
+        print_ca_fingerprints(args.ca_profile, certs, verb)
     if verb == "received":
-        _print("Verify these fingerprints with the CA administrator out of band before relying on them.")
+        _print(f"CA certificate for profile {args.ca_profile} stored.")
+        if args.yes:
+            _print("Verify these fingerprints with the CA administrator out of band before relying on them.")
 
 
 def cmd_local_certificate(args: argparse.Namespace) -> None:
     store = _store(args)
+    if args.action in ("generate-self-signed", "export"):
+        from pki._clilocal import local_certificate_localcert
+
+        local_certificate_localcert(args, store, sans=_sans(args), passphrase=_passphrase(args), now=_now())
+        return
     if args.action == "load":
-        key = read_bounded(args.key) if args.key else None
-        cert = store.load_local_certificate(args.certificate_id, read_bounded(args.filename), _passphrase(args), key=key)
+        from pki._clilocal import pkcs12_passphrase
+        from pki.localcert import import_pkcs12, is_pkcs12
+
+        data = read_bounded(args.filename)
+        if args.pkcs12_passphrase_file or is_pkcs12(data):  # JUNOS loads a .p12 with the same verb
+            if args.key:
+                raise ValueError("a PKCS#12 file carries its key: drop --key")
+            cert = import_pkcs12(store, args.certificate_id, data, pkcs12_passphrase(args, required=False),
+                                 passphrase=_passphrase(args), source=args.filename)
+        else:
+            key = read_bounded(args.key) if args.key else None
+            cert = store.load_local_certificate(args.certificate_id, data, _passphrase(args), key=key)
         _print(f"Local certificate {args.certificate_id} loaded: {cert.subject.rfc4514_string()}")
         return
-    if args.action in ("re-enroll", "revoke") or args.protocol == "cmpv2":
-        _local_certificate_cmp(args, store)
+    if not args.ca_profile:
+        raise ValueError(f"local-certificate {args.action} needs --ca-profile")
+    protocol = args.protocol or store.profile(args.ca_profile).protocol  # a typo fails before anything
+    if args.action in ("re-enroll", "revoke") or protocol == "cmpv2":
+        if protocol != "cmpv2":
+            raise ValueError(f"local-certificate {args.action} is CMPv2 (kur, rr): give --protocol cmpv2 or a "
+                             f"ca-profile with --protocol cmpv2 (this one is {protocol})")
+        from pki._clicmp import local_certificate_cmp
+
+        local_certificate_cmp(args, store, secret=_secret_option(args, "challenge_password", "challenge_password_file"),
+                              sans=_sans(args), passphrase=_passphrase(args))
         return
-    if not args.subject or not args.ca_profile:
+    if not args.subject:
         raise ValueError("local-certificate enroll needs --ca-profile and --subject")
     cert = store.enroll_local_certificate(args.certificate_id, args.ca_profile, args.subject, _sans(args),
                                           _secret_option(args, "challenge_password", "challenge_password_file"),
-                                          passphrase=_passphrase(args))
-    _print(f"Received certificate {args.certificate_id}: {cert.subject.rfc4514_string()}, serial {cert.serial_number:x}")
-    _print(f"  Fingerprint: {fingerprint(cert, 'sha256')} (sha256)")
-
-
-def _local_certificate_cmp(args: argparse.Namespace, store) -> None:  # type: ignore[no-untyped-def]
-    """CMPv2 (JUNOS ``enroll cmpv2``): ir with reference number and secret; kur (re-enroll); rr (revoke)."""
-    from pki.cmp import enroll as cmp
-
-    if args.protocol != "cmpv2":
-        raise ValueError(f"local-certificate {args.action} needs --protocol cmpv2")
-    if not args.ca_profile:
-        raise ValueError(f"local-certificate {args.action} needs --ca-profile")
-    if args.action == "revoke":
-        serial = cmp.revoke_local_certificate(store, args.certificate_id, args.ca_profile, reason=args.reason,
-                                              passphrase=_passphrase(args))
-        _print(f"Revoked certificate {args.certificate_id}, serial {serial:x} ({args.reason})")
-        return
-    if args.action == "re-enroll":
-        cert = cmp.key_update(store, args.certificate_id, args.ca_profile, key_type=args.type, size=args.size,
-                              passphrase=_passphrase(args))
-        _print(f"Key updated for {args.certificate_id}: {cert.subject.rfc4514_string()}, serial "
-               f"{cert.serial_number:x}")
-        _print(f"  Fingerprint: {fingerprint(cert, 'sha256')} (sha256)")
-        return
-    secret = _secret_option(args, "challenge_password", "challenge_password_file")
-    if not args.subject or not args.reference_number or not secret:
-        raise ValueError("local-certificate enroll --protocol cmpv2 needs --subject, --reference-number and "
-                         "--challenge-password(-file) (the secret the CA administrator gave with the reference)")
-    cert, new_cas = cmp.enroll_local_certificate(store, args.certificate_id, args.ca_profile, args.subject,
-                                                 _sans(args), reference=args.reference_number, secret=secret,
-                                                 ca_dn=args.ca_dn, passphrase=_passphrase(args))
-    for c in new_cas:
-        _print(f"CA certificate for profile {args.ca_profile} received (caPubs): {c.subject.rfc4514_string()}")
-        _print(f"  Fingerprint: {fingerprint(c, 'sha256')} (sha256)")
+                                          passphrase=_passphrase(args), protocol=protocol)
     _print(f"Received certificate {args.certificate_id}: {cert.subject.rfc4514_string()}, serial {cert.serial_number:x}")
     _print(f"  Fingerprint: {fingerprint(cert, 'sha256')} (sha256)")
 
@@ -226,14 +238,13 @@ def cmd_crl(args: argparse.Namespace) -> None:
     store = _store(args)
     if args.action == "load":
         crl = store.load_crl(args.ca_profile, read_bounded(args.filename))
+        where = args.filename
     else:
         from pki.revocation import default_fetch
+        from pki.trust import download_crl
 
-        url = args.url or store.profile(args.ca_profile).revocation.crl_url
-        if not url:
-            raise ValueError(f"ca-profile {args.ca_profile} has no crl url; pass --url")
-        crl = store.load_crl(args.ca_profile, default_fetch(url))
-    _print(f"CRL for {args.ca_profile} loaded: {len(crl)} revoked, next update {crl.next_update_utc}")
+        crl, where = download_crl(store, args.ca_profile, default_fetch, args.url)
+    _print(f"CRL for {args.ca_profile} loaded from {where}: {len(crl)} revoked, next update {crl.next_update_utc}")
 
 
 def cmd_auto_reenroll(args: argparse.Namespace) -> None:
@@ -347,18 +358,50 @@ def cmd_show(args: argparse.Namespace) -> None:
             _print(show_request(e.request, label=i, detail=args.detail))
 
 
+def cmd_ca_profile_group(args: argparse.Namespace) -> None:
+    from pki._cliverbs import ca_profile_group
+
+    ca_profile_group(args, _store(args))
+
+
+def cmd_trusted_ca_group(args: argparse.Namespace) -> None:
+    from pki._cliverbs import trusted_ca_group
+
+    trusted_ca_group(args, _store(args))
+
+
 def cmd_clear(args: argparse.Namespace) -> None:
     store = _store(args)
     what = args.what
     if what in ("ca-certificate", "crl"):
+        fn = store.clear_ca_certificate if what == "ca-certificate" else store.clear_crl
+        if args.all:  # JUNOS clear security pki ca-certificate all / crl all
+            if args.ca_profile:
+                raise ValueError("give --ca-profile or --all, not both")
+            have = store.ca_certificates if what == "ca-certificate" else store.crl
+            names = [p.name for p in store.profiles() if have(p.name)]
+            for n in names:
+                fn(n)
+            _print(f"{what}: {len(names)} cleared ({', '.join(names) or 'none held'})")
+            return
         if not args.ca_profile:
-            raise ValueError(f"clear {what} needs --ca-profile")
-        (store.clear_ca_certificate if what == "ca-certificate" else store.clear_crl)(args.ca_profile)
+            raise ValueError(f"clear {what} needs --ca-profile or --all")
+        fn(args.ca_profile)
         _print(f"{what} of ca-profile {args.ca_profile} cleared")
         return
-    if not args.certificate_id:
-        raise ValueError(f"clear {what} needs --certificate-id")
     target = {"local-certificate": "certificate", "certificate-request": "request", "key-pair": "all"}[what]
+    if args.all:  # JUNOS clear security pki local-certificate all / certificate-request all / key-pair all
+        if args.certificate_id:
+            raise ValueError("give --certificate-id or --all, not both")
+        holds = {"certificate": lambda e: e.certificate is not None, "request": lambda e: e.request is not None,
+                 "all": lambda e: True}[target]
+        ids = [i for i in store.local_ids() if holds(store.entry(i))]
+        for i in ids:
+            store.clear_local(i, what=target)
+        _print(f"{what}: {len(ids)} cleared ({', '.join(ids) or 'none held'})")
+        return
+    if not args.certificate_id:
+        raise ValueError(f"clear {what} needs --certificate-id or --all")
     store.clear_local(args.certificate_id, what=target)
     _print(f"{what} {args.certificate_id} cleared")
 
@@ -387,6 +430,11 @@ def ca_init(args: argparse.Namespace) -> None:
                                    email_domains=tuple(args.allow_email_domain or ()))
     _print(f"CA initialised in {args.ca}: {ca.certificate.subject.rfc4514_string()}")
     _print(f"  Fingerprint: {fingerprint(ca.certificate, 'sha256')} (sha256)")
+    from pki.est.server import DEFAULT_SERVICE_NAMES, issue_service_certificate
+
+    names = args.service_name or list(DEFAULT_SERVICE_NAMES)
+    tls = issue_service_certificate(ca, names, passphrase=_passphrase(args))
+    _print(f"  EST TLS certificate: serial {tls.serial_number:x} for {', '.join(names)}")
 
 
 def ca_issue(args: argparse.Namespace) -> None:
@@ -527,12 +575,19 @@ def ca_serve(args: argparse.Namespace) -> None:
     def ready(svc) -> None:  # type: ignore[no-untyped-def]
         scep = "SCEP off" if svc.scep_off_reason else "SCEP /scep"
         sys.stderr.write(f"serving CA {args.ca} on {svc.url}/ ({scep}, CMP /.well-known/cmp, CRL /crl, OCSP /ocsp)\n")
+        if svc.est_url:
+            sys.stderr.write(f"serving EST on {svc.est_url}\n")
         sys.stderr.flush()
+
+    if (args.est_cert is None) != (args.est_key is None):
+        raise ValueError("give --est-cert and --est-key together")
+    est_tls = (args.est_cert, args.est_key) if args.est_cert else None
 
     _serve_logging(args.log_file)
     try:
         serve(args.ca, host=args.host, port=args.port, challenge=challenge, manual_approval=args.manual_approval,
-              passphrase=_passphrase(args), ready=ready, limits=limits)
+              passphrase=_passphrase(args), ready=ready, limits=limits, est_port=args.est_port, est_tls=est_tls,
+              retry_after=args.retry_after)
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             raise PkiError(f"cannot listen on {args.host} port {args.port}: {exc.strerror}") from None
@@ -540,42 +595,9 @@ def ca_serve(args: argparse.Namespace) -> None:
 
 
 def ca_cmp_secret(args: argparse.Namespace) -> None:
-    """The reference numbers and secrets of CMP initial enrollment (what a JUNOS router is configured with)."""
-    import secrets as _secrets
+    from pki._clicmp import cmp_secret
 
-    from pki.ca import DB_FILE
-    from pki.cmp.server import SecretStore
-
-    path = Path(args.ca) / DB_FILE
-    if not path.exists():
-        raise PkiError(f"{args.ca}: not a CA directory (missing ca.db); run 'ca init' first")
-    store = SecretStore(path)
-    try:
-        if args.action == "list":
-            for s in store.secrets():
-                state = f"used by transaction {s.used_by}" if s.used_by else "unused"
-                expires = f"expires {s.expires_at:%Y-%m-%d %H:%M}" if s.expires_at else "no expiry"
-                _print(f"{s.reference}  created {s.created_at:%Y-%m-%d %H:%M}  {expires}  {state}")
-            return
-        if not args.reference_number:
-            raise ValueError(f"ca cmp-secret {args.action} needs --reference-number")
-        if args.action == "delete":
-            store.delete(args.reference_number)
-            _print(f"Deleted CMP reference {args.reference_number}")
-            return
-        secret = _secret_option(args, "secret", "secret_file")
-        generated = secret is None
-        if generated:
-            secret = _secrets.token_urlsafe(18)
-        now = _now()
-        store.add(args.reference_number, secret, now, now + timedelta(days=args.days) if args.days else None,
-                  replace=args.replace)
-        _print(f"CMP reference {args.reference_number} added (one initial enrollment"
-               + (f", valid {args.days} days)" if args.days else ")"))
-        if generated:  # shown once, for the router's operator; never logged
-            _print(f"  Secret: {secret}")
-    finally:
-        store.close()
+    cmp_secret(args, secret=_secret_option(args, "secret", "secret_file"), now=_now())
 
 
 def ca_pending(args: argparse.Namespace) -> None:
@@ -703,37 +725,81 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept certificates when the CRL/OCSP answer cannot be obtained (fail open; "
                    "JUNOS disable on-download-failure)")
     p.add_argument("--replace", action="store_true", help="add: overwrite an existing profile of that name")
+    p.add_argument("--protocol", choices=["scep", "est", "cmpv2"], default="scep",
+                   help="how the enrollment url is spoken to: scep (default; RSA keys), est (RFC 7030, any key "
+                   "type; the url is https://HOST:PORT/.well-known/est) or cmpv2 (RFC 4210/6712, any key type; "
+                   "the url is http://HOST:PORT/.well-known/cmp)")
     p.set_defaults(func=cmd_ca_profile)
 
-    p = verb("ca-certificate", "get the CA certificate of a profile by SCEP, or load it from a file")
-    p.add_argument("action", choices=["enroll", "load"],
-                   help="enroll: SCEP GetCACert from the profile's enrollment-url (check the fingerprint!); "
-                   "load: from --filename")
+    p = verb("ca-certificate", "get the CA certificate of a profile by SCEP, load it from a file, or verify it")
+    p.add_argument("action", choices=["enroll", "load", "verify"],
+                   help="enroll: SCEP GetCACert from the profile's enrollment-url, shows the fingerprint and asks "
+                   "before storing; load: from --filename; verify: check the profile's CA certificate(s) as CAs "
+                   "(cA, keyCertSign, validity, signature or chain, revocation) and its loaded CRL")
     p.add_argument("--ca-profile", required=True, help="the CA profile it belongs to")
     p.add_argument("--filename", metavar="FILE", help="load: PEM or DER certificate(s)")
+    p.add_argument("--protocol", choices=["scep", "est", "cmpv2"], help="enroll: scep, est or cmpv2 (default: "
+                   "the profile's; CMPv2 brings the CA certificate with the first enrollment instead)")
+    p.add_argument("--yes", action="store_true", help="enroll: store without asking (scripts; check the printed "
+                   "fingerprint out of band)")
+    p.add_argument("--at", help="verify: at this ISO 8601 instant (default: now)")
+    p.add_argument("--offline", action="store_true", help="verify: use loaded CRLs only, fetch nothing")
     p.set_defaults(func=cmd_ca_certificate)
 
-    p = verb("local-certificate", "enroll a local certificate by SCEP or CMPv2, or load one issued out of band")
-    p.add_argument("action", choices=["enroll", "load", "re-enroll", "revoke"],
-                   help="enroll: SCEP PKCSReq (RSA key pairs) or CMPv2 ir to the profile's CA; load: from "
-                   "--filename; re-enroll: CMPv2 key update (kur) to a new key pair; revoke: CMPv2 rr")
-    p.add_argument("--protocol", choices=["scep", "cmpv2"], default="scep",
-                   help="enrollment protocol (default scep); re-enroll and revoke need cmpv2")
+    p = verb("ca-profile-group", "load a bundle of CA certificates as one ca-profile each (JUNOS ca-profile-group "
+             "load), delete such a group, or list groups")
+    p.add_argument("action", choices=["load", "delete", "list"], help="load: from --file (loading again replaces "
+                   "the group); delete: the group and its profiles; list: all groups")
+    p.add_argument("--ca-group-name", metavar="NAME", help="the group (its profiles are NAME-<fingerprint prefix>)")
+    p.add_argument("--file", "--filename", dest="filename", metavar="BUNDLE", help="load: PEM bundle of CA "
+                   "certificates")
+    p.add_argument("--revocation-check", choices=["crl", "ocsp", "disable"], default="crl",
+                   help="load: revocation checking of the group's profiles (default crl)")
+    p.set_defaults(func=cmd_ca_profile_group)
+
+    p = verb("trusted-ca-group", "name a set of ca-profiles that IKE may trust together (JUNOS trusted-ca-group; "
+             "ike config: trusted_ca_group = NAME)")
+    p.add_argument("action", choices=["set", "delete", "list"], help="set (or replace), delete or list")
+    p.add_argument("name", nargs="?", help="group name (set, delete)")
+    p.add_argument("--ca-profiles", nargs="+", metavar="PROFILE", help="set: the profiles (space or comma "
+                   "separated)")
+    p.set_defaults(func=cmd_trusted_ca_group)
+
+    p = verb("local-certificate", "enroll a local certificate by SCEP, EST or CMPv2, load one issued out of band "
+             "(PEM, DER, PKCS#12), generate a self-signed one, export one, or (CMPv2) update its key or revoke it")
+    p.add_argument("action", choices=["enroll", "load", "generate-self-signed", "export", "re-enroll", "revoke"],
+                   help="enroll: SCEP PKCSReq (RSA key pairs), EST simpleenroll or CMPv2 ir to the profile's CA; "
+                   "load: from --filename (a PKCS#12 file creates the certificate-id with its key); "
+                   "generate-self-signed: sign the key pair's certificate with itself; export: write it as --type "
+                   "pem|der|pkcs12; re-enroll: CMPv2 key update (kur) to a new key pair; revoke: CMPv2 rr")
     p.add_argument("--reference-number", metavar="REF", help="cmpv2 enroll: the reference number from the CA "
                    "administrator; its secret goes in --challenge-password(-file)")
     p.add_argument("--ca-dn", metavar="DN", help="cmpv2 enroll: the CA's DN, when the profile has no CA "
                    "certificate yet (default: the NULL-DN)")
-    p.add_argument("--type", choices=["rsa", "ecdsa", "ed25519"],
+    p.add_argument("--new-key-type", choices=["rsa", "ecdsa", "ed25519"],
                    help="re-enroll: type of the new key pair (default: the current one's)")
     p.add_argument("--size", type=int, help=f"re-enroll: size of the new key pair: {_KEY_SIZES}")
     p.add_argument("--reason", default="unspecified", help=f"revoke: revocation reason: {_REASONS_HELP}")
     p.add_argument("--certificate-id", required=True, help=cid)
     p.add_argument("--ca-profile", help="enroll: the CA profile to enroll with")
-    p.add_argument("--subject", metavar="DN", help="enroll: subject DN, e.g. CN=r1,O=Example,C=US")
+    p.add_argument("--protocol", choices=["scep", "est", "cmpv2"], help="enroll: scep, est or cmpv2 (default: "
+                   "the profile's; re-enroll and revoke are cmpv2); EST sends the challenge password as HTTP basic "
+                   "password, CMPv2 uses it as the secret of --reference-number")
+    p.add_argument("--subject", metavar="DN", help="enroll, generate-self-signed: subject DN in RFC 4514 order "
+                   "(most significant last), e.g. CN=r1,O=Example,C=US; or /C=US/O=Example/CN=r1")
     _add_challenge(p)
-    p.add_argument("--filename", metavar="FILE", help="load: the certificate (PEM/DER), optionally with its chain")
+    p.add_argument("--filename", metavar="FILE", help="load: the certificate (PEM/DER), optionally with its "
+                   "chain, or a PKCS#12 file; export: where to write (default: stdout)")
     p.add_argument("--key", metavar="FILE", help="load: a private key file to store with the certificate "
                    "(for a new certificate-id)")
+    p.add_argument("--type", default="pem", choices=["pem", "der", "pkcs12"],
+                   help="export: pem (certificate and stored intermediates, default), der (certificate), pkcs12 "
+                   "(key, certificate and intermediates, encrypted)")
+    p.add_argument("--pkcs12-passphrase-file", metavar="FILE",
+                   help="export --type pkcs12, load of a PKCS#12 file: file whose first line is its passphrase")
+    p.add_argument("--days", type=int, default=365, help="generate-self-signed: validity in days (default 365)")
+    p.add_argument("--add-ca-constraint", action="store_true",
+                   help="generate-self-signed: make it a CA certificate (basicConstraints cA, keyCertSign)")
     _add_sans(p)
     p.set_defaults(func=cmd_local_certificate)
 
@@ -747,8 +813,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate_certificate_request)
 
     p = verb("crl", "load or download the CRL of a CA profile")
-    p.add_argument("action", choices=["load", "download"], help="load: from --filename; download: from the "
-                   "profile's crl-url or --url")
+    p.add_argument("action", choices=["load", "download"], help="load: from --filename; download: from --url, "
+                   "else the profile's crl-url, else the CRL distribution point of a certificate the profile's CA "
+                   "issued (local certificates), else of the CA certificate")
     p.add_argument("--ca-profile", required=True, help="the CA profile the CRL belongs to")
     p.add_argument("--filename", metavar="FILE", help="load: CRL file (PEM or DER)")
     p.add_argument("--url", help="download: URL overriding the profile's crl-url")
@@ -788,6 +855,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ca-profile", help="only this CA profile (ca-certificate, crl)")
         p.add_argument("--certificate-id", help="only this certificate-id (local-certificate, certificate-request"
                        + (")" if name == "show" else ", key-pair)"))
+        if name == "clear":
+            p.add_argument("--all", action="store_true", help="every ca-profile's (ca-certificate, crl) or every "
+                           "certificate-id's (local-certificate, certificate-request, key-pair): JUNOS '... all'")
         if name == "show":
             p.add_argument("--detail", action="store_true", help="all fields (JUNOS detail)")
             p.add_argument("--at", help="show validity status at this ISO 8601 instant (default: now)")
@@ -814,6 +884,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--crl-url", metavar="URL", help="CRL distribution point put into issued certificates")
     q.add_argument("--ocsp-url", metavar="URL", help="OCSP responder URL put into issued certificates (AIA)")
     q.add_argument("--crl-days", type=int, default=7, help="CRL validity (nextUpdate) in days (default 7)")
+    q.add_argument("--service-name", action="append", metavar="NAME",
+                   help="DNS name or IP address of the EST TLS certificate the CA issues itself (repeatable; "
+                   "default: localhost, 127.0.0.1, ::1)")
     _add_san_policy(q)
     q = ca_verb("issue", "issue a certificate from a PKCS#10 request")
     q.add_argument("--csr", required=True, metavar="FILE", help="the request (PEM or DER)")
@@ -849,6 +922,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connections served at once, all clients together (default 64; 503 beyond)")
     q.add_argument("--max-per-client", type=_positive_int, default=8, metavar="N",
                    help="connections served at once from one client address (default 8; 503 beyond)")
+    q.add_argument("--est-port", type=int, metavar="PORT",
+                   help="also serve EST (RFC 7030) over HTTPS on PORT, e.g. 8443, at /.well-known/est (default: off)")
+    q.add_argument("--est-cert", metavar="FILE", help="EST TLS certificate (PEM, with its chain) instead of the one "
+                   "the CA issued itself at init")
+    q.add_argument("--est-key", metavar="FILE", help="the key of --est-cert (PEM)")
+    q.add_argument("--retry-after", type=_positive_int, default=60, metavar="SECONDS",
+                   help="EST: how long a client waits before asking again for a request awaiting approval "
+                   "(default 60)")
     q = ca_verb("cmp-secret", "CMPv2 initial enrollment: add, delete or list reference numbers and their "
                 "secrets (one enrollment each)")
     q.add_argument("action", choices=["add", "delete", "list"], help="add (prints a generated secret when none "
@@ -861,7 +942,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--days", type=_positive_int, help="the reference expires after this many days (default: "
                    "never)")
     q.add_argument("--replace", action="store_true", help="add: overwrite an existing reference")
-    ca_verb("pending", "list SCEP and CMPv2 requests waiting for approval")
+    ca_verb("pending", "list SCEP, EST and CMPv2 requests waiting for approval")
     q = ca_verb("approve", "issue the certificate of a PENDING SCEP request (the client gets it at its next poll)")
     q.add_argument("transaction_id", help="transaction ID, as 'ca pending' shows it")
     q = ca_verb("reject", "refuse a PENDING SCEP request (the client gets a failure at its next poll)")

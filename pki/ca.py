@@ -34,7 +34,7 @@ from pki._files import PUBLIC_MODE, read_bounded, write_atomic
 from pki.certs import certificates_to_pem, load_certificate, load_certificates, parse_subject, sans_of
 from pki.csr import build_csr, signing_hash, verify_csr
 from pki.db import CaDatabase, CertificateRecord, CertStatus
-from pki.errors import CaError, UnknownSerialError
+from pki.errors import CaError, SubjectKeyRefusedError, UnknownSerialError
 from pki.keys import PrivateKey, generate_private_key, parse_key_spec, read_private_key, save_private_key
 
 __all__ = [
@@ -424,9 +424,9 @@ class CertificateAuthority:
     @staticmethod
     def _check_subject_key(key: object) -> None:
         if isinstance(key, rsa.RSAPublicKey) and key.key_size < _MIN_RSA_BITS:
-            raise CaError(f"RSA key of {key.key_size} bits refused (minimum {_MIN_RSA_BITS})")
+            raise SubjectKeyRefusedError(f"RSA key of {key.key_size} bits refused (minimum {_MIN_RSA_BITS})")
         if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey)):
-            raise CaError(f"unsupported subject key type {type(key).__name__}")
+            raise SubjectKeyRefusedError(f"unsupported subject key type {type(key).__name__}")
 
     def _sign(self, builder):  # type: ignore[no-untyped-def]
         return _sign(builder, self._key, self.config.rsa_pss)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "AlgorithmRefusedError",
     "CaError",
     "CertificateRejected",
     "CorruptInputError",
@@ -25,6 +26,7 @@ __all__ = [
     "RejectReason",
     "RevocationUnavailable",
     "StoreError",
+    "SubjectKeyRefusedError",
     "UnknownSerialError",
 ]
 
@@ -57,8 +59,16 @@ class CsrSignatureError(PkiError):
     """A PKCS#10 request whose self-signature does not verify: proof of possession failed."""
 
 
+class AlgorithmRefusedError(PkiError):
+    """A key type, key size or signature algorithm the PKI will not use (SCEP answers it with failInfo badAlg)."""
+
+
 class CaError(PkiError):
     """The CA cannot do what was asked (not initialised, expired, inconsistent directory)."""
+
+
+class SubjectKeyRefusedError(CaError, AlgorithmRefusedError):
+    """The CA will not certify this kind or size of key."""
 
 
 class UnknownSerialError(CaError):
@@ -87,6 +97,7 @@ class RejectReason(enum.Enum):
     EXPIRED = "expired"
     NOT_A_CA = "not-a-ca"  # an issuer without basicConstraints cA=TRUE or keyCertSign
     PATH_LENGTH_EXCEEDED = "path-length-exceeded"
+    NAME_CONSTRAINTS = "name-constraints"  # a name outside an issuer's permitted or inside its excluded subtrees
     KEY_USAGE = "key-usage"  # the leaf may not sign (digitalSignature / nonRepudiation absent)
     EXTENDED_KEY_USAGE = "extended-key-usage"  # EKU present and not allowed by policy
     REVOKED = "revoked"

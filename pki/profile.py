@@ -17,6 +17,8 @@ from pki.errors import ProfileError
 
 __all__ = ["AutoReenrollment", "CaProfile", "RevocationMode", "RevocationPolicy"]
 
+#: Enrollment protocols a ca-profile may name.
+PROTOCOLS = ("scep", "est", "cmpv2")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -60,6 +62,9 @@ class CaProfile:
     retry: int = 10  # polls while the CA answers PENDING
     retry_interval: int = 30  # seconds between polls
     revocation: RevocationPolicy = field(default_factory=RevocationPolicy)
+    #: how ``enrollment_url`` is spoken to: ``scep`` (RFC 8894, RSA keys) or ``est`` (RFC 7030 over https://,
+    #: any key type; the URL is ``https://HOST:PORT/.well-known/est``)
+    protocol: str = "scep"
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -68,6 +73,10 @@ class CaProfile:
             object.__setattr__(self, "ca_identity", self.name)
         if self.enrollment_url is not None and not self.enrollment_url.lower().startswith(("http://", "https://")):
             raise ProfileError(f"enrollment url must be http:// or https://: {self.enrollment_url!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ProfileError(f"unknown enrollment protocol {self.protocol!r} ({', '.join(PROTOCOLS)})")
+        if self.protocol == "est" and self.enrollment_url and not self.enrollment_url.lower().startswith("https://"):
+            raise ProfileError(f"EST runs over TLS: the enrollment url must be https://, not {self.enrollment_url!r}")
         if not 0 <= self.retry <= 1000:
             raise ProfileError("retry must be between 0 and 1000")
         if not 0 <= self.retry_interval <= 3600:
@@ -80,7 +89,7 @@ class CaProfile:
         r = self.revocation
         return {
             "name": self.name, "ca_identity": self.ca_identity, "enrollment_url": self.enrollment_url,
-            "retry": self.retry, "retry_interval": self.retry_interval,
+            "retry": self.retry, "retry_interval": self.retry_interval, "protocol": self.protocol,
             "revocation": {
                 "mode": r.mode.value, "crl_url": r.crl_url,
                 "refresh_interval": None if r.refresh_interval is None else r.refresh_interval.total_seconds(),
@@ -98,6 +107,7 @@ class CaProfile:
             return cls(
                 name=d["name"], ca_identity=d.get("ca_identity") or "", enrollment_url=d.get("enrollment_url"),
                 retry=int(d.get("retry", 10)), retry_interval=int(d.get("retry_interval", 30)),
+                protocol=str(d.get("protocol") or "scep"),
                 revocation=RevocationPolicy(**r),
             )
         except (KeyError, TypeError, ValueError) as exc:

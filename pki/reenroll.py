@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pki.certs import sans_of
 from pki.errors import PkiError, StoreError
@@ -73,11 +72,18 @@ def reenroll(store: Store, setting: AutoReenrollment, at: datetime, *, passphras
     ca_certs = store.ca_certificates(setting.ca_profile)
     if not ca_certs:
         raise StoreError(f"no CA certificate for ca-profile {setting.ca_profile!r}")
+    if profile.protocol == "cmpv2":  # CMP renews by key update (kur), signed with the current certificate
+        from pki.cmp.enroll import key_update
+
+        new = key_update(store, setting.certificate_id, setting.ca_profile, passphrase=passphrase, sleep=sleep)
+        return ReenrollResult(setting.certificate_id, old, new, True)
     from pki.csr import build_csr
 
-    csr = build_csr(key, old.subject, sans_of(old) or None, setting.challenge_password)
-    new = store._scep_enroll(profile, key, csr, ca_certs, setting.challenge_password, enroll, sleep,
-                             signer=(old, old_key) if isinstance(old_key, rsa.RSAPrivateKey) else None)
+    # SCEP carries the challenge in the request; EST in HTTP basic, beside the current certificate as TLS credential
+    in_csr = setting.challenge_password if profile.protocol == "scep" else None
+    csr = build_csr(key, old.subject, sans_of(old) or None, in_csr)
+    new = store._enroll(profile, key, csr, ca_certs, setting.challenge_password, enroll, sleep,
+                        signer=(old, old_key), username=setting.certificate_id)
     store.install(setting.certificate_id, key, new, csr, passphrase=passphrase)
     return ReenrollResult(setting.certificate_id, old, new, key is not old_key)
 

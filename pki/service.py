@@ -1,4 +1,4 @@
-"""The CA's HTTP service: SCEP, the CRL distribution point and the OCSP responder on one port.
+"""The CA's HTTP service: SCEP, CMPv2, the CRL distribution point and the OCSP responder on one port (EST on a
 
 One :class:`http.server.ThreadingHTTPServer` reads and writes HTTP; everything that touches the CA (its key,
 its SQLite database) runs on a single worker thread that owns the :class:`~pki.ca.CertificateAuthority`, so
@@ -9,7 +9,8 @@ Routes:
   ``GET|POST <any path>?operation=GetCACaps|GetCACert|PKIOperation[&message=...]``  SCEP (RFC 8894)
   ``GET /crl`` (and the path of the CA's configured CRL distribution point)        the CRL, DER
   ``POST /ocsp`` or ``POST /`` with ``application/ocsp-request``; ``GET /ocsp/<b64>`` OCSP (RFC 6960)
-  ``POST <any path>`` with ``application/pkixcmp`` (e.g. ``/.well-known/cmp``, ``/pkix/``)  CMPv2 (RFC 6712)
+  ``GET|POST /.well-known/est/...`` on the TLS listener (``est_port``): EST (RFC 7030), see :mod:`pki.est.server`
+  ``POST <any other path>`` with ``application/pkixcmp`` (e.g. ``/.well-known/cmp``, ``/pkix/``)  CMPv2 (RFC 6712)
 A body that is too large gets 413, garbage gets 400 (SCEP) or an OCSP malformedRequest: never a crash.
 
 Hostile clients (:class:`HttpLimits`): each connection carries one request, which must arrive whole (request
@@ -28,11 +29,10 @@ import base64
 import binascii
 import concurrent.futures
 import email.utils
-import http.client
 import io
 import logging
 import re
-import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +49,30 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from pki._httpserver import (
+    _access_line,  # noqa: F401 - re-exported: the access-line format is pki.service's
+    _AccessLog,
+    _BoundedServer,
+    _client,
+    _DeadlineExceeded,
+    _DeadlineReader,
+    _HeaderBudget,
+    _HttpServer6,
+)
 from pki.cmp.messages import CONTENT_TYPE as _CMP_CT
 from pki.cmp.messages import MAX_MESSAGE_SIZE as MAX_CMP_MESSAGE
 from pki.cmp.server import CmpOutcome, CmpResponder
 from pki.errors import PkiError
+from pki.est.server import (
+    DEFAULT_RETRY_AFTER,
+    EstReply,
+    EstRequest,
+    EstResponder,
+    est_operation,
+    listener_context,
+    tls_accept,
+)
+from pki.est.server import OPERATIONS as _EST_OPS
 from pki.ocsp import DEFAULT_VALIDITY, OcspCertStatus, OcspResponder, SerialStatus
 from pki.ocsp import MAX_REQUEST_SIZE as MAX_OCSP_REQUEST
 from pki.scep.constants import MAX_MESSAGE_SIZE
@@ -91,9 +111,6 @@ MAX_PER_CLIENT = 8
 MAX_REQUEST_LINE = 16 * 1024
 #: Largest header section (431 beyond), all lines together; the standard library alone allows 100 x 64 KiB.
 MAX_HEADER_BYTES = 32 * 1024
-#: Refused connections and timeouts logged per LOG_WINDOW seconds; beyond that they are counted, then summarised.
-LOG_BURST = 20
-LOG_WINDOW = 10.0
 
 _SCEP_CT = "application/x-pki-message"
 
@@ -176,6 +193,9 @@ class CaService:
         ocsp_signer: tuple[x509.Certificate, Any] | None = None,
         clock: Callable[[], datetime] = _utcnow,
         limits: HttpLimits = HttpLimits(),
+        est_port: int | None = None,
+        est_tls: tuple[str, str] | None = None,
+        retry_after: int = DEFAULT_RETRY_AFTER,
     ) -> None:
         # a CertificateAuthority or its directory: the service opens its own instance on its worker thread
         self.ca_dir = Path(ca.path if hasattr(ca, "path") else ca)
@@ -195,6 +215,18 @@ class CaService:
         server_class = _HttpServer6 if ":" in host else _BoundedServer
         self._httpd = server_class((host, port), _Handler, limits, _AccessLog())
         self._httpd.service = self  # type: ignore[attr-defined]
+        # EST: a second listener, TLS from its first byte (its context is made in start(), once the CA is open)
+        self._est_tls, self._retry_after = est_tls, retry_after
+        self._est_httpd: _BoundedServer | None = None
+        if est_port is not None:
+            try:
+                self._est_httpd = server_class((host, est_port), _Handler, limits, self._httpd.access)
+            except BaseException:
+                self._httpd.server_close()
+                raise
+            self._est_httpd.service = self  # type: ignore[attr-defined]
+        self._est: EstResponder | None = None
+        self._est_thread: threading.Thread | None = None
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ca-worker")
         self._thread: threading.Thread | None = None
         self._ca: Any = None
@@ -211,14 +243,36 @@ class CaService:
         host = str(self._httpd.server_address[0])
         return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
+    @property
+    def est_url(self) -> str | None:
+        """``https://HOST:PORT/.well-known/est``, or None when EST is not served."""
+        if self._est_httpd is None:
+            return None
+        host, port = str(self._est_httpd.server_address[0]), self._est_httpd.server_address[1]
+        return f"https://[{host}]:{port}/.well-known/est" if ":" in host else f"https://{host}:{port}/.well-known/est"
+
     # -- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> CaService:
         try:
             self.run(self._open)
+            if self._est_httpd is not None:
+                self._est_httpd.ssl_context = self.run(self._est_context)
         except BaseException:
             self._httpd.server_close()
+            if self._est_httpd is not None:
+                self._est_httpd.server_close()
+            try:
+                self.run(self._close)
+            except Exception:
+                log.debug("CA service: closing after a failed start", exc_info=True)
             self._worker.shutdown(wait=True)
             raise
+        if self._est_httpd is not None:
+            self._est_thread = threading.Thread(
+                target=self._est_httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="ca-est", daemon=True
+            )
+            self._est_thread.start()
+            log.info("EST for %s listening on %s", self.ca_dir, self.est_url)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="ca-http", daemon=True
         )
@@ -227,6 +281,12 @@ class CaService:
         return self
 
     def stop(self) -> None:
+        if self._est_httpd is not None:
+            if self._est_thread is not None:
+                self._est_httpd.shutdown()
+                self._est_thread.join(timeout=10)
+                self._est_thread = None
+            self._est_httpd.server_close()
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join(timeout=10)
@@ -265,10 +325,13 @@ class CaService:
             self.scep_off_reason = (
                 f"SCEP needs an RSA CA key and this CA's key is {_key_kind(self._ca.private_key)}: "
                 "SCEP is off, the CRL and OCSP are served"
+                + (", and EST (any key type)" if self._est_httpd is not None else " (--est-port adds EST, any key type)")
             )
             log.warning("%s", self.scep_off_reason)
         self._cmp = CmpResponder(self._ca, manual_approval=self.manual_approval, profile=self._profile,
                                  clock=self._clock)
+        self._est = EstResponder(self._ca, challenge=self.challenge, manual_approval=self.manual_approval,
+                                 profile=self._profile, retry_after=self._retry_after, clock=self._clock)
         signer, signer_key = self._ocsp_signer or (self._ca.certificate, self._ca.private_key)
         if self._ocsp_signer is not None:
             _check_delegate(signer, self._ca.certificate)
@@ -283,11 +346,17 @@ class CaService:
     def _close(self) -> None:
         if self._scep is not None:
             self._scep.close()
+        if self._est is not None:
+            self._est.close()
         if self._cmp is not None:
             self._cmp.close()
         if self._ca is not None:
             self._ca.close()
-        self._ca = self._scep = self._ocsp = self._cmp = None
+        self._ca = self._scep = self._ocsp = self._est = self._cmp = None
+
+    def _est_context(self) -> ssl.SSLContext:
+        host = str(self._est_httpd.server_address[0]) if self._est_httpd is not None else None
+        return listener_context(self._ca, self._est_tls, self._passphrase, self._clock(), host)
 
     def _ocsp_lookup(self, serial: int) -> SerialStatus | None:
         rec = self._ca.lookup(serial)
@@ -339,6 +408,9 @@ class CaService:
         """The answer to a CMP PKIMessage, and what it came to for the access log."""
         return self.run(lambda: self._cmp.respond(body))  # type: ignore[union-attr]
 
+    def est_respond(self, request: EstRequest) -> EstReply:
+        return self.run(lambda: self._est.respond(request))  # type: ignore[union-attr]
+
     def now(self) -> datetime:
         return self._clock()
 
@@ -355,185 +427,6 @@ class CaService:
     def reject(self, transaction_id: str, reason: str = "rejected by operator") -> None:
         """Reject a PENDING request of a running service."""
         self.run(lambda: self._responder().reject(transaction_id, reason))
-
-
-def _client(address: Any) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
-#: Field order of an access line; values that are not plain tokens are quoted, so a client cannot forge a line.
-_LOG_FIELDS = ("op", "msg", "tid", "outcome", "serial", "status", "failinfo", "reason", "http")
-_TOKEN = re.compile(r"[A-Za-z0-9._:/@+,\[\]-]{1,200}")
-
-
-def _log_value(value: object, quote: bool = False) -> str:
-    text = str(value)
-    if not quote and _TOKEN.fullmatch(text):
-        return text
-    out = []
-    for ch in text[:200]:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif " " <= ch <= "~":
-            out.append(ch)
-        else:
-            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
-    return '"' + "".join(out) + ('..."' if len(text) > 200 else '"')
-
-
-def _access_line(address: Any, fields: dict[str, object]) -> str:
-    parts = [f"client={_client(address)}"]
-    for name in _LOG_FIELDS:
-        if fields.get(name) is not None:
-            parts.append(f"{name}={_log_value(fields[name], quote=name == 'reason')}")
-    return " ".join(parts)
-
-
-class _AccessLog:
-    """The ``pki.service.access`` lines: ``client=ADDR:PORT op=OP [msg= tid=] outcome=OUTCOME [serial= status=]
-    [failinfo=] [reason="..."] [http=CODE]``, one per request, never a secret or a request body.
-
-    Refused connections and timeouts cost a client nothing to provoke: at most ``burst`` of them per ``window``
-    seconds are written; the rest are counted, and the count is written once the window is over."""
-
-    def __init__(self, burst: int = LOG_BURST, window: float = LOG_WINDOW,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._burst, self._window, self._clock = burst, window, clock
-        self._lock = threading.Lock()
-        self._start = clock()
-        self._count = self._suppressed = 0
-
-    def write(self, address: Any, fields: dict[str, object], *, limited: bool = False) -> None:
-        if not access_log.isEnabledFor(logging.INFO):
-            return
-        summary = None
-        with self._lock:
-            now = self._clock()
-            if now - self._start >= self._window:
-                if self._suppressed:
-                    summary = (f"client=- op=- outcome=suppressed count={self._suppressed} reason=\"refused "
-                               f"connections and timeouts beyond {self._burst} per {self._window:g} s\"")
-                self._start, self._count, self._suppressed = now, 0, 0
-            if limited and self._count >= self._burst:
-                self._suppressed += 1
-                line = None
-            else:
-                self._count += limited
-                line = _access_line(address, fields)
-        if summary is not None:
-            access_log.info("%s", summary)
-        if line is not None:
-            access_log.info("%s", line)
-
-
-class _BoundedServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer with a cap on connections, in total and per client address (503 beyond either)."""
-
-    daemon_threads = True
-    request_queue_size = 128  # listen backlog: socketserver's default of 5 drops SYNs under a burst
-
-    def __init__(self, address: Any, handler: Any, limits: HttpLimits, access: _AccessLog) -> None:
-        self.limits = limits
-        self.access = access
-        self._lock = threading.Lock()
-        self._open = 0
-        self._per_client: dict[str, int] = {}
-        super().__init__(address, handler)
-
-    def _admit(self, host: str) -> str | None:
-        """None when the connection may take a slot, else why not."""
-        with self._lock:
-            if self._open >= self.limits.max_connections:
-                return f"{self._open} connections open, the limit for all clients"
-            n = self._per_client.get(host, 0)
-            if n >= self.limits.max_per_client:
-                return f"{n} connections already open from this address, the limit per client"
-            self._open += 1
-            self._per_client[host] = n + 1
-            return None
-
-    def _release(self, host: str) -> None:
-        with self._lock:
-            self._open -= 1
-            n = self._per_client.pop(host, 1) - 1
-            if n > 0:
-                self._per_client[host] = n
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        refusal = self._admit(client_address[0])
-        if refusal is not None:
-            self.access.write(client_address, {"op": "connect", "outcome": "refused", "reason": refusal,
-                                               "http": 503}, limited=True)
-            try:
-                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
-                                b"Connection: close\r\n\r\n")
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._release(client_address[0])
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._release(client_address[0])
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """socketserver would print a traceback to stderr; log it once instead."""
-        log.exception("CA service: internal error serving %s", _client(client_address))
-
-
-class _HttpServer6(_BoundedServer):
-    address_family = socket.AF_INET6
-
-
-class _DeadlineExceeded(Exception):
-    """The request did not arrive whole before its deadline."""
-
-
-class _DeadlineReader(io.RawIOBase):
-    """A socket's receive side on which every read gets only what is left of one deadline: a client that sends
-    a byte just before each read would time out gets no more time than one that sends nothing."""
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        super().__init__()
-        self._sock = sock
-        self._deadline = deadline
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise _DeadlineExceeded
-        self._sock.settimeout(left)
-        try:
-            return self._sock.recv_into(buffer)
-        except TimeoutError:
-            raise _DeadlineExceeded from None
-
-
-class _HeaderBudget:
-    """The reader ``http.client.parse_headers`` is given: all header lines share MAX_HEADER_BYTES (431 beyond)."""
-
-    def __init__(self, rfile: Any, budget: int) -> None:
-        self._rfile = rfile
-        self._left = budget
-
-    def readline(self, limit: int = -1) -> bytes:
-        size = self._left + 1 if limit < 0 else min(limit, self._left + 1)
-        line: bytes = self._rfile.readline(size)
-        self._left -= len(line)
-        if self._left < 0:
-            raise http.client.LineTooLong(f"header section larger than {MAX_HEADER_BYTES} bytes")
-        return line
 
 
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,12}")
@@ -554,11 +447,40 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.service  # type: ignore[attr-defined,no-any-return]
 
     def setup(self) -> None:
-        super().setup()
-        timeout = self.server.limits.request_timeout
-        self.rfile.close()
-        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, time.monotonic() + timeout))
         self._fields: dict[str, object] = {"op": "-"}
+        self._tls_error: str | None = None
+        timeout = self.server.limits.request_timeout
+        deadline = time.monotonic() + timeout  # one deadline for the TLS handshake and the request
+        ctx = self.server.ssl_context
+        if ctx is not None:
+            self.protocol_version = "HTTP/1.1"  # strongSwan's EST client accepts no other status line
+            self.wbufsize = 64 * 1024  # the status line, headers and body leave in one write
+            try:
+                self.request = tls_accept(self.request, ctx, timeout)
+            except TimeoutError:
+                self._tls_error = f"TLS handshake not complete within {timeout:g} s"
+            except (ssl.SSLError, OSError) as exc:
+                self._tls_error = f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
+            if self._tls_error is not None:
+                self.rfile, self.wfile = io.BytesIO(), io.BytesIO()  # type: ignore[assignment]
+                return
+        super().setup()
+        self.rfile.close()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
+
+    def handle(self) -> None:
+        if self._tls_error is not None:
+            self.server.access.write(self.client_address, {"op": "est", "outcome": "refused",
+                                                           "reason": self._tls_error}, limited=True)
+            return
+        super().handle()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            if isinstance(self.request, ssl.SSLSocket):
+                self.request.close()
 
     def handle_one_request(self) -> None:
         self.close_connection = True
@@ -578,6 +500,7 @@ class _Handler(BaseHTTPRequestHandler):
                 parsed = self.parse_request()  # the standard library's parser; it answers what it refuses
             finally:
                 self.rfile = rfile
+                self.close_connection = True  # one request per connection, whatever HTTP/1.1 would allow
             if not parsed:
                 if "http" not in self._fields:  # a blank request line: the standard library closes in silence
                     self.send_error(HTTPStatus.BAD_REQUEST, "empty request line")
@@ -763,6 +686,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, path: str, post: bool) -> None:
         svc = self.service
+        op = est_operation(path)
+        if op is not None:
+            self._est(op, post)
+            return
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if post and ctype == _CMP_CT:
             self._cmp()
@@ -792,6 +719,19 @@ class _Handler(BaseHTTPRequestHandler):
                     self._ocsp(req, cache=True)
                     return
         raise _HttpError(HTTPStatus.NOT_FOUND, "not found")
+
+
+    # -- EST --------------------------------------------------------------------------------------------------
+    def _est(self, op: str, post: bool) -> None:
+        self._fields["op"] = f"est.{op}" if op in _EST_OPS else "est"
+        if self.server.ssl_context is None:
+            raise _HttpError(HTTPStatus.FORBIDDEN, "EST is served over HTTPS only (ca serve --est-port)")
+        body = self._body(MAX_BODY_SIZE) if post else b""
+        peer = self.connection.getpeercert(binary_form=True)  # type: ignore[attr-defined]
+        reply = self.service.est_respond(EstRequest(op, self.command, body, self.headers.get("Authorization"), peer))
+        self._fields.update(tid=reply.transaction_id, auth=reply.auth, outcome=reply.outcome, reason=reply.reason,
+                            serial=None if reply.serial is None else f"{reply.serial:x}")
+        self._send(reply.status, reply.content_type, reply.body, reply.headers)
 
 
 def _ocsp_fields(der: bytes) -> dict[str, object]:
@@ -878,6 +818,9 @@ def serve(
     stop: threading.Event | None = None,
     ready: Callable[[CaService], None] | None = None,
     limits: HttpLimits = HttpLimits(),
+    est_port: int | None = None,
+    est_tls: tuple[str, str] | None = None,
+    retry_after: int = DEFAULT_RETRY_AFTER,
 ) -> None:
     """Run the service until ``stop`` is set (or Ctrl-C). ``ready`` is called once the port is bound and serving,
     so a "serving on ..." line is never printed for a service that failed to start."""
@@ -889,6 +832,9 @@ def serve(
         manual_approval=manual_approval,
         passphrase=passphrase,
         limits=limits,
+        est_port=est_port,
+        est_tls=est_tls,
+        retry_after=retry_after,
     )
     svc.start()
     try:

@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -341,25 +341,57 @@ class Store:
         passphrase: bytes | None = None,
         enroll: Callable[..., x509.Certificate] | None = None,
         sleep: Callable[[float], None] | None = None,
+        protocol: str | None = None,
     ) -> x509.Certificate:
-        """JUNOS ``local-certificate enroll``: SCEP PKCSReq with the challenge password, polling while PENDING."""
+        """JUNOS ``local-certificate enroll``: SCEP PKCSReq with the challenge password, polling while PENDING; or
+        EST simpleenroll (``protocol`` or the profile's), the password as HTTP basic credentials."""
         profile = self.profile(profile_name)
+        if protocol is not None and protocol != profile.protocol:
+            profile = replace(profile, protocol=protocol)  # validated again: EST needs an https:// URL
         if not profile.enrollment_url:
             raise ProfileError(f"ca-profile {profile_name!r} has no enrollment url")
+        if profile.protocol == "cmpv2":  # an ir needs a reference number and its secret, not a challenge password
+            raise StoreError("CMPv2 enrollment is pki.cmp.enroll (local-certificate enroll --protocol cmpv2 "
+                             "--reference-number REF)")
         ca_certs = self.ca_certificates(profile_name)
         if not ca_certs:
             raise StoreError(f"no CA certificate for ca-profile {profile_name!r} (ca-certificate enroll/load first)")
         key = self.private_key(certificate_id, passphrase)
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise StoreError("SCEP enrollment needs an RSA key pair (generate-key-pair --type rsa)")
-        csr = self.generate_certificate_request(certificate_id, subject, sans, challenge_password, passphrase=passphrase)
-        cert = self._scep_enroll(profile, key, csr, ca_certs, challenge_password, enroll, sleep)
+        if profile.protocol == "scep" and not isinstance(key, rsa.RSAPrivateKey):
+            raise StoreError("SCEP enrollment needs an RSA key pair (generate-key-pair --type rsa); "
+                             "EST (--protocol est) takes any key type")
+        # EST carries the password in HTTP basic authentication, not in the request
+        in_csr = challenge_password if profile.protocol == "scep" else None
+        csr = self.generate_certificate_request(certificate_id, subject, sans, in_csr, passphrase=passphrase)
+        cert = self._enroll(profile, key, csr, ca_certs, challenge_password, enroll, sleep,
+                            username=certificate_id)
         if not _same_key(cert.public_key(), key.public_key()):
             raise StoreError("the CA returned a certificate for a different key")
         d = self._entry_dir(certificate_id)
         assert d is not None
         write_atomic(d / CERT, cert.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
         return cert
+
+    @classmethod
+    def _enroll(cls, profile: CaProfile, key: PrivateKey, csr: x509.CertificateSigningRequest,
+                ca_certs: list[x509.Certificate], challenge: str | None,
+                enroll: Callable[..., x509.Certificate] | None, sleep: Callable[[float], None] | None,
+                signer: tuple[x509.Certificate, PrivateKey] | None = None, username: str | None = None
+                ) -> x509.Certificate:
+        """Enroll over the profile's protocol. ``signer``: the current certificate and key, for a renewal (SCEP
+        signs the request with it; EST re-enrolls with it as TLS client credential)."""
+        if profile.protocol != "est":
+            return cls._scep_enroll(profile, key, csr, ca_certs, challenge, enroll, sleep,
+                                    signer if signer is not None and isinstance(signer[1], rsa.RSAPrivateKey) else None)
+        if enroll is None:
+            from pki.est.client import enroll as est_enroll
+
+            enroll = est_enroll
+        kw: dict = {"password": challenge, "username": username, "retry_count": profile.retry,
+                    "retry_interval": float(profile.retry_interval), "client": signer, "reenroll": signer is not None}
+        if sleep is not None:
+            kw["sleep"] = sleep
+        return enroll(profile.enrollment_url, key, csr, ca_certs, **kw)
 
     @staticmethod
     def _scep_enroll(profile: CaProfile, key: PrivateKey, csr: x509.CertificateSigningRequest,
@@ -390,12 +422,23 @@ class Store:
         return self._install_ca(profile_name, certs)
 
     def enroll_ca_certificate(self, profile_name: str, *,
-                              get_ca_certs: Callable[[str], list[x509.Certificate]] | None = None) -> list[x509.Certificate]:
-        """JUNOS ``ca-certificate enroll ca-profile P``: SCEP GetCACert. Show the fingerprint to the operator!"""
+                              get_ca_certs: Callable[[str], list[x509.Certificate]] | None = None,
+                              protocol: str | None = None) -> list[x509.Certificate]:
+        """JUNOS ``ca-certificate enroll ca-profile P``: SCEP GetCACert, or EST /cacerts (bootstrap: accepted only
+        from a server whose TLS certificate that CA issued). Show the fingerprint to the operator!"""
         profile = self.profile(profile_name)
+        if protocol is not None and protocol != profile.protocol:
+            profile = replace(profile, protocol=protocol)
         if not profile.enrollment_url:
             raise ProfileError(f"ca-profile {profile_name!r} has no enrollment url")
-        if get_ca_certs is None:
+        if get_ca_certs is None and profile.protocol == "cmpv2":
+            raise StoreError("CMPv2 brings the CA certificate with the first enrollment (caPubs): "
+                             "local-certificate enroll --protocol cmpv2, or ca-certificate load")
+        if get_ca_certs is None and profile.protocol == "est":
+            from pki.est.client import get_ca_certs as est_get
+
+            get_ca_certs = est_get
+        elif get_ca_certs is None:
             from pki.scep.client import get_ca_certs as scep_get
 
             get_ca_certs = scep_get

@@ -14,8 +14,8 @@ Usage (what IKE calls for every peer certificate)::
 
 ``verify`` builds a path from ``leaf`` through ``intermediates`` (any order, extras ignored) to a trust anchor (the CA
 certificate of a ca-profile), then checks, in this order: signatures (RSA PKCS#1 v1.5 and PSS, ECDSA, Ed25519),
-validity at ``at`` for every certificate, basicConstraints/keyUsage of every issuer and path length, unknown critical
-extensions, the leaf's keyUsage and extended key usage against :class:`ValidationPolicy`, revocation of every
+validity at ``at`` for every certificate, basicConstraints/keyUsage of every issuer and path length, RFC 5280 name
+constraints (:mod:`pki._nameconstraints`), unknown critical extensions, the leaf's keyUsage and extended key usage against :class:`ValidationPolicy`, revocation of every
 non-anchor certificate as the anchor's profile says (CRL from a :class:`~pki.revocation.CrlSource`, OCSP from an
 :class:`~pki.revocation.OcspSource`; failures fail closed unless the profile is ``fail_open``), and finally the IKE
 identity against the subject DN or a subjectAltName (dNSName, iPAddress, rfc822Name).
@@ -38,6 +38,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
+from pki._nameconstraints import NameConstraintViolation, check_path, dn_equal
 from pki.certs import parse_subject, sans_of
 from pki.errors import CertificateRejected, PkiError, RejectReason, RevocationUnavailable
 from pki.profile import RevocationMode, RevocationPolicy
@@ -49,6 +50,7 @@ from pki.revocation import (
     RevocationStatus,
     check_crl,
     crl_urls,
+    ocsp_urls,
 )
 
 __all__ = [
@@ -117,6 +119,15 @@ class ValidationPolicy:
     require_digital_signature: bool = True
     max_chain_length: int = 8  # certificates in the path, leaf and anchor included
     check_revocation: bool = True
+    #: strongSwan's per-connection ``revocation`` (None: each profile's ``fail_open`` decides). ``strict``: the
+    #: status must be known good; ``ifuri``: fail only when the certificate (or profile) names a CRL/OCSP URI
+    #: and no answer could be had; ``relaxed``: fail only when revoked. When set, a profile whose mode is
+    #: ``disable`` is checked by CRL all the same (the connection's policy asked for a check).
+    revocation: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.revocation not in (None, "strict", "ifuri", "relaxed"):
+            raise ValueError(f"revocation must be strict, ifuri or relaxed, not {self.revocation!r}")
 
 
 @dataclass(frozen=True)
@@ -174,9 +185,14 @@ class Validator:
         crl_source: CrlSource | None = None,
         ocsp: OcspSource | None = None,
         ocsp_factory: Callable[[RevocationPolicy], OcspSource] | None = None,
+        intermediates: Iterable[x509.Certificate] = (),
     ) -> None:
         """``ocsp`` answers for every profile; ``ocsp_factory`` (used when ``ocsp`` is None) builds one source per
-        distinct revocation policy, so each ca-profile's OCSP URL override and nonce setting apply."""
+        distinct revocation policy, so each ca-profile's OCSP URL override and nonce setting apply.
+
+        ``intermediates``: CA certificates held locally but not trusted (strongSwan's ``x509ca`` beside its
+        anchors): paths are built through them as through those the peer sends, up to an anchor, and they are
+        checked (validity, constraints, revocation by their issuer) like any other certificate of the path."""
         self._source = anchors if isinstance(anchors, AnchorSource) else None
         self._static: list[TrustAnchor] = [] if self._source is not None else [
             a if isinstance(a, TrustAnchor) else TrustAnchor(a) for a in anchors  # type: ignore[union-attr]
@@ -186,6 +202,7 @@ class Validator:
         self.ocsp = ocsp
         self._ocsp_factory = ocsp_factory
         self._ocsp_by_policy: dict[RevocationPolicy, OcspSource] = {}
+        self.intermediates: tuple[x509.Certificate, ...] = tuple(intermediates)
 
     def __call__(self, leaf: x509.Certificate, intermediates: Sequence[x509.Certificate] = (),
                  at: datetime | None = None, identity: Any = None) -> VerifiedChain:
@@ -225,14 +242,49 @@ class Validator:
                 _ = c.subject.rfc4514_string(), c.issuer.rfc4514_string(), c.extensions, c.public_key()
         except Exception as exc:  # certificates built elsewhere may be lazily unparsable in many ways
             raise _reject(RejectReason.MALFORMED, f"certificate does not parse: {type(exc).__name__} {exc}") from None
-        path, anchor = self._build_path(leaf, list(intermediates))
+        pool = list(intermediates) + [c for c in self.intermediates if c not in intermediates]
+        path, anchor = self._build_path(leaf, pool)
         self._check_validity(path, at)
         self._check_ca_constraints(path)
+        _check_name_constraints(path)
         self._check_critical_extensions(path)
         self._check_leaf_usage(leaf)
         answers = self._check_revocation(path, anchor, at)
         matched = self._check_identity(leaf, identity) if identity is not None else None
         return VerifiedChain(tuple(path), anchor, tuple(answers), matched)
+
+    def verify_ca(self, ca: x509.Certificate, intermediates: Sequence[x509.Certificate] = (),
+                  at: datetime | None = None) -> VerifiedChain:
+        """Check ``ca`` as a CA certificate, not as an IKE end entity (JUNOS ``ca-certificate verify``): it must
+        have basicConstraints cA and (if it has keyUsage) keyCertSign, be valid at ``at``, and either verify its
+        own signature (a self-signed root: it is then its own trust anchor) or chain to another trust anchor,
+        through ``intermediates``, with the path's constraints and revocation checked as for a peer."""
+        if at is None or at.tzinfo is None:
+            raise ValueError("'at' is required and must be timezone-aware (UTC)")
+        try:
+            _ = ca.subject.rfc4514_string(), ca.issuer.rfc4514_string(), ca.extensions, ca.public_key()
+        except Exception as exc:
+            raise _reject(RejectReason.MALFORMED, f"certificate does not parse: {type(exc).__name__} {exc}") from None
+        if ca.subject == ca.issuer:
+            failures: list[tuple[RejectReason, str]] = []
+            if not self._issued_by(ca, ca, failures):
+                reason, detail = failures[0] if failures else (RejectReason.BAD_SIGNATURE,
+                                                               f"{_name(ca)} is not signed by its own key")
+                raise _reject(reason, detail)
+            anchor = next((a for a in self.anchors() if a.certificate == ca), TrustAnchor(ca))
+            path = [ca]
+        else:
+            others = Validator([a for a in self.anchors() if a.certificate != ca], self.policy,
+                               crl_source=self.crl_source, ocsp=self.ocsp, ocsp_factory=self._ocsp_factory)
+            path, anchor = others._build_path(ca, [c for c in intermediates if c != ca])
+        self._check_validity(path, at)
+        # checked as the issuer of a certificate below it, so its own cA/keyCertSign count, and it counts
+        # towards its issuers' path lengths
+        self._check_ca_constraints([ca, *path])
+        _check_name_constraints(path)
+        self._check_critical_extensions(path)
+        answers = self._check_revocation(path, anchor, at)
+        return VerifiedChain(tuple(path), anchor, tuple(answers), None)
 
     # -- path building ----------------------------------------------------------------------------------------
     def _build_path(self, leaf: x509.Certificate,
@@ -367,9 +419,10 @@ class Validator:
     def _check_revocation(self, path: list[x509.Certificate], anchor: TrustAnchor, at: datetime) -> list[RevocationAnswer]:
         rp = anchor.revocation
         answers: list[RevocationAnswer] = []
+        per_conn = self.policy.revocation
         for i in range(len(path) - 1):
             cert, issuer = path[i], path[i + 1]
-            if not self.policy.check_revocation or rp.mode is RevocationMode.DISABLE:
+            if not self.policy.check_revocation or (rp.mode is RevocationMode.DISABLE and per_conn is None):
                 answers.append(RevocationAnswer(RevocationStatus.NOT_CHECKED, "disabled"))
                 continue
             try:
@@ -378,6 +431,13 @@ class Validator:
                 else:
                     ans = self._crl(cert, issuer, rp, at)
             except PkiError as exc:
+                if per_conn is not None:
+                    has_uri = bool(rp.crl_url or rp.ocsp_url or crl_urls(cert) or ocsp_urls(cert))
+                    if per_conn == "relaxed" or (per_conn == "ifuri" and not has_uri):
+                        answers.append(RevocationAnswer(RevocationStatus.UNKNOWN, f"{per_conn}: {exc}"))
+                        continue
+                    raise _reject(RejectReason.REVOCATION_UNKNOWN, f"revocation status of {_name(cert)} unknown "
+                                  f"({per_conn}{', a URI is given' if has_uri else ''}): {exc}") from None
                 if rp.fail_open:
                     answers.append(RevocationAnswer(RevocationStatus.UNKNOWN, f"fail-open: {exc}"))
                     continue
@@ -473,18 +533,14 @@ class Validator:
         raise _reject(RejectReason.IDENTITY_MISMATCH, f"e-mail {text} not among the certificate's subjectAltNames")
 
 
-def _dn_equal(a: x509.Name, b: x509.Name) -> bool:
-    """RFC 5280 7.1-ish comparison: same RDN sequence, attribute values compared case-insensitively with
-    collapsed whitespace (string types ignored)."""
-    ra, rb = list(a.rdns), list(b.rdns)
-    if len(ra) != len(rb):
-        return False
-    for x, y in zip(ra, rb):
-        sx = sorted((at.oid.dotted_string, " ".join(str(at.value).split()).casefold()) for at in x)
-        sy = sorted((at.oid.dotted_string, " ".join(str(at.value).split()).casefold()) for at in y)
-        if sx != sy:
-            return False
-    return True
+def _check_name_constraints(path: list[x509.Certificate]) -> None:
+    try:
+        check_path(path)
+    except NameConstraintViolation as exc:
+        raise _reject(RejectReason.NAME_CONSTRAINTS, str(exc)) from None
+
+
+_dn_equal = dn_equal  # one comparison rule for identities and directoryName constraints
 
 
 def _aki(cert: x509.Certificate) -> bytes | None:

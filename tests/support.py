@@ -44,3 +44,77 @@ def require_module(name: str):
         return __import__(name, fromlist=["_"])
     except ImportError as exc:  # pragma: no cover - depends on the environment
         require(False, f"Python module {name} is not importable: {exc}")
+
+
+def patch_pcap(monkeypatch, name: str, value) -> None:
+    """Set ``name`` in every esp.pcap module that has it (a kernel hook or a tuning constant is imported by
+    name into the modules that use it), for the length of the test."""
+    import importlib
+    import pkgutil
+
+    import esp.pcap
+    found = False
+    for info in pkgutil.iter_modules(esp.pcap.__path__):
+        mod = importlib.import_module(f"esp.pcap.{info.name}")
+        if hasattr(mod, name):
+            monkeypatch.setattr(mod, name, value)
+            found = True
+    if not found:
+        raise AttributeError(f"no esp.pcap module has {name}")
+
+
+class NotifySocket:
+    """A supervisor's end of systemd's notify protocol: a unix datagram socket whose path goes into a daemon's
+    ``$NOTIFY_SOCKET``; :meth:`wait_ready` blocks (bounded) until READY=1 arrives instead of polling for files.
+    The path is a filesystem path, so it reaches daemons inside other network namespaces too."""
+
+    def __init__(self) -> None:
+        import socket
+        import tempfile
+
+        # a short directory of its own: unix socket paths end at 108 bytes, pytest's tmp_path can be longer
+        self.dir = Path(tempfile.mkdtemp(prefix="espresso-notify-", dir="/tmp"))
+        self.path = self.dir / "notify.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.messages: list[str] = []
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        return {**(os.environ if base is None else base), "NOTIFY_SOCKET": str(self.path)}
+
+    def wait_for(self, state: str, proc=None, timeout: float = 20.0) -> str:
+        """The first message carrying ``state`` (e.g. ``READY=1``); AssertionError on timeout or if ``proc``
+        (a Popen) exits first."""
+        import select
+        import time
+
+        deadline = time.monotonic() + timeout
+        for m in self.messages:
+            if state in m.split("\n"):
+                return m
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {state} within {timeout:g}s; got {self.messages}"
+            if proc is not None and proc.poll() is not None:
+                out = proc.stdout.read() if proc.stdout else ""
+                raise AssertionError(f"the daemon exited ({proc.returncode}) before {state}: {out}")
+            r, _, _ = select.select([self.sock], [], [], min(left, 0.5))
+            if r:
+                msg = self.sock.recv(4096).decode()
+                self.messages.append(msg)
+                if state in msg.split("\n"):
+                    return msg
+
+    def wait_ready(self, proc=None, timeout: float = 20.0) -> str:
+        return self.wait_for("READY=1", proc, timeout)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+        self.dir.rmdir()
+
+    def __enter__(self) -> "NotifySocket":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -100,7 +100,7 @@ cdef class TxLoop:
     """One transmit worker's state. The arrays it is built on are kept alive by it; all are reused forever."""
 
     cdef const espresso_sa_api *api
-    cdef int tun_fd, wake_fd, resync_fd, udp_fd, family, vnet, count
+    cdef int tun_fd, wake_fd, resync_fd, udp_fd, raw_fd, family, vnet, count
     cdef public bint gso
     cdef public int inner_mtu
     cdef uint8_t[::1] buf, obuf, sbuf, lbuf
@@ -125,9 +125,11 @@ cdef class TxLoop:
         free(self.ctx)
 
     def __init__(self, api, int tun_fd, int wake_fd, int resync_fd, int udp_fd, int family, bint vnet, bint gso,
-                 src, out, sup, left, int64_t[::1] counters):
+                 src, out, sup, left, int64_t[::1] counters, int raw_fd=-1):
         """``src``/``out``/``left`` are esp.PacketBatch arenas of equal slot count (inner packets, ESP packets,
-        packets for Python); ``sup`` the super-packet read slots (vnet only, else None)."""
+        packets for Python); ``sup`` the super-packet read slots (vnet only, else None). ``raw_fd``: the raw
+        ESP socket (IP protocol 50) that SAs without UDP encapsulation send on, or -1 (their packets are
+        counted as send drops: the gateway opens one whenever such SAs may exist)."""
         self.api = <const espresso_sa_api *>PyCapsule_GetPointer(api, b"esp._core.SA_API")
         if self.api.version != ESPRESSO_SA_API_VERSION:
             raise ValueError(f"esp._core's SA_API is version {self.api.version}, this loop needs "
@@ -137,6 +139,7 @@ cdef class TxLoop:
         if family not in (4, 6):
             raise ValueError("family must be 4 or 6")
         self.tun_fd, self.wake_fd, self.resync_fd, self.udp_fd, self.family = tun_fd, wake_fd, resync_fd, udp_fd, family
+        self.raw_fd = raw_fd
         self.vnet, self.gso = vnet, gso
         self.count = int(src.count)
         if int(out.count) < self.count or int(left.count) < self.count:
@@ -299,14 +302,25 @@ cdef class TxLoop:
             self.api.end(cur)
 
     cdef void _send(self, int ns) noexcept nogil:
-        """Send the encrypted slots sel[0..ns-1] (sendmmsg, or UDP GSO trains)."""
+        """Send the encrypted slots sel[0..ns-1], all of one SA (sendmmsg, or UDP GSO trains; raw ESP, RFC
+        4303 without RFC 3948, on the raw socket, one datagram per message)."""
         cdef long drops = 0, sent
         cdef int64_t gctr[3]
+        cdef const uint8_t *h
+        cdef int udp = 1
         if not ns:
             return
         gctr[0] = gctr[1] = gctr[2] = 0
-        sent = io_send(self.udp_fd, self.family, 1, &self.obuf[0], self.obuf.shape[0], &self.ooff[0],
-                       &self.oln[0], &self.sel[0], ns, self.gso, &drops, gctr)
+        h = &self.obuf[self.ooff[self.sel[0]]]  # one SA: one encapsulation for the whole run
+        if (h[9] if h[0] >> 4 == 4 else h[6]) == 50:
+            if self.raw_fd < 0:
+                self.ctr[K_SEND_DROPPED] += ns
+                return
+            sent = io_send(self.raw_fd, self.family, 0, &self.obuf[0], self.obuf.shape[0], &self.ooff[0],
+                           &self.oln[0], &self.sel[0], ns, 0, &drops, gctr)
+        else:
+            sent = io_send(self.udp_fd, self.family, 1, &self.obuf[0], self.obuf.shape[0], &self.ooff[0],
+                           &self.oln[0], &self.sel[0], ns, self.gso, &drops, gctr)
         if sent > 0:
             self.ctr[K_ESP_SENT] += sent
         self.ctr[K_SEND_DROPPED] += drops
@@ -338,7 +352,7 @@ cdef class RxLoop:
     check -> userspace GRO -> TUN write. IKE messages (non-ESP marker) are left for Python."""
 
     cdef const espresso_sa_api *api
-    cdef int udp_fd, wake_fd, resync_fd, tun_fd, vnet, uso, gro, count, lfam, lport
+    cdef int udp_fd, wake_fd, resync_fd, tun_fd, raw_fd, raw_synth, vnet, uso, gro, count, lfam, lport
     cdef uint8_t laddr[16]
     cdef uint8_t[::1] buf, obuf, cbuf, lbuf, scratch, kind
     cdef int64_t[::1] off, ooff, coff, loff
@@ -357,9 +371,11 @@ cdef class RxLoop:
         free(self.sas)
 
     def __init__(self, api, int udp_fd, int wake_fd, int resync_fd, int tun_fd, bint vnet, bint uso,
-                 bytes local_addr, int local_port, src, out, coal, left, scratch, int64_t[::1] counters):
+                 bytes local_addr, int local_port, src, out, coal, left, scratch, int64_t[::1] counters,
+                 int raw_fd=-1):
         """``src``/``out``/``left`` batches of equal slot count; ``coal`` the userspace GRO output (vnet only,
-        else None); ``scratch`` a uint8 array of GRO trains (UDP GRO on) or None."""
+        else None); ``scratch`` a uint8 array of GRO trains (UDP GRO on) or None; ``raw_fd`` a raw ESP socket
+        to read too (IPv4 ones deliver the IP header, IPv6 ones only ESP: it is synthesized), or -1."""
         import numpy as np
         self.api = <const espresso_sa_api *>PyCapsule_GetPointer(api, b"esp._core.SA_API")
         if self.api.version != ESPRESSO_SA_API_VERSION:
@@ -372,6 +388,8 @@ cdef class RxLoop:
         self.udp_fd, self.wake_fd, self.resync_fd, self.tun_fd = udp_fd, wake_fd, resync_fd, tun_fd
         self.vnet, self.uso = vnet, uso
         self.lfam = 4 if len(local_addr) == 4 else 6
+        self.raw_fd = raw_fd
+        self.raw_synth = 0 if self.lfam == 4 else 50
         self.lport = local_port
         for i in range(16):
             self.laddr[i] = local_addr[i] if i < len(local_addr) else 0
@@ -431,7 +449,7 @@ cdef class RxLoop:
         return r
 
     cdef int _run(self, int cycles, int poll_ms, int budget_ms) noexcept nogil:
-        cdef int fds[3]
+        cdef int fds[4]
         cdef int c, r
         cdef long m
         cdef timespec t0
@@ -439,18 +457,31 @@ cdef class RxLoop:
         fds[0] = self.udp_fd
         fds[1] = self.wake_fd
         fds[2] = self.resync_fd
+        fds[3] = self.raw_fd
         for c in range(cycles):
             # only the first poll waits: once work is done and nothing is ready, return, so that Python folds
             # the counters now (a ping's last packet is counted when the ping ends, not a poll period later)
-            r = io_poll(fds, 3, poll_ms if c == 0 else 0)
+            r = io_poll(fds, 4 if self.raw_fd >= 0 else 3, poll_ms if c == 0 else 0)
             if r < 0:
                 return r
             if r & 2:
                 return K_STOP
             if r & 4:
                 return K_RESYNC
-            if not r & 1:
+            if not r & 9:
                 return K_IDLE
+            if r & 8:  # raw ESP: no UDP GRO, one datagram per message
+                m = io_recv(self.raw_fd, &self.buf[0], self.buf.shape[0], &self.off[0], &self.ln[0],
+                            &self.cap[0], self.count, self.raw_synth, self.laddr, self.lfam, 0)
+                if m < 0:
+                    return <int>m
+                if m > 0:
+                    self.ctr[K_ESP_RECEIVED] += m
+                    self._batch(<int>m)
+                if self.nleft:
+                    return K_LEFTOVER
+            if not r & 1:
+                continue
             if self.gro:
                 m = io_recv_gro(self.udp_fd, &self.buf[0], self.buf.shape[0], &self.off[0], &self.ln[0],
                                 &self.cap[0], self.count, 17, self.laddr, self.lfam, self.lport, &self.scratch[0],

@@ -51,6 +51,10 @@ cdef enum:
     TCP_ECE = 0x40
     TCP_CWR = 0x80
     MAX_IP_LEN = 65535   # an IPv4 total length or an IPv6 payload length: the bound of one super-packet
+    # datagrams in one USO packet written to a TUN: the kernel refuses more than UDP_MAX_SEGMENTS with EINVAL
+    # (virtio_net_hdr_to_skb; 64 on older kernels, 128 on newer ones such as 6.18): the older bound holds on
+    # every kernel
+    USO_MAX_SEGMENTS = 64
 
 
 cdef enum:
@@ -501,7 +505,7 @@ cdef bint can_join(const Pkt *first, const Pkt *last, const Pkt *b, const Run *r
         if memcmp(f, q, 4) != 0 or f[7] != q[7]:
             return False
     if b.proto == 17:
-        return True
+        return run.count < USO_MAX_SEGMENTS
     # TCP: same ack, window, options and flags (PSH/FIN may end the run, CWR only on its first segment)
     if memcmp(f + l4 + 8, q + l4 + 8, 4) != 0 or memcmp(f + l4 + 14, q + l4 + 14, 2) != 0:
         return False
@@ -524,7 +528,7 @@ cdef Py_ssize_t vnet_coalesce(const uint8_t *buf, Py_ssize_t buflen, const int64
     Writes them one after the other into ``out`` (out_off/out_len describe each, ready for one write() each)
     and returns their count, or a negative R_* code before anything is written. ``out`` needs
     sum(lengths) + 10 * n bytes at most; out_off/out_len need n entries. UDP datagrams are merged only with
-    ``udp`` (the kernel must have accepted USO on the TUN).
+    ``udp`` (the kernel must have accepted USO on the TUN), and at most USO_MAX_SEGMENTS into one.
     """
     cdef Pkt *pk
     cdef Run *runs

@@ -2,15 +2,17 @@
 
 Why a collector and no instrumented counters: the data threads must not run Python per packet, and the data
 plane already counts everything (verdicts per direction in :class:`esp.Dataplane`, packets, bytes and drops
-per SA in each SA's compiled context, the I/O counters in :class:`esp.gateway.GatewayStats`). So nothing is
-counted twice: :class:`DataplaneCollector` reads those counters when Prometheus scrapes, from the HTTP server's
-thread, and turns them into metric families. A scrape takes the SAD's current snapshot (an SA removed while
+per SA in each SA's compiled context, the I/O counters per queue in :class:`esp.gateway.QueueStats`). So
+nothing is counted twice: :class:`DataplaneCollector` reads those counters when Prometheus scrapes, from the
+HTTP server's thread, and turns them into metric families. A scrape takes the SAD's current snapshot (an SA removed while
 it runs is still read through the snapshot's reference) and never touches a batch in flight.
 
-Queues: a gateway's data threads are labelled ``queue`` (today one transmit and one receive thread, queue
-"0"); a gateway that runs more queues lists them in ``Gateway.queue_stats`` (optional), and the metrics just
-gain label values. ``prometheus_client`` is an optional dependency (``pip install 'espresso-ipsec[metrics]'``);
-this module imports it only when a collector runs or a server starts.
+Queues: each of a gateway's data queues (a TUN queue, a UDP socket, a transmit and a receive worker) is a
+``queue`` label value, read from :meth:`esp.gateway.Gateway.queue_stats`: its packets, bytes, segmentation
+and coalescing counts, and its packets by verdict (``espresso_gateway_verdict_packets_total``); the samples of
+all queues add up to the gateway's totals and, per verdict, to ``espresso_esp_packets_total``.
+``prometheus_client`` is an optional dependency (``pip install 'espresso-ipsec[metrics]'``); this module
+imports it only when a collector runs or a server starts.
 
     python -m esp gateway site.json --metrics 127.0.0.1:9745
     curl -s http://127.0.0.1:9745/metrics | grep espresso_sa_packets_total
@@ -29,6 +31,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from esp.batch import Verdict
 from esp.errors import EspError
+from esp.gateway.stats import VERDICT_NAMES
 
 __all__ = ["DataplaneCollector", "MetricsServer", "MetricsUnavailable", "PIP_HINT", "parse_listen",
            "require_prometheus", "serve_metrics"]
@@ -46,7 +49,7 @@ SA_DROPS = (("AUTH_FAILED", "auth_failed"), ("REPLAYED", "replayed"), ("MALFORME
 #: Every offload a gateway may turn on (GatewayStats.offloads names): reported 1 (on) or 0 (off).
 OFFLOADS = ("udp_gso", "udp_gro", "tun_csum", "tun_tso4", "tun_tso6", "tun_tso_ecn", "tun_uso4", "tun_uso6")
 
-# GatewayStats counters per queue: (metric name without espresso_gateway_ and _total, stats field, help,
+# QueueStats counters: (metric name without espresso_gateway_ and _total, stats field, help,
 # queue direction). tx is TUN -> ESP, rx is ESP -> TUN.
 _QUEUE_COUNTERS = (
     ("tun_read_packets", "tun_read", "reads from the TUN device (a super-packet counts once)", "tx"),
@@ -361,25 +364,29 @@ class DataplaneCollector:
         up = GaugeMetricFamily("espresso_gateway_up", "1 while the gateway's data threads run")
         up.add_metric([], 1 if gw.running else 0)
         yield up
-        queues = getattr(gw, "queue_stats", None)
-        queues = list(queues() if callable(queues) else queues) if queues is not None else [gw.stats]
-        snaps = [(str(i), dict(vars(q))) for i, q in enumerate(queues)]  # one copy per queue, then read
+        snaps = [(str(i), vars(q)) for i, q in enumerate(gw.queue_stats())]  # copies, taken under its lock
         fams: dict[str, Any] = {}
         for name, fld, doc, direction in _QUEUE_COUNTERS:
             fam = fams.get(name)
             if fam is None:
                 fam = fams[name] = CounterMetricFamily(f"espresso_gateway_{name}", doc,
                                                        labels=["queue", "direction"])
-            for q, st in snaps:
-                if fld in st:
-                    fam.add_metric([q, direction], st[fld])
+            for q, qs in snaps:
+                fam.add_metric([q, direction], qs[fld])
         yield from fams.values()
-        st = snaps[0][1] if snaps else {}
+        verdicts = CounterMetricFamily("espresso_gateway_verdict_packets", "packets each queue's workers "
+                                       "processed, by verdict (OK passed; every other verdict is a drop or, "
+                                       "BYPASSED rx, IKE handed over); tx: encrypted, rx: decrypted",
+                                       labels=["queue", "direction", "verdict"])
+        for q, qs in snaps:
+            for direction, table in (("tx", qs["out_verdicts"]), ("rx", qs["in_verdicts"])):
+                for name in VERDICT_NAMES.values():
+                    verdicts.add_metric([q, direction, name], table.get(name, 0))
+        yield verdicts
+        st = vars(gw.stats)
         yield CounterMetricFamily("espresso_gateway_io_errors", "transient I/O errors (the data loop carried on)",
-                                  value=sum(s.get("io_errors", 0) for _, s in snaps))
-        on = set()
-        for _, s in snaps:
-            on.update(s.get("offloads", ()))
+                                  value=st.get("io_errors", 0))
+        on = set(st.get("offloads", ()))
         off = GaugeMetricFamily("espresso_gateway_offload_enabled", "1 if the offload is in use, else 0",
                                 labels=["offload"])
         for o in sorted(set(OFFLOADS) | on):

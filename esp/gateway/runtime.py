@@ -10,7 +10,8 @@ With ``loop = "compiled"`` (the default) both threads run esp.gateway._loop: who
 classify, encrypt and send (and back) in compiled code with the GIL released; Python only publishes the
 SPD/SAD snapshot when a watcher on them fires, folds the loops' counters into the stats, and handles what the
 fast path leaves (no SA yet, bypass, too big for the path, IKE). There is then one tx and one rx thread per
-queue (``queues``: multi-queue TUN + SO_REUSEPORT sockets). With ``loop = "python"`` (and raw ESP), one pair
+queue (``queues``: multi-queue TUN + SO_REUSEPORT sockets; raw ESP, which one raw socket receives, is read by
+queue 0's rx thread and sent by every tx thread). With ``loop = "python"`` (the reference path), one pair
 of threads runs a fixed number of numpy operations and one core call per SA per batch.
 
 ESP and IKE share the NAT-T port (the kernel cannot tell them apart), so the gateway owns that
@@ -21,29 +22,22 @@ installed by hand, or from a JSON file with :func:`run_static` (a router's stati
 """
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
-import json
 import os
-import signal
 import socket
 import struct
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
 from esp import _core
-from esp._document import DocumentTooDeep, parse_document
 from esp.batch import PacketBatch, Verdict
 from esp.dataplane import ESP_OVERHEAD_MAX, Dataplane
 from esp.errors import EspError
-from esp.keyfile import KeyFileError, check_secret_file
-from esp.sa import Direction, Lifetime, Sa, SaParams, UdpEncap
 from esp.sad import SadSnapshot
-from esp.spd import Action, Policy, Selector, SpdSnapshot
+from esp.spd import Action, SpdSnapshot
 
 from . import _io
 try:
@@ -53,9 +47,10 @@ except ImportError:  # pragma: no cover - setup.py builds it; without it the pyt
 from .pmtu import DEFAULT_OUTER_MTU, DEFAULT_SUITE, fragment_ipv4, max_inner, too_big_reply
 from . import _offload
 from ._vnet import OFFLOADS_ALL, Offload, open_vnet_tun
+from .stats import GatewayStats, QueueStats
 from .tun import Tun, TunError, interface_mtu, open_tun
 
-__all__ = ["Gateway", "GatewayConfig", "GatewayError", "GatewayStats", "apply_static", "load_static", "run_static"]
+__all__ = ["Gateway", "GatewayConfig", "GatewayError"]
 
 IkeSink = Callable[[bytes, tuple, tuple], None]
 
@@ -65,11 +60,13 @@ NON_ESP_MARKER = b"\0\0\0\0"
 #: Pause after an I/O error before a data loop carries on (seconds): no busy loop on a dead device.
 IO_ERROR_PAUSE = 0.05
 _OK, _BYPASSED = int(Verdict.OK), int(Verdict.BYPASSED)
+_NVERDICTS = max(int(v) for v in Verdict) + 1
 _PROTECT = int(Action.PROTECT)
 #: Receive batch with UDP GRO on (slots), and the 64 KB GRO messages read per call: a few whole trains.
 GRO_BATCH = 256
 GRO_MESSAGES = 4
-#: With TUN offloads: super-packets read per call, their slot (64 KB + virtio_net_hdr), and the transmit
+#: With TUN offloads: reads per call at least (batch_size if larger), their slot (64 KB + virtio_net_hdr: the
+#: pages of a slot are touched only as far as a read fills it), and the transmit
 #: batch the segments go into (a 64 KB TSO packet at a small MSS makes a few hundred).
 TSO_READS = 8
 _VNET_SLOT = 65536 + 64
@@ -120,11 +117,12 @@ class GatewayConfig:
     ike_socket: bool = False
     #: The transmit data loop: "compiled" (esp.gateway._loop: read, segment, classify, encrypt and send
     #: in compiled code with the GIL released, Python only for what the fast path does not cover) or
-    #: "python" (one Dataplane.outbound call per batch). A gateway with ``raw_esp`` always runs "python".
+    #: "python" (one Dataplane.outbound call per batch, the reference path).
     loop: str = "compiled"
     #: Data queues: a multi-queue TUN (IFF_MULTI_QUEUE, one fd per queue; the kernel spreads flows over them)
     #: and as many SO_REUSEPORT sockets on the NAT-T port (the kernel spreads peers over them), each queue with
-    #: its own tx and rx thread. None: one per CPU. The Python loop and raw ESP run one queue.
+    #: its own tx and rx thread. None: one per CPU. The Python loop runs one queue. Raw ESP (``raw_esp``)
+    #: arrives on one raw socket, read by queue 0; every queue sends on it.
     queues: int | None = None
 
     def __post_init__(self) -> None:
@@ -147,49 +145,6 @@ class GatewayConfig:
             raise ValueError(f"slot_size {self.slot_size} too small for MTU {self.mtu} plus ESP overhead")
 
 
-@dataclass
-class GatewayStats:
-    """Packet counts of the two threads (the data plane keeps per-verdict counters of its own)."""
-
-    tun_read: int = 0
-    esp_sent: int = 0
-    esp_send_dropped: int = 0
-    not_sent: int = 0  # outbound verdict other than OK (discarded, no SA, bypassed ...)
-    esp_received: int = 0
-    tun_written: int = 0
-    tun_write_dropped: int = 0
-    not_delivered: int = 0  # inbound verdict other than OK (and not IKE)
-    ike_received: int = 0
-    too_big: int = 0  # inner packets answered with ICMP "fragmentation needed" / ICMPv6 "packet too big"
-    fragmented: int = 0  # inner IPv4 packets without DF fragmented before encryption (RFC 4301 8.1)
-    too_big_dropped: int = 0  # too big, and no ICMP error allowed for them (an ICMP error, a later fragment)
-    outer_mtu: int = 0
-    inner_mtu: int = 0  # the largest inner packet the SAs' overhead lets through the outer MTU
-    tun_mtu: int = 0
-    offloads: list[str] = field(default_factory=list)  # the offloads in use: "udp_gso", "udp_gro"
-    gso_trains: int = 0  # UDP GSO messages sent ...
-    gso_datagrams: int = 0  # ... and the ESP datagrams in them
-    gro_trains: int = 0  # UDP GRO trains received ...
-    gro_datagrams: int = 0  # ... and the ESP datagrams in them
-    tun_bad: int = 0  # TUN reads with a malformed virtio_net_hdr / super-packet (dropped)
-    tso_super_packets: int = 0  # TUN reads that were super-packets (TSO/USO) ...
-    tso_segments: int = 0  # ... and the packets cut from them
-    tun_gro_packets: int = 0  # decrypted packets handed to userspace GRO (tun_written counts the writes)
-    offload_fallback: str = ""  # why an offload was turned off while running (the kernel refused it)
-    tx_loop: str = ""  # the transmit loop running: "compiled" (esp.gateway._loop) or "python"
-    rx_loop: str = ""  # the receive loop running, the same way
-    tx_batches: int = 0
-    rx_batches: int = 0
-    tx_bytes: int = 0  # inner bytes taken in for encryption (after segmentation): one sum per batch
-    rx_bytes: int = 0  # outer (ESP) bytes received: one sum per batch
-    io_errors: int = 0  # transient I/O errors (the loop carried on)
-    last_io_error: str = ""
-    errors: list[str] = field(default_factory=list)  # fatal: the gateway stopped
-    queues: int = 0  # data queues running (TUN queue + UDP socket + tx and rx thread each)
-    #: per queue: {"tun_read", "esp_sent", "esp_received", "tun_written"} (the totals above add them up)
-    per_queue: list[dict[str, int]] = field(default_factory=list)
-
-
 class _Slots:
     """A preallocated batch plus views of its first n slots (what the data plane processes)."""
 
@@ -205,31 +160,6 @@ class _Slots:
             v = self._views[n] = PacketBatch(f.buf, f.offsets[:n], f.lengths[:n], f.capacity[:n])
         return v
 
-
-# What a compiled loop's counter slots add to (GatewayStats field, counter slots summed), per direction, and
-# which of them each queue keeps too.
-_Fold = tuple[tuple[str, tuple[int, ...]], ...]
-_TX_FOLD: _Fold = ()
-_RX_FOLD: _Fold = ()
-_TX_QUEUE_FOLD: tuple[tuple[str, int], ...] = ()
-_RX_QUEUE_FOLD: tuple[tuple[str, int], ...] = ()
-if _loop is not None:
-    _TX_FOLD = (
-        ("tun_read", (_loop.C_TUN_READ,)), ("tx_bytes", (_loop.C_BYTES_IN,)),
-        ("tso_super_packets", (_loop.C_TSO_SUPER,)),
-        ("tso_segments", (_loop.C_TSO_SEGMENTS,)), ("tun_bad", (_loop.C_TUN_BAD, _loop.C_LEFT_DROPPED)),
-        ("esp_sent", (_loop.C_ESP_SENT,)), ("esp_send_dropped", (_loop.C_SEND_DROPPED,)),
-        ("not_sent", (_loop.C_NOT_SENT,)), ("tx_batches", (_loop.C_BATCHES,)), ("gso_trains", (_loop.C_GSO_TRAINS,)),
-        ("gso_datagrams", (_loop.C_GSO_DATAGRAMS,)))
-    _RX_FOLD = (
-        ("esp_received", (_loop.C_ESP_RECEIVED,)), ("rx_bytes", (_loop.C_BYTES_IN,)),
-        ("rx_batches", (_loop.C_BATCHES,)),
-        ("gro_trains", (_loop.C_GRO_TRAINS,)), ("gro_datagrams", (_loop.C_GRO_DATAGRAMS,)),
-        ("tun_written", (_loop.C_TUN_WRITTEN,)), ("tun_write_dropped", (_loop.C_TUN_WRITE_DROPPED,)),
-        ("tun_gro_packets", (_loop.C_TUN_GRO_PACKETS,)), ("tun_bad", (_loop.C_TUN_BAD, _loop.C_LEFT_DROPPED)),
-        ("not_delivered", (_loop.C_NOT_DELIVERED,)))
-    _TX_QUEUE_FOLD = (("tun_read", _loop.C_TUN_READ), ("esp_sent", _loop.C_ESP_SENT))
-    _RX_QUEUE_FOLD = (("esp_received", _loop.C_ESP_RECEIVED), ("tun_written", _loop.C_TUN_WRITTEN))
 
 class Gateway:
     """One TUN device, the NAT-T UDP socket (and optionally a raw ESP socket), two data threads."""
@@ -265,7 +195,7 @@ class Gateway:
         """Open the TUN device and sockets, then start the threads. Raises GatewayError with the reason."""
         c = self.config
         af = socket.AF_INET if self.family == 4 else socket.AF_INET6
-        compiled = c.loop == "compiled" and not c.raw_esp and _loop is not None
+        compiled = c.loop == "compiled" and _loop is not None
         self._nq = nq = (c.queues or os.cpu_count() or 1) if compiled else 1
         try:
             self.udp = self._socket(af, socket.SOCK_DGRAM, 0)
@@ -307,8 +237,7 @@ class Gateway:
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             self._stop.clear()
             st.queues = nq
-            st.per_queue = [dict.fromkeys(("tun_read", "esp_sent", "esp_received", "tun_written"), 0)
-                            for _ in range(nq)]
+            st.per_queue = [QueueStats() for _ in range(nq)]
             self._threads = []
             for q in range(nq):
                 sfx = str(q) if nq > 1 else ""
@@ -363,7 +292,7 @@ class Gateway:
 
     def _socket(self, af: int, kind: int, proto: int) -> socket.socket:
         s = socket.socket(af, kind, proto)
-        if af == socket.AF_INET6:
+        if af == socket.AF_INET6 and kind == socket.SOCK_DGRAM:  # a raw IPv6 socket refuses it (EINVAL)
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # SO_RCVBUFFORCE / SO_SNDBUFFORCE
             try:
@@ -450,12 +379,12 @@ class Gateway:
         return Tun(vt.fd, vt.name)
 
     def _tx_loop(self, q: int = 0) -> None:
-        if self.config.loop == "compiled" and self.raw is None and _loop is not None:
+        if self.config.loop == "compiled" and _loop is not None:
             self.stats.tx_loop = "compiled"
             self._tx_loop_compiled(q)
             return
         self.stats.tx_loop = "python"
-        self._tx_loop_python()
+        self._tx_loop_python(q)
 
     def _tx_loop_compiled(self, q: int = 0) -> None:
         """The transmit thread on esp.gateway._loop: Python runs between runs of up to LOOP_CYCLES cycles
@@ -465,12 +394,15 @@ class Gateway:
         count = max(c.batch_size, TSO_BATCH) if self._vnet else c.batch_size
         src, dst = PacketBatch.empty(count, c.slot_size), PacketBatch.empty(count, c.slot_size)
         left, left_dst = _Slots(count, c.slot_size), _Slots(count, c.slot_size)
-        sup = PacketBatch.empty(TSO_READS, _VNET_SLOT) if self._vnet else None
+        # as many reads per cycle as a plain batch (see _tx_loop_python): a read is one packet unless the
+        # sender built a super-packet, and 8 per cycle made 64-byte UDP slower with offloads than without
+        sup = PacketBatch.empty(max(TSO_READS, c.batch_size), _VNET_SLOT) if self._vnet else None
         ctr = np.zeros(_loop.COUNTERS, np.int64)
         tun_fd, udp_fd = self._queue(q)
         self._with_resync(lambda resync: self._run_tx_loop(
             _loop.TxLoop(_core.SA_API, tun_fd, self._wake_r, resync, udp_fd, self.family, self._vnet, self._gso,
-                         src, dst, sup, left.full, ctr), resync, ctr, left, left_dst, q))
+                         src, dst, sup, left.full, ctr, self.raw.fileno() if self.raw is not None else -1),
+            resync, ctr, left, left_dst, q))
 
     def _run_tx_loop(self, loop: _loop.TxLoop, resync: int, ctr: np.ndarray, left: _Slots, left_dst: _Slots,
                      q: int) -> None:
@@ -490,7 +422,7 @@ class Gateway:
             with self._lock:
                 self._fold_counters(ctr, seen, q, True)
                 if loop.nleft:
-                    self._tx_batch(left, left_dst, loop.nleft)
+                    self._tx_batch(left, left_dst, loop.nleft, q)
                 if rc == _loop.GSO_REFUSED:
                     ctr[_loop.C_GSO_REFUSED] = seen[_loop.C_GSO_REFUSED] = 0
                     self._gso_refused()
@@ -511,20 +443,22 @@ class Gateway:
         loop.publish(np.ascontiguousarray(table, np.uint64), contexts, self.stats.inner_mtu)
 
     def _fold_counters(self, ctr: np.ndarray, seen: np.ndarray, q: int, outbound: bool) -> None:
-        """Add what a compiled loop counted since the last call to the stats and the data plane (under
-        self._lock: the queues' threads fold into the same totals)."""
+        """Add what a compiled loop counted since the last call to queue ``q``, the totals and the data plane
+        (under self._lock: the queues' threads fold into the same totals)."""
         d = ctr - seen
         seen[:] = ctr
         if not d.any():
             return
-        st, pq = self.stats, self.stats.per_queue[q]
-        for name, slots in (_TX_FOLD if outbound else _RX_FOLD):
-            setattr(st, name, getattr(st, name) + int(sum(d[k] for k in slots)))
-        for name, k in (_TX_QUEUE_FOLD if outbound else _RX_QUEUE_FOLD):
-            pq[name] += int(d[k])
+        self.stats.fold(q, d, outbound)
         verdicts = d[_loop.C_VERDICTS:_loop.C_VERDICTS + 32]
         if verdicts.any():
             (self.dataplane.note_outbound if outbound else self.dataplane.note_inbound)(verdicts)
+
+    def queue_stats(self) -> list[QueueStats]:
+        """A consistent copy of each data queue's counters (what the metrics endpoint exports with a ``queue``
+        label): packets, bytes, drops by verdict, segmentation and coalescing. Empty before :meth:`start`."""
+        with self._lock:
+            return [q.copy() for q in self.stats.per_queue]
 
     def _tx_loop_python(self, q: int = 0) -> None:
         c, st = self.config, self.stats
@@ -543,61 +477,60 @@ class Gateway:
             if sup is None:
                 n = _io.tun_read(tun_fd, f.buf, f.offsets, f.lengths, f.capacity, count)
                 if n > 0:
-                    st.tun_read += n
-                    self._tx_batch(src, dst, n)
+                    st.add(q, tun_read=n)
+                    self._tx_batch(src, dst, n, q)
                 continue
             # virtio_net_hdr: each read is a super-packet (or one packet) that is cut into MTU-sized packets
             m = _io.tun_read(tun_fd, sup.buf, sup.offsets, sup.lengths, sup.capacity, reads)
-            st.tun_read += max(m, 0)
+            st.add(q, tun_read=max(m, 0))
             n = 0
             for j in range(max(m, 0)):
                 off = int(sup.offsets[j])
                 data = sup.buf[off:off + int(sup.lengths[j])]
                 need = _offload.parse(data)
                 if need > count - n and n:
-                    self._tx_batch(src, dst, n)
+                    self._tx_batch(src, dst, n, q)
                     n = 0
                 r = _offload.segment(data, f.buf, f.offsets[n:], f.lengths[n:], f.capacity[n:]) if need > 0 else need
                 if r <= 0:
-                    st.tun_bad += 1  # malformed header or more segments than a batch: counted, dropped
+                    st.add(q, tun_bad=1)  # malformed header or more segments than a batch: counted, dropped
                     continue
-                st.tso_segments += r if r > 1 else 0
-                st.tso_super_packets += 1 if r > 1 else 0
+                if r > 1:
+                    st.add(q, tso_segments=r, tso_super_packets=1)
                 n += r
             if n:
-                self._tx_batch(src, dst, n)
+                self._tx_batch(src, dst, n, q)
 
-    def _tx_batch(self, src: _Slots, dst: _Slots, n: int) -> None:
-        """Slots 0..n-1 of ``src`` hold inner packets read from the TUN: path MTU, encrypt, send."""
+    def _tx_batch(self, src: _Slots, dst: _Slots, n: int, q: int) -> None:
+        """Slots 0..n-1 of ``src`` hold inner packets read from queue ``q``'s TUN: path MTU, encrypt, send."""
         st, dp = self.stats, self.dataplane
         f = src.full
-        st.tx_batches += 1
-        st.tx_bytes += int(f.lengths[:n].sum())
+        st.add(q, tx_batches=1, tx_bytes=int(f.lengths[:n].sum()))
         if dp.sad.snapshot.version != self._sad_version:
             self._update_path_mtu()
         big = np.flatnonzero(f.lengths[:n] > st.inner_mtu)
         if len(big):
-            n = self._too_big(f, n, big)
+            n = self._too_big(f, n, big, q)
             if not n:
                 return
         out = dst.view(n)
         verdicts = dp.outbound(src.view(n), out)
         ok = np.flatnonzero(verdicts == _OK).astype(np.int32)
-        st.not_sent += n - len(ok)
+        st.add(q, not_sent=n - len(ok))
+        st.add_verdicts(q, True, np.bincount(verdicts, minlength=_NVERDICTS))
         if len(ok):
-            self._send(out, ok)
+            self._send(out, ok, q)
 
-    def _send(self, out: PacketBatch, ok: np.ndarray) -> None:
+    def _send(self, out: PacketBatch, ok: np.ndarray, q: int) -> None:
         """Send the encrypted slots ``ok`` of ``out``: UDP-encapsulated ones on the NAT-T socket (as GSO
         trains when that offload is on), raw ESP on the raw socket."""
-        st = self.stats
-        udp_fd = self.udp.fileno()  # type: ignore[union-attr]
+        udp_fd = self._queue(q)[1]
         if self.raw is not None:
             proto = _outer_proto(out, ok)
-            self._send_on(udp_fd, True, out, ok[proto == 17])
-            self._send_on(self.raw.fileno(), False, out, ok[proto == 50])
+            self._send_on(udp_fd, True, out, ok[proto == 17], q)
+            self._send_on(self.raw.fileno(), False, out, ok[proto == 50], q)
         else:
-            self._send_on(udp_fd, True, out, ok)
+            self._send_on(udp_fd, True, out, ok, q)
         if self._gso_ctr[2]:  # the kernel refused a train on this path: one datagram per message from now on
             self._gso_refused()
 
@@ -610,17 +543,15 @@ class Gateway:
             st.offloads.remove("udp_gso")
         st.offload_fallback = "udp_gso: the kernel refused a UDP_SEGMENT send; sending datagram by datagram"
 
-    def _send_on(self, fd: int, udp: bool, out: PacketBatch, sel: np.ndarray) -> None:
+    def _send_on(self, fd: int, udp: bool, out: PacketBatch, sel: np.ndarray, q: int) -> None:
         if not len(sel):
             return
         st, ctr = self.stats, self._gso_ctr
         t, d = int(ctr[0]), int(ctr[1])
         sent, dropped = _io.send(fd, self.family, udp, out.buf, out.offsets, out.lengths, sel,
                                  self._gso and udp, ctr)
-        st.esp_sent += sent
-        st.esp_send_dropped += dropped
-        st.gso_trains += int(ctr[0]) - t
-        st.gso_datagrams += int(ctr[1]) - d
+        st.add(q, esp_sent=sent, esp_send_dropped=dropped, gso_trains=int(ctr[0]) - t,
+               gso_datagrams=int(ctr[1]) - d)
 
     # ------------------------------------------------------------------ path MTU (RFC 4301 section 8)
     def _update_path_mtu(self) -> None:
@@ -638,7 +569,7 @@ class Gateway:
             self.tun.set_mtu(st.inner_mtu)
             st.tun_mtu = st.inner_mtu
 
-    def _too_big(self, f: PacketBatch, n: int, big: np.ndarray) -> int:
+    def _too_big(self, f: PacketBatch, n: int, big: np.ndarray, q: int) -> int:
         """Handle the slots ``big`` of the first ``n`` (longer than the inner MTU): ICMP error into the TUN,
         or IPv4 without DF fragmented, encrypted and sent. Returns how many slots remain, moved to the front
         in their order (the slots are permuted, never lost, so the arena stays whole)."""
@@ -651,17 +582,17 @@ class Gateway:
                 pieces = fragment_ipv4(pkt, lim)
                 if pieces:
                     frags += pieces
-                    st.fragmented += 1
+                    st.add(q, fragmented=1)
                     continue
             reply = too_big_reply(pkt, lim)
             if reply is None:
-                st.too_big_dropped += 1
+                st.add(q, too_big_dropped=1)
                 continue
             try:
                 os.write(self.tun.fileno(), (_VNET_NONE + reply) if self._vnet else reply)  # type: ignore[union-attr]
-                st.too_big += 1
+                st.add(q, too_big=1)
             except OSError:
-                st.too_big_dropped += 1
+                st.add(q, too_big_dropped=1)
         keep = np.ones(n, dtype=bool)
         keep[big] = False
         order = np.concatenate([np.flatnonzero(keep), big])
@@ -670,20 +601,22 @@ class Gateway:
         if frags:
             src = PacketBatch.from_packets(frags)
             out = PacketBatch.empty(len(frags), self.config.slot_size)
-            ok = np.flatnonzero(self.dataplane.outbound(src, out) == _OK).astype(np.int32)
-            st.not_sent += len(frags) - len(ok)
+            verdicts = self.dataplane.outbound(src, out)
+            ok = np.flatnonzero(verdicts == _OK).astype(np.int32)
+            st.add(q, not_sent=len(frags) - len(ok))
+            st.add_verdicts(q, True, np.bincount(verdicts, minlength=_NVERDICTS))
             if len(ok):
-                self._send(out, ok)
+                self._send(out, ok, q)
         return n - len(big)
 
     # ------------------------------------------------------------------ rx: ESP -> TUN
     def _rx_loop(self, q: int = 0) -> None:
-        if self.config.loop == "compiled" and self.raw is None and _loop is not None:
+        if self.config.loop == "compiled" and _loop is not None:
             self.stats.rx_loop = "compiled"
             self._with_resync(lambda resync: self._rx_loop_compiled(resync, q))
             return
         self.stats.rx_loop = "python"
-        self._rx_loop_python()
+        self._rx_loop_python(q)
 
     def _with_resync(self, body: Callable[[int], None]) -> None:
         """Run a compiled loop ``body(resync_fd)`` with a pipe that becomes readable whenever the SPD or SAD
@@ -723,7 +656,9 @@ class Gateway:
         port = self.nat_port
         tun_fd, udp_fd = self._queue(q)
         loop = _loop.RxLoop(_core.SA_API, udp_fd, self._wake_r, resync, tun_fd, self._vnet, self._tun_uso,
-                            ipaddress.ip_address(c.local_addr).packed, port, src, dst, coal, left, scratch, ctr)
+                            ipaddress.ip_address(c.local_addr).packed, port, src, dst, coal, left, scratch,
+                            ctr,
+                            self.raw.fileno() if self.raw is not None and q == 0 else -1)
         published = -1
         while not self._stop.is_set():
             _drain(resync)
@@ -736,7 +671,7 @@ class Gateway:
             rc = loop.run(LOOP_CYCLES, c.poll_ms, LOOP_MS)
             with self._lock:
                 self._fold_counters(ctr, seen, q, False)
-                self.stats.ike_received += loop.nleft
+                self.stats.add(q, ike_received=loop.nleft)
             if rc < 0:
                 raise OSError(-rc, "UDP receive failed")
             for i in range(loop.nleft):  # IKE: rare, handed over one message at a time
@@ -773,13 +708,10 @@ class Gateway:
                 gro_buf = scratch if fd == udp_fd else None
                 t, d = int(ctr[0]), int(ctr[1])
                 n = _io.recv(fd, f.buf, f.offsets, f.lengths, f.capacity, count, synth, local, port, gro_buf, ctr)
-                st.gro_trains += int(ctr[0]) - t
-                st.gro_datagrams += int(ctr[1]) - d
+                st.add(q, gro_trains=int(ctr[0]) - t, gro_datagrams=int(ctr[1]) - d)
                 if n <= 0:
                     continue
-                st.esp_received += n
-                st.rx_batches += 1
-                st.rx_bytes += int(f.lengths[:n].sum())
+                st.add(q, esp_received=n, rx_batches=1, rx_bytes=int(f.lengths[:n].sum()))
                 out = dst.view(n)
                 inb = src.view(n)
                 verdicts = dp.inbound(inb, out)
@@ -788,19 +720,16 @@ class Gateway:
                     k = _offload.coalesce(out.buf, out.offsets, out.lengths, coal.buf, coal.offsets, coal.lengths,
                                           ok, self._tun_uso)
                     if k < 0:  # cannot happen with these buffers; never lose the batch over it
-                        st.tun_bad += 1
+                        st.add(q, tun_bad=1)
                     else:
                         written, dropped = _io.tun_write(tun_fd, coal.buf, coal.offsets, coal.lengths, all_slots[:k])
-                        st.tun_written += written
-                        st.tun_write_dropped += dropped
-                        st.tun_gro_packets += len(ok)
+                        st.add(q, tun_written=written, tun_write_dropped=dropped, tun_gro_packets=len(ok))
                 elif len(ok):
                     written, dropped = _io.tun_write(tun_fd, out.buf, out.offsets, out.lengths, ok)
-                    st.tun_written += written
-                    st.tun_write_dropped += dropped
+                    st.add(q, tun_written=written, tun_write_dropped=dropped)
                 ike = np.flatnonzero(verdicts == _BYPASSED) if synth == _io.SYNTH_UDP else ()
-                st.ike_received += len(ike)
-                st.not_delivered += n - len(ok) - len(ike)
+                st.add(q, ike_received=len(ike), not_delivered=n - len(ok) - len(ike))
+                st.add_verdicts(q, False, np.bincount(verdicts, minlength=_NVERDICTS))
                 for i in ike:  # control traffic: rare, handed over one message at a time
                     self._deliver_ike(inb.packet(int(i)), port)
 
@@ -917,128 +846,3 @@ def _outer_proto(batch: PacketBatch, idx: np.ndarray) -> np.ndarray:
     off = batch.offsets[idx]
     v6 = (batch.buf[off] >> 4) == 6
     return np.where(v6, batch.buf[off + 6], batch.buf[off + 9])
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Static configuration (no IKE): a JSON file, as a router's manual SA configuration
-
-
-def load_static(path: str | os.PathLike) -> tuple[GatewayConfig, list[Policy], list[tuple[Sa, str | None]]]:
-    """Read a static gateway configuration. The file holds keys, so it must not be readable by others.
-
-    ``{"gateway": {GatewayConfig fields}, "policies": [{"name", "src", "dst", "proto", "sport", "dport",
-    "action"}], "sas": [{"policy", "spi", "direction", "suite", "enc_key" (hex), "integ_key" (hex), "src",
-    "dst", "encap": [sport, dport] or null, "replay_window", "esn"}]}``
-    """
-    p = Path(path)
-    try:
-        check_secret_file(p)
-    except KeyFileError as exc:
-        raise GatewayError(str(exc)) from None
-    try:
-        doc = parse_document(json.loads, p.read_text())
-    except json.JSONDecodeError as exc:
-        raise GatewayError(f"{p}: not valid JSON: {exc}") from None
-    except DocumentTooDeep as exc:
-        raise GatewayError(f"{p}: not a static configuration: {exc}") from None
-    try:
-        g = doc["gateway"]
-        cfg = GatewayConfig(**g)
-        pols = [Policy(d["name"], Selector(d.get("src"), d.get("dst"), d.get("proto", 0), d.get("sport"),
-                                           d.get("dport")), d.get("action", "protect"))
-                for d in doc.get("policies", [])]
-        sas = []
-        for d in doc.get("sas", []):
-            enc = d.get("encap", [cfg.nat_port, cfg.nat_port])
-            params = SaParams(spi=int(d["spi"]), direction=Direction(d["direction"]), suite=d["suite"],
-                              enc_key=bytes.fromhex(d["enc_key"]), integ_key=bytes.fromhex(d.get("integ_key", "")),
-                              src=d.get("src"), dst=d.get("dst"), encap=UdpEncap(*enc) if enc else None,
-                              replay_window=int(d.get("replay_window", 64)), esn=bool(d.get("esn", False)),
-                              lifetime=Lifetime(**d.get("lifetime", {})))
-            sas.append((Sa(params), d.get("policy")))
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:  # a value of the wrong type
-        raise GatewayError(f"{p}: bad static configuration: {type(exc).__name__}: {exc}") from None
-    return cfg, pols, sas
-
-
-def apply_static(dp: Dataplane, policies: list[Policy], sas: list[tuple[Sa, str | None]]) -> tuple[int, int]:
-    """Make the data plane's policies and SAs what a (re)loaded static configuration says.
-
-    New SAs are installed before old ones go (make-before-break): an SPI added to the file starts working
-    while the SPIs it replaces keep working until a later reload drops them, which is how two routers'
-    static keys are rolled over without loss. An SA is identified by (direction, SPI); changing the keys of
-    an SPI in place is refused (a new key needs a new SPI, RFC 4301). Returns (installed, removed).
-    """
-    have = {p.name: p for p in dp.spd.policies}
-    for i, pol in enumerate(policies):
-        if pol.name not in have:
-            dp.add_policy(pol, min(i, len(dp.spd.policies)))
-        elif have[pol.name] != pol:
-            dp.replace_policy(pol)
-    snap = dp.sad.snapshot
-    current = {("in", spi): e for spi, e in snap.inbound_by_spi.items()}
-    current.update({("out", spi): e for spi, e in snap.outbound_by_spi.items()})
-    wanted = {}
-    for sa, pol_name in sas:
-        key = (sa.params.direction.value, sa.params.spi)
-        wanted[key] = (sa, pol_name)
-    installed = removed = 0
-    for key, (sa, pol_name) in wanted.items():
-        old = current.get(key)
-        if old is None:
-            dp.install_sa(sa, pol_name)
-            installed += 1
-        elif old.sa.params != sa.params:
-            raise GatewayError(f"SA {key[0]} SPI {key[1]:#x} changed in place: give new keys a new SPI")
-    for key in current:
-        if key not in wanted:
-            dp.remove_sa(key[1], key[0])
-            removed += 1
-    names = {p.name for p in policies}
-    for name in list(have):
-        if name not in names:
-            dp.remove_policy(name)
-    return installed, removed
-
-
-def run_static(path: str | os.PathLike, *, ready: Callable[[Gateway], None] | None = None,
-               offload: bool | None = None, loop: str | None = None, queues: int | None = None) -> GatewayStats:
-    """Run a gateway with statically configured policies and SAs until SIGTERM/SIGINT; SIGHUP reloads the
-    file (see :func:`apply_static`).
-
-    Prints ``READY <tun name>`` when traffic can flow, ``RELOADED <installed> <removed>`` (or ``RELOAD-FAILED
-    <reason>``) after each SIGHUP, and a JSON line of counters when it stops."""
-    cfg, pols, sas = load_static(path)
-    if offload is not None:  # the command line's --no-offload over the file's "offload"
-        cfg = dataclasses.replace(cfg, offload=offload)
-    if loop is not None:  # the command line's --loop over the file's "loop"
-        cfg = dataclasses.replace(cfg, loop=loop)
-    if queues is not None:  # and --queues over "queues"
-        cfg = dataclasses.replace(cfg, queues=queues)
-    dp = Dataplane()
-    apply_static(dp, pols, sas)
-    gw = Gateway(cfg, dp)
-    done, reload = threading.Event(), threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    signal.signal(signal.SIGHUP, lambda *_: reload.set())
-    gw.start()
-    try:
-        if ready is not None:  # before READY: what it sets up (a metrics endpoint) is there when READY is
-            ready(gw)
-        print(f"READY {gw.tun.name if gw.tun else '?'}", flush=True)
-        while not done.wait(0.05):
-            if not gw.running:
-                break
-            if reload.is_set():
-                reload.clear()
-                try:
-                    new_cfg, new_pols, new_sas = load_static(path)
-                    print("RELOADED %d %d" % apply_static(dp, new_pols, new_sas), flush=True)
-                except (GatewayError, ValueError, KeyError) as exc:
-                    print(f"RELOAD-FAILED {exc}", flush=True)
-    finally:
-        gw.stop()
-    c = dp.counters()
-    print(json.dumps({"gateway": gw.stats.__dict__, "outbound": c.outbound, "inbound": c.inbound}), flush=True)
-    return gw.stats

@@ -1,10 +1,10 @@
 """Certificate requests and received certificates (strongSwan ike_cert_pre)."""
 from __future__ import annotations
 
+from ..authenticators import key_hash
 from ..constants import CertEncoding, ExchangeType
 from ..message import Message
 from ..payloads import CertPayload, CertReqPayload
-from ..authenticators import key_hash
 from .base import Task, TaskStatus
 
 __all__ = ["CertPre", "MAX_CERTREQ_HASHES"]

@@ -8,8 +8,14 @@ import logging
 from ..constants import EsnId, ExchangeType, NotifyType, ProtocolId, TransformType
 from ..core_config import ChildConfig, TrafficSelector
 from ..dh import DhKeyExchange, create_dh
-from ..errors import (InvalidKePayloadError, InvalidSyntaxError, NoAdditionalSasError, NoProposalChosenError,
-                      ProtocolError, TsUnacceptableError)
+from ..errors import (
+    InvalidKePayloadError,
+    InvalidSyntaxError,
+    NoAdditionalSasError,
+    NoProposalChosenError,
+    ProtocolError,
+    TsUnacceptableError,
+)
 from ..events import ChildSaEstablished, ChildSaFailed
 from ..keymat import derive_child_keys
 from ..message import Message

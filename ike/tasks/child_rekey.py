@@ -17,7 +17,7 @@ from ..errors import ChildSaNotFoundError, TemporaryFailureError
 from ..events import ChildSaRekeyed
 from ..message import Message
 from ..payloads import NotifyPayload
-from ..sa import ChildSa, ChildSaState
+from ..sa import ChildSa, ChildSaState, retry_delay
 from .base import TaskStatus
 from .child_create import ChildCreate
 from .child_delete import ChildDelete, remove_child
@@ -135,7 +135,6 @@ class ChildRekey(ChildCreate):
     def failed(self, reason: str, notify: int | None) -> None:
         """Keep the old SA and try again later (a TEMPORARY_FAILURE after a collision, typically)."""
         if self.replaces is not None and self.replaces.state == ChildSaState.REKEYING:
-            from ..connection import retry_delay
 
             self.replaces.state = ChildSaState.INSTALLED
             self.replaces.rekey_at = self.sa.now + retry_delay(self.sa)

@@ -6,8 +6,17 @@ import logging
 
 from cryptography import x509
 
-from ..authenticators import (MAX_CERT_SIZE, auth_method_name, peer_certificates, psk_auth, sign_auth,
-                              signed_octets, verify_auth)
+from ..auth_constraints import check_chain, check_signature
+from ..authenticators import (
+    MAX_CERT_SIZE,
+    auth_method_name,
+    peer_certificates,
+    psk_auth,
+    select_signature,
+    sign_auth,
+    signed_octets,
+    verify_auth_scheme,
+)
 from ..constants import AuthMethod, ExchangeType, NotifyType
 from ..core_config import Identity
 from ..errors import AuthenticationFailedError, InvalidSyntaxError
@@ -19,7 +28,7 @@ from .base import Task, TaskStatus
 from .cert_post import choose_credential
 from .ike_init import peer_error
 
-__all__ = ["IkeAuth", "identities_match", "identity_matches_cert", "MAX_CERT_SIZE"]
+__all__ = ["MAX_CERT_SIZE", "IkeAuth", "identities_match", "identity_matches_cert"]
 
 log = logging.getLogger("ike.auth")
 
@@ -92,11 +101,35 @@ class IkeAuth(Task):
         if peer.auth == "psk":
             assert peer.psk is not None
             return AuthPayload(AuthMethod.PSK, psk_auth(sa.keys.prf, peer.psk, octets))
-        creds = [c for c in (peer.credential, *peer.extra_credentials) if c is not None]
-        cred = choose_credential(creds, sa.peer_certreq, peer.ca_certs)
-        sa.scratch["credential"] = cred
-        method, data = sign_auth(cred.private_key, octets, sa.peer_hashes, peer.rsa_pss)
+        cred = self._credential()
+        try:
+            method, data = sign_auth(cred.private_key, octets, sa.peer_hashes, peer.rsa_pss, peer.auth_constraints)
+        except AuthenticationFailedError as exc:  # our auth constraint and the peer's hashes have nothing in common
+            log.warning("IKE_SA %s[%d]: %s", peer.name, sa.ike_id, exc.reason)
+            raise
         return AuthPayload(method, data)
+
+    def _credential(self):  # type: ignore[no-untyped-def]
+        """Our credential whose chain answers the peer's CERTREQ (chosen once per IKE_SA)."""
+        sa = self.sa
+        if sa.scratch.get("credential") is None:
+            peer = sa.peer
+            creds = [c for c in (peer.credential, *peer.extra_credentials) if c is not None]
+            sa.scratch["credential"] = choose_credential(creds, sa.peer_certreq, peer.ca_certs)
+        return sa.scratch["credential"]
+
+    def _can_sign(self) -> None:
+        """A responder makes sure its ``auth`` constraint can be met before it calls the IKE_SA established:
+        otherwise the initiator hears AUTHENTICATION_FAILED, not a signature weaker than configured."""
+        peer = self.sa.peer
+        if peer.auth != "pubkey" or peer.auth_constraints is None:
+            return
+        try:
+            select_signature(self._credential().private_key, self.sa.peer_hashes, peer.rsa_pss,
+                             peer.auth_constraints)
+        except AuthenticationFailedError as exc:
+            log.warning("IKE_SA %s[%d]: %s", peer.name, self.sa.ike_id, exc.reason)
+            raise
 
     def process(self, msg: Message) -> TaskStatus:
         if msg.exchange != ExchangeType.IKE_AUTH:
@@ -124,6 +157,8 @@ class IkeAuth(Task):
             log.debug("authentication of %s (%s) failed: %s", identity, sa.remote_addr[0], exc.reason)
             sa.emit(AuthenticationFailed(sa.ike_id, sa.peer.name, sa.remote_addr, exc.reason, True))
             raise
+        if not self.initiator:
+            self._can_sign()
         sa.remote_id = identity
         if not self.initiator:
             sa.local_id = sa.peer.local_id
@@ -177,13 +212,21 @@ class IkeAuth(Task):
             raise AuthenticationFailedError("certificate not checked: no wall clock given to the core "
                                             "(CoreConfig.wall_clock)")
         try:
-            peer.validator(leaf, intermediates, sa.config.wall_clock(sa.now), identity)
+            verified = peer.validator(leaf, intermediates, sa.config.wall_clock(sa.now), identity)
         except Exception as exc:  # noqa: BLE001 - the validator's rejection, whatever its class
             reason = getattr(exc, "reason", None)
             detail = getattr(exc, "detail", "")
             text = str(getattr(reason, "value", reason) or exc) + (f" ({detail})" if detail else "")
             raise AuthenticationFailedError(f"certificate rejected: {text}") from None
-        sa.auth_method = verify_auth(auth.method, auth.data, leaf, octets)
+        sa.auth_method, scheme, used_hash = verify_auth_scheme(auth.method, auth.data, leaf, octets)
+        constraints = peer.remote_auth_constraints
+        if constraints is not None:
+            try:
+                check_signature(constraints, scheme, used_hash, leaf.public_key())
+                check_chain(constraints, getattr(verified, "chain", None) or [leaf, *intermediates])
+            except AuthenticationFailedError as exc:
+                log.warning("IKE_SA %s[%d] with %s: %s", peer.name, sa.ike_id, sa.remote_addr[0], exc.reason)
+                raise
         if sa.auth_method.startswith("signature") is False and auth.method not in (1, 9, 10, 11):
             sa.auth_method = auth_method_name(auth.method, auth.data)
 

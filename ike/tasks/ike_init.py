@@ -1,6 +1,7 @@
 """IKE_SA_INIT: proposals, KE, nonces, COOKIE and INVALID_KE_PAYLOAD retries, SKEYSEED (strongSwan ike_init)."""
 from __future__ import annotations
 
+from ..authenticators import SUPPORTED_HASHES
 from ..constants import ExchangeType, NotifyType, ProtocolId, TransformType
 from ..dh import DhKeyExchange, create_dh
 from ..errors import InvalidKePayloadError, InvalidSyntaxError, NoProposalChosenError, ProtocolError
@@ -10,7 +11,6 @@ from ..message import Message
 from ..payloads import KePayload, NoncePayload, NotifyPayload, SaPayload
 from ..proposal import check_selected, encr_info, integ_info, parse_proposals, select_proposal
 from ..protect import Protector
-from ..authenticators import SUPPORTED_HASHES
 from .base import RetryExchange, Task, TaskStatus
 
 __all__ = ["IkeInit", "NONCE_LEN", "MAX_RETRIES", "peer_error"]
@@ -48,7 +48,7 @@ class IkeInit(Task):
         return factory(group) if factory else create_dh(group, self.sa.random)
 
     def _common(self, msg: Message) -> None:
-        if self.sa.peer.fragmentation:
+        if self.sa.peer.fragmentation != "no":  # "accept" announces too: the peer may fragment
             msg.add(NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
         if self.sa.peer.signature_auth:
             msg.add(NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS,

@@ -10,6 +10,7 @@ from ..keymat import derive_ike_keys, rekey_skeyseed
 from ..message import Message
 from ..payloads import KePayload, NoncePayload, Proposal, SaPayload
 from ..proposal import check_selected, parse_proposals, select_proposal
+from ..sa import retry_delay
 from .base import Task, TaskStatus
 from .ike_init import NONCE_LEN
 
@@ -58,7 +59,6 @@ class IkeRekey(Task):
         if self.initiator:
             n = msg.error_notify()
             if n is not None:
-                from ..connection import retry_delay
 
                 sa.rekey_at = sa.now + retry_delay(sa)  # try again later; the old IKE_SA stays
                 self.conn.rekey_failed(sa)  # unless the peer's own rekey completed meanwhile

@@ -52,7 +52,8 @@ class Natd(Task):
         if self.initiator and (sa.nat_local or sa.nat_remote) and srcs:
             sa.natt = True  # IKE_AUTH goes to the NAT-T port (RFC 7296 2.23)
             host, port = sa.remote_addr
-            sa.remote_addr = (host, 4500 if port == 500 else port)
+            if port == sa.peer.remote_port:  # still the peer's IKE port: on to its NAT-T port
+                sa.remote_addr = (host, sa.peer.peer_nat_port)
             lh, lp = sa.local_addr
             sa.local_addr = (lh, sa.peer.local_nat_port if lp == sa.peer.local_port else lp)
         return TaskStatus.SUCCESS

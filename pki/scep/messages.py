@@ -674,7 +674,9 @@ def _check_signature(sid, sig_alg, signature, signed_bytes, digest, attrs, conte
         _verify(pub, sig_alg, signature, signed_bytes, digest)
     except InvalidSignature:
         raise ScepFailure(FailInfo.badMessageCheck, "the pkiMessage signature does not verify") from None
-    except (ValueError, TypeError, KeyError, UnsupportedAlgorithm) as exc:
+    except UnsupportedAlgorithm as exc:
+        raise ScepFailure(FailInfo.badAlg, f"pkiMessage signature algorithm not supported: {exc}") from None
+    except (ValueError, TypeError, KeyError) as exc:
         raise ScepFailure(
             FailInfo.badMessageCheck, f"cannot verify the pkiMessage signature: {exc}"
         ) from None

@@ -2,8 +2,8 @@
 
 :class:`ScepResponder` holds no HTTP (``pki.service`` moves the bytes). Every request it can attribute to a
 transaction gets a signed CertRep: SUCCESS with the certificate, PENDING while an operator has not approved
-it, or FAILURE with the failInfo RFC 8894 prescribes (badMessageCheck for a bad signature or undecryptable
-envelope, badRequest for a wrong challenge password or a request the CA refuses, badCertId for an unknown
+it, or FAILURE with the failInfo RFC 8894 prescribes (badAlg for an algorithm or key the CA will not use,
+badMessageCheck for a bad signature or undecryptable envelope, badRequest for a wrong challenge password or a request the CA refuses, badCertId for an unknown
 transaction). Bytes that are not a pkiMessage at all raise :class:`ScepFormatError` (HTTP 400).
 
 Transactions live in the CA's SQLite file (table ``scep_transactions``), so PENDING requests, approvals and
@@ -29,7 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from pki.db import CaDatabase, write_transaction  # PKI-core
-from pki.errors import CsrSignatureError, PkiError
+from pki.errors import AlgorithmRefusedError, CsrSignatureError, PkiError
 
 from . import messages as m
 from .constants import Capability, FailInfo, MessageType, PkiStatus
@@ -170,7 +170,7 @@ class TransactionStore:
         )
 
     def add_pending(
-        self, tid: str, csr: x509.CertificateSigningRequest, requester: x509.Certificate, at: datetime
+        self, tid: str, csr: x509.CertificateSigningRequest, requester: x509.Certificate | None, at: datetime
     ) -> None:
         with self._tx() as c:
             c.execute(
@@ -180,7 +180,7 @@ class TransactionStore:
                     tid,
                     csr.subject.rfc4514_string(),
                     _at_rest(csr),
-                    requester.public_bytes(Encoding.DER),
+                    _requester_der(requester),
                     at.isoformat(),
                 ),
             )
@@ -189,7 +189,7 @@ class TransactionStore:
         self,
         tid: str,
         csr: x509.CertificateSigningRequest,
-        requester: x509.Certificate,
+        requester: x509.Certificate | None,
         cert: x509.Certificate,
         at: datetime,
     ) -> None:
@@ -201,7 +201,7 @@ class TransactionStore:
                     tid,
                     csr.subject.rfc4514_string(),
                     _at_rest(csr),
-                    requester.public_bytes(Encoding.DER),
+                    _requester_der(requester),
                     at.isoformat(),
                     at.isoformat(),
                     cert.public_bytes(Encoding.DER),
@@ -230,6 +230,12 @@ class TransactionStore:
             )
             if cur.rowcount != 1:
                 raise ScepError(f"no pending SCEP transaction {tid}")
+
+
+def _requester_der(requester: x509.Certificate | None) -> bytes:
+    """The certificate that asked (SCEP's signer, EST's TLS client certificate); empty when none did (EST with a
+    password only)."""
+    return b"" if requester is None else requester.public_bytes(Encoding.DER)
 
 
 def _at_rest(csr: x509.CertificateSigningRequest) -> bytes:
@@ -282,7 +288,14 @@ def _load_request_csr(payload: bytes) -> tuple[x509.CertificateSigningRequest, b
     from pki.csr import parse_csr  # PKI-core
 
     try:
-        return parse_csr(payload, source="SCEP PKCSReq")
+        csr, reencoded = parse_csr(payload, source="SCEP PKCSReq")
+        from pki.ca import CertificateAuthority  # PKI-core
+
+        # a key the CA will not certify is refused now, not after a PENDING wait for an operator
+        CertificateAuthority._check_subject_key(csr.public_key())
+        return csr, reencoded
+    except AlgorithmRefusedError as exc:
+        raise ScepFailure(FailInfo.badAlg, str(exc)) from None
     except CsrSignatureError as exc:
         raise ScepFailure(FailInfo.badMessageCheck, str(exc)) from None
     except PkiError as exc:
@@ -414,6 +427,8 @@ class ScepResponder:
             return self._reply(msg, PkiStatus.PENDING)
         try:
             cert = self._issue(csr, now, pop_verified)
+        except AlgorithmRefusedError as exc:
+            raise ScepFailure(FailInfo.badAlg, f"the CA refused the request: {exc}") from None
         except PkiError as exc:
             raise ScepFailure(FailInfo.badRequest, f"the CA refused the request: {exc}") from None
         self.store.add_issued(msg.transaction_id, csr, msg.signer, cert, now)

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from esp.gateway import GatewayError, load_static
-from esp.keyfile import KeyFileError, parse_toml
+from esp.pcap.sa_files import KeyFileError, parse_toml
 
 from tests.mutate import mutate_text
 

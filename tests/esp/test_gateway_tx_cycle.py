@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("esp._core", reason="esp._core is not built")
 
-from esp.gateway import Gateway, GatewayConfig  # noqa: E402
+from esp.gateway import Gateway, GatewayConfig, QueueStats  # noqa: E402
 from esp.gateway._vnet import VNET_HDR_SIZE  # noqa: E402
 
 
@@ -33,9 +33,14 @@ def _udp4(size: int, seq: int) -> bytes:
     return hdr[:10] + struct.pack("!H", ~s & 0xFFFF) + hdr[12:] + udp
 
 
+@pytest.mark.parametrize("loop", ["python", "compiled"])
 @pytest.mark.parametrize("batch_size", [64, 200])
-def test_vnet_tx_cycle_takes_a_full_batch_of_single_packet_reads(batch_size: int) -> None:
-    gw = Gateway(GatewayConfig(local_addr="127.0.0.1", batch_size=batch_size, loop="python"))
+def test_vnet_tx_cycle_takes_a_full_batch_of_single_packet_reads(batch_size: int, loop: str) -> None:
+    """Either loop; the compiled one hands the packets to Python (no SA, inner MTU 0) as it read them, one
+    leftover batch per cycle, so the batches seen are its cycles too."""
+    gw = Gateway(GatewayConfig(local_addr="127.0.0.1", batch_size=batch_size, loop=loop))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
     tun, feeder = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     wake_r, wake_w = os.pipe()
     try:
@@ -46,9 +51,12 @@ def test_vnet_tx_cycle_takes_a_full_batch_of_single_packet_reads(batch_size: int
         tun.setblocking(False)
         gw.tun = SimpleNamespace(fileno=tun.fileno)  # type: ignore[assignment]
         gw._vnet, gw._wake_r = True, wake_r
+        gw.stats.per_queue = [QueueStats()]  # what start() sets up: one queue
+        gw.udp = udp
+        gw._sad_version = gw.dataplane.sad.snapshot.version  # no path MTU work on the stand-in device
         cycles: list[int] = []
 
-        def batch(src, dst, n: int) -> None:
+        def batch(src, dst, n: int, q: int) -> None:
             cycles.append(n)
             if sum(cycles) >= batch_size:
                 gw._stop.set()
@@ -64,6 +72,7 @@ def test_vnet_tx_cycle_takes_a_full_batch_of_single_packet_reads(batch_size: int
         assert gw.stats.tun_read == batch_size and gw.stats.tun_bad == 0, gw.stats
         assert cycles == [batch_size], cycles  # was [8, 8, ...]: eight reads per cycle
     finally:
+        udp.close()
         tun.close()
         feeder.close()
         os.close(wake_r)

@@ -1,4 +1,4 @@
-"""esp.keyfile: Wireshark esp_sa tables and the TOML form — parsing, errors with line numbers, round trips."""
+"""esp.pcap.sa_files: Wireshark esp_sa tables and the TOML form — parsing, errors with line numbers, round trips."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ import stat
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from esp.keyfile import (AddressMatch, KeyFileError, PortRange, SaEntry, dump_toml, dump_wireshark, load_keyfile,
+from esp.pcap.sa_files import (AddressMatch, KeyFileError, PortRange, SaEntry, dump_toml, dump_wireshark, load_keyfile,
                          parse_toml, parse_wireshark, write_keyfile)
 from esp.suites import SUITES, parse_suite
 
@@ -64,15 +64,55 @@ def test_wireshark_wildcards_ipv6_and_ascii_keys():
     assert b.spi == 4660 and b.src.family == 6 and b.dst.matches("2001:db8:ffff::9")
 
 
-def test_unsupported_algorithms_are_skipped_with_warning():
+def test_every_wireshark_row_is_read_and_twofish_is_skipped_with_a_reason():
+    """Issue 15: rows the data plane would never negotiate (TripleDES, MD5, no integrity, unchecked ICVs) are
+    read; Twofish, which no library here implements, is skipped with a warning that says so."""
     text = "\n".join([
         _line("TripleDES-CBC [RFC2451]", "0x" + "11" * 24, "HMAC-SHA-1-96 [RFC2404]", H20),
         _line("AES-CBC [RFC3602]", K16, "HMAC-MD5-96 [RFC2403]", "0x" + "22" * 16),
+        _line("AES-CBC [RFC3602]", K16, "NULL", ""),
+        _line("AES-CTR [RFC3686]", K20, "NULL", ""),
+        _line("NULL", "", "ANY 96 bit authentication [no checking]", ""),
+        _line("TWOFISH-CBC", K16, "HMAC-SHA-1-96 [RFC2404]", H20),
         _line("AES-GCM with 16 octet ICV [RFC4106]", K20, "NULL", ""),
     ])
     kf = parse_wireshark(text, "keys")
-    assert [e.suite.name for e in kf.entries] == ["aes128gcm16"]
-    assert len(kf.warnings) == 2 and kf.warnings[0].startswith("keys:1:") and "TripleDES" in kf.warnings[0]
+    assert [e.suite.name for e in kf.entries] == ["3des-sha1", "aes128-md5", "aes128-none", "aes128ctr-none",
+                                                  "null-any96", "aes128gcm16"]
+    assert len(kf.warnings) == 1 and kf.warnings[0].startswith("keys:6:") and "Twofish" in kf.warnings[0]
+
+
+def test_the_data_planes_policy_stays_strict():
+    """Capture-only rows are not suites the data plane (or IKE) can be configured with."""
+    from esp.suites import SUITES, parse_suite
+    for name in ("aes128ctr-none", "3des-sha1", "aes128-md5", "null-none", "aes128-sha256_96", "des-md5"):
+        assert name not in SUITES
+        with pytest.raises(ValueError):
+            parse_suite(name)
+
+
+def test_legacy_ciphers_are_refused_with_a_reason_without_the_legacy_provider(tmp_path):
+    """Blowfish and CAST5 live in OpenSSL 3's legacy provider: without it (CRYPTOGRAPHY_OPENSSL_NO_LEGACY)
+    the row is skipped with a message that says so, and a TOML file naming it is refused the same way."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "from esp.pcap.sa_files import parse_wireshark, parse_toml, KeyFileError\n"
+        f"kf = parse_wireshark({_line('BLOWFISH-CBC [RFC2451]', K16, 'NULL', '')!r})\n"
+        "print(kf.warnings[0] if kf.warnings else 'NO WARNING')\n"
+        "try:\n"
+        "    parse_toml('[[sa]]\\nspi = 4096\\nsuite = \"cast128-sha1\"\\nenc_key = \"0x' + '11' * 16 + "
+        "'\"\\ninteg_key = \"0x' + '22' * 20 + '\"\\n')\n"
+        "    print('ACCEPTED')\n"
+        "except KeyFileError as exc:\n"
+        "    print(exc)\n")
+    env = {**os.environ, "CRYPTOGRAPHY_OPENSSL_NO_LEGACY": "1"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    first, second = res.stdout.splitlines()
+    assert "Blowfish-CBC" in first and "legacy provider" in first
+    assert "CAST5-CBC" in second and "legacy provider" in second
 
 
 @pytest.mark.parametrize("line,reason", [
@@ -220,7 +260,7 @@ def test_toml_round_trip_every_suite(suite, spi, seed, v6, mode):
                 dst=AddressMatch.parse("2001:db8::2" if v6 else "192.0.2.2"), mode=mode)
     (back,) = parse_toml(dump_toml([e])).entries
     assert dataclass_eq(back, e)
-    from esp.keyfile import wireshark_supports
+    from esp.pcap.sa_files import wireshark_supports
     if wireshark_supports(suite):
         (ws,) = parse_wireshark(dump_wireshark([e])).entries
         assert (ws.suite, ws.enc_key, ws.integ_key, ws.spi, str(ws.src)) == (e.suite, e.enc_key, e.integ_key, e.spi,
@@ -267,3 +307,28 @@ def test_reads_the_ike_daemons_key_log(suite):
         0xC0000001, s, ev.enc_key_out, ev.integ_key_out, "192.0.2.1", "192.0.2.2")
     assert (inb.spi, inb.enc_key, inb.integ_key, str(inb.src)) == (0xC0000002, ev.enc_key_in, ev.integ_key_in,
                                                                     "192.0.2.2")
+
+
+def test_the_gateway_checks_secret_files_without_the_capture_package():
+    """Layering (issue 15): the data plane's gateway shares esp.secret_file with the capture tools, and
+    imports nothing of esp.pcap."""
+    import subprocess
+    import sys
+    code = ("import sys, esp.gateway.runtime\n"
+            "print(sorted(m for m in sys.modules if m.startswith('esp.pcap')))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
+def test_secret_files_are_refused_when_others_can_read_them(tmp_path):
+    from esp.secret_file import SecretFileError, check_secret_file, write_secret_file
+    p = tmp_path / "k"
+    write_secret_file(p, "x")
+    assert p.stat().st_mode & 0o777 == 0o600
+    check_secret_file(p)
+    p.chmod(0o640)
+    with pytest.raises(SecretFileError, match="chmod 600"):
+        check_secret_file(p)
+    with pytest.raises(KeyFileError, match="UNPROTECTED KEY FILE"):
+        load_keyfile(p)

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from esp import PacketBatch, Verdict
-from esp.gateway import GatewayStats
+from esp.gateway import GatewayStats, QueueStats
 from esp.gateway.metrics import DataplaneCollector, MetricsUnavailable, parse_listen, serve_metrics
 from tests.esp.test_dataplane import deliver, gateways, ipv4, sa_pair
 from tests.support import require_module
@@ -107,11 +107,15 @@ def test_unknown_spi_and_no_policy_are_counted_by_verdict():
 
 def test_gateway_queue_counters_offloads_and_mtu():
     a, _ = gateways()
-    st = GatewayStats(tun_read=10, tx_bytes=12345, esp_sent=9, esp_send_dropped=1, esp_received=4, rx_bytes=999,
-                      tun_written=3, tso_super_packets=2, tso_segments=30, gso_trains=3, gso_datagrams=29,
-                      gro_trains=1, gro_datagrams=4, tun_gro_packets=4, too_big=2, fragmented=1, io_errors=5,
-                      offloads=["udp_gso", "tun_tso4"], outer_mtu=1500, inner_mtu=1438, tun_mtu=1438)
-    gw = SimpleNamespace(dataplane=a, stats=st, running=True)
+    q0 = QueueStats(tun_read=10, tx_bytes=12345, esp_sent=9, esp_send_dropped=1, esp_received=4, rx_bytes=999,
+                    tun_written=3, tso_super_packets=2, tso_segments=30, gso_trains=3, gso_datagrams=29,
+                    gro_trains=1, gro_datagrams=4, tun_gro_packets=4, too_big=2, fragmented=1,
+                    out_verdicts={"OK": 9}, in_verdicts={"OK": 3, "AUTH_FAILED": 1})
+    q1 = QueueStats(tun_read=7, out_verdicts={"NO_SA": 2})
+    st = GatewayStats(io_errors=5, offloads=["udp_gso", "tun_tso4"], outer_mtu=1500, inner_mtu=1438,
+                      tun_mtu=1438, per_queue=[q0, q1])
+    gw = SimpleNamespace(dataplane=a, stats=st, running=True,
+                         queue_stats=lambda: [q.copy() for q in st.per_queue])
     s = scrape(DataplaneCollector(gateway=gw))
     q = {"queue": "0"}
     assert one(s, "espresso_gateway_up") == 1
@@ -130,14 +134,52 @@ def test_gateway_queue_counters_offloads_and_mtu():
     assert one(s, "espresso_gateway_offload_enabled", offload="udp_gro") == 0
     assert one(s, "espresso_gateway_mtu_bytes", kind="inner") == 1438
     assert "espresso_sa_packets_total" in s  # the gateway's data plane is read too
-    # more queues (a gateway that lists them) are more label values of the same series
-    gw.queue_stats = lambda: [st, GatewayStats(tun_read=7)]
-    s = scrape(DataplaneCollector(gateway=gw))
+    # each queue is a label value of the same series, its drops by verdict too (every verdict, 0 until seen)
     assert one(s, "espresso_gateway_tun_read_packets_total", queue="1") == 7
-    assert one(s, "espresso_gateway_tun_read_packets_total", queue="0") == 10
+    v = "espresso_gateway_verdict_packets_total"
+    assert one(s, v, queue="0", direction="rx", verdict="AUTH_FAILED") == 1
+    assert one(s, v, queue="0", direction="tx", verdict="OK") == 9
+    assert one(s, v, queue="1", direction="tx", verdict="NO_SA") == 2
+    assert one(s, v, queue="1", direction="rx", verdict="REPLAYED") == 0
+    assert "UNPROCESSED" not in {dict(k)["verdict"] for k in s[v]}
+    # a gateway not started has no queues: no per-queue series, no error
+    gw.queue_stats = list
+    s = scrape(DataplaneCollector(gateway=gw))
+    assert "espresso_gateway_tun_read_packets_total" not in s and one(s, "espresso_gateway_up") == 1
+    assert one(s, "espresso_metrics_collect_errors_total") == 0
     # a gateway not there yet (the endpoint starts first): data-plane-less, no error
     s = scrape(DataplaneCollector(gateway=lambda: None))
     assert one(s, "espresso_metrics_collect_errors_total") == 0 and "espresso_gateway_up" not in s
+
+
+def test_queue_counters_add_up_to_the_totals():
+    """What a compiled loop counted (its counter array's growth) goes to its queue and the totals in one step,
+    and so do the Python path's counts: the queues always sum to the totals."""
+    np = pytest.importorskip("numpy")
+    from esp.gateway import _loop
+    from esp.gateway.stats import QUEUE_COUNTERS
+
+    st = GatewayStats(per_queue=[QueueStats(), QueueStats(), QueueStats()])
+    d = np.zeros(_loop.COUNTERS, np.int64)
+    d[[_loop.C_TUN_READ, _loop.C_ESP_SENT, _loop.C_TSO_SUPER, _loop.C_TSO_SEGMENTS, _loop.C_LEFT_DROPPED]] = [
+        5, 40, 2, 40, 1]
+    d[_loop.C_VERDICTS + int(Verdict.OK)] = 40
+    st.fold(1, d, True)
+    r = np.zeros(_loop.COUNTERS, np.int64)
+    r[[_loop.C_ESP_RECEIVED, _loop.C_TUN_WRITTEN, _loop.C_NOT_DELIVERED, _loop.C_TUN_BAD]] = [12, 3, 2, 1]
+    r[_loop.C_VERDICTS + int(Verdict.OK)] = 10
+    r[_loop.C_VERDICTS + int(Verdict.REPLAYED)] = 2
+    st.fold(2, r, False)
+    st.add(0, too_big=3, not_sent=1)
+    st.add_verdicts(0, True, np.bincount(np.array([int(Verdict.NO_SA)], np.uint8), minlength=16))
+    for name in QUEUE_COUNTERS:
+        assert getattr(st, name) == sum(getattr(q, name) for q in st.per_queue), name
+    assert (st.tun_read, st.esp_sent, st.tso_segments, st.tun_bad, st.esp_received) == (5, 40, 40, 2, 12)
+    assert st.per_queue[1].out_verdicts == {"OK": 40}
+    assert st.per_queue[2].in_verdicts == {"OK": 10, "REPLAYED": 2}
+    assert st.per_queue[0].out_verdicts == {"NO_SA": 1} and st.per_queue[0].too_big == 3
+
+
 
 
 def test_a_section_that_fails_is_counted_not_raised():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from esp.keyfile import KeyFileError, parse_toml
+from esp.pcap.sa_files import KeyFileError, parse_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from esp.pcap import CaptureError, CaptureReader, CaptureWriter, Interface, gather_segments, parse_l3
 from tests.esp.pcap_builders import (Rec, epb, ether, idb, ipv4, ipv6, opb, other_block, pcap_file, shb, sll,
                                      sll2, spb, udp)
-from tests.support import require_tool
+from tests.support import patch_pcap, require_tool
 
 
 def _records(path, **kw):
@@ -276,7 +276,7 @@ def _fake_header_payload(rng, n):
 def test_parallel_scan_equals_sequential_walk(tmp_path, monkeypatch, seed, order, tricky):
     import random
 
-    import esp.pcap as pcap_mod
+    import esp.pcap.reader as pcap_mod
     rng = random.Random(seed)
     recs = []
     total = 0
@@ -354,7 +354,7 @@ def test_hypothesis_write_then_read(tmp_path, packets, fmt, order, nano, chunk):
 def test_pcapng_parallel_scan_equals_sequential_walk(tmp_path, monkeypatch, seed):
     import random
 
-    import esp.pcap as pcap_mod
+    import esp.pcap.reader as pcap_mod
     rng = random.Random(seed)
     order = "<>"[seed % 2]
     blocks = [shb(order), idb(1, order, tsresol=9), idb(101, order)]
@@ -429,7 +429,7 @@ def _gather_reference(src, src_off, lengths, dst, dst_off):
 
 
 def test_native_hooks_are_used_and_agree(tmp_path, monkeypatch):
-    import esp.pcap as pcap_mod
+    import esp.pcap.reader as pcap_mod
     calls = {"scan": 0, "gather": 0}
 
     def scan(*a):
@@ -450,9 +450,9 @@ def test_native_hooks_are_used_and_agree(tmp_path, monkeypatch):
             expected.append((_records(path, chunk_records=7)[0], None))
         except CaptureError as exc:
             expected.append((None, str(exc)))
-    monkeypatch.setattr(pcap_mod, "_NATIVE_SCAN", scan)
-    monkeypatch.setattr(pcap_mod, "_NATIVE_GATHER", gather)
-    monkeypatch.setattr(pcap_mod, "_NATIVE_ASSEMBLE", None)  # the writer then goes through the gather hook
+    patch_pcap(monkeypatch, "_NATIVE_SCAN", scan)
+    patch_pcap(monkeypatch, "_NATIVE_GATHER", gather)
+    patch_pcap(monkeypatch, "_NATIVE_ASSEMBLE", None)  # the writer then goes through the gather hook
     for data, (want, err) in zip(cases, expected):
         path = _write(tmp_path, "n.pcap", data)
         if err is None:

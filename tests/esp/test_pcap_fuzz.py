@@ -58,8 +58,8 @@ def _idb_full(order: str, linktype: int, tsresol: int, tsoffset: int) -> bytes:
 @lru_cache(maxsize=1)
 def _seeds() -> tuple[Path, list[bytes]]:
     """(directory holding sa.toml, the seed captures), built once: ESP made by ``pcap encrypt`` itself."""
-    from esp.keyfile import parse_toml
-    from esp.pcaptool import encrypt_file
+    from esp.pcap.sa_files import parse_toml
+    from esp.pcap import encrypt_file
 
     d = Path(tempfile.mkdtemp(prefix="espresso-pcap-fuzz-"))
     atexit.register(shutil.rmtree, d, True)

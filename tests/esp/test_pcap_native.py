@@ -1,4 +1,4 @@
-"""The compiled kernels of esp._pcapio against the numpy references they replace: same arrays, same files."""
+"""The compiled kernels of esp.pcap._pcapio against the numpy references they replace: same arrays, same files."""
 from __future__ import annotations
 
 import os
@@ -9,16 +9,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import esp.pcap as pcap_mod
-import esp.pcaptool as tool_mod
-from esp.pcap import Chunk, parse_l3_numpy
-from esp.pcaptool import _classify_esp_numpy, decrypt_file, encrypt_file
+import esp.pcap.classify as classify_mod
+import esp.pcap.decrypt as decrypt_mod
+import esp.pcap.layers as layers_mod
+import esp.pcap.sas as sas_mod
+from esp.pcap import decrypt_file, encrypt_file
+from esp.pcap.classify import _classify_esp_numpy
+from esp.pcap.formats import READ_PAD, Chunk
+from esp.pcap.layers import parse_l3_numpy
 from tests.esp.pcap_builders import (FRAMERS, Rec, ether, ipv4, ipv6, pcap_file, plaintext_packets, sll, sll2,
                                      udp)
 from tests.esp.test_pcap_tool import entries, make_capture, sa_toml
-from tests.support import require_module
+from tests.support import patch_pcap, require_module
 
 try:
-    from esp import _pcapio
+    from esp.pcap import _pcapio
 except ImportError:  # pragma: no cover - the build always makes it
     _pcapio = None
 
@@ -27,21 +32,21 @@ NATIVE = ["_NATIVE_GATHER", "_NATIVE_SCAN", "_NATIVE_FIELDS", "_NATIVE_SCATTER",
 
 
 def _need_native():
-    require_module("esp._pcapio")
+    require_module("esp.pcap._pcapio")
 
 
 def _numpy_only(monkeypatch):
     for name in NATIVE:
-        monkeypatch.setattr(pcap_mod, name, None)
+        patch_pcap(monkeypatch, name, None)
     for name in ("_NATIVE_CLASSIFY", "_NATIVE_EMIT", "_NATIVE_ESP_CHUNK", "_NATIVE_OUTCOME"):
-        monkeypatch.setattr(tool_mod, name, None)
+        patch_pcap(monkeypatch, name, None)
 
 
 def _chunk(frames, lts):
     """A chunk holding ``frames`` back to back (no padding after the last one: the kernel must not need it)."""
     lens = np.array([len(f) for f in frames], dtype=np.int64)
     offs = np.cumsum(lens) - lens
-    data = np.frombuffer(b"".join(frames) + bytes(pcap_mod.READ_PAD), dtype=np.uint8).copy()
+    data = np.frombuffer(b"".join(frames) + bytes(READ_PAD), dtype=np.uint8).copy()
     n = len(frames)
     return Chunk(data, offs, lens, lens, np.zeros(n, np.int64), np.asarray(lts, dtype=np.int32), 0, 0)
 
@@ -98,7 +103,7 @@ def test_parse_l3_and_classify_match_the_numpy_reference(recs):
     for field in a.__dataclass_fields__:
         x, y = getattr(a, field), getattr(b, field)
         assert x.dtype == y.dtype and np.array_equal(x, y), field
-    ea = tool_mod._classify_esp(c, a, (4500, 4501))
+    ea = classify_mod._classify_esp(c, a, (4500, 4501))
     eb = _classify_esp_numpy(c, b, (4500, 4501))
     for field in ea.__dataclass_fields__:
         assert np.array_equal(getattr(ea, field), getattr(eb, field)), field
@@ -266,12 +271,12 @@ def test_direct_output_is_the_same_whoever_writes_it(tmp_path, monkeypatch, wher
 
     _need_native()
     enc, sas = _mixed_capture(tmp_path)
-    monkeypatch.setattr(tool_mod, "GROUP_RECORDS", 3)
+    patch_pcap(monkeypatch, "GROUP_RECORDS", 3)
     ref = tmp_path / "ref.pcap"
     with monkeypatch.context() as m:
-        m.setattr(tool_mod, "_NATIVE_ESP_CHUNK", None)
+        patch_pcap(m, "_NATIVE_ESP_CHUNK", None)
         decrypt_file(enc, ref, sas, chunk_records=13)
-    monkeypatch.setattr(tool_mod, "_WRITES_AHEAD", {"writer thread": 10**6, "either thread": 1, "this thread": 0,
+    patch_pcap(monkeypatch, "_WRITES_AHEAD", {"writer thread": 10**6, "either thread": 1, "this thread": 0,
                                                     "pipe": 0}[where])
     out = tmp_path / "out.pcap"
     if where != "pipe":
@@ -363,14 +368,14 @@ def _same_both_ways(tool, path, sas, kw, group, tmp_path, monkeypatch):
     """``tool`` (decrypt_file or encrypt_file) through the direct path, in groups of ``group`` records, and
     through the whole-chunk path: the same file and the same summary."""
     with monkeypatch.context() as m:
-        m.setattr(tool_mod, "GROUP_RECORDS", group)
+        patch_pcap(m, "GROUP_RECORDS", group)
         used = []
-        real = tool_mod._direct
-        m.setattr(tool_mod, "_direct", lambda *a, **k: used.append(1) or real(*a, **k))
+        real = decrypt_mod._direct
+        patch_pcap(m, "_direct", lambda *a, **k: used.append(1) or real(*a, **k))
         direct = tool(path, tmp_path / "direct.pcap", sas, **kw)
         assert used, "the direct path was not used"
     with monkeypatch.context() as m:
-        m.setattr(tool_mod, "_NATIVE_ESP_CHUNK", None)
+        patch_pcap(m, "_NATIVE_ESP_CHUNK", None)
         whole = tool(path, tmp_path / "whole.pcap", sas, **kw)
     assert direct.as_dict() | {"seconds": 0} == whole.as_dict() | {"seconds": 0}
     assert (tmp_path / "direct.pcap").read_bytes() == (tmp_path / "whole.pcap").read_bytes()
@@ -461,7 +466,7 @@ def _decrypt_chunk_args(n=4, nsa=1):
     def i64(v):
         return np.full(n, v, np.int64)
 
-    ctx = [tool_mod._make_sa(entries(sa_toml(spi=0x2000 + k))[0], Direction.IN, "tunnel", None, None)._ctx
+    ctx = [sas_mod._make_sa(entries(sa_toml(spi=0x2000 + k))[0], Direction.IN, "tunnel", None, None)._ctx
            for k in range(nsa)]
     return {"api": SA_API, "outbound": False, "grow": 0, "primaries": ctx, "fallbacks": [None] * nsa, "sa_of": np.full(n, -1, np.int32),
             "data": data, "base": np.arange(n, dtype=np.int64) * 100, "l3": i64(0), "cap": i64(100),
@@ -513,7 +518,7 @@ def test_esp_chunk_refuses_an_sa_of_the_other_direction_as_unsupported(outbound)
 
     a = _decrypt_chunk_args()
     a["outbound"], a["grow"] = outbound, 160 if outbound else 0
-    sa = tool_mod._make_sa(entries(sa_toml(spi=0x2000))[0], Direction.IN if outbound else Direction.OUT, "tunnel",
+    sa = sas_mod._make_sa(entries(sa_toml(spi=0x2000))[0], Direction.IN if outbound else Direction.OUT, "tunnel",
                            None, None)
     a["primaries"] = [sa._ctx]
     a["sa_of"] = np.array([0, -1, 0, -1], np.int32)
@@ -539,16 +544,17 @@ except CaptureError as exc:
 
 _CUT_DECRYPT = """
 import os, sys
-import esp.pcaptool as T
+import esp.pcap as T
+import esp.pcap.output as O
 path, out, keys = sys.argv[1:4]
-T.GROUP_RECORDS = 4
-real = T._Output.claim_group_buffer
+O.GROUP_RECORDS = 4
+real = O._Output.claim_group_buffer
 def cut(self):
     cut.groups = getattr(cut, "groups", 0) + 1
     if cut.groups == 6:  # five groups decrypted and written; the rest of the chunk is mapped already
         os.truncate(path, 4096)  # the records of the next groups lie in pages past the new end
     return real(self)
-T._Output.claim_group_buffer = cut
+O._Output.claim_group_buffer = cut
 s = T.decrypt_file(path, out, keys)
 print("records written:", s.written)
 print("error:", s.capture_error)
@@ -596,15 +602,15 @@ def test_outcome_matches_the_numpy_reference():
     frames = [_frame(p, lt) for p in BASE for lt in (1, 101, 113)]
     c = _chunk(frames, [0] * len(frames))
     lts = np.asarray([1], dtype=np.int64)
-    L = tool_mod.parse_l3(c, lts)
-    E = tool_mod._classify_esp(c, L, (4500,))
+    L = layers_mod.parse_l3(c, lts)
+    E = classify_mod._classify_esp(c, L, (4500,))
     n = c.count
     for _ in range(30):
         assigned = rng.random(n) < 0.5
         status = rng.choice([0, 0, 1, 2, 3], size=n).astype(np.uint8)
         flags = {"drop_other": bool(rng.random() < 0.5), "drop_unknown": bool(rng.random() < 0.5),
                  "frames": bool(rng.random() < 0.5)}
-        body_ref, counts_ref = tool_mod._outcome_numpy(L, E, assigned, status, **flags)
+        body_ref, counts_ref = decrypt_mod._outcome_numpy(L, E, assigned, status, **flags)
         body = np.empty(n, np.int8)
         counts = _pcapio.decrypt_outcome(assigned.view(np.uint8), status, E.esp.view(np.uint8),
                                          E.frag.view(np.uint8), E.cut.view(np.uint8), L.version,
@@ -643,6 +649,6 @@ def test_a_failed_write_is_reported_not_lost(tmp_path, monkeypatch, direct):
     _need_native()
     enc, sas = _mixed_capture(tmp_path)
     if not direct:
-        monkeypatch.setattr(tool_mod, "_NATIVE_ESP_CHUNK", None)
+        patch_pcap(monkeypatch, "_NATIVE_ESP_CHUNK", None)
     with pytest.raises(pcap_mod.CaptureError, match="/dev/full: write failed"):
         decrypt_file(enc, "/dev/full", sas, chunk_records=13)

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from esp.keyfile import AddressMatch, SaEntry, dump_wireshark, parse_wireshark
-from esp.pcap import CaptureReader
-from esp.pcaptool import decrypt_file
+from esp.pcap.sa_files import AddressMatch, SaEntry, dump_wireshark, parse_wireshark
+from esp.pcap import CaptureReader, decrypt_file
 from esp.suites import parse_suite
 from tests.esp.pcap_builders import ipv4, ipv6, udp
 from tests.support import require_module

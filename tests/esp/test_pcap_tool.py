@@ -1,4 +1,4 @@
-"""esp.pcaptool and ``python -m esp pcap``: round trips, classification, bad input, replay against RFC 4303."""
+"""esp.pcap's tools and ``python -m esp pcap``: round trips, classification, bad input, replay against RFC 4303."""
 from __future__ import annotations
 
 import struct
@@ -7,9 +7,8 @@ import sys
 
 import pytest
 
-from esp.keyfile import parse_toml
-from esp.pcap import CaptureReader
-from esp.pcaptool import ReplayPattern, decrypt_file, encrypt_file, replay_file
+from esp.pcap.sa_files import parse_toml
+from esp.pcap import CaptureReader, ReplayPattern, decrypt_file, encrypt_file, replay_file
 from tests.esp.pcap_builders import (FRAMERS, Rec, epb, ether, idb, ipv4, pcap_file, plaintext_packets, shb,
                                      udp)
 
@@ -191,7 +190,7 @@ def test_sa_match_needs_addresses_too(tmp_path):
 
 
 def test_wireshark_table_without_mode_decrypts_tunnel_and_transport(tmp_path):
-    from esp.keyfile import dump_wireshark, parse_wireshark
+    from esp.pcap.sa_files import dump_wireshark, parse_wireshark
     tun = entries(sa_toml(spi=0x3001))
     tra = entries(sa_toml(spi=0x3002, mode="transport", src="10.1.0.1", dst="10.2.0.2"))
     e1 = _esp_capture(tmp_path, tun, plaintext_packets(4))
@@ -380,7 +379,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, args, needle):
 
 
 def test_wildcard_spi_like_wireshark(tmp_path):
-    from esp.keyfile import dump_wireshark, parse_wireshark
+    from esp.pcap.sa_files import dump_wireshark, parse_wireshark
     a = entries(sa_toml(spi=0x7001))
     b = entries(sa_toml(spi=0x7002))
     e1 = _esp_capture(tmp_path, a, plaintext_packets(3))

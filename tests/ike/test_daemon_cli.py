@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ike.__main__ import format_sas
+from ike.listing import format_sas
+from tests.support import NotifySocket
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 20
@@ -48,6 +49,7 @@ control_socket = "{sock}"
 local_addr = "127.0.0.1"
 remote_addr = "127.0.0.1"
 remote_port = {remote}
+remote_nat_port = {remote_nat}
 auth = "psk"
 psk = "a long enough lab secret"
 local_id = "{me}.test"
@@ -61,10 +63,16 @@ esp_proposals = "aes128gcm16"
 """
 
 
+def _conf(**kw: object) -> str:
+    """CONF with the peer's NAT-T port: the other daemon's nat_port (the IKE_SA floats there; encap = true)."""
+    kw.setdefault("remote_nat", int(kw["remote"]) + 1)  # type: ignore[call-overload]
+    return CONF.format(**kw)
+
+
 def test_check_config(tmp_path: Path) -> None:
     port, nat = _free_ports(2)
     good = tmp_path / "good.toml"
-    good.write_text(CONF.format(port=port, nat=nat, sock=tmp_path / "s", peer="b", remote=port + 1, me="a",
+    good.write_text(_conf(port=port, nat=nat, sock=tmp_path / "s", peer="b", remote=port + 1, me="a",
                                 local="10.1.0.0/24", remote_ts="10.2.0.0/24"))
     r = _ike("check-config", "--config", str(good))
     assert r.returncode == 0 and "OK; peers: b (1 children)" in r.stdout, r.stderr
@@ -82,7 +90,7 @@ def test_key_log_path_that_is_a_file_is_a_one_line_error(tmp_path: Path) -> None
     """QA: `daemon --key-log <existing file>` crashed with a FileExistsError traceback; check-config missed it."""
     port, nat = _free_ports(2)
     conf = tmp_path / "a.toml"
-    conf.write_text(CONF.format(port=port, nat=nat, sock=tmp_path / "s", peer="b", remote=port + 1, me="a",
+    conf.write_text(_conf(port=port, nat=nat, sock=tmp_path / "s", peer="b", remote=port + 1, me="a",
                                 local="10.1.0.0/24", remote_ts="10.2.0.0/24"))
     afile = tmp_path / "keys.txt"
     afile.write_text("not a directory\n")
@@ -111,16 +119,15 @@ def test_second_daemon_on_the_same_ports_fails_port_in_use(tmp_path: Path) -> No
     confs = []
     for n in ("one", "two"):
         c = tmp_path / f"{n}.toml"
-        c.write_text(CONF.format(port=port, nat=nat, sock=tmp_path / f"{n}.sock", peer="b", remote=port + 1,
+        c.write_text(_conf(port=port, nat=nat, sock=tmp_path / f"{n}.sock", peer="b", remote=port + 1,
                                  me="a", local="10.1.0.0/24", remote_ts="10.2.0.0/24"))
         confs.append(c)
+    notify = NotifySocket()
     first = subprocess.Popen([sys.executable, "-m", "ike", "daemon", "--config", str(confs[0])], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=notify.env())
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not (tmp_path / "one.sock").exists():
-            assert time.monotonic() < deadline and first.poll() is None, "first daemon did not start"
-            time.sleep(0.05)
+        notify.wait_ready(first, TIMEOUT)  # READY=1: configuration loaded, every socket bound
+        assert (tmp_path / "one.sock").exists()
         r = _ike("daemon", "--config", str(confs[1]))
         assert r.returncode == 1, r.stderr
         assert r.stderr.strip() in {f"error: cannot start: UDP 127.0.0.1[{p}]: port in use (another IKE daemon?)"
@@ -128,7 +135,7 @@ def test_second_daemon_on_the_same_ports_fails_port_in_use(tmp_path: Path) -> No
         assert "Traceback" not in r.stderr and not (tmp_path / "two.sock").exists()
         # the NAT-T port alone is refused too
         nat_only = tmp_path / "three.toml"
-        nat_only.write_text(CONF.format(port=_free_ports(1)[0], nat=nat, sock=tmp_path / "three.sock", peer="b",
+        nat_only.write_text(_conf(port=_free_ports(1)[0], nat=nat, sock=tmp_path / "three.sock", peer="b",
                                         remote=port + 1, me="a", local="10.1.0.0/24", remote_ts="10.2.0.0/24"))
         r = _ike("daemon", "--config", str(nat_only))
         assert r.returncode == 1 and f"UDP 127.0.0.1[{nat}]: port in use" in r.stderr, r.stderr
@@ -147,30 +154,39 @@ def test_second_daemon_on_the_same_ports_fails_port_in_use(tmp_path: Path) -> No
         except subprocess.TimeoutExpired:
             first.kill()
             first.wait(timeout=5)
+        notify.close()
 
 
 @pytest.mark.slow
 def test_two_daemon_processes(tmp_path: Path) -> None:
     pytest.importorskip("esp._core")
     pa, na, pb, nb = _free_ports(4)
+    notifies = {"a": NotifySocket(), "b": NotifySocket()}
     socks = {"a": tmp_path / "a.sock", "b": tmp_path / "b.sock"}
     confs = {}
     for me, peer, port, nat, remote, local, rts in (("a", "b", pa, na, pb, "10.1.0.0/24", "10.2.0.0/24"),
                                                      ("b", "a", pb, nb, pa, "10.2.0.0/24", "10.1.0.0/24")):
         confs[me] = tmp_path / f"{me}.toml"
-        confs[me].write_text(CONF.format(port=port, nat=nat, sock=socks[me], peer=peer, remote=remote, me=me,
-                                         local=local, remote_ts=rts))
-    procs = {n: subprocess.Popen([sys.executable, "-m", "ike", "daemon", "--config", str(c)], cwd=ROOT,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        confs[me].write_text(_conf(port=port, nat=nat, sock=socks[me], peer=peer, remote=remote, me=me,
+                                   remote_nat=nb if me == "a" else na, local=local, remote_ts=rts))
+    ready = {n: tmp_path / f"{n}.ready" for n in confs}
+    procs = {n: subprocess.Popen([sys.executable, "-m", "ike", "daemon", "--config", str(c), "--ready-file",
+                                  str(ready[n])], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, env=notifies[n].env())
              for n, c in confs.items()}
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not all(s.exists() for s in socks.values()):
-            assert time.monotonic() < deadline, "daemons did not open their control sockets"
-            assert all(p.poll() is None for p in procs.values()), "a daemon exited early"
-            time.sleep(0.05)
+        for n, p in procs.items():
+            notifies[n].wait_ready(p, TIMEOUT)
+            # the ready file is there by then, whole, with the status the control socket reports
+            st = json.loads(ready[n].read_text())
+            assert st["ready"] is True and st["pid"] == p.pid and st["control_socket"] == str(socks[n])
+            assert sorted(tuple(a) for a in st["listening"]) == sorted(
+                ("127.0.0.1", port) for port in ((pa, na) if n == "a" else (pb, nb)))
         assert oct(socks["a"].stat().st_mode & 0o777) == "0o600"
 
+        r = _ike("status", "--socket", str(socks["a"]))
+        assert r.returncode == 0 and r.stdout.startswith("ready, pid "), r.stdout + r.stderr
+        assert "listening " + ", ".join(f"127.0.0.1[{x}]" for x in sorted((pa, na))) in r.stdout and "0 IKE_SAs, 0 CHILD_SAs" in r.stdout
         r = _ike("list-conns", "--socket", str(socks["a"]))
         assert r.returncode == 0 and "b: IKEv2, remote 127.0.0.1" in r.stdout, r.stderr
         r = _ike("initiate", "--ike", "b", "--timeout", "10", "--socket", str(socks["a"]))
@@ -194,6 +210,8 @@ def test_two_daemon_processes(tmp_path: Path) -> None:
         assert "    local  10.2.0.0/24" in r.stdout and "    remote 10.1.0.0/24" in r.stdout
         raw = json.loads(_ike("list-sas", "--raw", "--socket", str(socks["a"])).stdout)
         (sa,) = raw["ike_sas"]
+        # encap = true floated the IKE_SA from the IKE ports to the configured, non-default NAT-T ports
+        assert (sa["local_port"], sa["remote_port"]) == (na, nb), sa
         old_spi = sa["child_sas"][0]["spi_in"]
 
         r = _ike("rekey", "--child", "net", "--socket", str(socks["a"]))
@@ -225,7 +243,8 @@ def test_two_daemon_processes(tmp_path: Path) -> None:
         for n, p in procs.items():
             out, _ = p.communicate(timeout=TIMEOUT)
             assert p.returncode == 0, out
-            assert not socks[n].exists()
+            assert not socks[n].exists() and not ready[n].exists()
+            assert "STOPPING=1" in notifies[n].wait_for("STOPPING=1", timeout=5)
         assert "IKE_SA a[1] established" in out  # b's log, charon-like
         # QA: each event once (the core no longer logs what the daemon logs from its events)
         for line in out.splitlines():
@@ -237,6 +256,8 @@ def test_two_daemon_processes(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.kill()
                 p.wait(timeout=5)
+        for ns in notifies.values():
+            ns.close()
 
 
 def test_format_sas_layout() -> None:
@@ -265,3 +286,31 @@ def test_format_sas_layout() -> None:
         "    local  10.1.0.0/16",
         "    remote 10.2.0.0/16 10.3.0.0/16",
     ]
+
+
+def test_ready_file_that_cannot_be_written_is_a_one_line_error(tmp_path: Path) -> None:
+    """A supervisor waiting for a ready file that never comes would wait forever: the daemon refuses to run."""
+    port, nat = _free_ports(2)
+    conf = tmp_path / "a.toml"
+    conf.write_text(_conf(port=port, nat=nat, sock=tmp_path / "a.sock", peer="b", remote=port + 1, me="a",
+                                local="10.1.0.0/24", remote_ts="10.2.0.0/24"))
+    r = _ike("daemon", "--config", str(conf), "--ready-file", str(tmp_path / "missing" / "ready.json"))
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.splitlines()[-1] == f"error: cannot start: ready file {tmp_path / 'missing' / 'ready.json'}: " \
+                                        "No such file or directory", r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "a.sock").exists()
+
+
+def test_sd_notify_abstract_and_unreachable_sockets() -> None:
+    """sd_notify(3)'s addresses: '@' names an abstract socket; an absent supervisor is a warning, not a crash."""
+    import os as _os
+
+    from ike.ready import sd_notify
+
+    name = f"espresso-test-{_os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind("\0" + name)
+        assert sd_notify("@" + name, "READY=1\nSTATUS=x")
+        assert s.recv(100) == b"READY=1\nSTATUS=x"
+    assert not sd_notify("/nonexistent/notify.sock", "READY=1")
+    assert not sd_notify(None, "READY=1")

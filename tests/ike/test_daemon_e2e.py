@@ -42,6 +42,7 @@ key = "{name}.key"
 local_addr = "127.0.0.1"
 remote_addr = "127.0.0.1"
 remote_port = {remote_port}
+remote_nat_port = {remote_nat_port}
 remote_id = "{peer}.test"
 ike_proposals = ["{ike}"]
 encap = true
@@ -88,7 +89,7 @@ async def _pair(tmp: Path, kind: str, ike: str, esp: str, key_log: bool = False)
         (tmp / f"{name}.pem").write_bytes(cred.cert_pem())
         cred.write_key(tmp / f"{name}.key")
         text = CONF.format(port=ports[name][0], nat_port=ports[name][1], name=name, peer=peer,
-                           remote_port=ports[peer][0], ike=ike, esp=esp, local=local, remote=remote,
+                           remote_port=ports[peer][0], remote_nat_port=ports[peer][1], ike=ike, esp=esp, local=local, remote=remote,
                            key_log=f'key_log = "keys-{name}"' if key_log else "")
         cfg = parse_config(text, base=tmp)
         site = Site(None)  # type: ignore[arg-type]
@@ -117,7 +118,8 @@ def test_two_daemons_tunnel(tmp_path: Path, kind: str, ike: str, esp: str) -> No
             assert (ca.spi_in, ca.spi_out) == (cb.spi_out, cb.spi_in)
             assert ca.event.enc_key_out == cb.event.enc_key_in and ca.event.enc_key_in == cb.event.enc_key_out
             assert ca.event.integ_key_out == cb.event.integ_key_in and ca.event.suite == esp
-            assert ca.event.encap and ca.event.remote_addr[1] == b.daemon.endpoint.addresses[0][1]
+            # encap = true: the IKE_SA and its ESP floated to b's NAT-T port (remote_nat_port), not its IKE port
+            assert ca.event.encap and ca.event.remote_addr[1] == b.daemon.endpoint.addresses[1][1]
 
             forth = [_ipv4_udp("10.1.0.1", "10.2.0.9", os.urandom(200) + i.to_bytes(4, "big")) for i in range(64)]
             back = [_ipv4_udp("10.2.0.9", "10.1.0.1", os.urandom(300) + i.to_bytes(4, "big")) for i in range(64)]
@@ -211,7 +213,7 @@ def test_soft_packet_lifetime_from_esp_rekeys(tmp_path: Path) -> None:
             (tmp_path / f"{name}.pem").write_bytes(cred.cert_pem())
             cred.write_key(tmp_path / f"{name}.key")
             text = CONF.format(port=ports[name][0], nat_port=ports[name][1], name=name, peer=peer,
-                               remote_port=ports[peer][0], ike="aes128gcm16-prfsha256-ecp256", esp="aes128gcm16",
+                               remote_port=ports[peer][0], remote_nat_port=ports[peer][1], ike="aes128gcm16-prfsha256-ecp256", esp="aes128gcm16",
                                local=local, remote=remote, key_log="")
             text += 'rekey_packets = 100\nlife_packets = 1000\n'
             site = Site(None)  # type: ignore[arg-type]
@@ -268,7 +270,7 @@ def test_ipv6_outer_and_inner(tmp_path: Path) -> None:
             (tmp_path / f"{name}.pem").write_bytes(cred.cert_pem())
             cred.write_key(tmp_path / f"{name}.key")
             text = CONF.format(port=ports[name][0], nat_port=ports[name][1], name=name, peer=peer,
-                               remote_port=ports[peer][0], ike="aes256gcm16-prfsha384-ecp384", esp="aes256gcm16",
+                               remote_port=ports[peer][0], remote_nat_port=ports[peer][1], ike="aes256gcm16-prfsha384-ecp384", esp="aes256gcm16",
                                local=local, remote=remote, key_log="").replace('"127.0.0.1"', '"::1"')
             site = Site(None)  # type: ignore[arg-type]
             site.daemon = Daemon(parse_config(text, base=tmp_path), on_packets=lambda pk, ch, s=site: s.got.extend(pk))

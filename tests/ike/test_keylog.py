@@ -191,19 +191,24 @@ def _ike_auth_message(spi_i: int, spi_r: int, ev_kind: str, sk_e: bytes, sk_a: b
     return body + hmac.new(sk_a, body, hashlib.sha256).digest()[:16]
 
 
+def ike_keys_event(kind: str) -> IkeKeysDerived:
+    """Random keys of an IKE_SA with AES-GCM-16 ("gcm") or AES-256-CBC/HMAC-SHA-256 ("cbc")."""
+    spi_i, spi_r = int.from_bytes(os.urandom(8), "big"), int.from_bytes(os.urandom(8), "big")
+    if kind == "gcm":
+        return IkeKeysDerived(ike_id=1, peer="b", spi_i=spi_i, spi_r=spi_r, encr=20, encr_key_bits=128, integ=0,
+                              encr_name="aes128gcm16", integ_name="", sk_ei=os.urandom(20), sk_er=os.urandom(20),
+                              sk_ai=b"", sk_ar=b"")
+    return IkeKeysDerived(ike_id=1, peer="b", spi_i=spi_i, spi_r=spi_r, encr=12, encr_key_bits=256, integ=12,
+                          encr_name="aes256", integ_name="sha256", sk_ei=os.urandom(32), sk_er=os.urandom(32),
+                          sk_ai=os.urandom(32), sk_ar=os.urandom(32))
+
+
 @pytest.mark.interop
 @pytest.mark.parametrize("kind", ["gcm", "cbc"])
 def test_tshark_decrypts_ike_with_our_table(tmp_path: Path, kind: str) -> None:
     profile = tmp_path / "wireshark"
-    spi_i, spi_r = int.from_bytes(os.urandom(8), "big"), int.from_bytes(os.urandom(8), "big")
-    if kind == "gcm":
-        ev = IkeKeysDerived(ike_id=1, peer="b", spi_i=spi_i, spi_r=spi_r, encr=20, encr_key_bits=128, integ=0,
-                            encr_name="aes128gcm16", integ_name="", sk_ei=os.urandom(20), sk_er=os.urandom(20),
-                            sk_ai=b"", sk_ar=b"")
-    else:
-        ev = IkeKeysDerived(ike_id=1, peer="b", spi_i=spi_i, spi_r=spi_r, encr=12, encr_key_bits=256, integ=12,
-                            encr_name="aes256", integ_name="sha256", sk_ei=os.urandom(32), sk_er=os.urandom(32),
-                            sk_ai=os.urandom(32), sk_ar=os.urandom(32))
+    ev = ike_keys_event(kind)
+    spi_i, spi_r = ev.spi_i, ev.spi_r
     with KeyLog(profile) as log:
         log.record(ev)
     msg = _ike_auth_message(spi_i, spi_r, kind, ev.sk_ei, ev.sk_ai)

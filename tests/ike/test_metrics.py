@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ike.test_daemon_cli import CONF, ROOT, TIMEOUT, _free_ports, _ike
+from tests.ike.test_daemon_cli import CONF, ROOT, TIMEOUT, _conf, _free_ports, _ike
 from tests.support import require_module
 
 
@@ -66,8 +66,8 @@ def test_daemon_metrics_ike_and_child_sas_events_drops(tmp_path: Path) -> None:
     for me, peer, port, nat, remote, local, rts in (("a", "b", pa, na, pb, "10.1.0.0/24", "10.2.0.0/24"),
                                                      ("b", "a", pb, nb, pa, "10.2.0.0/24", "10.1.0.0/24"),
                                                      ("c", "a", pc, nc, pa, "10.2.0.0/24", "10.1.0.0/24")):
-        text = CONF.format(port=port, nat=nat, sock=socks[me], peer=peer, remote=remote, me=me, local=local,
-                           remote_ts=rts)
+        text = _conf(port=port, nat=nat, sock=socks[me], peer=peer, remote=remote, me=me, local=local,
+                     remote_ts=rts, remote_nat={pa: na, pb: nb}[remote])
         if me == "a":
             text += f'\n[metrics]\nlisten = "127.0.0.1:{mport}"\n'
         if me == "c":  # an impostor: claims to be b, does not know the key
@@ -105,11 +105,11 @@ def test_daemon_metrics_ike_and_child_sas_events_drops(tmp_path: Path) -> None:
         assert one(s, "espresso_sas", direction="in") == 1 and one(s, "espresso_sas", direction="out") == 1
 
         # an IKE message for an IKE_SA that does not exist: counted as a drop, not answered (the non-ESP
-        # marker first: only port 500 carries IKE without it)
+        # marker first: sent to the NAT-T port, where IKE carries it)
         hdr = bytes(4) + os.urandom(8) + (0x1234).to_bytes(8, "big") + bytes([0, 0x20, 37, 0x08]) + bytes(4) + \
             (28).to_bytes(4, "big")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.sendto(hdr, ("127.0.0.1", pa))
+            u.sendto(hdr, ("127.0.0.1", na))
         _wait(lambda: one(scrape(mport), "espresso_ike_dropped_messages_total", reason="unknown_spi") == 1,
               "the unknown SPI drop")
 
@@ -139,7 +139,7 @@ def test_daemon_metrics_ike_and_child_sas_events_drops(tmp_path: Path) -> None:
 
 def test_metrics_config_errors_are_one_line(tmp_path: Path) -> None:
     port, nat = _free_ports(2)
-    base = CONF.format(port=port, nat=nat, sock=tmp_path / "s", peer="b", remote=port + 1, me="a",
+    base = _conf(port=port, nat=nat, sock=tmp_path / "s", peer="b", remote=port + 1, me="a",
                        local="10.1.0.0/24", remote_ts="10.2.0.0/24")
     conf = tmp_path / "m.toml"
     for section, err in (

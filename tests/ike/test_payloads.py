@@ -109,3 +109,28 @@ def test_fuzz_mutated_chain(items, data):
         pull_chain(first, mutated)
     except IkeError:
         pass
+
+
+#: IANA's IKEv2 Notify Message Error and Status Types (ikev2-parameters, 2025): the registered values.
+IANA_NOTIFY_ERRORS = {1, 4, 5, 7, 9, 11, 14, 17, 24, *range(34, 50)}
+IANA_NOTIFY_STATUS = set(range(16384, 16448))
+
+
+def test_every_iana_notify_type_prints_by_name() -> None:
+    """A peer's notify shows by name in logs and events for every registered type (USE_PPK, REDIRECT,
+    INTERMEDIATE_EXCHANGE_SUPPORTED printed as numbers before); unassigned and private ones stay numbers."""
+    from ike.payloads import NotifyPayload
+
+    for value in sorted(IANA_NOTIFY_ERRORS | IANA_NOTIFY_STATUS):
+        text = str(NotifyPayload(value))
+        assert not text.startswith("NOTIFY("), value
+        assert NotifyPayload(value).is_error is (value < 16384)
+    known = {
+        16435: "USE_PPK", 16407: "REDIRECT", 16438: "INTERMEDIATE_EXCHANGE_SUPPORTED", 16441: "ADDITIONAL_KEY_EXCHANGE",
+        16442: "USE_AGGFRAG", 16397: "ADDITIONAL_IP4_ADDRESS", 41: "UNEXPECTED_NAT_DETECTED", 47: "STATE_NOT_FOUND",
+        16429: "GROUP_SENDER", 16430: "IKEV2_FRAGMENTATION_SUPPORTED", 16431: "SIGNATURE_HASH_ALGORITHMS",
+    }
+    for value, name in known.items():
+        assert str(NotifyPayload(value)) == name
+    for value in (2, 3, 50, 8191, 8192, 16448, 40960, 65535):
+        assert str(NotifyPayload(value)) == f"NOTIFY({value})"

@@ -114,6 +114,7 @@ class LabPki:
 
     kind: str = "ecdsa"
     name: str = "espresso test CA"  # distinct names for distinct CAs: strongSwan finds issuers by name
+    parent: LabPki | None = None  # an intermediate CA issued by this one; None: a self-signed root
     ca: Credential = field(init=False)
 
     def __post_init__(self) -> None:
@@ -121,9 +122,11 @@ class LabPki:
         name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "espresso interop"),
                           x509.NameAttribute(NameOID.COMMON_NAME, f"{self.name} {self.kind}")])
         now = _dt.datetime.now(_dt.timezone.utc)
-        cert = (
+        issuer_name, issuer_key = (name, key) if self.parent is None else \
+            (self.parent.ca.cert.subject, self.parent.ca.key)
+        b = (
             x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name).public_key(key.public_key())
+            .subject_name(name).issuer_name(issuer_name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - _dt.timedelta(hours=1)).not_valid_after(now + _dt.timedelta(days=2))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -131,9 +134,16 @@ class LabPki:
                                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
                                          crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
         )
+        if self.parent is not None:
+            b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                issuer_key.public_key()), critical=False)  # type: ignore[attr-defined]
+        cert = b.sign(issuer_key, hashes.SHA256())  # type: ignore[arg-type]
         self.ca = Credential("ca", key, cert, "")
+
+    def intermediate(self, name: str, kind: str | None = None) -> LabPki:
+        """An intermediate CA under this one (its ``ca`` is signed by this CA's key)."""
+        return LabPki(kind or self.kind, name, parent=self)
 
     def crl(self, revoked: list[x509.Certificate]) -> x509.CertificateRevocationList:
         """A CRL of this CA, valid now, revoking ``revoked``."""
@@ -148,9 +158,10 @@ class LabPki:
         return b.sign(self.ca.key, hashes.SHA256())  # type: ignore[arg-type]
 
     def issue(self, name: str, fqdn: str, kind: str | None = None, *, valid_from: _dt.timedelta | None = None,
-              valid_for: _dt.timedelta | None = None) -> Credential:
+              valid_for: _dt.timedelta | None = None, crl_url: str | None = None) -> Credential:
         """An end-entity certificate for ``fqdn`` (SAN). ``valid_from``/``valid_for`` shift its validity
-        (relative to now) to make expired or not-yet-valid certificates."""
+        (relative to now) to make expired or not-yet-valid certificates; ``crl_url`` is a CRL distribution
+        point."""
         key = _new_key(kind or self.kind)
         now = _dt.datetime.now(_dt.timezone.utc)
         start = now + (valid_from if valid_from is not None else -_dt.timedelta(hours=1))
@@ -166,9 +177,11 @@ class LabPki:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 self.ca.key.public_key()), critical=False)  # type: ignore[attr-defined]
-            .sign(self.ca.key, hashes.SHA256())  # type: ignore[arg-type]
         )
-        return Credential(name, key, cert, fqdn)
+        if crl_url is not None:
+            cert = cert.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+                [x509.UniformResourceIdentifier(crl_url)], None, None, None)]), critical=False)
+        return Credential(name, key, cert.sign(self.ca.key, hashes.SHA256()), fqdn)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -218,6 +231,9 @@ class Connection:
     local_port: int = 500
     remote_port: int = 500
     extra: str = ""  # raw lines in the connection section, e.g. "rekey_time = 0"
+    local_auth: str = "pubkey"  # swanctl local.auth, e.g. "ike:rsa/pss-sha384"
+    remote_auth: str = "pubkey"  # swanctl remote.auth, e.g. "ecdsa-384"
+    remote_extra: str = ""  # raw lines in the remote section, e.g. "revocation = strict"
 
     def render(self) -> str:
         kids = "\n".join(
@@ -237,13 +253,14 @@ class Connection:
     proposals = {self.proposals}
     {self.extra}
     local {{
-      auth = pubkey
+      auth = {self.local_auth}
       certs = {self.cert_file}
       id = {self.local_id}
     }}
     remote {{
-      auth = pubkey
+      auth = {self.remote_auth}
       id = {self.remote_id}
+      {self.remote_extra}
     }}
     children {{
 {kids}
@@ -255,7 +272,7 @@ class Charon:
     """One charon daemon in a namespace, driven with swanctl through its own vici socket."""
 
     def __init__(self, workdir: Path, netns: Netns, *, port: int = 500, port_nat_t: int = 4500,
-                 log_levels: dict[str, int] | None = None, settings: str = "") -> None:
+                 log_levels: dict[str, int] | None = None, settings: str = "", plugins: str = PLUGINS) -> None:
         self.workdir = workdir
         self.netns = netns
         self.port = port
@@ -263,8 +280,11 @@ class Charon:
         self.log_levels = {"default": 1, "ike": 2, "cfg": 2, "chd": 2, "knl": 1, "net": 1, "enc": 1}
         self.log_levels.update(log_levels or {})
         self.settings = settings
+        self.plugins = plugins  # e.g. PLUGINS + " curl" to fetch CRLs from distribution points
         self.proc: subprocess.Popen[bytes] | None = None
         self.connections: list[Connection] = []
+        #: a swanctl.conf used as it is (e.g. a scenario of strongSwan's testing layout) instead of connections
+        self.swanctl_conf: str | None = None
         self.swanctl_dir = workdir / "swanctl"
         for sub in ("x509", "x509ca", "private", "rsa", "ecdsa", "pkcs8", "conf.d"):
             (self.swanctl_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -304,7 +324,7 @@ class Charon:
         self.conf_path.write_text(f"""charon {{
   port = {self.port}
   port_nat_t = {self.port_nat_t}
-  load = {PLUGINS}
+  load = {self.plugins}
   install_virtual_ip = no
   retransmit_tries = 3
   retransmit_timeout = 1.0
@@ -334,6 +354,9 @@ swanctl {{
   socket = unix://{self.vici_path}
 }}
 """)
+        if self.swanctl_conf is not None:
+            (self.swanctl_dir / "swanctl.conf").write_text(self.swanctl_conf)
+            return
         body = "\n".join(c.render() for c in self.connections)
         (self.swanctl_dir / "swanctl.conf").write_text(f"connections {{\n{body}\n}}\n")
 
@@ -662,8 +685,9 @@ def ike_keys(log: str) -> list[dict[str, bytes]]:
 _CLONE_NEWNET = 0x40000000
 
 
-def netns_sockets(netns: Netns, binds: list[tuple[str, int]]) -> list[socket.socket]:
-    """UDP sockets bound inside ``netns`` (a socket keeps the namespace it was created in).
+def netns_sockets(netns: Netns, binds: list[tuple[str, int]], *, tcp: bool = False) -> list[socket.socket]:
+    """UDP sockets (``tcp``: listening TCP sockets) bound inside ``netns`` (a socket keeps the namespace it was
+    created in).
 
     ``setns`` switches only the calling thread, so a short-lived helper thread enters the namespace, creates
     and binds the sockets, and the rest of the process (and its asyncio loop) stays where it is.
@@ -682,9 +706,11 @@ def netns_sockets(netns: Netns, binds: list[tuple[str, int]]) -> list[socket.soc
                     raise OSError(ctypes.get_errno(), f"setns({netns.name}) failed")
             for host, port in binds:
                 fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-                s = socket.socket(fam, socket.SOCK_DGRAM)
+                s = socket.socket(fam, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind((host, port))
+                if tcp:
+                    s.listen(16)
                 result.append(s)
         except BaseException as exc:  # reported in the caller's thread
             error.append(exc)

@@ -3,9 +3,11 @@
 Two gateways with static SAs in their own namespaces (the topology of tests/interop/test_gateway.py), each
 serving metrics on its namespace's loopback; the scrapes run inside the namespace with urllib, the text is
 parsed with prometheus_client's parser. Evidence: the pings counted per SA (both SPIs, both directions, with
-their peer and policy labels), the verdicts per direction, the queue-0 I/O and offload counters after a TCP
-transfer, scrapes in a loop while the transfer runs (none fails, the transfer's hash matches), and a forged
-ESP packet and an unknown SPI counted as AUTH_FAILED and NO_SA.
+their peer and policy labels), the verdicts per direction, the I/O and offload counters after a TCP transfer,
+scrapes in a loop while the transfer runs (none fails, the transfer's hash matches), and a forged ESP packet
+and an unknown SPI counted as AUTH_FAILED and NO_SA; with two queues, each queue's samples (packets, bytes,
+segmentation, drops by verdict) add up to the totals and the forged packets show up on the queues that got
+them.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.test_gateway import ROOT, GatewayProcess, bulk_transfer, ping, sh, static_configs, unique
+from tests.interop.test_gateway import (ROOT, UDP_FLOWS_SENDER, UDP_RECEIVER, GatewayProcess, bulk_transfer, ping,
+                                        sh, static_configs, unique)
 from tests.interop.test_gateway import topo  # noqa: F401  (the four-namespace fixture)
 from tests.support import require_module, require_root, require_tool
 
@@ -42,6 +45,14 @@ FORGE = textwrap.dedent("""
     for spi in (int(sys.argv[2], 0), 0xDEAD):  # known SPI, fresh seq, forged ICV; unknown SPI
         s.sendto(spi.to_bytes(4, "big") + (1 << 31).to_bytes(4, "big") + os.urandom(80), (sys.argv[1], 4500))
 """)
+# forged packets for a known SPI from many source ports: the kernel spreads 4-tuples over the reuseport sockets
+FORGE_SPREAD = textwrap.dedent("""
+    import os, socket, sys
+    for k in range(int(sys.argv[3])):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(int(sys.argv[2], 0).to_bytes(4, "big") + ((1 << 31) + k).to_bytes(4, "big") + os.urandom(80),
+                     (sys.argv[1], 4500))
+""")
 
 
 def scrape(ns: str, loops: int = 1, seconds: float = 0.0) -> tuple[int, dict]:
@@ -62,6 +73,23 @@ def one(samples: dict, name: str, **labels: str) -> float:
     hits = [v for k, v in samples.get(name, {}).items() if set(labels.items()) <= set(k)]
     assert len(hits) == 1, (name, labels, samples.get(name))
     return hits[0]
+
+
+def per_queue(samples: dict, name: str, **labels: str) -> dict[str, float]:
+    """{queue: value} of the series of ``name`` whose labels include ``labels``, one per queue."""
+    out: dict[str, float] = {}
+    for k, v in samples.get(name, {}).items():
+        if set(labels.items()) <= set(k):
+            q = dict(k)["queue"]
+            assert q not in out, (name, labels, samples.get(name))
+            out[q] = v
+    assert out, (name, labels)
+    return out
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    """The sum over the gateway's queues (one per CPU unless configured)."""
+    return sum(per_queue(samples, name, **labels).values())
 
 
 def test_gateway_metrics_count_the_traffic_per_sa_queue_and_verdict(topo, tmp_path):  # noqa: F811
@@ -86,8 +114,8 @@ def test_gateway_metrics_count_the_traffic_per_sa_queue_and_verdict(topo, tmp_pa
             assert one(sa, "espresso_sa_bytes_total", direction="out", **ab) == 5 * 84  # 20 IP + 8 ICMP + 56
             assert one(sa, "espresso_esp_packets_total", direction="out", verdict="OK") == 5
             assert one(sb, "espresso_esp_packets_total", direction="in", verdict="OK") == 5
-            assert one(sa, "espresso_gateway_esp_sent_packets_total", queue="0", direction="tx") == 5
-            assert one(sb, "espresso_gateway_esp_received_packets_total", queue="0", direction="rx") == 5
+            assert total(sa, "espresso_gateway_esp_sent_packets_total", direction="tx") == 5
+            assert total(sb, "espresso_gateway_esp_received_packets_total", direction="rx") == 5
             assert one(sa, "espresso_gateway_up") == 1
             assert one(sa, "espresso_sa_info", direction="out", suite="aes128gcm16", encap="udp", **ab) == 1
 
@@ -104,17 +132,17 @@ def test_gateway_metrics_count_the_traffic_per_sa_queue_and_verdict(topo, tmp_pa
             _, sa = scrape(topo.gw_a)
             _, sb = scrape(topo.gw_b)
             assert one(sa, "espresso_sa_bytes_total", direction="out", **ab) > 8 << 20
-            assert one(sa, "espresso_gateway_tun_read_bytes_total", queue="0") > 8 << 20
-            assert one(sb, "espresso_gateway_esp_received_bytes_total", queue="0") > 8 << 20
+            assert total(sa, "espresso_gateway_tun_read_bytes_total") > 8 << 20
+            assert total(sb, "espresso_gateway_esp_received_bytes_total") > 8 << 20
             # segmentation and coalescing ratios: super-packets cut on A, segments coalesced on B
-            supers = one(sa, "espresso_gateway_tso_super_packets_total", queue="0")
-            assert 0 < supers < one(sa, "espresso_gateway_tso_segments_total", queue="0")
+            supers = total(sa, "espresso_gateway_tso_super_packets_total")
+            assert 0 < supers < total(sa, "espresso_gateway_tso_segments_total")
             assert one(sa, "espresso_gateway_offload_enabled", offload="tun_tso4") == 1
             if one(sa, "espresso_gateway_offload_enabled", offload="udp_gso") == 1:
-                assert one(sa, "espresso_gateway_udp_gso_datagrams_total", queue="0") > \
-                    one(sa, "espresso_gateway_udp_gso_trains_total", queue="0") > 0
-            assert one(sb, "espresso_gateway_tun_written_packets_total", queue="0") < \
-                one(sb, "espresso_gateway_tun_gro_packets_total", queue="0")
+                assert total(sa, "espresso_gateway_udp_gso_datagrams_total") > \
+                    total(sa, "espresso_gateway_udp_gso_trains_total") > 0
+            assert total(sb, "espresso_gateway_tun_written_packets_total") < \
+                total(sb, "espresso_gateway_tun_gro_packets_total")
             for v in ("AUTH_FAILED", "REPLAYED", "NO_SA", "MALFORMED"):
                 assert one(sb, "espresso_esp_packets_total", direction="in", verdict=v) == 0
 
@@ -128,7 +156,7 @@ def test_gateway_metrics_count_the_traffic_per_sa_queue_and_verdict(topo, tmp_pa
             assert one(sb, "espresso_esp_packets_total", direction="in", verdict="NO_SA") == 1
             assert one(sb, "espresso_sa_dropped_packets_total", direction="in", verdict="AUTH_FAILED", **ab) == 1
             assert one(sb, "espresso_sa_dropped_packets_total", direction="in", verdict="REPLAYED", **ab) == 0
-            assert one(sb, "espresso_gateway_not_delivered_packets_total", queue="0") >= 2
+            assert total(sb, "espresso_gateway_not_delivered_packets_total") >= 2
             assert one(sb, "espresso_metrics_collect_errors_total") == 0
         finally:
             stats_b = gw_b.stop()
@@ -136,8 +164,92 @@ def test_gateway_metrics_count_the_traffic_per_sa_queue_and_verdict(topo, tmp_pa
         stats_a = gw_a.stop()
     assert stats_a["gateway"]["errors"] == [] and stats_b["gateway"]["errors"] == []
     # the endpoint reads the counters the gateway prints when it stops
-    assert one(sa, "espresso_gateway_esp_sent_packets_total", queue="0") <= stats_a["gateway"]["esp_sent"]
+    assert total(sa, "espresso_gateway_esp_sent_packets_total") <= stats_a["gateway"]["esp_sent"]
     assert stats_b["inbound"]["AUTH_FAILED"] == 1
+
+
+def test_two_queues_export_per_queue_counters_that_add_up(topo, tmp_path):  # noqa: F811
+    """Two queues on each gateway: UDP flows spread over gwA's TUN queues and TCP goes through; every
+    per-queue series has a sample for each queue, they add up to the data plane's verdict totals in the same
+    scrape and to the gateway's totals at stop, and forged packets sent from many source ports (spread over
+    gwB's sockets) show up as AUTH_FAILED on the queues that received them."""
+    require_module("prometheus_client")
+    cfg_a, cfg_b = static_configs()
+    for cfg in (cfg_a, cfg_b):
+        cfg["gateway"]["queues"] = 2
+    args = ("--metrics", f"127.0.0.1:{PORT}")
+    gw_a = GatewayProcess(topo.gw_a, cfg_a, tmp_path, "a", args)
+    try:
+        gw_b = GatewayProcess(topo.gw_b, cfg_b, tmp_path, "b", args)
+        try:
+            urx = subprocess.Popen(["ip", "netns", "exec", topo.host_b, sys.executable, "-c", UDP_RECEIVER,
+                                    "10.98.2.2", "4000"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                assert urx.stdout.readline().strip() == "LISTENING"
+                sh(sys.executable, "-c", UDP_FLOWS_SENDER, "10.98.2.2", "4000", "1000", "20e6", "16",
+                   ns=topo.host_a, timeout=60)
+                uout, _ = urx.communicate(timeout=30)
+            finally:
+                if urx.poll() is None:
+                    urx.kill()
+                    urx.communicate(timeout=5)
+            good, bad, dup = map(int, uout.split())
+            assert bad == dup == 0 and good >= 2000, (good, bad, dup)
+            sent, got, _ = bulk_transfer(topo, 4 << 20)
+            assert sent == got, (sent, got)
+            forged = 16
+            sh(sys.executable, "-c", FORGE_SPREAD, "10.97.0.2", "0xa0001", str(forged), ns=topo.gw_a)
+            for _ in range(50):
+                _, sb = scrape(topo.gw_b)
+                if one(sb, "espresso_esp_packets_total", direction="in", verdict="AUTH_FAILED") >= forged:
+                    break
+            _, sa = scrape(topo.gw_a)
+            v = "espresso_gateway_verdict_packets_total"
+            # each queue is there, in every per-queue family
+            for s in (sa, sb):
+                for name, series in s.items():
+                    if name.startswith("espresso_gateway_") and any(dict(k).get("queue") for k in series):
+                        assert {dict(k)["queue"] for k in series} == {"0", "1"}, name
+            # per queue and verdict, adding up to the data plane's verdicts (nothing else moves them)
+            for s in (sa, sb):
+                for direction, dp_dir in (("tx", "out"), ("rx", "in")):
+                    for verdict in ("OK", "AUTH_FAILED", "REPLAYED", "NO_SA", "DISCARDED", "POLICY_MISMATCH"):
+                        want = one(s, "espresso_esp_packets_total", direction=dp_dir, verdict=verdict)
+                        assert total(s, v, direction=direction, verdict=verdict) == want, (direction, verdict)
+            # the UDP flows were spread over gwA's two TUN queues: both workers read and encrypted
+            reads = per_queue(sa, "espresso_gateway_tun_read_packets_total")
+            assert min(reads.values()) > 0, reads
+            assert min(per_queue(sa, v, direction="tx", verdict="OK").values()) > 0
+            # the forged packets, spread over gwB's sockets: on the queues that got them, and nowhere else
+            auth = per_queue(sb, v, direction="rx", verdict="AUTH_FAILED")
+            assert sum(auth.values()) == forged and min(auth.values()) > 0, auth
+            assert per_queue(sb, "espresso_gateway_not_delivered_packets_total") == auth
+            assert one(sb, "espresso_sa_dropped_packets_total", direction="in", verdict="AUTH_FAILED",
+                       spi="0x000a0001") == forged
+            # segmentation on A (TCP super-packets cut), coalescing on B, summed over the queues
+            assert 0 < total(sa, "espresso_gateway_tso_super_packets_total") < \
+                total(sa, "espresso_gateway_tso_segments_total")
+            assert 0 < total(sb, "espresso_gateway_tun_written_packets_total") < \
+                total(sb, "espresso_gateway_tun_gro_packets_total")
+            assert one(sa, "espresso_metrics_collect_errors_total") == 0
+        finally:
+            stats_b = gw_b.stop()
+    finally:
+        stats_a = gw_a.stop()
+    from esp.gateway.stats import QUEUE_COUNTERS
+
+    for st in (stats_a, stats_b):
+        g = st["gateway"]
+        assert g["errors"] == [] and g["queues"] == len(g["per_queue"]) == 2
+        for name in QUEUE_COUNTERS:  # the queues add up to the totals the gateway prints
+            assert sum(q[name] for q in g["per_queue"]) == g[name], name
+        for direction in ("outbound", "inbound"):
+            key = "out_verdicts" if direction == "outbound" else "in_verdicts"
+            for verdict, n in st[direction].items():
+                assert sum(q[key].get(verdict, 0) for q in g["per_queue"]) == n, (direction, verdict)
+    # what the last scrape read, the gateway still had at stop (only IKE-less gateways: nothing moves after)
+    assert total(sb, "espresso_gateway_esp_received_packets_total") <= stats_b["gateway"]["esp_received"]
 
 
 def test_gateway_metrics_address_refused_is_one_line(tmp_path):
@@ -185,7 +297,11 @@ def test_ike_daemon_with_gateway_serves_ike_and_data_plane_metrics(topo, tmp_pat
         named = {"ike": "gwb", "child": "net"}
         assert one(s, "espresso_sa_packets_total", direction="out", spi=f"0x{ca['spi_out']}", **named) == 5
         assert one(s, "espresso_sa_packets_total", direction="in", spi=f"0x{ca['spi_in']}", **named) == 5
-        assert one(s, "espresso_gateway_esp_sent_packets_total", queue="0") >= 5
+        assert total(s, "espresso_gateway_esp_sent_packets_total") >= 5
+        # the daemon's gateway queues, with their drops by verdict, adding up to the data plane's
+        queues = per_queue(s, "espresso_gateway_verdict_packets_total", direction="tx", verdict="OK")
+        assert len(queues) == (os.cpu_count() or 1) and sum(queues.values()) == \
+            one(s, "espresso_esp_packets_total", direction="out", verdict="OK") >= 5, queues
         assert one(s, "espresso_gateway_up") == 1
         assert one(s, "espresso_ike_sas", peer="gwb", state="ESTABLISHED") == 1
         assert one(s, "espresso_ike_child_sas", peer="gwb", child="net", state="INSTALLED") == 1

@@ -15,6 +15,7 @@ joined by a veth pair. The evidence, for each case:
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.interop import strongswan as ss
-from tests.support import require, require_root, require_tool
+from tests.support import NotifySocket, require, require_root, require_tool
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -403,20 +404,17 @@ def test_daemon_command_with_tun_gateway(lab: ss.Lab, tmp_path: Path) -> None:
     conf = work / "ike.toml"
     conf.write_text(GATEWAY_CONF.format(local=site_e.outer, remote=site_s.outer, sock=sock, tun=ss.unique("esp"),
                                         e_inner=E_INNER, s_inner=S_INNER))
+    notify = NotifySocket()  # systemd's protocol: READY=1 once configured and bound, no polling
     proc = subprocess.Popen(["ip", "netns", "exec", site_e.netns.name, sys.executable, "-m", "ike", "daemon",
                              "--config", str(conf)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, env=notify.env())
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "ike", *args, "--socket", str(sock)], cwd=root,
                               capture_output=True, text=True, timeout=30)
 
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not sock.exists():
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "the daemon did not open its control socket"
-            time.sleep(0.05)
+        notify.wait_ready(proc, TIMEOUT)
         r = cli("initiate", "--ike", "s", "--timeout", "10")
         if r.returncode != 0:
             proc.kill()
@@ -439,6 +437,7 @@ def test_daemon_command_with_tun_gateway(lab: ss.Lab, tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
+        notify.close()
 
 
 STORE_CONF = """
@@ -514,14 +513,36 @@ def test_revoked_certificate_refused(lab: ss.Lab, tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+async def _start_capture(site: ss.Site, pcap: Path):  # type: ignore[no-untyped-def]
+    """tcpdump on ``site``'s link, writing UDP to ``pcap``; returns once it captures."""
+    import subprocess
+
+    tcpdump = require_tool("tcpdump")
+    cap = subprocess.Popen(["ip", "netns", "exec", site.netns.name, tcpdump, "-i", site.ifname, "-U", "-n",
+                            "--immediate-mode", "-w", str(pcap), "udp"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    for _ in range(100):  # tcpdump writes the file header once it captures
+        if pcap.exists() and pcap.stat().st_size > 0:
+            break
+        await asyncio.sleep(0.05)
+    return cap
+
+
+async def _stop_capture(cap) -> str:  # type: ignore[no-untyped-def]
+    import signal
+
+    await asyncio.sleep(0.3)  # let tcpdump write what it has read
+    cap.send_signal(signal.SIGINT)
+    cap.wait(timeout=10)
+    return cap.stderr.read().decode()
+
+
 def test_key_log_decrypts_a_real_capture(lab: ss.Lab, tmp_path: Path) -> None:
     """tcpdump on espresso's link while it talks to charon; tshark, given only espresso's key log, shows the
     IKE_AUTH payloads and the ICMP inside the ESP."""
-    import os
-    import signal
     import subprocess
 
-    tcpdump, tshark = require_tool("tcpdump"), require_tool("tshark")
+    tshark = require_tool("tshark")
 
     async def main() -> None:
         site_e, site_s = lab.pair(inner_a=E_INNER, inner_b=S_INNER)
@@ -530,13 +551,8 @@ def test_key_log_decrypts_a_real_capture(lab: ss.Lab, tmp_path: Path) -> None:
         ch = _charon(lab, site_s, site_e, pki, ike, esp, "ecdsa")
         e = Espresso(lab, site_e, site_s, pki, ike, esp, tmp_path / "espresso")
         pcap = tmp_path / "link.pcap"
-        cap = subprocess.Popen(["ip", "netns", "exec", site_e.netns.name, tcpdump, "-i", site_e.ifname, "-U", "-n", "--immediate-mode",
-                                "-w", str(pcap), "udp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cap = await _start_capture(site_e, pcap)
         try:
-            for _ in range(100):  # tcpdump says "listening on" once it captures
-                if pcap.exists() and pcap.stat().st_size > 0:
-                    break
-                await asyncio.sleep(0.05)
             await e.start()
             r = await e.daemon.initiate_and_wait("s", timeout=TIMEOUT)
             assert r["state"] == "ESTABLISHED"
@@ -544,9 +560,7 @@ def test_key_log_decrypts_a_real_capture(lab: ss.Lab, tmp_path: Path) -> None:
             assert " 0% packet loss" in await _ping(site_s)
         finally:
             await e.daemon.stop(delete=False)
-            await asyncio.sleep(0.3)  # let tcpdump write what it has read
-            cap.send_signal(signal.SIGINT)
-            cap.wait(timeout=10)
+            capture_log = await _stop_capture(cap)
         profile = tmp_path / "wireshark"
         profile.mkdir()
         for name in ("esp_sa", "ikev2_decryption_table"):
@@ -554,14 +568,64 @@ def test_key_log_decrypts_a_real_capture(lab: ss.Lab, tmp_path: Path) -> None:
         env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path), HOME=str(tmp_path))
         shown = subprocess.run([tshark, "-n", "-r", str(pcap), "-o", "esp.enable_encryption_decode:TRUE", "-V"],
                                capture_output=True, text=True, timeout=60, env=env)
-        capture_log = cap.stderr.read().decode()  # type: ignore[union-attr]
         assert shown.returncode == 0 and shown.stdout, shown.stderr + capture_log
         out = shown.stdout
         assert "Identification - Initiator" in out and "ID_FQDN: e.test" in out and "ID_FQDN: s.test" in out
         assert out.count("Internet Control Message Protocol") >= 6  # 3 requests + 3 replies, decrypted
         assert "Echo (ping) reply" in out
+        _ike_pcap_matches_tshark(pcap, e.workdir / "keys", tshark, env, tmp_path, ch.log())
 
     asyncio.run(main())
+
+
+def _ike_pcap(*args: str):  # type: ignore[no-untyped-def]
+    """``python -m ike pcap ARGS`` as a user runs it; asserts it succeeded."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "ike", "pcap", *args], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def _ike_pcap_matches_tshark(pcap: Path, keys: Path, tshark: str, env: dict, tmp_path: Path, charon_log: str
+                             ) -> None:
+    """``python -m ike pcap show`` and tshark, given the same key log, see the same exchanges: exchange type,
+    message id and payload list of every IKE message; each ``parsed`` line is the one charon itself logged when it
+    parsed or generated that message; ``pcap decrypt`` writes IKE and ESP in clear."""
+    import re
+    import subprocess
+
+    from ike.constants import ExchangeType, PayloadType
+    from ike.listing import CHARON_PAYLOADS
+
+    shown = _ike_pcap("show", str(pcap), "--keys", str(keys))
+    ours = []
+    for m in re.finditer(r"parsed (\w+) (request|response) (\d+) \[ (.*?) \]", shown.stdout):
+        names = ["N" if n.startswith("N(") else n for n in m.group(4).split()]
+        ours.append((m.group(1), int(m.group(3)), names))
+    fields = subprocess.run([tshark, "-n", "-r", str(pcap), "-Y", "isakmp", "-T", "fields", "-E", "separator=|",
+                             "-e", "isakmp.exchangetype", "-e", "isakmp.messageid", "-e", "isakmp.typepayload"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    theirs = []
+    for line in fields.stdout.splitlines():
+        ex, mid, types = line.split("|")
+        names = [CHARON_PAYLOADS[int(x)] for x in types.split(",")
+                 if int(x) >= PayloadType.SA and int(x) not in (PayloadType.SK, PayloadType.SKF)]
+        theirs.append((ExchangeType(int(ex)).name, int(mid, 0), names))
+    assert len(ours) >= 4 and ours == theirs, (shown.stdout, fields.stdout)
+    charon_says = re.findall(r"(?:parsed|generating) (\w+ (?:request|response) \d+ \[ .*? \])", charon_log)
+    assert re.findall(r"parsed (\w+ (?:request|response) \d+ \[ .*? \])", shown.stdout) == charon_says
+    assert "IDi 'e.test'" in shown.stdout and "IDr 's.test'" in shown.stdout
+    assert "certificate \"" in shown.stdout and "selected proposal: IKE:AES_GCM_16" in shown.stdout
+    clear = tmp_path / "clear.pcap"
+    dec = _ike_pcap("decrypt", str(pcap), str(clear), "--keys", str(keys))
+    nokeys = dict(env, HOME=str(tmp_path / "nohome"), XDG_CONFIG_HOME=str(tmp_path / "nohome"))
+    text = subprocess.run([tshark, "-n", "-r", str(clear), "-V"], capture_output=True, text=True, timeout=60,
+                          env=nokeys).stdout
+    assert "ID_FQDN: e.test" in text and "Encrypted and Authenticated" not in text
+    assert text.count("Echo (ping) reply") >= 3, dec.stderr
 
 
 REFUSALS = [
@@ -617,6 +681,20 @@ def test_refusals(lab: ss.Lab, tmp_path: Path, case: str, bad: dict, notify: str
     asyncio.run(main())
 
 
+def _fragmenting_charon(lab: ss.Lab, site_s: ss.Site, site_e: ss.Site, pki: ss.LabPki, ike: str, esp: str,
+                        **kw: Any) -> ss.Charon:
+    """charon as s.test with `fragmentation = yes`, started; ``kw`` goes to :meth:`ss.Lab.charon`."""
+    ch = lab.charon(site_s, "charon", **kw)
+    ch.add_ca(pki.ca)
+    cert = ch.add_credential(pki.issue("s", "s.test"))
+    ch.connections.append(ss.Connection(
+        "gw", site_s.outer, site_e.outer, "s.test", "e.test", cert,
+        [ss.Child("net", f"{S_INNER}/32", f"{E_INNER}/32", esp_proposals=esp)], proposals=ike,
+        extra="fragmentation = yes"))
+    ch.start()
+    return ch
+
+
 def test_fragmented_ike_auth_both_ways(lab: ss.Lab, tmp_path: Path) -> None:
     """RSA-4096 certificates and a small fragment size on espresso: espresso's IKE_AUTH goes in RFC 7383
     fragments that charon reassembles, charon's (over its 1280-byte limit) in fragments espresso reassembles."""
@@ -624,16 +702,12 @@ def test_fragmented_ike_auth_both_ways(lab: ss.Lab, tmp_path: Path) -> None:
         site_e, site_s = lab.pair(inner_a=E_INNER, inner_b=S_INNER)
         pki = ss.LabPki("rsa4096")
         ike, esp = "aes256-sha256-modp2048", "aes256-sha256"
-        ch = lab.charon(site_s, "charon", log_levels={"ike": 2, "enc": 2, "net": 2, "chd": 4})
-        ch.add_ca(pki.ca)
-        cert = ch.add_credential(pki.issue("s", "s.test"))
-        ch.connections.append(ss.Connection(
-            "gw", site_s.outer, site_e.outer, "s.test", "e.test", cert,
-            [ss.Child("net", f"{S_INNER}/32", f"{E_INNER}/32", esp_proposals=esp)], proposals=ike,
-            extra="fragmentation = yes"))
-        ch.start()
+        ch = _fragmenting_charon(lab, site_s, site_e, pki, ike, esp,
+                                 log_levels={"ike": 2, "enc": 2, "net": 2, "chd": 4})
         conf = CONF.replace('ike_proposals = ["{ike}"]', 'ike_proposals = ["{ike}"]\nfragment_size = 576')
         e = Espresso(lab, site_e, site_s, pki, ike, esp, tmp_path / "espresso", conf=conf)
+        pcap = tmp_path / "link.pcap"
+        cap = await _start_capture(site_e, pcap)
         await e.start()
         try:
             r = await e.daemon.initiate_and_wait("s", timeout=TIMEOUT)
@@ -646,6 +720,121 @@ def test_fragmented_ike_auth_both_ways(lab: ss.Lab, tmp_path: Path) -> None:
             assert " 0% packet loss" in await _ping(site_s)
         finally:
             await e.daemon.stop(delete=False)
+            await _stop_capture(cap)
+        # python -m ike pcap show reads the fragmented session as charon logged it: every fragment (EF(n/m)) and
+        # every reassembled message, each once (charon logs a message it generates before its fragments)
+        import collections
+        import re
+
+        shown = _ike_pcap("show", str(pcap), "--keys", str(e.workdir / "keys"))
+        line = r"(\w+ (?:request|response) \d+ \[ .*? \])"
+        ours = collections.Counter(re.findall("parsed " + line, shown.stdout))
+        charon_says = collections.Counter(re.findall("(?:parsed|generating) " + line, ch.log()))
+        assert ours == charon_says and any("EF(" in k for k in ours), (shown.stdout, ch.log())
+
+    asyncio.run(main())
+
+
+def test_fragmentation_accept_against_a_small_charon_fragment_size(lab: ss.Lab, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """charon with ``fragment_size = 576`` (its IP datagram limit) and espresso with ``fragmentation = "accept"``:
+    espresso announces RFC 7383, so charon splits its IKE_AUTH into datagrams of at most 576 bytes, which espresso
+    reassembles (and says so at debug level, -vv); espresso's own IKE_AUTH goes whole, as strongSwan's "accept"
+    means, and charon (which accepts fragments or not) takes it."""
+    import logging
+
+    async def main() -> None:
+        site_e, site_s = lab.pair(inner_a=E_INNER, inner_b=S_INNER)
+        pki = ss.LabPki("rsa4096")
+        ike, esp = "aes256-sha256-modp2048", "aes256-sha256"
+        ch = _fragmenting_charon(lab, site_s, site_e, pki, ike, esp, log_levels={"ike": 2, "enc": 2, "net": 2},
+                                 settings="fragment_size = 576")
+        conf = CONF.replace('ike_proposals = ["{ike}"]',
+                            'ike_proposals = ["{ike}"]\nfragmentation = "accept"\nfragment_size = 576')
+        e = Espresso(lab, site_e, site_s, pki, ike, esp, tmp_path / "espresso", conf=conf)
+        await e.start()
+        try:
+            r = await e.daemon.initiate_and_wait("s", timeout=TIMEOUT)
+            assert r["state"] == "ESTABLISHED", r
+            await _wait(lambda: e.installed() and _charon_child(ch), "both CHILD_SAs", ch)
+            log = ch.log()
+            assert "splitting IKE message" in log, ch.tail()  # charon fragmented towards us
+            assert "reassembled fragmented IKE message" not in log, ch.tail()  # we sent ours whole
+            assert "reassembled IKE_AUTH response 1 from" in caplog.text
+            assert "sending IKE_AUTH request 1 [" in caplog.text and "fragmentation = accept" in caplog.text
+            assert " 0% packet loss" in await _ping(site_s)
+        finally:
+            await e.daemon.stop(delete=False)
+
+    with caplog.at_level(logging.DEBUG, logger="ike.exchange"):
+        asyncio.run(main())
+
+
+def test_swanctl_scenario_imported_establishes_with_charon_on_the_original(lab: ss.Lab, tmp_path: Path) -> None:
+    """strongSwan's testing scenario ikev2/net2net-cert (tests/data/swanctl): charon runs sun's swanctl.conf
+    unchanged; espresso plays moon from ``python -m ike import-swanctl`` of moon's swanctl.conf (x509/,
+    x509ca/, private/ beside it). The import refuses what espresso cannot express (updown, reauth_time) by path;
+    the rest establishes the gw-gw tunnel and carries pings between 10.2.0.1 and 10.1.0.1."""
+    import subprocess
+    import sys
+
+    from ike.config import load_config
+    from ike.daemon import Daemon
+
+    scenario = Path(__file__).resolve().parents[1] / "data" / "swanctl" / "ikev2-net2net-cert" / "hosts"
+    root = Path(__file__).resolve().parents[2]
+
+    async def main() -> None:
+        moon, sun = lab.pair(inner_a="10.1.0.1", inner_b="10.2.0.1", outer_net="192.168.0.0/24")
+        assert (moon.outer, sun.outer) == ("192.168.0.1", "192.168.0.2")
+        pki = ss.LabPki("ecdsa", name="strongSwan Root CA")
+        ch = lab.charon(sun, "sun", log_levels={"ike": 2, "cfg": 2})
+        ch.add_ca(pki.ca)
+        sun_cred = pki.issue("sunCert", "sun.strongswan.org")
+        (ch.swanctl_dir / "x509" / "sunCert.pem").write_bytes(sun_cred.cert_pem())
+        sun_cred.write_key(ch.swanctl_dir / "private" / "sunKey.pem")
+        ch.swanctl_conf = (scenario / "sun" / "swanctl.conf").read_text()
+        ch.start()
+
+        swanctl = tmp_path / "moon" / "swanctl"
+        for sub in ("x509", "x509ca", "private"):
+            (swanctl / sub).mkdir(parents=True)
+        moon_cred = pki.issue("moonCert", "moon.strongswan.org")
+        (swanctl / "x509" / "moonCert.pem").write_bytes(moon_cred.cert_pem())
+        moon_cred.write_key(swanctl / "private" / "moonKey.pem")
+        (swanctl / "x509ca" / "strongswanCert.pem").write_bytes(pki.ca.cert_pem())
+        (swanctl / "swanctl.conf").write_text((scenario / "moon" / "swanctl.conf").read_text())
+        out = tmp_path / "moon" / "ike.toml"
+        r = subprocess.run([sys.executable, "-m", "ike", "import-swanctl", str(swanctl / "swanctl.conf"), "-o",
+                            str(out)], cwd=root, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and r.stderr.splitlines() == [
+            "connections.gw-gw.reauth_time: not supported",
+            "connections.gw-gw.children.net-net.updown: not supported"], r.stderr
+
+        cfg = load_config(out, overrides={"control_socket": str(tmp_path / "moon" / "ike.sock")})
+        holder: list[Daemon] = []
+
+        def packets(pkts: list[bytes], child: Any) -> None:
+            replies = [x for x in (echo_reply(p) for p in pkts) if x is not None]
+            if replies:
+                holder[0].send(replies)
+
+        daemon = Daemon(cfg, on_packets=packets)
+        holder.append(daemon)
+        sockets = ss.netns_sockets(moon.netns, [(moon.outer, 500), (moon.outer, 4500)])
+        await daemon.start(sockets=sockets, control=False)
+        try:
+            result = await daemon.initiate_and_wait("gw-gw", timeout=TIMEOUT)
+            assert result["state"] == "ESTABLISHED" and result["child"] == "net-net", result
+            sas = ss.ike_sas(ch.list_sas())
+            assert sas["gw-gw"]["state"] == "ESTABLISHED", ch.tail()
+            assert sas["gw-gw"]["remote-id"] == "moon.strongswan.org"
+            (child,) = [c for c in daemon.children.values() if c.state == "INSTALLED"]
+            assert child.event.suite == "aes128gcm16" and [str(t) for t in child.event.local_ts] == ["10.1.0.0/16"]
+            pinged = await asyncio.to_thread(ss.ping, sun, "10.1.0.1")
+            assert " 0% packet loss" in pinged.stdout, pinged.stdout + ch.tail()
+        finally:
+            await daemon.stop(delete=False)
 
     asyncio.run(main())
 

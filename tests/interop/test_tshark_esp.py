@@ -12,9 +12,8 @@ import subprocess
 
 import pytest
 
-from esp.keyfile import SaEntry, dump_wireshark, parse_toml, wireshark_supports
-from esp.pcap import CaptureReader
-from esp.pcaptool import decrypt_file, encrypt_file
+from esp.pcap.sa_files import SaEntry, dump_wireshark, parse_toml, wireshark_supports
+from esp.pcap import CaptureReader, decrypt_file, encrypt_file
 from tests.esp.pcap_builders import Rec, ether, ipv4, pcap_file, udp
 from tests.support import require_tool
 

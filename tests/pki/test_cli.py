@@ -150,7 +150,9 @@ def test_intermediate_ca_and_serve(lab, capsys):
         S = ("--store", "st")
         assert run(capsys, *S, "ca-profile", "add", "lab", "--enrollment-url", f"{url}/scep", "--crl-url",
                    f"{url}/crl")[0] == 0
-        rc, out, _ = run(capsys, *S, "ca-certificate", "enroll", "--ca-profile", "lab")
+        rc, out, err = run(capsys, *S, "ca-certificate", "enroll", "--ca-profile", "lab")  # stdin: no terminal
+        assert rc == 1 and "stdin is not a terminal" in err and "--yes" in err
+        rc, out, _ = run(capsys, *S, "ca-certificate", "enroll", "--ca-profile", "lab", "--yes")
         assert rc == 0 and "CN=Sub" in out and "out of band" in out
         rc, out, err = run(capsys, *S, "crl", "download", "--ca-profile", "lab")
         assert rc == 0, err

@@ -239,6 +239,9 @@ def test_cli_errors_are_one_line(lab, capsys):
 
     assert run(capsys, "ca", "--ca", "ca", "init", "--subject", "CN=R")[0] == 0
     assert run(capsys, "ca", "--ca", "ca", "cmp-secret", "add", "--ref", "1", "--secret", "long-enough-1")[0] == 0
+    assert run(capsys, "--store", "st", "ca-profile", "add", "p", "--enrollment-url", "http://127.0.0.1:9/")[0] == 0
+    assert run(capsys, "--store", "st", "ca-profile", "add", "c", "--enrollment-url", "http://127.0.0.1:9/",
+               "--protocol", "cmpv2")[0] == 0
     for argv, text in [
         (("ca", "--ca", "ca", "cmp-secret", "add", "--ref", "1", "--secret", "long-enough-2"), "exists already"),
         (("ca", "--ca", "ca", "cmp-secret", "add", "--ref", "2", "--secret", "short"), "at least 8"),
@@ -246,9 +249,17 @@ def test_cli_errors_are_one_line(lab, capsys):
         (("ca", "--ca", "ca", "cmp-secret", "add"), "needs --reference-number"),
         (("ca", "--ca", "nowhere", "cmp-secret", "list"), "not a CA directory"),
         (("--store", "st", "local-certificate", "revoke", "--certificate-id", "r1", "--ca-profile", "p"),
-         "needs --protocol cmpv2"),
+         "give --protocol cmpv2 or a ca-profile with --protocol cmpv2 (this one is scep)"),
+        (("--store", "st", "local-certificate", "re-enroll", "--certificate-id", "r1", "--ca-profile", "p",
+          "--protocol", "est"), "is CMPv2 (kur, rr)"),
         (("--store", "st", "local-certificate", "enroll", "--protocol", "cmpv2", "--certificate-id", "r1",
           "--ca-profile", "p", "--subject", "CN=r1"), "needs --subject, --reference-number"),
+        # the profile's protocol decides when --protocol is not given
+        (("--store", "st", "local-certificate", "enroll", "--certificate-id", "r1", "--ca-profile", "c",
+          "--subject", "CN=r1"), "needs --subject, --reference-number"),
+        (("--store", "st", "ca-certificate", "enroll", "--ca-profile", "c", "--yes"), "comes with the first"),
+        (("--store", "st", "ca-certificate", "enroll", "--ca-profile", "p", "--yes", "--protocol", "cmpv2"),
+         "comes with the first"),
     ]:
         rc, out, err = run(capsys, *argv)
         assert rc == 1 and text in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)

@@ -334,7 +334,7 @@ def test_store_enrolls_updates_and_revokes_against_ca_serve(tmp_path):
         assert c1.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
             x509.DNSName) == ["r1.example.net"]
         pki(tmp_path, *s, "local-certificate", "re-enroll", "--protocol", "cmpv2", "--certificate-id", "r1",
-            "--ca-profile", "lab", "--type", "rsa")
+            "--ca-profile", "lab", "--new-key-type", "rsa")
         c2 = st.local_certificate("r1")
         assert isinstance(c2.public_key(), rsa.RSAPublicKey) and c2.subject == c1.subject
         (tmp_path / "c2.pem").write_bytes(c2.public_bytes(serialization.Encoding.PEM))

@@ -1,6 +1,6 @@
 """The README's PKI example, run as written: every command of its shell block, in order, in a fresh directory.
 
-Only the port is changed (8080 may be taken); the command the block starts in the background (``ca serve ... &``)
+Only the ports are changed (8080 and 8443 may be taken); the command the block starts in the background (``ca serve ... &``)
 runs in its own process group, which the test waits for (as a user waits for its "serving" line) and stops.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 SECTION = "## Certificates the JUNOS way"
 README_PORT = "8080"
+README_EST_PORT = "8443"
 COMMAND_TIMEOUT = 120
 
 
@@ -53,9 +54,9 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 def test_the_readme_pki_example_runs_as_written(tmp_path):
     block = pki_example()
-    assert README_PORT in block
-    port = str(_free_port())
-    commands = shell_commands(re.sub(rf"\b{README_PORT}\b", port, block))
+    assert README_PORT in block and README_EST_PORT in block
+    port, est_port = str(_free_port()), str(_free_port())
+    commands = shell_commands(re.sub(rf"\b{README_EST_PORT}\b", est_port, re.sub(rf"\b{README_PORT}\b", port, block)))
     assert any(c.endswith("&") for c in commands) and len(commands) >= 6
     env = dict(os.environ, PYTHONPATH=str(REPO), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     env.pop("ESPRESSO_PKI_PASSPHRASE", None)
@@ -70,6 +71,7 @@ def test_the_readme_pki_example_runs_as_written(tmp_path):
                 log.close()
                 background.append(proc)
                 _wait_for_port(int(port), proc)
+                _wait_for_port(int(est_port), proc)
                 continue
             r = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
                                timeout=COMMAND_TIMEOUT)
@@ -86,8 +88,8 @@ def test_the_readme_pki_example_runs_as_written(tmp_path):
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(timeout=30)
     assert [p.returncode for p in background] == [0]
-    # the router holds a certificate from the CA, and the CA lists it
-    assert "CN=r1" in outputs[-1] and "RSA" in outputs[-1]
+    # the ECDSA router holds a certificate from the CA, enrolled over EST, and the CA lists it
+    assert "CN=r1" in outputs[-1] and "ECDSA" in outputs[-1]
     listed = subprocess.run([sys.executable, "-m", "pki", "ca", "--ca", "ca", "list"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     assert listed.returncode == 0 and re.search(r"valid .*CN=r1,O=Corp", listed.stdout), listed.stdout

@@ -352,3 +352,21 @@ def test_path_building_is_bounded_against_lookalike_cas(root_ca):
     with pytest.raises(CertificateRejected) as e:
         _validator(root_ca).verify(leaf, loop, T0)
     assert e.value.reason in (RejectReason.CHAIN_TOO_LONG, RejectReason.UNTRUSTED)
+
+
+def test_name_constraints(root_ca):
+    """More cases in test_name_constraints.py; here the reason in the per-reason table."""
+    import ipaddress
+
+    sub_key = _ec()
+    nc = x509.NameConstraints([x509.DNSName("example.net"), x509.IPAddress(ipaddress.ip_network("192.0.2.0/24"))], None)
+    sub = raw_cert("CN=Constrained,O=espresso", sub_key, root_ca.certificate.subject.rfc4514_string(), root_ca.private_key,
+                   extra=[(nc, True), (x509.AuthorityKeyIdentifier.from_issuer_public_key(root_ca.certificate.public_key()),
+                                       False)])
+    ok = raw_cert("CN=r1", _ec(), "CN=Constrained,O=espresso", sub_key, ca=False,
+                  extra=[(x509.SubjectAlternativeName([x509.DNSName("r1.example.net")]), False)])
+    assert _validator(root_ca).verify(ok, [sub], T0).chain[1] == sub
+    bad = raw_cert("CN=r1", _ec(), "CN=Constrained,O=espresso", sub_key, ca=False,
+                   extra=[(x509.SubjectAlternativeName([x509.DNSName("r1.example.org")]), False)])
+    e = _rejected(RejectReason.NAME_CONSTRAINTS, _validator(root_ca).verify, bad, [sub], T0)
+    assert "DNS:r1.example.org is outside the permitted DNS:example.net" in e.detail

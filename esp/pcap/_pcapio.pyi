@@ -1,4 +1,4 @@
-"""Type stub for esp._pcapio (compiled kernels of esp.pcap and esp.pcaptool; numpy references in those modules)."""
+"""Type stub for esp.pcap._pcapio (compiled kernels of esp.pcap and esp.pcap.tool; numpy references in those modules)."""
 from typing import Any
 
 import numpy as np

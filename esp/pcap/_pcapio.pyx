@@ -469,7 +469,7 @@ def classify_esp(const int64_t[::1] cap, const int64_t[::1] version, const int64
                  const uint8_t[:, ::1] l4h, const int64_t[::1] ports,
                  uint8_t[::1] esp, int64_t[::1] spi, uint8_t[::1] udp, uint8_t[::1] ike, uint8_t[::1] keepalive,
                  uint8_t[::1] efrag, uint8_t[::1] ecut):
-    """esp.pcaptool's ESP classification (plain ESP, ESP in UDP on ``ports`` with the non-ESP marker and
+    """esp.pcap's tools' ESP classification (plain ESP, ESP in UDP on ``ports`` with the non-ESP marker and
     keepalives told apart, SPI) from parse_l3's arrays, in one pass."""
     cdef Py_ssize_t n = cap.shape[0], i, k, nports = ports.shape[0]
     if (version.shape[0] < n or l3.shape[0] < n or ip_len.shape[0] < n or proto.shape[0] < n or l4.shape[0] < n
@@ -596,7 +596,7 @@ cdef struct _rec_t:
 
 cdef inline void _layout(_rec_t *r, int8_t body, int64_t base, int64_t l3, int64_t cp, int64_t origlen,
                          int64_t ip_len, bint cut, int64_t new_len, bint frames) noexcept nogil:
-    """What one output record is made of (esp.pcaptool._Output.emit's rules); l3 < 0 counts as 0."""
+    """What one output record is made of (esp.pcap.output._Output.emit's rules); l3 < 0 counts as 0."""
     cdef int64_t l3c = l3 if l3 > 0 else 0, iplen
     r.head = 0
     r.own = 0
@@ -658,7 +658,7 @@ def emit_pcap(uint8_t[::1] out, const int8_t[::1] body, const uint8_t[::1] data,
               const int64_t[::1] ip_len, const uint8_t[::1] cut, const int64_t[::1] ts,
               const uint8_t[::1] new_buf, const int64_t[::1] new_off, const int32_t[::1] new_len,
               const int64_t[::1] et_at, bint frames, bint big, int64_t ts_mul, int64_t ts_div, int64_t units):
-    """esp.pcaptool's record output for a pcap file, in one pass: for each record whose ``body`` is not 0
+    """esp.pcap's tools' record output for a pcap file, in one pass: for each record whose ``body`` is not 0
     (1: the original packet, 2: new_buf's slot in place of the IP packet), a 16-byte record header with the
     record's timestamp (ts * ts_mul // ts_div, split at ``units``) and then the bytes. In front of a new packet
     (frames), the kept link-layer header's protocol field at ``et_at`` (>= 0) is set to the new packet's IP
@@ -718,7 +718,7 @@ def emit_pcap(uint8_t[::1] out, const int8_t[::1] body, const uint8_t[::1] data,
 
 cdef inline int8_t _other_body(bint esp, bint frag, bint cut, bint ip, bint drop_other, bint drop_unknown,
                                bint frames, int64_t *unknown, int64_t *dropped) noexcept nogil:
-    """What a record no SA took becomes (0 dropped, 1 original), by esp.pcaptool's rules; counts an ESP packet of
+    """What a record no SA took becomes (0 dropped, 1 original), by esp.pcap's tools' rules; counts an ESP packet of
     an unknown SPI and a record dropped by option."""
     if esp:
         unknown[0] += 1
@@ -737,7 +737,7 @@ def decrypt_outcome(const uint8_t[::1] assigned, const uint8_t[::1] status, cons
                     const uint8_t[::1] frag, const uint8_t[::1] cut, const int64_t[::1] version, bint drop_other,
                     bint drop_unknown, bint frames, int8_t[::1] body):
     """What each record of a decrypted chunk becomes (body: 0 dropped, 1 original, 2 decrypted), by
-    esp.pcaptool's rules, and the counts for its summary: (processed, unknown SPI, dropped by option, passed
+    esp.pcap's tools' rules, and the counts for its summary: (processed, unknown SPI, dropped by option, passed
     through, written)."""
     cdef Py_ssize_t n = assigned.shape[0], i
     cdef int64_t processed = 0, unknown = 0, dropped = 0, passed = 0, written = 0
@@ -775,7 +775,7 @@ cdef class EspChunk:
     output right where its output record will hold it, after the 16-byte header and (frames) the kept
     link-layer bytes; the header follows once the length is known. The core's output is thus written once, into
     the buffer that goes to the file, not into a buffer of the core's and then copied. Other records follow
-    esp.pcaptool's rules (the numpy reference: ``_outcome_numpy`` and ``_Output.emit``), byte for byte (tested):
+    esp.pcap's tools' rules (the numpy reference: ``_outcome_numpy`` and ``_Output.emit``), byte for byte (tested):
     an encrypt passes ``esp`` and ``frag`` all zero and ``cut`` for cut IP packets.
 
     ``sa_of[i]`` is the index into ``primaries`` of record i's SA, or -1; record i's packet is its IP packet
@@ -814,7 +814,7 @@ cdef class EspChunk:
         cdef Py_ssize_t n = sa_of.shape[0], k, i
         self.api = <const espresso_sa_api *>PyCapsule_GetPointer(api, b"esp._core.SA_API")
         if self.api.version != ESPRESSO_SA_API_VERSION:
-            raise ValueError(f"esp._core's SA_API is version {self.api.version}, esp._pcapio needs "
+            raise ValueError(f"esp._core's SA_API is version {self.api.version}, esp.pcap._pcapio needs "
                              f"{ESPRESSO_SA_API_VERSION}: rebuild both")
         if len(fallbacks) != len(primaries):
             raise ValueError("EspChunk: one fallback (or None) per primary SA")

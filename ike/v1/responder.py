@@ -1,0 +1,179 @@
+"""The responder role of the IKEv1 session (ike/v1/session.py): main mode with a pre-shared key, then the
+peer's quick mode. Built from the initiator's first datagram, so nothing is allocated for a message that does
+not parse (the daemon's dispatcher owns half-open limits, as for IKEv2)."""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+
+from ..dh import create_dh
+from ..errors import ParseError
+from ..events import ChildSaEstablished
+from ..core_config import RandomSource
+from . import keymat as km
+from .message import (Exchange, Payload, PayloadType, Proposal, SaPayload, Transform, decode_sa, encode_sa,
+                      pull_header, pull_message, push_chain, push_message)
+from .session import (AES_CBC, AUTH_PSK, ESP_AES, ESP_AUTH, HASH_IDS, P1_AUTH, P1_ENC, P1_GROUP, P1_HASH,
+                      P1_KEYLEN, P2_AUTH, P2_GROUP, P2_KEYLEN, PROTO_ESP, PROTO_ISAKMP, Phase1Done, V1Config,
+                      V1Session, _id_body, _id_network, _ts)
+
+__all__ = ["V1Responder"]
+
+
+def _same_identity(a: bytes, b: bytes) -> bool:
+    """Phase-1 identities compared by type and data; the protocol/port fields (0/0 or 17/500) are not policy."""
+    return len(a) >= 4 and len(b) >= 4 and a[0] == b[0] and a[4:] == b[4:]
+
+
+class V1Responder(V1Session):
+    """One ISAKMP SA that the peer opened, and the quick modes it then runs (one at a time)."""
+
+    def __init__(self, config: V1Config, random: RandomSource, mm1: bytes, now: float, ike_id: int = 1) -> None:
+        """Raises ParseError when ``mm1`` is not an acceptable main-mode opening."""
+        super().__init__(config, random, ike_id)
+        h, payloads = pull_message(mm1)
+        if h.exchange != Exchange.MAIN or h.message_id != 0 or h.cookie_r != bytes(8):
+            raise ParseError("not the first message of main mode")
+        self._sai_b = self._one(payloads, PayloadType.SA)
+        chosen = self._choose_ike(decode_sa(self._sai_b))
+        self.cky_i, self.cky_r = h.cookie_i, random(8)
+        self._send(push_message(self.cky_i, self.cky_r, Exchange.MAIN, 0, 0,
+                                [Payload(PayloadType.SA, encode_sa(chosen))]), now)
+        self._deadline = None  # a responder answers retransmits; it does not retransmit on a timer
+        self.state = "r_mm3"
+        #: the ESP SA keyed when we answered quick mode, emitted once HASH(3) verifies; a daemon may install
+        #: its inbound half early so that the initiator's first ESP packets are not lost
+        self.pending_child: ChildSaEstablished | None = None
+
+    def _choose_ike(self, sa: SaPayload) -> SaPayload:
+        c = self.config
+        want = {P1_ENC: AES_CBC, P1_KEYLEN: c.enc_key_bits, P1_HASH: HASH_IDS[c.hash], P1_AUTH: AUTH_PSK,
+                P1_GROUP: c.group}
+        for p in sa.proposals:
+            for t in p.transforms:
+                if p.protocol == PROTO_ISAKMP and all(t.get(k) == v for k, v in want.items()):
+                    return SaPayload(sa.doi, sa.situation, (Proposal(p.number, p.protocol, p.spi, (t,)),))
+        raise ParseError("no proposed ISAKMP transform matches the configuration")
+
+    def _receive(self, data: bytes, now: float) -> None:
+        h = pull_header(data)
+        if h.cookie_i != self.cky_i or h.cookie_r != self.cky_r:
+            raise ParseError("cookies of another ISAKMP SA")
+        if data == getattr(self, "_last_in", None) and self._last is not None:
+            self._out.append(self._last)  # a retransmitted request: repeat our answer
+            return
+        if self.state == "r_mm3" and h.exchange == Exchange.MAIN and not h.encrypted:
+            self._r_mm3(pull_message(data)[1], now)
+        elif self.state == "r_mm5" and h.exchange == Exchange.MAIN and h.encrypted and h.message_id == 0:
+            self._r_mm5(data, now)
+        elif self.state == "r_qm1" and h.exchange == Exchange.QUICK and h.encrypted and h.message_id:
+            self._r_qm1(data, h.message_id, now)
+        elif self.state == "r_qm3" and h.exchange == Exchange.QUICK and h.message_id == self._qm_mid:
+            self._r_qm3(data)
+        else:
+            raise ParseError(f"exchange {h.exchange} not expected in state {self.state}")
+        self._last_in = data
+
+    def _r_mm3(self, payloads: list[Payload], now: float) -> None:
+        c = self.config
+        gxi = self._one(payloads, PayloadType.KE)
+        ni = self._one(payloads, PayloadType.NONCE)
+        if not 8 <= len(ni) <= 256:
+            raise ParseError(f"nonce of {len(ni)} bytes")
+        self._dh = create_dh(c.group, self._random)
+        gxy = self._dh.shared(gxi)
+        nr = self._random(32)
+        skeyid = km.skeyid_psk(c.hash, c.psk, ni, nr)
+        self.keys = km.derive_phase1(c.hash, skeyid, gxy, self.cky_i, self.cky_r, gxi, self._dh.public,
+                                     c.enc_key_bits // 8)
+        self._gxi, self._ni, self._nr = gxi, ni, nr
+        self._cipher = km.Phase1Cipher(self.keys)
+        self._out.append(push_message(self.cky_i, self.cky_r, Exchange.MAIN, 0, 0,
+                                      [Payload(PayloadType.KE, self._dh.public), Payload(PayloadType.NONCE, nr)]))
+        self._last = self._out[-1]
+        self.state = "r_mm5"
+
+    def _r_mm5(self, data: bytes, now: float) -> None:
+        assert self._cipher is not None and self.keys is not None
+        _, payloads = self._cipher.decrypt(data)
+        idii = self._one(payloads, PayloadType.ID)
+        if not _same_identity(idii, _id_body(self.config.remote_id)):
+            raise ParseError("initiator's identity is not the configured remote_id")
+        expect = km.hash_i(self.keys, self._gxi, self._dh.public, self.cky_i, self.cky_r, self._sai_b, idii)
+        if not hmac.compare_digest(expect, self._one(payloads, PayloadType.HASH)):
+            raise ParseError("HASH_I does not verify")
+        self._cipher.confirm(data)
+        idir = _id_body(self.config.local_id)
+        hr = km.hash_r(self.keys, self._gxi, self._dh.public, self.cky_i, self.cky_r, self._sai_b, idir)
+        self._last = self._cipher.encrypt(self.cky_i, self.cky_r, Exchange.MAIN, 0,
+                                          [Payload(PayloadType.ID, idir), Payload(PayloadType.HASH, hr)])
+        self._out.append(self._last)
+        self._events.append(Phase1Done(self.ike_id, self.config.name, self.cky_i, self.cky_r))
+        self.state = "r_qm1"
+
+    def _r_qm1(self, data: bytes, mid: int, now: float) -> None:
+        assert self._cipher is not None and self.keys is not None
+        c = self.config
+        _, payloads = self._cipher.decrypt(data)
+        if not payloads or payloads[0].type != PayloadType.HASH:
+            raise ParseError("quick mode message does not start with HASH")
+        if not hmac.compare_digest(km.qm_hash1(self.keys, mid, push_chain(payloads[1:])[1]), payloads[0].body):
+            raise ParseError("HASH(1) does not verify")
+        sa = decode_sa(self._one(payloads, PayloadType.SA))
+        chosen: tuple[Proposal, Transform] | None = None
+        for p in sa.proposals:
+            for t in p.transforms:
+                if (p.protocol == PROTO_ESP and len(p.spi) == 4 and t.transform_id == ESP_AES
+                        and t.get(P2_KEYLEN) == c.esp_key_bits and t.get(P2_AUTH) == c.esp_auth
+                        and t.get(P2_GROUP) == c.pfs_group):
+                    chosen = chosen or (p, t)
+        if chosen is None:
+            raise ParseError("no proposed ESP transform matches the configuration")
+        ids = [q.body for q in payloads if q.type == PayloadType.ID]
+        if len(ids) != 2 or [_id_network(i) for i in ids] != [ipaddress.IPv4Network(c.remote_ts),
+                                                                ipaddress.IPv4Network(c.local_ts)]:
+            raise ParseError("proxy identities do not match the configured traffic selectors")
+        ni = self._one(payloads, PayloadType.NONCE)
+        gxy = b""
+        ke: list[Payload] = []
+        if c.pfs_group:
+            qdh = create_dh(c.pfs_group, self._random)
+            gxy = qdh.shared(self._one(payloads, PayloadType.KE))
+            ke = [Payload(PayloadType.KE, qdh.public)]
+        self._cipher.confirm(data)
+        p, t = chosen
+        self._qm_mid, self._qni, self._qnr, self._qgxy, self._spi_out = mid, ni, self._random(32), gxy, p.spi
+        self._spi_in = self._random(4)
+        body = [Payload(PayloadType.SA, encode_sa(SaPayload(sa.doi, sa.situation,
+                                                            (Proposal(p.number, p.protocol, self._spi_in, (t,)),)))),
+                Payload(PayloadType.NONCE, self._qnr)] + ke + [Payload(PayloadType.ID, i) for i in ids]
+        h2 = km.qm_hash2(self.keys, mid, ni, push_chain(body)[1])
+        self._last = self._cipher.encrypt(self.cky_i, self.cky_r, Exchange.QUICK, mid,
+                                          [Payload(PayloadType.HASH, h2)] + body)
+        self._out.append(self._last)
+        suffix, alen = ESP_AUTH[c.esp_auth]
+        elen = c.esp_key_bits // 8
+        k_in = km.qm_keymat(self.keys, PROTO_ESP, self._spi_in, self._qni, self._qnr, elen + alen, self._qgxy)
+        k_out = km.qm_keymat(self.keys, PROTO_ESP, self._spi_out, self._qni, self._qnr, elen + alen, self._qgxy)
+        self.pending_child = ChildSaEstablished(
+            self.ike_id, c.name, child=c.name, spi_in=int.from_bytes(self._spi_in, "big"),
+            spi_out=int.from_bytes(self._spi_out, "big"), suite=f"aes{c.esp_key_bits}-{suffix}", esn=False,
+            mode="tunnel", local_ts=_ts(c.local_ts), remote_ts=_ts(c.remote_ts), local_addr=c.local_addr,
+            remote_addr=c.remote_addr, encap=False, initiator=False, rekey_time=0, life_time=c.esp_lifetime,
+            rekey_bytes=0, life_bytes=0, rekey_packets=0, life_packets=0,
+            enc_key_in=k_in[:elen], enc_key_out=k_out[:elen], integ_key_in=k_in[elen:], integ_key_out=k_out[elen:])
+        self.state = "r_qm3"
+
+    def _r_qm3(self, data: bytes) -> None:
+        assert self._cipher is not None and self.keys is not None
+        _, payloads = self._cipher.decrypt(data)
+        expect = km.qm_hash3(self.keys, self._qm_mid, self._qni, self._qnr)
+        if not payloads or payloads[0].type != PayloadType.HASH or \
+                not hmac.compare_digest(expect, payloads[0].body):
+            raise ParseError("HASH(3) does not verify")
+        self._cipher.forget(self._qm_mid)
+        assert self.pending_child is not None
+        self._events.append(self.pending_child)
+        self.pending_child = None
+        self._last = None
+        self.state = "established"

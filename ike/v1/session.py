@@ -1,0 +1,303 @@
+"""A sans-I/O IKEv1 session: main mode with a pre-shared key, then one quick mode (ESP, tunnel, optional PFS).
+
+Datagrams and time go in (``receive_datagram``, ``handle_timer``); datagrams (``datagrams_to_send``), one
+deadline (``get_timer``) and events (``next_event``) come out, as in the IKEv2 core. Nothing a peer sends raises
+out of ``receive_datagram``: malformed or unauthenticated messages are counted in ``dropped`` and ignored.
+
+Not yet here (issue 17): certificates, the responder role, informational exchanges, NAT-T, rekeying.
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import struct
+from collections import deque
+from dataclasses import dataclass
+from ..dh import create_dh
+from ..errors import IkeError, ParseError
+from ..events import ChildSaEstablished, IkeEvent
+from ..core_config import RandomSource, TrafficSelector
+from . import keymat as km
+from .message import (Attribute, Exchange, Payload, PayloadType, Proposal, SaPayload, Transform, decode_sa,
+                      encode_sa, pull_header, pull_message, push_chain, push_message)
+
+__all__ = ["V1Config", "V1Session", "Phase1Done"]
+
+DOI_IPSEC = 1
+SIT_IDENTITY_ONLY = 1
+PROTO_ISAKMP, PROTO_ESP = 1, 3
+#: RFC 2409 Appendix A / RFC 2407 4.5 attribute numbers and values used here
+P1_ENC, P1_HASH, P1_AUTH, P1_GROUP, P1_LIFE_TYPE, P1_LIFE, P1_KEYLEN = 1, 2, 3, 4, 11, 12, 14
+AES_CBC, AUTH_PSK, LIFE_SECONDS = 7, 1, 1
+ESP_AES = 12
+P2_LIFE_TYPE, P2_LIFE, P2_GROUP, P2_MODE, P2_AUTH, P2_KEYLEN = 1, 2, 3, 4, 5, 6
+MODE_TUNNEL = 1
+#: ESP authentication algorithm -> (esp suite suffix, key length)
+ESP_AUTH = {2: ("sha1", 20), 5: ("sha256", 32)}
+HASH_IDS = {v: k for k, v in km.HASHES.items()}
+ID_IPV4, ID_FQDN, ID_IPV4_SUBNET = 1, 2, 4
+RETRANSMITS = 3
+
+
+@dataclass(frozen=True)
+class V1Config:
+    """One IKEv1 connection. ``local_id``/``remote_id`` are FQDNs or IPv4 addresses (as swanctl writes them)."""
+    name: str
+    psk: bytes
+    local_id: str
+    remote_id: str
+    local_ts: str
+    remote_ts: str
+    local_addr: tuple[str, int]
+    remote_addr: tuple[str, int]
+    enc_key_bits: int = 128
+    hash: str = "sha256"
+    group: int = 14
+    esp_key_bits: int = 128
+    esp_auth: int = 5
+    pfs_group: int | None = 14
+    ike_lifetime: int = 10800
+    esp_lifetime: int = 3600
+    retransmit_timeout: float = 1.0
+
+
+@dataclass(frozen=True)
+class Phase1Done(IkeEvent):
+    """The ISAKMP SA is up (main mode authenticated)."""
+    cookie_i: bytes
+    cookie_r: bytes
+
+
+def _id_body(value: str) -> bytes:
+    try:
+        return struct.pack("!BBH", ID_IPV4, 0, 0) + ipaddress.IPv4Address(value).packed
+    except ValueError:
+        return struct.pack("!BBH", ID_FQDN, 0, 0) + value.encode()
+
+
+def _subnet_id(net: str) -> bytes:
+    n = ipaddress.IPv4Network(net)
+    return struct.pack("!BBH", ID_IPV4_SUBNET, 0, 0) + n.network_address.packed + n.netmask.packed
+
+
+def _id_network(body: bytes) -> ipaddress.IPv4Network:
+    """The network of a proxy identity: an address (as charon writes a /32) or an address and mask."""
+    if len(body) == 8 and body[0] == ID_IPV4:
+        return ipaddress.IPv4Network(ipaddress.IPv4Address(body[4:8]))
+    if len(body) == 12 and body[0] == ID_IPV4_SUBNET:
+        try:
+            return ipaddress.IPv4Network((ipaddress.IPv4Address(body[4:8]), str(ipaddress.IPv4Address(body[8:]))))
+        except ValueError as exc:
+            raise ParseError(f"proxy identity: {exc}") from None
+    raise ParseError(f"proxy identity of type {body[0] if body else None} is not supported")
+
+
+def _ts(net: str) -> tuple[TrafficSelector, ...]:
+    return (TrafficSelector.from_cidr(net),)
+
+
+class V1Session:
+    """One ISAKMP SA and its first quick mode, initiator side."""
+
+    def __init__(self, config: V1Config, random: RandomSource, ike_id: int = 1) -> None:
+        """``random(n)`` gives cookies, nonces, SPIs and DH secrets; the core reads no entropy itself."""
+        self.config = config
+        self.ike_id = ike_id
+        self._random = random
+        self.cky_i = random(8)
+        self.cky_r = bytes(8)
+        self.state = "idle"
+        self.dropped = 0
+        self.last_error = ""  # why the last dropped datagram was dropped (for logs and tests)
+        self._out: list[bytes] = []
+        self._events: deque[IkeEvent] = deque()
+        self._last: bytes | None = None
+        self._deadline: float | None = None
+        self._tries = 0
+        self.keys: km.Phase1Keys | None = None
+        self._cipher: km.Phase1Cipher | None = None
+
+    # -- driver API
+    def initiate(self, now: float) -> None:
+        c = self.config
+        attrs = (Attribute(P1_ENC, AES_CBC), Attribute(P1_KEYLEN, c.enc_key_bits),
+                 Attribute(P1_HASH, HASH_IDS[c.hash]), Attribute(P1_AUTH, AUTH_PSK), Attribute(P1_GROUP, c.group),
+                 Attribute(P1_LIFE_TYPE, LIFE_SECONDS), Attribute(P1_LIFE, c.ike_lifetime))
+        sa = SaPayload(DOI_IPSEC, SIT_IDENTITY_ONLY, (Proposal(1, PROTO_ISAKMP, b"", (Transform(1, 1, attrs),)),))
+        self._sai_b = encode_sa(sa)
+        self._send(push_message(self.cky_i, self.cky_r, Exchange.MAIN, 0, 0,
+                                [Payload(PayloadType.SA, self._sai_b)]), now)
+        self.state = "mm2"
+
+    def datagrams_to_send(self) -> list[bytes]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> IkeEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        return self._deadline
+
+    def handle_timer(self, now: float) -> None:
+        if self._deadline is None or now < self._deadline or self._last is None:
+            return
+        if self._tries >= RETRANSMITS:
+            self.state, self._deadline = "failed", None
+            return
+        self._tries += 1
+        self._out.append(self._last)
+        self._deadline = now + self.config.retransmit_timeout * 2 ** self._tries
+
+    def receive_datagram(self, data: bytes, now: float) -> None:
+        try:
+            self._receive(data, now)
+        except (IkeError, ValueError) as exc:
+            # ParseError and the DH checks (ValueError from a bad public value) are peer errors: count, drop
+            self.dropped += 1
+            self.last_error = str(exc)
+
+    # -- internals
+    def _send(self, data: bytes, now: float) -> None:
+        self._out.append(data)
+        self._last, self._tries = data, 0
+        self._deadline = now + self.config.retransmit_timeout
+
+    def _receive(self, data: bytes, now: float) -> None:
+        h = pull_header(data)
+        if h.cookie_i != self.cky_i or (self.state != "mm2" and h.cookie_r != self.cky_r):
+            raise ParseError("cookies of another ISAKMP SA")
+        if self.state == "mm2" and h.exchange == Exchange.MAIN and not h.encrypted:
+            self._mm2(h.cookie_r, pull_message(data)[1], now)
+        elif self.state == "mm4" and h.exchange == Exchange.MAIN and not h.encrypted:
+            self._mm4(pull_message(data)[1], now)
+        elif self.state == "mm6" and h.exchange == Exchange.MAIN and h.encrypted and h.message_id == 0:
+            self._mm6(data, now)
+        elif self.state == "qm2" and h.exchange == Exchange.QUICK and h.message_id == self._qm_mid:
+            self._qm2(data, now)
+        else:
+            raise ParseError(f"exchange {h.exchange} not expected in state {self.state}")
+
+    @staticmethod
+    def _one(payloads: list[Payload], ptype: int) -> bytes:
+        found = [p.body for p in payloads if p.type == ptype]
+        if len(found) != 1:
+            raise ParseError(f"{len(found)} payloads of type {ptype} where one is required")
+        return found[0]
+
+    def _mm2(self, cky_r: bytes, payloads: list[Payload], now: float) -> None:
+        sa = decode_sa(self._one(payloads, PayloadType.SA))
+        if len(sa.proposals) != 1 or len(sa.proposals[0].transforms) != 1:
+            raise ParseError("responder must choose exactly one transform")
+        t = sa.proposals[0].transforms[0]
+        c = self.config
+        want = {P1_ENC: AES_CBC, P1_KEYLEN: c.enc_key_bits, P1_HASH: HASH_IDS[c.hash], P1_AUTH: AUTH_PSK,
+                P1_GROUP: c.group}
+        if any(t.get(k) != v for k, v in want.items()):
+            raise ParseError("responder chose a transform that was not offered")
+        self.cky_r = cky_r
+        self._dh = create_dh(c.group, self._random)
+        self._ni = self._random(32)
+        self._send(push_message(self.cky_i, cky_r, Exchange.MAIN, 0, 0,
+                                [Payload(PayloadType.KE, self._dh.public), Payload(PayloadType.NONCE, self._ni)]), now)
+        self.state = "mm4"
+
+    def _mm4(self, payloads: list[Payload], now: float) -> None:
+        c = self.config
+        gxr = self._one(payloads, PayloadType.KE)
+        nr = self._one(payloads, PayloadType.NONCE)
+        if not 8 <= len(nr) <= 256:
+            raise ParseError(f"nonce of {len(nr)} bytes")
+        gxy = self._dh.shared(gxr)
+        skeyid = km.skeyid_psk(c.hash, c.psk, self._ni, nr)
+        self.keys = km.derive_phase1(c.hash, skeyid, gxy, self.cky_i, self.cky_r, self._dh.public, gxr,
+                                     c.enc_key_bits // 8)
+        self._gxr, self._nr = gxr, nr
+        self._cipher = km.Phase1Cipher(self.keys)
+        idii = _id_body(c.local_id)
+        h = km.hash_i(self.keys, self._dh.public, gxr, self.cky_i, self.cky_r, self._sai_b, idii)
+        self._send(self._cipher.encrypt(self.cky_i, self.cky_r, Exchange.MAIN, 0,
+                                        [Payload(PayloadType.ID, idii), Payload(PayloadType.HASH, h)]), now)
+        self.state = "mm6"
+
+    def _mm6(self, data: bytes, now: float) -> None:
+        assert self._cipher is not None and self.keys is not None
+        _, payloads = self._cipher.decrypt(data)
+        idir = self._one(payloads, PayloadType.ID)
+        if idir != _id_body(self.config.remote_id):
+            raise ParseError("responder's identity is not the configured remote_id")
+        expect = km.hash_r(self.keys, self._dh.public, self._gxr, self.cky_i, self.cky_r, self._sai_b, idir)
+        if not hmac.compare_digest(expect, self._one(payloads, PayloadType.HASH)):
+            raise ParseError("HASH_R does not verify")
+        self._cipher.confirm(data)
+        self._events.append(Phase1Done(self.ike_id, self.config.name, self.cky_i, self.cky_r))
+        self._quick_mode(now)
+
+    def _quick_mode(self, now: float) -> None:
+        assert self._cipher is not None and self.keys is not None
+        c = self.config
+        self._qm_mid = int.from_bytes(self._random(4), "big") or 1
+        self._spi_in = self._random(4)
+        attrs = [Attribute(P2_LIFE_TYPE, LIFE_SECONDS), Attribute(P2_LIFE, c.esp_lifetime),
+                 Attribute(P2_MODE, MODE_TUNNEL), Attribute(P2_AUTH, c.esp_auth),
+                 Attribute(P2_KEYLEN, c.esp_key_bits)]
+        if c.pfs_group:
+            attrs.append(Attribute(P2_GROUP, c.pfs_group))
+        sa = SaPayload(DOI_IPSEC, SIT_IDENTITY_ONLY,
+                       (Proposal(1, PROTO_ESP, self._spi_in, (Transform(1, ESP_AES, tuple(attrs)),)),))
+        self._qni = self._random(32)
+        body = [Payload(PayloadType.SA, encode_sa(sa)), Payload(PayloadType.NONCE, self._qni)]
+        self._qdh = create_dh(c.pfs_group, self._random) if c.pfs_group else None
+        if self._qdh:
+            body.append(Payload(PayloadType.KE, self._qdh.public))
+        self._idci, self._idcr = _subnet_id(c.local_ts), _subnet_id(c.remote_ts)
+        body += [Payload(PayloadType.ID, self._idci), Payload(PayloadType.ID, self._idcr)]
+        h1 = km.qm_hash1(self.keys, self._qm_mid, push_chain(body)[1])
+        self._send(self._cipher.encrypt(self.cky_i, self.cky_r, Exchange.QUICK, self._qm_mid,
+                                        [Payload(PayloadType.HASH, h1)] + body), now)
+        self.state = "qm2"
+
+    def _qm2(self, data: bytes, now: float) -> None:
+        assert self._cipher is not None and self.keys is not None
+        c = self.config
+        _, payloads = self._cipher.decrypt(data)
+        if not payloads or payloads[0].type != PayloadType.HASH:
+            raise ParseError("quick mode message does not start with HASH")
+        expect = km.qm_hash2(self.keys, self._qm_mid, self._qni, push_chain(payloads[1:])[1])
+        if not hmac.compare_digest(expect, payloads[0].body):
+            raise ParseError("HASH(2) does not verify")
+        sa = decode_sa(self._one(payloads, PayloadType.SA))
+        if len(sa.proposals) != 1 or len(sa.proposals[0].transforms) != 1:
+            raise ParseError("responder must choose exactly one transform")
+        p = sa.proposals[0]
+        t = p.transforms[0]
+        if (p.protocol != PROTO_ESP or len(p.spi) != 4 or t.transform_id != ESP_AES
+                or t.get(P2_KEYLEN) != c.esp_key_bits or t.get(P2_AUTH) != c.esp_auth
+                or t.get(P2_GROUP) != c.pfs_group):
+            raise ParseError("responder chose an ESP transform that was not offered")
+        ids = [q.body for q in payloads if q.type == PayloadType.ID]
+        if ids and [_id_network(i) for i in ids] != [ipaddress.IPv4Network(c.local_ts),
+                                                      ipaddress.IPv4Network(c.remote_ts)]:
+            raise ParseError("responder changed the proxy identities")
+        nr = self._one(payloads, PayloadType.NONCE)
+        gxy = b""
+        if self._qdh:
+            gxy = self._qdh.shared(self._one(payloads, PayloadType.KE))
+        self._cipher.confirm(data)
+        h3 = km.qm_hash3(self.keys, self._qm_mid, self._qni, nr)
+        self._send(self._cipher.encrypt(self.cky_i, self.cky_r, Exchange.QUICK, self._qm_mid,
+                                        [Payload(PayloadType.HASH, h3)]), now)
+        self._deadline = None  # the last message is not retransmitted unless the peer repeats QM2
+        self._cipher.forget(self._qm_mid)
+        suffix, alen = ESP_AUTH[c.esp_auth]
+        elen = c.esp_key_bits // 8
+        k_in = km.qm_keymat(self.keys, PROTO_ESP, self._spi_in, self._qni, nr, elen + alen, gxy)
+        k_out = km.qm_keymat(self.keys, PROTO_ESP, p.spi, self._qni, nr, elen + alen, gxy)
+        self._events.append(ChildSaEstablished(
+            self.ike_id, c.name, child=c.name, spi_in=int.from_bytes(self._spi_in, "big"),
+            spi_out=int.from_bytes(p.spi, "big"), suite=f"aes{c.esp_key_bits}-{suffix}", esn=False, mode="tunnel",
+            local_ts=_ts(c.local_ts), remote_ts=_ts(c.remote_ts), local_addr=c.local_addr,
+            remote_addr=c.remote_addr, encap=False, initiator=True, rekey_time=0, life_time=c.esp_lifetime,
+            rekey_bytes=0, life_bytes=0, rekey_packets=0, life_packets=0,
+            enc_key_in=k_in[:elen], enc_key_out=k_out[:elen], integ_key_in=k_in[elen:], integ_key_out=k_out[elen:]))
+        self.state = "established"
