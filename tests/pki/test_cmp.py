@@ -267,3 +267,34 @@ def test_cli_errors_are_one_line(lab, capsys):
     assert rc == 0 and out.startswith("1  created") and "long-enough-1" not in out
     rc, out, _ = run(capsys, "ca", "--ca", "ca", "cmp-secret", "add", "--ref", "4", "--days", "2")
     assert rc == 0 and "valid 2 days" in out and len(out.split("Secret: ")[1].strip()) >= 16
+
+
+@pytest.mark.parametrize("ca", ["ecdsa"], indirect=True)
+def test_a_cmpv2_profile_renews_by_kur_and_refuses_the_scep_est_paths(responder, ca, tmp_path, monkeypatch):
+    """A ca-profile with protocol cmpv2 decides the protocol: auto-re-enrollment renews with a key update (kur)
+    signed by the current certificate, and the SCEP/EST paths of the store refuse it in one clear line."""
+    from pki import reenroll
+    from pki.cmp import enroll as cmp_enroll
+    from pki.errors import StoreError
+    from pki.profile import AutoReenrollment, CaProfile
+    from pki.store import Store
+
+    store = Store(tmp_path / "st")
+    store.add_profile(CaProfile("lab", enrollment_url=URL, protocol="cmpv2"))
+    store.generate_key_pair("r1", "ecdsa")
+    old, _ = cmp_enroll.enroll_local_certificate(store, "r1", "lab", "CN=r1", None, reference="1000",
+                                                 secret="secret-1000", transport=wire(responder))
+    with pytest.raises(StoreError, match="CMPv2"):
+        store.enroll_local_certificate("r1", "lab", "CN=r1", challenge_password="x")
+    with pytest.raises(StoreError, match="caPubs"):
+        store.enroll_ca_certificate("lab")
+    log: list = []
+    monkeypatch.setattr(client, "_http", lambda url, data, timeout=None: wire(responder, log)(url, data))
+    store.set_reenrollment(AutoReenrollment("r1", "lab", trigger_percentage=50))
+    results = reenroll.run_due(store, old.not_valid_after_utc - timedelta(days=1))
+    assert [type(r) for r in results] == [reenroll.ReenrollResult], results
+    new = store.local_certificate("r1")
+    assert results[0].new_key and new.subject == old.subject and new.serial_number != old.serial_number
+    assert new.public_key() == store.private_key("r1").public_key() != old.public_key()
+    new.verify_directly_issued_by(ca.certificate)
+    assert [o.message_type for _, o in log][:1] == ["kur"], log
