@@ -377,3 +377,46 @@ def test_manual_approval_waits_and_the_client_polls(tmp_path):
         assert served.wait_log(r"msg=ir tid=\w+ outcome=pending")
     finally:
         served.stop()
+
+
+def test_one_ca_serve_answers_cmp_and_est_side_by_side(tmp_path):
+    """``ca serve --est-port``: CMPv2 on the HTTP port and EST on the TLS port of one process, each enrolling an
+    ECDSA router of the store; the ready lines name both, and a stop leaves no traceback."""
+    _openssl()
+    pki(tmp_path, "ca", "--ca", "ca", "init", "--subject", "CN=Both CA,O=Example", "--key-type", "ecdsa")
+    (tmp_path / "c").write_text("est-challenge-1\n")
+    est_port = free_port()
+    served = Served(tmp_path, tmp_path / "ca", "--challenge-file", str(tmp_path / "c"), "--est-port", str(est_port))
+    try:
+        for _ in range(100):  # bounded: the EST line follows the HTTP one
+            if "serving EST" in served.stderr():
+                break
+            time.sleep(0.1)
+        ready = served.stderr()
+        assert "CMP /.well-known/cmp" in ready and f"serving EST on https://127.0.0.1:{est_port}" in ready, ready
+        secret = pki(tmp_path, "ca", "--ca", "ca", "cmp-secret", "add", "--ref", "77").stdout
+        (tmp_path / "s").write_text(re.search(r"Secret: (\S+)", secret).group(1) + "\n")
+        s = ["--store", "st"]
+        for cid in ("r1", "r2"):
+            pki(tmp_path, *s, "generate-key-pair", "--certificate-id", cid, "--type", "ecdsa")
+        pki(tmp_path, *s, "ca-profile", "add", "cmp", "--protocol", "cmpv2", "--enrollment-url", served.url + CMP_PATH)
+        pki(tmp_path, *s, "ca-profile", "add", "est", "--protocol", "est", "--enrollment-url",
+            f"https://127.0.0.1:{est_port}/.well-known/est")
+        pki(tmp_path, *s, "local-certificate", "enroll", "--certificate-id", "r1", "--ca-profile", "cmp",
+            "--subject", "CN=r1,O=Example", "--reference-number", "77", "--challenge-password-file", "s")
+        pki(tmp_path, *s, "ca-certificate", "enroll", "--ca-profile", "est", "--yes")
+        pki(tmp_path, *s, "local-certificate", "enroll", "--certificate-id", "r2", "--ca-profile", "est",
+            "--subject", "CN=r2,O=Example", "--challenge-password-file", "c")
+        from pki.store import Store
+
+        st = Store(tmp_path / "st")
+        for cid in ("r1", "r2"):
+            cert = st.local_certificate(cid)
+            assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+            (tmp_path / f"{cid}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            ossl("verify", "-CAfile", str(tmp_path / "st" / "ca" / "est" / "ca.pem"), f"{cid}.pem", cwd=tmp_path)
+        assert served.wait_log(r"op=cmp msg=ir tid=\w+ outcome=issued"), served.log()
+        assert served.wait_log(r"op=est\S* .*outcome=issued"), served.log()
+    finally:
+        served.stop()
+    assert "Traceback" not in served.stderr()
