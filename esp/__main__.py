@@ -4,6 +4,8 @@
     python -m esp pcap decrypt 'DIR/*.pcap' OUTDIR --sa FILE [--jobs N | --scheduler tcp://HOST:8786]
     python -m esp pcap encrypt IN OUT --sa FILE [--first-seq N] [--write-esp-sa FILE]
     python -m esp pcap replay  IN --sa FILE [--order 1,3,2,2 | --loss P --dup P --reorder P]
+    python -m esp pcap send    IN (--sa FILE | --daemon SOCKET) [--encap udp|esp] [--target ADDR]
+                               [--speed X | --pps N | --mbps M | --topspeed] [--loop N] [--duration S]
     python -m esp gateway STATIC.json [--metrics HOST:PORT]   (a tunnel gateway with static SAs; SIGHUP
                                            reloads, SIGTERM stops; Prometheus metrics at /metrics if asked)
 
@@ -17,11 +19,16 @@ import argparse
 import json
 import os
 import sys
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 __all__ = ["main"]
 
 PROG = "python -m esp"
+#: The IKE daemon's control socket (ike.config's default; esp does not import ike).
+IKE_SOCKET_DEFAULT = "/run/espresso/ike.sock"
+IKE_SOCKET_ENV = "ESPRESSO_IKE_SOCKET"
+IKE_SOCKET = os.environ.get(IKE_SOCKET_ENV) or IKE_SOCKET_DEFAULT
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,7 +124,46 @@ def _build() -> argparse.ArgumentParser:
     r.add_argument("--spi", metavar="SPI", help="which SA of the file to use (default: the first)")
     r.add_argument("--output", metavar="FILE", help="write the packets the receiver accepted (raw IP)")
     r.add_argument("--verbose", "-v", action="store_true", help="one line per delivered packet")
+    _send_parser(ps)
     return p
+
+
+def _send_parser(ps: argparse._SubParsersAction) -> None:
+    s = ps.add_parser("send", help="encrypt a capture (or take its ESP as it is) and send it to a device under "
+                                   "test, paced like tcpreplay", description="Plaintext packets go through the "
+                                   "first SA whose selector takes them, every loop again (sequence numbers "
+                                   "continue); captured ESP goes out as it is.")
+    s.add_argument("input")
+    src = s.add_mutually_exclusive_group()
+    src.add_argument("--sa", action="append", metavar="FILE",
+                     help="SA file: Wireshark esp_sa table or espresso TOML (repeatable; first match wins); "
+                          "without --sa or --daemon only the capture's own ESP is sent")
+    src.add_argument("--daemon", metavar="SOCKET", nargs="?", const=IKE_SOCKET,
+                     help="send on the CHILD_SA(s) of a running `python -m ike daemon`, asked over its control "
+                          f"socket (default: ${IKE_SOCKET_ENV} or {IKE_SOCKET_DEFAULT})")
+    s.add_argument("--child", metavar="NAME|SPI", help="with --daemon: which CHILD_SA (default: every one)")
+    s.add_argument("--mode", choices=("tunnel", "transport"),
+                   help="mode of SAs whose file does not say (Wireshark tables)")
+    s.add_argument("--encap", choices=("udp", "esp"),
+                   help="ESP in UDP (RFC 3948) or raw IP protocol 50 (root); default: the SAs' own, else udp")
+    s.add_argument("--target", metavar="ADDR", help="send to this address (default: each SA's peer)")
+    s.add_argument("--port", type=int, metavar="N", help="UDP destination port (default: the SA's, else 4500)")
+    s.add_argument("--source", metavar="ADDR", help="source address (default: the SAs' local one if it is ours)")
+    s.add_argument("--sport", type=int, metavar="N", help="UDP source port (default: 4500 if free, else any)")
+    pace = s.add_mutually_exclusive_group()
+    pace.add_argument("--speed", "--multiplier", type=float, metavar="X", help="the recorded pacing sped up X times")
+    pace.add_argument("--pps", type=float, metavar="N", help="N packets per second")
+    pace.add_argument("--mbps", type=float, metavar="M", help="M Mbit/s of ESP datagrams (outer IP header included)")
+    pace.add_argument("--topspeed", action="store_true", help="as fast as the machine goes")
+    s.add_argument("--loop", type=int, default=1, metavar="N", help="send the capture N times (0: until "
+                                                                    "--duration or --limit)")
+    s.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    s.add_argument("--limit", type=int, metavar="N", help="stop after N packets")
+    s.add_argument("--first-seq", type=int, metavar="N", help="sequence number of each SA's first packet")
+    s.add_argument("--no-gso", dest="gso", action="store_false", help="no UDP GSO trains, one datagram per message")
+    s.add_argument("--backend", choices=("openssl", "ipsecmb"), help="crypto backend (default: fastest)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no summary")
+    s.add_argument("--json", action="store_true", help="the summary as JSON on stdout")
 
 
 def _fail(msg: str) -> int:
@@ -166,8 +212,56 @@ def _gateway(path: str, offload: bool | None = None, loop: str | None = None, qu
     return 0
 
 
+def _send(args: argparse.Namespace) -> int:
+    from esp.errors import EspError
+    from esp.pcap.sa_files import KeyFileError, load_keyfile
+    from esp.pcap.send import Pacing, SendError, daemon_child_sas, send_capture
+
+    try:
+        if args.daemon:
+            entries, stated = daemon_child_sas(args.daemon, args.child), True
+        elif not args.sa:
+            entries, stated = [], False
+        else:
+            files = [load_keyfile(p) for p in args.sa]
+            for w in (w for kf in files for w in kf.warnings):
+                sys.stderr.write(f"{PROG}: warning: {w}\n")
+            # a TOML SA says whether it is in UDP; an esp_sa table cannot, and NAT-T is what DUTs mostly see
+            entries, stated = [e for kf in files for e in kf.entries], all(kf.kind == "toml" for kf in files)
+            if not entries:
+                return _fail(f"no usable SA in {', '.join(args.sa)}")
+        encap = args.encap or ("udp" if any(e.encap for e in entries) or not stated else "esp")
+        pacing = (Pacing("pps", args.pps) if args.pps is not None else Pacing("mbps", args.mbps)
+                  if args.mbps is not None else Pacing("top") if args.topspeed
+                  else Pacing("recorded", args.speed if args.speed is not None else 1.0))
+        for name in ("port", "sport"):
+            v = getattr(args, name)
+            if v is not None and not 0 < v < 65536:
+                return _fail(f"--{name} must be 1-65535")
+        if args.first_seq is not None and args.first_seq < 1:
+            return _fail("--first-seq must be at least 1")
+        if args.limit is not None and args.limit < 1 or args.duration is not None and not args.duration > 0:
+            return _fail("--limit and --duration must be positive")
+        s = send_capture(args.input, entries, encap=encap, target=args.target, port=args.port,
+                         source=args.source, sport=args.sport, pacing=pacing, loops=args.loop,
+                         duration=args.duration, limit=args.limit, first_seq=args.first_seq, mode=args.mode,
+                         backend=args.backend, gso=args.gso)
+    except (KeyFileError, SendError, EspError, ValueError, OSError) as exc:
+        return _fail(str(exc))
+    for w in s.warnings:
+        sys.stderr.write(f"{PROG}: warning: {w}\n")
+    if args.json:
+        sys.stdout.write(json.dumps(s.as_dict(), indent=2) + "\n")
+    elif not args.quiet:
+        sys.stderr.write(s.format() + "\n")
+    return s.exit_code
+
+
 def _run(args: argparse.Namespace) -> int:
     from esp.errors import EspError
+
+    if args.cmd == "send":
+        return _send(args)
     from esp.pcap.sa_files import KeyFileError, load_keyfiles
 
     try:

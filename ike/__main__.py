@@ -205,6 +205,8 @@ def _check_config(args: argparse.Namespace) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
         if imp.refused:
+            for line in _details(cfg):  # what the rest would be, as for a TOML file
+                print(line)
             print(f"{args.config}: {len(imp.refused)} key(s) espresso cannot express; the rest is valid",
                   file=sys.stderr)
             return 2
@@ -224,9 +226,45 @@ def _check_config(args: argparse.Namespace) -> int:
         f"; gateway {g.tun_name} (offload {'on where probed' if g.offload else 'off'}, MTU "
         f"{g.mtu if g.mtu is not None else 'following the path'}, outer MTU "
         f"{g.outer_mtu if g.outer_mtu is not None else 'of the interface'}, batch {g.batch_size})")
+    for line in _details(cfg):
+        print(line)
     print(f"{args.config}: OK; peers: {peers}; listening on "
           + ", ".join(f"{a}[{p}]" for a in cfg.addresses for p in cfg.bind_ports()) + gw + metrics)
     return 0
+
+
+def _details(cfg: Any) -> list[str]:
+    """What check-config says per peer and for [pki], beyond the summary line: the settings an operator moving
+    from swanctl checks first (ports and NAT-T, authentication constraints, revocation, fragmentation) and the
+    locally held intermediates and CRLs, as the daemon will use them."""
+    lines = []
+    for p in cfg.core.peers:
+        local = cfg.local_addrs.get(p.name) or "*"
+        auth = p.auth_constraints.text if p.auth_constraints is not None else p.auth
+        rauth = p.remote_auth_constraints.text if p.remote_auth_constraints is not None else p.remote_auth
+        parts = [f"{local}[{p.local_port}, NAT-T {p.local_nat_port}] -> {p.remote_addr or '%any'}"
+                 f"[{p.remote_port}, NAT-T {p.peer_nat_port}]",
+                 f"auth {auth}, remote_auth {rauth}"]
+        v = getattr(p.validator, "validator", None)
+        if v is not None:
+            pol = v.policy.revocation
+            if pol is not None:
+                parts.append(f"revocation {pol}")
+            else:
+                profiles = {a.profile: a.revocation for a in v.anchors()}
+                parts.append("revocation per ca-profile (" + ", ".join(
+                    f"{n}: {r.mode.value}{', fail-open' if r.fail_open else ''}" for n, r in profiles.items()) + ")")
+        frag = {True: "yes", False: "no", "force": "yes"}.get(p.fragmentation, p.fragmentation)
+        parts.append(f"fragmentation {frag}" + (f" (fragments of at most {p.fragment_size}-byte IP datagrams)"
+                                                if frag == "yes" else ""))
+        lines.append(f"  peer {p.name}: " + "; ".join(parts))
+    for c in cfg.intermediates:
+        lines.append(f"  intermediate (held, not trusted): {c.subject.rfc4514_string()}")
+    for crl in cfg.crls:
+        nxt = crl.next_update_utc
+        lines.append(f"  crl: {crl.issuer.rfc4514_string()}, {len(list(crl))} revoked, next update "
+                     f"{nxt.strftime('%Y-%m-%d %H:%M UTC') if nxt is not None else 'not given'}")
+    return lines
 
 
 def _run_daemon(args: argparse.Namespace) -> int:

@@ -222,6 +222,22 @@ async def cmd_list_conns(daemon: Any, req: dict[str, Any]) -> dict[str, Any]:
     return {"conns": conns}
 
 
+async def cmd_child_keys(daemon: Any, req: dict[str, Any]) -> dict[str, Any]:
+    """The outbound ESP SAs of installed CHILD_SAs (all, or one by name or SPI in hex) as an espresso TOML SA
+    file, for ``python -m esp pcap send --daemon``. Keys leave only in this reply on the 0600 socket."""
+    from .kernel import outbound_sa_toml
+
+    want = req.get("child")
+    kids = [c for c in daemon.children.values() if c.state == "INSTALLED" and c.outbound_active]
+    if want is not None:
+        text = str(want).lower()
+        kids = [c for c in kids if text in (c.event.child.lower(), f"{c.spi_in:08x}", f"{c.spi_out:08x}")]
+        if not kids:
+            raise ControlError(f"no installed CHILD_SA {want!r}")
+    return {"children": [{"name": c.event.child, "spi_out": f"{c.spi_out:08x}"} for c in kids],
+            "sa_toml": outbound_sa_toml(kids)}
+
+
 COMMANDS: dict[str, Callable[[Any, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
     "list-sas": cmd_list_sas,
     "initiate": cmd_initiate,
@@ -230,4 +246,5 @@ COMMANDS: dict[str, Callable[[Any, dict[str, Any]], Awaitable[dict[str, Any]]]] 
     "stats": cmd_stats,
     "status": cmd_status,
     "list-conns": cmd_list_conns,
+    "child-keys": cmd_child_keys,
 }

@@ -30,7 +30,7 @@ from .core_config import TrafficSelector
 from .events import ChildSaDeleted, ChildSaEstablished
 
 __all__ = ["REKEY_INBOUND_GRACE", "REPLAY_WINDOW", "InstallError", "InstalledChild", "Kernel", "make_gateway",
-           "sa_params", "selectors_for"]
+           "outbound_sa_toml", "sa_params", "selectors_for"]
 
 log = logging.getLogger("ike.daemon")
 
@@ -91,6 +91,46 @@ def selectors_for(local_ts: Iterable[TrafficSelector], remote_ts: Iterable[Traff
                 for dst in _prefixes(rt):
                     out.append(Selector(src, dst, proto, (lt.start_port, lt.end_port), (rt.start_port, rt.end_port)))
     return out
+
+
+def _file_ports(proto: int, r: tuple[int, int]) -> Any:
+    from esp.pcap.sa_files import PortRange
+
+    # ICMP "ports" are type and code (one byte each): the capture tools' selectors read 16-bit ports, so an
+    # ICMP selector narrowed by type is left open there and the peer's policy check decides.
+    if tuple(r) == (0, 65535) or proto in (1, 58):
+        return None
+    return PortRange(int(r[0]), int(r[1]))
+
+
+def outbound_sa_toml(children: Iterable[InstalledChild]) -> str:
+    """The outbound ESP SAs of ``children`` as an espresso TOML SA file (the capture tools' format), so
+    ``python -m esp pcap send --daemon`` can send traffic on keys a real peer holds.
+
+    ``initial_seq`` is the sequence number the outbound SA used last, so a generator continues after it. One
+    negotiated selector becomes the file's ``selector``; several (traffic selector lists) leave it out: any
+    inner traffic, and the peer's policy check decides. The text holds keys: it goes only to the 0600 control
+    socket, never to a log."""
+    from esp.pcap.sa_files import AddressMatch, SaEntry, dump_toml
+    from esp.pcap.sa_files import Selector as FileSelector
+    from esp.suites import parse_suite
+
+    entries = []
+    for c in children:
+        ev = c.event
+        sel = None
+        if len(c.selectors) == 1:
+            s = c.selectors[0]
+            sel = FileSelector(AddressMatch.parse(str(s.src) if s.src is not None else "*"),
+                               AddressMatch.parse(str(s.dst) if s.dst is not None else "*"),
+                               s.proto or None, _file_ports(s.proto, s.sport), _file_ports(s.proto, s.dport))
+        entries.append(SaEntry(
+            spi=ev.spi_out, suite=parse_suite(ev.suite), enc_key=ev.enc_key_out, integ_key=ev.integ_key_out,
+            src=AddressMatch.parse(ev.local_addr[0]), dst=AddressMatch.parse(ev.remote_addr[0]),
+            mode="transport" if ev.mode == "transport" else "tunnel",
+            encap=(ev.local_addr[1], ev.remote_addr[1]) if ev.encap else None, esn=ev.esn,
+            initial_seq=c.sa_out.seq, selector=sel, name=f"{ev.peer}/{ev.child} out"))
+    return dump_toml(entries)
 
 
 @dataclass

@@ -113,8 +113,37 @@ class NotifySocket:
         self.path.unlink(missing_ok=True)
         self.dir.rmdir()
 
-    def __enter__(self) -> "NotifySocket":
+    def __enter__(self) -> NotifySocket:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def run_shell_block(block: str, cwd: Path, timeout: float = 240, netns: str | None = None, **env: str):
+    """Run a README ``sh`` block with bash -e in ``cwd``, as a user pastes it: ``python`` is this interpreter,
+    the repository is importable. Output goes to files, since servers the block leaves in the background hold
+    their inherited descriptors after bash exits; its process group is killed at the end. ``netns``: run
+    it inside that network namespace."""
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    full_env = dict(os.environ, PYTHONPATH=str(root),
+                    PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **env)
+    full_env.pop("ESPRESSO_IKE_SOCKET", None)
+    with open(cwd / "block.out", "w+") as out, open(cwd / "block.err", "w+") as err:
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        proc = subprocess.Popen([*prefix, "bash", "-e", "-c", block], cwd=cwd, env=full_env, text=True, stdout=out,
+                                stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(block, proc.returncode, out.read(), err.read())

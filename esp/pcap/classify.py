@@ -1,4 +1,7 @@
-"""Which records of a chunk are ESP, for which SPI and addresses, and which an SA's selectors take."""
+"""Which records of a chunk are ESP, for which SPI and addresses, and which an SA's selectors take.
+
+:func:`first_match` is the one way a plaintext packet is mapped to an outbound SA (``pcap encrypt``, ``pcap
+send``): the first selector that takes it wins, as in an SPD."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,7 +45,9 @@ def _be32(d: np.ndarray, idx: np.ndarray) -> np.ndarray:
 _NATIVE_CLASSIFY = _native("classify_esp")
 
 
-def _classify_esp(c: Chunk, L: L3Info, encap_ports: Sequence[int]) -> _Esp:
+def classify_esp(c: Chunk, L: L3Info, encap_ports: Sequence[int]) -> _Esp:
+    """Which records are ESP (plain or in UDP on ``encap_ports``), IKE, keepalives, ESP fragments or cut ESP:
+    how every capture tool tells captured ESP from the rest."""
     if _NATIVE_CLASSIFY is None:
         return _classify_esp_numpy(c, L, encap_ports)
     n = c.count
@@ -62,7 +67,7 @@ def _classify_esp(c: Chunk, L: L3Info, encap_ports: Sequence[int]) -> _Esp:
 
 
 def _classify_esp_numpy(c: Chunk, L: L3Info, encap_ports: Sequence[int]) -> _Esp:
-    """The numpy reference of :func:`_classify_esp`."""
+    """The numpy reference of :func:`classify_esp`."""
     cap = c.caplen
     h = L.l4h                                   # the first bytes at the upper-layer header
     ip = L.version > 0
@@ -119,3 +124,16 @@ def _selector_mask(c: Chunk, L: L3Info, sel: Selector) -> np.ndarray:
     return m
 
 
+
+
+def first_match(c: Chunk, L: L3Info, selectors: Sequence[Selector], among: np.ndarray | None = None) -> np.ndarray:
+    """Per record of ``c``, the index (int32) of the first of ``selectors`` that takes it, -1 for none.
+
+    ``among`` (bool per record) limits the records considered, e.g. to those not already ESP."""
+    which = np.full(c.count, -1, dtype=np.int32)
+    free = np.ones(c.count, dtype=bool) if among is None else among.copy()
+    for k, sel in enumerate(selectors):
+        m = _selector_mask(c, L, sel) & free
+        which[m] = k
+        free &= ~m
+    return which

@@ -11,7 +11,7 @@ import numpy as np
 from esp.batch import PacketBatch, Verdict
 from esp.pcap.sa_files import SaEntry
 from esp.pcap.capture_suites import SoftSuite
-from esp.pcap.classify import _addr_match, _classify_esp, _Esp
+from esp.pcap.classify import _addr_match, _Esp, classify_esp
 from esp.pcap.formats import Chunk, Interface, LinkType, Scratch, _native
 from esp.pcap.layers import L3Info, parse_l3
 from esp.pcap.output import (_BODY_NEW, _BODY_NONE, _BODY_ORIG, _CHUNK_RING, CHUNK_BYTES, NAT_T_PORT, SaStats,
@@ -57,7 +57,7 @@ def _parse(c: Chunk, reader: CaptureReader, encap_ports: Sequence[int], direct: 
     follow from them and (direct output) the room each group of records needs."""
     lts = np.asarray([i.linktype for i in reader.interfaces], dtype=np.int64)
     L = parse_l3(c, lts)
-    E = _classify_esp(c, L, encap_ports)
+    E = classify_esp(c, L, encap_ports)
     counts = (int(np.count_nonzero(E.ike)), int(np.count_nonzero(E.keepalive)), int(np.count_nonzero(E.frag)),
               int(np.count_nonzero(E.cut)), int(np.count_nonzero(L.unknown_link)),
               int(np.count_nonzero((L.version == 0) & ~L.unknown_link)))

@@ -1,7 +1,6 @@
 """Encrypting captures: the IP packets an SA's selectors take, each SA's group through the core in one call."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from typing import Sequence
@@ -11,15 +10,14 @@ import numpy as np
 from esp.batch import PacketBatch, Verdict
 from esp.pcap.sa_files import SaEntry
 from esp.pcap.capture_suites import SoftSuite
-from esp.pcap.classify import _selector_mask
+from esp.pcap.classify import first_match
 from esp.pcap.decrypt import _open_writer
 from esp.pcap.formats import Chunk, Scratch
 from esp.pcap.layers import L3Info, parse_l3
 from esp.pcap.output import (_BODY_NEW, _BODY_NONE, _BODY_ORIG, _CHUNK_RING, CHUNK_BYTES, ESP_OVERHEAD_MAX, Summary,
-                             _account, _direct, _Output, _pump, _read_ahead, _room, _stats_for)
+                             _account, _direct, _Output, _pump, _read_ahead, _room)
 from esp.pcap.reader import CaptureReader
-from esp.pcap.sas import _entries, _make_sa
-from esp.sa import Direction
+from esp.pcap.sas import OutboundSa, _entries, outbound_sas
 
 # -- encrypt -----------------------------------------------------------------------------------------------------------
 
@@ -41,22 +39,8 @@ def encrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
     scratch = Scratch()
     writer = None
     try:
-        plan = []
-        for e in sas:
-            eff_mode = e.mode or mode or "tunnel"
-            if eff_mode == "tunnel" and not (e.src.is_host and e.dst.is_host):
-                raise ValueError(f"{e.origin or e.label}: a tunnel needs one outer src and dst address to "
-                                 f"encrypt, not {e.src} -> {e.dst}")
-            if e.spi is None:
-                raise ValueError(f"{e.origin or e.label}: SPI '*' cannot encrypt; give the SA's SPI")
-            start = (first_seq - 1) if first_seq is not None else e.initial_seq
-            if start < 0:
-                raise ValueError("the first sequence number is at least 1")
-            sa = _make_sa(e, Direction.OUT, eff_mode, backend, None, initial_seq=start)
-            sel = e.selector if e.selector is not None else dataclasses.replace(e, mode=eff_mode).effective_selector()
-            st = _stats_for(e, "out")
-            summary.per_sa.append(st)
-            plan.append((e, sa, sel, st))
+        plan = outbound_sas(sas, mode=mode, first_seq=first_seq, backend=backend)
+        summary.per_sa.extend(o.stats for o in plan)
         writer = _open_writer(out_path, reader, fmt, frames)
         out = _Output(writer, reader, frames, compiled=not any(isinstance(e.suite, SoftSuite) for e in sas))
         direct = out.direct()
@@ -76,19 +60,17 @@ def encrypt_file(in_path: str | os.PathLike[str], out_path: str | os.PathLike[st
     return summary
 
 
-def _encrypt_groups(c: Chunk, L: L3Info, plan: list) -> tuple[np.ndarray, list]:
-    n = c.count
-    assigned = np.zeros(n, dtype=bool)
+def _encrypt_groups(c: Chunk, L: L3Info, plan: list[OutboundSa]) -> tuple[np.ndarray, list]:
+    which = first_match(c, L, [o.selector for o in plan])
     groups = []
-    for e, sa, sel, st in plan:
-        m = _selector_mask(c, L, sel) & ~assigned
-        if m.any():
-            assigned |= m
-            groups.append((np.flatnonzero(m).astype(np.int32), sa, st))
-    return assigned, groups
+    for k, o in enumerate(plan):
+        sel = np.flatnonzero(which == k).astype(np.int32)
+        if len(sel):
+            groups.append((sel, o.sa, o.stats))
+    return which >= 0, groups
 
 
-def _encrypt_chunk(c: Chunk, L: L3Info, room: list[int] | None, plan: list, out: _Output, summary: Summary,
+def _encrypt_chunk(c: Chunk, L: L3Info, room: list[int] | None, plan: list[OutboundSa], out: _Output, summary: Summary,
                    drop_other: bool, scratch: Scratch) -> None:
     n = c.count
     summary.records += n

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from dataclasses import dataclass
 from typing import Sequence
 
 from esp.pcap.capture_suites import SoftSuite
 from esp.pcap.output import SaStats, Summary, _stats_for
-from esp.pcap.sa_files import SaEntry
+from esp.pcap.sa_files import SaEntry, Selector
 from esp.pcap.soft import SoftSa
 from esp.sa import Direction, Sa
 from esp.suites import Integ
@@ -79,3 +80,38 @@ def _entries(sas: "Sequence[SaEntry] | str | os.PathLike[str]") -> Sequence[SaEn
     return sas
 
 
+
+
+@dataclass
+class OutboundSa:
+    """An SA that encrypts what its selector takes (``pcap encrypt`` and ``pcap send`` build them the same way),
+    with the SA file's entry it came from and its counts."""
+
+    entry: SaEntry
+    sa: Sa | SoftSa
+    selector: Selector
+    stats: SaStats
+
+
+def outbound_sas(entries: Sequence[SaEntry], *, mode: str | None = None, first_seq: int | None = None,
+                 backend: str | None = None) -> list[OutboundSa]:
+    """The outbound SAs of ``entries`` in file order (first match wins, :func:`esp.pcap.classify.first_match`).
+
+    ``mode`` is for entries whose file does not say (Wireshark's table; default tunnel). Sequence numbers start
+    at ``first_seq`` (default: each entry's ``initial_seq + 1``). An entry that cannot encrypt (SPI ``*``, a
+    tunnel without one outer address each way) is a ValueError naming it."""
+    out = []
+    for e in entries:
+        eff_mode = e.mode or mode or "tunnel"
+        if eff_mode == "tunnel" and not (e.src.is_host and e.dst.is_host):
+            raise ValueError(f"{e.origin or e.label}: a tunnel needs one outer src and dst address to "
+                             f"encrypt, not {e.src} -> {e.dst}")
+        if e.spi is None:
+            raise ValueError(f"{e.origin or e.label}: SPI '*' cannot encrypt; give the SA's SPI")
+        start = (first_seq - 1) if first_seq is not None else e.initial_seq
+        if start < 0:
+            raise ValueError("the first sequence number is at least 1")
+        sa = _make_sa(e, Direction.OUT, eff_mode, backend, None, initial_seq=start)
+        e = dataclasses.replace(e, mode=eff_mode)
+        out.append(OutboundSa(e, sa, e.effective_selector(), _stats_for(e, "out")))
+    return out

@@ -351,7 +351,8 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
         retransmit_timeout=daemon.get("retransmit_timeout", parse_duration, core_defaults["retransmit_timeout"].default),
         retransmit_tries=daemon.get("retransmit_tries", _int_range(0, 100), core_defaults["retransmit_tries"].default),
         key_log=bool(key_log),
-        plain_ports=frozenset({port, *(p.local_port for p in peers)}),
+        # IKE on a NAT-T port carries the non-ESP marker even where a peer starts there (RFC 7296 2.23)
+        plain_ports=frozenset({port, *(p.local_port for p in peers)} - {nat_port, *(p.local_nat_port for p in peers)}),
     )
     daemon.finish()
     root.used.update(("daemon", "pki", "gateway", "metrics"))
@@ -362,6 +363,7 @@ def parse_config(data: Mapping[str, Any] | str, *, base: str | Path = ".", sourc
         key_log=key_log_dir,
         local_addrs=local_addrs, ca_profiles=pki.profiles, certificates=pki.certs, source=source, gateway=gateway,
         auto_start=tuple(auto_start), metrics_listen=metrics_listen,
+        intermediates=pki.intermediates, crls=pki.crls,
     )
 
 

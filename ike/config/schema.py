@@ -80,6 +80,10 @@ class DaemonConfig:
     auto_start: tuple[str, ...] = ()
     #: ``[metrics] listen``: where the Prometheus endpoint listens (address, port); None: no endpoint
     metrics_listen: tuple[str, int] | None = None
+    #: ``[pki] intermediates`` (CA certificates held to build peers' paths, never trust anchors) and
+    #: ``[pki] crls`` (CRL files), as loaded: check-config reports them
+    intermediates: tuple[Any, ...] = ()
+    crls: tuple[Any, ...] = ()
 
     def bind_ports(self) -> tuple[int, ...]:
         """Every local UDP port some peer uses (sorted): the daemon opens one socket per address and port."""

@@ -5,10 +5,19 @@ not translate it by hand. :func:`parse_settings` reads strongSwan's settings syn
 ``key = value`` lines, quoted values, ``#`` comments, ``include`` globs relative to the including file), and
 :func:`import_swanctl` maps ``connections``, their ``children``, ``secrets`` and ``authorities`` to the espresso
 TOML tree that :func:`ike.config.parse_config` takes. Files are found where swanctl finds them: certificates in
-``x509/``, trust anchors in ``x509ca/``, private keys in ``private/`` (and ``rsa/``, ``ecdsa/``, ``pkcs8/``),
-relative to the directory of swanctl.conf. Every key espresso cannot express is refused with its path
-(``connections.home.children.net.updown: not supported``) instead of being dropped silently; what is
-imported then still goes through the daemon's own validation.
+``x509/``, CA certificates in ``x509ca/``, CRLs in ``x509crl/``, private keys in ``private/`` (and ``rsa/``,
+``ecdsa/``, ``pkcs8/``), relative to the directory of swanctl.conf. Every key espresso cannot express is refused
+with its path (``connections.home.children.net.updown: not supported``) instead of being dropped silently; what
+is imported then still goes through the daemon's own validation.
+
+``x509ca/`` as charon means it: every CA certificate there is trusted, but charon accepts only a *self-signed*
+one as the end of a trust chain (credential_manager.c, verify_trust_chain: "accept only self-signed CAs as trust
+anchor"); an intermediate found there is a "trusted intermediate ca certificate" the chain goes on through, up
+to a self-signed root, whose CRL then covers the intermediate. So self-signed ``x509ca/`` certificates become
+the trust anchors of the ``x509ca`` ca-profile, and the others ``[pki] intermediates`` (held to build paths,
+never anchors), which is the same behaviour. ``x509crl/`` files become ``[pki] crls``; ``local.auth`` and
+``remote.auth`` keep swanctl's constraint syntax (``pubkey-sha384``, ``rsa/pss-sha384``, ``ike:ecdsa-384``), and
+``remote.revocation`` (strict, ifuri, relaxed) becomes the peer's ``revocation``.
 """
 from __future__ import annotations
 
@@ -210,6 +219,8 @@ class _Mapper:
         self.certs: dict[str, dict[str, str]] = {}
         self.profiles: dict[str, dict[str, Any]] = {}
         self.addresses: list[str] = []
+        self.pki: dict[str, Any] = {}
+        self._ca_kinds: dict[Path, str | None] = {}
 
     def refuse(self, path: str, why: str = "not supported") -> None:
         self.refused.append(f"{path}: {why}")
@@ -265,6 +276,52 @@ class _Mapper:
                     return p
         return None
 
+    def _dir_files(self, sub: str) -> list[Path]:
+        d = self.dir / sub
+        return sorted(p for p in d.iterdir() if p.is_file()) if d.is_dir() else []
+
+    def ca_kind(self, path: Path, where: str) -> str | None:
+        """``anchor`` (a self-signed CA certificate), ``intermediate`` (a CA certificate another CA issued) or
+        None, refused at ``where`` (unreadable, or not a CA certificate)."""
+        path = path.resolve()
+        if path in self._ca_kinds:
+            return self._ca_kinds[path]
+        from cryptography import x509 as cx509
+
+        kind: str | None = None
+        try:
+            data = path.read_bytes()[:MAX_FILE_SIZE]
+            cert = cx509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else cx509.load_der_x509_certificate(data)
+        except (OSError, ValueError) as exc:
+            self.refuse(where, f"cannot read certificate {path}: {getattr(exc, 'strerror', None) or exc}")
+            cert = None
+        if cert is not None:
+            try:
+                ca = cert.extensions.get_extension_for_class(cx509.BasicConstraints).value.ca
+            except cx509.ExtensionNotFound:
+                ca = cert.issuer == cert.subject  # a v1 root
+            if not ca:
+                self.refuse(where, f"{cert.subject.rfc4514_string()} is not a CA certificate")
+            else:
+                kind = "anchor" if _self_signed(cert) else "intermediate"
+        self._ca_kinds[path] = kind
+        return kind
+
+    def crl(self, path: Path, where: str) -> bool:
+        """Whether ``path`` is a CRL espresso can load (refused at ``where`` if not)."""
+        from cryptography import x509 as cx509
+
+        try:
+            data = path.read_bytes()[:MAX_FILE_SIZE]
+            if b"-----BEGIN" in data:
+                cx509.load_pem_x509_crl(data)
+            else:
+                cx509.load_der_x509_crl(data)
+        except (OSError, ValueError) as exc:
+            self.refuse(where, f"cannot read CRL {path}: {getattr(exc, 'strerror', None) or exc}")
+            return False
+        return True
+
     def profile(self, name: str, files: Iterable[Path], **extra: Any) -> str:
         self.profiles[name] = {"ca_certs": [self.rel(f) for f in files], "revocation": "crl",
                                # strongSwan's default revocation policy is "relaxed": a CRL that cannot be
@@ -277,16 +334,22 @@ class _Mapper:
         for key, value in self.tree.items():
             if key not in ("connections", "secrets", "authorities"):
                 self.refuse(key)
-        anchors = sorted(p for p in (self.dir / "x509ca").glob("*") if p.is_file()) \
-            if (self.dir / "x509ca").is_dir() else []
+        anchors, intermediates = [], []
+        for p in self._dir_files("x509ca"):
+            kind = self.ca_kind(p, f"x509ca/{p.name}")
+            if kind == "anchor":
+                anchors.append(p)
+            elif kind == "intermediate":
+                intermediates.append(self.rel(p))
         if anchors:
             self.profile("x509ca", anchors)
+        if intermediates:
+            self.pki["intermediates"] = intermediates
         for name, sec in self._sections("authorities"):
             self.authority(name, sec)
-        if (self.dir / "x509crl").is_dir():
-            for p in sorted((self.dir / "x509crl").glob("*")):
-                self.refuse(f"x509crl/{p.name}", "not supported (local CRL files; CRLs are fetched from the "
-                                                 "certificates' distribution points)")
+        crls = [self.rel(p) for p in self._dir_files("x509crl") if self.crl(p, f"x509crl/{p.name}")]
+        if crls:
+            self.pki["crls"] = crls
         psks = self.secrets()
         peers: dict[str, Any] = {}
         for name, sec in self._sections("connections"):
@@ -295,6 +358,8 @@ class _Mapper:
                 peers[name] = peer
         if self.addresses:
             self.config["daemon"] = {"addresses": list(dict.fromkeys(self.addresses))}
+        if self.pki:
+            self.config["pki"] = self.pki
         if self.profiles:
             self.config["ca-profiles"] = self.profiles
         if self.certs:
@@ -322,7 +387,12 @@ class _Mapper:
         files = []
         for key, value in sec.items():
             if key == "cacert" and isinstance(value, str):
-                files.append(self.file("x509ca", value))
+                f = self.file("x509ca", value)
+                kind = self.ca_kind(f, f"{path}.cacert")
+                if kind == "intermediate":
+                    self.refuse(f"{path}.cacert", _INTERMEDIATE_AUTHORITY)
+                elif kind == "anchor":
+                    files.append(f)
             elif key == "crl_uris" and isinstance(value, str) and _list(value):
                 extra["crl_url"] = _list(value)[0]
                 if len(_list(value)) > 1:
@@ -332,7 +402,8 @@ class _Mapper:
             else:
                 self.refuse(f"{path}.{key}")
         if not files:
-            self.refuse(path, "needs cacert (a file in x509ca/)")
+            if "cacert" not in sec:
+                self.refuse(path, "needs cacert (a file in x509ca/)")
             return
         self.profile(name, files, **extra)
 
@@ -432,40 +503,35 @@ class _Mapper:
         return peer
 
     def local(self, path: str, sec: Settings, peer: dict[str, Any]) -> bool:
-        auth = sec.get("auth", "pubkey")
-        if auth in ("pubkey", "rsa", "ecdsa"):  # the key type follows from the certificate
-            peer["auth"] = "pubkey"
-        elif auth == "psk":
-            peer["auth"] = "psk"
-        else:
-            self.refuse(f"{path}.auth", f"{auth!r} not supported (pubkey or psk)")
+        auth = _auth(sec.get("auth", "pubkey"))
+        if auth.startswith("!"):
+            self.refuse(f"{path}.auth", auth[1:])
             return False
+        peer["auth"] = auth
         for key, value in sec.items():
             if key == "auth":
                 continue
             if key == "id" and isinstance(value, str):
                 if value != "%any":
                     peer["local_id"] = value
-            elif key == "certs" and isinstance(value, str) and peer["auth"] == "pubkey":
+            elif key == "certs" and isinstance(value, str) and peer["auth"] != "psk":
                 names = [n for n in (self.certificate(f"{path}.certs", c) for c in _list(value)) if n]
                 if not names:
                     return False
                 peer["certificates" if len(names) > 1 else "certificate"] = names if len(names) > 1 else names[0]
             else:
                 self.refuse(f"{path}.{key}")
-        if peer["auth"] == "pubkey" and "certificate" not in peer and "certificates" not in peer:
+        if peer["auth"] != "psk" and "certificate" not in peer and "certificates" not in peer:
             self.refuse(f"{path}.certs", "missing (pubkey authentication needs our certificate)")
             return False
         return True
 
     def remote(self, path: str, sec: Settings, peer: dict[str, Any]) -> None:
-        auth = sec.get("auth", "pubkey")
-        if auth in ("pubkey", "rsa", "ecdsa"):
-            peer["remote_auth"] = "pubkey"
-        elif auth == "psk":
-            peer["remote_auth"] = "psk"
+        auth = _auth(sec.get("auth", "pubkey"))
+        if auth.startswith("!"):
+            self.refuse(f"{path}.auth", auth[1:])
         else:
-            self.refuse(f"{path}.auth", f"{auth!r} not supported (pubkey or psk)")
+            peer["remote_auth"] = auth
         for key, value in sec.items():
             if key == "auth":
                 continue
@@ -474,8 +540,20 @@ class _Mapper:
                     peer["remote_id"] = value
             elif key == "cacerts" and isinstance(value, str):
                 files = [self.file("x509ca", c) for c in _list(value)]
-                name = "cacerts-" + re.sub(r"[^A-Za-z0-9_-]", "_", "-".join(Path(f).stem for f in files))
-                peer["ca_profiles"] = [self.profile(name, files)]
+                kinds = [self.ca_kind(f, f"{path}.cacerts") for f in files]
+                if "intermediate" in kinds:
+                    self.refuse(f"{path}.cacerts", "an intermediate CA certificate: espresso constrains a peer "
+                                                   "by the trust anchors its chain ends at, not by intermediates")
+                elif all(kinds):
+                    name = "cacerts-" + re.sub(r"[^A-Za-z0-9_-]", "_", "-".join(Path(f).stem for f in files))
+                    peer["ca_profiles"] = [self.profile(name, files)]
+            elif key == "revocation" and isinstance(value, str):
+                if value not in ("strict", "ifuri", "relaxed"):
+                    self.refuse(f"{path}.revocation", f"{value!r} not supported (strict, ifuri or relaxed)")
+                elif peer.get("remote_auth", "psk") == "psk":
+                    self.refuse(f"{path}.revocation", "applies to certificates (remote auth is not pubkey)")
+                else:
+                    peer["revocation"] = value
             else:
                 self.refuse(f"{path}.{key}")
 
@@ -521,6 +599,37 @@ class _Mapper:
                     return None
                 child[key] = [addr]
         return child
+
+
+_INTERMEDIATE_AUTHORITY = ("an intermediate CA certificate (not self-signed): espresso's authorities are trust "
+                           "anchors, as charon's are only self-signed ones; keep it in x509ca/ (held as an "
+                           "intermediate) and name the root")
+
+
+def _self_signed(cert: Any) -> bool:
+    """Whether the certificate names itself as issuer and its own key verifies its signature."""
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+
+    if cert.issuer != cert.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
+        return False
+    return True
+
+
+def _auth(value: str) -> str:
+    """swanctl ``auth`` as espresso's value (the same syntax), or ``!reason`` when espresso cannot express it."""
+    from ..auth_constraints import parse_auth
+
+    if value in ("pubkey", "psk"):
+        return value
+    try:
+        c = parse_auth(value)
+    except (TypeError, ValueError) as exc:
+        return f"!{value!r} not supported ({exc})"
+    return c.text or value
 
 
 def _is_ip(text: str) -> bool:

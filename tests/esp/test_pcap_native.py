@@ -103,7 +103,7 @@ def test_parse_l3_and_classify_match_the_numpy_reference(recs):
     for field in a.__dataclass_fields__:
         x, y = getattr(a, field), getattr(b, field)
         assert x.dtype == y.dtype and np.array_equal(x, y), field
-    ea = classify_mod._classify_esp(c, a, (4500, 4501))
+    ea = classify_mod.classify_esp(c, a, (4500, 4501))
     eb = _classify_esp_numpy(c, b, (4500, 4501))
     for field in ea.__dataclass_fields__:
         assert np.array_equal(getattr(ea, field), getattr(eb, field)), field
@@ -603,7 +603,7 @@ def test_outcome_matches_the_numpy_reference():
     c = _chunk(frames, [0] * len(frames))
     lts = np.asarray([1], dtype=np.int64)
     L = layers_mod.parse_l3(c, lts)
-    E = classify_mod._classify_esp(c, L, (4500,))
+    E = classify_mod.classify_esp(c, L, (4500,))
     n = c.count
     for _ in range(30):
         assigned = rng.random(n) < 0.5

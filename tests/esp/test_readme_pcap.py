@@ -1,13 +1,14 @@
 """The README's ``python -m esp pcap`` blocks, run literally in a directory that holds the files they name.
 
 A user copies these lines; they must run as written: the single-capture commands, the Wireshark key file
-handed to tshark, and the many-captures commands on a process pool and on a Dask cluster.
+handed to tshark, the many-captures commands on a process pool and on a Dask cluster, and ``pcap send`` (in a
+network namespace of the test's own that holds the README's addresses, so nothing leaves the machine).
 """
 from __future__ import annotations
 
 import os
 import re
-import signal
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from esp.pcap import encrypt_file
 from esp.pcap.sa_files import load_keyfile
 from tests.esp.pcap_builders import ipv4, udp
 from tests.esp.test_pcap_tool import make_capture, sa_toml
-from tests.support import require_module, require_tool
+from tests.support import require, require_module, require_root, require_tool, run_shell_block
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,30 +48,14 @@ def _prepare(d: Path) -> None:
         assert s.exit_code == 0, s.format()
 
 
-def _run(block: str, d: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """Run ``block`` with bash; output goes to files, since servers it leaves in the background (dask) hold
-    their inherited descriptors open after bash exits."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(d / "home"), XDG_CONFIG_HOME=str(d / "home"),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    with open(d / "block.out", "w+") as out, open(d / "block.err", "w+") as err:
-        proc = subprocess.Popen(["bash", "-e", "-c", block], cwd=d, env=env, text=True, stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            proc.wait(timeout=timeout)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # background servers the block started (dask)
-            except ProcessLookupError:
-                pass
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(block, proc.returncode, out.read(), err.read())
+def _run(block: str, d: Path, timeout: float = 240, netns: str | None = None):
+    return run_shell_block(block, d, timeout, netns, HOME=str(d / "home"), XDG_CONFIG_HOME=str(d / "home"))
 
 
 def test_readme_pcap_blocks_run_as_written(tmp_path: Path) -> None:
     blocks = _blocks()
-    assert len(blocks) == 3, blocks
-    single, key_file, many = blocks
+    assert len(blocks) == 4, blocks
+    single, key_file, many, _send = blocks
     require_tool("tshark")
     require_module("distributed")
     _prepare(tmp_path)
@@ -92,3 +77,35 @@ def test_readme_pcap_blocks_run_as_written(tmp_path: Path) -> None:
     summaries = [ln for ln in r.stderr.splitlines() if ln.startswith("decrypt 3 captures on ")]
     assert len(summaries) == 2 and "dask" in summaries[1].lower(), r.stderr  # the pool, then the cluster
     assert r.stderr.count("exit 0  captures/c1.pcap -> decrypted/c1.pcap: 80 records") == 2, r.stderr
+
+
+def test_readme_pcap_send_block_runs_as_written(tmp_path: Path) -> None:
+    """The ``pcap send`` block: sas.toml's tunnel (192.0.2.1 -> 192.0.2.2, raw ESP) and esp_sa's (ESP in UDP)
+    from a namespace where both addresses are local, so every line sends for real and nothing leaves."""
+    send = _blocks()[3]
+    assert "pcap send" in send and "--daemon" not in send, send
+    require_root()
+    require(shutil.which("ip") is not None, "iproute2 (ip) is not installed")
+    _prepare(tmp_path)
+    # The recorded pacing of _prepare's plain.pcap is a packet a second; the block's --speed 2 line wants a
+    # capture of a lab's pacing: the same packets 1 ms apart.
+    pk = [ipv4("10.1.0.1", "10.2.0.2", 17, udp(5000 + i, 53, bytes(i % 40)), ident=i) for i in range(80)]
+    from tests.esp.pcap_builders import Rec, ether, pcap_file
+    (tmp_path / "plain.pcap").write_bytes(pcap_file([Rec(ether(p), 1_700_000_000, i * 1000)
+                                                     for i, p in enumerate(pk)]))
+    r0 = _run("python -m esp pcap encrypt plain.pcap esp.pcap --sa sas.toml", tmp_path)
+    assert r0.returncode == 0, r0.stderr
+    ns = f"esp-readme-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "addr", "add", "192.0.2.1/24", "dev", "lo"],
+                    ["ip", "addr", "add", "192.0.2.2/24", "dev", "lo"]):
+            subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True)
+        r = _run(send, tmp_path, timeout=120, netns=ns)
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], check=False)
+    assert r.returncode == 0, (send, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    sent = re.findall(r"^sent (\d+) ESP packets", r.stderr, re.MULTILINE)
+    assert len(sent) == 6, r.stderr
+    assert [int(x) for i, x in enumerate(sent) if i != 3] == [800, 80, 400, 300, 80], r.stderr  # 3: --duration

@@ -184,6 +184,16 @@ def test_load_config_names_the_file(pki_dir: Path) -> None:
     assert str(err.value) == f"{f}: not valid TOML: Invalid value (at line 2, column 8)"
 
 
+def test_ike_on_a_nat_t_port_is_marked(pki_dir: Path) -> None:
+    """A peer whose IKE starts on the NAT-T port (local_port = nat_port, as charon needs for non-500 ports) gets the
+    non-ESP marker there; only the IKE ports proper carry IKE plain."""
+    text = GOOD.replace("port = 500\nnat_port = 4500", "port = 1500\nnat_port = 14500").replace(
+        'remote_id = "branch.test"', 'remote_id = "branch.test"\nlocal_port = 14500\nremote_port = 14500')
+    cfg = _load(pki_dir, text)
+    assert cfg.core.plain_ports == frozenset({1500}) and cfg.bind_ports() == (1500, 14500)
+    assert _load(pki_dir, GOOD).core.plain_ports == frozenset({500})
+
+
 def test_key_log_and_overrides(pki_dir: Path) -> None:
     cfg = parse_config(GOOD, base=pki_dir, overrides={"key_log": "keys", "control_socket": "/tmp/x.sock"})
     assert cfg.key_log == pki_dir / "keys" and cfg.core.key_log

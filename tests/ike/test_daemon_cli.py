@@ -76,6 +76,13 @@ def test_check_config(tmp_path: Path) -> None:
                                 local="10.1.0.0/24", remote_ts="10.2.0.0/24"))
     r = _ike("check-config", "--config", str(good))
     assert r.returncode == 0 and "OK; peers: b (1 children)" in r.stdout, r.stderr
+    # the ports it binds and floats to (daemon.nat_port, the peer's remote_nat_port), auth, fragmentation
+    assert f"  peer b: 127.0.0.1[{port}, NAT-T {nat}] -> 127.0.0.1[{port + 1}, NAT-T {port + 2}]; auth psk, " \
+           "remote_auth psk; fragmentation yes (fragments of at most 1280-byte IP datagrams)" in r.stdout.splitlines()
+    frag = tmp_path / "frag.toml"
+    frag.write_text(good.read_text().replace("encap = true", 'encap = true\nfragmentation = "no"'))
+    r = _ike("check-config", "--config", str(frag))
+    assert r.returncode == 0 and "remote_auth psk; fragmentation no" in r.stdout, r.stdout + r.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text(good.read_text().replace('esp_proposals = "aes128gcm16"', 'esp_proposals = "aes128gcm99"'))
     r = _ike("check-config", "--config", str(bad))

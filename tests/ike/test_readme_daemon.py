@@ -4,12 +4,10 @@ The block is what an operator copies; it must run as written (no file it does no
 """
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.support import run_shell_block
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,17 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_readme_daemon_block_runs_as_written(tmp_path: Path) -> None:
     text = (ROOT / "README.md").read_text()
     block = next(b for b in re.findall(r"```sh\n(.*?)```", text, re.DOTALL) if "python -m ike daemon" in b)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    env.pop("ESPRESSO_IKE_SOCKET", None)
-    proc = subprocess.Popen(["bash", "-e", "-c", block], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=90)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the daemons, if the block did not get to its `kill`
-        except ProcessLookupError:
-            pass
+    proc = run_shell_block(block, tmp_path, timeout=90)
+    out, err = proc.stdout, proc.stderr
     assert proc.returncode == 0, (out, err)
     assert "gw.toml: OK; peers: branch (1 children)" in out
     assert re.search(r"initiate completed successfully: IKE_SA branch\[1\] ESTABLISHED, CHILD_SA lan", out), out

@@ -180,7 +180,7 @@ def test_what_cannot_be_expressed_is_refused_with_its_path(tmp_path: Path) -> No
                  "connections.rw.children.net.start_action: 'trap' not supported",
                  "connections.multi.local_addrs: only one IP address is supported",
                  "connections.multi.local.certs: cannot read certificate",
-                 "secrets.eap-carol: not supported", "x509crl/corp.crl: not supported",
+                 "secrets.eap-carol: not supported", "x509crl/corp.crl: cannot read CRL",
                  "connections.rw.children.any.remote_ts: missing, and no fixed address to default to",
                  "connections.rw.children.host.start_action: start needs a fixed remote_addrs"):
         assert path in refused, refused
@@ -196,6 +196,157 @@ def test_what_cannot_be_expressed_is_refused_with_its_path(tmp_path: Path) -> No
     out.write_text(dump_toml(imp.config))
     cfg = load_config(out)  # what was imported is a valid espresso configuration
     assert cfg.core.peers[0].psk == b"secret-secret-secret" and cfg.auto_start == ()
+
+
+REVOCATION_CONF = """
+connections {
+   gw {
+      local_addrs = 192.168.0.1
+      remote_addrs = 192.168.0.2
+      local { auth = pubkey-sha384
+              certs = moonCert.pem
+              id = moon.strongswan.org }
+      remote { auth = %s
+               id = sun.strongswan.org
+               revocation = %s }
+      children { net { local_ts = 10.1.0.0/16
+                       remote_ts = 10.2.0.0/16 } }
+   }
+   sub {
+      local_addrs = 192.168.0.1
+      remote_addrs = 192.168.0.3
+      local { auth = eap-md5 }
+      children { net { } }
+   }
+   bysub {
+      local_addrs = 192.168.0.1
+      remote_addrs = 192.168.0.5
+      local { certs = moonCert.pem }
+      remote { cacerts = subCert.pem }
+      children { net { } }
+   }
+   byroot {
+      local_addrs = 192.168.0.1
+      remote_addrs = 192.168.0.4
+      local { auth = ecdsa-sha384
+              certs = moonCert.pem }
+      remote { auth = psk
+               revocation = strict }
+      children { net { } }
+   }
+}
+secrets { ike { secret = a-long-enough-secret } }
+authorities {
+   sub { cacert = subCert.pem }
+}
+"""
+
+
+@pytest.mark.parametrize("remote_auth,revocation", [("pubkey-sha384", "strict"), ("rsa/pss-sha384", "ifuri"),
+                                                    ("ike:ecdsa-384-sha384", "relaxed")])
+def test_crls_intermediates_revocation_and_auth_constraints_map(tmp_path: Path, remote_auth: str,
+                                                                revocation: str) -> None:
+    """What the configuration can now say is imported, not refused: x509crl/ files become [pki] crls, x509ca/
+    keeps charon's meaning (a self-signed certificate is a trust anchor, any other CA certificate a trusted
+    intermediate the chain goes on through: [pki] intermediates), remote.revocation the peer's revocation, and
+    auth constraints keep swanctl's syntax. What still cannot be said is refused with its path."""
+    from cryptography.hazmat.primitives import serialization
+
+    conf = _swanctl_dir(tmp_path / "swanctl", REVOCATION_CONF % (remote_auth, revocation))
+    d = tmp_path / "swanctl"
+    root_pem = (d / "x509ca" / "strongswanCert.pem").read_bytes()
+    root = LabPki("ecdsa", name="strongSwan Root CA")  # the real root is inside _swanctl_dir: make our own
+    sub = root.intermediate("strongSwan Sub CA")
+    (d / "x509ca" / "strongswanCert.pem").write_bytes(root.ca.cert_pem())
+    (d / "x509ca" / "subCert.pem").write_bytes(sub.ca.cert_pem())
+    moon = root.issue("moonCert", "moon.strongswan.org")
+    (d / "x509" / "moonCert.pem").write_bytes(moon.cert_pem())
+    moon.write_key(d / "private" / "moonKey.pem")
+    (d / "x509crl").mkdir()
+    (d / "x509crl" / "root.crl").write_bytes(root.crl([sub.ca.cert]).public_bytes(serialization.Encoding.DER))
+    (d / "x509crl" / "sub.crl").write_bytes(sub.crl([]).public_bytes(serialization.Encoding.PEM))
+    assert root_pem != root.ca.cert_pem()
+
+    imp = import_swanctl(conf, out_dir=tmp_path)
+    assert imp.config["pki"] == {"intermediates": ["swanctl/x509ca/subCert.pem"],
+                                 "crls": ["swanctl/x509crl/root.crl", "swanctl/x509crl/sub.crl"]}
+    assert imp.config["ca-profiles"]["x509ca"]["ca_certs"] == ["swanctl/x509ca/strongswanCert.pem"]
+    gw = imp.config["peers"]["gw"]
+    assert gw["auth"] == "pubkey-sha384" and gw["remote_auth"] == remote_auth and gw["revocation"] == revocation
+    assert imp.refused == [
+        "authorities.sub.cacert: an intermediate CA certificate (not self-signed): espresso's authorities are "
+        "trust anchors, as charon's are only self-signed ones; keep it in x509ca/ (held as an intermediate) and "
+        "name the root",
+        "connections.sub.local.auth: 'eap-md5' not supported (unknown key type or hash 'eap' in 'eap-md5' "
+        "(key types: pubkey, rsa, rsa/pss, ecdsa, ed25519; hashes: sha1, sha256, sha384, sha512, identity))",
+        "connections.bysub.remote.cacerts: an intermediate CA certificate: espresso constrains a peer by the "
+        "trust anchors its chain ends at, not by intermediates",
+        "connections.byroot.remote.revocation: applies to certificates (remote auth is not pubkey)",
+    ], imp.refused
+    assert "sub" not in imp.config["peers"]
+    assert imp.config["peers"]["byroot"]["auth"] == "ecdsa-sha384"
+
+    out = tmp_path / "gw.toml"
+    out.write_text(dump_toml(imp.config))
+    cfg = load_config(out)  # the daemon takes it: constraints parsed, CRLs loaded, the intermediate held
+    gw_peer = next(p for p in cfg.core.peers if p.name == "gw")
+    assert gw_peer.auth_constraints.text == "pubkey-sha384"
+    assert gw_peer.remote_auth_constraints.text == remote_auth
+    v = gw_peer.validator.validator  # type: ignore[union-attr]
+    assert v.policy.revocation == revocation
+    assert [c.subject for c in cfg.intermediates] == [sub.ca.cert.subject]
+    assert sorted(c.issuer.rfc4514_string() for c in cfg.crls) == sorted(
+        [root.ca.cert.subject.rfc4514_string(), sub.ca.cert.subject.rfc4514_string()])
+
+
+def test_check_config_reports_constraints_revocation_intermediates_and_crls(tmp_path: Path) -> None:
+    """check-config says, per peer, what the daemon will enforce (ports and NAT-T, auth constraints both ways,
+    revocation, fragmentation) and which intermediates and CRLs it holds, for the TOML and the swanctl.conf."""
+    from cryptography.hazmat.primitives import serialization
+
+    d = tmp_path / "swanctl"
+    conf = _swanctl_dir(d, REVOCATION_CONF.replace("      children { net { local_ts", "      fragmentation = accept\n"
+                                                   "      remote_port = 1500\n      children { net { local_ts", 1)
+                        % ("ecdsa-256-sha384", "strict"))
+    root = LabPki("ecdsa", name="strongSwan Root CA")
+    sub = root.intermediate("strongSwan Sub CA")
+    (d / "x509ca" / "strongswanCert.pem").write_bytes(root.ca.cert_pem())
+    (d / "x509ca" / "subCert.pem").write_bytes(sub.ca.cert_pem())
+    moon = root.issue("moonCert", "moon.strongswan.org")
+    (d / "x509" / "moonCert.pem").write_bytes(moon.cert_pem())
+    moon.write_key(d / "private" / "moonKey.pem")
+    (d / "x509crl").mkdir()
+    (d / "x509crl" / "root.crl").write_bytes(root.crl([sub.ca.cert]).public_bytes(serialization.Encoding.PEM))
+    out = tmp_path / "moon.toml"
+    r = _ike("import-swanctl", str(conf), "-o", str(out))
+    assert r.returncode == 1, r.stderr
+    r = _ike("check-config", "--config", str(out))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert ("  peer gw: 192.168.0.1[500, NAT-T 4500] -> 192.168.0.2[1500, NAT-T 1500]; auth pubkey-sha384, "
+            "remote_auth ecdsa-256-sha384; revocation strict; fragmentation accept") in lines, r.stdout
+    assert ("  peer bysub: 192.168.0.1[500, NAT-T 4500] -> 192.168.0.5[500, NAT-T 4500]; auth pubkey, "
+            "remote_auth pubkey; revocation per ca-profile (x509ca: crl, fail-open); fragmentation yes (fragments "
+            "of at most 1280-byte IP datagrams)") in lines, r.stdout
+    assert f"  intermediate (held, not trusted): {sub.ca.cert.subject.rfc4514_string()}" in lines, r.stdout
+    assert any(ln.startswith(f"  crl: {root.ca.cert.subject.rfc4514_string()}, 1 revoked, next update 20")
+               for ln in lines), r.stdout
+    assert lines[-1].startswith(f"{out}: OK; peers: gw (1 children), bysub (1 children), byroot (1 children)")
+    r = _ike("check-config", "--config", str(conf))  # the swanctl.conf itself: the same report, and the refusals
+    assert r.returncode == 2 and "revocation strict; fragmentation accept" in r.stdout, r.stdout + r.stderr
+    assert "error: connections.sub.local.auth: 'eap-md5' not supported" in r.stderr
+
+
+def test_remote_cacerts_naming_an_intermediate_is_refused(tmp_path: Path) -> None:
+    conf = _swanctl_dir(tmp_path, REVOCATION_CONF % ("pubkey", "strict"))
+    sub = LabPki("ecdsa", name="other root").intermediate("other sub")
+    (tmp_path / "x509ca" / "subCert.pem").write_bytes(sub.ca.cert_pem())
+    (tmp_path / "x509ca" / "junk.pem").write_bytes(b"not a certificate")
+    imp = import_swanctl(conf, out_dir=tmp_path)
+    refused = "\n".join(imp.refused)
+    assert "connections.bysub.remote.cacerts: an intermediate CA certificate" in refused, refused
+    assert "x509ca/junk.pem: cannot read certificate" in refused, refused
+    assert imp.config["pki"]["intermediates"] == ["x509ca/subCert.pem"]
 
 
 def test_toml_writer_round_trips() -> None:

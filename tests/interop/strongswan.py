@@ -115,7 +115,13 @@ class LabPki:
     kind: str = "ecdsa"
     name: str = "espresso test CA"  # distinct names for distinct CAs: strongSwan finds issuers by name
     parent: LabPki | None = None  # an intermediate CA issued by this one; None: a self-signed root
+    #: the hash every signature of this CA uses (its certificate, what it issues, its CRLs): ``sha384`` for a
+    #: peer whose ``remote.auth = pubkey-sha384`` constrains the trust chain too
+    digest: str = "sha256"
     ca: Credential = field(init=False)
+
+    def _hash(self) -> hashes.HashAlgorithm:
+        return {"sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512()}[self.digest]
 
     def __post_init__(self) -> None:
         key = _new_key(self.kind)
@@ -138,24 +144,31 @@ class LabPki:
         if self.parent is not None:
             b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 issuer_key.public_key()), critical=False)  # type: ignore[attr-defined]
-        cert = b.sign(issuer_key, hashes.SHA256())  # type: ignore[arg-type]
+        digest = self._hash() if self.parent is None else self.parent._hash()
+        cert = b.sign(issuer_key, digest)  # type: ignore[arg-type]
         self.ca = Credential("ca", key, cert, "")
 
     def intermediate(self, name: str, kind: str | None = None) -> LabPki:
         """An intermediate CA under this one (its ``ca`` is signed by this CA's key)."""
-        return LabPki(kind or self.kind, name, parent=self)
+        return LabPki(kind or self.kind, name, parent=self, digest=self.digest)
 
-    def crl(self, revoked: list[x509.Certificate]) -> x509.CertificateRevocationList:
-        """A CRL of this CA, valid now, revoking ``revoked``."""
+    def crl(self, revoked: list[x509.Certificate], *, key_id: bool = False) -> x509.CertificateRevocationList:
+        """A CRL of this CA, valid now, revoking ``revoked``. ``key_id`` adds the authorityKeyIdentifier
+        (RFC 5280 5.2.1), by which charon finds a CRL it holds (x509crl/, or one it fetched before) for a
+        certificate's issuer; without it charon only uses a CRL it fetches from the certificate's own
+        distribution point, which the revocation-policy tests rely on."""
         now = _dt.datetime.now(_dt.timezone.utc)
         b = (x509.CertificateRevocationListBuilder().issuer_name(self.ca.cert.subject)
              .last_update(now - _dt.timedelta(minutes=5)).next_update(now + _dt.timedelta(days=1))
              .add_extension(x509.CRLNumber(1), critical=False))
+        if key_id:
+            b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                self.ca.key.public_key()), critical=False)  # type: ignore[attr-defined]
         for c in revoked:
             b = b.add_revoked_certificate(
                 x509.RevokedCertificateBuilder().serial_number(c.serial_number)
                 .revocation_date(now - _dt.timedelta(minutes=1)).build())
-        return b.sign(self.ca.key, hashes.SHA256())  # type: ignore[arg-type]
+        return b.sign(self.ca.key, self._hash())  # type: ignore[arg-type]
 
     def issue(self, name: str, fqdn: str, kind: str | None = None, *, valid_from: _dt.timedelta | None = None,
               valid_for: _dt.timedelta | None = None, crl_url: str | None = None) -> Credential:
@@ -181,7 +194,7 @@ class LabPki:
         if crl_url is not None:
             cert = cert.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
                 [x509.UniformResourceIdentifier(crl_url)], None, None, None)]), critical=False)
-        return Credential(name, key, cert.sign(self.ca.key, hashes.SHA256()), fqdn)  # type: ignore[arg-type]
+        return Credential(name, key, cert.sign(self.ca.key, self._hash()), fqdn)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -594,8 +607,13 @@ def charon_available() -> tuple[bool, str]:
     return True, ""
 
 
-@contextlib.contextmanager
-def lab(tmp_path: Path) -> Iterator[Lab]:
+def charon_lab(tmp_path: Path) -> Iterator[Lab]:
+    """The body of the tests' ``lab`` fixture: a Lab, once charon can run here (else skip, or fail under
+    ESPRESSO_REQUIRE_INTEROP=1, with the reason)."""
+    from tests.support import require
+
+    ok, reason = charon_available()
+    require(ok, reason)
     with Lab(tmp_path) as lab_:
         yield lab_
 

@@ -16,7 +16,6 @@ import pytest
 from ike.events import ChildSaEstablished
 from ike.v1.session import Phase1Done, V1Config, V1Session
 from tests.interop import strongswan as ss
-from tests.support import require, require_root, require_tool
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -61,13 +60,7 @@ class _PskCharon(ss.Charon):
 
 @pytest.fixture
 def lab(tmp_path: Path):
-    require_root()
-    require_tool("swanctl")
-    require(Path(ss.CHARON).exists(), f"{ss.CHARON} is not installed (Debian: strongswan-charon)")
-    ok, reason = ss.charon_available()
-    require(ok, reason)
-    with ss.Lab(tmp_path) as lab_:
-        yield lab_
+    yield from ss.charon_lab(tmp_path)
 
 
 def _drive(session: V1Session, sock, peer: tuple[str, int], timeout: float = 15.0) -> list:

@@ -61,13 +61,7 @@ def test_parse_key_dumps() -> None:
 
 @pytest.fixture
 def lab(tmp_path: Path):
-    require_root()
-    require_tool("swanctl")
-    require(Path(ss.CHARON).exists(), f"{ss.CHARON} is not installed (Debian: strongswan-charon)")
-    ok, reason = ss.charon_available()
-    require(ok, reason)
-    with ss.Lab(tmp_path) as lab_:
-        yield lab_
+    yield from ss.charon_lab(tmp_path)
 
 
 def _charon_pair(lab: ss.Lab, kind: str, ike: str, esp: str):

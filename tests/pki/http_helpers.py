@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -91,14 +92,7 @@ class Served:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
     def wait_log(self, pattern: str, timeout: float = 5.0) -> re.Match[str] | None:
-        """The first match of ``pattern`` in the access log: a line is written once the answer went out, so a
-        client may see the answer first (bounded wait)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            m = re.search(pattern, self.log())
-            if m or time.monotonic() > deadline:
-                return m
-            time.sleep(0.05)
+        return wait_log(self.log, pattern, timeout)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -112,3 +106,14 @@ class Served:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self._err.close()
+
+
+def wait_log(read: Callable[[], str], pattern: str, timeout: float = 10.0) -> re.Match[str] | None:
+    """The first match of ``pattern`` in an access log: a line is written once the answer went out, so a client
+    may see the answer first (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = re.search(pattern, read())
+        if m or time.monotonic() > deadline:
+            return m
+        time.sleep(0.05)

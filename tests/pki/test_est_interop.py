@@ -5,7 +5,6 @@ checked by ``openssl verify -crl_check`` with the CRL the same server publishes.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -20,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from tests.pki.http_helpers import wait_log
 from tests.support import require_tool
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -67,6 +67,11 @@ class Server:
 
     def log(self) -> str:
         return (self.dir / "access.log").read_text() if (self.dir / "access.log").exists() else ""
+
+    def wait_log(self, pattern: str) -> str:
+        """The log once ``pattern`` is in it (bounded wait: a line is written after the answer went out)."""
+        assert wait_log(self.log, pattern), f"{pattern!r} not in the access log:\n{self.log()}"
+        return self.log()
 
     def crl_pem(self) -> Path:
         """The CRL as the server publishes it now (GET /crl), in PEM for openssl."""
@@ -160,7 +165,7 @@ def test_strongswan_enrolls_and_re_enrolls_with_its_certificate(server, tmp_path
                  "--cert", "moon.pem", "--key", "moon.key", "--outform", "pem", cwd=cwd, stdout=f)
     second = x509.load_pem_x509_certificate((cwd / "moon2.pem").read_bytes())
     assert second.subject == first.subject and second.serial_number != first.serial_number
-    log = server.log()
+    log = server.wait_log(f"auth=cert outcome=issued serial={second.serial_number:x}")
     assert "op=est.simpleenroll tid=" in log and f"auth=basic outcome=issued serial={first.serial_number:x}" in log
     assert "op=est.simplereenroll tid=" in log and f"auth=cert outcome=issued serial={second.serial_number:x}" in log
     assert PASSWORD not in log
@@ -177,8 +182,7 @@ def test_strongswan_with_a_wrong_password_gets_401(server, tmp_path):
     r = pki_tool("--est", "--url", server.est, "--cacert", str(server.dir / "ca/ca.pem"), "--in", "bad.csr",
                  "--userpass", "moon:guess", cwd=tmp_path, check=False)
     assert r.returncode != 0 and "HTTP 401" in r.stderr
-    assert re.search(r"op=est.simpleenroll outcome=refused reason=\"wrong user name or password\" http=401",
-                     server.log())
+    server.wait_log(r"op=est.simpleenroll outcome=refused reason=\"wrong user name or password\" http=401")
 
 
 def test_strongswan_with_a_certificate_of_another_ca_is_refused(server, tmp_path):
@@ -191,10 +195,7 @@ def test_strongswan_with_a_certificate_of_another_ca_is_refused(server, tmp_path
     r = pki_tool("--est", "--url", server.est, "--cacert", str(server.dir / "ca/ca.pem"), "--in", "moon.csr",
                  "--cert", "other.pem", "--key", "other.key", cwd=cwd, check=False)
     assert r.returncode != 0
-    deadline = time.monotonic() + 10
-    while "TLS handshake failed" not in server.log() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert re.search(r"op=est outcome=refused reason=\"TLS handshake failed: [A-Z_]+", server.log())
+    server.wait_log(r"op=est outcome=refused reason=\"TLS handshake failed: [A-Z_]+")
 
 
 def test_strongswan_waits_while_pending_and_gets_the_certificate_after_ca_approve(tmp_path):
@@ -216,7 +217,7 @@ def test_strongswan_waits_while_pending_and_gets_the_certificate_after_ca_approv
                     break
                 time.sleep(0.1)
             assert tid and tid.startswith("est-")
-            assert "outcome=pending" in server.log() and "http=202" in server.log()
+            server.wait_log(r"outcome=pending.* http=202")
             cli(server.dir, "ca", "--ca", "ca", "approve", tid)
             _, err = proc.communicate(timeout=TIMEOUT)
         finally:
@@ -226,7 +227,7 @@ def test_strongswan_waits_while_pending_and_gets_the_certificate_after_ca_approv
         assert proc.returncode == 0, err
         assert "EST request pending" in err
         cert = x509.load_pem_x509_certificate((tmp_path / "moon.pem").read_bytes())
-        assert f"tid={tid} auth=basic outcome=issued serial={cert.serial_number:x}" in server.log()
+        server.wait_log(f"tid={tid} auth=basic outcome=issued serial={cert.serial_number:x}")
         assert openssl_verify(server, tmp_path / "moon.pem").returncode == 0
     finally:
         _stop(server)
@@ -259,5 +260,5 @@ def test_the_espresso_router_enrolls_and_auto_re_enrolls_over_est(server, tmp_pa
     assert "Re-enrolled r1" in run and "new key pair" in run
     second = x509.load_pem_x509_certificate((r / "r1" / "local" / "r1" / "cert.pem").read_bytes())
     assert second.serial_number != serial1
-    assert f"auth=cert outcome=issued serial={second.serial_number:x}" in server.log()
+    server.wait_log(f"auth=cert outcome=issued serial={second.serial_number:x}")
     assert openssl_verify(server, r / "r1" / "local" / "r1" / "cert.pem").returncode == 0
