@@ -216,7 +216,8 @@ def _check_config(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    peers = ", ".join(f"{p.name} ({len(p.children)} children)" for p in cfg.core.peers)
+    peers = ", ".join(f"{p.name} ({'IKEv1, ' if p.version == 1 else ''}{len(p.children)} children)"
+                      for p in cfg.core.peers)
     metrics = ""
     if cfg.metrics_listen is not None:
         host, port = cfg.metrics_listen

@@ -9,7 +9,7 @@ Demultiplexing (RFC 3948, RFC 7296 2.23), per receiving socket:
 
 - on the plain IKE port (500 unless configured otherwise) every datagram is an IKE message;
 - on any other port a datagram that starts with the 4-byte zero non-ESP marker is IKE (the marker is
-  stripped) if a valid IKE header follows, a single 0xFF byte is a NAT keepalive (counted, dropped), and
+  stripped) if a valid IKEv2 or IKEv1 (ISAKMP) header follows, a single 0xFF byte is a NAT keepalive (counted, dropped), and
   anything else of ESP size is UDP-encapsulated ESP (the SPI comes first) and goes to the data plane's
   ``on_esp`` callback (``esp_in``), unless ``esp_spi_known`` says no SA has that SPI (``esp_unknown_spi``,
   dropped here: junk is not counted as ESP);
@@ -34,6 +34,7 @@ from .connection import Datagram
 from .errors import ParseError
 from .events import IkeEvent
 from .message import pull_header
+from .v1.message import pull_header as pull_isakmp_header
 
 __all__ = ["KEEPALIVE", "MIN_ESP_LEN", "NON_ESP_MARKER", "Driver", "IkeEndpoint", "open_udp_socket"]
 
@@ -197,8 +198,8 @@ class IkeEndpoint:
             self._ike_in_order(data, addr, sock.local, esp)
         elif data[:4] == NON_ESP_MARKER:  # SPI 0: not ESP (RFC 3948 2.2); IKE only with a valid header
             ike = data[4:]
-            try:
-                pull_header(ike)
+            try:  # IKEv2, or IKEv1 (ISAKMP, RFC 3947) by the major version in byte 17
+                (pull_isakmp_header if len(ike) > 17 and ike[17] >> 4 == 1 else pull_header)(ike)
             except ParseError:
                 self.stats["malformed"] += 1
                 return

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from .errors import InvalidStateError
+
 __all__ = ["COMMANDS", "MAX_CONTROL_CLIENTS", "MAX_CONTROL_LINE", "ControlError", "ControlServer", "handle_request"]
 
 log = logging.getLogger("ike.daemon")
@@ -41,7 +43,7 @@ async def handle_request(daemon: Any, line: bytes | str | dict[str, Any]) -> dic
             raise ControlError(f"unknown command {req['cmd']!r}; known: {', '.join(sorted(COMMANDS))}")
         result = await handler(daemon, req)
         return {"ok": True, **result}
-    except ControlError as exc:
+    except (ControlError, InvalidStateError) as exc:  # the operator's request, refused: no traceback
         return {"ok": False, "error": str(exc)}
     except json.JSONDecodeError as exc:
         return {"ok": False, "error": f"not JSON: {exc}"}
@@ -212,7 +214,7 @@ async def cmd_status(daemon: Any, req: dict[str, Any]) -> dict[str, Any]:
 async def cmd_list_conns(daemon: Any, req: dict[str, Any]) -> dict[str, Any]:
     conns = []
     for p in daemon.config.core.peers:
-        conns.append({"name": p.name, "remote_addr": p.remote_addr, "remote_port": p.remote_port,
+        conns.append({"name": p.name, "version": p.version, "remote_addr": p.remote_addr, "remote_port": p.remote_port,
                       "local_id": str(p.local_id), "remote_id": str(p.remote_id) if p.remote_id else None,
                       "ike_proposals": list(p.ike_proposals), "auth": p.auth,
                       "children": [{"name": c.name, "local_ts": [str(t) for t in c.local_ts],

@@ -196,6 +196,8 @@ class PeerConfig:
     #: what charon's fragment_size means; also the size above which a message is fragmented at all
     fragment_size: int = 1280
     encap: bool = False  # force UDP encapsulation (pretend to be behind NAT)
+    #: the IKE version this peer speaks (swanctl ``version``): 2, or 1 for IKEv1 (ike.v1, run by the daemon)
+    version: int = 2
 
     @property
     def peer_nat_port(self) -> int:
@@ -211,12 +213,15 @@ class PeerConfig:
             raise ConfigError(f"peer {self.name}: psk authentication needs a psk")
         if self.remote_auth == "pubkey" and self.validator is None:
             raise ConfigError(f"peer {self.name}: remote_auth=pubkey needs a validator")
+        if self.version not in (1, 2):
+            raise ConfigError(f"peer {self.name}: version must be 1 or 2")
         if not self.ike_proposals:
             raise ConfigError(f"peer {self.name}: no IKE proposals")
         from .proposal import parse_proposals
 
-        try:
-            parse_proposals(self.ike_proposals, 1)
+        try:  # IKEv1 proposals are checked by ike.v1.profile (strongSwan syntax, IKEv1's algorithms)
+            if self.version == 2:
+                parse_proposals(self.ike_proposals, 1)
         except ConfigError as exc:
             raise ConfigError(f"peer {self.name}: ike_proposals: {exc}") from None
         frag = {True: "yes", False: "no", "force": "yes"}.get(self.fragmentation, self.fragmentation)  # type: ignore[call-overload]

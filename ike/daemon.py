@@ -53,6 +53,7 @@ from .kernel import (
 )
 from .keylog import KeyLog
 from .ready import Readiness
+from .v1.daemon_events import V1KeysDerived
 
 __all__ = ["MAX_CONTROL_LINE", "ControlError", "Daemon", "InstalledChild", "make_gateway", "sa_params", "selectors_for",
            "utc_wall_clock"]
@@ -110,7 +111,12 @@ class Daemon:
             core_cfg = config.core
             if core_cfg.wall_clock is None:  # the daemon owns the clocks; the core reads none
                 core_cfg = dataclasses.replace(core_cfg, wall_clock=utc_wall_clock)
-            dispatcher = Dispatcher(core_cfg)
+            if any(p.version == 1 for p in core_cfg.peers):
+                # IKEv1 peers: one core answering both versions on the same sockets (ike.v1.adapter)
+                from .v1.adapter import VersionDispatcher
+                dispatcher = VersionDispatcher(core_cfg)
+            else:
+                dispatcher = Dispatcher(core_cfg)
         self.config = config
         self.core = dispatcher
         #: an esp.gateway.Gateway (TUN + ESP threads) whose data plane we key; it owns the NAT-T port
@@ -370,7 +376,7 @@ class Daemon:
         self.event_counts[type(ev).__name__] += 1
         if len(self.events) > self.max_events:
             del self.events[: len(self.events) - self.max_events]
-        if self.key_log is not None and isinstance(ev, (IkeKeysDerived, ChildSaEstablished)):
+        if self.key_log is not None and isinstance(ev, (IkeKeysDerived, ChildSaEstablished, V1KeysDerived)):
             self.key_log.record(ev)
         handler = _HANDLERS.get(type(ev))
         if handler is not None:
@@ -513,7 +519,8 @@ class Daemon:
                 continue  # gone (or a failed attempt the core has forgotten)
             e = rec.established
             item: dict[str, Any] = {
-                "name": rec.peer, "ike_id": rec.ike_id, "state": rec.state, "version": 2,
+                "name": rec.peer, "ike_id": rec.ike_id, "state": rec.state,
+                "version": getattr(infos.get(rec.ike_id), "version", 2),
                 "spi_i": f"{rec.spi_i:016x}", "spi_r": f"{rec.spi_r:016x}", "proposal": rec.proposal,
             }
             if e is not None:
@@ -526,7 +533,7 @@ class Daemon:
                     "encap_forced": e.nat_fake,
                     "established": round(now - (rec.established_at or now)),
                     "rekey_in": (round(peer.rekey_time - (now - (rec.established_at or now)))
-                                 if peer is not None and peer.rekey_time else None),
+                                 if peer is not None and peer.rekey_time and peer.version == 2 else None),
                 })
             info = infos.get(rec.ike_id)
             if info is not None:

@@ -13,6 +13,10 @@ What it shows, step by step, and checks (a failed check is reported and the exit
    (make-before-break: nothing may be lost);
 6. the SAs are printed as ``swanctl --list-sas`` would, with the throughput; A then deletes the IKE_SA.
 
+``--ikev1`` runs the same demo over IKEv1 (``version = 1``: main mode and quick mode with PFS, ESP in UDP by
+NAT-T). The IKEv1 core authenticates with a pre-shared key so far (a random one per run, in the 0600 TOML), so
+the enrolled certificates are not used for it, and it cannot rekey yet: the rekey step is skipped, saying so.
+
 The traffic takes the path the product ships where it can (``--path gateway``; the default ``auto`` when run
 as root with network namespaces and /dev/net/tun): each daemon runs in its own namespace with its
 ``[gateway]`` (esp.gateway: TUN device, ESP in UDP with the probed offloads) and a TCP transfer crosses the
@@ -337,9 +341,7 @@ local_addr = "127.0.0.1"
 remote_addr = "127.0.0.1"
 remote_port = {remote_port}
 remote_nat_port = {remote_nat_port}
-certificate = "{name}"
-ca_profiles = ["demo-ca"]
-remote_id = "{peer}.demo"
+{auth}
 ike_proposals = ["{ike}"]
 encap = true
 
@@ -350,6 +352,21 @@ esp_proposals = ["{esp}"]
 """
 
 NETS = {"gw-a": ("10.10.1.0/24", "10.10.1.1"), "gw-b": ("10.10.2.0/24", "10.10.2.1")}
+
+
+def _auth(args: argparse.Namespace, name: str, peer: str) -> str:
+    """The peer's authentication keys: the enrolled certificate (IKEv2), or IKEv1 with the run's PSK."""
+    if getattr(args, "ikev1", False):
+        return (f'version = 1\nauth = "psk"\npsk = "{args.psk}"\nlocal_id = "{name}.demo"\n'
+                f'remote_id = "{peer}.demo"')
+    return f'certificate = "{name}"\nca_profiles = ["demo-ca"]\nremote_id = "{peer}.demo"'
+
+
+def _write_private(path: Path, text: str) -> None:
+    """The TOML holds the PSK under --ikev1: owner-only, like every key file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 _TOML_GATEWAY = """
 [daemon]
@@ -362,9 +379,7 @@ store = "{store}"
 [peers.{peer}]
 local_addr = "{outer}"
 remote_addr = "{peer_outer}"
-certificate = "{name}"
-ca_profiles = ["demo-ca"]
-remote_id = "{peer}.demo"
+{auth}
 ike_proposals = ["{ike}"]
 encap = true
 
@@ -393,10 +408,10 @@ async def _start_loopback(work: Path, args: argparse.Namespace, stores: dict[str
     for name, peer in (("gw-a", "gw-b"), ("gw-b", "gw-a")):
         text = _TOML.format(port=ports[name][0], nat_port=ports[name][1], sock=work / name / "ike.sock",
                             store=stores[name], peer=peer, remote_port=ports[peer][0],
-                            remote_nat_port=ports[peer][1], name=name,
+                            remote_nat_port=ports[peer][1], name=name, auth=_auth(args, name, peer),
                             ike=args.ike_proposal, esp=args.esp_proposal, local=NETS[name][0],
                             remote=NETS[peer][0])
-        (work / name / "ike.toml").write_text(text)
+        _write_private(work / name / "ike.toml", text)
         cfg = parse_config(text, base=work / name)
 
         def deliver(pk: list[bytes], ch: Any, n: str = name) -> None:
@@ -419,11 +434,12 @@ async def _start_gateways(work: Path, args: argparse.Namespace, stores: dict[str
     said = []
     for name, peer in (("gw-a", "gw-b"), ("gw-b", "gw-a")):
         text = _TOML_GATEWAY.format(outer=OUTER[name], peer_outer=OUTER[peer], sock=work / name / "ike.sock",
-                                    store=stores[name], peer=peer, name=name, ike=args.ike_proposal,
+                                    store=stores[name], peer=peer, name=name, auth=_auth(args, name, peer),
+                                    ike=args.ike_proposal,
                                     esp=args.esp_proposal, local=NETS[name][0], remote=NETS[peer][0],
                                     tun=f"esp-{name}", tun_addr=NETS[name][1],
                                     offload=str(args.offload).lower())
-        (work / name / "ike.toml").write_text(text)
+        _write_private(work / name / "ike.toml", text)
         cfg = parse_config(text, base=work / name)
         gateway = make_gateway(cfg)
 
@@ -545,16 +561,22 @@ async def _run(work: Path, args: argparse.Namespace, out: TextIO, result: DemoRe
             await asyncio.sleep(0.01)
         result.ike_ms = (time.perf_counter() - t0) * 1000
         (sa,) = a.list_sas()
-        _say(out, f"[5/6] tunnel up in {result.ike_ms:.0f} ms: IKE_SA {sa['proposal']}, "
-                  f"{sa.get('auth', '')} certificates; CHILD_SA {up.get('child')} "
+        auth = "pre-shared key (IKEv1 main mode)" if args.ikev1 else f"{sa.get('auth', '')} certificates"
+        _say(out, f"[5/6] tunnel up in {result.ike_ms:.0f} ms: IKEv{sa['version']} SA {sa['proposal']}, "
+                  f"{auth}; CHILD_SA {up.get('child')} "
                   f"{up.get('spi_in')}_i {up.get('spi_out')}_o, ESP {args.esp_proposal} in UDP")
-        fetched = sum(getattr(getattr(getattr(d.config.core.peers[0].validator, "validator", None),
-                                      "crl_source", None), "fetches", 0) for d in daemons.values())
-        _say(out, f"      each peer's certificate verified up to {ca.certificate.subject.rfc4514_string()}, "
-                  f"revocation checked with the CA's CRL ({fetched} download(s) from {svc.url}/crl)")
+        if args.ikev1:
+            _say(out, "      IKEv1: NAT-T floated the ISAKMP SA to the NAT-T ports (encap = true); the enrolled "
+                      "certificates are not used (the IKEv1 core authenticates with PSKs so far)")
+        else:
+            fetched = sum(getattr(getattr(getattr(d.config.core.peers[0].validator, "validator", None),
+                                          "crl_source", None), "fetches", 0) for d in daemons.values())
+            _say(out, f"      each peer's certificate verified up to {ca.certificate.subject.rfc4514_string()}, "
+                      f"revocation checked with the CA's CRL ({fetched} download(s) from {svc.url}/crl)")
 
         first_spi = next(iter(a.children))
-        rekey = ", CHILD_SA rekey halfway" if args.rekey else ""
+        rekey = ", CHILD_SA rekey halfway" if args.rekey else \
+            (", no rekey (IKEv1 quick-mode rekeying is not implemented yet)" if args.ikev1 else "")
         if lab is not None:
             _say(out, f"[6/6] traffic: TCP, {args.megabytes} MiB each way between {NETS['gw-a'][1]} and "
                       f"{NETS['gw-b'][1]}, through both gateways (esp.gateway){rekey}")
@@ -618,12 +640,13 @@ async def _run(work: Path, args: argparse.Namespace, out: TextIO, result: DemoRe
 def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> DemoResult:
     """Run the whole demo; never raises for a failed step (the result says what failed)."""
     result = DemoResult(ok=False)
+    _defaults(args)
     # absolute at once: the generated TOML names the stores, and a relative name would be resolved again
     # against the TOML's own directory
     work = Path(args.workdir).expanduser().absolute() if args.workdir else \
         Path(tempfile.mkdtemp(prefix="espresso-demo-"))
     work.mkdir(parents=True, exist_ok=True)
-    _say(out, f"espresso demo: CA + SCEP + IKEv2 + ESP on loopback (work directory {work})")
+    _say(out, f"espresso demo: CA + SCEP + IKEv{1 if args.ikev1 else 2} + ESP on loopback (work directory {work})")
     t0 = time.perf_counter()
     try:
         asyncio.run(asyncio.wait_for(_run(work, args, out, result), args.timeout))
@@ -652,10 +675,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=1000,
                    help=f"inner packet size in bytes, {MIN_SIZE}..{MAX_SIZE} (default 1000; the upper bound keeps "
                         "the ESP-in-UDP packet under a 1500-byte MTU)")
-    p.add_argument("--ike-proposal", default="aes128gcm16-prfsha256-ecp256",
-                   help="IKE proposal, strongSwan syntax (default aes128gcm16-prfsha256-ecp256)")
-    p.add_argument("--esp-proposal", default="aes128gcm16", help="ESP proposal, strongSwan syntax (default aes128gcm16)")
+    p.add_argument("--ike-proposal", default=None,
+                   help="IKE proposal, strongSwan syntax (default aes128gcm16-prfsha256-ecp256; with --ikev1 "
+                        "aes128-sha256-modp2048)")
+    p.add_argument("--esp-proposal", default=None,
+                   help="ESP proposal, strongSwan syntax (default aes128gcm16; with --ikev1 aes128-sha256-modp2048, "
+                        "the group being quick mode's PFS)")
     p.add_argument("--no-rekey", dest="rekey", action="store_false", help="skip the CHILD_SA rekey under traffic")
+    p.add_argument("--ikev1", action="store_true",
+                   help="run the demo over IKEv1 (version = 1: main mode with a pre-shared key, quick mode with "
+                        "PFS, NAT-T); no CHILD_SA rekey (not implemented for IKEv1 yet)")
     p.add_argument("--path", choices=("auto", "gateway", "loopback"), default="auto",
                    help="where the traffic goes: 'gateway' runs each daemon's [gateway] (TUN + esp.gateway) "
                         "in its own network namespace and sends TCP through them (root); 'loopback' hands "
@@ -673,6 +702,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="give up (and say so) when the whole demo takes longer than this many seconds (default 300)")
 
 
+def _defaults(args: argparse.Namespace) -> None:
+    """What depends on --ikev1: the proposals' defaults, no rekey, the run's pre-shared key."""
+    ikev1 = args.ikev1 = getattr(args, "ikev1", False)
+    if args.ike_proposal is None:
+        args.ike_proposal = "aes128-sha256-modp2048" if ikev1 else "aes128gcm16-prfsha256-ecp256"
+    if args.esp_proposal is None:
+        args.esp_proposal = "aes128-sha256-modp2048" if ikev1 else "aes128gcm16"
+    if ikev1:
+        import secrets
+
+        args.rekey = False
+        if not getattr(args, "psk", None):
+            args.psk = secrets.token_hex(16)
+
+
 def check_args(args: argparse.Namespace) -> str | None:
     """Everything that can be refused before the CA and enrollment steps run: the one-line reason, or None."""
     from ike.constants import ProtocolId
@@ -687,6 +731,15 @@ def check_args(args: argparse.Namespace) -> str | None:
         return f"--size must be within {MIN_SIZE}..{MAX_SIZE}"
     if not args.timeout > 0:
         return "--timeout must be > 0 seconds"
+    _defaults(args)
+    if args.ikev1:
+        from ike.v1.profile import parse_v1_proposal
+        for opt, text, esp in (("--ike-proposal", args.ike_proposal, False),
+                               ("--esp-proposal", args.esp_proposal, True)):
+            try:
+                parse_v1_proposal(text, esp)
+            except ValueError as exc:
+                return f"{opt}: {exc}"
     for opt, text, proto in (("--ike-proposal", args.ike_proposal, ProtocolId.IKE),
                              ("--esp-proposal", args.esp_proposal, ProtocolId.ESP)):
         try:

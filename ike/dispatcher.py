@@ -98,6 +98,7 @@ class SaInfo:
     established_at: float | None
     rekey_at: float | None
     children: tuple[ChildInfo, ...]
+    version: int = 2  # 1: an ISAKMP SA (ike.v1.manager); spi_i/spi_r are then its cookies
 
 
 class Dispatcher:
@@ -155,6 +156,8 @@ class Dispatcher:
     def _candidates(self, host: str) -> list[PeerConfig]:
         out = []
         for p in self.config.peers:
+            if p.version != 2:  # IKEv1 peers are ike.v1.manager's
+                continue
             if p.remote_addr in (None, "%any", "0.0.0.0", "::"):
                 out.append(p)
                 continue

@@ -1,4 +1,5 @@
-"""Wireshark key log: IKE_SA keys as ``ikev2_decryption_table`` and CHILD_SA keys as ``esp_sa``.
+"""Wireshark key log: IKE_SA keys as ``ikev2_decryption_table`` (ISAKMP SAs as ``ikev1_decryption_table``) and
+CHILD_SA keys as ``esp_sa``.
 
 Why: a network engineer debugging a tunnel opens the capture in Wireshark and wants the IKE_AUTH payloads and the
 ESP traffic in clear. Wireshark reads two UAT files from its profile directory; this module writes both, in the
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .events import ChildSaEstablished, IkeKeysDerived
+from .v1.daemon_events import V1KeysDerived
 
 __all__ = ["ESP_TABLE", "IKEV1_TABLE", "ikev1_line", "IKEV2_TABLE", "KeyLog", "KeyLogError", "esp_lines", "ikev2_line", "key_log_problem"]
 
@@ -149,7 +151,7 @@ def key_log_problem(directory: str | os.PathLike[str]) -> str | None:
         return f"{probe} is not a directory, cannot create {d}"
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"{probe} is not writable" + ("" if probe == d else f", cannot create {d}")
-    for table in (IKEV2_TABLE, ESP_TABLE):
+    for table in (IKEV2_TABLE, IKEV1_TABLE, ESP_TABLE):
         f = d / table
         if f.exists() and (f.is_dir() or not os.access(f, os.W_OK)):
             return f"{f} is not a writable file"
@@ -177,6 +179,7 @@ class KeyLog:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._ike = _open_private(self.directory / IKEV2_TABLE)
             self._esp = _open_private(self.directory / ESP_TABLE)
+            self._ikev1: TextIO | None = None  # created with the first ISAKMP SA
         except OSError as exc:
             raise KeyLogError(f"key log: {exc.filename or self.directory}: {exc.strerror or exc}") from None
 
@@ -194,6 +197,13 @@ class KeyLog:
             self.ike_keys(event)
         elif isinstance(event, ChildSaEstablished):
             self.child_keys(event)
+        elif isinstance(event, V1KeysDerived):
+            self.ikev1_keys(event)
+
+    def ikev1_keys(self, ev: V1KeysDerived) -> None:
+        if self._ikev1 is None:
+            self._ikev1 = _open_private(self.directory / IKEV1_TABLE)
+        self._ikev1.write(ikev1_line(ev.cookie_i, ev.enc_key) + "\n")
 
     def ike_keys(self, ev: IkeKeysDerived) -> None:
         try:
@@ -210,3 +220,5 @@ class KeyLog:
     def close(self) -> None:
         self._ike.close()
         self._esp.close()
+        if self._ikev1 is not None:
+            self._ikev1.close()

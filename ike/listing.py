@@ -51,7 +51,7 @@ def format_sas(sas: list[dict[str, Any]]) -> str:
     lines: list[str] = []
     for sa in sas:
         mine_i = sa.get("initiator", False)
-        lines.append(f"{sa['name']}: #{sa['ike_id']}, {sa['state']}, IKEv2, "
+        lines.append(f"{sa['name']}: #{sa['ike_id']}, {sa['state']}, IKEv{sa.get('version', 2)}, "
                      f"{sa['spi_i']}_i{'*' if mine_i else ''} {sa['spi_r']}_r{'' if mine_i else '*'}")
         if "local_host" in sa:
             lines.append(f"  local  '{sa['local_id']}' @ {sa['local_host']}[{sa['local_port']}]"
@@ -94,7 +94,7 @@ def format_sas(sas: list[dict[str, Any]]) -> str:
 def format_conns(conns: list[dict[str, Any]]) -> str:
     lines = []
     for c in conns:
-        lines.append(f"{c['name']}: IKEv2, remote {c['remote_addr'] or '%any'}[{c['remote_port']}], "
+        lines.append(f"{c['name']}: IKEv{c.get('version', 2)}, remote {c['remote_addr'] or '%any'}[{c['remote_port']}], "
                      f"{', '.join(c['ike_proposals'])}")
         lines.append(f"  local:  {c['local_id']} ({c['auth']})")
         lines.append(f"  remote: {c['remote_id'] or '%any'}")

@@ -95,7 +95,37 @@ def _fragmentation(v: Any) -> str:
     return "yes" if v == "force" else str(v)
 
 
+#: keys of a peer that only IKEv2 has (refused under ``version = 1`` with their path), and the IKEv1-only ones
+IKEV2_ONLY = ("fragmentation", "fragment_size", "signature_auth", "rsa_pss", "send_certreq", "send_cert",
+              "certificates")
+IKEV1_ONLY = ("aggressive",)
+
+
+def _version(sec: _Section) -> int:
+    """swanctl's ``version`` (1 or 2, default 2); keys of the other version are refused with their path."""
+    version = sec.get("version", _int_range(1, 2), 2)
+    if version == 1:
+        for k in IKEV2_ONLY:
+            if sec.has(k):
+                raise sec.error(k, "is not available for IKEv1 (version = 1) here")
+        if sec.get("aggressive", _bool, False):
+            raise sec.error("aggressive", "aggressive mode is not implemented (it exposes the PSK's hash)")
+    else:
+        for k in IKEV1_ONLY:
+            if sec.has(k):
+                raise sec.error(k, "applies to IKEv1 only (version = 1)")
+    return version
+
+
+def _v1_check(peer: PeerConfig, sec: _Section) -> None:
+    from ..v1.profile import problems
+
+    for key, reason in problems(peer):
+        raise ConfigError(f"{sec.path}.{key}: {reason}")
+
+
 def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerConfig, str | None]:
+    version = _version(sec)
     start = sec.get("start_action", _choice("none", "start"), "none")
     if start == "start" and sec.raw("remote_addr") in (None, "%any", "%any4", "%any6"):
         raise sec.error("start_action", "\"start\" needs a remote_addr to initiate to")
@@ -213,6 +243,7 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
         fragmentation=sec.get("fragmentation", _fragmentation, "yes"),
         fragment_size=sec.get("fragment_size", _int_range(576, 65535), 1280),
         encap=sec.get("encap", _bool, False),
+        version=version,
     )
     if "local_addr" in PeerConfig.__dataclass_fields__:  # the core learns our address when it has the field
         kwargs["local_addr"] = local_addr
@@ -221,6 +252,8 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
     except ConfigError as exc:
         raise ConfigError(f"{sec.path}: {exc}") from None
     sec.finish()
+    if version == 1:
+        _v1_check(peer, sec)
     return peer, local_addr
 
 

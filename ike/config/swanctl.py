@@ -469,6 +469,8 @@ class _Mapper:
                     peer[target] = _BOOL[value.lower()]
                 else:
                     peer[target] = int(value) if conv is int and value.isdigit() else value
+            elif key == "version" and value == "1":
+                peer["version"] = 1  # IKEv1 (ike.v1); the loader refuses what it cannot run with its path
             elif key in _NEUTRAL and value in _NEUTRAL[key]:
                 continue
             else:

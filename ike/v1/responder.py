@@ -1,21 +1,54 @@
-"""The responder role of the IKEv1 session (ike/v1/session.py): main mode with a pre-shared key, then the
-peer's quick mode. Built from the initiator's first datagram, so nothing is allocated for a message that does
+"""The responder role of the IKEv1 session (ike/v1/session.py): main mode with a pre-shared key or certificates,
+then the peer's quick mode. Built from the initiator's first datagram, so nothing is allocated for a message that does
 not parse (the daemon's dispatcher owns half-open limits, as for IKEv2)."""
 from __future__ import annotations
 
 import hmac
 import ipaddress
 
+from ..core_config import RandomSource
 from ..dh import create_dh
 from ..errors import ParseError
 from ..events import ChildSaEstablished
-from ..core_config import RandomSource
+from . import auth as v1auth
 from . import keymat as km
-from .message import (Exchange, Payload, PayloadType, Proposal, SaPayload, Transform, decode_sa, encode_sa,
-                      pull_header, pull_message, push_chain, push_message)
-from .session import (AES_CBC, AUTH_PSK, ESP_AES, ESP_AUTH, HASH_IDS, P1_AUTH, P1_ENC, P1_GROUP, P1_HASH,
-                      P1_KEYLEN, P2_AUTH, P2_GROUP, P2_KEYLEN, PROTO_ESP, PROTO_ISAKMP, Phase1Done, V1Config,
-                      V1Session, _id_body, _id_network, _ts)
+from .informational import DPD_VID
+from .message import (
+    Exchange,
+    Payload,
+    PayloadType,
+    Proposal,
+    SaPayload,
+    Transform,
+    decode_sa,
+    encode_sa,
+    pull_header,
+    pull_message,
+    push_chain,
+    push_message,
+)
+from .session import (
+    AES_CBC,
+    ESP_AES,
+    ESP_AUTH,
+    HASH_IDS,
+    P1_AUTH,
+    P1_ENC,
+    P1_GROUP,
+    P1_HASH,
+    P1_KEYLEN,
+    P2_AUTH,
+    P2_GROUP,
+    P2_KEYLEN,
+    PROTO_ESP,
+    PROTO_ISAKMP,
+    Phase1Done,
+    V1Config,
+    V1Session,
+    _id_body,
+    _id_network,
+    _ts,
+)
 
 __all__ = ["V1Responder"]
 
@@ -28,6 +61,8 @@ def _same_identity(a: bytes, b: bytes) -> bool:
 class V1Responder(V1Session):
     """One ISAKMP SA that the peer opened, and the quick modes it then runs (one at a time)."""
 
+    initiator = False
+
     def __init__(self, config: V1Config, random: RandomSource, mm1: bytes, now: float, ike_id: int = 1) -> None:
         """Raises ParseError when ``mm1`` is not an acceptable main-mode opening."""
         super().__init__(config, random, ike_id)
@@ -35,10 +70,14 @@ class V1Responder(V1Session):
         if h.exchange != Exchange.MAIN or h.message_id != 0 or h.cookie_r != bytes(8):
             raise ParseError("not the first message of main mode")
         self._sai_b = self._one(payloads, PayloadType.SA)
+        self.note_vendor_ids(payloads)
         chosen = self._choose_ike(decode_sa(self._sai_b))
         self.cky_i, self.cky_r = h.cookie_i, random(8)
+        self.natt.saw_vendor_ids(payloads)
+        vids = self.natt.vendor_ids() if self.natt.peer_supports else []
         self._send(push_message(self.cky_i, self.cky_r, Exchange.MAIN, 0, 0,
-                                [Payload(PayloadType.SA, encode_sa(chosen))]), now)
+                                [Payload(PayloadType.SA, encode_sa(chosen)), Payload(PayloadType.VID, DPD_VID)]
+                                + vids), now)
         self._deadline = None  # a responder answers retransmits; it does not retransmit on a timer
         self.state = "r_mm3"
         #: the ESP SA keyed when we answered quick mode, emitted once HASH(3) verifies; a daemon may install
@@ -47,7 +86,7 @@ class V1Responder(V1Session):
 
     def _choose_ike(self, sa: SaPayload) -> SaPayload:
         c = self.config
-        want = {P1_ENC: AES_CBC, P1_KEYLEN: c.enc_key_bits, P1_HASH: HASH_IDS[c.hash], P1_AUTH: AUTH_PSK,
+        want = {P1_ENC: AES_CBC, P1_KEYLEN: c.enc_key_bits, P1_HASH: HASH_IDS[c.hash], P1_AUTH: c.auth_method,
                 P1_GROUP: c.group}
         for p in sa.proposals:
             for t in p.transforms:
@@ -59,17 +98,14 @@ class V1Responder(V1Session):
         h = pull_header(data)
         if h.cookie_i != self.cky_i or h.cookie_r != self.cky_r:
             raise ParseError("cookies of another ISAKMP SA")
-        if data == getattr(self, "_last_in", None) and self._last is not None:
-            self._out.append(self._last)  # a retransmitted request: repeat our answer
-            return
         if self.state == "r_mm3" and h.exchange == Exchange.MAIN and not h.encrypted:
             self._r_mm3(pull_message(data)[1], now)
         elif self.state == "r_mm5" and h.exchange == Exchange.MAIN and h.encrypted and h.message_id == 0:
             self._r_mm5(data, now)
-        elif self.state == "r_qm1" and h.exchange == Exchange.QUICK and h.encrypted and h.message_id:
+        elif self.state in ("r_qm1", "established") and h.exchange == Exchange.QUICK and h.encrypted and h.message_id:
             self._r_qm1(data, h.message_id, now)
         elif self.state == "r_qm3" and h.exchange == Exchange.QUICK and h.message_id == self._qm_mid:
-            self._r_qm3(data)
+            self._r_qm3(data, now)
         else:
             raise ParseError(f"exchange {h.exchange} not expected in state {self.state}")
         self._last_in = data
@@ -82,14 +118,18 @@ class V1Responder(V1Session):
             raise ParseError(f"nonce of {len(ni)} bytes")
         self._dh = create_dh(c.group, self._random)
         gxy = self._dh.shared(gxi)
+        self.natt.check_natd(payloads, c.hash, self.cky_i, self.cky_r, c.local_addr, c.remote_addr)
         nr = self._random(32)
-        skeyid = km.skeyid_psk(c.hash, c.psk, ni, nr)
+        skeyid = self._skeyid(ni, nr, gxy)
         self.keys = km.derive_phase1(c.hash, skeyid, gxy, self.cky_i, self.cky_r, gxi, self._dh.public,
                                      c.enc_key_bits // 8)
         self._gxi, self._ni, self._nr = gxi, ni, nr
         self._cipher = km.Phase1Cipher(self.keys)
         self._out.append(push_message(self.cky_i, self.cky_r, Exchange.MAIN, 0, 0,
-                                      [Payload(PayloadType.KE, self._dh.public), Payload(PayloadType.NONCE, nr)]))
+                                      [Payload(PayloadType.KE, self._dh.public), Payload(PayloadType.NONCE, nr)]
+                                      + (v1auth.certreq_payloads(c.signature) if c.signature is not None else [])
+                                      + self.natt.natd_payloads(c.hash, self.cky_i, self.cky_r, c.local_addr,
+                                                                c.remote_addr)))
         self._last = self._out[-1]
         self.state = "r_mm5"
 
@@ -97,18 +137,24 @@ class V1Responder(V1Session):
         assert self._cipher is not None and self.keys is not None
         _, payloads = self._cipher.decrypt(data)
         idii = self._one(payloads, PayloadType.ID)
-        if not _same_identity(idii, _id_body(self.config.remote_id)):
-            raise ParseError("initiator's identity is not the configured remote_id")
         expect = km.hash_i(self.keys, self._gxi, self._dh.public, self.cky_i, self.cky_r, self._sai_b, idii)
-        if not hmac.compare_digest(expect, self._one(payloads, PayloadType.HASH)):
-            raise ParseError("HASH_I does not verify")
-        self._cipher.confirm(data)
-        idir = _id_body(self.config.local_id)
+        if self.config.signature is not None:
+            self._cipher.confirm(data)  # the notify of a failure chains from this message, as the peer's does
+            if not self._peer_signed(payloads, idii, expect, now):
+                return
+        else:
+            if not _same_identity(idii, _id_body(self.config.remote_id)):
+                raise ParseError("initiator's identity is not the configured remote_id")
+            if not hmac.compare_digest(expect, self._one(payloads, PayloadType.HASH)):
+                raise ParseError("HASH_I does not verify")
+            self._cipher.confirm(data)
+        idir = self._local_id_body()
         hr = km.hash_r(self.keys, self._gxi, self._dh.public, self.cky_i, self.cky_r, self._sai_b, idir)
         self._last = self._cipher.encrypt(self.cky_i, self.cky_r, Exchange.MAIN, 0,
-                                          [Payload(PayloadType.ID, idir), Payload(PayloadType.HASH, hr)])
+                                          [Payload(PayloadType.ID, idir)] + self._proof(hr))
         self._out.append(self._last)
         self._events.append(Phase1Done(self.ike_id, self.config.name, self.cky_i, self.cky_r))
+        self.main_mode_notifies(payloads)
         self.state = "r_qm1"
 
     def _r_qm1(self, data: bytes, mid: int, now: float) -> None:
@@ -147,6 +193,7 @@ class V1Responder(V1Session):
         body = [Payload(PayloadType.SA, encode_sa(SaPayload(sa.doi, sa.situation,
                                                             (Proposal(p.number, p.protocol, self._spi_in, (t,)),)))),
                 Payload(PayloadType.NONCE, self._qnr)] + ke + [Payload(PayloadType.ID, i) for i in ids]
+        body += self.responder_lifetime(t, p.spi)
         h2 = km.qm_hash2(self.keys, mid, ni, push_chain(body)[1])
         self._last = self._cipher.encrypt(self.cky_i, self.cky_r, Exchange.QUICK, mid,
                                           [Payload(PayloadType.HASH, h2)] + body)
@@ -159,12 +206,12 @@ class V1Responder(V1Session):
             self.ike_id, c.name, child=c.name, spi_in=int.from_bytes(self._spi_in, "big"),
             spi_out=int.from_bytes(self._spi_out, "big"), suite=f"aes{c.esp_key_bits}-{suffix}", esn=False,
             mode="tunnel", local_ts=_ts(c.local_ts), remote_ts=_ts(c.remote_ts), local_addr=c.local_addr,
-            remote_addr=c.remote_addr, encap=False, initiator=False, rekey_time=0, life_time=c.esp_lifetime,
+            remote_addr=c.remote_addr, encap=self.natt.floated, initiator=False, rekey_time=0, life_time=c.esp_lifetime,
             rekey_bytes=0, life_bytes=0, rekey_packets=0, life_packets=0,
             enc_key_in=k_in[:elen], enc_key_out=k_out[:elen], integ_key_in=k_in[elen:], integ_key_out=k_out[elen:])
         self.state = "r_qm3"
 
-    def _r_qm3(self, data: bytes) -> None:
+    def _r_qm3(self, data: bytes, now: float) -> None:
         assert self._cipher is not None and self.keys is not None
         _, payloads = self._cipher.decrypt(data)
         expect = km.qm_hash3(self.keys, self._qm_mid, self._qni, self._qnr)
@@ -173,7 +220,7 @@ class V1Responder(V1Session):
             raise ParseError("HASH(3) does not verify")
         self._cipher.forget(self._qm_mid)
         assert self.pending_child is not None
-        self._events.append(self.pending_child)
+        self._child_up(self.pending_child, now)
         self.pending_child = None
         self._last = None
         self.state = "established"

@@ -4,31 +4,55 @@ Datagrams and time go in (``receive_datagram``, ``handle_timer``); datagrams (``
 deadline (``get_timer``) and events (``next_event``) come out, as in the IKEv2 core. Nothing a peer sends raises
 out of ``receive_datagram``: malformed or unauthenticated messages are counted in ``dropped`` and ignored.
 
-Not yet here (issue 17): certificates, the responder role, informational exchanges, NAT-T, rekeying.
+Main mode authenticates with a pre-shared key or, when ``V1Config.signature`` is set, with certificates
+(ike/v1/auth.py); a failed signature authentication ends the exchange (state "failed", an AuthenticationFailed
+event, a logged reason and an ISAKMP notify to the peer) rather than being dropped like a forged datagram.
+
+The driver API, informational exchanges, DPD, lifetimes and rekeying are the mixins of informational.py and
+rekey.py; the responder role is responder.py.
 """
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import struct
 from collections import deque
 from dataclasses import dataclass
-from ..dh import create_dh
-from ..errors import IkeError, ParseError
-from ..events import ChildSaEstablished, IkeEvent
-from ..core_config import RandomSource, TrafficSelector
-from . import keymat as km
-from .message import (Attribute, Exchange, Payload, PayloadType, Proposal, SaPayload, Transform, decode_sa,
-                      encode_sa, pull_header, pull_message, push_chain, push_message)
 
-__all__ = ["V1Config", "V1Session", "Phase1Done"]
+from ..core_config import RandomSource, TrafficSelector
+from ..dh import create_dh
+from ..errors import ParseError
+from ..events import AuthenticationFailed, ChildSaEstablished, IkeEvent
+from . import auth as v1auth
+from . import keymat as km
+from .informational import DPD_VID
+from .message import (
+    Attribute,
+    Exchange,
+    Payload,
+    PayloadType,
+    Proposal,
+    SaPayload,
+    Transform,
+    decode_sa,
+    encode_sa,
+    pull_header,
+    pull_message,
+    push_chain,
+    push_message,
+)
+from .natt import NatTraversal
+from .rekey import LifecycleMixin, lifetime_attributes
+
+__all__ = ["Phase1Done", "V1Config", "V1Session"]
 
 DOI_IPSEC = 1
 SIT_IDENTITY_ONLY = 1
 PROTO_ISAKMP, PROTO_ESP = 1, 3
 #: RFC 2409 Appendix A / RFC 2407 4.5 attribute numbers and values used here
 P1_ENC, P1_HASH, P1_AUTH, P1_GROUP, P1_LIFE_TYPE, P1_LIFE, P1_KEYLEN = 1, 2, 3, 4, 11, 12, 14
-AES_CBC, AUTH_PSK, LIFE_SECONDS = 7, 1, 1
+AES_CBC, LIFE_SECONDS = 7, 1
 ESP_AES = 12
 P2_LIFE_TYPE, P2_LIFE, P2_GROUP, P2_MODE, P2_AUTH, P2_KEYLEN = 1, 2, 3, 4, 5, 6
 MODE_TUNNEL = 1
@@ -36,12 +60,15 @@ MODE_TUNNEL = 1
 ESP_AUTH = {2: ("sha1", 20), 5: ("sha256", 32)}
 HASH_IDS = {v: k for k, v in km.HASHES.items()}
 ID_IPV4, ID_FQDN, ID_IPV4_SUBNET = 1, 2, 4
-RETRANSMITS = 3
+
+log = logging.getLogger("ike.v1")
 
 
 @dataclass(frozen=True)
 class V1Config:
-    """One IKEv1 connection. ``local_id``/``remote_id`` are FQDNs or IPv4 addresses (as swanctl writes them)."""
+    """One IKEv1 connection. ``local_id``/``remote_id`` are FQDNs or IPv4 addresses (as swanctl writes them);
+    with ``signature`` also ``user@host`` or a DN, matched against the peer's certificate. ``signature`` set:
+    main mode authenticates with certificates (``psk`` is then unused)."""
     name: str
     psk: bytes
     local_id: str
@@ -59,6 +86,23 @@ class V1Config:
     ike_lifetime: int = 10800
     esp_lifetime: int = 3600
     retransmit_timeout: float = 1.0
+    signature: v1auth.SignatureAuth | None = None
+    #: kilobyte lifetimes (0: none); seconds above. ESP SAs are rekeyed at rekey.REKEY_FRACTION of either
+    ike_life_kb: int = 0
+    esp_life_kb: int = 0
+    #: RFC 3706 DPD: probe after this many quiet seconds (0: off); dead after dpd_retries unanswered probes
+    dpd_delay: float = 0.0
+    dpd_retries: int = 3
+    #: send INITIAL-CONTACT after main mode (we hold no older SA with this peer)
+    initial_contact: bool = False
+    #: RFC 3947 NAT traversal: announce it (``natt``) and pretend to be behind a NAT (``encap``, charon's option)
+    natt: bool = True
+    encap: bool = False
+
+    @property
+    def auth_method(self) -> int:
+        """The ISAKMP authentication method both sides must propose: PSK (1), RSA (3), ECDSA (9-11)."""
+        return v1auth.AUTH_PSK if self.signature is None else v1auth.auth_method(self.signature.private_key)
 
 
 @dataclass(frozen=True)
@@ -96,7 +140,7 @@ def _ts(net: str) -> tuple[TrafficSelector, ...]:
     return (TrafficSelector.from_cidr(net),)
 
 
-class V1Session:
+class V1Session(LifecycleMixin):
     """One ISAKMP SA and its first quick mode, initiator side."""
 
     def __init__(self, config: V1Config, random: RandomSource, ike_id: int = 1) -> None:
@@ -116,46 +160,24 @@ class V1Session:
         self._tries = 0
         self.keys: km.Phase1Keys | None = None
         self._cipher: km.Phase1Cipher | None = None
+        self.natt = NatTraversal(config.natt, config.encap, random)
+        self._lifecycle_init()  # informational exchanges, DPD, lifetimes, rekeying (ike/v1/rekey.py)
 
     # -- driver API
     def initiate(self, now: float) -> None:
         c = self.config
         attrs = (Attribute(P1_ENC, AES_CBC), Attribute(P1_KEYLEN, c.enc_key_bits),
-                 Attribute(P1_HASH, HASH_IDS[c.hash]), Attribute(P1_AUTH, AUTH_PSK), Attribute(P1_GROUP, c.group),
-                 Attribute(P1_LIFE_TYPE, LIFE_SECONDS), Attribute(P1_LIFE, c.ike_lifetime))
+                 Attribute(P1_HASH, HASH_IDS[c.hash]), Attribute(P1_AUTH, c.auth_method), Attribute(P1_GROUP, c.group),
+                 *lifetime_attributes(c.ike_lifetime, c.ike_life_kb, P1_LIFE_TYPE, P1_LIFE))
         sa = SaPayload(DOI_IPSEC, SIT_IDENTITY_ONLY, (Proposal(1, PROTO_ISAKMP, b"", (Transform(1, 1, attrs),)),))
         self._sai_b = encode_sa(sa)
         self._send(push_message(self.cky_i, self.cky_r, Exchange.MAIN, 0, 0,
-                                [Payload(PayloadType.SA, self._sai_b)]), now)
+                                [Payload(PayloadType.SA, self._sai_b), Payload(PayloadType.VID, DPD_VID)]
+                                + self.natt.vendor_ids()), now)
         self.state = "mm2"
 
-    def datagrams_to_send(self) -> list[bytes]:
-        out, self._out = self._out, []
-        return out
-
-    def next_event(self) -> IkeEvent | None:
-        return self._events.popleft() if self._events else None
-
-    def get_timer(self) -> float | None:
-        return self._deadline
-
-    def handle_timer(self, now: float) -> None:
-        if self._deadline is None or now < self._deadline or self._last is None:
-            return
-        if self._tries >= RETRANSMITS:
-            self.state, self._deadline = "failed", None
-            return
-        self._tries += 1
-        self._out.append(self._last)
-        self._deadline = now + self.config.retransmit_timeout * 2 ** self._tries
-
-    def receive_datagram(self, data: bytes, now: float) -> None:
-        try:
-            self._receive(data, now)
-        except (IkeError, ValueError) as exc:
-            # ParseError and the DH checks (ValueError from a bad public value) are peer errors: count, drop
-            self.dropped += 1
-            self.last_error = str(exc)
+    def _new_initiator(self) -> V1Session:
+        return V1Session(self.config, self._random, self.ike_id)
 
     # -- internals
     def _send(self, data: bytes, now: float) -> None:
@@ -173,6 +195,8 @@ class V1Session:
             self._mm4(pull_message(data)[1], now)
         elif self.state == "mm6" and h.exchange == Exchange.MAIN and h.encrypted and h.message_id == 0:
             self._mm6(data, now)
+        elif self.state == "mm6" and h.exchange == Exchange.INFORMATIONAL and h.encrypted and h.message_id:
+            self._peer_refused(data)
         elif self.state == "qm2" and h.exchange == Exchange.QUICK and h.message_id == self._qm_mid:
             self._qm2(data, now)
         else:
@@ -191,15 +215,19 @@ class V1Session:
             raise ParseError("responder must choose exactly one transform")
         t = sa.proposals[0].transforms[0]
         c = self.config
-        want = {P1_ENC: AES_CBC, P1_KEYLEN: c.enc_key_bits, P1_HASH: HASH_IDS[c.hash], P1_AUTH: AUTH_PSK,
+        want = {P1_ENC: AES_CBC, P1_KEYLEN: c.enc_key_bits, P1_HASH: HASH_IDS[c.hash], P1_AUTH: c.auth_method,
                 P1_GROUP: c.group}
         if any(t.get(k) != v for k, v in want.items()):
             raise ParseError("responder chose a transform that was not offered")
         self.cky_r = cky_r
+        self.natt.saw_vendor_ids(payloads)
         self._dh = create_dh(c.group, self._random)
         self._ni = self._random(32)
+        cr = v1auth.certreq_payloads(c.signature) if c.signature is not None else []
+        natd = self.natt.natd_payloads(c.hash, self.cky_i, cky_r, c.local_addr, c.remote_addr)
         self._send(push_message(self.cky_i, cky_r, Exchange.MAIN, 0, 0,
-                                [Payload(PayloadType.KE, self._dh.public), Payload(PayloadType.NONCE, self._ni)]), now)
+                                [Payload(PayloadType.KE, self._dh.public), Payload(PayloadType.NONCE, self._ni)]
+                                + cr + natd), now)
         self.state = "mm4"
 
     def _mm4(self, payloads: list[Payload], now: float) -> None:
@@ -209,37 +237,97 @@ class V1Session:
         if not 8 <= len(nr) <= 256:
             raise ParseError(f"nonce of {len(nr)} bytes")
         gxy = self._dh.shared(gxr)
-        skeyid = km.skeyid_psk(c.hash, c.psk, self._ni, nr)
+        self.natt.check_natd(payloads, c.hash, self.cky_i, self.cky_r, c.local_addr, c.remote_addr)
+        skeyid = self._skeyid(self._ni, nr, gxy)
         self.keys = km.derive_phase1(c.hash, skeyid, gxy, self.cky_i, self.cky_r, self._dh.public, gxr,
                                      c.enc_key_bits // 8)
         self._gxr, self._nr = gxr, nr
         self._cipher = km.Phase1Cipher(self.keys)
-        idii = _id_body(c.local_id)
+        idii = self._local_id_body()
         h = km.hash_i(self.keys, self._dh.public, gxr, self.cky_i, self.cky_r, self._sai_b, idii)
         self._send(self._cipher.encrypt(self.cky_i, self.cky_r, Exchange.MAIN, 0,
-                                        [Payload(PayloadType.ID, idii), Payload(PayloadType.HASH, h)]), now)
+                                        [Payload(PayloadType.ID, idii)] + self._proof(h)), now)
         self.state = "mm6"
 
     def _mm6(self, data: bytes, now: float) -> None:
         assert self._cipher is not None and self.keys is not None
         _, payloads = self._cipher.decrypt(data)
         idir = self._one(payloads, PayloadType.ID)
-        if idir != _id_body(self.config.remote_id):
-            raise ParseError("responder's identity is not the configured remote_id")
         expect = km.hash_r(self.keys, self._dh.public, self._gxr, self.cky_i, self.cky_r, self._sai_b, idir)
-        if not hmac.compare_digest(expect, self._one(payloads, PayloadType.HASH)):
-            raise ParseError("HASH_R does not verify")
-        self._cipher.confirm(data)
+        if self.config.signature is not None:
+            self._cipher.confirm(data)  # the notify of a failure chains from this message, as the peer's does
+            if not self._peer_signed(payloads, idir, expect, now):
+                return
+        else:
+            if idir != _id_body(self.config.remote_id):
+                raise ParseError("responder's identity is not the configured remote_id")
+            if not hmac.compare_digest(expect, self._one(payloads, PayloadType.HASH)):
+                raise ParseError("HASH_R does not verify")
+            self._cipher.confirm(data)
         self._events.append(Phase1Done(self.ike_id, self.config.name, self.cky_i, self.cky_r))
-        self._quick_mode(now)
+        if self.quick_after_main:
+            self._quick_mode(now)
+        else:  # an ISAKMP rekey: the ESP SAs stay where they are
+            self.state, self._deadline = "established", None
+
+    # -- authentication (PSK or signatures; the signature rules are in auth.py)
+    def _skeyid(self, ni: bytes, nr: bytes, gxy: bytes) -> bytes:
+        c = self.config
+        if c.signature is not None:
+            return km.skeyid_sig(c.hash, ni, nr, gxy)  # RFC 2409 5.1
+        return km.skeyid_psk(c.hash, c.psk, ni, nr)
+
+    def _local_id_body(self) -> bytes:
+        c = self.config
+        if c.signature is None:
+            return _id_body(c.local_id)
+        return v1auth.id_body(c.local_id, c.signature.certificate)
+
+    def _proof(self, digest: bytes) -> list[Payload]:
+        """What follows our ID in main mode message 5/6: HASH, or CERTs and SIG over the same hash."""
+        sig = self.config.signature
+        if sig is None:
+            return [Payload(PayloadType.HASH, digest)]
+        return v1auth.cert_payloads(sig) + [Payload(PayloadType.SIG, v1auth.sign(sig.private_key, digest, self._random))]
+
+    def _peer_signed(self, payloads: list[Payload], id_payload: bytes, digest: bytes, now: float) -> bool:
+        """Check the peer's certificate and SIG; on failure end the exchange and tell the peer why."""
+        c = self.config
+        assert c.signature is not None and self._cipher is not None and self.keys is not None
+        try:
+            v1auth.verify_peer(c.signature, c.auth_method, payloads, id_payload, digest, c.remote_id, now)
+        except v1auth.V1AuthError as exc:
+            log.warning("IKEv1 %s[%d] with %s: authentication of the peer failed: %s", c.name, self.ike_id,
+                        c.remote_addr[0], exc.reason)
+            self.last_error = exc.reason
+            self._events.append(AuthenticationFailed(self.ike_id, c.name, c.remote_addr, exc.reason, True))
+            mid = int.from_bytes(self._random(4), "big") or 1
+            self._out.append(v1auth.notify_datagram(self._cipher, self.keys, self.cky_i, self.cky_r, exc.notify,
+                                                    mid))
+            self.state, self._deadline, self._last = "failed", None, None
+            return False
+        return True
+
+    def _peer_refused(self, data: bytes) -> None:
+        """An authenticated informational exchange while main mode waits: the peer refused us."""
+        assert self._cipher is not None and self.keys is not None
+        notify = v1auth.read_notify(self._cipher, self.keys, data)
+        if notify is None:
+            raise ParseError("informational exchange that does not authenticate")
+        c = self.config
+        why = f"peer sent {v1auth.NOTIFY_NAMES.get(notify, str(notify))}"
+        log.warning("IKEv1 %s[%d] with %s: main mode refused: %s", c.name, self.ike_id, c.remote_addr[0], why)
+        self.last_error = why
+        self._events.append(AuthenticationFailed(self.ike_id, c.name, c.remote_addr, why, False))
+        self.state, self._deadline, self._last = "failed", None, None
 
     def _quick_mode(self, now: float) -> None:
         assert self._cipher is not None and self.keys is not None
         c = self.config
         self._qm_mid = int.from_bytes(self._random(4), "big") or 1
         self._spi_in = self._random(4)
-        attrs = [Attribute(P2_LIFE_TYPE, LIFE_SECONDS), Attribute(P2_LIFE, c.esp_lifetime),
-                 Attribute(P2_MODE, MODE_TUNNEL), Attribute(P2_AUTH, c.esp_auth),
+        attrs = [*self.esp_lifetime_attributes(), Attribute(P2_MODE, self.natt.encap_mode or MODE_TUNNEL),
+                 Attribute(P2_AUTH, c.esp_auth),
                  Attribute(P2_KEYLEN, c.esp_key_bits)]
         if c.pfs_group:
             attrs.append(Attribute(P2_GROUP, c.pfs_group))
@@ -280,6 +368,7 @@ class V1Session:
                                                       ipaddress.IPv4Network(c.remote_ts)]:
             raise ParseError("responder changed the proxy identities")
         nr = self._one(payloads, PayloadType.NONCE)
+        self.initiator_lifetime(payloads)
         gxy = b""
         if self._qdh:
             gxy = self._qdh.shared(self._one(payloads, PayloadType.KE))
@@ -293,11 +382,12 @@ class V1Session:
         elen = c.esp_key_bits // 8
         k_in = km.qm_keymat(self.keys, PROTO_ESP, self._spi_in, self._qni, nr, elen + alen, gxy)
         k_out = km.qm_keymat(self.keys, PROTO_ESP, p.spi, self._qni, nr, elen + alen, gxy)
-        self._events.append(ChildSaEstablished(
+        self._child_up(ChildSaEstablished(
             self.ike_id, c.name, child=c.name, spi_in=int.from_bytes(self._spi_in, "big"),
             spi_out=int.from_bytes(p.spi, "big"), suite=f"aes{c.esp_key_bits}-{suffix}", esn=False, mode="tunnel",
             local_ts=_ts(c.local_ts), remote_ts=_ts(c.remote_ts), local_addr=c.local_addr,
-            remote_addr=c.remote_addr, encap=False, initiator=True, rekey_time=0, life_time=c.esp_lifetime,
+            remote_addr=c.remote_addr, encap=self.natt.floated, initiator=True, rekey_time=0, life_time=c.esp_lifetime,
             rekey_bytes=0, life_bytes=0, rekey_packets=0, life_packets=0,
-            enc_key_in=k_in[:elen], enc_key_out=k_out[:elen], integ_key_in=k_in[elen:], integ_key_out=k_out[elen:]))
+            enc_key_in=k_in[:elen], enc_key_out=k_out[:elen], integ_key_in=k_in[elen:], integ_key_out=k_out[elen:]),
+            now)
         self.state = "established"

@@ -1,0 +1,416 @@
+"""The daemon's IKEv1 side: every ISAKMP SA of one daemon, with the same drivers as ike.dispatcher.Dispatcher.
+
+Why apart from the sessions: a V1Session/V1Responder is one ISAKMP SA on fixed addresses and knows nothing about
+sockets, ports or other SAs. This manager is what IKEv2's dispatcher is to its connections: it routes datagrams
+by cookie, creates responders from a main-mode opening (within the half-open limits of CoreConfig), moves an SA
+to the NAT-T port once NAT-D found a NAT (RFC 3947: from main mode's fifth message on, with the non-ESP marker),
+sends NAT keepalives, and turns the sessions' events into the ones the daemon already handles for IKEv2
+(IkeSaEstablished, ChildSaEstablished with UDP encapsulation and the floated ports, ChildSaRekeyed and
+ChildSaEstablished(replaces=...) for make-before-break, ChildSaDeleted, IkeSaRekeyed, IkeSaTerminated), so the
+data plane, the key log and ``list-sas`` need nothing of their own. Lifetimes, DPD, DELETE and rekeying are the
+sessions' (ike/v1/rekey.py, informational.py); the commands here ask them for it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..connection import Datagram
+from ..core_config import CoreConfig, PeerConfig
+from ..dispatcher import ChildInfo, SaInfo
+from ..errors import IkeError, InvalidStateError, ParseError
+from ..events import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaRekeyed,
+    IkeEvent,
+    IkeSaEstablished,
+    IkeSaRekeyed,
+    IkeSaTerminated,
+)
+from . import auth as v1auth
+from .daemon_events import V1KeysDerived
+from .informational import InitialContactReceived
+from .message import Exchange, pull_header
+from .profile import proposal_text, v1_config
+from .responder import V1Responder
+from .session import Phase1Done, V1Session
+
+__all__ = ["V1Manager"]
+
+log = logging.getLogger("ike.v1")
+
+_WILDCARDS = (None, "%any", "0.0.0.0", "::")
+
+
+@dataclass(eq=False)
+class _Sa:
+    ike_id: int
+    peer: PeerConfig
+    session: V1Session
+    local: tuple[str, int]  # our address and port as the peer sees it sent to (moves to the NAT-T port)
+    remote: tuple[str, int]
+    created: float
+    initiator: bool
+    state: str = "CONNECTING"
+    established_at: float | None = None
+    floated: bool = False
+    first_in: bytes = b""  # a responder's main-mode opening, to answer its retransmits
+    first_out: bytes = b""
+    last_outbound: float = 0.0
+    children: dict[int, ChildSaEstablished] = field(default_factory=dict)  # by inbound SPI, as the daemon has them
+    closed: bool = False
+
+    @property
+    def cookies(self) -> tuple[bytes, bytes]:
+        return self.session.cky_i, self.session.cky_r
+
+    @property
+    def auth(self) -> str:
+        sig = self.session.config.signature
+        return "psk" if sig is None else v1auth.method_name(self.session.config.auth_method)
+
+
+class V1Manager:
+    """All ISAKMP SAs of one daemon. ``new_id()`` hands out ike_ids shared with the IKEv2 dispatcher."""
+
+    def __init__(self, config: CoreConfig, new_id: Callable[[], int]) -> None:
+        self.config = config
+        self._new_id = new_id
+        self._sas: dict[int, _Sa] = {}
+        self._by_cookie: dict[bytes, _Sa] = {}  # initiator cookie -> SA (ours or the peer's)
+        self._events: deque[IkeEvent] = deque()
+        self._outbox: list[Datagram] = []
+        self.stats: Counter[str] = Counter()
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def _datagram(self, sa: _Sa, data: bytes, now: float) -> Datagram:
+        sa.last_outbound = now
+        return Datagram(data, sa.remote, sa.local[1], sa.local[1] not in self.config.plain_ports)
+
+    def _candidates(self, host: str) -> list[PeerConfig]:
+        import ipaddress
+        out = []
+        for p in self.config.peers:
+            if p.version != 1:
+                continue
+            if p.remote_addr in _WILDCARDS:
+                out.append(p)
+                continue
+            try:
+                if ipaddress.ip_address(host) in ipaddress.ip_network(p.remote_addr, strict=False):
+                    out.append(p)
+            except ValueError:
+                pass
+        return sorted(out, key=lambda p: p.remote_addr in _WILDCARDS)
+
+    def _half_open(self, host: str | None = None) -> int:
+        return sum(1 for s in self._sas.values() if not s.initiator and s.state == "CONNECTING"
+                   and (host is None or s.remote[0] == host))
+
+    def owns(self, ike_id: int) -> bool:
+        return ike_id in self._sas
+
+    def owns_child(self, spi: int) -> bool:
+        return any(spi in s.children or any(c.spi_out == spi for c in s.children.values())
+                   for s in self._sas.values())
+
+    # -- drivers -----------------------------------------------------------------------------------------
+    def receive_datagram(self, data: bytes, addr: tuple[str, int], local_addr: tuple[str, int],
+                         now: float) -> None:
+        """One ISAKMP datagram (marker stripped). Never raises for bad input: counted drops."""
+        try:
+            self._receive(bytes(data), addr, local_addr, now)
+        except (ParseError, ValueError) as exc:
+            self.stats["v1_dropped_malformed"] += 1
+            log.debug("IKEv1 datagram from %s dropped: %s", addr[0], exc)
+        except Exception as exc:  # noqa: BLE001 - a bug must not become a peer's weapon
+            self.stats["v1_dropped_internal_error"] += 1
+            log.warning("internal error on an IKEv1 datagram from %s, dropped: %s: %s", addr[0],
+                        type(exc).__name__, exc)
+
+    def _receive(self, data: bytes, addr: tuple[str, int], local_addr: tuple[str, int], now: float) -> None:
+        if len(data) > self.config.max_message_size:
+            self.stats["v1_dropped_oversized"] += 1
+            return
+        h = pull_header(data)
+        self.stats["v1_received"] += 1
+        sa = self._by_cookie.get(h.cookie_i) or self._rekeying(h.cookie_i)
+        if sa is None or sa.closed:
+            if h.cookie_r == bytes(8) and h.exchange == Exchange.MAIN and h.message_id == 0 and not h.encrypted:
+                self._new_responder(data, addr, local_addr, now)
+            else:
+                self.stats["v1_dropped_unknown_cookie"] += 1
+            return
+        if not sa.initiator and data == sa.first_in:  # the opening again: our answer was lost
+            self._outbox.append(self._datagram(sa, sa.first_out, now))
+            return
+        succ = sa.session._successor
+        if h.cookie_r != sa.session.cky_r and sa.session.state != "mm2" and (succ is None or h.cookie_i != succ.cky_i):
+            self.stats["v1_dropped_unknown_cookie"] += 1
+            return
+        before = sa.session.dropped
+        sa.session.receive_datagram(data, now)
+        if sa.session.dropped != before:
+            self.stats["v1_dropped_" + ("unauthenticated" if sa.session.keys else "malformed")] += 1
+            log.debug("IKEv1 %s[%d]: dropped a datagram from %s: %s", sa.peer.name, sa.ike_id, addr[0],
+                      sa.session.last_error)
+        else:
+            # an accepted message says where the peer is now (RFC 3947: it floats to 4500 behind the NAT)
+            sa.remote, sa.local = addr, (sa.local[0], local_addr[1])
+            if local_addr[1] not in self.config.plain_ports:
+                sa.floated = True
+        self._after(sa, now)
+
+    def _rekeying(self, cookie_i: bytes) -> _Sa | None:
+        """The SA whose ISAKMP rekey (a new main mode beside it, ike/v1/rekey.py) has initiator cookie ``cookie_i``."""
+        return next((sa for sa in self._sas.values()
+                     if sa.session._successor is not None and sa.session._successor.cky_i == cookie_i), None)
+
+    def _new_responder(self, data: bytes, addr: tuple[str, int], local_addr: tuple[str, int], now: float) -> None:
+        cfg = self.config
+        if self._half_open() >= cfg.half_open_limit or self._half_open(addr[0]) >= cfg.half_open_limit_ip:
+            self.stats["v1_dropped_half_open_limit"] += 1
+            return
+        candidates = self._candidates(addr[0])
+        if not candidates:
+            self.stats["v1_dropped_no_peer_config"] += 1
+            return
+        peer = candidates[0]
+        local = (peer.local_addr or local_addr[0], local_addr[1])
+        vcfg = v1_config(peer, local, addr, cfg.retransmit_timeout, wall_clock=cfg.wall_clock)
+        try:
+            session = V1Responder(vcfg, cfg.random, data, now)
+        except (ParseError, ValueError) as exc:
+            self.stats["v1_dropped_no_proposal"] += 1
+            log.info("IKEv1 main mode from %s refused: %s", addr[0], exc)
+            return
+        sa = _Sa(self._new_id(), peer, session, local, addr, now, False, first_in=data)
+        session.ike_id = sa.ike_id
+        self._sas[sa.ike_id] = sa
+        self._by_cookie[session.cky_i] = sa
+        out = session.datagrams_to_send()
+        sa.first_out = out[0] if out else b""
+        self._outbox.extend(self._datagram(sa, d, now) for d in out)
+        self._after(sa, now)
+
+    def _after(self, sa: _Sa, now: float) -> None:
+        """After anything happened to ``sa``: float if NAT-D says so, send, map events, notice failure."""
+        s = sa.session
+        if sa.initiator and not sa.floated and s.natt.floated:
+            # RFC 3947 4: the initiator moves to the NAT-T port with main mode's fifth message
+            sa.floated = True
+            sa.local = (sa.local[0], sa.peer.local_nat_port)
+            sa.remote = (sa.remote[0], sa.peer.peer_nat_port)
+        for d in s.datagrams_to_send():
+            self._outbox.append(self._datagram(sa, d, now))
+        while (ev := s.next_event()) is not None:
+            self._session_event(sa, ev, now)
+        if s.state in ("failed", "closed", "dead", "expired") and not sa.closed:
+            self._close(sa, "retransmit timeout" if sa.state == "CONNECTING" else "failed")
+
+    def _session_event(self, sa: _Sa, ev: IkeEvent, now: float) -> None:
+        s, p = sa.session, sa.peer
+        if isinstance(ev, Phase1Done):
+            sa.state, sa.established_at = "ESTABLISHED", now
+            nat_fake = p.encap and s.natt.nat_local
+            self._events.append(IkeSaEstablished(
+                sa.ike_id, p.name, int.from_bytes(ev.cookie_i, "big"), int.from_bytes(ev.cookie_r, "big"),
+                sa.initiator, sa.local, sa.remote, p.local_id, p.remote_id, proposal_text(p), sa.auth,
+                s.natt.nat_local, s.natt.nat_remote, nat_fake))  # type: ignore[arg-type]
+            if self.config.key_log and s.keys is not None:
+                self._events.append(V1KeysDerived(sa.ike_id, p.name, ev.cookie_i, ev.cookie_r, s.keys.enc_key))
+            if not sa.initiator:
+                self._adopt(sa)
+        elif isinstance(ev, ChildSaEstablished):
+            child = p.children[0]  # one quick mode per peer so far (ike.v1.profile)
+            ev = dataclasses.replace(ev, ike_id=sa.ike_id, child=child.name, local_addr=sa.local, remote_addr=sa.remote,
+                                     encap=s.natt.floated, life_packets=child.life_packets)
+            sa.children[ev.spi_in] = ev
+            self._events.append(ev)
+        elif isinstance(ev, (ChildSaDeleted, ChildSaRekeyed)):
+            known = sa.children.get(ev.spi_in)
+            if isinstance(ev, ChildSaDeleted):
+                sa.children.pop(ev.spi_in, None)
+            self._events.append(dataclasses.replace(ev, ike_id=sa.ike_id, child=known.child) if known else ev)
+        elif isinstance(ev, IkeSaRekeyed):
+            old = ev.old_spi_i.to_bytes(8, "big")
+            if self._by_cookie.get(old) is sa:
+                del self._by_cookie[old]
+            self._by_cookie[s.cky_i] = sa
+            self._events.append(dataclasses.replace(ev, ike_id=sa.ike_id))
+        elif isinstance(ev, IkeSaTerminated):
+            self._forget(sa)
+            self._events.append(dataclasses.replace(ev, ike_id=sa.ike_id))
+        elif isinstance(ev, InitialContactReceived):
+            # RFC 2407 4.6.3.3: the peer restarted; what we still hold with it from before is gone on its side
+            for other in list(self._sas.values()):
+                if other is not sa and other.peer.name == p.name and other.remote[0] == sa.remote[0]:
+                    self._close(other, "initial contact")
+            self._events.append(ev)
+        else:
+            self._events.append(ev)
+
+    def _adopt(self, sa: _Sa) -> None:
+        """A peer rekeys its ISAKMP SA with a new main mode, which reaches us as a new responder: the ESP SAs of
+        the older ISAKMP SA with the same peer move to it, so the older one's DELETE leaves them alone."""
+        for old in self._sas.values():
+            if old is not sa and not old.closed and old.peer.name == sa.peer.name and old.remote[0] == sa.remote[0]:
+                sa.session.adopt_children(old.session)
+                sa.children.update(old.children)
+                old.children.clear()
+
+    def _close(self, sa: _Sa, reason: str) -> None:
+        """Forget ``sa`` without telling the peer (it failed, timed out, or the peer restarted)."""
+        for c in list(sa.children.values()):
+            self._events.append(ChildSaDeleted(sa.ike_id, sa.peer.name, c.child, c.spi_in, c.spi_out,
+                                               "ike_sa terminated"))
+        cky_i, cky_r = sa.cookies
+        self._forget(sa)
+        self._events.append(IkeSaTerminated(sa.ike_id, sa.peer.name, int.from_bytes(cky_i, "big"),
+                                            int.from_bytes(cky_r, "big"), reason))
+
+    def _forget(self, sa: _Sa) -> None:
+        sa.children.clear()
+        sa.closed = True
+        self._sas.pop(sa.ike_id, None)
+        if self._by_cookie.get(sa.session.cky_i) is sa:
+            del self._by_cookie[sa.session.cky_i]
+
+    def datagrams_to_send(self, now: float) -> list[Datagram]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def _deadlines(self, sa: _Sa) -> list[float]:
+        times = [t for t in (sa.session.get_timer(),) if t is not None]
+        if not sa.initiator and sa.state == "CONNECTING":
+            times.append(sa.created + self.config.half_open_timeout)
+        if sa.floated and sa.session.natt.nat_local and sa.peer.keepalive_interval and sa.state == "ESTABLISHED":
+            times.append(sa.last_outbound + sa.peer.keepalive_interval)
+        return times
+
+    def get_timer(self) -> float | None:
+        times = [t for sa in self._sas.values() for t in self._deadlines(sa)]
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        for sa in list(self._sas.values()):
+            if sa.closed:
+                continue
+            if not sa.initiator and sa.state == "CONNECTING" and now >= sa.created + self.config.half_open_timeout:
+                self._close(sa, "half-open timeout")
+                continue
+            sa.session.handle_timer(now)
+            if (sa.floated and sa.session.natt.nat_local and sa.peer.keepalive_interval
+                    and sa.state == "ESTABLISHED" and now >= sa.last_outbound + sa.peer.keepalive_interval):
+                # RFC 3948 2.3: one 0xFF byte on the NAT-T port, no marker, keeps the NAT's mapping
+                self._outbox.append(Datagram(b"\xff", sa.remote, sa.local[1], False))
+                sa.last_outbound = now
+                self.stats["v1_keepalives"] += 1
+            self._after(sa, now)
+
+    def next_event(self) -> IkeEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # -- commands ----------------------------------------------------------------------------------------
+    def initiate(self, peer: str, now: float, child: str | None = None) -> int:
+        """Main mode then quick mode to ``peer``; an ISAKMP SA with it that exists already is reused."""
+        pc = self.config.peer(peer)
+        if child is not None and child not in {c.name for c in pc.children}:
+            raise InvalidStateError(f"peer {peer} has no child {child!r}")
+        for sa in self._sas.values():
+            if sa.peer.name == peer and not sa.closed:
+                return sa.ike_id
+        if pc.remote_addr in _WILDCARDS:
+            raise InvalidStateError(f"peer {peer} has no remote address to initiate to")
+        host = pc.remote_addr.split("/")[0]  # type: ignore[union-attr]
+        local = (pc.local_addr or "0.0.0.0", pc.local_port)
+        remote = (host, pc.remote_port)
+        ike_id = self._new_id()
+        vcfg = v1_config(pc, local, remote, self.config.retransmit_timeout, wall_clock=self.config.wall_clock,
+                         initial_contact=True)  # we hold no other ISAKMP SA with this peer (checked above)
+        session = V1Session(vcfg, self.config.random,
+                            ike_id)
+        sa = _Sa(ike_id, pc, session, local, remote, now, True)
+        self._sas[ike_id] = sa
+        self._by_cookie[session.cky_i] = sa
+        session.initiate(now)
+        self._after(sa, now)
+        return ike_id
+
+    def terminate(self, ike_id: int, now: float) -> None:
+        """DELETE for each ESP SA and the ISAKMP SA (RFC 2408 4.8), then forget them."""
+        sa = self._sas.get(ike_id)
+        if sa is None:
+            raise InvalidStateError(f"no IKE_SA with id {ike_id}")
+        sa.session.close(now)
+        self._after(sa, now)
+
+    def _owner(self, spi_in: int) -> _Sa:
+        for sa in self._sas.values():
+            if spi_in in sa.children:
+                return sa
+        raise InvalidStateError(f"no CHILD_SA with SPI {spi_in:08x}")
+
+    def delete_child(self, spi_in: int, now: float) -> None:
+        sa = self._owner(spi_in)
+        sa.session.delete_child(spi_in, now, "deleted locally")
+        self._after(sa, now)
+
+    def rekey_child(self, spi_in: int, now: float) -> None:
+        """A new quick mode for the ESP SA; the old pair goes once the new one is installed (make-before-break).
+        Only the quick-mode initiator rekeys (RFC 2409 leaves it to either; charon rekeys its own)."""
+        sa = self._owner(spi_in)
+        try:
+            sa.session.rekey_child(spi_in, now)
+        except (IkeError, KeyError) as exc:
+            raise InvalidStateError(f"IKEv1: cannot rekey CHILD_SA {spi_in:08x}: {exc}") from None
+        self._after(sa, now)
+
+    def rekey_ike(self, ike_id: int, now: float) -> None:
+        """A new main mode beside the ISAKMP SA (ike/v1/rekey.py); its ESP SAs move over when it authenticates."""
+        sa = self._sas.get(ike_id)
+        if sa is None:
+            raise InvalidStateError(f"no IKE_SA with id {ike_id}")
+        if not sa.initiator:
+            raise InvalidStateError("IKEv1: the ISAKMP SA is rekeyed by its main-mode initiator (the peer here)")
+        try:
+            sa.session.rekey_ike(now)
+        except IkeError as exc:
+            raise InvalidStateError(f"IKEv1: cannot rekey the ISAKMP SA: {exc}") from None
+        self._after(sa, now)
+
+    def child_sa_soft_expired(self, spi: int, now: float) -> None:
+        """The data plane's soft byte/packet limit: the quick-mode initiator rekeys; a responder counts it and
+        leaves the rekey to its peer (the hard limit removes the SA if the peer never does)."""
+        for sa in self._sas.values():
+            c = sa.children.get(spi)
+            if c is None:
+                continue
+            if c.initiator and sa.session.state == "established":
+                self.rekey_child(spi, now)
+            else:
+                self.stats["v1_soft_expiry_left_to_peer"] += 1
+            return
+
+    def list_sas(self) -> list[SaInfo]:
+        out = []
+        for sa in self._sas.values():
+            s, p = sa.session, sa.peer
+            kids = tuple(ChildInfo(c.child, c.spi_in, c.spi_out, c.suite, c.esn, "installed",
+                                   tuple(str(t) for t in c.local_ts), tuple(str(t) for t in c.remote_ts),
+                                   *self._clock(s, c.spi_in), c.mode, c.encap) for c in sa.children.values())
+            out.append(SaInfo(sa.ike_id, p.name, sa.state.lower(), sa.initiator, int.from_bytes(s.cky_i, "big"),
+                              int.from_bytes(s.cky_r, "big"), sa.local, sa.remote, str(p.local_id),
+                              str(p.remote_id or ""), proposal_text(p), sa.auth, s.natt.floated, sa.established_at,
+                              None, kids, version=1))
+        return out
+
+    @staticmethod
+    def _clock(session: V1Session, spi_in: int) -> tuple[float | None, float | None]:
+        """(rekey at, expire at) of an ESP SA as its session keeps them."""
+        clock = session._child_clock.get(spi_in)
+        return (clock[0] or None, clock[1] or None) if clock else (None, None)

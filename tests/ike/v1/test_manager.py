@@ -1,0 +1,261 @@
+"""The daemon's IKEv1 side without sockets: two VersionDispatchers (IKEv2 dispatcher + IKEv1 manager) joined by a
+pump that plays the network (and, optionally, a NAT). Routing by the version byte, retransmitted openings,
+half-open limits and timeouts, retransmit give-up, keepalives behind a NAT, quick-mode lifetimes, rekeys,
+DELETE, and a bounded fuzz: nothing a peer sends raises out of the core (ESPRESSO_FUZZ_EXAMPLES)."""
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ike.core_config import ChildConfig, CoreConfig, Identity, PeerConfig, TrafficSelector
+from ike.errors import InvalidStateError
+from ike.events import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaRekeyed,
+    IkeSaEstablished,
+    IkeSaRekeyed,
+    IkeSaTerminated,
+)
+from ike.v1.adapter import VersionDispatcher
+from ike.v1.message import Exchange, Payload, PayloadType, push_message
+
+A, B = ("192.0.2.1", 500), ("198.51.100.2", 500)
+PSK = b"v1-lab-secret-0123"
+
+
+def _peer(name: str, me: str, them: str, local: str, remote_addr: str | None, lts: str, rts: str,
+          **kw: object) -> PeerConfig:
+    child = ChildConfig("net", (TrafficSelector.from_cidr(lts),), (TrafficSelector.from_cidr(rts),),
+                        esp_proposals=("aes128-sha256-modp2048",), life_time=kw.pop("life_time", 3960.0))
+    return PeerConfig(name, Identity("fqdn", me), Identity("fqdn", them), remote_addr=remote_addr, local_addr=local,
+                      ike_proposals=("aes128-sha256-modp2048",), auth="psk", remote_auth="psk", psk=PSK,
+                      children=(child,), version=1, **kw)  # type: ignore[arg-type]
+
+
+def _pair(nat: bool = False, **kw: object) -> tuple[VersionDispatcher, VersionDispatcher]:
+    a = VersionDispatcher(CoreConfig((_peer("b", "a.test", "b.test", A[0], B[0], "10.1.0.0/24", "10.2.0.0/24", **kw),),
+                                     retransmit_timeout=1.0))
+    b = VersionDispatcher(CoreConfig((_peer("a", "b.test", "a.test", B[0], None, "10.2.0.0/24", "10.1.0.0/24", **kw),),
+                                     retransmit_timeout=1.0, half_open_limit_ip=2, half_open_timeout=5.0))
+    return a, b
+
+
+#: what the NAT in front of A maps A's ports to
+NAT_OUT = {500: ("203.0.113.9", 61000), 4500: ("203.0.113.9", 61001)}
+
+
+def _pump(a: VersionDispatcher, b: VersionDispatcher, now: float, nat: bool = False, rounds: int = 10) -> list:
+    """Deliver datagrams both ways until quiet; A sits behind a NAT when ``nat``. Returns A's wire datagrams."""
+    sent = []
+    for _ in range(rounds):
+        moved = False
+        for dg in a.datagrams_to_send(now):
+            moved = True
+            sent.append(dg)
+            src = NAT_OUT[dg.local_port] if nat else (A[0], dg.local_port)
+            b.receive_datagram(dg.data, src, (B[0], dg.addr[1]), now)
+        for dg in b.datagrams_to_send(now):
+            moved = True
+            if nat and (dg.addr[0], dg.addr[1]) in NAT_OUT.values():
+                port = next(p for p, m in NAT_OUT.items() if m == tuple(dg.addr))
+                a.receive_datagram(dg.data, (B[0], dg.local_port), (A[0], port), now)
+            elif not nat:
+                a.receive_datagram(dg.data, (B[0], dg.local_port), (A[0], dg.addr[1]), now)
+        if not moved:
+            break
+    return sent
+
+
+def _events(d: VersionDispatcher) -> list:
+    out = []
+    while (ev := d.next_event()) is not None:
+        out.append(ev)
+    return out
+
+
+def test_ikev1_through_a_nat_floats_and_installs_encapsulated_sas():
+    a, b = _pair()
+    ike_id = a.initiate("b", 0.0)
+    wire = _pump(a, b, 0.0, nat=True)
+    ea, eb = _events(a), _events(b)
+    assert [type(e) for e in ea] == [IkeSaEstablished, ChildSaEstablished], ea
+    assert [type(e).__name__ for e in eb] == ["IkeSaEstablished", "InitialContactReceived", "ChildSaEstablished"], eb
+    ca, cb = ea[1], eb[2]
+    assert ca.encap and cb.encap and (ca.spi_in, ca.spi_out) == (cb.spi_out, cb.spi_in)
+    assert ca.local_addr == (A[0], 4500) and ca.remote_addr == (B[0], 4500)
+    assert cb.remote_addr == NAT_OUT[4500] and cb.local_addr == (B[0], 4500)  # B answers the NAT's mapping
+    assert ea[0].nat_local and not ea[0].nat_remote and eb[0].nat_remote and not eb[0].nat_fake
+    # MM1-MM4 on port 500 without the marker, from MM5 on port 4500 with it (RFC 3947 4)
+    assert [(d.local_port, d.marker) for d in wire[:2]] == [(500, False), (500, False)]
+    assert all((d.local_port, d.marker) == (4500, True) for d in wire[2:])
+    (info,) = a.list_sas()
+    assert info.version == 1 and info.ike_id == ike_id and info.nat and info.children[0].encap
+    # keepalives: A is behind the NAT, so it keeps the mapping alive from its NAT-T port, without marker
+    t = a.get_timer()
+    assert t is not None and t <= 20.0 + 0.01
+    a.handle_timer(20.0)
+    (ka,) = a.datagrams_to_send(20.0)
+    assert (ka.data, ka.local_port, ka.marker) == (b"\xff", 4500, False)
+    b.handle_timer(20.0)
+    assert b.datagrams_to_send(20.0) == []  # B is not behind a NAT: no keepalives
+
+
+def test_version_byte_routes_and_unknown_versions_are_counted():
+    a, b = _pair()
+    v2 = bytes(17) + b"\x20" + bytes(6) + (28).to_bytes(4, "big")
+    b.receive_datagram(v2, A, B, 0.0)
+    assert b.v2.stats["received"] + sum(v for k, v in b.v2.stats.items() if k.startswith("dropped")) >= 1
+    b.receive_datagram(bytes(17) + b"\x30" + bytes(10), A, B, 0.0)
+    assert b.stats["dropped_unknown_version"] == 1
+    b.receive_datagram(os.urandom(8) + bytes(8) + b"\x01\x10\x05\x00" + bytes(4) + (28).to_bytes(4, "big"), A, B,
+                       0.0)
+    assert b.stats["v1_dropped_unknown_cookie"] == 1 and _events(b) == []
+
+
+def test_a_retransmitted_opening_gets_the_same_answer_and_no_second_sa():
+    a, b = _pair()
+    a.initiate("b", 0.0)
+    (mm1,) = a.datagrams_to_send(0.0)
+    b.receive_datagram(mm1.data, A, B, 0.0)
+    (mm2,) = b.datagrams_to_send(0.0)
+    b.receive_datagram(mm1.data, A, B, 0.5)
+    (again,) = b.datagrams_to_send(0.5)
+    assert again.data == mm2.data and len(b.list_sas()) == 1
+
+
+def test_half_open_limits_and_timeout():
+    a, b = _pair()
+    opens = []
+    for _ in range(3):
+        x = VersionDispatcher(a.config)
+        x.initiate("b", 0.0)
+        opens.append(x.datagrams_to_send(0.0)[0].data)
+    for mm1 in opens:
+        b.receive_datagram(mm1, A, B, 0.0)
+    assert len(b.list_sas()) == 2 and b.stats["v1_dropped_half_open_limit"] == 1  # half_open_limit_ip = 2
+    b.receive_datagram(opens[2], ("203.0.113.5", 500), B, 0.0)  # another address: its own budget (%any peer)
+    assert len(b.list_sas()) == 3
+    assert b.get_timer() == 5.0
+    b.handle_timer(5.0)
+    assert b.list_sas() == [] and all(isinstance(e, IkeSaTerminated) and e.reason == "half-open timeout"
+                                      for e in _events(b))
+
+
+def test_unanswered_initiator_gives_up_within_bounds():
+    a, _ = _pair()
+    a.initiate("b", 0.0)
+    now, sends = 0.0, len(a.datagrams_to_send(0.0))
+    for _ in range(20):
+        t = a.get_timer()
+        if t is None:
+            break
+        now = t
+        a.handle_timer(now)
+        sends += len(a.datagrams_to_send(now))
+    evs = _events(a)
+    assert [type(e) for e in evs] == [IkeSaTerminated] and evs[0].reason == "retransmit timeout"
+    assert sends == 4 and a.list_sas() == [] and now < 30  # the opening and three retransmits
+
+
+def test_rekeys_deletes_and_terminates_through_the_sessions():
+    """The manager hands its commands and timers to the sessions (ike/v1/rekey.py): the quick-mode initiator
+    rekeys at 90% of the lifetime make-before-break, the ISAKMP SA is rekeyed by a new main mode, terminate sends
+    DELETE and the peer forgets its SAs too; the responder refuses to start rekeys it leaves to its peer."""
+    a, b = _pair(life_time=100.0)
+    ike_id = a.initiate("b", 0.0)
+    _pump(a, b, 0.0)
+    (old,) = [e for e in _events(a) if isinstance(e, ChildSaEstablished)]
+    (b_old,) = [e for e in _events(b) if isinstance(e, ChildSaEstablished)]
+    assert a.get_timer() == pytest.approx(90.0) and a.list_sas()[0].children[0].rekey_at == pytest.approx(90.0)
+    a.handle_timer(90.0)
+    _pump(a, b, 90.0)
+    ea, eb = _events(a), _events(b)
+    new = next(e for e in ea if isinstance(e, ChildSaEstablished))
+    assert new.replaces == old.spi_in and new.child == "net"
+    assert [type(e) for e in ea] == [ChildSaEstablished, ChildSaRekeyed, ChildSaDeleted], ea
+    assert ea[2].spi_in == old.spi_in and ea[2].reason == "rekeyed"
+    assert any(isinstance(e, ChildSaDeleted) and e.spi_in == b_old.spi_in for e in eb), eb
+    assert [c.spi_in for c in a.list_sas()[0].children] == [new.spi_in]
+    assert len(b.list_sas()[0].children) == 1
+    # commands: a manual rekey from the initiator; the responder leaves both rekeys to its peer
+    (b_child,) = b.list_sas()[0].children
+    with pytest.raises(InvalidStateError, match="responder"):
+        b.rekey_child(b_child.spi_in, 91.0)
+    with pytest.raises(InvalidStateError, match="initiator"):
+        b.rekey_ike(b.list_sas()[0].ike_id, 91.0)
+    a.rekey_child(new.spi_in, 91.0)
+    _pump(a, b, 91.0)
+    assert [type(e) for e in _events(a)] == [ChildSaEstablished, ChildSaRekeyed, ChildSaDeleted]
+    cookies = a.list_sas()[0].spi_i
+    a.rekey_ike(ike_id, 92.0)
+    _pump(a, b, 92.0)
+    assert any(isinstance(e, IkeSaRekeyed) for e in _events(a))
+    (info,) = a.list_sas()
+    assert info.ike_id == ike_id and info.spi_i != cookies and len(info.children) == 1
+    _events(b)
+    a.terminate(ike_id, 93.0)
+    _pump(a, b, 93.0)
+    assert isinstance(_events(a)[-1], IkeSaTerminated) and a.list_sas() == []
+    eb = _events(b)
+    assert any(isinstance(e, ChildSaDeleted) for e in eb), eb
+    assert all(not s.children for s in b.list_sas()), b.list_sas()
+
+
+def test_quick_mode_lifetime_removes_the_esp_sas_of_a_responder():
+    """Nobody rekeys (the initiator's timers never run here): at the lifetime the responder's ESP SA goes."""
+    a, b = _pair(life_time=100.0)
+    a.initiate("b", 0.0)
+    _pump(a, b, 0.0)
+    (child,) = [e for e in _events(b) if isinstance(e, ChildSaEstablished)]
+    b.child_sa_soft_expired(child.spi_in, 50.0)  # counted: a responder leaves the rekey to the initiator
+    assert b.v1.stats["v1_soft_expiry_left_to_peer"] == 1
+    assert b.get_timer() == pytest.approx(100.0)
+    b.handle_timer(100.0)
+    (gone,) = [e for e in _events(b) if isinstance(e, ChildSaDeleted)]
+    assert gone.reason == "expired" and gone.spi_in == child.spi_in and gone.child == "net"
+
+
+def _valid_prefix() -> list[bytes]:
+    """The datagrams of a real exchange, as material for mutation."""
+    a, b = _pair()
+    a.initiate("b", 0.0)
+    return [d.data for d in _pump(a, b, 0.0)]
+
+
+SEEDS = _valid_prefix()
+
+
+@settings(max_examples=int(os.environ.get("ESPRESSO_FUZZ_EXAMPLES", "80")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, len(SEEDS) - 1), st.integers(0, 400), st.binary(max_size=8), st.binary(max_size=200),
+       st.booleans())
+def test_nothing_a_peer_sends_raises_out_of_the_core(which, cut, splice, blob, as_responder):
+    a, b = _pair()
+    if not as_responder:
+        a.initiate("b", 0.0)
+        a.datagrams_to_send(0.0)
+    target = b if as_responder else a
+    base = SEEDS[which]
+    mutated = base[:cut] + splice + base[cut + len(splice):]
+    fixed = mutated[:24] + struct.pack("!I", len(mutated)) + mutated[28:] if len(mutated) >= 28 else mutated
+    for data in (mutated, fixed, blob, base):
+        target.receive_datagram(data, A if as_responder else B, B if as_responder else A, 1.0)
+    target.handle_timer(50.0)
+    target.datagrams_to_send(50.0)
+    _events(target)
+    target.list_sas()
+
+
+def test_a_hostile_opening_with_our_initiator_cookie_does_not_take_over_our_sa():
+    a, b = _pair()
+    a.initiate("b", 0.0)
+    (mm1,) = a.datagrams_to_send(0.0)
+    cky_i = mm1.data[:8]
+    forged = push_message(cky_i, bytes(8), Exchange.MAIN, 0, 0, [Payload(PayloadType.SA, b"\x00" * 8)])
+    a.receive_datagram(forged, B, A, 0.1)
+    assert len(a.list_sas()) == 1 and a.list_sas()[0].initiator

@@ -1,0 +1,347 @@
+"""The espresso daemon with ``version = 1`` (IKEv1, PSK) against strongSwan charon, as an operator runs it:
+``python -m ike daemon --config X`` with a ``[gateway]`` (TUN + ESP threads) in a namespace, driven over its
+control socket; charon with kernel-libipsec in another namespace.
+
+Evidence: both roles establish main mode and quick mode, the CHILD_SA carries pings through the tunnel (ESP in
+UDP: NAT-T floats because espresso fakes a NAT with ``encap = true``, as charon's libipsec needs); then the same
+through a real NAT (nftables masquerade in a router namespace), where NAT-D finds the NAT and the ISAKMP SA
+floats to 4500 behind it; and two espresso daemons speaking IKEv1 to each other over their gateways.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.interop import strongswan as ss
+from tests.interop.test_gateway import Topology, build_topology, ping, unique
+from tests.interop.test_gateway_ike import IkeGateway
+from tests.interop.test_ikev1_strongswan import PSK, _PskCharon, _V1Conn
+from tests.support import require, require_root, require_tool
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+CONF = """
+[daemon]
+addresses = ["{local}"]
+control_socket = "{name}.sock"
+retransmit_timeout = "1s"
+key_log = "keys-{name}"
+
+[peers.{peer}]
+version = 1
+local_addr = "{local}"
+remote_addr = "{remote}"
+local_id = "{local_id}"
+remote_id = "{remote_id}"
+auth = "psk"
+psk = "{psk}"
+ike_proposals = ["aes128-sha256-modp2048"]
+encap = {encap}
+
+[peers.{peer}.children.net]
+local_ts = ["{local_ts}"]
+remote_ts = ["{remote_ts}"]
+esp_proposals = ["aes128-sha256{pfs}"]
+
+[gateway]
+tun_name = "{tun}"
+routes = ["{remote_ts}"]
+"""
+
+
+def _conf(**kw: str) -> str:
+    kw.setdefault("psk", PSK.decode())
+    kw.setdefault("pfs", "-modp2048")
+    return CONF.format(**kw)
+
+
+class _Charon(_PskCharon):
+    """charon with the IKEv1 PSK connection of test_ikev1_strongswan (ids s.test / e.test)."""
+
+
+class _V1ConnTo(_V1Conn):
+    def __init__(self, local: str, remote: str, pfs: str, extra: str = "") -> None:
+        super().__init__(local, remote, pfs)
+        self.extra = extra
+
+    def render(self) -> str:
+        return super().render().replace("    version = 1\n", f"    version = 1\n{self.extra}", 1)
+
+
+@pytest.fixture
+def lab(tmp_path: Path):
+    require_root()
+    require_tool("swanctl")
+    ok, why = ss.charon_available()
+    require(ok, why)
+    with ss.Lab(tmp_path / "lab") as lab_:
+        yield lab_
+
+
+def _gateway(tmp: Path, ns: str, local: str, remote: str, inner_l: str, inner_r: str, encap: bool) -> IkeGateway:
+    conf = _conf(local=local, remote=remote, name="esp", peer="swan", local_id="e.test", remote_id="s.test",
+                 local_ts=f"{inner_l}/32", remote_ts=f"{inner_r}/32", encap=str(encap).lower(), tun=unique("ev1"))
+    return IkeGateway(ns, tmp, "esp", conf)
+
+
+def _charon_sa(ch: ss.Charon) -> dict:
+    sas = [s["v1"] for s in ch.list_sas() if "v1" in s]
+    assert len(sas) == 1, sas
+    return sas[0]
+
+
+def _establish(gw: IkeGateway, ch: ss.Charon, initiator: str) -> dict:
+    if initiator == "espresso":
+        r = gw.control({"cmd": "initiate", "ike": "swan", "timeout": 15})
+        assert r["ok"] and r["state"] == "ESTABLISHED", (r, ch.tail(60))
+    else:
+        r = ch.initiate("net", ike="v1", timeout=15)
+        assert r.returncode == 0, r.stdout + r.stderr + ch.tail(60)
+    (child,) = gw.wait(gw.children, "the CHILD_SA on the espresso side")
+    return child
+
+
+@pytest.mark.parametrize("initiator", ["espresso", "strongswan"])
+def test_espresso_daemon_ikev1_with_charon_ping(lab, tmp_path, initiator):
+    a, b = lab.pair()  # a: espresso, b: charon
+    ch = _Charon(tmp_path / "charon", b.netns, log_levels={"ike": 2, "chd": 2})
+    lab.charons.append(ch)
+    ch.connections.append(_V1ConnTo(b.outer, a.outer, "-modp2048"))
+    ch.start()
+    gw = _gateway(tmp_path, a.netns.name, a.outer, b.outer, a.inner, b.inner, encap=True)
+    try:
+        child = _establish(gw, ch, initiator)
+        assert child["encap"] and child["suite"] == "aes128-sha256", child
+        p = ss.ping(a, b.inner, count=5, timeout=10)
+        assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr + ch.tail(60)
+        p = ss.ping(b, a.inner, count=3, timeout=10)
+        assert p.returncode == 0, p.stdout + p.stderr
+        sas = gw.control({"cmd": "list-sas"})["ike_sas"]
+        (sa,) = sas
+        assert sa["version"] == 1 and sa["state"] == "ESTABLISHED" and sa["initiator"] == (initiator == "espresso")
+        assert sa["remote_port"] == 4500 and sa["child_sas"][0]["packets_in"] >= 8
+        v1 = _charon_sa(ch)
+        assert v1["version"] == "1" and v1["state"] == "ESTABLISHED", v1
+        (kid,) = v1["child-sas"].values()
+        assert kid["encap"] == "yes" and {kid["spi-in"], kid["spi-out"]} == {child["spi_in"], child["spi_out"]}
+        # the key log: the ISAKMP SA's row and the ESP SAs' rows for Wireshark
+        keys = tmp_path / "keys-esp"
+        (row,) = (keys / "ikev1_decryption_table").read_text().splitlines()
+        assert row.startswith(sa["spi_i"] + ",")
+        esp = (keys / "esp_sa").read_text()
+        assert f"0x{child['spi_in']}" in esp and f"0x{child['spi_out']}" in esp
+    finally:
+        stats = gw.stop()
+    assert stats["tracebacks"] == 0, stats["stderr"][-3000:]
+    for bad in ("AUTH_FAILED", "REPLAYED", "MALFORMED", "POLICY_MISMATCH"):
+        assert stats["inbound"][bad] == 0, (bad, stats["inbound"])
+
+
+def _nat_lab(lab: ss.Lab) -> tuple[ss.Site, ss.Netns, ss.Site]:
+    """espresso (inside, 10.77.1.2) -- router with nftables masquerade -- charon (outside, 10.77.2.2)."""
+    inside, router, outside = lab.netns(), lab.netns(), lab.netns()
+    links = []
+    for a_ns, b_ns, net in ((inside, router, "10.77.1"), (router, outside, "10.77.2")):
+        ia, ib = unique("nva"), unique("nvb")
+        ss.run(["ip", "link", "add", ia, "netns", a_ns.name, "type", "veth", "peer", "name", ib, "netns", b_ns.name])
+        a_ns.run(["ip", "addr", "add", f"{net}.{2 if a_ns is inside else 1}/24", "dev", ia])
+        b_ns.run(["ip", "addr", "add", f"{net}.{1 if a_ns is inside else 2}/24", "dev", ib])
+        for ns, i in ((a_ns, ia), (b_ns, ib)):
+            ns.run(["ip", "link", "set", i, "up"])
+        links.append((ia, ib))
+    inside.run(["ip", "route", "add", "default", "via", "10.77.1.1"])
+    router.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    wan = links[1][0]
+    router.run(["nft", "add", "table", "ip", "nat"])
+    router.run(["nft", "add", "chain", "ip", "nat", "post", "{ type nat hook postrouting priority 100 ; }"])
+    router.run(["nft", "add", "rule", "ip", "nat", "post", "oifname", wan, "masquerade"])
+    for ns, inner in ((inside, "10.98.1.1"), (outside, "10.98.2.1")):
+        ns.run(["ip", "addr", "add", f"{inner}/32", "dev", "lo"])
+    return (ss.Site(inside, "10.77.1.2", "10.98.1.1", links[0][0]), router,
+            ss.Site(outside, "10.77.2.2", "10.98.2.1", links[1][1]))
+
+
+def test_nat_t_through_an_nftables_masquerade(lab, tmp_path):
+    """No forced encapsulation: the NAT-D hashes find the masquerade, the ISAKMP SA floats to 4500 behind it,
+    quick mode negotiates UDP-encapsulated tunnel mode and pings cross the NAT in both directions."""
+    require_tool("nft")
+    inside, router, outside = _nat_lab(lab)
+    ch = _Charon(tmp_path / "charon", outside.netns, log_levels={"ike": 2, "chd": 2})
+    lab.charons.append(ch)
+    ch.connections.append(_V1ConnTo(outside.outer, "%any", "-modp2048"))
+    ch.start()
+    gw = _gateway(tmp_path, inside.netns.name, inside.outer, outside.outer, inside.inner, outside.inner,
+                  encap=False)
+    try:
+        child = _establish(gw, ch, "espresso")
+        assert child["encap"], child
+        (sa,) = gw.control({"cmd": "list-sas"})["ike_sas"]
+        assert sa["nat_local"] and not sa["encap_forced"] and sa["local_port"] == 4500, sa
+        p = ss.ping(inside, outside.inner, count=5, timeout=10)
+        assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr + ch.tail(60)
+        log = ch.log()
+        assert "local host is behind NAT" not in log and "remote host is behind NAT" in log, ch.tail(80)
+        # the NAT really rewrote: charon sees the router's address, and both sides are on the NAT-T port
+        v1 = _charon_sa(ch)
+        assert v1["remote-host"] == "10.77.2.1" and v1["nat-remote"] == "yes" and v1["local-port"] == "4500", v1
+        assert sa["remote_port"] == 4500
+    finally:
+        stats = gw.stop()
+    assert stats["tracebacks"] == 0, stats["stderr"][-3000:]
+
+
+def _topo_conf(name: str, peer: str, local: str, remote: str, lts: str, rts: str, encap: bool) -> str:
+    return _conf(local=local, remote=remote, name=name, peer=peer, local_id=f"{name}.test",
+                 remote_id=f"{peer}.test", local_ts=lts, remote_ts=rts, encap=str(encap).lower(),
+                 tun=unique("ev1"))
+
+
+def test_two_espresso_daemons_speak_ikev1(tmp_path):
+    """Two espresso gateways (four namespaces: a host behind each) with version = 1: ping both ways."""
+    require_root()
+    require_tool("ip")
+    require(os.path.exists("/dev/net/tun"), "/dev/net/tun is missing")
+    topo: Topology = build_topology()
+    try:
+        a = IkeGateway(topo.gw_a, tmp_path, "gwa", _topo_conf("gwa", "gwb", "10.97.0.1", "10.97.0.2",
+                                                                "10.98.1.0/24", "10.98.2.0/24", True))
+        try:
+            b = IkeGateway(topo.gw_b, tmp_path, "gwb", _topo_conf("gwb", "gwa", "10.97.0.2", "10.97.0.1",
+                                                                    "10.98.2.0/24", "10.98.1.0/24", False))
+        except BaseException:
+            a.stop(kill=True)
+            raise
+        try:
+            r = a.control({"cmd": "initiate", "ike": "gwb", "timeout": 10})
+            assert r["ok"] and r["state"] == "ESTABLISHED", r
+            (ca,) = a.wait(a.children, "the initiator's CHILD_SA")
+            (cb,) = b.wait(b.children, "the responder's CHILD_SA")
+            assert (ca["spi_in"], ca["spi_out"]) == (cb["spi_out"], cb["spi_in"]) and ca["encap"] and cb["encap"]
+            p = ping(topo.host_a, "10.98.2.2", count=5)
+            assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr
+            assert ping(topo.host_b, "10.98.1.2", count=3).returncode == 0
+            (sa,) = b.control({"cmd": "list-sas"})["ike_sas"]
+            assert sa["version"] == 1 and not sa["initiator"] and sa["nat_remote"]
+        finally:
+            stats_a = a.stop()
+            stats_b = b.stop()
+    finally:
+        topo.close()
+    for s in (stats_a, stats_b):
+        assert s["tracebacks"] == 0, s["stderr"][-3000:]
+        for bad in ("AUTH_FAILED", "REPLAYED", "POLICY_MISMATCH"):
+            assert s["inbound"][bad] == 0, (bad, s)
+
+
+CERT_CONF = """
+[daemon]
+addresses = ["{local}"]
+control_socket = "esp.sock"
+retransmit_timeout = "1s"
+
+[pki]
+crls = ["root.crl", "sub.crl"]
+
+[certificates.e]
+cert = "e.pem"
+key = "e.key"
+chain = ["sub.pem"]
+
+[ca-profiles.root]
+ca_certs = ["root.pem"]
+
+[peers.swan]
+version = 1
+local_addr = "{local}"
+remote_addr = "{remote}"
+local_id = "e.test"
+remote_id = "s.test"
+auth = "pubkey"
+remote_auth = "pubkey"
+certificate = "e"
+ca_profiles = ["root"]
+revocation = "strict"
+ike_proposals = ["aes128-sha256-modp2048"]
+encap = true
+
+[peers.swan.children.net]
+local_ts = ["{local_ts}"]
+remote_ts = ["{remote_ts}"]
+esp_proposals = ["aes128-sha256-modp2048"]
+
+[gateway]
+tun_name = "{tun}"
+routes = ["{remote_ts}"]
+"""
+
+
+def _cert_gateway(tmp: Path, pki, a: ss.Site, b: ss.Site) -> IkeGateway:  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives import serialization
+
+    e = pki.creds["e"]
+    (tmp / "e.pem").write_bytes(e.cert.public_bytes(serialization.Encoding.PEM))
+    e.write_key(tmp / "e.key")
+    (tmp / "sub.pem").write_bytes(pki.sub.ca.cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / "root.pem").write_bytes(pki.root.ca.cert.public_bytes(serialization.Encoding.PEM))
+    for name, crl in zip(("root.crl", "sub.crl"), pki.crls()):
+        (tmp / name).write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    conf = CERT_CONF.format(local=a.outer, remote=b.outer, local_ts=f"{a.inner}/32", remote_ts=f"{b.inner}/32",
+                            tun=unique("ev1"))
+    return IkeGateway(a.netns.name, tmp, "esp", conf)
+
+
+@pytest.mark.parametrize(("initiator", "kind"), [("espresso", "ecdsa"), ("strongswan", "rsa")])
+def test_espresso_daemon_ikev1_with_certificates_through_an_intermediate(lab, tmp_path, initiator, kind):
+    """``auth = "pubkey"`` on a version = 1 peer: the daemon's certificate (issued by an intermediate it sends in
+    CERT), the root as ca-profile, local CRLs with strict revocation; charon likewise. Pings cross; list-sas
+    names the signature method; rekey and terminate go through the IKEv1 session (quick mode, DELETE)."""
+    from tests.ike.v1.sigpki import V1Pki
+    from tests.interop.test_ikev1_certs import _charon as cert_charon
+
+    pki = V1Pki(kind)
+    a, b = lab.pair()
+    ch = cert_charon(lab, tmp_path, pki, b, a)
+    gw = _cert_gateway(tmp_path, pki, a, b)
+    try:
+        child = _establish(gw, ch, initiator)
+        p = ss.ping(a, b.inner, count=5, timeout=10)
+        assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr + ch.tail(60)
+        (sa,) = gw.control({"cmd": "list-sas"})["ike_sas"]
+        assert sa["version"] == 1 and sa["auth"] == ("ecdsa-256" if kind == "ecdsa" else "rsa"), sa
+        assert f"authentication of 'e.test' with {'ECDSA_WITH_NULL' if kind == 'ecdsa' else 'RSA_EMSA_PKCS1_NULL'}"\
+               f" successful" in ch.log(), ch.tail(60)
+        if initiator == "espresso":  # the quick-mode initiator rekeys: make-before-break, pings keep crossing
+            r = gw.control({"cmd": "rekey", "child": child["spi_in"]})
+            assert r["ok"], r
+            gw.wait(lambda: [c for c in gw.children() if c["spi_in"] != child["spi_in"]], "the rekeyed CHILD_SA")
+            p = ss.ping(a, b.inner, count=3, timeout=10)
+            assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr + ch.tail(60)
+        r = gw.control({"cmd": "terminate", "ike_id": sa["ike_id"]})
+        assert r["ok"], r
+        ch.wait_for(lambda: not [s for s in ch.list_sas() if "v1" in s] or None, "charon to delete its ISAKMP SA")
+        assert "received DELETE for" in ch.log(), ch.tail(60)
+    finally:
+        stats = gw.stop()
+    assert stats["tracebacks"] == 0, stats["stderr"][-3000:]
+
+
+def test_espresso_daemon_ikev1_refuses_a_revoked_charon(lab, tmp_path):
+    """The intermediate's CRL (a local [pki] crls file, revocation = "strict") revokes charon's certificate: the
+    daemon's initiate fails with the reason, and charon hears AUTHENTICATION-FAILED."""
+    from tests.ike.v1.sigpki import V1Pki
+    from tests.interop.test_ikev1_certs import _charon as cert_charon
+
+    pki = V1Pki("ecdsa", revoked=("s",))
+    a, b = lab.pair()
+    ch = cert_charon(lab, tmp_path, pki, b, a)
+    gw = _cert_gateway(tmp_path, pki, a, b)
+    try:
+        r = gw.control({"cmd": "initiate", "ike": "swan", "timeout": 15})
+        assert not r["ok"] and "revoked" in r["error"], r
+        ch.wait_for(lambda: "received AUTHENTICATION_FAILED" in ch.log() or None, "charon to hear the refusal")
+        assert not gw.children()
+    finally:
+        stats = gw.stop()
+    assert stats["tracebacks"] == 0, stats["stderr"][-3000:]
