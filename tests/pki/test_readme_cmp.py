@@ -13,7 +13,6 @@ import pytest
 from cryptography import x509
 
 from pki.certs import fingerprint
-
 from tests.pki.test_readme import COMMAND_TIMEOUT, REPO, _free_port, _wait_for_port, shell_commands
 from tests.support import require_tool
 
