@@ -160,10 +160,6 @@ def cmd_ca_certificate(args: argparse.Namespace) -> None:
         verb = "loaded"
     else:
         protocol = args.protocol or store.profile(args.ca_profile).protocol  # a typo fails before anything
-        if protocol == "cmpv2":
-            raise ValueError("CMPv2 has no CA-certificate request here: the CA certificate comes with the first "
-                             "'local-certificate enroll --protocol cmpv2' (caPubs, MAC-protected by the reference's "
-                             "secret; its fingerprint is shown), or load it with 'ca-certificate load'")
         if not args.yes and not sys.stdin.isatty():
             raise ValueError("ca-certificate enroll asks you to confirm the CA's fingerprint, but stdin is not a "
                              "terminal; check the fingerprint out of band and add --yes to store it unasked")
@@ -731,15 +727,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "the url is http://HOST:PORT/.well-known/cmp)")
     p.set_defaults(func=cmd_ca_profile)
 
-    p = verb("ca-certificate", "get the CA certificate of a profile by SCEP, load it from a file, or verify it")
+    p = verb("ca-certificate", "get the CA certificate of a profile by SCEP, EST or CMPv2, load it from a file, or "
+             "verify it")
     p.add_argument("action", choices=["enroll", "load", "verify"],
-                   help="enroll: SCEP GetCACert from the profile's enrollment-url, shows the fingerprint and asks "
+                   help="enroll: SCEP GetCACert, EST /cacerts or CMPv2 genm caCerts (RFC 9483 4.3.1) from the "
+                   "profile's enrollment-url, shows the fingerprint and asks "
                    "before storing; load: from --filename; verify: check the profile's CA certificate(s) as CAs "
                    "(cA, keyCertSign, validity, signature or chain, revocation) and its loaded CRL")
     p.add_argument("--ca-profile", required=True, help="the CA profile it belongs to")
     p.add_argument("--filename", metavar="FILE", help="load: PEM or DER certificate(s)")
     p.add_argument("--protocol", choices=["scep", "est", "cmpv2"], help="enroll: scep, est or cmpv2 (default: "
-                   "the profile's; CMPv2 brings the CA certificate with the first enrollment instead)")
+                   "the profile's)")
     p.add_argument("--yes", action="store_true", help="enroll: store without asking (scripts; check the printed "
                    "fingerprint out of band)")
     p.add_argument("--at", help="verify: at this ISO 8601 instant (default: now)")

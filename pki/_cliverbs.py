@@ -96,9 +96,12 @@ def print_ca_fingerprints(profile: str, certs, verb: str) -> None:  # type: igno
 
 
 def confirming_get_ca_certs(args: argparse.Namespace, protocol: str):  # type: ignore[no-untyped-def]
-    """SCEP GetCACert or EST /cacerts, then (without --yes) JUNOS's question before anything is stored."""
+    """SCEP GetCACert, EST /cacerts or CMP genm caCerts, then (without --yes) JUNOS's question before anything is
+    stored."""
     if protocol == "est":
         from pki.est.client import get_ca_certs
+    elif protocol == "cmpv2":
+        from pki.cmp.client import get_ca_certs
     else:
         from pki.scep.client import get_ca_certs
     from pki.store import _is_ca

@@ -8,6 +8,10 @@ Three exchanges, as a JUNOS router has them:
   new certificate must chain to it instead.
 * :func:`key_update`: kur signed with the current certificate and key, for a certificate on a new key.
 * :func:`revoke`: rr signed with the certificate being revoked.
+* :func:`get_ca_certs`: genm for id-it-caCerts (RFC 9483 4.3.1), JUNOS ``ca-certificate enroll`` over CMP. The
+  genm goes unprotected (or with a reference and secret); the genp must be signed by a certificate of the set it
+  carries, whose root is self-signed. That proves only that the set is consistent: like SCEP's GetCACert, the
+  operator checks the root's fingerprint out of band.
 
 Signed answers must come from a CA certificate the caller trusts (or a certificate it issued directly).
 Every answer must carry the request's transactionID and echo its senderNonce. A ``waiting`` answer is
@@ -38,7 +42,7 @@ from . import messages as m
 from .messages import CmpError, CmpFailure, CmpFormatError, PkiStatus
 from .server import cert_hash
 
-__all__ = ["CmpEnrollment", "enroll", "key_update", "revoke"]
+__all__ = ["CmpEnrollment", "enroll", "get_ca_certs", "key_update", "revoke"]
 
 Transport = Callable[[str, bytes], bytes]
 
@@ -74,7 +78,7 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 class _Transaction:
     """One CMP transaction: its transactionID, the nonce each answer must echo, and how answers are checked."""
 
-    def __init__(self, url: str, protection: m.Protection, *, recipient: bytes | None, sender: bytes | None,
+    def __init__(self, url: str, protection: m.Protection | None, *, recipient: bytes | None, sender: bytes | None,
                  trusted: Sequence[x509.Certificate], transport: Transport | None,
                  random: Callable[[int], bytes] = os.urandom) -> None:
         self.url = url
@@ -86,6 +90,8 @@ class _Transaction:
         self._random = random
         self.tid = random(16)
         self._recip_nonce: bytes | None = None
+        #: for an answer that brings its own trust (genp caCerts): the certificates its signer must chain to
+        self.trust_from_answer: Callable[[m.CmpMessage], list[x509.Certificate]] | None = None
 
     def send(self, body_type: str, fill: Callable[[Any], None], *, implicit_confirm: bool = False,
              extra: Sequence[x509.Certificate] = ()) -> m.CmpMessage:
@@ -118,6 +124,8 @@ class _Transaction:
             raise CmpError(f"{self.url}: the answer carries another transactionID")
         if answer.recip_nonce != nonce:
             raise CmpError(f"{self.url}: the answer does not echo our senderNonce (replayed?)")
+        if self.trust_from_answer is not None and answer.body_type != "error":
+            self.trusted = self.trust_from_answer(answer)
         try:
             if isinstance(self.protection, m.MacProtection) and answer.protection_oid == m.OID_PBM:
                 answer.check_mac(self.protection.secret)
@@ -343,3 +351,75 @@ def _rr(tx: _Transaction, fill: Callable[[Any], None], cert: x509.Certificate) -
                       PkiStatus.revocationNotification):
         raise CmpError(f"the CA refused the revocation: status {status}"
                        + (f", failInfo {','.join(fails)}" if fails else "") + (f": {text}" if text else ""))
+
+
+def _is_ca_cert(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def check_ca_chain(certs: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """The CA certificates of a caCerts answer, if they form chains to a self-signed root: every one a CA
+    certificate, at least one root (self-signed, its signature verifying), and every other one issued by a
+    certificate of the set that leads to a root. :class:`CmpError` says which rule failed."""
+    if not certs:
+        raise CmpError("the CA sent an empty set of CA certificates")
+    for c in certs:
+        if not _is_ca_cert(c):
+            raise CmpError(f"{c.subject.rfc4514_string()} in the CA certificates is not a CA certificate "
+                           "(basicConstraints cA is not set)")
+    roots = [c for c in certs if c.subject == c.issuer and _issued_by(c, c)]
+    if not roots:
+        raise CmpError("no self-signed root among the CA certificates the CA sent")
+    anchored = list(roots)
+    for _ in range(len(certs)):  # each round anchors at least one more, or the rest never will
+        more = [c for c in certs if c not in anchored and any(_issued_by(c, a) for a in anchored)]
+        if not more:
+            break
+        anchored.extend(more)
+    loose = [c for c in certs if c not in anchored]
+    if loose:
+        raise CmpError(f"{loose[0].subject.rfc4514_string()} in the CA certificates does not chain to a "
+                       "self-signed root of the set")
+    return list(certs)
+
+
+def _ca_certs_of(answer: m.CmpMessage) -> list[x509.Certificate]:
+    if answer.body_type != "genp":
+        raise CmpError(f"{answer.body_type} in answer to genm, not genp")
+    for itv in answer.body:
+        if str(itv["infoType"]) != m.OID_IT_CA_CERTS:
+            continue
+        if not itv["infoValue"].isValue:
+            raise CmpError("the CA has no CA certificates to send (caCerts without a value)")
+        value = m._decode(bytes(itv["infoValue"]), m.rfc9480.CaCertsValue())
+        return check_ca_chain([m.cert_from_asn1(c) for c in value])
+    raise CmpError("the CA's genp carries no caCerts (it does not offer RFC 9483 4.3.1)")
+
+
+@_answer_errors
+def get_ca_certs(url: str, *, reference: str | None = None, secret: str | None = None,
+                 recipient: bytes | None = None, transport: Transport | None = None) -> list[x509.Certificate]:
+    """genm id-it-caCerts: the CA's certificates (the CA first, up to the root), as the CA's genp carries them.
+
+    Unprotected unless ``reference`` and ``secret`` are given (PasswordBasedMac; a MAC-protected genp then needs
+    no further proof). A signed genp must be signed by a certificate of the set or one it issued directly."""
+    protection = m.MacProtection(reference.encode(), secret.encode()) if reference and secret else None
+    tx = _Transaction(url, protection, recipient=recipient, sender=None, trusted=[], transport=transport)
+    certs: list[x509.Certificate] = []
+
+    def trust(answer: m.CmpMessage) -> list[x509.Certificate]:
+        certs[:] = _ca_certs_of(answer)
+        return certs
+
+    tx.trust_from_answer = trust
+
+    def fill(body: Any) -> None:
+        itv = body.componentType.clone()
+        itv["infoType"] = univ.ObjectIdentifier(m.OID_IT_CA_CERTS)
+        body.append(itv)
+
+    tx.send("genm", fill)
+    return certs

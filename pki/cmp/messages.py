@@ -57,6 +57,8 @@ OID_PBM = "1.2.840.113533.7.66.13"
 OID_IMPLICIT_CONFIRM = "1.3.6.1.5.5.7.4.13"
 OID_REGCTRL_OLDCERTID = "1.3.6.1.5.5.7.5.1.5"
 OID_REASON_CODE = "2.5.29.21"
+#: RFC 9480 section 4.3 / RFC 9483 section 4.3.1: genm asking for (genp carrying) the CA certificates
+OID_IT_CA_CERTS = str(rfc9480.id_it_caCerts)
 
 _OWF = {  # PBM one-way functions
     "1.3.14.3.2.26": "sha1",

@@ -10,7 +10,10 @@ What a request may do depends on how it is protected (RFC 9483 sections 4.1 and 
   key for the same subject), cr and p10cr for the same subject, and rr of that very certificate. The answers
   are signed by the CA key.
 
-Unprotected requests, unknown references, wrong MACs and bad signatures get an error message with failInfo
+* **Anything, or nothing**: genm, of which id-it-caCerts (RFC 9483 4.3.1) is answered with the CA chain in a
+  genp signed by the CA key (the router checks the fingerprint out of band, as for SCEP's GetCACert).
+
+Other unprotected requests, unknown references, wrong MACs and bad signatures get an error message with failInfo
 badMessageCheck; bytes that are not a PKIMessage get one with badDataFormat. Every answer is a PKIMessage.
 
 Issuance goes through :meth:`pki.ca.CertificateAuthority.issue` like SCEP's (same database, same SAN policy):
@@ -249,7 +252,10 @@ class CmpResponder:
                 raise CmpFailure(FailInfo.badDataFormat, "the header lacks a transactionID or senderNonce")
             if not 1 <= len(msg.transaction_id) <= 64 or len(msg.sender_nonce) > 64:
                 raise CmpFailure(FailInfo.badDataFormat, "transactionID or senderNonce of a bad size")
-            auth = self._authenticate(msg)
+            if msg.body_type == "genm" and msg.protection is None:
+                auth = _Auth()  # RFC 9483 4.3: general messages may come unprotected; the genp is signed
+            else:
+                auth = self._authenticate(msg)
             handler = self._HANDLERS.get(msg.body_type)
             if handler is None:
                 raise CmpFailure(FailInfo.badRequest, f"{msg.body_type} is not a request this CA answers")
@@ -565,6 +571,36 @@ class CmpResponder:
 
         return self._send(msg, auth, "rp", fill, [])
 
+    # -- general messages -----------------------------------------------------------------------------------
+    def _genm(self, msg: m.CmpMessage, auth: _Auth) -> bytes:
+        """RFC 9483 4.3.1: id-it-caCerts (no value) asks for the CA certificates; the genp carries this CA's chain,
+        signed by the CA key whatever protected the genm, so a router without a secret can fetch its trust anchor
+        and check the fingerprint out of band. InfoTypes not offered here are left out of the genp (RFC 4210
+        5.3.19); none of them is an error."""
+        tid = msg.transaction_id.hex()  # type: ignore[union-attr]
+        asked = [str(itv["infoType"]) for itv in msg.body]
+        if len(asked) > 16:
+            raise CmpFailure(FailInfo.badRequest, "more than 16 InfoTypeAndValue in one genm")
+        chain = list(self.ca.chain)
+        ca_certs = m.OID_IT_CA_CERTS in asked
+
+        def fill(rep: Any) -> None:
+            if ca_certs:
+                itv = rep.componentType.clone()
+                itv["infoType"] = univ.ObjectIdentifier(m.OID_IT_CA_CERTS)
+                value = m.rfc9480.CaCertsValue()
+                for c in chain:
+                    value.append(m.cert_to_asn1(c))
+                itv["infoValue"] = univ.Any(encoder.encode(value))
+                rep.append(itv)
+
+        others = sorted(set(asked) - {m.OID_IT_CA_CERTS})
+        log.info("CMP genm %s: %s", tid, "caCerts" if ca_certs else "nothing offered" + (
+            f" (asked {','.join(o[:40] for o in others[:4])})" if others else ""))
+        self._outcome = CmpOutcome("genm", tid, "caCerts" if ca_certs else "empty",
+                                   reason=f"infoTypes not offered: {','.join(others[:4])}" if others else None)
+        return self._send(msg, auth, "genp", fill, [], sign=True)
+
     _HANDLERS: ClassVar[dict[str, Callable[[CmpResponder, m.CmpMessage, _Auth], bytes]]] = {
         "ir": _cert_request,
         "cr": _cert_request,
@@ -573,13 +609,15 @@ class CmpResponder:
         "certConf": _cert_conf,
         "pollReq": _poll,
         "rr": _revoke,
+        "genm": _genm,
     }
 
     # -- answers --------------------------------------------------------------------------------------------
     def _send(self, msg: m.CmpMessage | None, auth: _Auth, body_type: str, fill: Callable[[Any], None],
-              extra: list[x509.Certificate], *, implicit: bool = False) -> bytes:
-        """An answer protected as the request was: with its secret (MAC), else signed by the CA key."""
-        if auth.secret is not None and auth.reference is not None:
+              extra: list[x509.Certificate], *, implicit: bool = False, sign: bool = False) -> bytes:
+        """An answer protected as the request was: with its secret (MAC), else (or with ``sign``) signed by the
+        CA key."""
+        if auth.secret is not None and auth.reference is not None and not sign:
             protection: m.Protection = m.MacProtection(auth.reference.encode(), auth.secret)
             extra_certs = extra
         else:

@@ -279,6 +279,32 @@ def test_espresso_store_enrolls_with_openssl_mock_server(tmp_path, openssl_ca, k
         mock.stop()
 
 
+def test_openssl_mock_server_takes_the_genm_for_ca_certificates(tmp_path, openssl_ca):
+    """``ca-certificate enroll --protocol cmpv2`` (genm id-it-caCerts) against OpenSSL's mock server, unprotected:
+    OpenSSL parses the genm and answers a genp. The 3.0 mock echoes the request's infoTypes (caCerts without a
+    value), which the router reports in one line, storing nothing; a mock that sends its CA certificate gets it
+    stored."""
+    from pki.store import Store
+
+    mock = MockServer(tmp_path, "-srv_secret", "pass:mock-secret-1", "-srv_ref", "4321", "-rsp_cert",
+                      str(openssl_ca / "ca.pem"), "-rsp_capubs", str(openssl_ca / "ca.pem"), "-accept_unprotected",
+                      "-max_msgs", "10")
+    try:
+        pki(tmp_path, "--store", "st", "ca-profile", "add", "mock", "--protocol", "cmpv2", "--enrollment-url",
+            mock.url)
+        r = pki(tmp_path, "--store", "st", "ca-certificate", "enroll", "--ca-profile", "mock", "--yes", ok=False)
+        log = mock.log_path.read_text(errors="replace")
+        assert "Received request" in log and "error" not in log.lower(), log
+        if r.returncode == 0:  # a mock that answers caCerts (OpenSSL 3.2+)
+            assert Store(tmp_path / "st").ca_certificates("mock") == [
+                x509.load_pem_x509_certificate((openssl_ca / "ca.pem").read_bytes())]
+        else:
+            assert r.stderr == "error: the CA has no CA certificates to send (caCerts without a value)\n", r.stderr
+            assert Store(tmp_path / "st").ca_certificates("mock") == []
+    finally:
+        mock.stop()
+
+
 def test_espresso_key_update_and_revocation_with_openssl_mock_server(tmp_path, openssl_ca):
     """kur and rr signed with the current certificate; the mock checks the signature against its trust store.
 

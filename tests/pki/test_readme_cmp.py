@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
+from pki.certs import fingerprint
 from tests.pki.test_readme import COMMAND_TIMEOUT, REPO, _free_port, _wait_for_port, shell_commands
 from tests.support import require_tool
 
@@ -74,3 +76,7 @@ def test_the_readme_cmp_example_runs_as_written(tmp_path):
     assert len(re.findall(r"valid .*O=Corp,CN=r3|valid .*CN=r3", listed)) == 2, listed
     served = (tmp_path / "serve.log").read_text()
     assert re.search(r"op=cmp msg=kur tid=\w+ outcome=issued", served) and "branch-s3cret" not in served
+    # the router's CA certificate came by genm caCerts, fingerprint printed, before its ir
+    ca_fp = fingerprint(x509.load_pem_x509_certificate((tmp_path / "branch-ca" / "ca.pem").read_bytes()), "sha256")
+    assert ca_fp in text and "CA certificate for profile branch stored." in text
+    assert re.search(r"op=cmp msg=genm tid=\w+ outcome=caCerts", served), served
