@@ -3,16 +3,18 @@
 Router verbs (``--store DIR``, default ``$ESPRESSO_PKI_STORE`` or ./pki-store)::
 
     generate-key-pair --certificate-id ID --type rsa|ecdsa|ed25519 [--size N]
-    ca-profile add NAME [--ca-identity X] [--enrollment-url U] [--protocol scep|est] [--retry N] [--retry-interval S]
+    ca-profile add NAME [--ca-identity X] [--enrollment-url U] [--protocol scep|est|cmpv2] [--retry N] [--retry-interval S]
                         [--revocation-check crl|ocsp|disable] [--crl-url U] [--refresh-interval HOURS]
                         [--ocsp-url U] [--no-ocsp-nonce] [--ocsp-fallback-crl] [--disable-on-download-failure]
     ca-profile delete NAME | ca-profile list
-    ca-certificate enroll --ca-profile P [--yes] [--protocol scep|est] | ca-certificate load --ca-profile P --filename F
+    ca-certificate enroll --ca-profile P [--yes] [--protocol scep|est|cmpv2] | ca-certificate load --ca-profile P --filename F
     ca-certificate verify --ca-profile P [--at T] [--offline]
     ca-profile-group load --ca-group-name G --file BUNDLE [--revocation-check M] | delete --ca-group-name G | list
     trusted-ca-group set G --ca-profiles P... | trusted-ca-group delete G | trusted-ca-group list
     local-certificate enroll --certificate-id ID --ca-profile P --subject DN --challenge-password-file F [SANs]
-                             [--protocol scep|est]
+                             [--protocol scep|est|cmpv2] [--reference-number REF] [--ca-dn DN]
+    local-certificate re-enroll|revoke --certificate-id ID --ca-profile P [--protocol cmpv2] [--new-key-type T]
+                             [--size N] [--reason R]
     local-certificate load --certificate-id ID --filename F [--key KEYFILE | --pkcs12-passphrase-file P]
     local-certificate generate-self-signed --certificate-id ID --subject DN [SANs] [--days N] [--add-ca-constraint]
     local-certificate export --certificate-id ID [--type pem|der|pkcs12] [--pkcs12-passphrase-file P] [--filename F]
@@ -37,6 +39,8 @@ CA verbs (``--ca DIR``)::
              [--log-file F] [--request-timeout S] [--max-connections N] [--max-per-client N]
              [--est-port N [--est-cert F --est-key F] [--retry-after S]]
     ca pending | ca approve TRANSACTION-ID | ca reject TRANSACTION-ID [--reason R]
+    ca cmp-secret add --reference-number REF [--secret-file F] [--days N] [--replace]
+    ca cmp-secret delete --reference-number REF | ca cmp-secret list
 
 Key passphrases come from ``--passphrase-file`` or ``$ESPRESSO_PKI_PASSPHRASE``, never from the command line;
 challenge passwords preferably from ``--challenge-password-file`` / ``--challenge-file``.
@@ -145,10 +149,10 @@ def _show_profiles(store) -> None:  # type: ignore[no-untyped-def]
 
 
 def cmd_ca_certificate(args: argparse.Namespace) -> None:
+    from pki._cliverbs import confirming_get_ca_certs, print_ca_fingerprints, verify_ca_certificates
+
     store = _store(args)
     if args.action == "verify":
-        from pki._cliverbs import verify_ca_certificates
-
         verify_ca_certificates(args.ca_profile, store, _at(args.at), None if args.offline else _default_fetch())
         return
     if args.action == "load":
@@ -159,117 +163,58 @@ def cmd_ca_certificate(args: argparse.Namespace) -> None:
         if not args.yes and not sys.stdin.isatty():
             raise ValueError("ca-certificate enroll asks you to confirm the CA's fingerprint, but stdin is not a "
                              "terminal; check the fingerprint out of band and add --yes to store it unasked")
-        certs = store.enroll_ca_certificate(args.ca_profile, get_ca_certs=_confirming_get_ca_certs(args, protocol),
+        certs = store.enroll_ca_certificate(args.ca_profile, get_ca_certs=confirming_get_ca_certs(args, protocol),
                                             protocol=protocol)
         verb = "received"
     if verb == "loaded" or args.yes:
-        _print_ca_fingerprints(args.ca_profile, certs, verb)
+        print_ca_fingerprints(args.ca_profile, certs, verb)
     if verb == "received":
         _print(f"CA certificate for profile {args.ca_profile} stored.")
         if args.yes:
             _print("Verify these fingerprints with the CA administrator out of band before relying on them.")
 
 
-def _print_ca_fingerprints(profile: str, certs, verb: str) -> None:  # type: ignore[no-untyped-def]
-    for c in certs:
-        _print(f"CA certificate for profile {profile} {verb}: {c.subject.rfc4514_string()}")
-        _print(f"  Fingerprint: {fingerprint(c, 'sha256')} (sha256)")
-        _print(f"               {fingerprint(c, 'sha1')} (sha1)")
-
-
-def _confirming_get_ca_certs(args: argparse.Namespace, protocol: str):  # type: ignore[no-untyped-def]
-    """SCEP GetCACert or EST /cacerts, then (without --yes) JUNOS's question before anything is stored."""
-    if protocol == "est":
-        from pki.est.client import get_ca_certs
-    else:
-        from pki.scep.client import get_ca_certs
-    from pki.store import _is_ca
-
-    def get(url: str):  # type: ignore[no-untyped-def]
-        certs = get_ca_certs(url)
-        if args.yes:
-            return certs
-        shown = [c for c in certs if _is_ca(c)] or certs
-        _print_ca_fingerprints(args.ca_profile, shown, "received")
-        sys.stdout.write("Do you want to load the above CA certificate? [yes,no] (no) ")
-        sys.stdout.flush()
-        try:
-            answer = input().strip().lower()
-        except EOFError:
-            answer = ""
-        if answer not in ("yes", "y"):
-            raise PkiError(f"CA certificate for profile {args.ca_profile} not stored (fingerprint not confirmed)")
-        return certs
-
-    return get
-
-
 def cmd_local_certificate(args: argparse.Namespace) -> None:
     store = _store(args)
     if args.action in ("generate-self-signed", "export"):
-        _local_certificate_localcert(args, store)
+        from pki._clilocal import local_certificate_localcert
+
+        local_certificate_localcert(args, store, sans=_sans(args), passphrase=_passphrase(args), now=_now())
         return
     if args.action == "load":
+        from pki._clilocal import pkcs12_passphrase
         from pki.localcert import import_pkcs12, is_pkcs12
 
         data = read_bounded(args.filename)
         if args.pkcs12_passphrase_file or is_pkcs12(data):  # JUNOS loads a .p12 with the same verb
             if args.key:
                 raise ValueError("a PKCS#12 file carries its key: drop --key")
-            cert = import_pkcs12(store, args.certificate_id, data, _pkcs12_passphrase(args, required=False),
+            cert = import_pkcs12(store, args.certificate_id, data, pkcs12_passphrase(args, required=False),
                                  passphrase=_passphrase(args), source=args.filename)
         else:
             key = read_bounded(args.key) if args.key else None
             cert = store.load_local_certificate(args.certificate_id, data, _passphrase(args), key=key)
         _print(f"Local certificate {args.certificate_id} loaded: {cert.subject.rfc4514_string()}")
         return
-    if not args.subject or not args.ca_profile:
+    if not args.ca_profile:
+        raise ValueError(f"local-certificate {args.action} needs --ca-profile")
+    protocol = args.protocol or store.profile(args.ca_profile).protocol  # a typo fails before anything
+    if args.action in ("re-enroll", "revoke") or protocol == "cmpv2":
+        if protocol != "cmpv2":
+            raise ValueError(f"local-certificate {args.action} is CMPv2 (kur, rr): give --protocol cmpv2 or a "
+                             f"ca-profile with --protocol cmpv2 (this one is {protocol})")
+        from pki._clicmp import local_certificate_cmp
+
+        local_certificate_cmp(args, store, secret=_secret_option(args, "challenge_password", "challenge_password_file"),
+                              sans=_sans(args), passphrase=_passphrase(args))
+        return
+    if not args.subject:
         raise ValueError("local-certificate enroll needs --ca-profile and --subject")
     cert = store.enroll_local_certificate(args.certificate_id, args.ca_profile, args.subject, _sans(args),
                                           _secret_option(args, "challenge_password", "challenge_password_file"),
-                                          passphrase=_passphrase(args), protocol=args.protocol)
+                                          passphrase=_passphrase(args), protocol=protocol)
     _print(f"Received certificate {args.certificate_id}: {cert.subject.rfc4514_string()}, serial {cert.serial_number:x}")
     _print(f"  Fingerprint: {fingerprint(cert, 'sha256')} (sha256)")
-
-
-def _pkcs12_passphrase(args: argparse.Namespace, *, required: bool) -> bytes | None:
-    if not args.pkcs12_passphrase_file:
-        if required:
-            raise ValueError("local-certificate export --type pkcs12 needs --pkcs12-passphrase-file (the file "
-                             "carries the private key)")
-        return None
-    from pki.keys import read_passphrase_file
-
-    return read_passphrase_file(args.pkcs12_passphrase_file)
-
-
-def _local_certificate_localcert(args: argparse.Namespace, store) -> None:  # type: ignore[no-untyped-def]
-    from pki.localcert import ExportFormat, export_local, generate_self_signed
-
-    if args.action == "generate-self-signed":
-        if not args.subject:
-            raise ValueError("local-certificate generate-self-signed needs --subject")
-        cert = generate_self_signed(store, args.certificate_id, args.subject, _sans(args), at=_now(),
-                                    days=args.days, add_ca_constraint=args.add_ca_constraint,
-                                    passphrase=_passphrase(args))
-        _print(f"Self-signed certificate {args.certificate_id}: {cert.subject.rfc4514_string()}, "
-               f"serial {cert.serial_number:x}, valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
-        _print(f"  Fingerprint: {fingerprint(cert, 'sha256')} (sha256)")
-        return
-    fmt = ExportFormat(args.type)
-    p12 = _pkcs12_passphrase(args, required=fmt is ExportFormat.PKCS12) if fmt is ExportFormat.PKCS12 else None
-    if fmt is not ExportFormat.PEM and not args.filename and sys.stdout.isatty():
-        raise ValueError(f"local-certificate export: {fmt.value} is binary; give --filename FILE or redirect stdout")
-    data = export_local(store, args.certificate_id, fmt, pkcs12_passphrase=p12, passphrase=_passphrase(args))
-    if args.filename:
-        from pki._files import SECRET_MODE
-
-        write_atomic(args.filename, data, SECRET_MODE if fmt is ExportFormat.PKCS12 else PUBLIC_MODE)
-        _print(f"Local certificate {args.certificate_id} exported ({fmt.value}) to {args.filename}")
-    elif fmt is ExportFormat.PEM:
-        sys.stdout.write(data.decode())
-    else:
-        sys.stdout.buffer.write(data)
 
 
 def cmd_generate_certificate_request(args: argparse.Namespace) -> None:
@@ -625,7 +570,7 @@ def ca_serve(args: argparse.Namespace) -> None:
 
     def ready(svc) -> None:  # type: ignore[no-untyped-def]
         scep = "SCEP off" if svc.scep_off_reason else "SCEP /scep"
-        sys.stderr.write(f"serving CA {args.ca} on {svc.url}/ ({scep}, CRL /crl, OCSP /ocsp)\n")
+        sys.stderr.write(f"serving CA {args.ca} on {svc.url}/ ({scep}, CMP /.well-known/cmp, CRL /crl, OCSP /ocsp)\n")
         if svc.est_url:
             sys.stderr.write(f"serving EST on {svc.est_url}\n")
         sys.stderr.flush()
@@ -643,6 +588,12 @@ def ca_serve(args: argparse.Namespace) -> None:
         if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             raise PkiError(f"cannot listen on {args.host} port {args.port}: {exc.strerror}") from None
         raise
+
+
+def ca_cmp_secret(args: argparse.Namespace) -> None:
+    from pki._clicmp import cmp_secret
+
+    cmp_secret(args, secret=_secret_option(args, "secret", "secret_file"), now=_now())
 
 
 def ca_pending(args: argparse.Namespace) -> None:
@@ -720,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m pki",
         description="espresso PKI: the router's certificate store (JUNOS 'request security pki ...' verbs) and a "
-                    "small CA with SCEP, CRL and OCSP ('ca ...' verbs).",
+                    "small CA with SCEP, CMPv2, CRL and OCSP ('ca ...' verbs).",
         epilog="Key passphrases come from --passphrase-file or $ESPRESSO_PKI_PASSPHRASE, never from the command "
                "line. 'python -m pki VERB --help' describes each verb. Errors print one line and exit 1.")
     store_help = "store directory (default: $ESPRESSO_PKI_STORE or ./pki-store)"
@@ -770,19 +721,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept certificates when the CRL/OCSP answer cannot be obtained (fail open; "
                    "JUNOS disable on-download-failure)")
     p.add_argument("--replace", action="store_true", help="add: overwrite an existing profile of that name")
-    p.add_argument("--protocol", choices=["scep", "est"], default="scep",
-                   help="how the enrollment url is spoken to: scep (default; RSA keys) or est (RFC 7030, any key "
-                   "type; the url is https://HOST:PORT/.well-known/est)")
+    p.add_argument("--protocol", choices=["scep", "est", "cmpv2"], default="scep",
+                   help="how the enrollment url is spoken to: scep (default; RSA keys), est (RFC 7030, any key "
+                   "type; the url is https://HOST:PORT/.well-known/est) or cmpv2 (RFC 4210/6712, any key type; "
+                   "the url is http://HOST:PORT/.well-known/cmp)")
     p.set_defaults(func=cmd_ca_profile)
 
-    p = verb("ca-certificate", "get the CA certificate of a profile by SCEP, load it from a file, or verify it")
+    p = verb("ca-certificate", "get the CA certificate of a profile by SCEP, EST or CMPv2, load it from a file, or "
+             "verify it")
     p.add_argument("action", choices=["enroll", "load", "verify"],
-                   help="enroll: SCEP GetCACert from the profile's enrollment-url, shows the fingerprint and asks "
+                   help="enroll: SCEP GetCACert, EST /cacerts or CMPv2 genm caCerts (RFC 9483 4.3.1) from the "
+                   "profile's enrollment-url, shows the fingerprint and asks "
                    "before storing; load: from --filename; verify: check the profile's CA certificate(s) as CAs "
                    "(cA, keyCertSign, validity, signature or chain, revocation) and its loaded CRL")
     p.add_argument("--ca-profile", required=True, help="the CA profile it belongs to")
     p.add_argument("--filename", metavar="FILE", help="load: PEM or DER certificate(s)")
-    p.add_argument("--protocol", choices=["scep", "est"], help="enroll: scep or est (default: the profile's)")
+    p.add_argument("--protocol", choices=["scep", "est", "cmpv2"], help="enroll: scep, est or cmpv2 (default: "
+                   "the profile's)")
     p.add_argument("--yes", action="store_true", help="enroll: store without asking (scripts; check the printed "
                    "fingerprint out of band)")
     p.add_argument("--at", help="verify: at this ISO 8601 instant (default: now)")
@@ -808,16 +763,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "separated)")
     p.set_defaults(func=cmd_trusted_ca_group)
 
-    p = verb("local-certificate", "enroll a local certificate by SCEP, load one issued out of band (PEM, DER, "
-             "PKCS#12), generate a self-signed one, or export one")
-    p.add_argument("action", choices=["enroll", "load", "generate-self-signed", "export"],
-                   help="enroll: SCEP PKCSReq to the profile's CA (key pair must be RSA); load: from --filename "
-                   "(a PKCS#12 file creates the certificate-id with its key); generate-self-signed: sign the "
-                   "key pair's certificate with itself; export: write it as --type pem|der|pkcs12")
+    p = verb("local-certificate", "enroll a local certificate by SCEP, EST or CMPv2, load one issued out of band "
+             "(PEM, DER, PKCS#12), generate a self-signed one, export one, or (CMPv2) update its key or revoke it")
+    p.add_argument("action", choices=["enroll", "load", "generate-self-signed", "export", "re-enroll", "revoke"],
+                   help="enroll: SCEP PKCSReq (RSA key pairs), EST simpleenroll or CMPv2 ir to the profile's CA; "
+                   "load: from --filename (a PKCS#12 file creates the certificate-id with its key); "
+                   "generate-self-signed: sign the key pair's certificate with itself; export: write it as --type "
+                   "pem|der|pkcs12; re-enroll: CMPv2 key update (kur) to a new key pair; revoke: CMPv2 rr")
+    p.add_argument("--reference-number", metavar="REF", help="cmpv2 enroll: the reference number from the CA "
+                   "administrator; its secret goes in --challenge-password(-file)")
+    p.add_argument("--ca-dn", metavar="DN", help="cmpv2 enroll: the CA's DN, when the profile has no CA "
+                   "certificate yet (default: the NULL-DN)")
+    p.add_argument("--new-key-type", choices=["rsa", "ecdsa", "ed25519"],
+                   help="re-enroll: type of the new key pair (default: the current one's)")
+    p.add_argument("--size", type=int, help=f"re-enroll: size of the new key pair: {_KEY_SIZES}")
+    p.add_argument("--reason", default="unspecified", help=f"revoke: revocation reason: {_REASONS_HELP}")
     p.add_argument("--certificate-id", required=True, help=cid)
     p.add_argument("--ca-profile", help="enroll: the CA profile to enroll with")
-    p.add_argument("--protocol", choices=["scep", "est"], help="enroll: scep or est (default: the profile's); EST "
-                   "sends the challenge password as HTTP basic password")
+    p.add_argument("--protocol", choices=["scep", "est", "cmpv2"], help="enroll: scep, est or cmpv2 (default: "
+                   "the profile's; re-enroll and revoke are cmpv2); EST sends the challenge password as HTTP basic "
+                   "password, CMPv2 uses it as the secret of --reference-number")
     p.add_argument("--subject", metavar="DN", help="enroll, generate-self-signed: subject DN in RFC 4514 order "
                    "(most significant last), e.g. CN=r1,O=Example,C=US; or /C=US/O=Example/CN=r1")
     _add_challenge(p)
@@ -896,8 +861,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--at", help="show validity status at this ISO 8601 instant (default: now)")
         p.set_defaults(func=fn)
 
-    p = verb("ca", "certificate authority: init, issue, revoke, crl, list, serve (SCEP/CRL/OCSP), pending, "
-             "approve, reject")
+    p = verb("ca", "certificate authority: init, issue, revoke, crl, list, serve (SCEP/CMPv2/CRL/OCSP), pending, "
+             "approve, reject, cmp-secret")
     p.add_argument("--ca", default=os.environ.get("ESPRESSO_PKI_CA", "pki-ca"),
                    help="CA directory (default: $ESPRESSO_PKI_CA or ./pki-ca)")
     casub = p.add_subparsers(dest="ca_verb", required=True, metavar="CA-VERB",
@@ -934,7 +899,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", metavar="FILE", help="write the CRL there")
     q.add_argument("--pem", action="store_true", help="PEM instead of DER (DER is refused on a terminal)")
     ca_verb("list", "list every certificate issued, with its status")
-    q = ca_verb("serve", "serve SCEP (/scep), the CRL (/crl) and OCSP (/ocsp) over HTTP until Ctrl-C")
+    q = ca_verb("serve", "serve SCEP (/scep), CMPv2 (POST application/pkixcmp, e.g. /.well-known/cmp), the CRL "
+                "(/crl) and OCSP (/ocsp) over HTTP until Ctrl-C")
     q.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     q.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
     q.add_argument("--challenge", help="SCEP challenge password clients must put in their request "
@@ -962,7 +928,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--retry-after", type=_positive_int, default=60, metavar="SECONDS",
                    help="EST: how long a client waits before asking again for a request awaiting approval "
                    "(default 60)")
-    ca_verb("pending", "list SCEP requests waiting for approval")
+    q = ca_verb("cmp-secret", "CMPv2 initial enrollment: add, delete or list reference numbers and their "
+                "secrets (one enrollment each)")
+    q.add_argument("action", choices=["add", "delete", "list"], help="add (prints a generated secret when none "
+                   "is given), delete, or list (secrets are never shown)")
+    q.add_argument("--reference-number", "--ref", metavar="REF", help="the reference number (senderKID) the "
+                   "router sends, as JUNOS reference-number")
+    q.add_argument("--secret", help="the shared secret (visible in ps: prefer --secret-file, or let one be "
+                   "generated)")
+    q.add_argument("--secret-file", metavar="FILE", help="file whose first line is the shared secret")
+    q.add_argument("--days", type=_positive_int, help="the reference expires after this many days (default: "
+                   "never)")
+    q.add_argument("--replace", action="store_true", help="add: overwrite an existing reference")
+    ca_verb("pending", "list SCEP, EST and CMPv2 requests waiting for approval")
     q = ca_verb("approve", "issue the certificate of a PENDING SCEP request (the client gets it at its next poll)")
     q.add_argument("transaction_id", help="transaction ID, as 'ca pending' shows it")
     q = ca_verb("reject", "refuse a PENDING SCEP request (the client gets a failure at its next poll)")

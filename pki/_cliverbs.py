@@ -16,7 +16,8 @@ from pki.profile import RevocationMode, RevocationPolicy
 from pki.revocation import verify_crl
 from pki.validate import ValidationPolicy
 
-__all__ = ["ca_profile_group", "show_groups", "trusted_ca_group", "verify_ca_certificates"]
+__all__ = ["ca_profile_group", "confirming_get_ca_certs", "print_ca_fingerprints", "show_groups", "trusted_ca_group",
+           "verify_ca_certificates"]
 
 
 def _print(text: str = "") -> None:
@@ -85,3 +86,40 @@ def show_groups(store) -> None:  # type: ignore[no-untyped-def]
     for g in trust.groups(store):
         kind = "ca-profile-group (loaded)" if g.loaded else "trusted-ca-group"
         _print(f"{kind} {g.name}: {', '.join(g.profiles)}")
+
+
+def print_ca_fingerprints(profile: str, certs, verb: str) -> None:  # type: ignore[no-untyped-def]
+    for c in certs:
+        _print(f"CA certificate for profile {profile} {verb}: {c.subject.rfc4514_string()}")
+        _print(f"  Fingerprint: {fingerprint(c, 'sha256')} (sha256)")
+        _print(f"               {fingerprint(c, 'sha1')} (sha1)")
+
+
+def confirming_get_ca_certs(args: argparse.Namespace, protocol: str):  # type: ignore[no-untyped-def]
+    """SCEP GetCACert, EST /cacerts or CMP genm caCerts, then (without --yes) JUNOS's question before anything is
+    stored."""
+    if protocol == "est":
+        from pki.est.client import get_ca_certs
+    elif protocol == "cmpv2":
+        from pki.cmp.client import get_ca_certs
+    else:
+        from pki.scep.client import get_ca_certs
+    from pki.store import _is_ca
+
+    def get(url: str):  # type: ignore[no-untyped-def]
+        certs = get_ca_certs(url)
+        if args.yes:
+            return certs
+        shown = [c for c in certs if _is_ca(c)] or certs
+        print_ca_fingerprints(args.ca_profile, shown, "received")
+        sys.stdout.write("Do you want to load the above CA certificate? [yes,no] (no) ")
+        sys.stdout.flush()
+        try:
+            answer = input().strip().lower()
+        except EOFError:
+            answer = ""
+        if answer not in ("yes", "y"):
+            raise PkiError(f"CA certificate for profile {args.ca_profile} not stored (fingerprint not confirmed)")
+        return certs
+
+    return get

@@ -272,7 +272,7 @@ class CertificateAuthority:
             parents: list[x509.Certificate] = []
         else:
             csr = build_csr(key, name)
-            profile = IssueProfile(name="sub-ca", validity=validity, key_usage=frozenset({"key_cert_sign", "crl_sign"}),
+            profile = IssueProfile(name="sub-ca", validity=validity, key_usage=_CA_KEY_USAGE,
                                    san_types=frozenset(), is_ca=True, path_length=path_length)
             cert = parent.issue(csr, profile, at=now)
             parents = parent.chain
@@ -498,6 +498,11 @@ class CertificateAuthority:
         return crl
 
 
+#: A CA certificate's keyUsage. digitalSignature because the CA key also signs CMP answers, which RFC 9483
+#: section 3.2 (and OpenSSL's cmp client) require of a CMP protection certificate.
+_CA_KEY_USAGE = frozenset({"digital_signature", "key_cert_sign", "crl_sign"})
+
+
 def _key_usage(names: frozenset[str]) -> x509.KeyUsage:
     flags = {n: (n in names) for n in _KEY_USAGES}
     return x509.KeyUsage(encipher_only=False, decipher_only=False, **flags)
@@ -530,7 +535,7 @@ def _self_signed(key: PrivateKey, name: x509.Name, now: datetime, validity: time
         .not_valid_before(now)
         .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(_key_usage(frozenset({"key_cert_sign", "crl_sign"})), critical=True)
+        .add_extension(_key_usage(_CA_KEY_USAGE), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
     )
     return _sign(builder, key, config.rsa_pss)

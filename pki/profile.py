@@ -18,7 +18,7 @@ from pki.errors import ProfileError
 __all__ = ["AutoReenrollment", "CaProfile", "RevocationMode", "RevocationPolicy"]
 
 #: Enrollment protocols a ca-profile may name.
-PROTOCOLS = ("scep", "est")
+PROTOCOLS = ("scep", "est", "cmpv2")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 

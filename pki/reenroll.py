@@ -72,6 +72,11 @@ def reenroll(store: Store, setting: AutoReenrollment, at: datetime, *, passphras
     ca_certs = store.ca_certificates(setting.ca_profile)
     if not ca_certs:
         raise StoreError(f"no CA certificate for ca-profile {setting.ca_profile!r}")
+    if profile.protocol == "cmpv2":  # CMP renews by key update (kur), signed with the current certificate
+        from pki.cmp.enroll import key_update
+
+        new = key_update(store, setting.certificate_id, setting.ca_profile, passphrase=passphrase, sleep=sleep)
+        return ReenrollResult(setting.certificate_id, old, new, True)
     from pki.csr import build_csr
 
     # SCEP carries the challenge in the request; EST in HTTP basic, beside the current certificate as TLS credential

@@ -1,4 +1,4 @@
-"""The CA's HTTP service: SCEP, the CRL distribution point and the OCSP responder on one port.
+"""The CA's HTTP service: SCEP, CMPv2, the CRL distribution point and the OCSP responder on one port (EST on a
 
 One :class:`http.server.ThreadingHTTPServer` reads and writes HTTP; everything that touches the CA (its key,
 its SQLite database) runs on a single worker thread that owns the :class:`~pki.ca.CertificateAuthority`, so
@@ -10,6 +10,7 @@ Routes:
   ``GET /crl`` (and the path of the CA's configured CRL distribution point)        the CRL, DER
   ``POST /ocsp`` or ``POST /`` with ``application/ocsp-request``; ``GET /ocsp/<b64>`` OCSP (RFC 6960)
   ``GET|POST /.well-known/est/...`` on the TLS listener (``est_port``): EST (RFC 7030), see :mod:`pki.est.server`
+  ``POST <any other path>`` with ``application/pkixcmp`` (e.g. ``/.well-known/cmp``, ``/pkix/``)  CMPv2 (RFC 6712)
 A body that is too large gets 413, garbage gets 400 (SCEP) or an OCSP malformedRequest: never a crash.
 
 Hostile clients (:class:`HttpLimits`): each connection carries one request, which must arrive whole (request
@@ -28,11 +29,9 @@ import base64
 import binascii
 import concurrent.futures
 import email.utils
-import http.client
 import io
 import logging
 import re
-import socket
 import ssl
 import threading
 import time
@@ -41,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,19 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from pki._httpserver import (
+    _access_line,  # noqa: F401 - re-exported: the access-line format is pki.service's
+    _AccessLog,
+    _BoundedServer,
+    _client,
+    _DeadlineExceeded,
+    _DeadlineReader,
+    _HeaderBudget,
+    _HttpServer6,
+)
+from pki.cmp.messages import CONTENT_TYPE as _CMP_CT
+from pki.cmp.messages import MAX_MESSAGE_SIZE as MAX_CMP_MESSAGE
+from pki.cmp.server import CmpOutcome, CmpResponder
 from pki.errors import PkiError
 from pki.est.server import (
     DEFAULT_RETRY_AFTER,
@@ -99,9 +111,6 @@ MAX_PER_CLIENT = 8
 MAX_REQUEST_LINE = 16 * 1024
 #: Largest header section (431 beyond), all lines together; the standard library alone allows 100 x 64 KiB.
 MAX_HEADER_BYTES = 32 * 1024
-#: Refused connections and timeouts logged per LOG_WINDOW seconds; beyond that they are counted, then summarised.
-LOG_BURST = 20
-LOG_WINDOW = 10.0
 
 _SCEP_CT = "application/x-pki-message"
 
@@ -223,6 +232,7 @@ class CaService:
         self._ca: Any = None
         self._scep: ScepResponder | None = None
         self._ocsp: OcspResponder | None = None
+        self._cmp: CmpResponder | None = None
 
     @property
     def port(self) -> int:
@@ -318,6 +328,8 @@ class CaService:
                 + (", and EST (any key type)" if self._est_httpd is not None else " (--est-port adds EST, any key type)")
             )
             log.warning("%s", self.scep_off_reason)
+        self._cmp = CmpResponder(self._ca, manual_approval=self.manual_approval, profile=self._profile,
+                                 clock=self._clock)
         self._est = EstResponder(self._ca, challenge=self.challenge, manual_approval=self.manual_approval,
                                  profile=self._profile, retry_after=self._retry_after, clock=self._clock)
         signer, signer_key = self._ocsp_signer or (self._ca.certificate, self._ca.private_key)
@@ -336,9 +348,11 @@ class CaService:
             self._scep.close()
         if self._est is not None:
             self._est.close()
+        if self._cmp is not None:
+            self._cmp.close()
         if self._ca is not None:
             self._ca.close()
-        self._ca = self._scep = self._ocsp = self._est = None
+        self._ca = self._scep = self._ocsp = self._est = self._cmp = None
 
     def _est_context(self) -> ssl.SSLContext:
         host = str(self._est_httpd.server_address[0]) if self._est_httpd is not None else None
@@ -390,6 +404,10 @@ class CaService:
         """The CertRep, and what it came to for the access log."""
         return self.run(lambda: self._responder().respond(body))  # type: ignore[no-any-return]
 
+    def cmp_respond(self, body: bytes) -> tuple[bytes, CmpOutcome]:
+        """The answer to a CMP PKIMessage, and what it came to for the access log."""
+        return self.run(lambda: self._cmp.respond(body))  # type: ignore[union-attr]
+
     def est_respond(self, request: EstRequest) -> EstReply:
         return self.run(lambda: self._est.respond(request))  # type: ignore[union-attr]
 
@@ -409,189 +427,6 @@ class CaService:
     def reject(self, transaction_id: str, reason: str = "rejected by operator") -> None:
         """Reject a PENDING request of a running service."""
         self.run(lambda: self._responder().reject(transaction_id, reason))
-
-
-def _client(address: Any) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
-#: Field order of an access line; values that are not plain tokens are quoted, so a client cannot forge a line.
-_LOG_FIELDS = ("op", "msg", "tid", "auth", "outcome", "serial", "status", "failinfo", "reason", "http")
-_TOKEN = re.compile(r"[A-Za-z0-9._:/@+,\[\]-]{1,200}")
-
-
-def _log_value(value: object, quote: bool = False) -> str:
-    text = str(value)
-    if not quote and _TOKEN.fullmatch(text):
-        return text
-    out = []
-    for ch in text[:200]:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif " " <= ch <= "~":
-            out.append(ch)
-        else:
-            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
-    return '"' + "".join(out) + ('..."' if len(text) > 200 else '"')
-
-
-def _access_line(address: Any, fields: dict[str, object]) -> str:
-    parts = [f"client={_client(address)}"]
-    for name in _LOG_FIELDS:
-        if fields.get(name) is not None:
-            parts.append(f"{name}={_log_value(fields[name], quote=name == 'reason')}")
-    return " ".join(parts)
-
-
-class _AccessLog:
-    """The ``pki.service.access`` lines: ``client=ADDR:PORT op=OP [msg= tid=] outcome=OUTCOME [serial= status=]
-    [failinfo=] [reason="..."] [http=CODE]``, one per request, never a secret or a request body.
-
-    Refused connections and timeouts cost a client nothing to provoke: at most ``burst`` of them per ``window``
-    seconds are written; the rest are counted, and the count is written once the window is over."""
-
-    def __init__(self, burst: int = LOG_BURST, window: float = LOG_WINDOW,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._burst, self._window, self._clock = burst, window, clock
-        self._lock = threading.Lock()
-        self._start = clock()
-        self._count = self._suppressed = 0
-
-    def write(self, address: Any, fields: dict[str, object], *, limited: bool = False) -> None:
-        if not access_log.isEnabledFor(logging.INFO):
-            return
-        summary = None
-        with self._lock:
-            now = self._clock()
-            if now - self._start >= self._window:
-                if self._suppressed:
-                    summary = (f"client=- op=- outcome=suppressed count={self._suppressed} reason=\"refused "
-                               f"connections and timeouts beyond {self._burst} per {self._window:g} s\"")
-                self._start, self._count, self._suppressed = now, 0, 0
-            if limited and self._count >= self._burst:
-                self._suppressed += 1
-                line = None
-            else:
-                self._count += limited
-                line = _access_line(address, fields)
-        if summary is not None:
-            access_log.info("%s", summary)
-        if line is not None:
-            access_log.info("%s", line)
-
-
-class _BoundedServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer with a cap on connections, in total and per client address (503 beyond either)."""
-
-    daemon_threads = True
-    #: Set on the EST listener: connections are TLS from the first byte, the handshake runs in the handler thread.
-    ssl_context: ssl.SSLContext | None = None
-    request_queue_size = 128  # listen backlog: socketserver's default of 5 drops SYNs under a burst
-
-    def __init__(self, address: Any, handler: Any, limits: HttpLimits, access: _AccessLog) -> None:
-        self.limits = limits
-        self.access = access
-        self._lock = threading.Lock()
-        self._open = 0
-        self._per_client: dict[str, int] = {}
-        super().__init__(address, handler)
-
-    def _admit(self, host: str) -> str | None:
-        """None when the connection may take a slot, else why not."""
-        with self._lock:
-            if self._open >= self.limits.max_connections:
-                return f"{self._open} connections open, the limit for all clients"
-            n = self._per_client.get(host, 0)
-            if n >= self.limits.max_per_client:
-                return f"{n} connections already open from this address, the limit per client"
-            self._open += 1
-            self._per_client[host] = n + 1
-            return None
-
-    def _release(self, host: str) -> None:
-        with self._lock:
-            self._open -= 1
-            n = self._per_client.pop(host, 1) - 1
-            if n > 0:
-                self._per_client[host] = n
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        refusal = self._admit(client_address[0])
-        if refusal is not None:
-            self.access.write(client_address, {"op": "connect", "outcome": "refused", "reason": refusal,
-                                               "http": 503}, limited=True)
-            try:
-                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
-                                b"Connection: close\r\n\r\n")
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._release(client_address[0])
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._release(client_address[0])
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """socketserver would print a traceback to stderr; log it once instead."""
-        log.exception("CA service: internal error serving %s", _client(client_address))
-
-
-class _HttpServer6(_BoundedServer):
-    address_family = socket.AF_INET6
-
-
-class _DeadlineExceeded(Exception):
-    """The request did not arrive whole before its deadline."""
-
-
-class _DeadlineReader(io.RawIOBase):
-    """A socket's receive side on which every read gets only what is left of one deadline: a client that sends
-    a byte just before each read would time out gets no more time than one that sends nothing."""
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        super().__init__()
-        self._sock = sock
-        self._deadline = deadline
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise _DeadlineExceeded
-        self._sock.settimeout(left)
-        try:
-            return self._sock.recv_into(buffer)
-        except TimeoutError:
-            raise _DeadlineExceeded from None
-        except ssl.SSLError as exc:  # a bad record or alert from a TLS client: the connection is gone
-            raise ConnectionResetError(f"TLS: {exc.reason or exc}") from None
-
-
-class _HeaderBudget:
-    """The reader ``http.client.parse_headers`` is given: all header lines share MAX_HEADER_BYTES (431 beyond)."""
-
-    def __init__(self, rfile: Any, budget: int) -> None:
-        self._rfile = rfile
-        self._left = budget
-
-    def readline(self, limit: int = -1) -> bytes:
-        size = self._left + 1 if limit < 0 else min(limit, self._left + 1)
-        line: bytes = self._rfile.readline(size)
-        self._left -= len(line)
-        if self._left < 0:
-            raise http.client.LineTooLong(f"header section larger than {MAX_HEADER_BYTES} bytes")
-        return line
 
 
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,12}")
@@ -832,6 +667,15 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             raise _HttpError(HTTPStatus.BAD_REQUEST, f"unsupported SCEP operation {op[:40]!r}")
 
+    # -- CMP (RFC 6712: every PKIMessage answer is a 200, errors included) -----------------------------------
+    def _cmp(self) -> None:
+        self._fields["op"] = "cmp"
+        reply, outcome = self.service.cmp_respond(self._body(MAX_CMP_MESSAGE))
+        self._fields.update(msg=outcome.message_type, tid=outcome.transaction_id, outcome=outcome.outcome,
+                            serial=None if outcome.serial is None else f"{outcome.serial:x}",
+                            failinfo=outcome.fail_info, reason=outcome.reason)
+        self._send(HTTPStatus.OK, _CMP_CT, reply, {"Cache-Control": "no-cache"})
+
     # -- CRL and OCSP ---------------------------------------------------------------------------------------
     def _ocsp(self, request: bytes, cache: bool) -> None:
         self._fields["op"] = "ocsp"
@@ -847,6 +691,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._est(op, post)
             return
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if post and ctype == _CMP_CT:
+            self._cmp()
+            return
         if post and (path.rstrip("/") in svc.ocsp_paths() or ctype == "application/ocsp-request"):
             self._fields["op"] = "ocsp"
             self._ocsp(self._body(MAX_OCSP_REQUEST), cache=False)

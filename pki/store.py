@@ -350,6 +350,9 @@ class Store:
             profile = replace(profile, protocol=protocol)  # validated again: EST needs an https:// URL
         if not profile.enrollment_url:
             raise ProfileError(f"ca-profile {profile_name!r} has no enrollment url")
+        if profile.protocol == "cmpv2":  # an ir needs a reference number and its secret, not a challenge password
+            raise StoreError("CMPv2 enrollment is pki.cmp.enroll (local-certificate enroll --protocol cmpv2 "
+                             "--reference-number REF)")
         ca_certs = self.ca_certificates(profile_name)
         if not ca_certs:
             raise StoreError(f"no CA certificate for ca-profile {profile_name!r} (ca-certificate enroll/load first)")
@@ -421,14 +424,19 @@ class Store:
     def enroll_ca_certificate(self, profile_name: str, *,
                               get_ca_certs: Callable[[str], list[x509.Certificate]] | None = None,
                               protocol: str | None = None) -> list[x509.Certificate]:
-        """JUNOS ``ca-certificate enroll ca-profile P``: SCEP GetCACert, or EST /cacerts (bootstrap: accepted only
-        from a server whose TLS certificate that CA issued). Show the fingerprint to the operator!"""
+        """JUNOS ``ca-certificate enroll ca-profile P``: SCEP GetCACert, EST /cacerts (bootstrap: accepted only
+        from a server whose TLS certificate that CA issued), or CMP genm caCerts. Show the fingerprint to the
+        operator!"""
         profile = self.profile(profile_name)
         if protocol is not None and protocol != profile.protocol:
             profile = replace(profile, protocol=protocol)
         if not profile.enrollment_url:
             raise ProfileError(f"ca-profile {profile_name!r} has no enrollment url")
-        if get_ca_certs is None and profile.protocol == "est":
+        if get_ca_certs is None and profile.protocol == "cmpv2":
+            from pki.cmp.client import get_ca_certs as cmp_get  # genm id-it-caCerts (RFC 9483 4.3.1)
+
+            get_ca_certs = cmp_get
+        elif get_ca_certs is None and profile.protocol == "est":
             from pki.est.client import get_ca_certs as est_get
 
             get_ca_certs = est_get

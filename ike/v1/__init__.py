@@ -6,11 +6,56 @@ sans-I/O session for main mode with a pre-shared key plus quick mode with option
 (informational.py); lifetimes, RESPONDER-LIFETIME, quick-mode and ISAKMP rekeying, and the driver API with
 retransmissions and replay drops (rekey.py). Not yet: certificates, NAT-T, the daemon wiring (``version = 1``).
 """
-from .keymat import Phase1Keys, Phase1Cipher, derive_phase1, hash_i, hash_r, qm_hash1, qm_hash2, qm_hash3, qm_keymat
-from .message import (Attribute, IsakmpHeader, Payload, Proposal, SaPayload, Transform, decode_sa, encode_sa,
-                      pull_chain, pull_header, push_chain, push_header, pull_message, push_message)
+from .keymat import (
+                      Phase1Cipher,
+                      Phase1Keys,
+                      derive_phase1,
+                      hash_i,
+                      hash_r,
+                      qm_hash1,
+                      qm_hash2,
+                      qm_hash3,
+                      qm_keymat,
+)
+from .message import (
+                      Attribute,
+                      IsakmpHeader,
+                      Payload,
+                      Proposal,
+                      SaPayload,
+                      Transform,
+                      decode_sa,
+                      encode_sa,
+                      pull_chain,
+                      pull_header,
+                      pull_message,
+                      push_chain,
+                      push_header,
+                      push_message,
+)
 
-__all__ = ["Attribute", "IsakmpHeader", "Payload", "Proposal", "SaPayload", "Transform", "decode_sa", "encode_sa",
-           "pull_chain", "pull_header", "push_chain", "push_header", "pull_message", "push_message",
-           "Phase1Keys", "Phase1Cipher", "derive_phase1", "hash_i", "hash_r", "qm_hash1", "qm_hash2", "qm_hash3",
-           "qm_keymat"]
+__all__ = [
+                      "Attribute",
+                      "IsakmpHeader",
+                      "Payload",
+                      "Phase1Cipher",
+                      "Phase1Keys",
+                      "Proposal",
+                      "SaPayload",
+                      "Transform",
+                      "decode_sa",
+                      "derive_phase1",
+                      "encode_sa",
+                      "hash_i",
+                      "hash_r",
+                      "pull_chain",
+                      "pull_header",
+                      "pull_message",
+                      "push_chain",
+                      "push_header",
+                      "push_message",
+                      "qm_hash1",
+                      "qm_hash2",
+                      "qm_hash3",
+                      "qm_keymat",
+]

@@ -17,7 +17,7 @@ from ..dispatcher import Dispatcher, SaInfo
 from ..events import IkeEvent
 from .manager import V1Manager
 
-__all__ = ["VersionDispatcher", "VERSION_OFFSET"]
+__all__ = ["VERSION_OFFSET", "VersionDispatcher"]
 
 #: where the ISAKMP/IKE header keeps its version (major << 4 | minor)
 VERSION_OFFSET = 17

@@ -12,7 +12,6 @@ The authentication method of the ISAKMP SA names the key: RSA signatures (3) or 
 from __future__ import annotations
 
 import logging
-import secrets
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ __all__ = [
     "certreq_payloads",
     "id_body",
     "identity_of",
+    "method_name",
     "notify_datagram",
     "read_notify",
     "sign",
@@ -105,6 +105,15 @@ class SignatureAuth:
             raise ValueError(f"at most {MAX_CERTREQ} CAs in a certificate request")
 
 
+def method_name(method: int) -> str:
+    """What list-sas and the events say for an ISAKMP authentication method (as strongSwan prints it)."""
+    if method == AUTH_PSK:
+        return "psk"
+    if method == AUTH_RSA_SIG:
+        return "rsa"
+    return f"ecdsa-{_METHOD_CURVE[method][4:7]}" if method in _METHOD_CURVE else str(method)
+
+
 def auth_method(key: Any) -> int:
     """The ISAKMP authentication method our private key signs with (both sides must propose the same)."""
     if isinstance(key, rsa.RSAPrivateKey):
@@ -146,8 +155,9 @@ def _emsa_pkcs1_null(digest: bytes, k: int) -> int:
     return int.from_bytes(b"\x00\x01" + b"\xff" * (k - 3 - len(digest)) + b"\x00" + digest, "big")
 
 
-def sign(key: Any, digest: bytes) -> bytes:
-    """SIG payload data for HASH_I/HASH_R ``digest`` with our private key."""
+def sign(key: Any, digest: bytes, random: Callable[[int], bytes]) -> bytes:
+    """SIG payload data for HASH_I/HASH_R ``digest`` with our private key; ``random`` (the core's RandomSource)
+    blinds the RSA private operation."""
     if isinstance(key, rsa.RSAPrivateKey):
         # cryptography signs only with a DigestInfo; the raw private operation, blinded and checked
         priv = key.private_numbers()
@@ -155,7 +165,7 @@ def sign(key: Any, digest: bytes) -> bytes:
         k = (pub.n.bit_length() + 7) // 8
         m = _emsa_pkcs1_null(digest, k)
         while True:
-            r = int.from_bytes(secrets.token_bytes(k), "big") % pub.n
+            r = int.from_bytes(random(k), "big") % pub.n
             if r > 1:
                 try:
                     r_inv = pow(r, -1, pub.n)

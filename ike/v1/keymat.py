@@ -17,10 +17,34 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..errors import ParseError
-from .message import HEADER_LEN, Flags, IsakmpHeader, Payload, pull_chain, pull_header, push_chain, push_header
+from .message import (
+    HEADER_LEN,
+    Flags,
+    IsakmpHeader,
+    Payload,
+    pull_chain,
+    pull_header,
+    push_chain,
+    push_header,
+)
 
-__all__ = ["HASHES", "prf", "skeyid_psk", "skeyid_sig", "Phase1Keys", "derive_phase1", "expand_key",
-           "Phase1Cipher", "hash_i", "hash_r", "qm_hash1", "qm_hash2", "qm_hash3", "info_hash", "qm_keymat"]
+__all__ = [
+    "HASHES",
+    "Phase1Cipher",
+    "Phase1Keys",
+    "derive_phase1",
+    "expand_key",
+    "hash_i",
+    "hash_r",
+    "info_hash",
+    "prf",
+    "qm_hash1",
+    "qm_hash2",
+    "qm_hash3",
+    "qm_keymat",
+    "skeyid_psk",
+    "skeyid_sig",
+]
 
 #: IKEv1 Hash Algorithm attribute values (RFC 2409 Appendix A, RFC 4868 for SHA-2) -> hashlib names
 HASHES = {1: "md5", 2: "sha1", 4: "sha256", 5: "sha384", 6: "sha512"}

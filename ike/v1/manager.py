@@ -4,14 +4,11 @@ Why apart from the sessions: a V1Session/V1Responder is one ISAKMP SA on fixed a
 sockets, ports or other SAs. This manager is what IKEv2's dispatcher is to its connections: it routes datagrams
 by cookie, creates responders from a main-mode opening (within the half-open limits of CoreConfig), moves an SA
 to the NAT-T port once NAT-D found a NAT (RFC 3947: from main mode's fifth message on, with the non-ESP marker),
-sends NAT keepalives, retransmits on the sessions' timers, and turns the sessions' events into the ones the
-daemon already handles for IKEv2 (IkeSaEstablished, ChildSaEstablished with UDP encapsulation and the floated
-ports, ChildSaDeleted at the quick-mode lifetime, IkeSaTerminated), so the data plane, the key log and
-``list-sas`` need nothing of their own.
-
-Hooks for what the core has not got yet (informational exchanges): ``terminate`` and ``delete_child`` forget the
-SAs locally and say so in the reason; once ike.v1 sends DELETE and answers DPD, they ask the session for it here,
-and ``_session_events`` maps its events. Rekeying is refused with a clear error until quick-mode rekeying exists.
+sends NAT keepalives, and turns the sessions' events into the ones the daemon already handles for IKEv2
+(IkeSaEstablished, ChildSaEstablished with UDP encapsulation and the floated ports, ChildSaRekeyed and
+ChildSaEstablished(replaces=...) for make-before-break, ChildSaDeleted, IkeSaRekeyed, IkeSaTerminated), so the
+data plane, the key log and ``list-sas`` need nothing of their own. Lifetimes, DPD, DELETE and rekeying are the
+sessions' (ike/v1/rekey.py, informational.py); the commands here ask them for it.
 """
 from __future__ import annotations
 
@@ -24,10 +21,20 @@ from dataclasses import dataclass, field
 from ..connection import Datagram
 from ..core_config import CoreConfig, PeerConfig
 from ..dispatcher import ChildInfo, SaInfo
-from ..errors import InvalidStateError, ParseError
-from ..events import ChildSaDeleted, ChildSaEstablished, IkeEvent, IkeSaEstablished, IkeSaTerminated
+from ..errors import IkeError, InvalidStateError, ParseError
+from ..events import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaRekeyed,
+    IkeEvent,
+    IkeSaEstablished,
+    IkeSaRekeyed,
+    IkeSaTerminated,
+)
+from . import auth as v1auth
 from .daemon_events import V1KeysDerived
-from .message import HEADER_LEN, Exchange, pull_header
+from .informational import InitialContactReceived
+from .message import Exchange, pull_header
 from .profile import proposal_text, v1_config
 from .responder import V1Responder
 from .session import Phase1Done, V1Session
@@ -54,13 +61,17 @@ class _Sa:
     first_in: bytes = b""  # a responder's main-mode opening, to answer its retransmits
     first_out: bytes = b""
     last_outbound: float = 0.0
-    children: dict[int, ChildSaEstablished] = field(default_factory=dict)  # by inbound SPI
-    expire: dict[int, float] = field(default_factory=dict)  # inbound SPI -> hard lifetime
+    children: dict[int, ChildSaEstablished] = field(default_factory=dict)  # by inbound SPI, as the daemon has them
     closed: bool = False
 
     @property
     def cookies(self) -> tuple[bytes, bytes]:
         return self.session.cky_i, self.session.cky_r
+
+    @property
+    def auth(self) -> str:
+        sig = self.session.config.signature
+        return "psk" if sig is None else v1auth.method_name(self.session.config.auth_method)
 
 
 class V1Manager:
@@ -127,7 +138,7 @@ class V1Manager:
             return
         h = pull_header(data)
         self.stats["v1_received"] += 1
-        sa = self._by_cookie.get(h.cookie_i)
+        sa = self._by_cookie.get(h.cookie_i) or self._rekeying(h.cookie_i)
         if sa is None or sa.closed:
             if h.cookie_r == bytes(8) and h.exchange in (Exchange.MAIN, Exchange.AGGRESSIVE) and h.message_id == 0 \
                     and not h.encrypted:
@@ -138,7 +149,9 @@ class V1Manager:
         if not sa.initiator and data == sa.first_in:  # the opening again: our answer was lost
             self._outbox.append(self._datagram(sa, sa.first_out, now))
             return
-        if h.cookie_r != sa.session.cky_r and sa.session.state not in ("mm2", "am2"):
+        succ = sa.session._successor
+        if h.cookie_r != sa.session.cky_r and sa.session.state not in ("mm2", "am2") and \
+                (succ is None or h.cookie_i != succ.cky_i):
             self.stats["v1_dropped_unknown_cookie"] += 1
             return
         before = sa.session.dropped
@@ -154,6 +167,11 @@ class V1Manager:
                 sa.floated = True
         self._after(sa, now)
 
+    def _rekeying(self, cookie_i: bytes) -> _Sa | None:
+        """The SA whose ISAKMP rekey (a new main mode beside it, ike/v1/rekey.py) has initiator cookie ``cookie_i``."""
+        return next((sa for sa in self._sas.values()
+                     if sa.session._successor is not None and sa.session._successor.cky_i == cookie_i), None)
+
     def _new_responder(self, data: bytes, addr: tuple[str, int], local_addr: tuple[str, int], now: float) -> None:
         cfg = self.config
         if self._half_open() >= cfg.half_open_limit or self._half_open(addr[0]) >= cfg.half_open_limit_ip:
@@ -165,7 +183,7 @@ class V1Manager:
             return
         peer = candidates[0]
         local = (peer.local_addr or local_addr[0], local_addr[1])
-        vcfg = v1_config(peer, local, addr, cfg.retransmit_timeout)
+        vcfg = v1_config(peer, local, addr, cfg.retransmit_timeout, wall_clock=cfg.wall_clock)
         if pull_header(data).exchange == Exchange.AGGRESSIVE and not vcfg.aggressive:
             # off by default: AM2 would hand anyone the PSK's hash to attack offline (ike/v1/aggressive.py)
             self.stats["v1_dropped_aggressive_not_allowed"] += 1
@@ -199,7 +217,7 @@ class V1Manager:
             self._outbox.append(self._datagram(sa, d, now))
         while (ev := s.next_event()) is not None:
             self._session_event(sa, ev, now)
-        if s.state == "failed" and not sa.closed:
+        if s.state in ("failed", "closed", "dead", "expired") and not sa.closed:
             self._close(sa, "retransmit timeout" if sa.state == "CONNECTING" else "failed")
 
     def _session_event(self, sa: _Sa, ev: IkeEvent, now: float) -> None:
@@ -209,35 +227,66 @@ class V1Manager:
             nat_fake = p.encap and s.natt.nat_local
             self._events.append(IkeSaEstablished(
                 sa.ike_id, p.name, int.from_bytes(ev.cookie_i, "big"), int.from_bytes(ev.cookie_r, "big"),
-                sa.initiator, sa.local, sa.remote, p.local_id, p.remote_id, proposal_text(p), "psk",
+                sa.initiator, sa.local, sa.remote, p.local_id, p.remote_id, proposal_text(p), sa.auth,
                 s.natt.nat_local, s.natt.nat_remote, nat_fake))  # type: ignore[arg-type]
             if self.config.key_log and s.keys is not None:
                 self._events.append(V1KeysDerived(sa.ike_id, p.name, ev.cookie_i, ev.cookie_r, s.keys.enc_key))
+            if not sa.initiator:
+                self._adopt(sa)
         elif isinstance(ev, ChildSaEstablished):
             child = p.children[0]  # one quick mode per peer so far (ike.v1.profile)
             ev = dataclasses.replace(ev, ike_id=sa.ike_id, child=child.name, local_addr=sa.local, remote_addr=sa.remote,
-                                     encap=s.natt.floated, life_bytes=child.life_bytes,
-                                     life_packets=child.life_packets)
+                                     encap=s.natt.floated, life_packets=child.life_packets)
             sa.children[ev.spi_in] = ev
-            if ev.life_time:
-                sa.expire[ev.spi_in] = now + ev.life_time
             self._events.append(ev)
-        else:  # events the core may add (DELETE, DPD): passed on as they are
+        elif isinstance(ev, (ChildSaDeleted, ChildSaRekeyed)):
+            known = sa.children.get(ev.spi_in)
+            if isinstance(ev, ChildSaDeleted):
+                sa.children.pop(ev.spi_in, None)
+            self._events.append(dataclasses.replace(ev, ike_id=sa.ike_id, child=known.child) if known else ev)
+        elif isinstance(ev, IkeSaRekeyed):
+            old = ev.old_spi_i.to_bytes(8, "big")
+            if self._by_cookie.get(old) is sa:
+                del self._by_cookie[old]
+            self._by_cookie[s.cky_i] = sa
+            self._events.append(dataclasses.replace(ev, ike_id=sa.ike_id))
+        elif isinstance(ev, IkeSaTerminated):
+            self._forget(sa)
+            self._events.append(dataclasses.replace(ev, ike_id=sa.ike_id))
+        elif isinstance(ev, InitialContactReceived):
+            # RFC 2407 4.6.3.3: the peer restarted; what we still hold with it from before is gone on its side
+            for other in list(self._sas.values()):
+                if other is not sa and other.peer.name == p.name and other.remote[0] == sa.remote[0]:
+                    self._close(other, "initial contact")
+            self._events.append(ev)
+        else:
             self._events.append(ev)
 
+    def _adopt(self, sa: _Sa) -> None:
+        """A peer rekeys its ISAKMP SA with a new main mode, which reaches us as a new responder: the ESP SAs of
+        the older ISAKMP SA with the same peer move to it, so the older one's DELETE leaves them alone."""
+        for old in self._sas.values():
+            if old is not sa and not old.closed and old.peer.name == sa.peer.name and old.remote[0] == sa.remote[0]:
+                sa.session.adopt_children(old.session)
+                sa.children.update(old.children)
+                old.children.clear()
+
     def _close(self, sa: _Sa, reason: str) -> None:
-        for spi, c in list(sa.children.items()):
+        """Forget ``sa`` without telling the peer (it failed, timed out, or the peer restarted)."""
+        for c in list(sa.children.values()):
             self._events.append(ChildSaDeleted(sa.ike_id, sa.peer.name, c.child, c.spi_in, c.spi_out,
                                                "ike_sa terminated"))
-        sa.children.clear()
-        sa.expire.clear()
-        sa.closed = True
         cky_i, cky_r = sa.cookies
+        self._forget(sa)
         self._events.append(IkeSaTerminated(sa.ike_id, sa.peer.name, int.from_bytes(cky_i, "big"),
                                             int.from_bytes(cky_r, "big"), reason))
+
+    def _forget(self, sa: _Sa) -> None:
+        sa.children.clear()
+        sa.closed = True
         self._sas.pop(sa.ike_id, None)
-        if self._by_cookie.get(cky_i) is sa:
-            del self._by_cookie[cky_i]
+        if self._by_cookie.get(sa.session.cky_i) is sa:
+            del self._by_cookie[sa.session.cky_i]
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
         out, self._outbox = self._outbox, []
@@ -247,7 +296,6 @@ class V1Manager:
         times = [t for t in (sa.session.get_timer(),) if t is not None]
         if not sa.initiator and sa.state == "CONNECTING":
             times.append(sa.created + self.config.half_open_timeout)
-        times.extend(sa.expire.values())
         if sa.floated and sa.session.natt.nat_local and sa.peer.keepalive_interval and sa.state == "ESTABLISHED":
             times.append(sa.last_outbound + sa.peer.keepalive_interval)
         return times
@@ -264,12 +312,6 @@ class V1Manager:
                 self._close(sa, "half-open timeout")
                 continue
             sa.session.handle_timer(now)
-            for spi, at in list(sa.expire.items()):
-                if now >= at:  # the quick-mode lifetime ran out (no rekey yet): remove the ESP SAs
-                    c = sa.children.pop(spi)
-                    del sa.expire[spi]
-                    self._events.append(ChildSaDeleted(sa.ike_id, sa.peer.name, c.child, c.spi_in, c.spi_out,
-                                                       "expired"))
             if (sa.floated and sa.session.natt.nat_local and sa.peer.keepalive_interval
                     and sa.state == "ESTABLISHED" and now >= sa.last_outbound + sa.peer.keepalive_interval):
                 # RFC 3948 2.3: one 0xFF byte on the NAT-T port, no marker, keeps the NAT's mapping
@@ -296,7 +338,9 @@ class V1Manager:
         local = (pc.local_addr or "0.0.0.0", pc.local_port)
         remote = (host, pc.remote_port)
         ike_id = self._new_id()
-        session = V1Session(v1_config(pc, local, remote, self.config.retransmit_timeout), self.config.random,
+        vcfg = v1_config(pc, local, remote, self.config.retransmit_timeout, wall_clock=self.config.wall_clock,
+                         initial_contact=True)  # we hold no other ISAKMP SA with this peer (checked above)
+        session = V1Session(vcfg, self.config.random,
                             ike_id)
         sa = _Sa(ike_id, pc, session, local, remote, now, True)
         self._sas[ike_id] = sa
@@ -306,31 +350,59 @@ class V1Manager:
         return ike_id
 
     def terminate(self, ike_id: int, now: float) -> None:
-        """Forget the ISAKMP SA and its IPsec SAs. IKEv1 DELETE is not in the core yet: the peer is not told."""
+        """DELETE for each ESP SA and the ISAKMP SA (RFC 2408 4.8), then forget them."""
         sa = self._sas.get(ike_id)
         if sa is None:
             raise InvalidStateError(f"no IKE_SA with id {ike_id}")
-        self._close(sa, "deleted locally (no IKEv1 DELETE sent: not implemented yet)")
+        sa.session.close(now)
+        self._after(sa, now)
 
-    def delete_child(self, spi_in: int, now: float) -> None:
+    def _owner(self, spi_in: int) -> _Sa:
         for sa in self._sas.values():
-            c = sa.children.pop(spi_in, None)
-            if c is not None:
-                sa.expire.pop(spi_in, None)
-                self._events.append(ChildSaDeleted(sa.ike_id, sa.peer.name, c.child, c.spi_in, c.spi_out,
-                                                   "deleted locally"))
-                return
+            if spi_in in sa.children:
+                return sa
         raise InvalidStateError(f"no CHILD_SA with SPI {spi_in:08x}")
 
+    def delete_child(self, spi_in: int, now: float) -> None:
+        sa = self._owner(spi_in)
+        sa.session.delete_child(spi_in, now, "deleted locally")
+        self._after(sa, now)
+
     def rekey_child(self, spi_in: int, now: float) -> None:
-        raise InvalidStateError("IKEv1: quick-mode rekeying is not implemented yet")
+        """A new quick mode for the ESP SA; the old pair goes once the new one is installed (make-before-break).
+        Only the quick-mode initiator rekeys (RFC 2409 leaves it to either; charon rekeys its own)."""
+        sa = self._owner(spi_in)
+        try:
+            sa.session.rekey_child(spi_in, now)
+        except (IkeError, KeyError) as exc:
+            raise InvalidStateError(f"IKEv1: cannot rekey CHILD_SA {spi_in:08x}: {exc}") from None
+        self._after(sa, now)
 
     def rekey_ike(self, ike_id: int, now: float) -> None:
-        raise InvalidStateError("IKEv1: ISAKMP SA rekeying is not implemented yet")
+        """A new main mode beside the ISAKMP SA (ike/v1/rekey.py); its ESP SAs move over when it authenticates."""
+        sa = self._sas.get(ike_id)
+        if sa is None:
+            raise InvalidStateError(f"no IKE_SA with id {ike_id}")
+        if not sa.initiator:
+            raise InvalidStateError("IKEv1: the ISAKMP SA is rekeyed by its main-mode initiator (the peer here)")
+        try:
+            sa.session.rekey_ike(now)
+        except IkeError as exc:
+            raise InvalidStateError(f"IKEv1: cannot rekey the ISAKMP SA: {exc}") from None
+        self._after(sa, now)
 
     def child_sa_soft_expired(self, spi: int, now: float) -> None:
-        """esp's soft limit: IKEv1 cannot rekey yet, so the hard limit (or lifetime) removes the SA."""
-        self.stats["v1_soft_expiry_ignored"] += 1
+        """The data plane's soft byte/packet limit: the quick-mode initiator rekeys; a responder counts it and
+        leaves the rekey to its peer (the hard limit removes the SA if the peer never does)."""
+        for sa in self._sas.values():
+            c = sa.children.get(spi)
+            if c is None:
+                continue
+            if c.initiator and sa.session.state == "established":
+                self.rekey_child(spi, now)
+            else:
+                self.stats["v1_soft_expiry_left_to_peer"] += 1
+            return
 
     def list_sas(self) -> list[SaInfo]:
         out = []
@@ -338,9 +410,15 @@ class V1Manager:
             s, p = sa.session, sa.peer
             kids = tuple(ChildInfo(c.child, c.spi_in, c.spi_out, c.suite, c.esn, "installed",
                                    tuple(str(t) for t in c.local_ts), tuple(str(t) for t in c.remote_ts),
-                                   None, sa.expire.get(c.spi_in), c.mode, c.encap) for c in sa.children.values())
+                                   *self._clock(s, c.spi_in), c.mode, c.encap) for c in sa.children.values())
             out.append(SaInfo(sa.ike_id, p.name, sa.state.lower(), sa.initiator, int.from_bytes(s.cky_i, "big"),
                               int.from_bytes(s.cky_r, "big"), sa.local, sa.remote, str(p.local_id),
-                              str(p.remote_id or ""), proposal_text(p), "psk", s.natt.floated, sa.established_at,
+                              str(p.remote_id or ""), proposal_text(p), sa.auth, s.natt.floated, sa.established_at,
                               None, kids, version=1))
         return out
+
+    @staticmethod
+    def _clock(session: V1Session, spi_in: int) -> tuple[float | None, float | None]:
+        """(rekey at, expire at) of an ESP SA as its session keeps them."""
+        clock = session._child_clock.get(spi_in)
+        return (clock[0] or None, clock[1] or None) if clock else (None, None)

@@ -13,9 +13,28 @@ from enum import IntEnum
 from ..errors import ParseError
 from ..payloads._base import Reader, need
 
-__all__ = ["PayloadType", "Exchange", "Flags", "IsakmpHeader", "Payload", "Attribute", "Transform", "Proposal",
-           "SaPayload", "pull_header", "push_header", "pull_chain", "push_chain", "pull_message", "push_message",
-           "decode_sa", "encode_sa", "HEADER_LEN", "MAX_PAYLOADS", "IKEV1_VERSION"]
+__all__ = [
+    "HEADER_LEN",
+    "IKEV1_VERSION",
+    "MAX_PAYLOADS",
+    "Attribute",
+    "Exchange",
+    "Flags",
+    "IsakmpHeader",
+    "Payload",
+    "PayloadType",
+    "Proposal",
+    "SaPayload",
+    "Transform",
+    "decode_sa",
+    "encode_sa",
+    "pull_chain",
+    "pull_header",
+    "pull_message",
+    "push_chain",
+    "push_header",
+    "push_message",
+]
 
 HEADER_LEN = 28
 #: major 1, minor 0

@@ -15,8 +15,14 @@ from collections.abc import Callable, Sequence
 
 from .message import Payload, PayloadType
 
-__all__ = ["VID_RFC3947", "VID_DRAFT_02N", "ENCAP_UDP_TUNNEL", "ENCAP_UDP_TUNNEL_DRAFT", "NatTraversal",
-           "natd_hash"]
+__all__ = [
+    "ENCAP_UDP_TUNNEL",
+    "ENCAP_UDP_TUNNEL_DRAFT",
+    "VID_DRAFT_02N",
+    "VID_RFC3947",
+    "NatTraversal",
+    "natd_hash",
+]
 
 #: MD5("RFC 3947"): the peer speaks RFC 3947 NAT-T (encapsulation modes 3/4, NAT-D type 20)
 VID_RFC3947 = hashlib.md5(b"RFC 3947").digest()

@@ -8,12 +8,15 @@ group) and ``aes128-sha256[-modp2048]`` (quick mode: cipher, integrity, PFS grou
 """
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
+from collections.abc import Callable
 
 from ..core_config import ChildConfig, PeerConfig
+from . import auth as v1auth
 from .session import V1Config
 
-__all__ = ["V1Proposal", "parse_v1_proposal", "problems", "v1_config", "proposal_text"]
+__all__ = ["V1Proposal", "parse_v1_proposal", "problems", "proposal_text", "v1_config"]
 
 _CIPHERS = {"aes128": 128, "aes192": 192, "aes256": 256}
 #: phase-1 hash tokens (strongSwan's) -> hashlib name (ike.v1.keymat.HASHES)
@@ -70,14 +73,21 @@ def _esp_text(child: ChildConfig) -> str:
 def problems(peer: PeerConfig) -> list[tuple[str, str]]:
     """(key path below the peer, reason) for everything of ``peer`` the IKEv1 core cannot do (yet)."""
     out: list[tuple[str, str]] = []
-    if peer.auth != "psk" or peer.remote_auth != "psk":
-        out.append(("auth", "IKEv1 supports pre-shared keys (auth = \"psk\") only so far"))
+    if peer.auth != peer.remote_auth:
+        out.append(("remote_auth", "IKEv1 main mode authenticates both sides the same way (RFC 2409 5): give auth "
+                                   "and remote_auth the same method"))
+    elif peer.auth == "pubkey" and peer.credential is not None:
+        try:
+            v1auth.auth_method(peer.credential.private_key)
+        except ValueError as exc:
+            out.append(("certificate", str(exc)))
+    kinds = ("fqdn", "ipv4") if peer.auth == "psk" else ("fqdn", "ipv4", "dn", "email")
     for kind, ident in (("local_id", peer.local_id), ("remote_id", peer.remote_id)):
         if ident is None:
             if kind == "remote_id":
-                out.append((kind, "is required for IKEv1 (main mode with a PSK identifies the peer by it)"))
-        elif ident.kind not in ("fqdn", "ipv4"):
-            out.append((kind, f"IKEv1 identities are an FQDN or an IPv4 address here, not {ident.kind}"))
+                out.append((kind, "is required for IKEv1 (main mode identifies the peer by it)"))
+        elif ident.kind not in kinds:
+            out.append((kind, f"IKEv1 identities with {peer.auth} are {', '.join(kinds)} here, not {ident.kind}"))
     if peer.remote_addr and ":" in peer.remote_addr:
         out.append(("remote_addr", "IKEv1 runs over IPv4 only so far"))
     if len(peer.ike_proposals) > 1 and peer.ike_proposals != _PEER_DEFAULT_PROPOSALS:
@@ -116,15 +126,32 @@ def proposal_text(peer: PeerConfig) -> str:
     return _ike_text(peer)
 
 
+def _utc(_now: float) -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def signature_auth(peer: PeerConfig, wall_clock: Callable[[float], dt.datetime] | None) -> v1auth.SignatureAuth | None:
+    """A ``pubkey`` peer's certificate authentication: the same credential, chain, CAs and validator (CRL, OCSP,
+    revocation policy) as the IKEv2 path builds from the configuration."""
+    if peer.auth != "pubkey":
+        return None
+    cred = peer.credential
+    assert cred is not None and peer.validator is not None
+    return v1auth.SignatureAuth(cred.private_key, cred.certificate, peer.validator, wall_clock or _utc,
+                                chain=tuple(cred.intermediates), ca_certs=tuple(peer.ca_certs[:v1auth.MAX_CERTREQ]))
+
+
 def v1_config(peer: PeerConfig, local: tuple[str, int], remote: tuple[str, int], retransmit_timeout: float,
-              child: ChildConfig | None = None) -> V1Config:
+              child: ChildConfig | None = None, wall_clock: Callable[[float], dt.datetime] | None = None,
+              initial_contact: bool = False) -> V1Config:
     """The core's configuration of one ISAKMP SA with ``peer`` between these addresses (as on the wire)."""
     c = child or peer.children[0]
     ike = parse_v1_proposal(_ike_text(peer), esp=False)
     esp = parse_v1_proposal(_esp_text(c), esp=True)
-    assert peer.psk is not None and peer.remote_id is not None and ike.group is not None
+    assert peer.remote_id is not None and ike.group is not None
     return V1Config(
-        name=peer.name, psk=peer.psk, local_id=peer.local_id.value, remote_id=peer.remote_id.value,
+        name=peer.name, psk=peer.psk or b"", signature=signature_auth(peer, wall_clock),
+        dpd_delay=peer.dpd_delay, initial_contact=initial_contact, local_id=peer.local_id.value, remote_id=peer.remote_id.value,
         local_ts=_cidr(c.local_ts[0]) or "", remote_ts=_cidr(c.remote_ts[0]) or "", local_addr=local,
         remote_addr=remote, enc_key_bits=ike.bits, hash=_HASHES[ike.hash_name], group=ike.group,
         esp_key_bits=esp.bits, esp_auth=_ESP_AUTH[esp.hash_name], pfs_group=esp.group,

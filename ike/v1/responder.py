@@ -6,18 +6,49 @@ from __future__ import annotations
 import hmac
 import ipaddress
 
+from ..core_config import RandomSource
 from ..dh import create_dh
 from ..errors import ParseError
 from ..events import ChildSaEstablished
-from ..core_config import RandomSource
 from . import auth as v1auth
 from . import keymat as km
-from .message import (Exchange, Payload, PayloadType, Proposal, SaPayload, Transform, decode_sa, encode_sa,
-                      pull_header, pull_message, push_chain, push_message)
 from .informational import DPD_VID
-from .session import (AES_CBC, ESP_AES, ESP_AUTH, HASH_IDS, P1_AUTH, P1_ENC, P1_GROUP, P1_HASH,
-                      P1_KEYLEN, P2_AUTH, P2_GROUP, P2_KEYLEN, PROTO_ESP, PROTO_ISAKMP, Phase1Done, V1Config,
-                      V1Session, _id_body, _id_network, _ts)
+from .message import (
+    Exchange,
+    Payload,
+    PayloadType,
+    Proposal,
+    SaPayload,
+    Transform,
+    decode_sa,
+    encode_sa,
+    pull_header,
+    pull_message,
+    push_chain,
+    push_message,
+)
+from .session import (
+    AES_CBC,
+    ESP_AES,
+    ESP_AUTH,
+    HASH_IDS,
+    P1_AUTH,
+    P1_ENC,
+    P1_GROUP,
+    P1_HASH,
+    P1_KEYLEN,
+    P2_AUTH,
+    P2_GROUP,
+    P2_KEYLEN,
+    PROTO_ESP,
+    PROTO_ISAKMP,
+    Phase1Done,
+    V1Config,
+    V1Session,
+    _id_body,
+    _id_network,
+    _ts,
+)
 
 __all__ = ["V1Responder"]
 

@@ -19,20 +19,34 @@ import logging
 import struct
 from collections import deque
 from dataclasses import dataclass
+
+from ..core_config import RandomSource, TrafficSelector
 from ..dh import create_dh
 from ..errors import ParseError
 from ..events import AuthenticationFailed, ChildSaEstablished, IkeEvent
-from ..core_config import RandomSource, TrafficSelector
 from . import auth as v1auth
 from . import keymat as km
 from .aggressive import AggressiveMixin
 from .informational import DPD_VID
+from .message import (
+    Attribute,
+    Exchange,
+    Payload,
+    PayloadType,
+    Proposal,
+    SaPayload,
+    Transform,
+    decode_sa,
+    encode_sa,
+    pull_header,
+    pull_message,
+    push_chain,
+    push_message,
+)
 from .natt import NatTraversal
 from .rekey import LifecycleMixin, lifetime_attributes
-from .message import (Attribute, Exchange, Payload, PayloadType, Proposal, SaPayload, Transform, decode_sa,
-                      encode_sa, pull_header, pull_message, push_chain, push_message)
 
-__all__ = ["V1Config", "V1Session", "Phase1Done"]
+__all__ = ["Phase1Done", "V1Config", "V1Session"]
 
 DOI_IPSEC = 1
 SIT_IDENTITY_ONLY = 1
@@ -295,7 +309,8 @@ class V1Session(AggressiveMixin, LifecycleMixin):
         sig = self.config.signature
         if sig is None:
             return [Payload(PayloadType.HASH, digest)]
-        return v1auth.cert_payloads(sig) + [Payload(PayloadType.SIG, v1auth.sign(sig.private_key, digest))]
+        signature = v1auth.sign(sig.private_key, digest, self._random)
+        return v1auth.cert_payloads(sig) + [Payload(PayloadType.SIG, signature)]
 
     def _peer_signed(self, payloads: list[Payload], id_payload: bytes, digest: bytes, now: float) -> bool:
         """Check the peer's certificate and SIG; on failure end the exchange and tell the peer why."""

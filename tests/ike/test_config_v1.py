@@ -54,11 +54,14 @@ def test_version_1_peer_maps_to_the_ikev1_core():
     v = v1_config(parse_config(_conf()).core.peers[0], ("127.0.0.1", 500), ("127.0.0.2", 500), 1.0)
     assert (v.enc_key_bits, v.hash, v.group, v.esp_auth, v.pfs_group) == (128, "sha256", 14, 5, 14)
     assert parse_config(_conf().replace("version = 1\n", "")).core.peers[0].version == 2
+    # DPD (RFC 3706) is the peer's dpd_delay, as for IKEv2
+    v = v1_config(parse_config(_conf('dpd_delay = "10s"')).core.peers[0], ("127.0.0.1", 500), ("127.0.0.2", 500), 1.0)
+    assert v.dpd_delay == 10.0 and v.signature is None
 
 
 @pytest.mark.parametrize("peer,child,error", [
     ('fragmentation = "yes"', "", "peers.branch.fragmentation: is not available for IKEv1 (version = 1) here"),
-    ('dpd_delay = "10s"', "", "peers.branch.dpd_delay: is not available for IKEv1"),
+    ('send_cert = "never"', "", "peers.branch.send_cert: is not available for IKEv1"),
     ('ike_proposals = ["aes128gcm16-prfsha256-ecp256"]', "", "peers.branch.ike_proposals[0]: 'aes128gcm16-prfsha256"),
     ('ike_proposals = ["aes128-sha256"]', "", "peers.branch.ike_proposals[0]: proposal 'aes128-sha256': IKE proposals need a DH group"),
     ('ike_proposals = ["aes128-sha256-modp2048", "aes256-sha256-modp2048"]', "",
@@ -74,7 +77,7 @@ def test_what_ikev1_cannot_run_is_refused_with_its_path(peer, child, error):
         text = text.replace("version = 1\n", "")
     if peer.startswith("remote_id"):
         text = text.replace('remote_id = "branch.test"\n', "").replace(peer, 'remote_id = "dn:CN=x"')
-        error = "peers.branch.remote_id: IKEv1 identities are an FQDN or an IPv4 address here, not dn"
+        error = "peers.branch.remote_id: IKEv1 identities with psk are fqdn, ipv4 here, not dn"
     with pytest.raises(ConfigError) as exc:
         parse_config(text)
     assert str(exc.value).startswith(error), str(exc.value)

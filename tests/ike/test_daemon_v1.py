@@ -152,15 +152,23 @@ def test_two_daemons_speak_ikev1_and_ikev2_on_the_same_sockets(tmp_path: Path, c
                          and b.daemon.core.stats["v1_dropped_unknown_cookie"] >= 1, "the drops to be counted")
             assert _v1(b.daemon)[0]["state"] == "ESTABLISHED"
 
-            # what IKEv1 cannot do yet is a one-line refusal on the control socket, not a logged traceback
+            # rekey from the quick-mode initiator: the new pair is installed on both sides, the old one removed
+            old_spi = sa["child_sas"][0]["spi_in"]
+            r = await a.daemon.handle_request({"cmd": "rekey", "child": old_spi})
+            assert r == {"ok": True, "rekeying": old_spi}, r
+            await _until(lambda: [c["spi_in"] for s_ in _v1(a.daemon) for c in s_["child_sas"]
+                                  if c["state"] == "INSTALLED"] not in ([], [old_spi]), "the rekeyed CHILD_SA")
+            await _until(lambda: len(_v1(b.daemon)[0]["child_sas"]) == 1, "the responder to drop the old pair")
+            # the responder leaves rekeys to its peer: a one-line refusal on the control socket, no traceback
             with caplog.at_level(logging.ERROR, logger="ike.control"):
-                r = await a.daemon.handle_request({"cmd": "rekey", "child": sa["child_sas"][0]["spi_in"]})
-            assert r == {"ok": False, "error": "IKEv1: quick-mode rekeying is not implemented yet"}, r
+                r = await b.daemon.handle_request({"cmd": "rekey", "ike": "a1"})
+            assert r["ok"] is False and "main-mode initiator" in r["error"], r
             assert not caplog.records
 
-            # an operator's terminate removes the ISAKMP SA and its ESP SAs (no IKEv1 DELETE yet)
+            # an operator's terminate sends DELETE: the peer removes its ISAKMP SA and ESP SAs too
             a.daemon.terminate(sa["ike_id"])
-            assert not _v1(a.daemon) and all(c.event.ike_id != sa["ike_id"] for c in a.daemon.children.values())
+            assert all(c.event.ike_id != sa["ike_id"] or c.state != "INSTALLED" for c in a.daemon.children.values())
+            await _until(lambda: not _v1(b.daemon), "the peer to act on DELETE")
         finally:
             await a.daemon.stop(delete=False)
             await b.daemon.stop(delete=False)

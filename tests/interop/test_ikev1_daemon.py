@@ -233,3 +233,115 @@ def test_two_espresso_daemons_speak_ikev1(tmp_path):
         assert s["tracebacks"] == 0, s["stderr"][-3000:]
         for bad in ("AUTH_FAILED", "REPLAYED", "POLICY_MISMATCH"):
             assert s["inbound"][bad] == 0, (bad, s)
+
+
+CERT_CONF = """
+[daemon]
+addresses = ["{local}"]
+control_socket = "esp.sock"
+retransmit_timeout = "1s"
+
+[pki]
+crls = ["root.crl", "sub.crl"]
+
+[certificates.e]
+cert = "e.pem"
+key = "e.key"
+chain = ["sub.pem"]
+
+[ca-profiles.root]
+ca_certs = ["root.pem"]
+
+[peers.swan]
+version = 1
+local_addr = "{local}"
+remote_addr = "{remote}"
+local_id = "e.test"
+remote_id = "s.test"
+auth = "pubkey"
+remote_auth = "pubkey"
+certificate = "e"
+ca_profiles = ["root"]
+revocation = "strict"
+ike_proposals = ["aes128-sha256-modp2048"]
+encap = true
+
+[peers.swan.children.net]
+local_ts = ["{local_ts}"]
+remote_ts = ["{remote_ts}"]
+esp_proposals = ["aes128-sha256-modp2048"]
+
+[gateway]
+tun_name = "{tun}"
+routes = ["{remote_ts}"]
+"""
+
+
+def _cert_gateway(tmp: Path, pki, a: ss.Site, b: ss.Site) -> IkeGateway:  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives import serialization
+
+    e = pki.creds["e"]
+    (tmp / "e.pem").write_bytes(e.cert.public_bytes(serialization.Encoding.PEM))
+    e.write_key(tmp / "e.key")
+    (tmp / "sub.pem").write_bytes(pki.sub.ca.cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / "root.pem").write_bytes(pki.root.ca.cert.public_bytes(serialization.Encoding.PEM))
+    for name, crl in zip(("root.crl", "sub.crl"), pki.crls()):
+        (tmp / name).write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    conf = CERT_CONF.format(local=a.outer, remote=b.outer, local_ts=f"{a.inner}/32", remote_ts=f"{b.inner}/32",
+                            tun=unique("ev1"))
+    return IkeGateway(a.netns.name, tmp, "esp", conf)
+
+
+@pytest.mark.parametrize(("initiator", "kind"), [("espresso", "ecdsa"), ("strongswan", "rsa")])
+def test_espresso_daemon_ikev1_with_certificates_through_an_intermediate(lab, tmp_path, initiator, kind):
+    """``auth = "pubkey"`` on a version = 1 peer: the daemon's certificate (issued by an intermediate it sends in
+    CERT), the root as ca-profile, local CRLs with strict revocation; charon likewise. Pings cross; list-sas
+    names the signature method; rekey and terminate go through the IKEv1 session (quick mode, DELETE)."""
+    from tests.ike.v1.sigpki import V1Pki
+    from tests.interop.test_ikev1_certs import _charon as cert_charon
+
+    pki = V1Pki(kind)
+    a, b = lab.pair()
+    ch = cert_charon(lab, tmp_path, pki, b, a)
+    gw = _cert_gateway(tmp_path, pki, a, b)
+    try:
+        child = _establish(gw, ch, initiator)
+        p = ss.ping(a, b.inner, count=5, timeout=10)
+        assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr + ch.tail(60)
+        (sa,) = gw.control({"cmd": "list-sas"})["ike_sas"]
+        assert sa["version"] == 1 and sa["auth"] == ("ecdsa-256" if kind == "ecdsa" else "rsa"), sa
+        assert f"authentication of 'e.test' with {'ECDSA_WITH_NULL' if kind == 'ecdsa' else 'RSA_EMSA_PKCS1_NULL'}"\
+               f" successful" in ch.log(), ch.tail(60)
+        if initiator == "espresso":  # the quick-mode initiator rekeys: make-before-break, pings keep crossing
+            r = gw.control({"cmd": "rekey", "child": child["spi_in"]})
+            assert r["ok"], r
+            gw.wait(lambda: [c for c in gw.children() if c["spi_in"] != child["spi_in"]], "the rekeyed CHILD_SA")
+            p = ss.ping(a, b.inner, count=3, timeout=10)
+            assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr + ch.tail(60)
+        r = gw.control({"cmd": "terminate", "ike_id": sa["ike_id"]})
+        assert r["ok"], r
+        ch.wait_for(lambda: not [s for s in ch.list_sas() if "v1" in s] or None, "charon to delete its ISAKMP SA")
+        assert "received DELETE for" in ch.log(), ch.tail(60)
+    finally:
+        stats = gw.stop()
+    assert stats["tracebacks"] == 0, stats["stderr"][-3000:]
+
+
+def test_espresso_daemon_ikev1_refuses_a_revoked_charon(lab, tmp_path):
+    """The intermediate's CRL (a local [pki] crls file, revocation = "strict") revokes charon's certificate: the
+    daemon's initiate fails with the reason, and charon hears AUTHENTICATION-FAILED."""
+    from tests.ike.v1.sigpki import V1Pki
+    from tests.interop.test_ikev1_certs import _charon as cert_charon
+
+    pki = V1Pki("ecdsa", revoked=("s",))
+    a, b = lab.pair()
+    ch = cert_charon(lab, tmp_path, pki, b, a)
+    gw = _cert_gateway(tmp_path, pki, a, b)
+    try:
+        r = gw.control({"cmd": "initiate", "ike": "swan", "timeout": 15})
+        assert not r["ok"] and "revoked" in r["error"], r
+        ch.wait_for(lambda: "received AUTHENTICATION_FAILED" in ch.log() or None, "charon to hear the refusal")
+        assert not gw.children()
+    finally:
+        stats = gw.stop()
+    assert stats["tracebacks"] == 0, stats["stderr"][-3000:]

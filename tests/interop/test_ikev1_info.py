@@ -60,7 +60,9 @@ def _setup(lab_, tmp_path: Path, extra: str = ""):
     charon.connections.append(_Conn(s.outer, e.outer, extra))
     charon.start()
     (sock,) = ss.netns_sockets(e.netns, [(e.outer, 500)])
-    cfg = V1Config("v1", PSK, "e.test", "s.test", "10.98.1.1/32", "10.98.2.1/32", (e.outer, 500), (s.outer, 500))
+    # natt=False: a bare socket on port 500 (charon fakes a NAT; NAT-T is the daemon's, test_ikev1_daemon.py)
+    cfg = V1Config("v1", PSK, "e.test", "s.test", "10.98.1.1/32", "10.98.2.1/32", (e.outer, 500), (s.outer, 500),
+                   natt=False)
     return charon, sock, cfg, (s.outer, 500)
 
 

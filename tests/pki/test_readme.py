@@ -21,11 +21,11 @@ README_EST_PORT = "8443"
 COMMAND_TIMEOUT = 120
 
 
-def pki_example() -> str:
-    """The first ``sh`` block of the README's PKI section."""
+def pki_example(after: str = SECTION) -> str:
+    """The first ``sh`` block of the README's PKI section (or the first after the text ``after`` in it)."""
     text = (REPO / "README.md").read_text()
     section = text[text.index(SECTION):]
-    start = section.index("```sh\n") + len("```sh\n")
+    start = section.index("```sh\n", section.index(after)) + len("```sh\n")
     return section[start:section.index("```", start)]
 
 
@@ -58,12 +58,14 @@ def test_the_readme_pki_example_runs_as_written(tmp_path):
     port, est_port = str(_free_port()), str(_free_port())
     commands = shell_commands(re.sub(rf"\b{README_EST_PORT}\b", est_port, re.sub(rf"\b{README_PORT}\b", port, block)))
     assert any(c.endswith("&") for c in commands) and len(commands) >= 6
+    verbs = shell_commands(pki_example(after="More of JUNOS's"))  # run next, with the store the first block made
+    assert len(verbs) >= 8
     env = dict(os.environ, PYTHONPATH=str(REPO), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     env.pop("ESPRESSO_PKI_PASSPHRASE", None)
     background: list[subprocess.Popen[bytes]] = []
     outputs: list[str] = []
     try:
-        for command in commands:
+        for command in commands + verbs:
             if command.endswith("&"):
                 log = open(tmp_path / f"background-{len(background)}.log", "wb")  # noqa: SIM115 - closed below
                 proc = subprocess.Popen(["bash", "-c", command[:-1]], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
@@ -89,7 +91,13 @@ def test_the_readme_pki_example_runs_as_written(tmp_path):
                     proc.wait(timeout=30)
     assert [p.returncode for p in background] == [0]
     # the ECDSA router holds a certificate from the CA, enrolled over EST, and the CA lists it
-    assert "CN=r1" in outputs[-1] and "ECDSA" in outputs[-1]
+    shown = outputs[len(commands) - 2]  # the output of the first block's last command (one command is "&")
+    assert "CN=r1" in shown and "ECDSA" in shown
+    # the JUNOS verbs block: the PKCS#12 export loaded into a second store, a group profile per CA
+    assert (tmp_path / "r1.p12").stat().st_mode & 0o077 == 0
+    assert "Local certificate r1 loaded: CN=r1,O=Corp" in "".join(outputs)
+    assert re.search(r"partners-[0-9a-f]{8}: CN=Corp Root CA", "".join(outputs))
+    assert "local-certificate lab cleared" in outputs[-1]
     listed = subprocess.run([sys.executable, "-m", "pki", "ca", "--ca", "ca", "list"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     assert listed.returncode == 0 and re.search(r"valid .*CN=r1,O=Corp", listed.stdout), listed.stdout

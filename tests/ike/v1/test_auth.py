@@ -115,7 +115,7 @@ def test_sign_and_verify_known_forms():
     """RSA signs HASH_I with PKCS#1 v1.5 padding and no DigestInfo; ECDSA r||s at the curve's size."""
     pki = V1Pki("rsa")
     digest = os.urandom(32)
-    sig = v1auth.sign(pki.creds["e"].key, digest)
+    sig = v1auth.sign(pki.creds["e"].key, digest, os.urandom)
     pub = pki.creds["e"].cert.public_key()
     from cryptography.hazmat.primitives.asymmetric import padding
     assert pub.recover_data_from_signature(sig, padding.PKCS1v15(), None) == digest
@@ -124,7 +124,7 @@ def test_sign_and_verify_known_forms():
         v1auth.verify_signature(3, pki.creds["e"].cert, os.urandom(32), sig)
     assert info.value.notify == v1auth.INVALID_SIGNATURE
     epki = V1Pki("ecdsa384")
-    sig = v1auth.sign(epki.creds["e"].key, digest)
+    sig = v1auth.sign(epki.creds["e"].key, digest, os.urandom)
     assert len(sig) == 96
     v1auth.verify_signature(10, epki.creds["e"].cert, digest, sig)
     with pytest.raises(v1auth.V1AuthError):

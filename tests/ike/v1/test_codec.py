@@ -10,8 +10,21 @@ from hypothesis import strategies as st
 
 from ike.errors import ParseError
 from ike.v1 import keymat as km
-from ike.v1.message import (HEADER_LEN, Attribute, Exchange, Payload, PayloadType, Proposal, SaPayload, Transform,
-                            decode_sa, encode_sa, pull_header, pull_message, push_message)
+from ike.v1.message import (
+    HEADER_LEN,
+    Attribute,
+    Exchange,
+    Payload,
+    PayloadType,
+    Proposal,
+    SaPayload,
+    Transform,
+    decode_sa,
+    encode_sa,
+    pull_header,
+    pull_message,
+    push_message,
+)
 
 CKY_I, CKY_R = bytes(range(8)), bytes(range(8, 16))
 

@@ -1,7 +1,7 @@
 """The daemon's IKEv1 side without sockets: two VersionDispatchers (IKEv2 dispatcher + IKEv1 manager) joined by a
 pump that plays the network (and, optionally, a NAT). Routing by the version byte, retransmitted openings,
-half-open limits and timeouts, retransmit give-up, keepalives behind a NAT, quick-mode lifetimes, refused
-commands, and a bounded fuzz: nothing a peer sends raises out of the core (ESPRESSO_FUZZ_EXAMPLES)."""
+half-open limits and timeouts, retransmit give-up, keepalives behind a NAT, quick-mode lifetimes, rekeys,
+DELETE, and a bounded fuzz: nothing a peer sends raises out of the core (ESPRESSO_FUZZ_EXAMPLES)."""
 from __future__ import annotations
 
 import os
@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from ike.core_config import ChildConfig, CoreConfig, Identity, PeerConfig, TrafficSelector
 from ike.errors import InvalidStateError
-from ike.events import ChildSaDeleted, ChildSaEstablished, IkeSaEstablished, IkeSaTerminated
+from ike.events import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaRekeyed,
+    IkeSaEstablished,
+    IkeSaRekeyed,
+    IkeSaTerminated,
+)
 from ike.v1.adapter import VersionDispatcher
 from ike.v1.message import Exchange, Payload, PayloadType, push_message
 
@@ -77,7 +84,8 @@ def test_ikev1_through_a_nat_floats_and_installs_encapsulated_sas():
     wire = _pump(a, b, 0.0, nat=True)
     ea, eb = _events(a), _events(b)
     assert [type(e) for e in ea] == [IkeSaEstablished, ChildSaEstablished], ea
-    ca, cb = ea[1], eb[1]
+    assert [type(e).__name__ for e in eb] == ["IkeSaEstablished", "InitialContactReceived", "ChildSaEstablished"], eb
+    ca, cb = ea[1], eb[2]
     assert ca.encap and cb.encap and (ca.spi_in, ca.spi_out) == (cb.spi_out, cb.spi_in)
     assert ca.local_addr == (A[0], 4500) and ca.remote_addr == (B[0], 4500)
     assert cb.remote_addr == NAT_OUT[4500] and cb.local_addr == (B[0], 4500)  # B answers the NAT's mapping
@@ -154,22 +162,62 @@ def test_unanswered_initiator_gives_up_within_bounds():
     assert sends == 4 and a.list_sas() == [] and now < 30  # the opening and three retransmits
 
 
-def test_quick_mode_lifetime_removes_the_esp_sas_and_commands_ikev1_cannot_do_are_refused():
+def test_rekeys_deletes_and_terminates_through_the_sessions():
+    """The manager hands its commands and timers to the sessions (ike/v1/rekey.py): the quick-mode initiator
+    rekeys at 90% of the lifetime make-before-break, the ISAKMP SA is rekeyed by a new main mode, terminate sends
+    DELETE and the peer forgets its SAs too; the responder refuses to start rekeys it leaves to its peer."""
     a, b = _pair(life_time=100.0)
     ike_id = a.initiate("b", 0.0)
     _pump(a, b, 0.0)
-    child = [e for e in _events(a) if isinstance(e, ChildSaEstablished)][0]
-    with pytest.raises(InvalidStateError, match="rekeying is not implemented"):
-        a.rekey_child(child.spi_in, 1.0)
-    with pytest.raises(InvalidStateError):
-        a.rekey_ike(ike_id, 1.0)
-    a.child_sa_soft_expired(child.spi_in, 1.0)  # ignored (counted): the hard limit or lifetime removes it
-    assert a.get_timer() == 100.0
-    a.handle_timer(100.0)
-    (gone,) = _events(a)
-    assert isinstance(gone, ChildSaDeleted) and gone.reason == "expired" and gone.spi_in == child.spi_in
-    a.terminate(ike_id, 101.0)
+    (old,) = [e for e in _events(a) if isinstance(e, ChildSaEstablished)]
+    (b_old,) = [e for e in _events(b) if isinstance(e, ChildSaEstablished)]
+    assert a.get_timer() == pytest.approx(90.0) and a.list_sas()[0].children[0].rekey_at == pytest.approx(90.0)
+    a.handle_timer(90.0)
+    _pump(a, b, 90.0)
+    ea, eb = _events(a), _events(b)
+    new = next(e for e in ea if isinstance(e, ChildSaEstablished))
+    assert new.replaces == old.spi_in and new.child == "net"
+    assert [type(e) for e in ea] == [ChildSaEstablished, ChildSaRekeyed, ChildSaDeleted], ea
+    assert ea[2].spi_in == old.spi_in and ea[2].reason == "rekeyed"
+    assert any(isinstance(e, ChildSaDeleted) and e.spi_in == b_old.spi_in for e in eb), eb
+    assert [c.spi_in for c in a.list_sas()[0].children] == [new.spi_in]
+    assert len(b.list_sas()[0].children) == 1
+    # commands: a manual rekey from the initiator; the responder leaves both rekeys to its peer
+    (b_child,) = b.list_sas()[0].children
+    with pytest.raises(InvalidStateError, match="responder"):
+        b.rekey_child(b_child.spi_in, 91.0)
+    with pytest.raises(InvalidStateError, match="initiator"):
+        b.rekey_ike(b.list_sas()[0].ike_id, 91.0)
+    a.rekey_child(new.spi_in, 91.0)
+    _pump(a, b, 91.0)
+    assert [type(e) for e in _events(a)] == [ChildSaEstablished, ChildSaRekeyed, ChildSaDeleted]
+    cookies = a.list_sas()[0].spi_i
+    a.rekey_ike(ike_id, 92.0)
+    _pump(a, b, 92.0)
+    assert any(isinstance(e, IkeSaRekeyed) for e in _events(a))
+    (info,) = a.list_sas()
+    assert info.ike_id == ike_id and info.spi_i != cookies and len(info.children) == 1
+    _events(b)
+    a.terminate(ike_id, 93.0)
+    _pump(a, b, 93.0)
     assert isinstance(_events(a)[-1], IkeSaTerminated) and a.list_sas() == []
+    eb = _events(b)
+    assert any(isinstance(e, ChildSaDeleted) for e in eb), eb
+    assert all(not s.children for s in b.list_sas()), b.list_sas()
+
+
+def test_quick_mode_lifetime_removes_the_esp_sas_of_a_responder():
+    """Nobody rekeys (the initiator's timers never run here): at the lifetime the responder's ESP SA goes."""
+    a, b = _pair(life_time=100.0)
+    a.initiate("b", 0.0)
+    _pump(a, b, 0.0)
+    (child,) = [e for e in _events(b) if isinstance(e, ChildSaEstablished)]
+    b.child_sa_soft_expired(child.spi_in, 50.0)  # counted: a responder leaves the rekey to the initiator
+    assert b.v1.stats["v1_soft_expiry_left_to_peer"] == 1
+    assert b.get_timer() == pytest.approx(100.0)
+    b.handle_timer(100.0)
+    (gone,) = [e for e in _events(b) if isinstance(e, ChildSaDeleted)]
+    assert gone.reason == "expired" and gone.spi_in == child.spi_in and gone.child == "net"
 
 
 def _valid_prefix() -> list[bytes]:

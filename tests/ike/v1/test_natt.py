@@ -13,7 +13,6 @@ from ike.v1.natt import ENCAP_UDP_TUNNEL, VID_DRAFT_02N, VID_RFC3947, natd_hash
 from ike.v1.responder import V1Responder
 from ike.v1.session import P2_MODE, V1Config, V1Session
 
-
 NATT_VIDS = (VID_RFC3947, VID_DRAFT_02N)
 
 #: the initiator's own address, and what the responder sees after a NAT rewrote it
