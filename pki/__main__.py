@@ -52,6 +52,7 @@ import argparse
 import errno
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -508,7 +509,7 @@ def _secret_option(args: argparse.Namespace, name: str, file_name: str) -> str |
         raise ValueError(f"{path}: empty first line: refusing an empty {name.replace('_', ' ')}") from None
 
 
-def _serve_logging(log_file: str | None) -> None:
+def _serve_logging(log_file: str | None) -> Callable[[], None]:
     """Access lines (one per request) go to ``log_file`` or stderr, each with an ISO 8601 UTC timestamp; the
     service's warnings go to stderr as ``warning: ...``, like the CLI's own."""
     import logging
@@ -539,7 +540,19 @@ def _serve_logging(log_file: str | None) -> None:
     errors.setFormatter(_Cli("%(levelname_lower)s: %(message)s"))
     pki_log = logging.getLogger("pki")
     pki_log.addHandler(errors)
+    level = pki_log.level
     pki_log.setLevel(logging.WARNING)
+
+    def undo() -> None:
+        """The handlers go with the service: a ``ca serve`` run in-process (tests, an embedding router) must not
+        leave them writing to a stream that its caller closes."""
+        access.removeHandler(handler)
+        access.propagate = True
+        pki_log.removeHandler(errors)
+        pki_log.setLevel(level)
+        handler.close()
+
+    return undo
 
 
 def ca_serve(args: argparse.Namespace) -> None:
@@ -579,7 +592,7 @@ def ca_serve(args: argparse.Namespace) -> None:
         raise ValueError("give --est-cert and --est-key together")
     est_tls = (args.est_cert, args.est_key) if args.est_cert else None
 
-    _serve_logging(args.log_file)
+    undo_logging = _serve_logging(args.log_file)
     try:
         serve(args.ca, host=args.host, port=args.port, challenge=challenge, manual_approval=args.manual_approval,
               passphrase=_passphrase(args), ready=ready, limits=limits, est_port=args.est_port, est_tls=est_tls,
@@ -588,6 +601,8 @@ def ca_serve(args: argparse.Namespace) -> None:
         if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             raise PkiError(f"cannot listen on {args.host} port {args.port}: {exc.strerror}") from None
         raise
+    finally:
+        undo_logging()
 
 
 def ca_cmp_secret(args: argparse.Namespace) -> None:

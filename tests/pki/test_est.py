@@ -71,7 +71,16 @@ def access():
     handler, level = _Lines(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    yield lambda: list(handler.lines)
+
+    def lines(until: str | None = None) -> list[str]:
+        """The lines so far; with ``until``, once a line holds that text (bounded wait: a line is written after
+        its answer went out, so the client can be faster than the log)."""
+        deadline = time.monotonic() + 10
+        while until is not None and not any(until in x for x in handler.lines) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return list(handler.lines)
+
+    yield lines
     logger.removeHandler(handler)
     logger.setLevel(level)
 
@@ -129,7 +138,7 @@ def test_a_router_enrolls_any_key_type_over_est(tmp_path, service, access, key_t
     # the request carried no challenge password: EST sends it as HTTP basic credentials
     with pytest.raises(x509.AttributeNotFound):
         store.request("r1").attributes.get_attribute_for_oid(x509.oid.AttributeOID.CHALLENGE_PASSWORD)
-    lines = access()
+    lines = access(until="op=est.simpleenroll")
     assert any("op=est.cacerts outcome=ok http=200" in line for line in lines)
     issued = [line for line in lines if "op=est.simpleenroll" in line]
     assert issued and "auth=basic outcome=issued" in issued[0] and f"serial={cert.serial_number:x}" in issued[0]
@@ -173,7 +182,7 @@ def test_a_wrong_or_missing_password_is_401(tmp_path, service, access):
     status, headers, _ = _raw(service, "POST", "simpleenroll", _csr_b64()[1], _basic("guess"))
     assert status == 401 and headers["www-authenticate"].startswith("Basic")
     assert store.local_certificate("r1") is None
-    refused = [line for line in access() if "op=est.simpleenroll" in line]
+    refused = [line for line in access(until="op=est.simpleenroll") if "op=est.simpleenroll" in line]
     assert refused and all("outcome=refused" in line and "http=401" in line for line in refused)
     assert "guess" not in "\n".join(access())
 
@@ -214,7 +223,8 @@ def test_simplereenroll_needs_a_current_certificate_of_this_ca(tmp_path, service
     new = enroll(service.est_url, new_key, build_csr(new_key, "CN=r1,O=espresso"), ca, client=(old, old_key),
                  password=PASSWORD, reenroll=True, retry_count=0)
     assert new.subject == old.subject and new.serial_number != old.serial_number
-    assert any("op=est.simplereenroll" in line and "auth=basic+cert outcome=issued" in line for line in access())
+    assert any("op=est.simplereenroll" in line and "auth=basic+cert outcome=issued" in line
+               for line in access(until="op=est.simplereenroll"))
     # a revoked certificate no longer authenticates
     service.run(lambda: service.ca.revoke(old.serial_number, "superseded"))
     with pytest.raises(EstRefused) as revoked:
@@ -232,7 +242,7 @@ def test_auto_re_enrollment_over_est_uses_the_current_certificate(tmp_path, serv
     result = reenroll(store, setting, datetime.now(timezone.utc))
     assert result.new_key and result.new.subject == old.subject and sans_of(result.new) == sans_of(old)
     assert store.local_certificate("r1") == result.new
-    line = [x for x in access() if "op=est.simplereenroll" in x][-1]
+    line = [x for x in access(until="op=est.simplereenroll") if "op=est.simplereenroll" in x][-1]
     assert "auth=cert outcome=issued" in line
 
 
@@ -283,7 +293,7 @@ def test_pending_is_202_with_retry_after_until_approved(tmp_path, service, acces
     assert slept == [1.0, 1.0, 1.0]  # the server's Retry-After, three polls as the profile says
     pending = list_pending(service.ca_dir)
     assert len(pending) == 1 and pending[0].transaction_id.startswith("est-")
-    assert all("outcome=pending" in x and "http=202" in x for x in access() if "op=est.simpleenroll" in x)
+    assert all("outcome=pending" in x and "http=202" in x for x in access(until="op=est.simpleenroll") if "op=est.simpleenroll" in x)
     approve(service.ca_dir, pending[0].transaction_id)  # as 'ca approve' does, beside the running service
     # the same request again (same key, subject, SANs) gets the certificate
     csr = store.request("r1")
