@@ -6,12 +6,13 @@ by cookie, creates responders from a main-mode opening (within the half-open lim
 to the NAT-T port once NAT-D found a NAT (RFC 3947: from main mode's fifth message on, with the non-ESP marker),
 sends NAT keepalives, retransmits on the sessions' timers, and turns the sessions' events into the ones the
 daemon already handles for IKEv2 (IkeSaEstablished, ChildSaEstablished with UDP encapsulation and the floated
-ports, ChildSaDeleted at the quick-mode lifetime, IkeSaTerminated), so the data plane, the key log and
+ports, ChildSaRekeyed, ChildSaDeleted, IkeSaRekeyed, IkeSaTerminated), so the data plane, the key log and
 ``list-sas`` need nothing of their own.
 
-Hooks for what the core has not got yet (informational exchanges): ``terminate`` and ``delete_child`` forget the
-SAs locally and say so in the reason; once ike.v1 sends DELETE and answers DPD, they ask the session for it here,
-and ``_session_events`` maps its events. Rekeying is refused with a clear error until quick-mode rekeying exists.
+Lifetimes, DELETE, DPD and rekeying belong to the session (ike.v1.rekey's driver API): the commands here ask the
+session, which tells the peer; esp's soft expiry (bytes or packets) asks the session for a rekey. The manager
+only adds what concerns several SAs: INITIAL-CONTACT from a peer takes down our older SAs with it, and a peer's
+new main mode for an SA we hold (its ISAKMP rekey) takes over that SA's ESP SAs.
 """
 from __future__ import annotations
 
@@ -24,9 +25,19 @@ from dataclasses import dataclass, field
 from ..connection import Datagram
 from ..core_config import CoreConfig, PeerConfig
 from ..dispatcher import ChildInfo, SaInfo
-from ..errors import InvalidStateError, ParseError
-from ..events import ChildSaDeleted, ChildSaEstablished, IkeEvent, IkeSaEstablished, IkeSaTerminated
+from ..errors import IkeError, InvalidStateError, ParseError
+from ..events import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaRekeyed,
+    IkeEvent,
+    IkeSaEstablished,
+    IkeSaRekeyed,
+    IkeSaTerminated,
+)
+from .auth import AUTH_PSK, AUTH_RSA_SIG
 from .daemon_events import V1KeysDerived
+from .informational import InitialContactReceived
 from .message import HEADER_LEN, Exchange, pull_header
 from .profile import proposal_text, v1_config
 from .responder import V1Responder
@@ -55,7 +66,7 @@ class _Sa:
     first_out: bytes = b""
     last_outbound: float = 0.0
     children: dict[int, ChildSaEstablished] = field(default_factory=dict)  # by inbound SPI
-    expire: dict[int, float] = field(default_factory=dict)  # inbound SPI -> hard lifetime
+    adopted: set[int] = field(default_factory=set)  # inbound SPIs taken over from an older ISAKMP SA
     closed: bool = False
 
     @property
@@ -104,8 +115,24 @@ class V1Manager:
         return ike_id in self._sas
 
     def owns_child(self, spi: int) -> bool:
-        return any(spi in s.children or any(c.spi_out == spi for c in s.children.values())
-                   for s in self._sas.values())
+        return self._owner(spi) is not None
+
+    def _owner(self, spi: int) -> _Sa | None:
+        for sa in self._sas.values():
+            if spi in sa.children or any(c.spi_out == spi for c in sa.children.values()):
+                return sa
+        return None
+
+    def _auth(self, sa: _Sa) -> str:
+        """What list-sas and IkeSaEstablished call the authentication: psk, rsa or ecdsa."""
+        method = sa.session.config.auth_method
+        return "psk" if method == AUTH_PSK else ("rsa" if method == AUTH_RSA_SIG else "ecdsa")
+
+    def _register(self, sa: _Sa) -> None:
+        """Route the cookies of a successor main mode (our ISAKMP rekey) to the SA it will replace."""
+        succ = getattr(sa.session, "_successor", None)
+        if succ is not None:
+            self._by_cookie.setdefault(succ.cky_i, sa)
 
     # -- drivers -----------------------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: tuple[str, int], local_addr: tuple[str, int],
@@ -137,7 +164,10 @@ class V1Manager:
         if not sa.initiator and data == sa.first_in:  # the opening again: our answer was lost
             self._outbox.append(self._datagram(sa, sa.first_out, now))
             return
-        if h.cookie_r != sa.session.cky_r and sa.session.state != "mm2":
+        succ = getattr(sa.session, "_successor", None)
+        if succ is not None and h.cookie_i == succ.cky_i:
+            pass  # our rekeying main mode: the session routes it
+        elif h.cookie_r != sa.session.cky_r and sa.session.state != "mm2":
             self.stats["v1_dropped_unknown_cookie"] += 1
             return
         before = sa.session.dropped
@@ -197,40 +227,86 @@ class V1Manager:
 
     def _session_event(self, sa: _Sa, ev: IkeEvent, now: float) -> None:
         s, p = sa.session, sa.peer
+        child = p.children[0].name  # one quick mode per peer so far (ike.v1.profile)
         if isinstance(ev, Phase1Done):
             sa.state, sa.established_at = "ESTABLISHED", now
             nat_fake = p.encap and s.natt.nat_local
             self._events.append(IkeSaEstablished(
                 sa.ike_id, p.name, int.from_bytes(ev.cookie_i, "big"), int.from_bytes(ev.cookie_r, "big"),
-                sa.initiator, sa.local, sa.remote, p.local_id, p.remote_id, proposal_text(p), "psk",
+                sa.initiator, sa.local, sa.remote, p.local_id, p.remote_id, proposal_text(p), self._auth(sa),
                 s.natt.nat_local, s.natt.nat_remote, nat_fake))  # type: ignore[arg-type]
             if self.config.key_log and s.keys is not None:
                 self._events.append(V1KeysDerived(sa.ike_id, p.name, ev.cookie_i, ev.cookie_r, s.keys.enc_key))
+            if not sa.initiator:
+                self._adopt(sa)
         elif isinstance(ev, ChildSaEstablished):
-            child = p.children[0]  # one quick mode per peer so far (ike.v1.profile)
-            ev = dataclasses.replace(ev, ike_id=sa.ike_id, child=child.name, local_addr=sa.local, remote_addr=sa.remote,
-                                     encap=s.natt.floated, life_bytes=child.life_bytes,
-                                     life_packets=child.life_packets)
+            # the session agreed on the lifetimes (seconds, kilobytes) and rekey points; esp enforces the bytes
+            ev = dataclasses.replace(ev, ike_id=sa.ike_id, child=child, local_addr=sa.local, remote_addr=sa.remote,
+                                     encap=s.natt.floated, life_packets=p.children[0].life_packets)
             sa.children[ev.spi_in] = ev
-            if ev.life_time:
-                sa.expire[ev.spi_in] = now + ev.life_time
             self._events.append(ev)
-        else:  # events the core may add (DELETE, DPD): passed on as they are
+        elif isinstance(ev, ChildSaDeleted):
+            sa.children.pop(ev.spi_in, None)
+            self._events.append(dataclasses.replace(ev, ike_id=sa.ike_id, child=child))
+        elif isinstance(ev, ChildSaRekeyed):
+            self._events.append(dataclasses.replace(ev, ike_id=sa.ike_id, child=child))
+        elif isinstance(ev, IkeSaTerminated):
+            self._forget(sa)
+            self._events.append(dataclasses.replace(ev, ike_id=sa.ike_id))
+        elif isinstance(ev, IkeSaRekeyed):
+            self._by_cookie = {k: v for k, v in self._by_cookie.items() if v is not sa}
+            self._by_cookie[s.cky_i] = sa
+            self._events.append(dataclasses.replace(ev, ike_id=sa.ike_id))
+        elif isinstance(ev, InitialContactReceived):  # acted on here: it concerns several SAs
+            log.info("IKEv1 %s[%d]: INITIAL-CONTACT from %s", p.name, sa.ike_id, sa.remote[0])
+            self._initial_contact(sa, now)
+        else:  # DeadPeerDetected and what the core may add: passed on as they are
             self._events.append(ev)
 
-    def _close(self, sa: _Sa, reason: str) -> None:
-        for spi, c in list(sa.children.items()):
+    def _adopt(self, new: _Sa) -> None:
+        """A peer's new main mode while we hold an ISAKMP SA with it (how IKEv1 rekeys one): the new SA takes
+        over the ESP SAs, so the old one's DELETE (which follows) leaves them alone."""
+        for old in list(self._sas.values()):
+            if old is not new and not old.closed and old.peer.name == new.peer.name and \
+                    old.remote[0] == new.remote[0] and old.children:
+                new.session.adopt_children(old.session)
+                new.children.update(old.children)
+                new.adopted.update(old.children)
+                old.children.clear()
+
+    def _initial_contact(self, sa: _Sa, now: float) -> None:
+        """RFC 2407 4.6.3.3: the peer holds no other SA with us; ours from before its restart go (silently:
+        the peer would not understand a DELETE for them)."""
+        for old in list(self._sas.values()):
+            if old is not sa and not old.closed and old.peer.name == sa.peer.name and old.remote[0] == sa.remote[0]:
+                self.stats["v1_initial_contact_cleared"] += 1
+                old.session._terminate("replaced (INITIAL-CONTACT)")
+                old.session.state = "closed"
+                self._after(old, now)
+        for spi in sa.adopted & set(sa.children):  # taken over from an SA of before the restart: stale too
+            self.stats["v1_initial_contact_cleared"] += 1
+            c = sa.children.pop(spi)
+            sa.session.children.pop(spi, None)
             self._events.append(ChildSaDeleted(sa.ike_id, sa.peer.name, c.child, c.spi_in, c.spi_out,
-                                               "ike_sa terminated"))
+                                               "replaced (INITIAL-CONTACT)"))
+        sa.adopted.clear()
+
+    def _forget(self, sa: _Sa) -> None:
         sa.children.clear()
-        sa.expire.clear()
         sa.closed = True
-        cky_i, cky_r = sa.cookies
-        self._events.append(IkeSaTerminated(sa.ike_id, sa.peer.name, int.from_bytes(cky_i, "big"),
-                                            int.from_bytes(cky_r, "big"), reason))
         self._sas.pop(sa.ike_id, None)
-        if self._by_cookie.get(cky_i) is sa:
-            del self._by_cookie[cky_i]
+        self._by_cookie = {k: v for k, v in self._by_cookie.items() if v is not sa}
+
+    def _close(self, sa: _Sa, reason: str) -> None:
+        """Give up an SA the session has not terminated itself (half-open timeout, main mode failed)."""
+        if sa.closed:
+            return
+        sa.session._terminate(reason)
+        if sa.session.state not in ("closed", "dead", "expired"):
+            sa.session.state = "closed"
+        while (ev := sa.session.next_event()) is not None:
+            self._session_event(sa, ev, 0.0)
+        self._forget(sa)
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
         out, self._outbox = self._outbox, []
@@ -240,7 +316,6 @@ class V1Manager:
         times = [t for t in (sa.session.get_timer(),) if t is not None]
         if not sa.initiator and sa.state == "CONNECTING":
             times.append(sa.created + self.config.half_open_timeout)
-        times.extend(sa.expire.values())
         if sa.floated and sa.session.natt.nat_local and sa.peer.keepalive_interval and sa.state == "ESTABLISHED":
             times.append(sa.last_outbound + sa.peer.keepalive_interval)
         return times
@@ -257,12 +332,7 @@ class V1Manager:
                 self._close(sa, "half-open timeout")
                 continue
             sa.session.handle_timer(now)
-            for spi, at in list(sa.expire.items()):
-                if now >= at:  # the quick-mode lifetime ran out (no rekey yet): remove the ESP SAs
-                    c = sa.children.pop(spi)
-                    del sa.expire[spi]
-                    self._events.append(ChildSaDeleted(sa.ike_id, sa.peer.name, c.child, c.spi_in, c.spi_out,
-                                                       "expired"))
+            self._register(sa)
             if (sa.floated and sa.session.natt.nat_local and sa.peer.keepalive_interval
                     and sa.state == "ESTABLISHED" and now >= sa.last_outbound + sa.peer.keepalive_interval):
                 # RFC 3948 2.3: one 0xFF byte on the NAT-T port, no marker, keeps the NAT's mapping
@@ -289,7 +359,9 @@ class V1Manager:
         local = (pc.local_addr or "0.0.0.0", pc.local_port)
         remote = (host, pc.remote_port)
         ike_id = self._new_id()
-        session = V1Session(v1_config(pc, local, remote, self.config.retransmit_timeout), self.config.random,
+        # INITIAL-CONTACT on our first SA with the peer: it drops what it still holds from our last run
+        session = V1Session(v1_config(pc, local, remote, self.config.retransmit_timeout, initial_contact=True),
+                            self.config.random,
                             ike_id)
         sa = _Sa(ike_id, pc, session, local, remote, now, True)
         self._sas[ike_id] = sa
@@ -299,31 +371,66 @@ class V1Manager:
         return ike_id
 
     def terminate(self, ike_id: int, now: float) -> None:
-        """Forget the ISAKMP SA and its IPsec SAs. IKEv1 DELETE is not in the core yet: the peer is not told."""
+        """DELETE for each ESP SA and for the ISAKMP SA (RFC 2408 4.8); the SAs go at once (IKEv1 DELETE is not
+        acknowledged)."""
         sa = self._sas.get(ike_id)
         if sa is None:
             raise InvalidStateError(f"no IKE_SA with id {ike_id}")
-        self._close(sa, "deleted locally (no IKEv1 DELETE sent: not implemented yet)")
+        if sa.session.phase1_done:
+            sa.session.close(now)
+            self._after(sa, now)
+        self._close(sa, "deleted")
 
     def delete_child(self, spi_in: int, now: float) -> None:
-        for sa in self._sas.values():
-            c = sa.children.pop(spi_in, None)
-            if c is not None:
-                sa.expire.pop(spi_in, None)
-                self._events.append(ChildSaDeleted(sa.ike_id, sa.peer.name, c.child, c.spi_in, c.spi_out,
-                                                   "deleted locally"))
-                return
-        raise InvalidStateError(f"no CHILD_SA with SPI {spi_in:08x}")
+        """DELETE for one ESP SA (our inbound SPI), then ChildSaDeleted."""
+        sa = self._owner(spi_in)
+        if sa is None or spi_in not in sa.children:
+            raise InvalidStateError(f"no CHILD_SA with SPI {spi_in:08x}")
+        try:
+            sa.session.delete_child(spi_in, now)
+        except KeyError:
+            sa.children.pop(spi_in, None)
+        self._after(sa, now)
 
     def rekey_child(self, spi_in: int, now: float) -> None:
-        raise InvalidStateError("IKEv1: quick-mode rekeying is not implemented yet")
+        """A new quick mode for the ESP SA: the new pair is installed before the old one is deleted."""
+        sa = self._owner(spi_in)
+        if sa is None or spi_in not in sa.children:
+            raise InvalidStateError(f"no CHILD_SA with SPI {spi_in:08x}")
+        try:
+            sa.session.rekey_child(spi_in, now)
+        except (KeyError, IkeError) as exc:
+            raise InvalidStateError(f"IKEv1: cannot rekey CHILD_SA {spi_in:08x}: {exc}") from None
+        self._after(sa, now)
 
     def rekey_ike(self, ike_id: int, now: float) -> None:
-        raise InvalidStateError("IKEv1: ISAKMP SA rekeying is not implemented yet")
+        """A new main mode beside the ISAKMP SA; it takes over (IkeSaRekeyed) and deletes the old one."""
+        sa = self._sas.get(ike_id)
+        if sa is None:
+            raise InvalidStateError(f"no IKE_SA with id {ike_id}")
+        try:
+            sa.session.rekey_ike(now)
+        except (NotImplementedError, IkeError) as exc:
+            raise InvalidStateError(f"IKEv1: cannot rekey ISAKMP SA {ike_id}: "
+                                    f"{exc or 'only its main-mode initiator can'}") from None
+        self._register(sa)
+        self._after(sa, now)
 
     def child_sa_soft_expired(self, spi: int, now: float) -> None:
-        """esp's soft limit: IKEv1 cannot rekey yet, so the hard limit (or lifetime) removes the SA."""
-        self.stats["v1_soft_expiry_ignored"] += 1
+        """esp's soft limit (bytes or packets): rekey, where we are the side that rekeys (the quick-mode
+        initiator); otherwise the peer rekeys, or the hard limit removes the SA."""
+        sa = self._owner(spi)
+        if sa is None:
+            return
+        spi_in = spi if spi in sa.children else next(c.spi_in for c in sa.children.values() if c.spi_out == spi)
+        if not sa.session.initiator or sa.session.state != "established":
+            self.stats["v1_soft_expiry_left_to_peer"] += 1
+            return
+        try:
+            self.rekey_child(spi_in, now)
+        except InvalidStateError as exc:
+            self.stats["v1_soft_expiry_rekey_refused"] += 1
+            log.info("IKEv1 %s[%d]: soft expiry of %08x: %s", sa.peer.name, sa.ike_id, spi_in, exc)
 
     def list_sas(self) -> list[SaInfo]:
         out = []
@@ -331,9 +438,15 @@ class V1Manager:
             s, p = sa.session, sa.peer
             kids = tuple(ChildInfo(c.child, c.spi_in, c.spi_out, c.suite, c.esn, "installed",
                                    tuple(str(t) for t in c.local_ts), tuple(str(t) for t in c.remote_ts),
-                                   None, sa.expire.get(c.spi_in), c.mode, c.encap) for c in sa.children.values())
+                                   *self._clock(sa, c.spi_in), c.mode, c.encap) for c in sa.children.values())
             out.append(SaInfo(sa.ike_id, p.name, sa.state.lower(), sa.initiator, int.from_bytes(s.cky_i, "big"),
                               int.from_bytes(s.cky_r, "big"), sa.local, sa.remote, str(p.local_id),
-                              str(p.remote_id or ""), proposal_text(p), "psk", s.natt.floated, sa.established_at,
+                              str(p.remote_id or ""), proposal_text(p), self._auth(sa), s.natt.floated, sa.established_at,
                               None, kids, version=1))
         return out
+
+    @staticmethod
+    def _clock(sa: _Sa, spi_in: int) -> tuple[float | None, float | None]:
+        """(rekey at, expire at) of an ESP SA, as the session keeps them."""
+        clock = sa.session._child_clock.get(spi_in) or [0, 0]
+        return clock[0] or None, clock[1] or None

@@ -117,7 +117,7 @@ def proposal_text(peer: PeerConfig) -> str:
 
 
 def v1_config(peer: PeerConfig, local: tuple[str, int], remote: tuple[str, int], retransmit_timeout: float,
-              child: ChildConfig | None = None) -> V1Config:
+              child: ChildConfig | None = None, initial_contact: bool = False) -> V1Config:
     """The core's configuration of one ISAKMP SA with ``peer`` between these addresses (as on the wire)."""
     c = child or peer.children[0]
     ike = parse_v1_proposal(_ike_text(peer), esp=False)
@@ -129,4 +129,5 @@ def v1_config(peer: PeerConfig, local: tuple[str, int], remote: tuple[str, int],
         remote_addr=remote, enc_key_bits=ike.bits, hash=_HASHES[ike.hash_name], group=ike.group,
         esp_key_bits=esp.bits, esp_auth=_ESP_AUTH[esp.hash_name], pfs_group=esp.group,
         ike_lifetime=int(peer.rekey_time) or 10800, esp_lifetime=int(c.life_time) or 3600,
-        retransmit_timeout=retransmit_timeout, natt=True, encap=peer.encap)
+        retransmit_timeout=retransmit_timeout, natt=True, encap=peer.encap,
+        esp_life_kb=(c.life_bytes + 1023) // 1024, dpd_delay=peer.dpd_delay, initial_contact=initial_contact)

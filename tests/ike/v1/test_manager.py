@@ -154,22 +154,102 @@ def test_unanswered_initiator_gives_up_within_bounds():
     assert sends == 4 and a.list_sas() == [] and now < 30  # the opening and three retransmits
 
 
-def test_quick_mode_lifetime_removes_the_esp_sas_and_commands_ikev1_cannot_do_are_refused():
-    a, b = _pair(life_time=100.0)
+def _up(**kw: object) -> tuple[VersionDispatcher, VersionDispatcher, int, ChildSaEstablished, ChildSaEstablished]:
+    a, b = _pair(**kw)
     ike_id = a.initiate("b", 0.0)
     _pump(a, b, 0.0)
-    child = [e for e in _events(a) if isinstance(e, ChildSaEstablished)][0]
-    with pytest.raises(InvalidStateError, match="rekeying is not implemented"):
-        a.rekey_child(child.spi_in, 1.0)
+    ca = next(e for e in _events(a) if isinstance(e, ChildSaEstablished))
+    cb = next(e for e in _events(b) if isinstance(e, ChildSaEstablished))
+    return a, b, ike_id, ca, cb
+
+
+def _spis(d: VersionDispatcher) -> set[int]:
+    return {c.spi_in for i in d.list_sas() for c in i.children}
+
+
+def test_the_session_rekeys_before_the_quick_mode_lifetime_make_before_break():
+    a, b, ike_id, ca, cb = _up(life_time=100.0)
+    assert a.list_sas()[0].children[0].rekey_at == 90.0 and a.list_sas()[0].auth_method == "psk"
+    assert a.get_timer() == 90.0
+    a.handle_timer(90.0)
+    _pump(a, b, 90.0)
+    ea, eb = _events(a), _events(b)
+    assert [type(e).__name__ for e in ea] == ["ChildSaEstablished", "ChildSaRekeyed", "ChildSaDeleted"], ea
+    new = ea[0]
+    assert new.replaces == ca.spi_in and new.child == "net" and ea[1].ike_id == ike_id
+    assert ea[2].spi_in == ca.spi_in and ea[2].reason == "rekeyed"
+    # the responder installs the new pair, then removes the old one on our DELETE
+    assert [type(e).__name__ for e in eb] == ["ChildSaEstablished", "ChildSaRekeyed", "ChildSaDeleted"], eb
+    assert eb[2].spi_in == cb.spi_in and eb[2].reason == "deleted by peer"
+    assert _spis(a) == {new.spi_in} and _spis(b) == {new.spi_out}
+
+
+def test_commands_reach_the_peer_rekey_soft_expiry_delete_and_terminate():
+    a, b, ike_id, ca, cb = _up()
+    with pytest.raises(InvalidStateError, match="responder role"):
+        b.rekey_child(cb.spi_in, 1.0)  # charon's quick mode responder role does not start one either
     with pytest.raises(InvalidStateError):
-        a.rekey_ike(ike_id, 1.0)
-    a.child_sa_soft_expired(child.spi_in, 1.0)  # ignored (counted): the hard limit or lifetime removes it
-    assert a.get_timer() == 100.0
-    a.handle_timer(100.0)
-    (gone,) = _events(a)
-    assert isinstance(gone, ChildSaDeleted) and gone.reason == "expired" and gone.spi_in == child.spi_in
-    a.terminate(ike_id, 101.0)
+        a.rekey_child(0x1234, 1.0)
+    a.child_sa_soft_expired(ca.spi_out, 1.0)  # esp's byte/packet soft limit: a rekey
+    _pump(a, b, 1.0)
+    new = next(e for e in _events(a) if isinstance(e, ChildSaEstablished))
+    assert new.replaces == ca.spi_in and _spis(a) == {new.spi_in}
+    _events(b)
+    a.rekey_child(new.spi_in, 2.0)
+    _pump(a, b, 2.0)
+    newer = next(e for e in _events(a) if isinstance(e, ChildSaEstablished))
+    _events(b)
+    a.delete_child(newer.spi_in, 3.0)
+    _pump(a, b, 3.0)
+    assert [(type(e), e.reason) for e in _events(b)] == [(ChildSaDeleted, "deleted by peer")] and _spis(b) == set()
+    a.rekey_ike(ike_id, 4.0)
+    _pump(a, b, 4.0)
+    assert "IkeSaRekeyed" in [type(e).__name__ for e in _events(a)]
+    assert len(a.list_sas()) == 1 and a.list_sas()[0].ike_id == ike_id
+    _events(b)
+    assert len(b.list_sas()) == 1  # the old ISAKMP SA went on our DELETE
+    a.terminate(ike_id, 5.0)
+    _pump(a, b, 5.0)
     assert isinstance(_events(a)[-1], IkeSaTerminated) and a.list_sas() == []
+    (gone,) = _events(b)
+    assert isinstance(gone, IkeSaTerminated) and gone.reason == "deleted by peer" and b.list_sas() == []
+
+
+def test_terminate_deletes_the_esp_sas_on_both_sides():
+    a, b, ike_id, _, cb = _up()
+    a.terminate(ike_id, 1.0)
+    _pump(a, b, 1.0)
+    ea, eb = _events(a), _events(b)
+    assert [type(e) for e in ea] == [ChildSaDeleted, IkeSaTerminated]
+    assert [type(e) for e in eb] == [ChildSaDeleted, IkeSaTerminated] and eb[0].spi_in == cb.spi_in
+    assert a.list_sas() == b.list_sas() == []
+
+
+def test_dpd_takes_a_dead_peer_down():
+    a, *_ = _up(dpd_delay=10.0)
+    now = 0.0
+    for _ in range(30):  # b is gone: nothing is delivered any more
+        t = a.get_timer()
+        if t is None or not a.list_sas():
+            break
+        now = t
+        a.handle_timer(now)
+        a.datagrams_to_send(now)
+    evs = _events(a)
+    assert [type(e).__name__ for e in evs] == ["DeadPeerDetected", "ChildSaDeleted", "IkeSaTerminated"], evs
+    assert evs[-1].reason == "dead peer" and a.list_sas() == [] and now < 200
+
+
+def test_initial_contact_from_a_restarted_peer_clears_its_older_sas():
+    a, b, _, _, cb = _up()
+    a2 = VersionDispatcher(a.config)  # a restarts: it holds nothing, b still holds the old SAs
+    a2.initiate("b", 10.0)
+    _pump(a2, b, 10.0)
+    eb = _events(b)
+    assert b.v1.stats["v1_initial_contact_cleared"] >= 1
+    old = [e for e in eb if isinstance(e, ChildSaDeleted)]
+    assert [e.spi_in for e in old] == [cb.spi_in]
+    assert len(b.list_sas()) == 1 and _spis(b) != {cb.spi_in}
 
 
 def _valid_prefix() -> list[bytes]:
