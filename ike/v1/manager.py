@@ -417,13 +417,13 @@ class V1Manager:
         self._after(sa, now)
 
     def child_sa_soft_expired(self, spi: int, now: float) -> None:
-        """esp's soft limit (bytes or packets): rekey, where we are the side that rekeys (the quick-mode
-        initiator); otherwise the peer rekeys, or the hard limit removes the SA."""
+        """esp's soft limit (bytes or packets): rekey where we ran the quick mode (the side that rekeys, as
+        in strongSwan); otherwise the peer rekeys, or the hard limit removes the SA."""
         sa = self._owner(spi)
         if sa is None:
             return
         spi_in = spi if spi in sa.children else next(c.spi_in for c in sa.children.values() if c.spi_out == spi)
-        if not sa.session.initiator or sa.session.state != "established":
+        if not sa.children[spi_in].initiator or sa.session.state != "established":
             self.stats["v1_soft_expiry_left_to_peer"] += 1
             return
         try:

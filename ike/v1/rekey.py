@@ -326,8 +326,6 @@ class LifecycleMixin(InformationalMixin):
         """A new quick mode for the ESP SA ``spi_in`` (same selectors); the old one is deleted once it is up."""
         if spi_in not in self.children:
             raise KeyError(f"no ESP SA with inbound SPI {spi_in:#010x}")
-        if not self.initiator:
-            raise IkeError("the quick-mode responder role cannot start a rekey yet")
         if self.state != "established":
             raise IkeError(f"cannot rekey in state {self.state}")
         self._replacing = spi_in

@@ -186,8 +186,8 @@ def test_the_session_rekeys_before_the_quick_mode_lifetime_make_before_break():
 
 def test_commands_reach_the_peer_rekey_soft_expiry_delete_and_terminate():
     a, b, ike_id, ca, cb = _up()
-    with pytest.raises(InvalidStateError, match="responder role"):
-        b.rekey_child(cb.spi_in, 1.0)  # charon's quick mode responder role does not start one either
+    b.child_sa_soft_expired(cb.spi_in, 0.5)  # b answered the quick mode: the peer rekeys, b waits
+    assert b.datagrams_to_send(0.5) == [] and b.v1.stats["v1_soft_expiry_left_to_peer"] == 1
     with pytest.raises(InvalidStateError):
         a.rekey_child(0x1234, 1.0)
     a.child_sa_soft_expired(ca.spi_out, 1.0)  # esp's byte/packet soft limit: a rekey
@@ -213,6 +213,26 @@ def test_commands_reach_the_peer_rekey_soft_expiry_delete_and_terminate():
     assert isinstance(_events(a)[-1], IkeSaTerminated) and a.list_sas() == []
     (gone,) = _events(b)
     assert isinstance(gone, IkeSaTerminated) and gone.reason == "deleted by peer" and b.list_sas() == []
+
+
+def test_either_side_rekeys_and_the_main_mode_initiator_answers_a_peer_started_quick_mode():
+    """charon rekeys an ESP SA with its own quick mode when its lifetime is shorter, also as main-mode responder:
+    our initiator answers it, installs the new pair, and removes the old one on the peer's DELETE."""
+    a, b, _, ca, cb = _up()
+    b.rekey_child(cb.spi_in, 1.0)
+    _pump(a, b, 1.0)
+    ea, eb = _events(a), _events(b)
+    assert [type(e).__name__ for e in eb] == ["ChildSaEstablished", "ChildSaRekeyed", "ChildSaDeleted"], eb
+    assert [type(e).__name__ for e in ea] == ["ChildSaEstablished", "ChildSaRekeyed", "ChildSaDeleted"], ea
+    assert ea[0].replaces == ca.spi_in and not ea[0].initiator and eb[0].initiator and eb[0].rekey_time
+    assert ea[2].spi_in == ca.spi_in and ea[2].reason == "deleted by peer"
+    assert _spis(a) == {eb[0].spi_out} and _spis(b) == {ea[0].spi_out}
+    # the new pair is b's to rekey: a's soft expiry waits for it, b's starts one
+    a.child_sa_soft_expired(ea[0].spi_in, 2.0)
+    assert a.datagrams_to_send(2.0) == []
+    b.child_sa_soft_expired(eb[0].spi_in, 2.0)
+    _pump(a, b, 2.0)
+    assert _spis(a) == {c.spi_out for i in b.list_sas() for c in i.children} != {ea[0].spi_in}
 
 
 def test_terminate_deletes_the_esp_sas_on_both_sides():
