@@ -96,7 +96,7 @@ def _fragmentation(v: Any) -> str:
 
 
 #: keys of a peer that only IKEv2 has (refused under ``version = 1`` with their path), and the IKEv1-only ones
-IKEV2_ONLY = ("fragmentation", "fragment_size", "signature_auth", "rsa_pss", "dpd_delay",
+IKEV2_ONLY = ("fragmentation", "fragment_size", "signature_auth", "rsa_pss",
               "send_certreq", "send_cert", "certificate", "certificates", "ca_profiles", "ca_profile",
               "trusted_ca_group", "revocation")
 IKEV1_ONLY = ("aggressive",)
