@@ -15,6 +15,7 @@ from ike.core_config import ChildConfig, CoreConfig, Identity, PeerConfig, Traff
 from ike.errors import InvalidStateError
 from ike.events import ChildSaDeleted, ChildSaEstablished, IkeSaEstablished, IkeSaTerminated
 from ike.v1.adapter import VersionDispatcher
+from ike.v1.rekey import SWITCH_DELAY
 from ike.v1.message import Exchange, Payload, PayloadType, push_message
 
 A, B = ("192.0.2.1", 500), ("198.51.100.2", 500)
@@ -163,6 +164,13 @@ def _up(**kw: object) -> tuple[VersionDispatcher, VersionDispatcher, int, ChildS
     return a, b, ike_id, ca, cb
 
 
+def _switch(a: VersionDispatcher, b: VersionDispatcher, now: float) -> None:
+    """SWITCH_DELAY later: the rekeying side moves its outbound traffic to the new ESP SA, deletes the old one."""
+    a.handle_timer(now + SWITCH_DELAY)
+    b.handle_timer(now + SWITCH_DELAY)
+    _pump(a, b, now + SWITCH_DELAY)
+
+
 def _spis(d: VersionDispatcher) -> set[int]:
     return {c.spi_in for i in d.list_sas() for c in i.children}
 
@@ -173,6 +181,8 @@ def test_the_session_rekeys_before_the_quick_mode_lifetime_make_before_break():
     assert a.get_timer() == 90.0
     a.handle_timer(90.0)
     _pump(a, b, 90.0)
+    a.handle_timer(90.0 + SWITCH_DELAY)  # our outbound moves once the peer has surely installed the new SA
+    _pump(a, b, 90.0 + SWITCH_DELAY)
     ea, eb = _events(a), _events(b)
     assert [type(e).__name__ for e in ea] == ["ChildSaEstablished", "ChildSaRekeyed", "ChildSaDeleted"], ea
     new = ea[0]
@@ -192,11 +202,13 @@ def test_commands_reach_the_peer_rekey_soft_expiry_delete_and_terminate():
         a.rekey_child(0x1234, 1.0)
     a.child_sa_soft_expired(ca.spi_out, 1.0)  # esp's byte/packet soft limit: a rekey
     _pump(a, b, 1.0)
+    _switch(a, b, 1.0)
     new = next(e for e in _events(a) if isinstance(e, ChildSaEstablished))
     assert new.replaces == ca.spi_in and _spis(a) == {new.spi_in}
     _events(b)
     a.rekey_child(new.spi_in, 2.0)
     _pump(a, b, 2.0)
+    _switch(a, b, 2.0)
     newer = next(e for e in _events(a) if isinstance(e, ChildSaEstablished))
     _events(b)
     a.delete_child(newer.spi_in, 3.0)
@@ -221,6 +233,7 @@ def test_either_side_rekeys_and_the_main_mode_initiator_answers_a_peer_started_q
     a, b, _, ca, cb = _up()
     b.rekey_child(cb.spi_in, 1.0)
     _pump(a, b, 1.0)
+    _switch(a, b, 1.0)
     ea, eb = _events(a), _events(b)
     assert [type(e).__name__ for e in eb] == ["ChildSaEstablished", "ChildSaRekeyed", "ChildSaDeleted"], eb
     assert [type(e).__name__ for e in ea] == ["ChildSaEstablished", "ChildSaRekeyed", "ChildSaDeleted"], ea
@@ -232,6 +245,7 @@ def test_either_side_rekeys_and_the_main_mode_initiator_answers_a_peer_started_q
     assert a.datagrams_to_send(2.0) == []
     b.child_sa_soft_expired(eb[0].spi_in, 2.0)
     _pump(a, b, 2.0)
+    _switch(a, b, 2.0)
     assert _spis(a) == {c.spi_out for i in b.list_sas() for c in i.children} != {ea[0].spi_in}
 
 
