@@ -4,11 +4,15 @@ Why apart from the sessions: a V1Session/V1Responder is one ISAKMP SA on fixed a
 sockets, ports or other SAs. This manager is what IKEv2's dispatcher is to its connections: it routes datagrams
 by cookie, creates responders from a main-mode opening (within the half-open limits of CoreConfig), moves an SA
 to the NAT-T port once NAT-D found a NAT (RFC 3947: from main mode's fifth message on, with the non-ESP marker),
-sends NAT keepalives, and turns the sessions' events into the ones the daemon already handles for IKEv2
-(IkeSaEstablished, ChildSaEstablished with UDP encapsulation and the floated ports, ChildSaRekeyed and
-ChildSaEstablished(replaces=...) for make-before-break, ChildSaDeleted, IkeSaRekeyed, IkeSaTerminated), so the
-data plane, the key log and ``list-sas`` need nothing of their own. Lifetimes, DPD, DELETE and rekeying are the
-sessions' (ike/v1/rekey.py, informational.py); the commands here ask them for it.
+sends NAT keepalives, retransmits on the sessions' timers, and turns the sessions' events into the ones the
+daemon already handles for IKEv2 (IkeSaEstablished, ChildSaEstablished with UDP encapsulation and the floated
+ports, ChildSaRekeyed, ChildSaDeleted, IkeSaRekeyed, IkeSaTerminated), so the data plane, the key log and
+``list-sas`` need nothing of their own.
+
+Lifetimes, DELETE, DPD and rekeying belong to the session (ike.v1.rekey's driver API): the commands here ask the
+session, which tells the peer; esp's soft expiry (bytes or packets) asks the session for a rekey. The manager
+only adds what concerns several SAs: INITIAL-CONTACT from a peer takes down our older SAs with it, and a peer's
+new main mode for an SA we hold (its ISAKMP rekey) takes over that SA's ESP SAs.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from ..events import (
     IkeSaRekeyed,
     IkeSaTerminated,
 )
-from . import auth as v1auth
+from .auth import method_name
 from .daemon_events import V1KeysDerived
 from .informational import InitialContactReceived
 from .message import Exchange, pull_header
@@ -61,17 +65,13 @@ class _Sa:
     first_in: bytes = b""  # a responder's main-mode opening, to answer its retransmits
     first_out: bytes = b""
     last_outbound: float = 0.0
-    children: dict[int, ChildSaEstablished] = field(default_factory=dict)  # by inbound SPI, as the daemon has them
+    children: dict[int, ChildSaEstablished] = field(default_factory=dict)  # by inbound SPI
+    adopted: set[int] = field(default_factory=set)  # inbound SPIs taken over from an older ISAKMP SA
     closed: bool = False
 
     @property
     def cookies(self) -> tuple[bytes, bytes]:
         return self.session.cky_i, self.session.cky_r
-
-    @property
-    def auth(self) -> str:
-        sig = self.session.config.signature
-        return "psk" if sig is None else v1auth.method_name(self.session.config.auth_method)
 
 
 class V1Manager:
@@ -115,8 +115,23 @@ class V1Manager:
         return ike_id in self._sas
 
     def owns_child(self, spi: int) -> bool:
-        return any(spi in s.children or any(c.spi_out == spi for c in s.children.values())
-                   for s in self._sas.values())
+        return self._owner(spi) is not None
+
+    def _owner(self, spi: int) -> _Sa | None:
+        for sa in self._sas.values():
+            if spi in sa.children or any(c.spi_out == spi for c in sa.children.values()):
+                return sa
+        return None
+
+    def _auth(self, sa: _Sa) -> str:
+        """What list-sas and IkeSaEstablished call the authentication: psk, rsa, ecdsa-256/384/521."""
+        return method_name(sa.session.config.auth_method)
+
+    def _register(self, sa: _Sa) -> None:
+        """Route the cookies of a successor main mode (our ISAKMP rekey) to the SA it will replace."""
+        succ = getattr(sa.session, "_successor", None)
+        if succ is not None:
+            self._by_cookie.setdefault(succ.cky_i, sa)
 
     # -- drivers -----------------------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: tuple[str, int], local_addr: tuple[str, int],
@@ -138,7 +153,7 @@ class V1Manager:
             return
         h = pull_header(data)
         self.stats["v1_received"] += 1
-        sa = self._by_cookie.get(h.cookie_i) or self._rekeying(h.cookie_i)
+        sa = self._by_cookie.get(h.cookie_i)
         if sa is None or sa.closed:
             if h.cookie_r == bytes(8) and h.exchange in (Exchange.MAIN, Exchange.AGGRESSIVE) and h.message_id == 0 \
                     and not h.encrypted:
@@ -149,9 +164,10 @@ class V1Manager:
         if not sa.initiator and data == sa.first_in:  # the opening again: our answer was lost
             self._outbox.append(self._datagram(sa, sa.first_out, now))
             return
-        succ = sa.session._successor
-        if h.cookie_r != sa.session.cky_r and sa.session.state not in ("mm2", "am2") and \
-                (succ is None or h.cookie_i != succ.cky_i):
+        succ = getattr(sa.session, "_successor", None)
+        if succ is not None and h.cookie_i == succ.cky_i:
+            pass  # our rekeying main mode: the session routes it
+        elif h.cookie_r != sa.session.cky_r and sa.session.state not in ("mm2", "am2"):
             self.stats["v1_dropped_unknown_cookie"] += 1
             return
         before = sa.session.dropped
@@ -166,11 +182,6 @@ class V1Manager:
             if local_addr[1] not in self.config.plain_ports:
                 sa.floated = True
         self._after(sa, now)
-
-    def _rekeying(self, cookie_i: bytes) -> _Sa | None:
-        """The SA whose ISAKMP rekey (a new main mode beside it, ike/v1/rekey.py) has initiator cookie ``cookie_i``."""
-        return next((sa for sa in self._sas.values()
-                     if sa.session._successor is not None and sa.session._successor.cky_i == cookie_i), None)
 
     def _new_responder(self, data: bytes, addr: tuple[str, int], local_addr: tuple[str, int], now: float) -> None:
         cfg = self.config
@@ -217,76 +228,91 @@ class V1Manager:
             self._outbox.append(self._datagram(sa, d, now))
         while (ev := s.next_event()) is not None:
             self._session_event(sa, ev, now)
-        if s.state in ("failed", "closed", "dead", "expired") and not sa.closed:
+        if s.state == "failed" and not sa.closed:
             self._close(sa, "retransmit timeout" if sa.state == "CONNECTING" else "failed")
 
     def _session_event(self, sa: _Sa, ev: IkeEvent, now: float) -> None:
         s, p = sa.session, sa.peer
+        child = p.children[0].name  # one quick mode per peer so far (ike.v1.profile)
         if isinstance(ev, Phase1Done):
             sa.state, sa.established_at = "ESTABLISHED", now
             nat_fake = p.encap and s.natt.nat_local
             self._events.append(IkeSaEstablished(
                 sa.ike_id, p.name, int.from_bytes(ev.cookie_i, "big"), int.from_bytes(ev.cookie_r, "big"),
-                sa.initiator, sa.local, sa.remote, p.local_id, p.remote_id, proposal_text(p), sa.auth,
+                sa.initiator, sa.local, sa.remote, p.local_id, p.remote_id, proposal_text(p), self._auth(sa),
                 s.natt.nat_local, s.natt.nat_remote, nat_fake))  # type: ignore[arg-type]
             if self.config.key_log and s.keys is not None:
                 self._events.append(V1KeysDerived(sa.ike_id, p.name, ev.cookie_i, ev.cookie_r, s.keys.enc_key))
             if not sa.initiator:
                 self._adopt(sa)
         elif isinstance(ev, ChildSaEstablished):
-            child = p.children[0]  # one quick mode per peer so far (ike.v1.profile)
-            ev = dataclasses.replace(ev, ike_id=sa.ike_id, child=child.name, local_addr=sa.local, remote_addr=sa.remote,
-                                     encap=s.natt.floated, life_packets=child.life_packets)
+            # the session agreed on the lifetimes (seconds, kilobytes) and rekey points; esp enforces the bytes
+            ev = dataclasses.replace(ev, ike_id=sa.ike_id, child=child, local_addr=sa.local, remote_addr=sa.remote,
+                                     encap=s.natt.floated, life_packets=p.children[0].life_packets)
             sa.children[ev.spi_in] = ev
             self._events.append(ev)
-        elif isinstance(ev, (ChildSaDeleted, ChildSaRekeyed)):
-            known = sa.children.get(ev.spi_in)
-            if isinstance(ev, ChildSaDeleted):
-                sa.children.pop(ev.spi_in, None)
-            self._events.append(dataclasses.replace(ev, ike_id=sa.ike_id, child=known.child) if known else ev)
-        elif isinstance(ev, IkeSaRekeyed):
-            old = ev.old_spi_i.to_bytes(8, "big")
-            if self._by_cookie.get(old) is sa:
-                del self._by_cookie[old]
-            self._by_cookie[s.cky_i] = sa
-            self._events.append(dataclasses.replace(ev, ike_id=sa.ike_id))
+        elif isinstance(ev, ChildSaDeleted):
+            sa.children.pop(ev.spi_in, None)
+            self._events.append(dataclasses.replace(ev, ike_id=sa.ike_id, child=child))
+        elif isinstance(ev, ChildSaRekeyed):
+            self._events.append(dataclasses.replace(ev, ike_id=sa.ike_id, child=child))
         elif isinstance(ev, IkeSaTerminated):
             self._forget(sa)
             self._events.append(dataclasses.replace(ev, ike_id=sa.ike_id))
-        elif isinstance(ev, InitialContactReceived):
-            # RFC 2407 4.6.3.3: the peer restarted; what we still hold with it from before is gone on its side
-            for other in list(self._sas.values()):
-                if other is not sa and other.peer.name == p.name and other.remote[0] == sa.remote[0]:
-                    self._close(other, "initial contact")
-            self._events.append(ev)
-        else:
+        elif isinstance(ev, IkeSaRekeyed):
+            self._by_cookie = {k: v for k, v in self._by_cookie.items() if v is not sa}
+            self._by_cookie[s.cky_i] = sa
+            self._events.append(dataclasses.replace(ev, ike_id=sa.ike_id))
+        elif isinstance(ev, InitialContactReceived):  # acted on here: it concerns several SAs
+            log.info("IKEv1 %s[%d]: INITIAL-CONTACT from %s", p.name, sa.ike_id, sa.remote[0])
+            self._initial_contact(sa, now)
+        else:  # DeadPeerDetected and what the core may add: passed on as they are
             self._events.append(ev)
 
-    def _adopt(self, sa: _Sa) -> None:
-        """A peer rekeys its ISAKMP SA with a new main mode, which reaches us as a new responder: the ESP SAs of
-        the older ISAKMP SA with the same peer move to it, so the older one's DELETE leaves them alone."""
-        for old in self._sas.values():
-            if old is not sa and not old.closed and old.peer.name == sa.peer.name and old.remote[0] == sa.remote[0]:
-                sa.session.adopt_children(old.session)
-                sa.children.update(old.children)
+    def _adopt(self, new: _Sa) -> None:
+        """A peer's new main mode while we hold an ISAKMP SA with it (how IKEv1 rekeys one): the new SA takes
+        over the ESP SAs, so the old one's DELETE (which follows) leaves them alone."""
+        for old in list(self._sas.values()):
+            if old is not new and not old.closed and old.peer.name == new.peer.name and \
+                    old.remote[0] == new.remote[0] and old.children:
+                new.session.adopt_children(old.session)
+                new.children.update(old.children)
+                new.adopted.update(old.children)
                 old.children.clear()
 
-    def _close(self, sa: _Sa, reason: str) -> None:
-        """Forget ``sa`` without telling the peer (it failed, timed out, or the peer restarted)."""
-        for c in list(sa.children.values()):
+    def _initial_contact(self, sa: _Sa, now: float) -> None:
+        """RFC 2407 4.6.3.3: the peer holds no other SA with us; ours from before its restart go (silently:
+        the peer would not understand a DELETE for them)."""
+        for old in list(self._sas.values()):
+            if old is not sa and not old.closed and old.peer.name == sa.peer.name and old.remote[0] == sa.remote[0]:
+                self.stats["v1_initial_contact_cleared"] += 1
+                old.session._terminate("replaced (INITIAL-CONTACT)")
+                old.session.state = "closed"
+                self._after(old, now)
+        for spi in sa.adopted & set(sa.children):  # taken over from an SA of before the restart: stale too
+            self.stats["v1_initial_contact_cleared"] += 1
+            c = sa.children.pop(spi)
+            sa.session.children.pop(spi, None)
             self._events.append(ChildSaDeleted(sa.ike_id, sa.peer.name, c.child, c.spi_in, c.spi_out,
-                                               "ike_sa terminated"))
-        cky_i, cky_r = sa.cookies
-        self._forget(sa)
-        self._events.append(IkeSaTerminated(sa.ike_id, sa.peer.name, int.from_bytes(cky_i, "big"),
-                                            int.from_bytes(cky_r, "big"), reason))
+                                               "replaced (INITIAL-CONTACT)"))
+        sa.adopted.clear()
 
     def _forget(self, sa: _Sa) -> None:
         sa.children.clear()
         sa.closed = True
         self._sas.pop(sa.ike_id, None)
-        if self._by_cookie.get(sa.session.cky_i) is sa:
-            del self._by_cookie[sa.session.cky_i]
+        self._by_cookie = {k: v for k, v in self._by_cookie.items() if v is not sa}
+
+    def _close(self, sa: _Sa, reason: str) -> None:
+        """Give up an SA the session has not terminated itself (half-open timeout, main mode failed)."""
+        if sa.closed:
+            return
+        sa.session._terminate(reason)
+        if sa.session.state not in ("closed", "dead", "expired"):
+            sa.session.state = "closed"
+        while (ev := sa.session.next_event()) is not None:
+            self._session_event(sa, ev, 0.0)
+        self._forget(sa)
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
         out, self._outbox = self._outbox, []
@@ -312,6 +338,7 @@ class V1Manager:
                 self._close(sa, "half-open timeout")
                 continue
             sa.session.handle_timer(now)
+            self._register(sa)
             if (sa.floated and sa.session.natt.nat_local and sa.peer.keepalive_interval
                     and sa.state == "ESTABLISHED" and now >= sa.last_outbound + sa.peer.keepalive_interval):
                 # RFC 3948 2.3: one 0xFF byte on the NAT-T port, no marker, keeps the NAT's mapping
@@ -338,9 +365,10 @@ class V1Manager:
         local = (pc.local_addr or "0.0.0.0", pc.local_port)
         remote = (host, pc.remote_port)
         ike_id = self._new_id()
-        vcfg = v1_config(pc, local, remote, self.config.retransmit_timeout, wall_clock=self.config.wall_clock,
-                         initial_contact=True)  # we hold no other ISAKMP SA with this peer (checked above)
-        session = V1Session(vcfg, self.config.random,
+        # INITIAL-CONTACT on our first SA with the peer: it drops what it still holds from our last run
+        session = V1Session(v1_config(pc, local, remote, self.config.retransmit_timeout,
+                                      wall_clock=self.config.wall_clock, initial_contact=True),
+                            self.config.random,
                             ike_id)
         sa = _Sa(ike_id, pc, session, local, remote, now, True)
         self._sas[ike_id] = sa
@@ -350,59 +378,66 @@ class V1Manager:
         return ike_id
 
     def terminate(self, ike_id: int, now: float) -> None:
-        """DELETE for each ESP SA and the ISAKMP SA (RFC 2408 4.8), then forget them."""
+        """DELETE for each ESP SA and for the ISAKMP SA (RFC 2408 4.8); the SAs go at once (IKEv1 DELETE is not
+        acknowledged)."""
         sa = self._sas.get(ike_id)
         if sa is None:
             raise InvalidStateError(f"no IKE_SA with id {ike_id}")
-        sa.session.close(now)
-        self._after(sa, now)
-
-    def _owner(self, spi_in: int) -> _Sa:
-        for sa in self._sas.values():
-            if spi_in in sa.children:
-                return sa
-        raise InvalidStateError(f"no CHILD_SA with SPI {spi_in:08x}")
+        if sa.session.phase1_done:
+            sa.session.close(now)
+            self._after(sa, now)
+        self._close(sa, "deleted")
 
     def delete_child(self, spi_in: int, now: float) -> None:
+        """DELETE for one ESP SA (our inbound SPI), then ChildSaDeleted."""
         sa = self._owner(spi_in)
-        sa.session.delete_child(spi_in, now, "deleted locally")
+        if sa is None or spi_in not in sa.children:
+            raise InvalidStateError(f"no CHILD_SA with SPI {spi_in:08x}")
+        try:
+            sa.session.delete_child(spi_in, now)
+        except KeyError:
+            sa.children.pop(spi_in, None)
         self._after(sa, now)
 
     def rekey_child(self, spi_in: int, now: float) -> None:
-        """A new quick mode for the ESP SA; the old pair goes once the new one is installed (make-before-break).
-        Only the quick-mode initiator rekeys (RFC 2409 leaves it to either; charon rekeys its own)."""
+        """A new quick mode for the ESP SA: the new pair is installed before the old one is deleted."""
         sa = self._owner(spi_in)
+        if sa is None or spi_in not in sa.children:
+            raise InvalidStateError(f"no CHILD_SA with SPI {spi_in:08x}")
         try:
             sa.session.rekey_child(spi_in, now)
-        except (IkeError, KeyError) as exc:
+        except (KeyError, IkeError) as exc:
             raise InvalidStateError(f"IKEv1: cannot rekey CHILD_SA {spi_in:08x}: {exc}") from None
         self._after(sa, now)
 
     def rekey_ike(self, ike_id: int, now: float) -> None:
-        """A new main mode beside the ISAKMP SA (ike/v1/rekey.py); its ESP SAs move over when it authenticates."""
+        """A new main mode beside the ISAKMP SA; it takes over (IkeSaRekeyed) and deletes the old one."""
         sa = self._sas.get(ike_id)
         if sa is None:
             raise InvalidStateError(f"no IKE_SA with id {ike_id}")
-        if not sa.initiator:
-            raise InvalidStateError("IKEv1: the ISAKMP SA is rekeyed by its main-mode initiator (the peer here)")
         try:
             sa.session.rekey_ike(now)
-        except IkeError as exc:
-            raise InvalidStateError(f"IKEv1: cannot rekey the ISAKMP SA: {exc}") from None
+        except (NotImplementedError, IkeError) as exc:
+            raise InvalidStateError(f"IKEv1: cannot rekey ISAKMP SA {ike_id}: "
+                                    f"{exc or 'only its main-mode initiator can'}") from None
+        self._register(sa)
         self._after(sa, now)
 
     def child_sa_soft_expired(self, spi: int, now: float) -> None:
-        """The data plane's soft byte/packet limit: the quick-mode initiator rekeys; a responder counts it and
-        leaves the rekey to its peer (the hard limit removes the SA if the peer never does)."""
-        for sa in self._sas.values():
-            c = sa.children.get(spi)
-            if c is None:
-                continue
-            if c.initiator and sa.session.state == "established":
-                self.rekey_child(spi, now)
-            else:
-                self.stats["v1_soft_expiry_left_to_peer"] += 1
+        """esp's soft limit (bytes or packets): rekey where we ran the quick mode (the side that rekeys, as
+        in strongSwan); otherwise the peer rekeys, or the hard limit removes the SA."""
+        sa = self._owner(spi)
+        if sa is None:
             return
+        spi_in = spi if spi in sa.children else next(c.spi_in for c in sa.children.values() if c.spi_out == spi)
+        if not sa.children[spi_in].initiator or sa.session.state != "established":
+            self.stats["v1_soft_expiry_left_to_peer"] += 1
+            return
+        try:
+            self.rekey_child(spi_in, now)
+        except InvalidStateError as exc:
+            self.stats["v1_soft_expiry_rekey_refused"] += 1
+            log.info("IKEv1 %s[%d]: soft expiry of %08x: %s", sa.peer.name, sa.ike_id, spi_in, exc)
 
     def list_sas(self) -> list[SaInfo]:
         out = []
@@ -410,15 +445,15 @@ class V1Manager:
             s, p = sa.session, sa.peer
             kids = tuple(ChildInfo(c.child, c.spi_in, c.spi_out, c.suite, c.esn, "installed",
                                    tuple(str(t) for t in c.local_ts), tuple(str(t) for t in c.remote_ts),
-                                   *self._clock(s, c.spi_in), c.mode, c.encap) for c in sa.children.values())
+                                   *self._clock(sa, c.spi_in), c.mode, c.encap) for c in sa.children.values())
             out.append(SaInfo(sa.ike_id, p.name, sa.state.lower(), sa.initiator, int.from_bytes(s.cky_i, "big"),
                               int.from_bytes(s.cky_r, "big"), sa.local, sa.remote, str(p.local_id),
-                              str(p.remote_id or ""), proposal_text(p), sa.auth, s.natt.floated, sa.established_at,
+                              str(p.remote_id or ""), proposal_text(p), self._auth(sa), s.natt.floated, sa.established_at,
                               None, kids, version=1))
         return out
 
     @staticmethod
-    def _clock(session: V1Session, spi_in: int) -> tuple[float | None, float | None]:
-        """(rekey at, expire at) of an ESP SA as its session keeps them."""
-        clock = session._child_clock.get(spi_in)
-        return (clock[0] or None, clock[1] or None) if clock else (None, None)
+    def _clock(sa: _Sa, spi_in: int) -> tuple[float | None, float | None]:
+        """(rekey at, expire at) of an ESP SA, as the session keeps them."""
+        clock = sa.session._child_clock.get(spi_in) or [0, 0]
+        return clock[0] or None, clock[1] or None

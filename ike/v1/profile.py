@@ -156,4 +156,5 @@ def v1_config(peer: PeerConfig, local: tuple[str, int], remote: tuple[str, int],
         remote_addr=remote, enc_key_bits=ike.bits, hash=_HASHES[ike.hash_name], group=ike.group,
         esp_key_bits=esp.bits, esp_auth=_ESP_AUTH[esp.hash_name], pfs_group=esp.group,
         ike_lifetime=int(peer.rekey_time) or 10800, esp_lifetime=int(c.life_time) or 3600,
-        retransmit_timeout=retransmit_timeout, natt=True, encap=peer.encap, aggressive=peer.aggressive)
+        retransmit_timeout=retransmit_timeout, natt=True, encap=peer.encap, aggressive=peer.aggressive,
+        esp_life_kb=(c.life_bytes + 1023) // 1024)

@@ -42,6 +42,7 @@ from .message import (
 __all__ = [
     "REKEY_FRACTION",
     "RETRANSMITS",
+    "SWITCH_DELAY",
     "LifecycleMixin",
     "lifetime_attributes",
     "negotiate_lifetime",
@@ -50,6 +51,9 @@ __all__ = [
 
 #: an SA is rekeyed when this fraction of its lifetime (seconds or kilobytes) is used
 REKEY_FRACTION = 0.9
+#: seconds between our QM3 and moving our outbound traffic to the new ESP SA: the peer installs its inbound SA
+#: when QM3 arrives (it has no acknowledgement), so packets sent at once on the new SA can beat it and be lost
+SWITCH_DELAY = 0.5
 #: RFC 2407 4.5 SA Life Type values (quick mode); phase 1 uses the same numbers (RFC 2409 Appendix A)
 LIFE_SECONDS, LIFE_KILOBYTES = 1, 2
 P2_LIFE_TYPE, P2_LIFE = 1, 2
@@ -110,6 +114,8 @@ class LifecycleMixin(InformationalMixin):
         self._last_in: bytes | None = None
         self._done_mids: deque[int] = deque(maxlen=MAX_DONE_MIDS)
         self._replacing: int | None = None
+        #: (when, old inbound SPI, new inbound SPI): a rekey of ours, waiting to move traffic to the new SA
+        self._switch: tuple[float, int, int] | None = None
         self._qm_life: tuple[int, int] = (0, 0)
         #: per ESP SA (inbound SPI): [rekey at, expire at, kilobytes used]
         self._child_clock: dict[int, list[float]] = {}
@@ -127,7 +133,8 @@ class LifecycleMixin(InformationalMixin):
         return self._events.popleft() if self._events else None  # type: ignore[attr-defined]
 
     def get_timer(self) -> float | None:
-        times = [self._deadline, self._dpd_due, self._ike_rekey_at, self._ike_expire_at]  # type: ignore
+        times = [self._deadline, self._dpd_due, self._ike_rekey_at, self._ike_expire_at,  # type: ignore
+                 self._switch[0] if self._switch else None]
         times += [t for clock in self._child_clock.values() for t in clock[:2] if t]
         if self._successor is not None:
             times.append(self._successor.get_timer())
@@ -187,6 +194,8 @@ class LifecycleMixin(InformationalMixin):
         self._dpd_timer(now)
         if not self.alive:
             return
+        if self._switch is not None and now >= self._switch[0]:
+            self._finish_rekey(now)
         if self._ike_expire_at is not None and now >= self._ike_expire_at:
             self._terminate("expired", "expired")
             self.state = "expired"
@@ -301,12 +310,27 @@ class LifecycleMixin(InformationalMixin):
         self._events.append(ev)  # type: ignore[attr-defined]
         self._done_mids.append(self._qm_mid)  # type: ignore[attr-defined]
         if replaces is not None and replaces in self.children:
-            old = self.children[replaces]
-            self._events.append(ChildSaRekeyed(self.ike_id, old.peer, old.child, old.spi_in,  # type: ignore
-                                               old.spi_out, ev.spi_in, ev.spi_out))
-            if self._replacing is not None:  # we rekeyed: we delete the old pair (the peer deletes its own)
-                self.delete_child(replaces, now, "rekeyed")
+            if self._replacing is not None:  # we rekeyed: switch after SWITCH_DELAY, then delete the old pair
+                if self._switch is not None:
+                    self._finish_rekey(now)
+                self._switch = (now + SWITCH_DELAY, replaces, ev.spi_in)
+            else:  # the peer rekeyed: its QM3 reached us, so it has the new SA; it deletes the old pair
+                old = self.children[replaces]
+                self._events.append(ChildSaRekeyed(self.ike_id, old.peer, old.child, old.spi_in,  # type: ignore
+                                                   old.spi_out, ev.spi_in, ev.spi_out))
         self._replacing = None
+
+    def _finish_rekey(self, now: float) -> None:
+        """Our rekey's outbound switch (ChildSaRekeyed), then DELETE of the old pair (the peer deletes its own)."""
+        assert self._switch is not None
+        _, old_spi, new_spi = self._switch
+        self._switch = None
+        old, new = self.children.get(old_spi), self.children.get(new_spi)
+        if old is None or new is None:
+            return  # one of them went meanwhile (the peer's DELETE): nothing to switch
+        self._events.append(ChildSaRekeyed(self.ike_id, old.peer, old.child, old.spi_in,  # type: ignore
+                                           old.spi_out, new.spi_in, new.spi_out))
+        self.delete_child(old_spi, now, "rekeyed")
 
     def child_traffic(self, spi_in: int, nbytes: int, now: float) -> None:
         """The data plane reports bytes carried by an ESP SA (both directions), for kilobyte lifetimes."""
@@ -326,8 +350,6 @@ class LifecycleMixin(InformationalMixin):
         """A new quick mode for the ESP SA ``spi_in`` (same selectors); the old one is deleted once it is up."""
         if spi_in not in self.children:
             raise KeyError(f"no ESP SA with inbound SPI {spi_in:#010x}")
-        if not self.initiator:
-            raise IkeError("the quick-mode responder role cannot start a rekey yet")
         if self.state != "established":
             raise IkeError(f"cannot rekey in state {self.state}")
         self._replacing = spi_in

@@ -164,6 +164,9 @@ class V1Session(AggressiveMixin, LifecycleMixin):
         self.keys: km.Phase1Keys | None = None
         self._cipher: km.Phase1Cipher | None = None
         self.natt = NatTraversal(config.natt, config.encap, random)
+        #: the ESP SA keyed when we answered a quick mode, emitted once HASH(3) verifies; a daemon may install
+        #: its inbound half early so that the initiator's first ESP packets are not lost
+        self.pending_child: ChildSaEstablished | None = None
         self._lifecycle_init()  # informational exchanges, DPD, lifetimes, rekeying (ike/v1/rekey.py)
 
     # -- driver API
@@ -207,6 +210,10 @@ class V1Session(AggressiveMixin, LifecycleMixin):
             self._peer_refused(data)
         elif self.state == "qm2" and h.exchange == Exchange.QUICK and h.message_id == self._qm_mid:
             self._qm2(data, now)
+        elif self.state == "established" and h.exchange == Exchange.QUICK and h.encrypted and h.message_id:
+            self._r_qm1(data, h.message_id, now)
+        elif self.state == "r_qm3" and h.exchange == Exchange.QUICK and h.message_id == self._qm_mid:
+            self._r_qm3(data, now)
         else:
             raise ParseError(f"exchange {h.exchange} not expected in state {self.state}")
 
@@ -412,4 +419,74 @@ class V1Session(AggressiveMixin, LifecycleMixin):
             rekey_bytes=0, life_bytes=0, rekey_packets=0, life_packets=0,
             enc_key_in=k_in[:elen], enc_key_out=k_out[:elen], integ_key_in=k_in[elen:], integ_key_out=k_out[elen:]),
             now)
+        self.state = "established"
+
+    # -- the peer's quick mode (both roles: charon rekeys an ESP SA it initiated, or one whose lifetime it has
+    #    shorter, with a quick mode of its own even when it was the main-mode responder)
+    def _r_qm1(self, data: bytes, mid: int, now: float) -> None:
+        assert self._cipher is not None and self.keys is not None
+        c = self.config
+        _, payloads = self._cipher.decrypt(data)
+        if not payloads or payloads[0].type != PayloadType.HASH:
+            raise ParseError("quick mode message does not start with HASH")
+        if not hmac.compare_digest(km.qm_hash1(self.keys, mid, push_chain(payloads[1:])[1]), payloads[0].body):
+            raise ParseError("HASH(1) does not verify")
+        sa = decode_sa(self._one(payloads, PayloadType.SA))
+        chosen: tuple[Proposal, Transform] | None = None
+        for p in sa.proposals:
+            for t in p.transforms:
+                if (p.protocol == PROTO_ESP and len(p.spi) == 4 and t.transform_id == ESP_AES
+                        and t.get(P2_KEYLEN) == c.esp_key_bits and t.get(P2_AUTH) == c.esp_auth
+                        and t.get(P2_GROUP) == c.pfs_group):
+                    chosen = chosen or (p, t)
+        if chosen is None:
+            raise ParseError("no proposed ESP transform matches the configuration")
+        ids = [q.body for q in payloads if q.type == PayloadType.ID]
+        if len(ids) != 2 or [_id_network(i) for i in ids] != [ipaddress.IPv4Network(c.remote_ts),
+                                                                ipaddress.IPv4Network(c.local_ts)]:
+            raise ParseError("proxy identities do not match the configured traffic selectors")
+        ni = self._one(payloads, PayloadType.NONCE)
+        gxy = b""
+        ke: list[Payload] = []
+        if c.pfs_group:
+            qdh = create_dh(c.pfs_group, self._random)
+            gxy = qdh.shared(self._one(payloads, PayloadType.KE))
+            ke = [Payload(PayloadType.KE, qdh.public)]
+        self._cipher.confirm(data)
+        p, t = chosen
+        self._qm_mid, self._qni, self._qnr, self._qgxy, self._spi_out = mid, ni, self._random(32), gxy, p.spi
+        self._spi_in = self._random(4)
+        body = [Payload(PayloadType.SA, encode_sa(SaPayload(sa.doi, sa.situation,
+                                                            (Proposal(p.number, p.protocol, self._spi_in, (t,)),)))),
+                Payload(PayloadType.NONCE, self._qnr)] + ke + [Payload(PayloadType.ID, i) for i in ids]
+        body += self.responder_lifetime(t, p.spi)
+        h2 = km.qm_hash2(self.keys, mid, ni, push_chain(body)[1])
+        self._last = self._cipher.encrypt(self.cky_i, self.cky_r, Exchange.QUICK, mid,
+                                          [Payload(PayloadType.HASH, h2)] + body)
+        self._out.append(self._last)
+        suffix, alen = ESP_AUTH[c.esp_auth]
+        elen = c.esp_key_bits // 8
+        k_in = km.qm_keymat(self.keys, PROTO_ESP, self._spi_in, self._qni, self._qnr, elen + alen, self._qgxy)
+        k_out = km.qm_keymat(self.keys, PROTO_ESP, self._spi_out, self._qni, self._qnr, elen + alen, self._qgxy)
+        self.pending_child = ChildSaEstablished(
+            self.ike_id, c.name, child=c.name, spi_in=int.from_bytes(self._spi_in, "big"),
+            spi_out=int.from_bytes(self._spi_out, "big"), suite=f"aes{c.esp_key_bits}-{suffix}", esn=False,
+            mode="tunnel", local_ts=_ts(c.local_ts), remote_ts=_ts(c.remote_ts), local_addr=c.local_addr,
+            remote_addr=c.remote_addr, encap=self.natt.floated, initiator=False, rekey_time=0, life_time=c.esp_lifetime,
+            rekey_bytes=0, life_bytes=0, rekey_packets=0, life_packets=0,
+            enc_key_in=k_in[:elen], enc_key_out=k_out[:elen], integ_key_in=k_in[elen:], integ_key_out=k_out[elen:])
+        self.state = "r_qm3"
+
+    def _r_qm3(self, data: bytes, now: float) -> None:
+        assert self._cipher is not None and self.keys is not None
+        _, payloads = self._cipher.decrypt(data)
+        expect = km.qm_hash3(self.keys, self._qm_mid, self._qni, self._qnr)
+        if not payloads or payloads[0].type != PayloadType.HASH or \
+                not hmac.compare_digest(expect, payloads[0].body):
+            raise ParseError("HASH(3) does not verify")
+        self._cipher.forget(self._qm_mid)
+        assert self.pending_child is not None
+        self._child_up(self.pending_child, now)
+        self.pending_child = None
+        self._last = None
         self.state = "established"

@@ -50,6 +50,10 @@ def test_version_1_peer_maps_to_the_ikev1_core():
     assert (v.local_id, v.remote_id, v.local_ts, v.remote_ts, v.encap) == ("hq.test", "branch.test", "10.0.1.0/24",
                                                                            "10.0.2.0/24", True)
     assert v.esp_lifetime == 1800
+    # RFC 3706 DPD from the same key as IKEv2's; kilobyte lifetimes from the child's life_bytes
+    v = v1_config(parse_config(_conf('dpd_delay = "10s"', 'life_bytes = 2000000')).core.peers[0],
+                  ("127.0.0.1", 500), ("127.0.0.2", 500), 1.0)
+    assert (v.dpd_delay, v.esp_life_kb) == (10.0, 1954)
     # unset proposals: IKEv1's defaults (the IKEv2 ones are AEAD), no PFS unless the ESP proposal names a group
     v = v1_config(parse_config(_conf()).core.peers[0], ("127.0.0.1", 500), ("127.0.0.2", 500), 1.0)
     assert (v.enc_key_bits, v.hash, v.group, v.esp_auth, v.pfs_group) == (128, "sha256", 14, 5, 14)

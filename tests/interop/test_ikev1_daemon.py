@@ -10,13 +10,19 @@ floats to 4500 behind it; and two espresso daemons speaking IKEv1 to each other 
 from __future__ import annotations
 
 import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.interop import strongswan as ss
 from tests.interop.test_gateway import Topology, build_topology, ping, unique
-from tests.interop.test_gateway_ike import IkeGateway
+from tests.interop.test_gateway_ike import ROOT, IkeGateway
 from tests.interop.test_ikev1_strongswan import PSK, _PskCharon, _V1Conn
 from tests.support import require, require_root, require_tool
 
@@ -342,6 +348,102 @@ def test_espresso_daemon_ikev1_refuses_a_revoked_charon(lab, tmp_path):
         assert not r["ok"] and "revoked" in r["error"], r
         ch.wait_for(lambda: "received AUTHENTICATION_FAILED" in ch.log() or None, "charon to hear the refusal")
         assert not gw.children()
+    finally:
+        stats = gw.stop()
+    assert stats["tracebacks"] == 0, stats["stderr"][-3000:]
+
+
+def _cli(gw: IkeGateway, *args: str) -> subprocess.CompletedProcess[str]:
+    """The operator's command line beside the daemon (``python -m ike rekey ...``), on its control socket."""
+    return subprocess.run([sys.executable, "-m", "ike", args[0], "--socket", str(gw.tmp / f"{gw.name}.sock"),
+                           *args[1:]], cwd=str(ROOT), capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def _flood(site: ss.Site, dst: str, count: int, out: dict) -> threading.Thread:
+    """A fast ping (every 20 ms) in the background; ``out["r"]`` gets its result."""
+    def run() -> None:
+        out["r"] = site.netns.run(["ping", "-n", "-q", "-c", str(count), "-i", "0.02", "-W", "2", "-I", site.inner,
+                                   dst], check=False, timeout=count * 0.02 + 30)
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def _counts(p: subprocess.CompletedProcess[str]) -> tuple[int, int]:
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", p.stdout)
+    assert m, p.stdout + p.stderr
+    return int(m.group(1)), int(m.group(2))
+
+
+@pytest.mark.parametrize("initiator", ["espresso", "strongswan"])
+def test_ikev1_rekey_under_traffic_isakmp_rekey_and_delete_with_charon(lab, tmp_path, initiator):
+    """``python -m ike rekey`` on the IKEv1 CHILD_SA during a 20 ms ping flood: every echo comes back (the new
+    ESP SAs are installed before the old ones go); an ISAKMP rekey (espresso's main mode when it initiated);
+    ``terminate`` sends DELETE and charon removes its SAs."""
+    a, b = lab.pair()
+    ch = _Charon(tmp_path / "charon", b.netns, log_levels={"ike": 2, "chd": 2})
+    lab.charons.append(ch)
+    ch.connections.append(_V1ConnTo(b.outer, a.outer, "-modp2048"))
+    ch.start()
+    gw = _gateway(tmp_path, a.netns.name, a.outer, b.outer, a.inner, b.inner, encap=True)
+    try:
+        child = _establish(gw, ch, initiator)
+        assert ss.ping(a, b.inner, count=2, timeout=10).returncode == 0
+        res: dict = {}
+        t = _flood(a, b.inner, 250, res)
+        time.sleep(1.5)
+        r = _cli(gw, "rekey", "--child", child["spi_in"])
+        assert r.returncode == 0, r.stdout + r.stderr
+        new = gw.wait(lambda: [c for c in gw.children() if c["spi_in"] != child["spi_in"] and c["outbound_active"]],
+                      "the rekeyed CHILD_SA")
+        gw.wait(lambda: all(c["spi_in"] != child["spi_in"] for c in gw.children()), "the old CHILD_SA to go")
+        assert t.is_alive(), "the flood ended before the rekey: not under traffic"
+        t.join(60)
+        sent, got = _counts(res["r"])
+        assert sent == 250 and got == sent, (sent, got, res["r"].stdout)
+        (kid,) = _charon_sa(ch)["child-sas"].values()
+        assert {kid["spi-in"], kid["spi-out"]} == {new[0]["spi_in"], new[0]["spi_out"]}, kid
+
+        if initiator == "espresso":  # the ISAKMP SA: a new main mode, charon moves to the new cookies
+            old = _charon_sa(ch)
+            r = _cli(gw, "rekey", "--ike", "swan")
+            assert r.returncode == 0, r.stdout + r.stderr
+            ch.wait_for(lambda: [s for s in ch.list_sas() if "v1" in s and s["v1"]["state"] == "ESTABLISHED"
+                                 and s["v1"]["initiator-spi"] != old["initiator-spi"]]
+                        and len([s for s in ch.list_sas() if "v1" in s]) == 1, "charon on the new ISAKMP SA")
+            assert ss.ping(a, b.inner, count=3, timeout=10).returncode == 0
+
+        r = _cli(gw, "terminate", "--ike", "swan")
+        assert r.returncode == 0, r.stdout + r.stderr
+        ch.wait_for(lambda: not [s for s in ch.list_sas() if "v1" in s], "charon to act on our DELETE")
+        assert "received DELETE" in ch.log() or "deleting" in ch.log(), ch.tail(40)
+    finally:
+        stats = gw.stop()
+    assert stats["tracebacks"] == 0, stats["stderr"][-3000:]
+    for bad in ("AUTH_FAILED", "REPLAYED", "MALFORMED", "POLICY_MISMATCH"):
+        assert stats["inbound"][bad] == 0, (bad, stats["inbound"])
+
+
+def test_ikev1_dpd_takes_a_vanished_charon_down(lab, tmp_path):
+    """dpd_delay on both sides; charon is SIGKILLed (no DELETE): the daemon's R-U-THERE go unanswered and it
+    removes the ISAKMP SA and the ESP SAs within the DPD bound (1 s delay, growing retries: well under 30 s)."""
+    a, b = lab.pair()
+    ch = _Charon(tmp_path / "charon", b.netns)
+    lab.charons.append(ch)
+    ch.connections.append(_V1ConnTo(b.outer, a.outer, "-modp2048", "    dpd_delay = 1s\n"))
+    ch.start()
+    conf = _conf(local=a.outer, remote=b.outer, name="esp", peer="swan", local_id="e.test", remote_id="s.test",
+                 local_ts=f"{a.inner}/32", remote_ts=f"{b.inner}/32", encap="true", tun=unique("ev1"))
+    conf = conf.replace("encap = true\n", 'encap = true\ndpd_delay = "1s"\n')
+    gw = IkeGateway(a.netns.name, tmp_path, "esp", conf)
+    try:
+        _establish(gw, ch, "espresso")
+        assert ss.ping(a, b.inner, count=2, timeout=10).returncode == 0
+        os.killpg(ch.proc.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        gw.wait(lambda: not gw.control({"cmd": "list-sas"})["ike_sas"], "DPD to take the dead peer down", timeout=40)
+        assert time.monotonic() - t0 < 40 and not gw.children()
     finally:
         stats = gw.stop()
     assert stats["tracebacks"] == 0, stats["stderr"][-3000:]

@@ -19,6 +19,7 @@ from ike.v1.informational import (
     push_notify,
 )
 from ike.v1.message import Exchange, pull_header
+from ike.v1.rekey import SWITCH_DELAY
 from ike.v1.responder import V1Responder
 from ike.v1.session import Phase1Done, V1Config, V1Session
 
@@ -231,7 +232,12 @@ def test_quick_mode_rekey_is_make_before_break():
     p.advance(89.0)
     assert events(p.i) == []
     p.advance(90.0)
-    ei, er = events(p.i), events(p.r)
+    # the new pair is installed; our outbound moves to it SWITCH_DELAY after QM3 (the peer installs on QM3)
+    ei = events(p.i)
+    assert [type(e) for e in ei] == [ChildSaEstablished] and list(p.i.children) == [ci.spi_in, ei[0].spi_in]
+    assert p.i.get_timer() == 90.0 + SWITCH_DELAY
+    p.advance(90.0 + SWITCH_DELAY)
+    ei, er = ei + events(p.i), events(p.r)
     assert [type(e) for e in ei] == [ChildSaEstablished, ChildSaRekeyed, ChildSaDeleted], ei
     new = ei[0]
     assert new.replaces == ci.spi_in and new.spi_in != ci.spi_in and new.life_time == 100
@@ -249,6 +255,7 @@ def test_kilobyte_lifetime_triggers_a_rekey_and_then_expiry():
     assert p.i.state == "established" and events(p.i) == []
     p.i.child_traffic(ci.spi_in, 11 * 1024, 1.0)  # past 90 %
     p.pump()
+    p.advance(1.0 + SWITCH_DELAY)
     assert [type(e) for e in events(p.i)] == [ChildSaEstablished, ChildSaRekeyed, ChildSaDeleted]
     (new,) = p.i.children.values()
     p.i.child_traffic(new.spi_in, 100 * 1024, 2.0)

@@ -16,12 +16,11 @@ from ike.errors import InvalidStateError
 from ike.events import (
     ChildSaDeleted,
     ChildSaEstablished,
-    ChildSaRekeyed,
     IkeSaEstablished,
-    IkeSaRekeyed,
     IkeSaTerminated,
 )
 from ike.v1.adapter import VersionDispatcher
+from ike.v1.rekey import SWITCH_DELAY
 from ike.v1.message import Exchange, Payload, PayloadType, push_message
 
 A, B = ("192.0.2.1", 500), ("198.51.100.2", 500)
@@ -162,62 +161,135 @@ def test_unanswered_initiator_gives_up_within_bounds():
     assert sends == 4 and a.list_sas() == [] and now < 30  # the opening and three retransmits
 
 
-def test_rekeys_deletes_and_terminates_through_the_sessions():
-    """The manager hands its commands and timers to the sessions (ike/v1/rekey.py): the quick-mode initiator
-    rekeys at 90% of the lifetime make-before-break, the ISAKMP SA is rekeyed by a new main mode, terminate sends
-    DELETE and the peer forgets its SAs too; the responder refuses to start rekeys it leaves to its peer."""
-    a, b = _pair(life_time=100.0)
+def _up(**kw: object) -> tuple[VersionDispatcher, VersionDispatcher, int, ChildSaEstablished, ChildSaEstablished]:
+    a, b = _pair(**kw)
     ike_id = a.initiate("b", 0.0)
     _pump(a, b, 0.0)
-    (old,) = [e for e in _events(a) if isinstance(e, ChildSaEstablished)]
-    (b_old,) = [e for e in _events(b) if isinstance(e, ChildSaEstablished)]
-    assert a.get_timer() == pytest.approx(90.0) and a.list_sas()[0].children[0].rekey_at == pytest.approx(90.0)
+    ca = next(e for e in _events(a) if isinstance(e, ChildSaEstablished))
+    cb = next(e for e in _events(b) if isinstance(e, ChildSaEstablished))
+    return a, b, ike_id, ca, cb
+
+
+def _switch(a: VersionDispatcher, b: VersionDispatcher, now: float) -> None:
+    """SWITCH_DELAY later: the rekeying side moves its outbound traffic to the new ESP SA, deletes the old one."""
+    a.handle_timer(now + SWITCH_DELAY)
+    b.handle_timer(now + SWITCH_DELAY)
+    _pump(a, b, now + SWITCH_DELAY)
+
+
+def _spis(d: VersionDispatcher) -> set[int]:
+    return {c.spi_in for i in d.list_sas() for c in i.children}
+
+
+def test_the_session_rekeys_before_the_quick_mode_lifetime_make_before_break():
+    a, b, ike_id, ca, cb = _up(life_time=100.0)
+    assert a.list_sas()[0].children[0].rekey_at == 90.0 and a.list_sas()[0].auth_method == "psk"
+    assert a.get_timer() == 90.0
     a.handle_timer(90.0)
     _pump(a, b, 90.0)
+    a.handle_timer(90.0 + SWITCH_DELAY)  # our outbound moves once the peer has surely installed the new SA
+    _pump(a, b, 90.0 + SWITCH_DELAY)
     ea, eb = _events(a), _events(b)
-    new = next(e for e in ea if isinstance(e, ChildSaEstablished))
-    assert new.replaces == old.spi_in and new.child == "net"
-    assert [type(e) for e in ea] == [ChildSaEstablished, ChildSaRekeyed, ChildSaDeleted], ea
-    assert ea[2].spi_in == old.spi_in and ea[2].reason == "rekeyed"
-    assert any(isinstance(e, ChildSaDeleted) and e.spi_in == b_old.spi_in for e in eb), eb
-    assert [c.spi_in for c in a.list_sas()[0].children] == [new.spi_in]
-    assert len(b.list_sas()[0].children) == 1
-    # commands: a manual rekey from the initiator; the responder leaves both rekeys to its peer
-    (b_child,) = b.list_sas()[0].children
-    with pytest.raises(InvalidStateError, match="responder"):
-        b.rekey_child(b_child.spi_in, 91.0)
-    with pytest.raises(InvalidStateError, match="initiator"):
-        b.rekey_ike(b.list_sas()[0].ike_id, 91.0)
-    a.rekey_child(new.spi_in, 91.0)
-    _pump(a, b, 91.0)
-    assert [type(e) for e in _events(a)] == [ChildSaEstablished, ChildSaRekeyed, ChildSaDeleted]
-    cookies = a.list_sas()[0].spi_i
-    a.rekey_ike(ike_id, 92.0)
-    _pump(a, b, 92.0)
-    assert any(isinstance(e, IkeSaRekeyed) for e in _events(a))
-    (info,) = a.list_sas()
-    assert info.ike_id == ike_id and info.spi_i != cookies and len(info.children) == 1
+    assert [type(e).__name__ for e in ea] == ["ChildSaEstablished", "ChildSaRekeyed", "ChildSaDeleted"], ea
+    new = ea[0]
+    assert new.replaces == ca.spi_in and new.child == "net" and ea[1].ike_id == ike_id
+    assert ea[2].spi_in == ca.spi_in and ea[2].reason == "rekeyed"
+    # the responder installs the new pair, then removes the old one on our DELETE
+    assert [type(e).__name__ for e in eb] == ["ChildSaEstablished", "ChildSaRekeyed", "ChildSaDeleted"], eb
+    assert eb[2].spi_in == cb.spi_in and eb[2].reason == "deleted by peer"
+    assert _spis(a) == {new.spi_in} and _spis(b) == {new.spi_out}
+
+
+def test_commands_reach_the_peer_rekey_soft_expiry_delete_and_terminate():
+    a, b, ike_id, ca, cb = _up()
+    b.child_sa_soft_expired(cb.spi_in, 0.5)  # b answered the quick mode: the peer rekeys, b waits
+    assert b.datagrams_to_send(0.5) == [] and b.v1.stats["v1_soft_expiry_left_to_peer"] == 1
+    with pytest.raises(InvalidStateError):
+        a.rekey_child(0x1234, 1.0)
+    a.child_sa_soft_expired(ca.spi_out, 1.0)  # esp's byte/packet soft limit: a rekey
+    _pump(a, b, 1.0)
+    _switch(a, b, 1.0)
+    new = next(e for e in _events(a) if isinstance(e, ChildSaEstablished))
+    assert new.replaces == ca.spi_in and _spis(a) == {new.spi_in}
     _events(b)
-    a.terminate(ike_id, 93.0)
-    _pump(a, b, 93.0)
+    a.rekey_child(new.spi_in, 2.0)
+    _pump(a, b, 2.0)
+    _switch(a, b, 2.0)
+    newer = next(e for e in _events(a) if isinstance(e, ChildSaEstablished))
+    _events(b)
+    a.delete_child(newer.spi_in, 3.0)
+    _pump(a, b, 3.0)
+    assert [(type(e), e.reason) for e in _events(b)] == [(ChildSaDeleted, "deleted by peer")] and _spis(b) == set()
+    a.rekey_ike(ike_id, 4.0)
+    _pump(a, b, 4.0)
+    assert "IkeSaRekeyed" in [type(e).__name__ for e in _events(a)]
+    assert len(a.list_sas()) == 1 and a.list_sas()[0].ike_id == ike_id
+    _events(b)
+    assert len(b.list_sas()) == 1  # the old ISAKMP SA went on our DELETE
+    a.terminate(ike_id, 5.0)
+    _pump(a, b, 5.0)
     assert isinstance(_events(a)[-1], IkeSaTerminated) and a.list_sas() == []
+    (gone,) = _events(b)
+    assert isinstance(gone, IkeSaTerminated) and gone.reason == "deleted by peer" and b.list_sas() == []
+
+
+def test_either_side_rekeys_and_the_main_mode_initiator_answers_a_peer_started_quick_mode():
+    """charon rekeys an ESP SA with its own quick mode when its lifetime is shorter, also as main-mode responder:
+    our initiator answers it, installs the new pair, and removes the old one on the peer's DELETE."""
+    a, b, _, ca, cb = _up()
+    b.rekey_child(cb.spi_in, 1.0)
+    _pump(a, b, 1.0)
+    _switch(a, b, 1.0)
+    ea, eb = _events(a), _events(b)
+    assert [type(e).__name__ for e in eb] == ["ChildSaEstablished", "ChildSaRekeyed", "ChildSaDeleted"], eb
+    assert [type(e).__name__ for e in ea] == ["ChildSaEstablished", "ChildSaRekeyed", "ChildSaDeleted"], ea
+    assert ea[0].replaces == ca.spi_in and not ea[0].initiator and eb[0].initiator and eb[0].rekey_time
+    assert ea[2].spi_in == ca.spi_in and ea[2].reason == "deleted by peer"
+    assert _spis(a) == {eb[0].spi_out} and _spis(b) == {ea[0].spi_out}
+    # the new pair is b's to rekey: a's soft expiry waits for it, b's starts one
+    a.child_sa_soft_expired(ea[0].spi_in, 2.0)
+    assert a.datagrams_to_send(2.0) == []
+    b.child_sa_soft_expired(eb[0].spi_in, 2.0)
+    _pump(a, b, 2.0)
+    _switch(a, b, 2.0)
+    assert _spis(a) == {c.spi_out for i in b.list_sas() for c in i.children} != {ea[0].spi_in}
+
+
+def test_terminate_deletes_the_esp_sas_on_both_sides():
+    a, b, ike_id, _, cb = _up()
+    a.terminate(ike_id, 1.0)
+    _pump(a, b, 1.0)
+    ea, eb = _events(a), _events(b)
+    assert [type(e) for e in ea] == [ChildSaDeleted, IkeSaTerminated]
+    assert [type(e) for e in eb] == [ChildSaDeleted, IkeSaTerminated] and eb[0].spi_in == cb.spi_in
+    assert a.list_sas() == b.list_sas() == []
+
+
+def test_dpd_takes_a_dead_peer_down():
+    a, *_ = _up(dpd_delay=10.0)
+    now = 0.0
+    for _ in range(30):  # b is gone: nothing is delivered any more
+        t = a.get_timer()
+        if t is None or not a.list_sas():
+            break
+        now = t
+        a.handle_timer(now)
+        a.datagrams_to_send(now)
+    evs = _events(a)
+    assert [type(e).__name__ for e in evs] == ["DeadPeerDetected", "ChildSaDeleted", "IkeSaTerminated"], evs
+    assert evs[-1].reason == "dead peer" and a.list_sas() == [] and now < 200
+
+
+def test_initial_contact_from_a_restarted_peer_clears_its_older_sas():
+    a, b, _, _, cb = _up()
+    a2 = VersionDispatcher(a.config)  # a restarts: it holds nothing, b still holds the old SAs
+    a2.initiate("b", 10.0)
+    _pump(a2, b, 10.0)
     eb = _events(b)
-    assert any(isinstance(e, ChildSaDeleted) for e in eb), eb
-    assert all(not s.children for s in b.list_sas()), b.list_sas()
-
-
-def test_quick_mode_lifetime_removes_the_esp_sas_of_a_responder():
-    """Nobody rekeys (the initiator's timers never run here): at the lifetime the responder's ESP SA goes."""
-    a, b = _pair(life_time=100.0)
-    a.initiate("b", 0.0)
-    _pump(a, b, 0.0)
-    (child,) = [e for e in _events(b) if isinstance(e, ChildSaEstablished)]
-    b.child_sa_soft_expired(child.spi_in, 50.0)  # counted: a responder leaves the rekey to the initiator
-    assert b.v1.stats["v1_soft_expiry_left_to_peer"] == 1
-    assert b.get_timer() == pytest.approx(100.0)
-    b.handle_timer(100.0)
-    (gone,) = [e for e in _events(b) if isinstance(e, ChildSaDeleted)]
-    assert gone.reason == "expired" and gone.spi_in == child.spi_in and gone.child == "net"
+    assert b.v1.stats["v1_initial_contact_cleared"] >= 1
+    old = [e for e in eb if isinstance(e, ChildSaDeleted)]
+    assert [e.spi_in for e in old] == [cb.spi_in]
+    assert len(b.list_sas()) == 1 and _spis(b) != {cb.spi_in}
 
 
 def _valid_prefix() -> list[bytes]:
