@@ -17,10 +17,9 @@ from pki.cmp import client
 from pki.cmp import messages as m
 from pki.cmp.messages import CmpError, FailInfo
 from pki.cmp.server import CmpResponder, cert_hash
+from tests.pki.cmp_helpers import FUZZ_CASES, URL, fuzz_seed, wire
 
-FUZZ_CASES = int(os.environ.get("ESPRESSO_FUZZ_EXAMPLES", "300"))
-SEED = int(os.environ.get("ESPRESSO_FUZZ_SEED", "4210"))
-URL = "http://cmp.invalid/.well-known/cmp"
+SEED = fuzz_seed(4210)
 
 
 @pytest.fixture(params=["ecdsa", "ed25519", "rsa"])
@@ -36,15 +35,6 @@ def responder(ca):
     r.secrets.add("1000", "secret-1000", ca.certificate.not_valid_before_utc + timedelta(minutes=1))
     yield r
     r.close()
-
-
-def wire(responder: CmpResponder, log: list | None = None):
-    def transport(url: str, data: bytes) -> bytes:
-        answer, outcome = responder.respond(data)
-        if log is not None:
-            log.append((data, outcome))
-        return answer
-    return transport
 
 
 def enroll(responder, key=None, *, ref="1000", secret="secret-1000", name="CN=r1", **kw):
@@ -296,4 +286,4 @@ def test_a_cmpv2_profile_renews_by_kur_and_refuses_the_scep_est_paths(responder,
     assert results[0].new_key and new.subject == old.subject and new.serial_number != old.serial_number
     assert new.public_key() == store.private_key("r1").public_key() != old.public_key()
     new.verify_directly_issued_by(ca.certificate)
-    assert [o.message_type for _, o in log][:1] == ["kur"], log
+    assert [o.message_type for _, _, o in log][:1] == ["kur"], log

@@ -7,7 +7,6 @@ caCerts (it takes short names only, and caCerts came with 3.2), so there is no o
 The fuzz budget is ``FUZZ_CASES``; ``ESPRESSO_FUZZ_EXAMPLES=N`` (and ``ESPRESSO_FUZZ_SEED``) run more by hand."""
 from __future__ import annotations
 
-import os
 import random
 from datetime import timedelta
 
@@ -24,12 +23,11 @@ from pki.cmp import messages as m
 from pki.cmp.messages import CmpError
 from pki.cmp.server import CmpResponder
 from pki.store import Store
+from tests.pki.cmp_helpers import FUZZ_CASES, URL, fuzz_seed, wire
 from tests.pki.conftest import raw_cert
 from tests.pki.test_verbs import pki, served_ca  # noqa: F401 - fixtures
 
-FUZZ_CASES = int(os.environ.get("ESPRESSO_FUZZ_EXAMPLES", "300"))
-SEED = int(os.environ.get("ESPRESSO_FUZZ_SEED", "9483"))
-URL = "http://cmp.invalid/.well-known/cmp"
+SEED = fuzz_seed(9483)
 
 
 @pytest.fixture(params=["ecdsa", "ed25519", "rsa"])
@@ -43,15 +41,6 @@ def cas(request, tmp_path):
     r.close()
     sub.close()
     root.close()
-
-
-def wire(responder: CmpResponder, log: list | None = None):
-    def transport(url: str, data: bytes) -> bytes:
-        answer, outcome = responder.respond(data)
-        if log is not None:
-            log.append((data, answer, outcome))
-        return answer
-    return transport
 
 
 def _genm(*oids: str, protection=None, extra=()) -> bytes:
