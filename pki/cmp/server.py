@@ -586,13 +586,7 @@ class CmpResponder:
 
         def fill(rep: Any) -> None:
             if ca_certs:
-                itv = rep.componentType.clone()
-                itv["infoType"] = univ.ObjectIdentifier(m.OID_IT_CA_CERTS)
-                value = m.rfc9480.CaCertsValue()
-                for c in chain:
-                    value.append(m.cert_to_asn1(c))
-                itv["infoValue"] = univ.Any(encoder.encode(value))
-                rep.append(itv)
+                m.append_itav(rep, m.OID_IT_CA_CERTS, m.ca_certs_value(chain))
 
         others = sorted(set(asked) - {m.OID_IT_CA_CERTS})
         log.info("CMP genm %s: %s", tid, "caCerts" if ca_certs else "nothing offered" + (

@@ -13,8 +13,6 @@ from datetime import timedelta
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from pyasn1.codec.der import encoder
-from pyasn1.type import univ
 
 from pki.ca import CertificateAuthority
 from pki.certs import fingerprint
@@ -46,9 +44,7 @@ def cas(request, tmp_path):
 def _genm(*oids: str, protection=None, extra=()) -> bytes:
     def fill(body):
         for oid in oids:
-            itv = body.componentType.clone()
-            itv["infoType"] = univ.ObjectIdentifier(oid)
-            body.append(itv)
+            m.append_itav(body, oid)
     return m.build_message(body_type="genm", fill_body=fill, sender=None, recipient=None, transaction_id=b"g" * 16,
                            sender_nonce=b"n" * 16, protection=protection, extra_certs=list(extra))
 
@@ -104,13 +100,7 @@ def _genp(request: bytes, certs, key, signer, extra) -> bytes:
     req = m.parse_message(request)
 
     def fill(rep):
-        itv = rep.componentType.clone()
-        itv["infoType"] = univ.ObjectIdentifier(m.OID_IT_CA_CERTS)
-        value = m.rfc9480.CaCertsValue()
-        for c in certs:
-            value.append(m.cert_to_asn1(c))
-        itv["infoValue"] = univ.Any(encoder.encode(value))
-        rep.append(itv)
+        m.append_itav(rep, m.OID_IT_CA_CERTS, m.ca_certs_value(certs))
     return m.build_message(body_type="genp", fill_body=fill, sender=signer.subject.public_bytes(), recipient=None,
                            transaction_id=req.transaction_id, sender_nonce=b"s" * 16, recip_nonce=req.sender_nonce,
                            protection=m.SignatureProtection(key, signer), extra_certs=list(extra))
