@@ -322,11 +322,12 @@ class CmpResponder:
         now = self._clock()
         signer_der = None if auth.signer is None else auth.signer.public_bytes(Encoding.DER)
         if self.manual_approval:
-            from pki.scep.server import MAX_PENDING
+            from pki.scep.server import QueueFullError
 
-            if self.queue.pending_count() >= MAX_PENDING:
-                raise CmpFailure(FailInfo.systemUnavail, f"{MAX_PENDING} requests already await approval")
-            self.queue.add_pending(f"cmp-{tid}", csr, auth.signer or self.ca.certificate, now)
+            try:
+                self.queue.add_pending(f"cmp-{tid}", csr, auth.signer or self.ca.certificate, now)
+            except QueueFullError as exc:
+                raise CmpFailure(FailInfo.systemUnavail, str(exc)) from None
             self.secrets.put_transaction(tid, msg.body_type, auth.reference, signer_der, "pending", req_id, None, now)
             self._use(auth, tid)
             log.info("CMP %s %s (%s): waiting for approval", msg.body_type, tid, csr.subject.rfc4514_string())

@@ -41,6 +41,7 @@ log = logging.getLogger("pki.scep.server")
 __all__ = [
     "CAPABILITIES",
     "MAX_PENDING",
+    "QueueFullError",
     "ScepResponder",
     "Transaction",
     "TransactionState",
@@ -76,6 +77,10 @@ CREATE TABLE IF NOT EXISTS scep_transactions (
     reason         TEXT
 );
 """
+
+
+class QueueFullError(PkiError):
+    """The approval queue holds MAX_PENDING requests already: refused rather than let a client grow it."""
 
 
 class TransactionState:
@@ -172,7 +177,12 @@ class TransactionStore:
     def add_pending(
         self, tid: str, csr: x509.CertificateSigningRequest, requester: x509.Certificate | None, at: datetime
     ) -> None:
+        """Queue a request for ``ca approve``; :class:`QueueFullError` once MAX_PENDING wait (SCEP, EST and CMP
+        share the table, so one bound holds for all: each answers "try later" in its own terms)."""
         with self._tx() as c:
+            waiting = int(c.execute("SELECT COUNT(*) FROM scep_transactions WHERE state = 'pending'").fetchone()[0])
+            if waiting >= MAX_PENDING:
+                raise QueueFullError(f"{MAX_PENDING} requests already await approval")
             c.execute(
                 "INSERT OR REPLACE INTO scep_transactions (transaction_id, state, subject, csr, requester, "
                 "received_at) VALUES (?, 'pending', ?, ?, ?, ?)",
@@ -403,9 +413,10 @@ class ScepResponder:
                 raise ScepFailure(FailInfo.badRequest, "wrong or missing challenge password")
         now = self._clock()
         if self.manual_approval:
-            if self.store.pending_count() >= MAX_PENDING:
-                raise ScepFailure(FailInfo.badRequest, f"{MAX_PENDING} requests already await approval")
-            self.store.add_pending(msg.transaction_id, csr, msg.signer, now)
+            try:
+                self.store.add_pending(msg.transaction_id, csr, msg.signer, now)
+            except QueueFullError as exc:
+                raise ScepFailure(FailInfo.badRequest, str(exc)) from None
             log.info(
                 "SCEP transaction %s (%s): PENDING approval", msg.transaction_id, csr.subject.rfc4514_string()
             )

@@ -287,3 +287,17 @@ def test_a_cmpv2_profile_renews_by_kur_and_refuses_the_scep_est_paths(responder,
     assert new.public_key() == store.private_key("r1").public_key() != old.public_key()
     new.verify_directly_issued_by(ca.certificate)
     assert [o.message_type for _, _, o in log][:1] == ["kur"], log
+
+
+def test_the_approval_queue_bound_is_the_one_scep_and_est_share(ca, monkeypatch):
+    import pki.scep.server as queue_mod
+
+    r = CmpResponder(ca, manual_approval=True)
+    r.secrets.add("1000", "secret-1000", ca.certificate.not_valid_before_utc + timedelta(minutes=1))
+    monkeypatch.setattr(queue_mod, "MAX_PENDING", 0)
+    try:
+        with pytest.raises(CmpError, match="systemUnavail.*0 requests already await approval"):
+            enroll(r)
+        assert r.queue.pending() == []
+    finally:
+        r.close()
