@@ -21,7 +21,7 @@ from pki.cmp import messages as m
 from pki.cmp.messages import CmpError
 from pki.cmp.server import CmpResponder
 from pki.store import Store
-from tests.pki.cmp_helpers import FUZZ_CASES, URL, fuzz_seed, wire
+from tests.pki.cmp_helpers import FUZZ_CASES, URL, fuzz_seed, mutate, wire
 from tests.pki.conftest import raw_cert
 from tests.pki.test_verbs import pki, served_ca  # noqa: F401 - fixtures
 
@@ -157,19 +157,7 @@ def test_fuzzed_genm_always_gets_a_pkimessage_answer(cas):
     bases = [_genm(m.OID_IT_CA_CERTS),
              _genm(m.OID_IT_CA_CERTS, protection=m.MacProtection(b"77", b"secret-0077", iterations=100))]
     for _ in range(FUZZ_CASES):
-        data = bytearray(rng.choice(bases))
-        op = rng.randrange(4)
-        if op == 0:
-            for _ in range(rng.randint(1, 4)):
-                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-        elif op == 1:
-            data = data[: rng.randrange(len(data))]
-        elif op == 2:
-            i = rng.randrange(len(data))
-            data[i:i] = rng.randbytes(rng.randint(1, 16))
-        else:
-            data[rng.randrange(min(len(data), 40))] = rng.choice([0x00, 0x7F, 0x80, 0x81, 0x84, 0xFF])
-        answer, outcome = r.respond(bytes(data))
+        answer, outcome = r.respond(mutate(rng, rng.choice(bases)))
         assert m.parse_message(answer).body_type in ("error", "genp")
         assert outcome.outcome in ("refused", "caCerts", "empty")
 
