@@ -61,7 +61,7 @@ from pki._httpserver import (
 )
 from pki.cmp.messages import CONTENT_TYPE as _CMP_CT
 from pki.cmp.messages import MAX_MESSAGE_SIZE as MAX_CMP_MESSAGE
-from pki.cmp.server import CmpOutcome, CmpResponder
+from pki.cmp.server import CmpResponder
 from pki.errors import PkiError
 from pki.est.server import (
     DEFAULT_RETRY_AFTER,
@@ -75,9 +75,10 @@ from pki.est.server import (
 from pki.est.server import OPERATIONS as _EST_OPS
 from pki.ocsp import DEFAULT_VALIDITY, OcspCertStatus, OcspResponder, SerialStatus
 from pki.ocsp import MAX_REQUEST_SIZE as MAX_OCSP_REQUEST
+from pki.outcome import RequestOutcome
 from pki.scep.constants import MAX_MESSAGE_SIZE
 from pki.scep.errors import ScepError, ScepFormatError
-from pki.scep.server import ScepOutcome, ScepResponder, Transaction, TransactionStore
+from pki.scep.server import ScepResponder, Transaction, TransactionStore
 
 __all__ = [
     "MAX_BODY_SIZE",
@@ -400,11 +401,11 @@ class CaService:
     def scep_pki_operation(self, body: bytes) -> bytes:
         return self.scep_respond(body)[0]
 
-    def scep_respond(self, body: bytes) -> tuple[bytes, ScepOutcome]:
+    def scep_respond(self, body: bytes) -> tuple[bytes, RequestOutcome]:
         """The CertRep, and what it came to for the access log."""
         return self.run(lambda: self._responder().respond(body))  # type: ignore[no-any-return]
 
-    def cmp_respond(self, body: bytes) -> tuple[bytes, CmpOutcome]:
+    def cmp_respond(self, body: bytes) -> tuple[bytes, RequestOutcome]:
         """The answer to a CMP PKIMessage, and what it came to for the access log."""
         return self.run(lambda: self._cmp.respond(body))  # type: ignore[union-attr]
 
@@ -660,9 +661,7 @@ class _Handler(BaseHTTPRequestHandler):
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"message larger than {MAX_BODY_SIZE} bytes"
                 )
             reply, outcome = svc.scep_respond(body)
-            self._fields.update(msg=outcome.message_type, tid=outcome.transaction_id, outcome=outcome.outcome,
-                                serial=None if outcome.serial is None else f"{outcome.serial:x}",
-                                failinfo=outcome.fail_info, reason=outcome.reason)
+            self._fields.update(outcome.log_fields())
             self._send(HTTPStatus.OK, _SCEP_CT, reply)
         else:
             raise _HttpError(HTTPStatus.BAD_REQUEST, f"unsupported SCEP operation {op[:40]!r}")
@@ -671,9 +670,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _cmp(self) -> None:
         self._fields["op"] = "cmp"
         reply, outcome = self.service.cmp_respond(self._body(MAX_CMP_MESSAGE))
-        self._fields.update(msg=outcome.message_type, tid=outcome.transaction_id, outcome=outcome.outcome,
-                            serial=None if outcome.serial is None else f"{outcome.serial:x}",
-                            failinfo=outcome.fail_info, reason=outcome.reason)
+        self._fields.update(outcome.log_fields())
         self._send(HTTPStatus.OK, _CMP_CT, reply, {"Cache-Control": "no-cache"})
 
     # -- CRL and OCSP ---------------------------------------------------------------------------------------

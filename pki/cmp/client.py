@@ -416,10 +416,5 @@ def get_ca_certs(url: str, *, reference: str | None = None, secret: str | None =
 
     tx.trust_from_answer = trust
 
-    def fill(body: Any) -> None:
-        itv = body.componentType.clone()
-        itv["infoType"] = univ.ObjectIdentifier(m.OID_IT_CA_CERTS)
-        body.append(itv)
-
-    tx.send("genm", fill)
+    tx.send("genm", lambda body: m.append_itav(body, m.OID_IT_CA_CERTS))
     return certs

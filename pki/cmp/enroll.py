@@ -29,6 +29,20 @@ def _url(store: Any, profile_name: str) -> str:
     return str(profile.enrollment_url)
 
 
+def _signed_by_current(store: Any, certificate_id: str, profile_name: str, passphrase: bytes | None,
+                       purpose: str) -> tuple[x509.Certificate, Any, list[x509.Certificate]]:
+    """What a kur or rr signed with the current certificate needs: that certificate, its key, and the CA
+    certificates that check the answer (the operator is told which is missing, before any message is sent)."""
+    cert = store.local_certificate(certificate_id)
+    if cert is None:
+        raise StoreError(f"certificate-id {certificate_id!r} has no certificate to {purpose}")
+    key = store.private_key(certificate_id, passphrase)
+    ca_certs = store.ca_certificates(profile_name)
+    if not ca_certs:
+        raise StoreError(f"no CA certificate for ca-profile {profile_name!r}")
+    return cert, key, ca_certs
+
+
 def enroll_local_certificate(store: Any, certificate_id: str, profile_name: str, subject: str,
                              sans: SubjectAltNames | None, *, reference: str, secret: str,
                              ca_dn: str | None = None, passphrase: bytes | None = None,
@@ -77,13 +91,7 @@ def key_update(store: Any, certificate_id: str, profile_name: str, *, key_type: 
     the new pair replaces the old once the CA confirmed it."""
     url = _url(store, profile_name)
     profile = store.profile(profile_name)
-    cert = store.local_certificate(certificate_id)
-    if cert is None:
-        raise StoreError(f"certificate-id {certificate_id!r} has no certificate to update")
-    key = store.private_key(certificate_id, passphrase)
-    ca_certs = store.ca_certificates(profile_name)
-    if not ca_certs:
-        raise StoreError(f"no CA certificate for ca-profile {profile_name!r}")
+    cert, key, ca_certs = _signed_by_current(store, certificate_id, profile_name, passphrase, "update")
     if key_type is None:
         from pki.keys import describe_public_key
 
@@ -102,13 +110,7 @@ def revoke_local_certificate(store: Any, certificate_id: str, profile_name: str,
                              passphrase: bytes | None = None, transport: client.Transport | None = None) -> int:
     """rr for the certificate of ``certificate_id``, signed with it; returns its serial number."""
     url = _url(store, profile_name)
-    cert = store.local_certificate(certificate_id)
-    if cert is None:
-        raise StoreError(f"certificate-id {certificate_id!r} has no certificate to revoke")
-    key = store.private_key(certificate_id, passphrase)
-    ca_certs = store.ca_certificates(profile_name)
-    if not ca_certs:
-        raise StoreError(f"no CA certificate for ca-profile {profile_name!r}")
+    cert, key, ca_certs = _signed_by_current(store, certificate_id, profile_name, passphrase, "revoke")
     client.revoke(url, cert, key, ca_certs, reason=reason, transport=transport)
     return int(cert.serial_number)
 

@@ -217,6 +217,24 @@ def cert_from_asn1(value: Any) -> x509.Certificate:
     return x509.load_der_x509_certificate(encoder.encode(_copy_into(rfc9480.CMPCertificate(), value)))
 
 
+def ca_certs_value(certs: list[x509.Certificate]) -> Any:
+    """The value of id-it-caCerts (RFC 9480 section 4.3): the CA's chain, the CA first."""
+    value = rfc9480.CaCertsValue()
+    for c in certs:
+        value.append(cert_to_asn1(c))
+    return value
+
+
+def append_itav(body: Any, info_type: str, value: Any = None) -> None:
+    """One InfoTypeAndValue more in a genm or genp body: a genm asks with the type alone (``value`` None), a genp
+    answers with the pyasn1 ``value``, carried in DER."""
+    itv = body.componentType.clone()
+    itv["infoType"] = univ.ObjectIdentifier(info_type)
+    if value is not None:
+        itv["infoValue"] = univ.Any(encoder.encode(value))
+    body.append(itv)
+
+
 def free_text(text: str) -> rfc9480.PKIFreeText:
     t = rfc9480.PKIFreeText()
     t.append(char.UTF8String(text[:500]))

@@ -45,11 +45,12 @@ from pyasn1_alt_modules import rfc5280
 
 from pki.db import CaDatabase, write_transaction
 from pki.errors import CsrSignatureError, PkiError
+from pki.outcome import RequestOutcome
 
 from . import messages as m
 from .messages import CmpFailure, CmpFormatError, FailInfo, PkiStatus
 
-__all__ = ["CmpOutcome", "CmpResponder", "CmpSecret", "SecretStore"]
+__all__ = ["CmpResponder", "CmpSecret", "SecretStore"]
 
 log = logging.getLogger("pki.cmp.server")
 
@@ -177,18 +178,6 @@ def _secret(row: tuple) -> CmpSecret:
                      None if expires is None else datetime.fromisoformat(expires), used)
 
 
-@dataclass(frozen=True)
-class CmpOutcome:
-    """What one message came to, for the access log: never a secret or the request itself."""
-
-    message_type: str | None
-    transaction_id: str | None
-    outcome: str
-    serial: int | None = None
-    fail_info: str | None = None
-    reason: str | None = None
-
-
 @dataclass
 class _Auth:
     """Who sent a request: a reference number (PBM) or a certificate of this CA (signature)."""
@@ -234,14 +223,14 @@ class CmpResponder:
         self._random = random
         self.secrets = SecretStore(ca.db)
         self.queue = TransactionStore(ca.db)
-        self._outcome: CmpOutcome | None = None
+        self._outcome: RequestOutcome | None = None
 
     def close(self) -> None:
         self.secrets.close()
         self.queue.close()
 
     # -- entry point ----------------------------------------------------------------------------------------
-    def respond(self, data: bytes) -> tuple[bytes, CmpOutcome]:
+    def respond(self, data: bytes) -> tuple[bytes, RequestOutcome]:
         """The answer to a PKIMessage and what it came to. Raises nothing a peer can provoke."""
         self._outcome = None
         msg = None
@@ -271,7 +260,7 @@ class CmpResponder:
                         type(exc).__name__, str(exc)[:200])
             return self._error(msg, auth, FailInfo.badDataFormat,
                                "the message could not be processed"), self._outcome  # type: ignore[return-value]
-        return reply, self._outcome or CmpOutcome(msg.body_type, msg.transaction_id.hex(), "ok")
+        return reply, self._outcome or RequestOutcome(msg.body_type, msg.transaction_id.hex(), "ok")
 
     # -- authentication -------------------------------------------------------------------------------------
     def _authenticate(self, msg: m.CmpMessage) -> _Auth:
@@ -333,15 +322,16 @@ class CmpResponder:
         now = self._clock()
         signer_der = None if auth.signer is None else auth.signer.public_bytes(Encoding.DER)
         if self.manual_approval:
-            from pki.scep.server import MAX_PENDING
+            from pki.scep.server import QueueFullError
 
-            if self.queue.pending_count() >= MAX_PENDING:
-                raise CmpFailure(FailInfo.systemUnavail, f"{MAX_PENDING} requests already await approval")
-            self.queue.add_pending(f"cmp-{tid}", csr, auth.signer or self.ca.certificate, now)
+            try:
+                self.queue.add_pending(f"cmp-{tid}", csr, auth.signer or self.ca.certificate, now)
+            except QueueFullError as exc:
+                raise CmpFailure(FailInfo.systemUnavail, str(exc)) from None
             self.secrets.put_transaction(tid, msg.body_type, auth.reference, signer_der, "pending", req_id, None, now)
             self._use(auth, tid)
             log.info("CMP %s %s (%s): waiting for approval", msg.body_type, tid, csr.subject.rfc4514_string())
-            self._outcome = CmpOutcome(msg.body_type, tid, "pending")
+            self._outcome = RequestOutcome(msg.body_type, tid, "pending")
             return self._cert_reply(msg, auth, req_id, None, PkiStatus.waiting)
         try:
             cert = self.ca.issue(csr, self.profile, at=now, pop_verified=True)
@@ -352,7 +342,7 @@ class CmpResponder:
                                      "confirmed" if implicit else "waiting", req_id, cert, now)
         self._use(auth, tid)
         log.info("CMP %s %s: issued %x to %s", msg.body_type, tid, cert.serial_number, cert.subject.rfc4514_string())
-        self._outcome = CmpOutcome(msg.body_type, tid, "issued", cert.serial_number)
+        self._outcome = RequestOutcome(msg.body_type, tid, "issued", cert.serial_number)
         return self._cert_reply(msg, auth, req_id, cert, PkiStatus.accepted, implicit=implicit)
 
     def _use(self, auth: _Auth, tid: str) -> None:
@@ -478,7 +468,7 @@ class CmpResponder:
         if t["state"] != "pending" or queued is None:
             raise CmpFailure(FailInfo.badRequest, "nothing to poll for in this transaction")
         if queued.state == "pending":
-            self._outcome = CmpOutcome("pollReq", tid, "pending")
+            self._outcome = RequestOutcome("pollReq", tid, "pending")
 
             def fill(rep: Any) -> None:
                 item = rep.componentType.clone()
@@ -491,10 +481,10 @@ class CmpResponder:
         if queued.state == "issued" and queued.certificate is not None:
             cert = queued.certificate
             self.secrets.set_state(tid, "waiting", cert)
-            self._outcome = CmpOutcome("pollReq", tid, "issued", cert.serial_number)
+            self._outcome = RequestOutcome("pollReq", tid, "issued", cert.serial_number)
             return self._cert_reply(msg, auth, req_id, cert, PkiStatus.accepted, reply_type=reply_type)
         self.secrets.set_state(tid, "rejected")
-        self._outcome = CmpOutcome("pollReq", tid, "refused", fail_info="badRequest", reason=queued.reason)
+        self._outcome = RequestOutcome("pollReq", tid, "refused", fail_info="badRequest", reason=queued.reason)
         return self._cert_reply(msg, auth, req_id, None, PkiStatus.rejection, reply_type=reply_type,
                                 fail=FailInfo.badRequest, text=f"rejected by the CA operator: {queued.reason}")
 
@@ -525,11 +515,11 @@ class CmpResponder:
             accepted = int(status["statusInfo"]["status"]) in (PkiStatus.accepted, PkiStatus.grantedWithMods)
         if accepted:
             self.secrets.set_state(tid, "confirmed")
-            self._outcome = CmpOutcome("certConf", tid, "confirmed", cert.serial_number)
+            self._outcome = RequestOutcome("certConf", tid, "confirmed", cert.serial_number)
         else:  # RFC 4210 5.3.18: the CA must not keep a certificate the holder refused
             self.ca.revoke(cert.serial_number, "cessation_of_operation", at=self._clock())
             self.secrets.set_state(tid, "rejected")
-            self._outcome = CmpOutcome("certConf", tid, "revoked", cert.serial_number,
+            self._outcome = RequestOutcome("certConf", tid, "revoked", cert.serial_number,
                                        reason="the client rejected the certificate")
         return self._send(msg, auth, "pkiconf", lambda body: None, [])
 
@@ -564,7 +554,7 @@ class CmpResponder:
         except PkiError as exc:
             raise CmpFailure(FailInfo.certRevoked, str(exc)) from None
         log.info("CMP rr %s: revoked %x (%s)", tid, serial, reason)
-        self._outcome = CmpOutcome("rr", tid, "revoked", serial, reason=reason)
+        self._outcome = RequestOutcome("rr", tid, "revoked", serial, reason=reason)
 
         def fill(rep: Any) -> None:
             rep["status"].append(m.status_info(PkiStatus.accepted))
@@ -586,18 +576,12 @@ class CmpResponder:
 
         def fill(rep: Any) -> None:
             if ca_certs:
-                itv = rep.componentType.clone()
-                itv["infoType"] = univ.ObjectIdentifier(m.OID_IT_CA_CERTS)
-                value = m.rfc9480.CaCertsValue()
-                for c in chain:
-                    value.append(m.cert_to_asn1(c))
-                itv["infoValue"] = univ.Any(encoder.encode(value))
-                rep.append(itv)
+                m.append_itav(rep, m.OID_IT_CA_CERTS, m.ca_certs_value(chain))
 
         others = sorted(set(asked) - {m.OID_IT_CA_CERTS})
         log.info("CMP genm %s: %s", tid, "caCerts" if ca_certs else "nothing offered" + (
             f" (asked {','.join(o[:40] for o in others[:4])})" if others else ""))
-        self._outcome = CmpOutcome("genm", tid, "caCerts" if ca_certs else "empty",
+        self._outcome = RequestOutcome("genm", tid, "caCerts" if ca_certs else "empty",
                                    reason=f"infoTypes not offered: {','.join(others[:4])}" if others else None)
         return self._send(msg, auth, "genp", fill, [], sign=True)
 
@@ -642,7 +626,7 @@ class CmpResponder:
     def _error(self, msg: m.CmpMessage | None, auth: _Auth, fail: FailInfo, text: str) -> bytes:
         tid = msg.transaction_id.hex() if msg is not None and msg.transaction_id else None
         log.info("CMP %s %s: refused, %s: %s", msg.body_type if msg else "-", tid, fail.name, text)
-        self._outcome = CmpOutcome(msg.body_type if msg else None, tid, "refused", fail_info=fail.name,
+        self._outcome = RequestOutcome(msg.body_type if msg else None, tid, "refused", fail_info=fail.name,
                                    reason=text)
 
         def fill(err: Any) -> None:

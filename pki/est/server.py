@@ -76,7 +76,6 @@ SERVICE_CERT, SERVICE_KEY = "est.pem", "est.key"
 DEFAULT_SERVICE_NAMES = ("localhost", "127.0.0.1", "::1")
 #: ``application/pkcs7-mime`` as RFC 7030 section 4.1.3/4.2.3 label a certs-only answer.
 CERTS_ONLY_CT = "application/pkcs7-mime; smime-type=certs-only"
-_MAX_PENDING = 1000
 
 
 def _utcnow() -> datetime:
@@ -295,10 +294,12 @@ class EstResponder:
                          transaction_id=tid, auth=auth)
         now = self._clock()
         if self.manual_approval:
-            if self.store.pending_count() >= _MAX_PENDING:
-                return _text(HTTPStatus.SERVICE_UNAVAILABLE, f"{_MAX_PENDING} requests already await approval",
-                             transaction_id=tid, auth=auth)
-            self.store.add_pending(tid, csr, client, now)
+            from pki.scep.server import QueueFullError
+
+            try:
+                self.store.add_pending(tid, csr, client, now)
+            except QueueFullError as exc:
+                return _text(HTTPStatus.SERVICE_UNAVAILABLE, str(exc), transaction_id=tid, auth=auth)
             log.info("EST transaction %s (%s): PENDING approval", tid, csr.subject.rfc4514_string())
             return self._pending(tid, auth)
         try:

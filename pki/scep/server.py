@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from pki.db import CaDatabase, write_transaction  # PKI-core
 from pki.errors import AlgorithmRefusedError, CsrSignatureError, PkiError
+from pki.outcome import RequestOutcome
 
 from . import messages as m
 from .constants import Capability, FailInfo, MessageType, PkiStatus
@@ -40,7 +41,7 @@ log = logging.getLogger("pki.scep.server")
 __all__ = [
     "CAPABILITIES",
     "MAX_PENDING",
-    "ScepOutcome",
+    "QueueFullError",
     "ScepResponder",
     "Transaction",
     "TransactionState",
@@ -76,6 +77,10 @@ CREATE TABLE IF NOT EXISTS scep_transactions (
     reason         TEXT
 );
 """
+
+
+class QueueFullError(PkiError):
+    """The approval queue holds MAX_PENDING requests already: refused rather than let a client grow it."""
 
 
 class TransactionState:
@@ -172,7 +177,12 @@ class TransactionStore:
     def add_pending(
         self, tid: str, csr: x509.CertificateSigningRequest, requester: x509.Certificate | None, at: datetime
     ) -> None:
+        """Queue a request for ``ca approve``; :class:`QueueFullError` once MAX_PENDING wait (SCEP, EST and CMP
+        share the table, so one bound holds for all: each answers "try later" in its own terms)."""
         with self._tx() as c:
+            waiting = int(c.execute("SELECT COUNT(*) FROM scep_transactions WHERE state = 'pending'").fetchone()[0])
+            if waiting >= MAX_PENDING:
+                raise QueueFullError(f"{MAX_PENDING} requests already await approval")
             c.execute(
                 "INSERT OR REPLACE INTO scep_transactions (transaction_id, state, subject, csr, requester, "
                 "received_at) VALUES (?, 'pending', ?, ?, ?, ?)",
@@ -261,21 +271,6 @@ def _transaction(row: tuple) -> Transaction:
     )
 
 
-@dataclass(frozen=True)
-class ScepOutcome:
-    """What one PKIOperation came to, for the service's access log: never the challenge password or the request.
-
-    ``outcome`` is ``issued`` (a certificate handed out), ``pending``, ``ok`` (GetCert, GetCRL) or ``refused``
-    (a FAILURE CertRep, with its failInfo and reason)."""
-
-    message_type: str | None
-    transaction_id: str | None
-    outcome: str
-    serial: int | None = None
-    fail_info: str | None = None
-    reason: str | None = None
-
-
 _ISSUING = (MessageType.PKCSReq, MessageType.RenewalReq, MessageType.CertPoll)
 
 
@@ -335,7 +330,7 @@ class ScepResponder:
         self._clock = clock
         self._random = random
         self.store = TransactionStore(ca.db)
-        self._outcome: ScepOutcome | None = None
+        self._outcome: RequestOutcome | None = None
 
     def close(self) -> None:
         self.store.close()
@@ -352,11 +347,11 @@ class ScepResponder:
         return "application/x-x509-ca-ra-cert", m.certs_only(chain)
 
     # -- PKIOperation ---------------------------------------------------------------------------------------
-    def respond(self, body: bytes) -> tuple[bytes, ScepOutcome]:
+    def respond(self, body: bytes) -> tuple[bytes, RequestOutcome]:
         """:meth:`pki_operation`, plus what it came to (the CertRep's status) for the access log."""
         self._outcome = None
         reply = self.pki_operation(body)
-        return reply, self._outcome or ScepOutcome(None, None, "ok")
+        return reply, self._outcome or RequestOutcome(None, None, "ok")
 
     def pki_operation(self, body: bytes) -> bytes:
         """The CertRep for a pkiMessage; :class:`ScepFormatError` when ``body`` is not one."""
@@ -418,9 +413,10 @@ class ScepResponder:
                 raise ScepFailure(FailInfo.badRequest, "wrong or missing challenge password")
         now = self._clock()
         if self.manual_approval:
-            if self.store.pending_count() >= MAX_PENDING:
-                raise ScepFailure(FailInfo.badRequest, f"{MAX_PENDING} requests already await approval")
-            self.store.add_pending(msg.transaction_id, csr, msg.signer, now)
+            try:
+                self.store.add_pending(msg.transaction_id, csr, msg.signer, now)
+            except QueueFullError as exc:
+                raise ScepFailure(FailInfo.badRequest, str(exc)) from None
             log.info(
                 "SCEP transaction %s (%s): PENDING approval", msg.transaction_id, csr.subject.rfc4514_string()
             )
@@ -510,7 +506,7 @@ class ScepResponder:
         else:
             outcome = "issued" if msg.message_type in _ISSUING else "ok"
             serial = certs[0].serial_number if certs else None
-        self._outcome = ScepOutcome(msg.message_type.name, msg.transaction_id, outcome, serial)
+        self._outcome = RequestOutcome(msg.message_type.name, msg.transaction_id, outcome, serial)
         if status is PkiStatus.SUCCESS:
             assert certs or crls
             try:
@@ -538,7 +534,7 @@ class ScepResponder:
 
     def _failure(self, tid: str, nonce: bytes, msg: m.PkiMessage | None, fail: FailInfo, text: str) -> bytes:
         log.info("SCEP transaction %s: FAILURE %s: %s", tid, fail.name, text)
-        self._outcome = ScepOutcome(
+        self._outcome = RequestOutcome(
             msg.message_type.name if msg else None, tid, "refused", fail_info=fail.name, reason=text
         )
         digest = (

@@ -242,6 +242,20 @@ authorities {
 """
 
 
+def _root_and_intermediate(d: Path) -> tuple[LabPki, LabPki]:
+    """A lab root and intermediate in the swanctl directory ``d`` (x509ca/), moon's certificate from the root
+    and its key, and an empty x509crl/ for the CRLs each test writes."""
+    root = LabPki("ecdsa", name="strongSwan Root CA")
+    sub = root.intermediate("strongSwan Sub CA")
+    (d / "x509ca" / "strongswanCert.pem").write_bytes(root.ca.cert_pem())
+    (d / "x509ca" / "subCert.pem").write_bytes(sub.ca.cert_pem())
+    moon = root.issue("moonCert", "moon.strongswan.org")
+    (d / "x509" / "moonCert.pem").write_bytes(moon.cert_pem())
+    moon.write_key(d / "private" / "moonKey.pem")
+    (d / "x509crl").mkdir()
+    return root, sub
+
+
 @pytest.mark.parametrize("remote_auth,revocation", [("pubkey-sha384", "strict"), ("rsa/pss-sha384", "ifuri"),
                                                     ("ike:ecdsa-384-sha384", "relaxed")])
 def test_crls_intermediates_revocation_and_auth_constraints_map(tmp_path: Path, remote_auth: str,
@@ -255,14 +269,7 @@ def test_crls_intermediates_revocation_and_auth_constraints_map(tmp_path: Path, 
     conf = _swanctl_dir(tmp_path / "swanctl", REVOCATION_CONF % (remote_auth, revocation))
     d = tmp_path / "swanctl"
     root_pem = (d / "x509ca" / "strongswanCert.pem").read_bytes()
-    root = LabPki("ecdsa", name="strongSwan Root CA")  # the real root is inside _swanctl_dir: make our own
-    sub = root.intermediate("strongSwan Sub CA")
-    (d / "x509ca" / "strongswanCert.pem").write_bytes(root.ca.cert_pem())
-    (d / "x509ca" / "subCert.pem").write_bytes(sub.ca.cert_pem())
-    moon = root.issue("moonCert", "moon.strongswan.org")
-    (d / "x509" / "moonCert.pem").write_bytes(moon.cert_pem())
-    moon.write_key(d / "private" / "moonKey.pem")
-    (d / "x509crl").mkdir()
+    root, sub = _root_and_intermediate(d)  # the real root is inside _swanctl_dir: make our own
     (d / "x509crl" / "root.crl").write_bytes(root.crl([sub.ca.cert]).public_bytes(serialization.Encoding.DER))
     (d / "x509crl" / "sub.crl").write_bytes(sub.crl([]).public_bytes(serialization.Encoding.PEM))
     assert root_pem != root.ca.cert_pem()
@@ -308,14 +315,7 @@ def test_check_config_reports_constraints_revocation_intermediates_and_crls(tmp_
     conf = _swanctl_dir(d, REVOCATION_CONF.replace("      children { net { local_ts", "      fragmentation = accept\n"
                                                    "      remote_port = 1500\n      children { net { local_ts", 1)
                         % ("ecdsa-256-sha384", "strict"))
-    root = LabPki("ecdsa", name="strongSwan Root CA")
-    sub = root.intermediate("strongSwan Sub CA")
-    (d / "x509ca" / "strongswanCert.pem").write_bytes(root.ca.cert_pem())
-    (d / "x509ca" / "subCert.pem").write_bytes(sub.ca.cert_pem())
-    moon = root.issue("moonCert", "moon.strongswan.org")
-    (d / "x509" / "moonCert.pem").write_bytes(moon.cert_pem())
-    moon.write_key(d / "private" / "moonKey.pem")
-    (d / "x509crl").mkdir()
+    root, sub = _root_and_intermediate(d)
     (d / "x509crl" / "root.crl").write_bytes(root.crl([sub.ca.cert]).public_bytes(serialization.Encoding.PEM))
     out = tmp_path / "moon.toml"
     r = _ike("import-swanctl", str(conf), "-o", str(out))

@@ -94,22 +94,13 @@ def echo_reply(pkt: bytes) -> bytes | None:
     return bytes(hdr) + icmp
 
 
-class Espresso:
-    """The espresso daemon in namespace ``site`` (sockets on ``ports``, 500/4500, there), answering pings."""
+class EchoDaemon:
+    """The espresso daemon of ``cfg`` in namespace ``site`` (sockets on ``ports``, 500/4500, there), answering
+    pings that reach it through its CHILD_SAs."""
 
-    def __init__(self, lab: ss.Lab, site: ss.Site, peer: ss.Site, pki: ss.LabPki, ike: str, esp: str,
-                 workdir: Path, conf: str = CONF, ports: tuple[int, int] = (500, 4500)) -> None:
-        from ike.config import parse_config
+    def __init__(self, cfg: Any, site: ss.Site, ports: tuple[int, int] = (500, 4500)) -> None:
         from ike.daemon import Daemon
 
-        workdir.mkdir(parents=True, exist_ok=True)
-        cred = pki.issue("e", "e.test")
-        (workdir / "ca.pem").write_bytes(pki.ca.cert_pem())
-        (workdir / "e.pem").write_bytes(cred.cert_pem())
-        cred.write_key(workdir / "e.key")
-        cfg = parse_config(conf.format(local=site.outer, remote=peer.outer, ike=ike, esp=esp, e_inner=E_INNER,
-                                       s_inner=S_INNER), base=workdir)
-        self.workdir = workdir
         self.site = site
         self.inner: list[bytes] = []
         self.daemon = Daemon(cfg, on_packets=self._packets)
@@ -124,11 +115,41 @@ class Espresso:
     async def start(self) -> None:
         await self.daemon.start(sockets=self.sockets, control=False)
 
+    async def establish(self, ch: ss.Charon, role: str = "initiator") -> None:
+        """Bring up connection "s" with charon's "gw", espresso initiating (``role`` "initiator") or charon
+        ("responder"), and wait until both sides have the CHILD_SA installed."""
+        if role == "initiator":
+            r = await self.daemon.initiate_and_wait("s", timeout=TIMEOUT)
+            assert r["state"] == "ESTABLISHED", r
+        else:
+            proc = await asyncio.to_thread(ch.initiate, "net", ike="gw", timeout=10)
+            assert proc.returncode == 0, proc.stdout + proc.stderr + ch.tail()
+        await _wait(lambda: self.installed() and _charon_child(ch), "both CHILD_SAs", ch)
+
     def installed(self) -> list[Any]:
         return [c for c in self.daemon.children.values() if c.state == "INSTALLED"]
 
     def events(self, kind: type) -> list[Any]:
         return [e for e in self.daemon.events if isinstance(e, kind)]
+
+
+class Espresso(EchoDaemon):
+    """An :class:`EchoDaemon` with a certificate for e.test from the lab's PKI and the config ``conf``
+    (CONF: a peer "s" towards charon, certificates from ``workdir``)."""
+
+    def __init__(self, lab: ss.Lab, site: ss.Site, peer: ss.Site, pki: ss.LabPki, ike: str, esp: str,
+                 workdir: Path, conf: str = CONF, ports: tuple[int, int] = (500, 4500)) -> None:
+        from ike.config import parse_config
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        cred = pki.issue("e", "e.test")
+        (workdir / "ca.pem").write_bytes(pki.ca.cert_pem())
+        (workdir / "e.pem").write_bytes(cred.cert_pem())
+        cred.write_key(workdir / "e.key")
+        cfg = parse_config(conf.format(local=site.outer, remote=peer.outer, ike=ike, esp=esp, e_inner=E_INNER,
+                                       s_inner=S_INNER), base=workdir)
+        self.workdir = workdir
+        super().__init__(cfg, site, ports)
 
 
 def _charon(lab: ss.Lab, site: ss.Site, peer: ss.Site, pki: ss.LabPki, ike: str, esp: str, kind: str) -> ss.Charon:
@@ -239,13 +260,7 @@ def test_tunnel_with_strongswan(lab: ss.Lab, tmp_path: Path, role: str, kind: st
         e = Espresso(lab, site_e, site_s, pki, ike, esp, tmp_path / "espresso")
         await e.start()
         try:
-            if role == "initiator":
-                r = await e.daemon.initiate_and_wait("s", timeout=TIMEOUT)
-                assert r["state"] == "ESTABLISHED", r
-            else:
-                proc = await asyncio.to_thread(ch.initiate, "net", ike="gw", timeout=10)
-                assert proc.returncode == 0, proc.stdout + proc.stderr
-            await _wait(lambda: e.installed() and _charon_child(ch), "both CHILD_SAs", ch)
+            await e.establish(ch, role)
             child = _charon_child(ch)
             assert child is not None and child["encap"] == "yes"
             await _eventually(ch, _check_keys, ch, e, role == "initiator")
@@ -548,9 +563,7 @@ def test_key_log_decrypts_a_real_capture(lab: ss.Lab, tmp_path: Path) -> None:
         cap = await _start_capture(site_e, pcap)
         try:
             await e.start()
-            r = await e.daemon.initiate_and_wait("s", timeout=TIMEOUT)
-            assert r["state"] == "ESTABLISHED"
-            await _wait(lambda: e.installed() and _charon_child(ch), "both CHILD_SAs", ch)
+            await e.establish(ch)
             assert " 0% packet loss" in await _ping(site_s)
         finally:
             await e.daemon.stop(delete=False)
@@ -704,9 +717,7 @@ def test_fragmented_ike_auth_both_ways(lab: ss.Lab, tmp_path: Path) -> None:
         cap = await _start_capture(site_e, pcap)
         await e.start()
         try:
-            r = await e.daemon.initiate_and_wait("s", timeout=TIMEOUT)
-            assert r["state"] == "ESTABLISHED", r
-            await _wait(lambda: e.installed() and _charon_child(ch), "both CHILD_SAs", ch)
+            await e.establish(ch)
             log = ch.log()
             assert "reassembled fragmented IKE message" in log, ch.tail()  # charon reassembled ours
             assert "splitting IKE message" in log, ch.tail()  # and fragmented its own, which we reassembled
@@ -748,9 +759,7 @@ def test_fragmentation_accept_against_a_small_charon_fragment_size(lab: ss.Lab, 
         e = Espresso(lab, site_e, site_s, pki, ike, esp, tmp_path / "espresso", conf=conf)
         await e.start()
         try:
-            r = await e.daemon.initiate_and_wait("s", timeout=TIMEOUT)
-            assert r["state"] == "ESTABLISHED", r
-            await _wait(lambda: e.installed() and _charon_child(ch), "both CHILD_SAs", ch)
+            await e.establish(ch)
             log = ch.log()
             assert "splitting IKE message" in log, ch.tail()  # charon fragmented towards us
             assert "reassembled fragmented IKE message" not in log, ch.tail()  # we sent ours whole
@@ -773,7 +782,6 @@ def test_swanctl_scenario_imported_establishes_with_charon_on_the_original(lab: 
     import sys
 
     from ike.config import load_config
-    from ike.daemon import Daemon
 
     scenario = Path(__file__).resolve().parents[1] / "data" / "swanctl" / "ikev2-net2net-cert" / "hosts"
     root = Path(__file__).resolve().parents[2]
@@ -805,18 +813,9 @@ def test_swanctl_scenario_imported_establishes_with_charon_on_the_original(lab: 
             "connections.gw-gw.reauth_time: not supported",
             "connections.gw-gw.children.net-net.updown: not supported"], r.stderr
 
-        cfg = load_config(out, overrides={"control_socket": str(tmp_path / "moon" / "ike.sock")})
-        holder: list[Daemon] = []
-
-        def packets(pkts: list[bytes], child: Any) -> None:
-            replies = [x for x in (echo_reply(p) for p in pkts) if x is not None]
-            if replies:
-                holder[0].send(replies)
-
-        daemon = Daemon(cfg, on_packets=packets)
-        holder.append(daemon)
-        sockets = ss.netns_sockets(moon.netns, [(moon.outer, 500), (moon.outer, 4500)])
-        await daemon.start(sockets=sockets, control=False)
+        moon_e = EchoDaemon(load_config(out, overrides={"control_socket": str(tmp_path / "moon" / "ike.sock")}), moon)
+        daemon = moon_e.daemon
+        await moon_e.start()
         try:
             result = await daemon.initiate_and_wait("gw-gw", timeout=TIMEOUT)
             assert result["state"] == "ESTABLISHED" and result["child"] == "net-net", result
@@ -894,18 +893,10 @@ def test_swanctl_import_with_crls_strict_revocation_and_sha384_establishes(lab: 
         assert 'crls = ["swanctl/x509crl/strongswan.crl", "swanctl/x509crl/sub.crl"]' in text, text
 
         async def attempt(tag: str) -> tuple[Daemon, dict[str, Any] | ControlError]:
-            cfg = load_config(out, overrides={"control_socket": str(tmp_path / "moon" / f"{tag}.sock")})
-            holder: list[Daemon] = []
-
-            def packets(pkts: list[bytes], child: Any) -> None:
-                replies = [x for x in (echo_reply(p) for p in pkts) if x is not None]
-                if replies:
-                    holder[0].send(replies)
-
-            daemon = Daemon(cfg, on_packets=packets)
-            holder.append(daemon)
-            sockets = ss.netns_sockets(moon.netns, [(moon.outer, 500), (moon.outer, 4500)])
-            await daemon.start(sockets=sockets, control=False)
+            moon_e = EchoDaemon(load_config(out, overrides={"control_socket": str(tmp_path / "moon" / f"{tag}.sock")}),
+                                moon)
+            daemon = moon_e.daemon
+            await moon_e.start()
             try:
                 return daemon, await daemon.initiate_and_wait("gw-gw", timeout=TIMEOUT)
             except ControlError as exc:
@@ -967,13 +958,7 @@ def test_non_default_ike_and_nat_t_ports_against_charon(lab: ss.Lab, tmp_path: P
         e = Espresso(lab, site_e, site_s, pki, ike, esp, tmp_path / "e", conf=conf, ports=(1500, 14500))
         await e.start()
         try:
-            if initiator == "espresso":
-                r = await e.daemon.initiate_and_wait("s", timeout=TIMEOUT)
-                assert r["state"] == "ESTABLISHED", r
-            else:
-                proc = await asyncio.to_thread(ch.initiate, "net", ike="gw", timeout=10)
-                assert proc.returncode == 0, proc.stdout + ch.tail()
-            await _wait(lambda: e.installed() and _charon_child(ch), "both CHILD_SAs", ch)
+            await e.establish(ch, "initiator" if initiator == "espresso" else "responder")
             sa = ss.ike_sas(ch.list_sas())["gw"]
             assert (sa["local-port"], sa["remote-port"]) == ("14500", "14500"), sa
             (child,) = ss.child_sas(sa)

@@ -34,7 +34,6 @@ from tests.interop.test_ike_strongswan import (  # noqa: F401 - lab is a fixture
     S_INNER,
     TIMEOUT,
     Espresso,
-    _charon_child,
     _ping,
     _wait,
     lab,
@@ -83,13 +82,7 @@ def test_required_signature_both_ways(lab: ss.Lab, tmp_path: Path, role: str, ki
         e = Espresso(lab, site_e, site_s, pki, IKE, ESP, tmp_path / "espresso", conf=conf)
         await e.start()
         try:
-            if role == "initiator":
-                r = await e.daemon.initiate_and_wait("s", timeout=TIMEOUT)
-                assert r["state"] == "ESTABLISHED", r
-            else:
-                proc = await asyncio.to_thread(ch.initiate, "net", ike="gw", timeout=10)
-                assert proc.returncode == 0, proc.stdout + ch.tail()
-            await _wait(lambda: e.installed() and _charon_child(ch), "both CHILD_SAs", ch)
+            await e.establish(ch, role)
             assert f"authentication of 'e.test' with {charon_sees} successful" in ch.log(), ch.tail()
             (est,) = e.events(IkeSaEstablished)
             assert est.auth_method == espresso_sees

@@ -17,10 +17,9 @@ from pki.cmp import client
 from pki.cmp import messages as m
 from pki.cmp.messages import CmpError, FailInfo
 from pki.cmp.server import CmpResponder, cert_hash
+from tests.pki.cmp_helpers import FUZZ_CASES, URL, fuzz_seed, mutate, wire
 
-FUZZ_CASES = int(os.environ.get("ESPRESSO_FUZZ_EXAMPLES", "300"))
-SEED = int(os.environ.get("ESPRESSO_FUZZ_SEED", "4210"))
-URL = "http://cmp.invalid/.well-known/cmp"
+SEED = fuzz_seed(4210)
 
 
 @pytest.fixture(params=["ecdsa", "ed25519", "rsa"])
@@ -36,15 +35,6 @@ def responder(ca):
     r.secrets.add("1000", "secret-1000", ca.certificate.not_valid_before_utc + timedelta(minutes=1))
     yield r
     r.close()
-
-
-def wire(responder: CmpResponder, log: list | None = None):
-    def transport(url: str, data: bytes) -> bytes:
-        answer, outcome = responder.respond(data)
-        if log is not None:
-            log.append((data, outcome))
-        return answer
-    return transport
 
 
 def enroll(responder, key=None, *, ref="1000", secret="secret-1000", name="CN=r1", **kw):
@@ -181,19 +171,7 @@ def test_fuzzed_messages_always_get_a_pkimessage_answer(responder, ca):
     rng = random.Random(SEED)
     base = _valid_ir(ca.certificate.subject.public_bytes())
     for _ in range(FUZZ_CASES):
-        data = bytearray(base)
-        op = rng.randrange(4)
-        if op == 0:
-            for _ in range(rng.randint(1, 4)):
-                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-        elif op == 1:
-            data = data[: rng.randrange(len(data))]
-        elif op == 2:
-            i = rng.randrange(len(data))
-            data[i:i] = os.urandom(rng.randint(1, 16))
-        else:
-            data[rng.randrange(min(len(data), 40))] = rng.choice([0x00, 0x7F, 0x80, 0x81, 0x84, 0xFF])
-        answer, outcome = responder.respond(bytes(data))
+        answer, outcome = responder.respond(mutate(rng, base))
         parsed = m.parse_message(answer)
         assert parsed.body_type in ("error", "ip"), parsed.body_type
         assert outcome.outcome in ("refused", "issued")
@@ -296,4 +274,18 @@ def test_a_cmpv2_profile_renews_by_kur_and_refuses_the_scep_est_paths(responder,
     assert results[0].new_key and new.subject == old.subject and new.serial_number != old.serial_number
     assert new.public_key() == store.private_key("r1").public_key() != old.public_key()
     new.verify_directly_issued_by(ca.certificate)
-    assert [o.message_type for _, o in log][:1] == ["kur"], log
+    assert [o.message_type for _, _, o in log][:1] == ["kur"], log
+
+
+def test_the_approval_queue_bound_is_the_one_scep_and_est_share(ca, monkeypatch):
+    import pki.scep.server as queue_mod
+
+    r = CmpResponder(ca, manual_approval=True)
+    r.secrets.add("1000", "secret-1000", ca.certificate.not_valid_before_utc + timedelta(minutes=1))
+    monkeypatch.setattr(queue_mod, "MAX_PENDING", 0)
+    try:
+        with pytest.raises(CmpError, match="systemUnavail.*0 requests already await approval"):
+            enroll(r)
+        assert r.queue.pending() == []
+    finally:
+        r.close()

@@ -7,15 +7,12 @@ caCerts (it takes short names only, and caCerts came with 3.2), so there is no o
 The fuzz budget is ``FUZZ_CASES``; ``ESPRESSO_FUZZ_EXAMPLES=N`` (and ``ESPRESSO_FUZZ_SEED``) run more by hand."""
 from __future__ import annotations
 
-import os
 import random
 from datetime import timedelta
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from pyasn1.codec.der import encoder
-from pyasn1.type import univ
 
 from pki.ca import CertificateAuthority
 from pki.certs import fingerprint
@@ -24,12 +21,11 @@ from pki.cmp import messages as m
 from pki.cmp.messages import CmpError
 from pki.cmp.server import CmpResponder
 from pki.store import Store
+from tests.pki.cmp_helpers import FUZZ_CASES, URL, fuzz_seed, mutate, wire
 from tests.pki.conftest import raw_cert
 from tests.pki.test_verbs import pki, served_ca  # noqa: F401 - fixtures
 
-FUZZ_CASES = int(os.environ.get("ESPRESSO_FUZZ_EXAMPLES", "300"))
-SEED = int(os.environ.get("ESPRESSO_FUZZ_SEED", "9483"))
-URL = "http://cmp.invalid/.well-known/cmp"
+SEED = fuzz_seed(9483)
 
 
 @pytest.fixture(params=["ecdsa", "ed25519", "rsa"])
@@ -45,21 +41,10 @@ def cas(request, tmp_path):
     root.close()
 
 
-def wire(responder: CmpResponder, log: list | None = None):
-    def transport(url: str, data: bytes) -> bytes:
-        answer, outcome = responder.respond(data)
-        if log is not None:
-            log.append((data, answer, outcome))
-        return answer
-    return transport
-
-
 def _genm(*oids: str, protection=None, extra=()) -> bytes:
     def fill(body):
         for oid in oids:
-            itv = body.componentType.clone()
-            itv["infoType"] = univ.ObjectIdentifier(oid)
-            body.append(itv)
+            m.append_itav(body, oid)
     return m.build_message(body_type="genm", fill_body=fill, sender=None, recipient=None, transaction_id=b"g" * 16,
                            sender_nonce=b"n" * 16, protection=protection, extra_certs=list(extra))
 
@@ -115,13 +100,7 @@ def _genp(request: bytes, certs, key, signer, extra) -> bytes:
     req = m.parse_message(request)
 
     def fill(rep):
-        itv = rep.componentType.clone()
-        itv["infoType"] = univ.ObjectIdentifier(m.OID_IT_CA_CERTS)
-        value = m.rfc9480.CaCertsValue()
-        for c in certs:
-            value.append(m.cert_to_asn1(c))
-        itv["infoValue"] = univ.Any(encoder.encode(value))
-        rep.append(itv)
+        m.append_itav(rep, m.OID_IT_CA_CERTS, m.ca_certs_value(certs))
     return m.build_message(body_type="genp", fill_body=fill, sender=signer.subject.public_bytes(), recipient=None,
                            transaction_id=req.transaction_id, sender_nonce=b"s" * 16, recip_nonce=req.sender_nonce,
                            protection=m.SignatureProtection(key, signer), extra_certs=list(extra))
@@ -178,19 +157,7 @@ def test_fuzzed_genm_always_gets_a_pkimessage_answer(cas):
     bases = [_genm(m.OID_IT_CA_CERTS),
              _genm(m.OID_IT_CA_CERTS, protection=m.MacProtection(b"77", b"secret-0077", iterations=100))]
     for _ in range(FUZZ_CASES):
-        data = bytearray(rng.choice(bases))
-        op = rng.randrange(4)
-        if op == 0:
-            for _ in range(rng.randint(1, 4)):
-                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-        elif op == 1:
-            data = data[: rng.randrange(len(data))]
-        elif op == 2:
-            i = rng.randrange(len(data))
-            data[i:i] = rng.randbytes(rng.randint(1, 16))
-        else:
-            data[rng.randrange(min(len(data), 40))] = rng.choice([0x00, 0x7F, 0x80, 0x81, 0x84, 0xFF])
-        answer, outcome = r.respond(bytes(data))
+        answer, outcome = r.respond(mutate(rng, rng.choice(bases)))
         assert m.parse_message(answer).body_type in ("error", "genp")
         assert outcome.outcome in ("refused", "caCerts", "empty")
 

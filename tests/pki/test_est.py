@@ -302,6 +302,18 @@ def test_pending_is_202_with_retry_after_until_approved(tmp_path, service, acces
     assert cert.subject == csr.subject and list_pending(service.ca_dir) == []
 
 
+@pytest.mark.parametrize("service", [{"manual_approval": True}], indirect=True)
+def test_the_approval_queue_bound_is_the_one_scep_and_cmp_share(service, access, monkeypatch):
+    import pki.scep.server as queue_mod
+
+    monkeypatch.setattr(queue_mod, "MAX_PENDING", 0)  # the queue is full: a 503, nothing queued
+    _, body = _csr_b64(subject="CN=r9,O=espresso")
+    status, _, text = _raw(service, "POST", "simpleenroll", body,
+                           {"Content-Type": "application/pkcs10", **_basic(PASSWORD)})
+    assert status == 503 and b"0 requests already await approval" in text, (status, text)
+    assert list_pending(service.ca_dir) == []
+
+
 # == transport =================================================================================================
 def test_est_is_not_served_over_plain_http(service):
     host, port = service.url.split("//")[1].split(":")

@@ -52,34 +52,40 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise AssertionError(f"nothing listens on port {port}")
 
 
-def test_the_readme_pki_example_runs_as_written(tmp_path):
-    block = pki_example()
-    assert README_PORT in block and README_EST_PORT in block
-    port, est_port = str(_free_port()), str(_free_port())
-    commands = shell_commands(re.sub(rf"\b{README_EST_PORT}\b", est_port, re.sub(rf"\b{README_PORT}\b", port, block)))
-    assert any(c.endswith("&") for c in commands) and len(commands) >= 6
-    verbs = shell_commands(pki_example(after="More of JUNOS's"))  # run next, with the store the first block made
-    assert len(verbs) >= 8
+def readme_env() -> dict[str, str]:
+    """The environment a user's shell has: ``python`` is this interpreter, the repository importable, and no
+    passphrase exported beforehand."""
     env = dict(os.environ, PYTHONPATH=str(REPO), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     env.pop("ESPRESSO_PKI_PASSPHRASE", None)
+    return env
+
+
+def run_commands(commands: list[str], cwd: Path, ports: list[int]) -> list[subprocess.CompletedProcess[str]]:
+    """Run README commands one at a time, as a user types them, and return what each foreground one printed.
+
+    A command ending in ``&`` starts in its own process group, its output in ``background-N.log``, and the next
+    command runs once something listens on every port of ``ports`` (as a user waits for the "serving" line); at
+    the end each is stopped with Ctrl-C and must exit 0. (tests.support.run_shell_block runs a block as one bash
+    script and kills what it left behind, so it can neither wait for a port in between nor check a clean stop.)"""
+    env = readme_env()
     background: list[subprocess.Popen[bytes]] = []
-    outputs: list[str] = []
+    results: list[subprocess.CompletedProcess[str]] = []
     try:
-        for command in commands + verbs:
+        for command in commands:
             if command.endswith("&"):
-                log = open(tmp_path / f"background-{len(background)}.log", "wb")  # noqa: SIM115 - closed below
-                proc = subprocess.Popen(["bash", "-c", command[:-1]], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                log = open(cwd / f"background-{len(background)}.log", "wb")  # noqa: SIM115 - closed below
+                proc = subprocess.Popen(["bash", "-c", command[:-1]], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
                 log.close()
                 background.append(proc)
-                _wait_for_port(int(port), proc)
-                _wait_for_port(int(est_port), proc)
+                for port in ports:
+                    _wait_for_port(port, proc)
                 continue
-            r = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+            r = subprocess.run(["bash", "-c", command], check=False, cwd=cwd, env=env, capture_output=True, text=True,
                                timeout=COMMAND_TIMEOUT)
-            assert r.returncode == 0, f"{command}\n-> rc {r.returncode}: {r.stderr}"
+            assert r.returncode == 0, f"{command}\n-> rc {r.returncode}: {r.stdout}{r.stderr}"
             assert "Traceback" not in r.stderr
-            outputs.append(r.stdout)
+            results.append(r)
     finally:
         for proc in background:
             if proc.poll() is None:
@@ -89,7 +95,22 @@ def test_the_readme_pki_example_runs_as_written(tmp_path):
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(timeout=30)
-    assert [p.returncode for p in background] == [0]
+    assert [p.returncode for p in background] == [0] * len(background)
+    return results
+
+
+def test_the_readme_pki_example_runs_as_written(tmp_path):
+    block = pki_example()
+    assert README_PORT in block and README_EST_PORT in block
+    port, est_port = str(_free_port()), str(_free_port())
+    commands = shell_commands(re.sub(rf"\b{README_EST_PORT}\b", est_port, re.sub(rf"\b{README_PORT}\b", port, block)))
+    assert any(c.endswith("&") for c in commands) and len(commands) >= 6
+    verbs = shell_commands(pki_example(after="More of JUNOS's"))  # run next, with the store the first block made
+    assert len(verbs) >= 8
+    assert sum(c.endswith("&") for c in commands + verbs) == 1
+    results = run_commands(commands + verbs, tmp_path, [int(port), int(est_port)])
+    env = readme_env()
+    outputs = [r.stdout for r in results]
     # the ECDSA router holds a certificate from the CA, enrolled over EST, and the CA lists it
     shown = outputs[len(commands) - 2]  # the output of the first block's last command (one command is "&")
     assert "CN=r1" in shown and "ECDSA" in shown
