@@ -252,9 +252,13 @@ class IkeEndpoint:
             self.transmit()
 
     def transmit(self) -> None:
-        """Send what the core has queued, deliver its events and re-arm the timer."""
+        """Deliver the core's events, send what it has queued and re-arm the timer.
+
+        Events first: a message that completes an exchange (IKEv1's QM3, an IKE_AUTH or CREATE_CHILD_SA response)
+        lets the peer send on the new SAs at once, so the handlers install them before it goes out."""
         if self._closed:
             return
+        self._drain_events()
         now = self.now()
         try:
             datagrams = self.driver.datagrams_to_send(now)
