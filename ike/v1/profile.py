@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ..core_config import ChildConfig, PeerConfig
 from . import auth as v1auth
-from .session import V1Config
+from .session import ESP_AES, ESP_AES_GCM_16, V1Config
 
 __all__ = ["V1Proposal", "parse_v1_proposal", "problems", "proposal_text", "v1_config"]
 
@@ -22,7 +22,9 @@ _CIPHERS = {"aes128": 128, "aes192": 192, "aes256": 256}
 #: phase-1 hash tokens (strongSwan's) -> hashlib name (ike.v1.keymat.HASHES)
 _HASHES = {"sha1": "sha1", "sha256": "sha256", "sha2_256": "sha256", "sha384": "sha384", "sha512": "sha512"}
 #: ESP integrity tokens -> IKEv1 authentication algorithm (RFC 2407 4.5; ike.v1.session.ESP_AUTH)
-_ESP_AUTH = {"sha1": 2, "sha256": 5, "sha2_256": 5}
+_ESP_AUTH = {"sha1": 2, "sha256": 5, "sha2_256": 5, "sha384": 6, "sha2_384": 6, "sha512": 7, "sha2_512": 7}
+#: AEAD ESP ciphers (quick mode only; RFC 4106): token -> key bits. No integrity token follows them.
+_ESP_AEAD = {"aes128gcm16": 128, "aes192gcm16": 192, "aes256gcm16": 256, "aes128gcm": 128, "aes256gcm": 256}
 _GROUPS = {"modp2048": 14, "modp3072": 15, "modp4096": 16, "modp8192": 18, "ecp256": 19, "ecp384": 20,
            "ecp521": 21}
 _PEER_DEFAULT_PROPOSALS = PeerConfig.__dataclass_fields__["ike_proposals"].default
@@ -34,17 +36,32 @@ DEFAULT_ESP = "aes128-sha256-modp2048"
 
 
 class V1Proposal:
-    """One parsed proposal: cipher key bits, the hash (phase 1) or ESP auth id (quick mode), the DH group."""
+    """One parsed proposal: cipher key bits, the hash (phase 1) or ESP auth id (quick mode, "" for AES-GCM), the
+    DH group, and the ESP transform (AES-CBC or AES-GCM-16)."""
 
-    def __init__(self, bits: int, hash_name: str, group: int | None) -> None:
-        self.bits, self.hash_name, self.group = bits, hash_name, group
+    def __init__(self, bits: int, hash_name: str, group: int | None, transform: int = ESP_AES) -> None:
+        self.bits, self.hash_name, self.group, self.transform = bits, hash_name, group, transform
+
+    @property
+    def esp_auth(self) -> int:
+        return _ESP_AUTH[self.hash_name] if self.hash_name else 0
 
 
 def parse_v1_proposal(text: str, esp: bool) -> V1Proposal:
     """Raises ValueError naming the token IKEv1 cannot use here."""
     toks = text.strip().lower().split("-")
+    if esp and toks and toks[0] in _ESP_AEAD:  # aes128gcm16[-modp2048]: RFC 4106 with IKEv1
+        group = None
+        if len(toks) > 2:
+            raise ValueError(f"{text!r}: an AEAD cipher and one group at most")
+        if len(toks) == 2:
+            if toks[1] not in _GROUPS:
+                raise ValueError(f"{text!r}: unknown DH group {toks[1]!r} (one of {', '.join(_GROUPS)})")
+            group = _GROUPS[toks[1]]
+        return V1Proposal(_ESP_AEAD[toks[0]], "", group, ESP_AES_GCM_16)
     if not toks or toks[0] not in _CIPHERS:
-        raise ValueError(f"{text!r}: IKEv1 supports aes128, aes192 or aes256 (CBC) as cipher here")
+        aead = " (or aes128gcm16, aes192gcm16, aes256gcm16 for ESP)" if esp else ""
+        raise ValueError(f"{text!r}: IKEv1 supports aes128, aes192 or aes256 (CBC){aead} as cipher here")
     bits = _CIPHERS[toks[0]]
     hashes = _ESP_AUTH if esp else _HASHES
     if len(toks) < 2 or toks[1] not in hashes:
@@ -154,7 +171,7 @@ def v1_config(peer: PeerConfig, local: tuple[str, int], remote: tuple[str, int],
         dpd_delay=peer.dpd_delay, initial_contact=initial_contact, local_id=peer.local_id.value, remote_id=peer.remote_id.value,
         local_ts=_cidr(c.local_ts[0]) or "", remote_ts=_cidr(c.remote_ts[0]) or "", local_addr=local,
         remote_addr=remote, enc_key_bits=ike.bits, hash=_HASHES[ike.hash_name], group=ike.group,
-        esp_key_bits=esp.bits, esp_auth=_ESP_AUTH[esp.hash_name], pfs_group=esp.group,
+        esp_key_bits=esp.bits, esp_auth=esp.esp_auth, esp_transform=esp.transform, pfs_group=esp.group,
         ike_lifetime=int(peer.rekey_time) or 10800, esp_lifetime=int(c.life_time) or 3600,
         retransmit_timeout=retransmit_timeout, natt=True, encap=peer.encap, aggressive=peer.aggressive,
         esp_life_kb=(c.life_bytes + 1023) // 1024)

@@ -58,7 +58,18 @@ ESP_AES = 12
 P2_LIFE_TYPE, P2_LIFE, P2_GROUP, P2_MODE, P2_AUTH, P2_KEYLEN = 1, 2, 3, 4, 5, 6
 MODE_TUNNEL = 1
 #: ESP authentication algorithm -> (esp suite suffix, key length)
-ESP_AUTH = {2: ("sha1", 20), 5: ("sha256", 32)}
+ESP_AUTH = {2: ("sha1", 20), 5: ("sha256", 32), 6: ("sha384", 48), 7: ("sha512", 64)}
+#: RFC 4106 8.1: ESP_AES_GCM_16 (IANA ESP transform 20), Key Length attribute 128/192/256, no authentication
+#: algorithm attribute; KEYMAT is the key then a 4-byte salt
+ESP_AES_GCM_16 = 20
+
+
+def esp_suite(transform_id: int, key_bits: int, auth: int) -> tuple[str, int, int]:
+    """(esp suite name, KEYMAT bytes for the cipher, for integrity) of a quick-mode ESP transform."""
+    if transform_id == ESP_AES_GCM_16:
+        return f"aes{key_bits}gcm16", key_bits // 8 + 4, 0
+    suffix, alen = ESP_AUTH[auth]
+    return f"aes{key_bits}-{suffix}", key_bits // 8, alen
 HASH_IDS = {v: k for k, v in km.HASHES.items()}
 ID_IPV4, ID_FQDN, ID_IPV4_SUBNET = 1, 2, 4
 
@@ -82,7 +93,8 @@ class V1Config:
     hash: str = "sha256"
     group: int = 14
     esp_key_bits: int = 128
-    esp_auth: int = 5
+    esp_auth: int = 5  # 0 with an AEAD transform (no authentication algorithm attribute)
+    esp_transform: int = ESP_AES  # or ESP_AES_GCM_16
     pfs_group: int | None = 14
     ike_lifetime: int = 10800
     esp_lifetime: int = 3600
@@ -356,12 +368,12 @@ class V1Session(AggressiveMixin, LifecycleMixin):
         self._qm_mid = int.from_bytes(self._random(4), "big") or 1
         self._spi_in = self._random(4)
         attrs = [*self.esp_lifetime_attributes(), Attribute(P2_MODE, self.natt.encap_mode or MODE_TUNNEL),
-                 Attribute(P2_AUTH, c.esp_auth),
+                 *([Attribute(P2_AUTH, c.esp_auth)] if c.esp_auth else []),
                  Attribute(P2_KEYLEN, c.esp_key_bits)]
         if c.pfs_group:
             attrs.append(Attribute(P2_GROUP, c.pfs_group))
         sa = SaPayload(DOI_IPSEC, SIT_IDENTITY_ONLY,
-                       (Proposal(1, PROTO_ESP, self._spi_in, (Transform(1, ESP_AES, tuple(attrs)),)),))
+                       (Proposal(1, PROTO_ESP, self._spi_in, (Transform(1, c.esp_transform, tuple(attrs)),)),))
         self._qni = self._random(32)
         body = [Payload(PayloadType.SA, encode_sa(sa)), Payload(PayloadType.NONCE, self._qni)]
         self._qdh = create_dh(c.pfs_group, self._random) if c.pfs_group else None
@@ -388,8 +400,8 @@ class V1Session(AggressiveMixin, LifecycleMixin):
             raise ParseError("responder must choose exactly one transform")
         p = sa.proposals[0]
         t = p.transforms[0]
-        if (p.protocol != PROTO_ESP or len(p.spi) != 4 or t.transform_id != ESP_AES
-                or t.get(P2_KEYLEN) != c.esp_key_bits or t.get(P2_AUTH) != c.esp_auth
+        if (p.protocol != PROTO_ESP or len(p.spi) != 4 or t.transform_id != c.esp_transform
+                or t.get(P2_KEYLEN) != c.esp_key_bits or t.get(P2_AUTH) != (c.esp_auth or None)
                 or t.get(P2_GROUP) != c.pfs_group):
             raise ParseError("responder chose an ESP transform that was not offered")
         ids = [q.body for q in payloads if q.type == PayloadType.ID]
@@ -407,13 +419,12 @@ class V1Session(AggressiveMixin, LifecycleMixin):
                                         [Payload(PayloadType.HASH, h3)]), now)
         self._deadline = None  # the last message is not retransmitted unless the peer repeats QM2
         self._cipher.forget(self._qm_mid)
-        suffix, alen = ESP_AUTH[c.esp_auth]
-        elen = c.esp_key_bits // 8
+        suite, elen, alen = esp_suite(c.esp_transform, c.esp_key_bits, c.esp_auth)
         k_in = km.qm_keymat(self.keys, PROTO_ESP, self._spi_in, self._qni, nr, elen + alen, gxy)
         k_out = km.qm_keymat(self.keys, PROTO_ESP, p.spi, self._qni, nr, elen + alen, gxy)
         self._child_up(ChildSaEstablished(
             self.ike_id, c.name, child=c.name, spi_in=int.from_bytes(self._spi_in, "big"),
-            spi_out=int.from_bytes(p.spi, "big"), suite=f"aes{c.esp_key_bits}-{suffix}", esn=False, mode="tunnel",
+            spi_out=int.from_bytes(p.spi, "big"), suite=suite, esn=False, mode="tunnel",
             local_ts=_ts(c.local_ts), remote_ts=_ts(c.remote_ts), local_addr=c.local_addr,
             remote_addr=c.remote_addr, encap=self.natt.floated, initiator=True, rekey_time=0, life_time=c.esp_lifetime,
             rekey_bytes=0, life_bytes=0, rekey_packets=0, life_packets=0,
@@ -435,8 +446,8 @@ class V1Session(AggressiveMixin, LifecycleMixin):
         chosen: tuple[Proposal, Transform] | None = None
         for p in sa.proposals:
             for t in p.transforms:
-                if (p.protocol == PROTO_ESP and len(p.spi) == 4 and t.transform_id == ESP_AES
-                        and t.get(P2_KEYLEN) == c.esp_key_bits and t.get(P2_AUTH) == c.esp_auth
+                if (p.protocol == PROTO_ESP and len(p.spi) == 4 and t.transform_id == c.esp_transform
+                        and t.get(P2_KEYLEN) == c.esp_key_bits and t.get(P2_AUTH) == (c.esp_auth or None)
                         and t.get(P2_GROUP) == c.pfs_group):
                     chosen = chosen or (p, t)
         if chosen is None:
@@ -464,13 +475,12 @@ class V1Session(AggressiveMixin, LifecycleMixin):
         self._last = self._cipher.encrypt(self.cky_i, self.cky_r, Exchange.QUICK, mid,
                                           [Payload(PayloadType.HASH, h2)] + body)
         self._out.append(self._last)
-        suffix, alen = ESP_AUTH[c.esp_auth]
-        elen = c.esp_key_bits // 8
+        suite, elen, alen = esp_suite(c.esp_transform, c.esp_key_bits, c.esp_auth)
         k_in = km.qm_keymat(self.keys, PROTO_ESP, self._spi_in, self._qni, self._qnr, elen + alen, self._qgxy)
         k_out = km.qm_keymat(self.keys, PROTO_ESP, self._spi_out, self._qni, self._qnr, elen + alen, self._qgxy)
         self.pending_child = ChildSaEstablished(
             self.ike_id, c.name, child=c.name, spi_in=int.from_bytes(self._spi_in, "big"),
-            spi_out=int.from_bytes(self._spi_out, "big"), suite=f"aes{c.esp_key_bits}-{suffix}", esn=False,
+            spi_out=int.from_bytes(self._spi_out, "big"), suite=suite, esn=False,
             mode="tunnel", local_ts=_ts(c.local_ts), remote_ts=_ts(c.remote_ts), local_addr=c.local_addr,
             remote_addr=c.remote_addr, encap=self.natt.floated, initiator=False, rekey_time=0, life_time=c.esp_lifetime,
             rekey_bytes=0, life_bytes=0, rekey_packets=0, life_packets=0,

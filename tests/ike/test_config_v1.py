@@ -58,6 +58,15 @@ def test_version_1_peer_maps_to_the_ikev1_core():
     v = v1_config(parse_config(_conf()).core.peers[0], ("127.0.0.1", 500), ("127.0.0.2", 500), 1.0)
     assert (v.enc_key_bits, v.hash, v.group, v.esp_auth, v.pfs_group) == (128, "sha256", 14, 5, 14)
     assert parse_config(_conf().replace("version = 1\n", "")).core.peers[0].version == 2
+    # ESP with AES-GCM (RFC 4106: transform 20, no authentication attribute) and HMAC-SHA-384/512 (RFC 4868)
+    from ike.v1.session import ESP_AES, ESP_AES_GCM_16, esp_suite
+    for text, want in (("aes256gcm16-ecp256", (256, 0, ESP_AES_GCM_16, 19, ("aes256gcm16", 36, 0))),
+                       ("aes128-sha384", (128, 6, ESP_AES, None, ("aes128-sha384", 16, 48))),
+                       ("aes256-sha512-modp4096", (256, 7, ESP_AES, 16, ("aes256-sha512", 32, 64)))):
+        v = v1_config(parse_config(_conf("", f'esp_proposals = ["{text}"]')).core.peers[0], ("127.0.0.1", 500),
+                      ("127.0.0.2", 500), 1.0)
+        assert (v.esp_key_bits, v.esp_auth, v.esp_transform, v.pfs_group,
+                esp_suite(v.esp_transform, v.esp_key_bits, v.esp_auth)) == want, text
     # DPD (RFC 3706) is the peer's dpd_delay, as for IKEv2
     v = v1_config(parse_config(_conf('dpd_delay = "10s"')).core.peers[0], ("127.0.0.1", 500), ("127.0.0.2", 500), 1.0)
     assert v.dpd_delay == 10.0 and v.signature is None
@@ -70,7 +79,7 @@ def test_version_1_peer_maps_to_the_ikev1_core():
     ('ike_proposals = ["aes128-sha256"]', "", "peers.branch.ike_proposals[0]: proposal 'aes128-sha256': IKE proposals need a DH group"),
     ('ike_proposals = ["aes128-sha256-modp2048", "aes256-sha256-modp2048"]', "",
      "peers.branch.ike_proposals: IKEv1 offers one proposal here"),
-    ("", 'esp_proposals = ["aes128gcm16"]', "peers.branch.children.net.esp_proposals[0]: 'aes128gcm16'"),
+    ("", 'esp_proposals = ["chacha20poly1305"]', "peers.branch.children.net.esp_proposals[0]: 'chacha20poly1305'"),
     ("", 'mode = "transport"', "peers.branch.children.net.mode: IKEv1 runs tunnel mode only so far"),
     ('remote_id = "dn:CN=x"'.replace("remote_id", "remote_id"), "", None),
     ("version = 3", "", "peers.branch.version: expected an integer 1-2, got 3"),

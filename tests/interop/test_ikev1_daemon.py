@@ -447,3 +447,44 @@ def test_ikev1_dpd_takes_a_vanished_charon_down(lab, tmp_path):
     finally:
         stats = gw.stop()
     assert stats["tracebacks"] == 0, stats["stderr"][-3000:]
+
+
+class _V1ConnWith(_V1ConnTo):
+    """charon's PSK connection with other phase-1 and quick-mode proposals."""
+
+    def __init__(self, local: str, remote: str, ike: str, esp: str) -> None:
+        super().__init__(local, remote, "")
+        self.ike, self.esp = ike, esp
+
+    def render(self) -> str:
+        return super().render().replace("proposals = aes128-sha256-modp2048", f"proposals = {self.ike}", 1) \
+            .replace("esp_proposals = aes128-sha256", f"esp_proposals = {self.esp}", 1)
+
+
+@pytest.mark.parametrize(("ike", "esp", "suite"), [
+    ("aes256-sha384-ecp384", "aes256gcm16-ecp256", "aes256gcm16"),
+    ("aes128-sha256-modp3072", "aes256-sha512-modp4096", "aes256-sha512"),
+    ("aes256-sha512-ecp521", "aes128-sha384", "aes128-sha384"),
+])
+def test_ikev1_algorithms_with_charon(lab, tmp_path, ike, esp, suite):
+    """IKEv1 with the issue's algorithms beyond the defaults: SHA-384/512 and ECP 384/521 in phase 1, AES-GCM
+    (RFC 4106) and HMAC-SHA-384/512 (RFC 4868 truncation) for ESP, MODP 3072/4096 and ECP 256 for PFS; pings
+    cross, so both ends derived the same ESP keys for the same transform."""
+    a, b = lab.pair()
+    ch = _Charon(tmp_path / "charon", b.netns)
+    lab.charons.append(ch)
+    ch.connections.append(_V1ConnWith(b.outer, a.outer, ike, esp))
+    ch.start()
+    conf = _conf(local=a.outer, remote=b.outer, name="esp", peer="swan", local_id="e.test", remote_id="s.test",
+                 local_ts=f"{a.inner}/32", remote_ts=f"{b.inner}/32", encap="true", tun=unique("ev1"), pfs="")
+    conf = conf.replace('ike_proposals = ["aes128-sha256-modp2048"]', f'ike_proposals = ["{ike}"]') \
+        .replace('esp_proposals = ["aes128-sha256"]', f'esp_proposals = ["{esp}"]')
+    gw = IkeGateway(a.netns.name, tmp_path, "esp", conf)
+    try:
+        child = _establish(gw, ch, "espresso")
+        assert child["suite"] == suite, child
+        p = ss.ping(a, b.inner, count=3, timeout=10)
+        assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr + ch.tail(60)
+    finally:
+        stats = gw.stop()
+    assert stats["tracebacks"] == 0, stats["stderr"][-3000:]
