@@ -194,8 +194,10 @@ class LifecycleMixin(InformationalMixin):
         self._dpd_timer(now)
         if not self.alive:
             return
-        if self._switch is not None and now >= self._switch[0]:
-            self._finish_rekey(now)
+        if self._switch is not None:
+            old_clock = self._child_clock.get(self._switch[1])
+            if now >= self._switch[0] or (old_clock is not None and old_clock[1] and now >= old_clock[1]):
+                self._finish_rekey(now)  # at the latest when the old pair expires: the new one takes over first
         if self._ike_expire_at is not None and now >= self._ike_expire_at:
             self._terminate("expired", "expired")
             self.state = "expired"
