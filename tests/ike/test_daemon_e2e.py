@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,16 @@ from tests.interop.strongswan import LabPki
 
 TIMEOUT = 10.0
 
-CONF = """
+#: the ``[daemon]`` section every two-daemon test starts from; ``{key_log}`` is a whole line or empty
+DAEMON_CONF = """
 [daemon]
 port = {port}
 nat_port = {nat_port}
 control_socket = "{name}.sock"
 {key_log}
+"""
+
+CONF = DAEMON_CONF + """
 
 [ca-profiles.lab]
 ca_certs = ["ca.pem"]
@@ -78,25 +83,37 @@ class Site:
         self.got: list[bytes] = []
 
 
-async def _pair(tmp: Path, kind: str, ike: str, esp: str, key_log: bool = False) -> tuple[Site, Site]:
-    pki = LabPki(kind)
-    (tmp / "ca.pem").write_bytes(pki.ca.cert_pem())
+async def start_pair(tmp: Path, render: Callable[[str, str, dict[str, Any]], str]) -> tuple[Site, Site]:
+    """Daemons "a" and "b" on loopback sockets of their own (IKE and NAT-T, ports the kernel picks), each
+    configured from the TOML ``render(name, peer, ports)`` returns; ``ports`` holds the ``port``, ``nat_port``,
+    ``remote_port`` and ``remote_nat_port`` the templates take, and the ``name`` and ``peer``."""
     socks = {n: (open_udp_socket("127.0.0.1", 0), open_udp_socket("127.0.0.1", 0)) for n in ("a", "b")}
     ports = {n: (s[0].getsockname()[1], s[1].getsockname()[1]) for n, s in socks.items()}
     sites = {}
-    for name, peer, local, remote in (("a", "b", "10.1.0.0/24", "10.2.0.0/24"), ("b", "a", "10.2.0.0/24", "10.1.0.0/24")):
-        cred = pki.issue(name, f"{name}.test")
-        (tmp / f"{name}.pem").write_bytes(cred.cert_pem())
-        cred.write_key(tmp / f"{name}.key")
-        text = CONF.format(port=ports[name][0], nat_port=ports[name][1], name=name, peer=peer,
-                           remote_port=ports[peer][0], remote_nat_port=ports[peer][1], ike=ike, esp=esp, local=local, remote=remote,
-                           key_log=f'key_log = "keys-{name}"' if key_log else "")
+    for name, peer in (("a", "b"), ("b", "a")):
+        text = render(name, peer, {"port": ports[name][0], "nat_port": ports[name][1], "name": name, "peer": peer,
+                                   "remote_port": ports[peer][0], "remote_nat_port": ports[peer][1]})
         cfg = parse_config(text, base=tmp)
         site = Site(None)  # type: ignore[arg-type]
         site.daemon = Daemon(cfg, on_packets=lambda pk, ch, s=site: s.got.extend(pk))
         await site.daemon.start(sockets=list(socks[name]), control=False)
         sites[name] = site
     return sites["a"], sites["b"]
+
+
+async def _pair(tmp: Path, kind: str, ike: str, esp: str, key_log: bool = False) -> tuple[Site, Site]:
+    pki = LabPki(kind)
+    (tmp / "ca.pem").write_bytes(pki.ca.cert_pem())
+    nets = {"a": ("10.1.0.0/24", "10.2.0.0/24"), "b": ("10.2.0.0/24", "10.1.0.0/24")}
+
+    def render(name: str, peer: str, ports: dict[str, Any]) -> str:
+        cred = pki.issue(name, f"{name}.test")
+        (tmp / f"{name}.pem").write_bytes(cred.cert_pem())
+        cred.write_key(tmp / f"{name}.key")
+        return CONF.format(**ports, ike=ike, esp=esp, local=nets[name][0], remote=nets[name][1],
+                           key_log=f'key_log = "keys-{name}"' if key_log else "")
+
+    return await start_pair(tmp, render)
 
 
 def _children(d: Daemon) -> list[Any]:

@@ -17,20 +17,11 @@ import pytest
 
 pytest.importorskip("esp._core", reason="esp._core is not built (python setup.py build_ext --inplace)")
 
-from ike.aio import open_udp_socket
-from ike.config import parse_config
 from ike.daemon import Daemon
 from ike.listing import format_sas
-from tests.ike.test_daemon_e2e import Site, _children, _ipv4_udp, _until
+from tests.ike.test_daemon_e2e import DAEMON_CONF, TIMEOUT, Site, _children, _ipv4_udp, _until, start_pair
 
-TIMEOUT = 10.0
-
-CONF = """
-[daemon]
-port = {port}
-nat_port = {nat_port}
-control_socket = "{name}.sock"
-key_log = "keys-{name}"
+CONF = DAEMON_CONF + """
 
 [peers.{peer}1]
 version = 1
@@ -71,21 +62,15 @@ esp_proposals = ["aes128gcm16"]
 
 
 async def _pair(tmp: Path, encap_a: bool = True) -> tuple[Site, Site]:
-    socks = {n: (open_udp_socket("127.0.0.1", 0), open_udp_socket("127.0.0.1", 0)) for n in ("a", "b")}
-    ports = {n: (s[0].getsockname()[1], s[1].getsockname()[1]) for n, s in socks.items()}
-    sites = {}
-    for name, peer, nets in (("a", "b", ("10.1.0.0/24", "10.2.0.0/24", "10.3.0.0/24", "10.4.0.0/24")),
-                             ("b", "a", ("10.2.0.0/24", "10.1.0.0/24", "10.4.0.0/24", "10.3.0.0/24"))):
-        text = CONF.format(port=ports[name][0], nat_port=ports[name][1], name=name, peer=peer,
-                           remote_port=ports[peer][0], remote_nat_port=ports[peer][1], local=nets[0],
-                           remote=nets[1], local2=nets[2], remote2=nets[3],
-                           encap="true" if (encap_a and name == "a") else "false")
-        cfg = parse_config(text, base=tmp)
-        site = Site(None)  # type: ignore[arg-type]
-        site.daemon = Daemon(cfg, on_packets=lambda pk, ch, s=site: s.got.extend(pk))
-        await site.daemon.start(sockets=list(socks[name]), control=False)
-        sites[name] = site
-    return sites["a"], sites["b"]
+    nets = {"a": ("10.1.0.0/24", "10.2.0.0/24", "10.3.0.0/24", "10.4.0.0/24"),
+            "b": ("10.2.0.0/24", "10.1.0.0/24", "10.4.0.0/24", "10.3.0.0/24")}
+
+    def render(name: str, peer: str, ports: dict[str, Any]) -> str:
+        local, remote, local2, remote2 = nets[name]
+        return CONF.format(**ports, key_log=f'key_log = "keys-{name}"', local=local, remote=remote, local2=local2,
+                           remote2=remote2, encap="true" if (encap_a and name == "a") else "false")
+
+    return await start_pair(tmp, render)
 
 
 def _v1(d: Daemon) -> list[dict[str, Any]]:

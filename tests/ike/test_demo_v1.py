@@ -1,7 +1,6 @@
 """``python -m ike demo --ikev1``: the same end-to-end demo over IKEv1, in process and as the README writes it."""
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import re
@@ -14,15 +13,8 @@ import pytest
 
 pytest.importorskip("esp._core", reason="esp._core is not built")
 
-from ike.demo import add_arguments, run_demo, run_from_args
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _args(*argv: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    return p.parse_args(list(argv))
+from ike.demo import run_demo, run_from_args
+from tests.ike.test_demo import ROOT, _args
 
 
 @pytest.mark.slow

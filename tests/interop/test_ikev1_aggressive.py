@@ -13,6 +13,7 @@ import select
 import threading
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,19 +22,24 @@ from ike.errors import ParseError
 from ike.events import ChildSaEstablished
 from ike.v1.responder import V1Responder
 from ike.v1.session import Phase1Done, V1Config, V1Session
-from tests.interop import strongswan as ss
 from tests.ike.v1.sigpki import V1Pki
+from tests.interop import strongswan as ss
 from tests.interop import test_ikev1_certs as certs
-from tests.interop.test_ikev1_strongswan import PSK, _drive, _PskCharon, _serve, _V1Conn
+from tests.interop.test_ikev1_strongswan import (
+    PSK,
+    _drive,
+    _PskCharon,
+    _serve_while_charon_initiates,
+    _V1Conn,
+)
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
 AGGRESSIVE_PSK = "i_dont_care_about_security_and_use_aggressive_mode_psk = yes"
 
 
-class _AggressiveConn(_V1Conn):
-    def render(self) -> str:
-        return super().render().replace("    version = 1\n", "    version = 1\n    aggressive = yes\n", 1)
+#: the line that turns charon's connection to aggressive mode
+AGGRESSIVE = "    aggressive = yes\n"
 
 
 @pytest.fixture
@@ -45,7 +51,7 @@ def _charon(lab, tmp_path: Path):  # type: ignore[no-untyped-def]
     e, s = lab.pair()
     charon = _PskCharon(tmp_path / "charon", s.netns, log_levels={"ike": 4, "chd": 4}, settings=AGGRESSIVE_PSK)
     lab.charons.append(charon)
-    charon.connections.append(_AggressiveConn(s.outer, e.outer, "-modp2048"))
+    charon.connections.append(_V1Conn(s.outer, e.outer, "-modp2048", extra=AGGRESSIVE))
     charon.start()
     cfg = V1Config("v1", PSK, "e.test", "s.test", "10.98.1.1/32", "10.98.2.1/32", (e.outer, 500), (s.outer, 500),
                    natt=False, aggressive=True)  # bare socket on 500: NAT-T is the daemon's (test_ikev1_daemon.py)
@@ -93,15 +99,7 @@ def test_espresso_initiates_aggressive_mode_to_charon(lab, tmp_path):
 def test_charon_initiates_aggressive_mode_to_espresso(lab, tmp_path):
     e, s, charon, cfg = _charon(lab, tmp_path)
     (sock,) = ss.netns_sockets(e.netns, [(e.outer, 500)])
-    result: list = []
-    t = threading.Thread(target=lambda: result.append(_serve(sock, cfg, (s.outer, 500))))
-    t.start()
-    try:
-        charon.swanctl("--initiate", "--child", "net", "--timeout", "10", check=False, timeout=20)
-        t.join(20)
-    finally:
-        sock.close()
-    session, events = result[0]
+    session, events = _serve_while_charon_initiates(charon, sock, cfg, (s.outer, 500))
     assert session is not None and session.state in ("r_qm3", "established"), (
         session and (session.state, session.dropped, session.last_error), charon.tail(60))
     assert any(isinstance(ev, Phase1Done) for ev in events)
@@ -144,9 +142,8 @@ def test_responder_without_aggressive_refuses_charon(lab, tmp_path):
 
 @pytest.mark.parametrize("initiator", ["espresso", "strongswan"])
 def test_daemon_with_aggressive_true_pings_through_charon(tmp_path, initiator):
-    from tests.interop.test_gateway import unique
     from tests.interop.test_gateway_ike import IkeGateway
-    from tests.interop.test_ikev1_daemon import _charon_sa, _conf, _establish, _V1ConnTo
+    from tests.interop.test_ikev1_daemon import _charon_sa, _conf_to_charon, _establish
     from tests.support import require, require_root, require_tool
     require_root()
     require_tool("swanctl")
@@ -156,11 +153,9 @@ def test_daemon_with_aggressive_true_pings_through_charon(tmp_path, initiator):
         a, b = lab.pair()  # a: espresso, b: charon
         ch = _PskCharon(tmp_path / "charon", b.netns, log_levels={"ike": 2}, settings=AGGRESSIVE_PSK)
         lab.charons.append(ch)
-        ch.connections.append(_V1ConnTo(b.outer, a.outer, "-modp2048", "    aggressive = yes\n"))
+        ch.connections.append(_V1Conn(b.outer, a.outer, "-modp2048", extra=AGGRESSIVE))
         ch.start()
-        conf = _conf(local=a.outer, remote=b.outer, name="esp", peer="swan", local_id="e.test", remote_id="s.test",
-                     local_ts=f"{a.inner}/32", remote_ts=f"{b.inner}/32", encap="true", tun=unique("ev1"))
-        conf = conf.replace("version = 1\n", "version = 1\naggressive = true\n")
+        conf = _conf_to_charon(a, b, extra="aggressive = true\n")
         gw = IkeGateway(a.netns.name, tmp_path, "esp", conf)
         try:
             child = _establish(gw, ch, initiator)
@@ -184,15 +179,10 @@ def test_daemon_with_aggressive_true_pings_through_charon(tmp_path, initiator):
 # --- certificates: test_ikev1_certs.py's lab (root, intermediate, CRLs), with aggressive mode on both ends ---------
 
 
-class _AggressiveCertConn(certs._V1CertConn):
-    def render(self) -> str:
-        return super().render().replace("    version = 1\n", "    version = 1\n    aggressive = yes\n", 1)
-
-
 @pytest.mark.parametrize("initiator", ["espresso", "strongswan"])
 def test_certificates_in_aggressive_mode(lab, tmp_path, monkeypatch, initiator):
     cfg = certs._cfg
-    monkeypatch.setattr(certs, "_V1CertConn", _AggressiveCertConn)
+    monkeypatch.setattr(certs, "_V1CertConn", partial(certs._V1CertConn, extra=AGGRESSIVE))
     # natt off: charon fakes a NAT and floats AM3 to 4500, which this bare socket on 500 does not follow (the
     # daemon test above does, with NAT-T)
     monkeypatch.setattr(certs, "_cfg", lambda pki, e, s: replace(cfg(pki, e, s), aggressive=True, natt=False))

@@ -10,7 +10,7 @@ and the same notify, which charon reports.
 from __future__ import annotations
 
 import os
-import threading
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,12 @@ from ike.events import AuthenticationFailed, ChildSaEstablished
 from ike.v1.session import Phase1Done, V1Config, V1Session
 from tests.ike.v1.sigpki import V1Pki
 from tests.interop import strongswan as ss
-from tests.interop.test_ikev1_strongswan import _drive, _serve, lab  # noqa: F401 - lab is a fixture
+from tests.interop.test_ikev1_strongswan import (  # noqa: F401 - lab is a fixture
+    _drive,
+    _serve_while_charon_initiates,
+    _V1Conn,
+    lab,
+)
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -28,33 +33,8 @@ pytestmark = [pytest.mark.interop, pytest.mark.slow]
 SCHEME = {"rsa": "RSA_EMSA_PKCS1_NULL", "ecdsa": "ECDSA_WITH_NULL"}
 
 
-class _V1CertConn:
-    def __init__(self, local: str, remote: str) -> None:
-        self.local, self.remote = local, remote
-
-    def render(self) -> str:
-        return f"""  v1 {{
-    version = 1
-    local_addrs = {self.local}
-    remote_addrs = {self.remote}
-    proposals = aes128-sha256-modp2048
-    local {{
-      auth = pubkey
-      certs = s.pem
-      id = s.test
-    }}
-    remote {{
-      auth = pubkey
-      id = e.test
-    }}
-    children {{
-      net {{
-        local_ts = 10.98.2.1/32
-        remote_ts = 10.98.1.1/32
-        esp_proposals = aes128-sha256-modp2048
-      }}
-    }}
-  }}"""
+#: charon's connection: certificates both ways, PFS
+_V1CertConn = partial(_V1Conn, auth="pubkey", esp="aes128-sha256-modp2048")
 
 
 def _charon(lab_: ss.Lab, tmp_path: Path, pki: V1Pki, s_site: ss.Site, e_site: ss.Site) -> ss.Charon:
@@ -95,15 +75,8 @@ def _respond(lab_: ss.Lab, tmp_path: Path, pki: V1Pki):  # type: ignore[no-untyp
     e, s = lab_.pair()
     charon = _charon(lab_, tmp_path, pki, s, e)
     (sock,) = ss.netns_sockets(e.netns, [(e.outer, 500)])
-    result: list = []
-    t = threading.Thread(target=lambda: result.append(_serve(sock, _cfg(pki, e, s), (s.outer, 500), timeout=12)))
-    t.start()
-    try:
-        charon.swanctl("--initiate", "--child", "net", "--timeout", "8", check=False, timeout=20)
-        t.join(20)
-    finally:
-        sock.close()
-    session, events = result[0] if result else (None, [])
+    session, events = _serve_while_charon_initiates(charon, sock, _cfg(pki, e, s), (s.outer, 500),
+                                                    serve_timeout=12, swanctl_timeout=8)
     return charon, session, events
 
 

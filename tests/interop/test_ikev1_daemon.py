@@ -33,23 +33,21 @@ CONF = """
 addresses = ["{local}"]
 control_socket = "{name}.sock"
 retransmit_timeout = "1s"
-key_log = "keys-{name}"
-
+{daemon_extra}
 [peers.{peer}]
 version = 1
 local_addr = "{local}"
 remote_addr = "{remote}"
 local_id = "{local_id}"
 remote_id = "{remote_id}"
-auth = "psk"
-psk = "{psk}"
-ike_proposals = ["aes128-sha256-modp2048"]
+{auth}
+ike_proposals = ["{ike}"]
 encap = {encap}
-
+{extra}
 [peers.{peer}.children.net]
 local_ts = ["{local_ts}"]
 remote_ts = ["{remote_ts}"]
-esp_proposals = ["aes128-sha256{pfs}"]
+esp_proposals = ["{esp}"]
 
 [gateway]
 tun_name = "{tun}"
@@ -58,22 +56,24 @@ routes = ["{remote_ts}"]
 
 
 def _conf(**kw: str) -> str:
-    kw.setdefault("psk", PSK.decode())
-    kw.setdefault("pfs", "-modp2048")
+    """The daemon's TOML: by default PSK with a key log and charon's proposals (PFS); ``daemon_extra`` (sections
+    after ``[daemon]``), ``auth`` (the peer's auth lines), ``extra`` (more peer lines), ``ike``, ``esp`` vary it."""
+    kw.setdefault("daemon_extra", f'key_log = "keys-{kw["name"]}"\n')
+    kw.setdefault("auth", f'auth = "psk"\npsk = "{PSK.decode()}"')
+    kw.setdefault("extra", "")
+    kw.setdefault("ike", "aes128-sha256-modp2048")
+    kw.setdefault("esp", "aes128-sha256-modp2048")
     return CONF.format(**kw)
+
+
+def _conf_to_charon(a: ss.Site, b: ss.Site, **kw: str) -> str:
+    """``_conf`` for espresso in ``a`` with charon's ``v1`` connection (s.test, see _V1Conn) in ``b``."""
+    return _conf(local=a.outer, remote=b.outer, name="esp", peer="swan", local_id="e.test", remote_id="s.test",
+                 local_ts=f"{a.inner}/32", remote_ts=f"{b.inner}/32", encap="true", tun=unique("ev1"), **kw)
 
 
 class _Charon(_PskCharon):
     """charon with the IKEv1 PSK connection of test_ikev1_strongswan (ids s.test / e.test)."""
-
-
-class _V1ConnTo(_V1Conn):
-    def __init__(self, local: str, remote: str, pfs: str, extra: str = "") -> None:
-        super().__init__(local, remote, pfs)
-        self.extra = extra
-
-    def render(self) -> str:
-        return super().render().replace("    version = 1\n", f"    version = 1\n{self.extra}", 1)
 
 
 @pytest.fixture
@@ -121,7 +121,7 @@ def test_espresso_daemon_ikev1_with_charon_ping(lab, tmp_path, initiator):
     a, b = lab.pair()  # a: espresso, b: charon
     ch = _Charon(tmp_path / "charon", b.netns, log_levels={"ike": 2, "chd": 2})
     lab.charons.append(ch)
-    ch.connections.append(_V1ConnTo(b.outer, a.outer, "-modp2048"))
+    ch.connections.append(_V1Conn(b.outer, a.outer, "-modp2048"))
     ch.start()
     gw = _gateway(tmp_path, a.netns.name, a.outer, b.outer, a.inner, b.inner, encap=True)
     try:
@@ -183,7 +183,7 @@ def test_nat_t_through_an_nftables_masquerade(lab, tmp_path):
     inside, router, outside = _nat_lab(lab)
     ch = _Charon(tmp_path / "charon", outside.netns, log_levels={"ike": 2, "chd": 2})
     lab.charons.append(ch)
-    ch.connections.append(_V1ConnTo(outside.outer, "%any", "-modp2048"))
+    ch.connections.append(_V1Conn(outside.outer, "%any", "-modp2048"))
     ch.start()
     gw = _gateway(tmp_path, inside.netns.name, inside.outer, outside.outer, inside.inner, outside.inner,
                   encap=False)
@@ -248,12 +248,8 @@ def test_two_espresso_daemons_speak_ikev1(tmp_path):
             assert s["inbound"][bad] == 0, (bad, s)
 
 
-CERT_CONF = """
-[daemon]
-addresses = ["{local}"]
-control_socket = "esp.sock"
-retransmit_timeout = "1s"
-
+#: what the certificate gateway adds after ``[daemon]``, and its peer's auth lines
+CERT_SECTIONS = """
 [pki]
 crls = ["root.crl", "sub.crl"]
 
@@ -264,29 +260,12 @@ chain = ["sub.pem"]
 
 [ca-profiles.root]
 ca_certs = ["root.pem"]
-
-[peers.swan]
-version = 1
-local_addr = "{local}"
-remote_addr = "{remote}"
-local_id = "e.test"
-remote_id = "s.test"
-auth = "pubkey"
+"""
+CERT_AUTH = """auth = "pubkey"
 remote_auth = "pubkey"
 certificate = "e"
 ca_profiles = ["root"]
 revocation = "strict"
-ike_proposals = ["aes128-sha256-modp2048"]
-encap = true
-
-[peers.swan.children.net]
-local_ts = ["{local_ts}"]
-remote_ts = ["{remote_ts}"]
-esp_proposals = ["aes128-sha256-modp2048"]
-
-[gateway]
-tun_name = "{tun}"
-routes = ["{remote_ts}"]
 """
 
 
@@ -300,8 +279,7 @@ def _cert_gateway(tmp: Path, pki, a: ss.Site, b: ss.Site) -> IkeGateway:  # type
     (tmp / "root.pem").write_bytes(pki.root.ca.cert.public_bytes(serialization.Encoding.PEM))
     for name, crl in zip(("root.crl", "sub.crl"), pki.crls()):
         (tmp / name).write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-    conf = CERT_CONF.format(local=a.outer, remote=b.outer, local_ts=f"{a.inner}/32", remote_ts=f"{b.inner}/32",
-                            tun=unique("ev1"))
+    conf = _conf_to_charon(a, b, daemon_extra=CERT_SECTIONS, auth=CERT_AUTH)
     return IkeGateway(a.netns.name, tmp, "esp", conf)
 
 
@@ -392,7 +370,7 @@ def test_ikev1_rekey_under_traffic_isakmp_rekey_and_delete_with_charon(lab, tmp_
     a, b = lab.pair()
     ch = _Charon(tmp_path / "charon", b.netns, log_levels={"ike": 2, "chd": 2})
     lab.charons.append(ch)
-    ch.connections.append(_V1ConnTo(b.outer, a.outer, "-modp2048"))
+    ch.connections.append(_V1Conn(b.outer, a.outer, "-modp2048"))
     ch.start()
     gw = _gateway(tmp_path, a.netns.name, a.outer, b.outer, a.inner, b.inner, encap=True)
     try:
@@ -439,11 +417,9 @@ def test_ikev1_dpd_takes_a_vanished_charon_down(lab, tmp_path):
     a, b = lab.pair()
     ch = _Charon(tmp_path / "charon", b.netns)
     lab.charons.append(ch)
-    ch.connections.append(_V1ConnTo(b.outer, a.outer, "-modp2048", "    dpd_delay = 1s\n"))
+    ch.connections.append(_V1Conn(b.outer, a.outer, "-modp2048", extra="    dpd_delay = 1s\n"))
     ch.start()
-    conf = _conf(local=a.outer, remote=b.outer, name="esp", peer="swan", local_id="e.test", remote_id="s.test",
-                 local_ts=f"{a.inner}/32", remote_ts=f"{b.inner}/32", encap="true", tun=unique("ev1"))
-    conf = conf.replace("encap = true\n", 'encap = true\ndpd_delay = "1s"\n')
+    conf = _conf_to_charon(a, b, extra='dpd_delay = "1s"\n')
     gw = IkeGateway(a.netns.name, tmp_path, "esp", conf)
     try:
         _establish(gw, ch, "espresso")
@@ -455,18 +431,6 @@ def test_ikev1_dpd_takes_a_vanished_charon_down(lab, tmp_path):
     finally:
         stats = gw.stop()
     assert stats["tracebacks"] == 0, stats["stderr"][-3000:]
-
-
-class _V1ConnWith(_V1ConnTo):
-    """charon's PSK connection with other phase-1 and quick-mode proposals."""
-
-    def __init__(self, local: str, remote: str, ike: str, esp: str) -> None:
-        super().__init__(local, remote, "")
-        self.ike, self.esp = ike, esp
-
-    def render(self) -> str:
-        return super().render().replace("proposals = aes128-sha256-modp2048", f"proposals = {self.ike}", 1) \
-            .replace("esp_proposals = aes128-sha256", f"esp_proposals = {self.esp}", 1)
 
 
 @pytest.mark.parametrize(("ike", "esp", "suite"), [
@@ -481,12 +445,9 @@ def test_ikev1_algorithms_with_charon(lab, tmp_path, ike, esp, suite):
     a, b = lab.pair()
     ch = _Charon(tmp_path / "charon", b.netns)
     lab.charons.append(ch)
-    ch.connections.append(_V1ConnWith(b.outer, a.outer, ike, esp))
+    ch.connections.append(_V1Conn(b.outer, a.outer, ike=ike, esp=esp))
     ch.start()
-    conf = _conf(local=a.outer, remote=b.outer, name="esp", peer="swan", local_id="e.test", remote_id="s.test",
-                 local_ts=f"{a.inner}/32", remote_ts=f"{b.inner}/32", encap="true", tun=unique("ev1"), pfs="")
-    conf = conf.replace('ike_proposals = ["aes128-sha256-modp2048"]', f'ike_proposals = ["{ike}"]') \
-        .replace('esp_proposals = ["aes128-sha256"]', f'esp_proposals = ["{esp}"]')
+    conf = _conf_to_charon(a, b, ike=ike, esp=esp)
     gw = IkeGateway(a.netns.name, tmp_path, "esp", conf)
     try:
         child = _establish(gw, ch, "espresso")

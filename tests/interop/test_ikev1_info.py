@@ -24,7 +24,7 @@ from ike.events import ChildSaDeleted, ChildSaEstablished, ChildSaRekeyed, IkeSa
 from ike.v1.informational import DeadPeerDetected, InitialContactReceived
 from ike.v1.session import V1Config, V1Session
 from tests.interop import strongswan as ss
-from tests.interop.test_ikev1_strongswan import PSK, _PskCharon, _V1Conn
+from tests.interop.test_ikev1_strongswan import PSK, _PskCharon, _run, _V1Conn
 from tests.support import require, require_root, require_tool
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -41,52 +41,17 @@ def lab(tmp_path: Path):
         yield lab_
 
 
-class _Conn(_V1Conn):
-    """The PSK connection of test_ikev1_strongswan with extra lines (DPD, lifetimes) in its ``v1`` section."""
-
-    def __init__(self, local: str, remote: str, extra: str = "") -> None:
-        super().__init__(local, remote, "-modp2048")
-        self.extra = extra
-
-    def render(self) -> str:
-        text = super().render()
-        return text.replace("    version = 1\n", f"    version = 1\n{self.extra}", 1)
-
-
 def _setup(lab_, tmp_path: Path, extra: str = ""):
     e, s = lab_.pair()
     charon = _PskCharon(tmp_path / "charon", s.netns, log_levels={"ike": 2, "chd": 2})
     lab_.charons.append(charon)
-    charon.connections.append(_Conn(s.outer, e.outer, extra))
+    charon.connections.append(_V1Conn(s.outer, e.outer, "-modp2048", extra=extra))
     charon.start()
     (sock,) = ss.netns_sockets(e.netns, [(e.outer, 500)])
     # natt=False: a bare socket on port 500 (charon fakes a NAT; NAT-T is the daemon's, test_ikev1_daemon.py)
     cfg = V1Config("v1", PSK, "e.test", "s.test", "10.98.1.1/32", "10.98.2.1/32", (e.outer, 500), (s.outer, 500),
                    natt=False)
     return charon, sock, cfg, (s.outer, 500)
-
-
-def _run(session, sock, peer, seconds: float, until=None, events: list | None = None) -> list:
-    """Drive ``session`` over ``sock`` for at most ``seconds`` (or until ``until(events)``); returns the events."""
-    events = [] if events is None else events
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        for d in session.datagrams_to_send():
-            sock.sendto(d, peer)
-        r, _, _ = select.select([sock], [], [], 0.05)
-        now = time.monotonic()
-        if r:
-            data, addr = sock.recvfrom(65535)
-            if addr == peer:
-                session.receive_datagram(data, now)
-        session.handle_timer(now)
-        while (ev := session.next_event()) is not None:
-            events.append(ev)
-        if until is not None and until(events):
-            break
-    for d in session.datagrams_to_send():
-        sock.sendto(d, peer)
-    return events
 
 
 def _established(session, sock, peer) -> list:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import select
+import threading
 import time
 from pathlib import Path
 
@@ -23,28 +24,36 @@ PSK = b"v1-lab-secret-0123456789"
 
 
 class _V1Conn:
-    def __init__(self, local: str, remote: str, pfs: str) -> None:
-        self.local, self.remote, self.pfs = local, remote, pfs
+    """charon's IKEv1 connection ``v1`` (s.test for e.test, 10.98.2.1/32 behind it, 10.98.1.1/32 behind the
+    peer), the one renderer every IKEv1 interop test configures charon with: ``auth`` "psk" or "pubkey" (then
+    charon sends s.pem), ``esp`` defaults to aes128-sha256 with ``pfs`` appended, and ``extra`` lines (aggressive,
+    DPD, lifetimes, ...) go into the connection's own section."""
+
+    def __init__(self, local: str, remote: str, pfs: str = "", *, auth: str = "psk",
+                 ike: str = "aes128-sha256-modp2048", esp: str | None = None, extra: str = "") -> None:
+        self.local, self.remote, self.auth, self.ike, self.extra = local, remote, auth, ike, extra
+        self.esp = esp if esp is not None else f"aes128-sha256{pfs}"
 
     def render(self) -> str:
+        certs = "      certs = s.pem\n" if self.auth == "pubkey" else ""
         return f"""  v1 {{
     version = 1
-    local_addrs = {self.local}
+{self.extra}    local_addrs = {self.local}
     remote_addrs = {self.remote}
-    proposals = aes128-sha256-modp2048
+    proposals = {self.ike}
     local {{
-      auth = psk
-      id = s.test
+      auth = {self.auth}
+{certs}      id = s.test
     }}
     remote {{
-      auth = psk
+      auth = {self.auth}
       id = e.test
     }}
     children {{
       net {{
         local_ts = 10.98.2.1/32
         remote_ts = 10.98.1.1/32
-        esp_proposals = aes128-sha256{self.pfs}
+        esp_proposals = {self.esp}
       }}
     }}
   }}"""
@@ -63,14 +72,14 @@ def lab(tmp_path: Path):
     yield from ss.charon_lab(tmp_path)
 
 
-def _drive(session: V1Session, sock, peer: tuple[str, int], timeout: float = 15.0) -> list:
-    events = []
-    deadline = time.monotonic() + timeout
-    session.initiate(time.monotonic())
-    while session.state not in ("established", "failed") and time.monotonic() < deadline:
+def _run(session, sock, peer, seconds: float, until=None, events: list | None = None) -> list:
+    """Drive ``session`` over ``sock`` for at most ``seconds`` (or until ``until(events)``); returns the events."""
+    events = [] if events is None else events
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         for d in session.datagrams_to_send():
             sock.sendto(d, peer)
-        r, _, _ = select.select([sock], [], [], 0.1)
+        r, _, _ = select.select([sock], [], [], 0.05)
         now = time.monotonic()
         if r:
             data, addr = sock.recvfrom(65535)
@@ -79,9 +88,17 @@ def _drive(session: V1Session, sock, peer: tuple[str, int], timeout: float = 15.
         session.handle_timer(now)
         while (ev := session.next_event()) is not None:
             events.append(ev)
+        if until is not None and until(events):
+            break
     for d in session.datagrams_to_send():
         sock.sendto(d, peer)
     return events
+
+
+def _drive(session: V1Session, sock, peer: tuple[str, int], timeout: float = 15.0) -> list:
+    """Initiate, and drive until established or failed (or ``timeout``); returns the events."""
+    session.initiate(time.monotonic())
+    return _run(session, sock, peer, timeout, until=lambda _: session.state in ("established", "failed"))
 
 
 @pytest.mark.parametrize("pfs", [True, False], ids=["pfs", "nopfs"])
@@ -156,9 +173,23 @@ def _serve(sock, cfg: V1Config, peer: tuple[str, int], timeout: float = 15.0):
     return session, events
 
 
+def _serve_while_charon_initiates(charon: ss.Charon, sock, cfg: V1Config, peer: tuple[str, int],
+                                  serve_timeout: float = 15.0, swanctl_timeout: int = 10):  # type: ignore
+    """Answer on ``sock`` (closed afterwards) in a thread while charon initiates its ``net`` child; returns the
+    responder session (or None) and its events."""
+    result: list = []
+    t = threading.Thread(target=lambda: result.append(_serve(sock, cfg, peer, timeout=serve_timeout)))
+    t.start()
+    try:
+        charon.swanctl("--initiate", "--child", "net", "--timeout", str(swanctl_timeout), check=False, timeout=20)
+        t.join(20)
+    finally:
+        sock.close()
+    return result[0] if result else (None, [])
+
+
 @pytest.mark.parametrize("pfs", [True, False], ids=["pfs", "nopfs"])
 def test_psk_charon_initiates_to_espresso(lab, tmp_path, pfs):
-    import threading
     e, s = lab.pair()
     charon = _PskCharon(tmp_path / "charon", s.netns, log_levels={"ike": 4, "chd": 4})
     lab.charons.append(charon)
@@ -169,15 +200,7 @@ def test_psk_charon_initiates_to_espresso(lab, tmp_path, pfs):
                    (s.outer, 500), pfs_group=14 if pfs else None,
                        natt=False)  # a bare socket on port 500: NAT-T (charon fakes a NAT) is the daemon's,
                                     # tested in test_ikev1_daemon.py
-    result: list = []
-    t = threading.Thread(target=lambda: result.append(_serve(sock, cfg, (s.outer, 500))))
-    t.start()
-    try:
-        charon.swanctl("--initiate", "--child", "net", "--timeout", "10", check=False, timeout=20)
-        t.join(20)
-    finally:
-        sock.close()
-    session, events = result[0]
+    session, events = _serve_while_charon_initiates(charon, sock, cfg, (s.outer, 500))
     # charon verified HASH(2) and keyed the SA; its libipsec then refuses plain ESP (UDP encapsulation only,
     # i.e. NAT-T, off here), so it deletes instead of sending HASH(3): compare with the SA espresso
     # keyed when it answered

@@ -13,6 +13,7 @@ from ike.v1 import keymat as km
 from ike.v1.message import Exchange, Payload, PayloadType, pull_header, pull_message, push_message
 from ike.v1.responder import V1Responder
 from ike.v1.session import Phase1Done, V1Config, V1Session
+from tests.ike.v1.memory import events, exchange
 from tests.ike.v1.sigpki import V1Pki
 
 
@@ -22,29 +23,15 @@ def _cfg(local: str, remote: str, lts: str, rts: str, psk: bytes = b"secret", **
 
 
 def _pair(i_kw: dict | None = None, r_kw: dict | None = None):  # type: ignore[no-untyped-def]
-    i = V1Session(_cfg("e.test", "s.test", "10.0.1.0/24", "10.0.2.0/24", **(i_kw or {})), os.urandom)
-    i.initiate(0.0)
-    (am1,) = i.datagrams_to_send()
-    r = V1Responder(_cfg("s.test", "e.test", "10.0.2.0/24", "10.0.1.0/24", **(r_kw or {})), os.urandom, am1, 0.0)
-    for _ in range(4):
-        for d in r.datagrams_to_send():
-            i.receive_datagram(d, 0.0)
-        for d in i.datagrams_to_send():
-            r.receive_datagram(d, 0.0)
-    return i, r, am1
-
-
-def _events(s: V1Session) -> list:
-    out = []
-    while (ev := s.next_event()) is not None:
-        out.append(ev)
-    return out
+    ex = exchange(_cfg("e.test", "s.test", "10.0.1.0/24", "10.0.2.0/24", **(i_kw or {})),
+                  _cfg("s.test", "e.test", "10.0.2.0/24", "10.0.1.0/24", **(r_kw or {})))
+    return ex.i, ex.r, ex.ins[0]
 
 
 def _assert_up(i: V1Session, r: V1Session) -> None:
     assert (i.state, r.state, i.dropped, r.dropped) == ("established", "established", 0, 0), \
         (i.last_error, r.last_error)
-    ei, er = _events(i), _events(r)
+    ei, er = events(i), events(r)
     assert [type(e) for e in ei] == [type(e) for e in er] == [Phase1Done, ChildSaEstablished]
     assert (ei[1].spi_in, ei[1].spi_out) == (er[1].spi_out, er[1].spi_in)
     assert (ei[1].enc_key_out, ei[1].integ_key_out) == (er[1].enc_key_in, er[1].integ_key_in)
@@ -80,7 +67,7 @@ def test_am3_is_encrypted_and_a_plain_am3_is_accepted_too():
     plain = push_message(r.cky_i, r.cky_r, Exchange.AGGRESSIVE, 0, 0, payloads)
     r.receive_datagram(plain, 0.0)
     assert (r.state, r.dropped) == ("r_qm1", 0), r.last_error
-    assert [type(e) for e in _events(r)] == [Phase1Done]
+    assert [type(e) for e in events(r)] == [Phase1Done]
 
 
 def test_responder_refuses_aggressive_mode_unless_configured():
@@ -100,7 +87,7 @@ def test_aggressive_is_off_by_default():
 def test_wrong_psk_is_refused_by_the_initiator():
     i, r, _ = _pair(r_kw={"psk": b"other"})
     assert i.state == "am2" and i.dropped >= 1 and "HASH_R" in i.last_error
-    assert r.state == "r_am3" and _events(i) == []
+    assert r.state == "r_am3" and events(i) == []
 
 
 def test_wrong_identity_is_refused_by_the_responder():
@@ -120,7 +107,7 @@ def test_forged_am3_is_dropped():
     h = pull_header(am1)
     forged = push_message(h.cookie_i, r.cky_r, Exchange.AGGRESSIVE, 0, 0, [Payload(PayloadType.HASH, b"\0" * 32)])
     r.receive_datagram(forged, 0.0)
-    assert r.state == "r_am3" and r.dropped == 1 and "HASH_I" in r.last_error and _events(r) == []
+    assert r.state == "r_am3" and r.dropped == 1 and "HASH_I" in r.last_error and events(r) == []
 
 
 @pytest.mark.parametrize("kind", ["rsa", "ecdsa"])
@@ -134,7 +121,7 @@ def test_signature_aggressive_mode(kind):
 def test_revoked_initiator_is_refused_in_am3():
     pki = V1Pki("ecdsa", revoked=("e",))
     _, r, _ = _pair({"signature": pki.auth("e"), "psk": b""}, {"signature": pki.auth("s"), "psk": b""})
-    evs = _events(r)
+    evs = events(r)
     assert r.state == "failed" and [type(e) for e in evs] == [AuthenticationFailed] and "revoked" in evs[0].reason
     assert r.dropped >= 1  # the quick mode that follows AM3 at once finds no ISAKMP SA
 
@@ -143,4 +130,4 @@ def test_revoked_responder_is_refused_in_am2():
     pki = V1Pki("rsa", revoked=("s",))
     i, _, _ = _pair({"signature": pki.auth("e"), "psk": b""}, {"signature": pki.auth("s"), "psk": b""})
     assert i.state == "failed" and "revoked" in i.last_error
-    assert [type(e) for e in _events(i)] == [AuthenticationFailed]
+    assert [type(e) for e in events(i)] == [AuthenticationFailed]

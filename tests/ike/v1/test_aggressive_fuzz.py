@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from ike.errors import ParseError
 from ike.v1.responder import V1Responder
 from ike.v1.session import V1Config, V1Session
+from tests.ike.v1.memory import exchange
 from tests.ike.v1.test_session_fuzz import CFG, RCFG, SIG_CFG, SIG_RCFG, _budget, _rng
 
 CFGS: dict[str, tuple[V1Config, V1Config]] = {
@@ -21,21 +22,9 @@ CFGS: dict[str, tuple[V1Config, V1Config]] = {
 
 def _transcript(kind: str) -> tuple[list[bytes], list[bytes]]:
     """(initiator's AM1, AM3, QM1, QM3; responder's AM2, QM2), replayable with ``_rng(1)`` / ``_rng(2)``."""
-    ci, cr = CFGS[kind]
-    i = V1Session(ci, _rng(1))
-    i.initiate(0.0)
-    (am1,) = i.datagrams_to_send()
-    r = V1Responder(cr, _rng(2), am1, 0.0)
-    ins, outs = [am1], []
-    for _ in range(4):
-        for d in r.datagrams_to_send():
-            outs.append(d)
-            i.receive_datagram(d, 0.0)
-        for d in i.datagrams_to_send():
-            ins.append(d)
-            r.receive_datagram(d, 0.0)
-    assert i.state == r.state == "established", (i.last_error, r.last_error)
-    return ins, outs
+    ex = exchange(*CFGS[kind], _rng(1), _rng(2))
+    assert ex.i.state == ex.r.state == "established", (ex.i.last_error, ex.r.last_error)
+    return ex.ins, ex.outs
 
 
 TRANSCRIPTS = {k: _transcript(k) for k in CFGS}

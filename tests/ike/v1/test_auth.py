@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ike.events import AuthenticationFailed, ChildSaEstablished
 from ike.v1 import auth as v1auth
-from ike.v1.responder import V1Responder
 from ike.v1.session import Phase1Done, V1Config, V1Session
+from tests.ike.v1.memory import events, exchange
 from tests.ike.v1.sigpki import V1Pki
 
 
@@ -23,24 +23,9 @@ def _cfg(local: str, remote: str, lts: str, rts: str, sig) -> V1Config:  # type:
 def _run(pki_i: V1Pki, pki_r: V1Pki | None = None, *, i_remote: str = "s.test", r_remote: str = "e.test",
          i_auth=None, r_auth=None):  # type: ignore[no-untyped-def]
     pki_r = pki_r or pki_i
-    i = V1Session(_cfg("e.test", i_remote, "10.0.1.0/24", "10.0.2.0/24", i_auth or pki_i.auth("e")), os.urandom)
-    i.initiate(0.0)
-    (mm1,) = i.datagrams_to_send()
-    r = V1Responder(_cfg("s.test", r_remote, "10.0.2.0/24", "10.0.1.0/24", r_auth or pki_r.auth("s")),
-                    os.urandom, mm1, 0.0)
-    for _ in range(4):
-        for d in r.datagrams_to_send():
-            i.receive_datagram(d, 0.0)
-        for d in i.datagrams_to_send():
-            r.receive_datagram(d, 0.0)
-    return i, r
-
-
-def _events(s: V1Session) -> list:
-    out = []
-    while (ev := s.next_event()) is not None:
-        out.append(ev)
-    return out
+    ex = exchange(_cfg("e.test", i_remote, "10.0.1.0/24", "10.0.2.0/24", i_auth or pki_i.auth("e")),
+                  _cfg("s.test", r_remote, "10.0.2.0/24", "10.0.1.0/24", r_auth or pki_r.auth("s")))
+    return ex.i, ex.r
 
 
 @pytest.mark.parametrize("kind,method", [("rsa", 3), ("ecdsa", 9), ("ecdsa384", 10)])
@@ -50,7 +35,7 @@ def test_signature_main_mode_through_an_intermediate(kind, method):
     assert (i.state, r.state, i.dropped, r.dropped) == ("established", "established", 0, 0), \
         (i.last_error, r.last_error)
     assert i.config.auth_method == method
-    ei, er = _events(i), _events(r)
+    ei, er = events(i), events(r)
     assert [type(e) for e in ei] == [type(e) for e in er] == [Phase1Done, ChildSaEstablished]
     assert ei[1].enc_key_out == er[1].enc_key_in
 
@@ -58,11 +43,11 @@ def test_signature_main_mode_through_an_intermediate(kind, method):
 def _refused(i: V1Session, r: V1Session, who: str, notify: str, why: str) -> None:
     failing = r if who == "responder" else i
     assert failing.state == "failed" and why in failing.last_error, failing.last_error
-    evs = [e for e in _events(failing) if isinstance(e, AuthenticationFailed)]
+    evs = [e for e in events(failing) if isinstance(e, AuthenticationFailed)]
     assert len(evs) == 1 and evs[0].local_side and why in evs[0].reason
     if who == "responder":  # the initiator hears why, authenticated, and gives up
         assert i.state == "failed" and i.last_error == f"peer sent {notify}", i.last_error
-        evs = [e for e in _events(i) if isinstance(e, AuthenticationFailed)]
+        evs = [e for e in events(i) if isinstance(e, AuthenticationFailed)]
         assert len(evs) == 1 and not evs[0].local_side
 
 

@@ -3,15 +3,13 @@ hashes against the addresses each side sees, the verdict (who is behind the NAT)
 mode offered and accepted in quick mode."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from ike.events import ChildSaEstablished
 from ike.v1.message import PayloadType, decode_sa, pull_message
 from ike.v1.natt import ENCAP_UDP_TUNNEL, VID_DRAFT_02N, VID_RFC3947, natd_hash
-from ike.v1.responder import V1Responder
 from ike.v1.session import P2_MODE, V1Config, V1Session
+from tests.ike.v1.memory import events, exchange
 
 NATT_VIDS = (VID_RFC3947, VID_DRAFT_02N)
 
@@ -20,28 +18,15 @@ INSIDE, OUTSIDE, SERVER = ("10.0.0.5", 500), ("192.0.2.7", 31000), ("198.51.100.
 
 
 def _pair(seen_by_responder: tuple[str, int], *, natt_i: bool = True, encap_i: bool = False):
-    i = V1Session(V1Config("v1", b"secret", "e.test", "s.test", "10.0.1.0/24", "10.0.2.0/24", INSIDE, SERVER,
-                           natt=natt_i, encap=encap_i), os.urandom)
-    i.initiate(0.0)
-    (mm1,) = i.datagrams_to_send()
-    rcfg = V1Config("v1", b"secret", "s.test", "e.test", "10.0.2.0/24", "10.0.1.0/24", SERVER, seen_by_responder)
-    r = V1Responder(rcfg, os.urandom, mm1, 0.0)
-    wire: list[bytes] = [mm1]
-    for _ in range(4):
-        for d in r.datagrams_to_send():
-            wire.append(d)
-            i.receive_datagram(d, 0.0)
-        for d in i.datagrams_to_send():
-            wire.append(d)
-            r.receive_datagram(d, 0.0)
-    return i, r, wire
+    ex = exchange(V1Config("v1", b"secret", "e.test", "s.test", "10.0.1.0/24", "10.0.2.0/24", INSIDE, SERVER,
+                           natt=natt_i, encap=encap_i),
+                  V1Config("v1", b"secret", "s.test", "e.test", "10.0.2.0/24", "10.0.1.0/24", SERVER,
+                           seen_by_responder))
+    return ex.i, ex.r, ex.wire
 
 
 def _child(s: V1Session) -> ChildSaEstablished:
-    evs = []
-    while (ev := s.next_event()) is not None:
-        evs.append(ev)
-    return [e for e in evs if isinstance(e, ChildSaEstablished)][0]
+    return next(e for e in events(s) if isinstance(e, ChildSaEstablished))
 
 
 def test_nat_between_the_peers_is_detected_by_both_and_esp_goes_in_udp():
@@ -61,7 +46,7 @@ def test_nat_between_the_peers_is_detected_by_both_and_esp_goes_in_udp():
 
 
 def test_quick_mode_offers_udp_encapsulated_tunnel_mode_when_floated():
-    i, r, wire = _pair(OUTSIDE)
+    _i, r, wire = _pair(OUTSIDE)
     qm1 = wire[6]  # MM1..MM6, then quick mode's first message
     _, payloads = r._cipher.decrypt(qm1)
     (sa,) = [p.body for p in payloads if p.type == PayloadType.SA]
@@ -88,7 +73,7 @@ def test_a_peer_without_nat_t_gets_no_vendor_id_and_no_nat_d(natt_i):
     i, r, wire = _pair(OUTSIDE, natt_i=natt_i)
     assert (i.state, r.state) == ("established", "established")
     for d in wire[:4]:
-        h, payloads = pull_message(d)
+        _h, payloads = pull_message(d)
         assert not any(p.type == PayloadType.NAT_D or (p.type == PayloadType.VID and p.body in NATT_VIDS)
                        for p in payloads)
     assert not r.natt.floated and not _child(r).encap

@@ -2,13 +2,11 @@
 the ESP keys pair up crosswise, and a wrong PSK is refused by the responder."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from ike.events import ChildSaEstablished
-from ike.v1.responder import V1Responder
-from ike.v1.session import Phase1Done, V1Config, V1Session
+from ike.v1.session import Phase1Done, V1Config
+from tests.ike.v1.memory import events, exchange
 
 
 def _cfg(psk: bytes, local: str, remote: str, lts: str, rts: str, pfs: int | None) -> V1Config:
@@ -16,30 +14,16 @@ def _cfg(psk: bytes, local: str, remote: str, lts: str, rts: str, pfs: int | Non
 
 
 def _run(pfs: int | None, psk_r: bytes = b"secret"):
-    i = V1Session(_cfg(b"secret", "e.test", "s.test", "10.0.1.0/24", "10.0.2.0/24", pfs), os.urandom)
-    i.initiate(0.0)
-    (mm1,) = i.datagrams_to_send()
-    r = V1Responder(_cfg(psk_r, "s.test", "e.test", "10.0.2.0/24", "10.0.1.0/24", pfs), os.urandom, mm1, 0.0)
-    for _ in range(4):
-        for d in r.datagrams_to_send():
-            i.receive_datagram(d, 0.0)
-        for d in i.datagrams_to_send():
-            r.receive_datagram(d, 0.0)
-    return i, r
-
-
-def _events(s: V1Session) -> list:
-    out = []
-    while (ev := s.next_event()) is not None:
-        out.append(ev)
-    return out
+    ex = exchange(_cfg(b"secret", "e.test", "s.test", "10.0.1.0/24", "10.0.2.0/24", pfs),
+                  _cfg(psk_r, "s.test", "e.test", "10.0.2.0/24", "10.0.1.0/24", pfs))
+    return ex.i, ex.r
 
 
 @pytest.mark.parametrize("pfs", [14, None])
 def test_pair_establishes_with_crosswise_keys(pfs):
     i, r = _run(pfs)
     assert (i.state, r.state, i.dropped, r.dropped) == ("established", "established", 0, 0)
-    ei, er = _events(i), _events(r)
+    ei, er = events(i), events(r)
     assert [type(e) for e in ei] == [type(e) for e in er] == [Phase1Done, ChildSaEstablished]
     a, b = ei[1], er[1]
     assert (a.spi_in, a.spi_out) == (b.spi_out, b.spi_in)
@@ -52,4 +36,4 @@ def test_wrong_psk_is_refused():
     i, r = _run(14, psk_r=b"other")
     # a wrong key decrypts MM5 to garbage (or, rarely, to payloads whose HASH_I fails): dropped either way
     assert r.state == "r_mm5" and r.dropped >= 1 and r.last_error
-    assert i.state == "mm6" and _events(r) == []
+    assert i.state == "mm6" and events(r) == []

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from ike.dh import create_dh
 from ike.v1.message import Exchange, Payload, PayloadType, pull_message, push_message
 from ike.v1.session import V1Config, V1Session
+from tests.ike.v1.memory import exchange
 
 CFG = V1Config("v1", b"secret", "e.test", "s.test", "10.0.1.0/24", "10.0.2.0/24", ("127.0.0.1", 500),
                ("127.0.0.2", 500), group=14, pfs_group=14)
@@ -81,20 +82,9 @@ def _rng(seed: int):
 def _pair_transcript() -> list[bytes]:
     """The initiator's datagrams of one in-memory exchange (MM1, MM3, MM5, QM1, QM3), replayable into a fresh
     responder built with ``_rng(2)``."""
-    from ike.v1.responder import V1Responder
-    i = V1Session(CFG, _rng(1))
-    i.initiate(0.0)
-    (mm1,) = i.datagrams_to_send()
-    r = V1Responder(RCFG, _rng(2), mm1, 0.0)
-    out = [mm1]
-    for _ in range(4):
-        for d in r.datagrams_to_send():
-            i.receive_datagram(d, 0.0)
-        for d in i.datagrams_to_send():
-            out.append(d)
-            r.receive_datagram(d, 0.0)
-    assert i.state == r.state == "established" and len(out) == 5
-    return out
+    ex = exchange(CFG, RCFG, _rng(1), _rng(2))
+    assert ex.i.state == ex.r.state == "established" and len(ex.ins) == 5
+    return ex.ins
 
 
 TRANSCRIPT = _pair_transcript()
@@ -145,21 +135,9 @@ SIG_CFG, SIG_RCFG = _sig_cfgs()
 def _sig_transcript() -> tuple[list[bytes], list[bytes]]:
     """(initiator's datagrams MM1, MM3, MM5, QM1, QM3; responder's MM2, MM4, MM6, QM2) of one certificate
     main mode, replayable into fresh sessions built with ``_rng(1)`` / ``_rng(2)``."""
-    from ike.v1.responder import V1Responder
-    i = V1Session(SIG_CFG, _rng(1))
-    i.initiate(0.0)
-    (mm1,) = i.datagrams_to_send()
-    r = V1Responder(SIG_RCFG, _rng(2), mm1, 0.0)
-    ins, outs = [mm1], []
-    for _ in range(4):
-        for d in r.datagrams_to_send():
-            outs.append(d)
-            i.receive_datagram(d, 0.0)
-        for d in i.datagrams_to_send():
-            ins.append(d)
-            r.receive_datagram(d, 0.0)
-    assert i.state == r.state == "established", (i.last_error, r.last_error)
-    return ins, outs
+    ex = exchange(SIG_CFG, SIG_RCFG, _rng(1), _rng(2))
+    assert ex.i.state == ex.r.state == "established", (ex.i.last_error, ex.r.last_error)
+    return ex.ins, ex.outs
 
 
 SIG_IN, SIG_OUT = _sig_transcript()
@@ -255,18 +233,9 @@ def _established_pair():
     """An initiator and a responder with an ISAKMP SA and one ESP SA, DPD on (so probes are outstanding)."""
     import dataclasses
 
-    from ike.v1.responder import V1Responder
-    i = V1Session(dataclasses.replace(CFG, dpd_delay=5.0), os.urandom)
-    i.initiate(0.0)
-    (mm1,) = i.datagrams_to_send()
-    r = V1Responder(dataclasses.replace(RCFG, dpd_delay=5.0), os.urandom, mm1, 0.0)
-    for _ in range(4):
-        for d in r.datagrams_to_send():
-            i.receive_datagram(d, 0.0)
-        for d in i.datagrams_to_send():
-            r.receive_datagram(d, 0.0)
-    assert i.state == r.state == "established"
-    return i, r
+    ex = exchange(dataclasses.replace(CFG, dpd_delay=5.0), dataclasses.replace(RCFG, dpd_delay=5.0))
+    assert ex.i.state == ex.r.state == "established"
+    return ex.i, ex.r
 
 
 @settings(max_examples=_budget(80), deadline=None, suppress_health_check=[HealthCheck.too_slow])
