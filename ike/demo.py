@@ -14,8 +14,8 @@ What it shows, step by step, and checks (a failed check is reported and the exit
 6. the SAs are printed as ``swanctl --list-sas`` would, with the throughput; A then deletes the IKE_SA.
 
 ``--ikev1`` runs the same demo over IKEv1 (``version = 1``: main mode and quick mode with PFS, ESP in UDP by
-NAT-T). The IKEv1 core authenticates with a pre-shared key so far (a random one per run, in the 0600 TOML), so
-the enrolled certificates are not used for it, and it cannot rekey yet: the rekey step is skipped, saying so.
+NAT-T; the CHILD_SA rekey halfway is a new quick mode). It authenticates with a pre-shared key (a random one per
+run, in the 0600 TOML), so the enrolled certificates are not used for it.
 
 The traffic takes the path the product ships where it can (``--path gateway``; the default ``auto`` when run
 as root with network namespaces and /dev/net/tun): each daemon runs in its own namespace with its
@@ -575,8 +575,7 @@ async def _run(work: Path, args: argparse.Namespace, out: TextIO, result: DemoRe
                       f"revocation checked with the CA's CRL ({fetched} download(s) from {svc.url}/crl)")
 
         first_spi = next(iter(a.children))
-        rekey = ", CHILD_SA rekey halfway" if args.rekey else \
-            (", no rekey (IKEv1 quick-mode rekeying is not implemented yet)" if args.ikev1 else "")
+        rekey = ", CHILD_SA rekey halfway" if args.rekey else ""
         if lab is not None:
             _say(out, f"[6/6] traffic: TCP, {args.megabytes} MiB each way between {NETS['gw-a'][1]} and "
                       f"{NETS['gw-b'][1]}, through both gateways (esp.gateway){rekey}")
@@ -684,7 +683,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-rekey", dest="rekey", action="store_false", help="skip the CHILD_SA rekey under traffic")
     p.add_argument("--ikev1", action="store_true",
                    help="run the demo over IKEv1 (version = 1: main mode with a pre-shared key, quick mode with "
-                        "PFS, NAT-T); no CHILD_SA rekey (not implemented for IKEv1 yet)")
+                        "PFS, NAT-T, the CHILD_SA rekey as a new quick mode)")
     p.add_argument("--path", choices=("auto", "gateway", "loopback"), default="auto",
                    help="where the traffic goes: 'gateway' runs each daemon's [gateway] (TUN + esp.gateway) "
                         "in its own network namespace and sends TCP through them (root); 'loopback' hands "
@@ -703,7 +702,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _defaults(args: argparse.Namespace) -> None:
-    """What depends on --ikev1: the proposals' defaults, no rekey, the run's pre-shared key."""
+    """What depends on --ikev1: the proposals' defaults and the run's pre-shared key."""
     ikev1 = args.ikev1 = getattr(args, "ikev1", False)
     if args.ike_proposal is None:
         args.ike_proposal = "aes128-sha256-modp2048" if ikev1 else "aes128gcm16-prfsha256-ecp256"
@@ -712,7 +711,6 @@ def _defaults(args: argparse.Namespace) -> None:
     if ikev1:
         import secrets
 
-        args.rekey = False
         if not getattr(args, "psk", None):
             args.psk = secrets.token_hex(16)
 
