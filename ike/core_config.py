@@ -12,6 +12,9 @@ from typing import Any, Callable, Literal, Sequence
 
 from .errors import ConfigError
 
+#: a peer's ``remote_addr`` that accepts any address (swanctl's %any)
+ANY_ADDRESS = (None, "%any", "0.0.0.0", "::")
+
 __all__ = [
     "Identity", "IdKind", "TrafficSelector", "Credential", "ChildConfig", "PeerConfig", "CoreConfig",
     "PeerValidator", "RandomSource",
@@ -274,3 +277,21 @@ class CoreConfig:
             if p.name == name:
                 return p
         raise ConfigError(f"no peer named {name!r}")
+
+    def peers_at(self, host: str, version: int) -> list[PeerConfig]:
+        """The ``version`` peers a message from ``host`` may come from: addresses and networks that hold it
+        first, wildcards (None, %any) last, as a responder tries them."""
+        out = []
+        for p in self.peers:
+            if p.version != version:
+                continue
+            if p.remote_addr in ANY_ADDRESS:
+                out.append(p)
+                continue
+            try:
+                if ipaddress.ip_address(host) in ipaddress.ip_network(p.remote_addr, strict=False):
+                    out.append(p)
+            except ValueError:
+                if p.remote_addr == host:
+                    out.append(p)
+        return sorted(out, key=lambda p: p.remote_addr in ANY_ADDRESS)

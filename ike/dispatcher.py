@@ -153,23 +153,6 @@ class Dispatcher:
         """Responder IKE_SAs that have not completed IKE_AUTH yet."""
         return len(self._half_open)
 
-    def _candidates(self, host: str) -> list[PeerConfig]:
-        out = []
-        for p in self.config.peers:
-            if p.version != 2:  # IKEv1 peers are ike.v1.manager's
-                continue
-            if p.remote_addr in (None, "%any", "0.0.0.0", "::"):
-                out.append(p)
-                continue
-            try:
-                if ipaddress.ip_address(host) in ipaddress.ip_network(p.remote_addr, strict=False):
-                    out.append(p)
-            except ValueError:
-                if p.remote_addr == host:
-                    out.append(p)
-        # exact addresses first, wildcards last
-        return sorted(out, key=lambda p: p.remote_addr in (None, "%any", "0.0.0.0", "::"))
-
     # -- drivers -----------------------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: tuple[str, int], local_addr: tuple[str, int],
                          now: float) -> None:
@@ -263,7 +246,7 @@ class Dispatcher:
                                           local_addr[1] not in self.config.plain_ports))
                 self.stats["cookies_sent"] += 1
                 return None
-        candidates = self._candidates(addr[0])
+        candidates = self.config.peers_at(addr[0], 2)
         if not candidates:
             self.stats["dropped_no_peer_config"] += 1
             resp = Message(ExchangeType.IKE_SA_INIT, h.spi_i, 0, 0, True, False,

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..connection import Datagram
-from ..core_config import CoreConfig, PeerConfig
+from ..core_config import ANY_ADDRESS, CoreConfig, PeerConfig
 from ..dispatcher import ChildInfo, SaInfo
 from ..errors import IkeError, InvalidStateError, ParseError
 from ..events import (
@@ -46,8 +46,6 @@ from .session import Phase1Done, V1Session
 __all__ = ["V1Manager"]
 
 log = logging.getLogger("ike.v1")
-
-_WILDCARDS = (None, "%any", "0.0.0.0", "::")
 
 
 @dataclass(eq=False)
@@ -90,22 +88,6 @@ class V1Manager:
     def _datagram(self, sa: _Sa, data: bytes, now: float) -> Datagram:
         sa.last_outbound = now
         return Datagram(data, sa.remote, sa.local[1], sa.local[1] not in self.config.plain_ports)
-
-    def _candidates(self, host: str) -> list[PeerConfig]:
-        import ipaddress
-        out = []
-        for p in self.config.peers:
-            if p.version != 1:
-                continue
-            if p.remote_addr in _WILDCARDS:
-                out.append(p)
-                continue
-            try:
-                if ipaddress.ip_address(host) in ipaddress.ip_network(p.remote_addr, strict=False):
-                    out.append(p)
-            except ValueError:
-                pass
-        return sorted(out, key=lambda p: p.remote_addr in _WILDCARDS)
 
     def _half_open(self, host: str | None = None) -> int:
         return sum(1 for s in self._sas.values() if not s.initiator and s.state == "CONNECTING"
@@ -188,7 +170,7 @@ class V1Manager:
         if self._half_open() >= cfg.half_open_limit or self._half_open(addr[0]) >= cfg.half_open_limit_ip:
             self.stats["v1_dropped_half_open_limit"] += 1
             return
-        candidates = self._candidates(addr[0])
+        candidates = self.config.peers_at(addr[0], 1)
         if not candidates:
             self.stats["v1_dropped_no_peer_config"] += 1
             return
@@ -359,7 +341,7 @@ class V1Manager:
         for sa in self._sas.values():
             if sa.peer.name == peer and not sa.closed:
                 return sa.ike_id
-        if pc.remote_addr in _WILDCARDS:
+        if pc.remote_addr in ANY_ADDRESS:
             raise InvalidStateError(f"peer {peer} has no remote address to initiate to")
         host = pc.remote_addr.split("/")[0]  # type: ignore[union-attr]
         local = (pc.local_addr or "0.0.0.0", pc.local_port)
