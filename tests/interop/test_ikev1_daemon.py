@@ -116,17 +116,23 @@ def _establish(gw: IkeGateway, ch: ss.Charon, initiator: str) -> dict:
     return child
 
 
-@pytest.mark.parametrize("initiator", ["espresso", "strongswan"])
-def test_espresso_daemon_ikev1_with_charon_ping(lab, tmp_path, initiator):
-    a, b = lab.pair()  # a: espresso, b: charon
+def _psk_lab(lab: ss.Lab, tmp_path: Path) -> tuple[ss.Site, ss.Site, ss.Charon, IkeGateway]:
+    """espresso's daemon (site a, forced encapsulation) and charon (site b) with the PSK connection."""
+    a, b = lab.pair()
     ch = _Charon(tmp_path / "charon", b.netns, log_levels={"ike": 2, "chd": 2})
     lab.charons.append(ch)
     ch.connections.append(_V1Conn(b.outer, a.outer, "-modp2048"))
     ch.start()
-    gw = _gateway(tmp_path, a.netns.name, a.outer, b.outer, a.inner, b.inner, encap=True)
+    return a, b, ch, _gateway(tmp_path, a.netns.name, a.outer, b.outer, a.inner, b.inner, encap=True)
+
+
+@pytest.mark.parametrize("initiator", ["espresso", "strongswan"])
+def test_espresso_daemon_ikev1_with_charon_ping(lab, tmp_path, initiator):
+    a, b, ch, gw = _psk_lab(lab, tmp_path)
     try:
         child = _establish(gw, ch, initiator)
         assert child["encap"] and child["suite"] == "aes128-sha256", child
+        _charon_installed(ch)
         p = ss.ping(a, b.inner, count=5, timeout=10)
         assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr + ch.tail(60)
         p = ss.ping(b, a.inner, count=3, timeout=10)
@@ -367,12 +373,7 @@ def test_ikev1_rekey_under_traffic_isakmp_rekey_and_delete_with_charon(lab, tmp_
     """``python -m ike rekey`` on the IKEv1 CHILD_SA during a 20 ms ping flood: every echo comes back (the new
     ESP SAs are installed before the old ones go); an ISAKMP rekey (espresso's main mode when it initiated);
     ``terminate`` sends DELETE and charon removes its SAs."""
-    a, b = lab.pair()
-    ch = _Charon(tmp_path / "charon", b.netns, log_levels={"ike": 2, "chd": 2})
-    lab.charons.append(ch)
-    ch.connections.append(_V1Conn(b.outer, a.outer, "-modp2048"))
-    ch.start()
-    gw = _gateway(tmp_path, a.netns.name, a.outer, b.outer, a.inner, b.inner, encap=True)
+    a, b, ch, gw = _psk_lab(lab, tmp_path)
     try:
         child = _establish(gw, ch, initiator)
         assert ss.ping(a, b.inner, count=2, timeout=10).returncode == 0
