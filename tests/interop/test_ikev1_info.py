@@ -222,7 +222,7 @@ def test_charon_rekeys_the_isakmp_sa_of_espresso_responder(lab, tmp_path):
     stop = threading.Event()
 
     def serve() -> None:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # bounded; generous for a loaded machine
         while time.monotonic() < deadline and not stop.is_set():
             r, _, _ = select.select([sock], [], [], 0.05)
             now = time.monotonic()
@@ -254,11 +254,11 @@ def test_charon_rekeys_the_isakmp_sa_of_espresso_responder(lab, tmp_path):
         charon.swanctl("--initiate", "--child", "net", "--timeout", "10", check=False, timeout=20)
         charon.wait_for(lambda: len(sessions) >= 2 and all(s.phase1_done for s in sessions.values())
                         and next(iter(sessions.values())).state == "closed",
-                        "charon's new main mode and its DELETE of the old ISAKMP SA", timeout=20)
+                        "charon's new main mode and its DELETE of the old ISAKMP SA", timeout=45)
         sas = charon.wait_for(lambda: (x := _ike_sas(charon)) and len(x) == 1 and x, "one ISAKMP SA at charon")
     finally:
         stop.set()
-        t.join(40)
+        t.join(70)
         sock.close()
     first, second = list(sessions.values())[:2]
     assert second.cky_i.hex() in sas[0] and first.cky_i.hex() not in sas[0]
