@@ -399,9 +399,8 @@ class V1Manager:
             raise InvalidStateError(f"no IKE_SA with id {ike_id}")
         try:
             sa.session.rekey_ike(now)
-        except (NotImplementedError, IkeError) as exc:
-            raise InvalidStateError(f"IKEv1: cannot rekey ISAKMP SA {ike_id}: "
-                                    f"{exc or 'only its main-mode initiator can'}") from None
+        except IkeError as exc:
+            raise InvalidStateError(f"IKEv1: cannot rekey ISAKMP SA {ike_id}: {exc}") from None
         self._register(sa)
         self._after(sa, now)
 

@@ -360,10 +360,14 @@ class LifecycleMixin(InformationalMixin):
 
     # -- ISAKMP SA rekey
     def _new_initiator(self) -> LifecycleMixin:
-        raise NotImplementedError
+        """A fresh main-mode initiator for the same peer (V1Session); only called where ``initiator`` is set."""
+        raise TypeError(f"{type(self).__name__} does not start main modes")
 
     def rekey_ike(self, now: float) -> None:
-        """A new main mode with new cookies beside this ISAKMP SA; it takes over when it authenticates."""
+        """A new main mode with new cookies beside this ISAKMP SA; it takes over when it authenticates. Only the
+        main-mode initiator rekeys it (the responder's peer runs its own new main mode, adopted by the daemon)."""
+        if not self.initiator:
+            raise IkeError("only its main-mode initiator rekeys the ISAKMP SA")
         if not self.alive or self._successor is not None:
             raise IkeError(f"cannot rekey the ISAKMP SA in state {self.state}")
         succ = self._new_initiator()
