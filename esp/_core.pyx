@@ -822,7 +822,7 @@ cdef class SaContext:
         cdef uint32_t sl, sh
         cdef uint64_t s
         ctlen = n - 8 - self.iv_len - self.icv_len
-        if ctlen < 2 or ctlen % self.block != 0:
+        if ctlen < 2 or ctlen & (self.block - 1):  # block: a power of two
             self.malformed += 1
             return V_MALFORMED
         if get32(esp) != self.spi:
