@@ -174,21 +174,23 @@ class V1Manager:
         if not candidates:
             self.stats["v1_dropped_no_peer_config"] += 1
             return
-        peer = candidates[0]
-        local = (peer.local_addr or local_addr[0], local_addr[1])
-        vcfg = v1_config(peer, local, addr, cfg.retransmit_timeout, wall_clock=cfg.wall_clock)
-        if pull_header(data).exchange == Exchange.AGGRESSIVE and not vcfg.aggressive:
+        if pull_header(data).exchange == Exchange.AGGRESSIVE and not any(p.aggressive for p in candidates):
             # off by default: AM2 would hand anyone the PSK's hash to attack offline (ike/v1/aggressive.py)
             self.stats["v1_dropped_aggressive_not_allowed"] += 1
             log.info("IKEv1 aggressive mode from %s refused: peer %s does not allow it (aggressive = true)",
-                     addr[0], peer.name)
+                     addr[0], candidates[0].name)
             return
+        # several peers may share the address (wildcards): the responder chooses by proposal, then by identity
+        vcfgs = [v1_config(p, (p.local_addr or local_addr[0], local_addr[1]), addr, cfg.retransmit_timeout,
+                           wall_clock=cfg.wall_clock) for p in candidates]
         try:
-            session = V1Responder(vcfg, cfg.random, data, now)
+            session = V1Responder(vcfgs[0], cfg.random, data, now, alternatives=vcfgs[1:])
         except (ParseError, ValueError) as exc:
             self.stats["v1_dropped_no_proposal"] += 1
             log.info("IKEv1 main mode from %s refused: %s", addr[0], exc)
             return
+        peer = self.config.peer(session.config.name)
+        local = session.config.local_addr
         sa = _Sa(self._new_id(), peer, session, local, addr, now, False, first_in=data)
         session.ike_id = sa.ike_id
         self._sas[sa.ike_id] = sa
@@ -214,6 +216,8 @@ class V1Manager:
             self._close(sa, "retransmit timeout" if sa.state == "CONNECTING" else "failed")
 
     def _session_event(self, sa: _Sa, ev: IkeEvent, now: float) -> None:
+        if isinstance(ev, Phase1Done) and ev.peer != sa.peer.name:
+            sa.peer = self.config.peer(ev.peer)  # the responder chose another peer by the initiator's identity
         s, p = sa.session, sa.peer
         child = p.children[0].name  # one quick mode per peer so far (ike.v1.profile)
         if isinstance(ev, Phase1Done):
