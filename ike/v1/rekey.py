@@ -296,19 +296,35 @@ class LifecycleMixin(InformationalMixin):
                     life = (_shorter(life[0], secs), _shorter(life[1], kb))
         self._qm_life = life
 
-    def _child_up(self, ev: ChildSaEstablished, now: float) -> None:
-        """A quick mode finished: record the SA with its agreed lifetimes; complete a rekey it was for."""
-        secs, kb = self._qm_life or (0, 0)
-        replaces = self._replacing
-        if replaces is None:  # the peer's quick mode for the same child and selectors: the peer rekeys
-            replaces = next((c.spi_in for c in self.children.values()
-                             if (c.child, c.local_ts, c.remote_ts) == (ev.child, ev.local_ts, ev.remote_ts)), None)
-        ev = dataclasses.replace(ev, life_time=secs, life_bytes=kb * 1024, replaces=replaces,
-                                 rekey_time=secs * REKEY_FRACTION if ev.initiator else 0,
-                                 rekey_bytes=int(kb * 1024 * REKEY_FRACTION) if ev.initiator else 0)
-        self.children[ev.spi_in] = ev
-        self._child_clock[ev.spi_in] = [now + ev.rekey_time if ev.rekey_time else 0, now + secs if secs else 0, 0]
-        self._events.append(ev)  # type: ignore[attr-defined]
+    def _child_up(self, ev: ChildSaEstablished, now: float, early: bool = False) -> None:
+        """A quick mode finished: record the SA with its agreed lifetimes; complete a rekey it was for.
+
+        ``early``: we answered the peer's quick mode with QM2 and wait for its QM3. If that quick mode rekeys one of
+        our SAs, the new SA is recorded (and emitted, so the daemon installs its inbound half) now: the peer sends
+        on it as soon as QM2 reaches it, before we see QM3 (IKEv1 acknowledges nothing after QM2), and packets
+        that arrive for an SPI not yet installed are lost. The outbound switch still waits for QM3 (the call
+        without ``early``). A first SA is recorded at QM3 only."""
+        if ev.spi_in in self.children:  # installed early, at QM2: this is its QM3
+            ev = self.children[ev.spi_in]
+            replaces = ev.replaces
+        else:
+            secs, kb = self._qm_life or (0, 0)
+            replaces = self._replacing
+            if replaces is None:  # the peer's quick mode for the same child and selectors: the peer rekeys
+                replaces = next((c.spi_in for c in self.children.values()
+                                 if (c.child, c.local_ts, c.remote_ts) == (ev.child, ev.local_ts, ev.remote_ts)),
+                                None)
+            if early and (replaces is None or self._replacing is not None):
+                return
+            ev = dataclasses.replace(ev, life_time=secs, life_bytes=kb * 1024, replaces=replaces,
+                                     rekey_time=secs * REKEY_FRACTION if ev.initiator else 0,
+                                     rekey_bytes=int(kb * 1024 * REKEY_FRACTION) if ev.initiator else 0)
+            self.children[ev.spi_in] = ev
+            self._child_clock[ev.spi_in] = [now + ev.rekey_time if ev.rekey_time else 0, now + secs if secs else 0,
+                                            0]
+            self._events.append(ev)  # type: ignore[attr-defined]
+            if early:
+                return
         self._done_mids.append(self._qm_mid)  # type: ignore[attr-defined]
         if replaces is not None and replaces in self.children:
             if self._replacing is not None:  # we rekeyed: switch after SWITCH_DELAY, then delete the old pair

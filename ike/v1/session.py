@@ -226,8 +226,22 @@ class V1Session(AggressiveMixin, LifecycleMixin):
             self._r_qm1(data, h.message_id, now)
         elif self.state == "r_qm3" and h.exchange == Exchange.QUICK and h.message_id == self._qm_mid:
             self._r_qm3(data, now)
+        elif self.state == "r_qm3" and h.exchange == Exchange.QUICK and h.encrypted and h.message_id:
+            self._abandon_qm3()
+            self._r_qm1(data, h.message_id, now)
         else:
             raise ParseError(f"exchange {h.exchange} not expected in state {self.state}")
+
+    def _abandon_qm3(self) -> None:
+        """The peer starts another quick mode while we wait for the last one's QM3: that QM3 was lost (nothing
+        retransmits it), and waiting on would refuse every later quick mode. The SA a rekey installed at QM2 stays
+        (the peer has it if it sent QM3; its DELETE of the old SA moves traffic over); a first SA not yet recorded
+        is dropped."""
+        assert self._cipher is not None
+        self._done_mids.append(self._qm_mid)
+        self._cipher.forget(self._qm_mid)
+        self.pending_child = None
+        self.state = "established"
 
     @staticmethod
     def _one(payloads: list[Payload], ptype: int) -> bytes:
@@ -486,6 +500,7 @@ class V1Session(AggressiveMixin, LifecycleMixin):
             rekey_bytes=0, life_bytes=0, rekey_packets=0, life_packets=0,
             enc_key_in=k_in[:elen], enc_key_out=k_out[:elen], integ_key_in=k_in[elen:], integ_key_out=k_out[elen:])
         self.state = "r_qm3"
+        self._child_up(self.pending_child, now, early=True)  # a rekey's inbound half: ready before QM3
 
     def _r_qm3(self, data: bytes, now: float) -> None:
         assert self._cipher is not None and self.keys is not None

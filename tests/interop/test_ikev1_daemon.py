@@ -116,12 +116,12 @@ def _establish(gw: IkeGateway, ch: ss.Charon, initiator: str) -> dict:
     return child
 
 
-def _psk_lab(lab: ss.Lab, tmp_path: Path) -> tuple[ss.Site, ss.Site, ss.Charon, IkeGateway]:
+def _psk_lab(lab: ss.Lab, tmp_path: Path, child_extra: str = "") -> tuple[ss.Site, ss.Site, ss.Charon, IkeGateway]:
     """espresso's daemon (site a, forced encapsulation) and charon (site b) with the PSK connection."""
     a, b = lab.pair()
     ch = _Charon(tmp_path / "charon", b.netns, log_levels={"ike": 2, "chd": 2})
     lab.charons.append(ch)
-    ch.connections.append(_V1Conn(b.outer, a.outer, "-modp2048"))
+    ch.connections.append(_V1Conn(b.outer, a.outer, "-modp2048", child_extra=child_extra))
     ch.start()
     return a, b, ch, _gateway(tmp_path, a.netns.name, a.outer, b.outer, a.inner, b.inner, encap=True)
 
@@ -457,6 +457,32 @@ def test_ikev1_rekey_under_traffic_isakmp_rekey_and_delete_with_charon(lab, tmp_
         assert r.returncode == 0, r.stdout + r.stderr
         ch.wait_for(lambda: not [s for s in ch.list_sas() if "v1" in s], "charon to act on our DELETE")
         assert "received DELETE" in ch.log() or "deleting" in ch.log(), ch.tail(40)
+    finally:
+        stats = gw.stop()
+    assert stats["tracebacks"] == 0, stats["stderr"][-3000:]
+    for bad in ("AUTH_FAILED", "REPLAYED", "MALFORMED", "POLICY_MISMATCH"):
+        assert stats["inbound"][bad] == 0, (bad, stats["inbound"])
+
+
+def test_charon_rekeys_the_esp_sas_with_a_quick_mode_of_its_own_under_traffic(lab, tmp_path):
+    """charon's CHILD_SA lifetime is the shorter (rekey at 6 s): charon starts the new quick mode to the daemon,
+    which answered charon's first one too, during a 20 ms ping flood; every echo comes back and both ends end up
+    on the same new SPIs."""
+    a, b, ch, gw = _psk_lab(lab, tmp_path, child_extra="        rekey_time = 6s\n        life_time = 30s\n"
+                                                      "        rand_time = 0s\n")
+    try:
+        child = _establish(gw, ch, "strongswan")
+        _charon_installed(ch)
+        res: dict = {}
+        t = _flood(a, b.inner, 500, res)  # 10 s: across charon's rekey at 6 s
+        new = gw.wait(lambda: [c for c in gw.children() if c["spi_in"] != child["spi_in"] and c["outbound_active"]],
+                      "charon's rekeyed CHILD_SA", timeout=20)
+        t.join(60)
+        sent, got = _counts(res["r"])
+        assert sent == 500 and got == sent, (sent, got, res["r"].stdout, gw.counters(), ch.tail(40))
+        assert "rekeying" in ch.log() or "CHILD_SA net{2} established" in ch.log(), ch.tail(40)
+        kids = _charon_sa(ch)["child-sas"].values()
+        assert {(k["spi-in"], k["spi-out"]) for k in kids} >= {(new[0]["spi_out"], new[0]["spi_in"])}, kids
     finally:
         stats = gw.stop()
     assert stats["tracebacks"] == 0, stats["stderr"][-3000:]

@@ -27,11 +27,13 @@ class _V1Conn:
     """charon's IKEv1 connection ``v1`` (s.test for e.test, 10.98.2.1/32 behind it, 10.98.1.1/32 behind the
     peer), the one renderer every IKEv1 interop test configures charon with: ``auth`` "psk" or "pubkey" (then
     charon sends s.pem), ``esp`` defaults to aes128-sha256 with ``pfs`` appended, and ``extra`` lines (aggressive,
-    DPD, lifetimes, ...) go into the connection's own section."""
+    DPD, lifetimes, ...) go into the connection's own section, ``child_extra`` lines into its child's."""
 
     def __init__(self, local: str, remote: str, pfs: str = "", *, auth: str = "psk",
-                 ike: str = "aes128-sha256-modp2048", esp: str | None = None, extra: str = "") -> None:
+                 ike: str = "aes128-sha256-modp2048", esp: str | None = None, extra: str = "",
+                 child_extra: str = "") -> None:
         self.local, self.remote, self.auth, self.ike, self.extra = local, remote, auth, ike, extra
+        self.child_extra = child_extra
         self.esp = esp if esp is not None else f"aes128-sha256{pfs}"
 
     def render(self) -> str:
@@ -54,7 +56,7 @@ class _V1Conn:
         local_ts = 10.98.2.1/32
         remote_ts = 10.98.1.1/32
         esp_proposals = {self.esp}
-      }}
+{self.child_extra}      }}
     }}
   }}"""
 

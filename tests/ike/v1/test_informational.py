@@ -332,3 +332,58 @@ def test_isakmp_responder_lifetime_is_announced_and_honoured():
     p2 = Pair(dataclasses.replace(I_CFG, ike_lifetime=50), dataclasses.replace(R_CFG, ike_lifetime=100))
     p2.pump()
     assert not [d for way, d in p2.wire if pull_header(d).exchange == Exchange.INFORMATIONAL]
+
+
+def _quick(p: Pair, direction: str) -> list[bytes]:
+    return [d for way, d in p.wire if way == direction and pull_header(d).exchange == Exchange.QUICK]
+
+
+def test_a_peers_rekey_is_installed_inbound_at_qm2_and_switched_at_qm3():
+    """The quick-mode initiator sends on the new SA as soon as it has QM2 (charon does), before its QM3 reaches
+    us: the responder emits the new SA (replacing the old, so a daemon installs its inbound half and keeps
+    sending on the old) when it sends QM2, and the outbound switch (ChildSaRekeyed) when QM3 verifies."""
+    p, ci, cr = _up()
+    held: list[bytes] = []
+
+    def hold_qm3(direction, d):
+        if direction == "i>r" and pull_header(d).exchange == Exchange.QUICK and len(_quick(p, "r>i")) == 2 \
+                and d == _quick(p, "i>r")[-1]:
+            held.append(d)
+            return True
+        return False
+
+    p.i.rekey_child(ci.spi_in, 1.0)
+    p.pump(drop=hold_qm3)
+    assert len(held) == 1 and p.r.state == "r_qm3"
+    er = events(p.r)
+    assert [type(e) for e in er] == [ChildSaEstablished], er
+    assert er[0].replaces == cr.spi_in and set(p.r.children) == {cr.spi_in, er[0].spi_in}
+    p.r.receive_datagram(held[0], 1.0)
+    er2 = events(p.r)
+    assert [type(e) for e in er2] == [ChildSaRekeyed] and (er2[0].old_spi_in, er2[0].spi_in) == \
+        (cr.spi_in, er[0].spi_in), er2
+    assert p.r.state == "established" and p.r.dropped == 0
+
+
+def test_a_lost_qm3_does_not_block_the_next_quick_mode():
+    """QM3 is never retransmitted by its sender; a responder that waited for it would refuse every later quick
+    mode of the ISAKMP SA (the next rekey). The next quick mode is answered, and the SA the lost QM3's rekey
+    installed at QM2 stays until the peer's DELETE."""
+    p, ci, cr = _up()
+
+    def lose_qm3(direction, d):
+        return direction == "i>r" and len(_quick(p, "r>i")) == 2 and d == _quick(p, "i>r")[-1]
+
+    p.i.rekey_child(ci.spi_in, 1.0)
+    p.pump(drop=lose_qm3)
+    assert p.r.state == "r_qm3" and p.i.state == "established"
+    first = [e for e in events(p.r) if isinstance(e, ChildSaEstablished)]
+    p.advance(1.0 + SWITCH_DELAY)  # the initiator switches and deletes the old pair
+    (current,) = p.i.children
+    p.i.rekey_child(current, 2.0)
+    p.pump()
+    assert p.r.state == "established" and p.i.state == "established", (p.r.last_error, p.i.last_error)
+    assert len(_quick(p, "r>i")) == 3 and p.r.dropped == 0, p.r.last_error
+    # both ends hold the same pairs: the lost QM3's SA (installed at QM2) and the newest
+    assert len(first) == 1 and first[0].spi_in in p.r.children
+    assert {c.spi_out for c in p.i.children.values()} == set(p.r.children) and len(p.r.children) == 2
