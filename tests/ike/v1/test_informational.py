@@ -369,7 +369,7 @@ def test_a_lost_qm3_does_not_block_the_next_quick_mode():
     """QM3 is never retransmitted by its sender; a responder that waited for it would refuse every later quick
     mode of the ISAKMP SA (the next rekey). The next quick mode is answered, and the SA the lost QM3's rekey
     installed at QM2 stays until the peer's DELETE."""
-    p, ci, cr = _up()
+    p, ci, _cr = _up()
 
     def lose_qm3(direction, d):
         return direction == "i>r" and len(_quick(p, "r>i")) == 2 and d == _quick(p, "i>r")[-1]
