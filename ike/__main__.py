@@ -28,6 +28,7 @@ import errno
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -322,10 +323,23 @@ def _run_daemon(args: argparse.Namespace) -> int:
     return asyncio.run(serve())
 
 
+class OneLineFormatter(logging.Formatter):
+    """Peers' text reaches log lines (identities, certificate subjects, notify data): a newline or terminal escape
+    in it could forge a line of its own or rewrite the operator's terminal, so control characters in the
+    message are written as ``\\xNN`` (tracebacks, which are ours, keep their lines)."""
+
+    _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = self._CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", record.message)
+        return super().formatMessage(record)
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname).1s [%(name)s] %(message)s",
-                        datefmt="%H:%M:%S")
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname).1s [%(name)s] %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def build_parser() -> argparse.ArgumentParser:

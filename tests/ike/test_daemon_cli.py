@@ -321,3 +321,20 @@ def test_sd_notify_abstract_and_unreachable_sockets() -> None:
         assert s.recv(100) == b"READY=1\nSTATUS=x"
     assert not sd_notify("/nonexistent/notify.sock", "READY=1")
     assert not sd_notify(None, "READY=1")
+
+
+def test_daemon_log_lines_escape_control_characters_from_peers():
+    """The daemon's logging (``python -m ike``'s setup): a peer identity carrying a newline and a terminal escape
+    stays on its line, its control characters written as \\xNN; a traceback keeps its own lines."""
+    import subprocess
+    import sys
+    code = ("import logging; from ike.__main__ import _setup_logging; _setup_logging(0)\n"
+            "log = logging.getLogger('ike.v1')\n"
+            "log.warning('peer identity %s is not the configured one', 'evil.test\\nE [ike] forged\\x1b[2J')\n"
+            "try:\n    1 / 0\nexcept ZeroDivisionError:\n    log.exception('ours')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 0 and "forged" in lines[0], r.stderr
+    assert lines[0].endswith("peer identity evil.test\\x0aE [ike] forged\\x1b[2J is not the configured one")
+    assert not any(line.startswith("E [ike] forged") for line in lines)
+    assert "Traceback (most recent call last):" in lines and lines[-1].startswith("ZeroDivisionError")
