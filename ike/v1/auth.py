@@ -37,6 +37,7 @@ from . import keymat as km
 from .message import Exchange, Payload, PayloadType, push_chain
 
 __all__ = [
+    "AUTH_NOTIFIES",
     "AUTH_PSK",
     "AUTH_RSA_SIG",
     "ECDSA_METHODS",
@@ -69,6 +70,8 @@ AUTHENTICATION_FAILED, INVALID_SIGNATURE = 24, 25
 NOTIFY_NAMES = {14: "NO-PROPOSAL-CHOSEN", 16: "PAYLOAD-MALFORMED", 18: "INVALID-ID-INFORMATION",
                 19: "INVALID-CERT-ENCODING", 20: "INVALID-CERTIFICATE", 22: "INVALID-CERT-AUTHORITY",
                 23: "INVALID-HASH-INFORMATION", 24: "AUTHENTICATION-FAILED", 25: "INVALID-SIGNATURE"}
+#: the notifies that say the peer did not accept our authentication (identity, certificate, hash, signature)
+AUTH_NOTIFIES = frozenset({18, 19, 20, 22, 23, 24, 25})
 #: a certificate request names at most this many CAs (a bound on what we build from configuration)
 MAX_CERTREQ = 16
 DOI_IPSEC, PROTO_ISAKMP = 1, 1

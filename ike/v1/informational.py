@@ -43,6 +43,10 @@ DPD_VID = bytes.fromhex("afcad71368a1f1c96b8696fc77570100")
 MAX_SEEN_MIDS = 256
 
 
+#: RFC 2408 3.14.1: notify types below this are errors (8192-16383 reserved, 16384 up status)
+ERROR_NOTIFY_END = 8192
+
+
 class NotifyType:
     INVALID_PAYLOAD_TYPE = 1
     NO_PROPOSAL_CHOSEN = 14
@@ -296,6 +300,11 @@ class InformationalMixin:
                                                        self.cky_i, self.cky_r, self.config.remote_addr))
         elif n.type == NotifyType.RESPONDER_LIFETIME and n.protocol == PROTO_ISAKMP:
             self._honour_ike_lifetime(n, now)  # type: ignore[attr-defined]
+        elif 0 < n.type < ERROR_NOTIFY_END and self.state == "qm2" and not self.children:
+            # an error while our first quick mode waits: nothing else answers aggressive mode's AM3 (the
+            # responder refuses it this way), and a refused first proposal would otherwise wait out every
+            # retransmission
+            self._refused_by_peer(n.type, "phase 1 or the first quick mode")  # type: ignore[attr-defined]
 
     def _on_delete(self, d: Delete, now: float) -> None:
         if d.protocol == PROTO_ISAKMP:

@@ -369,11 +369,17 @@ class V1Session(AggressiveMixin, LifecycleMixin):
         notify = v1auth.read_notify(self._cipher, self.keys, data)
         if notify is None:
             raise ParseError("informational exchange that does not authenticate")
+        self._refused_by_peer(notify, "main mode")
+
+    def _refused_by_peer(self, notify: int, what: str) -> None:
+        """The peer's authenticated error notify ends what we set up: an authentication error is reported as
+        AuthenticationFailed (the peer's side), any error ends the SA with it as the reason."""
         c = self.config
         why = f"peer sent {v1auth.NOTIFY_NAMES.get(notify, str(notify))}"
-        log.warning("IKEv1 %s[%d] with %s: main mode refused: %s", c.name, self.ike_id, c.remote_addr[0], why)
+        log.warning("IKEv1 %s[%d] with %s: %s refused: %s", c.name, self.ike_id, c.remote_addr[0], what, why)
         self.last_error = why
-        self._events.append(AuthenticationFailed(self.ike_id, c.name, c.remote_addr, why, False))
+        if notify in v1auth.AUTH_NOTIFIES:
+            self._events.append(AuthenticationFailed(self.ike_id, c.name, c.remote_addr, why, False))
         self.state, self._deadline, self._last = "failed", None, None
 
     def _quick_mode(self, now: float) -> None:

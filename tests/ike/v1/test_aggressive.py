@@ -131,3 +131,14 @@ def test_revoked_responder_is_refused_in_am2():
     i, _, _ = _pair({"signature": pki.auth("e"), "psk": b""}, {"signature": pki.auth("s"), "psk": b""})
     assert i.state == "failed" and "revoked" in i.last_error
     assert [type(e) for e in events(i)] == [AuthenticationFailed]
+
+
+def test_the_initiator_hears_am3_refused_and_fails_at_once():
+    """AM3 has no answer in aggressive mode: a responder that refuses it says so with an authenticated notify,
+    which ends the initiator's SA with that reason (it used to wait out its quick mode's retransmissions)."""
+    pki = V1Pki("ecdsa", revoked=("e",))
+    i, r, _ = _pair({"signature": pki.auth("e"), "psk": b""}, {"signature": pki.auth("s"), "psk": b""})
+    assert r.state == "failed"
+    assert i.state == "failed" and i.last_error == "peer sent AUTHENTICATION-FAILED", (i.state, i.last_error)
+    # phase 1 was up from its side once it sent AM3; then the refusal
+    assert [type(e).__name__ for e in events(i)] == ["Phase1Done", "AuthenticationFailed"]
