@@ -37,10 +37,10 @@ from ..events import (
 )
 from .auth import method_name
 from .daemon_events import V1KeysDerived
-from .informational import InitialContactReceived
+from .informational import InitialContactReceived, NotifyType, refusal_in_clear
 from .message import Exchange, pull_header
 from .profile import proposal_text, v1_config
-from .responder import V1Responder
+from .responder import NoProposalChosen, V1Responder
 from .session import Phase1Done, V1Session
 
 __all__ = ["V1Manager"]
@@ -185,6 +185,13 @@ class V1Manager:
             return
         try:
             session = V1Responder(vcfg, cfg.random, data, now)
+        except NoProposalChosen as exc:
+            self.stats["v1_dropped_no_proposal"] += 1
+            log.info("IKEv1 opening from %s refused with NO_PROPOSAL_CHOSEN: %s (peer %s accepts %s)", addr[0], exc,
+                     peer.name, proposal_text(peer))
+            self._outbox.append(Datagram(refusal_in_clear(data[:8], NotifyType.NO_PROPOSAL_CHOSEN), addr,
+                                         local_addr[1], local_addr[1] not in cfg.plain_ports))
+            return
         except (ParseError, ValueError) as exc:
             self.stats["v1_dropped_no_proposal"] += 1
             log.info("IKEv1 main mode from %s refused: %s", addr[0], exc)

@@ -25,13 +25,6 @@ from .message import (
     push_message,
 )
 from .session import (
-    AES_CBC,
-    HASH_IDS,
-    P1_AUTH,
-    P1_ENC,
-    P1_GROUP,
-    P1_HASH,
-    P1_KEYLEN,
     PROTO_ISAKMP,
     Phase1Done,
     V1Config,
@@ -39,7 +32,12 @@ from .session import (
     _id_body,
 )
 
-__all__ = ["V1Responder"]
+__all__ = ["NoProposalChosen", "V1Responder"]
+
+
+class NoProposalChosen(ParseError):
+    """The opening offers no transform our configuration names (another cipher, hash, group or authentication):
+    the dispatcher answers NO_PROPOSAL_CHOSEN in clear and keeps nothing."""
 
 
 def _same_identity(a: bytes, b: bytes) -> bool:
@@ -77,14 +75,12 @@ class V1Responder(V1Session):
         self.state = "r_mm3"
 
     def _choose_ike(self, sa: SaPayload) -> SaPayload:
-        c = self.config
-        want = {P1_ENC: AES_CBC, P1_KEYLEN: c.enc_key_bits, P1_HASH: HASH_IDS[c.hash], P1_AUTH: c.auth_method,
-                P1_GROUP: c.group}
+        want = self.config.ike_transform_wanted()
         for p in sa.proposals:
             for t in p.transforms:
                 if p.protocol == PROTO_ISAKMP and all(t.get(k) == v for k, v in want.items()):
                     return SaPayload(sa.doi, sa.situation, (Proposal(p.number, p.protocol, p.spi, (t,)),))
-        raise ParseError("no proposed ISAKMP transform matches the configuration")
+        raise NoProposalChosen("no proposed ISAKMP transform matches the configuration")
 
     def _receive(self, data: bytes, now: float) -> None:
         h = pull_header(data)
@@ -118,7 +114,7 @@ class V1Responder(V1Session):
         nr = self._random(32)
         skeyid = self._skeyid(ni, nr, gxy)
         self.keys = km.derive_phase1(c.hash, skeyid, gxy, self.cky_i, self.cky_r, gxi, self._dh.public,
-                                     c.enc_key_bits // 8)
+                                     c.phase1_algorithm)
         self._gxi, self._ni, self._nr = gxi, ni, nr
         self._cipher = km.Phase1Cipher(self.keys)
         self._out.append(push_message(self.cky_i, self.cky_r, Exchange.MAIN, 0, 0,
