@@ -26,7 +26,7 @@ cdef extern from "_espcrypto.h" nogil:
         pass
     enum:
         ESPC_OPENSSL, ESPC_IPSECMB
-        ESPC_GCM, ESPC_CCM, ESPC_GMAC, ESPC_CHACHA, ESPC_CBC, ESPC_CTR, ESPC_NULL
+        ESPC_GCM, ESPC_CCM, ESPC_GMAC, ESPC_CHACHA, ESPC_CBC, ESPC_CTR, ESPC_NULL, ESPC_3DES
         ESPC_I_NONE, ESPC_I_SHA1, ESPC_I_SHA256, ESPC_I_SHA384, ESPC_I_SHA512
     ctypedef struct espc_hmac:
         int digest
@@ -98,7 +98,8 @@ cdef enum:
     F_TRANSPORT = 2
 
 CIPHERS = {"aes-gcm": ESPC_GCM, "aes-ccm": ESPC_CCM, "aes-gmac": ESPC_GMAC,
-           "chacha20-poly1305": ESPC_CHACHA, "aes-cbc": ESPC_CBC, "aes-ctr": ESPC_CTR, "null": ESPC_NULL}
+           "chacha20-poly1305": ESPC_CHACHA, "aes-cbc": ESPC_CBC, "aes-ctr": ESPC_CTR, "null": ESPC_NULL,
+           "3des-cbc": ESPC_3DES}
 INTEGS = {"none": ESPC_I_NONE, "sha1_96": ESPC_I_SHA1, "sha256_128": ESPC_I_SHA256,
           "sha384_192": ESPC_I_SHA384, "sha512_256": ESPC_I_SHA512}
 
@@ -335,6 +336,8 @@ cdef class SaContext:
     cdef PyThread_type_lock lock
     cdef readonly int backend
     cdef int cipher, integ, outbound, framing, v6, esn, encap
+    cdef bint cbc                # AES-CBC or 3DES-CBC: random explicit IVs, whole cipher blocks
+    cdef int block               # the ciphertext's length is a multiple of it (1: any length)
     cdef int key_len, salt_len, iv_len, icv_len, align, tfc_pad
     cdef uint8_t salt[4]
     cdef uint32_t spi
@@ -412,6 +415,8 @@ cdef class SaContext:
             key_ok, iv_ok = len(key) == 0, iv_len == 0
         elif self.cipher == ESPC_CHACHA:
             key_ok, iv_ok = len(key) == 32, iv_len == 8
+        elif self.cipher == ESPC_3DES:
+            key_ok, iv_ok = len(key) == 24, iv_len == 8
         else:
             key_ok, iv_ok = len(key) in (16, 24, 32), iv_len == (16 if self.cipher == ESPC_CBC else 8)
         if not key_ok or not iv_ok:
@@ -430,6 +435,8 @@ cdef class SaContext:
         self.icv_len = icv_len
         if align <= 0 or align > 64 or align & (align - 1):
             raise ValueError("padding alignment must be a power of two up to 64")
+        if align < (16 if self.cipher == ESPC_CBC else 8 if self.cipher == ESPC_3DES else 1):
+            raise ValueError(f"padding alignment {align} is shorter than a {cipher} block")
         self.align = align
         self.tfc_pad = tfc_pad
         self.spi = spi
@@ -456,7 +463,9 @@ cdef class SaContext:
         self.lock = PyThread_allocate_lock()
         if self.lock == NULL:
             raise MemoryError()
-        if self.cipher == ESPC_CBC and outbound:
+        self.cbc = self.cipher == ESPC_CBC or self.cipher == ESPC_3DES
+        self.block = 16 if self.cipher == ESPC_CBC else 8 if self.cipher == ESPC_3DES else 1
+        if self.cbc and outbound:
             self.ivpool = <uint8_t *>malloc(IV_POOL)
             if self.ivpool == NULL:
                 raise MemoryError()
@@ -588,7 +597,7 @@ cdef class SaContext:
 
     cdef inline int _ct_len(self, int plen) noexcept nogil:
         """Encrypted length: body, padding and the 2-byte trailer, aligned to the cipher's block."""
-        # align is a power of two (4, or 16 for CBC): a mask, not a division, per packet.
+        # align is a power of two (4, 8 for 3DES, 16 for AES-CBC): a mask, not a division, per packet.
         return (self._body_len(plen) + 2 + self.align - 1) & ~(self.align - 1)
 
     cdef inline int _esp_len(self, int plen) noexcept nogil:
@@ -633,7 +642,7 @@ cdef class SaContext:
         elif self.seq >= 0xFFFFFFFFULL:
             self.seq_exhausted += 1
             return V_SEQ_EXHAUSTED
-        if self.cipher == ESPC_CBC and not self.have_forced_iv and not self.test_ivs and self.ivpos + 16 > IV_POOL:
+        if self.cbc and not self.have_forced_iv and not self.test_ivs and self.ivpos + self.iv_len > IV_POOL:
             if RAND_bytes(self.ivpool, IV_POOL) != 1:
                 self.unsupported += 1
                 return V_UNSUPPORTED
@@ -653,13 +662,13 @@ cdef class SaContext:
         if self.have_forced_iv:
             memcpy(iv, self.forced_iv, self.iv_len)
             self.have_forced_iv = False
-        elif self.cipher == ESPC_CBC and self.test_ivs:
-            memset(iv, 0, 8)
-            put32(iv + 8, <uint32_t>(seq >> 32))
-            put32(iv + 12, <uint32_t>seq)
-        elif self.cipher == ESPC_CBC:
-            memcpy(iv, self.ivpool + self.ivpos, 16)
-            self.ivpos += 16
+        elif self.cbc and self.test_ivs:
+            memset(iv, 0, self.iv_len - 8)
+            put32(iv + self.iv_len - 8, <uint32_t>(seq >> 32))
+            put32(iv + self.iv_len - 4, <uint32_t>seq)
+        elif self.cbc:
+            memcpy(iv, self.ivpool + self.ivpos, self.iv_len)
+            self.ivpos += self.iv_len
         elif self.iv_len == 8:
             put32(iv, <uint32_t>(seq >> 32))
             put32(iv + 4, <uint32_t>seq)
@@ -735,7 +744,7 @@ cdef class SaContext:
                 memcpy(nonce + 4, iv, 8)
                 put32(nonce + 12, 1)
                 r = espc_cipher(self.c, nonce, ct, ct, ctlen)
-            elif self.cipher == ESPC_CBC:
+            elif self.cbc:
                 r = espc_cipher(self.c, iv, ct, ct, ctlen)
             else:
                 r = 1
@@ -813,7 +822,7 @@ cdef class SaContext:
         cdef uint32_t sl, sh
         cdef uint64_t s
         ctlen = n - 8 - self.iv_len - self.icv_len
-        if ctlen < 2 or (self.cipher == ESPC_CBC and ctlen % 16 != 0):
+        if ctlen < 2 or ctlen & (self.block - 1):  # block: a power of two
             self.malformed += 1
             return V_MALFORMED
         if get32(esp) != self.spi:
@@ -896,7 +905,7 @@ cdef class SaContext:
             memcpy(nonce + 4, iv, 8)
             put32(nonce + 12, 1)
             return espc_cipher(self.c, nonce, ct, out, ctlen)
-        if self.cipher == ESPC_CBC:
+        if self.cbc:
             return espc_cipher(self.c, iv, ct, out, ctlen)
         if out != ct:
             memcpy(out, ct, ctlen)

@@ -59,7 +59,7 @@ static const uint8_t espc_pad_bytes[256] = {
     197, 198, 199, 200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216, 217, 218,
     219, 220, 221, 222, 223, 224, 225, 226, 227, 228, 229, 230, 231, 232, 233, 234, 235, 236, 237, 238, 239, 240,
     241, 242, 243, 244, 245, 246, 247, 248, 249, 250, 251, 252, 253, 254, 255, 0};
-enum { ESPC_GCM = 0, ESPC_CCM, ESPC_GMAC, ESPC_CHACHA, ESPC_CBC, ESPC_CTR, ESPC_NULL };
+enum { ESPC_GCM = 0, ESPC_CCM, ESPC_GMAC, ESPC_CHACHA, ESPC_CBC, ESPC_CTR, ESPC_NULL, ESPC_3DES };
 enum { ESPC_I_NONE = 0, ESPC_I_SHA1, ESPC_I_SHA256, ESPC_I_SHA384, ESPC_I_SHA512 };
 
 typedef struct {
@@ -221,6 +221,7 @@ static const char *espc_evp_name(int cipher, int key_len) {
             return key_len == 16 ? "AES-128-CBC" : key_len == 24 ? "AES-192-CBC" : "AES-256-CBC";
         case ESPC_CTR:
             return key_len == 16 ? "AES-128-CTR" : key_len == 24 ? "AES-192-CTR" : "AES-256-CTR";
+        case ESPC_3DES: return "DES-EDE3-CBC";  /* RFC 2451; OpenSSL 3's default provider still has it */
     }
     return NULL;
 }
@@ -447,7 +448,7 @@ static espc_ctx *espc_new(int backend, int cipher, int enc, const uint8_t *key, 
             if (!EVP_CIPHER_CTX_ctrl(c->ctx, EVP_CTRL_AEAD_SET_TAG, icv_len, NULL)) goto fail;
         }
         if (!EVP_CipherInit_ex2(c->ctx, NULL, key, NULL, enc, NULL)) goto fail;
-        if (cipher == ESPC_CBC || cipher == ESPC_CTR) EVP_CIPHER_CTX_set_padding(c->ctx, 0);
+        if (cipher == ESPC_CBC || cipher == ESPC_CTR || cipher == ESPC_3DES) EVP_CIPHER_CTX_set_padding(c->ctx, 0);
     }
     return c;
 fail:
@@ -564,7 +565,7 @@ static int espc_aead_seal2_other(espc_ctx *c, const uint8_t *nonce, const uint8_
     return 1;
 }
 
-/* Unpadded CBC or CTR over len bytes with a 16-byte IV (or counter block), in place allowed. */
+/* Unpadded CBC or CTR over len bytes with the cipher's IV (or a 16-byte counter block), in place allowed. */
 static int espc_cipher(espc_ctx *c, const uint8_t *iv, const uint8_t *in, uint8_t *out, int len) {
     int outl = 0;
 #ifdef ESPRESSO_HAVE_IPSECMB

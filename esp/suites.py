@@ -20,6 +20,7 @@ class Cipher(enum.Enum):
     CHACHA20_POLY1305 = "chacha20-poly1305"
     AES_CBC = "aes-cbc"
     AES_CTR = "aes-ctr"
+    TRIPLEDES_CBC = "3des-cbc"  # RFC 2451: legacy peers only, used where a configuration names it
     NULL = "null"
 
 
@@ -111,6 +112,7 @@ def _build() -> dict[str, Suite]:
             if integ is not Integ.NONE:  # counter mode without integrity is malleable bit by bit: not offered
                 add(Suite(f"aes{bits}ctr-{token}", Cipher.AES_CTR, k, 4, 8, integ_icv, 4, integ, 13, integ_tid))
         if integ is not Integ.NONE:
+            add(Suite(f"3des-{token}", Cipher.TRIPLEDES_CBC, 24, 0, 8, integ_icv, 8, integ, 3, integ_tid))
             add(Suite(f"null-{token}", Cipher.NULL, 0, 0, 0, integ_icv, 4, integ, 11, integ_tid))
     return out
 
@@ -128,7 +130,8 @@ def parse_suite(token: str | Suite) -> Suite:
     """A suite from a strongSwan-style ESP proposal token.
 
     AEADs are one token (``aes128gcm16``, ``chacha20poly1305``, ``aes256ccm8``, ``aes128gmac``); other ciphers
-    take an integrity algorithm after a dash (``aes256-sha256``, ``aes128ctr-sha512_256``, ``null-sha256``).
+    take an integrity algorithm after a dash (``aes256-sha256``, ``aes128ctr-sha512_256``, ``null-sha256``,
+    ``3des-sha1`` for legacy IKEv1 peers).
     ``aes128-none`` (encryption without integrity) exists only to run the RFC 3602 vectors.
     """
     if isinstance(token, Suite):
@@ -139,11 +142,11 @@ def parse_suite(token: str | Suite) -> Suite:
         return SUITES[t]
     if "-" in t:
         enc, _, integ = t.partition("-")
-        enc = {"aes128cbc": "aes128", "aes192cbc": "aes192", "aes256cbc": "aes256"}.get(enc, enc)
+        enc = {"aes128cbc": "aes128", "aes192cbc": "aes192", "aes256cbc": "aes256", "3descbc": "3des"}.get(enc, enc)
         if integ in _INTEG_TOKENS:
             name = f"{enc}-{_INTEG_TOKENS[integ].value.split('_')[0]}"
             if name in SUITES:
                 return SUITES[name]
-    if t in ("aes128", "aes192", "aes256", "aes128ctr", "aes192ctr", "aes256ctr", "null"):
+    if t in ("aes128", "aes192", "aes256", "aes128ctr", "aes192ctr", "aes256ctr", "3des", "null"):
         raise ValueError(f"ESP suite {token!r} needs an integrity algorithm, e.g. {t}-sha256")
     raise ValueError(f"unknown ESP suite {token!r}; known: {', '.join(sorted(SUITES))}")

@@ -108,7 +108,8 @@ _ENC_ALIASES = {"aes128cbc": "aes128", "aes192cbc": "aes192", "aes256cbc": "aes2
 #: The core's integrity algorithm for each HMAC family it computes (truncation is the suite's ICV length).
 _CORE_INTEG = {"none": Integ.NONE, "sha1": Integ.HMAC_SHA1_96, "sha256": Integ.HMAC_SHA256_128,
                "sha384": Integ.HMAC_SHA384_192, "sha512": Integ.HMAC_SHA512_256}
-_CORE_CIPHER = {"null": (Cipher.NULL, 11), "aes-cbc": (Cipher.AES_CBC, 12), "aes-ctr": (Cipher.AES_CTR, 13)}
+_CORE_CIPHER = {"null": (Cipher.NULL, 11), "aes-cbc": (Cipher.AES_CBC, 12), "aes-ctr": (Cipher.AES_CTR, 13),
+                "3des-cbc": (Cipher.TRIPLEDES_CBC, 3)}
 
 
 CaptureSuite = Suite | SoftSuite
@@ -183,7 +184,7 @@ def wireshark_names(suite: CaptureSuite) -> tuple[str, str]:
     if isinstance(suite, Suite):
         if suite.cipher is Cipher.AES_GCM:
             return {8: ENC_AES_GCM_8, 12: ENC_AES_GCM_12, 16: ENC_AES_GCM_16}[suite.icv_len], AUTH_NULL
-        fam = {Cipher.AES_CBC: "aes-cbc", Cipher.AES_CTR: "aes-ctr", Cipher.NULL: "null"}.get(suite.cipher)
+        fam = {v[0]: k for k, v in _CORE_CIPHER.items()}.get(suite.cipher)
         auth_fam = {v: k for k, v in _CORE_INTEG.items()}.get(suite.integ)
         klen, icv = suite.enc_keymat_len, suite.icv_len
     else:

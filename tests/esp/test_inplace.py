@@ -13,6 +13,7 @@ import struct
 
 import numpy as np
 import pytest
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, ChaCha20Poly1305
 
@@ -85,6 +86,8 @@ def _independent_open(suite_name: str, esp: bytes) -> tuple[bytes, int]:
             assert hmac.compare_digest(mac, icv), "ICV"
         if cipher == "aes-cbc":
             pt = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor().update(body)
+        elif cipher == "3des-cbc":
+            pt = Cipher(TripleDES(key), modes.CBC(iv)).decryptor().update(body)
         elif cipher == "aes-ctr":
             pt = Cipher(algorithms.AES(key), modes.CTR(salt + iv + b"\0\0\0\1")).decryptor().update(body)
         else:

@@ -85,10 +85,19 @@ def test_every_wireshark_row_is_read_and_twofish_is_skipped_with_a_reason():
 def test_the_data_planes_policy_stays_strict():
     """Capture-only rows are not suites the data plane (or IKE) can be configured with."""
     from esp.suites import SUITES, parse_suite
-    for name in ("aes128ctr-none", "3des-sha1", "aes128-md5", "null-none", "aes128-sha256_96", "des-md5"):
+    for name in ("aes128ctr-none", "3des-md5", "3des-none", "aes128-md5", "null-none", "aes128-sha256_96", "des-md5"):
         assert name not in SUITES
         with pytest.raises(ValueError):
             parse_suite(name)
+
+
+def test_a_3des_row_runs_in_the_compiled_core():
+    """3DES-CBC with an HMAC is a data-plane suite (legacy IKEv1 peers that name it), so its capture rows are
+    decrypted by the core, not the pure-Python fallback."""
+    from esp.pcap.capture_suites import is_compiled, wireshark_names, wireshark_row
+    suite = wireshark_row("TripleDES-CBC [RFC2451]", 24, "HMAC-SHA-256-128 [RFC4868]")
+    assert suite.name == "3des-sha256" and is_compiled(suite)
+    assert wireshark_names(suite) == ("TripleDES-CBC [RFC2451]", "HMAC-SHA-256-128 [RFC4868]")
 
 
 def test_legacy_ciphers_are_refused_with_a_reason_without_the_legacy_provider(tmp_path):

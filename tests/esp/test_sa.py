@@ -267,3 +267,32 @@ def test_backends_listed() -> None:
     assert available_backends("aes128ccm8") == ["openssl"]
     for suite in ("aes128gcm16", "aes128-sha256", "aes128ctr-sha1", "chacha20poly1305"):
         assert available_backends(suite)[-1] == "openssl"
+
+
+def test_3des_ciphertext_of_partial_blocks_is_malformed() -> None:
+    """RFC 2451: 3DES-CBC ciphertext is whole 8-byte blocks; a packet whose ciphertext is not is refused and
+    counted before any crypto, like AES-CBC's 16."""
+    out, inb = sa_pair("3des-sha1")
+    wire = out.encrypt(ipv4(udp(b"x" * 21)))
+    assert (len(wire) - 20 - 8 - 8 - 12) % 8 == 0  # outer IPv4, SPI/seq, IV, ICV around whole blocks
+    short = wire[:-12 - 4] + wire[-12:]  # four bytes of ciphertext fewer, ICV kept
+    short = short[:2] + struct.pack("!H", len(short)) + short[4:]
+    with pytest.raises(MalformedPacket):
+        inb.decrypt(short)
+    assert inb.counters.malformed == 1 and inb.counters.packets == 0
+    assert inb.decrypt(wire) == ipv4(udp(b"x" * 21))
+
+
+def test_3des_pads_to_its_8_byte_block() -> None:
+    out, _ = sa_pair("3des-sha256")
+    sizes = {len(out.encrypt(ipv4(udp(b"p" * n)))) for n in range(0, 24)}
+    # 20 outer + 8 SPI/seq + 8 IV + ciphertext (multiples of 8) + 16 ICV
+    assert all((n - 20 - 8 - 8 - 16) % 8 == 0 for n in sizes) and any((n - 52) % 16 == 8 for n in sizes)
+
+
+def test_a_padding_alignment_shorter_than_the_cipher_block_is_refused() -> None:
+    from esp import _core
+    for cipher, key, iv, align in (("3des-cbc", 24, 8, 4), ("aes-cbc", 16, 16, 8)):
+        with pytest.raises(ValueError, match="shorter than"):
+            _core.SaContext(cipher=cipher, integ="sha1_96", outbound=True, key=bytes(key), salt=b"",
+                            integ_key=bytes(20), iv_len=iv, icv_len=12, align=align, spi=1, framing="raw")

@@ -19,6 +19,7 @@ PAIRS = {
     "aes192-sha384": ("AES-CBC", "SHA2-384-192"), "aes128-sha512": ("AES-CBC", "SHA2-512-256"),
     "aes128ctr-sha256": ("AES-CTR", "SHA2-256-128"), "aes256ctr-sha1": ("AES-CTR", "HMAC-SHA1-96"),
     "null-sha256": ("NULL", "SHA2-256-128"),
+    "3des-sha1": ("3DES", "HMAC-SHA1-96"), "3des-sha256": ("3DES", "SHA2-256-128"),
 }
 CASES = [(s, mode, v6, esn) for s in PAIRS for mode in ("tunnel", "transport") for v6 in (False, True)
          for esn in (False, True)]
