@@ -218,7 +218,8 @@ class V1Manager:
         while (ev := s.next_event()) is not None:
             self._session_event(sa, ev, now)
         if s.state == "failed" and not sa.closed:
-            self._close(sa, "retransmit timeout" if sa.state == "CONNECTING" else "failed")
+            # the session's reason (retransmit timeout, the peer's NO_PROPOSAL_CHOSEN, an authentication failure)
+            self._close(sa, s.last_error or ("retransmit timeout" if sa.state == "CONNECTING" else "failed"))
 
     def _session_event(self, sa: _Sa, ev: IkeEvent, now: float) -> None:
         s, p = sa.session, sa.peer

@@ -14,7 +14,7 @@ from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 from ike.errors import ParseError
-from ike.events import ChildSaEstablished
+from ike.events import ChildSaEstablished, IkeSaTerminated
 from ike.v1 import keymat as km
 from ike.v1.message import Exchange, Payload, PayloadType, decode_sa, pull_message
 from ike.v1.responder import V1Responder
@@ -161,6 +161,8 @@ def test_3des_offered_to_an_aes_responder_gets_no_proposal_chosen():
     assert len(refusal.data) <= len(mm1.data)  # nothing to amplify
     a.receive_datagram(refusal.data, ("198.51.100.2", 500), ("192.0.2.1", 500), 0.1)
     assert a.list_sas() == [] and a.datagrams_to_send(0.1) == []
+    (ended,) = [ev for ev in iter(a.next_event, None) if isinstance(ev, IkeSaTerminated)]
+    assert "NO_PROPOSAL_CHOSEN" in ended.reason
 
 
 def test_a_refusal_in_clear_is_only_read_while_phase_1_waits():
