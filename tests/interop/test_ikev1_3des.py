@@ -174,3 +174,31 @@ def test_3des_offered_to_an_aes_peer_is_refused_with_no_proposal_chosen(daemon_l
     finally:
         stats = gw.stop()
     assert stats["tracebacks"] == 0, stats["stderr"][-3000:]
+
+
+def test_3des_with_a_certificate_against_charon(session_lab, tmp_path):
+    """Main mode with RSA signatures (an intermediate in CERT, CRLs) under a 3DES ISAKMP SA: the encrypted
+    messages 5 and 6 carry the certificates, so more than one 8-byte block chain is exercised."""
+    from dataclasses import replace
+
+    from tests.ike.v1.sigpki import V1Pki
+    from tests.interop.test_ikev1_certs import SCHEME, _cfg
+    from tests.interop.test_ikev1_certs import _charon as cert_charon
+
+    pki = V1Pki("rsa")
+    e, s = session_lab.pair()
+    ch = cert_charon(session_lab, tmp_path, pki, s, e, ike=IKE_3DES)
+    (sock,) = ss.netns_sockets(e.netns, [(e.outer, 500)])
+    session = V1Session(replace(_cfg(pki, e, s), enc_alg=TRIPLE_DES_CBC, enc_key_bits=192, hash="sha1"), os.urandom)
+    try:
+        events = _drive(session, sock, (s.outer, 500))
+    finally:
+        sock.close()
+    assert session.state == "established", (session.state, session.last_error, ch.tail(60))
+    assert [type(ev) for ev in events] == [Phase1Done, ChildSaEstablished]
+    log = ch.wait_for(lambda: "authentication of 'e.test'" in ch.log() and ch.log() or None,
+                      "charon verifying espresso's signature")
+    assert f"authentication of 'e.test' with {SCHEME['rsa']} successful" in log, ch.tail(60)
+    assert "3DES_CBC/HMAC_SHA1_96/PRF_HMAC_SHA1/MODP_2048" in log, ch.tail(60)
+    dumps = {label: data for label, data, _ in ss.parse_dumps(log)}
+    assert session.keys is not None and dumps["encryption key Ka"] == session.keys.enc_key
