@@ -1,7 +1,7 @@
 """3DES for IKEv1 against strongSwan charon, accepted only where a configuration names it (issue 17).
 
 Evidence: charon's openssl plugin offers 3DES_CBC; with ``ike = 3des-sha1-modp2048`` main mode establishes
-in both roles and charon's logged secrets (SKEYID, SKEYID_d/a/e, and the ESP keys of quick mode, with ESP
+in both roles, in main and aggressive mode, and charon's logged secrets (SKEYID, SKEYID_d/a/e, and the ESP keys of quick mode, with ESP
 aes128-sha256 and with ``esp = 3des-sha1``) equal espresso's for the same session; the espresso daemon and
 charon then ping each other through a 3DES tunnel (phase 1 and ESP) in both roles. A side configured for AES
 refuses 3DES the other offers, with NO_PROPOSAL_CHOSEN each way.
@@ -50,32 +50,36 @@ def daemon_lab(tmp_path: Path):
         yield lab_
 
 
-def _session_cfg(e: ss.Site, s: ss.Site, esp: str) -> V1Config:
+def _session_cfg(e: ss.Site, s: ss.Site, esp: str, aggressive: bool = False) -> V1Config:
     tdes = esp.startswith("3des")
     return V1Config("v1", PSK, "e.test", "s.test", "10.98.1.1/32", "10.98.2.1/32", (e.outer, 500), (s.outer, 500),
                     enc_alg=TRIPLE_DES_CBC, enc_key_bits=192, hash="sha1", esp_transform=ESP_3DES if tdes else ESP_AES,
                     esp_key_bits=192 if tdes else 128, esp_auth=2 if tdes else 5, pfs_group=14,
-                    natt=False)  # a bare socket on port 500, as in test_ikev1_strongswan.py
+                    aggressive=aggressive, natt=False)  # a bare socket on port 500, as in test_ikev1_strongswan.py
 
 
 def _charon(lab: ss.Lab, tmp_path: Path, site: ss.Site, peer: str, esp: str, ike: str = IKE_3DES,
-            level: int = 4) -> ss.Charon:
-    ch = _PskCharon(tmp_path / "charon", site.netns, log_levels={"ike": level, "chd": level})
+            level: int = 4, aggressive: bool = False) -> ss.Charon:
+    from tests.interop.test_ikev1_aggressive import AGGRESSIVE, AGGRESSIVE_PSK
+
+    ch = _PskCharon(tmp_path / "charon", site.netns, log_levels={"ike": level, "chd": level},
+                    settings=AGGRESSIVE_PSK if aggressive else "")
     lab.charons.append(ch)
-    ch.connections.append(_V1Conn(site.outer, peer, ike=ike, esp=esp))
+    ch.connections.append(_V1Conn(site.outer, peer, ike=ike, esp=esp, extra=AGGRESSIVE if aggressive else ""))
     ch.start()
     return ch
 
 
+@pytest.mark.parametrize("mode", ["main", "aggressive"])
 @pytest.mark.parametrize("esp", ["aes128-sha256-modp2048", "3des-sha1-modp2048"])
 @pytest.mark.parametrize("initiator", ["espresso", "strongswan"])
-def test_3des_keys_equal_charons(session_lab, tmp_path, initiator, esp):
+def test_3des_keys_equal_charons(session_lab, tmp_path, initiator, esp, mode):
     e, s = session_lab.pair()
-    ch = _charon(session_lab, tmp_path, s, e.outer, esp)
+    ch = _charon(session_lab, tmp_path, s, e.outer, esp, aggressive=mode == "aggressive")
     algs = ch.swanctl("--list-algs").stdout
     assert re.search(r"encryption:.*?3DES_CBC\[openssl\]", algs, re.DOTALL), algs
     (sock,) = ss.netns_sockets(e.netns, [(e.outer, 500)])
-    cfg = _session_cfg(e, s, esp)
+    cfg = _session_cfg(e, s, esp, aggressive=mode == "aggressive")
     if initiator == "espresso":
         session = V1Session(cfg, os.urandom)
         try:
@@ -98,6 +102,7 @@ def test_3des_keys_equal_charons(session_lab, tmp_path, initiator, esp):
 
     log = ch.wait_for(derived, "charon deriving the ESP SA for espresso's SPIs")
     assert "3DES_CBC/HMAC_SHA1_96/PRF_HMAC_SHA1/MODP_2048" in log, ch.tail(80)
+    assert ("Aggressive Mode" in log) == (mode == "aggressive"), ch.tail(80)
     dumps = {label: data for label, data, _ in ss.parse_dumps(log)}
     assert session.keys is not None and len(session.keys.enc_key) == 24 and len(session.keys.iv) == 8
     for label, ours in (("SKEYID", session.keys.skeyid), ("SKEYID_d", session.keys.skeyid_d),
