@@ -243,7 +243,8 @@ def _selectors(sec: _Section, name: str) -> tuple[TrafficSelector, ...]:
     return tuple(out)
 
 
-def _proposals(sec: _Section, name: str, protocol: int, default: Sequence[str], version: int = 2) -> tuple[str, ...]:
+def _proposals(sec: _Section, name: str, protocol: int, default: Sequence[str],
+               version: int = 2) -> tuple[str, ...]:
     """Proposal strings checked by the parser of the peer's IKE version: IKEv1's (ike.v1.profile) accepts what
     a legacy peer needs and IKEv2's refuses, 3DES where named (unset, an IKEv1 peer gets the profile's own
     defaults, so the IKEv2 ones are not checked against it)."""

@@ -105,7 +105,7 @@ class Phase1Algorithm:
     def block(self) -> int:
         return _BLOCK[self.oakley_id]
 
-    def cbc(self, key: bytes, iv: bytes) -> Cipher:  # type: ignore[type-arg]
+    def cbc(self, key: bytes, iv: bytes) -> Cipher[modes.CBC]:
         alg = TripleDES(key) if self.oakley_id == OAKLEY_3DES_CBC else algorithms.AES(key)
         return Cipher(alg, modes.CBC(iv))
 

@@ -187,8 +187,8 @@ class V1Manager:
             session = V1Responder(vcfg, cfg.random, data, now)
         except NoProposalChosen as exc:
             self.stats["v1_dropped_no_proposal"] += 1
-            log.info("IKEv1 opening from %s refused with NO_PROPOSAL_CHOSEN: %s (peer %s accepts %s)", addr[0], exc,
-                     peer.name, proposal_text(peer))
+            log.info("IKEv1 opening from %s refused with NO_PROPOSAL_CHOSEN: %s (peer %s accepts %s)", addr[0],
+                     exc, peer.name, proposal_text(peer))
             self._outbox.append(Datagram(refusal_in_clear(data[:8], NotifyType.NO_PROPOSAL_CHOSEN), addr,
                                          local_addr[1], local_addr[1] not in cfg.plain_ports))
             return

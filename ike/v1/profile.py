@@ -21,8 +21,8 @@ from .session import AES_CBC, ESP_3DES, ESP_AES, ESP_AES_GCM_16, TRIPLE_DES_CBC,
 __all__ = ["V1Proposal", "parse_v1_proposal", "problems", "proposal_text", "v1_config"]
 
 #: CBC cipher tokens -> (key bits, OAKLEY encryption algorithm, ESP transform); 3DES only when named
-_CIPHERS = {"aes128": (128, AES_CBC, ESP_AES), "aes192": (192, AES_CBC, ESP_AES), "aes256": (256, AES_CBC, ESP_AES),
-            "3des": (192, TRIPLE_DES_CBC, ESP_3DES)}
+_CIPHERS = {"aes128": (128, AES_CBC, ESP_AES), "aes192": (192, AES_CBC, ESP_AES),
+            "aes256": (256, AES_CBC, ESP_AES), "3des": (192, TRIPLE_DES_CBC, ESP_3DES)}
 #: phase-1 hash tokens (strongSwan's) -> hashlib name (ike.v1.keymat.HASHES)
 _HASHES = {"sha1": "sha1", "sha256": "sha256", "sha2_256": "sha256", "sha384": "sha384", "sha512": "sha512"}
 #: ESP integrity tokens -> IKEv1 authentication algorithm (RFC 2407 4.5; ike.v1.session.ESP_AUTH)
