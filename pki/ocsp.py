@@ -506,15 +506,15 @@ class OcspChecker:
         self._random = random
 
     def _post(self, url: str, body: bytes) -> bytes:
-        if self._transport is not None:
-            return self._transport(url, body)
         from pki.fetch import FetchError, http_post  # I/O lives in fetch.py
 
         try:
+            if self._transport is not None:  # an injected transport fails the way sockets do
+                return self._transport(url, body)
             return http_post(
                 url, body, "application/ocsp-request", timeout=self.timeout, max_size=MAX_RESPONSE_SIZE
             )
-        except FetchError as exc:
+        except (FetchError, OSError) as exc:
             raise OcspError(f"OCSP responder unreachable: {exc}") from None
 
     def check(self, cert: x509.Certificate, issuer: x509.Certificate, at: datetime) -> OcspResult:

@@ -25,7 +25,7 @@ from ..dh import create_dh
 from ..errors import IkeError, ParseError
 from . import auth as v1auth
 from . import keymat as km
-from .informational import DPD_VID
+from .informational import DPD_VID, NoProposalChosen
 from .message import (
     Exchange,
     IsakmpHeader,
@@ -120,20 +120,24 @@ class AggressiveMixin:
 
     def _r_am1_checked(self, h: IsakmpHeader, payloads: list[Payload], now: float) -> None:
         s: Any = self
-        c = s.config
-        if not c.aggressive:
+        if not any(c.aggressive for c in s._configs):
             raise ParseError("aggressive mode is not enabled for this peer (aggressive = true)")
         if h.message_id != 0 or h.cookie_r != bytes(8) or h.encrypted:
             raise ParseError("not the first message of aggressive mode")
         s._sai_b = s._one(payloads, PayloadType.SA)
-        chosen = s._choose_ike(decode_sa(s._sai_b))
+        idii = s._one(payloads, PayloadType.ID)
+        ident = v1auth.identity_of(idii)  # a DN/FQDN/address a configuration (and a certificate, in AM3) can match
+        try:
+            # the identity comes first here, so it chooses among the peers at this address with the proposal
+            chosen = s._choose_ike(decode_sa(s._sai_b), idii)
+        except NoProposalChosen:
+            raise  # no peer here takes the cipher, hash, group or authentication: the peer is told so
+        except ParseError:
+            raise ParseError(f"no peer that allows aggressive mode has remote_id {str(ident)!r:.100} and a matching "
+                             "proposal") from None
+        c = s.config
         gxi = s._one(payloads, PayloadType.KE)
         ni = _nonce(payloads, s._one)
-        idii = s._one(payloads, PayloadType.ID)
-        if c.signature is None and not _same_identity(idii, s._remote_id_body()):
-            raise ParseError("initiator's identity is not the configured remote_id")
-        if c.signature is not None:
-            v1auth.identity_of(idii)  # a DN/FQDN/address the certificate can be matched against in AM3
         s.note_vendor_ids(payloads)
         s.natt.saw_vendor_ids(payloads)
         s.cky_i, s.cky_r = h.cookie_i, s._random(8)

@@ -27,6 +27,7 @@ __all__ = [
     "Delete",
     "InformationalMixin",
     "InitialContactReceived",
+    "NoProposalChosen",
     "Notify",
     "NotifyType",
     "pull_delete",
@@ -73,6 +74,11 @@ def pull_notify(body: bytes) -> Notify:
     doi, proto, spi_size, ntype = r.u32("DOI"), r.u8("protocol"), r.u8("SPI size"), r.u16("notify type")
     spi = r.take(spi_size, "SPI")
     return Notify(proto, ntype, spi, r.take(r.remaining(), "notification data"), doi)
+
+
+class NoProposalChosen(ParseError):
+    """A phase-1 opening offers no transform a configuration here names (another cipher, hash, group or
+    authentication; 3DES where none names it): the dispatcher answers NO_PROPOSAL_CHOSEN in clear, keeps nothing."""
 
 
 def refusal_in_clear(cky_i: bytes, notify: int) -> bytes:

@@ -37,10 +37,10 @@ from ..events import (
 )
 from .auth import method_name
 from .daemon_events import V1KeysDerived
-from .informational import InitialContactReceived, NotifyType, refusal_in_clear
+from .informational import InitialContactReceived, NoProposalChosen, NotifyType, refusal_in_clear
 from .message import Exchange, pull_header
 from .profile import proposal_text, v1_config
-from .responder import NoProposalChosen, V1Responder
+from .responder import V1Responder
 from .session import Phase1Done, V1Session
 
 __all__ = ["V1Manager"]
@@ -174,21 +174,21 @@ class V1Manager:
         if not candidates:
             self.stats["v1_dropped_no_peer_config"] += 1
             return
-        peer = candidates[0]
-        local = (peer.local_addr or local_addr[0], local_addr[1])
-        vcfg = v1_config(peer, local, addr, cfg.retransmit_timeout, wall_clock=cfg.wall_clock)
-        if pull_header(data).exchange == Exchange.AGGRESSIVE and not vcfg.aggressive:
+        if pull_header(data).exchange == Exchange.AGGRESSIVE and not any(p.aggressive for p in candidates):
             # off by default: AM2 would hand anyone the PSK's hash to attack offline (ike/v1/aggressive.py)
             self.stats["v1_dropped_aggressive_not_allowed"] += 1
             log.info("IKEv1 aggressive mode from %s refused: peer %s does not allow it (aggressive = true)",
-                     addr[0], peer.name)
+                     addr[0], candidates[0].name)
             return
+        # several peers may share the address (wildcards): the responder chooses by proposal, then by identity
+        vcfgs = [v1_config(p, (p.local_addr or local_addr[0], local_addr[1]), addr, cfg.retransmit_timeout,
+                           wall_clock=cfg.wall_clock) for p in candidates]
         try:
-            session = V1Responder(vcfg, cfg.random, data, now)
+            session = V1Responder(vcfgs[0], cfg.random, data, now, alternatives=vcfgs[1:])
         except NoProposalChosen as exc:
             self.stats["v1_dropped_no_proposal"] += 1
-            log.info("IKEv1 opening from %s refused with NO_PROPOSAL_CHOSEN: %s (peer %s accepts %s)", addr[0],
-                     exc, peer.name, proposal_text(peer))
+            log.info("IKEv1 opening from %s refused with NO_PROPOSAL_CHOSEN: %s (accepted here: %s)", addr[0],
+                     exc, ", ".join(f"{p.name} {proposal_text(p)}" for p in candidates))
             self._outbox.append(Datagram(refusal_in_clear(data[:8], NotifyType.NO_PROPOSAL_CHOSEN), addr,
                                          local_addr[1], local_addr[1] not in cfg.plain_ports))
             return
@@ -196,6 +196,8 @@ class V1Manager:
             self.stats["v1_dropped_no_proposal"] += 1
             log.info("IKEv1 main mode from %s refused: %s", addr[0], exc)
             return
+        peer = self.config.peer(session.config.name)
+        local = session.config.local_addr
         sa = _Sa(self._new_id(), peer, session, local, addr, now, False, first_in=data)
         session.ike_id = sa.ike_id
         self._sas[sa.ike_id] = sa
@@ -222,6 +224,8 @@ class V1Manager:
             self._close(sa, s.last_error or ("retransmit timeout" if sa.state == "CONNECTING" else "failed"))
 
     def _session_event(self, sa: _Sa, ev: IkeEvent, now: float) -> None:
+        if isinstance(ev, Phase1Done) and ev.peer != sa.peer.name:
+            sa.peer = self.config.peer(ev.peer)  # the responder chose another peer by the initiator's identity
         s, p = sa.session, sa.peer
         child = p.children[0].name  # one quick mode per peer so far (ike.v1.profile)
         if isinstance(ev, Phase1Done):

@@ -34,7 +34,6 @@ from .message import (
     PayloadType,
     Transform,
     _pull_attributes,
-    decode_sa,
     pull_header,
     pull_message,
 )
@@ -241,9 +240,9 @@ class LifecycleMixin(InformationalMixin):
                 self._ike_rekey_at = now + life * REKEY_FRACTION
         if getattr(self.config, "initial_contact", False) and self.initiator and not self._successor_of:
             self.send_initial_contact()
-        if not self.initiator and hasattr(self, "_choose_ike"):
+        t = getattr(self, "chosen_ike", None)
+        if not self.initiator and t is not None:
             # main-mode responder: if our ISAKMP lifetime is shorter than the one we accepted, say so after MM6
-            (t,) = self._choose_ike(decode_sa(self._sai_b)).proposals[0].transforms  # type: ignore[attr-defined]
             ours = (life, getattr(self.config, "ike_life_kb", 0))
             agreed, shorter = negotiate_lifetime(transform_lifetimes(t, P1_LIFE_TYPE, P1_LIFE), ours)
             if shorter:

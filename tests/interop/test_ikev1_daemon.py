@@ -276,6 +276,13 @@ revocation = "strict"
 
 
 def _cert_gateway(tmp: Path, pki, a: ss.Site, b: ss.Site) -> IkeGateway:  # type: ignore[no-untyped-def]
+    _cert_files(tmp, pki)
+    conf = _conf_to_charon(a, b, daemon_extra=CERT_SECTIONS, auth=CERT_AUTH)
+    return IkeGateway(a.netns.name, tmp, "esp", conf)
+
+
+def _cert_files(tmp: Path, pki) -> None:  # type: ignore[no-untyped-def]
+    """What CERT_SECTIONS names: the daemon's certificate and key, the intermediate, the root and both CRLs."""
     from cryptography.hazmat.primitives import serialization
 
     e = pki.creds["e"]
@@ -285,8 +292,6 @@ def _cert_gateway(tmp: Path, pki, a: ss.Site, b: ss.Site) -> IkeGateway:  # type
     (tmp / "root.pem").write_bytes(pki.root.ca.cert.public_bytes(serialization.Encoding.PEM))
     for name, crl in zip(("root.crl", "sub.crl"), pki.crls()):
         (tmp / name).write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-    conf = _conf_to_charon(a, b, daemon_extra=CERT_SECTIONS, auth=CERT_AUTH)
-    return IkeGateway(a.netns.name, tmp, "esp", conf)
 
 
 @pytest.mark.parametrize(("initiator", "kind"), [("espresso", "ecdsa"), ("strongswan", "rsa")])
@@ -340,6 +345,53 @@ def test_espresso_daemon_ikev1_refuses_a_revoked_charon(lab, tmp_path):
         assert not r["ok"] and "revoked" in r["error"], r
         ch.wait_for(lambda: "received AUTHENTICATION_FAILED" in ch.log() or None, "charon to hear the refusal")
         assert not gw.children()
+    finally:
+        stats = gw.stop()
+    assert stats["tracebacks"] == 0, stats["stderr"][-3000:]
+
+
+#: a peer before charon's, for anyone (%any), that expects another identity: the daemon must pass it over
+DECOY = """
+[peers.decoy]
+version = 1
+remote_addr = "%any"
+local_id = "e.test"
+remote_id = "x.test"
+auth = "pubkey"
+remote_auth = "pubkey"
+certificate = "e"
+ca_profiles = ["root"]
+ike_proposals = ["aes128-sha256-modp2048"]
+
+[peers.decoy.children.net]
+local_ts = ["10.77.0.0/24"]
+remote_ts = ["10.78.0.0/24"]
+esp_proposals = ["aes128-sha256-modp2048"]
+"""
+
+
+def test_charon_is_told_from_another_wildcard_peer_by_its_certificate_identity(lab, tmp_path):
+    """Two ``version = 1`` peers for %any with certificates, the decoy first: charon (s.test) initiates, and the
+    daemon takes its identity from main mode's fifth message to choose charon's peer, as strongSwan itself does
+    ("switching to peer config"); list-sas names it and pings cross the tunnel."""
+    from tests.ike.v1.sigpki import V1Pki
+    from tests.interop.test_ikev1_certs import _charon as cert_charon
+
+    pki = V1Pki("ecdsa")
+    a, b = lab.pair()
+    ch = cert_charon(lab, tmp_path, pki, b, a)
+    _cert_files(tmp_path, pki)
+    conf = _conf(local=a.outer, remote="%any", name="esp", peer="swan", local_id="e.test", remote_id="s.test",
+                 local_ts=f"{a.inner}/32", remote_ts=f"{b.inner}/32", encap="true", tun=unique("ev1"),
+                 daemon_extra=CERT_SECTIONS + DECOY, auth=CERT_AUTH)
+    gw = IkeGateway(a.netns.name, tmp_path, "esp", conf)
+    try:
+        _establish(gw, ch, "strongswan")
+        _charon_installed(ch)
+        p = ss.ping(a, b.inner, count=3, timeout=10)
+        assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr + ch.tail(60)
+        (sa,) = gw.control({"cmd": "list-sas"})["ike_sas"]
+        assert sa["name"] == "swan" and sa["version"] == 1 and not sa["initiator"], sa
     finally:
         stats = gw.stop()
     assert stats["tracebacks"] == 0, stats["stderr"][-3000:]

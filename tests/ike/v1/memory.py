@@ -3,7 +3,7 @@ drive them: one helper, so that every test runs the same exchange loop and recor
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ike.v1.responder import V1Responder
@@ -22,13 +22,15 @@ class Exchanged:
 
 
 def exchange(icfg: V1Config, rcfg: V1Config, rng_i: Callable[[int], bytes] = os.urandom,
-             rng_r: Callable[[int], bytes] = os.urandom, rounds: int = 4) -> Exchanged:
+             rng_r: Callable[[int], bytes] = os.urandom, rounds: int = 4,
+             alternatives: Sequence[V1Config] = ()) -> Exchanged:
     """Run phase 1 and quick mode (main or aggressive, as the configs say) for at most ``rounds`` round trips;
-    the caller asserts how far it got. Seeded ``rng_i``/``rng_r`` make the transcript replayable."""
+    the caller asserts how far it got. Seeded ``rng_i``/``rng_r`` make the transcript replayable;
+    ``alternatives`` are the responder's other peers at the initiator's address."""
     i = V1Session(icfg, rng_i)
     i.initiate(0.0)
     (first,) = i.datagrams_to_send()
-    r = V1Responder(rcfg, rng_r, first, 0.0)
+    r = V1Responder(rcfg, rng_r, first, 0.0, alternatives=alternatives)
     ex = Exchanged(i, r, [first], [first])
     for _ in range(rounds):
         for d in r.datagrams_to_send():

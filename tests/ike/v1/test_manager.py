@@ -331,3 +331,21 @@ def test_a_hostile_opening_with_our_initiator_cookie_does_not_take_over_our_sa()
     forged = push_message(cky_i, bytes(8), Exchange.MAIN, 0, 0, [Payload(PayloadType.SA, b"\x00" * 8)])
     a.receive_datagram(forged, B, A, 0.1)
     assert len(a.list_sas()) == 1 and a.list_sas()[0].initiator
+
+
+def test_a_responder_with_two_wildcard_peers_chooses_by_identity():
+    """B answers anyone (%any) as "a" (a.test) or "z" (z.test), same key: the initiator's identity in main mode's
+    fifth message chooses, and the events, the quick mode's selectors and list-sas name the peer chosen."""
+    a = VersionDispatcher(CoreConfig((_peer("b", "z.test", "b.test", A[0], B[0], "10.9.0.0/24", "10.2.0.0/24"),),
+                                     retransmit_timeout=1.0))
+    b = VersionDispatcher(CoreConfig((
+        _peer("a", "b.test", "a.test", B[0], None, "10.2.0.0/24", "10.1.0.0/24"),
+        _peer("z", "b.test", "z.test", B[0], "%any", "10.2.0.0/24", "10.9.0.0/24")), retransmit_timeout=1.0))
+    a.initiate("b", 0.0)
+    _pump(a, b, 0.0)
+    evs = _events(b)
+    ike = [e for e in evs if isinstance(e, IkeSaEstablished)]
+    child = [e for e in evs if isinstance(e, ChildSaEstablished)]
+    assert [e.peer for e in ike] == ["z"] and [e.peer for e in child] == ["z"]
+    assert str(child[0].remote_ts[0]).startswith("10.9.0.0")
+    assert [s.peer for s in b.list_sas()] == ["z"]
