@@ -133,6 +133,9 @@ class ChildConfig:
     rekey_packets: int = 0
     life_packets: int = 0
     start: bool = True  # negotiated with IKE_AUTH when the peer is initiated
+    #: the IKE version of the peer it belongs to: an IKEv1 child's proposals are checked by ike.v1.profile
+    #: (which accepts 3DES where named), as PeerConfig leaves its IKEv1 ike_proposals to it
+    version: int = 2
 
     def __post_init__(self) -> None:
         from .proposal import parse_proposals  # local: proposal -> payloads -> ident -> this module
@@ -140,7 +143,8 @@ class ChildConfig:
         if not self.esp_proposals:
             raise ConfigError(f"child {self.name}: no ESP proposals")
         try:
-            parse_proposals(self.esp_proposals, 3)
+            if self.version == 2:
+                parse_proposals(self.esp_proposals, 3)
         except ConfigError as exc:
             raise ConfigError(f"child {self.name}: esp_proposals: {exc}") from None
         if self.mode not in ("tunnel", "transport"):

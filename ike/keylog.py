@@ -66,7 +66,7 @@ _ESP_INTEG: dict[str, str] = {
 }
 _SUITE = re.compile(
     r"^(?:(?P<gcm>aes(?:128|192|256)gcm(?P<icv>8|12|16))|(?P<cbc>aes(?:128|192|256))|(?P<ctr>aes(?:128|192|256)ctr)"
-    r"|(?P<null>null))(?:-(?P<integ>sha1|sha256|sha384|sha512)(?:_\d+)?)?$")
+    r"|(?P<tdes>3des)|(?P<null>null))(?:-(?P<integ>sha1|sha256|sha384|sha512)(?:_\d+)?)?$")
 
 
 class UnsupportedByWireshark(ValueError):
@@ -112,6 +112,8 @@ def _esp_names(suite: str) -> tuple[str, str]:
         return "AES-CBC [RFC3602]", _ESP_INTEG[integ]
     if m.group("ctr"):
         return "AES-CTR [RFC3686]", _ESP_INTEG[integ]
+    if m.group("tdes"):  # an IKEv1 SA whose configuration names 3DES (RFC 2451)
+        return "TripleDES-CBC [RFC2451]", _ESP_INTEG[integ]
     return "NULL", _ESP_INTEG[integ]
 
 

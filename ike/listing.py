@@ -14,6 +14,7 @@ def _ago(seconds: Any) -> str:
 
 _SWANCTL_NAMES = {
     "aes128": "AES_CBC-128", "aes192": "AES_CBC-192", "aes256": "AES_CBC-256",
+    "3des": "3DES_CBC",
     "aes128ctr": "AES_CTR-128", "aes192ctr": "AES_CTR-192", "aes256ctr": "AES_CTR-256",
     "aes128gmac": "NULL_AES_GMAC-128", "aes192gmac": "NULL_AES_GMAC-192", "aes256gmac": "NULL_AES_GMAC-256",
     "chacha20poly1305": "CHACHA20_POLY1305-256", "null": "NULL",

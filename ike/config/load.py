@@ -47,7 +47,7 @@ from .values import (
 )
 
 
-def _child(name: str, sec: _Section) -> ChildConfig:
+def _child(name: str, sec: _Section, version: int = 2) -> ChildConfig:
     defaults = ChildConfig(name, (), ())
     rekey_time = sec.get("rekey_time", parse_duration, defaults.rekey_time)
     life_time = sec.get("life_time", parse_duration, rekey_time * 1.1 if rekey_time else defaults.life_time)
@@ -63,11 +63,12 @@ def _child(name: str, sec: _Section) -> ChildConfig:
         name=name,
         local_ts=_selectors(sec, "local_ts"),
         remote_ts=_selectors(sec, "remote_ts"),
-        esp_proposals=_proposals(sec, "esp_proposals", ProtocolId.ESP, defaults.esp_proposals),
+        esp_proposals=_proposals(sec, "esp_proposals", ProtocolId.ESP, defaults.esp_proposals, version),
         mode=sec.get("mode", _choice("tunnel", "transport"), "tunnel"),
         rekey_time=rekey_time, life_time=life_time, rekey_bytes=rekey_bytes, life_bytes=life_bytes,
         rekey_packets=rekey_packets, life_packets=life_packets,
         start=sec.get("start", _bool, True),
+        version=version,
     )
     for a in c.local_ts + c.remote_ts:
         if a.version != c.local_ts[0].version and c.mode == "transport":
@@ -209,7 +210,7 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
 
     children = {}
     for cname, csec in sec.sub("children").items():
-        children[cname] = _child(cname, csec)
+        children[cname] = _child(cname, csec, version)
     defaults = PeerConfig.__dataclass_fields__
     kwargs = dict(
         name=name,
@@ -220,7 +221,8 @@ def _peer(name: str, sec: _Section, daemon: _Section, pki: _Pki) -> tuple[PeerCo
         local_port=sec.get("local_port", _port, port),
         local_nat_port=sec.get("local_nat_port", _port, nat_port),
         remote_nat_port=sec.get("remote_nat_port", _port),
-        ike_proposals=_proposals(sec, "ike_proposals", ProtocolId.IKE, defaults["ike_proposals"].default),
+        ike_proposals=_proposals(sec, "ike_proposals", ProtocolId.IKE, defaults["ike_proposals"].default,
+                                 version),
         auth=auth,
         remote_auth=remote_auth,
         credential=credential,

@@ -243,14 +243,25 @@ def _selectors(sec: _Section, name: str) -> tuple[TrafficSelector, ...]:
     return tuple(out)
 
 
-def _proposals(sec: _Section, name: str, protocol: int, default: Sequence[str]) -> tuple[str, ...]:
+def _proposals(sec: _Section, name: str, protocol: int, default: Sequence[str],
+               version: int = 2) -> tuple[str, ...]:
+    """Proposal strings checked by the parser of the peer's IKE version: IKEv1's (ike.v1.profile) accepts what
+    a legacy peer needs and IKEv2's refuses, 3DES where named (unset, an IKEv1 peer gets the profile's own
+    defaults, so the IKEv2 ones are not checked against it)."""
     texts = sec.strings(name, default, required=False)
     if not texts:
         raise sec.error(name, "must not be empty")
+    if version == 1 and not sec.has(name):
+        return texts
     for i, t in enumerate(texts):
         try:
-            parse_proposal(t, protocol)
-        except ConfigError as exc:
+            if version == 1:
+                from ..v1.profile import parse_v1_proposal  # local: ike.v1 imports this package's users
+
+                parse_v1_proposal(t, esp=protocol == 3)
+            else:
+                parse_proposal(t, protocol)
+        except (ConfigError, ValueError) as exc:
             raise ConfigError(f"{sec.key(name)}[{i}]: {exc}") from None
     return texts
 

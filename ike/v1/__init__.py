@@ -7,6 +7,7 @@ sans-I/O session for main mode with a pre-shared key plus quick mode with option
 retransmissions and replay drops (rekey.py). Not yet: certificates, NAT-T, the daemon wiring (``version = 1``).
 """
 from .keymat import (
+                      Phase1Algorithm,
                       Phase1Cipher,
                       Phase1Keys,
                       derive_phase1,
@@ -38,6 +39,7 @@ __all__ = [
                       "Attribute",
                       "IsakmpHeader",
                       "Payload",
+                      "Phase1Algorithm",
                       "Phase1Cipher",
                       "Phase1Keys",
                       "Proposal",

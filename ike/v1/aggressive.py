@@ -25,7 +25,7 @@ from ..dh import create_dh
 from ..errors import IkeError, ParseError
 from . import auth as v1auth
 from . import keymat as km
-from .informational import DPD_VID
+from .informational import DPD_VID, NoProposalChosen
 from .message import (
     Exchange,
     IsakmpHeader,
@@ -90,7 +90,7 @@ class AggressiveMixin:
         s.natt.saw_vendor_ids(payloads)
         s.natt.check_natd(payloads, c.hash, s.cky_i, h.cookie_r, c.local_addr, c.remote_addr)
         keys = km.derive_phase1(c.hash, s._skeyid(s._ni, nr, gxy), gxy, s.cky_i, h.cookie_r, s._dh.public, gxr,
-                                c.enc_key_bits // 8)
+                                c.phase1_algorithm)
         expect = km.hash_r(keys, s._dh.public, gxr, s.cky_i, h.cookie_r, s._sai_b, idir)
         if c.signature is None:
             if not _same_identity(idir, s._remote_id_body()):
@@ -130,6 +130,8 @@ class AggressiveMixin:
         try:
             # the identity comes first here, so it chooses among the peers at this address with the proposal
             chosen = s._choose_ike(decode_sa(s._sai_b), idii)
+        except NoProposalChosen:
+            raise  # no peer here takes the cipher, hash, group or authentication: the peer is told so
         except ParseError:
             raise ParseError(f"no peer that allows aggressive mode has remote_id {str(ident)!r:.100} and a matching "
                              "proposal") from None
@@ -143,7 +145,7 @@ class AggressiveMixin:
         gxy = s._dh.shared(gxi)
         nr = s._random(32)
         s.keys = km.derive_phase1(c.hash, s._skeyid(ni, nr, gxy), gxy, s.cky_i, s.cky_r, gxi, s._dh.public,
-                                  c.enc_key_bits // 8)
+                                  c.phase1_algorithm)
         s._gxi, s._ni, s._nr, s._idii = gxi, ni, nr, idii
         s._cipher = km.Phase1Cipher(s.keys)
         idir = s._local_id_body()

@@ -19,7 +19,7 @@ from ..errors import ParseError
 from ..events import ChildSaDeleted, ChildSaEstablished, IkeEvent, IkeSaTerminated
 from ..payloads._base import Reader, need
 from . import keymat as km
-from .message import Exchange, Payload, PayloadType, pull_header, push_chain
+from .message import Exchange, Payload, PayloadType, pull_header, push_chain, push_message
 
 __all__ = [
     "DPD_VID",
@@ -27,12 +27,14 @@ __all__ = [
     "Delete",
     "InformationalMixin",
     "InitialContactReceived",
+    "NoProposalChosen",
     "Notify",
     "NotifyType",
     "pull_delete",
     "pull_notify",
     "push_delete",
     "push_notify",
+    "refusal_in_clear",
 ]
 
 DOI_IPSEC = 1
@@ -76,6 +78,19 @@ def pull_notify(body: bytes) -> Notify:
     doi, proto, spi_size, ntype = r.u32("DOI"), r.u8("protocol"), r.u8("SPI size"), r.u16("notify type")
     spi = r.take(spi_size, "SPI")
     return Notify(proto, ntype, spi, r.take(r.remaining(), "notification data"), doi)
+
+
+class NoProposalChosen(ParseError):
+    """A phase-1 opening offers no transform a configuration here names (another cipher, hash, group or
+    authentication; 3DES where none names it): the dispatcher answers NO_PROPOSAL_CHOSEN in clear, keeps nothing."""
+
+
+def refusal_in_clear(cky_i: bytes, notify: int) -> bytes:
+    """An unencrypted informational exchange answering a phase-1 opening we refuse (no keys exist yet), as
+    charon sends NO_PROPOSAL_CHOSEN: the initiator learns why at once instead of retransmitting into silence.
+    No state is kept for it, and it is smaller than any opening it answers."""
+    return push_message(cky_i, bytes(8), Exchange.INFORMATIONAL, 0, 0,
+                        [push_notify(Notify(PROTO_ISAKMP, notify, cky_i + bytes(8)))])
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..errors import ParseError
@@ -30,6 +31,9 @@ from .message import (
 
 __all__ = [
     "HASHES",
+    "OAKLEY_3DES_CBC",
+    "OAKLEY_AES_CBC",
+    "Phase1Algorithm",
     "Phase1Cipher",
     "Phase1Keys",
     "derive_phase1",
@@ -48,7 +52,9 @@ __all__ = [
 
 #: IKEv1 Hash Algorithm attribute values (RFC 2409 Appendix A, RFC 4868 for SHA-2) -> hashlib names
 HASHES = {1: "md5", 2: "sha1", 4: "sha256", 5: "sha384", 6: "sha512"}
-BLOCK = 16  # AES; the only phase-1 cipher offered so far
+#: OAKLEY encryption algorithms (RFC 2409 Appendix A; AES by RFC 3602's registration) -> block bytes
+OAKLEY_3DES_CBC, OAKLEY_AES_CBC = 5, 7
+_BLOCK = {OAKLEY_3DES_CBC: 8, OAKLEY_AES_CBC: 16}
 #: phase-2 exchanges whose IV is kept at once (a peer opening many message IDs evicts the oldest)
 MAX_PHASE2_IVS = 32
 
@@ -81,6 +87,30 @@ def expand_key(hash_name: str, skeyid_e: bytes, length: int) -> bytes:
 
 
 @dataclass(frozen=True)
+class Phase1Algorithm:
+    """The ISAKMP SA's negotiated cipher: its OAKLEY id and key bytes. Its block size sets the padding and the
+    length of every IV (RFC 2409 5.3 and Appendix B: IVs are hashes cut to the cipher's block), so AES and 3DES
+    SAs differ in more than the key."""
+    oakley_id: int = OAKLEY_AES_CBC
+    key_len: int = 16
+
+    def __post_init__(self) -> None:
+        lengths = {OAKLEY_3DES_CBC: (24,), OAKLEY_AES_CBC: (16, 24, 32)}.get(self.oakley_id)
+        if lengths is None:
+            raise ValueError(f"OAKLEY encryption algorithm {self.oakley_id} is not supported (AES-CBC 7, 3DES 5)")
+        if self.key_len not in lengths:
+            raise ValueError(f"a key of {self.key_len} bytes for OAKLEY encryption algorithm {self.oakley_id}")
+
+    @property
+    def block(self) -> int:
+        return _BLOCK[self.oakley_id]
+
+    def cbc(self, key: bytes, iv: bytes) -> Cipher[modes.CBC]:
+        alg = TripleDES(key) if self.oakley_id == OAKLEY_3DES_CBC else algorithms.AES(key)
+        return Cipher(alg, modes.CBC(iv))
+
+
+@dataclass(frozen=True)
 class Phase1Keys:
     hash_name: str
     skeyid: bytes = field(repr=False)
@@ -89,18 +119,20 @@ class Phase1Keys:
     skeyid_e: bytes = field(repr=False)
     enc_key: bytes = field(repr=False)
     iv: bytes = field(repr=False)  # the IV of the first encrypted phase-1 message
+    algorithm: Phase1Algorithm = Phase1Algorithm()
 
 
 def derive_phase1(hash_name: str, skeyid: bytes, gxy: bytes, cky_i: bytes, cky_r: bytes, gxi: bytes, gxr: bytes,
-                  key_len: int) -> Phase1Keys:
-    """SKEYID_d/a/e (RFC 2409 5), the cipher key (Appendix B) and the phase-1 IV = hash(g^xi | g^xr)."""
+                  algorithm: Phase1Algorithm) -> Phase1Keys:
+    """SKEYID_d/a/e (RFC 2409 5), the cipher key (Appendix B: SHA-1's 20-byte SKEYID_e is expanded for
+    AES-192/256 and 3DES alike) and the phase-1 IV = hash(g^xi | g^xr), cut to the cipher's block."""
     if hash_name not in HASHES.values():
         raise ValueError(f"unknown IKEv1 hash {hash_name!r}")
     d = prf(hash_name, skeyid, gxy + cky_i + cky_r + b"\x00")
     a = prf(hash_name, skeyid, d + gxy + cky_i + cky_r + b"\x01")
     e = prf(hash_name, skeyid, a + gxy + cky_i + cky_r + b"\x02")
-    iv = hashlib.new(hash_name, gxi + gxr).digest()[:BLOCK]
-    return Phase1Keys(hash_name, skeyid, d, a, e, expand_key(hash_name, e, key_len), iv)
+    iv = hashlib.new(hash_name, gxi + gxr).digest()[:algorithm.block]
+    return Phase1Keys(hash_name, skeyid, d, a, e, expand_key(hash_name, e, algorithm.key_len), iv, algorithm)
 
 
 def hash_i(k: Phase1Keys, gxi: bytes, gxr: bytes, cky_i: bytes, cky_r: bytes, sai_b: bytes, idii_b: bytes) -> bytes:
@@ -152,12 +184,14 @@ def qm_keymat(k: Phase1Keys, protocol: int, spi: bytes, ni_b: bytes, nr_b: bytes
 
 
 class Phase1Cipher:
-    """AES-CBC of ISAKMP messages under one ISAKMP SA with RFC 2409's IV rules (5.3, Appendix B): phase 1
-    (message ID 0) chains from hash(g^xi | g^xr); each phase-2/informational exchange starts from
-    hash(last phase-1 CBC block | M-ID) and chains within itself."""
+    """CBC (AES or 3DES, as negotiated) of ISAKMP messages under one ISAKMP SA with RFC 2409's IV rules (5.3,
+    Appendix B): phase 1 (message ID 0) chains from hash(g^xi | g^xr); each phase-2/informational exchange
+    starts from hash(last phase-1 CBC block | M-ID) and chains within itself; every IV is one block."""
 
     def __init__(self, keys: Phase1Keys) -> None:
         self._key = keys.enc_key
+        self._alg = keys.algorithm
+        self._block = keys.algorithm.block
         self._hash = keys.hash_name
         self._p1_iv = keys.iv
         self._ivs: OrderedDict[int, bytes] = OrderedDict()
@@ -167,7 +201,7 @@ class Phase1Cipher:
             return self._p1_iv
         iv = self._ivs.get(message_id)
         if iv is None:
-            iv = hashlib.new(self._hash, self._p1_iv + _mid(message_id)).digest()[:BLOCK]
+            iv = hashlib.new(self._hash, self._p1_iv + _mid(message_id)).digest()[:self._block]
             self._ivs[message_id] = iv
             while len(self._ivs) > MAX_PHASE2_IVS:
                 self._ivs.popitem(last=False)
@@ -175,10 +209,10 @@ class Phase1Cipher:
 
     def _advance(self, message_id: int, ciphertext: bytes) -> None:
         if message_id == 0:
-            self._p1_iv = ciphertext[-BLOCK:]
+            self._p1_iv = ciphertext[-self._block:]
         else:
             self.iv(message_id)
-            self._ivs[message_id] = ciphertext[-BLOCK:]
+            self._ivs[message_id] = ciphertext[-self._block:]
 
     def forget(self, message_id: int) -> None:
         """Drop a finished exchange's IV."""
@@ -188,9 +222,9 @@ class Phase1Cipher:
                 flags: int = 0) -> bytes:
         """The whole encrypted datagram; advances the chain (our own message is final)."""
         first, body = push_chain(payloads)
-        pad = BLOCK - (len(body) + 1) % BLOCK if (len(body) + 1) % BLOCK else 0
+        pad = -(len(body) + 1) % self._block
         body += b"\x00" * pad + bytes([pad])  # RFC 2409 5.3: zeros, then the pad count
-        enc = Cipher(algorithms.AES(self._key), modes.CBC(self.iv(message_id))).encryptor()
+        enc = self._alg.cbc(self._key, self.iv(message_id)).encryptor()
         ct = enc.update(body) + enc.finalize()
         h = IsakmpHeader(cky_i, cky_r, first, exchange, flags | Flags.ENCRYPTION, message_id, HEADER_LEN + len(ct))
         self._advance(message_id, ct)
@@ -203,9 +237,9 @@ class Phase1Cipher:
         if not h.encrypted:
             raise ParseError("message is not encrypted")
         ct = data[HEADER_LEN:]
-        if not ct or len(ct) % BLOCK:
+        if not ct or len(ct) % self._block:
             raise ParseError(f"encrypted body of {len(ct)} bytes is not whole blocks")
-        dec = Cipher(algorithms.AES(self._key), modes.CBC(self.iv(h.message_id))).decryptor()
+        dec = self._alg.cbc(self._key, self.iv(h.message_id)).decryptor()
         plain = dec.update(ct) + dec.finalize()
         return h, pull_chain(h.next_payload, plain)
 

@@ -37,7 +37,7 @@ from ..events import (
 )
 from .auth import method_name
 from .daemon_events import V1KeysDerived
-from .informational import InitialContactReceived
+from .informational import InitialContactReceived, NoProposalChosen, NotifyType, refusal_in_clear
 from .message import Exchange, pull_header
 from .profile import proposal_text, v1_config
 from .responder import V1Responder
@@ -185,6 +185,13 @@ class V1Manager:
                            wall_clock=cfg.wall_clock) for p in candidates]
         try:
             session = V1Responder(vcfgs[0], cfg.random, data, now, alternatives=vcfgs[1:])
+        except NoProposalChosen as exc:
+            self.stats["v1_dropped_no_proposal"] += 1
+            log.info("IKEv1 opening from %s refused with NO_PROPOSAL_CHOSEN: %s (accepted here: %s)", addr[0],
+                     exc, ", ".join(f"{p.name} {proposal_text(p)}" for p in candidates))
+            self._outbox.append(Datagram(refusal_in_clear(data[:8], NotifyType.NO_PROPOSAL_CHOSEN), addr,
+                                         local_addr[1], local_addr[1] not in cfg.plain_ports))
+            return
         except (ParseError, ValueError) as exc:
             self.stats["v1_dropped_no_proposal"] += 1
             log.info("IKEv1 main mode from %s refused: %s", addr[0], exc)
@@ -213,7 +220,8 @@ class V1Manager:
         while (ev := s.next_event()) is not None:
             self._session_event(sa, ev, now)
         if s.state == "failed" and not sa.closed:
-            self._close(sa, "retransmit timeout" if sa.state == "CONNECTING" else "failed")
+            # the session's reason (retransmit timeout, the peer's NO_PROPOSAL_CHOSEN, an authentication failure)
+            self._close(sa, s.last_error or ("retransmit timeout" if sa.state == "CONNECTING" else "failed"))
 
     def _session_event(self, sa: _Sa, ev: IkeEvent, now: float) -> None:
         if isinstance(ev, Phase1Done) and ev.peer != sa.peer.name:

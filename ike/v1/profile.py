@@ -4,7 +4,9 @@ Why apart from the loader and the core: the loader (ike.config) refuses an IKEv1
 the key path, before the daemon binds a socket, and the daemon's IKEv1 manager (ike.v1.manager) turns the same
 PeerConfig into the core's V1Config. Both read this one table of what IKEv1 supports here, so they cannot
 disagree. Proposals use strongSwan's syntax, as for IKEv2: ``aes128-sha256-modp2048`` (phase 1: cipher, hash,
-group) and ``aes128-sha256[-modp2048]`` (quick mode: cipher, integrity, PFS group).
+group) and ``aes128-sha256[-modp2048]`` (quick mode: cipher, integrity, PFS group). ``3des`` (and ``sha1``) are
+accepted for the legacy peers IKEv1 serves, but only where a proposal names them: the defaults are AES/SHA-256,
+and IKEv2 keeps refusing 3DES (ike.proposal).
 """
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ from collections.abc import Callable
 
 from ..core_config import ChildConfig, PeerConfig
 from . import auth as v1auth
-from .session import ESP_AES, ESP_AES_GCM_16, V1Config
+from .session import AES_CBC, ESP_3DES, ESP_AES, ESP_AES_GCM_16, TRIPLE_DES_CBC, V1Config
 
 __all__ = ["V1Proposal", "parse_v1_proposal", "problems", "proposal_text", "v1_config"]
 
-_CIPHERS = {"aes128": 128, "aes192": 192, "aes256": 256}
+#: CBC cipher tokens -> (key bits, OAKLEY encryption algorithm, ESP transform); 3DES only when named
+_CIPHERS = {"aes128": (128, AES_CBC, ESP_AES), "aes192": (192, AES_CBC, ESP_AES),
+            "aes256": (256, AES_CBC, ESP_AES), "3des": (192, TRIPLE_DES_CBC, ESP_3DES)}
 #: phase-1 hash tokens (strongSwan's) -> hashlib name (ike.v1.keymat.HASHES)
 _HASHES = {"sha1": "sha1", "sha256": "sha256", "sha2_256": "sha256", "sha384": "sha384", "sha512": "sha512"}
 #: ESP integrity tokens -> IKEv1 authentication algorithm (RFC 2407 4.5; ike.v1.session.ESP_AUTH)
@@ -37,10 +41,11 @@ DEFAULT_ESP = "aes128-sha256-modp2048"
 
 class V1Proposal:
     """One parsed proposal: cipher key bits, the hash (phase 1) or ESP auth id (quick mode, "" for AES-GCM), the
-    DH group, and the ESP transform (AES-CBC or AES-GCM-16)."""
+    DH group, the ESP transform (AES-CBC, 3DES or AES-GCM-16) and the phase-1 cipher (OAKLEY AES-CBC or 3DES)."""
 
-    def __init__(self, bits: int, hash_name: str, group: int | None, transform: int = ESP_AES) -> None:
-        self.bits, self.hash_name, self.group, self.transform = bits, hash_name, group, transform
+    def __init__(self, bits: int, hash_name: str, group: int | None, transform: int = ESP_AES,
+                 oakley: int = AES_CBC) -> None:
+        self.bits, self.hash_name, self.group, self.transform, self.oakley = bits, hash_name, group, transform, oakley
 
     @property
     def esp_auth(self) -> int:
@@ -60,12 +65,13 @@ def parse_v1_proposal(text: str, esp: bool) -> V1Proposal:
             group = _GROUPS[toks[1]]
         return V1Proposal(_ESP_AEAD[toks[0]], "", group, ESP_AES_GCM_16)
     if not toks or toks[0] not in _CIPHERS:
-        aead = " (or aes128gcm16, aes192gcm16, aes256gcm16 for ESP)" if esp else ""
-        raise ValueError(f"{text!r}: IKEv1 supports aes128, aes192 or aes256 (CBC){aead} as cipher here")
-    bits = _CIPHERS[toks[0]]
+        aead = ", or aes128gcm16, aes192gcm16, aes256gcm16 for ESP" if esp else ""
+        raise ValueError(f"{text!r}: IKEv1 supports aes128, aes192, aes256 (CBC) or 3des (only when named){aead} "
+                         "as cipher here")
+    bits, oakley, transform = _CIPHERS[toks[0]]
     hashes = _ESP_AUTH if esp else _HASHES
     if len(toks) < 2 or toks[1] not in hashes:
-        raise ValueError(f"{text!r}: IKEv1 needs a {'integrity' if esp else 'hash'} algorithm, one of "
+        raise ValueError(f"{text!r}: IKEv1 needs {'an integrity' if esp else 'a hash'} algorithm, one of "
                          f"{', '.join(sorted(hashes))}")
     group = None
     if len(toks) >= 3:
@@ -76,7 +82,7 @@ def parse_v1_proposal(text: str, esp: bool) -> V1Proposal:
         raise ValueError(f"{text!r}: one cipher, one {'integrity' if esp else 'hash'} and one group at most")
     if not esp and group is None:
         raise ValueError(f"{text!r}: phase 1 needs a DH group")
-    return V1Proposal(bits, toks[1], group)
+    return V1Proposal(bits, toks[1], group, transform, oakley)
 
 
 def _ike_text(peer: PeerConfig) -> str:
@@ -170,7 +176,8 @@ def v1_config(peer: PeerConfig, local: tuple[str, int], remote: tuple[str, int],
         name=peer.name, psk=peer.psk or b"", signature=signature_auth(peer, wall_clock),
         dpd_delay=peer.dpd_delay, initial_contact=initial_contact, local_id=peer.local_id.value, remote_id=peer.remote_id.value,
         local_ts=_cidr(c.local_ts[0]) or "", remote_ts=_cidr(c.remote_ts[0]) or "", local_addr=local,
-        remote_addr=remote, enc_key_bits=ike.bits, hash=_HASHES[ike.hash_name], group=ike.group,
+        remote_addr=remote, enc_key_bits=ike.bits, enc_alg=ike.oakley, hash=_HASHES[ike.hash_name],
+        group=ike.group,
         esp_key_bits=esp.bits, esp_auth=esp.esp_auth, esp_transform=esp.transform, pfs_group=esp.group,
         ike_lifetime=int(peer.rekey_time) or 10800, esp_lifetime=int(c.life_time) or 3600,
         retransmit_timeout=retransmit_timeout, natt=True, encap=peer.encap, aggressive=peer.aggressive,

@@ -13,7 +13,7 @@ from ..events import ChildSaEstablished
 from ..tasks.ike_auth import identities_match
 from . import auth as v1auth
 from . import keymat as km
-from .informational import DPD_VID
+from .informational import DPD_VID, NoProposalChosen
 from .message import (
     Exchange,
     Payload,
@@ -29,13 +29,6 @@ from .message import (
 )
 from .natt import NatTraversal
 from .session import (
-    AES_CBC,
-    HASH_IDS,
-    P1_AUTH,
-    P1_ENC,
-    P1_GROUP,
-    P1_HASH,
-    P1_KEYLEN,
     PROTO_ISAKMP,
     Phase1Done,
     V1Config,
@@ -100,28 +93,29 @@ class V1Responder(V1Session):
         self._deadline = None  # a responder answers retransmits; it does not retransmit on a timer
         self.state = "r_mm3"
 
-    @staticmethod
-    def _wanted(c: V1Config) -> dict[int, int]:
-        """The ISAKMP transform attributes configuration ``c`` accepts (it offers exactly one proposal)."""
-        return {P1_ENC: AES_CBC, P1_KEYLEN: c.enc_key_bits, P1_HASH: HASH_IDS[c.hash], P1_AUTH: c.auth_method,
-                P1_GROUP: c.group}
-
     def _choose_ike(self, sa: SaPayload, id_body: bytes | None = None) -> SaPayload:
         """The first configuration (``config``, then the alternatives) one of whose proposed transforms matches;
-        in aggressive mode, whose identity the initiator also names (``id_body``, sent in the first message)."""
+        in aggressive mode, whose identity the initiator also names (``id_body``, sent in the first message).
+        Raises NoProposalChosen when no configuration here accepts any proposed transform (cipher, hash, group,
+        authentication: 3DES only where one names it), ParseError when only the identity does not fit."""
+        transform_fits = False
         for c in self._configs:
-            if id_body is not None and not (c.aggressive and names_peer(c, id_body)):
-                continue
-            want = self._wanted(c)
+            want = c.ike_transform_wanted()
             for p in sa.proposals:
                 for t in p.transforms:
-                    if p.protocol == PROTO_ISAKMP and all(t.get(k) == v for k, v in want.items()):
-                        if c is not self.config:
-                            self.config = c
-                            self.natt = NatTraversal(c.natt, c.encap, self._random)
-                        self.chosen_ike = t
-                        return SaPayload(sa.doi, sa.situation, (Proposal(p.number, p.protocol, p.spi, (t,)),))
-        raise ParseError("no proposed ISAKMP transform matches the configuration")
+                    if p.protocol != PROTO_ISAKMP or not all(t.get(k) == v for k, v in want.items()):
+                        continue
+                    if id_body is not None and not (c.aggressive and names_peer(c, id_body)):
+                        transform_fits = True
+                        continue
+                    if c is not self.config:
+                        self.config = c
+                        self.natt = NatTraversal(c.natt, c.encap, self._random)
+                    self.chosen_ike = t
+                    return SaPayload(sa.doi, sa.situation, (Proposal(p.number, p.protocol, p.spi, (t,)),))
+        if transform_fits:
+            raise ParseError("no aggressive-mode peer here has the identity the initiator names")
+        raise NoProposalChosen("no proposed ISAKMP transform matches the configuration")
 
     def _choose_peer(self, id_body: bytes) -> None:
         """Main mode's fifth message names the initiator: several peers may share an address (wildcards), so the
@@ -131,7 +125,7 @@ class V1Responder(V1Session):
         if names_peer(cur, id_body):
             return
         for c in self._configs:
-            if c is not cur and names_peer(c, id_body) and self._wanted(c) == self._wanted(cur) and \
+            if c is not cur and names_peer(c, id_body) and c.ike_transform_wanted() == cur.ike_transform_wanted() and \
                     (c.signature is not None or c.psk == cur.psk):
                 self.config = c
                 return
@@ -171,7 +165,7 @@ class V1Responder(V1Session):
         nr = self._random(32)
         skeyid = self._skeyid(ni, nr, gxy)
         self.keys = km.derive_phase1(c.hash, skeyid, gxy, self.cky_i, self.cky_r, gxi, self._dh.public,
-                                     c.enc_key_bits // 8)
+                                     c.phase1_algorithm)
         self._gxi, self._ni, self._nr = gxi, ni, nr
         self._cipher = km.Phase1Cipher(self.keys)
         self._out.append(push_message(self.cky_i, self.cky_r, Exchange.MAIN, 0, 0,

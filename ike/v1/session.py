@@ -27,7 +27,7 @@ from ..events import AuthenticationFailed, ChildSaEstablished, IkeEvent
 from . import auth as v1auth
 from . import keymat as km
 from .aggressive import AggressiveMixin
-from .informational import DPD_VID
+from .informational import DPD_VID, NotifyType, pull_notify
 from .message import (
     Attribute,
     Exchange,
@@ -53,8 +53,9 @@ SIT_IDENTITY_ONLY = 1
 PROTO_ISAKMP, PROTO_ESP = 1, 3
 #: RFC 2409 Appendix A / RFC 2407 4.5 attribute numbers and values used here
 P1_ENC, P1_HASH, P1_AUTH, P1_GROUP, P1_LIFE_TYPE, P1_LIFE, P1_KEYLEN = 1, 2, 3, 4, 11, 12, 14
-AES_CBC, LIFE_SECONDS = 7, 1
-ESP_AES = 12
+AES_CBC, TRIPLE_DES_CBC, LIFE_SECONDS = km.OAKLEY_AES_CBC, km.OAKLEY_3DES_CBC, 1
+#: RFC 2407 4.4.4 ESP transform ids: ESP_3DES has no Key Length attribute (its key is 24 bytes of KEYMAT)
+ESP_3DES, ESP_AES = 3, 12
 P2_LIFE_TYPE, P2_LIFE, P2_GROUP, P2_MODE, P2_AUTH, P2_KEYLEN = 1, 2, 3, 4, 5, 6
 MODE_TUNNEL = 1
 #: ESP authentication algorithm -> (esp suite suffix, key length)
@@ -69,6 +70,8 @@ def esp_suite(transform_id: int, key_bits: int, auth: int) -> tuple[str, int, in
     if transform_id == ESP_AES_GCM_16:
         return f"aes{key_bits}gcm16", key_bits // 8 + 4, 0
     suffix, alen = ESP_AUTH[auth]
+    if transform_id == ESP_3DES:
+        return f"3des-{suffix}", 24, alen
     return f"aes{key_bits}-{suffix}", key_bits // 8, alen
 HASH_IDS = {v: k for k, v in km.HASHES.items()}
 ID_IPV4, ID_FQDN, ID_IPV4_SUBNET = 1, 2, 4
@@ -80,7 +83,8 @@ log = logging.getLogger("ike.v1")
 class V1Config:
     """One IKEv1 connection. ``local_id``/``remote_id`` are FQDNs or IPv4 addresses (as swanctl writes them);
     with ``signature`` also ``user@host`` or a DN, matched against the peer's certificate. ``signature`` set:
-    main mode authenticates with certificates (``psk`` is then unused)."""
+    main mode authenticates with certificates (``psk`` is then unused). ``enc_alg``/``esp_transform`` are AES
+    unless a configuration names 3DES (then the key-bit fields are not sent: 3DES has one key length)."""
     name: str
     psk: bytes
     local_id: str
@@ -90,11 +94,12 @@ class V1Config:
     local_addr: tuple[str, int]
     remote_addr: tuple[str, int]
     enc_key_bits: int = 128
+    enc_alg: int = AES_CBC  # or TRIPLE_DES_CBC (OAKLEY 5)
     hash: str = "sha256"
     group: int = 14
     esp_key_bits: int = 128
     esp_auth: int = 5  # 0 with an AEAD transform (no authentication algorithm attribute)
-    esp_transform: int = ESP_AES  # or ESP_AES_GCM_16
+    esp_transform: int = ESP_AES  # or ESP_AES_GCM_16, ESP_3DES
     pfs_group: int | None = 14
     ike_lifetime: int = 10800
     esp_lifetime: int = 3600
@@ -113,6 +118,32 @@ class V1Config:
     encap: bool = False
     #: open with aggressive mode (initiator) / accept it (responder); off: it exposes the PSK's hash (aggressive.py)
     aggressive: bool = False
+
+    @property
+    def phase1_algorithm(self) -> km.Phase1Algorithm:
+        """The ISAKMP SA's cipher; raises ValueError for an algorithm or key length the core does not run."""
+        return km.Phase1Algorithm(self.enc_alg, 24 if self.enc_alg == TRIPLE_DES_CBC else self.enc_key_bits // 8)
+
+    @property
+    def p1_key_length(self) -> int | None:
+        """The phase-1 Key Length attribute: AES's bits; none for 3DES (RFC 2409 Appendix A: fixed length)."""
+        return None if self.enc_alg == TRIPLE_DES_CBC else self.enc_key_bits
+
+    @property
+    def esp_key_length(self) -> int | None:
+        """The quick-mode Key Length attribute: AES's bits; none for ESP_3DES (RFC 2407 4.5)."""
+        return None if self.esp_transform == ESP_3DES else self.esp_key_bits
+
+    def ike_transform_wanted(self) -> dict[int, int | None]:
+        """The phase-1 attributes a chosen (or proposed) transform must carry, as we offer them."""
+        return {P1_ENC: self.enc_alg, P1_KEYLEN: self.p1_key_length, P1_HASH: HASH_IDS[self.hash],
+                P1_AUTH: self.auth_method, P1_GROUP: self.group}
+
+    def esp_transform_matches(self, p: Proposal, t: Transform) -> bool:
+        """An ESP proposal and transform as we offer them (cipher, key length, integrity, PFS group)."""
+        return (p.protocol == PROTO_ESP and len(p.spi) == 4 and t.transform_id == self.esp_transform
+                and t.get(P2_KEYLEN) == self.esp_key_length and t.get(P2_AUTH) == (self.esp_auth or None)
+                and t.get(P2_GROUP) == self.pfs_group)
 
     @property
     def auth_method(self) -> int:
@@ -184,7 +215,8 @@ class V1Session(AggressiveMixin, LifecycleMixin):
     # -- driver API
     def initiate(self, now: float) -> None:
         c = self.config
-        attrs = (Attribute(P1_ENC, AES_CBC), Attribute(P1_KEYLEN, c.enc_key_bits),
+        attrs = (Attribute(P1_ENC, c.enc_alg),
+                 *([Attribute(P1_KEYLEN, c.p1_key_length)] if c.p1_key_length else []),
                  Attribute(P1_HASH, HASH_IDS[c.hash]), Attribute(P1_AUTH, c.auth_method), Attribute(P1_GROUP, c.group),
                  *lifetime_attributes(c.ike_lifetime, c.ike_life_kb, P1_LIFE_TYPE, P1_LIFE))
         sa = SaPayload(DOI_IPSEC, SIT_IDENTITY_ONLY, (Proposal(1, PROTO_ISAKMP, b"", (Transform(1, 1, attrs),)),))
@@ -220,6 +252,8 @@ class V1Session(AggressiveMixin, LifecycleMixin):
             self._mm6(data, now)
         elif self.state == "mm6" and h.exchange == Exchange.INFORMATIONAL and h.encrypted and h.message_id:
             self._peer_refused(data)
+        elif self.state in ("mm2", "am2") and h.exchange == Exchange.INFORMATIONAL and not h.encrypted:
+            self._refused_in_clear(data)
         elif self.state == "qm2" and h.exchange == Exchange.QUICK and h.message_id == self._qm_mid:
             self._qm2(data, now)
         elif self.state == "established" and h.exchange == Exchange.QUICK and h.encrypted and h.message_id:
@@ -256,10 +290,7 @@ class V1Session(AggressiveMixin, LifecycleMixin):
         if len(sa.proposals) != 1 or len(sa.proposals[0].transforms) != 1:
             raise ParseError("responder must choose exactly one transform")
         t = sa.proposals[0].transforms[0]
-        c = self.config
-        want = {P1_ENC: AES_CBC, P1_KEYLEN: c.enc_key_bits, P1_HASH: HASH_IDS[c.hash], P1_AUTH: c.auth_method,
-                P1_GROUP: c.group}
-        if any(t.get(k) != v for k, v in want.items()):
+        if any(t.get(k) != v for k, v in self.config.ike_transform_wanted().items()):
             raise ParseError("responder chose a transform that was not offered")
 
     def _mm2(self, cky_r: bytes, payloads: list[Payload], now: float) -> None:
@@ -286,7 +317,7 @@ class V1Session(AggressiveMixin, LifecycleMixin):
         self.natt.check_natd(payloads, c.hash, self.cky_i, self.cky_r, c.local_addr, c.remote_addr)
         skeyid = self._skeyid(self._ni, nr, gxy)
         self.keys = km.derive_phase1(c.hash, skeyid, gxy, self.cky_i, self.cky_r, self._dh.public, gxr,
-                                     c.enc_key_bits // 8)
+                                     c.phase1_algorithm)
         self._gxr, self._nr = gxr, nr
         self._cipher = km.Phase1Cipher(self.keys)
         idii = self._local_id_body()
@@ -382,6 +413,18 @@ class V1Session(AggressiveMixin, LifecycleMixin):
             self._events.append(AuthenticationFailed(self.ike_id, c.name, c.remote_addr, why, False))
         self.state, self._deadline, self._last = "failed", None, None
 
+    def _refused_in_clear(self, data: bytes) -> None:
+        """The responder's NO_PROPOSAL_CHOSEN before any keys exist (it cannot be authenticated: only one who saw
+        our cookie can send it, and such a peer could drop our datagrams as well). Anything else is dropped."""
+        notifies = [p.body for p in pull_message(data)[1] if p.type == PayloadType.N]
+        if len(notifies) != 1 or pull_notify(notifies[0]).type != NotifyType.NO_PROPOSAL_CHOSEN:
+            raise ParseError("unencrypted informational exchange other than NO_PROPOSAL_CHOSEN")
+        c = self.config
+        why = "peer sent NO_PROPOSAL_CHOSEN: it is not configured for our phase-1 proposal"
+        log.warning("IKEv1 %s[%d] with %s: %s", c.name, self.ike_id, c.remote_addr[0], why)
+        self.last_error = why
+        self.state, self._deadline, self._last = "failed", None, None
+
     def _quick_mode(self, now: float) -> None:
         assert self._cipher is not None and self.keys is not None
         c = self.config
@@ -389,7 +432,7 @@ class V1Session(AggressiveMixin, LifecycleMixin):
         self._spi_in = self._random(4)
         attrs = [*self.esp_lifetime_attributes(), Attribute(P2_MODE, self.natt.encap_mode or MODE_TUNNEL),
                  *([Attribute(P2_AUTH, c.esp_auth)] if c.esp_auth else []),
-                 Attribute(P2_KEYLEN, c.esp_key_bits)]
+                 *([Attribute(P2_KEYLEN, c.esp_key_length)] if c.esp_key_length else [])]
         if c.pfs_group:
             attrs.append(Attribute(P2_GROUP, c.pfs_group))
         sa = SaPayload(DOI_IPSEC, SIT_IDENTITY_ONLY,
@@ -420,9 +463,7 @@ class V1Session(AggressiveMixin, LifecycleMixin):
             raise ParseError("responder must choose exactly one transform")
         p = sa.proposals[0]
         t = p.transforms[0]
-        if (p.protocol != PROTO_ESP or len(p.spi) != 4 or t.transform_id != c.esp_transform
-                or t.get(P2_KEYLEN) != c.esp_key_bits or t.get(P2_AUTH) != (c.esp_auth or None)
-                or t.get(P2_GROUP) != c.pfs_group):
+        if not c.esp_transform_matches(p, t):
             raise ParseError("responder chose an ESP transform that was not offered")
         ids = [q.body for q in payloads if q.type == PayloadType.ID]
         if ids and [_id_network(i) for i in ids] != [ipaddress.IPv4Network(c.local_ts),
@@ -466,9 +507,7 @@ class V1Session(AggressiveMixin, LifecycleMixin):
         chosen: tuple[Proposal, Transform] | None = None
         for p in sa.proposals:
             for t in p.transforms:
-                if (p.protocol == PROTO_ESP and len(p.spi) == 4 and t.transform_id == c.esp_transform
-                        and t.get(P2_KEYLEN) == c.esp_key_bits and t.get(P2_AUTH) == (c.esp_auth or None)
-                        and t.get(P2_GROUP) == c.pfs_group):
+                if c.esp_transform_matches(p, t):
                     chosen = chosen or (p, t)
         if chosen is None:
             raise ParseError("no proposed ESP transform matches the configuration")

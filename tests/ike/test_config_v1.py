@@ -76,7 +76,7 @@ def test_version_1_peer_maps_to_the_ikev1_core():
     ('fragmentation = "yes"', "", "peers.branch.fragmentation: is not available for IKEv1 (version = 1) here"),
     ('send_cert = "never"', "", "peers.branch.send_cert: is not available for IKEv1"),
     ('ike_proposals = ["aes128gcm16-prfsha256-ecp256"]', "", "peers.branch.ike_proposals[0]: 'aes128gcm16-prfsha256"),
-    ('ike_proposals = ["aes128-sha256"]', "", "peers.branch.ike_proposals[0]: proposal 'aes128-sha256': IKE proposals need a DH group"),
+    ('ike_proposals = ["aes128-sha256"]', "", "peers.branch.ike_proposals[0]: 'aes128-sha256': phase 1 needs a DH group"),
     ('ike_proposals = ["aes128-sha256-modp2048", "aes256-sha256-modp2048"]', "",
      "peers.branch.ike_proposals: IKEv1 offers one proposal here"),
     ("", 'esp_proposals = ["chacha20poly1305"]', "peers.branch.children.net.esp_proposals[0]: 'chacha20poly1305'"),
@@ -173,3 +173,54 @@ def test_swanctl_version_1_is_imported(tmp_path: Path):
     (d / "swanctl.conf").write_text(SWANCTL.replace("version = 1", "version = 2"))
     imp = import_swanctl(d / "swanctl.conf", out_dir=tmp_path)
     assert "version" not in imp.config["peers"]["branch"]
+
+
+def test_3des_is_accepted_for_ikev1_where_a_configuration_names_it():
+    """Issue 17: 3DES (and SHA-1) only where named: ``3des`` as the cipher of a version = 1 peer's phase 1
+    (OAKLEY 5) and quick mode (ESP_3DES), strongSwan syntax; the defaults stay AES/SHA-256."""
+    from ike.v1 import keymat as km
+    from ike.v1.session import ESP_3DES, esp_suite
+    cfg = parse_config(_conf('ike_proposals = ["3des-sha1-modp2048"]', 'esp_proposals = ["3des-sha1-modp2048"]'))
+    v = v1_config(cfg.core.peers[0], ("127.0.0.1", 500), ("127.0.0.2", 500), 1.0)
+    assert (v.enc_alg, v.hash, v.group) == (km.OAKLEY_3DES_CBC, "sha1", 14)
+    assert (v.esp_transform, v.esp_auth, v.pfs_group) == (ESP_3DES, 2, 14)
+    assert esp_suite(v.esp_transform, v.esp_key_bits, v.esp_auth) == ("3des-sha1", 24, 20)
+    for text, suite in (("3des-sha256", "3des-sha256"), ("3des-sha384-ecp256", "3des-sha384"),
+                        ("3des-sha512", "3des-sha512")):
+        v = v1_config(parse_config(_conf("", f'esp_proposals = ["{text}"]')).core.peers[0], ("127.0.0.1", 500),
+                      ("127.0.0.2", 500), 1.0)
+        assert esp_suite(v.esp_transform, v.esp_key_bits, v.esp_auth)[0] == suite
+        assert v.enc_alg == km.OAKLEY_AES_CBC  # phase 1 keeps its default
+    v = v1_config(parse_config(_conf()).core.peers[0], ("127.0.0.1", 500), ("127.0.0.2", 500), 1.0)
+    assert (v.enc_alg, v.esp_transform) == (km.OAKLEY_AES_CBC, 12)
+
+
+@pytest.mark.parametrize("peer,child,error", [
+    ('ike_proposals = ["des-sha1-modp2048"]', "", "peers.branch.ike_proposals[0]: 'des-sha1-modp2048': IKEv1 supports"),
+    ('ike_proposals = ["3des-modp2048"]', "", "peers.branch.ike_proposals[0]: '3des-modp2048': IKEv1 needs a hash"),
+    ("", 'esp_proposals = ["3des"]', "peers.branch.children.net.esp_proposals[0]: '3des': IKEv1 needs an integrity"),
+])
+def test_ikev1_cipher_errors_name_3des(peer, child, error):
+    with pytest.raises(ConfigError) as exc:
+        parse_config(_conf(peer, child))
+    assert str(exc.value).startswith(error), str(exc.value)
+    if "supports" in error:
+        assert "3des (only when named)" in str(exc.value)
+
+
+def test_3des_stays_refused_for_ikev2():
+    with pytest.raises(ConfigError, match="3des is weak and not supported"):
+        parse_config(_conf('ike_proposals = ["3des-sha1-modp2048"]').replace("version = 1\n", ""))
+    with pytest.raises(ConfigError, match="3des is weak and not supported"):
+        parse_config(_conf("", 'esp_proposals = ["3des-sha1"]').replace("version = 1\n", ""))
+
+
+def test_swanctl_version_1_with_3des_is_imported(tmp_path: Path):
+    d = tmp_path / "swanctl"
+    d.mkdir()
+    (d / "swanctl.conf").write_text(SWANCTL.replace("aes128-sha256-modp2048", "3des-sha1-modp2048"))
+    imp = import_swanctl(d / "swanctl.conf", out_dir=tmp_path)
+    out = tmp_path / "branch.toml"
+    out.write_text(dump_toml(imp.config))
+    (p,) = load_config(out).core.peers
+    assert p.ike_proposals == ("3des-sha1-modp2048",) and p.children[0].esp_proposals == ("3des-sha1-modp2048",)

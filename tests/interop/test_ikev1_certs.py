@@ -37,9 +37,10 @@ SCHEME = {"rsa": "RSA_EMSA_PKCS1_NULL", "ecdsa": "ECDSA_WITH_NULL"}
 _V1CertConn = partial(_V1Conn, auth="pubkey", esp="aes128-sha256-modp2048")
 
 
-def _charon(lab_: ss.Lab, tmp_path: Path, pki: V1Pki, s_site: ss.Site, e_site: ss.Site) -> ss.Charon:
+def _charon(lab_: ss.Lab, tmp_path: Path, pki: V1Pki, s_site: ss.Site, e_site: ss.Site,
+            ike: str = "aes128-sha256-modp2048") -> ss.Charon:
     """charon trusting the root, holding its own certificate and the intermediate (which it sends in CERT), with
-    the CRLs of both CAs."""
+    the CRLs of both CAs; ``ike`` its phase-1 proposal."""
     charon = ss.Charon(tmp_path / "charon", s_site.netns, log_levels={"ike": 4, "cfg": 2})
     lab_.charons.append(charon)
     charon.add_ca(pki.root.ca)
@@ -49,7 +50,7 @@ def _charon(lab_: ss.Lab, tmp_path: Path, pki: V1Pki, s_site: ss.Site, e_site: s
     crl_dir.mkdir(exist_ok=True)
     for n, crl in enumerate(pki.crls()):
         (crl_dir / f"ca{n}.crl").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-    charon.connections.append(_V1CertConn(s_site.outer, e_site.outer))
+    charon.connections.append(_V1CertConn(s_site.outer, e_site.outer, ike=ike))
     charon.start()
     return charon
 

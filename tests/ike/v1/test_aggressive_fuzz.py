@@ -12,10 +12,11 @@ from ike.errors import ParseError
 from ike.v1.responder import V1Responder
 from ike.v1.session import V1Config, V1Session
 from tests.ike.v1.memory import exchange
-from tests.ike.v1.test_session_fuzz import CFG, RCFG, SIG_CFG, SIG_RCFG, _budget, _rng
+from tests.ike.v1.test_session_fuzz import CFG, CFG_3DES, RCFG, RCFG_3DES, SIG_CFG, SIG_RCFG, _budget, _rng
 
 CFGS: dict[str, tuple[V1Config, V1Config]] = {
     "psk": (replace(CFG, aggressive=True), replace(RCFG, aggressive=True)),
+    "psk-3des": (replace(CFG_3DES, aggressive=True), replace(RCFG_3DES, aggressive=True)),
     "sig": (replace(SIG_CFG, aggressive=True), replace(SIG_RCFG, aggressive=True)),
 }
 

@@ -84,7 +84,8 @@ def test_expand_key_appendix_b():
 
 def _keys() -> km.Phase1Keys:
     skeyid = km.skeyid_psk("sha256", b"secret", b"n" * 32, b"m" * 32)
-    return km.derive_phase1("sha256", skeyid, b"\x05" * 256, CKY_I, CKY_R, b"\x01" * 256, b"\x02" * 256, 32)
+    return km.derive_phase1("sha256", skeyid, b"\x05" * 256, CKY_I, CKY_R, b"\x01" * 256, b"\x02" * 256,
+                            km.Phase1Algorithm(km.OAKLEY_AES_CBC, 32))
 
 
 def test_iv_chaining_between_two_ends():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ike.keylog import IKEV1_TABLE, ikev1_line
+from ike.v1.keymat import OAKLEY_3DES_CBC
 from ike.v1.responder import V1Responder
 from ike.v1.session import V1Config, V1Session
 from tests.ike.test_keylog import _ipv4, _pcap, _udp
@@ -16,12 +17,16 @@ from tests.support import require_tool
 
 
 @pytest.mark.interop
-def test_tshark_decrypts_ikev1_with_our_table(tmp_path: Path) -> None:
+@pytest.mark.parametrize("alg", ["aes128-sha256", "3des-sha1"])
+def test_tshark_decrypts_ikev1_with_our_table(tmp_path: Path, alg: str) -> None:
+    """The row is the cookie and the key, whatever the cipher: Wireshark takes the cipher from the SA payload
+    it sees (with 3DES, OAKLEY 5, the key is 24 bytes expanded from SHA-1's SKEYID_e by RFC 2409 Appendix B)."""
     tshark = require_tool("tshark")
+    kw = {"enc_alg": OAKLEY_3DES_CBC, "enc_key_bits": 192, "hash": "sha1"} if alg == "3des-sha1" else {}
     icfg = V1Config("v1", b"secret", "e.test", "s.test", "10.0.1.0/24", "10.0.2.0/24", ("10.9.0.1", 500),
-                    ("10.9.0.2", 500))
+                    ("10.9.0.2", 500), **kw)
     rcfg = V1Config("v1", b"secret", "s.test", "e.test", "10.0.2.0/24", "10.0.1.0/24", ("10.9.0.2", 500),
-                    ("10.9.0.1", 500))
+                    ("10.9.0.1", 500), **kw)
     i = V1Session(icfg, os.urandom)
     i.initiate(0.0)
     (mm1,) = i.datagrams_to_send()

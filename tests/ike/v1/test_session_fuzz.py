@@ -1,25 +1,30 @@
 """Nothing a peer sends raises out of the IKEv1 session: random and mutated datagrams in each initiator state.
-The session is driven to each state by scripted responder messages (MM2, MM4). Budget: ESPRESSO_FUZZ_EXAMPLES."""
+The session is driven to each state by scripted responder messages (MM2, MM4). Budget: ESPRESSO_FUZZ_EXAMPLES.
+Sessions are configured for AES-CBC/SHA-256 or, where a configuration names them, 3DES/SHA-1 (8-byte blocks)."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ike.dh import create_dh
 from ike.v1.message import Exchange, Payload, PayloadType, pull_message, push_message
-from ike.v1.session import V1Config, V1Session
+from ike.v1.session import ESP_3DES, TRIPLE_DES_CBC, V1Config, V1Session
 from tests.ike.v1.memory import exchange
 
 CFG = V1Config("v1", b"secret", "e.test", "s.test", "10.0.1.0/24", "10.0.2.0/24", ("127.0.0.1", 500),
                ("127.0.0.2", 500), group=14, pfs_group=14)
 CKY_R = b"R" * 8
+_3DES = {"enc_alg": TRIPLE_DES_CBC, "enc_key_bits": 192, "hash": "sha1", "esp_transform": ESP_3DES,
+         "esp_key_bits": 192, "esp_auth": 2}
+CFG_3DES = replace(CFG, **_3DES)
 
 
-def _session(state: str) -> tuple[V1Session, list[bytes]]:
+def _session(state: str, cfg: V1Config = CFG) -> tuple[V1Session, list[bytes]]:
     """A session in ``state`` ("mm2", "mm4" or "mm6") and the datagrams it has received so far."""
-    s = V1Session(CFG, os.urandom)
+    s = V1Session(cfg, os.urandom)
     s.initiate(0.0)
     (mm1,) = s.datagrams_to_send()
     h, (sa, *_) = pull_message(mm1)  # the SA, then vendor IDs (DPD, NAT-T)
@@ -48,15 +53,16 @@ def _budget(default: int) -> int:
 
 def test_scripted_states_are_reached():
     for state in ("mm2", "mm4", "mm6"):
-        s, _ = _session(state)
-        assert s.state == state and s.dropped == 0
+        for cfg in (CFG, CFG_3DES):
+            s, _ = _session(state, cfg)
+            assert s.state == state and s.dropped == 0
 
 
 @settings(max_examples=_budget(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(["mm2", "mm4", "mm6"]), st.binary(max_size=300), st.integers(0, 600), st.binary(max_size=6),
-       st.integers(0, 3))
-def test_nothing_raises_out_of_the_session(state, blob, cut, splice, which):
-    s, seen = _session(state)
+       st.integers(0, 3), st.sampled_from([CFG, CFG_3DES]))
+def test_nothing_raises_out_of_the_session(state, blob, cut, splice, which, cfg):
+    s, seen = _session(state, cfg)
     if seen:
         base = seen[which % len(seen)]
         mutated = base[:cut] + splice + base[cut + len(splice):]
@@ -71,6 +77,7 @@ def test_nothing_raises_out_of_the_session(state, blob, cut, splice, which):
 
 RCFG = V1Config("v1", b"secret", "s.test", "e.test", "10.0.2.0/24", "10.0.1.0/24", ("127.0.0.2", 500),
                 ("127.0.0.1", 500), group=14, pfs_group=14)
+RCFG_3DES = replace(RCFG, **_3DES)
 
 
 def _rng(seed: int):
@@ -79,39 +86,43 @@ def _rng(seed: int):
     return random.Random(seed).randbytes
 
 
-def _pair_transcript() -> list[bytes]:
+def _pair_transcript(icfg: V1Config = CFG, rcfg: V1Config = RCFG) -> list[bytes]:
     """The initiator's datagrams of one in-memory exchange (MM1, MM3, MM5, QM1, QM3), replayable into a fresh
     responder built with ``_rng(2)``."""
-    ex = exchange(CFG, RCFG, _rng(1), _rng(2))
+    ex = exchange(icfg, rcfg, _rng(1), _rng(2))
     assert ex.i.state == ex.r.state == "established" and len(ex.ins) == 5
     return ex.ins
 
 
 TRANSCRIPT = _pair_transcript()
+#: responder configuration -> the transcript it replays
+TRANSCRIPTS = {RCFG: TRANSCRIPT, RCFG_3DES: _pair_transcript(CFG_3DES, RCFG_3DES)}
 
 
 def test_transcript_replays_into_a_fresh_responder():
     from ike.v1.responder import V1Responder
-    r = V1Responder(RCFG, _rng(2), TRANSCRIPT[0], 0.0)
-    for d in TRANSCRIPT[1:]:
-        r.receive_datagram(d, 0.0)
-    assert r.state == "established" and r.dropped == 0
+    for rcfg, transcript in TRANSCRIPTS.items():
+        r = V1Responder(rcfg, _rng(2), transcript[0], 0.0)
+        for d in transcript[1:]:
+            r.receive_datagram(d, 0.0)
+        assert r.state == "established" and r.dropped == 0
 
 
 @settings(max_examples=_budget(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(1, len(TRANSCRIPT)), st.integers(0, 600), st.binary(min_size=1, max_size=6),
-       st.binary(max_size=200))
-def test_nothing_raises_out_of_the_responder_in_any_state(upto, cut, splice, blob):
+       st.binary(max_size=200), st.sampled_from([RCFG, RCFG_3DES]))
+def test_nothing_raises_out_of_the_responder_in_any_state(upto, cut, splice, blob, rcfg):
     """Replay the transcript up to a message into a fresh responder (reaching that state), then mutate it."""
     from ike.errors import ParseError
     from ike.v1.responder import V1Responder
-    base = TRANSCRIPT[upto - 1]
+    transcript = TRANSCRIPTS[rcfg]
+    base = transcript[upto - 1]
     mutated = base[:cut] + splice + base[cut + len(splice):]
     try:
-        r = V1Responder(RCFG, _rng(2), mutated if upto == 1 else TRANSCRIPT[0], 0.0)
+        r = V1Responder(rcfg, _rng(2), mutated if upto == 1 else transcript[0], 0.0)
     except ParseError:
         return  # refused before any state exists: what a dispatcher counts as a drop
-    for d in TRANSCRIPT[1:upto - 1]:
+    for d in transcript[1:upto - 1]:
         r.receive_datagram(d, 0.0)
     for d in (mutated, mutated[:24] + len(mutated).to_bytes(4, "big") + mutated[28:], blob):
         r.receive_datagram(d, 1.0)
@@ -122,8 +133,6 @@ def test_nothing_raises_out_of_the_responder_in_any_state(upto, cut, splice, blo
 # RSA signatures here are deterministic (PKCS#1 v1.5), so a transcript replays into fresh sessions exactly.
 
 def _sig_cfgs():  # type: ignore[no-untyped-def]
-    from dataclasses import replace
-
     from tests.ike.v1.sigpki import V1Pki
     pki = V1Pki("rsa")
     return replace(CFG, psk=b"", signature=pki.auth("e")), replace(RCFG, psk=b"", signature=pki.auth("s"))
@@ -229,11 +238,10 @@ def test_nothing_raises_out_of_a_signature_responder_in_any_state(upto, cut, spl
     r.handle_timer(100.0)
 
 
-def _established_pair():
+def _established_pair(tdes: bool = False):
     """An initiator and a responder with an ISAKMP SA and one ESP SA, DPD on (so probes are outstanding)."""
-    import dataclasses
-
-    ex = exchange(dataclasses.replace(CFG, dpd_delay=5.0), dataclasses.replace(RCFG, dpd_delay=5.0))
+    icfg, rcfg = (CFG_3DES, RCFG_3DES) if tdes else (CFG, RCFG)
+    ex = exchange(replace(icfg, dpd_delay=5.0), replace(rcfg, dpd_delay=5.0))
     assert ex.i.state == ex.r.state == "established"
     return ex.i, ex.r
 
@@ -242,12 +250,13 @@ def _established_pair():
 @given(st.booleans(), st.lists(st.tuples(st.sampled_from([PayloadType.N, PayloadType.D, PayloadType.SA,
                                                           PayloadType.HASH, 99]),
                                          st.binary(max_size=40)), max_size=4),
-       st.integers(0, 400), st.binary(min_size=1, max_size=4), st.sampled_from([None, 36136, 36137, 24578, 24576]))
-def test_nothing_raises_out_of_informational_handling(towards_responder, payloads, cut, splice, ntype):
+       st.integers(0, 400), st.binary(min_size=1, max_size=4), st.sampled_from([None, 36136, 36137, 24578, 24576]),
+       st.booleans())
+def test_nothing_raises_out_of_informational_handling(towards_responder, payloads, cut, splice, ntype, tdes):
     """Protected informational messages (valid HASH, so the N/D parsers and their actions run) with arbitrary
     payloads, DPD notifies with arbitrary sequence numbers, and mutations of them, into established sessions."""
     import struct
-    i, r = _established_pair()
+    i, r = _established_pair(tdes)
     sender, receiver = (i, r) if towards_responder else (r, i)
     body = [Payload(t, b) for t, b in payloads]
     if ntype is not None:
