@@ -26,7 +26,7 @@ from tests.interop.test_ikev1_strongswan import (
     _serve_while_charon_initiates,
     _V1Conn,
 )
-from tests.support import require, require_root, require_tool
+from tests.support import require_root, require_tool
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -44,10 +44,7 @@ def daemon_lab(tmp_path: Path):
     """charon and the espresso daemon with its gateway, each in a namespace (as test_ikev1_daemon.py)."""
     require_root()
     require_tool("swanctl")
-    ok, why = ss.charon_available()
-    require(ok, why)
-    with ss.Lab(tmp_path / "lab") as lab_:
-        yield lab_
+    yield from ss.charon_lab(tmp_path / "lab")
 
 
 def _session_cfg(e: ss.Site, s: ss.Site, esp: str, aggressive: bool = False) -> V1Config:

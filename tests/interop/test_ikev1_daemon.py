@@ -80,10 +80,7 @@ class _Charon(_PskCharon):
 def lab(tmp_path: Path):
     require_root()
     require_tool("swanctl")
-    ok, why = ss.charon_available()
-    require(ok, why)
-    with ss.Lab(tmp_path / "lab") as lab_:
-        yield lab_
+    yield from ss.charon_lab(tmp_path / "lab")
 
 
 def _gateway(tmp: Path, ns: str, local: str, remote: str, inner_l: str, inner_r: str, encap: bool) -> IkeGateway:

@@ -21,12 +21,18 @@ def _names(ex) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     return ex.r.config.name, evs[0].peer if evs else ""
 
 
-def test_certificates_choose_the_peer_by_the_identity_in_main_mode_5():
+def _certificates(other: str) -> tuple[V1Config, V1Config, V1Config]:
+    """The initiator f.test with its certificate, the responder's first peer (e.test) and another for ``other``,
+    all from one CA."""
     pki = V1Pki("ecdsa")
     pki.creds["f"] = pki.sub.issue("f", "f.test")
     init = _cfg("i", "f.test", "s.test", "10.0.3.0/24", "10.0.2.0/24", signature=pki.auth("f"))
     first = _cfg("alice", "s.test", "e.test", "10.0.2.0/24", "10.0.1.0/24", signature=pki.auth("s"))
-    second = _cfg("bob", "s.test", "f.test", "10.0.2.0/24", "10.0.3.0/24", signature=pki.auth("s"))
+    return init, first, _cfg("bob", "s.test", other, "10.0.2.0/24", "10.0.3.0/24", signature=pki.auth("s"))
+
+
+def test_certificates_choose_the_peer_by_the_identity_in_main_mode_5():
+    init, first, second = _certificates("f.test")
     ex = exchange(init, first, alternatives=[second])
     assert (ex.i.state, ex.r.state) == ("established", "established"), (ex.i.last_error, ex.r.last_error)
     assert _names(ex) == ("bob", "bob")
@@ -35,11 +41,7 @@ def test_certificates_choose_the_peer_by_the_identity_in_main_mode_5():
 
 
 def test_no_configuration_names_the_initiator():
-    pki = V1Pki("ecdsa")
-    pki.creds["f"] = pki.sub.issue("f", "f.test")
-    init = _cfg("i", "f.test", "s.test", "10.0.3.0/24", "10.0.2.0/24", signature=pki.auth("f"))
-    first = _cfg("alice", "s.test", "e.test", "10.0.2.0/24", "10.0.1.0/24", signature=pki.auth("s"))
-    other = _cfg("carol", "s.test", "g.test", "10.0.2.0/24", "10.0.3.0/24", signature=pki.auth("s"))
+    init, first, other = _certificates("g.test")
     ex = exchange(init, first, alternatives=[other])
     assert ex.r.state == "failed" and "is not the configured" in ex.r.last_error
     assert ex.i.state == "failed" and ex.i.last_error == "peer sent INVALID-ID-INFORMATION"
