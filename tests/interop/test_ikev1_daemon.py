@@ -106,6 +106,8 @@ def _charon_installed(ch: ss.Charon) -> None:
 
 
 def _establish(gw: IkeGateway, ch: ss.Charon, initiator: str) -> dict:
+    """The ISAKMP SA and its CHILD_SA up on both sides: the daemon's, and charon's (see _charon_installed), so
+    that a test may send traffic at once and count every packet."""
     if initiator == "espresso":
         r = gw.control({"cmd": "initiate", "ike": "swan", "timeout": 15})
         assert r["ok"] and r["state"] == "ESTABLISHED", (r, ch.tail(60))
@@ -113,6 +115,7 @@ def _establish(gw: IkeGateway, ch: ss.Charon, initiator: str) -> dict:
         r = ch.initiate("net", ike="v1", timeout=15)
         assert r.returncode == 0, r.stdout + r.stderr + ch.tail(60)
     (child,) = gw.wait(gw.children, "the CHILD_SA on the espresso side")
+    _charon_installed(ch)
     return child
 
 
@@ -132,7 +135,6 @@ def test_espresso_daemon_ikev1_with_charon_ping(lab, tmp_path, initiator):
     try:
         child = _establish(gw, ch, initiator)
         assert child["encap"] and child["suite"] == "aes128-sha256", child
-        _charon_installed(ch)
         p = ss.ping(a, b.inner, count=5, timeout=10)
         assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr + ch.tail(60)
         p = ss.ping(b, a.inner, count=3, timeout=10)
@@ -303,7 +305,6 @@ def test_espresso_daemon_ikev1_with_certificates_through_an_intermediate(lab, tm
     gw = _cert_gateway(tmp_path, pki, a, b)
     try:
         child = _establish(gw, ch, initiator)
-        _charon_installed(ch)
         p = ss.ping(a, b.inner, count=5, timeout=10)
         assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr + ch.tail(60)
         (sa,) = gw.control({"cmd": "list-sas"})["ike_sas"]
@@ -453,7 +454,6 @@ def test_ikev1_algorithms_with_charon(lab, tmp_path, ike, esp, suite):
     try:
         child = _establish(gw, ch, "espresso")
         assert child["suite"] == suite, child
-        _charon_installed(ch)
         p = ss.ping(a, b.inner, count=3, timeout=10)
         assert p.returncode == 0 and " 0% packet loss" in p.stdout, p.stdout + p.stderr + ch.tail(60)
     finally:
