@@ -274,5 +274,7 @@ def test_charon_rekeys_the_isakmp_sa_of_espresso_responder(lab, tmp_path):
         t.join(40)
         sock.close()
     assert any(second.cky_i.hex() in a for a in sas), sas
+    log = charon.log()  # the two timers apart, as _REKEY means them
+    assert "scheduling rekeying in 6s" in log and "maximum IKE_SA lifetime 9s" in log, charon.tail(60)
     assert (first.state, first.dropped, second.dropped) == ("closed", 0, 0), (first.last_error, second.last_error)
     assert [type(ev) for c, ev in events if c == first.cky_i][-1] is IkeSaTerminated
