@@ -216,7 +216,7 @@ def test_isakmp_rekey_runs_a_new_main_mode(lab, tmp_path):
 # lifetime ends. charon 5.9.8 keeps an old IKEv1 SA (REKEYING) after the new main mode until then; with
 # rekey_time alone, over_time defaults to rekey_time / 10 in whole seconds, 0 for 6 s, so charon scheduled the
 # rekey and the hard delete for the same instant ("scheduling rekeying in 6s", "maximum IKE_SA lifetime 6s")
-# and, when its delete job ran first (often under load), deleted the SA without a new main mode.
+# and, when its delete job ran first (2 of 3 full-suite runs), deleted the SA without a new main mode.
 _REKEY = "    rekey_time = 6s\n    over_time = 3s\n    rand_time = 0s\n"
 
 
