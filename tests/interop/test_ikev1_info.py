@@ -22,6 +22,7 @@ import pytest
 
 from ike.events import ChildSaDeleted, ChildSaEstablished, ChildSaRekeyed, IkeSaRekeyed, IkeSaTerminated
 from ike.v1.informational import DeadPeerDetected, InitialContactReceived
+from ike.v1.rekey import ISAKMP_DELETE_DELAY
 from ike.v1.session import V1Config, V1Session
 from tests.interop import strongswan as ss
 from tests.interop.test_ikev1_strongswan import PSK, _PskCharon, _run, _V1Conn
@@ -204,6 +205,8 @@ def test_isakmp_rekey_runs_a_new_main_mode(lab, tmp_path):
         assert [type(e) for e in ev] == [IkeSaRekeyed], (ev, session.last_error)
         new = session.cky_i.hex()
         assert new != old and ev[0].spi_i == int(new, 16) and ev[0].old_spi_i == int(old, 16)
+        # the old ISAKMP SA's DELETE leaves ISAKMP_DELETE_DELAY later (charon first moves its CHILD_SAs over)
+        assert _run(session, sock, peer, ISAKMP_DELETE_DELAY + 1.0) == [], session.last_error
         sas = charon.wait_for(lambda: (x := _ike_sas(charon)) and len(x) == 1 and x,
                               "charon to list only the new ISAKMP SA")
     assert new in sas[0] and old not in sas[0]
