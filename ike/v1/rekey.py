@@ -5,8 +5,9 @@ shorter ones answers with RESPONDER-LIFETIME (4.6.3.1) and both use the shorter.
 quick-mode initiator runs a new quick mode under the same ISAKMP SA: make-before-break, so the events come as
 ChildSaEstablished(replaces=old) -> ChildSaRekeyed -> ChildSaDeleted(old, "rekeyed") and the data plane installs
 the new pair before it removes the old one. The ISAKMP SA is rekeyed by a fresh main mode (a successor session
-with new cookies); when it authenticates the ESP SAs move to it, the old ISAKMP SA is deleted, and one
-IkeSaRekeyed says so: the session object (and ``ike_id``) stay the same for the driver.
+with new cookies); when it authenticates the ESP SAs move to it, one IkeSaRekeyed says so (the session object and
+``ike_id`` stay the same for the driver), and the old ISAKMP SA is deleted ISAKMP_DELETE_DELAY later, once the
+peer has moved its ESP SAs too.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from .message import (
 )
 
 __all__ = [
+    "ISAKMP_DELETE_DELAY",
     "REKEY_FRACTION",
     "RETRANSMITS",
     "SWITCH_DELAY",
@@ -53,6 +55,10 @@ REKEY_FRACTION = 0.9
 #: seconds between our QM3 and moving our outbound traffic to the new ESP SA: the peer installs its inbound SA
 #: when QM3 arrives (it has no acknowledgement), so packets sent at once on the new SA can beat it and be lost
 SWITCH_DELAY = 0.5
+#: seconds between a new main mode of ours (an ISAKMP rekey) and the DELETE of the old ISAKMP SA: the peer moves
+#: the ESP SAs to the new ISAKMP SA when that one is up (charon 5.9.8 in a job of its own: "detected reauth of
+#: existing IKE_SA, adopting 1 children"), and a DELETE that overtakes the move takes them down with the old SA
+ISAKMP_DELETE_DELAY = 2.0
 #: RFC 2407 4.5 SA Life Type values (quick mode); phase 1 uses the same numbers (RFC 2409 Appendix A)
 LIFE_SECONDS, LIFE_KILOBYTES = 1, 2
 P2_LIFE_TYPE, P2_LIFE = 1, 2
@@ -121,6 +127,8 @@ class LifecycleMixin(InformationalMixin):
         self._ike_rekey_at: float | None = None
         self._ike_expire_at: float | None = None
         self._successor: LifecycleMixin | None = None
+        #: (when, datagrams): the old ISAKMP SA's DELETE after a rekey, built under its keys, sent then
+        self._held_delete: tuple[float, list[bytes]] | None = None
         self.retransmits_answered = 0
 
     # -- driver API
@@ -133,7 +141,7 @@ class LifecycleMixin(InformationalMixin):
 
     def get_timer(self) -> float | None:
         times = [self._deadline, self._dpd_due, self._ike_rekey_at, self._ike_expire_at,  # type: ignore
-                 self._switch[0] if self._switch else None]
+                 self._switch[0] if self._switch else None, self._held_delete[0] if self._held_delete else None]
         times += [t for clock in self._child_clock.values() for t in clock[:2] if t]
         if self._successor is not None:
             times.append(self._successor.get_timer())
@@ -181,6 +189,8 @@ class LifecycleMixin(InformationalMixin):
             self.last_error = str(exc)
 
     def handle_timer(self, now: float) -> None:
+        if self._held_delete is not None and now >= self._held_delete[0]:
+            self._release_held_delete()
         if self._successor is not None:
             self._successor.handle_timer(now)
             self._from_successor(now)
@@ -405,10 +415,15 @@ class LifecycleMixin(InformationalMixin):
             return
         if not done:
             return
-        # the new ISAKMP SA is up: delete the old one (under its own keys), then move over
+        # the new ISAKMP SA is up: the old one's DELETE (under its own keys) leaves after ISAKMP_DELETE_DELAY, when
+        # the peer has moved the ESP SAs over; then move over
         old = (self.cky_i, self.cky_r)
         if self.alive:
+            self._release_held_delete()  # a rekey of a rekey within the delay: the older DELETE goes first
+            n = len(self._out)  # type: ignore[has-type]
             self.send_informational([push_delete(Delete(PROTO_ISAKMP, (self.cky_i + self.cky_r,)))])
+            self._held_delete = (now + ISAKMP_DELETE_DELAY, self._out[n:])  # type: ignore[has-type]
+            del self._out[n:]  # type: ignore[has-type]
         for name in ("cky_i", "cky_r", "keys", "_cipher", "_seen_mids", "_dpd_seq", "_peer_seq"):
             setattr(self, name, getattr(succ, name))
         self._dpd_outstanding, self._last, self._last_in, self._deadline = None, None, None, None
@@ -421,6 +436,16 @@ class LifecycleMixin(InformationalMixin):
                                          int.from_bytes(old[0], "big"), int.from_bytes(old[1], "big"),
                                          int.from_bytes(self.cky_i, "big"), int.from_bytes(self.cky_r, "big"),
                                          "main mode"))
+
+    def _release_held_delete(self) -> None:
+        if self._held_delete is not None:
+            self._out.extend(self._held_delete[1])  # type: ignore[has-type]
+            self._held_delete = None
+
+    def close(self, now: float) -> None:
+        """As :meth:`InformationalMixin.close`, and a held DELETE of an older ISAKMP SA goes out at once."""
+        self._release_held_delete()
+        super().close(now)
 
     def adopt_children(self, other: LifecycleMixin) -> None:
         """Take over the ESP SAs of an older ISAKMP SA with the same peer (the peer rekeyed it with a new main

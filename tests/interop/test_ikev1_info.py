@@ -22,6 +22,7 @@ import pytest
 
 from ike.events import ChildSaDeleted, ChildSaEstablished, ChildSaRekeyed, IkeSaRekeyed, IkeSaTerminated
 from ike.v1.informational import DeadPeerDetected, InitialContactReceived
+from ike.v1.rekey import ISAKMP_DELETE_DELAY
 from ike.v1.session import V1Config, V1Session
 from tests.interop import strongswan as ss
 from tests.interop.test_ikev1_strongswan import PSK, _PskCharon, _run, _V1Conn
@@ -204,6 +205,8 @@ def test_isakmp_rekey_runs_a_new_main_mode(lab, tmp_path):
         assert [type(e) for e in ev] == [IkeSaRekeyed], (ev, session.last_error)
         new = session.cky_i.hex()
         assert new != old and ev[0].spi_i == int(new, 16) and ev[0].old_spi_i == int(old, 16)
+        # the old ISAKMP SA's DELETE leaves ISAKMP_DELETE_DELAY later (charon first moves its CHILD_SAs over)
+        assert _run(session, sock, peer, ISAKMP_DELETE_DELAY + 1.0) == [], session.last_error
         sas = charon.wait_for(lambda: (x := _ike_sas(charon)) and len(x) == 1 and x,
                               "charon to list only the new ISAKMP SA")
     assert new in sas[0] and old not in sas[0]
@@ -211,16 +214,22 @@ def test_isakmp_rekey_runs_a_new_main_mode(lab, tmp_path):
     assert "received DELETE for IKE_SA v1[1]" in charon.log()
 
 
-@pytest.mark.xfail(strict=False, reason="order-dependent: passes alone and with its file, but in the full suite "
-                   "charon (its CHILD_SA uninstallable without UDP encapsulation on this bare port-500 socket) "
-                   "deletes the ISAKMP SA at rekey_time instead of starting a new main mode; not understood yet. "
-                   "The daemon path of a peer's ISAKMP rekey is tested in tests/ike/v1/test_manager.py")
+# charon's timers for its ISAKMP SA, chosen so that the two events the test waits for cannot race: a new main mode
+# at exactly rekey_time (rand_time 0: no jitter), and the DELETE of the old SA over_time later, when its hard
+# lifetime ends. charon 5.9.8 keeps an old IKEv1 SA (REKEYING) after the new main mode until then; with
+# rekey_time alone, over_time defaults to rekey_time / 10 in whole seconds, 0 for 6 s, so charon scheduled the
+# rekey and the hard delete for the same instant ("scheduling rekeying in 6s", "maximum IKE_SA lifetime 6s")
+# and, when its delete job ran first (2 of 3 full-suite runs), deleted the SA without a new main mode.
+_REKEY = "    rekey_time = 6s\n    over_time = 3s\n    rand_time = 0s\n"
+
+
 def test_charon_rekeys_the_isakmp_sa_of_espresso_responder(lab, tmp_path):
     """charon (initiator) rekeys its ISAKMP SA with a new main mode; a second V1Responder answers it (as the
     daemon's dispatcher makes one per initiator cookie) and adopts the ESP SAs (none here: charon's libipsec never
-    installs them, see the module docstring); charon then deletes the old ISAKMP SA, closing the old session."""
+    installs them, see the module docstring); charon deletes the old ISAKMP SA when its lifetime ends (over_time
+    after the rekey), closing the old session, while the new one stays."""
     from ike.v1.responder import V1Responder
-    charon, sock, cfg, peer = _setup(lab, tmp_path, "    rekey_time = 6s\n")
+    charon, sock, cfg, peer = _setup(lab, tmp_path, _REKEY)
     sessions: dict[bytes, V1Responder] = {}
     events: list = []
     stop = threading.Event()
@@ -256,15 +265,19 @@ def test_charon_rekeys_the_isakmp_sa_of_espresso_responder(lab, tmp_path):
     t.start()
     try:
         charon.swanctl("--initiate", "--child", "net", "--timeout", "10", check=False, timeout=20)
-        charon.wait_for(lambda: len(sessions) >= 2 and all(s.phase1_done for s in sessions.values())
+        # the first two sessions only: the new SA is itself rekeyed 6 s later (a third main mode, harmless here)
+        charon.wait_for(lambda: len(sessions) >= 2 and all(s.phase1_done for s in list(sessions.values())[:2])
                         and next(iter(sessions.values())).state == "closed",
                         "charon's new main mode and its DELETE of the old ISAKMP SA", timeout=20)
-        sas = charon.wait_for(lambda: (x := _ike_sas(charon)) and len(x) == 1 and x, "one ISAKMP SA at charon")
+        first, second = list(sessions.values())[:2]
+        sas = charon.wait_for(lambda: (x := _ike_sas(charon)) and not any(first.cky_i.hex() in a for a in x) and x,
+                              "charon to drop the old ISAKMP SA")
     finally:
         stop.set()
         t.join(40)
         sock.close()
-    first, second = list(sessions.values())[:2]
-    assert second.cky_i.hex() in sas[0] and first.cky_i.hex() not in sas[0]
+    assert any(second.cky_i.hex() in a for a in sas), sas
+    log = charon.log()  # the two timers apart, as _REKEY means them
+    assert "scheduling rekeying in 6s" in log and "maximum IKE_SA lifetime 9s" in log, charon.tail(60)
     assert (first.state, first.dropped, second.dropped) == ("closed", 0, 0), (first.last_error, second.last_error)
     assert [type(ev) for c, ev in events if c == first.cky_i][-1] is IkeSaTerminated

@@ -19,7 +19,7 @@ from ike.v1.informational import (
     push_notify,
 )
 from ike.v1.message import Exchange, pull_header
-from ike.v1.rekey import SWITCH_DELAY
+from ike.v1.rekey import ISAKMP_DELETE_DELAY, SWITCH_DELAY
 from ike.v1.responder import V1Responder
 from ike.v1.session import Phase1Done, V1Config, V1Session
 
@@ -270,6 +270,7 @@ def test_isakmp_rekey_runs_a_new_main_mode_and_children_survive():
     p.advance(900.0)
     new_r = p.r
     assert new_r is not old_r and new_r.phase1_done and new_r.state == "r_qm1"
+    p.advance(900.0 + ISAKMP_DELETE_DELAY)  # the old SA's DELETE (see the test below)
     ei = events(p.i)
     assert [type(e) for e in ei] == [IkeSaRekeyed], ei
     assert ei[0].old_spi_i == int.from_bytes(old_cookies[0], "big") and ei[0].spi_i == int.from_bytes(p.i.cky_i, "big")
@@ -282,6 +283,37 @@ def test_isakmp_rekey_runs_a_new_main_mode_and_children_survive():
     assert [(type(e), e.spi_in) for e in events(new_r) if isinstance(e, ChildSaDeleted)] == \
         [(ChildSaDeleted, cr.spi_in)]
     assert p.i.dropped == new_r.dropped == 0
+
+
+def test_isakmp_rekey_holds_the_old_sas_delete_until_the_peer_can_have_moved_its_esp_sas():
+    """charon 5.9.8 moves the ESP SAs to a new ISAKMP SA in a job of its own after main mode ("detected reauth of
+    existing IKE_SA, adopting 1 children"); a DELETE of the old ISAKMP SA that overtakes that job takes the ESP SAs
+    down with the old SA (seen in tests/interop/test_ikev1_daemon.py: pings lost 100 % after our ISAKMP rekey).
+    So the old SA's DELETE, built under its keys when the new main mode is done, leaves ISAKMP_DELETE_DELAY later."""
+    p, ci, cr = _up(dataclasses.replace(I_CFG, ike_lifetime=1000))
+    old_r = p.r
+    p.advance(900.0)
+    new_r = p.r
+    assert new_r is not old_r and [type(e) for e in events(p.i)] == [IkeSaRekeyed]
+    assert old_r.state == "established" and events(old_r) == []  # no DELETE yet: the peer is still moving
+    assert p.i.get_timer() == 900.0 + ISAKMP_DELETE_DELAY
+    p.advance(900.0 + ISAKMP_DELETE_DELAY - 0.01)
+    assert old_r.state == "established"
+    p.advance(900.0 + ISAKMP_DELETE_DELAY)
+    assert old_r.state == "closed" and [type(e) for e in events(old_r)] == [IkeSaTerminated]
+    assert list(new_r.children) == [cr.spi_in] and list(p.i.children) == [ci.spi_in]
+    assert p.i.dropped == new_r.dropped == old_r.dropped == 0
+
+
+def test_close_sends_a_held_isakmp_delete_at_once():
+    """An operator's terminate right after an ISAKMP rekey: the old SA's held DELETE goes out with the new one's."""
+    p, _ci, _cr = _up(dataclasses.replace(I_CFG, ike_lifetime=1000))
+    old_r = p.r
+    p.advance(900.0)
+    new_r = p.r
+    p.i.close(900.5)
+    p.pump()
+    assert old_r.state == new_r.state == "closed" and p.i._held_delete is None
 
 
 def test_codecs_round_trip():

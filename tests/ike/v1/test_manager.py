@@ -20,7 +20,7 @@ from ike.events import (
     IkeSaTerminated,
 )
 from ike.v1.adapter import VersionDispatcher
-from ike.v1.rekey import SWITCH_DELAY
+from ike.v1.rekey import ISAKMP_DELETE_DELAY, SWITCH_DELAY
 from ike.v1.message import Exchange, Payload, PayloadType, push_message
 
 A, B = ("192.0.2.1", 500), ("198.51.100.2", 500)
@@ -224,6 +224,9 @@ def test_commands_reach_the_peer_rekey_soft_expiry_delete_and_terminate():
     _pump(a, b, 4.0)
     assert "IkeSaRekeyed" in [type(e).__name__ for e in _events(a)]
     assert len(a.list_sas()) == 1 and a.list_sas()[0].ike_id == ike_id
+    assert len(b.list_sas()) == 2  # the old ISAKMP SA's DELETE waits for the peer to move its ESP SAs
+    a.handle_timer(4.0 + ISAKMP_DELETE_DELAY)
+    _pump(a, b, 4.0 + ISAKMP_DELETE_DELAY)
     _events(b)
     assert len(b.list_sas()) == 1  # the old ISAKMP SA went on our DELETE
     a.terminate(ike_id, 5.0)
