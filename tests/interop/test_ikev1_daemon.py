@@ -479,13 +479,16 @@ def test_charon_rekeys_the_esp_sas_with_a_quick_mode_of_its_own_under_traffic(la
     try:
         child = _establish(gw, ch, "strongswan")
         _charon_installed(ch)
-        res: dict = {}
-        t = _flood(a, b.inner, 500, res)  # 10 s: across charon's rekey at 6 s
+        stop, runs = threading.Event(), []  # type: ignore[var-annotated]
+        t = _flood_until(a, b.inner, stop, runs)  # across charon's rekey at 6 s
         new = gw.wait(lambda: [c for c in gw.children() if c["spi_in"] != child["spi_in"] and c["outbound_active"]],
                       "charon's rekeyed CHILD_SA", timeout=20)
-        t.join(60)
-        sent, got = _counts(res["r"])
-        assert sent == 500 and got == sent, (sent, got, res["r"].stdout, gw.counters(), ch.tail(40))
+        time.sleep(1.0)  # traffic on the new SAs too
+        stop.set()
+        t.join(70)
+        counts = [_counts(r) for r in runs]
+        sent, got = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        assert sent >= 250 and got == sent, (sent, got, [r.stdout for r in runs], gw.counters(), ch.tail(40))
         assert "rekeying" in ch.log() or "CHILD_SA net{2} established" in ch.log(), ch.tail(40)
         kids = _charon_sa(ch)["child-sas"].values()
         assert {(k["spi-in"], k["spi-out"]) for k in kids} >= {(new[0]["spi_out"], new[0]["spi_in"])}, kids
