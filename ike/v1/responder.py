@@ -140,16 +140,7 @@ class V1Responder(V1Session):
             self._r_am3(h, data, now)
         elif self.state == "r_mm5" and h.exchange == Exchange.MAIN and h.encrypted and h.message_id == 0:
             self._r_mm5(data, now)
-        elif self.state in ("r_qm1", "established") and h.exchange == Exchange.QUICK and h.encrypted and h.message_id:
-            self._r_qm1(data, h.message_id, now)
-        elif self.state == "r_qm3" and h.exchange == Exchange.QUICK and h.message_id == self._qm_mid:
-            self._r_qm3(data, now)
-        elif self.state == "r_qm3" and h.exchange == Exchange.QUICK and h.encrypted and h.message_id:
-            self._abandon_qm3()
-            self._r_qm1(data, h.message_id, now)
-        elif self.state == "qm2" and h.exchange == Exchange.QUICK and h.message_id == self._qm_mid:
-            self._qm2(data, now)  # our rekey of an ESP SA we keyed as quick-mode initiator
-        else:
+        elif not self._quick_mode_received(h, data, now):
             raise ParseError(f"exchange {h.exchange} not expected in state {self.state}")
         self._last_in = data
 

@@ -31,6 +31,7 @@ from .informational import DPD_VID, NotifyType, pull_notify
 from .message import (
     Attribute,
     Exchange,
+    IsakmpHeader,
     Payload,
     PayloadType,
     Proposal,
@@ -254,17 +255,28 @@ class V1Session(AggressiveMixin, LifecycleMixin):
             self._peer_refused(data)
         elif self.state in ("mm2", "am2") and h.exchange == Exchange.INFORMATIONAL and not h.encrypted:
             self._refused_in_clear(data)
-        elif self.state == "qm2" and h.exchange == Exchange.QUICK and h.message_id == self._qm_mid:
+        elif not self._quick_mode_received(h, data, now):
+            raise ParseError(f"exchange {h.exchange} not expected in state {self.state}")
+
+    def _quick_mode_received(self, h: IsakmpHeader, data: bytes, now: float) -> bool:
+        """A quick-mode message once phase 1 is up, in either main-mode role (each side may start one: ours
+        answered in ``qm2``, the peer's opened and finished in ``r_qm1``/``r_qm3``). False: not one expected now."""
+        if h.exchange != Exchange.QUICK or not h.message_id:
+            return False
+        if self.state == "qm2" and h.message_id == self._qm_mid:
             self._qm2(data, now)
-        elif self.state == "established" and h.exchange == Exchange.QUICK and h.encrypted and h.message_id:
-            self._r_qm1(data, h.message_id, now)
-        elif self.state == "r_qm3" and h.exchange == Exchange.QUICK and h.message_id == self._qm_mid:
+        elif self.state == "r_qm3" and h.message_id == self._qm_mid:
             self._r_qm3(data, now)
-        elif self.state == "r_qm3" and h.exchange == Exchange.QUICK and h.encrypted and h.message_id:
+        elif not h.encrypted:
+            return False
+        elif self.state == "r_qm3":  # another quick mode while this one's QM3 is outstanding: it was lost
             self._abandon_qm3()
             self._r_qm1(data, h.message_id, now)
+        elif self.state in ("established", "r_qm1"):
+            self._r_qm1(data, h.message_id, now)
         else:
-            raise ParseError(f"exchange {h.exchange} not expected in state {self.state}")
+            return False
+        return True
 
     def _abandon_qm3(self) -> None:
         """The peer starts another quick mode while we wait for the last one's QM3: that QM3 was lost (nothing
