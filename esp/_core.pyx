@@ -398,6 +398,8 @@ cdef class SaContext:
         if window < 0 or window > MAX_WINDOW:
             raise ValueError(f"replay window must be 0..{MAX_WINDOW}")
         self.cipher = CIPHERS[cipher]
+        self.cbc = self.cipher == ESPC_CBC or self.cipher == ESPC_3DES
+        self.block = 16 if self.cipher == ESPC_CBC else 8 if self.cipher == ESPC_3DES else 1
         self.integ = INTEGS[integ]
         self.outbound = outbound
         self.framing = {"raw": F_RAW, "tunnel": F_TUNNEL, "transport": F_TRANSPORT}[framing]
@@ -435,7 +437,7 @@ cdef class SaContext:
         self.icv_len = icv_len
         if align <= 0 or align > 64 or align & (align - 1):
             raise ValueError("padding alignment must be a power of two up to 64")
-        if align < (16 if self.cipher == ESPC_CBC else 8 if self.cipher == ESPC_3DES else 1):
+        if align < self.block:
             raise ValueError(f"padding alignment {align} is shorter than a {cipher} block")
         self.align = align
         self.tfc_pad = tfc_pad
@@ -463,8 +465,6 @@ cdef class SaContext:
         self.lock = PyThread_allocate_lock()
         if self.lock == NULL:
             raise MemoryError()
-        self.cbc = self.cipher == ESPC_CBC or self.cipher == ESPC_3DES
-        self.block = 16 if self.cipher == ESPC_CBC else 8 if self.cipher == ESPC_3DES else 1
         if self.cbc and outbound:
             self.ivpool = <uint8_t *>malloc(IV_POOL)
             if self.ivpool == NULL:

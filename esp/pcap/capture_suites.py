@@ -110,6 +110,7 @@ _CORE_INTEG = {"none": Integ.NONE, "sha1": Integ.HMAC_SHA1_96, "sha256": Integ.H
                "sha384": Integ.HMAC_SHA384_192, "sha512": Integ.HMAC_SHA512_256}
 _CORE_CIPHER = {"null": (Cipher.NULL, 11), "aes-cbc": (Cipher.AES_CBC, 12), "aes-ctr": (Cipher.AES_CTR, 13),
                 "3des-cbc": (Cipher.TRIPLEDES_CBC, 3)}
+_CORE_FAMILY = {cipher: family for family, (cipher, _) in _CORE_CIPHER.items()}
 
 
 CaptureSuite = Suite | SoftSuite
@@ -184,7 +185,7 @@ def wireshark_names(suite: CaptureSuite) -> tuple[str, str]:
     if isinstance(suite, Suite):
         if suite.cipher is Cipher.AES_GCM:
             return {8: ENC_AES_GCM_8, 12: ENC_AES_GCM_12, 16: ENC_AES_GCM_16}[suite.icv_len], AUTH_NULL
-        fam = {v[0]: k for k, v in _CORE_CIPHER.items()}.get(suite.cipher)
+        fam = _CORE_FAMILY.get(suite.cipher)
         auth_fam = {v: k for k, v in _CORE_INTEG.items()}.get(suite.integ)
         klen, icv = suite.enc_keymat_len, suite.icv_len
     else:

@@ -105,6 +105,13 @@ class V1Manager:
                 return sa
         return None
 
+    def _holding(self, spi_in: int) -> _Sa:
+        """The ISAKMP SA holding the ESP SA with inbound SPI ``spi_in`` (what the control verbs name)."""
+        sa = self._owner(spi_in)
+        if sa is None or spi_in not in sa.children:
+            raise InvalidStateError(f"no CHILD_SA with SPI {spi_in:08x}")
+        return sa
+
     def _auth(self, sa: _Sa) -> str:
         """What list-sas and IkeSaEstablished call the authentication: psk, rsa, ecdsa-256/384/521."""
         return method_name(sa.session.config.auth_method)
@@ -384,9 +391,7 @@ class V1Manager:
 
     def delete_child(self, spi_in: int, now: float) -> None:
         """DELETE for one ESP SA (our inbound SPI), then ChildSaDeleted."""
-        sa = self._owner(spi_in)
-        if sa is None or spi_in not in sa.children:
-            raise InvalidStateError(f"no CHILD_SA with SPI {spi_in:08x}")
+        sa = self._holding(spi_in)
         try:
             sa.session.delete_child(spi_in, now)
         except KeyError:
@@ -395,9 +400,7 @@ class V1Manager:
 
     def rekey_child(self, spi_in: int, now: float) -> None:
         """A new quick mode for the ESP SA: the new pair is installed before the old one is deleted."""
-        sa = self._owner(spi_in)
-        if sa is None or spi_in not in sa.children:
-            raise InvalidStateError(f"no CHILD_SA with SPI {spi_in:08x}")
+        sa = self._holding(spi_in)
         try:
             sa.session.rekey_child(spi_in, now)
         except (KeyError, IkeError) as exc:
